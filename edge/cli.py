@@ -1,0 +1,130 @@
+"""`edge-gate`: one command per job, mirroring the library (as sqlite-utils does)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from edge import __version__
+from edge import config as config_mod
+from edge.errors import EdgeGateError
+
+log = logging.getLogger("edge")
+
+
+def _cfg(args) -> config_mod.Config:
+    return config_mod.load(getattr(args, "config", None))
+
+
+def _pipeline(cfg: config_mod.Config, embedder: str | None = None, detector: str | None = None, threads: int | None = None):
+    from edge.vision.pipeline import FacePipeline
+
+    cfg = config_mod.override(cfg, vision={"embedder": embedder, "detector": detector, "threads": threads})
+    return FacePipeline.from_config(cfg)
+
+
+# --- measure ---------------------------------------------------------------------------------
+
+def cmd_eval(args) -> int:
+    from edge.measure import evaluate_folder, write_threshold
+
+    cfg = _cfg(args)
+    pipe = _pipeline(cfg, args.embedder, args.detector, args.threads)
+    result = evaluate_folder(pipe, Path(args.dir))
+    if args.write_threshold:
+        t = result.get("threshold_at_far_0_1pct")
+        if t is None:
+            raise EdgeGateError("no threshold measured: fewer than two faces embedded")
+        write_threshold(cfg.resolve(cfg.vision.models_dir), pipe.spec.name, t,
+                        f"edge-gate eval {args.dir}: threshold_at_far_0_1pct over {result['impostor_pairs']} impostor pairs")
+    if args.json:
+        print(json.dumps(result))
+    else:
+        for k, v in result.items():
+            print(f"{k:>26}: {v}")
+    return 0
+
+
+def cmd_bench(args) -> int:
+    from edge.measure import all_threads, bench_clip, format_bench
+
+    cfg = _cfg(args)
+    if args.gallery:
+        from edge.gallery.bench import bench_gallery, format_gallery_bench
+
+        rep = bench_gallery(args.gallery, dim=args.dim)
+        print(json.dumps(rep) if args.json else format_gallery_bench(rep))
+        return 0
+    clip = Path(args.clip) if args.clip else config_mod.fixtures_dir() / "video" / "short_hamilton_clip.mp4"
+    threads = sorted({1, all_threads()}) if args.threads is None else [args.threads]
+    rep = bench_clip(lambda t: _pipeline(cfg, args.embedder, args.detector, t), clip, threads, args.frames)
+    print(json.dumps(rep) if args.json else format_bench(rep))
+    return 0
+
+
+# --- parser ----------------------------------------------------------------------------------
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="edge-gate", description="Face-recognition gate with a ticket path that always works.")
+    p.add_argument("--version", action="version", version=f"edge-gate {__version__}")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def common(sp):
+        sp.add_argument("--config", help="gate.toml (default firmware_config/gate.toml)")
+
+    sp = sub.add_parser("eval", help="verification accuracy on DIR/<person>/<image>")
+    sp.add_argument("dir")
+    sp.add_argument("--json", action="store_true")
+    sp.add_argument("--embedder", help="embedder name from models/models.json")
+    sp.add_argument("--detector", help="detector name from models/models.json")
+    sp.add_argument("--threads", type=int)
+    sp.add_argument("--write-threshold", action="store_true",
+                    help="store threshold_at_far_0_1pct as the embedder's default match threshold")
+    common(sp)
+    sp.set_defaults(func=cmd_eval)
+
+    sp = sub.add_parser("bench", help="per-stage latency on a recorded clip, or 1:N gallery search")
+    sp.add_argument("--clip", help="video file (default: fixtures video/short_hamilton_clip.mp4)")
+    sp.add_argument("--threads", type=int, help="one thread count (default: 1 and all cores)")
+    sp.add_argument("--frames", type=int, default=0, help="stop after N frames")
+    sp.add_argument("--embedder")
+    sp.add_argument("--detector")
+    sp.add_argument("--gallery", type=int, default=0, metavar="N", help="benchmark 1:N search over N templates")
+    sp.add_argument("--dim", type=int, default=128)
+    sp.add_argument("--json", action="store_true")
+    common(sp)
+    sp.set_defaults(func=cmd_bench)
+
+    for register in _EXTRA:
+        register(sub, common)
+    return p
+
+
+def _extra_commands() -> list:
+    from edge import cli_tickets
+
+    return [cli_tickets.register]
+
+
+_EXTRA: list = _extra_commands()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    try:
+        return int(args.func(args) or 0)
+    except EdgeGateError as e:
+        print(f"edge-gate: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

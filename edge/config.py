@@ -1,0 +1,229 @@
+"""One frozen dataclass tree read from TOML.
+
+Every error names the file, the key and the value, because the operator reads it on a
+gate at 7 a.m. with visitors waiting.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, get_type_hints
+
+from edge.errors import ConfigError
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_CONFIG = PROJECT_ROOT / "firmware_config" / "gate.toml"
+MODES = ("face-or-ticket", "ticket-only", "face-and-ticket")
+
+
+@dataclass(frozen=True)
+class GateConfig:
+    id: str = "gate-1"
+    mode: str = "face-or-ticket"
+    # A gate that lets people in by face must also accept tickets; see policy.check_mode.
+    products: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class CameraConfig:
+    source: str = "demo"  # "demo", a file path, "/dev/videoN", "picamera2"
+    width: int = 640
+    height: int = 480
+    fps: float = 15.0
+    realtime: bool = True
+    reconnect_max_s: float = 30.0
+
+
+@dataclass(frozen=True)
+class VisionConfig:
+    models_dir: str = "models"
+    detector: str = "blazeface_short"
+    embedder: str = "dlib_resnet_int8"
+    threads: int = 0  # 0 = all cores
+    min_score: float = 0.6
+    min_face_px: int = 48
+    min_sharpness: float = 20.0
+    max_yaw: float = 0.45
+    min_brightness: float = 40.0
+    max_brightness: float = 220.0
+    face_enabled: bool = True
+
+
+@dataclass(frozen=True)
+class GalleryConfig:
+    db: str = "var/gallery.db"
+    key_file: str = "var/gallery.key"
+    match_threshold: float = 0.0  # 0 = use the embedder's documented threshold
+    min_margin: float = 0.04
+    purge_after_days: int = 30
+    audit_retention_days: int = 90
+
+
+@dataclass(frozen=True)
+class PolicyConfig:
+    k: int = 3
+    n: int = 5
+    window_s: float = 2.0
+    cooldown_s: float = 5.0
+    anti_passback_s: float = 60.0
+    min_face_fraction: float = 0.04  # face width / frame width to count as "at the gate"
+    zone: tuple[float, float, float, float] = (0.0, 0.0, 1.0, 1.0)  # x0, y0, x1, y1 (fractions)
+
+
+@dataclass(frozen=True)
+class TicketsConfig:
+    pubkeys: tuple[str, ...] = ()
+    ledger: str = "var/ledger.db"
+    revocation_list: str = ""
+    clock_skew_s: float = 300.0
+    antipassback_s: float = 60.0
+    scan_every: int = 1  # decode QR on every Nth frame
+
+
+@dataclass(frozen=True)
+class RelayConfig:
+    pin_factory: str = "mock"  # "mock", "lgpio", "rpigpio", "native"
+    pin: int = 17
+    active_high: bool = True
+    pulse_s: float = 1.0
+    door_pin: int = -1  # -1 = no door contact
+    exit_button_pin: int = -1
+    held_open_s: float = 10.0
+
+
+@dataclass(frozen=True)
+class AuditConfig:
+    path: str = "var/audit.db"
+    retention_days: int = 90
+
+
+@dataclass(frozen=True)
+class Config:
+    gate: GateConfig = field(default_factory=GateConfig)
+    camera: CameraConfig = field(default_factory=CameraConfig)
+    vision: VisionConfig = field(default_factory=VisionConfig)
+    gallery: GalleryConfig = field(default_factory=GalleryConfig)
+    policy: PolicyConfig = field(default_factory=PolicyConfig)
+    tickets: TicketsConfig = field(default_factory=TicketsConfig)
+    relay: RelayConfig = field(default_factory=RelayConfig)
+    audit: AuditConfig = field(default_factory=AuditConfig)
+    source_file: str = ""  # where it was read from; relative paths resolve against its folder
+
+    def resolve(self, path: str) -> Path:
+        """Resolve a path from the config relative to the config file's folder."""
+        p = Path(os.path.expandvars(os.path.expanduser(path)))
+        if p.is_absolute():
+            return p
+        base = Path(self.source_file).parent if self.source_file else PROJECT_ROOT
+        # The shipped config lives in firmware_config/; its relative paths mean the project root.
+        if base.resolve() == (PROJECT_ROOT / "firmware_config").resolve():
+            base = PROJECT_ROOT
+        return (base / p).resolve()
+
+
+def _coerce(file: str, key: str, value: Any, typ: Any) -> Any:
+    origin = getattr(typ, "__origin__", None)
+    where = f"{file}: key '{key}' = {value!r}"
+    if typ is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where} must be true or false", "write true or false without quotes")
+        return value
+    if typ is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where} must be a whole number", "write a number without quotes")
+        return value
+    if typ is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{where} must be a number", "write a number without quotes")
+        return float(value)
+    if typ is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where} must be a string", "put the value in double quotes")
+        return value
+    if origin is tuple:
+        if not isinstance(value, list):
+            raise ConfigError(f"{where} must be a list", "write it as [a, b, ...]")
+        args = typ.__args__
+        inner = args[0]
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_coerce(file, key, v, inner) for v in value)
+        if len(value) != len(args):
+            raise ConfigError(f"{where} must have {len(args)} items")
+        return tuple(_coerce(file, key, v, t) for v, t in zip(value, args, strict=True))
+    raise ConfigError(f"{where}: unsupported type {typ}")  # pragma: no cover
+
+
+def _build(cls: type, data: dict[str, Any], file: str, prefix: str) -> Any:
+    hints = get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ConfigError(
+            f"{file}: unknown key '{prefix}{unknown[0]}'",
+            f"remove it or check the spelling; known keys: {', '.join(sorted(names))}",
+        )
+    kwargs: dict[str, Any] = {}
+    for name, value in data.items():
+        typ = hints[name]
+        if dataclasses.is_dataclass(typ):
+            if not isinstance(value, dict):
+                raise ConfigError(f"{file}: '{prefix}{name}' must be a [table]")
+            kwargs[name] = _build(typ, value, file, f"{prefix}{name}.")
+        else:
+            kwargs[name] = _coerce(file, prefix + name, value, typ)
+    return cls(**kwargs)
+
+
+def validate(cfg: Config) -> Config:
+    """Check cross-field rules; raise ConfigError naming the key."""
+    f = cfg.source_file or "<defaults>"
+    if cfg.gate.mode not in MODES:
+        raise ConfigError(f"{f}: key 'gate.mode' = {cfg.gate.mode!r} is not one of {', '.join(MODES)}")
+    p = cfg.policy
+    if not (1 <= p.k <= p.n):
+        raise ConfigError(f"{f}: keys 'policy.k' = {p.k} and 'policy.n' = {p.n} need 1 <= k <= n")
+    if cfg.relay.pulse_s <= 0 or cfg.relay.pulse_s > 30:
+        raise ConfigError(f"{f}: key 'relay.pulse_s' = {cfg.relay.pulse_s} must be in (0, 30] seconds")
+    if cfg.vision.threads < 0:
+        raise ConfigError(f"{f}: key 'vision.threads' = {cfg.vision.threads} must be >= 0")
+    x0, y0, x1, y1 = p.zone
+    if not (0 <= x0 < x1 <= 1 and 0 <= y0 < y1 <= 1):
+        raise ConfigError(f"{f}: key 'policy.zone' = {list(p.zone)} must be fractions x0<x1, y0<y1 in [0, 1]")
+    return cfg
+
+
+def load(path: str | os.PathLike[str] | None = None) -> Config:
+    """Read a TOML config; None reads the shipped default."""
+    path = Path(path) if path is not None else DEFAULT_CONFIG
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist", "pass --config with an existing file") from None
+    except OSError as e:
+        raise ConfigError(f"config file {path} cannot be read: {e.strerror}") from None
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{path}: not valid TOML: {e}", "fix the line named in the message") from None
+    cfg = _build(Config, data, str(path), "")
+    return validate(dataclasses.replace(cfg, source_file=str(path.resolve())))
+
+
+def override(cfg: Config, **sections: dict[str, Any]) -> Config:
+    """Return a copy with some keys replaced, e.g. override(cfg, camera={"source": "x.mp4"})."""
+    changes = {}
+    for name, values in sections.items():
+        values = {k: v for k, v in values.items() if v is not None}
+        if values:
+            changes[name] = dataclasses.replace(getattr(cfg, name), **values)
+    return validate(dataclasses.replace(cfg, **changes))
+
+
+def fixtures_dir() -> Path:
+    """The shared recorded fixtures: $EDGE_FIXTURES, else ../shared/fixtures beside the project."""
+    env = os.environ.get("EDGE_FIXTURES")
+    return Path(env) if env else (PROJECT_ROOT.parent / "shared" / "fixtures")

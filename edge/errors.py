@@ -1,0 +1,62 @@
+"""Typed errors. Each one says what the operator must fix, so a log line is actionable."""
+
+from __future__ import annotations
+
+
+class EdgeGateError(Exception):
+    """Base class: every error the product raises on purpose derives from this."""
+
+    hint: str = ""
+
+    def __init__(self, message: str, hint: str | None = None):
+        super().__init__(message)
+        if hint is not None:
+            self.hint = hint
+
+    def __str__(self) -> str:
+        msg = super().__str__()
+        return f"{msg} (fix: {self.hint})" if self.hint else msg
+
+
+class ConfigError(EdgeGateError):
+    """A configuration file or value is wrong; names file, key and value."""
+
+
+class ModelError(EdgeGateError):
+    """A model file is missing, corrupt or has an unexpected shape."""
+
+
+class RuntimeMissingError(ModelError):
+    """Neither ai-edge-litert nor tflite-runtime is importable."""
+
+
+class ImageError(EdgeGateError):
+    """An image or frame cannot be decoded or has an unsupported layout."""
+
+
+class SourceError(EdgeGateError):
+    """A frame source (file or camera) cannot be opened or read."""
+
+
+class KeyFileError(EdgeGateError):
+    """A key file is missing, has loose permissions, or does not open the data."""
+
+
+class GalleryError(EdgeGateError):
+    """The gallery database is unreadable, from a newer schema, or inconsistent."""
+
+
+class ConsentError(EdgeGateError):
+    """Enrollment was attempted without the consent the law requires."""
+
+
+class EnrollError(EdgeGateError):
+    """Enrollment could not produce a usable template."""
+
+
+class TicketError(EdgeGateError):
+    """A ticket could not be issued or the ticket key material is wrong."""
+
+
+class RelayError(EdgeGateError):
+    """The relay or GPIO pin factory cannot be set up."""

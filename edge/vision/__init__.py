@@ -1,0 +1,1 @@
+"""Face pipeline: detect -> align -> quality -> embed, all on-device with TFLite."""

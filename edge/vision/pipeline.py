@@ -1,0 +1,104 @@
+"""The face pipeline as one object: frame in, FaceObservations out."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from edge.config import Config
+from edge.vision.align import align_face
+from edge.vision.detector import BlazeFace, Detection
+from edge.vision.embedder import Embedder
+from edge.vision.models import detector_spec, embedder_spec, verify_file
+from edge.vision.quality import Quality, QualityThresholds, assess
+
+
+@dataclass(frozen=True)
+class FaceObservation:
+    detection: Detection
+    quality: Quality
+    embedding: np.ndarray | None  # None when the quality gate refused the face
+
+
+@dataclass
+class StageTimes:
+    detect: float = 0.0
+    align: float = 0.0
+    embed: float = 0.0
+    samples: list[dict[str, float]] = field(default_factory=list)
+
+
+class FacePipeline:
+    def __init__(self, models_dir: Path, detector: str, embedder: str, threads: int = 0,
+                 min_score: float = 0.6, quality: QualityThresholds | None = None, verify: bool = True):
+        dspec = detector_spec(models_dir, detector)
+        espec = embedder_spec(models_dir, embedder)
+        if verify:
+            verify_file(dspec.path, dspec.sha256)
+            verify_file(espec.path, espec.sha256)
+        self.detector = BlazeFace(dspec.path, dspec.kind, threads=threads, min_score=min_score)
+        self.embedder = Embedder(espec, threads=threads)
+        self.quality = quality or QualityThresholds()
+        self.spec = espec
+        self._models_dir, self._threads, self._full = models_dir, threads, None
+
+    @classmethod
+    def from_config(cls, cfg: Config) -> FacePipeline:
+        v = cfg.vision
+        q = QualityThresholds(v.min_face_px, v.min_sharpness, v.max_yaw, v.min_brightness, v.max_brightness)
+        return cls(cfg.resolve(v.models_dir), v.detector, v.embedder, v.threads, v.min_score, q)
+
+    def chip(self, bgr: np.ndarray, det: Detection) -> np.ndarray:
+        return align_face(bgr, det.keypoints, self.spec.template, self.spec.size)
+
+    def analyze(self, bgr: np.ndarray, embed_all: bool = False, times: StageTimes | None = None) -> list[FaceObservation]:
+        """Detect every face; embed those that pass the quality gate (or all, for evaluation)."""
+        t0 = time.perf_counter()
+        dets = self.detector.detect(bgr)
+        t1 = time.perf_counter()
+        out, t_align, t_embed = [], 0.0, 0.0
+        for d in dets:
+            a0 = time.perf_counter()
+            chip = self.chip(bgr, d)
+            q = assess(d, chip, self.quality)
+            a1 = time.perf_counter()
+            emb = self.embedder.embed(chip) if (q.ok or embed_all) else None
+            t_align += a1 - a0
+            t_embed += time.perf_counter() - a1
+            out.append(FaceObservation(d, q, emb))
+        if times is not None:
+            times.samples.append({"detect": t1 - t0, "align": t_align, "embed": t_embed, "faces": len(dets)})
+        return out
+
+    def embed_still(self, bgr: np.ndarray, pad: float = 0.3) -> FaceObservation | None:
+        """Embed the largest face in a still photo (enrollment, eval).
+
+        Tries the photo as is, then padded (a tight crop leaves BlazeFace no context), then the
+        full-range detector (small faces in large photos), keeping the first that finds a face.
+        """
+        h, w = bgr.shape[:2]
+        py, px = int(h * pad), int(w * pad)
+        padded = cv2.copyMakeBorder(bgr, py, py, px, px, cv2.BORDER_CONSTANT, value=(0, 0, 0))
+        for img in (bgr, padded):
+            for det in self._still_detectors():
+                faces = self._embed_with(det, img)
+                if faces:
+                    return max(faces, key=lambda f: f.detection.width * f.detection.height)
+        return None
+
+    def _still_detectors(self) -> list[BlazeFace]:
+        if self._full is None and self._models_dir is not None and self.detector.size != 192:
+            spec = detector_spec(self._models_dir, "blazeface_full")
+            self._full = BlazeFace(spec.path, spec.kind, threads=self._threads, min_score=self.detector.min_score)
+        return [self.detector] + ([self._full] if self._full is not None else [])
+
+    def _embed_with(self, det: BlazeFace, bgr: np.ndarray) -> list[FaceObservation]:
+        out = []
+        for d in det.detect(bgr):
+            chip = self.chip(bgr, d)
+            out.append(FaceObservation(d, assess(d, chip, self.quality), self.embedder.embed(chip)))
+        return out

