@@ -35,11 +35,15 @@ def cmd_eval(args) -> int:
     pipe = _pipeline(cfg, args.embedder, args.detector, args.threads)
     result = evaluate_folder(pipe, Path(args.dir))
     if args.write_threshold:
-        t = result.get("threshold_at_far_0_1pct")
-        if t is None:
-            raise EdgeGateError("no threshold measured: fewer than two faces embedded")
-        write_threshold(cfg.resolve(cfg.vision.models_dir), pipe.spec.name, t,
-                        f"edge-gate eval {args.dir}: threshold_at_far_0_1pct over {result['impostor_pairs']} impostor pairs")
+        from edge.evaluate import gate_threshold
+
+        if result.get("impostor_max") is None:
+            raise EdgeGateError("no threshold measured: no impostor pairs", "use a folder with at least two people")
+        t = gate_threshold(result["impostor_max"])
+        result["written_threshold"] = t
+        write_threshold(config_mod.models_path(cfg), pipe.spec.name, t,
+                        f"edge-gate eval {args.dir}: above all {result['impostor_pairs']} impostor pairs "
+                        f"(max {result['impostor_max']}); TAR there {result['tar_at_far_0']}")
     if args.json:
         print(json.dumps(result))
     else:
@@ -83,7 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--detector", help="detector name from models/models.json")
     sp.add_argument("--threads", type=int)
     sp.add_argument("--write-threshold", action="store_true",
-                    help="store threshold_at_far_0_1pct as the embedder's default match threshold")
+                    help="store the strict gate threshold (above every impostor pair) as the embedder's default")
     common(sp)
     sp.set_defaults(func=cmd_eval)
 
@@ -105,9 +109,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _extra_commands() -> list:
-    from edge import cli_tickets
+    from edge import cli_gallery, cli_tickets
 
-    return [cli_tickets.register]
+    return [cli_tickets.register, cli_gallery.register]
 
 
 _EXTRA: list = _extra_commands()

@@ -40,7 +40,7 @@ class CameraConfig:
 
 @dataclass(frozen=True)
 class VisionConfig:
-    models_dir: str = "models"
+    models_dir: str = ""  # "" = the models shipped with edge-gate
     detector: str = "blazeface_short"
     embedder: str = "dlib_resnet_int8"
     threads: int = 0  # 0 = all cores
@@ -123,6 +123,11 @@ class Config:
         if base.resolve() == (PROJECT_ROOT / "firmware_config").resolve():
             base = PROJECT_ROOT
         return (base / p).resolve()
+
+
+def models_path(cfg: Config) -> Path:
+    """Where the .tflite files and models.json are: vision.models_dir, or the shipped models/."""
+    return cfg.resolve(cfg.vision.models_dir) if cfg.vision.models_dir else PROJECT_ROOT / "models"
 
 
 def _coerce(file: str, key: str, value: Any, typ: Any) -> Any:

@@ -61,9 +61,18 @@ def tar_at_far(genuine: np.ndarray, impostor: np.ndarray, far: float) -> tuple[f
     return float((genuine >= t).mean()), t
 
 
+def gate_threshold(impostor_max: float) -> float:
+    """The gate's default: just above every impostor pair seen, rounded up to 3 decimals.
+
+    A visitor who is missed shows a ticket; a stranger let in cannot be undone.
+    """
+    return float(np.ceil((impostor_max + 1e-6) * 1000) / 1000)
+
+
 def summarise(ps: PairScores) -> dict[str, float]:
     tar1, t1 = tar_at_far(ps.genuine, ps.impostor, 0.01)
     tar01, t01 = tar_at_far(ps.genuine, ps.impostor, 0.001)
+    tar0, t0 = tar_at_far(ps.genuine, ps.impostor, 0.0)
     return {
         "genuine_pairs": int(len(ps.genuine)),
         "impostor_pairs": int(len(ps.impostor)),
@@ -72,6 +81,8 @@ def summarise(ps: PairScores) -> dict[str, float]:
         "threshold_at_far_1pct": round(t1, 4),
         "tar_at_far_0_1pct": round(tar01, 4),
         "threshold_at_far_0_1pct": round(t01, 4),
+        "tar_at_far_0": round(tar0, 4),
+        "threshold_at_far_0": round(t0, 4),
         "genuine_min": round(float(ps.genuine.min()), 4) if len(ps.genuine) else None,
         "impostor_max": round(float(ps.impostor.max()), 4) if len(ps.impostor) else None,
     }

@@ -8,7 +8,7 @@ def test_default_config_loads_and_runs_off_pi():
     cfg = config.load()
     assert cfg.relay.pin_factory == "mock"
     assert cfg.gate.mode == "face-or-ticket"
-    assert cfg.resolve(cfg.vision.models_dir) == config.PROJECT_ROOT / "models"
+    assert config.models_path(cfg) == config.PROJECT_ROOT / "models"
 
 
 def write(tmp_path, text):

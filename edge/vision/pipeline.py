@@ -9,7 +9,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from edge.config import Config
+from edge.config import Config, models_path
 from edge.vision.align import align_face
 from edge.vision.detector import BlazeFace, Detection
 from edge.vision.embedder import Embedder
@@ -50,7 +50,7 @@ class FacePipeline:
     def from_config(cls, cfg: Config) -> FacePipeline:
         v = cfg.vision
         q = QualityThresholds(v.min_face_px, v.min_sharpness, v.max_yaw, v.min_brightness, v.max_brightness)
-        return cls(cfg.resolve(v.models_dir), v.detector, v.embedder, v.threads, v.min_score, q)
+        return cls(models_path(cfg), v.detector, v.embedder, v.threads, v.min_score, q)
 
     def chip(self, bgr: np.ndarray, det: Detection) -> np.ndarray:
         return align_face(bgr, det.keypoints, self.spec.template, self.spec.size)

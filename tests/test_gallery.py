@@ -1,0 +1,328 @@
+"""Encrypted gallery: proofs of privacy, lifecycle, faults and matching."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import time
+
+import numpy as np
+import pytest
+
+from edge.errors import ConsentError, EnrollError, GalleryError, KeyFileError
+from edge.gallery.crypto import init_key, load_key
+from edge.gallery.matcher import LiveMatcher, Matcher
+from edge.gallery.store import Consent, Gallery, rotate_key
+
+CONSENT = Consent("notice-v1", operator="Desk Clerk Ondine")
+NAME = "Zebulon Quixote-Marchbanks"
+
+
+def unit(rng, n, d=128):
+    v = rng.standard_normal((n, d)).astype(np.float32)
+    return v / np.linalg.norm(v, axis=1, keepdims=True)
+
+
+@pytest.fixture
+def gal(tmp_path):
+    kek = init_key(tmp_path / "k.key")
+    g = Gallery(tmp_path / "g.db", kek)
+    yield g
+    g.close()
+
+
+def file_bytes(path) -> bytes:
+    return b"".join(p.read_bytes() for p in (path, path.with_name(path.name + "-wal"),
+                                              path.with_name(path.name + "-journal")) if p.exists())
+
+
+def test_name_and_template_bytes_never_on_disk(gal, tmp_path):
+    emb = unit(np.random.default_rng(0), 3)
+    gal.add_person(NAME, CONSENT, list(emb), "m", "v", pass_ref="ANNUAL-998877")
+    raw = file_bytes(gal.path)
+    for secret in (NAME, "Zebulon", "ANNUAL-998877", "Desk Clerk Ondine"):
+        assert secret.encode() not in raw and secret.encode("utf-16-le") not in raw
+    for e in emb:
+        b = e.tobytes()
+        for i in range(0, len(b) - 16, 16):  # no 16-byte window of any template
+            assert b[i:i + 16] not in raw
+    assert [p.name for p in gal.people()] == [NAME]
+
+
+def test_wrong_key_fails_at_start_and_writes_nothing(gal, tmp_path):
+    gal.add_person(NAME, CONSENT, list(unit(np.random.default_rng(0), 1)), "m", "v")
+    gal.scrub()
+    gal.close()
+    before = (tmp_path / "g.db").read_bytes()
+    other = init_key(tmp_path / "other.key")
+    with pytest.raises(KeyFileError, match="does not open gallery"):
+        Gallery(tmp_path / "g.db", other)
+    assert (tmp_path / "g.db").read_bytes() == before
+
+
+def test_tampered_and_swapped_rows_rejected_others_still_match(gal, caplog):
+    rng = np.random.default_rng(1)
+    embs = unit(rng, 3)
+    ids = [gal.add_person(f"p{i}", CONSENT, [embs[i]], "m", "v") for i in range(3)]
+    c = gal.conn
+    # flip one byte of p0's template; copy p2's sealed template into p1's row (a swap attack)
+    (blob0,) = c.execute("SELECT embedding FROM templates WHERE person_id=?", (ids[0],)).fetchone()
+    c.execute("UPDATE templates SET embedding=? WHERE person_id=?", (blob0[:20] + bytes([blob0[20] ^ 1]) + blob0[21:], ids[0]))
+    (blob2,) = c.execute("SELECT embedding FROM templates WHERE person_id=?", (ids[2],)).fetchone()
+    c.execute("UPDATE templates SET embedding=? WHERE person_id=?", (blob2, ids[1]))
+    t = gal.templates("m")
+    assert t.rejected == 2 and list(t.person_ids) == [ids[2]]
+    assert "gallery row rejected table=templates" in caplog.text
+    m = Matcher(t.matrix, t.person_ids, 0.9, 0.0)
+    assert m.match(embs[2]).person_id == ids[2]
+    assert m.match(embs[0]).person_id is None
+
+
+def test_forget_erases_bytes_from_file(gal):
+    rng = np.random.default_rng(2)
+    keep = gal.add_person("Keeper", CONSENT, list(unit(rng, 2)), "m", "v")
+    pid = gal.add_person(NAME, CONSENT, list(unit(rng, 2)), "m", "v", pass_ref="PASS-1")
+    sealed = [r[0] for r in gal.conn.execute(
+        "SELECT embedding FROM templates WHERE person_id=? UNION ALL SELECT name FROM people WHERE id=?"
+        " UNION ALL SELECT operator FROM consents WHERE person_id=?", (pid, pid, pid))]
+    assert len(sealed) == 4
+    assert gal.forget(pid)
+    raw = file_bytes(gal.path)
+    for blob in sealed:
+        assert blob[12:40] not in raw  # ciphertext bytes gone, not just unlinked
+    assert pid.encode() not in raw
+    assert [p.id for p in gal.people()] == [keep]
+    assert not gal.forget(pid)
+
+
+def test_purge_removes_only_long_expired(gal):
+    rng = np.random.default_rng(3)
+    now = time.time()
+    old = gal.add_person("old", CONSENT, list(unit(rng, 1)), "m", "v", valid_until=int(now - 40 * 86400))
+    recent = gal.add_person("recent", CONSENT, list(unit(rng, 1)), "m", "v", valid_until=int(now - 5 * 86400))
+    forever = gal.add_person("forever", CONSENT, list(unit(rng, 1)), "m", "v")
+    assert gal.purge_expired(now, 30) == [old]
+    assert {p.id for p in gal.people()} == {recent, forever}
+
+
+def test_matcher_against_brute_force():
+    rng = np.random.default_rng(4)
+    mat = unit(rng, 60)
+    pids = np.array([f"P{i // 3:02d}" for i in range(60)], dtype=object)
+    m = Matcher(mat, pids, threshold=-1.0, min_margin=0.0)
+    probes = unit(rng, 25)
+    for probe, r in zip(probes, m.match_many(probes), strict=True):
+        per = {p: max(float(probe @ mat[i]) for i in range(60) if pids[i] == p) for p in set(pids)}
+        ranked = sorted(per.items(), key=lambda kv: -kv[1])
+        assert r.person_id == ranked[0][0]
+        assert r.score == pytest.approx(ranked[0][1], abs=1e-5)
+        assert r.margin == pytest.approx(ranked[0][1] - ranked[1][1], abs=1e-5)
+
+
+def test_matcher_threshold_margin_and_empty():
+    e = np.eye(4, dtype=np.float32)
+    m = Matcher(e[:2], np.array(["A", "B"], dtype=object), threshold=0.8, min_margin=0.1)
+    assert m.match(e[0]).person_id == "A"
+    assert m.match(e[2]).reason == "below_threshold"
+    both = (e[0] + e[1]) / np.sqrt(2)
+    assert m.match(both * 1.0).person_id is None  # 0.707 < threshold anyway
+    m2 = Matcher(e[:2], np.array(["A", "B"], dtype=object), threshold=0.5, min_margin=0.1)
+    r = m2.match(both)
+    assert r.person_id is None and r.reason == "ambiguous"
+    empty = Matcher(np.zeros((0, 4), np.float32), np.array([], dtype=object), 0.5, 0.1)
+    assert empty.match(e[0]).reason == "empty_gallery"
+    single = Matcher(e[:1], np.array(["A"], dtype=object), 0.5, 0.1)
+    assert single.match(e[0]).person_id == "A" and single.match(e[0]).margin == 1.0
+
+
+def test_live_matcher_sees_changes_without_restart_and_never_blocks(tmp_path):
+    kek = init_key(tmp_path / "k.key")
+    writer = Gallery(tmp_path / "g.db", kek)
+    reader = Gallery(tmp_path / "g.db", kek)
+    live = LiveMatcher(reader, "m", 0.9, 0.0)
+    e = unit(np.random.default_rng(5), 1)[0]
+    assert live.match_many(e[None])[0].person_id is None
+    pid = writer.add_person("new", CONSENT, [e], "m", "v")
+    assert live.match_many(e[None])[0].person_id == pid
+    writer.conn.execute("BEGIN IMMEDIATE")  # a writer holds the lock mid-enroll
+    writer.conn.execute("DELETE FROM templates")
+    t0 = time.monotonic()
+    assert live.match_many(e[None])[0].person_id == pid  # WAL: the reader is not blocked
+    assert time.monotonic() - t0 < 2.0
+    writer.conn.execute("COMMIT")
+    writer.forget(pid)
+    assert live.match_many(e[None])[0].person_id is None
+
+
+# --- faults --------------------------------------------------------------------------------------
+
+def test_corrupt_truncated_and_newer_databases(tmp_path, gal):
+    gal.add_person("x", CONSENT, list(unit(np.random.default_rng(6), 1)), "m", "v")
+    gal.scrub()
+    gal.close()
+    kek = load_key(tmp_path / "k.key")
+    good = (tmp_path / "g.db").read_bytes()
+    (tmp_path / "junk.db").write_bytes(os.urandom(8192))
+    with pytest.raises(GalleryError, match="unreadable"):
+        Gallery(tmp_path / "junk.db", kek)
+    (tmp_path / "cut.db").write_bytes(good[: len(good) // 2])
+    with pytest.raises((GalleryError, KeyFileError)):
+        Gallery(tmp_path / "cut.db", kek).templates("m")
+    conn = sqlite3.connect(tmp_path / "g.db")
+    conn.execute("PRAGMA user_version=99")
+    conn.close()
+    with pytest.raises(GalleryError, match="newer than this edge-gate"):
+        Gallery(tmp_path / "g.db", kek)
+
+
+def test_key_file_missing_loose_or_damaged(tmp_path):
+    with pytest.raises(KeyFileError, match="does not exist"):
+        load_key(tmp_path / "none.key")
+    init_key(tmp_path / "k.key")
+    os.chmod(tmp_path / "k.key", 0o644)
+    with pytest.raises(KeyFileError, match="chmod 600"):
+        load_key(tmp_path / "k.key")
+    (tmp_path / "bad.key").write_text("edge-gate-kek-v1:AAAA\n")
+    os.chmod(tmp_path / "bad.key", 0o600)
+    with pytest.raises(KeyFileError, match="damaged"):
+        load_key(tmp_path / "bad.key")
+    with pytest.raises(KeyFileError, match="already exists"):
+        init_key(tmp_path / "k.key")
+
+
+def test_systemd_credential_is_preferred(tmp_path, monkeypatch):
+    creds = tmp_path / "creds"
+    creds.mkdir()
+    k = init_key(creds / "gallery.key")
+    os.chmod(creds / "gallery.key", 0o440)  # systemd credentials are read-only; not a loose key file
+    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(creds))
+    assert load_key(tmp_path / "etc" / "gallery.key").key == k.key
+
+
+def test_disk_full_during_enroll_keeps_db_consistent(gal):
+    rng = np.random.default_rng(7)
+    gal.add_person("first", CONSENT, list(unit(rng, 1)), "m", "v")
+    pages = gal.conn.execute("PRAGMA page_count").fetchone()[0]
+    gal.conn.execute(f"PRAGMA max_page_count={pages}")
+    with pytest.raises(GalleryError, match="full"):
+        gal.add_person("second", CONSENT, list(unit(rng, 400)), "m", "v")
+    assert [p.name for p in gal.people()] == ["first"]
+    assert gal.conn.execute("SELECT count(*) FROM consents").fetchone()[0] == 1
+
+
+def _kill_loop(script: str, rounds: int, seed: int, max_delay: float) -> None:
+    rng = random.Random(seed)
+    env = dict(os.environ, PYTHONPATH=os.getcwd())
+    for _ in range(rounds):
+        p = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, env=env)
+        p.stdout.readline()
+        time.sleep(rng.uniform(0, max_delay))
+        os.kill(p.pid, signal.SIGKILL)
+        p.wait()
+
+
+def test_kill_9_mid_enroll_never_leaves_half_a_person(tmp_path):
+    init_key(tmp_path / "k.key")
+    Gallery(tmp_path / "g.db", load_key(tmp_path / "k.key")).close()
+    script = textwrap.dedent(f"""
+        import numpy as np
+        from edge.gallery.crypto import load_key
+        from edge.gallery.store import Consent, Gallery
+        g = Gallery({str(tmp_path / 'g.db')!r}, load_key(__import__('pathlib').Path({str(tmp_path / 'k.key')!r})))
+        rng = np.random.default_rng()
+        print("ready", flush=True)
+        while True:
+            e = rng.standard_normal((4, 128)).astype(np.float32)
+            g.add_person("someone", Consent("v1"), list(e), "m", "v")
+    """)
+    _kill_loop(script, 20, 11, 0.05)
+    g = Gallery(tmp_path / "g.db", load_key(tmp_path / "k.key"))
+    assert g.conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    people = g.people()
+    assert people and all(p.template_count == 4 and p.consent_time for p in people)
+    assert g.templates("m").rejected == 0
+
+
+def test_key_rotation_killed_anywhere_still_opens(tmp_path):
+    kf = tmp_path / "k.key"
+    init_key(kf)
+    g = Gallery(tmp_path / "g.db", load_key(kf))
+    e = unit(np.random.default_rng(8), 2)
+    pid = g.add_person(NAME, CONSENT, list(e), "m", "v")
+    g.close()
+    script = textwrap.dedent(f"""
+        from edge.gallery.store import rotate_key
+        print("ready", flush=True)
+        while True:
+            rotate_key({str(tmp_path / 'g.db')!r}, {str(kf)!r})
+    """)
+    rng = random.Random(3)
+    env = dict(os.environ, PYTHONPATH=os.getcwd())
+    for _ in range(20):
+        p = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, env=env)
+        p.stdout.readline()
+        time.sleep(rng.uniform(0, 0.15))
+        os.kill(p.pid, signal.SIGKILL)
+        p.wait()
+        g = Gallery(tmp_path / "g.db", load_key(kf), create=False)  # the key on disk always opens it
+        assert [p.name for p in g.people()] == [NAME]
+        assert g.templates("m").rejected == 0
+        g.close()
+    old, new = rotate_key(tmp_path / "g.db", kf)  # a clean rotation finishes any interrupted one
+    g = Gallery(tmp_path / "g.db", load_key(kf), create=False)
+    assert g.stats()["key_ids"] == [new] and g.people()[0].id == pid
+
+
+# --- enrollment with real faces ------------------------------------------------------------------
+
+def test_enroll_requires_consent_and_guardian_for_minors(gal, pipeline, fixtures):
+    from edge.gallery.enroll import enroll
+
+    img = [str(fixtures / "faces" / "obama" / "obama.jpg")]
+    with pytest.raises(ConsentError):
+        enroll(gal, pipeline, "Obama", Consent(""), img, threshold=0.92, min_margin=0.04)
+    with pytest.raises(ConsentError, match="guardian"):
+        enroll(gal, pipeline, "Kid", Consent("v1"), img, threshold=0.92, min_margin=0.04, minor=True)
+    with pytest.raises(EnrollError, match="no usable face"):
+        enroll(gal, pipeline, "Nobody", CONSENT, [str(fixtures / "qr" / "qrcode-1" / "1.png")], threshold=0.92,
+               min_margin=0.04)
+    assert gal.people() == []
+
+
+def test_enroll_identify_refuse_duplicates_and_reenroll(gal, pipeline, fixtures):
+    from edge.gallery.enroll import enroll
+    from edge.vision.image import load_image
+
+    t = pipeline.spec.threshold
+    faces = fixtures / "faces"
+    enrolled = {}
+    for person in ("obama", "biden", "df_A", "df_G_matt_damon", "kit_harington", "rose_leslie"):
+        first = sorted((faces / person).iterdir())[0]
+        enrolled[person], _ = enroll(gal, pipeline, person, CONSENT, [str(first)], threshold=t, min_margin=0.04)
+    # a second photo of an enrolled person is refused as a new person, accepted with --person-id
+    second = str(sorted((faces / "obama").iterdir())[1])
+    with pytest.raises(EnrollError, match="already matches"):
+        enroll(gal, pipeline, "Not Obama", CONSENT, [second], threshold=t, min_margin=0.04)
+    pid, n = enroll(gal, pipeline, "", CONSENT, [second], threshold=t, min_margin=0.04, person_id=enrolled["obama"])
+    assert pid == enrolled["obama"] and n == 1
+    assert {p.id: p.template_count for p in gal.people()}[pid] == 2
+    # identification: every other photo is its own person or nobody; never someone else
+    tm = gal.templates(pipeline.spec.name)
+    m = Matcher(tm.matrix, tm.person_ids, t, 0.04)
+    right = wrong = 0
+    for person_dir in sorted(faces.iterdir()):
+        for img in sorted(person_dir.iterdir())[1:]:
+            obs = pipeline.embed_still(load_image(img))
+            got = m.match(obs.embedding).person_id
+            if got is not None:
+                if got == enrolled.get(person_dir.name):
+                    right += 1
+                else:
+                    wrong += 1
+    assert wrong == 0
+    assert right >= 15
