@@ -109,9 +109,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _extra_commands() -> list:
-    from edge import cli_gallery, cli_tickets
+    from edge import cli_gallery, cli_gate, cli_tickets
 
-    return [cli_tickets.register, cli_gallery.register]
+    return [cli_gate.register, cli_tickets.register, cli_gallery.register]
 
 
 _EXTRA: list = _extra_commands()

@@ -1,0 +1,68 @@
+"""`edge-gate demo`: a fresh workspace, a ticket office, tickets held to a camera, and, where the
+shared recorded fixtures exist, an enrolled pass holder on a real stage clip.
+"""
+
+from __future__ import annotations
+
+import base64
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from edge import tickets as tk
+from edge.synth import Segment, write_clip
+
+
+@dataclass(frozen=True)
+class Scene:
+    title: str
+    clip: Path
+    expected: list[tuple[str, str, str]]  # (decision, via, reason), in order; empty = no check
+
+
+def ticket_scene(office: Path, out: Path, now: float, seed: int = 1) -> Scene:
+    """Valid, forged, expired, foreign code, replayed: printed and on a phone, held at angles."""
+    key = tk.load_private(office / "issuer.key")
+
+    def issue(tid, **kw):
+        return tk.sign(tk.Ticket(tid, "day", int(now - 3600), int(now + 86400), **kw), key)
+
+    valid = issue("DAY-0001")
+    payload, sig = tk.split_text(issue("DAY-0002"))
+    forged = tk.PREFIX + base64.b32encode(payload + sig[:-1] + bytes([sig[-1] ^ 0x55])).decode().rstrip("=")
+    expired = tk.sign(tk.Ticket("DAY-0003", "day", int(now - 3 * 86400), int(now - 2 * 86400)), key)
+    segments = [
+        Segment(0.8), Segment(1.5, valid, "print", "valid day ticket"), Segment(1.0),
+        Segment(1.5, forged, "phone", "forged signature"), Segment(1.0),
+        Segment(1.5, expired, "print", "expired ticket"), Segment(1.0),
+        Segment(1.5, "https://example.org/menu", "phone", "a restaurant QR code"), Segment(1.0),
+        Segment(1.5, valid, "phone", "the valid ticket again (replay)"), Segment(0.6),
+    ]
+    write_clip(out, segments, fps=10.0, seed=seed)
+    expected = [("grant", "ticket", "ok"), ("deny", "ticket", "invalid_signature"), ("deny", "ticket", "expired"),
+                ("deny", "ticket", "malformed"), ("deny", "ticket", "already_used")]
+    return Scene("tickets held to the camera: valid, forged, expired, foreign QR, replay", out, expected)
+
+
+def prepare(workdir: Path, fixtures: Path | None, now: float | None = None) -> tuple[Path, list[Scene]]:
+    """Create the demo workspace; returns (config path, scenes)."""
+    now = now or time.time()
+    if workdir.exists():
+        shutil.rmtree(workdir)
+    workdir.mkdir(parents=True)
+    tk.keygen(workdir / "office")
+    scenes = []
+    cfg = workdir / "gate.toml"
+    cfg.write_text(
+        '[gate]\nid = "demo-gate"\n\n[camera]\nrealtime = true\n\n'
+        '[gallery]\ndb = "gallery.db"\nkey_file = "gallery.key"\n\n'
+        '[tickets]\npubkeys = ["office/issuer.pub"]\nledger = "ledger.db"\nrevocation_list = "revoked.txt"\n\n'
+        '[relay]\npin_factory = "mock"\npulse_s = 1.0\n\n[audit]\npath = "audit.db"\n')
+    if fixtures is not None and (fixtures / "video" / "short_hamilton_clip.mp4").is_file():
+        scenes.append(Scene("stage clip, Lin-Manuel Miranda enrolled: grants for him only",
+                            fixtures / "video" / "short_hamilton_clip.mp4", []))
+        scenes.append(Scene("a stranger (nobody enrolled looks like him): never granted",
+                            fixtures / "video" / "elon-musk-smoke.gif", []))
+    scenes.append(ticket_scene(workdir / "office", workdir / "tickets.mp4", now))
+    return cfg, scenes

@@ -1,0 +1,54 @@
+"""systemd's sd_notify protocol (READY, WATCHDOG, STATUS, STOPPING), in a few lines of stdlib.
+
+A datagram to $NOTIFY_SOCKET; outside systemd (no socket) every call is a no-op.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+
+
+class Notifier:
+    def __init__(self, env: dict[str, str] | None = None):
+        env = os.environ if env is None else env
+        addr = env.get("NOTIFY_SOCKET", "")
+        if addr.startswith("@"):
+            addr = "\0" + addr[1:]
+        self.addr = addr or None
+        usec = env.get("WATCHDOG_USEC", "")
+        self.watchdog_s = int(usec) / 1e6 if usec.isdigit() else 0.0
+        self._sock = None
+        self._last_ping = 0.0
+        if self.addr:
+            self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+
+    def send(self, *fields: str) -> None:
+        if self._sock is None:
+            return
+        try:
+            self._sock.sendto("\n".join(fields).encode(), self.addr)
+        except OSError:
+            pass  # systemd gone or socket full: the service must not die of it
+
+    def ready(self, status: str = "") -> None:
+        self.send("READY=1", f"STATUS={status}") if status else self.send("READY=1")
+
+    def status(self, text: str) -> None:
+        self.send(f"STATUS={text}")
+
+    def watchdog(self) -> None:
+        """Ping at most every half watchdog interval; call it from the frame loop only."""
+        if not self.watchdog_s:
+            return
+        now = time.monotonic()
+        if now - self._last_ping >= self.watchdog_s / 2:
+            self._last_ping = now
+            self.send("WATCHDOG=1")
+
+    def stopping(self) -> None:
+        self.send("STOPPING=1")
+
+    def reloading(self) -> None:
+        self.send("RELOADING=1")

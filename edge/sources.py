@@ -1,0 +1,191 @@
+"""Frame sources: recorded video file, OpenCV/V4L2 camera, Picamera2, behind one small interface.
+
+`read()` returns a Frame, or None when no frame is available right now (camera lost and being
+reopened with backoff; the daemon keeps its watchdog alive meanwhile). `finished` is True only
+at the end of a file. Corrupt frames are counted and skipped, never passed on.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from edge.errors import ImageError, SourceError
+from edge.vision.image import to_bgr8
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Frame:
+    image: np.ndarray  # BGR uint8
+    t: float  # seconds: recorded time for files, time.monotonic() for cameras
+    index: int
+
+
+class FrameSource:
+    state: str = "closed"  # open | lost | finished | closed
+    corrupt: int = 0
+    finished: bool = False
+
+    def read(self) -> Frame | None:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def close(self) -> None:
+        self.state = "closed"
+
+
+class VideoFileSource(FrameSource):
+    """A recorded clip: every frame, at its recorded rate (realtime) or as fast as possible."""
+
+    def __init__(self, path: str | Path, realtime: bool = False, capture_factory: Callable = cv2.VideoCapture):
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise SourceError(f"video {self.path} does not exist", "check camera.source or --source")
+        self.cap = capture_factory(str(self.path))
+        if not self.cap.isOpened():
+            raise SourceError(f"video {self.path} cannot be opened", "is it a video file (mp4, avi, gif)?")
+        fps = self.cap.get(cv2.CAP_PROP_FPS)
+        self.fps = fps if fps and 1 <= fps <= 240 else 25.0
+        self.realtime = realtime
+        self.index = 0
+        self.state = "open"
+        self._t0 = time.monotonic()
+
+    def read(self) -> Frame | None:
+        while True:
+            ok, img = self.cap.read()
+            if not ok:
+                self.finished, self.state = True, "finished"
+                return None
+            t = self.index / self.fps
+            self.index += 1
+            try:
+                frame = Frame(to_bgr8(img, f"{self.path.name}#{self.index - 1}"), t, self.index - 1)
+            except ImageError as e:
+                self.corrupt += 1
+                log.warning("source corrupt_frame source=%s index=%d reason=%s", self.path.name, self.index - 1, e)
+                continue
+            if self.realtime:
+                delay = self._t0 + t - time.monotonic()
+                if delay > 0:
+                    time.sleep(delay)
+            return frame
+
+    def close(self) -> None:
+        self.cap.release()
+        super().close()
+
+
+class CameraSource(FrameSource):
+    """A live camera (V4L2 via OpenCV); reopened with exponential backoff when it disappears."""
+
+    def __init__(self, device: str | int, width: int = 640, height: int = 480, fps: float = 15.0,
+                 reconnect_max_s: float = 30.0, capture_factory: Callable = cv2.VideoCapture,
+                 clock: Callable[[], float] = time.monotonic):
+        self.device = int(device) if str(device).isdigit() else str(device)
+        self.size, self.fps = (width, height), fps
+        self.reconnect_max_s = reconnect_max_s
+        self.factory, self.clock = capture_factory, clock
+        self.cap = None
+        self.index = 0
+        self.failures = 0
+        self.reconnects = 0
+        self._next_try = 0.0
+        self._backoff = 0.5
+        if not self._open():
+            raise SourceError(f"camera {device} cannot be opened", "check the cable, /dev/video*, and the video group")
+
+    def _open(self) -> bool:
+        try:
+            cap = self.factory(self.device)
+            if cap is not None and cap.isOpened():
+                cap.set(cv2.CAP_PROP_FRAME_WIDTH, self.size[0])
+                cap.set(cv2.CAP_PROP_FRAME_HEIGHT, self.size[1])
+                cap.set(cv2.CAP_PROP_FPS, self.fps)
+                self.cap, self.state, self._backoff = cap, "open", 0.5
+                return True
+        except cv2.error as e:
+            log.warning("camera open_failed device=%s reason=%s", self.device, e)
+        self.state = "lost"
+        return False
+
+    def read(self) -> Frame | None:
+        now = self.clock()
+        if self.state == "lost":
+            if now < self._next_try:
+                return None
+            if not self._open():
+                self._backoff = min(self._backoff * 2, self.reconnect_max_s)
+                self._next_try = now + self._backoff
+                return None
+            self.reconnects += 1
+            log.info("camera reconnected device=%s reconnects=%d", self.device, self.reconnects)
+        ok, img = self.cap.read()
+        if not ok or img is None:
+            self.failures += 1
+            if self.failures >= 3:  # a few misses in a row: the camera is gone
+                log.error("camera lost device=%s; reopening with backoff", self.device)
+                self.cap.release()
+                self.state, self.failures = "lost", 0
+                self._next_try = now + self._backoff
+            return None
+        self.failures = 0
+        try:
+            frame = Frame(to_bgr8(img, f"camera#{self.index}"), now, self.index)
+        except ImageError as e:
+            self.corrupt += 1
+            log.warning("source corrupt_frame source=camera index=%d reason=%s", self.index, e)
+            frame = None
+        self.index += 1
+        return frame
+
+    def close(self) -> None:
+        if self.cap is not None:
+            self.cap.release()
+        super().close()
+
+
+class Picamera2Source(FrameSource):  # pragma: no cover - needs a Raspberry Pi camera
+    """The Pi camera through libcamera; imported only when configured (the `pi` extra)."""
+
+    def __init__(self, width: int = 640, height: int = 480):
+        try:
+            from picamera2 import Picamera2
+        except ImportError:
+            raise SourceError("picamera2 is not installed", "pip install 'edge-gate[pi]' on the Pi") from None
+        self.cam = Picamera2()
+        self.cam.configure(self.cam.create_video_configuration(main={"size": (width, height), "format": "RGB888"}))
+        self.cam.start()
+        self.index, self.state = 0, "open"
+
+    def read(self) -> Frame | None:
+        try:
+            img = self.cam.capture_array()
+        except Exception as e:  # libcamera reports many kinds of failure
+            log.error("camera picamera2_error reason=%s", e)
+            self.state = "lost"
+            return None
+        self.state = "open"
+        self.index += 1
+        return Frame(np.ascontiguousarray(img), time.monotonic(), self.index - 1)
+
+    def close(self) -> None:
+        self.cam.stop()
+        super().close()
+
+
+def open_source(spec: str, width: int = 640, height: int = 480, fps: float = 15.0, realtime: bool = True,
+                reconnect_max_s: float = 30.0) -> FrameSource:
+    """'picamera2', a device ('/dev/video0' or '0'), or a video file."""
+    if spec == "picamera2":
+        return Picamera2Source(width, height)
+    if spec.isdigit() or spec.startswith("/dev/video"):
+        return CameraSource(spec, width, height, fps, reconnect_max_s)
+    return VideoFileSource(spec, realtime=realtime)
