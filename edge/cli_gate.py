@@ -107,7 +107,7 @@ def doctor_checks(cfg: config_mod.Config, db: Path, key: Path) -> list[tuple[str
         mdir = config_mod.models_path(cfg)
         cat = load_catalogue(mdir)
         for group in ("detectors", "embedders"):
-            for name, e in cat[group].items():
+            for e in cat[group].values():
                 verify_file(mdir / e["file"], e["sha256"])
         d, e = detector_spec(mdir, cfg.vision.detector), embedder_spec(mdir, cfg.vision.embedder)
         return f"{len(cat['detectors']) + len(cat['embedders'])} files match models.json; using {d.name} + {e.name} (threshold {e.threshold})"

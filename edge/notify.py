@@ -5,6 +5,7 @@ A datagram to $NOTIFY_SOCKET; outside systemd (no socket) every call is a no-op.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import time
@@ -27,10 +28,9 @@ class Notifier:
     def send(self, *fields: str) -> None:
         if self._sock is None:
             return
-        try:
+        # systemd gone or socket full: the service must not die of it
+        with contextlib.suppress(OSError):
             self._sock.sendto("\n".join(fields).encode(), self.addr)
-        except OSError:
-            pass  # systemd gone or socket full: the service must not die of it
 
     def ready(self, status: str = "") -> None:
         self.send("READY=1", f"STATUS={status}") if status else self.send("READY=1")

@@ -1,0 +1,65 @@
+#!/usr/bin/env bash
+# Install edge-gate on Raspberry Pi OS (Bookworm, 64-bit) from this checkout. Run as root:
+#     sudo bash scripts/install-pi.sh [--issuer-pub PATH]
+# Installs: /opt/edge-gate (code + venv), /etc/edge-gate (gate.toml, gallery.key, issuer.pub),
+# /var/lib/edge-gate (state, via systemd StateDirectory), the systemd units, udev rules and the
+# firmware fragment. Safe to run again: it never overwrites the config or the gallery key.
+set -euo pipefail
+[ "$(id -u)" = 0 ] || { echo "run as root (sudo)" >&2; exit 1; }
+SRC=$(cd "$(dirname "$0")/.." && pwd)
+ISSUER_PUB=""
+[ "${1:-}" = "--issuer-pub" ] && ISSUER_PUB=$2
+
+echo "== packages"
+apt-get update -qq
+apt-get install -y -qq python3-venv python3-picamera2 python3-lgpio libcap-dev >/dev/null
+
+echo "== user"
+id edge-gate >/dev/null 2>&1 || useradd --system --home-dir /var/lib/edge-gate --shell /usr/sbin/nologin edge-gate
+for g in video gpio input; do getent group $g >/dev/null && usermod -aG $g edge-gate; done
+
+echo "== code and venv in /opt/edge-gate"
+install -d -m 0755 /opt/edge-gate
+cp -a "$SRC"/{pyproject.toml,README.md,edge,models,firmware_config,scripts,systemd} /opt/edge-gate/
+# --system-site-packages: picamera2 and lgpio come from Raspberry Pi OS, built for its libcamera
+[ -x /opt/edge-gate/venv/bin/python ] || python3 -m venv --system-site-packages /opt/edge-gate/venv
+/opt/edge-gate/venv/bin/pip install -q --upgrade pip
+/opt/edge-gate/venv/bin/pip install -q -e '/opt/edge-gate[pi]'
+
+echo "== configuration in /etc/edge-gate"
+install -d -m 0750 -o root -g edge-gate /etc/edge-gate
+if [ ! -f /etc/edge-gate/gate.toml ]; then
+  sed -e 's#^source = "demo"#source = "picamera2"#' \
+      -e 's#^pin_factory = "mock"#pin_factory = "lgpio"#' \
+      -e 's#^db = "var/gallery.db"#db = "/var/lib/edge-gate/gallery.db"#' \
+      -e 's#^key_file = "var/gallery.key"#key_file = "/etc/edge-gate/gallery.key"#' \
+      -e 's#^ledger = "var/ledger.db"#ledger = "/var/lib/edge-gate/ledger.db"#' \
+      -e 's#^revocation_list = "var/revoked.txt"#revocation_list = "/etc/edge-gate/revoked.txt"#' \
+      -e 's#^path = "var/audit.db"#path = "/var/lib/edge-gate/audit.db"#' \
+      -e 's#^pubkeys = \[\]#pubkeys = ["/etc/edge-gate/issuer.pub"]#' \
+      /opt/edge-gate/firmware_config/gate.toml > /etc/edge-gate/gate.toml
+  chmod 0640 /etc/edge-gate/gate.toml; chgrp edge-gate /etc/edge-gate/gate.toml
+fi
+if [ -n "$ISSUER_PUB" ]; then install -m 0644 "$ISSUER_PUB" /etc/edge-gate/issuer.pub; fi
+[ -f /etc/edge-gate/issuer.pub ] || echo "!! copy the ticket office's issuer.pub to /etc/edge-gate/issuer.pub (the gate refuses to start without a ticket key)"
+touch /etc/edge-gate/revoked.txt
+if [ ! -f /etc/edge-gate/gallery.key ]; then
+  sudo -u edge-gate /opt/edge-gate/venv/bin/edge-gate keys init --config /etc/edge-gate/gate.toml --key-file /tmp/edge-gate.key.$$
+  install -m 0600 -o edge-gate -g edge-gate /tmp/edge-gate.key.$$ /etc/edge-gate/gallery.key && rm -f /tmp/edge-gate.key.$$
+  echo "!! back up /etc/edge-gate/gallery.key offline: without it the gallery cannot be opened"
+fi
+
+echo "== firmware, udev, systemd"
+CFG=/boot/firmware/config.txt; [ -f $CFG ] || CFG=/boot/config.txt
+if ! grep -q "edge-gate begin" $CFG; then cat /opt/edge-gate/firmware_config/config.txt >> $CFG; echo "   (reboot once for $CFG)"; fi
+install -m 0644 /opt/edge-gate/firmware_config/99-edge-gate.rules /etc/udev/rules.d/99-edge-gate.rules
+udevadm control --reload && udevadm trigger
+install -m 0644 /opt/edge-gate/systemd/edge-gate.service /opt/edge-gate/systemd/edge-gate-purge.service \
+  /opt/edge-gate/systemd/edge-gate-purge.timer /etc/systemd/system/
+systemctl daemon-reload
+systemctl enable edge-gate-purge.timer edge-gate.service
+ln -sf /opt/edge-gate/venv/bin/edge-gate /usr/local/bin/edge-gate
+
+echo "== check"
+sudo -u edge-gate /opt/edge-gate/venv/bin/edge-gate doctor --config /etc/edge-gate/gate.toml || true
+echo "Start with: systemctl start edge-gate && journalctl -fu edge-gate"

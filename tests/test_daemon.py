@@ -1,0 +1,284 @@
+"""The gate on recorded video, end to end, and its faults: each with an observable outcome."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from gpiozero.pins.mock import MockFactory
+
+from edge import config as config_mod
+from edge import tickets as tk
+from edge.daemon import Gate
+from edge.demo import ticket_scene
+from edge.errors import ConfigError
+from edge.notify import Notifier
+from edge.sources import Frame, FrameSource, VideoFileSource
+
+
+def make_config(tmp: Path, extra: str = "") -> config_mod.Config:
+    if not (tmp / "office" / "issuer.key").exists():
+        tk.keygen(tmp / "office")
+    p = tmp / "gate.toml"
+    p.write_text(
+        '[gate]\nid = "test-gate"\n' + extra +
+        '\n[gallery]\ndb = "gallery.db"\nkey_file = "gallery.key"\n'
+        '[tickets]\npubkeys = ["office/issuer.pub"]\nledger = "ledger.db"\nrevocation_list = "revoked.txt"\n'
+        '[relay]\npin_factory = "mock"\npulse_s = 0.3\n[audit]\npath = "audit.db"\n')
+    return config_mod.load(p)
+
+
+def enroll_lin(cfg, fixtures, pipeline) -> str:
+    from edge.gallery.crypto import init_key
+    from edge.gallery.enroll import enroll
+    from edge.gallery.store import Consent, Gallery
+
+    g = Gallery(cfg.resolve(cfg.gallery.db), init_key(cfg.resolve(cfg.gallery.key_file)))
+    pid, _ = enroll(g, pipeline, "Lin-Manuel Miranda", Consent("v1"),
+                    [str(fixtures / "faces" / "lin_manuel_miranda" / "lin-manuel-miranda.png")],
+                    threshold=pipeline.spec.threshold, min_margin=0.04)
+    g.close()
+    return pid
+
+
+def empty_gallery(cfg) -> None:
+    from edge.gallery.crypto import init_key
+    from edge.gallery.store import Gallery
+
+    Gallery(cfg.resolve(cfg.gallery.db), init_key(cfg.resolve(cfg.gallery.key_file))).close()
+
+
+def events(path: Path) -> list[dict]:
+    return [json.loads(x) for x in path.read_text().splitlines()] if path.exists() else []
+
+
+def run_gate(cfg, clip, tmp, **kw) -> tuple[Gate, list[dict]]:
+    ev = tmp / f"events-{time.monotonic_ns()}.jsonl"
+    gate = Gate(cfg, source_spec=str(clip), realtime=False, events=str(ev), pin_factory=MockFactory(), **kw)
+    assert gate.run() == 0
+    return gate, events(ev)
+
+
+# --- recorded video --------------------------------------------------------------------------
+
+def test_hamilton_grants_only_lin_manuel(tmp_path, fixtures, pipeline):
+    cfg = make_config(tmp_path)
+    pid = enroll_lin(cfg, fixtures, pipeline)
+    gate, ev = run_gate(cfg, fixtures / "video" / "short_hamilton_clip.mp4", tmp_path)
+    grants = [e for e in ev if e["decision"] == "grant"]
+    assert grants, "he faces the camera for seconds: he must be let in"
+    assert all(e["via"] == "face" and e["person"] == pid for e in grants)
+    assert gate.frames == 275
+    assert gate.relay.pin.states[-1].state is False  # and the gate ends closed
+    for e in ev:
+        assert {"t", "frame", "decision", "via", "score", "reason"} <= set(e) and ("person" in e or "ticket" in e)
+
+
+def test_stranger_gif_never_granted(tmp_path, fixtures, pipeline):
+    cfg = make_config(tmp_path)
+    empty_gallery(cfg)
+    _, ev = run_gate(cfg, fixtures / "video" / "elon-musk-smoke.gif", tmp_path)
+    assert [e for e in ev if e["decision"] == "grant"] == []
+    cfg2 = make_config(tmp_path / "b")  # with someone else enrolled: still nobody gets in
+    enroll_lin(cfg2, fixtures, pipeline)
+    _, ev = run_gate(cfg2, fixtures / "video" / "elon-musk-smoke.gif", tmp_path)
+    assert [e for e in ev if e["decision"] == "grant"] == []
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_ticket_clip_decisions_exactly_as_the_ledger_says(tmp_path, seed):
+    cfg = make_config(tmp_path, '[vision]\nface_enabled = false\n')
+    scene = ticket_scene(tmp_path / "office", tmp_path / "t.mp4", time.time(), seed=seed)
+    gate, ev = run_gate(cfg, scene.clip, tmp_path)
+    assert [(e["decision"], e["via"], e["reason"]) for e in ev] == scene.expected, ev
+    from edge.ledger import Ledger
+
+    assert Ledger(cfg.resolve(cfg.tickets.ledger)).used("DAY-0001") == 1
+    assert sum(1 for s in gate.relay.pin.states if s.state) == 1
+
+
+def test_run_cli_contract(tmp_path):
+    cfg = make_config(tmp_path, '[vision]\nface_enabled = false\n')
+    scene = ticket_scene(tmp_path / "office", tmp_path / "t.mp4", time.time())
+    ev = tmp_path / "ev.jsonl"
+    p = subprocess.run([sys.executable, "-m", "edge.cli", "run", "--config", cfg.source_file, "--source",
+                        str(scene.clip), "--events", str(ev), "--fast"], capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr
+    got = events(ev)
+    assert [(e["decision"], e["reason"]) for e in got] == [(d, r) for d, _, r in scene.expected]
+    assert got[0]["ticket"] == "DAY-0001" and "GRANT" in p.stdout
+
+
+def test_demo_command_runs(tmp_path):
+    p = subprocess.run([sys.executable, "-m", "edge.cli", "demo", "--fast", "--workdir", str(tmp_path / "d")],
+                       capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr
+    assert "GRANT via ticket DAY-0001" in " ".join(p.stdout.split())
+    assert "already_used" in p.stdout
+
+
+# --- faults ----------------------------------------------------------------------------------
+
+def test_no_ticket_key_is_refused_at_start(tmp_path):
+    p = tmp_path / "gate.toml"
+    p.write_text('[relay]\npin_factory = "mock"\n[audit]\npath = "audit.db"\n[tickets]\nledger = "l.db"\n')
+    with pytest.raises(ConfigError, match="no non-face way in"):
+        Gate(config_mod.load(p), source_spec="x.mp4", pin_factory=MockFactory())
+
+
+def test_broken_model_degrades_to_ticket_only(tmp_path, fixtures, pipeline):
+    import shutil
+
+    models = tmp_path / "models"
+    shutil.copytree(config_mod.PROJECT_ROOT / "models", models)
+    data = bytearray((models / "dlib_resnet_int8.tflite").read_bytes())
+    data[5000:5100] = bytes(100)  # corrupt
+    (models / "dlib_resnet_int8.tflite").write_bytes(bytes(data))
+    cfg = make_config(tmp_path, f'[vision]\nmodels_dir = "{models}"\n')
+    scene = ticket_scene(tmp_path / "office", tmp_path / "t.mp4", time.time())
+    printed = []
+    gate, ev = run_gate(cfg, scene.clip, tmp_path, printer=printed.append)
+    assert gate.face is None and "ticket-only" in gate.degraded and "SHA-256" in gate.degraded
+    assert any("DEGRADED" in line for line in printed)
+    assert [(e["decision"], e["reason"]) for e in ev][0] == ("grant", "ok")  # tickets still work
+    (models / "dlib_resnet_int8.tflite").unlink()  # missing altogether: same outcome
+    cfg2 = make_config(tmp_path / "b", f'[vision]\nmodels_dir = "{models}"\n')
+    gate, _ = run_gate(cfg2, fixtures / "video" / "elon-musk-smoke.gif", tmp_path)
+    assert gate.face is None and "missing" in gate.degraded
+
+
+def test_gallery_locked_by_a_writer_does_not_stop_grants(tmp_path, fixtures, pipeline):
+    cfg = make_config(tmp_path)
+    pid = enroll_lin(cfg, fixtures, pipeline)
+    writer = sqlite3.connect(cfg.resolve(cfg.gallery.db), isolation_level=None)
+    writer.execute("BEGIN IMMEDIATE")  # an enrollment in progress holds the write lock
+    writer.execute("INSERT INTO data_keys (kid, wrapped, created) VALUES ('x', x'00', 0)")
+    try:
+        _, ev = run_gate(cfg, fixtures / "video" / "short_hamilton_clip.mp4", tmp_path)
+    finally:
+        writer.execute("ROLLBACK")
+    assert [e["person"] for e in ev if e["decision"] == "grant"] == [pid]
+
+
+class ListSource(FrameSource):
+    """Frames from a list; optionally calls a hook before a given frame (to hang or signal)."""
+
+    def __init__(self, frames, hook_at=None, hook=None):
+        self.frames, self.i, self.state = frames, 0, "open"
+        self.hook_at, self.hook = hook_at, hook
+
+    def read(self):
+        if self.i == self.hook_at:
+            self.hook()
+        if self.i >= len(self.frames):
+            self.finished, self.state = True, "finished"
+            return None
+        f = Frame(self.frames[self.i], self.i / 10, self.i)
+        self.i += 1
+        return f
+
+
+def clip_frames(path: Path) -> list[np.ndarray]:
+    src = VideoFileSource(path)
+    out = []
+    while (f := src.read()) is not None:
+        out.append(f.image)
+    return out
+
+
+def test_sigterm_during_a_pulse_leaves_relay_off(tmp_path):
+    cfg = config_mod.override(make_config(tmp_path, '[vision]\nface_enabled = false\n'), relay={"pulse_s": 5.0})
+    scene = ticket_scene(tmp_path / "office", tmp_path / "t.mp4", time.time())
+    frames = clip_frames(scene.clip)
+    gate = Gate(cfg, source=ListSource(frames, hook_at=20, hook=lambda: os.kill(os.getpid(), signal.SIGTERM)),
+                pin_factory=MockFactory())
+    old = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
+    try:
+        gate.run()
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+    states = [s.state for s in gate.relay.pin.states]
+    assert True in states  # the valid ticket opened it (5 s pulse still running at SIGTERM)
+    assert states[-1] is False and gate.frames < len(frames)
+
+
+def test_watchdog_stops_when_the_loop_hangs(tmp_path):
+    sock_path = str(tmp_path / "notify.sock")
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    server.bind(sock_path)
+    server.settimeout(0.05)
+    cfg = make_config(tmp_path, '[vision]\nface_enabled = false\n')
+    release = threading.Event()
+    blank = [np.full((120, 160, 3), 90, np.uint8)] * 400
+
+    class SlowSource(ListSource):
+        def read(self):
+            time.sleep(0.01)
+            return super().read()
+
+    src = SlowSource(blank, hook_at=150, hook=lambda: release.wait(10))  # the camera read hangs
+    notifier = Notifier({"NOTIFY_SOCKET": sock_path, "WATCHDOG_USEC": "200000"})
+    gate = Gate(cfg, source=src, pin_factory=MockFactory(), notifier=notifier)
+    th = threading.Thread(target=gate.run, daemon=True)
+    th.start()
+    msgs = []  # (time, message)
+    t_end = time.monotonic() + 12
+    while time.monotonic() < t_end and th.is_alive():
+        with contextlib.suppress(TimeoutError):
+            msgs.append((time.monotonic(), server.recv(4096).decode()))
+        if src.i >= 150 and not release.is_set() and time.monotonic() - max(t for t, m in msgs if "WATCHDOG" in m) > 1.5:
+            hung_at = time.monotonic()
+            release.set()
+    gate.stop_requested = True
+    th.join(10)
+    server.close()
+    assert msgs[0][1].startswith("READY=1")
+    pings = [t for t, m in msgs if m == "WATCHDOG=1"]
+    assert len(pings) >= 3  # alive while frames flow
+    before = [t for t in pings if t < hung_at]
+    assert hung_at - before[-1] > 1.5  # no ping while hung: systemd (WatchdogSec) would restart us
+    assert any(t > hung_at for t in pings)  # and pings resume when the loop does
+    assert any(m.startswith("STOPPING=1") for _, m in msgs)
+
+
+def test_sighup_reload_picks_up_revocations(tmp_path):
+    cfg = make_config(tmp_path, '[vision]\nface_enabled = false\n')
+    gate = Gate(cfg, source=ListSource([]), pin_factory=MockFactory())
+    key = tk.load_private(tmp_path / "office" / "issuer.key")
+    text = tk.sign(tk.Ticket("R-1", valid_until=int(time.time()) + 999), key)
+    assert gate.verifier.verify(text, time.time()).valid
+    tk.revoke(cfg.resolve(cfg.tickets.revocation_list), ["R-1"])
+    gate.reload()
+    assert gate.verifier.verify(text, time.time()).reason == tk.REVOKED
+    gate.close()
+
+
+def test_scanner_lines_are_decided_like_camera_codes(tmp_path):
+    cfg = make_config(tmp_path, '[vision]\nface_enabled = false\n')
+    key = tk.load_private(tmp_path / "office" / "issuer.key")
+    good = tk.sign(tk.Ticket("S-1", valid_until=int(time.time()) + 999), key)
+    ev = tmp_path / "ev.jsonl"
+    blank = [np.full((120, 160, 3), 90, np.uint8)] * 60
+
+    class Slow(ListSource):
+        def read(self):
+            time.sleep(0.01)
+            return super().read()
+
+    gate = Gate(cfg, source=Slow(blank), pin_factory=MockFactory(), events=str(ev),
+                scanner=iter([good + "\n", "8413000065504\n"]))
+    gate.run()
+    got = [(e["decision"], e["reason"]) for e in events(ev)]
+    assert got == [("grant", "ok"), ("deny", "malformed")]

@@ -1,0 +1,148 @@
+"""The decision policy, pure: every rule, frame by frame."""
+
+from __future__ import annotations
+
+import pytest
+
+from edge.errors import ConfigError
+from edge.policy import (
+    DENY,
+    FACE,
+    FACE_AND_TICKET,
+    GRANT,
+    TICKET,
+    FaceSeen,
+    Observation,
+    Policy,
+    PolicyParams,
+    TicketSeen,
+    check_non_face_way_in,
+)
+from edge.tickets import EXPIRED, OK, Ticket, Verdict
+
+FPS = 10.0
+
+
+def face(pid, score=0.95, w=0.2, c=(0.5, 0.5), ok=True, valid_until=None, pass_ref=""):
+    return FaceSeen(pid, score, w, c, ok, valid_until, pass_ref)
+
+
+def run(policy, frames, t0=0.0, wall=1_800_000_000.0):
+    """frames: list of (faces, tickets); returns decisions with frame numbers."""
+    out = []
+    for i, (faces, tickets) in enumerate(frames):
+        out += policy.step(Observation(t0 + i / FPS, i, wall, tuple(faces), tuple(tickets)))
+    return out
+
+
+def test_k_of_n_confirmation_grants_once():
+    p = Policy(PolicyParams(k=3, n=5))
+    ds = run(p, [([face("A")], [])] * 10)
+    assert [(d.decision, d.via, d.subject, d.frame) for d in ds] == [(GRANT, FACE, "A", 2)]
+
+
+def test_matches_must_agree_and_fall_in_window():
+    p = Policy(PolicyParams(k=3, n=4, window_s=2.0))
+    alternating = [([face("A" if i % 2 else "B")], []) for i in range(40)]
+    assert run(p, alternating) == []  # never 3 of the last 4 for one person
+    p = Policy(PolicyParams(k=3, n=5, window_s=0.5))
+    sparse = []
+    for _ in range(3):  # one match, then 9 frames of nobody: matches never within 0.5 s
+        sparse += [([face("A")], [])] + [([], [])] * 9
+    assert run(p, sparse) == []
+
+
+def test_stranger_never_granted_and_reported_once():
+    p = Policy(PolicyParams(k=3, n=5, window_s=2.0))
+    ds = run(p, [([face(None, 0.90)], [])] * 100)
+    assert [(d.decision, d.reason) for d in ds] == [(DENY, "not_enrolled")]
+    assert ds[0].t >= 4.0  # said only after the face has stood at the gate two windows
+
+
+def test_no_not_enrolled_for_a_person_who_was_granted():
+    p = Policy(PolicyParams(k=3, n=5, window_s=2.0, cooldown_s=1000, anti_passback_s=1000))
+    frames = [([face("A")], [])] * 3 + [([face(None, 0.9)], [])] * 60
+    assert [d.decision for d in run(p, frames)] == [GRANT]
+
+
+def test_two_faces_at_the_gate_is_tailgating():
+    p = Policy(PolicyParams())
+    ds = run(p, [([face("A"), face("B", c=(0.2, 0.5))], [])] * 20)
+    assert [(d.decision, d.reason) for d in ds] == [(DENY, "tailgating")]
+
+
+def test_small_faces_and_faces_outside_zone_do_not_count():
+    p = Policy(PolicyParams(min_face_fraction=0.1, zone=(0.25, 0.0, 0.75, 1.0)))
+    # a bystander far away (tiny) and one outside the zone do not make it tailgating
+    frames = [([face("A"), face("B", w=0.03), face("C", c=(0.05, 0.5))], [])] * 5
+    assert [(d.decision, d.subject) for d in run(p, frames)] == [(GRANT, "A")]
+    p = Policy(PolicyParams(zone=(0.5, 0.0, 1.0, 1.0)))
+    assert run(p, [([face("A", c=(0.2, 0.5))], [])] * 10) == []
+
+
+def test_low_quality_frames_are_ignored():
+    p = Policy(PolicyParams())
+    assert run(p, [([face("A", ok=False)], [])] * 20) == []
+
+
+def test_cooldown_then_anti_passback_then_grant_again():
+    p = Policy(PolicyParams(k=3, n=5, cooldown_s=5, anti_passback_s=30, window_s=2))
+    ds = run(p, [([face("A")], [])] * 3)
+    assert [d.decision for d in ds] == [GRANT]
+    assert run(p, [([face("A")], [])] * 10, t0=1.0) == []  # within cooldown: still in view
+    ds = run(p, [([face("A")], [])] * 10, t0=10.0)
+    assert [(d.decision, d.reason) for d in ds] == [(DENY, "anti_passback")]
+    ds = run(p, [([face("A")], [])] * 3, t0=40.0)
+    assert [d.decision for d in ds] == [GRANT]
+
+
+def test_expired_pass_is_refused():
+    p = Policy(PolicyParams())
+    ds = run(p, [([face("A", valid_until=1_700_000_000)], [])] * 5, wall=1_800_000_000.0)
+    assert [(d.decision, d.reason) for d in ds] == [(DENY, "pass_expired")]
+
+
+def seen(tid, valid=True, reason=OK, holder=""):
+    t = Ticket(tid, holder=holder) if tid else None
+    return TicketSeen(f"EG{tid}", Verdict(valid, reason, t))
+
+
+def test_ticket_decided_once_while_in_view_and_again_when_shown_again():
+    p = Policy(PolicyParams(cooldown_s=2.0))
+    ds = run(p, [([], [seen("T1")])] * 30)
+    assert [(d.decision, d.via, d.subject) for d in ds] == [(GRANT, TICKET, "T1")]
+    assert ds[0].ticket.ticket_id == "T1"  # the daemon redeems it before opening
+    ds = run(p, [([], [seen("T1")])] * 2, t0=10.0)
+    assert len(ds) == 1
+
+
+def test_invalid_ticket_refused_with_its_reason_and_faces_irrelevant():
+    p = Policy(PolicyParams())
+    ds = run(p, [([face(None), face(None, c=(0.1, 0.1))], [seen("T2", False, EXPIRED)])])
+    assert (DENY, TICKET, EXPIRED) in [(d.decision, d.via, d.reason) for d in ds]
+
+
+def test_ticket_only_mode_ignores_faces():
+    p = Policy(PolicyParams(mode="ticket-only", face_enabled=False))
+    assert run(p, [([face("A")], [])] * 20) == []
+    assert [d.decision for d in run(p, [([], [seen("T3")])])] == [GRANT]
+
+
+def test_face_and_ticket_needs_both_and_the_right_holder():
+    params = PolicyParams(mode="face-and-ticket")
+    p = Policy(params)
+    assert run(p, [([face("A")], [])] * 10) == []  # face alone
+    p = Policy(params)
+    assert run(p, [([], [seen("T4", holder="A")])] * 3) == []  # ticket alone
+    p = Policy(params)
+    ds = run(p, [([], [seen("T4", holder="A")])] + [([face("A")], [])] * 5)
+    assert [(d.decision, d.via, d.subject, d.ticket.ticket_id) for d in ds] == [(GRANT, FACE_AND_TICKET, "A", "T4")]
+    p = Policy(params)
+    ds = run(p, [([], [seen("T5", holder="B")])] + [([face("A")], [])] * 5)
+    assert [(d.decision, d.reason) for d in ds] == [(DENY, "ticket_holder_mismatch")]
+
+
+def test_no_non_face_way_in_is_refused():
+    with pytest.raises(ConfigError, match="no non-face way in"):
+        check_non_face_way_in("face-or-ticket", 0)
+    check_non_face_way_in("face-or-ticket", 1)

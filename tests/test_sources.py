@@ -1,0 +1,109 @@
+"""Frame sources: recorded files, corrupt frames, and a camera that disappears and comes back."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from edge.errors import SourceError
+from edge.sources import CameraSource, VideoFileSource
+
+
+def test_file_source_reads_every_frame_with_recorded_time(fixtures):
+    src = VideoFileSource(fixtures / "video" / "short_hamilton_clip.mp4", realtime=False)
+    frames = []
+    while (f := src.read()) is not None:
+        frames.append((f.index, f.t, f.image.shape))
+    assert src.finished and src.state == "finished"
+    assert len(frames) == 275
+    assert frames[30][1] == pytest.approx(30 / src.fps)
+    assert frames[0][2] == (360, 640, 3)
+
+
+def test_gif_source(fixtures):
+    src = VideoFileSource(fixtures / "video" / "elon-musk-smoke.gif")
+    n = 0
+    while src.read() is not None:
+        n += 1
+    assert n == 35
+
+
+def test_missing_and_non_video_files(tmp_path):
+    with pytest.raises(SourceError, match="does not exist"):
+        VideoFileSource(tmp_path / "nope.mp4")
+    bad = tmp_path / "bad.mp4"
+    bad.write_bytes(b"not a video" * 100)
+    with pytest.raises(SourceError, match="cannot be opened"):
+        VideoFileSource(bad)
+
+
+class FakeCapture:
+    """Stands in for cv2.VideoCapture: a scripted list of frames, None for a failed read."""
+
+    def __init__(self, script):
+        self.script = list(script)
+        self.opened = True
+
+    def isOpened(self):  # noqa: N802 - OpenCV's name
+        return self.opened
+
+    def read(self):
+        if not self.script:
+            return False, None
+        item = self.script.pop(0)
+        return (item is not None), item
+
+    def set(self, *a):
+        return True
+
+    def get(self, *a):
+        return 10.0
+
+    def release(self):
+        self.opened = False
+
+
+def frame(v):
+    return np.full((48, 64, 3), v, np.uint8)
+
+
+def test_corrupt_frames_are_counted_and_skipped(tmp_path):
+    p = tmp_path / "x.mp4"
+    p.write_bytes(b"x")
+    script = [frame(1), np.zeros((0, 0, 3), np.uint8), frame(2), np.zeros((4, 4, 7), np.uint8), frame(3)]
+    src = VideoFileSource(p, capture_factory=lambda _: FakeCapture(script))
+    got = []
+    while (f := src.read()) is not None:
+        got.append(int(f.image[0, 0, 0]))
+    assert got == [1, 2, 3] and src.corrupt == 2
+
+
+def test_camera_lost_mid_stream_is_reopened_with_backoff():
+    now = [0.0]
+    opens = []
+    captures = [FakeCapture([frame(1), frame(2), None, None, None]),  # works, then unplugged
+                None, None,  # two failed reopen attempts
+                FakeCapture([frame(7), frame(8)])]
+
+    def factory(dev):
+        opens.append(now[0])
+        cap = captures.pop(0) if captures else None  # later: unplugged for good
+        if cap is None:
+            c = FakeCapture([])
+            c.opened = False
+            return c
+        return cap
+
+    cam = CameraSource(0, capture_factory=factory, clock=lambda: now[0], reconnect_max_s=4.0)
+    seen = []
+    for _ in range(200):
+        f = cam.read()
+        if f is not None:
+            seen.append(int(f.image[0, 0, 0]))
+        now[0] += 0.1
+    assert seen == [1, 2, 7, 8]
+    assert cam.reconnects == 1
+    gaps = np.diff(opens[1:4])  # the two failed attempts and the successful one
+    assert (gaps >= 0.49).all() and gaps[-1] > gaps[0]  # backoff grows
+    tail = np.diff(opens[4:])
+    assert len(tail) and tail.max() <= 4.0 + 0.2  # and is capped at reconnect_max_s
