@@ -63,6 +63,13 @@ def cmd_bench(args) -> int:
         print(json.dumps(rep) if args.json else format_gallery_bench(rep))
         return 0
     clip = Path(args.clip) if args.clip else config_mod.fixtures_dir() / "video" / "short_hamilton_clip.mp4"
+    if args.gate:
+        from edge.measure import bench_gate
+
+        photos = [Path(p) for p in args.enroll] or [config_mod.fixtures_dir() / "faces" / "lin_manuel_miranda" / "lin-manuel-miranda.png"]
+        rep = bench_gate(clip, photos, config_mod.PROJECT_ROOT / "var" / "bench-gate")
+        print(json.dumps(rep) if args.json else "\n".join(f"{k:>34}: {v}" for k, v in rep.items()))
+        return 0
     threads = sorted({1, all_threads()}) if args.threads is None else [args.threads]
     rep = bench_clip(lambda t: _pipeline(cfg, args.embedder, args.detector, t), clip, threads, args.frames)
     print(json.dumps(rep) if args.json else format_bench(rep))
@@ -99,6 +106,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--detector")
     sp.add_argument("--gallery", type=int, default=0, metavar="N", help="benchmark 1:N search over N templates")
     sp.add_argument("--dim", type=int, default=128)
+    sp.add_argument("--gate", action="store_true", help="the whole gate on the clip: fps and time to grant")
+    sp.add_argument("--enroll", action="append", default=[], help="with --gate: photo(s) of the person to enroll")
     sp.add_argument("--json", action="store_true")
     common(sp)
     sp.set_defaults(func=cmd_bench)

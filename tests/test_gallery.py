@@ -326,3 +326,30 @@ def test_enroll_identify_refuse_duplicates_and_reenroll(gal, pipeline, fixtures)
                     wrong += 1
     assert wrong == 0
     assert right >= 15
+
+
+def test_enroll_from_video_picks_best_frames_and_writes_no_image(tmp_path, pipeline, fixtures, monkeypatch):
+    import cv2
+
+    from edge.gallery.enroll import enroll
+
+    written = []
+    real_imwrite = cv2.imwrite
+    monkeypatch.setattr(cv2, "imwrite", lambda *a, **k: written.append(a[0]) or real_imwrite(*a, **k))
+    monkeypatch.chdir(tmp_path)
+    kek = init_key(tmp_path / "k.key")
+    g = Gallery(tmp_path / "g.db", kek)
+    pid, n = enroll(g, pipeline, "Lin-Manuel Miranda", CONSENT,
+                    [str(fixtures / "video" / "short_hamilton_clip.mp4")], threshold=pipeline.spec.threshold,
+                    min_margin=0.04, max_templates=5)
+    assert n == 5 and g.people()[0].template_count == 5
+    g.close()
+    assert written == []
+    files = sorted(p.name for p in tmp_path.rglob("*") if p.is_file())
+    assert set(files) <= {"g.db", "g.db-wal", "g.db-shm", "k.key"}, files
+    # the frames it picked are the frontal ones of him: they match his photo
+    from edge.vision.image import load_image
+
+    ref = pipeline.embed_still(load_image(fixtures / "faces" / "lin_manuel_miranda" / "lin-manuel-miranda.png")).embedding
+    t = Gallery(tmp_path / "g.db", kek).templates(pipeline.spec.name)
+    assert (t.matrix @ ref).min() > 0.9 and list(set(t.person_ids)) == [pid]

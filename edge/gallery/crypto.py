@@ -68,12 +68,25 @@ def credential_path(key_file: Path) -> Path:
 
 
 def _write_key_file(path: Path, key: bytes) -> None:
+    """Write whole-or-nothing: a temp file, fsync, then a hard link to the name (fails if it exists)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(KEY_HEADER + base64.b64encode(key).decode() + "\n")
-        f.flush()
-        os.fsync(f.fileno())
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(KEY_HEADER + base64.b64encode(key).decode() + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.link(tmp, path)
+    except FileExistsError:
+        raise KeyFileError(f"key file {path} already exists", "keep it; use `edge-gate keys rotate` to change keys") from None
+    finally:
+        tmp.unlink(missing_ok=True)
+    dfd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
 
 
 def init_key(path: Path) -> Kek:

@@ -328,8 +328,10 @@ def rotate_key(db: str | os.PathLike[str], key_file: str | os.PathLike[str]) -> 
     """Replace the key-encryption key; crash-safe: at every instant the key file on disk opens the gallery.
 
     1. the new key is written beside the old one (KEY.next), 2. the data key is wrapped under it
-    too (commit), 3. KEY.next atomically replaces KEY, 4. the old wrapping is dropped. A rotation
-    killed anywhere is finished by running it again.
+    too (commit), 3. KEY.next atomically replaces KEY, 4. the old wrapping is dropped. Until step 3
+    the old KEY is the authority (its wrapping stays in the database), so a KEY.next left by an
+    interrupted rotation is discarded and made anew. A rotation killed anywhere is finished by
+    running it again.
     """
     from edge.gallery.crypto import init_key
 
@@ -338,7 +340,8 @@ def rotate_key(db: str | os.PathLike[str], key_file: str | os.PathLike[str]) -> 
     g = Gallery(db, old, create=False)
     try:
         nxt_path = key_path.with_name(key_path.name + ".next")
-        new = load_key(nxt_path) if nxt_path.exists() else init_key(nxt_path)
+        nxt_path.unlink(missing_ok=True)
+        new = init_key(nxt_path)
         g.rewrap(new)
         os.replace(nxt_path, key_path)
         dfd = os.open(key_path.parent, os.O_RDONLY)
