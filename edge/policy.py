@@ -8,11 +8,12 @@ episode: a code held in view or a person lingering does not produce a stream of 
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from collections import deque
 from dataclasses import dataclass, field
 
-from edge.config import Config
+from edge.config import Config, PolicyConfig
 from edge.errors import ConfigError
 from edge.tickets import OK, Ticket, Verdict
 
@@ -67,22 +68,16 @@ class Decision:
 
 
 @dataclass(frozen=True)
-class PolicyParams:
+class PolicyParams(PolicyConfig):
+    """The [policy] settings plus what the gate adds at start: the mode and whether faces run."""
+
     mode: str = "face-or-ticket"
-    k: int = 3
-    n: int = 5
-    window_s: float = 2.0
-    cooldown_s: float = 5.0
-    anti_passback_s: float = 60.0
-    min_face_fraction: float = 0.04
-    zone: tuple[float, float, float, float] = (0.0, 0.0, 1.0, 1.0)
     face_enabled: bool = True
 
     @classmethod
     def from_config(cls, cfg: Config, face_enabled: bool = True) -> PolicyParams:
-        p = cfg.policy
-        return cls(cfg.gate.mode, p.k, p.n, p.window_s, p.cooldown_s, p.anti_passback_s, p.min_face_fraction,
-                   p.zone, face_enabled and cfg.vision.face_enabled and cfg.gate.mode != "ticket-only")
+        return cls(**dataclasses.asdict(cfg.policy), mode=cfg.gate.mode,
+                   face_enabled=face_enabled and cfg.vision.face_enabled and cfg.gate.mode != "ticket-only")
 
 
 def check_non_face_way_in(mode: str, ticket_keys: int) -> None:

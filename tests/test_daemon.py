@@ -251,6 +251,8 @@ def test_watchdog_stops_when_the_loop_hangs(tmp_path):
     assert hung_at - before[-1] > 1.5  # no ping while hung: systemd (WatchdogSec) would restart us
     assert any(t > hung_at for t in pings)  # and pings resume when the loop does
     assert any(m.startswith("STOPPING=1") for _, m in msgs)
+    status = [m for _, m in msgs if m.startswith("STATUS=")]
+    assert status and "fps" in status[-1] and "camera" in status[-1] and "face-or-ticket" in status[-1]
 
 
 def test_sighup_reload_picks_up_revocations(tmp_path):
@@ -282,3 +284,45 @@ def test_scanner_lines_are_decided_like_camera_codes(tmp_path):
     gate.run()
     got = [(e["decision"], e["reason"]) for e in events(ev)]
     assert got == [("grant", "ok"), ("deny", "malformed")]
+
+
+def test_camera_lost_mid_stream_and_back_gate_keeps_deciding(tmp_path):
+    """The camera drops out between two tickets; the gate stays up, says so, and decides after."""
+    from edge.sources import CameraSource
+
+    from .test_sources import FakeCapture
+
+    # a live camera stamps frames with real time; replayed fast, the cooldown must be short
+    cfg = make_config(tmp_path, '[vision]\nface_enabled = false\n[policy]\ncooldown_s = 0.2\n')
+    scene = ticket_scene(tmp_path / "office", tmp_path / "t.mp4", time.time())
+    frames = clip_frames(scene.clip)
+    first, second = frames[:30], frames[100:]  # the valid ticket before the drop; its replay after
+    captures = [FakeCapture(first + [None] * 3), None, FakeCapture(second)]
+
+    def factory(dev):
+        cap = captures.pop(0) if captures else None
+        if cap is None:
+            cap = FakeCapture([])
+            cap.opened = False
+        return cap
+
+    states = []
+    cam = CameraSource("/dev/video0", capture_factory=factory, reconnect_max_s=0.2)
+    ev = tmp_path / "ev.jsonl"
+    gate = Gate(cfg, source=cam, pin_factory=MockFactory(), events=str(ev))
+
+    def stop_when_done():
+        while gate.frames < len(first) + len(second) and time.monotonic() < t_end:
+            states.append(cam.state)
+            time.sleep(0.005)
+        gate.stop_requested = True
+
+    t_end = time.monotonic() + 60
+    th = threading.Thread(target=stop_when_done, daemon=True)
+    th.start()
+    gate.run()
+    th.join(5)
+    assert "lost" in states and cam.reconnects == 1
+    assert gate.frames == len(first) + len(second)
+    got = [(e["decision"], e["reason"]) for e in events(ev)]
+    assert got == [("grant", "ok"), ("deny", "already_used")]

@@ -3,11 +3,7 @@
 from __future__ import annotations
 
 import os
-import random
-import signal
 import sqlite3
-import subprocess
-import sys
 import textwrap
 import time
 
@@ -18,6 +14,8 @@ from edge.errors import ConsentError, EnrollError, GalleryError, KeyFileError
 from edge.gallery.crypto import init_key, load_key
 from edge.gallery.matcher import LiveMatcher, Matcher
 from edge.gallery.store import Consent, Gallery, rotate_key
+
+from .conftest import kill_at_random
 
 CONSENT = Consent("notice-v1", operator="Desk Clerk Ondine")
 NAME = "Zebulon Quixote-Marchbanks"
@@ -215,17 +213,6 @@ def test_disk_full_during_enroll_keeps_db_consistent(gal):
     assert gal.conn.execute("SELECT count(*) FROM consents").fetchone()[0] == 1
 
 
-def _kill_loop(script: str, rounds: int, seed: int, max_delay: float) -> None:
-    rng = random.Random(seed)
-    env = dict(os.environ, PYTHONPATH=os.getcwd())
-    for _ in range(rounds):
-        p = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, env=env)
-        p.stdout.readline()
-        time.sleep(rng.uniform(0, max_delay))
-        os.kill(p.pid, signal.SIGKILL)
-        p.wait()
-
-
 def test_kill_9_mid_enroll_never_leaves_half_a_person(tmp_path):
     init_key(tmp_path / "k.key")
     Gallery(tmp_path / "g.db", load_key(tmp_path / "k.key")).close()
@@ -240,7 +227,7 @@ def test_kill_9_mid_enroll_never_leaves_half_a_person(tmp_path):
             e = rng.standard_normal((4, 128)).astype(np.float32)
             g.add_person("someone", Consent("v1"), list(e), "m", "v")
     """)
-    _kill_loop(script, 20, 11, 0.05)
+    kill_at_random(script, 20, 11, 0.05)
     g = Gallery(tmp_path / "g.db", load_key(tmp_path / "k.key"))
     assert g.conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
     people = g.people()
@@ -261,18 +248,13 @@ def test_key_rotation_killed_anywhere_still_opens(tmp_path):
         while True:
             rotate_key({str(tmp_path / 'g.db')!r}, {str(kf)!r})
     """)
-    rng = random.Random(3)
-    env = dict(os.environ, PYTHONPATH=os.getcwd())
-    for _ in range(20):
-        p = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, env=env)
-        p.stdout.readline()
-        time.sleep(rng.uniform(0, 0.15))
-        os.kill(p.pid, signal.SIGKILL)
-        p.wait()
-        g = Gallery(tmp_path / "g.db", load_key(kf), create=False)  # the key on disk always opens it
+    def still_opens():  # the key on disk always opens the gallery
+        g = Gallery(tmp_path / "g.db", load_key(kf), create=False)
         assert [p.name for p in g.people()] == [NAME]
         assert g.templates("m").rejected == 0
         g.close()
+
+    kill_at_random(script, 20, 3, 0.15, after_each=still_opens)
     old, new = rotate_key(tmp_path / "g.db", kf)  # a clean rotation finishes any interrupted one
     g = Gallery(tmp_path / "g.db", load_key(kf), create=False)
     assert g.stats()["key_ids"] == [new] and g.people()[0].id == pid

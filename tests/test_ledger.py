@@ -2,12 +2,7 @@
 
 from __future__ import annotations
 
-import os
-import random
-import signal
 import sqlite3
-import subprocess
-import sys
 import textwrap
 import threading
 import time
@@ -16,6 +11,8 @@ import pytest
 
 from edge.ledger import Ledger
 from edge.tickets import ALREADY_USED, Kind, Ticket
+
+from .conftest import kill_at_random
 
 DAY = 86400
 T0 = 1_800_000_000
@@ -94,14 +91,7 @@ def test_kill_9_between_verify_and_record_never_over_redeems(tmp_path):
         while True:
             led.redeem(t, time.time())
     """)
-    rng = random.Random(7)
-    env = dict(os.environ, PYTHONPATH=os.getcwd())
-    for _ in range(25):
-        p = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, env=env)
-        p.stdout.readline()
-        time.sleep(rng.uniform(0, 0.02))
-        os.kill(p.pid, signal.SIGKILL)
-        p.wait()
+    kill_at_random(script, 25, 7, 0.02)
     conn = sqlite3.connect(path)
     assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
     assert conn.execute("SELECT count(*) FROM redemptions WHERE ticket_id='K'").fetchone()[0] == 5

@@ -42,15 +42,14 @@ class FacePipeline:
             verify_file(espec.path, espec.sha256)
         self.detector = BlazeFace(dspec.path, dspec.kind, threads=threads, min_score=min_score)
         self.embedder = Embedder(espec, threads=threads)
-        self.quality = quality or QualityThresholds()
+        self.quality = quality or QualityThresholds.from_config()
         self.spec = espec
         self._models_dir, self._threads, self._full = models_dir, threads, None
 
     @classmethod
     def from_config(cls, cfg: Config) -> FacePipeline:
         v = cfg.vision
-        q = QualityThresholds(v.min_face_px, v.min_sharpness, v.max_yaw, v.min_brightness, v.max_brightness)
-        return cls(models_path(cfg), v.detector, v.embedder, v.threads, v.min_score, q)
+        return cls(models_path(cfg), v.detector, v.embedder, v.threads, v.min_score, QualityThresholds.from_config(v))
 
     def chip(self, bgr: np.ndarray, det: Detection) -> np.ndarray:
         return align_face(bgr, det.keypoints, self.spec.template, self.spec.size)

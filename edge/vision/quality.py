@@ -7,16 +7,23 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from edge.config import VisionConfig
 from edge.vision.detector import Detection
 
 
 @dataclass(frozen=True)
 class QualityThresholds:
-    min_face_px: int = 48
-    min_sharpness: float = 20.0
-    max_yaw: float = 0.45
-    min_brightness: float = 40.0
-    max_brightness: float = 220.0
+    min_face_px: int
+    min_sharpness: float
+    max_yaw: float
+    min_brightness: float
+    max_brightness: float
+
+    @classmethod
+    def from_config(cls, v: VisionConfig | None = None) -> QualityThresholds:
+        """The [vision] quality keys; their defaults live in one place, edge.config."""
+        v = v or VisionConfig()
+        return cls(v.min_face_px, v.min_sharpness, v.max_yaw, v.min_brightness, v.max_brightness)
 
 
 @dataclass(frozen=True)
