@@ -23,6 +23,15 @@ def cmd_run(args) -> int:
 
     cfg = config_mod.load(args.config)
     realtime = True if args.realtime else (False if args.fast else None)
+    source, pubkeys = args.source, args.pubkey
+    if (source or cfg.camera.source) == "demo":
+        from edge.demo import demo_source
+
+        source, demo_pub = demo_source(config_mod.PROJECT_ROOT / "var" / "demo-run")
+        if not pubkeys and not cfg.tickets.pubkeys:
+            pubkeys = [str(demo_pub)]
+        print(f"camera.source = \"demo\": replaying the generated ticket clip {source}; "
+              "set camera.source to a camera for real use", flush=True)
     scanner = None
     if args.scanner == "stdin":
         scanner = sys.stdin
@@ -30,7 +39,7 @@ def cmd_run(args) -> int:
         from edge.scanner import evdev_scans
 
         scanner = evdev_scans(args.scanner)
-    gate = Gate(cfg, source_spec=args.source, db=args.db, key_file=args.key_file, pubkeys=args.pubkey,
+    gate = Gate(cfg, source_spec=str(source) if source else None, db=args.db, key_file=args.key_file, pubkeys=pubkeys,
                 events=args.events, realtime=realtime, printer=_printer(args.quiet), scanner=scanner)
     return gate.run()
 

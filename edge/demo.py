@@ -21,17 +21,17 @@ class Scene:
     expected: list[tuple[str, str, str]]  # (decision, via, reason), in order; empty = no check
 
 
-def ticket_scene(office: Path, out: Path, now: float, seed: int = 1) -> Scene:
+def ticket_scene(office: Path, out: Path, now: float, seed: int = 1, prefix: str = "DAY") -> Scene:
     """Valid, forged, expired, foreign code, replayed: printed and on a phone, held at angles."""
     key = tk.load_private(office / "issuer.key")
 
     def issue(tid, **kw):
         return tk.sign(tk.Ticket(tid, "day", int(now - 3600), int(now + 86400), **kw), key)
 
-    valid = issue("DAY-0001")
-    payload, sig = tk.split_text(issue("DAY-0002"))
+    valid = issue(f"{prefix}-0001")
+    payload, sig = tk.split_text(issue(f"{prefix}-0002"))
     forged = tk.PREFIX + base64.b32encode(payload + sig[:-1] + bytes([sig[-1] ^ 0x55])).decode().rstrip("=")
-    expired = tk.sign(tk.Ticket("DAY-0003", "day", int(now - 3 * 86400), int(now - 2 * 86400)), key)
+    expired = tk.sign(tk.Ticket(f"{prefix}-0003", "day", int(now - 3 * 86400), int(now - 2 * 86400)), key)
     segments = [
         Segment(0.8), Segment(1.5, valid, "print", "valid day ticket"), Segment(1.0),
         Segment(1.5, forged, "phone", "forged signature"), Segment(1.0),
@@ -66,3 +66,16 @@ def prepare(workdir: Path, fixtures: Path | None, now: float | None = None) -> t
                             fixtures / "video" / "elon-musk-smoke.gif", []))
     scenes.append(ticket_scene(workdir / "office", workdir / "tickets.mp4", now))
     return cfg, scenes
+
+
+def demo_source(workdir: Path, now: float | None = None) -> tuple[Path, Path]:
+    """For `camera.source = "demo"`: a fresh ticket clip and its office's public key.
+
+    Ticket ids carry the time, so a rerun against the same ledger starts with a valid ticket.
+    """
+    now = now or time.time()
+    if workdir.exists():
+        shutil.rmtree(workdir)
+    tk.keygen(workdir / "office")
+    scene = ticket_scene(workdir / "office", workdir / "tickets.mp4", now, prefix=f"RUN{int(now) % 100000:05d}")
+    return scene.clip, workdir / "office" / "issuer.pub"

@@ -326,3 +326,12 @@ def test_camera_lost_mid_stream_and_back_gate_keeps_deciding(tmp_path):
     assert gate.frames == len(first) + len(second)
     got = [(e["decision"], e["reason"]) for e in events(ev)]
     assert got == [("grant", "ok"), ("deny", "already_used")]
+
+
+def test_default_config_runs_as_is_off_pi():
+    """firmware_config/gate.toml, unchanged: demo source, mock relay, no gallery key yet (loudly ticket-only)."""
+    p = subprocess.run([sys.executable, "-m", "edge.cli", "run", "--fast"], capture_output=True, text=True,
+                       timeout=300, cwd=config_mod.PROJECT_ROOT)
+    assert p.returncode == 0, p.stderr
+    lines = [ln for ln in p.stdout.splitlines() if "via ticket" in ln]
+    assert "GRANT" in lines[0] and "already_used" in lines[-1] and len(lines) == 5
