@@ -53,7 +53,8 @@ def cmd_eval(args) -> int:
 
 
 def cmd_bench(args) -> int:
-    from edge.measure import all_threads, bench_clip, format_bench
+    from edge.measure import bench_clip, format_bench
+    from edge.vision.runtime import resolve_threads
 
     cfg = _cfg(args)
     if args.gallery:
@@ -70,7 +71,7 @@ def cmd_bench(args) -> int:
         rep = bench_gate(clip, photos, config_mod.PROJECT_ROOT / "var" / "bench-gate")
         print(json.dumps(rep) if args.json else "\n".join(f"{k:>34}: {v}" for k, v in rep.items()))
         return 0
-    threads = sorted({1, all_threads()}) if args.threads is None else [args.threads]
+    threads = sorted({1, resolve_threads(0)}) if args.threads is None else [args.threads]
     rep = bench_clip(lambda t: _pipeline(cfg, args.embedder, args.detector, t), clip, threads, args.frames)
     print(json.dumps(rep) if args.json else format_bench(rep))
     return 0

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 from pathlib import Path
 
@@ -130,10 +129,6 @@ def format_bench(report: dict) -> str:
     return "\n".join(lines)
 
 
-def all_threads() -> int:
-    return os.cpu_count() or 1
-
-
 def bench_gate(clip: Path, enroll_images: list[Path], workdir: Path) -> dict:
     """The whole gate on a clip (fast replay): fps, per-frame latency, and time to first grant.
 
@@ -176,12 +171,11 @@ def bench_gate(clip: Path, enroll_images: list[Path], workdir: Path) -> dict:
 
     observe = gate.face.observe
     gate.process = timed
-    seen_faces: list[tuple[int, float, bool]] = []
+    seen_faces: list[tuple[int, bool]] = []  # (faces in frame, a usable face above the threshold)
 
     def observe_and_note(image):
         faces = observe(image)
-        seen_faces.append((len(faces), max((f.score for f in faces), default=0.0),
-                           any(f.quality_ok and f.score >= gate.face.matcher.threshold for f in faces)))
+        seen_faces.append((len(faces), any(f.quality_ok and f.score >= gate.face.matcher.threshold for f in faces)))
         return faces
 
     gate.face.observe = observe_and_note
@@ -197,7 +191,7 @@ def bench_gate(clip: Path, enroll_images: list[Path], workdir: Path) -> dict:
     t0 = time.perf_counter()
     gate.run()
     wall = time.perf_counter() - t0
-    for i, (n, _, usable) in enumerate(seen_faces):
+    for i, (n, usable) in enumerate(seen_faces):
         if n and first_face is None:
             first_face = i
         if usable and first_usable is None:

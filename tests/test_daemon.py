@@ -335,3 +335,20 @@ def test_default_config_runs_as_is_off_pi():
     assert p.returncode == 0, p.stderr
     lines = [ln for ln in p.stdout.splitlines() if "via ticket" in ln]
     assert "GRANT" in lines[0] and "already_used" in lines[-1] and len(lines) == 5
+
+
+def test_ledger_locked_by_a_writer_fails_closed(tmp_path):
+    """If the entry cannot be recorded, the valid ticket is refused (ledger_error), never let in."""
+    cfg = make_config(tmp_path, '[vision]\nface_enabled = false\n')
+    scene = ticket_scene(tmp_path / "office", tmp_path / "t.mp4", time.time())
+    ev = tmp_path / "ev.jsonl"
+    gate = Gate(cfg, source=ListSource(clip_frames(scene.clip)[:30]), pin_factory=MockFactory(), events=str(ev))
+    gate.ledger.conn.execute("PRAGMA busy_timeout=300")
+    writer = sqlite3.connect(cfg.resolve(cfg.tickets.ledger), isolation_level=None)
+    writer.execute("BEGIN EXCLUSIVE")
+    try:
+        gate.run()
+    finally:
+        writer.execute("ROLLBACK")
+    assert [(e["decision"], e["reason"]) for e in events(ev)] == [("deny", "ledger_error")]
+    assert not any(s.state for s in gate.relay.pin.states)
