@@ -122,7 +122,9 @@ class Relay:
         if time.monotonic() - self.last_pulse > self.cfg.pulse_s + 2.0:
             log.warning("door forced: opened without a grant")
             self.on_event("door_forced", "")
-        threading.Timer(self.cfg.held_open_s, self._check_held).start()
+        check = threading.Timer(self.cfg.held_open_s, self._check_held)
+        check.daemon = True  # never keeps a stopping service alive
+        check.start()
 
     def _check_held(self) -> None:
         opened = self._door_opened_at
