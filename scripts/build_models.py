@@ -221,6 +221,16 @@ def convert(model, rep: np.ndarray | None):
     return conv.convert()
 
 
+def write_twins(out: Path, manifest: dict, stem: str, model, rep: np.ndarray, spec: dict) -> None:
+    """STEM_float.tflite and STEM_int8.tflite, each entered in the manifest with its SHA-256."""
+    for name, rep_or_none in ((f"{stem}_float", None), (f"{stem}_int8", rep)):
+        dst = out / f"{name}.tflite"
+        dst.write_bytes(convert(model, rep_or_none))
+        manifest["embedders"][name] = {"file": dst.name, "sha256": sha256(dst),
+                                       "quantization": "int8" if rep_or_none is not None else "float32", **spec}
+        print(f"wrote {dst} ({dst.stat().st_size // 1024} KiB)")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, default=ROOT / "models")
@@ -259,12 +269,7 @@ def main() -> None:
         "dim": 128, "template": template.tolist(), "template_fit": {k: v for k, v in align.items() if k != "template"},
         "source": f"npm {FACE_API[0]}@{FACE_API[1]} model/face_recognition_model.bin (dlib_face_recognition_resnet_model_v1)",
     }
-    for name, rep_or_none in (("dlib_resnet_float", None), ("dlib_resnet_int8", rep)):
-        dst = args.out / f"{name}.tflite"
-        dst.write_bytes(convert(model, rep_or_none))
-        manifest["embedders"][name] = {"file": dst.name, "sha256": sha256(dst),
-                                       "quantization": "int8" if rep_or_none is not None else "float32", **spec}
-        print(f"wrote {dst} ({dst.stat().st_size // 1024} KiB)")
+    write_twins(args.out, manifest, "dlib_resnet", model, rep, spec)
 
     fr = faceres_function(faceres_json, faceres_blob)
     fr_template = scaled_template(template, 150, 224, FACERES_CROP_SCALE).astype(np.float32)
@@ -274,12 +279,7 @@ def main() -> None:
         "template_fit": {"from": "dlib template", "crop_scale": FACERES_CROP_SCALE},
         "source": f"npm {HUMAN_MODELS[0]}@{HUMAN_MODELS[1]} models/faceres.json + .bin (HSE FaceRes), age/gender heads pruned",
     }
-    for name, rep_or_none in (("faceres_float", None), ("faceres_int8", fr_rep)):
-        dst = args.out / f"{name}.tflite"
-        dst.write_bytes(convert(fr, rep_or_none))
-        manifest["embedders"][name] = {"file": dst.name, "sha256": sha256(dst),
-                                       "quantization": "int8" if rep_or_none is not None else "float32", **fr_spec}
-        print(f"wrote {dst} ({dst.stat().st_size // 1024} KiB)")
+    write_twins(args.out, manifest, "faceres", fr, fr_rep, fr_spec)
 
     old = args.out / "models.json"
     if old.exists():  # keep measured thresholds written by `edge-gate eval --write-threshold`

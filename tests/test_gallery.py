@@ -149,9 +149,8 @@ def test_live_matcher_sees_changes_without_restart_and_never_blocks(tmp_path):
     assert live.match_many(e[None])[0].person_id == pid
     writer.conn.execute("BEGIN IMMEDIATE")  # a writer holds the lock mid-enroll
     writer.conn.execute("DELETE FROM templates")
-    t0 = time.monotonic()
-    assert live.match_many(e[None])[0].person_id == pid  # WAL: the reader is not blocked
-    assert time.monotonic() - t0 < 2.0
+    reader.conn.execute("PRAGMA busy_timeout=0")  # any wait for the lock would raise at once
+    assert live.match_many(e[None])[0].person_id == pid  # WAL: the reader never waits for a writer
     writer.conn.execute("COMMIT")
     writer.forget(pid)
     assert live.match_many(e[None])[0].person_id is None
