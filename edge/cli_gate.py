@@ -57,18 +57,12 @@ def cmd_demo(args) -> int:
     if fx is None:
         print(f"  shared fixtures not found at {fixtures}: showing the generated ticket clip only")
     else:
-        from edge.gallery.crypto import init_key
-        from edge.gallery.enroll import enroll
-        from edge.gallery.store import Consent, Gallery
+        from edge.demo import enroll_person
         from edge.vision.pipeline import FacePipeline
 
-        pipe = FacePipeline.from_config(cfg)
-        g = Gallery(cfg.resolve(cfg.gallery.db), init_key(cfg.resolve(cfg.gallery.key_file)))
-        pid, n = enroll(g, pipe, "Lin-Manuel Miranda", Consent("demo-notice-v1", operator="demo"),
-                        [str(fx / "faces" / "lin_manuel_miranda" / "lin-manuel-miranda.png")],
-                        threshold=pipe.spec.threshold, min_margin=cfg.gallery.min_margin)
-        g.close()
-        print(f"  enrolled Lin-Manuel Miranda as {pid} ({n} template, from one photo; the photo is not stored)")
+        pid = enroll_person(cfg, FacePipeline.from_config(cfg), "Lin-Manuel Miranda",
+                            [fx / "faces" / "lin_manuel_miranda" / "lin-manuel-miranda.png"])
+        print(f"  enrolled Lin-Manuel Miranda as {pid} (from one photo; the photo is not stored)")
     totals = {"grant": 0, "deny": 0}
     for scene in scenes:
         print(f"\n== {scene.title}\n   clip: {scene.clip}")

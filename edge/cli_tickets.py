@@ -42,6 +42,11 @@ def texts_from_input(item: str) -> list[str]:
     return [item]
 
 
+def pick_ticket_text(texts: list[str]) -> str | None:
+    """Of every code in an image, the one that looks like a ticket, else the first (refused later)."""
+    return next((t for t in texts if t.startswith(tk.PREFIX)), texts[0] if texts else None)
+
+
 def cmd_keygen(args) -> int:
     priv, pub = tk.keygen(Path(args.out))
     print(f"wrote {priv} (private, 0600: keep it in the ticket office)")
@@ -82,7 +87,8 @@ def cmd_verify(args) -> int:
             texts, out["detail"] = [], str(e)
         if not texts:
             out.setdefault("detail", "no code found")
-        for text in texts[:1] if len(texts) == 1 else [t for t in texts if t.startswith(tk.PREFIX)][:1] or texts[:1]:
+        text = pick_ticket_text(texts)
+        if text is not None:
             v = verifier.verify(text, now)
             out.update(valid=v.valid, reason=v.reason, ticket_id=v.ticket_id)
             if v.detail:

@@ -65,7 +65,6 @@ class FaceStack:
         self.gallery = Gallery(db, load_key(key_file))
         threshold = resolve_threshold(cfg.gallery.match_threshold, self.pipeline.spec.threshold)
         self.matcher = LiveMatcher(self.gallery, self.pipeline.spec.name, threshold, cfg.gallery.min_margin)
-        self.pass_refs = {p.id: p.pass_ref for p in self.gallery.people()}
 
     def observe(self, image: np.ndarray) -> tuple[FaceSeen, ...]:
         faces = self.pipeline.analyze(image)
@@ -74,8 +73,7 @@ class FaceStack:
         h, w = image.shape[:2]
         usable = [f for f in faces if f.embedding is not None]
         try:
-            if self.matcher.refresh():
-                self.pass_refs = {p.id: p.pass_ref for p in self.gallery.people()}
+            self.matcher.refresh()
         except Exception as e:  # a writer mid-VACUUM, a locked file: keep matching with what we have
             log.warning("gallery refresh_failed reason=%s", e)
         matches = iter(self.matcher.matcher.match_many(np.stack([f.embedding for f in usable])) if usable else [])
@@ -86,7 +84,7 @@ class FaceStack:
             pid = m.person_id if m else None
             out.append(FaceSeen(pid, round(m.score, 4) if m else 0.0, f.detection.width / w, (cx / w, cy / h),
                                 f.embedding is not None, self.matcher.valid_until.get(pid) if pid else None,
-                                self.pass_refs.get(pid, "") if pid else ""))
+                                self.matcher.pass_refs.get(pid, "") if pid else ""))
         return tuple(out)
 
     def close(self) -> None:

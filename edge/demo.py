@@ -45,6 +45,21 @@ def ticket_scene(office: Path, out: Path, now: float, seed: int = 1, prefix: str
     return Scene("tickets held to the camera: valid, forged, expired, foreign QR, replay", out, expected)
 
 
+def enroll_person(cfg, pipe, name: str, photos: list[Path]) -> str:
+    """Create the workspace's gallery key and enroll one consenting person from photos."""
+    from edge.gallery.crypto import init_key
+    from edge.gallery.enroll import enroll
+    from edge.gallery.store import Consent, Gallery
+
+    g = Gallery(cfg.resolve(cfg.gallery.db), init_key(cfg.resolve(cfg.gallery.key_file)))
+    try:
+        pid, _ = enroll(g, pipe, name, Consent("demo-notice-v1", operator="demo"), [str(p) for p in photos],
+                        threshold=pipe.spec.threshold, min_margin=cfg.gallery.min_margin)
+    finally:
+        g.close()
+    return pid
+
+
 def prepare(workdir: Path, fixtures: Path | None, now: float | None = None) -> tuple[Path, list[Scene]]:
     """Create the demo workspace; returns (config path, scenes)."""
     now = now or time.time()

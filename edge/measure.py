@@ -135,30 +135,14 @@ def bench_gate(clip: Path, enroll_images: list[Path], workdir: Path) -> dict:
     Latency is counted two ways, in the clip's own time: from the first frame with any face,
     and from the first frame in which the enrolled person's face passes the quality gate.
     """
-    import shutil
-
     from gpiozero.pins.mock import MockFactory
 
     from edge import config as config_mod
-    from edge import tickets as tk
     from edge.daemon import Gate
-    from edge.gallery.crypto import init_key
-    from edge.gallery.enroll import enroll
-    from edge.gallery.store import Consent, Gallery
+    from edge.demo import enroll_person, prepare
 
-    if workdir.exists():
-        shutil.rmtree(workdir)
-    workdir.mkdir(parents=True)
-    tk.keygen(workdir / "office")
-    (workdir / "gate.toml").write_text(
-        '[gallery]\ndb = "g.db"\nkey_file = "g.key"\n[tickets]\npubkeys = ["office/issuer.pub"]\nledger = "l.db"\n'
-        '[relay]\npin_factory = "mock"\n[audit]\npath = "a.db"\n')
-    cfg = config_mod.load(workdir / "gate.toml")
-    gate_probe = FacePipeline.from_config(cfg)
-    g = Gallery(cfg.resolve(cfg.gallery.db), init_key(cfg.resolve(cfg.gallery.key_file)))
-    pid, _ = enroll(g, gate_probe, "bench person", Consent("bench"), [str(p) for p in enroll_images],
-                    threshold=gate_probe.spec.threshold, min_margin=cfg.gallery.min_margin)
-    g.close()
+    cfg = config_mod.load(prepare(workdir, None)[0])  # the demo workspace: keys, mock relay
+    pid = enroll_person(cfg, FacePipeline.from_config(cfg), "bench person", enroll_images)
     gate = Gate(cfg, source_spec=str(clip), realtime=False, pin_factory=MockFactory())
     per_frame, first_face, first_usable, grants = [], None, None, []
     original = gate.process

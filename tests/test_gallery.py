@@ -41,7 +41,8 @@ def file_bytes(path) -> bytes:
 
 def test_name_and_template_bytes_never_on_disk(gal, tmp_path):
     emb = unit(np.random.default_rng(0), 3)
-    gal.add_person(NAME, CONSENT, list(emb), "m", "v", pass_ref="ANNUAL-998877")
+    pid = gal.add_person(NAME, CONSENT, list(emb), "m", "v", pass_ref="ANNUAL-998877")
+    assert gal.pass_refs() == {pid: "ANNUAL-998877"}  # what the gate needs, without opening names
     raw = file_bytes(gal.path)
     for secret in (NAME, "Zebulon", "ANNUAL-998877", "Desk Clerk Ondine"):
         assert secret.encode() not in raw and secret.encode("utf-16-le") not in raw

@@ -124,7 +124,8 @@ def test_random_payloads_never_accepted_or_crash(raw):
 @given(st.integers(min_value=0, max_value=200), st.binary(max_size=64))
 def test_truncated_or_extended_valid_tickets_refused(cut, tail):
     text = issue()
-    assert not verifier().verify(text[:cut] + (text[cut:] if cut >= len(text) else ""), NOW).valid or cut >= len(text)
+    if cut < len(text):
+        assert not verifier().verify(text[:cut], NOW).valid
     import base64
 
     payload, sig = tk.split_text(text)

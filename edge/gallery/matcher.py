@@ -89,6 +89,7 @@ class LiveMatcher:
         self._version = None
         self.matcher: Matcher | None = None
         self.valid_until: dict[str, int | None] = {}
+        self.pass_refs: dict[str, str] = {}
         self.rejected = 0
         self.refresh()
 
@@ -100,6 +101,7 @@ class LiveMatcher:
         t = self.gallery.templates(self.model_id)
         self.matcher = Matcher(t.matrix, t.person_ids, self.threshold, self.min_margin)
         self.valid_until = self.gallery.person_valid_until()
+        self.pass_refs = self.gallery.pass_refs()
         self.rejected = t.rejected
         self._version = v
         log.info("gallery loaded templates=%d people=%d rejected=%d", len(self.matcher), len(self.matcher.people), t.rejected)

@@ -284,6 +284,16 @@ class Gallery:
     def person_valid_until(self) -> dict[str, int | None]:
         return dict(self.conn.execute("SELECT id, valid_until FROM people"))
 
+    def pass_refs(self) -> dict[str, str]:
+        """Person id -> pass reference (opens only that column; names stay sealed)."""
+        out = {}
+        for pid, blob in self.conn.execute("SELECT id, pass_ref FROM people WHERE pass_ref IS NOT NULL"):
+            try:
+                out[pid] = self._open(blob, "people", pid, "pass_ref")
+            except SealError:
+                log.error("gallery row rejected table=people id=%s column=pass_ref reason=authentication_failed", pid)
+        return out
+
     def templates(self, model_id: str) -> Templates:
         """Decrypt every template of one model; a row that fails authentication is logged and skipped."""
         rows = self.conn.execute("SELECT id, person_id, embedding FROM templates WHERE model_id = ?"
