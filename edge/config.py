@@ -135,7 +135,9 @@ def _coerce(file: str, key: str, value: Any, typ: Any) -> Any:
     where = f"{file}: key '{key}' = {value!r}"
     if typ is bool:
         if not isinstance(value, bool):
-            raise ConfigError(f"{where} must be true or false", "write true or false without quotes")
+            raise ConfigError(
+                f"{where} must be true or false", "write true or false without quotes"
+            )
         return value
     if typ is int:
         if isinstance(value, bool) or not isinstance(value, int):
@@ -187,17 +189,23 @@ def validate(cfg: Config) -> Config:
     """Check cross-field rules; raise ConfigError naming the key."""
     f = cfg.source_file or "<defaults>"
     if cfg.gate.mode not in MODES:
-        raise ConfigError(f"{f}: key 'gate.mode' = {cfg.gate.mode!r} is not one of {', '.join(MODES)}")
+        raise ConfigError(
+            f"{f}: key 'gate.mode' = {cfg.gate.mode!r} is not one of {', '.join(MODES)}"
+        )
     p = cfg.policy
     if not (1 <= p.k <= p.n):
         raise ConfigError(f"{f}: keys 'policy.k' = {p.k} and 'policy.n' = {p.n} need 1 <= k <= n")
     if cfg.relay.pulse_s <= 0 or cfg.relay.pulse_s > 30:
-        raise ConfigError(f"{f}: key 'relay.pulse_s' = {cfg.relay.pulse_s} must be in (0, 30] seconds")
+        raise ConfigError(
+            f"{f}: key 'relay.pulse_s' = {cfg.relay.pulse_s} must be in (0, 30] seconds"
+        )
     if cfg.vision.threads < 0:
         raise ConfigError(f"{f}: key 'vision.threads' = {cfg.vision.threads} must be >= 0")
     x0, y0, x1, y1 = p.zone
     if not (0 <= x0 < x1 <= 1 and 0 <= y0 < y1 <= 1):
-        raise ConfigError(f"{f}: key 'policy.zone' = {list(p.zone)} must be fractions x0<x1, y0<y1 in [0, 1]")
+        raise ConfigError(
+            f"{f}: key 'policy.zone' = {list(p.zone)} must be fractions x0<x1, y0<y1 in [0, 1]"
+        )
     return cfg
 
 
@@ -207,13 +215,17 @@ def load(path: str | os.PathLike[str] | None = None) -> Config:
     try:
         raw = path.read_bytes()
     except FileNotFoundError:
-        raise ConfigError(f"config file {path} does not exist", "pass --config with an existing file") from None
+        raise ConfigError(
+            f"config file {path} does not exist", "pass --config with an existing file"
+        ) from None
     except OSError as e:
         raise ConfigError(f"config file {path} cannot be read: {e.strerror}") from None
     try:
         data = tomllib.loads(raw.decode("utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
-        raise ConfigError(f"{path}: not valid TOML: {e}", "fix the line named in the message") from None
+        raise ConfigError(
+            f"{path}: not valid TOML: {e}", "fix the line named in the message"
+        ) from None
     cfg = _build(Config, data, str(path), "")
     return validate(dataclasses.replace(cfg, source_file=str(path.resolve())))
 

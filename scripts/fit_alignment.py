@@ -38,7 +38,9 @@ def dlib_chip_affine(details) -> np.ndarray:
     rot = np.array([[np.cos(a), -np.sin(a)], [np.sin(a), np.cos(a)]])
     corners = np.array([[left, top], [right, top], [right, bottom]])
     src = (corners - [cx, cy]) @ rot.T + [cx, cy]
-    dst = np.array([[0, 0], [details.cols - 1, 0], [details.cols - 1, details.rows - 1]], dtype=np.float64)
+    dst = np.array(
+        [[0, 0], [details.cols - 1, 0], [details.cols - 1, details.rows - 1]], dtype=np.float64
+    )
     return cv2.getAffineTransform(src.astype(np.float32), dst.astype(np.float32))
 
 
@@ -92,14 +94,20 @@ def residual(points: list[np.ndarray], template: np.ndarray) -> float:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--images", required=True, type=Path, nargs="+", help="folders of photos to fit on")
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument(
+        "--images", required=True, type=Path, nargs="+", help="folders of photos to fit on"
+    )
     ap.add_argument("--check", type=Path, help="held-out folder (recursive) to measure the fit on")
     ap.add_argument("--detector", default="models/blazeface_short.tflite")
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args()
     det = BlazeFace(args.detector, "short", threads=1, min_score=0.5)
-    fit_imgs = sorted(p for d in args.images for p in d.iterdir() if p.suffix.lower() in (".jpg", ".png"))
+    fit_imgs = sorted(
+        p for d in args.images for p in d.iterdir() if p.suffix.lower() in (".jpg", ".png")
+    )
     pts = collect(fit_imgs, det, verify=True)
     template = symmetrize(np.mean(pts, axis=0))
     result = {
@@ -110,12 +118,16 @@ def main() -> None:
         "fit_rms_px": round(residual(pts, template), 3),
     }
     if args.check:
-        chk = sorted(p for p in args.check.rglob("*") if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
+        chk = sorted(
+            p for p in args.check.rglob("*") if p.suffix.lower() in (".jpg", ".jpeg", ".png")
+        )
         cpts = collect(chk, det)
         result["check_faces"] = len(cpts)
         result["check_rms_px"] = round(residual(cpts, template), 3)
         result["check_mean"] = np.round(np.mean(cpts, 0), 3).tolist()
-        result["check_template_shift_px"] = round(float(np.abs(np.mean(cpts, 0) - template).max()), 3)
+        result["check_template_shift_px"] = round(
+            float(np.abs(np.mean(cpts, 0) - template).max()), 3
+        )
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
 

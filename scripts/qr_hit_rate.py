@@ -9,7 +9,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from edge.config import fixtures_dir  # noqa: E402
-from edge.qr import read_codes, read_opencv, read_zxing  # noqa: E402
+from edge.tickets.qr import read_codes, read_opencv, read_zxing  # noqa: E402
 from edge.vision.image import load_image  # noqa: E402
 
 
@@ -20,7 +20,11 @@ def main() -> None:
     for p in images:
         expected = p.with_suffix(".txt").read_bytes().decode("utf-8", errors="replace")
         img = load_image(p)
-        for name, fn in (("opencv", read_opencv), ("zxing", read_zxing), ("edge-gate (read_codes)", read_codes)):
+        for name, fn in (
+            ("opencv", read_opencv),
+            ("zxing", read_zxing),
+            ("edge-gate (read_codes)", read_codes),
+        ):
             hits[name] += expected in fn(img)
     print(json.dumps({"images": len(images), "read_exactly": hits}))
 

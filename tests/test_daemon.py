@@ -20,11 +20,11 @@ from gpiozero.pins.mock import MockFactory
 
 from edge import config as config_mod
 from edge import tickets as tk
-from edge.daemon import Gate
-from edge.demo import ticket_scene
 from edge.errors import ConfigError
-from edge.notify import Notifier
-from edge.sources import Frame, FrameSource, VideoFileSource
+from edge.gate.daemon import Gate
+from edge.gate.notify import Notifier
+from edge.gate.sources import Frame, FrameSource, VideoFileSource
+from edge.measure.demo import ticket_scene
 
 
 def make_config(tmp: Path, extra: str = "") -> config_mod.Config:
@@ -32,10 +32,12 @@ def make_config(tmp: Path, extra: str = "") -> config_mod.Config:
         tk.keygen(tmp / "office")
     p = tmp / "gate.toml"
     p.write_text(
-        '[gate]\nid = "test-gate"\n' + extra +
-        '\n[gallery]\ndb = "gallery.db"\nkey_file = "gallery.key"\n'
+        '[gate]\nid = "test-gate"\n'
+        + extra
+        + '\n[gallery]\ndb = "gallery.db"\nkey_file = "gallery.key"\n'
         '[tickets]\npubkeys = ["office/issuer.pub"]\nledger = "ledger.db"\nrevocation_list = "revoked.txt"\n'
-        '[relay]\npin_factory = "mock"\npulse_s = 0.3\n[audit]\npath = "audit.db"\n')
+        '[relay]\npin_factory = "mock"\npulse_s = 0.3\n[audit]\npath = "audit.db"\n'
+    )
     return config_mod.load(p)
 
 
@@ -45,9 +47,15 @@ def enroll_lin(cfg, fixtures, pipeline) -> str:
     from edge.gallery.store import Consent, Gallery
 
     g = Gallery(cfg.resolve(cfg.gallery.db), init_key(cfg.resolve(cfg.gallery.key_file)))
-    pid, _ = enroll(g, pipeline, "Lin-Manuel Miranda", Consent("v1"),
-                    [str(fixtures / "faces" / "lin_manuel_miranda" / "lin-manuel-miranda.png")],
-                    threshold=pipeline.spec.threshold, min_margin=0.04)
+    pid, _ = enroll(
+        g,
+        pipeline,
+        "Lin-Manuel Miranda",
+        Consent("v1"),
+        [str(fixtures / "faces" / "lin_manuel_miranda" / "lin-manuel-miranda.png")],
+        threshold=pipeline.spec.threshold,
+        min_margin=0.04,
+    )
     g.close()
     return pid
 
@@ -65,12 +73,15 @@ def events(path: Path) -> list[dict]:
 
 def run_gate(cfg, clip, tmp, **kw) -> tuple[Gate, list[dict]]:
     ev = tmp / f"events-{time.monotonic_ns()}.jsonl"
-    gate = Gate(cfg, source_spec=str(clip), realtime=False, events=str(ev), pin_factory=MockFactory(), **kw)
+    gate = Gate(
+        cfg, source_spec=str(clip), realtime=False, events=str(ev), pin_factory=MockFactory(), **kw
+    )
     assert gate.run() == 0
     return gate, events(ev)
 
 
 # --- recorded video --------------------------------------------------------------------------
+
 
 def test_hamilton_grants_only_lin_manuel(tmp_path, fixtures, pipeline):
     cfg = make_config(tmp_path)
@@ -82,7 +93,9 @@ def test_hamilton_grants_only_lin_manuel(tmp_path, fixtures, pipeline):
     assert gate.frames == 275
     assert gate.relay.pin.states[-1].state is False  # and the gate ends closed
     for e in ev:
-        assert {"t", "frame", "decision", "via", "score", "reason"} <= set(e) and ("person" in e or "ticket" in e)
+        assert {"t", "frame", "decision", "via", "score", "reason"} <= set(e) and (
+            "person" in e or "ticket" in e
+        )
 
 
 def test_stranger_gif_never_granted(tmp_path, fixtures, pipeline):
@@ -98,22 +111,38 @@ def test_stranger_gif_never_granted(tmp_path, fixtures, pipeline):
 
 @pytest.mark.parametrize("seed", [1, 2, 3])
 def test_ticket_clip_decisions_exactly_as_the_ledger_says(tmp_path, seed):
-    cfg = make_config(tmp_path, '[vision]\nface_enabled = false\n')
+    cfg = make_config(tmp_path, "[vision]\nface_enabled = false\n")
     scene = ticket_scene(tmp_path / "office", tmp_path / "t.mp4", time.time(), seed=seed)
     gate, ev = run_gate(cfg, scene.clip, tmp_path)
     assert [(e["decision"], e["via"], e["reason"]) for e in ev] == scene.expected, ev
-    from edge.ledger import Ledger
+    from edge.tickets.ledger import Ledger
 
     assert Ledger(cfg.resolve(cfg.tickets.ledger)).used("DAY-0001") == 1
     assert sum(1 for s in gate.relay.pin.states if s.state) == 1
 
 
 def test_run_cli_contract(tmp_path):
-    cfg = make_config(tmp_path, '[vision]\nface_enabled = false\n')
+    cfg = make_config(tmp_path, "[vision]\nface_enabled = false\n")
     scene = ticket_scene(tmp_path / "office", tmp_path / "t.mp4", time.time())
     ev = tmp_path / "ev.jsonl"
-    p = subprocess.run([sys.executable, "-m", "edge.cli", "run", "--config", cfg.source_file, "--source",
-                        str(scene.clip), "--events", str(ev), "--fast"], capture_output=True, text=True, timeout=300)
+    p = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "edge.cli",
+            "run",
+            "--config",
+            cfg.source_file,
+            "--source",
+            str(scene.clip),
+            "--events",
+            str(ev),
+            "--fast",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert p.returncode == 0, p.stderr
     got = events(ev)
     assert [(e["decision"], e["reason"]) for e in got] == [(d, r) for d, _, r in scene.expected]
@@ -121,8 +150,12 @@ def test_run_cli_contract(tmp_path):
 
 
 def test_demo_command_runs(tmp_path):
-    p = subprocess.run([sys.executable, "-m", "edge.cli", "demo", "--fast", "--workdir", str(tmp_path / "d")],
-                       capture_output=True, text=True, timeout=600)
+    p = subprocess.run(
+        [sys.executable, "-m", "edge.cli", "demo", "--fast", "--workdir", str(tmp_path / "d")],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert p.returncode == 0, p.stderr
     assert "GRANT via ticket DAY-0001" in " ".join(p.stdout.split())
     assert "already_used" in p.stdout
@@ -130,9 +163,12 @@ def test_demo_command_runs(tmp_path):
 
 # --- faults ----------------------------------------------------------------------------------
 
+
 def test_no_ticket_key_is_refused_at_start(tmp_path):
     p = tmp_path / "gate.toml"
-    p.write_text('[relay]\npin_factory = "mock"\n[audit]\npath = "audit.db"\n[tickets]\nledger = "l.db"\n')
+    p.write_text(
+        '[relay]\npin_factory = "mock"\n[audit]\npath = "audit.db"\n[tickets]\nledger = "l.db"\n'
+    )
     with pytest.raises(ConfigError, match="no non-face way in"):
         Gate(config_mod.load(p), source_spec="x.mp4", pin_factory=MockFactory())
 
@@ -198,11 +234,16 @@ def clip_frames(path: Path) -> list[np.ndarray]:
 
 
 def test_sigterm_during_a_pulse_leaves_relay_off(tmp_path):
-    cfg = config_mod.override(make_config(tmp_path, '[vision]\nface_enabled = false\n'), relay={"pulse_s": 5.0})
+    cfg = config_mod.override(
+        make_config(tmp_path, "[vision]\nface_enabled = false\n"), relay={"pulse_s": 5.0}
+    )
     scene = ticket_scene(tmp_path / "office", tmp_path / "t.mp4", time.time())
     frames = clip_frames(scene.clip)
-    gate = Gate(cfg, source=ListSource(frames, hook_at=20, hook=lambda: os.kill(os.getpid(), signal.SIGTERM)),
-                pin_factory=MockFactory())
+    gate = Gate(
+        cfg,
+        source=ListSource(frames, hook_at=20, hook=lambda: os.kill(os.getpid(), signal.SIGTERM)),
+        pin_factory=MockFactory(),
+    )
     old = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
     try:
         gate.run()
@@ -219,7 +260,7 @@ def test_watchdog_stops_when_the_loop_hangs(tmp_path):
     server = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     server.bind(sock_path)
     server.settimeout(0.05)
-    cfg = make_config(tmp_path, '[vision]\nface_enabled = false\n')
+    cfg = make_config(tmp_path, "[vision]\nface_enabled = false\n")
     release = threading.Event()
     blank = [np.full((120, 160, 3), 90, np.uint8)] * 400
 
@@ -238,7 +279,11 @@ def test_watchdog_stops_when_the_loop_hangs(tmp_path):
     while time.monotonic() < t_end and th.is_alive():
         with contextlib.suppress(TimeoutError):
             msgs.append((time.monotonic(), server.recv(4096).decode()))
-        if src.i >= 150 and not release.is_set() and time.monotonic() - max(t for t, m in msgs if "WATCHDOG" in m) > 1.5:
+        if (
+            src.i >= 150
+            and not release.is_set()
+            and time.monotonic() - max(t for t, m in msgs if "WATCHDOG" in m) > 1.5
+        ):
             hung_at = time.monotonic()
             release.set()
     gate.stop_requested = True
@@ -252,11 +297,13 @@ def test_watchdog_stops_when_the_loop_hangs(tmp_path):
     assert any(t > hung_at for t in pings)  # and pings resume when the loop does
     assert any(m.startswith("STOPPING=1") for _, m in msgs)
     status = [m for _, m in msgs if m.startswith("STATUS=")]
-    assert status and "fps" in status[-1] and "camera" in status[-1] and "face-or-ticket" in status[-1]
+    assert (
+        status and "fps" in status[-1] and "camera" in status[-1] and "face-or-ticket" in status[-1]
+    )
 
 
 def test_sighup_reload_picks_up_revocations(tmp_path):
-    cfg = make_config(tmp_path, '[vision]\nface_enabled = false\n')
+    cfg = make_config(tmp_path, "[vision]\nface_enabled = false\n")
     gate = Gate(cfg, source=ListSource([]), pin_factory=MockFactory())
     key = tk.load_private(tmp_path / "office" / "issuer.key")
     text = tk.sign(tk.Ticket("R-1", valid_until=int(time.time()) + 999), key)
@@ -268,7 +315,7 @@ def test_sighup_reload_picks_up_revocations(tmp_path):
 
 
 def test_scanner_lines_are_decided_like_camera_codes(tmp_path):
-    cfg = make_config(tmp_path, '[vision]\nface_enabled = false\n')
+    cfg = make_config(tmp_path, "[vision]\nface_enabled = false\n")
     key = tk.load_private(tmp_path / "office" / "issuer.key")
     good = tk.sign(tk.Ticket("S-1", valid_until=int(time.time()) + 999), key)
     ev = tmp_path / "ev.jsonl"
@@ -279,8 +326,13 @@ def test_scanner_lines_are_decided_like_camera_codes(tmp_path):
             time.sleep(0.01)
             return super().read()
 
-    gate = Gate(cfg, source=Slow(blank), pin_factory=MockFactory(), events=str(ev),
-                scanner=iter([good + "\n", "8413000065504\n"]))
+    gate = Gate(
+        cfg,
+        source=Slow(blank),
+        pin_factory=MockFactory(),
+        events=str(ev),
+        scanner=iter([good + "\n", "8413000065504\n"]),
+    )
     gate.run()
     got = [(e["decision"], e["reason"]) for e in events(ev)]
     assert got == [("grant", "ok"), ("deny", "malformed")]
@@ -288,12 +340,12 @@ def test_scanner_lines_are_decided_like_camera_codes(tmp_path):
 
 def test_camera_lost_mid_stream_and_back_gate_keeps_deciding(tmp_path):
     """The camera drops out between two tickets; the gate stays up, says so, and decides after."""
-    from edge.sources import CameraSource
+    from edge.gate.sources import CameraSource
 
     from .test_sources import FakeCapture
 
     # a live camera stamps frames with real time; replayed fast, the cooldown must be short
-    cfg = make_config(tmp_path, '[vision]\nface_enabled = false\n[policy]\ncooldown_s = 0.2\n')
+    cfg = make_config(tmp_path, "[vision]\nface_enabled = false\n[policy]\ncooldown_s = 0.2\n")
     scene = ticket_scene(tmp_path / "office", tmp_path / "t.mp4", time.time())
     frames = clip_frames(scene.clip)
     first, second = frames[:30], frames[100:]  # the valid ticket before the drop; its replay after
@@ -330,8 +382,13 @@ def test_camera_lost_mid_stream_and_back_gate_keeps_deciding(tmp_path):
 
 def test_default_config_runs_as_is_off_pi():
     """firmware_config/gate.toml, unchanged: demo source, mock relay, no gallery key yet (loudly ticket-only)."""
-    p = subprocess.run([sys.executable, "-m", "edge.cli", "run", "--fast"], capture_output=True, text=True,
-                       timeout=300, cwd=config_mod.PROJECT_ROOT)
+    p = subprocess.run(
+        [sys.executable, "-m", "edge.cli", "run", "--fast"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=config_mod.PROJECT_ROOT,
+    )
     assert p.returncode == 0, p.stderr
     lines = [ln for ln in p.stdout.splitlines() if "via ticket" in ln]
     assert "GRANT" in lines[0] and "already_used" in lines[-1] and len(lines) == 5
@@ -339,10 +396,15 @@ def test_default_config_runs_as_is_off_pi():
 
 def test_ledger_locked_by_a_writer_fails_closed(tmp_path):
     """If the entry cannot be recorded, the valid ticket is refused (ledger_error), never let in."""
-    cfg = make_config(tmp_path, '[vision]\nface_enabled = false\n')
+    cfg = make_config(tmp_path, "[vision]\nface_enabled = false\n")
     scene = ticket_scene(tmp_path / "office", tmp_path / "t.mp4", time.time())
     ev = tmp_path / "ev.jsonl"
-    gate = Gate(cfg, source=ListSource(clip_frames(scene.clip)[:30]), pin_factory=MockFactory(), events=str(ev))
+    gate = Gate(
+        cfg,
+        source=ListSource(clip_frames(scene.clip)[:30]),
+        pin_factory=MockFactory(),
+        events=str(ev),
+    )
     gate.ledger.conn.execute("PRAGMA busy_timeout=300")
     writer = sqlite3.connect(cfg.resolve(cfg.tickets.ledger), isolation_level=None)
     writer.execute("BEGIN EXCLUSIVE")

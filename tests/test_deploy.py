@@ -20,24 +20,43 @@ UNITS = ["edge-gate.service", "edge-gate-purge.service", "edge-gate-purge.timer"
 def test_units_pass_systemd_analyze_verify(tmp_path):
     exe = shutil.which("systemd-analyze")
     if exe is None:
-        pytest.fail("systemd-analyze is missing: scripts/setup.sh installs Debian's systemd", pytrace=False)
+        pytest.fail(
+            "systemd-analyze is missing: scripts/setup.sh installs Debian's systemd", pytrace=False
+        )
     stub = tmp_path / "bin" / "edge-gate"  # the install prefix is the only thing rewritten
     stub.parent.mkdir()
     stub.write_text("#!/bin/sh\n")
     stub.chmod(0o755)
     for u in UNITS:
-        text = (ROOT / "systemd" / u).read_text().replace("/opt/edge-gate/venv/bin/edge-gate", str(stub))
+        text = (
+            (ROOT / "systemd" / u)
+            .read_text()
+            .replace("/opt/edge-gate/venv/bin/edge-gate", str(stub))
+        )
         (tmp_path / u).write_text(text)
-    p = subprocess.run([exe, "verify", "--man=no", *UNITS], cwd=tmp_path, capture_output=True, text=True)
+    p = subprocess.run(
+        [exe, "verify", "--man=no", *UNITS], cwd=tmp_path, capture_output=True, text=True
+    )
     assert p.returncode == 0 and p.stdout.strip() == "" and p.stderr.strip() == "", p.stderr
 
 
 def test_service_hardening_contract():
     unit = (ROOT / "systemd" / "edge-gate.service").read_text()
-    for directive in ("Type=notify", "WatchdogSec=", "Restart=on-failure", "StateDirectory=edge-gate",
-                      "LoadCredential=gallery.key:", "PrivateNetwork=yes", "ProtectSystem=strict",
-                      "NoNewPrivileges=yes", "DevicePolicy=closed", "DeviceAllow=char-video4linux",
-                      "DeviceAllow=char-gpiochip", "User=edge-gate", "ExecReload=/bin/kill -HUP"):
+    for directive in (
+        "Type=notify",
+        "WatchdogSec=",
+        "Restart=on-failure",
+        "StateDirectory=edge-gate",
+        "LoadCredential=gallery.key:",
+        "PrivateNetwork=yes",
+        "ProtectSystem=strict",
+        "NoNewPrivileges=yes",
+        "DevicePolicy=closed",
+        "DeviceAllow=char-video4linux",
+        "DeviceAllow=char-gpiochip",
+        "User=edge-gate",
+        "ExecReload=/bin/kill -HUP",
+    ):
         assert directive in unit, directive
     assert re.search(r"SupplementaryGroups=.*video.*gpio", unit)
     timer = (ROOT / "systemd" / "edge-gate-purge.timer").read_text()
@@ -50,14 +69,23 @@ def test_installer_writes_a_pi_config_that_loads(tmp_path):
     exprs = re.findall(r"-e '(s#[^']+)'", script)
     assert len(exprs) == 8
     args = [a for e in exprs for a in ("-e", e)]
-    out = subprocess.run(["sed", *args, str(ROOT / "firmware_config" / "gate.toml")], capture_output=True,
-                         text=True, check=True).stdout
+    out = subprocess.run(
+        ["sed", *args, str(ROOT / "firmware_config" / "gate.toml")],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     p = tmp_path / "gate.toml"
     p.write_text(out)
     cfg = config_mod.load(p)
     assert cfg.camera.source == "picamera2" and cfg.relay.pin_factory == "lgpio"
-    assert cfg.gallery.db == "/var/lib/edge-gate/gallery.db" and cfg.gallery.key_file == "/etc/edge-gate/gallery.key"
-    assert cfg.tickets.pubkeys == ("/etc/edge-gate/issuer.pub",) and cfg.audit.path.startswith("/var/lib/edge-gate/")
+    assert (
+        cfg.gallery.db == "/var/lib/edge-gate/gallery.db"
+        and cfg.gallery.key_file == "/etc/edge-gate/gallery.key"
+    )
+    assert cfg.tickets.pubkeys == ("/etc/edge-gate/issuer.pub",) and cfg.audit.path.startswith(
+        "/var/lib/edge-gate/"
+    )
     assert cfg.tickets.ledger.startswith("/var/lib/edge-gate/")
     unit = (ROOT / "systemd" / "edge-gate.service").read_text()
     assert "/etc/edge-gate/gate.toml" in unit and "gallery.key:/etc/edge-gate/gallery.key" in unit
@@ -83,7 +111,10 @@ def test_every_config_key_is_documented():
             continue
         for f in dataclasses.fields(getattr(cfg, section.name)):
             start = lines.index(f"[{section.name}]")
-            idx = next((i for i, ln in enumerate(lines) if i > start and ln.startswith(f"{f.name} =")), None)
+            idx = next(
+                (i for i, ln in enumerate(lines) if i > start and ln.startswith(f"{f.name} =")),
+                None,
+            )
             assert idx is not None, f"{section.name}.{f.name} missing from gate.toml"
             j = idx - 1
             while j > start and re.match(r"^\w+ =", lines[j]):  # a block of keys under one comment
@@ -100,12 +131,17 @@ def test_doctor_reports_and_fails_on_corrupt_model(tmp_path):
     models = tmp_path / "models"
     shutil.copytree(ROOT / "models", models)
     cfg = tmp_path / "gate.toml"
-    cfg.write_text(f'[vision]\nmodels_dir = "{models}"\n[gallery]\ndb = "g.db"\nkey_file = "g.key"\n'
-                   '[tickets]\npubkeys = ["office/issuer.pub"]\n')
+    cfg.write_text(
+        f'[vision]\nmodels_dir = "{models}"\n[gallery]\ndb = "g.db"\nkey_file = "g.key"\n'
+        '[tickets]\npubkeys = ["office/issuer.pub"]\n'
+    )
 
     def doctor():
-        p = subprocess.run([sys.executable, "-m", "edge.cli", "doctor", "--config", str(cfg), "--json"],
-                           capture_output=True, text=True)
+        p = subprocess.run(
+            [sys.executable, "-m", "edge.cli", "doctor", "--config", str(cfg), "--json"],
+            capture_output=True,
+            text=True,
+        )
         return p.returncode, {r["check"]: r for r in json.loads(p.stdout)}
 
     rc, res = doctor()
@@ -116,5 +152,11 @@ def test_doctor_reports_and_fails_on_corrupt_model(tmp_path):
     (tmp_path / "g.key").chmod(0o644)
     rc, res = doctor()
     assert rc == 1
-    assert res["models (SHA-256)"]["status"] == "fail" and "SHA-256" in res["models (SHA-256)"]["detail"]
-    assert res["gallery key file"]["status"] == "fail" and "chmod 600" in res["gallery key file"]["detail"]
+    assert (
+        res["models (SHA-256)"]["status"] == "fail"
+        and "SHA-256" in res["models (SHA-256)"]["detail"]
+    )
+    assert (
+        res["gallery key file"]["status"] == "fail"
+        and "chmod 600" in res["gallery key file"]["detail"]
+    )

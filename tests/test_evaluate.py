@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from edge.evaluate import auc, pair_scores, tar_at_far, threshold_at_far
+from edge.measure.metrics import auc, pair_scores, tar_at_far, threshold_at_far
 
 
 def test_auc_perfect_random_and_ties():
@@ -21,7 +21,9 @@ def test_threshold_and_tar_at_far():
     imp = np.linspace(0, 1, 1000)  # 1000 impostor scores
     t = threshold_at_far(imp, 0.01)
     assert (imp >= t).mean() <= 0.01
-    assert (imp >= np.nextafter(t, -np.inf) - 1e-3).mean() > 0.01  # a lower threshold breaks the FAR
+    assert (
+        imp >= np.nextafter(t, -np.inf) - 1e-3
+    ).mean() > 0.01  # a lower threshold breaks the FAR
     tar, t2 = tar_at_far(np.array([0.995, 0.999, 0.5]), imp, 0.01)
     assert t2 == t and tar == pytest.approx(2 / 3)
 

@@ -35,8 +35,11 @@ def gal(tmp_path):
 
 
 def file_bytes(path) -> bytes:
-    return b"".join(p.read_bytes() for p in (path, path.with_name(path.name + "-wal"),
-                                              path.with_name(path.name + "-journal")) if p.exists())
+    return b"".join(
+        p.read_bytes()
+        for p in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-journal"))
+        if p.exists()
+    )
 
 
 def test_name_and_template_bytes_never_on_disk(gal, tmp_path):
@@ -49,7 +52,7 @@ def test_name_and_template_bytes_never_on_disk(gal, tmp_path):
     for e in emb:
         b = e.tobytes()
         for i in range(0, len(b) - 16, 16):  # no 16-byte window of any template
-            assert b[i:i + 16] not in raw
+            assert b[i : i + 16] not in raw
     assert [p.name for p in gal.people()] == [NAME]
 
 
@@ -71,7 +74,10 @@ def test_tampered_and_swapped_rows_rejected_others_still_match(gal, caplog):
     c = gal.conn
     # flip one byte of p0's template; copy p2's sealed template into p1's row (a swap attack)
     (blob0,) = c.execute("SELECT embedding FROM templates WHERE person_id=?", (ids[0],)).fetchone()
-    c.execute("UPDATE templates SET embedding=? WHERE person_id=?", (blob0[:20] + bytes([blob0[20] ^ 1]) + blob0[21:], ids[0]))
+    c.execute(
+        "UPDATE templates SET embedding=? WHERE person_id=?",
+        (blob0[:20] + bytes([blob0[20] ^ 1]) + blob0[21:], ids[0]),
+    )
     (blob2,) = c.execute("SELECT embedding FROM templates WHERE person_id=?", (ids[2],)).fetchone()
     c.execute("UPDATE templates SET embedding=? WHERE person_id=?", (blob2, ids[1]))
     t = gal.templates("m")
@@ -86,9 +92,14 @@ def test_forget_erases_bytes_from_file(gal):
     rng = np.random.default_rng(2)
     keep = gal.add_person("Keeper", CONSENT, list(unit(rng, 2)), "m", "v")
     pid = gal.add_person(NAME, CONSENT, list(unit(rng, 2)), "m", "v", pass_ref="PASS-1")
-    sealed = [r[0] for r in gal.conn.execute(
-        "SELECT embedding FROM templates WHERE person_id=? UNION ALL SELECT name FROM people WHERE id=?"
-        " UNION ALL SELECT operator FROM consents WHERE person_id=?", (pid, pid, pid))]
+    sealed = [
+        r[0]
+        for r in gal.conn.execute(
+            "SELECT embedding FROM templates WHERE person_id=? UNION ALL SELECT name FROM people WHERE id=?"
+            " UNION ALL SELECT operator FROM consents WHERE person_id=?",
+            (pid, pid, pid),
+        )
+    ]
     assert len(sealed) == 4
     assert gal.forget(pid)
     raw = file_bytes(gal.path)
@@ -102,8 +113,12 @@ def test_forget_erases_bytes_from_file(gal):
 def test_purge_removes_only_long_expired(gal):
     rng = np.random.default_rng(3)
     now = time.time()
-    old = gal.add_person("old", CONSENT, list(unit(rng, 1)), "m", "v", valid_until=int(now - 40 * 86400))
-    recent = gal.add_person("recent", CONSENT, list(unit(rng, 1)), "m", "v", valid_until=int(now - 5 * 86400))
+    old = gal.add_person(
+        "old", CONSENT, list(unit(rng, 1)), "m", "v", valid_until=int(now - 40 * 86400)
+    )
+    recent = gal.add_person(
+        "recent", CONSENT, list(unit(rng, 1)), "m", "v", valid_until=int(now - 5 * 86400)
+    )
     forever = gal.add_person("forever", CONSENT, list(unit(rng, 1)), "m", "v")
     assert gal.purge_expired(now, 30) == [old]
     assert {p.id for p in gal.people()} == {recent, forever}
@@ -159,6 +174,7 @@ def test_live_matcher_sees_changes_without_restart_and_never_blocks(tmp_path):
 
 # --- faults --------------------------------------------------------------------------------------
 
+
 def test_corrupt_truncated_and_newer_databases(tmp_path, gal):
     gal.add_person("x", CONSENT, list(unit(np.random.default_rng(6), 1)), "m", "v")
     gal.scrub()
@@ -197,7 +213,9 @@ def test_systemd_credential_is_preferred(tmp_path, monkeypatch):
     creds = tmp_path / "creds"
     creds.mkdir()
     k = init_key(creds / "gallery.key")
-    os.chmod(creds / "gallery.key", 0o440)  # systemd credentials are read-only; not a loose key file
+    os.chmod(
+        creds / "gallery.key", 0o440
+    )  # systemd credentials are read-only; not a loose key file
     monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(creds))
     assert load_key(tmp_path / "etc" / "gallery.key").key == k.key
 
@@ -220,7 +238,7 @@ def test_kill_9_mid_enroll_never_leaves_half_a_person(tmp_path):
         import numpy as np
         from edge.gallery.crypto import load_key
         from edge.gallery.store import Consent, Gallery
-        g = Gallery({str(tmp_path / 'g.db')!r}, load_key(__import__('pathlib').Path({str(tmp_path / 'k.key')!r})))
+        g = Gallery({str(tmp_path / "g.db")!r}, load_key(__import__('pathlib').Path({str(tmp_path / "k.key")!r})))
         rng = np.random.default_rng()
         print("ready", flush=True)
         while True:
@@ -246,8 +264,9 @@ def test_key_rotation_killed_anywhere_still_opens(tmp_path):
         from edge.gallery.store import rotate_key
         print("ready", flush=True)
         while True:
-            rotate_key({str(tmp_path / 'g.db')!r}, {str(kf)!r})
+            rotate_key({str(tmp_path / "g.db")!r}, {str(kf)!r})
     """)
+
     def still_opens():  # the key on disk always opens the gallery
         g = Gallery(tmp_path / "g.db", load_key(kf), create=False)
         assert [p.name for p in g.people()] == [NAME]
@@ -262,6 +281,7 @@ def test_key_rotation_killed_anywhere_still_opens(tmp_path):
 
 # --- enrollment with real faces ------------------------------------------------------------------
 
+
 def test_enroll_requires_consent_and_guardian_for_minors(gal, pipeline, fixtures):
     from edge.gallery.enroll import enroll
 
@@ -269,10 +289,19 @@ def test_enroll_requires_consent_and_guardian_for_minors(gal, pipeline, fixtures
     with pytest.raises(ConsentError):
         enroll(gal, pipeline, "Obama", Consent(""), img, threshold=0.92, min_margin=0.04)
     with pytest.raises(ConsentError, match="guardian"):
-        enroll(gal, pipeline, "Kid", Consent("v1"), img, threshold=0.92, min_margin=0.04, minor=True)
+        enroll(
+            gal, pipeline, "Kid", Consent("v1"), img, threshold=0.92, min_margin=0.04, minor=True
+        )
     with pytest.raises(EnrollError, match="no usable face"):
-        enroll(gal, pipeline, "Nobody", CONSENT, [str(fixtures / "qr" / "qrcode-1" / "1.png")], threshold=0.92,
-               min_margin=0.04)
+        enroll(
+            gal,
+            pipeline,
+            "Nobody",
+            CONSENT,
+            [str(fixtures / "qr" / "qrcode-1" / "1.png")],
+            threshold=0.92,
+            min_margin=0.04,
+        )
     assert gal.people() == []
 
 
@@ -285,12 +314,23 @@ def test_enroll_identify_refuse_duplicates_and_reenroll(gal, pipeline, fixtures)
     enrolled = {}
     for person in ("obama", "biden", "df_A", "df_G_matt_damon", "kit_harington", "rose_leslie"):
         first = sorted((faces / person).iterdir())[0]
-        enrolled[person], _ = enroll(gal, pipeline, person, CONSENT, [str(first)], threshold=t, min_margin=0.04)
+        enrolled[person], _ = enroll(
+            gal, pipeline, person, CONSENT, [str(first)], threshold=t, min_margin=0.04
+        )
     # a second photo of an enrolled person is refused as a new person, accepted with --person-id
     second = str(sorted((faces / "obama").iterdir())[1])
     with pytest.raises(EnrollError, match="already matches"):
         enroll(gal, pipeline, "Not Obama", CONSENT, [second], threshold=t, min_margin=0.04)
-    pid, n = enroll(gal, pipeline, "", CONSENT, [second], threshold=t, min_margin=0.04, person_id=enrolled["obama"])
+    pid, n = enroll(
+        gal,
+        pipeline,
+        "",
+        CONSENT,
+        [second],
+        threshold=t,
+        min_margin=0.04,
+        person_id=enrolled["obama"],
+    )
     assert pid == enrolled["obama"] and n == 1
     assert {p.id: p.template_count for p in gal.people()}[pid] == 2
     # identification: every other photo is its own person or nobody; never someone else
@@ -310,20 +350,31 @@ def test_enroll_identify_refuse_duplicates_and_reenroll(gal, pipeline, fixtures)
     assert right >= 15
 
 
-def test_enroll_from_video_picks_best_frames_and_writes_no_image(tmp_path, pipeline, fixtures, monkeypatch):
+def test_enroll_from_video_picks_best_frames_and_writes_no_image(
+    tmp_path, pipeline, fixtures, monkeypatch
+):
     import cv2
 
     from edge.gallery.enroll import enroll
 
     written = []
     real_imwrite = cv2.imwrite
-    monkeypatch.setattr(cv2, "imwrite", lambda *a, **k: written.append(a[0]) or real_imwrite(*a, **k))
+    monkeypatch.setattr(
+        cv2, "imwrite", lambda *a, **k: written.append(a[0]) or real_imwrite(*a, **k)
+    )
     monkeypatch.chdir(tmp_path)
     kek = init_key(tmp_path / "k.key")
     g = Gallery(tmp_path / "g.db", kek)
-    pid, n = enroll(g, pipeline, "Lin-Manuel Miranda", CONSENT,
-                    [str(fixtures / "video" / "short_hamilton_clip.mp4")], threshold=pipeline.spec.threshold,
-                    min_margin=0.04, max_templates=5)
+    pid, n = enroll(
+        g,
+        pipeline,
+        "Lin-Manuel Miranda",
+        CONSENT,
+        [str(fixtures / "video" / "short_hamilton_clip.mp4")],
+        threshold=pipeline.spec.threshold,
+        min_margin=0.04,
+        max_templates=5,
+    )
     assert n == 5 and g.people()[0].template_count == 5
     g.close()
     assert written == []
@@ -332,6 +383,8 @@ def test_enroll_from_video_picks_best_frames_and_writes_no_image(tmp_path, pipel
     # the frames it picked are the frontal ones of him: they match his photo
     from edge.vision.image import load_image
 
-    ref = pipeline.embed_still(load_image(fixtures / "faces" / "lin_manuel_miranda" / "lin-manuel-miranda.png")).embedding
+    ref = pipeline.embed_still(
+        load_image(fixtures / "faces" / "lin_manuel_miranda" / "lin-manuel-miranda.png")
+    ).embedding
     t = Gallery(tmp_path / "g.db", kek).templates(pipeline.spec.name)
     assert (t.matrix @ ref).min() > 0.9 and list(set(t.person_ids)) == [pid]

@@ -11,10 +11,13 @@ def run(tmp_path, *args):
     cfg = tmp_path / "gate.toml"
     if not cfg.exists():
         cfg.write_text(f'[audit]\npath = "{tmp_path / "audit.db"}"\n')
-    return subprocess.run([sys.executable, "-m", "edge.cli", *args[:1], *args[1:2], "--config", str(cfg), *args[2:]]
-                          if args[0] == "keys" else
-                          [sys.executable, "-m", "edge.cli", args[0], "--config", str(cfg), *args[1:]],
-                          capture_output=True, text=True)
+    return subprocess.run(
+        [sys.executable, "-m", "edge.cli", *args[:1], *args[1:2], "--config", str(cfg), *args[2:]]
+        if args[0] == "keys"
+        else [sys.executable, "-m", "edge.cli", args[0], "--config", str(cfg), *args[1:]],
+        capture_output=True,
+        text=True,
+    )
 
 
 def test_gallery_cli_lifecycle(tmp_path, fixtures):
@@ -22,22 +25,47 @@ def test_gallery_cli_lifecycle(tmp_path, fixtures):
     assert run(tmp_path, "keys", "init", "--key-file", key).returncode == 0
     assert run(tmp_path, "keys", "init", "--key-file", key).returncode != 0  # refuses to overwrite
     g = ["--db", db, "--key-file", key]
-    p = run(tmp_path, "enroll", *g, "--name", "Lin-Manuel Miranda", "--consent-version", "v1", "--pass-id", "AP-1",
-            "--valid-until", "2030-01-01", str(fixtures / "faces" / "lin_manuel_miranda" / "lin-manuel-miranda.png"))
+    p = run(
+        tmp_path,
+        "enroll",
+        *g,
+        "--name",
+        "Lin-Manuel Miranda",
+        "--consent-version",
+        "v1",
+        "--pass-id",
+        "AP-1",
+        "--valid-until",
+        "2030-01-01",
+        str(fixtures / "faces" / "lin_manuel_miranda" / "lin-manuel-miranda.png"),
+    )
     assert p.returncode == 0, p.stderr
     pid = p.stdout.strip().splitlines()[-1]
     assert pid.startswith("P-")
     p = run(tmp_path, "enroll", *g, "--name", "X", str(fixtures / "faces" / "obama" / "obama.jpg"))
     assert p.returncode != 0  # --consent-version is required
-    p = run(tmp_path, "enroll", *g, "--name", "Kid", "--consent-version", "v1", "--minor",
-            str(fixtures / "faces" / "obama" / "obama.jpg"))
+    p = run(
+        tmp_path,
+        "enroll",
+        *g,
+        "--name",
+        "Kid",
+        "--consent-version",
+        "v1",
+        "--minor",
+        str(fixtures / "faces" / "obama" / "obama.jpg"),
+    )
     assert p.returncode == 2 and "guardian" in p.stderr and len(p.stderr.strip().splitlines()) == 1
 
     people = json.loads(run(tmp_path, "people", *g, "--json").stdout)
     assert len(people) == 1
     row = people[0]
     assert row["id"] == pid and row["name"] == "Lin-Manuel Miranda" and row["pass"] == "AP-1"
-    assert row["template_count"] == 1 and row["consent_time"] and row["valid_until"].startswith("2030-01-01")
+    assert (
+        row["template_count"] == 1
+        and row["consent_time"]
+        and row["valid_until"].startswith("2030-01-01")
+    )
     assert "embedding" not in json.dumps(row)
 
     rep = json.loads(run(tmp_path, "privacy-report", *g, "--json").stdout)
@@ -52,12 +80,14 @@ def test_gallery_cli_lifecycle(tmp_path, fixtures):
     assert json.loads(run(tmp_path, "people", *g, "--json").stdout) == []
     assert run(tmp_path, "purge", *g).returncode == 0
 
-    from edge.audit import AuditLog
+    from edge.gate.audit import AuditLog
 
     kinds = [r.kind for r in AuditLog(tmp_path / "audit.db").records()]
     assert kinds == ["enroll", "deletion", "purge"]
     deletion = AuditLog(tmp_path / "audit.db").records("deletion")[0]
-    assert deletion.subject == "" and deletion.reason == "consent_withdrawn"  # that it happened, not who
+    assert (
+        deletion.subject == "" and deletion.reason == "consent_withdrawn"
+    )  # that it happened, not who
 
 
 def test_wrong_key_is_one_clear_line(tmp_path):
@@ -78,11 +108,13 @@ def test_audit_log_is_append_only(tmp_path):
 
     import pytest
 
-    from edge.audit import AuditLog, AuditRecord
+    from edge.gate.audit import AuditLog, AuditRecord
 
     log = AuditLog(tmp_path / "a.db", retention_days=90)
     log.record(AuditRecord(time.time(), "g", "decision", "grant", "ticket", "T-1", None, "ok"))
-    log.record(AuditRecord(time.time() - 200 * 86400, "g", "decision", "deny", "face", "", 0.5, "stranger"))
+    log.record(
+        AuditRecord(time.time() - 200 * 86400, "g", "decision", "deny", "face", "", 0.5, "stranger")
+    )
     with pytest.raises(sqlite3.DatabaseError, match="append-only"):
         log.conn.execute("UPDATE events SET decision='grant'")
     with pytest.raises(sqlite3.DatabaseError, match="retention"):

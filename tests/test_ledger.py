@@ -9,8 +9,8 @@ import time
 
 import pytest
 
-from edge.ledger import Ledger
 from edge.tickets import ALREADY_USED, Kind, Ticket
+from edge.tickets.ledger import Ledger
 
 from .conftest import kill_at_random
 
@@ -25,7 +25,13 @@ def test_one_time_and_n_entries(tmp_path):
     r = led.redeem(one, T0 + 1000)
     assert not r.ok and r.reason == ALREADY_USED and r.detail == "no entries left"
     three = Ticket("B", kind=Kind.ENTRIES, count=3)
-    assert [led.redeem(three, T0 + i * 100).ok for i in range(5)] == [True, True, True, False, False]
+    assert [led.redeem(three, T0 + i * 100).ok for i in range(5)] == [
+        True,
+        True,
+        True,
+        False,
+        False,
+    ]
     assert led.used("B") == 3
 
 
@@ -83,7 +89,7 @@ def test_kill_9_between_verify_and_record_never_over_redeems(tmp_path):
     Ledger(path).close()
     script = textwrap.dedent(f"""
         import time
-        from edge.ledger import Ledger
+        from edge.tickets.ledger import Ledger
         from edge.tickets import Ticket, Kind
         led = Ledger({str(path)!r}, antipassback_s=0)
         t = Ticket("K", kind=Kind.ENTRIES, count=5)

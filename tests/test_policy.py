@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from edge.errors import ConfigError
-from edge.policy import (
+from edge.gate.policy import (
     DENY,
     FACE,
     FACE_AND_TICKET,
@@ -136,7 +136,9 @@ def test_face_and_ticket_needs_both_and_the_right_holder():
     assert run(p, [([], [seen("T4", holder="A")])] * 3) == []  # ticket alone
     p = Policy(params)
     ds = run(p, [([], [seen("T4", holder="A")])] + [([face("A")], [])] * 5)
-    assert [(d.decision, d.via, d.subject, d.ticket.ticket_id) for d in ds] == [(GRANT, FACE_AND_TICKET, "A", "T4")]
+    assert [(d.decision, d.via, d.subject, d.ticket.ticket_id) for d in ds] == [
+        (GRANT, FACE_AND_TICKET, "A", "T4")
+    ]
     p = Policy(params)
     ds = run(p, [([], [seen("T5", holder="B")])] + [([face("A")], [])] * 5)
     assert [(d.decision, d.reason) for d in ds] == [(DENY, "ticket_holder_mismatch")]

@@ -9,7 +9,7 @@ from gpiozero.pins.mock import MockFactory
 
 from edge.config import RelayConfig
 from edge.errors import RelayError
-from edge.relay import Relay, make_pin_factory
+from edge.gate.relay import Relay, make_pin_factory
 
 
 def wait_for(cond, timeout=3.0):
@@ -57,8 +57,11 @@ def test_close_during_pulse_leaves_relay_off():
 def test_door_forced_held_open_and_exit_button():
     events = []
     f = MockFactory()
-    r = Relay(RelayConfig(pulse_s=0.1, door_pin=27, exit_button_pin=22, held_open_s=0.2), factory=f,
-              on_event=lambda kind, detail: events.append(kind))
+    r = Relay(
+        RelayConfig(pulse_s=0.1, door_pin=27, exit_button_pin=22, held_open_s=0.2),
+        factory=f,
+        on_event=lambda kind, detail: events.append(kind),
+    )
     door, button = f.pin(27), f.pin(22)
     door.drive_low()  # closed contact
     door.drive_high()  # door opens without any grant

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from edge.errors import SourceError
-from edge.sources import CameraSource, VideoFileSource
+from edge.gate.sources import CameraSource, VideoFileSource
 
 
 def test_file_source_reads_every_frame_with_recorded_time(fixtures):
@@ -70,7 +70,13 @@ def frame(v):
 def test_corrupt_frames_are_counted_and_skipped(tmp_path):
     p = tmp_path / "x.mp4"
     p.write_bytes(b"x")
-    script = [frame(1), np.zeros((0, 0, 3), np.uint8), frame(2), np.zeros((4, 4, 7), np.uint8), frame(3)]
+    script = [
+        frame(1),
+        np.zeros((0, 0, 3), np.uint8),
+        frame(2),
+        np.zeros((4, 4, 7), np.uint8),
+        frame(3),
+    ]
     src = VideoFileSource(p, capture_factory=lambda _: FakeCapture(script))
     got = []
     while (f := src.read()) is not None:
@@ -81,9 +87,12 @@ def test_corrupt_frames_are_counted_and_skipped(tmp_path):
 def test_camera_lost_mid_stream_is_reopened_with_backoff():
     now = [0.0]
     opens = []
-    captures = [FakeCapture([frame(1), frame(2), None, None, None]),  # works, then unplugged
-                None, None,  # two failed reopen attempts
-                FakeCapture([frame(7), frame(8)])]
+    captures = [
+        FakeCapture([frame(1), frame(2), None, None, None]),  # works, then unplugged
+        None,
+        None,  # two failed reopen attempts
+        FakeCapture([frame(7), frame(8)]),
+    ]
 
     def factory(dev):
         opens.append(now[0])

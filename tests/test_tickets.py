@@ -40,16 +40,19 @@ def test_valid_ticket_round_trips_and_fits_alphanumeric_qr():
     assert len(text) < 200
 
 
-@pytest.mark.parametrize("case,reason", [
-    ("unknown_key", tk.UNKNOWN_KEY),
-    ("not_yet_valid", tk.NOT_YET_VALID),
-    ("expired", tk.EXPIRED),
-    ("revoked", tk.REVOKED),
-    ("wrong_gate", tk.WRONG_GATE),
-    ("garbage", tk.MALFORMED),
-    ("barcode", tk.MALFORMED),
-    ("url", tk.MALFORMED),
-])
+@pytest.mark.parametrize(
+    "case,reason",
+    [
+        ("unknown_key", tk.UNKNOWN_KEY),
+        ("not_yet_valid", tk.NOT_YET_VALID),
+        ("expired", tk.EXPIRED),
+        ("revoked", tk.REVOKED),
+        ("wrong_gate", tk.WRONG_GATE),
+        ("garbage", tk.MALFORMED),
+        ("barcode", tk.MALFORMED),
+        ("url", tk.MALFORMED),
+    ],
+)
 def test_every_refusal_has_its_reason(case, reason):
     v = verifier(revoked=frozenset({"T-R"}), products=("day",))
     text = {
@@ -167,6 +170,7 @@ def test_revocation_list_file(tmp_path):
 
 # --- CLI contract --------------------------------------------------------------------------------
 
+
 def run(*args, check=True):
     p = subprocess.run([sys.executable, "-m", "edge.cli", *args], capture_output=True, text=True)
     if check and p.returncode not in (0, 1):
@@ -176,15 +180,36 @@ def run(*args, check=True):
 
 def test_cli_issue_png_then_verify_and_redeem(tmp_path):
     run("ticket", "keygen", "--out", str(tmp_path / "keys"))
-    p = run("ticket", "issue", "--key", str(tmp_path / "keys/issuer.key"), "--id", "T-9", "--entries", "2",
-            "--valid-until", "2099-01-01", "--out", str(tmp_path / "out"))
+    p = run(
+        "ticket",
+        "issue",
+        "--key",
+        str(tmp_path / "keys/issuer.key"),
+        "--id",
+        "T-9",
+        "--entries",
+        "2",
+        "--valid-until",
+        "2099-01-01",
+        "--out",
+        str(tmp_path / "out"),
+    )
     text = p.stdout.strip().splitlines()[-1]
     png = tmp_path / "out" / "T-9.png"
     assert png.is_file() and text.startswith("EG")
     qr = json.loads(run("qr", "read", str(png)).stdout)
     assert qr == {"path": str(png), "texts": [text]}
-    args = ["ticket", "verify", "--pubkey", str(tmp_path / "keys/issuer.pub"), "--db", str(tmp_path / "l.db"),
-            "--redeem", "--antipassback", "0"]
+    args = [
+        "ticket",
+        "verify",
+        "--pubkey",
+        str(tmp_path / "keys/issuer.pub"),
+        "--db",
+        str(tmp_path / "l.db"),
+        "--redeem",
+        "--antipassback",
+        "0",
+    ]
     p = run(*args, str(png), text, text)
     lines = [json.loads(x) for x in p.stdout.splitlines()]
     assert [x["valid"] for x in lines] == [True, True, False]
@@ -195,26 +220,37 @@ def test_cli_issue_png_then_verify_and_redeem(tmp_path):
 
 def test_cli_refuses_barcodes_and_foreign_qr(tmp_path, fixtures):
     tk.keygen(tmp_path)
-    imgs = sorted((fixtures / "barcode" / "ean13-1").glob("*.png"))[:3] + sorted((fixtures / "qr" / "qrcode-1").glob("*.png"))[:3]
+    imgs = (
+        sorted((fixtures / "barcode" / "ean13-1").glob("*.png"))[:3]
+        + sorted((fixtures / "qr" / "qrcode-1").glob("*.png"))[:3]
+    )
     p = run("ticket", "verify", "--pubkey", str(tmp_path / "issuer.pub"), *map(str, imgs))
     lines = [json.loads(x) for x in p.stdout.splitlines()]
-    assert len(lines) == len(imgs) and all(x["reason"] == "malformed" and not x["valid"] for x in lines)
+    assert len(lines) == len(imgs) and all(
+        x["reason"] == "malformed" and not x["valid"] for x in lines
+    )
     assert p.returncode == 1
 
 
 def test_qr_decoder_reads_real_phone_photos(fixtures):
-    from edge.qr import read_codes
+    from edge.tickets.qr import read_codes
     from edge.vision.image import load_image
 
     photos = sorted(p for p in (fixtures / "qr").rglob("*") if p.suffix in (".png", ".jpg"))
-    hits = sum(p.with_suffix(".txt").read_bytes().decode("utf-8", "replace") in read_codes(load_image(p)) for p in photos)
+    hits = sum(
+        p.with_suffix(".txt").read_bytes().decode("utf-8", "replace") in read_codes(load_image(p))
+        for p in photos
+    )
     assert len(photos) == 62
     assert hits >= 55, f"read {hits} of 62 real photos"
 
 
 def test_scanner_lines_and_keycodes():
-    from edge.scanner import KEY_ENTER, KEY_LSHIFT, decode_keys, lines_from
+    from edge.tickets.scanner import KEY_ENTER, KEY_LSHIFT, decode_keys, lines_from
 
-    assert list(lines_from(["EGABC\r\n", "\n", "x" * 9999 + "\n", "8413000065504\n"])) == ["EGABC", "8413000065504"]
+    assert list(lines_from(["EGABC\r\n", "\n", "x" * 9999 + "\n", "8413000065504\n"])) == [
+        "EGABC",
+        "8413000065504",
+    ]
     ev = [(KEY_LSHIFT, 1), (18, 1), (18, 0), (34, 1), (KEY_LSHIFT, 0), (2, 1), (KEY_ENTER, 1)]
     assert list(decode_keys(ev)) == ["EG1"]

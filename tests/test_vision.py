@@ -89,9 +89,14 @@ def test_missing_and_corrupt_model_are_model_errors(tmp_path):
 
 # --- bad input ---------------------------------------------------------------------------------
 
+
 def test_bad_bytes_are_image_errors(tmp_path, fixtures):
     jpg = (fixtures / "faces" / "obama" / "obama.jpg").read_bytes()
-    for data, msg in ((b"", "empty"), (b"not an image at all", "not a readable"), (jpg[:200], "not a readable")):
+    for data, msg in (
+        (b"", "empty"),
+        (b"not an image at all", "not a readable"),
+        (jpg[:200], "not a readable"),
+    ):
         with pytest.raises(ImageError, match=msg):
             decode_image(data)
     with pytest.raises(ImageError, match="no such file"):
@@ -139,7 +144,12 @@ def test_tiny_huge_and_bomb_images(pipeline):
     huge = to_bgr8(np.full((6000, 9000, 3), 127, np.uint8))
     assert max(huge.shape[:2]) == 4096
     assert pipeline.analyze(huge) == []
-    ihdr = b"\x89PNG\r\n\x1a\n" + b"\x00\x00\x00\rIHDR" + (100000).to_bytes(4, "big") * 2 + b"\x08\x02\x00\x00\x00"
+    ihdr = (
+        b"\x89PNG\r\n\x1a\n"
+        + b"\x00\x00\x00\rIHDR"
+        + (100000).to_bytes(4, "big") * 2
+        + b"\x08\x02\x00\x00\x00"
+    )
     with pytest.raises(ImageError, match="larger than"):
         decode_image(ihdr + b"\x00" * 64)
 
@@ -152,7 +162,9 @@ def test_no_face_gives_empty_result(pipeline):
 
 
 def test_many_faces_all_found(fixtures, pipeline):
-    faces = pipeline.analyze(load_image(fixtures / "groups" / "selfie-many-people.jpg"), embed_all=True)
+    faces = pipeline.analyze(
+        load_image(fixtures / "groups" / "selfie-many-people.jpg"), embed_all=True
+    )
     assert len(faces) >= 4
     for f in faces:
         x0, y0, x1, y1 = f.detection.box
@@ -181,6 +193,7 @@ def test_alignment_puts_eyes_on_template(fixtures, pipeline):
 
 # --- recognition on real faces -------------------------------------------------------------------
 
+
 def test_same_person_scores_above_threshold_strangers_below(fixtures, pipeline):
     def emb(rel):
         return pipeline.embed_still(load_image(fixtures / "faces" / rel)).embedding
@@ -194,7 +207,7 @@ def test_same_person_scores_above_threshold_strangers_below(fixtures, pipeline):
 
 
 def test_int8_matches_float_twin_on_verification_metrics(fixtures, pipeline, float_pipeline):
-    from edge.measure import evaluate_folder
+    from edge.measure.evaluation import evaluate_folder
 
     q = evaluate_folder(pipeline, fixtures / "faces")
     f = evaluate_folder(float_pipeline, fixtures / "faces")

@@ -79,7 +79,9 @@ def _write_key_file(path: Path, key: bytes) -> None:
             os.fsync(f.fileno())
         os.link(tmp, path)
     except FileExistsError:
-        raise KeyFileError(f"key file {path} already exists", "keep it; use `edge-gate keys rotate` to change keys") from None
+        raise KeyFileError(
+            f"key file {path} already exists", "keep it; use `edge-gate keys rotate` to change keys"
+        ) from None
     finally:
         tmp.unlink(missing_ok=True)
     dfd = os.open(path.parent, os.O_RDONLY)
@@ -92,7 +94,9 @@ def _write_key_file(path: Path, key: bytes) -> None:
 def init_key(path: Path) -> Kek:
     """Create a new key file (0600); refuse to overwrite, because that would lose every template."""
     if path.exists():
-        raise KeyFileError(f"key file {path} already exists", "keep it; use `edge-gate keys rotate` to change keys")
+        raise KeyFileError(
+            f"key file {path} already exists", "keep it; use `edge-gate keys rotate` to change keys"
+        )
     key = os.urandom(32)
     _write_key_file(path, key)
     return Kek(key, path)
@@ -104,17 +108,23 @@ def load_key(path: Path, check_mode: bool = True) -> Kek:
     try:
         st = os.stat(real)
     except FileNotFoundError:
-        raise KeyFileError(f"key file {path} does not exist",
-                           "run `edge-gate keys init --key-file PATH`, or restore the key from its backup") from None
+        raise KeyFileError(
+            f"key file {path} does not exist",
+            "run `edge-gate keys init --key-file PATH`, or restore the key from its backup",
+        ) from None
     from_credential = real != path
     if check_mode and not from_credential and stat.S_IMODE(st.st_mode) & 0o077:
-        raise KeyFileError(f"key file {real} has loose permissions {oct(stat.S_IMODE(st.st_mode))}",
-                           f"chmod 600 {real}")
+        raise KeyFileError(
+            f"key file {real} has loose permissions {oct(stat.S_IMODE(st.st_mode))}",
+            f"chmod 600 {real}",
+        )
     text = real.read_text(encoding="ascii", errors="replace").strip()
     if not text.startswith(KEY_HEADER):
-        raise KeyFileError(f"{real} is not an edge-gate key file", "point --key-file at the file `keys init` wrote")
+        raise KeyFileError(
+            f"{real} is not an edge-gate key file", "point --key-file at the file `keys init` wrote"
+        )
     try:
-        key = base64.b64decode(text[len(KEY_HEADER):], validate=True)
+        key = base64.b64decode(text[len(KEY_HEADER) :], validate=True)
     except ValueError:
         key = b""
     if len(key) != 32:

@@ -33,9 +33,14 @@ class Candidate:
 
 def check_consent(consent: Consent, minor: bool) -> None:
     if not consent.notice_version.strip():
-        raise ConsentError("enrollment needs a consent record", "pass --consent-version (the notice the person agreed to)")
+        raise ConsentError(
+            "enrollment needs a consent record",
+            "pass --consent-version (the notice the person agreed to)",
+        )
     if minor and not consent.guardian.strip():
-        raise ConsentError("a minor can only be enrolled with a guardian's consent", "pass --guardian NAME")
+        raise ConsentError(
+            "a minor can only be enrolled with a guardian's consent", "pass --guardian NAME"
+        )
 
 
 def notice_sha256(path: Path | None) -> str:
@@ -50,7 +55,9 @@ def _from_observation(obs: FaceObservation | None, source: str, strict: bool) ->
     return Candidate(obs.embedding, obs.quality.score, source)
 
 
-def candidates_from_video(pipe: FacePipeline, source, every: int = 3, max_frames: int = 900) -> list[Candidate]:
+def candidates_from_video(
+    pipe: FacePipeline, source, every: int = 3, max_frames: int = 900
+) -> list[Candidate]:
     """Frames with exactly one face that passes the quality gate."""
     cap = cv2.VideoCapture(source if isinstance(source, int) else str(source))
     if not cap.isOpened():
@@ -110,25 +117,52 @@ def pick_best(cands: list[Candidate], k: int) -> list[Candidate]:
     return chosen
 
 
-def enroll(gallery: Gallery, pipe: FacePipeline, name: str, consent: Consent, inputs: list[str], *,
-           threshold: float, min_margin: float, pass_ref: str = "", valid_until: int | None = None,
-           minor: bool = False, person_id: str | None = None, force: bool = False, max_templates: int = 5) -> tuple[str, int]:
+def enroll(
+    gallery: Gallery,
+    pipe: FacePipeline,
+    name: str,
+    consent: Consent,
+    inputs: list[str],
+    *,
+    threshold: float,
+    min_margin: float,
+    pass_ref: str = "",
+    valid_until: int | None = None,
+    minor: bool = False,
+    person_id: str | None = None,
+    force: bool = False,
+    max_templates: int = 5,
+) -> tuple[str, int]:
     """Enroll (or, with person_id, re-enroll); returns (person id, templates added)."""
     if not name.strip() and person_id is None:
         raise EnrollError("a name is required", "pass --name")
     check_consent(consent, minor or bool(consent.guardian))
     cands = pick_best(collect(pipe, inputs), max_templates)
     if not cands:
-        raise EnrollError("no usable face in the inputs", "use a sharp, frontal, well-lit photo or clip of one person")
+        raise EnrollError(
+            "no usable face in the inputs",
+            "use a sharp, frontal, well-lit photo or clip of one person",
+        )
     embs = np.stack([c.embedding for c in cands])
     t = gallery.templates(pipe.spec.name)
     if len(t.matrix):
         matches = Matcher(t.matrix, t.person_ids, threshold, 0.0).match_many(embs)
         others = {m.person_id for m in matches if m.person_id and m.person_id != person_id}
         if others and not force:
-            raise EnrollError(f"this face already matches enrolled person {sorted(others)[0]}",
-                              "check who this is; re-enroll with --person-id, or pass --force if they are different people")
-    pid = gallery.add_person(name, consent, list(embs), pipe.spec.name, pipe.spec.sha256[:12],
-                             [c.quality for c in cands], pass_ref, valid_until, minor or bool(consent.guardian),
-                             person_id)
+            raise EnrollError(
+                f"this face already matches enrolled person {sorted(others)[0]}",
+                "check who this is; re-enroll with --person-id, or pass --force if they are different people",
+            )
+    pid = gallery.add_person(
+        name,
+        consent,
+        list(embs),
+        pipe.spec.name,
+        pipe.spec.sha256[:12],
+        [c.quality for c in cands],
+        pass_ref,
+        valid_until,
+        minor or bool(consent.guardian),
+        person_id,
+    )
     return pid, len(cands)

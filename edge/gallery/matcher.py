@@ -19,14 +19,18 @@ class Match:
     person_id: str | None  # None = no match
     score: float  # best person's similarity (cosine)
     margin: float  # best minus second-best person (1.0 when only one person is enrolled)
-    candidate: str | None = None  # best person even when refused; for logs and tests, never for grants
+    candidate: str | None = (
+        None  # best person even when refused; for logs and tests, never for grants
+    )
     reason: str = ""  # "", "below_threshold", "ambiguous", "empty_gallery"
 
 
 class Matcher:
     """Holds decrypted templates as one matrix; rows must be grouped by person."""
 
-    def __init__(self, matrix: np.ndarray, person_ids: np.ndarray, threshold: float, min_margin: float):
+    def __init__(
+        self, matrix: np.ndarray, person_ids: np.ndarray, threshold: float, min_margin: float
+    ):
         self.threshold, self.min_margin = float(threshold), float(min_margin)
         self.matrix = np.ascontiguousarray(matrix, dtype=np.float32)
         pids = np.asarray(person_ids, dtype=object)
@@ -104,7 +108,12 @@ class LiveMatcher:
         self.pass_refs = self.gallery.pass_refs()
         self.rejected = t.rejected
         self._version = v
-        log.info("gallery loaded templates=%d people=%d rejected=%d", len(self.matcher), len(self.matcher.people), t.rejected)
+        log.info(
+            "gallery loaded templates=%d people=%d rejected=%d",
+            len(self.matcher),
+            len(self.matcher.people),
+            t.rejected,
+        )
         return True
 
     def match_many(self, probes: np.ndarray) -> list[Match]:
@@ -118,6 +127,8 @@ def resolve_threshold(configured: float, measured: float) -> float:
     if t <= 0:
         from edge.errors import ConfigError
 
-        raise ConfigError("no match threshold: gallery.match_threshold is 0 and the embedder has none measured",
-                          "run `edge-gate eval DIR --write-threshold` or set gallery.match_threshold")
+        raise ConfigError(
+            "no match threshold: gallery.match_threshold is 0 and the embedder has none measured",
+            "run `edge-gate eval DIR --write-threshold` or set gallery.match_threshold",
+        )
     return t

@@ -35,7 +35,11 @@ def apply_transform(m: np.ndarray, pts: np.ndarray) -> np.ndarray:
     return pts @ m[:, :2].T + m[:, 2]
 
 
-def align_face(bgr: np.ndarray, keypoints: np.ndarray, template: np.ndarray, size: int) -> np.ndarray:
+def align_face(
+    bgr: np.ndarray, keypoints: np.ndarray, template: np.ndarray, size: int
+) -> np.ndarray:
     """Warp the face so its keypoints land on the template; returns a size x size BGR chip."""
     m = similarity_transform(keypoints[list(ALIGN_POINTS)], template)
-    return cv2.warpAffine(bgr, m, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    return cv2.warpAffine(
+        bgr, m, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE
+    )

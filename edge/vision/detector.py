@@ -72,7 +72,9 @@ def iou_one_to_many(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
     return inter / np.maximum(area + areas - inter, 1e-9)
 
 
-def weighted_nms(boxes: np.ndarray, kps: np.ndarray, scores: np.ndarray, iou: float, max_faces: int):
+def weighted_nms(
+    boxes: np.ndarray, kps: np.ndarray, scores: np.ndarray, iou: float, max_faces: int
+):
     """MediaPipe's weighted NMS: overlapping candidates are blended by score, not dropped."""
     order = np.argsort(-scores)
     boxes, kps, scores = boxes[order], kps[order], scores[order]
@@ -85,7 +87,11 @@ def weighted_nms(boxes: np.ndarray, kps: np.ndarray, scores: np.ndarray, iou: fl
         overlap[i] = True
         w = scores[overlap][:, None]
         result.append(
-            ((boxes[overlap] * w).sum(0) / w.sum(), (kps[overlap] * w[:, :, None]).sum(0) / w.sum(), float(scores[i]))
+            (
+                (boxes[overlap] * w).sum(0) / w.sum(),
+                (kps[overlap] * w[:, :, None]).sum(0) / w.sum(),
+                float(scores[i]),
+            )
         )
         alive &= ~overlap
         if len(result) >= max_faces:
@@ -96,16 +102,28 @@ def weighted_nms(boxes: np.ndarray, kps: np.ndarray, scores: np.ndarray, iou: fl
 class BlazeFace:
     """Detect faces in a BGR frame of any size."""
 
-    def __init__(self, model_path, kind: str = "short", threads: int = 0, min_score: float = 0.6,
-                 iou: float = 0.3, max_faces: int = 16):
+    def __init__(
+        self,
+        model_path,
+        kind: str = "short",
+        threads: int = 0,
+        min_score: float = 0.6,
+        iou: float = 0.3,
+        max_faces: int = 16,
+    ):
         if kind not in ANCHOR_LAYOUTS:
             raise ModelError(f"unknown BlazeFace kind {kind!r}", "use 'short' or 'full'")
         self.model = TFLiteModel(model_path, threads)
         self.size = ANCHOR_LAYOUTS[kind][0]
         self.anchors = ssd_anchors(kind)
         shape = self.model.inputs[0].shape
-        if shape[1:3] != (self.size, self.size) or self.model.outputs[0].shape[1] != len(self.anchors):
-            raise ModelError(f"{model_path}: shape {shape} does not match BlazeFace {kind}", "check vision.detector")
+        if shape[1:3] != (self.size, self.size) or self.model.outputs[0].shape[1] != len(
+            self.anchors
+        ):
+            raise ModelError(
+                f"{model_path}: shape {shape} does not match BlazeFace {kind}",
+                "check vision.detector",
+            )
         self.min_score, self.iou, self.max_faces = min_score, iou, max_faces
 
     def preprocess(self, bgr: np.ndarray) -> tuple[np.ndarray, float, float, float]:
@@ -113,8 +131,15 @@ class BlazeFace:
         h, w = bgr.shape[:2]
         side = max(h, w)
         pad_x, pad_y = (side - w) / 2, (side - h) / 2
-        square = cv2.copyMakeBorder(bgr, int(pad_y), side - h - int(pad_y), int(pad_x), side - w - int(pad_x),
-                                    cv2.BORDER_CONSTANT, value=(0, 0, 0))
+        square = cv2.copyMakeBorder(
+            bgr,
+            int(pad_y),
+            side - h - int(pad_y),
+            int(pad_x),
+            side - w - int(pad_x),
+            cv2.BORDER_CONSTANT,
+            value=(0, 0, 0),
+        )
         small = cv2.resize(square, (self.size, self.size), interpolation=cv2.INTER_AREA)
         x = cv2.cvtColor(small, cv2.COLOR_BGR2RGB).astype(np.float32) * (2.0 / 255.0) - 1.0
         return x[None], float(side), float(int(pad_x)), float(int(pad_y))
@@ -124,7 +149,9 @@ class BlazeFace:
         regs, logits = self.model.run(x)
         return self.decode(regs[0], logits[0, :, 0], side, pad_x, pad_y)
 
-    def decode(self, regs: np.ndarray, logits: np.ndarray, side: float, pad_x: float, pad_y: float) -> list[Detection]:
+    def decode(
+        self, regs: np.ndarray, logits: np.ndarray, side: float, pad_x: float, pad_y: float
+    ) -> list[Detection]:
         scores = 1.0 / (1.0 + np.exp(-np.clip(logits, -80.0, 80.0)))
         keep = scores >= self.min_score
         if not keep.any():

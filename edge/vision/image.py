@@ -37,10 +37,15 @@ def to_bgr8(img: np.ndarray, name: str = "frame") -> np.ndarray:
         img = cv2.cvtColor(img, cv2.COLOR_BGRA2BGR)
     h, w = img.shape[:2]
     if min(h, w) < MIN_SIDE:
-        raise ImageError(f"{name}: {w}x{h} is too small to hold a face", f"use images at least {MIN_SIDE}px on each side")
+        raise ImageError(
+            f"{name}: {w}x{h} is too small to hold a face",
+            f"use images at least {MIN_SIDE}px on each side",
+        )
     if max(h, w) > MAX_SIDE:
         s = MAX_SIDE / max(h, w)
-        img = cv2.resize(img, (max(1, round(w * s)), max(1, round(h * s))), interpolation=cv2.INTER_AREA)
+        img = cv2.resize(
+            img, (max(1, round(w * s)), max(1, round(h * s))), interpolation=cv2.INTER_AREA
+        )
     return np.ascontiguousarray(img)
 
 

@@ -41,7 +41,9 @@ def load_catalogue(models_dir: Path) -> dict:
     try:
         return json.loads(f.read_text())
     except FileNotFoundError:
-        raise ModelError(f"{f} is missing", "run scripts/build_models.py or reinstall the package") from None
+        raise ModelError(
+            f"{f} is missing", "run scripts/build_models.py or reinstall the package"
+        ) from None
     except (OSError, json.JSONDecodeError) as e:
         raise ModelError(f"{f} is unreadable: {e}", "restore it from the release") from None
 
@@ -52,13 +54,24 @@ def _entry(models_dir: Path, group: str, name: str) -> dict:
         return cat[group][name]
     except KeyError:
         known = ", ".join(sorted(cat.get(group, {})))
-        raise ModelError(f"no {group[:-1]} named {name!r} in {models_dir / 'models.json'}", f"choose one of: {known}") from None
+        raise ModelError(
+            f"no {group[:-1]} named {name!r} in {models_dir / 'models.json'}",
+            f"choose one of: {known}",
+        ) from None
 
 
 def embedder_spec(models_dir: Path, name: str) -> EmbedderSpec:
     e = _entry(models_dir, "embedders", name)
-    return EmbedderSpec(name, models_dir / e["file"], e["sha256"], int(e["size"]), int(e["dim"]),
-                        np.array(e["template"], dtype=np.float32), float(e.get("threshold", 0.0)), e["quantization"])
+    return EmbedderSpec(
+        name,
+        models_dir / e["file"],
+        e["sha256"],
+        int(e["size"]),
+        int(e["dim"]),
+        np.array(e["template"], dtype=np.float32),
+        float(e.get("threshold", 0.0)),
+        e["quantization"],
+    )
 
 
 def detector_spec(models_dir: Path, name: str) -> DetectorSpec:
@@ -77,8 +90,12 @@ def file_sha256(path: Path) -> str:
 def verify_file(path: Path, expected: str) -> None:
     """Raise ModelError when a model file is missing or not the one the catalogue names."""
     if not path.is_file():
-        raise ModelError(f"model file {path} is missing", "reinstall the package or run scripts/build_models.py")
+        raise ModelError(
+            f"model file {path} is missing", "reinstall the package or run scripts/build_models.py"
+        )
     got = file_sha256(path)
     if got != expected:
-        raise ModelError(f"model file {path} has SHA-256 {got[:12]}…, expected {expected[:12]}…",
-                         "the file is corrupt or replaced; reinstall it")
+        raise ModelError(
+            f"model file {path} has SHA-256 {got[:12]}…, expected {expected[:12]}…",
+            "the file is corrupt or replaced; reinstall it",
+        )

@@ -33,8 +33,16 @@ class StageTimes:
 
 
 class FacePipeline:
-    def __init__(self, models_dir: Path, detector: str, embedder: str, threads: int = 0,
-                 min_score: float = 0.6, quality: QualityThresholds | None = None, verify: bool = True):
+    def __init__(
+        self,
+        models_dir: Path,
+        detector: str,
+        embedder: str,
+        threads: int = 0,
+        min_score: float = 0.6,
+        quality: QualityThresholds | None = None,
+        verify: bool = True,
+    ):
         dspec = detector_spec(models_dir, detector)
         espec = embedder_spec(models_dir, embedder)
         if verify:
@@ -49,12 +57,21 @@ class FacePipeline:
     @classmethod
     def from_config(cls, cfg: Config) -> FacePipeline:
         v = cfg.vision
-        return cls(models_path(cfg), v.detector, v.embedder, v.threads, v.min_score, QualityThresholds.from_config(v))
+        return cls(
+            models_path(cfg),
+            v.detector,
+            v.embedder,
+            v.threads,
+            v.min_score,
+            QualityThresholds.from_config(v),
+        )
 
     def chip(self, bgr: np.ndarray, det: Detection) -> np.ndarray:
         return align_face(bgr, det.keypoints, self.spec.template, self.spec.size)
 
-    def analyze(self, bgr: np.ndarray, embed_all: bool = False, times: StageTimes | None = None) -> list[FaceObservation]:
+    def analyze(
+        self, bgr: np.ndarray, embed_all: bool = False, times: StageTimes | None = None
+    ) -> list[FaceObservation]:
         """Detect every face; embed those that pass the quality gate (or all, for evaluation)."""
         t0 = time.perf_counter()
         dets = self.detector.detect(bgr)
@@ -70,7 +87,9 @@ class FacePipeline:
             t_embed += time.perf_counter() - a1
             out.append(FaceObservation(d, q, emb))
         if times is not None:
-            times.samples.append({"detect": t1 - t0, "align": t_align, "embed": t_embed, "faces": len(dets)})
+            times.samples.append(
+                {"detect": t1 - t0, "align": t_align, "embed": t_embed, "faces": len(dets)}
+            )
         return out
 
     def embed_still(self, bgr: np.ndarray, pad: float = 0.3) -> FaceObservation | None:
@@ -92,7 +111,9 @@ class FacePipeline:
     def _still_detectors(self) -> list[BlazeFace]:
         if self._full is None and self._models_dir is not None and self.detector.size != 192:
             spec = detector_spec(self._models_dir, "blazeface_full")
-            self._full = BlazeFace(spec.path, spec.kind, threads=self._threads, min_score=self.detector.min_score)
+            self._full = BlazeFace(
+                spec.path, spec.kind, threads=self._threads, min_score=self.detector.min_score
+            )
         return [self.detector] + ([self._full] if self._full is not None else [])
 
     def _embed_with(self, det: BlazeFace, bgr: np.ndarray) -> list[FaceObservation]:

@@ -59,19 +59,26 @@ class TFLiteModel:
             )
         self.path = Path(path)
         if not self.path.is_file():
-            raise ModelError(f"model file {self.path} does not exist", "run scripts/build_models.py or reinstall")
+            raise ModelError(
+                f"model file {self.path} does not exist", "run scripts/build_models.py or reinstall"
+            )
         try:
             self._it = _Interpreter(model_path=str(self.path), num_threads=resolve_threads(threads))
             self._it.allocate_tensors()
         except (ValueError, RuntimeError) as e:
-            raise ModelError(f"model file {self.path} cannot be loaded: {e}", "the file is corrupt; rebuild or reinstall it") from None
+            raise ModelError(
+                f"model file {self.path} cannot be loaded: {e}",
+                "the file is corrupt; rebuild or reinstall it",
+            ) from None
         self.inputs = [self._spec(d) for d in self._it.get_input_details()]
         self.outputs = [self._spec(d) for d in self._it.get_output_details()]
 
     @staticmethod
     def _spec(d: dict) -> TensorSpec:
         scale, zp = d.get("quantization", (0.0, 0))
-        return TensorSpec(int(d["index"]), tuple(int(s) for s in d["shape"]), d["dtype"], float(scale), int(zp))
+        return TensorSpec(
+            int(d["index"]), tuple(int(s) for s in d["shape"]), d["dtype"], float(scale), int(zp)
+        )
 
     def run(self, x: np.ndarray) -> list[np.ndarray]:
         """Run on a float batch shaped like the first input; returns float outputs."""

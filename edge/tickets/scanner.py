@@ -21,12 +21,69 @@ def lines_from(stream: TextIO | Iterable[str]) -> Iterator[str]:
 
 
 # evdev key codes for what a scanner types (US layout), shifted variants in the second map.
-_KEYS = {2: "1", 3: "2", 4: "3", 5: "4", 6: "5", 7: "6", 8: "7", 9: "8", 10: "9", 11: "0", 12: "-", 13: "=",
-         16: "q", 17: "w", 18: "e", 19: "r", 20: "t", 21: "y", 22: "u", 23: "i", 24: "o", 25: "p", 30: "a",
-         31: "s", 32: "d", 33: "f", 34: "g", 35: "h", 36: "j", 37: "k", 38: "l", 39: ";", 44: "z", 45: "x",
-         46: "c", 47: "v", 48: "b", 49: "n", 50: "m", 51: ",", 52: ".", 53: "/", 57: " "}
-_SHIFTED = {"1": "!", "2": "@", "3": "#", "4": "$", "5": "%", "6": "^", "7": "&", "8": "*", "9": "(", "0": ")",
-            "-": "_", "=": "+", ";": ":", ",": "<", ".": ">", "/": "?"}
+_KEYS = {
+    2: "1",
+    3: "2",
+    4: "3",
+    5: "4",
+    6: "5",
+    7: "6",
+    8: "7",
+    9: "8",
+    10: "9",
+    11: "0",
+    12: "-",
+    13: "=",
+    16: "q",
+    17: "w",
+    18: "e",
+    19: "r",
+    20: "t",
+    21: "y",
+    22: "u",
+    23: "i",
+    24: "o",
+    25: "p",
+    30: "a",
+    31: "s",
+    32: "d",
+    33: "f",
+    34: "g",
+    35: "h",
+    36: "j",
+    37: "k",
+    38: "l",
+    39: ";",
+    44: "z",
+    45: "x",
+    46: "c",
+    47: "v",
+    48: "b",
+    49: "n",
+    50: "m",
+    51: ",",
+    52: ".",
+    53: "/",
+    57: " ",
+}
+_SHIFTED = {
+    "1": "!",
+    "2": "@",
+    "3": "#",
+    "4": "$",
+    "5": "%",
+    "6": "^",
+    "7": "&",
+    "8": "*",
+    "9": "(",
+    "0": ")",
+    "-": "_",
+    "=": "+",
+    ";": ":",
+    ",": "<",
+    ".": ">",
+    "/": "?",
+}
 KEY_ENTER, KEY_LSHIFT, KEY_RSHIFT = 28, 42, 54
 
 
@@ -58,6 +115,8 @@ def evdev_scans(device_path: str) -> Iterator[str]:  # pragma: no cover - needs 
     dev = evdev.InputDevice(device_path)
     dev.grab()
     try:
-        yield from decode_keys((e.code, e.value) for e in dev.read_loop() if e.type == evdev.ecodes.EV_KEY)
+        yield from decode_keys(
+            (e.code, e.value) for e in dev.read_loop() if e.type == evdev.ecodes.EV_KEY
+        )
     finally:
         dev.ungrab()

@@ -12,7 +12,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from edge.qr import render_ticket
+from edge.tickets.qr import render_ticket
 
 
 @dataclass(frozen=True)
@@ -38,7 +38,9 @@ def _card(text: str, style: str) -> np.ndarray:
     return cv2.copyMakeBorder(ticket, 16, 16, 16, 16, cv2.BORDER_CONSTANT, value=(235, 235, 228))
 
 
-def _place(frame: np.ndarray, card: np.ndarray, rng: np.random.Generator, phase: float, params: dict) -> None:
+def _place(
+    frame: np.ndarray, card: np.ndarray, rng: np.random.Generator, phase: float, params: dict
+) -> None:
     h, w = frame.shape[:2]
     ch, cw = card.shape[:2]
     scale = params["size"] / max(ch, cw)
@@ -55,7 +57,9 @@ def _place(frame: np.ndarray, card: np.ndarray, rng: np.random.Generator, phase:
     frame[mask > 0] = warped[mask > 0]
 
 
-def render_frames(segments: list[Segment], fps: float = 10.0, size: tuple[int, int] = (640, 480), seed: int = 0):
+def render_frames(
+    segments: list[Segment], fps: float = 10.0, size: tuple[int, int] = (640, 480), seed: int = 0
+):
     """Yield (frame, segment index) for every frame of the clip."""
     rng = np.random.default_rng(seed)
     w, h = size
@@ -64,9 +68,13 @@ def render_frames(segments: list[Segment], fps: float = 10.0, size: tuple[int, i
         card = _card(seg.text, seg.style) if seg.text else None
         params = {
             "size": rng.uniform(0.45, 0.62) * min(w, h) * (1.25 if seg.style == "phone" else 1.0),
-            "dx": rng.uniform(-60, 60), "dy": rng.uniform(-30, 30), "angle": rng.uniform(-0.35, 0.35),
+            "dx": rng.uniform(-60, 60),
+            "dy": rng.uniform(-30, 30),
+            "angle": rng.uniform(-0.35, 0.35),
             "skew": rng.uniform(-18, 18, (4, 2)).astype(np.float32),
-            "gain": rng.uniform(0.65, 1.2), "bias": rng.uniform(-25, 20), "blur": rng.uniform(0.0, 1.2),
+            "gain": rng.uniform(0.65, 1.2),
+            "bias": rng.uniform(-25, 20),
+            "blur": rng.uniform(0.0, 1.2),
         }
         for i in range(max(1, round(seg.seconds * fps))):
             frame = bg.copy()
@@ -79,8 +87,13 @@ def render_frames(segments: list[Segment], fps: float = 10.0, size: tuple[int, i
             yield np.clip(f, 0, 255).astype(np.uint8), si
 
 
-def write_clip(path: Path, segments: list[Segment], fps: float = 10.0, size: tuple[int, int] = (640, 480),
-               seed: int = 0) -> int:
+def write_clip(
+    path: Path,
+    segments: list[Segment],
+    fps: float = 10.0,
+    size: tuple[int, int] = (640, 480),
+    seed: int = 0,
+) -> int:
     """Write an MP4 clip; returns the number of frames."""
     path.parent.mkdir(parents=True, exist_ok=True)
     wr = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, size)

@@ -21,10 +21,10 @@ import numpy as np
 
 from edge import config as config_mod
 from edge import tickets as tk
-from edge.audit import AuditLog, AuditRecord
 from edge.errors import EdgeGateError
-from edge.notify import Notifier
-from edge.policy import (
+from edge.gate.audit import AuditLog, AuditRecord
+from edge.gate.notify import Notifier
+from edge.gate.policy import (
     GRANT,
     Decision,
     FaceSeen,
@@ -34,15 +34,23 @@ from edge.policy import (
     TicketSeen,
     check_non_face_way_in,
 )
-from edge.sources import Frame, FrameSource, open_source
+from edge.gate.sources import Frame, FrameSource, open_source
 from edge.timeutil import iso
 
 log = logging.getLogger(__name__)
 
 
 def decision_json(d: Decision, gate: str, wall: float) -> dict:
-    out = {"t": round(d.t, 3), "time": iso(wall), "frame": d.frame, "gate": gate, "decision": d.decision, "via": d.via,
-           "score": d.score, "reason": d.reason}
+    out = {
+        "t": round(d.t, 3),
+        "time": iso(wall),
+        "frame": d.frame,
+        "gate": gate,
+        "decision": d.decision,
+        "via": d.via,
+        "score": d.score,
+        "reason": d.reason,
+    }
     if d.via == "ticket":
         out["ticket"] = d.subject
     else:
@@ -64,7 +72,9 @@ class FaceStack:
         self.pipeline = FacePipeline.from_config(cfg)
         self.gallery = Gallery(db, load_key(key_file))
         threshold = resolve_threshold(cfg.gallery.match_threshold, self.pipeline.spec.threshold)
-        self.matcher = LiveMatcher(self.gallery, self.pipeline.spec.name, threshold, cfg.gallery.min_margin)
+        self.matcher = LiveMatcher(
+            self.gallery, self.pipeline.spec.name, threshold, cfg.gallery.min_margin
+        )
 
     def observe(self, image: np.ndarray) -> tuple[FaceSeen, ...]:
         faces = self.pipeline.analyze(image)
@@ -74,17 +84,31 @@ class FaceStack:
         usable = [f for f in faces if f.embedding is not None]
         try:
             self.matcher.refresh()
-        except Exception as e:  # a writer mid-VACUUM, a locked file: keep matching with what we have
+        except (
+            Exception
+        ) as e:  # a writer mid-VACUUM, a locked file: keep matching with what we have
             log.warning("gallery refresh_failed reason=%s", e)
-        matches = iter(self.matcher.matcher.match_many(np.stack([f.embedding for f in usable])) if usable else [])
+        matches = iter(
+            self.matcher.matcher.match_many(np.stack([f.embedding for f in usable]))
+            if usable
+            else []
+        )
         out = []
         for f in faces:
             m = next(matches) if f.embedding is not None else None
             cx, cy = f.detection.center
             pid = m.person_id if m else None
-            out.append(FaceSeen(pid, round(m.score, 4) if m else 0.0, f.detection.width / w, (cx / w, cy / h),
-                                f.embedding is not None, self.matcher.valid_until.get(pid) if pid else None,
-                                self.matcher.pass_refs.get(pid, "") if pid else ""))
+            out.append(
+                FaceSeen(
+                    pid,
+                    round(m.score, 4) if m else 0.0,
+                    f.detection.width / w,
+                    (cx / w, cy / h),
+                    f.embedding is not None,
+                    self.matcher.valid_until.get(pid) if pid else None,
+                    self.matcher.pass_refs.get(pid, "") if pid else "",
+                )
+            )
         return tuple(out)
 
     def close(self) -> None:
@@ -92,11 +116,23 @@ class FaceStack:
 
 
 class Gate:
-    def __init__(self, cfg: config_mod.Config, *, source: FrameSource | None = None, source_spec: str | None = None,
-                 db: str | None = None, key_file: str | None = None, pubkeys: list[str] | None = None,
-                 events: str | None = None, realtime: bool | None = None, pin_factory=None,
-                 printer: Callable[[str], None] | None = None, scanner: Iterable[str] | None = None,
-                 notifier: Notifier | None = None, clock: Callable[[], float] = time.time):
+    def __init__(
+        self,
+        cfg: config_mod.Config,
+        *,
+        source: FrameSource | None = None,
+        source_spec: str | None = None,
+        db: str | None = None,
+        key_file: str | None = None,
+        pubkeys: list[str] | None = None,
+        events: str | None = None,
+        realtime: bool | None = None,
+        pin_factory=None,
+        printer: Callable[[str], None] | None = None,
+        scanner: Iterable[str] | None = None,
+        notifier: Notifier | None = None,
+        clock: Callable[[], float] = time.time,
+    ):
         self.cfg_path = cfg.source_file
         self.overrides = {"db": db, "key_file": key_file, "pubkeys": pubkeys}
         self.cfg = cfg
@@ -114,18 +150,26 @@ class Gate:
             threading.Thread(target=self._feed_scanner, args=(scanner,), daemon=True).start()
 
         self._load_tickets()
-        from edge.ledger import Ledger
-        from edge.relay import Relay
+        from edge.gate.relay import Relay
+        from edge.tickets.ledger import Ledger
 
-        self.ledger = Ledger(cfg.resolve(cfg.tickets.ledger), cfg.gate.id, cfg.tickets.antipassback_s)
+        self.ledger = Ledger(
+            cfg.resolve(cfg.tickets.ledger), cfg.gate.id, cfg.tickets.antipassback_s
+        )
         self.audit = AuditLog(cfg.resolve(cfg.audit.path), cfg.audit.retention_days)
         self.relay = Relay(cfg.relay, factory=pin_factory, on_event=self._relay_event)
         self.face = self._load_faces()
         self.policy = Policy(PolicyParams.from_config(cfg, face_enabled=self.face is not None))
         spec = source_spec or cfg.camera.source
         rt = cfg.camera.realtime if realtime is None else realtime
-        self.source = source or open_source(spec, cfg.camera.width, cfg.camera.height, cfg.camera.fps, rt,
-                                            cfg.camera.reconnect_max_s)
+        self.source = source or open_source(
+            spec,
+            cfg.camera.width,
+            cfg.camera.height,
+            cfg.camera.fps,
+            rt,
+            cfg.camera.reconnect_max_s,
+        )
 
     # --- loading -------------------------------------------------------------------------------
 
@@ -134,7 +178,9 @@ class Gate:
         paths = self.overrides["pubkeys"] or [str(cfg.resolve(p)) for p in cfg.tickets.pubkeys]
         keys = [tk.load_public(Path(p)) for p in paths]
         check_non_face_way_in(cfg.gate.mode, len(keys))
-        revoked = tk.load_revocations(cfg.resolve(cfg.tickets.revocation_list) if cfg.tickets.revocation_list else None)
+        revoked = tk.load_revocations(
+            cfg.resolve(cfg.tickets.revocation_list) if cfg.tickets.revocation_list else None
+        )
         self.verifier = tk.Verifier(keys, cfg.gate.products, revoked, cfg.tickets.clock_skew_s)
 
     def _load_faces(self) -> FaceStack | None:
@@ -142,15 +188,25 @@ class Gate:
         if cfg.gate.mode == "ticket-only" or not cfg.vision.face_enabled:
             return None
         db = Path(self.overrides["db"]) if self.overrides["db"] else cfg.resolve(cfg.gallery.db)
-        key = Path(self.overrides["key_file"]) if self.overrides["key_file"] else cfg.resolve(cfg.gallery.key_file)
+        key = (
+            Path(self.overrides["key_file"])
+            if self.overrides["key_file"]
+            else cfg.resolve(cfg.gallery.key_file)
+        )
         try:
             return FaceStack(cfg, db, key)
         except Exception as e:  # models, runtime, key or gallery: degrade, never open
             self.degraded = f"ticket-only: face path failed to load: {e}"
             log.error("gate DEGRADED %s", self.degraded)
-            self.audit.record(AuditRecord(self.clock(), cfg.gate.id, "system", reason="degraded", detail=str(e)[:300]))
+            self.audit.record(
+                AuditRecord(
+                    self.clock(), cfg.gate.id, "system", reason="degraded", detail=str(e)[:300]
+                )
+            )
             if cfg.gate.mode == "face-and-ticket":
-                log.error("gate mode face-and-ticket cannot grant without faces: every entry will be refused")
+                log.error(
+                    "gate mode face-and-ticket cannot grant without faces: every entry will be refused"
+                )
             return None
 
     def reload(self) -> None:
@@ -175,7 +231,7 @@ class Gate:
     # --- loop ----------------------------------------------------------------------------------
 
     def _feed_scanner(self, lines: Iterable[str]) -> None:
-        from edge.scanner import lines_from
+        from edge.tickets.scanner import lines_from
 
         for text in lines_from(lines):
             self._scan_q.put(text)
@@ -241,7 +297,7 @@ class Gate:
         texts: list[str] = []
         if frame.index >= 0 and frame.index % max(1, self.cfg.tickets.scan_every) == 0:
             try:
-                from edge.qr import read_codes
+                from edge.tickets.qr import read_codes
 
                 texts = read_codes(frame.image)
             except Exception as e:
@@ -271,8 +327,19 @@ class Gate:
         self.last_decision = f"{d.decision} {d.via} {d.reason}"
         log.info("decision %s", " ".join(f"{k}={v}" for k, v in ev.items()))
         try:
-            self.audit.record(AuditRecord(wall, self.cfg.gate.id, "decision", d.decision, d.via, d.subject or "",
-                                          d.score, d.reason, ev.get("ticket", "") if d.via != "ticket" else ""))
+            self.audit.record(
+                AuditRecord(
+                    wall,
+                    self.cfg.gate.id,
+                    "decision",
+                    d.decision,
+                    d.via,
+                    d.subject or "",
+                    d.score,
+                    d.reason,
+                    ev.get("ticket", "") if d.via != "ticket" else "",
+                )
+            )
         except Exception as e:  # a full disk must not stop the gate deciding
             log.error("audit error=%s", e)
         if self.events_file:
@@ -291,7 +358,11 @@ class Gate:
             self.printer(text)
 
     def _relay_event(self, kind: str, detail: str) -> None:
-        self.audit.record(AuditRecord(self.clock(), self.cfg.gate.id, "door", via=kind, reason=kind, detail=detail))
+        self.audit.record(
+            AuditRecord(
+                self.clock(), self.cfg.gate.id, "door", via=kind, reason=kind, detail=detail
+            )
+        )
 
     def close(self) -> None:
         self.notifier.stopping()

@@ -72,5 +72,7 @@ def render_ticket(text: str, caption_lines: list[str], module_px: int = 8) -> np
     canvas = np.full((qr.shape[0] + line_h * len(lines) + 10, w), 255, np.uint8)
     canvas[: qr.shape[0]] = qr
     for i, ln in enumerate(lines):
-        cv2.putText(canvas, ln, (8, qr.shape[0] + line_h * (i + 1) - 4), font, scale, 0, thick, cv2.LINE_AA)
+        cv2.putText(
+            canvas, ln, (8, qr.shape[0] + line_h * (i + 1) - 4), font, scale, 0, thick, cv2.LINE_AA
+        )
     return cv2.cvtColor(canvas, cv2.COLOR_GRAY2BGR)

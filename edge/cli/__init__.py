@@ -19,31 +19,45 @@ def _cfg(args) -> config_mod.Config:
     return config_mod.load(getattr(args, "config", None))
 
 
-def _pipeline(cfg: config_mod.Config, embedder: str | None = None, detector: str | None = None, threads: int | None = None):
+def _pipeline(
+    cfg: config_mod.Config,
+    embedder: str | None = None,
+    detector: str | None = None,
+    threads: int | None = None,
+):
     from edge.vision.pipeline import FacePipeline
 
-    cfg = config_mod.override(cfg, vision={"embedder": embedder, "detector": detector, "threads": threads})
+    cfg = config_mod.override(
+        cfg, vision={"embedder": embedder, "detector": detector, "threads": threads}
+    )
     return FacePipeline.from_config(cfg)
 
 
 # --- measure ---------------------------------------------------------------------------------
 
+
 def cmd_eval(args) -> int:
-    from edge.measure import evaluate_folder, write_threshold
+    from edge.measure.evaluation import evaluate_folder, write_threshold
 
     cfg = _cfg(args)
     pipe = _pipeline(cfg, args.embedder, args.detector, args.threads)
     result = evaluate_folder(pipe, Path(args.dir))
     if args.write_threshold:
-        from edge.evaluate import gate_threshold
+        from edge.measure.metrics import gate_threshold
 
         if result.get("impostor_max") is None:
-            raise EdgeGateError("no threshold measured: no impostor pairs", "use a folder with at least two people")
+            raise EdgeGateError(
+                "no threshold measured: no impostor pairs", "use a folder with at least two people"
+            )
         t = gate_threshold(result["impostor_max"])
         result["written_threshold"] = t
-        write_threshold(config_mod.models_path(cfg), pipe.spec.name, t,
-                        f"edge-gate eval {args.dir}: above all {result['impostor_pairs']} impostor pairs "
-                        f"(max {result['impostor_max']}); TAR there {result['tar_at_far_0']}")
+        write_threshold(
+            config_mod.models_path(cfg),
+            pipe.spec.name,
+            t,
+            f"edge-gate eval {args.dir}: above all {result['impostor_pairs']} impostor pairs "
+            f"(max {result['impostor_max']}); TAR there {result['tar_at_far_0']}",
+        )
     if args.json:
         print(json.dumps(result))
     else:
@@ -53,34 +67,45 @@ def cmd_eval(args) -> int:
 
 
 def cmd_bench(args) -> int:
-    from edge.measure import bench_clip, format_bench
+    from edge.measure.bench import bench_clip, format_bench
     from edge.vision.runtime import resolve_threads
 
     cfg = _cfg(args)
     if args.gallery:
-        from edge.gallery.bench import bench_gallery, format_gallery_bench
+        from edge.measure.bench import bench_gallery, format_gallery_bench
 
         rep = bench_gallery(args.gallery, dim=args.dim)
         print(json.dumps(rep) if args.json else format_gallery_bench(rep))
         return 0
-    clip = Path(args.clip) if args.clip else config_mod.fixtures_dir() / "video" / "short_hamilton_clip.mp4"
+    clip = (
+        Path(args.clip)
+        if args.clip
+        else config_mod.fixtures_dir() / "video" / "short_hamilton_clip.mp4"
+    )
     if args.gate:
-        from edge.measure import bench_gate
+        from edge.measure.bench import bench_gate
 
-        photos = [Path(p) for p in args.enroll] or [config_mod.fixtures_dir() / "faces" / "lin_manuel_miranda" / "lin-manuel-miranda.png"]
+        photos = [Path(p) for p in args.enroll] or [
+            config_mod.fixtures_dir() / "faces" / "lin_manuel_miranda" / "lin-manuel-miranda.png"
+        ]
         rep = bench_gate(clip, photos, config_mod.PROJECT_ROOT / "var" / "bench-gate")
         print(json.dumps(rep) if args.json else "\n".join(f"{k:>34}: {v}" for k, v in rep.items()))
         return 0
     threads = sorted({1, resolve_threads(0)}) if args.threads is None else [args.threads]
-    rep = bench_clip(lambda t: _pipeline(cfg, args.embedder, args.detector, t), clip, threads, args.frames)
+    rep = bench_clip(
+        lambda t: _pipeline(cfg, args.embedder, args.detector, t), clip, threads, args.frames
+    )
     print(json.dumps(rep) if args.json else format_bench(rep))
     return 0
 
 
 # --- parser ----------------------------------------------------------------------------------
 
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="edge-gate", description="Face-recognition gate with a ticket path that always works.")
+    p = argparse.ArgumentParser(
+        prog="edge-gate", description="Face-recognition gate with a ticket path that always works."
+    )
     p.add_argument("--version", action="version", version=f"edge-gate {__version__}")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = p.add_subparsers(dest="command", required=True)
@@ -94,8 +119,11 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--embedder", help="embedder name from models/models.json")
     sp.add_argument("--detector", help="detector name from models/models.json")
     sp.add_argument("--threads", type=int)
-    sp.add_argument("--write-threshold", action="store_true",
-                    help="store the strict gate threshold (above every impostor pair) as the embedder's default")
+    sp.add_argument(
+        "--write-threshold",
+        action="store_true",
+        help="store the strict gate threshold (above every impostor pair) as the embedder's default",
+    )
     common(sp)
     sp.set_defaults(func=cmd_eval)
 
@@ -105,10 +133,19 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--frames", type=int, default=0, help="stop after N frames")
     sp.add_argument("--embedder")
     sp.add_argument("--detector")
-    sp.add_argument("--gallery", type=int, default=0, metavar="N", help="benchmark 1:N search over N templates")
+    sp.add_argument(
+        "--gallery", type=int, default=0, metavar="N", help="benchmark 1:N search over N templates"
+    )
     sp.add_argument("--dim", type=int, default=128)
-    sp.add_argument("--gate", action="store_true", help="the whole gate on the clip: fps and time to grant")
-    sp.add_argument("--enroll", action="append", default=[], help="with --gate: photo(s) of the person to enroll")
+    sp.add_argument(
+        "--gate", action="store_true", help="the whole gate on the clip: fps and time to grant"
+    )
+    sp.add_argument(
+        "--enroll",
+        action="append",
+        default=[],
+        help="with --gate: photo(s) of the person to enroll",
+    )
     sp.add_argument("--json", action="store_true")
     common(sp)
     sp.set_defaults(func=cmd_bench)
@@ -119,7 +156,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _extra_commands() -> list:
-    from edge import cli_gallery, cli_gate, cli_tickets
+    from edge.cli import gallery as cli_gallery
+    from edge.cli import gate as cli_gate
+    from edge.cli import tickets as cli_tickets
 
     return [cli_gate.register, cli_tickets.register, cli_gallery.register]
 
@@ -129,8 +168,11 @@ _EXTRA: list = _extra_commands()
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+    )
     try:
         return int(args.func(args) or 0)
     except EdgeGateError as e:

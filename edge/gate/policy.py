@@ -20,7 +20,9 @@ from edge.tickets import OK, Ticket, Verdict
 GRANT, DENY = "grant", "deny"
 FACE, TICKET, FACE_AND_TICKET = "face", "ticket", "face+ticket"
 TWO_FACTOR_WINDOW_S = 10.0
-STRANGER_AFTER_WINDOWS = 2  # "not enrolled" is said after a face has been at the gate this many windows
+STRANGER_AFTER_WINDOWS = (
+    2  # "not enrolled" is said after a face has been at the gate this many windows
+)
 
 
 @dataclass(frozen=True)
@@ -76,15 +78,22 @@ class PolicyParams(PolicyConfig):
 
     @classmethod
     def from_config(cls, cfg: Config, face_enabled: bool = True) -> PolicyParams:
-        return cls(**dataclasses.asdict(cfg.policy), mode=cfg.gate.mode,
-                   face_enabled=face_enabled and cfg.vision.face_enabled and cfg.gate.mode != "ticket-only")
+        return cls(
+            **dataclasses.asdict(cfg.policy),
+            mode=cfg.gate.mode,
+            face_enabled=face_enabled
+            and cfg.vision.face_enabled
+            and cfg.gate.mode != "ticket-only",
+        )
 
 
 def check_non_face_way_in(mode: str, ticket_keys: int) -> None:
     """Refuse to start a gate whose only way in would be a face."""
     if ticket_keys < 1:
-        raise ConfigError(f"gate.mode {mode!r} with no ticket public key leaves no non-face way in",
-                          "set tickets.pubkeys to the issuer.pub of your ticket office")
+        raise ConfigError(
+            f"gate.mode {mode!r} with no ticket public key leaves no non-face way in",
+            "set tickets.pubkeys to the issuer.pub of your ticket office",
+        )
 
 
 @dataclass
@@ -96,7 +105,9 @@ class Policy:
     ticket_seen: dict = field(default_factory=dict)  # ticket key -> last t in view
     pending: tuple | None = None  # face-and-ticket: (t, Ticket) waiting for the face
     tailgating: bool = False
-    episode: tuple | None = None  # (start t, last t, granted, stranger reported): one visitor at the gate
+    episode: tuple | None = (
+        None  # (start t, last t, granted, stranger reported): one visitor at the gate
+    )
 
     def step(self, obs: Observation) -> list[Decision]:
         out = self._tickets(obs)
@@ -134,8 +145,15 @@ class Policy:
         cx, cy = f.center
         return f.width_frac >= self.params.min_face_fraction and x0 <= cx <= x1 and y0 <= cy <= y1
 
-    def _deny_once(self, obs: Observation, subject: str | None, reason: str, score: float | None,
-                   via: str = FACE, hold_s: float | None = None) -> list[Decision]:
+    def _deny_once(
+        self,
+        obs: Observation,
+        subject: str | None,
+        reason: str,
+        score: float | None,
+        via: str = FACE,
+        hold_s: float | None = None,
+    ) -> list[Decision]:
         key = (subject, reason)
         last = self.last_deny.get(key)
         hold = self.params.anti_passback_s if hold_s is None else hold_s
@@ -170,7 +188,9 @@ class Policy:
         counts: dict = {}
         for _, pid, _, _ in self.window:
             counts[pid] = counts.get(pid, 0) + 1
-        best = max((pid for pid in counts if pid is not None), key=lambda x: counts[x], default=None)
+        best = max(
+            (pid for pid in counts if pid is not None), key=lambda x: counts[x], default=None
+        )
         if best is not None and counts[best] >= p.k:
             out = self._confirmed(obs, best)
             if out and out[0].decision == GRANT:
@@ -178,8 +198,12 @@ class Policy:
             return out
         start, _, granted, reported = self.episode
         # A face at the gate for a while, never matched: tell the visitor (and the log) once.
-        if (counts.get(None, 0) >= p.k and not granted and not reported
-                and obs.t - start >= STRANGER_AFTER_WINDOWS * p.window_s):
+        if (
+            counts.get(None, 0) >= p.k
+            and not granted
+            and not reported
+            and obs.t - start >= STRANGER_AFTER_WINDOWS * p.window_s
+        ):
             self.episode = (start, obs.t, granted, True)
             score = max(s for _, pid, s, _ in self.window if pid is None)
             return [Decision(obs.t, obs.frame, DENY, FACE, None, round(score, 4), "not_enrolled")]
@@ -203,7 +227,9 @@ class Policy:
             _, ticket = self.pending
             if ticket.holder not in (pid, face.pass_ref) or not ticket.holder:
                 self.pending = None
-                return self._deny_once(obs, pid, "ticket_holder_mismatch", score, FACE_AND_TICKET, p.cooldown_s)
+                return self._deny_once(
+                    obs, pid, "ticket_holder_mismatch", score, FACE_AND_TICKET, p.cooldown_s
+                )
             self.pending = None
             self.window.clear()
             self.last_grant[pid] = obs.t

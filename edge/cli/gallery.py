@@ -9,16 +9,20 @@ import time
 from pathlib import Path
 
 from edge import config as config_mod
-from edge.audit import AuditLog, AuditRecord
 from edge.gallery.crypto import credential_path, init_key, load_key
 from edge.gallery.store import FILING_THRESHOLD, Consent, Gallery, rotate_key
+from edge.gate.audit import AuditLog, AuditRecord
 from edge.timeutil import iso, parse_time
 
 
 def paths(args) -> tuple[config_mod.Config, Path, Path]:
     cfg = config_mod.load(args.config)
     db = Path(args.db) if getattr(args, "db", None) else cfg.resolve(cfg.gallery.db)
-    key = Path(args.key_file) if getattr(args, "key_file", None) else cfg.resolve(cfg.gallery.key_file)
+    key = (
+        Path(args.key_file)
+        if getattr(args, "key_file", None)
+        else cfg.resolve(cfg.gallery.key_file)
+    )
     return cfg, db, key
 
 
@@ -29,7 +33,9 @@ def audit_log(cfg: config_mod.Config) -> AuditLog:
 def cmd_keys_init(args) -> int:
     _, _, key = paths(args)
     k = init_key(key)
-    print(f"wrote {key} (0600, key id {k.kid}); back it up offline: without it the gallery cannot be opened")
+    print(
+        f"wrote {key} (0600, key id {k.kid}); back it up offline: without it the gallery cannot be opened"
+    )
     return 0
 
 
@@ -46,20 +52,37 @@ def cmd_enroll(args) -> int:
     from edge.gallery.matcher import resolve_threshold
 
     cfg, db, key = paths(args)
-    consent = Consent(args.consent_version, args.consent_method, args.operator or os.environ.get("USER", ""),
-                      args.guardian or "", notice_sha256(Path(args.notice_file) if args.notice_file else None))
+    consent = Consent(
+        args.consent_version,
+        args.consent_method,
+        args.operator or os.environ.get("USER", ""),
+        args.guardian or "",
+        notice_sha256(Path(args.notice_file) if args.notice_file else None),
+    )
     check_consent(consent, args.minor)  # refuse before any model or camera is touched
     pipe = _pipeline(cfg)
     g = Gallery(db, load_key(key))
     try:
-        pid, n = enroll(g, pipe, args.name or "", consent, args.inputs,
-                        threshold=resolve_threshold(cfg.gallery.match_threshold, pipe.spec.threshold),
-                        min_margin=cfg.gallery.min_margin, pass_ref=args.pass_id or "",
-                        valid_until=parse_time(args.valid_until, end_of_day=True) if args.valid_until else None,
-                        minor=args.minor, person_id=args.person_id, force=args.force, max_templates=args.templates)
+        pid, n = enroll(
+            g,
+            pipe,
+            args.name or "",
+            consent,
+            args.inputs,
+            threshold=resolve_threshold(cfg.gallery.match_threshold, pipe.spec.threshold),
+            min_margin=cfg.gallery.min_margin,
+            pass_ref=args.pass_id or "",
+            valid_until=parse_time(args.valid_until, end_of_day=True) if args.valid_until else None,
+            minor=args.minor,
+            person_id=args.person_id,
+            force=args.force,
+            max_templates=args.templates,
+        )
     finally:
         g.close()
-    audit_log(cfg).record(AuditRecord(time.time(), cfg.gate.id, "enroll", subject=pid, detail=f"{n} templates"))
+    audit_log(cfg).record(
+        AuditRecord(time.time(), cfg.gate.id, "enroll", subject=pid, detail=f"{n} templates")
+    )
     print(f"enrolled {n} template(s)")
     print(pid)
     return 0
@@ -70,15 +93,26 @@ def cmd_people(args) -> int:
     g = Gallery(db, load_key(key), create=False)
     people = g.people()
     g.close()
-    rows = [{"id": p.id, "name": p.name, "pass": p.pass_ref or None, "valid_until": iso(p.valid_until),
-             "consent_time": iso(p.consent_time), "template_count": p.template_count, "minor": p.minor}
-            for p in people]
+    rows = [
+        {
+            "id": p.id,
+            "name": p.name,
+            "pass": p.pass_ref or None,
+            "valid_until": iso(p.valid_until),
+            "consent_time": iso(p.consent_time),
+            "template_count": p.template_count,
+            "minor": p.minor,
+        }
+        for p in people
+    ]
     if args.json:
         print(json.dumps(rows))
     else:
         for r in rows:
-            print(f"{r['id']}  {r['name']:<24} pass={r['pass'] or '-'} valid_until={r['valid_until'] or '-'}"
-                  f" consent={r['consent_time']} templates={r['template_count']}")
+            print(
+                f"{r['id']}  {r['name']:<24} pass={r['pass'] or '-'} valid_until={r['valid_until'] or '-'}"
+                f" consent={r['consent_time']} templates={r['template_count']}"
+            )
     return 0
 
 
@@ -108,9 +142,18 @@ def cmd_purge(args) -> int:
         g.close()
     log = audit_log(cfg)
     aged = log.purge()
-    log.record(AuditRecord(time.time(), cfg.gate.id, "purge", reason="retention",
-                           detail=f"{len(gone)} people expired > {days} days; {aged} audit records past retention"))
-    print(f"purged {len(gone)} people whose pass expired more than {days} days ago; {aged} old audit records")
+    log.record(
+        AuditRecord(
+            time.time(),
+            cfg.gate.id,
+            "purge",
+            reason="retention",
+            detail=f"{len(gone)} people expired > {days} days; {aged} audit records past retention",
+        )
+    )
+    print(
+        f"purged {len(gone)} people whose pass expired more than {days} days ago; {aged} old audit records"
+    )
     return 0
 
 
@@ -131,31 +174,61 @@ def privacy_report(cfg: config_mod.Config, db: Path, key: Path) -> dict:
         "stored": {
             "database": str(db),
             "database_bytes": sum(f.stat().st_size for f in files if f.exists()),
-            "people": s["people"], "minors": s["minors"], "templates": s["templates"],
-            "templates_by_model": s["templates_by_model"], "consent_records": s["consents"],
-            "fields_encrypted": ["people.name", "people.pass_ref", "consents.operator", "consents.guardian",
-                                 "templates.embedding"],
-            "fields_in_clear": ["pseudonymous ids", "pass valid-until", "minor flag", "consent notice version, "
-                                "its SHA-256, method and time", "template model id and quality", "creation times"],
-            "never_stored": ["face images or video (enrollment frames are embedded in memory and dropped)",
-                             "the key-encryption key (kept outside the database)"],
+            "people": s["people"],
+            "minors": s["minors"],
+            "templates": s["templates"],
+            "templates_by_model": s["templates_by_model"],
+            "consent_records": s["consents"],
+            "fields_encrypted": [
+                "people.name",
+                "people.pass_ref",
+                "consents.operator",
+                "consents.guardian",
+                "templates.embedding",
+            ],
+            "fields_in_clear": [
+                "pseudonymous ids",
+                "pass valid-until",
+                "minor flag",
+                "consent notice version, its SHA-256, method and time",
+                "template model id and quality",
+                "creation times",
+            ],
+            "never_stored": [
+                "face images or video (enrollment frames are embedded in memory and dropped)",
+                "the key-encryption key (kept outside the database)",
+            ],
             "audit_log": str(cfg.resolve(cfg.audit.path)),
             "audit_log_contents": "time, gate, grant/deny, face/ticket, pseudonymous person id or ticket id, score, reason",
         },
-        "consent": {"oldest": iso(s["oldest_consent"]), "newest": iso(s["newest_consent"]),
-                    "notice_versions": s["notice_versions"]},
-        "retention": {"purge_after_pass_expiry_days": cfg.gallery.purge_after_days,
-                      "people_without_expiry": s["people_without_expiry"],
-                      "audit_retention_days": cfg.audit.retention_days,
-                      "schedule": "edge-gate-purge.timer runs `edge-gate purge` daily",
-                      "withdrawal": "`edge-gate forget PERSON_ID` erases a person at once (secure_delete, WAL checkpoint, VACUUM)"},
-        "encryption": {"algorithm": "AES-256-GCM, associated data binds table, row, column and model",
-                       "key_file": str(real_key), "key_file_mode": oct(mode), "key_file_ok": not (mode & 0o077),
-                       "from_systemd_credential": real_key != key, "key_id": kek.kid,
-                       "data_key_wrappings": s["key_ids"], "schema_version": s["schema_version"]},
-        "filing_threshold": {"people": s["people"], "threshold": FILING_THRESHOLD,
-                             "share": round(s["people"] / FILING_THRESHOLD, 6),
-                             "above": s["people"] >= FILING_THRESHOLD},
+        "consent": {
+            "oldest": iso(s["oldest_consent"]),
+            "newest": iso(s["newest_consent"]),
+            "notice_versions": s["notice_versions"],
+        },
+        "retention": {
+            "purge_after_pass_expiry_days": cfg.gallery.purge_after_days,
+            "people_without_expiry": s["people_without_expiry"],
+            "audit_retention_days": cfg.audit.retention_days,
+            "schedule": "edge-gate-purge.timer runs `edge-gate purge` daily",
+            "withdrawal": "`edge-gate forget PERSON_ID` erases a person at once (secure_delete, WAL checkpoint, VACUUM)",
+        },
+        "encryption": {
+            "algorithm": "AES-256-GCM, associated data binds table, row, column and model",
+            "key_file": str(real_key),
+            "key_file_mode": oct(mode),
+            "key_file_ok": not (mode & 0o077),
+            "from_systemd_credential": real_key != key,
+            "key_id": kek.kid,
+            "data_key_wrappings": s["key_ids"],
+            "schema_version": s["schema_version"],
+        },
+        "filing_threshold": {
+            "people": s["people"],
+            "threshold": FILING_THRESHOLD,
+            "share": round(s["people"] / FILING_THRESHOLD, 6),
+            "above": s["people"] >= FILING_THRESHOLD,
+        },
         "network": "none: the service runs with PrivateNetwork=yes",
     }
 
@@ -163,28 +236,44 @@ def privacy_report(cfg: config_mod.Config, db: Path, key: Path) -> dict:
 def report_markdown(r: dict) -> str:
     st, rt, enc, ft = r["stored"], r["retention"], r["encryption"], r["filing_threshold"]
     lines = [
-        f"# Privacy report: {r['gate']}", "", f"Generated {r['generated']}.", "", f"**Purpose.** {r['purpose']}.", "",
-        "## What is stored, and where", "",
+        f"# Privacy report: {r['gate']}",
+        "",
+        f"Generated {r['generated']}.",
+        "",
+        f"**Purpose.** {r['purpose']}.",
+        "",
+        "## What is stored, and where",
+        "",
         f"- Gallery `{st['database']}` ({st['database_bytes']} bytes): {st['people']} people ({st['minors']} minors), "
         f"{st['templates']} face templates, {st['consent_records']} consent records.",
         f"- Encrypted: {', '.join(st['fields_encrypted'])}.",
         f"- In clear: {', '.join(st['fields_in_clear'])}.",
         f"- Never stored: {'; '.join(st['never_stored'])}.",
-        f"- Audit log `{st['audit_log']}`: {st['audit_log_contents']}.", "",
-        "## Consent", "",
+        f"- Audit log `{st['audit_log']}`: {st['audit_log_contents']}.",
+        "",
+        "## Consent",
+        "",
         f"- Oldest consent {r['consent']['oldest']}, newest {r['consent']['newest']}; notice versions "
-        f"{r['consent']['notice_versions']}.", "",
-        "## Retention", "",
+        f"{r['consent']['notice_versions']}.",
+        "",
+        "## Retention",
+        "",
         f"- People are purged {rt['purge_after_pass_expiry_days']} days after their pass expires ({rt['schedule']}); "
         f"{rt['people_without_expiry']} people have no expiry date.",
-        f"- Audit records are kept {rt['audit_retention_days']} days.", f"- Withdrawal: {rt['withdrawal']}.", "",
-        "## Encryption and keys", "",
+        f"- Audit records are kept {rt['audit_retention_days']} days.",
+        f"- Withdrawal: {rt['withdrawal']}.",
+        "",
+        "## Encryption and keys",
+        "",
         f"- {enc['algorithm']}.",
         f"- Key file `{enc['key_file']}` mode {enc['key_file_mode']} ({'ok' if enc['key_file_ok'] else 'TOO OPEN'})"
-        f"{', from a systemd credential' if enc['from_systemd_credential'] else ''}; key id {enc['key_id']}.", "",
-        "## Filing threshold", "",
+        f"{', from a systemd credential' if enc['from_systemd_credential'] else ''}; key id {enc['key_id']}.",
+        "",
+        "## Filing threshold",
+        "",
         f"- {ft['people']} of {ft['threshold']} people ({ft['share'] * 100:.3f}%): "
-        f"{'ABOVE' if ft['above'] else 'below'} the threshold.", "",
+        f"{'ABOVE' if ft['above'] else 'below'} the threshold.",
+        "",
         f"Network: {r['network']}.",
     ]
     return "\n".join(lines) + "\n"
@@ -193,7 +282,10 @@ def report_markdown(r: dict) -> str:
 def cmd_privacy_report(args) -> int:
     cfg, db, key = paths(args)
     r = privacy_report(cfg, db, key)
-    print(json.dumps(r, indent=2) if args.json else report_markdown(r), end="" if not args.json else "\n")
+    print(
+        json.dumps(r, indent=2) if args.json else report_markdown(r),
+        end="" if not args.json else "\n",
+    )
     return 0
 
 
@@ -203,7 +295,9 @@ def register(sub, common) -> None:
         sp.add_argument("--db", help="gallery database (default: gallery.db from the config)")
         sp.add_argument("--key-file", help="key file (default: gallery.key_file from the config)")
 
-    k = sub.add_parser("keys", help="gallery key file: init, rotate").add_subparsers(dest="keys_cmd", required=True)
+    k = sub.add_parser("keys", help="gallery key file: init, rotate").add_subparsers(
+        dest="keys_cmd", required=True
+    )
     sp = k.add_parser("init", help="create a new key file (0600); refuses to overwrite")
     gallery_args(sp)
     sp.set_defaults(func=cmd_keys_init)
@@ -211,10 +305,14 @@ def register(sub, common) -> None:
     gallery_args(sp)
     sp.set_defaults(func=cmd_keys_rotate)
 
-    sp = sub.add_parser("enroll", help="enroll a consenting person from images, a video or a camera")
+    sp = sub.add_parser(
+        "enroll", help="enroll a consenting person from images, a video or a camera"
+    )
     gallery_args(sp)
     sp.add_argument("--name")
-    sp.add_argument("--consent-version", required=True, help="version of the notice the person agreed to")
+    sp.add_argument(
+        "--consent-version", required=True, help="version of the notice the person agreed to"
+    )
     sp.add_argument("--notice-file", help="the notice text (its SHA-256 is recorded)")
     sp.add_argument("--consent-method", default="written", help="written | electronic | ...")
     sp.add_argument("--operator", help="staff member taking consent (default $USER)")
@@ -223,7 +321,9 @@ def register(sub, common) -> None:
     sp.add_argument("--guardian", help="guardian giving consent (required for minors)")
     sp.add_argument("--minor", action="store_true", help="the person is under 14")
     sp.add_argument("--person-id", help="re-enroll: add templates to this person")
-    sp.add_argument("--force", action="store_true", help="enroll even if the face matches someone else")
+    sp.add_argument(
+        "--force", action="store_true", help="enroll even if the face matches someone else"
+    )
     sp.add_argument("--templates", type=int, default=5, help="best N faces to keep")
     sp.add_argument("inputs", nargs="+", metavar="IMAGE_OR_VIDEO")
     sp.set_defaults(func=cmd_enroll)
@@ -235,7 +335,9 @@ def register(sub, common) -> None:
 
     sp = sub.add_parser("forget", help="erase a person (consent withdrawn or deletion request)")
     gallery_args(sp)
-    sp.add_argument("--reason", default="consent_withdrawn", help="consent_withdrawn | deletion_request | ...")
+    sp.add_argument(
+        "--reason", default="consent_withdrawn", help="consent_withdrawn | deletion_request | ..."
+    )
     sp.add_argument("person_id")
     sp.set_defaults(func=cmd_forget)
 
@@ -244,9 +346,9 @@ def register(sub, common) -> None:
     sp.add_argument("--days", type=int, help="default gallery.purge_after_days")
     sp.set_defaults(func=cmd_purge)
 
-    sp = sub.add_parser("privacy-report", help="what is stored, for how long and why (Markdown or --json)")
+    sp = sub.add_parser(
+        "privacy-report", help="what is stored, for how long and why (Markdown or --json)"
+    )
     gallery_args(sp)
     sp.add_argument("--json", action="store_true")
     sp.set_defaults(func=cmd_privacy_report)
-
-

@@ -16,7 +16,7 @@ from pathlib import Path
 import sqlite_utils
 
 from edge.errors import GalleryError
-from edge.tickets import ALREADY_USED, OK, Kind, Ticket
+from edge.tickets.format import ALREADY_USED, OK, Kind, Ticket
 
 SCHEMA_VERSION = 1
 
@@ -44,16 +44,23 @@ class Ledger:
             self.conn.execute("PRAGMA synchronous=FULL")
             db = sqlite_utils.Database(self.conn)
             if "redemptions" not in db.table_names():
-                db["redemptions"].create({"id": int, "ticket_id": str, "t": float, "day": str, "gate": str},
-                                         pk="id", if_not_exists=True)
+                db["redemptions"].create(
+                    {"id": int, "ticket_id": str, "t": float, "day": str, "gate": str},
+                    pk="id",
+                    if_not_exists=True,
+                )
                 db["redemptions"].create_index(["ticket_id"], if_not_exists=True)
                 self.conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
             ver = self.conn.execute("PRAGMA user_version").fetchone()[0]
         except sqlite3.DatabaseError as e:
-            raise GalleryError(f"ledger {path} is unreadable: {e}", "restore it from backup or move it aside") from None
+            raise GalleryError(
+                f"ledger {path} is unreadable: {e}", "restore it from backup or move it aside"
+            ) from None
         if ver > SCHEMA_VERSION:
-            raise GalleryError(f"ledger {path} has schema {ver}, newer than this edge-gate ({SCHEMA_VERSION})",
-                               "upgrade edge-gate")
+            raise GalleryError(
+                f"ledger {path} has schema {ver}, newer than this edge-gate ({SCHEMA_VERSION})",
+                "upgrade edge-gate",
+            )
         self.gate = gate
         self.antipassback_s = antipassback_s
 
@@ -73,13 +80,16 @@ class Ledger:
                     detail = "daily limit" if t.kind == Kind.SEASON else "no entries left"
                     return Redemption(False, ALREADY_USED, n, detail)
                 last = self.conn.execute(
-                    "SELECT max(t) FROM redemptions WHERE ticket_id = ? AND gate = ?", (t.ticket_id, self.gate)
+                    "SELECT max(t) FROM redemptions WHERE ticket_id = ? AND gate = ?",
+                    (t.ticket_id, self.gate),
                 ).fetchone()[0]
                 if last is not None and 0 <= now - last < self.antipassback_s:
                     self.conn.execute("ROLLBACK")
                     return Redemption(False, ALREADY_USED, n, "anti-passback")
-                self.conn.execute("INSERT INTO redemptions (ticket_id, t, day, gate) VALUES (?, ?, ?, ?)",
-                                  (t.ticket_id, now, day, self.gate))
+                self.conn.execute(
+                    "INSERT INTO redemptions (ticket_id, t, day, gate) VALUES (?, ?, ?, ?)",
+                    (t.ticket_id, now, day, self.gate),
+                )
                 self.conn.execute("COMMIT")
                 return Redemption(True, OK, n + 1)
             except BaseException:
@@ -87,7 +97,10 @@ class Ledger:
                     self.conn.execute("ROLLBACK")
                 raise
         except sqlite3.OperationalError as e:  # locked for longer than the timeout, disk full, ...
-            raise GalleryError(f"ledger {self.path}: {e}", "check disk space and that no other process holds the ledger") from None
+            raise GalleryError(
+                f"ledger {self.path}: {e}",
+                "check disk space and that no other process holds the ledger",
+            ) from None
 
     def purge_before(self, cutoff: float) -> int:
         cur = self.conn.execute("DELETE FROM redemptions WHERE t < ?", (cutoff,))

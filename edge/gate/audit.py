@@ -47,19 +47,26 @@ class AuditLog:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
-            self.conn = sqlite3.connect(str(self.path), timeout=5.0, isolation_level=None, check_same_thread=False)
+            self.conn = sqlite3.connect(
+                str(self.path), timeout=5.0, isolation_level=None, check_same_thread=False
+            )
             self.conn.execute("PRAGMA journal_mode=WAL")
             self.conn.executescript(_SCHEMA)
-            self.conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('retention_s', ?)",
-                              (retention_days * 86400.0,))
+            self.conn.execute(
+                "INSERT OR REPLACE INTO meta (key, value) VALUES ('retention_s', ?)",
+                (retention_days * 86400.0,),
+            )
         except sqlite3.DatabaseError as e:
-            raise GalleryError(f"audit log {self.path} is unreadable: {e}", "move it aside; a new one is created") from None
+            raise GalleryError(
+                f"audit log {self.path} is unreadable: {e}", "move it aside; a new one is created"
+            ) from None
         self.retention_days = retention_days
 
     def record(self, r: AuditRecord) -> None:
         self.conn.execute(
             "INSERT INTO events (t, gate, kind, decision, via, subject, score, reason, detail) VALUES (?,?,?,?,?,?,?,?,?)",
-            (r.t, r.gate, r.kind, r.decision, r.via, r.subject, r.score, r.reason, r.detail))
+            (r.t, r.gate, r.kind, r.decision, r.via, r.subject, r.score, r.reason, r.detail),
+        )
 
     def purge(self, now: float | None = None) -> int:
         cutoff = (now or time.time()) - self.retention_days * 86400
@@ -67,15 +74,19 @@ class AuditLog:
 
     def records(self, kind: str | None = None) -> list[AuditRecord]:
         q = "SELECT t, gate, kind, decision, via, subject, score, reason, detail FROM events"
-        rows = self.conn.execute(q + (" WHERE kind = ?" if kind else "") + " ORDER BY id", (kind,) if kind else ())
+        rows = self.conn.execute(
+            q + (" WHERE kind = ?" if kind else "") + " ORDER BY id", (kind,) if kind else ()
+        )
         return [AuditRecord(*r) for r in rows]
 
     def summary(self) -> dict:
         q = self.conn.execute
-        return {"records": q("SELECT count(*) FROM events").fetchone()[0],
-                "oldest": q("SELECT min(t) FROM events").fetchone()[0],
-                "by_kind": dict(q("SELECT kind, count(*) FROM events GROUP BY kind")),
-                "retention_days": self.retention_days}
+        return {
+            "records": q("SELECT count(*) FROM events").fetchone()[0],
+            "oldest": q("SELECT min(t) FROM events").fetchone()[0],
+            "by_kind": dict(q("SELECT kind, count(*) FROM events GROUP BY kind")),
+            "retention_days": self.retention_days,
+        }
 
     def close(self) -> None:
         self.conn.close()

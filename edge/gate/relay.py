@@ -37,25 +37,32 @@ def make_pin_factory(name: str):
 
             return NativeFactory()
     except Exception as e:  # each backend fails in its own way off its hardware
-        raise RelayError(f"GPIO pin factory {name!r} cannot start: {e}",
-                         "on a Pi install the `pi` extra and add the user to the gpio group; off-Pi use relay.pin_factory = \"mock\"") from None
+        raise RelayError(
+            f"GPIO pin factory {name!r} cannot start: {e}",
+            'on a Pi install the `pi` extra and add the user to the gpio group; off-Pi use relay.pin_factory = "mock"',
+        ) from None
     raise RelayError(f"unknown relay.pin_factory {name!r}", "use mock, lgpio, rpigpio or native")
 
 
 class Relay:
     """Pulse the turnstile open; never leave it open."""
 
-    def __init__(self, cfg: RelayConfig, factory=None, on_event: Callable[[str, str], None] | None = None):
+    def __init__(
+        self, cfg: RelayConfig, factory=None, on_event: Callable[[str, str], None] | None = None
+    ):
         from gpiozero import Button, OutputDevice
 
         self.cfg = cfg
         self.factory = factory or make_pin_factory(cfg.pin_factory)
         self.on_event = on_event or (lambda kind, detail: None)
         try:
-            self.device = OutputDevice(cfg.pin, active_high=cfg.active_high, initial_value=False,
-                                       pin_factory=self.factory)
+            self.device = OutputDevice(
+                cfg.pin, active_high=cfg.active_high, initial_value=False, pin_factory=self.factory
+            )
         except Exception as e:
-            raise RelayError(f"relay pin {cfg.pin} cannot be opened: {e}", "check relay.pin and GPIO permissions") from None
+            raise RelayError(
+                f"relay pin {cfg.pin} cannot be opened: {e}", "check relay.pin and GPIO permissions"
+            ) from None
         self.device.off()
         self._pin = self.device.pin  # kept after close, so tests can read a MockPin's history
         self._lock = threading.Lock()
@@ -69,7 +76,9 @@ class Relay:
             self.door.when_released = self._door_open  # contact opens when the door opens
             self.door.when_pressed = self._door_closed
         if cfg.exit_button_pin >= 0:
-            self.exit_button = Button(cfg.exit_button_pin, pull_up=True, bounce_time=0.05, pin_factory=self.factory)
+            self.exit_button = Button(
+                cfg.exit_button_pin, pull_up=True, bounce_time=0.05, pin_factory=self.factory
+            )
             self.exit_button.when_pressed = self._exit_pressed
 
     @property

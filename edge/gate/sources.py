@@ -44,13 +44,19 @@ class FrameSource:
 class VideoFileSource(FrameSource):
     """A recorded clip: every frame, at its recorded rate (realtime) or as fast as possible."""
 
-    def __init__(self, path: str | Path, realtime: bool = False, capture_factory: Callable = cv2.VideoCapture):
+    def __init__(
+        self, path: str | Path, realtime: bool = False, capture_factory: Callable = cv2.VideoCapture
+    ):
         self.path = Path(path)
         if not self.path.is_file():
-            raise SourceError(f"video {self.path} does not exist", "check camera.source or --source")
+            raise SourceError(
+                f"video {self.path} does not exist", "check camera.source or --source"
+            )
         self.cap = capture_factory(str(self.path))
         if not self.cap.isOpened():
-            raise SourceError(f"video {self.path} cannot be opened", "is it a video file (mp4, avi, gif)?")
+            raise SourceError(
+                f"video {self.path} cannot be opened", "is it a video file (mp4, avi, gif)?"
+            )
         fps = self.cap.get(cv2.CAP_PROP_FPS)
         self.fps = fps if fps and 1 <= fps <= 240 else 25.0
         self.realtime = realtime
@@ -70,7 +76,12 @@ class VideoFileSource(FrameSource):
                 frame = Frame(to_bgr8(img, f"{self.path.name}#{self.index - 1}"), t, self.index - 1)
             except ImageError as e:
                 self.corrupt += 1
-                log.warning("source corrupt_frame source=%s index=%d reason=%s", self.path.name, self.index - 1, e)
+                log.warning(
+                    "source corrupt_frame source=%s index=%d reason=%s",
+                    self.path.name,
+                    self.index - 1,
+                    e,
+                )
                 continue
             if self.realtime:
                 delay = self._t0 + t - time.monotonic()
@@ -86,9 +97,16 @@ class VideoFileSource(FrameSource):
 class CameraSource(FrameSource):
     """A live camera (V4L2 via OpenCV); reopened with exponential backoff when it disappears."""
 
-    def __init__(self, device: str | int, width: int = 640, height: int = 480, fps: float = 15.0,
-                 reconnect_max_s: float = 30.0, capture_factory: Callable = cv2.VideoCapture,
-                 clock: Callable[[], float] = time.monotonic):
+    def __init__(
+        self,
+        device: str | int,
+        width: int = 640,
+        height: int = 480,
+        fps: float = 15.0,
+        reconnect_max_s: float = 30.0,
+        capture_factory: Callable = cv2.VideoCapture,
+        clock: Callable[[], float] = time.monotonic,
+    ):
         self.device = int(device) if str(device).isdigit() else str(device)
         self.size, self.fps = (width, height), fps
         self.reconnect_max_s = reconnect_max_s
@@ -100,7 +118,10 @@ class CameraSource(FrameSource):
         self._next_try = 0.0
         self._backoff = 0.5
         if not self._open():
-            raise SourceError(f"camera {device} cannot be opened", "check the cable, /dev/video*, and the video group")
+            raise SourceError(
+                f"camera {device} cannot be opened",
+                "check the cable, /dev/video*, and the video group",
+            )
 
     def _open(self) -> bool:
         try:
@@ -159,9 +180,13 @@ class Picamera2Source(FrameSource):  # pragma: no cover - needs a Raspberry Pi c
         try:
             from picamera2 import Picamera2
         except ImportError:
-            raise SourceError("picamera2 is not installed", "pip install 'edge-gate[pi]' on the Pi") from None
+            raise SourceError(
+                "picamera2 is not installed", "pip install 'edge-gate[pi]' on the Pi"
+            ) from None
         self.cam = Picamera2()
-        self.cam.configure(self.cam.create_video_configuration(main={"size": (width, height), "format": "RGB888"}))
+        self.cam.configure(
+            self.cam.create_video_configuration(main={"size": (width, height), "format": "RGB888"})
+        )
         self.cam.start()
         self.index, self.state = 0, "open"
 
@@ -181,8 +206,14 @@ class Picamera2Source(FrameSource):  # pragma: no cover - needs a Raspberry Pi c
         super().close()
 
 
-def open_source(spec: str, width: int = 640, height: int = 480, fps: float = 15.0, realtime: bool = True,
-                reconnect_max_s: float = 30.0) -> FrameSource:
+def open_source(
+    spec: str,
+    width: int = 640,
+    height: int = 480,
+    fps: float = 15.0,
+    realtime: bool = True,
+    reconnect_max_s: float = 30.0,
+) -> FrameSource:
     """'picamera2', a device ('/dev/video0' or '0'), or a video file."""
     if spec == "picamera2":
         return Picamera2Source(width, height)

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edge import tickets as tk
-from edge.synth import Segment, write_clip
+from edge.measure.synth import Segment, write_clip
 
 
 @dataclass(frozen=True)
@@ -30,19 +30,36 @@ def ticket_scene(office: Path, out: Path, now: float, seed: int = 1, prefix: str
 
     valid = issue(f"{prefix}-0001")
     payload, sig = tk.split_text(issue(f"{prefix}-0002"))
-    forged = tk.PREFIX + base64.b32encode(payload + sig[:-1] + bytes([sig[-1] ^ 0x55])).decode().rstrip("=")
-    expired = tk.sign(tk.Ticket(f"{prefix}-0003", "day", int(now - 3 * 86400), int(now - 2 * 86400)), key)
+    forged = tk.PREFIX + base64.b32encode(
+        payload + sig[:-1] + bytes([sig[-1] ^ 0x55])
+    ).decode().rstrip("=")
+    expired = tk.sign(
+        tk.Ticket(f"{prefix}-0003", "day", int(now - 3 * 86400), int(now - 2 * 86400)), key
+    )
     segments = [
-        Segment(0.8), Segment(1.5, valid, "print", "valid day ticket"), Segment(1.0),
-        Segment(1.5, forged, "phone", "forged signature"), Segment(1.0),
-        Segment(1.5, expired, "print", "expired ticket"), Segment(1.0),
-        Segment(1.5, "https://example.org/menu", "phone", "a restaurant QR code"), Segment(1.0),
-        Segment(1.5, valid, "phone", "the valid ticket again (replay)"), Segment(0.6),
+        Segment(0.8),
+        Segment(1.5, valid, "print", "valid day ticket"),
+        Segment(1.0),
+        Segment(1.5, forged, "phone", "forged signature"),
+        Segment(1.0),
+        Segment(1.5, expired, "print", "expired ticket"),
+        Segment(1.0),
+        Segment(1.5, "https://example.org/menu", "phone", "a restaurant QR code"),
+        Segment(1.0),
+        Segment(1.5, valid, "phone", "the valid ticket again (replay)"),
+        Segment(0.6),
     ]
     write_clip(out, segments, fps=10.0, seed=seed)
-    expected = [("grant", "ticket", "ok"), ("deny", "ticket", "invalid_signature"), ("deny", "ticket", "expired"),
-                ("deny", "ticket", "malformed"), ("deny", "ticket", "already_used")]
-    return Scene("tickets held to the camera: valid, forged, expired, foreign QR, replay", out, expected)
+    expected = [
+        ("grant", "ticket", "ok"),
+        ("deny", "ticket", "invalid_signature"),
+        ("deny", "ticket", "expired"),
+        ("deny", "ticket", "malformed"),
+        ("deny", "ticket", "already_used"),
+    ]
+    return Scene(
+        "tickets held to the camera: valid, forged, expired, foreign QR, replay", out, expected
+    )
 
 
 def enroll_person(cfg, pipe, name: str, photos: list[Path]) -> str:
@@ -53,14 +70,23 @@ def enroll_person(cfg, pipe, name: str, photos: list[Path]) -> str:
 
     g = Gallery(cfg.resolve(cfg.gallery.db), init_key(cfg.resolve(cfg.gallery.key_file)))
     try:
-        pid, _ = enroll(g, pipe, name, Consent("demo-notice-v1", operator="demo"), [str(p) for p in photos],
-                        threshold=pipe.spec.threshold, min_margin=cfg.gallery.min_margin)
+        pid, _ = enroll(
+            g,
+            pipe,
+            name,
+            Consent("demo-notice-v1", operator="demo"),
+            [str(p) for p in photos],
+            threshold=pipe.spec.threshold,
+            min_margin=cfg.gallery.min_margin,
+        )
     finally:
         g.close()
     return pid
 
 
-def prepare(workdir: Path, fixtures: Path | None, now: float | None = None) -> tuple[Path, list[Scene]]:
+def prepare(
+    workdir: Path, fixtures: Path | None, now: float | None = None
+) -> tuple[Path, list[Scene]]:
     """Create the demo workspace; returns (config path, scenes)."""
     now = now or time.time()
     if workdir.exists():
@@ -73,12 +99,23 @@ def prepare(workdir: Path, fixtures: Path | None, now: float | None = None) -> t
         '[gate]\nid = "demo-gate"\n\n[camera]\nrealtime = true\n\n'
         '[gallery]\ndb = "gallery.db"\nkey_file = "gallery.key"\n\n'
         '[tickets]\npubkeys = ["office/issuer.pub"]\nledger = "ledger.db"\nrevocation_list = "revoked.txt"\n\n'
-        '[relay]\npin_factory = "mock"\npulse_s = 1.0\n\n[audit]\npath = "audit.db"\n')
+        '[relay]\npin_factory = "mock"\npulse_s = 1.0\n\n[audit]\npath = "audit.db"\n'
+    )
     if fixtures is not None and (fixtures / "video" / "short_hamilton_clip.mp4").is_file():
-        scenes.append(Scene("stage clip, Lin-Manuel Miranda enrolled: grants for him only",
-                            fixtures / "video" / "short_hamilton_clip.mp4", []))
-        scenes.append(Scene("a stranger (nobody enrolled looks like him): never granted",
-                            fixtures / "video" / "elon-musk-smoke.gif", []))
+        scenes.append(
+            Scene(
+                "stage clip, Lin-Manuel Miranda enrolled: grants for him only",
+                fixtures / "video" / "short_hamilton_clip.mp4",
+                [],
+            )
+        )
+        scenes.append(
+            Scene(
+                "a stranger (nobody enrolled looks like him): never granted",
+                fixtures / "video" / "elon-musk-smoke.gif",
+                [],
+            )
+        )
     scenes.append(ticket_scene(workdir / "office", workdir / "tickets.mp4", now))
     return cfg, scenes
 
@@ -92,5 +129,7 @@ def demo_source(workdir: Path, now: float | None = None) -> tuple[Path, Path]:
     if workdir.exists():
         shutil.rmtree(workdir)
     tk.keygen(workdir / "office")
-    scene = ticket_scene(workdir / "office", workdir / "tickets.mp4", now, prefix=f"RUN{int(now) % 100000:05d}")
+    scene = ticket_scene(
+        workdir / "office", workdir / "tickets.mp4", now, prefix=f"RUN{int(now) % 100000:05d}"
+    )
     return scene.clip, workdir / "office" / "issuer.pub"

@@ -1,0 +1,7 @@
+"""`python -m edge.cli` runs the edge-gate command."""
+
+import sys
+
+from edge.cli import main
+
+sys.exit(main())

@@ -1,0 +1,241 @@
+"""`edge-gate bench`: latency per stage on a clip, the whole gate, and 1:N search over a large gallery."""
+
+from __future__ import annotations
+
+import logging
+import resource
+import tempfile
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from edge.errors import SourceError
+from edge.gallery.crypto import init_key
+from edge.gallery.matcher import Matcher
+from edge.gallery.store import Gallery
+from edge.vision.image import to_bgr8
+from edge.vision.pipeline import FacePipeline, StageTimes
+
+log = logging.getLogger(__name__)
+
+
+def _stats(values: list[float]) -> dict[str, float]:
+    a = np.array(values) * 1000
+    return {
+        "median_ms": round(float(np.median(a)), 2),
+        "p95_ms": round(float(np.percentile(a, 95)), 2),
+    }
+
+
+def bench_clip(make_pipe, clip: Path, threads_list: list[int], max_frames: int = 0) -> dict:
+    """Per-stage latency and end-to-end fps on a recorded clip, for each thread count."""
+    report = {"clip": str(clip), "runs": []}
+    for threads in threads_list:
+        pipe: FacePipeline = make_pipe(threads)
+        cap = cv2.VideoCapture(str(clip))
+        if not cap.isOpened():
+            raise SourceError(
+                f"{clip}: cannot open video", "check the path and that the file is a video"
+            )
+        decode, times, n, faces = [], StageTimes(), 0, 0
+        t_start = time.perf_counter()
+        while True:
+            t0 = time.perf_counter()
+            ok, frame = cap.read()
+            if not ok:
+                break
+            frame = to_bgr8(frame)
+            decode.append(time.perf_counter() - t0)
+            faces += len(pipe.analyze(frame, embed_all=True, times=times))
+            n += 1
+            if max_frames and n >= max_frames:
+                break
+        wall = time.perf_counter() - t_start
+        cap.release()
+        s = times.samples
+        face_frames = [x for x in s if x["faces"]]
+        report["runs"].append(
+            {
+                "threads": threads,
+                "frames": n,
+                "faces": faces,
+                "decode": _stats(decode),
+                "detect": _stats([x["detect"] for x in s]),
+                "align": _stats([x["align"] / x["faces"] for x in face_frames])
+                if face_frames
+                else None,
+                "embed": _stats([x["embed"] / x["faces"] for x in face_frames])
+                if face_frames
+                else None,
+                "fps_end_to_end": round(n / wall, 2) if wall else None,
+            }
+        )
+    return report
+
+
+def format_bench(report: dict) -> str:
+    lines = [f"clip: {report['clip']}"]
+    for r in report["runs"]:
+        lines.append(
+            f"threads={r['threads']} frames={r['frames']} faces={r['faces']} fps_end_to_end={r['fps_end_to_end']}"
+        )
+        for stage in ("decode", "detect", "align", "embed"):
+            st = r[stage]
+            if st:
+                lines.append(
+                    f"  {stage:<7} median {st['median_ms']:8.2f} ms   p95 {st['p95_ms']:8.2f} ms"
+                )
+    return "\n".join(lines)
+
+
+def bench_gate(clip: Path, enroll_images: list[Path], workdir: Path) -> dict:
+    """The whole gate on a clip (fast replay): fps, per-frame latency, and time to first grant.
+
+    Latency is counted two ways, in the clip's own time: from the first frame with any face,
+    and from the first frame in which the enrolled person's face passes the quality gate.
+    """
+    from gpiozero.pins.mock import MockFactory
+
+    from edge import config as config_mod
+    from edge.gate.daemon import Gate
+    from edge.measure.demo import enroll_person, prepare
+
+    cfg = config_mod.load(prepare(workdir, None)[0])  # the demo workspace: keys, mock relay
+    pid = enroll_person(cfg, FacePipeline.from_config(cfg), "bench person", enroll_images)
+    gate = Gate(cfg, source_spec=str(clip), realtime=False, pin_factory=MockFactory())
+    per_frame, first_face, first_usable, grants = [], None, None, []
+    original = gate.process
+
+    def timed(frame):
+        t0 = time.perf_counter()
+        out = original(frame)
+        per_frame.append(time.perf_counter() - t0)
+        return out
+
+    observe = gate.face.observe
+    gate.process = timed
+    seen_faces: list[tuple[int, bool]] = []  # (faces in frame, a usable face above the threshold)
+
+    def observe_and_note(image):
+        faces = observe(image)
+        seen_faces.append(
+            (
+                len(faces),
+                any(f.quality_ok and f.score >= gate.face.matcher.threshold for f in faces),
+            )
+        )
+        return faces
+
+    gate.face.observe = observe_and_note
+    fps = gate.source.fps
+    act = gate.act
+
+    def note(d):
+        if d.decision == "grant":
+            grants.append(d)
+        act(d)
+
+    gate.act = note
+    t0 = time.perf_counter()
+    gate.run()
+    wall = time.perf_counter() - t0
+    for i, (n, usable) in enumerate(seen_faces):
+        if n and first_face is None:
+            first_face = i
+        if usable and first_usable is None:
+            first_usable = i
+    g0 = grants[0] if grants else None
+    return {
+        "clip": str(clip),
+        "frames": gate.frames,
+        "fps_end_to_end": round(gate.frames / wall, 2),
+        "frame_ms_median": round(float(np.median(per_frame)) * 1000, 2),
+        "frame_ms_p95": round(float(np.percentile(per_frame, 95)) * 1000, 2),
+        "grants": len(grants),
+        "granted_person_is_enrolled": bool(grants) and all(d.subject == pid for d in grants),
+        "first_face_frame": first_face,
+        "first_usable_match_frame": first_usable,
+        "grant_frame": g0.frame if g0 else None,
+        "latency_from_first_face_s": round((g0.frame - first_face) / fps, 3)
+        if g0 and first_face is not None
+        else None,
+        "latency_from_first_usable_match_s": round((g0.frame - first_usable) / fps, 3)
+        if g0 and first_usable is not None
+        else None,
+        "note": "latencies in clip time at the clip's frame rate; add one frame_ms for processing",
+    }
+
+
+def _rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def bench_gallery(
+    n: int, dim: int = 128, people_templates: int = 2, probes: int = 200, seed: int = 0
+) -> dict:
+    rng = np.random.default_rng(seed)
+    with tempfile.TemporaryDirectory() as tmp:
+        kek = init_key(Path(tmp) / "k.key")
+        g = Gallery(Path(tmp) / "g.db", kek)
+        vec = rng.standard_normal((n, dim)).astype(np.float32)
+        vec /= np.linalg.norm(vec, axis=1, keepdims=True)
+        t0 = time.perf_counter()
+        per = people_templates
+        for start in range(0, n, 5000):  # enroll in batches of people, each with `per` templates
+
+            def write(c, start=start):
+                now = int(time.time())
+                for i in range(start, min(n, start + 5000), per):
+                    pid = f"P-{i:08d}"
+                    c.execute(
+                        "INSERT INTO people (id, name, valid_until, minor, created) VALUES (?,?,?,?,?)",
+                        (pid, g._seal(f"person {i}", "people", pid, "name"), None, 0, now),
+                    )
+                    for j in range(i, min(i + per, n)):
+                        g._insert_template(c, pid, vec[j], "bench", "v", 1.0, now)
+
+            g._tx(write)
+        build_s = time.perf_counter() - t0
+        g.close()
+        rss0 = _rss_mb()
+        t0 = time.perf_counter()
+        g = Gallery(Path(tmp) / "g.db", kek)
+        t = g.templates("bench")
+        m = Matcher(t.matrix, t.person_ids, 0.9, 0.04)
+        load_s = time.perf_counter() - t0
+        rss1 = _rss_mb()
+        q = vec[rng.integers(0, n, probes)] + rng.normal(0, 0.02, (probes, dim)).astype(np.float32)
+        q /= np.linalg.norm(q, axis=1, keepdims=True)
+        lat = []
+        hits = 0
+        for p in q:  # one probe at a time, as the gate sees them
+            s = time.perf_counter()
+            r = m.match(p)
+            lat.append(time.perf_counter() - s)
+            hits += r.person_id is not None
+        g.close()
+    a = np.array(lat) * 1000
+    return {
+        "templates": n,
+        "people": len(m.people),
+        "dim": dim,
+        "build_s": round(build_s, 2),
+        "load_decrypt_s": round(load_s, 3),
+        "search_ms_median": round(float(np.median(a)), 3),
+        "search_ms_p95": round(float(np.percentile(a, 95)), 3),
+        "matrix_mb": round(m.matrix.nbytes / 2**20, 1),
+        "rss_growth_mb": round(rss1 - rss0, 1),
+        "probes": probes,
+        "probes_matched": hits,
+    }
+
+
+def format_gallery_bench(r: dict) -> str:
+    return (
+        f"gallery 1:N: {r['templates']} templates, {r['people']} people, dim {r['dim']}\n"
+        f"  load (decrypt) {r['load_decrypt_s']:.3f} s   search median {r['search_ms_median']:.3f} ms"
+        f"   p95 {r['search_ms_p95']:.3f} ms   matrix {r['matrix_mb']} MB   rss +{r['rss_growth_mb']} MB"
+        f"   ({r['probes_matched']}/{r['probes']} noisy probes matched)"
+    )

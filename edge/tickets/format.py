@@ -1,0 +1,150 @@
+"""Signed tickets: a compact Ed25519-signed payload that fits a QR code, verified offline.
+
+Text form: "EG" + base32 (no padding) of  payload || signature(64).  Payload, version byte first:
+    u8 version (1) | 4B key id | u8 kind | u16 count | u32 valid_from | u32 valid_until
+    | str ticket_id | str product | str holder          (str = u8 length + UTF-8 bytes)
+kind: 0 one-time, 1 N entries in total, 2 season pass with at most `count` entries per day.
+Base32 keeps the text inside QR alphanumeric mode, which a phone screen or cheap print shows
+reliably. The gate holds public keys only; the office holds the private key.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import struct
+from dataclasses import dataclass
+from enum import IntEnum
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from edge.errors import TicketError
+
+PREFIX = "EG"
+VERSION = 1
+SIG_LEN = 64
+MAX_TEXT = 400  # anything longer is not one of ours: refuse before decoding
+_HEAD = struct.Struct(">B4sBHII")
+
+
+class Kind(IntEnum):
+    ONE_TIME = 0
+    ENTRIES = 1
+    SEASON = 2
+
+
+# The fixed set of reasons a gate gives; operators and auditors grep for these.
+OK = "ok"
+MALFORMED = "malformed"
+INVALID_SIGNATURE = "invalid_signature"
+UNKNOWN_KEY = "unknown_key"
+NOT_YET_VALID = "not_yet_valid"
+EXPIRED = "expired"
+REVOKED = "revoked"
+ALREADY_USED = "already_used"
+WRONG_GATE = "wrong_gate"
+REASONS = (
+    OK,
+    MALFORMED,
+    INVALID_SIGNATURE,
+    UNKNOWN_KEY,
+    NOT_YET_VALID,
+    EXPIRED,
+    REVOKED,
+    ALREADY_USED,
+    WRONG_GATE,
+)
+
+
+@dataclass(frozen=True)
+class Ticket:
+    ticket_id: str
+    product: str = "day"
+    valid_from: int = 0
+    valid_until: int = 0
+    kind: Kind = Kind.ONE_TIME
+    count: int = 1
+    holder: str = ""
+    key_id: bytes = b""
+
+    @property
+    def max_entries(self) -> int:
+        return 1 if self.kind == Kind.ONE_TIME else self.count
+
+
+def key_id(pub: Ed25519PublicKey) -> bytes:
+    raw = pub.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    return hashlib.sha256(raw).digest()[:4]
+
+
+def _str(s: str, what: str, limit: int) -> bytes:
+    b = s.encode("utf-8")
+    if len(b) > limit:
+        raise TicketError(
+            f"{what} {s!r} is longer than {limit} bytes", "shorten it so the QR code stays readable"
+        )
+    return bytes([len(b)]) + b
+
+
+def encode_payload(t: Ticket) -> bytes:
+    if not t.ticket_id:
+        raise TicketError("a ticket needs an id")
+    if not (0 <= t.count <= 0xFFFF) or (t.kind != Kind.ONE_TIME and t.count < 1):
+        raise TicketError(f"entries {t.count} out of range", "use 1..65535")
+    if t.valid_until and t.valid_until < t.valid_from:
+        raise TicketError("valid-until is before valid-from")
+    head = _HEAD.pack(VERSION, t.key_id, int(t.kind), t.count, t.valid_from, t.valid_until)
+    return (
+        head
+        + _str(t.ticket_id, "ticket id", 40)
+        + _str(t.product, "product", 24)
+        + _str(t.holder, "holder", 40)
+    )
+
+
+def decode_payload(p: bytes) -> Ticket:
+    """Parse a payload; ValueError on any structural problem (the caller maps it to `malformed`)."""
+    if len(p) < _HEAD.size + 3:
+        raise ValueError("too short")
+    ver, kid, kind, count, vf, vu = _HEAD.unpack_from(p)
+    if ver != VERSION:
+        raise ValueError(f"version {ver}")
+    kind = Kind(kind)
+    off, fields = _HEAD.size, []
+    for _ in range(3):
+        n = p[off]
+        s = p[off + 1 : off + 1 + n]
+        if len(s) != n:
+            raise ValueError("truncated")
+        fields.append(s.decode("utf-8"))
+        off += 1 + n
+    if off != len(p):
+        raise ValueError("trailing bytes")
+    if not fields[0]:
+        raise ValueError("empty ticket id")
+    return Ticket(fields[0], fields[1], vf, vu, kind, count, fields[2], kid)
+
+
+def sign(t: Ticket, key: Ed25519PrivateKey) -> str:
+    """Issue: bind the key id, sign, and return the QR text."""
+    t = Ticket(**{**t.__dict__, "key_id": key_id(key.public_key())})
+    payload = encode_payload(t)
+    return PREFIX + base64.b32encode(payload + key.sign(payload)).decode("ascii").rstrip("=")
+
+
+def split_text(text: str) -> tuple[bytes, bytes]:
+    """QR text -> (payload, signature); ValueError if it is not one of our tickets."""
+    if not isinstance(text, str) or len(text) > MAX_TEXT:
+        raise ValueError("not a ticket text")
+    text = text.strip()
+    if not text.startswith(PREFIX):
+        raise ValueError("no ticket prefix")
+    body = text[len(PREFIX) :].upper()
+    try:
+        raw = base64.b32decode(body + "=" * (-len(body) % 8))
+    except (ValueError, base64.binascii.Error):
+        raise ValueError("not base32") from None
+    if len(raw) <= SIG_LEN:
+        raise ValueError("too short")
+    return raw[:-SIG_LEN], raw[-SIG_LEN:]
