@@ -146,17 +146,34 @@ def test_doctor_reports_and_fails_on_corrupt_model(tmp_path):
 
     rc, res = doctor()
     assert rc == 0, res
-    assert res["models (SHA-256)"]["status"] == "ok" and res["ticket keys"]["status"] == "ok"
-    assert res["GPIO"]["status"] == "warn" and res["camera"]["status"] == "warn"
+    assert res["models (SHA-256)"]["status"] == "ok"
+    assert res["ticket keys"]["status"] == "ok"
+    assert res["GPIO"]["status"] == "warn"
+    assert res["camera"]["status"] == "warn"
     (models / "blazeface_short.tflite").write_bytes(b"tampered")
     (tmp_path / "g.key").chmod(0o644)
     rc, res = doctor()
     assert rc == 1
-    assert (
-        res["models (SHA-256)"]["status"] == "fail"
-        and "SHA-256" in res["models (SHA-256)"]["detail"]
+    assert res["models (SHA-256)"]["status"] == "fail"
+    assert "SHA-256" in res["models (SHA-256)"]["detail"]
+    assert res["gallery key file"]["status"] == "fail"
+    assert "chmod 600" in res["gallery key file"]["fix"]
+
+
+def test_doctor_checks_are_records_and_a_broken_check_does_not_hide_others(tmp_path, monkeypatch):
+    from edge import config as config_mod
+    from edge.gate import doctor
+
+    def boom(site):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(doctor, "CHECKS", [("broken", boom), *doctor.CHECKS])
+    results = doctor.run_checks(
+        doctor.Site(config_mod.load(None), tmp_path / "g.db", tmp_path / "k")
     )
-    assert (
-        res["gallery key file"]["status"] == "fail"
-        and "chmod 600" in res["gallery key file"]["detail"]
-    )
+    by_name = {c.check: c for c in results}
+    assert by_name["broken"].status == "fail"
+    assert "RuntimeError: boom" in by_name["broken"].detail
+    assert by_name["gallery key file"].status == "fail"  # no key at tmp_path/k
+    assert by_name["gallery key file"].fix  # carries what the operator must do
+    assert by_name["config"].status == "ok"

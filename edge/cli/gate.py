@@ -3,15 +3,10 @@
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import stat
 import sys
-import time
 from pathlib import Path
 
 from edge import config as config_mod
-from edge.errors import EdgeGateError
 
 
 def _printer(quiet: bool):
@@ -112,165 +107,20 @@ def cmd_demo(args) -> int:
     return 0
 
 
-# --- doctor --------------------------------------------------------------------------------------
-
-
-def doctor_checks(cfg: config_mod.Config, db: Path, key: Path) -> list[tuple[str, str, str]]:
-    """(status, check, detail) with status ok | warn | fail."""
-    from edge.vision import runtime
-    from edge.vision.models import detector_spec, embedder_spec, load_catalogue, verify_file
-
-    out = []
-
-    def check(name, fn):
-        try:
-            res = fn()
-            out.append(res if isinstance(res, tuple) else ("ok", name, res or ""))
-        except EdgeGateError as e:
-            out.append(("fail", name, str(e)))
-        except Exception as e:
-            out.append(("fail", name, f"{type(e).__name__}: {e}"))
-
-    check("config", lambda: f"{cfg.source_file or 'defaults'}; mode {cfg.gate.mode}")
-    check(
-        "tflite runtime",
-        lambda: (
-            runtime.RUNTIME
-            or (_ for _ in ()).throw(EdgeGateError("none installed", "pip install ai-edge-litert"))
-        ),
-    )
-
-    def models():
-        mdir = config_mod.models_path(cfg)
-        cat = load_catalogue(mdir)
-        for group in ("detectors", "embedders"):
-            for e in cat[group].values():
-                verify_file(mdir / e["file"], e["sha256"])
-        d, e = detector_spec(mdir, cfg.vision.detector), embedder_spec(mdir, cfg.vision.embedder)
-        return f"{len(cat['detectors']) + len(cat['embedders'])} files match models.json; using {d.name} + {e.name} (threshold {e.threshold})"
-
-    check("models (SHA-256)", models)
-
-    def keyfile():
-        from edge.gallery.crypto import credential_path, load_key
-
-        k = load_key(key)
-        real = credential_path(key)
-        mode = oct(stat.S_IMODE(os.stat(real).st_mode))
-        return f"{real} mode {mode}, key id {k.kid}"
-
-    check("gallery key file", keyfile)
-
-    def gallery():
-        from edge.gallery.crypto import load_key
-        from edge.gallery.store import Gallery
-
-        if not db.exists():
-            return (
-                "warn",
-                "gallery database",
-                f"{db} does not exist yet (created at first enrollment)",
-            )
-        g = Gallery(db, load_key(key), create=False)
-        s = g.stats()
-        ok = g.conn.execute("PRAGMA quick_check").fetchone()[0]
-        g.close()
-        if ok != "ok":
-            return ("fail", "gallery database", f"{db}: integrity {ok}")
-        return (
-            f"{db}: {s['people']} people, {s['templates']} templates, schema {s['schema_version']}"
-        )
-
-    check("gallery database", gallery)
-
-    def ticket_keys():
-        from edge import tickets as tk
-        from edge.gate.policy import check_non_face_way_in
-
-        keys = [tk.load_public(cfg.resolve(p)) for p in cfg.tickets.pubkeys]
-        check_non_face_way_in(cfg.gate.mode, len(keys))
-        return f"{len(keys)} issuer public key(s); no private key on the gate"
-
-    check("ticket keys", ticket_keys)
-
-    def camera():
-        src = cfg.camera.source
-        if src == "demo":
-            return (
-                "warn",
-                "camera",
-                'camera.source = "demo": set /dev/video0 or picamera2 on the gate',
-            )
-        if src == "picamera2":
-            import importlib.util
-
-            if importlib.util.find_spec("picamera2") is None:
-                raise EdgeGateError("picamera2 is not installed", "pip install 'edge-gate[pi]'")
-            return "picamera2 importable"
-        from edge.gate.sources import open_source
-
-        s = open_source(src, cfg.camera.width, cfg.camera.height, cfg.camera.fps, realtime=False)
-        f = s.read()
-        s.close()
-        if f is None:
-            raise EdgeGateError(
-                f"camera {src} opened but gave no frame", "check the cable and lighting"
-            )
-        return f"{src}: {f.image.shape[1]}x{f.image.shape[0]}"
-
-    check("camera", camera)
-
-    def gpio():
-        from edge.gate.relay import make_pin_factory
-
-        f = make_pin_factory(cfg.relay.pin_factory)
-        f.close()
-        if cfg.relay.pin_factory == "mock":
-            return (
-                "warn",
-                "GPIO",
-                'relay.pin_factory = "mock": the relay is simulated (set lgpio on a Pi)',
-            )
-        return f"{cfg.relay.pin_factory} on BCM {cfg.relay.pin}"
-
-    check("GPIO", gpio)
-
-    def clock():
-        now = time.time()
-        if now < 1_735_689_600:  # 2025-01-01
-            raise EdgeGateError(
-                f"the clock says {time.ctime(now)}",
-                "set the time (RTC or NTP); ticket validity depends on it",
-            )
-        return time.strftime("%Y-%m-%d %H:%M:%S %Z")
-
-    check("clock", clock)
-
-    def disk():
-        folder = db.parent if db.parent.exists() else Path(".")
-        free = shutil.disk_usage(folder).free / 2**20
-        if free < 100:
-            raise EdgeGateError(
-                f"only {free:.0f} MiB free in {folder}",
-                "free space: the ledger and audit log must be able to write",
-            )
-        return f"{free:.0f} MiB free in {folder}"
-
-    check("disk", disk)
-    return out
-
-
 def cmd_doctor(args) -> int:
+    from edge.gate.doctor import Site, run_checks
+
     cfg = config_mod.load(args.config)
     db = Path(args.db) if args.db else cfg.resolve(cfg.gallery.db)
     key = Path(args.key_file) if args.key_file else cfg.resolve(cfg.gallery.key_file)
-    results = doctor_checks(cfg, db, key)
+    results = run_checks(Site(cfg, db, key))
     if args.json:
-        print(json.dumps([{"status": s, "check": c, "detail": d} for s, c, d in results]))
+        print(json.dumps([c.as_dict() for c in results]))
     else:
-        for s, c, d in results:
-            print(f"[{s.upper():>4}] {c:<18} {d}")
-    return 1 if any(s == "fail" for s, _, _ in results) else 0
+        for c in results:
+            fix = f" (fix: {c.fix})" if c.fix else ""
+            print(f"[{c.status.upper():>4}] {c.check:<18} {c.detail}{fix}")
+    return 1 if any(c.status == "fail" for c in results) else 0
 
 
 def register(sub, common) -> None:

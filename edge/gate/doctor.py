@@ -1,0 +1,212 @@
+"""`edge-gate doctor`: the installer's checklist as small check records that tests can read.
+
+Each check is a function of a `Site` (the configuration and the paths in use) that returns a
+detail string for "ok", returns a `Check` for "warn" (or a richer "ok"), or raises an
+`EdgeGateError` whose fix becomes the record's fix. `run_checks` never raises.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import stat
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Literal
+
+from edge import config as config_mod
+from edge.errors import EdgeGateError
+
+Status = Literal["ok", "warn", "fail"]
+
+
+@dataclass(frozen=True)
+class Check:
+    """One line of the checklist: what was checked, how it went, and what to do about it."""
+
+    status: Status
+    check: str
+    detail: str
+    fix: str = ""
+
+    def as_dict(self) -> dict:
+        """JSON form for `doctor --json` (keys status, check, detail, fix)."""
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Site:
+    """What the checks look at: the configuration and the gallery paths in use."""
+
+    cfg: config_mod.Config
+    db: Path
+    key: Path
+
+
+CheckFn = Callable[[Site], "str | Check"]
+CHECKS: list[tuple[str, CheckFn]] = []
+
+
+def check(name: str) -> Callable[[CheckFn], CheckFn]:
+    """Register a check under `name`, in the order doctor prints them."""
+
+    def deco(fn: CheckFn) -> CheckFn:
+        CHECKS.append((name, fn))
+        return fn
+
+    return deco
+
+
+def run_checks(site: Site) -> list[Check]:
+    """Run every registered check; an unexpected exception is a failed check, never a crash."""
+    out = []
+    for name, fn in CHECKS:
+        try:
+            res = fn(site)
+            out.append(res if isinstance(res, Check) else Check("ok", name, res or ""))
+        except EdgeGateError as e:
+            out.append(Check("fail", name, e.args[0] if e.args else str(e), e.hint))
+        except Exception as e:  # noqa: BLE001 - a broken check must not hide the others
+            out.append(Check("fail", name, f"{type(e).__name__}: {e}"))
+    return out
+
+
+@check("config")
+def _config(site: Site) -> str:
+    return f"{site.cfg.source_file or 'defaults'}; mode {site.cfg.gate.mode}"
+
+
+@check("tflite runtime")
+def _runtime(site: Site) -> str:
+    from edge.vision import runtime
+
+    if not runtime.RUNTIME:
+        raise EdgeGateError("no TFLite runtime installed", "pip install ai-edge-litert")
+    return runtime.RUNTIME
+
+
+@check("models (SHA-256)")
+def _models(site: Site) -> str:
+    from edge.vision.models import detector_spec, embedder_spec, load_catalogue, verify_file
+
+    mdir = config_mod.models_path(site.cfg)
+    cat = load_catalogue(mdir)
+    n = 0
+    for entries in cat.values():
+        for e in entries.values():
+            verify_file(mdir / e["file"], e["sha256"])
+            n += 1
+    d = detector_spec(mdir, site.cfg.vision.detector)
+    e = embedder_spec(mdir, site.cfg.vision.embedder)
+    return f"{n} files match models.json; using {d.name} + {e.name} (threshold {e.threshold})"
+
+
+@check("gallery key file")
+def _keyfile(site: Site) -> str:
+    from edge.gallery.crypto import credential_path, load_key
+
+    k = load_key(site.key)
+    real = credential_path(site.key)
+    mode = oct(stat.S_IMODE(os.stat(real).st_mode))
+    return f"{real} mode {mode}, key id {k.kid}"
+
+
+@check("gallery database")
+def _gallery(site: Site) -> str | Check:
+    from edge.gallery.crypto import load_key
+    from edge.gallery.store import Gallery
+
+    if not site.db.exists():
+        return Check(
+            "warn",
+            "gallery database",
+            f"{site.db} does not exist yet (created at first enrollment)",
+        )
+    g = Gallery(site.db, load_key(site.key), create=False)
+    try:
+        s = g.stats()
+        ok = g.conn.execute("PRAGMA quick_check").fetchone()[0]
+    finally:
+        g.close()
+    if ok != "ok":
+        raise EdgeGateError(f"{site.db}: integrity {ok}", "restore the gallery from a backup")
+    return (
+        f"{site.db}: {s['people']} people, {s['templates']} templates, schema {s['schema_version']}"
+    )
+
+
+@check("ticket keys")
+def _ticket_keys(site: Site) -> str:
+    from edge import tickets as tk
+    from edge.gate.policy import check_non_face_way_in
+
+    keys = [tk.load_public(site.cfg.resolve(p)) for p in site.cfg.tickets.pubkeys]
+    check_non_face_way_in(site.cfg.gate.mode, len(keys))
+    return f"{len(keys)} issuer public key(s); no private key on the gate"
+
+
+@check("camera")
+def _camera(site: Site) -> str | Check:
+    cam = site.cfg.camera
+    if cam.source == "demo":
+        return Check(
+            "warn", "camera", 'camera.source = "demo"', "set /dev/video0 or picamera2 on the gate"
+        )
+    if cam.source == "picamera2":
+        if importlib.util.find_spec("picamera2") is None:
+            raise EdgeGateError("picamera2 is not installed", "pip install 'edge-gate[pi]'")
+        return "picamera2 importable"
+    from edge.gate.sources import open_source
+
+    s = open_source(cam.source, cam.width, cam.height, cam.fps, realtime=False)
+    try:
+        f = s.read()
+    finally:
+        s.close()
+    if f is None:
+        raise EdgeGateError(
+            f"camera {cam.source} opened but gave no frame", "check the cable and lighting"
+        )
+    return f"{cam.source}: {f.image.shape[1]}x{f.image.shape[0]}"
+
+
+@check("GPIO")
+def _gpio(site: Site) -> str | Check:
+    from edge.gate.relay import make_pin_factory
+
+    relay = site.cfg.relay
+    make_pin_factory(relay.pin_factory).close()
+    if relay.pin_factory == "mock":
+        return Check(
+            "warn",
+            "GPIO",
+            'relay.pin_factory = "mock": the relay is simulated',
+            "set lgpio on a Pi",
+        )
+    return f"{relay.pin_factory} on BCM {relay.pin}"
+
+
+@check("clock")
+def _clock(site: Site) -> str:
+    now = time.time()
+    if now < 1_735_689_600:  # 2025-01-01: an unset clock
+        raise EdgeGateError(
+            f"the clock says {time.ctime(now)}",
+            "set the time (RTC or NTP); ticket validity depends on it",
+        )
+    return time.strftime("%Y-%m-%d %H:%M:%S %Z")
+
+
+@check("disk")
+def _disk(site: Site) -> str:
+    folder = site.db.parent if site.db.parent.exists() else Path(".")
+    free = shutil.disk_usage(folder).free / 2**20
+    if free < 100:
+        raise EdgeGateError(
+            f"only {free:.0f} MiB free in {folder}",
+            "free space: the ledger and audit log must be able to write",
+        )
+    return f"{free:.0f} MiB free in {folder}"
