@@ -1,4 +1,4 @@
-"""Shared test helpers: the real fixtures (skip locally if absent, fail in CI), models, pipelines."""
+"""Pytest fixtures: the real recorded fixtures (skip locally if absent, fail in CI) and pipelines."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from edge.config import PROJECT_ROOT, fixtures_dir
+from edge.config import fixtures_dir
 
-MODELS = PROJECT_ROOT / "models"
+from .helpers import MODELS
 
 
 def _fixtures() -> Path:
@@ -39,23 +39,3 @@ def float_pipeline():
     from edge.vision.pipeline import FacePipeline
 
     return FacePipeline(MODELS, "blazeface_short", "dlib_resnet_float", threads=2)
-
-
-def kill_at_random(script: str, rounds: int, seed: int, max_delay: float, after_each=None) -> None:
-    """Start `script` (it prints a line when ready), SIGKILL it after a random delay, `rounds` times."""
-    import random
-    import signal
-    import subprocess
-    import sys
-    import time
-
-    rng = random.Random(seed)
-    env = dict(os.environ, PYTHONPATH=str(PROJECT_ROOT))
-    for _ in range(rounds):
-        p = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, env=env)
-        p.stdout.readline()
-        time.sleep(rng.uniform(0, max_delay))
-        os.kill(p.pid, signal.SIGKILL)
-        p.wait()
-        if after_each is not None:
-            after_each()

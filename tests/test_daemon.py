@@ -342,7 +342,7 @@ def test_camera_lost_mid_stream_and_back_gate_keeps_deciding(tmp_path):
     """The camera drops out between two tickets; the gate stays up, says so, and decides after."""
     from edge.gate.sources import CameraSource
 
-    from .test_sources import FakeCapture
+    from .helpers import FakeCapture
 
     # a live camera stamps frames with real time; replayed fast, the cooldown must be short
     cfg = make_config(tmp_path, "[vision]\nface_enabled = false\n[policy]\ncooldown_s = 0.2\n")

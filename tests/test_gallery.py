@@ -15,7 +15,7 @@ from edge.gallery.crypto import init_key, load_key
 from edge.gallery.matcher import LiveMatcher, Matcher
 from edge.gallery.store import Consent, Gallery, rotate_key
 
-from .conftest import kill_at_random
+from .helpers import kill_at_random
 
 CONSENT = Consent("notice-v1", operator="Desk Clerk Ondine")
 NAME = "Zebulon Quixote-Marchbanks"

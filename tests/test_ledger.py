@@ -12,7 +12,7 @@ import pytest
 from edge.tickets import ALREADY_USED, Kind, Ticket
 from edge.tickets.ledger import Ledger
 
-from .conftest import kill_at_random
+from .helpers import kill_at_random
 
 DAY = 86400
 T0 = 1_800_000_000

@@ -8,6 +8,8 @@ import pytest
 from edge.errors import SourceError
 from edge.gate.sources import CameraSource, VideoFileSource
 
+from .helpers import FakeCapture
+
 
 def test_file_source_reads_every_frame_with_recorded_time(fixtures):
     src = VideoFileSource(fixtures / "video" / "short_hamilton_clip.mp4", realtime=False)
@@ -35,32 +37,6 @@ def test_missing_and_non_video_files(tmp_path):
     bad.write_bytes(b"not a video" * 100)
     with pytest.raises(SourceError, match="cannot be opened"):
         VideoFileSource(bad)
-
-
-class FakeCapture:
-    """Stands in for cv2.VideoCapture: a scripted list of frames, None for a failed read."""
-
-    def __init__(self, script):
-        self.script = list(script)
-        self.opened = True
-
-    def isOpened(self):  # noqa: N802 - OpenCV's name
-        return self.opened
-
-    def read(self):
-        if not self.script:
-            return False, None
-        item = self.script.pop(0)
-        return (item is not None), item
-
-    def set(self, *a):
-        return True
-
-    def get(self, *a):
-        return 10.0
-
-    def release(self):
-        self.opened = False
 
 
 def frame(v):

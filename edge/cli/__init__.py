@@ -19,28 +19,15 @@ def _cfg(args) -> config_mod.Config:
     return config_mod.load(getattr(args, "config", None))
 
 
-def _pipeline(
-    cfg: config_mod.Config,
-    embedder: str | None = None,
-    detector: str | None = None,
-    threads: int | None = None,
-):
-    from edge.vision.pipeline import FacePipeline
-
-    cfg = config_mod.override(
-        cfg, vision={"embedder": embedder, "detector": detector, "threads": threads}
-    )
-    return FacePipeline.from_config(cfg)
-
-
 # --- measure ---------------------------------------------------------------------------------
 
 
 def cmd_eval(args) -> int:
     from edge.measure.evaluation import evaluate_folder, write_threshold
+    from edge.vision.pipeline import FacePipeline
 
     cfg = _cfg(args)
-    pipe = _pipeline(cfg, args.embedder, args.detector, args.threads)
+    pipe = FacePipeline.from_config(cfg, args.embedder, args.detector, args.threads)
     result = evaluate_folder(pipe, Path(args.dir))
     if args.write_threshold:
         from edge.measure.metrics import gate_threshold
@@ -68,6 +55,7 @@ def cmd_eval(args) -> int:
 
 def cmd_bench(args) -> int:
     from edge.measure.bench import bench_clip, format_bench
+    from edge.vision.pipeline import FacePipeline
     from edge.vision.runtime import resolve_threads
 
     cfg = _cfg(args)
@@ -93,7 +81,10 @@ def cmd_bench(args) -> int:
         return 0
     threads = sorted({1, resolve_threads(0)}) if args.threads is None else [args.threads]
     rep = bench_clip(
-        lambda t: _pipeline(cfg, args.embedder, args.detector, t), clip, threads, args.frames
+        lambda t: FacePipeline.from_config(cfg, args.embedder, args.detector, t),
+        clip,
+        threads,
+        args.frames,
     )
     print(json.dumps(rep) if args.json else format_bench(rep))
     return 0

@@ -47,9 +47,9 @@ def cmd_keys_rotate(args) -> int:
 
 
 def cmd_enroll(args) -> int:
-    from edge.cli import _pipeline
     from edge.gallery.enroll import check_consent, enroll, notice_sha256
     from edge.gallery.matcher import resolve_threshold
+    from edge.vision.pipeline import FacePipeline
 
     cfg, db, key = paths(args)
     consent = Consent(
@@ -60,7 +60,7 @@ def cmd_enroll(args) -> int:
         notice_sha256(Path(args.notice_file) if args.notice_file else None),
     )
     check_consent(consent, args.minor)  # refuse before any model or camera is touched
-    pipe = _pipeline(cfg)
+    pipe = FacePipeline.from_config(cfg)
     g = Gallery(db, load_key(key))
     try:
         pid, n = enroll(

@@ -9,7 +9,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from edge.config import Config, models_path
+from edge.config import Config, models_path, override
 from edge.vision.align import align_face
 from edge.vision.detector import BlazeFace, Detection
 from edge.vision.embedder import Embedder
@@ -19,6 +19,8 @@ from edge.vision.quality import Quality, QualityThresholds, assess
 
 @dataclass(frozen=True)
 class FaceObservation:
+    """One detected face: where it is, whether it is good enough, and its template if it is."""
+
     detection: Detection
     quality: Quality
     embedding: np.ndarray | None  # None when the quality gate refused the face
@@ -26,13 +28,14 @@ class FaceObservation:
 
 @dataclass
 class StageTimes:
-    detect: float = 0.0
-    align: float = 0.0
-    embed: float = 0.0
+    """Per-frame stage timings collected by `analyze` for `edge-gate bench`."""
+
     samples: list[dict[str, float]] = field(default_factory=list)
 
 
 class FacePipeline:
+    """Detector, aligner, quality gate and embedder built once from the model catalogue."""
+
     def __init__(
         self,
         models_dir: Path,
@@ -55,8 +58,17 @@ class FacePipeline:
         self._models_dir, self._threads, self._full = models_dir, threads, None
 
     @classmethod
-    def from_config(cls, cfg: Config) -> FacePipeline:
-        v = cfg.vision
+    def from_config(
+        cls,
+        cfg: Config,
+        embedder: str | None = None,
+        detector: str | None = None,
+        threads: int | None = None,
+    ) -> FacePipeline:
+        """Build the pipeline the config names; the optional arguments override it (CLI flags)."""
+        v = override(
+            cfg, vision={"embedder": embedder, "detector": detector, "threads": threads}
+        ).vision
         return cls(
             models_path(cfg),
             v.detector,
@@ -67,6 +79,7 @@ class FacePipeline:
         )
 
     def chip(self, bgr: np.ndarray, det: Detection) -> np.ndarray:
+        """The aligned face chip the embedder expects."""
         return align_face(bgr, det.keypoints, self.spec.template, self.spec.size)
 
     def analyze(
@@ -109,7 +122,7 @@ class FacePipeline:
         return None
 
     def _still_detectors(self) -> list[BlazeFace]:
-        if self._full is None and self._models_dir is not None and self.detector.size != 192:
+        if self._full is None and self.detector.size != 192:  # 192 px input: already full range
             spec = detector_spec(self._models_dir, "blazeface_full")
             self._full = BlazeFace(
                 spec.path, spec.kind, threads=self._threads, min_score=self.detector.min_score
