@@ -1,99 +1,28 @@
-"""`edge-gate`: one command per job, mirroring the library (as sqlite-utils does)."""
+"""`edge-gate`: one command per job, mirroring the library (as sqlite-utils does).
+
+Each module in this package registers one command group; a command parses its flags, calls one
+library function and prints the result. Errors the product raises on purpose become one line on
+stderr and exit status 2.
+"""
 
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
-from pathlib import Path
 
 from edge import __version__
-from edge import config as config_mod
+from edge.cli import gallery, gate, measure, tickets
 from edge.errors import EdgeGateError
 
 log = logging.getLogger("edge")
 
-
-def _cfg(args) -> config_mod.Config:
-    return config_mod.load(getattr(args, "config", None))
-
-
-# --- measure ---------------------------------------------------------------------------------
-
-
-def cmd_eval(args) -> int:
-    from edge.measure.evaluation import evaluate_folder, write_threshold
-    from edge.vision.pipeline import FacePipeline
-
-    cfg = _cfg(args)
-    pipe = FacePipeline.from_config(cfg, args.embedder, args.detector, args.threads)
-    result = evaluate_folder(pipe, Path(args.dir))
-    if args.write_threshold:
-        from edge.measure.metrics import gate_threshold
-
-        if result.get("impostor_max") is None:
-            raise EdgeGateError(
-                "no threshold measured: no impostor pairs", "use a folder with at least two people"
-            )
-        t = gate_threshold(result["impostor_max"])
-        result["written_threshold"] = t
-        write_threshold(
-            config_mod.models_path(cfg),
-            pipe.spec.name,
-            t,
-            f"edge-gate eval {args.dir}: above all {result['impostor_pairs']} impostor pairs "
-            f"(max {result['impostor_max']}); TAR there {result['tar_at_far_0']}",
-        )
-    if args.json:
-        print(json.dumps(result))
-    else:
-        for k, v in result.items():
-            print(f"{k:>26}: {v}")
-    return 0
-
-
-def cmd_bench(args) -> int:
-    from edge.measure.bench import bench_clip, format_bench
-    from edge.vision.pipeline import FacePipeline
-    from edge.vision.runtime import resolve_threads
-
-    cfg = _cfg(args)
-    if args.gallery:
-        from edge.measure.bench import bench_gallery, format_gallery_bench
-
-        rep = bench_gallery(args.gallery, dim=args.dim)
-        print(json.dumps(rep) if args.json else format_gallery_bench(rep))
-        return 0
-    clip = (
-        Path(args.clip)
-        if args.clip
-        else config_mod.fixtures_dir() / "video" / "short_hamilton_clip.mp4"
-    )
-    if args.gate:
-        from edge.measure.bench import bench_gate
-
-        photos = [Path(p) for p in args.enroll] or [
-            config_mod.fixtures_dir() / "faces" / "lin_manuel_miranda" / "lin-manuel-miranda.png"
-        ]
-        rep = bench_gate(clip, photos, config_mod.PROJECT_ROOT / "var" / "bench-gate")
-        print(json.dumps(rep) if args.json else "\n".join(f"{k:>34}: {v}" for k, v in rep.items()))
-        return 0
-    threads = sorted({1, resolve_threads(0)}) if args.threads is None else [args.threads]
-    rep = bench_clip(
-        lambda t: FacePipeline.from_config(cfg, args.embedder, args.detector, t),
-        clip,
-        threads,
-        args.frames,
-    )
-    print(json.dumps(rep) if args.json else format_bench(rep))
-    return 0
-
-
-# --- parser ----------------------------------------------------------------------------------
+# Order of the groups in `edge-gate --help`.
+GROUPS = (measure, gate, tickets, gallery)
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The whole command line: the global flags plus every group's subcommands."""
     p = argparse.ArgumentParser(
         prog="edge-gate", description="Face-recognition gate with a ticket path that always works."
     )
@@ -102,62 +31,19 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     def common(sp):
-        sp.add_argument("--config", help="gate.toml (default firmware_config/gate.toml)")
+        sp.add_argument(
+            "--config",
+            help="gate.toml (default firmware_config/gate.toml); relative paths inside it "
+            "resolve against its folder",
+        )
 
-    sp = sub.add_parser("eval", help="verification accuracy on DIR/<person>/<image>")
-    sp.add_argument("dir")
-    sp.add_argument("--json", action="store_true")
-    sp.add_argument("--embedder", help="embedder name from models/models.json")
-    sp.add_argument("--detector", help="detector name from models/models.json")
-    sp.add_argument("--threads", type=int)
-    sp.add_argument(
-        "--write-threshold",
-        action="store_true",
-        help="store the strict gate threshold (above every impostor pair) as the embedder's default",
-    )
-    common(sp)
-    sp.set_defaults(func=cmd_eval)
-
-    sp = sub.add_parser("bench", help="per-stage latency on a recorded clip, or 1:N gallery search")
-    sp.add_argument("--clip", help="video file (default: fixtures video/short_hamilton_clip.mp4)")
-    sp.add_argument("--threads", type=int, help="one thread count (default: 1 and all cores)")
-    sp.add_argument("--frames", type=int, default=0, help="stop after N frames")
-    sp.add_argument("--embedder")
-    sp.add_argument("--detector")
-    sp.add_argument(
-        "--gallery", type=int, default=0, metavar="N", help="benchmark 1:N search over N templates"
-    )
-    sp.add_argument("--dim", type=int, default=128)
-    sp.add_argument(
-        "--gate", action="store_true", help="the whole gate on the clip: fps and time to grant"
-    )
-    sp.add_argument(
-        "--enroll",
-        action="append",
-        default=[],
-        help="with --gate: photo(s) of the person to enroll",
-    )
-    sp.add_argument("--json", action="store_true")
-    common(sp)
-    sp.set_defaults(func=cmd_bench)
-
-    for register in _EXTRA:
-        register(sub, common)
+    for group in GROUPS:
+        group.register(sub, common)
     return p
 
 
-def _extra_commands() -> list:
-    from edge.cli import gallery as cli_gallery
-    from edge.cli import gate as cli_gate
-    from edge.cli import tickets as cli_tickets
-
-    return [cli_gate.register, cli_tickets.register, cli_gallery.register]
-
-
-_EXTRA: list = _extra_commands()
-
-
 def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `edge-gate` command; returns the exit status."""
     args = build_parser().parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
