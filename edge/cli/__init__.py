@@ -13,6 +13,7 @@ import sys
 
 from edge import __version__
 from edge.cli import gallery, gate, measure, tickets
+from edge.cli.paths import existing_file
 from edge.errors import EdgeGateError
 
 log = logging.getLogger("edge")
@@ -33,6 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
     def common(sp):
         sp.add_argument(
             "--config",
+            type=existing_file,
             help="gate.toml (default firmware_config/gate.toml); relative paths inside it "
             "resolve against its folder",
         )

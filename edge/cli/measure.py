@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 from edge import config as config_mod
+from edge.cli.paths import existing_dir, existing_file
 from edge.errors import EdgeGateError
 
 
@@ -84,7 +85,7 @@ def cmd_bench(args) -> int:
 def register(sub, common) -> None:
     """Add the eval and bench commands to the parser."""
     sp = sub.add_parser("eval", help="verification accuracy on DIR/<person>/<image>")
-    sp.add_argument("dir")
+    sp.add_argument("dir", type=existing_dir, help="labelled photos: DIR/<person>/<image>")
     sp.add_argument("--json", action="store_true")
     sp.add_argument("--embedder", help="embedder name from models/models.json")
     sp.add_argument("--detector", help="detector name from models/models.json")
@@ -98,7 +99,11 @@ def register(sub, common) -> None:
     sp.set_defaults(func=cmd_eval)
 
     sp = sub.add_parser("bench", help="per-stage latency on a recorded clip, or 1:N gallery search")
-    sp.add_argument("--clip", help="video file (default: fixtures video/short_hamilton_clip.mp4)")
+    sp.add_argument(
+        "--clip",
+        type=existing_file,
+        help="video file (default: fixtures video/short_hamilton_clip.mp4)",
+    )
     sp.add_argument("--threads", type=int, help="one thread count (default: 1 and all cores)")
     sp.add_argument("--frames", type=int, default=0, help="stop after N frames")
     sp.add_argument("--embedder")
@@ -113,6 +118,7 @@ def register(sub, common) -> None:
     sp.add_argument(
         "--enroll",
         action="append",
+        type=existing_file,
         default=[],
         help="with --gate: photo(s) of the person to enroll",
     )

@@ -1,0 +1,77 @@
+"""Path arguments checked at parse time, so a wrong path is one clear line and exit 2.
+
+Use them as argparse `type=`: `existing_file`, `existing_dir`, `new_file`, `output_dir`. Each
+returns a `Path`; what they cannot know (the file's format) is left to the loader, which raises a
+typed error. Relative paths on the command line mean the current working directory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+PATH_TYPES: set = set()
+
+
+def _path_type(fn):
+    PATH_TYPES.add(fn)
+    return fn
+
+
+@_path_type
+def existing_file(text: str) -> Path:
+    """A regular file that exists, is readable and is not empty."""
+    p = Path(text).expanduser()
+    if not p.exists():
+        raise argparse.ArgumentTypeError(f"{text}: no such file")
+    if p.is_dir():
+        raise argparse.ArgumentTypeError(f"{text}: is a directory, expected a file")
+    if not os.access(p, os.R_OK):
+        raise argparse.ArgumentTypeError(f"{text}: not readable (check its owner and mode)")
+    if p.stat().st_size == 0:
+        raise argparse.ArgumentTypeError(f"{text}: is empty")
+    return p
+
+
+@_path_type
+def existing_dir(text: str) -> Path:
+    """A directory that exists and can be listed."""
+    p = Path(text).expanduser()
+    if not p.exists():
+        raise argparse.ArgumentTypeError(f"{text}: no such directory")
+    if not p.is_dir():
+        raise argparse.ArgumentTypeError(f"{text}: is a file, expected a directory")
+    if not os.access(p, os.R_OK | os.X_OK):
+        raise argparse.ArgumentTypeError(f"{text}: not readable (check its owner and mode)")
+    return p
+
+
+@_path_type
+def new_file(text: str) -> Path:
+    """A file to create: it must not exist yet, and its folder must be writable."""
+    p = Path(text).expanduser()
+    if p.is_dir():
+        raise argparse.ArgumentTypeError(f"{text}: is a directory, expected a file name")
+    if p.exists():
+        raise argparse.ArgumentTypeError(f"{text}: already exists; refusing to overwrite it")
+    parent = p.parent if str(p.parent) else Path(".")
+    if not parent.is_dir():
+        raise argparse.ArgumentTypeError(f"{text}: folder {parent} does not exist")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise argparse.ArgumentTypeError(f"{text}: folder {parent} is not writable")
+    return p
+
+
+@_path_type
+def output_dir(text: str) -> Path:
+    """A folder to write into: existing and writable, or creatable under a writable parent."""
+    p = Path(text).expanduser()
+    if p.exists() and not p.is_dir():
+        raise argparse.ArgumentTypeError(f"{text}: is a file, expected a directory")
+    probe = p
+    while not probe.exists():
+        probe = probe.parent
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise argparse.ArgumentTypeError(f"{text}: {probe} is not writable")
+    return p

@@ -1,0 +1,88 @@
+"""Every command-line option that takes a path: a bad path is one clear line and exit 2.
+
+The sweep walks the real parser, so an option added later with a path type is covered without
+a new test; `test_path_options_are_typed` keeps path-like options from being added untyped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+import pytest
+
+from edge.cli import build_parser, main
+from edge.cli.paths import PATH_TYPES, existing_dir, existing_file, new_file, output_dir
+
+
+def _walk(parser: argparse.ArgumentParser, prefix: tuple[str, ...] = ()):
+    """Yield (argv prefix, action) for every action of every (sub)command."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield from _walk(sub, (*prefix, name))
+        else:
+            yield prefix, action
+
+
+def _path_actions():
+    return [(pre, a) for pre, a in _walk(build_parser()) if a.type in PATH_TYPES]
+
+
+@pytest.fixture()
+def bad(tmp_path):
+    """Paths each path type must refuse, by type and name of the case."""
+    d = tmp_path / "a-dir"
+    d.mkdir()
+    f = tmp_path / "a-file"
+    f.write_bytes(b"\x00\xff" * 8)
+    empty = tmp_path / "empty"
+    empty.write_bytes(b"")
+    cases = {
+        existing_file: {"missing": tmp_path / "nope", "directory": d, "empty": empty},
+        existing_dir: {"missing": tmp_path / "nope", "file": f},
+        new_file: {"directory": d, "existing": f, "no folder": tmp_path / "no" / "such" / "x"},
+        output_dir: {"file": f},
+    }
+    if os.geteuid() != 0:  # root reads anything
+        locked = tmp_path / "locked"
+        locked.write_text("x")
+        locked.chmod(0)
+        cases[existing_file]["unreadable"] = locked
+    return cases
+
+
+def test_there_are_path_options_to_sweep():
+    names = {(" ".join(pre), a.dest) for pre, a in _path_actions()}
+    assert ("eval", "dir") in names
+    assert ("bench", "clip") in names
+    assert ("run", "config") in names
+
+
+def test_every_path_option_refuses_bad_paths_in_one_line(bad, capsys):
+    wrong = []
+    for pre, action in _path_actions():
+        for why, path in bad[action.type].items():
+            opt = [action.option_strings[0]] if action.option_strings else []
+            argv = [*pre, *opt, str(path)]
+            with pytest.raises(SystemExit) as e:
+                main(argv)
+            err = capsys.readouterr().err.strip().splitlines()
+            where = f"{' '.join(argv)} ({why})"
+            if e.value.code != 2:
+                wrong.append(f"{where}: exit {e.value.code}")
+            elif any("Traceback" in line for line in err):
+                wrong.append(f"{where}: traceback")
+            elif not (err and err[-1].startswith("edge-gate") and str(path) in err[-1]):
+                wrong.append(f"{where}: last line {err[-1:]}")
+    assert wrong == []
+
+
+def test_a_config_that_is_not_toml_is_one_line_error(tmp_path, capsys):
+    cfg = tmp_path / "gate.toml"
+    cfg.write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00garbage")
+    rc = main(["doctor", "--config", str(cfg)])
+    err = capsys.readouterr().err
+    assert rc == 2
+    assert "Traceback" not in err
+    assert str(cfg) in err
