@@ -114,15 +114,22 @@ class Config:
     source_file: str = ""  # where it was read from; relative paths resolve against its folder
 
     def resolve(self, path: str) -> Path:
-        """Resolve a path from the config relative to the config file's folder."""
+        """Resolve a path from the config: relative to the config file's folder.
+
+        The shipped default config (no --config) means the current working directory, like
+        paths given on the command line, so one command never splits its files between the
+        working directory and the checkout.
+        """
         p = Path(os.path.expandvars(os.path.expanduser(path)))
         if p.is_absolute():
             return p
-        base = Path(self.source_file).parent if self.source_file else PROJECT_ROOT
-        # The shipped config lives in firmware_config/; its relative paths mean the project root.
-        if base.resolve() == (PROJECT_ROOT / "firmware_config").resolve():
-            base = PROJECT_ROOT
-        return (base / p).resolve()
+        return (self.base_dir() / p).resolve()
+
+    def base_dir(self) -> Path:
+        """Where this config's relative paths start."""
+        if not self.source_file or Path(self.source_file).resolve() == DEFAULT_CONFIG.resolve():
+            return Path.cwd()
+        return Path(self.source_file).parent
 
 
 def models_path(cfg: Config) -> Path:

@@ -52,3 +52,34 @@ def test_relative_paths_resolve_against_config_folder(tmp_path):
 def test_override_keeps_the_rest():
     cfg = config.override(config.load(), camera={"source": "x.mp4", "width": None})
     assert cfg.camera.source == "x.mp4" and cfg.camera.width == 640
+
+
+def test_one_path_rule_every_file_of_a_command_lands_in_the_working_directory(
+    tmp_path, monkeypatch, capsys
+):
+    """Without --config, the gallery, its key and the audit log all live under ./var/."""
+    from edge.cli import main
+    from edge.gallery.crypto import load_key
+    from edge.gallery.store import Gallery
+
+    monkeypatch.chdir(tmp_path)
+    checkout_var = config.PROJECT_ROOT / "var"
+    before = sorted(checkout_var.rglob("*")) if checkout_var.exists() else []
+    assert main(["keys", "init"]) == 0
+    assert (tmp_path / "var" / "gallery.key").is_file()
+    cfg = config.load()
+    assert cfg.resolve(cfg.gallery.db) == tmp_path / "var" / "gallery.db"
+    Gallery(tmp_path / "var" / "gallery.db", load_key(tmp_path / "var" / "gallery.key")).close()
+    assert main(["purge"]) == 0
+    assert (tmp_path / "var" / "audit.db").is_file()
+    after = sorted(checkout_var.rglob("*")) if checkout_var.exists() else []
+    assert after == before  # nothing written into the checkout
+
+
+def test_config_file_paths_resolve_against_its_folder(tmp_path, monkeypatch):
+    site = tmp_path / "site"
+    site.mkdir()
+    p = write(site, '[gallery]\ndb = "data/g.db"\n')
+    monkeypatch.chdir(tmp_path)
+    cfg = config.load(p)
+    assert cfg.resolve(cfg.gallery.db) == site / "data" / "g.db"
