@@ -22,7 +22,7 @@ def cmd_run(args) -> int:
     if (source or cfg.camera.source) == "demo":
         from edge.measure.demo import demo_source
 
-        source, demo_pub = demo_source(config_mod.PROJECT_ROOT / "var" / "demo-run")
+        source, demo_pub = demo_source(Path.cwd() / "var" / "demo-run")
         if not pubkeys and not cfg.tickets.pubkeys:
             pubkeys = [str(demo_pub)]
         print(
@@ -57,7 +57,7 @@ def cmd_demo(args) -> int:
 
     fixtures = config_mod.fixtures_dir()
     fx = fixtures if (fixtures / "MANIFEST.tsv").is_file() else None
-    work = Path(args.workdir) if args.workdir else config_mod.PROJECT_ROOT / "var" / "demo"
+    work = Path(args.workdir) if args.workdir else Path.cwd() / "var" / "demo"
     cfg_path, scenes = prepare(work, fx)
     cfg = config_mod.load(cfg_path)
     print(f"edge-gate demo: workspace {work} (mock relay, nothing leaves this machine)")

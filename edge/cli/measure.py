@@ -68,7 +68,7 @@ def cmd_bench(args) -> int:
         photos = [Path(p) for p in args.enroll] or [
             config_mod.fixtures_dir() / "faces" / "lin_manuel_miranda" / "lin-manuel-miranda.png"
         ]
-        rep = bench_gate(clip, photos, config_mod.PROJECT_ROOT / "var" / "bench-gate")
+        rep = bench_gate(clip, photos, Path.cwd() / "var" / "bench-gate")
         print(json.dumps(rep) if args.json else "\n".join(f"{k:>34}: {v}" for k, v in rep.items()))
         return 0
     threads = sorted({1, resolve_threads(0)}) if args.threads is None else [args.threads]
