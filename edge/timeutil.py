@@ -29,6 +29,7 @@ def parse_time(text: str, end_of_day: bool = False) -> int:
 
 
 def iso(ts: float | None) -> str | None:
+    """ISO-8601 UTC text for a Unix time, as the audit log and the CLI print it."""
     if not ts:
         return None
     return dt.datetime.fromtimestamp(ts, dt.UTC).isoformat(timespec="seconds")

@@ -16,6 +16,8 @@ from edge.measure.synth import Segment, write_clip
 
 @dataclass(frozen=True)
 class Scene:
+    """One demo clip: what it shows and which decisions to expect."""
+
     title: str
     clip: Path
     expected: list[tuple[str, str, str]]  # (decision, via, reason), in order; empty = no check

@@ -9,6 +9,8 @@ import numpy as np
 
 @dataclass(frozen=True)
 class PairScores:
+    """Genuine and impostor similarity scores of every pair in a labelled set."""
+
     genuine: np.ndarray
     impostor: np.ndarray
 
@@ -70,6 +72,7 @@ def gate_threshold(impostor_max: float) -> float:
 
 
 def summarise(ps: PairScores) -> dict[str, float]:
+    """AUC, TAR at fixed FARs and the strict gate threshold, from pair scores."""
     tar1, t1 = tar_at_far(ps.genuine, ps.impostor, 0.01)
     tar01, t01 = tar_at_far(ps.genuine, ps.impostor, 0.001)
     tar0, t0 = tar_at_far(ps.genuine, ps.impostor, 0.0)

@@ -17,6 +17,8 @@ from edge.tickets.qr import render_ticket
 
 @dataclass(frozen=True)
 class Segment:
+    """A stretch of a generated clip: a ticket (print or phone) or nobody, for some seconds."""
+
     seconds: float
     text: str | None = None  # None = nobody at the gate
     style: str = "print"  # print | phone

@@ -44,6 +44,7 @@ def keygen(out_dir: Path) -> tuple[Path, Path]:
 
 
 def load_private(path: Path) -> Ed25519PrivateKey:
+    """Read the office's Ed25519 issuer key (PEM), with an error that names the file."""
     try:
         key = serialization.load_pem_private_key(Path(path).read_bytes(), password=None)
     except FileNotFoundError:
@@ -58,6 +59,7 @@ def load_private(path: Path) -> Ed25519PrivateKey:
 
 
 def load_public(path: Path) -> Ed25519PublicKey:
+    """Read an issuer public key for a gate; refuses a private key so none ends up on a gate."""
     try:
         data = Path(path).read_bytes()
     except FileNotFoundError:

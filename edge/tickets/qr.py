@@ -24,12 +24,14 @@ _cv_detector = None
 
 
 def read_zxing(bgr: np.ndarray) -> list[str]:
+    """Decode every QR code in a frame with zxing-cpp (the gate's reader)."""
     if zxingcpp is None:
         return []
     return [r.text for r in zxingcpp.read_barcodes(bgr) if r.valid and r.text]
 
 
 def read_opencv(bgr: np.ndarray) -> list[str]:
+    """Decode with OpenCV's QRCodeDetector, kept to compare hit rates (scripts/qr_hit_rate.py)."""
     global _cv_detector
     if _cv_detector is None:
         _cv_detector = cv2.QRCodeDetector()

@@ -31,6 +31,7 @@ def similarity_transform(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
 
 
 def apply_transform(m: np.ndarray, pts: np.ndarray) -> np.ndarray:
+    """Map points through a 2x3 similarity matrix (keypoints into chip coordinates)."""
     pts = np.asarray(pts, dtype=np.float32)
     return pts @ m[:, :2].T + m[:, 2]
 

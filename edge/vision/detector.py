@@ -18,20 +18,25 @@ from edge.vision.runtime import TFLiteModel
 
 @dataclass(frozen=True)
 class Detection:
+    """One face from BlazeFace: box, score and six keypoints in frame pixels."""
+
     box: np.ndarray  # (4,) x0, y0, x1, y1 in frame pixels
     keypoints: np.ndarray  # (6, 2) x, y in frame pixels
     score: float
 
     @property
     def width(self) -> float:
+        """Box width in pixels."""
         return float(self.box[2] - self.box[0])
 
     @property
     def height(self) -> float:
+        """Box height in pixels."""
         return float(self.box[3] - self.box[1])
 
     @property
     def center(self) -> tuple[float, float]:
+        """Box centre (x, y) in pixels."""
         return float(self.box[0] + self.box[2]) / 2, float(self.box[1] + self.box[3]) / 2
 
 
@@ -62,6 +67,7 @@ def ssd_anchors(kind: str) -> np.ndarray:
 
 
 def iou_one_to_many(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+    """Intersection over union of one box against many, vectorised for NMS."""
     x0 = np.maximum(box[0], boxes[:, 0])
     y0 = np.maximum(box[1], boxes[:, 1])
     x1 = np.minimum(box[2], boxes[:, 2])
@@ -145,6 +151,7 @@ class BlazeFace:
         return x[None], float(side), float(int(pad_x)), float(int(pad_y))
 
     def detect(self, bgr: np.ndarray) -> list[Detection]:
+        """Faces in a BGR frame, best first, in frame pixels."""
         x, side, pad_x, pad_y = self.preprocess(bgr)
         regs, logits = self.model.run(x)
         return self.decode(regs[0], logits[0, :, 0], side, pad_x, pad_y)
@@ -152,6 +159,7 @@ class BlazeFace:
     def decode(
         self, regs: np.ndarray, logits: np.ndarray, side: float, pad_x: float, pad_y: float
     ) -> list[Detection]:
+        """Turn raw model outputs into Detections (anchors, sigmoid, weighted NMS); pure."""
         scores = 1.0 / (1.0 + np.exp(-np.clip(logits, -80.0, 80.0)))
         keep = scores >= self.min_score
         if not keep.any():

@@ -13,6 +13,8 @@ from edge.vision.detector import Detection
 
 @dataclass(frozen=True)
 class QualityThresholds:
+    """Limits a face must meet before it is embedded (size, sharpness, yaw, brightness)."""
+
     min_face_px: int
     min_sharpness: float
     max_yaw: float
@@ -28,6 +30,8 @@ class QualityThresholds:
 
 @dataclass(frozen=True)
 class Quality:
+    """What the quality gate measured on one face, and why it refused it."""
+
     face_px: float
     sharpness: float
     yaw: float
@@ -36,6 +40,7 @@ class Quality:
 
     @property
     def ok(self) -> bool:
+        """True when no check refused the face."""
         return not self.reasons
 
     @property

@@ -37,6 +37,8 @@ def resolve_threads(threads: int) -> int:
 
 @dataclass(frozen=True)
 class TensorSpec:
+    """Shape, dtype and quantisation of one model input or output."""
+
     index: int
     shape: tuple[int, ...]
     dtype: type
@@ -45,6 +47,7 @@ class TensorSpec:
 
     @property
     def quantized(self) -> bool:
+        """True for an int8/uint8 tensor with a scale."""
         return self.dtype in (np.int8, np.uint8) and self.scale > 0
 
 
