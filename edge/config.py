@@ -112,6 +112,8 @@ class Config:
     relay: RelayConfig = field(default_factory=RelayConfig)
     audit: AuditConfig = field(default_factory=AuditConfig)
     source_file: str = ""  # where it was read from; relative paths resolve against its folder
+    # (section, key, value) set by override(), e.g. command-line flags; reload() applies them again
+    overrides: tuple[tuple[str, str, Any], ...] = ()
 
     def resolve(self, path: str) -> Path:
         """Resolve a path from the config: relative to the config file's folder.
@@ -182,6 +184,8 @@ def _build(cls: type, data: dict[str, Any], file: str, prefix: str) -> Any:
         )
     kwargs: dict[str, Any] = {}
     for name, value in data.items():
+        if cls is Config and name in ("source_file", "overrides"):
+            raise ConfigError(f"{file}: unknown key '{name}'", "remove it")
         typ = hints[name]
         if dataclasses.is_dataclass(typ):
             if not isinstance(value, dict):
@@ -238,13 +242,30 @@ def load(path: str | os.PathLike[str] | None = None) -> Config:
 
 
 def override(cfg: Config, **sections: dict[str, Any]) -> Config:
-    """Return a copy with some keys replaced, e.g. override(cfg, camera={"source": "x.mp4"})."""
-    changes = {}
+    """Return a copy with some keys replaced, e.g. override(cfg, camera={"source": "x.mp4"}).
+
+    None means "not given" (a flag left out keeps the file's value). The overrides are kept in
+    the copy, so reload() re-applies them to the re-read file.
+    """
+    changes: dict[str, Any] = {}
+    applied = list(cfg.overrides)
     for name, values in sections.items():
         values = {k: v for k, v in values.items() if v is not None}
         if values:
             changes[name] = dataclasses.replace(getattr(cfg, name), **values)
-    return validate(dataclasses.replace(cfg, **changes))
+            applied += [(name, k, v) for k, v in values.items()]
+    return validate(dataclasses.replace(cfg, **changes, overrides=tuple(applied)))
+
+
+def reload(cfg: Config) -> Config:
+    """Read cfg's file again and re-apply its overrides (SIGHUP); defaults stay defaults."""
+    if not cfg.source_file:
+        return cfg
+    fresh = load(cfg.source_file)
+    sections: dict[str, dict[str, Any]] = {}
+    for name, key, value in cfg.overrides:
+        sections.setdefault(name, {})[key] = value
+    return override(fresh, **sections)
 
 
 def fixtures_dir() -> Path:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 from pathlib import Path
@@ -9,50 +10,88 @@ from pathlib import Path
 from edge import config as config_mod
 
 
-def _printer(quiet: bool):
-    return None if quiet else (lambda s: print(s, flush=True))
+def with_flags(cfg: config_mod.Config, args) -> config_mod.Config:
+    """The command-line flags over the config file, applied once (they survive SIGHUP reloads).
+
+    Paths given on the command line are relative to the working directory, not the config file.
+    """
+
+    def path(p: str | None) -> str | None:
+        return str(Path(p).resolve()) if p else None
+
+    flag = lambda name: getattr(args, name, None)  # noqa: E731
+    realtime = True if flag("realtime") else (False if flag("fast") else None)
+    pubkeys = tuple(str(Path(p).resolve()) for p in flag("pubkey")) if flag("pubkey") else None
+    source = flag("source")
+    source = path(source) if source and Path(source).exists() and "/dev/" not in source else source
+    return config_mod.override(
+        cfg,
+        camera={"source": source, "realtime": realtime},
+        gallery={"db": path(flag("db")), "key_file": path(flag("key_file"))},
+        tickets={"pubkeys": pubkeys},
+    )
+
+
+def _demo_run_config(cfg: config_mod.Config) -> config_mod.Config:
+    """camera.source = "demo": a freshly generated ticket clip, and its key if none configured."""
+    from edge.measure.demo import demo_source
+
+    clip, demo_pub = demo_source(Path.cwd() / "var" / "demo-run")
+    print(
+        f'camera.source = "demo": replaying the generated ticket clip {clip}; '
+        "set camera.source to a camera for real use",
+        flush=True,
+    )
+    keys = None if cfg.tickets.pubkeys else (str(demo_pub),)
+    return config_mod.override(cfg, camera={"source": str(clip)}, tickets={"pubkeys": keys})
+
+
+def _open_scanner(spec: str | None):
+    if spec is None:
+        return None
+    if spec == "stdin":
+        return sys.stdin.buffer
+    from edge.tickets.scanner import evdev_scans
+
+    return evdev_scans(spec)  # a missing evdev module or device is an error now, not in a thread
 
 
 def cmd_run(args) -> int:
-    from edge.gate.daemon import Gate
+    from edge.gate.daemon import Gate, format_decision
 
-    cfg = config_mod.load(args.config)
-    realtime = True if args.realtime else (False if args.fast else None)
-    source, pubkeys = args.source, args.pubkey
-    if (source or cfg.camera.source) == "demo":
-        from edge.measure.demo import demo_source
+    cfg = with_flags(config_mod.load(args.config), args)
+    if cfg.camera.source == "demo":
+        cfg = _demo_run_config(cfg)
+    scanner = _open_scanner(args.scanner)
+    with contextlib.ExitStack() as stack:
+        events = stack.enter_context(open_events(args.events)) if args.events else None
 
-        source, demo_pub = demo_source(Path.cwd() / "var" / "demo-run")
-        if not pubkeys and not cfg.tickets.pubkeys:
-            pubkeys = [str(demo_pub)]
-        print(
-            f'camera.source = "demo": replaying the generated ticket clip {source}; '
-            "set camera.source to a camera for real use",
-            flush=True,
-        )
-    scanner = None
-    if args.scanner == "stdin":
-        scanner = sys.stdin
-    elif args.scanner:
-        from edge.tickets.scanner import evdev_scans
+        def on_decision(ev: dict) -> None:
+            if events is not None:
+                events.write(json.dumps(ev) + "\n")
+                events.flush()
+            if not args.quiet:  # identifiers go to the console only, never to the journal
+                print(format_decision(ev), flush=True)
 
-        scanner = evdev_scans(args.scanner)
-    gate = Gate(
-        cfg,
-        source_spec=str(source) if source else None,
-        db=args.db,
-        key_file=args.key_file,
-        pubkeys=pubkeys,
-        events=args.events,
-        realtime=realtime,
-        printer=_printer(args.quiet),
-        scanner=scanner,
-    )
-    return gate.run()
+        gate = stack.enter_context(Gate(cfg, on_decision, scanner=scanner))
+        if gate.degraded and not args.quiet:
+            print(f"DEGRADED: {gate.degraded}", flush=True)
+        return gate.run()
+
+
+def open_events(path: str):
+    """The --events file, appended to; a directory or unwritable path is a one-line error."""
+    try:
+        return open(path, "a", encoding="utf-8")  # noqa: SIM115 - the caller closes it
+    except OSError as e:
+        raise EdgeGateError(
+            f"--events {path} cannot be opened for writing: {e.strerror}",
+            "give a writable file path",
+        ) from None
 
 
 def cmd_demo(args) -> int:
-    from edge.gate.daemon import Gate
+    from edge.gate.daemon import Gate, format_decision
     from edge.measure.demo import prepare
 
     fixtures = config_mod.fixtures_dir()
@@ -75,31 +114,23 @@ def cmd_demo(args) -> int:
         )
         print(f"  enrolled Lin-Manuel Miranda as {pid} (from one photo; the photo is not stored)")
     totals = {"grant": 0, "deny": 0}
-    for scene in scenes:
-        print(f"\n== {scene.title}\n   clip: {scene.clip}")
-        seen = []
+    with open(work / "events.jsonl", "a", encoding="utf-8") as events:
+        for scene in scenes:
+            print(f"\n== {scene.title}\n   clip: {scene.clip}")
 
-        def show(line, seen=seen):
-            print("   " + line, flush=True)
-            seen.append(line)
+            def show(ev: dict, events=events) -> None:
+                events.write(json.dumps(ev) + "\n")
+                totals[ev["decision"]] += 1
+                print("   " + format_decision(ev), flush=True)
 
-        gate = Gate(
-            cfg,
-            source_spec=str(scene.clip),
-            realtime=not args.fast,
-            printer=show,
-            events=str(work / "events.jsonl"),
-        )
-        gate.run()
-        pin = gate.relay.pin
-        opened = (
-            sum(1 for s in pin.states if s.state) if hasattr(pin, "states") else gate.relay.pulses
-        )
-        print(
-            f"   -> {gate.frames} frames, relay opened {opened} time(s), relay now {'OPEN' if gate.relay.is_open else 'closed'}"
-        )
-    for line in (work / "events.jsonl").read_text().splitlines():
-        totals[json.loads(line)["decision"]] += 1
+            scene_cfg = config_mod.override(
+                cfg, camera={"source": str(scene.clip), "realtime": not args.fast}
+            )
+            with Gate(scene_cfg, show) as gate:
+                gate.run()
+            opened = sum(1 for s in gate.relay.pin.states if s.state == gate.relay.cfg.active_high)
+            state = "OPEN" if gate.relay.is_open else "closed"
+            print(f"   -> {gate.frames} frames, relay opened {opened} time(s), relay now {state}")
     print(
         f"\n{totals['grant']} grants, {totals['deny']} refusals. Events: {work / 'events.jsonl'}; "
         f"audit log: {work / 'audit.db'}."
@@ -108,12 +139,9 @@ def cmd_demo(args) -> int:
 
 
 def cmd_doctor(args) -> int:
-    from edge.gate.doctor import Site, run_checks
+    from edge.gate.doctor import doctor_checks
 
-    cfg = config_mod.load(args.config)
-    db = Path(args.db) if args.db else cfg.resolve(cfg.gallery.db)
-    key = Path(args.key_file) if args.key_file else cfg.resolve(cfg.gallery.key_file)
-    results = run_checks(Site(cfg, db, key))
+    results = doctor_checks(with_flags(config_mod.load(args.config), args))
     if args.json:
         print(json.dumps([c.as_dict() for c in results]))
     else:

@@ -84,6 +84,16 @@ class Matcher:
         return self.match_many(probe[None])[0]
 
 
+@dataclass(frozen=True)
+class Identity:
+    """What the gate needs about one face: who (None = nobody), how sure, and their pass."""
+
+    person_id: str | None
+    score: float
+    valid_until: int | None = None
+    pass_ref: str = ""
+
+
 class LiveMatcher:
     """A Matcher that follows the database: enrollments and deletions show up without a restart."""
 
@@ -119,6 +129,24 @@ class LiveMatcher:
     def match_many(self, probes: np.ndarray) -> list[Match]:
         self.refresh()
         return self.matcher.match_many(probes)
+
+    def identify(self, probes: np.ndarray) -> list[Identity]:
+        """One Identity per probe row, with the person's pass; a failed refresh keeps the last
+        gallery (a writer mid-VACUUM or a locked file must not stop matching)."""
+        try:
+            self.refresh()
+        except Exception as e:
+            log.warning("gallery refresh_failed reason=%s", e)
+        out = []
+        for m in self.matcher.match_many(probes) if len(probes) else []:
+            pid = m.person_id
+            if pid is None:
+                out.append(Identity(None, m.score))
+            else:
+                out.append(
+                    Identity(pid, m.score, self.valid_until.get(pid), self.pass_refs.get(pid, ""))
+                )
+        return out
 
 
 def resolve_threshold(configured: float, measured: float) -> float:

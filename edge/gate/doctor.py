@@ -1,5 +1,9 @@
 """`edge-gate doctor`: the installer's checklist as small check records that tests can read.
 
+The checks call the same validation `run` makes at start (edge/gate/checks.py, the relay's
+pin check): a setting that makes `run` refuse to start fails here, and one that makes `run` go
+ticket-only is a warning here.
+
 Each check is a function of a `Site` (the configuration and the paths in use) that returns a
 detail string for "ok", returns a `Check` for "warn" (or a richer "ok"), or raises an
 `EdgeGateError` whose fix becomes the record's fix. `run_checks` never raises.
@@ -19,6 +23,7 @@ from typing import Literal
 
 from edge import config as config_mod
 from edge.errors import EdgeGateError
+from edge.gate import checks
 
 Status = Literal["ok", "warn", "fail"]
 
@@ -58,6 +63,11 @@ def check(name: str) -> Callable[[CheckFn], CheckFn]:
         return fn
 
     return deco
+
+
+def doctor_checks(cfg: config_mod.Config) -> list[Check]:
+    """Every check on the configuration as `run` would use it (flags already applied)."""
+    return run_checks(Site(cfg, cfg.resolve(cfg.gallery.db), cfg.resolve(cfg.gallery.key_file)))
 
 
 def run_checks(site: Site) -> list[Check]:
@@ -104,10 +114,25 @@ def _models(site: Site) -> str:
     return f"{n} files match models.json; using {d.name} + {e.name} (threshold {e.threshold})"
 
 
+@check("face path")
+def _faces(site: Site) -> str | Check:
+    if not checks.faces_wanted(site.cfg):
+        return f"off by configuration (mode {site.cfg.gate.mode})"
+    why = checks.faces_off_reason(site.cfg)  # raises for settings that refuse to start
+    if why:
+        return Check("warn", "face path", f"run goes ticket-only: {why}", "edge-gate keys init")
+    return "settings valid"
+
+
 @check("gallery key file")
-def _keyfile(site: Site) -> str:
+def _keyfile(site: Site) -> str | Check:
     from edge.gallery.crypto import credential_path, load_key
 
+    if checks.faces_wanted(site.cfg) and not credential_path(site.key).exists():
+        checks.faces_off_reason(site.cfg)  # fails if the gallery exists and needs this key
+        return Check(
+            "warn", "gallery key file", f"{site.key} does not exist yet", "edge-gate keys init"
+        )
     k = load_key(site.key)
     real = credential_path(site.key)
     mode = oct(stat.S_IMODE(os.stat(real).st_mode))
@@ -139,13 +164,21 @@ def _gallery(site: Site) -> str | Check:
 
 
 @check("ticket keys")
-def _ticket_keys(site: Site) -> str:
-    from edge import tickets as tk
-    from edge.gate.policy import check_non_face_way_in
-
-    keys = [tk.load_public(site.cfg.resolve(p)) for p in site.cfg.tickets.pubkeys]
-    check_non_face_way_in(site.cfg.gate.mode, len(keys))
+def _ticket_keys(site: Site) -> str | Check:
+    if site.cfg.camera.source == "demo" and not site.cfg.tickets.pubkeys:
+        return Check(
+            "warn",
+            "ticket keys",
+            'camera.source = "demo" brings its own demo ticket key',
+            "set tickets.pubkeys to your ticket office's issuer.pub",
+        )
+    keys = checks.ticket_keys(site.cfg)
     return f"{len(keys)} issuer public key(s); no private key on the gate"
+
+
+@check("revocation list")
+def _revocations(site: Site) -> str:
+    return f"{len(checks.revocations(site.cfg))} revoked ticket id(s)"
 
 
 @check("camera")
@@ -161,11 +194,8 @@ def _camera(site: Site) -> str | Check:
         return "picamera2 importable"
     from edge.gate.sources import open_source
 
-    s = open_source(cam.source, cam.width, cam.height, cam.fps, realtime=False)
-    try:
+    with open_source(cam.source, cam.width, cam.height, cam.fps, realtime=False) as s:
         f = s.read()
-    finally:
-        s.close()
     if f is None:
         raise EdgeGateError(
             f"camera {cam.source} opened but gave no frame", "check the cable and lighting"
@@ -175,10 +205,14 @@ def _camera(site: Site) -> str | Check:
 
 @check("GPIO")
 def _gpio(site: Site) -> str | Check:
-    from edge.gate.relay import make_pin_factory
+    from edge.gate.relay import check_pins, make_pin_factory
 
     relay = site.cfg.relay
-    make_pin_factory(relay.pin_factory).close()
+    factory = make_pin_factory(relay.pin_factory)
+    try:
+        check_pins(relay, factory)  # the check the relay makes at start; claims no pin
+    finally:
+        factory.close()
     if relay.pin_factory == "mock":
         return Check(
             "warn",

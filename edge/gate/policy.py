@@ -12,21 +12,51 @@ import dataclasses
 import hashlib
 from collections import deque
 from dataclasses import dataclass, field
+from enum import StrEnum
 
 from edge.config import Config, PolicyConfig
 from edge.errors import ConfigError
 from edge.tickets import OK, Ticket, Verdict
 
-GRANT, DENY = "grant", "deny"
-FACE, TICKET, FACE_AND_TICKET = "face", "ticket", "face+ticket"
+
+class Outcome(StrEnum):
+    """What the gate does: a str, so events and audit records carry "grant" / "deny"."""
+
+    GRANT = "grant"
+    DENY = "deny"
+
+
+class Via(StrEnum):
+    """Which way in a decision was made by."""
+
+    FACE = "face"
+    TICKET = "ticket"
+    FACE_AND_TICKET = "face+ticket"
+
+
+class Reason(StrEnum):
+    """The reasons the gate itself gives; ticket refusals carry the verifier's or ledger's reason."""
+
+    OK = OK
+    TAILGATING = "tailgating"
+    NOT_ENROLLED = "not_enrolled"
+    ANTI_PASSBACK = "anti_passback"
+    PASS_EXPIRED = "pass_expired"
+    TICKET_HOLDER_MISMATCH = "ticket_holder_mismatch"
+    LEDGER_ERROR = "ledger_error"
+    RELAY_ERROR = "relay_error"
+
+
+GRANT, DENY = Outcome.GRANT, Outcome.DENY
+FACE, TICKET, FACE_AND_TICKET = Via.FACE, Via.TICKET, Via.FACE_AND_TICKET
 TWO_FACTOR_WINDOW_S = 10.0
-STRANGER_AFTER_WINDOWS = (
-    2  # "not enrolled" is said after a face has been at the gate this many windows
-)
+STRANGER_AFTER_WINDOWS = 2  # "not enrolled" is said after a face was at the gate this many windows
 
 
 @dataclass(frozen=True)
 class FaceSeen:
+    """One detected face in one frame, with the matcher's verdict; new checks add optional fields."""
+
     person_id: str | None  # the matcher's verdict; None = nobody (stranger, ambiguous)
     score: float
     width_frac: float  # face width / frame width
@@ -38,11 +68,14 @@ class FaceSeen:
 
 @dataclass(frozen=True)
 class TicketSeen:
+    """One scanned code and the verifier's verdict on it."""
+
     text: str
     verdict: Verdict
 
     @property
     def key(self) -> str:
+        """Identity of the code while in view: the ticket id, else a hash of the text."""
         if self.verdict.ticket is not None:
             return "id:" + self.verdict.ticket.ticket_id
         return "tx:" + hashlib.sha256(self.text.encode("utf-8", "replace")).hexdigest()[:16]
@@ -50,8 +83,10 @@ class TicketSeen:
 
 @dataclass(frozen=True)
 class Observation:
+    """Everything seen at one instant: a camera frame's faces and codes, or scanner input alone."""
+
     t: float  # frame time (seconds, monotonic within a run)
-    frame: int
+    frame: int  # frame index; -1 = no camera frame (scanner input only)
     wall: float  # Unix time, for pass validity
     faces: tuple[FaceSeen, ...] = ()
     tickets: tuple[TicketSeen, ...] = ()
@@ -59,14 +94,52 @@ class Observation:
 
 @dataclass(frozen=True)
 class Decision:
+    """A grant or a refusal, once per episode; a ticket grant is final only once redeemed."""
+
     t: float
     frame: int
-    decision: str  # grant | deny
-    via: str  # face | ticket | face+ticket
+    decision: Outcome
+    via: Via
     subject: str | None  # pseudonymous person id or ticket id
     score: float | None
-    reason: str
+    reason: str  # a Reason, or the verifier's / ledger's reason for a ticket
     ticket: Ticket | None = None  # a ticket grant becomes final only when the ledger records it
+
+
+@dataclass(frozen=True)
+class WindowEntry:
+    """One usable face at the gate in one frame: the unit of k-of-n confirmation."""
+
+    t: float
+    face: FaceSeen
+
+    @property
+    def person_id(self) -> str | None:
+        """The matcher's verdict for this frame."""
+        return self.face.person_id
+
+    @property
+    def score(self) -> float:
+        """The match score for this frame."""
+        return self.face.score
+
+
+@dataclass
+class Episode:
+    """One visitor at the gate: from their first usable frame until a window passes without them."""
+
+    start: float
+    last: float
+    granted: bool = False
+    stranger_reported: bool = False
+
+
+@dataclass(frozen=True)
+class PendingTicket:
+    """face-and-ticket: a valid ticket shown, waiting for its holder's face."""
+
+    t: float
+    ticket: Ticket
 
 
 @dataclass(frozen=True)
@@ -78,6 +151,7 @@ class PolicyParams(PolicyConfig):
 
     @classmethod
     def from_config(cls, cfg: Config, face_enabled: bool = True) -> PolicyParams:
+        """The params a gate runs with; faces only if configured and loaded."""
         return cls(
             **dataclasses.asdict(cfg.policy),
             mode=cfg.gate.mode,
@@ -98,18 +172,19 @@ def check_non_face_way_in(mode: str, ticket_keys: int) -> None:
 
 @dataclass
 class Policy:
+    """The decision state machine; the daemon feeds it observations and acts on its decisions."""
+
     params: PolicyParams
-    window: deque = field(default_factory=deque)  # (t, person_id | None, score)
-    last_grant: dict = field(default_factory=dict)  # person id -> t
-    last_deny: dict = field(default_factory=dict)  # (subject, reason) -> t
-    ticket_seen: dict = field(default_factory=dict)  # ticket key -> last t in view
-    pending: tuple | None = None  # face-and-ticket: (t, Ticket) waiting for the face
+    window: deque[WindowEntry] = field(default_factory=deque)
+    last_grant: dict[str, float] = field(default_factory=dict)  # person id -> t
+    last_deny: dict[tuple[str | None, str], float] = field(default_factory=dict)
+    ticket_seen: dict[str, float] = field(default_factory=dict)  # ticket key -> last t in view
+    pending: PendingTicket | None = None
     tailgating: bool = False
-    episode: tuple | None = (
-        None  # (start t, last t, granted, stranger reported): one visitor at the gate
-    )
+    episode: Episode | None = None
 
     def step(self, obs: Observation) -> list[Decision]:
+        """Decide on one observation: ticket decisions first, then faces."""
         out = self._tickets(obs)
         if self.params.face_enabled:
             out += self._faces(obs)
@@ -130,9 +205,11 @@ class Policy:
             if not v.valid:
                 out.append(Decision(obs.t, obs.frame, DENY, TICKET, tid, None, v.reason))
             elif p.mode == "face-and-ticket":
-                self.pending = (obs.t, v.ticket)
+                self.pending = PendingTicket(obs.t, v.ticket)
             else:
-                out.append(Decision(obs.t, obs.frame, GRANT, TICKET, tid, None, OK, v.ticket))
+                out.append(
+                    Decision(obs.t, obs.frame, GRANT, TICKET, tid, None, Reason.OK, v.ticket)
+                )
         stale = [k for k, t in self.ticket_seen.items() if obs.t - t > 10 * p.cooldown_s]
         for k in stale:
             del self.ticket_seen[k]
@@ -149,12 +226,12 @@ class Policy:
         self,
         obs: Observation,
         subject: str | None,
-        reason: str,
+        reason: Reason,
         score: float | None,
-        via: str = FACE,
+        via: Via = FACE,
         hold_s: float | None = None,
     ) -> list[Decision]:
-        key = (subject, reason)
+        key = (subject, str(reason))
         last = self.last_deny.get(key)
         hold = self.params.anti_passback_s if hold_s is None else hold_s
         if last is not None and obs.t - last < hold:
@@ -169,71 +246,69 @@ class Policy:
             self.window.clear()
             if not self.tailgating:
                 self.tailgating = True
-                return [Decision(obs.t, obs.frame, DENY, FACE, None, None, "tailgating")]
+                return [Decision(obs.t, obs.frame, DENY, FACE, None, None, Reason.TAILGATING)]
             return []
         self.tailgating = False
-        while self.window and obs.t - self.window[0][0] > p.window_s:
+        while self.window and obs.t - self.window[0].t > p.window_s:
             self.window.popleft()
-        if len(gate) == 1 and gate[0].quality_ok:
-            f = gate[0]
-            self.window.append((obs.t, f.person_id, f.score, f))
-            while len(self.window) > p.n:
-                self.window.popleft()
-            if self.episode is None or obs.t - self.episode[1] > p.window_s:
-                self.episode = (obs.t, obs.t, False, False)
-            else:
-                self.episode = (self.episode[0], obs.t, *self.episode[2:])
-        else:
+        if len(gate) != 1 or not gate[0].quality_ok:
             return []
-        counts: dict = {}
-        for _, pid, _, _ in self.window:
-            counts[pid] = counts.get(pid, 0) + 1
+        self.window.append(WindowEntry(obs.t, gate[0]))
+        while len(self.window) > p.n:
+            self.window.popleft()
+        ep = self.episode
+        if ep is None or obs.t - ep.last > p.window_s:
+            ep = self.episode = Episode(obs.t, obs.t)
+        ep.last = obs.t
+        counts: dict[str | None, int] = {}
+        for e in self.window:
+            counts[e.person_id] = counts.get(e.person_id, 0) + 1
         best = max(
             (pid for pid in counts if pid is not None), key=lambda x: counts[x], default=None
         )
         if best is not None and counts[best] >= p.k:
             out = self._confirmed(obs, best)
             if out and out[0].decision == GRANT:
-                self.episode = (self.episode[0], obs.t, True, self.episode[3])
+                ep.granted = True
             return out
-        start, _, granted, reported = self.episode
         # A face at the gate for a while, never matched: tell the visitor (and the log) once.
         if (
             counts.get(None, 0) >= p.k
-            and not granted
-            and not reported
-            and obs.t - start >= STRANGER_AFTER_WINDOWS * p.window_s
+            and not ep.granted
+            and not ep.stranger_reported
+            and obs.t - ep.start >= STRANGER_AFTER_WINDOWS * p.window_s
         ):
-            self.episode = (start, obs.t, granted, True)
-            score = max(s for _, pid, s, _ in self.window if pid is None)
-            return [Decision(obs.t, obs.frame, DENY, FACE, None, round(score, 4), "not_enrolled")]
+            ep.stranger_reported = True
+            score = max(e.score for e in self.window if e.person_id is None)
+            return [
+                Decision(obs.t, obs.frame, DENY, FACE, None, round(score, 4), Reason.NOT_ENROLLED)
+            ]
         return []
 
     def _confirmed(self, obs: Observation, pid: str) -> list[Decision]:
         p = self.params
-        scores = [s for _, q, s, _ in self.window if q == pid]
-        face = next(f for _, q, _, f in reversed(self.window) if q == pid)
-        score = round(sum(scores) / len(scores), 4)
+        mine = [e for e in self.window if e.person_id == pid]
+        face = mine[-1].face
+        score = round(sum(e.score for e in mine) / len(mine), 4)
         last = self.last_grant.get(pid)
         if last is not None and obs.t - last < p.cooldown_s:
             return []  # just let in; still in view
         if last is not None and obs.t - last < p.anti_passback_s:
-            return self._deny_once(obs, pid, "anti_passback", score)
+            return self._deny_once(obs, pid, Reason.ANTI_PASSBACK, score)
         if face.valid_until is not None and obs.wall > face.valid_until:
-            return self._deny_once(obs, pid, "pass_expired", score)
+            return self._deny_once(obs, pid, Reason.PASS_EXPIRED, score)
+        ticket = None
+        via = FACE
         if p.mode == "face-and-ticket":
-            if self.pending is None or obs.t - self.pending[0] > TWO_FACTOR_WINDOW_S:
+            pending = self.pending
+            if pending is None or obs.t - pending.t > TWO_FACTOR_WINDOW_S:
                 return []  # wait for the ticket
-            _, ticket = self.pending
-            if ticket.holder not in (pid, face.pass_ref) or not ticket.holder:
-                self.pending = None
-                return self._deny_once(
-                    obs, pid, "ticket_holder_mismatch", score, FACE_AND_TICKET, p.cooldown_s
-                )
             self.pending = None
-            self.window.clear()
-            self.last_grant[pid] = obs.t
-            return [Decision(obs.t, obs.frame, GRANT, FACE_AND_TICKET, pid, score, OK, ticket)]
+            if not pending.ticket.holder or pending.ticket.holder not in (pid, face.pass_ref):
+                return self._deny_once(
+                    obs, pid, Reason.TICKET_HOLDER_MISMATCH, score, FACE_AND_TICKET, p.cooldown_s
+                )
+            ticket, via = pending.ticket, FACE_AND_TICKET
         self.window.clear()
         self.last_grant[pid] = obs.t
-        return [Decision(obs.t, obs.frame, GRANT, FACE, pid, score, OK)]
+        return [Decision(obs.t, obs.frame, GRANT, via, pid, score, Reason.OK, ticket)]

@@ -1,16 +1,22 @@
 """The turnstile relay and door inputs, through gpiozero and a pin factory chosen by config.
 
 On a Pi the factory is lgpio; off-Pi and in tests it is gpiozero's own MockFactory, whose pins
-record every state change with a timestamp. The relay fails closed: it is driven off when
-created, when closed, and whenever anything goes wrong.
+record every state change with a timestamp. The relay fails closed: it is claimed as an output
+already at its inactive level (never a moment at the active one, even for an active-low board),
+driven inactive whenever anything goes wrong, and on close it stays an output driven inactive:
+gpiozero's own close would turn it into a floating input. A process killed mid-pulse cannot run
+any of this; the systemd unit's ExecStopPost= (scripts/relay-off) covers that case.
 """
 
 from __future__ import annotations
 
+import importlib
 import logging
 import threading
 import time
 from collections.abc import Callable
+
+from gpiozero import Button, DigitalOutputDevice
 
 from edge.config import RelayConfig
 from edge.errors import RelayError
@@ -18,17 +24,52 @@ from edge.errors import RelayError
 log = logging.getLogger(__name__)
 
 
+def _holding_lgpio_factory():
+    """gpiozero's LGPIOFactory with pins that never float or glitch the relay line.
+
+    gpiozero's LGPIOPin claims every line as a floating input when it is first looked up, claims
+    outputs at level 0 before writing the wanted level (a pulse of an active-low relay), and
+    turns outputs back into floating inputs on close. This pin claims nothing until the device
+    says which function it wants, claims an output at its initial level in one call, and leaves
+    an output driven where it is on close.
+    """
+    gz_lgpio = importlib.import_module("gpiozero.pins.lgpio")  # imports lgpio itself
+    lg = gz_lgpio.lgpio
+
+    class HoldingLGPIOPin(gz_lgpio.LGPIOPin):
+        def __init__(self, factory, info):
+            super(gz_lgpio.LGPIOPin, self).__init__(factory, info)  # skip the input claim
+            self._pwm = None
+            self._bounce = None
+            self._callback = None
+            self._edges = lg.BOTH_EDGES
+
+        def output_with_state(self, state):
+            lg.gpio_claim_output(self.factory._handle, self._number, int(bool(state)))
+
+        def close(self):
+            if self.factory._handle is not None and self.function == "output":
+                return  # stays driven at the level it was left at (the relay's inactive level)
+            super().close()
+
+    class HoldingLGPIOFactory(gz_lgpio.LGPIOFactory):
+        def __init__(self, chip=None):
+            super().__init__(chip)
+            self.pin_class = HoldingLGPIOPin
+
+    return HoldingLGPIOFactory()
+
+
 def make_pin_factory(name: str):
+    """The gpiozero pin factory named by relay.pin_factory, or a RelayError saying what to do."""
     try:
         if name == "mock":
             from gpiozero.pins.mock import MockFactory
 
             return MockFactory()
         if name == "lgpio":
-            from gpiozero.pins.lgpio import LGPIOFactory
-
-            return LGPIOFactory()
-        if name == "rpigpio":
+            return _holding_lgpio_factory()
+        if name == "rpigpio":  # RPi.GPIO claims outputs with their initial level in one call
             from gpiozero.pins.rpigpio import RPiGPIOFactory
 
             return RPiGPIOFactory()
@@ -44,85 +85,128 @@ def make_pin_factory(name: str):
     raise RelayError(f"unknown relay.pin_factory {name!r}", "use mock, lgpio, rpigpio or native")
 
 
+def check_pins(cfg: RelayConfig, factory) -> None:
+    """Every configured pin exists on this board and no two share a line (run and doctor)."""
+    pins = {"relay.pin": cfg.pin}
+    if cfg.door_pin >= 0:
+        pins["relay.door_pin"] = cfg.door_pin
+    if cfg.exit_button_pin >= 0:
+        pins["relay.exit_button_pin"] = cfg.exit_button_pin
+    board = factory.board_info
+    for key, n in pins.items():
+        if not any(True for _ in board.find_pin(f"GPIO{n}")):
+            raise RelayError(
+                f"{key} = {n} is not a GPIO on this board ({board.model})",
+                "use a BCM GPIO number, e.g. 17",
+            )
+    if len(set(pins.values())) != len(pins):
+        raise RelayError(f"relay pins must differ: {pins}", "give each input its own GPIO")
+
+
+class RelayOutput(DigitalOutputDevice):
+    """A DigitalOutputDevice whose close leaves the line an output driven inactive.
+
+    gpiozero's own close makes the pin an input, which floats the relay driver's input; a relay
+    board with a pull-up (active-low) would then switch on.
+    """
+
+    def close(self) -> None:
+        pin = getattr(self, "_pin", None)
+        if pin is not None:
+            self._stop_blink()
+            try:
+                self._write(False)
+            except Exception as e:
+                log.error("relay off_failed pin=%s reason=%s", pin.info.name, e)
+            self.pin_factory.release_pins(self, pin.info.name)
+            self._pin = None  # released without pin.close(), which would make it an input
+        super().close()
+
+
 class Relay:
     """Pulse the turnstile open; never leave it open."""
 
     def __init__(
         self, cfg: RelayConfig, factory=None, on_event: Callable[[str, str], None] | None = None
     ):
-        from gpiozero import Button, OutputDevice
-
         self.cfg = cfg
         self.factory = factory or make_pin_factory(cfg.pin_factory)
         self.on_event = on_event or (lambda kind, detail: None)
+        check_pins(cfg, self.factory)
         try:
-            self.device = OutputDevice(
+            self.device = RelayOutput(
                 cfg.pin, active_high=cfg.active_high, initial_value=False, pin_factory=self.factory
             )
         except Exception as e:
             raise RelayError(
                 f"relay pin {cfg.pin} cannot be opened: {e}", "check relay.pin and GPIO permissions"
             ) from None
-        self.device.off()
         self._pin = self.device.pin  # kept after close, so tests can read a MockPin's history
         self._lock = threading.Lock()
-        self._timer: threading.Timer | None = None
         self.pulses = 0
         self.last_pulse = 0.0
         self.door = self.exit_button = None
         self._door_opened_at: float | None = None
-        if cfg.door_pin >= 0:
-            self.door = Button(cfg.door_pin, pull_up=True, pin_factory=self.factory)
-            self.door.when_released = self._door_open  # contact opens when the door opens
-            self.door.when_pressed = self._door_closed
-        if cfg.exit_button_pin >= 0:
-            self.exit_button = Button(
-                cfg.exit_button_pin, pull_up=True, bounce_time=0.05, pin_factory=self.factory
-            )
-            self.exit_button.when_pressed = self._exit_pressed
+        try:
+            if cfg.door_pin >= 0:
+                self.door = Button(cfg.door_pin, pull_up=True, pin_factory=self.factory)
+                self.door.when_released = self._door_open  # contact opens when the door opens
+                self.door.when_pressed = self._door_closed
+            if cfg.exit_button_pin >= 0:
+                self.exit_button = Button(
+                    cfg.exit_button_pin, pull_up=True, bounce_time=0.05, pin_factory=self.factory
+                )
+                self.exit_button.when_pressed = self._exit_pressed
+        except Exception as e:
+            self.close()
+            raise RelayError(f"relay input pins cannot be opened: {e}") from None
 
     @property
     def pin(self):
+        """The relay's gpiozero pin (a MockPin off-Pi, with its recorded states)."""
         return self._pin
 
     @property
     def is_open(self) -> bool:
+        """True while the relay is energised."""
         # close() always drives the relay off before releasing the pin, so closed means shut
         return False if self.device.closed else bool(self.device.value)
 
     def pulse(self, seconds: float | None = None) -> None:
-        """Open for `seconds` (default relay.pulse_s), then close, without blocking the caller."""
+        """Open for `seconds` (default relay.pulse_s), then close, without blocking the caller.
+
+        A pulse during a pulse restarts it; close() or off() ends it at once, driven inactive.
+        """
         seconds = self.cfg.pulse_s if seconds is None else seconds
         with self._lock:
-            if self._timer is not None:
-                self._timer.cancel()
             try:
-                self.device.on()
+                self.device.blink(on_time=seconds, off_time=0, n=1, background=True)
             except Exception as e:
                 self.off()
                 raise RelayError(f"relay pin {self.cfg.pin} failed to switch: {e}") from None
             self.pulses += 1
             self.last_pulse = time.monotonic()
-            self._timer = threading.Timer(seconds, self.off)
-            self._timer.daemon = True
-            self._timer.start()
 
     def off(self) -> None:
+        """Drive the relay inactive now (ends any pulse)."""
         try:
             self.device.off()
         except Exception as e:  # the pin is gone: nothing more we can do than say so
             log.error("relay off_failed pin=%s reason=%s", self.cfg.pin, e)
 
     def close(self) -> None:
-        """Stop any pulse and leave the relay off (fail closed)."""
+        """Stop any pulse and leave the relay an output driven inactive (fail closed)."""
         with self._lock:
-            if self._timer is not None:
-                self._timer.cancel()
-                self._timer = None
-            self.off()
-        for dev in (self.door, self.exit_button, self.device):
-            if dev is not None:
-                dev.close()
+            for dev in (self.door, self.exit_button):
+                if dev is not None:
+                    dev.close()
+            self.device.close()
+
+    def __enter__(self) -> Relay:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
     # --- inputs --------------------------------------------------------------------------------
 

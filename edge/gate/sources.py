@@ -30,15 +30,25 @@ class Frame:
 
 
 class FrameSource:
+    """Where frames come from; a context manager, so a failing caller still releases the device."""
+
     state: str = "closed"  # open | lost | finished | closed
     corrupt: int = 0
     finished: bool = False
 
     def read(self) -> Frame | None:  # pragma: no cover - interface
+        """The next frame, or None when none is available right now."""
         raise NotImplementedError
 
     def close(self) -> None:
+        """Release the device or file."""
         self.state = "closed"
+
+    def __enter__(self) -> FrameSource:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
 
 class VideoFileSource(FrameSource):

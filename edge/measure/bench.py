@@ -104,7 +104,8 @@ def bench_gate(clip: Path, enroll_images: list[Path], workdir: Path) -> dict:
 
     cfg = config_mod.load(prepare(workdir, None)[0])  # the demo workspace: keys, mock relay
     pid = enroll_person(cfg, FacePipeline.from_config(cfg), "bench person", enroll_images)
-    gate = Gate(cfg, source_spec=str(clip), realtime=False, pin_factory=MockFactory())
+    cfg = config_mod.override(cfg, camera={"source": str(clip), "realtime": False})
+    gate = Gate(cfg, pin_factory=MockFactory())
     per_frame, first_face, first_usable, grants = [], None, None, []
     original = gate.process
 

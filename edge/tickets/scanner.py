@@ -6,17 +6,55 @@ so its keystrokes never reach a console. Both yield the scanned text, one scan a
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
-from typing import TextIO
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Iterable, Iterator
+from typing import BinaryIO
 
+from edge.errors import SourceError
+
+log = logging.getLogger(__name__)
 MAX_SCAN = 512
 
 
-def lines_from(stream: TextIO | Iterable[str]) -> Iterator[str]:
-    """Scanned texts from a line stream; blank and overlong lines are dropped, never raised."""
-    for line in stream:
+def _bounded_lines(stream: BinaryIO) -> Iterator[bytes | None]:
+    """Lines of a byte stream, never holding more than MAX_SCAN + 2 bytes; None for an overlong
+    line (its rest is read in bounded pieces and thrown away)."""
+    while True:
+        chunk = stream.readline(MAX_SCAN + 2)
+        if not chunk:
+            return
+        if chunk.endswith(b"\n") or len(chunk) <= MAX_SCAN:
+            yield chunk
+            continue
+        while chunk and not chunk.endswith(b"\n"):
+            chunk = stream.readline(MAX_SCAN + 2)
+        yield None
+
+
+def lines_from(stream: BinaryIO | Iterable[str | bytes]) -> Iterator[str]:
+    """Scanned texts from a line stream; blank, undecodable and overlong lines are logged and
+    skipped, never raised. A byte stream (stdin's buffer) is read in bounded pieces."""
+    lines: Iterable[str | bytes | None] = stream
+    if hasattr(stream, "buffer"):  # a text stream (sys.stdin): read its bytes, bounded
+        lines = _bounded_lines(stream.buffer)
+    elif hasattr(stream, "readline"):
+        lines = _bounded_lines(stream)
+    for line in lines:
+        if line is None:
+            log.warning("scanner line_skipped reason=longer than %d characters", MAX_SCAN)
+            continue
+        if isinstance(line, bytes):
+            try:
+                line = line.decode("utf-8")
+            except UnicodeDecodeError:
+                log.warning("scanner line_skipped reason=not UTF-8 (%d bytes)", len(line))
+                continue
         text = line.rstrip("\r\n")
-        if text and len(text) <= MAX_SCAN:
+        if len(text) > MAX_SCAN:
+            log.warning("scanner line_skipped reason=longer than %d characters", MAX_SCAN)
+        elif text:
             yield text
 
 
@@ -108,15 +146,48 @@ def decode_keys(events: Iterable[tuple[int, int]]) -> Iterator[str]:
         buf.append((_SHIFTED.get(ch, ch.upper())) if shift else ch)
 
 
-def evdev_scans(device_path: str) -> Iterator[str]:  # pragma: no cover - needs the Pi's scanner
-    """Read a scanner's input device exclusively (grab) and yield each scan."""
-    import evdev
+def evdev_scans(
+    device_path: str, retry_s: float = 1.0, evdev_module=None, sleep: Callable = time.sleep
+) -> Iterator[str]:
+    """Read a scanner's input device exclusively (grab) and yield each scan, forever.
 
-    dev = evdev.InputDevice(device_path)
-    dev.grab()
-    try:
-        yield from decode_keys(
-            (e.code, e.value) for e in dev.read_loop() if e.type == evdev.ecodes.EV_KEY
-        )
-    finally:
-        dev.ungrab()
+    A missing `evdev` module is an error now, at start; a device that goes away (unplugged,
+    USB reset) is reopened when it comes back.
+    """
+    if evdev_module is None:
+        try:
+            import evdev as evdev_module
+        except ImportError:
+            raise SourceError(
+                "--scanner with a device path needs the evdev module",
+                "pip install 'edge-gate[pi]' (or use --scanner stdin)",
+            ) from None
+    return _evdev_loop(evdev_module, device_path, retry_s, sleep)
+
+
+def _evdev_loop(evdev, device_path: str, retry_s: float, sleep: Callable) -> Iterator[str]:
+    lost = False
+    while True:
+        try:
+            dev = evdev.InputDevice(device_path)
+        except OSError as e:
+            if not lost:
+                log.error("scanner unavailable device=%s reason=%s; retrying", device_path, e)
+                lost = True
+            sleep(retry_s)
+            continue
+        if lost:
+            log.info("scanner back device=%s", device_path)
+            lost = False
+        try:
+            dev.grab()
+            yield from decode_keys(
+                (e.code, e.value) for e in dev.read_loop() if e.type == evdev.ecodes.EV_KEY
+            )
+        except OSError as e:  # unplugged mid-read: ENODEV
+            log.error("scanner lost device=%s reason=%s; retrying", device_path, e)
+            lost = True
+        finally:
+            with contextlib.suppress(OSError):
+                dev.close()
+        sleep(retry_s)
