@@ -13,18 +13,35 @@ ISSUER_PUB=""
 echo "== packages"
 apt-get update -qq
 apt-get install -y -qq python3-venv python3-picamera2 python3-lgpio libcap-dev >/dev/null
+# The unit's ExecStartPre=/ExecStopPost= drive the relay off with pinctrl (Raspberry Pi OS),
+# raspi-gpio or gpioset (libgpiod): without one, a crash mid-pulse could leave the gate open.
+if ! command -v pinctrl >/dev/null && ! command -v raspi-gpio >/dev/null; then
+  command -v gpioset >/dev/null || apt-get install -y -qq gpiod >/dev/null || true
+fi
+if ! command -v pinctrl >/dev/null && ! command -v raspi-gpio >/dev/null && ! command -v gpioset >/dev/null; then
+  echo "!! none of pinctrl, raspi-gpio, gpioset is installed: install raspi-utils or gpiod, then run this again" >&2
+  exit 1
+fi
 
 echo "== user"
 id edge-gate >/dev/null 2>&1 || useradd --system --home-dir /var/lib/edge-gate --shell /usr/sbin/nologin edge-gate
 for g in video gpio input; do getent group $g >/dev/null && usermod -aG $g edge-gate; done
 
-echo "== code and venv in /opt/edge-gate"
-install -d -m 0755 /opt/edge-gate
-cp -a "$SRC"/{pyproject.toml,README.md,edge,models,firmware_config,scripts,systemd} /opt/edge-gate/
+echo "== code and venv in /opt/edge-gate (root-owned, not editable)"
+# A copy owned by root, not the checkout: the user who cloned the repository must not own code
+# that root and the service run. The package is installed into the venv (not editable).
+install -d -m 0755 -o root -g root /opt/edge-gate
+for d in edge models firmware_config scripts systemd; do rm -rf "/opt/edge-gate/$d"; done
+cp -r --no-preserve=mode,ownership "$SRC"/{pyproject.toml,README.md,edge,models,firmware_config,scripts,systemd} /opt/edge-gate/
+chown -R root:root /opt/edge-gate
+chmod -R u=rwX,go=rX /opt/edge-gate
+chmod 0755 /opt/edge-gate/scripts/relay-off
 # --system-site-packages: picamera2 and lgpio come from Raspberry Pi OS, built for its libcamera
 [ -x /opt/edge-gate/venv/bin/python ] || python3 -m venv --system-site-packages /opt/edge-gate/venv
 /opt/edge-gate/venv/bin/pip install -q --upgrade pip
-/opt/edge-gate/venv/bin/pip install -q -e '/opt/edge-gate[pi]'
+/opt/edge-gate/venv/bin/pip install -q --no-cache-dir '/opt/edge-gate[pi]'
+rm -rf /opt/edge-gate/build /opt/edge-gate/*.egg-info
+chown -R root:root /opt/edge-gate/venv
 
 echo "== configuration in /etc/edge-gate"
 install -d -m 0750 -o root -g edge-gate /etc/edge-gate
@@ -37,6 +54,7 @@ if [ ! -f /etc/edge-gate/gate.toml ]; then
       -e 's#^revocation_list = "var/revoked.txt"#revocation_list = "/etc/edge-gate/revoked.txt"#' \
       -e 's#^path = "var/audit.db"#path = "/var/lib/edge-gate/audit.db"#' \
       -e 's#^pubkeys = \[\]#pubkeys = ["/etc/edge-gate/issuer.pub"]#' \
+      -e 's#^models_dir = ""#models_dir = "/opt/edge-gate/models"#' \
       /opt/edge-gate/firmware_config/gate.toml > /etc/edge-gate/gate.toml
   chmod 0640 /etc/edge-gate/gate.toml; chgrp edge-gate /etc/edge-gate/gate.toml
 fi
@@ -44,8 +62,14 @@ if [ -n "$ISSUER_PUB" ]; then install -m 0644 "$ISSUER_PUB" /etc/edge-gate/issue
 [ -f /etc/edge-gate/issuer.pub ] || echo "!! copy the ticket office's issuer.pub to /etc/edge-gate/issuer.pub (the gate refuses to start without a ticket key)"
 touch /etc/edge-gate/revoked.txt
 if [ ! -f /etc/edge-gate/gallery.key ]; then
-  sudo -u edge-gate /opt/edge-gate/venv/bin/edge-gate keys init --config /etc/edge-gate/gate.toml --key-file /tmp/edge-gate.key.$$
-  install -m 0600 -o edge-gate -g edge-gate /tmp/edge-gate.key.$$ /etc/edge-gate/gallery.key && rm -f /tmp/edge-gate.key.$$
+  # Created in an unpredictable directory inside /etc/edge-gate (mktemp), never in /tmp, then
+  # renamed into place on the same filesystem.
+  KEYDIR=$(mktemp -d /etc/edge-gate/.keyinit.XXXXXXXX)
+  trap 'rm -rf "$KEYDIR"' EXIT
+  chown edge-gate:edge-gate "$KEYDIR"; chmod 0700 "$KEYDIR"
+  sudo -u edge-gate /opt/edge-gate/venv/bin/edge-gate keys init --config /etc/edge-gate/gate.toml --key-file "$KEYDIR/gallery.key"
+  mv -n "$KEYDIR/gallery.key" /etc/edge-gate/gallery.key
+  rm -rf "$KEYDIR"; trap - EXIT
   echo "!! back up /etc/edge-gate/gallery.key offline: without it the gallery cannot be opened"
 fi
 
@@ -61,5 +85,6 @@ systemctl enable edge-gate-purge.timer edge-gate.service
 ln -sf /opt/edge-gate/venv/bin/edge-gate /usr/local/bin/edge-gate
 
 echo "== check"
+/opt/edge-gate/scripts/relay-off --config /etc/edge-gate/gate.toml --dry-run
 sudo -u edge-gate /opt/edge-gate/venv/bin/edge-gate doctor --config /etc/edge-gate/gate.toml || true
 echo "Start with: systemctl start edge-gate && journalctl -fu edge-gate"

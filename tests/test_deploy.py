@@ -32,6 +32,7 @@ def test_units_pass_systemd_analyze_verify(tmp_path):
             (ROOT / "systemd" / u)
             .read_text()
             .replace("/opt/edge-gate/venv/bin/edge-gate", str(stub))
+            .replace("/opt/edge-gate/scripts/relay-off", str(ROOT / "scripts" / "relay-off"))
         )
         (tmp_path / u).write_text(text)
     p = subprocess.run(
@@ -67,7 +68,7 @@ def test_installer_writes_a_pi_config_that_loads(tmp_path):
     """Apply install-pi.sh's own sed expressions to the shipped gate.toml: every one must match."""
     script = (ROOT / "scripts" / "install-pi.sh").read_text()
     exprs = re.findall(r"-e '(s#[^']+)'", script)
-    assert len(exprs) == 8
+    assert len(exprs) == 9
     args = [a for e in exprs for a in ("-e", e)]
     out = subprocess.run(
         ["sed", *args, str(ROOT / "firmware_config" / "gate.toml")],
@@ -87,6 +88,7 @@ def test_installer_writes_a_pi_config_that_loads(tmp_path):
         "/var/lib/edge-gate/"
     )
     assert cfg.tickets.ledger.startswith("/var/lib/edge-gate/")
+    assert cfg.vision.models_dir == "/opt/edge-gate/models"  # the package is not editable
     unit = (ROOT / "systemd" / "edge-gate.service").read_text()
     assert "/etc/edge-gate/gate.toml" in unit and "gallery.key:/etc/edge-gate/gallery.key" in unit
 
@@ -174,6 +176,108 @@ def test_doctor_checks_are_records_and_a_broken_check_does_not_hide_others(tmp_p
     by_name = {c.check: c for c in results}
     assert by_name["broken"].status == "fail"
     assert "RuntimeError: boom" in by_name["broken"].detail
-    assert by_name["gallery key file"].status == "fail"  # no key at tmp_path/k
-    assert by_name["gallery key file"].fix  # carries what the operator must do
+    # no key and no gallery yet: run goes ticket-only, so doctor warns (and says what to do)
+    assert by_name["gallery key file"].status == "warn"
+    assert by_name["gallery key file"].fix
     assert by_name["config"].status == "ok"
+
+
+# --- the relay off the daemon: systemd drives it inactive before start and after any stop -----
+
+RELAY_OFF = ROOT / "scripts" / "relay-off"
+UNIT = ROOT / "systemd" / "edge-gate.service"
+
+
+def test_unit_drives_relay_off_before_start_and_after_any_stop():
+    lines = UNIT.read_text().splitlines()
+    pre = [ln for ln in lines if ln.startswith("ExecStartPre=")]
+    post = [ln for ln in lines if ln.startswith("ExecStopPost=")]
+    want = "+/opt/edge-gate/scripts/relay-off --config /etc/edge-gate/gate.toml"
+    assert pre == ["ExecStartPre=" + want]  # "+": outside the sandbox, it drives the pin itself
+    assert post == ["ExecStopPost=" + want]  # runs after kill -9, watchdog abort, OOM kill
+    assert "LimitCORE=0" in lines  # a core dump would hold the gallery key and templates
+    start = next(ln for ln in lines if ln.startswith("ExecStart="))
+    assert start.endswith("--quiet")  # no person or ticket id in the journal
+
+
+def fake_tool(bindir, name, version=""):
+    """A stand-in for pinctrl/gpioset that records its arguments."""
+    bindir.mkdir(exist_ok=True)
+    log = bindir / f"{name}.log"
+    tool = bindir / name
+    tool.write_text(
+        f"#!/bin/sh\nif [ \"$1\" = --version ]; then echo '{version}'; exit 0; fi\n"
+        f'echo "$@" >> {log}\n'
+    )
+    tool.chmod(0o755)
+    return log
+
+
+def relay_off(cfg_text, tmp_path, bindir, *extra):
+    cfg = tmp_path / "gate.toml"
+    cfg.write_text(cfg_text)
+    env = {"PATH": str(bindir)}
+    return subprocess.run(
+        [sys.executable, str(RELAY_OFF), "--config", str(cfg), *extra],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
+
+
+@pytest.mark.parametrize("active_high, drive, level", [("true", "dl", 0), ("false", "dh", 1)])
+def test_relay_off_drives_the_inactive_level_from_gate_toml(tmp_path, active_high, drive, level):
+    relay = f'[relay]\npin_factory = "lgpio"\npin = 5\nactive_high = {active_high}\n'
+    bindir = tmp_path / "bin"
+    log = fake_tool(bindir, "pinctrl")
+    p = relay_off(relay, tmp_path, bindir)
+    assert p.returncode == 0, p.stderr
+    assert log.read_text().split() == ["set", "5", "op", drive]
+    (bindir / "pinctrl").unlink()  # no pinctrl: libgpiod's gpioset, 1.x or 2.x syntax
+    log = fake_tool(bindir, "gpioset", "gpioset (libgpiod) v1.6.3")
+    assert relay_off(relay, tmp_path, bindir).returncode == 0
+    assert log.read_text().split() == ["gpiochip0", f"5={level}"]
+    log.unlink()
+    fake_tool(bindir, "gpioset", "gpioset (libgpiod) v2.1")
+    assert relay_off(relay, tmp_path, bindir).returncode == 0
+    assert log.read_text().split() == ["-c", "gpiochip0", "-t", "0", f"5={level}"]
+
+
+def test_relay_off_without_a_tool_fails_and_mock_needs_none(tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    p = relay_off('[relay]\npin_factory = "lgpio"\n', tmp_path, empty)
+    assert p.returncode == 1 and "gpiod" in p.stderr
+    p = relay_off('[relay]\npin_factory = "mock"\n', tmp_path, empty)
+    assert p.returncode == 0
+    p = relay_off('[relay]\npin = "x"\n', tmp_path, empty)
+    assert p.returncode == 2
+
+
+def test_relay_off_reads_the_config_the_installer_writes(tmp_path):
+    script = (ROOT / "scripts" / "install-pi.sh").read_text()
+    args = [a for e in re.findall(r"-e '(s#[^']+)'", script) for a in ("-e", e)]
+    pi_cfg = subprocess.run(
+        ["sed", *args, str(ROOT / "firmware_config" / "gate.toml")],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    bindir = tmp_path / "bin"
+    log = fake_tool(bindir, "pinctrl")
+    assert relay_off(pi_cfg, tmp_path, bindir).returncode == 0
+    assert log.read_text().split() == ["set", str(config_mod.load().relay.pin), "op", "dl"]
+
+
+def test_installer_is_root_owned_non_editable_with_keys_made_in_place():
+    script = (ROOT / "scripts" / "install-pi.sh").read_text()
+    code = "\n".join(ln for ln in script.splitlines() if not ln.lstrip().startswith("#"))
+    assert subprocess.run(["bash", "-n", str(ROOT / "scripts" / "install-pi.sh")]).returncode == 0
+    assert not re.search(r"pip install[^\n]* -e ", code)  # not editable
+    assert "cp -a" not in code  # cp -a keeps the cloning user as owner
+    assert "chown -R root:root /opt/edge-gate" in code
+    assert "/tmp" not in code  # no predictable temporary path for the gallery key
+    assert "mktemp -d /etc/edge-gate/" in code
+    # the pin tool the unit's ExecStopPost= needs is checked, and its absence stops the install
+    assert re.search(r"command -v pinctrl.*command -v gpioset[^\n]*then\n[^\n]*\n\s*exit 1", code)
+    assert "relay-off --config /etc/edge-gate/gate.toml --dry-run" in code
