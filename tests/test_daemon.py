@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
+import shutil
 import signal
 import socket
 import sqlite3
@@ -20,7 +22,7 @@ from gpiozero.pins.mock import MockFactory
 
 from edge import config as config_mod
 from edge import tickets as tk
-from edge.errors import ConfigError
+from edge.errors import ConfigError, EdgeGateError
 from edge.gate.daemon import Gate
 from edge.gate.notify import Notifier
 from edge.gate.sources import Frame, FrameSource, VideoFileSource
@@ -174,7 +176,6 @@ def test_no_ticket_key_is_refused_at_start(tmp_path):
 
 
 def test_broken_model_degrades_to_ticket_only(tmp_path, fixtures, pipeline):
-    import shutil
 
     models = tmp_path / "models"
     shutil.copytree(config_mod.PROJECT_ROOT / "models", models)
@@ -414,3 +415,260 @@ def test_ledger_locked_by_a_writer_fails_closed(tmp_path):
         writer.execute("ROLLBACK")
     assert [(e["decision"], e["reason"]) for e in got_ev] == [("deny", "ledger_error")]
     assert not any(s.state for s in gate.relay.pin.states)
+
+
+# --- the relay first and last ------------------------------------------------------------------
+
+
+def test_relay_is_built_first_and_driven_shut_when_start_fails(tmp_path):
+    """A restart after kill -9 mid-pulse that fails later (a corrupt ledger) still shuts the relay."""
+    cfg = make_config(tmp_path, "[vision]\nface_enabled = false\n")
+    cfg.resolve(cfg.tickets.ledger).write_bytes(b"not a database" * 100)
+    factory = MockFactory()
+    pin = factory.pin(cfg.relay.pin)
+    pin.drive_high()  # left energised by the killed process
+    with pytest.raises(EdgeGateError, match="ledger"):
+        Gate(cfg, source=ListSource([]), pin_factory=factory)
+    assert pin.function == "output" and pin.state is False  # driven inactive, not floating
+
+
+def test_close_releases_the_relay_last_even_when_others_fail(tmp_path):
+    cfg = make_config(tmp_path, "[vision]\nface_enabled = false\n")
+    seen = {}
+
+    class BadClose(ListSource):
+        def close(self):
+            seen["relay_open_at_source_close"] = not gate.relay.device.closed
+            raise OSError("device gone")
+
+    gate = Gate(cfg, source=BadClose([]), pin_factory=MockFactory())
+    gate.relay.pulse(5.0)
+    gate.close()  # logs the source's error, raises nothing
+    assert seen["relay_open_at_source_close"]  # the relay was still held when the source closed
+    assert gate.relay.device.closed
+    assert gate.relay.pin.function == "output" and gate.relay.pin.state is False
+
+
+# --- reload keeps the previous configuration on any error --------------------------------------
+
+
+class RecordingNotifier(Notifier):
+    def __init__(self):
+        super().__init__({})
+        self.sent: list[str] = []
+
+    def send(self, *fields):
+        self.sent.append("\n".join(fields))
+
+
+@pytest.mark.parametrize("breakage", ["toml", "revocations_binary", "revocations_dir"])
+def test_sighup_with_broken_files_keeps_previous_configuration(tmp_path, caplog, breakage):
+    cfg = make_config(tmp_path, "[vision]\nface_enabled = false\n")
+    revoked = cfg.resolve(cfg.tickets.revocation_list)
+    tk.revoke(revoked, ["R-1"])
+    notifier = RecordingNotifier()
+    gate = Gate(cfg, source=ListSource([]), pin_factory=MockFactory(), notifier=notifier)
+    key = tk.load_private(tmp_path / "office" / "issuer.key")
+    text = tk.sign(tk.Ticket("R-1", valid_until=int(time.time()) + 999), key)
+    if breakage == "toml":
+        Path(cfg.source_file).write_text("[gate\nid = ")
+    elif breakage == "revocations_binary":
+        revoked.write_bytes(b"\xff\xfe\x00R-2\n\x80")
+    else:
+        revoked.unlink()
+        revoked.mkdir()
+    gate.reload()
+    assert gate.cfg is cfg  # the previous configuration stays in force
+    assert gate.verifier.verify(text, time.time()).reason == tk.REVOKED  # and its revocations
+    status = [m for m in notifier.sent if m.startswith("READY=1")][-1]
+    assert "reload failed, previous configuration kept" in status
+    assert any(r.levelname == "ERROR" and "reload_failed" in r.message for r in caplog.records)
+    gate.close()
+
+
+def test_start_with_an_unreadable_revocation_list_is_a_clear_error(tmp_path):
+    cfg = make_config(tmp_path, "[vision]\nface_enabled = false\n")
+    cfg.resolve(cfg.tickets.revocation_list).write_bytes(b"\xff\xfe\x80")
+    with pytest.raises(ConfigError, match="revocation_list"):
+        Gate(cfg, source=ListSource([]), pin_factory=MockFactory())
+
+
+def test_reload_keeps_command_line_overrides(tmp_path):
+    cfg = make_config(tmp_path, "[vision]\nface_enabled = false\n")
+    other = tmp_path / "other"
+    tk.keygen(other)
+    cfg = config_mod.override(cfg, tickets={"pubkeys": (str(other / "issuer.pub"),)})
+    gate = Gate(cfg, source=ListSource([]), pin_factory=MockFactory())
+    gate.reload()
+    assert gate.cfg.tickets.pubkeys == (str(other / "issuer.pub"),)
+    gate.close()
+
+
+# --- the scanner reader survives bad input ----------------------------------------------------
+
+
+def test_scanner_skips_undecodable_and_overlong_lines_and_keeps_reading(tmp_path, caplog):
+    import io
+
+    cfg = make_config(tmp_path, "[vision]\nface_enabled = false\n")
+    key = tk.load_private(tmp_path / "office" / "issuer.key")
+    good = tk.sign(tk.Ticket("S-2", valid_until=int(time.time()) + 999), key)
+    asked: list[int] = []
+
+    class Recording(io.BytesIO):
+        def readline(self, size=-1):
+            asked.append(size)
+            return super().readline(size)
+
+    stream = Recording(b"\xff\xfe\xfa bad\n" + b"A" * 5_000_000 + b"\n" + good.encode() + b"\n")
+    got: list[dict] = []
+    blank = [np.full((120, 160, 3), 90, np.uint8)] * 40
+
+    class Slow(ListSource):
+        def read(self):
+            time.sleep(0.01)
+            return super().read()
+
+    gate = Gate(cfg, got.append, source=Slow(blank), pin_factory=MockFactory(), scanner=stream)
+    gate.run()
+    assert [(e["decision"], e["ticket"]) for e in got] == [("grant", "S-2")]
+    assert asked and max(asked) <= 600  # never one unbounded read of a 5 MB line
+    skipped = [r.message for r in caplog.records if "line_skipped" in r.message]
+    assert len(skipped) == 2 and "S-2" not in " ".join(skipped)
+
+
+def test_evdev_scanner_missing_module_is_a_start_error(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "evdev", None)  # import evdev raises ImportError
+    cfg = make_config(tmp_path, "[vision]\nface_enabled = false\n")
+    from edge.cli import main
+
+    rc = main(["run", "--config", cfg.source_file, "--scanner", "/dev/input/event7", "--fast"])
+    assert rc == 2
+
+
+def test_evdev_scanner_reopens_the_device_when_it_comes_back():
+    from types import SimpleNamespace
+
+    from edge.tickets.scanner import evdev_scans
+
+    def keys(text):
+        codes = {"1": 2, "2": 3, "3": 4}
+        ev = []
+        for ch in text:
+            ev += [SimpleNamespace(type=1, code=codes[ch], value=1)]
+            ev += [SimpleNamespace(type=1, code=codes[ch], value=0)]
+        return ev + [SimpleNamespace(type=1, code=28, value=1)]
+
+    script = [OSError(2, "No such device"), keys("12") + [OSError(19, "No such device")], keys("3")]
+
+    class Dev:
+        def __init__(self, path):
+            item = script.pop(0)
+            if isinstance(item, OSError):
+                raise item
+            self.items = item
+
+        def grab(self):
+            pass
+
+        def close(self):
+            pass
+
+        def read_loop(self):
+            for e in self.items:
+                if isinstance(e, OSError):
+                    raise e
+                yield e
+
+    fake = SimpleNamespace(InputDevice=Dev, ecodes=SimpleNamespace(EV_KEY=1))
+    scans = evdev_scans("/dev/input/event7", evdev_module=fake, sleep=lambda s: None)
+    assert [next(scans), next(scans)] == ["12", "3"]
+
+
+# --- configuration errors refuse to start; run and doctor agree ---------------------------------
+
+
+BROKEN = {  # settings that can never work, each as gate.toml tables added to a working config
+    "wrong gallery key": {"gallery": {"db": "g.db", "key_file": "other.key"}},
+    "unknown embedder": {"vision": {"embedder": "nope"}},
+    "missing models dir": {"vision": {"models_dir": "no-such-dir"}},
+    "gallery is a directory": {"gallery": {"db": "gdir", "key_file": "g.key"}},
+    "relay pin not on the board": {"relay": {"pin": 99}},
+}
+
+
+@pytest.mark.parametrize("name", sorted(BROKEN))
+def test_configuration_errors_refuse_to_start_and_fail_doctor(tmp_path, capsys, name):
+    from edge.cli import main
+    from edge.gallery.crypto import init_key
+    from edge.gallery.store import Gallery
+
+    tk.keygen(tmp_path / "office")
+    Gallery(tmp_path / "g.db", init_key(tmp_path / "g.key")).close()
+    init_key(tmp_path / "other.key")
+    (tmp_path / "gdir").mkdir()
+    data = {
+        "gate": {"id": "t"},
+        "camera": {"source": str(tmp_path / "missing.mp4")},
+        "tickets": {"pubkeys": ["office/issuer.pub"], "ledger": "l.db"},
+        "audit": {"path": "audit.db"},
+    }
+    for table, values in BROKEN[name].items():
+        data.setdefault(table, {}).update(values)
+    toml = "".join(
+        f"[{t}]\n" + "".join(f"{k} = {json.dumps(v)}\n" for k, v in kv.items())
+        for t, kv in data.items()
+    )
+    (tmp_path / "gate.toml").write_text(toml)
+    rc = main(["run", "--config", str(tmp_path / "gate.toml"), "--fast"])
+    err = capsys.readouterr().err
+    assert rc == 2
+    assert "error:" in err and "Traceback" not in err
+    assert "missing.mp4" not in err  # refused for the setting, before the camera is opened
+    rc = main(["doctor", "--config", str(tmp_path / "gate.toml"), "--json"])
+    report = json.loads(capsys.readouterr().out)
+    assert rc == 1
+    failed = {r["check"] for r in report if r["status"] == "fail"} - {"camera"}
+    assert failed, report  # the setting itself fails, not only the missing clip
+
+
+def test_doctor_passes_the_shipped_config_that_run_accepts(capsys, tmp_path, monkeypatch):
+    from edge.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    rc = main(["doctor", "--json"])
+    report = {r["check"]: r for r in json.loads(capsys.readouterr().out)}
+    assert rc == 0, report
+    assert report["face path"]["status"] in ("ok", "warn")
+    assert report["ticket keys"]["status"] == "warn"  # the demo brings its own key
+
+
+def test_degraded_gate_says_so_at_error_once_a_minute(tmp_path, caplog):
+    cfg = make_config(tmp_path)  # faces wanted, no gallery key yet: ticket-only
+    gate = Gate(cfg, source=ListSource([]), pin_factory=MockFactory())
+    assert gate.degraded.startswith("ticket-only")
+    assert "ticket-only" in gate.status_text()
+    caplog.clear()
+    t0 = time.monotonic()
+    for dt in (0.0, 30.0, 59.0, 61.0, 90.0, 125.0):
+        gate._alarm(t0 + dt)
+    alarms = [r for r in caplog.records if r.levelname == "ERROR" and "DEGRADED" in r.message]
+    assert len(alarms) == 2  # at about 1 and 2 minutes after start
+    gate.close()
+
+
+def test_quiet_keeps_identifiers_out_of_the_log(tmp_path, capsys, caplog):
+    from edge.cli import main
+
+    cfg = make_config(tmp_path, "[vision]\nface_enabled = false\n")
+    scene = ticket_scene(tmp_path / "office", tmp_path / "t.mp4", time.time())
+    caplog.set_level(logging.DEBUG)
+    rc = main(
+        ["run", "--config", cfg.source_file, "--source", str(scene.clip), "--fast", "--quiet"]
+    )
+    assert rc == 0
+    out = capsys.readouterr()
+    logged = "\n".join(r.getMessage() for r in caplog.records)
+    assert "decision grant" in logged  # decisions are logged, without who
+    for text in (out.out, out.err, logged):
+        assert "DAY-0001" not in text
