@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from edge import config as config_mod
+from edge.errors import EdgeGateError
 
 
 def with_flags(cfg: config_mod.Config, args) -> config_mod.Config:
