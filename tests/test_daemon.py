@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -537,13 +538,15 @@ def test_scanner_skips_undecodable_and_overlong_lines_and_keeps_reading(tmp_path
     assert len(skipped) == 2 and "S-2" not in " ".join(skipped)
 
 
-def test_evdev_scanner_missing_module_is_a_start_error(tmp_path, monkeypatch):
+def test_evdev_scanner_missing_module_is_a_start_error(tmp_path, monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "evdev", None)  # import evdev raises ImportError
     cfg = make_config(tmp_path, "[vision]\nface_enabled = false\n")
     from edge.cli import main
 
     rc = main(["run", "--config", cfg.source_file, "--scanner", "/dev/input/event7", "--fast"])
     assert rc == 2
+    err = capsys.readouterr().err
+    assert "evdev" in err and "edge-gate[pi]" in err and "Traceback" not in err
 
 
 def test_evdev_scanner_reopens_the_device_when_it_comes_back():
@@ -672,3 +675,29 @@ def test_quiet_keeps_identifiers_out_of_the_log(tmp_path, capsys, caplog):
     assert "decision grant" in logged  # decisions are logged, without who
     for text in (out.out, out.err, logged):
         assert "DAY-0001" not in text
+
+
+def test_face_path_failing_at_run_time_degrades_loudly(tmp_path, caplog):
+    from edge.gate import daemon
+
+    cfg = make_config(tmp_path, "[vision]\nface_enabled = false\n")
+    gate = Gate(cfg, source=ListSource([]), pin_factory=MockFactory())
+    closed = []
+
+    class Broken:
+        def observe(self, image):
+            raise RuntimeError("interpreter lost")
+
+        def close(self):
+            closed.append(True)
+
+    gate.face = Broken()
+    gate.policy.params = dataclasses.replace(gate.policy.params, face_enabled=True)
+    img = np.zeros((120, 160, 3), np.uint8)
+    for i in range(daemon.FACE_FAILURES_TO_DEGRADE):
+        assert gate.process(Frame(img, i / 10, i)) == []  # each failing frame grants nobody
+    assert gate.face is None and closed == [True]
+    assert "ticket-only" in gate.degraded and "interpreter lost" in gate.status_text()
+    assert not gate.policy.params.face_enabled
+    assert any(r.levelname == "ERROR" and "DEGRADED" in r.message for r in caplog.records)
+    gate.close()

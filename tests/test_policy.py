@@ -148,3 +148,26 @@ def test_no_non_face_way_in_is_refused():
     with pytest.raises(ConfigError, match="no non-face way in"):
         check_non_face_way_in("face-or-ticket", 0)
     check_non_face_way_in("face-or-ticket", 1)
+
+
+def test_state_is_named_dataclasses_and_decisions_are_enums():
+    import json
+
+    from edge.gate.policy import Episode, Outcome, Reason, Via, WindowEntry
+
+    p = Policy(PolicyParams(k=3, n=5))
+    run(p, [([face("A", score=0.9)], [])] * 2)
+    assert all(isinstance(e, WindowEntry) for e in p.window)
+    assert [(e.person_id, e.score) for e in p.window] == [("A", 0.9), ("A", 0.9)]
+    assert isinstance(p.episode, Episode) and not p.episode.granted
+    (d,) = run(p, [([face("A", score=0.9)], [])], t0=0.2)
+    assert (d.decision, d.via, d.reason) == (Outcome.GRANT, Via.FACE, Reason.OK)
+    assert p.episode.granted
+    # the enums are strings: events and audit records keep their JSON form
+    assert json.dumps([d.decision, d.via, d.reason]) == '["grant", "face", "ok"]'
+
+
+def test_scanner_input_without_a_frame_is_decided():
+    p = Policy(PolicyParams())
+    ds = p.step(Observation(1.0, -1, 1_800_000_000.0, (), (seen("T9"),)))
+    assert [(d.decision, d.subject, d.frame) for d in ds] == [(GRANT, "T9", -1)]

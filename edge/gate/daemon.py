@@ -44,6 +44,7 @@ log = logging.getLogger(__name__)
 
 DecisionCallback = Callable[[dict], None]
 DEGRADED_LOG_EVERY_S = 60.0
+FACE_FAILURES_TO_DEGRADE = 50  # frames in a row whose face stage raised: the face path is broken
 
 
 def decision_json(d: Decision, gate: str, wall: float) -> dict:
@@ -105,6 +106,7 @@ class Gate:
         self.face: FaceStack | None = None
         self._scan_q: queue.Queue[str] = queue.Queue()
         self._last_alarm = float("-inf")
+        self._face_failures = 0
         with contextlib.ExitStack() as stack:
             # First built, last released: whatever fails after this, the relay is driven shut.
             self.relay = stack.enter_context(
@@ -255,6 +257,14 @@ class Gate:
             self.close()
         return 0
 
+    def _face_failed(self, e: Exception) -> None:
+        """A face path that fails frame after frame at run time: ticket-only, loudly."""
+        self._face_failures += 1
+        if self._face_failures >= FACE_FAILURES_TO_DEGRADE:
+            self._close_face()
+            self.policy.params = dataclasses.replace(self.policy.params, face_enabled=False)
+            self._degrade(f"face path failed {self._face_failures} frames in a row: {e}")
+
     def _alarm(self, now: float) -> None:
         """While degraded, say so at ERROR once a minute: a quiet ticket-only gate is a fault."""
         if self.degraded and now - self._last_alarm >= DEGRADED_LOG_EVERY_S:
@@ -270,8 +280,10 @@ class Gate:
             if self.face is not None:
                 try:
                     faces = self.face.observe(frame.image)
+                    self._face_failures = 0
                 except Exception as e:  # fail closed: this frame grants nobody by face
                     log.error("frame %d stage=face error=%s", frame.index, e)
+                    self._face_failed(e)
             if frame.index % max(1, self.cfg.tickets.scan_every) == 0:
                 try:
                     from edge.tickets.qr import read_codes
