@@ -92,3 +92,14 @@ def test_camera_lost_mid_stream_is_reopened_with_backoff():
     assert (gaps >= 0.49).all() and gaps[-1] > gaps[0]  # backoff grows
     tail = np.diff(opens[4:])
     assert len(tail) and tail.max() <= 4.0 + 0.2  # and is capped at reconnect_max_s
+
+
+def test_sources_are_context_managers_that_release_the_device():
+    cap = FakeCapture([np.full((48, 64, 3), 90, np.uint8)])
+    with CameraSource("/dev/video0", capture_factory=lambda _: cap) as src:
+        assert src.read() is not None and cap.opened
+    assert not cap.opened and src.state == "closed"
+    cap = FakeCapture([])
+    with pytest.raises(RuntimeError), CameraSource("0", capture_factory=lambda _: cap):
+        raise RuntimeError("a failing caller")
+    assert not cap.opened  # released on the way out of the error

@@ -48,6 +48,7 @@ def _demo_run_config(cfg: config_mod.Config) -> config_mod.Config:
 
 
 def _open_scanner(spec: str | None):
+    """The --scanner input: stdin's bytes, or an evdev device reader (checked now)."""
     if spec is None:
         return None
     if spec == "stdin":
@@ -58,6 +59,7 @@ def _open_scanner(spec: str | None):
 
 
 def cmd_run(args) -> int:
+    """`edge-gate run`: the daemon systemd runs; exit 2 with one line for a bad setting."""
     from edge.gate.daemon import Gate, format_decision
 
     cfg = with_flags(config_mod.load(args.config), args)
@@ -92,6 +94,7 @@ def open_events(path: str):
 
 
 def cmd_demo(args) -> int:
+    """`edge-gate demo`: every recorded scene through the real gate with a mock relay."""
     from edge.gate.daemon import Gate, format_decision
     from edge.measure.demo import prepare
 
@@ -140,6 +143,7 @@ def cmd_demo(args) -> int:
 
 
 def cmd_doctor(args) -> int:
+    """`edge-gate doctor`: the checks `run` makes at start, and the installer's checklist."""
     from edge.gate.doctor import doctor_checks
 
     results = doctor_checks(with_flags(config_mod.load(args.config), args))
