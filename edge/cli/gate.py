@@ -20,8 +20,10 @@ def cmd_run(args) -> int:
     realtime = True if args.realtime else (False if args.fast else None)
     source, pubkeys = args.source, args.pubkey
     if (source or cfg.camera.source) == "demo":
-        from edge.measure.demo import demo_source
+        from edge.measure.demo import demo_source, demo_state
 
+        for line in demo_state(cfg):
+            print(f'camera.source = "demo": {line}', flush=True)
         source, demo_pub = demo_source(Path.cwd() / "var" / "demo-run")
         if not pubkeys and not cfg.tickets.pubkeys:
             pubkeys = [str(demo_pub)]

@@ -151,12 +151,11 @@ class Gate:
 
         self._load_tickets()
         from edge.gate.relay import Relay
-        from edge.tickets.ledger import Ledger
 
-        self.ledger = Ledger(
-            cfg.resolve(cfg.tickets.ledger), cfg.gate.id, cfg.tickets.antipassback_s
-        )
         self.audit = AuditLog(cfg.resolve(cfg.audit.path), cfg.audit.retention_days)
+        self.ledger = None
+        self.ledger_problem = ""
+        self._open_ledger()
         self.relay = Relay(cfg.relay, factory=pin_factory, on_event=self._relay_event)
         self.face = self._load_faces()
         self.policy = Policy(PolicyParams.from_config(cfg, face_enabled=self.face is not None))
@@ -182,6 +181,26 @@ class Gate:
             cfg.resolve(cfg.tickets.revocation_list) if cfg.tickets.revocation_list else None
         )
         self.verifier = tk.Verifier(keys, cfg.gate.products, revoked, cfg.tickets.clock_skew_s)
+
+    def _open_ledger(self) -> None:
+        """Open the ledger checked against the audit log's mark; on failure tickets are refused."""
+        from edge.tickets.desk import open_ledger
+
+        try:
+            self.ledger = open_ledger(self.cfg, self.audit)
+            self.ledger_problem = ""
+        except EdgeGateError as e:
+            self.ledger, self.ledger_problem = None, str(e)
+            log.error("gate LEDGER_ERROR every ticket is refused: %s", e)
+            self.audit.record(
+                AuditRecord(
+                    self.clock(),
+                    self.cfg.gate.id,
+                    "system",
+                    reason=tk.LEDGER_ERROR,
+                    detail=str(e)[:300],
+                )
+            )
 
     def _load_faces(self) -> FaceStack | None:
         cfg = self.cfg
@@ -217,6 +236,8 @@ class Gate:
             old = self.cfg
             self.cfg = cfg
             self._load_tickets()
+            if self.ledger is None:
+                self._open_ledger()
             if self.face is not None:
                 self.face.close()
             self.degraded = ""
@@ -238,6 +259,8 @@ class Gate:
 
     def status_text(self, fps: float = 0.0) -> str:
         mode = self.degraded or self.cfg.gate.mode
+        if getattr(self, "ledger_problem", ""):
+            mode += "; TICKETS REFUSED: ledger error"
         return f"{mode}; camera {self.source.state if hasattr(self, 'source') else 'starting'}; {fps:.1f} fps; last {self.last_decision}"
 
     def install_signals(self) -> None:
@@ -252,6 +275,8 @@ class Gate:
         self.notifier.ready(self.status_text())
         if self.degraded:
             self._say(f"DEGRADED: {self.degraded}")
+        if self.ledger_problem:
+            self._say(f"LEDGER ERROR, every ticket is refused: {self.ledger_problem}")
         t_status, n_status = time.monotonic(), 0
         try:
             while not self.stop_requested:
@@ -311,12 +336,14 @@ class Gate:
         wall = self.clock()
         if d.decision == GRANT and d.ticket is not None:
             try:
+                if self.ledger is None:
+                    raise EdgeGateError(self.ledger_problem)
                 r = self.ledger.redeem(d.ticket, wall)  # the commit is the moment the entry counts
                 if not r.ok:
                     d = dataclasses.replace(d, decision="deny", reason=r.reason, ticket=None)
             except EdgeGateError as e:
                 log.error("ledger error=%s", e)
-                d = dataclasses.replace(d, decision="deny", reason="ledger_error", ticket=None)
+                d = dataclasses.replace(d, decision="deny", reason=tk.LEDGER_ERROR, ticket=None)
         if d.decision == GRANT:
             try:
                 self.relay.pulse()
@@ -367,7 +394,10 @@ class Gate:
     def close(self) -> None:
         self.notifier.stopping()
         self.relay.close()  # fail closed
-        for closer in (self.source.close, self.ledger.close, self.audit.close):
+        closers = [self.source.close, self.audit.close]
+        if self.ledger is not None:
+            closers.insert(1, self.ledger.close)
+        for closer in closers:
             try:
                 closer()
             except Exception as e:
