@@ -139,8 +139,8 @@ def verify_inputs(desk: Desk, inputs: list[str], redeem: bool, now: float) -> It
                 out.update(valid=r.ok, reason=r.reason, entries_used=r.entries_used)
                 if r.detail:
                     out["detail"] = r.detail
-                if redeem and desk.audit is not None:
-                    _record(desk, out, now)
+        if redeem and desk.audit is not None:
+            _record(desk, out, now)
         yield out
 
 
