@@ -107,3 +107,97 @@ def test_kill_9_between_verify_and_record_never_over_redeems(tmp_path):
     conn = sqlite3.connect(path)
     assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
     assert conn.execute("SELECT count(*) FROM redemptions WHERE ticket_id='K'").fetchone()[0] == 5
+
+
+# --- the ledger cannot go back in time, and its days are the site's --------------------------
+
+
+def test_missing_or_empty_ledger_is_never_created(tmp_path):
+    with pytest.raises(LedgerError, match="ledger init"):
+        Ledger(tmp_path / "nope.db")
+    assert not (tmp_path / "nope.db").exists()
+    (tmp_path / "empty.db").write_bytes(b"")
+    with pytest.raises(LedgerError, match="empty"):
+        Ledger(tmp_path / "empty.db")
+    with pytest.raises(LedgerError, match="empty"):
+        init_ledger(tmp_path / "empty.db")
+
+
+def test_season_days_are_counted_in_the_site_time_zone(tmp_path):
+    """A Los Angeles visitor at 09:00 and 17:00 local time: one local day, two UTC days."""
+    from zoneinfo import ZoneInfo
+
+    la = ZoneInfo("America/Los_Angeles")
+    import datetime as dt
+
+    morning = dt.datetime(2026, 7, 1, 9, 0, tzinfo=la).timestamp()
+    evening = dt.datetime(2026, 7, 1, 17, 0, tzinfo=la).timestamp()
+    next_day = dt.datetime(2026, 7, 2, 9, 0, tzinfo=la).timestamp()
+    s = Ticket("S", kind=Kind.SEASON, count=1)
+    led = new_ledger(tmp_path / "l.db", antipassback_s=0, tz=la)
+    assert led.redeem(s, morning).ok
+    r = led.redeem(s, evening)
+    assert (r.ok, r.reason, r.detail) == (False, ALREADY_USED, "daily limit")
+    assert led.redeem(s, next_day).ok
+
+
+def test_site_time_zone_comes_from_config(tmp_path):
+    from edge import config as config_mod
+    from edge.errors import ConfigError
+    from edge.tickets.desk import open_ledger
+
+    p = tmp_path / "gate.toml"
+    p.write_text('[gate]\ntimezone = "America/Los_Angeles"\n[tickets]\nledger = "l.db"\n')
+    cfg = config_mod.load(p)
+    init_ledger(tmp_path / "l.db")
+    with open_ledger(cfg) as led:
+        assert str(led.tz) == "America/Los_Angeles"
+    p.write_text('[gate]\ntimezone = "Mars/Olympus"\n')
+    with pytest.raises(ConfigError, match="gate.timezone"):
+        config_mod.load(p)
+
+
+def test_clock_behind_the_newest_entry_refuses_tickets(tmp_path):
+    """A clock stepped back must neither skip anti-passback nor accept tickets expired meanwhile."""
+    from edge.tickets import CLOCK_BEHIND
+
+    led = new_ledger(tmp_path / "l.db", antipassback_s=60)
+    s = Ticket("S", kind=Kind.SEASON, count=10)
+    assert led.redeem(s, T0).ok
+    r = led.redeem(s, T0 - 3600)
+    assert (r.ok, r.reason) == (False, CLOCK_BEHIND)
+    assert led.redeem(Ticket("other"), T0 - 3600).reason == CLOCK_BEHIND
+    assert led.check(Ticket("other"), T0 - 3600).reason == CLOCK_BEHIND
+    assert led.redeem(Ticket("other"), T0 + 1).ok
+
+
+def test_clock_behind_the_newest_audit_record_refuses_tickets(tmp_path):
+    from edge.gate.audit import AuditLog, AuditRecord
+    from edge.tickets import CLOCK_BEHIND
+
+    init_ledger(tmp_path / "l.db")
+    with AuditLog(tmp_path / "a.db") as log:
+        log.record(AuditRecord(T0, "g", "system", reason="start"))
+        with Ledger(tmp_path / "l.db", marks=log) as led:
+            assert led.redeem(Ticket("A"), T0 - 86400).reason == CLOCK_BEHIND
+            assert led.redeem(Ticket("A"), T0 + 5).ok
+        assert log.ledger_mark().seq == 1
+
+
+def test_schema_1_ledger_is_upgraded_with_its_count(tmp_path):
+    p = tmp_path / "old.db"
+    c = sqlite3.connect(p)
+    c.execute(
+        "CREATE TABLE redemptions (id INTEGER PRIMARY KEY, ticket_id TEXT, t REAL, day TEXT, gate TEXT)"
+    )
+    c.execute(
+        "INSERT INTO redemptions (ticket_id, t, day, gate) VALUES ('A', ?, '2027-01-15', 'g')",
+        (T0,),
+    )
+    c.execute("PRAGMA user_version=1")
+    c.commit()
+    c.close()
+    with Ledger(p) as led:
+        assert led.mark().seq == 1
+        assert led.mark().t == T0
+        assert not led.redeem(Ticket("A"), T0 + 100).ok

@@ -133,24 +133,14 @@ def cmd_forget(args) -> int:
 
 
 def cmd_purge(args) -> int:
+    from contextlib import closing
+
+    from edge.gate.audit import purge_with_gallery
+
     cfg, db, key = paths(args)
     days = args.days if args.days is not None else cfg.gallery.purge_after_days
-    g = Gallery(db, load_key(key), create=False)
-    try:
-        gone = g.purge_expired(time.time(), days)
-    finally:
-        g.close()
-    log = audit_log(cfg)
-    aged = log.purge()
-    log.record(
-        AuditRecord(
-            time.time(),
-            cfg.gate.id,
-            "purge",
-            reason="retention",
-            detail=f"{len(gone)} people expired > {days} days; {aged} audit records past retention",
-        )
-    )
+    with audit_log(cfg) as log, closing(Gallery(db, load_key(key), create=False)) as g:
+        gone, aged = purge_with_gallery(log, g, time.time(), days, cfg.gate.id)
     print(
         f"purged {len(gone)} people whose pass expired more than {days} days ago; {aged} old audit records"
     )
