@@ -35,6 +35,7 @@ from edge.gate.policy import (
     check_non_face_way_in,
 )
 from edge.gate.sources import Frame, FrameSource, open_source
+from edge.tickets.desk import open_gate_ledger
 from edge.timeutil import iso
 
 log = logging.getLogger(__name__)
@@ -153,9 +154,7 @@ class Gate:
         from edge.gate.relay import Relay
 
         self.audit = AuditLog(cfg.resolve(cfg.audit.path), cfg.audit.retention_days)
-        self.ledger = None
-        self.ledger_problem = ""
-        self._open_ledger()
+        self.ledger = open_gate_ledger(cfg, self.audit, self.clock())
         self.relay = Relay(cfg.relay, factory=pin_factory, on_event=self._relay_event)
         self.face = self._load_faces()
         self.policy = Policy(PolicyParams.from_config(cfg, face_enabled=self.face is not None))
@@ -181,26 +180,6 @@ class Gate:
             cfg.resolve(cfg.tickets.revocation_list) if cfg.tickets.revocation_list else None
         )
         self.verifier = tk.Verifier(keys, cfg.gate.products, revoked, cfg.tickets.clock_skew_s)
-
-    def _open_ledger(self) -> None:
-        """Open the ledger checked against the audit log's mark; on failure tickets are refused."""
-        from edge.tickets.desk import open_ledger
-
-        try:
-            self.ledger = open_ledger(self.cfg, self.audit)
-            self.ledger_problem = ""
-        except EdgeGateError as e:
-            self.ledger, self.ledger_problem = None, str(e)
-            log.error("gate LEDGER_ERROR every ticket is refused: %s", e)
-            self.audit.record(
-                AuditRecord(
-                    self.clock(),
-                    self.cfg.gate.id,
-                    "system",
-                    reason=tk.LEDGER_ERROR,
-                    detail=str(e)[:300],
-                )
-            )
 
     def _load_faces(self) -> FaceStack | None:
         cfg = self.cfg
@@ -236,8 +215,8 @@ class Gate:
             old = self.cfg
             self.cfg = cfg
             self._load_tickets()
-            if self.ledger is None:
-                self._open_ledger()
+            if self.ledger.problem:
+                self.ledger = open_gate_ledger(cfg, self.audit, self.clock())
             if self.face is not None:
                 self.face.close()
             self.degraded = ""
@@ -259,7 +238,7 @@ class Gate:
 
     def status_text(self, fps: float = 0.0) -> str:
         mode = self.degraded or self.cfg.gate.mode
-        if getattr(self, "ledger_problem", ""):
+        if getattr(self, "ledger", None) is not None and self.ledger.problem:
             mode += "; TICKETS REFUSED: ledger error"
         return f"{mode}; camera {self.source.state if hasattr(self, 'source') else 'starting'}; {fps:.1f} fps; last {self.last_decision}"
 
@@ -275,8 +254,8 @@ class Gate:
         self.notifier.ready(self.status_text())
         if self.degraded:
             self._say(f"DEGRADED: {self.degraded}")
-        if self.ledger_problem:
-            self._say(f"LEDGER ERROR, every ticket is refused: {self.ledger_problem}")
+        if self.ledger.problem:
+            self._say(f"LEDGER ERROR, every ticket is refused: {self.ledger.problem}")
         t_status, n_status = time.monotonic(), 0
         try:
             while not self.stop_requested:
@@ -336,8 +315,6 @@ class Gate:
         wall = self.clock()
         if d.decision == GRANT and d.ticket is not None:
             try:
-                if self.ledger is None:
-                    raise EdgeGateError(self.ledger_problem)
                 r = self.ledger.redeem(d.ticket, wall)  # the commit is the moment the entry counts
                 if not r.ok:
                     d = dataclasses.replace(d, decision="deny", reason=r.reason, ticket=None)
@@ -394,10 +371,7 @@ class Gate:
     def close(self) -> None:
         self.notifier.stopping()
         self.relay.close()  # fail closed
-        closers = [self.source.close, self.audit.close]
-        if self.ledger is not None:
-            closers.insert(1, self.ledger.close)
-        for closer in closers:
+        for closer in (self.source.close, self.ledger.close, self.audit.close):
             try:
                 closer()
             except Exception as e:

@@ -6,6 +6,7 @@ sees: the same keys, products, revocations, ledger, gate id, time zone and high-
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -19,6 +20,8 @@ from edge.tickets.ledger import Ledger, LedgerMark, MarkStore, init_ledger, site
 from edge.tickets.revocation import load_revocations
 from edge.tickets.verifier import Verifier
 
+log = logging.getLogger(__name__)
+
 
 def open_ledger(cfg: config_mod.Config, marks: MarkStore | None = None) -> Ledger:
     """The gate's ledger, checked against the mark kept in `marks` (the audit log)."""
@@ -29,6 +32,34 @@ def open_ledger(cfg: config_mod.Config, marks: MarkStore | None = None) -> Ledge
         site_zone(cfg.gate.timezone),
         marks,
     )
+
+
+class UnavailableLedger:
+    """Stands in for a ledger that could not be opened: every redemption is a LedgerError."""
+
+    def __init__(self, problem: str):
+        self.problem = problem
+
+    def redeem(self, t, now: float):
+        """Refuse: an entry that cannot be counted is not granted."""
+        raise LedgerError(self.problem)
+
+    def close(self) -> None:
+        """Nothing to close."""
+
+
+def open_gate_ledger(cfg: config_mod.Config, audit, now: float) -> Ledger | UnavailableLedger:
+    """The daemon's ledger; if it cannot be opened, a stand-in that refuses, logged and audited."""
+    try:
+        return open_ledger(cfg, audit)
+    except EdgeGateError as e:
+        from edge.gate.audit import AuditRecord
+
+        log.error("gate LEDGER_ERROR every ticket is refused: %s", e)
+        audit.record(
+            AuditRecord(now, cfg.gate.id, "system", reason=Reason.LEDGER_ERROR, detail=str(e)[:300])
+        )
+        return UnavailableLedger(str(e))
 
 
 def gate_verifier(cfg: config_mod.Config, pubkeys: list[str] | None = None) -> Verifier:

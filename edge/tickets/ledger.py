@@ -133,6 +133,7 @@ class Ledger:
     ):
         self.path = Path(path)
         self.gate, self.antipassback_s, self.tz, self.marks = gate, antipassback_s, tz, marks
+        self.problem = ""  # a Ledger that opened has none (see desk.UnavailableLedger)
         if self.path.is_dir() or not self.path.exists() or self.path.stat().st_size == 0:
             what = "is a directory" if self.path.is_dir() else "does not exist or is empty"
             raise LedgerError(
