@@ -201,3 +201,25 @@ def test_run_with_a_missing_ledger_refuses_tickets_loudly(tmp_path, caplog):
     assert not (tmp_path / "ledger.db").exists()
     assert any("LEDGER ERROR" in s for s in said)
     assert not any(s.state for s in gate.relay.pin.states)
+
+
+def test_reload_reopens_the_ledger_once_it_is_back(tmp_path):
+    from gpiozero.pins.mock import MockFactory
+
+    from edge.gate.daemon import Gate
+    from edge.measure.demo import ticket_scene
+
+    cfg_path = gate_dir(tmp_path)
+    cfg = config_mod.override(config_mod.load(cfg_path), vision={"face_enabled": False})
+    clip = ticket_scene(tmp_path / "office", tmp_path / "t.mp4", time.time()).clip
+    gate = Gate(cfg, source_spec=str(clip), pin_factory=MockFactory())
+    try:
+        assert gate.ledger.problem
+        with AuditLog(tmp_path / "audit.db") as log:
+            assert [r.reason for r in log.records("system")] == ["ledger_error"]
+        assert main(["ledger", "init", "--config", str(cfg_path)]) == 0
+        gate.reload()
+        assert gate.ledger.problem == ""
+        assert "TICKETS REFUSED" not in gate.status_text()
+    finally:
+        gate.close()

@@ -80,9 +80,10 @@ def cmd_enroll(args) -> int:
         )
     finally:
         g.close()
-    audit_log(cfg).record(
-        AuditRecord(time.time(), cfg.gate.id, "enroll", subject=pid, detail=f"{n} templates")
-    )
+    with audit_log(cfg) as log:
+        log.record(
+            AuditRecord(time.time(), cfg.gate.id, "enroll", subject=pid, detail=f"{n} templates")
+        )
     print(f"enrolled {n} template(s)")
     print(pid)
     return 0
@@ -127,7 +128,8 @@ def cmd_forget(args) -> int:
         print(f"edge-gate: error: no person {args.person_id} in {db}")
         return 1
     # The audit trail says that a deletion happened and why, never who.
-    audit_log(cfg).record(AuditRecord(time.time(), cfg.gate.id, "deletion", reason=args.reason))
+    with audit_log(cfg) as log:
+        log.record(AuditRecord(time.time(), cfg.gate.id, "deletion", reason=args.reason))
     print(f"forgot {args.person_id}: templates, personal fields and consent erased from {db}")
     return 0
 

@@ -5,11 +5,10 @@ from __future__ import annotations
 import json
 import sys
 import time
-from contextlib import ExitStack
 from pathlib import Path
 
 from edge import tickets as tk
-from edge.errors import EdgeGateError, ImageError, LedgerError
+from edge.errors import ImageError
 from edge.tickets.format import TICKET_ID_RULE
 
 
@@ -40,54 +39,29 @@ def cmd_issue(args) -> int:
     return 0
 
 
-def _desk(args, stack: ExitStack):
-    """The verifier and ledger from --config (the gate's own), with flags overriding it."""
-    from edge import config as config_mod
-    from edge.gate.audit import AuditLog
-    from edge.tickets.desk import Desk, gate_verifier, open_ledger
-
-    cfg = config_mod.load(args.config) if args.config else config_mod.Config()
-    cfg = config_mod.override(
-        cfg,
-        gate={"id": args.gate, "products": tuple(args.product) if args.product else None},
-        tickets={
-            "ledger": str(Path(args.db).resolve()) if args.db else None,
-            "revocation_list": str(Path(args.revocations).resolve()) if args.revocations else None,
-            "clock_skew_s": args.skew,
-            "antipassback_s": args.antipassback,
-        },
-    )
-    if not args.config and not args.pubkey:
-        raise EdgeGateError("no issuer key", "pass --config C (the gate's) or --pubkey issuer.pub")
-    desk = Desk(gate_verifier(cfg, [str(p) for p in args.pubkey or []]), gate=cfg.gate.id)
-    if not args.config and not args.db:
-        if args.redeem:
-            raise EdgeGateError("--redeem needs a ledger", "pass --config C or --db LEDGER")
-        return desk  # signature, validity and revocation only
-    audit = None
-    if args.config:
-        audit = stack.enter_context(AuditLog(cfg.resolve(cfg.audit.path), cfg.audit.retention_days))
-    try:
-        desk.ledger = stack.enter_context(open_ledger(cfg, audit))
-    except LedgerError as e:
-        desk.ledger_problem = str(e)
-    desk.audit = audit
-    return desk
-
-
 def cmd_verify(args) -> int:
-    from edge.tickets.desk import verify_inputs
+    from edge.tickets.desk import DeskOptions, verify_tickets
 
-    all_ok = True
-    with ExitStack() as stack:
-        desk = _desk(args, stack)
-        for out in verify_inputs(desk, args.inputs, args.redeem, time.time()):
-            all_ok &= bool(out["valid"])
-            print(json.dumps(out))
-        if desk.ledger_problem:
-            print(f"edge-gate: error: {desk.ledger_problem}", file=sys.stderr)
-            return 2
-    return 0 if all_ok else 1
+    opts = DeskOptions(
+        config=args.config,
+        pubkeys=tuple(str(p) for p in args.pubkey or ()),
+        db=args.db,
+        gate=args.gate,
+        products=tuple(args.product or ()),
+        revocations=args.revocations,
+        skew=args.skew,
+        antipassback=args.antipassback,
+        redeem=args.redeem,
+    )
+    rc, problems = 0, set()
+    for out in verify_tickets(opts, args.inputs, time.time()):
+        print(json.dumps(out))
+        if out["reason"] == tk.LEDGER_ERROR:
+            problems.add(out.get("detail", ""))
+        rc = max(rc, 0 if out["valid"] else 1)
+    for problem in sorted(problems):
+        print(f"edge-gate: error: {problem}", file=sys.stderr)
+    return 2 if problems else rc
 
 
 def cmd_revoke(args) -> int:

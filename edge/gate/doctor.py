@@ -13,6 +13,7 @@ import shutil
 import stat
 import time
 from collections.abc import Callable
+from contextlib import ExitStack
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal
@@ -250,13 +251,12 @@ def _ledger(site: Site) -> str:
 
     cfg = site.cfg
     audit_path = cfg.resolve(cfg.audit.path)
-    audit = AuditLog(audit_path, cfg.audit.retention_days) if audit_path.is_file() else None
-    try:
-        with open_ledger(cfg, audit) as led:
-            mark, floor = led.mark(), max(led.floor, led.mark().t)
-    finally:
-        if audit is not None:
-            audit.close()
+    with ExitStack() as stack:
+        audit = None
+        if audit_path.is_file():
+            audit = stack.enter_context(AuditLog(audit_path, cfg.audit.retention_days))
+        led = stack.enter_context(open_ledger(cfg, audit))
+        mark, floor = led.mark(), max(led.floor, led.mark().t)
     if time.time() < floor:
         raise EdgeGateError(
             f"the clock ({iso(time.time())}) is behind the newest recorded entry ({iso(floor)})",

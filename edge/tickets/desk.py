@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterator
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -141,10 +142,62 @@ class Desk:
     ledger_problem: str = ""  # why the ledger could not be opened: every ticket is refused
 
 
+@dataclass(frozen=True)
+class DeskOptions:
+    """`ticket verify`'s choices: a gate config, and flags that override it (or stand alone)."""
+
+    config: Path | None = None
+    pubkeys: tuple[str, ...] = ()
+    db: str | None = None
+    gate: str | None = None
+    products: tuple[str, ...] = ()
+    revocations: str | None = None
+    skew: float | None = None
+    antipassback: float | None = None
+    redeem: bool = False
+
+
+def open_desk(opts: DeskOptions, stack: ExitStack) -> Desk:
+    """The verifier and ledger from the gate's config (flags override it); closed with `stack`."""
+    from edge.gate.audit import AuditLog
+
+    cfg = config_mod.load(opts.config) if opts.config else config_mod.Config()
+    cfg = config_mod.override(
+        cfg,
+        gate={"id": opts.gate, "products": opts.products or None},
+        tickets={
+            "ledger": str(Path(opts.db).resolve()) if opts.db else None,
+            "revocation_list": str(Path(opts.revocations).resolve()) if opts.revocations else None,
+            "clock_skew_s": opts.skew,
+            "antipassback_s": opts.antipassback,
+        },
+    )
+    if not opts.config and not opts.pubkeys:
+        raise EdgeGateError("no issuer key", "pass --config C (the gate's) or --pubkey issuer.pub")
+    desk = Desk(gate_verifier(cfg, list(opts.pubkeys)), gate=cfg.gate.id)
+    if not opts.config and not opts.db:
+        if opts.redeem:
+            raise EdgeGateError("--redeem needs a ledger", "pass --config C or --db LEDGER")
+        return desk  # signature, validity and revocation only
+    if opts.config:
+        desk.audit = stack.enter_context(
+            AuditLog(cfg.resolve(cfg.audit.path), cfg.audit.retention_days)
+        )
+    try:
+        desk.ledger = stack.enter_context(open_ledger(cfg, desk.audit))
+    except LedgerError as e:
+        desk.ledger_problem = str(e)
+    return desk
+
+
+def verify_tickets(opts: DeskOptions, inputs: list[str], now: float) -> Iterator[dict]:
+    """`ticket verify`: one result per input, as the gate configured by `opts` would decide."""
+    with ExitStack() as stack:
+        yield from verify_inputs(open_desk(opts, stack), inputs, opts.redeem, now)
+
+
 def verify_inputs(desk: Desk, inputs: list[str], redeem: bool, now: float) -> Iterator[dict]:
     """One JSON-ready result per input: valid, reason, ticket id; a spent ticket is not valid."""
-    if redeem and desk.ledger is None and not desk.ledger_problem:
-        raise EdgeGateError("--redeem needs a ledger", "pass --config C or --db LEDGER")
     for item in inputs:
         out: dict = {"input": item, "valid": False, "reason": Reason.MALFORMED, "ticket_id": None}
         try:
