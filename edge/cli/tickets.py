@@ -105,8 +105,10 @@ def register(sub, common) -> None:
     t = sub.add_parser("ticket", help="issue, verify and revoke signed tickets").add_subparsers(
         dest="ticket_cmd", required=True
     )
-    sp = t.add_parser("keygen", help="create an issuer key pair (office side)")
-    sp.add_argument("--out", required=True)
+    sp = t.add_parser(
+        "keygen", help="create an issuer key pair (office side), e.g. ticket keygen --out office/"
+    )
+    sp.add_argument("--out", required=True, help="folder for issuer.key (0600) and issuer.pub")
     sp.set_defaults(func=cmd_keygen)
 
     sp = t.add_parser(
@@ -116,7 +118,7 @@ def register(sub, common) -> None:
     )
     sp.add_argument("--key", required=True, help="issuer.key")
     sp.add_argument("--id", required=True, help=TICKET_ID_RULE)
-    sp.add_argument("--product", default="day")
+    sp.add_argument("--product", default="day", help="product name gates may filter on")
     sp.add_argument(
         "--valid-from", help="YYYY-MM-DD, YYYY-MM-DDTHH:MM[+HH:MM] or Unix seconds (default now)"
     )
@@ -134,7 +136,7 @@ def register(sub, common) -> None:
     sp.add_argument(
         "--holder", help="pass holder reference (links an annual pass to an enrolled person)"
     )
-    sp.add_argument("--out", required=True)
+    sp.add_argument("--out", required=True, help="folder for ID.png (an existing file is kept)")
     sp.set_defaults(func=cmd_issue)
 
     sp = t.add_parser(
@@ -159,7 +161,9 @@ def register(sub, common) -> None:
         type=float,
         help="seconds before the same ticket may re-enter at this gate (default 60)",
     )
-    sp.add_argument("inputs", nargs="+", metavar="IMAGE_OR_TEXT")
+    sp.add_argument(
+        "inputs", nargs="+", metavar="IMAGE_OR_TEXT", help="ticket images or ticket texts (EG…)"
+    )
     sp.set_defaults(func=cmd_verify)
 
     sp = t.add_parser(
