@@ -199,3 +199,25 @@ def test_a_log_from_before_the_chain_is_upgraded(tmp_path):
         assert log.verify().ok
         log.record(AuditRecord(time.time(), "g", "system", reason="x"))
         assert log.verify().ok
+
+
+def test_an_interrupted_upgrade_resumes(tmp_path):
+    p = tmp_path / "old.db"
+    c = sqlite3.connect(p)
+    c.executescript(
+        "CREATE TABLE events_v1 (id INTEGER PRIMARY KEY, t REAL NOT NULL, gate TEXT, kind TEXT,"
+        " decision TEXT, via TEXT, subject TEXT, score REAL, reason TEXT, detail TEXT);"
+    )
+    c.execute(
+        "INSERT INTO events_v1 (t, gate, kind, subject) VALUES (?, 'g', 'decision', 'T-1')",
+        (time.time(),),
+    )
+    c.commit()
+    c.close()
+    with AuditLog(p, 30) as log:
+        assert [r.subject for r in log.records()] == ["T-1"]
+        assert log.verify().ok
+    c = sqlite3.connect(p)
+    tables = {r[0] for r in c.execute("SELECT name FROM sqlite_master")}
+    c.close()
+    assert "events_v1" not in tables

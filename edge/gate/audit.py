@@ -313,16 +313,25 @@ class AuditLog:
     # --- upgrade -----------------------------------------------------------------------------
 
     def _legacy_rows(self) -> list[tuple] | None:
-        """Rows of a log written before the hash chain (schema 1), or None."""
+        """Rows of a log written before the hash chain (schema 1), or None.
+
+        The old table is renamed first and dropped only once its rows are chained, so an upgrade
+        interrupted half-way resumes at the next open.
+        """
+        tables = {r[0] for r in self.conn.execute("SELECT name FROM sqlite_master")}
         cols = [r[1] for r in self.conn.execute("PRAGMA table_info(events)")]
-        if not cols or "hash" in cols:
-            return None
-        rows = self.conn.execute(f"SELECT {_COLS} FROM events ORDER BY id").fetchall()
-        self.conn.executescript(
-            "DROP TRIGGER IF EXISTS events_no_update; DROP TRIGGER IF EXISTS events_retention;"
-            "ALTER TABLE events RENAME TO events_v1; DROP INDEX IF EXISTS events_t;"
-        )
-        return rows
+        if "events_v1" not in tables:
+            if not cols or "hash" in cols:
+                return None
+            self.conn.executescript(
+                "DROP TRIGGER IF EXISTS events_no_update; DROP TRIGGER IF EXISTS events_retention;"
+                "ALTER TABLE events RENAME TO events_v1; DROP INDEX IF EXISTS events_t;"
+            )
+        elif cols:  # interrupted: start the chain again from the old rows
+            self.conn.execute("DROP TABLE events")
+            if "chain" in tables:
+                self.conn.execute("DELETE FROM chain")
+        return self.conn.execute(f"SELECT {_COLS} FROM events_v1 ORDER BY id").fetchall()
 
     def _rechain(self, rows: list[tuple]) -> None:
         """Chain the records of a schema-1 log, in order, then drop the old table."""
