@@ -26,6 +26,7 @@ class GateConfig:
     mode: str = "face-or-ticket"
     # A gate that lets people in by face must also accept tickets; see policy.check_mode.
     products: tuple[str, ...] = ()
+    timezone: str = ""  # IANA name, e.g. "America/Los_Angeles"; "" = the system's local zone
 
 
 @dataclass(frozen=True)
@@ -217,6 +218,22 @@ def validate(cfg: Config) -> Config:
         raise ConfigError(
             f"{f}: key 'policy.zone' = {list(p.zone)} must be fractions x0<x1, y0<y1 in [0, 1]"
         )
+    if cfg.gate.timezone:
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        try:
+            ZoneInfo(cfg.gate.timezone)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ConfigError(
+                f"{f}: key 'gate.timezone' = {cfg.gate.timezone!r} is not a known time zone",
+                'use an IANA name such as "Europe/Madrid", or "" for the system zone',
+            ) from None
+    from edge.gate.audit import check_retention
+
+    try:
+        check_retention(cfg.audit.retention_days)
+    except ConfigError as e:
+        raise ConfigError(f"{f}: {e.args[0]}", e.hint) from None
     return cfg
 
 

@@ -60,3 +60,7 @@ class TicketError(EdgeGateError):
 
 class RelayError(EdgeGateError):
     """The relay or GPIO pin factory cannot be set up."""
+
+
+class LedgerError(EdgeGateError):
+    """The redemption ledger is missing, unreadable, replaced or older than the gate last saw."""

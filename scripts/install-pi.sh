@@ -73,6 +73,10 @@ if [ ! -f /etc/edge-gate/gallery.key ]; then
   echo "!! back up /etc/edge-gate/gallery.key offline: without it the gallery cannot be opened"
 fi
 
+echo "== redemption ledger (never created implicitly: a lost ledger must not reset redemptions)"
+install -d -m 0700 -o edge-gate -g edge-gate /var/lib/edge-gate
+sudo -u edge-gate /opt/edge-gate/venv/bin/edge-gate ledger init --config /etc/edge-gate/gate.toml
+
 echo "== firmware, udev, systemd"
 CFG=/boot/firmware/config.txt; [ -f $CFG ] || CFG=/boot/config.txt
 if ! grep -q "edge-gate begin" $CFG; then cat /opt/edge-gate/firmware_config/config.txt >> $CFG; echo "   (reboot once for $CFG)"; fi
@@ -80,8 +84,11 @@ install -m 0644 /opt/edge-gate/firmware_config/99-edge-gate.rules /etc/udev/rule
 udevadm control --reload && udevadm trigger
 install -m 0644 /opt/edge-gate/systemd/edge-gate.service /opt/edge-gate/systemd/edge-gate-purge.service \
   /opt/edge-gate/systemd/edge-gate-purge.timer /etc/systemd/system/
+install -d -m 0755 /etc/systemd/system/systemd-time-wait-sync.service.d
+install -m 0644 /opt/edge-gate/systemd/systemd-time-wait-sync.service.d/edge-gate.conf \
+  /etc/systemd/system/systemd-time-wait-sync.service.d/edge-gate.conf
 systemctl daemon-reload
-systemctl enable edge-gate-purge.timer edge-gate.service
+systemctl enable systemd-time-wait-sync.service edge-gate-purge.timer edge-gate.service
 ln -sf /opt/edge-gate/venv/bin/edge-gate /usr/local/bin/edge-gate
 
 echo "== check"

@@ -28,6 +28,7 @@ from edge.gate.daemon import Gate
 from edge.gate.notify import Notifier
 from edge.gate.sources import Frame, FrameSource, VideoFileSource
 from edge.measure.demo import ticket_scene
+from edge.tickets.ledger import init_ledger
 
 
 def make_config(tmp: Path, extra: str = "") -> config_mod.Config:
@@ -41,7 +42,10 @@ def make_config(tmp: Path, extra: str = "") -> config_mod.Config:
         '[tickets]\npubkeys = ["office/issuer.pub"]\nledger = "ledger.db"\nrevocation_list = "revoked.txt"\n'
         '[relay]\npin_factory = "mock"\npulse_s = 0.3\n[audit]\npath = "audit.db"\n'
     )
-    return config_mod.load(p)
+    cfg = config_mod.load(p)
+    init_ledger(cfg.resolve(cfg.tickets.ledger))
+    (tmp / "revoked.txt").touch()
+    return cfg
 
 
 def enroll_lin(cfg, fixtures, pipeline) -> str:

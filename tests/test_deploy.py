@@ -127,9 +127,11 @@ def test_every_config_key_is_documented():
 def test_doctor_reports_and_fails_on_corrupt_model(tmp_path):
     from edge import tickets as tk
     from edge.gallery.crypto import init_key
+    from edge.tickets.ledger import init_ledger
 
     tk.keygen(tmp_path / "office")
     init_key(tmp_path / "g.key")
+    init_ledger(tmp_path / "var" / "ledger.db")  # the config's default tickets.ledger
     models = tmp_path / "models"
     shutil.copytree(ROOT / "models", models)
     cfg = tmp_path / "gate.toml"

@@ -162,10 +162,52 @@ def test_keygen_permissions_refusals_and_public_only(tmp_path):
 
 def test_revocation_list_file(tmp_path):
     f = tmp_path / "revoked.txt"
-    assert tk.load_revocations(f) == frozenset()
-    tk.revoke(f, ["A-1", "B-2"])
-    f.write_text(f.read_text() + "# comment\n  C-3  # late\n\n")
+    assert tk.load_revocations(None) == frozenset()
+    assert tk.revoke(f, ["A-1", "B-2"]) == ["A-1", "B-2"]
+    f.write_text(f.read_text() + "# comment\n  C-3  \n\n")
     assert tk.load_revocations(f) == {"A-1", "B-2", "C-3"}
+
+
+def test_missing_or_unreadable_revocation_list_is_an_error_not_nothing_revoked(tmp_path):
+    with pytest.raises(TicketError, match="does not exist"):
+        tk.load_revocations(tmp_path / "nope.txt")
+    with pytest.raises(TicketError, match="directory"):
+        tk.load_revocations(tmp_path)
+    (tmp_path / "bin").write_bytes(b"\xff\xfe\x00garbage")
+    with pytest.raises(TicketError, match="UTF-8"):
+        tk.load_revocations(tmp_path / "bin")
+
+
+def test_revocation_matches_ids_exactly(tmp_path):
+    f = tmp_path / "revoked.txt"
+    tk.revoke(f, ["T#7", "season pass 12"])
+    revoked = tk.load_revocations(f)
+    assert revoked == {"T#7", "season pass 12"}
+    v = verifier(revoked=revoked)
+    assert v.verify(issue(ticket_id="T#7"), NOW).reason == tk.REVOKED
+    assert v.verify(issue(ticket_id="T"), NOW).valid
+    assert v.verify(issue(ticket_id="season pass 12"), NOW).reason == tk.REVOKED
+
+
+def test_revoke_twice_does_not_duplicate_and_unrevoke_removes(tmp_path):
+    from edge.tickets.revocation import unrevoke
+
+    f = tmp_path / "revoked.txt"
+    tk.revoke(f, ["A-1"])
+    assert tk.revoke(f, ["A-1", "B-2", "B-2"]) == ["B-2"]
+    assert f.read_text().splitlines() == ["A-1", "B-2"]
+    assert unrevoke(f, ["A-1", "Z-9"]) == ["A-1"]
+    assert tk.load_revocations(f) == {"B-2"}
+
+
+def test_ticket_ids_use_a_fixed_character_set_at_issue():
+    from edge.tickets.format import check_ticket_id
+
+    for good in ("T-1", "DAY.2026_11", "a" * 40):
+        assert check_ticket_id(good) == good
+    for bad in ("T#7", "with space", "", "-lead", "../x", "a/b", "a" * 41, "é"):
+        with pytest.raises(TicketError):
+            check_ticket_id(bad)
 
 
 # --- CLI contract --------------------------------------------------------------------------------
@@ -199,6 +241,7 @@ def test_cli_issue_png_then_verify_and_redeem(tmp_path):
     assert png.is_file() and text.startswith("EG")
     qr = json.loads(run("qr", "read", str(png)).stdout)
     assert qr == {"path": str(png), "texts": [text]}
+    run("ledger", "init", "--db", str(tmp_path / "l.db"))
     args = [
         "ticket",
         "verify",

@@ -80,9 +80,10 @@ def cmd_enroll(args) -> int:
         )
     finally:
         g.close()
-    audit_log(cfg).record(
-        AuditRecord(time.time(), cfg.gate.id, "enroll", subject=pid, detail=f"{n} templates")
-    )
+    with audit_log(cfg) as log:
+        log.record(
+            AuditRecord(time.time(), cfg.gate.id, "enroll", subject=pid, detail=f"{n} templates")
+        )
     print(f"enrolled {n} template(s)")
     print(pid)
     return 0
@@ -127,30 +128,21 @@ def cmd_forget(args) -> int:
         print(f"edge-gate: error: no person {args.person_id} in {db}")
         return 1
     # The audit trail says that a deletion happened and why, never who.
-    audit_log(cfg).record(AuditRecord(time.time(), cfg.gate.id, "deletion", reason=args.reason))
+    with audit_log(cfg) as log:
+        log.record(AuditRecord(time.time(), cfg.gate.id, "deletion", reason=args.reason))
     print(f"forgot {args.person_id}: templates, personal fields and consent erased from {db}")
     return 0
 
 
 def cmd_purge(args) -> int:
+    from contextlib import closing
+
+    from edge.gate.audit import purge_with_gallery
+
     cfg, db, key = paths(args)
     days = args.days if args.days is not None else cfg.gallery.purge_after_days
-    g = Gallery(db, load_key(key), create=False)
-    try:
-        gone = g.purge_expired(time.time(), days)
-    finally:
-        g.close()
-    log = audit_log(cfg)
-    aged = log.purge()
-    log.record(
-        AuditRecord(
-            time.time(),
-            cfg.gate.id,
-            "purge",
-            reason="retention",
-            detail=f"{len(gone)} people expired > {days} days; {aged} audit records past retention",
-        )
-    )
+    with audit_log(cfg) as log, closing(Gallery(db, load_key(key), create=False)) as g:
+        gone, aged = purge_with_gallery(log, g, time.time(), days, cfg.gate.id)
     print(
         f"purged {len(gone)} people whose pass expired more than {days} days ago; {aged} old audit records"
     )

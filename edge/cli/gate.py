@@ -35,8 +35,10 @@ def with_flags(cfg: config_mod.Config, args) -> config_mod.Config:
 
 def _demo_run_config(cfg: config_mod.Config) -> config_mod.Config:
     """camera.source = "demo": a freshly generated ticket clip, and its key if none configured."""
-    from edge.measure.demo import demo_source
+    from edge.measure.demo import demo_source, demo_state
 
+    for line in demo_state(cfg):
+        print(f'camera.source = "demo": {line}', flush=True)
     clip, demo_pub = demo_source(Path.cwd() / "var" / "demo-run")
     print(
         f'camera.source = "demo": replaying the generated ticket clip {clip}; '

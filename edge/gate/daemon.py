@@ -38,6 +38,7 @@ from edge.gate.policy import (
 )
 from edge.gate.relay import Relay
 from edge.gate.sources import Frame, FrameSource, open_source
+from edge.tickets.desk import open_gate_ledger
 from edge.timeutil import iso
 
 log = logging.getLogger(__name__)
@@ -113,14 +114,11 @@ class Gate:
                 Relay(cfg.relay, factory=pin_factory, on_event=self._relay_event)
             )
             self.verifier = self._load_tickets(cfg)
-            from edge.tickets.ledger import Ledger
-
-            self.ledger = Ledger(
-                cfg.resolve(cfg.tickets.ledger), cfg.gate.id, cfg.tickets.antipassback_s
-            )
-            stack.callback(self.ledger.close)
             self.audit = AuditLog(cfg.resolve(cfg.audit.path), cfg.audit.retention_days)
             stack.callback(self.audit.close)
+            # A missing or rolled-back ledger is a stand-in that refuses every ticket, loudly.
+            self.ledger = open_gate_ledger(cfg, self.audit, self.clock())
+            stack.callback(lambda: self.ledger.close())
             self.face = self._load_faces(cfg)
             stack.callback(self._close_face)
             self.policy = Policy(PolicyParams.from_config(cfg, face_enabled=self.face is not None))
@@ -187,6 +185,8 @@ class Gate:
             verifier = self._load_tickets(cfg)
             self.cfg, self.degraded = cfg, ""
             face = self._load_faces(cfg)
+            if self.ledger.problem:  # a ledger that is back (ledger init) is reopened
+                self.ledger = open_gate_ledger(cfg, self.audit, self.clock())
         except Exception as e:  # whatever broke, the running configuration stays
             self.cfg, self.degraded = old_cfg, old_degraded
             self.reload_error = f"reload failed, previous configuration kept: {e}"
@@ -213,6 +213,8 @@ class Gate:
     def status_text(self, fps: float = 0.0) -> str:
         """The STATUS= line systemd shows: mode (or why degraded), camera, rate, last decision."""
         mode = self.degraded or self.cfg.gate.mode
+        if getattr(self, "ledger", None) is not None and self.ledger.problem:
+            mode += "; TICKETS REFUSED: ledger error"
         cam = self.source.state if hasattr(self, "source") else "starting"
         alarm = f"; {self.reload_error}" if self.reload_error else ""
         return f"{mode}; camera {cam}; {fps:.1f} fps; last {self.last_decision}{alarm}"
@@ -228,6 +230,10 @@ class Gate:
         if threading.current_thread() is threading.main_thread():
             self.install_signals()
         self.notifier.ready(self.status_text())
+        if self.degraded:
+            self._say(f"DEGRADED: {self.degraded}")
+        if self.ledger.problem:
+            self._say(f"LEDGER ERROR, every ticket is refused: {self.ledger.problem}")
         t_status, n_status = time.monotonic(), 0
         try:
             while not self.stop_requested:

@@ -17,6 +17,7 @@ import shutil
 import stat
 import time
 from collections.abc import Callable
+from contextlib import ExitStack
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal
@@ -244,3 +245,55 @@ def _disk(site: Site) -> str:
             "free space: the ledger and audit log must be able to write",
         )
     return f"{free:.0f} MiB free in {folder}"
+
+
+def kernel_clock_synced() -> bool | None:
+    """The kernel's view (adjtimex, as systemd-time-wait-sync uses): synced, not, or unknown."""
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        buf = ctypes.create_string_buffer(1024)  # struct timex with modes = 0: read only
+        state = libc.adjtimex(buf)
+    except (OSError, AttributeError):
+        return None
+    return None if state < 0 else state != 5  # 5 = TIME_ERROR: clock not synchronised
+
+
+@check("time sync")
+def _time_sync(site: Site) -> str | Check:
+    synced = kernel_clock_synced()
+    if synced:
+        return "the kernel reports the clock synchronised"
+    return Check(
+        "warn",
+        "time sync",
+        "the clock is not synchronised"
+        if synced is False
+        else "cannot tell if the clock is synced",
+        "enable NTP (systemd-timesyncd) or fit an RTC; edge-gate.service waits for "
+        "systemd-time-wait-sync, and tickets are refused while the clock is behind the ledger",
+    )
+
+
+@check("ticket ledger")
+def _ledger(site: Site) -> str:
+    from edge.gate.audit import AuditLog
+    from edge.tickets.desk import open_ledger
+    from edge.timeutil import iso
+
+    cfg = site.cfg
+    audit_path = cfg.resolve(cfg.audit.path)
+    with ExitStack() as stack:
+        audit = None
+        if audit_path.is_file():
+            audit = stack.enter_context(AuditLog(audit_path, cfg.audit.retention_days))
+        led = stack.enter_context(open_ledger(cfg, audit))
+        mark, floor = led.mark(), max(led.floor, led.mark().t)
+    if time.time() < floor:
+        raise EdgeGateError(
+            f"the clock ({iso(time.time())}) is behind the newest recorded entry ({iso(floor)})",
+            "set the time; tickets are refused until then",
+        )
+    return f"{cfg.resolve(cfg.tickets.ledger)}: {mark.seq} redemptions, newest {iso(mark.t) or '-'}"

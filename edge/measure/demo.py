@@ -10,6 +10,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from edge import config as config_mod
 from edge import tickets as tk
 from edge.measure.synth import Segment, write_clip
 
@@ -103,6 +104,7 @@ def prepare(
         '[tickets]\npubkeys = ["office/issuer.pub"]\nledger = "ledger.db"\nrevocation_list = "revoked.txt"\n\n'
         '[relay]\npin_factory = "mock"\npulse_s = 1.0\n\n[audit]\npath = "audit.db"\n'
     )
+    demo_state(config_mod.load(cfg))
     if fixtures is not None and (fixtures / "video" / "short_hamilton_clip.mp4").is_file():
         scenes.append(
             Scene(
@@ -120,6 +122,22 @@ def prepare(
         )
     scenes.append(ticket_scene(workdir / "office", workdir / "tickets.mp4", now))
     return cfg, scenes
+
+
+def demo_state(cfg) -> list[str]:
+    """The demo's ledger (`edge-gate ledger init`) and empty revocation list, if absent."""
+    from edge.tickets.ledger import init_ledger
+
+    done = []
+    rev = cfg.resolve(cfg.tickets.revocation_list) if cfg.tickets.revocation_list else None
+    if rev is not None and not rev.exists():
+        rev.parent.mkdir(parents=True, exist_ok=True)
+        rev.touch()
+        done.append(f"created empty revocation list {rev}")
+    path, created = init_ledger(cfg.resolve(cfg.tickets.ledger))
+    if created:
+        done.append(f"ledger init: created {path}")
+    return done
 
 
 def demo_source(workdir: Path, now: float | None = None) -> tuple[Path, Path]:

@@ -6,8 +6,11 @@ callers write `from edge import tickets as tk` and `tk.Verifier(...)`.
 
 from edge.tickets.format import (
     ALREADY_USED,
+    ANTI_PASSBACK,
+    CLOCK_BEHIND,
     EXPIRED,
     INVALID_SIGNATURE,
+    LEDGER_ERROR,
     MALFORMED,
     MAX_TEXT,
     NOT_YET_VALID,
@@ -19,6 +22,7 @@ from edge.tickets.format import (
     VERSION,
     WRONG_GATE,
     Kind,
+    Reason,
     Ticket,
     decode_payload,
     encode_payload,
@@ -32,8 +36,11 @@ from edge.tickets.verifier import Verdict, Verifier
 
 __all__ = [
     "ALREADY_USED",
+    "ANTI_PASSBACK",
+    "CLOCK_BEHIND",
     "EXPIRED",
     "INVALID_SIGNATURE",
+    "LEDGER_ERROR",
     "MALFORMED",
     "MAX_TEXT",
     "NOT_YET_VALID",
@@ -41,6 +48,7 @@ __all__ = [
     "PREFIX",
     "REASONS",
     "REVOKED",
+    "Reason",
     "UNKNOWN_KEY",
     "VERSION",
     "WRONG_GATE",

@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import re
 import struct
 from dataclasses import dataclass
-from enum import IntEnum
+from enum import IntEnum, StrEnum
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
@@ -26,39 +27,57 @@ VERSION = 1
 SIG_LEN = 64
 MAX_TEXT = 400  # anything longer is not one of ours: refuse before decoding
 _HEAD = struct.Struct(">B4sBHII")
+TICKET_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,39}")
+TICKET_ID_RULE = (
+    "1-40 characters: letters, digits, '.', '_' and '-', starting with a letter or digit"
+)
 
 
 class Kind(IntEnum):
+    """What a ticket allows: one entry, N entries in total, or N entries per day (season)."""
+
     ONE_TIME = 0
     ENTRIES = 1
     SEASON = 2
 
 
-# The fixed set of reasons a gate gives; operators and auditors grep for these.
-OK = "ok"
-MALFORMED = "malformed"
-INVALID_SIGNATURE = "invalid_signature"
-UNKNOWN_KEY = "unknown_key"
-NOT_YET_VALID = "not_yet_valid"
-EXPIRED = "expired"
-REVOKED = "revoked"
-ALREADY_USED = "already_used"
-WRONG_GATE = "wrong_gate"
-REASONS = (
-    OK,
-    MALFORMED,
-    INVALID_SIGNATURE,
-    UNKNOWN_KEY,
-    NOT_YET_VALID,
-    EXPIRED,
-    REVOKED,
-    ALREADY_USED,
-    WRONG_GATE,
-)
+class Reason(StrEnum):
+    """The fixed set of reasons a ticket is accepted or refused; operators and auditors grep these."""
+
+    OK = "ok"
+    MALFORMED = "malformed"
+    INVALID_SIGNATURE = "invalid_signature"
+    UNKNOWN_KEY = "unknown_key"
+    NOT_YET_VALID = "not_yet_valid"
+    EXPIRED = "expired"
+    REVOKED = "revoked"
+    ALREADY_USED = "already_used"
+    ANTI_PASSBACK = "anti_passback"
+    WRONG_GATE = "wrong_gate"
+    CLOCK_BEHIND = "clock_behind"  # the clock is earlier than the newest recorded entry
+    LEDGER_ERROR = "ledger_error"  # the entry cannot be counted, so it is refused
+
+
+# Module-level names kept for callers that import the reasons one by one.
+OK = Reason.OK
+MALFORMED = Reason.MALFORMED
+INVALID_SIGNATURE = Reason.INVALID_SIGNATURE
+UNKNOWN_KEY = Reason.UNKNOWN_KEY
+NOT_YET_VALID = Reason.NOT_YET_VALID
+EXPIRED = Reason.EXPIRED
+REVOKED = Reason.REVOKED
+ALREADY_USED = Reason.ALREADY_USED
+ANTI_PASSBACK = Reason.ANTI_PASSBACK
+WRONG_GATE = Reason.WRONG_GATE
+CLOCK_BEHIND = Reason.CLOCK_BEHIND
+LEDGER_ERROR = Reason.LEDGER_ERROR
+REASONS = tuple(Reason)
 
 
 @dataclass(frozen=True)
 class Ticket:
+    """The signed content of a ticket; `max_entries` is what the ledger counts against."""
+
     ticket_id: str
     product: str = "day"
     valid_from: int = 0
@@ -71,6 +90,13 @@ class Ticket:
     @property
     def max_entries(self) -> int:
         return 1 if self.kind == Kind.ONE_TIME else self.count
+
+
+def check_ticket_id(tid: str) -> str:
+    """Ids issued from now on use a fixed character set (safe in files, lists and file names)."""
+    if not TICKET_ID.fullmatch(tid):
+        raise TicketError(f"ticket id {tid!r} is not allowed", TICKET_ID_RULE)
+    return tid
 
 
 def key_id(pub: Ed25519PublicKey) -> bytes:

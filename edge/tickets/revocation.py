@@ -1,26 +1,97 @@
-"""The revocation list: ticket ids the office has withdrawn, one per line."""
+"""The revocation list: ticket ids the office has withdrawn, one id per line, matched exactly.
+
+A line is the whole id (surrounding spaces stripped), so `T#7` stays `T#7` and ids with spaces
+can be revoked; lines starting with `#` are comments. A configured list that is missing or
+unreadable is an error, never "nothing revoked": the gate keeps its last good list and alarms.
+"""
 
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
+
+from edge.errors import TicketError
+
+_FIX = "create it (an empty file revokes nothing) or fix tickets.revocation_list"
+
+
+def _lines(path: Path) -> list[str]:
+    try:
+        return path.read_bytes().decode("utf-8").splitlines()
+    except FileNotFoundError:
+        raise TicketError(f"revocation list {path} does not exist", _FIX) from None
+    except IsADirectoryError:
+        raise TicketError(f"revocation list {path} is a directory", _FIX) from None
+    except PermissionError:
+        raise TicketError(
+            f"revocation list {path} is not readable", "let the gate's user read it"
+        ) from None
+    except UnicodeDecodeError:
+        raise TicketError(
+            f"revocation list {path} is not UTF-8 text", "write one ticket id per line"
+        ) from None
+    except OSError as e:
+        raise TicketError(f"revocation list {path} cannot be read: {e.strerror}") from None
+
+
+def _entry(line: str) -> str | None:
+    s = line.strip()
+    return s if s and not s.startswith("#") else None
 
 
 def load_revocations(path: Path | None) -> frozenset[str]:
-    """One ticket id per line; '#' comments; a missing file means nothing is revoked."""
+    """Ids in the list; None (no list configured) means nothing revoked; a missing file raises."""
     if not path:
         return frozenset()
+    return frozenset(e for e in map(_entry, _lines(Path(path))) if e)
+
+
+def _check_id(tid: str) -> str:
+    s = tid.strip()
+    if not s or s.startswith("#") or any(c in s for c in "\r\n\0"):
+        raise TicketError(
+            f"ticket id {tid!r} cannot be written to a revocation list",
+            "pass the id exactly as printed on the ticket",
+        )
+    return s
+
+
+def _write_atomic(path: Path, lines: list[str]) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     try:
-        lines = Path(path).read_text(encoding="utf-8").splitlines()
-    except FileNotFoundError:
-        return frozenset()
-    return frozenset(s for s in (ln.split("#", 1)[0].strip() for ln in lines) if s)
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write("".join(ln + "\n" for ln in lines))
+            f.flush()
+            os.fsync(f.fileno())
+        if path.exists():
+            os.chmod(tmp, path.stat().st_mode & 0o777)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
-def revoke(path: Path, ticket_ids: list[str]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a", encoding="utf-8") as f:
-        for t in ticket_ids:
-            f.write(t.strip() + "\n")
-        f.flush()
-        os.fsync(f.fileno())
+def revoke(path: Path, ticket_ids: list[str]) -> list[str]:
+    """Add ids not yet in the list (created if absent); returns the ids added."""
+    path = Path(path)
+    ids = [_check_id(t) for t in ticket_ids]
+    lines = _lines(path) if path.exists() else []
+    present = {e for e in map(_entry, lines) if e}
+    added = [t for t in dict.fromkeys(ids) if t not in present]
+    if added:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _write_atomic(path, lines + added)
+    return added
+
+
+def unrevoke(path: Path, ticket_ids: list[str]) -> list[str]:
+    """Remove ids from the list (comments kept); returns the ids that were there."""
+    path = Path(path)
+    ids = {_check_id(t) for t in ticket_ids}
+    lines = _lines(path)
+    kept = [ln for ln in lines if _entry(ln) not in ids]
+    removed = sorted({e for e in map(_entry, lines) if e in ids})
+    if removed:
+        _write_atomic(path, kept)
+    return removed

@@ -1,0 +1,53 @@
+"""`edge-gate ledger init`: create the redemption ledger explicitly (installer and demo run it)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from edge import config as config_mod
+from edge.cli.paths import existing_file
+from edge.errors import EdgeGateError
+
+
+def cmd_init(args) -> int:
+    from edge.gate.audit import AuditLog
+    from edge.tickets.desk import init_gate_ledger
+
+    if args.db:
+        if args.after_loss:
+            raise EdgeGateError(
+                "--after-loss needs --config", "it records the loss in the audit log"
+            )
+        print(init_gate_ledger(Path(args.db)))
+        return 0
+    cfg = config_mod.load(args.config)
+    with AuditLog(cfg.resolve(cfg.audit.path), cfg.audit.retention_days) as audit:
+        print(
+            init_gate_ledger(cfg.resolve(cfg.tickets.ledger), audit, args.after_loss, cfg.gate.id)
+        )
+    return 0
+
+
+def register(sub, common) -> None:
+    """Add `ledger init` to the parser."""
+    led = sub.add_parser("ledger", help="the redemption ledger").add_subparsers(
+        dest="ledger_cmd", required=True
+    )
+    sp = led.add_parser(
+        "init",
+        help="create the ledger (never created implicitly), "
+        "e.g. edge-gate ledger init --config /etc/edge-gate/gate.toml",
+    )
+    g = sp.add_mutually_exclusive_group()
+    g.add_argument(
+        "--config",
+        type=existing_file,
+        help="gate.toml: its tickets.ledger, checked against its audit log",
+    )
+    g.add_argument("--db", help="a ledger file for `ticket verify --db` (no audit log)")
+    sp.add_argument(
+        "--after-loss",
+        action="store_true",
+        help="the previous ledger is lost for good: adopt this one and record it in the audit log",
+    )
+    sp.set_defaults(func=cmd_init)

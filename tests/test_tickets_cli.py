@@ -1,0 +1,218 @@
+"""The ticket commands as an operator types them: issue refuses mistakes, verify sees what the gate
+sees (--config), revocation fails closed and matches ids exactly."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+
+import pytest
+
+from edge import config as config_mod
+from edge import tickets as tk
+from edge.cli import main
+
+
+@pytest.fixture()
+def office(tmp_path) -> Path:
+    tk.keygen(tmp_path / "office")
+    return tmp_path / "office"
+
+
+def issue(office: Path, *args: str) -> list[str]:
+    return [
+        "ticket",
+        "issue",
+        "--key",
+        str(office / "issuer.key"),
+        "--out",
+        str(office.parent / "out"),
+        *args,
+    ]
+
+
+def test_issue_requires_an_expiry_or_an_explicit_no_expiry(office, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(issue(office, "--id", "T-1"))
+    assert e.value.code == 2
+    assert "--valid-until" in capsys.readouterr().err
+    assert main(issue(office, "--id", "T-2", "--no-expiry")) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert "no expiry" in out[1]
+
+
+@pytest.mark.parametrize("entries", ["0", "-5", "70000"])
+def test_issue_refuses_entry_counts_out_of_range(office, capsys, entries):
+    rc = main(issue(office, "--id", "T-1", "--valid-until", "2099-01-01", "--entries", entries))
+    assert rc == 2
+    assert "out of range" in capsys.readouterr().err
+    assert not (office.parent / "out" / "T-1.png").exists()
+
+
+def test_issue_refuses_to_overwrite_and_prints_file_and_window(office, capsys):
+    assert main(issue(office, "--id", "T-1", "--valid-until", "2099-01-01")) == 0
+    out = capsys.readouterr().out.splitlines()
+    png = office.parent / "out" / "T-1.png"
+    assert out[0] == f"wrote {png}"
+    assert out[1].startswith("valid ") and "2099-01-0" in out[1]
+    assert out[2].startswith("EG")
+    before = png.read_bytes()
+    assert main(issue(office, "--id", "T-1", "--valid-until", "2099-06-01")) == 2
+    assert "already exists" in capsys.readouterr().err
+    assert png.read_bytes() == before
+
+
+@pytest.mark.parametrize("bad", ["T#7", "with space", "../up"])
+def test_issue_refuses_ids_outside_the_character_set(office, capsys, bad):
+    assert main(issue(office, "--id", bad, "--valid-until", "2099-01-01")) == 2
+    assert "not allowed" in capsys.readouterr().err
+
+
+# --- verify with the gate's config -----------------------------------------------------------
+
+
+def gate(tmp: Path, office: Path, antipassback: float = 0.0) -> Path:
+    (tmp / "revoked.txt").write_text("")
+    p = tmp / "gate.toml"
+    p.write_text(
+        '[gate]\nid = "lane-7"\n[tickets]\npubkeys = ["office/issuer.pub"]\nledger = "ledger.db"\n'
+        f'revocation_list = "revoked.txt"\nantipassback_s = {antipassback}\n[audit]\npath = "audit.db"\n'
+    )
+    assert main(["ledger", "init", "--config", str(p)]) == 0
+    return p
+
+
+def signed(office: Path, tid: str, **kw) -> str:
+    now = int(time.time())
+    return tk.sign(
+        tk.Ticket(tid, valid_from=now - 60, valid_until=now + 3600, **kw),
+        tk.load_private(office / "issuer.key"),
+    )
+
+
+def verify(capsys, *args: str) -> tuple[int, list[dict]]:
+    rc = main(["ticket", "verify", *args])
+    return rc, [json.loads(x) for x in capsys.readouterr().out.splitlines()]
+
+
+def test_verify_config_uses_the_gates_revocations_ledger_and_id(tmp_path, office, capsys):
+    cfg = gate(tmp_path, office)
+    capsys.readouterr()
+    assert main(["ticket", "revoke", "--list", str(tmp_path / "revoked.txt"), "R-1"]) == 0
+    capsys.readouterr()
+    rc, out = verify(
+        capsys, "--config", str(cfg), "--redeem", signed(office, "R-1"), signed(office, "OK-1")
+    )
+    assert [(o["ticket_id"], o["valid"], o["reason"]) for o in out] == [
+        ("R-1", False, "revoked"),
+        ("OK-1", True, "ok"),
+    ]
+    assert rc == 1
+    from edge.tickets.ledger import Ledger
+
+    with Ledger(tmp_path / "ledger.db") as led:
+        assert led.used("R-1") == 0
+        rows = led.conn.execute("SELECT ticket_id, gate FROM redemptions").fetchall()
+    assert rows == [("OK-1", "lane-7")]
+    from edge.gate.audit import AuditLog
+
+    with AuditLog(tmp_path / "audit.db") as log:
+        assert [(r.subject, r.decision) for r in log.records("decision")] == [
+            ("R-1", "deny"),
+            ("OK-1", "grant"),
+        ]
+
+
+def test_mistyped_revocations_path_is_an_error(tmp_path, office, capsys):
+    rc = main(
+        [
+            "ticket",
+            "verify",
+            "--pubkey",
+            str(office / "issuer.pub"),
+            "--revocations",
+            str(tmp_path / "revokd.txt"),
+            signed(office, "A-1"),
+        ]
+    )
+    assert rc == 2
+    assert "does not exist" in capsys.readouterr().err
+
+
+def test_antipassback_refusal_uses_its_reason(tmp_path, office, capsys):
+    cfg = gate(tmp_path, office, antipassback=60.0)
+    capsys.readouterr()
+    text = signed(office, "E-3", kind=tk.Kind.ENTRIES, count=3)
+    rc, out = verify(capsys, "--config", str(cfg), "--redeem", text, text)
+    assert [o["reason"] for o in out] == ["ok", "anti_passback"]
+
+
+def test_revoke_is_exact_not_duplicated_and_can_be_undone(tmp_path, office, capsys):
+    cfg = gate(tmp_path, office)
+    lst = str(tmp_path / "revoked.txt")
+    assert main(["ticket", "revoke", "--list", lst, "T#7", "day pass 9"]) == 0
+    assert main(["ticket", "revoke", "--list", lst, "T#7"]) == 0
+    assert "1 already revoked" in capsys.readouterr().out.splitlines()[-1]
+    assert (tmp_path / "revoked.txt").read_text().splitlines() == ["T#7", "day pass 9"]
+    rc, out = verify(
+        capsys,
+        "--config",
+        str(cfg),
+        signed(office, "T#7"),
+        signed(office, "T"),
+        signed(office, "day pass 9"),
+    )
+    assert [o["reason"] for o in out] == ["revoked", "ok", "revoked"]
+    assert main(["ticket", "unrevoke", "--list", lst, "T#7"]) == 0
+    capsys.readouterr()
+    rc, out = verify(capsys, "--config", str(cfg), signed(office, "T#7"))
+    assert out[0]["reason"] == "ok"
+
+
+def test_gate_keeps_the_last_good_revocation_list_and_alarms(tmp_path, office, caplog):
+    from gpiozero.pins.mock import MockFactory
+
+    from edge.gate.daemon import Gate
+
+    cfg = config_mod.override(
+        config_mod.load(gate(tmp_path, office)), vision={"face_enabled": False}
+    )
+    tk.revoke(tmp_path / "revoked.txt", ["R-9"])
+    from edge.measure.demo import ticket_scene
+
+    clip = ticket_scene(office, tmp_path / "t.mp4", time.time()).clip
+    g = Gate(cfg, source_spec=str(clip), pin_factory=MockFactory())
+    try:
+        text = signed(office, "R-9")
+        assert g.verifier.verify(text, time.time()).reason == tk.REVOKED
+        for broken in ("missing", "directory", "binary"):
+            p = tmp_path / "revoked.txt"
+            if p.is_dir():
+                p.rmdir()
+            else:
+                p.unlink(missing_ok=True)
+            if broken == "directory":
+                p.mkdir()
+            elif broken == "binary":
+                p.write_bytes(b"\xff\xfe\x00")
+            caplog.clear()
+            with caplog.at_level(logging.ERROR):
+                g.reload()
+            assert g.verifier.verify(text, time.time()).reason == tk.REVOKED, broken
+            assert any("revocation list" in r.getMessage() for r in caplog.records), broken
+    finally:
+        g.close()
+
+
+def test_gate_refuses_to_start_with_a_missing_configured_list(tmp_path, office):
+    from gpiozero.pins.mock import MockFactory
+
+    from edge.errors import TicketError
+    from edge.gate.daemon import Gate
+
+    cfg = config_mod.load(gate(tmp_path, office))
+    (tmp_path / "revoked.txt").unlink()
+    with pytest.raises(TicketError, match="does not exist"):
+        Gate(cfg, source_spec=str(tmp_path / "none.mp4"), pin_factory=MockFactory())
