@@ -426,13 +426,13 @@ def test_ledger_locked_by_a_writer_fails_closed(tmp_path):
 
 
 def test_relay_is_built_first_and_driven_shut_when_start_fails(tmp_path):
-    """A restart after kill -9 mid-pulse that fails later (a corrupt ledger) still shuts the relay."""
+    """A restart after kill -9 mid-pulse that fails later (a damaged key file) still shuts the relay."""
     cfg = make_config(tmp_path, "[vision]\nface_enabled = false\n")
-    cfg.resolve(cfg.tickets.ledger).write_bytes(b"not a database" * 100)
+    (tmp_path / "office" / "issuer.pub").write_bytes(b"not a key" * 10)
     factory = MockFactory()
     pin = factory.pin(cfg.relay.pin)
     pin.drive_high()  # left energised by the killed process
-    with pytest.raises(EdgeGateError, match="ledger"):
+    with pytest.raises(EdgeGateError, match="public key"):
         Gate(cfg, source=ListSource([]), pin_factory=factory)
     assert pin.function == "output" and pin.state is False  # driven inactive, not floating
 

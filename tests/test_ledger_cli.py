@@ -4,6 +4,7 @@ deleted, truncated, restored from an older copy or lost its -wal is refused, thr
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 import subprocess
 import sys
@@ -181,25 +182,19 @@ def test_run_with_a_missing_ledger_refuses_tickets_loudly(tmp_path, caplog):
     cfg_path = gate_dir(tmp_path)
     cfg = config_mod.load(cfg_path)
     scene = ticket_scene(tmp_path / "office", tmp_path / "t.mp4", time.time())
-    ev = tmp_path / "ev.jsonl"
-    said = []
-    cfg = config_mod.override(cfg, vision={"face_enabled": False})
-    gate = Gate(
-        cfg,
-        source_spec=str(scene.clip),
-        realtime=False,
-        events=str(ev),
-        pin_factory=MockFactory(),
-        printer=said.append,
+    decisions = []
+    cfg = config_mod.override(
+        cfg, vision={"face_enabled": False}, camera={"source": str(scene.clip), "realtime": False}
     )
+    with caplog.at_level(logging.ERROR):
+        gate = Gate(cfg, decisions.append, pin_factory=MockFactory())
     assert "TICKETS REFUSED" in gate.status_text()
     gate.run()
-    decisions = [json.loads(x) for x in ev.read_text().splitlines()]
     assert decisions
     assert {d["decision"] for d in decisions} == {"deny"}
     assert "ledger_error" in {d["reason"] for d in decisions}
     assert not (tmp_path / "ledger.db").exists()
-    assert any("LEDGER ERROR" in s for s in said)
+    assert any("LEDGER_ERROR" in r.getMessage() for r in caplog.records)
     assert not any(s.state for s in gate.relay.pin.states)
 
 
@@ -210,9 +205,11 @@ def test_reload_reopens_the_ledger_once_it_is_back(tmp_path):
     from edge.measure.demo import ticket_scene
 
     cfg_path = gate_dir(tmp_path)
-    cfg = config_mod.override(config_mod.load(cfg_path), vision={"face_enabled": False})
     clip = ticket_scene(tmp_path / "office", tmp_path / "t.mp4", time.time()).clip
-    gate = Gate(cfg, source_spec=str(clip), pin_factory=MockFactory())
+    cfg = config_mod.override(
+        config_mod.load(cfg_path), vision={"face_enabled": False}, camera={"source": str(clip)}
+    )
+    gate = Gate(cfg, pin_factory=MockFactory())
     try:
         assert gate.ledger.problem
         with AuditLog(tmp_path / "audit.db") as log:

@@ -176,14 +176,13 @@ def test_gate_keeps_the_last_good_revocation_list_and_alarms(tmp_path, office, c
 
     from edge.gate.daemon import Gate
 
-    cfg = config_mod.override(
-        config_mod.load(gate(tmp_path, office)), vision={"face_enabled": False}
-    )
-    tk.revoke(tmp_path / "revoked.txt", ["R-9"])
     from edge.measure.demo import ticket_scene
 
+    cfg = config_mod.load(gate(tmp_path, office))
+    tk.revoke(tmp_path / "revoked.txt", ["R-9"])
     clip = ticket_scene(office, tmp_path / "t.mp4", time.time()).clip
-    g = Gate(cfg, source_spec=str(clip), pin_factory=MockFactory())
+    cfg = config_mod.override(cfg, vision={"face_enabled": False}, camera={"source": str(clip)})
+    g = Gate(cfg, pin_factory=MockFactory())
     try:
         text = signed(office, "R-9")
         assert g.verifier.verify(text, time.time()).reason == tk.REVOKED
@@ -215,4 +214,7 @@ def test_gate_refuses_to_start_with_a_missing_configured_list(tmp_path, office):
     cfg = config_mod.load(gate(tmp_path, office))
     (tmp_path / "revoked.txt").unlink()
     with pytest.raises(TicketError, match="does not exist"):
-        Gate(cfg, source_spec=str(tmp_path / "none.mp4"), pin_factory=MockFactory())
+        Gate(
+            config_mod.override(cfg, camera={"source": str(tmp_path / "none.mp4")}),
+            pin_factory=MockFactory(),
+        )

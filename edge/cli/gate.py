@@ -81,6 +81,8 @@ def cmd_run(args) -> int:
         gate = stack.enter_context(Gate(cfg, on_decision, scanner=scanner))
         if gate.degraded and not args.quiet:
             print(f"DEGRADED: {gate.degraded}", flush=True)
+        if gate.ledger.problem and not args.quiet:
+            print(f"LEDGER ERROR, every ticket is refused: {gate.ledger.problem}", flush=True)
         return gate.run()
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from edge import config as config_mod
 from edge import tickets as tk
-from edge.errors import ConfigError, EdgeGateError, KeyFileError, ModelError
+from edge.errors import ConfigError, KeyFileError, ModelError
 from edge.gate.policy import check_non_face_way_in
 
 # Errors that mean the operator's settings are wrong: the gate refuses to start with them.
@@ -25,16 +25,9 @@ def ticket_keys(cfg: config_mod.Config) -> list:
 
 def revocations(cfg: config_mod.Config) -> frozenset[str]:
     """The revoked ticket ids; an unreadable list is an error, never "nothing revoked"."""
-    path = cfg.resolve(cfg.tickets.revocation_list) if cfg.tickets.revocation_list else None
-    try:
-        return tk.load_revocations(path)
-    except EdgeGateError:
-        raise
-    except (OSError, UnicodeError, ValueError) as e:
-        raise ConfigError(
-            f"tickets.revocation_list {path} cannot be read: {e}",
-            "make it a UTF-8 text file with one ticket id per line",
-        ) from None
+    from edge.tickets.desk import configured_revocations
+
+    return configured_revocations(cfg)
 
 
 def faces_wanted(cfg: config_mod.Config) -> bool:

@@ -135,9 +135,9 @@ class Gate:
 
     @staticmethod
     def _load_tickets(cfg: config_mod.Config) -> tk.Verifier:
-        keys = checks.ticket_keys(cfg)
-        revoked = checks.revocations(cfg)
-        return tk.Verifier(keys, cfg.gate.products, revoked, cfg.tickets.clock_skew_s)
+        from edge.tickets.desk import gate_verifier
+
+        return gate_verifier(cfg, keys=checks.ticket_keys(cfg))
 
     def _load_faces(self, cfg: config_mod.Config) -> FaceStack | None:
         """Configuration errors raise (refuse to start); faults of files at run time degrade."""
@@ -230,10 +230,6 @@ class Gate:
         if threading.current_thread() is threading.main_thread():
             self.install_signals()
         self.notifier.ready(self.status_text())
-        if self.degraded:
-            self._say(f"DEGRADED: {self.degraded}")
-        if self.ledger.problem:
-            self._say(f"LEDGER ERROR, every ticket is refused: {self.ledger.problem}")
         t_status, n_status = time.monotonic(), 0
         try:
             while not self.stop_requested:

@@ -63,14 +63,21 @@ def open_gate_ledger(cfg: config_mod.Config, audit, now: float) -> Ledger | Unav
         return UnavailableLedger(str(e))
 
 
-def gate_verifier(cfg: config_mod.Config, pubkeys: list[str] | None = None) -> Verifier:
-    """The gate's verifier: its issuer keys, products, revocation list and clock skew."""
-    paths = pubkeys or [str(cfg.resolve(p)) for p in cfg.tickets.pubkeys]
-    keys = [load_public(Path(p)) for p in paths]
-    revoked = load_revocations(
+def configured_revocations(cfg: config_mod.Config) -> frozenset[str]:
+    """The gate's revocation list; a configured list that cannot be read raises (never "none")."""
+    return load_revocations(
         cfg.resolve(cfg.tickets.revocation_list) if cfg.tickets.revocation_list else None
     )
-    return Verifier(keys, cfg.gate.products, revoked, cfg.tickets.clock_skew_s)
+
+
+def gate_verifier(
+    cfg: config_mod.Config, pubkeys: list[str] | None = None, keys: list | None = None
+) -> Verifier:
+    """The gate's verifier: its issuer keys, products, revocation list and clock skew."""
+    if keys is None:
+        paths = pubkeys or [str(cfg.resolve(p)) for p in cfg.tickets.pubkeys]
+        keys = [load_public(Path(p)) for p in paths]
+    return Verifier(keys, cfg.gate.products, configured_revocations(cfg), cfg.tickets.clock_skew_s)
 
 
 def init_gate_ledger(path: Path, audit=None, after_loss: bool = False, gate: str = "") -> str:
