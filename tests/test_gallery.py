@@ -12,8 +12,9 @@ import pytest
 
 from edge.errors import ConsentError, EnrollError, GalleryError, KeyFileError
 from edge.gallery.crypto import init_key, load_key
+from edge.gallery.keys import rotate_key
 from edge.gallery.matcher import LiveMatcher, Matcher
-from edge.gallery.store import Consent, Gallery, rotate_key
+from edge.gallery.store import Consent, Gallery
 
 from .helpers import kill_at_random
 
@@ -261,7 +262,7 @@ def test_key_rotation_killed_anywhere_still_opens(tmp_path):
     pid = g.add_person(NAME, CONSENT, list(e), "m", "v")
     g.close()
     script = textwrap.dedent(f"""
-        from edge.gallery.store import rotate_key
+        from edge.gallery.keys import rotate_key
         print("ready", flush=True)
         while True:
             rotate_key({str(tmp_path / "g.db")!r}, {str(kf)!r})
@@ -287,11 +288,9 @@ def test_enroll_requires_consent_and_guardian_for_minors(gal, pipeline, fixtures
 
     img = [str(fixtures / "faces" / "obama" / "obama.jpg")]
     with pytest.raises(ConsentError):
-        enroll(gal, pipeline, "Obama", Consent(""), img, threshold=0.92, min_margin=0.04)
+        enroll(gal, pipeline, "Obama", Consent(""), img, threshold=0.92)
     with pytest.raises(ConsentError, match="guardian"):
-        enroll(
-            gal, pipeline, "Kid", Consent("v1"), img, threshold=0.92, min_margin=0.04, minor=True
-        )
+        enroll(gal, pipeline, "Kid", Consent("v1"), img, threshold=0.92, minor=True)
     with pytest.raises(EnrollError, match="no usable face"):
         enroll(
             gal,
@@ -300,7 +299,6 @@ def test_enroll_requires_consent_and_guardian_for_minors(gal, pipeline, fixtures
             CONSENT,
             [str(fixtures / "qr" / "qrcode-1" / "1.png")],
             threshold=0.92,
-            min_margin=0.04,
         )
     assert gal.people() == []
 
@@ -314,23 +312,12 @@ def test_enroll_identify_refuse_duplicates_and_reenroll(gal, pipeline, fixtures)
     enrolled = {}
     for person in ("obama", "biden", "df_A", "df_G_matt_damon", "kit_harington", "rose_leslie"):
         first = sorted((faces / person).iterdir())[0]
-        enrolled[person], _ = enroll(
-            gal, pipeline, person, CONSENT, [str(first)], threshold=t, min_margin=0.04
-        )
+        enrolled[person], _ = enroll(gal, pipeline, person, CONSENT, [str(first)], threshold=t)
     # a second photo of an enrolled person is refused as a new person, accepted with --person-id
     second = str(sorted((faces / "obama").iterdir())[1])
     with pytest.raises(EnrollError, match="already matches"):
-        enroll(gal, pipeline, "Not Obama", CONSENT, [second], threshold=t, min_margin=0.04)
-    pid, n = enroll(
-        gal,
-        pipeline,
-        "",
-        CONSENT,
-        [second],
-        threshold=t,
-        min_margin=0.04,
-        person_id=enrolled["obama"],
-    )
+        enroll(gal, pipeline, "Not Obama", CONSENT, [second], threshold=t)
+    pid, n = enroll(gal, pipeline, "", CONSENT, [second], threshold=t, person_id=enrolled["obama"])
     assert pid == enrolled["obama"] and n == 1
     assert {p.id: p.template_count for p in gal.people()}[pid] == 2
     # identification: every other photo is its own person or nobody; never someone else
@@ -372,7 +359,6 @@ def test_enroll_from_video_picks_best_frames_and_writes_no_image(
         CONSENT,
         [str(fixtures / "video" / "short_hamilton_clip.mp4")],
         threshold=pipeline.spec.threshold,
-        min_margin=0.04,
         max_templates=5,
     )
     assert n == 5 and g.people()[0].template_count == 5
