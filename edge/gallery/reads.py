@@ -6,7 +6,6 @@ match the sealed copy; anything else is logged and left out, so it can never mat
 
 from __future__ import annotations
 
-import json
 import logging
 import sqlite3
 from dataclasses import dataclass
@@ -14,9 +13,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from edge.errors import GalleryError
 from edge.gallery.crypto import SealError, aad, open_sealed
+from edge.gallery.schema import attrs_aad
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +53,7 @@ class PersonKey:
     key: bytes
     valid_until: int | None
     minor: bool
+    aead: AESGCM  # prepared once per person, reused for each of their templates
 
 
 class GalleryReader:
@@ -82,17 +84,22 @@ class GalleryReader:
             "SELECT p.id, p.valid_until, p.minor, p.attrs, k.wrapped"
             " FROM people p LEFT JOIN person_keys k ON k.person_id = p.id"
         ).fetchall()
+        dek = AESGCM(self.dek)
         for pid, vu, minor, attrs, wrapped in rows:  # one unwrap per person, not per template
             try:
-                key = self.unwrap_person_key(pid, wrapped)
-                sealed = json.loads(open_sealed(key, attrs, aad("people", pid, "attrs")))
-            except (SealError, ValueError, TypeError):
+                if wrapped is None:
+                    raise SealError("no key for this person")
+                key = open_sealed(dek, wrapped, aad("person_keys", pid, "wrapped"))
+            except SealError:
                 log.error("gallery row rejected table=people id=%s reason=key_unavailable", pid)
                 continue
-            if sealed != {"valid_until": vu, "minor": bool(minor)}:
+            aead = AESGCM(key)
+            try:
+                open_sealed(aead, attrs, attrs_aad(pid, vu, bool(minor)))
+            except SealError:
                 log.error("gallery row rejected table=people id=%s reason=tampered_attrs", pid)
                 continue
-            out[pid] = PersonKey(key, vu, bool(minor))
+            out[pid] = PersonKey(key, vu, bool(minor), aead)
         self._cache = (version, out)
         return out
 
@@ -173,7 +180,7 @@ class GalleryReader:
                 if pid not in keys:
                     raise SealError("person key unavailable")
                 a = aad("templates", tid, "embedding", f"{model_id}|{pid}")
-                raw = open_sealed(keys[pid].key, blob, a)
+                raw = open_sealed(keys[pid].aead, blob, a)
             except SealError:
                 log.error(
                     "gallery row rejected table=templates id=%s reason=authentication_failed", tid

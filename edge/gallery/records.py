@@ -8,7 +8,6 @@ name, pass reference or template is ever in the clear on the way.
 from __future__ import annotations
 
 import base64
-import json
 from typing import Any
 
 from edge.errors import GalleryError
@@ -63,9 +62,9 @@ def import_person(g: Gallery, record: dict[str, Any], transport_key: bytes) -> s
         rows = {t: [{c: _unb64(v) for c, v in r.items()} for r in record[t]]
                 for t in ("people", "consents", "templates")}  # fmt: skip
         p = rows["people"][0]
-        attrs = json.loads(open_sealed(key, p["attrs"], aad("people", pid, "attrs")))
-        if p["id"] != pid or attrs != {"valid_until": p["valid_until"], "minor": bool(p["minor"])}:
-            raise ValueError("person record does not match its sealed attributes")
+        if p["id"] != pid:
+            raise ValueError("person record does not match its id")
+        open_sealed(key, p["attrs"], schema.attrs_aad(pid, p["valid_until"], bool(p["minor"])))
         for t in rows["templates"]:
             model = f"{t['model_id']}|{pid}"
             open_sealed(key, t["embedding"], aad("templates", t["id"], "embedding", model))

@@ -10,7 +10,6 @@ deletes the person's key, so their rows copied back from an old backup no longer
 
 from __future__ import annotations
 
-import json
 import os
 import sqlite3
 from collections.abc import Sequence
@@ -89,7 +88,9 @@ TABLES: tuple[Table, ...] = (
             Column("valid_until", int, holds="pass valid-until (bound to the sealed attrs)"),
             Column("minor", int, holds="minor flag (bound to the sealed attrs)"),
             Column("created", int, holds="creation time"),
-            Column("attrs", bytes, True, "valid-until and minor flag, sealed copy"),
+            Column(
+                "attrs", bytes, True, "seal binding valid-until and minor flag to the person key"
+            ),
         ),
     ),
     Table(
@@ -168,10 +169,14 @@ def create(conn: sqlite3.Connection) -> None:
     conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
 
 
+def attrs_aad(pid: str, valid_until: int | None, minor: bool) -> bytes:
+    """Associated data binding a person's clear validity and minor flag to their key."""
+    return aad("people", pid, "attrs", f"{valid_until}|{int(bool(minor))}")
+
+
 def attrs_blob(key: bytes, pid: str, valid_until: int | None, minor: bool) -> bytes:
-    """Seal the pass validity and minor flag so a changed clear column is detected."""
-    plain = json.dumps({"valid_until": valid_until, "minor": bool(minor)}).encode()
-    return seal(key, plain, aad("people", pid, "attrs"))
+    """An empty value sealed with the validity as associated data: a changed column won't open."""
+    return seal(key, b"", attrs_aad(pid, valid_until, minor))
 
 
 def migrate_v1(conn: sqlite3.Connection, dek: bytes) -> None:
