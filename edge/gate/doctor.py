@@ -172,6 +172,13 @@ def _gallery(site: Site) -> str | Check:
         ok = g.conn.execute("PRAGMA quick_check").fetchone()[0]
     if ok != "ok":
         raise EdgeGateError(f"{site.db}: integrity {ok}", "restore the gallery from a backup")
+    if s["pending_erasure"]:
+        return Check(
+            "warn",
+            "gallery database",
+            f"{site.db}: an erasure is still pending on disk (a reader kept old pages)",
+            "run `edge-gate purge` when no other process holds the gallery",
+        )
     return (
         f"{site.db}: {s['people']} people, {s['templates']} templates, schema {s['schema_version']}"
     )
