@@ -67,6 +67,9 @@ def test_forget_with_a_reader_holding_old_pages_fails_loudly_then_purge_finishes
         .records("deletion")[-1]
         .detail.startswith("erasure incomplete")
     )
+    rc, out, _ = cli(capsys, "doctor", *args, "--json")
+    (check,) = [c for c in json.loads(out) if c["check"] == "gallery database"]
+    assert check["status"] == "warn" and "erasure is still pending" in check["detail"]
     reader.execute("COMMIT")
     reader.close()
     rc, out, err = cli(capsys, "purge", *args)
