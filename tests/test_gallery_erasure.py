@@ -238,3 +238,27 @@ def test_gallery_is_a_context_manager(tmp_path):
         assert g.people() == []
     with pytest.raises(sqlite3.ProgrammingError):
         g.conn.execute("SELECT 1")
+
+
+def test_purge_under_a_held_reader_records_the_purge_then_fails_loudly(
+    tmp_path, capsys, quick_retries
+):
+    from edge.gate.audit import AuditLog
+
+    db, key = tmp_path / "g.db", tmp_path / "k.key"
+    with Gallery(db, init_key(key)) as g:
+        old = g.add_person("Old", CONSENT, list(unit(np.random.default_rng(9), 1)), "m", "v",
+                           valid_until=1_600_000_000)  # fmt: skip
+    reader = sqlite3.connect(db, isolation_level=None)
+    reader.execute("BEGIN")
+    reader.execute("SELECT count(*) FROM people").fetchone()
+    args = ["--config", str(config(tmp_path)), "--db", str(db), "--key-file", str(key)]
+    rc, _, err = cli(capsys, "purge", *args)
+    assert rc == 2 and "NOT yet erased from disk" in err
+    (rec,) = AuditLog(tmp_path / "audit.db").records("purge")  # the deletion is on record
+    assert rec.detail.startswith("1 people expired")
+    reader.execute("COMMIT")
+    reader.close()
+    assert cli(capsys, "purge", *args)[0] == 0
+    with Gallery(db, load_key(key), create=False) as g:
+        assert not g.pending_erasure() and old not in {p.id for p in g.people()}
