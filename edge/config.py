@@ -7,6 +7,7 @@ gate at 7 a.m. with visitors waiting.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import tomllib
 from dataclasses import dataclass, field
@@ -18,6 +19,13 @@ from edge.errors import ConfigError
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CONFIG = PROJECT_ROOT / "firmware_config" / "gate.toml"
 MODES = ("face-or-ticket", "ticket-only", "face-and-ticket")
+# Cosine similarity: below this almost any two faces match; 1.0 and above nobody ever does.
+MATCH_THRESHOLD_RANGE = (0.3, 0.999)
+MIN_MARGIN_RANGE = (0.0, 0.5)
+CLOCK_SKEW_RANGE_S = (0.0, 3600.0)
+REMOVED_KEYS = {
+    "gallery.audit_retention_days": "it was never used; audit.retention_days sets audit retention"
+}
 
 
 @dataclass(frozen=True)
@@ -61,7 +69,6 @@ class GalleryConfig:
     match_threshold: float = 0.0  # 0 = use the embedder's documented threshold
     min_margin: float = 0.04
     purge_after_days: int = 30
-    audit_retention_days: int = 90
 
 
 @dataclass(frozen=True)
@@ -156,6 +163,8 @@ def _coerce(file: str, key: str, value: Any, typ: Any) -> Any:
     if typ is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{where} must be a number", "write a number without quotes")
+        if not math.isfinite(value):  # TOML allows nan and inf; every comparison would lie
+            raise ConfigError(f"{where} must be a finite number", "write an ordinary number")
         return float(value)
     if typ is str:
         if not isinstance(value, str):
@@ -178,6 +187,12 @@ def _build(cls: type, data: dict[str, Any], file: str, prefix: str) -> Any:
     hints = get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - names)
+    for key in unknown:
+        if prefix + key in REMOVED_KEYS:
+            raise ConfigError(
+                f"{file}: key '{prefix}{key}' was removed: {REMOVED_KEYS[prefix + key]}",
+                "delete that line",
+            )
     if unknown:
         raise ConfigError(
             f"{file}: unknown key '{prefix}{unknown[0]}'",
@@ -213,6 +228,7 @@ def validate(cfg: Config) -> Config:
         )
     if cfg.vision.threads < 0:
         raise ConfigError(f"{f}: key 'vision.threads' = {cfg.vision.threads} must be >= 0")
+    _validate_matching(cfg, f)
     x0, y0, x1, y1 = p.zone
     if not (0 <= x0 < x1 <= 1 and 0 <= y0 < y1 <= 1):
         raise ConfigError(
@@ -235,6 +251,42 @@ def validate(cfg: Config) -> Config:
     except ConfigError as e:
         raise ConfigError(f"{f}: {e.args[0]}", e.hint) from None
     return cfg
+
+
+def _validate_matching(cfg: Config, f: str) -> None:
+    """Thresholds, margins and timing that decide who gets in: sane ranges or refuse to load."""
+    g, p, t = cfg.gallery, cfg.policy, cfg.tickets
+    lo, hi = MATCH_THRESHOLD_RANGE
+    if g.match_threshold != 0 and not lo <= g.match_threshold <= hi:
+        raise ConfigError(
+            f"{f}: key 'gallery.match_threshold' = {g.match_threshold} must be 0 (the embedder's"
+            f" measured threshold) or a cosine similarity in [{lo}, {hi}]",
+            "set 0, or a value from `edge-gate eval`",
+        )
+    lo, hi = MIN_MARGIN_RANGE
+    if not lo <= g.min_margin <= hi:
+        raise ConfigError(f"{f}: key 'gallery.min_margin' = {g.min_margin} must be in [{lo}, {hi}]")
+    if g.purge_after_days < 0:
+        raise ConfigError(
+            f"{f}: key 'gallery.purge_after_days' = {g.purge_after_days} must be >= 0"
+        )
+    if p.window_s <= 0 or p.cooldown_s < 0:
+        raise ConfigError(
+            f"{f}: keys 'policy.window_s' = {p.window_s} and 'policy.cooldown_s' = {p.cooldown_s}"
+            " need window_s > 0 and cooldown_s >= 0"
+        )
+    if p.anti_passback_s < p.cooldown_s:
+        raise ConfigError(
+            f"{f}: key 'policy.anti_passback_s' = {p.anti_passback_s} is shorter than"
+            f" 'policy.cooldown_s' = {p.cooldown_s}",
+            "anti-passback must last at least as long as the cooldown",
+        )
+    lo, hi = CLOCK_SKEW_RANGE_S
+    if not lo <= t.clock_skew_s <= hi:
+        raise ConfigError(
+            f"{f}: key 'tickets.clock_skew_s' = {t.clock_skew_s} must be in [{lo:g}, {hi:g}] seconds",
+            "a larger skew lets expired tickets in; fix the gate's clock instead",
+        )
 
 
 def load(path: str | os.PathLike[str] | None = None) -> Config:

@@ -137,7 +137,7 @@ def test_a_record_at_the_retention_boundary_never_fails_purge(tmp_path):
 
 
 class FailingGallery:
-    def purge_expired(self, now, after_days):
+    def purge_expired(self, now, after_days, scrub=True):
         raise sqlite3.OperationalError("database is locked")
 
 
@@ -145,7 +145,7 @@ class CountingGallery:
     def __init__(self):
         self.purged = []
 
-    def purge_expired(self, now, after_days):
+    def purge_expired(self, now, after_days, scrub=True):
         self.purged = ["P-1", "P-2"]
         return self.purged
 

@@ -53,17 +53,15 @@ def enroll_lin(cfg, fixtures, pipeline) -> str:
     from edge.gallery.enroll import enroll
     from edge.gallery.store import Consent, Gallery
 
-    g = Gallery(cfg.resolve(cfg.gallery.db), init_key(cfg.resolve(cfg.gallery.key_file)))
-    pid, _ = enroll(
-        g,
-        pipeline,
-        "Lin-Manuel Miranda",
-        Consent("v1"),
-        [str(fixtures / "faces" / "lin_manuel_miranda" / "lin-manuel-miranda.png")],
-        threshold=pipeline.spec.threshold,
-        min_margin=0.04,
-    )
-    g.close()
+    with Gallery(cfg.resolve(cfg.gallery.db), init_key(cfg.resolve(cfg.gallery.key_file))) as g:
+        pid, _ = enroll(
+            g,
+            pipeline,
+            "Lin-Manuel Miranda",
+            Consent("v1"),
+            [str(fixtures / "faces" / "lin_manuel_miranda" / "lin-manuel-miranda.png")],
+            threshold=pipeline.spec.threshold,
+        )
     return pid
 
 
@@ -71,7 +69,8 @@ def empty_gallery(cfg) -> None:
     from edge.gallery.crypto import init_key
     from edge.gallery.store import Gallery
 
-    Gallery(cfg.resolve(cfg.gallery.db), init_key(cfg.resolve(cfg.gallery.key_file))).close()
+    with Gallery(cfg.resolve(cfg.gallery.db), init_key(cfg.resolve(cfg.gallery.key_file))):
+        pass
 
 
 def events(path: Path) -> list[dict]:

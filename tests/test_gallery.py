@@ -12,8 +12,9 @@ import pytest
 
 from edge.errors import ConsentError, EnrollError, GalleryError, KeyFileError
 from edge.gallery.crypto import init_key, load_key
+from edge.gallery.keys import rotate_key
 from edge.gallery.matcher import LiveMatcher, Matcher
-from edge.gallery.store import Consent, Gallery, rotate_key
+from edge.gallery.store import Consent, Gallery
 
 from .helpers import kill_at_random
 
@@ -28,10 +29,8 @@ def unit(rng, n, d=128):
 
 @pytest.fixture
 def gal(tmp_path):
-    kek = init_key(tmp_path / "k.key")
-    g = Gallery(tmp_path / "g.db", kek)
-    yield g
-    g.close()
+    with Gallery(tmp_path / "g.db", init_key(tmp_path / "k.key")) as g:
+        yield g
 
 
 def file_bytes(path) -> bytes:
@@ -156,20 +155,19 @@ def test_matcher_threshold_margin_and_empty():
 
 def test_live_matcher_sees_changes_without_restart_and_never_blocks(tmp_path):
     kek = init_key(tmp_path / "k.key")
-    writer = Gallery(tmp_path / "g.db", kek)
-    reader = Gallery(tmp_path / "g.db", kek)
-    live = LiveMatcher(reader, "m", 0.9, 0.0)
-    e = unit(np.random.default_rng(5), 1)[0]
-    assert live.match_many(e[None])[0].person_id is None
-    pid = writer.add_person("new", CONSENT, [e], "m", "v")
-    assert live.match_many(e[None])[0].person_id == pid
-    writer.conn.execute("BEGIN IMMEDIATE")  # a writer holds the lock mid-enroll
-    writer.conn.execute("DELETE FROM templates")
-    reader.conn.execute("PRAGMA busy_timeout=0")  # any wait for the lock would raise at once
-    assert live.match_many(e[None])[0].person_id == pid  # WAL: the reader never waits for a writer
-    writer.conn.execute("COMMIT")
-    writer.forget(pid)
-    assert live.match_many(e[None])[0].person_id is None
+    with Gallery(tmp_path / "g.db", kek) as writer, Gallery(tmp_path / "g.db", kek) as reader:
+        live = LiveMatcher(reader, "m", 0.9, 0.0)
+        e = unit(np.random.default_rng(5), 1)[0]
+        assert live.match_many(e[None])[0].person_id is None
+        pid = writer.add_person("new", CONSENT, [e], "m", "v")
+        assert live.match_many(e[None])[0].person_id == pid
+        writer.conn.execute("BEGIN IMMEDIATE")  # a writer holds the lock mid-enroll
+        writer.conn.execute("DELETE FROM templates")
+        reader.conn.execute("PRAGMA busy_timeout=0")  # any wait for the lock would raise at once
+        assert live.match_many(e[None])[0].person_id == pid  # WAL: readers never wait for writers
+        writer.conn.execute("COMMIT")
+        writer.forget(pid)
+        assert live.match_many(e[None])[0].person_id is None
 
 
 # --- faults --------------------------------------------------------------------------------------
@@ -185,8 +183,8 @@ def test_corrupt_truncated_and_newer_databases(tmp_path, gal):
     with pytest.raises(GalleryError, match="unreadable"):
         Gallery(tmp_path / "junk.db", kek)
     (tmp_path / "cut.db").write_bytes(good[: len(good) // 2])
-    with pytest.raises((GalleryError, KeyFileError)):
-        Gallery(tmp_path / "cut.db", kek).templates("m")
+    with pytest.raises((GalleryError, KeyFileError)), Gallery(tmp_path / "cut.db", kek) as cut:
+        cut.templates("m")
     conn = sqlite3.connect(tmp_path / "g.db")
     conn.execute("PRAGMA user_version=99")
     conn.close()
@@ -233,7 +231,8 @@ def test_disk_full_during_enroll_keeps_db_consistent(gal):
 
 def test_kill_9_mid_enroll_never_leaves_half_a_person(tmp_path):
     init_key(tmp_path / "k.key")
-    Gallery(tmp_path / "g.db", load_key(tmp_path / "k.key")).close()
+    with Gallery(tmp_path / "g.db", load_key(tmp_path / "k.key")):
+        pass
     script = textwrap.dedent(f"""
         import numpy as np
         from edge.gallery.crypto import load_key
@@ -246,37 +245,35 @@ def test_kill_9_mid_enroll_never_leaves_half_a_person(tmp_path):
             g.add_person("someone", Consent("v1"), list(e), "m", "v")
     """)
     kill_at_random(script, 20, 11, 0.05)
-    g = Gallery(tmp_path / "g.db", load_key(tmp_path / "k.key"))
-    assert g.conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
-    people = g.people()
-    assert people and all(p.template_count == 4 and p.consent_time for p in people)
-    assert g.templates("m").rejected == 0
+    with Gallery(tmp_path / "g.db", load_key(tmp_path / "k.key")) as g:
+        assert g.conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        people = g.people()
+        assert people and all(p.template_count == 4 and p.consent_time for p in people)
+        assert g.templates("m").rejected == 0
 
 
 def test_key_rotation_killed_anywhere_still_opens(tmp_path):
     kf = tmp_path / "k.key"
     init_key(kf)
-    g = Gallery(tmp_path / "g.db", load_key(kf))
-    e = unit(np.random.default_rng(8), 2)
-    pid = g.add_person(NAME, CONSENT, list(e), "m", "v")
-    g.close()
+    with Gallery(tmp_path / "g.db", load_key(kf)) as g:
+        pid = g.add_person(NAME, CONSENT, list(unit(np.random.default_rng(8), 2)), "m", "v")
     script = textwrap.dedent(f"""
-        from edge.gallery.store import rotate_key
+        from edge.gallery.keys import rotate_key
         print("ready", flush=True)
         while True:
             rotate_key({str(tmp_path / "g.db")!r}, {str(kf)!r})
     """)
 
     def still_opens():  # the key on disk always opens the gallery
-        g = Gallery(tmp_path / "g.db", load_key(kf), create=False)
-        assert [p.name for p in g.people()] == [NAME]
-        assert g.templates("m").rejected == 0
-        g.close()
+        with Gallery(tmp_path / "g.db", load_key(kf), create=False) as g:
+            assert [p.name for p in g.people()] == [NAME]
+            assert g.templates("m").rejected == 0
 
     kill_at_random(script, 20, 3, 0.15, after_each=still_opens)
     old, new = rotate_key(tmp_path / "g.db", kf)  # a clean rotation finishes any interrupted one
-    g = Gallery(tmp_path / "g.db", load_key(kf), create=False)
-    assert g.stats()["key_ids"] == [new] and g.people()[0].id == pid
+    with Gallery(tmp_path / "g.db", load_key(kf), create=False) as g:
+        assert g.stats()["key_ids"] == [new]
+        assert g.people()[0].id == pid
 
 
 # --- enrollment with real faces ------------------------------------------------------------------
@@ -287,11 +284,9 @@ def test_enroll_requires_consent_and_guardian_for_minors(gal, pipeline, fixtures
 
     img = [str(fixtures / "faces" / "obama" / "obama.jpg")]
     with pytest.raises(ConsentError):
-        enroll(gal, pipeline, "Obama", Consent(""), img, threshold=0.92, min_margin=0.04)
+        enroll(gal, pipeline, "Obama", Consent(""), img, threshold=0.92)
     with pytest.raises(ConsentError, match="guardian"):
-        enroll(
-            gal, pipeline, "Kid", Consent("v1"), img, threshold=0.92, min_margin=0.04, minor=True
-        )
+        enroll(gal, pipeline, "Kid", Consent("v1"), img, threshold=0.92, minor=True)
     with pytest.raises(EnrollError, match="no usable face"):
         enroll(
             gal,
@@ -300,7 +295,6 @@ def test_enroll_requires_consent_and_guardian_for_minors(gal, pipeline, fixtures
             CONSENT,
             [str(fixtures / "qr" / "qrcode-1" / "1.png")],
             threshold=0.92,
-            min_margin=0.04,
         )
     assert gal.people() == []
 
@@ -314,23 +308,12 @@ def test_enroll_identify_refuse_duplicates_and_reenroll(gal, pipeline, fixtures)
     enrolled = {}
     for person in ("obama", "biden", "df_A", "df_G_matt_damon", "kit_harington", "rose_leslie"):
         first = sorted((faces / person).iterdir())[0]
-        enrolled[person], _ = enroll(
-            gal, pipeline, person, CONSENT, [str(first)], threshold=t, min_margin=0.04
-        )
+        enrolled[person], _ = enroll(gal, pipeline, person, CONSENT, [str(first)], threshold=t)
     # a second photo of an enrolled person is refused as a new person, accepted with --person-id
     second = str(sorted((faces / "obama").iterdir())[1])
     with pytest.raises(EnrollError, match="already matches"):
-        enroll(gal, pipeline, "Not Obama", CONSENT, [second], threshold=t, min_margin=0.04)
-    pid, n = enroll(
-        gal,
-        pipeline,
-        "",
-        CONSENT,
-        [second],
-        threshold=t,
-        min_margin=0.04,
-        person_id=enrolled["obama"],
-    )
+        enroll(gal, pipeline, "Not Obama", CONSENT, [second], threshold=t)
+    pid, n = enroll(gal, pipeline, "", CONSENT, [second], threshold=t, person_id=enrolled["obama"])
     assert pid == enrolled["obama"] and n == 1
     assert {p.id: p.template_count for p in gal.people()}[pid] == 2
     # identification: every other photo is its own person or nobody; never someone else
@@ -364,19 +347,18 @@ def test_enroll_from_video_picks_best_frames_and_writes_no_image(
     )
     monkeypatch.chdir(tmp_path)
     kek = init_key(tmp_path / "k.key")
-    g = Gallery(tmp_path / "g.db", kek)
-    pid, n = enroll(
-        g,
-        pipeline,
-        "Lin-Manuel Miranda",
-        CONSENT,
-        [str(fixtures / "video" / "short_hamilton_clip.mp4")],
-        threshold=pipeline.spec.threshold,
-        min_margin=0.04,
-        max_templates=5,
-    )
-    assert n == 5 and g.people()[0].template_count == 5
-    g.close()
+    with Gallery(tmp_path / "g.db", kek) as g:
+        pid, n = enroll(
+            g,
+            pipeline,
+            "Lin-Manuel Miranda",
+            CONSENT,
+            [str(fixtures / "video" / "short_hamilton_clip.mp4")],
+            threshold=pipeline.spec.threshold,
+            max_templates=5,
+        )
+        assert n == 5
+        assert g.people()[0].template_count == 5
     assert written == []
     files = sorted(p.name for p in tmp_path.rglob("*") if p.is_file())
     assert set(files) <= {"g.db", "g.db-wal", "g.db-shm", "k.key"}, files
@@ -386,5 +368,6 @@ def test_enroll_from_video_picks_best_frames_and_writes_no_image(
     ref = pipeline.embed_still(
         load_image(fixtures / "faces" / "lin_manuel_miranda" / "lin-manuel-miranda.png")
     ).embedding
-    t = Gallery(tmp_path / "g.db", kek).templates(pipeline.spec.name)
+    with Gallery(tmp_path / "g.db", kek) as g:
+        t = g.templates(pipeline.spec.name)
     assert (t.matrix @ ref).min() > 0.9 and list(set(t.person_ids)) == [pid]

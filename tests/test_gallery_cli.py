@@ -97,7 +97,8 @@ def test_wrong_key_is_one_clear_line(tmp_path):
     from edge.gallery.crypto import load_key
     from edge.gallery.store import Gallery
 
-    Gallery(db, load_key(tmp_path / "a.key")).close()
+    with Gallery(db, load_key(tmp_path / "a.key")):
+        pass
     p = run(tmp_path, "people", "--db", db, "--key-file", str(tmp_path / "b.key"))
     assert p.returncode == 2 and "does not open gallery" in p.stderr
 

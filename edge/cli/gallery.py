@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import json
 import os
-import stat
 import time
 from pathlib import Path
 
 from edge import config as config_mod
-from edge.gallery.crypto import credential_path, init_key, load_key
-from edge.gallery.store import FILING_THRESHOLD, Consent, Gallery, rotate_key
+from edge.errors import EnrollError
+from edge.gallery.crypto import init_key, load_key
+from edge.gallery.erase import ErasureIncomplete
+from edge.gallery.keys import rotate_key
+from edge.gallery.store import UNCHANGED, Consent, Gallery
 from edge.gate.audit import AuditLog, AuditRecord
 from edge.timeutil import iso, parse_time
 
@@ -27,7 +29,14 @@ def paths(args) -> tuple[config_mod.Config, Path, Path]:
 
 
 def audit_log(cfg: config_mod.Config) -> AuditLog:
+    """The audit log the config names."""
     return AuditLog(cfg.resolve(cfg.audit.path), cfg.audit.retention_days)
+
+
+def audit_record(cfg: config_mod.Config, kind: str, **fields: str) -> None:
+    """Append one privacy event (who did what to which pseudonymous id, never a name)."""
+    with audit_log(cfg) as log:
+        log.record(AuditRecord(time.time(), cfg.gate.id, kind, **fields))
 
 
 def cmd_keys_init(args) -> int:
@@ -52,6 +61,8 @@ def cmd_enroll(args) -> int:
     from edge.vision.pipeline import FacePipeline
 
     cfg, db, key = paths(args)
+    if args.replace_templates and not args.person_id:
+        raise EnrollError("--replace-templates needs --person-id", "pass --person-id P-...")
     consent = Consent(
         args.consent_version,
         args.consent_method,
@@ -61,8 +72,7 @@ def cmd_enroll(args) -> int:
     )
     check_consent(consent, args.minor)  # refuse before any model or camera is touched
     pipe = FacePipeline.from_config(cfg)
-    g = Gallery(db, load_key(key))
-    try:
+    with Gallery(db, load_key(key)) as g:
         pid, n = enroll(
             g,
             pipe,
@@ -70,30 +80,34 @@ def cmd_enroll(args) -> int:
             consent,
             args.inputs,
             threshold=resolve_threshold(cfg.gallery.match_threshold, pipe.spec.threshold),
-            min_margin=cfg.gallery.min_margin,
             pass_ref=args.pass_id or "",
             valid_until=parse_time(args.valid_until, end_of_day=True) if args.valid_until else None,
             minor=args.minor,
             person_id=args.person_id,
+            replace=args.replace_templates,
             force=args.force,
             max_templates=args.templates,
         )
-    finally:
-        g.close()
-    with audit_log(cfg) as log:
-        log.record(
-            AuditRecord(time.time(), cfg.gate.id, "enroll", subject=pid, detail=f"{n} templates")
-        )
-    print(f"enrolled {n} template(s)")
+    what = "replaced all templates with" if args.replace_templates else "added"
+    audit_record(
+        cfg,
+        "enroll",
+        subject=pid,
+        reason="replace_templates" if args.replace_templates else "",
+        detail=f"{what} {n} templates; consent {args.consent_version}",
+    )
+    print(
+        f"enrolled {n} template(s)"
+        + (" (previous templates erased)" if args.replace_templates else "")
+    )
     print(pid)
     return 0
 
 
 def cmd_people(args) -> int:
     _, db, key = paths(args)
-    g = Gallery(db, load_key(key), create=False)
-    people = g.people()
-    g.close()
+    with Gallery(db, load_key(key), create=False) as g:
+        people = g.people()
     rows = [
         {
             "id": p.id,
@@ -103,6 +117,7 @@ def cmd_people(args) -> int:
             "consent_time": iso(p.consent_time),
             "template_count": p.template_count,
             "minor": p.minor,
+            "intact": p.intact,
         }
         for p in people
     ]
@@ -113,165 +128,84 @@ def cmd_people(args) -> int:
             print(
                 f"{r['id']}  {r['name']:<24} pass={r['pass'] or '-'} valid_until={r['valid_until'] or '-'}"
                 f" consent={r['consent_time']} templates={r['template_count']}"
+                + ("" if r["intact"] else "  DAMAGED (failed authentication; never matches)")
             )
     return 0
 
 
 def cmd_forget(args) -> int:
     cfg, db, key = paths(args)
-    g = Gallery(db, load_key(key), create=False)
     try:
-        found = g.forget(args.person_id)
-    finally:
-        g.close()
+        with Gallery(db, load_key(key), create=False) as g:
+            found = g.forget(args.person_id)
+    except ErasureIncomplete:
+        # The rows are gone from the database; the audit trail says the erasure is not complete.
+        audit_record(cfg, "deletion", reason=args.reason, detail="erasure incomplete on disk")
+        raise
     if not found:
         print(f"edge-gate: error: no person {args.person_id} in {db}")
         return 1
     # The audit trail says that a deletion happened and why, never who.
-    with audit_log(cfg) as log:
-        log.record(AuditRecord(time.time(), cfg.gate.id, "deletion", reason=args.reason))
-    print(f"forgot {args.person_id}: templates, personal fields and consent erased from {db}")
+    audit_record(cfg, "deletion", reason=args.reason, detail="key destroyed; file scrubbed")
+    print(
+        f"forgot {args.person_id}: their key destroyed; templates, personal fields and consent"
+        f" erased from {db}"
+    )
     return 0
 
 
 def cmd_purge(args) -> int:
-    from contextlib import closing
-
     from edge.gate.audit import purge_with_gallery
 
     cfg, db, key = paths(args)
     days = args.days if args.days is not None else cfg.gallery.purge_after_days
-    with audit_log(cfg) as log, closing(Gallery(db, load_key(key), create=False)) as g:
+    with audit_log(cfg) as log, Gallery(db, load_key(key), create=False) as g:
         gone, aged = purge_with_gallery(log, g, time.time(), days, cfg.gate.id)
+        if gone or g.pending_erasure():  # after the record is committed; fails loudly, never hides
+            g.scrub()
     print(
         f"purged {len(gone)} people whose pass expired more than {days} days ago; {aged} old audit records"
     )
     return 0
 
 
-def privacy_report(cfg: config_mod.Config, db: Path, key: Path) -> dict:
-    kek = load_key(key)
-    g = Gallery(db, kek, create=False)
-    try:
-        s = g.stats()
-    finally:
-        g.close()
-    real_key = credential_path(key)
-    mode = stat.S_IMODE(os.stat(real_key).st_mode)
-    files = [db, db.with_name(db.name + "-wal")]
-    return {
-        "generated": iso(time.time()),
-        "gate": cfg.gate.id,
-        "purpose": "open the entrance gate for enrolled pass holders who consented; a ticket is always accepted instead",
-        "stored": {
-            "database": str(db),
-            "database_bytes": sum(f.stat().st_size for f in files if f.exists()),
-            "people": s["people"],
-            "minors": s["minors"],
-            "templates": s["templates"],
-            "templates_by_model": s["templates_by_model"],
-            "consent_records": s["consents"],
-            "fields_encrypted": [
-                "people.name",
-                "people.pass_ref",
-                "consents.operator",
-                "consents.guardian",
-                "templates.embedding",
-            ],
-            "fields_in_clear": [
-                "pseudonymous ids",
-                "pass valid-until",
-                "minor flag",
-                "consent notice version, its SHA-256, method and time",
-                "template model id and quality",
-                "creation times",
-            ],
-            "never_stored": [
-                "face images or video (enrollment frames are embedded in memory and dropped)",
-                "the key-encryption key (kept outside the database)",
-            ],
-            "audit_log": str(cfg.resolve(cfg.audit.path)),
-            "audit_log_contents": "time, gate, grant/deny, face/ticket, pseudonymous person id or ticket id, score, reason",
-        },
-        "consent": {
-            "oldest": iso(s["oldest_consent"]),
-            "newest": iso(s["newest_consent"]),
-            "notice_versions": s["notice_versions"],
-        },
-        "retention": {
-            "purge_after_pass_expiry_days": cfg.gallery.purge_after_days,
-            "people_without_expiry": s["people_without_expiry"],
-            "audit_retention_days": cfg.audit.retention_days,
-            "schedule": "edge-gate-purge.timer runs `edge-gate purge` daily",
-            "withdrawal": "`edge-gate forget PERSON_ID` erases a person at once (secure_delete, WAL checkpoint, VACUUM)",
-        },
-        "encryption": {
-            "algorithm": "AES-256-GCM, associated data binds table, row, column and model",
-            "key_file": str(real_key),
-            "key_file_mode": oct(mode),
-            "key_file_ok": not (mode & 0o077),
-            "from_systemd_credential": real_key != key,
-            "key_id": kek.kid,
-            "data_key_wrappings": s["key_ids"],
-            "schema_version": s["schema_version"],
-        },
-        "filing_threshold": {
-            "people": s["people"],
-            "threshold": FILING_THRESHOLD,
-            "share": round(s["people"] / FILING_THRESHOLD, 6),
-            "above": s["people"] >= FILING_THRESHOLD,
-        },
-        "network": "none: the service runs with PrivateNetwork=yes",
-    }
-
-
-def report_markdown(r: dict) -> str:
-    st, rt, enc, ft = r["stored"], r["retention"], r["encryption"], r["filing_threshold"]
-    lines = [
-        f"# Privacy report: {r['gate']}",
-        "",
-        f"Generated {r['generated']}.",
-        "",
-        f"**Purpose.** {r['purpose']}.",
-        "",
-        "## What is stored, and where",
-        "",
-        f"- Gallery `{st['database']}` ({st['database_bytes']} bytes): {st['people']} people ({st['minors']} minors), "
-        f"{st['templates']} face templates, {st['consent_records']} consent records.",
-        f"- Encrypted: {', '.join(st['fields_encrypted'])}.",
-        f"- In clear: {', '.join(st['fields_in_clear'])}.",
-        f"- Never stored: {'; '.join(st['never_stored'])}.",
-        f"- Audit log `{st['audit_log']}`: {st['audit_log_contents']}.",
-        "",
-        "## Consent",
-        "",
-        f"- Oldest consent {r['consent']['oldest']}, newest {r['consent']['newest']}; notice versions "
-        f"{r['consent']['notice_versions']}.",
-        "",
-        "## Retention",
-        "",
-        f"- People are purged {rt['purge_after_pass_expiry_days']} days after their pass expires ({rt['schedule']}); "
-        f"{rt['people_without_expiry']} people have no expiry date.",
-        f"- Audit records are kept {rt['audit_retention_days']} days.",
-        f"- Withdrawal: {rt['withdrawal']}.",
-        "",
-        "## Encryption and keys",
-        "",
-        f"- {enc['algorithm']}.",
-        f"- Key file `{enc['key_file']}` mode {enc['key_file_mode']} ({'ok' if enc['key_file_ok'] else 'TOO OPEN'})"
-        f"{', from a systemd credential' if enc['from_systemd_credential'] else ''}; key id {enc['key_id']}.",
-        "",
-        "## Filing threshold",
-        "",
-        f"- {ft['people']} of {ft['threshold']} people ({ft['share'] * 100:.3f}%): "
-        f"{'ABOVE' if ft['above'] else 'below'} the threshold.",
-        "",
-        f"Network: {r['network']}.",
-    ]
-    return "\n".join(lines) + "\n"
+def cmd_pass(args) -> int:
+    """`pass renew` / `pass edit`: change a person's pass without touching their templates."""
+    cfg, db, key = paths(args)
+    changes: dict = {}
+    if args.valid_until is not None:
+        changes["valid_until"] = parse_time(args.valid_until, end_of_day=True)
+    if getattr(args, "no_expiry", False):
+        changes["valid_until"] = None
+    if getattr(args, "pass_id", None) is not None:
+        changes["pass_ref"] = args.pass_id
+    if getattr(args, "name", None) is not None:
+        if not args.name.strip():
+            raise EnrollError("a name cannot be empty", 'pass --name "Full Name"')
+        changes["name"] = args.name
+    if not changes:
+        raise EnrollError(
+            "nothing to change", "pass --valid-until, --no-expiry, --pass-id or --name"
+        )
+    with Gallery(db, load_key(key), create=False) as g:
+        p = g.update_person(
+            args.person_id,
+            **{k: changes.get(k, UNCHANGED) for k in ("name", "pass_ref", "valid_until")},
+        )
+    audit_record(
+        cfg,
+        "pass",
+        subject=p.id,
+        reason=args.pass_cmd,
+        detail="changed " + ", ".join(sorted(changes)),
+    )
+    print(f"{p.id}: pass={p.pass_ref or '-'} valid_until={iso(p.valid_until) or 'no expiry'}")
+    return 0
 
 
 def cmd_privacy_report(args) -> int:
+    from edge.gallery.privacy import privacy_report, report_markdown
+
     cfg, db, key = paths(args)
     r = privacy_report(cfg, db, key)
     print(
@@ -312,7 +246,16 @@ def register(sub, common) -> None:
     sp.add_argument("--valid-until")
     sp.add_argument("--guardian", help="guardian giving consent (required for minors)")
     sp.add_argument("--minor", action="store_true", help="the person is under 14")
-    sp.add_argument("--person-id", help="re-enroll: add templates to this person")
+    sp.add_argument(
+        "--person-id",
+        help="add faces to this person; each new face must match their existing templates",
+    )
+    sp.add_argument(
+        "--replace-templates",
+        action="store_true",
+        help="with --person-id: re-enroll from scratch (their templates are erased and replaced;"
+        " consent is recorded again)",
+    )
     sp.add_argument(
         "--force", action="store_true", help="enroll even if the face matches someone else"
     )
@@ -337,6 +280,29 @@ def register(sub, common) -> None:
     gallery_args(sp)
     sp.add_argument("--days", type=int, help="default gallery.purge_after_days")
     sp.set_defaults(func=cmd_purge)
+
+    pp = sub.add_parser("pass", help="renew or edit a person's pass (not their face)")
+    ps = pp.add_subparsers(dest="pass_cmd", required=True)
+    sp = ps.add_parser(
+        "renew", help="set a new expiry, e.g. `edge-gate pass renew P-… --valid-until 2027-03-31`"
+    )
+    gallery_args(sp)
+    sp.add_argument("person_id")
+    exp = sp.add_mutually_exclusive_group(required=True)
+    exp.add_argument("--valid-until", help="YYYY-MM-DD (end of that day), or ISO time")
+    exp.add_argument("--no-expiry", action="store_true", help="the pass never expires")
+    sp.set_defaults(func=cmd_pass)
+    sp = ps.add_parser(
+        "edit", help="change pass id, name or expiry, e.g. `edge-gate pass edit P-… --pass-id AP-9`"
+    )
+    gallery_args(sp)
+    sp.add_argument("person_id")
+    sp.add_argument("--pass-id", help="new pass reference")
+    sp.add_argument("--name", help="new name")
+    exp = sp.add_mutually_exclusive_group()
+    exp.add_argument("--valid-until", help="YYYY-MM-DD (end of that day), or ISO time")
+    exp.add_argument("--no-expiry", action="store_true", help="the pass never expires")
+    sp.set_defaults(func=cmd_pass)
 
     sp = sub.add_parser(
         "privacy-report", help="what is stored, for how long and why (Markdown or --json)"

@@ -7,7 +7,6 @@ from pathlib import Path
 
 from edge import config as config_mod
 from edge.cli.paths import existing_dir, existing_file
-from edge.errors import EdgeGateError
 
 
 def _cfg(args) -> config_mod.Config:
@@ -15,7 +14,12 @@ def _cfg(args) -> config_mod.Config:
 
 
 def cmd_eval(args) -> int:
-    from edge.measure.evaluation import evaluate_folder, write_threshold
+    from edge.measure.evaluation import (
+        check_threshold_evidence,
+        evaluate_folder,
+        json_ready,
+        write_threshold,
+    )
     from edge.vision.pipeline import FacePipeline
 
     cfg = _cfg(args)
@@ -24,10 +28,7 @@ def cmd_eval(args) -> int:
     if args.write_threshold:
         from edge.measure.metrics import gate_threshold
 
-        if result.get("impostor_max") is None:
-            raise EdgeGateError(
-                "no threshold measured: no impostor pairs", "use a folder with at least two people"
-            )
+        check_threshold_evidence(result)
         t = gate_threshold(result["impostor_max"])
         result["written_threshold"] = t
         write_threshold(
@@ -37,8 +38,9 @@ def cmd_eval(args) -> int:
             f"edge-gate eval {args.dir}: above all {result['impostor_pairs']} impostor pairs "
             f"(max {result['impostor_max']}); TAR there {result['tar_at_far_0']}",
         )
+    result = json_ready(result)
     if args.json:
-        print(json.dumps(result))
+        print(json.dumps(result, allow_nan=False))
     else:
         for k, v in result.items():
             print(f"{k:>26}: {v}")

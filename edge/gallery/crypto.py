@@ -48,11 +48,13 @@ def seal(key: bytes, plaintext: bytes, associated: bytes) -> bytes:
     return nonce + AESGCM(key).encrypt(nonce, plaintext, associated)
 
 
-def open_sealed(key: bytes, blob: bytes, associated: bytes) -> bytes:
+def open_sealed(key: bytes | AESGCM, blob: bytes, associated: bytes) -> bytes:
+    """Open a sealed value; key may be a prepared AESGCM (one per key when opening many)."""
     if not isinstance(blob, (bytes, bytearray)) or len(blob) < NONCE + 16:
         raise SealError("sealed value too short")
+    aead = key if isinstance(key, AESGCM) else AESGCM(key)
     try:
-        return AESGCM(key).decrypt(bytes(blob[:NONCE]), bytes(blob[NONCE:]), associated)
+        return aead.decrypt(bytes(blob[:NONCE]), bytes(blob[NONCE:]), associated)
     except InvalidTag:
         raise SealError("authentication failed") from None
 

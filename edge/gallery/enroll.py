@@ -117,6 +117,26 @@ def pick_best(cands: list[Candidate], k: int) -> list[Candidate]:
     return chosen
 
 
+def _check_same_person(
+    gallery: Gallery, model_id: str, person_id: str, embs: np.ndarray, threshold: float
+) -> None:
+    """Every new face must match the person's own templates: no one joins someone else's pass."""
+    own = gallery.templates(model_id, person_id)
+    if not len(own.matrix):
+        raise EnrollError(
+            f"person {person_id} has no usable {model_id} template to check the new face against",
+            "re-enroll them from scratch with --replace-templates (consent is recorded again)",
+        )
+    scores = Matcher(own.matrix, own.person_ids, threshold, 0.0).match_many(embs)
+    worst = min(m.score for m in scores)
+    if any(m.person_id != person_id for m in scores):
+        raise EnrollError(
+            f"the new face does not match person {person_id} (score {worst:.3f}, "
+            f"threshold {threshold:.3f}); nothing was added",
+            "check who this is; if it is them and they changed, re-enroll with --replace-templates",
+        )
+
+
 def enroll(
     gallery: Gallery,
     pipe: FacePipeline,
@@ -125,17 +145,31 @@ def enroll(
     inputs: list[str],
     *,
     threshold: float,
-    min_margin: float,
     pass_ref: str = "",
     valid_until: int | None = None,
     minor: bool = False,
     person_id: str | None = None,
+    replace: bool = False,
     force: bool = False,
     max_templates: int = 5,
 ) -> tuple[str, int]:
-    """Enroll (or, with person_id, re-enroll); returns (person id, templates added)."""
-    if not name.strip() and person_id is None:
+    """Enroll a new person, or with person_id add templates that verify as them.
+
+    replace=True re-enrolls person_id from scratch: their templates are replaced by these,
+    without the same-person check (they may look different now), with consent recorded again.
+    Returns (person id, templates added).
+    """
+    if person_id is None and not name.strip():
         raise EnrollError("a name is required", "pass --name")
+    if person_id is not None and (name.strip() or pass_ref or valid_until is not None or minor):
+        raise EnrollError(
+            "--person-id adds faces only; name, pass id, validity and minor flag are not changed",
+            "use `edge-gate pass edit` or `edge-gate pass renew` for those",
+        )
+    if replace and person_id is None:
+        raise EnrollError("--replace-templates needs --person-id", "pass --person-id P-...")
+    if person_id is not None:
+        minor = gallery.person(person_id).minor  # also: an unknown id fails here, by name
     check_consent(consent, minor or bool(consent.guardian))
     cands = pick_best(collect(pipe, inputs), max_templates)
     if not cands:
@@ -144,25 +178,27 @@ def enroll(
             "use a sharp, frontal, well-lit photo or clip of one person",
         )
     embs = np.stack([c.embedding for c in cands])
-    t = gallery.templates(pipe.spec.name)
+    model = pipe.spec.name
+    if person_id is not None and not replace:
+        _check_same_person(gallery, model, person_id, embs, threshold)
+    t = gallery.templates(model)
     if len(t.matrix):
         matches = Matcher(t.matrix, t.person_ids, threshold, 0.0).match_many(embs)
         others = {m.person_id for m in matches if m.person_id and m.person_id != person_id}
         if others and not force:
             raise EnrollError(
                 f"this face already matches enrolled person {sorted(others)[0]}",
-                "check who this is; re-enroll with --person-id, or pass --force if they are different people",
+                "check who this is; add faces to them with --person-id, or pass --force if they"
+                " are different people",
             )
+    qualities = [c.quality for c in cands]
+    if person_id is not None:
+        gallery.add_templates(
+            person_id, consent, list(embs), model, pipe.spec.sha256[:12], qualities, replace
+        )
+        return person_id, len(cands)
     pid = gallery.add_person(
-        name,
-        consent,
-        list(embs),
-        pipe.spec.name,
-        pipe.spec.sha256[:12],
-        [c.quality for c in cands],
-        pass_ref,
-        valid_until,
-        minor or bool(consent.guardian),
-        person_id,
-    )
+        name, consent, list(embs), model, pipe.spec.sha256[:12], qualities, pass_ref,
+        valid_until, minor or bool(consent.guardian),
+    )  # fmt: skip
     return pid, len(cands)

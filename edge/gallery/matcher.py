@@ -22,7 +22,7 @@ class Match:
     candidate: str | None = (
         None  # best person even when refused; for logs and tests, never for grants
     )
-    reason: str = ""  # "", "below_threshold", "ambiguous", "empty_gallery"
+    reason: str = ""  # "", "below_threshold", "ambiguous", "empty_gallery", "non_finite"
 
 
 class Matcher:
@@ -32,7 +32,12 @@ class Matcher:
         self, matrix: np.ndarray, person_ids: np.ndarray, threshold: float, min_margin: float
     ):
         self.threshold, self.min_margin = float(threshold), float(min_margin)
+        if not (np.isfinite(self.threshold) and np.isfinite(self.min_margin)):
+            raise ValueError("threshold and min_margin must be finite numbers")
         self.matrix = np.ascontiguousarray(matrix, dtype=np.float32)
+        bad = ~np.isfinite(self.matrix).all(axis=1) if self.matrix.size else np.zeros(0, bool)
+        if bad.any():  # a NaN/inf template can never match: its scores become -inf below
+            log.error("matcher templates rejected count=%d reason=non_finite", int(bad.sum()))
         pids = np.asarray(person_ids, dtype=object)
         if len(pids):
             change = np.ones(len(pids), dtype=bool)
@@ -50,11 +55,14 @@ class Matcher:
 
     def person_scores(self, probes: np.ndarray) -> np.ndarray:
         """(M, P): each probe's best similarity to each person."""
-        sims = np.asarray(probes, dtype=np.float32) @ self.matrix.T
+        with np.errstate(invalid="ignore", over="ignore"):
+            sims = np.asarray(probes, dtype=np.float32) @ self.matrix.T
+        sims[~np.isfinite(sims)] = -np.inf  # NaN compares False: never let it reach a threshold
         return np.maximum.reduceat(sims, self.starts, axis=1)
 
     def match_many(self, probes: np.ndarray) -> list[Match]:
         probes = np.atleast_2d(probes)
+        finite = np.isfinite(probes).all(axis=1)
         if len(self.people) == 0:
             return [Match(None, 0.0, 0.0, reason="empty_gallery") for _ in probes]
         per = self.person_scores(probes)
@@ -72,9 +80,11 @@ class Matcher:
             score = float(best[i])
             margin = float(score - second[i]) if second[i] > -1 else 1.0
             cand = str(self.people[best_i[i]])
-            if score < self.threshold:
+            if not finite[i] or not np.isfinite(score):
+                out.append(Match(None, 0.0, 0.0, None, "non_finite"))
+            elif not score >= self.threshold:
                 out.append(Match(None, score, margin, cand, "below_threshold"))
-            elif margin < self.min_margin:
+            elif not margin >= self.min_margin:
                 out.append(Match(None, score, margin, cand, "ambiguous"))
             else:
                 out.append(Match(cand, score, margin, cand))
@@ -151,12 +161,13 @@ class LiveMatcher:
 
 def resolve_threshold(configured: float, measured: float) -> float:
     """The configured threshold if set, else the embedder's measured one; never 0 (that admits anyone)."""
-    t = configured if configured > 0 else measured
-    if t <= 0:
-        from edge.errors import ConfigError
+    from edge.errors import ConfigError
 
+    t = configured if configured > 0 else measured
+    if not (isinstance(t, (int, float)) and np.isfinite(t) and 0 < t < 1):
         raise ConfigError(
-            "no match threshold: gallery.match_threshold is 0 and the embedder has none measured",
+            f"no usable match threshold: gallery.match_threshold is {configured} and the"
+            f" embedder's measured threshold is {measured}",
             "run `edge-gate eval DIR --write-threshold` or set gallery.match_threshold",
         )
-    return t
+    return float(t)

@@ -356,7 +356,7 @@ def purge_with_gallery(log: AuditLog, gallery, now: float, after_days: int, gate
     try:
         with log.transaction():
             aged = log.purge(now)
-            gone = gallery.purge_expired(now, after_days)
+            gone = gallery.purge_expired(now, after_days, scrub=False)  # caller scrubs after
             log.record(
                 AuditRecord(
                     now,

@@ -125,6 +125,22 @@ def _faces(site: Site) -> str | Check:
     return "settings valid"
 
 
+@check("match threshold")
+def _matching(site: Site) -> str:
+    from edge.gallery.matcher import resolve_threshold
+    from edge.vision.models import embedder_spec
+
+    cfg = site.cfg
+    e = embedder_spec(config_mod.models_path(cfg), cfg.vision.embedder)
+    g, p = cfg.gallery, cfg.policy
+    t = resolve_threshold(g.match_threshold, e.threshold)
+    src = "gallery.match_threshold" if g.match_threshold > 0 else f"measured for {e.name}"
+    return (
+        f"threshold {t} ({src}), min margin {g.min_margin}, {p.k} of {p.n} frames in"
+        f" {p.window_s} s, cooldown {p.cooldown_s} s, anti-passback {p.anti_passback_s} s"
+    )
+
+
 @check("gallery key file")
 def _keyfile(site: Site) -> str | Check:
     from edge.gallery.crypto import credential_path, load_key
@@ -151,14 +167,18 @@ def _gallery(site: Site) -> str | Check:
             "gallery database",
             f"{site.db} does not exist yet (created at first enrollment)",
         )
-    g = Gallery(site.db, load_key(site.key), create=False)
-    try:
+    with Gallery(site.db, load_key(site.key), create=False) as g:
         s = g.stats()
         ok = g.conn.execute("PRAGMA quick_check").fetchone()[0]
-    finally:
-        g.close()
     if ok != "ok":
         raise EdgeGateError(f"{site.db}: integrity {ok}", "restore the gallery from a backup")
+    if s["pending_erasure"]:
+        return Check(
+            "warn",
+            "gallery database",
+            f"{site.db}: an erasure is still pending on disk (a reader kept old pages)",
+            "run `edge-gate purge` when no other process holds the gallery",
+        )
     return (
         f"{site.db}: {s['people']} people, {s['templates']} templates, schema {s['schema_version']}"
     )

@@ -14,7 +14,7 @@ import numpy as np
 from edge.errors import SourceError
 from edge.gallery.crypto import init_key
 from edge.gallery.matcher import Matcher
-from edge.gallery.store import Gallery
+from edge.gallery.store import Consent, Gallery, NewPerson
 from edge.vision.image import to_bgr8
 from edge.vision.pipeline import FacePipeline, StageTimes
 
@@ -179,31 +179,22 @@ def bench_gallery(
     rng = np.random.default_rng(seed)
     with tempfile.TemporaryDirectory() as tmp:
         kek = init_key(Path(tmp) / "k.key")
-        g = Gallery(Path(tmp) / "g.db", kek)
         vec = rng.standard_normal((n, dim)).astype(np.float32)
         vec /= np.linalg.norm(vec, axis=1, keepdims=True)
         t0 = time.perf_counter()
         per = people_templates
-        for start in range(0, n, 5000):  # enroll in batches of people, each with `per` templates
-
-            def write(c, start=start):
-                now = int(time.time())
-                for i in range(start, min(n, start + 5000), per):
-                    pid = f"P-{i:08d}"
-                    c.execute(
-                        "INSERT INTO people (id, name, valid_until, minor, created) VALUES (?,?,?,?,?)",
-                        (pid, g._seal(f"person {i}", "people", pid, "name"), None, 0, now),
-                    )
-                    for j in range(i, min(i + per, n)):
-                        g._insert_template(c, pid, vec[j], "bench", "v", 1.0, now)
-
-            g._tx(write)
+        with Gallery(Path(tmp) / "g.db", kek) as g:
+            for start in range(0, n, 5000):  # batches of people, each with `per` templates
+                batch = [
+                    NewPerson(f"person {i}", Consent("bench"), list(vec[i : i + per]), [1.0] * per)
+                    for i in range(start, min(n, start + 5000), per)
+                ]
+                g.add_people(batch, "bench", "v")
         build_s = time.perf_counter() - t0
-        g.close()
         rss0 = _rss_mb()
         t0 = time.perf_counter()
-        g = Gallery(Path(tmp) / "g.db", kek)
-        t = g.templates("bench")
+        with Gallery(Path(tmp) / "g.db", kek) as g:
+            t = g.templates("bench")
         m = Matcher(t.matrix, t.person_ids, 0.9, 0.04)
         load_s = time.perf_counter() - t0
         rss1 = _rss_mb()
@@ -216,7 +207,6 @@ def bench_gallery(
             r = m.match(p)
             lat.append(time.perf_counter() - s)
             hits += r.person_id is not None
-        g.close()
     a = np.array(lat) * 1000
     return {
         "templates": n,

@@ -71,8 +71,7 @@ def enroll_person(cfg, pipe, name: str, photos: list[Path]) -> str:
     from edge.gallery.enroll import enroll
     from edge.gallery.store import Consent, Gallery
 
-    g = Gallery(cfg.resolve(cfg.gallery.db), init_key(cfg.resolve(cfg.gallery.key_file)))
-    try:
+    with Gallery(cfg.resolve(cfg.gallery.db), init_key(cfg.resolve(cfg.gallery.key_file))) as g:
         pid, _ = enroll(
             g,
             pipe,
@@ -80,10 +79,7 @@ def enroll_person(cfg, pipe, name: str, photos: list[Path]) -> str:
             Consent("demo-notice-v1", operator="demo"),
             [str(p) for p in photos],
             threshold=pipe.spec.threshold,
-            min_margin=cfg.gallery.min_margin,
         )
-    finally:
-        g.close()
     return pid
 
 

@@ -16,6 +16,10 @@ from edge.vision.models import load_catalogue
 from edge.vision.pipeline import FacePipeline
 
 log = logging.getLogger(__name__)
+# A threshold "above every impostor pair" says FAR < 1/N only with N impostor pairs, and the TAR
+# it costs is only known with enough genuine pairs: below these, no threshold is written.
+MIN_IMPOSTOR_PAIRS = 1000
+MIN_GENUINE_PAIRS = 50
 IMAGE_EXT = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 
 
@@ -70,6 +74,25 @@ def evaluate_folder(pipe: FacePipeline, root: Path) -> dict:
         result.update(summarise(pair_scores(np.array(embs), labels)))
     result["median_ms_per_image"] = round(float(np.median(ms)), 2) if ms else None
     return result
+
+
+def json_ready(result: dict) -> dict:
+    """The result with undefined figures (NaN, inf) as None, so `--json` is valid JSON."""
+    return {
+        k: None if isinstance(v, float) and not np.isfinite(v) else v for k, v in result.items()
+    }
+
+
+def check_threshold_evidence(result: dict) -> None:
+    """Refuse to derive a gate threshold from too few pairs, saying how many are needed."""
+    gen, imp = result.get("genuine_pairs", 0), result.get("impostor_pairs", 0)
+    if gen < MIN_GENUINE_PAIRS or imp < MIN_IMPOSTOR_PAIRS or result.get("impostor_max") is None:
+        raise EdgeGateError(
+            f"too little data to set a threshold: {gen} genuine and {imp} impostor pairs; "
+            f"need at least {MIN_GENUINE_PAIRS} genuine and {MIN_IMPOSTOR_PAIRS} impostor pairs",
+            "use a folder with more people (impostor pairs) and several photos each (genuine"
+            " pairs); nothing was written",
+        )
 
 
 def write_threshold(models_dir: Path, embedder: str, threshold: float, source: str) -> None:

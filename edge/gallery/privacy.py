@@ -1,0 +1,146 @@
+"""The privacy report: what the gallery stores, where, for how long, why and under which key.
+
+Its lists of sealed and clear fields come from the schema declaration (`edge.gallery.schema`),
+so a column added there shows up here; the CLI only prints this.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import time
+from pathlib import Path
+
+from edge.config import Config
+from edge.gallery.crypto import credential_path, load_key
+from edge.gallery.schema import clear_fields, describe_fields, sealed_fields
+from edge.gallery.store import FILING_THRESHOLD, Gallery
+from edge.timeutil import iso
+
+ALGORITHM = (
+    "AES-256-GCM; the key file wraps the gallery data key, which wraps one key per person;"
+    " associated data binds table, row, column and model"
+)
+WITHDRAWAL = (
+    "`edge-gate forget PERSON_ID` erases a person at once: their key is destroyed (rows of"
+    " theirs restored from an older copy no longer open), then secure_delete, WAL checkpoint"
+    " and VACUUM; it fails loudly if another process keeps old pages. A whole-file backup taken"
+    " before still opens with the key file of that time: `edge-gate keys rotate` after erasures"
+    " (and destroying old key copies) makes such backups unreadable"
+)
+
+
+def privacy_report(cfg: Config, db: Path, key: Path) -> dict:
+    """What is stored, where, for how long and under which key: derived from the schema."""
+    kek = load_key(key)
+    with Gallery(db, kek, create=False) as g:
+        s = g.stats()
+    real_key = credential_path(key)
+    mode = stat.S_IMODE(os.stat(real_key).st_mode)
+    files = [db, db.with_name(db.name + "-wal")]
+    return {
+        "generated": iso(time.time()),
+        "gate": cfg.gate.id,
+        "purpose": "open the entrance gate for enrolled pass holders who consented; a ticket is always accepted instead",
+        "stored": {
+            "database": str(db),
+            "database_bytes": sum(f.stat().st_size for f in files if f.exists()),
+            "people": s["people"],
+            "minors": s["minors"],
+            "templates": s["templates"],
+            "templates_by_model": s["templates_by_model"],
+            "consent_records": s["consents"],
+            "fields_encrypted": sealed_fields(),
+            "fields_in_clear": list(clear_fields()),
+            "field_descriptions": describe_fields(),
+            "never_stored": [
+                "face images or video (enrollment frames are embedded in memory and dropped)",
+                "the key-encryption key (kept outside the database)",
+            ],
+            "audit_log": str(cfg.resolve(cfg.audit.path)),
+            "audit_log_contents": "time, gate, grant/deny, face/ticket, pseudonymous person id or ticket id, score, reason",
+        },
+        "consent": {
+            "oldest": iso(s["oldest_consent"]),
+            "newest": iso(s["newest_consent"]),
+            "notice_versions": s["notice_versions"],
+        },
+        "retention": {
+            "purge_after_pass_expiry_days": cfg.gallery.purge_after_days,
+            "people_without_expiry": s["people_without_expiry"],
+            "audit_retention_days": cfg.audit.retention_days,
+            "schedule": "edge-gate-purge.timer runs `edge-gate purge` daily",
+            "withdrawal": WITHDRAWAL,
+            "erasure_pending": s["pending_erasure"],
+        },
+        "encryption": {
+            "algorithm": ALGORITHM,
+            "key_file": str(real_key),
+            "key_file_mode": oct(mode),
+            "key_file_ok": not (mode & 0o077),
+            "from_systemd_credential": real_key != key,
+            "key_id": kek.kid,
+            "data_key_wrappings": s["key_ids"],
+            "schema_version": s["schema_version"],
+        },
+        "filing_threshold": {
+            "people": s["people"],
+            "threshold": FILING_THRESHOLD,
+            "share": round(s["people"] / FILING_THRESHOLD, 6),
+            "above": s["people"] >= FILING_THRESHOLD,
+        },
+        "network": "none: the service runs with PrivateNetwork=yes",
+    }
+
+
+def report_markdown(r: dict) -> str:
+    """The report as Markdown for the operator's records."""
+    st, rt, enc, ft = r["stored"], r["retention"], r["encryption"], r["filing_threshold"]
+    d = st["field_descriptions"]
+    lines = [
+        f"# Privacy report: {r['gate']}",
+        "",
+        f"Generated {r['generated']}.",
+        "",
+        f"**Purpose.** {r['purpose']}.",
+        "",
+        "## What is stored, and where",
+        "",
+        f"- Gallery `{st['database']}` ({st['database_bytes']} bytes): {st['people']} people ({st['minors']} minors), "
+        f"{st['templates']} face templates, {st['consent_records']} consent records.",
+        f"- Encrypted: {', '.join(st['fields_encrypted'])}.",
+        f"- In clear: {', '.join(f'{k} ({d[k]})' for k in st['fields_in_clear'])}.",
+        f"- Never stored: {'; '.join(st['never_stored'])}.",
+        f"- Audit log `{st['audit_log']}`: {st['audit_log_contents']}.",
+        "",
+        "## Consent",
+        "",
+        f"- Oldest consent {r['consent']['oldest']}, newest {r['consent']['newest']}; notice versions "
+        f"{r['consent']['notice_versions']}.",
+        "",
+        "## Retention",
+        "",
+        f"- People are purged {rt['purge_after_pass_expiry_days']} days after their pass expires ({rt['schedule']}); "
+        f"{rt['people_without_expiry']} people have no expiry date.",
+        f"- Audit records are kept {rt['audit_retention_days']} days.",
+        f"- Withdrawal: {rt['withdrawal']}.",
+        *(
+            ["- **An erasure is still pending on disk**: run `edge-gate purge`."]
+            if rt["erasure_pending"]
+            else []
+        ),
+        "",
+        "## Encryption and keys",
+        "",
+        f"- {enc['algorithm']}.",
+        f"- Key file `{enc['key_file']}` mode {enc['key_file_mode']} ({'ok' if enc['key_file_ok'] else 'TOO OPEN'})"
+        f"{', from a systemd credential' if enc['from_systemd_credential'] else ''}; key id {enc['key_id']}.",
+        "",
+        "## Filing threshold",
+        "",
+        f"- {ft['people']} of {ft['threshold']} people ({ft['share'] * 100:.3f}%): "
+        f"{'ABOVE' if ft['above'] else 'below'} the threshold.",
+        "",
+        f"Network: {r['network']}.",
+    ]
+    return "\n".join(lines) + "\n"

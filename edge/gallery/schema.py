@@ -1,0 +1,240 @@
+"""The gallery schema, declared once: tables, columns, which are sealed, and what each holds.
+
+The database is created from this declaration and the privacy report derives its lists of
+sealed and clear fields from it, so the report cannot drift from what is really stored.
+
+Keys: the key file (KEK) wraps the gallery data key (`data_keys`); the data key wraps one key per
+person (`person_keys`); the person's key seals every personal value of that person. `forget`
+deletes the person's key, so their rows copied back from an old backup no longer open.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import sqlite_utils
+
+from edge.gallery.crypto import SealError, aad, open_sealed, seal
+
+SCHEMA_VERSION = 2
+
+
+@dataclass(frozen=True)
+class Consent:
+    """What the person agreed to, how, and who took it (operator and guardian are sealed)."""
+
+    notice_version: str
+    method: str = "written"
+    operator: str = ""
+    guardian: str = ""
+    notice_sha256: str = ""
+    time: int = 0
+
+
+@dataclass(frozen=True)
+class NewPerson:
+    """Everything needed to enroll one person (see `Gallery.add_people`)."""
+
+    name: str
+    consent: Consent
+    templates: Sequence[np.ndarray]
+    qualities: Sequence[float] = ()
+    pass_ref: str = ""
+    valid_until: int | None = None
+    minor: bool = False
+
+
+@dataclass(frozen=True)
+class Column:
+    """One column: its SQLite type, whether it is sealed (AES-GCM), and what it holds."""
+
+    name: str
+    type: type
+    sealed: bool = False
+    holds: str = ""
+
+
+@dataclass(frozen=True)
+class Table:
+    """One table of the gallery, with its columns, primary key, indexes and foreign keys."""
+
+    name: str
+    columns: tuple[Column, ...]
+    pk: str = "id"
+    indexes: tuple[str, ...] = ()
+    foreign_keys: tuple[tuple[str, str, str], ...] = ()
+
+
+TABLES: tuple[Table, ...] = (
+    Table(
+        "data_keys",
+        (
+            Column("kid", str, holds="key id of the key file (a public fingerprint)"),
+            Column("wrapped", bytes, True, "the gallery data key, wrapped by the key file"),
+            Column("created", int, holds="creation time"),
+        ),
+        pk="kid",
+    ),
+    Table(
+        "people",
+        (
+            Column("id", str, holds="pseudonymous person id"),
+            Column("name", bytes, True, "name"),
+            Column("pass_ref", bytes, True, "pass reference"),
+            Column("valid_until", int, holds="pass valid-until (bound to the sealed attrs)"),
+            Column("minor", int, holds="minor flag (bound to the sealed attrs)"),
+            Column("created", int, holds="creation time"),
+            Column(
+                "attrs", bytes, True, "seal binding valid-until and minor flag to the person key"
+            ),
+        ),
+    ),
+    Table(
+        "person_keys",
+        (
+            Column("person_id", str, holds="pseudonymous person id"),
+            Column("wrapped", bytes, True, "the person's own data key, wrapped by the data key"),
+        ),
+        pk="person_id",
+        foreign_keys=(("person_id", "people", "id"),),
+    ),
+    Table(
+        "consents",
+        (
+            Column("id", str, holds="consent record id"),
+            Column("person_id", str, holds="pseudonymous person id"),
+            Column("notice_version", str, holds="consent notice version"),
+            Column("notice_sha256", str, holds="SHA-256 of the notice text"),
+            Column("method", str, holds="consent method"),
+            Column("time", int, holds="consent time"),
+            Column("operator", bytes, True, "staff member who took consent"),
+            Column("guardian", bytes, True, "guardian who gave consent"),
+        ),
+        indexes=("person_id",),
+        foreign_keys=(("person_id", "people", "id"),),
+    ),
+    Table(
+        "templates",
+        (
+            Column("id", str, holds="template id"),
+            Column("person_id", str, holds="pseudonymous person id"),
+            Column("model_id", str, holds="face model id"),
+            Column("model_version", str, holds="face model version"),
+            Column("quality", float, holds="face quality score"),
+            Column("created", int, holds="creation time"),
+            Column("embedding", bytes, True, "face template"),
+        ),
+        indexes=("model_id", "person_id"),
+        foreign_keys=(("person_id", "people", "id"),),
+    ),
+    Table(
+        "gallery_state",
+        (
+            Column("key", str, holds="state name"),
+            Column("value", int, holds="state value (erasures not yet flushed from disk)"),
+        ),
+        pk="key",
+    ),
+)
+
+
+def sealed_fields() -> list[str]:
+    """`table.column` of every sealed column, as declared."""
+    return [f"{t.name}.{c.name}" for t in TABLES for c in t.columns if c.sealed]
+
+
+def clear_fields() -> dict[str, str]:
+    """`table.column` -> what it holds, for every column stored in the clear."""
+    return {f"{t.name}.{c.name}": c.holds for t in TABLES for c in t.columns if not c.sealed}
+
+
+def describe_fields() -> dict[str, str]:
+    """`table.column` -> what it holds, for every column."""
+    return {f"{t.name}.{c.name}": c.holds for t in TABLES for c in t.columns}
+
+
+def create(conn: sqlite3.Connection) -> None:
+    """Create every table of the current schema (inside the caller's transaction)."""
+    db = sqlite_utils.Database(conn)
+    for t in TABLES:
+        db[t.name].create(
+            {c.name: c.type for c in t.columns}, pk=t.pk, foreign_keys=list(t.foreign_keys)
+        )
+        for col in t.indexes:
+            db[t.name].create_index([col])
+    conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+
+
+def attrs_aad(pid: str, valid_until: int | None, minor: bool) -> bytes:
+    """Associated data binding a person's clear validity and minor flag to their key."""
+    return aad("people", pid, "attrs", f"{valid_until}|{int(bool(minor))}")
+
+
+def attrs_blob(key: bytes, pid: str, valid_until: int | None, minor: bool) -> bytes:
+    """An empty value sealed with the validity as associated data: a changed column won't open."""
+    return seal(key, b"", attrs_aad(pid, valid_until, minor))
+
+
+def migrate_v1(conn: sqlite3.Connection, dek: bytes) -> None:
+    """v1 -> v2: one key per person; reseal that person's values under it; bind validity.
+
+    Runs inside the caller's transaction: all of it lands, or none of it.
+    """
+    db = sqlite_utils.Database(conn)
+    person_keys = next(t for t in TABLES if t.name == "person_keys")
+    db["person_keys"].create(
+        {c.name: c.type for c in person_keys.columns},
+        pk="person_id",
+        foreign_keys=list(person_keys.foreign_keys),
+    )
+    db["gallery_state"].create({"key": str, "value": int}, pk="key")
+    conn.execute("ALTER TABLE people ADD COLUMN attrs BLOB")
+
+    def reseal(key: bytes, blob, table: str, row: str, column: str, model: str = ""):
+        if blob is None:
+            return None
+        a = aad(table, row, column, model)
+        try:
+            return seal(key, open_sealed(dek, blob, a), a)
+        except SealError:  # already damaged: kept as is, it is rejected on every read
+            return blob
+
+    people = conn.execute("SELECT id, name, pass_ref, valid_until, minor FROM people").fetchall()
+    for pid, name, pref, vu, minor in people:
+        k = os.urandom(32)
+        conn.execute(
+            "INSERT INTO person_keys (person_id, wrapped) VALUES (?, ?)",
+            (pid, seal(dek, k, aad("person_keys", pid, "wrapped"))),
+        )
+        conn.execute(
+            "UPDATE people SET name=?, pass_ref=?, attrs=? WHERE id=?",
+            (
+                reseal(k, name, "people", pid, "name"),
+                reseal(k, pref, "people", pid, "pass_ref"),
+                attrs_blob(k, pid, vu, bool(minor)),
+                pid,
+            ),
+        )
+        for cid, op, gu in conn.execute(
+            "SELECT id, operator, guardian FROM consents WHERE person_id=?", (pid,)
+        ).fetchall():
+            conn.execute(
+                "UPDATE consents SET operator=?, guardian=? WHERE id=?",
+                (
+                    reseal(k, op, "consents", cid, "operator"),
+                    reseal(k, gu, "consents", cid, "guardian"),
+                    cid,
+                ),
+            )
+        for tid, mid, emb in conn.execute(
+            "SELECT id, model_id, embedding FROM templates WHERE person_id=?", (pid,)
+        ).fetchall():
+            conn.execute(
+                "UPDATE templates SET embedding=? WHERE id=?",
+                (reseal(k, emb, "templates", tid, "embedding", f"{mid}|{pid}"), tid),
+            )
+    conn.execute("PRAGMA user_version=2")
