@@ -12,7 +12,7 @@ import pytest
 
 from edge.errors import ConsentError, EnrollError, GalleryError, KeyFileError
 from edge.gallery.crypto import init_key, load_key
-from edge.gallery.matcher import LiveMatcher, Matcher
+from edge.gallery.matcher import LiveMatcher, Matcher, to_template_grid
 from edge.gallery.store import Consent, Gallery, rotate_key
 
 from .helpers import kill_at_random
@@ -126,7 +126,7 @@ def test_purge_removes_only_long_expired(gal):
 
 def test_matcher_against_brute_force():
     rng = np.random.default_rng(4)
-    mat = unit(rng, 60)
+    mat = to_template_grid(unit(rng, 60))  # as enrollment stores them
     pids = np.array([f"P{i // 3:02d}" for i in range(60)], dtype=object)
     m = Matcher(mat, pids, threshold=-1.0, min_margin=0.0)
     probes = unit(rng, 25)

@@ -15,7 +15,7 @@ import cv2
 import numpy as np
 
 from edge.errors import ConsentError, EnrollError, ImageError
-from edge.gallery.matcher import Matcher
+from edge.gallery.matcher import Matcher, to_template_grid
 from edge.gallery.store import Consent, Gallery
 from edge.vision.image import load_image, to_bgr8
 from edge.vision.pipeline import FaceObservation, FacePipeline
@@ -143,7 +143,7 @@ def enroll(
             "no usable face in the inputs",
             "use a sharp, frontal, well-lit photo or clip of one person",
         )
-    embs = np.stack([c.embedding for c in cands])
+    embs = to_template_grid(np.stack([c.embedding for c in cands]))  # held exactly by the matcher
     t = gallery.templates(pipe.spec.name)
     if len(t.matrix):
         matches = Matcher(t.matrix, t.person_ids, threshold, 0.0).match_many(embs)
