@@ -62,6 +62,7 @@ def enroll_lin(cfg, fixtures, pipeline) -> str:
         [str(fixtures / "faces" / "lin_manuel_miranda" / "lin-manuel-miranda.png")],
         threshold=pipeline.spec.threshold,
         min_margin=0.04,
+        min_templates=1,
     )
     g.close()
     return pid

@@ -315,7 +315,14 @@ def test_enroll_identify_refuse_duplicates_and_reenroll(gal, pipeline, fixtures)
     for person in ("obama", "biden", "df_A", "df_G_matt_damon", "kit_harington", "rose_leslie"):
         first = sorted((faces / person).iterdir())[0]
         enrolled[person], _ = enroll(
-            gal, pipeline, person, CONSENT, [str(first)], threshold=t, min_margin=0.04
+            gal,
+            pipeline,
+            person,
+            CONSENT,
+            [str(first)],
+            threshold=t,
+            min_margin=0.04,
+            min_templates=1,
         )
     # a second photo of an enrolled person is refused as a new person, accepted with --person-id
     second = str(sorted((faces / "obama").iterdir())[1])

@@ -22,6 +22,7 @@ from edge.vision.pipeline import FaceObservation, FacePipeline
 
 log = logging.getLogger(__name__)
 VIDEO_EXT = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".gif", ".m4v"}
+MIN_TEMPLATES = 3  # good templates a person needs: one photo alone refuses too many pass holders
 
 
 @dataclass(frozen=True)
@@ -132,17 +133,20 @@ def enroll(
     person_id: str | None = None,
     force: bool = False,
     max_templates: int = 5,
+    min_templates: int = MIN_TEMPLATES,
 ) -> tuple[str, int]:
     """Enroll (or, with person_id, re-enroll); returns (person id, templates added)."""
     if not name.strip() and person_id is None:
         raise EnrollError("a name is required", "pass --name")
     check_consent(consent, minor or bool(consent.guardian))
-    cands = pick_best(collect(pipe, inputs), max_templates)
+    cands = pick_best(collect(pipe, inputs), max(max_templates, min_templates))
     if not cands:
         raise EnrollError(
             "no usable face in the inputs",
             "use a sharp, frontal, well-lit photo or clip of one person",
         )
+    if person_id is None:  # adding faces to someone already enrolled always helps
+        check_template_count(len(cands), min_templates)
     embs = to_template_grid(np.stack([c.embedding for c in cands]))  # held exactly by the matcher
     t = gallery.templates(pipe.spec.name)
     if len(t.matrix):
@@ -166,3 +170,13 @@ def enroll(
         person_id,
     )
     return pid, len(cands)
+
+
+def check_template_count(found: int, needed: int) -> None:
+    """Refuse an enrollment that would leave the person with too few good templates."""
+    if found < needed:
+        raise EnrollError(
+            f"only {found} usable, distinct face(s) in the inputs; {needed} are needed",
+            "add more photos of the person (or a short video), or pass --min-templates 1 "
+            "to accept fewer (more refusals at the gate)",
+        )

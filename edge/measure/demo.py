@@ -81,6 +81,7 @@ def enroll_person(cfg, pipe, name: str, photos: list[Path]) -> str:
             [str(p) for p in photos],
             threshold=pipe.spec.threshold,
             min_margin=cfg.gallery.min_margin,
+            min_templates=1,  # the demo enrolls from whatever photos it is given, even one
         )
     finally:
         g.close()
