@@ -135,7 +135,7 @@ def enroll_folder(
         )
         if reason:
             result.refused[d.name] = reason
-            log.info("enroll refused folder=%s reason=%s", d.name, reason)
+            log.debug("enroll refused folder=%s reason=%s", d.name, reason)
         else:
             result.enrolled[d.name], result.templates[d.name] = pid, n
     if on_progress:
