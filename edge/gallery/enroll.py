@@ -145,8 +145,6 @@ def enroll(
             "no usable face in the inputs",
             "use a sharp, frontal, well-lit photo or clip of one person",
         )
-    if person_id is None:  # adding faces to someone already enrolled always helps
-        check_template_count(len(cands), min_templates)
     embs = to_template_grid(np.stack([c.embedding for c in cands]))  # held exactly by the matcher
     t = gallery.templates(pipe.spec.name)
     if len(t.matrix):
@@ -157,6 +155,8 @@ def enroll(
                 f"this face already matches enrolled person {sorted(others)[0]}",
                 "check who this is; re-enroll with --person-id, or pass --force if they are different people",
             )
+    if person_id is None:  # adding faces to someone already enrolled always helps
+        check_template_count(len(cands), min_templates)
     pid = gallery.add_person(
         name,
         consent,
