@@ -205,14 +205,12 @@ def bench_gallery(
             g._tx(write)
         build_s = time.perf_counter() - t0
         g.close()
-        rss0 = _rss_mb()
         t0 = time.perf_counter()
         g = Gallery(Path(tmp) / "g.db", kek)
         t = g.templates("bench")
         m = Matcher(t.matrix, t.person_ids, 0.5, 0.04)
         load_s = time.perf_counter() - t0
         del t
-        rss1 = _rss_mb()
         g.close()
     mated = vec[rng.integers(0, n, probes - probes // 2)]
     mated = mated + rng.normal(0, 0.02, mated.shape).astype(np.float32)
@@ -240,8 +238,8 @@ def bench_gallery(
         "load_decrypt_s": round(load_s, 3),
         "search_ms_median": round(float(np.median(a)), 3),
         "search_ms_p95": round(float(np.percentile(a, 95)), 3),
-        "matrix_mb": round(m.nbytes / 2**20, 1),
-        "rss_growth_mb": round(rss1 - rss0, 1),
+        "matrix_mb": round(m.nbytes / 2**20, 1),  # MiB
+        "peak_rss_mb": round(_rss_mb(), 1),
         "rows_rescored_median": int(np.median(rescored)),
         "probes": probes,
         "probes_matched": sum(r.person_id is not None for r in got),
@@ -253,7 +251,7 @@ def format_gallery_bench(r: dict) -> str:
     return (
         f"gallery 1:N: {r['templates']} templates, {r['people']} people, dim {r['dim']}\n"
         f"  load (decrypt) {r['load_decrypt_s']:.3f} s   search median {r['search_ms_median']:.3f} ms"
-        f"   p95 {r['search_ms_p95']:.3f} ms   matrix {r['matrix_mb']} MB   rss +{r['rss_growth_mb']} MB"
+        f"   p95 {r['search_ms_p95']:.3f} ms   matrix {r['matrix_mb']} MiB   process peak {r['peak_rss_mb']} MiB"
         f"\n  {r['probes_matched']}/{r['probes']} probes matched (half are strangers); rows rescored"
         f" median {r['rows_rescored_median']}; best person and score equal to exact float32 scoring"
         f" for {r['decisions_equal_exact']}/{r['probes']}"
