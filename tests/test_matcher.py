@@ -62,7 +62,7 @@ def test_two_step_search_equals_exact_float32_scoring(dim, spread, common):
         reason = "below_threshold" if s1 < 0.5 else "ambiguous" if s1 - s2 < 0.04 else ""
         assert got.reason == reason and got.person_id == (p1 if not reason else None)
         decided[reason or "match"] += 1
-        assert len(m._search(probe)[0]) < len(mat)  # the coarse step did prune
+        assert len(m.candidates(probe)[0]) < len(mat)  # the coarse step did prune
     assert decided["match"] and decided["below_threshold"]  # both sides of the rule exercised
 
 

@@ -96,7 +96,7 @@ class Matcher:
         self.scale = np.ldexp(np.float32(1), -exps).astype(np.float32)
         hi_norm = np.sqrt(np.einsum("ij,ij->i", self.hi, self.hi, dtype=np.float64))
         lo_norm = np.sqrt(np.einsum("ij,ij->i", self.lo, self.lo, dtype=np.float64))
-        # Error bound coefficients of the coarse step (see _search): probe quantisation error
+        # Error bound coefficients of the coarse step (see coarse): probe quantisation error
         # times the coarse row's norm, plus the dropped low byte's norm times the probe's norm
         # (plus a slack for float32 rounding in the exact scores), rounded up to float32.
         c_hi = 256.0 * self.scale * hi_norm
@@ -148,11 +148,11 @@ class Matcher:
         """(best person, exact score, second person or -1, its exact score or -inf).
 
         The coarse score a of a row differs from its exact score by at most eps (proof in
-        _search); L, the second-highest per-person lower bound, is at most the true second-best
+        coarse); L, the second-highest per-person lower bound, is at most the true second-best
         person's score, so every row with a + eps >= L is rescored exactly and the top two
         people among them are the exact top two.
         """
-        idx, _ = self._search(probe)
+        idx, _ = self.candidates(probe)
         exact = self.dense(idx) @ probe
         persons = self.row_person[idx]
         seg = np.flatnonzero(np.r_[True, persons[1:] != persons[:-1]])
@@ -188,7 +188,7 @@ class Matcher:
         eps += self._c_lo * np.float32(pn * (1 + 2**-20))
         return a, eps
 
-    def _search(self, probe: np.ndarray) -> tuple[np.ndarray, float]:
+    def candidates(self, probe: np.ndarray) -> tuple[np.ndarray, float]:
         """Rows that can hold the best or second-best person's best template; and the bound L."""
         a, eps = self.coarse(probe)
         lower = np.subtract(a, eps, out=self._bound)

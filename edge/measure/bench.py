@@ -222,7 +222,7 @@ def bench_gallery(
         s = time.perf_counter()
         got.append(m.match(p))
         lat.append(time.perf_counter() - s)
-        rescored.append(len(m._search(p)[0]))
+        rescored.append(len(m.candidates(p)[0]))
     exact = m.person_scores(q)
     ref = exact.argmax(axis=1)
     same = sum(
