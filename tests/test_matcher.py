@@ -120,3 +120,14 @@ def test_single_person_and_memory():
     r = m.match(mat[2])
     assert r.person_id == "A" and r.margin == 1.0 and abs(r.score - float(mat[2] @ mat[2])) < 1e-6
     assert m.nbytes <= len(mat) * 512 * 2 + len(mat) * 48  # two bytes a number, plus per-row
+
+
+def test_wide_templates_keep_exact_coarse_sums():
+    rng = np.random.default_rng(5)
+    mat = to_template_grid(unit(rng.standard_normal((40, 1100)).astype(np.float32)))
+    pids = np.array([f"P{i // 2}" for i in range(40)], dtype=object)
+    m = Matcher(mat, pids, 0.5, 0.04)
+    probe = unit(mat[7] + 0.01 * rng.standard_normal(1100).astype(np.float32))
+    a, eps = (x.copy() for x in m.coarse(probe))
+    assert np.all(np.abs(mat.astype(np.float64) @ probe - a) <= eps)
+    assert m.match(probe).person_id == "P3"

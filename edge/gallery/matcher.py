@@ -116,7 +116,8 @@ class Matcher:
             self.people = np.array([], dtype=object)
         self.ends = np.append(self.starts[1:], n).astype(np.intp)
         self.row_person = np.repeat(np.arange(len(self.people)), self.ends - self.starts)
-        self._coarse = np.empty((1, n), np.float32)
+        # int8 dot products are exact in float32 up to 1024 numbers (127 * 127 * 1024 < 2**24)
+        self._coarse = np.empty((1, n), np.float32 if self.dim <= 1024 else np.float64)
         self._eps = np.empty(n, np.float32)
         self._bound = np.empty(n, np.float32)
 
