@@ -131,3 +131,10 @@ def test_wide_templates_keep_exact_coarse_sums():
     a, eps = (x.copy() for x in m.coarse(probe))
     assert np.all(np.abs(mat.astype(np.float64) @ probe - a) <= eps)
     assert m.match(probe).person_id == "P3"
+
+
+def test_threshold_and_margin_must_be_finite():
+    e = np.eye(4, dtype=np.float32)
+    for t, mm in ((np.nan, 0.0), (0.5, np.nan), (np.inf, 0.0)):
+        with pytest.raises(ValueError, match="finite"):
+            Matcher(e, np.array(list("ABCD"), dtype=object), t, mm)

@@ -78,6 +78,8 @@ class Matcher:
         self, matrix: np.ndarray, person_ids: np.ndarray, threshold: float, min_margin: float
     ):
         self.threshold, self.min_margin = float(threshold), float(min_margin)
+        if not (np.isfinite(self.threshold) and np.isfinite(self.min_margin)):
+            raise ValueError("threshold and min_margin must be finite numbers")
         matrix = np.asarray(matrix, dtype=np.float32)
         pids = np.asarray(person_ids, dtype=object)
         finite = np.isfinite(matrix).all(axis=1) if matrix.size else np.ones(len(pids), bool)
