@@ -229,6 +229,14 @@ class Matcher:
         """The decision for one probe."""
         return self.match_many(probe[None])[0]
 
+    def match_fused(self, probes: np.ndarray) -> Match:
+        """One decision for several frames of one visitor: their mean direction, matched once."""
+        p = np.atleast_2d(np.asarray(probes, dtype=np.float64))
+        with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+            mean = (p / np.linalg.norm(p, axis=1, keepdims=True)).mean(axis=0)
+            mean /= np.linalg.norm(mean)
+        return self.match(mean.astype(np.float32))
+
 
 @dataclass(frozen=True)
 class Identity:
@@ -236,8 +244,9 @@ class Identity:
 
     person_id: str | None
     score: float
-    valid_until: int | None = None
+    valid_until: int | None = None  # of the candidate: checked only when they are confirmed
     pass_ref: str = ""
+    candidate: str | None = None  # the best person even when refused (policy.fuse_frames)
 
 
 class LiveMatcher:
@@ -285,14 +294,16 @@ class LiveMatcher:
             log.warning("gallery refresh_failed reason=%s", e)
         out = []
         for m in self.matcher.match_many(probes) if len(probes) else []:
-            pid = m.person_id
-            if pid is None:
-                out.append(Identity(None, m.score))
-            else:
-                out.append(
-                    Identity(pid, m.score, self.valid_until.get(pid), self.pass_refs.get(pid, ""))
-                )
+            who = m.candidate
+            vu, ref = (
+                (self.valid_until.get(who), self.pass_refs.get(who, "")) if who else (None, "")
+            )
+            out.append(Identity(m.person_id, m.score, vu, ref, who))
         return out
+
+    def match_fused(self, probes: np.ndarray) -> Match:
+        """Matcher.match_fused on the gallery as loaded (this frame's identify refreshed it)."""
+        return self.matcher.match_fused(probes)
 
 
 def resolve_threshold(configured: float, measured: float) -> float:
