@@ -80,6 +80,7 @@ class PolicyConfig:
     anti_passback_s: float = 60.0
     min_face_fraction: float = 0.04  # face width / frame width to count as "at the gate"
     zone: tuple[float, float, float, float] = (0.0, 0.0, 1.0, 1.0)  # x0, y0, x1, y1 (fractions)
+    fuse_frames: bool = False  # decide on the mean embedding of the k frames of one candidate
 
 
 @dataclass(frozen=True)

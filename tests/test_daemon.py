@@ -61,6 +61,7 @@ def enroll_lin(cfg, fixtures, pipeline) -> str:
             Consent("v1"),
             [str(fixtures / "faces" / "lin_manuel_miranda" / "lin-manuel-miranda.png")],
             threshold=pipeline.spec.threshold,
+            min_templates=1,
         )
     return pid
 

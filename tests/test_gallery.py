@@ -13,7 +13,7 @@ import pytest
 from edge.errors import ConsentError, EnrollError, GalleryError, KeyFileError
 from edge.gallery.crypto import init_key, load_key
 from edge.gallery.keys import rotate_key
-from edge.gallery.matcher import LiveMatcher, Matcher
+from edge.gallery.matcher import LiveMatcher, Matcher, to_template_grid
 from edge.gallery.store import Consent, Gallery
 
 from .helpers import kill_at_random
@@ -125,7 +125,7 @@ def test_purge_removes_only_long_expired(gal):
 
 def test_matcher_against_brute_force():
     rng = np.random.default_rng(4)
-    mat = unit(rng, 60)
+    mat = to_template_grid(unit(rng, 60))  # as enrollment stores them
     pids = np.array([f"P{i // 3:02d}" for i in range(60)], dtype=object)
     m = Matcher(mat, pids, threshold=-1.0, min_margin=0.0)
     probes = unit(rng, 25)
@@ -308,7 +308,9 @@ def test_enroll_identify_refuse_duplicates_and_reenroll(gal, pipeline, fixtures)
     enrolled = {}
     for person in ("obama", "biden", "df_A", "df_G_matt_damon", "kit_harington", "rose_leslie"):
         first = sorted((faces / person).iterdir())[0]
-        enrolled[person], _ = enroll(gal, pipeline, person, CONSENT, [str(first)], threshold=t)
+        enrolled[person], _ = enroll(
+            gal, pipeline, person, CONSENT, [str(first)], threshold=t, min_templates=1
+        )
     # a second photo of an enrolled person is refused as a new person, accepted with --person-id
     second = str(sorted((faces / "obama").iterdir())[1])
     with pytest.raises(EnrollError, match="already matches"):

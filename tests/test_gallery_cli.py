@@ -37,6 +37,8 @@ def test_gallery_cli_lifecycle(tmp_path, fixtures):
         "AP-1",
         "--valid-until",
         "2030-01-01",
+        "--min-templates",
+        "1",
         str(fixtures / "faces" / "lin_manuel_miranda" / "lin-manuel-miranda.png"),
     )
     assert p.returncode == 0, p.stderr

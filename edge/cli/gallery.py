@@ -8,7 +8,8 @@ import time
 from pathlib import Path
 
 from edge import config as config_mod
-from edge.errors import EnrollError
+from edge.cli.paths import existing_dir
+from edge.errors import EdgeGateError, EnrollError
 from edge.gallery.crypto import init_key, load_key
 from edge.gallery.erase import ErasureIncomplete
 from edge.gallery.keys import rotate_key
@@ -55,7 +56,19 @@ def cmd_keys_rotate(args) -> int:
     return 0
 
 
+def _min_templates(args) -> int:
+    from edge.gallery.enroll import MIN_TEMPLATES
+
+    return MIN_TEMPLATES if args.min_templates is None else args.min_templates
+
+
 def cmd_enroll(args) -> int:
+    if args.folder:
+        return cmd_enroll_folder(args)
+    if not args.inputs:
+        raise EdgeGateError(
+            "nothing to enroll from", "give photos, a video or a camera, or --folder DIR"
+        )
     from edge.gallery.enroll import check_consent, enroll, notice_sha256
     from edge.gallery.matcher import resolve_threshold
     from edge.vision.pipeline import FacePipeline
@@ -87,6 +100,7 @@ def cmd_enroll(args) -> int:
             replace=args.replace_templates,
             force=args.force,
             max_templates=args.templates,
+            min_templates=_min_templates(args),
         )
     what = "replaced all templates with" if args.replace_templates else "added"
     audit_record(
@@ -102,6 +116,62 @@ def cmd_enroll(args) -> int:
     )
     print(pid)
     return 0
+
+
+def cmd_enroll_folder(args) -> int:
+    """`enroll --folder DIR`: every DIR/<name>/ as one person; exit 1 only if nobody enrolled."""
+    from edge.cli.progress import Progress
+    from edge.gallery.bulk import enroll_folder
+    from edge.gallery.enroll import check_consent, notice_sha256
+    from edge.gallery.matcher import resolve_threshold
+    from edge.vision.pipeline import FacePipeline
+
+    single = [f for f in ("name", "person_id", "pass_id", "guardian") if getattr(args, f)]
+    if single or args.minor or args.inputs:
+        raise EdgeGateError(
+            "--folder enrolls one person per subfolder; it takes no photos, --name, --person-id,"
+            " --pass-id, --minor or --guardian",
+            "enroll single people (and minors, with their guardian) one at a time",
+        )
+    cfg, db, key = paths(args)
+    consent = Consent(
+        args.consent_version,
+        args.consent_method,
+        args.operator or os.environ.get("USER", ""),
+        "",
+        notice_sha256(Path(args.notice_file) if args.notice_file else None),
+    )
+    check_consent(consent, False)
+    pipe = FacePipeline.from_config(cfg)
+    g = Gallery(db, load_key(key))
+    try:
+        r = enroll_folder(
+            g,
+            pipe,
+            Path(args.folder),
+            consent,
+            threshold=resolve_threshold(cfg.gallery.match_threshold, pipe.spec.threshold),
+            min_templates=_min_templates(args),
+            max_templates=args.templates,
+            force=args.force,
+            valid_until=parse_time(args.valid_until, end_of_day=True) if args.valid_until else None,
+            on_progress=Progress("enroll"),
+        )
+    finally:
+        g.close()
+    log = audit_log(cfg)
+    for name, pid in r.enrolled.items():
+        detail = f"{r.templates[name]} templates (folder)"
+        log.record(AuditRecord(time.time(), cfg.gate.id, "enroll", subject=pid, detail=detail))
+    total = len(r.enrolled) + len(r.refused)
+    print(
+        f"enrolled {len(r.enrolled)} of {total} people ({sum(r.templates.values())} templates)"
+        f" from {args.folder}"
+    )
+    for reason, names in sorted(r.by_reason().items()):
+        shown = ", ".join(names[:10]) + (f" and {len(names) - 10} more" if len(names) > 10 else "")
+        print(f"refused {len(names)}: {reason}: {shown}")
+    return 0 if r.enrolled else 1
 
 
 def cmd_people(args) -> int:
@@ -260,7 +330,17 @@ def register(sub, common) -> None:
         "--force", action="store_true", help="enroll even if the face matches someone else"
     )
     sp.add_argument("--templates", type=int, default=5, help="best N faces to keep")
-    sp.add_argument("inputs", nargs="+", metavar="IMAGE_OR_VIDEO")
+    sp.add_argument(
+        "--min-templates",
+        type=int,
+        help="refuse a person with fewer usable, distinct faces (default: 3)",
+    )
+    sp.add_argument(
+        "--folder",
+        type=existing_dir,
+        help="bulk import: enroll every DIR/<name>/ as one person named <name>",
+    )
+    sp.add_argument("inputs", nargs="*", metavar="IMAGE_OR_VIDEO")
     sp.set_defaults(func=cmd_enroll)
 
     sp = sub.add_parser("people", help="who is enrolled (never biometric data)")

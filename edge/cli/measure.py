@@ -55,8 +55,11 @@ def cmd_bench(args) -> int:
     cfg = _cfg(args)
     if args.gallery:
         from edge.measure.bench import bench_gallery, format_gallery_bench
+        from edge.vision.models import embedder_spec
 
-        rep = bench_gallery(args.gallery, dim=args.dim)
+        name = args.embedder or cfg.vision.embedder
+        dim = args.dim or embedder_spec(config_mod.models_path(cfg), name).dim
+        rep = bench_gallery(args.gallery, dim=dim)
         print(json.dumps(rep) if args.json else format_gallery_bench(rep))
         return 0
     clip = (
@@ -113,7 +116,12 @@ def register(sub, common) -> None:
     sp.add_argument(
         "--gallery", type=int, default=0, metavar="N", help="benchmark 1:N search over N templates"
     )
-    sp.add_argument("--dim", type=int, default=128)
+    sp.add_argument(
+        "--dim",
+        type=int,
+        default=0,
+        help="with --gallery: template width (default: the embedder's)",
+    )
     sp.add_argument(
         "--gate", action="store_true", help="the whole gate on the clip: fps and time to grant"
     )

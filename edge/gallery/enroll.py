@@ -15,13 +15,14 @@ import cv2
 import numpy as np
 
 from edge.errors import ConsentError, EnrollError, ImageError
-from edge.gallery.matcher import Matcher
+from edge.gallery.matcher import Matcher, to_template_grid
 from edge.gallery.store import Consent, Gallery
 from edge.vision.image import load_image, to_bgr8
 from edge.vision.pipeline import FaceObservation, FacePipeline
 
 log = logging.getLogger(__name__)
 VIDEO_EXT = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".gif", ".m4v"}
+MIN_TEMPLATES = 3  # good templates a person needs: one photo alone refuses too many pass holders
 
 
 @dataclass(frozen=True)
@@ -152,6 +153,7 @@ def enroll(
     replace: bool = False,
     force: bool = False,
     max_templates: int = 5,
+    min_templates: int = MIN_TEMPLATES,
 ) -> tuple[str, int]:
     """Enroll a new person, or with person_id add templates that verify as them.
 
@@ -171,13 +173,13 @@ def enroll(
     if person_id is not None:
         minor = gallery.person(person_id).minor  # also: an unknown id fails here, by name
     check_consent(consent, minor or bool(consent.guardian))
-    cands = pick_best(collect(pipe, inputs), max_templates)
+    cands = pick_best(collect(pipe, inputs), max(max_templates, min_templates))
     if not cands:
         raise EnrollError(
             "no usable face in the inputs",
             "use a sharp, frontal, well-lit photo or clip of one person",
         )
-    embs = np.stack([c.embedding for c in cands])
+    embs = to_template_grid(np.stack([c.embedding for c in cands]))  # held exactly by the matcher
     model = pipe.spec.name
     if person_id is not None and not replace:
         _check_same_person(gallery, model, person_id, embs, threshold)
@@ -192,13 +194,26 @@ def enroll(
                 " are different people",
             )
     qualities = [c.quality for c in cands]
-    if person_id is not None:
+    if person_id is not None:  # adding faces to someone already enrolled always helps
+        if replace:  # a re-enrollment from scratch must leave enough templates
+            check_template_count(len(cands), min_templates)
         gallery.add_templates(
             person_id, consent, list(embs), model, pipe.spec.sha256[:12], qualities, replace
         )
         return person_id, len(cands)
+    check_template_count(len(cands), min_templates)
     pid = gallery.add_person(
         name, consent, list(embs), model, pipe.spec.sha256[:12], qualities, pass_ref,
         valid_until, minor or bool(consent.guardian),
     )  # fmt: skip
     return pid, len(cands)
+
+
+def check_template_count(found: int, needed: int) -> None:
+    """Refuse an enrollment that would leave the person with too few good templates."""
+    if found < needed:
+        raise EnrollError(
+            f"only {found} usable, distinct face(s) in the inputs; {needed} are needed",
+            "add more photos of the person (or a short video), or pass --min-templates 1 "
+            "to accept fewer (more refusals at the gate)",
+        )

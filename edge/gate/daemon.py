@@ -48,6 +48,12 @@ DEGRADED_LOG_EVERY_S = 60.0
 FACE_FAILURES_TO_DEGRADE = 50  # frames in a row whose face stage raised: the face path is broken
 
 
+def policy_for(cfg: config_mod.Config, face: FaceStack | None) -> Policy:
+    """The decision rules; with policy.fuse_frames they decide on the matcher's fused match."""
+    fuse = face.matcher.match_fused if face is not None and cfg.policy.fuse_frames else None
+    return Policy(PolicyParams.from_config(cfg, face_enabled=face is not None), fuse=fuse)
+
+
 def decision_json(d: Decision, gate: str, wall: float) -> dict:
     """The event line of one decision: the contract of `run --events` and the printed line."""
     out = {
@@ -121,7 +127,7 @@ class Gate:
             stack.callback(lambda: self.ledger.close())
             self.face = self._load_faces(cfg)
             stack.callback(self._close_face)
-            self.policy = Policy(PolicyParams.from_config(cfg, face_enabled=self.face is not None))
+            self.policy = policy_for(cfg, self.face)
             c = cfg.camera
             self.source = source or open_source(
                 c.source, c.width, c.height, c.fps, c.realtime, c.reconnect_max_s
@@ -194,7 +200,7 @@ class Gate:
         else:
             self._close_face()
             self.verifier, self.face, self.reload_error = verifier, face, ""
-            self.policy = Policy(PolicyParams.from_config(cfg, face_enabled=face is not None))
+            self.policy = policy_for(cfg, face)
             log.info("gate reloaded config=%s", cfg.source_file)
         self.notifier.ready(self.status_text())
 

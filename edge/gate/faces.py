@@ -50,6 +50,8 @@ class FaceStack:
                     m is not None,
                     m.valid_until if m else None,
                     m.pass_ref if m else "",
+                    m.candidate if m else None,
+                    f.embedding,
                 )
             )
         return tuple(out)

@@ -11,8 +11,10 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import Any
 
 from edge.config import Config, PolicyConfig
 from edge.errors import ConfigError
@@ -62,8 +64,10 @@ class FaceSeen:
     width_frac: float  # face width / frame width
     center: tuple[float, float]  # fractions of the frame
     quality_ok: bool
-    valid_until: int | None = None  # the person's pass validity (Unix seconds), None = open
+    valid_until: int | None = None  # the candidate's pass validity (Unix seconds), None = open
     pass_ref: str = ""
+    candidate: str | None = None  # best person even when this frame alone is refused
+    embedding: Any = field(default=None, compare=False, repr=False)  # for fuse_frames only
 
 
 @dataclass(frozen=True)
@@ -182,6 +186,8 @@ class Policy:
     pending: PendingTicket | None = None
     tailgating: bool = False
     episode: Episode | None = None
+    # fuse_frames: the matcher's decision on several frames of one visitor (Matcher.match_fused)
+    fuse: Callable[[list], Any] | None = None
 
     def step(self, obs: Observation) -> list[Decision]:
         """Decide on one observation: ticket decisions first, then faces."""
@@ -263,11 +269,9 @@ class Policy:
         counts: dict[str | None, int] = {}
         for e in self.window:
             counts[e.person_id] = counts.get(e.person_id, 0) + 1
-        best = max(
-            (pid for pid in counts if pid is not None), key=lambda x: counts[x], default=None
-        )
-        if best is not None and counts[best] >= p.k:
-            out = self._confirmed(obs, best)
+        best, fused = self._candidate(counts)
+        if best is not None:
+            out = self._confirmed(obs, best, fused)
             if out and out[0].decision == GRANT:
                 ep.granted = True
             return out
@@ -285,11 +289,32 @@ class Policy:
             ]
         return []
 
-    def _confirmed(self, obs: Observation, pid: str) -> list[Decision]:
+    def _candidate(self, counts: dict[str | None, int]) -> tuple[str | None, float | None]:
+        """The person the window confirms, and the fused score when frames are fused.
+
+        Voting: the same person matched in k frames on their own. Fusing: the same person is
+        the best candidate in k frames, and the mean of those frames' embeddings matches them.
+        """
+        k = self.params.k
+        if self.fuse is None:
+            best = max((q for q in counts if q is not None), key=counts.__getitem__, default=None)
+            return (best, None) if best is not None and counts[best] >= k else (None, None)
+        cands: dict[str, list] = {}
+        for e in self.window:
+            if e.face.candidate is not None and e.face.embedding is not None:
+                cands.setdefault(e.face.candidate, []).append(e.face.embedding)
+        best = max(cands, key=lambda c: len(cands[c]), default=None)
+        if best is None or len(cands[best]) < k:
+            return None, None
+        m = self.fuse(cands[best])
+        return (best, round(float(m.score), 4)) if m.person_id == best else (None, None)
+
+    def _confirmed(self, obs: Observation, pid: str, fused: float | None = None) -> list[Decision]:
         p = self.params
-        mine = [e for e in self.window if e.person_id == pid]
+        mine = [e for e in self.window if pid in (e.person_id, e.face.candidate)]
         face = mine[-1].face
-        score = round(sum(e.score for e in mine) / len(mine), 4)
+        voted = [e.score for e in mine if e.person_id == pid]
+        score = fused if fused is not None else round(sum(voted) / len(voted), 4)
         last = self.last_grant.get(pid)
         if last is not None and obs.t - last < p.cooldown_s:
             return []  # just let in; still in view

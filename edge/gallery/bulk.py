@@ -1,0 +1,185 @@
+"""Bulk enrollment: every `DIR/<name>/` of an existing pass system becomes one person.
+
+Each image is embedded once; each person is written in one transaction; the duplicate-face
+check runs against an in-memory matrix that grows with the import, so the cost per person does
+not grow with the gallery's decryption. One person's bad photos never stop the others.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from edge.errors import EnrollError
+from edge.gallery.enroll import MIN_TEMPLATES, check_consent, collect, pick_best
+from edge.gallery.matcher import to_template_grid
+from edge.gallery.store import Consent, Gallery
+from edge.vision.pipeline import FacePipeline
+
+log = logging.getLogger(__name__)
+
+# Refusal reasons, as counted in the summary.
+NO_IMAGES = "no_images"
+NO_FACE = "no_usable_face"
+TOO_FEW = "too_few_templates"
+DUPLICATE = "matches_enrolled_person"
+ALREADY = "already_enrolled"
+
+
+@dataclass
+class BulkResult:
+    """What a folder import did: who was enrolled, who was refused and why."""
+
+    enrolled: dict[str, str] = field(default_factory=dict)  # folder name -> person id
+    templates: dict[str, int] = field(default_factory=dict)  # folder name -> templates stored
+    refused: dict[str, str] = field(default_factory=dict)  # folder name -> reason
+
+    def by_reason(self) -> dict[str, list[str]]:
+        """Refused folder names grouped by reason."""
+        out: dict[str, list[str]] = {}
+        for name, reason in self.refused.items():
+            out.setdefault(reason, []).append(name)
+        return out
+
+
+class KnownFaces:
+    """Enrolled templates in memory for the duplicate check; grows as people are added."""
+
+    def __init__(self, matrix: np.ndarray, person_ids: np.ndarray, capacity: int = 1024):
+        n, dim = matrix.shape if matrix.size else (0, 0)
+        self._m = np.zeros((max(capacity, 2 * n), dim), np.float32) if dim else None
+        self._pids: list[str] = [str(p) for p in person_ids]
+        if n:
+            self._m[:n] = matrix
+
+    def __len__(self) -> int:
+        return len(self._pids)
+
+    def best(self, embs: np.ndarray) -> tuple[list[str | None], np.ndarray]:
+        """For each embedding: the enrolled person of its most similar template, and the score."""
+        if not self._pids:
+            return [None] * len(embs), np.full(len(embs), -np.inf, np.float32)
+        sims = embs @ self._m[: len(self._pids)].T
+        top = sims.argmax(axis=1)
+        return [self._pids[i] for i in top], sims[np.arange(len(embs)), top]
+
+    def add(self, embs: np.ndarray, pid: str) -> None:
+        """Append one person's templates (amortised doubling, no per-entry work)."""
+        n = len(self._pids)
+        if self._m is None:
+            self._m = np.zeros((1024, embs.shape[1]), np.float32)
+        if n + len(embs) > len(self._m):
+            grown = np.zeros((2 * (n + len(embs)), self._m.shape[1]), np.float32)
+            grown[:n] = self._m[:n]
+            self._m = grown
+        self._m[n : n + len(embs)] = embs
+        self._pids += [pid] * len(embs)
+
+
+def person_folders(folder: Path) -> list[Path]:
+    """The subfolders of DIR, sorted by name; hidden ones are skipped."""
+    if not folder.is_dir():
+        raise EnrollError(f"{folder} is not a folder", "pass a folder of DIR/<name>/ subfolders")
+    dirs = sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not dirs:
+        raise EnrollError(
+            f"{folder} has no subfolders",
+            "put each person's photos in DIR/<name>/ (one per person)",
+        )
+    return dirs
+
+
+def enroll_folder(
+    gallery: Gallery,
+    pipe: FacePipeline,
+    folder: Path,
+    consent: Consent,
+    *,
+    threshold: float,
+    min_templates: int = MIN_TEMPLATES,
+    max_templates: int = 5,
+    force: bool = False,
+    valid_until: int | None = None,
+    on_progress: Callable[[int, int, str], None] | None = None,
+) -> BulkResult:
+    """Enroll every DIR/<name>/ as one person named <name>; refusals are counted, not raised."""
+    check_consent(consent, bool(consent.guardian))
+    dirs = person_folders(folder)
+    model = pipe.spec.name
+    t = gallery.templates(model)
+    known = KnownFaces(t.matrix, t.person_ids)
+    names = {p.id: p.name for p in gallery.people()}
+    result = BulkResult()
+    for i, d in enumerate(dirs):
+        if on_progress:
+            on_progress(i, len(dirs), d.name)
+        files = sorted(str(f) for f in d.iterdir() if f.is_file() and not f.name.startswith("."))
+        reason, pid, n = _one(
+            gallery,
+            pipe,
+            known,
+            names,
+            d.name,
+            files,
+            consent,
+            model,
+            threshold,
+            min_templates,
+            max_templates,
+            force,
+            valid_until,
+        )
+        if reason:
+            result.refused[d.name] = reason
+            log.debug("enroll refused folder=%s reason=%s", d.name, reason)
+        else:
+            result.enrolled[d.name], result.templates[d.name] = pid, n
+    if on_progress:
+        on_progress(len(dirs), len(dirs), "")
+    return result
+
+
+def _one(
+    gallery,
+    pipe,
+    known,
+    names,
+    name,
+    files,
+    consent,
+    model,
+    threshold,
+    min_templates,
+    max_templates,
+    force,
+    valid_until,
+) -> tuple[str, str, int]:
+    """Enroll one folder; returns (refusal reason or "", person id, templates)."""
+    if not files:
+        return NO_IMAGES, "", 0
+    cands = pick_best(collect(pipe, files), max(max_templates, min_templates))
+    if not cands:
+        return NO_FACE, "", 0
+    if len(cands) < min_templates:
+        return TOO_FEW, "", 0
+    embs = to_template_grid(np.stack([c.embedding for c in cands]))
+    who, score = known.best(embs)
+    hits = {w for w, s in zip(who, score, strict=True) if w is not None and s >= threshold}
+    if hits and not force:
+        return ALREADY if any(names.get(h) == name for h in hits) else DUPLICATE, "", 0
+    pid = gallery.add_person(
+        name,
+        consent,
+        list(embs),
+        model,
+        pipe.spec.sha256[:12],
+        [c.quality for c in cands],
+        valid_until=valid_until,
+    )
+    known.add(embs, pid)
+    names[pid] = name
+    return "", pid, len(cands)

@@ -1,0 +1,159 @@
+"""Enrollment that gives the matcher enough: three templates by default, bulk import by folder."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from edge.errors import EnrollError
+from edge.gallery.bulk import ALREADY, DUPLICATE, NO_FACE, NO_IMAGES, TOO_FEW, enroll_folder
+from edge.gallery.crypto import init_key
+from edge.gallery.enroll import enroll
+from edge.gallery.matcher import to_template_grid
+from edge.gallery.store import Consent, Gallery
+from edge.vision.pipeline import FaceObservation
+from edge.vision.quality import Quality
+
+CONSENT = Consent("2026-03", operator="staff")
+DIM = 64
+
+
+class GeneratedFaces:
+    """Stands in for the face pipeline on generated photos: the photo's top-left pixel names
+    the person (blue) and the photo (green); the embedding is that person's centre plus
+    per-photo noise. A photo whose red value is 255 shows no face. Counts every embedding."""
+
+    class spec:  # noqa: N801 - mirrors EmbedderSpec's fields used by enrollment
+        name, sha256, dim, threshold = "generated", "0" * 64, DIM, 0.8
+
+    def __init__(self, people: int = 40, seed: int = 0):
+        rng = np.random.default_rng(seed)
+        c = rng.standard_normal((people, DIM)).astype(np.float32)
+        self.centres = c / np.linalg.norm(c, axis=1, keepdims=True)
+        self.rng, self.calls = rng, 0
+
+    def embed_still(self, bgr: np.ndarray) -> FaceObservation | None:
+        self.calls += 1
+        blue, green, red = (int(x) for x in bgr[0, 0])
+        if red == 255:
+            return None
+        noise = np.random.default_rng(blue * 1000 + green).standard_normal(DIM)
+        v = self.centres[blue] + 0.15 * noise.astype(np.float32) / np.sqrt(DIM)
+        q = Quality(100.0, 100.0, 0.0, 120.0, ())
+        return FaceObservation(None, q, (v / np.linalg.norm(v)).astype(np.float32))
+
+
+def photos(folder: Path, name: str, person: int, n: int, no_face: bool = False) -> None:
+    d = folder / name
+    d.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        img = np.zeros((64, 64, 3), np.uint8)
+        img[0, 0] = (person, i + 1, 255 if no_face else 0)
+        cv2.imwrite(str(d / f"{i:02d}.png"), img)
+
+
+@pytest.fixture
+def gal(tmp_path):
+    g = Gallery(tmp_path / "g.db", init_key(tmp_path / "k.key"))
+    yield g
+    g.close()
+
+
+def test_folder_import_counts_every_refusal_and_embeds_each_photo_once(tmp_path, gal, monkeypatch):
+    pipe, folder = GeneratedFaces(), tmp_path / "passes"
+    photos(folder, "alice", 0, 3)
+    photos(folder, "bob", 1, 5)
+    photos(folder, "carol", 2, 1)  # one photo
+    photos(folder, "dave", 0, 4)  # alice's face under another name
+    (folder / "erin").mkdir()  # nothing in it
+    photos(folder, "frank", 3, 3, no_face=True)
+    (folder / "gina").mkdir()
+    (folder / "gina" / "broken.jpg").write_bytes(b"not a jpeg")
+    writes = []
+    real_add = gal.add_person
+    monkeypatch.setattr(gal, "add_person", lambda *a, **k: writes.append(a[0]) or real_add(*a, **k))
+    progress = []
+    r = enroll_folder(
+        gal, pipe, folder, CONSENT, threshold=0.8, on_progress=lambda *a: progress.append(a)
+    )
+    assert set(r.enrolled) == {"alice", "bob"} and r.templates == {"alice": 3, "bob": 5}
+    assert r.refused == {
+        "carol": TOO_FEW,
+        "dave": DUPLICATE,
+        "erin": NO_IMAGES,
+        "frank": NO_FACE,
+        "gina": NO_FACE,
+    }
+    assert pipe.calls == 3 + 5 + 1 + 4 + 3  # one embedding per readable photo
+    assert writes == ["alice", "bob"]  # one transaction per enrolled person
+    assert progress[0] == (0, 7, "alice") and progress[-1] == (7, 7, "")
+    people = {p.name: p for p in gal.people()}
+    assert set(people) == {"alice", "bob"} and people["bob"].template_count == 5
+    t = gal.templates("generated")
+    assert np.array_equal(to_template_grid(t.matrix), t.matrix)  # stored on the matcher's grid
+
+    again = enroll_folder(gal, pipe, folder, CONSENT, threshold=0.8, min_templates=1)
+    assert again.refused["alice"] == ALREADY and again.refused["bob"] == ALREADY
+    assert again.refused["dave"] == DUPLICATE and set(again.enrolled) == {"carol"}
+
+
+def test_a_new_person_needs_three_templates_unless_told(tmp_path, gal):
+    pipe = GeneratedFaces()
+    photos(tmp_path, "one", 5, 2)
+    two = [str(p) for p in sorted((tmp_path / "one").iterdir())]
+    with pytest.raises(EnrollError, match="only 2 usable") as e:
+        enroll(gal, pipe, "Two Photos", CONSENT, two, threshold=0.8)
+    assert "--min-templates 1" in e.value.hint and gal.people() == []
+    pid, n = enroll(gal, pipe, "Two Photos", CONSENT, two, threshold=0.8, min_templates=1)
+    assert n == 2
+    photos(tmp_path, "more", 5, 1)  # adding to someone enrolled is never refused for count
+    extra = [str(next((tmp_path / "more").iterdir()))]
+    pid2, n2 = enroll(gal, pipe, "", CONSENT, extra, threshold=0.8, person_id=pid)
+    assert (pid2, n2) == (pid, 1) and gal.people()[0].template_count == 3
+
+
+def test_duplicate_check_runs_against_the_growing_import(tmp_path, gal):
+    """Two folders of one person within the same import: the second is refused."""
+    pipe, folder = GeneratedFaces(), tmp_path / "p"
+    for i in range(30):
+        photos(folder, f"p{i:02d}", i, 3)
+    photos(folder, "p99_same_as_p07", 7, 3)
+    r = enroll_folder(gal, pipe, folder, CONSENT, threshold=0.8)
+    assert len(r.enrolled) == 30 and r.refused == {"p99_same_as_p07": DUPLICATE}
+
+
+def test_enroll_folder_command(tmp_path, monkeypatch, capsys):
+    from edge.cli import main
+    from edge.vision import pipeline as pipeline_mod
+
+    monkeypatch.setattr(pipeline_mod.FacePipeline, "from_config", lambda *a, **k: GeneratedFaces())
+    cfg = tmp_path / "gate.toml"
+    cfg.write_text(f'[audit]\npath = "{tmp_path / "audit.db"}"\n')
+    folder = tmp_path / "passes"
+    photos(folder, "alice", 0, 3)
+    photos(folder, "carol", 2, 1)
+    g = ["--config", str(cfg), "--db", str(tmp_path / "g.db"), "--key-file", str(tmp_path / "k")]
+    init_key(tmp_path / "k")
+    monkeypatch.setattr("sys.stderr", io.StringIO())  # not a terminal: a line per tenth
+    assert main(["enroll", *g, "--folder", str(folder), "--consent-version", "v1"]) == 0
+    out = capsys.readouterr().out
+    assert "enrolled 1 of 2 people (3 templates)" in out
+    assert "refused 1: too_few_templates: carol" in out
+    assert main(["enroll", *g, "--folder", str(folder), "--consent-version", "v1"]) == 1
+    assert "already_enrolled: alice" in capsys.readouterr().out
+    assert main(["enroll", *g, "--folder", str(folder), "--consent-version", "v1", "x.jpg"]) == 2
+
+
+@pytest.mark.fixtures
+def test_enroll_folder_on_real_faces(tmp_path, gal, fixtures, pipeline):
+    faces = fixtures / "faces"
+    r = enroll_folder(gal, pipeline, faces, CONSENT, threshold=pipeline.spec.threshold)
+    few = {d.name for d in faces.iterdir() if d.is_dir() and len(list(d.iterdir())) < 3}
+    assert few <= set(r.refused) and all(r.refused[n] in (TOO_FEW, NO_FACE) for n in few)
+    assert len(r.enrolled) >= 10 and DUPLICATE not in r.refused.values()
+    assert all(3 <= n <= 5 for n in r.templates.values())
+    assert len(gal.people()) == len(r.enrolled)
