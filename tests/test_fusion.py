@@ -92,7 +92,6 @@ def test_match_fused_is_the_normalised_mean_and_refuses_non_finite():
 
 def test_gate_with_fused_frames_on_recorded_video(tmp_path, fixtures, pipeline):
     """End to end: fuse_frames from gate.toml; Lin-Manuel granted, the mall's strangers not."""
-    import json
 
     from gpiozero.pins.mock import MockFactory
 
@@ -116,11 +115,14 @@ def test_gate_with_fused_frames_on_recorded_video(tmp_path, fixtures, pipeline):
         pid = g.add_person("Lin", Consent("v1"), [emb], pipeline.spec.name, "v")
 
     def run_clip(name):
-        ev = tmp_path / f"{name}.jsonl"
-        gate = Gate(cfg, source_spec=str(fixtures / "video" / name), realtime=False,
-                    events=str(ev), pin_factory=MockFactory())  # fmt: skip
-        assert gate.run() == 0 and gate.policy.fuse is not None
-        return [json.loads(x) for x in ev.read_text().splitlines()] if ev.exists() else []
+        events = []
+        clip = config_mod.override(
+            cfg, camera={"source": str(fixtures / "video" / name), "realtime": False}
+        )
+        with Gate(clip, events.append, pin_factory=MockFactory()) as gate:
+            assert gate.policy.fuse is not None
+            assert gate.run() == 0
+        return events
 
     grants = [e for e in run_clip("short_hamilton_clip.mp4") if e["decision"] == "grant"]
     assert grants and all(e["via"] == "face" and e["person"] == pid for e in grants)

@@ -42,8 +42,9 @@ def test_enroll_person_id_refuses_someone_elses_face(tmp_path, capsys, fixtures,
     assert cli(capsys, "keys", "init", "--key-file", str(tmp_path / "k.key"))[0] == 0
     consent = ["--consent-version", "v1"]
     rc, out, err = cli(
-        capsys, "enroll", *g, "--name", "Barack Obama", *consent, str(faces / "obama" / "obama.jpg")
-    )
+        capsys, "enroll", *g, "--name", "Barack Obama", *consent, "--min-templates", "1",
+        str(faces / "obama" / "obama.jpg"),
+    )  # fmt: skip
     assert rc == 0, err
     obama = out.split()[-1]
     # Kit Harington's photo offered as more faces of Obama: refused, nothing written
@@ -77,14 +78,14 @@ def test_replace_templates_reenrolls_with_consent_and_an_audit_record(
     g = gallery_args(tmp_path)
     cli(capsys, "keys", "init", "--key-file", str(tmp_path / "k.key"))
     rc, out, _ = cli(
-        capsys, "enroll", *g, "--name", "Obama", "--consent-version", "v1",
+        capsys, "enroll", *g, "--name", "Obama", "--consent-version", "v1", "--min-templates", "1",
         str(faces / "obama" / "obama.jpg"),
     )  # fmt: skip
     pid = out.split()[-1]
     with Gallery(tmp_path / "g.db", load_key(tmp_path / "k.key")) as gal:
         (old,) = [r[0] for r in gal.conn.execute("SELECT embedding FROM templates")]
     rc, out, err = cli(
-        capsys, "enroll", *g, "--person-id", pid, "--replace-templates",
+        capsys, "enroll", *g, "--person-id", pid, "--replace-templates", "--min-templates", "1",
         "--consent-version", "v2", str(faces / "obama" / "test_obama1.jpg"),
     )  # fmt: skip
     assert rc == 0, err

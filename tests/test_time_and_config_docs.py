@@ -89,7 +89,7 @@ def _keys(cls, prefix=""):
             typ = {x.name: x.type for x in dataclasses.fields(config_mod.Config)}[f.name]
             sub = getattr(config_mod, typ) if isinstance(typ, str) else typ
             yield from _keys(sub, f"{f.name}.")
-        elif f.name != "source_file":
+        elif f.name not in ("source_file", "overrides"):  # bookkeeping, not keys
             yield prefix + f.name
 
 

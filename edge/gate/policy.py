@@ -18,7 +18,7 @@ from typing import Any
 
 from edge.config import Config, PolicyConfig
 from edge.errors import ConfigError
-from edge.tickets import OK, Ticket, Verdict
+from edge.tickets import ANTI_PASSBACK, LEDGER_ERROR, OK, Ticket, Verdict
 
 
 class Outcome(StrEnum):
@@ -37,15 +37,18 @@ class Via(StrEnum):
 
 
 class Reason(StrEnum):
-    """The reasons the gate itself gives; ticket refusals carry the verifier's or ledger's reason."""
+    """The reasons the gate itself gives; ticket refusals carry the verifier's or ledger's reason.
+
+    Reasons that tickets and faces share are the tickets' own values (one spelling each).
+    """
 
     OK = OK
     TAILGATING = "tailgating"
     NOT_ENROLLED = "not_enrolled"
-    ANTI_PASSBACK = "anti_passback"
+    ANTI_PASSBACK = ANTI_PASSBACK
     PASS_EXPIRED = "pass_expired"
     TICKET_HOLDER_MISMATCH = "ticket_holder_mismatch"
-    LEDGER_ERROR = "ledger_error"
+    LEDGER_ERROR = LEDGER_ERROR
     RELAY_ERROR = "relay_error"
 
 
