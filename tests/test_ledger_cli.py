@@ -180,16 +180,19 @@ def test_run_with_a_missing_ledger_refuses_tickets_loudly(tmp_path, caplog):
     from edge.measure.demo import ticket_scene
 
     cfg_path = gate_dir(tmp_path)
-    cfg = config_mod.load(cfg_path)
     scene = ticket_scene(tmp_path / "office", tmp_path / "t.mp4", time.time())
-    decisions = []
     cfg = config_mod.override(
-        cfg, vision={"face_enabled": False}, camera={"source": str(scene.clip), "realtime": False}
+        config_mod.load(cfg_path),
+        vision={"face_enabled": False},
+        camera={"source": str(scene.clip), "realtime": False},
     )
-    with caplog.at_level(logging.ERROR):
-        gate = Gate(cfg, decisions.append, pin_factory=MockFactory())
-    assert "TICKETS REFUSED" in gate.status_text()
-    gate.run()
+    decisions: list[dict] = []
+    with (
+        caplog.at_level(logging.ERROR),
+        Gate(cfg, decisions.append, pin_factory=MockFactory()) as gate,
+    ):
+        assert "TICKETS REFUSED" in gate.status_text()
+        gate.run()
     assert decisions
     assert {d["decision"] for d in decisions} == {"deny"}
     assert "ledger_error" in {d["reason"] for d in decisions}
@@ -220,3 +223,44 @@ def test_reload_reopens_the_ledger_once_it_is_back(tmp_path):
         assert "TICKETS REFUSED" not in gate.status_text()
     finally:
         gate.close()
+
+
+def test_gate_with_a_clock_set_back_refuses_tickets(tmp_path):
+    """fake-hwclock restores an old time: a ticket valid then (expired since) is not let in."""
+    from gpiozero.pins.mock import MockFactory
+
+    from edge.gate.audit import AuditRecord
+    from edge.gate.daemon import Gate
+    from edge.measure.demo import ticket_scene
+
+    cfg_path = gate_dir(tmp_path)
+    assert main(["ledger", "init", "--config", str(cfg_path)]) == 0
+    now = time.time()
+    with AuditLog(tmp_path / "audit.db") as log:  # the gate ran until now
+        log.record(AuditRecord(now, "g-1", "system", reason="stop"))
+    past = now - 5 * 86400  # DAY-0001 was valid then; the clock says it still is
+    scene = ticket_scene(tmp_path / "office", tmp_path / "t.mp4", past)
+    cfg = config_mod.override(
+        config_mod.load(cfg_path),
+        vision={"face_enabled": False},
+        camera={"source": str(scene.clip), "realtime": False},
+    )
+    decisions: list[dict] = []
+    with Gate(cfg, decisions.append, pin_factory=MockFactory(), clock=lambda: past) as gate:
+        gate.run()
+    assert ("deny", "clock_behind") in {(d["decision"], d["reason"]) for d in decisions}
+    assert "grant" not in {d["decision"] for d in decisions}
+    assert not any(s.state for s in gate.relay.pin.states)
+
+
+def test_doctor_fails_when_the_clock_is_behind_the_ledger(tmp_path):
+    from edge.gate import doctor
+
+    cfg_path = gate_dir(tmp_path)
+    assert main(["ledger", "init", "--config", str(cfg_path)]) == 0
+    with Ledger(tmp_path / "ledger.db") as led:
+        assert led.redeem(tk.Ticket("T-1"), time.time() + 3 * 86400).ok  # written by a fast clock
+    site = doctor.Site(config_mod.load(cfg_path), tmp_path / "g.db", tmp_path / "g.key")
+    (c,) = [c for c in doctor.run_checks(site) if c.check == "ticket ledger"]
+    assert c.status == "fail"
+    assert "behind" in c.detail

@@ -274,10 +274,15 @@ class Gate:
             self._degrade(f"face path failed {self._face_failures} frames in a row: {e}")
 
     def _alarm(self, now: float) -> None:
-        """While degraded, say so at ERROR once a minute: a quiet ticket-only gate is a fault."""
-        if self.degraded and now - self._last_alarm >= DEGRADED_LOG_EVERY_S:
+        """While degraded or refusing tickets, say so at ERROR once a minute: a quiet fault hides."""
+        if (
+            self.degraded or self.ledger.problem
+        ) and now - self._last_alarm >= DEGRADED_LOG_EVERY_S:
             self._last_alarm = now
-            log.error("gate DEGRADED %s", self.degraded)
+            if self.degraded:
+                log.error("gate DEGRADED %s", self.degraded)
+            if self.ledger.problem:
+                log.error("gate LEDGER_ERROR every ticket is refused: %s", self.ledger.problem)
 
     def process(self, frame: Frame | None) -> list[Decision]:
         """Decide on one camera frame, or (frame None) on scanner input alone."""
