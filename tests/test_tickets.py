@@ -169,12 +169,14 @@ def test_revocation_list_file(tmp_path):
 
 
 def test_missing_or_unreadable_revocation_list_is_an_error_not_nothing_revoked(tmp_path):
-    with pytest.raises(TicketError, match="does not exist"):
+    from edge.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="does not exist"):
         tk.load_revocations(tmp_path / "nope.txt")
-    with pytest.raises(TicketError, match="directory"):
+    with pytest.raises(ConfigError, match="directory"):
         tk.load_revocations(tmp_path)
     (tmp_path / "bin").write_bytes(b"\xff\xfe\x00garbage")
-    with pytest.raises(TicketError, match="UTF-8"):
+    with pytest.raises(ConfigError, match="UTF-8"):
         tk.load_revocations(tmp_path / "bin")
 
 

@@ -199,7 +199,7 @@ def test_gate_keeps_the_last_good_revocation_list_and_alarms(tmp_path, office, c
             with caplog.at_level(logging.ERROR):
                 g.reload()
             assert g.verifier.verify(text, time.time()).reason == tk.REVOKED, broken
-            assert any("revocation list" in r.getMessage() for r in caplog.records), broken
+            assert any("revocation_list" in r.getMessage() for r in caplog.records), broken
     finally:
         g.close()
 
@@ -207,12 +207,12 @@ def test_gate_keeps_the_last_good_revocation_list_and_alarms(tmp_path, office, c
 def test_gate_refuses_to_start_with_a_missing_configured_list(tmp_path, office):
     from gpiozero.pins.mock import MockFactory
 
-    from edge.errors import TicketError
+    from edge.errors import ConfigError
     from edge.gate.daemon import Gate
 
     cfg = config_mod.load(gate(tmp_path, office))
     (tmp_path / "revoked.txt").unlink()
-    with pytest.raises(TicketError, match="does not exist"):
+    with pytest.raises(ConfigError, match="does not exist"):
         Gate(
             config_mod.override(cfg, camera={"source": str(tmp_path / "none.mp4")}),
             pin_factory=MockFactory(),

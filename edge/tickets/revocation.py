@@ -11,28 +11,29 @@ import os
 import tempfile
 from pathlib import Path
 
-from edge.errors import TicketError
+from edge.errors import ConfigError, TicketError
 
 _FIX = "create it (an empty file revokes nothing) or fix tickets.revocation_list"
 
 
 def _lines(path: Path) -> list[str]:
+    """The list's lines; a list that cannot be read is a ConfigError naming the key."""
     try:
         return path.read_bytes().decode("utf-8").splitlines()
     except FileNotFoundError:
-        raise TicketError(f"revocation list {path} does not exist", _FIX) from None
+        raise ConfigError(f"tickets.revocation_list {path} does not exist", _FIX) from None
     except IsADirectoryError:
-        raise TicketError(f"revocation list {path} is a directory", _FIX) from None
+        raise ConfigError(f"tickets.revocation_list {path} is a directory", _FIX) from None
     except PermissionError:
-        raise TicketError(
-            f"revocation list {path} is not readable", "let the gate's user read it"
+        raise ConfigError(
+            f"tickets.revocation_list {path} is not readable", "let the gate's user read it"
         ) from None
     except UnicodeDecodeError:
-        raise TicketError(
-            f"revocation list {path} is not UTF-8 text", "write one ticket id per line"
+        raise ConfigError(
+            f"tickets.revocation_list {path} is not UTF-8 text", "write one ticket id per line"
         ) from None
     except OSError as e:
-        raise TicketError(f"revocation list {path} cannot be read: {e.strerror}") from None
+        raise ConfigError(f"tickets.revocation_list {path} cannot be read: {e.strerror}") from None
 
 
 def _entry(line: str) -> str | None:
