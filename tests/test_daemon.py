@@ -705,3 +705,30 @@ def test_face_path_failing_at_run_time_degrades_loudly(tmp_path, caplog):
     assert not gate.policy.params.face_enabled
     assert any(r.levelname == "ERROR" and "DEGRADED" in r.message for r in caplog.records)
     gate.close()
+
+
+def test_sighup_with_a_broken_config_keeps_the_running_daemon_up(tmp_path):
+    """Through the real CLI: SIGHUP after gate.toml was broken, then SIGTERM ends it cleanly."""
+    cfg = make_config(tmp_path, "[vision]\nface_enabled = false\n")
+    scene = ticket_scene(tmp_path / "office", tmp_path / "t.mp4", time.time())
+    p = subprocess.Popen(
+        [sys.executable, "-m", "edge.cli", "run", "--config", cfg.source_file]
+        + ["--source", str(scene.clip), "--realtime"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert "GRANT" in p.stdout.readline()  # running and deciding
+        Path(cfg.source_file).write_text("[gate\nid = ")
+        p.send_signal(signal.SIGHUP)
+        time.sleep(1.0)
+        assert p.poll() is None  # still up after the failed reload
+        p.send_signal(signal.SIGTERM)
+        _, err = p.communicate(timeout=30)
+    finally:
+        if p.poll() is None:
+            p.kill()
+    assert p.returncode == 0
+    assert "reload_failed" in err and "keeping the previous configuration" in err
+    assert "Traceback" not in err
