@@ -426,15 +426,19 @@ def test_ledger_locked_by_a_writer_fails_closed(tmp_path):
 
 
 def test_relay_is_built_first_and_driven_shut_when_start_fails(tmp_path):
-    """A restart after kill -9 mid-pulse that fails later (a damaged key file) still shuts the relay."""
+    """A restart after kill -9 mid-pulse that then fails (a ticket key gone, the camera gone)
+    still leaves the relay driven shut."""
     cfg = make_config(tmp_path, "[vision]\nface_enabled = false\n")
-    (tmp_path / "office" / "issuer.pub").write_bytes(b"not a key" * 10)
-    factory = MockFactory()
-    pin = factory.pin(cfg.relay.pin)
-    pin.drive_high()  # left energised by the killed process
-    with pytest.raises(EdgeGateError, match="public key"):
-        Gate(cfg, source=ListSource([]), pin_factory=factory)
-    assert pin.function == "output" and pin.state is False  # driven inactive, not floating
+    for broken, match in (
+        ({"tickets": {"pubkeys": (str(tmp_path / "gone.pub"),)}}, "gone.pub"),
+        ({"camera": {"source": str(tmp_path / "missing.mp4")}}, "missing.mp4"),
+    ):
+        factory = MockFactory()
+        pin = factory.pin(cfg.relay.pin)
+        pin.drive_high()  # left energised by the killed process
+        with pytest.raises(EdgeGateError, match=match):
+            Gate(config_mod.override(cfg, **broken), pin_factory=factory)
+        assert pin.function == "output" and pin.state is False  # driven inactive, not floating
 
 
 def test_close_releases_the_relay_last_even_when_others_fail(tmp_path):
