@@ -426,15 +426,19 @@ def test_ledger_locked_by_a_writer_fails_closed(tmp_path):
 
 
 def test_relay_is_built_first_and_driven_shut_when_start_fails(tmp_path):
-    """A restart after kill -9 mid-pulse that fails later (a damaged key file) still shuts the relay."""
+    """A restart after kill -9 mid-pulse that then fails (a ticket key gone, the camera gone)
+    still leaves the relay driven shut."""
     cfg = make_config(tmp_path, "[vision]\nface_enabled = false\n")
-    (tmp_path / "office" / "issuer.pub").write_bytes(b"not a key" * 10)
-    factory = MockFactory()
-    pin = factory.pin(cfg.relay.pin)
-    pin.drive_high()  # left energised by the killed process
-    with pytest.raises(EdgeGateError, match="public key"):
-        Gate(cfg, source=ListSource([]), pin_factory=factory)
-    assert pin.function == "output" and pin.state is False  # driven inactive, not floating
+    for broken, match in (
+        ({"tickets": {"pubkeys": (str(tmp_path / "gone.pub"),)}}, "gone.pub"),
+        ({"camera": {"source": str(tmp_path / "missing.mp4")}}, "missing.mp4"),
+    ):
+        factory = MockFactory()
+        pin = factory.pin(cfg.relay.pin)
+        pin.drive_high()  # left energised by the killed process
+        with pytest.raises(EdgeGateError, match=match):
+            Gate(config_mod.override(cfg, **broken), pin_factory=factory)
+        assert pin.function == "output" and pin.state is False  # driven inactive, not floating
 
 
 def test_close_releases_the_relay_last_even_when_others_fail(tmp_path):
@@ -705,3 +709,30 @@ def test_face_path_failing_at_run_time_degrades_loudly(tmp_path, caplog):
     assert not gate.policy.params.face_enabled
     assert any(r.levelname == "ERROR" and "DEGRADED" in r.message for r in caplog.records)
     gate.close()
+
+
+def test_sighup_with_a_broken_config_keeps_the_running_daemon_up(tmp_path):
+    """Through the real CLI: SIGHUP after gate.toml was broken, then SIGTERM ends it cleanly."""
+    cfg = make_config(tmp_path, "[vision]\nface_enabled = false\n")
+    scene = ticket_scene(tmp_path / "office", tmp_path / "t.mp4", time.time())
+    p = subprocess.Popen(
+        [sys.executable, "-m", "edge.cli", "run", "--config", cfg.source_file]
+        + ["--source", str(scene.clip), "--realtime"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert "GRANT" in p.stdout.readline()  # running and deciding
+        Path(cfg.source_file).write_text("[gate\nid = ")
+        p.send_signal(signal.SIGHUP)
+        time.sleep(1.0)
+        assert p.poll() is None  # still up after the failed reload
+        p.send_signal(signal.SIGTERM)
+        _, err = p.communicate(timeout=30)
+    finally:
+        if p.poll() is None:
+            p.kill()
+    assert p.returncode == 0
+    assert "reload_failed" in err and "keeping the previous configuration" in err
+    assert "Traceback" not in err
