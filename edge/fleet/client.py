@@ -44,7 +44,7 @@ def parse_broker(url: str) -> BrokerAddress:
 
 
 def read_credentials(cfg: Config) -> tuple[str, str] | None:
-    """"username:password" from a systemd credential or a 0600 file; None = anonymous."""
+    """ "username:password" from a systemd credential or a 0600 file; None = anonymous."""
     fl = cfg.fleet
     if not fl.credentials_file:
         return None
@@ -53,13 +53,13 @@ def read_credentials(cfg: Config) -> tuple[str, str] | None:
     if cred_dir and (Path(cred_dir) / path.name).is_file():
         path = Path(cred_dir) / path.name
     elif path.is_file() and path.stat().st_mode & 0o077:
-        raise ConfigError(
-            f"fleet credentials {path} is readable by others", f"chmod 600 {path}"
-        )
+        raise ConfigError(f"fleet credentials {path} is readable by others", f"chmod 600 {path}")
     try:
         text = path.read_text(encoding="utf-8").strip()
     except OSError as e:
-        raise ConfigError(f"fleet credentials {path}: {e.strerror}", "create it: user:password") from None
+        raise ConfigError(
+            f"fleet credentials {path}: {e.strerror}", "create it: user:password"
+        ) from None
     user, sep, password = text.partition(":")
     if not sep or not user:
         raise ConfigError(f"fleet credentials {path} is not 'username:password'")

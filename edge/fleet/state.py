@@ -107,7 +107,9 @@ def check_link(fl: FleetConfig, state: FleetState | None, now: float) -> LinkChe
     offset = state.get("clock_offset") if state else None
     if offset is not None and abs(offset) > fl.clock_skew_s:
         return LinkCheck(
-            False, CLOCK_SKEW, f"clock off by {offset:+.1f} s from the fleet (max {fl.clock_skew_s})"
+            False,
+            CLOCK_SKEW,
+            f"clock off by {offset:+.1f} s from the fleet (max {fl.clock_skew_s})",
         )
     if fl.offline == "deny":
         connected = bool(state.get("connected")) if state else False

@@ -13,7 +13,6 @@ from __future__ import annotations
 import logging
 import queue
 import signal
-import statistics
 import threading
 import time
 from collections.abc import Callable
@@ -88,9 +87,7 @@ class Sync:
             log.error("sync broker refused connection: %s", reason_code)
             return
         t = msg.topics(self.fleet.site)
-        client.subscribe(
-            [(t["redemptions"], 1), (t["office"], 1), (t["heartbeat"], 0)]
-        )
+        client.subscribe([(t["redemptions"], 1), (t["office"], 1), (t["heartbeat"], 0)])
         self.connected, self.resend = True, True
         log.info("sync connected broker=%s lane=%s", self.fleet.broker, self.fleet.lane)
         self.wake.set()
@@ -284,7 +281,9 @@ class Sync:
 
     def _audit_event(self, now: float, reason: str, detail: str, subject: str = "") -> None:
         self.audit.record(
-            AuditRecord(now, self.cfg.gate.id, "fleet", subject=subject, reason=reason, detail=detail)
+            AuditRecord(
+                now, self.cfg.gate.id, "fleet", subject=subject, reason=reason, detail=detail
+            )
         )
 
     def clock_offset(self) -> float | None:
@@ -304,5 +303,3 @@ class Sync:
             self.state.put(connected=False)
             for c in (self.ledger.close, self.audit.close, self.state.close):
                 c()
-
-
