@@ -39,8 +39,8 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def acl_text(site: str) -> str:
-    """Topic ACLs: %u is the MQTT username, which is the lane name."""
+def acl_text(site: str = "+") -> str:
+    """Topic ACLs: %u is the MQTT username, which is the lane name; site "+" = any site."""
     root = f"edge-gate/{site}"
     return "\n".join(
         [
@@ -61,7 +61,7 @@ class Mosquitto:
     """Start/stop/kill/restart one broker; `users` maps username -> password (None: anonymous)."""
 
     def __init__(
-        self, workdir: Path, site: str = "park", users: dict[str, str] | None = None, port: int = 0
+        self, workdir: Path, site: str = "+", users: dict[str, str] | None = None, port: int = 0
     ):
         binary = mosquitto_binary()
         if binary is None:
