@@ -147,6 +147,8 @@ class Park:
             )
             for i in range(1, lanes + 1)
         ]
+        for m in [self.office, *self.lanes]:
+            init_key(m.dir / "gallery.key")
         self.syncs: dict[int, tuple[Sync, threading.Thread]] = {}
 
     def cfg(self, i: int) -> config_mod.Config:
@@ -437,4 +439,216 @@ def test_kill_9_of_sync_mid_batch_loses_nothing(broker, office_keys, tmp_path):
         if p.poll() is None:
             p.terminate()
             p.wait(10)
+        park.stop_all()
+
+
+def test_office_revocations_and_keys_reach_every_lane_signed(broker, office_keys, tmp_path):
+    park = Park(tmp_path, broker.url, office_keys, lanes=2)
+    try:
+        for i in (1, 2):
+            park.start(i)
+        r = cli(
+            "ticket",
+            "revoke",
+            "--list",
+            str(park.office.dir / "revoked.txt"),
+            "--publish",
+            "--key",
+            str(park.priv),
+            "--config",
+            str(park.office.config),
+            "T-STOLEN",
+        )
+        assert r.returncode == 0, r.stderr
+        for i in (1, 2):
+            wait_for(
+                lambda i=i: (
+                    "T-STOLEN" in tk.load_revocations(park.lanes[i - 1].dir / "revoked.txt")
+                ),
+                what=f"revocation at lane{i}",
+            )
+        rc, out = verify(park, 2, park.ticket("T-STOLEN"))
+        assert rc != 0 and out["reason"] == "revoked"
+        # A new issuer key, announced by the office under the current key: tickets it signs work.
+        new_priv, new_pub = tk.keygen(tmp_path / "new-issuer")
+        r = cli(
+            "fleet",
+            "publish-keys",
+            "--key",
+            str(park.priv),
+            "--config",
+            str(park.office.config),
+            str(new_pub),
+        )
+        assert r.returncode == 0, r.stderr
+        wait_for(
+            lambda: list((park.lanes[0].dir / "fleet-keys").glob("*.pub")), what="key at lane1"
+        )
+        t = tk.Ticket("T-NEWKEY", "day", int(time.time()) - 5, int(time.time()) + 3600)
+        rc, out = verify(park, 1, tk.sign(t, tk.load_private(new_priv)))
+        assert rc == 0 and out["reason"] == "ok", out
+        # Signed by a key the lanes do not trust: refused, logged, nothing applied.
+        rogue_priv, _ = tk.keygen(tmp_path / "rogue")
+        from edge.fleet.office import publish_revocations
+
+        publish_revocations(config_mod.load(park.office.config), rogue_priv, frozenset({"T-OK"}))
+        for i in (1, 2):
+            recs = wait_for(lambda i=i: park.audit(i, "refused"), what=f"refusal at lane{i}")
+            assert "unknown key" in recs[0].detail
+            assert "T-OK" not in tk.load_revocations(park.lanes[i - 1].dir / "revoked.txt")
+    finally:
+        park.stop_all()
+
+
+def test_lane_cannot_write_office_topics(broker, office_keys, tmp_path):
+    """Per-lane credentials and ACLs: a lane's login cannot forge an office message."""
+    park = Park(tmp_path, broker.url, office_keys, lanes=2)
+    try:
+        park.start(2)
+        wait_for(lambda: park.state(2, "connected"), what="lane2 connected")
+        cfg1 = park.cfg(1)
+        m = msg.sign(
+            msg.Message(
+                msg.REVOCATIONS, park.site, "office", 10**15, time.time(), {"revoked": ["T-X"]}
+            ),
+            tk.load_private(park.priv),
+        )
+        with OneShot(cfg1, "forger") as c:  # the broker acks, and drops it (ACL)
+            c.publish(msg.topic(park.site, "office", "revocations"), msg.encode(m), retain=True)
+        from edge.fleet.office import fleet_status
+
+        fleet_status(config_mod.load(park.office.config))  # a full round trip through the broker
+        assert "T-X" not in tk.load_revocations(park.lanes[1].dir / "revoked.txt")
+    finally:
+        park.stop_all()
+
+
+def _office_person(park: Park) -> str:
+    import numpy as np
+
+    from edge.gallery.crypto import load_key
+    from edge.gallery.store import Consent, Gallery
+
+    g = Gallery(park.office.dir / "gallery.db", load_key(park.office.dir / "gallery.key"))
+    emb = np.random.default_rng(1).normal(size=(2, 128)).astype(np.float32)
+    emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+    pid = g.add_person(
+        "Ada Park", Consent("2026-03"), list(emb), "dlib_resnet_int8", "1", pass_ref="AP-1"
+    )
+    g.close()
+    return pid
+
+
+def _lane_people(park: Park, i: int) -> list:
+    from edge.gallery.crypto import load_key
+    from edge.gallery.store import Gallery
+
+    from edge.errors import GalleryError
+
+    d = park.lanes[i - 1].dir
+    try:  # sync may be creating the file right now
+        g = Gallery(d / "gallery.db", load_key(d / "gallery.key"), create=False)
+    except GalleryError:
+        return []
+    try:
+        return g.people()
+    finally:
+        g.close()
+
+
+def test_enroll_once_forget_everywhere_with_proof(broker, office_keys, tmp_path):
+    from edge.fleet.office import fleet_status, publish_enrollment
+
+    park = Park(tmp_path, broker.url, office_keys, lanes=3)
+    # lane3 holds the wrong site key: it must refuse the record and say so.
+    from edge.gallery.crypto import init_key
+
+    init_key(tmp_path / "wrong-site.key")
+    text = (
+        park.lanes[2]
+        .config.read_text()
+        .replace(str(park.site_key), str(tmp_path / "wrong-site.key"))
+    )
+    park.lanes[2].config.write_text(text)
+    try:
+        for i in (1, 2, 3):
+            park.start(i)
+        pid = _office_person(park)
+        ocfg = config_mod.load(park.office.config)
+        publish_enrollment(
+            ocfg, park.priv, park.office.dir / "gallery.db", park.office.dir / "gallery.key", pid
+        )
+        for i in (1, 2):
+            people = wait_for(lambda i=i: _lane_people(park, i), what=f"enrolled at lane{i}")
+            assert (
+                people[0].id == pid
+                and people[0].name == "Ada Park"
+                and people[0].template_count == 2
+            )
+        recs = wait_for(lambda: park.audit(3, "refused"), what="lane3 refuses the sealed record")
+        assert "site key" in recs[0].detail and _lane_people(park, 3) == []
+        # The broker never saw the name or the pass reference.
+        raw = b"".join(
+            (broker.dir / f).read_bytes() for f in os.listdir(broker.dir) if f.endswith(".db")
+        )
+        assert b"Ada Park" not in raw and b"AP-1" not in raw
+        st = wait_for(
+            lambda: (
+                (s := fleet_status(ocfg))["people"].get(pid, {}).get("lanes_done")
+                == ["lane1", "lane2"]
+                and s
+            ),
+            what="two enrollment acks",
+        )
+        assert st["people"][pid]["summary"] == "enrolled on 2 of 3 lanes"
+        r = cli(
+            "forget",
+            "--config",
+            str(park.office.config),
+            "--publish",
+            "--issuer-key",
+            str(park.priv),
+            "--reason",
+            "deletion_request",
+            pid,
+        )
+        assert r.returncode == 0, r.stderr
+        for i in (1, 2):
+            wait_for(lambda i=i: _lane_people(park, i) == [], what=f"forgotten at lane{i}")
+
+        def deletion_status():
+            rep = fleet_status(ocfg)
+            p = rep["people"].get(pid, {})
+            return rep if p.get("op") == "forget" and len(p["lanes_done"]) == 3 else None
+
+        # lane3 never held the person, and says so too: the deletion proof covers every lane.
+        rep = wait_for(deletion_status, what="deletion acks from all three lanes")
+        assert rep["people"][pid]["summary"] == "forgotten on 3 of 3 lanes"
+        r = cli("fleet", "status", "--config", str(park.office.config))
+        assert f"{pid}: forgotten on 3 of 3 lanes" in r.stdout
+        assert set(rep["lanes"]) == {"lane1", "lane2", "lane3"}
+    finally:
+        park.stop_all()
+
+
+def test_lane_with_clock_ten_minutes_off_refuses_tickets(broker, office_keys, tmp_path):
+    park = Park(tmp_path, broker.url, office_keys, lanes=3)
+    try:
+        park.start(1)
+        park.start(2)
+        park.start(3, clock=lambda: time.time() + 600)
+        off = wait_for(
+            lambda: (o := park.state(3, "clock_offset")) is not None and abs(o - 600) < 5 and o,
+            what="lane3 measures its offset",
+        )
+        assert off == pytest.approx(600, abs=5)
+        wait_for(lambda: park.state(1, "clock_offset") is not None, what="lane1 measures")
+        assert abs(park.state(1, "clock_offset")) < 5
+        rc, out = verify(park, 3, park.ticket("T-CLOCK"))
+        assert rc != 0 and out["reason"] == "clock_skew"
+        rc, out = verify(park, 1, park.ticket("T-CLOCK"))
+        assert rc == 0
+        r = cli("fleet", "status", "--config", str(park.lanes[2].config))
+        assert "CLOCK OFF" in r.stdout and r.returncode == 0
+    finally:
         park.stop_all()

@@ -68,6 +68,13 @@ def publish_person(
     publish(cfg, msg.topic(cfg.fleet.site, "office", "people", person_id), m)
 
 
+def publish_enrollment(cfg: Config, key_path: Path, db: Path, gallery_key: Path, pid: str) -> None:
+    """Export one person from the office gallery and send it, sealed, to every lane."""
+    from edge.fleet.people import export_record
+
+    publish_person(cfg, key_path, pid, "enroll", export_record(db, gallery_key, pid))
+
+
 def _read(cfg: Config, filters: list[str], timeout_s: float = 10.0) -> list[msg.Message]:
     _need_fleet(cfg)
     out = []

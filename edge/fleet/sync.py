@@ -248,6 +248,10 @@ class Sync:
             self.stats["refused"] += 1
             log.warning("sync refused message topic=%s reason=%s", message.topic, e)
             self._audit_event(now, "refused", f"{message.topic}: {e}"[:300])
+        except Exception as e:  # this lane could not apply it (gallery key, disk): say so, go on
+            self.stats["refused"] += 1
+            log.error("sync apply_failed topic=%s error=%s", message.topic, e)
+            self._audit_event(now, "apply_failed", f"{message.topic}: {e}"[:300])
 
     def _apply_redemption(self, m: msg.Message, now: float) -> None:
         b = m.body
