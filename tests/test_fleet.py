@@ -540,10 +540,9 @@ def _office_person(park: Park) -> str:
 
 
 def _lane_people(park: Park, i: int) -> list:
+    from edge.errors import GalleryError
     from edge.gallery.crypto import load_key
     from edge.gallery.store import Gallery
-
-    from edge.errors import GalleryError
 
     d = park.lanes[i - 1].dir
     try:  # sync may be creating the file right now

@@ -1,0 +1,142 @@
+"""`edge-gate bench --fleet`: N lanes on one machine through one Mosquitto, with a broker restart.
+
+Each lane runs a real `edge-gate sync` process; this process redeems `rate` tickets per second
+at every lane, straight into each lane's ledger (as the gate would), restarts the broker half-way,
+then waits until every lane holds every other lane's redemptions. Reported: propagation delay
+from a redemption at one lane to its application at another (p50, p99), messages applied per
+second, CPU per lane (sync process), and records lost (expected minus applied).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from edge import tickets as tk
+from edge.config import PROJECT_ROOT
+from edge.fleet.broker import Mosquitto
+from edge.fleet.state import FleetState
+from edge.fleet.workspace import write_member
+from edge.tickets.ledger import Ledger
+
+RECOVERY_S = 10.0  # after a broker restart, lanes reconnect within paho's 1-5 s back-off
+
+
+def _cpu_s(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _remote_count(lane_dir: Path) -> int:
+    led = Ledger(lane_dir / "ledger.db")
+    try:
+        return led.conn.execute("SELECT count(*) FROM remote_redemptions").fetchone()[0]
+    finally:
+        led.close()
+
+
+def bench_fleet(lanes: int, rate: float, seconds: float, workdir: Path | None = None) -> dict:
+    """Run the fleet benchmark; returns the figures (see module docstring)."""
+    root = Path(workdir or tempfile.mkdtemp(prefix="edge-gate-bench-fleet-"))
+    names = [f"lane{i}" for i in range(1, lanes + 1)]
+    users = {n: f"pw-{n}-{os.getpid()}" for n in ["office", *names]}
+    _, pub = tk.keygen(root / "office-keys")
+    broker = Mosquitto(root / "broker", users=users).start()
+    members = [
+        write_member(root, n, broker.url, "bench", pub, users[n], fleet={"heartbeat_s": 1.0})
+        for n in names
+    ]
+    env = dict(os.environ, PYTHONPATH=str(PROJECT_ROOT))
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "edge.cli", "sync", "--config", str(m.config)],
+            env=env,
+            stderr=subprocess.DEVNULL,
+        )
+        for m in members
+    ]
+    ledgers = [Ledger(m.dir / "ledger.db", gate=m.name, outbox=True) for m in members]
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and not all(
+            FleetState(m.dir / "fleet.db").get("connected") for m in members
+        ):
+            time.sleep(0.2)
+        cpu0 = [_cpu_s(p.pid) for p in procs]
+        t0 = time.monotonic()
+        period = 1.0 / (rate * lanes)
+        n, restarted, t_restart = 0, False, float("inf")
+        while (elapsed := time.monotonic() - t0) < seconds:
+            i = n % lanes
+            t = tk.Ticket(f"B-{n}", "day", 0, 0, tk.Kind.ONE_TIME, 1)
+            ledgers[i].redeem(t, time.time())
+            n += 1
+            if not restarted and elapsed >= seconds / 2:
+                t_restart = time.time()
+                broker.restart()
+                restarted = True
+            time.sleep(max(0.0, t0 + n * period - time.monotonic()))
+        gen_s = time.monotonic() - t0
+        per_lane = [n // lanes + (1 if i < n % lanes else 0) for i in range(lanes)]
+        expected = [n - per_lane[i] for i in range(lanes)]
+        deadline = time.monotonic() + 120
+        got = [0] * lanes
+        while time.monotonic() < deadline:
+            got = [_remote_count(m.dir) for m in members]
+            if got == expected:
+                break
+            time.sleep(0.5)
+        drain_s = time.monotonic() - t0
+        cpu = [(_cpu_s(p.pid) - c) / drain_s for p, c in zip(procs, cpu0, strict=True)]
+    finally:
+        for p in procs:
+            p.send_signal(signal.SIGTERM)
+        for p in procs:
+            try:
+                p.wait(20)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        for led in ledgers:
+            led.close()
+        broker.stop()
+    pairs = np.array(
+        [d for m in members for d in (FleetState(m.dir / "fleet.db").get("apply_delays") or [])]
+    ).reshape(-1, 2)
+    # Steady state: redemptions made outside the broker restart and the lanes' reconnection.
+    quiet = (pairs[:, 0] < t_restart) | (pairs[:, 0] > t_restart + RECOVERY_S)
+    steady, delays = pairs[quiet, 1], pairs[:, 1]
+    applied = int(sum(got))
+
+    def ms(xs: np.ndarray, q: float) -> float | None:
+        return round(float(np.percentile(xs, q)) * 1000, 1) if len(xs) else None
+
+    return {
+        "lanes": lanes,
+        "rate_per_lane": rate,
+        "redemptions": n,
+        "seconds": round(gen_s, 1),
+        "broker_restarted": restarted,
+        "applied": applied,
+        "expected": int(sum(expected)),
+        "lost": int(sum(expected) - applied),
+        "propagation_p50_ms": ms(steady, 50),
+        "propagation_p99_ms": ms(steady, 99),
+        "propagation_p99_ms_incl_restart": ms(delays, 99),
+        "propagation_max_ms_incl_restart": ms(delays, 100),
+        "applied_per_s": round(applied / drain_s, 1),
+        "cpu_per_lane_pct_mean": round(100 * float(np.mean(cpu)), 1),
+        "cpu_per_lane_pct_max": round(100 * float(np.max(cpu)), 1),
+        "cores": os.cpu_count(),
+        "workdir": str(root),
+    }
+
+
+def format_fleet_bench(r: dict) -> str:
+    return "\n".join(f"{k:>24}: {v}" for k, v in r.items())
