@@ -395,6 +395,7 @@ def test_partitioned_lane_double_use_is_detected_and_reported(broker, office_key
             what="double_use in fleet audit",
         )
         assert {r["lane"] for r in rows} == {"lane1", "lane2"}
+        assert fleet_audit(park, "--since", str(int(time.time()) + 3600)) == []
     finally:
         park.stop_all()
         proxy.cut()
@@ -651,3 +652,34 @@ def test_lane_with_clock_ten_minutes_off_refuses_tickets(broker, office_keys, tm
         assert "CLOCK OFF" in r.stdout and r.returncode == 0
     finally:
         park.stop_all()
+
+
+def test_gate_applies_office_revocations_and_keys_without_restart(office_keys, tmp_path):
+    """The gate process re-reads what sync wrote (revoked.txt, fleet-keys/) on its next tick."""
+    from edge.gate.daemon import Gate
+
+    class NoFrames:
+        state, finished = "ok", True
+
+        def read(self):
+            return None
+
+        def close(self):
+            pass
+
+    m = write_member(tmp_path, "lane1", "mqtt://127.0.0.1:1", "park", office_keys[1])
+    gate = Gate(config_mod.load(m.config), source=NoFrames())
+    try:
+        assert gate.ledger.outbox  # in a fleet, every redemption is queued for sync
+        new_priv, new_pub = tk.keygen(tmp_path / "new")
+        t = tk.Ticket("T-LATER", "day", int(time.time()) - 5, int(time.time()) + 3600)
+        text = tk.sign(t, tk.load_private(new_priv))
+        assert gate.verifier.verify(text, time.time()).reason == tk.UNKNOWN_KEY
+        (m.dir / "fleet-keys").mkdir()
+        (m.dir / "fleet-keys" / "k.pub").write_bytes(new_pub.read_bytes())
+        tk.revoke(m.dir / "revoked.txt", ["T-GONE"])
+        gate.tick(0.0)
+        assert gate.verifier.verify(text, time.time()).valid
+        assert "T-GONE" in gate.verifier.revoked
+    finally:
+        gate.close()

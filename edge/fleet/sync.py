@@ -10,6 +10,7 @@ paho's network thread only queues; every SQLite access happens on the calling th
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import queue
 import signal
@@ -137,11 +138,16 @@ class Sync:
 
     def step(self) -> None:
         now = self.clock()
-        while True:
+        batch: list[mqtt.MQTTMessage] = []
+        while len(batch) < BATCH:
             try:
-                self._handle(self.inbox.get_nowait(), now)
+                batch.append(self.inbox.get_nowait())
             except queue.Empty:
                 break
+        if batch:  # one ledger transaction (one fsync) for everything that arrived
+            with self._ledger_tx():
+                for message in batch:
+                    self._handle(message, now)
         self._handle_acks()
         if self.connected:
             if self.resend:  # after (re)connection, everything not acknowledged goes again
@@ -170,6 +176,17 @@ class Sync:
                 clock_offset=link[1],
                 outbox=self.outbox_size(),
             )
+
+    @contextlib.contextmanager
+    def _ledger_tx(self):
+        c = self.ledger.conn
+        c.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            c.execute("ROLLBACK")
+            raise
+        c.execute("COMMIT")
 
     def _audit_due(self) -> bool:
         """Audit rows written through this connection don't change data_version: look each second."""
@@ -252,7 +269,10 @@ class Sync:
                 self.audit_inflight.discard(what[1])
         if done:
             self._more = True  # room in the window again
-            self.ledger.conn.executemany("DELETE FROM outbox WHERE seq = ?", [(s,) for s in done])
+            with self._ledger_tx():
+                self.ledger.conn.executemany(
+                    "DELETE FROM outbox WHERE seq = ?", [(s,) for s in done]
+                )
         upto = min(self.audit_inflight) - 1 if self.audit_inflight else self.sent_audit
         if upto > self.state.cursor("audit"):
             self.state.set_cursor("audit", upto)
