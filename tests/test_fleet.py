@@ -579,7 +579,10 @@ def test_enroll_once_forget_everywhere_with_proof(broker, office_keys, tmp_path)
             ocfg, park.priv, park.office.dir / "gallery.db", park.office.dir / "gallery.key", pid
         )
         for i in (1, 2):
-            people = wait_for(lambda i=i: _lane_people(park, i), what=f"enrolled at lane{i}")
+            people = wait_for(  # the person row lands before the templates' transaction
+                lambda i=i: [p for p in _lane_people(park, i) if p.template_count == 2],
+                what=f"enrolled at lane{i}",
+            )
             assert (
                 people[0].id == pid
                 and people[0].name == "Ada Park"

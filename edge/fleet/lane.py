@@ -10,21 +10,19 @@ from pathlib import Path
 
 from edge import tickets as tk
 from edge.config import Config
-from edge.fleet.state import LaneGuard, fleet_pubkey_paths
+from edge.fleet.state import LaneGuard
 from edge.tickets.ledger import Ledger, Redemption
-
-
-def pubkey_paths(cfg: Config) -> list[Path]:
-    return [cfg.resolve(p) for p in cfg.tickets.pubkeys] + fleet_pubkey_paths(cfg)
 
 
 def revocation_path(cfg: Config) -> Path | None:
     return cfg.resolve(cfg.tickets.revocation_list) if cfg.tickets.revocation_list else None
 
 
-def lane_verifier(cfg: Config, paths: list[Path] | None = None) -> tk.Verifier:
-    keys = [tk.load_public(p) for p in (paths if paths is not None else pubkey_paths(cfg))]
-    revoked = tk.load_revocations(revocation_path(cfg))
+def lane_verifier(cfg: Config) -> tk.Verifier:
+    """The gate's verifier: its own and office-published keys, its revocation list."""
+    from edge.gate import checks
+
+    keys, revoked = checks.ticket_keys(cfg), checks.revocations(cfg)
     return tk.Verifier(keys, cfg.gate.products, revoked, cfg.tickets.clock_skew_s)
 
 
