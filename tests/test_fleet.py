@@ -653,6 +653,12 @@ def test_lane_with_clock_ten_minutes_off_refuses_tickets(broker, office_keys, tm
         assert rc == 0
         r = cli("fleet", "status", "--config", str(park.lanes[2].config))
         assert "CLOCK OFF" in r.stdout and r.returncode == 0
+        from edge.gate.doctor import CHECKS, Site
+
+        fleet_check = dict(CHECKS)["fleet"]
+        res = fleet_check(Site(park.cfg(3), tmp_path / "g.db", tmp_path / "g.key"))
+        assert res.status == "fail" and "clock_skew" in res.detail
+        assert "connected" in fleet_check(Site(park.cfg(1), tmp_path / "g.db", tmp_path / "g.key"))
     finally:
         park.stop_all()
 

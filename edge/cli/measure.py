@@ -55,7 +55,7 @@ def cmd_bench(args) -> int:
     if args.fleet:
         from edge.fleet.bench import bench_fleet, format_fleet_bench
 
-        rep = bench_fleet(args.lanes, args.rate, args.seconds)
+        rep = bench_fleet(args.lanes, args.rate, args.seconds, args.workdir)
         print(json.dumps(rep) if args.json else format_fleet_bench(rep))
         return 0 if rep["lost"] == 0 else 1
     cfg = _cfg(args)
@@ -148,6 +148,10 @@ def register(sub, common) -> None:
         "--rate", type=float, default=10.0, help="with --fleet: redemptions per second per lane"
     )
     sp.add_argument("--seconds", type=float, default=30.0, help="with --fleet: load duration")
+    sp.add_argument(
+        "--workdir",
+        help="with --fleet: where the lanes' files go (default: a new folder in /dev/shm)",
+    )
     sp.add_argument("--json", action="store_true")
     common(sp)
     sp.set_defaults(func=cmd_bench)

@@ -22,7 +22,7 @@ from edge import config as config_mod
 from edge import tickets as tk
 from edge.config import PROJECT_ROOT
 from edge.fleet.broker import Mosquitto
-from edge.fleet.state import FleetState
+from edge.fleet.state import read_state
 from edge.fleet.workspace import Member, write_member
 from edge.tickets.ledger import Ledger
 
@@ -95,7 +95,7 @@ def run_fleet_demo(workdir: Path, lanes: int, fixtures: Path | None, fast: bool)
     ok = True
     try:
         up = _wait(
-            lambda: all(FleetState(members[n].dir / "fleet.db").get("connected") for n in names),
+            lambda: all(read_state(members[n].dir / "fleet.db", "connected") for n in names),
             30,
         )
         print(f"  {lanes} lanes running edge-gate sync: {'connected' if up else 'NOT connected'}")

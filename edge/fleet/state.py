@@ -93,6 +93,15 @@ class FleetState:
         self.conn.close()
 
 
+def read_state(state_db: Path, key: str) -> Any:
+    """One value from a lane's fleet state, opened and closed (demo, bench, status)."""
+    st = FleetState(state_db)
+    try:
+        return st.get(key)
+    finally:
+        st.close()
+
+
 @dataclass(frozen=True)
 class LinkCheck:
     ok: bool

@@ -69,6 +69,7 @@ class Sync:
         self.client.on_disconnect = self._on_disconnect
         self.client.on_message = self._on_message
         self.client.on_publish = self._on_publish
+        self.client.on_subscribe = self._on_subscribe
         self.inbox: queue.Queue[mqtt.MQTTMessage] = queue.Queue()
         self.acked: queue.Queue[int] = queue.Queue()
         self.wake = threading.Event()
@@ -98,6 +99,12 @@ class Sync:
             return
         t = msg.topics(self.fleet.site)
         client.subscribe([(t["redemptions"], 1), (t["office"], 1), (t["heartbeat"], 0)])
+
+    def _on_subscribe(self, client, userdata, mid, reason_codes, properties) -> None:
+        """Connected counts from the SUBACK on: before it, other lanes' messages could be missed."""
+        if any(rc.is_failure for rc in reason_codes):
+            log.error("sync subscription refused: %s (check the broker's ACL)", reason_codes)
+            return
         self.connected, self.resend = True, True
         log.info("sync connected broker=%s lane=%s", self.fleet.broker, self.fleet.lane)
         self.wake.set()
