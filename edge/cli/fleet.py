@@ -25,7 +25,7 @@ def cmd_status(args) -> int:
 
     cfg = config_mod.load(args.config)
     rep = fleet_status(cfg)
-    if cfg.fleet.lane:  # this machine's own link, as sync last wrote it
+    if cfg.fleet.lane != "office":  # a lane: its own link, as its sync last wrote it
         st = FleetState(cfg.resolve(cfg.fleet.state_db))
         rep["this_lane"] = {
             "lane": cfg.fleet.lane,
