@@ -272,7 +272,11 @@ def test_config_without_fleet_is_alone_and_fleet_keys_are_checked(tmp_path):
 
 
 def test_outbox_is_written_in_the_ledger_transaction(tmp_path, office_keys):
+    from edge.tickets.ledger import init_ledger
+
     t = tk.Ticket("T-1", "day", 0, 0, tk.Kind.ENTRIES, 2)
+    init_ledger(tmp_path / "l.db")
+    init_ledger(tmp_path / "alone.db")
     led = Ledger(tmp_path / "l.db", outbox=True)
     assert led.redeem(t, 1000.0).ok
     assert led.conn.execute("SELECT ticket_id, max_entries FROM outbox").fetchall() == [("T-1", 2)]

@@ -1,15 +1,18 @@
-"""One person's gallery record, exported at the office and imported at a lane (adapter).
+"""One person's gallery record, exported at the office and imported at a lane.
 
-The gallery's public API has no export/import of one person yet; until it does, this module
-reads and writes one person's rows through the Gallery's own transaction and sealing helpers,
-keeping the person id, so a later deletion by id reaches every lane. The record is plaintext
-only in memory: it leaves the office sealed with the site key (edge/fleet/messages.py).
+Export reads the person through the gallery's public reads (person, templates, consent fields);
+import enrolls them under the same id (`NewPerson.person_id`), so a later deletion by id reaches
+every lane. The record is plaintext only in memory: it leaves the office sealed with the site key
+(edge/fleet/messages.py). The gallery has no export/import of one person of its own yet; when it
+does, this module should call it.
 """
 
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +21,11 @@ from edge.config import Config
 from edge.errors import GalleryError
 from edge.fleet.messages import MessageError
 from edge.gallery.crypto import load_key
-from edge.gallery.store import Consent, Gallery
+from edge.gallery.erase import ErasureIncomplete
+from edge.gallery.schema import Consent, NewPerson
+from edge.gallery.store import Gallery
+
+log = logging.getLogger(__name__)
 
 
 def site_key(cfg: Config) -> bytes:
@@ -37,51 +44,41 @@ def _gallery(cfg: Config) -> Gallery:
 
 def export_record(db: Path, key_file: Path, person_id: str) -> bytes:
     """Everything needed to enroll this person elsewhere: fields, consent, templates."""
-    g = Gallery(db, load_key(key_file), create=False)
-    try:
-        person = next((p for p in g.people() if p.id == person_id), None)
-        if person is None:
-            raise GalleryError(
-                f"no person {person_id} in {db}", "check the id with edge-gate people"
-            )
+    with Gallery(db, load_key(key_file), create=False) as g:
+        person = g.person(person_id)
         c = g.conn.execute(
             "SELECT notice_version, notice_sha256, method, time FROM consents WHERE person_id = ?"
             " ORDER BY time DESC LIMIT 1",
             (person_id,),
         ).fetchone()
         templates = []
-        for model_id, version in g.conn.execute(
+        models = g.conn.execute(
             "SELECT DISTINCT model_id, model_version FROM templates WHERE person_id = ?",
             (person_id,),
-        ):
-            t = g.templates(model_id)
-            rows = t.matrix[t.person_ids == person_id] if len(t.person_ids) else []
+        ).fetchall()
+        for model_id, version in models:
+            t = g.templates(model_id, person_id)
             templates += [
                 {
                     "model_id": model_id,
                     "model_version": version,
                     "embedding": base64.b64encode(np.asarray(r, np.float32).tobytes()).decode(),
                 }
-                for r in rows
+                for r in t.matrix
             ]
-        record = {
-            "name": person.name,
-            "pass_ref": person.pass_ref,
-            "valid_until": person.valid_until,
-            "minor": person.minor,
-            "consent": {
-                "notice_version": c[0],
-                "notice_sha256": c[1],
-                "method": c[2],
-                "time": c[3],
-            }
-            if c
-            else None,
-            "templates": templates,
-        }
-        return json.dumps(record).encode()
-    finally:
-        g.close()
+    if not person.intact:
+        raise GalleryError(f"person {person_id} failed authentication", "re-enroll them")
+    record = {
+        "name": person.name,
+        "pass_ref": person.pass_ref,
+        "valid_until": person.valid_until,
+        "minor": person.minor,
+        "consent": dict(zip(("notice_version", "notice_sha256", "method", "time"), c, strict=True))
+        if c
+        else None,
+        "templates": templates,
+    }
+    return json.dumps(record).encode()
 
 
 def import_record(cfg: Config, person_id: str, record: bytes) -> None:
@@ -97,39 +94,38 @@ def import_record(cfg: Config, person_id: str, record: bytes) -> None:
             cons.get("notice_sha256", ""),
             int(cons.get("time") or 0),
         )
-    except (ValueError, KeyError, TypeError) as e:
-        raise MessageError(f"person record {person_id!r} is malformed: {e}") from None
-    g = _gallery(cfg)
-    try:
-        g.forget(person_id)
-
-        def insert(c):
-            c.execute(
-                "INSERT INTO people (id, name, pass_ref, valid_until, minor, created)"
-                " VALUES (?,?,?,?,?,strftime('%s','now'))",
-                (
-                    person_id,
-                    g._seal(r["name"], "people", person_id, "name"),
-                    g._seal(r.get("pass_ref", ""), "people", person_id, "pass_ref"),
-                    r.get("valid_until"),
-                    int(bool(r.get("minor"))),
-                ),
-            )
-
-        g._tx(insert)
         by_model: dict[tuple[str, str], list[np.ndarray]] = {}
         for t in r["templates"]:
             emb = np.frombuffer(base64.b64decode(t["embedding"]), np.float32)
             by_model.setdefault((t["model_id"], t["model_version"]), []).append(emb)
-        for (model_id, version), embs in by_model.items():
-            g.add_person("", consent, embs, model_id, version, person_id=person_id)
-    finally:
-        g.close()
+    except (ValueError, KeyError, TypeError) as e:
+        raise MessageError(f"person record {person_id!r} is malformed: {e}") from None
+    if not by_model:
+        raise MessageError(f"person record {person_id!r} has no templates")
+    with _gallery(cfg) as g:
+        if any(p.id == person_id for p in g.people()):
+            with contextlib.suppress(ErasureIncomplete):  # replaced: the old key is destroyed
+                g.forget(person_id)
+        ((first, version), embs), *rest = by_model.items()
+        new = NewPerson(
+            r["name"],
+            consent,
+            embs,
+            pass_ref=r.get("pass_ref", ""),
+            valid_until=r.get("valid_until"),
+            minor=bool(r.get("minor")),
+            person_id=person_id,
+        )
+        g.add_people([new], first, version)
+        for (model_id, model_version), more in rest:
+            g.add_templates(person_id, consent, more, model_id, model_version)
 
 
 def forget(cfg: Config, person_id: str) -> bool:
-    g = _gallery(cfg)
-    try:
-        return g.forget(person_id)
-    finally:
-        g.close()
+    """Erase the person at this lane (False: they were not here)."""
+    with _gallery(cfg) as g:
+        try:
+            return g.forget(person_id)
+        except ErasureIncomplete as e:  # key destroyed, rows gone; the gate still holds old pages
+            log.warning("fleet forget person=%s erasure pending on disk: %s", person_id, e)
+            return True

@@ -1,5 +1,5 @@
 """Lane and office folders for a fleet on one machine (demo, benchmark, tests): config files,
-broker credentials (0600) and, optionally, a gallery key and the shared site key.
+broker credentials (0600), an initialised ledger and an empty revocation list.
 """
 
 from __future__ import annotations
@@ -75,4 +75,8 @@ def write_member(
         for sec, vals in conf.items()
     )
     (d / "gate.toml").write_text(text)
+    from edge.tickets.ledger import init_ledger
+
+    init_ledger(d / "ledger.db")  # a ledger is never created implicitly
+    (d / "revoked.txt").touch()
     return Member(name, d, d / "gate.toml")
