@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 from edge import config as config_mod
+from edge.errors import EdgeGateError
 from edge.timeutil import iso, parse_time
 
 
@@ -76,6 +77,38 @@ def cmd_publish_keys(args) -> int:
     publish_keys(cfg, Path(args.key), [Path(p) for p in args.pubkeys])
     print(f"published {len(args.pubkeys)} ticket key(s) to the fleet, signed; {time.ctime()}")
     return 0
+
+
+def publish_args(sp) -> None:
+    """`--publish --issuer-key K` for the office's enroll and forget."""
+    sp.add_argument(
+        "--publish", action="store_true", help="office: send to every lane of the fleet"
+    )
+    sp.add_argument("--issuer-key", help="with --publish: issuer.key that signs the message")
+
+
+def _issuer_key(args) -> Path:
+    if not args.issuer_key:
+        raise EdgeGateError(
+            "--publish needs --issuer-key issuer.key", "the office signs what it sends"
+        )
+    return Path(args.issuer_key)
+
+
+def publish_enrollment(args, cfg: config_mod.Config, db: Path, key: Path, pid: str) -> None:
+    """`enroll --publish`: the person, sealed for the site, to every lane."""
+    from edge.fleet.office import publish_enrollment as publish
+
+    publish(cfg, _issuer_key(args), db, key, pid)
+    print(f"published {pid} to the fleet, sealed for site {cfg.fleet.site}")
+
+
+def publish_deletion(args, cfg: config_mod.Config) -> None:
+    """`forget --publish`: every lane erases the person and acknowledges it."""
+    from edge.fleet.office import publish_person
+
+    publish_person(cfg, _issuer_key(args), args.person_id, "forget")
+    print(f"published the deletion of {args.person_id}; see edge-gate fleet status")
 
 
 def register(sub, common) -> None:

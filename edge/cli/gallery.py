@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 from edge import config as config_mod
+from edge.cli import fleet as fleet_cli
 from edge.cli.paths import existing_dir
 from edge.errors import EdgeGateError, EnrollError
 from edge.gallery.crypto import init_key, load_key
@@ -116,19 +117,8 @@ def cmd_enroll(args) -> int:
     )
     print(pid)
     if args.publish:
-        from edge.fleet.office import publish_enrollment
-
-        publish_enrollment(cfg, _issuer_key(args), db, key, pid)
-        print(f"published {pid} to the fleet, sealed for site {cfg.fleet.site}")
+        fleet_cli.publish_enrollment(args, cfg, db, key, pid)
     return 0
-
-
-def _issuer_key(args) -> Path:
-    if not args.issuer_key:
-        raise EdgeGateError(
-            "--publish needs --issuer-key issuer.key", "the office signs what it sends"
-        )
-    return Path(args.issuer_key)
 
 
 def cmd_enroll_folder(args) -> int:
@@ -226,12 +216,7 @@ def cmd_forget(args) -> int:
         audit_record(cfg, "deletion", reason=args.reason, detail="erasure incomplete on disk")
         raise
     if args.publish:  # also when already gone here: the lanes may still hold the person
-        from edge.fleet.office import publish_person
-
-        publish_person(cfg, _issuer_key(args), args.person_id, "forget")
-        print(
-            f"published the deletion of {args.person_id} to the fleet; see edge-gate fleet status"
-        )
+        fleet_cli.publish_deletion(args, cfg)
     if not found:
         print(f"edge-gate: error: no person {args.person_id} in {db}")
         return 0 if args.publish else 1
@@ -306,12 +291,6 @@ def cmd_privacy_report(args) -> int:
 
 
 def register(sub, common) -> None:
-    def publish_args(sp):
-        sp.add_argument(
-            "--publish", action="store_true", help="office: send to every lane of the fleet"
-        )
-        sp.add_argument("--issuer-key", help="with --publish: issuer.key that signs the message")
-
     def gallery_args(sp):
         common(sp)
         sp.add_argument("--db", help="gallery database (default: gallery.db from the config)")
@@ -366,7 +345,7 @@ def register(sub, common) -> None:
         type=existing_dir,
         help="bulk import: enroll every DIR/<name>/ as one person named <name>",
     )
-    publish_args(sp)
+    fleet_cli.publish_args(sp)
     sp.add_argument("inputs", nargs="*", metavar="IMAGE_OR_VIDEO")
     sp.set_defaults(func=cmd_enroll)
 
@@ -380,7 +359,7 @@ def register(sub, common) -> None:
     sp.add_argument(
         "--reason", default="consent_withdrawn", help="consent_withdrawn | deletion_request | ..."
     )
-    publish_args(sp)
+    fleet_cli.publish_args(sp)
     sp.add_argument("person_id")
     sp.set_defaults(func=cmd_forget)
 
