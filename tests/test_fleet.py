@@ -42,7 +42,7 @@ def _need_mosquitto() -> None:
         pytest.skip(MISSING)
 
 
-def wait_for(cond, timeout: float = 20.0, what: str = "condition"):
+def wait_for(cond, timeout: float = 60.0, what: str = "condition"):
     """Bounded polling: return cond()'s first truthy value, fail after `timeout` seconds."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
