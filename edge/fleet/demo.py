@@ -54,8 +54,8 @@ def _cli(*args: str) -> subprocess.CompletedProcess:
 
 def run_fleet_demo(workdir: Path, lanes: int, fixtures: Path | None, fast: bool) -> int:
     """Run the demo, printing what happens; 0 if every lane behaved as one gate."""
-    from edge.cli.tickets import issue_ticket
     from edge.gallery.crypto import init_key
+    from edge.tickets.issue import IssueRequest, issue_ticket
 
     if workdir.exists():
         shutil.rmtree(workdir)
@@ -99,9 +99,9 @@ def run_fleet_demo(workdir: Path, lanes: int, fixtures: Path | None, fast: bool)
             30,
         )
         print(f"  {lanes} lanes running edge-gate sync: {'connected' if up else 'NOT connected'}")
-        now = time.time()
-        t = tk.Ticket("SCREENSHOT-1", "day", int(now - 60), int(now + 86400))
-        _, png = issue_ticket(priv, t, workdir / "tickets")
+        until = time.strftime("%Y-%m-%d", time.gmtime(time.time() + 86400))
+        issued = issue_ticket(priv, IssueRequest("SCREENSHOT-1", valid_until=until), workdir / "t")
+        t, png = issued.ticket, issued.path
         print(f"\n== one screenshot of a one-time ticket ({png}) sent to friends")
         for i, n in enumerate(names):
             if i > 0:
@@ -141,7 +141,7 @@ def _face_part(office: Member, lane: Member, priv: Path, fixtures: Path, fast: b
     from edge.fleet.office import publish_enrollment
     from edge.gallery.crypto import load_key
     from edge.gallery.store import Gallery
-    from edge.gate.daemon import Gate
+    from edge.gate.daemon import Gate, format_decision
     from edge.measure.demo import enroll_person
     from edge.vision.pipeline import FacePipeline
 
@@ -168,14 +168,22 @@ def _face_part(office: Member, lane: Member, priv: Path, fixtures: Path, fast: b
     if not _wait(present, 20):
         print(f"   {lane.name} did NOT receive the enrollment")
         return False
-    lines: list[str] = []
-    gate = Gate(
+    grants: list[dict] = []
+
+    def show(ev: dict) -> None:
+        print("   " + format_decision(ev), flush=True)
+        if ev["decision"] == "grant" and ev.get("person") == pid:
+            grants.append(ev)
+
+    cfg = config_mod.override(
         config_mod.load(lane.config),
-        source_spec=str(fixtures / "video" / "short_hamilton_clip.mp4"),
-        realtime=not fast,
-        printer=lambda s: (lines.append(s), print("   " + s, flush=True)),
+        camera={
+            "source": str(fixtures / "video" / "short_hamilton_clip.mp4"),
+            "realtime": not fast,
+        },
     )
-    gate.run()
-    granted = any("GRANT" in s and pid in s for s in lines)
+    with Gate(cfg, show) as gate:
+        gate.run()
+    granted = bool(grants)
     print(f"   {lane.name}: {'admitted' if granted else 'NOT admitted'} {pid} by face")
     return granted
