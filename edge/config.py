@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -111,6 +112,29 @@ class AuditConfig:
 
 
 @dataclass(frozen=True)
+class FleetConfig:
+    broker: str = ""  # "" = this gate works alone; "mqtt://host:port" or "mqtts://host:port"
+    site: str = ""
+    lane: str = ""
+    credentials_file: str = ""  # 0600 file "username:password"; or a systemd credential
+    tls_ca_file: str = ""
+    tls_cert_file: str = ""
+    tls_key_file: str = ""
+    site_key_file: str = ""
+    offline: str = "local"  # "local" | "deny"
+    offline_after_s: float = 15.0
+    clock_skew_s: float = 5.0
+    heartbeat_s: float = 5.0
+    state_db: str = "var/fleet.db"
+    keys_dir: str = "var/fleet-keys"
+
+    @property
+    def enabled(self) -> bool:
+        """A [fleet] broker is configured: `edge-gate sync` links this lane to the park."""
+        return bool(self.broker)
+
+
+@dataclass(frozen=True)
 class Config:
     gate: GateConfig = field(default_factory=GateConfig)
     camera: CameraConfig = field(default_factory=CameraConfig)
@@ -120,6 +144,7 @@ class Config:
     tickets: TicketsConfig = field(default_factory=TicketsConfig)
     relay: RelayConfig = field(default_factory=RelayConfig)
     audit: AuditConfig = field(default_factory=AuditConfig)
+    fleet: FleetConfig = field(default_factory=FleetConfig)
     source_file: str = ""  # where it was read from; relative paths resolve against its folder
     # (section, key, value) set by override(), e.g. command-line flags; reload() applies them again
     overrides: tuple[tuple[str, str, Any], ...] = ()
@@ -251,7 +276,27 @@ def validate(cfg: Config) -> Config:
         check_retention(cfg.audit.retention_days)
     except ConfigError as e:
         raise ConfigError(f"{f}: {e.args[0]}", e.hint) from None
+    _validate_fleet(f, cfg.fleet)
     return cfg
+
+
+def _validate_fleet(f: str, fl: FleetConfig) -> None:
+    """A [fleet] section needs a broker URL, and a site and lane that are safe in MQTT topics."""
+    if not fl.enabled:
+        return
+    if not re.fullmatch(r"mqtts?://[^/:\s]+(:\d{1,5})?/?", fl.broker):
+        raise ConfigError(
+            f"{f}: key 'fleet.broker' = {fl.broker!r} is not mqtt://host:port or mqtts://host:port"
+        )
+    for key in ("site", "lane"):
+        v = getattr(fl, key)
+        if not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", v):
+            raise ConfigError(
+                f"{f}: key 'fleet.{key}' = {v!r} must be 1-64 letters, digits, '.', '_' or '-'",
+                "MQTT topics are built from it",
+            )
+    if fl.offline not in ("local", "deny"):
+        raise ConfigError(f"{f}: key 'fleet.offline' = {fl.offline!r} is not 'local' or 'deny'")
 
 
 def _validate_matching(cfg: Config, f: str) -> None:

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Install edge-gate on Raspberry Pi OS (Bookworm, 64-bit) from this checkout. Run as root:
-#     sudo bash scripts/install-pi.sh [--issuer-pub PATH]
+#     sudo bash scripts/install-pi.sh [--issuer-pub PATH] [--broker ADDR]
 # Installs: /opt/edge-gate (code + venv), /etc/edge-gate (gate.toml, gallery.key, issuer.pub),
 # /var/lib/edge-gate (state, via systemd StateDirectory), the systemd units, udev rules and the
 # firmware fragment. Safe to run again: it never overwrites the config or the gallery key.
@@ -8,7 +8,14 @@ set -euo pipefail
 [ "$(id -u)" = 0 ] || { echo "run as root (sudo)" >&2; exit 1; }
 SRC=$(cd "$(dirname "$0")/.." && pwd)
 ISSUER_PUB=""
-[ "${1:-}" = "--issuer-pub" ] && ISSUER_PUB=$2
+BROKER_ADDR=""
+while [ $# -ge 2 ]; do
+  case "$1" in
+    --issuer-pub) ISSUER_PUB=$2 ;;
+    --broker) BROKER_ADDR=$2 ;;  # fleet: the MQTT broker's IP address (edge-gate-sync may reach it)
+  esac
+  shift 2
+done
 
 echo "== packages"
 apt-get update -qq
@@ -55,12 +62,15 @@ if [ ! -f /etc/edge-gate/gate.toml ]; then
       -e 's#^path = "var/audit.db"#path = "/var/lib/edge-gate/audit.db"#' \
       -e 's#^pubkeys = \[\]#pubkeys = ["/etc/edge-gate/issuer.pub"]#' \
       -e 's#^models_dir = ""#models_dir = "/opt/edge-gate/models"#' \
+      -e 's#^state_db = "var/fleet.db"#state_db = "/var/lib/edge-gate/fleet.db"#' \
+      -e 's#^keys_dir = "var/fleet-keys"#keys_dir = "/var/lib/edge-gate/fleet-keys"#' \
       /opt/edge-gate/firmware_config/gate.toml > /etc/edge-gate/gate.toml
   chmod 0640 /etc/edge-gate/gate.toml; chgrp edge-gate /etc/edge-gate/gate.toml
 fi
 if [ -n "$ISSUER_PUB" ]; then install -m 0644 "$ISSUER_PUB" /etc/edge-gate/issuer.pub; fi
 [ -f /etc/edge-gate/issuer.pub ] || echo "!! copy the ticket office's issuer.pub to /etc/edge-gate/issuer.pub (the gate refuses to start without a ticket key)"
 touch /etc/edge-gate/revoked.txt
+chown edge-gate:edge-gate /etc/edge-gate/revoked.txt  # edge-gate-sync appends office revocations
 if [ ! -f /etc/edge-gate/gallery.key ]; then
   # Created in an unpredictable directory inside /etc/edge-gate (mktemp), never in /tmp, then
   # renamed into place on the same filesystem.
@@ -83,7 +93,12 @@ if ! grep -q "edge-gate begin" $CFG; then cat /opt/edge-gate/firmware_config/con
 install -m 0644 /opt/edge-gate/firmware_config/99-edge-gate.rules /etc/udev/rules.d/99-edge-gate.rules
 udevadm control --reload && udevadm trigger
 install -m 0644 /opt/edge-gate/systemd/edge-gate.service /opt/edge-gate/systemd/edge-gate-purge.service \
-  /opt/edge-gate/systemd/edge-gate-purge.timer /etc/systemd/system/
+  /opt/edge-gate/systemd/edge-gate-purge.timer /opt/edge-gate/systemd/edge-gate-sync.service \
+  /etc/systemd/system/
+if [ -n "$BROKER_ADDR" ]; then  # fleet: sync may reach this address only
+  install -d /etc/systemd/system/edge-gate-sync.service.d
+  printf '[Service]\nIPAddressAllow=%s\n' "$BROKER_ADDR" > /etc/systemd/system/edge-gate-sync.service.d/broker.conf
+fi
 install -d -m 0755 /etc/systemd/system/systemd-time-wait-sync.service.d
 install -m 0644 /opt/edge-gate/systemd/systemd-time-wait-sync.service.d/edge-gate.conf \
   /etc/systemd/system/systemd-time-wait-sync.service.d/edge-gate.conf

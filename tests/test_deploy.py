@@ -14,7 +14,12 @@ import pytest
 from edge import config as config_mod
 
 ROOT = config_mod.PROJECT_ROOT
-UNITS = ["edge-gate.service", "edge-gate-purge.service", "edge-gate-purge.timer"]
+UNITS = [
+    "edge-gate.service",
+    "edge-gate-purge.service",
+    "edge-gate-purge.timer",
+    "edge-gate-sync.service",
+]
 
 
 def test_units_pass_systemd_analyze_verify(tmp_path):
@@ -64,11 +69,21 @@ def test_service_hardening_contract():
     assert "OnCalendar=" in timer and "Persistent=true" in timer
 
 
+def test_sync_unit_has_the_network_and_the_gate_has_none():
+    gate = (ROOT / "systemd" / "edge-gate.service").read_text()
+    sync = (ROOT / "systemd" / "edge-gate-sync.service").read_text()
+    assert "PrivateNetwork=yes" in gate and "IPAddressDeny=any" in gate
+    assert "PrivateNetwork=yes" not in sync
+    assert "IPAddressDeny=any" in sync and "IPAddressAllow=" in sync
+    assert "edge-gate sync --config /etc/edge-gate/gate.toml" in sync
+    assert "LoadCredential=mqtt.cred:" in sync and "ProtectSystem=strict" in sync
+
+
 def test_installer_writes_a_pi_config_that_loads(tmp_path):
     """Apply install-pi.sh's own sed expressions to the shipped gate.toml: every one must match."""
     script = (ROOT / "scripts" / "install-pi.sh").read_text()
     exprs = re.findall(r"-e '(s#[^']+)'", script)
-    assert len(exprs) == 9
+    assert len(exprs) == 11
     args = [a for e in exprs for a in ("-e", e)]
     out = subprocess.run(
         ["sed", *args, str(ROOT / "firmware_config" / "gate.toml")],
@@ -89,6 +104,8 @@ def test_installer_writes_a_pi_config_that_loads(tmp_path):
     )
     assert cfg.tickets.ledger.startswith("/var/lib/edge-gate/")
     assert cfg.vision.models_dir == "/opt/edge-gate/models"  # the package is not editable
+    assert cfg.fleet.state_db.startswith("/var/lib/edge-gate/")
+    assert cfg.fleet.keys_dir.startswith("/var/lib/edge-gate/")
     unit = (ROOT / "systemd" / "edge-gate.service").read_text()
     assert "/etc/edge-gate/gate.toml" in unit and "gallery.key:/etc/edge-gate/gallery.key" in unit
 

@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 from edge import config as config_mod
+from edge.cli import fleet as fleet_cli
 from edge.cli.paths import existing_dir
 from edge.errors import EdgeGateError, EnrollError
 from edge.gallery.crypto import init_key, load_key
@@ -115,6 +116,8 @@ def cmd_enroll(args) -> int:
         + (" (previous templates erased)" if args.replace_templates else "")
     )
     print(pid)
+    if args.publish:
+        fleet_cli.publish_enrollment(args, cfg, db, key, pid)
     return 0
 
 
@@ -212,9 +215,11 @@ def cmd_forget(args) -> int:
         # The rows are gone from the database; the audit trail says the erasure is not complete.
         audit_record(cfg, "deletion", reason=args.reason, detail="erasure incomplete on disk")
         raise
+    if args.publish:  # also when already gone here: the lanes may still hold the person
+        fleet_cli.publish_deletion(args, cfg)
     if not found:
         print(f"edge-gate: error: no person {args.person_id} in {db}")
-        return 1
+        return 0 if args.publish else 1
     # The audit trail says that a deletion happened and why, never who.
     audit_record(cfg, "deletion", reason=args.reason, detail="key destroyed; file scrubbed")
     print(
@@ -340,6 +345,7 @@ def register(sub, common) -> None:
         type=existing_dir,
         help="bulk import: enroll every DIR/<name>/ as one person named <name>",
     )
+    fleet_cli.publish_args(sp)
     sp.add_argument("inputs", nargs="*", metavar="IMAGE_OR_VIDEO")
     sp.set_defaults(func=cmd_enroll)
 
@@ -353,6 +359,7 @@ def register(sub, common) -> None:
     sp.add_argument(
         "--reason", default="consent_withdrawn", help="consent_withdrawn | deletion_request | ..."
     )
+    fleet_cli.publish_args(sp)
     sp.add_argument("person_id")
     sp.set_defaults(func=cmd_forget)
 

@@ -104,6 +104,11 @@ def cmd_demo(args) -> int:
 
     fixtures = config_mod.fixtures_dir()
     fx = fixtures if (fixtures / "MANIFEST.tsv").is_file() else None
+    if args.lanes:
+        from edge.fleet.demo import run_fleet_demo
+
+        work = Path(args.workdir) if args.workdir else Path.cwd() / "var" / "demo-fleet"
+        return run_fleet_demo(work, args.lanes, fx, args.fast)
     work = Path(args.workdir) if args.workdir else Path.cwd() / "var" / "demo"
     cfg_path, scenes = prepare(work, fx)
     cfg = config_mod.load(cfg_path)
@@ -182,6 +187,12 @@ def register(sub, common) -> None:
     sp = sub.add_parser("demo", help="run the gate on recorded clips with a simulated relay")
     sp.add_argument("--fast", action="store_true", help="do not wait for real time")
     sp.add_argument("--workdir", help="demo workspace (default var/demo)")
+    sp.add_argument(
+        "--lanes",
+        type=int,
+        default=0,
+        help="N lanes and an office on a local mosquitto: one park (docs/FLEET.md)",
+    )
     sp.set_defaults(func=cmd_demo)
 
     sp = sub.add_parser("doctor", help="check camera, models, keys, database, GPIO and clock")

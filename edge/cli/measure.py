@@ -52,6 +52,12 @@ def cmd_bench(args) -> int:
     from edge.vision.pipeline import FacePipeline
     from edge.vision.runtime import resolve_threads
 
+    if args.fleet:
+        from edge.fleet.bench import bench_fleet, format_fleet_bench
+
+        rep = bench_fleet(args.lanes, args.rate, args.seconds, args.workdir)
+        print(json.dumps(rep) if args.json else format_fleet_bench(rep))
+        return 0 if rep["lost"] == 0 else 1
     cfg = _cfg(args)
     if args.gallery:
         from edge.measure.bench import bench_gallery, format_gallery_bench
@@ -131,6 +137,20 @@ def register(sub, common) -> None:
         type=existing_file,
         default=[],
         help="with --gate: photo(s) of the person to enroll",
+    )
+    sp.add_argument(
+        "--fleet",
+        action="store_true",
+        help="lanes through one mosquitto: propagation delay, msgs/s, CPU, loss across a restart",
+    )
+    sp.add_argument("--lanes", type=int, default=20, help="with --fleet: number of lanes")
+    sp.add_argument(
+        "--rate", type=float, default=10.0, help="with --fleet: redemptions per second per lane"
+    )
+    sp.add_argument("--seconds", type=float, default=30.0, help="with --fleet: load duration")
+    sp.add_argument(
+        "--workdir",
+        help="with --fleet: where the lanes' files go (default: a new folder in /dev/shm)",
     )
     sp.add_argument("--json", action="store_true")
     common(sp)

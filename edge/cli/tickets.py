@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 from edge import tickets as tk
-from edge.errors import ImageError
+from edge.errors import EdgeGateError, ImageError
 from edge.tickets.format import TICKET_ID_RULE
 
 
@@ -71,6 +71,18 @@ def cmd_revoke(args) -> int:
         f"revoked {len(added)} ticket(s) in {args.list}"
         + (f"; {known} already revoked" if known else "")
     )
+    if args.publish:
+        from edge import config as config_mod
+        from edge.fleet.office import publish_revocations
+
+        if not args.key:
+            raise EdgeGateError(
+                "--publish needs --key issuer.key", "the office signs what it sends"
+            )
+        n = publish_revocations(
+            config_mod.load(args.config), Path(args.key), tk.load_revocations(Path(args.list))
+        )
+        print(f"published {n} revocation(s) to the fleet, signed")
     return 0
 
 
@@ -172,6 +184,11 @@ def register(sub, common) -> None:
     sp.add_argument(
         "--list", required=True, help="revocation list file (gate: tickets.revocation_list)"
     )
+    sp.add_argument(
+        "--publish", action="store_true", help="also send the whole list to every lane (fleet)"
+    )
+    sp.add_argument("--key", help="with --publish: issuer.key that signs the message")
+    sp.add_argument("--config", help="with --publish: the office's gate.toml ([fleet] section)")
     sp.add_argument("ids", nargs="+", help="ticket ids, exactly as printed on the ticket")
     sp.set_defaults(func=cmd_revoke)
 

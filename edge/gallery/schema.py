@@ -46,6 +46,7 @@ class NewPerson:
     pass_ref: str = ""
     valid_until: int | None = None
     minor: bool = False
+    person_id: str = ""  # "" = a new id; set when a lane imports the office's person (fleet)
 
 
 @dataclass(frozen=True)

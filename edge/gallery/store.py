@@ -194,7 +194,7 @@ class Gallery(GalleryReader):
         return self._tx(write)
 
     def _insert_person(self, c, p: NewPerson, model_id: str, model_version: str, now: int) -> str:
-        pid, key = _new_id("P-"), os.urandom(32)
+        pid, key = p.person_id or _new_id("P-"), os.urandom(32)
         c.execute(
             "INSERT INTO people (id, name, pass_ref, valid_until, minor, created, attrs)"
             " VALUES (?,?,?,?,?,?,?)",

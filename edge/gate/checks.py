@@ -17,8 +17,12 @@ REFUSE_TO_START: tuple[type[Exception], ...] = (ConfigError, KeyFileError)
 
 
 def ticket_keys(cfg: config_mod.Config) -> list:
-    """The issuer public keys; a gate must always have a non-face way in."""
-    keys = [tk.load_public(cfg.resolve(p)) for p in cfg.tickets.pubkeys]
+    """The issuer public keys (and, in a fleet, those the office published); a gate must always
+    have a non-face way in."""
+    from edge.fleet.state import fleet_pubkey_paths
+
+    paths = [cfg.resolve(p) for p in cfg.tickets.pubkeys] + fleet_pubkey_paths(cfg)
+    keys = [tk.load_public(p) for p in paths]
     check_non_face_way_in(cfg.gate.mode, len(keys))
     return keys
 

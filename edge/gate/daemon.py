@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterable
 from edge import config as config_mod
 from edge import tickets as tk
 from edge.errors import EdgeGateError
+from edge.fleet import lane
 from edge.gate import checks
 from edge.gate.audit import AuditLog, AuditRecord
 from edge.gate.faces import FaceStack
@@ -120,6 +121,7 @@ class Gate:
                 Relay(cfg.relay, factory=pin_factory, on_event=self._relay_event)
             )
             self.verifier = self._load_tickets(cfg)
+            self._tickets_stamp = lane.tickets_stamp(cfg)
             self.audit = AuditLog(cfg.resolve(cfg.audit.path), cfg.audit.retention_days)
             stack.callback(self.audit.close)
             # A missing or rolled-back ledger is a stand-in that refuses every ticket, loudly.
@@ -258,12 +260,25 @@ class Gate:
                 self.notifier.watchdog()
                 now = time.monotonic()
                 if now - t_status >= 1.0:
-                    self.notifier.status(self.status_text(n_status / (now - t_status)))
+                    self.tick(n_status / (now - t_status))
                     t_status, n_status = now, 0
                     self._alarm(now)
         finally:
             self.close()
         return 0
+
+    def tick(self, fps: float) -> None:
+        """Once a second: status to systemd and to sync; office revocations/keys sync wrote."""
+        self.notifier.status(self.status_text(fps))
+        mode = self.degraded or self.cfg.gate.mode
+        lane.report_status(self.ledger, fps=round(fps, 1), camera=self.source.state, mode=mode)
+        if (stamp := lane.tickets_stamp(self.cfg)) != self._tickets_stamp:
+            self._tickets_stamp = stamp
+            try:
+                self.verifier = self._load_tickets(self.cfg)
+                log.info("gate tickets reloaded: revocations or keys changed")
+            except EdgeGateError as e:
+                log.error("gate tickets reload_failed reason=%s; keeping the previous keys", e)
 
     def _face_failed(self, e: Exception) -> None:
         """A face path that fails frame after frame at run time: ticket-only, loudly."""

@@ -332,3 +332,27 @@ def _ledger(site: Site) -> str | Check:
             "set the time; tickets are refused until then",
         )
     return f"{cfg.resolve(cfg.tickets.ledger)}: {mark.seq} redemptions, newest {iso(mark.t) or '-'}"
+
+
+@check("fleet")
+def _fleet(site: Site) -> str | Check:
+    """The link and clock as edge-gate sync last saw them (tickets are refused on either)."""
+    from edge.fleet.state import FleetState, check_link
+
+    fl = site.cfg.fleet
+    if not fl.enabled:
+        return "no [fleet]: this gate works alone"
+    st = FleetState(site.cfg.resolve(fl.state_db))
+    try:
+        link, offset = check_link(fl, st, time.time()), st.get("clock_offset")
+        connected = st.get("connected")
+    finally:
+        st.close()
+    where = f"site {fl.site}, lane {fl.lane}, broker {fl.broker}"
+    fix = "systemctl status edge-gate-sync; check the broker and the clock (NTP)"
+    if not link.ok:
+        return Check("fail", "fleet", f"{where}: {link.reason}: {link.detail}", fix)
+    if not connected:
+        return Check("warn", "fleet", f"{where}: sync not connected", fix)
+    off = "unknown" if offset is None else f"{offset:+.1f} s"
+    return f"{where}: connected, clock vs fleet {off}"

@@ -25,14 +25,22 @@ log = logging.getLogger(__name__)
 
 
 def open_ledger(cfg: config_mod.Config, marks: MarkStore | None = None) -> Ledger:
-    """The gate's ledger, checked against the mark kept in `marks` (the audit log)."""
-    return Ledger(
+    """The gate's ledger, checked against the mark kept in `marks` (the audit log); in a fleet,
+    with its outbox and behind the fleet link check (edge/fleet/lane.py)."""
+    led = Ledger(
         cfg.resolve(cfg.tickets.ledger),
         cfg.gate.id,
         cfg.tickets.antipassback_s,
         site_zone(cfg.gate.timezone),
         marks,
+        outbox=cfg.fleet.enabled,
     )
+    if not cfg.fleet.enabled:
+        return led
+    from edge.fleet.lane import LaneLedger
+    from edge.fleet.state import LaneGuard
+
+    return LaneLedger(led, LaneGuard(cfg))
 
 
 class UnavailableLedger:
@@ -75,7 +83,11 @@ def gate_verifier(
 ) -> Verifier:
     """The gate's verifier: its issuer keys, products, revocation list and clock skew."""
     if keys is None:
-        paths = pubkeys or [str(cfg.resolve(p)) for p in cfg.tickets.pubkeys]
+        from edge.fleet.state import fleet_pubkey_paths
+
+        paths = pubkeys or [str(cfg.resolve(p)) for p in cfg.tickets.pubkeys] + [
+            str(p) for p in fleet_pubkey_paths(cfg)
+        ]
         keys = [load_public(Path(p)) for p in paths]
     return Verifier(keys, cfg.gate.products, configured_revocations(cfg), cfg.tickets.clock_skew_s)
 

@@ -9,6 +9,10 @@ A ledger that disappears or goes back in time (deleted, truncated, an older copy
 -wal) would let spent tickets in again, so it is never created implicitly (`edge-gate ledger
 init`), it carries a random id and a redemption counter, and the gate keeps the last counter it
 saw in a second place (the audit log, `MarkStore`) and refuses the ledger when it is behind.
+
+In a fleet (docs/FLEET.md) each local redemption is also queued in `outbox` in the same
+transaction, and other lanes' redemptions land in `remote_redemptions`, keyed by (lane, seq) so
+a duplicated or reordered message counts once; `used` counts both tables in one read.
 """
 
 from __future__ import annotations
@@ -37,6 +41,13 @@ CREATE TABLE IF NOT EXISTS redemptions (
   id INTEGER PRIMARY KEY, ticket_id TEXT NOT NULL, t REAL NOT NULL, day TEXT NOT NULL, gate TEXT);
 CREATE INDEX IF NOT EXISTS redemptions_ticket ON redemptions(ticket_id);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+"""
+_FLEET_SCHEMA = """
+CREATE TABLE IF NOT EXISTS outbox (seq INTEGER PRIMARY KEY AUTOINCREMENT, ticket_id TEXT NOT NULL,
+  t REAL NOT NULL, day TEXT NOT NULL, kind INTEGER NOT NULL, max_entries INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS remote_redemptions (lane TEXT NOT NULL, seq INTEGER NOT NULL,
+  ticket_id TEXT NOT NULL, t REAL NOT NULL, day TEXT NOT NULL, PRIMARY KEY (lane, seq));
+CREATE INDEX IF NOT EXISTS remote_redemptions_ticket ON remote_redemptions(ticket_id);
 """
 
 
@@ -130,9 +141,11 @@ class Ledger:
         antipassback_s: float = 60.0,
         tz: dt.tzinfo | None = None,
         marks: MarkStore | None = None,
+        outbox: bool = False,
     ):
         self.path = Path(path)
         self.gate, self.antipassback_s, self.tz, self.marks = gate, antipassback_s, tz, marks
+        self.outbox = outbox  # fleet: queue each redemption for `edge-gate sync`
         self.problem = ""  # a Ledger that opened has none (see desk.UnavailableLedger)
         if self.path.is_dir() or not self.path.exists() or self.path.stat().st_size == 0:
             what = "is a directory" if self.path.is_dir() else "does not exist or is empty"
@@ -191,6 +204,7 @@ class Ledger:
                     [("ledger_id", uuid.uuid4().hex), ("seq", str(n)), ("last_t", str(last or 0))],
                 )
                 self.conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+        self.conn.executescript(_FLEET_SCHEMA)  # fleet tables; empty when the gate works alone
 
     def _check_marks(self) -> None:
         """Refuse a ledger that is not the one the gate last saw, or that has lost entries."""
@@ -219,9 +233,20 @@ class Ledger:
         return LedgerMark(self.ledger_id, int(self._meta("seq")), float(self._meta("last_t")))
 
     def used(self, ticket_id: str, day: str | None = None) -> int:
-        """Entries counted for a ticket (on one day, for season passes)."""
-        q = "SELECT count(*) FROM redemptions WHERE ticket_id = ?" + (" AND day = ?" if day else "")
-        return self.conn.execute(q, (ticket_id, day) if day else (ticket_id,)).fetchone()[0]
+        """Entries counted for a ticket (on one day, for season passes), here and at other lanes."""
+        w = "WHERE ticket_id = ?" + (" AND day = ?" if day else "")
+        q = f"SELECT (SELECT count(*) FROM redemptions {w}) + (SELECT count(*) FROM remote_redemptions {w})"
+        args = (ticket_id, day) if day else (ticket_id,)
+        return self.conn.execute(q, args * 2).fetchone()[0]
+
+    def apply_remote(self, lane: str, seq: int, ticket_id: str, t: float, day: str) -> bool:
+        """Record another lane's redemption once; False if (lane, seq) was already applied."""
+        cur = self.conn.execute(
+            "INSERT OR IGNORE INTO remote_redemptions (lane, seq, ticket_id, t, day)"
+            " VALUES (?,?,?,?,?)",
+            (lane, seq, ticket_id, t, day),
+        )
+        return cur.rowcount == 1
 
     def _refusal(self, t: Ticket, now: float, day: str) -> Redemption | None:
         """Why this entry may not count now (None: it may). Read-only; callers hold the lock."""
@@ -274,6 +299,12 @@ class Ledger:
                     "INSERT INTO redemptions (ticket_id, t, day, gate) VALUES (?, ?, ?, ?)",
                     (t.ticket_id, now, day, self.gate),
                 )
+                if self.outbox:  # same transaction: published by `edge-gate sync`
+                    self.conn.execute(
+                        "INSERT INTO outbox (ticket_id, t, day, kind, max_entries)"
+                        " VALUES (?,?,?,?,?)",
+                        (t.ticket_id, now, day, int(t.kind), t.max_entries),
+                    )
                 self.conn.execute(
                     "UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = 'seq'"
                 )
@@ -305,6 +336,7 @@ class Ledger:
 
     def purge_before(self, cutoff: float) -> int:
         """Drop redemption rows older than cutoff (the counter and newest time stay)."""
+        self.conn.execute("DELETE FROM remote_redemptions WHERE t < ?", (cutoff,))
         return self.conn.execute("DELETE FROM redemptions WHERE t < ?", (cutoff,)).rowcount
 
     def close(self) -> None:

@@ -1,0 +1,67 @@
+"""A lane's ticket path in a fleet: the ledger (with its outbox) behind the fleet link check.
+
+`edge.tickets.desk.open_ledger` wraps the gate's ledger in a `LaneLedger` when `[fleet]` is set,
+so the daemon and `edge-gate ticket verify --config C` refuse tickets the same way when the lane
+is cut off with `fleet.offline = "deny"`, or when its clock is off from the fleet's.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from edge.config import Config
+from edge.fleet.state import LaneGuard
+from edge.tickets.format import Ticket
+from edge.tickets.ledger import Ledger, Redemption
+
+
+class LaneLedger:
+    """A Ledger whose check and redeem first ask the fleet link; everything else is the ledger's."""
+
+    def __init__(self, ledger: Ledger, guard: LaneGuard):
+        self.ledger, self.guard = ledger, guard
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.ledger, name)
+
+    def __enter__(self) -> LaneLedger:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def _link(self, now: float) -> Redemption | None:
+        link = self.guard.check(now)
+        return None if link.ok else Redemption(False, link.reason, 0, link.detail)
+
+    def check(self, t: Ticket, now: float) -> Redemption:
+        """What redeem would answer now: the link first, then the ledger."""
+        return self._link(now) or self.ledger.check(t, now)
+
+    def redeem(self, t: Ticket, now: float) -> Redemption:
+        """The link check, then the ledger: its commit is the moment the entry counts."""
+        return self._link(now) or self.ledger.redeem(t, now)
+
+    def close(self) -> None:
+        self.guard.close()
+        self.ledger.close()
+
+
+def tickets_stamp(cfg: Config) -> tuple:
+    """Changes when the office's revocations or keys reached this lane (files sync writes)."""
+    rev = cfg.resolve(cfg.tickets.revocation_list) if cfg.tickets.revocation_list else None
+    keys = cfg.resolve(cfg.fleet.keys_dir) if cfg.fleet.enabled else None
+    out = []
+    for p in (rev, keys):
+        try:
+            out.append(os.stat(p).st_mtime_ns if p else None)
+        except OSError:
+            out.append(None)
+    return tuple(out)
+
+
+def report_status(ledger: object, **status: Any) -> None:
+    """The gate's figures for sync's heartbeat, when its ledger is a fleet lane's."""
+    if isinstance(ledger, LaneLedger):
+        ledger.guard.report(**status)

@@ -1,0 +1,131 @@
+"""One person's gallery record, exported at the office and imported at a lane.
+
+Export reads the person through the gallery's public reads (person, templates, consent fields);
+import enrolls them under the same id (`NewPerson.person_id`), so a later deletion by id reaches
+every lane. The record is plaintext only in memory: it leaves the office sealed with the site key
+(edge/fleet/messages.py). The gallery has no export/import of one person of its own yet; when it
+does, this module should call it.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from edge.config import Config
+from edge.errors import GalleryError
+from edge.fleet.messages import MessageError
+from edge.gallery.crypto import load_key
+from edge.gallery.erase import ErasureIncomplete
+from edge.gallery.schema import Consent, NewPerson
+from edge.gallery.store import Gallery
+
+log = logging.getLogger(__name__)
+
+
+def site_key(cfg: Config) -> bytes:
+    """The site key (same file format as a gallery key) shared by the office and its lanes."""
+    if not cfg.fleet.site_key_file:
+        raise MessageError(
+            "a person record arrived but fleet.site_key_file is not set",
+            "give this lane the site key (edge-gate keys init --key-file at the office, copied 0600)",
+        )
+    return load_key(cfg.resolve(cfg.fleet.site_key_file)).key
+
+
+def _gallery(cfg: Config) -> Gallery:
+    return Gallery(cfg.resolve(cfg.gallery.db), load_key(cfg.resolve(cfg.gallery.key_file)))
+
+
+def export_record(db: Path, key_file: Path, person_id: str) -> bytes:
+    """Everything needed to enroll this person elsewhere: fields, consent, templates."""
+    with Gallery(db, load_key(key_file), create=False) as g:
+        person = g.person(person_id)
+        c = g.conn.execute(
+            "SELECT notice_version, notice_sha256, method, time FROM consents WHERE person_id = ?"
+            " ORDER BY time DESC LIMIT 1",
+            (person_id,),
+        ).fetchone()
+        templates = []
+        models = g.conn.execute(
+            "SELECT DISTINCT model_id, model_version FROM templates WHERE person_id = ?",
+            (person_id,),
+        ).fetchall()
+        for model_id, version in models:
+            t = g.templates(model_id, person_id)
+            templates += [
+                {
+                    "model_id": model_id,
+                    "model_version": version,
+                    "embedding": base64.b64encode(np.asarray(r, np.float32).tobytes()).decode(),
+                }
+                for r in t.matrix
+            ]
+    if not person.intact:
+        raise GalleryError(f"person {person_id} failed authentication", "re-enroll them")
+    record = {
+        "name": person.name,
+        "pass_ref": person.pass_ref,
+        "valid_until": person.valid_until,
+        "minor": person.minor,
+        "consent": dict(zip(("notice_version", "notice_sha256", "method", "time"), c, strict=True))
+        if c
+        else None,
+        "templates": templates,
+    }
+    return json.dumps(record).encode()
+
+
+def import_record(cfg: Config, person_id: str, record: bytes) -> None:
+    """Replace this person at this lane with the office's record, keeping the id."""
+    try:
+        r = json.loads(record)
+        cons = r["consent"] or {}
+        consent = Consent(
+            cons.get("notice_version", ""),
+            cons.get("method", "written"),
+            "office",
+            "",
+            cons.get("notice_sha256", ""),
+            int(cons.get("time") or 0),
+        )
+        by_model: dict[tuple[str, str], list[np.ndarray]] = {}
+        for t in r["templates"]:
+            emb = np.frombuffer(base64.b64decode(t["embedding"]), np.float32)
+            by_model.setdefault((t["model_id"], t["model_version"]), []).append(emb)
+    except (ValueError, KeyError, TypeError) as e:
+        raise MessageError(f"person record {person_id!r} is malformed: {e}") from None
+    if not by_model:
+        raise MessageError(f"person record {person_id!r} has no templates")
+    with _gallery(cfg) as g:
+        if any(p.id == person_id for p in g.people()):
+            with contextlib.suppress(ErasureIncomplete):  # replaced: the old key is destroyed
+                g.forget(person_id)
+        ((first, version), embs), *rest = by_model.items()
+        new = NewPerson(
+            r["name"],
+            consent,
+            embs,
+            pass_ref=r.get("pass_ref", ""),
+            valid_until=r.get("valid_until"),
+            minor=bool(r.get("minor")),
+            person_id=person_id,
+        )
+        g.add_people([new], first, version)
+        for (model_id, model_version), more in rest:
+            g.add_templates(person_id, consent, more, model_id, model_version)
+
+
+def forget(cfg: Config, person_id: str) -> bool:
+    """Erase the person at this lane (False: they were not here)."""
+    with _gallery(cfg) as g:
+        try:
+            return g.forget(person_id)
+        except ErasureIncomplete as e:  # key destroyed, rows gone; the gate still holds old pages
+            log.warning("fleet forget person=%s erasure pending on disk: %s", person_id, e)
+            return True

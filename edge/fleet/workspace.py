@@ -1,0 +1,82 @@
+"""Lane and office folders for a fleet on one machine (demo, benchmark, tests): config files,
+broker credentials (0600), an initialised ledger and an empty revocation list.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Member:
+    name: str
+    dir: Path
+    config: Path
+
+
+def _toml_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float)):
+        return repr(v)
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    return '"' + str(v).replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def write_member(
+    root: Path,
+    name: str,
+    broker: str,
+    site: str,
+    issuer_pub: Path,
+    password: str | None = None,
+    site_key: Path | None = None,
+    fleet: dict[str, Any] | None = None,
+    sections: dict[str, dict[str, Any]] | None = None,
+) -> Member:
+    """ROOT/NAME/gate.toml for a ticket-only lane (or the office, name "office") in `site`."""
+    d = root / name
+    d.mkdir(parents=True, exist_ok=True)
+    fl: dict[str, Any] = {
+        "broker": broker,
+        "site": site,
+        "lane": name,
+        "state_db": "fleet.db",
+        "keys_dir": "fleet-keys",
+    }
+    if password is not None:
+        cred = d / "mqtt.cred"
+        fd = os.open(cred, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(f"{name}:{password}\n")
+        fl["credentials_file"] = "mqtt.cred"
+    if site_key is not None:
+        fl["site_key_file"] = str(site_key)
+    fl.update(fleet or {})
+    conf: dict[str, dict[str, Any]] = {
+        "gate": {"id": name, "mode": "ticket-only"},
+        "tickets": {
+            "pubkeys": [str(issuer_pub)],
+            "ledger": "ledger.db",
+            "revocation_list": "revoked.txt",
+        },
+        "gallery": {"db": "gallery.db", "key_file": "gallery.key"},
+        "audit": {"path": "audit.db"},
+        "fleet": fl,
+    }
+    for k, v in (sections or {}).items():
+        conf.setdefault(k, {}).update(v)
+    text = "".join(
+        f"[{sec}]\n" + "".join(f"{k} = {_toml_value(v)}\n" for k, v in vals.items()) + "\n"
+        for sec, vals in conf.items()
+    )
+    (d / "gate.toml").write_text(text)
+    from edge.tickets.ledger import init_ledger
+
+    init_ledger(d / "ledger.db")  # a ledger is never created implicitly
+    (d / "revoked.txt").touch()
+    return Member(name, d, d / "gate.toml")
