@@ -498,7 +498,7 @@ def test_sighup_with_broken_files_keeps_previous_configuration(tmp_path, caplog,
 def test_start_with_an_unreadable_revocation_list_is_a_clear_error(tmp_path):
     cfg = make_config(tmp_path, "[vision]\nface_enabled = false\n")
     cfg.resolve(cfg.tickets.revocation_list).write_bytes(b"\xff\xfe\x80")
-    with pytest.raises(EdgeGateError, match="revocation list .* is not UTF-8"):
+    with pytest.raises(ConfigError, match="tickets.revocation_list .* is not UTF-8"):
         Gate(cfg, source=ListSource([]), pin_factory=MockFactory())
 
 
