@@ -39,3 +39,9 @@ def float_pipeline():
     from edge.vision.pipeline import FacePipeline
 
     return FacePipeline(MODELS, "blazeface_short", "dlib_resnet_float", threads=2)
+
+
+@pytest.fixture(autouse=True)
+def _work_in_tmp(tmp_path, monkeypatch):
+    """Every test runs in its own working directory, so ./var of one never leaks into another."""
+    monkeypatch.chdir(tmp_path)

@@ -386,14 +386,14 @@ def test_camera_lost_mid_stream_and_back_gate_keeps_deciding(tmp_path):
     assert got == [("grant", "ok"), ("deny", "already_used")]
 
 
-def test_default_config_runs_as_is_off_pi():
+def test_default_config_runs_as_is_off_pi(tmp_path):
     """firmware_config/gate.toml, unchanged: demo source, mock relay, no gallery key yet (loudly ticket-only)."""
     p = subprocess.run(
         [sys.executable, "-m", "edge.cli", "run", "--fast"],
         capture_output=True,
         text=True,
         timeout=300,
-        cwd=config_mod.PROJECT_ROOT,
+        cwd=tmp_path,  # a fresh working directory: its ./var holds this run's files
     )
     assert p.returncode == 0, p.stderr
     lines = [ln for ln in p.stdout.splitlines() if "via ticket" in ln]
