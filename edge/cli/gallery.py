@@ -10,6 +10,7 @@ from pathlib import Path
 from edge import config as config_mod
 from edge.cli import fleet as fleet_cli
 from edge.cli.paths import existing_dir
+from edge.cli.personal import add_detail_args, resolve_details
 from edge.errors import EdgeGateError, EnrollError
 from edge.gallery.crypto import init_key, load_key
 from edge.gallery.erase import ErasureIncomplete
@@ -70,6 +71,7 @@ def cmd_enroll(args) -> int:
         raise EdgeGateError(
             "nothing to enroll from", "give photos, a video or a camera, or --folder DIR"
         )
+    resolve_details(args, prompt=("name",) if args.person_id is None else ())
     from edge.gallery.enroll import check_consent, enroll, notice_sha256
     from edge.gallery.matcher import resolve_threshold
     from edge.vision.pipeline import FacePipeline
@@ -246,6 +248,8 @@ def cmd_purge(args) -> int:
 
 def cmd_pass(args) -> int:
     """`pass renew` / `pass edit`: change a person's pass without touching their templates."""
+    if args.pass_cmd == "edit":
+        resolve_details(args)
     cfg, db, key = paths(args)
     changes: dict = {}
     if args.valid_until is not None:
@@ -320,6 +324,7 @@ def register(sub, common) -> None:
     sp.add_argument("--pass-id")
     sp.add_argument("--valid-until")
     sp.add_argument("--guardian", help="guardian giving consent (required for minors)")
+    add_detail_args(sp)
     sp.add_argument("--minor", action="store_true", help="the person is under 14")
     sp.add_argument(
         "--person-id",
@@ -386,6 +391,7 @@ def register(sub, common) -> None:
     sp.add_argument("person_id")
     sp.add_argument("--pass-id", help="new pass reference")
     sp.add_argument("--name", help="new name")
+    add_detail_args(sp, ("name", "pass_id"))
     exp = sp.add_mutually_exclusive_group()
     exp.add_argument("--valid-until", help="YYYY-MM-DD (end of that day), or ISO time")
     exp.add_argument("--no-expiry", action="store_true", help="the pass never expires")
