@@ -49,12 +49,20 @@ def test_enroll_reads_name_pass_id_and_guardian_from_files_and_stdin(
 
 
 def test_name_and_name_file_together_or_an_empty_file_are_one_line_errors(tmp_path, capsys):
+    assert cli(capsys, "keys", "init", "--key-file", str(tmp_path / "k.key"))[0] == 0
+    (tmp_path / "x.jpg").write_bytes(b"not a photo")
     (tmp_path / "empty.txt").write_text("\n")
     for extra in (["--name", "X", "--name-file", str(tmp_path / "empty.txt")],
                   ["--name-file", str(tmp_path / "empty.txt")],
                   ["--name-file", str(tmp_path / "missing.txt")]):  # fmt: skip
         rc, out, err = cli(
-            capsys, "enroll", *_args(tmp_path), *extra, "--consent-version", "v1", "x.jpg"
+            capsys,
+            "enroll",
+            *_args(tmp_path),
+            *extra,
+            "--consent-version",
+            "v1",
+            str(tmp_path / "x.jpg"),
         )
         assert rc == 2, extra
         assert len(err.strip().splitlines()) == 1, err

@@ -22,9 +22,16 @@ log = logging.getLogger("edge")
 GROUPS = (measure, gate, tickets, ledger, audit, gallery, fleet)
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse with a one-line error: what is wrong and where to look, not the whole usage."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The whole command line: the global flags plus every group's subcommands."""
-    p = argparse.ArgumentParser(
+    p = Parser(
         prog="edge-gate", description="Face-recognition gate with a ticket path that always works."
     )
     p.add_argument("--version", action="version", version=f"edge-gate {__version__}")
@@ -46,7 +53,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `edge-gate` command; returns the exit status."""
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as e:  # --help, or a bad flag (argparse printed one line): its status
+        return int(e.code or 0)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         stream=sys.stderr,

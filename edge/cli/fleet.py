@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 from edge import config as config_mod
+from edge.cli.paths import nonempty_file
 from edge.errors import EdgeGateError
 from edge.timeutil import iso, parse_time
 
@@ -84,7 +85,9 @@ def publish_args(sp) -> None:
     sp.add_argument(
         "--publish", action="store_true", help="office: send to every lane of the fleet"
     )
-    sp.add_argument("--issuer-key", help="with --publish: issuer.key that signs the message")
+    sp.add_argument(
+        "--issuer-key", type=nonempty_file, help="with --publish: issuer.key that signs the message"
+    )
 
 
 def _issuer_key(args) -> Path:
@@ -132,7 +135,11 @@ def register(sub, common) -> None:
     sp.set_defaults(func=cmd_audit)
 
     sp = f.add_parser("publish-keys", help="office: send ticket public keys to every lane, signed")
-    sp.add_argument("--key", required=True, help="issuer.key that signs the message")
-    sp.add_argument("pubkeys", nargs="+", help="issuer.pub file(s) the lanes should accept")
+    sp.add_argument(
+        "--key", required=True, type=nonempty_file, help="issuer.key that signs the message"
+    )
+    sp.add_argument(
+        "pubkeys", nargs="+", type=nonempty_file, help="issuer.pub file(s) the lanes should accept"
+    )
     common(sp)
     sp.set_defaults(func=cmd_publish_keys)

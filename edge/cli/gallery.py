@@ -9,7 +9,7 @@ from pathlib import Path
 
 from edge import config as config_mod
 from edge.cli import fleet as fleet_cli
-from edge.cli.paths import existing_dir
+from edge.cli.paths import existing_dir, file_path, nonempty_file
 from edge.cli.personal import add_detail_args, resolve_details
 from edge.errors import EdgeGateError, EnrollError
 from edge.gallery.crypto import init_key, load_key
@@ -295,16 +295,22 @@ def cmd_privacy_report(args) -> int:
 
 
 def register(sub, common) -> None:
-    def gallery_args(sp):
+    def gallery_args(sp, key_exists: bool = True):
         common(sp)
-        sp.add_argument("--db", help="gallery database (default: gallery.db from the config)")
-        sp.add_argument("--key-file", help="key file (default: gallery.key_file from the config)")
+        sp.add_argument(
+            "--db", type=file_path, help="gallery database (default: gallery.db from the config)"
+        )
+        sp.add_argument(
+            "--key-file",
+            type=nonempty_file if key_exists else file_path,
+            help="key file (default: gallery.key_file from the config)",
+        )
 
     k = sub.add_parser("keys", help="gallery key file: init, rotate").add_subparsers(
         dest="keys_cmd", required=True
     )
     sp = k.add_parser("init", help="create a new key file (0600); refuses to overwrite")
-    gallery_args(sp)
+    gallery_args(sp, key_exists=False)
     sp.set_defaults(func=cmd_keys_init)
     sp = k.add_parser("rotate", help="replace the key file's key; crash-safe")
     gallery_args(sp)
@@ -318,7 +324,9 @@ def register(sub, common) -> None:
     sp.add_argument(
         "--consent-version", required=True, help="version of the notice the person agreed to"
     )
-    sp.add_argument("--notice-file", help="the notice text (its SHA-256 is recorded)")
+    sp.add_argument(
+        "--notice-file", type=nonempty_file, help="the notice text (its SHA-256 is recorded)"
+    )
     sp.add_argument("--consent-method", default="written", help="written | electronic | ...")
     sp.add_argument("--operator", help="staff member taking consent (default $USER)")
     sp.add_argument("--pass-id")

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from edge import config as config_mod
+from edge.cli.paths import file_path, nonempty_file, output_dir
 from edge.errors import EdgeGateError
 
 
@@ -171,12 +172,17 @@ def register(sub, common) -> None:
     sp.add_argument(
         "--source", help="video file, /dev/videoN, N, or picamera2 (default camera.source)"
     )
-    sp.add_argument("--db")
-    sp.add_argument("--key-file")
+    sp.add_argument("--db", type=file_path, help="gallery database (default: the config's)")
+    sp.add_argument("--key-file", type=nonempty_file, help="gallery key (default: the config's)")
     sp.add_argument(
-        "--pubkey", action="append", help="issuer.pub (repeatable; default tickets.pubkeys)"
+        "--pubkey",
+        action="append",
+        type=nonempty_file,
+        help="issuer.pub (repeatable; default tickets.pubkeys)",
     )
-    sp.add_argument("--events", help="append one JSON line per decision to this file")
+    sp.add_argument(
+        "--events", type=file_path, help="append one JSON line per decision to this file"
+    )
     g = sp.add_mutually_exclusive_group()
     g.add_argument("--realtime", action="store_true", help="replay a file at its recorded rate")
     g.add_argument("--fast", action="store_true", help="replay a file as fast as possible")
@@ -186,7 +192,7 @@ def register(sub, common) -> None:
 
     sp = sub.add_parser("demo", help="run the gate on recorded clips with a simulated relay")
     sp.add_argument("--fast", action="store_true", help="do not wait for real time")
-    sp.add_argument("--workdir", help="demo workspace (default var/demo)")
+    sp.add_argument("--workdir", type=output_dir, help="demo workspace (default var/demo)")
     sp.add_argument(
         "--lanes",
         type=int,
@@ -197,7 +203,7 @@ def register(sub, common) -> None:
 
     sp = sub.add_parser("doctor", help="check camera, models, keys, database, GPIO and clock")
     common(sp)
-    sp.add_argument("--db")
-    sp.add_argument("--key-file")
+    sp.add_argument("--db", type=file_path, help="gallery database (default: the config's)")
+    sp.add_argument("--key-file", type=file_path, help="gallery key (default: the config's)")
     sp.add_argument("--json", action="store_true")
     sp.set_defaults(func=cmd_doctor)

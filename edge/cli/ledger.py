@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from edge import config as config_mod
-from edge.cli.paths import existing_file
+from edge.cli.paths import existing_file, file_path
 from edge.errors import EdgeGateError
 
 
@@ -44,7 +44,9 @@ def register(sub, common) -> None:
         type=existing_file,
         help="gate.toml: its tickets.ledger, checked against its audit log",
     )
-    g.add_argument("--db", help="a ledger file for `ticket verify --db` (no audit log)")
+    g.add_argument(
+        "--db", type=file_path, help="a ledger file for `ticket verify --db` (no audit log)"
+    )
     sp.add_argument(
         "--after-loss",
         action="store_true",

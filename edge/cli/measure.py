@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 from edge import config as config_mod
-from edge.cli.paths import existing_dir, existing_file
+from edge.cli.paths import existing_dir, nonempty_file, output_dir
 
 
 def _cfg(args) -> config_mod.Config:
@@ -112,7 +112,7 @@ def register(sub, common) -> None:
     sp = sub.add_parser("bench", help="per-stage latency on a recorded clip, or 1:N gallery search")
     sp.add_argument(
         "--clip",
-        type=existing_file,
+        type=nonempty_file,
         help="video file (default: fixtures video/short_hamilton_clip.mp4)",
     )
     sp.add_argument("--threads", type=int, help="one thread count (default: 1 and all cores)")
@@ -134,7 +134,7 @@ def register(sub, common) -> None:
     sp.add_argument(
         "--enroll",
         action="append",
-        type=existing_file,
+        type=nonempty_file,
         default=[],
         help="with --gate: photo(s) of the person to enroll",
     )
@@ -150,6 +150,7 @@ def register(sub, common) -> None:
     sp.add_argument("--seconds", type=float, default=30.0, help="with --fleet: load duration")
     sp.add_argument(
         "--workdir",
+        type=output_dir,
         help="with --fleet: where the lanes' files go (default: a new folder in /dev/shm)",
     )
     sp.add_argument("--json", action="store_true")

@@ -1,6 +1,7 @@
 """Path arguments checked at parse time, so a wrong path is one clear line and exit 2.
 
-Use them as argparse `type=`: `existing_file`, `existing_dir`, `new_file`, `output_dir`. Each
+Use them as argparse `type=`: `existing_file`, `nonempty_file`, `file_path`, `existing_dir`,
+`new_file`, `output_dir`. Each
 returns a `Path`; what they cannot know (the file's format) is left to the loader, which raises a
 typed error. Relative paths on the command line mean the current working directory.
 """
@@ -21,7 +22,7 @@ def _path_type(fn):
 
 @_path_type
 def existing_file(text: str) -> Path:
-    """A regular file that exists, is readable and is not empty."""
+    """A regular file that exists and is readable (it may be empty: a revocation list, a config)."""
     p = Path(text).expanduser()
     if not p.exists():
         raise argparse.ArgumentTypeError(f"{text}: no such file")
@@ -29,8 +30,30 @@ def existing_file(text: str) -> Path:
         raise argparse.ArgumentTypeError(f"{text}: is a directory, expected a file")
     if not os.access(p, os.R_OK):
         raise argparse.ArgumentTypeError(f"{text}: not readable (check its owner and mode)")
+    return p
+
+
+@_path_type
+def nonempty_file(text: str) -> Path:
+    """An existing, readable file with content (a key, a photo, a clip)."""
+    p = existing_file(text)
     if p.stat().st_size == 0:
         raise argparse.ArgumentTypeError(f"{text}: is empty")
+    return p
+
+
+@_path_type
+def file_path(text: str) -> Path:
+    """A file that may not exist yet (a database to open or create): never a folder, and no
+    part of its folder path is a file."""
+    p = Path(text).expanduser()
+    if p.is_dir():
+        raise argparse.ArgumentTypeError(f"{text}: is a directory, expected a file")
+    for up in p.parents:
+        if up.exists():
+            if not up.is_dir():
+                raise argparse.ArgumentTypeError(f"{text}: {up} is a file, not a folder")
+            break
     return p
 
 

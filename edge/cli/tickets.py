@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 from edge import tickets as tk
+from edge.cli.paths import existing_file, file_path, nonempty_file, output_dir
 from edge.errors import EdgeGateError, ImageError
 from edge.tickets.format import TICKET_ID_RULE
 
@@ -120,7 +121,9 @@ def register(sub, common) -> None:
     sp = t.add_parser(
         "keygen", help="create an issuer key pair (office side), e.g. ticket keygen --out office/"
     )
-    sp.add_argument("--out", required=True, help="folder for issuer.key (0600) and issuer.pub")
+    sp.add_argument(
+        "--out", required=True, type=output_dir, help="folder for issuer.key (0600) and issuer.pub"
+    )
     sp.set_defaults(func=cmd_keygen)
 
     sp = t.add_parser(
@@ -128,7 +131,7 @@ def register(sub, common) -> None:
         help="sign a ticket and write OUT/ID.png, e.g. ticket issue --key issuer.key --id DAY-7 "
         "--valid-until 2026-12-31 --out tickets/",
     )
-    sp.add_argument("--key", required=True, help="issuer.key")
+    sp.add_argument("--key", required=True, type=nonempty_file, help="issuer.key")
     sp.add_argument("--id", required=True, help=TICKET_ID_RULE)
     sp.add_argument("--product", default="day", help="product name gates may filter on")
     sp.add_argument(
@@ -148,7 +151,9 @@ def register(sub, common) -> None:
     sp.add_argument(
         "--holder", help="pass holder reference (links an annual pass to an enrolled person)"
     )
-    sp.add_argument("--out", required=True, help="folder for ID.png (an existing file is kept)")
+    sp.add_argument(
+        "--out", required=True, type=output_dir, help="folder for ID.png (an existing file is kept)"
+    )
     sp.set_defaults(func=cmd_issue)
 
     sp = t.add_parser(
@@ -158,15 +163,24 @@ def register(sub, common) -> None:
     )
     common(sp)
     sp.add_argument(
-        "--pubkey", action="append", help="issuer.pub (repeatable; default: the config's keys)"
+        "--pubkey",
+        action="append",
+        type=nonempty_file,
+        help="issuer.pub (repeatable; default: the config's keys)",
     )
-    sp.add_argument("--db", help="redemption ledger (default: the config's tickets.ledger)")
+    sp.add_argument(
+        "--db", type=file_path, help="redemption ledger (default: the config's tickets.ledger)"
+    )
     sp.add_argument("--redeem", action="store_true", help="count an entry for each valid ticket")
     sp.add_argument("--gate", help="gate id (default: the config's gate.id)")
     sp.add_argument(
         "--product", action="append", help="products accepted here (repeatable; default all)"
     )
-    sp.add_argument("--revocations", help="revocation list (default: the config's); must exist")
+    sp.add_argument(
+        "--revocations",
+        type=existing_file,
+        help="revocation list (default: the config's); must exist",
+    )
     sp.add_argument("--skew", type=float, help="clock skew allowance, seconds (default 300)")
     sp.add_argument(
         "--antipassback",
@@ -182,13 +196,22 @@ def register(sub, common) -> None:
         "revoke", help="add ticket ids to a revocation list, e.g. ticket revoke --list L DAY-7"
     )
     sp.add_argument(
-        "--list", required=True, help="revocation list file (gate: tickets.revocation_list)"
+        "--list",
+        required=True,
+        type=file_path,
+        help="revocation list file (gate: tickets.revocation_list)",
     )
     sp.add_argument(
         "--publish", action="store_true", help="also send the whole list to every lane (fleet)"
     )
-    sp.add_argument("--key", help="with --publish: issuer.key that signs the message")
-    sp.add_argument("--config", help="with --publish: the office's gate.toml ([fleet] section)")
+    sp.add_argument(
+        "--key", type=nonempty_file, help="with --publish: issuer.key that signs the message"
+    )
+    sp.add_argument(
+        "--config",
+        type=existing_file,
+        help="with --publish: the office's gate.toml ([fleet] section)",
+    )
     sp.add_argument("ids", nargs="+", help="ticket ids, exactly as printed on the ticket")
     sp.set_defaults(func=cmd_revoke)
 
@@ -196,7 +219,7 @@ def register(sub, common) -> None:
         "unrevoke",
         help="remove ticket ids from a revocation list, e.g. ticket unrevoke --list L DAY-7",
     )
-    sp.add_argument("--list", required=True, help="revocation list file")
+    sp.add_argument("--list", required=True, type=file_path, help="revocation list file")
     sp.add_argument("ids", nargs="+", help="ticket ids, exactly as printed on the ticket")
     sp.set_defaults(func=cmd_unrevoke)
 
@@ -204,5 +227,5 @@ def register(sub, common) -> None:
         dest="qr_cmd", required=True
     )
     sp = q.add_parser("read", help="print every code found in each image")
-    sp.add_argument("images", nargs="+")
+    sp.add_argument("images", nargs="+", type=nonempty_file, help="photos of QR codes")
     sp.set_defaults(func=cmd_qr_read)
