@@ -9,6 +9,7 @@ from edge import config as config_mod
 
 
 def cmd_eval_pad(args) -> int:
+    """Judge every presentation under DIR; print the report; optionally store the threshold."""
     from edge.measure.pad_eval import evaluate_pad, threshold_for, write_pad_threshold
     from edge.vision.liveness import LivenessJudge, PadModel, PadSpec
     from edge.vision.pipeline import FacePipeline
@@ -44,6 +45,7 @@ def cmd_eval_pad(args) -> int:
 
 
 def register(sub, common) -> None:
+    """Add `eval-pad` to the command line."""
     sp = sub.add_parser(
         "eval-pad", help="presentation-attack detection on DIR/live and DIR/attack/<type>"
     )

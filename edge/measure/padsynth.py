@@ -104,10 +104,12 @@ def render_attack(photo: np.ndarray, style: str, rng: np.random.Generator, pose=
 
 
 def render_print(photo: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """One frame of the photo printed and held up (a random pose)."""
     return render_attack(photo, "print", rng)
 
 
 def render_screen(photo: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """One frame of the photo on a phone screen held up (a random pose)."""
     return render_attack(photo, "screen", rng)
 
 

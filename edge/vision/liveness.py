@@ -20,6 +20,7 @@ import cv2
 import numpy as np
 
 from edge.config import LIVENESS_MODES as MODES
+from edge.config import Config
 from edge.errors import ModelError
 from edge.vision.models import load_catalogue, verify_file
 from edge.vision.runtime import TFLiteModel
@@ -107,6 +108,7 @@ class PadModel:
             )
 
     def live_probability(self, bgr: np.ndarray, box: np.ndarray) -> float:
+        """Probability (0..1) that the face in `box` of this frame is live, not a presentation."""
         crop = crop_for_pad(bgr, box, self.spec.crop_scale, self.spec.size)
         if self.spec.channels == "RGB":
             crop = cv2.cvtColor(crop, cv2.COLOR_BGR2RGB)
@@ -115,6 +117,7 @@ class PadModel:
         return float(p[self.spec.live_index] / max(float(p.sum()), 1e-6))
 
     def is_live(self, probability: float) -> bool:
+        """The verdict at the measured (or configured) threshold."""
         return probability >= self.spec.threshold
 
 
@@ -164,6 +167,7 @@ def similarity_residual(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def inter_ocular(kps: np.ndarray) -> np.ndarray:
+    """Eye-to-eye distance of (..., 6, 2) keypoints: the unit the motion thresholds are in."""
     return np.maximum(np.linalg.norm(kps[..., 1, :] - kps[..., 0, :], axis=-1), 1e-6)
 
 
@@ -213,7 +217,7 @@ class LivenessJudge:
         self._flat = False
 
     @classmethod
-    def from_config(cls, cfg, models_dir: Path, gap_s: float = 2.0) -> LivenessJudge | None:
+    def from_config(cls, cfg: Config, models_dir: Path, gap_s: float = 2.0) -> LivenessJudge | None:
         """None when [liveness] mode is "off"; ModelError when the model is missing or corrupt."""
         lv = cfg.liveness
         if lv.mode == "off":
@@ -228,6 +232,7 @@ class LivenessJudge:
         self._kps, self._last_t, self._flat = [], None, False
 
     def judge(self, bgr: np.ndarray, box: np.ndarray, keypoints: np.ndarray, t: float) -> bool:
+        """Live or not, for one matching face at frame time t (seconds)."""
         if self._last_t is None or t - self._last_t > self.gap_s:
             self._kps, self._flat = [], False
         self._last_t = t
