@@ -167,3 +167,21 @@ def test_missing_or_corrupt_model_is_a_model_error(tmp_path):
     (models / "models.json").write_text(json.dumps(cat))
     with pytest.raises(ModelError, match="eval-pad"):
         lv.PadSpec.load(models, "minifasnet_int8")
+
+
+def test_off_is_named_by_doctor_and_privacy_report(tmp_path):
+    from edge.gallery.crypto import init_key
+    from edge.gallery.privacy import privacy_report
+    from edge.gallery.store import Gallery
+    from edge.gate.doctor import Site, run_checks
+
+    db, key = tmp_path / "g.db", tmp_path / "g.key"
+    Gallery(db, init_key(key)).close()
+    for mode, status in (("off", "warn"), ("model+motion", "ok")):
+        p = tmp_path / f"{mode}.toml"
+        p.write_text(f'[liveness]\nmode = "{mode}"\n')
+        cfg = config_mod.load(p)
+        (check,) = [c for c in run_checks(Site(cfg, db, key)) if "presentation" in c.check]
+        assert check.status == status and (mode in check.detail)
+        said = privacy_report(cfg, db, key)["presentation_attack_detection"]
+        assert said.startswith("OFF") == (mode == "off")
