@@ -1,8 +1,8 @@
 """Frames in, Grant/Deny out. Pure: no I/O, no clock, no randomness; time comes with each frame.
 
 Face: the same person must match in k of the last n usable frames within window_s (with liveness
-on, and be judged live in every one of them; k judged not live: `presentation_attack`), with
-exactly one sizeable face in the gate zone (two or more: no face grant, `tailgating`). A stranger never
+on, and be judged live in k of them; k judged not live: `presentation_attack`), with exactly
+one sizeable face in the gate zone (two or more: no face grant, `tailgating`). A stranger never
 causes a grant. Tickets are decided independently of faces. Each decision is made once per
 episode: a code held in view or a person lingering does not produce a stream of decisions.
 """
@@ -282,10 +282,8 @@ class Policy:
         if best is not None and p.liveness:
             mine = [e for e in self.window if best in (e.person_id, e.face.candidate)]
             live = sum(1 for e in mine if e.face.live)  # not judged counts as not live
-            if len(mine) - live >= p.k:
-                return self._attack(obs, ep, best, mine)
-            if live < p.k or live < len(mine):  # a grant needs every matched frame live
-                return []
+            if live < p.k:
+                return self._attack(obs, ep, best, mine) if len(mine) - live >= p.k else []
         if best is not None:
             out = self._confirmed(obs, best, fused)
             if out and out[0].decision == GRANT:
