@@ -20,6 +20,7 @@ from edge.errors import ConfigError
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CONFIG = PROJECT_ROOT / "firmware_config" / "gate.toml"
 MODES = ("face-or-ticket", "ticket-only", "face-and-ticket")
+LIVENESS_MODES = ("model+motion", "model", "off")
 # Cosine similarity: below this almost any two faces match; 1.0 and above nobody ever does.
 MATCH_THRESHOLD_RANGE = (0.3, 0.999)
 MIN_MARGIN_RANGE = (0.0, 0.5)
@@ -106,6 +107,15 @@ class RelayConfig:
 
 
 @dataclass(frozen=True)
+class LivenessConfig:
+    # "model+motion" (default), "model", or "off" (no presentation-attack detection: a printed
+    # photo of a pass holder opens the gate; `doctor` and `privacy-report` say so)
+    mode: str = "model+motion"
+    model: str = "minifasnet_int8"
+    threshold: float = 0.0  # 0 = the model's measured threshold from models.json
+
+
+@dataclass(frozen=True)
 class AuditConfig:
     path: str = "var/audit.db"
     retention_days: int = 90
@@ -145,6 +155,7 @@ class Config:
     relay: RelayConfig = field(default_factory=RelayConfig)
     audit: AuditConfig = field(default_factory=AuditConfig)
     fleet: FleetConfig = field(default_factory=FleetConfig)
+    liveness: LivenessConfig = field(default_factory=LivenessConfig)
     source_file: str = ""  # where it was read from; relative paths resolve against its folder
     # (section, key, value) set by override(), e.g. command-line flags; reload() applies them again
     overrides: tuple[tuple[str, str, Any], ...] = ()
@@ -255,6 +266,11 @@ def validate(cfg: Config) -> Config:
     if cfg.vision.threads < 0:
         raise ConfigError(f"{f}: key 'vision.threads' = {cfg.vision.threads} must be >= 0")
     _validate_matching(cfg, f)
+    if cfg.liveness.mode not in LIVENESS_MODES:
+        raise ConfigError(
+            f"{f}: key 'liveness.mode' = {cfg.liveness.mode!r} is not one of "
+            f"{', '.join(LIVENESS_MODES)}"
+        )
     x0, y0, x1, y1 = p.zone
     if not (0 <= x0 < x1 <= 1 and 0 <= y0 < y1 <= 1):
         raise ConfigError(

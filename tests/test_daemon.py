@@ -693,7 +693,7 @@ def test_face_path_failing_at_run_time_degrades_loudly(tmp_path, caplog):
     closed = []
 
     class Broken:
-        def observe(self, image):
+        def observe(self, image, t=0.0):
             raise RuntimeError("interpreter lost")
 
         def close(self):

@@ -12,14 +12,14 @@ import logging
 import sys
 
 from edge import __version__
-from edge.cli import audit, fleet, gallery, gate, ledger, measure, tickets
+from edge.cli import audit, fleet, gallery, gate, ledger, measure, pad, tickets
 from edge.cli.paths import existing_file
 from edge.errors import EdgeGateError
 
 log = logging.getLogger("edge")
 
 # Order of the groups in `edge-gate --help`.
-GROUPS = (measure, gate, tickets, ledger, audit, gallery, fleet)
+GROUPS = (measure, pad, gate, tickets, ledger, audit, gallery, fleet)
 
 
 class Parser(argparse.ArgumentParser):

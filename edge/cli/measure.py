@@ -88,9 +88,17 @@ def cmd_bench(args) -> int:
         clip,
         threads,
         args.frames,
+        None if cfg.liveness.mode == "off" else lambda t: _pad_model(cfg, t),
     )
     print(json.dumps(rep) if args.json else format_bench(rep))
     return 0
+
+
+def _pad_model(cfg: config_mod.Config, threads: int):
+    from edge.vision.liveness import PadModel, PadSpec
+
+    spec = PadSpec.load(config_mod.models_path(cfg), cfg.liveness.model, require_threshold=False)
+    return PadModel(spec, threads)
 
 
 def register(sub, common) -> None:

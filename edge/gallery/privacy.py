@@ -89,6 +89,13 @@ def privacy_report(cfg: Config, db: Path, key: Path) -> dict:
             "share": round(s["people"] / FILING_THRESHOLD, 6),
             "above": s["people"] >= FILING_THRESHOLD,
         },
+        "presentation_attack_detection": (
+            f"on ({cfg.liveness.mode}): a face grant needs the face judged live; a photo or "
+            "screen of a pass holder is refused as presentation_attack"
+            if cfg.liveness.mode != "off"
+            else "OFF ([liveness] mode = off): a printed photo or a phone showing a pass holder "
+            "opens the gate"
+        ),
         "network": "none: the service runs with PrivateNetwork=yes",
     }
 
@@ -140,6 +147,8 @@ def report_markdown(r: dict) -> str:
         "",
         f"- {ft['people']} of {ft['threshold']} people ({ft['share'] * 100:.3f}%): "
         f"{'ABOVE' if ft['above'] else 'below'} the threshold.",
+        "",
+        f"Presentation-attack detection: {r['presentation_attack_detection']}.",
         "",
         f"Network: {r['network']}.",
     ]

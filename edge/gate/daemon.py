@@ -307,7 +307,7 @@ class Gate:
         if frame is not None:
             if self.face is not None:
                 try:
-                    faces = self.face.observe(frame.image)
+                    faces = self.face.observe(frame.image, frame.t)
                     self._face_failures = 0
                 except Exception as e:  # fail closed: this frame grants nobody by face
                     log.error("frame %d stage=face error=%s", frame.index, e)

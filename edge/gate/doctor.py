@@ -125,6 +125,23 @@ def _faces(site: Site) -> str | Check:
     return "settings valid"
 
 
+@check("presentation-attack detection")
+def _liveness(site: Site) -> str | Check:
+    from edge.vision.liveness import PadModel, PadSpec
+
+    lv = site.cfg.liveness
+    if lv.mode == "off":
+        return Check(
+            "warn",
+            "presentation-attack detection",
+            "[liveness] mode = off: a printed photo or a phone showing a pass holder opens the gate",
+            'set [liveness] mode = "model+motion" unless every lane is supervised',
+        )
+    spec = PadSpec.load(config_mod.models_path(site.cfg), lv.model)
+    PadModel(spec, threads=1)  # a missing or corrupt model fails here, as the gate's face path does
+    return f"mode {lv.mode}; {spec.name}, threshold {lv.threshold or spec.threshold}"
+
+
 @check("match threshold")
 def _matching(site: Site) -> str:
     from edge.gallery.matcher import resolve_threshold

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 
 from edge import config as config_mod
 from edge.gate.policy import FaceSeen
+
+log = logging.getLogger(__name__)
 
 
 class FaceStack:
@@ -15,10 +19,16 @@ class FaceStack:
         from edge.gallery.crypto import load_key
         from edge.gallery.matcher import LiveMatcher, resolve_threshold
         from edge.gallery.store import Gallery
+        from edge.vision.liveness import LivenessJudge
         from edge.vision.pipeline import FacePipeline
 
         key = load_key(cfg.resolve(cfg.gallery.key_file))
         self.pipeline = FacePipeline.from_config(cfg)
+        # A missing or corrupt PAD model raises here: the gate goes ticket-only, never skips PAD.
+        self.liveness = LivenessJudge.from_config(
+            cfg, config_mod.models_path(cfg), cfg.policy.window_s
+        )
+        self.fuse = cfg.policy.fuse_frames
         self.gallery = Gallery(cfg.resolve(cfg.gallery.db), key)
         try:
             threshold = resolve_threshold(cfg.gallery.match_threshold, self.pipeline.spec.threshold)
@@ -29,8 +39,9 @@ class FaceStack:
             self.gallery.close()
             raise
 
-    def observe(self, image: np.ndarray) -> tuple[FaceSeen, ...]:
-        """Every face in the frame with the matcher's verdict on it."""
+    def observe(self, image: np.ndarray, t: float = 0.0) -> tuple[FaceSeen, ...]:
+        """Every face in the frame with the matcher's verdict on it, and the liveness verdict
+        on those that could lead to a grant (nobody else costs a PAD run)."""
         faces = self.pipeline.analyze(image)
         if not faces:
             return ()
@@ -41,6 +52,7 @@ class FaceStack:
         for f in faces:
             m = next(ids) if f.embedding is not None else None
             cx, cy = f.detection.center
+            who = m.person_id or (m.candidate if self.fuse else None) if m else None
             out.append(
                 FaceSeen(
                     m.person_id if m else None,
@@ -52,9 +64,20 @@ class FaceStack:
                     m.pass_ref if m else "",
                     m.candidate if m else None,
                     f.embedding,
+                    self._live(image, f.detection, t) if who else None,
                 )
             )
         return tuple(out)
+
+    def _live(self, image: np.ndarray, det, t: float) -> bool | None:
+        """The PAD verdict; a frame it cannot judge counts as not live (False)."""
+        if self.liveness is None:
+            return None
+        try:
+            return self.liveness.judge(image, det.box, det.keypoints, t)
+        except Exception as e:  # noqa: BLE001 - fail closed on this frame
+            log.error("liveness error=%s", e)
+            return False
 
     def close(self) -> None:
         """Close the gallery connection."""

@@ -1,6 +1,7 @@
 """Frames in, Grant/Deny out. Pure: no I/O, no clock, no randomness; time comes with each frame.
 
-Face: the same person must match in k of the last n usable frames within window_s, with exactly
+Face: the same person must match in k of the last n usable frames within window_s (with liveness
+on, and be judged live in k of them; k judged not live: `presentation_attack`), with exactly
 one sizeable face in the gate zone (two or more: no face grant, `tailgating`). A stranger never
 causes a grant. Tickets are decided independently of faces. Each decision is made once per
 episode: a code held in view or a person lingering does not produce a stream of decisions.
@@ -50,6 +51,7 @@ class Reason(StrEnum):
     TICKET_HOLDER_MISMATCH = "ticket_holder_mismatch"
     LEDGER_ERROR = LEDGER_ERROR
     RELAY_ERROR = "relay_error"
+    PRESENTATION_ATTACK = "presentation_attack"
 
 
 GRANT, DENY = Outcome.GRANT, Outcome.DENY
@@ -71,6 +73,7 @@ class FaceSeen:
     pass_ref: str = ""
     candidate: str | None = None  # best person even when this frame alone is refused
     embedding: Any = field(default=None, compare=False, repr=False)  # for fuse_frames only
+    live: bool | None = None  # presentation-attack verdict on this frame; None = not judged
 
 
 @dataclass(frozen=True)
@@ -139,6 +142,7 @@ class Episode:
     last: float
     granted: bool = False
     stranger_reported: bool = False
+    attack_reported: bool = False
 
 
 @dataclass(frozen=True)
@@ -155,6 +159,7 @@ class PolicyParams(PolicyConfig):
 
     mode: str = "face-or-ticket"
     face_enabled: bool = True
+    liveness: bool = False  # a face grant needs k frames of the matched person judged live
 
     @classmethod
     def from_config(cls, cfg: Config, face_enabled: bool = True) -> PolicyParams:
@@ -165,6 +170,7 @@ class PolicyParams(PolicyConfig):
             face_enabled=face_enabled
             and cfg.vision.face_enabled
             and cfg.gate.mode != "ticket-only",
+            liveness=cfg.liveness.mode != "off",
         )
 
 
@@ -273,6 +279,11 @@ class Policy:
         for e in self.window:
             counts[e.person_id] = counts.get(e.person_id, 0) + 1
         best, fused = self._candidate(counts)
+        if best is not None and p.liveness:
+            mine = [e for e in self.window if best in (e.person_id, e.face.candidate)]
+            live = sum(1 for e in mine if e.face.live)  # not judged counts as not live
+            if live < p.k:
+                return self._attack(obs, ep, best, mine) if len(mine) - live >= p.k else []
         if best is not None:
             out = self._confirmed(obs, best, fused)
             if out and out[0].decision == GRANT:
@@ -291,6 +302,16 @@ class Policy:
                 Decision(obs.t, obs.frame, DENY, FACE, None, round(score, 4), Reason.NOT_ENROLLED)
             ]
         return []
+
+    def _attack(
+        self, obs: Observation, ep: Episode, pid: str, mine: list[WindowEntry]
+    ) -> list[Decision]:
+        """A matching face judged not live in k frames: refused once per episode."""
+        if ep.attack_reported:
+            return []
+        ep.attack_reported = True
+        score = round(sum(e.score for e in mine) / len(mine), 4)
+        return [Decision(obs.t, obs.frame, DENY, FACE, pid, score, Reason.PRESENTATION_ATTACK)]
 
     def _candidate(self, counts: dict[str | None, int]) -> tuple[str | None, float | None]:
         """The person the window confirms, and the fused score when frames are fused.

@@ -29,11 +29,19 @@ def _stats(values: list[float]) -> dict[str, float]:
     }
 
 
-def bench_clip(make_pipe, clip: Path, threads_list: list[int], max_frames: int = 0) -> dict:
-    """Per-stage latency and end-to-end fps on a recorded clip, for each thread count."""
+def bench_clip(
+    make_pipe, clip: Path, threads_list: list[int], max_frames: int = 0, make_pad=None
+) -> dict:
+    """Per-stage latency and end-to-end fps on a recorded clip, for each thread count.
+
+    With `make_pad` (threads -> PadModel) the liveness model runs on every face as its own
+    stage, `pad` (the gate runs it only on faces that match someone enrolled).
+    """
     report = {"clip": str(clip), "runs": []}
     for threads in threads_list:
         pipe: FacePipeline = make_pipe(threads)
+        pad = make_pad(threads) if make_pad else None
+        pad_times: list[float] = []
         cap = cv2.VideoCapture(str(clip))
         if not cap.isOpened():
             raise SourceError(
@@ -48,7 +56,12 @@ def bench_clip(make_pipe, clip: Path, threads_list: list[int], max_frames: int =
                 break
             frame = to_bgr8(frame)
             decode.append(time.perf_counter() - t0)
-            faces += len(pipe.analyze(frame, embed_all=True, times=times))
+            seen = pipe.analyze(frame, embed_all=True, times=times)
+            faces += len(seen)
+            for f in seen if pad else ():
+                t1 = time.perf_counter()
+                pad.live_probability(frame, f.detection.box)
+                pad_times.append(time.perf_counter() - t1)
             n += 1
             if max_frames and n >= max_frames:
                 break
@@ -69,6 +82,7 @@ def bench_clip(make_pipe, clip: Path, threads_list: list[int], max_frames: int =
                 "embed": _stats([x["embed"] / x["faces"] for x in face_frames])
                 if face_frames
                 else None,
+                "pad": _stats(pad_times) if pad_times else None,
                 "fps_end_to_end": round(n / wall, 2) if wall else None,
             }
         )
@@ -81,8 +95,8 @@ def format_bench(report: dict) -> str:
         lines.append(
             f"threads={r['threads']} frames={r['frames']} faces={r['faces']} fps_end_to_end={r['fps_end_to_end']}"
         )
-        for stage in ("decode", "detect", "align", "embed"):
-            st = r[stage]
+        for stage in ("decode", "detect", "align", "embed", "pad"):
+            st = r.get(stage)
             if st:
                 lines.append(
                     f"  {stage:<7} median {st['median_ms']:8.2f} ms   p95 {st['p95_ms']:8.2f} ms"
@@ -119,8 +133,8 @@ def bench_gate(clip: Path, enroll_images: list[Path], workdir: Path) -> dict:
     gate.process = timed
     seen_faces: list[tuple[int, bool]] = []  # (faces in frame, a usable face above the threshold)
 
-    def observe_and_note(image):
-        faces = observe(image)
+    def observe_and_note(image, t=0.0):
+        faces = observe(image, t)
         seen_faces.append(
             (
                 len(faces),

@@ -1,0 +1,209 @@
+"""Generated face attacks: a photo printed on paper, or shown on a screen, held up to the camera.
+
+The card carries the photo's print or screen appearance (halftone, paper grain, ink gamut; or a
+sub-pixel grid, moire, glare, a colour cast) and moves in 3-D in front of a background: it tilts,
+turns and drifts, so every frame is one perspective view of one plane. Deterministic per seed.
+These are weak evidence of real-world attack detection: a real print or screen has optics,
+sensor noise and materials no renderer reproduces; they exercise the motion cue and the tests.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+FRAME = (640, 480)
+STYLES = ("print", "screen")
+
+
+def _print_face(photo: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """The photo as an inkjet print: lower contrast and gamut, halftone dots, paper grain, border."""
+    f = photo.astype(np.float32)
+    f = 30 + f * 0.8  # paper white is not the sensor's white, ink black is not black
+    gray = f.mean(axis=2, keepdims=True)
+    f = gray + (f - gray) * 0.8  # narrower gamut
+    h, w = f.shape[:2]
+    period = max(3.0, w / 160)
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    dots = 0.5 + 0.5 * np.sin(2 * np.pi * xx / period) * np.sin(2 * np.pi * yy / period)
+    f *= 0.9 + 0.1 * dots[:, :, None]
+    grain = cv2.GaussianBlur(rng.normal(0, 10, (h, w)).astype(np.float32), (0, 0), 1.2)
+    f += grain[:, :, None]
+    b = max(6, w // 20)
+    f = cv2.copyMakeBorder(f, b, b, b, b, cv2.BORDER_CONSTANT, value=(238, 236, 228))
+    return np.clip(f, 0, 255).astype(np.uint8)
+
+
+def _screen_face(photo: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """The photo on a phone: RGB sub-pixel stripes, a blue cast and gamma, glare, a black bezel."""
+    f = photo.astype(np.float32) / 255.0
+    f = f ** rng.uniform(0.8, 0.95)
+    f *= np.array([1.08, 1.0, 0.9], np.float32)  # BGR: cooler white point
+    h, w = f.shape[:2]
+    px = max(3, w // 180)
+    stripes = np.zeros((h, w, 3), np.float32)
+    cols = (np.arange(w) // max(1, px // 3)) % 3
+    for c in range(3):  # BGR sub-pixels side by side
+        stripes[:, cols == (2 - c), c] = 1.0
+    rows = (np.arange(h) % px) == 0
+    f = f * (0.55 + 0.45 * stripes)
+    f[rows] *= 0.7
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    gx, gy = rng.uniform(0.2, 0.8) * w, rng.uniform(0.1, 0.5) * h
+    glare = np.exp(-(((xx - gx) / (0.35 * w)) ** 2 + ((yy - gy) / (0.25 * h)) ** 2))
+    f = f * 1.25 + 0.35 * glare[:, :, None]
+    f = np.clip(f * 255, 0, 255).astype(np.uint8)
+    return cv2.copyMakeBorder(
+        f, h // 10, h // 8, w // 18, w // 18, cv2.BORDER_CONSTANT, value=(18, 18, 20)
+    )
+
+
+def _background(rng: np.random.Generator) -> np.ndarray:
+    w, h = FRAME
+    y = np.linspace(0, 1, h, dtype=np.float32)[:, None, None]
+    x = np.linspace(0, 1, w, dtype=np.float32)[None, :, None]
+    base = 70 + 80 * y + 50 * x * np.array([0.7, 0.9, 1.0], np.float32)
+    tex = cv2.GaussianBlur(rng.normal(0, 20, (h, w)).astype(np.float32), (0, 0), 5)[:, :, None]
+    return np.clip(base + tex, 0, 255).astype(np.uint8)
+
+
+def _pose(
+    card: np.ndarray, yaw: float, pitch: float, roll: float, cx: float, cy: float, size: float
+):
+    """Perspective map of the card's corners: a plane rotated in 3-D, seen by a pinhole camera."""
+    ch, cw = card.shape[:2]
+    s = size / max(ch, cw)
+    corners = np.float32([[-cw, -ch, 0], [cw, -ch, 0], [cw, ch, 0], [-cw, ch, 0]]) * s / 2
+    cyw, syw, cp, sp, cr, sr = (
+        np.cos(yaw),
+        np.sin(yaw),
+        np.cos(pitch),
+        np.sin(pitch),
+        np.cos(roll),
+        np.sin(roll),
+    )
+    r = (
+        np.array([[cr, -sr, 0], [sr, cr, 0], [0, 0, 1]])
+        @ np.array([[cyw, 0, syw], [0, 1, 0], [-syw, 0, cyw]])
+        @ np.array([[1, 0, 0], [0, cp, -sp], [0, sp, cp]])
+    )
+    p = corners @ r.T
+    focal, depth = 700.0, 700.0
+    z = depth + p[:, 2]
+    dst = np.stack([cx + focal * p[:, 0] / z, cy + focal * p[:, 1] / z], axis=1).astype(np.float32)
+    src = np.float32([[0, 0], [cw, 0], [cw, ch], [0, ch]])
+    return cv2.getPerspectiveTransform(src, dst)
+
+
+def render_attack(photo: np.ndarray, style: str, rng: np.random.Generator, pose=None) -> np.ndarray:
+    """One frame: the photo (print or screen) on a plane in front of a background."""
+    card = _print_face(photo, rng) if style == "print" else _screen_face(photo, rng)
+    return _compose(card, _background(rng), rng, pose or _random_pose(rng))
+
+
+def render_print(photo: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """One frame of the photo printed and held up (a random pose)."""
+    return render_attack(photo, "print", rng)
+
+
+def render_screen(photo: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """One frame of the photo on a phone screen held up (a random pose)."""
+    return render_attack(photo, "screen", rng)
+
+
+def _random_pose(rng: np.random.Generator) -> tuple:
+    w, h = FRAME
+    return (
+        rng.uniform(-0.4, 0.4),
+        rng.uniform(-0.3, 0.3),
+        rng.uniform(-0.15, 0.15),
+        w / 2 + rng.uniform(-60, 60),
+        h / 2 + rng.uniform(-30, 30),
+        rng.uniform(0.55, 0.8) * h,
+    )
+
+
+def _compose(card: np.ndarray, bg: np.ndarray, rng: np.random.Generator, pose: tuple) -> np.ndarray:
+    w, h = FRAME
+    m = _pose(card, *pose)
+    warped = cv2.warpPerspective(card, m, (w, h), flags=cv2.INTER_LINEAR)
+    mask = cv2.warpPerspective(np.full(card.shape[:2], 255, np.uint8), m, (w, h)) > 0
+    frame = bg.copy()
+    frame[mask] = warped[mask]
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    light = 0.85 + 0.3 * (xx / w) * rng.uniform(0.5, 1.0)  # a window to one side
+    f = frame.astype(np.float32) * light[:, :, None] + rng.normal(0, 2.5, frame.shape)
+    return np.clip(cv2.GaussianBlur(f, (0, 0), 0.7), 0, 255).astype(np.uint8)
+
+
+def attack_frames(
+    photo: np.ndarray, style: str, seconds: float = 3.0, fps: float = 15.0, seed: int = 0
+):
+    """Yield the frames of a clip: the card tilting and turning in 3-D, drifting, lit from one side."""
+    if style not in STYLES:
+        raise ValueError(f"style must be one of {STYLES}")
+    rng = np.random.default_rng(seed)
+    card = _print_face(photo, rng) if style == "print" else _screen_face(photo, rng)
+    bg = _background(rng)
+    w, h = FRAME
+    size = rng.uniform(0.6, 0.8) * h
+    a_yaw, a_pitch = rng.uniform(0.25, 0.45), rng.uniform(0.15, 0.3)
+    ph = rng.uniform(0, 2 * np.pi, 3)
+    for i in range(max(1, round(seconds * fps))):
+        t = i / fps
+        pose = (
+            a_yaw * np.sin(2.1 * t + ph[0]),
+            a_pitch * np.sin(1.6 * t + ph[1]),
+            0.08 * np.sin(1.1 * t + ph[2]),
+            w / 2 + 40 * np.sin(0.9 * t),
+            h / 2 + 15 * np.cos(1.3 * t),
+            size * (1 + 0.08 * np.sin(0.7 * t)),
+        )
+        yield _compose(card, bg, rng, pose)
+
+
+def write_attack_clip(
+    path: Path,
+    photo: np.ndarray,
+    style: str,
+    seconds: float = 3.0,
+    fps: float = 15.0,
+    seed: int = 0,
+) -> int:
+    """Write an MP4 attack clip; returns the number of frames."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    wr = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, FRAME)
+    if not wr.isOpened():
+        raise OSError(f"cannot write video {path}")
+    n = 0
+    for frame in attack_frames(photo, style, seconds, fps, seed):
+        wr.write(frame)
+        n += 1
+    wr.release()
+    return n
+
+
+def write_attack_set(faces: Path, out: Path, seconds: float = 3.0, fps: float = 15.0) -> int:
+    """OUT/attack/{print,screen}/<person>.mp4 from the first photo of each FACES/<person>/."""
+    n = 0
+    for i, person in enumerate(sorted(p for p in faces.iterdir() if p.is_dir())):
+        photos = sorted(
+            p for p in person.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png")
+        )
+        img = cv2.imread(str(photos[0])) if photos else None
+        if img is None:
+            continue
+        for style in STYLES:
+            write_attack_clip(
+                out / "attack" / style / f"{person.name}.mp4", img, style, seconds, fps, seed=i
+            )
+            n += 1
+    return n
+
+
+if __name__ == "__main__":  # python -m edge.measure.padsynth FACES_DIR OUT_DIR
+    import sys
+
+    print(f"wrote {write_attack_set(Path(sys.argv[1]), Path(sys.argv[2]))} clips to {sys.argv[2]}")

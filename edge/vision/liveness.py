@@ -1,0 +1,244 @@
+"""Presentation-attack detection: a passive model on one frame and a motion cue over a visitor's frames.
+
+Model: a MiniFASNet-style net (int8 TFLite) judges a crop of the face box enlarged `crop_scale`
+times (the paper's or screen's edge, moire and gloss are in the context around the face).
+
+Motion: a photo or a screen moved in front of the camera is one plane, so the six BlazeFace
+keypoints of any two frames follow one homography; a real head turning shows parallax (nose
+against eyes and ears) that no homography explains. The cue only vetoes: it says "flat" when the
+keypoints deformed beyond a similarity (the card was tilted) and a homography still explains
+them; a visitor who stands still gives it nothing to say, and the model alone decides.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from edge.config import LIVENESS_MODES as MODES
+from edge.config import Config
+from edge.errors import ModelError
+from edge.vision.models import load_catalogue, verify_file
+from edge.vision.runtime import TFLiteModel
+
+log = logging.getLogger(__name__)
+
+# Motion thresholds, in inter-ocular distances (RMS keypoint error) over the pairs of a 5-frame
+# window. BlazeFace keypoint jitter on a live face overlaps a tilted card, so these are set where
+# the live Hamilton clip never fires (a weak veto; figures in MODELS.md).
+MIN_DEFORM = 0.03
+PLANE_TOL = 0.015
+MIN_PAIRS = 5
+
+
+@dataclass(frozen=True)
+class PadSpec:
+    """One liveness model's catalogue entry."""
+
+    name: str
+    path: Path
+    sha256: str
+    size: int
+    crop_scale: float
+    channels: str
+    live_index: int
+    threshold: float  # live probability at or above which a crop counts as live
+
+    @classmethod
+    def load(cls, models_dir: Path, name: str, require_threshold: bool = True) -> PadSpec:
+        group = load_catalogue(models_dir).get("liveness", {})
+        if name not in group:
+            raise ModelError(
+                f"no liveness model named {name!r} in {models_dir / 'models.json'}",
+                "run scripts/build_models.py --only liveness, or set [liveness] model",
+            )
+        e = group[name]
+        if "threshold" not in e and require_threshold:
+            raise ModelError(
+                f"liveness model {name!r} has no measured threshold",
+                "run edge-gate eval-pad DIR --write-threshold",
+            )
+        return cls(
+            name,
+            models_dir / e["file"],
+            e["sha256"],
+            int(e["size"]),
+            float(e["crop_scale"]),
+            e["channels"],
+            int(e["live_index"]),
+            float(e.get("threshold", 0.5)),
+        )
+
+
+def crop_for_pad(bgr: np.ndarray, box: np.ndarray, scale: float, size: int) -> np.ndarray:
+    """The face box enlarged `scale` times about its centre, shifted to stay inside the frame.
+
+    When the enlarged box does not fit, the scale shrinks to what fits (the model's own
+    preprocessing does the same), so a face filling the frame is judged on the whole frame.
+    """
+    h, w = bgr.shape[:2]
+    x0, y0, x1, y1 = (float(v) for v in box)
+    bw, bh = max(x1 - x0, 1.0), max(y1 - y0, 1.0)
+    s = min((h - 1) / bh, (w - 1) / bw, scale)
+    nw, nh = bw * s, bh * s
+    left = min(max((x0 + x1 - nw) / 2, 0.0), w - 1 - nw)
+    top = min(max((y0 + y1 - nh) / 2, 0.0), h - 1 - nh)
+    left, top = max(left, 0.0), max(top, 0.0)
+    crop = bgr[int(top) : int(top + nh) + 1, int(left) : int(left + nw) + 1]
+    return cv2.resize(crop, (size, size), interpolation=cv2.INTER_LINEAR)
+
+
+class PadModel:
+    """The liveness net: a face box in a frame -> probability that the face is live."""
+
+    def __init__(self, spec: PadSpec, threads: int = 1, verify: bool = True):
+        if verify:
+            verify_file(spec.path, spec.sha256)
+        self.spec = spec
+        self.model = TFLiteModel(spec.path, threads)
+        shape = self.model.inputs[0].shape
+        if shape != (1, spec.size, spec.size, 3):
+            raise ModelError(
+                f"{spec.path}: input {shape}, expected (1, {spec.size}, {spec.size}, 3)",
+                "the file does not match models.json; rebuild it",
+            )
+
+    def live_probability(self, bgr: np.ndarray, box: np.ndarray) -> float:
+        """Probability (0..1) that the face in `box` of this frame is live, not a presentation."""
+        crop = crop_for_pad(bgr, box, self.spec.crop_scale, self.spec.size)
+        if self.spec.channels == "RGB":
+            crop = cv2.cvtColor(crop, cv2.COLOR_BGR2RGB)
+        (probs,) = self.model.run(crop.astype(np.float32)[None])
+        p = probs.reshape(-1)
+        return float(p[self.spec.live_index] / max(float(p.sum()), 1e-6))
+
+    def is_live(self, probability: float) -> bool:
+        """The verdict at the measured (or configured) threshold."""
+        return probability >= self.spec.threshold
+
+
+# --- the motion cue (pure) -----------------------------------------------------------------------
+
+
+def _normalise(p: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Hartley normalisation of (B, N, 2) points: centroid 0, mean distance sqrt(2)."""
+    c = p.mean(axis=1, keepdims=True)
+    d = np.linalg.norm(p - c, axis=2).mean(axis=1)
+    s = np.sqrt(2) / np.maximum(d, 1e-9)
+    t = np.zeros((len(p), 3, 3))
+    t[:, 0, 0] = t[:, 1, 1] = s
+    t[:, 0, 2], t[:, 1, 2] = -s * c[:, 0, 0], -s * c[:, 0, 1]
+    t[:, 2, 2] = 1
+    return (p - c) * s[:, None, None], t
+
+
+def homographies(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Least-squares homographies (B, 3, 3) taking points a (B, N, 2) to b, by normalised DLT."""
+    an, ta = _normalise(a.astype(np.float64))
+    bn, tb = _normalise(b.astype(np.float64))
+    bsz, n = an.shape[:2]
+    x, y = an[..., 0], an[..., 1]
+    u, v = bn[..., 0], bn[..., 1]
+    one, zero = np.ones_like(x), np.zeros_like(x)
+    r1 = np.stack([-x, -y, -one, zero, zero, zero, u * x, u * y, u], axis=2)
+    r2 = np.stack([zero, zero, zero, -x, -y, -one, v * x, v * y, v], axis=2)
+    m = np.concatenate([r1, r2], axis=1)  # (B, 2N, 9)
+    h = np.linalg.svd(m)[2][:, -1].reshape(bsz, 3, 3)
+    return np.linalg.inv(tb) @ h @ ta
+
+
+def _project(h: np.ndarray, p: np.ndarray) -> np.ndarray:
+    ph = np.concatenate([p, np.ones(p.shape[:2] + (1,))], axis=2) @ np.transpose(h, (0, 2, 1))
+    return ph[..., :2] / np.where(np.abs(ph[..., 2:]) < 1e-12, 1e-12, ph[..., 2:])
+
+
+def similarity_residual(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """RMS error (B,) of the best similarity (rotation, scale, shift) taking a to b."""
+    za = a[..., 0] + 1j * a[..., 1]
+    zb = b[..., 0] + 1j * b[..., 1]
+    za_c = za - za.mean(axis=1, keepdims=True)
+    zb_c = zb - zb.mean(axis=1, keepdims=True)
+    k = (np.conj(za_c) * zb_c).sum(1) / np.maximum((np.abs(za_c) ** 2).sum(1), 1e-12)
+    return np.sqrt((np.abs(zb_c - k[:, None] * za_c) ** 2).mean(axis=1))
+
+
+def inter_ocular(kps: np.ndarray) -> np.ndarray:
+    """Eye-to-eye distance of (..., 6, 2) keypoints: the unit the motion thresholds are in."""
+    return np.maximum(np.linalg.norm(kps[..., 1, :] - kps[..., 0, :], axis=-1), 1e-6)
+
+
+def plane_fit(kps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """For every pair of frames in (T, 6, 2): (similarity residual, homography residual) / IOD."""
+    t = len(kps)
+    i, j = np.triu_indices(t, 1)
+    a, b = kps[i].astype(np.float64), kps[j].astype(np.float64)
+    iod = (inter_ocular(a) + inter_ocular(b)) / 2
+    sim = similarity_residual(a, b) / iod
+    hom = np.sqrt(((_project(homographies(a, b), a) - b) ** 2).sum(axis=2).mean(axis=1)) / iod
+    return sim, hom
+
+
+def looks_flat(kps: np.ndarray) -> bool:
+    """True when the keypoints of these frames moved as one tilted plane (a photo, a screen).
+
+    Pairs whose deformation a similarity explains (a visitor standing still, or walking
+    straight in) say nothing; the verdict needs MIN_PAIRS tilted pairs that one homography fits.
+    """
+    if len(kps) < 2:
+        return False
+    sim, hom = plane_fit(np.asarray(kps))
+    tilted = sim >= MIN_DEFORM
+    if int(tilted.sum()) < MIN_PAIRS:
+        return False
+    return bool(np.median(hom[tilted]) <= PLANE_TOL)
+
+
+MOTION_WINDOW = 5  # frames of one visitor the motion cue looks back over
+
+
+class LivenessJudge:
+    """Per-frame verdict for a matching face: the model, and (model+motion) the plane veto.
+
+    Keeps the keypoints of the last MOTION_WINDOW judged frames of the visitor at the gate; a
+    gap longer than `gap_s` starts a new visitor. Once the track looked flat it stays an attack
+    until the visitor leaves.
+    """
+
+    def __init__(self, model: PadModel, mode: str, gap_s: float = 2.0):
+        if mode not in MODES or mode == "off":
+            raise ValueError(f"liveness mode {mode!r} has no judge")
+        self.model, self.mode, self.gap_s = model, mode, gap_s
+        self._kps: list[np.ndarray] = []
+        self._last_t: float | None = None
+        self._flat = False
+
+    @classmethod
+    def from_config(cls, cfg: Config, models_dir: Path, gap_s: float = 2.0) -> LivenessJudge | None:
+        """None when [liveness] mode is "off"; ModelError when the model is missing or corrupt."""
+        lv = cfg.liveness
+        if lv.mode == "off":
+            return None
+        spec = PadSpec.load(models_dir, lv.model)
+        if lv.threshold > 0:
+            spec = PadSpec(**{**spec.__dict__, "threshold": lv.threshold})
+        return cls(PadModel(spec, threads=1), lv.mode, gap_s)
+
+    def reset(self) -> None:
+        """Forget the visitor: the next frame starts a new motion track."""
+        self._kps, self._last_t, self._flat = [], None, False
+
+    def judge(self, bgr: np.ndarray, box: np.ndarray, keypoints: np.ndarray, t: float) -> bool:
+        """Live or not, for one matching face at frame time t (seconds)."""
+        if self._last_t is None or t - self._last_t > self.gap_s:
+            self._kps, self._flat = [], False
+        self._last_t = t
+        self._kps = [*self._kps[-(MOTION_WINDOW - 1) :], np.asarray(keypoints, np.float32)]
+        if self.mode == "model+motion" and not self._flat and looks_flat(np.stack(self._kps)):
+            self._flat = True
+            log.info("liveness motion=flat frames=%d", len(self._kps))
+        live = self.model.is_live(self.model.live_probability(bgr, box))
+        return live and not self._flat

@@ -1,0 +1,90 @@
+"""`edge-gate eval-pad DIR --json`: the ISO/IEC 30107-3 report contract, on real fixture images."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import cv2
+import pytest
+
+from edge.cli import main
+from edge.measure.pad_eval import threshold_for
+from edge.measure.padsynth import write_attack_clip
+
+from .helpers import MODELS
+
+
+@pytest.fixture(scope="module")
+def pad_dir(tmp_path_factory, fixtures):
+    d = tmp_path_factory.mktemp("pad")
+    live, prints, screens = d / "live", d / "attack" / "print", d / "attack" / "screen"
+    for p in (live, prints, screens):
+        p.mkdir(parents=True)
+    nuaa_live = sorted((fixtures / "pad" / "live").glob("nuaa_*"))[:3]
+    nuaa_print = sorted((fixtures / "pad" / "attack" / "print").glob("nuaa_*"))[:3]
+    for src in nuaa_live:
+        shutil.copy(src, live)
+    for src in nuaa_print:
+        shutil.copy(src, prints)
+    shutil.copy(fixtures / "spoof" / "image_F2.jpg", screens)
+    photo = cv2.imread(str(fixtures / "faces" / "obama" / "obama2.jpg"))
+    write_attack_clip(screens / "obama2.mp4", photo, "screen", seconds=1.5, seed=3)
+    (d / "live" / "notes.txt").write_text("ignored")
+    return d
+
+
+def run_json(capsys, *argv) -> dict:
+    assert main(["eval-pad", *map(str, argv), "--json"]) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def test_report_keys_and_counts(pad_dir, capsys):
+    r = run_json(capsys, pad_dir, "--per-file")
+    assert {
+        "live",
+        "attacks",
+        "apcer",
+        "apcer_by_type",
+        "bpcer",
+        "threshold",
+        "median_ms_per_face",
+    } <= set(r)
+    assert r["live"] == 3 and r["attacks"] == {"print": 3, "screen": 2}
+    per = r["results"]
+    for kind, rate in r["apcer_by_type"].items():  # APCER: the share of that type accepted
+        mine = [x for x in per if x["kind"] == kind]
+        assert rate == round(sum(x["accepted"] for x in mine) / len(mine), 4)
+    assert r["apcer"] == max(r["apcer_by_type"].values())
+    live = [x for x in per if x["kind"] == "live"]
+    assert r["bpcer"] == round(sum(not x["accepted"] for x in live) / len(live), 4)
+    assert r["apcer_by_type"]["print"] == 0.0 and r["bpcer"] == 0.0  # NUAA: the clear case
+    clip = next(x for x in per if x["file"].endswith(".mp4"))  # a video is one presentation
+    assert clip["kind"] == "screen" and clip["accepted"] is False
+    assert r["median_ms_per_face"] > 0
+
+
+def test_write_threshold_goes_to_models_json(pad_dir, tmp_path, capsys):
+    models = tmp_path / "models"
+    shutil.copytree(MODELS, models)
+    cfg = tmp_path / "gate.toml"
+    cfg.write_text(f'[vision]\nmodels_dir = "{models}"\n')
+    r = run_json(capsys, pad_dir, "--config", cfg, "--write-threshold")
+    entry = json.loads((models / "models.json").read_text())["liveness"]["minifasnet_int8"]
+    assert entry["threshold"] == r["written_threshold"] == r["threshold"]
+    assert "eval-pad" in entry["threshold_source"] and r["bpcer"] <= 0.05
+
+
+def test_threshold_rule():
+    live = [
+        {"file": f"l{i}.jpg", "kind": "live", "score": s} for i, s in enumerate([0.99, 1.0, 0.97])
+    ]
+    att = [
+        {"file": "a.jpg", "kind": "print", "score": 0.4},
+        {"file": "v.mp4", "kind": "print", "score": 0.999},
+    ]
+    t, why = threshold_for(live + att)  # the video's score is a share of frames, not a probability
+    assert 0.4 < t <= 0.97 and "APCER 0" in why
+    strong = att + [{"file": "b.jpg", "kind": "screen", "score": 0.995}]
+    t, why = threshold_for(live + strong)  # APCER 0 would refuse 2 of 3 live: BPCER rules
+    assert t == 0.97 and "BPCER" in why

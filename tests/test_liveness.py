@@ -1,0 +1,185 @@
+"""Presentation-attack detection: the crop, the plane cue, the policy rule and the model's loading."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from edge import config as config_mod
+from edge.errors import ConfigError, ModelError
+from edge.gate.policy import FaceSeen, Observation, Policy, PolicyParams
+from edge.vision import liveness as lv
+
+from .helpers import MODELS
+
+# A head in 3-D (metres, camera axes): eyes, nose tip 3 cm ahead, mouth, ears 9 cm behind.
+HEAD = np.array(
+    [
+        [-0.032, -0.03, 0.0],
+        [0.032, -0.03, 0.0],
+        [0.0, 0.0, -0.03],
+        [0.0, 0.035, 0.0],
+        [-0.07, -0.005, 0.09],
+        [0.07, -0.005, 0.09],
+    ]
+)
+
+
+def project(
+    points: np.ndarray, yaw: float, pitch: float, shift=(0.0, 0.0), depth=0.8
+) -> np.ndarray:
+    cy, sy, cp, sp = np.cos(yaw), np.sin(yaw), np.cos(pitch), np.sin(pitch)
+    r = np.array([[cy, 0, sy], [0, 1, 0], [-sy, 0, cy]]) @ np.array(
+        [[1, 0, 0], [0, cp, -sp], [0, sp, cp]]
+    )
+    p = points @ r.T + np.array([shift[0], shift[1], depth])
+    return 600 * p[:, :2] / p[:, 2:] + np.array([320, 240])
+
+
+def track(points, poses, jitter=0.0, seed=0):
+    rng = np.random.default_rng(seed)
+    return np.stack([project(points, *pose) + rng.normal(0, jitter, (6, 2)) for pose in poses])
+
+
+# A card or head 25 cm from the camera, tilted and turned (the distance a phone is held at).
+TILTS = [
+    (y, p, (0.0, 0.0), 0.25)
+    for y, p in [(0, 0), (0.25, 0.1), (-0.25, 0.05), (0.15, -0.2), (-0.1, 0.25)]
+]
+
+
+def test_a_tilted_photo_is_flat_and_a_turning_head_is_not():
+    flat = HEAD * np.array([1, 1, 0])  # the same face printed: every point on one plane
+    assert lv.looks_flat(track(flat, TILTS, jitter=0.2))
+    assert not lv.looks_flat(track(HEAD, TILTS, jitter=0.2))
+    sim, hom = lv.plane_fit(track(flat, TILTS))
+    assert hom.max() < 1e-6 < sim.max()  # exact for a plane, and the tilt is no similarity
+
+
+def test_a_still_or_walking_visitor_gives_the_cue_nothing_to_say():
+    still = [(0.0, 0.0)] * 5
+    assert not lv.looks_flat(track(HEAD, still, jitter=0.5))
+    walking = [(0.0, 0.0, (0.0, 0.0), d) for d in (1.2, 1.1, 1.0, 0.9, 0.8)]
+    assert not lv.looks_flat(track(HEAD * np.array([1, 1, 0]), walking, jitter=0.2))
+    assert not lv.looks_flat(track(HEAD, [(0.0, 0.0)]))  # one frame: nothing to compare
+
+
+def test_homographies_recover_a_known_map():
+    rng = np.random.default_rng(1)
+    a = rng.uniform(0, 100, (4, 6, 2))
+    h = np.array([[1.1, 0.1, 5], [-0.05, 0.9, 3], [1e-3, 2e-3, 1]])
+    b = np.concatenate([a, np.ones((4, 6, 1))], 2) @ h.T
+    b = b[..., :2] / b[..., 2:]
+    got = lv.homographies(a, b)
+    np.testing.assert_allclose(got / got[:, 2:, 2:], np.broadcast_to(h, got.shape), atol=1e-6)
+
+
+def test_crop_for_pad_stays_inside_and_shrinks_to_fit():
+    img = np.zeros((100, 200, 3), np.uint8)
+    img[:, :100] = 255
+    c = lv.crop_for_pad(img, np.array([5, 40, 25, 60]), 2.7, 32)  # near the left edge
+    assert (
+        c.shape == (32, 32, 3) and c.mean() == 255
+    )  # shifted right, still all inside the white half
+    whole = lv.crop_for_pad(img, np.array([60, 0, 150, 95]), 2.7, 32)  # too big: the whole height
+    assert whole.shape == (32, 32, 3) and 0 < whole.mean() < 255
+
+
+def seen(pid, live, t=0.0):
+    return FaceSeen(pid, 0.97, 0.3, (0.5, 0.5), True, live=live)
+
+
+def run(policy, verdicts, pid="P-1"):
+    out = []
+    for i, live in enumerate(verdicts):
+        out += policy.step(Observation(i * 0.1, i, 0.0, (seen(pid, live),)))
+    return out
+
+
+def test_grant_needs_k_live_frames_of_the_matched_person():
+    p = PolicyParams(liveness=True)
+    d = run(Policy(p), [True, True, True])
+    assert [(x.decision, x.reason, x.frame) for x in d] == [("grant", "ok", 2)]
+    d = run(Policy(p), [True, None, True, True])  # an unjudged frame is not live: one frame later
+    assert [(x.decision, x.frame) for x in d] == [("grant", 3)]
+    d = run(Policy(p), [True, False, None, True])  # 2 live of 4: wait
+    assert d == []
+
+
+def test_attack_is_denied_once_per_episode_and_never_granted():
+    d = run(Policy(PolicyParams(liveness=True)), [False] * 40)
+    assert [(x.decision, x.reason, x.subject) for x in d] == [
+        ("deny", "presentation_attack", "P-1")
+    ]
+    d = run(Policy(PolicyParams(liveness=True)), [None] * 10)  # PAD could not judge: no grant
+    assert [x.reason for x in d] == ["presentation_attack"]
+    pol = Policy(PolicyParams(liveness=True))
+    run(pol, [False] * 5)
+    later = [
+        pol.step(Observation(10 + i * 0.1, 100 + i, 0.0, (seen("P-1", False),))) for i in range(5)
+    ]
+    assert [x.reason for step in later for x in step] == ["presentation_attack"]  # a new episode
+
+
+def test_liveness_off_keeps_the_old_rule():
+    d = run(Policy(PolicyParams(liveness=False)), [None, None, None])
+    assert [x.decision for x in d] == ["grant"]
+
+
+def test_config_liveness_mode_is_checked(tmp_path):
+    p = tmp_path / "g.toml"
+    p.write_text('[liveness]\nmode = "maybe"\n')
+    with pytest.raises(ConfigError, match="liveness.mode"):
+        config_mod.load(p)
+    p.write_text('[liveness]\nmode = "off"\n')
+    cfg = config_mod.load(p)
+    assert PolicyParams.from_config(cfg).liveness is False
+    assert PolicyParams.from_config(config_mod.load(None)).liveness is True  # on by default
+
+
+def test_shipped_model_loads_and_judges_in_range():
+    spec = lv.PadSpec.load(MODELS, "minifasnet_int8")
+    assert 0 < spec.threshold < 1 and spec.crop_scale > 1
+    m = lv.PadModel(spec, threads=1)
+    rng = np.random.default_rng(0)
+    img = rng.integers(0, 255, (240, 320, 3), dtype=np.uint8)
+    p = m.live_probability(img, np.array([120, 80, 200, 170]))
+    assert 0.0 <= p <= 1.0
+
+
+def test_missing_or_corrupt_model_is_a_model_error(tmp_path):
+    models = tmp_path / "models"
+    shutil.copytree(MODELS, models, ignore=shutil.ignore_patterns("*float*", "dlib*", "faceres*"))
+    spec = lv.PadSpec.load(models, "minifasnet_int8")
+    spec.path.write_bytes(spec.path.read_bytes()[:1000])
+    with pytest.raises(ModelError, match="SHA-256"):
+        lv.PadModel(spec)
+    spec.path.unlink()
+    with pytest.raises(ModelError, match="missing"):
+        lv.PadModel(spec)
+    cat = json.loads((models / "models.json").read_text())
+    del cat["liveness"]["minifasnet_int8"]["threshold"]
+    (models / "models.json").write_text(json.dumps(cat))
+    with pytest.raises(ModelError, match="eval-pad"):
+        lv.PadSpec.load(models, "minifasnet_int8")
+
+
+def test_off_is_named_by_doctor_and_privacy_report(tmp_path):
+    from edge.gallery.crypto import init_key
+    from edge.gallery.privacy import privacy_report
+    from edge.gallery.store import Gallery
+    from edge.gate.doctor import Site, run_checks
+
+    db, key = tmp_path / "g.db", tmp_path / "g.key"
+    Gallery(db, init_key(key)).close()
+    for mode, status in (("off", "warn"), ("model+motion", "ok")):
+        p = tmp_path / f"{mode}.toml"
+        p.write_text(f'[liveness]\nmode = "{mode}"\n')
+        cfg = config_mod.load(p)
+        (check,) = [c for c in run_checks(Site(cfg, db, key)) if "presentation" in c.check]
+        assert check.status == status and (mode in check.detail)
+        said = privacy_report(cfg, db, key)["presentation_attack_detection"]
+        assert said.startswith("OFF") == (mode == "off")
