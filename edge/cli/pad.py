@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 from edge import config as config_mod
+from edge.cli.paths import existing_dir
 
 
 def cmd_eval_pad(args) -> int:
@@ -49,7 +50,9 @@ def register(sub, common) -> None:
     sp = sub.add_parser(
         "eval-pad", help="presentation-attack detection on DIR/live and DIR/attack/<type>"
     )
-    sp.add_argument("dir")
+    sp.add_argument(
+        "dir", type=existing_dir, help="DIR/live/ and DIR/attack/<type>/ (images or clips)"
+    )
     sp.add_argument("--json", action="store_true")
     sp.add_argument("--model", help="liveness model name from models/models.json")
     sp.add_argument("--threshold", type=float, default=0.0, help="judge at this live probability")
