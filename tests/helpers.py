@@ -2,9 +2,18 @@
 
 from __future__ import annotations
 
+import json
 import os
+from pathlib import Path
 
+from gpiozero.pins.mock import MockFactory
+
+from edge import config as config_mod
+from edge import tickets as tk
 from edge.config import PROJECT_ROOT
+from edge.gate.daemon import Gate
+from edge.gate.sources import Frame, FrameSource
+from edge.tickets.ledger import init_ledger
 
 MODELS = PROJECT_ROOT / "models"
 
@@ -53,3 +62,77 @@ class FakeCapture:
 
     def release(self):
         self.opened = False
+
+
+def make_config(tmp: Path, extra: str = "") -> config_mod.Config:
+    if not (tmp / "office" / "issuer.key").exists():
+        tk.keygen(tmp / "office")
+    p = tmp / "gate.toml"
+    p.write_text(
+        '[gate]\nid = "test-gate"\n'
+        + extra
+        + '\n[gallery]\ndb = "gallery.db"\nkey_file = "gallery.key"\n'
+        '[tickets]\npubkeys = ["office/issuer.pub"]\nledger = "ledger.db"\nrevocation_list = "revoked.txt"\n'
+        '[relay]\npin_factory = "mock"\npulse_s = 0.3\n[audit]\npath = "audit.db"\n'
+    )
+    cfg = config_mod.load(p)
+    init_ledger(cfg.resolve(cfg.tickets.ledger))
+    (tmp / "revoked.txt").touch()
+    return cfg
+
+
+def enroll_lin(cfg, fixtures, pipeline) -> str:
+    from edge.gallery.crypto import init_key
+    from edge.gallery.enroll import enroll
+    from edge.gallery.store import Consent, Gallery
+
+    with Gallery(cfg.resolve(cfg.gallery.db), init_key(cfg.resolve(cfg.gallery.key_file))) as g:
+        pid, _ = enroll(
+            g,
+            pipeline,
+            "Lin-Manuel Miranda",
+            Consent("v1"),
+            [str(fixtures / "faces" / "lin_manuel_miranda" / "lin-manuel-miranda.png")],
+            threshold=pipeline.spec.threshold,
+            min_templates=1,
+        )
+    return pid
+
+
+def empty_gallery(cfg) -> None:
+    from edge.gallery.crypto import init_key
+    from edge.gallery.store import Gallery
+
+    with Gallery(cfg.resolve(cfg.gallery.db), init_key(cfg.resolve(cfg.gallery.key_file))):
+        pass
+
+
+def events(path: Path) -> list[dict]:
+    return [json.loads(x) for x in path.read_text().splitlines()] if path.exists() else []
+
+
+def run_gate(cfg, clip, tmp, **kw) -> tuple[Gate, list[dict]]:
+    """Run the gate on a clip with a mock relay; returns the gate and its decision events."""
+    got: list[dict] = []
+    cfg = config_mod.override(cfg, camera={"source": str(clip), "realtime": False})
+    with Gate(cfg, got.append, pin_factory=MockFactory(), **kw) as gate:
+        assert gate.run() == 0
+    return gate, got
+
+
+class ListSource(FrameSource):
+    """Frames from a list; optionally calls a hook before a given frame (to hang or signal)."""
+
+    def __init__(self, frames, hook_at=None, hook=None):
+        self.frames, self.i, self.state = frames, 0, "open"
+        self.hook_at, self.hook = hook_at, hook
+
+    def read(self):
+        if self.i == self.hook_at:
+            self.hook()
+        if self.i >= len(self.frames):
+            self.finished, self.state = True, "finished"
+            return None
+        f = Frame(self.frames[self.i], self.i / 10, self.i)
+        self.i += 1
+        return f

@@ -53,7 +53,6 @@ def test_service_hardening_contract():
         "WatchdogSec=",
         "Restart=on-failure",
         "StateDirectory=edge-gate",
-        "LoadCredential=gallery.key:",
         "PrivateNetwork=yes",
         "ProtectSystem=strict",
         "NoNewPrivileges=yes",

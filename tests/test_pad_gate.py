@@ -13,8 +13,7 @@ import pytest
 
 from edge.measure.padsynth import write_attack_clip
 
-from .helpers import MODELS
-from .test_daemon import enroll_lin, make_config, run_gate
+from .helpers import MODELS, enroll_lin, make_config, run_gate
 
 
 def enroll(cfg, pipeline, photo: Path, name: str) -> str:

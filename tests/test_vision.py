@@ -231,3 +231,21 @@ def test_alternative_embedder_is_selectable_by_config(fixtures, tmp_path):
     assert a.shape == (1024,) and abs(float(np.linalg.norm(a)) - 1) < 1e-4
     assert float(a @ b) > float(a @ other) + 0.1  # ranks the same person first; its TAR at the
     # strict threshold is only 0.79 (MODELS.md), which is why it is not the default
+
+
+def test_jpeg_exif_orientation_is_applied():
+    """A phone's portrait photo (EXIF orientation 6) is enrolled and judged upright."""
+    import struct
+
+    img = np.zeros((60, 100, 3), np.uint8)
+    img[:, :10] = 255  # a white band on the left edge
+    ok, jpg = cv2.imencode(".jpg", img)
+    assert ok
+    tiff = b"MM\x00*\x00\x00\x00\x08" + struct.pack(">HHHIHHI", 1, 0x0112, 3, 1, 6, 0, 0)
+    app1 = b"Exif\x00\x00" + tiff
+    data = jpg.tobytes()
+    data = data[:2] + b"\xff\xe1" + struct.pack(">H", len(app1) + 2) + app1 + data[2:]
+    out = decode_image(data)
+    assert out.shape[:2] == (100, 60)  # rotated 90 degrees clockwise: the band is now on top
+    assert out[:10].mean() > 200
+    assert out[-10:].mean() < 50

@@ -52,9 +52,13 @@ def cmd_keys_init(args) -> int:
 
 
 def cmd_keys_rotate(args) -> int:
-    _, db, key = paths(args)
+    """`keys rotate`: new key file, audited; the operator backs it up and reloads the gate."""
+    cfg, db, key = paths(args)
     old, new = rotate_key(db, key)
+    audit_record(cfg, "keys", reason="rotated", detail=f"{old} -> {new}")
     print(f"rotated {key}: key id {old} -> {new}")
+    print(f"!! back up {key} offline now: older backups of it no longer open the gallery")
+    print("   then `sudo systemctl reload edge-gate` so the running gate uses it")
     return 0
 
 

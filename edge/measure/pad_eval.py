@@ -22,7 +22,7 @@ import numpy as np
 from edge.config import Config
 from edge.errors import ImageError
 from edge.gate.policy import FACE, GRANT, FaceSeen, Observation, Policy, PolicyParams
-from edge.vision.image import load_image, to_bgr8
+from edge.vision.image import load_image
 from edge.vision.liveness import LivenessJudge, PadModel
 from edge.vision.pipeline import FacePipeline
 
@@ -48,15 +48,6 @@ def presentations(root: Path) -> list[tuple[Path, str]]:
     for d in sorted(p for p in (root / "attack").glob("*") if p.is_dir()):
         out += [(p, d.name) for p in sorted(d.glob("*"))]
     return [(p, k) for p, k in out if p.suffix.lower() in IMAGE_EXT | VIDEO_EXT]
-
-
-def load_upright(path: Path) -> np.ndarray:
-    """A photo as the camera saw it: EXIF orientation applied (a phone's portrait shot is upright)."""
-    try:
-        img = cv2.imdecode(np.fromfile(path, np.uint8), cv2.IMREAD_COLOR)
-    except (OSError, cv2.error):
-        img = None
-    return load_image(path) if img is None else to_bgr8(img, str(path))
 
 
 def judge_image(pipe: FacePipeline, pad: PadModel, bgr: np.ndarray, times: list[float]):
@@ -131,7 +122,7 @@ def evaluate_pad(cfg: Config, root: Path, pipe: FacePipeline, judge: LivenessJud
             ok, score, n = judge_clip(pipe, judge, params, path, times)
         else:
             try:
-                p = judge_image(pipe, judge.model, load_upright(path), times)
+                p = judge_image(pipe, judge.model, load_image(path), times)
             except ImageError as e:
                 log.warning("eval-pad skip=%s reason=%s", path, e)
                 continue

@@ -55,8 +55,15 @@ def decode_image(data: bytes, name: str = "image") -> np.ndarray:
         raise ImageError(f"{name}: file is empty")
     _check_header_size(data, name)
     buf = np.frombuffer(data, dtype=np.uint8)
+    # JPEG: as the camera saw it (EXIF orientation applied; a phone's portrait shot is upright).
+    # Other formats: every depth and channel as stored (IMREAD_UNCHANGED ignores orientation).
+    flags = (
+        cv2.IMREAD_ANYDEPTH | cv2.IMREAD_ANYCOLOR
+        if data[:2] == b"\xff\xd8"
+        else cv2.IMREAD_UNCHANGED
+    )
     try:
-        img = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
+        img = cv2.imdecode(buf, flags)
     except cv2.error as e:
         raise ImageError(f"{name}: cannot decode: {e.msg if hasattr(e, 'msg') else e}") from None
     if img is None:
