@@ -119,3 +119,18 @@ def test_path_options_are_typed():
         if any(name == w or name.endswith("_" + w) for w in PATHLIKE):
             untyped.append(f"{' '.join(pre)} {a.dest}")
     assert untyped == []
+
+
+def test_every_command_has_an_example_and_every_flag_a_help_line(capsys):
+    from edge.cli import leaf_commands
+
+    missing = []
+    for words, leaf in leaf_commands(build_parser()):
+        if not (leaf.epilog or "").startswith("example:"):
+            missing.append(f"{' '.join(words)}: no example")
+        missing += [f"{' '.join(words)} {a.dest}: no help" for a in leaf._actions if not a.help]
+    assert missing == []
+    assert main(["enroll", "--help"]) == 0
+    out = capsys.readouterr().out
+    assert "YYYY-MM-DD" in out  # the --valid-until format is documented
+    assert "example:\n  edge-gate enroll" in out

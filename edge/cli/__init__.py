@@ -13,6 +13,7 @@ import sys
 
 from edge import __version__
 from edge.cli import audit, fleet, gallery, gate, ledger, measure, pad, tickets
+from edge.cli.examples import COMMON_HELP, EXAMPLES
 from edge.cli.paths import existing_file
 from edge.errors import EdgeGateError
 
@@ -48,7 +49,29 @@ def build_parser() -> argparse.ArgumentParser:
 
     for group in GROUPS:
         group.register(sub, common)
+    for words, leaf in leaf_commands(p):
+        finish_help(" ".join(words), leaf)
     return p
+
+
+def leaf_commands(parser: argparse.ArgumentParser, words: tuple[str, ...] = ()):
+    """(command words, parser) for every command that runs something."""
+    subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    if not subs and words:
+        yield words, parser
+    for a in subs:
+        for name, sp in a.choices.items():
+            yield from leaf_commands(sp, (*words, name))
+
+
+def finish_help(command: str, leaf: argparse.ArgumentParser) -> None:
+    """The command's example under its --help, and the shared wording of common flags."""
+    leaf.formatter_class = argparse.RawDescriptionHelpFormatter
+    if command in EXAMPLES:
+        leaf.epilog = f"example:\n  {EXAMPLES[command]}"
+    for a in leaf._actions:
+        if not a.help and a.dest in COMMON_HELP:
+            a.help = COMMON_HELP[a.dest]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -324,7 +324,9 @@ def register(sub, common) -> None:
         "enroll", help="enroll a consenting person from images, a video or a camera"
     )
     gallery_args(sp)
-    sp.add_argument("--name")
+    sp.add_argument(
+        "--name", help="the person's name (visible in `ps`: prefer --name-file or the prompt)"
+    )
     sp.add_argument(
         "--consent-version", required=True, help="version of the notice the person agreed to"
     )
@@ -333,8 +335,13 @@ def register(sub, common) -> None:
     )
     sp.add_argument("--consent-method", default="written", help="written | electronic | ...")
     sp.add_argument("--operator", help="staff member taking consent (default $USER)")
-    sp.add_argument("--pass-id")
-    sp.add_argument("--valid-until")
+    sp.add_argument(
+        "--pass-id", help="pass reference in the park's pass system (or --pass-id-file)"
+    )
+    sp.add_argument(
+        "--valid-until",
+        help="pass expiry: YYYY-MM-DD (to the end of that day, this machine's local time) or ISO time",
+    )
     sp.add_argument("--guardian", help="guardian giving consent (required for minors)")
     add_detail_args(sp)
     sp.add_argument("--minor", action="store_true", help="the person is under 14")
@@ -363,7 +370,12 @@ def register(sub, common) -> None:
         help="bulk import: enroll every DIR/<name>/ as one person named <name>",
     )
     fleet_cli.publish_args(sp)
-    sp.add_argument("inputs", nargs="*", metavar="IMAGE_OR_VIDEO")
+    sp.add_argument(
+        "inputs",
+        nargs="*",
+        metavar="IMAGE_OR_VIDEO",
+        help="photos, a short video, or a camera (/dev/video0); the best faces are kept",
+    )
     sp.set_defaults(func=cmd_enroll)
 
     sp = sub.add_parser("people", help="who is enrolled (never biometric data)")

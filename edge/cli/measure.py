@@ -108,7 +108,7 @@ def register(sub, common) -> None:
     sp.add_argument("--json", action="store_true")
     sp.add_argument("--embedder", help="embedder name from models/models.json")
     sp.add_argument("--detector", help="detector name from models/models.json")
-    sp.add_argument("--threads", type=int)
+    sp.add_argument("--threads", type=int, help="TFLite threads (default vision.threads)")
     sp.add_argument(
         "--write-threshold",
         action="store_true",
@@ -125,8 +125,8 @@ def register(sub, common) -> None:
     )
     sp.add_argument("--threads", type=int, help="one thread count (default: 1 and all cores)")
     sp.add_argument("--frames", type=int, default=0, help="stop after N frames")
-    sp.add_argument("--embedder")
-    sp.add_argument("--detector")
+    sp.add_argument("--embedder", help="embedder name from models/models.json")
+    sp.add_argument("--detector", help="detector name from models/models.json")
     sp.add_argument(
         "--gallery", type=int, default=0, metavar="N", help="benchmark 1:N search over N templates"
     )

@@ -1,0 +1,46 @@
+"""One example per command, shown at the end of its `--help` (kept here so none is forgotten)."""
+
+from __future__ import annotations
+
+EXAMPLES: dict[str, str] = {
+    "eval": "edge-gate eval ../shared/fixtures/faces --json",
+    "bench": "edge-gate bench --threads 1   |   edge-gate bench --gate   |   "
+    "edge-gate bench --gallery 100000",
+    "eval-pad": "edge-gate eval-pad ../shared/fixtures/pad --json",
+    "run": "edge-gate run --config /etc/edge-gate/gate.toml --quiet   "
+    "(or off-Pi: edge-gate run --fast)",
+    "demo": "edge-gate demo --fast",
+    "doctor": "sudo -u edge-gate edge-gate doctor --config /etc/edge-gate/gate.toml",
+    "ticket keygen": "edge-gate ticket keygen --out office/",
+    "ticket issue": "edge-gate ticket issue --key office/issuer.key --id DAY-0001 "
+    "--valid-until 2026-12-31 --out tickets/",
+    "ticket verify": "edge-gate ticket verify --config /etc/edge-gate/gate.toml --redeem ticket.png",
+    "ticket revoke": "edge-gate ticket revoke --list /etc/edge-gate/revoked.txt DAY-0001",
+    "ticket unrevoke": "edge-gate ticket unrevoke --list /etc/edge-gate/revoked.txt DAY-0001",
+    "qr read": "edge-gate qr read photo-of-a-ticket.jpg",
+    "ledger init": "sudo -u edge-gate edge-gate ledger init --config /etc/edge-gate/gate.toml",
+    "audit verify": "edge-gate audit verify --config /etc/edge-gate/gate.toml",
+    "audit export": "edge-gate audit export --config /etc/edge-gate/gate.toml "
+    "--since 2026-11-01 --json",
+    "keys init": "edge-gate keys init --key-file var/gallery.key",
+    "keys rotate": "sudo edge-gate keys rotate --config /etc/edge-gate/gate.toml",
+    "enroll": "edge-gate enroll --name-file name.txt --consent-version 2026-03 "
+    "--valid-until 2027-03-31 a.jpg b.jpg c.jpg",
+    "people": "edge-gate people --json",
+    "forget": "edge-gate forget --reason deletion_request P-1a2b3c4d",
+    "purge": "edge-gate purge --days 30",
+    "pass renew": "edge-gate pass renew P-1a2b3c4d --valid-until 2027-03-31",
+    "pass edit": "edge-gate pass edit P-1a2b3c4d --pass-id-file pass.txt",
+    "privacy-report": "edge-gate privacy-report --config /etc/edge-gate/gate.toml > report.md",
+    "sync": "edge-gate sync --config /etc/edge-gate/gate.toml",
+    "fleet status": "edge-gate fleet status --config /etc/edge-gate/gate.toml --json",
+    "fleet audit": "edge-gate fleet audit --config /etc/edge-gate/gate.toml --since 2026-11-27",
+    "fleet publish-keys": "edge-gate fleet publish-keys --config office.toml "
+    "--key office/issuer.key office/issuer.pub",
+}
+
+# Help for flags that mean the same everywhere.
+COMMON_HELP = {
+    "json": "print JSON (one object, or one per line) instead of text",
+    "person_id": "the person's id (P-…), as `edge-gate people` shows it",
+}
