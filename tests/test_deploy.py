@@ -106,7 +106,9 @@ def test_installer_writes_a_pi_config_that_loads(tmp_path):
     assert cfg.fleet.state_db.startswith("/var/lib/edge-gate/")
     assert cfg.fleet.keys_dir.startswith("/var/lib/edge-gate/")
     unit = (ROOT / "systemd" / "edge-gate.service").read_text()
-    assert "/etc/edge-gate/gate.toml" in unit and "gallery.key:/etc/edge-gate/gallery.key" in unit
+    assert "/etc/edge-gate/gate.toml" in unit
+    assert cfg.gallery.key_file == "/etc/edge-gate/gallery.key"  # read at start and every reload
+    assert "LoadCredential=gallery.key" not in unit  # a credential copy would outlive a rotation
 
 
 def test_firmware_holds_relay_low_from_boot():

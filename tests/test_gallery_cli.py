@@ -85,7 +85,7 @@ def test_gallery_cli_lifecycle(tmp_path, fixtures):
     from edge.gate.audit import AuditLog
 
     kinds = [r.kind for r in AuditLog(tmp_path / "audit.db").records()]
-    assert kinds == ["enroll", "deletion", "purge"]
+    assert kinds == ["enroll", "keys", "deletion", "purge"]  # the rotation is audited too
     deletion = AuditLog(tmp_path / "audit.db").records("deletion")[0]
     assert (
         deletion.subject == "" and deletion.reason == "consent_withdrawn"

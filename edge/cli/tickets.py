@@ -107,9 +107,9 @@ def cmd_qr_read(args) -> int:
     rc = 0
     for p in args.images:
         try:
-            print(json.dumps({"path": p, "texts": read_codes(load_image(p))}))
+            print(json.dumps({"path": str(p), "texts": read_codes(load_image(p))}))
         except ImageError as e:
-            print(json.dumps({"path": p, "texts": [], "error": str(e)}))
+            print(json.dumps({"path": str(p), "texts": [], "error": str(e)}))
             rc = 1
     return rc
 
