@@ -53,7 +53,7 @@ class CameraConfig:
 class VisionConfig:
     models_dir: str = ""  # "" = the models shipped with edge-gate
     detector: str = "blazeface_short"
-    embedder: str = "dlib_resnet_int8"
+    embedder: str = "mobilefacenet_float"
     threads: int = 0  # 0 = all cores
     min_score: float = 0.6
     min_face_px: int = 48
@@ -68,8 +68,9 @@ class VisionConfig:
 class GalleryConfig:
     db: str = "var/gallery.db"
     key_file: str = "var/gallery.key"
-    match_threshold: float = 0.0  # 0 = use the embedder's documented threshold
-    min_margin: float = 0.04
+    # 0 = the embedder's rule from models.json for the gallery's size (threshold and margin)
+    match_threshold: float = 0.0
+    min_margin: float = 0.04  # used with a configured match_threshold
     purge_after_days: int = 30
 
 

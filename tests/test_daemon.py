@@ -136,16 +136,17 @@ def test_broken_model_degrades_to_ticket_only(tmp_path, fixtures, pipeline):
 
     models = tmp_path / "models"
     shutil.copytree(config_mod.PROJECT_ROOT / "models", models)
-    data = bytearray((models / "dlib_resnet_int8.tflite").read_bytes())
+    model = models / f"{pipeline.spec.name}.tflite"  # the configured (default) embedder
+    data = bytearray(model.read_bytes())
     data[5000:5100] = bytes(100)  # corrupt
-    (models / "dlib_resnet_int8.tflite").write_bytes(bytes(data))
+    model.write_bytes(bytes(data))
     cfg = make_config(tmp_path, f'[vision]\nmodels_dir = "{models}"\n')
     empty_gallery(cfg)  # faces are set up: the damaged model is what takes them down
     scene = ticket_scene(tmp_path / "office", tmp_path / "t.mp4", time.time())
     gate, ev = run_gate(cfg, scene.clip, tmp_path)
     assert gate.face is None and "ticket-only" in gate.degraded and "SHA-256" in gate.degraded
     assert [(e["decision"], e["reason"]) for e in ev][0] == ("grant", "ok")  # tickets still work
-    (models / "dlib_resnet_int8.tflite").unlink()  # missing altogether: same outcome
+    model.unlink()  # missing altogether: same outcome
     cfg2 = make_config(tmp_path / "b", f'[vision]\nmodels_dir = "{models}"\n')
     empty_gallery(cfg2)
     gate, _ = run_gate(cfg2, fixtures / "video" / "elon-musk-smoke.gif", tmp_path)

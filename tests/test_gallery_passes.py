@@ -258,7 +258,8 @@ def test_doctor_reports_the_threshold_in_use(tmp_path, capsys):
     cfg = config(tmp_path)
     out = cli(capsys, "doctor", "--config", str(cfg))[1]
     line = next(x for x in out.splitlines() if "match threshold" in x)
-    assert "threshold 0.936 (measured for dlib_resnet_int8)" in line
+    # match_threshold = 0: the rule per gallery size measured for the default embedder
+    assert "per gallery size from models.json (mobilefacenet_float" in line
 
 
 # --- eval: no threshold from thin data, valid JSON ---------------------------------------------------

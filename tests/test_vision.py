@@ -71,11 +71,12 @@ def test_quantize_round_trip_and_int8_pixels_are_exact():
     assert quantize(np.array([1e6]), spec)[0] == 127  # saturates, never wraps
 
 
-def test_int8_embedder_takes_raw_pixels_losslessly():
-    m = TFLiteModel(MODELS / "dlib_resnet_int8.tflite", threads=1)
+@pytest.mark.parametrize("name,dim", [("dlib_resnet_int8", 128), ("mobilefacenet_int8", 192)])
+def test_int8_embedder_takes_raw_pixels_losslessly(name, dim):
+    m = TFLiteModel(MODELS / f"{name}.tflite", threads=1)
     inp, out = m.inputs[0], m.outputs[0]
     assert inp.dtype == np.int8 and inp.scale == pytest.approx(1.0) and inp.zero_point == -128
-    assert out.dtype == np.int8 and out.shape == (1, 128)
+    assert out.dtype == np.int8 and out.shape == (1, dim)
 
 
 def test_missing_and_corrupt_model_are_model_errors(tmp_path):
@@ -169,7 +170,8 @@ def test_many_faces_all_found(fixtures, pipeline):
         kp = f.detection.keypoints[list(ALIGN_POINTS)]
         assert (kp[:, 0] >= x0 - 5).all() and (kp[:, 0] <= x1 + 5).all()
         assert (kp[:, 1] >= y0 - 5).all() and (kp[:, 1] <= y1 + 5).all()
-        assert f.embedding.shape == (128,) and abs(np.linalg.norm(f.embedding) - 1) < 1e-4
+        assert f.embedding.shape == (pipeline.spec.dim,)
+        assert abs(np.linalg.norm(f.embedding) - 1) < 1e-4
 
 
 def test_tight_aligned_crop_still_embeds(fixtures, pipeline):
@@ -182,7 +184,7 @@ def test_alignment_puts_eyes_on_template(fixtures, pipeline):
     img = load_image(fixtures / "faces" / "obama" / "obama.jpg")
     (face,) = pipeline.analyze(img, embed_all=True)
     chip = pipeline.chip(img, face.detection)
-    assert chip.shape == (150, 150, 3)
+    assert chip.shape == (pipeline.spec.size, pipeline.spec.size, 3)
     again = pipeline.detector.detect(cv2.copyMakeBorder(chip, 40, 40, 40, 40, cv2.BORDER_CONSTANT))
     assert again, "the aligned chip must still look like a face"
     eyes = again[0].keypoints[:2] - 40
@@ -204,10 +206,10 @@ def test_same_person_scores_above_threshold_strangers_below(fixtures, pipeline):
     assert float(obama[0] @ biden) < t
 
 
-def test_int8_matches_float_twin_on_verification_metrics(fixtures, pipeline, float_pipeline):
+def test_int8_matches_float_twin_on_verification_metrics(fixtures, int8_pipeline, float_pipeline):
     from edge.measure.evaluation import evaluate_folder
 
-    q = evaluate_folder(pipeline, fixtures / "faces")
+    q = evaluate_folder(int8_pipeline, fixtures / "faces")
     f = evaluate_folder(float_pipeline, fixtures / "faces")
     assert q["no_face"] == 0 and q["images"] == 80
     assert abs(q["auc"] - f["auc"]) <= 0.005

@@ -24,6 +24,8 @@ def cmd_eval(args) -> int:
 
     cfg = _cfg(args)
     pipe = FacePipeline.from_config(cfg, args.embedder, args.detector, args.threads)
+    if args.open_set:
+        return _eval_open_set(args, cfg, pipe)
     result = evaluate_folder(pipe, Path(args.dir))
     if args.write_threshold:
         from edge.measure.metrics import gate_threshold
@@ -44,6 +46,58 @@ def cmd_eval(args) -> int:
     else:
         for k, v in result.items():
             print(f"{k:>26}: {v}")
+    return 0
+
+
+def _eval_open_set(args, cfg: config_mod.Config, pipe) -> int:
+    """`eval --open-set`: 1:N identification with the gate's rule; optionally write the rules."""
+    from edge.errors import EdgeGateError
+    from edge.gallery.matcher import resolve_threshold
+    from edge.gallery.rules import rules_from_catalogue, threshold_for
+    from edge.measure import evaluation as ev
+    from edge.vision.models import embedder_spec
+
+    models_dir = config_mod.models_path(cfg)
+    embedded = ev.embed_folder(pipe, Path(args.dir))  # each image once; every figure reuses it
+    k = args.templates
+    new_table = None
+    if args.write_threshold:
+        new_table = ev.calibrate_sizes(embedded, k, pipe.spec.dim)
+        short = [e for e in new_table if e["too_little_data"]]
+        if not new_table or short:
+            why = short[0]["too_little_data"] if short else "no gallery could be formed"
+            raise EdgeGateError(
+                f"not writing thresholds for {pipe.spec.name}: {why}",
+                "use a larger DIR/<person>/<image> folder (e.g. the shared LFW half)",
+            )
+        ev.write_rules(
+            models_dir,
+            pipe.spec.name,
+            new_table,
+            f"edge-gate eval {args.dir} --open-set --templates {k} --write-threshold",
+        )
+    spec = embedder_spec(models_dir, pipe.spec.name)  # as written, when it was just written
+    table = rules_from_catalogue(spec.thresholds) if cfg.gallery.match_threshold <= 0 else ()
+
+    def rule(n_people: int) -> tuple[float, float, str]:
+        r = threshold_for(n_people, table)
+        if r is not None:
+            return (
+                r.threshold,
+                r.min_margin,
+                f"models.json, calibrated for {r.gallery_people} people",
+            )
+        t = resolve_threshold(cfg.gallery.match_threshold, spec.threshold)
+        return t, cfg.gallery.min_margin, "gate.toml / models.json threshold, gate.toml margin"
+
+    result = {"embedder": pipe.spec.name, **ev.evaluate_open_set(embedded, k, spec.dim, rule)}
+    if new_table is not None:
+        result["written_rules"] = new_table
+    if args.json:
+        print(json.dumps(result, allow_nan=False))
+    else:
+        for key, v in result.items():
+            print(f"{key:>26}: {v}")
     return 0
 
 
@@ -110,9 +164,22 @@ def register(sub, common) -> None:
     sp.add_argument("--detector", help="detector name from models/models.json")
     sp.add_argument("--threads", type=int, help="TFLite threads (default vision.threads)")
     sp.add_argument(
+        "--open-set",
+        action="store_true",
+        help="1:N identification: first K images of each person enrolled, one-image people as strangers",
+    )
+    sp.add_argument(
+        "--templates",
+        type=int,
+        default=1,
+        metavar="K",
+        help="with --open-set: images enrolled per person (default 1)",
+    )
+    sp.add_argument(
         "--write-threshold",
         action="store_true",
-        help="store the strict gate threshold (above every impostor pair) as the embedder's default",
+        help="store the strict gate threshold (above every impostor pair) as the embedder's default; "
+        "with --open-set: the rule at FPIR 1e-3 for galleries of 100, 1000 and all people",
     )
     common(sp)
     sp.set_defaults(func=cmd_eval)

@@ -16,10 +16,13 @@ enrollment stores templates on it, so the matcher holds them exactly.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import simsimd
+
+from edge.gallery.rules import Rule, threshold_for
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +72,20 @@ def to_template_grid(vectors: np.ndarray) -> np.ndarray:
     hi, lo, e = _quantize(v)
     out = _dequantize(hi, lo, np.ldexp(np.float32(1), -e).astype(np.float32))
     return out.reshape(np.shape(vectors))
+
+
+def top_two(per_person: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(best person index, best score, second-best score; -1 when there is no second) per row
+    of a (probes, people) score matrix: the evaluation's vectorised view of the decision."""
+    per = np.asarray(per_person)
+    if per.shape[1] == 1:
+        return np.zeros(len(per), dtype=np.intp), per[:, 0], np.full(len(per), -1.0, np.float32)
+    top2 = np.argpartition(-per, 1, axis=1)[:, :2]
+    s2 = np.take_along_axis(per, top2, axis=1)
+    order = np.argsort(-s2, axis=1)
+    best_i = np.take_along_axis(top2, order[:, :1], axis=1)[:, 0]
+    best, second = np.take_along_axis(s2, order, axis=1).T
+    return best_i, best, second
 
 
 class Matcher:
@@ -250,11 +267,24 @@ class Identity:
 
 
 class LiveMatcher:
-    """A Matcher that follows the database: enrollments and deletions show up without a restart."""
+    """A Matcher that follows the database: enrollments and deletions show up without a restart.
 
-    def __init__(self, gallery, model_id: str, threshold: float, min_margin: float):
+    With a calibration table, the threshold and margin follow the number of enrolled people
+    (`threshold_for`); without one, the given threshold and margin hold whatever the size.
+    """
+
+    def __init__(
+        self,
+        gallery,
+        model_id: str,
+        threshold: float,
+        min_margin: float,
+        table: Sequence[Rule] = (),
+    ):
         self.gallery, self.model_id = gallery, model_id
         self.threshold, self.min_margin = threshold, min_margin
+        self.table = tuple(table)
+        self.rule: Rule | None = None
         self._version = None
         self.matcher: Matcher | None = None
         self.valid_until: dict[str, int | None] = {}
@@ -268,16 +298,22 @@ class LiveMatcher:
         if v == self._version and self.matcher is not None:
             return False
         t = self.gallery.templates(self.model_id)
+        n_people = len(set(t.person_ids)) if len(t.person_ids) else 0
+        self.rule = threshold_for(n_people, self.table)
+        if self.rule is not None:
+            self.threshold, self.min_margin = self.rule.threshold, self.rule.min_margin
         self.matcher = Matcher(t.matrix, t.person_ids, self.threshold, self.min_margin)
         self.valid_until = self.gallery.person_valid_until()
         self.pass_refs = self.gallery.pass_refs()
         self.rejected = t.rejected
         self._version = v
         log.info(
-            "gallery loaded templates=%d people=%d rejected=%d",
+            "gallery loaded templates=%d people=%d rejected=%d threshold=%.4f margin=%.3f",
             len(self.matcher),
             len(self.matcher.people),
             t.rejected,
+            self.threshold,
+            self.min_margin,
         )
         return True
 

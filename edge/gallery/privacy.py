@@ -32,6 +32,8 @@ WITHDRAWAL = (
 
 def privacy_report(cfg: Config, db: Path, key: Path) -> dict:
     """What is stored, where, for how long and under which key: derived from the schema."""
+    from edge.gallery.rules import expected_for
+
     kek = load_key(key)
     with Gallery(db, kek, create=False) as g:
         s = g.stats()
@@ -96,12 +98,15 @@ def privacy_report(cfg: Config, db: Path, key: Path) -> dict:
             else "OFF ([liveness] mode = off): a printed photo or a phone showing a pass holder "
             "opens the gate"
         ),
+        "recognition": expected_for(cfg, s["people"]),
         "network": "none: the service runs with PrivateNetwork=yes",
     }
 
 
 def report_markdown(r: dict) -> str:
     """The report as Markdown for the operator's records."""
+    from edge.gallery.rules import describe
+
     st, rt, enc, ft = r["stored"], r["retention"], r["encryption"], r["filing_threshold"]
     d = st["field_descriptions"]
     lines = [
@@ -149,6 +154,10 @@ def report_markdown(r: dict) -> str:
         f"{'ABOVE' if ft['above'] else 'below'} the threshold.",
         "",
         f"Presentation-attack detection: {r['presentation_attack_detection']}.",
+        "",
+        "## Recognition errors expected at this size",
+        "",
+        f"- {describe(r['recognition'])}.",
         "",
         f"Network: {r['network']}.",
     ]

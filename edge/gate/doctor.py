@@ -152,8 +152,13 @@ def _matching(site: Site) -> str:
     g, p = cfg.gallery, cfg.policy
     t = resolve_threshold(g.match_threshold, e.threshold)
     src = "gallery.match_threshold" if g.match_threshold > 0 else f"measured for {e.name}"
+    rule = f"threshold {t} ({src}), min margin {g.min_margin}"
+    if g.match_threshold <= 0 and e.thresholds:
+        rule = (
+            f"threshold and margin per gallery size from models.json ({e.name}; see decision rule)"
+        )
     return (
-        f"threshold {t} ({src}), min margin {g.min_margin}, {p.k} of {p.n} frames in"
+        f"{rule}, {p.k} of {p.n} frames in"
         f" {p.window_s} s, cooldown {p.cooldown_s} s, anti-passback {p.anti_passback_s} s"
     )
 
@@ -199,6 +204,23 @@ def _gallery(site: Site) -> str | Check:
     return (
         f"{site.db}: {s['people']} people, {s['templates']} templates, schema {s['schema_version']}"
     )
+
+
+@check("decision rule")
+def _rule(site: Site) -> str:
+    from edge.gallery.rules import describe, expected_for
+
+    people = 0
+    if site.db.exists():  # an unreadable gallery is the "gallery database" check's to report
+        from edge.gallery.crypto import load_key
+        from edge.gallery.store import Gallery
+
+        try:
+            with Gallery(site.db, load_key(site.key), create=False) as g:
+                people = g.stats()["people"]
+        except EdgeGateError:
+            people = 0
+    return describe(expected_for(site.cfg, people))
 
 
 @check("ticket keys")

@@ -18,6 +18,7 @@ class FaceStack:
     def __init__(self, cfg: config_mod.Config):
         from edge.gallery.crypto import load_key
         from edge.gallery.matcher import LiveMatcher, resolve_threshold
+        from edge.gallery.rules import rules_from_catalogue
         from edge.gallery.store import Gallery
         from edge.vision.liveness import LivenessJudge
         from edge.vision.pipeline import FacePipeline
@@ -31,9 +32,12 @@ class FaceStack:
         self.fuse = cfg.policy.fuse_frames
         self.gallery = Gallery(cfg.resolve(cfg.gallery.db), key)
         try:
-            threshold = resolve_threshold(cfg.gallery.match_threshold, self.pipeline.spec.threshold)
+            spec = self.pipeline.spec
+            threshold = resolve_threshold(cfg.gallery.match_threshold, spec.threshold)
+            # gallery.match_threshold = 0: threshold and margin calibrated for the gallery's size
+            table = () if cfg.gallery.match_threshold > 0 else rules_from_catalogue(spec.thresholds)
             self.matcher = LiveMatcher(
-                self.gallery, self.pipeline.spec.name, threshold, cfg.gallery.min_margin
+                self.gallery, spec.name, threshold, cfg.gallery.min_margin, table
             )
         except BaseException:
             self.gallery.close()

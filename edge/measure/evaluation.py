@@ -5,11 +5,14 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from edge.errors import EdgeGateError, ImageError
+from edge.measure import openset
 from edge.measure.metrics import pair_scores, summarise
 from edge.vision.image import load_image
 from edge.vision.models import load_catalogue
@@ -41,38 +44,72 @@ def identity_images(root: Path) -> list[tuple[str, Path]]:
     return out
 
 
-def evaluate_folder(pipe: FacePipeline, root: Path) -> dict:
-    """Embed every image, score all pairs, report the verification metrics."""
-    embs, labels, ms, no_face, unreadable, low_quality = [], [], [], 0, 0, 0
+@dataclass
+class Embedded:
+    """Every image of a folder embedded once (None: unreadable or no face), in protocol order."""
+
+    labels: list[str]
+    embeddings: list[np.ndarray | None]
+    ms: list[float]
+    unreadable: int = 0
+    no_face: int = 0
+    low_quality: int = 0
+    _matrix: tuple[np.ndarray, np.ndarray] | None = None
+
+    def matrix(self, dim: int) -> tuple[np.ndarray, np.ndarray]:
+        """All embeddings as one (N, dim) matrix (zeros where none) and which rows exist."""
+        if self._matrix is None:
+            ok = np.array([v is not None for v in self.embeddings], dtype=bool)
+            x = np.zeros((len(ok), dim), dtype=np.float32)
+            if ok.any():
+                x[ok] = np.stack([v for v in self.embeddings if v is not None])
+            self._matrix = (x, ok)
+        return self._matrix
+
+
+def embed_folder(pipe: FacePipeline, root: Path) -> Embedded:
+    """Embed the largest face of every image under DIR/<person>/ once, timing each."""
+    out = Embedded([], [], [])
     for person, path in identity_images(root):
+        out.labels.append(person)
         try:
             img = load_image(path)
         except ImageError as e:
             log.warning("eval skip unreadable=%s reason=%s", path, e)
-            unreadable += 1
+            out.unreadable += 1
+            out.embeddings.append(None)
             continue
         t0 = time.perf_counter()
         obs = pipe.embed_still(img)
-        ms.append((time.perf_counter() - t0) * 1000)
+        out.ms.append((time.perf_counter() - t0) * 1000)
         if obs is None:
-            no_face += 1
+            out.no_face += 1
+            out.embeddings.append(None)
             continue
-        low_quality += not obs.quality.ok
-        embs.append(obs.embedding)
-        labels.append(person)
+        out.low_quality += not obs.quality.ok
+        out.embeddings.append(obs.embedding)
+    return out
+
+
+def evaluate_folder(pipe: FacePipeline, root: Path) -> dict:
+    """Embed every image, score all pairs, report the verification metrics."""
+    e = embed_folder(pipe, root)
+    keep = [i for i, v in enumerate(e.embeddings) if v is not None]
+    embs = [e.embeddings[i] for i in keep]
+    labels = [e.labels[i] for i in keep]
     result = {
         "embedder": pipe.spec.name,
         "detector": "blazeface_" + ("full" if pipe.detector.size == 192 else "short"),
-        "images": len(ms) + unreadable,
+        "images": len(e.labels),
         "embedded": len(embs),
-        "no_face": no_face,
-        "unreadable": unreadable,
-        "below_quality_gate": int(low_quality),
+        "no_face": e.no_face,
+        "unreadable": e.unreadable,
+        "below_quality_gate": int(e.low_quality),
         "identities": len(set(labels)),
     }
     if len(embs) >= 2:
         result.update(summarise(pair_scores(np.array(embs), labels)))
-    result["median_ms_per_image"] = round(float(np.median(ms)), 2) if ms else None
+    result["median_ms_per_image"] = round(float(np.median(e.ms)), 2) if e.ms else None
     return result
 
 
@@ -101,4 +138,134 @@ def write_threshold(models_dir: Path, embedder: str, threshold: float, source: s
     cat = load_catalogue(models_dir)
     cat["embedders"][embedder]["threshold"] = round(threshold, 4)
     cat["embedders"][embedder]["threshold_source"] = source
+    f.write_text(json.dumps(cat, indent=2) + "\n")
+
+
+# --- open-set 1:N identification (`eval --open-set`) -----------------------------------------
+
+TARGET_FPIR = 1e-3  # the shipped rule: at most one stranger in a thousand let in
+CALIBRATION_SIZES = (100, 1000, 0)  # gallery sizes (people) the rule is written for; 0 = all
+
+
+def _searches(e: Embedded, gallery: np.ndarray, mated: np.ndarray, nonmated: np.ndarray, dim: int):
+    """Build the matcher for these gallery items and search every probe once."""
+    from edge.gallery.matcher import Matcher
+
+    x, ok = e.matrix(dim)
+    labels = np.asarray(e.labels, dtype=object)
+    g = gallery[ok[gallery]]
+    matcher = Matcher(x[g], labels[g], threshold=1.0, min_margin=0.0)
+    out = []
+    for idx in (mated, nonmated):
+        s = openset.search(matcher, x[idx])
+        out.append(openset.Search(np.where(ok[idx], s.best, -1), s.score, s.second))
+    people = np.asarray(matcher.people, dtype=object)
+    pos = np.clip(np.searchsorted(people, labels[mated]), 0, max(len(people) - 1, 0))
+    found = (people[pos] == labels[mated]) if len(people) else np.zeros(len(mated), bool)
+    truth = np.where(found, pos, -2)
+    return matcher, out[0], truth, out[1], len(g)
+
+
+def evaluate_open_set(
+    e: Embedded, k: int, dim: int, rule: Callable[[int], tuple[float, float, str]]
+) -> dict:
+    """The issue-11 protocol on embedded images; `rule(n_people)` gives the gate's rule then."""
+    sp = openset.split(e.labels, k)
+    matcher, mated, truth, nonmated, n_templates = _searches(
+        e, sp.gallery, sp.mated, sp.nonmated, dim
+    )
+    n_people = len(matcher.people)
+    threshold, margin, source = rule(n_people)
+    fpir, fnir = openset.rates(mated, truth, nonmated, threshold, margin)
+    result = {
+        "templates_per_person": k,
+        "gallery_people": n_people,
+        "gallery_templates": n_templates,
+        "mated_probes": len(sp.mated),
+        "nonmated_probes": len(sp.nonmated),
+        "no_face": e.no_face,
+        "unreadable": e.unreadable,
+        "rank1": openset.none_if_nan(float((mated.best == truth).mean()) if len(truth) else None),
+        "threshold": openset.none_if_nan(threshold),
+        "min_margin": openset.none_if_nan(margin),
+        "rule_source": source,
+        "fpir": openset.none_if_nan(fpir, 5),
+        "fnir": openset.none_if_nan(fnir),
+    }
+    # strangers filed under another spelling of an enrolled name (same person): shown apart
+    clean = np.isin(sp.nonmated, openset.drop_aliases(e.labels, sp.gallery, sp.nonmated))
+    kept = openset.Search(nonmated.best[clean], nonmated.score[clean], nonmated.second[clean])
+    result["nonmated_name_aliases"] = int((~clean).sum())
+    result["fpir_without_aliases"] = openset.none_if_nan(
+        openset.rates(mated, truth, kept, threshold, margin)[0], 5
+    )
+    for target, key in ((0.01, "0_01"), (0.001, "0_001")):
+        r = openset.rule_at_fpir(mated, truth, nonmated, target)
+        result[f"fnir_at_fpir_{key}"] = openset.none_if_nan(r["fnir"])
+        result[f"threshold_at_fpir_{key}"] = openset.none_if_nan(r["threshold"])
+    result["median_ms_per_image"] = round(float(np.median(e.ms)), 2) if e.ms else None
+    return result
+
+
+def calibrate_sizes(e: Embedded, k: int, dim: int, draws: int = 5) -> list[dict]:
+    """The decision rule at FPIR 1e-3 for each calibration size, with and without a margin."""
+    sp = openset.split(e.labels, k)
+    table = []
+    for size in CALIBRATION_SIZES:
+        pools: dict[str, list] = {"mated": [], "truth": [], "nonmated": []}
+        galleries = openset.sized_galleries(e.labels, sp, size, draws)
+        people = galleries[0].people
+        if any(t["gallery_people"] == people for t in table):
+            continue  # this folder cannot make a gallery that large: the size is already in
+        for g in galleries:
+            strangers = openset.drop_aliases(e.labels, g.gallery, g.nonmated)
+            _, m, t, n, _ = _searches(e, g.gallery, g.mated, strangers, dim)
+            pools["mated"].append(m)
+            pools["truth"].append(t)
+            pools["nonmated"].append(n)
+        mated = _concat(pools["mated"])
+        nonmated = _concat(pools["nonmated"])
+        truth = np.concatenate(pools["truth"])
+        why = openset.enough_data(len(truth), len(nonmated.best), TARGET_FPIR)
+        best, tried = openset.best_rule(mated, truth, nonmated, TARGET_FPIR)
+        table.append(
+            {
+                "gallery_people": people,
+                "templates_per_person": k,
+                "target_fpir": TARGET_FPIR,
+                "threshold": openset.none_if_nan(best["threshold"], 4),
+                "min_margin": best["margin"],
+                "fpir": openset.none_if_nan(best["fpir"], 5),
+                "fnir": openset.none_if_nan(best["fnir"]),
+                "mated_probes": len(truth),
+                "nonmated_probes": len(nonmated.best),
+                "draws": len(pools["mated"]),
+                "margins_tried": [
+                    {
+                        "min_margin": r["margin"],
+                        "threshold": openset.none_if_nan(r["threshold"]),
+                        "fnir": openset.none_if_nan(r["fnir"]),
+                    }
+                    for r in tried
+                ],
+                "too_little_data": why,
+            }
+        )
+    return table
+
+
+def _concat(searches: list) -> openset.Search:
+    return openset.Search(
+        *(np.concatenate([getattr(s, f) for s in searches]) for f in ("best", "score", "second"))
+    )
+
+
+def write_rules(models_dir: Path, embedder: str, table: list[dict], source: str) -> None:
+    """Record the per-gallery-size decision rules in models/models.json for the gate to use."""
+    f = models_dir / "models.json"
+    cat = load_catalogue(models_dir)
+    keep = ("gallery_people", "templates_per_person", "target_fpir", "threshold", "min_margin")
+    keep += ("fpir", "fnir", "mated_probes", "nonmated_probes", "draws")
+    cat["embedders"][embedder]["thresholds"] = [{k: e[k] for k in keep} for e in table]
+    cat["embedders"][embedder]["thresholds_source"] = source
     f.write_text(json.dumps(cat, indent=2) + "\n")

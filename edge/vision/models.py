@@ -26,6 +26,8 @@ class EmbedderSpec:
     template: np.ndarray
     threshold: float  # cosine similarity; 0 when never measured
     quantization: str
+    # decision rules per gallery size from `eval --open-set --write-threshold` (models.json)
+    thresholds: tuple[dict, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -71,6 +73,7 @@ def embedder_spec(models_dir: Path, name: str) -> EmbedderSpec:
         np.array(e["template"], dtype=np.float32),
         float(e.get("threshold", 0.0)),
         e["quantization"],
+        tuple(e.get("thresholds", ())),
     )
 
 
