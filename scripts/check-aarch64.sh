@@ -21,6 +21,7 @@
 # Pi's is written into each root, which `qemu-aarch64-static -L ROOT` reads instead), and QEMU's
 # default core `max` gives wrong int8 results (a named Pi core is always set).
 set -euo pipefail
+shopt -s inherit_errexit
 cd "$(dirname "$0")/.."
 REPO=$PWD
 HOST_PY=$REPO/.venv/bin/python
@@ -98,15 +99,16 @@ EOF
 }
 
 prepare() { # SUITE -> prints "ROOT SITE PYVER CORE"
-  local suite=$1 py glibc core board root site reqs key plats n t0=$SECONDS
+  local suite=$1 py glibc core board root site reqs key plats n mirror
   read -r py glibc core board <<<"$(suite_facts "$suite")"
   root=$CACHE/$suite/root
   if [ ! -f "$root/.edge-gate-ok" ]; then
     echo "building the arm64 $suite root (python$py) in $root" >&2
+    mirror=$(debian_mirror)
     rm -rf "$root.tmp" && mkdir -p "$CACHE/$suite"
     mmdebstrap --quiet --variant=extract --architectures=arm64 \
       --include="python$py,libpython$py-stdlib,libstdc++6,libgcc-s1,ca-certificates,tzdata" \
-      "$suite" "$root.tmp" "$(debian_mirror)" >&2
+      "$suite" "$root.tmp" "$mirror" >&2
     for n in bin lib sbin; do [ -e "$root.tmp/$n" ] || ln -s "usr/$n" "$root.tmp/$n"; done
     touch "$root.tmp/.edge-gate-ok" && rm -rf "$root" && mv "$root.tmp" "$root"
   fi
@@ -138,26 +140,42 @@ export PYTHONPATH="$site:$REPO\${PYTHONPATH:+:\$PYTHONPATH}" EDGE_AARCH64_PYTHON
 exec qemu-aarch64-static -L "$root" "$root/usr/bin/python$py" "\$@"
 EOF
   chmod +x "$CACHE/$suite/python"
-  echo "prepared in $((SECONDS - t0)) s" >&2
   echo "$core"
 }
 
+timed() { # LABEL CMD...: run CMD, then print its wall time and CPU time (CPU is what load hides)
+  local TIMEFORMAT="$1: %0R s wall, %0U+%0S s CPU"
+  shift
+  time "$@"
+}
+
+run_tests() { # PY
+  # shellcheck disable=SC2086
+  (cd "$REPO" && PYTHONDONTWRITEBYTECODE=1 "$1" -m pytest -q -p no:cacheprovider -m "not heavy" $TESTS)
+}
+
+run_equivalence() { # PY SUITE
+  "$1" -m edge.measure.equivalence run --out "$OUT/$2.json" --images "$IMAGES" 2>&1 \
+    | grep -v "XNNPACK delegate for CPU"
+  "$HOST_PY" -m edge.measure.equivalence compare "$OUT/x86.json" "$OUT/$2.json" \
+    --json "$OUT/$2-figures.json"
+}
+
 check_suite() { # SUITE
-  local suite=$1 core t0=$SECONDS t1 rc=0 py
-  core=$(prepare "$suite")
+  local suite=$1 core rc=0 py step
+  core=$(timed prepare prepare "$suite")
   export QEMU_CPU=${FORCE_CPU:-$core}
   py=$CACHE/$suite/python
-  echo "$($py -c 'import platform, sys; from edge.vision.cpu import read_cpu; print(platform.machine(), "Python", sys.version.split()[0], "|", read_cpu().summary())') | QEMU_CPU=$QEMU_CPU"
-  t1=$SECONDS
-  # shellcheck disable=SC2086
-  (cd "$REPO" && PYTHONDONTWRITEBYTECODE=1 "$py" -m pytest -q -p no:cacheprovider $TESTS) || rc=1
-  echo "tests: $((SECONDS - t1)) s"
-  t1=$SECONDS
-  "$py" -m edge.measure.equivalence run --out "$OUT/$suite.json" --images "$IMAGES" 2>&1 \
-    | grep -v "XNNPACK delegate for CPU" || rc=1
-  "$HOST_PY" -m edge.measure.equivalence compare "$OUT/x86.json" "$OUT/$suite.json" \
-    --json "$OUT/$suite-figures.json" || rc=1
-  echo "equivalence: $((SECONDS - t1)) s; $suite total $((SECONDS - t0)) s"
+  "$py" -c 'import platform, sys; from edge.vision.cpu import read_cpu
+print(platform.machine(), "Python", sys.version.split()[0], "|", read_cpu().summary())'
+  echo "QEMU_CPU=$QEMU_CPU"
+  for step in tests equivalence; do
+    if timed "$step" "run_$step" "$py" "$suite"; then
+      echo "$suite $step passed" >>"$OUT/status"
+    else
+      echo "$suite $step failed" >>"$OUT/status" && rc=1
+    fi
+  done
   return $rc
 }
 
@@ -165,9 +183,10 @@ FORCE_CPU=${QEMU_CPU:-}
 unset QEMU_CPU
 [ -z "$FORCE_CPU" ] || echo "QEMU_CPU=$FORCE_CPU forced for every suite"
 T0=$SECONDS
+: >"$OUT/status"
 echo "x86 reference: $IMAGES photos, every model in models/models.json, the Hamilton clip"
-"$HOST_PY" -m edge.measure.equivalence run --out "$OUT/x86.json" --images "$IMAGES" 2>&1 \
-  | grep -v "XNNPACK delegate for CPU"
+timed "x86 reference" "$HOST_PY" -m edge.measure.equivalence run --out "$OUT/x86.json" \
+  --images "$IMAGES" 2>&1 | grep -v "XNNPACK delegate for CPU"
 pids=()
 for s in "${SUITES[@]}"; do
   suite_facts "$s" >/dev/null
@@ -179,4 +198,5 @@ for i in "${!pids[@]}"; do
   if wait "${pids[$i]}"; then echo "aarch64 ${SUITES[$i]}: passed"; else echo "aarch64 ${SUITES[$i]}: FAILED"; status=1; fi
 done
 echo "check-aarch64: $((SECONDS - T0)) s in all (cache $CACHE)"
+echo "aarch64: $(grep -c ' passed$' "$OUT/status") passed, $(grep -c ' failed$' "$OUT/status") failed"
 exit $status
