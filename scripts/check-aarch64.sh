@@ -14,7 +14,9 @@
 # Env:   EDGE_AARCH64_CACHE   roots and wheels, reused between runs (/var/cache/edge-gate-aarch64)
 #        EDGE_AARCH64_IMAGES  photos for the equivalence check (8)
 #        EDGE_AARCH64_TESTS   test files run under emulation (the list below)
+#        EDGE_AARCH64_CLIP    0: leave the Hamilton clip out of the equivalence check (1)
 #        EDGE_AARCH64_OUT     JSON and logs of this run (var/aarch64)
+#        EDGE_FUZZ_SCALE      hypothesis examples under emulation, as a fraction (0.05)
 #        EDGE_DEBIAN_MIRROR   Debian mirror (default: the one apt on this machine uses)
 #        QEMU_CPU             force one emulated core for every suite (e.g. max, to see it fail)
 # Two traps, both handled here: the TFLite runtime crashes on the host's x86 /proc/cpuinfo (a
@@ -27,6 +29,8 @@ REPO=$PWD
 HOST_PY=$REPO/.venv/bin/python
 CACHE=${EDGE_AARCH64_CACHE:-/var/cache/edge-gate-aarch64}
 IMAGES=${EDGE_AARCH64_IMAGES:-8}
+CLIP_ARG=()
+[ "${EDGE_AARCH64_CLIP:-1}" = 1 ] || CLIP_ARG=(--no-clip)
 OUT=${EDGE_AARCH64_OUT:-$REPO/var/aarch64}
 TESTS=${EDGE_AARCH64_TESTS:-tests/test_vision.py tests/test_policy.py tests/test_tickets.py \
 tests/test_gallery.py tests/test_ledger.py tests/test_config.py tests/test_evaluate.py}
@@ -151,11 +155,11 @@ timed() { # LABEL CMD...: run CMD, then print its wall time and CPU time (CPU is
 
 run_tests() { # PY
   # shellcheck disable=SC2086
-  (cd "$REPO" && PYTHONDONTWRITEBYTECODE=1 "$1" -m pytest -q -p no:cacheprovider -m "not heavy" $TESTS)
+  (cd "$REPO" && EDGE_FUZZ_SCALE=${EDGE_FUZZ_SCALE:-0.05} PYTHONDONTWRITEBYTECODE=1 "$1" -m pytest -q -p no:cacheprovider -m "not heavy" --durations=10 $TESTS)
 }
 
 run_equivalence() { # PY SUITE
-  "$1" -m edge.measure.equivalence run --out "$OUT/$2.json" --images "$IMAGES" 2>&1 \
+  "$1" -m edge.measure.equivalence run --out "$OUT/$2.json" --images "$IMAGES" "${CLIP_ARG[@]}" 2>&1 \
     | grep -v "XNNPACK delegate for CPU"
   "$HOST_PY" -m edge.measure.equivalence compare "$OUT/x86.json" "$OUT/$2.json" \
     --json "$OUT/$2-figures.json"
@@ -186,7 +190,7 @@ T0=$SECONDS
 : >"$OUT/status"
 echo "x86 reference: $IMAGES photos, every model in models/models.json, the Hamilton clip"
 timed "x86 reference" "$HOST_PY" -m edge.measure.equivalence run --out "$OUT/x86.json" \
-  --images "$IMAGES" 2>&1 | grep -v "XNNPACK delegate for CPU"
+  --images "$IMAGES" "${CLIP_ARG[@]}" 2>&1 | grep -v "XNNPACK delegate for CPU"
 pids=()
 for s in "${SUITES[@]}"; do
   suite_facts "$s" >/dev/null
