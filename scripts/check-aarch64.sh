@@ -141,6 +141,7 @@ prepare() { # SUITE -> prints "ROOT SITE PYVER CORE"
   cat >"$CACHE/$suite/python" <<EOF
 #!/bin/sh
 export PYTHONPATH="$site:$REPO\${PYTHONPATH:+:\$PYTHONPATH}" EDGE_AARCH64_PYTHON="$CACHE/$suite/python"
+export PYTHONPYCACHEPREFIX="$CACHE/$suite/pycache"
 exec qemu-aarch64-static -L "$root" "$root/usr/bin/python$py" "\$@"
 EOF
   chmod +x "$CACHE/$suite/python"
@@ -155,7 +156,7 @@ timed() { # LABEL CMD...: run CMD, then print its wall time and CPU time (CPU is
 
 run_tests() { # PY
   # shellcheck disable=SC2086
-  (cd "$REPO" && EDGE_FUZZ_SCALE=${EDGE_FUZZ_SCALE:-0.05} PYTHONDONTWRITEBYTECODE=1 "$1" -m pytest -q -p no:cacheprovider -m "not heavy" --durations=10 $TESTS)
+  (cd "$REPO" && EDGE_FUZZ_SCALE=${EDGE_FUZZ_SCALE:-0.05} "$1" -m pytest -q -p no:cacheprovider -m "not heavy" --durations=10 $TESTS)
 }
 
 run_equivalence() { # PY SUITE
@@ -173,7 +174,7 @@ check_suite() { # SUITE
   "$py" -c 'import platform, sys; from edge.vision.cpu import read_cpu
 print(platform.machine(), "Python", sys.version.split()[0], "|", read_cpu().summary())'
   echo "QEMU_CPU=$QEMU_CPU"
-  for step in tests equivalence; do
+  for step in equivalence tests; do
     if timed "$step" "run_$step" "$py" "$suite"; then
       echo "$suite $step passed" >>"$OUT/status"
     else
