@@ -141,7 +141,8 @@ prepare() { # SUITE -> prints "ROOT SITE PYVER CORE"
   cat >"$CACHE/$suite/python" <<EOF
 #!/bin/sh
 export PYTHONPATH="$site:$REPO\${PYTHONPATH:+:\$PYTHONPATH}" EDGE_AARCH64_PYTHON="$CACHE/$suite/python"
-export PYTHONPYCACHEPREFIX="$CACHE/$suite/pycache"
+export PYTHONPYCACHEPREFIX="$CACHE/$suite/pycache"  # bytecode kept here, never in the repo
+unset PYTHONDONTWRITEBYTECODE
 exec qemu-aarch64-static -L "$root" "$root/usr/bin/python$py" "\$@"
 EOF
   chmod +x "$CACHE/$suite/python"
@@ -189,7 +190,7 @@ unset QEMU_CPU
 [ -z "$FORCE_CPU" ] || echo "QEMU_CPU=$FORCE_CPU forced for every suite"
 T0=$SECONDS
 : >"$OUT/status"
-echo "x86 reference: $IMAGES photos, every model in models/models.json, the Hamilton clip"
+echo "x86 reference: $IMAGES photos, every model in models/models.json${CLIP_ARG[*]:+, no clip}${CLIP_ARG[*]:-, the Hamilton clip}"
 timed "x86 reference" "$HOST_PY" -m edge.measure.equivalence run --out "$OUT/x86.json" \
   --images "$IMAGES" "${CLIP_ARG[@]}" 2>&1 | grep -v "XNNPACK delegate for CPU"
 pids=()
