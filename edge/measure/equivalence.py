@@ -152,6 +152,7 @@ def gate_on_clip(fixtures: Path, threads: int) -> dict:
     from edge.gallery.enroll import enroll
     from edge.gallery.store import Consent, Gallery
     from edge.gate.daemon import Gate
+    from edge.tickets.ledger import init_ledger
     from edge.vision.pipeline import FacePipeline
 
     with tempfile.TemporaryDirectory(prefix="edge-equiv-") as tmp:
@@ -165,22 +166,20 @@ def gate_on_clip(fixtures: Path, threads: int) -> dict:
             'revocation_list = "revoked.txt"\n'
             '[relay]\npin_factory = "mock"\n[audit]\npath = "audit.db"\n'
         )
+        (d / "revoked.txt").touch()
         cfg = config_mod.load(d / "gate.toml")
+        init_ledger(cfg.resolve(cfg.tickets.ledger))
         pipe = FacePipeline.from_config(cfg)
-        g = Gallery(cfg.resolve(cfg.gallery.db), init_key(cfg.resolve(cfg.gallery.key_file)))
         photos = sorted(str(f) for f in (fixtures / ENROLL_DIR).iterdir())
-        pid, _ = enroll(
-            g, pipe, "Lin-Manuel Miranda", Consent("v1"), photos,
-            threshold=pipe.spec.threshold, min_margin=cfg.gallery.min_margin,
-        )  # fmt: skip
-        g.close()
-        ev = d / "events.jsonl"
-        gate = Gate(
-            cfg, source_spec=str(fixtures / CLIP), realtime=False, events=str(ev),
-            pin_factory=MockFactory(),
-        )  # fmt: skip
-        gate.run()
-        events = [json.loads(x) for x in ev.read_text().splitlines()] if ev.exists() else []
+        with Gallery(cfg.resolve(cfg.gallery.db), init_key(cfg.resolve(cfg.gallery.key_file))) as g:
+            pid, _ = enroll(
+                g, pipe, "Lin-Manuel Miranda", Consent("v1"), photos,
+                threshold=pipe.spec.threshold, min_templates=1,
+            )  # fmt: skip
+        events: list[dict] = []
+        cfg = config_mod.override(cfg, camera={"source": str(fixtures / CLIP), "realtime": False})
+        with Gate(cfg, events.append, pin_factory=MockFactory()) as gate:
+            gate.run()
     return {
         "embedder": cfg.vision.embedder,
         "frames": gate.frames,
