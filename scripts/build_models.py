@@ -382,7 +382,14 @@ BUILDERS = {
     "liveness": build_pad,
 }
 
-MEASURED_KEYS = ("threshold", "threshold_source", "thresholds", "measured")
+MEASURED_KEYS = (
+    "threshold",
+    "threshold_source",
+    "thresholds",
+    "measured",
+    "cross_cpu_min_cosine",
+    "cross_cpu_source",
+)
 
 
 def main() -> None:

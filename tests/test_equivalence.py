@@ -141,3 +141,21 @@ def test_cosine_and_pairwise_delta_by_hand():
     b = np.array([[1.0, 0.0], [np.sqrt(0.5), np.sqrt(0.5)]])
     assert cosines(a, b) == pytest.approx([1.0, np.sqrt(0.5)])
     assert pairwise_delta(a, b) == pytest.approx(np.sqrt(0.5))  # 0 on one side, 0.707 on the other
+
+
+def test_a_model_may_carry_its_own_measured_bound(monkeypatch):
+    import edge.measure.equivalence as eq
+
+    rng = np.random.default_rng(3)
+    ref = _run(rng)
+    other = copy.deepcopy(ref)
+    v = np.array(ref["embedders"]["e"][0]["vector"])
+    u = rng.normal(size=16)
+    u -= (u @ v) / (v @ v) * v  # orthogonal to v: cosine(v, v + u) = 1 / sqrt(1 + |u|^2/|v|^2)
+    u *= np.linalg.norm(v) * np.tan(np.arccos(0.995)) / np.linalg.norm(u)
+    other["embedders"]["e"][0]["vector"] = list(v + u)
+    assert any("e: cosine" in f for f in compare(ref, other).failures)
+    monkeypatch.setattr(eq, "load_catalogue", lambda _: {"embedders": {"e": {eq.BOUND_KEY: 0.99}}})
+    rep = compare(ref, other)
+    assert rep.failures == [] and rep.figures["e"]["bound"] == 0.99
+    assert 0.99 < rep.figures["e"]["min_cosine"] < 0.999
