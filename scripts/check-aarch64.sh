@@ -190,7 +190,9 @@ unset QEMU_CPU
 [ -z "$FORCE_CPU" ] || echo "QEMU_CPU=$FORCE_CPU forced for every suite"
 T0=$SECONDS
 : >"$OUT/status"
-echo "x86 reference: $IMAGES photos, every model in models/models.json${CLIP_ARG[*]:+, no clip}${CLIP_ARG[*]:-, the Hamilton clip}"
+what="the Hamilton clip"
+[ ${#CLIP_ARG[@]} -eq 0 ] || what="no clip"
+echo "x86 reference: $IMAGES photos, every model in models/models.json, $what"
 timed "x86 reference" "$HOST_PY" -m edge.measure.equivalence run --out "$OUT/x86.json" \
   --images "$IMAGES" "${CLIP_ARG[@]}" 2>&1 | grep -v "XNNPACK delegate for CPU"
 pids=()
