@@ -387,7 +387,15 @@ BUILDERS = {
     "mobilefacenet": build_mobilefacenet,
 }
 
-MEASURED_KEYS = ("threshold", "threshold_source", "thresholds", "thresholds_source", "measured")
+MEASURED_KEYS = (
+    "threshold",
+    "threshold_source",
+    "thresholds",
+    "thresholds_source",
+    "measured",
+    "cross_cpu_min_cosine",
+    "cross_cpu_source",
+)
 
 
 def main() -> None:

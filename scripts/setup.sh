@@ -1,7 +1,6 @@
 #!/usr/bin/env bash
 # Set up edge-gate on a fresh machine: a virtualenv in .venv with the package and its test tools,
-# plus Debian's systemd (for `systemd-analyze verify`) and mosquitto (the fleet tests' broker)
-# where they are missing. Safe to run again.
+# plus the Debian tools listed below where they are missing. Safe to run again.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
@@ -11,17 +10,19 @@ fi
 .venv/bin/python -m pip install -q --upgrade pip >/dev/null 2>&1 || true
 .venv/bin/python -m pip install -q -e '.[dev]' 2>&1 | grep -v "WARNING: Location" || true
 .venv/bin/python -c "import edge.vision.runtime as r; assert r.RUNTIME, 'no TFLite runtime'; print('edge-gate ready, runtime:', r.RUNTIME)"
-if ! command -v systemd-analyze >/dev/null 2>&1; then
+# Debian tools the tests and checks use: systemd (`systemd-analyze verify`), mosquitto (the fleet
+# tests' broker), and for the aarch64 check (scripts/check-aarch64.sh) qemu-user-static and
+# mmdebstrap. Installed only as root with apt.
+missing=()
+command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)
+command -v qemu-aarch64-static >/dev/null 2>&1 || missing+=(qemu-user-static)
+command -v mmdebstrap >/dev/null 2>&1 || missing+=(mmdebstrap)
+command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || missing+=(mosquitto)
+if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq systemd >/dev/null) \
-      || echo "warning: could not install systemd; systemd unit tests will fail" >&2
-  fi
-fi
-if ! command -v mosquitto >/dev/null 2>&1 && [ ! -x /usr/sbin/mosquitto ]; then
-  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mosquitto >/dev/null) \
-      || echo "warning: could not install mosquitto; fleet tests will skip (fail with CI=true)" >&2
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null) \
+      || echo "warning: could not install ${missing[*]}; the systemd unit tests, fleet tests and the aarch64 check need them" >&2
   else
-    echo "note: mosquitto missing (apt-get install mosquitto as root); fleet tests will skip" >&2
+    echo "note: ${missing[*]} missing (install as root with apt-get): the systemd unit tests, fleet tests and the aarch64 check need them" >&2
   fi
 fi

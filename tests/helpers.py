@@ -18,6 +18,11 @@ from edge.tickets.ledger import init_ledger
 MODELS = PROJECT_ROOT / "models"
 
 
+def fuzz(examples: int) -> int:
+    """Hypothesis example count, scaled down by EDGE_FUZZ_SCALE where Python runs emulated."""
+    return max(10, int(examples * float(os.environ.get("EDGE_FUZZ_SCALE", "1"))))
+
+
 def kill_at_random(script: str, rounds: int, seed: int, max_delay: float, after_each=None) -> None:
     """Start `script` (it prints a line when ready), SIGKILL it after a random delay, `rounds` times."""
     import random

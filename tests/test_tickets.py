@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 
 from edge import tickets as tk
 from edge.errors import TicketError
+from tests.helpers import fuzz
 
 NOW = 1_800_000_000
 KEY = Ed25519PrivateKey.generate()
@@ -106,14 +107,14 @@ def test_every_single_byte_change_is_refused():
             assert not v.verify(t, NOW).valid, (i, flip)
 
 
-@settings(max_examples=600, deadline=None)
+@settings(max_examples=fuzz(600), deadline=None)
 @given(st.text(max_size=600))
 def test_random_text_never_accepted_or_crashes(text):
     out = verifier().verify(text, NOW)
     assert not out.valid and out.reason in tk.REASONS
 
 
-@settings(max_examples=600, deadline=None)
+@settings(max_examples=fuzz(600), deadline=None)
 @given(st.binary(max_size=400))
 def test_random_payloads_never_accepted_or_crash(raw):
     import base64
@@ -123,7 +124,7 @@ def test_random_payloads_never_accepted_or_crash(raw):
     assert not out.valid and out.reason in tk.REASONS
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=fuzz(300), deadline=None)
 @given(st.integers(min_value=0, max_value=200), st.binary(max_size=64))
 def test_truncated_or_extended_valid_tickets_refused(cut, tail):
     text = issue()

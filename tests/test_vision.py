@@ -206,6 +206,7 @@ def test_same_person_scores_above_threshold_strangers_below(fixtures, pipeline):
     assert float(obama[0] @ biden) < t
 
 
+@pytest.mark.heavy
 def test_int8_matches_float_twin_on_verification_metrics(fixtures, int8_pipeline, float_pipeline):
     from edge.measure.evaluation import evaluate_folder
 

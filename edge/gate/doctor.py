@@ -163,6 +163,24 @@ def _matching(site: Site) -> str:
     )
 
 
+@check("cpu and kernels")
+def _cpu(site: Site) -> str | Check:
+    from edge.vision.cpu import read_cpu
+    from edge.vision.models import embedder_spec
+    from edge.vision.runtime import TFLiteModel
+
+    cpu = read_cpu()
+    spec = embedder_spec(config_mod.models_path(site.cfg), site.cfg.vision.embedder)
+    d = TFLiteModel(spec.path, site.cfg.vision.threads).delegation()
+    detail = f"{cpu.summary()}; {spec.name}: {d.summary()}"
+    if d.ops and not d.partitions:
+        return Check(
+            "warn", "cpu and kernels", detail,
+            "install ai-edge-litert: its XNNPACK delegate holds the fast int8 kernels",
+        )  # fmt: skip
+    return detail
+
+
 @check("gallery key file")
 def _keyfile(site: Site) -> str | Check:
     from edge.gallery.crypto import credential_path, load_key
