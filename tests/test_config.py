@@ -21,7 +21,8 @@ def test_unknown_key_names_file_and_key(tmp_path):
     p = write(tmp_path, "[relay]\npni = 4\n")
     with pytest.raises(ConfigError) as e:
         config.load(p)
-    assert str(p) in str(e.value) and "relay.pni" in str(e.value)
+    assert str(p) in str(e.value)
+    assert "relay.pni" in str(e.value)
 
 
 def test_wrong_type_names_key_and_value(tmp_path):
@@ -51,7 +52,8 @@ def test_relative_paths_resolve_against_config_folder(tmp_path):
 
 def test_override_keeps_the_rest():
     cfg = config.override(config.load(), camera={"source": "x.mp4", "width": None})
-    assert cfg.camera.source == "x.mp4" and cfg.camera.width == 640
+    assert cfg.camera.source == "x.mp4"
+    assert cfg.camera.width == 640
 
 
 def test_one_path_rule_every_file_of_a_command_lands_in_the_working_directory(

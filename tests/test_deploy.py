@@ -43,7 +43,9 @@ def test_units_pass_systemd_analyze_verify(tmp_path):
     p = subprocess.run(
         [exe, "verify", "--man=no", *UNITS], cwd=tmp_path, capture_output=True, text=True
     )
-    assert p.returncode == 0 and p.stdout.strip() == "" and p.stderr.strip() == "", p.stderr
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.strip() == "", p.stderr
+    assert p.stderr.strip() == "", p.stderr
 
 
 def test_service_hardening_contract():
@@ -65,17 +67,21 @@ def test_service_hardening_contract():
         assert directive in unit, directive
     assert re.search(r"SupplementaryGroups=.*video.*gpio", unit)
     timer = (ROOT / "systemd" / "edge-gate-purge.timer").read_text()
-    assert "OnCalendar=" in timer and "Persistent=true" in timer
+    assert "OnCalendar=" in timer
+    assert "Persistent=true" in timer
 
 
 def test_sync_unit_has_the_network_and_the_gate_has_none():
     gate = (ROOT / "systemd" / "edge-gate.service").read_text()
     sync = (ROOT / "systemd" / "edge-gate-sync.service").read_text()
-    assert "PrivateNetwork=yes" in gate and "IPAddressDeny=any" in gate
+    assert "PrivateNetwork=yes" in gate
+    assert "IPAddressDeny=any" in gate
     assert "PrivateNetwork=yes" not in sync
-    assert "IPAddressDeny=any" in sync and "IPAddressAllow=" in sync
+    assert "IPAddressDeny=any" in sync
+    assert "IPAddressAllow=" in sync
     assert "edge-gate sync --config /etc/edge-gate/gate.toml" in sync
-    assert "LoadCredential=mqtt.cred:" in sync and "ProtectSystem=strict" in sync
+    assert "LoadCredential=mqtt.cred:" in sync
+    assert "ProtectSystem=strict" in sync
 
 
 def test_installer_writes_a_pi_config_that_loads(tmp_path):
@@ -93,14 +99,12 @@ def test_installer_writes_a_pi_config_that_loads(tmp_path):
     p = tmp_path / "gate.toml"
     p.write_text(out)
     cfg = config_mod.load(p)
-    assert cfg.camera.source == "picamera2" and cfg.relay.pin_factory == "lgpio"
-    assert (
-        cfg.gallery.db == "/var/lib/edge-gate/gallery.db"
-        and cfg.gallery.key_file == "/etc/edge-gate/gallery.key"
-    )
-    assert cfg.tickets.pubkeys == ("/etc/edge-gate/issuer.pub",) and cfg.audit.path.startswith(
-        "/var/lib/edge-gate/"
-    )
+    assert cfg.camera.source == "picamera2"
+    assert cfg.relay.pin_factory == "lgpio"
+    assert cfg.gallery.db == "/var/lib/edge-gate/gallery.db"
+    assert cfg.gallery.key_file == "/etc/edge-gate/gallery.key"
+    assert cfg.tickets.pubkeys == ("/etc/edge-gate/issuer.pub",)
+    assert cfg.audit.path.startswith("/var/lib/edge-gate/")
     assert cfg.tickets.ledger.startswith("/var/lib/edge-gate/")
     assert cfg.vision.models_dir == "/opt/edge-gate/models"  # the package is not editable
     assert cfg.fleet.state_db.startswith("/var/lib/edge-gate/")
@@ -117,7 +121,8 @@ def test_firmware_holds_relay_low_from_boot():
     assert f"gpio={cfg.relay.pin}=op,dl" in txt
     assert "camera_auto_detect=1" in txt
     rules = (ROOT / "firmware_config" / "99-edge-gate.rules").read_text()
-    assert 'SUBSYSTEM=="video4linux"' in rules and 'KERNEL=="gpiochip*"' in rules
+    assert 'SUBSYSTEM=="video4linux"' in rules
+    assert 'KERNEL=="gpiochip*"' in rules
 
 
 def test_every_config_key_is_documented():
@@ -267,7 +272,8 @@ def test_relay_off_without_a_tool_fails_and_mock_needs_none(tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()
     p = relay_off('[relay]\npin_factory = "lgpio"\n', tmp_path, empty)
-    assert p.returncode == 1 and "gpiod" in p.stderr
+    assert p.returncode == 1
+    assert "gpiod" in p.stderr
     p = relay_off('[relay]\npin_factory = "mock"\n', tmp_path, empty)
     assert p.returncode == 0
     p = relay_off('[relay]\npin = "x"\n', tmp_path, empty)

@@ -80,7 +80,8 @@ def test_folder_import_counts_every_refusal_and_embeds_each_photo_once(tmp_path,
     r = enroll_folder(
         gal, pipe, folder, CONSENT, threshold=0.8, on_progress=lambda *a: progress.append(a)
     )
-    assert set(r.enrolled) == {"alice", "bob"} and r.templates == {"alice": 3, "bob": 5}
+    assert set(r.enrolled) == {"alice", "bob"}
+    assert r.templates == {"alice": 3, "bob": 5}
     assert r.refused == {
         "carol": TOO_FEW,
         "dave": DUPLICATE,
@@ -90,15 +91,19 @@ def test_folder_import_counts_every_refusal_and_embeds_each_photo_once(tmp_path,
     }
     assert pipe.calls == 3 + 5 + 1 + 4 + 3  # one embedding per readable photo
     assert writes == ["alice", "bob"]  # one transaction per enrolled person
-    assert progress[0] == (0, 7, "alice") and progress[-1] == (7, 7, "")
+    assert progress[0] == (0, 7, "alice")
+    assert progress[-1] == (7, 7, "")
     people = {p.name: p for p in gal.people()}
-    assert set(people) == {"alice", "bob"} and people["bob"].template_count == 5
+    assert set(people) == {"alice", "bob"}
+    assert people["bob"].template_count == 5
     t = gal.templates("generated")
     assert np.array_equal(to_template_grid(t.matrix), t.matrix)  # stored on the matcher's grid
 
     again = enroll_folder(gal, pipe, folder, CONSENT, threshold=0.8, min_templates=1)
-    assert again.refused["alice"] == ALREADY and again.refused["bob"] == ALREADY
-    assert again.refused["dave"] == DUPLICATE and set(again.enrolled) == {"carol"}
+    assert again.refused["alice"] == ALREADY
+    assert again.refused["bob"] == ALREADY
+    assert again.refused["dave"] == DUPLICATE
+    assert set(again.enrolled) == {"carol"}
 
 
 def test_a_new_person_needs_three_templates_unless_told(tmp_path, gal):
@@ -107,13 +112,15 @@ def test_a_new_person_needs_three_templates_unless_told(tmp_path, gal):
     two = [str(p) for p in sorted((tmp_path / "one").iterdir())]
     with pytest.raises(EnrollError, match="only 2 usable") as e:
         enroll(gal, pipe, "Two Photos", CONSENT, two, threshold=0.8)
-    assert "--min-templates 1" in e.value.hint and gal.people() == []
+    assert "--min-templates 1" in e.value.hint
+    assert gal.people() == []
     pid, n = enroll(gal, pipe, "Two Photos", CONSENT, two, threshold=0.8, min_templates=1)
     assert n == 2
     photos(tmp_path, "more", 5, 1)  # adding to someone enrolled is never refused for count
     extra = [str(next((tmp_path / "more").iterdir()))]
     pid2, n2 = enroll(gal, pipe, "", CONSENT, extra, threshold=0.8, person_id=pid)
-    assert (pid2, n2) == (pid, 1) and gal.people()[0].template_count == 3
+    assert (pid2, n2) == (pid, 1)
+    assert gal.people()[0].template_count == 3
 
 
 def test_duplicate_check_runs_against_the_growing_import(tmp_path, gal):
@@ -123,7 +130,8 @@ def test_duplicate_check_runs_against_the_growing_import(tmp_path, gal):
         photos(folder, f"p{i:02d}", i, 3)
     photos(folder, "p99_same_as_p07", 7, 3)
     r = enroll_folder(gal, pipe, folder, CONSENT, threshold=0.8)
-    assert len(r.enrolled) == 30 and r.refused == {"p99_same_as_p07": DUPLICATE}
+    assert len(r.enrolled) == 30
+    assert r.refused == {"p99_same_as_p07": DUPLICATE}
 
 
 def test_enroll_folder_command(tmp_path, monkeypatch, capsys):
@@ -153,7 +161,9 @@ def test_enroll_folder_on_real_faces(tmp_path, gal, fixtures, pipeline):
     faces = fixtures / "faces"
     r = enroll_folder(gal, pipeline, faces, CONSENT, threshold=pipeline.spec.threshold)
     few = {d.name for d in faces.iterdir() if d.is_dir() and len(list(d.iterdir())) < 3}
-    assert few <= set(r.refused) and all(r.refused[n] in (TOO_FEW, NO_FACE) for n in few)
-    assert len(r.enrolled) >= 10 and DUPLICATE not in r.refused.values()
+    assert few <= set(r.refused)
+    assert all(r.refused[n] in (TOO_FEW, NO_FACE) for n in few)
+    assert len(r.enrolled) >= 10
+    assert DUPLICATE not in r.refused.values()
     assert all(3 <= n <= 5 for n in r.templates.values())
     assert len(gal.people()) == len(r.enrolled)

@@ -25,10 +25,12 @@ def test_threshold_and_tar_at_far():
         imp >= np.nextafter(t, -np.inf) - 1e-3
     ).mean() > 0.01  # a lower threshold breaks the FAR
     tar, t2 = tar_at_far(np.array([0.995, 0.999, 0.5]), imp, 0.01)
-    assert t2 == t and tar == pytest.approx(2 / 3)
+    assert t2 == t
+    assert tar == pytest.approx(2 / 3)
 
 
 def test_pair_scores_split_by_label():
     e = np.eye(3, dtype=np.float32)
     ps = pair_scores(np.vstack([e[0], e[0], e[1]]), ["a", "a", "b"])
-    assert ps.genuine.tolist() == [1.0] and sorted(ps.impostor.tolist()) == [0.0, 0.0]
+    assert ps.genuine.tolist() == [1.0]
+    assert sorted(ps.impostor.tolist()) == [0.0, 0.0]

@@ -83,7 +83,8 @@ def test_match_fused_is_the_normalised_mean_and_refuses_non_finite():
     embs = noisy(rng, centres[0], 4, 0.1) * np.array([[1.0], [2.0], [0.5], [3.0]], np.float32)
     mean = unit(unit(embs).mean(axis=0))
     fused, direct = m.match_fused(embs), m.match(mean)
-    assert fused.person_id == direct.person_id == "A" and abs(fused.score - direct.score) < 1e-6
+    assert fused.person_id == direct.person_id == "A"
+    assert abs(fused.score - direct.score) < 1e-6
     bad = embs.copy()
     bad[1, 3] = np.nan
     assert m.match_fused(bad).person_id is None
@@ -125,5 +126,6 @@ def test_gate_with_fused_frames_on_recorded_video(tmp_path, fixtures, pipeline):
         return events
 
     grants = [e for e in run_clip("short_hamilton_clip.mp4") if e["decision"] == "grant"]
-    assert grants and all(e["via"] == "face" and e["person"] == pid for e in grants)
+    assert grants
+    assert all(e["via"] == "face" and e["person"] == pid for e in grants)
     assert not [e for e in run_clip("mall_walking.mp4") if e["decision"] == "grant"]

@@ -47,7 +47,8 @@ def test_name_and_template_bytes_never_on_disk(gal, tmp_path):
     assert gal.pass_refs() == {pid: "ANNUAL-998877"}  # what the gate needs, without opening names
     raw = file_bytes(gal.path)
     for secret in (NAME, "Zebulon", "ANNUAL-998877", "Desk Clerk Ondine"):
-        assert secret.encode() not in raw and secret.encode("utf-16-le") not in raw
+        assert secret.encode() not in raw
+        assert secret.encode("utf-16-le") not in raw
     for e in emb:
         b = e.tobytes()
         for i in range(0, len(b) - 16, 16):  # no 16-byte window of any template
@@ -80,7 +81,8 @@ def test_tampered_and_swapped_rows_rejected_others_still_match(gal, caplog):
     (blob2,) = c.execute("SELECT embedding FROM templates WHERE person_id=?", (ids[2],)).fetchone()
     c.execute("UPDATE templates SET embedding=? WHERE person_id=?", (blob2, ids[1]))
     t = gal.templates("m")
-    assert t.rejected == 2 and list(t.person_ids) == [ids[2]]
+    assert t.rejected == 2
+    assert list(t.person_ids) == [ids[2]]
     assert "gallery row rejected table=templates" in caplog.text
     m = Matcher(t.matrix, t.person_ids, 0.9, 0.0)
     assert m.match(embs[2]).person_id == ids[2]
@@ -146,11 +148,13 @@ def test_matcher_threshold_margin_and_empty():
     assert m.match(both * 1.0).person_id is None  # 0.707 < threshold anyway
     m2 = Matcher(e[:2], np.array(["A", "B"], dtype=object), threshold=0.5, min_margin=0.1)
     r = m2.match(both)
-    assert r.person_id is None and r.reason == "ambiguous"
+    assert r.person_id is None
+    assert r.reason == "ambiguous"
     empty = Matcher(np.zeros((0, 4), np.float32), np.array([], dtype=object), 0.5, 0.1)
     assert empty.match(e[0]).reason == "empty_gallery"
     single = Matcher(e[:1], np.array(["A"], dtype=object), 0.5, 0.1)
-    assert single.match(e[0]).person_id == "A" and single.match(e[0]).margin == 1.0
+    assert single.match(e[0]).person_id == "A"
+    assert single.match(e[0]).margin == 1.0
 
 
 def test_live_matcher_sees_changes_without_restart_and_never_blocks(tmp_path):
@@ -248,7 +252,8 @@ def test_kill_9_mid_enroll_never_leaves_half_a_person(tmp_path):
     with Gallery(tmp_path / "g.db", load_key(tmp_path / "k.key")) as g:
         assert g.conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
         people = g.people()
-        assert people and all(p.template_count == 4 and p.consent_time for p in people)
+        assert people
+        assert all(p.template_count == 4 and p.consent_time for p in people)
         assert g.templates("m").rejected == 0
 
 
@@ -316,7 +321,8 @@ def test_enroll_identify_refuse_duplicates_and_reenroll(gal, pipeline, fixtures)
     with pytest.raises(EnrollError, match="already matches"):
         enroll(gal, pipeline, "Not Obama", CONSENT, [second], threshold=t)
     pid, n = enroll(gal, pipeline, "", CONSENT, [second], threshold=t, person_id=enrolled["obama"])
-    assert pid == enrolled["obama"] and n == 1
+    assert pid == enrolled["obama"]
+    assert n == 1
     assert {p.id: p.template_count for p in gal.people()}[pid] == 2
     # identification: every other photo is its own person or nobody; never someone else
     tm = gal.templates(pipeline.spec.name)

@@ -57,24 +57,28 @@ def test_gallery_cli_lifecycle(tmp_path, fixtures):
         "--minor",
         str(fixtures / "faces" / "obama" / "obama.jpg"),
     )
-    assert p.returncode == 2 and "guardian" in p.stderr and len(p.stderr.strip().splitlines()) == 1
+    assert p.returncode == 2
+    assert "guardian" in p.stderr
+    assert len(p.stderr.strip().splitlines()) == 1
 
     people = json.loads(run(tmp_path, "people", *g, "--json").stdout)
     assert len(people) == 1
     row = people[0]
-    assert row["id"] == pid and row["name"] == "Lin-Manuel Miranda" and row["pass"] == "AP-1"
-    assert (
-        row["template_count"] == 1
-        and row["consent_time"]
-        and row["valid_until"].startswith("2030-01-01")
-    )
+    assert row["id"] == pid
+    assert row["name"] == "Lin-Manuel Miranda"
+    assert row["pass"] == "AP-1"
+    assert row["template_count"] == 1
+    assert row["consent_time"]
+    assert row["valid_until"].startswith("2030-01-01")
     assert "embedding" not in json.dumps(row)
 
     rep = json.loads(run(tmp_path, "privacy-report", *g, "--json").stdout)
-    assert rep["stored"]["people"] == 1 and rep["encryption"]["key_file_ok"]
+    assert rep["stored"]["people"] == 1
+    assert rep["encryption"]["key_file_ok"]
     assert rep["filing_threshold"]["threshold"] == 100_000
     md = run(tmp_path, "privacy-report", *g).stdout
-    assert md.startswith("# Privacy report") and "Lin-Manuel" not in md
+    assert md.startswith("# Privacy report")
+    assert "Lin-Manuel" not in md
 
     assert run(tmp_path, "keys", "rotate", *g).returncode == 0
     assert run(tmp_path, "forget", *g, pid).returncode == 0
@@ -87,9 +91,8 @@ def test_gallery_cli_lifecycle(tmp_path, fixtures):
     kinds = [r.kind for r in AuditLog(tmp_path / "audit.db").records()]
     assert kinds == ["enroll", "keys", "deletion", "purge"]  # the rotation is audited too
     deletion = AuditLog(tmp_path / "audit.db").records("deletion")[0]
-    assert (
-        deletion.subject == "" and deletion.reason == "consent_withdrawn"
-    )  # that it happened, not who
+    assert deletion.subject == ""
+    assert deletion.reason == "consent_withdrawn"  # that it happened, not who
 
 
 def test_wrong_key_is_one_clear_line(tmp_path):
@@ -102,7 +105,8 @@ def test_wrong_key_is_one_clear_line(tmp_path):
     with Gallery(db, load_key(tmp_path / "a.key")):
         pass
     p = run(tmp_path, "people", "--db", db, "--key-file", str(tmp_path / "b.key"))
-    assert p.returncode == 2 and "does not open gallery" in p.stderr
+    assert p.returncode == 2
+    assert "does not open gallery" in p.stderr
 
 
 def test_audit_log_is_append_only(tmp_path):
@@ -122,4 +126,5 @@ def test_audit_log_is_append_only(tmp_path):
         log.conn.execute("UPDATE events SET decision='grant'")
     with pytest.raises(sqlite3.DatabaseError, match="retention"):
         log.conn.execute("DELETE FROM events")
-    assert log.purge() == 1 and [r.subject for r in log.records()] == ["T-1"]
+    assert log.purge() == 1
+    assert [r.subject for r in log.records()] == ["T-1"]

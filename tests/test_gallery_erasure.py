@@ -56,7 +56,8 @@ def test_forget_with_a_reader_holding_old_pages_fails_loudly_then_purge_finishes
     args = ["--config", str(cfg), "--db", str(db), "--key-file", str(key)]
     rc, out, err = cli(capsys, "forget", *args, pid)
     assert rc == 2, out
-    assert "NOT yet erased from disk" in err and "edge-gate purge" in err
+    assert "NOT yet erased from disk" in err
+    assert "edge-gate purge" in err
     assert "forgot" not in out  # never claims an erasure that did not happen
     raw = file_bytes(db)
     assert any(blob[12:40] in raw for blob in sealed)  # the truth: the bytes are still there
@@ -69,7 +70,8 @@ def test_forget_with_a_reader_holding_old_pages_fails_loudly_then_purge_finishes
     )
     rc, out, _ = cli(capsys, "doctor", *args, "--json")
     (check,) = [c for c in json.loads(out) if c["check"] == "gallery database"]
-    assert check["status"] == "warn" and "erasure is still pending" in check["detail"]
+    assert check["status"] == "warn"
+    assert "erasure is still pending" in check["detail"]
     reader.execute("COMMIT")
     reader.close()
     rc, out, err = cli(capsys, "purge", *args)
@@ -99,7 +101,8 @@ def test_forget_retries_then_raises_a_typed_error_and_a_later_forget_finishes(ga
     reader.execute("SELECT * FROM people").fetchall()
     with pytest.raises(ErasureIncomplete, match="another process holds a read transaction"):
         gal.forget(pid)
-    assert gal.pending_erasure() and gal.stats()["pending_erasure"]
+    assert gal.pending_erasure()
+    assert gal.stats()["pending_erasure"]
     reader.execute("COMMIT")
     assert not gal.forget(pid)  # already deleted; the pending scrub is completed on the way
     assert not gal.pending_erasure()
@@ -126,13 +129,16 @@ def test_forgotten_person_restored_from_an_old_backup_does_not_open(gal, tmp_pat
     assert gal.forget(pid)
     copy_person_rows(backup, gal, pid, with_key=False)  # their rows re-inserted
     t = gal.templates("m")
-    assert t.rejected == 2 and list(t.person_ids) == [keep]
+    assert t.rejected == 2
+    assert list(t.person_ids) == [keep]
     live = LiveMatcher(gal, "m", 0.9, 0.0)
     assert live.match_many(gone_e)[0].person_id is None
     assert live.match_many(keep_e[None])[0].person_id == keep
-    assert pid not in gal.pass_refs() and pid not in gal.person_valid_until()
+    assert pid not in gal.pass_refs()
+    assert pid not in gal.person_valid_until()
     restored = {p.id: p for p in gal.people()}[pid]
-    assert not restored.intact and restored.name == "<damaged>"
+    assert not restored.intact
+    assert restored.name == "<damaged>"
 
 
 def test_old_whole_file_backup_is_unreadable_after_forget_and_key_rotation(gal, tmp_path):
@@ -173,7 +179,8 @@ def test_v1_gallery_migrates_to_per_person_keys_and_leaves_no_old_ciphertext(tmp
         t = g.templates("m")
         assert t.rejected == 0
         m = Matcher(t.matrix, t.person_ids, 0.9, 0.0)
-        assert m.match(a[1]).person_id == "P-a" and m.match(b[0]).person_id == "P-b"
+        assert m.match(a[1]).person_id == "P-a"
+        assert m.match(b[0]).person_id == "P-b"
         g.conn.execute("UPDATE people SET valid_until = NULL WHERE id = 'P-b'")
         assert "P-b" not in g.person_valid_until()  # validity is bound after migration too
     raw = file_bytes(tmp_path / "g.db")
@@ -189,7 +196,9 @@ def test_export_import_moves_one_sealed_person(tmp_path):
         pid = a.add_person(NAME, CONSENT, list(e), "m", "v", pass_ref="AP-1", valid_until=2**31)
         rec = export_person(a, pid, transport)
     text = json.dumps(rec)
-    assert NAME not in text and "AP-1" not in text and "Ondine" not in text
+    assert NAME not in text
+    assert "AP-1" not in text
+    assert "Ondine" not in text
     with Gallery(tmp_path / "b.db", init_key(tmp_path / "b.key")) as b:
         with pytest.raises(GalleryError, match="refused"):
             import_person(b, json.loads(text), bytes(32))  # wrong transport key
@@ -224,13 +233,15 @@ def test_privacy_report_lists_exactly_the_columns_of_the_database(gal, tmp_path,
     for field in st["fields_encrypted"]:  # every column called sealed really holds no plaintext
         t, c = field.split(".")
         for (v,) in gal.conn.execute(f"SELECT {c} FROM {t} WHERE {c} IS NOT NULL"):
-            assert isinstance(v, bytes) and len(v) >= 28
+            assert isinstance(v, bytes)
+            assert len(v) >= 28
     assert "people.valid_until" in st["fields_in_clear"]
     rc, out, _ = cli(
         capsys, "privacy-report", "--config", str(config(tmp_path)), "--db", str(gal.path),
         "--key-file", str(tmp_path / "k.key"), "--json",
     )  # fmt: skip
-    assert rc == 0 and json.loads(out)["stored"]["fields_encrypted"] == st["fields_encrypted"]
+    assert rc == 0
+    assert json.loads(out)["stored"]["fields_encrypted"] == st["fields_encrypted"]
 
 
 def test_gallery_is_a_context_manager(tmp_path):
@@ -254,11 +265,13 @@ def test_purge_under_a_held_reader_records_the_purge_then_fails_loudly(
     reader.execute("SELECT count(*) FROM people").fetchone()
     args = ["--config", str(config(tmp_path)), "--db", str(db), "--key-file", str(key)]
     rc, _, err = cli(capsys, "purge", *args)
-    assert rc == 2 and "NOT yet erased from disk" in err
+    assert rc == 2
+    assert "NOT yet erased from disk" in err
     (rec,) = AuditLog(tmp_path / "audit.db").records("purge")  # the deletion is on record
     assert rec.detail.startswith("1 people expired")
     reader.execute("COMMIT")
     reader.close()
     assert cli(capsys, "purge", *args)[0] == 0
     with Gallery(db, load_key(key), create=False) as g:
-        assert not g.pending_erasure() and old not in {p.id for p in g.people()}
+        assert not g.pending_erasure()
+        assert old not in {p.id for p in g.people()}

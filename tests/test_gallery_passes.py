@@ -53,7 +53,8 @@ def test_enroll_person_id_refuses_someone_elses_face(tmp_path, capsys, fixtures,
         str(faces / "kit_harington" / "john1.jpeg"),
     )  # fmt: skip
     assert rc == 2
-    assert f"does not match person {obama}" in err and "--replace-templates" in err
+    assert f"does not match person {obama}" in err
+    assert "--replace-templates" in err
     assert people_json(capsys, tmp_path)[obama]["template_count"] == 1
     # so another photo of Kit is not granted as Obama
     with Gallery(tmp_path / "g.db", load_key(tmp_path / "k.key")) as gal:
@@ -96,12 +97,14 @@ def test_replace_templates_reenrolls_with_consent_and_an_audit_record(
         assert gal.person(pid).template_count == 1
     assert old[12:40] not in file_bytes(tmp_path / "g.db")  # the replaced template is erased
     rec = AuditLog(tmp_path / "audit.db").records("enroll")[-1]
-    assert rec.subject == pid and rec.reason == "replace_templates"
+    assert rec.subject == pid
+    assert rec.reason == "replace_templates"
     rc, _, err = cli(
         capsys, "enroll", *g, "--replace-templates", "--name", "X", "--consent-version", "v1",
         str(faces / "obama" / "obama.jpg"),
     )  # fmt: skip
-    assert rc == 2 and "needs --person-id" in err
+    assert rc == 2
+    assert "needs --person-id" in err
 
 
 # --- pass renewal and edits ------------------------------------------------------------------------
@@ -122,13 +125,15 @@ def test_enroll_person_id_with_pass_flags_is_refused_not_ignored(tmp_path, capsy
             capsys, "enroll", *gallery_args(tmp_path), "--person-id", one_person,
             "--consent-version", "v1", *flags, str(tmp_path / "photo.jpg"),
         )  # fmt: skip
-        assert rc == 2 and "edge-gate pass" in err, flags
+        assert rc == 2, flags
+        assert "edge-gate pass" in err, flags
     assert people_json(capsys, tmp_path)[one_person]["valid_until"].startswith("2023-11-14")
     rc, _, err = cli(
         capsys, "enroll", *gallery_args(tmp_path), "--person-id", "P-nobody",
         "--consent-version", "v1", str(tmp_path / "photo.jpg"),
     )  # fmt: skip
-    assert rc == 2 and "no person P-nobody" in err  # not "already matches enrolled person"
+    assert rc == 2
+    assert "no person P-nobody" in err  # not "already matches enrolled person"
 
 
 def test_pass_renew_and_edit(tmp_path, capsys, one_person):
@@ -145,15 +150,18 @@ def test_pass_renew_and_edit(tmp_path, capsys, one_person):
     assert (row["pass"], row["name"], row["intact"]) == ("AP-9", "Ada P.", True)
     assert row["valid_until"][:4] == "2031"  # untouched by edit
     rc, _, _ = cli(capsys, "pass", "renew", one_person, *g, "--no-expiry")
-    assert rc == 0 and people_json(capsys, tmp_path)[one_person]["valid_until"] is None
+    assert rc == 0
+    assert people_json(capsys, tmp_path)[one_person]["valid_until"] is None
     with Gallery(tmp_path / "g.db", load_key(tmp_path / "k.key")) as gal:
         assert gal.person_valid_until() == {one_person: None}  # still bound to the sealed copy
     kinds = [(r.kind, r.reason) for r in AuditLog(tmp_path / "audit.db").records("pass")]
     assert kinds == [("pass", "renew"), ("pass", "edit"), ("pass", "renew")]
     rc, _, err = cli(capsys, "pass", "renew", "P-nobody", *g, "--valid-until", "2031-01-01")
-    assert rc == 2 and "no person P-nobody" in err
+    assert rc == 2
+    assert "no person P-nobody" in err
     rc, _, err = cli(capsys, "pass", "edit", one_person, *g)
-    assert rc == 2 and "nothing to change" in err
+    assert rc == 2
+    assert "nothing to change" in err
 
 
 # --- validity bound to the sealed record ------------------------------------------------------------
@@ -183,11 +191,13 @@ def test_changed_validity_row_is_rejected_as_tampered(tmp_path, capsys, tamper):
         assert pid not in live.valid_until
         assert live.rejected == 1
     row = people_json(capsys, tmp_path)[pid]
-    assert row["intact"] is False and row["name"] == "<damaged>"
+    assert row["intact"] is False
+    assert row["name"] == "<damaged>"
     rc, _, err = cli(
         capsys, "pass", "renew", pid, *gallery_args(tmp_path), "--valid-until", "2030-01-01"
     )
-    assert rc == 2 and "failed authentication" in err  # a tampered person is not re-blessed
+    assert rc == 2
+    assert "failed authentication" in err  # a tampered person is not re-blessed
 
 
 # --- non-finite scores -----------------------------------------------------------------------------
@@ -201,7 +211,8 @@ def test_non_finite_probe_or_template_never_matches():
         probe = e[0].copy()
         probe[1] = bad
         r = m.match(probe)
-        assert r.person_id is None and r.reason == "non_finite", bad
+        assert r.person_id is None, bad
+        assert r.reason == "non_finite", bad
         assert np.isfinite(r.score)  # decisions and logs stay valid JSON
     nan_t = e[:2].copy()
     nan_t[0, 0] = np.nan
@@ -239,7 +250,8 @@ def test_unsafe_matching_values_refuse_to_load(tmp_path, text, key):
     p.write_text(text)
     with pytest.raises(ConfigError) as e:
         config_mod.load(p)
-    assert str(p) in str(e.value) and key in str(e.value)
+    assert str(p) in str(e.value)
+    assert key in str(e.value)
 
 
 def test_sane_values_load_and_resolve():
@@ -254,7 +266,8 @@ def test_doctor_reports_the_threshold_in_use(tmp_path, capsys):
     cfg = config(tmp_path, "[gallery]\nmatch_threshold = 0.95\nmin_margin = 0.1\n")
     out = cli(capsys, "doctor", "--config", str(cfg))[1]
     line = next(x for x in out.splitlines() if "match threshold" in x)
-    assert "threshold 0.95 (gallery.match_threshold)" in line and "min margin 0.1" in line
+    assert "threshold 0.95 (gallery.match_threshold)" in line
+    assert "min margin 0.1" in line
     cfg = config(tmp_path)
     out = cli(capsys, "doctor", "--config", str(cfg))[1]
     line = next(x for x in out.splitlines() if "match threshold" in x)
@@ -281,7 +294,8 @@ def test_eval_refuses_to_write_a_threshold_from_thin_data_and_prints_valid_json(
         (folder / person / img.name).symlink_to(img)
     rc, out, err = cli(capsys, "eval", str(folder), "--config", str(cfg), "--write-threshold")
     assert rc == 2
-    assert "0 genuine and 1 impostor pairs" in err and "need at least 50 genuine" in err
+    assert "0 genuine and 1 impostor pairs" in err
+    assert "need at least 50 genuine" in err
     assert (models / "models.json").read_bytes() == before
     rc, out, err = cli(capsys, "eval", str(folder), "--config", str(cfg), "--json")
     assert rc == 0, err
@@ -290,4 +304,5 @@ def test_eval_refuses_to_write_a_threshold_from_thin_data_and_prints_valid_json(
         raise AssertionError(f"invalid JSON constant {token}")
 
     result = json.loads(out, parse_constant=no_nan)
-    assert result["genuine_pairs"] == 0 and result["tar_at_far_0"] is None
+    assert result["genuine_pairs"] == 0
+    assert result["tar_at_far_0"] is None

@@ -30,7 +30,9 @@ def test_one_time_and_n_entries(tmp_path):
     one = Ticket("A", kind=Kind.ONE_TIME)
     assert led.redeem(one, T0).ok
     r = led.redeem(one, T0 + 1000)
-    assert not r.ok and r.reason == ALREADY_USED and r.detail == "no entries left"
+    assert not r.ok
+    assert r.reason == ALREADY_USED
+    assert r.detail == "no entries left"
     three = Ticket("B", kind=Kind.ENTRIES, count=3)
     assert [led.redeem(three, T0 + 2000 + i * 100).ok for i in range(5)] == [
         True,
@@ -47,7 +49,8 @@ def test_season_pass_per_day_limit(tmp_path):
     s = Ticket("S", kind=Kind.SEASON, count=2)
     day1 = [led.redeem(s, T0 + i).ok for i in range(3)]
     day2 = [led.redeem(s, T0 + DAY + i).ok for i in range(3)]
-    assert day1 == [True, True, False] and day2 == [True, True, False]
+    assert day1 == [True, True, False]
+    assert day2 == [True, True, False]
 
 
 def test_anti_passback_window(tmp_path):
@@ -79,7 +82,8 @@ def test_shown_twice_within_a_second_from_two_threads(tmp_path):
         t.start()
     for t in threads:
         t.join()
-    assert sum(results) == 2 and len(results) == 8
+    assert sum(results) == 2
+    assert len(results) == 8
 
 
 def test_corrupt_ledger_is_a_clear_error(tmp_path):

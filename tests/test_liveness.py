@@ -81,11 +81,11 @@ def test_crop_for_pad_stays_inside_and_shrinks_to_fit():
     img = np.zeros((100, 200, 3), np.uint8)
     img[:, :100] = 255
     c = lv.crop_for_pad(img, np.array([5, 40, 25, 60]), 2.7, 32)  # near the left edge
-    assert (
-        c.shape == (32, 32, 3) and c.mean() == 255
-    )  # shifted right, still all inside the white half
+    assert c.shape == (32, 32, 3)
+    assert c.mean() == 255  # shifted right, still all inside the white half
     whole = lv.crop_for_pad(img, np.array([60, 0, 150, 95]), 2.7, 32)  # too big: the whole height
-    assert whole.shape == (32, 32, 3) and 0 < whole.mean() < 255
+    assert whole.shape == (32, 32, 3)
+    assert 0 < whole.mean() < 255
 
 
 def seen(pid, live, t=0.0):
@@ -142,7 +142,8 @@ def test_config_liveness_mode_is_checked(tmp_path):
 
 def test_shipped_model_loads_and_judges_in_range():
     spec = lv.PadSpec.load(MODELS, "minifasnet_int8")
-    assert 0 < spec.threshold < 1 and spec.crop_scale > 1
+    assert 0 < spec.threshold < 1
+    assert spec.crop_scale > 1
     m = lv.PadModel(spec, threads=1)
     rng = np.random.default_rng(0)
     img = rng.integers(0, 255, (240, 320, 3), dtype=np.uint8)
@@ -180,6 +181,7 @@ def test_off_is_named_by_doctor_and_privacy_report(tmp_path):
         p.write_text(f'[liveness]\nmode = "{mode}"\n')
         cfg = config_mod.load(p)
         (check,) = [c for c in run_checks(Site(cfg, db, key)) if "presentation" in c.check]
-        assert check.status == status and (mode in check.detail)
+        assert check.status == status
+        assert mode in check.detail
         said = privacy_report(cfg, db, key)["presentation_attack_detection"]
         assert said.startswith("OFF") == (mode == "off")

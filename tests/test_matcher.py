@@ -60,10 +60,12 @@ def test_two_step_search_equals_exact_float32_scoring(dim, spread, common):
         assert abs(got.score - s1) <= 1e-6
         assert abs(got.margin - (s1 - s2)) <= 2e-6
         reason = "below_threshold" if s1 < 0.5 else "ambiguous" if s1 - s2 < 0.04 else ""
-        assert got.reason == reason and got.person_id == (p1 if not reason else None)
+        assert got.reason == reason
+        assert got.person_id == (p1 if not reason else None)
         decided[reason or "match"] += 1
         assert len(m.candidates(probe)[0]) < len(mat)  # the coarse step did prune
-    assert decided["match"] and decided["below_threshold"]  # both sides of the rule exercised
+    assert decided["match"]
+    assert decided["below_threshold"]  # both sides of the rule exercised
 
 
 def test_coarse_bound_holds_for_every_row():
@@ -104,7 +106,8 @@ def test_non_finite_never_matches():
     bad = e[:3].copy()
     bad[1, 2] = np.nan
     m = Matcher(bad, np.array(["A", "B", "C"], dtype=object), 0.5, 0.0)
-    assert len(m) == 2 and list(m.people) == ["A", "C"]  # the damaged row is never scored
+    assert len(m) == 2
+    assert list(m.people) == ["A", "C"]  # the damaged row is never scored
     assert m.match(e[0]).person_id == "A"
     for probe in (np.full(8, np.nan), np.where(e[0] > 0, np.inf, 0), np.zeros(8)):
         assert m.match(probe.astype(np.float32)).person_id is None
@@ -118,7 +121,9 @@ def test_single_person_and_memory():
     mat = to_template_grid(unit(rng.standard_normal((4, 512)).astype(np.float32)))
     m = Matcher(mat, np.array(["A"] * 4, dtype=object), 0.5, 0.04)
     r = m.match(mat[2])
-    assert r.person_id == "A" and r.margin == 1.0 and abs(r.score - float(mat[2] @ mat[2])) < 1e-6
+    assert r.person_id == "A"
+    assert r.margin == 1.0
+    assert abs(r.score - float(mat[2] @ mat[2])) < 1e-6
     assert m.nbytes <= len(mat) * 512 * 2 + len(mat) * 48  # two bytes a number, plus per-row
 
 

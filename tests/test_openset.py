@@ -29,7 +29,8 @@ def test_split_follows_the_protocol():
     # one-image identities are the strangers; b (2 images, 2..K) is left out
     assert [labels[i] for i in sp.nonmated] == ["a", "e"]
     sp1 = openset.split(labels, 1)
-    assert sp1.people == ("b", "c", "d") and list(sp1.gallery) == [1, 3, 6]
+    assert sp1.people == ("b", "c", "d")
+    assert list(sp1.gallery) == [1, 3, 6]
 
 
 def test_split_refuses_unsorted_labels_and_bad_k():
@@ -89,7 +90,8 @@ def test_rates_and_margin_study():
     r = openset.rule_at_fpir(mated, truth, nonmated, 0.01)
     assert r["fpir"] <= 0.01
     looser = openset.rates(mated, truth, nonmated, r["threshold"] - 0.05, 0.0)
-    assert looser[0] >= r["fpir"] and looser[1] <= r["fnir"]
+    assert looser[0] >= r["fpir"]
+    assert looser[1] <= r["fnir"]
     best, tried = openset.best_rule(mated, truth, nonmated, 0.01)
     assert [t["margin"] for t in tried] == [0.0, 0.01, 0.02, 0.04]
     assert best["fnir"] == min(t["fnir"] for t in tried)
@@ -113,10 +115,12 @@ def test_sized_galleries_subsample_and_pad_with_left_out_identities():
     sp = openset.split(labels, 3)
     lab = np.array(labels, dtype=object)
     small = openset.sized_galleries(labels, sp, 10, draws=3)
-    assert len(small) == 3 and all(len(set(lab[g.gallery])) == 10 for g in small)
+    assert len(small) == 3
+    assert all(len(set(lab[g.gallery])) == 10 for g in small)
     assert all(set(lab[g.mated]) <= set(lab[g.gallery]) for g in small)
     (big,) = openset.sized_galleries(labels, sp, 40, draws=2)
-    assert big.people == 40 and len(set(lab[big.gallery])) == 40
+    assert big.people == 40
+    assert len(set(lab[big.gallery])) == 40
     assert len(big.gallery) == 30 * 3 + 10  # padding: one image of 10 left-out identities
     assert list(big.nonmated) == list(sp.nonmated)  # one-image identities stay strangers
     (most,) = openset.sized_galleries(labels, sp, 10_000, draws=1)
@@ -158,14 +162,17 @@ def test_evaluate_open_set_json_has_the_contract_keys_and_no_nan():
         "median_ms_per_image",
     ):
         assert key in res
-    assert res["gallery_people"] == 60 and res["gallery_templates"] == 180
-    assert res["mated_probes"] == 60 and res["nonmated_probes"] == 400
+    assert res["gallery_people"] == 60
+    assert res["gallery_templates"] == 180
+    assert res["mated_probes"] == 60
+    assert res["nonmated_probes"] == 400
     text = json.dumps(res)
     assert "NaN" not in text
     # no strangers at all: the FPIR-set figures are undefined, so null
     people_only = Embedded(labels[:240], list(x[:240]), [1.0] * 240)
     res2 = evaluate_open_set(people_only, 1, x.shape[1], lambda n: (0.6, 0.0, "test"))
-    assert res2["fpir"] is None and res2["fnir_at_fpir_0_01"] is None
+    assert res2["fpir"] is None
+    assert res2["fnir_at_fpir_0_01"] is None
 
 
 def test_threshold_for_picks_the_nearest_size_at_or_above():
@@ -176,7 +183,9 @@ def test_threshold_for_picks_the_nearest_size_at_or_above():
     assert threshold_for(5000, table).gallery_people == 2000  # beyond all: the largest
     assert threshold_for(10, ()) is None
     e = expected_rates(5000, (Rule(2000, 0.55, 0.0, 0.001, 0.1),))
-    assert e["beyond_calibration"] and e["fpir"] == 0.001 and e["fnir"] == 0.1
+    assert e["beyond_calibration"]
+    assert e["fpir"] == 0.001
+    assert e["fnir"] == 0.1
 
 
 def test_calibrate_and_write_rules_round_trip(tmp_path):
@@ -187,7 +196,8 @@ def test_calibrate_and_write_rules_round_trip(tmp_path):
     assert sizes == [100, 150]  # 1000 people cannot be formed: the largest size is kept once
     for t in table:
         assert t["too_little_data"] is None
-        assert t["fpir"] <= 1e-3 and math.isfinite(t["threshold"])
+        assert t["fpir"] <= 1e-3
+        assert math.isfinite(t["threshold"])
     (tmp_path / "models.json").write_text(json.dumps({"embedders": {"m": {"threshold": 0.9}}}))
     write_rules(tmp_path, "m", table, "test")
     cat = json.loads((tmp_path / "models.json").read_text())
@@ -202,9 +212,13 @@ def test_shipped_rule_follows_the_gallery_size():
 
     cfg = config_mod.load(None)
     small, big = expected_for(cfg, 50), expected_for(cfg, 5000)
-    assert small["calibrated_for_people"] == 100 and not small["beyond_calibration"]
-    assert big["beyond_calibration"] and big["threshold"] >= small["threshold"]
-    assert small["fpir"] <= 1e-3 and big["fpir"] <= 1e-3 and 0 < big["fnir"] < 0.2
+    assert small["calibrated_for_people"] == 100
+    assert not small["beyond_calibration"]
+    assert big["beyond_calibration"]
+    assert big["threshold"] >= small["threshold"]
+    assert small["fpir"] <= 1e-3
+    assert big["fpir"] <= 1e-3
+    assert 0 < big["fnir"] < 0.2
     assert "fewer than enrolled" in describe(big)
     fixed = config_mod.override(cfg, gallery={"match_threshold": 0.7})
     assert expected_for(fixed, 50)["fpir"] is None  # a hand-set threshold has no measured rates
@@ -282,8 +296,10 @@ def test_eval_open_set_cli_on_real_faces_and_refusal_to_write(fixtures, tmp_path
     p = run("--templates", "2")
     assert p.returncode == 0, p.stderr
     res = json.loads(p.stdout)
-    assert res["gallery_people"] > 0 and res["gallery_templates"] == 2 * res["gallery_people"]
-    assert res["mated_probes"] > 0 and 0 <= res["rank1"] <= 1
+    assert res["gallery_people"] > 0
+    assert res["gallery_templates"] == 2 * res["gallery_people"]
+    assert res["mated_probes"] > 0
+    assert 0 <= res["rank1"] <= 1
     ones = sum(
         1 for d in (fixtures / "faces").iterdir() if d.is_dir() and len(list(d.iterdir())) == 1
     )
@@ -291,5 +307,7 @@ def test_eval_open_set_cli_on_real_faces_and_refusal_to_write(fixtures, tmp_path
     assert "NaN" not in p.stdout
     before = (models / "models.json").read_text()
     p = run("--write-threshold")
-    assert p.returncode == 2 and "needs at least" in p.stderr and "non-mated" in p.stderr
+    assert p.returncode == 2
+    assert "needs at least" in p.stderr
+    assert "non-mated" in p.stderr
     assert (models / "models.json").read_text() == before  # nothing written from too little data

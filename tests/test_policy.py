@@ -159,7 +159,8 @@ def test_state_is_named_dataclasses_and_decisions_are_enums():
     run(p, [([face("A", score=0.9)], [])] * 2)
     assert all(isinstance(e, WindowEntry) for e in p.window)
     assert [(e.person_id, e.score) for e in p.window] == [("A", 0.9), ("A", 0.9)]
-    assert isinstance(p.episode, Episode) and not p.episode.granted
+    assert isinstance(p.episode, Episode)
+    assert not p.episode.granted
     (d,) = run(p, [([face("A", score=0.9)], [])], t0=0.2)
     assert (d.decision, d.via, d.reason) == (Outcome.GRANT, Via.FACE, Reason.OK)
     assert p.episode.granted

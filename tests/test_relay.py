@@ -42,10 +42,13 @@ def test_active_low_relay_idles_high_and_start_never_drives_low():
     f = MockFactory()
     r = Relay(RelayConfig(pin=5, active_high=False, pulse_s=0.1), factory=f)
     # from the mock's initial (undriven) reading straight to high: no low state after claiming
-    assert r.pin.function == "output" and r.pin.state is True and not r.is_open
+    assert r.pin.function == "output"
+    assert r.pin.state is True
+    assert not r.is_open
     assert [s.state for s in r.pin.states][1:] == [True]
     r.pulse()
-    assert r.pin.state is False and r.is_open
+    assert r.pin.state is False
+    assert r.is_open
     r.close()
     assert r.pin.state is True
 
@@ -59,7 +62,8 @@ def test_close_during_pulse_leaves_relay_driven_off_not_floating():
     r.pin.assert_states([False, True, False])
     assert len(r.pin.states) == 3
     # gpiozero's own close makes the line an input (floating); the relay stays an output
-    assert r.pin.function == "output" and r.pin.state is False
+    assert r.pin.function == "output"
+    assert r.pin.state is False
 
 
 def test_a_pulse_during_a_pulse_extends_it_and_still_ends():
@@ -67,7 +71,8 @@ def test_a_pulse_during_a_pulse_extends_it_and_still_ends():
         r.pulse()
         time.sleep(0.15)
         r.pulse()
-        assert r.is_open and r.pulses == 2
+        assert r.is_open
+        assert r.pulses == 2
         assert wait_for(lambda: not r.is_open)
         r.pin.assert_states([False, True, False])
 
@@ -202,7 +207,8 @@ def test_lgpio_relay_never_floats_and_never_glitches_active(lgpio_factory, activ
     assert wait_for(lambda: not r.is_open)
     r.close()
     levels = lg.levels(17)
-    assert levels[0] == idle and levels[-1] == idle
+    assert levels[0] == idle
+    assert levels[-1] == idle
     assert levels.count(active) == 1  # the one pulse
     assert lg.lines[17] == ("out", idle)  # closed: still driven inactive, never floating
     assert not any(c[0] in ("gpio_claim_input", "gpio_free") and c[1] == 17 for c in lg.calls)

@@ -16,7 +16,8 @@ def test_file_source_reads_every_frame_with_recorded_time(fixtures):
     frames = []
     while (f := src.read()) is not None:
         frames.append((f.index, f.t, f.image.shape))
-    assert src.finished and src.state == "finished"
+    assert src.finished
+    assert src.state == "finished"
     assert len(frames) == 275
     assert frames[30][1] == pytest.approx(30 / src.fps)
     assert frames[0][2] == (360, 640, 3)
@@ -57,7 +58,8 @@ def test_corrupt_frames_are_counted_and_skipped(tmp_path):
     got = []
     while (f := src.read()) is not None:
         got.append(int(f.image[0, 0, 0]))
-    assert got == [1, 2, 3] and src.corrupt == 2
+    assert got == [1, 2, 3]
+    assert src.corrupt == 2
 
 
 def test_camera_lost_mid_stream_is_reopened_with_backoff():
@@ -89,16 +91,20 @@ def test_camera_lost_mid_stream_is_reopened_with_backoff():
     assert seen == [1, 2, 7, 8]
     assert cam.reconnects == 1
     gaps = np.diff(opens[1:4])  # the two failed attempts and the successful one
-    assert (gaps >= 0.49).all() and gaps[-1] > gaps[0]  # backoff grows
+    assert (gaps >= 0.49).all()
+    assert gaps[-1] > gaps[0]  # backoff grows
     tail = np.diff(opens[4:])
-    assert len(tail) and tail.max() <= 4.0 + 0.2  # and is capped at reconnect_max_s
+    assert len(tail)
+    assert tail.max() <= 4.0 + 0.2  # and is capped at reconnect_max_s
 
 
 def test_sources_are_context_managers_that_release_the_device():
     cap = FakeCapture([np.full((48, 64, 3), 90, np.uint8)])
     with CameraSource("/dev/video0", capture_factory=lambda _: cap) as src:
-        assert src.read() is not None and cap.opened
-    assert not cap.opened and src.state == "closed"
+        assert src.read() is not None
+        assert cap.opened
+    assert not cap.opened
+    assert src.state == "closed"
     cap = FakeCapture([])
     with pytest.raises(RuntimeError), CameraSource("0", capture_factory=lambda _: cap):
         raise RuntimeError("a failing caller")

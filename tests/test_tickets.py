@@ -35,8 +35,11 @@ def verifier(**kw) -> tk.Verifier:
 def test_valid_ticket_round_trips_and_fits_alphanumeric_qr():
     text = issue(holder="P-42", kind=tk.Kind.SEASON, count=2)
     v = verifier().verify(text, NOW)
-    assert v.valid and v.reason == tk.OK
-    assert v.ticket.holder == "P-42" and v.ticket.kind == tk.Kind.SEASON and v.ticket.count == 2
+    assert v.valid
+    assert v.reason == tk.OK
+    assert v.ticket.holder == "P-42"
+    assert v.ticket.kind == tk.Kind.SEASON
+    assert v.ticket.count == 2
     assert set(text) <= set("0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ $%*+-./:")
     assert len(text) < 200
 
@@ -67,7 +70,8 @@ def test_every_refusal_has_its_reason(case, reason):
         "url": "http://example.com/ticket",
     }[case]
     out = v.verify(text, NOW)
-    assert not out.valid and out.reason == reason
+    assert not out.valid
+    assert out.reason == reason
 
 
 def test_forged_signature_is_invalid_signature():
@@ -111,7 +115,8 @@ def test_every_single_byte_change_is_refused():
 @given(st.text(max_size=600))
 def test_random_text_never_accepted_or_crashes(text):
     out = verifier().verify(text, NOW)
-    assert not out.valid and out.reason in tk.REASONS
+    assert not out.valid
+    assert out.reason in tk.REASONS
 
 
 @settings(max_examples=fuzz(600), deadline=None)
@@ -121,7 +126,8 @@ def test_random_payloads_never_accepted_or_crash(raw):
 
     text = tk.PREFIX + base64.b32encode(raw).decode().rstrip("=")
     out = verifier().verify(text, NOW)
-    assert not out.valid and out.reason in tk.REASONS
+    assert not out.valid
+    assert out.reason in tk.REASONS
 
 
 @settings(max_examples=fuzz(300), deadline=None)
@@ -241,7 +247,8 @@ def test_cli_issue_png_then_verify_and_redeem(tmp_path):
     )
     text = p.stdout.strip().splitlines()[-1]
     png = tmp_path / "out" / "T-9.png"
-    assert png.is_file() and text.startswith("EG")
+    assert png.is_file()
+    assert text.startswith("EG")
     qr = json.loads(run("qr", "read", str(png)).stdout)
     assert qr == {"path": str(png), "texts": [text]}
     run("ledger", "init", "--db", str(tmp_path / "l.db"))
@@ -259,7 +266,8 @@ def test_cli_issue_png_then_verify_and_redeem(tmp_path):
     p = run(*args, str(png), text, text)
     lines = [json.loads(x) for x in p.stdout.splitlines()]
     assert [x["valid"] for x in lines] == [True, True, False]
-    assert lines[2]["reason"] == "already_used" and lines[2]["ticket_id"] == "T-9"
+    assert lines[2]["reason"] == "already_used"
+    assert lines[2]["ticket_id"] == "T-9"
     assert p.returncode == 1
     assert run(*args[:4], text).returncode == 0  # verify without redeeming
 
@@ -272,9 +280,8 @@ def test_cli_refuses_barcodes_and_foreign_qr(tmp_path, fixtures):
     )
     p = run("ticket", "verify", "--pubkey", str(tmp_path / "issuer.pub"), *map(str, imgs))
     lines = [json.loads(x) for x in p.stdout.splitlines()]
-    assert len(lines) == len(imgs) and all(
-        x["reason"] == "malformed" and not x["valid"] for x in lines
-    )
+    assert len(lines) == len(imgs)
+    assert all(x["reason"] == "malformed" and not x["valid"] for x in lines)
     assert p.returncode == 1
 
 

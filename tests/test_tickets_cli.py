@@ -54,7 +54,8 @@ def test_issue_refuses_to_overwrite_and_prints_file_and_window(office, capsys):
     out = capsys.readouterr().out.splitlines()
     png = office.parent / "out" / "T-1.png"
     assert out[0] == f"wrote {png}"
-    assert out[1].startswith("valid ") and "2099-01-0" in out[1]
+    assert out[1].startswith("valid ")
+    assert "2099-01-0" in out[1]
     assert out[2].startswith("EG")
     before = png.read_bytes()
     assert main(issue(office, "--id", "T-1", "--valid-until", "2099-06-01")) == 2

@@ -19,7 +19,8 @@ def test_anchor_layouts_match_models():
     assert ssd_anchors("short").shape == (896, 2)
     assert ssd_anchors("full").shape == (2304, 2)
     a = ssd_anchors("short")
-    assert a.min() > 0 and a.max() < 1
+    assert a.min() > 0
+    assert a.max() < 1
 
 
 def test_decode_places_box_and_keypoints_in_frame_pixels():
@@ -66,7 +67,8 @@ def test_quantize_round_trip_and_int8_pixels_are_exact():
     spec = TensorSpec(0, (1, 4), np.int8, 1.0, -128)
     px = np.array([0, 1, 128, 255], dtype=np.float32)
     q = quantize(px, spec)
-    assert q.dtype == np.int8 and q.tolist() == [-128, -127, 0, 127]
+    assert q.dtype == np.int8
+    assert q.tolist() == [-128, -127, 0, 127]
     np.testing.assert_array_equal(dequantize(q, spec), px)
     assert quantize(np.array([1e6]), spec)[0] == 127  # saturates, never wraps
 
@@ -75,8 +77,11 @@ def test_quantize_round_trip_and_int8_pixels_are_exact():
 def test_int8_embedder_takes_raw_pixels_losslessly(name, dim):
     m = TFLiteModel(MODELS / f"{name}.tflite", threads=1)
     inp, out = m.inputs[0], m.outputs[0]
-    assert inp.dtype == np.int8 and inp.scale == pytest.approx(1.0) and inp.zero_point == -128
-    assert out.dtype == np.int8 and out.shape == (1, dim)
+    assert inp.dtype == np.int8
+    assert inp.scale == pytest.approx(1.0)
+    assert inp.zero_point == -128
+    assert out.dtype == np.int8
+    assert out.shape == (1, dim)
 
 
 def test_missing_and_corrupt_model_are_model_errors(tmp_path):
@@ -125,7 +130,9 @@ def test_depths_and_channels_normalise(fixtures, pipeline, tmp_path):
         p = tmp_path / name
         cv2.imwrite(str(p), arr)
         out = load_image(p)
-        assert out.dtype == np.uint8 and out.ndim == 3 and out.shape[2] == 3, name
+        assert out.dtype == np.uint8, name
+        assert out.ndim == 3, name
+        assert out.shape[2] == 3, name
         assert pipeline.embed_still(out) is not None, name
     f32 = to_bgr8(img.astype(np.float32) / 255.0)
     assert np.abs(f32.astype(int) - img.astype(int)).max() <= 1
@@ -168,8 +175,10 @@ def test_many_faces_all_found(fixtures, pipeline):
     for f in faces:
         x0, y0, x1, y1 = f.detection.box
         kp = f.detection.keypoints[list(ALIGN_POINTS)]
-        assert (kp[:, 0] >= x0 - 5).all() and (kp[:, 0] <= x1 + 5).all()
-        assert (kp[:, 1] >= y0 - 5).all() and (kp[:, 1] <= y1 + 5).all()
+        assert (kp[:, 0] >= x0 - 5).all()
+        assert (kp[:, 0] <= x1 + 5).all()
+        assert (kp[:, 1] >= y0 - 5).all()
+        assert (kp[:, 1] <= y1 + 5).all()
         assert f.embedding.shape == (pipeline.spec.dim,)
         assert abs(np.linalg.norm(f.embedding) - 1) < 1e-4
 
@@ -212,9 +221,11 @@ def test_int8_matches_float_twin_on_verification_metrics(fixtures, int8_pipeline
 
     q = evaluate_folder(int8_pipeline, fixtures / "faces")
     f = evaluate_folder(float_pipeline, fixtures / "faces")
-    assert q["no_face"] == 0 and q["images"] == 80
+    assert q["no_face"] == 0
+    assert q["images"] == 80
     assert abs(q["auc"] - f["auc"]) <= 0.005
-    assert q["auc"] >= 0.99 and q["tar_at_far_1pct"] >= 0.95
+    assert q["auc"] >= 0.99
+    assert q["tar_at_far_1pct"] >= 0.95
     assert abs(q["tar_at_far_1pct"] - f["tar_at_far_1pct"]) <= 0.02
 
 
@@ -225,13 +236,16 @@ def test_alternative_embedder_is_selectable_by_config(fixtures, tmp_path):
     cfg_path = tmp_path / "gate.toml"
     cfg_path.write_text('[vision]\nembedder = "faceres_int8"\n')
     pipe = FacePipeline.from_config(config_mod.load(cfg_path))
-    assert pipe.spec.dim == 1024 and pipe.spec.size == 224 and pipe.spec.threshold > 0
+    assert pipe.spec.dim == 1024
+    assert pipe.spec.size == 224
+    assert pipe.spec.threshold > 0
 
     def emb(rel):
         return pipe.embed_still(load_image(fixtures / "faces" / rel)).embedding
 
     a, b, other = emb("obama/obama.jpg"), emb("obama/obama2.jpg"), emb("biden/biden.jpg")
-    assert a.shape == (1024,) and abs(float(np.linalg.norm(a)) - 1) < 1e-4
+    assert a.shape == (1024,)
+    assert abs(float(np.linalg.norm(a)) - 1) < 1e-4
     assert float(a @ b) > float(a @ other) + 0.1  # ranks the same person first; its TAR at the
     # strict threshold is only 0.79 (MODELS.md), which is why it is not the default
 
