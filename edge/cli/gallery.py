@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 from edge import config as config_mod
-from edge.cli import fleet as fleet_cli
+from edge.cli.fleet import publish_args, publish_deletion, publish_enrollment
 from edge.cli.paths import existing_dir, file_path, nonempty_file
 from edge.cli.personal import add_detail_args, resolve_details
 from edge.errors import EdgeGateError, EnrollError
@@ -123,7 +123,7 @@ def cmd_enroll(args) -> int:
     )
     print(pid)
     if args.publish:
-        fleet_cli.publish_enrollment(args, cfg, db, key, pid)
+        publish_enrollment(args, cfg, db, key, pid)
     return 0
 
 
@@ -222,7 +222,7 @@ def cmd_forget(args) -> int:
         audit_record(cfg, "deletion", reason=args.reason, detail="erasure incomplete on disk")
         raise
     if args.publish:  # also when already gone here: the lanes may still hold the person
-        fleet_cli.publish_deletion(args, cfg)
+        publish_deletion(args, cfg)
     if not found:
         print(f"edge-gate: error: no person {args.person_id} in {db}")
         return 0 if args.publish else 1
@@ -369,7 +369,7 @@ def register(sub, common) -> None:
         type=existing_dir,
         help="bulk import: enroll every DIR/<name>/ as one person named <name>",
     )
-    fleet_cli.publish_args(sp)
+    publish_args(sp)
     sp.add_argument(
         "inputs",
         nargs="*",
@@ -388,7 +388,7 @@ def register(sub, common) -> None:
     sp.add_argument(
         "--reason", default="consent_withdrawn", help="consent_withdrawn | deletion_request | ..."
     )
-    fleet_cli.publish_args(sp)
+    publish_args(sp)
     sp.add_argument("person_id")
     sp.set_defaults(func=cmd_forget)
 
