@@ -22,6 +22,7 @@ def _open(args):
 
 
 def cmd_verify(args) -> int:
+    """`audit verify`: prove to an inspector that no record was altered or dropped."""
     with _open(args) as log:
         rep = log.verify()
     if args.json:
@@ -37,6 +38,7 @@ def cmd_verify(args) -> int:
 
 
 def cmd_export(args) -> int:
+    """`audit export`: hand the records to an auditor as JSON lines or tab-separated rows."""
     since = parse_time(args.since) if args.since else None
     with _open(args) as log:
         for rid, r, h in log.rows(since=since):

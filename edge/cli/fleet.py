@@ -13,6 +13,7 @@ from edge.timeutil import iso, parse_time
 
 
 def cmd_sync(args) -> int:
+    """`sync`: the lane-office link that systemd keeps running beside the gate."""
     from edge.fleet.office import _need_fleet
     from edge.fleet.sync import Sync
 
@@ -22,6 +23,7 @@ def cmd_sync(args) -> int:
 
 
 def cmd_status(args) -> int:
+    """`fleet status`: one screen showing which lanes are alive, in sync and on time."""
     from edge.fleet.office import fleet_status
     from edge.fleet.state import FleetState
 
@@ -55,6 +57,7 @@ def cmd_status(args) -> int:
 
 
 def cmd_audit(args) -> int:
+    """`fleet audit`: the whole site's audit records in one stream, for the office."""
     from edge.fleet.office import fleet_audit
 
     cfg = config_mod.load(args.config)
@@ -72,6 +75,7 @@ def cmd_audit(args) -> int:
 
 
 def cmd_publish_keys(args) -> int:
+    """`fleet publish-keys`: roll new ticket keys out to every lane, signed by the office."""
     from edge.fleet.office import publish_keys
 
     cfg = config_mod.load(args.config)

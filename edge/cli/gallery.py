@@ -21,6 +21,7 @@ from edge.timeutil import iso, parse_time
 
 
 def paths(args) -> tuple[config_mod.Config, Path, Path]:
+    """The config plus gallery db and key paths, so flags override the config in one place."""
     cfg = config_mod.load(args.config)
     db = Path(args.db) if getattr(args, "db", None) else cfg.resolve(cfg.gallery.db)
     key = (
@@ -43,6 +44,7 @@ def audit_record(cfg: config_mod.Config, kind: str, **fields: str) -> None:
 
 
 def cmd_keys_init(args) -> int:
+    """`keys init`: create the key that encrypts the gallery, once, before any enrolment."""
     _, _, key = paths(args)
     k = init_key(key)
     print(
@@ -69,6 +71,7 @@ def _min_templates(args) -> int:
 
 
 def cmd_enroll(args) -> int:
+    """`enroll`: add one consenting person, refusing before any camera opens without consent."""
     if args.folder:
         return cmd_enroll_folder(args)
     if not args.inputs:
@@ -184,6 +187,7 @@ def cmd_enroll_folder(args) -> int:
 
 
 def cmd_people(args) -> int:
+    """`people`: let the operator see who is enrolled and spot damaged records."""
     _, db, key = paths(args)
     with Gallery(db, load_key(key), create=False) as g:
         people = g.people()
@@ -213,6 +217,7 @@ def cmd_people(args) -> int:
 
 
 def cmd_forget(args) -> int:
+    """`forget`: honour an erasure request, recording that it happened but not who."""
     cfg, db, key = paths(args)
     try:
         with Gallery(db, load_key(key), create=False) as g:
@@ -236,6 +241,7 @@ def cmd_forget(args) -> int:
 
 
 def cmd_purge(args) -> int:
+    """`purge`: enforce retention by erasing expired passes and aged audit records."""
     from edge.gate.audit import purge_with_gallery
 
     cfg, db, key = paths(args)
@@ -287,6 +293,7 @@ def cmd_pass(args) -> int:
 
 
 def cmd_privacy_report(args) -> int:
+    """`privacy-report`: the facts a data-protection officer asks for, on demand."""
     from edge.gallery.privacy import privacy_report, report_markdown
 
     cfg, db, key = paths(args)
@@ -299,6 +306,8 @@ def cmd_privacy_report(args) -> int:
 
 
 def register(sub, common) -> None:
+    """Add the gallery commands (keys, enroll, people, pass, forget, purge, privacy-report)."""
+
     def gallery_args(sp, key_exists: bool = True):
         common(sp)
         sp.add_argument(

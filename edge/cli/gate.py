@@ -167,6 +167,7 @@ def cmd_doctor(args) -> int:
 
 
 def register(sub, common) -> None:
+    """Add the gate commands (run, demo, doctor) to the CLI."""
     sp = sub.add_parser("run", help="run the gate (systemd runs this)")
     common(sp)
     sp.add_argument(

@@ -14,6 +14,7 @@ def _cfg(args) -> config_mod.Config:
 
 
 def cmd_eval(args) -> int:
+    """`eval`: measure accuracy on a labelled folder and optionally set the threshold."""
     from edge.measure.evaluation import (
         check_threshold_evidence,
         evaluate_folder,
@@ -102,6 +103,7 @@ def _eval_open_set(args, cfg: config_mod.Config, pipe) -> int:
 
 
 def cmd_bench(args) -> int:
+    """`bench`: print speed figures for a clip, the gate, a gallery size or the fleet."""
     from edge.measure.bench import bench_clip, format_bench
     from edge.vision.pipeline import FacePipeline
     from edge.vision.runtime import resolve_threads

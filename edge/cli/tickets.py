@@ -14,6 +14,7 @@ from edge.tickets.format import TICKET_ID_RULE
 
 
 def cmd_keygen(args) -> int:
+    """`ticket keygen`: the office key pair that makes tickets unforgeable."""
     priv, pub = tk.keygen(Path(args.out))
     print(f"wrote {priv} (private, 0600: keep it in the ticket office)")
     print(f"wrote {pub} (copy to every gate)")
@@ -21,6 +22,7 @@ def cmd_keygen(args) -> int:
 
 
 def cmd_issue(args) -> int:
+    """`ticket issue`: sign a ticket and write its QR code for the customer."""
     from edge.tickets.issue import IssueRequest, issue_ticket
 
     req = IssueRequest(
@@ -41,6 +43,7 @@ def cmd_issue(args) -> int:
 
 
 def cmd_verify(args) -> int:
+    """`ticket verify`: check tickets at a desk the same way a gate would, as JSON lines."""
     from edge.tickets.desk import DeskOptions, verify_tickets
 
     opts = DeskOptions(
@@ -66,6 +69,7 @@ def cmd_verify(args) -> int:
 
 
 def cmd_revoke(args) -> int:
+    """`ticket revoke`: stop lost or refunded tickets opening gates, optionally fleet-wide."""
     added = tk.revoke(Path(args.list), args.ids)
     known = len(args.ids) - len(added)
     print(
@@ -88,6 +92,7 @@ def cmd_revoke(args) -> int:
 
 
 def cmd_unrevoke(args) -> int:
+    """`ticket unrevoke`: undo a mistaken revocation."""
     from edge.tickets.revocation import unrevoke
 
     removed = unrevoke(Path(args.list), args.ids)
@@ -101,6 +106,7 @@ def cmd_unrevoke(args) -> int:
 
 
 def cmd_qr_read(args) -> int:
+    """`qr read`: decode QR codes from images to debug what a gate camera sees."""
     from edge.tickets.qr import read_codes
     from edge.vision.image import load_image
 
@@ -115,6 +121,7 @@ def cmd_qr_read(args) -> int:
 
 
 def register(sub, common) -> None:
+    """Add `ticket keygen|issue|verify|revoke|unrevoke` and `qr read` to the CLI."""
     t = sub.add_parser("ticket", help="issue, verify and revoke signed tickets").add_subparsers(
         dest="ticket_cmd", required=True
     )
