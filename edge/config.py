@@ -32,6 +32,8 @@ REMOVED_KEYS = {
 
 @dataclass(frozen=True)
 class GateConfig:
+    """[gate]: which lane this is and what it admits (face, ticket or both)."""
+
     id: str = "gate-1"
     mode: str = "face-or-ticket"
     # A gate that lets people in by face must also accept tickets; see policy.check_mode.
@@ -41,6 +43,8 @@ class GateConfig:
 
 @dataclass(frozen=True)
 class CameraConfig:
+    """[camera]: where frames come from, and how long to wait before reconnecting."""
+
     source: str = "demo"  # "demo", a file path, "/dev/videoN", "picamera2"
     width: int = 640
     height: int = 480
@@ -51,6 +55,8 @@ class CameraConfig:
 
 @dataclass(frozen=True)
 class VisionConfig:
+    """[vision]: which models run and which faces are good enough to match."""
+
     models_dir: str = ""  # "" = the models shipped with edge-gate
     detector: str = "blazeface_short"
     embedder: str = "mobilefacenet_float"
@@ -66,6 +72,8 @@ class VisionConfig:
 
 @dataclass(frozen=True)
 class GalleryConfig:
+    """[gallery]: where enrolled templates live, when they match, when they expire."""
+
     db: str = "var/gallery.db"
     key_file: str = "var/gallery.key"
     # 0 = the embedder's rule from models.json for the gallery's size (threshold and margin)
@@ -76,6 +84,8 @@ class GalleryConfig:
 
 @dataclass(frozen=True)
 class PolicyConfig:
+    """[policy]: how many frames must agree before the gate opens, and for whom."""
+
     k: int = 3
     n: int = 5
     window_s: float = 2.0
@@ -88,6 +98,8 @@ class PolicyConfig:
 
 @dataclass(frozen=True)
 class TicketsConfig:
+    """[tickets]: which issuers to trust and how a ticket is checked and redeemed."""
+
     pubkeys: tuple[str, ...] = ()
     ledger: str = "var/ledger.db"
     revocation_list: str = ""
@@ -98,6 +110,8 @@ class TicketsConfig:
 
 @dataclass(frozen=True)
 class RelayConfig:
+    """[relay]: the GPIO wiring of the lock, door contact and exit button."""
+
     pin_factory: str = "mock"  # "mock", "lgpio", "rpigpio", "native"
     pin: int = 17
     active_high: bool = True
@@ -111,6 +125,8 @@ class RelayConfig:
 class LivenessConfig:
     # "model+motion" (default), "model", or "off" (no presentation-attack detection: a printed
     # photo of a pass holder opens the gate; `doctor` and `privacy-report` say so)
+    """[liveness]: how the gate refuses photos and screens held up to the camera."""
+
     mode: str = "model+motion"
     model: str = "minifasnet_int8"
     threshold: float = 0.0  # 0 = the model's measured threshold from models.json
@@ -118,12 +134,16 @@ class LivenessConfig:
 
 @dataclass(frozen=True)
 class AuditConfig:
+    """[audit]: where the tamper-evident audit log lives and how long it is kept."""
+
     path: str = "var/audit.db"
     retention_days: int = 90
 
 
 @dataclass(frozen=True)
 class FleetConfig:
+    """[fleet]: how this lane joins a multi-lane site over MQTT, and what to do offline."""
+
     broker: str = ""  # "" = this gate works alone; "mqtt://host:port" or "mqtts://host:port"
     site: str = ""
     lane: str = ""
@@ -147,6 +167,8 @@ class FleetConfig:
 
 @dataclass(frozen=True)
 class Config:
+    """The whole edge-gate.toml, so every command reads the same validated settings."""
+
     gate: GateConfig = field(default_factory=GateConfig)
     camera: CameraConfig = field(default_factory=CameraConfig)
     vision: VisionConfig = field(default_factory=VisionConfig)
