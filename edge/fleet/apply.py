@@ -47,10 +47,12 @@ class OfficeApplier:
         self._acks: list[tuple[str, bytes]] = []
 
     def take_acks(self) -> list[tuple[str, bytes]]:
+        """Hand the queued acknowledgements to sync, so the office learns what was applied."""
         out, self._acks = self._acks, []
         return out
 
     def handle(self, m: msg.Message, now: float) -> None:
+        """Apply one office message only if signed and newer, so replays change nothing."""
         if m.type not in msg.SIGNED_TYPES:
             raise msg.MessageError(f"unexpected {m.type!r} message on an office topic")
         msg.verify_signed(m, self.trusted)

@@ -156,4 +156,5 @@ def bench_fleet(lanes: int, rate: float, seconds: float, workdir: Path | None = 
 
 
 def format_fleet_bench(r: dict) -> str:
+    """Readable lines for `bench --fleet` when --json is not asked for."""
     return "\n".join(f"{k:>24}: {v}" for k, v in r.items())

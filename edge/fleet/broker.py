@@ -27,6 +27,7 @@ class MosquittoError(EdgeGateError):
 
 
 def mosquitto_binary() -> str | None:
+    """Find a local mosquitto so demos and tests can run a real broker, or None."""
     for cand in (shutil.which("mosquitto"), "/usr/sbin/mosquitto"):
         if cand and os.access(cand, os.X_OK):
             return cand
@@ -34,6 +35,7 @@ def mosquitto_binary() -> str | None:
 
 
 def free_port() -> int:
+    """A free loopback port, so several test brokers never collide."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -76,6 +78,7 @@ class Mosquitto:
 
     @property
     def url(self) -> str:
+        """The fleet.broker URL that lanes and the office use to reach this broker."""
         return f"mqtt://127.0.0.1:{self.port}"
 
     def _write_config(self) -> None:
@@ -106,6 +109,7 @@ class Mosquitto:
         self.conf.write_text("\n".join(lines) + "\n")
 
     def start(self, timeout_s: float = 10.0) -> Mosquitto:
+        """Launch the broker and wait until it listens, so callers never race its start."""
         self.proc = subprocess.Popen(
             [self.binary, "-c", str(self.conf)],
             stdout=subprocess.DEVNULL,
@@ -135,6 +139,7 @@ class Mosquitto:
         self.proc = None
 
     def restart(self) -> None:
+        """Stop and start again, to test that lanes survive a broker outage."""
         self.stop()
         self.start()
 

@@ -30,12 +30,15 @@ class BrokerError(EdgeGateError):
 
 @dataclass(frozen=True)
 class BrokerAddress:
+    """Where fleet.broker points and whether to use TLS, checked once at load."""
+
     host: str
     port: int
     tls: bool
 
 
 def parse_broker(url: str) -> BrokerAddress:
+    """Turn fleet.broker into an address, failing with a fix instead of at connect time."""
     m = re.fullmatch(r"(mqtts?)://([^/:\s]+)(?::(\d{1,5}))?/?", url)
     if not m:
         raise ConfigError(f"fleet.broker = {url!r} is not mqtt://host:port or mqtts://host:port")

@@ -44,6 +44,7 @@ class LaneLedger:
         return self._link(now) or self.ledger.redeem(t, now)
 
     def close(self) -> None:
+        """Release both the fleet state and the ledger that the gate opened."""
         self.guard.close()
         self.ledger.close()
 

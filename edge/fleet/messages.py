@@ -52,6 +52,8 @@ def topics(site: str) -> dict[str, str]:
 
 @dataclass(frozen=True)
 class Message:
+    """One fleet payload, so every lane and the office share a single wire format."""
+
     type: str
     site: str
     lane: str
@@ -62,6 +64,7 @@ class Message:
     sig: str = ""
 
     def unsigned(self) -> dict[str, Any]:
+        """The fields a signature covers, so signing and verifying agree byte for byte."""
         return {
             "v": VERSION,
             "type": self.type,
@@ -78,6 +81,7 @@ def _canonical(d: dict[str, Any]) -> bytes:
 
 
 def encode(m: Message) -> bytes:
+    """Canonical JSON bytes to publish, with the signature when there is one."""
     d = m.unsigned()
     if m.sig:
         d.update(kid=m.kid, sig=m.sig)

@@ -33,6 +33,7 @@ def _office_message(cfg: Config, type_: str, body: dict, key_path: Path) -> msg.
 
 
 def publish(cfg: Config, topic: str, m: msg.Message) -> None:
+    """Send one retained office message, so lanes that are offline get it later."""
     _need_fleet(cfg)
     with OneShot(cfg, "office") as c:
         c.publish(topic, msg.encode(m), retain=True)

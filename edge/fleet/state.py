@@ -50,46 +50,55 @@ class FleetState:
             ) from None
 
     def put(self, **values: Any) -> None:
+        """Record link facts (connected, clock offset, outbox) for the gate and status."""
         self.conn.executemany(
             "INSERT OR REPLACE INTO kv (key, value) VALUES (?, ?)",
             [(k, json.dumps(v)) for k, v in values.items()],
         )
 
     def get(self, key: str, default: Any = None) -> Any:
+        """Read a link fact written by sync, or the default before the first sync."""
         row = self.conn.execute("SELECT value FROM kv WHERE key = ?", (key,)).fetchone()
         return json.loads(row[0]) if row else default
 
     def office_seq(self, type_: str, subject: str) -> int:
+        """The last office sequence applied for a subject, to reject replays."""
         row = self.conn.execute(
             "SELECT seq FROM office_seq WHERE type = ? AND subject = ?", (type_, subject)
         ).fetchone()
         return row[0] if row else -1
 
     def set_office_seq(self, type_: str, subject: str, seq: int) -> None:
+        """Remember an applied office message so an older one cannot undo it."""
         self.conn.execute(
             "INSERT OR REPLACE INTO office_seq (type, subject, seq) VALUES (?, ?, ?)",
             (type_, subject, seq),
         )
 
     def cursor(self, name: str) -> int:
+        """How far a stream (the audit log) has been acknowledged, to resume after restart."""
         row = self.conn.execute("SELECT upto FROM cursor WHERE name = ?", (name,)).fetchone()
         return row[0] if row else 0
 
     def set_cursor(self, name: str, upto: int) -> None:
+        """Advance a stream's acknowledged position once the office has it."""
         self.conn.execute("INSERT OR REPLACE INTO cursor (name, upto) VALUES (?, ?)", (name, upto))
 
     def double_use_reported(self, ticket_id: str) -> int:
+        """How many uses of a ticket were already reported, to alert once per new use."""
         row = self.conn.execute(
             "SELECT reported FROM double_use WHERE ticket_id = ?", (ticket_id,)
         ).fetchone()
         return row[0] if row else 0
 
     def set_double_use_reported(self, ticket_id: str, n: int) -> None:
+        """Remember a reported double use so it is not reported again."""
         self.conn.execute(
             "INSERT OR REPLACE INTO double_use (ticket_id, reported) VALUES (?, ?)", (ticket_id, n)
         )
 
     def close(self) -> None:
+        """Release the SQLite connection when sync or the gate stops."""
         self.conn.close()
 
 
@@ -104,6 +113,8 @@ def read_state(state_db: Path, key: str) -> Any:
 
 @dataclass(frozen=True)
 class LinkCheck:
+    """Why a lane may or may not redeem a ticket now, with the reason for the audit log."""
+
     ok: bool
     reason: str = ""
     detail: str = ""
@@ -137,6 +148,7 @@ class LaneGuard:
         self.state = FleetState(cfg.resolve(cfg.fleet.state_db)) if cfg.fleet.enabled else None
 
     def check(self, now: float | None = None) -> LinkCheck:
+        """Ask before each redemption whether the fleet link allows it (clock, offline)."""
         return check_link(self.fleet, self.state, time.time() if now is None else now)
 
     def report(self, **status: Any) -> None:
@@ -145,6 +157,7 @@ class LaneGuard:
             self.state.put(gate_status=status)
 
     def close(self) -> None:
+        """Release the fleet state, if this gate belongs to a fleet."""
         if self.state is not None:
             self.state.close()
 

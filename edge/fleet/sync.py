@@ -125,6 +125,7 @@ class Sync:
     # --- work (caller's thread) -------------------------------------------------------------------
 
     def start(self) -> None:
+        """Connect in the background, so sync starts and retries even while the broker is down."""
         self.client.connect_async(self.addr.host, self.addr.port, keepalive=5)
         self.client.loop_start()
 
@@ -144,6 +145,7 @@ class Sync:
         return 0
 
     def step(self) -> None:
+        """One pass of the sync loop: apply what arrived, publish what is pending, heartbeat."""
         now = self.clock()
         batch: list[mqtt.MQTTMessage] = []
         while len(batch) < BATCH:
@@ -353,9 +355,11 @@ class Sync:
         return round(fleet_offset(samples), 3) if samples else None
 
     def outbox_size(self) -> int:
+        """Redemptions not yet acknowledged by the office, shown in status and heartbeats."""
         return self.ledger.conn.execute("SELECT count(*) FROM outbox").fetchone()[0]
 
     def close(self) -> None:
+        """Disconnect and save the figures that `bench --fleet` and `fleet status` read."""
         try:
             self.client.disconnect()
             self.client.loop_stop()

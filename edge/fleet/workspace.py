@@ -12,6 +12,8 @@ from typing import Any
 
 @dataclass(frozen=True)
 class Member:
+    """One lane or office folder of a one-machine fleet, and its config file."""
+
     name: str
     dir: Path
     config: Path
