@@ -30,6 +30,8 @@ class SealError(Exception):
 
 @dataclass(frozen=True)
 class Kek:
+    """The gallery key-encryption key, kept only in the 0600 key file and never in the db."""
+
     key: bytes
     path: Path
 
@@ -40,10 +42,12 @@ class Kek:
 
 
 def aad(table: str, row: str, column: str, model: str = "") -> bytes:
+    """Bind a sealed value to its table, row and column, so it cannot be swapped into another."""
     return f"{table}|{row}|{column}|{model}".encode()
 
 
 def seal(key: bytes, plaintext: bytes, associated: bytes) -> bytes:
+    """Encrypt and authenticate one value at rest, with a fresh random nonce each time."""
     nonce = os.urandom(NONCE)
     return nonce + AESGCM(key).encrypt(nonce, plaintext, associated)
 

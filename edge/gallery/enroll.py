@@ -27,12 +27,15 @@ MIN_TEMPLATES = 3  # good templates a person needs: one photo alone refuses too 
 
 @dataclass(frozen=True)
 class Candidate:
+    """One usable face from an enrolment input, kept until the best are chosen."""
+
     embedding: np.ndarray
     quality: float
     source: str
 
 
 def check_consent(consent: Consent, minor: bool) -> None:
+    """Refuse enrolment without a consent record, or a guardian for a minor."""
     if not consent.notice_version.strip():
         raise ConsentError(
             "enrollment needs a consent record",
@@ -45,6 +48,7 @@ def check_consent(consent: Consent, minor: bool) -> None:
 
 
 def notice_sha256(path: Path | None) -> str:
+    """Fingerprint the consent notice, proving later which text the person agreed to."""
     return hashlib.sha256(path.read_bytes()).hexdigest() if path else ""
 
 
@@ -86,6 +90,7 @@ def candidates_from_video(
 
 
 def collect(pipe: FacePipeline, inputs: list[str]) -> list[Candidate]:
+    """Gather faces from photos, videos and cameras, skipping unusable inputs with a log line."""
     cands = []
     for item in inputs:
         p = Path(item)

@@ -32,6 +32,8 @@ _CHUNK = 8192  # rows converted at a time (bounds temporary memory at load and i
 
 @dataclass(frozen=True)
 class Match:
+    """The gallery's answer for one face, with the reason when nobody is granted."""
+
     person_id: str | None  # None = no match
     score: float  # best person's similarity (cosine)
     margin: float  # best minus second-best person (1.0 when only one person is enrolled)
@@ -318,6 +320,7 @@ class LiveMatcher:
         return True
 
     def match_many(self, probes: np.ndarray) -> list[Match]:
+        """Match a batch against the current gallery, picking up any enrolment first."""
         self.refresh()
         return self.matcher.match_many(probes)
 
