@@ -12,6 +12,8 @@ import time
 
 
 class Notifier:
+    """Tell systemd the gate is up, what it is doing, and that it is still alive."""
+
     def __init__(self, env: dict[str, str] | None = None):
         env = os.environ if env is None else env
         addr = env.get("NOTIFY_SOCKET", "")
@@ -26,6 +28,7 @@ class Notifier:
             self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
 
     def send(self, *fields: str) -> None:
+        """Send raw sd_notify fields; a no-op outside systemd, never fatal to the gate."""
         if self._sock is None:
             return
         # systemd gone or socket full: the service must not die of it
@@ -33,9 +36,11 @@ class Notifier:
             self._sock.sendto("\n".join(fields).encode(), self.addr)
 
     def ready(self, status: str = "") -> None:
+        """Tell systemd start-up is done, so `systemctl start` returns only when it is."""
         self.send("READY=1", f"STATUS={status}") if status else self.send("READY=1")
 
     def status(self, text: str) -> None:
+        """Show the gate's state in `systemctl status` for the installer."""
         self.send(f"STATUS={text}")
 
     def watchdog(self) -> None:
@@ -48,7 +53,9 @@ class Notifier:
             self.send("WATCHDOG=1")
 
     def stopping(self) -> None:
+        """Tell systemd a shutdown is deliberate, not a crash."""
         self.send("STOPPING=1")
 
     def reloading(self) -> None:
+        """Tell systemd a reload (new keys, gallery, revocations) is under way."""
         self.send("RELOADING=1")

@@ -111,6 +111,7 @@ class RelayOutput(DigitalOutputDevice):
     """
 
     def close(self) -> None:
+        """Lock the door and keep the pin a driven output when the gate stops."""
         pin = getattr(self, "_pin", None)
         if pin is not None:
             self._stop_blink()

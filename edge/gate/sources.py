@@ -24,6 +24,8 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Frame:
+    """One camera or clip frame with its time, so policy windows use real seconds."""
+
     image: np.ndarray  # BGR uint8
     t: float  # seconds: recorded time for files, time.monotonic() for cameras
     index: int
@@ -75,6 +77,7 @@ class VideoFileSource(FrameSource):
         self._t0 = time.monotonic()
 
     def read(self) -> Frame | None:
+        """Next good frame of the clip, skipping corrupt ones, paced when realtime."""
         while True:
             ok, img = self.cap.read()
             if not ok:
@@ -100,6 +103,7 @@ class VideoFileSource(FrameSource):
             return frame
 
     def close(self) -> None:
+        """Release the clip file."""
         self.cap.release()
         super().close()
 
@@ -148,6 +152,7 @@ class CameraSource(FrameSource):
         return False
 
     def read(self) -> Frame | None:
+        """Next frame, or None while the camera is lost and being reopened with backoff."""
         now = self.clock()
         if self.state == "lost":
             if now < self._next_try:
@@ -178,6 +183,7 @@ class CameraSource(FrameSource):
         return frame
 
     def close(self) -> None:
+        """Release the camera device so another process can open it."""
         if self.cap is not None:
             self.cap.release()
         super().close()
@@ -201,6 +207,7 @@ class Picamera2Source(FrameSource):  # pragma: no cover - needs a Raspberry Pi c
         self.index, self.state = 0, "open"
 
     def read(self) -> Frame | None:
+        """Next Pi camera frame, or None (state lost) when libcamera fails."""
         try:
             img = self.cam.capture_array()
         except Exception as e:  # libcamera reports many kinds of failure
@@ -212,6 +219,7 @@ class Picamera2Source(FrameSource):  # pragma: no cover - needs a Raspberry Pi c
         return Frame(np.ascontiguousarray(img), time.monotonic(), self.index - 1)
 
     def close(self) -> None:
+        """Stop the Pi camera so libcamera releases it."""
         self.cam.stop()
         super().close()
 
