@@ -90,6 +90,7 @@ def bench_clip(
 
 
 def format_bench(report: dict) -> str:
+    """Readable per-stage timings for `bench` when --json is not asked for."""
     lines = [f"clip: {report['clip']}"]
     for r in report["runs"]:
         lines.append(
@@ -253,6 +254,7 @@ def bench_gallery(
 
 
 def format_gallery_bench(r: dict) -> str:
+    """Readable 1:N search figures for `bench --gallery` when --json is not asked for."""
     return (
         f"gallery 1:N: {r['templates']} templates, {r['people']} people, dim {r['dim']}\n"
         f"  load (decrypt) {r['load_decrypt_s']:.3f} s   search median {r['search_ms_median']:.3f} ms"

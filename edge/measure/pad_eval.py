@@ -35,6 +35,8 @@ TARGET_BPCER = 0.05
 
 @dataclass(frozen=True)
 class Presentation:
+    """One live or attack sample's outcome, the unit the PAD error rates count."""
+
     path: Path
     kind: str  # "live" or the attack type
     accepted: bool
