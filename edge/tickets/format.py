@@ -89,6 +89,7 @@ class Ticket:
 
     @property
     def max_entries(self) -> int:
+        """How many entries the ledger allows: one for one-time tickets, else the count."""
         return 1 if self.kind == Kind.ONE_TIME else self.count
 
 
@@ -100,6 +101,7 @@ def check_ticket_id(tid: str) -> str:
 
 
 def key_id(pub: Ed25519PublicKey) -> bytes:
+    """Short key fingerprint in each ticket, so a gate picks the right issuer key to verify."""
     raw = pub.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
     return hashlib.sha256(raw).digest()[:4]
 
@@ -114,6 +116,7 @@ def _str(s: str, what: str, limit: int) -> bytes:
 
 
 def encode_payload(t: Ticket) -> bytes:
+    """The compact bytes that get signed and put in the QR, refusing out-of-range fields."""
     if not t.ticket_id:
         raise TicketError("a ticket needs an id")
     if not (0 <= t.count <= 0xFFFF) or (t.kind != Kind.ONE_TIME and t.count < 1):

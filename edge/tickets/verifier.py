@@ -25,6 +25,8 @@ from edge.tickets.format import (
 
 @dataclass(frozen=True)
 class Verdict:
+    """A ticket decision with its reason, for the gate, the desk and the audit log."""
+
     valid: bool
     reason: str
     ticket: Ticket | None = None
@@ -32,6 +34,7 @@ class Verdict:
 
     @property
     def ticket_id(self) -> str | None:
+        """The ticket id when the payload was readable, for logs and the ledger."""
         return self.ticket.ticket_id if self.ticket else None
 
 
@@ -51,6 +54,7 @@ class Verifier:
         self.skew = clock_skew_s
 
     def verify(self, text: str, now: float) -> Verdict:
+        """Decide offline whether a scanned ticket text is genuine and valid now."""
         try:
             payload, sig = split_text(text)
             kid = payload[1:5] if len(payload) >= 5 else b""
