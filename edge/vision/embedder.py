@@ -10,12 +10,15 @@ from edge.vision.runtime import TFLiteModel
 
 
 def l2_normalise(v: np.ndarray) -> np.ndarray:
+    """Unit-length embeddings, so a dot product is the cosine score matching relies on."""
     v = np.asarray(v, dtype=np.float32)
     n = np.linalg.norm(v, axis=-1, keepdims=True)
     return v / np.maximum(n, 1e-12)
 
 
 class Embedder:
+    """Turns an aligned face chip into the template the gallery stores and matches."""
+
     def __init__(self, spec: EmbedderSpec, threads: int = 0):
         self.spec = spec
         self.model = TFLiteModel(spec.path, threads)

@@ -50,6 +50,7 @@ class PadSpec:
 
     @classmethod
     def load(cls, models_dir: Path, name: str, require_threshold: bool = True) -> PadSpec:
+        """Read a PAD model's entry from models.json, refusing one with no measured threshold."""
         group = load_catalogue(models_dir).get("liveness", {})
         if name not in group:
             raise ModelError(

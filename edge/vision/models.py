@@ -18,6 +18,8 @@ from edge.errors import ModelError
 
 @dataclass(frozen=True)
 class EmbedderSpec:
+    """What models.json records for an embedder: file, checksum, alignment and thresholds."""
+
     name: str
     path: Path
     sha256: str
@@ -32,6 +34,8 @@ class EmbedderSpec:
 
 @dataclass(frozen=True)
 class DetectorSpec:
+    """What models.json records for a face detector: file, checksum and decoder kind."""
+
     name: str
     path: Path
     sha256: str
@@ -39,6 +43,7 @@ class DetectorSpec:
 
 
 def load_catalogue(models_dir: Path) -> dict:
+    """Read models.json, the single record of shipped models, with a fix if it is missing."""
     f = models_dir / "models.json"
     try:
         return json.loads(f.read_text())
@@ -63,6 +68,7 @@ def _entry(models_dir: Path, group: str, name: str) -> dict:
 
 
 def embedder_spec(models_dir: Path, name: str) -> EmbedderSpec:
+    """The embedder named in the config, as measured and recorded in models.json."""
     e = _entry(models_dir, "embedders", name)
     return EmbedderSpec(
         name,
@@ -78,11 +84,13 @@ def embedder_spec(models_dir: Path, name: str) -> EmbedderSpec:
 
 
 def detector_spec(models_dir: Path, name: str) -> DetectorSpec:
+    """The detector named in the config, as recorded in models.json."""
     e = _entry(models_dir, "detectors", name)
     return DetectorSpec(name, models_dir / e["file"], e["sha256"], e["kind"])
 
 
 def file_sha256(path: Path) -> str:
+    """Checksum a model file in 1 MiB blocks, so a corrupt or swapped model is refused."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
