@@ -30,7 +30,7 @@ class SealError(Exception):
 
 @dataclass(frozen=True)
 class Kek:
-    """The gallery key-encryption key, kept only in the 0600 key file and never in the db."""
+    """The gallery key-encryption key, kept outside the db (0600 file or systemd credential)."""
 
     key: bytes
     path: Path
@@ -42,7 +42,7 @@ class Kek:
 
 
 def aad(table: str, row: str, column: str, model: str = "") -> bytes:
-    """Bind a sealed value to its table, row and column, so it cannot be swapped into another."""
+    """Bind a sealed value to its table, row, column and model, so it cannot be moved."""
     return f"{table}|{row}|{column}|{model}".encode()
 
 

@@ -34,7 +34,7 @@ class EmbedderSpec:
 
 @dataclass(frozen=True)
 class DetectorSpec:
-    """What models.json records for a face detector: file, checksum and decoder kind."""
+    """What models.json records for a face detector: file, checksum and anchor layout."""
 
     name: str
     path: Path
