@@ -27,6 +27,7 @@ class Parser(argparse.ArgumentParser):
     """argparse with a one-line error: what is wrong and where to look, not the whole usage."""
 
     def error(self, message: str):
+        """Exit 2 with one line: what is wrong and where to look (not the whole usage)."""
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
