@@ -14,7 +14,8 @@ from edge.gallery.rules import expected_for
 from edge.gallery.schema import Consent, NewPerson
 from edge.gallery.store import Gallery
 from edge.vision.image import load_image
-from tests.test_daemon import enroll_lin, make_config, run_gate
+
+from .helpers import enroll_lin, make_config, run_gate
 
 MAX_TEMPLATES = 3  # the first 1..3 photos of each identity, as a bulk import from a pass system
 
