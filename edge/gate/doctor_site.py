@@ -1,0 +1,161 @@
+"""`edge-gate doctor`, the lane's own checks: tickets, ledger, camera, GPIO, clock, disk, fleet.
+
+Registered with `edge.gate.doctor.check` like the vision and gallery checks there; doctor.py
+imports this module, so every check runs.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import shutil
+import time
+from contextlib import ExitStack
+from pathlib import Path
+
+from edge.errors import EdgeGateError
+from edge.gate import checks
+from edge.gate.doctor import Check, Site, check
+
+
+@check("ticket keys")
+def _ticket_keys(site: Site) -> str | Check:
+    if site.cfg.camera.source == "demo" and not site.cfg.tickets.pubkeys:
+        return Check(
+            "warn",
+            "ticket keys",
+            'camera.source = "demo" brings its own demo ticket key',
+            "set tickets.pubkeys to your ticket office's issuer.pub",
+        )
+    keys = checks.ticket_keys(site.cfg)
+    return f"{len(keys)} issuer public key(s); no private key on the gate"
+
+
+def _demo_creates(site: Site, path: Path, name: str) -> Check | None:
+    """`run` on the demo source creates the demo's ledger and revocation list; say so, not fail."""
+    if site.cfg.camera.source == "demo" and not path.exists():
+        return Check("warn", name, f"{path} does not exist yet; the demo run creates it")
+    return None
+
+
+@check("revocation list")
+def _revocations(site: Site) -> str | Check:
+    cfg = site.cfg
+    if cfg.tickets.revocation_list:
+        demo = _demo_creates(site, cfg.resolve(cfg.tickets.revocation_list), "revocation list")
+        if demo is not None:
+            return demo
+    return f"{len(checks.revocations(cfg))} revoked ticket id(s)"
+
+
+@check("camera")
+def _camera(site: Site) -> str | Check:
+    cam = site.cfg.camera
+    if cam.source == "demo":
+        return Check(
+            "warn", "camera", 'camera.source = "demo"', "set /dev/video0 or picamera2 on the gate"
+        )
+    if cam.source == "picamera2":
+        if importlib.util.find_spec("picamera2") is None:
+            raise EdgeGateError("picamera2 is not installed", "pip install 'edge-gate[pi]'")
+        return "picamera2 importable"
+    from edge.gate.sources import open_source
+
+    with open_source(cam.source, cam.width, cam.height, cam.fps, realtime=False) as s:
+        f = s.read()
+    if f is None:
+        raise EdgeGateError(
+            f"camera {cam.source} opened but gave no frame", "check the cable and lighting"
+        )
+    return f"{cam.source}: {f.image.shape[1]}x{f.image.shape[0]}"
+
+
+@check("GPIO")
+def _gpio(site: Site) -> str | Check:
+    from edge.gate.relay import check_pins, make_pin_factory
+
+    relay = site.cfg.relay
+    factory = make_pin_factory(relay.pin_factory)
+    try:
+        check_pins(relay, factory)  # the check the relay makes at start; claims no pin
+    finally:
+        factory.close()
+    if relay.pin_factory == "mock":
+        return Check(
+            "warn",
+            "GPIO",
+            'relay.pin_factory = "mock": the relay is simulated',
+            "set lgpio on a Pi",
+        )
+    return f"{relay.pin_factory} on BCM {relay.pin}"
+
+
+@check("clock")
+def _clock(site: Site) -> str:
+    now = time.time()
+    if now < 1_735_689_600:  # 2025-01-01: an unset clock
+        raise EdgeGateError(
+            f"the clock says {time.ctime(now)}",
+            "set the time (RTC or NTP); ticket validity depends on it",
+        )
+    return time.strftime("%Y-%m-%d %H:%M:%S %Z")
+
+
+@check("disk")
+def _disk(site: Site) -> str:
+    folder = site.db.parent if site.db.parent.exists() else Path(".")
+    free = shutil.disk_usage(folder).free / 2**20
+    if free < 100:
+        raise EdgeGateError(
+            f"only {free:.0f} MiB free in {folder}",
+            "free space: the ledger and audit log must be able to write",
+        )
+    return f"{free:.0f} MiB free in {folder}"
+
+
+@check("ticket ledger")
+def _ledger(site: Site) -> str | Check:
+    from edge.gate.audit import AuditLog
+    from edge.tickets.desk import open_ledger
+    from edge.timeutil import iso
+
+    cfg = site.cfg
+    demo = _demo_creates(site, cfg.resolve(cfg.tickets.ledger), "ticket ledger")
+    if demo is not None:
+        return demo
+    audit_path = cfg.resolve(cfg.audit.path)
+    with ExitStack() as stack:
+        audit = None
+        if audit_path.is_file():
+            audit = stack.enter_context(AuditLog(audit_path, cfg.audit.retention_days))
+        led = stack.enter_context(open_ledger(cfg, audit))
+        mark, floor = led.mark(), max(led.floor, led.mark().t)
+    if time.time() < floor:
+        raise EdgeGateError(
+            f"the clock ({iso(time.time())}) is behind the newest recorded entry ({iso(floor)})",
+            "set the time; tickets are refused until then",
+        )
+    return f"{cfg.resolve(cfg.tickets.ledger)}: {mark.seq} redemptions, newest {iso(mark.t) or '-'}"
+
+
+@check("fleet")
+def _fleet(site: Site) -> str | Check:
+    """The link and clock as edge-gate sync last saw them (tickets are refused on either)."""
+    from edge.fleet.state import FleetState, check_link
+
+    fl = site.cfg.fleet
+    if not fl.enabled:
+        return "no [fleet]: this gate works alone"
+    st = FleetState(site.cfg.resolve(fl.state_db))
+    try:
+        link, offset = check_link(fl, st, time.time()), st.get("clock_offset")
+        connected = st.get("connected")
+    finally:
+        st.close()
+    where = f"site {fl.site}, lane {fl.lane}, broker {fl.broker}"
+    fix = "systemctl status edge-gate-sync; check the broker and the clock (NTP)"
+    if not link.ok:
+        return Check("fail", "fleet", f"{where}: {link.reason}: {link.detail}", fix)
+    if not connected:
+        return Check("warn", "fleet", f"{where}: sync not connected", fix)
+    off = "unknown" if offset is None else f"{offset:+.1f} s"
+    return f"{where}: connected, clock vs fleet {off}"
