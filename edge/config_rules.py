@@ -118,6 +118,7 @@ def _validate_matching(cfg: Config, f: str) -> None:
     lo, hi = CLOCK_SKEW_RANGE_S
     if not lo <= t.clock_skew_s <= hi:
         raise ConfigError(
-            f"{f}: key 'tickets.clock_skew_s' = {t.clock_skew_s} must be in [{lo:g}, {hi:g}] seconds",
+            f"{f}: key 'tickets.clock_skew_s' = {t.clock_skew_s} must be in "
+            f"[{lo:g}, {hi:g}] seconds",
             "a larger skew lets expired tickets in; fix the gate's clock instead",
         )

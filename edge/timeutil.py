@@ -1,4 +1,4 @@
-"""Parse operator-typed times: ISO dates/datetimes or Unix seconds; naive means the gate's local time."""
+"""Parse operator-typed times: ISO dates/datetimes or Unix seconds; naive = gate's local time."""
 
 from __future__ import annotations
 
@@ -8,7 +8,9 @@ from edge.errors import EdgeGateError
 
 
 def parse_time(text: str, end_of_day: bool = False) -> int:
-    """'2026-12-31' (start, or end of day with end_of_day), '2026-12-31T18:00', '+02:00' offsets, or 1767225600."""
+    """'2026-12-31' (start, or end of day with end_of_day), '2026-12-31T18:00', '+02:00' offsets,
+    or 1767225600.
+    """
     s = text.strip()
     if s.isdigit():
         return int(s)

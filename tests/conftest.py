@@ -1,4 +1,4 @@
-"""Pytest fixtures: the real recorded fixtures (skip locally if absent, fail in CI) and pipelines."""
+"""Pytest fixtures: real recorded fixtures (skip locally if absent, fail in CI) and pipelines."""
 
 from __future__ import annotations
 

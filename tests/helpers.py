@@ -24,7 +24,7 @@ def fuzz(examples: int) -> int:
 
 
 def kill_at_random(script: str, rounds: int, seed: int, max_delay: float, after_each=None) -> None:
-    """Start `script` (it prints a line when ready), SIGKILL it after a random delay, `rounds` times."""
+    """Start `script` (prints a line once ready), SIGKILL it at a random delay, `rounds` times."""
     import random
     import signal
     import subprocess
@@ -77,7 +77,8 @@ def make_config(tmp: Path, extra: str = "") -> config_mod.Config:
         '[gate]\nid = "test-gate"\n'
         + extra
         + '\n[gallery]\ndb = "gallery.db"\nkey_file = "gallery.key"\n'
-        '[tickets]\npubkeys = ["office/issuer.pub"]\nledger = "ledger.db"\nrevocation_list = "revoked.txt"\n'
+        '[tickets]\npubkeys = ["office/issuer.pub"]\nledger = "ledger.db"\n'
+        'revocation_list = "revoked.txt"\n'
         '[relay]\npin_factory = "mock"\npulse_s = 0.3\n[audit]\npath = "audit.db"\n'
     )
     cfg = config_mod.load(p)

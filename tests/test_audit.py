@@ -183,13 +183,16 @@ def test_a_log_from_before_the_chain_is_upgraded(tmp_path):
     p = tmp_path / "old.db"
     c = sqlite3.connect(p)
     c.executescript(
-        "CREATE TABLE events (id INTEGER PRIMARY KEY, t REAL NOT NULL, gate TEXT, kind TEXT NOT NULL,"
+        "CREATE TABLE events (id INTEGER PRIMARY KEY, t REAL NOT NULL, gate TEXT,"
+        " kind TEXT NOT NULL,"
         " decision TEXT, via TEXT, subject TEXT, score REAL, reason TEXT, detail TEXT);"
         "CREATE TABLE meta (key TEXT PRIMARY KEY, value REAL);"
-        "CREATE TRIGGER events_no_update BEFORE UPDATE ON events BEGIN SELECT RAISE(ABORT, 'x'); END;"
+        "CREATE TRIGGER events_no_update BEFORE UPDATE ON events"
+        " BEGIN SELECT RAISE(ABORT, 'x'); END;"
     )
     c.execute(
-        "INSERT INTO events (id, t, gate, kind, subject, score) VALUES (7, ?, 'g', 'decision', 'T-1', 1)",
+        "INSERT INTO events (id, t, gate, kind, subject, score)"
+        " VALUES (7, ?, 'g', 'decision', 'T-1', 1)",
         (time.time(),),
     )
     c.commit()

@@ -326,7 +326,10 @@ def test_camera_lost_mid_stream_and_back_gate_keeps_deciding(tmp_path):
 
 
 def test_default_config_runs_as_is_off_pi(tmp_path):
-    """firmware_config/gate.toml, unchanged: demo source, mock relay, no gallery key yet (loudly ticket-only)."""
+    """The shipped firmware_config/gate.toml runs unchanged off-Pi.
+
+    Demo source, mock relay, no gallery key yet (loudly ticket-only).
+    """
     p = subprocess.run(
         [sys.executable, "-m", "edge.cli", "run", "--fast"],
         capture_output=True,

@@ -92,7 +92,8 @@ def _run(rng: np.random.Generator, n: int = 6) -> dict:
     events = [{"frame": 93, "decision": "grant", "via": "face", "reason": "ok", "enrolled": True,
                "score": 0.97}]  # fmt: skip
     return {
-        "machine": "x86_64", "python": "3.11", "qemu_cpu": "", "photos": [f"p{i}" for i in range(n)],
+        "machine": "x86_64", "python": "3.11", "qemu_cpu": "",
+        "photos": [f"p{i}" for i in range(n)],
         "catalogue": {"embedders": ["e"], "detectors": ["d"]},
         "embedders": {"e": rows}, "detectors": {"d": det}, "models": {"pad/m": copy.deepcopy(rows)},
         "gate": {"embedder": "e", "frames": 275, "events": events},
@@ -111,10 +112,18 @@ def test_compare_passes_identical_runs_and_prints_figures():
 @pytest.mark.parametrize(
     "break_it, expect",
     [
-        (lambda o: o["embedders"]["e"][2].update(vector=list(-np.array(o["embedders"]["e"][2]["vector"]))), "e: cosine"),
+        (
+            lambda o: o["embedders"]["e"][2].update(
+                vector=list(-np.array(o["embedders"]["e"][2]["vector"]))
+            ),
+            "e: cosine",
+        ),
         (lambda o: o["models"]["pad/m"][0].update(vector=[0.0] * 15 + [1.0]), "pad/m: cosine"),
         (lambda o: o["embedders"]["e"][1].update(vector=None), "one side only"),
-        (lambda o: o["gate"]["events"][0].update(reason="not_enrolled", decision="deny"), "gate decisions differ"),
+        (
+            lambda o: o["gate"]["events"][0].update(reason="not_enrolled", decision="deny"),
+            "gate decisions differ",
+        ),
         (lambda o: o["gate"].update(frames=274), "gate decisions differ"),
         (lambda o: o["catalogue"].update(pad=["m"]), "different photos or model catalogues"),
     ],

@@ -1,4 +1,4 @@
-"""Many lanes, one park: a real Mosquitto on a loopback port, real SQLite, real `edge-gate` commands.
+"""Many lanes, one park: real Mosquitto on a loopback port, real SQLite, real `edge-gate` commands.
 
 Every wait is bounded polling for a condition; no timing is asserted.
 """
@@ -292,7 +292,7 @@ def test_outbox_is_written_in_the_ledger_transaction(tmp_path, office_keys):
     assert alone.conn.execute("SELECT count(*) FROM outbox").fetchone()[0] == 0
 
 
-# --- a real broker ---------------------------------------------------------------------------------
+# --- a real broker --------------------------------------------------------------------------------
 
 
 def test_screenshot_one_time_ticket_admits_once_across_three_lanes(broker, office_keys, tmp_path):

@@ -96,7 +96,8 @@ def test_forget_erases_bytes_from_file(gal):
     sealed = [
         r[0]
         for r in gal.conn.execute(
-            "SELECT embedding FROM templates WHERE person_id=? UNION ALL SELECT name FROM people WHERE id=?"
+            "SELECT embedding FROM templates WHERE person_id=?"
+            " UNION ALL SELECT name FROM people WHERE id=?"
             " UNION ALL SELECT operator FROM consents WHERE person_id=?",
             (pid, pid, pid),
         )
@@ -241,7 +242,8 @@ def test_kill_9_mid_enroll_never_leaves_half_a_person(tmp_path):
         import numpy as np
         from edge.gallery.crypto import load_key
         from edge.gallery.store import Consent, Gallery
-        g = Gallery({str(tmp_path / "g.db")!r}, load_key(__import__('pathlib').Path({str(tmp_path / "k.key")!r})))
+        key = load_key(__import__('pathlib').Path({str(tmp_path / "k.key")!r}))
+        g = Gallery({str(tmp_path / "g.db")!r}, key)
         rng = np.random.default_rng()
         print("ready", flush=True)
         while True:

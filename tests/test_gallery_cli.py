@@ -1,4 +1,4 @@
-"""The gallery CLI contract others script against: enroll / people / forget / purge / privacy-report / keys."""
+"""The gallery CLI contract scripts use: enroll, people, forget, purge, privacy-report, keys."""
 
 from __future__ import annotations
 

@@ -107,7 +107,7 @@ def test_replace_templates_reenrolls_with_consent_and_an_audit_record(
     assert "needs --person-id" in err
 
 
-# --- pass renewal and edits ------------------------------------------------------------------------
+# --- pass renewal and edits -----------------------------------------------------------------------
 
 
 @pytest.fixture
@@ -164,7 +164,7 @@ def test_pass_renew_and_edit(tmp_path, capsys, one_person):
     assert "nothing to change" in err
 
 
-# --- validity bound to the sealed record ------------------------------------------------------------
+# --- validity bound to the sealed record ----------------------------------------------------------
 
 
 @pytest.mark.parametrize(
@@ -200,7 +200,7 @@ def test_changed_validity_row_is_rejected_as_tampered(tmp_path, capsys, tamper):
     assert "failed authentication" in err  # a tampered person is not re-blessed
 
 
-# --- non-finite scores -----------------------------------------------------------------------------
+# --- non-finite scores ----------------------------------------------------------------------------
 
 
 def test_non_finite_probe_or_template_never_matches():
@@ -226,7 +226,7 @@ def test_non_finite_probe_or_template_never_matches():
         Matcher(e[:2], people, threshold=float("nan"), min_margin=0.0)
 
 
-# --- thresholds validated at load, doctor shows what is used -----------------------------------------
+# --- thresholds validated at load, doctor shows what is used --------------------------------------
 
 
 @pytest.mark.parametrize(
@@ -275,7 +275,7 @@ def test_doctor_reports_the_threshold_in_use(tmp_path, capsys):
     assert "per gallery size from models.json (mobilefacenet_float" in line
 
 
-# --- eval: no threshold from thin data, valid JSON ---------------------------------------------------
+# --- eval: no threshold from thin data, valid JSON ------------------------------------------------
 
 
 def test_eval_refuses_to_write_a_threshold_from_thin_data_and_prints_valid_json(

@@ -94,7 +94,7 @@ def test_corrupt_ledger_is_a_clear_error(tmp_path):
 
 
 def test_kill_9_between_verify_and_record_never_over_redeems(tmp_path):
-    """A redeeming process killed at random points: never more entries than allowed, nothing corrupt."""
+    """A redeemer killed at random points: never more entries than allowed, nothing corrupt."""
     path = tmp_path / "l.db"
     init_ledger(path)
     script = textwrap.dedent(f"""
@@ -192,7 +192,8 @@ def test_schema_1_ledger_is_upgraded_with_its_count(tmp_path):
     p = tmp_path / "old.db"
     c = sqlite3.connect(p)
     c.execute(
-        "CREATE TABLE redemptions (id INTEGER PRIMARY KEY, ticket_id TEXT, t REAL, day TEXT, gate TEXT)"
+        "CREATE TABLE redemptions"
+        " (id INTEGER PRIMARY KEY, ticket_id TEXT, t REAL, day TEXT, gate TEXT)"
     )
     c.execute(
         "INSERT INTO redemptions (ticket_id, t, day, gate) VALUES ('A', ?, '2027-01-15', 'g')",

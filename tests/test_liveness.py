@@ -1,4 +1,4 @@
-"""Presentation-attack detection: the crop, the plane cue, the policy rule and the model's loading."""
+"""Presentation-attack detection: the crop, the plane cue, the policy rule, the model's loading."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Presentation attacks through the real daemon with the mock relay: refused, logged, never pulsed."""
+"""Presentation attacks through the real daemon and mock relay: refused, logged, never pulsed."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The gate at park scale on recorded video: every shared LFW identity enrolled, plus one pass holder.
+"""The gate at park scale on recorded video: every shared LFW identity enrolled, plus a pass holder.
 
 With 2,880 people enrolled every stranger in a clip is compared with all of them; the gate's
 size-calibrated rule (models.json `thresholds`) must still admit the pass holder and nobody else.

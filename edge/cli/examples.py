@@ -14,7 +14,9 @@ EXAMPLES: dict[str, str] = {
     "ticket keygen": "edge-gate ticket keygen --out office/",
     "ticket issue": "edge-gate ticket issue --key office/issuer.key --id DAY-0001 "
     "--valid-until 2026-12-31 --out tickets/",
-    "ticket verify": "edge-gate ticket verify --config /etc/edge-gate/gate.toml --redeem ticket.png",
+    "ticket verify": (
+        "edge-gate ticket verify --config /etc/edge-gate/gate.toml --redeem ticket.png"
+    ),
     "ticket revoke": "edge-gate ticket revoke --list /etc/edge-gate/revoked.txt DAY-0001",
     "ticket unrevoke": "edge-gate ticket unrevoke --list /etc/edge-gate/revoked.txt DAY-0001",
     "qr read": "edge-gate qr read photo-of-a-ticket.jpg",

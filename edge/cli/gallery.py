@@ -1,4 +1,4 @@
-"""`edge-gate enroll / people / forget / purge`: the gallery lifecycle (keys and passes: passes.py)."""
+"""`edge-gate enroll / people / forget / purge`: the gallery lifecycle (keys, passes: passes.py)."""
 
 from __future__ import annotations
 
@@ -188,7 +188,8 @@ def cmd_people(args) -> int:
     else:
         for r in rows:
             print(
-                f"{r['id']}  {r['name']:<24} pass={r['pass'] or '-'} valid_until={r['valid_until'] or '-'}"
+                f"{r['id']}  {r['name']:<24} pass={r['pass'] or '-'} "
+                f"valid_until={r['valid_until'] or '-'}"
                 f" consent={r['consent_time']} templates={r['template_count']}"
                 + ("" if r["intact"] else "  DAMAGED (failed authentication; never matches)")
             )
@@ -230,7 +231,8 @@ def cmd_purge(args) -> int:
         if gone or g.pending_erasure():  # after the record is committed; fails loudly, never hides
             g.scrub()
     print(
-        f"purged {len(gone)} people whose pass expired more than {days} days ago; {aged} old audit records"
+        f"purged {len(gone)} people whose pass expired more than {days} days ago; "
+        f"{aged} old audit records"
     )
     return 0
 
@@ -273,7 +275,8 @@ def register(sub, common) -> None:
     )
     sp.add_argument(
         "--valid-until",
-        help="pass expiry: YYYY-MM-DD (to the end of that day, this machine's local time) or ISO time",
+        help="pass expiry: YYYY-MM-DD (to the end of that day, this machine's local time) "
+        "or ISO time",
     )
     sp.add_argument("--guardian", help="guardian giving consent (required for minors)")
     add_detail_args(sp)

@@ -1,4 +1,4 @@
-"""`edge-gate run / demo / doctor`: the daemon, the two-minute tour, and the installer's checklist."""
+"""`edge-gate run / demo / doctor`: the daemon, the two-minute tour, the installer's checklist."""
 
 from __future__ import annotations
 

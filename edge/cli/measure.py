@@ -168,7 +168,8 @@ def register(sub, common) -> None:
     sp.add_argument(
         "--open-set",
         action="store_true",
-        help="1:N identification: first K images of each person enrolled, one-image people as strangers",
+        help="1:N identification: first K images of each person enrolled,"
+        " one-image people as strangers",
     )
     sp.add_argument(
         "--templates",
@@ -180,7 +181,8 @@ def register(sub, common) -> None:
     sp.add_argument(
         "--write-threshold",
         action="store_true",
-        help="store the strict gate threshold (above every impostor pair) as the embedder's default; "
+        help="store the strict gate threshold (above every impostor pair)"
+        " as the embedder's default; "
         "with --open-set: the rule at FPIR 1e-3 for galleries of 100, 1000 and all people",
     )
     common(sp)

@@ -59,7 +59,8 @@ def register(sub, common) -> None:
     sp.add_argument(
         "--write-threshold",
         action="store_true",
-        help="store the threshold (APCER 0 on print and screen images if BPCER <= 5%%) in models.json",
+        help="store the threshold (APCER 0 on print and screen images if BPCER <= 5%%)"
+        " in models.json",
     )
     sp.add_argument("--per-file", action="store_true", help="include every file's result")
     common(sp)

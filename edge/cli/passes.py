@@ -19,7 +19,8 @@ def cmd_keys_init(args) -> int:
     _, _, key = paths(args)
     k = init_key(key)
     print(
-        f"wrote {key} (0600, key id {k.kid}); back it up offline: without it the gallery cannot be opened"
+        f"wrote {key} (0600, key id {k.kid}); back it up offline: "
+        "without it the gallery cannot be opened"
     )
     return 0
 

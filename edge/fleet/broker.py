@@ -19,7 +19,10 @@ from pathlib import Path
 
 from edge.errors import EdgeGateError
 
-MISSING = "mosquitto is not installed (Debian: apt-get install mosquitto; scripts/setup.sh does it as root)"
+MISSING = (
+    "mosquitto is not installed"
+    " (Debian: apt-get install mosquitto; scripts/setup.sh does it as root)"
+)
 
 
 class MosquittoError(EdgeGateError):

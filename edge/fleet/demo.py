@@ -116,7 +116,8 @@ def run_fleet_demo(workdir: Path, lanes: int, fixtures: Path | None, fast: bool)
             out = json.loads(r.stdout.strip().splitlines()[-1]) if r.stdout.strip() else {}
             verdict = "GRANT" if r.returncode == 0 else "DENY "
             print(
-                f"   {n}: {verdict} {out.get('reason', r.stderr.strip()[:200])} (exit {r.returncode})"
+                f"   {n}: {verdict} {out.get('reason', r.stderr.strip()[:200])}"
+                f" (exit {r.returncode})"
             )
             ok &= (r.returncode == 0) == (i == 0) and (
                 i == 0 or out.get("reason") == "already_used"

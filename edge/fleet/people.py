@@ -33,7 +33,8 @@ def site_key(cfg: Config) -> bytes:
     if not cfg.fleet.site_key_file:
         raise MessageError(
             "a person record arrived but fleet.site_key_file is not set",
-            "give this lane the site key (edge-gate keys init --key-file at the office, copied 0600)",
+            "give this lane the site key"
+            " (edge-gate keys init --key-file at the office, copied 0600)",
         )
     return load_key(cfg.resolve(cfg.fleet.site_key_file)).key
 

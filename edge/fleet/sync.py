@@ -198,7 +198,7 @@ class Sync:
         c.execute("COMMIT")
 
     def _audit_due(self) -> bool:
-        """Audit rows written through this connection don't change data_version: look each second."""
+        """Audit rows written here don't change data_version: look each second."""
         if time.monotonic() < self._audit_next:
             return False
         self._audit_next = time.monotonic() + STATE_EVERY_S

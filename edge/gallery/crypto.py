@@ -74,7 +74,7 @@ def credential_path(key_file: Path) -> Path:
 
 
 def _write_key_file(path: Path, key: bytes) -> None:
-    """Write whole-or-nothing: a temp file, fsync, then a hard link to the name (fails if it exists)."""
+    """Write whole-or-nothing: temp file, fsync, hard link to the name (fails if it exists)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)

@@ -52,7 +52,8 @@ def scrub_file(g: Gallery, attempts: int | None = None, wait_s: float | None = N
             done = _checkpoint(conn, attempts, wait_s)
             if not done:
                 conn.execute(
-                    "INSERT OR REPLACE INTO gallery_state (key, value) VALUES ('pending_erasure', 1)"
+                    "INSERT OR REPLACE INTO gallery_state (key, value)"
+                    " VALUES ('pending_erasure', 1)"
                 )
     except sqlite3.OperationalError as e:
         done = False

@@ -18,7 +18,7 @@ SIDE_FILES = ("", "-wal", "-shm", "-journal")  # a SQLite database and the files
 
 
 def rotate_key(db: str | os.PathLike[str], key_file: str | os.PathLike[str]) -> tuple[str, str]:
-    """Replace the key-encryption key; crash-safe: at every instant the key file on disk opens the gallery.
+    """Replace the key-encryption key; crash-safe: at every instant the key file opens the gallery.
 
     1. the new key is written beside the old one (KEY.next), 2. the data key is wrapped under it
     too (commit), 3. KEY.next atomically replaces KEY, 4. the old wrapping is dropped. Until step 3

@@ -346,7 +346,7 @@ class LiveMatcher:
 
 
 def resolve_threshold(configured: float, measured: float) -> float:
-    """The configured threshold if set, else the embedder's measured one; never 0 (that admits anyone)."""
+    """The configured threshold if set, else the embedder's measured one; never 0 (admits all)."""
     from edge.errors import ConfigError
 
     t = configured if configured > 0 else measured

@@ -43,7 +43,10 @@ def privacy_report(cfg: Config, db: Path, key: Path) -> dict:
     return {
         "generated": iso(time.time()),
         "gate": cfg.gate.id,
-        "purpose": "open the entrance gate for enrolled pass holders who consented; a ticket is always accepted instead",
+        "purpose": (
+            "open the entrance gate for enrolled pass holders who consented;"
+            " a ticket is always accepted instead"
+        ),
         "stored": {
             "database": str(db),
             "database_bytes": sum(f.stat().st_size for f in files if f.exists()),
@@ -60,7 +63,10 @@ def privacy_report(cfg: Config, db: Path, key: Path) -> dict:
                 "the key-encryption key (kept outside the database)",
             ],
             "audit_log": str(cfg.resolve(cfg.audit.path)),
-            "audit_log_contents": "time, gate, grant/deny, face/ticket, pseudonymous person id or ticket id, score, reason",
+            "audit_log_contents": (
+                "time, gate, grant/deny, face/ticket, pseudonymous person id or ticket id,"
+                " score, reason"
+            ),
         },
         "consent": {
             "oldest": iso(s["oldest_consent"]),
@@ -118,7 +124,8 @@ def report_markdown(r: dict) -> str:
         "",
         "## What is stored, and where",
         "",
-        f"- Gallery `{st['database']}` ({st['database_bytes']} bytes): {st['people']} people ({st['minors']} minors), "
+        f"- Gallery `{st['database']}` ({st['database_bytes']} bytes):"
+        f" {st['people']} people ({st['minors']} minors), "
         f"{st['templates']} face templates, {st['consent_records']} consent records.",
         f"- Encrypted: {', '.join(st['fields_encrypted'])}.",
         f"- In clear: {', '.join(f'{k} ({d[k]})' for k in st['fields_in_clear'])}.",
@@ -127,12 +134,14 @@ def report_markdown(r: dict) -> str:
         "",
         "## Consent",
         "",
-        f"- Oldest consent {r['consent']['oldest']}, newest {r['consent']['newest']}; notice versions "
+        f"- Oldest consent {r['consent']['oldest']}, newest {r['consent']['newest']};"
+        " notice versions "
         f"{r['consent']['notice_versions']}.",
         "",
         "## Retention",
         "",
-        f"- People are purged {rt['purge_after_pass_expiry_days']} days after their pass expires ({rt['schedule']}); "
+        f"- People are purged {rt['purge_after_pass_expiry_days']} days after their pass expires"
+        f" ({rt['schedule']}); "
         f"{rt['people_without_expiry']} people have no expiry date.",
         f"- Audit records are kept {rt['audit_retention_days']} days.",
         f"- Withdrawal: {rt['withdrawal']}.",
@@ -145,8 +154,10 @@ def report_markdown(r: dict) -> str:
         "## Encryption and keys",
         "",
         f"- {enc['algorithm']}.",
-        f"- Key file `{enc['key_file']}` mode {enc['key_file_mode']} ({'ok' if enc['key_file_ok'] else 'TOO OPEN'})"
-        f"{', from a systemd credential' if enc['from_systemd_credential'] else ''}; key id {enc['key_id']}.",
+        f"- Key file `{enc['key_file']}` mode {enc['key_file_mode']}"
+        f" ({'ok' if enc['key_file_ok'] else 'TOO OPEN'})"
+        f"{', from a systemd credential' if enc['from_systemd_credential'] else ''};"
+        f" key id {enc['key_id']}.",
         "",
         "## Filing threshold",
         "",

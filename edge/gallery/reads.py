@@ -207,7 +207,9 @@ class GalleryReader:
             "people": one("SELECT count(*) FROM people"),
             "minors": one("SELECT count(*) FROM people WHERE minor = 1"),
             "templates": one("SELECT count(*) FROM templates"),
-            "templates_by_model": group("SELECT model_id, count(*) FROM templates GROUP BY model_id"),
+            "templates_by_model": group(
+                "SELECT model_id, count(*) FROM templates GROUP BY model_id"
+            ),
             "consents": one("SELECT count(*) FROM consents"),
             "oldest_consent": one("SELECT min(time) FROM consents"),
             "newest_consent": one("SELECT max(time) FROM consents"),

@@ -79,7 +79,10 @@ def import_person(g: Gallery, record: dict[str, Any], transport_key: bytes) -> s
         for table in ("people", "consents", "templates"):
             for r in rows[table]:
                 allowed = [col.name for col in _TABLES[table].columns if col.name in r]
-                q = f"INSERT INTO {table} ({', '.join(allowed)}) VALUES ({','.join('?' * len(allowed))})"
+                q = (
+                    f"INSERT INTO {table} ({', '.join(allowed)})"
+                    f" VALUES ({','.join('?' * len(allowed))})"
+                )
                 c.execute(q, [r[k] for k in allowed])
             if table == "people":
                 c.execute(

@@ -109,7 +109,11 @@ class Gallery(GalleryReader):
     def _store_dek(self, c: sqlite3.Connection, kek: Kek) -> None:
         c.execute(
             "INSERT OR REPLACE INTO data_keys (kid, wrapped, created) VALUES (?, ?, ?)",
-            (kek.kid, seal(kek.key, self.dek, aad("data_keys", kek.kid, "wrapped")), int(time.time())),
+            (
+                kek.kid,
+                seal(kek.key, self.dek, aad("data_keys", kek.kid, "wrapped")),
+                int(time.time()),
+            ),
         )  # fmt: skip
 
     def _unwrap(self) -> bytes:
@@ -147,7 +151,9 @@ class Gallery(GalleryReader):
                 full = "full" in str(e)
                 raise GalleryError(
                     f"gallery {self.path}: {e}; nothing was written",
-                    "free disk space and retry" if full else "another process holds the gallery; retry",
+                    "free disk space and retry"
+                    if full
+                    else "another process holds the gallery; retry",
                 ) from None  # fmt: skip
             raise
 
@@ -371,7 +377,7 @@ class Gallery(GalleryReader):
         scrub_file(self)
 
     def rewrap(self, new: Kek) -> None:
-        """Add a wrapping of the data key under a new KEK (old wrapping kept until drop_other_keys)."""
+        """Wrap the data key under a new KEK too (the old wrapping stays until drop_other_keys)."""
         self._tx(lambda c: self._store_dek(c, new))
 
     def drop_other_keys(self, keep: Kek) -> None:

@@ -1,1 +1,1 @@
-"""The gate on one lane: the loop (daemon), pure policy, relay, frame sources, audit log, sd_notify."""
+"""The gate on one lane: daemon loop, pure policy, relay, frame sources, audit log, sd_notify."""

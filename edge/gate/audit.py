@@ -144,7 +144,7 @@ class AuditLog:
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
-        """One IMMEDIATE transaction on the log: everything inside commits together or not at all."""
+        """One IMMEDIATE transaction on the log: all inside commits together or not at all."""
         with self._lock:
             if self.conn.in_transaction:  # nested: the outer transaction commits
                 yield self.conn

@@ -52,7 +52,8 @@ def faces_off_reason(cfg: config_mod.Config) -> str:
     if not (mdir / "models.json").is_file():
         raise ConfigError(
             f"vision.models_dir {mdir} has no models.json",
-            "point vision.models_dir at a folder built by scripts/build_models.py, or leave it empty",
+            "point vision.models_dir at a folder built by scripts/build_models.py,"
+            " or leave it empty",
         )
     try:
         detector_spec(mdir, cfg.vision.detector)

@@ -289,7 +289,7 @@ class Gate:
             self._degrade(f"face path failed {self._face_failures} frames in a row: {e}")
 
     def _alarm(self, now: float) -> None:
-        """While degraded or refusing tickets, say so at ERROR once a minute: a quiet fault hides."""
+        """While degraded or refusing tickets, log ERROR once a minute: a quiet fault hides."""
         if (
             self.degraded or self.ledger.problem
         ) and now - self._last_alarm >= DEGRADED_LOG_EVERY_S:

@@ -130,7 +130,8 @@ def _liveness(site: Site) -> str | Check:
         return Check(
             "warn",
             "presentation-attack detection",
-            "[liveness] mode = off: a printed photo or a phone showing a pass holder opens the gate",
+            "[liveness] mode = off:"
+            " a printed photo or a phone showing a pass holder opens the gate",
             'set [liveness] mode = "model+motion" unless every lane is supervised',
         )
     spec = PadSpec.load(config_mod.models_path(site.cfg), lv.model)

@@ -62,7 +62,7 @@ STRANGER_AFTER_WINDOWS = 2  # "not enrolled" is said after a face was at the gat
 
 @dataclass(frozen=True)
 class FaceSeen:
-    """One detected face in one frame, with the matcher's verdict; new checks add optional fields."""
+    """One detected face in one frame, with the matcher's verdict; checks add optional fields."""
 
     person_id: str | None  # the matcher's verdict; None = nobody (stranger, ambiguous)
     score: float

@@ -80,7 +80,8 @@ def make_pin_factory(name: str):
     except Exception as e:  # each backend fails in its own way off its hardware
         raise RelayError(
             f"GPIO pin factory {name!r} cannot start: {e}",
-            'on a Pi install the `pi` extra and add the user to the gpio group; off-Pi use relay.pin_factory = "mock"',
+            "on a Pi install the `pi` extra and add the user to the gpio group;"
+            ' off-Pi use relay.pin_factory = "mock"',
         ) from None
     raise RelayError(f"unknown relay.pin_factory {name!r}", "use mock, lgpio, rpigpio or native")
 

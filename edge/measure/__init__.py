@@ -1,1 +1,1 @@
-"""Measurement and demonstration: evaluation metrics and runners, benchmarks, the demo, synthetic clips."""
+"""Measurement and demonstration: evaluation metrics and runners, benchmarks, demo, test clips."""

@@ -1,4 +1,4 @@
-"""`edge-gate bench`: latency per stage on a clip, the whole gate, and 1:N search over a large gallery."""
+"""`edge-gate bench`: latency per stage on a clip, the whole gate, 1:N search in a large gallery."""
 
 from __future__ import annotations
 
@@ -94,7 +94,8 @@ def format_bench(report: dict) -> str:
     lines = [f"clip: {report['clip']}"]
     for r in report["runs"]:
         lines.append(
-            f"threads={r['threads']} frames={r['frames']} faces={r['faces']} fps_end_to_end={r['fps_end_to_end']}"
+            f"threads={r['threads']} frames={r['frames']} faces={r['faces']}"
+            f" fps_end_to_end={r['fps_end_to_end']}"
         )
         for stage in ("decode", "detect", "align", "embed", "pad"):
             st = r.get(stage)
@@ -257,9 +258,13 @@ def format_gallery_bench(r: dict) -> str:
     """Readable 1:N search figures for `bench --gallery` when --json is not asked for."""
     return (
         f"gallery 1:N: {r['templates']} templates, {r['people']} people, dim {r['dim']}\n"
-        f"  load (decrypt) {r['load_decrypt_s']:.3f} s   search median {r['search_ms_median']:.3f} ms"
-        f"   p95 {r['search_ms_p95']:.3f} ms   min {r['search_ms_min']:.3f} ms   matrix {r['matrix_mb']} MiB   process peak {r['peak_rss_mb']} MiB"
-        f"\n  {r['probes_matched']}/{r['probes']} probes matched (half are strangers); rows rescored"
+        f"  load (decrypt) {r['load_decrypt_s']:.3f} s"
+        f"   search median {r['search_ms_median']:.3f} ms"
+        f"   p95 {r['search_ms_p95']:.3f} ms   min {r['search_ms_min']:.3f} ms"
+        f"   matrix {r['matrix_mb']} MiB"
+        f"   process peak {r['peak_rss_mb']} MiB"
+        f"\n  {r['probes_matched']}/{r['probes']} probes matched (half are strangers);"
+        " rows rescored"
         f" median {r['rows_rescored_median']}; best person and score equal to exact float32 scoring"
         f" for {r['decisions_equal_exact']}/{r['probes']}"
     )

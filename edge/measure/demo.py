@@ -98,7 +98,8 @@ def prepare(
     cfg.write_text(
         '[gate]\nid = "demo-gate"\n\n[camera]\nrealtime = true\n\n'
         '[gallery]\ndb = "gallery.db"\nkey_file = "gallery.key"\n\n'
-        '[tickets]\npubkeys = ["office/issuer.pub"]\nledger = "ledger.db"\nrevocation_list = "revoked.txt"\n\n'
+        '[tickets]\npubkeys = ["office/issuer.pub"]\nledger = "ledger.db"\n'
+        'revocation_list = "revoked.txt"\n\n'
         '[relay]\npin_factory = "mock"\npulse_s = 1.0\n\n[audit]\npath = "audit.db"\n'
     )
     demo_state(config_mod.load(cfg))

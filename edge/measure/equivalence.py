@@ -312,8 +312,14 @@ def compare(ref: dict, other: dict, min_cosine: float = MIN_COSINE) -> Report:
         a, b = ref["detectors"][name], other["detectors"][name]
         va, vb, one = _rows(a, b)
         dcount = sum(x["faces"] != y["faces"] for x, y in zip(a, b, strict=True))
-        dscore = max((abs(x["score"] - y["score"]) for x, y in zip(a, b, strict=True)
-                      if x["score"] is not None and y["score"] is not None), default=0.0)  # fmt: skip
+        dscore = max(
+            (
+                abs(x["score"] - y["score"])
+                for x, y in zip(a, b, strict=True)
+                if x["score"] is not None and y["score"] is not None
+            ),
+            default=0.0,
+        )
         dbox = float(np.abs(va - vb).max()) if len(va) else 0.0
         r.figures[name] = {"max_box_px": round(dbox, 3), "max_score_diff": round(dscore, 6),
                            "face_count_differs": dcount}  # fmt: skip
@@ -353,7 +359,8 @@ def gate_compare(a: dict | None, b: dict | None, r: Report) -> None:
             min(len(da), len(db)),
         )
         r.failures.append(
-            f"gate decisions differ at decision {diff}: {da[diff : diff + 1]} vs {db[diff : diff + 1]}"
+            f"gate decisions differ at decision {diff}:"
+            f" {da[diff : diff + 1]} vs {db[diff : diff + 1]}"
             f" ({a['frames']} vs {b['frames']} frames, {len(da)} vs {len(db)} decisions)"
         )
     if not grants:

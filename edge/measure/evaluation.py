@@ -1,4 +1,4 @@
-"""`edge-gate eval`: accuracy of the face pipeline on a labelled folder `DIR/<identity>/<images>`."""
+"""`edge-gate eval`: accuracy of the face pipeline on a labelled folder DIR/<identity>/<images>."""
 
 from __future__ import annotations
 

@@ -84,7 +84,7 @@ def rates(mated: Search, truth: np.ndarray, nonmated: Search, threshold: float, 
 
 
 def threshold_at_fpir(nonmated_scores: np.ndarray, target: float) -> float | None:
-    """Smallest threshold that admits at most floor(target * n) strangers; None without strangers."""
+    """Smallest threshold admitting at most floor(target * n) strangers; None without strangers."""
     if len(nonmated_scores) == 0:
         return None
     s = np.sort(np.asarray(nonmated_scores, dtype=np.float64))[::-1]
@@ -140,7 +140,7 @@ def enough_data(n_mated: int, n_nonmated: int, target: float) -> str | None:
 
 
 def subsample_people(n_people: int, size: int, draws: int, seed: int = 0) -> list[np.ndarray]:
-    """`draws` seeded random subsets of `size` people (indices); the whole gallery once if larger."""
+    """`draws` seeded random subsets of `size` people (indices); the whole gallery if larger."""
     if size >= n_people:
         return [np.arange(n_people)]
     rng = np.random.default_rng(seed)

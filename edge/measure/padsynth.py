@@ -19,7 +19,7 @@ STYLES = ("print", "screen")
 
 
 def _print_face(photo: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """The photo as an inkjet print: lower contrast and gamut, halftone dots, paper grain, border."""
+    """The photo as an inkjet print: less contrast and gamut, halftone dots, paper grain, border."""
     f = photo.astype(np.float32)
     f = 30 + f * 0.8  # paper white is not the sensor's white, ink black is not black
     gray = f.mean(axis=2, keepdims=True)
@@ -141,7 +141,7 @@ def _compose(card: np.ndarray, bg: np.ndarray, rng: np.random.Generator, pose: t
 def attack_frames(
     photo: np.ndarray, style: str, seconds: float = 3.0, fps: float = 15.0, seed: int = 0
 ):
-    """Yield the frames of a clip: the card tilting and turning in 3-D, drifting, lit from one side."""
+    """Yield a clip's frames: the card tilting and turning in 3-D, drifting, lit from one side."""
     if style not in STYLES:
         raise ValueError(f"style must be one of {STYLES}")
     rng = np.random.default_rng(seed)

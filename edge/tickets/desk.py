@@ -146,7 +146,7 @@ def texts_from_input(item: str) -> list[str]:
 
 
 def pick_ticket_text(texts: list[str]) -> str | None:
-    """Of every code in an image, the one that looks like a ticket, else the first (refused later)."""
+    """Of all codes in an image, the one like a ticket, else the first (refused later)."""
     return next((t for t in texts if t.startswith(PREFIX)), texts[0] if texts else None)
 
 

@@ -42,7 +42,7 @@ class Kind(IntEnum):
 
 
 class Reason(StrEnum):
-    """The fixed set of reasons a ticket is accepted or refused; operators and auditors grep these."""
+    """The fixed reasons a ticket is accepted or refused; operators and auditors grep them."""
 
     OK = "ok"
     MALFORMED = "malformed"

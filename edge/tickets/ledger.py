@@ -235,7 +235,10 @@ class Ledger:
     def used(self, ticket_id: str, day: str | None = None) -> int:
         """Entries counted for a ticket (on one day, for season passes), here and at other lanes."""
         w = "WHERE ticket_id = ?" + (" AND day = ?" if day else "")
-        q = f"SELECT (SELECT count(*) FROM redemptions {w}) + (SELECT count(*) FROM remote_redemptions {w})"
+        q = (
+            f"SELECT (SELECT count(*) FROM redemptions {w})"
+            f" + (SELECT count(*) FROM remote_redemptions {w})"
+        )
         args = (ticket_id, day) if day else (ticket_id,)
         return self.conn.execute(q, args * 2).fetchone()[0]
 

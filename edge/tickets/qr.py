@@ -1,8 +1,9 @@
 """Read codes from frames (zxing-cpp first, OpenCV fallback) and render ticket QR images.
 
 Measured on the 62 real phone photos of ../shared/fixtures/qr: zxing-cpp reads 62, OpenCV's
-QRCodeDetector 45 (`python scripts/qr_hit_rate.py`), so zxing-cpp alone reads frames. Every format zxing knows is read, so a
-product barcode shown to the gate is decoded and then refused as malformed, not ignored.
+QRCodeDetector 45 (`python scripts/qr_hit_rate.py`), so zxing-cpp alone reads frames. Every
+format zxing knows is read, so a product barcode shown to the gate is decoded and then refused
+as malformed, not ignored.
 """
 
 from __future__ import annotations

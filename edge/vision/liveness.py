@@ -1,4 +1,4 @@
-"""Presentation-attack detection: a passive model on one frame and a motion cue over a visitor's frames.
+"""Presentation-attack detection: a passive model on one frame, a motion cue over a visit's frames.
 
 Model: a MiniFASNet-style net (int8 TFLite) judges a crop of the face box enlarged `crop_scale`
 times (the paper's or screen's edge, moire and gloss are in the context around the face).

@@ -45,7 +45,7 @@ class Quality:
 
     @property
     def score(self) -> float:
-        """A single number to rank frames for enrollment: bigger, sharper, more frontal is better."""
+        """One number to rank frames for enrollment: bigger, sharper, more frontal is better."""
         return float(min(self.face_px, 200) / 200 + min(self.sharpness, 400) / 400 - abs(self.yaw))
 
 
