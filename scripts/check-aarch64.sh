@@ -15,6 +15,7 @@
 #        EDGE_AARCH64_IMAGES  photos for the equivalence check (8)
 #        EDGE_AARCH64_TESTS   test files run under emulation (the list below)
 #        EDGE_AARCH64_CLIP    0: leave the Hamilton clip out of the equivalence check (1)
+#        EDGE_AARCH64_CLIP_FRAMES  frames of the clip played (110: his grant is at frame 93; 0: all)
 #        EDGE_AARCH64_OUT     JSON and logs of this run (var/aarch64)
 #        EDGE_FUZZ_SCALE      hypothesis examples under emulation, as a fraction (0.05)
 #        EDGE_DEBIAN_MIRROR   Debian mirror (default: the one apt on this machine uses)
@@ -29,7 +30,7 @@ REPO=$PWD
 HOST_PY=$REPO/.venv/bin/python
 CACHE=${EDGE_AARCH64_CACHE:-/var/cache/edge-gate-aarch64}
 IMAGES=${EDGE_AARCH64_IMAGES:-8}
-CLIP_ARG=()
+CLIP_ARG=(--clip-frames "${EDGE_AARCH64_CLIP_FRAMES:-110}")
 [ "${EDGE_AARCH64_CLIP:-1}" = 1 ] || CLIP_ARG=(--no-clip)
 OUT=${EDGE_AARCH64_OUT:-$REPO/var/aarch64}
 TESTS=${EDGE_AARCH64_TESTS:-tests/test_vision.py tests/test_policy.py tests/test_tickets.py \
@@ -191,7 +192,7 @@ unset QEMU_CPU
 T0=$SECONDS
 : >"$OUT/status"
 what="the Hamilton clip"
-[ ${#CLIP_ARG[@]} -eq 0 ] || what="no clip"
+[ "${EDGE_AARCH64_CLIP:-1}" = 1 ] || what="no clip"
 echo "x86 reference: $IMAGES photos, every model in models/models.json, $what"
 timed "x86 reference" "$HOST_PY" -m edge.measure.equivalence run --out "$OUT/x86.json" \
   --images "$IMAGES" "${CLIP_ARG[@]}" 2>&1 | grep -v "XNNPACK delegate for CPU"

@@ -11,7 +11,8 @@ import copy
 import numpy as np
 import pytest
 
-from edge.measure.equivalence import compare, cosines, pairwise_delta, pick_photos
+from edge.measure.crosscpu import BOUND_KEY, compare, cosines, pairwise_delta
+from edge.measure.equivalence import pick_photos
 from edge.vision.cpu import parse_cpuinfo, read_cpu
 from edge.vision.models import load_catalogue
 from edge.vision.runtime import TFLiteModel, delegation_of
@@ -156,7 +157,7 @@ def test_cosine_and_pairwise_delta_by_hand():
 
 
 def test_a_model_may_carry_its_own_measured_bound(monkeypatch):
-    import edge.measure.equivalence as eq
+    import edge.measure.crosscpu as eq
 
     rng = np.random.default_rng(3)
     ref = _run(rng)
@@ -167,7 +168,7 @@ def test_a_model_may_carry_its_own_measured_bound(monkeypatch):
     u *= np.linalg.norm(v) * np.tan(np.arccos(0.995)) / np.linalg.norm(u)
     other["embedders"]["e"][0]["vector"] = list(v + u)
     assert any("e: cosine" in f for f in compare(ref, other).failures)
-    monkeypatch.setattr(eq, "load_catalogue", lambda _: {"embedders": {"e": {eq.BOUND_KEY: 0.99}}})
+    monkeypatch.setattr(eq, "load_catalogue", lambda _: {"embedders": {"e": {BOUND_KEY: 0.99}}})
     rep = compare(ref, other)
     assert rep.failures == []
     assert rep.figures["e"]["bound"] == 0.99

@@ -238,3 +238,23 @@ def open_source(
     if spec.isdigit() or spec.startswith("/dev/video"):
         return CameraSource(spec, width, height, fps, reconnect_max_s)
     return VideoFileSource(spec, realtime=realtime)
+
+
+class FirstFrames(FrameSource):
+    """A frame source that ends after n frames (n = 0: when the wrapped one ends)."""
+
+    def __init__(self, source: FrameSource, n: int):
+        self.source, self.n, self.i, self.state = source, n, 0, "open"
+
+    def read(self) -> Frame | None:
+        """The next frame, or None (finished) once n frames were read."""
+        f = None if (self.n and self.i >= self.n) else self.source.read()
+        if f is None:
+            self.finished, self.state = True, "finished"
+        self.i += 1
+        return f
+
+    def close(self) -> None:
+        """Release the wrapped source."""
+        self.source.close()
+        super().close()
