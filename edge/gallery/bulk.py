@@ -109,8 +109,10 @@ def enroll_folder(
     """Enroll every DIR/<name>/ as one person named <name>; refusals are counted, not raised."""
     check_consent(consent, bool(consent.guardian))
     dirs = person_folders(folder)
-    model = pipe.spec.name
-    t = gallery.templates(model)
+    rules = ImportRules(
+        consent, pipe.spec.name, threshold, min_templates, max_templates, force, valid_until
+    )
+    t = gallery.templates(rules.model)
     known = KnownFaces(t.matrix, t.person_ids)
     names = {p.id: p.name for p in gallery.people()}
     result = BulkResult()
@@ -118,21 +120,7 @@ def enroll_folder(
         if on_progress:
             on_progress(i, len(dirs), d.name)
         files = sorted(str(f) for f in d.iterdir() if f.is_file() and not f.name.startswith("."))
-        reason, pid, n = _one(
-            gallery,
-            pipe,
-            known,
-            names,
-            d.name,
-            files,
-            consent,
-            model,
-            threshold,
-            min_templates,
-            max_templates,
-            force,
-            valid_until,
-        )
+        reason, pid, n = _one(gallery, pipe, known, names, d.name, files, rules)
         if reason:
             result.refused[d.name] = reason
             log.debug("enroll refused folder=%s reason=%s", d.name, reason)
@@ -143,42 +131,49 @@ def enroll_folder(
     return result
 
 
+@dataclass(frozen=True)
+class ImportRules:
+    """What every folder of one bulk import is held to: consent, model, limits, pass validity."""
+
+    consent: Consent
+    model: str
+    threshold: float
+    min_templates: int
+    max_templates: int
+    force: bool
+    valid_until: int | None
+
+
 def _one(
-    gallery,
-    pipe,
-    known,
-    names,
-    name,
-    files,
-    consent,
-    model,
-    threshold,
-    min_templates,
-    max_templates,
-    force,
-    valid_until,
+    gallery: Gallery,
+    pipe: FacePipeline,
+    known: KnownFaces,
+    names: dict[str, str],
+    name: str,
+    files: list[str],
+    rules: ImportRules,
 ) -> tuple[str, str, int]:
     """Enroll one folder; returns (refusal reason or "", person id, templates)."""
     if not files:
         return NO_IMAGES, "", 0
-    cands = pick_best(collect(pipe, files), max(max_templates, min_templates))
+    cands = pick_best(collect(pipe, files), max(rules.max_templates, rules.min_templates))
     if not cands:
         return NO_FACE, "", 0
-    if len(cands) < min_templates:
+    if len(cands) < rules.min_templates:
         return TOO_FEW, "", 0
     embs = to_template_grid(np.stack([c.embedding for c in cands]))
     who, score = known.best(embs)
-    hits = {w for w, s in zip(who, score, strict=True) if w is not None and s >= threshold}
-    if hits and not force:
+    hits = {w for w, s in zip(who, score, strict=True) if w is not None and s >= rules.threshold}
+    if hits and not rules.force:
         return ALREADY if any(names.get(h) == name for h in hits) else DUPLICATE, "", 0
     pid = gallery.add_person(
         name,
-        consent,
+        rules.consent,
         list(embs),
-        model,
+        rules.model,
         pipe.spec.sha256[:12],
         [c.quality for c in cands],
-        valid_until=valid_until,
+        valid_until=rules.valid_until,
     )
     known.add(embs, pid)
     names[pid] = name
