@@ -16,7 +16,8 @@
 #        EDGE_AARCH64_TESTS   test files run under emulation (the list below)
 #        EDGE_AARCH64_SKIP    pytest -k expression of tests left out under emulation: those that
 #                             start many Python processes (kill -9 loops, CLI subprocesses), which
-#                             take minutes each when every process start is emulated
+#                             take minutes each when every process start is emulated, and one
+#                             gallery test that enrolls real photos over and over (6 min alone)
 #        EDGE_AARCH64_CLIP    0: leave the Hamilton clip out of the equivalence check (1)
 #        EDGE_AARCH64_CLIP_FRAMES  frames of the clip played (110: his grant is at frame 93; 0: all)
 #        EDGE_AARCH64_OUT     JSON and logs of this run (var/aarch64)
@@ -38,7 +39,7 @@ CLIP_ARG=(--clip-frames "${EDGE_AARCH64_CLIP_FRAMES:-110}")
 OUT=${EDGE_AARCH64_OUT:-$REPO/var/aarch64}
 TESTS=${EDGE_AARCH64_TESTS:-tests/test_vision.py tests/test_policy.py tests/test_tickets.py \
 tests/test_gallery.py tests/test_ledger.py tests/test_config.py tests/test_evaluate.py}
-SKIP=${EDGE_AARCH64_SKIP:-not kill and not killed and not from_video and not cli_}
+SKIP=${EDGE_AARCH64_SKIP:-not kill and not killed and not from_video and not cli_ and not reenroll}
 SUITES=("$@")
 [ ${#SUITES[@]} -gt 0 ] || SUITES=(bookworm trixie)
 
