@@ -14,6 +14,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from edge.measure.synth import write_video
+
 FRAME = (640, 480)
 STYLES = ("print", "screen")
 
@@ -173,16 +175,7 @@ def write_attack_clip(
     seed: int = 0,
 ) -> int:
     """Write an MP4 attack clip; returns the number of frames."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    wr = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, FRAME)
-    if not wr.isOpened():
-        raise OSError(f"cannot write video {path}")
-    n = 0
-    for frame in attack_frames(photo, style, seconds, fps, seed):
-        wr.write(frame)
-        n += 1
-    wr.release()
-    return n
+    return write_video(path, attack_frames(photo, style, seconds, fps, seed), fps, FRAME)
 
 
 def write_attack_set(faces: Path, out: Path, seconds: float = 3.0, fps: float = 15.0) -> int:

@@ -89,6 +89,20 @@ def render_frames(
             yield np.clip(f, 0, 255).astype(np.uint8), si
 
 
+def write_video(path: Path, frames, fps: float, size: tuple[int, int]) -> int:
+    """Write BGR frames of one size to an MP4 file; returns how many were written."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    wr = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, size)
+    if not wr.isOpened():
+        raise OSError(f"cannot write video {path}")
+    n = 0
+    for frame in frames:
+        wr.write(frame)
+        n += 1
+    wr.release()
+    return n
+
+
 def write_clip(
     path: Path,
     segments: list[Segment],
@@ -97,13 +111,5 @@ def write_clip(
     seed: int = 0,
 ) -> int:
     """Write an MP4 clip; returns the number of frames."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    wr = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, size)
-    if not wr.isOpened():
-        raise OSError(f"cannot write video {path}")
-    n = 0
-    for frame, _ in render_frames(segments, fps, size, seed):
-        wr.write(frame)
-        n += 1
-    wr.release()
-    return n
+    frames = (frame for frame, _ in render_frames(segments, fps, size, seed))
+    return write_video(path, frames, fps, size)
