@@ -124,7 +124,20 @@ def test_sized_galleries_subsample_and_pad_with_left_out_identities():
     assert len(big.gallery) == 30 * 3 + 10  # padding: one image of 10 left-out identities
     assert list(big.nonmated) == list(sp.nonmated)  # one-image identities stay strangers
     (most,) = openset.sized_galleries(labels, sp, 10_000, draws=1)
-    assert most.people == 50  # as many as the folder has
+    assert most.people == 50  # as many as the folder has without enrolling strangers
+    padded = openset.sized_galleries(labels, sp, 120, draws=3, enroll_strangers=True)
+    assert len(padded) == 3
+    for g in padded:
+        assert g.people == 120
+        assert len(set(lab[g.gallery])) == 120
+        singles_in = set(lab[g.gallery]) & set(lab[sp.nonmated])
+        assert len(singles_in) == 70  # 50 people + 70 one-image identities, enrolled not probed
+        assert not singles_in & set(lab[g.nonmated])
+        assert len(g.nonmated) == 200 - 70
+    assert len({tuple(g.gallery) for g in padded}) == 3  # each draw enrolls other strangers
+    (capped,) = openset.sized_galleries(labels, sp, 10_000, draws=1, enroll_strangers=True)
+    assert capped.people == 150  # at most half of the one-image identities are enrolled
+    assert len(capped.nonmated) == 100
 
 
 def test_name_aliases_are_not_strangers():
@@ -168,6 +181,15 @@ def test_evaluate_open_set_json_has_the_contract_keys_and_no_nan():
     assert res["nonmated_probes"] == 400
     text = json.dumps(res)
     assert "NaN" not in text
+    assert res["nonmated_name_aliases"] == 0  # generated names have no aliases
+    assert res["fnir_at_fpir_0_001_without_aliases"] == res["fnir_at_fpir_0_001"]
+    sizes = res["by_gallery_size"]  # 60 people; beyond: one-image identities enrolled too
+    assert [r["gallery_people"] for r in sizes] == [100, 260, 60]
+    assert [r["draws"] for r in sizes] == [5, 5, 1]
+    assert [r["nonmated_probes"] for r in sizes] == [5 * 360, 5 * 200, 400]
+    whole = sizes[2]
+    assert (whole["fpir"], whole["fnir"]) == (res["fpir"], res["fnir"])
+    assert all(0 <= r["fpir"] <= 1 and 0 <= r["fnir"] <= 1 for r in sizes)
     # no strangers at all: the FPIR-set figures are undefined, so null
     people_only = Embedded(labels[:240], list(x[:240]), [1.0] * 240)
     res2 = evaluate_open_set(people_only, 1, x.shape[1], lambda n: (0.6, 0.0, "test"))

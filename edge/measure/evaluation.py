@@ -145,6 +145,7 @@ def write_threshold(models_dir: Path, embedder: str, threshold: float, source: s
 
 TARGET_FPIR = 1e-3  # the shipped rule: at most one stranger in a thousand let in
 CALIBRATION_SIZES = (100, 1000, 0)  # gallery sizes (people) the rule is written for; 0 = all
+REPORT_SIZES = (100, 1000, 0)  # gallery sizes the gate's own rule is reported for
 
 
 def _searches(e: Embedded, gallery: np.ndarray, mated: np.ndarray, nonmated: np.ndarray, dim: int):
@@ -203,8 +204,57 @@ def evaluate_open_set(
         r = openset.rule_at_fpir(mated, truth, nonmated, target)
         result[f"fnir_at_fpir_{key}"] = openset.none_if_nan(r["fnir"])
         result[f"threshold_at_fpir_{key}"] = openset.none_if_nan(r["threshold"])
+        r = openset.rule_at_fpir(mated, truth, kept, target)
+        result[f"fnir_at_fpir_{key}_without_aliases"] = openset.none_if_nan(r["fnir"])
+    result["by_gallery_size"] = rates_by_size(e, sp, dim, rule)
     result["median_ms_per_image"] = round(float(np.median(e.ms)), 2) if e.ms else None
     return result
+
+
+def rates_by_size(
+    e: Embedded, sp: openset.OpenSetSplit, dim: int, rule, draws: int = 5
+) -> list[dict]:
+    """The gate's rule for each report size, FPIR and FNIR pooled over the size's draws.
+
+    Beyond the protocol's people, one-image identities are enrolled too (never probed), so the
+    strangers are fewer and a few same-person pairs filed under two names count against FPIR.
+    """
+    out = []
+    for size in REPORT_SIZES:
+        galleries = openset.sized_galleries(e.labels, sp, size, draws, enroll_strangers=True)
+        people = galleries[0].people
+        if any(r["gallery_people"] == people for r in out):
+            continue
+        threshold, margin, source = rule(people)
+        pools: dict[str, list] = {"mated": [], "truth": [], "nonmated": [], "clean": []}
+        for g in galleries:
+            _, m, t, n, _ = _searches(e, g.gallery, g.mated, g.nonmated, dim)
+            pools["mated"].append(m)
+            pools["truth"].append(t)
+            pools["nonmated"].append(n)
+            kept = openset.drop_aliases(e.labels, g.gallery, g.nonmated)
+            pools["clean"].append(np.isin(g.nonmated, kept))
+        mated, nonmated = _concat(pools["mated"]), _concat(pools["nonmated"])
+        truth, clean = np.concatenate(pools["truth"]), np.concatenate(pools["clean"])
+        fpir, fnir = openset.rates(mated, truth, nonmated, threshold, margin)
+        kept = openset.Search(nonmated.best[clean], nonmated.score[clean], nonmated.second[clean])
+        out.append(
+            {
+                "gallery_people": people,
+                "draws": len(galleries),
+                "threshold": openset.none_if_nan(threshold),
+                "min_margin": openset.none_if_nan(margin),
+                "rule_source": source,
+                "mated_probes": len(truth),
+                "nonmated_probes": len(nonmated.best),
+                "fpir": openset.none_if_nan(fpir, 5),
+                "fpir_without_aliases": openset.none_if_nan(
+                    openset.rates(mated, truth, kept, threshold, margin)[0], 5
+                ),
+                "fnir": openset.none_if_nan(fnir),
+            }
+        )
+    return out
 
 
 def calibrate_sizes(e: Embedded, k: int, dim: int, draws: int = 5) -> list[dict]:

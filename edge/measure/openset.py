@@ -164,21 +164,31 @@ class Sized:
     people: int
 
 
-def sized_galleries(labels: Sequence[str], sp: OpenSetSplit, size: int, draws: int, seed: int = 0):
-    """Galleries of `size` people for calibrating the rule at that size (0: the whole split).
+def sized_galleries(
+    labels: Sequence[str],
+    sp: OpenSetSplit,
+    size: int,
+    draws: int,
+    seed: int = 0,
+    enroll_strangers: bool = False,
+):
+    """Galleries of `size` people drawn from a protocol split (0: the whole split).
 
     Smaller than the split: seeded random subsets of its people (their probes stay mated).
     Larger: every person of the split plus the identities the protocol leaves out (2..K
-    images), each enrolled with its first image and no probes, up to `size` or as many as there
-    are (the gallery's `people` says which). One-image identities are never enrolled: they stay
-    the strangers (in LFW a few of them are the same photo as another one-image identity).
+    images), each enrolled with its first image and no probes. Larger still, only with
+    `enroll_strangers`: `draws` seeded random sets of one-image identities enrolled as well
+    (never probed), the other one-image identities staying the strangers; at most half of them
+    are enrolled. The gallery's `people` says how many it reached. Not for calibration: in LFW
+    a few one-image identities are another one's photo or person under a different name, and
+    enrolling one of a pair makes the other a "stranger" with a genuine match.
     """
     lab = np.asarray(labels, dtype=object)
     people = np.array(sp.people, dtype=object)
+    rng = np.random.default_rng(seed)
     if size <= 0 or size == len(people):
         return [Sized(sp.gallery, sp.mated, sp.nonmated, len(people))]
     if size < len(people):
-        rng = np.random.default_rng(seed)
         out = []
         for _ in range(draws):
             keep = people[rng.choice(len(people), size, replace=False)]
@@ -190,7 +200,23 @@ def sized_galleries(labels: Sequence[str], sp: OpenSetSplit, size: int, draws: i
     left_out = np.sort(first[counts >= 2])
     left_out = left_out[~np.isin(lab[left_out], people)][: size - len(people)]
     g = np.sort(np.concatenate([sp.gallery, left_out]))
-    return [Sized(g, sp.mated, sp.nonmated, len(people) + len(left_out))]
+    n = len(people) + len(left_out)
+    extra = min(size - n, len(sp.nonmated) // 2) if enroll_strangers else 0
+    if extra <= 0:
+        return [Sized(g, sp.mated, sp.nonmated, n)]
+    out = []
+    for _ in range(draws):
+        pick = np.sort(rng.choice(len(sp.nonmated), extra, replace=False))
+        enrolled = sp.nonmated[pick]
+        out.append(
+            Sized(
+                np.sort(np.concatenate([g, enrolled])),
+                sp.mated,
+                np.delete(sp.nonmated, pick),
+                n + extra,
+            )
+        )
+    return out
 
 
 def name_key(name: str) -> frozenset[str]:
