@@ -82,7 +82,10 @@ def test_gallery_cli_lifecycle(tmp_path, fixtures):
 
     assert run(tmp_path, "keys", "rotate", *g).returncode == 0
     assert run(tmp_path, "forget", *g, pid).returncode == 0
-    assert run(tmp_path, "forget", *g, pid).returncode == 1
+    again = run(tmp_path, "forget", *g, pid)
+    assert again.returncode == 1
+    assert f"no person {pid}" in again.stderr
+    assert again.stdout == ""
     assert json.loads(run(tmp_path, "people", *g, "--json").stdout) == []
     assert run(tmp_path, "purge", *g).returncode == 0
 

@@ -14,11 +14,11 @@ from edge.timeutil import iso, parse_time
 
 def cmd_sync(args) -> int:
     """`sync`: the lane-office link that systemd keeps running beside the gate."""
-    from edge.fleet.office import _need_fleet
+    from edge.fleet.office import need_fleet
     from edge.fleet.sync import Sync
 
     cfg = config_mod.load(args.config)
-    _need_fleet(cfg)
+    need_fleet(cfg)
     return Sync(cfg).run()
 
 

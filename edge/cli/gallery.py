@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -209,8 +210,11 @@ def cmd_forget(args) -> int:
     if args.publish:  # also when already gone here: the lanes may still hold the person
         publish_deletion(args, cfg)
     if not found:
-        print(f"edge-gate: error: no person {args.person_id} in {db}")
-        return 0 if args.publish else 1
+        if args.publish:  # the deletion still went out to the lanes: say so, not an error
+            print(f"no person {args.person_id} in {db}; the deletion was published to the lanes")
+            return 0
+        print(f"edge-gate: error: no person {args.person_id} in {db}", file=sys.stderr)
+        return 1
     # The audit trail says that a deletion happened and why, never who.
     audit_record(cfg, "deletion", reason=args.reason, detail="key destroyed; file scrubbed")
     print(

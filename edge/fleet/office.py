@@ -18,7 +18,8 @@ from edge.fleet import messages as msg
 from edge.fleet.client import OneShot
 
 
-def _need_fleet(cfg: Config) -> None:
+def need_fleet(cfg: Config) -> None:
+    """Refuse a fleet command on a gate without a [fleet] section, saying what to add."""
     if not cfg.fleet.enabled:
         raise ConfigError(
             f"{cfg.source_file or '<defaults>'}: no [fleet] broker configured",
@@ -34,7 +35,7 @@ def _office_message(cfg: Config, type_: str, body: dict, key_path: Path) -> msg.
 
 def publish(cfg: Config, topic: str, m: msg.Message) -> None:
     """Send one retained office message, so lanes that are offline get it later."""
-    _need_fleet(cfg)
+    need_fleet(cfg)
     with OneShot(cfg, "office") as c:
         c.publish(topic, msg.encode(m), retain=True)
 
@@ -77,7 +78,7 @@ def publish_enrollment(cfg: Config, key_path: Path, db: Path, gallery_key: Path,
 
 
 def _read(cfg: Config, filters: list[str], timeout_s: float = 10.0) -> list[msg.Message]:
-    _need_fleet(cfg)
+    need_fleet(cfg)
     out = []
     with OneShot(cfg, "reader", timeout_s) as c:
         for raw in c.collect(filters):

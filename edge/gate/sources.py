@@ -189,7 +189,7 @@ class CameraSource(FrameSource):
         super().close()
 
 
-class Picamera2Source(FrameSource):  # pragma: no cover - needs a Raspberry Pi camera
+class Picamera2Source(FrameSource):
     """The Pi camera through libcamera; imported only when configured (the `pi` extra)."""
 
     def __init__(self, width: int = 640, height: int = 480):
@@ -215,8 +215,12 @@ class Picamera2Source(FrameSource):  # pragma: no cover - needs a Raspberry Pi c
             self.state = "lost"
             return None
         self.state = "open"
-        self.index += 1
-        return Frame(np.ascontiguousarray(img), time.monotonic(), self.index - 1)
+        i, self.index = self.index, self.index + 1
+        try:  # XBGR8888 and other layouts become 3-channel BGR like every other source
+            return Frame(to_bgr8(img, f"picamera2#{i}"), time.monotonic(), i)
+        except ImageError as e:
+            log.warning("source corrupt_frame source=picamera2 index=%d reason=%s", i, e)
+            return None
 
     def close(self) -> None:
         """Stop the Pi camera so libcamera releases it."""
