@@ -14,8 +14,6 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from edge.measure.synth import write_video
-
 FRAME = (640, 480)
 STYLES = ("print", "screen")
 
@@ -175,6 +173,10 @@ def write_attack_clip(
     seed: int = 0,
 ) -> int:
     """Write an MP4 attack clip; returns the number of frames."""
+    # imported here: the model build renders prints and screens in an env without the gate's
+    # ticket dependencies (synth imports the QR renderer)
+    from edge.measure.synth import write_video
+
     return write_video(path, attack_frames(photo, style, seconds, fps, seed), fps, FRAME)
 
 
