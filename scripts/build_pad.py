@@ -81,11 +81,16 @@ def pad_function(data: bytes):
         return y + b
 
     def prelu(x, slope: np.ndarray):
-        # PReLU as slope*x + (1-slope)*relu(x), the two products as 1x1 depthwise convolutions:
-        # int8 with per-channel scales and XNNPACK kernels (TFLite's PRELU has neither in int8).
+        # PReLU as slope*x + relu((1-slope)*x), the two products as 1x1 depthwise convolutions:
+        # int8 with per-channel scales (TFLite's PRELU has none in int8). The ReLU comes after
+        # its convolution, so the converter fuses it: XNNPACK refuses a standalone int8 RELU
+        # whose output scale differs from its input's, which split the graph into 34 pieces.
+        # relu((1-slope)*x) = (1-slope)*relu(x) needs every slope <= 1.
+        if np.any(slope > 1):
+            raise SystemExit(f"{PAD_FILE}: PReLU slope above 1 ({slope.max():.3f})")
         a = slope.reshape(1, 1, -1, 1).astype(np.float32)
-        return tf.nn.depthwise_conv2d(x, a, [1, 1, 1, 1], "VALID") + tf.nn.depthwise_conv2d(
-            tf.nn.relu(x), 1.0 - a, [1, 1, 1, 1], "VALID"
+        return tf.nn.depthwise_conv2d(x, a, [1, 1, 1, 1], "VALID") + tf.nn.relu(
+            tf.nn.depthwise_conv2d(x, 1.0 - a, [1, 1, 1, 1], "VALID")
         )
 
     class PadNet(tf.Module):
