@@ -151,6 +151,18 @@ def test_shipped_model_loads_and_judges_in_range():
     assert 0.0 <= p <= 1.0
 
 
+def test_shipped_int8_model_is_one_xnnpack_graph():
+    """A standalone int8 RELU (or any op XNNPACK refuses) splits the graph and costs ~5x."""
+    import edge.vision.runtime as rt
+
+    spec = lv.PadSpec.load(MODELS, "minifasnet_int8")
+    it = rt._Interpreter(model_path=str(spec.path), num_threads=1)
+    it.allocate_tensors()
+    names = [op["op_name"] for op in it._get_ops_details()]
+    assert "RELU" not in names
+    assert names.count("DELEGATE") == 1
+
+
 def test_missing_or_corrupt_model_is_a_model_error(tmp_path):
     models = tmp_path / "models"
     shutil.copytree(MODELS, models, ignore=shutil.ignore_patterns("*float*", "dlib*", "faceres*"))
