@@ -151,6 +151,29 @@ def test_shipped_model_loads_and_judges_in_range():
     assert 0.0 <= p <= 1.0
 
 
+def test_a_face_filling_the_frame_is_not_judged_and_not_live(tmp_path):
+    spec = lv.PadSpec.load(MODELS, "minifasnet_int8")
+    assert 1 < spec.min_crop_scale < spec.crop_scale
+    m = lv.PadModel(spec, threads=1)
+    img = np.full((240, 320, 3), 200, np.uint8)  # a flat bright frame the model may call live
+    small = np.array([130, 90, 190, 150])  # 60 px: the 2.7x crop fits
+    close = np.array([60, 20, 260, 230])  # 210 px high in 240: no room to look around it
+    assert lv.context_scale(img.shape, small, spec.crop_scale) == spec.crop_scale
+    assert lv.context_scale(img.shape, close, spec.crop_scale) < spec.min_crop_scale
+    assert m.live_probability(img, close) == 0.0
+    assert not m.is_live(m.live_probability(img, close))
+    assert m.too_close == 2
+    m.live_probability(img, small)
+    assert m.too_close == 2  # judged by the model
+    cat = json.loads((MODELS / "models.json").read_text())
+    del cat["liveness"]["minifasnet_int8"]["min_crop_scale"]  # unmeasured: the whole crop
+    models = tmp_path / "models"
+    models.mkdir()
+    (models / "models.json").write_text(json.dumps(cat))
+    strict = lv.PadSpec.load(models, "minifasnet_int8")
+    assert strict.min_crop_scale == strict.crop_scale
+
+
 def test_shipped_int8_model_is_one_xnnpack_graph():
     """A standalone int8 RELU (or any op XNNPACK refuses) splits the graph and costs ~5x."""
     import edge.vision.runtime as rt

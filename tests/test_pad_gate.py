@@ -175,3 +175,25 @@ def test_broken_pad_model_makes_the_face_path_refuse(tmp_path, fixtures, pipelin
     assert loud  # loudly
     assert not [e for e in ev if e["decision"] == "grant"]
     assert pulses(gate) == 0
+
+
+def test_a_face_filling_the_frame_is_not_judged_and_never_granted(
+    tmp_path, fixtures, pipeline, caplog
+):
+    """A phone or print held at the lens shows no edge: too close to judge, so not live."""
+    cfg = make_config(tmp_path)
+    pid = enroll_lin(cfg, fixtures, pipeline)
+    photo = cv2.imread(str(fixtures / "faces" / "lin_manuel_miranda" / "lin-manuel-miranda.png"))
+    obs = pipeline.embed_still(photo)
+    x0, y0, x1, y1 = obs.detection.box
+    cx, cy, half = (x0 + x1) / 2, (y0 + y1) / 2, 0.65 * max(x1 - x0, y1 - y0)
+    top, left = max(int(cy - half), 0), max(int(cx - half), 0)
+    tight = photo[top : int(cy + half), left : int(cx + half)]
+    frame = tmp_path / "close.png"
+    cv2.imwrite(str(frame), cv2.resize(tight, (480, 480)))
+    with caplog.at_level("INFO", logger="edge.vision.liveness"):
+        gate, ev = run_gate(cfg, still_clip(frame, tmp_path / "close.mp4"), tmp_path)
+    assert pulses(gate) == 0, ev
+    assert not [e for e in ev if e["decision"] == "grant"], ev
+    assert [e["person"] for e in ev if e["reason"] == "presentation_attack"] == [pid]
+    assert "reason=too_close" in caplog.text

@@ -64,9 +64,10 @@ def judge_image(pipe: FacePipeline, pad: PadModel, bgr: np.ndarray, times: list[
             if dets:
                 d = max(dets, key=lambda d: d.width * d.height)
                 box = d.box - np.array([off[1], off[0], off[1], off[0]], np.float32)
-                t0 = time.perf_counter()
+                t0, close = time.perf_counter(), pad.too_close
                 p = pad.live_probability(bgr, box)
-                times.append(time.perf_counter() - t0)
+                if pad.too_close == close:  # the model ran: time it (a face too close is free)
+                    times.append(time.perf_counter() - t0)
                 return p
     return None
 
@@ -91,9 +92,10 @@ def judge_clip(
                 d = f.detection
                 live = None
                 if f.quality.ok:
-                    t0 = time.perf_counter()
+                    t0, close = time.perf_counter(), judge.model.too_close
                     live = judge.judge(frame, d.box, d.keypoints, i / fps)
-                    times.append(time.perf_counter() - t0)
+                    if judge.model.too_close == close:
+                        times.append(time.perf_counter() - t0)
                     judged += 1
                     live_frames += bool(live)
                 cx, cy = d.center
@@ -130,7 +132,9 @@ def evaluate_pad(cfg: Config, root: Path, pipe: FacePipeline, judge: LivenessJud
                 continue
             ok, score, n = (p is not None and judge.model.is_live(p)), p, int(p is not None)
         results.append(Presentation(path, kind, ok, score, n))
-    return summarise(results, judge.model.spec.threshold, times, root)
+    report = summarise(results, judge.model.spec.threshold, times, root)
+    report["too_close"] = judge.model.too_close  # faces filling the frame: not judged, not live
+    return report
 
 
 def summarise(

@@ -47,6 +47,10 @@ class PadSpec:
     channels: str
     live_index: int
     threshold: float  # live probability at or above which a crop counts as live
+    # The least context (face box enlargement) the frame must allow for the model to judge: a
+    # face filling the frame leaves no paper or screen edge in view, so it is not judged (not
+    # live). models.json `min_crop_scale`; absent there, the full crop_scale is required.
+    min_crop_scale: float = 0.0
 
     @classmethod
     def load(cls, models_dir: Path, name: str, require_threshold: bool = True) -> PadSpec:
@@ -72,19 +76,27 @@ class PadSpec:
             e["channels"],
             int(e["live_index"]),
             float(e.get("threshold", 0.5)),
+            float(e.get("min_crop_scale", e["crop_scale"])),
         )
+
+
+def context_scale(shape: tuple[int, ...], box: np.ndarray, scale: float) -> float:
+    """How many times the face box can be enlarged (up to `scale`) and still fit the frame."""
+    h, w = shape[:2]
+    x0, y0, x1, y1 = (float(v) for v in box)
+    return min((h - 1) / max(y1 - y0, 1.0), (w - 1) / max(x1 - x0, 1.0), scale)
 
 
 def crop_for_pad(bgr: np.ndarray, box: np.ndarray, scale: float, size: int) -> np.ndarray:
     """The face box enlarged `scale` times about its centre, shifted to stay inside the frame.
 
     When the enlarged box does not fit, the scale shrinks to what fits (the model's own
-    preprocessing does the same), so a face filling the frame is judged on the whole frame.
+    preprocessing does the same); `PadModel` refuses to judge below its `min_crop_scale`.
     """
     h, w = bgr.shape[:2]
     x0, y0, x1, y1 = (float(v) for v in box)
     bw, bh = max(x1 - x0, 1.0), max(y1 - y0, 1.0)
-    s = min((h - 1) / bh, (w - 1) / bw, scale)
+    s = context_scale(bgr.shape, box, scale)
     nw, nh = bw * s, bh * s
     left = min(max((x0 + x1 - nw) / 2, 0.0), w - 1 - nw)
     top = min(max((y0 + y1 - nh) / 2, 0.0), h - 1 - nh)
@@ -101,6 +113,7 @@ class PadModel:
             verify_file(spec.path, spec.sha256)
         self.spec = spec
         self.model = TFLiteModel(spec.path, threads)
+        self.too_close = 0  # faces not judged: the frame held too little context around them
         shape = self.model.inputs[0].shape
         if shape != (1, spec.size, spec.size, 3):
             raise ModelError(
@@ -109,7 +122,16 @@ class PadModel:
             )
 
     def live_probability(self, bgr: np.ndarray, box: np.ndarray) -> float:
-        """Probability (0..1) that the face in `box` of this frame is live, not a presentation."""
+        """Probability (0..1) that the face in `box` of this frame is live, not a presentation.
+
+        0 when the face fills so much of the frame that the model cannot see around it: a phone
+        or a print held close to the lens shows no edge, and a frame not judged is not live.
+        """
+        context = context_scale(bgr.shape, box, self.spec.crop_scale)
+        if context < self.spec.min_crop_scale:
+            self.too_close += 1
+            log.debug("liveness unjudged reason=too_close context=%.2f", context)
+            return 0.0
         crop = crop_for_pad(bgr, box, self.spec.crop_scale, self.spec.size)
         if self.spec.channels == "RGB":
             crop = cv2.cvtColor(crop, cv2.COLOR_BGR2RGB)
@@ -215,7 +237,7 @@ class LivenessJudge:
         self.model, self.mode, self.gap_s = model, mode, gap_s
         self._kps: list[np.ndarray] = []
         self._last_t: float | None = None
-        self._flat = False
+        self._flat = self._told_close = False
 
     @classmethod
     def from_config(cls, cfg: Config, models_dir: Path, gap_s: float = 2.0) -> LivenessJudge | None:
@@ -230,16 +252,20 @@ class LivenessJudge:
 
     def reset(self) -> None:
         """Forget the visitor: the next frame starts a new motion track."""
-        self._kps, self._last_t, self._flat = [], None, False
+        self._kps, self._last_t, self._flat, self._told_close = [], None, False, False
 
     def judge(self, bgr: np.ndarray, box: np.ndarray, keypoints: np.ndarray, t: float) -> bool:
         """Live or not, for one matching face at frame time t (seconds)."""
         if self._last_t is None or t - self._last_t > self.gap_s:
-            self._kps, self._flat = [], False
+            self._kps, self._flat, self._told_close = [], False, False
         self._last_t = t
         self._kps = [*self._kps[-(MOTION_WINDOW - 1) :], np.asarray(keypoints, np.float32)]
         if self.mode == "model+motion" and not self._flat and looks_flat(np.stack(self._kps)):
             self._flat = True
             log.info("liveness motion=flat frames=%d", len(self._kps))
+        before = self.model.too_close
         live = self.model.is_live(self.model.live_probability(bgr, box))
+        if self.model.too_close > before and not self._told_close:
+            self._told_close = True  # once per visitor: they may simply stand too near the lens
+            log.info("liveness unjudged reason=too_close (the face fills the frame)")
         return live and not self._flat
