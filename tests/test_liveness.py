@@ -124,6 +124,23 @@ def test_attack_is_denied_once_per_episode_and_never_granted():
     assert [x.reason for step in later for x in step] == ["presentation_attack"]  # a new episode
 
 
+def test_an_attack_verdict_holds_until_the_visitor_leaves():
+    """A face that flickers between verdicts reaches k live frames in some window eventually."""
+    flicker = [False, False, False, True, True, True, True, True]
+    d = run(Policy(PolicyParams(liveness=True)), flicker)
+    assert [(x.decision, x.reason) for x in d] == [("deny", "presentation_attack")]
+    pol = Policy(PolicyParams(liveness=True))
+    run(pol, flicker)
+    back = [
+        pol.step(Observation(10 + i * 0.1, 100 + i, 0.0, (seen("P-1", True),))) for i in range(3)
+    ]
+    assert [x.decision for step in back for x in step] == [
+        "grant"
+    ]  # left and came back: judged anew
+    d = run(Policy(PolicyParams(liveness=True)), [True, True, True] + [False] * 5)
+    assert [(x.decision, x.reason) for x in d] == [("grant", "ok"), ("deny", "presentation_attack")]
+
+
 def test_liveness_off_keeps_the_old_rule():
     d = run(Policy(PolicyParams(liveness=False)), [None, None, None])
     assert [x.decision for x in d] == ["grant"]

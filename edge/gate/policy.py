@@ -1,7 +1,8 @@
 """Frames in, Grant/Deny out. Pure: no I/O, no clock, no randomness; time comes with each frame.
 
 Face: the same person must match in k of the last n usable frames within window_s (with liveness
-on, and be judged live in k of them; k judged not live: `presentation_attack`), with exactly
+on, and be judged live in k of them; k judged not live: `presentation_attack`, and no face grant
+until the visitor leaves, so a screen flickering between verdicts gets no retries), with exactly
 one sizeable face in the gate zone (two or more: no face grant, `tailgating`). A stranger never
 causes a grant. Tickets are decided independently of faces. Each decision is made once per
 episode: a code held in view or a person lingering does not produce a stream of decisions.
@@ -280,6 +281,8 @@ class Policy:
             counts[e.person_id] = counts.get(e.person_id, 0) + 1
         best, fused = self._candidate(counts)
         if best is not None and p.liveness:
+            if ep.attack_reported and not ep.granted:
+                return []  # judged an attack: it stays one until the visitor leaves
             mine = [e for e in self.window if best in (e.person_id, e.face.candidate)]
             live = sum(1 for e in mine if e.face.live)  # not judged counts as not live
             if live < p.k:
