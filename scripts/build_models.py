@@ -237,7 +237,9 @@ def build_detector():
     return BlazeFace(ROOT / "models" / "blazeface_short.tflite", "short", threads=2, min_score=0.5)
 
 
-def calibration_chips(images: list[bytes], template: np.ndarray, size: int) -> np.ndarray:
+def calibration_chips(
+    images: list[bytes], template: np.ndarray, size: int, gains: tuple[float, ...] = (0.6, 1.0, 1.3)
+) -> np.ndarray:
     """Aligned RGB face chips (float 0..255) from photos, with flips and exposure changes."""
     import cv2
 
@@ -252,7 +254,7 @@ def calibration_chips(images: list[bytes], template: np.ndarray, size: int) -> n
             chip = align_face(bgr, d.keypoints, template, size)
             rgb = cv2.cvtColor(chip, cv2.COLOR_BGR2RGB).astype(np.float32)
             for img in (rgb, rgb[:, ::-1]):
-                for gain in (0.6, 1.0, 1.3):
+                for gain in gains:
                     chips.append(np.clip(img * gain, 0, 255))
     return np.stack(chips)
 
@@ -275,11 +277,17 @@ def convert(model, rep: np.ndarray | None):
     return conv.convert()
 
 
-def write_twins(out: Path, manifest: dict, stem: str, model, rep: np.ndarray, spec: dict) -> None:
-    """STEM_float.tflite and STEM_int8.tflite, each entered in the manifest with its SHA-256."""
-    for name, rep_or_none in ((f"{stem}_float", None), (f"{stem}_int8", rep)):
+def write_twins(
+    out: Path, manifest: dict, stem: str, model, rep: np.ndarray, spec: dict, int8_model=None
+) -> None:
+    """STEM_float.tflite and STEM_int8.tflite, each entered in the manifest with its SHA-256.
+
+    int8_model: an equivalent graph spelled for integer kernels (default: the float model).
+    """
+    twins = ((f"{stem}_float", model, None), (f"{stem}_int8", int8_model or model, rep))
+    for name, net, rep_or_none in twins:
         dst = out / f"{name}.tflite"
-        dst.write_bytes(convert(model, rep_or_none))
+        dst.write_bytes(convert(net, rep_or_none))
         manifest["embedders"][name] = {
             "file": dst.name,
             "sha256": sha256(dst),
