@@ -84,6 +84,27 @@ def test_int8_embedder_takes_raw_pixels_losslessly(name, dim):
     assert out.shape == (1, dim)
 
 
+def test_mobilefacenet_int8_runs_entirely_on_xnnpack():
+    # int8 PRELU (and a lone int8 RELU) have no XNNPACK kernel: one left in cuts the graph into
+    # partitions on reference kernels, several times slower than the float twin
+    d = TFLiteModel(MODELS / "mobilefacenet_int8.tflite", threads=1).delegation()
+    assert d.builtin == ()
+    assert d.partitions == 1
+    assert d.delegated == d.ops > 100
+
+
+def test_mobilefacenet_int8_embeddings_follow_float(fixtures, float_pipeline, int8_pipeline):
+    """Same aligned chips through both twins: the int8 embedding keeps the float's direction."""
+    cos = []
+    for d in sorted((fixtures / "faces").iterdir())[:10]:
+        img = load_image(sorted(d.iterdir())[0])
+        det = max(float_pipeline.detector.detect(img), key=lambda x: x.width * x.height)
+        chip = float_pipeline.chip(img, det)
+        cos.append(float(float_pipeline.embedder.embed(chip) @ int8_pipeline.embedder.embed(chip)))
+    assert np.mean(cos) >= 0.985
+    assert min(cos) >= 0.96
+
+
 def test_missing_and_corrupt_model_are_model_errors(tmp_path):
     with pytest.raises(ModelError, match="does not exist"):
         TFLiteModel(tmp_path / "none.tflite")
