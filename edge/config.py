@@ -56,7 +56,7 @@ class VisionConfig:
 
     models_dir: str = ""  # "" = the models shipped with edge-gate
     detector: str = "blazeface_short"
-    embedder: str = "mobilefacenet_int8"
+    embedder: str = "mobilefacenet_float"
     threads: int = 0  # 0 = all cores
     min_score: float = 0.6
     min_face_px: int = 48

@@ -272,7 +272,7 @@ def test_doctor_reports_the_threshold_in_use(tmp_path, capsys):
     out = cli(capsys, "doctor", "--config", str(cfg))[1]
     line = next(x for x in out.splitlines() if "match threshold" in x)
     # match_threshold = 0: the rule per gallery size measured for the default embedder
-    assert "per gallery size from models.json (mobilefacenet_int8" in line
+    assert "per gallery size from models.json (mobilefacenet_float" in line
 
 
 # --- eval: no threshold from thin data, valid JSON ------------------------------------------------
