@@ -13,6 +13,15 @@ def _cfg(args) -> config_mod.Config:
     return config_mod.load(getattr(args, "config", None))
 
 
+def _print_report(result: dict, as_json: bool, width: int = 26) -> None:
+    """One JSON object, or one right-aligned `key: value` line per figure."""
+    if as_json:
+        print(json.dumps(result, allow_nan=False))
+    else:
+        for k, v in result.items():
+            print(f"{k:>{width}}: {v}")
+
+
 def cmd_eval(args) -> int:
     """`eval`: measure accuracy on a labelled folder and optionally set the threshold."""
     from edge.measure.evaluation import (
@@ -41,12 +50,7 @@ def cmd_eval(args) -> int:
             f"edge-gate eval {args.dir}: above all {result['impostor_pairs']} impostor pairs "
             f"(max {result['impostor_max']}); TAR there {result['tar_at_far_0']}",
         )
-    result = json_ready(result)
-    if args.json:
-        print(json.dumps(result, allow_nan=False))
-    else:
-        for k, v in result.items():
-            print(f"{k:>26}: {v}")
+    _print_report(json_ready(result), args.json)
     return 0
 
 
@@ -94,11 +98,7 @@ def _eval_open_set(args, cfg: config_mod.Config, pipe) -> int:
     result = {"embedder": pipe.spec.name, **ev.evaluate_open_set(embedded, k, spec.dim, rule)}
     if new_table is not None:
         result["written_rules"] = new_table
-    if args.json:
-        print(json.dumps(result, allow_nan=False))
-    else:
-        for key, v in result.items():
-            print(f"{key:>26}: {v}")
+    _print_report(result, args.json)
     return 0
 
 
@@ -136,7 +136,7 @@ def cmd_bench(args) -> int:
             config_mod.fixtures_dir() / "faces" / "lin_manuel_miranda" / "lin-manuel-miranda.png"
         ]
         rep = bench_gate(clip, photos, Path.cwd() / "var" / "bench-gate")
-        print(json.dumps(rep) if args.json else "\n".join(f"{k:>34}: {v}" for k, v in rep.items()))
+        _print_report(rep, args.json, width=34)
         return 0
     threads = sorted({1, resolve_threads(0)}) if args.threads is None else [args.threads]
     rep = bench_clip(

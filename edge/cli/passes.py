@@ -85,6 +85,13 @@ def cmd_privacy_report(args) -> int:
     return 0
 
 
+def _expiry_args(sp, required: bool) -> None:
+    """--valid-until DATE or --no-expiry, one of the two (both optional for `pass edit`)."""
+    exp = sp.add_mutually_exclusive_group(required=required)
+    exp.add_argument("--valid-until", help="YYYY-MM-DD (end of that day), or ISO time")
+    exp.add_argument("--no-expiry", action="store_true", help="the pass never expires")
+
+
 def register(sub, common) -> None:
     """Add the keys, pass and privacy-report commands."""
     gallery_args = functools.partial(gallery_options, common=common)
@@ -105,9 +112,7 @@ def register(sub, common) -> None:
     )
     gallery_args(sp)
     sp.add_argument("person_id")
-    exp = sp.add_mutually_exclusive_group(required=True)
-    exp.add_argument("--valid-until", help="YYYY-MM-DD (end of that day), or ISO time")
-    exp.add_argument("--no-expiry", action="store_true", help="the pass never expires")
+    _expiry_args(sp, required=True)
     sp.set_defaults(func=cmd_pass)
     sp = ps.add_parser(
         "edit", help="change pass id, name or expiry, e.g. `edge-gate pass edit P-… --pass-id AP-9`"
@@ -117,9 +122,7 @@ def register(sub, common) -> None:
     sp.add_argument("--pass-id", help="new pass reference")
     sp.add_argument("--name", help="new name")
     add_detail_args(sp, ("name", "pass_id"))
-    exp = sp.add_mutually_exclusive_group()
-    exp.add_argument("--valid-until", help="YYYY-MM-DD (end of that day), or ISO time")
-    exp.add_argument("--no-expiry", action="store_true", help="the pass never expires")
+    _expiry_args(sp, required=False)
     sp.set_defaults(func=cmd_pass)
 
     sp = sub.add_parser(

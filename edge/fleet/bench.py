@@ -11,9 +11,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
-import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -22,10 +19,9 @@ from pathlib import Path
 import numpy as np
 
 from edge import tickets as tk
-from edge.config import PROJECT_ROOT
 from edge.fleet.broker import Mosquitto
 from edge.fleet.state import read_state
-from edge.fleet.workspace import write_member
+from edge.fleet.workspace import start_syncs, stop_all, write_member
 from edge.tickets.ledger import Ledger
 
 RECOVERY_S = 10.0  # after a broker restart, lanes reconnect within paho's 1-5 s back-off
@@ -58,15 +54,7 @@ def bench_fleet(lanes: int, rate: float, seconds: float, workdir: Path | None = 
         write_member(root, n, broker.url, "bench", pub, users[n], fleet={"heartbeat_s": 1.0})
         for n in names
     ]
-    env = dict(os.environ, PYTHONPATH=str(PROJECT_ROOT))
-    procs = [
-        subprocess.Popen(
-            [sys.executable, "-m", "edge.cli", "sync", "--config", str(m.config)],
-            env=env,
-            stderr=subprocess.DEVNULL,
-        )
-        for m in members
-    ]
+    procs = start_syncs(members)
     done = [0] * lanes
     try:
         deadline = time.monotonic() + 180  # every lane subscribed before the first redemption
@@ -110,13 +98,7 @@ def bench_fleet(lanes: int, rate: float, seconds: float, workdir: Path | None = 
         drain_s = time.monotonic() - t0
         cpu = [(_cpu_s(p.pid) - c) / drain_s for p, c in zip(procs, cpu0, strict=True)]
     finally:
-        for p in procs:
-            p.send_signal(signal.SIGTERM)
-        for p in procs:
-            try:
-                p.wait(20)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        stop_all(procs, 20)
         broker.stop()
     pairs = np.array(
         [d for m in members for d in (read_state(m.dir / "fleet.db", "apply_delays") or [])]

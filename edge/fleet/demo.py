@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -23,7 +22,7 @@ from edge import tickets as tk
 from edge.config import PROJECT_ROOT
 from edge.fleet.broker import Mosquitto
 from edge.fleet.state import read_state
-from edge.fleet.workspace import Member, write_member
+from edge.fleet.workspace import Member, start_syncs, stop_all, write_member
 from edge.tickets.ledger import Ledger
 
 
@@ -83,15 +82,7 @@ def run_fleet_demo(workdir: Path, lanes: int, fixtures: Path | None, fast: bool)
     }
     for n in names:
         init_key(members[n].dir / "gallery.key")
-    env = dict(os.environ, PYTHONPATH=str(PROJECT_ROOT))
-    procs = [
-        subprocess.Popen(
-            [sys.executable, "-m", "edge.cli", "sync", "--config", str(members[n].config)],
-            env=env,
-            stderr=subprocess.DEVNULL,
-        )
-        for n in names
-    ]
+    procs = start_syncs(members[n] for n in names)
     ok = True
     try:
         up = _wait(
@@ -125,13 +116,7 @@ def run_fleet_demo(workdir: Path, lanes: int, fixtures: Path | None, fast: bool)
         if face_lane and fixtures is not None:
             ok &= _face_part(members["office"], members[face_lane], priv, fixtures, fast)
     finally:
-        for p in procs:
-            p.send_signal(signal.SIGTERM)
-        for p in procs:
-            try:
-                p.wait(10)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        stop_all(procs, 10)
         broker.stop()
     print("\nthe lanes behaved as one gate" if ok else "\nUNEXPECTED: see above")
     return 0 if ok else 1

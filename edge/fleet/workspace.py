@@ -5,9 +5,15 @@ broker credentials (0600), an initialised ledger and an empty revocation list.
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from edge.config import PROJECT_ROOT
 
 
 @dataclass(frozen=True)
@@ -82,3 +88,27 @@ def write_member(
     init_ledger(d / "ledger.db")  # a ledger is never created implicitly
     (d / "revoked.txt").touch()
     return Member(name, d, d / "gate.toml")
+
+
+def start_syncs(members: Iterable[Member]) -> list[subprocess.Popen]:
+    """`edge-gate sync` for each member, as a process of its own (as systemd runs it)."""
+    env = dict(os.environ, PYTHONPATH=str(PROJECT_ROOT))
+    return [
+        subprocess.Popen(
+            [sys.executable, "-m", "edge.cli", "sync", "--config", str(m.config)],
+            env=env,
+            stderr=subprocess.DEVNULL,
+        )
+        for m in members
+    ]
+
+
+def stop_all(procs: list[subprocess.Popen], timeout_s: float) -> None:
+    """SIGTERM every process, then wait for each; one that will not stop is killed."""
+    for p in procs:
+        p.send_signal(signal.SIGTERM)
+    for p in procs:
+        try:
+            p.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            p.kill()

@@ -194,8 +194,8 @@ def evaluate_open_set(
         "fnir": openset.none_if_nan(fnir),
     }
     # strangers filed under another spelling of an enrolled name (same person): shown apart
-    clean = np.isin(sp.nonmated, openset.drop_aliases(e.labels, sp.gallery, sp.nonmated))
-    kept = openset.Search(nonmated.best[clean], nonmated.score[clean], nonmated.second[clean])
+    clean = _not_aliases(e, sp.gallery, sp.nonmated)
+    kept = nonmated.take(clean)
     result["nonmated_name_aliases"] = int((~clean).sum())
     result["fpir_without_aliases"] = openset.none_if_nan(
         openset.rates(mated, truth, kept, threshold, margin)[0], 5
@@ -226,18 +226,9 @@ def rates_by_size(
         if any(r["gallery_people"] == people for r in out):
             continue
         threshold, margin, source = rule(people)
-        pools: dict[str, list] = {"mated": [], "truth": [], "nonmated": [], "clean": []}
-        for g in galleries:
-            _, m, t, n, _ = _searches(e, g.gallery, g.mated, g.nonmated, dim)
-            pools["mated"].append(m)
-            pools["truth"].append(t)
-            pools["nonmated"].append(n)
-            kept = openset.drop_aliases(e.labels, g.gallery, g.nonmated)
-            pools["clean"].append(np.isin(g.nonmated, kept))
-        mated, nonmated = _concat(pools["mated"]), _concat(pools["nonmated"])
-        truth, clean = np.concatenate(pools["truth"]), np.concatenate(pools["clean"])
+        mated, truth, nonmated, clean = _pooled(e, galleries, dim)
         fpir, fnir = openset.rates(mated, truth, nonmated, threshold, margin)
-        kept = openset.Search(nonmated.best[clean], nonmated.score[clean], nonmated.second[clean])
+        kept = nonmated.take(clean)
         out.append(
             {
                 "gallery_people": people,
@@ -262,20 +253,12 @@ def calibrate_sizes(e: Embedded, k: int, dim: int, draws: int = 5) -> list[dict]
     sp = openset.split(e.labels, k)
     table = []
     for size in CALIBRATION_SIZES:
-        pools: dict[str, list] = {"mated": [], "truth": [], "nonmated": []}
         galleries = openset.sized_galleries(e.labels, sp, size, draws)
         people = galleries[0].people
         if any(t["gallery_people"] == people for t in table):
             continue  # this folder cannot make a gallery that large: the size is already in
-        for g in galleries:
-            strangers = openset.drop_aliases(e.labels, g.gallery, g.nonmated)
-            _, m, t, n, _ = _searches(e, g.gallery, g.mated, strangers, dim)
-            pools["mated"].append(m)
-            pools["truth"].append(t)
-            pools["nonmated"].append(n)
-        mated = _concat(pools["mated"])
-        nonmated = _concat(pools["nonmated"])
-        truth = np.concatenate(pools["truth"])
+        mated, truth, nonmated, clean = _pooled(e, galleries, dim)
+        nonmated = nonmated.take(clean)  # a name alias never decides a threshold
         why = openset.enough_data(len(truth), len(nonmated.best), TARGET_FPIR)
         best, tried = openset.best_rule(mated, truth, nonmated, TARGET_FPIR)
         table.append(
@@ -289,7 +272,7 @@ def calibrate_sizes(e: Embedded, k: int, dim: int, draws: int = 5) -> list[dict]
                 "fnir": openset.none_if_nan(best["fnir"]),
                 "mated_probes": len(truth),
                 "nonmated_probes": len(nonmated.best),
-                "draws": len(pools["mated"]),
+                "draws": len(galleries),
                 "margins_tried": [
                     {
                         "min_margin": r["margin"],
@@ -302,6 +285,21 @@ def calibrate_sizes(e: Embedded, k: int, dim: int, draws: int = 5) -> list[dict]
             }
         )
     return table
+
+
+def _not_aliases(e: Embedded, gallery: np.ndarray, strangers: np.ndarray) -> np.ndarray:
+    """Per stranger: not filed under another spelling of an enrolled name (same person)."""
+    return np.isin(strangers, openset.drop_aliases(e.labels, gallery, strangers))
+
+
+def _pooled(e: Embedded, galleries: list, dim: int):
+    """Every draw searched, pooled: mated, their truth, strangers, and which are no alias."""
+    parts = [(_searches(e, g.gallery, g.mated, g.nonmated, dim), g) for g in galleries]
+    mated = _concat([s[1] for s, _ in parts])
+    truth = np.concatenate([s[2] for s, _ in parts])
+    nonmated = _concat([s[3] for s, _ in parts])
+    clean = np.concatenate([_not_aliases(e, g.gallery, g.nonmated) for _, g in parts])
+    return mated, truth, nonmated, clean
 
 
 def _concat(searches: list) -> openset.Search:

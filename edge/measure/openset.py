@@ -59,6 +59,10 @@ class Search:
     score: np.ndarray
     second: np.ndarray
 
+    def take(self, mask: np.ndarray) -> Search:
+        """The probes where `mask` is true, in order."""
+        return Search(self.best[mask], self.score[mask], self.second[mask])
+
 
 def search(matcher: Matcher, probes: np.ndarray) -> Search:
     """1:N scores of every probe against the matcher's gallery, vectorised."""
