@@ -59,7 +59,7 @@ def judge_image(pipe: FacePipeline, pad: PadModel, bgr: np.ndarray, times: list[
     for img, off in ((bgr, (0, 0)), (None, pad_px)):
         if img is None:  # a tight crop leaves the detector no context: look again padded
             img = cv2.copyMakeBorder(bgr, off[0], off[0], off[1], off[1], cv2.BORDER_CONSTANT)
-        for det in pipe._still_detectors():
+        for det in pipe.still_detectors():
             dets = det.detect(img)
             if dets:
                 d = max(dets, key=lambda d: d.width * d.height)

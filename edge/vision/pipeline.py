@@ -115,13 +115,14 @@ class FacePipeline:
         py, px = int(h * pad), int(w * pad)
         padded = cv2.copyMakeBorder(bgr, py, py, px, px, cv2.BORDER_CONSTANT, value=(0, 0, 0))
         for img in (bgr, padded):
-            for det in self._still_detectors():
+            for det in self.still_detectors():
                 faces = self._embed_with(det, img)
                 if faces:
                     return max(faces, key=lambda f: f.detection.width * f.detection.height)
         return None
 
-    def _still_detectors(self) -> list[BlazeFace]:
+    def still_detectors(self) -> list[BlazeFace]:
+        """The configured detector, then the full-range one (loaded once) for small faces."""
         if self._full is None and self.detector.size != 192:  # 192 px input: already full range
             spec = detector_spec(self._models_dir, "blazeface_full")
             self._full = BlazeFace(
