@@ -17,7 +17,7 @@ from edge import config as config_mod
 from edge.errors import EdgeGateError, ImageError, LedgerError
 from edge.tickets.format import PREFIX, Reason
 from edge.tickets.keys import load_public
-from edge.tickets.ledger import Ledger, LedgerMark, MarkStore, init_ledger, site_zone
+from edge.tickets.ledger import Ledger, LedgerMark, MarkStore, init_ledger
 from edge.tickets.revocation import load_revocations
 from edge.tickets.verifier import Verifier
 
@@ -30,8 +30,8 @@ def open_ledger(cfg: config_mod.Config, marks: MarkStore | None = None) -> Ledge
     led = Ledger(
         cfg.resolve(cfg.tickets.ledger),
         cfg.gate.id,
-        cfg.tickets.antipassback_s,
-        site_zone(cfg.gate.timezone),
+        cfg.tickets.anti_passback_s,
+        cfg.gate.zone,
         marks,
         outbox=cfg.fleet.enabled,
     )
@@ -188,7 +188,7 @@ def open_desk(opts: DeskOptions, stack: ExitStack) -> Desk:
             "ledger": str(Path(opts.db).resolve()) if opts.db else None,
             "revocation_list": str(Path(opts.revocations).resolve()) if opts.revocations else None,
             "clock_skew_s": opts.skew,
-            "antipassback_s": opts.antipassback,
+            "anti_passback_s": opts.antipassback,
         },
     )
     if not opts.config and not opts.pubkeys:

@@ -7,6 +7,7 @@ ledger count and a revocation).
 
 from __future__ import annotations
 
+import datetime as dt
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -29,6 +30,7 @@ class IssueRequest:
     entries: int = 1
     season_per_day: int = 0
     holder: str = ""
+    zone: dt.tzinfo = dt.UTC  # dates typed without an offset are in it (the CLI: the site's)
 
 
 @dataclass(frozen=True)
@@ -53,7 +55,7 @@ def make_ticket(req: IssueRequest, now: float | None = None) -> Ticket:
         raise TicketError(
             "give either --valid-until or --no-expiry"
             + (" (not both)" if req.no_expiry else ": a ticket without expiry is valid forever"),
-            "e.g. --valid-until 2026-12-31 (end of that day, local time)",
+            "e.g. --valid-until 2026-12-31 (end of that day in the site's zone, gate.timezone)",
         )
     if not 1 <= req.entries <= 0xFFFF:
         raise TicketError(f"--entries {req.entries} is out of range", "use 1..65535")
@@ -66,8 +68,8 @@ def make_ticket(req: IssueRequest, now: float | None = None) -> Ticket:
         kind, count = Kind.SEASON, req.season_per_day
     elif req.entries > 1:
         kind, count = Kind.ENTRIES, req.entries
-    vf = parse_time(req.valid_from) if req.valid_from else int(now or time.time())
-    vu = 0 if req.no_expiry else parse_time(req.valid_until, end_of_day=True)
+    vf = parse_time(req.valid_from, req.zone) if req.valid_from else int(now or time.time())
+    vu = 0 if req.no_expiry else parse_time(req.valid_until, req.zone, end_of_day=True)
     if vu and vu < vf:
         raise TicketError(f"--valid-until {req.valid_until} is before the start {iso(vf)}")
     return Ticket(req.ticket_id, req.product, vf, vu, kind, count, req.holder)
