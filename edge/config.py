@@ -516,7 +516,7 @@ def _build(cls: type, data: dict[str, Any], file: str, prefix: str) -> Any:
         if cls is Config and name in BOOKKEEPING:
             raise ConfigError(f"{file}: unknown key '{name}'", "remove it")
         typ = hints[name]
-        if dataclasses.is_dataclass(typ):
+        if isinstance(typ, type) and dataclasses.is_dataclass(typ):
             if not isinstance(value, dict):
                 raise ConfigError(f"{file}: '{prefix}{name}' must be a [table]")
             kwargs[name] = _build(typ, value, file, f"{prefix}{name}.")

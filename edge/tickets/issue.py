@@ -69,7 +69,7 @@ def make_ticket(req: IssueRequest, now: float | None = None) -> Ticket:
     elif req.entries > 1:
         kind, count = Kind.ENTRIES, req.entries
     vf = parse_time(req.valid_from, req.zone) if req.valid_from else int(now or time.time())
-    vu = 0 if req.no_expiry else parse_time(req.valid_until, req.zone, end_of_day=True)
+    vu = parse_time(req.valid_until, req.zone, end_of_day=True) if req.valid_until else 0
     if vu and vu < vf:
         raise TicketError(f"--valid-until {req.valid_until} is before the start {iso(vf)}")
     return Ticket(req.ticket_id, req.product, vf, vu, kind, count, req.holder)
