@@ -46,7 +46,7 @@ def cmd_issue(args) -> int:
 
 def cmd_verify(args) -> int:
     """`ticket verify`: check tickets at a desk the same way a gate would, as JSON lines."""
-    from edge.tickets.desk import DeskOptions, verify_tickets
+    from edge.gate.desk import DeskOptions, verify_tickets
 
     opts = DeskOptions(
         config=args.config,

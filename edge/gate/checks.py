@@ -29,7 +29,7 @@ def ticket_keys(cfg: config_mod.Config) -> list:
 
 def revocations(cfg: config_mod.Config) -> frozenset[str]:
     """The revoked ticket ids; an unreadable list is an error, never "nothing revoked"."""
-    from edge.tickets.desk import configured_revocations
+    from edge.gate.desk import configured_revocations
 
     return configured_revocations(cfg)
 
