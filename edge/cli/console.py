@@ -11,19 +11,12 @@ from edge import config as config_mod
 from edge.errors import EdgeGateError
 
 
-def parse_listen(text: str) -> tuple[str, int]:
-    """host:port (IPv6 in brackets), refusing anything else with the fix."""
-    host, sep, port = text.rpartition(":")
-    if not sep or not port.isdigit() or not host or not 0 < int(port) < 65536:
-        raise EdgeGateError(f"listen address {text!r} is not host:port", "e.g. 127.0.0.1:8088")
-    return host.strip("[]"), int(port)
-
-
 def cmd_console(args) -> int:
     """`console`: serve the staff web app until SIGTERM (localhost unless told otherwise)."""
     import uvicorn
 
     from edge.console.app import build_app
+    from edge.screen.server import parse_listen
 
     cfg = config_mod.load(args.config)
     host, port = parse_listen(args.listen or cfg.console.listen)

@@ -24,6 +24,7 @@ from edge.fleet import lane
 from edge.gate import checks
 from edge.gate.audit import AuditLog, AuditRecord
 from edge.gate.faces import FaceStack
+from edge.gate.notice_socket import SocketSink, decision_notice
 from edge.gate.notify import Notifier
 from edge.gate.policy import (
     GRANT,
@@ -136,6 +137,8 @@ class Gate:
             )
             stack.callback(self.source.close)
             self._resources = stack.pop_all()
+        # The lane screen (`edge-gate screen`) hears each decision on a local socket.
+        self.screen = SocketSink(cfg.resolve(cfg.screen.socket)) if cfg.screen.socket else None
         if scanner is not None:
             threading.Thread(target=self._feed_scanner, args=(scanner,), daemon=True).start()
 
@@ -366,6 +369,10 @@ class Gate:
             self.on_decision(ev)
         except Exception as e:  # a full disk for --events must not stop the gate deciding
             log.error("decision output error=%s", e)
+        if self.screen is not None:  # never raises: a screen fault never stops the gate
+            self.screen(
+                decision_notice({**ev, "wall": wall}, self.cfg.fleet.lane or self.cfg.gate.id)
+            )
 
     def _audit(self, rec: AuditRecord) -> None:
         if self.audit is None:
