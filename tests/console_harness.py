@@ -23,7 +23,7 @@ from gpiozero.pins.mock import MockFactory
 from edge import config as config_mod
 from edge import tickets as tk
 from edge.config import PROJECT_ROOT
-from edge.fleet.broker import MISSING, Mosquitto, free_port, mosquitto_binary
+from edge.fleet.broker import MISSING, free_port, mosquitto_binary
 from edge.fleet.sync import Sync
 from edge.fleet.workspace import Member, write_member
 from edge.gate.daemon import Gate
