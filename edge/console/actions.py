@@ -10,10 +10,12 @@ No frame the kiosk receives is written anywhere: it is embedded in memory and dr
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import secrets
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -45,6 +47,7 @@ class Office:
     def __init__(self, cfg: config_mod.Config):
         self.cfg = cfg
         self._audit_lock = threading.Lock()
+        self._audit: AuditLog | None = None
         self._pipe = None
         self._pipe_lock = threading.RLock()
 
@@ -84,15 +87,30 @@ class Office:
     # --- audit ----------------------------------------------------------------------------------
 
     def audit_log(self) -> AuditLog:
-        """The office audit log (audit.path of the office config)."""
+        """A new connection to the office audit log (audit.path); the caller closes it."""
         return AuditLog(self.cfg.resolve(self.cfg.audit.path), self.cfg.audit.retention_days)
+
+    @contextlib.contextmanager
+    def audit(self) -> Iterator[AuditLog]:
+        """The console's one open connection to the office audit log, one thread at a time."""
+        with self._audit_lock:
+            if self._audit is None:
+                self._audit = self.audit_log()
+            yield self._audit
 
     def record(self, user: str, kind: str, detail: str = "", **fields: Any) -> None:
         """One action in the office audit log, with the user's name."""
-        with self._audit_lock, self.audit_log() as a:
+        with self.audit() as a:
             a.record(
                 AuditRecord(time.time(), self.cfg.gate.id, kind, detail=by(user, detail), **fields)
             )
+
+    def close(self) -> None:
+        """Close the audit log connection."""
+        with self._audit_lock:
+            if self._audit is not None:
+                self._audit.close()
+                self._audit = None
 
     # --- faces ------------------------------------------------------------------------------------
 

@@ -156,7 +156,7 @@ ZH: dict[str, str] = {
     "Un-revoked {n} ticket(s) at the office": "已在办公室撤销作废 {n} 张门票",
     # audit
     "Office audit log": "办公室审计日志",
-    "{n} records": "{n} 条记录",
+    "newest record #{n}": "最新记录 #{n}",
     "kept {d} days": "保留 {d} 天",
     "Verify the chain": "校验哈希链",
     "Export CSV": "导出 CSV",

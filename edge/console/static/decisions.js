@@ -8,6 +8,7 @@
     tmp.innerHTML = JSON.parse(ev.data);
     const row = tmp.firstElementChild;
     row.classList.add("new");
+    row.dataset.arrived = String(Date.now()); // when it reached the page (scripts/bench_console.py)
     body.insertBefore(row, body.firstChild);
     while (body.rows.length > 500) body.deleteRow(body.rows.length - 1);
   });
