@@ -107,7 +107,7 @@ def session(base: str, user: str) -> urllib.request.OpenerDirector:
 
 
 def bench_render(root: Path, n: int) -> None:
-    from edge.fleet.broker import free_port
+    from edge.lab.broker import free_port
 
     park = make_park(root, f"mqtt://127.0.0.1:{free_port()}")  # nothing listens: feed filled here
     cfg = park.office_cfg
@@ -134,9 +134,8 @@ def bench_render(root: Path, n: int) -> None:
 
 
 def bench_live(root: Path, n: int) -> None:
-    from edge.fleet.broker import Mosquitto
     from edge.gate.daemon import Gate
-    from edge.gate.notice_socket import SocketSink  # noqa: F401 - the gate's own sink is used
+    from edge.lab.broker import Mosquitto
     from edge.screen.server import Screen
 
     with Mosquitto(root / "mosquitto", users=USERS) as broker:
@@ -172,7 +171,7 @@ def bench_live(root: Path, n: int) -> None:
                 deck.goto(srv.url + "/decisions?lane=lane1")
                 lane_screen = ctx.new_page()
                 lane_screen.goto(screen.url)
-                lane_screen.locator("body.idle").wait_for()
+                lane_screen.locator("body.idle[data-live='1']").wait_for()
                 to_page, to_screen = [], []
                 for k in range(n):
                     tid = f"T-BENCH-{k:04d}"

@@ -23,10 +23,10 @@ from gpiozero.pins.mock import MockFactory
 from edge import config as config_mod
 from edge import tickets as tk
 from edge.config import PROJECT_ROOT
-from edge.fleet.broker import MISSING, free_port, mosquitto_binary
 from edge.fleet.sync import Sync
-from edge.fleet.workspace import Member, write_member
 from edge.gate.daemon import Gate
+from edge.lab.broker import MISSING, free_port, mosquitto_binary
+from edge.lab.workspace import Member, write_member
 
 CHROMIUM = os.environ.get("EDGE_CHROMIUM", "/usr/bin/chromium")
 USERS = {n: f"pw-{n}" for n in ("office", "lane1", "lane2")}

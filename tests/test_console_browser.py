@@ -14,7 +14,7 @@ import pytest
 from edge import config as config_mod
 from edge import tickets as tk
 from edge.console.app import build_app
-from edge.fleet.broker import Mosquitto
+from edge.lab.broker import Mosquitto
 
 from .console_harness import (
     PASSWORD,
@@ -297,7 +297,7 @@ def test_lane_screen_shows_grant_refusal_and_step_back_in_both_languages(world, 
     with Screen(cfg) as screen:
         page = _page(browser)
         page.goto(screen.url)
-        page.locator("body.idle").wait_for()
+        page.locator("body.idle[data-live='1']").wait_for()
 
         def lines() -> dict[str, str]:
             return {
@@ -321,7 +321,7 @@ def test_lane_screen_shows_grant_refusal_and_step_back_in_both_languages(world, 
         assert page.locator("body").get_attribute("class") == "deny"
         shot(page, "screen-ticket-used", tmp_path)
         sink = SocketSink(cfg.resolve(cfg.screen.socket))
-        sink({"v": 1, "t": time.time(), "lane": "lane1", "notice": "step_back",
+        sink.send({"v": 1, "t": time.time(), "lane": "lane1", "notice": "step_back",
               "reason": "too_close", "decision": None, "name": "Ada Park"})  # fmt: skip
         assert shown("step_back") == {"zh-CN": "请稍微后退", "en": "Step back a little"}
         assert page.locator("#name").inner_text() == ""  # names stay off unless turned on
@@ -341,8 +341,8 @@ def test_lane_screen_in_one_language_with_names_turned_on(world, tmp_path):
     with Screen(cfg) as screen:
         page = _page(browser)
         page.goto(screen.url)
-        page.locator("body.idle").wait_for()
-        SocketSink(root / "one.sock")(
+        page.locator("body.idle[data-live='1']").wait_for()
+        SocketSink(root / "one.sock").send(
             {
                 "v": 1,
                 "t": time.time(),

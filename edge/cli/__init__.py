@@ -12,7 +12,7 @@ import logging
 import sys
 
 from edge import __version__
-from edge.cli import audit, fleet, gallery, gate, ledger, measure, pad, passes, tickets
+from edge.cli import audit, fleet, gallery, gate, lab, ledger, passes, tickets
 from edge.cli import console as console_cli
 from edge.cli.examples import COMMON_HELP, EXAMPLES
 from edge.cli.paths import existing_file
@@ -21,7 +21,7 @@ from edge.errors import EdgeGateError
 log = logging.getLogger("edge")
 
 # Order of the groups in `edge-gate --help`.
-GROUPS = (measure, pad, gate, tickets, ledger, audit, gallery, passes, fleet, console_cli)
+GROUPS = (lab, gate, tickets, ledger, audit, gallery, passes, fleet, console_cli)
 
 
 class Parser(argparse.ArgumentParser):

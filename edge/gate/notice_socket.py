@@ -22,7 +22,7 @@ MAX_DATAGRAM = 4096
 
 
 def notice_json(notice: Any) -> dict[str, Any]:
-    """The contract's JSON object from a Notice (dataclass or `to_json()`) or a dict."""
+    """The contract's JSON object (edge/gate/notices.py) from a Notice or a dict."""
     if isinstance(notice, dict):
         return notice
     to_json = getattr(notice, "to_json", None)
@@ -46,8 +46,8 @@ class SocketSink:
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self.sock.setblocking(False)
 
-    def __call__(self, notice: Any) -> None:
-        """Send one notice; never raises, never waits."""
+    def send(self, notice: Any) -> None:
+        """Send one notice (a `notices.Notice`, or its JSON form); never raises, never waits."""
         try:
             data = json.dumps(notice_json(notice), separators=(",", ":")).encode()
             if len(data) > MAX_DATAGRAM:
@@ -69,27 +69,3 @@ class SocketSink:
     def close(self) -> None:
         """Release the socket."""
         self.sock.close()
-
-
-# What a visitor is told after a decision (guidance without a decision comes from the face path).
-_DENY_NOTICE = {
-    "already_used": "ticket_used",
-    "not_enrolled": "show_ticket",
-    "pass_expired": "show_ticket",
-    "too_close": "step_back",
-}
-
-
-def decision_notice(ev: dict[str, Any], lane: str, name: str | None = None) -> dict[str, Any]:
-    """The notice (contract v1) for one decision event of the gate (`decision_json`)."""
-    grant = ev.get("decision") == "grant"
-    reason = str(ev.get("reason") or "")
-    return {
-        "v": 1,
-        "t": ev.get("wall", time.time()),
-        "lane": lane,
-        "notice": "welcome" if grant else _DENY_NOTICE.get(reason, "see_staff"),
-        "reason": reason,
-        "decision": "grant" if grant else "deny",
-        "name": name if grant else None,
-    }

@@ -26,11 +26,11 @@ from typing import Any
 
 from edge import config as config_mod
 from edge.errors import ConfigError, EdgeGateError
+from edge.gate.notices import Notice
 from edge.screen.texts import IDLE, LANGUAGES, NAME_GREETING, VISITOR_TEXTS
 
 log = logging.getLogger(__name__)
 HERE = Path(__file__).resolve().parent
-NOTICES = tuple(VISITOR_TEXTS)
 KEEPALIVE_S = 15.0
 
 
@@ -62,15 +62,11 @@ class Shown:
 
 
 def parse_notice(data: bytes) -> dict[str, Any]:
-    """Check one datagram against the notice contract; ValueError says what is wrong."""
-    d = json.loads(data)
-    if not isinstance(d, dict) or d.get("v") != 1:
-        raise ValueError("not a version 1 notice")
-    if d.get("notice") not in NOTICES:
-        raise ValueError(f"unknown notice {d.get('notice')!r}")
-    if d.get("decision") not in ("grant", "deny", None):
-        raise ValueError(f"unknown decision {d.get('decision')!r}")
-    return d
+    """Check one datagram against the notice contract (edge/gate/notices.py); ValueError if not."""
+    try:
+        return Notice.from_json(json.loads(data)).to_json()
+    except (TypeError, AttributeError) as e:
+        raise ValueError(f"not a notice: {e}") from None
 
 
 class Board:
@@ -269,11 +265,14 @@ def make_handler(board: Board, page: dict[str, Any], stop: threading.Event):
                 self._send(404, b"not found", "text/plain")
 
         def _events(self) -> None:
+            seq = board.received  # before the page can know it is connected: nothing missed
+            cur = board.current  # a page (re)connecting still shows what is on now
+            if cur is not None and time.time() - cur.received < page["hold_s"]:
+                seq = cur.seq - 1
             self.send_response(200)
             self.send_header("Content-Type", "text/event-stream")
             self.send_header("Cache-Control", "no-store")
             self.end_headers()
-            seq = board.received
             last = time.monotonic()
             try:
                 self.wfile.write(b"retry: 500\n\n")

@@ -34,4 +34,6 @@
   idle();
   const src = new EventSource("/events");
   src.onmessage = (ev) => show(JSON.parse(ev.data));
+  src.onopen = () => { document.body.dataset.live = "1"; };
+  src.onerror = () => { document.body.dataset.live = "0"; };
 })();
