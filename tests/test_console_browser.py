@@ -270,16 +270,45 @@ def test_forget_through_the_console_removes_the_person_on_every_lane(world, tmp_
 
 
 def test_reveal_is_audited_and_chinese_pages(world, tmp_path):
+    import numpy as np
+
+    from edge.gallery.crypto import load_key
+    from edge.gallery.store import Consent, Gallery
+    from edge.gate.audit import AuditLog, AuditRecord
+
     park, console, browser, _ = world
+    d = park.office.dir
+    with Gallery(d / "gallery.db", load_key(d / "gallery.key")) as g:
+        emb = np.random.default_rng(9).normal(size=(3, 128)).astype(np.float32)
+        emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+        pid = g.add_person("Grace Hopper", Consent("2026-01"), list(emb), "test_model", "1")
     page = _page(browser, "zh-CN")
     login(page, console.url, "li")
     assert page.locator("#nav-decisions").inner_text() == "通行记录"
+    page.goto(console.url + "/decisions?lane=lane1&decision=grant")
+    with AuditLog(park.lanes[0].dir / "audit.db") as a:  # a face grant, as lane1's gate writes it
+        a.record(AuditRecord(time.time(), "lane1", "decision", "grant", "face", pid, 0.81, "ok"))
+    button = page.locator(f"button.reveal[data-person='{pid}']")
+    button.wait_for(timeout=30_000)
+    assert "Grace Hopper" not in page.locator("#decisions").inner_text()  # pseudonymous
+    button.click()
+    page.locator("strong.revealed").wait_for(timeout=10_000)
+    assert page.locator("strong.revealed").inner_text().strip() == "Grace Hopper"
+    with AuditLog(d / "audit.db") as a:
+        reveals = [r for r in a.records("reveal") if r.subject == pid]
+    assert len(reveals) == 1
+    assert reveals[0].detail.startswith("by li")
     page.goto(console.url + "/users")
     assert page.locator("#refused").inner_text() == "您的角色无权执行此操作"
     page.goto(console.url + "/enroll")
     assert NOTICE_ZH_START in page.locator("#notice-zh").inner_text()
     page.goto(console.url + "/decisions")
     shot(page, "decisions-zh", tmp_path)
+    stu = _page(browser)
+    login(stu, console.url, "stu")
+    stu.goto(console.url + "/decisions?lane=lane1&decision=grant")
+    stu.locator("#decisions tr", has_text=pid).first.wait_for(timeout=10_000)
+    assert stu.locator("button.reveal").count() == 0  # a steward cannot reveal
 
 
 NOTICE_ZH_START = "我们仅保存人脸模板"
