@@ -182,3 +182,22 @@ def test_adduser_command_and_its_refusals(tmp_path):
     assert r.returncode == 2
     assert "at least 10" in r.stderr
     assert store.get("bo") is None
+
+
+def test_lane_runs_without_the_console_extra():
+    """A Pi installs edge-gate[pi] only: the CLI, the gate and the screen load without the web
+    stack (argon2, starlette, uvicorn, jinja2, itsdangerous, multipart)."""
+    code = (
+        "import sys\n"
+        "for m in ('argon2', 'starlette', 'uvicorn', 'jinja2', 'itsdangerous', 'multipart',"
+        " 'playwright'):\n"
+        "    sys.modules[m] = None\n"
+        "from edge.cli import build_parser\n"
+        "build_parser().parse_args(['screen', '--listen', '127.0.0.1:0'])\n"
+        "import edge.gate.daemon, edge.screen.server\n"
+        "print('ok')\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                       cwd=PROJECT_ROOT)  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "ok"

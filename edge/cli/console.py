@@ -76,7 +76,7 @@ def cmd_screen(args) -> int:
 
 def register(sub, common) -> None:
     """Add `console [adduser]` and `screen` to the parser."""
-    from edge.console.users import LANGS, ROLES
+    from edge.console.roles import LANGS, ROLES
 
     sp = sub.add_parser(
         "console", help="the office's staff web app (lanes, decisions, enrollment, tickets, audit)"

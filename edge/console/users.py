@@ -17,27 +17,13 @@ from pathlib import Path
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 
+from edge.console.roles import CAN, LANGS, ROLES, allowed
 from edge.errors import EdgeGateError
 
-ROLES = ("steward", "supervisor", "admin")
-LANGS = ("en", "zh-CN")
+__all__ = ["CAN", "LANGS", "ROLES", "allowed", "User", "UserError", "UserStore"]
+
 NAME_RULE = r"[A-Za-z0-9][A-Za-z0-9._-]{0,39}"
 MIN_PASSWORD = 10
-
-# What each capability needs, at least. steward: lanes, decisions, ticket check;
-# supervisor: + enrollment, people, forget, revoke, audit, reveal; admin: + users.
-CAN = {
-    "lanes": "steward",
-    "decisions": "steward",
-    "tickets.verify": "steward",
-    "enroll": "supervisor",
-    "people": "supervisor",
-    "forget": "supervisor",
-    "revoke": "supervisor",
-    "audit": "supervisor",
-    "reveal": "supervisor",
-    "users": "admin",
-}
 
 _HASHER = PasswordHasher()  # argon2id, the library's defaults (RFC 9106 second recommendation)
 # Verified against when the user does not exist, so a wrong name costs as long as a wrong password.
@@ -46,14 +32,6 @@ _DUMMY = _HASHER.hash("edge-gate-console-no-such-user")
 
 class UserError(EdgeGateError):
     """A staff account cannot be created or changed as asked."""
-
-
-def allowed(role: str, capability: str) -> bool:
-    """Whether `role` may use `capability` (unknown capabilities are refused)."""
-    need = CAN.get(capability)
-    if need is None or role not in ROLES:
-        return False
-    return ROLES.index(role) >= ROLES.index(need)
 
 
 @dataclass(frozen=True)
