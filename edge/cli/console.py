@@ -86,8 +86,13 @@ def register(sub, common) -> None:
     sp.set_defaults(func=cmd_console)
     c = sp.add_subparsers(dest="console_cmd")
     au = c.add_parser("adduser", help="create a staff account (the password is asked for)")
-    au.add_argument("name")
-    au.add_argument("--role", required=True, choices=ROLES)
+    au.add_argument("name", help="the staff member's login name")
+    au.add_argument(
+        "--role",
+        required=True,
+        choices=ROLES,
+        help="steward, supervisor or admin (what they may do)",
+    )
     au.add_argument("--lang", default="en", choices=LANGS, help="the user's language")
     au.add_argument(
         "--password-stdin", action="store_true", help="read the password as one line on stdin"
