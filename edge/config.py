@@ -135,6 +135,7 @@ PIN_FACTORIES = ("mock", "lgpio", "rpigpio", "native")
 MIN_AUDIT_RETENTION_DAYS = 7  # below this, a misconfiguration or an intruder could erase evidence
 NAME_IN_TOPICS = r"[A-Za-z0-9_.-]{1,64}"
 NO_PIN = (-1, "none")
+SCREEN_LANGUAGES = ("zh-CN", "en")  # the languages the lane screen has its sentences in
 
 
 # --- the sections -------------------------------------------------------------------------------
@@ -404,10 +405,12 @@ class ConsoleConfig:
     consent_version: str = ""  # the notice version visitors accept at the enrollment kiosk
     notice_file: str = ""  # the consent notice (English)
     notice_file_zh: str = ""  # the consent notice (zh-CN)
-    session_hours: float = 12.0
+    session_hours: float = setting(12.0, "a login lasts this long", unit="hours", gt=0)
     secure_cookies: bool = False  # true behind TLS (the proxy): cookies only over https
-    login_attempts: int = 5  # failed logins per user and per address ...
-    login_window_s: float = 300.0  # ... within this window, then refused until it passes
+    login_attempts: int = setting(5, "failed logins per user and per address ...", ge=1)
+    login_window_s: float = setting(
+        300.0, "... within this window, then refused until it passes", unit="seconds", gt=0
+    )
 
 
 @dataclass(frozen=True)
@@ -416,19 +419,31 @@ class ScreenConfig:
 
     socket: str = ""  # unix socket the gate sends notices to; "" = no lane screen
     listen: str = "127.0.0.1:8089"  # the page the kiosk browser shows
-    languages: tuple[str, ...] = ("zh-CN", "en")  # shown together, the first largest
+    languages: tuple[str, ...] = setting(
+        ("zh-CN", "en"), "shown together, the first largest", choices=SCREEN_LANGUAGES
+    )
     show_names: bool = False  # a visitor's name on the screen only if the park turns it on
-    hold_s: float = 4.0  # how long a notice stays before the screen returns to idle
+    hold_s: float = setting(
+        4.0, "how long a notice stays before the screen returns to idle", unit="seconds", gt=0
+    )
+
+    def check(self) -> None:
+        """The screen shows at least one language."""
+        if not self.languages:
+            raise ConfigError(
+                "key 'screen.languages' = [] must name at least one of "
+                + ", ".join(SCREEN_LANGUAGES)
+            )
 
 
 @dataclass(frozen=True)
 class SignalConfig:
     """[signal]: optional buzzer and LEDs driven by the lane screen process (gpiozero)."""
 
-    pin_factory: str = "mock"  # "mock", "lgpio", "rpigpio", "native"
-    buzzer_pin: int = -1  # -1 = none
-    green_pin: int = -1
-    red_pin: int = -1
+    pin_factory: str = setting("mock", "gpiozero pin factory", choices=PIN_FACTORIES)
+    buzzer_pin: int = setting(-1, "buzzer (BCM pin)", ge=0, also=(NO_PIN,))
+    green_pin: int = setting(-1, "green LED (BCM pin)", ge=0, also=(NO_PIN,))
+    red_pin: int = setting(-1, "red LED (BCM pin)", ge=0, also=(NO_PIN,))
 
 
 @dataclass(frozen=True)

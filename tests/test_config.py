@@ -203,3 +203,22 @@ def test_ticket_issue_reads_dates_in_the_site_zone(tmp_path, capsys):
     args += ["--valid-until", "2026-12-31", "--out", str(tmp_path / "out"), "--config", str(p)]
     assert main(args) == 0
     assert "2027-01-01T07:59:59+00:00 (UTC)" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "text, says",
+    [
+        (
+            '[screen]\nlanguages = ["fr"]\n',
+            "key 'screen.languages' = ('fr',) must be one of zh-CN, en",
+        ),
+        ("[screen]\nlanguages = []\n", "must name at least one of zh-CN, en"),
+        ("[signal]\nbuzzer_pin = -5\n", "key 'signal.buzzer_pin' = -5 must be -1 (none) or >= 0"),
+        ("[console]\nlogin_attempts = 0\n", "key 'console.login_attempts' = 0 must be >= 1"),
+    ],
+)
+def test_the_lane_screen_and_console_keys_have_their_rules(tmp_path, text, says):
+    # an unknown language was dropped in silence by the screen, an empty list became English
+    with pytest.raises(ConfigError) as e:
+        config.load(write(tmp_path, text))
+    assert says in str(e.value)
