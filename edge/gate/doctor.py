@@ -6,7 +6,9 @@ ticket-only is a warning here.
 
 Each check is a function of a `Site` (the configuration and the paths in use) that returns a
 detail string for "ok", returns a `Check` for "warn" (or a richer "ok"), or raises an
-`EdgeGateError` whose fix becomes the record's fix. `run_checks` never raises.
+`EdgeGateError` whose fix becomes the record's fix. `run_checks` never raises. A check imports
+what it checks (the runtime, the models, the gallery) inside its function, so a module that
+cannot load fails that one check instead of the whole checklist.
 """
 
 from __future__ import annotations

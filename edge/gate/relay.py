@@ -25,7 +25,10 @@ log = logging.getLogger(__name__)
 
 
 def make_pin_factory(name: str):
-    """The gpiozero pin factory named by relay.pin_factory, or a RelayError saying what to do."""
+    """The gpiozero pin factory named by relay.pin_factory, or a RelayError saying what to do.
+
+    Each backend is imported only when named: each needs its own hardware library.
+    """
     try:
         if name == "mock":
             from gpiozero.pins.mock import MockFactory

@@ -12,9 +12,12 @@ import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+import cv2
+
 from edge.errors import TicketError
 from edge.tickets.format import Kind, Ticket, check_ticket_id, sign
 from edge.tickets.keys import load_private
+from edge.tickets.qr import render_ticket
 from edge.timeutil import iso, parse_time
 
 
@@ -77,10 +80,6 @@ def make_ticket(req: IssueRequest, now: float | None = None) -> Ticket:
 
 def issue_ticket(key_path: Path, req: IssueRequest, out_dir: Path) -> Issued:
     """Sign the ticket and write OUT/ID.png (never overwriting) with the code and its text."""
-    import cv2
-
-    from edge.tickets.qr import render_ticket
-
     ticket = make_ticket(req)
     path = Path(out_dir) / f"{ticket.ticket_id}.png"
     if path.exists():
