@@ -39,7 +39,8 @@ def cmd_verify(args) -> int:
 
 def cmd_export(args) -> int:
     """`audit export`: hand the records to an auditor as JSON lines or tab-separated rows."""
-    since = parse_time(args.since) if args.since else None
+    zone = config_mod.load(args.config).gate.zone
+    since = parse_time(args.since, zone) if args.since else None
     with _open(args) as log:
         for rid, r, h in log.rows(since=since):
             if args.json:

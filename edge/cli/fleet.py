@@ -45,7 +45,7 @@ def cmd_status(args) -> int:
     print(f"site {rep['site']}: {len(rep['lanes'])} lane(s)")
     for lane, hb in sorted(rep["lanes"].items()):
         off = hb.get("clock_offset")
-        skew = "" if off is None or abs(off) <= cfg.fleet.clock_skew_s else "  CLOCK OFF"
+        skew = "" if off is None or abs(off) <= cfg.fleet.max_clock_offset_s else "  CLOCK OFF"
         print(
             f"  {lane:<12} heartbeat {hb['age_s']:>6.1f} s ago  mode {hb.get('mode')}  "
             f"camera {hb.get('camera')}  fps {hb.get('fps')}  outbox {hb.get('outbox')}  "
@@ -61,7 +61,7 @@ def cmd_audit(args) -> int:
     from edge.fleet.office import fleet_audit
 
     cfg = config_mod.load(args.config)
-    since = parse_time(args.since) if args.since else 0.0
+    since = parse_time(args.since, cfg.gate.zone) if args.since else 0.0
     rows = fleet_audit(cfg, since)
     for r in rows:
         if args.json:

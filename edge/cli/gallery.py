@@ -50,6 +50,13 @@ def _min_templates(args) -> int:
     return MIN_TEMPLATES if args.min_templates is None else args.min_templates
 
 
+def _valid_until(args, cfg: config_mod.Config) -> int | None:
+    """--valid-until as a Unix time: the end of that day in the site's zone (gate.timezone)."""
+    if not args.valid_until:
+        return None
+    return parse_time(args.valid_until, cfg.gate.zone, end_of_day=True)
+
+
 def cmd_enroll(args) -> int:
     """`enroll`: add one consenting person, refusing before any camera opens without consent."""
     if args.folder:
@@ -84,7 +91,7 @@ def cmd_enroll(args) -> int:
             args.inputs,
             threshold=resolve_threshold(cfg.gallery.match_threshold, pipe.spec.threshold),
             pass_ref=args.pass_id or "",
-            valid_until=parse_time(args.valid_until, end_of_day=True) if args.valid_until else None,
+            valid_until=_valid_until(args, cfg),
             minor=args.minor,
             person_id=args.person_id,
             replace=args.replace_templates,
@@ -146,7 +153,7 @@ def cmd_enroll_folder(args) -> int:
             min_templates=_min_templates(args),
             max_templates=args.templates,
             force=args.force,
-            valid_until=parse_time(args.valid_until, end_of_day=True) if args.valid_until else None,
+            valid_until=_valid_until(args, cfg),
             on_progress=Progress("enroll"),
         )
     finally:
@@ -279,7 +286,7 @@ def register(sub, common) -> None:
     )
     sp.add_argument(
         "--valid-until",
-        help="pass expiry: YYYY-MM-DD (to the end of that day, this machine's local time) "
+        help="pass expiry: YYYY-MM-DD (to the end of that day in the site's zone, gate.timezone) "
         "or ISO time",
     )
     sp.add_argument("--guardian", help="guardian giving consent (required for minors)")

@@ -12,7 +12,7 @@ from edge.errors import EdgeGateError
 def cmd_init(args) -> int:
     """`ledger init`: create the redemption ledger that stops a ticket being reused."""
     from edge.gate.audit import AuditLog
-    from edge.tickets.desk import init_gate_ledger
+    from edge.gate.desk import init_gate_ledger
 
     if args.db:
         if args.after_loss:

@@ -7,6 +7,7 @@ import sys
 import time
 from pathlib import Path
 
+from edge import config as config_mod
 from edge import tickets as tk
 from edge.cli.paths import existing_file, file_path, nonempty_file, output_dir
 from edge.errors import EdgeGateError, ImageError
@@ -34,6 +35,7 @@ def cmd_issue(args) -> int:
         args.entries,
         args.season_per_day,
         args.holder or "",
+        config_mod.load(args.config).gate.zone,
     )
     issued = issue_ticket(Path(args.key), req, Path(args.out))
     print(f"wrote {issued.path}")
@@ -44,7 +46,7 @@ def cmd_issue(args) -> int:
 
 def cmd_verify(args) -> int:
     """`ticket verify`: check tickets at a desk the same way a gate would, as JSON lines."""
-    from edge.tickets.desk import DeskOptions, verify_tickets
+    from edge.gate.desk import DeskOptions, verify_tickets
 
     opts = DeskOptions(
         config=args.config,
@@ -77,7 +79,6 @@ def cmd_revoke(args) -> int:
         + (f"; {known} already revoked" if known else "")
     )
     if args.publish:
-        from edge import config as config_mod
         from edge.fleet.office import publish_revocations
 
         if not args.key:
@@ -138,6 +139,7 @@ def register(sub, common) -> None:
         help="sign a ticket and write OUT/ID.png, e.g. ticket issue --key issuer.key --id DAY-7 "
         "--valid-until 2026-12-31 --out tickets/",
     )
+    common(sp)  # --config: the site's zone (gate.timezone) for dates typed without an offset
     sp.add_argument("--key", required=True, type=nonempty_file, help="issuer.key")
     sp.add_argument("--id", required=True, help=TICKET_ID_RULE)
     sp.add_argument("--product", default="day", help="product name gates may filter on")
@@ -147,7 +149,8 @@ def register(sub, common) -> None:
     exp = sp.add_mutually_exclusive_group(required=True)
     exp.add_argument(
         "--valid-until",
-        help="last valid day or time, e.g. 2026-12-31 (end of that day, local time) or "
+        help="last valid day or time, e.g. 2026-12-31 (end of that day in the site's zone, "
+        "gate.timezone) or "
         "2026-12-31T18:00+01:00",
     )
     exp.add_argument("--no-expiry", action="store_true", help="valid forever (say so explicitly)")

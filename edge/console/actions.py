@@ -3,7 +3,7 @@
 enroll -> `edge.gallery.enroll.enroll` + `edge.fleet.office.publish_enrollment`;
 forget -> `Gallery.forget` + `office.publish_person(..., "forget")`;
 revoke / unrevoke -> `edge.tickets.revocation` + `office.publish_revocations`;
-ticket check -> `edge.tickets.desk.verify_tickets`; audit -> `AuditLog.verify` / `page` / `rows`.
+ticket check -> `edge.gate.desk.verify_tickets`; audit -> `AuditLog.verify` / `page` / `rows`.
 Each action is recorded in the office audit log with the staff member's name ("by NAME").
 No frame the kiosk receives is written anywhere: it is embedded in memory and dropped.
 """
@@ -289,7 +289,9 @@ def enroll(
     check_consent(consent, e.minor)
     c = kiosk.capture(cid, user)
     pipe = office.pipeline()
-    valid = parse_time(e.valid_until, end_of_day=True) if e.valid_until.strip() else None
+    valid = (
+        parse_time(e.valid_until, cfg.gate.zone, end_of_day=True) if e.valid_until.strip() else None
+    )
     with office._pipe_lock, Gallery(office.gallery_db, load_key(office.gallery_key)) as g:
         pid, n = enroll_person(
             g,
@@ -392,7 +394,7 @@ def forget(office: Office, user: str, person_id: str, reason: str) -> tuple[bool
 
 def check_ticket(office: Office, text: str = "", image: bytes = b"") -> dict[str, Any]:
     """Signature, validity and revocation of one ticket, as `ticket verify` decides them."""
-    from edge.tickets.desk import DeskOptions, pick_ticket_text, verify_tickets
+    from edge.gate.desk import DeskOptions, pick_ticket_text, verify_tickets
 
     if image:
         from edge.tickets.qr import read_codes

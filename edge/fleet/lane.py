@@ -1,6 +1,6 @@
 """A lane's ticket path in a fleet: the ledger (with its outbox) behind the fleet link check.
 
-`edge.tickets.desk.open_ledger` wraps the gate's ledger in a `LaneLedger` when `[fleet]` is set,
+`edge.gate.desk.open_ledger` wraps the gate's ledger in a `LaneLedger` when `[fleet]` is set,
 so the daemon and `edge-gate ticket verify --config C` refuse tickets the same way when the lane
 is cut off with `fleet.offline = "deny"`, or when its clock is off from the fleet's.
 """

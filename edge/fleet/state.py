@@ -4,7 +4,7 @@ Sync writes the link state (connected, last broker contact, clock offset against
 what the office last sent per subject, and how far it has published the audit log. The gate
 and `ticket verify` only read the link state, through `LaneGuard`, before a ticket redemption:
 with `fleet.offline = "deny"` a lane cut off from the broker refuses tickets, and any lane
-whose clock is off by more than `fleet.clock_skew_s` refuses them.
+whose clock is off by more than `fleet.max_clock_offset_s` refuses them.
 """
 
 from __future__ import annotations
@@ -125,11 +125,11 @@ def check_link(fl: FleetConfig, state: FleetState | None, now: float) -> LinkChe
     if not fl.enabled:
         return LinkCheck(True)
     offset = state.get("clock_offset") if state else None
-    if offset is not None and abs(offset) > fl.clock_skew_s:
+    if offset is not None and abs(offset) > fl.max_clock_offset_s:
         return LinkCheck(
             False,
             CLOCK_SKEW,
-            f"clock off by {offset:+.1f} s from the fleet (max {fl.clock_skew_s})",
+            f"clock off by {offset:+.1f} s from the fleet (max {fl.max_clock_offset_s})",
         )
     if fl.offline == "deny":
         connected = bool(state.get("connected")) if state else False

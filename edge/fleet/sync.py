@@ -59,7 +59,7 @@ class Sync:
         fl = cfg.fleet
         self.cfg, self.fleet, self.clock = cfg, fl, clock
         self.ledger = Ledger(
-            cfg.resolve(cfg.tickets.ledger), cfg.gate.id, cfg.tickets.antipassback_s, outbox=True
+            cfg.resolve(cfg.tickets.ledger), cfg.gate.id, cfg.tickets.anti_passback_s, outbox=True
         )
         self.state = FleetState(cfg.resolve(fl.state_db))
         self.audit = AuditLog(cfg.resolve(cfg.audit.path), cfg.audit.retention_days)

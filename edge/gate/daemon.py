@@ -23,6 +23,7 @@ from edge.errors import EdgeGateError
 from edge.fleet import lane
 from edge.gate import checks
 from edge.gate.audit import AuditLog, AuditRecord
+from edge.gate.desk import open_gate_ledger
 from edge.gate.faces import FaceStack
 from edge.gate.notice_socket import SocketSink
 from edge.gate.notices import Notice, Notices, notice_for_decision
@@ -41,7 +42,6 @@ from edge.gate.policy import (
 )
 from edge.gate.relay import Relay
 from edge.gate.sources import Frame, FrameSource, open_source
-from edge.tickets.desk import open_gate_ledger
 from edge.timeutil import iso
 
 log = logging.getLogger(__name__)
@@ -149,7 +149,7 @@ class Gate:
 
     @staticmethod
     def _load_tickets(cfg: config_mod.Config) -> tk.Verifier:
-        from edge.tickets.desk import gate_verifier
+        from edge.gate.desk import gate_verifier
 
         return gate_verifier(cfg, keys=checks.ticket_keys(cfg))
 

@@ -6,60 +6,22 @@ ticket-only is a warning here.
 
 Each check is a function of a `Site` (the configuration and the paths in use) that returns a
 detail string for "ok", returns a `Check` for "warn" (or a richer "ok"), or raises an
-`EdgeGateError` whose fix becomes the record's fix. `run_checks` never raises.
+`EdgeGateError` whose fix becomes the record's fix. `run_checks` never raises. A check imports
+what it checks (the runtime, the models, the gallery) inside its function, so a module that
+cannot load fails that one check instead of the whole checklist.
 """
 
 from __future__ import annotations
 
 import os
 import stat
-from collections.abc import Callable
-from dataclasses import asdict, dataclass
-from pathlib import Path
-from typing import Literal
 
 from edge import config as config_mod
 from edge.errors import EdgeGateError
-from edge.gate import checks
+from edge.gate import checks, doctor_site
+from edge.gate.checklist import Check, Site, registry
 
-Status = Literal["ok", "warn", "fail"]
-
-
-@dataclass(frozen=True)
-class Check:
-    """One line of the checklist: what was checked, how it went, and what to do about it."""
-
-    status: Status
-    check: str
-    detail: str
-    fix: str = ""
-
-    def as_dict(self) -> dict:
-        """JSON form for `doctor --json` (keys status, check, detail, fix)."""
-        return asdict(self)
-
-
-@dataclass(frozen=True)
-class Site:
-    """What the checks look at: the configuration and the gallery paths in use."""
-
-    cfg: config_mod.Config
-    db: Path
-    key: Path
-
-
-CheckFn = Callable[[Site], "str | Check"]
-CHECKS: list[tuple[str, CheckFn]] = []
-
-
-def check(name: str) -> Callable[[CheckFn], CheckFn]:
-    """Register a check under `name`, in the order doctor prints them."""
-
-    def deco(fn: CheckFn) -> CheckFn:
-        CHECKS.append((name, fn))
-        return fn
-
-    return deco
+OWN_CHECKS, check = registry()
 
 
 def doctor_checks(cfg: config_mod.Config) -> list[Check]:
@@ -268,5 +230,6 @@ def _time_sync(site: Site) -> str | Check:
     )
 
 
-# The lane's own checks (tickets, ledger, camera, GPIO, clock, disk, fleet) register themselves.
-from edge.gate import doctor_site  # noqa: E402, F401
+# Every check in the order doctor prints them: these, then the lane's own (tickets, ledger,
+# camera, GPIO, clock, disk, fleet: doctor_site.py).
+CHECKS = [*OWN_CHECKS, *doctor_site.SITE_CHECKS]

@@ -1,7 +1,7 @@
 """`edge-gate doctor`, the lane's own checks: tickets, ledger, camera, GPIO, clock, disk, fleet.
 
-Registered with `edge.gate.doctor.check` like the vision and gallery checks there; doctor.py
-imports this module, so every check runs.
+Registered in SITE_CHECKS (edge/gate/checklist.py); doctor.py runs them after its own vision,
+gallery and clock checks.
 """
 
 from __future__ import annotations
@@ -14,7 +14,9 @@ from pathlib import Path
 
 from edge.errors import EdgeGateError
 from edge.gate import checks
-from edge.gate.doctor import Check, Site, check
+from edge.gate.checklist import Check, Site, registry
+
+SITE_CHECKS, check = registry()
 
 
 @check("ticket keys")
@@ -115,7 +117,7 @@ def _disk(site: Site) -> str:
 @check("ticket ledger")
 def _ledger(site: Site) -> str | Check:
     from edge.gate.audit import AuditLog
-    from edge.tickets.desk import open_ledger
+    from edge.gate.desk import open_ledger
     from edge.timeutil import iso
 
     cfg = site.cfg

@@ -10,11 +10,15 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+from gpiozero.pins.mock import MockFactory
 
+from edge import config as config_mod
 from edge.errors import SourceError
 from edge.gallery.crypto import init_key
 from edge.gallery.matcher import Matcher, to_template_grid
 from edge.gallery.store import Consent, Gallery, NewPerson
+from edge.gate.daemon import Gate
+from edge.lab.demo import enroll_person, prepare
 from edge.vision.image import to_bgr8
 from edge.vision.pipeline import FacePipeline, StageTimes
 
@@ -112,12 +116,6 @@ def bench_gate(clip: Path, enroll_images: list[Path], workdir: Path) -> dict:
     Latency is counted two ways, in the clip's own time: from the first frame with any face,
     and from the first frame in which the enrolled person's face passes the quality gate.
     """
-    from gpiozero.pins.mock import MockFactory
-
-    from edge import config as config_mod
-    from edge.gate.daemon import Gate
-    from edge.lab.demo import enroll_person, prepare
-
     cfg = config_mod.load(prepare(workdir, None)[0])  # the demo workspace: keys, mock relay
     pid = enroll_person(cfg, FacePipeline.from_config(cfg), "bench person", enroll_images)
     cfg = config_mod.override(cfg, camera={"source": str(clip), "realtime": False})

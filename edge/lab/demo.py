@@ -12,7 +12,11 @@ from pathlib import Path
 
 from edge import config as config_mod
 from edge import tickets as tk
+from edge.gallery.crypto import init_key
+from edge.gallery.enroll import enroll
+from edge.gallery.store import Consent, Gallery
 from edge.lab.synth import Segment, write_clip
+from edge.tickets.ledger import init_ledger
 
 
 @dataclass(frozen=True)
@@ -67,10 +71,6 @@ def ticket_scene(office: Path, out: Path, now: float, seed: int = 1, prefix: str
 
 def enroll_person(cfg, pipe, name: str, photos: list[Path]) -> str:
     """Create the workspace's gallery key and enroll one consenting person from photos."""
-    from edge.gallery.crypto import init_key
-    from edge.gallery.enroll import enroll
-    from edge.gallery.store import Consent, Gallery
-
     with Gallery(cfg.resolve(cfg.gallery.db), init_key(cfg.resolve(cfg.gallery.key_file))) as g:
         pid, _ = enroll(
             g,
@@ -124,8 +124,6 @@ def prepare(
 
 def demo_state(cfg) -> list[str]:
     """The demo's ledger (`edge-gate ledger init`) and empty revocation list, if absent."""
-    from edge.tickets.ledger import init_ledger
-
     done = []
     rev = cfg.resolve(cfg.tickets.revocation_list) if cfg.tickets.revocation_list else None
     if rev is not None and not rev.exists():

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from edge.errors import EdgeGateError, ImageError
+from edge.gallery.matcher import Matcher
 from edge.lab import openset
 from edge.lab.metrics import pair_scores, summarise
 from edge.vision.image import load_image
@@ -150,8 +151,6 @@ REPORT_SIZES = (100, 1000, 0)  # gallery sizes the gate's own rule is reported f
 
 def _searches(e: Embedded, gallery: np.ndarray, mated: np.ndarray, nonmated: np.ndarray, dim: int):
     """Build the matcher for these gallery items and search every probe once."""
-    from edge.gallery.matcher import Matcher
-
     x, ok = e.matrix(dim)
     labels = np.asarray(e.labels, dtype=object)
     g = gallery[ok[gallery]]

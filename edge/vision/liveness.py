@@ -19,8 +19,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from edge.config import LIVENESS_MODES as MODES
 from edge.config import Config
-from edge.config_rules import LIVENESS_MODES as MODES
 from edge.errors import ModelError
 from edge.vision.models import load_catalogue, verify_file
 from edge.vision.runtime import TFLiteModel

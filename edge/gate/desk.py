@@ -15,9 +15,12 @@ from pathlib import Path
 
 from edge import config as config_mod
 from edge.errors import EdgeGateError, ImageError, LedgerError
+from edge.fleet.lane import LaneLedger
+from edge.fleet.state import LaneGuard, fleet_pubkey_paths
+from edge.gate.audit import AuditLog, AuditRecord
 from edge.tickets.format import PREFIX, Reason
 from edge.tickets.keys import load_public
-from edge.tickets.ledger import Ledger, LedgerMark, MarkStore, init_ledger, site_zone
+from edge.tickets.ledger import Ledger, LedgerMark, MarkStore, init_ledger
 from edge.tickets.revocation import load_revocations
 from edge.tickets.verifier import Verifier
 
@@ -30,16 +33,13 @@ def open_ledger(cfg: config_mod.Config, marks: MarkStore | None = None) -> Ledge
     led = Ledger(
         cfg.resolve(cfg.tickets.ledger),
         cfg.gate.id,
-        cfg.tickets.antipassback_s,
-        site_zone(cfg.gate.timezone),
+        cfg.tickets.anti_passback_s,
+        cfg.gate.zone,
         marks,
         outbox=cfg.fleet.enabled,
     )
     if not cfg.fleet.enabled:
         return led
-    from edge.fleet.lane import LaneLedger
-    from edge.fleet.state import LaneGuard
-
     return LaneLedger(led, LaneGuard(cfg))
 
 
@@ -62,8 +62,6 @@ def open_gate_ledger(cfg: config_mod.Config, audit, now: float) -> Ledger | Unav
     try:
         return open_ledger(cfg, audit)
     except EdgeGateError as e:
-        from edge.gate.audit import AuditRecord
-
         log.error("gate LEDGER_ERROR every ticket is refused: %s", e)
         audit.record(
             AuditRecord(now, cfg.gate.id, "system", reason=Reason.LEDGER_ERROR, detail=str(e)[:300])
@@ -83,8 +81,6 @@ def gate_verifier(
 ) -> Verifier:
     """The gate's verifier: its issuer keys, products, revocation list and clock skew."""
     if keys is None:
-        from edge.fleet.state import fleet_pubkey_paths
-
         paths = pubkeys or [str(cfg.resolve(p)) for p in cfg.tickets.pubkeys] + [
             str(p) for p in fleet_pubkey_paths(cfg)
         ]
@@ -115,8 +111,6 @@ def init_gate_ledger(path: Path, audit=None, after_loss: bool = False, gate: str
             "restore the newest backup; if there is none, run again with --after-loss (recorded "
             "in the audit log; revoke one-time tickets sold before the loss if you can)",
         )
-    from edge.gate.audit import AuditRecord
-
     audit.replace_ledger_mark(
         here,
         AuditRecord(
@@ -138,6 +132,7 @@ def texts_from_input(item: str) -> list[str]:
     """An argument is an image file (every code in it) or the ticket text itself."""
     p = Path(item)
     if p.suffix.lower() in (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif") or p.is_file():
+        # zxing-cpp and OpenCV load only when an input is an image: `ticket verify TEXT` stays quick
         from edge.tickets.qr import read_codes
         from edge.vision.image import load_image
 
@@ -178,8 +173,6 @@ class DeskOptions:
 
 def open_desk(opts: DeskOptions, stack: ExitStack) -> Desk:
     """The verifier and ledger from the gate's config (flags override it); closed with `stack`."""
-    from edge.gate.audit import AuditLog
-
     cfg = config_mod.load(opts.config) if opts.config else config_mod.Config()
     cfg = config_mod.override(
         cfg,
@@ -188,7 +181,7 @@ def open_desk(opts: DeskOptions, stack: ExitStack) -> Desk:
             "ledger": str(Path(opts.db).resolve()) if opts.db else None,
             "revocation_list": str(Path(opts.revocations).resolve()) if opts.revocations else None,
             "clock_skew_s": opts.skew,
-            "antipassback_s": opts.antipassback,
+            "anti_passback_s": opts.antipassback,
         },
     )
     if not opts.config and not opts.pubkeys:
@@ -248,8 +241,6 @@ def verify_inputs(desk: Desk, inputs: list[str], redeem: bool, now: float) -> It
 
 
 def _record(desk: Desk, out: dict, now: float) -> None:
-    from edge.gate.audit import AuditRecord
-
     desk.audit.record(
         AuditRecord(
             now,
