@@ -16,8 +16,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-import sqlite_utils
 
+from edge.db import Migration
+from edge.errors import GalleryError
 from edge.gallery.crypto import SealError, aad, open_sealed, seal
 
 SCHEMA_VERSION = 2
@@ -158,16 +159,45 @@ def describe_fields() -> dict[str, str]:
     return {f"{t.name}.{c.name}": c.holds for t in TABLES for c in t.columns}
 
 
+SQL_TYPES = {str: "TEXT", bytes: "BLOB", int: "INTEGER", float: "REAL"}
+
+
+def table_sql(t: Table) -> list[str]:
+    """CREATE TABLE and CREATE INDEX statements for one declared table."""
+    refs = {col: (table, other) for col, table, other in t.foreign_keys}
+    cols = []
+    for c in t.columns:
+        sql = f'"{c.name}" {SQL_TYPES[c.type]}' + (" PRIMARY KEY" if c.name == t.pk else "")
+        if c.name in refs:
+            sql += f' REFERENCES "{refs[c.name][0]}"("{refs[c.name][1]}")'
+        cols.append(sql)
+    out = [f'CREATE TABLE IF NOT EXISTS "{t.name}" ({", ".join(cols)})']
+    out += [
+        f'CREATE INDEX IF NOT EXISTS "idx_{t.name}_{col}" ON "{t.name}" ("{col}")'
+        for col in t.indexes
+    ]
+    return out
+
+
 def create(conn: sqlite3.Connection) -> None:
     """Create every table of the current schema (inside the caller's transaction)."""
-    db = sqlite_utils.Database(conn)
     for t in TABLES:
-        db[t.name].create(
-            {c.name: c.type for c in t.columns}, pk=t.pk, foreign_keys=list(t.foreign_keys)
-        )
-        for col in t.indexes:
-            db[t.name].create_index([col])
+        for sql in table_sql(t):
+            conn.execute(sql)
     conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+
+
+def too_new(found: int, newest: int) -> GalleryError:
+    """A gallery written by a newer edge-gate is refused."""
+    return GalleryError(
+        f"gallery has schema version {found}, newer than this edge-gate understands ({newest})",
+        "upgrade edge-gate; do not downgrade a gate",
+    )
+
+
+def migrations(dek: bytes) -> tuple[Migration, ...]:
+    """The steps from older schemas; v2 reseals with per-person keys, so it needs the data key."""
+    return (Migration(2, lambda c: migrate_v1(c, dek), "one key per person"),)
 
 
 def attrs_aad(pid: str, valid_until: int | None, minor: bool) -> bytes:
@@ -185,14 +215,10 @@ def migrate_v1(conn: sqlite3.Connection, dek: bytes) -> None:
 
     Runs inside the caller's transaction: all of it lands, or none of it.
     """
-    db = sqlite_utils.Database(conn)
-    person_keys = next(t for t in TABLES if t.name == "person_keys")
-    db["person_keys"].create(
-        {c.name: c.type for c in person_keys.columns},
-        pk="person_id",
-        foreign_keys=list(person_keys.foreign_keys),
-    )
-    db["gallery_state"].create({"key": str, "value": int}, pk="key")
+    for t in TABLES:
+        if t.name in ("person_keys", "gallery_state"):
+            for sql in table_sql(t):
+                conn.execute(sql)
     conn.execute("ALTER TABLE people ADD COLUMN attrs BLOB")
 
     def reseal(key: bytes, blob, table: str, row: str, column: str, model: str = ""):
@@ -238,4 +264,3 @@ def migrate_v1(conn: sqlite3.Connection, dek: bytes) -> None:
                 "UPDATE templates SET embedding=? WHERE id=?",
                 (reseal(k, emb, "templates", tid, "embedding", f"{mid}|{pid}"), tid),
             )
-    conn.execute("PRAGMA user_version=2")

@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from edge.db import Store, migrate, tables, user_version
 from edge.errors import GalleryError, KeyFileError
 from edge.gallery import schema
 from edge.gallery.crypto import Kek, SealError, aad, open_sealed, seal
@@ -37,8 +38,11 @@ def _new_id(prefix: str) -> str:
     return prefix + secrets.token_hex(8)
 
 
-class Gallery(GalleryReader):
+class Gallery(Store, GalleryReader):
     """Open (or create) a gallery with its key; a wrong key fails here and writes nothing."""
+
+    error = GalleryError
+    what = "gallery"
 
     def __init__(
         self,
@@ -47,26 +51,21 @@ class Gallery(GalleryReader):
         create: bool = True,
         busy_timeout_s: float = 5.0,
     ):
-        self.path = Path(path)
+        path = Path(path)
         self.busy_timeout_s = busy_timeout_s
-        exists = self.path.exists() and self.path.stat().st_size > 0
+        exists = path.exists() and path.stat().st_size > 0
         if not exists and not create:
             raise GalleryError(
-                f"gallery {self.path} does not exist", "enroll someone first, or check --db"
+                f"gallery {path} does not exist", "enroll someone first, or check --db"
             )
         if not exists:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            path.parent.mkdir(parents=True, exist_ok=True)
+        self._connect(path, timeout_s=busy_timeout_s, secure_delete=True, foreign_keys=True)
         try:
-            self.conn = sqlite3.connect(
-                str(self.path), timeout=busy_timeout_s, isolation_level=None,
-                check_same_thread=False,
-            )  # fmt: skip
-            self.conn.execute(f"PRAGMA busy_timeout={int(busy_timeout_s * 1000)}")
-            version = self.conn.execute("PRAGMA user_version").fetchone()[0]
-            tables = {
-                r[0] for r in self.conn.execute("SELECT name FROM sqlite_master WHERE type='table'")
-            }
+            version = user_version(self.conn)
+            have = tables(self.conn)
         except sqlite3.DatabaseError as e:
+            self.conn.close()
             raise GalleryError(
                 f"gallery {self.path} is unreadable ({e})",
                 "the file is damaged: restore it from backup or move it aside and re-enroll",
@@ -80,14 +79,13 @@ class Gallery(GalleryReader):
             )
         self.kek = kek
         self._cache: tuple[tuple[int, int], dict[str, PersonKey]] | None = None
-        if exists and "data_keys" in tables:
+        if exists and "data_keys" in have:
             self.dek = self._unwrap()  # before any write
-        self._pragmas()
-        if not exists or "data_keys" not in tables:
+        if not exists or "data_keys" not in have:
             self.dek = os.urandom(32)
-            self._tx(lambda c: (schema.create(c), self._store_dek(c, kek)))
+            self.write(lambda c: (schema.create(c), self._store_dek(c, kek)))
         elif version < SCHEMA_VERSION:
-            self._tx(lambda c: schema.migrate_v1(c, self.dek))
+            self.write(lambda c: migrate(c, schema.migrations(self.dek), schema.too_new))
             log.info("gallery migrated path=%s schema=%d", self.path, SCHEMA_VERSION)
             self.scrub()  # the values sealed the old way leave the file
 
@@ -98,13 +96,6 @@ class Gallery(GalleryReader):
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-    def _pragmas(self) -> None:
-        c = self.conn
-        c.execute("PRAGMA journal_mode=WAL")
-        c.execute("PRAGMA synchronous=FULL")
-        c.execute("PRAGMA secure_delete=ON")  # deleted rows are overwritten with zeros
-        c.execute("PRAGMA foreign_keys=ON")
 
     def _store_dek(self, c: sqlite3.Connection, kek: Kek) -> None:
         c.execute(
@@ -132,34 +123,11 @@ class Gallery(GalleryReader):
             "use the key file this gallery was created with, or restore it from backup",
         )
 
-    def transaction(self, fn: Callable[[sqlite3.Connection], Any]) -> Any:
+    def write(self, fn: Callable[[sqlite3.Connection], Any]) -> Any:
         """Run fn(conn) in one IMMEDIATE transaction: all of it lands, or none of it."""
-        return self._tx(fn)
-
-    def _tx(self, fn: Callable[[sqlite3.Connection], Any]) -> Any:
-        c = self.conn
         self._cache = None
-        try:
-            c.execute("BEGIN IMMEDIATE")
-            result = fn(c)
-            c.execute("COMMIT")
-            return result
-        except BaseException as e:
-            if c.in_transaction:
-                c.execute("ROLLBACK")
-            if isinstance(e, sqlite3.OperationalError):
-                full = "full" in str(e)
-                raise GalleryError(
-                    f"gallery {self.path}: {e}; nothing was written",
-                    "free disk space and retry"
-                    if full
-                    else "another process holds the gallery; retry",
-                ) from None  # fmt: skip
-            raise
-
-    def close(self) -> None:
-        """Close the connection (also on leaving a `with` block)."""
-        self.conn.close()
+        with self.transaction() as c:
+            return fn(c)
 
     # --- per-person keys -----------------------------------------------------------------------
 
@@ -197,7 +165,7 @@ class Gallery(GalleryReader):
         def write(c):
             return [self._insert_person(c, p, model_id, model_version, now) for p in people]
 
-        return self._tx(write)
+        return self.write(write)
 
     def _insert_person(self, c, p: NewPerson, model_id: str, model_version: str, now: int) -> str:
         pid, key = p.person_id or _new_id("P-"), os.urandom(32)
@@ -251,7 +219,7 @@ class Gallery(GalleryReader):
             )
             return removed
 
-        removed = self._tx(write)
+        removed = self.write(write)
         if removed:
             self.scrub()  # the replaced templates leave the file
         return removed
@@ -281,7 +249,7 @@ class Gallery(GalleryReader):
             cols = ", ".join(f"{k} = ?" for k in sets)
             c.execute(f"UPDATE people SET {cols} WHERE id = ?", (*sets.values(), person_id))
 
-        self._tx(write)
+        self.write(write)
         return self.person(person_id)
 
     def _key_for_write(self, person_id: str) -> bytes:
@@ -352,7 +320,7 @@ class Gallery(GalleryReader):
         Raises ErasureIncomplete (never claims an erasure that did not happen) when another
         process keeps old pages alive; a later `forget` or `purge` finishes the job.
         """
-        found = self._tx(lambda c: self._delete_people(c, [person_id])) > 0
+        found = self.write(lambda c: self._delete_people(c, [person_id])) > 0
         if found or self.pending_erasure():
             self.scrub()
         return found
@@ -367,7 +335,7 @@ class Gallery(GalleryReader):
         q = "SELECT id FROM people WHERE valid_until IS NOT NULL AND valid_until < ?"
         ids = [r[0] for r in self.conn.execute(q, (cutoff,))]
         if ids:
-            self._tx(lambda c: self._delete_people(c, ids))
+            self.write(lambda c: self._delete_people(c, ids))
         if scrub and (ids or self.pending_erasure()):
             self.scrub()
         return ids
@@ -378,11 +346,11 @@ class Gallery(GalleryReader):
 
     def rewrap(self, new: Kek) -> None:
         """Wrap the data key under a new KEK too (the old wrapping stays until drop_other_keys)."""
-        self._tx(lambda c: self._store_dek(c, new))
+        self.write(lambda c: self._store_dek(c, new))
 
     def drop_other_keys(self, keep: Kek) -> None:
         """Keep only the data key's wrapping under `keep` (last step of a key rotation)."""
-        self._tx(lambda c: c.execute("DELETE FROM data_keys WHERE kid != ?", (keep.kid,)))
+        self.write(lambda c: c.execute("DELETE FROM data_keys WHERE kid != ?", (keep.kid,)))
         self.kek = keep
         self.scrub()
 

@@ -16,14 +16,14 @@ from __future__ import annotations
 import hashlib
 import json
 import sqlite3
-import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import NamedTuple
 
-from edge.errors import ConfigError, GalleryError
+from edge.db import Migration, Store, columns, migrate, run_script, tables
+from edge.errors import AuditError, ConfigError, EdgeGateError
 from edge.tickets.ledger import LedgerMark
 
 SCHEMA_VERSION = 2
@@ -56,6 +56,23 @@ class ChainReport:
     head_id: int
     head_hash: str
     problem: str = ""
+
+
+class ChainHead(NamedTuple):
+    """How far a chain has grown: records ever appended (purged ones too) and the newest hash."""
+
+    count: int
+    head: str
+
+
+@dataclass(frozen=True)
+class ChainedRecord:
+    """One record with its place in the chain: its id, the previous hash and its own."""
+
+    id: int
+    record: AuditRecord
+    prev: str
+    hash: str
 
 
 _COLS = "t, gate, kind, decision, via, subject, score, reason, detail"
@@ -104,32 +121,73 @@ def check_retention(days: int, where: str = "audit.retention_days") -> int:
     return days
 
 
-class AuditLog:
+def _v2(c: sqlite3.Connection) -> None:
+    """The hash chain. A log written before it (schema 1) is renamed, chained, then dropped."""
+    have = tables(c)
+    if "events" in have and "hash" not in columns(c, "events") and "events_v1" not in have:
+        run_script(
+            c,
+            "DROP TRIGGER IF EXISTS events_no_update; DROP TRIGGER IF EXISTS events_retention;"
+            "ALTER TABLE events RENAME TO events_v1; DROP INDEX IF EXISTS events_t;",
+        )
+    elif "events_v1" in have and "events" in have:  # an upgrade interrupted by older code
+        c.execute("DROP TABLE events")
+        if "chain" in have:
+            c.execute("DELETE FROM chain")
+    run_script(c, _SCHEMA)
+    c.execute("INSERT OR IGNORE INTO chain VALUES (1, 0, ?)", (GENESIS,))
+    if "events_v1" in tables(c):
+        for row in c.execute(f"SELECT {_COLS} FROM events_v1 ORDER BY id").fetchall():
+            _append(c, AuditRecord(*row))
+        c.execute("DROP TABLE events_v1")
+
+
+MIGRATIONS = (Migration(2, _v2, "hash chain"),)
+
+
+def _too_new(found: int, newest: int) -> AuditError:
+    return AuditError(
+        f"audit log has schema {found}, newer than this edge-gate ({newest})", "upgrade edge-gate"
+    )
+
+
+def _append(c: sqlite3.Connection, r: AuditRecord) -> int:
+    """Chain one record to the head, inside the caller's transaction; returns its id."""
+    r = replace(r, t=float(r.t), score=None if r.score is None else float(r.score))
+    head_id, head = c.execute("SELECT head_id, head_hash FROM chain").fetchone()
+    rid = head_id + 1
+    h = record_hash(head, rid, r)
+    c.execute(
+        f"INSERT INTO events (id, {_COLS}, prev, hash) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+        (rid, *asdict(r).values(), head, h),
+    )
+    c.execute("UPDATE chain SET head_id = ?, head_hash = ?", (rid, h))
+    return rid
+
+
+class AuditLog(Store):
     """The log file; use `with AuditLog(...) as log:` so the connection always closes."""
 
+    error = AuditError
+    what = "audit log"
+
     def __init__(self, path: str | Path, retention_days: int = 90):
-        self.path = Path(path)
+        path = Path(path)
         self.retention_days = check_retention(retention_days)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._lock = threading.RLock()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._connect(path, timeout_s=5.0)
         try:
-            self.conn = sqlite3.connect(
-                str(self.path), timeout=5.0, isolation_level=None, check_same_thread=False
-            )
-            self.conn.execute("PRAGMA journal_mode=WAL")
-            self.conn.execute("PRAGMA synchronous=FULL")
-            old = self._legacy_rows()
-            self.conn.executescript(_SCHEMA)
-            self.conn.execute(
-                "INSERT OR REPLACE INTO meta (key, value) VALUES ('retention_s', ?)",
-                (self.retention_days * 86400.0,),
-            )
-            self.conn.execute("INSERT OR IGNORE INTO chain VALUES (1, 0, ?)", (GENESIS,))
-            self.conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
-            if old is not None:
-                self._rechain(old)
-        except sqlite3.DatabaseError as e:
-            raise GalleryError(
+            migrate(self.conn, MIGRATIONS, _too_new)
+            kept = self.conn.execute("SELECT value FROM meta WHERE key = 'retention_s'").fetchone()
+            if kept is None or kept[0] != self.retention_days * 86400.0:
+                with self.transaction() as c:
+                    c.execute(
+                        "INSERT OR REPLACE INTO meta (key, value) VALUES ('retention_s', ?)",
+                        (self.retention_days * 86400.0,),
+                    )
+        except (sqlite3.DatabaseError, EdgeGateError) as e:
+            self.conn.close()
+            raise AuditError(
                 f"audit log {self.path} is unreadable: {e}",
                 "restore it from backup (it also holds the ledger's high-water mark)",
             ) from None
@@ -142,35 +200,10 @@ class AuditLog:
 
     # --- writing -----------------------------------------------------------------------------
 
-    @contextmanager
-    def transaction(self) -> Iterator[sqlite3.Connection]:
-        """One IMMEDIATE transaction on the log: all inside commits together or not at all."""
-        with self._lock:
-            if self.conn.in_transaction:  # nested: the outer transaction commits
-                yield self.conn
-                return
-            self.conn.execute("BEGIN IMMEDIATE")
-            try:
-                yield self.conn
-                self.conn.execute("COMMIT")
-            except BaseException:
-                if self.conn.in_transaction:
-                    self.conn.execute("ROLLBACK")
-                raise
-
     def record(self, r: AuditRecord) -> int:
         """Append one record chained to the current head; returns its id."""
-        r = replace(r, t=float(r.t), score=None if r.score is None else float(r.score))
         with self.transaction() as c:
-            head_id, head = c.execute("SELECT head_id, head_hash FROM chain").fetchone()
-            rid = head_id + 1
-            h = record_hash(head, rid, r)
-            c.execute(
-                f"INSERT INTO events (id, {_COLS}, prev, hash) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
-                (rid, *asdict(r).values(), head, h),
-            )
-            c.execute("UPDATE chain SET head_id = ?, head_hash = ?", (rid, h))
-            return rid
+            return _append(c, r)
 
     def purge(self, now: float | None = None) -> int:
         """Remove records past retention, keeping a hashed checkpoint of every removed run."""
@@ -233,9 +266,25 @@ class AuditLog:
             )
             self.record(r)
 
-    def newest_time(self) -> float | None:
-        """The newest record time: a clock behind it has stepped backwards."""
-        return self.conn.execute("SELECT max(t) FROM events").fetchone()[0]
+    def newest_time(self, kind: str | None = None) -> float | None:
+        """The newest record time (of one kind): a clock behind it has stepped backwards."""
+        if kind is None:
+            return self.conn.execute("SELECT max(t) FROM events").fetchone()[0]
+        return self.conn.execute("SELECT max(t) FROM events WHERE kind = ?", (kind,)).fetchone()[0]
+
+    def head(self) -> ChainHead:
+        """(records ever appended, hash of the newest): what the lane publishes, signed, so the
+        office can tell a log that lost records or went back to an older copy."""
+        n, h = self.conn.execute("SELECT head_id, head_hash FROM chain").fetchone()
+        return ChainHead(n, h)
+
+    def batch(self, after_id: int = 0, limit: int = 200) -> list[ChainedRecord]:
+        """Records after `after_id`, oldest first, with their place in the chain (to publish)."""
+        rows = self.conn.execute(
+            f"SELECT id, {_COLS}, prev, hash FROM events WHERE id > ? ORDER BY id LIMIT ?",
+            (after_id, max(0, limit)),
+        ).fetchall()
+        return [ChainedRecord(r[0], AuditRecord(*r[1:-2]), r[-2], r[-1]) for r in rows]
 
     # --- reading -----------------------------------------------------------------------------
 
@@ -310,40 +359,6 @@ class AuditLog:
             "retention_days": self.retention_days,
         }
 
-    # --- upgrade -----------------------------------------------------------------------------
-
-    def _legacy_rows(self) -> list[tuple] | None:
-        """Rows of a log written before the hash chain (schema 1), or None.
-
-        The old table is renamed first and dropped only once its rows are chained, so an upgrade
-        interrupted half-way resumes at the next open.
-        """
-        tables = {r[0] for r in self.conn.execute("SELECT name FROM sqlite_master")}
-        cols = [r[1] for r in self.conn.execute("PRAGMA table_info(events)")]
-        if "events_v1" not in tables:
-            if not cols or "hash" in cols:
-                return None
-            self.conn.executescript(
-                "DROP TRIGGER IF EXISTS events_no_update; DROP TRIGGER IF EXISTS events_retention;"
-                "ALTER TABLE events RENAME TO events_v1; DROP INDEX IF EXISTS events_t;"
-            )
-        elif cols:  # interrupted: start the chain again from the old rows
-            self.conn.execute("DROP TABLE events")
-            if "chain" in tables:
-                self.conn.execute("DELETE FROM chain")
-        return self.conn.execute(f"SELECT {_COLS} FROM events_v1 ORDER BY id").fetchall()
-
-    def _rechain(self, rows: list[tuple]) -> None:
-        """Chain the records of a schema-1 log, in order, then drop the old table."""
-        with self.transaction() as c:
-            for row in rows:
-                self.record(AuditRecord(*row))
-            c.execute("DROP TABLE events_v1")
-
-    def close(self) -> None:
-        """Close the connection."""
-        self.conn.close()
-
 
 def purge_with_gallery(log: AuditLog, gallery, now: float, after_days: int, gate: str):
     """Purge expired passes and old audit records with the record of both, as one transaction.
@@ -367,17 +382,13 @@ def purge_with_gallery(log: AuditLog, gallery, now: float, after_days: int, gate
                     f"{aged} audit records past retention",
                 )
             )
-    except sqlite3.Error as e:
+    except (sqlite3.Error, EdgeGateError) as e:
         if gone is None:
-            raise GalleryError(f"purge failed, nothing removed: {e}") from None
-        raise GalleryError(
+            kind = type(e) if isinstance(e, EdgeGateError) else AuditError
+            raise kind(f"purge failed, nothing removed: {e}") from None
+        raise AuditError(
             f"{len(gone)} people were purged from the gallery but the audit log could not "
             f"record it: {e}",
             "free disk space on the audit log's volume and record the purge by hand",
         ) from None
     return gone, aged
-
-
-def to_json(r: AuditRecord) -> str:
-    """One record as compact JSON without empty fields."""
-    return json.dumps({k: v for k, v in asdict(r).items() if v not in ("", None)})

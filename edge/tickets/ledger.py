@@ -21,34 +21,97 @@ import datetime as dt
 import logging
 import sqlite3
 import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 from zoneinfo import ZoneInfo
 
+from edge.db import Migration, Store, columns, connect, migrate, run_script, tables
 from edge.errors import LedgerError
 from edge.tickets.format import Kind, Reason, Ticket
 from edge.timeutil import iso
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 CLOCK_TOLERANCE_S = 2.0  # NTP slews and rounding; a real step backwards is far larger
 INIT_HINT = "run `edge-gate ledger init --config /etc/edge-gate/gate.toml` (or restore the backup)"
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS redemptions (
-  id INTEGER PRIMARY KEY, ticket_id TEXT NOT NULL, t REAL NOT NULL, day TEXT NOT NULL, gate TEXT);
-CREATE INDEX IF NOT EXISTS redemptions_ticket ON redemptions(ticket_id);
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-"""
-_FLEET_SCHEMA = """
-CREATE TABLE IF NOT EXISTS outbox (seq INTEGER PRIMARY KEY AUTOINCREMENT, ticket_id TEXT NOT NULL,
-  t REAL NOT NULL, day TEXT NOT NULL, kind INTEGER NOT NULL, max_entries INTEGER NOT NULL);
-CREATE TABLE IF NOT EXISTS remote_redemptions (lane TEXT NOT NULL, seq INTEGER NOT NULL,
-  ticket_id TEXT NOT NULL, t REAL NOT NULL, day TEXT NOT NULL, PRIMARY KEY (lane, seq));
-CREATE INDEX IF NOT EXISTS remote_redemptions_ticket ON remote_redemptions(ticket_id);
-"""
+
+def _v1(c: sqlite3.Connection) -> None:
+    run_script(
+        c,
+        """
+        CREATE TABLE IF NOT EXISTS redemptions (id INTEGER PRIMARY KEY, ticket_id TEXT NOT NULL,
+          t REAL NOT NULL, day TEXT NOT NULL, gate TEXT);
+        CREATE INDEX IF NOT EXISTS redemptions_ticket ON redemptions(ticket_id);
+        """,
+    )
+
+
+def _v2(c: sqlite3.Connection) -> None:
+    """An id, a redemption counter and the newest time (schema 1 had none: derived once)."""
+    c.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+    n, last = c.execute("SELECT count(*), max(t) FROM redemptions").fetchone()
+    c.executemany(
+        "INSERT OR IGNORE INTO meta (key, value) VALUES (?, ?)",
+        [("ledger_id", uuid.uuid4().hex), ("seq", str(n)), ("last_t", str(last or 0))],
+    )
+
+
+def _v3(c: sqlite3.Connection) -> None:
+    """The fleet's tables (empty when the gate works alone); a remote lane's epoch in the key."""
+    run_script(
+        c,
+        """
+        CREATE TABLE IF NOT EXISTS outbox (seq INTEGER PRIMARY KEY AUTOINCREMENT,
+          ticket_id TEXT NOT NULL, t REAL NOT NULL, day TEXT NOT NULL, kind INTEGER NOT NULL,
+          max_entries INTEGER NOT NULL);
+        CREATE TABLE IF NOT EXISTS remote_redemptions (lane TEXT NOT NULL, seq INTEGER NOT NULL,
+          ticket_id TEXT NOT NULL, t REAL NOT NULL, day TEXT NOT NULL, PRIMARY KEY (lane, seq));
+        """,
+    )
+    if "epoch" not in columns(c, "remote_redemptions"):
+        run_script(
+            c,
+            """
+            ALTER TABLE remote_redemptions RENAME TO remote_redemptions_v2;
+            CREATE TABLE remote_redemptions (lane TEXT NOT NULL, epoch TEXT NOT NULL DEFAULT '',
+              seq INTEGER NOT NULL, ticket_id TEXT NOT NULL, t REAL NOT NULL, day TEXT NOT NULL,
+              PRIMARY KEY (lane, epoch, seq));
+            INSERT INTO remote_redemptions (lane, seq, ticket_id, t, day)
+              SELECT lane, seq, ticket_id, t, day FROM remote_redemptions_v2;
+            DROP TABLE remote_redemptions_v2;
+            DROP INDEX IF EXISTS remote_redemptions_ticket;
+            CREATE INDEX remote_redemptions_ticket ON remote_redemptions(ticket_id);
+            """,
+        )
+
+
+MIGRATIONS = (
+    Migration(1, _v1, "redemptions"),
+    Migration(2, _v2, "ledger id, counter, newest time"),
+    Migration(3, _v3, "fleet outbox and other lanes' redemptions"),
+)
+
+
+def _too_new(found: int, newest: int) -> LedgerError:
+    return LedgerError(
+        f"ledger has schema {found}, newer than this edge-gate ({newest})", "upgrade edge-gate"
+    )
+
+
+@dataclass(frozen=True)
+class OutboxEntry:
+    """One local redemption waiting for `edge-gate sync` to publish it (fleet)."""
+
+    seq: int
+    ticket_id: str
+    t: float
+    day: str
+    kind: int
+    max_entries: int
 
 
 @dataclass(frozen=True)
@@ -92,13 +155,6 @@ def _day(t: float, tz: dt.tzinfo | None) -> str:
     return dt.datetime.fromtimestamp(t, tz).strftime("%Y-%m-%d")
 
 
-def _connect(path: Path) -> sqlite3.Connection:
-    conn = sqlite3.connect(str(path), timeout=10.0, isolation_level=None, check_same_thread=False)
-    conn.execute("PRAGMA journal_mode=WAL")
-    conn.execute("PRAGMA synchronous=FULL")
-    return conn
-
-
 def init_ledger(path: str | Path) -> tuple[Path, bool]:
     """Create an empty ledger; (path, created). An existing readable ledger is left untouched."""
     path = Path(path)
@@ -115,24 +171,23 @@ def init_ledger(path: str | Path) -> tuple[Path, bool]:
         )
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
-        conn = _connect(path)
-        with conn:
-            conn.executescript(_SCHEMA)
-            conn.executemany(
-                "INSERT INTO meta (key, value) VALUES (?, ?)",
-                [("ledger_id", uuid.uuid4().hex), ("seq", "0"), ("last_t", "0")],
-            )
-            conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
-        conn.close()
-    except sqlite3.Error as e:
+        conn = connect(path)
+        try:
+            migrate(conn, MIGRATIONS, _too_new)
+        finally:
+            conn.close()
+    except (sqlite3.Error, LedgerError) as e:
         raise LedgerError(
             f"cannot create ledger {path}: {e}", "check the folder is writable"
         ) from None
     return path, True
 
 
-class Ledger:
+class Ledger(Store):
     """One SQLite ledger file; use `with Ledger(...) as led:` so the connection always closes."""
+
+    error = LedgerError
+    what = "ledger"
 
     def __init__(
         self,
@@ -143,24 +198,28 @@ class Ledger:
         marks: MarkStore | None = None,
         outbox: bool = False,
     ):
-        self.path = Path(path)
+        path = Path(path)
         self.gate, self.antipassback_s, self.tz, self.marks = gate, antipassback_s, tz, marks
         self.outbox = outbox  # fleet: queue each redemption for `edge-gate sync`
         self.problem = ""  # a Ledger that opened has none (see desk.UnavailableLedger)
-        if self.path.is_dir() or not self.path.exists() or self.path.stat().st_size == 0:
-            what = "is a directory" if self.path.is_dir() else "does not exist or is empty"
+        if path.is_dir() or not path.exists() or path.stat().st_size == 0:
+            what = "is a directory" if path.is_dir() else "does not exist or is empty"
             raise LedgerError(
-                f"ledger {self.path} {what}; tickets are refused until it is back "
+                f"ledger {path} {what}; tickets are refused until it is back "
                 "(a new empty ledger would let every spent ticket in again)",
                 INIT_HINT,
             )
+        self._connect(path)
         try:
-            self.conn = _connect(self.path)
-            self._upgrade()
+            if "redemptions" not in tables(self.conn):
+                raise sqlite3.DatabaseError("no redemptions table: not an edge-gate ledger")
+            migrate(self.conn, MIGRATIONS, _too_new)
             self.ledger_id = self._meta("ledger_id")
+        except LedgerError as e:
+            self.conn.close()
+            raise LedgerError(f"ledger {self.path}: {e}", e.hint) from None
         except sqlite3.DatabaseError as e:
-            if hasattr(self, "conn"):
-                self.conn.close()
+            self.conn.close()
             raise LedgerError(
                 f"ledger {self.path} is unreadable: {e}",
                 "restore it from backup; do not replace it with a new one",
@@ -184,27 +243,11 @@ class Ledger:
             raise sqlite3.DatabaseError(f"no {key} in meta")
         return row[0]
 
-    def _upgrade(self) -> None:
-        ver = self.conn.execute("PRAGMA user_version").fetchone()[0]
-        if ver > SCHEMA_VERSION:
-            raise LedgerError(
-                f"ledger {self.path} has schema {ver}, newer than this edge-gate "
-                f"({SCHEMA_VERSION})",
-                "upgrade edge-gate",
-            )
-        tables = {r[0] for r in self.conn.execute("SELECT name FROM sqlite_master")}
-        if "redemptions" not in tables:
-            raise sqlite3.DatabaseError("no redemptions table: not an edge-gate ledger")
-        if ver < 2:  # schema 1 had no id, counter or newest time: derive them once
-            with self.conn:
-                self.conn.executescript(_SCHEMA)
-                n, last = self.conn.execute("SELECT count(*), max(t) FROM redemptions").fetchone()
-                self.conn.executemany(
-                    "INSERT OR IGNORE INTO meta (key, value) VALUES (?, ?)",
-                    [("ledger_id", uuid.uuid4().hex), ("seq", str(n)), ("last_t", str(last or 0))],
-                )
-                self.conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
-        self.conn.executescript(_FLEET_SCHEMA)  # fleet tables; empty when the gate works alone
+    @property
+    def epoch(self) -> str:
+        """This ledger's random id: new at every `ledger init` (and recovery), so a replaced or
+        restored lane numbers its outbox in a new epoch, never as a replay of the old one."""
+        return self.ledger_id
 
     def _check_marks(self) -> None:
         """Refuse a ledger that is not the one the gate last saw, or that has lost entries."""
@@ -242,14 +285,59 @@ class Ledger:
         args = (ticket_id, day) if day else (ticket_id,)
         return self.conn.execute(q, args * 2).fetchone()[0]
 
-    def apply_remote(self, lane: str, seq: int, ticket_id: str, t: float, day: str) -> bool:
-        """Record another lane's redemption once; False if (lane, seq) was already applied."""
-        cur = self.conn.execute(
-            "INSERT OR IGNORE INTO remote_redemptions (lane, seq, ticket_id, t, day)"
-            " VALUES (?,?,?,?,?)",
-            (lane, seq, ticket_id, t, day),
-        )
-        return cur.rowcount == 1
+    # --- the fleet: other lanes' redemptions in, this lane's outbox out (edge-gate sync) ---------
+
+    def apply_remote(
+        self, lane: str, seq: int, ticket_id: str, t: float, day: str, epoch: str = ""
+    ) -> bool:
+        """Record another lane's redemption once; False if (lane, epoch, seq) was already applied.
+
+        Joins the caller's `transaction()` when one is open (sync applies a batch in one commit).
+        """
+        with self.transaction() as c:
+            cur = c.execute(
+                "INSERT OR IGNORE INTO remote_redemptions (lane, epoch, seq, ticket_id, t, day)"
+                " VALUES (?,?,?,?,?,?)",
+                (lane, epoch, seq, ticket_id, t, day),
+            )
+            return cur.rowcount == 1
+
+    def outbox_batch(self, after_seq: int = 0, limit: int = 500) -> list[OutboxEntry]:
+        """Local redemptions queued for publishing, oldest first, after `after_seq`."""
+        rows = self.conn.execute(
+            "SELECT seq, ticket_id, t, day, kind, max_entries FROM outbox WHERE seq > ? "
+            "ORDER BY seq LIMIT ?",
+            (after_seq, max(0, limit)),
+        ).fetchall()
+        return [OutboxEntry(*r) for r in rows]
+
+    def outbox_done(self, seqs: Iterable[int]) -> int:
+        """Drop outbox entries the broker acknowledged (PUBACK); returns how many went."""
+        with self.transaction() as c:
+            return c.executemany("DELETE FROM outbox WHERE seq = ?", [(s,) for s in seqs]).rowcount
+
+    def outbox_size(self) -> int:
+        """Redemptions not yet acknowledged by the broker."""
+        return self.conn.execute("SELECT count(*) FROM outbox").fetchone()[0]
+
+    def lanes_of(self, ticket_id: str, day: str | None, here: str) -> list[str]:
+        """Every lane that redeemed this ticket (`here` for this lane's own), for `double_use`."""
+        w = "WHERE ticket_id = ?" + (" AND day = ?" if day else "")
+        args = (ticket_id, day) if day else (ticket_id,)
+        q = self.conn.execute
+        lanes = {r[0] for r in q(f"SELECT DISTINCT lane FROM remote_redemptions {w}", args)}
+        if q(f"SELECT count(*) FROM redemptions {w}", args).fetchone()[0]:
+            lanes.add(here)
+        return sorted(lanes)
+
+    def remote_count(self, ticket_id: str | None = None) -> int:
+        """Other lanes' redemptions held here (all, or of one ticket)."""
+        if ticket_id is None:
+            return self.conn.execute("SELECT count(*) FROM remote_redemptions").fetchone()[0]
+        q = "SELECT count(*) FROM remote_redemptions WHERE ticket_id = ?"
+        return self.conn.execute(q, (ticket_id,)).fetchone()[0]
+
+    # --- the gate: check and redeem ------------------------------------------------------------
 
     def _refusal(self, t: Ticket, now: float, day: str) -> Redemption | None:
         """Why this entry may not count now (None: it may). Read-only; callers hold the lock."""
@@ -290,41 +378,24 @@ class Ledger:
         count together with the entry is written inside it, before the COMMIT.
         """
         day = _day(now, self.tz)
-        try:
-            self.conn.execute("BEGIN IMMEDIATE")
-            try:
-                refusal = self._refusal(t, now, day)
-                if refusal is not None:
-                    self.conn.execute("ROLLBACK")
-                    return refusal
-                n = self.used(t.ticket_id, day if t.kind == Kind.SEASON else None)
-                self.conn.execute(
-                    "INSERT INTO redemptions (ticket_id, t, day, gate) VALUES (?, ?, ?, ?)",
-                    (t.ticket_id, now, day, self.gate),
+        with self.transaction() as c:
+            refusal = self._refusal(t, now, day)
+            if refusal is not None:
+                return refusal
+            n = self.used(t.ticket_id, day if t.kind == Kind.SEASON else None)
+            c.execute(
+                "INSERT INTO redemptions (ticket_id, t, day, gate) VALUES (?, ?, ?, ?)",
+                (t.ticket_id, now, day, self.gate),
+            )
+            if self.outbox:  # same transaction: published by `edge-gate sync`
+                c.execute(
+                    "INSERT INTO outbox (ticket_id, t, day, kind, max_entries) VALUES (?,?,?,?,?)",
+                    (t.ticket_id, now, day, int(t.kind), t.max_entries),
                 )
-                if self.outbox:  # same transaction: published by `edge-gate sync`
-                    self.conn.execute(
-                        "INSERT INTO outbox (ticket_id, t, day, kind, max_entries)"
-                        " VALUES (?,?,?,?,?)",
-                        (t.ticket_id, now, day, int(t.kind), t.max_entries),
-                    )
-                self.conn.execute(
-                    "UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = 'seq'"
-                )
-                self.conn.execute(
-                    "UPDATE meta SET value = max(CAST(value AS REAL), ?) WHERE key = 'last_t'",
-                    (now,),
-                )
-                self.conn.execute("COMMIT")
-            except BaseException:
-                if self.conn.in_transaction:
-                    self.conn.execute("ROLLBACK")
-                raise
-        except sqlite3.Error as e:  # locked for longer than the timeout, disk full, ...
-            raise LedgerError(
-                f"ledger {self.path}: {e}",
-                "check disk space and that no other process holds the ledger",
-            ) from None
+            c.execute("UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = 'seq'")
+            c.execute(
+                "UPDATE meta SET value = max(CAST(value AS REAL), ?) WHERE key = 'last_t'", (now,)
+            )
         self._store_mark()
         return Redemption(True, Reason.OK, n + 1)
 
@@ -336,12 +407,3 @@ class Ledger:
             self.marks.set_ledger_mark(self.mark())
         except Exception as e:  # audit disk full: the next start compares against an older mark
             log.error("ledger mark_not_stored error=%s", e)
-
-    def purge_before(self, cutoff: float) -> int:
-        """Drop redemption rows older than cutoff (the counter and newest time stay)."""
-        self.conn.execute("DELETE FROM remote_redemptions WHERE t < ?", (cutoff,))
-        return self.conn.execute("DELETE FROM redemptions WHERE t < ?", (cutoff,)).rowcount
-
-    def close(self) -> None:
-        """Close the connection (idempotent)."""
-        self.conn.close()
