@@ -58,10 +58,11 @@ def validate(cfg: Config) -> Config:
                 f"{f}: key 'gate.timezone' = {cfg.gate.timezone!r} is not a known time zone",
                 'use an IANA name such as "Europe/Madrid", or "" for the system zone',
             ) from None
-    from edge.gate.audit import check_retention
+    from edge.gate.audit import check_junk_window, check_retention
 
     try:
         check_retention(cfg.audit.retention_days)
+        check_junk_window(cfg.audit.junk_window_s)
     except ConfigError as e:
         raise ConfigError(f"{f}: {e.args[0]}", e.hint) from None
     _validate_fleet(f, cfg.fleet)

@@ -9,6 +9,14 @@ from edge import config as config_mod
 from edge.timeutil import iso, parse_time
 
 
+def _key(cfg):
+    """The lane's evidence key if it exists (any problem with it is an error, never a skip)."""
+    from edge.evidence import load_key
+
+    path = cfg.resolve(cfg.audit.evidence_key)
+    return load_key(path) if path.exists() else None
+
+
 def _open(args):
     from edge.gate.audit import AuditLog
 
@@ -18,29 +26,64 @@ def _open(args):
         from edge.errors import EdgeGateError
 
         raise EdgeGateError(f"audit log {path} does not exist", "check audit.path in the config")
-    return AuditLog(path, cfg.audit.retention_days)
+    return cfg, AuditLog(path, cfg.audit.retention_days, _key(cfg))
+
+
+def _ledger_report(cfg, key) -> dict | None:
+    """The ledger's chain, checked with the same key (None when this config has no ledger)."""
+    from edge.errors import LedgerError
+    from edge.tickets.ledger import Ledger
+
+    path = cfg.resolve(cfg.tickets.ledger)
+    if not path.is_file():
+        return None
+    try:
+        with Ledger(path, key=key, verify=False) as led:
+            problem = led.verify()
+            n, head = led.head()
+            if not problem and key is None and led.kid is not None:
+                problem = (
+                    f"the ledger is keyed (evidence key {led.kid}) and no evidence key was given"
+                )
+    except LedgerError as e:
+        return {"ok": False, "entries": 0, "head": "", "problem": str(e)}
+    return {"ok": not problem, "entries": n, "head": head, "problem": problem}
 
 
 def cmd_verify(args) -> int:
-    """`audit verify`: prove to an inspector that no record was altered or dropped."""
-    with _open(args) as log:
+    """`audit verify`: prove to an inspector that no record was altered, dropped or rolled back,
+    in the audit log and in the redemption ledger."""
+    cfg, log = _open(args)
+    with log:
         rep = log.verify()
+        led = _ledger_report(cfg, log.key)
+    ok = rep.ok and (led is None or led["ok"])
     if args.json:
-        print(json.dumps(asdict(rep)))
-    elif rep.ok:
-        print(
-            f"audit chain intact: {rep.records} records, {rep.removed} removed by purges "
-            f"(checkpointed); head {rep.head_id} {rep.head_hash}"
-        )
+        print(json.dumps({**asdict(rep), "ledger": led}))
     else:
-        print(f"audit chain BROKEN: {rep.problem}; head {rep.head_id} {rep.head_hash}")
-    return 0 if rep.ok else 1
+        how = "hashed and keyed" if rep.keyed else "hashed, not keyed"
+        if rep.ok:
+            print(
+                f"audit chain intact: {rep.records} records, {rep.removed} removed by purges "
+                f"(checkpointed); head {rep.head_id} {rep.head_hash} ({how})"
+            )
+        else:
+            print(f"audit chain BROKEN: {rep.problem}; head {rep.head_id} {rep.head_hash}")
+        if rep.note:
+            print(f"note: {rep.note}")
+        if led is not None and led["ok"]:
+            print(f"ledger chain intact: {led['entries']} entries; head {led['head']}")
+        elif led is not None:
+            print(f"ledger chain BROKEN: {led['problem']}")
+            print("  fix: edge-gate ledger recover --config C (spent tickets stay spent)")
+    return 0 if ok else 1
 
 
 def cmd_export(args) -> int:
     """`audit export`: hand the records to an auditor as JSON lines or tab-separated rows."""
     since = parse_time(args.since) if args.since else None
-    with _open(args) as log:
+    _cfg, log = _open(args)
+    with log:
         for rid, r, h in log.rows(since=since):
             if args.json:
                 out = {"id": rid, "time": iso(r.t), **asdict(r), "hash": h}

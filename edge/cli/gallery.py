@@ -17,7 +17,7 @@ from edge.errors import EdgeGateError, EnrollError
 from edge.gallery.crypto import load_key
 from edge.gallery.erase import ErasureIncomplete
 from edge.gallery.store import Consent, Gallery
-from edge.gate.audit import AuditLog, AuditRecord
+from edge.gate.audit import AuditLog, AuditRecord, open_audit
 from edge.timeutil import iso, parse_time
 
 
@@ -35,7 +35,7 @@ def paths(args) -> tuple[config_mod.Config, Path, Path]:
 
 def audit_log(cfg: config_mod.Config) -> AuditLog:
     """The audit log the config names."""
-    return AuditLog(cfg.resolve(cfg.audit.path), cfg.audit.retention_days)
+    return open_audit(cfg, "use")
 
 
 def audit_record(cfg: config_mod.Config, kind: str, **fields: str) -> None:

@@ -32,9 +32,18 @@ class LaneLedger:
         """True: every redemption is queued for `edge-gate sync` in its own transaction."""
         return self.ledger.outbox
 
+    @property
+    def floor(self) -> float:
+        """The newest time the gate has seen: a clock behind it refuses tickets."""
+        return self.ledger.floor
+
     def mark(self) -> LedgerMark:
         """The ledger's high-water mark (see Ledger.mark)."""
         return self.ledger.mark()
+
+    def maintain(self) -> None:
+        """Verify and key what sync wrote (see Ledger.maintain)."""
+        self.ledger.maintain()
 
     def __enter__(self) -> LaneLedger:
         return self

@@ -171,16 +171,14 @@ def table_sql(t: Table) -> list[str]:
         if c.name in refs:
             sql += f' REFERENCES "{refs[c.name][0]}"("{refs[c.name][1]}")'
         cols.append(sql)
-    out = [f'CREATE TABLE IF NOT EXISTS "{t.name}" ({", ".join(cols)})']
-    out += [
-        f'CREATE INDEX IF NOT EXISTS "idx_{t.name}_{col}" ON "{t.name}" ("{col}")'
-        for col in t.indexes
-    ]
+    out = [f'CREATE TABLE "{t.name}" ({", ".join(cols)})']
+    out += [f'CREATE INDEX "idx_{t.name}_{col}" ON "{t.name}" ("{col}")' for col in t.indexes]
     return out
 
 
 def create(conn: sqlite3.Connection) -> None:
-    """Create every table of the current schema (inside the caller's transaction)."""
+    """Create every table of the current schema (inside the caller's transaction); fails if
+    another process created them first, so two creators never both write a data key."""
     for t in TABLES:
         for sql in table_sql(t):
             conn.execute(sql)

@@ -114,7 +114,7 @@ def _disk(site: Site) -> str:
 
 @check("ticket ledger")
 def _ledger(site: Site) -> str | Check:
-    from edge.gate.audit import AuditLog
+    from edge.gate.audit import open_audit
     from edge.tickets.desk import open_ledger
     from edge.timeutil import iso
 
@@ -126,8 +126,8 @@ def _ledger(site: Site) -> str | Check:
     with ExitStack() as stack:
         audit = None
         if audit_path.is_file():
-            audit = stack.enter_context(AuditLog(audit_path, cfg.audit.retention_days))
-        led = stack.enter_context(open_ledger(cfg, audit))
+            audit = stack.enter_context(open_audit(cfg, "use"))
+        led = stack.enter_context(open_ledger(cfg, audit, "use"))
         mark, floor = led.mark(), max(led.floor, led.mark().t)
     if time.time() < floor:
         raise EdgeGateError(
