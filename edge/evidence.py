@@ -20,6 +20,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import fcntl
+import functools
 import hashlib
 import hmac
 import json
@@ -47,7 +48,7 @@ class EvidenceKey:
     key: bytes
     path: Path
 
-    @property
+    @functools.cached_property
     def kid(self) -> str:
         """Public fingerprint: tells which key a chain was keyed with, reveals nothing."""
         return hashlib.sha256(b"edge-gate-evidence-kid" + self.key).hexdigest()[:16]

@@ -11,6 +11,7 @@ deletes the person's key, so their rows copied back from an old backup no longer
 from __future__ import annotations
 
 import os
+import secrets
 import sqlite3
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -19,9 +20,9 @@ import numpy as np
 
 from edge.db import Migration
 from edge.errors import GalleryError
-from edge.gallery.crypto import SealError, aad, open_sealed, seal
+from edge.gallery.crypto import Kek, SealError, aad, open_sealed, seal
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 
 @dataclass(frozen=True)
@@ -137,7 +138,12 @@ TABLES: tuple[Table, ...] = (
         "gallery_state",
         (
             Column("key", str, holds="state name"),
-            Column("value", int, holds="state value (erasures not yet flushed from disk)"),
+            Column(
+                "value",
+                int,
+                holds="state value (erasures not yet flushed from disk, the gallery's random id,"
+                " its generation, the office forget list applied)",
+            ),
         ),
         pk="key",
     ),
@@ -193,9 +199,51 @@ def too_new(found: int, newest: int) -> GalleryError:
     )
 
 
-def migrations(dek: bytes) -> tuple[Migration, ...]:
-    """The steps from older schemas; v2 reseals with per-person keys, so it needs the data key."""
-    return (Migration(2, lambda c: migrate_v1(c, dek), "one key per person"),)
+def migrations(dek: bytes, kek: Kek) -> tuple[Migration, ...]:
+    """The steps from older schemas; v2 reseals with per-person keys (it needs the data key),
+    v3 binds the data key's wrapping to the gallery's id and generation (it needs the key file)."""
+    return (
+        Migration(2, lambda c: migrate_v1(c, dek), "one key per person"),
+        Migration(3, lambda c: migrate_v2(c, dek, kek), "generations"),
+    )
+
+
+def dek_aad(kid: str, gallery_id: int | None, generation: int | None) -> bytes:
+    """Associated data of the data key's wrapping: schema 3 binds the gallery's id and generation,
+    so a generation number edited in the file no longer opens the data key."""
+    if gallery_id is None:
+        return aad("data_keys", kid, "wrapped")  # schema 2 and older
+    return aad("data_keys", kid, "wrapped", f"{gallery_id}.{generation}")
+
+
+def state(conn: sqlite3.Connection, key: str) -> int | None:
+    """One value of gallery_state (None when absent)."""
+    row = conn.execute("SELECT value FROM gallery_state WHERE key = ?", (key,)).fetchone()
+    return None if row is None else int(row[0])
+
+
+def set_state(conn: sqlite3.Connection, **values: int) -> None:
+    """Write gallery_state values (inside the caller's transaction)."""
+    conn.executemany(
+        "INSERT OR REPLACE INTO gallery_state (key, value) VALUES (?, ?)", list(values.items())
+    )
+
+
+def new_gallery_id() -> int:
+    """A random id (62 bits: an INTEGER in SQLite, never read as anything else)."""
+    return secrets.randbits(62)
+
+
+def migrate_v2(conn: sqlite3.Connection, dek: bytes, kek: Kek) -> None:
+    """v2 -> v3: the gallery gets a random id and generation 1; its data key is rewrapped bound
+    to them (other key files' wrappings, left by an unfinished rotation, are dropped)."""
+    gid = new_gallery_id()
+    set_state(conn, gallery_id=gid, generation=1)
+    conn.execute("DELETE FROM data_keys")
+    conn.execute(
+        "INSERT INTO data_keys (kid, wrapped, created) VALUES (?, ?, strftime('%s','now'))",
+        (kek.kid, seal(kek.key, dek, dek_aad(kek.kid, gid, 1))),
+    )
 
 
 def attrs_aad(pid: str, valid_until: int | None, minor: bool) -> bytes:

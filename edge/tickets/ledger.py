@@ -394,11 +394,13 @@ class Ledger(Store):
 
     def entries(self, after: int = 0) -> list[Entry]:
         """Every entry (local and remote) after place `after`, in chain order."""
-        rows = self.conn.execute(
-            "SELECT pos, 'L', '', '', 0, ticket_id, t, day, coalesce(gate, ''), id, hash, mac"
-            " FROM redemptions WHERE pos > ?1 OR pos IS NULL UNION ALL"
-            " SELECT pos, 'R', lane, epoch, seq, ticket_id, t, day, '', 0, hash, mac"
-            " FROM remote_redemptions WHERE pos > ?1 OR pos IS NULL ORDER BY 1",
+        local = "SELECT pos, 'L', '', '', 0, ticket_id, t, day, coalesce(gate, ''), id, hash, mac"
+        remote = "SELECT pos, 'R', lane, epoch, seq, ticket_id, t, day, '', 0, hash, mac"
+        rows = self.conn.execute(  # four indexed reads: each new entry costs one row each
+            f"{local} FROM redemptions WHERE pos > ?1 UNION ALL"
+            f" {local} FROM redemptions WHERE pos IS NULL UNION ALL"
+            f" {remote} FROM remote_redemptions WHERE pos > ?1 UNION ALL"
+            f" {remote} FROM remote_redemptions WHERE pos IS NULL ORDER BY 1",
             (after,),
         ).fetchall()
         self._hashes = {r[0]: (r[10], r[11]) for r in rows}
@@ -517,25 +519,25 @@ class Ledger(Store):
             return f"entry {w.n} is not the one the lane wrote (evidence witness): rewritten"
         return ""
 
-    def _ensure_intact(self) -> None:
+    def _ensure_intact(self, count: bool = False) -> None:
         """The hot path's check, before every ticket decision: nothing to do unless another
-        connection committed (data_version) or the schema changed; then only new entries."""
+        connection committed (data_version) or the schema changed (a trigger dropped: all
+        again); then only the new entries. `count` (once a second, from `maintain`) also
+        compares the rows held with the chain's length, for deletions that changed no schema."""
         if self.problem:
             return
         seen = (self.data_version(), self.conn.execute("PRAGMA schema_version").fetchone()[0])
-        if seen == self._seen:
-            return
-        problem = self._verify_new()
-        if not problem:
-            m = self._metas(self.conn)
-            count = self.conn.execute(
+        problem = "" if seen == self._seen else self._verify_new()
+        if not problem and count:
+            n = int(self._metas(self.conn).get("chain_n", 0))
+            held = self.conn.execute(
                 "SELECT (SELECT count(*) FROM redemptions) + (SELECT count(*) FROM"
                 " remote_redemptions)"
             ).fetchone()[0]
-            if count != int(m.get("chain_n", 0)):
+            if held != n:
                 problem = (
-                    f"the ledger holds {count} entries, its chain {m.get('chain_n')}: rows were "
-                    "deleted or inserted by hand"
+                    f"the ledger holds {held} entries, its chain {n}: rows were deleted or "
+                    "inserted by hand"
                 )
         if problem:
             self.problem = f"ledger chain broken: {problem}"
@@ -657,7 +659,7 @@ class Ledger(Store):
 
     def maintain(self) -> None:
         """Once a second from the gate: verify what others wrote, key it. Cheap when idle."""
-        self._ensure_intact()
+        self._ensure_intact(count=True)
         if self.key is None or self.problem:
             return
         m = self._metas(self.conn)
