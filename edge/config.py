@@ -135,7 +135,7 @@ class AuditConfig:
 
     path: str = "var/audit.db"
     retention_days: int = 90
-    evidence_key: str = "var/evidence.key"  # HMAC key of the audit and ledger chains (0600)
+    evidence_key: str = ""  # HMAC key of the audit and ledger chains; "" = beside the audit log
     junk_window_s: float = 60.0  # unreadable/invalid codes: one folded record per window
 
 

@@ -209,6 +209,14 @@ def _canon(obj: object) -> str:
     return json.dumps(obj, sort_keys=True, separators=(",", ":"))
 
 
+def key_path(cfg) -> Path:
+    """Where a config keeps the lane's evidence key: `audit.evidence_key`, or "" for
+    `evidence.key` in the audit log's folder (the lane's state directory)."""
+    if cfg.audit.evidence_key:
+        return cfg.resolve(cfg.audit.evidence_key)
+    return cfg.resolve(cfg.audit.path).parent / "evidence.key"
+
+
 def lane_key(path: Path, mode: str) -> EvidenceKey | None:
     """The lane's evidence key for a command: "create" (the gate and its local tools: made on
     the lane's first run), "use" (if it exists and this user may read it, else None: records stay

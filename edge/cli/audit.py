@@ -11,9 +11,9 @@ from edge.timeutil import iso, parse_time
 
 def _key(cfg):
     """The lane's evidence key if it exists (any problem with it is an error, never a skip)."""
-    from edge.evidence import load_key
+    from edge.evidence import key_path, load_key
 
-    path = cfg.resolve(cfg.audit.evidence_key)
+    path = key_path(cfg)
     return load_key(path) if path.exists() else None
 
 

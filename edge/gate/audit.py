@@ -792,9 +792,9 @@ def purge_with_gallery(log: AuditLog, gallery, now: float, after_days: int, gate
 def open_audit(cfg, key: str = "create", fold_junk: bool = False) -> AuditLog:
     """The audit log a config names, with the lane's evidence key (`audit.evidence_key`; `key`
     is an `edge.evidence.lane_key` mode); the gate folds junk codes (`audit.junk_window_s`)."""
-    from edge.evidence import lane_key
+    from edge.evidence import key_path, lane_key
 
-    ek = lane_key(cfg.resolve(cfg.audit.evidence_key), key)
+    ek = lane_key(key_path(cfg), key)
     log_ = AuditLog(cfg.resolve(cfg.audit.path), cfg.audit.retention_days, ek)
     if fold_junk:
         log_.junk = JunkFolder(cfg.audit.junk_window_s)

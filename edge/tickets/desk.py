@@ -17,7 +17,7 @@ from pathlib import Path
 
 from edge import config as config_mod
 from edge.errors import EdgeGateError, ImageError, LedgerError
-from edge.evidence import lane_key
+from edge.evidence import key_path, lane_key
 from edge.tickets.format import PREFIX, Reason
 from edge.tickets.keys import load_public
 from edge.tickets.ledger import (
@@ -48,7 +48,7 @@ def open_ledger(
         site_zone(cfg.gate.timezone),
         marks,
         outbox=cfg.fleet.enabled,
-        key=lane_key(cfg.resolve(cfg.audit.evidence_key), key),
+        key=lane_key(key_path(cfg), key),
     )
     if not cfg.fleet.enabled:
         return led
@@ -184,8 +184,8 @@ def recover_gate_ledger(cfg: config_mod.Config, audit, now: float | None = None)
         raise LedgerError(
             f"the audit log does not verify either ({rep.problem}): the ledger cannot be rebuilt "
             "from it",
-            "restore the newest backups of the ledger and the audit log; if there are none, run "
-            "`edge-gate ledger init --config C --after-loss` (recorded in the audit log)",
+            "restore the newest backups of the ledger and the audit log (with their -wal); "
+            "without them, tickets stay refused (faces still work)",
         )
     now = time.time() if now is None else now
     path, tz = cfg.resolve(cfg.tickets.ledger), site_zone(cfg.gate.timezone)

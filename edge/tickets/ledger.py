@@ -115,7 +115,10 @@ _REMOTE = ("lane", "epoch", "seq", "ticket_id", "t", "day", "pos", "hash")
 
 def _v4(c: sqlite3.Connection) -> None:
     """The chain: every entry's place, plain hash and MAC; existing entries chained in time order
-    (keyed by the first process that holds the evidence key)."""
+    (keyed by the first process that holds the evidence key). The outbox keeps the signed ticket
+    each redemption counted (`proof`), so other lanes count that ticket and no other."""
+    if "proof" not in columns(c, "outbox"):
+        c.execute("ALTER TABLE outbox ADD COLUMN proof TEXT NOT NULL DEFAULT ''")
     for table in ("redemptions", "remote_redemptions"):
         for col, typ in (("pos", "INTEGER"), ("hash", "TEXT"), ("mac", "TEXT")):
             if col not in columns(c, table):
@@ -185,7 +188,7 @@ class Entry:
 
 
 RECOVER_HINT = (
-    "run `edge-gate ledger recover --config /etc/edge-gate/gate.toml`: it keeps this file as "
+    "run `edge-gate ledger recover --config C`: it keeps this file as "
     "evidence and rebuilds the ledger from its intact entries and every ticket grant in the "
     "audit log, so no spent ticket is let in again"
 )
@@ -207,6 +210,7 @@ class OutboxEntry:
     day: str
     kind: int
     max_entries: int
+    proof: str = ""  # the ticket's signed text as scanned (Ticket.text), for the receivers
 
 
 @dataclass(frozen=True)
@@ -359,9 +363,11 @@ class Ledger(Store):
 
     @property
     def epoch(self) -> str:
-        """This ledger's random id: new at every `ledger init` (and recovery), so a replaced or
-        restored lane numbers its outbox in a new epoch, never as a replay of the old one."""
-        return self.ledger_id
+        """The epoch of this lane's outbox numbers: the ledger's random id (new at every `ledger
+        init` and `ledger recover`) unless `new_epoch` started another, so a replaced or restored
+        lane numbers its outbox anew, never as a replay of the old one."""
+        row = self.conn.execute("SELECT value FROM meta WHERE key = 'epoch'").fetchone()
+        return row[0] if row else self.ledger_id
 
     def _check_marks(self) -> None:
         """Refuse a ledger that is not the one the gate last saw, or that has lost entries."""
@@ -380,9 +386,8 @@ class Ledger(Store):
             raise LedgerError(
                 f"ledger {self.path} went back in time: it holds {here.seq} redemptions, the "
                 f"audit log recorded {m.seq} (last at {iso(m.t)}); an older copy or a lost -wal",
-                "restore the newest backup; if none is newer, run `edge-gate ledger recover "
-                "--config C` (or `ledger init --config C --after-loss`, recorded in the audit "
-                "log)",
+                "restore the newest backup (with its -wal); if none is newer, run `edge-gate "
+                "ledger recover --config C` (spent tickets stay spent)",
             )
         self.floor = max(m.t if m else 0.0, self.marks.newest_time() or 0.0)
 
@@ -635,8 +640,9 @@ class Ledger(Store):
             for e in entries:
                 self._append(c, replace(e, pos=0))
             c.executemany(
-                "INSERT INTO outbox (ticket_id, t, day, kind, max_entries) VALUES (?,?,?,?,?)",
-                [(o.ticket_id, o.t, o.day, o.kind, o.max_entries) for o in pending],
+                "INSERT INTO outbox (ticket_id, t, day, kind, max_entries, proof)"
+                " VALUES (?,?,?,?,?,?)",
+                [(o.ticket_id, o.t, o.day, o.kind, o.max_entries, o.proof) for o in pending],
             )
             n_local = sum(1 for e in entries if e.src == "L")
             newest = max([was.t, *(e.t for e in entries)], default=0.0)
@@ -695,7 +701,7 @@ class Ledger(Store):
     def outbox_batch(self, after_seq: int = 0, limit: int = 500) -> list[OutboxEntry]:
         """Local redemptions queued for publishing, oldest first, after `after_seq`."""
         rows = self.conn.execute(
-            "SELECT seq, ticket_id, t, day, kind, max_entries FROM outbox WHERE seq > ? "
+            "SELECT seq, ticket_id, t, day, kind, max_entries, proof FROM outbox WHERE seq > ? "
             "ORDER BY seq LIMIT ?",
             (after_seq, max(0, limit)),
         ).fetchall()
@@ -705,6 +711,19 @@ class Ledger(Store):
         """Drop outbox entries the broker acknowledged (PUBACK); returns how many went."""
         with self.transaction() as c:
             return c.executemany("DELETE FROM outbox WHERE seq = ?", [(s,) for s in seqs]).rowcount
+
+    def outbox_high(self) -> int:
+        """The highest outbox sequence number ever given (kept when rows are published)."""
+        row = self.conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'outbox'").fetchone()
+        return int(row[0]) if row else 0
+
+    def new_epoch(self) -> str:
+        """Start a new epoch for this lane's outbox numbers (sync: the fleet saw more from this
+        lane than this file holds, so it is a restored copy); returns it."""
+        epoch = uuid.uuid4().hex
+        with self.transaction() as c:
+            c.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('epoch', ?)", (epoch,))
+        return epoch
 
     def outbox_size(self) -> int:
         """Redemptions not yet acknowledged by the broker."""
@@ -784,8 +803,9 @@ class Ledger(Store):
             self._append(c, Entry(0, "L", "", "", 0, t.ticket_id, now, day, self.gate))
             if self.outbox:  # same transaction: published by `edge-gate sync`
                 c.execute(
-                    "INSERT INTO outbox (ticket_id, t, day, kind, max_entries) VALUES (?,?,?,?,?)",
-                    (t.ticket_id, now, day, int(t.kind), t.max_entries),
+                    "INSERT INTO outbox (ticket_id, t, day, kind, max_entries, proof)"
+                    " VALUES (?,?,?,?,?,?)",
+                    (t.ticket_id, now, day, int(t.kind), t.max_entries, getattr(t, "text", "")),
                 )
             c.execute("UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = 'seq'")
             c.execute(
