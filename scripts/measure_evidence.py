@@ -1,7 +1,8 @@
 """Cost of the keyed evidence chains on this machine: ledger open (full verify), a ticket check
-when nothing changed, a check after another process wrote, a redemption, an audit record.
+when nothing changed, a check after another process wrote, a redemption, an audit record; and
+of a gallery generation (`forget`: a new data key, every person key rewrapped, then the scrub).
 
-    .venv/bin/python scripts/measure_evidence.py [--entries 20000]
+    .venv/bin/python scripts/measure_evidence.py [--entries 20000] [--people 10000]
 
 Synthetic entries in a temporary folder; prints medians in milliseconds."""
 
@@ -31,7 +32,9 @@ def ms(fn, n: int) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--entries", type=int, default=20000)
-    n = ap.parse_args().entries
+    ap.add_argument("--people", type=int, default=10000)
+    args = ap.parse_args()
+    n = args.entries
     with tempfile.TemporaryDirectory() as d:
         d = Path(d)
         key = create_key(d / "state" / "evidence.key")
@@ -66,6 +69,7 @@ def main() -> None:
             unkeyed = ms(lambda: b.record(rec), 100)
         for x in (led, other, plain):
             x.close()
+    forget_ms, scrub_ms = forget_cost(args.people)
     print(f"entries {n}")
     print(f"ledger open, first keying of all entries: {first:.0f} ms")
     print(f"ledger open with full verify: {open_ms:.0f} ms")
@@ -73,6 +77,32 @@ def main() -> None:
     print(f"ticket check after sync wrote one entry (keyed by the gate each 20): {changed:.3f} ms")
     print(f"redeem keyed: {redeem:.2f} ms, keyless: {redeem_plain:.2f} ms")
     print(f"audit record keyed + witness: {keyed:.2f} ms, keyless: {unkeyed:.2f} ms")
+    print(
+        f"forget with {args.people} people: new generation {forget_ms:.0f} ms, "
+        f"scrub {scrub_ms:.0f} ms"
+    )
+
+
+def forget_cost(people: int) -> tuple[float, float]:
+    """(ms for the erasure and the new generation, ms for the scrub that follows)."""
+    import numpy as np
+
+    from edge.gallery.crypto import init_key
+    from edge.gallery.store import Consent, Gallery, NewPerson
+
+    rng = np.random.default_rng(0)
+    with tempfile.TemporaryDirectory() as d:
+        kek = init_key(Path(d) / "g.key")
+        with Gallery(Path(d) / "g.db", kek) as g:
+            embs = rng.standard_normal((people, 192)).astype(np.float32)
+            new = [NewPerson(f"P{i}", Consent("v1"), [embs[i]]) for i in range(people)]
+            ids = g.add_people(new, "m", "1")
+            t0 = time.perf_counter()
+            g._forget_ids([ids[0]])
+            t1 = time.perf_counter()
+            g.scrub()
+            t2 = time.perf_counter()
+    return (t1 - t0) * 1000, (t2 - t1) * 1000
 
 
 if __name__ == "__main__":

@@ -349,3 +349,82 @@ def test_loose_gallery_and_site_keys_name_the_chmod(tmp_path):
             load_key(tmp_path / "site.key")
     finally:
         os.chmod(tmp_path, 0o700)
+
+
+# --- what sync writes without the key is keyed by the gate ------------------------------------
+
+
+def test_records_sync_wrote_are_keyed_by_the_gate_and_checked_first(tmp_path):
+    from edge.evidence import create_key
+    from edge.gate.audit import AuditLog
+
+    key = create_key(tmp_path / "state" / "evidence.key")
+    db = tmp_path / "audit.db"
+    with AuditLog(db, 30, key) as gate, AuditLog(db, 30) as sync:
+        gate.record(AuditRecord(time.time(), "g", "decision", "grant", "ticket", "T-1"))
+        sync.record(AuditRecord(time.time(), "g", "fleet", reason="double_use", subject="T-1"))
+        rep = gate.verify()
+        assert rep.ok and "records 2..2 are not keyed yet" in rep.note
+        gate.maintain(time.time())  # the daemon's tick
+        rep = gate.verify()
+        assert (rep.ok, rep.keyed, rep.note) == (True, True, "")
+        sync.record(AuditRecord(time.time(), "g", "fleet", reason="refused", detail="x"))
+        sql(db, "DROP TRIGGER events_no_update; UPDATE events SET detail = 'y' WHERE id = 3;")
+        gate.maintain(time.time())  # refuses to key an altered record, and says why
+        assert "record 3, written without the evidence key, was altered" in gate.problem
+        assert not gate.verify().ok
+
+
+def test_redemptions_sync_applied_are_keyed_by_the_gate(tmp_path):
+    from edge.evidence import create_key
+    from edge.tickets.ledger import Ledger, init_ledger
+
+    key = create_key(tmp_path / "state" / "evidence.key")
+    init_ledger(tmp_path / "l.db")
+    with Ledger(tmp_path / "l.db", key=key) as gate, Ledger(tmp_path / "l.db", outbox=True) as sync:
+        assert sync.apply_remote("lane2", 1, "T-9", time.time(), "2027-01-01", epoch="e1")
+        assert not sync.apply_remote("lane2", 1, "T-9", time.time(), "2027-01-01", epoch="e1")
+        assert sync.apply_remote("lane2", 1, "T-9", time.time(), "2027-01-01", epoch="e2")
+        t = tk.Ticket("T-9", valid_from=0, valid_until=int(time.time()) + 60)
+        assert gate.check(t, time.time()).reason == "already_used"
+        gate.maintain()
+        assert gate.kid == key.kid and gate.verify() == ""
+        assert gate.head()[0] == 2
+
+
+def test_the_office_checks_published_records_without_any_key(tmp_path):
+    from dataclasses import replace
+
+    from edge.gate.audit import AuditLog, verify_published
+
+    with AuditLog(tmp_path / "a.db", 30) as log:
+        for i in range(4):
+            log.record(AuditRecord(1.7e9 + i, "g", "decision", "deny", "ticket", f"T-{i}"))
+        rows, head = log.batch(0, 10), log.head()
+    assert verify_published(rows, head) == ""
+    assert verify_published(rows[2:], head, start=None) == ""
+    forged = [
+        *rows[:2],
+        replace(rows[2], record=replace(rows[2].record, decision="grant")),
+        rows[3],
+    ]
+    assert verify_published(forged, head) == "record 3 was altered"
+    assert verify_published([rows[0], rows[2]], head) == "records 2..2 missing"
+    assert "another hash" in verify_published(rows, type(head)(4, "0" * 64))
+
+
+def test_outbox_numbers_survive_publishing_and_a_new_epoch_is_explicit(tmp_path):
+    from edge.tickets.ledger import Ledger, init_ledger
+
+    init_ledger(tmp_path / "l.db")
+    with Ledger(tmp_path / "l.db", antipassback_s=0, outbox=True) as led:
+        first = led.epoch
+        assert first == led.ledger_id
+        for i in range(3):
+            assert led.redeem(tk.Ticket(f"T-{i}"), 1.7e9 + i).ok
+        batch = led.outbox_batch()
+        assert [e.seq for e in batch] == [1, 2, 3]
+        assert led.outbox_done([e.seq for e in batch]) == 3
+        assert (led.outbox_size(), led.outbox_high()) == (0, 3)
+        second = led.new_epoch()
+        assert second != first and led.epoch == second

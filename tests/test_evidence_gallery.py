@@ -154,3 +154,21 @@ def test_a_running_gate_follows_a_forget_by_another_process(site):
             desk.apply_forget_list([ada])
         assert {i.person_id for i in m.identify(ben_t)} == {ben}
         assert {i.person_id for i in m.identify(ada_t)} == {None}
+
+
+def test_a_forget_waits_for_an_unfinished_key_rotation(site):
+    """The new data key of a generation can be wrapped only for the key file at hand: while a
+    rotation holds a second wrapping, erasure is refused (loudly) rather than locking it out."""
+    from edge.errors import GalleryError
+
+    s = site
+    (ada, ada_t), _ = s["ada"], s["ben"]
+    new = init_key(s["dir"] / "next.key")
+    with Gallery(s["db"], load_key(s["key"]), create=False) as g:
+        g.rewrap(new)  # step 2 of `keys rotate`, then killed
+        with pytest.raises(GalleryError, match="key rotation .* is unfinished"):
+            g.forget(ada)
+        assert ada in {p.id for p in g.people()}
+        g.drop_other_keys(load_key(s["key"]))
+        assert g.forget(ada)
+    assert who_matches(s, ada_t) == set()

@@ -459,6 +459,13 @@ class Gallery(Store, GalleryReader):
         under the old data key) no longer open. Returns (new data key, generation) to adopt
         once the transaction has committed."""
         self._follow()  # another process may have moved it on since we opened
+        others = [k for (k,) in c.execute("SELECT kid FROM data_keys") if k != self.kek.kid]
+        if others:  # the new data key could not be wrapped for the other key file
+            raise GalleryError(
+                f"a key rotation of gallery {self.path} is unfinished (it also holds the data "
+                f"key for key id {', '.join(others)}); nothing was erased",
+                "run `edge-gate keys rotate` again to finish it, then retry",
+            )
         gen = max(self.generation, self.forgets.generation(self.gallery_id)) + 1
         self.forgets.append(gen, time.time(), forgot, self.gallery_id)
         dek = os.urandom(32)

@@ -26,7 +26,7 @@ import logging
 import sqlite3
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import NamedTuple
@@ -787,6 +787,29 @@ def purge_with_gallery(log: AuditLog, gallery, now: float, after_days: int, gate
             "free disk space on the audit log's volume and record the purge by hand",
         ) from None
     return gone, aged
+
+
+def verify_published(
+    rows: Iterable[ChainedRecord], head: ChainHead | None = None, start: str | None = GENESIS
+) -> str:
+    """The office's check of the records a lane published, without any key: each record's hash
+    is its content's, each links to the one before (ids without gaps), and the lane's signed
+    head names one of them with that hash. `start` is the hash the first record must follow
+    (None: the office holds the lane's records from the middle on). '' or the first break."""
+    prev_id, prev_hash, hashes = None, start, {}
+    for r in sorted(rows, key=lambda r: r.id):
+        if prev_id is not None and r.id != prev_id + 1:
+            return f"records {prev_id + 1}..{r.id - 1} missing"
+        if prev_hash is not None and r.prev != prev_hash:
+            return f"record {r.id}: chain broken before it"
+        if record_hash(r.prev, r.id, r.record) != r.hash:
+            return f"record {r.id} was altered"
+        prev_id, prev_hash, hashes[r.id] = r.id, r.hash, r.hash
+    if head is not None and head.count in hashes and hashes[head.count] != head.head:
+        return f"the lane's signed head names record {head.count} with another hash: rewritten"
+    if head is not None and prev_id is not None and head.count < prev_id:
+        return f"the lane's signed head ({head.count}) is behind its records ({prev_id})"
+    return ""
 
 
 def open_audit(cfg, key: str = "create", fold_junk: bool = False) -> AuditLog:
