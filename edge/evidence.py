@@ -189,7 +189,12 @@ class Witness:
         """Record a newer head (same file id, more entries); `replace` adopts another file
         (`ledger recover`, a new log). Written whole (rename), after the data's own commit."""
         with self._locked():
-            marks = self._read()
+            try:
+                marks = self._read()
+            except WitnessError:
+                if not replace:
+                    raise
+                marks = {}  # an explicit adoption rewrites a damaged witness
             old = marks.get(store)
             if not replace and old is not None and old.id == mark.id and old.n >= mark.n:
                 return

@@ -428,3 +428,22 @@ def test_outbox_numbers_survive_publishing_and_a_new_epoch_is_explicit(tmp_path)
         assert (led.outbox_size(), led.outbox_high()) == (0, 3)
         second = led.new_epoch()
         assert second != first and led.epoch == second
+
+
+def test_an_audit_log_found_restored_is_adopted_with_a_record_saying_so(tmp_path, capsys):
+    cfg = busy_lane(tmp_path, capsys, n=2)
+    copy_db(tmp_path / "audit.db", tmp_path / "audit.bak")
+    assert redeem(capsys, cfg, ticket(tmp_path, "T-8"))[0] == 0
+    restore(tmp_path / "audit.bak", tmp_path / "audit.db")
+    assert audit_verify(capsys, cfg)[0] == 1
+    capsys.readouterr()
+    assert main(["audit", "adopt", "--config", str(cfg)]) == 0
+    assert "the log went back" in capsys.readouterr().out
+    rc, out = audit_verify(capsys, cfg)
+    assert rc == 0, out
+    assert "(hashed and keyed)" in out
+    from edge.gate.audit import AuditLog
+
+    with AuditLog(tmp_path / "audit.db", 90) as log:
+        (rec,) = log.records("system")
+    assert rec.reason == "audit_adopted" and "went back" in rec.detail

@@ -79,6 +79,25 @@ def cmd_verify(args) -> int:
     return 0 if ok else 1
 
 
+def cmd_adopt(args) -> int:
+    """`audit adopt`: after `audit verify` found the log restored, cut short or replaced, and
+    the old file was kept: the lane's new records are keyed again, from a record saying so."""
+    import time
+
+    cfg, log = _open(args)
+    if log.key is None:
+        log.close()
+        from edge.errors import EdgeGateError
+
+        raise EdgeGateError(
+            "no evidence key for this lane", "run it as the gate's user (or root) with its config"
+        )
+    with log:
+        why = log.adopt(cfg.gate.id, time.time())
+    print(f"audit log {log.path} adopted ({why}); the record audit_adopted says so")
+    return 0
+
+
 def cmd_export(args) -> int:
     """`audit export`: hand the records to an auditor as JSON lines or tab-separated rows."""
     since = parse_time(args.since) if args.since else None
@@ -96,7 +115,7 @@ def cmd_export(args) -> int:
 
 
 def register(sub, common) -> None:
-    """Add `audit verify` and `audit export` to the parser."""
+    """Add `audit verify`, `audit adopt` and `audit export` to the parser."""
     a = sub.add_parser("audit", help="verify and read the audit log").add_subparsers(
         dest="audit_cmd", required=True
     )
@@ -108,6 +127,14 @@ def register(sub, common) -> None:
     common(sp)
     sp.add_argument("--json", action="store_true", help="one JSON object")
     sp.set_defaults(func=cmd_verify)
+    sp = a.add_parser(
+        "adopt",
+        help="after verify found the log restored, cut short or replaced (keep the old file): "
+        "key the lane's new records again, with a record saying so, "
+        "e.g. edge-gate audit adopt --config /etc/edge-gate/gate.toml",
+    )
+    common(sp)
+    sp.set_defaults(func=cmd_adopt)
     sp = a.add_parser(
         "export",
         help="print the records, e.g. edge-gate audit export --since 2026-11-01 --json",

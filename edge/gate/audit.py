@@ -450,6 +450,26 @@ class AuditLog(Store):
                 self._key_pending(c)
             self._witness()
 
+    def adopt(self, gate: str, now: float) -> str:
+        """After a restored, cut-short or replaced log was found (and the old file kept as
+        evidence): this log becomes the one the witness names, with a keyed record saying what
+        was found, so the lane's new records are keyed again. Returns what was found."""
+        if self.key is None or self.witness is None:
+            raise AuditError(
+                "adopting an audit log needs the evidence key",
+                "run it as the gate's user (or root)",
+            )
+        why = self._check_witness() or "no break against the witness"
+        self.problem = ""
+        ch = _chain(self.conn)
+        detail = f"{why}; this log {ch.log_id[:8]} adopted at record {ch.head_id + 1}"
+        self.append(AuditRecord(now, gate, "system", reason="audit_adopted", detail=detail[:300]))
+        ch = _chain(self.conn)
+        if self.problem or ch.kid != self.key.kid:
+            raise AuditError(f"audit log {self.path} cannot be keyed: {self.problem}")
+        self.witness.advance("audit", Mark(ch.log_id, ch.mac_id, ch.mac_head or ""), replace=True)
+        return why
+
     def purge(self, now: float | None = None) -> int:
         """Remove records past retention, keeping a keyed checkpoint of every removed run."""
         with self.transaction() as c:
