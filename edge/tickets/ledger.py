@@ -33,7 +33,7 @@ import logging
 import sqlite3
 import uuid
 from collections.abc import Iterable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Protocol
 from zoneinfo import ZoneInfo
@@ -176,6 +176,8 @@ class Entry:
     day: str
     gate: str
     rowid: int = 0  # local rows' id (not part of the chained text)
+    hash: str = field(default="", compare=False)  # as stored (entries()), not recomputed
+    mac: str | None = field(default=None, compare=False)
 
     def body(self) -> str:
         """The canonical text the chain hashes (ids of other files never enter it)."""
@@ -408,8 +410,7 @@ class Ledger(Store):
             f" {remote} FROM remote_redemptions WHERE pos IS NULL ORDER BY 1",
             (after,),
         ).fetchall()
-        self._hashes = {r[0]: (r[10], r[11]) for r in rows}
-        return [Entry(*r[:10]) for r in rows]
+        return [Entry(*r) for r in rows]
 
     @property
     def kid(self) -> str | None:
@@ -452,7 +453,7 @@ class Ledger(Store):
             mac = self.key.genesis(self.ledger_id)  # type: ignore[union-attr]
         cursor, last = (at, h, mac), at
         for e in self.entries(at):
-            eh, emac = self._hashes[e.pos]
+            eh, emac = e.hash, e.mac
             if e.pos is None:
                 return f"a {self._what(e)} has no place in the chain (inserted by hand)"
             if e.pos != last + 1:
@@ -606,7 +607,7 @@ class Ledger(Store):
                 (mac_n,),
             ).fetchone()[0]
         for e in self.entries(mac_n):
-            eh, _ = self._hashes[e.pos]
+            eh = e.hash
             if e.pos != mac_n + 1 or link(prev, e.body()) != eh:
                 self.problem = (
                     f"ledger chain broken: entry {e.pos} ({self._what(e)}) was altered or "
