@@ -447,3 +447,17 @@ def test_an_audit_log_found_restored_is_adopted_with_a_record_saying_so(tmp_path
     with AuditLog(tmp_path / "audit.db", 90) as log:
         (rec,) = log.records("system")
     assert rec.reason == "audit_adopted" and "went back" in rec.detail
+
+
+def test_doctor_names_a_broken_audit_chain(tmp_path, capsys):
+    cfg = busy_lane(tmp_path, capsys, n=2)
+    capsys.readouterr()
+    main(["doctor", "--config", str(cfg), "--json"])
+    report = {r["check"]: r for r in json.loads(capsys.readouterr().out)}
+    assert report["evidence"]["status"] == "ok"
+    assert "hashed and keyed" in report["evidence"]["detail"]
+    sql(tmp_path / "audit.db", "DROP TRIGGER events_no_update; UPDATE events SET via = 'face';")
+    main(["doctor", "--config", str(cfg), "--json"])
+    report = {r["check"]: r for r in json.loads(capsys.readouterr().out)}
+    assert report["evidence"]["status"] == "fail"
+    assert "record 1 was altered" in report["evidence"]["detail"]

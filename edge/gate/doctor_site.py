@@ -137,6 +137,29 @@ def _ledger(site: Site) -> str | Check:
     return f"{cfg.resolve(cfg.tickets.ledger)}: {mark.seq} redemptions, newest {iso(mark.t) or '-'}"
 
 
+@check("evidence")
+def _evidence(site: Site) -> str | Check:
+    """The audit log's chains (hashed, and keyed with the lane's key) and the witness; the
+    ledger's are checked with it by "ticket ledger" (its open walks the whole chain)."""
+    from edge.gate.audit import open_audit
+
+    cfg = site.cfg
+    if not cfg.resolve(cfg.audit.path).is_file():
+        return "no audit log yet (the gate's first run makes it and the evidence key)"
+    with open_audit(cfg, "use") as log:
+        rep = log.verify()
+    if not rep.ok:
+        return Check(
+            "fail",
+            "evidence",
+            f"audit chain broken: {rep.problem}",
+            "keep the file as evidence; after a restore or replacement: edge-gate audit adopt "
+            "--config C",
+        )
+    how = "hashed and keyed" if rep.keyed else "hashed, not keyed yet"
+    return f"audit chain intact ({how}): {rep.records} records, head {rep.head_id}"
+
+
 @check("fleet")
 def _fleet(site: Site) -> str | Check:
     """The link and clock as edge-gate sync last saw them (tickets are refused on either)."""
