@@ -133,6 +133,7 @@ MODES = ("face-or-ticket", "ticket-only", "face-and-ticket")
 LIVENESS_MODES = ("model+motion", "model", "off")
 PIN_FACTORIES = ("mock", "lgpio", "rpigpio", "native")
 MIN_AUDIT_RETENTION_DAYS = 7  # below this, a misconfiguration or an intruder could erase evidence
+MAX_JUNK_WINDOW_S = 3600.0  # junk codes folded per window: at most an hour per record
 NAME_IN_TOPICS = r"[A-Za-z0-9_.-]{1,64}"
 NO_PIN = (-1, "none")
 SCREEN_LANGUAGES = ("zh-CN", "en")  # the languages the lane screen has its sentences in
@@ -327,6 +328,20 @@ class AuditConfig:
         unit="days",
         ge=MIN_AUDIT_RETENTION_DAYS,
         fix=f"set it to at least {MIN_AUDIT_RETENTION_DAYS}",
+    )
+    evidence_key: str = setting(
+        "",
+        "HMAC key of the audit and ledger chains (0600; only the gate and `audit verify` read it);"
+        ' "" = evidence.key beside the audit log',
+    )
+    junk_window_s: float = setting(
+        60.0,
+        "unreadable or invalid codes are folded into one audit record per window, with a count",
+        unit="seconds",
+        ge=0,
+        le=MAX_JUNK_WINDOW_S,
+        also=((0.0, "every code recorded"),),
+        fix="set it to 60 (the default), or 0 to record every code",
     )
 
 

@@ -64,3 +64,11 @@ class RelayError(EdgeGateError):
 
 class LedgerError(EdgeGateError):
     """The redemption ledger is missing, unreadable, replaced or older than the gate last saw."""
+
+
+class AuditError(EdgeGateError):
+    """The audit log is unreadable, cannot be written, or its chain does not verify."""
+
+
+class FleetStateError(EdgeGateError):
+    """The lane's fleet state file (written by `edge-gate sync`) is unreadable."""

@@ -21,7 +21,10 @@ EXAMPLES: dict[str, str] = {
     "ticket unrevoke": "edge-gate ticket unrevoke --list /etc/edge-gate/revoked.txt DAY-0001",
     "qr read": "edge-gate qr read photo-of-a-ticket.jpg",
     "ledger init": "sudo -u edge-gate edge-gate ledger init --config /etc/edge-gate/gate.toml",
+    "ledger recover": "sudo -u edge-gate edge-gate ledger recover "
+    "--config /etc/edge-gate/gate.toml",
     "audit verify": "edge-gate audit verify --config /etc/edge-gate/gate.toml",
+    "audit adopt": "sudo -u edge-gate edge-gate audit adopt --config /etc/edge-gate/gate.toml",
     "audit export": "edge-gate audit export --config /etc/edge-gate/gate.toml "
     "--since 2026-11-01 --json",
     "keys init": "edge-gate keys init --key-file var/gallery.key",

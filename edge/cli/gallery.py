@@ -17,7 +17,7 @@ from edge.errors import EdgeGateError, EnrollError
 from edge.gallery.crypto import load_key
 from edge.gallery.erase import ErasureIncomplete
 from edge.gallery.store import Consent, Gallery
-from edge.gate.audit import AuditLog, AuditRecord
+from edge.gate.audit import AuditLog, AuditRecord, open_audit
 from edge.timeutil import iso, parse_time
 
 
@@ -35,7 +35,7 @@ def paths(args) -> tuple[config_mod.Config, Path, Path]:
 
 def audit_log(cfg: config_mod.Config) -> AuditLog:
     """The audit log the config names."""
-    return AuditLog(cfg.resolve(cfg.audit.path), cfg.audit.retention_days)
+    return open_audit(cfg, "use")
 
 
 def audit_record(cfg: config_mod.Config, kind: str, **fields: str) -> None:
@@ -204,8 +204,42 @@ def cmd_people(args) -> int:
     return 0
 
 
+OWN_LIST = "-"  # `forget --replay` without FILE: the lane's own forget list only
+
+
+def cmd_replay(args) -> int:
+    """`forget --replay [FILE]`: a gallery restored from a backup forgets again everyone the
+    lane's forget list (and FILE) names, then admits faces again."""
+    from edge.gallery.forgetlist import read_replay_file
+
+    cfg, db, key = paths(args)
+    ids, gen = read_replay_file(Path(args.replay)) if args.replay != OWN_LIST else ([], 0)
+    with Gallery(db, load_key(key), create=False) as g:
+        before = g.forget_state()
+        gone = g.apply_forget_list(ids, gen)
+        after = g.forget_state()
+    audit_record(
+        cfg, "deletion", reason="forget_list_replayed",
+        detail=f"{len(gone)} erased again; generation {before.generation} -> {after.generation}",
+    )  # fmt: skip
+    was = f" ({before.reason})" if before.reason else ""
+    print(
+        f"replayed the forget list on {db}{was}: {len(gone)} people erased again; generation "
+        f"{after.generation}; faces are admitted again"
+    )
+    return 0
+
+
 def cmd_forget(args) -> int:
     """`forget`: honour an erasure request, recording that it happened but not who."""
+    if args.replay is not None:
+        if args.person_id:
+            raise EdgeGateError("give a person id or --replay, not both")
+        return cmd_replay(args)
+    if not args.person_id:
+        raise EdgeGateError(
+            "no person id", "edge-gate forget P-..., or --replay after restoring a backup"
+        )
     cfg, db, key = paths(args)
     try:
         with Gallery(db, load_key(key), create=False) as g:
@@ -336,7 +370,15 @@ def register(sub, common) -> None:
         "--reason", default="consent_withdrawn", help="consent_withdrawn | deletion_request | ..."
     )
     publish_args(sp)
-    sp.add_argument("person_id")
+    sp.add_argument("person_id", nargs="?", help="the pseudonymous id (P-...) to erase")
+    sp.add_argument(
+        "--replay",
+        nargs="?",
+        const=OWN_LIST,
+        metavar="FILE",
+        help="after restoring the gallery from a backup: erase everyone forgotten since (the "
+        "lane's own list, plus FILE: the office's list, one id per line) so faces work again",
+    )
     sp.set_defaults(func=cmd_forget)
 
     sp = sub.add_parser("purge", help="erase people whose pass expired more than N days ago")

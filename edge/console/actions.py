@@ -25,7 +25,7 @@ import numpy as np
 
 from edge import config as config_mod
 from edge.errors import EdgeGateError, ImageError
-from edge.gate.audit import AuditLog, AuditRecord
+from edge.gate.audit import AuditLog, AuditRecord, open_audit
 
 log = logging.getLogger(__name__)
 KIOSK_TTL_S = 900.0  # an unfinished enrollment's faces are dropped after this
@@ -88,7 +88,7 @@ class Office:
 
     def audit_log(self) -> AuditLog:
         """A new connection to the office audit log (audit.path); the caller closes it."""
-        return AuditLog(self.cfg.resolve(self.cfg.audit.path), self.cfg.audit.retention_days)
+        return open_audit(self.cfg, "use")  # keyed when this machine holds an evidence key
 
     @contextlib.contextmanager
     def audit(self) -> Iterator[AuditLog]:

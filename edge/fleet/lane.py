@@ -13,17 +13,37 @@ from typing import Any
 from edge.config import Config
 from edge.fleet.state import LaneGuard
 from edge.tickets.format import Ticket
-from edge.tickets.ledger import Ledger, Redemption
+from edge.tickets.ledger import Ledger, LedgerMark, Redemption
 
 
 class LaneLedger:
-    """A Ledger whose check and redeem first ask the fleet link; everything else is the ledger's."""
+    """A Ledger whose check and redeem first ask the fleet link (the wrapped one: `.ledger`)."""
 
     def __init__(self, ledger: Ledger, guard: LaneGuard):
         self.ledger, self.guard = ledger, guard
 
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.ledger, name)
+    @property
+    def problem(self) -> str:
+        """Why the ledger refuses every ticket ("" when it does not)."""
+        return self.ledger.problem
+
+    @property
+    def outbox(self) -> bool:
+        """True: every redemption is queued for `edge-gate sync` in its own transaction."""
+        return self.ledger.outbox
+
+    @property
+    def floor(self) -> float:
+        """The newest time the gate has seen: a clock behind it refuses tickets."""
+        return self.ledger.floor
+
+    def mark(self) -> LedgerMark:
+        """The ledger's high-water mark (see Ledger.mark)."""
+        return self.ledger.mark()
+
+    def maintain(self) -> None:
+        """Verify and key what sync wrote (see Ledger.maintain)."""
+        self.ledger.maintain()
 
     def __enter__(self) -> LaneLedger:
         return self

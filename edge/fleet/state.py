@@ -10,14 +10,14 @@ whose clock is off by more than `fleet.max_clock_offset_s` refuses them.
 from __future__ import annotations
 
 import json
-import sqlite3
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from edge.config import Config, FleetConfig
-from edge.errors import GalleryError
+from edge.db import Store, run_script
+from edge.errors import FleetStateError
 
 # Reasons a lane gives when the fleet link, not the ticket, refuses an entry.
 FLEET_OFFLINE = "fleet_offline"
@@ -32,20 +32,21 @@ CREATE TABLE IF NOT EXISTS double_use (ticket_id TEXT PRIMARY KEY, reported INTE
 """
 
 
-class FleetState:
+class FleetState(Store):
     """Small key/value and bookkeeping tables; every write is its own short transaction."""
 
+    error = FleetStateError
+    what = "fleet state"
+
     def __init__(self, path: str | Path):
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        self._connect(Path(path))
         try:
-            self.conn = sqlite3.connect(
-                str(self.path), timeout=10.0, isolation_level=None, check_same_thread=False
-            )
-            self.conn.execute("PRAGMA journal_mode=WAL")
-            self.conn.executescript(_SCHEMA)
-        except sqlite3.DatabaseError as e:
-            raise GalleryError(
+            with self.transaction() as c:
+                run_script(c, _SCHEMA)
+        except FleetStateError as e:
+            self.conn.close()
+            raise FleetStateError(
                 f"fleet state {self.path} is unreadable: {e}", "move it aside; sync rebuilds it"
             ) from None
 
@@ -96,10 +97,6 @@ class FleetState:
         self.conn.execute(
             "INSERT OR REPLACE INTO double_use (ticket_id, reported) VALUES (?, ?)", (ticket_id, n)
         )
-
-    def close(self) -> None:
-        """Release the SQLite connection when sync or the gate stops."""
-        self.conn.close()
 
 
 def read_state(state_db: Path, key: str) -> Any:

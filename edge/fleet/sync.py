@@ -10,14 +10,13 @@ paho's network thread only queues; every SQLite access happens on the calling th
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import queue
 import signal
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import paho.mqtt.client as mqtt
 
@@ -154,7 +153,7 @@ class Sync:
             except queue.Empty:
                 break
         if batch:  # one ledger transaction (one fsync) for everything that arrived
-            with self._ledger_tx():
+            with self.ledger.transaction():
                 for message in batch:
                     self._handle(message, now)
         self._handle_acks()
@@ -164,11 +163,11 @@ class Sync:
                 self.sent_audit = self.state.cursor("audit")
                 self.pending.clear()
                 self.audit_inflight.clear()
-            ledger_v = self.ledger.conn.execute("PRAGMA data_version").fetchone()[0]
+            ledger_v = self.ledger.data_version()
             if ledger_v != self._seen["ledger"] or self._more:
                 self._seen["ledger"] = ledger_v
                 self._publish_outbox(now)
-            audit_v = self.audit.conn.execute("PRAGMA data_version").fetchone()[0]
+            audit_v = self.audit.data_version()
             if audit_v != self._seen["audit"] or self._audit_due():
                 self._seen["audit"] = audit_v
                 self._publish_audit()
@@ -186,17 +185,6 @@ class Sync:
                 outbox=self.outbox_size(),
             )
 
-    @contextlib.contextmanager
-    def _ledger_tx(self):
-        c = self.ledger.conn
-        c.execute("BEGIN IMMEDIATE")
-        try:
-            yield
-        except BaseException:
-            c.execute("ROLLBACK")
-            raise
-        c.execute("COMMIT")
-
     def _audit_due(self) -> bool:
         """Audit rows written here don't change data_version: look each second."""
         if time.monotonic() < self._audit_next:
@@ -211,46 +199,35 @@ class Sync:
             self.stats["published"] += 1
 
     def _publish_outbox(self, now: float) -> None:
-        rows = self.ledger.conn.execute(
-            "SELECT seq, ticket_id, t, day, kind, max_entries FROM outbox WHERE seq > ? "
-            "ORDER BY seq LIMIT ?",
-            (self.sent_outbox, max(0, BATCH - len(self.pending))),
-        ).fetchall()
+        rows = self.ledger.outbox_batch(self.sent_outbox, BATCH - len(self.pending))
         self._more = len(rows) > 0 and len(rows) == max(0, BATCH - len(self.pending))
-        for seq, tid, t, day, kind, max_entries in rows:
-            body = {"ticket_id": tid, "t": t, "day": day, "kind": kind, "max_entries": max_entries}
-            m = msg.Message(msg.REDEMPTION, self.fleet.site, self.fleet.lane, seq, now, body)
+        for e in rows:
+            body = {"ticket_id": e.ticket_id, "t": e.t, "day": e.day, "kind": e.kind,
+                    "max_entries": e.max_entries}  # fmt: skip
+            m = msg.Message(msg.REDEMPTION, self.fleet.site, self.fleet.lane, e.seq, now, body)
             self._send(
                 msg.topic(self.fleet.site, "redemptions", self.fleet.lane),
                 msg.encode(m),
-                ("outbox", seq),
+                ("outbox", e.seq),
             )
-            self.sent_outbox = seq
+            self.sent_outbox = e.seq
 
     def _publish_audit(self) -> None:
-        rows = self.audit.conn.execute(
-            "SELECT id, t, gate, kind, decision, via, subject, score, reason, detail FROM events "
-            "WHERE id > ? ORDER BY id LIMIT 200",
-            (self.sent_audit,),
-        ).fetchall()
-        keys = ("t", "gate", "kind", "decision", "via", "subject", "score", "reason", "detail")
-        for row in rows:
-            body = {k: v for k, v in zip(keys, row[1:], strict=True) if v not in ("", None)}
-            m = msg.Message(msg.AUDIT, self.fleet.site, self.fleet.lane, row[0], row[1], body)
+        for row in self.audit.batch(self.sent_audit, 200):
+            body = {k: v for k, v in asdict(row.record).items() if v not in ("", None)}
+            m = msg.Message(msg.AUDIT, self.fleet.site, self.fleet.lane, row.id, row.record.t, body)
             self._send(
-                msg.topic(self.fleet.site, "audit", self.fleet.lane, row[0]),
+                msg.topic(self.fleet.site, "audit", self.fleet.lane, row.id),
                 msg.encode(m),
-                ("audit", row[0]),
+                ("audit", row.id),
                 retain=True,
             )
-            self.audit_inflight.add(row[0])
-            self.sent_audit = row[0]
+            self.audit_inflight.add(row.id)
+            self.sent_audit = row.id
 
     def _heartbeat(self, now: float) -> None:
         self.next_heartbeat = time.monotonic() + self.fleet.heartbeat_s
-        last = self.audit.conn.execute(
-            "SELECT max(t) FROM events WHERE kind = 'decision'"
-        ).fetchone()[0]
+        last = self.audit.newest_time("decision")
         gate = self.state.get("gate_status") or {}
         body = {
             "fps": gate.get("fps"),
@@ -278,10 +255,7 @@ class Sync:
                 self.audit_inflight.discard(what[1])
         if done:
             self._more = True  # room in the window again
-            with self._ledger_tx():
-                self.ledger.conn.executemany(
-                    "DELETE FROM outbox WHERE seq = ?", [(s,) for s in done]
-                )
+            self.ledger.outbox_done(done)
         upto = min(self.audit_inflight) - 1 if self.audit_inflight else self.sent_audit
         if upto > self.state.cursor("audit"):
             self.state.set_cursor("audit", upto)
@@ -325,21 +299,11 @@ class Sync:
         on_day = day if kind == tk.Kind.SEASON else None
         used = self.ledger.used(tid, on_day)
         if used > max_entries and used > self.state.double_use_reported(tid):
-            lanes = self.lanes_of(tid, on_day)
+            lanes = self.ledger.lanes_of(tid, on_day, self.fleet.lane)
             detail = f"lanes {', '.join(lanes)}: {used} entries of {max_entries}"
             log.warning("sync double_use ticket=%s %s", tid, detail)
             self._audit_event(now, DOUBLE_USE, detail, subject=tid)
             self.state.set_double_use_reported(tid, used)
-
-    def lanes_of(self, ticket_id: str, day: str | None) -> list[str]:
-        """Every lane that redeemed this ticket (this one included), for the double_use record."""
-        w = "WHERE ticket_id = ?" + (" AND day = ?" if day else "")
-        args = (ticket_id, day) if day else (ticket_id,)
-        q = self.ledger.conn.execute
-        lanes = {r[0] for r in q(f"SELECT DISTINCT lane FROM remote_redemptions {w}", args)}
-        if q(f"SELECT count(*) FROM redemptions {w}", args).fetchone()[0]:
-            lanes.add(self.fleet.lane)
-        return sorted(lanes)
 
     def _audit_event(self, now: float, reason: str, detail: str, subject: str = "") -> None:
         self.audit.record(
@@ -356,7 +320,7 @@ class Sync:
 
     def outbox_size(self) -> int:
         """Redemptions not yet acknowledged by the office, shown in status and heartbeats."""
-        return self.ledger.conn.execute("SELECT count(*) FROM outbox").fetchone()[0]
+        return self.ledger.outbox_size()
 
     def close(self) -> None:
         """Disconnect and save the figures that `bench --fleet` and `fleet status` read."""

@@ -22,7 +22,7 @@ from edge import tickets as tk
 from edge.errors import EdgeGateError
 from edge.fleet import lane
 from edge.gate import checks
-from edge.gate.audit import AuditLog, AuditRecord
+from edge.gate.audit import AuditLog, AuditRecord, open_audit
 from edge.gate.desk import open_gate_ledger
 from edge.gate.faces import FaceStack
 from edge.gate.notice_socket import SocketSink
@@ -124,7 +124,7 @@ class Gate:
             )
             self.verifier = self._load_tickets(cfg)
             self._tickets_stamp = lane.tickets_stamp(cfg)
-            self.audit = AuditLog(cfg.resolve(cfg.audit.path), cfg.audit.retention_days)
+            self.audit = open_audit(cfg, "create", fold_junk=True)
             stack.callback(self.audit.close)
             # A missing or rolled-back ledger is a stand-in that refuses every ticket, loudly.
             self.ledger = open_gate_ledger(cfg, self.audit, self.clock())
@@ -274,8 +274,10 @@ class Gate:
         return 0
 
     def tick(self, fps: float) -> None:
-        """Once a second: status to systemd and to sync; office revocations/keys sync wrote."""
+        """Once a second: status to systemd and to sync; office revocations/keys sync wrote;
+        the evidence chains keep up with what sync wrote (and junk codes are folded)."""
         self.notifier.status(self.status_text(fps))
+        self._maintain_evidence()
         mode = self.degraded or self.cfg.gate.mode
         lane.report_status(self.ledger, fps=round(fps, 1), camera=self.source.state, mode=mode)
         if (stamp := lane.tickets_stamp(self.cfg)) != self._tickets_stamp:
@@ -285,6 +287,14 @@ class Gate:
                 log.info("gate tickets reloaded: revocations or keys changed")
             except EdgeGateError as e:
                 log.error("gate tickets reload_failed reason=%s; keeping the previous keys", e)
+
+    def _maintain_evidence(self) -> None:
+        try:
+            if self.audit is not None:
+                self.audit.maintain(self.clock())
+            self.ledger.maintain()
+        except EdgeGateError as e:  # a locked or full disk: the next tick tries again
+            log.error("evidence maintain error=%s", e)
 
     def _face_failed(self, e: Exception) -> None:
         """A face path that fails frame after frame at run time: ticket-only, loudly."""

@@ -116,7 +116,7 @@ def _disk(site: Site) -> str:
 
 @check("ticket ledger")
 def _ledger(site: Site) -> str | Check:
-    from edge.gate.audit import AuditLog
+    from edge.gate.audit import open_audit
     from edge.gate.desk import open_ledger
     from edge.timeutil import iso
 
@@ -128,8 +128,8 @@ def _ledger(site: Site) -> str | Check:
     with ExitStack() as stack:
         audit = None
         if audit_path.is_file():
-            audit = stack.enter_context(AuditLog(audit_path, cfg.audit.retention_days))
-        led = stack.enter_context(open_ledger(cfg, audit))
+            audit = stack.enter_context(open_audit(cfg, "use"))
+        led = stack.enter_context(open_ledger(cfg, audit, "use"))
         mark, floor = led.mark(), max(led.floor, led.mark().t)
     if time.time() < floor:
         raise EdgeGateError(
@@ -137,6 +137,29 @@ def _ledger(site: Site) -> str | Check:
             "set the time; tickets are refused until then",
         )
     return f"{cfg.resolve(cfg.tickets.ledger)}: {mark.seq} redemptions, newest {iso(mark.t) or '-'}"
+
+
+@check("evidence")
+def _evidence(site: Site) -> str | Check:
+    """The audit log's chains (hashed, and keyed with the lane's key) and the witness; the
+    ledger's are checked with it by "ticket ledger" (its open walks the whole chain)."""
+    from edge.gate.audit import open_audit
+
+    cfg = site.cfg
+    if not cfg.resolve(cfg.audit.path).is_file():
+        return "no audit log yet (the gate's first run makes it and the evidence key)"
+    with open_audit(cfg, "use") as log:
+        rep = log.verify()
+    if not rep.ok:
+        return Check(
+            "fail",
+            "evidence",
+            f"audit chain broken: {rep.problem}",
+            "keep the file as evidence; after a restore or replacement: edge-gate audit adopt "
+            "--config C",
+        )
+    how = "hashed and keyed" if rep.keyed else "hashed, not keyed yet"
+    return f"audit chain intact ({how}): {rep.records} records, head {rep.head_id}"
 
 
 @check("fleet")

@@ -35,7 +35,7 @@ def _cpu_s(pid: int) -> float:
 def _remote_count(lane_dir: Path) -> int:
     led = Ledger(lane_dir / "ledger.db")
     try:
-        return led.conn.execute("SELECT count(*) FROM remote_redemptions").fetchone()[0]
+        return led.remote_count()
     finally:
         led.close()
 

@@ -38,8 +38,7 @@ def _wait(cond: Callable[[], bool], timeout: float) -> bool:
 def _heard(m: Member, ticket_id: str) -> bool:
     led = Ledger(m.dir / "ledger.db")
     try:
-        q = "SELECT count(*) FROM remote_redemptions WHERE ticket_id = ?"
-        return led.conn.execute(q, (ticket_id,)).fetchone()[0] > 0
+        return led.remote_count(ticket_id) > 0
     finally:
         led.close()
 
