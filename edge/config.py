@@ -155,6 +155,8 @@ class FleetConfig:
     heartbeat_s: float = 5.0
     state_db: str = "var/fleet.db"
     keys_dir: str = "var/fleet-keys"
+    lane_key_file: str = "var/lane.key"  # this lane's Ed25519 key (0600): signs what it sends
+    roster_file: str = "var/fleet-roster.json"  # office only: lane names and public keys
 
     @property
     def enabled(self) -> bool:

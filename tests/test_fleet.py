@@ -25,9 +25,11 @@ from edge.config import PROJECT_ROOT
 from edge.fleet import messages as msg
 from edge.fleet.broker import MISSING, Mosquitto, free_port, mosquitto_binary
 from edge.fleet.client import OneShot
+from edge.fleet.identity import load_lane_key
+from edge.fleet.proof import verify_proof
 from edge.fleet.state import FleetState
 from edge.fleet.sync import Sync, fleet_offset
-from edge.fleet.workspace import write_member
+from edge.fleet.workspace import roster_all, write_member
 from edge.gate.audit import AuditLog
 from edge.tickets.ledger import Ledger
 
@@ -107,8 +109,10 @@ class Proxy:
         self.open = True
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def broker(tmp_path_factory):
+    """A broker per test: with the client id bound to the login, lanes of two tests' parks
+    (same logins) must not meet on one broker."""
     _need_mosquitto()
     with Mosquitto(tmp_path_factory.mktemp("mosquitto"), users=USERS) as b:
         yield b
@@ -121,9 +125,12 @@ def office_keys(tmp_path_factory):
 
 
 class Park:
-    """An office and N lanes in a fresh site; syncs run in threads (or as processes)."""
+    """An office and N lanes in a fresh site, every lane in the office's signed roster; syncs
+    run in threads (or as processes). The office's sync starts with the park."""
 
-    def __init__(self, root: Path, broker_url: str, keys, lanes=3, fleet=None, urls=None):
+    def __init__(
+        self, root: Path, broker_url: str, keys, lanes=3, fleet=None, urls=None, office=True
+    ):
         self.site = "park-" + uuid.uuid4().hex[:8]
         self.priv, self.pub = keys
         from edge.gallery.crypto import init_key
@@ -149,19 +156,28 @@ class Park:
         ]
         for m in [self.office, *self.lanes]:
             init_key(m.dir / "gallery.key")
+        roster_all(self.office, self.lanes, self.priv)
         self.syncs: dict[int, tuple[Sync, threading.Thread]] = {}
+        if office:
+            self.start(0)
+
+    def member(self, i: int):
+        return self.office if i == 0 else self.lanes[i - 1]
 
     def cfg(self, i: int) -> config_mod.Config:
-        return config_mod.load(self.lanes[i - 1].config)
+        return config_mod.load(self.member(i).config)
 
     def start(self, i: int, clock=time.time) -> Sync:
-        """Sync in a thread of its own (its SQLite connections belong to that thread)."""
+        """Sync in a thread of its own (its SQLite connections belong to that thread); 0 is
+        the office."""
         made: list[Sync] = []
         ready = threading.Event()
 
         def main():
-            made.append(Sync(self.cfg(i), clock=clock))
-            ready.set()
+            try:
+                made.append(Sync(self.cfg(i), clock=clock))
+            finally:
+                ready.set()
             made[0].run()
 
         t = threading.Thread(target=main, daemon=True)
@@ -184,6 +200,10 @@ class Park:
         t = tk.Ticket(tid, "day", int(time.time()) - 60, int(time.time()) + 86400, kind, entries)
         return tk.sign(t, tk.load_private(self.priv))
 
+    def signed(self, tid: str, entries: int = 1) -> tk.Ticket:
+        """A ticket as the gate holds it after verifying its text (the text included)."""
+        return verify_proof(self.ticket(tid, entries), [tk.load_public(self.pub)])
+
     def remote(self, i: int, tid: str | None = None) -> int:
         led = Ledger(self.lanes[i - 1].dir / "ledger.db")
         try:
@@ -193,18 +213,26 @@ class Park:
             led.close()
 
     def audit(self, i: int, reason: str) -> list:
-        a = AuditLog(self.lanes[i - 1].dir / "audit.db")
+        a = AuditLog(self.member(i).dir / "audit.db")
         try:
             return [r for r in a.records() if r.reason == reason]
         finally:
             a.close()
 
     def state(self, i: int, key: str):
-        st = FleetState(self.lanes[i - 1].dir / "fleet.db")
+        st = FleetState(self.member(i).dir / "fleet.db")
         try:
             return st.get(key)
         finally:
             st.close()
+
+    def wait_ready(self, *lanes: int) -> None:
+        """Every lane named has the roster and the forget list (so faces may be granted)."""
+        for i in lanes:
+            wait_for(
+                lambda i=i: self.state(i, "roster") and not self.state(i, "forget_replay"),
+                what=f"lane{i} has the roster and the forget list",
+            )
 
 
 def cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
@@ -275,16 +303,21 @@ def test_config_without_fleet_is_alone_and_fleet_keys_are_checked(tmp_path):
 def test_outbox_is_written_in_the_ledger_transaction(tmp_path, office_keys):
     from edge.tickets.ledger import init_ledger
 
-    t = tk.Ticket("T-1", "day", 0, 0, tk.Kind.ENTRIES, 2)
+    t = tk.Ticket("T-1", "day", 0, 0, tk.Kind.ENTRIES, 3)
     init_ledger(tmp_path / "l.db")
     init_ledger(tmp_path / "alone.db")
     led = Ledger(tmp_path / "l.db", outbox=True)
+    t = verify_proof(tk.sign(t, tk.load_private(office_keys[0])), [tk.load_public(office_keys[1])])
     assert led.redeem(t, 1000.0).ok
-    assert led.conn.execute("SELECT ticket_id, max_entries FROM outbox").fetchall() == [("T-1", 2)]
-    assert led.apply_remote("lane2", 1, "T-1", 1001.0, "1970-01-01")
-    assert not led.apply_remote("lane2", 1, "T-1", 1001.0, "1970-01-01")  # duplicate
-    assert led.used("T-1") == 2
-    r = led.redeem(t, 2000.0)
+    rows = led.outbox_batch(0, 10)
+    assert [(r.ticket_id, r.max_entries, r.epoch, r.proof) for r in rows] == [
+        ("T-1", 3, led.epoch, t.text)
+    ]
+    assert led.apply_remote("lane2", "e1", 1, "T-1", 1001.0, "1970-01-01")
+    assert not led.apply_remote("lane2", "e1", 1, "T-1", 1001.0, "1970-01-01")  # duplicate
+    assert led.apply_remote("lane2", "e2", 1, "T-1", 1002.0, "1970-01-01")  # a new epoch counts
+    assert led.used("T-1") == 3
+    r = led.redeem(t, 2000.0)  # 3 entries of 3 counted: here and at lane2 (two epochs)
     assert not r.ok
     assert r.reason == tk.ALREADY_USED
     alone = Ledger(tmp_path / "alone.db")
@@ -315,19 +348,28 @@ def test_screenshot_one_time_ticket_admits_once_across_three_lanes(broker, offic
 
 
 def test_duplicated_and_reordered_messages_count_once(broker, office_keys, tmp_path):
-    park = Park(tmp_path, broker.url, office_keys, lanes=1)
+    park = Park(tmp_path, broker.url, office_keys, lanes=2)
     try:
         park.start(1)
-        wait_for(lambda: park.state(1, "connected"), what="lane1 connected")
-        lane2 = write_member(tmp_path, "lane2", broker.url, park.site, park.pub, USERS["lane2"])
-        cfg2 = config_mod.load(lane2.config)
-        body = {"ticket_id": "T-3X", "day": "2026-11-27", "kind": 1, "max_entries": 3}
+        park.wait_ready(1)
+        cfg2 = park.cfg(2)  # lane2's sync is not running: its login is free for this client
+        key2 = load_lane_key(cfg2)
+        proof = park.ticket("T-3X", entries=3)
+        body = {"ticket": proof, "ticket_id": "T-3X", "day": "2026-11-27"}
         with OneShot(cfg2, "test") as c:
             for seq in (2, 1, 2, 1, 2):  # reordered, then duplicated
                 m = msg.Message(
-                    msg.REDEMPTION, park.site, "lane2", seq, time.time(), {**body, "t": 1.0 * seq}
+                    msg.REDEMPTION,
+                    park.site,
+                    "lane2",
+                    seq,
+                    time.time(),
+                    {**body, "t": 1.0 * seq},
+                    epoch="e1",
                 )
-                c.publish(msg.topic(park.site, "redemptions", "lane2"), msg.encode(m))
+                c.publish(
+                    msg.topic(park.site, "redemptions", "lane2"), msg.encode(msg.sign(m, key2))
+                )
         s = park.syncs[1][0]
         wait_for(lambda: s.stats["applied"] + s.stats["duplicates"] == 5, what="five arrivals")
         assert park.remote(1, "T-3X") == 2
@@ -369,8 +411,7 @@ def test_broker_restarted_mid_stream_loses_nothing(office_keys, tmp_path):
         led = Ledger(park.lanes[0].dir / "ledger.db", gate="lane1", outbox=True)
         n = 60
         for k in range(n):
-            t = tk.Ticket(f"T-R{k}", "day", 0, 0, tk.Kind.ONE_TIME, 1)
-            assert led.redeem(t, time.time()).ok
+            assert led.redeem(park.signed(f"T-R{k}"), time.time()).ok
             if k == n // 2:
                 b.restart()
         led.close()
@@ -431,7 +472,7 @@ def test_kill_9_of_sync_mid_batch_loses_nothing(broker, office_keys, tmp_path):
     n = 400
     led = Ledger(park.lanes[0].dir / "ledger.db", gate="lane1", outbox=True)
     for k in range(n):
-        assert led.redeem(tk.Ticket(f"T-K{k}", "day", 0, 0, tk.Kind.ONE_TIME, 1), time.time()).ok
+        assert led.redeem(park.signed(f"T-K{k}"), time.time()).ok
     led.close()
     park.start(2)
     env = dict(os.environ, PYTHONPATH=str(PROJECT_ROOT))

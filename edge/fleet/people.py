@@ -130,3 +130,18 @@ def forget(cfg: Config, person_id: str) -> bool:
         except ErasureIncomplete as e:  # key destroyed, rows gone; the gate still holds old pages
             log.warning("fleet forget person=%s erasure pending on disk: %s", person_id, e)
             return True
+
+
+def forget_many(cfg: Config, person_ids: list[str]) -> list[str]:
+    """Erase everyone listed who is in this lane's gallery; returns who was here."""
+    db = cfg.resolve(cfg.gallery.db)
+    if not person_ids or not db.exists() or db.stat().st_size == 0:
+        return []
+    with _gallery(cfg) as g:
+        here = sorted({p.id for p in g.people()} & set(person_ids))
+        for pid in here:
+            try:
+                g.forget(pid)
+            except ErasureIncomplete as e:
+                log.warning("fleet forget person=%s erasure pending on disk: %s", pid, e)
+    return here

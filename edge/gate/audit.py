@@ -233,6 +233,19 @@ class AuditLog:
             )
             self.record(r)
 
+    def head(self) -> tuple[int, str]:
+        """(records ever appended, hash of the newest): what sync signs and sends the office."""
+        head_id, head_hash = self.conn.execute("SELECT head_id, head_hash FROM chain").fetchone()
+        return int(head_id), str(head_hash)
+
+    def since(self, after_id: int, limit: int) -> list[tuple[int, str, str, AuditRecord]]:
+        """(id, prev, hash, record) after `after_id`, oldest first: what sync sends the office."""
+        rows = self.conn.execute(
+            f"SELECT id, prev, hash, {_COLS} FROM events WHERE id > ? ORDER BY id LIMIT ?",
+            (after_id, limit),
+        ).fetchall()
+        return [(r[0], r[1], r[2], AuditRecord(*r[3:])) for r in rows]
+
     def newest_time(self) -> float | None:
         """The newest record time: a clock behind it has stepped backwards."""
         return self.conn.execute("SELECT max(t) FROM events").fetchone()[0]
