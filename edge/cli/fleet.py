@@ -68,10 +68,11 @@ def cmd_status(args) -> int:
             if not v["rostered"]:
                 flags.append("NOT IN ROSTER")
             clock = "?" if off is None else f"{off:+.1f} s"
+            shown = {k: "-" if v.get(k) is None else v[k] for k in ("mode", "camera", "fps")}
             print(
-                f"  {lane:<12} heartbeat {v['last_seen']:<11} mode {v.get('mode', '-')}  "
-                f"camera {v.get('camera', '-')}  fps {v.get('fps', '-')}  "
-                f"outbox {v.get('outbox', '-')}  clock {clock}"
+                f"  {lane:<12} heartbeat {v['last_seen']:<11} mode {shown['mode']}  "
+                f"camera {shown['camera']}  fps {shown['fps']}  "
+                f"outbox {'-' if v.get('outbox') is None else v['outbox']}  clock {clock}"
                 + (f"  {' '.join(flags)}" if flags else "")
             )
         if rep["clock"]["off"]:

@@ -327,7 +327,8 @@ def verify_lane(ev: LaneEvidence) -> list[AuditFinding]:
             if first - 1 in old and old[first - 1][1] != recs[first][0]:
                 bad(
                     f"epoch {epoch[:8]} starts at record {first}, which does not follow record "
-                    f"{first - 1} of epoch {earlier[:8]}: a different log"
+                    f"{first - 1} as the lane sent it in epoch {earlier[:8]}: the lane's log "
+                    "before it was rewritten or replaced"
                 )
             lost = [r for r in old if r >= first]
             if lost and first - 1 in old:

@@ -657,7 +657,16 @@ class Sync:
         }
 
     def _clock(self) -> ClockView:
-        return fleet_clock(self._readings(), self.me, self.fleet.clock_skew_s)
+        """The fleet's clock from fresh readings; members heard earlier are named against it
+        with their last reading, so a lane whose clock was off stays named once silent."""
+        view = fleet_clock(self._readings(), self.me, self.fleet.clock_skew_s)
+        offsets = dict(view.offsets)
+        for lane, p in self.peers.items():
+            if lane not in offsets and p.reading is not None:
+                offsets[lane] = round(p.reading + view.offset, 3)
+        skew = self.fleet.clock_skew_s
+        off = tuple(sorted(lane for lane, o in offsets.items() if abs(o) > skew))
+        return ClockView(view.offset, offsets, off)
 
     def clock_offset(self) -> float | None:
         """Our clock minus the fleet's (median of signed heartbeats, outliers dropped); None
