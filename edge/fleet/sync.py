@@ -34,7 +34,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import paho.mqtt.client as mqtt
@@ -83,6 +83,7 @@ def restore_reason(announced: msg.Message, epoch: str, out_high: int, audit_coun
     """Why this lane must start a new epoch, given what it last announced to the fleet (its own
     retained heartbeat or last will), or "" when its files are at least as new. Pure."""
     b = announced.body
+    audit = (b.get("evidence") or {}).get("audit") or {}
     if announced.epoch != epoch:
         return f"the fleet last saw epoch {announced.epoch[:8]}, the ledger holds {epoch[:8]}"
     if int(b.get("out_seq") or 0) > out_high:
@@ -90,7 +91,7 @@ def restore_reason(announced: msg.Message, epoch: str, out_high: int, audit_coun
             f"the ledger's outbox went back to {out_high} (the fleet saw {b.get('out_seq')}):"
             " restored from an older copy"
         )
-    count = int((b.get("audit") or {}).get("count") or 0)
+    count = int(audit.get("count") or 0)
     if count > audit_count:
         return f"the audit log went back to {audit_count} records (the fleet saw {count})"
     return ""
@@ -189,11 +190,18 @@ class Sync:
         )
 
     def _marks(self) -> dict[str, Any]:
-        """How far this lane's files go, as announced: a restored copy is behind these."""
+        """How far this lane's files go, as announced: a restored copy is behind these. The
+        `evidence` fields are the heads evidence agreed (/work/coord: audit, ledger)."""
         if self.ledger is None:
             return {}
-        count, head = self.audit.head()
-        return {"out_seq": self.ledger.outbox_high(), "audit": {"count": count, "head": head}}
+        a = self.audit.head()
+        ledger = {"epoch": self.ledger.epoch}
+        if hasattr(self.ledger, "head"):  # the ledger's own chain, where it has one
+            ledger.update(zip(("count", "head"), self.ledger.head(), strict=True))
+        return {
+            "out_seq": self.ledger.outbox_high(),
+            "evidence": {"audit": {"count": a.count, "head": a.head}, "ledger": ledger},
+        }
 
     # --- paho callbacks (network thread): only queue --------------------------------------------
 
@@ -300,7 +308,7 @@ class Sync:
 
     def _tx(self):
         if self.ledger is not None:
-            return self.ledger.remote_tx()
+            return self.ledger.transaction()
         return transaction(self.state.conn)
 
     def _publish(self, now: float) -> None:
@@ -375,7 +383,7 @@ class Sync:
             body = {"ticket": r.proof, "ticket_id": r.ticket_id, "t": r.t, "day": r.day}
             self._send(
                 msg.topic(self.site, "redemptions", self.me),
-                self._signed(msg.REDEMPTION, r.seq, body, epoch=r.epoch),
+                self._signed(msg.REDEMPTION, r.seq, body),
                 ("outbox", r.seq),
             )
             self.sent_outbox = r.seq
@@ -390,26 +398,26 @@ class Sync:
             self.audit_waiting = time.monotonic()
         if self.sent_audit - cursor >= AUDIT_WINDOW:
             return
-        rows = self.audit.since(self.sent_audit, AUDIT_BATCH)
+        rows = self.audit.batch(self.sent_audit, AUDIT_BATCH)
         if not rows:
             return
         records = [
             {
-                "id": rid,
-                "prev": prev,
-                "hash": h,
-                **{k: v for k, v in _record_fields(r).items() if v not in ("", None)},
+                "id": r.id,
+                "prev": r.prev,
+                "hash": r.hash,
+                **{k: v for k, v in asdict(r.record).items() if v not in ("", None)},
             }
-            for rid, prev, h, r in rows
+            for r in rows
         ]
         if self.sent_audit <= cursor:
             self.audit_waiting = time.monotonic()
         self._send(
             msg.topic(self.site, "audit", self.me),
-            self._signed(msg.AUDIT, rows[-1][0], {"records": records}),
+            self._signed(msg.AUDIT, rows[-1].id, {"records": records}),
             ("other", 0),
         )
-        self.sent_audit = rows[-1][0]
+        self.sent_audit = rows[-1].id
 
     def _publish_office(self) -> None:
         rows = self.store.outgoing(self.sent_office, max(0, BATCH - len(self.pending)))
@@ -432,9 +440,7 @@ class Sync:
             "clocks": self.clock_view.offsets if self._readings() else {},
         }
         if self.ledger is not None:
-            last = self.audit.conn.execute(
-                "SELECT max(t) FROM events WHERE kind = 'decision'"
-            ).fetchone()[0]
+            last = self.audit.newest_time("decision")
             gate = self.state.get("gate_status") or {}
             body.update(
                 fps=gate.get("fps"),
@@ -538,8 +544,9 @@ class Sync:
         if self.self_checked:
             return
         self.self_checked = True
-        count, _ = self.audit.head()
-        why = restore_reason(announced, self.epoch, self.ledger.outbox_high(), count)
+        why = restore_reason(
+            announced, self.epoch, self.ledger.outbox_high(), self.audit.head().count
+        )
         if why:
             self.epoch = self.ledger.new_epoch()
             log.warning("sync new epoch=%s: %s", self.epoch, why)
@@ -550,7 +557,7 @@ class Sync:
     def _new_epoch(self, why: str, rotated: bool) -> None:
         """A new numbering space: the audit cursor at most the log's head; faces wait for the
         office's forget list (asked for again: it is retained)."""
-        count, _ = self.audit.head()
+        count = self.audit.head().count
         if self.state.cursor("audit") > count:
             self.state.set_cursor("audit", count)
         self.state.put(epoch=self.epoch, forget_replay=f"new epoch {self.epoch[:8]}: {why}"[:200])
@@ -566,7 +573,7 @@ class Sync:
         p.received = m.time if retained else now
         if not retained:
             p.reading, p.seen = m.time - now, time.monotonic()
-        audit = m.body.get("audit")
+        audit = (m.body.get("evidence") or {}).get("audit")
         if self.store is not None and isinstance(audit, dict):
             self.store.store_head(
                 m.lane, m.epoch, int(audit.get("count", 0)), str(audit.get("head", "")), m.time
@@ -592,9 +599,9 @@ class Sync:
         cursor = self.state.cursor("audit")
         if b.get("epoch") != self.epoch or upto <= cursor:
             return
-        nxt = self.audit.since(cursor, 1)
-        mine = self.audit.since(upto - 1, 1)
-        if not nxt or nxt[0][0] < lo or not mine or mine[0][0] != upto or mine[0][2] != h:
+        nxt = self.audit.batch(cursor, 1)
+        mine = self.audit.batch(upto - 1, 1)
+        if not nxt or nxt[0].id < lo or not mine or mine[0].id != upto or mine[0].hash != h:
             return  # a gap before what the office holds, or not our record: send again
         self.state.set_cursor("audit", upto)
         self.audit_waiting = time.monotonic()
@@ -612,7 +619,7 @@ class Sync:
         except (KeyError, TypeError, ValueError) as e:
             raise msg.MessageError(f"redemption from {m.lane!r}: bad body {e}") from None
         tid = ticket.ticket_id
-        if not self.ledger.apply_remote(m.lane, m.epoch, m.seq, tid, t, day):
+        if not self.ledger.apply_remote(m.lane, m.seq, tid, t, day, epoch=m.epoch):
             self.stats["duplicates"] += 1
             return
         self.stats["applied"] += 1
@@ -699,9 +706,3 @@ class Sync:
                 closers.insert(0, self.ledger.close)
             for c in closers:
                 c()
-
-
-def _record_fields(r: AuditRecord) -> dict[str, Any]:
-    from dataclasses import asdict
-
-    return asdict(r)

@@ -22,6 +22,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import NamedTuple
 
 from edge.errors import ConfigError, GalleryError
 from edge.tickets.ledger import LedgerMark
@@ -56,6 +57,23 @@ class ChainReport:
     head_id: int
     head_hash: str
     problem: str = ""
+
+
+class ChainHead(NamedTuple):
+    """How far a chain has grown: records ever appended (purged ones too) and the newest hash."""
+
+    count: int
+    head: str
+
+
+@dataclass(frozen=True)
+class ChainedRecord:
+    """One record with its place in the chain: its id, the previous hash and its own."""
+
+    id: int
+    record: AuditRecord
+    prev: str
+    hash: str
 
 
 _COLS = "t, gate, kind, decision, via, subject, score, reason, detail"
@@ -233,22 +251,25 @@ class AuditLog:
             )
             self.record(r)
 
-    def head(self) -> tuple[int, str]:
-        """(records ever appended, hash of the newest): what sync signs and sends the office."""
-        head_id, head_hash = self.conn.execute("SELECT head_id, head_hash FROM chain").fetchone()
-        return int(head_id), str(head_hash)
+    def newest_time(self, kind: str | None = None) -> float | None:
+        """The newest record time (of one kind): a clock behind it has stepped backwards."""
+        if kind is None:
+            return self.conn.execute("SELECT max(t) FROM events").fetchone()[0]
+        return self.conn.execute("SELECT max(t) FROM events WHERE kind = ?", (kind,)).fetchone()[0]
 
-    def since(self, after_id: int, limit: int) -> list[tuple[int, str, str, AuditRecord]]:
-        """(id, prev, hash, record) after `after_id`, oldest first: what sync sends the office."""
+    def head(self) -> ChainHead:
+        """(records ever appended, hash of the newest): what the lane publishes, signed, so the
+        office can tell a log that lost records or went back to an older copy."""
+        n, h = self.conn.execute("SELECT head_id, head_hash FROM chain").fetchone()
+        return ChainHead(n, h)
+
+    def batch(self, after_id: int = 0, limit: int = 200) -> list[ChainedRecord]:
+        """Records after `after_id`, oldest first, with their place in the chain (to publish)."""
         rows = self.conn.execute(
-            f"SELECT id, prev, hash, {_COLS} FROM events WHERE id > ? ORDER BY id LIMIT ?",
-            (after_id, limit),
+            f"SELECT id, {_COLS}, prev, hash FROM events WHERE id > ? ORDER BY id LIMIT ?",
+            (after_id, max(0, limit)),
         ).fetchall()
-        return [(r[0], r[1], r[2], AuditRecord(*r[3:])) for r in rows]
-
-    def newest_time(self) -> float | None:
-        """The newest record time: a clock behind it has stepped backwards."""
-        return self.conn.execute("SELECT max(t) FROM events").fetchone()[0]
+        return [ChainedRecord(r[0], AuditRecord(*r[1:-2]), r[-2], r[-1]) for r in rows]
 
     # --- reading -----------------------------------------------------------------------------
 

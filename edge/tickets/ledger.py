@@ -11,10 +11,10 @@ init`), it carries a random id and a redemption counter, and the gate keeps the 
 saw in a second place (the audit log, `MarkStore`) and refuses the ledger when it is behind.
 
 In a fleet (docs/FLEET.md) each local redemption is also queued in `outbox` in the same
-transaction, with the ticket's signed text and the ledger's epoch, and other lanes' redemptions
-land in `remote_redemptions`, keyed by (lane, epoch, seq) so a duplicated or reordered message
-counts once while a replaced or restored lane (a new epoch) is never taken for a replay; `used`
-counts both tables in one read. The epoch is random, new at `ledger init` and at `new_epoch()`.
+transaction, with the ticket's signed text, and other lanes' redemptions land in
+`remote_redemptions`, keyed by (lane, epoch, seq) so a duplicated or reordered message counts
+once while a replaced or restored lane (a new epoch) is never taken for a replay; `used` counts
+both tables in one read.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ import datetime as dt
 import logging
 import sqlite3
 import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -48,8 +49,8 @@ CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 _FLEET_SCHEMA = """
 CREATE TABLE IF NOT EXISTS outbox (seq INTEGER PRIMARY KEY AUTOINCREMENT, ticket_id TEXT NOT NULL,
   t REAL NOT NULL, day TEXT NOT NULL, kind INTEGER NOT NULL, max_entries INTEGER NOT NULL,
-  epoch TEXT NOT NULL DEFAULT '', proof TEXT NOT NULL DEFAULT '');
-CREATE TABLE IF NOT EXISTS remote_redemptions (lane TEXT NOT NULL, epoch TEXT NOT NULL,
+  proof TEXT NOT NULL DEFAULT '');
+CREATE TABLE IF NOT EXISTS remote_redemptions (lane TEXT NOT NULL, epoch TEXT NOT NULL DEFAULT '',
   seq INTEGER NOT NULL, ticket_id TEXT NOT NULL, t REAL NOT NULL, day TEXT NOT NULL,
   PRIMARY KEY (lane, epoch, seq));
 CREATE INDEX IF NOT EXISTS remote_redemptions_ticket ON remote_redemptions(ticket_id);
@@ -57,17 +58,16 @@ CREATE INDEX IF NOT EXISTS remote_redemptions_ticket ON remote_redemptions(ticke
 
 
 @dataclass(frozen=True)
-class OutboxRow:
-    """One local redemption waiting for `edge-gate sync` to publish it."""
+class OutboxEntry:
+    """One local redemption waiting for `edge-gate sync` to publish it (fleet)."""
 
     seq: int
-    epoch: str
     ticket_id: str
     t: float
     day: str
     kind: int
     max_entries: int
-    proof: str
+    proof: str = ""  # the ticket's signed text: the redemption names its ticket by it
 
 
 @dataclass(frozen=True)
@@ -139,12 +139,7 @@ def init_ledger(path: str | Path) -> tuple[Path, bool]:
             conn.executescript(_SCHEMA)
             conn.executemany(
                 "INSERT INTO meta (key, value) VALUES (?, ?)",
-                [
-                    ("ledger_id", uuid.uuid4().hex),
-                    ("seq", "0"),
-                    ("last_t", "0"),
-                    ("epoch", uuid.uuid4().hex[:16]),
-                ],
+                [("ledger_id", uuid.uuid4().hex), ("seq", "0"), ("last_t", "0")],
             )
             conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
         conn.close()
@@ -228,46 +223,25 @@ class Ledger:
                     [("ledger_id", uuid.uuid4().hex), ("seq", str(n)), ("last_t", str(last or 0))],
                 )
                 self.conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
-        self._fleet_upgrade()
+        self._fleet_upgrade()  # fleet tables; empty when the gate works alone
 
     def _fleet_upgrade(self) -> None:
-        """Fleet tables (empty when the gate works alone), and their epoch columns if older."""
+        """The fleet tables, with the outbox's proof and the remote lanes' epoch if older."""
         cols = {
             t: [r[1] for r in self.conn.execute(f"PRAGMA table_info({t})")]
             for t in ("outbox", "remote_redemptions")
         }
-        has_epoch = self.conn.execute("SELECT 1 FROM meta WHERE key = 'epoch'").fetchone()
-        if has_epoch and all(not c or "epoch" in c for c in cols.values()):
-            self.conn.executescript(_FLEET_SCHEMA)
-            return
-        self.conn.execute("BEGIN IMMEDIATE")
-        try:
-            self.conn.execute(
-                "INSERT OR IGNORE INTO meta (key, value) VALUES ('epoch', ?)",
-                (uuid.uuid4().hex[:16],),
+        if cols["outbox"] and "proof" not in cols["outbox"]:
+            self.conn.execute("ALTER TABLE outbox ADD COLUMN proof TEXT NOT NULL DEFAULT ''")
+        if cols["remote_redemptions"] and "epoch" not in cols["remote_redemptions"]:
+            self.conn.executescript(
+                "BEGIN IMMEDIATE; ALTER TABLE remote_redemptions RENAME TO remote_v2;"
+                " DROP INDEX IF EXISTS remote_redemptions_ticket;"
+                + _FLEET_SCHEMA
+                + "INSERT INTO remote_redemptions (lane, seq, ticket_id, t, day)"
+                " SELECT lane, seq, ticket_id, t, day FROM remote_v2; DROP TABLE remote_v2; COMMIT;"
             )
-            if cols["outbox"] and "epoch" not in cols["outbox"]:
-                self.conn.execute("ALTER TABLE outbox ADD COLUMN epoch TEXT NOT NULL DEFAULT ''")
-                self.conn.execute("ALTER TABLE outbox ADD COLUMN proof TEXT NOT NULL DEFAULT ''")
-            if cols["remote_redemptions"] and "epoch" not in cols["remote_redemptions"]:
-                self.conn.execute("ALTER TABLE remote_redemptions RENAME TO remote_v1")
-                self.conn.execute("DROP INDEX IF EXISTS remote_redemptions_ticket")
-            for stmt in _FLEET_SCHEMA.split(";"):
-                if stmt.strip():
-                    self.conn.execute(stmt)
-            if cols["remote_redemptions"] and "epoch" not in cols["remote_redemptions"]:
-                self.conn.execute(
-                    "INSERT INTO remote_redemptions SELECT lane, '', seq, ticket_id, t, day"
-                    " FROM remote_v1"
-                )
-                self.conn.execute("DROP TABLE remote_v1")
-            self.conn.execute(
-                "UPDATE outbox SET epoch = ? WHERE epoch = ''", (self._meta("epoch"),)
-            )
-            self.conn.execute("COMMIT")
-        except BaseException:
-            self.conn.execute("ROLLBACK")
-            raise
+        self.conn.executescript(_FLEET_SCHEMA)
 
     def _check_marks(self) -> None:
         """Refuse a ledger that is not the one the gate last saw, or that has lost entries."""
@@ -305,78 +279,87 @@ class Ledger:
         args = (ticket_id, day) if day else (ticket_id,)
         return self.conn.execute(q, args * 2).fetchone()[0]
 
-    # --- fleet: the outbox that sync publishes and other lanes' redemptions ------------------
+    # --- the fleet: other lanes' redemptions in, this lane's outbox out (edge-gate sync) ---------
 
     @property
     def epoch(self) -> str:
-        """The numbering space of this ledger's outbox: new at `ledger init` and at a restore."""
-        return self._meta("epoch")
+        """The numbering space of this ledger's outbox: the ledger's id, until `new_epoch`."""
+        row = self.conn.execute("SELECT value FROM meta WHERE key = 'epoch'").fetchone()
+        return row[0] if row else self.ledger_id
 
     def new_epoch(self) -> str:
-        """Start a new epoch (a restored ledger): rows still queued are sent again under it."""
-        epoch = uuid.uuid4().hex[:16]
-        with self.remote_tx():
-            self.conn.execute("UPDATE meta SET value = ? WHERE key = 'epoch'", (epoch,))
-            self.conn.execute("UPDATE outbox SET epoch = ?", (epoch,))
+        """A restored copy of this ledger (sync found the fleet had seen more from it): number
+        its outbox in a new epoch from now on, so nothing it sends is taken for a replay."""
+        epoch = uuid.uuid4().hex
+        with self.transaction() as c:
+            c.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('epoch', ?)", (epoch,))
         return epoch
 
-    def outbox_batch(self, after_seq: int, limit: int) -> list[OutboxRow]:
-        """Queued redemptions after `after_seq`, oldest first."""
-        rows = self.conn.execute(
-            "SELECT seq, epoch, ticket_id, t, day, kind, max_entries, proof FROM outbox"
-            " WHERE seq > ? ORDER BY seq LIMIT ?",
-            (after_seq, max(0, limit)),
-        ).fetchall()
-        return [OutboxRow(*r) for r in rows]
-
-    def outbox_done(self, seqs: list[int]) -> None:
-        """Drop rows the broker acknowledged (one transaction)."""
-        with self.remote_tx():
-            self.conn.executemany("DELETE FROM outbox WHERE seq = ?", [(s,) for s in seqs])
-
-    def outbox_size(self) -> int:
-        """Redemptions not yet acknowledged by the broker."""
-        return self.conn.execute("SELECT count(*) FROM outbox").fetchone()[0]
-
-    def outbox_high(self) -> int:
-        """The highest outbox sequence ever assigned (survives deletes): a restore shows here."""
-        row = self.conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'outbox'").fetchone()
-        return int(row[0]) if row else 0
-
     @contextlib.contextmanager
-    def remote_tx(self):
-        """One IMMEDIATE transaction (one fsync) for a batch of fleet writes; nests."""
+    def transaction(self):
+        """One IMMEDIATE transaction for a batch of writes (nested calls join the outer one)."""
         if self.conn.in_transaction:
-            yield
+            yield self.conn
             return
         self.conn.execute("BEGIN IMMEDIATE")
         try:
-            yield
+            yield self.conn
         except BaseException:
             self.conn.execute("ROLLBACK")
             raise
         self.conn.execute("COMMIT")
 
     def apply_remote(
-        self, lane: str, epoch: str, seq: int, ticket_id: str, t: float, day: str
+        self, lane: str, seq: int, ticket_id: str, t: float, day: str, epoch: str = ""
     ) -> bool:
         """Record another lane's redemption once; False if (lane, epoch, seq) was applied."""
         cur = self.conn.execute(
             "INSERT OR IGNORE INTO remote_redemptions (lane, epoch, seq, ticket_id, t, day)"
             " VALUES (?,?,?,?,?,?)",
-            (lane, epoch, seq, ticket_id, t, day),
+            (lane, epoch, int(seq), ticket_id, float(t), day),
         )
         return cur.rowcount == 1
 
-    def lanes_of(self, ticket_id: str, day: str | None, me: str) -> list[str]:
-        """Every lane that redeemed this ticket (`me` for this one), for the double_use record."""
+    def outbox_batch(self, after_seq: int = 0, limit: int = 500) -> list[OutboxEntry]:
+        """Local redemptions queued for publishing, oldest first, after `after_seq`."""
+        rows = self.conn.execute(
+            "SELECT seq, ticket_id, t, day, kind, max_entries, proof FROM outbox WHERE seq > ? "
+            "ORDER BY seq LIMIT ?",
+            (after_seq, max(0, limit)),
+        ).fetchall()
+        return [OutboxEntry(*r) for r in rows]
+
+    def outbox_done(self, seqs: Iterable[int]) -> int:
+        """Drop outbox entries the broker acknowledged (PUBACK); returns how many went."""
+        with self.transaction() as c:
+            return c.executemany("DELETE FROM outbox WHERE seq = ?", [(s,) for s in seqs]).rowcount
+
+    def outbox_size(self) -> int:
+        """Redemptions not yet acknowledged by the broker."""
+        return self.conn.execute("SELECT count(*) FROM outbox").fetchone()[0]
+
+    def outbox_high(self) -> int:
+        """The highest outbox seq ever assigned (deletes keep it): a restored copy is behind
+        what the fleet saw from this lane."""
+        row = self.conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'outbox'").fetchone()
+        return int(row[0]) if row else 0
+
+    def lanes_of(self, ticket_id: str, day: str | None, here: str) -> list[str]:
+        """Every lane that redeemed this ticket (`here` for this lane's own), for `double_use`."""
         w = "WHERE ticket_id = ?" + (" AND day = ?" if day else "")
         args = (ticket_id, day) if day else (ticket_id,)
         q = self.conn.execute
         lanes = {r[0] for r in q(f"SELECT DISTINCT lane FROM remote_redemptions {w}", args)}
         if q(f"SELECT count(*) FROM redemptions {w}", args).fetchone()[0]:
-            lanes.add(me)
+            lanes.add(here)
         return sorted(lanes)
+
+    def remote_count(self, ticket_id: str | None = None) -> int:
+        """Other lanes' redemptions held here (all, or of one ticket)."""
+        if ticket_id is None:
+            return self.conn.execute("SELECT count(*) FROM remote_redemptions").fetchone()[0]
+        q = "SELECT count(*) FROM remote_redemptions WHERE ticket_id = ?"
+        return self.conn.execute(q, (ticket_id,)).fetchone()[0]
 
     def _refusal(self, t: Ticket, now: float, day: str) -> Redemption | None:
         """Why this entry may not count now (None: it may). Read-only; callers hold the lock."""
@@ -431,8 +414,8 @@ class Ledger:
                 )
                 if self.outbox:  # same transaction: published by `edge-gate sync`
                     self.conn.execute(
-                        "INSERT INTO outbox (ticket_id, t, day, kind, max_entries, epoch, proof)"
-                        " VALUES (?,?,?,?,?,(SELECT value FROM meta WHERE key = 'epoch'),?)",
+                        "INSERT INTO outbox (ticket_id, t, day, kind, max_entries, proof)"
+                        " VALUES (?,?,?,?,?,?)",
                         (t.ticket_id, now, day, int(t.kind), t.max_entries, t.text),
                     )
                 self.conn.execute(
