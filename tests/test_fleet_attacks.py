@@ -26,10 +26,10 @@ from edge import config as config_mod
 from edge import tickets as tk
 from edge.config import PROJECT_ROOT
 from edge.fleet import messages as msg
-from edge.fleet.broker import Mosquitto
 from edge.fleet.client import OneShot
 from edge.fleet.identity import load_lane_key, public_text
 from edge.gate.audit import AuditLog
+from edge.lab.broker import Mosquitto
 from tests.test_fleet import USERS, Park, _need_mosquitto, cli, verify, wait_for
 
 
@@ -615,7 +615,7 @@ def test_site_broker_config_with_tls_admits_a_lane_over_mqtts(office_keys, tmp_p
     """`fleet broker-config` output on a real mosquitto with TLS: a lane joins over mqtts."""
     _need_mosquitto()
     cert, key = _self_signed(tmp_path)
-    from edge.fleet.broker import free_port
+    from edge.lab.broker import free_port
 
     port = free_port()
     b = Mosquitto(tmp_path / "tls-broker", users=USERS, port=port, tls=(cert, key))
@@ -636,7 +636,7 @@ def test_site_broker_config_with_tls_admits_a_lane_over_mqtts(office_keys, tmp_p
 
 
 def test_broker_config_command_writes_a_site_config(office_keys, tmp_path):
-    from edge.fleet.workspace import roster_all, write_member
+    from edge.lab.workspace import roster_all, write_member
 
     office = write_member(tmp_path, "office", "mqtt://127.0.0.1:1", "parkx", office_keys[1])
     lanes = [write_member(tmp_path, n, "mqtt://127.0.0.1:1", "parkx", office_keys[1])
@@ -705,7 +705,7 @@ def _self_signed(d: Path) -> tuple[Path, Path]:
 
 def test_lane_key_readable_by_others_is_refused_with_the_fix(office_keys, tmp_path):
     from edge.config import ConfigError
-    from edge.fleet.workspace import write_member
+    from edge.lab.workspace import write_member
 
     m = write_member(tmp_path, "lane1", "mqtt://127.0.0.1:1", "parkx", office_keys[1])
     key = m.dir / "var" / "lane.key"
