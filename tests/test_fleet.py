@@ -286,6 +286,144 @@ def test_fleet_offset_needs_three_clocks_to_blame_one():
     assert fleet_offset([-600.0]) == 0.0  # two clocks disagree: nobody can tell who is wrong
 
 
+def _lane_keys():
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from edge.fleet.identity import Roster, public_text
+
+    keys = {n: Ed25519PrivateKey.generate() for n in ("lane1", "lane2", "office")}
+    return keys, Roster(1, {n: public_text(k.public_key()) for n, k in keys.items()})
+
+
+def test_authenticate_binds_signer_topic_and_roster(office_keys):
+    keys, roster = _lane_keys()
+    issuer = [tk.load_public(office_keys[1])]
+    t1 = msg.topic("p", "redemptions", "lane1")
+    m = msg.Message(msg.REDEMPTION, "p", "lane1", 1, 1.0, {"x": 1}, epoch="e")
+    ok = msg.authenticate(
+        t1, msg.decode(msg.encode(msg.sign(m, keys["lane1"])), "p"), roster, issuer
+    )
+    assert ok.lane == "lane1"
+    with pytest.raises(msg.MessageError, match="on lane 'lane2'"):  # lane1's message, lane2's topic
+        msg.authenticate(
+            msg.topic("p", "redemptions", "lane2"), msg.sign(m, keys["lane1"]), roster, issuer
+        )
+    as2 = msg.Message(msg.REDEMPTION, "p", "lane2", 1, 1.0, {}, epoch="e")
+    with pytest.raises(msg.MessageError, match="roster names"):  # lane2's name, lane1's key
+        msg.authenticate(
+            msg.topic("p", "redemptions", "lane2"), msg.sign(as2, keys["lane1"]), roster, issuer
+        )
+    as3 = msg.Message(msg.REDEMPTION, "p", "lane3", 1, 1.0, {}, epoch="e")
+    with pytest.raises(msg.NotRostered):
+        msg.authenticate(
+            msg.topic("p", "redemptions", "lane3"), msg.sign(as3, keys["lane1"]), roster, issuer
+        )
+    with pytest.raises(msg.MessageError, match="not signed"):
+        msg.authenticate(t1, m, roster, issuer)
+    edited = msg.sign(m, keys["lane1"])
+    edited = msg.Message(*[getattr(edited, f) for f in ("type", "site", "lane", "seq", "time")],
+                         {"x": 2}, edited.kid, edited.sig, edited.epoch)  # fmt: skip
+    with pytest.raises(msg.MessageError, match="bad signature"):
+        msg.authenticate(t1, edited, roster, issuer)
+    hb = msg.Message(msg.HEARTBEAT, "p", "lane1", 1, 1.0, {}, epoch="e")
+    with pytest.raises(msg.MessageError, match="heartbeat message on"):  # wrong folder
+        msg.authenticate(t1, msg.sign(hb, keys["lane1"]), roster, issuer)
+    rev = msg.Message(msg.REVOCATIONS, "p", "office", 1, 1.0, {})
+    with pytest.raises(msg.MessageError, match="office messages go to office"):
+        msg.authenticate(t1, msg.sign(rev, tk.load_private(office_keys[0])), roster, issuer)
+    with pytest.raises(msg.MessageError, match="unknown key"):  # the office's lane key is not
+        msg.authenticate(  # the issuer key: it cannot sign revocations
+            msg.topic("p", "office", "revocations"), msg.sign(rev, keys["office"]), roster, issuer
+        )
+    ack = msg.Message(msg.AUDIT_ACK, "p", "office", 1, 1.0, {}, epoch="o")
+    got = msg.authenticate(
+        msg.audit_ack_topic("p", "lane1"), msg.sign(ack, keys["office"]), roster, issuer
+    )
+    assert got.type == msg.AUDIT_ACK
+    with pytest.raises(msg.MessageError, match="audit_ack from 'lane2'"):
+        fake = msg.Message(msg.AUDIT_ACK, "p", "lane2", 1, 1.0, {}, epoch="o")
+        msg.authenticate(
+            msg.audit_ack_topic("p", "lane1"), msg.sign(fake, keys["lane2"]), roster, issuer
+        )
+
+
+def test_restore_reason_compares_what_the_fleet_saw_with_the_files():
+    from edge.fleet.sync import restore_reason
+
+    def hb(epoch, out_seq, count):
+        body = {"out_seq": out_seq, "evidence": {"audit": {"count": count, "head": "h"}}}
+        return msg.Message(msg.HEARTBEAT, "p", "lane1", 1, 1.0, body, epoch=epoch)
+
+    assert restore_reason(hb("e1", 10, 50), "e1", 10, 50) == ""
+    assert restore_reason(hb("e1", 10, 50), "e1", 12, 60) == ""  # files ahead: fine
+    assert "outbox went back to 7" in restore_reason(hb("e1", 10, 50), "e1", 7, 60)
+    assert "audit log went back to 40" in restore_reason(hb("e1", 10, 50), "e1", 10, 40)
+    assert "epoch" in restore_reason(hb("e0", 10, 50), "e1", 99, 99)
+
+
+def test_fleet_clock_ignores_one_outlier_and_names_it():
+    from edge.fleet.clock import fleet_clock
+
+    v = fleet_clock({"lane2": 0.2, "office": -0.1, "lane3": 3600.0}, "lane1", 5.0)
+    assert abs(v.offset) < 0.2
+    assert v.off == ("lane3",)
+    v = fleet_clock({"lane1": -600.0, "office": -600.2}, "lane3", 5.0)  # we are the one off
+    assert v.offset == pytest.approx(600.0, abs=0.3)
+    assert v.off == ("lane3",)
+    assert fleet_clock({"lane2": 600.0}, "lane1", 5.0).offset == 0.0  # two clocks: nobody
+
+
+def test_office_counts_its_messages_never_below_the_broker(office_keys, tmp_path):
+    from edge.fleet.officestore import OfficeStore
+
+    st = FleetState(tmp_path / "fleet.db")
+    store = OfficeStore(st)
+    key = tk.load_private(office_keys[0])
+    _, a = store.queue(msg.KEYS, "p", {}, key, "t")
+    _, b = store.queue(msg.KEYS, "p", {}, key, "t", now=time.time() + 3e7)  # clock ahead
+    _, c = store.queue(msg.KEYS, "p", {}, key, "t", now=time.time())  # corrected
+    assert (a.seq, b.seq, c.seq) == (1, 2, 3)
+    store.seen_seq(40)  # the office's state restored from an old backup: the broker knows 40
+    _, d = store.queue(msg.KEYS, "p", {}, key, "t")
+    assert d.seq == 41
+    st.close()
+
+
+def _evidence(records, heads=(), conflicts=()):
+    from edge.fleet.officestore import LaneEvidence
+
+    return LaneEvidence("lane1", [(*r, 0.0) for r in records], list(heads), list(conflicts))
+
+
+def test_verify_lane_checks_links_and_signed_heads():
+    from edge.fleet.officestore import verify_lane
+
+    chain = [("e1", 1, "0", "a"), ("e1", 2, "a", "b"), ("e1", 3, "b", "c")]
+    assert verify_lane(_evidence(chain, [("e1", 3, "c", 1.0)])) == []
+    found = verify_lane(_evidence(chain[:1] + chain[2:], [("e1", 3, "c", 1.0)]))
+    assert [f.broken for f in found] == [False]  # a gap not received yet: not broken
+    assert "2..2 not received yet" in found[0].text
+    bad = verify_lane(_evidence([*chain[:2], ("e1", 3, "x", "c")]))
+    assert bad[0].broken and "does not follow record 2" in bad[0].text
+    bad = verify_lane(_evidence(chain, [("e1", 3, "z", 1.0)]))
+    assert bad[0].broken and "rewritten" in bad[0].text
+    bad = verify_lane(_evidence(chain, [("e1", 3, "c", 1.0), ("e1", 2, "b", 2.0)]))
+    assert any("went back from 3 to 2" in f.text for f in bad)
+    restored = [*chain, ("e2", 3, "b", "c2")]  # epoch 2 went on from record 2
+    bad = verify_lane(_evidence(restored))
+    assert any("records 3..3 of epoch e1" in f.text for f in bad)
+    bad = verify_lane(_evidence(chain, conflicts=[("e1", 2, "b", "q")]))
+    assert "arrived again with another hash" in bad[0].text
+
+
+def test_ago_says_never_and_seconds():
+    from edge.fleet.office import ago
+
+    assert ago(None) == "never"
+    assert ago(12.4) == "12 s ago"
+    assert ago(125) == "2 min ago"
+
+
 def test_config_without_fleet_is_alone_and_fleet_keys_are_checked(tmp_path):
     assert not config_mod.load().fleet.enabled
     p = tmp_path / "g.toml"
@@ -717,7 +855,11 @@ def test_lane_with_clock_ten_minutes_off_refuses_tickets(broker, office_keys, tm
         res = fleet_check(Site(park.cfg(3), tmp_path / "g.db", tmp_path / "g.key"))
         assert res.status == "fail"
         assert "clock_skew" in res.detail
-        assert "connected" in fleet_check(Site(park.cfg(1), tmp_path / "g.db", tmp_path / "g.key"))
+        assert "lane3" in res.detail
+        other = fleet_check(Site(park.cfg(1), tmp_path / "g.db", tmp_path / "g.key"))
+        detail = getattr(other, "detail", other)
+        assert "connected" in detail
+        assert "clock off from the fleet's: lane3 (+" in detail  # named at every lane
     finally:
         park.stop_all()
 

@@ -252,7 +252,7 @@ def _member_view(
         return {"age_s": None, "last_seen": "never", "state": "never", "rostered": rostered}
     body = dict(p.get("body") or {})
     age = now - float(p["received"])
-    period = float(body.get("period") or period)
+    period = max(float(body.get("period") or period), 1.0)  # sync writes its view each second
     if p.get("gone"):
         state = "gone"
     elif age > STALE_HEARTBEATS * period:

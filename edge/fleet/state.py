@@ -212,7 +212,8 @@ def check_link(fl: FleetConfig, state: FleetState | None, now: float) -> LinkChe
         return LinkCheck(
             False,
             CLOCK_SKEW,
-            f"clock off by {offset:+.1f} s from the fleet (max {fl.clock_skew_s})",
+            f"this lane's ({fl.lane}) clock is off by {offset:+.1f} s from the fleet's (median "
+            f"of the office's and the lanes' signed heartbeats; max {fl.clock_skew_s})",
         )
     if fl.offline == "deny":
         connected = bool(state.get("connected")) if state else False
