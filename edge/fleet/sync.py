@@ -79,6 +79,17 @@ class _Peer:
     body: dict[str, Any] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class _Checked:
+    """A message whose signature (and, for a redemption, ticket) checked out, to apply."""
+
+    topic: str
+    sender: str
+    m: msg.Message
+    retained: bool
+    ticket: tk.Ticket | None
+
+
 def restore_reason(announced: msg.Message, epoch: str, out_high: int, audit_count: int) -> str:
     """Why this lane must start a new epoch, given what it last announced to the fleet (its own
     retained heartbeat or last will), or "" when its files are at least as new. Pure."""
@@ -284,16 +295,11 @@ class Sync:
                 batch.append(self.inbox.get_nowait())
             except queue.Empty:
                 break
-        if batch:  # one ledger transaction (one fsync) for everything that arrived
-            with self._tx():
-                self._refresh_keys()
-                for message in batch:
-                    self._handle(message.topic, message.payload, bool(message.retain), now)
+        if batch:
+            self._handle_batch([(b.topic, b.payload, bool(b.retain)) for b in batch], now)
         if self._retry_pending:
             self._retry_pending = False
-            with self._tx():
-                for topic_, payload in self.state.take_pending():
-                    self._handle(topic_, payload, False, now)
+            self._handle_batch([(t, p, False) for t, p in self.state.take_pending()], now)
         self._handle_acks()
         if self.connected:
             if self.resend:  # after (re)connection, everything not acknowledged goes again
@@ -338,6 +344,7 @@ class Sync:
         if time.monotonic() < self._state_due and (self.connected,) == self._link[:1]:
             return
         self._state_due = time.monotonic() + STATE_EVERY_S
+        self._refresh_keys()
         if self.is_office:  # the office's commands change the roster in this same file
             self.roster = self.state.roster()
         self.clock_view = self._clock()
@@ -477,21 +484,73 @@ class Sync:
 
     # --- receiving -------------------------------------------------------------------------------
 
-    def _handle(self, topic_: str, payload: bytes, retained: bool, now: float) -> None:
+    def _handle_batch(self, items: list[tuple[str, bytes, bool]], now: float) -> None:
+        """Check every signature first (no lock held), then apply: redemptions in one short
+        ledger transaction (the gate's redemptions wait for it), the rest outside it."""
+        self._refresh_keys()
+        checked = [c for t, p, r in items if (c := self._check(t, p, r, now)) is not None]
+        for c in checked:
+            if c.ticket is None:
+                self._apply(c, now)
+        redemptions = [c for c in checked if c.ticket is not None]
+        if redemptions:  # one ledger transaction (one fsync) for everything that arrived
+            with self._tx():
+                for c in redemptions:
+                    self._apply(c, now)
+
+    def _check(self, topic_: str, payload: bytes, retained: bool, now: float) -> _Checked | None:
+        """Authenticate (and for a redemption, verify its ticket); None when refused."""
         sender = topic_.split("/")[3] if topic_.count("/") >= 3 else topic_
         try:
             m = msg.authenticate(
                 topic_, msg.decode(payload, self.site), self.roster, self.issuer_keys
             )
+            ticket = None
+            if m.type == msg.REDEMPTION and self.ledger is not None and m.lane != self.me:
+                ticket = self._proof(m, topic_, payload, now)
+                if ticket is None:
+                    return None
+            return _Checked(topic_, sender, m, retained, ticket)
+        except msg.NotRostered as e:
+            self.state.add_pending(topic_, payload, now)
+            self._refuse(now, sender, "not_rostered", f"{topic_}: {e}")
+        except msg.MessageError as e:
+            self._refuse(now, sender, "refused", f"{topic_}: {e}")
+        except (KeyError, TypeError, ValueError) as e:
+            self._refuse(now, sender, "refused", f"{topic_}: bad body {e!r}")
+        return None
+
+    def _proof(self, m: msg.Message, topic_: str, payload: bytes, now: float):
+        """The ticket a redemption proves; one signed by a key this lane has not been sent yet
+        is kept aside and tried again when the office's keys arrive."""
+        try:
+            ticket = verify_proof(str(m.body.get("ticket", "")), self.ticket_keys)
+        except msg.MessageError as e:
+            if "unknown key" not in str(e):
+                raise
+            self.state.add_pending(topic_, payload, now)
+            self._refuse(now, m.lane, "refused", f"{topic_}: {e} (kept until keys arrive)")
+            return None
+        if m.body.get("ticket_id") not in (None, ticket.ticket_id):
+            raise msg.MessageError(
+                f"redemption from {m.lane!r} names {m.body.get('ticket_id')!r} but proves "
+                f"{ticket.ticket_id!r}"
+            )
+        _ = (float(m.body["t"]), str(m.body["day"]))  # a body without them is refused here
+        return ticket
+
+    def _apply(self, c: _Checked, now: float) -> None:
+        m = c.m
+        try:
             if m.type in msg.ISSUER_TYPES:
                 self._office_message(m, now)
             elif m.lane == self.me:
-                if retained and m.type in (msg.HEARTBEAT, msg.OFFLINE) and self.ledger:
+                if c.retained and m.type in (msg.HEARTBEAT, msg.OFFLINE) and self.ledger:
                     self._self_check(m)
-            elif m.type == msg.REDEMPTION and self.ledger is not None:
-                self._apply_redemption(m, now)
+            elif c.ticket is not None:
+                self._apply_redemption(m, c.ticket, now)
             elif m.type == msg.HEARTBEAT:
-                self._heartbeat_in(m, retained, now)
+                self._heartbeat_in(m, c.retained, now)
             elif m.type == msg.OFFLINE:
                 p = self.peers.setdefault(m.lane, _Peer())
                 p.gone = str(m.body.get("reason", "lost"))
@@ -504,17 +563,14 @@ class Sync:
                 self._audit_in(m, now)
             elif m.type == msg.AUDIT_ACK and self.ledger is not None:
                 self._audit_ack(m)
-        except msg.NotRostered as e:
-            self.state.add_pending(topic_, payload, now)
-            self._refuse(now, sender, "not_rostered", f"{topic_}: {e}")
         except msg.MessageError as e:
-            self._refuse(now, sender, "refused", f"{topic_}: {e}")
+            self._refuse(now, c.sender, "refused", f"{c.topic}: {e}")
         except (KeyError, TypeError, ValueError) as e:
-            self._refuse(now, sender, "refused", f"{topic_}: bad body {e!r}")
+            self._refuse(now, c.sender, "refused", f"{c.topic}: bad body {e!r}")
         except Exception as e:  # this lane could not apply it (gallery key, disk): say so, go on
             self.stats["refused"] += 1
-            log.error("sync apply_failed topic=%s error=%s", topic_, e)
-            self._audit_event(now, "apply_failed", f"{topic_}: {e}"[:300])
+            log.error("sync apply_failed topic=%s error=%s", c.topic, e)
+            self._audit_event(now, "apply_failed", f"{c.topic}: {e}"[:300])
 
     def _refuse(self, now: float, sender: str, reason: str, detail: str) -> None:
         """Audit a refusal, at most once a minute per sender and reason (junk costs little)."""
@@ -606,18 +662,8 @@ class Sync:
         self.state.set_cursor("audit", upto)
         self.audit_waiting = time.monotonic()
 
-    def _apply_redemption(self, m: msg.Message, now: float) -> None:
-        b = m.body
-        ticket = verify_proof(str(b.get("ticket", "")), self.ticket_keys)
-        if b.get("ticket_id") not in (None, ticket.ticket_id):
-            raise msg.MessageError(
-                f"redemption from {m.lane!r} names {b.get('ticket_id')!r} but proves "
-                f"{ticket.ticket_id!r}"
-            )
-        try:
-            t, day = float(b["t"]), str(b["day"])
-        except (KeyError, TypeError, ValueError) as e:
-            raise msg.MessageError(f"redemption from {m.lane!r}: bad body {e}") from None
+    def _apply_redemption(self, m: msg.Message, ticket: tk.Ticket, now: float) -> None:
+        t, day = float(m.body["t"]), str(m.body["day"])
         tid = ticket.ticket_id
         if not self.ledger.apply_remote(m.lane, m.seq, tid, t, day, epoch=m.epoch):
             self.stats["duplicates"] += 1
@@ -638,11 +684,13 @@ class Sync:
         return self.issuer_keys + [tk.load_public(p) for p in fleet_pubkey_paths(self.cfg)]
 
     def _refresh_keys(self) -> None:
-        """Keys the office published since: proofs signed with them verify too."""
+        """Keys the office published since: proofs signed with them verify too (and the
+        redemptions kept for them are tried again)."""
         from edge.fleet.lane import tickets_stamp
 
         stamp = tickets_stamp(self.cfg)
         if stamp != self._keys_stamp:
+            self._retry_pending |= bool(self._keys_stamp)
             self._keys_stamp = stamp
             self.ticket_keys = self._ticket_keys()
 
