@@ -17,13 +17,15 @@ import time
 import uuid
 from pathlib import Path
 
+import paho.mqtt.client as mqtt
 import pytest
 
 from edge import config as config_mod
 from edge import tickets as tk
 from edge.config import PROJECT_ROOT
+from edge.errors import EdgeGateError
 from edge.fleet import messages as msg
-from edge.fleet.client import OneShot
+from edge.fleet.client import make_client
 from edge.fleet.identity import load_lane_key
 from edge.fleet.proof import verify_proof
 from edge.fleet.state import FleetState
@@ -233,6 +235,84 @@ class Park:
                 lambda i=i: self.state(i, "roster") and not self.state(i, "forget_replay"),
                 what=f"lane{i} has the roster and the forget list",
             )
+
+
+class BrokerError(EdgeGateError):
+    """The broker cannot be reached or refused the connection."""
+
+
+class OneShot:
+    """A short-lived client with a member's login (its sync not running): what an attacker
+    holding that login, or a test reading the broker, does."""
+
+    def __init__(self, cfg: config_mod.Config, role: str, timeout_s: float = 10.0):
+        self.cfg = cfg
+        self.timeout_s = timeout_s
+        self.client, self.addr = make_client(
+            cfg, f"edge-gate-{cfg.fleet.site}-{role}-{os.getpid()}", persistent=False
+        )
+        self.connected = threading.Event()
+        self.acked: set[int] = set()
+        self.lock = threading.Lock()
+        self.messages: list[mqtt.MQTTMessage] = []
+        self.last_message = time.monotonic()
+        self.client.on_connect = self._on_connect
+        self.client.on_publish = self._on_publish
+        self.client.on_message = self._on_message
+
+    def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
+        if not reason_code.is_failure:
+            self.connected.set()
+
+    def _on_publish(self, client, userdata, mid, reason_code, properties) -> None:
+        with self.lock:
+            self.acked.add(mid)
+
+    def _on_message(self, client, userdata, msg) -> None:
+        with self.lock:
+            self.messages.append(msg)
+            self.last_message = time.monotonic()
+
+    def __enter__(self) -> OneShot:
+        try:
+            self.client.connect(self.addr.host, self.addr.port, keepalive=10)
+        except OSError as e:
+            raise BrokerError(
+                f"broker {self.cfg.fleet.broker}: {e}", "check fleet.broker and that it runs"
+            ) from None
+        self.client.loop_start()
+        if not self.connected.wait(self.timeout_s):
+            self.client.loop_stop()
+            raise BrokerError(
+                f"broker {self.cfg.fleet.broker} did not accept the connection",
+                "check fleet.credentials_file and the broker's ACL",
+            )
+        return self
+
+    def publish(self, topic: str, payload: bytes, retain: bool = False) -> None:
+        """Publish at QoS 1 and wait for the broker's acknowledgement."""
+        info = self.client.publish(topic, payload, qos=1, retain=retain)
+        deadline = time.monotonic() + self.timeout_s
+        while time.monotonic() < deadline:
+            with self.lock:
+                if info.mid in self.acked:
+                    return
+            time.sleep(0.01)
+        raise BrokerError(f"broker did not acknowledge {topic}", "check the broker and its ACL")
+
+    def collect(self, filters: list[str], quiet_s: float = 0.5) -> list[mqtt.MQTTMessage]:
+        """Subscribe and gather retained messages until none arrived for quiet_s (bounded)."""
+        self.client.subscribe([(f, 1) for f in filters])
+        self.last_message = time.monotonic()
+        deadline = time.monotonic() + self.timeout_s
+        while time.monotonic() < deadline and time.monotonic() - self.last_message < quiet_s:
+            time.sleep(0.02)
+        with self.lock:
+            return list(self.messages)
+
+    def __exit__(self, *exc) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
 
 
 def cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
@@ -893,3 +973,37 @@ def test_gate_applies_office_revocations_and_keys_without_restart(office_keys, t
         assert "T-GONE" in gate.verifier.revoked
     finally:
         gate.close()
+
+
+def test_restored_lane_grants_nobody_by_face_until_the_forget_list_is_applied(
+    office_keys, tmp_path
+):
+    """The gate's side of the forget replay: a face grant becomes a deny (forget_replay) while
+    sync says the lane's new epoch has not applied the office's forget list; tickets still work."""
+    from edge.gate.daemon import Gate
+    from edge.gate.policy import GRANT, Decision, Via
+
+    class NoFrames:
+        state, finished = "ok", True
+
+        def read(self):
+            return None
+
+        def close(self):
+            pass
+
+    m = write_member(tmp_path, "lane1", "mqtt://127.0.0.1:1", "park", office_keys[1])
+    st = FleetState(m.dir / "fleet.db")
+    st.put(forget_replay="new epoch 1a2b3c4d: the ledger's outbox went back")
+    events: list[dict] = []
+    gate = Gate(config_mod.load(m.config), on_decision=events.append, source=NoFrames())
+    try:
+        gate.act(Decision(time.monotonic(), 1, GRANT, Via.FACE, "P-0123456789abcdef", 0.7, "ok"))
+        assert events[-1]["decision"] == "deny"
+        assert events[-1]["reason"] == "forget_replay"
+        st.put(forget_replay=None)  # sync applied the list
+        gate.act(Decision(time.monotonic(), 2, GRANT, Via.FACE, "P-0123456789abcdef", 0.7, "ok"))
+        assert events[-1]["decision"] == "grant"
+    finally:
+        gate.close()
+        st.close()

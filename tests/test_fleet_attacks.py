@@ -26,11 +26,10 @@ from edge import config as config_mod
 from edge import tickets as tk
 from edge.config import PROJECT_ROOT
 from edge.fleet import messages as msg
-from edge.fleet.client import OneShot
 from edge.fleet.identity import load_lane_key, public_text
 from edge.gate.audit import AuditLog
 from edge.lab.broker import Mosquitto
-from tests.test_fleet import USERS, Park, _need_mosquitto, cli, verify, wait_for
+from tests.test_fleet import USERS, OneShot, Park, _need_mosquitto, cli, verify, wait_for
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 from edge import config as config_mod
-from edge.cli.paths import nonempty_file
+from edge.cli.paths import file_path, nonempty_file, output_dir
 from edge.errors import EdgeGateError
 from edge.timeutil import iso, parse_time
 
@@ -211,9 +211,9 @@ def cmd_broker_config(args) -> int:
     opts = BrokerOptions(
         port=args.port or 0,
         bind=args.bind or "",
-        tls_cert=args.tls_cert or "",
-        tls_key=args.tls_key or "",
-        tls_ca=args.tls_ca or "",
+        tls_cert=str(args.tls_cert or ""),
+        tls_key=str(args.tls_key or ""),
+        tls_ca=str(args.tls_ca or ""),
         persistence_dir=args.persistence_dir,
         password_file=str((out / "passwd").resolve()),
         acl_file=str((out / "acl").resolve()),
@@ -305,7 +305,11 @@ def register(sub, common) -> None:
     sp.set_defaults(func=cmd_join)
 
     sp = f.add_parser("roster", help="office: the signed list of lanes and their keys")
-    sp.add_argument("action", choices=("add", "remove", "show", "publish"))
+    sp.add_argument(
+        "action",
+        choices=("add", "remove", "show", "publish"),
+        help="add or remove a lane, show the roster, or publish it again (signed)",
+    )
     sp.add_argument("items", nargs="*", help="add: LANE PUBLIC_KEY (or its file); remove: LANE…")
     sp.add_argument("--key", type=nonempty_file, help="issuer.key that signs the roster")
     common(sp)
@@ -314,12 +318,22 @@ def register(sub, common) -> None:
     sp = f.add_parser(
         "broker-config", help="office: mosquitto.conf, ACLs and a login per rostered lane"
     )
-    sp.add_argument("--out", required=True, help="folder for mosquitto.conf, acl, passwd")
+    sp.add_argument(
+        "--out", required=True, type=output_dir, help="folder for mosquitto.conf, acl, passwd"
+    )
     sp.add_argument("--port", type=int, help="default 8883 with TLS, else 1883")
     sp.add_argument("--bind", help="listen on this address only")
-    sp.add_argument("--tls-cert", help="server certificate (PEM): TLS on")
-    sp.add_argument("--tls-key", help="its private key")
-    sp.add_argument("--tls-ca", help="CA bundle (clients' certificates, optional)")
-    sp.add_argument("--persistence-dir", default="/var/lib/mosquitto/")
+    sp.add_argument(
+        "--tls-cert", type=file_path, help="server certificate (PEM) on the broker: TLS on"
+    )
+    sp.add_argument("--tls-key", type=file_path, help="its private key, on the broker")
+    sp.add_argument(
+        "--tls-ca", type=file_path, help="CA bundle for clients' certificates (optional)"
+    )
+    sp.add_argument(
+        "--persistence-dir",
+        default="/var/lib/mosquitto/",
+        help="the broker's own folder for its sessions (on the broker's machine)",
+    )
     common(sp)
     sp.set_defaults(func=cmd_broker_config)
