@@ -43,6 +43,10 @@ EXAMPLES: dict[str, str] = {
     "lane1 <key printed by fleet join>",
     "fleet broker-config": "edge-gate fleet broker-config --config office.toml "
     "--out /etc/mosquitto/conf.d/edge-gate --tls-cert server.crt --tls-key server.key",
+    "console": "edge-gate console --config /etc/edge-gate/office.toml",
+    "console adduser": "edge-gate console adduser ana --role supervisor "
+    "--config /etc/edge-gate/office.toml",
+    "screen": "edge-gate screen --config /etc/edge-gate/gate.toml --kiosk",
     "fleet publish-keys": "edge-gate fleet publish-keys --config office.toml "
     "--key office/issuer.key office/issuer.pub",
 }

@@ -250,6 +250,20 @@ class OfficeStore:
         )
         return [{"lane": lane, "seq": i, "epoch": e, **json.loads(r)} for lane, e, i, r in rows]
 
+    def audit_after(
+        self, after_row: int, kind: str | None = None, limit: int = 5000
+    ) -> tuple[int, list[dict[str, Any]]]:
+        """Records stored after row `after_row` (in arrival order), optionally of one kind:
+        (the last row read, rows as `audit_rows` gives them), for a live view."""
+        rows = self.conn.execute(
+            "SELECT rowid, lane, epoch, id, record FROM audit_records WHERE rowid > ? "
+            "ORDER BY rowid LIMIT ?",
+            (after_row, limit),
+        ).fetchall()
+        out = [{"lane": lane, "seq": i, "epoch": e, **json.loads(r)} for _, lane, e, i, r in rows]
+        last = rows[-1][0] if rows else after_row
+        return last, [r for r in out if kind is None or r.get("kind") == kind]
+
     def audit_evidence(self, lane: str) -> LaneEvidence:
         """Everything the office holds about one lane's log, for `fleet audit verify`."""
         q = self.conn.execute

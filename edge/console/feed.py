@@ -1,0 +1,144 @@
+"""The console's live view of the fleet: what the office's `edge-gate sync` verified and stored.
+
+The console never connects to the broker itself: the broker binds the client id to the login,
+so a second connection under the office's login would take over the office sync's session,
+and only what sync verified (signer = the topic's lane = a rostered key) may be shown. It reads
+the office's fleet state the way `fleet status` and `fleet audit` do (`edge.fleet.office`), so
+the console and the CLI cannot disagree. Decisions are polled in the background, kept in
+memory, newest last, bounded; a page render never waits.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import deque
+from dataclasses import dataclass
+from typing import Any
+
+from edge.config import Config
+
+log = logging.getLogger(__name__)
+MAX_DECISIONS = 20_000  # in memory; every record stays in the office's store (`fleet audit`)
+POLL_S = 0.5  # how often the office's store is read for new decisions
+
+
+@dataclass(frozen=True)
+class DecisionFilter:
+    """What the decisions page asks for: lane, reason, outcome, from a time on."""
+
+    lane: str = ""
+    reason: str = ""
+    decision: str = ""  # grant | deny | ""
+    since: float = 0.0
+
+    def matches(self, r: dict[str, Any]) -> bool:
+        """Whether one decision row passes every filter that is set."""
+        return (
+            (not self.lane or r.get("lane") == self.lane)
+            and (not self.reason or r.get("reason") == self.reason)
+            and (not self.decision or r.get("decision") == self.decision)
+            and float(r.get("t", 0)) >= self.since
+        )
+
+
+class FleetFeed:
+    """Status and decisions from the office's store, with an arrival counter for live pages."""
+
+    def __init__(self, cfg: Config, max_decisions: int = MAX_DECISIONS):
+        self.cfg = cfg
+        self.site = cfg.fleet.site
+        self.enabled = cfg.fleet.enabled and cfg.fleet.lane == "office"
+        self._lock = threading.Lock()
+        self._status: dict[str, Any] = {"site": self.site, "lanes": {}, "people": {}}
+        self._decisions: deque[dict[str, Any]] = deque(maxlen=max_decisions)
+        self._after = 0  # the store's last row read
+        self.version = 0  # counts decisions that arrived: live pages wait for it to move
+        self.connected = False  # the office's sync is connected to the broker
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> FleetFeed:
+        """Read the office's store in the background while the app runs."""
+        if not self.enabled:
+            return self
+        self.poll()
+        self._thread = threading.Thread(target=self._run, daemon=True, name="console-feed")
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        while not self._stop.wait(POLL_S):
+            try:
+                self.poll()
+            except Exception as e:  # the store busy or being written: next round
+                log.warning("console feed read failed: %s", e)
+
+    def poll(self) -> None:
+        """One read of the office's store: status, and the decisions that arrived since."""
+        from edge.fleet.office import fleet_status, office_store
+
+        rep = fleet_status(self.cfg)
+        with office_store(self.cfg) as store:
+            after, rows = store.audit_after(self._after, kind="decision")
+        lanes = {
+            n: {**v, "online": v["state"] == "ok"}
+            for n, v in rep["lanes"].items()
+            if v["age_s"] is not None and n != "office"
+        }
+        with self._lock:
+            self._status = {"site": self.site, "lanes": lanes, "people": rep["people"]}
+            self.connected = rep["sync"]["connected"] and rep["sync"]["running"]
+            self._after = after
+            for r in rows:
+                self._decisions.append(r)
+                self.version += 1
+
+    def close(self) -> None:
+        """Stop reading."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(5)
+            self._thread = None
+
+    # --- reads (the app's threads) --------------------------------------------------------------
+
+    def status(self, now: float | None = None) -> dict[str, Any]:
+        """`fleet status` (lanes heard, people), as the feed last read it."""
+        with self._lock:
+            return dict(self._status)
+
+    def decisions(self, f: DecisionFilter, limit: int = 200) -> list[dict[str, Any]]:
+        """The newest `limit` decisions that pass the filter, newest first."""
+        out: list[dict[str, Any]] = []
+        with self._lock:
+            rows = list(self._decisions)
+        for r in reversed(rows):
+            if f.matches(r):
+                out.append(r)
+                if len(out) >= limit:
+                    break
+        return out
+
+    def decisions_after(self, version: int, f: DecisionFilter) -> tuple[int, list[dict]]:
+        """Decisions that arrived after `version` and pass the filter (oldest first)."""
+        with self._lock:
+            v = self.version
+            n = min(v - version, len(self._decisions))
+            rows = list(self._decisions)[len(self._decisions) - n :] if n > 0 else []
+        return v, [r for r in rows if f.matches(r)]
+
+    def ticket_usage(self, ticket_id: str) -> list[dict[str, Any]]:
+        """Every decision about one ticket at any lane, newest first."""
+        with self._lock:
+            rows = list(self._decisions)
+        return [
+            r
+            for r in reversed(rows)
+            if r.get("subject") == ticket_id or r.get("detail") == ticket_id
+        ]
+
+    def reasons(self) -> list[str]:
+        """The refusal and grant reasons seen so far, for the filter's menu."""
+        with self._lock:
+            return sorted({str(r.get("reason", "")) for r in self._decisions} - {""})
