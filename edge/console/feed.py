@@ -94,6 +94,19 @@ class FleetFeed:
                 self._decisions.append(r)
                 self.version += 1
 
+    def add_rows(self, lanes: dict[str, dict[str, Any]], decisions: list[dict[str, Any]]) -> None:
+        """Fill the feed directly (a benchmark without an office): lanes as `fleet status`
+        shows them, decision rows as `fleet audit` gives them."""
+        with self._lock:
+            self._status = {
+                "site": self.site,
+                "lanes": {n: {**v, "online": v.get("state") == "ok"} for n, v in lanes.items()},
+                "people": {},
+            }
+            for r in decisions:
+                self._decisions.append(r)
+                self.version += 1
+
     def close(self) -> None:
         """Stop reading."""
         self._stop.set()
