@@ -162,6 +162,7 @@ class Sync:
         self.peers: dict[str, _Peer] = {}
         self.clock_view = ClockView(0.0)
         self.self_checked = True  # until subscribed: nothing is published anyway
+        self.compared = True
         self.check_until = 0.0
         self.next_heartbeat = 0.0
         self.next_out_heartbeat = 0.0
@@ -246,6 +247,7 @@ class Sync:
         if self.connected:  # a re-subscription (the forget list again), not a new connection
             return
         self.self_checked, self.check_until = False, time.monotonic() + SELF_CHECK_S
+        self.compared = False
         self.connected, self.resend = True, True
         log.info("sync connected broker=%s lane=%s", self.fleet.broker, self.me)
         self.wake.set()
@@ -306,8 +308,12 @@ class Sync:
                 self.resend, self.sent_outbox, self.sent_office, self._more = False, 0, 0, True
                 self.sent_audit = self.state.cursor("audit")
                 self.pending.clear()
-            if not self.self_checked and time.monotonic() >= self.check_until:
-                self.self_checked = True  # nothing of ours on the broker: a first connection
+            if (
+                not self.self_checked
+                and time.monotonic() >= self.check_until
+                and (self.roster.seq >= 0 or self.is_office)
+            ):  # nothing of ours on the broker (a first connection), and a roster to check with
+                self.self_checked = True
             if self.self_checked:
                 self._publish(now)
         self._refresh_state(now)
@@ -596,10 +602,11 @@ class Sync:
             self._retry_pending = True
 
     def _self_check(self, announced: msg.Message) -> None:
-        """Our own retained heartbeat (or last will) came back: are our files behind it?"""
-        if self.self_checked:
+        """Our own retained heartbeat (or last will) came back: are our files behind it?
+        (Late, when it waited for the roster: still compared once per connection.)"""
+        if self.compared:
             return
-        self.self_checked = True
+        self.compared = self.self_checked = True
         why = restore_reason(
             announced, self.epoch, self.ledger.outbox_high(), self.audit.head().count
         )
