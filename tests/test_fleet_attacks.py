@@ -719,3 +719,8 @@ def test_lane_key_readable_by_others_is_refused_with_the_fix(office_keys, tmp_pa
     r = cli("sync", "--config", str(m.config))
     assert r.returncode != 0
     assert "chmod go-w" in r.stderr
+    from edge.gate.doctor import CHECKS, Site
+
+    res = dict(CHECKS)["fleet"](Site(config_mod.load(m.config), tmp_path / "g", tmp_path / "k"))
+    assert res.status == "fail"
+    assert res.fix == f"chmod go-w {m.dir / 'var'}"

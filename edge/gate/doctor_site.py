@@ -146,6 +146,13 @@ def _fleet(site: Site) -> str | Check:
     fl = site.cfg.fleet
     if not fl.enabled:
         return "no [fleet]: this gate works alone"
+    from edge.errors import EdgeGateError
+    from edge.fleet.identity import load_lane_key
+
+    try:
+        load_lane_key(site.cfg)  # sync signs with it; refused when missing or not private
+    except EdgeGateError as e:
+        return Check("fail", "fleet", str(e).split(" (fix: ")[0], e.hint)
     st = FleetState(site.cfg.resolve(fl.state_db))
     try:
         link, offset = check_link(fl, st, time.time()), st.get("clock_offset")
