@@ -26,10 +26,11 @@ from edge.config import PROJECT_ROOT
 from edge.errors import EdgeGateError
 from edge.fleet import messages as msg
 from edge.fleet.client import make_client
+from edge.fleet.clock import fleet_clock
 from edge.fleet.identity import load_lane_key
 from edge.fleet.proof import verify_proof
 from edge.fleet.state import FleetState
-from edge.fleet.sync import Sync, fleet_offset
+from edge.fleet.sync import Sync
 from edge.gate.audit import AuditLog
 from edge.lab.broker import MISSING, Mosquitto, free_port, mosquitto_binary
 from edge.lab.workspace import roster_all, write_member
@@ -361,9 +362,12 @@ def test_signed_message_round_trip_and_refusals(office_keys):
 
 
 def test_fleet_offset_needs_three_clocks_to_blame_one():
-    assert fleet_offset([-600.0, -600.0]) == 600.0  # both peers 10 min behind us: we are off
-    assert fleet_offset([0.2, 600.0]) == pytest.approx(-0.2)  # one peer off: we are fine
-    assert fleet_offset([-600.0]) == 0.0  # two clocks disagree: nobody can tell who is wrong
+    def offset(*peers: float) -> float:  # no skew: the plain median
+        return fleet_clock({f"p{i}": p for i, p in enumerate(peers)}, "me", float("inf")).offset
+
+    assert offset(-600.0, -600.0) == 600.0  # both peers 10 min behind us: we are off
+    assert offset(0.2, 600.0) == pytest.approx(-0.2)  # one peer off: we are fine
+    assert offset(-600.0) == 0.0  # two clocks disagree: nobody can tell who is wrong
 
 
 def _lane_keys():

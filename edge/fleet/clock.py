@@ -10,7 +10,6 @@ that disagree blame nobody: three are needed to tell which one is off.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
 
@@ -40,8 +39,3 @@ def fleet_clock(readings: dict[str, float], me: str, skew: float) -> ClockView:
     offsets = {lane: round(v - fleet, 3) for lane, v in values.items()}
     off = tuple(sorted(lane for lane, o in offsets.items() if abs(o) > skew))
     return ClockView(round(-fleet, 3) + 0.0, offsets, off)
-
-
-def fleet_offset(samples: list[float], skew: float = math.inf) -> float:
-    """Our clock minus the fleet's from peers' readings (their clock minus ours)."""
-    return fleet_clock({f"peer{i}": s for i, s in enumerate(samples)}, "", skew).offset

@@ -37,7 +37,6 @@ AUDIT_ACK = "audit_ack"  # the office: "I stored your audit records up to id N"
 ROSTER, REVOCATIONS, UNREVOCATIONS = "roster", "revocations", "unrevocations"
 KEYS, PERSON, FORGOTTEN = "keys", "person", "forgotten"
 ISSUER_TYPES = frozenset({ROSTER, REVOCATIONS, UNREVOCATIONS, KEYS, PERSON, FORGOTTEN})
-SIGNED_TYPES = ISSUER_TYPES  # name kept for callers of version 1
 # The topic folder each lane type travels in: edge-gate/<site>/<folder>/<lane>[/...].
 LANE_FOLDER = {
     REDEMPTION: "redemptions",

@@ -44,7 +44,7 @@ from edge.config import Config
 from edge.fleet import messages as msg
 from edge.fleet.apply import OfficeApplier
 from edge.fleet.client import make_client
-from edge.fleet.clock import ClockView, fleet_clock, fleet_offset
+from edge.fleet.clock import ClockView, fleet_clock
 from edge.fleet.identity import load_lane_key
 from edge.fleet.officestore import OfficeStore
 from edge.fleet.proof import verify_proof
@@ -53,7 +53,7 @@ from edge.gate.audit import AuditLog, AuditRecord
 from edge.tickets.ledger import Ledger
 
 log = logging.getLogger(__name__)
-__all__ = ["Sync", "fleet_offset", "restore_reason"]
+
 DOUBLE_USE = "double_use"
 BATCH = 500
 AUDIT_BATCH = 100  # records per audit message
