@@ -498,6 +498,17 @@ def test_verify_lane_checks_links_and_signed_heads():
     assert any("records 3..3 of epoch e1" in f.text for f in bad)
     bad = verify_lane(_evidence(chain, conflicts=[("e1", 2, "b", "q")]))
     assert "arrived again with another hash" in bad[0].text
+    from edge.fleet.officestore import LaneEvidence
+    from edge.gate.audit import AuditRecord, record_hash
+
+    rec = AuditRecord(5.0, "lane1", "decision", "deny", "ticket", "T-1", None, "revoked")
+    fields = json.dumps({"t": 5.0, "gate": "lane1", "kind": "decision", "decision": "deny",
+                         "via": "ticket", "subject": "T-1", "reason": "revoked"})  # fmt: skip
+    h = record_hash("0" * 64, 1, rec)
+    assert verify_lane(LaneEvidence("lane1", [("e1", 1, "0" * 64, h, 0.0, fields)], [], [])) == []
+    edited = fields.replace("revoked", "ok")
+    bad = verify_lane(LaneEvidence("lane1", [("e1", 1, "0" * 64, h, 0.0, edited)], [], []))
+    assert "content does not match" in bad[0].text
 
 
 def test_ago_says_never_and_seconds():

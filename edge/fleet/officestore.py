@@ -268,7 +268,7 @@ class OfficeStore:
         """Everything the office holds about one lane's log, for `fleet audit verify`."""
         q = self.conn.execute
         recs = q(
-            "SELECT epoch, id, prev, hash, received FROM audit_records WHERE lane = ? "
+            "SELECT epoch, id, prev, hash, received, record FROM audit_records WHERE lane = ? "
             "ORDER BY received, id",
             (lane,),
         ).fetchall()
@@ -283,7 +283,8 @@ class OfficeStore:
 
 @dataclass(frozen=True)
 class LaneEvidence:
-    """One lane's records (epoch, id, prev, hash, received), signed heads and conflicts."""
+    """One lane's records (epoch, id, prev, hash, received[, fields as JSON]), signed heads and
+    conflicts."""
 
     lane: str
     records: list[tuple]
@@ -319,11 +320,13 @@ def verify_lane(ev: LaneEvidence) -> list[AuditFinding]:
         )
     epochs: list[str] = []
     by_epoch: dict[str, dict[int, tuple[str, str]]] = {}
-    for epoch, rid, prev, h, _ in ev.records:
+    for epoch, rid, prev, h, _, *fields in ev.records:
         if epoch not in by_epoch:
             epochs.append(epoch)
             by_epoch[epoch] = {}
         by_epoch[epoch][rid] = (prev, h)
+        if fields and _content_hash(prev, rid, fields[0]) != h:
+            bad(f"record {rid}'s content does not match the hash the lane signed with it")
     for i, epoch in enumerate(epochs):
         recs = by_epoch[epoch]
         ids = sorted(recs)
@@ -373,3 +376,22 @@ def verify_lane(ev: LaneEvidence) -> list[AuditFinding]:
                 "received here: records were removed from the end of its log"
             )
     return out
+
+
+def _content_hash(prev: str, rid: int, fields_json: str) -> str:
+    """The audit log's plain chain hash of a record as received (the office needs no key)."""
+    from edge.gate.audit import AuditRecord, record_hash
+
+    f = json.loads(fields_json)
+    r = AuditRecord(
+        float(f.get("t", 0.0)),
+        f.get("gate", ""),
+        f.get("kind", ""),
+        f.get("decision", ""),
+        f.get("via", ""),
+        f.get("subject", ""),
+        f.get("score"),
+        f.get("reason", ""),
+        f.get("detail", ""),
+    )
+    return record_hash(prev, rid, r)
