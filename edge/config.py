@@ -390,6 +390,12 @@ class FleetConfig:
     heartbeat_s: float = setting(5.0, "sync's heartbeat period", unit="seconds", gt=0)
     state_db: str = setting("var/fleet.db", "sync state (SQLite) read by the gate")
     keys_dir: str = setting("var/fleet-keys", "ticket public keys received from the office")
+    lane_key_file: str = setting(
+        "var/lane.key", "this lane's Ed25519 key (0600, made by `fleet join`): signs what it sends"
+    )
+    roster_file: str = setting(
+        "var/fleet-roster.json", "office only: the lanes' names and public keys it publishes"
+    )
 
     @property
     def enabled(self) -> bool:

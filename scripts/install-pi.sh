@@ -69,6 +69,7 @@ if [ ! -f /etc/edge-gate/gate.toml ]; then
       -e 's#^models_dir = ""#models_dir = "/opt/edge-gate/models"#' \
       -e 's#^state_db = "var/fleet.db"#state_db = "/var/lib/edge-gate/fleet.db"#' \
       -e 's#^keys_dir = "var/fleet-keys"#keys_dir = "/var/lib/edge-gate/fleet-keys"#' \
+      -e 's#^lane_key_file = "var/lane.key"#lane_key_file = "/var/lib/edge-gate/lane.key"#' \
       /opt/edge-gate/firmware_config/gate.toml > /etc/edge-gate/gate.toml
   chmod 0640 /etc/edge-gate/gate.toml; chgrp edge-gate /etc/edge-gate/gate.toml
 fi

@@ -31,7 +31,7 @@ def lane(tmp: Path) -> Path:
     cfg = tmp / "gate.toml"
     cfg.write_text(
         '[gate]\nid = "g-1"\n[tickets]\npubkeys = ["office/issuer.pub"]\nledger = "ledger.db"\n'
-        'revocation_list = "revoked.txt"\nantipassback_s = 0.0\n'
+        'revocation_list = "revoked.txt"\nanti_passback_s = 0.0\n'
         '[audit]\npath = "audit.db"\nevidence_key = "state/evidence.key"\n'
     )
     assert main(["ledger", "init", "--config", str(cfg)]) == 0

@@ -26,6 +26,10 @@ def cmd_init(args) -> int:
         print(
             init_gate_ledger(cfg.resolve(cfg.tickets.ledger), audit, args.after_loss, cfg.gate.id)
         )
+    from edge.fleet.identity import ensure_lane_key  # a fleet lane's signing key (0600)
+
+    if (key := ensure_lane_key(cfg)) is not None:
+        print(f"lane key {key} (edge-gate fleet join --config C prints it for the roster)")
     return 0
 
 

@@ -85,10 +85,11 @@ def cmd_revoke(args) -> int:
             raise EdgeGateError(
                 "--publish needs --key issuer.key", "the office signs what it sends"
             )
-        n = publish_revocations(
-            config_mod.load(args.config), Path(args.key), tk.load_revocations(Path(args.list))
-        )
-        print(f"published {n} revocation(s) to the fleet, signed")
+        from edge.cli.fleet import report_sent
+
+        cfg = config_mod.load(args.config)
+        n = publish_revocations(cfg, Path(args.key), tk.load_revocations(Path(args.list)))
+        report_sent(cfg, f"{n} revocation(s)")
     return 0
 
 
@@ -103,6 +104,18 @@ def cmd_unrevoke(args) -> int:
         + (f"; not listed: {', '.join(missing)}" if missing else "")
     )
     print("gates pick the change up on reload: systemctl reload edge-gate")
+    if args.publish:  # a lift is its own signed message naming the revocations it lifts
+        from edge import config as config_mod
+        from edge.cli.fleet import report_sent
+        from edge.fleet.office import publish_unrevocations
+
+        if not args.key:
+            raise EdgeGateError(
+                "--publish needs --key issuer.key", "the office signs what it sends"
+            )
+        cfg = config_mod.load(args.config)
+        n = publish_unrevocations(cfg, Path(args.key), list(args.ids))
+        report_sent(cfg, f"the lifting of {n} revocation(s)")
     return 0 if removed else 1
 
 
@@ -230,6 +243,17 @@ def register(sub, common) -> None:
         help="remove ticket ids from a revocation list, e.g. ticket unrevoke --list L DAY-7",
     )
     sp.add_argument("--list", required=True, type=file_path, help="revocation list file")
+    sp.add_argument(
+        "--publish", action="store_true", help="also lift them at every lane (fleet), signed"
+    )
+    sp.add_argument(
+        "--key", type=nonempty_file, help="with --publish: issuer.key that signs the message"
+    )
+    sp.add_argument(
+        "--config",
+        type=existing_file,
+        help="with --publish: the office's gate.toml ([fleet] section)",
+    )
     sp.add_argument("ids", nargs="+", help="ticket ids, exactly as printed on the ticket")
     sp.set_defaults(func=cmd_unrevoke)
 

@@ -11,7 +11,7 @@ import os
 from typing import Any
 
 from edge.config import Config
-from edge.fleet.state import LaneGuard
+from edge.fleet.state import LaneGuard, LinkCheck
 from edge.tickets.format import Ticket
 from edge.tickets.ledger import Ledger, LedgerMark, Redemption
 
@@ -80,6 +80,14 @@ def tickets_stamp(cfg: Config) -> tuple:
         except OSError:
             out.append(None)
     return tuple(out)
+
+
+def face_refusal(ledger: object) -> LinkCheck | None:
+    """Why a fleet lane may not grant by face now (a forget list still to replay), or None."""
+    if isinstance(ledger, LaneLedger):
+        c = ledger.guard.check_faces()
+        return None if c.ok else c
+    return None
 
 
 def report_status(ledger: object, **status: Any) -> None:

@@ -344,6 +344,10 @@ class Gate:
     def act(self, d: Decision) -> None:
         """Redeem, open, record, report: a grant that cannot be recorded or switched is a deny."""
         wall = self.clock()
+        if d.decision == GRANT and d.via != Via.TICKET:  # a restored lane: no face until the
+            held = lane.face_refusal(self.ledger)  # office's forget list is applied (fleet)
+            if held is not None:
+                d = dataclasses.replace(d, decision=Outcome.DENY, reason=held.reason, ticket=None)
         if d.decision == GRANT and d.ticket is not None:
             try:
                 r = self.ledger.redeem(d.ticket, wall)  # the commit is the moment the entry counts

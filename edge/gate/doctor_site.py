@@ -164,23 +164,50 @@ def _evidence(site: Site) -> str | Check:
 
 @check("fleet")
 def _fleet(site: Site) -> str | Check:
-    """The link and clock as edge-gate sync last saw them (tickets are refused on either)."""
-    from edge.fleet.state import FleetState, check_link
+    """The link and clock as edge-gate sync last saw them (tickets are refused on either), the
+    lanes whose clocks are off from the fleet's, and a forget list still to replay."""
+    from edge.fleet.state import FleetState, check_faces, check_link
 
     fl = site.cfg.fleet
     if not fl.enabled:
         return "no [fleet]: this gate works alone"
+    from edge.errors import EdgeGateError
+    from edge.fleet.identity import load_lane_key
+
+    try:
+        load_lane_key(site.cfg)  # sync signs with it; refused when missing or not private
+    except EdgeGateError as e:
+        return Check("fail", "fleet", str(e).split(" (fix: ")[0], e.hint)
     st = FleetState(site.cfg.resolve(fl.state_db))
     try:
         link, offset = check_link(fl, st, time.time()), st.get("clock_offset")
+        faces = check_faces(fl, st)
         connected = st.get("connected")
+        clocks = st.get("clocks") or {}
     finally:
         st.close()
     where = f"site {fl.site}, lane {fl.lane}, broker {fl.broker}"
     fix = "systemctl status edge-gate-sync; check the broker and the clock (NTP)"
+    off = sorted(
+        (lane, o)
+        for lane, o in clocks.items()
+        if abs(o) > fl.max_clock_offset_s and lane != fl.lane
+    )
+    named = ", ".join(f"{lane} ({o:+.1f} s)" for lane, o in off)
     if not link.ok:
         return Check("fail", "fleet", f"{where}: {link.reason}: {link.detail}", fix)
+    if not faces.ok:
+        return Check(
+            "warn", "fleet", f"{where}: {faces.reason}: {faces.detail}", "start edge-gate-sync"
+        )
     if not connected:
         return Check("warn", "fleet", f"{where}: sync not connected", fix)
-    off = "unknown" if offset is None else f"{offset:+.1f} s"
-    return f"{where}: connected, clock vs fleet {off}"
+    mine = "unknown" if offset is None else f"{offset:+.1f} s"
+    if off:
+        return Check(
+            "warn",
+            "fleet",
+            f"{where}: connected, clock vs fleet {mine}; clock off from the fleet's: {named}",
+            "set the time (NTP) on the lanes named",
+        )
+    return f"{where}: connected, clock vs fleet {mine}"

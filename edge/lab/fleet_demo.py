@@ -22,7 +22,7 @@ from edge import tickets as tk
 from edge.config import PROJECT_ROOT
 from edge.fleet.state import read_state
 from edge.lab.broker import Mosquitto
-from edge.lab.workspace import Member, start_syncs, stop_all, write_member
+from edge.lab.workspace import Member, roster_all, start_syncs, stop_all, write_member
 from edge.tickets.ledger import Ledger
 
 
@@ -41,6 +41,14 @@ def _heard(m: Member, ticket_id: str) -> bool:
         return led.remote_count(ticket_id) > 0
     finally:
         led.close()
+
+
+def _ready(m: Member) -> bool:
+    """Connected, with the office's roster and forget list (so faces may be granted)."""
+    st = m.dir / "fleet.db"
+    return bool(read_state(st, "connected") and read_state(st, "roster")) and not read_state(
+        st, "forget_replay"
+    )
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess:
@@ -81,14 +89,16 @@ def run_fleet_demo(workdir: Path, lanes: int, fixtures: Path | None, fast: bool)
     }
     for n in names:
         init_key(members[n].dir / "gallery.key")
-    procs = start_syncs(members[n] for n in names)
+    roster_all(members["office"], [members[n] for n in names], priv)
+    print(f"  the office signed a roster of {lanes} lane keys (each lane's `fleet join`)")
+    procs = start_syncs(members[n] for n in ["office", *names])
     ok = True
     try:
-        up = _wait(
-            lambda: all(read_state(members[n].dir / "fleet.db", "connected") for n in names),
-            30,
+        up = _wait(lambda: all(_ready(members[n]) for n in names), 30)
+        print(
+            f"  {lanes} lanes and the office running edge-gate sync: "
+            + ("connected, roster and forget list applied" if up else "NOT ready")
         )
-        print(f"  {lanes} lanes running edge-gate sync: {'connected' if up else 'NOT connected'}")
         until = time.strftime("%Y-%m-%d", time.gmtime(time.time() + 86400))
         issued = issue_ticket(priv, IssueRequest("SCREENSHOT-1", valid_until=until), workdir / "t")
         t, png = issued.ticket, issued.path
