@@ -11,6 +11,7 @@ from pathlib import Path
 
 from edge import config as config_mod
 from edge.cli.fleet import publish_args, publish_deletion, publish_enrollment
+from edge.cli.numbers import non_negative_int, positive_int
 from edge.cli.paths import existing_dir, file_path, nonempty_file
 from edge.cli.personal import add_detail_args, resolve_details
 from edge.errors import EdgeGateError, EnrollError
@@ -298,10 +299,10 @@ def register(sub, common) -> None:
     sp.add_argument(
         "--force", action="store_true", help="enroll even if the face matches someone else"
     )
-    sp.add_argument("--templates", type=int, default=5, help="best N faces to keep")
+    sp.add_argument("--templates", type=positive_int, default=5, help="best N faces to keep")
     sp.add_argument(
         "--min-templates",
-        type=int,
+        type=positive_int,
         help="refuse a person with fewer usable, distinct faces (default: 3)",
     )
     sp.add_argument(
@@ -334,5 +335,5 @@ def register(sub, common) -> None:
 
     sp = sub.add_parser("purge", help="erase people whose pass expired more than N days ago")
     gallery_args(sp)
-    sp.add_argument("--days", type=int, help="default gallery.purge_after_days")
+    sp.add_argument("--days", type=non_negative_int, help="default gallery.purge_after_days")
     sp.set_defaults(func=cmd_purge)

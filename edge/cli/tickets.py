@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 from edge import tickets as tk
+from edge.cli.numbers import non_negative_float, non_negative_int, positive_int
 from edge.cli.paths import existing_file, file_path, nonempty_file, output_dir
 from edge.errors import EdgeGateError, ImageError
 from edge.tickets.format import TICKET_ID_RULE
@@ -151,9 +152,14 @@ def register(sub, common) -> None:
         "2026-12-31T18:00+01:00",
     )
     exp.add_argument("--no-expiry", action="store_true", help="valid forever (say so explicitly)")
-    sp.add_argument("--entries", type=int, default=1, help="total entries, 1..65535 (1: one-time)")
     sp.add_argument(
-        "--season-per-day", type=int, default=0, help="season pass: at most N entries per day"
+        "--entries", type=positive_int, default=1, help="total entries, 1..65535 (1: one-time)"
+    )
+    sp.add_argument(
+        "--season-per-day",
+        type=non_negative_int,
+        default=0,
+        help="season pass: at most N entries per day",
     )
     sp.add_argument(
         "--holder", help="pass holder reference (links an annual pass to an enrolled person)"
@@ -188,10 +194,12 @@ def register(sub, common) -> None:
         type=existing_file,
         help="revocation list (default: the config's); must exist",
     )
-    sp.add_argument("--skew", type=float, help="clock skew allowance, seconds (default 300)")
+    sp.add_argument(
+        "--skew", type=non_negative_float, help="clock skew allowance, seconds (default 300)"
+    )
     sp.add_argument(
         "--antipassback",
-        type=float,
+        type=non_negative_float,
         help="seconds before the same ticket may re-enter at this gate (default 60)",
     )
     sp.add_argument(
