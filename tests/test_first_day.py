@@ -5,6 +5,7 @@ Each test runs the command as a user does, as a process of its own, and checks w
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import time
@@ -82,3 +83,31 @@ def test_an_internal_error_is_one_line_and_its_traceback_behind_debug(
     assert "--debug" in err
     with pytest.raises(RuntimeError, match="disk on fire"):
         main(["--debug", "audit", "verify", "--config", cfg])
+
+
+# --- data loss or the wrong person enrolled ---------------------------------------------------
+
+
+def test_demo_never_deletes_a_folder_it_did_not_make(tmp_path):
+    keep = tmp_path / "keep"
+    keep.mkdir()
+    (keep / "notes.txt").write_text("precious")
+    p = edge_gate("demo", "--fast", "--workdir", str(keep), cwd=tmp_path)
+    _one_line_error(p, str(keep), "not empty")
+    assert (keep / "notes.txt").read_text() == "precious"
+    assert sorted(x.name for x in keep.iterdir()) == ["notes.txt"]
+
+
+def test_demo_reruns_in_its_own_folder_and_prints_each_decision_once(tmp_path):
+    work = tmp_path / "demo"
+    env = {"EDGE_FIXTURES": str(tmp_path / "none")}  # the ticket clip only: quick
+    first = edge_gate("demo", "--fast", "--workdir", str(work), cwd=tmp_path, env=env)
+    assert first.returncode == 0, first.stderr
+    p = edge_gate("demo", "--fast", "--workdir", str(work), cwd=tmp_path, env=env)
+    assert p.returncode == 0, p.stderr
+    assert (work / ".edge-gate-demo").is_file()
+    both = p.stdout + p.stderr
+    for frame in (8, 33, 58, 83, 108):  # the ticket clip's five decisions
+        assert len(re.findall(rf"frame[ =]+{frame}\b", both)) == 1, both
+    assert "ERROR" not in p.stderr  # no face path to degrade: the demo is ticket-only then
+    assert "1 grants, 4 refusals" in p.stdout  # a fresh ledger: the valid ticket grants again

@@ -48,8 +48,10 @@ def _open_scanner(spec: str | None):
 
 def cmd_run(args) -> int:
     """`edge-gate run`: the daemon systemd runs; exit 2 with one line for a bad setting."""
-    from edge.gate.daemon import Gate, format_decision
+    from edge.gate.daemon import Gate, decisions_on_console, format_decision
 
+    if not args.quiet:
+        decisions_on_console()
     cfg = with_flags(config_mod.load(args.config), args)
     if cfg.camera.source == "demo":  # the embedded default: a generated clip from the lab
         cfg = demo_run_config(cfg)

@@ -76,6 +76,11 @@ def decision_json(d: Decision, gate: str, wall: float) -> dict:
     return out
 
 
+def decisions_on_console() -> None:
+    """The console prints each decision (`run`, `demo`): drop the log line that repeats it."""
+    log.addFilter(lambda r: not str(r.msg).startswith("decision "))
+
+
 def format_decision(ev: dict) -> str:
     """One console line per decision (the operator's view; never sent to the journal)."""
     who = ev.get("person") or ev.get("ticket") or "-"

@@ -14,7 +14,7 @@ from edge.errors import EdgeGateError
 from edge.gallery.matcher import resolve_threshold
 from edge.gallery.rules import rules_from_catalogue
 from edge.gallery.rules import threshold_for as rule_for
-from edge.gate.daemon import Gate, format_decision
+from edge.gate.daemon import Gate, decisions_on_console, format_decision
 from edge.lab import evaluation as ev
 from edge.lab.bench import bench_clip, bench_gallery, bench_gate, format_bench, format_gallery_bench
 from edge.lab.demo import demo_source, demo_state, enroll_person, prepare
@@ -208,11 +208,13 @@ def cmd_demo(args) -> int:
         work = Path(args.workdir) if args.workdir else Path.cwd() / "var" / "demo-fleet"
         return run_fleet_demo(work, args.lanes, fx, args.fast)
     work = Path(args.workdir) if args.workdir else Path.cwd() / "var" / "demo"
+    decisions_on_console()
     cfg_path, scenes = prepare(work, fx)
     cfg = config_mod.load(cfg_path)
     print(f"edge-gate demo: workspace {work} (mock relay, nothing leaves this machine)")
     if fx is None:
         print(f"  shared fixtures not found at {fixtures}: showing the generated ticket clip only")
+        cfg = config_mod.override(cfg, gate={"mode": "ticket-only"})  # nobody to enroll
     else:
         pid = enroll_person(
             cfg,
