@@ -65,6 +65,9 @@ class VisionConfig:
     min_brightness: float = 40.0
     max_brightness: float = 220.0
     face_enabled: bool = True
+    # Largest image (width x height) decoded, read from its header first: a small file claiming
+    # 30,000 x 30,000 pixels must not make a Pi allocate gigabytes.
+    max_image_pixels: int = 100_000_000
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,7 @@ LIVENESS_MODES = ("model+motion", "model", "off")
 MATCH_THRESHOLD_RANGE = (0.3, 0.999)
 MIN_MARGIN_RANGE = (0.0, 0.5)
 CLOCK_SKEW_RANGE_S = (0.0, 3600.0)
+MIN_IMAGE_PIXELS = 1_000_000
 
 
 def validate(cfg: Config) -> Config:
@@ -37,6 +38,11 @@ def validate(cfg: Config) -> Config:
         )
     if cfg.vision.threads < 0:
         raise ConfigError(f"{f}: key 'vision.threads' = {cfg.vision.threads} must be >= 0")
+    if cfg.vision.max_image_pixels < MIN_IMAGE_PIXELS:
+        raise ConfigError(
+            f"{f}: key 'vision.max_image_pixels' = {cfg.vision.max_image_pixels} must be >= "
+            f"{MIN_IMAGE_PIXELS:,} (a camera frame must fit)"
+        )
     _validate_matching(cfg, f)
     if cfg.liveness.mode not in LIVENESS_MODES:
         raise ConfigError(

@@ -111,3 +111,82 @@ def test_demo_reruns_in_its_own_folder_and_prints_each_decision_once(tmp_path):
         assert len(re.findall(rf"frame[ =]+{frame}\b", both)) == 1, both
     assert "ERROR" not in p.stderr  # no face path to degrade: the demo is ticket-only then
     assert "1 grants, 4 refusals" in p.stdout  # a fresh ledger: the valid ticket grants again
+
+
+def _gallery_args(tmp_path) -> list[str]:
+    cfg = tmp_path / "gate.toml"
+    if not cfg.exists():
+        make_config(tmp_path)
+    key = tmp_path / "gallery.key"
+    if not key.exists():
+        from edge.gallery.crypto import init_key
+
+        init_key(key)
+    return ["--config", str(cfg), "--consent-version", "v1", "--min-templates", "1"]
+
+
+@pytest.mark.fixtures
+def test_enroll_refuses_a_photo_of_two_people_with_the_boxes(tmp_path, fixtures):
+    photo = str(fixtures / "groups" / "two_people.jpg")
+    g = _gallery_args(tmp_path)
+    p = edge_gate("enroll", *g, "--name", "Who", photo, cwd=tmp_path)
+    line = _one_line_error(p, photo, "2 faces", "--pick largest")
+    assert re.search(r"\d+x\d+ at \(\d+, \d+\), \d+x\d+ at \(\d+, \d+\)", line)
+    assert "enrolled" not in p.stdout
+    p = edge_gate("enroll", *g, "--name", "Who", "--pick", "largest", photo, cwd=tmp_path)
+    assert p.returncode == 0, p.stderr
+    assert "pick=largest" in p.stderr and "2 faces" in p.stderr  # logged, with the boxes
+    rec = AuditLog(tmp_path / "audit.db").records("enroll")[-1]
+    assert "--pick largest" in rec.detail
+
+
+def test_enroll_names_a_file_that_is_not_an_image(tmp_path):
+    junk = tmp_path / "photo.jpg"
+    junk.write_text("these are my notes, not a photo\n")
+    p = edge_gate("enroll", *_gallery_args(tmp_path), "--name", "X", str(junk), cwd=tmp_path)
+    line = _one_line_error(p, str(junk), "not a readable image")
+    assert "no usable face" not in line
+
+
+def _jpeg_claiming(width: int, height: int) -> bytes:
+    """A small, valid JPEG whose frame header claims width x height."""
+    import cv2
+    import numpy as np
+
+    ok, buf = cv2.imencode(".jpg", np.zeros((64, 64, 3), np.uint8))
+    data = bytearray(buf.tobytes())
+    sof = data.index(b"\xff\xc0")
+    data[sof + 5 : sof + 9] = height.to_bytes(2, "big") + width.to_bytes(2, "big")
+    return bytes(data)
+
+
+def test_a_header_claiming_30000_squared_pixels_is_refused_before_decoding(tmp_path):
+    bomb = tmp_path / "bomb.jpg"
+    bomb.write_bytes(_jpeg_claiming(30000, 30000))
+    g = _gallery_args(tmp_path)
+    for args in (
+        ["enroll", *g, "--name", "X", str(bomb)],
+        ["run", "--config", str(tmp_path / "gate.toml"), "--source", str(bomb), "--fast"],
+    ):
+        _one_line_error(
+            edge_gate(*args, cwd=tmp_path), str(bomb), "30000x30000", "max_image_pixels"
+        )
+    p = edge_gate("qr", "read", str(bomb), cwd=tmp_path)
+    assert p.returncode == 1 and "30000x30000" in p.stdout
+    # The limit is the config's: raised, the same file gets as far as the decoder.
+    (tmp_path / "big.toml").write_text("[vision]\nmax_image_pixels = 1000000000\n")
+    p = edge_gate("qr", "read", "--config", str(tmp_path / "big.toml"), str(bomb), cwd=tmp_path)
+    assert "30000x30000" not in p.stdout
+
+
+def test_run_on_an_unreadable_image_is_an_error_not_an_empty_run(tmp_path):
+    make_config(tmp_path)
+    junk = tmp_path / "gate-photo.jpg"
+    junk.write_bytes(b"\xff\xd8 not really a jpeg")
+    cfg = str(tmp_path / "gate.toml")
+    p = edge_gate("run", "--config", cfg, "--source", str(junk), "--fast", cwd=tmp_path)
+    _one_line_error(p, str(junk), "not a readable image")
+    notes = tmp_path / "notes.mp4"
+    notes.write_text("not a video")
+    p = edge_gate("run", "--config", cfg, "--source", str(notes), "--fast", cwd=tmp_path)
+    _one_line_error(p, str(notes))

@@ -87,7 +87,7 @@ def test_replace_templates_reenrolls_with_consent_and_an_audit_record(
         (old,) = [r[0] for r in gal.conn.execute("SELECT embedding FROM templates")]
     rc, out, err = cli(
         capsys, "enroll", *g, "--person-id", pid, "--replace-templates", "--min-templates", "1",
-        "--consent-version", "v2", str(faces / "obama" / "test_obama1.jpg"),
+        "--consent-version", "v2", str(faces / "obama" / "obama2.jpg"),
     )  # fmt: skip
     assert rc == 0, err
     assert "previous templates erased" in out

@@ -92,14 +92,16 @@ def cmd_enroll(args) -> int:
             force=args.force,
             max_templates=args.templates,
             min_templates=_min_templates(args),
+            pick=args.pick,
         )
     what = "replaced all templates with" if args.replace_templates else "added"
+    picked = f"; --pick {args.pick}" if args.pick else ""
     audit_record(
         cfg,
         "enroll",
         subject=pid,
         reason="replace_templates" if args.replace_templates else "",
-        detail=f"{what} {n} templates; consent {args.consent_version}",
+        detail=f"{what} {n} templates; consent {args.consent_version}{picked}",
     )
     print(
         f"enrolled {n} template(s)"
@@ -149,6 +151,7 @@ def cmd_enroll_folder(args) -> int:
             force=args.force,
             valid_until=parse_time(args.valid_until, end_of_day=True) if args.valid_until else None,
             on_progress=Progress("enroll"),
+            pick=args.pick,
         )
     finally:
         g.close()
@@ -164,6 +167,12 @@ def cmd_enroll_folder(args) -> int:
     for reason, names in sorted(r.by_reason().items()):
         shown = ", ".join(names[:10]) + (f" and {len(names) - 10} more" if len(names) > 10 else "")
         print(f"refused {len(names)}: {reason}: {shown}")
+    for s in r.skipped[:10]:
+        print(f"left out {s.detail}")
+    if len(r.skipped) > 10:
+        print(f"left out {len(r.skipped) - 10} more file(s) (unreadable, or several faces)")
+    if any(s.reason == "several_faces" for s in r.skipped):
+        print("(photos showing several faces are left out; --pick largest enrolls the largest)")
     return 0 if r.enrolled else 1
 
 
@@ -298,6 +307,12 @@ def register(sub, common) -> None:
     )
     sp.add_argument(
         "--force", action="store_true", help="enroll even if the face matches someone else"
+    )
+    sp.add_argument(
+        "--pick",
+        choices=("largest",),  # edge.gallery.enroll.PICKS (imported only when enrolling)
+        help="a photo showing several faces is refused; 'largest' enrolls its largest face "
+        "instead (logged)",
     )
     sp.add_argument("--templates", type=positive_int, default=5, help="best N faces to keep")
     sp.add_argument(

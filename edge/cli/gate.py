@@ -50,13 +50,12 @@ def cmd_run(args) -> int:
     """`edge-gate run`: the daemon systemd runs; exit 2 with one line for a bad setting."""
     from edge.gate.daemon import Gate, decisions_on_console, format_decision
 
-    if not args.quiet:
-        decisions_on_console()
     cfg = with_flags(config_mod.load(args.config), args)
     if cfg.camera.source == "demo":  # the embedded default: a generated clip from the lab
         cfg = demo_run_config(cfg)
     scanner = _open_scanner(args.scanner)
     with contextlib.ExitStack() as stack:
+        stack.enter_context(decisions_on_console(printed=not args.quiet))
         events = stack.enter_context(open_events(args.events)) if args.events else None
 
         def on_decision(ev: dict) -> None:

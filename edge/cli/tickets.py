@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 from edge import tickets as tk
-from edge.cli.numbers import non_negative_float, non_negative_int, positive_int
+from edge.cli.numbers import non_negative_float
 from edge.cli.paths import existing_file, file_path, nonempty_file, output_dir
 from edge.errors import EdgeGateError, ImageError
 from edge.tickets.format import TICKET_ID_RULE
@@ -108,13 +108,15 @@ def cmd_unrevoke(args) -> int:
 
 def cmd_qr_read(args) -> int:
     """`qr read`: decode QR codes from images to debug what a gate camera sees."""
+    from edge import config as config_mod
     from edge.tickets.qr import read_codes
     from edge.vision.image import load_image
 
+    limit = config_mod.load(args.config).vision.max_image_pixels
     rc = 0
     for p in args.images:
         try:
-            print(json.dumps({"path": str(p), "texts": read_codes(load_image(p))}))
+            print(json.dumps({"path": str(p), "texts": read_codes(load_image(p, limit))}))
         except ImageError as e:
             print(json.dumps({"path": str(p), "texts": [], "error": str(e)}))
             rc = 1
@@ -152,12 +154,10 @@ def register(sub, common) -> None:
         "2026-12-31T18:00+01:00",
     )
     exp.add_argument("--no-expiry", action="store_true", help="valid forever (say so explicitly)")
-    sp.add_argument(
-        "--entries", type=positive_int, default=1, help="total entries, 1..65535 (1: one-time)"
-    )
+    sp.add_argument("--entries", type=int, default=1, help="total entries, 1..65535 (1: one-time)")
     sp.add_argument(
         "--season-per-day",
-        type=non_negative_int,
+        type=int,
         default=0,
         help="season pass: at most N entries per day",
     )
@@ -242,5 +242,6 @@ def register(sub, common) -> None:
         dest="qr_cmd", required=True
     )
     sp = q.add_parser("read", help="print every code found in each image")
+    common(sp)
     sp.add_argument("images", nargs="+", type=nonempty_file, help="photos of QR codes")
     sp.set_defaults(func=cmd_qr_read)

@@ -8,14 +8,13 @@ import tempfile
 import time
 from pathlib import Path
 
-import cv2
 import numpy as np
 
 from edge.errors import SourceError
 from edge.gallery.crypto import init_key
 from edge.gallery.matcher import Matcher, to_template_grid
 from edge.gallery.store import Consent, Gallery, NewPerson
-from edge.vision.image import to_bgr8
+from edge.vision.image import open_video, to_bgr8
 from edge.vision.pipeline import FacePipeline, StageTimes
 
 log = logging.getLogger(__name__)
@@ -42,7 +41,7 @@ def bench_clip(
         pipe: FacePipeline = make_pipe(threads)
         pad = make_pad(threads) if make_pad else None
         pad_times: list[float] = []
-        cap = cv2.VideoCapture(str(clip))
+        cap = open_video(clip, pipe.max_image_pixels)
         if not cap.isOpened():
             raise SourceError(
                 f"{clip}: cannot open video", "check the path and that the file is a video"
@@ -67,6 +66,11 @@ def bench_clip(
                 break
         wall = time.perf_counter() - t_start
         cap.release()
+        if not n:
+            raise SourceError(
+                f"{clip}: no frame could be read (not a video, or damaged)",
+                "give a video file such as an mp4 recorded by the gate's camera",
+            )
         s = times.samples
         face_frames = [x for x in s if x["faces"]]
         report["runs"].append(

@@ -208,7 +208,11 @@ def cmd_demo(args) -> int:
         work = Path(args.workdir) if args.workdir else Path.cwd() / "var" / "demo-fleet"
         return run_fleet_demo(work, args.lanes, fx, args.fast)
     work = Path(args.workdir) if args.workdir else Path.cwd() / "var" / "demo"
-    decisions_on_console()
+    with decisions_on_console():
+        return _demo(work, fixtures, fx, args.fast)
+
+
+def _demo(work: Path, fixtures: Path, fx: Path | None, fast: bool) -> int:
     cfg_path, scenes = prepare(work, fx)
     cfg = config_mod.load(cfg_path)
     print(f"edge-gate demo: workspace {work} (mock relay, nothing leaves this machine)")
@@ -234,7 +238,7 @@ def cmd_demo(args) -> int:
                 print("   " + format_decision(ev), flush=True)
 
             scene_cfg = config_mod.override(
-                cfg, camera={"source": str(scene.clip), "realtime": not args.fast}
+                cfg, camera={"source": str(scene.clip), "realtime": not fast}
             )
             with Gate(scene_cfg, show) as gate:
                 gate.run()

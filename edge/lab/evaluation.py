@@ -73,7 +73,7 @@ def embed_folder(pipe: FacePipeline, root: Path) -> Embedded:
     for person, path in identity_images(root):
         out.labels.append(person)
         try:
-            img = load_image(path)
+            img = load_image(path, pipe.max_image_pixels)
         except ImageError as e:
             log.warning("eval skip unreadable=%s reason=%s", path, e)
             out.unreadable += 1

@@ -134,14 +134,14 @@ def init_gate_ledger(path: Path, audit=None, after_loss: bool = False, gate: str
     )
 
 
-def texts_from_input(item: str) -> list[str]:
+def texts_from_input(item: str, max_pixels: int | None = None) -> list[str]:
     """An argument is an image file (every code in it) or the ticket text itself."""
     p = Path(item)
     if p.suffix.lower() in (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif") or p.is_file():
         from edge.tickets.qr import read_codes
-        from edge.vision.image import load_image
+        from edge.vision.image import MAX_PIXELS, load_image
 
-        return read_codes(load_image(p))
+        return read_codes(load_image(p, max_pixels or MAX_PIXELS))
     return [item]
 
 
@@ -159,6 +159,7 @@ class Desk:
     audit: object | None = None  # edge.gate.audit.AuditLog when verifying with a gate config
     gate: str = ""
     ledger_problem: str = ""  # why the ledger could not be opened: every ticket is refused
+    max_image_pixels: int | None = None  # vision.max_image_pixels for ticket photos
 
 
 @dataclass(frozen=True)
@@ -193,7 +194,11 @@ def open_desk(opts: DeskOptions, stack: ExitStack) -> Desk:
     )
     if not opts.config and not opts.pubkeys:
         raise EdgeGateError("no issuer key", "pass --config C (the gate's) or --pubkey issuer.pub")
-    desk = Desk(gate_verifier(cfg, list(opts.pubkeys)), gate=cfg.gate.id)
+    desk = Desk(
+        gate_verifier(cfg, list(opts.pubkeys)),
+        gate=cfg.gate.id,
+        max_image_pixels=cfg.vision.max_image_pixels,
+    )
     if not opts.config and not opts.db:
         if opts.redeem:
             raise EdgeGateError("--redeem needs a ledger", "pass --config C or --db LEDGER")
@@ -220,7 +225,7 @@ def verify_inputs(desk: Desk, inputs: list[str], redeem: bool, now: float) -> It
     for item in inputs:
         out: dict = {"input": item, "valid": False, "reason": Reason.MALFORMED, "ticket_id": None}
         try:
-            texts = texts_from_input(item)
+            texts = texts_from_input(item, desk.max_image_pixels)
         except ImageError as e:
             texts, out["detail"] = [], str(e)
         if not texts:
