@@ -190,3 +190,64 @@ def test_run_on_an_unreadable_image_is_an_error_not_an_empty_run(tmp_path):
     notes.write_text("not a video")
     p = edge_gate("run", "--config", cfg, "--source", str(notes), "--fast", cwd=tmp_path)
     _one_line_error(p, str(notes))
+
+
+def test_fd_lines_are_bounded_and_skip_overlong_lines():
+    import os
+
+    from edge.tickets.scanner import MAX_SCAN, fd_lines, lines_from
+
+    r, w = os.pipe()
+    os.write(w, b"EGA\n" + b"x" * 20_000 + b"\nEGB\r\n\xff\xfe\nEGC")  # < a pipe's buffer
+    os.close(w)
+    raw = list(fd_lines(r))
+    os.close(r)
+    assert raw[0] == b"EGA\n" and None in raw
+    assert all(x is None or len(x) <= MAX_SCAN + 2 for x in raw)
+    assert list(lines_from(iter(raw))) == ["EGA", "EGB", "EGC"]
+
+
+def test_run_with_a_stdin_scanner_stops_cleanly_on_sigterm(tmp_path):
+    """systemd's stop: exit 0, the decision in the audit log, no 'Fatal Python error' (134)."""
+    import signal
+
+    from edge import tickets as tk
+    from edge.lab.synth import Segment, write_clip
+
+    cfg = make_config(tmp_path, 'mode = "ticket-only"\n')
+    clip = tmp_path / "nobody.mp4"
+    write_clip(clip, [Segment(30.0)], fps=5.0, size=(160, 120))
+    key = tk.load_private(tmp_path / "office" / "issuer.key")
+    ticket = tk.sign(tk.Ticket("SCAN-1", valid_until=int(time.time()) + 3600), key)
+    p = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "edge.cli",
+            "run",
+            "--config",
+            cfg.source_file,
+            "--source",
+            str(clip),
+            "--scanner",
+            "stdin",
+        ],  # fmt: skip
+        cwd=tmp_path,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env={"PYTHONPATH": str(PROJECT_ROOT), "PATH": "/usr/bin:/bin"},
+    )
+    p.stdin.write(ticket.encode() + b"\n")
+    p.stdin.flush()  # stdin stays open: the reader thread is blocked reading it
+    line = p.stdout.readline().decode()
+    assert "GRANT" in line and "SCAN-1" in line
+    p.send_signal(signal.SIGTERM)
+    rc = p.wait(timeout=60)
+    err = p.stderr.read().decode()
+    p.stdin.close()
+    assert rc == 0, err
+    assert "Fatal Python error" not in err
+    with AuditLog(tmp_path / "audit.db") as log:
+        decisions = [r for r in log.records("decision") if r.subject == "SCAN-1"]
+    assert [(r.decision, r.reason) for r in decisions] == [("grant", "ok")]

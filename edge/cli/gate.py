@@ -39,9 +39,10 @@ def _open_scanner(spec: str | None):
     """The --scanner input: stdin's bytes, or an evdev device reader (checked now)."""
     if spec is None:
         return None
+    from edge.tickets.scanner import evdev_scans, fd_lines
+
     if spec == "stdin":
-        return sys.stdin.buffer
-    from edge.tickets.scanner import evdev_scans
+        return fd_lines(sys.stdin.fileno())  # not sys.stdin: see edge/tickets/scanner.py
 
     return evdev_scans(spec)  # a missing evdev module or device is an error now, not in a thread
 
