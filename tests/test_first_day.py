@@ -251,3 +251,47 @@ def test_run_with_a_stdin_scanner_stops_cleanly_on_sigterm(tmp_path):
     with AuditLog(tmp_path / "audit.db") as log:
         decisions = [r for r in log.records("decision") if r.subject == "SCAN-1"]
     assert [(r.decision, r.reason) for r in decisions] == [("grant", "ok")]
+
+
+# --- quietly wrong ---------------------------------------------------------------------------
+
+
+def test_revoke_refuses_a_list_no_gate_reads_unless_told_to_create_it(tmp_path):
+    make_config(tmp_path)  # tickets.revocation_list = "revoked.txt"
+    cfg = str(tmp_path / "gate.toml")
+    p = edge_gate("ticket", "revoke", "--config", cfg, "--list", "revokd.txt", "T-1", cwd=tmp_path)
+    _one_line_error(p, "revokd.txt", str(tmp_path / "revoked.txt"), "--create")
+    assert not (tmp_path / "revokd.txt").exists()
+    p = edge_gate("ticket", "revoke", "--config", cfg, "--list", "revoked.txt", "T-1", cwd=tmp_path)
+    assert p.returncode == 0 and (tmp_path / "revoked.txt").read_text() == "T-1\n"
+    p = edge_gate("ticket", "revoke", "--list", "office.txt", "--create", "T-2", cwd=tmp_path)
+    assert p.returncode == 0 and (tmp_path / "office.txt").read_text() == "T-2\n"
+    p = edge_gate("ticket", "unrevoke", "--list", "revokd.txt", "T-1", cwd=tmp_path)
+    _one_line_error(p, "revokd.txt", "does not exist")
+
+
+def test_issue_refuses_an_expiry_in_the_past_unless_asked(tmp_path):
+    from edge import tickets as tk
+
+    tk.keygen(tmp_path / "office")
+    issue = ["ticket", "issue", "--key", str(tmp_path / "office" / "issuer.key"), "--id"]
+    past = ["--valid-from", "2019-01-01", "--valid-until", "2020-01-01", "--out", "t"]
+    p = edge_gate(*issue, "T-1", *past, cwd=tmp_path)
+    _one_line_error(p, "--valid-until 2020-01-01", "already past", "--allow-expired")
+    assert not (tmp_path / "t").exists()
+    p = edge_gate(*issue, "T-1", *past, "--allow-expired", cwd=tmp_path)
+    assert p.returncode == 0 and (tmp_path / "t" / "T-1.png").is_file()
+
+
+def test_out_never_makes_a_folder_named_like_a_file(tmp_path):
+    from edge import tickets as tk
+
+    tk.keygen(tmp_path / "office")
+    key = str(tmp_path / "office" / "issuer.key")
+    p = edge_gate("ticket", "issue", "--key", key, "--id", "T-1", "--valid-until", "2099-12-31",
+                  "--out", "T-1.png", cwd=tmp_path)  # fmt: skip
+    _one_line_error(p, "--out", "T-1.png", "folder")
+    assert not (tmp_path / "T-1.png").exists()
+    p = edge_gate("ticket", "keygen", "--out", "issuer.key", cwd=tmp_path)
+    _one_line_error(p, "--out", "issuer.key")
+    assert not (tmp_path / "issuer.key").exists()

@@ -35,6 +35,7 @@ def cmd_issue(args) -> int:
         args.entries,
         args.season_per_day,
         args.holder or "",
+        args.allow_expired,
     )
     issued = issue_ticket(Path(args.key), req, Path(args.out))
     print(f"wrote {issued.path}")
@@ -69,8 +70,35 @@ def cmd_verify(args) -> int:
     return 2 if problems else rc
 
 
+def check_list_path(args) -> None:
+    """A list that does not exist yet must be the one the config names (or --create).
+
+    A typo (`--list revokd.txt`) would otherwise start a new list that no gate ever reads,
+    and the ticket would go on opening gates.
+    """
+    from edge import config as config_mod
+
+    path = Path(args.list)
+    if path.exists() or args.create:
+        return
+    cfg = config_mod.load(args.config)
+    named = cfg.resolve(cfg.tickets.revocation_list) if cfg.tickets.revocation_list else None
+    if named is not None and path.resolve() == named:
+        return
+    where = (
+        f"the config's list is {named} (tickets.revocation_list in {cfg.source_file})"
+        if named
+        else f"{cfg.source_file} names no list (tickets.revocation_list)"
+    )
+    raise EdgeGateError(
+        f"--list {path} does not exist and no gate reads it: {where}",
+        "check the spelling, or pass --create to start a new list on purpose",
+    )
+
+
 def cmd_revoke(args) -> int:
     """`ticket revoke`: stop lost or refunded tickets opening gates, optionally fleet-wide."""
+    check_list_path(args)
     added = tk.revoke(Path(args.list), args.ids)
     known = len(args.ids) - len(added)
     print(
@@ -96,6 +124,8 @@ def cmd_unrevoke(args) -> int:
     """`ticket unrevoke`: undo a mistaken revocation."""
     from edge.tickets.revocation import unrevoke
 
+    if not Path(args.list).is_file():
+        raise EdgeGateError(f"--list {args.list} does not exist", "check the spelling")
     removed = unrevoke(Path(args.list), args.ids)
     missing = sorted(set(args.ids) - set(removed))
     print(
@@ -165,6 +195,11 @@ def register(sub, common) -> None:
         "--holder", help="pass holder reference (links an annual pass to an enrolled person)"
     )
     sp.add_argument(
+        "--allow-expired",
+        action="store_true",
+        help="issue even if --valid-until is already past (test tickets; gates refuse them)",
+    )
+    sp.add_argument(
         "--out", required=True, type=output_dir, help="folder for ID.png (an existing file is kept)"
     )
     sp.set_defaults(func=cmd_issue)
@@ -225,7 +260,13 @@ def register(sub, common) -> None:
     sp.add_argument(
         "--config",
         type=existing_file,
-        help="with --publish: the office's gate.toml ([fleet] section)",
+        help="gate.toml naming the list (tickets.revocation_list; default: the shipped one); "
+        "with --publish: the office's ([fleet] section)",
+    )
+    sp.add_argument(
+        "--create",
+        action="store_true",
+        help="start a new list at --list even though the config does not name it",
     )
     sp.add_argument("ids", nargs="+", help="ticket ids, exactly as printed on the ticket")
     sp.set_defaults(func=cmd_revoke)
