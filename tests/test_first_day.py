@@ -85,6 +85,43 @@ def test_an_internal_error_is_one_line_and_its_traceback_behind_debug(
         main(["--debug", "audit", "verify", "--config", cfg])
 
 
+def test_bench_on_a_video_without_a_readable_frame_is_one_line(tmp_path):
+    import cv2
+
+    empty = tmp_path / "empty.avi"  # a real container holding no frame
+    w = cv2.VideoWriter(str(empty), cv2.VideoWriter_fourcc(*"MJPG"), 10, (64, 64))
+    w.release()
+    garbage = tmp_path / "garbage.mp4"
+    garbage.write_bytes(bytes(range(256)) * 40)
+    for clip in (empty, garbage):
+        _one_line_error(edge_gate("bench", "--clip", str(clip), "--threads", "1", cwd=tmp_path),
+                        str(clip))  # fmt: skip
+
+
+def test_eval_on_a_folder_without_any_face_is_an_error(tmp_path):
+    import cv2
+    import numpy as np
+
+    for person in ("a", "b"):
+        (tmp_path / "d" / person).mkdir(parents=True)
+        cv2.imwrite(str(tmp_path / "d" / person / "wall.png"), np.full((64, 64, 3), 90, np.uint8))
+    for extra in ([], ["--open-set"]):
+        p = edge_gate("eval", str(tmp_path / "d"), *extra, cwd=tmp_path)
+        _one_line_error(p, "no usable face", "2 image(s)")
+
+
+def test_qr_hit_rate_without_arguments_or_dependencies_is_one_line(tmp_path):
+    script = str(PROJECT_ROOT / "scripts" / "qr_hit_rate.py")
+    env = {"PYTHONPATH": "", "PATH": "/usr/bin:/bin", "EDGE_FIXTURES": str(tmp_path / "none")}
+    p = subprocess.run([sys.executable, script], capture_output=True, text=True, env=env)
+    assert p.returncode == 2 and "Traceback" not in p.stderr
+    assert p.stderr.count("\n") == 1 and str(tmp_path / "none" / "qr") in p.stderr
+    # a Python without the project's packages (-S: no site-packages), as `python script` may be
+    p = subprocess.run([sys.executable, "-S", script], capture_output=True, text=True, env=env)
+    assert p.returncode == 2 and "Traceback" not in p.stderr
+    assert "is not installed for" in p.stderr and "scripts/setup.sh" in p.stderr
+
+
 # --- data loss or the wrong person enrolled ---------------------------------------------------
 
 
@@ -295,3 +332,87 @@ def test_out_never_makes_a_folder_named_like_a_file(tmp_path):
     p = edge_gate("ticket", "keygen", "--out", "issuer.key", cwd=tmp_path)
     _one_line_error(p, "--out", "issuer.key")
     assert not (tmp_path / "issuer.key").exists()
+
+
+# --- progress on long work --------------------------------------------------------------------
+
+
+class _Terminal:
+    """A stream that says it is a terminal, keeping what was written."""
+
+    def __init__(self):
+        self.text = ""
+
+    def write(self, s: str) -> int:
+        self.text += s
+        return len(s)
+
+    def flush(self) -> None:
+        pass
+
+    def isatty(self) -> bool:
+        return True
+
+
+def test_progress_is_a_live_bar_on_a_terminal_and_one_line_otherwise(monkeypatch):
+    import io
+
+    from edge.progress import Progress, progress
+
+    monkeypatch.delenv("EDGE_PROGRESS", raising=False)
+    tty = _Terminal()
+    assert list(progress(range(40), "embedding", unit="image", stream=tty)) == list(range(40))
+    assert "\r" in tty.text and "40/40" in tty.text and "image/s" in tty.text
+
+    log = io.StringIO()
+    assert sum(progress(range(40), "embedding", unit="image", stream=log)) == sum(range(40))
+    lines = log.getvalue().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("embedding: 40/40 image(s) in ")
+
+    monkeypatch.setenv("EDGE_PROGRESS", "lines")  # a pipe that ends on a terminal
+    piped = io.StringIO()
+    p = Progress("building", 4, unit="step", stream=piped)
+    p(1)
+    p(4)
+    out = piped.getvalue()
+    assert "\r" not in out and "1/4" in out and "<" in out  # count, then ETA, one line each
+    assert out.splitlines()[-1].startswith("building: 4/4 step(s)")
+
+
+@pytest.mark.fixtures
+def test_eval_shows_progress_on_a_terminal_and_a_summary_in_a_log(tmp_path, fixtures):
+    import os
+    import pty
+
+    folder = tmp_path / "two"
+    folder.mkdir()
+    for person in ("obama", "biden"):
+        (folder / person).symlink_to(fixtures / "faces" / person)
+    n = sum(len(list((folder / p).iterdir())) for p in ("obama", "biden"))
+    p = edge_gate("eval", str(folder), "--json", cwd=tmp_path)
+    assert p.returncode == 0, p.stderr
+    summary = [x for x in p.stderr.splitlines() if x.startswith("eval two:")]
+    assert len(summary) == 1 and f"{n}/{n} image(s)" in summary[0]
+    primary, secondary = pty.openpty()
+    q = subprocess.Popen(
+        [sys.executable, "-m", "edge.cli", "eval", str(folder), "--json"],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=secondary,
+        env={**os.environ, "PYTHONPATH": str(PROJECT_ROOT)},
+    )
+    os.close(secondary)
+    seen = b""
+    while True:
+        try:
+            chunk = os.read(primary, 4096)
+        except OSError:  # the other end closed
+            break
+        if not chunk:
+            break
+        seen += chunk
+    q.wait(timeout=300)
+    os.close(primary)
+    text = seen.decode(errors="replace")
+    assert q.returncode == 0
+    assert "\r" in text and f"{n}/{n}" in text and "image/s" in text

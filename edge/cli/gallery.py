@@ -115,10 +115,10 @@ def cmd_enroll(args) -> int:
 
 def cmd_enroll_folder(args) -> int:
     """`enroll --folder DIR`: every DIR/<name>/ as one person; exit 1 only if nobody enrolled."""
-    from edge.cli.progress import Progress
     from edge.gallery.bulk import enroll_folder
     from edge.gallery.enroll import check_consent, notice_sha256
     from edge.gallery.matcher import resolve_threshold
+    from edge.progress import Progress
     from edge.vision.pipeline import FacePipeline
 
     single = [f for f in ("name", "person_id", "pass_id", "guardian") if getattr(args, f)]
@@ -150,7 +150,7 @@ def cmd_enroll_folder(args) -> int:
             max_templates=args.templates,
             force=args.force,
             valid_until=parse_time(args.valid_until, end_of_day=True) if args.valid_until else None,
-            on_progress=Progress("enroll"),
+            on_progress=Progress("enroll", unit="person"),
             pick=args.pick,
         )
     finally:

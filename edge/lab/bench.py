@@ -8,12 +8,14 @@ import tempfile
 import time
 from pathlib import Path
 
+import cv2
 import numpy as np
 
 from edge.errors import SourceError
 from edge.gallery.crypto import init_key
 from edge.gallery.matcher import Matcher, to_template_grid
 from edge.gallery.store import Consent, Gallery, NewPerson
+from edge.progress import Progress, progress
 from edge.vision.image import open_video, to_bgr8
 from edge.vision.pipeline import FacePipeline, StageTimes
 
@@ -47,6 +49,12 @@ def bench_clip(
                 f"{clip}: cannot open video", "check the path and that the file is a video"
             )
         decode, times, n, faces = [], StageTimes(), 0, 0
+        frames = int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) or None
+        shown = Progress(
+            f"bench threads={threads}",
+            min(frames, max_frames) if frames and max_frames else (max_frames or frames),
+            unit="frame",
+        )
         t_start = time.perf_counter()
         while True:
             t0 = time.perf_counter()
@@ -62,6 +70,7 @@ def bench_clip(
                 pad.live_probability(frame, f.detection.box)
                 pad_times.append(time.perf_counter() - t1)
             n += 1
+            shown(n)
             if max_frames and n >= max_frames:
                 break
         wall = time.perf_counter() - t_start
@@ -71,6 +80,7 @@ def bench_clip(
                 f"{clip}: no frame could be read (not a video, or damaged)",
                 "give a video file such as an mp4 recorded by the gate's camera",
             )
+        shown.close()
         s = times.samples
         face_frames = [x for x in s if x["faces"]]
         report["runs"].append(
@@ -209,7 +219,8 @@ def bench_gallery(
         t0 = time.perf_counter()
         per = people_templates
         with Gallery(Path(tmp) / "g.db", kek) as g:
-            for start in range(0, n, 5000):  # batches of people, each with `per` templates
+            batches = range(0, n, 5000)  # batches of people, each with `per` templates
+            for start in progress(batches, f"bench gallery: {n} templates", unit="batch"):
                 batch = [
                     NewPerson(f"person {i}", Consent("bench"), list(vec[i : i + per]), [1.0] * per)
                     for i in range(start, min(n, start + 5000), per)

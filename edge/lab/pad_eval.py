@@ -22,6 +22,7 @@ import numpy as np
 from edge.config import Config
 from edge.errors import ImageError
 from edge.gate.policy import FACE, GRANT, FaceSeen, Observation, Policy, PolicyParams
+from edge.progress import progress
 from edge.vision.image import load_image, open_video
 from edge.vision.liveness import LivenessJudge, PadModel
 from edge.vision.pipeline import FacePipeline
@@ -121,7 +122,7 @@ def evaluate_pad(cfg: Config, root: Path, pipe: FacePipeline, judge: LivenessJud
     params = PolicyParams.from_config(cfg)
     times: list[float] = []
     results = []
-    for path, kind in items:
+    for path, kind in progress(items, f"eval-pad {root.name}", unit="presentation"):
         try:
             if path.suffix.lower() in VIDEO_EXT:
                 ok, score, n = judge_clip(pipe, judge, params, path, times)
