@@ -416,3 +416,64 @@ def test_eval_shows_progress_on_a_terminal_and_a_summary_in_a_log(tmp_path, fixt
     text = seen.decode(errors="replace")
     assert q.returncode == 0
     assert "\r" in text and f"{n}/{n}" in text and "image/s" in text
+
+
+def test_fix_hints_name_the_config_the_user_ran_with(tmp_path):
+    import shutil
+
+    from edge import tickets as tk
+
+    site = tmp_path / "my site"
+    site.mkdir()
+    cfg = make_config(site)
+    path = cfg.source_file
+    for p in site.glob("ledger.db*"):
+        p.unlink()  # a gate whose ledger was never made
+    key = tk.load_private(site / "office" / "issuer.key")
+    text = tk.sign(tk.Ticket("H-1", valid_until=int(time.time()) + 3600), key)
+    p = edge_gate("ticket", "verify", "--config", path, "--redeem", text, cwd=tmp_path)
+    assert p.returncode == 2
+    assert f"`edge-gate ledger init --config '{path}'`" in p.stderr  # quoted: it has a space
+    p = edge_gate("doctor", "--config", path, cwd=tmp_path)
+    assert f"`edge-gate keys init --config '{path}'`" in p.stdout
+    assert "--config C" not in p.stdout + p.stderr
+    shutil.copy(site / "gate.toml", tmp_path / "gate.toml")
+    p = edge_gate("ticket", "verify", "--db", "other.db", "--pubkey",
+                  str(site / "office" / "issuer.pub"), "--redeem", text, cwd=tmp_path)  # fmt: skip
+    assert "`edge-gate ledger init --db other.db`" in p.stderr
+
+
+def test_a_lost_ledger_hint_says_restore_never_start_an_empty_one(tmp_path):
+    from edge import tickets as tk
+
+    cfg = make_config(tmp_path)
+    path = cfg.source_file
+    key = tk.load_private(tmp_path / "office" / "issuer.key")
+    text = tk.sign(tk.Ticket("L-1", valid_until=int(time.time()) + 3600), key)
+    assert (
+        edge_gate("ticket", "verify", "--config", path, "--redeem", text, cwd=tmp_path).returncode
+        == 0
+    )
+    for p in tmp_path.glob("ledger.db*"):
+        p.unlink()  # lost: the audit log remembers 1 redemption
+    from edge.tickets.ledger import init_ledger
+
+    init_ledger(tmp_path / "ledger.db")  # someone made a new, empty one
+    for args in (["ticket", "verify", "--config", path, "--redeem", text],
+                 ["ledger", "init", "--config", path]):  # fmt: skip
+        p = edge_gate(*args, cwd=tmp_path)
+        assert p.returncode == 2
+        assert "restore the newest backup" in p.stderr
+        assert "--after-loss" not in p.stderr and "ledger init" not in p.stderr
+
+
+def test_doctor_labels_each_face_threshold_with_where_it_applies(tmp_path):
+    p = edge_gate("doctor", cwd=tmp_path)
+    shown = [x for x in p.stdout.splitlines() if re.search(r"threshold \d|cosine >= \d", x)]
+    shown = [x for x in shown if "presentation-attack" not in x]  # the liveness model's own
+    assert shown, p.stdout
+    for line in shown:
+        thresholds = re.findall(r"(?:threshold|cosine >=) (\d\.\d+)", line)
+        labels = re.findall(r"\b(gate|enrollment)\b", line)
+        assert len(labels) >= len(thresholds) >= 1, line
+    assert not any("(threshold 0." in x for x in p.stdout.splitlines() if "models" in x)

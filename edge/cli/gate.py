@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from edge import config as config_mod
+from edge.cli.hints import for_this_run
 from edge.cli.lab import demo_run_config
 from edge.cli.paths import file_path, nonempty_file
 from edge.errors import EdgeGateError
@@ -70,7 +71,8 @@ def cmd_run(args) -> int:
         if gate.degraded and not args.quiet:
             print(f"DEGRADED: {gate.degraded}", flush=True)
         if gate.ledger.problem and not args.quiet:
-            print(f"LEDGER ERROR, every ticket is refused: {gate.ledger.problem}", flush=True)
+            problem = for_this_run(gate.ledger.problem, args)
+            print(f"LEDGER ERROR, every ticket is refused: {problem}", flush=True)
         return gate.run()
 
 
@@ -95,7 +97,8 @@ def cmd_doctor(args) -> int:
     else:
         for c in results:
             fix = f" (fix: {c.fix})" if c.fix else ""
-            print(f"[{c.status.upper():>4}] {c.check:<18} {c.detail}{fix}")
+            line = f"[{c.status.upper():>4}] {c.check:<18} {c.detail}{fix}"
+            print(for_this_run(line, args))
     return 1 if any(c.status == "fail" for c in results) else 0
 
 

@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 from edge import tickets as tk
+from edge.cli.hints import for_this_run
 from edge.cli.numbers import non_negative_float
 from edge.cli.paths import existing_file, file_path, nonempty_file, output_dir
 from edge.errors import EdgeGateError, ImageError
@@ -66,7 +67,7 @@ def cmd_verify(args) -> int:
             problems.add(out.get("detail", ""))
         rc = max(rc, 0 if out["valid"] else 1)
     for problem in sorted(problems):
-        print(f"edge-gate: error: {problem}", file=sys.stderr)
+        print(f"edge-gate: error: {for_this_run(problem, args)}", file=sys.stderr)
     return 2 if problems else rc
 
 

@@ -17,7 +17,14 @@ from edge import config as config_mod
 from edge.errors import EdgeGateError, ImageError, LedgerError
 from edge.tickets.format import PREFIX, Reason
 from edge.tickets.keys import load_public
-from edge.tickets.ledger import Ledger, LedgerMark, MarkStore, init_ledger, site_zone
+from edge.tickets.ledger import (
+    LOST_HINT,
+    Ledger,
+    LedgerMark,
+    MarkStore,
+    init_ledger,
+    site_zone,
+)
 from edge.tickets.revocation import load_revocations
 from edge.tickets.verifier import Verifier
 
@@ -112,8 +119,7 @@ def init_gate_ledger(path: Path, audit=None, after_loss: bool = False, gate: str
         raise LedgerError(
             f"ledger {path} holds {here.seq} redemptions of ledger {here.ledger_id[:8]}; the "
             f"audit log recorded {seen.seq} of ledger {seen.ledger_id[:8]}: redemptions are lost",
-            "restore the newest backup; if there is none, run again with --after-loss (recorded "
-            "in the audit log; revoke one-time tickets sold before the loss if you can)",
+            LOST_HINT,
         )
     from edge.gate.audit import AuditRecord
 
