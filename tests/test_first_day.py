@@ -5,7 +5,9 @@ Each test runs the command as a user does, as a process of its own, and checks w
 
 from __future__ import annotations
 
+import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -246,7 +248,6 @@ def test_fd_lines_are_bounded_and_skip_overlong_lines():
 
 def test_run_with_a_stdin_scanner_stops_cleanly_on_sigterm(tmp_path):
     """systemd's stop: exit 0, the decision in the audit log, no 'Fatal Python error' (134)."""
-    import signal
 
     from edge import tickets as tk
     from edge.lab.synth import Segment, write_clip
@@ -477,3 +478,41 @@ def test_doctor_labels_each_face_threshold_with_where_it_applies(tmp_path):
         labels = re.findall(r"\b(gate|enrollment)\b", line)
         assert len(labels) >= len(thresholds) >= 1, line
     assert not any("(threshold 0." in x for x in p.stdout.splitlines() if "models" in x)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the apt path runs only as root")
+def test_setup_waits_for_apts_lock_visibly_and_fails_after_its_timeout(tmp_path):
+    lock = tmp_path / "lock-frontend"
+    lock.touch()
+    fake_apt = tmp_path / "apt-get"
+    fake_apt.write_text(f'#!/bin/sh\necho "$@" >> {tmp_path / "apt.log"}\n')
+    fake_apt.chmod(0o755)
+    env = {
+        **os.environ,
+        "EDGE_APT_LOCK": str(lock),
+        "EDGE_APT_WAIT_S": "3",
+        "EDGE_APT_GET": str(fake_apt),
+        "EDGE_DEBIAN_TOOLS": "no-such-tool-for-edge-gate:fake-package",
+    }
+    script = ["bash", str(PROJECT_ROOT / "scripts" / "debian-tools.sh")]
+    # unattended upgrades holding the lock (flock and its sleep: one process group to end)
+    holder = subprocess.Popen(["flock", str(lock), "sleep", "30"], start_new_session=True)
+    try:
+        time.sleep(0.5)
+        p = subprocess.run(script, env=env, capture_output=True, text=True, timeout=60)
+    finally:
+        os.killpg(holder.pid, signal.SIGKILL)
+        holder.wait()
+    assert p.returncode == 1, p.stderr
+    assert "waiting for apt's lock" in p.stderr and "still held after 3 s" in p.stderr
+    assert not (tmp_path / "apt.log").exists()  # apt was never run while the lock was held
+
+    holder = subprocess.Popen(["flock", str(lock), "sleep", "1.5"])  # released while waiting
+    time.sleep(0.3)
+    env["EDGE_APT_WAIT_S"] = "30"
+    p = subprocess.run(script, env=env, capture_output=True, text=True, timeout=60)
+    holder.wait()
+    assert p.returncode == 0, p.stderr
+    assert "waiting for apt's lock" in p.stderr
+    calls = (tmp_path / "apt.log").read_text()
+    assert "install -y -qq fake-package" in calls and "DPkg::Lock::Timeout=" in calls
