@@ -516,3 +516,25 @@ def test_setup_waits_for_apts_lock_visibly_and_fails_after_its_timeout(tmp_path)
     assert "waiting for apt's lock" in p.stderr
     calls = (tmp_path / "apt.log").read_text()
     assert "install -y -qq fake-package" in calls and "DPkg::Lock::Timeout=" in calls
+
+
+def test_sync_says_once_that_the_broker_is_down(tmp_path):
+    from edge import tickets as tk
+    from edge.lab.broker import free_port
+    from edge.lab.workspace import write_member
+
+    _, pub = tk.keygen(tmp_path / "office-keys")
+    lane = write_member(tmp_path, "lane1", f"mqtt://127.0.0.1:{free_port()}", "park", pub)
+    p = subprocess.Popen(
+        [sys.executable, "-m", "edge.cli", "sync", "--config", str(lane.dir / "gate.toml")],
+        cwd=tmp_path,
+        stderr=subprocess.PIPE,
+        env={"PYTHONPATH": str(PROJECT_ROOT), "PATH": "/usr/bin:/bin"},
+    )
+    time.sleep(8)  # several reconnection attempts (1 to 5 s apart) against nobody
+    p.send_signal(signal.SIGTERM)
+    err = p.communicate(timeout=60)[1].decode()
+    assert p.returncode == 0, err
+    down = [x for x in err.splitlines() if "broker unreachable" in x]
+    assert len(down) == 1, err
+    assert "127.0.0.1" in down[0]

@@ -67,6 +67,8 @@ class Sync:
         self.client, self.addr = make_client(cfg, f"edge-gate-{fl.site}-{fl.lane}")
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = self._on_disconnect
+        self.client.on_connect_fail = self._on_connect_fail
+        self._outage_logged = False  # one line per outage, not one per reconnection attempt
         self.client.on_message = self._on_message
         self.client.on_publish = self._on_publish
         self.client.on_subscribe = self._on_subscribe
@@ -105,14 +107,23 @@ class Sync:
         if any(rc.is_failure for rc in reason_codes):
             log.error("sync subscription refused: %s (check the broker's ACL)", reason_codes)
             return
-        self.connected, self.resend = True, True
+        self.connected, self.resend, self._outage_logged = True, True, False
         log.info("sync connected broker=%s lane=%s", self.fleet.broker, self.fleet.lane)
         self.wake.set()
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
-        self.connected = False
-        log.warning("sync disconnected from broker: %s", reason_code)
+        self.connected, self._outage_logged = False, True
+        log.warning("sync disconnected from broker: %s; retrying", reason_code)
         self.wake.set()
+
+    def _on_connect_fail(self, client, userdata) -> None:
+        if not self._outage_logged:
+            self._outage_logged = True
+            log.error(
+                "sync broker unreachable broker=%s; retrying every few seconds (this lane's "
+                "redemptions wait in its outbox)",
+                self.fleet.broker,
+            )
 
     def _on_message(self, client, userdata, message) -> None:
         self.inbox.put(message)
