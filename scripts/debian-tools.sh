@@ -1,26 +1,33 @@
 #!/usr/bin/env bash
 # Install the Debian tools the tests and checks use, where missing (scripts/setup.sh runs this):
-# systemd (`systemd-analyze verify`), mosquitto (the fleet tests' broker), and for the aarch64
-# check (scripts/check-aarch64.sh) qemu-user-static and mmdebstrap. Installed only as root with
-# apt. A Pi's first boot runs unattended upgrades, which hold apt's lock for minutes: this waits
+# systemd (`systemd-analyze verify`), mosquitto (the fleet tests' broker), for the aarch64 check
+# (scripts/check-aarch64.sh) qemu-user-static and mmdebstrap, and for the console's browser tests
+# Debian's Chromium (driven by Playwright, never `playwright install`) and CJK fonts so the zh-CN
+# pages and lane screen render. Installed only as root with apt. A Pi's first boot runs unattended upgrades, which hold apt's lock for minutes: this waits
 # for the lock, saying so, and fails (exit 1) if it is still held after EDGE_APT_WAIT_S.
 #
 # Env: EDGE_APT_WAIT_S   seconds to wait for apt's lock (600)
 #      EDGE_APT_LOCK     the lock file to watch (/var/lib/dpkg/lock-frontend)
 #      EDGE_APT_GET      the apt-get command (apt-get)
-#      EDGE_DEBIAN_TOOLS "command:package ..." to check (the list below)
+#      EDGE_DEBIAN_TOOLS "command:package ..." to check (the list below; a command starting
+#                        with / is a path that must exist)
 set -euo pipefail
 WAIT_S=${EDGE_APT_WAIT_S:-600}
 LOCK=${EDGE_APT_LOCK:-/var/lib/dpkg/lock-frontend}
 APT=${EDGE_APT_GET:-apt-get}
 TOOLS=${EDGE_DEBIAN_TOOLS:-systemd-analyze:systemd qemu-aarch64-static:qemu-user-static \
-mmdebstrap:mmdebstrap mosquitto:mosquitto}
-NEEDED_BY="the systemd unit tests, fleet tests and the aarch64 check need them"
+mmdebstrap:mmdebstrap mosquitto:mosquitto chromium:chromium \
+/usr/share/fonts/opentype/noto:fonts-noto-cjk}
+NEEDED_BY="the systemd unit tests, fleet tests, browser tests and the aarch64 check need them"
 
 missing=()
 for pair in $TOOLS; do
   cmd=${pair%%:*}
-  command -v "$cmd" >/dev/null 2>&1 || [ -x "/usr/sbin/$cmd" ] || missing+=("${pair#*:}")
+  if [[ $cmd == /* ]]; then
+    [ -e "$cmd" ] || missing+=("${pair#*:}")
+  else
+    command -v "$cmd" >/dev/null 2>&1 || [ -x "/usr/sbin/$cmd" ] || missing+=("${pair#*:}")
+  fi
 done
 [ ${#missing[@]} -gt 0 ] || exit 0
 if [ "$(id -u)" != 0 ] || ! command -v "${APT%% *}" >/dev/null 2>&1; then
