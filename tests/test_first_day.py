@@ -538,3 +538,20 @@ def test_sync_says_once_that_the_broker_is_down(tmp_path):
     down = [x for x in err.splitlines() if "broker unreachable" in x]
     assert len(down) == 1, err
     assert "127.0.0.1" in down[0]
+
+
+@pytest.mark.fixtures
+def test_the_kiosk_refuses_an_uploaded_photo_of_two_people(tmp_path, fixtures):
+    pytest.importorskip("starlette")
+    from edge.console.actions import ActionError, Kiosk, Office
+
+    office = Office(make_config(tmp_path))
+    kiosk = Kiosk(office)
+    cid = kiosk.start("rita")
+    two = (fixtures / "groups" / "two_people.jpg").read_bytes()
+    fb = kiosk.frame(cid, "rita", two, still=True)
+    assert (fb.faces, fb.accepted, fb.reasons) == (2, False, ("several_faces",))
+    one = (fixtures / "faces" / "obama" / "obama.jpg").read_bytes()
+    assert kiosk.frame(cid, "rita", one, still=True).accepted
+    with pytest.raises(ActionError, match="30000x30000"):
+        kiosk.frame(cid, "rita", _jpeg_claiming(30000, 30000), still=True)
