@@ -120,6 +120,12 @@ def _eval_open_set(args, cfg: config_mod.Config, pipe) -> int:
         return t, cfg.gallery.min_margin, "gate.toml / models.json threshold, gate.toml margin"
 
     result = {"embedder": pipe.spec.name, **ev.evaluate_open_set(embedded, k, spec.dim, rule)}
+    # The rule each calibration size gets (as --write-threshold would write it), shown always:
+    # the README's figure for all people with >= 2 photos is this, not a by_gallery_size row.
+    table = new_table if new_table is not None else ev.calibrate_sizes(embedded, k, spec.dim)
+    result["calibration"] = [
+        {key: v for key, v in row.items() if key != "margins_tried"} for row in table
+    ]
     if new_table is not None:
         result["written_rules"] = new_table
     _print_report(result, args.json)
