@@ -155,8 +155,9 @@ def _matching(site: Site) -> str:
     rule = f"gate and enrollment: cosine >= {t} ({src}), lead >= {g.min_margin}"
     if g.match_threshold <= 0 and e.thresholds:
         rule = (
-            "gate: the threshold and lead for the gallery's size (decision rule); enrollment's "
-            f"checks (already enrolled? the same person?): cosine >= {t} ({src})"
+            f"gate: the threshold and lead per gallery size from models.json ({e.name}; see "
+            "decision rule); enrollment's checks (already enrolled? the same person?): "
+            f"cosine >= {t} ({src})"
         )
     return (
         f"{rule}; {p.k} of {p.n} frames in"
