@@ -194,6 +194,14 @@ class VisionConfig:
     min_brightness: float = setting(40.0, "darkest accepted mean brightness", ge=0, le=255)
     max_brightness: float = setting(220.0, "brightest accepted mean brightness", ge=0, le=255)
     face_enabled: bool = setting(True, "false = never run the face models (ticket-only)")
+    max_image_pixels: int = setting(
+        100_000_000,
+        "largest image decoded (width x height), read from its header first: a small file "
+        "claiming 30,000 x 30,000 pixels must not make a Pi allocate gigabytes",
+        unit="pixels",
+        ge=1_000_000,
+        fix="a camera frame must fit: at least 1,000,000",
+    )
 
     def check(self) -> None:
         """The brightness range is not empty."""

@@ -54,6 +54,10 @@ class EnrollError(EdgeGateError):
     """Enrollment could not produce a usable template."""
 
 
+class SeveralFacesError(EnrollError):
+    """A photo to enroll from shows more than one face: whose pass it is cannot be told."""
+
+
 class TicketError(EdgeGateError):
     """A ticket could not be issued or the ticket key material is wrong."""
 

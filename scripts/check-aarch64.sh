@@ -43,6 +43,9 @@ tests/test_gallery.py tests/test_ledger.py tests/test_config.py tests/test_evalu
 SKIP=${EDGE_AARCH64_SKIP:-not kill and not killed and not from_video and not cli_ and not reenroll}
 SUITES=("$@")
 [ ${#SUITES[@]} -gt 0 ] || SUITES=(bookworm trixie)
+# Long steps report progress (edge/progress.py): their output passes through pipes here, so on
+# a terminal they print a progress line every few seconds; in a log, one summary line each.
+if [ -t 2 ]; then export EDGE_PROGRESS=${EDGE_PROGRESS:-lines}; fi
 
 for tool in qemu-aarch64-static mmdebstrap; do
   command -v "$tool" >/dev/null || { echo "check-aarch64: $tool is missing (apt-get install qemu-user-static mmdebstrap)" >&2; exit 2; }

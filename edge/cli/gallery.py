@@ -11,6 +11,7 @@ from pathlib import Path
 
 from edge import config as config_mod
 from edge.cli.fleet import publish_args, publish_deletion, publish_enrollment
+from edge.cli.numbers import non_negative_int, positive_int
 from edge.cli.paths import existing_dir, file_path, nonempty_file
 from edge.cli.personal import add_detail_args, resolve_details
 from edge.errors import EdgeGateError, EnrollError
@@ -98,14 +99,16 @@ def cmd_enroll(args) -> int:
             force=args.force,
             max_templates=args.templates,
             min_templates=_min_templates(args),
+            pick=args.pick,
         )
     what = "replaced all templates with" if args.replace_templates else "added"
+    picked = f"; --pick {args.pick}" if args.pick else ""
     audit_record(
         cfg,
         "enroll",
         subject=pid,
         reason="replace_templates" if args.replace_templates else "",
-        detail=f"{what} {n} templates; consent {args.consent_version}",
+        detail=f"{what} {n} templates; consent {args.consent_version}{picked}",
     )
     print(
         f"enrolled {n} template(s)"
@@ -119,10 +122,10 @@ def cmd_enroll(args) -> int:
 
 def cmd_enroll_folder(args) -> int:
     """`enroll --folder DIR`: every DIR/<name>/ as one person; exit 1 only if nobody enrolled."""
-    from edge.cli.progress import Progress
     from edge.gallery.bulk import enroll_folder
     from edge.gallery.enroll import check_consent, notice_sha256
     from edge.gallery.matcher import resolve_threshold
+    from edge.progress import Progress
     from edge.vision.pipeline import FacePipeline
 
     single = [f for f in ("name", "person_id", "pass_id", "guardian") if getattr(args, f)]
@@ -154,7 +157,8 @@ def cmd_enroll_folder(args) -> int:
             max_templates=args.templates,
             force=args.force,
             valid_until=_valid_until(args, cfg),
-            on_progress=Progress("enroll"),
+            on_progress=Progress("enroll", unit="person"),
+            pick=args.pick,
         )
     finally:
         g.close()
@@ -170,6 +174,12 @@ def cmd_enroll_folder(args) -> int:
     for reason, names in sorted(r.by_reason().items()):
         shown = ", ".join(names[:10]) + (f" and {len(names) - 10} more" if len(names) > 10 else "")
         print(f"refused {len(names)}: {reason}: {shown}")
+    for s in r.skipped[:10]:
+        print(f"left out {s.detail}")
+    if len(r.skipped) > 10:
+        print(f"left out {len(r.skipped) - 10} more file(s) (unreadable, or several faces)")
+    if any(s.reason == "several_faces" for s in r.skipped):
+        print("(photos showing several faces are left out; --pick largest enrolls the largest)")
     return 0 if r.enrolled else 1
 
 
@@ -339,10 +349,16 @@ def register(sub, common) -> None:
     sp.add_argument(
         "--force", action="store_true", help="enroll even if the face matches someone else"
     )
-    sp.add_argument("--templates", type=int, default=5, help="best N faces to keep")
+    sp.add_argument(
+        "--pick",
+        choices=("largest",),  # edge.gallery.enroll.PICKS (imported only when enrolling)
+        help="a photo showing several faces is refused; 'largest' enrolls its largest face "
+        "instead (logged)",
+    )
+    sp.add_argument("--templates", type=positive_int, default=5, help="best N faces to keep")
     sp.add_argument(
         "--min-templates",
-        type=int,
+        type=positive_int,
         help="refuse a person with fewer usable, distinct faces (default: 3)",
     )
     sp.add_argument(
@@ -383,5 +399,5 @@ def register(sub, common) -> None:
 
     sp = sub.add_parser("purge", help="erase people whose pass expired more than N days ago")
     gallery_args(sp)
-    sp.add_argument("--days", type=int, help="default gallery.purge_after_days")
+    sp.add_argument("--days", type=non_negative_int, help="default gallery.purge_after_days")
     sp.set_defaults(func=cmd_purge)

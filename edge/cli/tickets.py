@@ -9,6 +9,8 @@ from pathlib import Path
 
 from edge import config as config_mod
 from edge import tickets as tk
+from edge.cli.hints import for_this_run
+from edge.cli.numbers import non_negative_float
 from edge.cli.paths import existing_file, file_path, nonempty_file, output_dir
 from edge.errors import EdgeGateError, ImageError
 from edge.tickets.format import TICKET_ID_RULE
@@ -36,6 +38,7 @@ def cmd_issue(args) -> int:
         args.season_per_day,
         args.holder or "",
         config_mod.load(args.config).gate.zone,
+        args.allow_expired,
     )
     issued = issue_ticket(Path(args.key), req, Path(args.out))
     print(f"wrote {issued.path}")
@@ -66,12 +69,39 @@ def cmd_verify(args) -> int:
             problems.add(out.get("detail", ""))
         rc = max(rc, 0 if out["valid"] else 1)
     for problem in sorted(problems):
-        print(f"edge-gate: error: {problem}", file=sys.stderr)
+        print(f"edge-gate: error: {for_this_run(problem, args)}", file=sys.stderr)
     return 2 if problems else rc
+
+
+def check_list_path(args) -> None:
+    """A list that does not exist yet must be the one the config names (or --create).
+
+    A typo (`--list revokd.txt`) would otherwise start a new list that no gate ever reads,
+    and the ticket would go on opening gates.
+    """
+    from edge import config as config_mod
+
+    path = Path(args.list)
+    if path.exists() or args.create:
+        return
+    cfg = config_mod.load(args.config)
+    named = cfg.resolve(cfg.tickets.revocation_list) if cfg.tickets.revocation_list else None
+    if named is not None and path.resolve() == named:
+        return
+    where = (
+        f"the config's list is {named} (tickets.revocation_list in {cfg.source_file})"
+        if named
+        else f"{cfg.source_file} names no list (tickets.revocation_list)"
+    )
+    raise EdgeGateError(
+        f"--list {path} does not exist and no gate reads it: {where}",
+        "check the spelling, or pass --create to start a new list on purpose",
+    )
 
 
 def cmd_revoke(args) -> int:
     """`ticket revoke`: stop lost or refunded tickets opening gates, optionally fleet-wide."""
+    check_list_path(args)
     added = tk.revoke(Path(args.list), args.ids)
     known = len(args.ids) - len(added)
     print(
@@ -97,6 +127,8 @@ def cmd_unrevoke(args) -> int:
     """`ticket unrevoke`: undo a mistaken revocation."""
     from edge.tickets.revocation import unrevoke
 
+    if not Path(args.list).is_file():
+        raise EdgeGateError(f"--list {args.list} does not exist", "check the spelling")
     removed = unrevoke(Path(args.list), args.ids)
     missing = sorted(set(args.ids) - set(removed))
     print(
@@ -121,13 +153,15 @@ def cmd_unrevoke(args) -> int:
 
 def cmd_qr_read(args) -> int:
     """`qr read`: decode QR codes from images to debug what a gate camera sees."""
+    from edge import config as config_mod
     from edge.tickets.qr import read_codes
     from edge.vision.image import load_image
 
+    limit = config_mod.load(args.config).vision.max_image_pixels
     rc = 0
     for p in args.images:
         try:
-            print(json.dumps({"path": str(p), "texts": read_codes(load_image(p))}))
+            print(json.dumps({"path": str(p), "texts": read_codes(load_image(p, limit))}))
         except ImageError as e:
             print(json.dumps({"path": str(p), "texts": [], "error": str(e)}))
             rc = 1
@@ -169,10 +203,18 @@ def register(sub, common) -> None:
     exp.add_argument("--no-expiry", action="store_true", help="valid forever (say so explicitly)")
     sp.add_argument("--entries", type=int, default=1, help="total entries, 1..65535 (1: one-time)")
     sp.add_argument(
-        "--season-per-day", type=int, default=0, help="season pass: at most N entries per day"
+        "--season-per-day",
+        type=int,
+        default=0,
+        help="season pass: at most N entries per day",
     )
     sp.add_argument(
         "--holder", help="pass holder reference (links an annual pass to an enrolled person)"
+    )
+    sp.add_argument(
+        "--allow-expired",
+        action="store_true",
+        help="issue even if --valid-until is already past (test tickets; gates refuse them)",
     )
     sp.add_argument(
         "--out", required=True, type=output_dir, help="folder for ID.png (an existing file is kept)"
@@ -204,10 +246,12 @@ def register(sub, common) -> None:
         type=existing_file,
         help="revocation list (default: the config's); must exist",
     )
-    sp.add_argument("--skew", type=float, help="clock skew allowance, seconds (default 300)")
+    sp.add_argument(
+        "--skew", type=non_negative_float, help="clock skew allowance, seconds (default 300)"
+    )
     sp.add_argument(
         "--antipassback",
-        type=float,
+        type=non_negative_float,
         help="seconds before the same ticket may re-enter at this gate (default 60)",
     )
     sp.add_argument(
@@ -233,7 +277,13 @@ def register(sub, common) -> None:
     sp.add_argument(
         "--config",
         type=existing_file,
-        help="with --publish: the office's gate.toml ([fleet] section)",
+        help="gate.toml naming the list (tickets.revocation_list; default: the shipped one); "
+        "with --publish: the office's ([fleet] section)",
+    )
+    sp.add_argument(
+        "--create",
+        action="store_true",
+        help="start a new list at --list even though the config does not name it",
     )
     sp.add_argument("ids", nargs="+", help="ticket ids, exactly as printed on the ticket")
     sp.set_defaults(func=cmd_revoke)
@@ -261,5 +311,6 @@ def register(sub, common) -> None:
         dest="qr_cmd", required=True
     )
     sp = q.add_parser("read", help="print every code found in each image")
+    common(sp)
     sp.add_argument("images", nargs="+", type=nonempty_file, help="photos of QR codes")
     sp.set_defaults(func=cmd_qr_read)

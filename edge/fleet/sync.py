@@ -146,6 +146,8 @@ class Sync:
         self._set_will()
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = self._on_disconnect
+        self.client.on_connect_fail = self._on_connect_fail
+        self._outage_logged = False  # one line per outage, not one per reconnection attempt
         self.client.on_message = self._on_message
         self.client.on_publish = self._on_publish
         self.client.on_subscribe = self._on_subscribe
@@ -248,15 +250,24 @@ class Sync:
             return
         self.self_checked, self.check_until = False, time.monotonic() + SELF_CHECK_S
         self.compared = False
-        self.connected, self.resend = True, True
+        self.connected, self.resend, self._outage_logged = True, True, False
         log.info("sync connected broker=%s lane=%s", self.fleet.broker, self.me)
         self.wake.set()
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
-        self.connected = False
+        self.connected, self._outage_logged = False, True
         self.stats["disconnects"] = self.stats.get("disconnects", 0) + 1
-        log.warning("sync disconnected from broker: %s", reason_code)
+        log.warning("sync disconnected from broker: %s; retrying", reason_code)
         self.wake.set()
+
+    def _on_connect_fail(self, client, userdata) -> None:
+        if not self._outage_logged:
+            self._outage_logged = True
+            log.error(
+                "sync broker unreachable broker=%s; retrying every few seconds (this lane's "
+                "redemptions wait in its outbox)",
+                self.fleet.broker,
+            )
 
     def _on_message(self, client, userdata, message) -> None:
         self.inbox.put(message)

@@ -70,5 +70,8 @@ def faces_off_reason(cfg: config_mod.Config) -> str:
                 f"gallery.key_file {key} does not exist but the gallery {db} does",
                 "set gallery.key_file to the key this gallery was created with",
             )
-        return f"faces not set up yet: no gallery key at {key} (run `edge-gate keys init`, enroll)"
+        return (
+            f"faces not set up yet: no gallery key at {key} "
+            "(run `edge-gate keys init --config C`, then enroll)"
+        )
     return ""

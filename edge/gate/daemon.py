@@ -78,6 +78,21 @@ def decision_json(d: Decision, gate: str, wall: float) -> dict:
     return out
 
 
+@contextlib.contextmanager
+def decisions_on_console(printed: bool = True):
+    """While the console prints each decision (`run`, `demo`), drop the log line repeating it."""
+
+    def not_a_decision(r: logging.LogRecord) -> bool:
+        return not str(r.msg).startswith("decision ")
+
+    if printed:
+        log.addFilter(not_a_decision)
+    try:
+        yield
+    finally:
+        log.removeFilter(not_a_decision)
+
+
 def format_decision(ev: dict) -> str:
     """One console line per decision (the operator's view; never sent to the journal)."""
     who = ev.get("person") or ev.get("ticket") or "-"
@@ -134,7 +149,13 @@ class Gate:
             self.policy = policy_for(cfg, self.face)
             c = cfg.camera
             self.source = source or open_source(
-                c.source, c.width, c.height, c.fps, c.realtime, c.reconnect_max_s
+                c.source,
+                c.width,
+                c.height,
+                c.fps,
+                c.realtime,
+                c.reconnect_max_s,
+                cfg.vision.max_image_pixels,
             )
             stack.callback(self.source.close)
             self._resources = stack.pop_all()

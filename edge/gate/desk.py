@@ -23,7 +23,15 @@ from edge.fleet.state import LaneGuard, fleet_pubkey_paths
 from edge.gate.audit import AuditRecord, open_audit
 from edge.tickets.format import PREFIX, Reason
 from edge.tickets.keys import load_public
-from edge.tickets.ledger import Entry, Ledger, LedgerMark, MarkStore, day_of, init_ledger
+from edge.tickets.ledger import (
+    LOST_HINT,
+    Entry,
+    Ledger,
+    LedgerMark,
+    MarkStore,
+    day_of,
+    init_ledger,
+)
 from edge.tickets.revocation import load_revocations
 from edge.tickets.verifier import Verifier
 
@@ -121,8 +129,7 @@ def init_gate_ledger(path: Path, audit=None, after_loss: bool = False, gate: str
         raise LedgerError(
             f"ledger {path} holds {here.seq} redemptions of ledger {here.ledger_id[:8]}; the "
             f"audit log recorded {seen.seq} of ledger {seen.ledger_id[:8]}: redemptions are lost",
-            "restore the newest backup; if there is none, run again with --after-loss (recorded "
-            "in the audit log; revoke one-time tickets sold before the loss if you can)",
+            LOST_HINT,
         )
     audit.replace_ledger_mark(
         here,
@@ -213,15 +220,15 @@ def recover_gate_ledger(cfg: config_mod.Config, audit, now: float | None = None)
     )
 
 
-def texts_from_input(item: str) -> list[str]:
+def texts_from_input(item: str, max_pixels: int | None = None) -> list[str]:
     """An argument is an image file (every code in it) or the ticket text itself."""
     p = Path(item)
     if p.suffix.lower() in (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif") or p.is_file():
         # zxing-cpp and OpenCV load only when an input is an image: `ticket verify TEXT` stays quick
         from edge.tickets.qr import read_codes
-        from edge.vision.image import load_image
+        from edge.vision.image import MAX_PIXELS, load_image
 
-        return read_codes(load_image(p))
+        return read_codes(load_image(p, max_pixels or MAX_PIXELS))
     return [item]
 
 
@@ -239,6 +246,7 @@ class Desk:
     audit: object | None = None  # edge.gate.audit.AuditLog when verifying with a gate config
     gate: str = ""
     ledger_problem: str = ""  # why the ledger could not be opened: every ticket is refused
+    max_image_pixels: int | None = None  # vision.max_image_pixels for ticket photos
 
 
 @dataclass(frozen=True)
@@ -271,7 +279,11 @@ def open_desk(opts: DeskOptions, stack: ExitStack) -> Desk:
     )
     if not opts.config and not opts.pubkeys:
         raise EdgeGateError("no issuer key", "pass --config C (the gate's) or --pubkey issuer.pub")
-    desk = Desk(gate_verifier(cfg, list(opts.pubkeys)), gate=cfg.gate.id)
+    desk = Desk(
+        gate_verifier(cfg, list(opts.pubkeys)),
+        gate=cfg.gate.id,
+        max_image_pixels=cfg.vision.max_image_pixels,
+    )
     if not opts.config and not opts.db:
         if opts.redeem:
             raise EdgeGateError("--redeem needs a ledger", "pass --config C or --db LEDGER")
@@ -297,7 +309,7 @@ def verify_inputs(desk: Desk, inputs: list[str], redeem: bool, now: float) -> It
     for item in inputs:
         out: dict = {"input": item, "valid": False, "reason": Reason.MALFORMED, "ticket_id": None}
         try:
-            texts = texts_from_input(item)
+            texts = texts_from_input(item, desk.max_image_pixels)
         except ImageError as e:
             texts, out["detail"] = [], str(e)
         if not texts:

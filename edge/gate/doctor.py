@@ -70,7 +70,7 @@ def _models(site: Site) -> str:
             n += 1
     d = detector_spec(mdir, site.cfg.vision.detector)
     e = embedder_spec(mdir, site.cfg.vision.embedder)
-    return f"{n} files match models.json; using {d.name} + {e.name} (threshold {e.threshold})"
+    return f"{n} files match models.json; using {d.name} + {e.name}"
 
 
 @check("face path")
@@ -79,7 +79,9 @@ def _faces(site: Site) -> str | Check:
         return f"off by configuration (mode {site.cfg.gate.mode})"
     why = checks.faces_off_reason(site.cfg)  # raises for settings that refuse to start
     if why:
-        return Check("warn", "face path", f"run goes ticket-only: {why}", "edge-gate keys init")
+        return Check(
+            "warn", "face path", f"run goes ticket-only: {why}", "`edge-gate keys init --config C`"
+        )
     return "settings valid"
 
 
@@ -111,13 +113,16 @@ def _matching(site: Site) -> str:
     g, p = cfg.gallery, cfg.policy
     t = resolve_threshold(g.match_threshold, e.threshold)
     src = "gallery.match_threshold" if g.match_threshold > 0 else f"measured for {e.name}"
-    rule = f"threshold {t} ({src}), min margin {g.min_margin}"
+    # Two thresholds can be in force: say which applies where, so no figure stands unexplained.
+    rule = f"gate and enrollment: cosine >= {t} ({src}), lead >= {g.min_margin}"
     if g.match_threshold <= 0 and e.thresholds:
         rule = (
-            f"threshold and margin per gallery size from models.json ({e.name}; see decision rule)"
+            f"gate: the threshold and lead per gallery size from models.json ({e.name}; see "
+            "decision rule); enrollment's checks (already enrolled? the same person?): "
+            f"cosine >= {t} ({src})"
         )
     return (
-        f"{rule}, {p.k} of {p.n} frames in"
+        f"{rule}; {p.k} of {p.n} frames in"
         f" {p.window_s} s, cooldown {p.cooldown_s} s, anti-passback {p.anti_passback_s} s"
     )
 
@@ -144,10 +149,15 @@ def _cpu(site: Site) -> str | Check:
 def _keyfile(site: Site) -> str | Check:
     from edge.gallery.crypto import credential_path, load_key
 
+    if not checks.faces_wanted(site.cfg) and not credential_path(site.key).exists():
+        return f"none at {site.key}: not needed, this gate admits no one by face"
     if checks.faces_wanted(site.cfg) and not credential_path(site.key).exists():
         checks.faces_off_reason(site.cfg)  # fails if the gallery exists and needs this key
         return Check(
-            "warn", "gallery key file", f"{site.key} does not exist yet", "edge-gate keys init"
+            "warn",
+            "gallery key file",
+            f"{site.key} does not exist yet",
+            "`edge-gate keys init --config C`",
         )
     k = load_key(site.key)
     real = credential_path(site.key)
@@ -161,6 +171,8 @@ def _gallery(site: Site) -> str | Check:
     from edge.gallery.store import Gallery
 
     if not site.db.exists():
+        if not checks.faces_wanted(site.cfg):
+            return f"none at {site.db}: not needed, this gate admits no one by face"
         return Check(
             "warn",
             "gallery database",
@@ -176,7 +188,7 @@ def _gallery(site: Site) -> str | Check:
             "warn",
             "gallery database",
             f"{site.db}: an erasure is still pending on disk (a reader kept old pages)",
-            "run `edge-gate purge` when no other process holds the gallery",
+            "run `edge-gate purge --config C` when no other process holds the gallery",
         )
     return (
         f"{site.db}: {s['people']} people, {s['templates']} templates, schema {s['schema_version']}"
@@ -197,7 +209,7 @@ def _rule(site: Site) -> str:
                 people = g.stats()["people"]
         except EdgeGateError:
             people = 0
-    return describe(expected_for(site.cfg, people))
+    return "gate: " + describe(expected_for(site.cfg, people))
 
 
 def kernel_clock_synced() -> bool | None:

@@ -25,6 +25,7 @@ from edge.config import PROJECT_ROOT, fixtures_dir
 from edge.gate.sources import FirstFrames, VideoFileSource
 from edge.lab.crosscpu import CLIP, EVENT_KEYS, MIN_COSINE, compare
 from edge.lab.evaluation import IMAGE_EXT
+from edge.progress import Progress
 from edge.vision.image import load_image
 from edge.vision.models import load_catalogue
 
@@ -212,13 +213,17 @@ def run(out: Path, images: int, clip: bool, threads: int, frames: int = 0) -> di
         "photos": [str(p.relative_to(fixtures)) for p in photos],
         "catalogue": {g: sorted(v) for g, v in cat.items() if isinstance(v, dict)},
     }
+    steps = Progress(f"equivalence on {platform.machine()}", 3 if clip else 2, unit="step")
     res["embedders"] = embed_photos(models, photos, sorted(cat["embedders"]), threads)
     times["embedders"], t = time.perf_counter() - t, time.perf_counter()
+    steps(1, label="embedders")
     res["detectors"] = detect_photos(models, photos, cat, threads)
     res["models"] = other_models(models, photos, cat, threads)
     times["detectors+others"], t = time.perf_counter() - t, time.perf_counter()
+    steps(2, label="detectors and other models")
     res["gate"] = gate_on_clip(fixtures, threads, frames) if clip else None
     times["gate"] = time.perf_counter() - t
+    steps.close()
     res["seconds"] = {k: round(v, 1) for k, v in times.items()}
     out.write_text(json.dumps(res))
     return res

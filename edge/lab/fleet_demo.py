@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -22,6 +21,7 @@ from edge import tickets as tk
 from edge.config import PROJECT_ROOT
 from edge.fleet.state import read_state
 from edge.lab.broker import Mosquitto
+from edge.lab.demo import fresh_workdir
 from edge.lab.workspace import Member, roster_all, start_syncs, stop_all, write_member
 from edge.tickets.ledger import Ledger
 
@@ -63,9 +63,7 @@ def run_fleet_demo(workdir: Path, lanes: int, fixtures: Path | None, fast: bool)
     from edge.gallery.crypto import init_key
     from edge.tickets.issue import IssueRequest, issue_ticket
 
-    if workdir.exists():
-        shutil.rmtree(workdir)
-    workdir.mkdir(parents=True)
+    fresh_workdir(workdir)
     names = [f"lane{i}" for i in range(1, lanes + 1)]
     users = {n: os.urandom(8).hex() for n in ["office", *names]}
     priv, pub = tk.keygen(workdir / "office-keys")

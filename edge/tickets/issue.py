@@ -34,6 +34,7 @@ class IssueRequest:
     season_per_day: int = 0
     holder: str = ""
     zone: dt.tzinfo = dt.UTC  # dates typed without an offset are in it (the CLI: the site's)
+    allow_expired: bool = False  # tests and demos only: a ticket already past its expiry
 
 
 @dataclass(frozen=True)
@@ -71,10 +72,18 @@ def make_ticket(req: IssueRequest, now: float | None = None) -> Ticket:
         kind, count = Kind.SEASON, req.season_per_day
     elif req.entries > 1:
         kind, count = Kind.ENTRIES, req.entries
-    vf = parse_time(req.valid_from, req.zone) if req.valid_from else int(now or time.time())
-    vu = parse_time(req.valid_until, req.zone, end_of_day=True) if req.valid_until else 0
+    now = int(now or time.time())
+    vf = parse_time(req.valid_from, req.zone) if req.valid_from else now
+    vu = 0 if req.no_expiry else parse_time(req.valid_until or "", req.zone, end_of_day=True)
     if vu and vu < vf:
         raise TicketError(f"--valid-until {req.valid_until} is before the start {iso(vf)}")
+    if vu and vu < now and not req.allow_expired:
+        raise TicketError(
+            f"--valid-until {req.valid_until} ({iso(vu)}) is already past: every gate would "
+            "refuse this ticket as expired",
+            "give a date still to come, or --allow-expired to make an expired ticket on purpose "
+            "(tests)",
+        )
     return Ticket(req.ticket_id, req.product, vf, vu, kind, count, req.holder)
 
 

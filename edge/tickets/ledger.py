@@ -48,7 +48,18 @@ log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 4
 CLOCK_TOLERANCE_S = 2.0  # NTP slews and rounding; a real step backwards is far larger
-INIT_HINT = "run `edge-gate ledger init --config /etc/edge-gate/gate.toml` (or restore the backup)"
+INIT_HINT = (
+    "restore the ledger from its backup (with its -wal file); on a new gate, "
+    "`edge-gate ledger init --config C`"
+)
+# A lost ledger: restore, or keep refusing tickets. Never a new empty ledger as the fix: every
+# ticket redeemed before would open the gate again (README, "Common mistakes").
+LOST_HINT = (
+    "restore the newest backup of the ledger (with its -wal file), then `systemctl reload "
+    "edge-gate`; if no backup is newer, run `edge-gate ledger recover --config C` (it rebuilds "
+    "from the audit log, so spent tickets stay spent); never start an empty ledger: every spent "
+    "ticket would open the gate again"
+)
 
 
 def _v1(c: sqlite3.Connection) -> None:
@@ -267,8 +278,7 @@ def init_ledger(path: str | Path) -> tuple[Path, bool]:
     if path.exists():
         raise LedgerError(
             f"ledger {path} exists but is empty: it may have been truncated",
-            "restore it from backup; if none exists, delete it and run "
-            "`edge-gate ledger init --after-loss` to record the loss",
+            LOST_HINT,
         )
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
@@ -381,15 +391,13 @@ class Ledger(Store):
             raise LedgerError(
                 f"ledger {self.path} (id {here.ledger_id[:8]}) is not the ledger this gate last "
                 f"used (id {m.ledger_id[:8]}, {m.seq} redemptions): it was replaced",
-                "restore the ledger from backup; if it is lost for good, run `edge-gate ledger "
-                "init --config C --after-loss` (recorded in the audit log)",
+                LOST_HINT,
             )
         if m is not None and here.seq < m.seq:
             raise LedgerError(
                 f"ledger {self.path} went back in time: it holds {here.seq} redemptions, the "
                 f"audit log recorded {m.seq} (last at {iso(m.t)}); an older copy or a lost -wal",
-                "restore the newest backup (with its -wal); if none is newer, run `edge-gate "
-                "ledger recover --config C` (spent tickets stay spent)",
+                LOST_HINT,
             )
         self.floor = max(m.t if m else 0.0, self.marks.newest_time() or 0.0)
 
