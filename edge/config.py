@@ -125,7 +125,7 @@ class LivenessConfig:
     """[liveness]: how the gate refuses photos and screens held up to the camera."""
 
     mode: str = "model+motion"
-    model: str = "minifasnet_int8"
+    model: str = "silentface_int8"
     threshold: float = 0.0  # 0 = the model's measured threshold from models.json
 
 
