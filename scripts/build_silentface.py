@@ -385,10 +385,7 @@ def calibration_set(photos: list[bytes], scale: float, seed: int = 0) -> np.ndar
     on-screen renderings of the same photos, cut at the model's scale."""
     import cv2
 
-    try:
-        from edge.lab.padsynth import render_print, render_screen
-    except ImportError:  # before the lab move
-        from edge.measure.padsynth import render_print, render_screen
+    from edge.lab.padsynth import render_print, render_screen
 
     rng = np.random.default_rng(seed)
     out = []

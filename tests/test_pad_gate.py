@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from edge import config as config_mod
-from edge.measure.padsynth import write_attack_clip
+from edge.lab.padsynth import write_attack_clip
 
 from .helpers import MODELS, enroll_lin, make_config, run_gate
 
