@@ -254,6 +254,18 @@ class PadModel:
             log.debug("liveness unjudged reason=too_close context=%.2f", context)
             return PadScore(0.0, context, True)
         probs, scales = [], []
+        for m, out, s in self.outputs(bgr, box):
+            probs.append(float(out[m.live_index] / max(float(out.sum()), 1e-6)))
+            scales.append(s)
+        live = float(np.mean(probs))  # FUSIONS: "mean"
+        return PadScore(live, context, False, tuple(scales), tuple(probs))
+
+    def outputs(
+        self, bgr: np.ndarray, box: np.ndarray
+    ) -> list[tuple[PadMember, np.ndarray, float]]:
+        """Each member's raw output on its own crop, and the scale it used (no floor applied)."""
+        mapped = self.spec.box_map.apply(box)
+        out = []
         for m, model in zip(self.spec.members, self.models, strict=True):
             if m.crop == "upstream":
                 crop, s = crop_upstream(bgr, mapped, m.crop_scale, m.size)
@@ -262,12 +274,9 @@ class PadModel:
                 s = context_scale(bgr.shape, mapped, m.crop_scale)
             if m.channels == "RGB":
                 crop = cv2.cvtColor(crop, cv2.COLOR_BGR2RGB)
-            (out,) = model.run(crop.astype(np.float32)[None])
-            p = out.reshape(-1)
-            probs.append(float(p[m.live_index] / max(float(p.sum()), 1e-6)))
-            scales.append(s)
-        live = float(np.mean(probs))  # FUSIONS: "mean"
-        return PadScore(live, context, False, tuple(scales), tuple(probs))
+            (y,) = model.run(crop.astype(np.float32)[None])
+            out.append((m, y.reshape(-1), s))
+        return out
 
     def live_probability(self, bgr: np.ndarray, box: np.ndarray) -> float:
         """Probability (0..1) that the face in `box` of this frame is live (0: too close)."""
