@@ -422,6 +422,7 @@ def test_a_corrupt_member_file_is_refused(tmp_path):
         lv.PadModel(spec)
 
 
+@pytest.mark.heavy  # 4 min under emulation; the equivalence check compares the CPUs there
 def test_float_and_int8_twins_agree_on_renderings(fixtures):
     """Not calibration data: faces of the faces/ fixtures, as they are and printed or on a
     screen (edge.lab.padsynth). The int8 pair follows the float pair within the measured bound
@@ -451,7 +452,7 @@ def test_float_and_int8_twins_agree_on_renderings(fixtures):
                 diffs.append(abs(a.live - b.live))
                 pairs.append((a.live, b.live))
     d = np.array(diffs)
-    assert len(d) >= 15
+    assert len(d) >= 30
     assert np.median(d) < 0.03
     assert d.max() < 0.5
     assert np.corrcoef(np.array(pairs).T)[0, 1] > 0.95
