@@ -437,7 +437,7 @@ def test_float_and_int8_twins_agree_on_renderings(fixtures):
     q = lv.PadModel(lv.PadSpec.load(MODELS, "silentface_int8"))
     rng = np.random.default_rng(0)
     diffs, pairs = [], []
-    for p in sorted((fixtures / "faces").glob("*/*"))[::8]:
+    for p in sorted((fixtures / "faces").glob("*/*"))[::4]:
         img = cv2.imread(str(p))
         if img is None:
             continue
@@ -452,7 +452,7 @@ def test_float_and_int8_twins_agree_on_renderings(fixtures):
                 diffs.append(abs(a.live - b.live))
                 pairs.append((a.live, b.live))
     d = np.array(diffs)
-    assert len(d) >= 30
+    assert len(d) >= 40
     assert np.median(d) < 0.03
     assert d.max() < 0.5
     assert np.corrcoef(np.array(pairs).T)[0, 1] > 0.95
