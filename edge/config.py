@@ -315,7 +315,7 @@ class LivenessConfig:
     """
 
     mode: str = setting("model+motion", "presentation-attack detection", choices=LIVENESS_MODES)
-    model: str = setting("minifasnet_int8", 'a model of the "liveness" group in models.json')
+    model: str = setting("silentface_int8", 'a model of the "liveness" group in models.json')
     threshold: float = setting(
         0.0,
         "live-probability threshold",

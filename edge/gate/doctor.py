@@ -59,15 +59,19 @@ def _runtime(site: Site) -> str:
 
 @check("models (SHA-256)")
 def _models(site: Site) -> str:
-    from edge.vision.models import detector_spec, embedder_spec, load_catalogue, verify_file
+    from edge.vision.models import (
+        catalogue_files,
+        detector_spec,
+        embedder_spec,
+        load_catalogue,
+        verify_file,
+    )
 
     mdir = config_mod.models_path(site.cfg)
-    cat = load_catalogue(mdir)
-    n = 0
-    for entries in cat.values():
-        for e in entries.values():
-            verify_file(mdir / e["file"], e["sha256"])
-            n += 1
+    files = sorted(set(catalogue_files(load_catalogue(mdir))))
+    for f, digest in files:
+        verify_file(mdir / f, digest)
+    n = len(files)
     d = detector_spec(mdir, site.cfg.vision.detector)
     e = embedder_spec(mdir, site.cfg.vision.embedder)
     return f"{n} files match models.json; using {d.name} + {e.name}"
