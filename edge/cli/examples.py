@@ -52,6 +52,8 @@ EXAMPLES: dict[str, str] = {
     "screen": "edge-gate screen --config /etc/edge-gate/gate.toml --kiosk",
     "fleet publish-keys": "edge-gate fleet publish-keys --config office.toml "
     "--key office/issuer.key office/issuer.pub",
+    "fleet override": "edge-gate fleet override lane2 --reason 'wheelchair user' --by ana "
+    "--key office/issuer.key --config office.toml",
 }
 
 # Help for flags that mean the same everywhere.

@@ -258,6 +258,19 @@ def publish_deletion(args, cfg: config_mod.Config) -> None:
     report_sent(cfg, f"the deletion of {args.person_id} (see edge-gate fleet status)")
 
 
+def cmd_override(args) -> int:
+    """`fleet override`: open one lane's turnstile once (a supervisor's decision), signed."""
+    from edge.fleet.office import override_record, publish_override
+    from edge.gate.audit import open_audit
+
+    cfg = config_mod.load(args.config)
+    _, oid = publish_override(cfg, Path(args.key), args.lane, args.reason, args.by, args.valid_s)
+    with open_audit(cfg, "use") as audit:
+        audit.record(override_record(cfg, oid, args.lane, args.reason, args.by))
+    report_sent(cfg, f"override {oid} for {args.lane} (valid {args.valid_s:.0f} s)", args.valid_s)
+    return 0
+
+
 def register(sub, common) -> None:
     """Add `sync` and `fleet status|audit|publish-keys|join|roster|broker-config`."""
     sp = sub.add_parser("sync", help="move this lane's records to and from the fleet's broker")
@@ -298,6 +311,22 @@ def register(sub, common) -> None:
     )
     common(sp)
     sp.set_defaults(func=cmd_publish_keys)
+
+    sp = f.add_parser("override", help="office: open one lane's turnstile once, signed")
+    sp.add_argument("lane", help="the lane to open (a name from `fleet status`)")
+    sp.add_argument("--reason", required=True, help="why (kept in both audit logs)")
+    sp.add_argument("--by", required=True, help="the supervisor's name (kept in both audit logs)")
+    sp.add_argument(
+        "--key", required=True, type=nonempty_file, help="issuer.key that signs the message"
+    )
+    sp.add_argument(
+        "--valid-s",
+        type=float,
+        default=30.0,
+        help="the lane refuses it after this many seconds (at most 120; default 30)",
+    )
+    common(sp)
+    sp.set_defaults(func=cmd_override)
 
     sp = f.add_parser("join", help="make this lane's signing key; print it for the roster")
     sp.add_argument("--json", action="store_true")

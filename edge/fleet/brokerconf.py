@@ -48,6 +48,7 @@ def acl_text(site: str) -> str:
         f"pattern read {root}/heartbeat/+",
         *[f"pattern read {root}/office/{t}" for t in LANE_READS_OFFICE],
         f"pattern read {root}/office/audit-acks/%u",
+        f"pattern read {root}/office/override/%u",
         "",
     ]
     return "\n".join(lines)

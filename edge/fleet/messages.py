@@ -34,7 +34,8 @@ AUDIT_ACK = "audit_ack"  # the office: "I stored your audit records up to id N"
 # Office message types (signed with the ticket issuer key).
 ROSTER, REVOCATIONS, UNREVOCATIONS = "roster", "revocations", "unrevocations"
 KEYS, PERSON, FORGOTTEN = "keys", "person", "forgotten"
-ISSUER_TYPES = frozenset({ROSTER, REVOCATIONS, UNREVOCATIONS, KEYS, PERSON, FORGOTTEN})
+OVERRIDE = "override"  # a supervisor opens one lane's turnstile once (edge/fleet/override.py)
+ISSUER_TYPES = frozenset({ROSTER, REVOCATIONS, UNREVOCATIONS, KEYS, PERSON, FORGOTTEN, OVERRIDE})
 # The topic folder each lane type travels in: edge-gate/<site>/<folder>/<lane>[/...].
 LANE_FOLDER = {
     REDEMPTION: "redemptions",
@@ -74,6 +75,11 @@ def topics(site: str) -> dict[str, str]:
 def audit_ack_topic(site: str, lane: str) -> str:
     """Where the office acknowledges a lane's audit records (only that lane needs them)."""
     return topic(site, "office", "audit-acks", lane)
+
+
+def override_topic(site: str, lane: str) -> str:
+    """Where the office sends a supervisor's override for one lane (only that lane reads it)."""
+    return topic(site, "office", "override", lane)
 
 
 @dataclass(frozen=True)

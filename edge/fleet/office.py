@@ -30,7 +30,9 @@ from edge.fleet.identity import (
     write_roster_file,
 )
 from edge.fleet.officestore import AuditFinding, OfficeStore, verify_lane
+from edge.fleet.override import DEFAULT_VALID_S, VIA, override_body, override_id
 from edge.fleet.state import FleetState
+from edge.gate.audit import AuditRecord
 
 STALE_HEARTBEATS = 3  # a member not heard for this many of its heartbeat periods is stale
 
@@ -75,11 +77,20 @@ class Queued:
     what: str
 
 
-def _queue(cfg: Config, type_: str, body: dict, key_path: Path, topic: str, what: str) -> Queued:
+def _queue(
+    cfg: Config,
+    type_: str,
+    body: dict,
+    key_path: Path,
+    topic: str,
+    what: str,
+    retain: bool = True,
+    now: float | None = None,
+) -> Queued:
     need_office(cfg, what)
     key = tk.load_private(key_path)
     with office_store(cfg) as store:
-        row, m = store.queue(type_, cfg.fleet.site, body, key, topic)
+        row, m = store.queue(type_, cfg.fleet.site, body, key, topic, retain, now)
         if type_ == msg.ROSTER:
             store.state.set_roster(Roster(m.seq, dict(body["lanes"])))
         if type_ == msg.PERSON and body["op"] == "forget":
@@ -188,6 +199,47 @@ def publish_enrollment(cfg: Config, key_path: Path, db: Path, gallery_key: Path,
     from edge.fleet.people import export_record
 
     publish_person(cfg, key_path, pid, "enroll", export_record(db, gallery_key, pid))
+
+
+def publish_override(
+    cfg: Config,
+    key_path: Path,
+    lane: str,
+    reason: str,
+    by: str,
+    valid_s: float = DEFAULT_VALID_S,
+    now: float | None = None,
+) -> tuple[Queued, str]:
+    """A supervisor's "open once" for one rostered lane: signed, with a nonce and a short
+    validity, queued for the office's sync (never retained: a lane away longer than the
+    validity refuses it as expired). Returns the queue entry and the override's id."""
+    need_office(cfg, "override")
+    with office_store(cfg) as store:
+        gates = store.state.roster().gates()
+    if lane not in gates:
+        raise ConfigError(
+            f"no lane {lane!r} in the roster ({', '.join(gates) or 'none'})",
+            "pick a lane from `edge-gate fleet status`",
+        )
+    now = time.time() if now is None else now
+    body = override_body(lane, reason, by, now, valid_s)
+    q = _queue(
+        cfg,
+        msg.OVERRIDE,
+        body,
+        key_path,
+        msg.override_topic(cfg.fleet.site, lane),
+        f"override for {lane}",
+        retain=False,
+        now=now,
+    )
+    return q, override_id(body["nonce"])
+
+
+def override_record(cfg: Config, oid: str, lane: str, reason: str, by: str) -> AuditRecord:
+    """The office audit log's record of an override sent (the lane writes its own decision)."""
+    detail = f"by {by}: {lane}: {' '.join(reason.split())}"[:300]
+    return AuditRecord(time.time(), cfg.gate.id, "override", "", VIA, oid, None, VIA, detail)
 
 
 # --- the roster ------------------------------------------------------------------------------

@@ -36,8 +36,14 @@ CREATE TABLE IF NOT EXISTS pending (id INTEGER PRIMARY KEY, topic TEXT NOT NULL,
   payload BLOB NOT NULL, t REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS revocations (ticket_id TEXT PRIMARY KEY,
   revoked_seq INTEGER NOT NULL DEFAULT -1, lifted_seq INTEGER NOT NULL DEFAULT -1);
+CREATE TABLE IF NOT EXISTS overrides_in (id INTEGER PRIMARY KEY AUTOINCREMENT,
+  payload BLOB NOT NULL, received REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS overrides_used (nonce TEXT PRIMARY KEY, until REAL NOT NULL,
+  used REAL NOT NULL);
 """
 PENDING_MAX = 10_000  # messages of lanes not (yet) in the roster kept for a later roster
+OVERRIDES_MAX = 100  # supervisor overrides waiting for the gate (it takes them within a second)
+NONCE_KEEP_S = 86_400.0  # a used override nonce is remembered this long after it expired
 
 
 class FleetState(Store):
@@ -140,6 +146,33 @@ class FleetState(Store):
         for tid, r, lift in rows:
             (revoked if r > lift else lifted).add(tid)
         return revoked, lifted
+
+    def add_override(self, payload: bytes, now: float) -> None:
+        """Sync: an office override for this lane, as received (the gate checks it itself)."""
+        with self.transaction() as c:
+            c.execute("INSERT INTO overrides_in (payload, received) VALUES (?, ?)", (payload, now))
+            c.execute(
+                "DELETE FROM overrides_in WHERE id <= (SELECT max(id) FROM overrides_in) - ?",
+                (OVERRIDES_MAX,),
+            )
+
+    def take_overrides(self) -> list[bytes]:
+        """The gate: every override sync left, removed (call inside `transaction()`, with
+        `use_nonce`, so taking and spending commit together)."""
+        rows = self.conn.execute("SELECT id, payload FROM overrides_in ORDER BY id").fetchall()
+        if rows:
+            self.conn.execute("DELETE FROM overrides_in WHERE id <= ?", (rows[-1][0],))
+        return [bytes(p) for _, p in rows]
+
+    def use_nonce(self, nonce: str, until: float, now: float) -> bool:
+        """Spend an override's nonce: True the first time, False for a replay. Nonces are
+        kept a day past their validity (a replay later than that is refused as expired)."""
+        self.conn.execute("DELETE FROM overrides_used WHERE until < ?", (now - NONCE_KEEP_S,))
+        cur = self.conn.execute(
+            "INSERT OR IGNORE INTO overrides_used (nonce, until, used) VALUES (?, ?, ?)",
+            (nonce, until, now),
+        )
+        return cur.rowcount == 1
 
     def double_use_reported(self, ticket_id: str) -> int:
         """How many uses of a ticket were already reported, to alert once per new use."""

@@ -151,6 +151,7 @@ class Sync:
         self.client.on_message = self._on_message
         self.client.on_publish = self._on_publish
         self.client.on_subscribe = self._on_subscribe
+        self._override_mid = -1
         self.inbox: queue.Queue[mqtt.MQTTMessage] = queue.Queue()
         self.acked: queue.Queue[int] = queue.Queue()
         self.wake = threading.Event()
@@ -240,9 +241,19 @@ class Sync:
             log.error("sync broker refused connection: %s", reason_code)
             return
         client.subscribe(self._subscriptions())
+        if not self.is_office:  # apart: a broker ACL from before overrides refuses only this one
+            self._override_mid = client.subscribe(msg.override_topic(self.site, self.me), 1)[1]
 
     def _on_subscribe(self, client, userdata, mid, reason_codes, properties) -> None:
         """Connected counts from the SUBACK on: before it, other lanes' messages could be missed."""
+        if mid == self._override_mid:
+            if any(rc.is_failure for rc in reason_codes):
+                log.error(
+                    "sync override subscription refused: %s; supervisor overrides cannot reach "
+                    "this lane (at the office: edge-gate fleet broker-config; reload mosquitto)",
+                    reason_codes,
+                )
+            return
         if any(rc.is_failure for rc in reason_codes):
             log.error("sync subscription refused: %s (check the broker's ACL)", reason_codes)
             return
@@ -491,6 +502,8 @@ class Sync:
                 fps=gate.get("fps"),
                 camera=gate.get("camera"),
                 mode=gate.get("mode", self.cfg.gate.mode),
+                models=gate.get("models"),  # what the gate runs (edge/gate/versions.py)
+                config_version=gate.get("config_version"),
                 last_decision_t=last,
                 outbox=self.outbox_size(),
                 **self._marks(),

@@ -21,6 +21,7 @@ from edge import config as config_mod
 from edge import tickets as tk
 from edge.errors import EdgeGateError
 from edge.fleet import lane
+from edge.fleet.override import OverrideInbox
 from edge.gate import checks
 from edge.gate.audit import AuditLog, AuditRecord, open_audit
 from edge.gate.desk import open_gate_ledger
@@ -42,6 +43,7 @@ from edge.gate.policy import (
 )
 from edge.gate.relay import Relay
 from edge.gate.sources import Frame, FrameSource, open_source
+from edge.gate.versions import lane_versions
 from edge.timeutil import iso
 
 log = logging.getLogger(__name__)
@@ -146,7 +148,11 @@ class Gate:
             stack.callback(lambda: self.ledger.close())
             self.face = self._load_faces(cfg)
             stack.callback(self._close_face)
+            self.overrides = OverrideInbox.open(cfg)  # a supervisor's "open once" (fleet lanes)
+            if self.overrides is not None:
+                stack.callback(self.overrides.close)
             self.policy = policy_for(cfg, self.face)
+            self.versions = lane_versions(cfg, self.face is not None)  # for the heartbeat
             c = cfg.camera
             self.source = source or open_source(
                 c.source,
@@ -230,6 +236,7 @@ class Gate:
             self._close_face()
             self.verifier, self.face, self.reload_error = verifier, face, ""
             self.policy = policy_for(cfg, face)
+            self.versions = lane_versions(cfg, face is not None)
             log.info("gate reloaded config=%s", cfg.source_file)
         self.notifier.ready(self.status_text())
 
@@ -271,6 +278,7 @@ class Gate:
                 if self.reload_requested:
                     self.reload_requested = False
                     self.reload()
+                self.take_overrides()
                 frame = self.source.read()
                 if frame is None:
                     if self.source.finished:
@@ -300,7 +308,9 @@ class Gate:
         self.notifier.status(self.status_text(fps))
         self._maintain_evidence()
         mode = self.degraded or self.cfg.gate.mode
-        lane.report_status(self.ledger, fps=round(fps, 1), camera=self.source.state, mode=mode)
+        lane.report_status(
+            self.ledger, fps=round(fps, 1), camera=self.source.state, mode=mode, **self.versions
+        )
         if (stamp := lane.tickets_stamp(self.cfg)) != self._tickets_stamp:
             self._tickets_stamp = stamp
             try:
@@ -416,6 +426,28 @@ class Gate:
                 str(d.decision),
             )
         )
+
+    def take_overrides(self) -> None:
+        """A supervisor's "open once" that sync left, judged by edge/fleet/override.py: one pulse
+        when accepted; either way a decision `via override` in the audit log, events, screen."""
+        if self.overrides is None:
+            return
+        wall = self.clock()
+        for v in self.overrides.take(wall):
+            if v.ok:
+                try:
+                    self.relay.pulse()
+                except EdgeGateError as e:
+                    log.error("relay error=%s", e)
+                    v = v.refused(str(Reason.RELAY_ERROR))
+            self.last_decision = f"{v.outcome} override {v.reason}"
+            log.info("decision %s via=override reason=%s", v.outcome, v.reason)
+            self._audit(v.record(self.cfg.gate.id, wall))
+            try:
+                self.on_decision(v.event(self.cfg.gate.id, wall))
+            except Exception as e:
+                log.error("decision output error=%s", e)
+            self.notices.send(v.notice(self.cfg.fleet.lane or self.cfg.gate.id, wall))
 
     def _audit(self, rec: AuditRecord) -> None:
         if self.audit is None:
