@@ -690,3 +690,35 @@ def test_sighup_with_a_broken_config_keeps_the_running_daemon_up(tmp_path):
     assert "reload_failed" in err
     assert "keeping the previous configuration" in err
     assert "Traceback" not in err
+
+
+def test_a_camera_lost_for_good_is_still_reported_each_second(tmp_path):
+    """No frame at all (the camera gone): the loop still ticks, so systemd's STATUS= and the
+    fleet heartbeat say "camera lost" instead of the last state before the loss."""
+    sock_path = str(tmp_path / "notify.sock")
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    server.bind(sock_path)
+    server.settimeout(0.05)
+    cfg = make_config(tmp_path, "[vision]\nface_enabled = false\n")
+
+    class Gone(ListSource):
+        def read(self):
+            self.state = "lost"
+            return None
+
+    notifier = Notifier({"NOTIFY_SOCKET": sock_path})
+    gate = Gate(cfg, source=Gone([]), pin_factory=MockFactory(), notifier=notifier)
+    th = threading.Thread(target=gate.run, daemon=True)
+    th.start()
+    status: list[str] = []
+    t_end = time.monotonic() + 30
+    while time.monotonic() < t_end and len(status) < 2:
+        with contextlib.suppress(TimeoutError):
+            m = server.recv(4096).decode()
+            if m.startswith("STATUS="):
+                status.append(m)
+    gate.stop_requested = True
+    th.join(10)
+    server.close()
+    assert len(status) >= 2
+    assert "camera lost" in status[-1]

@@ -283,12 +283,10 @@ class Gate:
                 if frame is None:
                     if self.source.finished:
                         break
-                    self.notifier.watchdog()
                     time.sleep(0.02)
-                    if self._scan_q.empty():
-                        continue
-                for d in self.process(frame):
-                    self.act(d)
+                if frame is not None or not self._scan_q.empty():
+                    for d in self.process(frame):
+                        self.act(d)
                 if frame is not None:
                     self.frames += 1
                     n_status += 1
