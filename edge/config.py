@@ -440,6 +440,9 @@ class ConsoleConfig:
     login_window_s: float = setting(
         300.0, "... within this window, then refused until it passes", unit="seconds", gt=0
     )
+    override_valid_s: float = setting(
+        30.0, "a supervisor's override is refused by the lane after", unit="seconds", gt=0, le=120
+    )
 
 
 @dataclass(frozen=True)

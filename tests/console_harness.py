@@ -117,6 +117,20 @@ def scan_at_lane(cfg: config_mod.Config, text: str, timeout: float = 30.0) -> di
     return got[0]
 
 
+@contextlib.contextmanager
+def gate_running(cfg: config_mod.Config):
+    """The real gate's loop in a thread (no camera frames, mock relay): (gate, its events)."""
+    events: list[dict] = []
+    gate = Gate(cfg, events.append, source=NoFrames(), pin_factory=MockFactory())
+    t = threading.Thread(target=gate.run, daemon=True)
+    t.start()
+    try:
+        yield gate, events
+    finally:
+        gate.stop_requested = True
+        t.join(15)
+
+
 def run_clip_at_lane(cfg: config_mod.Config, clip: Path) -> list[dict]:
     """The real gate on a recorded clip (mock relay): its decision events."""
     got: list[dict] = []

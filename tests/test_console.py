@@ -49,7 +49,15 @@ def test_roles_are_ordered_as_the_issue_says():
     supervisor = {c for c in CAN if allowed("supervisor", c)}
     admin = {c for c in CAN if allowed("admin", c)}
     assert steward == {"lanes", "decisions", "tickets.verify"}
-    assert supervisor == steward | {"enroll", "people", "forget", "revoke", "audit", "reveal"}
+    assert supervisor == steward | {
+        "enroll",
+        "people",
+        "forget",
+        "revoke",
+        "audit",
+        "reveal",
+        "override",
+    }
     assert admin == supervisor | {"users"}
     assert not allowed("steward", "no-such-capability")
     assert ROLES == ("steward", "supervisor", "admin")

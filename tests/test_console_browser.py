@@ -23,6 +23,7 @@ from .console_harness import (
     Syncs,
     add_users,
     chromium,
+    gate_running,
     login,
     make_park,
     need_browser,
@@ -63,7 +64,7 @@ def _page(browser, lang: str = "en-US"):
 def _lanes_up(console, page) -> None:
     def both():
         page.goto(console.url + "/lanes")
-        return page.locator("#lanes tr[data-lane]").count() == 2
+        return page.locator("#lanes tr[data-lane][data-state='ok']").count() == 2
 
     wait_for(both, 60, "both lanes on the lanes page")
 
@@ -135,6 +136,66 @@ def test_post_without_csrf_token_is_refused(world):
     assert "T-CSRF-OK" in tk.load_revocations(park.office.dir / "revoked.txt")
 
 
+# --- a supervisor opens a lane once -----------------------------------------------------------
+
+
+def test_supervisor_opens_a_lane_once_and_a_steward_cannot(world, tmp_path):
+    from edge.gate.audit import AuditLog
+    from edge.gate.versions import config_version, model_versions
+
+    park, console, browser, _ = world
+    cfg = park.cfg(1)
+    with gate_running(cfg) as (gate, events):
+        page = _page(browser)
+        login(page, console.url, "sam")
+        row = page.locator("#lanes tr[data-lane='lane1']")
+
+        def lane1_reports() -> bool:  # its heartbeat carries what the gate runs
+            page.goto(console.url + "/lanes")
+            return row.get_attribute("data-state") == "ok" and (
+                row.locator("td.config").inner_text() == config_version(cfg)
+            )
+
+        wait_for(lane1_reports, 60, "lane1's models and config version on the lanes page")
+        models = row.locator("td.models").inner_text()
+        for name, sha in model_versions(cfg, True).items():
+            assert f"{name} {sha}" in models
+        shot(page, "lanes", tmp_path)
+        row.locator("a.override").click()
+        page.fill("#override-reason", "wheelchair user, ticket seen")
+        shot(page, "override", tmp_path)
+        with page.expect_navigation():
+            page.click("#override")
+        assert page.locator("#override-sent").inner_text().startswith("Override O-")
+        page.locator("#override-outcome[data-state='grant']").wait_for(timeout=60_000)
+        assert page.locator("#override-outcome").inner_text() == "The lane opened."
+        shot(page, "override-done", tmp_path)
+        assert gate.relay.pulses == 1
+        oid = events[0]["override"]
+    assert [(e["decision"], e["via"]) for e in events] == [("grant", "override")]
+    with AuditLog(park.lanes[0].dir / "audit.db") as a:
+        (lane_rec,) = [r for r in a.records("decision") if r.subject == oid]
+    assert (lane_rec.decision, lane_rec.via) == ("grant", "override")
+    assert lane_rec.detail == "by sam: wheelchair user, ticket seen"
+    with AuditLog(park.office.dir / "audit.db") as a:
+        (office_rec,) = [r for r in a.records("override") if r.subject == oid]
+    assert office_rec.detail == "by sam: lane1: wheelchair user, ticket seen"
+    page.goto(console.url + "/decisions?lane=lane1&decision=grant")
+    assert "override" in page.locator("#decisions", has_text=oid).inner_text()
+    # a steward: no button, and the route refuses even a well-formed form
+    stu = _page(browser)
+    login(stu, console.url, "stu")
+    assert stu.locator("#lanes a.override").count() == 0
+    assert stu.goto(console.url + "/lanes/lane1/override").status == 403
+    csrf = stu.locator("body").get_attribute("data-csrf")
+    r = stu.request.post(
+        console.url + "/lanes/lane1/override", form={"reason": "let me in", "csrf": csrf}
+    )
+    assert r.status == 403
+    with AuditLog(park.office.dir / "audit.db") as a:
+        assert [r.subject for r in a.records("override")] == [oid]  # nothing new sent
+
+
 # --- the park day ------------------------------------------------------------------------------
 
 
@@ -143,7 +204,6 @@ def test_enroll_at_the_kiosk_from_the_camera_then_granted_at_lane_2(world, fixtu
     page = _page(browser)
     login(page, console.url, "sam")
     _lanes_up(console, page)
-    shot(page, "lanes", tmp_path)
     page.goto(console.url + "/enroll")
     assert page.locator("#consent-version").inner_text() == "2026-01"
     assert "face template" in page.locator("#notice-en").inner_text()

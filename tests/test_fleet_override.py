@@ -8,7 +8,6 @@ Every wait is bounded polling for a condition; no timing is asserted.
 from __future__ import annotations
 
 import contextlib
-import threading
 import time
 
 import pytest
@@ -35,7 +34,15 @@ from edge.gate.audit import AuditLog
 from edge.gate.daemon import Gate
 from edge.lab.broker import Mosquitto
 
-from .console_harness import USERS, NoFrames, Syncs, make_park, need_mosquitto, wait_for
+from .console_harness import (
+    USERS,
+    NoFrames,
+    Syncs,
+    gate_running,
+    make_park,
+    need_mosquitto,
+    wait_for,
+)
 
 SITE = "park-x"
 
@@ -125,20 +132,6 @@ def test_inbox_spends_each_nonce_once(tmp_path):
 
 
 # --- on a real broker, with the real gate ---------------------------------------------------
-
-
-@contextlib.contextmanager
-def gate_running(cfg: config_mod.Config):
-    """The real gate's loop in a thread (no camera frames, mock relay); its decision events."""
-    events: list[dict] = []
-    gate = Gate(cfg, events.append, source=NoFrames(), pin_factory=MockFactory())
-    t = threading.Thread(target=gate.run, daemon=True)
-    t.start()
-    try:
-        yield gate, events
-    finally:
-        gate.stop_requested = True
-        t.join(15)
 
 
 def _overrides(audit_db, subject: str | None = None) -> list:

@@ -3,6 +3,7 @@
 enroll -> `edge.gallery.enroll.enroll` + `edge.fleet.office.publish_enrollment`;
 forget -> `Gallery.forget` + `office.publish_person(..., "forget")`;
 revoke / unrevoke -> `edge.tickets.revocation` + `office.publish_revocations`;
+override -> `office.publish_override` (`fleet override`);
 ticket check -> `edge.gate.desk.verify_tickets`; audit -> `AuditLog.verify` / `page` / `rows`.
 Each action is recorded in the office audit log with the staff member's name ("by NAME").
 No frame the kiosk receives is written anywhere: it is embedded in memory and dropped.
@@ -389,6 +390,27 @@ def forget(office: Office, user: str, person_id: str, reason: str) -> tuple[bool
     else:
         office.record(user, "deletion", f"{person_id} not at the office; sent", reason=reason)
     return found, key is not None
+
+
+# --- overrides ---------------------------------------------------------------------------------
+
+
+def override(office: Office, user: str, lane: str, reason: str) -> tuple[str, bool]:
+    """Open one lane's turnstile once: signed and sent to that lane, recorded in the office
+    audit log with the supervisor's name (the lane records its own decision); (id, sent)."""
+    from edge.fleet.office import override_record, publish_override, wait_sent
+
+    cfg = office.cfg
+    if not cfg.fleet.enabled:
+        raise ActionError("this office has no [fleet] section: no lane to open")
+    if not reason.strip():
+        raise ActionError("an override needs a reason", "type why the gate is opened")
+    q, oid = publish_override(
+        cfg, office.need_issuer_key(), lane, reason, user, cfg.console.override_valid_s
+    )
+    with office.audit() as a:
+        a.record(override_record(cfg, oid, lane, reason, user))
+    return oid, wait_sent(cfg, [q], min(5.0, cfg.console.override_valid_s))
 
 
 # --- tickets -----------------------------------------------------------------------------------

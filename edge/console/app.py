@@ -178,8 +178,33 @@ class Console:
         return endpoint
 
 
-AUDIT_KINDS = ("decision", "enroll", "deletion", "reveal", "revoke", "unrevoke", "console",
-               "purge", "door", "system", "ledger", "fleet")  # fmt: skip
+AUDIT_KINDS = ("decision", "enroll", "deletion", "reveal", "revoke", "unrevoke", "override",
+               "console", "purge", "door", "system", "ledger", "fleet")  # fmt: skip
+
+
+def lane_row(name: str, hb: dict[str, Any], max_offset_s: float) -> dict[str, Any]:
+    """One line of the Lanes page from the lane as `fleet status` sees it (its last signed
+    heartbeat; `state` ok / stale / gone by its last will / never heard)."""
+    off = hb.get("clock_offset")
+    models = hb.get("models")
+    if isinstance(models, dict):
+        models = ", ".join(f"{k} {v}" for k, v in sorted(models.items())) or "ticket-only"
+    return {
+        "lane": name,
+        "state": hb.get("state", "never"),
+        "gone": hb.get("gone") or "",
+        "online": hb.get("state") == "ok",
+        "age_s": hb.get("age_s"),
+        "mode": hb.get("mode") or "-",
+        "camera": hb.get("camera") or "-",
+        "fps": hb.get("fps"),
+        "clock_offset": off,
+        "clock_off": off is not None and abs(off) > max_offset_s,
+        "last_decision_t": hb.get("last_decision_t"),
+        "outbox": hb.get("outbox"),
+        "models": models or "-",
+        "config_version": hb.get("config_version") or "-",
+    }
 
 
 def _head(a) -> dict[str, Any]:
@@ -316,26 +341,8 @@ def build_app(cfg: config_mod.Config, feed: FleetFeed | None = None) -> Starlett
 
     async def lanes(ctx: Ctx) -> Response:
         st = con.feed.status()
-        stale_after = 3 * max(cfg.fleet.heartbeat_s, 1.0)
-        rows = []
-        for name, hb in sorted(st["lanes"].items()):
-            off = hb.get("clock_offset")
-            rows.append(
-                {
-                    "lane": name,
-                    "online": hb.get("online", True) and hb["age_s"] <= stale_after,
-                    "age_s": hb["age_s"],
-                    "mode": hb.get("mode") or "-",
-                    "camera": hb.get("camera") or "-",
-                    "fps": hb.get("fps"),
-                    "clock_offset": off,
-                    "clock_off": off is not None and abs(off) > cfg.fleet.max_clock_offset_s,
-                    "last_decision_t": hb.get("last_decision_t"),
-                    "outbox": hb.get("outbox"),
-                    "model": hb.get("model") or hb.get("models") or "-",
-                    "config_version": hb.get("config_version") or hb.get("config") or "-",
-                }
-            )
+        rows = [lane_row(name, hb, cfg.fleet.max_clock_offset_s)
+                for name, hb in sorted(st["lanes"].items())]  # fmt: skip
         return con.render(ctx, "lanes.html", lanes=rows)
 
     def _filter(request: Request) -> DecisionFilter:
@@ -401,6 +408,46 @@ def build_app(cfg: config_mod.Config, feed: FleetFeed | None = None) -> Starlett
             actions.reveal, con.office, ctx.user.name, str(body.get("person", ""))
         )
         return JSONResponse({"name": name})
+
+    # --- override: open a lane once ---------------------------------------------------------
+
+    async def override_form(ctx: Ctx) -> Response:
+        lane = ctx.request.path_params["lane"]
+        return con.render(
+            ctx, "override.html", lane=lane, oid=None, valid_s=cfg.console.override_valid_s
+        )
+
+    async def override_send(ctx: Ctx) -> Response:
+        lane = ctx.request.path_params["lane"]
+        form = await ctx.request.form()
+        oid, sent = await asyncio.to_thread(
+            actions.override, con.office, ctx.user.name, lane, str(form.get("reason", ""))
+        )
+        q = urlencode({"lane": lane, "sent": int(sent)})
+        return RedirectResponse(f"/overrides/{quote(oid)}?{q}", status_code=303)
+
+    def _override_outcome(oid: str) -> dict[str, Any]:
+        rows = con.feed.ticket_usage(oid)  # the lane's decision record names the override
+        if not rows:
+            return {"state": "waiting"}
+        r = rows[0]
+        return {"state": r.get("decision"), "reason": r.get("reason"), "t": r.get("t")}
+
+    async def override_page(ctx: Ctx) -> Response:
+        q = ctx.request.query_params
+        oid = ctx.request.path_params["oid"]
+        return con.render(
+            ctx,
+            "override.html",
+            lane=q.get("lane", ""),
+            oid=oid,
+            sent=q.get("sent") == "1",
+            outcome=_override_outcome(oid),
+            valid_s=cfg.console.override_valid_s,
+        )
+
+    async def override_api(ctx: Ctx) -> Response:
+        return JSONResponse(_override_outcome(ctx.request.path_params["oid"]))
 
     # --- enrollment kiosk --------------------------------------------------------------------
 
@@ -690,6 +737,10 @@ def build_app(cfg: config_mod.Config, feed: FleetFeed | None = None) -> Starlett
         Route("/me/lang", g(None, set_lang), methods=["POST"]),
         Route("/", g("lanes", home)),
         Route("/lanes", g("lanes", lanes)),
+        Route("/lanes/{lane}/override", g("override", override_form)),
+        Route("/lanes/{lane}/override", g("override", override_send), methods=["POST"]),
+        Route("/overrides/{oid}", g("override", override_page)),
+        Route("/api/overrides/{oid}", g("override", override_api)),
         Route("/decisions", g("decisions", decisions)),
         Route("/decisions/stream", g("decisions", decisions_stream)),
         Route("/api/reveal", g("reveal", reveal), methods=["POST"]),

@@ -81,10 +81,10 @@ class FleetFeed:
         rep = fleet_status(self.cfg)
         with office_store(self.cfg) as store:
             after, rows = store.audit_after(self._after, kind="decision")
-        lanes = {
+        lanes = {  # rostered lanes never heard too: the page says so
             n: {**v, "online": v["state"] == "ok"}
             for n, v in rep["lanes"].items()
-            if v["age_s"] is not None and n != "office"
+            if n != "office" and (v["rostered"] or v["age_s"] is not None)
         }
         with self._lock:
             self._status = {"site": self.site, "lanes": lanes, "people": rep["people"]}

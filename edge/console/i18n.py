@@ -75,6 +75,28 @@ ZH: dict[str, str] = {
     "stale": "失联",
     "CLOCK OFF": "时钟错误",
     "No lane has reported yet.": "尚无通道上报。",
+    "Models": "模型",
+    "gone": "已离线",
+    "lost": "连接中断",
+    "stopped": "已停止",
+    "never heard": "从未上报",
+    "Open once…": "放行一次…",
+    # override
+    "Open once": "放行一次",
+    "The turnstile of this lane opens once, now: for a visitor staff have checked (a wheelchair"
+    " user, a ticket checked by hand). The lane refuses it after {s} s. Both audit logs keep it"
+    " with your name and reason.": (
+        "此通道的闸机立即放行一次：用于工作人员已核实的访客（轮椅使用者、人工核验的门票）。"
+        "{s} 秒后通道将拒绝此指令。两份审计日志都会记录您的姓名和原因。"
+    ),
+    "Open lane {lane} once": "放行通道 {lane} 一次",
+    "Override {id} sent to {lane}.": "放行指令 {id} 已发送到 {lane}。",
+    "Override {id} queued: the office's sync has not sent it yet.": (
+        "放行指令 {id} 已排队：办公室的同步进程尚未发送。"
+    ),
+    "The lane opened.": "通道已放行。",
+    "The lane refused it:": "通道拒绝了此指令：",
+    "Waiting for the lane…": "等待通道响应…",
     # decisions
     "Pseudonymous: people appear by id. A supervisor may reveal a name; each reveal is written"
     " to the audit log.": "化名显示：人员以编号出现。主管可查看姓名，每次查看都记入审计日志。",

@@ -10,7 +10,7 @@ ROLES = ("steward", "supervisor", "admin")
 LANGS = ("en", "zh-CN")
 
 # What each capability needs, at least. steward: lanes, decisions, ticket check;
-# supervisor: + enrollment, people, forget, revoke, audit, reveal; admin: + users.
+# supervisor: + enrollment, people, forget, revoke, audit, reveal, override; admin: + users.
 CAN = {
     "lanes": "steward",
     "decisions": "steward",
@@ -21,6 +21,7 @@ CAN = {
     "revoke": "supervisor",
     "audit": "supervisor",
     "reveal": "supervisor",
+    "override": "supervisor",
     "users": "admin",
 }
 
