@@ -4,9 +4,15 @@
 # Installs: /opt/edge-gate (code + venv), /etc/edge-gate (gate.toml, gallery.key, issuer.pub),
 # /var/lib/edge-gate (state, via systemd StateDirectory), the systemd units, udev rules and the
 # firmware fragment. Safe to run again: it never overwrites the config or the gallery key.
+# --screen also installs the lane screen (edge-gate-screen.service, its own user, Chromium in
+# the cage kiosk) and points the gate's [screen] socket at it (docs/CONSOLE.md).
 set -euo pipefail
 [ "$(id -u)" = 0 ] || { echo "run as root (sudo)" >&2; exit 1; }
 SRC=$(cd "$(dirname "$0")/.." && pwd)
+SCREEN=0  # --screen (a flag without a value): taken out here, the pairs are read below
+ARGS=()
+for a in "$@"; do if [ "$a" = --screen ]; then SCREEN=1; else ARGS+=("$a"); fi; done
+set -- ${ARGS[@]+"${ARGS[@]}"}
 ISSUER_PUB=""
 BROKER_ADDR=""
 while [ $# -ge 2 ]; do
@@ -110,6 +116,22 @@ install -m 0644 /opt/edge-gate/systemd/systemd-time-wait-sync.service.d/edge-gat
   /etc/systemd/system/systemd-time-wait-sync.service.d/edge-gate.conf
 systemctl daemon-reload
 systemctl enable systemd-time-wait-sync.service edge-gate-purge.timer edge-gate.service
+if [ "$SCREEN" = 1 ]; then
+  echo "== lane screen: edge-gate-screen.service, user edge-gate-screen, Chromium in cage"
+  apt-get install -y -qq chromium cage fonts-noto-cjk >/dev/null
+  # Its own user in the gate's group (to read gate.toml and share the socket's folder), never
+  # the gate's user: the kiosk browser cannot read the gallery, its key or the ledger.
+  id edge-gate-screen >/dev/null 2>&1 || useradd --system --gid edge-gate --no-create-home \
+    --home-dir /nonexistent --shell /usr/sbin/nologin edge-gate-screen
+  for g in video render input gpio; do getent group $g >/dev/null && usermod -aG $g edge-gate-screen; done
+  install -m 0644 /opt/edge-gate/systemd/edge-gate-screen.service /etc/systemd/system/
+  # The gate sends its notices to the socket the screen binds (the unit's RuntimeDirectory);
+  # a socket the park set already is kept.
+  sed -i -e '/^\[screen\]/,/^\[/ s#^socket = ""#socket = "/run/edge-gate-screen/notices.sock"#' \
+    /etc/edge-gate/gate.toml
+  systemctl daemon-reload
+  systemctl enable edge-gate-screen.service
+fi
 ln -sf /opt/edge-gate/venv/bin/edge-gate /usr/local/bin/edge-gate
 
 echo "== check"

@@ -309,3 +309,41 @@ def test_installer_is_root_owned_non_editable_with_keys_made_in_place():
     # the pin tool the unit's ExecStopPost= needs is checked, and its absence stops the install
     assert re.search(r"command -v pinctrl.*command -v gpioset[^\n]*then\n[^\n]*\n\s*exit 1", code)
     assert "relay-off --config /etc/edge-gate/gate.toml --dry-run" in code
+
+
+def test_installer_screen_flag_installs_the_screen_and_points_the_gate_at_its_socket(tmp_path):
+    """--screen: the screen's own user and unit, and [screen] socket = the unit's runtime dir."""
+    script = (ROOT / "scripts" / "install-pi.sh").read_text()
+    # the flag is taken out of the arguments; the pairs after it are still read
+    head = script.split('echo "== packages"', 1)[0].replace("set -euo pipefail", "set -uo pipefail")
+    head = head.replace('[ "$(id -u)" = 0 ] || { echo "run as root (sudo)" >&2; exit 1; }', "")
+    probe = tmp_path / "args.sh"
+    probe.write_text(head + '\necho "$SCREEN|$BROKER_ADDR|$ISSUER_PUB"\n')
+    for argv, want in (
+        (["--broker", "192.0.2.10", "--screen", "--issuer-pub", "i.pub"], "1|192.0.2.10|i.pub"),
+        (["--broker", "192.0.2.10"], "0|192.0.2.10|"),
+        ([], "0||"),
+    ):
+        out = subprocess.run(["bash", str(probe), *argv], capture_output=True, text=True)
+        assert out.stdout.strip() == want, (argv, out.stderr)
+    block = script.split('if [ "$SCREEN" = 1 ]; then', 1)[1].split("\nfi\n", 1)[0]
+    assert "useradd --system --gid edge-gate" in block and "edge-gate-screen" in block
+    assert "install -m 0644 /opt/edge-gate/systemd/edge-gate-screen.service" in block
+    assert "systemctl enable edge-gate-screen.service" in block
+    unit = (ROOT / "systemd" / "edge-gate-screen.service").read_text()
+    assert "User=edge-gate-screen" in unit and "Group=edge-gate" in unit
+    runtime = re.search(r"^RuntimeDirectory=(\S+)$", unit, re.M).group(1)
+    (expr,) = re.findall(r"-e '(/\^\\\[screen[^']+)'", block)
+    pi = tmp_path / "gate.toml"
+    pi.write_text((ROOT / "firmware_config" / "gate.toml").read_text())
+    for _ in range(2):  # run twice (the installer is run again): the same result
+        subprocess.run(["sed", "-i", "-e", expr, str(pi)], check=True)
+        cfg = config_mod.load(pi)
+        assert cfg.screen.socket == f"/run/{runtime}/notices.sock"
+        shipped = (ROOT / "firmware_config" / "gate.toml").read_text().splitlines()
+        changed = [a for a, b in zip(pi.read_text().splitlines(), shipped, strict=True) if a != b]
+        assert changed == [f'socket = "/run/{runtime}/notices.sock"']  # and nothing else
+    kept = tmp_path / "kept.toml"  # a socket the park chose is not replaced
+    kept.write_text(pi.read_text().replace(f"/run/{runtime}/notices.sock", "/run/x/n.sock"))
+    subprocess.run(["sed", "-i", "-e", expr, str(kept)], check=True)
+    assert config_mod.load(kept).screen.socket == "/run/x/n.sock"
