@@ -209,3 +209,33 @@ def test_lane_runs_without_the_console_extra():
                        cwd=PROJECT_ROOT)  # fmt: skip
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == "ok"
+
+
+def test_people_page_list_follows_the_gallery_file_and_is_capped(tmp_path):
+    """The People page's list is read once and again whenever the office gallery changes (an
+    enrollment from the command line included); a forget drops it at once; a page shows at most
+    `limit` of the matches and says how many there are."""
+    import numpy as np
+
+    from edge.console import actions
+    from edge.gallery.crypto import init_key, load_key
+    from edge.gallery.schema import NewPerson
+    from edge.gallery.store import Consent, Gallery
+
+    (tmp_path / "office.toml").write_text('[gallery]\ndb = "g.db"\nkey_file = "g.key"\n')
+    cfg = config_mod.load(tmp_path / "office.toml")
+    init_key(tmp_path / "g.key")
+    key = load_key(tmp_path / "g.key")
+    emb = np.eye(3, 128, dtype=np.float32)
+    people = [NewPerson(f"Visitor {i}", Consent("2026-01"), list(emb)) for i in range(5)]
+    with Gallery(tmp_path / "g.db", key) as g:
+        ids = g.add_people(people, "m", "1")
+    office = actions.Office(cfg)
+    assert actions.people(office, "", 3)[0] == 5
+    assert len(actions.people(office, "", 3)[1]) == 3
+    assert actions.people(office, "visitor 4")[1][0]["id"] == ids[4]
+    with Gallery(tmp_path / "g.db", key) as g:  # another process enrolls
+        (late,) = g.add_people([NewPerson("Ada Late", Consent("2026-01"), list(emb))], "m", "1")
+    assert [p["id"] for p in actions.people(office, "ada")[1]] == [late]
+    actions.forget(office, "sam", late, "deletion_request")
+    assert actions.people(office, "ada") == (0, [])

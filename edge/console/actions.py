@@ -50,6 +50,8 @@ class Office:
         self._audit: AuditLog | None = None
         self._pipe = None
         self._pipe_lock = threading.RLock()
+        self._people: tuple[tuple, list[dict[str, Any]]] = ((), [])
+        self._people_lock = threading.Lock()
 
     # --- paths ----------------------------------------------------------------------------------
 
@@ -111,6 +113,22 @@ class Office:
             if self._audit is not None:
                 self._audit.close()
                 self._audit = None
+
+    # --- people -----------------------------------------------------------------------------------
+
+    def people_rows(self) -> list[dict[str, Any]]:
+        """Everyone in the office gallery, opened once and again only when the file changed
+        (opening every sealed record costs ~16 µs a person: 10,000 people, 160 ms a page)."""
+        with self._people_lock:
+            stamp = _file_stamp(self.gallery_db)  # taken before reading: a write during the
+            if stamp != self._people[0]:  # read changes it, so the next call reads again
+                self._people = (stamp, _read_people(self))
+            return self._people[1]
+
+    def drop_people(self) -> None:
+        """Forget the in-memory list at once (after an erasure: no name outlives it here)."""
+        with self._people_lock:
+            self._people = ((), [])
 
     # --- faces ------------------------------------------------------------------------------------
 
@@ -324,8 +342,32 @@ def enroll(
 # --- people ----------------------------------------------------------------------------------
 
 
-def people(office: Office, query: str = "") -> list[dict[str, Any]]:
-    """Enrolled people at the office matching a name, pass or id fragment (case-insensitive)."""
+def people(office: Office, query: str = "", limit: int | None = None) -> tuple[int, list[dict]]:
+    """Enrolled people at the office matching a name, pass or id fragment (case-insensitive):
+    (how many match, the first `limit` of them)."""
+    q = query.strip().lower()
+    now = time.time()
+    found = [
+        {**p, "expired": p["valid_until"] is not None and p["valid_until"] < now}
+        for p in office.people_rows()
+        if not q or q in p["name"].lower() or q in p["pass"].lower() or q in p["id"].lower()
+    ]
+    return len(found), found[:limit] if limit is not None else found
+
+
+def _file_stamp(db: Path) -> tuple:
+    """Changes whenever the gallery file (or its write-ahead log) is written or replaced."""
+    out = []
+    for p in (db, db.with_name(db.name + "-wal")):
+        try:
+            st = p.stat()
+            out.append((st.st_ino, st.st_size, st.st_mtime_ns))
+        except OSError:
+            out.append(None)
+    return tuple(out)
+
+
+def _read_people(office: Office) -> list[dict[str, Any]]:
     from edge.gallery.crypto import load_key
     from edge.gallery.store import Gallery
 
@@ -333,21 +375,17 @@ def people(office: Office, query: str = "") -> list[dict[str, Any]]:
         return []
     with Gallery(office.gallery_db, load_key(office.gallery_key), create=False) as g:
         everyone = g.people()
-    q = query.strip().lower()
-    now = time.time()
     return [
         {
             "id": p.id,
             "name": p.name,
             "pass": p.pass_ref,
             "valid_until": p.valid_until,
-            "expired": p.valid_until is not None and p.valid_until < now,
             "minor": p.minor,
             "templates": p.template_count,
             "intact": p.intact,
         }
         for p in everyone
-        if not q or q in p.name.lower() or q in p.pass_ref.lower() or q in p.id.lower()
     ]
 
 
@@ -381,6 +419,7 @@ def forget(office: Office, user: str, person_id: str, reason: str) -> tuple[bool
         except ErasureIncomplete:
             office.record(user, "deletion", "erasure incomplete on disk", reason=reason)
             raise
+    office.drop_people()
     if key is not None:  # also when already gone here: the lanes may still hold the person
         from edge.fleet.office import publish_person
 

@@ -57,6 +57,7 @@ STREAM_POLL_S = 0.1
 KEEPALIVE_S = 15.0
 DECISIONS_SHOWN = 200
 AUDIT_PAGE = 100
+PEOPLE_SHOWN = 200  # rows of the People page; a search narrows the rest
 
 CSP = (
     "default-src 'self'; img-src 'self' data: blob:; media-src 'self' blob: mediastream:; "
@@ -505,8 +506,8 @@ def build_app(cfg: config_mod.Config, feed: FleetFeed | None = None) -> Starlett
 
     async def people(ctx: Ctx) -> Response:
         q = ctx.request.query_params.get("q", "")
-        rows = await asyncio.to_thread(actions.people, con.office, q)
-        return con.render(ctx, "people.html", rows=rows, q=q)
+        total, rows = await asyncio.to_thread(actions.people, con.office, q, PEOPLE_SHOWN)
+        return con.render(ctx, "people.html", rows=rows, q=q, total=total)
 
     def _fleet_person(pid: str) -> dict[str, Any]:
         st = con.feed.status()
@@ -518,7 +519,7 @@ def build_app(cfg: config_mod.Config, feed: FleetFeed | None = None) -> Starlett
 
     async def person(ctx: Ctx) -> Response:
         pid = ctx.request.path_params["pid"]
-        rows = await asyncio.to_thread(actions.people, con.office, pid)
+        _, rows = await asyncio.to_thread(actions.people, con.office, pid)
         here = next((r for r in rows if r["id"] == pid), None)
         q = ctx.request.query_params
         return con.render(

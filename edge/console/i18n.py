@@ -142,6 +142,9 @@ ZH: dict[str, str] = {
     "expired": "已过期",
     "DAMAGED": "已损坏",
     "Nobody found.": "未找到任何人。",
+    "{n} people match; the first {k} are shown: search to narrow.": (
+        "共 {n} 人符合；仅显示前 {k} 人：请搜索以缩小范围。"
+    ),
     "Person": "人员",
     "Enrolled with {n} templates.": "已登记 {n} 个模板。",
     "Sent to the lanes.": "已发送到各通道。",
