@@ -194,6 +194,16 @@ def test_supervisor_opens_a_lane_once_and_a_steward_cannot(world, tmp_path):
     assert r.status == 403
     with AuditLog(park.office.dir / "audit.db") as a:
         assert [r.subject for r in a.records("override")] == [oid]  # nothing new sent
+    # lane2's gate is not running: past the validity the page says the lane did not open
+    short = config_mod.override(park.office_cfg, console={"override_valid_s": 1.0})
+    with Served(build_app(short)) as other:
+        login(page, other.url, "sam")
+        page.goto(other.url + "/lanes/lane2/override")
+        page.fill("#override-reason", "nobody at lane2")
+        with page.expect_navigation():
+            page.click("#override")
+        page.locator("#override-outcome[data-state='unanswered']").wait_for(timeout=60_000)
+        assert "did not open" in page.locator("#override-outcome").inner_text()
 
 
 # --- the park day ------------------------------------------------------------------------------

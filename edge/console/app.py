@@ -58,6 +58,7 @@ KEEPALIVE_S = 15.0
 DECISIONS_SHOWN = 200
 AUDIT_PAGE = 100
 PEOPLE_SHOWN = 200  # rows of the People page; a search narrows the rest
+OVERRIDE_GRACE_S = 5.0  # past an override's validity (and this), no answer means it never opened
 
 CSP = (
     "default-src 'self'; img-src 'self' data: blob:; media-src 'self' blob: mediastream:; "
@@ -92,6 +93,7 @@ class Console:
         self.feed = feed if feed is not None else FleetFeed(cfg)
         self.office = actions.Office(cfg)
         self.kiosk = actions.Kiosk(self.office)
+        self.overrides: dict[str, float] = {}  # override id -> until (this console sent it)
         env = jinja2.Environment(
             loader=jinja2.FileSystemLoader(HERE / "templates"),
             autoescape=True,
@@ -424,13 +426,16 @@ def build_app(cfg: config_mod.Config, feed: FleetFeed | None = None) -> Starlett
         oid, sent = await asyncio.to_thread(
             actions.override, con.office, ctx.user.name, lane, str(form.get("reason", ""))
         )
+        con.overrides[oid] = time.time() + cfg.console.override_valid_s
         q = urlencode({"lane": lane, "sent": int(sent)})
         return RedirectResponse(f"/overrides/{quote(oid)}?{q}", status_code=303)
 
     def _override_outcome(oid: str) -> dict[str, Any]:
         rows = con.feed.ticket_usage(oid)  # the lane's decision record names the override
         if not rows:
-            return {"state": "waiting"}
+            until = con.overrides.get(oid)
+            late = until is not None and time.time() > until + OVERRIDE_GRACE_S
+            return {"state": "unanswered" if late else "waiting"}
         r = rows[0]
         return {"state": r.get("decision"), "reason": r.get("reason"), "t": r.get("t")}
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections import deque
 from dataclasses import dataclass
 from typing import Any
@@ -20,7 +21,8 @@ from edge.config import Config
 
 log = logging.getLogger(__name__)
 MAX_DECISIONS = 20_000  # in memory; every record stays in the office's store (`fleet audit`)
-POLL_S = 0.5  # how often the office's store is read for new decisions
+POLL_S = 0.1  # how often the office's store is read for new decisions (one indexed read)
+STATUS_EVERY_S = 1.0  # how often `fleet status` is read again (lanes, acknowledgements)
 
 
 @dataclass(frozen=True)
@@ -57,6 +59,8 @@ class FleetFeed:
         self.connected = False  # the office's sync is connected to the broker
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._store: Any = None  # the office's store, opened once by the first poll
+        self._status_due = 0.0
 
     def start(self) -> FleetFeed:
         """Read the office's store in the background while the app runs."""
@@ -75,20 +79,27 @@ class FleetFeed:
                 log.warning("console feed read failed: %s", e)
 
     def poll(self) -> None:
-        """One read of the office's store: status, and the decisions that arrived since."""
-        from edge.fleet.office import fleet_status, office_store
+        """One read of the office's store: the decisions that arrived since, and (once a
+        second) `fleet status`."""
+        from edge.fleet.office import fleet_status
+        from edge.fleet.officestore import OfficeStore
+        from edge.fleet.state import FleetState
 
-        rep = fleet_status(self.cfg)
-        with office_store(self.cfg) as store:
-            after, rows = store.audit_after(self._after, kind="decision")
-        lanes = {  # rostered lanes never heard too: the page says so
-            n: {**v, "online": v["state"] == "ok"}
-            for n, v in rep["lanes"].items()
-            if n != "office" and (v["rostered"] or v["age_s"] is not None)
-        }
+        if time.monotonic() >= self._status_due:
+            self._status_due = time.monotonic() + STATUS_EVERY_S
+            rep = fleet_status(self.cfg)
+            lanes = {  # rostered lanes never heard too: the page says so
+                n: {**v, "online": v["state"] == "ok"}
+                for n, v in rep["lanes"].items()
+                if n != "office" and (v["rostered"] or v["age_s"] is not None)
+            }
+            with self._lock:
+                self._status = {"site": self.site, "lanes": lanes, "people": rep["people"]}
+                self.connected = rep["sync"]["connected"] and rep["sync"]["running"]
+        if self._store is None:
+            self._store = OfficeStore(FleetState(self.cfg.resolve(self.cfg.fleet.state_db)))
+        after, rows = self._store.audit_after(self._after, kind="decision")
         with self._lock:
-            self._status = {"site": self.site, "lanes": lanes, "people": rep["people"]}
-            self.connected = rep["sync"]["connected"] and rep["sync"]["running"]
             self._after = after
             for r in rows:
                 self._decisions.append(r)
@@ -113,6 +124,9 @@ class FleetFeed:
         if self._thread is not None:
             self._thread.join(5)
             self._thread = None
+        if self._store is not None:
+            self._store.state.close()
+            self._store = None
 
     # --- reads (the app's threads) --------------------------------------------------------------
 

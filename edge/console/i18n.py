@@ -97,6 +97,9 @@ ZH: dict[str, str] = {
     "The lane opened.": "通道已放行。",
     "The lane refused it:": "通道拒绝了此指令：",
     "Waiting for the lane…": "等待通道响应…",
+    "No answer from the lane within its validity: it did not open (see the Lanes page).": (
+        "通道在有效期内未响应：闸机未放行（请查看通道页面）。"
+    ),
     # decisions
     "Pseudonymous: people appear by id. A supervisor may reveal a name; each reveal is written"
     " to the audit log.": "化名显示：人员以编号出现。主管可查看姓名，每次查看都记入审计日志。",

@@ -241,7 +241,7 @@ class Sync:
             log.error("sync broker refused connection: %s", reason_code)
             return
         client.subscribe(self._subscriptions())
-        if not self.is_office:  # apart: a broker ACL from before overrides refuses only this one
+        if not self.is_office:  # apart: a broker whose ACL predates overrides refuses only this
             self._override_mid = client.subscribe(msg.override_topic(self.site, self.me), 1)[1]
 
     def _on_subscribe(self, client, userdata, mid, reason_codes, properties) -> None:

@@ -6,10 +6,11 @@
     fetch(el.dataset.api, { credentials: "same-origin", headers: { Accept: "application/json" } })
       .then((r) => r.json())
       .then((o) => {
-        if (o.state === "grant" || o.state === "deny") {
+        if (o.state === "grant" || o.state === "deny" || o.state === "unanswered") {
           el.dataset.state = o.state;
           el.className = "acks " + (o.state === "grant" ? "ok" : "bad");
-          el.textContent = o.state === "grant" ? el.dataset.grant : el.dataset.deny + " " + o.reason;
+          el.textContent = o.state === "grant" ? el.dataset.grant
+            : o.state === "deny" ? el.dataset.deny + " " + o.reason : el.dataset.unanswered;
         } else {
           setTimeout(poll, 500);
         }
