@@ -357,7 +357,7 @@ def people(office: Office, query: str = "", limit: int | None = None) -> tuple[i
 
 def _file_stamp(db: Path) -> tuple:
     """Changes whenever the gallery file (or its write-ahead log) is written or replaced."""
-    out = []
+    out: list[tuple[int, int, int] | None] = []
     for p in (db, db.with_name(db.name + "-wal")):
         try:
             st = p.stat()
