@@ -7,13 +7,19 @@ is cut off with `fleet.offline = "deny"`, or when its clock is off from the flee
 
 from __future__ import annotations
 
+import logging
 import os
 from typing import Any
 
 from edge.config import Config
+from edge.errors import EdgeGateError
+from edge.fleet.override import OverrideInbox
 from edge.fleet.state import LaneGuard, LinkCheck
+from edge.gate.versions import lane_versions
 from edge.tickets.format import Ticket
 from edge.tickets.ledger import Ledger, LedgerMark, Redemption
+
+log = logging.getLogger(__name__)
 
 
 class LaneLedger:
@@ -94,3 +100,18 @@ def report_status(ledger: object, **status: Any) -> None:
     """The gate's figures for sync's heartbeat, when its ledger is a fleet lane's."""
     if isinstance(ledger, LaneLedger):
         ledger.guard.report(**status)
+
+
+def report_versions(ledger: object, cfg: Config, face_on: bool) -> None:
+    """What the gate runs (models, config version) for sync's heartbeat, at start and reload."""
+    if isinstance(ledger, LaneLedger):
+        try:
+            ledger.guard.report_versions(lane_versions(cfg, face_on))
+        except EdgeGateError as e:  # a busy or full disk: the heartbeat goes without them
+            log.warning("gate versions not reported: %s", e)
+
+
+def open_overrides(cfg: Config) -> OverrideInbox | None:
+    """The gate's inbox of supervisor overrides (edge/fleet/override.py): None alone or at
+    the office."""
+    return OverrideInbox.open(cfg)

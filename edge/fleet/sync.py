@@ -498,14 +498,15 @@ class Sync:
         if self.ledger is not None:
             last = self.audit.newest_time("decision")
             gate = self.state.get("gate_status") or {}
+            versions = self.state.get("gate_versions") or {}  # edge/gate/versions.py
             body.update(
                 fps=gate.get("fps"),
                 camera=gate.get("camera"),
                 mode=gate.get("mode", self.cfg.gate.mode),
-                models=gate.get("models"),  # what the gate runs (edge/gate/versions.py)
-                config_version=gate.get("config_version"),
                 last_decision_t=last,
                 outbox=self.outbox_size(),
+                models=versions.get("models"),
+                config_version=versions.get("config_version"),
                 **self._marks(),
             )
         self.client.publish(

@@ -21,7 +21,6 @@ from edge import config as config_mod
 from edge import tickets as tk
 from edge.errors import EdgeGateError
 from edge.fleet import lane
-from edge.fleet.override import OverrideInbox
 from edge.gate import checks
 from edge.gate.audit import AuditLog, AuditRecord, open_audit
 from edge.gate.desk import open_gate_ledger
@@ -43,7 +42,6 @@ from edge.gate.policy import (
 )
 from edge.gate.relay import Relay
 from edge.gate.sources import Frame, FrameSource, open_source
-from edge.gate.versions import lane_versions
 from edge.timeutil import iso
 
 log = logging.getLogger(__name__)
@@ -148,11 +146,11 @@ class Gate:
             stack.callback(lambda: self.ledger.close())
             self.face = self._load_faces(cfg)
             stack.callback(self._close_face)
-            self.overrides = OverrideInbox.open(cfg)  # a supervisor's "open once" (fleet lanes)
+            self.overrides = lane.open_overrides(cfg)  # a supervisor's "open once" (fleet lanes)
             if self.overrides is not None:
                 stack.callback(self.overrides.close)
             self.policy = policy_for(cfg, self.face)
-            self.versions = lane_versions(cfg, self.face is not None)  # for the heartbeat
+            lane.report_versions(self.ledger, cfg, self.face is not None)  # for the heartbeat
             c = cfg.camera
             self.source = source or open_source(
                 c.source,
@@ -236,7 +234,7 @@ class Gate:
             self._close_face()
             self.verifier, self.face, self.reload_error = verifier, face, ""
             self.policy = policy_for(cfg, face)
-            self.versions = lane_versions(cfg, face is not None)
+            lane.report_versions(self.ledger, cfg, face is not None)
             log.info("gate reloaded config=%s", cfg.source_file)
         self.notifier.ready(self.status_text())
 
@@ -306,9 +304,7 @@ class Gate:
         self.notifier.status(self.status_text(fps))
         self._maintain_evidence()
         mode = self.degraded or self.cfg.gate.mode
-        lane.report_status(
-            self.ledger, fps=round(fps, 1), camera=self.source.state, mode=mode, **self.versions
-        )
+        lane.report_status(self.ledger, fps=round(fps, 1), camera=self.source.state, mode=mode)
         if (stamp := lane.tickets_stamp(self.cfg)) != self._tickets_stamp:
             self._tickets_stamp = stamp
             try:
