@@ -2,7 +2,9 @@
 
 `edge.gate.desk.open_ledger` wraps the gate's ledger in a `LaneLedger` when `[fleet]` is set,
 so the daemon and `edge-gate ticket verify --config C` refuse tickets the same way when the lane
-is cut off with `fleet.offline = "deny"`, or when its clock is off from the fleet's.
+is cut off with `fleet.offline = "deny"`, or when its clock is off from the fleet's. The gate's
+other doors to what sync leaves on disk are here too: its status and versions for the heartbeat,
+and the inbox of a supervisor's overrides (edge/fleet/override.py).
 """
 
 from __future__ import annotations
