@@ -259,6 +259,11 @@ class LaneGuard:
         if self.state is not None:
             self.state.put(gate_status=status)
 
+    def report_versions(self, versions: dict[str, Any]) -> None:
+        """What the gate runs (models, config version) for sync's heartbeat."""
+        if self.state is not None:
+            self.state.put(gate_versions=versions)
+
     def close(self) -> None:
         """Release the fleet state, if this gate belongs to a fleet."""
         if self.state is not None:
