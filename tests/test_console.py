@@ -236,6 +236,6 @@ def test_people_page_list_follows_the_gallery_file_and_is_capped(tmp_path):
     assert actions.people(office, "visitor 4")[1][0]["id"] == ids[4]
     with Gallery(tmp_path / "g.db", key) as g:  # another process enrolls
         (late,) = g.add_people([NewPerson("Ada Late", Consent("2026-01"), list(emb))], "m", "1")
-    assert [p["id"] for p in actions.people(office, "ada")[1]] == [late]
+    assert [p["id"] for p in actions.people(office, "ada late")[1]] == [late]
     actions.forget(office, "sam", late, "deletion_request")
-    assert actions.people(office, "ada") == (0, [])
+    assert actions.people(office, "ada late") == (0, [])

@@ -301,3 +301,17 @@ def test_heartbeat_carries_models_and_config_version_then_gone_when_sync_stops(p
     assert gone["gone"] == "stopped"
     row = lane_row("lane2", gone, office.fleet.max_clock_offset_s)
     assert (row["state"], row["gone"], row["online"]) == ("gone", "stopped", False)
+
+
+def test_a_broken_override_inbox_never_stops_the_gate(park, caplog, monkeypatch):
+    import sqlite3
+
+    with Gate(_lane(park, 1), source=NoFrames(), pin_factory=MockFactory()) as gate:
+
+        def locked(now):
+            raise sqlite3.OperationalError("database is locked")
+
+        monkeypatch.setattr(gate.overrides, "take", locked)
+        gate.take_overrides()  # logged, not raised: the loop goes on deciding
+        assert gate.relay.pulses == 0
+    assert "override inbox error=database is locked" in caplog.text

@@ -202,6 +202,8 @@ class OverrideInbox:
         if time.monotonic() < self._next:
             return []
         self._next = time.monotonic() + POLL_S
+        if not self.state.has_overrides():  # the common case: no write lock for nothing
+            return []
         out: list[Verdict] = []
         with self.state.transaction():
             payloads = self.state.take_overrides()

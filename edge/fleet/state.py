@@ -156,6 +156,10 @@ class FleetState(Store):
                 (OVERRIDES_MAX,),
             )
 
+    def has_overrides(self) -> bool:
+        """Whether sync left any override (a plain read: no lock taken when there is none)."""
+        return self.conn.execute("SELECT 1 FROM overrides_in LIMIT 1").fetchone() is not None
+
     def take_overrides(self) -> list[bytes]:
         """The gate: every override sync left, removed (call inside `transaction()`, with
         `use_nonce`, so taking and spending commit together)."""

@@ -427,7 +427,12 @@ class Gate:
         if self.overrides is None:
             return
         wall = self.clock()
-        for v in self.overrides.take(wall):
+        try:
+            verdicts = self.overrides.take(wall)
+        except Exception as e:  # fleet.db busy or damaged: no override now, the gate goes on
+            log.error("override inbox error=%s", e)
+            return
+        for v in verdicts:
             if v.ok:
                 try:
                     self.relay.pulse()
