@@ -163,6 +163,28 @@ class FleetConfig:
 
 
 @dataclass(frozen=True)
+class PretixConfig:
+    """[pretix]: tickets sold in a pretix shop, decided offline from a folder that sync fills."""
+
+    dir: str = ""  # "" = no pretix; the folder of event.json, checkinlist.json, ... (README)
+    url: str = ""  # the shop, e.g. "https://tickets.example.org" (only `pretix sync` uses it)
+    organizer: str = ""
+    event: str = ""
+    checkin_list: int = 0  # the id of this lane's check-in list
+    token_file: str = ""  # 0600 file with the API token (or a systemd credential "pretix.token")
+    auth: str = "token"  # "token" (team API token) or "device" (device token)
+    gate: int = 0  # pretix gate id for check-in rules on `gate`; 0 = none
+    sync_every_s: float = 60.0  # pull and upload period of `edge-gate pretix sync`
+    stale_after_s: float = 3600.0  # `doctor` warns when the data is older than this
+    tls_ca_file: str = ""  # a private CA for the shop's HTTPS; "" = the system's
+
+    @property
+    def enabled(self) -> bool:
+        """A [pretix] folder is configured: the lane decides pretix secrets."""
+        return bool(self.dir)
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole edge-gate.toml, so every command reads the same validated settings."""
 
@@ -176,6 +198,7 @@ class Config:
     audit: AuditConfig = field(default_factory=AuditConfig)
     fleet: FleetConfig = field(default_factory=FleetConfig)
     liveness: LivenessConfig = field(default_factory=LivenessConfig)
+    pretix: PretixConfig = field(default_factory=PretixConfig)
     source_file: str = ""  # where it was read from; relative paths resolve against its folder
     # (section, key, value) set by override(), e.g. command-line flags; reload() applies them again
     overrides: tuple[tuple[str, str, Any], ...] = ()

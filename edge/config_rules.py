@@ -65,7 +65,22 @@ def validate(cfg: Config) -> Config:
     except ConfigError as e:
         raise ConfigError(f"{f}: {e.args[0]}", e.hint) from None
     _validate_fleet(f, cfg.fleet)
+    _validate_pretix(f, cfg)
     return cfg
+
+
+def _validate_pretix(f: str, cfg: Config) -> None:
+    """[pretix]: the token kind and periods; the sync-only keys are checked by `pretix sync`."""
+    px = cfg.pretix
+    if px.auth not in ("token", "device"):
+        raise ConfigError(f"{f}: key 'pretix.auth' = {px.auth!r} is not 'token' or 'device'")
+    if px.sync_every_s <= 0 or px.stale_after_s <= 0:
+        raise ConfigError(
+            f"{f}: keys 'pretix.sync_every_s' = {px.sync_every_s} and 'pretix.stale_after_s' = "
+            f"{px.stale_after_s} must be > 0"
+        )
+    if px.checkin_list < 0 or px.gate < 0:
+        raise ConfigError(f"{f}: keys 'pretix.checkin_list' and 'pretix.gate' must be >= 0")
 
 
 def _validate_fleet(f: str, fl: FleetConfig) -> None:

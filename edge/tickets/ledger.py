@@ -21,6 +21,7 @@ import datetime as dt
 import logging
 import sqlite3
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -49,6 +50,17 @@ CREATE TABLE IF NOT EXISTS remote_redemptions (lane TEXT NOT NULL, seq INTEGER N
   ticket_id TEXT NOT NULL, t REAL NOT NULL, day TEXT NOT NULL, PRIMARY KEY (lane, seq));
 CREATE INDEX IF NOT EXISTS remote_redemptions_ticket ON remote_redemptions(ticket_id);
 """
+# Check-ins to send back to a ticket shop (pretix: edge/pretix/upload.py): one row per decided
+# scan, granted or refused, written in the transaction that decides it; `kind` names the call.
+_UPLOAD_SCHEMA = """
+CREATE TABLE IF NOT EXISTS upload_outbox (id INTEGER PRIMARY KEY AUTOINCREMENT, t REAL NOT NULL,
+  kind TEXT NOT NULL, body TEXT NOT NULL, tries INTEGER NOT NULL DEFAULT 0, last_error TEXT);
+"""
+# The rule a caller applies instead of the ledger's count and anti-passback (pretix's own rule):
+# the earlier entries' times (this lane's and other lanes') in, a refusal or None out.
+EntryRule = Callable[[list[float]], "Redemption | None"]
+# What to queue for upload with the decision: (kind, JSON body), given the ledger's answer.
+UploadRow = Callable[["Redemption"], tuple[str, str]]
 
 
 @dataclass(frozen=True)
@@ -205,6 +217,7 @@ class Ledger:
                 )
                 self.conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
         self.conn.executescript(_FLEET_SCHEMA)  # fleet tables; empty when the gate works alone
+        self.conn.executescript(_UPLOAD_SCHEMA)  # shop check-ins; empty without a ticket shop
 
     def _check_marks(self) -> None:
         """Refuse a ledger that is not the one the gate last saw, or that has lost entries."""
@@ -242,6 +255,15 @@ class Ledger:
         args = (ticket_id, day) if day else (ticket_id,)
         return self.conn.execute(q, args * 2).fetchone()[0]
 
+    def entry_times(self, ticket_id: str) -> list[float]:
+        """Times of every entry counted for a ticket, here and at other lanes, oldest first."""
+        rows = self.conn.execute(
+            "SELECT t FROM redemptions WHERE ticket_id = ?"
+            " UNION ALL SELECT t FROM remote_redemptions WHERE ticket_id = ? ORDER BY 1",
+            (ticket_id, ticket_id),
+        )
+        return [r[0] for r in rows]
+
     def apply_remote(self, lane: str, seq: int, ticket_id: str, t: float, day: str) -> bool:
         """Record another lane's redemption once; False if (lane, seq) was already applied."""
         cur = self.conn.execute(
@@ -251,7 +273,9 @@ class Ledger:
         )
         return cur.rowcount == 1
 
-    def _refusal(self, t: Ticket, now: float, day: str) -> Redemption | None:
+    def _refusal(
+        self, t: Ticket, now: float, day: str, rule: EntryRule | None = None
+    ) -> Redemption | None:
         """Why this entry may not count now (None: it may). Read-only; callers hold the lock."""
         floor = max(self.floor, float(self._meta("last_t")))
         if now < floor - CLOCK_TOLERANCE_S:
@@ -261,6 +285,8 @@ class Ledger:
                 self.used(t.ticket_id),
                 f"clock {iso(now)} is before the newest recorded entry {iso(floor)}",
             )
+        if rule is not None:  # the caller's rule replaces the count and anti-passback
+            return rule(self.entry_times(t.ticket_id))
         n = self.used(t.ticket_id, day if t.kind == Kind.SEASON else None)
         if n >= t.max_entries:
             detail = "daily limit" if t.kind == Kind.SEASON else "no entries left"
@@ -273,29 +299,41 @@ class Ledger:
             return Redemption(False, Reason.ANTI_PASSBACK, n, f"used here {now - last:.0f} s ago")
         return None
 
-    def check(self, t: Ticket, now: float) -> Redemption:
+    def check(self, t: Ticket, now: float, rule: EntryRule | None = None) -> Redemption:
         """What `redeem` would answer now, without counting anything."""
         day = _day(now, self.tz)
-        refusal = self._refusal(t, now, day)
+        refusal = self._refusal(t, now, day, rule)
         if refusal is not None:
             return refusal
         return Redemption(
             True, Reason.OK, self.used(t.ticket_id, day if t.kind == Kind.SEASON else None)
         )
 
-    def redeem(self, t: Ticket, now: float) -> Redemption:
+    def redeem(
+        self,
+        t: Ticket,
+        now: float,
+        rule: EntryRule | None = None,
+        upload: UploadRow | None = None,
+    ) -> Redemption:
         """Count one entry if the ticket still allows it; the COMMIT is the moment it counts.
 
         One transaction holds the check, the redemption row and the counter; anything that must
-        count together with the entry is written inside it, before the COMMIT.
+        count together with the entry is written inside it, before the COMMIT. `rule` decides
+        instead of the ledger's count; `upload` queues the decision for the shop, granted or
+        refused, in the same transaction.
         """
         day = _day(now, self.tz)
         try:
             self.conn.execute("BEGIN IMMEDIATE")
             try:
-                refusal = self._refusal(t, now, day)
+                refusal = self._refusal(t, now, day, rule)
                 if refusal is not None:
-                    self.conn.execute("ROLLBACK")
+                    if upload is not None:
+                        self._queue_upload(now, *upload(refusal))
+                        self.conn.execute("COMMIT")
+                    else:
+                        self.conn.execute("ROLLBACK")
                     return refusal
                 n = self.used(t.ticket_id, day if t.kind == Kind.SEASON else None)
                 self.conn.execute(
@@ -308,6 +346,8 @@ class Ledger:
                         " VALUES (?,?,?,?,?)",
                         (t.ticket_id, now, day, int(t.kind), t.max_entries),
                     )
+                if upload is not None:
+                    self._queue_upload(now, *upload(Redemption(True, Reason.OK, n + 1)))
                 self.conn.execute(
                     "UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = 'seq'"
                 )
@@ -327,6 +367,43 @@ class Ledger:
             ) from None
         self._store_mark()
         return Redemption(True, Reason.OK, n + 1)
+
+    def _queue_upload(self, now: float, kind: str, body: str) -> None:
+        self.conn.execute(
+            "INSERT INTO upload_outbox (t, kind, body) VALUES (?, ?, ?)", (now, kind, body)
+        )
+
+    def queue_upload(self, now: float, kind: str, body: str) -> None:
+        """Queue a decision the ledger did not count (a refused scan) for the shop."""
+        try:
+            with self.conn:
+                self._queue_upload(now, kind, body)
+        except sqlite3.Error as e:
+            raise LedgerError(f"ledger {self.path}: {e}", "check disk space") from None
+
+    def upload_batch(self, limit: int = 50) -> list[tuple[int, float, str, str]]:
+        """The oldest queued check-ins: (id, t, kind, body)."""
+        return self.conn.execute(
+            "SELECT id, t, kind, body FROM upload_outbox ORDER BY id LIMIT ?", (limit,)
+        ).fetchall()
+
+    def upload_done(self, row_id: int) -> None:
+        """The shop has the check-in: drop it from the queue."""
+        with self.conn:
+            self.conn.execute("DELETE FROM upload_outbox WHERE id = ?", (row_id,))
+
+    def upload_failed(self, row_id: int, error: str) -> None:
+        """Keep the row for the next try, with why this one failed."""
+        with self.conn:
+            self.conn.execute(
+                "UPDATE upload_outbox SET tries = tries + 1, last_error = ? WHERE id = ?",
+                (error[:300], row_id),
+            )
+
+    def upload_pending(self) -> tuple[int, float | None]:
+        """(queued check-ins, time of the oldest) for `doctor` and `fleet status`."""
+        n, oldest = self.conn.execute("SELECT count(*), min(t) FROM upload_outbox").fetchone()
+        return n, oldest
 
     def _store_mark(self) -> None:
         """After the commit the entry counts; a failing mark store is logged, never un-counts it."""
