@@ -49,7 +49,8 @@ rm -rf "$DIR/venv" "$DIR/build" "$DIR/template.sqlite3"
 echo "pretix $PRETIX_VERSION: creating virtualenv in $DIR/venv" >&2
 "$PY" -m venv "$DIR/venv"
 "$DIR/venv/bin/python" -m pip install -q --upgrade pip >/dev/null 2>&1 || true
-"$DIR/venv/bin/python" -m pip install -q "pretix==$PRETIX_VERSION" >&2
+"$DIR/venv/bin/python" -m pip install -q "pretix==$PRETIX_VERSION" 2>&1 | grep -v "WARNING: Location" >&2 || true
+[ -x "$DIR/venv/bin/python" ] && "$DIR/venv/bin/python" -c "import pretix" || { echo "pretix $PRETIX_VERSION did not install" >&2; exit 1; }
 mkdir -p "$DIR/build/data"
 cat > "$DIR/build/pretix.cfg" <<CFG
 [pretix]
