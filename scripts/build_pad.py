@@ -5,7 +5,7 @@ MiniFASNetV2-SE layout: depthwise-separable blocks with squeeze-excitation, 128x
 classes, class 0 = live). The ONNX graph is read with the `onnx` package and re-expressed op by
 op in TensorFlow (NHWC), then converted: a float32 twin to check the translation and a
 full-integer int8 model calibrated on crops of the face-api demo photos (never test fixtures),
-plus printed and on-screen renderings of those same photos (edge.measure.padsynth).
+plus printed and on-screen renderings of those same photos (edge.lab.padsynth).
 """
 
 from __future__ import annotations
@@ -161,7 +161,7 @@ def calibration_set(photos: list[bytes], seed: int = 0) -> np.ndarray:
     """Live crops (flips, exposure) and printed / on-screen renderings of the same photos."""
     import cv2
 
-    from edge.measure.padsynth import render_print, render_screen
+    from edge.lab.padsynth import render_print, render_screen
 
     rng = np.random.default_rng(seed)
     out = []

@@ -6,7 +6,7 @@
 # (mmdebstrap --variant=extract), installs the project's runtime dependencies as aarch64 wheels
 # (pip --target --platform manylinux_2_NN_aarch64 --only-binary=:all:), then runs under
 # qemu-aarch64-static: (a) the test files that need no hardware and no network, and (b) the
-# equivalence check (edge/measure/equivalence.py): every model in models/models.json on the same
+# equivalence check (edge/lab/equivalence.py): every model in models/models.json on the same
 # photos, and the gate on the Hamilton clip, compared with x86; any per-image cosine below
 # 0.999 or any different gate decision fails.
 #
@@ -167,9 +167,9 @@ run_tests() { # PY
 }
 
 run_equivalence() { # PY SUITE
-  "$1" -m edge.measure.equivalence run --out "$OUT/$2.json" --images "$IMAGES" "${CLIP_ARG[@]}" 2>&1 \
+  "$1" -m edge.lab.equivalence run --out "$OUT/$2.json" --images "$IMAGES" "${CLIP_ARG[@]}" 2>&1 \
     | grep -v "XNNPACK delegate for CPU"
-  "$HOST_PY" -m edge.measure.equivalence compare "$OUT/x86.json" "$OUT/$2.json" \
+  "$HOST_PY" -m edge.lab.equivalence compare "$OUT/x86.json" "$OUT/$2.json" \
     --json "$OUT/$2-figures.json"
 }
 
@@ -199,7 +199,7 @@ T0=$SECONDS
 what="the Hamilton clip"
 [ "${EDGE_AARCH64_CLIP:-1}" = 1 ] || what="no clip"
 echo "x86 reference: $IMAGES photos, every model in models/models.json, $what"
-timed "x86 reference" "$HOST_PY" -m edge.measure.equivalence run --out "$OUT/x86.json" \
+timed "x86 reference" "$HOST_PY" -m edge.lab.equivalence run --out "$OUT/x86.json" \
   --images "$IMAGES" "${CLIP_ARG[@]}" 2>&1 | grep -v "XNNPACK delegate for CPU"
 pids=()
 for s in "${SUITES[@]}"; do

@@ -25,8 +25,8 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 import numpy as np  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from edge.measure.evaluation import identity_images  # noqa: E402
-from edge.measure.metrics import pair_scores, summarise  # noqa: E402  (pure numpy, no models)
+from edge.lab.evaluation import identity_images  # noqa: E402
+from edge.lab.metrics import pair_scores, summarise  # noqa: E402  (pure numpy, no models)
 
 
 def run_peer(root: Path) -> dict:

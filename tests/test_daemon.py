@@ -27,7 +27,7 @@ from edge.errors import ConfigError, EdgeGateError
 from edge.gate.daemon import Gate
 from edge.gate.notify import Notifier
 from edge.gate.sources import Frame, VideoFileSource
-from edge.measure.demo import ticket_scene
+from edge.lab.demo import ticket_scene
 
 from .helpers import (
     FakeCapture,

@@ -11,8 +11,8 @@ import copy
 import numpy as np
 import pytest
 
-from edge.measure.crosscpu import BOUND_KEY, compare, cosines, pairwise_delta
-from edge.measure.equivalence import pick_photos
+from edge.lab.crosscpu import BOUND_KEY, compare, cosines, pairwise_delta
+from edge.lab.equivalence import pick_photos
 from edge.vision.cpu import parse_cpuinfo, read_cpu
 from edge.vision.models import load_catalogue
 from edge.vision.runtime import TFLiteModel, delegation_of
@@ -157,7 +157,7 @@ def test_cosine_and_pairwise_delta_by_hand():
 
 
 def test_a_model_may_carry_its_own_measured_bound(monkeypatch):
-    import edge.measure.crosscpu as eq
+    import edge.lab.crosscpu as eq
 
     rng = np.random.default_rng(3)
     ref = _run(rng)

@@ -9,8 +9,8 @@ import cv2
 import pytest
 
 from edge.cli import main
-from edge.measure.pad_eval import threshold_for
-from edge.measure.padsynth import write_attack_clip
+from edge.lab.pad_eval import threshold_for
+from edge.lab.padsynth import write_attack_clip
 
 from .helpers import MODELS
 

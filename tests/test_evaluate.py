@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from edge.measure.metrics import auc, pair_scores, tar_at_far, threshold_at_far
+from edge.lab.metrics import auc, pair_scores, tar_at_far, threshold_at_far
 
 
 def test_auc_perfect_random_and_ties():

@@ -23,12 +23,12 @@ from edge import config as config_mod
 from edge import tickets as tk
 from edge.config import PROJECT_ROOT
 from edge.fleet import messages as msg
-from edge.fleet.broker import MISSING, Mosquitto, free_port, mosquitto_binary
 from edge.fleet.client import OneShot
 from edge.fleet.state import FleetState
 from edge.fleet.sync import Sync, fleet_offset
-from edge.fleet.workspace import write_member
 from edge.gate.audit import AuditLog
+from edge.lab.broker import MISSING, Mosquitto, free_port, mosquitto_binary
+from edge.lab.workspace import write_member
 from edge.tickets.ledger import Ledger
 
 USERS = {n: f"pw-{n}" for n in ("office", "lane1", "lane2", "lane3")}

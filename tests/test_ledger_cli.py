@@ -177,7 +177,7 @@ def test_run_with_a_missing_ledger_refuses_tickets_loudly(tmp_path, caplog):
     from gpiozero.pins.mock import MockFactory
 
     from edge.gate.daemon import Gate
-    from edge.measure.demo import ticket_scene
+    from edge.lab.demo import ticket_scene
 
     cfg_path = gate_dir(tmp_path)
     scene = ticket_scene(tmp_path / "office", tmp_path / "t.mp4", time.time())
@@ -205,7 +205,7 @@ def test_reload_reopens_the_ledger_once_it_is_back(tmp_path):
     from gpiozero.pins.mock import MockFactory
 
     from edge.gate.daemon import Gate
-    from edge.measure.demo import ticket_scene
+    from edge.lab.demo import ticket_scene
 
     cfg_path = gate_dir(tmp_path)
     clip = ticket_scene(tmp_path / "office", tmp_path / "t.mp4", time.time()).clip
@@ -231,7 +231,7 @@ def test_gate_with_a_clock_set_back_refuses_tickets(tmp_path):
 
     from edge.gate.audit import AuditRecord
     from edge.gate.daemon import Gate
-    from edge.measure.demo import ticket_scene
+    from edge.lab.demo import ticket_scene
 
     cfg_path = gate_dir(tmp_path)
     assert main(["ledger", "init", "--config", str(cfg_path)]) == 0

@@ -10,8 +10,8 @@ import pytest
 
 from edge.gallery.matcher import Matcher
 from edge.gallery.rules import Rule, expected_rates, rules_from_catalogue, threshold_for
-from edge.measure import openset
-from edge.measure.evaluation import Embedded, calibrate_sizes, evaluate_open_set, write_rules
+from edge.lab import openset
+from edge.lab.evaluation import Embedded, calibrate_sizes, evaluate_open_set, write_rules
 
 
 def _labels(counts: dict[str, int]) -> list[str]:

@@ -11,7 +11,7 @@ import cv2
 import numpy as np
 import pytest
 
-from edge.measure.padsynth import write_attack_clip
+from edge.lab.padsynth import write_attack_clip
 
 from .helpers import MODELS, enroll_lin, make_config, run_gate
 

@@ -177,7 +177,7 @@ def test_gate_keeps_the_last_good_revocation_list_and_alarms(tmp_path, office, c
     from gpiozero.pins.mock import MockFactory
 
     from edge.gate.daemon import Gate
-    from edge.measure.demo import ticket_scene
+    from edge.lab.demo import ticket_scene
 
     cfg = config_mod.load(gate(tmp_path, office))
     tk.revoke(tmp_path / "revoked.txt", ["R-9"])

@@ -238,7 +238,7 @@ def test_same_person_scores_above_threshold_strangers_below(fixtures, pipeline):
 
 @pytest.mark.heavy
 def test_int8_matches_float_twin_on_verification_metrics(fixtures, int8_pipeline, float_pipeline):
-    from edge.measure.evaluation import evaluate_folder
+    from edge.lab.evaluation import evaluate_folder
 
     q = evaluate_folder(int8_pipeline, fixtures / "faces")
     f = evaluate_folder(float_pipeline, fixtures / "faces")

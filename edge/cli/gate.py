@@ -8,7 +8,8 @@ import sys
 from pathlib import Path
 
 from edge import config as config_mod
-from edge.cli.paths import file_path, nonempty_file, output_dir
+from edge.cli.lab import demo_run_config
+from edge.cli.paths import file_path, nonempty_file
 from edge.errors import EdgeGateError
 
 
@@ -34,22 +35,6 @@ def with_flags(cfg: config_mod.Config, args) -> config_mod.Config:
     )
 
 
-def _demo_run_config(cfg: config_mod.Config) -> config_mod.Config:
-    """camera.source = "demo": a freshly generated ticket clip, and its key if none configured."""
-    from edge.measure.demo import demo_source, demo_state
-
-    for line in demo_state(cfg):
-        print(f'camera.source = "demo": {line}', flush=True)
-    clip, demo_pub = demo_source(Path.cwd() / "var" / "demo-run")
-    print(
-        f'camera.source = "demo": replaying the generated ticket clip {clip}; '
-        "set camera.source to a camera for real use",
-        flush=True,
-    )
-    keys = None if cfg.tickets.pubkeys else (str(demo_pub),)
-    return config_mod.override(cfg, camera={"source": str(clip)}, tickets={"pubkeys": keys})
-
-
 def _open_scanner(spec: str | None):
     """The --scanner input: stdin's bytes, or an evdev device reader (checked now)."""
     if spec is None:
@@ -66,8 +51,8 @@ def cmd_run(args) -> int:
     from edge.gate.daemon import Gate, format_decision
 
     cfg = with_flags(config_mod.load(args.config), args)
-    if cfg.camera.source == "demo":
-        cfg = _demo_run_config(cfg)
+    if cfg.camera.source == "demo":  # the embedded default: a generated clip from the lab
+        cfg = demo_run_config(cfg)
     scanner = _open_scanner(args.scanner)
     with contextlib.ExitStack() as stack:
         events = stack.enter_context(open_events(args.events)) if args.events else None
@@ -96,60 +81,6 @@ def open_events(path: str):
             f"--events {path} cannot be opened for writing: {e.strerror}",
             "give a writable file path",
         ) from None
-
-
-def cmd_demo(args) -> int:
-    """`edge-gate demo`: every recorded scene through the real gate with a mock relay."""
-    from edge.gate.daemon import Gate, format_decision
-    from edge.measure.demo import prepare
-
-    fixtures = config_mod.fixtures_dir()
-    fx = fixtures if (fixtures / "MANIFEST.tsv").is_file() else None
-    if args.lanes:
-        from edge.fleet.demo import run_fleet_demo
-
-        work = Path(args.workdir) if args.workdir else Path.cwd() / "var" / "demo-fleet"
-        return run_fleet_demo(work, args.lanes, fx, args.fast)
-    work = Path(args.workdir) if args.workdir else Path.cwd() / "var" / "demo"
-    cfg_path, scenes = prepare(work, fx)
-    cfg = config_mod.load(cfg_path)
-    print(f"edge-gate demo: workspace {work} (mock relay, nothing leaves this machine)")
-    if fx is None:
-        print(f"  shared fixtures not found at {fixtures}: showing the generated ticket clip only")
-    else:
-        from edge.measure.demo import enroll_person
-        from edge.vision.pipeline import FacePipeline
-
-        pid = enroll_person(
-            cfg,
-            FacePipeline.from_config(cfg),
-            "Lin-Manuel Miranda",
-            [fx / "faces" / "lin_manuel_miranda" / "lin-manuel-miranda.png"],
-        )
-        print(f"  enrolled Lin-Manuel Miranda as {pid} (from one photo; the photo is not stored)")
-    totals = {"grant": 0, "deny": 0}
-    with open(work / "events.jsonl", "a", encoding="utf-8") as events:
-        for scene in scenes:
-            print(f"\n== {scene.title}\n   clip: {scene.clip}")
-
-            def show(ev: dict, events=events) -> None:
-                events.write(json.dumps(ev) + "\n")
-                totals[ev["decision"]] += 1
-                print("   " + format_decision(ev), flush=True)
-
-            scene_cfg = config_mod.override(
-                cfg, camera={"source": str(scene.clip), "realtime": not args.fast}
-            )
-            with Gate(scene_cfg, show) as gate:
-                gate.run()
-            opened = sum(1 for s in gate.relay.pin.states if s.state == gate.relay.cfg.active_high)
-            state = "OPEN" if gate.relay.is_open else "closed"
-            print(f"   -> {gate.frames} frames, relay opened {opened} time(s), relay now {state}")
-    print(
-        f"\n{totals['grant']} grants, {totals['deny']} refusals. Events: {work / 'events.jsonl'}; "
-        f"audit log: {work / 'audit.db'}."
-    )
-    return 0
 
 
 def cmd_doctor(args) -> int:
@@ -190,17 +121,6 @@ def register(sub, common) -> None:
     sp.add_argument("--scanner", help="USB barcode scanner: 'stdin' or an evdev device path")
     sp.add_argument("--quiet", action="store_true", help="do not print decisions")
     sp.set_defaults(func=cmd_run)
-
-    sp = sub.add_parser("demo", help="run the gate on recorded clips with a simulated relay")
-    sp.add_argument("--fast", action="store_true", help="do not wait for real time")
-    sp.add_argument("--workdir", type=output_dir, help="demo workspace (default var/demo)")
-    sp.add_argument(
-        "--lanes",
-        type=int,
-        default=0,
-        help="N lanes and an office on a local mosquitto: one park (docs/FLEET.md)",
-    )
-    sp.set_defaults(func=cmd_demo)
 
     sp = sub.add_parser("doctor", help="check camera, models, keys, database, GPIO and clock")
     common(sp)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from edge import config as config_mod
 from edge import tickets as tk
-from edge.measure.synth import Segment, write_clip
+from edge.lab.synth import Segment, write_clip
 
 
 @dataclass(frozen=True)

@@ -175,7 +175,7 @@ def write_attack_clip(
     """Write an MP4 attack clip; returns the number of frames."""
     # imported here: the model build renders prints and screens in an env without the gate's
     # ticket dependencies (synth imports the QR renderer)
-    from edge.measure.synth import write_video
+    from edge.lab.synth import write_video
 
     return write_video(path, attack_frames(photo, style, seconds, fps, seed), fps, FRAME)
 
@@ -198,7 +198,7 @@ def write_attack_set(faces: Path, out: Path, seconds: float = 3.0, fps: float = 
     return n
 
 
-if __name__ == "__main__":  # python -m edge.measure.padsynth FACES_DIR OUT_DIR
+if __name__ == "__main__":  # python -m edge.lab.padsynth FACES_DIR OUT_DIR
     import sys
 
     print(f"wrote {write_attack_set(Path(sys.argv[1]), Path(sys.argv[2]))} clips to {sys.argv[2]}")

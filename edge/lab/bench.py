@@ -116,7 +116,7 @@ def bench_gate(clip: Path, enroll_images: list[Path], workdir: Path) -> dict:
 
     from edge import config as config_mod
     from edge.gate.daemon import Gate
-    from edge.measure.demo import enroll_person, prepare
+    from edge.lab.demo import enroll_person, prepare
 
     cfg = config_mod.load(prepare(workdir, None)[0])  # the demo workspace: keys, mock relay
     pid = enroll_person(cfg, FacePipeline.from_config(cfg), "bench person", enroll_images)

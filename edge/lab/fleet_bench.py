@@ -19,9 +19,9 @@ from pathlib import Path
 import numpy as np
 
 from edge import tickets as tk
-from edge.fleet.broker import Mosquitto
 from edge.fleet.state import read_state
-from edge.fleet.workspace import start_syncs, stop_all, write_member
+from edge.lab.broker import Mosquitto
+from edge.lab.workspace import start_syncs, stop_all, write_member
 from edge.tickets.ledger import Ledger
 
 RECOVERY_S = 10.0  # after a broker restart, lanes reconnect within paho's 1-5 s back-off

@@ -1,6 +1,6 @@
 """Comparing two machines' equivalence runs: per-image cosines, pairwise drift, gate decisions.
 
-Pure functions over the JSON `edge.measure.equivalence run` writes on each machine.
+Pure functions over the JSON `edge.lab.equivalence run` writes on each machine.
 """
 
 from __future__ import annotations

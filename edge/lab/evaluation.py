@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 
 from edge.errors import EdgeGateError, ImageError
-from edge.measure import openset
-from edge.measure.metrics import pair_scores, summarise
+from edge.lab import openset
+from edge.lab.metrics import pair_scores, summarise
 from edge.vision.image import load_image
 from edge.vision.models import load_catalogue
 from edge.vision.pipeline import FacePipeline

@@ -20,9 +20,9 @@ from pathlib import Path
 from edge import config as config_mod
 from edge import tickets as tk
 from edge.config import PROJECT_ROOT
-from edge.fleet.broker import Mosquitto
 from edge.fleet.state import read_state
-from edge.fleet.workspace import Member, start_syncs, stop_all, write_member
+from edge.lab.broker import Mosquitto
+from edge.lab.workspace import Member, start_syncs, stop_all, write_member
 from edge.tickets.ledger import Ledger
 
 
@@ -128,7 +128,7 @@ def _face_part(office: Member, lane: Member, priv: Path, fixtures: Path, fast: b
     from edge.gallery.crypto import load_key
     from edge.gallery.store import Gallery
     from edge.gate.daemon import Gate, format_decision
-    from edge.measure.demo import enroll_person
+    from edge.lab.demo import enroll_person
     from edge.vision.pipeline import FacePipeline
 
     ocfg = config_mod.load(office.config)

@@ -4,8 +4,8 @@
 models added later are covered) and plays the Hamilton clip through the real gate, to JSON.
 `compare` fails when any per-image cosine to the reference is low or any gate decision differs.
 
-    python -m edge.measure.equivalence run --out x86.json
-    python -m edge.measure.equivalence compare x86.json arm.json
+    python -m edge.lab.equivalence run --out x86.json
+    python -m edge.lab.equivalence compare x86.json arm.json
 """
 
 from __future__ import annotations
@@ -23,8 +23,8 @@ import numpy as np
 
 from edge.config import PROJECT_ROOT, fixtures_dir
 from edge.gate.sources import FirstFrames, VideoFileSource
-from edge.measure.crosscpu import CLIP, EVENT_KEYS, MIN_COSINE, compare
-from edge.measure.evaluation import IMAGE_EXT
+from edge.lab.crosscpu import CLIP, EVENT_KEYS, MIN_COSINE, compare
+from edge.lab.evaluation import IMAGE_EXT
 from edge.vision.image import load_image
 from edge.vision.models import load_catalogue
 
@@ -226,7 +226,7 @@ def run(out: Path, images: int, clip: bool, threads: int, frames: int = 0) -> di
 
 def main(argv: list[str] | None = None) -> int:
     """`run` on each machine, then `compare` the two JSON files."""
-    ap = argparse.ArgumentParser(prog="python -m edge.measure.equivalence", description=__doc__)
+    ap = argparse.ArgumentParser(prog="python -m edge.lab.equivalence", description=__doc__)
     sub = ap.add_subparsers(dest="cmd", required=True)
     sp = sub.add_parser("run", help="embed the photos and play the clip here; write JSON")
     sp.add_argument("--out", required=True, type=Path)
