@@ -49,7 +49,7 @@ class UnavailableLedger:
     def __init__(self, problem: str):
         self.problem = problem
 
-    def redeem(self, t, now: float):
+    def redeem(self, t, now: float, *rule_and_upload):
         """Refuse: an entry that cannot be counted is not granted."""
         raise LedgerError(self.problem)
 

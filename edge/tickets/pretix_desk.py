@@ -248,3 +248,32 @@ def desk_result(
         valid=r.ok, reason=r.reason, pretix_reason=e.pretix_reason, entries_used=r.entries_used
     )
     return {**out, "detail": r.detail} if r.detail else out
+
+
+def gate_redeem(ledger: Any, verifier: Any, t: Ticket, now: float) -> tuple[Redemption, str]:
+    """The gate's redemption of a granted ticket: pretix's rule for a pretix ticket (and its
+    check-in queued), the ledger's own otherwise. Returns the answer and pretix's word ("")."""
+    if isinstance(t, PretixTicket) and isinstance(verifier, PretixVerifier):
+        e = redeem(ledger, verifier, t, now)
+        return e.redemption, e.pretix_reason
+    return ledger.redeem(t, now), ""
+
+
+def gate_refused(ledger: Any, verifier: Any, code: str, now: float) -> str:
+    """A ticket code the gate refused: if it was decided the pretix way, queue the failed
+    check-in and return pretix's word for it ("" for anything else)."""
+    if not code or not isinstance(verifier, PretixVerifier) or not verifier.is_pretix(code):
+        return ""
+    d = verifier.decision(code, now)
+    if d.valid:  # refused for another reason (face-and-ticket holder mismatch): not pretix's
+        return ""
+    queue_refusal(ledger, verifier, code, d.pretix_reason, d.sig1, now)
+    return d.pretix_reason
+
+
+def tickets_stamp(cfg: Any) -> tuple:
+    """Changes when anything the gate's verifier is built from changed on disk."""
+    from edge.fleet import lane
+
+    folder = cfg.resolve(cfg.pretix.dir) if cfg.pretix.enabled else None
+    return (lane.tickets_stamp(cfg), po.dir_stamp(folder) if folder else None)
