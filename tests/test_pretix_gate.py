@@ -168,5 +168,41 @@ def _two_lanes(park: Park, shop: Shop, secret: str) -> None:
         r = cli("ticket", "verify", "--config", str(park.lanes[1].config), "--json", secret)
         out = json.loads(r.stdout.strip().splitlines()[-1])
         assert (out["reason"], out["pretix_reason"]) == ("already_used", "already_redeemed")
+        r = cli("fleet", "status", "--json", "--config", str(park.lanes[1].config))
+        px = json.loads(r.stdout)["this_lane"]["pretix"]
+        assert px["age_s"] is not None and px["upload_pending"] == 1  # lane 2's refused scan
     finally:
         park.stop_all()
+
+
+def test_doctor_says_how_old_the_pretix_data_is(tmp_path):
+    from edge.gate.doctor import doctor_checks
+
+    shop = Shop(tmp_path / "px")
+    cfg = pretix_lane(tmp_path, shop)
+    now = time.time()
+    (shop.root / "sync-state.json").write_text(json.dumps({"pulled_at": now - 120}))
+    (c,) = [c for c in doctor_checks(cfg) if c.check == "pretix"]
+    assert c.status == "ok" and "2 min old" in c.detail and "event gatenight" in c.detail
+    (shop.root / "sync-state.json").write_text(
+        json.dumps({"pulled_at": now - 7200, "last_error": "pretix at x unreachable: refused"})
+    )
+    (c,) = [c for c in doctor_checks(cfg) if c.check == "pretix"]
+    assert c.status == "warn" and "120 min old" in c.detail and "unreachable" in c.detail
+    (shop.root / "event.json").unlink()
+    (c,) = [c for c in doctor_checks(cfg) if c.check == "pretix"]
+    assert c.status == "fail" and "pretix sync" in c.fix
+
+
+def test_pretix_sync_unit_reaches_the_shop_only_and_the_gate_unit_nothing():
+    root = Path(__file__).resolve().parent.parent / "systemd"
+    unit = (root / "edge-gate-pretix-sync.service").read_text()
+    for directive in (
+        "ExecStart=/opt/edge-gate/venv/bin/edge-gate pretix sync --config",
+        "IPAddressDeny=any",
+        "LoadCredential=pretix.token:",
+        "ProtectSystem=strict",
+        "User=edge-gate",
+    ):
+        assert directive in unit
+    assert "PrivateNetwork=yes" in (root / "edge-gate.service").read_text()

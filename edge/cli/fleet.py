@@ -39,6 +39,10 @@ def cmd_status(args) -> int:
             "outbox": st.get("outbox"),
         }
         st.close()
+        if cfg.pretix.enabled:  # how old this lane's pretix data is, what waits for upload
+            from edge.tickets.pretix_desk import lane_status
+
+            rep["this_lane"]["pretix"] = lane_status(cfg, time.time())
     if args.json:
         print(json.dumps(rep))
         return 0
@@ -53,6 +57,10 @@ def cmd_status(args) -> int:
         )
     for pid, p in sorted(rep["people"].items()):
         print(f"  {pid}: {p['summary']}")
+    px = rep.get("this_lane", {}).get("pretix")
+    if px:
+        age = f"{px['age_s']:.0f} s old" if px["age_s"] is not None else "missing"
+        print(f"  pretix data {age}, {px['upload_pending']} check-in(s) waiting for upload")
     return 0
 
 

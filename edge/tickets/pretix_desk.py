@@ -277,3 +277,32 @@ def tickets_stamp(cfg: Any) -> tuple:
 
     folder = cfg.resolve(cfg.pretix.dir) if cfg.pretix.enabled else None
     return (lane.tickets_stamp(cfg), po.dir_stamp(folder) if folder else None)
+
+
+def lane_status(cfg: Any, now: float) -> dict[str, Any]:
+    """How old the lane's pretix data is and what waits for upload (`doctor`, `fleet status`)."""
+    folder = cfg.resolve(cfg.pretix.dir)
+    t = po.data_time(folder)
+    try:
+        state = json.loads((folder / po.SYNC_STATE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        state = {}
+    out: dict[str, Any] = {
+        "dir": str(folder),
+        "data_time": t,
+        "age_s": round(now - t, 1) if t is not None else None,
+        "last_error": (state.get("last_error") or None) if isinstance(state, dict) else None,
+        "upload_pending": None,
+    }
+    ledger_path = cfg.resolve(cfg.tickets.ledger)
+    if ledger_path.is_file():
+        from edge.tickets.ledger import Ledger
+
+        try:
+            with Ledger(ledger_path) as led:
+                n, oldest = led.upload_pending()
+            out["upload_pending"] = n
+            out["oldest_pending_s"] = round(now - oldest, 1) if oldest else None
+        except Exception as e:  # noqa: BLE001 - a status line must not fail the report
+            out["upload_error"] = str(e)
+    return out
