@@ -49,7 +49,12 @@ SETUP = textwrap.dedent(
         org = Organizer.objects.create(name="Gate Test", slug="gatetest")
         team = Team.objects.create(organizer=org, name="API", all_events=True,
                                    all_event_permissions=True, all_organizer_permissions=True)
-        out["token"] = team.tokens.create(name="gate").token
+        out["token"] = team.tokens.create(name="office").token
+        # the lane's token: what README asks for, nothing more (read orders, check in)
+        gate_team = Team.objects.create(
+            organizer=org, name="Gates", all_events=True,
+            limit_event_permissions={"event.orders:read": True, "event.orders:checkin": True})
+        out["gate_token"] = gate_team.tokens.create(name="lane").token
         web = org.sales_channels.get(identifier="web")
         for slug, count in (("gatenight", n_orders), ("othernight", 1)):
             ev = Event.objects.create(organizer=org, name=slug, slug=slug, currency="EUR",
@@ -107,7 +112,8 @@ class PretixServer:
     work: Path
     cache: Path
     port: int = 0
-    token: str = ""
+    token: str = ""  # the office's (cancel, block)
+    gate_token: str = ""  # the lanes' (read orders, check in)
     events: dict[str, Any] = field(default_factory=dict)
     proc: subprocess.Popen | None = None
     organizer: str = "gatetest"
@@ -150,7 +156,7 @@ class PretixServer:
         if r.returncode != 0 or line is None:
             _unavailable(f"pretix objects could not be created: {r.stderr[-800:]}")
         out = json.loads(line[len("SETUP ") :])
-        self.token, self.events = out["token"], out["events"]
+        self.token, self.gate_token, self.events = out["token"], out["gate_token"], out["events"]
 
     def start(self, wait_s: float = 120.0) -> None:
         """Run pretix's server and wait until its API answers (401 without a token)."""

@@ -206,3 +206,18 @@ def test_pretix_sync_unit_reaches_the_shop_only_and_the_gate_unit_nothing():
     ):
         assert directive in unit
     assert "PrivateNetwork=yes" in (root / "edge-gate.service").read_text()
+
+
+def test_the_gate_process_never_loads_the_shop_client():
+    """The gate decides from the folder; only `pretix sync` talks to the shop."""
+    import subprocess
+    import sys
+
+    script = (
+        "import sys, edge.gate.daemon, edge.tickets.desk, edge.tickets.pretix_desk;"
+        "print(sorted(m for m in sys.modules if m.startswith('edge.pretix')))"
+    )
+    root = Path(__file__).resolve().parent.parent
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=root)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"

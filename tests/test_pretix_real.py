@@ -43,7 +43,7 @@ def order(shop: PretixServer, i: int) -> dict:
 def lane(shop: PretixServer, tmp_path: Path, **extra) -> Path:
     """A lane's gate.toml for this shop, its ledger created; returns the config path."""
     token = tmp_path / "pretix.token"
-    token.write_text(shop.token + "\n")
+    token.write_text(shop.gate_token + "\n")
     os.chmod(token, 0o600)
     cfg = tmp_path / "gate.toml"
     cfg.write_text(gate_toml(shop, tmp_path / "pretix", tmp_path / "ledger.db", token, **extra))
