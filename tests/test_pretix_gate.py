@@ -69,7 +69,7 @@ def test_pretix_qr_at_the_camera_then_the_scanner(tmp_path):
     assert [(e["decision"], e["reason"], e.get("pretix_reason")) for e in got] == [
         ("grant", "ok", "valid")
     ]
-    assert got[0]["ticket"] == "pretix-Camera001"  # the seed, never the secret
+    assert got[0]["ticket"] == "pretix-7-Camera001"  # the seed, never the secret
     got2: list[dict] = []
     lines = iter([secret + "\r\n", revoked + "\n", "not-a-ticket\n"])
     gate = Gate(
@@ -152,7 +152,7 @@ def _two_lanes(park: Park, shop: Shop, secret: str) -> None:
         ) as gate:
             gate.run()
         assert [(e["decision"], e.get("pretix_reason")) for e in got] == [("grant", "valid")]
-        wait_for(lambda: park.remote(2, "pretix-FleetA001") == 1, what="lane2 hears lane1")
+        wait_for(lambda: park.remote(2, "pretix-7-FleetA001") == 1, what="lane2 hears lane1")
         got2: list[dict] = []
         gate2 = Gate(
             park.cfg(2),

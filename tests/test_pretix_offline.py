@@ -330,7 +330,7 @@ def test_cli_redeem_counts_once_and_queues_every_scan(tmp_path, capsys):
     assert main(["ledger", "init", "--db", str(ledger)]) == 0
     rc, lines = verify(capsys, "--pretix-dir", str(d), "--redeem", "--db", str(ledger), s)
     assert rc == 0 and lines[0]["reason"] == "ok" and lines[0]["pretix_reason"] == "valid"
-    assert lines[0]["ticket_id"] == "pretix-SeedAbc12"
+    assert lines[0]["ticket_id"] == "pretix-7-SeedAbc12"
     rc, lines = verify(capsys, "--pretix-dir", str(d), "--redeem", "--db", str(ledger), s, "junk")
     assert rc == 1
     assert [(x["reason"], x["pretix_reason"]) for x in lines] == [
@@ -350,7 +350,12 @@ def test_cli_redeem_counts_once_and_queues_every_scan(tmp_path, capsys):
     assert json.loads(rows[1][1])["body"]["error_reason"] == "already_redeemed"
     # the secret itself never becomes the ledger's ticket id
     ids = [r[0] for r in sqlite3.connect(ledger).execute("SELECT ticket_id FROM redemptions")]
-    assert ids == ["pretix-SeedAbc12"]
+    assert ids == ["pretix-7-SeedAbc12"]
+    # check-in lists are independent in pretix: the same ticket enters once on another list
+    shop.checkin_list["id"] = 8
+    shop.write()
+    rc, lines = verify(capsys, "--pretix-dir", str(d), "--redeem", "--db", str(ledger), s)
+    assert rc == 0 and lines[0]["ticket_id"] == "pretix-8-SeedAbc12"
 
 
 def test_cli_at_and_redeem_are_refused_together(tmp_path, capsys):

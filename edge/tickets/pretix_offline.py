@@ -21,6 +21,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,6 +51,7 @@ ALREADY_REDEEMED = "already_redeemed"
 ERROR = "error"
 PRETIX_REASONS = (VALID, INVALID, REVOKED, BLOCKED, INVALID_TIME, PRODUCT, RULES, ALREADY_REDEEMED)
 
+_SAFE_SEED = re.compile(r"[A-Za-z0-9]{1,32}")
 _FIX = "run `edge-gate pretix sync --config C`, or write the file from the pretix API"
 
 
@@ -307,11 +309,20 @@ def decide_entry(
     return PretixDecision(VALID, Reason.OK, t)
 
 
+def ticket_id(list_id: int, t: Sig1Ticket) -> str:
+    """The id the ledger, the fleet and the audit log use: the check-in list and the random
+    seed, never the secret itself (the secret opens the gate, the seed alone does not). Entries
+    count per list, as in pretix, where check-in lists are independent of each other."""
+    if _SAFE_SEED.fullmatch(t.seed):
+        return f"pretix-{list_id}-{t.seed}"
+    return f"pretix-{list_id}-" + t.seed.encode("utf-8").hex()[:32]
+
+
 def ledger_ticket(data: PretixData, t: Sig1Ticket) -> Ticket:
     """The edge-gate ticket the ledger counts (and the fleet shares) for a pretix secret."""
     multi = data.checkin_list.allow_multiple_entries
     return Ticket(
-        ticket_id=t.ticket_id,
+        ticket_id=ticket_id(data.checkin_list.id, t),
         product=f"pretix-item-{t.item}",
         valid_from=t.valid_from or 0,
         valid_until=t.valid_until or 0,

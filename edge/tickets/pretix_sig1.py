@@ -44,7 +44,6 @@ SIG_LEN = 64
 MAX_SECRET = 512  # pretix's are ~116 characters; anything far longer is refused before decoding
 _HEAD = struct.Struct(">BHH")
 _B64 = re.compile(r"[A-Za-z0-9+/]*={0,2}")
-_SAFE_SEED = re.compile(r"[A-Za-z0-9]{1,32}")
 _U64 = 1 << 64
 
 
@@ -58,14 +57,6 @@ class Sig1Ticket:
     subevent: int = 0
     valid_from: int | None = None  # Unix seconds; None = no limit (absent or 0, as pretixSCAN)
     valid_until: int | None = None
-
-    @property
-    def ticket_id(self) -> str:
-        """The id the ledger, fleet and audit use: the random seed, never the secret itself
-        (the secret opens the gate; the seed alone does not)."""
-        if _SAFE_SEED.fullmatch(self.seed):
-            return "pretix-" + self.seed
-        return "pretix-" + binascii.hexlify(self.seed.encode("utf-8")).decode()[:32]
 
 
 class Sig1Invalid(ValueError):
