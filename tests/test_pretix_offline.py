@@ -291,6 +291,7 @@ def test_rules_gate_and_status_variables(tmp_path):
         {"isAfter": [{"var": "now"}, {"buildTime": ["custom", "2026-06-01T10:00"]}]},  # no zone
         {"isAfter": [{"var": "now"}, {"buildTime": ["fortnight"]}]},
         {"and": [True], "or": [False]},
+        [{"==": [1, 1]}],
     ],
 )
 def test_rules_outside_pretix_offline_set_are_refused_with_their_own_reason(tmp_path, rules):

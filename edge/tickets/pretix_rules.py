@@ -246,4 +246,6 @@ def allows(rules: Any, ctx: RuleContext) -> bool:
     """True when the list has no rules or they let this entry in; Unsupported when unknowable."""
     if not rules:
         return True
+    if not isinstance(rules, dict):  # pretix stores one JSON logic object
+        raise Unsupported(f"rules are a {type(rules).__name__}, not a JSON logic object")
     return bool(evaluate(rules, ctx))
