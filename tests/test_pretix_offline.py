@@ -194,6 +194,16 @@ def test_unblocked_secret_and_other_date_of_a_series(tmp_path):
     assert decide(shop, s_nyv).reason == "not_yet_valid"
 
 
+def test_a_product_unknown_to_the_event_is_refused_when_the_products_are_known(tmp_path):
+    shop = Shop(tmp_path)
+    s = shop.secret(item=100)
+    assert decide(shop, s).pretix_reason == "valid"  # no items.json: not knowable here
+    (tmp_path / "items.json").write_text(json.dumps([{"id": 1}, {"id": 2}]))
+    d = decide(shop, s)
+    assert (d.pretix_reason, d.reason) == ("product", "wrong_gate")
+    assert decide(shop, shop.secret("Known0001", item=2)).pretix_reason == "valid"
+
+
 def test_entries_per_list_setting(tmp_path):
     shop = Shop(tmp_path)
     s = shop.secret()

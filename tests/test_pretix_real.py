@@ -87,6 +87,8 @@ def test_paid_ticket_granted_offline_and_its_checkin_reaches_pretix(shop, tmp_pa
     rep = sync(capsys, cfg)
     assert rep["reached"] and rep["age_s"] is not None
     assert (tmp_path / "pretix" / "event.json").is_file()
+    items = json.loads((tmp_path / "pretix" / "items.json").read_text())
+    assert items == [{"id": ev["item"]}]
     first = scan(capsys, cfg, o["secret"])
     assert (first["valid"], first["pretix_reason"]) == (True, "valid")
     again = scan(capsys, cfg, o["secret"])

@@ -208,7 +208,8 @@ def register(sub, common) -> None:
         "--pretix-dir",
         type=existing_dir,
         help="decide pretix secrets (pretix_sig1) from this folder: event.json, checkinlist.json, "
-        "revokedsecrets.json, blockedsecrets.json (default: the config's [pretix] dir)",
+        "revokedsecrets.json, blockedsecrets.json, optionally items.json (default: the config's "
+        "[pretix] dir)",
     )
     sp.add_argument(
         "--at",

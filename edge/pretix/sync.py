@@ -10,7 +10,8 @@ own `datetime` and the nonce chosen when it was decided; a refused scan goes to 
 pretix answered; killed before that, it is sent again and pretix's nonce handling keeps it one
 check-in. Answers that can never change (400, 404) are logged and dropped, as pretixSCAN does.
 
-Download: the event detail (`valid_keys`, `timezone`), this lane's check-in list, and the
+Download: the event detail (`valid_keys`, `timezone`), its products' ids, this lane's
+check-in list, and the
 revoked and blocked secrets: in full the first time, then only what changed
 (`revokedsecrets/?created_since=`, `blockedsecrets/?updated_since=`, newest first, the newest
 timestamp of the first page kept as the next starting point, like libpretixsync). Every file is
@@ -175,6 +176,7 @@ class PretixSync:
         po.parse_event(event, self.folder / "event.json")  # refuse to write an unusable event
         clist = self.client.get(self.event_path + f"checkinlists/{self.px.checkin_list}/")
         po.parse_checkin_list(clist, self.folder / "checkinlist.json")
+        items = [o for page in self.client.pages(self.event_path + "items/") for o in page]
         rev_path, blk_path = (
             self.folder / "revokedsecrets.json",
             self.folder / "blockedsecrets.json",
@@ -190,6 +192,10 @@ class PretixSync:
             revoked = _merge(_read_list(rev_path), revoked)
             blocked = _merge(_read_list(blk_path), blocked)
         blocked = [o for o in blocked if o.get("blocked") is True]  # unblocked ones: forgotten
+        ids = [
+            {"id": o["id"]} for o in items if isinstance(o, dict) and isinstance(o.get("id"), int)
+        ]
+        write_atomic(self.folder / po.ITEMS, ids)
         write_atomic(self.folder / "event.json", event)
         write_atomic(self.folder / "checkinlist.json", clist)
         write_atomic(rev_path, revoked)

@@ -3,11 +3,13 @@
 The lane's pretix folder (DIR, kept by `edge-gate pretix sync` or filled by hand) holds what the
 pretix REST API returns: `event.json` (the event detail, with `valid_keys` and `timezone`),
 `checkinlist.json` (this lane's check-in list), `revokedsecrets.json` and `blockedsecrets.json`
-(lists of the API's objects). `decide` follows libpretixsync's decision for a secret it has no
+(lists of the API's objects), and, when sync wrote it, `items.json` (the event's products).
+`decide` follows libpretixsync's decision for a secret it has no
 order data for (AsyncCheckProvider.checkOfflineWithoutData):
 
     invalid (no key verifies it) → revoked → blocked → invalid_time (validFrom/validUntil)
-    → product (item not on the list) → invalid (another date of a series) → rules
+    → product (item not on the list) → invalid (another date of a series)
+    → product (item unknown to the event, when items.json is there) → rules
     → already_redeemed (allow_multiple_entries, allow_entry_after_exit) → valid
 
 `pretix_reason` is pretix's word; `reason` is edge-gate's own (the gate's audit log, events and
@@ -36,6 +38,7 @@ from edge.tickets.format import Kind, Reason, Ticket
 from edge.tickets.pretix_sig1 import Sig1Invalid, Sig1Ticket, canonical, load_keys, verify_secret
 
 FILES = ("event.json", "checkinlist.json", "revokedsecrets.json", "blockedsecrets.json")
+ITEMS = "items.json"  # optional: the event's products; sync writes it (pretixSCAN checks it too)
 SYNC_STATE = "sync-state.json"  # written by `edge-gate pretix sync`: when it last pulled
 MULTI_ENTRY_COUNT = 0xFFFF  # what the ledger counts against on a list with multiple entries
 
@@ -87,6 +90,7 @@ class PretixData:
     checkin_list: CheckinList
     revoked: frozenset[str]
     blocked: frozenset[str]
+    items: frozenset[int] | None = None  # the event's product ids; None = not known here
 
 
 @dataclass(frozen=True)
@@ -189,23 +193,39 @@ def _secrets(obj: Any, path: Path, blocked: bool) -> frozenset[str]:
     return frozenset(out)
 
 
+def _items(obj: Any, path: Path) -> frozenset[int]:
+    if isinstance(obj, dict) and "results" in obj:
+        obj = obj["results"]
+    if not isinstance(obj, list) or not all(
+        isinstance(i, dict) and isinstance(i.get("id"), int) for i in obj
+    ):
+        raise ConfigError(f"pretix data {path} is not a list of products with ids", _FIX)
+    return frozenset(i["id"] for i in obj)
+
+
 def load_dir(path: str | Path) -> PretixData:
-    """Read a lane's pretix folder; a missing or damaged file is a ConfigError (never "none")."""
+    """Read a lane's pretix folder; a missing or damaged file is a ConfigError (never "none").
+
+    The four files are required; `items.json` is read when present (a folder written by hand
+    may leave it out: then a product unknown to the event cannot be told from a known one).
+    """
     d = Path(path)
     if not d.is_dir():
         raise ConfigError(f"pretix folder {d} does not exist", _FIX)
+    items = _items(_read_json(d / ITEMS), d / ITEMS) if (d / ITEMS).exists() else None
     return PretixData(
         parse_event(_read_json(d / "event.json"), d / "event.json"),
         parse_checkin_list(_read_json(d / "checkinlist.json"), d / "checkinlist.json"),
         _secrets(_read_json(d / "revokedsecrets.json"), d / "revokedsecrets.json", False),
         _secrets(_read_json(d / "blockedsecrets.json"), d / "blockedsecrets.json", True),
+        items,
     )
 
 
 def dir_stamp(path: str | Path) -> tuple:
     """Changes whenever sync replaces a file: the gate re-reads the folder when it does."""
     out = []
-    for name in FILES:
+    for name in (*FILES, ITEMS):
         try:
             st = os.stat(Path(path) / name)
             out.append((name, st.st_mtime_ns, st.st_ino, st.st_size))
@@ -261,6 +281,8 @@ def check_secret(data: PretixData, secret: str, now: float | dt.datetime) -> Pre
         return PretixDecision(PRODUCT, Reason.WRONG_GATE, t, f"product {t.item}")
     if cl.subevent is not None and cl.subevent != t.subevent:
         return PretixDecision(INVALID, Reason.WRONG_GATE, t, f"date {t.subevent}")
+    if data.items is not None and t.item not in data.items:  # pretixSCAN: "Item not found"
+        return PretixDecision(PRODUCT, Reason.WRONG_GATE, t, f"product {t.item} not in the event")
     return PretixDecision(VALID, Reason.OK, t)
 
 
