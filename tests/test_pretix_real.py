@@ -210,3 +210,17 @@ def test_wrong_token_is_a_clear_error_and_keeps_the_data(shop, tmp_path, capsys)
     rep = sync(capsys, cfg)
     assert not rep["reached"] and "401" in rep["error"]
     assert (tmp_path / "pretix" / "event.json").is_file()
+
+
+def test_pull_does_not_wait_for_a_missing_ledger_and_errors_clear(shop, tmp_path, capsys):
+    cfg = lane(shop, tmp_path)
+    (tmp_path / "ledger.db").unlink()
+    rep = sync(capsys, cfg)
+    assert rep["reached"] and rep["upload_pending"] is None and "upload" in rep["error"]
+    assert (tmp_path / "pretix" / "event.json").is_file()  # the folder is filled all the same
+    state = json.loads((tmp_path / "pretix" / "sync-state.json").read_text())
+    assert state["last_error"].startswith("upload: ")
+    assert main(["ledger", "init", "--config", str(cfg), "--after-loss"]) == 0
+    sync(capsys, cfg)
+    state = json.loads((tmp_path / "pretix" / "sync-state.json").read_text())
+    assert state["last_error"] == ""

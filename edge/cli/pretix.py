@@ -6,6 +6,7 @@ import json
 import time
 
 from edge import config as config_mod
+from edge.errors import EdgeGateError
 
 
 def cmd_sync(args) -> int:
@@ -18,7 +19,10 @@ def cmd_sync(args) -> int:
         return sync.run()
     try:
         ok = sync.step()
-        pending, _oldest = sync.ledger().upload_pending()
+        try:
+            pending, _oldest = sync.ledger().upload_pending()
+        except EdgeGateError:  # no ledger yet: said in `error`
+            pending = None
     finally:
         sync.close()
     report = {

@@ -266,27 +266,35 @@ class PretixSync:
     # --- the loop --------------------------------------------------------------------------------
 
     def step(self) -> bool:
-        """One round: upload, then download. True when the shop was reached."""
+        """One round: upload, then download. True when the shop was reached and the folder
+        is complete; an upload that fails for a reason of its own (the ledger missing, a
+        refused token) does not hold the download back."""
         self.state.last_attempt = time.time()
+        ok, error, n = False, "", 0
         try:
-            n = self.upload()
+            try:
+                n = self.upload()
+            except PretixUnreachable:
+                raise
+            except EdgeGateError as e:
+                error = f"upload: {e}"
+                log.error("pretix upload error=%s", e)
             self.pull()
+            ok = True
         except PretixUnreachable as e:
-            self._link(False, str(e))
-            return False
-        except EdgeGateError as e:  # refused by the shop, bad data, the ledger missing
-            self._link(False, str(e))
+            error = str(e)
+        except EdgeGateError as e:  # refused by the shop, unusable data
+            error = str(e)
             log.error("pretix sync error=%s", e)
-            return False
-        finally:
-            with contextlib.suppress(OSError):
-                write_atomic(self.folder / po.SYNC_STATE, self.state.as_json())
-        self._link(True, "")
+        self._link(ok, error)
+        with contextlib.suppress(OSError):
+            write_atomic(self.folder / po.SYNC_STATE, self.state.as_json())
         if n:
             log.info("pretix uploaded check-ins=%d", n)
-        return True
+        return ok
 
     def _link(self, ok: bool, error: str) -> None:
+        """Remember the last error; log when the shop comes and goes, not every round."""
         self.state.last_error = error
         if ok != self.reachable:
             if ok:
