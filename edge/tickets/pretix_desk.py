@@ -144,56 +144,58 @@ class PretixVerifier:
 
 
 @dataclass
-class Entry:
+class PretixEntry:
     """`redeem`'s answer: the ledger's, plus pretix's word for it."""
 
     redemption: Redemption
     pretix_reason: str
 
 
-def _pretix_reason_of(r: Redemption) -> str:
-    return po.VALID if r.ok else po.ERROR
+class _EntryRule:
+    """pretix's entry rule, run by the ledger inside its transaction with the ticket's earlier
+    entries; it remembers its decision, for pretix's word."""
+
+    def __init__(self, v: PretixVerifier, t: PretixTicket, now: float):
+        self.v, self.t, self.now = v, t, now
+        self.decision: po.PretixDecision | None = None
+
+    def __call__(self, times: list[float]) -> Redemption | None:
+        d = po.decide_entry(self.v.data, self.t.sig1, self.now, times, self.v.gate)
+        self.decision = d
+        return None if d.valid else Redemption(False, Reason(d.reason), len(times), d.detail)
+
+    def word(self, r: Redemption) -> str:
+        """pretix's word: its rule's, or `valid`/`error` when the ledger or the link decided."""
+        if self.decision is not None:
+            return self.decision.pretix_reason
+        return po.VALID if r.ok else po.ERROR
 
 
-def redeem(ledger: Any, v: PretixVerifier, t: PretixTicket, now: float) -> Entry:
+def redeem(ledger: Any, v: PretixVerifier, t: PretixTicket, now: float) -> PretixEntry:
     """Count a pretix entry under pretix's rule and queue its check-in, in one transaction.
 
     A refusal by the ledger or the fleet link (clock behind, lane cut off) is queued as a
     failed check-in with reason `error`; one by pretix's rule with pretix's word.
     """
-    seen: dict[str, po.PretixDecision] = {}
-    queued: list[bool] = []
-
-    def rule(times: list[float]) -> Redemption | None:
-        d = po.decide_entry(v.data, t.sig1, now, times, v.gate)
-        seen["d"] = d
-        return None if d.valid else Redemption(False, Reason(d.reason), len(times), d.detail)
+    rule, queued = _EntryRule(v, t, now), []
 
     def upload(r: Redemption) -> tuple[str, str]:
         queued.append(True)
-        word = seen["d"].pretix_reason if "d" in seen else _pretix_reason_of(r)
         if r.ok:
             return redeem_row(v.data, t.secret, now)
-        return failed_row(v.data, t.secret, word, t.sig1, now)
+        return failed_row(v.data, t.secret, rule.word(r), t.sig1, now)
 
     r = ledger.redeem(t, now, rule, upload)
-    word = seen["d"].pretix_reason if "d" in seen else _pretix_reason_of(r)
     if not queued:  # refused before the ledger ran (the fleet link): still a scan pretix hears of
-        queue_refusal(ledger, v, t.secret, word, t.sig1, now)
-    return Entry(r, word)
+        queue_refusal(ledger, v, t.secret, rule.word(r), t.sig1, now)
+    return PretixEntry(r, rule.word(r))
 
 
-def check(ledger: Any, v: PretixVerifier, t: PretixTicket, now: float) -> Entry:
+def check(ledger: Any, v: PretixVerifier, t: PretixTicket, now: float) -> PretixEntry:
     """What `redeem` would answer now, counting and queueing nothing."""
-    seen: dict[str, po.PretixDecision] = {}
-
-    def rule(times: list[float]) -> Redemption | None:
-        d = po.decide_entry(v.data, t.sig1, now, times, v.gate)
-        seen["d"] = d
-        return None if d.valid else Redemption(False, Reason(d.reason), len(times), d.detail)
-
+    rule = _EntryRule(v, t, now)
     r = ledger.check(t, now, rule)
-    return Entry(r, seen["d"].pretix_reason if "d" in seen else _pretix_reason_of(r))
+    return PretixEntry(r, rule.word(r))
 
 
 def queue_refusal(
