@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import datetime as dt
 import json
 import os
@@ -395,3 +396,57 @@ def test_cli_missing_folder_file_is_a_clear_error(tmp_path, capsys):
     rc = main(["ticket", "verify", "--pretix-dir", str(d), "x"])
     assert rc == 2
     assert "checkinlist.json cannot be read" in capsys.readouterr().err
+
+
+# --- fuzzing: bad input is a refusal, never a crash ----------------------------------------------
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from .helpers import fuzz  # noqa: E402
+
+_KEYS = [Shop(Path("/nonexistent")).keys[0]]
+
+
+@settings(max_examples=fuzz(400), deadline=None)
+@given(st.binary(max_size=200))
+def test_any_bytes_behind_a_sig1_header_are_refused_or_read(payload):
+    import struct
+
+    raw = struct.pack(">BHH", 1, len(payload), 64) + payload + b"\0" * 64
+    text = base64.b64encode(raw).decode()[::-1]
+    with pytest.raises(Sig1Invalid):  # a zero signature verifies under no key
+        verify_secret(text, [k.public_key() for k in _KEYS])
+    with contextlib.suppress(ValueError, UnicodeDecodeError):
+        decode_ticket(payload)
+
+
+@settings(max_examples=fuzz(400), deadline=None)
+@given(st.text(max_size=300))
+def test_any_text_is_a_sig1_refusal_never_an_exception(text):
+    with pytest.raises(Sig1Invalid):
+        verify_secret(text, [k.public_key() for k in _KEYS])
+
+
+_WORDS = ["now", "product", "entries_today", "custom", "customtime", "date_from", "20:00",
+          "2026-06-01T00:00:00Z", "x", ""]  # fmt: skip
+_OPS = ["and", "or", "==", "!=", "<", "<=", ">", ">=", "inList", "objectList", "lookup",
+        "var", "buildTime", "isAfter", "isBefore", "entries_since", "entries_days_before",
+        "x"]  # fmt: skip
+_json = st.recursive(
+    st.none() | st.booleans() | st.integers(-5, 5) | st.floats() | st.sampled_from(_WORDS),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.sampled_from(_OPS), inner, max_size=2)
+    ),
+    max_leaves=12,
+)
+
+
+@settings(max_examples=fuzz(400), deadline=None)
+@given(_json)
+def test_any_rule_object_is_decided_or_refused_as_unsupported(rule):
+    ctx = pr.RuleContext(
+        dt.datetime(2026, 6, 1, 12, tzinfo=dt.UTC), pr.ZoneInfo("Europe/Berlin"), 1, None, ()
+    )
+    with contextlib.suppress(pr.Unsupported):
+        pr.allows(rule, ctx)

@@ -325,6 +325,8 @@ def decide_entry(
                 return PretixDecision(RULES, Reason.RULES, t)
         except pretix_rules.Unsupported as e:
             return PretixDecision(RULES, Reason.RULES_UNSUPPORTED, t, str(e))
+        except Exception as e:  # noqa: BLE001 - as pretixSCAN: a rule that fails refuses
+            return PretixDecision(RULES, Reason.RULES_UNSUPPORTED, t, f"rule failed: {e}")
     # The lane records entries only (no exit scans), so allow_entry_after_exit never applies.
     if entries and not cl.allow_multiple_entries:
         return PretixDecision(ALREADY_REDEEMED, Reason.ALREADY_USED, t, "no entries left")

@@ -115,6 +115,8 @@ def _parse_dt(text: Any, what: str) -> dt.datetime:
 
 
 def _build_time(ctx: RuleContext, kind: Any, value: Any = None) -> dt.datetime:
+    if not isinstance(kind, str):
+        raise Unsupported(f"buildTime {kind!r}")
     if kind == "custom":
         return _parse_dt(value, "buildTime custom")
     if kind == "customtime":
@@ -212,7 +214,7 @@ def evaluate(rule: Any, ctx: RuleContext, depth: int = 0) -> Any:
         args = [args]
     if op == "var":
         name = args[0] if args else None
-        if name not in VARIABLES:
+        if not isinstance(name, str) or name not in VARIABLES:
             raise Unsupported(f"variable {name!r}")
         return ctx.var(name)
     if op in ("and", "or"):
@@ -228,6 +230,8 @@ def evaluate(rule: Any, ctx: RuleContext, depth: int = 0) -> Any:
         return out
     values = [evaluate(a, ctx, depth + 1) for a in args]
     if op == "buildTime":
+        if not values:
+            raise Unsupported("buildTime without a kind")
         return _build_time(ctx, *values[:2])
     if op in _ENTRY_OPS:
         if len(values) != 1 or not isinstance(values[0], dt.datetime):
@@ -238,8 +242,8 @@ def evaluate(rule: Any, ctx: RuleContext, depth: int = 0) -> Any:
         raise Unsupported(f"operator {op!r}")
     try:
         return fn(*values)
-    except TypeError:
-        raise Unsupported(f"operator {op!r} with {len(values)} arguments") from None
+    except (TypeError, ValueError, OverflowError) as e:
+        raise Unsupported(f"operator {op!r} with these arguments: {e}") from None
 
 
 def allows(rules: Any, ctx: RuleContext) -> bool:
