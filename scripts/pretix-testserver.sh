@@ -47,7 +47,7 @@ if [ -f "$DIR/READY" ]; then
 fi
 rm -rf "$DIR/venv" "$DIR/build" "$DIR/template.sqlite3"
 echo "pretix $PRETIX_VERSION: creating virtualenv in $DIR/venv" >&2
-"$PY" -m venv "$DIR/venv"
+"$PY" -m venv "$DIR/venv" || { echo "pretix $PRETIX_VERSION: '$PY -m venv' failed" >&2; exit 1; }
 "$DIR/venv/bin/python" -m pip install -q --upgrade pip >/dev/null 2>&1 || true
 "$DIR/venv/bin/python" -m pip install -q "pretix==$PRETIX_VERSION" 2>&1 | grep -v "WARNING: Location" >&2 || true
 [ -x "$DIR/venv/bin/python" ] && "$DIR/venv/bin/python" -c "import pretix" || { echo "pretix $PRETIX_VERSION did not install" >&2; exit 1; }
@@ -67,7 +67,8 @@ debug=false
 from=pretix@localhost
 CFG
 echo "pretix $PRETIX_VERSION: migrating the template database (1.5-2 minutes)" >&2
-PRETIX_CONFIG_FILE="$DIR/build/pretix.cfg" "$DIR/venv/bin/python" -m pretix migrate -v 0 >&2
+PRETIX_CONFIG_FILE="$DIR/build/pretix.cfg" "$DIR/venv/bin/python" -m pretix migrate -v 0 >&2 \
+  || { echo "pretix $PRETIX_VERSION: migrate failed" >&2; exit 1; }
 cp "$DIR/build/data/db.sqlite3" "$DIR/template.sqlite3"
 rm -rf "$DIR/build"
 date -u +%FT%TZ > "$DIR/READY"
