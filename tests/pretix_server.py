@@ -100,7 +100,8 @@ def pretix_cache() -> Path:
             ["bash", str(SCRIPT), "build"], capture_output=True, text=True, timeout=BUILD_TIMEOUT_S
         )
         if b.returncode != 0:
-            _unavailable(f"pretix could not be built: {(b.stderr or b.stdout)[-500:]}")
+            why = "; ".join((b.stderr or b.stdout).strip().splitlines()[-3:])
+            _unavailable(f"pretix could not be built ({SCRIPT.name} build): {why}")
         r = subprocess.run(["bash", str(SCRIPT), "path"], capture_output=True, text=True)
     return Path(r.stdout.strip())
 
