@@ -24,6 +24,8 @@ from edge.fleet import lane
 from edge.gate import checks
 from edge.gate.audit import AuditLog, AuditRecord
 from edge.gate.faces import FaceStack
+from edge.gate.notice_socket import SocketSink
+from edge.gate.notices import Notice, Notices, notice_for_decision
 from edge.gate.notify import Notifier
 from edge.gate.policy import (
     GRANT,
@@ -137,6 +139,10 @@ class Gate:
             )
             stack.callback(self.source.close)
             self._resources = stack.pop_all()
+        # What the visitor is told; the lane screen (`edge-gate screen`) hears it on a socket.
+        self.notices = Notices()
+        if cfg.screen.socket:
+            self.notices.add(SocketSink(cfg.resolve(cfg.screen.socket)))
         if scanner is not None:
             threading.Thread(target=self._feed_scanner, args=(scanner,), daemon=True).start()
 
@@ -375,6 +381,15 @@ class Gate:
             self.on_decision(ev)
         except Exception as e:  # a full disk for --events must not stop the gate deciding
             log.error("decision output error=%s", e)
+        self.notices.send(  # never raises: a screen fault never stops the gate
+            Notice(
+                wall,
+                self.cfg.fleet.lane or self.cfg.gate.id,
+                notice_for_decision(d.decision == GRANT, str(d.reason)),
+                str(d.reason),
+                str(d.decision),
+            )
+        )
 
     def _audit(self, rec: AuditRecord) -> None:
         if self.audit is None:
