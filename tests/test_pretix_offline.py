@@ -450,3 +450,18 @@ def test_any_rule_object_is_decided_or_refused_as_unsupported(rule):
     )
     with contextlib.suppress(pr.Unsupported):
         pr.allows(rule, ctx)
+
+
+def test_a_fleet_redemption_proves_its_pretix_ticket_by_the_secret(tmp_path):
+    shop = Shop(tmp_path)
+    data = po.load_dir(shop.write())
+    s = shop.secret("Proof0001")
+    t = po.proof_ticket(data, s, "pretix-7-Proof0001")
+    assert (t.ticket_id, t.max_entries) == ("pretix-7-Proof0001", 1)
+    other = po.proof_ticket(data, s, "pretix-9-Proof0001")  # a lane on another list
+    assert other.ticket_id == "pretix-9-Proof0001" and other.max_entries > 1000
+    for claimed in ("pretix-7-Another01", "T-1", ""):
+        with pytest.raises(ValueError):
+            po.proof_ticket(data, s, claimed)
+    with pytest.raises(ValueError):
+        po.proof_ticket(data, Shop(tmp_path / "b").secret("Proof0001"), "pretix-7-Proof0001")

@@ -371,3 +371,24 @@ def is_pretix_text(text: str) -> bool:
     except Sig1Invalid:
         return False
     return True
+
+
+_ID = re.compile(r"pretix-(\d+)-(.+)")
+
+
+def proof_ticket(data: PretixData, secret: str, claimed_id: str) -> Ticket:
+    """What another lane's redemption of a pretix secret proves (fleet): the secret, verified
+    with this event's keys, counted under the sender's check-in list (named in the id it
+    claims). Raises ValueError (Sig1Invalid) when it proves nothing or names another ticket.
+
+    On a lane of the same list the entry counts against this list's setting; a redemption on
+    another list is kept under that list's id, which this lane never counts (pretix's lists are
+    independent), and is never taken for a double use.
+    """
+    t = verify_secret(secret, data.event.keys)
+    m = _ID.fullmatch(claimed_id or "")
+    if m is None or ticket_id(int(m.group(1)), t) != claimed_id:
+        raise ValueError(f"redemption names {claimed_id!r} but proves pretix seed {t.seed!r}")
+    if int(m.group(1)) == data.checkin_list.id:
+        return ledger_ticket(data, t)
+    return Ticket(claimed_id, f"pretix-item-{t.item}", kind=Kind.ENTRIES, count=MULTI_ENTRY_COUNT)
