@@ -465,3 +465,14 @@ def test_a_fleet_redemption_proves_its_pretix_ticket_by_the_secret(tmp_path):
             po.proof_ticket(data, s, claimed)
     with pytest.raises(ValueError):
         po.proof_ticket(data, Shop(tmp_path / "b").secret("Proof0001"), "pretix-7-Proof0001")
+
+
+def test_cached_folder_is_read_again_when_sync_replaces_a_file(tmp_path):
+    shop = Shop(tmp_path)
+    shop.write()
+    first = po.load_dir_cached(tmp_path)
+    assert po.load_dir_cached(tmp_path) is first
+    shop.revoked = [shop.secret()]
+    shop.write()
+    os.utime(tmp_path / "revokedsecrets.json", ns=(1, 1))  # a new stamp even on coarse clocks
+    assert po.load_dir_cached(tmp_path).revoked == frozenset(shop.revoked)

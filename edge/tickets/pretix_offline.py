@@ -392,3 +392,17 @@ def proof_ticket(data: PretixData, secret: str, claimed_id: str) -> Ticket:
     if int(m.group(1)) == data.checkin_list.id:
         return ledger_ticket(data, t)
     return Ticket(claimed_id, f"pretix-item-{t.item}", kind=Kind.ENTRIES, count=MULTI_ENTRY_COUNT)
+
+
+_CACHE: dict[str, tuple[tuple, PretixData]] = {}
+
+
+def load_dir_cached(path: str | Path) -> PretixData:
+    """load_dir, read again only when sync replaced a file (for checks made per message)."""
+    key, stamp = str(path), dir_stamp(path)
+    hit = _CACHE.get(key)
+    if hit is not None and hit[0] == stamp:
+        return hit[1]
+    data = load_dir(path)
+    _CACHE[key] = (stamp, data)
+    return data
