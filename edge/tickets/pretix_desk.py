@@ -139,8 +139,10 @@ class PretixVerifier:
 
     def ticket(self, text: str, sig1: Sig1Ticket) -> PretixTicket:
         """The ledger ticket of a genuine secret."""
-        base = po.ledger_ticket(self.data, sig1)
-        return PretixTicket(**dataclasses.asdict(base), secret=canonical(text), sig1=sig1)
+        fields = dataclasses.asdict(po.ledger_ticket(self.data, sig1))
+        if "text" in fields:  # a ticket names itself by its signed text in fleet redemptions
+            fields["text"] = canonical(text)
+        return PretixTicket(**fields, secret=canonical(text), sig1=sig1)
 
 
 @dataclass
@@ -208,6 +210,8 @@ def queue_refusal(
 ) -> None:
     """Queue a refused scan for pretix's failed check-ins; a ledger that cannot is logged."""
     queue = getattr(ledger, "queue_upload", None)
+    if queue is None:  # a fleet lane's ledger wrapper: its ledger queues
+        queue = getattr(getattr(ledger, "ledger", None), "queue_upload", None)
     if queue is None:  # no ledger (UnavailableLedger): nothing is counted or queued
         log.error("pretix refused scan not queued: the ledger is unavailable")
         return
