@@ -465,6 +465,13 @@ def test_a_fleet_redemption_proves_its_pretix_ticket_by_the_secret(tmp_path):
             po.proof_ticket(data, s, claimed)
     with pytest.raises(ValueError):
         po.proof_ticket(data, Shop(tmp_path / "b").secret("Proof0001"), "pretix-7-Proof0001")
+    from edge import config as config_mod
+
+    cfg = config_mod.override(config_mod.Config(), pretix={"dir": str(tmp_path)})
+    assert po.lane_proof(cfg, s, "pretix-7-Proof0001").ticket_id == "pretix-7-Proof0001"
+    (tmp_path / "event.json").unlink()
+    with pytest.raises(ValueError, match="event.json"):
+        po.lane_proof(cfg, s, "pretix-7-Proof0001")
 
 
 def test_cached_folder_is_read_again_when_sync_replaces_a_file(tmp_path):

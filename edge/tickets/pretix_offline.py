@@ -406,3 +406,13 @@ def load_dir_cached(path: str | Path) -> PretixData:
     data = load_dir(path)
     _CACHE[key] = (stamp, data)
     return data
+
+
+def lane_proof(cfg: Any, secret: str, claimed_id: object) -> Ticket:
+    """`proof_ticket` against this lane's own pretix folder (for `edge-gate sync`); ValueError
+    when it proves nothing, or the folder cannot be read."""
+    try:
+        data = load_dir_cached(cfg.resolve(cfg.pretix.dir))
+    except ConfigError as e:
+        raise ValueError(str(e)) from None
+    return proof_ticket(data, secret, str(claimed_id))
