@@ -211,7 +211,7 @@ def test_the_gate_process_never_loads_the_shop_client():
     import sys
 
     script = (
-        "import sys, edge.gate.daemon, edge.tickets.desk, edge.tickets.pretix_desk;"
+        "import sys, edge.gate.daemon, edge.gate.desk, edge.tickets.pretix_desk;"
         "print(sorted(m for m in sys.modules if m.startswith('edge.pretix')))"
     )
     root = Path(__file__).resolve().parent.parent

@@ -22,7 +22,8 @@ import numpy as np
 from edge.config import Config
 from edge.errors import ImageError
 from edge.gate.policy import FACE, GRANT, FaceSeen, Observation, Policy, PolicyParams
-from edge.vision.image import load_image
+from edge.progress import progress
+from edge.vision.image import load_image, open_video
 from edge.vision.liveness import LivenessJudge, PadModel
 from edge.vision.pipeline import FacePipeline
 
@@ -77,7 +78,7 @@ def judge_clip(
 ) -> tuple[bool, float | None, int]:
     """Play a clip through the face policy as if the visitor matched: does it grant?"""
     judge.reset()
-    cap = cv2.VideoCapture(str(path))
+    cap = open_video(path, pipe.max_image_pixels)
     fps = cap.get(cv2.CAP_PROP_FPS) or 15.0
     fps = fps if 1 <= fps <= 120 else 15.0
     policy, i, live_frames, judged, granted = Policy(params), 0, 0, 0, False
@@ -121,16 +122,17 @@ def evaluate_pad(cfg: Config, root: Path, pipe: FacePipeline, judge: LivenessJud
     params = PolicyParams.from_config(cfg)
     times: list[float] = []
     results = []
-    for path, kind in items:
-        if path.suffix.lower() in VIDEO_EXT:
-            ok, score, n = judge_clip(pipe, judge, params, path, times)
-        else:
-            try:
-                p = judge_image(pipe, judge.model, load_image(path), times)
-            except ImageError as e:
-                log.warning("eval-pad skip=%s reason=%s", path, e)
-                continue
-            ok, score, n = (p is not None and judge.model.is_live(p)), p, int(p is not None)
+    for path, kind in progress(items, f"eval-pad {root.name}", unit="presentation"):
+        try:
+            if path.suffix.lower() in VIDEO_EXT:
+                ok, score, n = judge_clip(pipe, judge, params, path, times)
+            else:
+                img = load_image(path, pipe.max_image_pixels)
+                p = judge_image(pipe, judge.model, img, times)
+                ok, score, n = (p is not None and judge.model.is_live(p)), p, int(p is not None)
+        except ImageError as e:
+            log.warning("eval-pad skip=%s reason=%s", path, e)
+            continue
         results.append(Presentation(path, kind, ok, score, n))
     report = summarise(results, judge.model.spec.threshold, times, root)
     report["too_close"] = judge.model.too_close  # faces filling the frame: not judged, not live
