@@ -59,7 +59,12 @@ def cmd_verify(args) -> int:
         )
     if args.redeem and not (args.db or args.config):
         raise EdgeGateError("--redeem needs a ledger", "pass --db LEDGER (edge-gate ledger init)")
-    now = float(parse_time(args.at)) if args.at is not None else time.time()
+    now = time.time()
+    if args.at is not None:  # a time without an offset is in the site's zone
+        from edge import config as config_mod
+
+        cfg = config_mod.load(args.config) if args.config else config_mod.Config()
+        now = float(parse_time(args.at, cfg.gate.zone))
     opts = DeskOptions(
         config=args.config,
         pubkeys=tuple(str(p) for p in args.pubkey or ()),

@@ -21,7 +21,7 @@ from edge import config as config_mod
 from edge import tickets as tk
 from edge.errors import EdgeGateError
 from edge.fleet import lane
-from edge.gate import checks
+from edge.gate import checks, desk
 from edge.gate.audit import AuditLog, AuditRecord, open_audit
 from edge.gate.desk import open_gate_ledger
 from edge.gate.faces import FaceStack
@@ -139,7 +139,7 @@ class Gate:
                 Relay(cfg.relay, factory=pin_factory, on_event=self._relay_event)
             )
             self.verifier = self._load_tickets(cfg)
-            self._tickets_stamp = pretix_desk.tickets_stamp(cfg)
+            self._tickets_stamp = desk.tickets_stamp(cfg)
             self.audit = open_audit(cfg, "create", fold_junk=True)
             stack.callback(self.audit.close)
             # A missing or rolled-back ledger is a stand-in that refuses every ticket, loudly.
@@ -302,7 +302,7 @@ class Gate:
         self._maintain_evidence()
         mode = self.degraded or self.cfg.gate.mode
         lane.report_status(self.ledger, fps=round(fps, 1), camera=self.source.state, mode=mode)
-        if (stamp := pretix_desk.tickets_stamp(self.cfg)) != self._tickets_stamp:
+        if (stamp := desk.tickets_stamp(self.cfg)) != self._tickets_stamp:
             self._tickets_stamp = stamp
             try:
                 self.verifier = self._load_tickets(self.cfg)

@@ -265,6 +265,16 @@ class DeskOptions:
     pretix_dir: str | None = None  # decide pretix secrets from this folder (pretix_desk)
 
 
+def tickets_stamp(cfg: config_mod.Config) -> tuple:
+    """Changes when anything the gate's verifier is built from changed on disk: the office's
+    revocations and keys, and the lane's pretix folder."""
+    from edge.fleet import lane
+    from edge.tickets.pretix_offline import dir_stamp
+
+    folder = cfg.resolve(cfg.pretix.dir) if cfg.pretix.enabled else None
+    return (lane.tickets_stamp(cfg), dir_stamp(folder) if folder else None)
+
+
 def with_pretix(cfg: config_mod.Config, edge: Verifier | None, pretix_dir: str | None = None):
     """The gate's verifier, deciding pretix secrets too when a pretix folder is configured."""
     folder = pretix_dir or (str(cfg.resolve(cfg.pretix.dir)) if cfg.pretix.enabled else None)

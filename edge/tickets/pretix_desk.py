@@ -277,14 +277,6 @@ def gate_refused(ledger: Any, verifier: Any, code: str, now: float) -> str:
     return d.pretix_reason
 
 
-def tickets_stamp(cfg: Any) -> tuple:
-    """Changes when anything the gate's verifier is built from changed on disk."""
-    from edge.fleet import lane
-
-    folder = cfg.resolve(cfg.pretix.dir) if cfg.pretix.enabled else None
-    return (lane.tickets_stamp(cfg), po.dir_stamp(folder) if folder else None)
-
-
 def lane_status(cfg: Any, now: float) -> dict[str, Any]:
     """How old the lane's pretix data is and what waits for upload (`doctor`, `fleet status`)."""
     folder = cfg.resolve(cfg.pretix.dir)
