@@ -476,6 +476,32 @@ class SignalConfig:
 
 
 @dataclass(frozen=True)
+class PretixConfig:
+    """[pretix]: tickets sold in a pretix shop, decided offline from a folder that sync fills."""
+
+    dir: str = setting(
+        "", "the folder the lane decides pretix tickets from", also=(("", "no pretix"),)
+    )
+    url: str = setting("", "the shop's base URL (only `pretix sync` uses it)")
+    organizer: str = setting("", "the organizer's short name in pretix")
+    event: str = setting("", "the event's short name in pretix")
+    checkin_list: int = setting(0, "the id of this lane's check-in list", ge=0)
+    token_file: str = setting("", "0600 file with the API token (or credential pretix.token)")
+    auth: str = setting("token", "the token's kind", choices=("token", "device"))
+    gate: int = setting(0, "pretix gate id for check-in rules on `gate`", ge=0)
+    sync_every_s: float = setting(60.0, "pull and upload period", unit="seconds", gt=0)
+    stale_after_s: float = setting(
+        3600.0, "`doctor` warns when the data is older", unit="seconds", gt=0
+    )
+    tls_ca_file: str = setting("", "a private CA for the shop's HTTPS")
+
+    @property
+    def enabled(self) -> bool:
+        """A [pretix] folder is configured: the lane decides pretix secrets."""
+        return bool(self.dir)
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole edge-gate.toml, so every command reads the same validated settings."""
 
@@ -492,6 +518,7 @@ class Config:
     console: ConsoleConfig = field(default_factory=ConsoleConfig)
     screen: ScreenConfig = field(default_factory=ScreenConfig)
     signal: SignalConfig = field(default_factory=SignalConfig)
+    pretix: PretixConfig = field(default_factory=PretixConfig)
     source_file: str = ""  # where it was read from; relative paths resolve against its folder
     # (section, key, value) set by override(), e.g. command-line flags; reload() applies them again
     overrides: tuple[tuple[str, str, Any], ...] = ()

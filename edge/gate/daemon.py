@@ -21,7 +21,7 @@ from edge import config as config_mod
 from edge import tickets as tk
 from edge.errors import EdgeGateError
 from edge.fleet import lane
-from edge.gate import checks
+from edge.gate import checks, desk
 from edge.gate.audit import AuditLog, AuditRecord, open_audit
 from edge.gate.desk import open_gate_ledger
 from edge.gate.faces import FaceStack
@@ -42,6 +42,7 @@ from edge.gate.policy import (
 )
 from edge.gate.relay import Relay
 from edge.gate.sources import Frame, FrameSource, open_source
+from edge.tickets import pretix_desk
 from edge.timeutil import iso
 
 log = logging.getLogger(__name__)
@@ -138,7 +139,7 @@ class Gate:
                 Relay(cfg.relay, factory=pin_factory, on_event=self._relay_event)
             )
             self.verifier = self._load_tickets(cfg)
-            self._tickets_stamp = lane.tickets_stamp(cfg)
+            self._tickets_stamp = desk.tickets_stamp(cfg)
             self.audit = open_audit(cfg, "create", fold_junk=True)
             stack.callback(self.audit.close)
             # A missing or rolled-back ledger is a stand-in that refuses every ticket, loudly.
@@ -170,9 +171,9 @@ class Gate:
 
     @staticmethod
     def _load_tickets(cfg: config_mod.Config) -> tk.Verifier:
-        from edge.gate.desk import gate_verifier
+        from edge.gate.desk import gate_verifier, with_pretix
 
-        return gate_verifier(cfg, keys=checks.ticket_keys(cfg))
+        return with_pretix(cfg, gate_verifier(cfg, keys=checks.ticket_keys(cfg)))
 
     def _load_faces(self, cfg: config_mod.Config) -> FaceStack | None:
         """Configuration errors raise (refuse to start); faults of files at run time degrade."""
@@ -301,7 +302,7 @@ class Gate:
         self._maintain_evidence()
         mode = self.degraded or self.cfg.gate.mode
         lane.report_status(self.ledger, fps=round(fps, 1), camera=self.source.state, mode=mode)
-        if (stamp := lane.tickets_stamp(self.cfg)) != self._tickets_stamp:
+        if (stamp := desk.tickets_stamp(self.cfg)) != self._tickets_stamp:
             self._tickets_stamp = stamp
             try:
                 self.verifier = self._load_tickets(self.cfg)
@@ -365,13 +366,14 @@ class Gate:
     def act(self, d: Decision) -> None:
         """Redeem, open, record, report: a grant that cannot be recorded or switched is a deny."""
         wall = self.clock()
+        pretix_word = ""
         if d.decision == GRANT and d.via != Via.TICKET:  # a restored lane: no face until the
             held = lane.face_refusal(self.ledger)  # office's forget list is applied (fleet)
             if held is not None:
                 d = dataclasses.replace(d, decision=Outcome.DENY, reason=held.reason, ticket=None)
         if d.decision == GRANT and d.ticket is not None:
-            try:
-                r = self.ledger.redeem(d.ticket, wall)  # the commit is the moment the entry counts
+            try:  # the commit is the moment the entry counts
+                r, pretix_word = pretix_desk.gate_redeem(self.ledger, self.verifier, d.ticket, wall)
                 if not r.ok:
                     d = dataclasses.replace(d, decision=Outcome.DENY, reason=r.reason, ticket=None)
             except EdgeGateError as e:
@@ -379,6 +381,11 @@ class Gate:
                 d = dataclasses.replace(
                     d, decision=Outcome.DENY, reason=Reason.LEDGER_ERROR, ticket=None
                 )
+        elif d.decision == Outcome.DENY and d.code:
+            try:
+                pretix_word = pretix_desk.gate_refused(self.ledger, self.verifier, d.code, wall)
+            except EdgeGateError as e:
+                log.error("pretix refused scan not queued: %s", e)
         if d.decision == GRANT:
             try:
                 self.relay.pulse()
@@ -386,6 +393,8 @@ class Gate:
                 log.error("relay error=%s", e)
                 d = dataclasses.replace(d, decision=Outcome.DENY, reason=Reason.RELAY_ERROR)
         ev = decision_json(d, self.cfg.gate.id, wall)
+        if pretix_word:
+            ev["pretix_reason"] = pretix_word
         self.last_decision = f"{d.decision} {d.via} {d.reason}"
         # No person or ticket id in the log: the journal is not where identifiers belong.
         log.info("decision %s via=%s reason=%s frame=%d", d.decision, d.via, d.reason, d.frame)

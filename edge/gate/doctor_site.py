@@ -211,3 +211,33 @@ def _fleet(site: Site) -> str | Check:
             "set the time (NTP) on the lanes named",
         )
     return f"{where}: connected, clock vs fleet {mine}"
+
+
+@check("pretix")
+def _pretix(site: Site) -> str | Check:
+    """The lane's pretix folder: readable, and how old (sync keeps it fresh; the gate never
+    waits for it, so old data is a warning: revocations made since are not known here)."""
+    from edge.tickets.pretix_desk import lane_status
+    from edge.tickets.pretix_offline import load_dir
+
+    px = site.cfg.pretix
+    if not px.enabled:
+        return "no [pretix]: pretix tickets are not accepted here"
+    data = load_dir(site.cfg.resolve(px.dir))  # a ConfigError fails the check with its fix
+    st = lane_status(site.cfg, time.time())
+    age = st["age_s"]
+    what = (
+        f"event {data.event.slug}, list {data.checkin_list.id}, {len(data.event.keys)} key(s), "
+        f"{len(data.revoked)} revoked, {len(data.blocked)} blocked; data "
+        + (f"{age / 60:.0f} min old" if age is not None else "of unknown age")
+        + f"; {st['upload_pending']} check-in(s) waiting for upload"
+    )
+    if age is None or age > px.stale_after_s:
+        why = f"; last error: {st['last_error']}" if st["last_error"] else ""
+        return Check(
+            "warn",
+            "pretix",
+            what + f" (older than pretix.stale_after_s = {px.stale_after_s:.0f} s){why}",
+            "systemctl status edge-gate-pretix-sync; check the shop URL, token and network",
+        )
+    return what

@@ -115,6 +115,7 @@ class Decision:
     score: float | None
     reason: str  # a Reason, or the verifier's / ledger's reason for a ticket
     ticket: Ticket | None = None  # a ticket grant becomes final only when the ledger records it
+    code: str = ""  # the scanned text of a ticket decision (refused pretix scans are reported)
 
 
 @dataclass(frozen=True)
@@ -219,7 +220,9 @@ class Policy:
             v = ts.verdict
             tid = v.ticket.ticket_id if v.ticket else None
             if not v.valid:
-                out.append(Decision(obs.t, obs.frame, DENY, TICKET, tid, None, v.reason))
+                out.append(
+                    Decision(obs.t, obs.frame, DENY, TICKET, tid, None, v.reason, code=ts.text)
+                )
             elif p.mode == "face-and-ticket":
                 self.pending = PendingTicket(obs.t, v.ticket)
             else:
