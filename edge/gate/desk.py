@@ -32,6 +32,7 @@ from edge.tickets.ledger import (
     day_of,
     init_ledger,
 )
+from edge.tickets.pretix_desk import PretixVerdict, PretixVerifier, desk_result, load_verifier
 from edge.tickets.revocation import load_revocations
 from edge.tickets.verifier import Verifier
 
@@ -280,8 +281,6 @@ def with_pretix(cfg: config_mod.Config, edge: Verifier | None, pretix_dir: str |
     folder = pretix_dir or (str(cfg.resolve(cfg.pretix.dir)) if cfg.pretix.enabled else None)
     if folder is None:
         return edge
-    from edge.tickets.pretix_desk import load_verifier
-
     return load_verifier(folder, edge, cfg.pretix.gate)
 
 
@@ -345,9 +344,8 @@ def verify_inputs(desk: Desk, inputs: list[str], redeem: bool, now: float) -> It
             out.update(valid=v.valid, reason=v.reason, ticket_id=v.ticket_id)
             if v.detail:
                 out["detail"] = v.detail
-            if hasattr(v, "pretix_reason"):  # a pretix secret: pretix's rule, its upload queue
-                from edge.tickets.pretix_desk import desk_result
-
+            if isinstance(v, PretixVerdict) and isinstance(desk.verifier, PretixVerifier):
+                # a pretix secret: pretix's rule, its upload queue
                 out.update(
                     desk_result(desk.ledger, desk.ledger_problem, desk.verifier, v, redeem, now)
                 )

@@ -129,7 +129,7 @@ class PretixVerifier:
 
     def verify(self, text: str, now: float) -> Verdict:
         """Decide offline whether a scanned code is genuine and valid now."""
-        if not self.is_pretix(text):
+        if self.edge is not None and not po.is_pretix_text(text):
             return self.edge.verify(text, now)
         d = self.decision(text, now)
         ticket = self.ticket(text, d.sig1) if d.sig1 is not None else None
@@ -162,6 +162,8 @@ class _EntryRule:
         self.decision: po.PretixDecision | None = None
 
     def __call__(self, times: list[float]) -> Redemption | None:
+        if self.t.sig1 is None:  # never: a PretixTicket is made from a verified payload
+            return Redemption(False, Reason.MALFORMED, len(times), "no pretix payload")
         d = po.decide_entry(self.v.data, self.t.sig1, self.now, times, self.v.gate)
         self.decision = d
         return None if d.valid else Redemption(False, Reason(d.reason), len(times), d.detail)
@@ -238,7 +240,7 @@ def desk_result(
     """
     out: dict[str, Any] = {"pretix_reason": verdict.pretix_reason}
     t = verdict.ticket
-    if not verdict.valid or not isinstance(t, PretixTicket):
+    if not verdict.valid or not isinstance(t, PretixTicket) or t.sig1 is None:
         if redeem_ and ledger is not None:
             queue_refusal(ledger, v, verdict.text, verdict.pretix_reason, verdict.sig1, now)
         return out

@@ -224,7 +224,7 @@ def load_dir(path: str | Path) -> PretixData:
 
 def dir_stamp(path: str | Path) -> tuple:
     """Changes whenever sync replaces a file: the gate re-reads the folder when it does."""
-    out = []
+    out: list[tuple] = []
     for name in (*FILES, ITEMS):
         try:
             st = os.stat(Path(path) / name)
@@ -296,7 +296,7 @@ def decide(
     """pretixSCAN's offline decision; `entries` are earlier entries of this ticket on this list
     (Unix times, from the ledger: this lane's and the other lanes')."""
     first = check_secret(data, secret, now)
-    if not first.valid:
+    if not first.valid or first.sig1 is None:
         return first
     return decide_entry(data, first.sig1, now, entries, gate)
 

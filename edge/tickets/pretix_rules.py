@@ -14,7 +14,7 @@ reason instead of guessing what the rule meant. Pure: the entry history comes in
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -180,7 +180,7 @@ def _in_list(a: Any, b: Any) -> bool:
     return a in b
 
 
-_OPS = {
+_OPS: dict[str, Callable[..., Any]] = {
     "==": _soft_equals,
     "!=": lambda a, b: not _soft_equals(a, b),
     "<": _less,

@@ -166,9 +166,9 @@ def encode_ticket(t: Sig1Ticket) -> bytes:
     for number, value in ((2, t.item), (3, t.variation), (4, t.subevent)):
         if value:
             out += _put_varint(number << 3) + _put_varint(value)
-    for number, value in ((5, t.valid_from), (6, t.valid_until)):
-        if value is not None:
-            out += _put_varint(number << 3) + _put_varint(value)
+    for number, when in ((5, t.valid_from), (6, t.valid_until)):
+        if when is not None:
+            out += _put_varint(number << 3) + _put_varint(when)
     return bytes(out)
 
 
