@@ -127,6 +127,10 @@ class LivenessConfig:
     mode: str = "model+motion"
     model: str = "minifasnet_int8"
     threshold: float = 0.0  # 0 = the model's measured threshold from models.json
+    # The frame and surround cues (edge/vision/cues.py) veto a face the model judged live when a
+    # print's border or a screen's bezel surrounds it, or it is a head with no body on a plain
+    # surface (MODELS.md gives what they cost in live visitors refused).
+    cues: bool = True
 
 
 @dataclass(frozen=True)

@@ -24,11 +24,13 @@ from edge.fleet import lane
 from edge.gate import checks
 from edge.gate.audit import AuditLog, AuditRecord
 from edge.gate.faces import FaceStack
+from edge.gate.notices import Notice, Notices, notice_for_decision
 from edge.gate.notify import Notifier
 from edge.gate.policy import (
     GRANT,
     Decision,
     FaceSeen,
+    Guidance,
     Observation,
     Outcome,
     Policy,
@@ -98,11 +100,15 @@ class Gate:
         scanner: Iterable[str | bytes] | None = None,
         pin_factory=None,
         notifier: Notifier | None = None,
+        notices: Notices | None = None,
         clock: Callable[[], float] = time.time,
     ):
         self.cfg = cfg
         self.on_decision = on_decision or (lambda ev: None)
         self.notifier = notifier or Notifier()
+        # What the visitor is told (edge/gate/notices.py): every decision and the guidance
+        # before one, fanned out to every sink (events file, lane screen); a sink never raises.
+        self.notices = notices if notices is not None else Notices()
         self.clock = clock
         self.stop_requested = False
         self.reload_requested = False
@@ -323,7 +329,21 @@ class Gate:
             texts.append(self._scan_q.get_nowait())
         seen = tuple(TicketSeen(t, self.verifier.verify(t, wall)) for t in texts)
         t, index = (frame.t, frame.index) if frame is not None else (time.monotonic(), -1)
-        return self.policy.step(Observation(t, index, wall, faces, seen))
+        decisions = self.policy.step(Observation(t, index, wall, faces, seen))
+        for g in self.policy.take_guidance():
+            self.guide(g, wall)
+        return decisions
+
+    def guide(self, g: Guidance, wall: float) -> None:
+        """Tell the visitor what they can do before any decision (step back, come closer...)."""
+        log.info("guidance %s reason=%s frame=%d", g.notice, g.reason, g.frame)
+        self._tell(Notice(wall, self.cfg.gate.id, g.notice, g.reason))
+
+    def _tell(self, notice: Notice) -> None:
+        try:
+            self.notices.send(notice)
+        except Exception as e:  # Notices never raises; a broken fan-out must not either
+            log.error("notice error=%s", e)
 
     def act(self, d: Decision) -> None:
         """Redeem, open, record, report: a grant that cannot be recorded or switched is a deny."""
@@ -366,6 +386,16 @@ class Gate:
             self.on_decision(ev)
         except Exception as e:  # a full disk for --events must not stop the gate deciding
             log.error("decision output error=%s", e)
+        granted = d.decision == GRANT
+        self._tell(
+            Notice(
+                wall,
+                self.cfg.gate.id,
+                notice_for_decision(granted, str(d.reason)),
+                str(d.reason),
+                "grant" if granted else "deny",
+            )
+        )
 
     def _audit(self, rec: AuditRecord) -> None:
         if self.audit is None:
