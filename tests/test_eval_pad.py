@@ -9,6 +9,7 @@ import cv2
 import pytest
 
 from edge.cli import main
+from edge.errors import ImageError
 from edge.lab.pad_eval import threshold_for
 from edge.lab.padsynth import write_attack_clip
 
@@ -80,6 +81,7 @@ def test_write_threshold_goes_to_models_json(pad_dir, tmp_path, capsys):
 
 
 def test_threshold_rule():
+    """The strictest threshold within the live refusal budget; attack scores do not move it."""
     live = [
         {"file": f"l{i}.jpg", "kind": "live", "score": s} for i, s in enumerate([0.99, 1.0, 0.97])
     ]
@@ -88,9 +90,18 @@ def test_threshold_rule():
         {"file": "v.mp4", "kind": "print", "score": 0.999},
     ]
     t, why = threshold_for(live + att)  # the video's score is a share of frames, not a probability
-    assert 0.4 < t <= 0.97
-    assert "APCER 0" in why
+    assert t == 0.97  # no live image refused: 5% of 3 is less than one
+    assert "APCER 0.000 on 1 attack" in why
     strong = att + [{"file": "b.jpg", "kind": "screen", "score": 0.995}]
-    t, why = threshold_for(live + strong)  # APCER 0 would refuse 2 of 3 live: BPCER rules
-    assert t == 0.97
-    assert "BPCER" in why
+    assert threshold_for(live + strong)[0] == 0.97  # the same: only live images set it
+    many = [{"file": f"m{i}.jpg", "kind": "live", "score": 0.9 + i / 1000} for i in range(40)]
+    low = [{"file": "x.jpg", "kind": "live", "score": 0.2}]
+    t, why = threshold_for(many + low + att)  # 41 live: two may be refused
+    assert t == 0.9010 and "BPCER 0.049" in why
+    cued = [{"file": "c.jpg", "kind": "live", "score": 1.0, "cue": "frame"}]
+    assert threshold_for(many + low + cued + att)[0] == 0.9  # a cue's refusals use the budget
+    bad = [{"file": f"b{i}.jpg", "kind": "live", "score": 0.1} for i in range(5)]
+    t, why = threshold_for(bad + att)
+    assert t == 0.5 and "clamped" in why  # never under 0.5
+    with pytest.raises(ImageError, match="no usable threshold"):
+        threshold_for(bad + att, strict=False)
