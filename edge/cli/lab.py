@@ -126,8 +126,8 @@ def register(sub, common) -> None:
     sp.add_argument(
         "--target-bpcer",
         type=float,
-        default=0.05,
-        help="the threshold rule's live refusal budget (default 0.05)",
+        default=0.10,
+        help="the threshold rule's live refusal budget (default 0.10)",
     )
     sp.add_argument(
         "--leave-one-source-out",
