@@ -120,8 +120,8 @@ def register(sub, common) -> None:
     sp.add_argument(
         "--write-threshold",
         action="store_true",
-        help="store the strictest threshold that refuses at most --target-bpcer of the live"
-        " images in models.json",
+        help="store the threshold halfway between APCER 0 and BPCER --target-bpcer on the images"
+        " (the budget binds when they cross) in models.json",
     )
     sp.add_argument(
         "--target-bpcer",

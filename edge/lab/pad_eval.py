@@ -369,13 +369,13 @@ def threshold_for(
     target_bpcer: float = TARGET_BPCER,
     strict: bool = True,
 ) -> tuple[float, str]:
-    """The strictest (highest) threshold that refuses at most target_bpcer of the live images.
-    Images with no face found, too close, or refused by a cue count as refused at any threshold.
+    """The threshold with the most room on both sides: halfway between the lowest one that
+    accepts no attack image (of `targets`, default every type) and the strictest one that
+    refuses at most target_bpcer of the live images; when those two cross, the strictest one
+    within the budget (the live budget binds, the attacks are judged at it).
 
-    It does not look at the attack scores: an attack instrument never seen may score higher
-    than the ones at hand, and the live refusal budget is spent on the margin against it. The
-    APCER on the attack images (of `targets`, default every type) is given in the reason;
-    strict=False refuses (ImageError) a threshold that accepts half of them or more.
+    Images with no face found, too close, or refused by a cue count as refused at any
+    threshold. strict=False refuses (ImageError) a threshold that accepts half the attacks.
     """
     imgs = _images(results)
     live = np.array([_effective(r) for r in imgs if r["kind"] == "live"])
@@ -392,7 +392,13 @@ def threshold_for(
             "add images to DIR/live and DIR/attack/<type>",
         )
     allowed = [v for v in np.unique(live) if np.mean(live < v) <= target_bpcer]
-    t = float(np.floor(max(allowed, default=0.0) * 1e4) / 1e4)  # strictest within, rounded down
+    t_live = float(np.floor(max(allowed, default=0.0) * 1e4) / 1e4)  # rounded down: within
+    t_att = float(np.ceil(np.nextafter(att.max(), 2.0) * 1e4) / 1e4)  # rounded up: above all
+    if t_att <= t_live:
+        t = round((t_att + t_live) / 2, 4)
+        how = f"halfway between APCER 0 ({t_att}) and BPCER {target_bpcer:.0%} ({t_live})"
+    else:
+        t, how = t_live, f"strictest with BPCER <= {target_bpcer:.0%} (APCER 0 needs {t_att})"
     apcer = float(np.mean(att >= t))
     if apcer >= 0.5 and not strict:
         raise ImageError(
@@ -402,8 +408,8 @@ def threshold_for(
             "surroundings)",
         )
     return t, (
-        f"strictest with BPCER <= {target_bpcer:.0%}: BPCER {np.mean(live < t):.3f} on "
-        f"{len(live)} live, APCER {apcer:.3f} on {len(att)} attack images"
+        f"{how}: BPCER {np.mean(live < t):.3f} on {len(live)} live, "
+        f"APCER {apcer:.3f} on {len(att)} attack images"
     )
 
 
