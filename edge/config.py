@@ -120,11 +120,13 @@ class RelayConfig:
 
 @dataclass(frozen=True)
 class LivenessConfig:
-    # "model+motion" (default), "model", or "off" (no presentation-attack detection: a printed
-    # photo of a pass holder opens the gate; `doctor` and `privacy-report` say so)
+    # "model" (default), "model+motion" (adds the keypoint-plane veto: on the real clips it
+    # fired on a live visitor and never refused an attack the model passed; MODELS.md), or
+    # "off" (no presentation-attack detection: a printed photo of a pass holder opens the gate;
+    # `doctor` and `privacy-report` say so)
     """[liveness]: how the gate refuses photos and screens held up to the camera."""
 
-    mode: str = "model+motion"
+    mode: str = "model"
     model: str = "minifasnet_int8"
     threshold: float = 0.0  # 0 = the model's measured threshold from models.json
     # The frame and surround cues (edge/vision/cues.py) veto a face the model judged live when a
