@@ -38,8 +38,9 @@ MAX_SAME_SIDE = 2  # more parallel lines than this on one side are texture (fold
 BESIDE = ((-1.45, -0.95, -0.5, 0.1), (0.95, 1.45, -0.5, 0.1))
 SHOULDERS = ((-1.35, -0.75, 0.75, 1.15), (0.75, 1.35, 0.75, 1.15))
 PLAIN_STD = 8.0  # grey-level spread within a region of a plain surface
-SAME_COLOUR = 12.0  # largest difference of a region's mean colour from the regions' mean
-MIN_IN_VIEW = 0.5  # share of a region that must lie inside the frame to be read
+SAME_LIGHT = 0.2  # brightest and darkest region differ by at most this share of the mean
+SAME_HUE = 0.06  # each region's chromaticity (B, G, R over their mean) within this of the mean
+MIN_IN_VIEW = 0.25  # share of a region that must lie inside the frame to be read
 
 
 @dataclass(frozen=True)
@@ -177,17 +178,27 @@ def _region(crop: np.ndarray, valid: np.ndarray, r: tuple[float, float, float, f
 def floating_head(crop: np.ndarray, valid: np.ndarray) -> bool:
     """Beside the head and where the shoulders should be, one plain surface of one colour: a
     head with no body (a photo cut out around the head). A live visitor's shoulders break it.
-    Says nothing (False) when the frame does not show those places."""
-    means, spreads = [], []
+
+    Both places beside the head and at least one shoulder must be in view (MIN_IN_VIEW of each);
+    says nothing (False) otherwise. One colour: brightness within SAME_LIGHT of the mean (a lit
+    surface is brighter on one side) and the same hue (chromaticity within SAME_HUE).
+    """
+    seen = []
     for r in BESIDE + SHOULDERS:
         px, ok = _region(crop, valid, r)
-        if ok.size == 0 or ok.mean() < MIN_IN_VIEW:
-            return False
-        p = px[ok]
-        means.append(p.mean(axis=0))
-        spreads.append(float(p.std(axis=0).mean()))
-    m = np.array(means)
-    return max(spreads) <= PLAIN_STD and float(np.abs(m - m.mean(axis=0)).max()) <= SAME_COLOUR
+        seen.append(None if ok.size == 0 or ok.mean() < MIN_IN_VIEW else px[ok])
+    if seen[0] is None or seen[1] is None or (seen[2] is None and seen[3] is None):
+        return False
+    parts = [p for p in seen if p is not None]
+    if max(float(p.std(axis=0).mean()) for p in parts) > PLAIN_STD:
+        return False
+    means = np.array([p.mean(axis=0) for p in parts])
+    light = means.mean(axis=1)
+    hue = means / np.maximum(light[:, None], 1.0)
+    return bool(
+        light.max() - light.min() <= SAME_LIGHT * light.mean()
+        and np.abs(hue - hue.mean(axis=0)).max() <= SAME_HUE
+    )
 
 
 def veto(bgr: np.ndarray, box: np.ndarray) -> str | None:
