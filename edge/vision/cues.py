@@ -32,7 +32,7 @@ MIN_EDGE = 1.0  # a print or screen edge beside a face is at least one face long
 OFF_FACE = 0.7  # ... and passes at least this far from the face centre
 MIN_CONTRAST = 10.0  # grey levels across the edge (median along it)
 PARALLEL_DEG = 8.0
-MAX_SAME_SIDE = 2  # more parallel lines than this on one side are texture (folds, bars)
+MAX_SAME_SIDE = 4  # more parallel lines than this on one side are texture (folds, bars)
 
 # surround cue: regions (x0, x1, y0, y1) in face sizes from the face centre, y down
 BESIDE = ((-1.45, -0.95, -0.5, 0.1), (0.95, 1.45, -0.5, 0.1))
