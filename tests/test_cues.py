@@ -44,6 +44,15 @@ def test_a_print_held_up_on_a_plain_surround_is_framed():
     assert cues.veto(img, BOX) == "frame"
 
 
+def test_a_patterned_print_on_a_plain_surround_is_framed_by_its_outermost_lines():
+    img = plain()
+    img[95:395, 215:425] = texture((300, 210), 4, 90, 20, 12.0)
+    for x in range(225, 420, 12):  # the photo's own stripes: more lines than a side may hold
+        cv2.line(img, (x, 95), (x, 394), (30, 30, 140), 3)
+    head(img)
+    assert cues.veto(img, BOX) == "frame"
+
+
 def test_a_screen_with_its_bezel_is_framed_even_on_a_busy_background():
     img = texture((H, W), 5, 100, 50)
     cv2.rectangle(img, (200, 80), (440, 420), (15, 15, 18), -1)  # bezel
@@ -74,7 +83,7 @@ def test_a_room_with_straight_lines_on_one_side_is_left_alone():
 
 
 def test_folds_on_both_sides_are_texture_not_an_edge():
-    img = texture((H, W), 8, 110, 10)
+    img = texture((H, W), 8, 110, 30)  # a room, not a plain surface, beyond the folds
     for i, x in enumerate(range(130, 236, 15)):  # folds either side: 5 or more lines a side
         shade = (40, 40, 120) if i % 2 else (90, 90, 200)
         cv2.rectangle(img, (x, 0), (x + 15, H), shade, -1)

@@ -52,6 +52,7 @@ class Edge:
     length: float
     contrast: float
     side: int  # 0 right, 1 below, 2 left, 3 above the face
+    beyond: float = 99.0  # grey-level spread of the band just beyond it (away from the face)
 
 
 def canonical(bgr: np.ndarray, box: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -133,7 +134,12 @@ def straight_edges(crop: np.ndarray, valid: np.ndarray) -> list[Edge]:
             continue
         foot = rho * n
         side = int(((np.degrees(np.arctan2(foot[1], foot[0])) + 45) % 360) // 90)
-        out.append(Edge(th, rho / f, (b - a) / f, contrast, side))
+        away = n if rho > 0 else -n
+        band = (pts[None, :, :] + np.arange(3, 10)[:, None, None] * away).reshape(-1, 2)
+        ok = _read(inside, band) & (band >= 0).all(axis=1) & (band <= SIZE - 1).all(axis=1)
+        vals = _read(gray, band)[ok].astype(np.float32)  # 3..9 px beyond, in crop and frame
+        beyond = float(vals.std()) if ok.mean() >= 0.6 else 99.0
+        out.append(Edge(th, rho / f, (b - a) / f, contrast, side, beyond))
     return out
 
 
@@ -152,15 +158,17 @@ def _angle_between(a: float, b: float) -> float:
 
 
 def framed(edges: list[Edge]) -> bool:
-    """Two parallel straight edges on opposite sides of the face, neither one of a row of
-    parallel lines on its side: the border of a print or the bezel of a screen around it."""
+    """Two parallel straight edges on opposite sides of the face: the border of a print or the
+    bezel of a screen around it. On a side with a row of parallel lines (folds, bars, or the
+    photo's own content) only the outermost counts, and only with a plain surface beyond it."""
     tol = np.radians(PARALLEL_DEG)
-    single = [
-        e
-        for e in edges
-        if sum(1 for o in edges if o.side == e.side and _angle_between(o.angle, e.angle) < tol)
-        <= MAX_SAME_SIDE
-    ]
+    single = []
+    for e in edges:
+        row = [o for o in edges if o.side == e.side and _angle_between(o.angle, e.angle) < tol]
+        if len(row) <= MAX_SAME_SIDE:
+            single.append(e)
+        elif abs(e.offset) == max(abs(o.offset) for o in row) and e.beyond <= PLAIN_STD:
+            single.append(e)  # the border of something patterned, held against a plain surface
     return any(
         p.side != q.side and (p.side - q.side) % 2 == 0 and _angle_between(p.angle, q.angle) < tol
         for i, p in enumerate(single)
