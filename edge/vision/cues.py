@@ -5,7 +5,8 @@ a plain surface fill the view shows it "a face in a plain room". Two cheap geome
 at the same neighbourhood for what a live visitor never shows:
 
 - frame: straight edges on two opposite sides of the face (the border of a print, a phone's or a
-  monitor's bezel), each a single line, not one of a row of folds or bars;
+  monitor's bezel), each a single line, not one of a row of folds or bars; or a corner, two
+  perpendicular edges with a plain surface beyond both;
 - surround: a head on one plain surface that also fills the place of the shoulders (a photo cut
   out around the head): beside the head and where the shoulders should be, the same flat colour.
 
@@ -33,6 +34,7 @@ OFF_FACE = 0.7  # ... and passes at least this far from the face centre
 MIN_CONTRAST = 10.0  # grey levels across the edge (median along it)
 PARALLEL_DEG = 8.0
 MAX_SAME_SIDE = 4  # more parallel lines than this on one side are texture (folds, bars)
+CORNER_EDGE = 1.2  # each edge of a corner against a plain surface is at least this long
 
 # surround cue: regions (x0, x1, y0, y1) in face sizes from the face centre, y down
 BESIDE = ((-1.45, -0.95, -0.5, 0.1), (0.95, 1.45, -0.5, 0.1))
@@ -169,10 +171,19 @@ def framed(edges: list[Edge]) -> bool:
             single.append(e)
         elif abs(e.offset) == max(abs(o.offset) for o in row) and e.beyond <= PLAIN_STD:
             single.append(e)  # the border of something patterned, held against a plain surface
-    return any(
+    if any(
         p.side != q.side and (p.side - q.side) % 2 == 0 and _angle_between(p.angle, q.angle) < tol
         for i, p in enumerate(single)
         for q in single[i + 1 :]
+    ):
+        return True
+    # A corner: two perpendicular edges on adjacent sides, each with a plain surface beyond it
+    # (a print's or screen's corner against a plain surround; the rest is out of view).
+    rim = [e for e in edges if e.beyond <= PLAIN_STD and e.length >= CORNER_EDGE]
+    return any(
+        (p.side - q.side) % 2 == 1 and abs(_angle_between(p.angle, q.angle) - np.pi / 2) < tol
+        for i, p in enumerate(rim)
+        for q in rim[i + 1 :]
     )
 
 
