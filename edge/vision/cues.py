@@ -64,7 +64,8 @@ def canonical(bgr: np.ndarray, box: np.ndarray) -> tuple[np.ndarray, np.ndarray]
     c = SIZE / 2
     m = np.float32([[k, 0, c - k * (x0 + x1) / 2], [0, k, c - k * (y0 + y1) / 2]])
     interp = cv2.INTER_AREA if k < 1 else cv2.INTER_LINEAR
-    crop = cv2.warpAffine(bgr, m, (SIZE, SIZE), flags=interp, borderValue=(0, 0, 0))
+    # replicated, not black: interpolation next to the frame's edge must not draw a dark line
+    crop = cv2.warpAffine(bgr, m, (SIZE, SIZE), flags=interp, borderMode=cv2.BORDER_REPLICATE)
     inside = np.full(bgr.shape[:2], 255, np.uint8)
     valid = cv2.warpAffine(inside, m, (SIZE, SIZE), flags=cv2.INTER_NEAREST) > 0
     return crop, valid
