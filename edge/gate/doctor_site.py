@@ -69,7 +69,7 @@ def _camera(site: Site) -> str | Check:
     return f"{cam.source}: {f.image.shape[1]}x{f.image.shape[0]}"
 
 
-CONTEXT_FRAMES = 15  # frames the camera-context check reads (about a second at 15 fps)
+CONTEXT_FRAMES = 30  # frames the camera-context check reads (two seconds at 15 fps)
 
 
 def context_check(shape: tuple[int, ...], box, spec, min_face_px: int, where: str) -> Check:
