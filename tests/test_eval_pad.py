@@ -106,3 +106,30 @@ def test_threshold_rule():
     assert t == 0.1 and "APCER 1.000" in why
     with pytest.raises(ImageError, match="no usable threshold"):
         threshold_for(bad + att, strict=False)  # it would accept every attack
+
+
+def test_by_source_and_leave_one_source_out(pad_dir, tmp_path, capsys):
+    r = run_json(capsys, pad_dir, "--per-file", "--leave-one-source-out")
+    per = r["results"]
+    assert set(r["by_source"]) == {x["source"] for x in per} == {"nuaa", "image", "obama2"}
+    nuaa = r["by_source"]["nuaa"]
+    assert nuaa["live"] == 3 and nuaa["attacks"] == {"print": 3}
+    loso = r["loso"]
+    # the NUAA fold is judged at a threshold picked on the rest: no live image there, no rule
+    assert loso["by_source"]["nuaa"]["threshold"] is None
+    image = loso["by_source"]["image"]  # image_F2 judged at the threshold NUAA alone gives
+    assert image["threshold"] == threshold_for([x for x in per if x["source"] == "nuaa"])[0]
+    assert loso["pooled"]["attacks"] == {"screen": 1} and r["loso_apcer"] == image["loso_apcer"]
+    # a frames.csv source column wins over the file name; --source-pattern names subjects
+    (pad_dir / "frames.csv").write_text(
+        "file,source\n" + "".join(f"{x['file']},camX\n" for x in per if x["kind"] == "live")
+    )
+    try:
+        r = run_json(capsys, pad_dir, "--per-file")
+        assert {x["source"] for x in r["results"] if x["kind"] == "live"} == {"camX"}
+    finally:
+        (pad_dir / "frames.csv").unlink()
+    r = run_json(capsys, pad_dir, "--per-file", "--source-pattern", r"^(nuaa_\d+)")
+    assert {x["source"] for x in r["results"] if x["file"].startswith("live/")} == {"nuaa_0002"}
+    r = run_json(capsys, pad_dir, "--per-file", "--include", "nuaa_*")
+    assert {x["source"] for x in r["results"]} == {"nuaa"}

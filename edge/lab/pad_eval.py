@@ -313,11 +313,16 @@ def _rates(rows: list[dict], accepted) -> dict:
         for t in types
         if (a := [r for r in rows if r["kind"] == t])
     }
+    attacks = [r for r in rows if r["kind"] != "live"]
     return {
         "live": len(live),
         "attacks": {t: sum(r["kind"] == t for r in rows) for t in types},
         "apcer": max(by_type.values()) if by_type else None,
         "apcer_by_type": by_type,
+        # every attack pooled, whatever its type (the worst type of a type seen twice says less)
+        "apcer_all": round(sum(accepted(r) for r in attacks) / len(attacks), 4)
+        if attacks
+        else None,
         "bpcer": round(sum(not accepted(r) for r in live) / len(live), 4) if live else None,
     }
 
@@ -439,6 +444,7 @@ def leave_one_source_out(results: list[dict], target_bpcer: float = TARGET_BPCER
             "attacks": rates["attacks"],
             "loso_apcer": rates["apcer"],
             "loso_apcer_by_type": rates["apcer_by_type"],
+            "loso_apcer_all": rates["apcer_all"],
             "loso_bpcer": rates["bpcer"],
         }
         pooled += [{**r, "accepted": ok(r)} for r in held]
@@ -451,6 +457,7 @@ def leave_one_source_out(results: list[dict], target_bpcer: float = TARGET_BPCER
             "attacks": rates["attacks"],
             "loso_apcer": rates["apcer"],
             "loso_apcer_by_type": rates["apcer_by_type"],
+            "loso_apcer_all": rates["apcer_all"],
             "loso_bpcer": rates["bpcer"],
         },
     }
