@@ -325,7 +325,37 @@ def surround_frames(
         yield np.clip(f + rng.normal(0, 1.5, f.shape), 0, 255).astype(np.uint8)
 
 
-if __name__ == "__main__":  # python -m edge.lab.padsynth FACES_DIR OUT_DIR
+def write_part(src: Path, dst: Path, start: int, stop: int | None = None) -> int:
+    """Frames start..stop of a recorded clip as an MP4 (e.g. a replay clip without the opening
+    in which the person himself is in view); returns the number of frames written."""
+    from edge.lab.synth import write_video
+
+    cap = cv2.VideoCapture(str(src))
+    fps = cap.get(cv2.CAP_PROP_FPS) or 15.0
+    frames, i = [], 0
+    while stop is None or i < stop:
+        ok, f = cap.read()
+        if not ok:
+            break
+        if i >= start:
+            frames.append(f)
+        i += 1
+    cap.release()
+    if not frames:
+        raise ValueError(f"{src}: no frames from {start}")
+    h, w = frames[0].shape[:2]
+    return write_video(dst, iter(frames), fps, (w, h))
+
+
+if __name__ == "__main__":
+    # python -m edge.lab.padsynth FACES_DIR OUT_DIR: generated print and screen clips
+    # python -m edge.lab.padsynth part SRC DST START [STOP]: a part of a recorded clip
     import sys
 
-    print(f"wrote {write_attack_set(Path(sys.argv[1]), Path(sys.argv[2]))} clips to {sys.argv[2]}")
+    if sys.argv[1] == "part":
+        stop = int(sys.argv[5]) if len(sys.argv) > 5 else None
+        n = write_part(Path(sys.argv[2]), Path(sys.argv[3]), int(sys.argv[4]), stop)
+        print(f"wrote {n} frames to {sys.argv[3]}")
+    else:
+        n = write_attack_set(Path(sys.argv[1]), Path(sys.argv[2]))
+        print(f"wrote {n} clips to {sys.argv[2]}")
