@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -76,7 +77,7 @@ def measure(fx: Path, cfg: config_mod.Config, model: str | None = None) -> dict:
     pipe = FacePipeline.from_config(cfg)
     spec = PadSpec.load(config_mod.models_path(cfg), model or cfg.liveness.model)
     pad = PadModel(spec, threads=1)
-    live = {}
+    live, times = {}, []
     for name, frames in live_sources(fx).items():
         n = fired = passed = added = 0
         for bgr in frames:
@@ -84,7 +85,9 @@ def measure(fx: Path, cfg: config_mod.Config, model: str | None = None) -> dict:
             if d is None:
                 continue
             ok = pad.is_live(pad.live_probability(bgr, d.box))
+            t0 = time.perf_counter()
             cue = cues.veto(bgr, d.box) is not None
+            times.append(time.perf_counter() - t0)
             n, fired, passed, added = n + 1, fired + cue, passed + ok, added + (ok and cue)
         live[name] = {
             "faces": n,
@@ -107,7 +110,14 @@ def measure(fx: Path, cfg: config_mod.Config, model: str | None = None) -> dict:
                     frame = padsynth.render_surround(photo, seen.detection.box, style, rng)
                     row = renders.setdefault(f"{style} {split}", dict.fromkeys(OUTCOMES, 0))
                     row[_outcome(pipe, pad, frame)] += 1
-    return {"model": spec.name, "threshold": spec.threshold, "live": live, "renderings": renders}
+    return {
+        "model": spec.name,
+        "threshold": spec.threshold,
+        "cue_ms_median": round(float(np.median(times)) * 1000, 2) if times else None,
+        "cue_ms_p95": round(float(np.percentile(times, 95)) * 1000, 2) if times else None,
+        "live": live,
+        "renderings": renders,
+    }
 
 
 OUTCOMES = ("no_face", "too_close", "cue", "model", "accepted")
