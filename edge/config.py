@@ -168,6 +168,47 @@ class FleetConfig:
         return bool(self.broker)
 
 
+# --- staff console, lane screen, visitor signal (docs/CONSOLE.md) -------------------------------
+
+
+@dataclass(frozen=True)
+class ConsoleConfig:
+    """[console]: the office's staff web app (`edge-gate console`)."""
+
+    listen: str = "127.0.0.1:8088"  # host:port; park network only behind a TLS proxy
+    users_db: str = "var/console.db"
+    secret_file: str = "var/console.secret"  # signs session cookies; created 0600 on first start
+    issuer_key: str = ""  # issuer.key that signs what the console publishes; "" = no publishing
+    consent_version: str = ""  # the notice version visitors accept at the enrollment kiosk
+    notice_file: str = ""  # the consent notice (English)
+    notice_file_zh: str = ""  # the consent notice (zh-CN)
+    session_hours: float = 12.0
+    secure_cookies: bool = False  # true behind TLS (the proxy): cookies only over https
+    login_attempts: int = 5  # failed logins per user and per address ...
+    login_window_s: float = 300.0  # ... within this window, then refused until it passes
+
+
+@dataclass(frozen=True)
+class ScreenConfig:
+    """[screen]: the visitor screen beside the lane (`edge-gate screen`) and the gate's socket."""
+
+    socket: str = ""  # unix socket the gate sends notices to; "" = no lane screen
+    listen: str = "127.0.0.1:8089"  # the page the kiosk browser shows
+    languages: tuple[str, ...] = ("zh-CN", "en")  # shown together, the first largest
+    show_names: bool = False  # a visitor's name on the screen only if the park turns it on
+    hold_s: float = 4.0  # how long a notice stays before the screen returns to idle
+
+
+@dataclass(frozen=True)
+class SignalConfig:
+    """[signal]: optional buzzer and LEDs driven by the lane screen process (gpiozero)."""
+
+    pin_factory: str = "mock"  # "mock", "lgpio", "rpigpio", "native"
+    buzzer_pin: int = -1  # -1 = none
+    green_pin: int = -1
+    red_pin: int = -1
+
+
 @dataclass(frozen=True)
 class Config:
     """The whole edge-gate.toml, so every command reads the same validated settings."""
@@ -182,6 +223,9 @@ class Config:
     audit: AuditConfig = field(default_factory=AuditConfig)
     fleet: FleetConfig = field(default_factory=FleetConfig)
     liveness: LivenessConfig = field(default_factory=LivenessConfig)
+    console: ConsoleConfig = field(default_factory=ConsoleConfig)
+    screen: ScreenConfig = field(default_factory=ScreenConfig)
+    signal: SignalConfig = field(default_factory=SignalConfig)
     source_file: str = ""  # where it was read from; relative paths resolve against its folder
     # (section, key, value) set by override(), e.g. command-line flags; reload() applies them again
     overrides: tuple[tuple[str, str, Any], ...] = ()

@@ -19,6 +19,7 @@ UNITS = [
     "edge-gate-purge.service",
     "edge-gate-purge.timer",
     "edge-gate-sync.service",
+    "edge-gate-screen.service",
 ]
 
 

@@ -13,6 +13,7 @@ import sys
 
 from edge import __version__
 from edge.cli import audit, fleet, gallery, gate, lab, ledger, passes, tickets
+from edge.cli import console as console_cli
 from edge.cli.examples import COMMON_HELP, EXAMPLES
 from edge.cli.paths import existing_file
 from edge.errors import EdgeGateError
@@ -20,7 +21,7 @@ from edge.errors import EdgeGateError
 log = logging.getLogger("edge")
 
 # Order of the groups in `edge-gate --help`.
-GROUPS = (lab, gate, tickets, ledger, audit, gallery, passes, fleet)
+GROUPS = (lab, gate, tickets, ledger, audit, gallery, passes, fleet, console_cli)
 
 
 class Parser(argparse.ArgumentParser):

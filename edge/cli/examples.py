@@ -37,6 +37,10 @@ EXAMPLES: dict[str, str] = {
     "sync": "edge-gate sync --config /etc/edge-gate/gate.toml",
     "fleet status": "edge-gate fleet status --config /etc/edge-gate/gate.toml --json",
     "fleet audit": "edge-gate fleet audit --config /etc/edge-gate/gate.toml --since 2026-11-27",
+    "console": "edge-gate console --config /etc/edge-gate/office.toml",
+    "console adduser": "edge-gate console adduser ana --role supervisor "
+    "--config /etc/edge-gate/office.toml",
+    "screen": "edge-gate screen --config /etc/edge-gate/gate.toml --kiosk",
     "fleet publish-keys": "edge-gate fleet publish-keys --config office.toml "
     "--key office/issuer.key office/issuer.pub",
 }

@@ -92,10 +92,18 @@ def _read(cfg: Config, filters: list[str], timeout_s: float = 10.0) -> list[msg.
 def fleet_status(cfg: Config, now: float | None = None) -> dict[str, Any]:
     """Lanes (last heartbeat), and for each person the latest office action and its acks."""
     now = time.time() if now is None else now
-    t = msg.topics(cfg.fleet.site)
-    got = _read(
-        cfg, [t["heartbeat"], t["acks"], msg.topic(cfg.fleet.site, "office", "people", "+")]
-    )
+    got = _read(cfg, status_filters(cfg.fleet.site))
+    return status_of(cfg.fleet.site, got, now)
+
+
+def status_filters(site: str) -> list[str]:
+    """The topics `fleet status` reads: heartbeats, acks and the office's people messages."""
+    t = msg.topics(site)
+    return [t["heartbeat"], t["acks"], msg.topic(site, "office", "people", "+")]
+
+
+def status_of(site: str, got: list[msg.Message], now: float) -> dict[str, Any]:
+    """`fleet status` from messages already read (the CLI's one-shot read, the console's feed)."""
     lanes = {
         m.lane: {"age_s": round(now - m.time, 1), **m.body} for m in got if m.type == msg.HEARTBEAT
     }
@@ -119,15 +127,18 @@ def fleet_status(cfg: Config, now: float | None = None) -> dict[str, Any]:
             "lanes_done": done,
             "summary": f"{word} on {len(done)} of {len(lanes)} lanes",
         }
-    return {"site": cfg.fleet.site, "lanes": lanes, "people": people}
+    return {"site": site, "lanes": lanes, "people": people}
 
 
 def fleet_audit(cfg: Config, since: float = 0.0) -> list[dict[str, Any]]:
     """Every lane's audit records kept on the broker, oldest first, from `since` on."""
     got = _read(cfg, [msg.topics(cfg.fleet.site)["audit"]])
-    rows = [
-        {"lane": m.lane, "seq": m.seq, **m.body}
-        for m in got
-        if m.type == msg.AUDIT and float(m.body.get("t", 0)) >= since
-    ]
-    return sorted(rows, key=lambda r: (r.get("t", 0), r["lane"], r["seq"]))
+    return sorted(
+        (r for m in got if (r := audit_row(m)) and float(r.get("t", 0)) >= since),
+        key=lambda r: (r.get("t", 0), r["lane"], r["seq"]),
+    )
+
+
+def audit_row(m: msg.Message) -> dict[str, Any] | None:
+    """One lane audit record as `fleet audit` prints it, or None for another kind of message."""
+    return {"lane": m.lane, "seq": m.seq, **m.body} if m.type == msg.AUDIT else None

@@ -159,11 +159,14 @@ def enroll(
     force: bool = False,
     max_templates: int = 5,
     min_templates: int = MIN_TEMPLATES,
+    candidates: list[Candidate] | None = None,
 ) -> tuple[str, int]:
     """Enroll a new person, or with person_id add templates that verify as them.
 
     replace=True re-enrolls person_id from scratch: their templates are replaced by these,
     without the same-person check (they may look different now), with consent recorded again.
+    `candidates` are faces already embedded (the console's kiosk: frames it never stores),
+    chosen from together with the faces found in `inputs`.
     Returns (person id, templates added).
     """
     if person_id is None and not name.strip():
@@ -178,7 +181,9 @@ def enroll(
     if person_id is not None:
         minor = gallery.person(person_id).minor  # also: an unknown id fails here, by name
     check_consent(consent, minor or bool(consent.guardian))
-    cands = pick_best(collect(pipe, inputs), max(max_templates, min_templates))
+    cands = pick_best(
+        [*(candidates or ()), *collect(pipe, inputs)], max(max_templates, min_templates)
+    )
     if not cands:
         raise EnrollError(
             "no usable face in the inputs",

@@ -259,6 +259,18 @@ class AuditLog:
         for row in self.conn.execute(q, args):
             yield row[0], AuditRecord(*row[1:-1]), row[-1]
 
+    def page(
+        self, before_id: int | None = None, limit: int = 100, kind: str | None = None
+    ) -> list[tuple[int, AuditRecord, str]]:
+        """Newest first: up to `limit` (id, record, hash) below `before_id` (console pages)."""
+        where, args = ["id < ?"], [before_id if before_id is not None else 2**62]
+        if kind:
+            where.append("kind = ?")
+            args.append(kind)
+        q = f"SELECT id, {_COLS}, hash FROM events WHERE {' AND '.join(where)}"
+        rows = self.conn.execute(q + " ORDER BY id DESC LIMIT ?", (*args, limit)).fetchall()
+        return [(r[0], AuditRecord(*r[1:-1]), r[-1]) for r in rows]
+
     def verify(self) -> ChainReport:
         """Walk records and checkpoints from the start; report the first break."""
         segs = []

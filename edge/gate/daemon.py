@@ -24,6 +24,7 @@ from edge.fleet import lane
 from edge.gate import checks
 from edge.gate.audit import AuditLog, AuditRecord
 from edge.gate.faces import FaceStack
+from edge.gate.notice_socket import SocketSink
 from edge.gate.notices import Notice, Notices, notice_for_decision
 from edge.gate.notify import Notifier
 from edge.gate.policy import (
@@ -142,6 +143,9 @@ class Gate:
             )
             stack.callback(self.source.close)
             self._resources = stack.pop_all()
+        # The lane screen (`edge-gate screen`) hears the notices on a socket.
+        if cfg.screen.socket:
+            self.notices.add(SocketSink(cfg.resolve(cfg.screen.socket)))
         if scanner is not None:
             threading.Thread(target=self._feed_scanner, args=(scanner,), daemon=True).start()
 
@@ -334,10 +338,15 @@ class Gate:
             self.guide(g, wall)
         return decisions
 
+    @property
+    def lane(self) -> str:
+        """The lane name notices carry: the fleet's lane, else the gate id."""
+        return self.cfg.fleet.lane or self.cfg.gate.id
+
     def guide(self, g: Guidance, wall: float) -> None:
         """Tell the visitor what they can do before any decision (step back, come closer...)."""
         log.info("guidance %s reason=%s frame=%d", g.notice, g.reason, g.frame)
-        self._tell(Notice(wall, self.cfg.gate.id, g.notice, g.reason))
+        self._tell(Notice(wall, self.lane, g.notice, g.reason))
 
     def _tell(self, notice: Notice) -> None:
         try:
@@ -386,14 +395,13 @@ class Gate:
             self.on_decision(ev)
         except Exception as e:  # a full disk for --events must not stop the gate deciding
             log.error("decision output error=%s", e)
-        granted = d.decision == GRANT
-        self._tell(
+        self._tell(  # never raises: a screen fault never stops the gate
             Notice(
                 wall,
-                self.cfg.gate.id,
-                notice_for_decision(granted, str(d.reason)),
+                self.lane,
+                notice_for_decision(d.decision == GRANT, str(d.reason)),
                 str(d.reason),
-                "grant" if granted else "deny",
+                str(d.decision),
             )
         )
 

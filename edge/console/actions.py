@@ -1,0 +1,447 @@
+"""What the console does, each through the office library function its CLI command calls.
+
+enroll -> `edge.gallery.enroll.enroll` + `edge.fleet.office.publish_enrollment`;
+forget -> `Gallery.forget` + `office.publish_person(..., "forget")`;
+revoke / unrevoke -> `edge.tickets.revocation` + `office.publish_revocations`;
+ticket check -> `edge.tickets.desk.verify_tickets`; audit -> `AuditLog.verify` / `page` / `rows`.
+Each action is recorded in the office audit log with the staff member's name ("by NAME").
+No frame the kiosk receives is written anywhere: it is embedded in memory and dropped.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import secrets
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from edge import config as config_mod
+from edge.errors import EdgeGateError, ImageError
+from edge.gate.audit import AuditLog, AuditRecord
+
+log = logging.getLogger(__name__)
+KIOSK_TTL_S = 900.0  # an unfinished enrollment's faces are dropped after this
+MAX_UPLOAD = 8 * 1024 * 1024
+
+
+class ActionError(EdgeGateError):
+    """A console action was refused; the message is shown to the staff member."""
+
+
+def by(user: str, detail: str = "") -> str:
+    """The audit detail of a console action: who did it, then what."""
+    return f"by {user}" + (f": {detail}" if detail else "")
+
+
+class Office:
+    """The office's files and keys as the config names them, plus the audit log it writes."""
+
+    def __init__(self, cfg: config_mod.Config):
+        self.cfg = cfg
+        self._audit_lock = threading.Lock()
+        self._audit: AuditLog | None = None
+        self._pipe = None
+        self._pipe_lock = threading.RLock()
+
+    # --- paths ----------------------------------------------------------------------------------
+
+    @property
+    def gallery_db(self) -> Path:
+        """The office gallery (where enrollments are made before they are published)."""
+        return self.cfg.resolve(self.cfg.gallery.db)
+
+    @property
+    def gallery_key(self) -> Path:
+        """The office gallery's key file."""
+        return self.cfg.resolve(self.cfg.gallery.key_file)
+
+    @property
+    def issuer_key(self) -> Path | None:
+        """issuer.key that signs what the console publishes, or None (console.issuer_key)."""
+        k = self.cfg.console.issuer_key
+        return self.cfg.resolve(k) if k else None
+
+    @property
+    def revocation_list(self) -> Path | None:
+        """The office's revocation list (tickets.revocation_list), or None."""
+        r = self.cfg.tickets.revocation_list
+        return self.cfg.resolve(r) if r else None
+
+    def need_issuer_key(self) -> Path:
+        """The signing key, or a refusal saying how to configure it."""
+        if self.issuer_key is None:
+            raise ActionError(
+                "this console has no issuer key: it cannot publish to the lanes",
+                "set console.issuer_key in the office config",
+            )
+        return self.issuer_key
+
+    # --- audit ----------------------------------------------------------------------------------
+
+    def audit_log(self) -> AuditLog:
+        """A new connection to the office audit log (audit.path); the caller closes it."""
+        return AuditLog(self.cfg.resolve(self.cfg.audit.path), self.cfg.audit.retention_days)
+
+    @contextlib.contextmanager
+    def audit(self) -> Iterator[AuditLog]:
+        """The console's one open connection to the office audit log, one thread at a time."""
+        with self._audit_lock:
+            if self._audit is None:
+                self._audit = self.audit_log()
+            yield self._audit
+
+    def record(self, user: str, kind: str, detail: str = "", **fields: Any) -> None:
+        """One action in the office audit log, with the user's name."""
+        with self.audit() as a:
+            a.record(
+                AuditRecord(time.time(), self.cfg.gate.id, kind, detail=by(user, detail), **fields)
+            )
+
+    def close(self) -> None:
+        """Close the audit log connection."""
+        with self._audit_lock:
+            if self._audit is not None:
+                self._audit.close()
+                self._audit = None
+
+    # --- faces ------------------------------------------------------------------------------------
+
+    def pipeline(self):
+        """The office's face pipeline (built once; one frame at a time through it)."""
+        with self._pipe_lock:
+            if self._pipe is None:
+                from edge.vision.pipeline import FacePipeline
+
+                self._pipe = FacePipeline.from_config(self.cfg)
+            return self._pipe
+
+
+# --- the enrollment kiosk --------------------------------------------------------------------
+
+
+@dataclass
+class Capture:
+    """One kiosk enrollment in progress: the faces accepted so far (embeddings only)."""
+
+    user: str
+    started: float
+    candidates: list = field(default_factory=list)
+    frames: int = 0
+
+
+@dataclass(frozen=True)
+class FrameFeedback:
+    """What the kiosk tells the staff member about one frame."""
+
+    faces: int
+    accepted: bool
+    reasons: tuple[str, ...]
+    face_px: float = 0.0
+    sharpness: float = 0.0
+    templates: int = 0
+    needed: int = 0
+
+    def to_json(self) -> dict[str, Any]:
+        """The JSON the kiosk page reads."""
+        return {
+            "faces": self.faces,
+            "accepted": self.accepted,
+            "reasons": list(self.reasons),
+            "face_px": round(self.face_px, 1),
+            "sharpness": round(self.sharpness, 1),
+            "templates": self.templates,
+            "needed": self.needed,
+        }
+
+
+class Kiosk:
+    """Frames in, feedback out; faces kept per capture until published or abandoned."""
+
+    def __init__(self, office: Office, max_templates: int = 5):
+        from edge.gallery.enroll import MIN_TEMPLATES
+
+        self.office = office
+        self.max_templates = max_templates
+        self.needed = MIN_TEMPLATES
+        self._captures: dict[str, Capture] = {}
+        self._lock = threading.Lock()
+
+    def start(self, user: str) -> str:
+        """A new capture id for this user (old, abandoned captures are dropped)."""
+        now = time.monotonic()
+        with self._lock:
+            for k in [k for k, c in self._captures.items() if now - c.started > KIOSK_TTL_S]:
+                del self._captures[k]
+            cid = secrets.token_urlsafe(12)
+            self._captures[cid] = Capture(user, now)
+        return cid
+
+    def capture(self, cid: str, user: str) -> Capture:
+        """The user's own capture, or a refusal."""
+        with self._lock:
+            c = self._captures.get(cid)
+        if c is None or c.user != user:
+            raise ActionError("this enrollment has expired", "start again from the kiosk page")
+        return c
+
+    def drop(self, cid: str) -> None:
+        """Forget a capture's faces (published, or cancelled)."""
+        with self._lock:
+            self._captures.pop(cid, None)
+
+    def templates(self, c: Capture) -> int:
+        """Distinct usable faces so far, as enrollment will count them."""
+        from edge.gallery.enroll import pick_best
+
+        return len(pick_best(c.candidates, self.max_templates))
+
+    def frame(self, cid: str, user: str, data: bytes, still: bool = False) -> FrameFeedback:
+        """Judge one camera frame (or an uploaded photo, `still`) and keep its face if usable."""
+        from edge.gallery.enroll import Candidate
+
+        c = self.capture(cid, user)
+        bgr = decode_image(data)
+        pipe = self.office.pipeline()
+        with self.office._pipe_lock:
+            faces = pipe.analyze(bgr)
+            obs = pipe.embed_still(bgr) if still and len(faces) == 1 else None
+        c.frames += 1
+        if len(faces) != 1:
+            reasons = ("no_face",) if not faces else ("several_faces",)
+            return FrameFeedback(
+                len(faces), False, reasons, templates=self.templates(c), needed=self.needed
+            )
+        q = faces[0].quality
+        emb = obs.embedding if obs is not None else faces[0].embedding
+        ok = emb is not None and (still or q.ok)
+        if ok:
+            c.candidates.append(Candidate(emb, q.score, f"kiosk#{c.frames}"))
+        return FrameFeedback(
+            1,
+            ok,
+            () if ok else q.reasons or ("unusable",),
+            q.face_px,
+            q.sharpness,
+            self.templates(c),
+            self.needed,
+        )
+
+
+def decode_image(data: bytes) -> np.ndarray:
+    """A JPEG/PNG in memory to BGR, or a clear refusal (never written to disk)."""
+    if not data or len(data) > MAX_UPLOAD:
+        raise ActionError(f"image of {len(data)} bytes refused", "send a JPEG or PNG under 8 MB")
+    img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    if img is None:
+        raise ActionError("not an image this console can read", "send a JPEG or PNG")
+    from edge.vision.image import to_bgr8
+
+    try:
+        return to_bgr8(img)
+    except ImageError as e:
+        raise ActionError(str(e)) from None
+
+
+@dataclass(frozen=True)
+class Enrollment:
+    """The kiosk form: who, under which consent, with which pass."""
+
+    name: str
+    consent_accepted: bool
+    consent_version: str
+    notice_lang: str = "en"
+    pass_ref: str = ""
+    valid_until: str = ""
+    minor: bool = False
+    guardian: str = ""
+
+
+def enroll(
+    office: Office, kiosk: Kiosk, cid: str, user: str, e: Enrollment
+) -> tuple[str, int, bool]:
+    """Enroll the captured person at the office and publish them; (person id, templates, sent)."""
+    from edge.gallery.crypto import load_key
+    from edge.gallery.enroll import check_consent, notice_sha256
+    from edge.gallery.enroll import enroll as enroll_person
+    from edge.gallery.matcher import resolve_threshold
+    from edge.gallery.store import Consent, Gallery
+    from edge.timeutil import parse_time
+
+    if not e.consent_accepted:
+        raise ActionError("the consent notice was not accepted", "read it to the visitor, tick it")
+    cfg = office.cfg
+    notice = cfg.console.notice_file_zh if e.notice_lang == "zh-CN" else cfg.console.notice_file
+    consent = Consent(
+        e.consent_version,
+        "electronic",
+        user,
+        e.guardian.strip(),
+        notice_sha256(cfg.resolve(notice) if notice else None),
+    )
+    check_consent(consent, e.minor)
+    c = kiosk.capture(cid, user)
+    pipe = office.pipeline()
+    valid = parse_time(e.valid_until, end_of_day=True) if e.valid_until.strip() else None
+    with office._pipe_lock, Gallery(office.gallery_db, load_key(office.gallery_key)) as g:
+        pid, n = enroll_person(
+            g,
+            pipe,
+            e.name,
+            consent,
+            [],
+            threshold=resolve_threshold(cfg.gallery.match_threshold, pipe.spec.threshold),
+            pass_ref=e.pass_ref.strip(),
+            valid_until=valid,
+            minor=e.minor,
+            max_templates=kiosk.max_templates,
+            min_templates=kiosk.needed,
+            candidates=list(c.candidates),
+        )
+    kiosk.drop(cid)
+    office.record(user, "enroll", f"added {n} templates; consent {e.consent_version}", subject=pid)
+    sent = False
+    if cfg.fleet.enabled and office.issuer_key is not None:
+        from edge.fleet.office import publish_enrollment
+
+        publish_enrollment(cfg, office.issuer_key, office.gallery_db, office.gallery_key, pid)
+        sent = True
+    return pid, n, sent
+
+
+# --- people ----------------------------------------------------------------------------------
+
+
+def people(office: Office, query: str = "") -> list[dict[str, Any]]:
+    """Enrolled people at the office matching a name, pass or id fragment (case-insensitive)."""
+    from edge.gallery.crypto import load_key
+    from edge.gallery.store import Gallery
+
+    if not office.gallery_db.exists():
+        return []
+    with Gallery(office.gallery_db, load_key(office.gallery_key), create=False) as g:
+        everyone = g.people()
+    q = query.strip().lower()
+    now = time.time()
+    return [
+        {
+            "id": p.id,
+            "name": p.name,
+            "pass": p.pass_ref,
+            "valid_until": p.valid_until,
+            "expired": p.valid_until is not None and p.valid_until < now,
+            "minor": p.minor,
+            "templates": p.template_count,
+            "intact": p.intact,
+        }
+        for p in everyone
+        if not q or q in p.name.lower() or q in p.pass_ref.lower() or q in p.id.lower()
+    ]
+
+
+def reveal(office: Office, user: str, person_id: str) -> str:
+    """A person's name for a decision row; the reveal itself is audited."""
+    from edge.gallery.crypto import load_key
+    from edge.gallery.store import Gallery
+
+    try:
+        with Gallery(office.gallery_db, load_key(office.gallery_key), create=False) as g:
+            name = g.person(person_id).name
+    except EdgeGateError:
+        raise ActionError(f"no person {person_id} in the office gallery") from None
+    office.record(user, "reveal", "name shown on the decisions page", subject=person_id)
+    return name
+
+
+def forget(office: Office, user: str, person_id: str, reason: str) -> tuple[bool, bool]:
+    """Erase at the office and publish the deletion to every lane; (was here, published)."""
+    from edge.gallery.crypto import load_key
+    from edge.gallery.erase import ErasureIncomplete
+    from edge.gallery.store import Gallery
+
+    cfg = office.cfg
+    key = office.need_issuer_key() if cfg.fleet.enabled else None
+    found = False
+    if office.gallery_db.exists():
+        try:
+            with Gallery(office.gallery_db, load_key(office.gallery_key), create=False) as g:
+                found = g.forget(person_id)
+        except ErasureIncomplete:
+            office.record(user, "deletion", "erasure incomplete on disk", reason=reason)
+            raise
+    if key is not None:  # also when already gone here: the lanes may still hold the person
+        from edge.fleet.office import publish_person
+
+        publish_person(cfg, key, person_id, "forget")
+    if found:
+        office.record(user, "deletion", "key destroyed; file scrubbed", reason=reason)
+    else:
+        office.record(user, "deletion", f"{person_id} not at the office; sent", reason=reason)
+    return found, key is not None
+
+
+# --- tickets -----------------------------------------------------------------------------------
+
+
+def check_ticket(office: Office, text: str = "", image: bytes = b"") -> dict[str, Any]:
+    """Signature, validity and revocation of one ticket, as `ticket verify` decides them."""
+    from edge.tickets.desk import DeskOptions, pick_ticket_text, verify_tickets
+
+    if image:
+        from edge.tickets.qr import read_codes
+
+        found = pick_ticket_text(read_codes(decode_image(image)))
+        if found is None:
+            return {"valid": False, "reason": "malformed", "detail": "no code found"}
+        text = found
+    text = text.strip()
+    if not text:
+        raise ActionError("no ticket given", "type the code or upload a photo of it")
+    cfg = office.cfg
+    opts = DeskOptions(
+        pubkeys=tuple(str(cfg.resolve(k)) for k in cfg.tickets.pubkeys),
+        revocations=str(office.revocation_list) if office.revocation_list else None,
+        products=cfg.gate.products,
+    )
+    if not opts.pubkeys:
+        raise ActionError("the office config names no ticket public key", "set tickets.pubkeys")
+    out = next(iter(verify_tickets(opts, [text], time.time())))
+    out["reason"] = str(out["reason"])
+    out.pop("input", None)
+    return out
+
+
+def revoke(office: Office, user: str, ids: list[str]) -> tuple[list[str], int | None]:
+    """Add ids to the office list and publish the whole list; (added, published count)."""
+    from edge import tickets as tk
+
+    if office.revocation_list is None:
+        raise ActionError("the office config has no revocation list", "set tickets.revocation_list")
+    added = tk.revoke(office.revocation_list, ids)
+    office.record(user, "revoke", f"revoked {', '.join(ids)}")
+    n = None
+    if office.cfg.fleet.enabled:
+        from edge.fleet.office import publish_revocations
+
+        n = publish_revocations(
+            office.cfg, office.need_issuer_key(), tk.load_revocations(office.revocation_list)
+        )
+    return added, n
+
+
+def unrevoke(office: Office, user: str, ids: list[str]) -> list[str]:
+    """Remove ids from the office list (lanes keep theirs: docs/FLEET.md)."""
+    from edge.tickets.revocation import unrevoke as remove
+
+    if office.revocation_list is None:
+        raise ActionError("the office config has no revocation list", "set tickets.revocation_list")
+    removed = remove(office.revocation_list, ids)
+    office.record(user, "unrevoke", f"un-revoked {', '.join(removed) or 'nothing'}")
+    return removed

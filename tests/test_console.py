@@ -1,0 +1,203 @@
+"""The console's and the lane screen's rules without a browser: accounts, roles, sessions, rate
+limits, translations, the notice socket and the buzzer/LED patterns."""
+
+from __future__ import annotations
+
+import json
+import re
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from gpiozero.pins.mock import MockFactory
+
+from edge import config as config_mod
+from edge.config import PROJECT_ROOT
+from edge.console.auth import LoginLimiter, Sessions, csrf_ok, load_secret
+from edge.console.i18n import ZH, translate
+from edge.console.users import CAN, ROLES, UserError, UserStore, allowed
+from edge.gate.notice_socket import SocketSink
+from edge.screen.server import Board, Signal, parse_notice
+from edge.screen.texts import VISITOR_TEXTS
+
+
+def test_passwords_are_argon2id_and_checked(tmp_path):
+    store = UserStore(tmp_path / "c.db")
+    store.add("ada", "admin", "a long passphrase")
+    (h,) = store.conn.execute("SELECT hash FROM users").fetchone()
+    assert h.startswith("$argon2id$")
+    assert "a long passphrase" not in h
+    assert store.authenticate("ada", "a long passphrase").role == "admin"
+    assert store.authenticate("ada", "a long passphrasE") is None
+    assert store.authenticate("nobody", "a long passphrase") is None
+    with pytest.raises(UserError, match="at least 10"):
+        store.add("bob", "steward", "short")
+    with pytest.raises(UserError, match="exists"):
+        store.add("ada", "steward", "another passphrase")
+    with pytest.raises(UserError, match="role"):
+        store.add("cy", "owner", "another passphrase")
+    store.set_disabled("ada", True)
+    assert store.authenticate("ada", "a long passphrase") is None
+    assert oct(Path(tmp_path / "c.db").stat().st_mode & 0o777) == "0o600"
+
+
+def test_roles_are_ordered_as_the_issue_says():
+    steward = {c for c in CAN if allowed("steward", c)}
+    supervisor = {c for c in CAN if allowed("supervisor", c)}
+    admin = {c for c in CAN if allowed("admin", c)}
+    assert steward == {"lanes", "decisions", "tickets.verify"}
+    assert supervisor == steward | {"enroll", "people", "forget", "revoke", "audit", "reveal"}
+    assert admin == supervisor | {"users"}
+    assert not allowed("steward", "no-such-capability")
+    assert ROLES == ("steward", "supervisor", "admin")
+
+
+def test_session_cookies_are_signed_expire_and_die_with_the_generation(tmp_path):
+    secret = load_secret(tmp_path / "s.key")
+    assert oct((tmp_path / "s.key").stat().st_mode & 0o777) == "0o600"
+    s = Sessions(secret, max_age_s=3600)
+    cookie, sess = s.issue("ada", 3)
+    assert s.read(cookie) == sess
+    assert s.read(cookie[:-2] + ("AA" if cookie[-2:] != "AA" else "BB")) is None  # tampered
+    assert Sessions(load_secret(tmp_path / "other.key"), 3600).read(cookie) is None
+    assert Sessions(secret, max_age_s=-1).read(cookie) is None  # expired
+    assert csrf_ok(sess, sess.csrf)
+    assert not csrf_ok(sess, None)
+    assert not csrf_ok(sess, sess.csrf + "x")
+    assert not csrf_ok(None, sess.csrf)
+    store = UserStore(tmp_path / "c.db")
+    store.add("ada", "admin", "a long passphrase")
+    g0 = store.get("ada").generation
+    store.end_sessions("ada")  # logout: cookies of the old generation no longer match
+    assert store.get("ada").generation == g0 + 1
+    login_cookie, token = s.login_token()
+    assert s.login_token_ok(login_cookie, token)
+    assert not s.login_token_ok(login_cookie, token + "x")
+    assert not s.login_token_ok(None, token)
+
+
+def test_login_limiter_counts_per_user_and_per_address():
+    now = [1000.0]
+    lim = LoginLimiter(3, 60.0, clock=lambda: now[0])
+    for _ in range(3):
+        assert lim.blocked("ann", "10.0.0.1") == 0
+        lim.failed("ann", "10.0.0.1")
+    assert lim.blocked("ann", "10.0.0.9") > 0  # the user, from anywhere
+    assert lim.blocked("bob", "10.0.0.1") > 0  # the address, for anyone
+    assert lim.blocked("bob", "10.0.0.2") == 0
+    now[0] += 61
+    assert lim.blocked("ann", "10.0.0.1") == 0  # the window passed
+    lim.failed("bob", "10.0.0.3")
+    lim.succeeded("bob")
+    assert lim.blocked("bob", "10.0.0.4") == 0
+
+
+def test_every_console_text_has_a_chinese_translation():
+    here = PROJECT_ROOT / "edge" / "console"
+    used = set()
+    for p in (here / "templates").glob("*.html"):
+        used |= {m.group(2) for m in re.finditer(r'_\(\s*(["\'])(.*?)\1', p.read_text())}
+    used |= set(re.findall(r'translate\([^,]+,\s*"(.*?)"', (here / "app.py").read_text()))
+    used |= set(ROLES)
+    missing = sorted(t for t in used if t not in ZH)
+    assert missing == []
+    assert (
+        translate("zh-CN", "enrolled on {k} of {n} lanes", k=2, n=3) == "已在 3 个通道中的 2 个登记"
+    )
+    assert translate("en", "enrolled on {k} of {n} lanes", k=2, n=3) == "enrolled on 2 of 3 lanes"
+
+
+def test_visitor_texts_exist_for_every_notice_in_both_languages():
+    contract = {"welcome", "show_ticket", "step_back", "come_closer", "hold_still", "ticket_used",
+                "see_staff"}  # fmt: skip
+    assert set(VISITOR_TEXTS) == contract
+    for texts in VISITOR_TEXTS.values():
+        assert texts["en"] and texts["zh-CN"]
+        assert texts["en"] != texts["zh-CN"]
+
+
+def test_notice_contract_is_checked_and_names_need_the_park_to_turn_them_on():
+    good = {"v": 1, "t": 1.0, "lane": "l1", "notice": "welcome", "reason": "ok",
+            "decision": "grant", "name": "Ada"}  # fmt: skip
+    assert parse_notice(json.dumps(good).encode())["notice"] == "welcome"
+    for bad in ({**good, "v": 2}, {**good, "notice": "open_sesame"}, {**good, "decision": "x"}):
+        with pytest.raises(ValueError):
+            parse_notice(json.dumps(bad).encode())
+    with pytest.raises(ValueError):
+        parse_notice(b"not json")
+    assert Board(show_names=False).put(good).name is None
+    assert Board(show_names=True).put(good).name == "Ada"
+
+
+def test_socket_sink_never_raises_without_a_screen_and_delivers_with_one(tmp_path):
+    path = tmp_path / "n.sock"
+    sink = SocketSink(path)
+    sink.send({"v": 1, "notice": "welcome"})  # nobody listening: dropped, counted
+    sink.send(object())  # not a notice: dropped, counted
+    assert (sink.sent, sink.dropped) == (0, 2)
+    rx = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    rx.bind(str(path))
+    rx.settimeout(2)
+    sink.send({"v": 1, "notice": "step_back"})
+    assert json.loads(rx.recv(4096))["notice"] == "step_back"
+    assert sink.sent == 1
+    rx.close()
+
+
+def test_signal_patterns_on_mock_pins():
+    f = MockFactory()
+    sig = Signal(config_mod.SignalConfig(buzzer_pin=5, green_pin=6, red_pin=13), factory=f)
+    sig.play("deny")
+    time.sleep(0.8)
+    buzz = [s.state for s in f.pin(5).states]
+    assert buzz.count(True) == 2  # two beeps for a refusal
+    assert any(s.state for s in f.pin(13).states)  # red
+    assert not any(s.state for s in f.pin(6).states)
+    sig.play(None)  # guidance: silent
+    sig.close()
+    assert Signal(config_mod.SignalConfig()).devices == []  # nothing fitted, nothing claimed
+
+
+def test_adduser_command_and_its_refusals(tmp_path):
+    cfg = tmp_path / "office.toml"
+    cfg.write_text('[console]\nusers_db = "console.db"\n')
+
+    def run(*args, stdin="a long passphrase\n"):
+        return subprocess.run([sys.executable, "-m", "edge.cli", "console", "adduser", *args],
+                              input=stdin, capture_output=True, text=True, timeout=60)  # fmt: skip
+
+    r = run("ada", "--role", "admin", "--password-stdin", "--config", str(cfg))
+    assert r.returncode == 0, r.stderr
+    store = UserStore(tmp_path / "console.db")
+    assert store.get("ada").role == "admin"
+    r = run("ada", "--role", "steward", "--password-stdin", "--config", str(cfg))
+    assert r.returncode == 2
+    assert "exists" in r.stderr
+    r = run("bo", "--role", "king", "--password-stdin", "--config", str(cfg))
+    assert r.returncode == 2
+    r = run("bo", "--role", "steward", "--password-stdin", "--config", str(cfg), stdin="short\n")
+    assert r.returncode == 2
+    assert "at least 10" in r.stderr
+    assert store.get("bo") is None
+
+
+def test_lane_runs_without_the_console_extra():
+    """A Pi installs edge-gate[pi] only: the CLI, the gate and the screen load without the web
+    stack (argon2, starlette, uvicorn, jinja2, itsdangerous, multipart)."""
+    code = (
+        "import sys\n"
+        "for m in ('argon2', 'starlette', 'uvicorn', 'jinja2', 'itsdangerous', 'multipart',"
+        " 'playwright'):\n"
+        "    sys.modules[m] = None\n"
+        "from edge.cli import build_parser\n"
+        "build_parser().parse_args(['screen', '--listen', '127.0.0.1:0'])\n"
+        "import edge.gate.daemon, edge.screen.server\n"
+        "print('ok')\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                       cwd=PROJECT_ROOT)  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "ok"
