@@ -69,14 +69,14 @@ def audit_reasons(cfg) -> list[str]:
         return [r[0] for r in db.execute("SELECT reason FROM events WHERE kind = 'decision'")]
 
 
-def assert_refused_as_attack(cfg, gate, ev, pid, reason="presentation_attack"):
+def assert_refused_as_attack(cfg, gate, ev, pid, reasons=("presentation_attack",)):
     assert pulses(gate) == 0, ev
     assert not [e for e in ev if e["decision"] == "grant"], ev
-    attacks = [e for e in ev if e["reason"] == reason]
+    attacks = [e for e in ev if e["reason"] in reasons]
     assert len(attacks) == 1, ev
     assert attacks[0]["person"] == pid
     assert attacks[0]["decision"] == "deny"
-    assert audit_reasons(cfg).count(reason) == 1
+    assert audit_reasons(cfg).count(attacks[0]["reason"]) == 1
 
 
 # The table, row by row: enroll from the named photo, show the attack.
@@ -94,8 +94,9 @@ def test_tablet_photo_of_an_enrolled_person_is_refused(tmp_path, fixtures, pipel
     pid = enroll(cfg, pipeline, t1, "Sample Person")
     clip = still_clip(fixtures / "spoof" / "image_F2.jpg", tmp_path / "f2.mp4")
     gate, ev = run_gate(cfg, clip, tmp_path)
-    # the tablet fills the photo: too close for liveness to see around it, and said so
-    assert_refused_as_attack(cfg, gate, ev, pid, reason="too_close")
+    # the tablet nearly fills the photo: judged an attack, or too close to judge (a model with a
+    # narrower box sees enough around it), and said so either way
+    assert_refused_as_attack(cfg, gate, ev, pid, reasons=("presentation_attack", "too_close"))
 
 
 def test_phone_part_of_the_demo_gif_is_refused(tmp_path, fixtures, pipeline):
