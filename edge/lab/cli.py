@@ -207,7 +207,13 @@ def cmd_eval_pad(args) -> int:
         report["loso_bpcer"] = report["loso"]["pooled"]["loso_bpcer"]
     if args.write_threshold:
         t, why = pad_threshold_for(report["results"], None, args.target_bpcer, strict=False)
-        picked = " ".join(map(str, args.dir))
+        fx = str(config_mod.fixtures_dir().resolve())
+        picked = " ".join(  # the shared fixtures named as such: the path differs per checkout
+            "$EDGE_FIXTURES" + str(Path(d).resolve())[len(fx) :]
+            if str(Path(d).resolve()).startswith(fx)
+            else str(d)
+            for d in args.dir
+        )
         flt = "".join(f" --include {g}" for g in args.include) + "".join(
             f" --exclude {g}" for g in args.exclude
         )
