@@ -1,171 +1,429 @@
-"""One frozen dataclass tree read from TOML.
+"""One frozen dataclass tree read from TOML; each key declares its own rule on its field.
 
-Every error names the file, the key and the value, because the operator reads it on a
-gate at 7 a.m. with visitors waiting.
+A key's type is its annotation. What else it accepts (a range, choices, a shape), its unit and
+what it means are given once, by `setting(...)` on the field: the loader enforces them and the
+error quotes them. Rules that tie several keys of one section together are that section's
+`check()`. A field declared without `setting` is still type-checked. Every error names the file,
+the key and the value, because the operator reads it on a gate at 7 a.m. with visitors waiting.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
+import json
 import math
 import os
+import re
 import tomllib
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, get_type_hints
+from typing import Any, NamedTuple, TypeVar, get_type_hints
 
-from edge.config_rules import LIVENESS_MODES as LIVENESS_MODES
-from edge.config_rules import MODES as MODES
-from edge.config_rules import validate
 from edge.errors import ConfigError
+from edge.timeutil import known_zone, site_zone
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CONFIG = PROJECT_ROOT / "firmware_config" / "gate.toml"
-# Cosine similarity: below this almost any two faces match; 1.0 and above nobody ever does.
-REMOVED_KEYS = {
-    "gallery.audit_retention_days": "it was never used; audit.retention_days sets audit retention"
+
+T = TypeVar("T")
+
+
+class Removed(NamedTuple):
+    """A key that is no longer read: why, and the key that replaced it if it was renamed."""
+
+    why: str
+    new_key: str = ""
+
+
+# Keys a config may still hold from an older edge-gate: loading refuses them and says what to do.
+REMOVED_KEYS: dict[str, Removed] = {
+    "gallery.audit_retention_days": Removed(
+        "it was never used; audit.retention_days sets audit retention"
+    ),
+    "tickets.antipassback_s": Removed(
+        "renamed, spelled like policy.anti_passback_s", "tickets.anti_passback_s"
+    ),
+    "fleet.clock_skew_s": Removed(
+        "renamed: it is this lane's clock against the fleet's, while tickets.clock_skew_s is the"
+        " ticket office's clock against this gate's",
+        "fleet.max_clock_offset_s",
+    ),
 }
+
+
+# --- how a key declares its rule ----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Rule:
+    """What one key accepts besides its type, in what unit, and what it means.
+
+    `ge`/`gt`/`le` bound a number, `choices` list the accepted values, `pattern` (with `shape`,
+    its wording) constrains a string; `also` names values accepted outside those (e.g. 0 = "the
+    model's own"); `check` returns what is wrong with a value that no range can describe.
+    For a list key the rule applies to each item.
+    """
+
+    doc: str = ""
+    unit: str = ""
+    ge: float | None = None
+    gt: float | None = None
+    le: float | None = None
+    choices: tuple[Any, ...] = ()
+    pattern: str = ""
+    shape: str = ""
+    also: tuple[tuple[Any, str], ...] = ()
+    check: Callable[[Any], str] | None = None
+    fix: str = ""
+
+    def allowed(self) -> str:
+        """The accepted values in words, e.g. "0.0 (the model's) or in [0.3, 0.999]"."""
+        unit = f" {self.unit}" if self.unit else ""
+        low = ""
+        if self.ge is not None or self.gt is not None:
+            low = f"[{self.ge:g}" if self.ge is not None else f"({self.gt:g}"
+        if self.choices:
+            text = "one of " + ", ".join(str(c) for c in self.choices)
+        elif self.pattern or self.shape:
+            text = self.shape or f"matching {self.pattern}"
+        elif low and self.le is not None:
+            text = f"in {low}, {self.le:g}]{unit}"
+        elif low:
+            text = f"{'>=' if low[0] == '[' else '>'} {low[1:]}{unit}"
+        else:
+            text = f"<= {self.le:g}{unit}" if self.le is not None else ""
+        special = " or ".join(f"{v!r} ({meaning})" for v, meaning in self.also)
+        return " or ".join(t for t in (special, text) if t)
+
+    def problem(self, value: Any) -> str:
+        """What is wrong with `value` ("" when it is accepted)."""
+        if isinstance(value, tuple):
+            return next((p for p in map(self.problem, value) if p), "")
+        if any(value == v and not isinstance(value, bool) for v, _ in self.also):
+            return ""
+        if self.check is not None and (why := self.check(value)):
+            return why
+        inside = (
+            (not self.choices or value in self.choices)
+            and (not self.pattern or re.fullmatch(self.pattern, value) is not None)
+            and (self.ge is None or value >= self.ge)
+            and (self.gt is None or value > self.gt)
+            and (self.le is None or value <= self.le)
+        )
+        return "" if inside else f"must be {self.allowed()}"
+
+
+def setting(default: T, doc: str = "", **rule: Any) -> T:
+    """A config field with its rule, e.g. `pulse_s: float = setting(1.0, "...", gt=0, le=30)`."""
+    return field(default=default, metadata={"rule": Rule(doc, **rule)})
+
+
+def rule_of(f: dataclasses.Field) -> Rule | None:
+    """The rule a field declared with `setting`, or None (type checks only)."""
+    return f.metadata.get("rule")
+
+
+def _zone_problem(name: str) -> str:
+    return "" if not name or known_zone(name) else "is not a known time zone"
+
+
+MODES = ("face-or-ticket", "ticket-only", "face-and-ticket")
+LIVENESS_MODES = ("model+motion", "model", "off")
+PIN_FACTORIES = ("mock", "lgpio", "rpigpio", "native")
+MIN_AUDIT_RETENTION_DAYS = 7  # below this, a misconfiguration or an intruder could erase evidence
+MAX_JUNK_WINDOW_S = 3600.0  # junk codes folded per window: at most an hour per record
+NAME_IN_TOPICS = r"[A-Za-z0-9_.-]{1,64}"
+NO_PIN = (-1, "none")
+SCREEN_LANGUAGES = ("zh-CN", "en")  # the languages the lane screen has its sentences in
+
+
+# --- the sections -------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
 class GateConfig:
     """[gate]: which lane this is and what it admits (face, ticket or both)."""
 
-    id: str = "gate-1"
-    mode: str = "face-or-ticket"
+    id: str = setting("gate-1", "name written to every audit record and event line")
     # A gate that lets people in by face must also accept tickets; see policy.check_mode.
-    products: tuple[str, ...] = ()
-    timezone: str = ""  # IANA name, e.g. "America/Los_Angeles"; "" = the system's local zone
+    mode: str = setting("face-or-ticket", "what opens the gate", choices=MODES)
+    products: tuple[str, ...] = setting((), "ticket products accepted here; () = every product")
+    timezone: str = setting(
+        "",
+        "the site's IANA time zone; days and typed dates are counted in it",
+        also=(("", "this machine's zone"),),
+        check=_zone_problem,
+        shape='an IANA time zone name such as "Europe/Madrid"',
+        fix='use an IANA name such as "Europe/Madrid", or "" for the system zone',
+    )
+
+    @property
+    def zone(self) -> dt.tzinfo:
+        """The site's time zone: dates typed without an offset and per-day limits use it."""
+        return site_zone(self.timezone)
 
 
 @dataclass(frozen=True)
 class CameraConfig:
     """[camera]: where frames come from, and how long to wait before reconnecting."""
 
-    source: str = "demo"  # "demo", a file path, "/dev/videoN", "picamera2"
-    width: int = 640
-    height: int = 480
-    fps: float = 15.0
-    realtime: bool = True
-    reconnect_max_s: float = 30.0
+    source: str = setting("demo", '"demo", a file path, "/dev/videoN" or "picamera2"')
+    width: int = setting(640, "capture width asked of a live camera", unit="pixels", ge=1)
+    height: int = setting(480, "capture height asked of a live camera", unit="pixels", ge=1)
+    fps: float = setting(15.0, "capture rate asked of a live camera", unit="frames/s", gt=0)
+    realtime: bool = setting(True, "replay files at their recorded rate")
+    reconnect_max_s: float = setting(
+        30.0, "longest wait between camera reconnect attempts", unit="seconds", gt=0
+    )
 
 
 @dataclass(frozen=True)
 class VisionConfig:
     """[vision]: which models run and which faces are good enough to match."""
 
-    models_dir: str = ""  # "" = the models shipped with edge-gate
-    detector: str = "blazeface_short"
-    embedder: str = "mobilefacenet_float"
-    threads: int = 0  # 0 = all cores
-    min_score: float = 0.6
-    min_face_px: int = 48
-    min_sharpness: float = 20.0
-    max_yaw: float = 0.45
-    min_brightness: float = 40.0
-    max_brightness: float = 220.0
-    face_enabled: bool = True
+    models_dir: str = setting("", 'folder of the .tflite files and models.json; "" = shipped')
+    detector: str = setting("blazeface_short", "face detector from models.json")
+    embedder: str = setting("mobilefacenet_float", "face embedder from models.json")
+    threads: int = setting(0, "interpreter threads; 0 = all cores", ge=0)
+    min_score: float = setting(0.6, "minimum detector confidence", ge=0, le=1)
+    min_face_px: int = setting(48, "smallest face side", unit="pixels", ge=1)
+    min_sharpness: float = setting(20.0, "least variance of the Laplacian", ge=0)
+    max_yaw: float = setting(0.45, "largest |yaw|", unit="inter-eye distances", ge=0)
+    min_brightness: float = setting(40.0, "darkest accepted mean brightness", ge=0, le=255)
+    max_brightness: float = setting(220.0, "brightest accepted mean brightness", ge=0, le=255)
+    face_enabled: bool = setting(True, "false = never run the face models (ticket-only)")
+    max_image_pixels: int = setting(
+        100_000_000,
+        "largest image decoded (width x height), read from its header first: a small file "
+        "claiming 30,000 x 30,000 pixels must not make a Pi allocate gigabytes",
+        unit="pixels",
+        ge=1_000_000,
+        fix="a camera frame must fit: at least 1,000,000",
+    )
+
+    def check(self) -> None:
+        """The brightness range is not empty."""
+        if self.min_brightness > self.max_brightness:
+            raise ConfigError(
+                f"keys 'vision.min_brightness' = {self.min_brightness} and "
+                f"'vision.max_brightness' = {self.max_brightness} need min <= max"
+            )
 
 
 @dataclass(frozen=True)
 class GalleryConfig:
     """[gallery]: where enrolled templates live, when they match, when they expire."""
 
-    db: str = "var/gallery.db"
-    key_file: str = "var/gallery.key"
-    # 0 = the embedder's rule from models.json for the gallery's size (threshold and margin)
-    match_threshold: float = 0.0
-    min_margin: float = 0.04  # used with a configured match_threshold
-    purge_after_days: int = 30
+    db: str = setting("var/gallery.db", "encrypted SQLite gallery")
+    key_file: str = setting("var/gallery.key", "key-encryption key file (0600)")
+    match_threshold: float = setting(
+        0.0,
+        "cosine similarity needed for a match",
+        ge=0.3,
+        le=0.999,
+        also=((0.0, "the embedder's rule from models.json for the gallery's size"),),
+        fix="set 0, or a value from `edge-gate eval`",
+    )
+    min_margin: float = setting(
+        0.04, "lead of the best person over the second (with a set match_threshold)", ge=0, le=0.5
+    )
+    purge_after_days: int = setting(
+        30, "`purge` removes people whose pass expired this long ago", unit="days", ge=0
+    )
 
 
 @dataclass(frozen=True)
 class PolicyConfig:
     """[policy]: how many frames must agree before the gate opens, and for whom."""
 
-    k: int = 3
-    n: int = 5
-    window_s: float = 2.0
-    cooldown_s: float = 5.0
-    anti_passback_s: float = 60.0
-    min_face_fraction: float = 0.04  # face width / frame width to count as "at the gate"
-    zone: tuple[float, float, float, float] = (0.0, 0.0, 1.0, 1.0)  # x0, y0, x1, y1 (fractions)
-    fuse_frames: bool = False  # decide on the mean embedding of the k frames of one candidate
+    k: int = setting(3, "frames of the n that must match the same person", ge=1)
+    n: int = setting(5, "face frames looked at", ge=1)
+    window_s: float = setting(2.0, "the k matches must fall within", unit="seconds", gt=0)
+    cooldown_s: float = setting(5.0, "no second grant for one person", unit="seconds", ge=0)
+    anti_passback_s: float = setting(
+        60.0, "no second face grant at this gate for one person", unit="seconds", ge=0
+    )
+    min_face_fraction: float = setting(
+        0.04, 'face width / frame width to count as "at the gate"', ge=0, le=1
+    )
+    zone: tuple[float, float, float, float] = setting(
+        (0.0, 0.0, 1.0, 1.0), "x0, y0, x1, y1 of the gate zone, fractions of the frame"
+    )
+    fuse_frames: bool = setting(False, "decide on the mean embedding of one candidate's k frames")
+
+    def check(self) -> None:
+        """k of n, anti-passback at least the cooldown, and a zone inside the frame."""
+        if not self.k <= self.n:
+            raise ConfigError(
+                f"keys 'policy.k' = {self.k} and 'policy.n' = {self.n} need 1 <= k <= n"
+            )
+        if self.anti_passback_s < self.cooldown_s:
+            raise ConfigError(
+                f"key 'policy.anti_passback_s' = {self.anti_passback_s} is shorter than"
+                f" 'policy.cooldown_s' = {self.cooldown_s}",
+                "anti-passback must last at least as long as the cooldown",
+            )
+        x0, y0, x1, y1 = self.zone
+        if not (0 <= x0 < x1 <= 1 and 0 <= y0 < y1 <= 1):
+            raise ConfigError(
+                f"key 'policy.zone' = {list(self.zone)} must be fractions x0<x1, y0<y1 in [0, 1]"
+            )
 
 
 @dataclass(frozen=True)
 class TicketsConfig:
     """[tickets]: which issuers to trust and how a ticket is checked and redeemed."""
 
-    pubkeys: tuple[str, ...] = ()
-    ledger: str = "var/ledger.db"
-    revocation_list: str = ""
-    clock_skew_s: float = 300.0
-    antipassback_s: float = 60.0
-    scan_every: int = 1  # decode QR on every Nth frame
+    pubkeys: tuple[str, ...] = setting((), "issuer public keys (several for rotation)")
+    ledger: str = setting("var/ledger.db", "redemption ledger (SQLite)")
+    revocation_list: str = setting("", "revoked ticket ids, one per line")
+    clock_skew_s: float = setting(
+        300.0,
+        "the ticket office's clock against this gate's: slack on a ticket's validity window",
+        unit="seconds",
+        ge=0,
+        le=3600,
+        fix="a larger skew lets expired tickets in; fix the gate's clock instead",
+    )
+    anti_passback_s: float = setting(
+        60.0, "a ticket just used at this gate is refused again", unit="seconds", ge=0
+    )
+    scan_every: int = setting(1, "decode QR codes on every Nth frame", ge=1)
 
 
 @dataclass(frozen=True)
 class RelayConfig:
     """[relay]: the GPIO wiring of the lock, door contact and exit button."""
 
-    pin_factory: str = "mock"  # "mock", "lgpio", "rpigpio", "native"
-    pin: int = 17
-    active_high: bool = True
-    pulse_s: float = 1.0
-    door_pin: int = -1  # -1 = no door contact
-    exit_button_pin: int = -1
-    held_open_s: float = 10.0
+    pin_factory: str = setting("mock", "gpiozero pin factory", choices=PIN_FACTORIES)
+    pin: int = setting(17, "BCM pin driving the turnstile relay", ge=0)
+    active_high: bool = setting(True, "pin high = relay energised (gate open)")
+    pulse_s: float = setting(1.0, "relay held open per grant", unit="seconds", gt=0, le=30)
+    door_pin: int = setting(-1, "door contact (BCM pin)", ge=0, also=(NO_PIN,))
+    exit_button_pin: int = setting(-1, "exit button (BCM pin)", ge=0, also=(NO_PIN,))
+    held_open_s: float = setting(10.0, "a door open longer is held open", unit="seconds", gt=0)
 
 
 @dataclass(frozen=True)
 class LivenessConfig:
-    # "model" (default), "model+motion" (adds the keypoint-plane veto: on the real clips it
-    # fired on a live visitor and never refused an attack the model passed; MODELS.md), or
-    # "off" (no presentation-attack detection: a printed photo of a pass holder opens the gate;
-    # `doctor` and `privacy-report` say so)
-    """[liveness]: how the gate refuses photos and screens held up to the camera."""
+    """[liveness]: how the gate refuses photos and screens held up to the camera.
 
-    mode: str = "model"
-    model: str = "minifasnet_int8"
-    threshold: float = 0.0  # 0 = the model's measured threshold from models.json
+    "off" means no presentation-attack detection: a printed photo of a pass holder opens the
+    gate; `doctor` and `privacy-report` say so. "model+motion" adds the keypoint-plane veto: on
+    the recorded clips it fired on a live visitor and never refused an attack the model passed
+    (MODELS.md), so "model" is the default.
+    """
+
+    mode: str = setting("model", "presentation-attack detection", choices=LIVENESS_MODES)
+    model: str = setting("silentface_int8", 'a model of the "liveness" group in models.json')
+    threshold: float = setting(
+        0.0,
+        "live-probability threshold",
+        gt=0,
+        le=1,
+        also=((0.0, "the model's measured threshold from models.json"),),
+    )
     # The frame and surround cues (edge/vision/cues.py) veto a face the model judged live when a
     # print's border or a screen's bezel surrounds it, or it is a head with no body on a plain
     # surface (MODELS.md gives what they cost in live visitors refused).
-    cues: bool = True
+    cues: bool = setting(True, "the frame and surround cues beside the liveness model")
 
 
 @dataclass(frozen=True)
 class AuditConfig:
     """[audit]: where the tamper-evident audit log lives and how long it is kept."""
 
-    path: str = "var/audit.db"
-    retention_days: int = 90
+    path: str = setting("var/audit.db", "append-only, hash-chained decision log")
+    retention_days: int = setting(
+        90,
+        "records older than this are purged (a hashed checkpoint stays)",
+        unit="days",
+        ge=MIN_AUDIT_RETENTION_DAYS,
+        fix=f"set it to at least {MIN_AUDIT_RETENTION_DAYS}",
+    )
+    evidence_key: str = setting(
+        "",
+        "HMAC key of the audit and ledger chains (0600; only the gate and `audit verify` read it);"
+        ' "" = evidence.key beside the audit log',
+    )
+    junk_window_s: float = setting(
+        60.0,
+        "unreadable or invalid codes are folded into one audit record per window, with a count",
+        unit="seconds",
+        ge=0,
+        le=MAX_JUNK_WINDOW_S,
+        also=((0.0, "every code recorded"),),
+        fix="set it to 60 (the default), or 0 to record every code",
+    )
 
 
 @dataclass(frozen=True)
 class FleetConfig:
     """[fleet]: how this lane joins a multi-lane site over MQTT, and what to do offline."""
 
-    broker: str = ""  # "" = this gate works alone; "mqtt://host:port" or "mqtts://host:port"
-    site: str = ""
-    lane: str = ""
-    credentials_file: str = ""  # 0600 file "username:password"; or a systemd credential
-    tls_ca_file: str = ""
-    tls_cert_file: str = ""
-    tls_key_file: str = ""
-    site_key_file: str = ""
-    offline: str = "local"  # "local" | "deny"
-    offline_after_s: float = 15.0
-    clock_skew_s: float = 5.0
-    heartbeat_s: float = 5.0
-    state_db: str = "var/fleet.db"
-    keys_dir: str = "var/fleet-keys"
+    broker: str = setting(
+        "",
+        "the park's MQTT broker",
+        pattern=r"mqtts?://[^/:\s]+(:\d{1,5})?/?",
+        shape="mqtt://host:port or mqtts://host:port",
+        also=(("", "this gate works alone"),),
+    )
+    site: str = setting(
+        "",
+        "the park's name in MQTT topics",
+        pattern=NAME_IN_TOPICS,
+        shape="1-64 letters, digits, '.', '_' or '-'",
+        also=(("", "no fleet"),),
+        fix="MQTT topics are built from it",
+    )
+    lane: str = setting(
+        "",
+        "this lane's name in MQTT topics",
+        pattern=NAME_IN_TOPICS,
+        shape="1-64 letters, digits, '.', '_' or '-'",
+        also=(("", "no fleet"),),
+        fix="MQTT topics are built from it",
+    )
+    credentials_file: str = setting("", '0600 file "username:password"; or a systemd credential')
+    tls_ca_file: str = setting("", "CA bundle trusted for mqtts://")
+    tls_cert_file: str = setting("", "client certificate for mqtts://")
+    tls_key_file: str = setting("", "client certificate's key")
+    site_key_file: str = setting("", "site key that opens enrollment records from the office")
+    offline: str = setting("local", "while cut off from the broker", choices=("local", "deny"))
+    offline_after_s: float = setting(
+        15.0, "cut off after this long without the broker", unit="seconds", gt=0
+    )
+    max_clock_offset_s: float = setting(
+        5.0,
+        "refuse tickets when this lane's clock is further off the fleet's",
+        unit="seconds",
+        ge=0,
+    )
+    heartbeat_s: float = setting(5.0, "sync's heartbeat period", unit="seconds", gt=0)
+    state_db: str = setting("var/fleet.db", "sync state (SQLite) read by the gate")
+    keys_dir: str = setting("var/fleet-keys", "ticket public keys received from the office")
+    lane_key_file: str = setting(
+        "var/lane.key", "this lane's Ed25519 key (0600, made by `fleet join`): signs what it sends"
+    )
+    roster_file: str = setting(
+        "var/fleet-roster.json", "office only: the lanes' names and public keys it publishes"
+    )
 
     @property
     def enabled(self) -> bool:
         """A [fleet] broker is configured: `edge-gate sync` links this lane to the park."""
         return bool(self.broker)
+
+    def check(self) -> None:
+        """A lane in a fleet has a site and a lane name."""
+        for key in ("site", "lane"):
+            if self.enabled and not getattr(self, key):
+                raise ConfigError(
+                    f"key 'fleet.{key}' = '' must be 1-64 letters, digits, '.', '_' or '-'",
+                    f"a lane with a fleet.broker needs a fleet.{key}",
+                )
 
 
 # --- staff console, lane screen, visitor signal (docs/CONSOLE.md) -------------------------------
@@ -182,10 +440,12 @@ class ConsoleConfig:
     consent_version: str = ""  # the notice version visitors accept at the enrollment kiosk
     notice_file: str = ""  # the consent notice (English)
     notice_file_zh: str = ""  # the consent notice (zh-CN)
-    session_hours: float = 12.0
+    session_hours: float = setting(12.0, "a login lasts this long", unit="hours", gt=0)
     secure_cookies: bool = False  # true behind TLS (the proxy): cookies only over https
-    login_attempts: int = 5  # failed logins per user and per address ...
-    login_window_s: float = 300.0  # ... within this window, then refused until it passes
+    login_attempts: int = setting(5, "failed logins per user and per address ...", ge=1)
+    login_window_s: float = setting(
+        300.0, "... within this window, then refused until it passes", unit="seconds", gt=0
+    )
 
 
 @dataclass(frozen=True)
@@ -194,19 +454,31 @@ class ScreenConfig:
 
     socket: str = ""  # unix socket the gate sends notices to; "" = no lane screen
     listen: str = "127.0.0.1:8089"  # the page the kiosk browser shows
-    languages: tuple[str, ...] = ("zh-CN", "en")  # shown together, the first largest
+    languages: tuple[str, ...] = setting(
+        ("zh-CN", "en"), "shown together, the first largest", choices=SCREEN_LANGUAGES
+    )
     show_names: bool = False  # a visitor's name on the screen only if the park turns it on
-    hold_s: float = 4.0  # how long a notice stays before the screen returns to idle
+    hold_s: float = setting(
+        4.0, "how long a notice stays before the screen returns to idle", unit="seconds", gt=0
+    )
+
+    def check(self) -> None:
+        """The screen shows at least one language."""
+        if not self.languages:
+            raise ConfigError(
+                "key 'screen.languages' = [] must name at least one of "
+                + ", ".join(SCREEN_LANGUAGES)
+            )
 
 
 @dataclass(frozen=True)
 class SignalConfig:
     """[signal]: optional buzzer and LEDs driven by the lane screen process (gpiozero)."""
 
-    pin_factory: str = "mock"  # "mock", "lgpio", "rpigpio", "native"
-    buzzer_pin: int = -1  # -1 = none
-    green_pin: int = -1
-    red_pin: int = -1
+    pin_factory: str = setting("mock", "gpiozero pin factory", choices=PIN_FACTORIES)
+    buzzer_pin: int = setting(-1, "buzzer (BCM pin)", ge=0, also=(NO_PIN,))
+    green_pin: int = setting(-1, "green LED (BCM pin)", ge=0, also=(NO_PIN,))
+    red_pin: int = setting(-1, "red LED (BCM pin)", ge=0, also=(NO_PIN,))
 
 
 @dataclass(frozen=True)
@@ -247,6 +519,32 @@ class Config:
         if not self.source_file or Path(self.source_file).resolve() == DEFAULT_CONFIG.resolve():
             return Path.cwd()
         return Path(self.source_file).parent
+
+
+BOOKKEEPING = ("source_file", "overrides")  # fields of Config that are not keys of the file
+
+
+def sections(cfg: Config) -> Iterator[tuple[str, Any]]:
+    """Each [section] of a config as (name, its dataclass instance)."""
+    for f in dataclasses.fields(cfg):
+        if f.name not in BOOKKEEPING:
+            yield f.name, getattr(cfg, f.name)
+
+
+def validate(cfg: Config) -> Config:
+    """Every key's rule, then each section's own cross-key rules; ConfigError names the key."""
+    try:
+        for name, section in sections(cfg):
+            for f in dataclasses.fields(section):
+                rule = rule_of(f)
+                value = getattr(section, f.name)
+                if rule is not None and (why := rule.problem(value)):
+                    raise ConfigError(f"key '{name}.{f.name}' = {value!r} {why}", rule.fix or None)
+            if hasattr(section, "check"):
+                section.check()
+    except ConfigError as e:
+        raise ConfigError(f"{cfg.source_file or '<defaults>'}: {e.args[0]}", e.hint) from None
+    return cfg
 
 
 def models_path(cfg: Config) -> Path:
@@ -295,10 +593,12 @@ def _build(cls: type, data: dict[str, Any], file: str, prefix: str) -> Any:
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - names)
     for key in unknown:
-        if prefix + key in REMOVED_KEYS:
+        if gone := REMOVED_KEYS.get(prefix + key):
             raise ConfigError(
-                f"{file}: key '{prefix}{key}' was removed: {REMOVED_KEYS[prefix + key]}",
-                "delete that line",
+                f"{file}: key '{prefix}{key}' was removed: {gone.why}",
+                f"write {gone.new_key} = {json.dumps(data[key])} instead"
+                if gone.new_key
+                else "delete it",
             )
     if unknown:
         raise ConfigError(
@@ -307,10 +607,10 @@ def _build(cls: type, data: dict[str, Any], file: str, prefix: str) -> Any:
         )
     kwargs: dict[str, Any] = {}
     for name, value in data.items():
-        if cls is Config and name in ("source_file", "overrides"):
+        if cls is Config and name in BOOKKEEPING:
             raise ConfigError(f"{file}: unknown key '{name}'", "remove it")
         typ = hints[name]
-        if dataclasses.is_dataclass(typ):
+        if isinstance(typ, type) and dataclasses.is_dataclass(typ):
             if not isinstance(value, dict):
                 raise ConfigError(f"{file}: '{prefix}{name}' must be a [table]")
             kwargs[name] = _build(typ, value, file, f"{prefix}{name}.")

@@ -54,6 +54,10 @@ class EnrollError(EdgeGateError):
     """Enrollment could not produce a usable template."""
 
 
+class SeveralFacesError(EnrollError):
+    """A photo to enroll from shows more than one face: whose pass it is cannot be told."""
+
+
 class TicketError(EdgeGateError):
     """A ticket could not be issued or the ticket key material is wrong."""
 
@@ -64,3 +68,11 @@ class RelayError(EdgeGateError):
 
 class LedgerError(EdgeGateError):
     """The redemption ledger is missing, unreadable, replaced or older than the gate last saw."""
+
+
+class AuditError(EdgeGateError):
+    """The audit log is unreadable, cannot be written, or its chain does not verify."""
+
+
+class FleetStateError(EdgeGateError):
+    """The lane's fleet state file (written by `edge-gate sync`) is unreadable."""

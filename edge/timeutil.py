@@ -1,15 +1,49 @@
-"""Parse operator-typed times: ISO dates/datetimes or Unix seconds; naive = gate's local time."""
+"""Times as operators type them and as the site counts them, always in a named zone.
+
+A date or time typed without an offset means the site's zone (`gate.timezone`, through
+`Config.gate.zone`), never whatever zone the machine running the command happens to be in.
+"""
 
 from __future__ import annotations
 
 import datetime as dt
+import os
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from edge.errors import EdgeGateError
 
+LOCALTIME = "/etc/localtime"
 
-def parse_time(text: str, end_of_day: bool = False) -> int:
+
+def known_zone(name: str) -> bool:
+    """Whether `name` is an IANA time zone this machine knows (e.g. "Europe/Madrid")."""
+    try:
+        ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        return False
+    return True
+
+
+def system_zone() -> dt.tzinfo:
+    """The zone this machine is set to: $TZ if it names one, else /etc/localtime, else UTC."""
+    name = os.environ.get("TZ", "").removeprefix(":")
+    if name and known_zone(name):
+        return ZoneInfo(name)
+    try:
+        with open(LOCALTIME, "rb") as f:
+            return ZoneInfo.from_file(f, key="localtime")
+    except (OSError, ValueError):
+        return dt.UTC
+
+
+def site_zone(name: str) -> dt.tzinfo:
+    """The site's zone from `gate.timezone`: the IANA name, or "" for the machine's own zone."""
+    return ZoneInfo(name) if name else system_zone()
+
+
+def parse_time(text: str, zone: dt.tzinfo, end_of_day: bool = False) -> int:
     """'2026-12-31' (start, or end of day with end_of_day), '2026-12-31T18:00', '+02:00' offsets,
-    or 1767225600.
+    or 1767225600; a time without an offset is in `zone` (the site's).
     """
     s = text.strip()
     if s.isdigit():
@@ -26,7 +60,7 @@ def parse_time(text: str, end_of_day: bool = False) -> int:
             f"cannot read time {text!r}", "use YYYY-MM-DD, YYYY-MM-DDTHH:MM[+HH:MM] or Unix seconds"
         ) from None
     if value.tzinfo is None:
-        value = value.astimezone()  # the gate's local zone
+        value = value.replace(tzinfo=zone)
     return int(value.timestamp())
 
 

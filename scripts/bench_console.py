@@ -35,7 +35,6 @@ from edge import config as config_mod  # noqa: E402
 from edge import tickets as tk  # noqa: E402
 from edge.console.app import build_app  # noqa: E402
 from edge.console.feed import FleetFeed  # noqa: E402
-from edge.fleet import messages as msg  # noqa: E402
 from edge.gate.audit import AuditLog, AuditRecord  # noqa: E402
 from tests.console_harness import (  # noqa: E402
     PASSWORD,
@@ -71,21 +70,30 @@ def show(name: str, ms: list[float]) -> None:
 
 
 def fill_feed(feed: FleetFeed, site: str, lanes: int, decisions: int) -> None:
-    """20 lanes' heartbeats and their decisions, as they arrive from MQTT (decoded messages)."""
+    """20 lanes' heartbeats and their decisions, as the office's sync stores them."""
     now = time.time()
-    for i in range(1, lanes + 1):
-        hb = {"fps": 14.8, "camera": "ok", "mode": "face-or-ticket", "last_decision_t": now,
-              "clock_offset": 0.01, "outbox": 0}  # fmt: skip
-        m = msg.Message(msg.HEARTBEAT, site, f"lane{i}", int(now * 1000), now, hb)
-        feed.add(msg.topic(site, "heartbeat", f"lane{i}"), [m])
+    heard = {
+        f"lane{i}": {
+            "fps": 14.8,
+            "camera": "ok",
+            "mode": "face-or-ticket",
+            "last_decision_t": now,
+            "clock_offset": 0.01,
+            "outbox": 0,
+            "age_s": 0.5,
+            "state": "ok",
+        }  # fmt: skip
+        for i in range(1, lanes + 1)
+    }
     reasons = ["ok", "already_used", "presentation_attack", "revoked", "not_enrolled"]
+    rows = []
     for k in range(decisions):
         lane = f"lane{k % lanes + 1}"
-        body = {"t": now - decisions + k, "gate": lane, "kind": "decision",
-                "decision": "grant" if k % 3 else "deny", "via": "ticket",
-                "subject": f"T-{k:06d}", "reason": reasons[k % len(reasons)]}  # fmt: skip
-        m = msg.Message(msg.AUDIT, site, lane, k, body["t"], body)
-        feed.add(msg.topic(site, "audit", lane, k), [m])
+        rows.append({"lane": lane, "seq": k, "t": now - decisions + k, "gate": lane,
+                     "kind": "decision", "decision": "grant" if k % 3 else "deny",
+                     "via": "ticket", "subject": f"T-{k:06d}",
+                     "reason": reasons[k % len(reasons)]})  # fmt: skip
+    feed.add_rows(heard, rows)
 
 
 def fill_audit(cfg: config_mod.Config, n: int) -> None:

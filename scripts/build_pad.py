@@ -13,6 +13,7 @@ from __future__ import annotations
 import io
 from pathlib import Path
 
+import build_common as bc  # a leaf shared by every builder (scripts/ is on sys.path)
 import numpy as np
 
 FACEPLUGIN = ("faceplugin-face-recognition-js", "0.0.1")
@@ -143,12 +144,10 @@ def pad_function(data: bytes):
 
 def pad_crops(images: list[bytes], scale: float = PAD_CROP_SCALE) -> list[np.ndarray]:
     """BGR face crops (PAD_SIZE square, uint8) from photos, cut the way the gate cuts them."""
-    import build_models
-
     from edge.vision.image import decode_image
     from edge.vision.liveness import crop_for_pad
 
-    det = build_models.build_detector()
+    det = bc.build_detector()
     crops = []
     for data in images:
         bgr = decode_image(data)
@@ -182,21 +181,19 @@ def build_pad(ctx) -> None:
     """The liveness net: float32 twin (translation check) and int8 (shipped)."""
     import hashlib
 
-    import build_models
-
     tar = ctx.npm(*FACEPLUGIN)
     data = tar.extractfile(PAD_FILE).read()
     model = pad_function(data)
-    photos = build_models.face_api_demo_photos(ctx)
+    photos = bc.face_api_demo_photos(ctx)
     rep = calibration_set(photos)
     print(f"calibrating PAD int8 on {len(rep)} crops from {len(photos)} demo photos")
     ctx.manifest.setdefault("liveness", {})
     for name, r in (("minifasnet_float", None), ("minifasnet_int8", rep)):
         dst = Path(ctx.out) / f"{name}.tflite"
-        dst.write_bytes(build_models.convert(model, r))
+        dst.write_bytes(bc.convert(model, r))
         ctx.manifest["liveness"][name] = {
             "file": dst.name,
-            "sha256": build_models.sha256(dst),
+            "sha256": bc.sha256(dst),
             "quantization": "int8" if r is not None else "float32",
             "size": PAD_SIZE,
             "channels": "BGR",

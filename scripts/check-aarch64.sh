@@ -3,8 +3,9 @@
 #
 # For each Raspberry Pi OS base (bookworm: Python 3.11 on a Pi 4's Cortex-A72; trixie: Python
 # 3.13 on a Pi 5's Cortex-A76) this builds or reuses an arm64 root from Debian packages
-# (mmdebstrap --variant=extract), installs the project's runtime dependencies as aarch64 wheels
-# (pip --target --platform manylinux_2_NN_aarch64 --only-binary=:all:), then runs under
+# (mmdebstrap --variant=extract), installs the project's locked runtime and test dependencies as
+# aarch64 wheels (requirements/test.txt, hash-checked: pip --target --platform
+# manylinux_2_NN_aarch64 --only-binary=:all: --require-hashes), then runs under
 # qemu-aarch64-static: (a) the test files that need no hardware and no network, and (b) the
 # equivalence check (edge/lab/equivalence.py): every model in models/models.json on the same
 # photos, and the gate on the Hamilton clip, compared with x86; any per-image cosine below
@@ -38,10 +39,14 @@ CLIP_ARG=(--clip-frames "${EDGE_AARCH64_CLIP_FRAMES:-110}")
 [ "${EDGE_AARCH64_CLIP:-1}" = 1 ] || CLIP_ARG=(--no-clip)
 OUT=${EDGE_AARCH64_OUT:-$REPO/var/aarch64}
 TESTS=${EDGE_AARCH64_TESTS:-tests/test_vision.py tests/test_policy.py tests/test_tickets.py \
-tests/test_gallery.py tests/test_ledger.py tests/test_config.py tests/test_evaluate.py}
+tests/test_gallery.py tests/test_ledger.py tests/test_config.py tests/test_evaluate.py \
+tests/test_liveness.py}
 SKIP=${EDGE_AARCH64_SKIP:-not kill and not killed and not from_video and not cli_ and not reenroll}
 SUITES=("$@")
 [ ${#SUITES[@]} -gt 0 ] || SUITES=(bookworm trixie)
+# Long steps report progress (edge/progress.py): their output passes through pipes here, so on
+# a terminal they print a progress line every few seconds; in a log, one summary line each.
+if [ -t 2 ]; then export EDGE_PROGRESS=${EDGE_PROGRESS:-lines}; fi
 
 for tool in qemu-aarch64-static mmdebstrap; do
   command -v "$tool" >/dev/null || { echo "check-aarch64: $tool is missing (apt-get install qemu-user-static mmdebstrap)" >&2; exit 2; }
@@ -90,22 +95,11 @@ write_pi_proc() { # ROOT BOARD
   fi
 }
 
-# The runtime and test requirements from pyproject.toml, markers evaluated for aarch64.
+# The locked runtime and test requirements for aarch64 and this Python, with their hashes
+# (requirements/test.txt; markers resolved by scripts/lock_for.py, since pip evaluates them for
+# the host, not for the --platform it installs for).
 requirements() { # PYVER
-  "$HOST_PY" - "$1" <<'EOF'
-import sys, tomllib
-from packaging.requirements import Requirement
-py = sys.argv[1]
-env = {"platform_machine": "aarch64", "python_version": py, "python_full_version": py + ".0",
-       "sys_platform": "linux", "platform_system": "Linux", "os_name": "posix",
-       "implementation_name": "cpython", "platform_python_implementation": "CPython", "extra": ""}
-proj = tomllib.load(open("pyproject.toml", "rb"))["project"]
-reqs = proj["dependencies"] + [r for r in proj["optional-dependencies"]["dev"] if "ruff" not in r]
-for r in map(Requirement, reqs):
-    if r.marker is None or r.marker.evaluate(env):
-        r.marker = None
-        print(r)
-EOF
+  "$HOST_PY" scripts/lock_for.py requirements/test.txt --machine aarch64 --python "$1"
 }
 
 prepare() { # SUITE -> prints "ROOT SITE PYVER CORE"
@@ -131,9 +125,10 @@ prepare() { # SUITE -> prints "ROOT SITE PYVER CORE"
     plats=()
     for n in $(seq "$glibc" -1 17); do plats+=(--platform "manylinux_2_${n}_aarch64"); done
     rm -rf "$site.tmp"
-    # shellcheck disable=SC2086
+    printf '%s\n' "$reqs" >"$CACHE/$suite/requirements.txt"
     "$HOST_PY" -m pip install -q --target "$site.tmp" "${plats[@]}" --platform manylinux2014_aarch64 \
-      --only-binary=:all: --python-version "$py" --implementation cp --abi "cp${py/./}" $reqs 2>&1 \
+      --only-binary=:all: --python-version "$py" --implementation cp --abi "cp${py/./}" \
+      --require-hashes --no-deps -r "$CACHE/$suite/requirements.txt" 2>&1 \
       | grep -v "WARNING: Location" >&2 || true
     [ -d "$site.tmp/numpy" ] || { echo "check-aarch64: wheel install for $suite failed" >&2; return 1; }
     # subprocesses started with sys.executable must run under emulation too

@@ -19,7 +19,8 @@ done
 
 echo "== packages"
 apt-get update -qq
-apt-get install -y -qq python3-venv python3-picamera2 python3-lgpio libcap-dev >/dev/null
+# picamera2, lgpio and evdev (the `pi` extra) from Raspberry Pi OS, built for its kernel and libcamera
+apt-get install -y -qq python3-venv python3-picamera2 python3-lgpio python3-evdev libcap-dev >/dev/null
 # The unit's ExecStartPre=/ExecStopPost= drive the relay off with pinctrl (Raspberry Pi OS),
 # raspi-gpio or gpioset (libgpiod): without one, a crash mid-pulse could leave the gate open.
 if ! command -v pinctrl >/dev/null && ! command -v raspi-gpio >/dev/null; then
@@ -38,15 +39,19 @@ echo "== code and venv in /opt/edge-gate (root-owned, not editable)"
 # A copy owned by root, not the checkout: the user who cloned the repository must not own code
 # that root and the service run. The package is installed into the venv (not editable).
 install -d -m 0755 -o root -g root /opt/edge-gate
-for d in edge models firmware_config scripts systemd; do rm -rf "/opt/edge-gate/$d"; done
-cp -r --no-preserve=mode,ownership "$SRC"/{pyproject.toml,README.md,edge,models,firmware_config,scripts,systemd} /opt/edge-gate/
+for d in edge models firmware_config requirements scripts systemd; do rm -rf "/opt/edge-gate/$d"; done
+cp -r --no-preserve=mode,ownership "$SRC"/{pyproject.toml,README.md,edge,models,firmware_config,requirements,scripts,systemd} /opt/edge-gate/
 chown -R root:root /opt/edge-gate
 chmod -R u=rwX,go=rX /opt/edge-gate
 chmod 0755 /opt/edge-gate/scripts/relay-off
 # --system-site-packages: picamera2 and lgpio come from Raspberry Pi OS, built for its libcamera
 [ -x /opt/edge-gate/venv/bin/python ] || python3 -m venv --system-site-packages /opt/edge-gate/venv
-/opt/edge-gate/venv/bin/pip install -q --upgrade pip
-/opt/edge-gate/venv/bin/pip install -q --no-cache-dir '/opt/edge-gate[pi]'
+# Every Python package from the lock, hash-checked and into the venv even where Raspberry Pi OS
+# has one (requirements/runtime.txt, scripts/lock.sh); then edge-gate itself, built with the
+# locked setuptools.
+/opt/edge-gate/venv/bin/pip install -q --no-cache-dir --ignore-installed --require-hashes \
+  -r /opt/edge-gate/requirements/runtime.txt
+/opt/edge-gate/venv/bin/pip install -q --no-cache-dir --no-deps --no-build-isolation /opt/edge-gate
 rm -rf /opt/edge-gate/build /opt/edge-gate/*.egg-info
 chown -R root:root /opt/edge-gate/venv
 
@@ -64,6 +69,7 @@ if [ ! -f /etc/edge-gate/gate.toml ]; then
       -e 's#^models_dir = ""#models_dir = "/opt/edge-gate/models"#' \
       -e 's#^state_db = "var/fleet.db"#state_db = "/var/lib/edge-gate/fleet.db"#' \
       -e 's#^keys_dir = "var/fleet-keys"#keys_dir = "/var/lib/edge-gate/fleet-keys"#' \
+      -e 's#^lane_key_file = "var/lane.key"#lane_key_file = "/var/lib/edge-gate/lane.key"#' \
       /opt/edge-gate/firmware_config/gate.toml > /etc/edge-gate/gate.toml
   chmod 0640 /etc/edge-gate/gate.toml; chgrp edge-gate /etc/edge-gate/gate.toml
 fi

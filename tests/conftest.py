@@ -22,6 +22,36 @@ def _fixtures() -> Path:
     return d
 
 
+TRACEBACK = "Traceback (most recent call last)"
+
+
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers", "traceback_expected: the test means a Python traceback to appear in its output"
+    )
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """A test whose captured output holds a Python traceback fails, unless it says it expects one.
+
+    Processes the test starts inherit its captured stdout/stderr, so a command that crashes
+    behind a passing assertion (or a thread that dies) is caught here, not hidden.
+    """
+    outcome = yield
+    rep = outcome.get_result()
+    if rep.passed and not item.get_closest_marker("traceback_expected"):
+        for name, text in rep.sections:
+            if name.endswith(f" {rep.when}") and TRACEBACK in text:
+                rep.outcome = "failed"
+                at = text.index(TRACEBACK)
+                rep.longrepr = (
+                    f"a Python traceback in '{name}' (mark the test traceback_expected if it is "
+                    f"meant):\n{text[max(0, at - 500) : at + 3000]}"
+                )
+                break
+
+
 @pytest.fixture(scope="session")
 def fixtures() -> Path:
     return _fixtures()

@@ -26,7 +26,7 @@ from edge.config import PROJECT_ROOT
 from edge.fleet.sync import Sync
 from edge.gate.daemon import Gate
 from edge.lab.broker import MISSING, free_port, mosquitto_binary
-from edge.lab.workspace import Member, write_member
+from edge.lab.workspace import Member, roster_all, write_member
 
 CHROMIUM = os.environ.get("EDGE_CHROMIUM", "/usr/bin/chromium")
 USERS = {n: f"pw-{n}" for n in ("office", "lane1", "lane2")}
@@ -139,8 +139,8 @@ class Park:
     site_key: Path
 
     def cfg(self, i: int) -> config_mod.Config:
-        """Lane i's config (1-based)."""
-        return config_mod.load(self.lanes[i - 1].config)
+        """Lane i's config (1-based; 0 is the office)."""
+        return config_mod.load((self.lanes[i - 1] if i else self.office).config)
 
     @property
     def office_cfg(self) -> config_mod.Config:
@@ -189,18 +189,20 @@ def make_park(root: Path, broker_url: str) -> Park:
         )  # fmt: skip
     for m in (office, *lanes):
         init_key(m.dir / "gallery.key")
+    roster_all(office, lanes, priv)  # the office signs the lanes' keys (`fleet roster add`)
     return Park(root, site, office, lanes, priv, pub, site_key)
 
 
 class Syncs:
-    """`edge-gate sync` of each lane in a thread of its own (its SQLite belongs to it)."""
+    """`edge-gate sync` of the office and each lane in a thread of its own (its SQLite belongs
+    to it): the console shows what the office's sync stored."""
 
     def __init__(self, park: Park):
         self.park = park
         self.running: list[tuple[Sync, threading.Thread]] = []
 
     def start(self) -> Syncs:
-        for i in (1, 2):
+        for i in (0, 1, 2):
             made: list[Sync] = []
             ready = threading.Event()
 

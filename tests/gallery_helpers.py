@@ -8,7 +8,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import sqlite_utils
 
 from edge.gallery.crypto import Kek, aad, seal
 from edge.gallery.store import Consent
@@ -51,20 +50,15 @@ def cli(capsys, *argv: str) -> tuple[int, str, str]:
 def make_v1_gallery(path: Path, kek: Kek, people: list[tuple[str, str, int | None, np.ndarray]]):
     """A gallery as edge-gate schema 1 wrote it: one data key sealing everything."""
     conn = sqlite3.connect(path, isolation_level=None)
-    db = sqlite_utils.Database(conn)
-    db["data_keys"].create({"kid": str, "wrapped": bytes, "created": int}, pk="kid")
-    db["people"].create(
-        {"id": str, "name": bytes, "pass_ref": bytes, "valid_until": int, "minor": int,
-         "created": int}, pk="id",
-    )  # fmt: skip
-    db["consents"].create(
-        {"id": str, "person_id": str, "notice_version": str, "notice_sha256": str, "method": str,
-         "time": int, "operator": bytes, "guardian": bytes}, pk="id",
-    )  # fmt: skip
-    db["templates"].create(
-        {"id": str, "person_id": str, "model_id": str, "model_version": str, "quality": float,
-         "created": int, "embedding": bytes}, pk="id",
-    )  # fmt: skip
+    conn.executescript(
+        "CREATE TABLE data_keys (kid TEXT PRIMARY KEY, wrapped BLOB, created INTEGER);"
+        "CREATE TABLE people (id TEXT PRIMARY KEY, name BLOB, pass_ref BLOB, valid_until INTEGER,"
+        " minor INTEGER, created INTEGER);"
+        "CREATE TABLE consents (id TEXT PRIMARY KEY, person_id TEXT, notice_version TEXT,"
+        " notice_sha256 TEXT, method TEXT, time INTEGER, operator BLOB, guardian BLOB);"
+        "CREATE TABLE templates (id TEXT PRIMARY KEY, person_id TEXT, model_id TEXT,"
+        " model_version TEXT, quality REAL, created INTEGER, embedding BLOB);"
+    )
     dek = os.urandom(32)
     now = int(time.time())
     conn.execute(

@@ -144,3 +144,21 @@ class ListSource(FrameSource):
         f = Frame(self.frames[self.i], self.i / 10, self.i)
         self.i += 1
         return f
+
+
+def edge_gate(*args: str, cwd: Path, stdin: str | None = None, timeout: float = 300, env=None):
+    """`edge-gate ARGS` as a user runs it (a process of its own); its stderr holds no traceback."""
+    import subprocess
+    import sys
+
+    p = subprocess.run(
+        [sys.executable, "-m", "edge.cli", *args],
+        cwd=cwd,
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, "PYTHONPATH": str(PROJECT_ROOT), **(env or {})},
+    )
+    assert "Traceback" not in p.stderr, p.stderr
+    return p

@@ -102,6 +102,7 @@ def test_a_config_that_is_not_toml_is_one_line_error(tmp_path, capsys):
 PATHLIKE = ("file", "dir", "db", "key", "pubkey", "out", "list", "revocations", "events",
             "workdir", "clip", "enroll", "images", "pubkeys", "folder", "config")  # fmt: skip
 NOT_PATHS = {("run", "source"), ("run", "scanner")}  # a device, a number or "stdin" too
+NOT_PATHS |= {("fleet broker-config", "persistence_dir")}  # a folder on the broker's machine
 NOT_PATHS |= {
     (cmd, f"{d}_file") for cmd in ("enroll", "pass edit") for d in ("name", "pass_id", "guardian")
 }

@@ -89,7 +89,7 @@ def test_installer_writes_a_pi_config_that_loads(tmp_path):
     """Apply install-pi.sh's own sed expressions to the shipped gate.toml: every one must match."""
     script = (ROOT / "scripts" / "install-pi.sh").read_text()
     exprs = re.findall(r"-e '(s#[^']+)'", script)
-    assert len(exprs) == 11
+    assert len(exprs) == 12
     args = [a for e in exprs for a in ("-e", e)]
     out = subprocess.run(
         ["sed", *args, str(ROOT / "firmware_config" / "gate.toml")],
@@ -109,6 +109,7 @@ def test_installer_writes_a_pi_config_that_loads(tmp_path):
     assert cfg.tickets.ledger.startswith("/var/lib/edge-gate/")
     assert cfg.vision.models_dir == "/opt/edge-gate/models"  # the package is not editable
     assert cfg.fleet.state_db.startswith("/var/lib/edge-gate/")
+    assert cfg.fleet.lane_key_file == "/var/lib/edge-gate/lane.key"  # sync's state directory
     assert cfg.fleet.keys_dir.startswith("/var/lib/edge-gate/")
     unit = (ROOT / "systemd" / "edge-gate.service").read_text()
     assert "/etc/edge-gate/gate.toml" in unit

@@ -10,11 +10,21 @@ import numpy as np
 import pytest
 
 from edge.errors import EnrollError
-from edge.gallery.bulk import ALREADY, DUPLICATE, NO_FACE, NO_IMAGES, TOO_FEW, enroll_folder
+from edge.gallery.bulk import (
+    ALREADY,
+    DUPLICATE,
+    NO_FACE,
+    NO_IMAGES,
+    SEVERAL,
+    TOO_FEW,
+    UNREADABLE_IMAGES,
+    enroll_folder,
+)
 from edge.gallery.crypto import init_key
 from edge.gallery.enroll import enroll
 from edge.gallery.matcher import to_template_grid
 from edge.gallery.store import Consent, Gallery
+from edge.vision.detector import Detection
 from edge.vision.pipeline import FaceObservation
 from edge.vision.quality import Quality
 
@@ -25,10 +35,13 @@ DIM = 64
 class GeneratedFaces:
     """Stands in for the face pipeline on generated photos: the photo's top-left pixel names
     the person (blue) and the photo (green); the embedding is that person's centre plus
-    per-photo noise. A photo whose red value is 255 shows no face. Counts every embedding."""
+    per-photo noise. A photo whose red value is 255 shows no face; 128, a second, smaller face
+    (the next person) beside the first. Counts every embedding."""
 
     class spec:  # noqa: N801 - mirrors EmbedderSpec's fields used by enrollment
         name, sha256, dim, threshold = "generated", "0" * 64, DIM, 0.8
+
+    max_image_pixels = 100_000_000
 
     def __init__(self, people: int = 40, seed: int = 0):
         rng = np.random.default_rng(seed)
@@ -36,23 +49,34 @@ class GeneratedFaces:
         self.centres = c / np.linalg.norm(c, axis=1, keepdims=True)
         self.rng, self.calls = rng, 0
 
-    def embed_still(self, bgr: np.ndarray) -> FaceObservation | None:
+    def _face(self, person: int, photo: int, x: float, size: float) -> FaceObservation:
         self.calls += 1
+        noise = np.random.default_rng(person * 1000 + photo).standard_normal(DIM)
+        v = self.centres[person] + 0.15 * noise.astype(np.float32) / np.sqrt(DIM)
+        q = Quality(100.0, 100.0, 0.0, 120.0, ())
+        box = np.array([x, 10.0, x + size, 10.0 + size], np.float32)
+        det = Detection(box, np.zeros((6, 2), np.float32), 0.9)
+        return FaceObservation(det, q, (v / np.linalg.norm(v)).astype(np.float32))
+
+    def still_faces(self, bgr: np.ndarray) -> list[FaceObservation]:
         blue, green, red = (int(x) for x in bgr[0, 0])
         if red == 255:
-            return None
-        noise = np.random.default_rng(blue * 1000 + green).standard_normal(DIM)
-        v = self.centres[blue] + 0.15 * noise.astype(np.float32) / np.sqrt(DIM)
-        q = Quality(100.0, 100.0, 0.0, 120.0, ())
-        return FaceObservation(None, q, (v / np.linalg.norm(v)).astype(np.float32))
+            return []
+        faces = [self._face(blue, green, 5.0, 40.0)]
+        if red == 128:
+            faces.append(self._face(blue + 1, green, 50.0, 20.0))
+        return faces
 
 
-def photos(folder: Path, name: str, person: int, n: int, no_face: bool = False) -> None:
+def photos(
+    folder: Path, name: str, person: int, n: int, no_face: bool = False, two: bool = False
+) -> None:
     d = folder / name
     d.mkdir(parents=True, exist_ok=True)
-    for i in range(n):
+    first = len(list(d.iterdir()))
+    for i in range(first, first + n):
         img = np.zeros((64, 64, 3), np.uint8)
-        img[0, 0] = (person, i + 1, 255 if no_face else 0)
+        img[0, 0] = (person, i + 1, 255 if no_face else (128 if two else 0))
         cv2.imwrite(str(d / f"{i:02d}.png"), img)
 
 
@@ -73,6 +97,9 @@ def test_folder_import_counts_every_refusal_and_embeds_each_photo_once(tmp_path,
     photos(folder, "frank", 3, 3, no_face=True)
     (folder / "gina").mkdir()
     (folder / "gina" / "broken.jpg").write_bytes(b"not a jpeg")
+    photos(folder, "hank", 5, 3)
+    photos(folder, "hank", 5, 1, two=True)  # hank and someone else: left out, listed
+    photos(folder, "ivy", 7, 3, two=True)  # only photos with two people: whose pass?
     writes = []
     real_add = gal.add_person
     monkeypatch.setattr(gal, "add_person", lambda *a, **k: writes.append(a[0]) or real_add(*a, **k))
@@ -80,21 +107,26 @@ def test_folder_import_counts_every_refusal_and_embeds_each_photo_once(tmp_path,
     r = enroll_folder(
         gal, pipe, folder, CONSENT, threshold=0.8, on_progress=lambda *a: progress.append(a)
     )
-    assert set(r.enrolled) == {"alice", "bob"}
-    assert r.templates == {"alice": 3, "bob": 5}
+    assert set(r.enrolled) == {"alice", "bob", "hank"}
+    assert r.templates == {"alice": 3, "bob": 5, "hank": 3}
     assert r.refused == {
         "carol": TOO_FEW,
         "dave": DUPLICATE,
         "erin": NO_IMAGES,
         "frank": NO_FACE,
-        "gina": NO_FACE,
+        "gina": UNREADABLE_IMAGES,
+        "ivy": SEVERAL,
     }
-    assert pipe.calls == 3 + 5 + 1 + 4 + 3  # one embedding per readable photo
-    assert writes == ["alice", "bob"]  # one transaction per enrolled person
-    assert progress[0] == (0, 7, "alice")
-    assert progress[-1] == (7, 7, "")
+    left_out = {Path(s.source).relative_to(folder).as_posix(): s for s in r.skipped}
+    assert set(left_out) == {"gina/broken.jpg", "hank/03.png", *(f"ivy/0{i}.png" for i in range(3))}
+    assert "not a readable image" in left_out["gina/broken.jpg"].detail
+    assert "2 faces: 40x40 at (5, 10), 20x20 at (50, 10)" in left_out["hank/03.png"].detail
+    assert pipe.calls == 3 + 5 + 1 + 4 + 0 + (3 + 2) + 3 * 2  # each face, each photo once
+    assert writes == ["alice", "bob", "hank"]  # one transaction per enrolled person
+    assert progress[0] == (0, 9, "alice")
+    assert progress[-1] == (9, 9, "")
     people = {p.name: p for p in gal.people()}
-    assert set(people) == {"alice", "bob"}
+    assert set(people) == {"alice", "bob", "hank"}
     assert people["bob"].template_count == 5
     t = gal.templates("generated")
     assert np.array_equal(to_template_grid(t.matrix), t.matrix)  # stored on the matcher's grid
@@ -104,6 +136,10 @@ def test_folder_import_counts_every_refusal_and_embeds_each_photo_once(tmp_path,
     assert again.refused["bob"] == ALREADY
     assert again.refused["dave"] == DUPLICATE
     assert set(again.enrolled) == {"carol"}
+
+    picked = enroll_folder(gal, pipe, folder, CONSENT, threshold=0.8, pick="largest")
+    assert set(picked.enrolled) == {"ivy"}  # the largest face of each photo: ivy's own
+    assert not any(s.reason == "several_faces" for s in picked.skipped)
 
 
 def test_a_new_person_needs_three_templates_unless_told(tmp_path, gal):

@@ -8,6 +8,7 @@ import shutil
 import cv2
 import pytest
 
+from edge import config as config_mod
 from edge.cli import main
 from edge.errors import ImageError
 from edge.lab.pad_eval import threshold_for
@@ -74,7 +75,8 @@ def test_write_threshold_goes_to_models_json(pad_dir, tmp_path, capsys):
     cfg = tmp_path / "gate.toml"
     cfg.write_text(f'[vision]\nmodels_dir = "{models}"\n')
     r = run_json(capsys, pad_dir, "--config", cfg, "--write-threshold")
-    entry = json.loads((models / "models.json").read_text())["liveness"]["minifasnet_int8"]
+    name = config_mod.load(None).liveness.model
+    entry = json.loads((models / "models.json").read_text())["liveness"][name]
     assert entry["threshold"] == r["written_threshold"] == r["threshold"]
     assert "eval-pad" in entry["threshold_source"]
     assert r["bpcer"] <= 0.05

@@ -87,7 +87,7 @@ def test_replace_templates_reenrolls_with_consent_and_an_audit_record(
         (old,) = [r[0] for r in gal.conn.execute("SELECT embedding FROM templates")]
     rc, out, err = cli(
         capsys, "enroll", *g, "--person-id", pid, "--replace-templates", "--min-templates", "1",
-        "--consent-version", "v2", str(faces / "obama" / "test_obama1.jpg"),
+        "--consent-version", "v2", str(faces / "obama" / "obama2.jpg"),
     )  # fmt: skip
     assert rc == 0, err
     assert "previous templates erased" in out
@@ -266,13 +266,17 @@ def test_doctor_reports_the_threshold_in_use(tmp_path, capsys):
     cfg = config(tmp_path, "[gallery]\nmatch_threshold = 0.95\nmin_margin = 0.1\n")
     out = cli(capsys, "doctor", "--config", str(cfg))[1]
     line = next(x for x in out.splitlines() if "match threshold" in x)
-    assert "threshold 0.95 (gallery.match_threshold)" in line
-    assert "min margin 0.1" in line
+    assert "gate and enrollment: cosine >= 0.95 (gallery.match_threshold)" in line
+    assert "lead >= 0.1" in line
     cfg = config(tmp_path)
     out = cli(capsys, "doctor", "--config", str(cfg))[1]
     line = next(x for x in out.splitlines() if "match threshold" in x)
     # match_threshold = 0: the rule per gallery size measured for the default embedder
-    assert "per gallery size from models.json (mobilefacenet_float" in line
+    assert (
+        "gate: the threshold and lead per gallery size from models.json (mobilefacenet_float"
+        in line
+    )
+    assert "enrollment's checks" in line  # the other threshold, labelled with where it applies
 
 
 # --- eval: no threshold from thin data, valid JSON ------------------------------------------------

@@ -148,7 +148,7 @@ def test_season_days_are_counted_in_the_site_time_zone(tmp_path):
 def test_site_time_zone_comes_from_config(tmp_path):
     from edge import config as config_mod
     from edge.errors import ConfigError
-    from edge.tickets.desk import open_ledger
+    from edge.gate.desk import open_ledger
 
     p = tmp_path / "gate.toml"
     p.write_text('[gate]\ntimezone = "America/Los_Angeles"\n[tickets]\nledger = "l.db"\n')

@@ -26,7 +26,7 @@ def gate_dir(tmp: Path) -> Path:
     (tmp / "revoked.txt").touch()
     (tmp / "gate.toml").write_text(
         '[gate]\nid = "g-1"\n[tickets]\npubkeys = ["office/issuer.pub"]\nledger = "ledger.db"\n'
-        'revocation_list = "revoked.txt"\nantipassback_s = 0.0\n[audit]\npath = "audit.db"\n'
+        'revocation_list = "revoked.txt"\nanti_passback_s = 0.0\n[audit]\npath = "audit.db"\n'
     )
     return tmp / "gate.toml"
 

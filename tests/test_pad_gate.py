@@ -11,6 +11,7 @@ import cv2
 import numpy as np
 import pytest
 
+from edge import config as config_mod
 from edge.gate.notices import Notices
 from edge.lab.padsynth import write_attack_clip
 
@@ -121,7 +122,8 @@ def test_phone_part_of_the_demo_gif_is_refused(tmp_path, fixtures, pipeline):
     assert pulses(gate) == 0
     assert not [e for e in ev if e["decision"] == "grant"]
     gate, ev = run_gate(cfg, fixtures / "spoof" / "demo.gif", tmp_path)  # live, phone, print
-    assert pulses(gate) == 0, ev
+    assert all(e["frame"] < 33 for e in ev if e["decision"] == "grant"), ev  # live part only
+    assert pulses(gate) <= 1, ev
 
 
 @pytest.mark.parametrize("style", ["print", "screen"])
@@ -170,10 +172,9 @@ def test_live_hamilton_still_granted_within_one_frame(tmp_path, fixtures, pipeli
 def test_broken_pad_model_makes_the_face_path_refuse(tmp_path, fixtures, pipeline, damage, caplog):
     models = tmp_path / "models"
     shutil.copytree(MODELS, models)
-    pad = (
-        models
-        / json.loads((models / "models.json").read_text())["liveness"]["minifasnet_int8"]["file"]
-    )
+    name = config_mod.load(None).liveness.model
+    entry = json.loads((models / "models.json").read_text())["liveness"][name]
+    pad = models / entry.get("models", [entry])[0]["file"]
     if damage == "missing":
         pad.unlink()
     else:
@@ -183,7 +184,7 @@ def test_broken_pad_model_makes_the_face_path_refuse(tmp_path, fixtures, pipelin
     gate, ev = run_gate(cfg, fixtures / "video" / "short_hamilton_clip.mp4", tmp_path)
     assert gate.face is None
     assert "ticket-only" in gate.degraded
-    assert "minifasnet" in gate.degraded
+    assert pad.stem in gate.degraded
     loud = [r for r in caplog.records if r.levelname == "ERROR" and "DEGRADED" in r.getMessage()]
     assert loud  # loudly
     assert not [e for e in ev if e["decision"] == "grant"]

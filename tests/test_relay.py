@@ -112,6 +112,7 @@ def test_lgpio_factory_error_is_a_relay_error_when_it_cannot_start(monkeypatch):
     fake = RecordingLgpio(fail_open=True)
     monkeypatch.setitem(sys.modules, "lgpio", fake)
     monkeypatch.delitem(sys.modules, "gpiozero.pins.lgpio", raising=False)
+    monkeypatch.delitem(sys.modules, "edge.gate.lgpio_pins", raising=False)
     with pytest.raises(RelayError, match="cannot start"):
         make_pin_factory("lgpio")
 
@@ -188,6 +189,7 @@ def lgpio_factory(monkeypatch):
     fake = RecordingLgpio()
     monkeypatch.setitem(sys.modules, "lgpio", fake)
     monkeypatch.delitem(sys.modules, "gpiozero.pins.lgpio", raising=False)
+    monkeypatch.delitem(sys.modules, "edge.gate.lgpio_pins", raising=False)
     monkeypatch.setattr(local, "get_pi_revision", lambda: 0xC03111)  # a Pi 4B board
     # gpiozero keeps one set of local pins per process; give this test its own
     monkeypatch.setattr(local.LocalPiFactory, "pins", {})

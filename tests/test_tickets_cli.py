@@ -77,7 +77,7 @@ def gate(tmp: Path, office: Path, antipassback: float = 0.0) -> Path:
     p = tmp / "gate.toml"
     p.write_text(
         '[gate]\nid = "lane-7"\n[tickets]\npubkeys = ["office/issuer.pub"]\nledger = "ledger.db"\n'
-        f'revocation_list = "revoked.txt"\nantipassback_s = {antipassback}\n'
+        f'revocation_list = "revoked.txt"\nanti_passback_s = {antipassback}\n'
         '[audit]\npath = "audit.db"\n'
     )
     assert main(["ledger", "init", "--config", str(p)]) == 0

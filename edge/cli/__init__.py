@@ -2,19 +2,24 @@
 
 Each module in this package registers one command group; a command parses its flags, calls one
 library function and prints the result. Errors the product raises on purpose become one line on
-stderr and exit status 2.
+stderr and exit status 2, their hint in the words of this run (`hints.py`); anything else is an
+internal error: one line and exit status 70, its traceback only with `--debug`. A reader that
+closes stdout early (`| head`) ends the command quietly.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
+import os
 import sys
 
 from edge import __version__
 from edge.cli import audit, fleet, gallery, gate, lab, ledger, passes, tickets
 from edge.cli import console as console_cli
 from edge.cli.examples import COMMON_HELP, EXAMPLES
+from edge.cli.hints import for_this_run
 from edge.cli.paths import existing_file
 from edge.errors import EdgeGateError
 
@@ -22,6 +27,8 @@ log = logging.getLogger("edge")
 
 # Order of the groups in `edge-gate --help`.
 GROUPS = (lab, gate, tickets, ledger, audit, gallery, passes, fleet, console_cli)
+INTERNAL_ERROR = 70  # EX_SOFTWARE: a bug, not a mistake of the user (those exit 2)
+BROKEN_PIPE = 141  # 128 + SIGPIPE, what `yes | head -1` reports for `yes`
 
 
 class Parser(argparse.ArgumentParser):
@@ -39,6 +46,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--version", action="version", version=f"edge-gate {__version__}")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    p.add_argument(
+        "--debug",
+        action="store_true",
+        help="print the traceback of an internal error (a bug to report), not just its line",
+    )
     sub = p.add_subparsers(dest="command", required=True)
 
     def common(sp):
@@ -88,12 +100,33 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s %(message)s",
     )
     try:
-        return int(args.func(args) or 0)
+        rc = int(args.func(args) or 0)
+        sys.stdout.flush()  # a closed pipe shows here, not at interpreter exit
+        return rc
     except EdgeGateError as e:
-        print(f"edge-gate: error: {e}", file=sys.stderr)
+        print(f"edge-gate: error: {for_this_run(str(e), args)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # `edge-gate audit export | head -1`: the reader has had enough
+        return _quiet_broken_pipe()
+    except Exception as e:
+        if args.debug:
+            raise
+        print(
+            f"edge-gate: internal error: {type(e).__name__}: {e} (run again with --debug for "
+            "the traceback and report it)",
+            file=sys.stderr,
+        )
+        return INTERNAL_ERROR
+
+
+def _quiet_broken_pipe() -> int:
+    """Point stdout at /dev/null so the interpreter's final flush cannot fail again."""
+    # stdout that is not a file (a test's capture) raises here: nothing to flush then
+    with contextlib.suppress(OSError, ValueError):
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    return BROKEN_PIPE
 
 
 if __name__ == "__main__":

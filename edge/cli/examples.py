@@ -21,7 +21,10 @@ EXAMPLES: dict[str, str] = {
     "ticket unrevoke": "edge-gate ticket unrevoke --list /etc/edge-gate/revoked.txt DAY-0001",
     "qr read": "edge-gate qr read photo-of-a-ticket.jpg",
     "ledger init": "sudo -u edge-gate edge-gate ledger init --config /etc/edge-gate/gate.toml",
+    "ledger recover": "sudo -u edge-gate edge-gate ledger recover "
+    "--config /etc/edge-gate/gate.toml",
     "audit verify": "edge-gate audit verify --config /etc/edge-gate/gate.toml",
+    "audit adopt": "sudo -u edge-gate edge-gate audit adopt --config /etc/edge-gate/gate.toml",
     "audit export": "edge-gate audit export --config /etc/edge-gate/gate.toml "
     "--since 2026-11-01 --json",
     "keys init": "edge-gate keys init --key-file var/gallery.key",
@@ -35,8 +38,14 @@ EXAMPLES: dict[str, str] = {
     "pass edit": "edge-gate pass edit P-1a2b3c4d --pass-id-file pass.txt",
     "privacy-report": "edge-gate privacy-report --config /etc/edge-gate/gate.toml > report.md",
     "sync": "edge-gate sync --config /etc/edge-gate/gate.toml",
-    "fleet status": "edge-gate fleet status --config /etc/edge-gate/gate.toml --json",
-    "fleet audit": "edge-gate fleet audit --config /etc/edge-gate/gate.toml --since 2026-11-27",
+    "fleet status": "edge-gate fleet status --config /etc/edge-gate/gate.toml --check",
+    "fleet audit": "edge-gate fleet audit --config office.toml --since 2026-11-27   |   "
+    "edge-gate fleet audit verify --config office.toml",
+    "fleet join": "sudo -u edge-gate edge-gate fleet join --config /etc/edge-gate/gate.toml",
+    "fleet roster": "edge-gate fleet roster add --config office.toml --key office/issuer.key "
+    "lane1 <key printed by fleet join>",
+    "fleet broker-config": "edge-gate fleet broker-config --config office.toml "
+    "--out /etc/mosquitto/conf.d/edge-gate --tls-cert server.crt --tls-key server.key",
     "console": "edge-gate console --config /etc/edge-gate/office.toml",
     "console adduser": "edge-gate console adduser ana --role supervisor "
     "--config /etc/edge-gate/office.toml",

@@ -1,19 +1,24 @@
-"""`edge-gate sync` and `edge-gate fleet …`: the lane's link to the park, and the office's view."""
+"""`edge-gate sync` and `edge-gate fleet …`: a member's link to the park, and the office's view.
+
+No command here connects to the broker: with the client id bound to the login, a second
+connection would take over the member's sync session. Office commands sign and queue for the
+office's sync; status and audit read what the member's sync stored.
+"""
 
 from __future__ import annotations
 
 import json
-import time
+import sys
 from pathlib import Path
 
 from edge import config as config_mod
-from edge.cli.paths import nonempty_file
+from edge.cli.paths import file_path, nonempty_file, output_dir
 from edge.errors import EdgeGateError
 from edge.timeutil import iso, parse_time
 
 
 def cmd_sync(args) -> int:
-    """`sync`: the lane-office link that systemd keeps running beside the gate."""
+    """`sync`: the member's link to the broker that systemd keeps running beside the gate."""
     from edge.fleet.office import need_fleet
     from edge.fleet.sync import Sync
 
@@ -22,53 +27,109 @@ def cmd_sync(args) -> int:
     return Sync(cfg).run()
 
 
+def report_sent(cfg: config_mod.Config, what: str, wait_s: float = 10.0) -> None:
+    """Say whether the office's sync has sent what was just queued (bounded wait)."""
+    from edge.fleet.office import Queued, office_store, wait_sent
+
+    with office_store(cfg) as store:
+        queued = [Queued(r[0], 0, what) for r in store.outgoing(0, 10_000)]
+    if wait_sent(cfg, queued, wait_s):
+        print(f"published {what} to the fleet, signed")
+    else:
+        print(
+            f"queued {what}, signed: the office's `edge-gate sync` sends it when it runs "
+            "(systemctl status edge-gate-sync)"
+        )
+
+
 def cmd_status(args) -> int:
-    """`fleet status`: one screen showing which lanes are alive, in sync and on time."""
-    from edge.fleet.office import fleet_status
-    from edge.fleet.state import FleetState
+    """`fleet status`: which members are alive, stale or gone, whose clock is off, who acked."""
+    from edge.fleet.office import fleet_status, status_problems
 
     cfg = config_mod.load(args.config)
     rep = fleet_status(cfg)
-    if cfg.fleet.lane != "office":  # a lane: its own link, as its sync last wrote it
-        st = FleetState(cfg.resolve(cfg.fleet.state_db))
-        rep["this_lane"] = {
-            "lane": cfg.fleet.lane,
-            "connected": st.get("connected"),
-            "last_contact": st.get("last_contact"),
-            "clock_offset": st.get("clock_offset"),
-            "outbox": st.get("outbox"),
-        }
-        st.close()
+    problems = status_problems(rep)
     if args.json:
-        print(json.dumps(rep))
-        return 0
-    print(f"site {rep['site']}: {len(rep['lanes'])} lane(s)")
-    for lane, hb in sorted(rep["lanes"].items()):
-        off = hb.get("clock_offset")
-        skew = "" if off is None or abs(off) <= cfg.fleet.clock_skew_s else "  CLOCK OFF"
+        print(json.dumps({**rep, "problems": problems}))
+    else:
+        sync = rep["sync"]
         print(
-            f"  {lane:<12} heartbeat {hb['age_s']:>6.1f} s ago  mode {hb.get('mode')}  "
-            f"camera {hb.get('camera')}  fps {hb.get('fps')}  outbox {hb.get('outbox')}  "
-            f"clock {off if off is not None else '?'} s{skew}"
+            f"site {rep['site']} ({rep['member']}): {len(rep['roster'])} in the roster; "
+            f"sync {'connected' if sync['connected'] else 'NOT connected'}, "
+            f"last ran {sync['last_seen']}"
         )
-    for pid, p in sorted(rep["people"].items()):
-        print(f"  {pid}: {p['summary']}")
+        for lane, v in sorted(rep["lanes"].items()):
+            off = v.get("clock_offset")
+            flags = []
+            if v["state"] != "ok":
+                flags.append(v["state"].upper() + (f" ({v['gone']})" if v.get("gone") else ""))
+            if v.get("clock_off"):
+                flags.append("CLOCK OFF")
+            if not v["rostered"]:
+                flags.append("NOT IN ROSTER")
+            clock = "?" if off is None else f"{off:+.1f} s"
+            shown = {k: "-" if v.get(k) is None else v[k] for k in ("mode", "camera", "fps")}
+            print(
+                f"  {lane:<12} heartbeat {v['last_seen']:<11} mode {shown['mode']}  "
+                f"camera {shown['camera']}  fps {shown['fps']}  "
+                f"outbox {'-' if v.get('outbox') is None else v['outbox']}  clock {clock}"
+                + (f"  {' '.join(flags)}" if flags else "")
+            )
+        if rep["clock"]["off"]:
+            print(f"  clock off from the fleet's: {', '.join(rep['clock']['off'])}")
+        this = rep.get("this_lane")
+        if this:
+            off = this["clock_offset"]
+            skew = cfg.fleet.max_clock_offset_s
+            print(
+                f"  this lane {this['lane']}: clock {'?' if off is None else f'{off:+.1f} s'}"
+                + ("  CLOCK OFF" if off is not None and abs(off) > skew else "")
+                + f", outbox {this['outbox']}"
+                + (f", NO FACE GRANTS: {this['forget_replay']}" if this["forget_replay"] else "")
+            )
+        for pid, p in sorted(rep["people"].items()):
+            print(f"  {pid}: {p['summary']}")
+    if args.check and problems:
+        for p in problems:
+            print(f"edge-gate: fleet: {p}", file=sys.stderr)
+        return 1
     return 0
 
 
 def cmd_audit(args) -> int:
-    """`fleet audit`: the whole site's audit records in one stream, for the office."""
-    from edge.fleet.office import fleet_audit
+    """`fleet audit`: every lane's audit records received at the office; `verify` checks them."""
+    from edge.fleet.office import fleet_audit, fleet_audit_verify
 
     cfg = config_mod.load(args.config)
-    since = parse_time(args.since) if args.since else 0.0
-    rows = fleet_audit(cfg, since)
-    for r in rows:
+    if args.action == "verify":
+        found = fleet_audit_verify(cfg)
+        broken = False
+        for lane, findings in found.items():
+            bad = [f for f in findings if f.broken]
+            broken |= bool(bad)
+            if args.json:
+                print(
+                    json.dumps(
+                        {
+                            "lane": lane,
+                            "ok": not bad,
+                            "broken": [f.text for f in bad],
+                            "notes": [f.text for f in findings if not f.broken],
+                        }
+                    )
+                )
+                continue
+            print(f"{lane}: {'BROKEN' if bad else 'ok'}")
+            for f in findings:
+                print(f"  {'BROKEN: ' if f.broken else ''}{f.text}")
+        return 1 if broken else 0
+    since = parse_time(args.since, cfg.gate.zone) if args.since else 0.0
+    for r in fleet_audit(cfg, since):
         if args.json:
             print(json.dumps(r))
         else:
             fields = " ".join(
-                f"{k}={v}" for k, v in r.items() if k not in ("t", "lane", "seq", "gate")
+                f"{k}={v}" for k, v in r.items() if k not in ("t", "lane", "seq", "gate", "epoch")
             )
             print(f"{iso(r.get('t', 0))} {r['lane']:<10} {fields}")
     return 0
@@ -80,7 +141,86 @@ def cmd_publish_keys(args) -> int:
 
     cfg = config_mod.load(args.config)
     publish_keys(cfg, Path(args.key), [Path(p) for p in args.pubkeys])
-    print(f"published {len(args.pubkeys)} ticket key(s) to the fleet, signed; {time.ctime()}")
+    report_sent(cfg, f"{len(args.pubkeys)} ticket key(s)")
+    return 0
+
+
+def cmd_join(args) -> int:
+    """`fleet join`: this member's signing key (made if absent), for the office's roster."""
+    from edge.fleet.identity import ensure_lane_key, load_lane_key, public_text
+    from edge.fleet.office import need_fleet
+
+    cfg = config_mod.load(args.config)
+    need_fleet(cfg)
+    path = ensure_lane_key(cfg)
+    pub = public_text(load_lane_key(cfg).public_key())
+    lane = cfg.fleet.lane
+    if args.json:
+        print(json.dumps({"lane": lane, "public_key": pub, "key_file": str(path)}))
+        return 0
+    print(f"lane {lane}: key {path} (0600); public key {pub}")
+    print(
+        "at the office: edge-gate fleet roster add --config office.toml --key issuer.key "
+        f"{lane} {pub}"
+    )
+    return 0
+
+
+def cmd_roster(args) -> int:
+    """`fleet roster add|remove|show|publish`: the office's signed list of lanes and keys."""
+    from edge.fleet.identity import read_roster_file
+    from edge.fleet.office import need_office, publish_roster, roster_lanes
+
+    cfg = config_mod.load(args.config)
+    need_office(cfg, "fleet roster")
+    if args.action == "show":
+        lanes = roster_lanes(cfg)
+        for lane, pub in sorted(lanes.items()):
+            print(f"{lane:<12} {pub}")
+        return 0
+    if not args.key:
+        raise EdgeGateError(f"fleet roster {args.action} needs --key issuer.key", "it is signed")
+    add, remove = {}, []
+    if args.action == "add":
+        if len(args.items) != 2:
+            raise EdgeGateError("fleet roster add LANE PUBLIC_KEY", "as `fleet join` printed")
+        lane, pub = args.items
+        if Path(pub).is_file():
+            pub = Path(pub).read_text().strip()
+        add[lane] = pub
+    elif args.action == "remove":
+        known = read_roster_file(cfg.resolve(cfg.fleet.roster_file))
+        missing = [x for x in args.items if x not in known]
+        if missing:
+            raise EdgeGateError(f"not in the roster: {', '.join(missing)}", "fleet roster show")
+        remove = list(args.items)
+    lanes = publish_roster(cfg, Path(args.key), add, remove)
+    print(f"roster: {', '.join(sorted(lanes))}")
+    report_sent(cfg, "the roster")
+    return 0
+
+
+def cmd_broker_config(args) -> int:
+    """`fleet broker-config`: Mosquitto config, ACLs and per-lane logins for the roster."""
+    from edge.fleet.brokerconf import BrokerOptions, write_site_broker
+    from edge.fleet.office import roster_lanes
+
+    cfg = config_mod.load(args.config)
+    lanes = sorted(roster_lanes(cfg))
+    out = Path(args.out)
+    opts = BrokerOptions(
+        port=args.port or 0,
+        bind=args.bind or "",
+        tls_cert=str(args.tls_cert or ""),
+        tls_key=str(args.tls_key or ""),
+        tls_ca=str(args.tls_ca or ""),
+        persistence_dir=args.persistence_dir,
+        password_file=str((out / "passwd").resolve()),
+        acl_file=str((out / "acl").resolve()),
+    )
+    write_site_broker(out, cfg.fleet.site, lanes, opts)
+    print(f"wrote {out}/mosquitto.conf, acl, passwd for {', '.join(lanes)}")
+    print(f"give each member its {out}/credentials/<name>.cred (0600) as fleet.credentials_file")
     return 0
 
 
@@ -107,7 +247,7 @@ def publish_enrollment(args, cfg: config_mod.Config, db: Path, key: Path, pid: s
     from edge.fleet.office import publish_enrollment as publish
 
     publish(cfg, _issuer_key(args), db, key, pid)
-    print(f"published {pid} to the fleet, sealed for site {cfg.fleet.site}")
+    report_sent(cfg, f"{pid}, sealed for site {cfg.fleet.site},")
 
 
 def publish_deletion(args, cfg: config_mod.Config) -> None:
@@ -115,11 +255,11 @@ def publish_deletion(args, cfg: config_mod.Config) -> None:
     from edge.fleet.office import publish_person
 
     publish_person(cfg, _issuer_key(args), args.person_id, "forget")
-    print(f"published the deletion of {args.person_id}; see edge-gate fleet status")
+    report_sent(cfg, f"the deletion of {args.person_id} (see edge-gate fleet status)")
 
 
 def register(sub, common) -> None:
-    """Add `sync` and `fleet status|audit|publish-keys` to the parser."""
+    """Add `sync` and `fleet status|audit|publish-keys|join|roster|broker-config`."""
     sp = sub.add_parser("sync", help="move this lane's records to and from the fleet's broker")
     common(sp)
     sp.set_defaults(func=cmd_sync)
@@ -129,10 +269,21 @@ def register(sub, common) -> None:
     )
     sp = f.add_parser("status", help="lanes, heartbeats, clock, and enrollment/deletion acks")
     sp.add_argument("--json", action="store_true")
+    sp.add_argument(
+        "--check",
+        action="store_true",
+        help="exit 1 when a rostered lane is stale, gone or never heard, or a clock is off",
+    )
     common(sp)
     sp.set_defaults(func=cmd_status)
 
-    sp = f.add_parser("audit", help="every lane's audit records, from the broker")
+    sp = f.add_parser("audit", help="office: every lane's audit records; `verify` checks them")
+    sp.add_argument(
+        "action",
+        nargs="?",
+        choices=("verify",),
+        help="verify: check each lane's records received against the heads it signed",
+    )
     sp.add_argument("--since", help="ISO date/time or Unix seconds")
     sp.add_argument("--json", action="store_true")
     common(sp)
@@ -147,3 +298,42 @@ def register(sub, common) -> None:
     )
     common(sp)
     sp.set_defaults(func=cmd_publish_keys)
+
+    sp = f.add_parser("join", help="make this lane's signing key; print it for the roster")
+    sp.add_argument("--json", action="store_true")
+    common(sp)
+    sp.set_defaults(func=cmd_join)
+
+    sp = f.add_parser("roster", help="office: the signed list of lanes and their keys")
+    sp.add_argument(
+        "action",
+        choices=("add", "remove", "show", "publish"),
+        help="add or remove a lane, show the roster, or publish it again (signed)",
+    )
+    sp.add_argument("items", nargs="*", help="add: LANE PUBLIC_KEY (or its file); remove: LANE…")
+    sp.add_argument("--key", type=nonempty_file, help="issuer.key that signs the roster")
+    common(sp)
+    sp.set_defaults(func=cmd_roster)
+
+    sp = f.add_parser(
+        "broker-config", help="office: mosquitto.conf, ACLs and a login per rostered lane"
+    )
+    sp.add_argument(
+        "--out", required=True, type=output_dir, help="folder for mosquitto.conf, acl, passwd"
+    )
+    sp.add_argument("--port", type=int, help="default 8883 with TLS, else 1883")
+    sp.add_argument("--bind", help="listen on this address only")
+    sp.add_argument(
+        "--tls-cert", type=file_path, help="server certificate (PEM) on the broker: TLS on"
+    )
+    sp.add_argument("--tls-key", type=file_path, help="its private key, on the broker")
+    sp.add_argument(
+        "--tls-ca", type=file_path, help="CA bundle for clients' certificates (optional)"
+    )
+    sp.add_argument(
+        "--persistence-dir",
+        default="/var/lib/mosquitto/",
+        help="the broker's own folder for its sessions (on the broker's machine)",
+    )
+    common(sp)
+    sp.set_defaults(func=cmd_broker_config)

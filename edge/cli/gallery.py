@@ -11,13 +11,14 @@ from pathlib import Path
 
 from edge import config as config_mod
 from edge.cli.fleet import publish_args, publish_deletion, publish_enrollment
+from edge.cli.numbers import non_negative_int, positive_int
 from edge.cli.paths import existing_dir, file_path, nonempty_file
 from edge.cli.personal import add_detail_args, resolve_details
 from edge.errors import EdgeGateError, EnrollError
 from edge.gallery.crypto import load_key
 from edge.gallery.erase import ErasureIncomplete
 from edge.gallery.store import Consent, Gallery
-from edge.gate.audit import AuditLog, AuditRecord
+from edge.gate.audit import AuditLog, AuditRecord, open_audit
 from edge.timeutil import iso, parse_time
 
 
@@ -35,7 +36,7 @@ def paths(args) -> tuple[config_mod.Config, Path, Path]:
 
 def audit_log(cfg: config_mod.Config) -> AuditLog:
     """The audit log the config names."""
-    return AuditLog(cfg.resolve(cfg.audit.path), cfg.audit.retention_days)
+    return open_audit(cfg, "use")
 
 
 def audit_record(cfg: config_mod.Config, kind: str, **fields: str) -> None:
@@ -48,6 +49,13 @@ def _min_templates(args) -> int:
     from edge.gallery.enroll import MIN_TEMPLATES
 
     return MIN_TEMPLATES if args.min_templates is None else args.min_templates
+
+
+def _valid_until(args, cfg: config_mod.Config) -> int | None:
+    """--valid-until as a Unix time: the end of that day in the site's zone (gate.timezone)."""
+    if not args.valid_until:
+        return None
+    return parse_time(args.valid_until, cfg.gate.zone, end_of_day=True)
 
 
 def cmd_enroll(args) -> int:
@@ -84,21 +92,23 @@ def cmd_enroll(args) -> int:
             args.inputs,
             threshold=resolve_threshold(cfg.gallery.match_threshold, pipe.spec.threshold),
             pass_ref=args.pass_id or "",
-            valid_until=parse_time(args.valid_until, end_of_day=True) if args.valid_until else None,
+            valid_until=_valid_until(args, cfg),
             minor=args.minor,
             person_id=args.person_id,
             replace=args.replace_templates,
             force=args.force,
             max_templates=args.templates,
             min_templates=_min_templates(args),
+            pick=args.pick,
         )
     what = "replaced all templates with" if args.replace_templates else "added"
+    picked = f"; --pick {args.pick}" if args.pick else ""
     audit_record(
         cfg,
         "enroll",
         subject=pid,
         reason="replace_templates" if args.replace_templates else "",
-        detail=f"{what} {n} templates; consent {args.consent_version}",
+        detail=f"{what} {n} templates; consent {args.consent_version}{picked}",
     )
     print(
         f"enrolled {n} template(s)"
@@ -112,10 +122,10 @@ def cmd_enroll(args) -> int:
 
 def cmd_enroll_folder(args) -> int:
     """`enroll --folder DIR`: every DIR/<name>/ as one person; exit 1 only if nobody enrolled."""
-    from edge.cli.progress import Progress
     from edge.gallery.bulk import enroll_folder
     from edge.gallery.enroll import check_consent, notice_sha256
     from edge.gallery.matcher import resolve_threshold
+    from edge.progress import Progress
     from edge.vision.pipeline import FacePipeline
 
     single = [f for f in ("name", "person_id", "pass_id", "guardian") if getattr(args, f)]
@@ -146,8 +156,9 @@ def cmd_enroll_folder(args) -> int:
             min_templates=_min_templates(args),
             max_templates=args.templates,
             force=args.force,
-            valid_until=parse_time(args.valid_until, end_of_day=True) if args.valid_until else None,
-            on_progress=Progress("enroll"),
+            valid_until=_valid_until(args, cfg),
+            on_progress=Progress("enroll", unit="person"),
+            pick=args.pick,
         )
     finally:
         g.close()
@@ -163,6 +174,12 @@ def cmd_enroll_folder(args) -> int:
     for reason, names in sorted(r.by_reason().items()):
         shown = ", ".join(names[:10]) + (f" and {len(names) - 10} more" if len(names) > 10 else "")
         print(f"refused {len(names)}: {reason}: {shown}")
+    for s in r.skipped[:10]:
+        print(f"left out {s.detail}")
+    if len(r.skipped) > 10:
+        print(f"left out {len(r.skipped) - 10} more file(s) (unreadable, or several faces)")
+    if any(s.reason == "several_faces" for s in r.skipped):
+        print("(photos showing several faces are left out; --pick largest enrolls the largest)")
     return 0 if r.enrolled else 1
 
 
@@ -197,8 +214,42 @@ def cmd_people(args) -> int:
     return 0
 
 
+OWN_LIST = "-"  # `forget --replay` without FILE: the lane's own forget list only
+
+
+def cmd_replay(args) -> int:
+    """`forget --replay [FILE]`: a gallery restored from a backup forgets again everyone the
+    lane's forget list (and FILE) names, then admits faces again."""
+    from edge.gallery.forgetlist import read_replay_file
+
+    cfg, db, key = paths(args)
+    ids, gen = read_replay_file(Path(args.replay)) if args.replay != OWN_LIST else ([], 0)
+    with Gallery(db, load_key(key), create=False) as g:
+        before = g.forget_state()
+        gone = g.apply_forget_list(ids, gen)
+        after = g.forget_state()
+    audit_record(
+        cfg, "deletion", reason="forget_list_replayed",
+        detail=f"{len(gone)} erased again; generation {before.generation} -> {after.generation}",
+    )  # fmt: skip
+    was = f" ({before.reason})" if before.reason else ""
+    print(
+        f"replayed the forget list on {db}{was}: {len(gone)} people erased again; generation "
+        f"{after.generation}; faces are admitted again"
+    )
+    return 0
+
+
 def cmd_forget(args) -> int:
     """`forget`: honour an erasure request, recording that it happened but not who."""
+    if args.replay is not None:
+        if args.person_id:
+            raise EdgeGateError("give a person id or --replay, not both")
+        return cmd_replay(args)
+    if not args.person_id:
+        raise EdgeGateError(
+            "no person id", "edge-gate forget P-..., or --replay after restoring a backup"
+        )
     cfg, db, key = paths(args)
     try:
         with Gallery(db, load_key(key), create=False) as g:
@@ -279,7 +330,7 @@ def register(sub, common) -> None:
     )
     sp.add_argument(
         "--valid-until",
-        help="pass expiry: YYYY-MM-DD (to the end of that day, this machine's local time) "
+        help="pass expiry: YYYY-MM-DD (to the end of that day in the site's zone, gate.timezone) "
         "or ISO time",
     )
     sp.add_argument("--guardian", help="guardian giving consent (required for minors)")
@@ -298,10 +349,16 @@ def register(sub, common) -> None:
     sp.add_argument(
         "--force", action="store_true", help="enroll even if the face matches someone else"
     )
-    sp.add_argument("--templates", type=int, default=5, help="best N faces to keep")
+    sp.add_argument(
+        "--pick",
+        choices=("largest",),  # edge.gallery.enroll.PICKS (imported only when enrolling)
+        help="a photo showing several faces is refused; 'largest' enrolls its largest face "
+        "instead (logged)",
+    )
+    sp.add_argument("--templates", type=positive_int, default=5, help="best N faces to keep")
     sp.add_argument(
         "--min-templates",
-        type=int,
+        type=positive_int,
         help="refuse a person with fewer usable, distinct faces (default: 3)",
     )
     sp.add_argument(
@@ -329,10 +386,18 @@ def register(sub, common) -> None:
         "--reason", default="consent_withdrawn", help="consent_withdrawn | deletion_request | ..."
     )
     publish_args(sp)
-    sp.add_argument("person_id")
+    sp.add_argument("person_id", nargs="?", help="the pseudonymous id (P-...) to erase")
+    sp.add_argument(
+        "--replay",
+        nargs="?",
+        const=OWN_LIST,
+        metavar="FILE",
+        help="after restoring the gallery from a backup: erase everyone forgotten since (the "
+        "lane's own list, plus FILE: the office's list, one id per line) so faces work again",
+    )
     sp.set_defaults(func=cmd_forget)
 
     sp = sub.add_parser("purge", help="erase people whose pass expired more than N days ago")
     gallery_args(sp)
-    sp.add_argument("--days", type=int, help="default gallery.purge_after_days")
+    sp.add_argument("--days", type=non_negative_int, help="default gallery.purge_after_days")
     sp.set_defaults(func=cmd_purge)

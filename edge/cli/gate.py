@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from edge import config as config_mod
+from edge.cli.hints import for_this_run
 from edge.cli.lab import demo_run_config
 from edge.cli.paths import file_path, nonempty_file
 from edge.errors import EdgeGateError
@@ -39,16 +40,17 @@ def _open_scanner(spec: str | None):
     """The --scanner input: stdin's bytes, or an evdev device reader (checked now)."""
     if spec is None:
         return None
+    from edge.tickets.scanner import evdev_scans, fd_lines
+
     if spec == "stdin":
-        return sys.stdin.buffer
-    from edge.tickets.scanner import evdev_scans
+        return fd_lines(sys.stdin.fileno())  # not sys.stdin: see edge/tickets/scanner.py
 
     return evdev_scans(spec)  # a missing evdev module or device is an error now, not in a thread
 
 
 def cmd_run(args) -> int:
     """`edge-gate run`: the daemon systemd runs; exit 2 with one line for a bad setting."""
-    from edge.gate.daemon import Gate, format_decision
+    from edge.gate.daemon import Gate, decisions_on_console, format_decision
     from edge.gate.notices import JsonLinesSink, Notices
 
     cfg = with_flags(config_mod.load(args.config), args)
@@ -56,6 +58,7 @@ def cmd_run(args) -> int:
         cfg = demo_run_config(cfg)
     scanner = _open_scanner(args.scanner)
     with contextlib.ExitStack() as stack:
+        stack.enter_context(decisions_on_console(printed=not args.quiet))
         events = stack.enter_context(open_events(args.events)) if args.events else None
 
         def on_decision(ev: dict) -> None:
@@ -70,7 +73,8 @@ def cmd_run(args) -> int:
         if gate.degraded and not args.quiet:
             print(f"DEGRADED: {gate.degraded}", flush=True)
         if gate.ledger.problem and not args.quiet:
-            print(f"LEDGER ERROR, every ticket is refused: {gate.ledger.problem}", flush=True)
+            problem = for_this_run(gate.ledger.problem, args)
+            print(f"LEDGER ERROR, every ticket is refused: {problem}", flush=True)
         return gate.run()
 
 
@@ -95,7 +99,8 @@ def cmd_doctor(args) -> int:
     else:
         for c in results:
             fix = f" (fix: {c.fix})" if c.fix else ""
-            print(f"[{c.status.upper():>4}] {c.check:<18} {c.detail}{fix}")
+            line = f"[{c.status.upper():>4}] {c.check:<18} {c.detail}{fix}"
+            print(for_this_run(line, args))
     return 1 if any(c.status == "fail" for c in results) else 0
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from importlib import import_module
 
+from edge.cli.numbers import fraction, non_negative_int, positive_float, positive_int
 from edge.cli.paths import existing_dir, nonempty_file, output_dir
 
 
@@ -33,7 +34,9 @@ def register(sub, common) -> None:
     sp.add_argument("--json", action="store_true")
     sp.add_argument("--embedder", help="embedder name from models/models.json")
     sp.add_argument("--detector", help="detector name from models/models.json")
-    sp.add_argument("--threads", type=int, help="TFLite threads (default vision.threads)")
+    sp.add_argument(
+        "--threads", type=non_negative_int, help="TFLite threads (default vision.threads)"
+    )
     sp.add_argument(
         "--open-set",
         action="store_true",
@@ -42,7 +45,7 @@ def register(sub, common) -> None:
     )
     sp.add_argument(
         "--templates",
-        type=int,
+        type=positive_int,
         default=1,
         metavar="K",
         help="with --open-set: images enrolled per person (default 1)",
@@ -63,16 +66,22 @@ def register(sub, common) -> None:
         type=nonempty_file,
         help="video file (default: fixtures video/short_hamilton_clip.mp4)",
     )
-    sp.add_argument("--threads", type=int, help="one thread count (default: 1 and all cores)")
-    sp.add_argument("--frames", type=int, default=0, help="stop after N frames")
+    sp.add_argument(
+        "--threads", type=non_negative_int, help="one thread count (default: 1 and all cores)"
+    )
+    sp.add_argument("--frames", type=non_negative_int, default=0, help="stop after N frames")
     sp.add_argument("--embedder", help="embedder name from models/models.json")
     sp.add_argument("--detector", help="detector name from models/models.json")
     sp.add_argument(
-        "--gallery", type=int, default=0, metavar="N", help="benchmark 1:N search over N templates"
+        "--gallery",
+        type=positive_int,
+        default=0,
+        metavar="N",
+        help="benchmark 1:N search over N templates",
     )
     sp.add_argument(
         "--dim",
-        type=int,
+        type=positive_int,
         default=0,
         help="with --gallery: template width (default: the embedder's)",
     )
@@ -91,11 +100,16 @@ def register(sub, common) -> None:
         action="store_true",
         help="lanes through one mosquitto: propagation delay, msgs/s, CPU, loss across a restart",
     )
-    sp.add_argument("--lanes", type=int, default=20, help="with --fleet: number of lanes")
+    sp.add_argument("--lanes", type=positive_int, default=20, help="with --fleet: number of lanes")
     sp.add_argument(
-        "--rate", type=float, default=10.0, help="with --fleet: redemptions per second per lane"
+        "--rate",
+        type=positive_float,
+        default=10.0,
+        help="with --fleet: redemptions per second per lane",
     )
-    sp.add_argument("--seconds", type=float, default=30.0, help="with --fleet: load duration")
+    sp.add_argument(
+        "--seconds", type=positive_float, default=30.0, help="with --fleet: load duration"
+    )
     sp.add_argument(
         "--workdir",
         type=output_dir,
@@ -116,7 +130,9 @@ def register(sub, common) -> None:
     )
     sp.add_argument("--json", action="store_true")
     sp.add_argument("--model", help="liveness model name from models/models.json")
-    sp.add_argument("--threshold", type=float, default=0.0, help="judge at this live probability")
+    sp.add_argument(
+        "--threshold", type=fraction, default=0.0, help="judge at this live probability"
+    )
     sp.add_argument(
         "--write-threshold",
         action="store_true",
@@ -163,7 +179,7 @@ def register(sub, common) -> None:
     sp.add_argument("--workdir", type=output_dir, help="demo workspace (default var/demo)")
     sp.add_argument(
         "--lanes",
-        type=int,
+        type=non_negative_int,
         default=0,
         help="N lanes and an office on a local mosquitto: one park (docs/FLEET.md)",
     )

@@ -11,8 +11,8 @@ from edge.errors import EdgeGateError
 
 def cmd_init(args) -> int:
     """`ledger init`: create the redemption ledger that stops a ticket being reused."""
-    from edge.gate.audit import AuditLog
-    from edge.tickets.desk import init_gate_ledger
+    from edge.gate.audit import open_audit
+    from edge.gate.desk import init_gate_ledger
 
     if args.db:
         if args.after_loss:
@@ -22,10 +22,25 @@ def cmd_init(args) -> int:
         print(init_gate_ledger(Path(args.db)))
         return 0
     cfg = config_mod.load(args.config)
-    with AuditLog(cfg.resolve(cfg.audit.path), cfg.audit.retention_days) as audit:
+    with open_audit(cfg, "create") as audit:  # the lane's evidence key is made here
         print(
             init_gate_ledger(cfg.resolve(cfg.tickets.ledger), audit, args.after_loss, cfg.gate.id)
         )
+    from edge.fleet.identity import ensure_lane_key  # a fleet lane's signing key (0600)
+
+    if (key := ensure_lane_key(cfg)) is not None:
+        print(f"lane key {key} (edge-gate fleet join --config C prints it for the roster)")
+    return 0
+
+
+def cmd_recover(args) -> int:
+    """`ledger recover`: rebuild a broken or restored ledger; no spent ticket is let in again."""
+    from edge.gate.audit import open_audit
+    from edge.gate.desk import recover_gate_ledger
+
+    cfg = config_mod.load(args.config)
+    with open_audit(cfg, "create") as audit:
+        print(recover_gate_ledger(cfg, audit))
     return 0
 
 
@@ -54,3 +69,11 @@ def register(sub, common) -> None:
         help="the previous ledger is lost for good: adopt this one and record it in the audit log",
     )
     sp.set_defaults(func=cmd_init)
+    sp = led.add_parser(
+        "recover",
+        help="rebuild a ledger whose chain is broken or that was restored from an older copy, "
+        "from its intact entries and the audit log's ticket grants (the old file is kept), "
+        "e.g. edge-gate ledger recover --config /etc/edge-gate/gate.toml",
+    )
+    sp.add_argument("--config", type=existing_file, required=True, help="gate.toml")
+    sp.set_defaults(func=cmd_recover)

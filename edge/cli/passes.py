@@ -43,7 +43,7 @@ def cmd_pass(args) -> int:
     cfg, db, key = paths(args)
     changes: dict = {}
     if args.valid_until is not None:
-        changes["valid_until"] = parse_time(args.valid_until, end_of_day=True)
+        changes["valid_until"] = parse_time(args.valid_until, cfg.gate.zone, end_of_day=True)
     if getattr(args, "no_expiry", False):
         changes["valid_until"] = None
     if getattr(args, "pass_id", None) is not None:

@@ -86,12 +86,23 @@ def new_file(text: str) -> Path:
     return p
 
 
+# Names that are files, not folders: `--out ticket.png` must not create a folder "ticket.png".
+FILE_SUFFIXES = {".png", ".jpg", ".jpeg", ".pdf", ".txt", ".key", ".pub", ".pem", ".json",
+                 ".toml", ".db", ".csv", ".mp4", ".gif", ".svg"}  # fmt: skip
+
+
 @_path_type
 def output_dir(text: str) -> Path:
-    """A folder to write into: existing and writable, or creatable under a writable parent."""
+    """A folder to write into: existing and writable, or creatable under a writable parent
+    (never a new folder named like a file: `--out ticket.png`)."""
     p = Path(text).expanduser()
     if p.exists() and not p.is_dir():
         raise argparse.ArgumentTypeError(f"{text}: is a file, expected a directory")
+    if not p.exists() and p.suffix.lower() in FILE_SUFFIXES:
+        raise argparse.ArgumentTypeError(
+            f"{text}: names a file, but this option takes a folder (the files are written "
+            "inside it)"
+        )
     probe = p
     while not probe.exists():
         probe = probe.parent

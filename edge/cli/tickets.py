@@ -7,7 +7,10 @@ import sys
 import time
 from pathlib import Path
 
+from edge import config as config_mod
 from edge import tickets as tk
+from edge.cli.hints import for_this_run
+from edge.cli.numbers import non_negative_float
 from edge.cli.paths import existing_file, file_path, nonempty_file, output_dir
 from edge.errors import EdgeGateError, ImageError
 from edge.tickets.format import TICKET_ID_RULE
@@ -34,6 +37,8 @@ def cmd_issue(args) -> int:
         args.entries,
         args.season_per_day,
         args.holder or "",
+        config_mod.load(args.config).gate.zone,
+        args.allow_expired,
     )
     issued = issue_ticket(Path(args.key), req, Path(args.out))
     print(f"wrote {issued.path}")
@@ -44,7 +49,7 @@ def cmd_issue(args) -> int:
 
 def cmd_verify(args) -> int:
     """`ticket verify`: check tickets at a desk the same way a gate would, as JSON lines."""
-    from edge.tickets.desk import DeskOptions, verify_tickets
+    from edge.gate.desk import DeskOptions, verify_tickets
 
     opts = DeskOptions(
         config=args.config,
@@ -64,12 +69,39 @@ def cmd_verify(args) -> int:
             problems.add(out.get("detail", ""))
         rc = max(rc, 0 if out["valid"] else 1)
     for problem in sorted(problems):
-        print(f"edge-gate: error: {problem}", file=sys.stderr)
+        print(f"edge-gate: error: {for_this_run(problem, args)}", file=sys.stderr)
     return 2 if problems else rc
+
+
+def check_list_path(args) -> None:
+    """A list that does not exist yet must be the one the config names (or --create).
+
+    A typo (`--list revokd.txt`) would otherwise start a new list that no gate ever reads,
+    and the ticket would go on opening gates.
+    """
+    from edge import config as config_mod
+
+    path = Path(args.list)
+    if path.exists() or args.create:
+        return
+    cfg = config_mod.load(args.config)
+    named = cfg.resolve(cfg.tickets.revocation_list) if cfg.tickets.revocation_list else None
+    if named is not None and path.resolve() == named:
+        return
+    where = (
+        f"the config's list is {named} (tickets.revocation_list in {cfg.source_file})"
+        if named
+        else f"{cfg.source_file} names no list (tickets.revocation_list)"
+    )
+    raise EdgeGateError(
+        f"--list {path} does not exist and no gate reads it: {where}",
+        "check the spelling, or pass --create to start a new list on purpose",
+    )
 
 
 def cmd_revoke(args) -> int:
     """`ticket revoke`: stop lost or refunded tickets opening gates, optionally fleet-wide."""
+    check_list_path(args)
     added = tk.revoke(Path(args.list), args.ids)
     known = len(args.ids) - len(added)
     print(
@@ -77,17 +109,17 @@ def cmd_revoke(args) -> int:
         + (f"; {known} already revoked" if known else "")
     )
     if args.publish:
-        from edge import config as config_mod
         from edge.fleet.office import publish_revocations
 
         if not args.key:
             raise EdgeGateError(
                 "--publish needs --key issuer.key", "the office signs what it sends"
             )
-        n = publish_revocations(
-            config_mod.load(args.config), Path(args.key), tk.load_revocations(Path(args.list))
-        )
-        print(f"published {n} revocation(s) to the fleet, signed")
+        from edge.cli.fleet import report_sent
+
+        cfg = config_mod.load(args.config)
+        n = publish_revocations(cfg, Path(args.key), tk.load_revocations(Path(args.list)))
+        report_sent(cfg, f"{n} revocation(s)")
     return 0
 
 
@@ -95,6 +127,8 @@ def cmd_unrevoke(args) -> int:
     """`ticket unrevoke`: undo a mistaken revocation."""
     from edge.tickets.revocation import unrevoke
 
+    if not Path(args.list).is_file():
+        raise EdgeGateError(f"--list {args.list} does not exist", "check the spelling")
     removed = unrevoke(Path(args.list), args.ids)
     missing = sorted(set(args.ids) - set(removed))
     print(
@@ -102,18 +136,32 @@ def cmd_unrevoke(args) -> int:
         + (f"; not listed: {', '.join(missing)}" if missing else "")
     )
     print("gates pick the change up on reload: systemctl reload edge-gate")
+    if args.publish:  # a lift is its own signed message naming the revocations it lifts
+        from edge import config as config_mod
+        from edge.cli.fleet import report_sent
+        from edge.fleet.office import publish_unrevocations
+
+        if not args.key:
+            raise EdgeGateError(
+                "--publish needs --key issuer.key", "the office signs what it sends"
+            )
+        cfg = config_mod.load(args.config)
+        n = publish_unrevocations(cfg, Path(args.key), list(args.ids))
+        report_sent(cfg, f"the lifting of {n} revocation(s)")
     return 0 if removed else 1
 
 
 def cmd_qr_read(args) -> int:
     """`qr read`: decode QR codes from images to debug what a gate camera sees."""
+    from edge import config as config_mod
     from edge.tickets.qr import read_codes
     from edge.vision.image import load_image
 
+    limit = config_mod.load(args.config).vision.max_image_pixels
     rc = 0
     for p in args.images:
         try:
-            print(json.dumps({"path": str(p), "texts": read_codes(load_image(p))}))
+            print(json.dumps({"path": str(p), "texts": read_codes(load_image(p, limit))}))
         except ImageError as e:
             print(json.dumps({"path": str(p), "texts": [], "error": str(e)}))
             rc = 1
@@ -138,6 +186,7 @@ def register(sub, common) -> None:
         help="sign a ticket and write OUT/ID.png, e.g. ticket issue --key issuer.key --id DAY-7 "
         "--valid-until 2026-12-31 --out tickets/",
     )
+    common(sp)  # --config: the site's zone (gate.timezone) for dates typed without an offset
     sp.add_argument("--key", required=True, type=nonempty_file, help="issuer.key")
     sp.add_argument("--id", required=True, help=TICKET_ID_RULE)
     sp.add_argument("--product", default="day", help="product name gates may filter on")
@@ -147,16 +196,25 @@ def register(sub, common) -> None:
     exp = sp.add_mutually_exclusive_group(required=True)
     exp.add_argument(
         "--valid-until",
-        help="last valid day or time, e.g. 2026-12-31 (end of that day, local time) or "
+        help="last valid day or time, e.g. 2026-12-31 (end of that day in the site's zone, "
+        "gate.timezone) or "
         "2026-12-31T18:00+01:00",
     )
     exp.add_argument("--no-expiry", action="store_true", help="valid forever (say so explicitly)")
     sp.add_argument("--entries", type=int, default=1, help="total entries, 1..65535 (1: one-time)")
     sp.add_argument(
-        "--season-per-day", type=int, default=0, help="season pass: at most N entries per day"
+        "--season-per-day",
+        type=int,
+        default=0,
+        help="season pass: at most N entries per day",
     )
     sp.add_argument(
         "--holder", help="pass holder reference (links an annual pass to an enrolled person)"
+    )
+    sp.add_argument(
+        "--allow-expired",
+        action="store_true",
+        help="issue even if --valid-until is already past (test tickets; gates refuse them)",
     )
     sp.add_argument(
         "--out", required=True, type=output_dir, help="folder for ID.png (an existing file is kept)"
@@ -188,10 +246,12 @@ def register(sub, common) -> None:
         type=existing_file,
         help="revocation list (default: the config's); must exist",
     )
-    sp.add_argument("--skew", type=float, help="clock skew allowance, seconds (default 300)")
+    sp.add_argument(
+        "--skew", type=non_negative_float, help="clock skew allowance, seconds (default 300)"
+    )
     sp.add_argument(
         "--antipassback",
-        type=float,
+        type=non_negative_float,
         help="seconds before the same ticket may re-enter at this gate (default 60)",
     )
     sp.add_argument(
@@ -217,7 +277,13 @@ def register(sub, common) -> None:
     sp.add_argument(
         "--config",
         type=existing_file,
-        help="with --publish: the office's gate.toml ([fleet] section)",
+        help="gate.toml naming the list (tickets.revocation_list; default: the shipped one); "
+        "with --publish: the office's ([fleet] section)",
+    )
+    sp.add_argument(
+        "--create",
+        action="store_true",
+        help="start a new list at --list even though the config does not name it",
     )
     sp.add_argument("ids", nargs="+", help="ticket ids, exactly as printed on the ticket")
     sp.set_defaults(func=cmd_revoke)
@@ -227,6 +293,17 @@ def register(sub, common) -> None:
         help="remove ticket ids from a revocation list, e.g. ticket unrevoke --list L DAY-7",
     )
     sp.add_argument("--list", required=True, type=file_path, help="revocation list file")
+    sp.add_argument(
+        "--publish", action="store_true", help="also lift them at every lane (fleet), signed"
+    )
+    sp.add_argument(
+        "--key", type=nonempty_file, help="with --publish: issuer.key that signs the message"
+    )
+    sp.add_argument(
+        "--config",
+        type=existing_file,
+        help="with --publish: the office's gate.toml ([fleet] section)",
+    )
     sp.add_argument("ids", nargs="+", help="ticket ids, exactly as printed on the ticket")
     sp.set_defaults(func=cmd_unrevoke)
 
@@ -234,5 +311,6 @@ def register(sub, common) -> None:
         dest="qr_cmd", required=True
     )
     sp = q.add_parser("read", help="print every code found in each image")
+    common(sp)
     sp.add_argument("images", nargs="+", type=nonempty_file, help="photos of QR codes")
     sp.set_defaults(func=cmd_qr_read)

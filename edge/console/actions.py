@@ -3,7 +3,7 @@
 enroll -> `edge.gallery.enroll.enroll` + `edge.fleet.office.publish_enrollment`;
 forget -> `Gallery.forget` + `office.publish_person(..., "forget")`;
 revoke / unrevoke -> `edge.tickets.revocation` + `office.publish_revocations`;
-ticket check -> `edge.tickets.desk.verify_tickets`; audit -> `AuditLog.verify` / `page` / `rows`.
+ticket check -> `edge.gate.desk.verify_tickets`; audit -> `AuditLog.verify` / `page` / `rows`.
 Each action is recorded in the office audit log with the staff member's name ("by NAME").
 No frame the kiosk receives is written anywhere: it is embedded in memory and dropped.
 """
@@ -20,12 +20,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 
 from edge import config as config_mod
 from edge.errors import EdgeGateError, ImageError
-from edge.gate.audit import AuditLog, AuditRecord
+from edge.gate.audit import AuditLog, AuditRecord, open_audit
 
 log = logging.getLogger(__name__)
 KIOSK_TTL_S = 900.0  # an unfinished enrollment's faces are dropped after this
@@ -88,7 +87,7 @@ class Office:
 
     def audit_log(self) -> AuditLog:
         """A new connection to the office audit log (audit.path); the caller closes it."""
-        return AuditLog(self.cfg.resolve(self.cfg.audit.path), self.cfg.audit.retention_days)
+        return open_audit(self.cfg, "use")  # keyed when this machine holds an evidence key
 
     @contextlib.contextmanager
     def audit(self) -> Iterator[AuditLog]:
@@ -205,24 +204,28 @@ class Kiosk:
 
     def frame(self, cid: str, user: str, data: bytes, still: bool = False) -> FrameFeedback:
         """Judge one camera frame (or an uploaded photo, `still`) and keep its face if usable."""
-        from edge.gallery.enroll import Candidate
+        from edge.errors import SeveralFacesError
+        from edge.gallery.enroll import Candidate, one_face
 
         c = self.capture(cid, user)
-        bgr = decode_image(data)
+        bgr = decode_image(data, self.office.cfg.vision.max_image_pixels)
         pipe = self.office.pipeline()
         with self.office._pipe_lock:
-            faces = pipe.analyze(bgr)
-            obs = pipe.embed_still(bgr) if still and len(faces) == 1 else None
+            faces = pipe.still_faces(bgr) if still else pipe.analyze(bgr)
         c.frames += 1
-        if len(faces) != 1:
+        try:  # the enrollment library's rule: a photo of several people is refused
+            face = one_face(faces, f"kiosk#{c.frames}")
+        except SeveralFacesError:
+            face = None
+        if face is None:
             reasons = ("no_face",) if not faces else ("several_faces",)
             return FrameFeedback(
                 len(faces), False, reasons, templates=self.templates(c), needed=self.needed
             )
-        q = faces[0].quality
-        emb = obs.embedding if obs is not None else faces[0].embedding
+        q = face.quality
+        emb = face.embedding
         ok = emb is not None and (still or q.ok)
-        if ok:
+        if emb is not None and ok:
             c.candidates.append(Candidate(emb, q.score, f"kiosk#{c.frames}"))
         return FrameFeedback(
             1,
@@ -235,19 +238,18 @@ class Kiosk:
         )
 
 
-def decode_image(data: bytes) -> np.ndarray:
-    """A JPEG/PNG in memory to BGR, or a clear refusal (never written to disk)."""
+def decode_image(data: bytes, max_pixels: int | None = None) -> np.ndarray:
+    """A JPEG/PNG in memory to BGR, or a clear refusal (never written to disk); the size its
+    header claims is checked before decoding (vision.max_image_pixels)."""
     if not data or len(data) > MAX_UPLOAD:
         raise ActionError(f"image of {len(data)} bytes refused", "send a JPEG or PNG under 8 MB")
-    img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
-    if img is None:
-        raise ActionError("not an image this console can read", "send a JPEG or PNG")
-    from edge.vision.image import to_bgr8
+    from edge.vision.image import MAX_PIXELS
+    from edge.vision.image import decode_image as decode
 
     try:
-        return to_bgr8(img)
+        return decode(data, "upload", max_pixels or MAX_PIXELS)
     except ImageError as e:
-        raise ActionError(str(e)) from None
+        raise ActionError(str(e.args[0]), "send a JPEG or PNG") from None
 
 
 @dataclass(frozen=True)
@@ -289,7 +291,9 @@ def enroll(
     check_consent(consent, e.minor)
     c = kiosk.capture(cid, user)
     pipe = office.pipeline()
-    valid = parse_time(e.valid_until, end_of_day=True) if e.valid_until.strip() else None
+    valid = (
+        parse_time(e.valid_until, cfg.gate.zone, end_of_day=True) if e.valid_until.strip() else None
+    )
     with office._pipe_lock, Gallery(office.gallery_db, load_key(office.gallery_key)) as g:
         pid, n = enroll_person(
             g,
@@ -392,12 +396,14 @@ def forget(office: Office, user: str, person_id: str, reason: str) -> tuple[bool
 
 def check_ticket(office: Office, text: str = "", image: bytes = b"") -> dict[str, Any]:
     """Signature, validity and revocation of one ticket, as `ticket verify` decides them."""
-    from edge.tickets.desk import DeskOptions, pick_ticket_text, verify_tickets
+    from edge.gate.desk import DeskOptions, pick_ticket_text, verify_tickets
 
     if image:
         from edge.tickets.qr import read_codes
 
-        found = pick_ticket_text(read_codes(decode_image(image)))
+        found = pick_ticket_text(
+            read_codes(decode_image(image, office.cfg.vision.max_image_pixels))
+        )
         if found is None:
             return {"valid": False, "reason": "malformed", "detail": "no code found"}
         text = found

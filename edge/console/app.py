@@ -329,7 +329,7 @@ def build_app(cfg: config_mod.Config, feed: FleetFeed | None = None) -> Starlett
                     "camera": hb.get("camera") or "-",
                     "fps": hb.get("fps"),
                     "clock_offset": off,
-                    "clock_off": off is not None and abs(off) > cfg.fleet.clock_skew_s,
+                    "clock_off": off is not None and abs(off) > cfg.fleet.max_clock_offset_s,
                     "last_decision_t": hb.get("last_decision_t"),
                     "outbox": hb.get("outbox"),
                     "model": hb.get("model") or hb.get("models") or "-",
@@ -342,7 +342,7 @@ def build_app(cfg: config_mod.Config, feed: FleetFeed | None = None) -> Starlett
         q = request.query_params
         since = q.get("since", "").strip()
         try:
-            t = parse_time(since) if since else 0.0
+            t = parse_time(since, cfg.gate.zone) if since else 0.0
         except EdgeGateError:
             t = 0.0
         return DecisionFilter(q.get("lane", ""), q.get("reason", ""), q.get("decision", ""), t)
@@ -588,7 +588,7 @@ def build_app(cfg: config_mod.Config, feed: FleetFeed | None = None) -> Starlett
     async def audit_export(ctx: Ctx) -> Response:
         fmt = ctx.request.path_params["fmt"]
         since_text = ctx.request.query_params.get("since", "")
-        since = parse_time(since_text) if since_text else None
+        since = parse_time(since_text, cfg.gate.zone) if since_text else None
         con.office.record(ctx.user.name, "console", f"audit export {fmt}", reason="audit_export")
         keys = (
             "id",

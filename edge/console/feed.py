@@ -1,28 +1,26 @@
-"""The console's live view of the fleet: one MQTT subscription kept open while the app runs.
+"""The console's live view of the fleet: what the office's `edge-gate sync` verified and stored.
 
-It reads what `fleet status` and `fleet audit` read (heartbeats, acks, the office's people
-messages, every lane's audit records) and computes status with the same function
-(`edge.fleet.office.status_of`), so the console and the CLI cannot disagree. Decisions are kept
-in memory, newest last, bounded; a page render never waits for the broker.
+The console never connects to the broker itself: the broker binds the client id to the login,
+so a second connection under the office's login would take over the office sync's session,
+and only what sync verified (signer = the topic's lane = a rostered key) may be shown. It reads
+the office's fleet state the way `fleet status` and `fleet audit` do (`edge.fleet.office`), so
+the console and the CLI cannot disagree. Decisions are polled in the background, kept in
+memory, newest last, bounded; a page render never waits.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import threading
-import time
 from collections import deque
-from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
 from edge.config import Config
-from edge.fleet import messages as msg
-from edge.fleet.office import audit_row, status_filters, status_of
 
 log = logging.getLogger(__name__)
-MAX_DECISIONS = 20_000  # in memory; older ones stay on the broker (`fleet audit`)
+MAX_DECISIONS = 20_000  # in memory; every record stays in the office's store (`fleet audit`)
+POLL_S = 0.5  # how often the office's store is read for new decisions
 
 
 @dataclass(frozen=True)
@@ -45,85 +43,83 @@ class DecisionFilter:
 
 
 class FleetFeed:
-    """Latest retained status messages, and decisions with an arrival counter for live pages."""
+    """Status and decisions from the office's store, with an arrival counter for live pages."""
 
     def __init__(self, cfg: Config, max_decisions: int = MAX_DECISIONS):
         self.cfg = cfg
         self.site = cfg.fleet.site
-        self.enabled = cfg.fleet.enabled
+        self.enabled = cfg.fleet.enabled and cfg.fleet.lane == "office"
         self._lock = threading.Lock()
-        self._status: dict[str, msg.Message] = {}  # topic -> latest message
+        self._status: dict[str, Any] = {"site": self.site, "lanes": {}, "people": {}}
         self._decisions: deque[dict[str, Any]] = deque(maxlen=max_decisions)
-        self._seen: set[tuple[str, int]] = set()
+        self._after = 0  # the store's last row read
         self.version = 0  # counts decisions that arrived: live pages wait for it to move
-        self.connected = False
-        self._client = None
-
-    # --- MQTT (paho's thread) -------------------------------------------------------------------
+        self.connected = False  # the office's sync is connected to the broker
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
 
     def start(self) -> FleetFeed:
-        """Connect in the background; reconnects on its own while the app runs."""
+        """Read the office's store in the background while the app runs."""
         if not self.enabled:
             return self
-        from edge.fleet.client import make_client
-
-        c, addr = make_client(
-            self.cfg, f"edge-gate-{self.site}-console-{os.getpid()}", persistent=False
-        )
-        c.on_connect = self._on_connect
-        c.on_disconnect = self._on_disconnect
-        c.on_message = self._on_message
-        c.connect_async(addr.host, addr.port, keepalive=10)
-        c.loop_start()
-        self._client = c
+        self.poll()
+        self._thread = threading.Thread(target=self._run, daemon=True, name="console-feed")
+        self._thread.start()
         return self
 
-    def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
-        if reason_code.is_failure:
-            log.error("console broker refused connection: %s", reason_code)
-            return
-        filters = [*status_filters(self.site), msg.topics(self.site)["audit"]]
-        client.subscribe([(f, 1) for f in filters])
-        self.connected = True
+    def _run(self) -> None:
+        while not self._stop.wait(POLL_S):
+            try:
+                self.poll()
+            except Exception as e:  # the store busy or being written: next round
+                log.warning("console feed read failed: %s", e)
 
-    def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
-        self.connected = False
+    def poll(self) -> None:
+        """One read of the office's store: status, and the decisions that arrived since."""
+        from edge.fleet.office import fleet_status, office_store
 
-    def _on_message(self, client, userdata, message) -> None:
-        try:
-            m = msg.decode(message.payload, self.site)
-        except msg.MessageError:
-            return
-        self.add(message.topic, [m])
-
-    def add(self, topic: str, messages: Iterable[msg.Message]) -> None:
-        """Take messages in (from MQTT, or from a test or benchmark feeding them directly)."""
+        rep = fleet_status(self.cfg)
+        with office_store(self.cfg) as store:
+            after, rows = store.audit_after(self._after, kind="decision")
+        lanes = {
+            n: {**v, "online": v["state"] == "ok"}
+            for n, v in rep["lanes"].items()
+            if v["age_s"] is not None and n != "office"
+        }
         with self._lock:
-            for m in messages:
-                row = audit_row(m)
-                if row is None:
-                    self._status[topic] = m
-                elif row.get("kind") == "decision" and (m.lane, m.seq) not in self._seen:
-                    if len(self._seen) >= 4 * (self._decisions.maxlen or 1):
-                        self._seen = {(r["lane"], r["seq"]) for r in self._decisions}
-                    self._seen.add((m.lane, m.seq))
-                    self._decisions.append(row)
-                    self.version += 1
+            self._status = {"site": self.site, "lanes": lanes, "people": rep["people"]}
+            self.connected = rep["sync"]["connected"] and rep["sync"]["running"]
+            self._after = after
+            for r in rows:
+                self._decisions.append(r)
+                self.version += 1
+
+    def add_rows(self, lanes: dict[str, dict[str, Any]], decisions: list[dict[str, Any]]) -> None:
+        """Fill the feed directly (a benchmark without an office): lanes as `fleet status`
+        shows them, decision rows as `fleet audit` gives them."""
+        with self._lock:
+            self._status = {
+                "site": self.site,
+                "lanes": {n: {**v, "online": v.get("state") == "ok"} for n, v in lanes.items()},
+                "people": {},
+            }
+            for r in decisions:
+                self._decisions.append(r)
+                self.version += 1
 
     def close(self) -> None:
-        """Disconnect."""
-        if self._client is not None:
-            self._client.disconnect()
-            self._client.loop_stop()
-            self._client = None
+        """Stop reading."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(5)
+            self._thread = None
 
     # --- reads (the app's threads) --------------------------------------------------------------
 
     def status(self, now: float | None = None) -> dict[str, Any]:
-        """`fleet status`, from what the feed holds now."""
+        """`fleet status` (lanes heard, people), as the feed last read it."""
         with self._lock:
-            got = list(self._status.values())
-        return status_of(self.site, got, time.time() if now is None else now)
+            return dict(self._status)
 
     def decisions(self, f: DecisionFilter, limit: int = 200) -> list[dict[str, Any]]:
         """The newest `limit` decisions that pass the filter, newest first."""

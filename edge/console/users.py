@@ -18,6 +18,7 @@ from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 
 from edge.console.roles import CAN, LANGS, ROLES, allowed
+from edge.db import connect
 from edge.errors import EdgeGateError
 
 __all__ = ["CAN", "LANGS", "ROLES", "allowed", "User", "UserError", "UserStore"]
@@ -78,10 +79,7 @@ class UserStore:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
-        self.conn = sqlite3.connect(
-            str(self.path), timeout=5.0, isolation_level=None, check_same_thread=False
-        )
-        self.conn.execute("PRAGMA journal_mode=WAL")
+        self.conn = connect(self.path, timeout_s=5.0)  # the project's pragmas (edge/db.py)
         self.conn.executescript(_SCHEMA)
         self.path.chmod(0o600)
 

@@ -1,11 +1,16 @@
-"""A lane applies what the office signed: revocations, ticket keys, enrollments and deletions.
+"""A lane applies what the office signed: roster, revocations and their lifts, ticket keys,
+enrollments, deletions and the forget list.
 
-Each office message must verify against the lane's own ticket issuer keys (tickets.pubkeys) and
-carry a sequence number above the last one applied for its subject, so a replayed old message
-(an enrollment after its deletion, say) changes nothing. Revocations are appended to the lane's
-revocation list and keys written to fleet.keys_dir; the gate re-reads both when they change,
-without a restart. People records open only with the site key; every enrollment or deletion is
-answered with a retained acknowledgement, which `edge-gate fleet status` counts.
+Each office message must verify against the lane's own ticket issuer keys (tickets.pubkeys).
+Revocations are grow-only: every revoked ticket carries the office sequence number of its
+revocation, and an unrevocation is its own message naming the revocation it lifts, so a replayed
+old list cannot undo a lift and a lift cannot undo a later revocation. The roster and each
+person's enrollment or deletion apply only with a sequence number above the last one applied
+for that subject, so a replayed old message changes nothing. Revocations are written to the
+lane's revocation list and keys to fleet.keys_dir; the gate re-reads both when they change.
+People records open only with the site key; every enrollment or deletion is answered with a
+signed acknowledgement (`fleet status`). The forget list is applied whenever it arrives (every
+sync start), so a gallery restored from before a deletion loses that person again.
 """
 
 from __future__ import annotations
@@ -21,7 +26,9 @@ from edge import tickets as tk
 from edge.config import Config
 from edge.errors import EdgeGateError
 from edge.fleet import messages as msg
+from edge.fleet.identity import IdentityError, Roster, parse_public
 from edge.fleet.state import FleetState
+from edge.tickets.revocation import unrevoke
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +43,16 @@ def _write_atomic(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
+def _seq_map(m: msg.Message, key: str) -> dict[str, int]:
+    raw = m.body.get(key, {})
+    if not isinstance(raw, dict):
+        raise msg.MessageError(f"{m.type} message: {key} is not a map of ticket -> seq")
+    try:
+        return {str(k).strip(): int(v) for k, v in raw.items() if str(k).strip()}
+    except (TypeError, ValueError) as e:
+        raise msg.MessageError(f"{m.type} message: {e}") from None
+
+
 class OfficeApplier:
     """Verifies and applies office messages for one lane; queues the acknowledgements to send."""
 
@@ -44,42 +61,67 @@ class OfficeApplier:
         self.trusted: list[Ed25519PublicKey] = [
             tk.load_public(cfg.resolve(p)) for p in cfg.tickets.pubkeys
         ]
-        self._acks: list[tuple[str, bytes]] = []
+        self._acks: list[tuple[str, str, int]] = []  # (person, op, office seq) to acknowledge
+        self.roster_changed = False
 
-    def take_acks(self) -> list[tuple[str, bytes]]:
-        """Hand the queued acknowledgements to sync, so the office learns what was applied."""
+    def take_acks(self) -> list[tuple[str, str, int]]:
+        """Hand the queued acknowledgements to sync, which signs and sends them."""
         out, self._acks = self._acks, []
         return out
 
     def handle(self, m: msg.Message, now: float) -> None:
-        """Apply one office message only if signed and newer, so replays change nothing."""
-        if m.type not in msg.SIGNED_TYPES:
-            raise msg.MessageError(f"unexpected {m.type!r} message on an office topic")
-        msg.verify_signed(m, self.trusted)
-        subject = str(m.body.get("person_id", "")) if m.type == msg.PERSON else ""
-        if m.seq <= self.state.office_seq(m.type, subject):
-            log.info("sync office %s seq=%d already applied", m.type, m.seq)
-            return
+        """Apply one office message (already authenticated with the issuer key)."""
         if m.type == msg.REVOCATIONS:
-            self._revocations(m)
+            self._revocations(_seq_map(m, "revoked"), {})
+        elif m.type == msg.UNREVOCATIONS:
+            self._revocations({}, _seq_map(m, "lifted"))
         elif m.type == msg.KEYS:
             self._keys(m)
+        elif m.type == msg.FORGOTTEN:
+            self._forgotten(m, now)
+        elif m.type in (msg.ROSTER, msg.PERSON):
+            subject = str(m.body.get("person_id", "")) if m.type == msg.PERSON else ""
+            if m.seq <= self.state.office_seq(m.type, subject):
+                log.info("sync office %s seq=%d already applied", m.type, m.seq)
+                return
+            if m.type == msg.ROSTER:
+                self._roster(m)
+            else:
+                self._person(m, now)
+            self.state.set_office_seq(m.type, subject, m.seq)
         else:
-            self._person(m, now)
-        self.state.set_office_seq(m.type, subject, m.seq)
+            raise msg.MessageError(f"unexpected {m.type!r} message on an office topic")
 
-    def _revocations(self, m: msg.Message) -> None:
-        ids = [str(i).strip() for i in m.body.get("revoked", []) if str(i).strip()]
+    def _roster(self, m: msg.Message) -> None:
+        lanes = m.body.get("lanes")
+        if not isinstance(lanes, dict):
+            raise msg.MessageError("roster without lanes")
+        try:
+            for v in lanes.values():
+                parse_public(str(v))
+        except IdentityError as e:
+            raise msg.MessageError(f"roster: {e}") from None
+        self.state.set_roster(Roster(m.seq, {str(k): str(v) for k, v in lanes.items()}))
+        self.roster_changed = True
+        log.info("sync applied roster seq=%d lanes=%d", m.seq, len(lanes))
+
+    def _revocations(self, revoked: dict[str, int], lifted: dict[str, int]) -> None:
         if not self.cfg.tickets.revocation_list:
             raise msg.MessageError(
                 "revocations received but tickets.revocation_list is not set",
                 "set tickets.revocation_list in this lane's config",
             )
+        self.state.merge_revocations(revoked, lifted)
+        now_revoked, now_lifted = self.state.fleet_revocations()
         path = self.cfg.resolve(self.cfg.tickets.revocation_list)
-        new = sorted(set(ids) - tk.load_revocations(path))
+        have = tk.load_revocations(path) if path.exists() else frozenset()
+        new = sorted(now_revoked - have)
         if new:
             tk.revoke(path, new)
-        log.info("sync applied revocations new=%d total=%d", len(new), len(ids))
+        gone = sorted(now_lifted & have)
+        if gone:
+            unrevoke(path, gone)
+        log.info("sync applied revocations new=%d lifted=%d", len(new), len(gone))
 
     def _keys(self, m: msg.Message) -> None:
         d = self.cfg.resolve(self.cfg.fleet.keys_dir)
@@ -106,20 +148,33 @@ class OfficeApplier:
         if not pid.startswith("P-") or op not in ("enroll", "forget"):
             raise msg.MessageError(f"person message with id {pid!r} and op {op!r}")
         if op == "enroll":
+            if pid in set(self.state.get("forgotten", [])):
+                raise msg.MessageError(f"enrollment of {pid}, whom the office's list forgot")
             key = people.site_key(self.cfg)
             record = msg.open_for_site(key, self.cfg.fleet.site, pid, str(m.body.get("sealed", "")))
             people.import_record(self.cfg, pid, record)
         else:
             people.forget(self.cfg, pid)
         self.audit(now, "fleet_" + op, f"office seq {m.seq}")
-        ack = msg.Message(
-            msg.ACK,
-            self.cfg.fleet.site,
-            self.cfg.fleet.lane,
-            m.seq,
-            now,
-            {"person_id": pid, "op": op, "office_seq": m.seq},
-        )
-        self._acks.append(
-            (msg.topic(self.cfg.fleet.site, "acks", self.cfg.fleet.lane, pid), msg.encode(ack))
-        )
+        self._acks.append((pid, op, m.seq))
+
+    def _forgotten(self, m: msg.Message, now: float) -> None:
+        """Forget everyone on the office's list who is here; then faces may be granted again."""
+        from edge.fleet import people
+
+        ids = m.body.get("people", [])
+        if not isinstance(ids, list) or not all(str(p).startswith("P-") for p in ids):
+            raise msg.MessageError("forget list is not a list of person ids")
+        listed = sorted(set(self.state.get("forgotten", [])) | {str(p) for p in ids})
+        self.state.put(forgotten=listed)
+        gone = people.forget_many(self.cfg, listed, m.seq)
+        if gone:
+            self.audit(
+                now, "fleet_forget_replay", f"{len(gone)} people on the office's forget list"
+            )
+        pending = self.state.get("forget_replay")
+        if pending:
+            self.state.put(forget_replay=None)
+            log.info(
+                "sync forget list applied (%d ids, %d here): %s", len(listed), len(gone), pending
+            )

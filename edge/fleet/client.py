@@ -1,31 +1,24 @@
-"""An MQTT client for a lane or the office, built from `[fleet]`: URL, credentials, TLS.
+"""The MQTT client of a member's `edge-gate sync`, built from `[fleet]`: URL, credentials, TLS.
 
 Plain MQTT 3.1.1 (paho-mqtt), so any broker works: Mosquitto, or a clustered EMQX/HiveMQ/VerneMQ.
-A lane uses a persistent session (clean_session=False, a fixed client id), so the broker keeps
-QoS 1 messages for it while it is away.
+A member uses a persistent session (clean_session=False, a fixed client id; the site's broker
+makes the client id the login), so the broker keeps QoS 1 messages for it while it is away.
+Only sync connects: with the client id bound to the login, a second connection under the same
+login would take over its session.
 """
 
 from __future__ import annotations
 
-import logging
 import os
 import re
 import ssl
-import threading
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
 
 from edge.config import Config
-from edge.errors import ConfigError, EdgeGateError
-
-log = logging.getLogger(__name__)
-
-
-class BrokerError(EdgeGateError):
-    """The broker cannot be reached or refused the connection."""
+from edge.errors import ConfigError
 
 
 @dataclass(frozen=True)
@@ -95,76 +88,3 @@ def make_client(
     c.max_inflight_messages_set(200)
     c.max_queued_messages_set(0)
     return c, addr
-
-
-class OneShot:
-    """A short-lived office/reader client: connect, do something, wait for acks, disconnect."""
-
-    def __init__(self, cfg: Config, role: str, timeout_s: float = 10.0):
-        self.cfg = cfg
-        self.timeout_s = timeout_s
-        self.client, self.addr = make_client(
-            cfg, f"edge-gate-{cfg.fleet.site}-{role}-{os.getpid()}", persistent=False
-        )
-        self.connected = threading.Event()
-        self.acked: set[int] = set()
-        self.lock = threading.Lock()
-        self.messages: list[mqtt.MQTTMessage] = []
-        self.last_message = time.monotonic()
-        self.client.on_connect = self._on_connect
-        self.client.on_publish = self._on_publish
-        self.client.on_message = self._on_message
-
-    def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
-        if not reason_code.is_failure:
-            self.connected.set()
-
-    def _on_publish(self, client, userdata, mid, reason_code, properties) -> None:
-        with self.lock:
-            self.acked.add(mid)
-
-    def _on_message(self, client, userdata, msg) -> None:
-        with self.lock:
-            self.messages.append(msg)
-            self.last_message = time.monotonic()
-
-    def __enter__(self) -> OneShot:
-        try:
-            self.client.connect(self.addr.host, self.addr.port, keepalive=10)
-        except OSError as e:
-            raise BrokerError(
-                f"broker {self.cfg.fleet.broker}: {e}", "check fleet.broker and that it runs"
-            ) from None
-        self.client.loop_start()
-        if not self.connected.wait(self.timeout_s):
-            self.client.loop_stop()
-            raise BrokerError(
-                f"broker {self.cfg.fleet.broker} did not accept the connection",
-                "check fleet.credentials_file and the broker's ACL",
-            )
-        return self
-
-    def publish(self, topic: str, payload: bytes, retain: bool = False) -> None:
-        """Publish at QoS 1 and wait for the broker's acknowledgement."""
-        info = self.client.publish(topic, payload, qos=1, retain=retain)
-        deadline = time.monotonic() + self.timeout_s
-        while time.monotonic() < deadline:
-            with self.lock:
-                if info.mid in self.acked:
-                    return
-            time.sleep(0.01)
-        raise BrokerError(f"broker did not acknowledge {topic}", "check the broker and its ACL")
-
-    def collect(self, filters: list[str], quiet_s: float = 0.5) -> list[mqtt.MQTTMessage]:
-        """Subscribe and gather retained messages until none arrived for quiet_s (bounded)."""
-        self.client.subscribe([(f, 1) for f in filters])
-        self.last_message = time.monotonic()
-        deadline = time.monotonic() + self.timeout_s
-        while time.monotonic() < deadline and time.monotonic() - self.last_message < quiet_s:
-            time.sleep(0.02)
-        with self.lock:
-            return list(self.messages)
-
-    def __exit__(self, *exc) -> None:
-        self.client.disconnect()
-        self.client.loop_stop()

@@ -1,6 +1,6 @@
 """A lane's ticket path in a fleet: the ledger (with its outbox) behind the fleet link check.
 
-`edge.tickets.desk.open_ledger` wraps the gate's ledger in a `LaneLedger` when `[fleet]` is set,
+`edge.gate.desk.open_ledger` wraps the gate's ledger in a `LaneLedger` when `[fleet]` is set,
 so the daemon and `edge-gate ticket verify --config C` refuse tickets the same way when the lane
 is cut off with `fleet.offline = "deny"`, or when its clock is off from the fleet's.
 """
@@ -11,19 +11,39 @@ import os
 from typing import Any
 
 from edge.config import Config
-from edge.fleet.state import LaneGuard
+from edge.fleet.state import LaneGuard, LinkCheck
 from edge.tickets.format import Ticket
-from edge.tickets.ledger import Ledger, Redemption
+from edge.tickets.ledger import Ledger, LedgerMark, Redemption
 
 
 class LaneLedger:
-    """A Ledger whose check and redeem first ask the fleet link; everything else is the ledger's."""
+    """A Ledger whose check and redeem first ask the fleet link (the wrapped one: `.ledger`)."""
 
     def __init__(self, ledger: Ledger, guard: LaneGuard):
         self.ledger, self.guard = ledger, guard
 
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.ledger, name)
+    @property
+    def problem(self) -> str:
+        """Why the ledger refuses every ticket ("" when it does not)."""
+        return self.ledger.problem
+
+    @property
+    def outbox(self) -> bool:
+        """True: every redemption is queued for `edge-gate sync` in its own transaction."""
+        return self.ledger.outbox
+
+    @property
+    def floor(self) -> float:
+        """The newest time the gate has seen: a clock behind it refuses tickets."""
+        return self.ledger.floor
+
+    def mark(self) -> LedgerMark:
+        """The ledger's high-water mark (see Ledger.mark)."""
+        return self.ledger.mark()
+
+    def maintain(self) -> None:
+        """Verify and key what sync wrote (see Ledger.maintain)."""
+        self.ledger.maintain()
 
     def __enter__(self) -> LaneLedger:
         return self
@@ -60,6 +80,14 @@ def tickets_stamp(cfg: Config) -> tuple:
         except OSError:
             out.append(None)
     return tuple(out)
+
+
+def face_refusal(ledger: object) -> LinkCheck | None:
+    """Why a fleet lane may not grant by face now (a forget list still to replay), or None."""
+    if isinstance(ledger, LaneLedger):
+        c = ledger.guard.check_faces()
+        return None if c.ok else c
+    return None
 
 
 def report_status(ledger: object, **status: Any) -> None:

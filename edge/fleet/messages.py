@@ -1,11 +1,14 @@
-"""Fleet wire format: topics and versioned JSON payloads; office messages signed, people sealed.
+"""Fleet wire format (version 2): topics and JSON payloads, every one signed; people sealed.
 
-Every payload is a JSON object with `v` (format version), `type`, `site`, `lane` (sender),
-`seq` (sender's sequence number) and `time` (sender's clock, Unix seconds) plus a `body`.
-Office messages also carry `kid` and `sig`: an Ed25519 signature by the ticket issuer key over
-the canonical JSON of everything else, so a lane accepts only what the office signed. People
-records travel inside the body sealed with the site key (AES-256-GCM), so neither the broker
-nor anyone on the network sees a name or a template. No I/O here.
+Every payload is a JSON object with `v` (format version), `type`, `site`, `lane` (the signer),
+`epoch` (the signer's numbering space: new when a lane's ledger is initialised or restored),
+`seq` (the signer's sequence number within it), `time` (its clock, Unix seconds), a `body`, and
+`kid` + `sig`: an Ed25519 signature over the canonical JSON of everything else. Office messages
+that change what lanes do (roster, revocations, keys, people) are signed with the ticket issuer
+key; everything a lane sends (and the office's heartbeat and audit acknowledgements) is signed
+with the sender's lane key, which the signed roster names. A receiver accepts a lane message
+only when the topic names the same lane as the signature (`authenticate`). People records
+travel inside the body sealed with the site key (AES-256-GCM). No I/O here.
 """
 
 from __future__ import annotations
@@ -19,19 +22,35 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from edge.errors import EdgeGateError
+from edge.fleet.identity import OFFICE as OFFICE
+from edge.fleet.identity import Roster
 from edge.tickets.format import key_id
 
-VERSION = 1
+VERSION = 2
 ROOT = "edge-gate"
-OFFICE = "office"  # the lane name the office signs as
-# Message types.
-REDEMPTION, HEARTBEAT, AUDIT, ACK = "redemption", "heartbeat", "audit", "ack"
-REVOCATIONS, KEYS, PERSON = "revocations", "keys", "person"
-SIGNED_TYPES = frozenset({REVOCATIONS, KEYS, PERSON})
+# Lane message types (signed with the sender's lane key).
+REDEMPTION, HEARTBEAT, OFFLINE, AUDIT, ACK = "redemption", "heartbeat", "offline", "audit", "ack"
+AUDIT_ACK = "audit_ack"  # the office: "I stored your audit records up to id N"
+# Office message types (signed with the ticket issuer key).
+ROSTER, REVOCATIONS, UNREVOCATIONS = "roster", "revocations", "unrevocations"
+KEYS, PERSON, FORGOTTEN = "keys", "person", "forgotten"
+ISSUER_TYPES = frozenset({ROSTER, REVOCATIONS, UNREVOCATIONS, KEYS, PERSON, FORGOTTEN})
+# The topic folder each lane type travels in: edge-gate/<site>/<folder>/<lane>[/...].
+LANE_FOLDER = {
+    REDEMPTION: "redemptions",
+    HEARTBEAT: "heartbeat",
+    OFFLINE: "heartbeat",
+    AUDIT: "audit",
+    ACK: "acks",
+}
 
 
 class MessageError(EdgeGateError):
-    """A fleet message is malformed, from another site, unsigned or signed by an unknown key."""
+    """A fleet message is malformed, from another site, unsigned or signed by the wrong key."""
+
+
+class NotRostered(MessageError):
+    """Signed by a lane the roster does not (yet) name: kept aside until a roster names it."""
 
 
 def topic(site: str, *parts: str | int) -> str:
@@ -40,14 +59,21 @@ def topic(site: str, *parts: str | int) -> str:
 
 
 def topics(site: str) -> dict[str, str]:
-    """The subscription filters a lane uses (documented in docs/FLEET.md)."""
+    """The subscription filters (documented in docs/FLEET.md)."""
     return {
         "redemptions": topic(site, "redemptions", "+"),
         "office": topic(site, "office", "#"),
+        "roster": topic(site, "office", "roster"),
         "heartbeat": topic(site, "heartbeat", "+"),
-        "acks": topic(site, "acks", "#"),
-        "audit": topic(site, "audit", "#"),
+        "acks": topic(site, "acks", "+", "+"),
+        "audit": topic(site, "audit", "+"),
+        "people": topic(site, "office", "people", "+"),
     }
+
+
+def audit_ack_topic(site: str, lane: str) -> str:
+    """Where the office acknowledges a lane's audit records (only that lane needs them)."""
+    return topic(site, "office", "audit-acks", lane)
 
 
 @dataclass(frozen=True)
@@ -62,6 +88,7 @@ class Message:
     body: dict[str, Any] = field(default_factory=dict)
     kid: str = ""
     sig: str = ""
+    epoch: str = ""
 
     def unsigned(self) -> dict[str, Any]:
         """The fields a signature covers, so signing and verifying agree byte for byte."""
@@ -70,6 +97,7 @@ class Message:
             "type": self.type,
             "site": self.site,
             "lane": self.lane,
+            "epoch": self.epoch,
             "seq": self.seq,
             "time": self.time,
             "body": self.body,
@@ -89,17 +117,11 @@ def encode(m: Message) -> bytes:
 
 
 def sign(m: Message, key: Ed25519PrivateKey) -> Message:
-    """The office signs with the ticket issuer key; lanes trust it through tickets.pubkeys."""
+    """Sign with a lane key (lane messages) or the issuer key (office messages)."""
     sig = key.sign(_canonical(m.unsigned()))
+    kid = key_id(key.public_key()).hex()
     return Message(
-        m.type,
-        m.site,
-        m.lane,
-        m.seq,
-        m.time,
-        m.body,
-        key_id(key.public_key()).hex(),
-        base64.b64encode(sig).decode(),
+        m.type, m.site, m.lane, m.seq, m.time, m.body, kid, base64.b64encode(sig).decode(), m.epoch
     )
 
 
@@ -123,12 +145,20 @@ def decode(payload: bytes, site: str) -> Message:
             dict(d.get("body") or {}),
             str(d.get("kid", "")),
             str(d.get("sig", "")),
+            str(d.get("epoch", "")),
         )
     except (KeyError, TypeError, ValueError) as e:
         raise MessageError(f"missing or wrong field: {e}") from None
     if m.site != site:
         raise MessageError(f"message for site {m.site!r}, this is {site!r}")
     return m
+
+
+def _check_sig(m: Message, key: Ed25519PublicKey, who: str) -> None:
+    try:
+        key.verify(base64.b64decode(m.sig), _canonical(m.unsigned()))
+    except (InvalidSignature, ValueError):
+        raise MessageError(f"{m.type} message from {m.lane!r}: bad signature ({who})") from None
 
 
 def verify_signed(m: Message, pubkeys: list[Ed25519PublicKey]) -> Message:
@@ -139,10 +169,55 @@ def verify_signed(m: Message, pubkeys: list[Ed25519PublicKey]) -> Message:
     key = keys.get(m.kid)
     if key is None:
         raise MessageError(f"{m.type} message signed by unknown key {m.kid!r}")
-    try:
-        key.verify(base64.b64decode(m.sig), _canonical(m.unsigned()))
-    except (InvalidSignature, ValueError):
-        raise MessageError(f"{m.type} message from {m.lane!r}: bad signature") from None
+    _check_sig(m, key, "issuer key")
+    return m
+
+
+def topic_lane(site: str, topic_: str) -> tuple[str, str]:
+    """(folder, lane) a topic names: redemptions/<lane>, heartbeat/<lane>, audit/<lane>,
+    acks/<lane>/<person>, office/audit-acks/<lane> (lane = the addressee there)."""
+    parts = topic_.split("/")
+    if len(parts) < 4 or parts[0] != ROOT or parts[1] != site:
+        raise MessageError(f"not a topic of site {site!r}: {topic_}")
+    if parts[2] == "office" and len(parts) == 5 and parts[3] == "audit-acks":
+        return "audit-acks", parts[4]
+    return parts[2], parts[3]
+
+
+def authenticate(
+    topic_: str, m: Message, roster: Roster, issuer_keys: list[Ed25519PublicKey]
+) -> Message:
+    """The one check every receiver makes: who signed it, and may that signer write here.
+
+    Office types need the issuer key and an office topic. A lane type needs the signature of
+    the key the roster names for `m.lane`, and `m.lane` must be the lane the topic names (the
+    broker's ACL lets a lane's login write only its own topics, so topic, login and key agree).
+    """
+    folder, lane = topic_lane(m.site, topic_)
+    if m.type in ISSUER_TYPES:
+        if folder != "office" or m.lane != OFFICE:
+            raise MessageError(f"{m.type} message on {topic_} (office messages go to office/)")
+        return verify_signed(m, issuer_keys)
+    if m.type == AUDIT_ACK:
+        if folder != "audit-acks" or m.lane != OFFICE:
+            raise MessageError(f"audit_ack from {m.lane!r} on {topic_}")
+    elif LANE_FOLDER.get(m.type) != folder:
+        raise MessageError(f"{m.type} message on {topic_}")
+    elif lane != m.lane:
+        raise MessageError(f"{m.type} signed as {m.lane!r} on lane {lane!r}'s topic {topic_}")
+    if not m.sig:
+        raise MessageError(f"{m.type} message from {m.lane!r} is not signed")
+    key = roster.key(m.lane)
+    if key is None:
+        raise NotRostered(
+            f"{m.type} from {m.lane!r}: not in the roster",
+            "at the office: edge-gate fleet roster add LANE KEY (from `fleet join`)",
+        )
+    if m.kid and m.kid != key_id(key).hex():
+        raise MessageError(
+            f"{m.type} from {m.lane!r} signed by key {m.kid}, the roster names {key_id(key).hex()}"
+        )
+    _check_sig(m, key, "lane key")
     return m
 
 

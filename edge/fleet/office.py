@@ -1,13 +1,18 @@
-"""The office side of the fleet: publish signed revocations, keys and people; read status, audit.
+"""The office side of the fleet: roster, revocations and their lifts, keys, people; status, audit.
 
-Office messages are retained, so a lane that was away gets the latest of each when it comes
-back: the full revocation list, the current key set, and for each person the latest enrollment
-or deletion. The sequence number is the office clock in milliseconds.
+The office's commands sign with the issuer key and queue in the office's fleet state; the
+office's `edge-gate sync` publishes (retained, so a lane that was away gets the latest of each)
+and keeps what the lanes send. Sequence numbers are the office's persisted counter, never its
+clock (edge/fleet/officestore.py). `fleet status` and `fleet audit` read what sync stored: the
+lane of every line is the lane whose key signed it, never a field of the message body.
 """
 
 from __future__ import annotations
 
+import contextlib
 import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +20,19 @@ from edge import tickets as tk
 from edge.config import Config
 from edge.errors import ConfigError
 from edge.fleet import messages as msg
-from edge.fleet.client import OneShot
+from edge.fleet.identity import (
+    Roster,
+    ensure_lane_key,
+    load_lane_key,
+    parse_public,
+    public_text,
+    read_roster_file,
+    write_roster_file,
+)
+from edge.fleet.officestore import AuditFinding, OfficeStore, verify_lane
+from edge.fleet.state import FleetState
+
+STALE_HEARTBEATS = 3  # a member not heard for this many of its heartbeat periods is stale
 
 
 def need_fleet(cfg: Config) -> None:
@@ -27,24 +44,105 @@ def need_fleet(cfg: Config) -> None:
         )
 
 
-def _office_message(cfg: Config, type_: str, body: dict, key_path: Path) -> msg.Message:
-    now = time.time()
-    m = msg.Message(type_, cfg.fleet.site, msg.OFFICE, int(now * 1000), now, body)
-    return msg.sign(m, tk.load_private(key_path))
-
-
-def publish(cfg: Config, topic: str, m: msg.Message) -> None:
-    """Send one retained office message, so lanes that are offline get it later."""
+def need_office(cfg: Config, what: str) -> None:
+    """Office commands run with the office's config, whose sync publishes what they queue."""
     need_fleet(cfg)
-    with OneShot(cfg, "office") as c:
-        c.publish(topic, msg.encode(m), retain=True)
+    if cfg.fleet.lane != msg.OFFICE:
+        raise ConfigError(
+            f"{what} runs at the office; {cfg.source_file or 'this config'} is lane "
+            f"{cfg.fleet.lane!r}",
+            'pass the office\'s config (fleet.lane = "office")',
+        )
+
+
+@contextlib.contextmanager
+def office_store(cfg: Config) -> Iterator[OfficeStore]:
+    """The office's store, opened and closed around one command."""
+    need_fleet(cfg)
+    st = FleetState(cfg.resolve(cfg.fleet.state_db))
+    try:
+        yield OfficeStore(st)
+    finally:
+        st.close()
+
+
+@dataclass(frozen=True)
+class Queued:
+    """An office message waiting for the office's sync: its queue row and sequence number."""
+
+    row_id: int
+    seq: int
+    what: str
+
+
+def _queue(cfg: Config, type_: str, body: dict, key_path: Path, topic: str, what: str) -> Queued:
+    need_office(cfg, what)
+    key = tk.load_private(key_path)
+    with office_store(cfg) as store:
+        row, m = store.queue(type_, cfg.fleet.site, body, key, topic)
+        if type_ == msg.ROSTER:
+            store.state.set_roster(Roster(m.seq, dict(body["lanes"])))
+        if type_ == msg.PERSON and body["op"] == "forget":
+            store.add_forgotten(body["person_id"], m.seq)
+    return Queued(row, m.seq, what)
+
+
+def wait_sent(cfg: Config, queued: list[Queued], timeout_s: float = 10.0) -> bool:
+    """Wait (bounded) until the office's sync has the broker's acknowledgement for each."""
+    deadline = time.monotonic() + timeout_s
+    with office_store(cfg) as store:
+        while time.monotonic() < deadline:
+            if not any(store.is_queued(q.row_id) for q in queued):
+                return True
+            time.sleep(0.1)
+    return False
+
+
+def _forget_list(cfg: Config, key_path: Path) -> Queued:
+    with office_store(cfg) as store:
+        people = store.forgotten()
+    return _queue(
+        cfg,
+        msg.FORGOTTEN,
+        {"people": people},
+        key_path,
+        msg.topic(cfg.fleet.site, "office", "forgotten"),
+        "the forget list",
+    )
 
 
 def publish_revocations(cfg: Config, key_path: Path, revoked: frozenset[str]) -> int:
-    """Publish the office's whole revocation list; lanes add what they lack."""
-    m = _office_message(cfg, msg.REVOCATIONS, {"revoked": sorted(revoked)}, key_path)
-    publish(cfg, msg.topic(cfg.fleet.site, "office", "revocations"), m)
+    """Revoke these tickets fleet-wide (each numbered once); lanes add what they lack."""
+    need_office(cfg, "ticket revoke --publish")
+    with office_store(cfg) as store:
+        store.revocation_entries(sorted(revoked), [])
+        entries, _ = store.revocation_lists()
+    _queue(
+        cfg,
+        msg.REVOCATIONS,
+        {"revoked": entries},
+        key_path,
+        msg.topic(cfg.fleet.site, "office", "revocations"),
+        "revocations",
+    )
     return len(revoked)
+
+
+def publish_unrevocations(cfg: Config, key_path: Path, ticket_ids: list[str]) -> int:
+    """Lift revocations fleet-wide: a signed message naming each revocation it lifts."""
+    need_office(cfg, "ticket unrevoke --publish")
+    with office_store(cfg) as store:
+        store.revocation_entries([], ticket_ids)
+        _, lifted = store.revocation_lists()
+    _queue(
+        cfg,
+        msg.UNREVOCATIONS,
+        {"lifted": lifted},
+        key_path,
+        msg.topic(cfg.fleet.site, "office", "unrevocations"),
+        "unrevocations",
+    )
+    return len([t for t in ticket_ids if t in lifted])
 
 
 def publish_keys(cfg: Config, key_path: Path, pubkeys: list[Path]) -> None:
@@ -53,21 +151,36 @@ def publish_keys(cfg: Config, key_path: Path, pubkeys: list[Path]) -> None:
     for p in pubkeys:
         tk.load_public(p)  # refuses private keys and garbage
         pems.append(p.read_text())
-    m = _office_message(cfg, msg.KEYS, {"pubkeys": pems}, key_path)
-    publish(cfg, msg.topic(cfg.fleet.site, "office", "keys"), m)
+    _queue(
+        cfg,
+        msg.KEYS,
+        {"pubkeys": pems},
+        key_path,
+        msg.topic(cfg.fleet.site, "office", "keys"),
+        "ticket keys",
+    )
 
 
 def publish_person(
     cfg: Config, key_path: Path, person_id: str, op: str, record: bytes | None = None
 ) -> None:
-    """Enrollment (record sealed for the site) or deletion of one person, to every lane."""
+    """Enrollment (record sealed for the site) or deletion of one person, to every lane; a
+    deletion also joins the office's forget list, replayed to every new or restored lane."""
     body: dict[str, Any] = {"person_id": person_id, "op": op}
     if op == "enroll":
         from edge.fleet.people import site_key
 
         body["sealed"] = msg.seal_for_site(site_key(cfg), cfg.fleet.site, person_id, record or b"")
-    m = _office_message(cfg, msg.PERSON, body, key_path)
-    publish(cfg, msg.topic(cfg.fleet.site, "office", "people", person_id), m)
+    _queue(
+        cfg,
+        msg.PERSON,
+        body,
+        key_path,
+        msg.topic(cfg.fleet.site, "office", "people", person_id),
+        f"{op} {person_id}",
+    )
+    if op == "forget":
+        _forget_list(cfg, key_path)
 
 
 def publish_enrollment(cfg: Config, key_path: Path, db: Path, gallery_key: Path, pid: str) -> None:
@@ -77,68 +190,178 @@ def publish_enrollment(cfg: Config, key_path: Path, db: Path, gallery_key: Path,
     publish_person(cfg, key_path, pid, "enroll", export_record(db, gallery_key, pid))
 
 
-def _read(cfg: Config, filters: list[str], timeout_s: float = 10.0) -> list[msg.Message]:
-    need_fleet(cfg)
-    out = []
-    with OneShot(cfg, "reader", timeout_s) as c:
-        for raw in c.collect(filters):
-            try:
-                out.append(msg.decode(raw.payload, cfg.fleet.site))
-            except msg.MessageError:
-                continue
-    return out
+# --- the roster ------------------------------------------------------------------------------
+
+
+def roster_lanes(cfg: Config) -> dict[str, str]:
+    """The office's roster file, with the office's own key (made if it has none yet)."""
+    need_office(cfg, "fleet roster")
+    ensure_lane_key(cfg)
+    lanes = read_roster_file(cfg.resolve(cfg.fleet.roster_file))
+    lanes[msg.OFFICE] = public_text(load_lane_key(cfg).public_key())
+    return lanes
+
+
+def publish_roster(
+    cfg: Config, key_path: Path, add: dict[str, str] | None = None, remove: Sequence[str] = ()
+) -> dict[str, str]:
+    """Change the roster file and publish it signed (with the forget list, so a lane that
+    joins has one to apply before it grants anyone by face)."""
+    lanes = roster_lanes(cfg)
+    for lane, text in (add or {}).items():
+        parse_public(text)
+        lanes[lane] = text.strip()
+    for lane in remove:
+        if lane == msg.OFFICE:
+            raise ConfigError("the office cannot leave its own roster")
+        lanes.pop(lane, None)
+    write_roster_file(
+        cfg.resolve(cfg.fleet.roster_file), {k: v for k, v in lanes.items() if k != msg.OFFICE}
+    )
+    _queue(
+        cfg,
+        msg.ROSTER,
+        {"lanes": lanes},
+        key_path,
+        msg.topic(cfg.fleet.site, "office", "roster"),
+        "the roster",
+    )
+    _forget_list(cfg, key_path)
+    return lanes
+
+
+# --- what the office's (or a lane's) sync heard -------------------------------------------------
+
+
+def ago(seconds: float | None) -> str:
+    """'never' or '12 s ago' (minutes and hours past a minute), for people reading status."""
+    if seconds is None:
+        return "never"
+    s = max(0.0, seconds)
+    if s < 60:
+        return f"{s:.0f} s ago"
+    if s < 3600:
+        return f"{s / 60:.0f} min ago"
+    return f"{s / 3600:.1f} h ago"
+
+
+def _member_view(
+    p: dict | None, now: float, period: float, rostered: bool, skew: float
+) -> dict[str, Any]:
+    if p is None:
+        return {"age_s": None, "last_seen": "never", "state": "never", "rostered": rostered}
+    body = dict(p.get("body") or {})
+    age = now - float(p["received"])
+    period = max(float(body.get("period") or period), 1.0)  # sync writes its view each second
+    if p.get("gone"):
+        state = "gone"
+    elif age > STALE_HEARTBEATS * period:
+        state = "stale"
+    else:
+        state = "ok"
+    off = body.get("clock_offset")
+    return {
+        **body,
+        "age_s": round(age, 1),
+        "last_seen": ago(age),
+        "state": state,
+        "gone": p.get("gone") or None,
+        "rostered": rostered,
+        "epoch": p.get("epoch"),
+        "clock_off": off is not None and abs(off) > skew,
+    }
 
 
 def fleet_status(cfg: Config, now: float | None = None) -> dict[str, Any]:
-    """Lanes (last heartbeat), and for each person the latest office action and its acks."""
+    """Members (last signed heartbeat, stale, gone, clock), and at the office each person's
+    latest action with the signed acknowledgements of rostered lanes."""
+    need_fleet(cfg)
     now = time.time() if now is None else now
-    got = _read(cfg, status_filters(cfg.fleet.site))
-    return status_of(cfg.fleet.site, got, now)
-
-
-def status_filters(site: str) -> list[str]:
-    """The topics `fleet status` reads: heartbeats, acks and the office's people messages."""
-    t = msg.topics(site)
-    return [t["heartbeat"], t["acks"], msg.topic(site, "office", "people", "+")]
-
-
-def status_of(site: str, got: list[msg.Message], now: float) -> dict[str, Any]:
-    """`fleet status` from messages already read (the CLI's one-shot read, the console's feed)."""
-    lanes = {
-        m.lane: {"age_s": round(now - m.time, 1), **m.body} for m in got if m.type == msg.HEARTBEAT
-    }
-    acks: dict[str, dict[str, dict]] = {}
-    for m in got:
-        if m.type == msg.ACK:
-            acks.setdefault(str(m.body.get("person_id")), {})[m.lane] = m.body
-    people = {}
-    for m in got:
-        if m.type != msg.PERSON:
-            continue
-        pid, op = str(m.body.get("person_id")), str(m.body.get("op"))
-        done = sorted(
-            lane
-            for lane, a in acks.get(pid, {}).items()
-            if a.get("op") == op and int(a.get("office_seq", -1)) >= m.seq
-        )
-        word = "forgotten" if op == "forget" else "enrolled"
-        people[pid] = {
-            "op": op,
-            "lanes_done": done,
-            "summary": f"{word} on {len(done)} of {len(lanes)} lanes",
+    fl = cfg.fleet
+    st = FleetState(cfg.resolve(fl.state_db))
+    try:
+        roster = st.roster()
+        peers = st.get("peers") or {}
+        names = sorted((set(roster.lanes) | set(peers)) - {fl.lane})
+        lanes = {
+            n: _member_view(
+                peers.get(n), now, fl.heartbeat_s, n in roster.lanes, fl.max_clock_offset_s
+            )
+            for n in names
         }
-    return {"site": site, "lanes": lanes, "people": people}
+        clocks = st.get("clocks") or {}
+        off = sorted(
+            {n for n, o in clocks.items() if abs(o) > fl.max_clock_offset_s}
+            | {n for n, v in lanes.items() if v.get("clock_off")}
+        )
+        seen = st.get("sync_seen")
+        rep: dict[str, Any] = {
+            "site": fl.site,
+            "member": fl.lane,
+            "roster": sorted(roster.lanes),
+            "lanes": lanes,
+            "people": {},
+            "clock": {"offsets": clocks, "off": off},
+            "sync": {
+                "connected": bool(st.get("connected")),
+                "last_seen": ago(None if seen is None else now - seen),
+                "running": seen is not None and now - seen < 5 * STALE_HEARTBEATS,
+            },
+        }
+        if fl.lane == msg.OFFICE:
+            store = OfficeStore(st)
+            gates = roster.gates()
+            for pid, (op, seq) in sorted(store.people().items()):
+                done = sorted(
+                    lane
+                    for lane, (aop, aseq) in store.acks(pid).items()
+                    if aop == op and aseq >= seq and lane in gates
+                )
+                word = "forgotten" if op == "forget" else "enrolled"
+                rep["people"][pid] = {
+                    "op": op,
+                    "lanes_done": done,
+                    "summary": f"{word} on {len(done)} of {len(gates)} lanes",
+                }
+        else:
+            rep["this_lane"] = {
+                "lane": fl.lane,
+                "connected": st.get("connected"),
+                "last_contact": st.get("last_contact"),
+                "clock_offset": st.get("clock_offset"),
+                "outbox": st.get("outbox"),
+                "forget_replay": st.get("forget_replay"),
+            }
+        return rep
+    finally:
+        st.close()
+
+
+def status_problems(rep: dict[str, Any]) -> list[str]:
+    """What `fleet status --check` fails on: a rostered member stale, gone or never heard, a
+    clock off, or this member's own sync not running."""
+    out = [
+        f"{n}: {v['state']} (last heartbeat {v['last_seen']})"
+        for n, v in sorted(rep["lanes"].items())
+        if v["rostered"] and v["state"] != "ok"
+    ]
+    out += [f"{n}: clock off" for n in rep["clock"]["off"]]
+    if not rep["sync"]["running"]:
+        out.append(f"{rep['member']}: edge-gate sync not running (last {rep['sync']['last_seen']})")
+    return out
 
 
 def fleet_audit(cfg: Config, since: float = 0.0) -> list[dict[str, Any]]:
-    """Every lane's audit records kept on the broker, oldest first, from `since` on."""
-    got = _read(cfg, [msg.topics(cfg.fleet.site)["audit"]])
-    return sorted(
-        (r for m in got if (r := audit_row(m)) and float(r.get("t", 0)) >= since),
-        key=lambda r: (r.get("t", 0), r["lane"], r["seq"]),
-    )
+    """Every lane's audit records the office's sync received, oldest first, from `since` on."""
+    need_office(cfg, "fleet audit")
+    with office_store(cfg) as store:
+        return store.audit_rows(since)
 
 
-def audit_row(m: msg.Message) -> dict[str, Any] | None:
-    """One lane audit record as `fleet audit` prints it, or None for another kind of message."""
-    return {"lane": m.lane, "seq": m.seq, **m.body} if m.type == msg.AUDIT else None
+def fleet_audit_verify(cfg: Config) -> dict[str, list[AuditFinding]]:
+    """For each rostered lane: its records received checked against the heads it signed."""
+    need_office(cfg, "fleet audit verify")
+    with office_store(cfg) as store:
+        lanes = store.state.roster().gates()
+        held = {r[0] for r in store.conn.execute("SELECT DISTINCT lane FROM audit_records")}
+        return {lane: verify_lane(store.audit_evidence(lane)) for lane in sorted(set(lanes) | held)}

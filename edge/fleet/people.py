@@ -130,3 +130,19 @@ def forget(cfg: Config, person_id: str) -> bool:
         except ErasureIncomplete as e:  # key destroyed, rows gone; the gate still holds old pages
             log.warning("fleet forget person=%s erasure pending on disk: %s", person_id, e)
             return True
+
+
+def forget_many(cfg: Config, person_ids: list[str], generation: int = 0) -> list[str]:
+    """Apply the office's forget list (its message seq as the generation): everyone listed who
+    is in this lane's gallery is erased, and a gallery restored from an older copy is current
+    again (edge/gallery/store.py, `apply_forget_list`). Returns who was here."""
+    db = cfg.resolve(cfg.gallery.db)
+    if not db.exists() or db.stat().st_size == 0:
+        return []
+    with _gallery(cfg) as g:
+        here = sorted({p.id for p in g.people()} & set(person_ids))
+        try:
+            return g.apply_forget_list(person_ids, generation)
+        except ErasureIncomplete as e:
+            log.warning("fleet forget list: erasure pending on disk: %s", e)
+            return here

@@ -1,27 +1,30 @@
 """The lane's fleet state (SQLite, fleet.state_db), shared by `edge-gate sync` and the gate.
 
-Sync writes the link state (connected, last broker contact, clock offset against the fleet),
-what the office last sent per subject, and how far it has published the audit log. The gate
-and `ticket verify` only read the link state, through `LaneGuard`, before a ticket redemption:
-with `fleet.offline = "deny"` a lane cut off from the broker refuses tickets, and any lane
-whose clock is off by more than `fleet.clock_skew_s` refuses them.
+Sync writes the link state (connected, last broker contact, clock offset against the fleet,
+the other lanes as it last heard them), the roster, what the office last sent per subject,
+messages from lanes the roster does not name yet, and how far the office has acknowledged the
+audit log. The gate and `ticket verify` only read it, through `LaneGuard`: before a ticket
+redemption (with `fleet.offline = "deny"` a lane cut off from the broker refuses tickets, and
+any lane whose clock is off by more than `fleet.max_clock_offset_s` refuses them), and before a face
+grant (a restored lane admits nobody by face until the office's forget list was replayed).
 """
 
 from __future__ import annotations
 
 import json
-import sqlite3
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from edge.config import Config, FleetConfig
-from edge.errors import GalleryError
+from edge.db import Store, run_script
+from edge.errors import FleetStateError
 
 # Reasons a lane gives when the fleet link, not the ticket, refuses an entry.
 FLEET_OFFLINE = "fleet_offline"
 CLOCK_SKEW = "clock_skew"
+FORGET_REPLAY = "forget_replay"  # a new or restored lane: the office's forget list not yet applied
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS kv (key TEXT PRIMARY KEY, value TEXT);
@@ -29,23 +32,29 @@ CREATE TABLE IF NOT EXISTS office_seq (type TEXT NOT NULL, subject TEXT NOT NULL
   seq INTEGER NOT NULL, PRIMARY KEY (type, subject));
 CREATE TABLE IF NOT EXISTS cursor (name TEXT PRIMARY KEY, upto INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS double_use (ticket_id TEXT PRIMARY KEY, reported INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS pending (id INTEGER PRIMARY KEY, topic TEXT NOT NULL,
+  payload BLOB NOT NULL, t REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS revocations (ticket_id TEXT PRIMARY KEY,
+  revoked_seq INTEGER NOT NULL DEFAULT -1, lifted_seq INTEGER NOT NULL DEFAULT -1);
 """
+PENDING_MAX = 10_000  # messages of lanes not (yet) in the roster kept for a later roster
 
 
-class FleetState:
+class FleetState(Store):
     """Small key/value and bookkeeping tables; every write is its own short transaction."""
 
+    error = FleetStateError
+    what = "fleet state"
+
     def __init__(self, path: str | Path):
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        self._connect(Path(path))
         try:
-            self.conn = sqlite3.connect(
-                str(self.path), timeout=10.0, isolation_level=None, check_same_thread=False
-            )
-            self.conn.execute("PRAGMA journal_mode=WAL")
-            self.conn.executescript(_SCHEMA)
-        except sqlite3.DatabaseError as e:
-            raise GalleryError(
+            with self.transaction() as c:
+                run_script(c, _SCHEMA)
+        except FleetStateError as e:
+            self.conn.close()
+            raise FleetStateError(
                 f"fleet state {self.path} is unreadable: {e}", "move it aside; sync rebuilds it"
             ) from None
 
@@ -84,6 +93,54 @@ class FleetState:
         """Advance a stream's acknowledged position once the office has it."""
         self.conn.execute("INSERT OR REPLACE INTO cursor (name, upto) VALUES (?, ?)", (name, upto))
 
+    def roster(self):
+        """The newest roster applied here (office: the one it publishes); empty before one."""
+        from edge.fleet.identity import Roster
+
+        r = self.get("roster")
+        return Roster(int(r["seq"]), dict(r["lanes"])) if r else Roster()
+
+    def set_roster(self, roster) -> None:
+        """Remember the roster, so a restarted sync verifies lanes before the broker resends it."""
+        self.put(roster={"seq": roster.seq, "lanes": roster.lanes})
+
+    def add_pending(self, topic: str, payload: bytes, now: float) -> None:
+        """Keep a message of a lane the roster does not name yet (bounded: the oldest go)."""
+        self.conn.execute(
+            "INSERT INTO pending (topic, payload, t) VALUES (?, ?, ?)", (topic, payload, now)
+        )
+        self.conn.execute(
+            "DELETE FROM pending WHERE id <= (SELECT max(id) FROM pending) - ?", (PENDING_MAX,)
+        )
+
+    def take_pending(self) -> list[tuple[str, bytes]]:
+        """Every kept message, removed: tried again once a new roster arrived."""
+        rows = self.conn.execute("SELECT id, topic, payload FROM pending ORDER BY id").fetchall()
+        self.conn.execute("DELETE FROM pending")
+        return [(t, bytes(p)) for _, t, p in rows]
+
+    def merge_revocations(self, revoked: dict[str, int], lifted: dict[str, int]) -> None:
+        """Grow-only: each ticket keeps its newest revocation and newest lift (office seqs)."""
+        self.conn.executemany(
+            "INSERT INTO revocations (ticket_id, revoked_seq) VALUES (?, ?) ON CONFLICT(ticket_id)"
+            " DO UPDATE SET revoked_seq = max(revoked_seq, excluded.revoked_seq)",
+            list(revoked.items()),
+        )
+        self.conn.executemany(
+            "INSERT INTO revocations (ticket_id, lifted_seq) VALUES (?, ?) ON CONFLICT(ticket_id)"
+            " DO UPDATE SET lifted_seq = max(lifted_seq, excluded.lifted_seq)",
+            list(lifted.items()),
+        )
+
+    def fleet_revocations(self) -> tuple[set[str], set[str]]:
+        """(revoked now, lifted now): a lift counts only for the revocations it names."""
+        rows = self.conn.execute("SELECT ticket_id, revoked_seq, lifted_seq FROM revocations")
+        revoked: set[str] = set()
+        lifted: set[str] = set()
+        for tid, r, lift in rows:
+            (revoked if r > lift else lifted).add(tid)
+        return revoked, lifted
+
     def double_use_reported(self, ticket_id: str) -> int:
         """How many uses of a ticket were already reported, to alert once per new use."""
         row = self.conn.execute(
@@ -96,10 +153,6 @@ class FleetState:
         self.conn.execute(
             "INSERT OR REPLACE INTO double_use (ticket_id, reported) VALUES (?, ?)", (ticket_id, n)
         )
-
-    def close(self) -> None:
-        """Release the SQLite connection when sync or the gate stops."""
-        self.conn.close()
 
 
 def read_state(state_db: Path, key: str) -> Any:
@@ -120,16 +173,29 @@ class LinkCheck:
     detail: str = ""
 
 
+def check_faces(fl: FleetConfig, state: FleetState | None) -> LinkCheck:
+    """May this lane grant by face now? Not while a new or restored lane still has to replay
+    the office's forget list (a backup from before a deletion would bring the person back)."""
+    if not fl.enabled or state is None:
+        return LinkCheck(True)
+    pending = state.get("forget_replay")
+    if pending:
+        detail = f"no face grants until the office's forget list is applied ({pending})"
+        return LinkCheck(False, FORGET_REPLAY, detail)
+    return LinkCheck(True)
+
+
 def check_link(fl: FleetConfig, state: FleetState | None, now: float) -> LinkCheck:
     """May this lane redeem a ticket now? Pure given the state read."""
     if not fl.enabled:
         return LinkCheck(True)
     offset = state.get("clock_offset") if state else None
-    if offset is not None and abs(offset) > fl.clock_skew_s:
+    if offset is not None and abs(offset) > fl.max_clock_offset_s:
         return LinkCheck(
             False,
             CLOCK_SKEW,
-            f"clock off by {offset:+.1f} s from the fleet (max {fl.clock_skew_s})",
+            f"this lane's ({fl.lane}) clock is off by {offset:+.1f} s from the fleet's (median "
+            f"of the office's and the lanes' signed heartbeats; max {fl.max_clock_offset_s})",
         )
     if fl.offline == "deny":
         connected = bool(state.get("connected")) if state else False
@@ -150,6 +216,10 @@ class LaneGuard:
     def check(self, now: float | None = None) -> LinkCheck:
         """Ask before each redemption whether the fleet link allows it (clock, offline)."""
         return check_link(self.fleet, self.state, time.time() if now is None else now)
+
+    def check_faces(self) -> LinkCheck:
+        """Ask before each face grant whether the office's forget list has been replayed."""
+        return check_faces(self.fleet, self.state)
 
     def report(self, **status: Any) -> None:
         """The gate's own figures (fps, camera, mode, last decision) for sync's heartbeat."""

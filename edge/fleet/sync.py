@@ -1,10 +1,26 @@
-"""`edge-gate sync`: the lane's only network process, between its SQLite files and the broker.
+"""`edge-gate sync`: a fleet member's only network process, between its SQLite files and the broker.
 
-Out: the ledger's outbox (QoS 1; a row is deleted only when the broker acknowledged it, so a
-kill -9 loses nothing and at worst sends a row twice), the audit log (one retained message per
-record) and a heartbeat. In: other lanes' redemptions (applied by (lane, seq), so duplicates and
-reordering are harmless; over-use found on arrival is audited as `double_use` naming the lanes),
-office messages (signed; see edge/fleet/apply.py) and heartbeats (the fleet's clock).
+A lane (fleet.lane = its name). Out: the ledger's outbox (QoS 1; a row is deleted only when the
+broker acknowledged it, so a kill -9 loses nothing and at worst sends a row twice); its audit
+records (QoS 1, never retained) to the office, which stores them and acknowledges: the lane's
+cursor moves only on that acknowledgement; a retained heartbeat carrying its epoch, the outbox's
+high-water mark and the audit log's head; signed acknowledgements of enrollments and deletions.
+In: other lanes' redemptions (applied by (lane, epoch, seq), so duplicates and reordering are
+harmless, and a replaced lane's new epoch is never mistaken for a replay; over-use found on
+arrival is audited as `double_use` naming the lanes), office messages (edge/fleet/apply.py) and
+heartbeats (the fleet's clock, edge/fleet/clock.py).
+
+The office (fleet.lane = "office"). Out: what the office's commands queued (signed with the
+issuer key, edge/fleet/officestore.py), its own heartbeat (a clock vote) and audit
+acknowledgements. In: heartbeats, every lane's audit records and heads, acknowledgements.
+
+Everything sent is signed with the member's lane key; everything received passes
+`messages.authenticate` (signer = the topic's lane = a rostered key). Messages of lanes the
+roster does not name yet are kept (bounded) and tried again when a roster arrives. Refusals
+are audited at most once a minute per sender and reason, with a count, so junk costs little.
+At each connection a lane first reads back its own retained heartbeat: if the fleet has seen
+more from it than its files hold (a restored ledger or audit log), it starts a new epoch and
+grants nobody by face until the office's forget list was applied again.
 paho's network thread only queues; every SQLite access happens on the calling thread.
 """
 
@@ -16,8 +32,10 @@ import queue
 import signal
 import threading
 import time
+import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
+from typing import Any
 
 import paho.mqtt.client as mqtt
 
@@ -26,93 +44,230 @@ from edge.config import Config
 from edge.fleet import messages as msg
 from edge.fleet.apply import OfficeApplier
 from edge.fleet.client import make_client
-from edge.fleet.state import FleetState
+from edge.fleet.clock import ClockView, fleet_clock
+from edge.fleet.identity import load_lane_key
+from edge.fleet.officestore import OfficeStore
+from edge.fleet.proof import verify_proof
+from edge.fleet.state import FleetState, fleet_pubkey_paths
 from edge.gate.audit import AuditLog, AuditRecord
 from edge.tickets.ledger import Ledger
 
 log = logging.getLogger(__name__)
+
 DOUBLE_USE = "double_use"
 BATCH = 500
+AUDIT_BATCH = 100  # records per audit message
+AUDIT_WINDOW = 2000  # records sent ahead of the office's acknowledgement
+AUDIT_RESEND_S = 30.0  # no acknowledgement for this long: send again from the cursor
 POLL_S = 0.01  # how often the ledger is checked for new local redemptions (a cheap pragma)
 STATE_EVERY_S = 1.0  # link state refresh for the gate, at least this often
+SELF_CHECK_S = 1.5  # after subscribing: time for the broker to hand back our retained heartbeat
+REFUSAL_EVERY_S = 60.0  # at most one audit record per sender and reason in this window
 
 
 @dataclass
 class _Peer:
-    sample: float  # peer's clock minus ours at arrival
-    seen: float  # our monotonic time of arrival
+    """What this member last heard from another member (signed heartbeats and last wills)."""
+
+    epoch: str = ""
+    seq: int = -1
+    time: float = 0.0  # the peer's clock in its newest heartbeat
+    received: float = 0.0  # our clock when it arrived (for a retained one: its own time)
+    reading: float | None = None  # its clock minus ours, from live heartbeats only
+    seen: float = -1e18  # our monotonic time of the newest live heartbeat
+    gone: str = ""  # "lost" (the broker published its last will) or "stopped"
+    body: dict[str, Any] = field(default_factory=dict)
 
 
-def fleet_offset(samples: list[float]) -> float:
-    """Our clock minus the fleet's: the median of peers' readings and our own (0); of two middle
-    values the one nearer 0, so two lanes that disagree refuse nobody (three are needed to tell)."""
-    xs = sorted([0.0, *samples])
-    mid = len(xs) // 2
-    cands = [xs[mid]] if len(xs) % 2 else [xs[mid - 1], xs[mid]]
-    return -min(cands, key=abs)
+@dataclass(frozen=True)
+class _Checked:
+    """A message whose signature (and, for a redemption, ticket) checked out, to apply."""
+
+    topic: str
+    sender: str
+    m: msg.Message
+    retained: bool
+    ticket: tk.Ticket | None
+
+
+def restore_reason(announced: msg.Message, epoch: str, out_high: int, audit_count: int) -> str:
+    """Why this lane must start a new epoch, given what it last announced to the fleet (its own
+    retained heartbeat or last will), or "" when its files are at least as new. Pure."""
+    b = announced.body
+    audit = (b.get("evidence") or {}).get("audit") or {}
+    if announced.epoch != epoch:
+        return f"the fleet last saw epoch {announced.epoch[:8]}, the ledger holds {epoch[:8]}"
+    if int(b.get("out_seq") or 0) > out_high:
+        return (
+            f"the ledger's outbox went back to {out_high} (the fleet saw {b.get('out_seq')}):"
+            " restored from an older copy"
+        )
+    count = int(audit.get("count") or 0)
+    if count > audit_count:
+        return f"the audit log went back to {audit_count} records (the fleet saw {count})"
+    return ""
 
 
 class Sync:
-    """One lane's sync loop; `step()` does one round of work, `run()` loops until stopped."""
+    """One member's sync loop; `step()` does one round of work, `run()` loops until stopped."""
 
     def __init__(self, cfg: Config, clock: Callable[[], float] = time.time):
         fl = cfg.fleet
         self.cfg, self.fleet, self.clock = cfg, fl, clock
-        self.ledger = Ledger(
-            cfg.resolve(cfg.tickets.ledger), cfg.gate.id, cfg.tickets.antipassback_s, outbox=True
-        )
+        self.me, self.site = fl.lane, fl.site
+        self.connected = False
+        self.is_office = fl.lane == msg.OFFICE
+        self.key = load_lane_key(cfg)
         self.state = FleetState(cfg.resolve(fl.state_db))
         self.audit = AuditLog(cfg.resolve(cfg.audit.path), cfg.audit.retention_days)
-        self.office = OfficeApplier(cfg, self.state, self._audit_event)
+        self.issuer_keys = [tk.load_public(cfg.resolve(p)) for p in cfg.tickets.pubkeys]
+        self.roster = self.state.roster()
+        self.ledger: Ledger | None = None
+        self.store: OfficeStore | None = None
+        self.office: OfficeApplier | None = None
+        if self.is_office:
+            self.store = OfficeStore(self.state)
+            self.epoch = self.state.get("office_epoch") or uuid.uuid4().hex[:16]
+            self.state.put(office_epoch=self.epoch)
+        else:
+            self.ledger = Ledger(
+                cfg.resolve(cfg.tickets.ledger),
+                cfg.gate.id,
+                cfg.tickets.anti_passback_s,
+                outbox=True,
+            )
+            self.office = OfficeApplier(cfg, self.state, self._audit_event)
+            self.epoch = self.ledger.epoch
+            if self.state.get("epoch") != self.epoch:
+                self._new_epoch(f"ledger epoch {self.epoch[:8]} is new here", rotated=False)
+        self._keys_stamp: tuple = ()
+        self.ticket_keys = self._ticket_keys()
         self.client, self.addr = make_client(cfg, f"edge-gate-{fl.site}-{fl.lane}")
+        self._set_will()
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = self._on_disconnect
+        self.client.on_connect_fail = self._on_connect_fail
+        self._outage_logged = False  # one line per outage, not one per reconnection attempt
         self.client.on_message = self._on_message
         self.client.on_publish = self._on_publish
         self.client.on_subscribe = self._on_subscribe
         self.inbox: queue.Queue[mqtt.MQTTMessage] = queue.Queue()
         self.acked: queue.Queue[int] = queue.Queue()
         self.wake = threading.Event()
-        self.connected = False
         self.resend = True
-        self.pending: dict[int, tuple[str, int]] = {}  # mid -> ("outbox"|"audit"|"ack", id)
+        self.pending: dict[int, tuple[str, int]] = {}  # mid -> ("outbox"|"office"|"other", id)
         self.sent_outbox = 0
+        self.sent_office = 0
         self.sent_audit = self.state.cursor("audit")
-        self.audit_inflight: set[int] = set()
+        self.audit_waiting = 0.0  # monotonic time since which records wait for the office
+        self.audit_acks: dict[str, dict[str, Any]] = {}  # office: lane -> ack body to send
         self.peers: dict[str, _Peer] = {}
+        self.clock_view = ClockView(0.0)
+        self.self_checked = True  # until subscribed: nothing is published anyway
+        self.compared = True
+        self.check_until = 0.0
         self.next_heartbeat = 0.0
+        self.next_out_heartbeat = 0.0
         self.stop_requested = False
+        self.refusals: dict[tuple[str, str], list] = {}
         self._seen = {"ledger": -1, "audit": -1}
         self._more = True  # the last outbox read filled a batch, or a resend is due
         self._audit_next = 0.0
         self._link: tuple = ()
         self._state_due = 0.0
+        self._retry_pending = False
         self.stats = {"published": 0, "applied": 0, "duplicates": 0, "refused": 0}
         # (redemption time, seconds until applied here) for the benchmark; at most 100k
         self.delays: list[tuple[float, float]] = []
 
+    # --- signing ---------------------------------------------------------------------------------
+
+    def _signed(self, type_: str, seq: int, body: dict, epoch: str | None = None) -> bytes:
+        """A message from this member, signed with its lane key (epoch: this member's now)."""
+        e = self.epoch if epoch is None else epoch
+        m = msg.Message(type_, self.site, self.me, seq, self.clock(), body, epoch=e)
+        return msg.encode(msg.sign(m, self.key))
+
+    def _hb_seq(self) -> int:
+        seq = int(self.state.get("hb_seq", 0)) + 1
+        self.state.put(hb_seq=seq)
+        return seq
+
+    def _set_will(self) -> None:
+        """The broker publishes this (retained) if the connection drops without a goodbye."""
+        body = {"reason": "lost", "connected_at": self.clock(), **self._marks()}
+        self.client.will_set(
+            msg.topic(self.site, "heartbeat", self.me),
+            self._signed(msg.OFFLINE, self._hb_seq(), body),
+            qos=1,
+            retain=True,
+        )
+
+    def _marks(self) -> dict[str, Any]:
+        """How far this lane's files go, as announced: a restored copy is behind these. The
+        `evidence` fields are the chain heads of the audit log and the ledger, which the office
+        checks the records it receives against (`fleet audit verify`)."""
+        if self.ledger is None:
+            return {}
+        a = self.audit.head()
+        count, head = self.ledger.head()
+        ledger = {"epoch": self.ledger.epoch, "count": count, "head": head}
+        return {
+            "out_seq": self.lane_ledger.outbox_high(),
+            "evidence": {"audit": {"count": a.count, "head": a.head}, "ledger": ledger},
+        }
+
     # --- paho callbacks (network thread): only queue --------------------------------------------
+
+    def _subscriptions(self) -> list[tuple[str, int]]:
+        t = msg.topics(self.site)
+        if self.is_office:
+            return [(t["heartbeat"], 1), (t["audit"], 1), (t["acks"], 1), (t["office"], 1)]
+        office = [
+            msg.topic(self.site, "office", x)
+            for x in ("roster", "revocations", "unrevocations", "keys", "forgotten")
+        ]
+        return [
+            (t["redemptions"], 1),
+            (t["heartbeat"], 1),
+            *[(o, 1) for o in office],
+            (t["people"], 1),
+            (msg.audit_ack_topic(self.site, self.me), 1),
+        ]
 
     def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
         if reason_code.is_failure:
             log.error("sync broker refused connection: %s", reason_code)
             return
-        t = msg.topics(self.fleet.site)
-        client.subscribe([(t["redemptions"], 1), (t["office"], 1), (t["heartbeat"], 0)])
+        client.subscribe(self._subscriptions())
 
     def _on_subscribe(self, client, userdata, mid, reason_codes, properties) -> None:
         """Connected counts from the SUBACK on: before it, other lanes' messages could be missed."""
         if any(rc.is_failure for rc in reason_codes):
             log.error("sync subscription refused: %s (check the broker's ACL)", reason_codes)
             return
-        self.connected, self.resend = True, True
-        log.info("sync connected broker=%s lane=%s", self.fleet.broker, self.fleet.lane)
+        if self.connected:  # a re-subscription (the forget list again), not a new connection
+            return
+        self.self_checked, self.check_until = False, time.monotonic() + SELF_CHECK_S
+        self.compared = False
+        self.connected, self.resend, self._outage_logged = True, True, False
+        log.info("sync connected broker=%s lane=%s", self.fleet.broker, self.me)
         self.wake.set()
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
-        self.connected = False
-        log.warning("sync disconnected from broker: %s", reason_code)
+        self.connected, self._outage_logged = False, True
+        self.stats["disconnects"] = self.stats.get("disconnects", 0) + 1
+        log.warning("sync disconnected from broker: %s; retrying", reason_code)
         self.wake.set()
+
+    def _on_connect_fail(self, client, userdata) -> None:
+        if not self._outage_logged:
+            self._outage_logged = True
+            log.error(
+                "sync broker unreachable broker=%s; retrying every few seconds (this lane's "
+                "redemptions wait in its outbox)",
+                self.fleet.broker,
+            )
 
     def _on_message(self, client, userdata, message) -> None:
         self.inbox.put(message)
@@ -145,7 +300,7 @@ class Sync:
         return 0
 
     def step(self) -> None:
-        """One pass of the sync loop: apply what arrived, publish what is pending, heartbeat."""
+        """One pass: apply what arrived, publish what is pending, heartbeat, link state."""
         now = self.clock()
         batch: list[mqtt.MQTTMessage] = []
         while len(batch) < BATCH:
@@ -153,49 +308,104 @@ class Sync:
                 batch.append(self.inbox.get_nowait())
             except queue.Empty:
                 break
-        if batch:  # one ledger transaction (one fsync) for everything that arrived
-            with self._ledger_tx():
-                for message in batch:
-                    self._handle(message, now)
+        if batch:
+            self._handle_batch([(b.topic, bytes(b.payload), bool(b.retain)) for b in batch], now)
+        if self._retry_pending:
+            self._retry_pending = False
+            self._handle_batch([(t, p, False) for t, p in self.state.take_pending()], now)
         self._handle_acks()
         if self.connected:
             if self.resend:  # after (re)connection, everything not acknowledged goes again
-                self.resend, self.sent_outbox, self._more = False, 0, True
+                self.resend, self.sent_outbox, self.sent_office, self._more = False, 0, 0, True
                 self.sent_audit = self.state.cursor("audit")
                 self.pending.clear()
-                self.audit_inflight.clear()
-            ledger_v = self.ledger.conn.execute("PRAGMA data_version").fetchone()[0]
+            if (
+                not self.self_checked
+                and time.monotonic() >= self.check_until
+                and (self.roster.seq >= 0 or self.is_office)
+            ):  # nothing of ours on the broker (a first connection), and a roster to check with
+                self.self_checked = True
+            if self.self_checked:
+                self._publish(now)
+        self._refresh_state(now)
+
+    @property
+    def lane_ledger(self) -> Ledger:
+        """The lane's ledger: only a lane's sync has one (the office's has its store)."""
+        if self.ledger is None:
+            raise RuntimeError("the office's sync has no ledger")
+        return self.ledger
+
+    @property
+    def office_store(self) -> OfficeStore:
+        """The office's store: only the office's sync has one."""
+        if self.store is None:
+            raise RuntimeError("a lane's sync has no office store")
+        return self.store
+
+    @property
+    def applier(self) -> OfficeApplier:
+        """What applies the office's messages: only a lane's sync has one."""
+        if self.office is None:
+            raise RuntimeError("the office's sync applies no office messages")
+        return self.office
+
+    def _tx(self):
+        if self.ledger is not None:
+            return self.ledger.transaction()
+        return self.state.transaction()
+
+    def _publish(self, now: float) -> None:
+        if self.ledger is not None:
+            ledger_v = self.ledger.data_version()
             if ledger_v != self._seen["ledger"] or self._more:
                 self._seen["ledger"] = ledger_v
                 self._publish_outbox(now)
-            audit_v = self.audit.conn.execute("PRAGMA data_version").fetchone()[0]
+            audit_v = self.audit.data_version()
             if audit_v != self._seen["audit"] or self._audit_due():
                 self._seen["audit"] = audit_v
                 self._publish_audit()
-            if time.monotonic() >= self.next_heartbeat:
-                self._heartbeat(now)
-            for topic_, payload in self.office.take_acks():
-                self._send(topic_, payload, ("ack", 0), retain=True)
-        link = (self.connected, self.clock_offset())
-        if link != self._link or time.monotonic() >= self._state_due:
-            self._link, self._state_due = link, time.monotonic() + STATE_EVERY_S
-            self.state.put(
-                connected=self.connected,
-                last_contact=now if self.connected else self.state.get("last_contact"),
-                clock_offset=link[1],
-                outbox=self.outbox_size(),
-            )
+            for pid, op, seq in self.office.take_acks() if self.office else []:
+                body = {"person_id": pid, "op": op, "office_seq": seq}
+                self._send(
+                    msg.topic(self.site, "acks", self.me, pid),
+                    self._signed(msg.ACK, seq, body),
+                    ("other", 0),
+                    retain=True,
+                )
+        else:
+            self._publish_office()
+        if time.monotonic() >= self.next_heartbeat:
+            self._heartbeat(now)
 
-    @contextlib.contextmanager
-    def _ledger_tx(self):
-        c = self.ledger.conn
-        c.execute("BEGIN IMMEDIATE")
-        try:
-            yield
-        except BaseException:
-            c.execute("ROLLBACK")
-            raise
-        c.execute("COMMIT")
+    def _refresh_state(self, now: float) -> None:
+        if time.monotonic() < self._state_due and (self.connected,) == self._link[:1]:
+            return
+        self._state_due = time.monotonic() + STATE_EVERY_S
+        self._refresh_keys()
+        if self.is_office:  # the office's commands change the roster in this same file
+            self.roster = self.state.roster()
+        self.clock_view = self._clock()
+        self._link = (self.connected,)
+        self.state.put(
+            connected=self.connected,
+            last_contact=now if self.connected else self.state.get("last_contact"),
+            clock_offset=self.clock_offset(),
+            clocks=self.clock_view.offsets if self._readings() else {},
+            outbox=self.outbox_size(),
+            peers={lane: self._peer_view(p) for lane, p in self.peers.items()},
+            sync_seen=now,
+        )
+
+    @staticmethod
+    def _peer_view(p: _Peer) -> dict[str, Any]:
+        return {
+            "epoch": p.epoch,
+            "time": p.time,
+            "received": p.received,
+            "gone": p.gone,
+            "body": p.body,
+        }
 
     def _audit_due(self) -> bool:
         """Audit rows written here don't change data_version: look each second."""
@@ -211,62 +421,90 @@ class Sync:
             self.stats["published"] += 1
 
     def _publish_outbox(self, now: float) -> None:
-        rows = self.ledger.conn.execute(
-            "SELECT seq, ticket_id, t, day, kind, max_entries FROM outbox WHERE seq > ? "
-            "ORDER BY seq LIMIT ?",
-            (self.sent_outbox, max(0, BATCH - len(self.pending))),
-        ).fetchall()
-        self._more = len(rows) > 0 and len(rows) == max(0, BATCH - len(self.pending))
-        for seq, tid, t, day, kind, max_entries in rows:
-            body = {"ticket_id": tid, "t": t, "day": day, "kind": kind, "max_entries": max_entries}
-            m = msg.Message(msg.REDEMPTION, self.fleet.site, self.fleet.lane, seq, now, body)
+        room = max(0, BATCH - len(self.pending))
+        rows = self.lane_ledger.outbox_batch(self.sent_outbox, room)
+        self._more = len(rows) > 0 and len(rows) == room
+        for r in rows:
+            body = {"ticket": r.proof, "ticket_id": r.ticket_id, "t": r.t, "day": r.day}
             self._send(
-                msg.topic(self.fleet.site, "redemptions", self.fleet.lane),
-                msg.encode(m),
-                ("outbox", seq),
+                msg.topic(self.site, "redemptions", self.me),
+                self._signed(msg.REDEMPTION, r.seq, body),
+                ("outbox", r.seq),
             )
-            self.sent_outbox = seq
+            self.sent_outbox = r.seq
+        if rows and time.monotonic() >= self.next_out_heartbeat:  # announce the new mark soon
+            self.next_out_heartbeat = time.monotonic() + 1.0
+            self.next_heartbeat = min(self.next_heartbeat, time.monotonic() + 0.2)
 
     def _publish_audit(self) -> None:
-        rows = self.audit.conn.execute(
-            "SELECT id, t, gate, kind, decision, via, subject, score, reason, detail FROM events "
-            "WHERE id > ? ORDER BY id LIMIT 200",
-            (self.sent_audit,),
-        ).fetchall()
-        keys = ("t", "gate", "kind", "decision", "via", "subject", "score", "reason", "detail")
-        for row in rows:
-            body = {k: v for k, v in zip(keys, row[1:], strict=True) if v not in ("", None)}
-            m = msg.Message(msg.AUDIT, self.fleet.site, self.fleet.lane, row[0], row[1], body)
+        cursor = self.state.cursor("audit")
+        if self.sent_audit > cursor and time.monotonic() - self.audit_waiting > AUDIT_RESEND_S:
+            self.sent_audit = cursor  # no acknowledgement: the office may not have had them
+            self.audit_waiting = time.monotonic()
+        if self.sent_audit - cursor >= AUDIT_WINDOW:
+            return
+        rows = self.audit.batch(self.sent_audit, AUDIT_BATCH)
+        if not rows:
+            return
+        records = [
+            {
+                "id": r.id,
+                "prev": r.prev,
+                "hash": r.hash,
+                **{k: v for k, v in asdict(r.record).items() if v not in ("", None)},
+            }
+            for r in rows
+        ]
+        if self.sent_audit <= cursor:
+            self.audit_waiting = time.monotonic()
+        self._send(
+            msg.topic(self.site, "audit", self.me),
+            self._signed(msg.AUDIT, rows[-1].id, {"records": records}),
+            ("other", 0),
+        )
+        self.sent_audit = rows[-1].id
+
+    def _publish_office(self) -> None:
+        rows = self.office_store.outgoing(self.sent_office, max(0, BATCH - len(self.pending)))
+        for rid, topic_, payload, retain in rows:
+            self._send(topic_, payload, ("office", rid), retain=retain)
+            self.sent_office = rid
+        for lane, body in self.audit_acks.items():
             self._send(
-                msg.topic(self.fleet.site, "audit", self.fleet.lane, row[0]),
-                msg.encode(m),
-                ("audit", row[0]),
-                retain=True,
+                msg.audit_ack_topic(self.site, lane),
+                self._signed(msg.AUDIT_ACK, int(body["upto"]), body),
+                ("other", 0),
             )
-            self.audit_inflight.add(row[0])
-            self.sent_audit = row[0]
+        self.audit_acks.clear()
 
     def _heartbeat(self, now: float) -> None:
         self.next_heartbeat = time.monotonic() + self.fleet.heartbeat_s
-        last = self.audit.conn.execute(
-            "SELECT max(t) FROM events WHERE kind = 'decision'"
-        ).fetchone()[0]
-        gate = self.state.get("gate_status") or {}
-        body = {
-            "fps": gate.get("fps"),
-            "camera": gate.get("camera"),
-            "mode": gate.get("mode", self.cfg.gate.mode),
-            "last_decision_t": last,
+        body: dict[str, Any] = {
+            "period": self.fleet.heartbeat_s,
             "clock_offset": self.clock_offset(),
-            "outbox": self.outbox_size(),
+            "clocks": self.clock_view.offsets if self._readings() else {},
         }
-        m = msg.Message(msg.HEARTBEAT, self.fleet.site, self.fleet.lane, int(now * 1000), now, body)
+        if self.ledger is not None:
+            last = self.audit.newest_time("decision")
+            gate = self.state.get("gate_status") or {}
+            body.update(
+                fps=gate.get("fps"),
+                camera=gate.get("camera"),
+                mode=gate.get("mode", self.cfg.gate.mode),
+                last_decision_t=last,
+                outbox=self.outbox_size(),
+                **self._marks(),
+            )
         self.client.publish(
-            msg.topic(self.fleet.site, "heartbeat", self.fleet.lane), msg.encode(m), 0, retain=True
+            msg.topic(self.site, "heartbeat", self.me),
+            self._signed(msg.HEARTBEAT, self._hb_seq(), body),
+            1,
+            retain=True,
         )
 
     def _handle_acks(self) -> None:
         done: list[int] = []
+        office: list[int] = []
         while True:
             try:
                 what = self.pending.pop(self.acked.get_nowait(), None)
@@ -274,72 +512,226 @@ class Sync:
                 break
             if what and what[0] == "outbox":
                 done.append(what[1])
-            elif what and what[0] == "audit":
-                self.audit_inflight.discard(what[1])
+            elif what and what[0] == "office":
+                office.append(what[1])
         if done:
             self._more = True  # room in the window again
-            with self._ledger_tx():
-                self.ledger.conn.executemany(
-                    "DELETE FROM outbox WHERE seq = ?", [(s,) for s in done]
-                )
-        upto = min(self.audit_inflight) - 1 if self.audit_inflight else self.sent_audit
-        if upto > self.state.cursor("audit"):
-            self.state.set_cursor("audit", upto)
+            self.lane_ledger.outbox_done(done)
+        if office:
+            self.office_store.sent(office)
 
-    def _handle(self, message: mqtt.MQTTMessage, now: float) -> None:
+    # --- receiving -------------------------------------------------------------------------------
+
+    def _handle_batch(self, items: list[tuple[str, bytes, bool]], now: float) -> None:
+        """Check every signature first (no lock held), then apply: redemptions in one short
+        ledger transaction (the gate's redemptions wait for it), the rest outside it."""
+        self._refresh_keys()
+        checked = [c for t, p, r in items if (c := self._check(t, p, r, now)) is not None]
+        for c in checked:
+            if c.ticket is None:
+                self._apply(c, now)
+        redemptions = [c for c in checked if c.ticket is not None]
+        if redemptions:  # one ledger transaction (one fsync) for everything that arrived
+            with self._tx():
+                for c in redemptions:
+                    self._apply(c, now)
+
+    def _check(self, topic_: str, payload: bytes, retained: bool, now: float) -> _Checked | None:
+        """Authenticate (and for a redemption, verify its ticket); None when refused."""
+        sender = topic_.split("/")[3] if topic_.count("/") >= 3 else topic_
         try:
-            m = msg.decode(message.payload, self.fleet.site)
-            parts = message.topic.split("/")
-            if parts[2] == "redemptions":
-                if parts[3] != m.lane or m.type != msg.REDEMPTION:
-                    raise msg.MessageError(f"{m.type} from {m.lane!r} on {message.topic}")
-                if m.lane != self.fleet.lane:
-                    self._apply_redemption(m, now)
-            elif parts[2] == "heartbeat":
-                if m.lane != self.fleet.lane and m.type == msg.HEARTBEAT and not message.retain:
-                    self.peers[m.lane] = _Peer(m.time - now, time.monotonic())
-            elif parts[2] == "office":
-                self.office.handle(m, now)
+            m = msg.authenticate(
+                topic_, msg.decode(payload, self.site), self.roster, self.issuer_keys
+            )
+            ticket = None
+            if m.type == msg.REDEMPTION and self.ledger is not None and m.lane != self.me:
+                ticket = self._proof(m, topic_, payload, now)
+                if ticket is None:
+                    return None
+            return _Checked(topic_, sender, m, retained, ticket)
+        except msg.NotRostered as e:
+            self.state.add_pending(topic_, payload, now)
+            self._refuse(now, sender, "not_rostered", f"{topic_}: {e}")
         except msg.MessageError as e:
-            self.stats["refused"] += 1
-            log.warning("sync refused message topic=%s reason=%s", message.topic, e)
-            self._audit_event(now, "refused", f"{message.topic}: {e}"[:300])
+            self._refuse(now, sender, "refused", f"{topic_}: {e}")
+        except (KeyError, TypeError, ValueError) as e:
+            self._refuse(now, sender, "refused", f"{topic_}: bad body {e!r}")
+        return None
+
+    def _proof(self, m: msg.Message, topic_: str, payload: bytes, now: float):
+        """The ticket a redemption proves; one signed by a key this lane has not been sent yet
+        is kept aside and tried again when the office's keys arrive."""
+        try:
+            ticket = verify_proof(str(m.body.get("ticket", "")), self.ticket_keys)
+        except msg.MessageError as e:
+            if "unknown key" not in str(e):
+                raise
+            self.state.add_pending(topic_, payload, now)
+            self._refuse(now, m.lane, "refused", f"{topic_}: {e} (kept until keys arrive)")
+            return None
+        if m.body.get("ticket_id") not in (None, ticket.ticket_id):
+            raise msg.MessageError(
+                f"redemption from {m.lane!r} names {m.body.get('ticket_id')!r} but proves "
+                f"{ticket.ticket_id!r}"
+            )
+        _ = (float(m.body["t"]), str(m.body["day"]))  # a body without them is refused here
+        return ticket
+
+    def _apply(self, c: _Checked, now: float) -> None:
+        m = c.m
+        try:
+            if m.type in msg.ISSUER_TYPES:
+                self._office_message(m, now)
+            elif m.lane == self.me:
+                if c.retained and m.type in (msg.HEARTBEAT, msg.OFFLINE) and self.ledger:
+                    self._self_check(m)
+            elif c.ticket is not None:
+                self._apply_redemption(m, c.ticket, now)
+            elif m.type == msg.HEARTBEAT:
+                self._heartbeat_in(m, c.retained, now)
+            elif m.type == msg.OFFLINE:
+                p = self.peers.setdefault(m.lane, _Peer())
+                p.gone = str(m.body.get("reason", "lost"))
+            elif m.type == msg.ACK and self.store is not None:
+                b = m.body
+                self.store.store_ack(
+                    m.lane, str(b["person_id"]), str(b["op"]), int(b["office_seq"]), now
+                )
+            elif m.type == msg.AUDIT and self.store is not None:
+                self._audit_in(m, now)
+            elif m.type == msg.AUDIT_ACK and self.ledger is not None:
+                self._audit_ack(m)
+        except msg.MessageError as e:
+            self._refuse(now, c.sender, "refused", f"{c.topic}: {e}")
+        except (KeyError, TypeError, ValueError) as e:
+            self._refuse(now, c.sender, "refused", f"{c.topic}: bad body {e!r}")
         except Exception as e:  # this lane could not apply it (gallery key, disk): say so, go on
             self.stats["refused"] += 1
-            log.error("sync apply_failed topic=%s error=%s", message.topic, e)
-            self._audit_event(now, "apply_failed", f"{message.topic}: {e}"[:300])
+            log.error("sync apply_failed topic=%s error=%s", c.topic, e)
+            self._audit_event(now, "apply_failed", f"{c.topic}: {e}"[:300])
 
-    def _apply_redemption(self, m: msg.Message, now: float) -> None:
+    def _refuse(self, now: float, sender: str, reason: str, detail: str) -> None:
+        """Audit a refusal, at most once a minute per sender and reason (junk costs little)."""
+        self.stats["refused"] += 1
+        log.warning("sync %s %s", reason, detail)
+        key = (sender, reason)
+        seen = self.refusals.get(key)
+        if seen is not None and time.monotonic() - seen[0] < REFUSAL_EVERY_S:
+            seen[1] += 1
+            return
+        more = f" (+{seen[1]} more from {sender} in the last minute)" if seen and seen[1] else ""
+        self.refusals[key] = [time.monotonic(), 0]
+        self._audit_event(now, reason, (detail[:260] + more)[:300])
+
+    def _office_message(self, m: msg.Message, now: float) -> None:
+        if self.store is not None:  # the office hears its own retained messages: the seq floor
+            self.store.seen_seq(m.seq)
+            return
+        self.applier.handle(m, now)
+        if self.applier.roster_changed:
+            self.applier.roster_changed = False
+            self.roster = self.state.roster()
+            self._retry_pending = True
+
+    def _self_check(self, announced: msg.Message) -> None:
+        """Our own retained heartbeat (or last will) came back: are our files behind it?
+        (Late, when it waited for the roster: still compared once per connection.)"""
+        if self.compared:
+            return
+        self.compared = self.self_checked = True
+        why = restore_reason(
+            announced, self.epoch, self.lane_ledger.outbox_high(), self.audit.head().count
+        )
+        if why:
+            self.epoch = self.lane_ledger.new_epoch()
+            log.warning("sync new epoch=%s: %s", self.epoch, why)
+            self._new_epoch(why, rotated=True)
+            self._set_will()  # the next connection's last will names the new epoch
+            self.resend, self._more = True, True
+
+    def _new_epoch(self, why: str, rotated: bool) -> None:
+        """A new numbering space: the audit cursor at most the log's head; faces wait for the
+        office's forget list (asked for again: it is retained)."""
+        count = self.audit.head().count
+        if self.state.cursor("audit") > count:
+            self.state.set_cursor("audit", count)
+        self.state.put(epoch=self.epoch, forget_replay=f"new epoch {self.epoch[:8]}: {why}"[:200])
+        self._audit_event(self.clock(), "new_epoch", why[:300])
+        if rotated and self.connected:
+            self.client.subscribe(msg.topic(self.site, "office", "forgotten"), 1)
+
+    def _heartbeat_in(self, m: msg.Message, retained: bool, now: float) -> None:
+        p = self.peers.setdefault(m.lane, _Peer())
+        if m.epoch == p.epoch and m.seq <= p.seq:
+            return  # a replayed or reordered older heartbeat
+        p.epoch, p.seq, p.time, p.body, p.gone = m.epoch, m.seq, m.time, m.body, ""
+        p.received = m.time if retained else now
+        if not retained:
+            p.reading, p.seen = m.time - now, time.monotonic()
+        audit = (m.body.get("evidence") or {}).get("audit")
+        if self.store is not None and isinstance(audit, dict):
+            self.store.store_head(
+                m.lane, m.epoch, int(audit.get("count", 0)), str(audit.get("head", "")), m.time
+            )
+
+    def _audit_in(self, m: msg.Message, now: float) -> None:
+        records = m.body.get("records")
+        if not isinstance(records, list) or not records:
+            raise msg.MessageError(f"audit message from {m.lane!r} without records")
+        for r in records:
+            if not isinstance(r, dict) or not {"id", "prev", "hash"} <= r.keys():
+                raise msg.MessageError(f"audit message from {m.lane!r}: a record lacks id/hash")
+        ack = self.office_store.store_audit(m.lane, m.epoch, records, now)
+        if ack is not None:
+            lo, upto, h = ack
+            self.audit_acks[m.lane] = {"lane": m.lane, "from": lo, "upto": upto, "hash": h}
+            self.audit_acks[m.lane]["epoch"] = m.epoch
+
+    def _audit_ack(self, m: msg.Message) -> None:
+        """The office stored our records up to `upto`: move the cursor, if it is our log."""
         b = m.body
-        try:
-            tid, t, day = str(b["ticket_id"]), float(b["t"]), str(b["day"])
-            kind, max_entries = tk.Kind(int(b["kind"])), int(b["max_entries"])
-        except (KeyError, TypeError, ValueError) as e:
-            raise msg.MessageError(f"redemption from {m.lane!r}: bad body {e}") from None
-        if not self.ledger.apply_remote(m.lane, m.seq, tid, t, day):
+        lo, upto, h = int(b["from"]), int(b["upto"]), str(b["hash"])
+        cursor = self.state.cursor("audit")
+        if b.get("epoch") != self.epoch or upto <= cursor:
+            return
+        nxt = self.audit.batch(cursor, 1)
+        mine = self.audit.batch(upto - 1, 1)
+        if not nxt or nxt[0].id < lo or not mine or mine[0].id != upto or mine[0].hash != h:
+            return  # a gap before what the office holds, or not our record: send again
+        self.state.set_cursor("audit", upto)
+        self.audit_waiting = time.monotonic()
+
+    def _apply_redemption(self, m: msg.Message, ticket: tk.Ticket, now: float) -> None:
+        t, day = float(m.body["t"]), str(m.body["day"])
+        tid = ticket.ticket_id
+        if not self.lane_ledger.apply_remote(m.lane, m.seq, tid, t, day, epoch=m.epoch):
             self.stats["duplicates"] += 1
             return
         self.stats["applied"] += 1
         if len(self.delays) < 100_000:
             self.delays.append((t, self.clock() - t))
-        on_day = day if kind == tk.Kind.SEASON else None
-        used = self.ledger.used(tid, on_day)
-        if used > max_entries and used > self.state.double_use_reported(tid):
-            lanes = self.lanes_of(tid, on_day)
-            detail = f"lanes {', '.join(lanes)}: {used} entries of {max_entries}"
+        on_day = day if ticket.kind == tk.Kind.SEASON else None
+        used = self.lane_ledger.used(tid, on_day)
+        if used > ticket.max_entries and used > self.state.double_use_reported(tid):
+            lanes = self.lane_ledger.lanes_of(tid, on_day, self.me)
+            detail = f"lanes {', '.join(lanes)}: {used} entries of {ticket.max_entries}"
             log.warning("sync double_use ticket=%s %s", tid, detail)
             self._audit_event(now, DOUBLE_USE, detail, subject=tid)
             self.state.set_double_use_reported(tid, used)
 
-    def lanes_of(self, ticket_id: str, day: str | None) -> list[str]:
-        """Every lane that redeemed this ticket (this one included), for the double_use record."""
-        w = "WHERE ticket_id = ?" + (" AND day = ?" if day else "")
-        args = (ticket_id, day) if day else (ticket_id,)
-        q = self.ledger.conn.execute
-        lanes = {r[0] for r in q(f"SELECT DISTINCT lane FROM remote_redemptions {w}", args)}
-        if q(f"SELECT count(*) FROM redemptions {w}", args).fetchone()[0]:
-            lanes.add(self.fleet.lane)
-        return sorted(lanes)
+    def _ticket_keys(self) -> list:
+        return self.issuer_keys + [tk.load_public(p) for p in fleet_pubkey_paths(self.cfg)]
+
+    def _refresh_keys(self) -> None:
+        """Keys the office published since: proofs signed with them verify too (and the
+        redemptions kept for them are tried again)."""
+        from edge.fleet.lane import tickets_stamp
+
+        stamp = tickets_stamp(self.cfg)
+        if stamp != self._keys_stamp:
+            self._retry_pending |= bool(self._keys_stamp)
+            self._keys_stamp = stamp
+            self.ticket_keys = self._ticket_keys()
 
     def _audit_event(self, now: float, reason: str, detail: str, subject: str = "") -> None:
         self.audit.record(
@@ -348,22 +740,56 @@ class Sync:
             )
         )
 
-    def clock_offset(self) -> float | None:
-        """Our clock minus the fleet's, from peers' heartbeats of the last 3 periods; None alone."""
+    # --- the fleet's clock ------------------------------------------------------------------------
+
+    def _readings(self) -> dict[str, float]:
         fresh = time.monotonic() - 3 * max(self.fleet.heartbeat_s, 1.0)
-        samples = [p.sample for p in self.peers.values() if p.seen >= fresh]
-        return round(fleet_offset(samples), 3) if samples else None
+        return {
+            lane: p.reading
+            for lane, p in self.peers.items()
+            if p.reading is not None and p.seen >= fresh and not p.gone
+        }
+
+    def _clock(self) -> ClockView:
+        """The fleet's clock from fresh readings; members heard earlier are named against it
+        with their last reading, so a lane whose clock was off stays named once silent."""
+        view = fleet_clock(self._readings(), self.me, self.fleet.max_clock_offset_s)
+        offsets = dict(view.offsets)
+        for lane, p in self.peers.items():
+            if lane not in offsets and p.reading is not None:
+                offsets[lane] = round(p.reading + view.offset, 3)
+        skew = self.fleet.max_clock_offset_s
+        off = tuple(sorted(lane for lane, o in offsets.items() if abs(o) > skew))
+        return ClockView(view.offset, offsets, off)
+
+    def clock_offset(self) -> float | None:
+        """Our clock minus the fleet's (median of signed heartbeats, outliers dropped); None
+        while no other member is heard."""
+        return self._clock().offset if self._readings() else None
 
     def outbox_size(self) -> int:
-        """Redemptions not yet acknowledged by the office, shown in status and heartbeats."""
-        return self.ledger.conn.execute("SELECT count(*) FROM outbox").fetchone()[0]
+        """Redemptions not yet acknowledged by the broker, shown in status and heartbeats."""
+        return self.ledger.outbox_size() if self.ledger is not None else 0
 
     def close(self) -> None:
-        """Disconnect and save the figures that `bench --fleet` and `fleet status` read."""
+        """Say goodbye (a signed "stopped"), disconnect, save the figures `bench --fleet` reads."""
         try:
+            if self.connected:
+                body = {"reason": "stopped", **self._marks()}
+                info = self.client.publish(
+                    msg.topic(self.site, "heartbeat", self.me),
+                    self._signed(msg.OFFLINE, self._hb_seq(), body),
+                    qos=1,
+                    retain=True,
+                )
+                with contextlib.suppress(Exception):
+                    info.wait_for_publish(2.0)
             self.client.disconnect()
             self.client.loop_stop()
         finally:  # figures for `edge-gate bench --fleet`
             self.state.put(connected=False, stats=self.stats, apply_delays=self.delays)
-            for c in (self.ledger.close, self.audit.close, self.state.close):
+            closers = [self.audit.close, self.state.close]
+            if self.ledger is not None:
+                closers.insert(0, self.ledger.close)
+            for c in closers:
                 c()

@@ -2,7 +2,8 @@
 
 Each image is embedded once; each person is written in one transaction; the duplicate-face
 check runs against an in-memory matrix that grows with the import, so the cost per person does
-not grow with the gallery's decryption. One person's bad photos never stop the others.
+not grow with the gallery's decryption. One person's bad photos never stop the others: a file
+that is no readable image, or a photo showing several faces, is left out and listed.
 """
 
 from __future__ import annotations
@@ -15,7 +16,15 @@ from pathlib import Path
 import numpy as np
 
 from edge.errors import EnrollError
-from edge.gallery.enroll import MIN_TEMPLATES, check_consent, collect, pick_best
+from edge.gallery.enroll import (
+    MIN_TEMPLATES,
+    SEVERAL_FACES,
+    UNREADABLE,
+    Skipped,
+    check_consent,
+    collect,
+    pick_best,
+)
 from edge.gallery.matcher import to_template_grid
 from edge.gallery.store import Consent, Gallery
 from edge.vision.pipeline import FacePipeline
@@ -28,6 +37,8 @@ NO_FACE = "no_usable_face"
 TOO_FEW = "too_few_templates"
 DUPLICATE = "matches_enrolled_person"
 ALREADY = "already_enrolled"
+SEVERAL = "several_faces"  # every usable photo shows several people (see --pick largest)
+UNREADABLE_IMAGES = "unreadable_images"  # no file of the folder is a readable image
 
 
 @dataclass
@@ -37,6 +48,7 @@ class BulkResult:
     enrolled: dict[str, str] = field(default_factory=dict)  # folder name -> person id
     templates: dict[str, int] = field(default_factory=dict)  # folder name -> templates stored
     refused: dict[str, str] = field(default_factory=dict)  # folder name -> reason
+    skipped: list[Skipped] = field(default_factory=list)  # files left out: unreadable, several
 
     def by_reason(self) -> dict[str, list[str]]:
         """Refused folder names grouped by reason."""
@@ -105,12 +117,13 @@ def enroll_folder(
     force: bool = False,
     valid_until: int | None = None,
     on_progress: Callable[[int, int, str], None] | None = None,
+    pick: str | None = None,
 ) -> BulkResult:
     """Enroll every DIR/<name>/ as one person named <name>; refusals are counted, not raised."""
     check_consent(consent, bool(consent.guardian))
     dirs = person_folders(folder)
     rules = ImportRules(
-        consent, pipe.spec.name, threshold, min_templates, max_templates, force, valid_until
+        consent, pipe.spec.name, threshold, min_templates, max_templates, force, valid_until, pick
     )
     t = gallery.templates(rules.model)
     known = KnownFaces(t.matrix, t.person_ids)
@@ -120,7 +133,7 @@ def enroll_folder(
         if on_progress:
             on_progress(i, len(dirs), d.name)
         files = sorted(str(f) for f in d.iterdir() if f.is_file() and not f.name.startswith("."))
-        reason, pid, n = _one(gallery, pipe, known, names, d.name, files, rules)
+        reason, pid, n = _one(gallery, pipe, known, names, d.name, files, rules, result.skipped)
         if reason:
             result.refused[d.name] = reason
             log.debug("enroll refused folder=%s reason=%s", d.name, reason)
@@ -142,6 +155,7 @@ class ImportRules:
     max_templates: int
     force: bool
     valid_until: int | None
+    pick: str | None = None
 
 
 def _one(
@@ -152,13 +166,19 @@ def _one(
     name: str,
     files: list[str],
     rules: ImportRules,
+    left_out: list[Skipped],
 ) -> tuple[str, str, int]:
     """Enroll one folder; returns (refusal reason or "", person id, templates)."""
     if not files:
         return NO_IMAGES, "", 0
-    cands = pick_best(collect(pipe, files), max(rules.max_templates, rules.min_templates))
+    found, skipped = collect(pipe, files, rules.pick)
+    left_out += [s for s in skipped if s.reason in (UNREADABLE, SEVERAL_FACES)]
+    cands = pick_best(found, max(rules.max_templates, rules.min_templates))
     if not cands:
-        return NO_FACE, "", 0
+        why = {s.reason for s in skipped}
+        if why == {UNREADABLE}:
+            return UNREADABLE_IMAGES, "", 0
+        return (SEVERAL if SEVERAL_FACES in why else NO_FACE), "", 0
     if len(cands) < rules.min_templates:
         return TOO_FEW, "", 0
     embs = to_template_grid(np.stack([c.embedding for c in cands]))

@@ -11,7 +11,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import os
-import stat
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +18,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from edge.errors import KeyFileError
+from edge.keyfiles import check_private_key, write_secret
 
 KEY_HEADER = "edge-gate-kek-v1:"
 NONCE = 12
@@ -74,27 +74,12 @@ def credential_path(key_file: Path) -> Path:
 
 
 def _write_key_file(path: Path, key: bytes) -> None:
-    """Write whole-or-nothing: temp file, fsync, hard link to the name (fails if it exists)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(KEY_HEADER + base64.b64encode(key).decode() + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.link(tmp, path)
-    except FileExistsError:
-        raise KeyFileError(
-            f"key file {path} already exists", "keep it; use `edge-gate keys rotate` to change keys"
-        ) from None
-    finally:
-        tmp.unlink(missing_ok=True)
-    dfd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
+    """Write whole-or-nothing (0600); refused if the file exists."""
+    write_secret(
+        path,
+        KEY_HEADER + base64.b64encode(key).decode() + "\n",
+        "keep it; use `edge-gate keys rotate` to change keys",
+    )
 
 
 def init_key(path: Path) -> Kek:
@@ -111,19 +96,14 @@ def init_key(path: Path) -> Kek:
 def load_key(path: Path, check_mode: bool = True) -> Kek:
     """Read the KEK; a missing file, loose permissions or a damaged file is a KeyFileError."""
     real = credential_path(path)
-    try:
-        st = os.stat(real)
-    except FileNotFoundError:
+    if not real.exists():
         raise KeyFileError(
             f"key file {path} does not exist",
             "run `edge-gate keys init --key-file PATH`, or restore the key from its backup",
-        ) from None
-    from_credential = real != path
-    if check_mode and not from_credential and stat.S_IMODE(st.st_mode) & 0o077:
-        raise KeyFileError(
-            f"key file {real} has loose permissions {oct(stat.S_IMODE(st.st_mode))}",
-            f"chmod 600 {real}",
         )
+    from_credential = real != path
+    if check_mode and not from_credential:
+        check_private_key(real, "key file")  # loose permissions, another owner, open folder
     text = real.read_text(encoding="ascii", errors="replace").strip()
     if not text.startswith(KEY_HEADER):
         raise KeyFileError(

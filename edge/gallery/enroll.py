@@ -1,7 +1,9 @@
 """Enrollment: the best few faces from images, a video or the camera become sealed templates.
 
 No image is ever written: frames are embedded in memory and dropped. Consent comes first; a
-minor needs a guardian; a face that already matches someone else is refused unless forced.
+minor needs a guardian; a face that already matches someone else is refused unless forced. A
+photo showing several faces is refused with their boxes (whose pass would it be?) unless the
+operator picks the largest, which is logged; a file that is no readable image is named as such.
 """
 
 from __future__ import annotations
@@ -11,18 +13,25 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-import cv2
 import numpy as np
 
-from edge.errors import ConsentError, EnrollError, ImageError
+from edge.errors import ConsentError, EnrollError, ImageError, SeveralFacesError
 from edge.gallery.matcher import Matcher, to_template_grid
 from edge.gallery.store import Consent, Gallery
-from edge.vision.image import load_image, to_bgr8
+from edge.vision.image import load_image, open_video, to_bgr8
 from edge.vision.pipeline import FaceObservation, FacePipeline
 
 log = logging.getLogger(__name__)
 VIDEO_EXT = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".gif", ".m4v"}
 MIN_TEMPLATES = 3  # good templates a person needs: one photo alone refuses too many pass holders
+
+
+PICKS = ("largest",)  # --pick: which face of a photo with several to enroll
+
+# Why an input gave no face to enroll (Skipped.reason).
+UNREADABLE = "unreadable"
+SEVERAL_FACES = "several_faces"
+NO_FACE = "no_face"
 
 
 @dataclass(frozen=True)
@@ -32,6 +41,47 @@ class Candidate:
     embedding: np.ndarray
     quality: float
     source: str
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """An input that gave no face: which, why (UNREADABLE, SEVERAL_FACES, NO_FACE), in words."""
+
+    source: str
+    reason: str
+    detail: str
+    hint: str = ""
+
+
+def describe_faces(faces: list[FaceObservation]) -> str:
+    """'2 faces: 411x411 at (507, 216), 367x367 at (1078, 219)', largest first."""
+    ordered = sorted(faces, key=lambda f: -f.detection.width * f.detection.height)
+    boxes = ", ".join(
+        f"{f.detection.width:.0f}x{f.detection.height:.0f} at "
+        f"({f.detection.box[0]:.0f}, {f.detection.box[1]:.0f})"
+        for f in ordered
+    )
+    return f"{len(faces)} faces: {boxes}"
+
+
+def one_face(
+    faces: list[FaceObservation], source: str, pick: str | None = None
+) -> FaceObservation | None:
+    """The face to enroll from one photo (None: no face), refusing a photo of several people.
+
+    With pick="largest" the largest face is taken anyway, and that is logged with the boxes.
+    Every enrollment path (a photo on the command line, a folder import, the console's kiosk)
+    goes through this rule.
+    """
+    if len(faces) <= 1:
+        return faces[0] if faces else None
+    if pick not in PICKS:
+        raise SeveralFacesError(
+            f"{source}: {describe_faces(faces)}; whose pass this is cannot be told",
+            "use a photo of the person alone, or pass --pick largest to enroll the largest face",
+        )
+    log.warning("enroll pick=largest input=%s %s", source, describe_faces(faces))
+    return max(faces, key=lambda f: f.detection.width * f.detection.height)
 
 
 def check_consent(consent: Consent, minor: bool) -> None:
@@ -64,7 +114,10 @@ def candidates_from_video(
     pipe: FacePipeline, source, every: int = 3, max_frames: int = 900
 ) -> list[Candidate]:
     """Frames with exactly one face that passes the quality gate."""
-    cap = cv2.VideoCapture(source if isinstance(source, int) else str(source))
+    try:
+        cap = open_video(source, pipe.max_image_pixels)
+    except ImageError as e:
+        raise EnrollError(str(e.args[0]), e.hint) from None
     if not cap.isOpened():
         raise EnrollError(f"cannot open video {source}", "check the path or camera index")
     out, i = [], 0
@@ -89,27 +142,49 @@ def candidates_from_video(
     return out
 
 
-def collect(pipe: FacePipeline, inputs: list[str]) -> list[Candidate]:
-    """Gather faces from photos, videos and cameras, skipping unusable inputs with a log line."""
-    cands = []
+def collect(
+    pipe: FacePipeline, inputs: list[str], pick: str | None = None
+) -> tuple[list[Candidate], list[Skipped]]:
+    """Faces from photos, videos and cameras, and the inputs that gave none, each with why."""
+    cands: list[Candidate] = []
+    skipped: list[Skipped] = []
     for item in inputs:
         p = Path(item)
         if item.isdigit() or item.startswith("/dev/video"):
             cands += candidates_from_video(pipe, int(item) if item.isdigit() else item)
-        elif p.suffix.lower() in VIDEO_EXT:
+            continue
+        if p.suffix.lower() in VIDEO_EXT:
             cands += candidates_from_video(pipe, p)
+            continue
+        try:
+            faces = pipe.still_faces(load_image(p, pipe.max_image_pixels))
+            obs = one_face(faces, str(p), pick)
+        except ImageError as e:
+            hint = e.hint or "give photos (JPEG, PNG, ...) or a video of the person"
+            skipped.append(Skipped(str(p), UNREADABLE, str(e.args[0]), hint))
+            continue
+        except SeveralFacesError as e:
+            skipped.append(Skipped(str(p), SEVERAL_FACES, str(e.args[0]), e.hint))
+            continue
+        c = _from_observation(obs, str(p), strict=False)
+        if c is None:
+            log.warning("enroll skip input=%s reason=no_face", p)
+            skipped.append(Skipped(str(p), NO_FACE, f"{p}: no face found"))
         else:
-            try:
-                img = load_image(p)
-            except ImageError as e:
-                log.warning("enroll skip input=%s reason=%s", p, e)
-                continue
-            c = _from_observation(pipe.embed_still(img), str(p), strict=False)
-            if c is None:
-                log.warning("enroll skip input=%s reason=no_face", p)
-            else:
-                cands.append(c)
-    return cands
+            cands.append(c)
+    return cands, skipped
+
+
+def refuse_skipped(skipped: list[Skipped]) -> None:
+    """An input the operator named that is no readable image, or shows several faces: refused.
+
+    (Photos without a face are only left out: enough usable faces from the rest still enroll.)
+    """
+    for reason, error in ((UNREADABLE, EnrollError), (SEVERAL_FACES, SeveralFacesError)):
+        bad = [s for s in skipped if s.reason == reason]
+        if bad:
+            more = f" (and {len(bad) - 1} more such input(s))" if len(bad) > 1 else ""
+            raise error(bad[0].detail + more, bad[0].hint or None)
 
 
 def pick_best(cands: list[Candidate], k: int) -> list[Candidate]:
@@ -160,6 +235,7 @@ def enroll(
     max_templates: int = 5,
     min_templates: int = MIN_TEMPLATES,
     candidates: list[Candidate] | None = None,
+    pick: str | None = None,
 ) -> tuple[str, int]:
     """Enroll a new person, or with person_id add templates that verify as them.
 
@@ -181,12 +257,13 @@ def enroll(
     if person_id is not None:
         minor = gallery.person(person_id).minor  # also: an unknown id fails here, by name
     check_consent(consent, minor or bool(consent.guardian))
-    cands = pick_best(
-        [*(candidates or ()), *collect(pipe, inputs)], max(max_templates, min_templates)
-    )
+    found, skipped = collect(pipe, inputs, pick)
+    refuse_skipped(skipped)
+    cands = pick_best([*(candidates or ()), *found], max(max_templates, min_templates))
     if not cands:
         raise EnrollError(
-            "no usable face in the inputs",
+            "no usable face in the inputs"
+            + (f" ({', '.join(s.source for s in skipped)}: no face found)" if skipped else ""),
             "use a sharp, frontal, well-lit photo or clip of one person",
         )
     embs = to_template_grid(np.stack([c.embedding for c in cands]))  # held exactly by the matcher

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 import simsimd
 
+from edge.errors import ConfigError
 from edge.gallery.rules import Rule, threshold_for
 
 log = logging.getLogger(__name__)
@@ -347,8 +348,6 @@ class LiveMatcher:
 
 def resolve_threshold(configured: float, measured: float) -> float:
     """The configured threshold if set, else the embedder's measured one; never 0 (admits all)."""
-    from edge.errors import ConfigError
-
     t = configured if configured > 0 else measured
     if not (isinstance(t, (int, float)) and np.isfinite(t) and 0 < t < 1):
         raise ConfigError(

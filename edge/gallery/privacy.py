@@ -13,6 +13,7 @@ from pathlib import Path
 
 from edge.config import Config
 from edge.gallery.crypto import credential_path, load_key
+from edge.gallery.rules import describe, expected_for
 from edge.gallery.schema import clear_fields, describe_fields, sealed_fields
 from edge.gallery.store import FILING_THRESHOLD, Gallery
 from edge.timeutil import iso
@@ -32,8 +33,6 @@ WITHDRAWAL = (
 
 def privacy_report(cfg: Config, db: Path, key: Path) -> dict:
     """What is stored, where, for how long and under which key: derived from the schema."""
-    from edge.gallery.rules import expected_for
-
     kek = load_key(key)
     with Gallery(db, kek, create=False) as g:
         s = g.stats()
@@ -111,8 +110,6 @@ def privacy_report(cfg: Config, db: Path, key: Path) -> dict:
 
 def report_markdown(r: dict) -> str:
     """The report as Markdown for the operator's records."""
-    from edge.gallery.rules import describe
-
     st, rt, enc, ft = r["stored"], r["retention"], r["encryption"], r["filing_threshold"]
     d = st["field_descriptions"]
     lines = [

@@ -64,11 +64,12 @@ class GalleryReader:
     path: Path
     _cache: tuple[tuple[int, int], dict[str, PersonKey]] | None
 
-    def unwrap_person_key(self, pid: str, wrapped: bytes | None) -> bytes:
-        """The person's own key; SealError when it is missing (forgotten) or not theirs."""
-        if wrapped is None:
-            raise SealError("no key for this person")
-        return open_sealed(self.dek, wrapped, aad("person_keys", pid, "wrapped"))
+    def _follow(self) -> None:
+        """Open the data key of the gallery's current generation (Gallery)."""
+
+    def needs_forget_replay(self) -> bool:
+        """A restored older copy that must replay the forget list first (Gallery)."""
+        return False
 
     def person_keys(self) -> dict[str, PersonKey]:
         """Every person whose key opens and whose clear validity matches their sealed one.
@@ -79,7 +80,13 @@ class GalleryReader:
         version = (self.data_version(), self.conn.total_changes)  # others' and own commits
         if self._cache is not None and self._cache[0] == version:
             return self._cache[1]
+        self._follow()
         out: dict[str, PersonKey] = {}
+        if self.needs_forget_replay():  # a restored older copy: nobody until the list is replayed
+            log.error("gallery restored from an older copy: every person refused until "
+                      "`edge-gate forget --replay`")  # fmt: skip
+            self._cache = (version, out)
+            return out
         rows = self.conn.execute(
             "SELECT p.id, p.valid_until, p.minor, p.attrs, k.wrapped"
             " FROM people p LEFT JOIN person_keys k ON k.person_id = p.id"

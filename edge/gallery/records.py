@@ -90,5 +90,5 @@ def import_person(g: Gallery, record: dict[str, Any], transport_key: bytes) -> s
                     (pid, g.wrap_person_key(pid, key)),
                 )
 
-    g.transaction(write)
+    g.write(write)
     return pid

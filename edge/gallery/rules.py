@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from edge import config as config_mod
+from edge.vision.models import embedder_spec
 
 
 @dataclass(frozen=True)
@@ -78,8 +79,6 @@ def expected_rates(n_people: int, table: Sequence[Rule]) -> dict | None:
 
 def expected_for(cfg: config_mod.Config, n_people: int) -> dict:
     """Threshold, margin and measured FPIR/FNIR of the rule the gate uses at n_people."""
-    from edge.vision.models import embedder_spec
-
     spec = embedder_spec(config_mod.models_path(cfg), cfg.vision.embedder)
     base = {"embedder": spec.name, "people": n_people}
     if cfg.gallery.match_threshold > 0:

@@ -11,16 +11,18 @@ deletes the person's key, so their rows copied back from an old backup no longer
 from __future__ import annotations
 
 import os
+import secrets
 import sqlite3
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-import sqlite_utils
 
-from edge.gallery.crypto import SealError, aad, open_sealed, seal
+from edge.db import Migration
+from edge.errors import GalleryError
+from edge.gallery.crypto import Kek, SealError, aad, open_sealed, seal
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 
 @dataclass(frozen=True)
@@ -136,7 +138,12 @@ TABLES: tuple[Table, ...] = (
         "gallery_state",
         (
             Column("key", str, holds="state name"),
-            Column("value", int, holds="state value (erasures not yet flushed from disk)"),
+            Column(
+                "value",
+                int,
+                holds="state value (erasures not yet flushed from disk, the gallery's random id,"
+                " its generation, the office forget list applied)",
+            ),
         ),
         pk="key",
     ),
@@ -158,16 +165,85 @@ def describe_fields() -> dict[str, str]:
     return {f"{t.name}.{c.name}": c.holds for t in TABLES for c in t.columns}
 
 
+SQL_TYPES = {str: "TEXT", bytes: "BLOB", int: "INTEGER", float: "REAL"}
+
+
+def table_sql(t: Table) -> list[str]:
+    """CREATE TABLE and CREATE INDEX statements for one declared table."""
+    refs = {col: (table, other) for col, table, other in t.foreign_keys}
+    cols = []
+    for c in t.columns:
+        sql = f'"{c.name}" {SQL_TYPES[c.type]}' + (" PRIMARY KEY" if c.name == t.pk else "")
+        if c.name in refs:
+            sql += f' REFERENCES "{refs[c.name][0]}"("{refs[c.name][1]}")'
+        cols.append(sql)
+    out = [f'CREATE TABLE "{t.name}" ({", ".join(cols)})']
+    out += [f'CREATE INDEX "idx_{t.name}_{col}" ON "{t.name}" ("{col}")' for col in t.indexes]
+    return out
+
+
 def create(conn: sqlite3.Connection) -> None:
-    """Create every table of the current schema (inside the caller's transaction)."""
-    db = sqlite_utils.Database(conn)
+    """Create every table of the current schema (inside the caller's transaction); fails if
+    another process created them first, so two creators never both write a data key."""
     for t in TABLES:
-        db[t.name].create(
-            {c.name: c.type for c in t.columns}, pk=t.pk, foreign_keys=list(t.foreign_keys)
-        )
-        for col in t.indexes:
-            db[t.name].create_index([col])
+        for sql in table_sql(t):
+            conn.execute(sql)
     conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+
+
+def too_new(found: int, newest: int) -> GalleryError:
+    """A gallery written by a newer edge-gate is refused."""
+    return GalleryError(
+        f"gallery has schema version {found}, newer than this edge-gate understands ({newest})",
+        "upgrade edge-gate; do not downgrade a gate",
+    )
+
+
+def migrations(dek: bytes, kek: Kek) -> tuple[Migration, ...]:
+    """The steps from older schemas; v2 reseals with per-person keys (it needs the data key),
+    v3 binds the data key's wrapping to the gallery's id and generation (it needs the key file)."""
+    return (
+        Migration(2, lambda c: migrate_v1(c, dek), "one key per person"),
+        Migration(3, lambda c: migrate_v2(c, dek, kek), "generations"),
+    )
+
+
+def dek_aad(kid: str, gallery_id: int | None, generation: int | None) -> bytes:
+    """Associated data of the data key's wrapping: schema 3 binds the gallery's id and generation,
+    so a generation number edited in the file no longer opens the data key."""
+    if gallery_id is None:
+        return aad("data_keys", kid, "wrapped")  # schema 2 and older
+    return aad("data_keys", kid, "wrapped", f"{gallery_id}.{generation}")
+
+
+def state(conn: sqlite3.Connection, key: str) -> int | None:
+    """One value of gallery_state (None when absent)."""
+    row = conn.execute("SELECT value FROM gallery_state WHERE key = ?", (key,)).fetchone()
+    return None if row is None else int(row[0])
+
+
+def set_state(conn: sqlite3.Connection, **values: int) -> None:
+    """Write gallery_state values (inside the caller's transaction)."""
+    conn.executemany(
+        "INSERT OR REPLACE INTO gallery_state (key, value) VALUES (?, ?)", list(values.items())
+    )
+
+
+def new_gallery_id() -> int:
+    """A random id (62 bits: an INTEGER in SQLite, never read as anything else)."""
+    return secrets.randbits(62)
+
+
+def migrate_v2(conn: sqlite3.Connection, dek: bytes, kek: Kek) -> None:
+    """v2 -> v3: the gallery gets a random id and generation 1; its data key is rewrapped bound
+    to them (other key files' wrappings, left by an unfinished rotation, are dropped)."""
+    gid = new_gallery_id()
+    set_state(conn, gallery_id=gid, generation=1)
+    conn.execute("DELETE FROM data_keys")
+    conn.execute(
+        "INSERT INTO data_keys (kid, wrapped, created) VALUES (?, ?, strftime('%s','now'))",
+        (kek.kid, seal(kek.key, dek, dek_aad(kek.kid, gid, 1))),
+    )
 
 
 def attrs_aad(pid: str, valid_until: int | None, minor: bool) -> bytes:
@@ -185,14 +261,10 @@ def migrate_v1(conn: sqlite3.Connection, dek: bytes) -> None:
 
     Runs inside the caller's transaction: all of it lands, or none of it.
     """
-    db = sqlite_utils.Database(conn)
-    person_keys = next(t for t in TABLES if t.name == "person_keys")
-    db["person_keys"].create(
-        {c.name: c.type for c in person_keys.columns},
-        pk="person_id",
-        foreign_keys=list(person_keys.foreign_keys),
-    )
-    db["gallery_state"].create({"key": str, "value": int}, pk="key")
+    for t in TABLES:
+        if t.name in ("person_keys", "gallery_state"):
+            for sql in table_sql(t):
+                conn.execute(sql)
     conn.execute("ALTER TABLE people ADD COLUMN attrs BLOB")
 
     def reseal(key: bytes, blob, table: str, row: str, column: str, model: str = ""):
@@ -238,4 +310,3 @@ def migrate_v1(conn: sqlite3.Connection, dek: bytes) -> None:
                 "UPDATE templates SET embedding=? WHERE id=?",
                 (reseal(k, emb, "templates", tid, "embedding", f"{mid}|{pid}"), tid),
             )
-    conn.execute("PRAGMA user_version=2")

@@ -13,16 +13,20 @@ import os
 import secrets
 import sqlite3
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from edge.db import Store, migrate, tables, user_version
 from edge.errors import GalleryError, KeyFileError
 from edge.gallery import schema
 from edge.gallery.crypto import Kek, SealError, aad, open_sealed, seal
 from edge.gallery.erase import scrub_file
+from edge.gallery.forgetlist import ForgetList
 from edge.gallery.reads import GalleryReader, Person, PersonKey, Templates
 from edge.gallery.schema import Consent, NewPerson
 
@@ -33,12 +37,25 @@ FILING_THRESHOLD = 100_000  # people; above it a processor has extra filing duti
 UNCHANGED: Any = object()  # update_person: leave this field as it is
 
 
+@dataclass(frozen=True)
+class ForgetState:
+    """Where a gallery file stands against the lane's forget list (see `Gallery.forget_state`)."""
+
+    generation: int  # this file's
+    listed: int  # the newest the lane's forget list records for this gallery
+    office: int  # the office forget list generation last applied here
+    reason: str  # why nobody is admitted by face ("" = current)
+
+
 def _new_id(prefix: str) -> str:
     return prefix + secrets.token_hex(8)
 
 
-class Gallery(GalleryReader):
+class Gallery(Store, GalleryReader):
     """Open (or create) a gallery with its key; a wrong key fails here and writes nothing."""
+
+    error = GalleryError
+    what = "gallery"
 
     def __init__(
         self,
@@ -47,26 +64,21 @@ class Gallery(GalleryReader):
         create: bool = True,
         busy_timeout_s: float = 5.0,
     ):
-        self.path = Path(path)
+        path = Path(path)
         self.busy_timeout_s = busy_timeout_s
-        exists = self.path.exists() and self.path.stat().st_size > 0
+        exists = path.exists() and path.stat().st_size > 0
         if not exists and not create:
             raise GalleryError(
-                f"gallery {self.path} does not exist", "enroll someone first, or check --db"
+                f"gallery {path} does not exist", "enroll someone first, or check --db"
             )
         if not exists:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            path.parent.mkdir(parents=True, exist_ok=True)
+        self._connect(path, timeout_s=busy_timeout_s, secure_delete=True, foreign_keys=True)
         try:
-            self.conn = sqlite3.connect(
-                str(self.path), timeout=busy_timeout_s, isolation_level=None,
-                check_same_thread=False,
-            )  # fmt: skip
-            self.conn.execute(f"PRAGMA busy_timeout={int(busy_timeout_s * 1000)}")
-            version = self.conn.execute("PRAGMA user_version").fetchone()[0]
-            tables = {
-                r[0] for r in self.conn.execute("SELECT name FROM sqlite_master WHERE type='table'")
-            }
+            version = user_version(self.conn)
+            have = tables(self.conn)
         except sqlite3.DatabaseError as e:
+            self.conn.close()
             raise GalleryError(
                 f"gallery {self.path} is unreadable ({e})",
                 "the file is damaged: restore it from backup or move it aside and re-enroll",
@@ -80,16 +92,33 @@ class Gallery(GalleryReader):
             )
         self.kek = kek
         self._cache: tuple[tuple[int, int], dict[str, PersonKey]] | None = None
-        if exists and "data_keys" in tables:
+        self.forgets = ForgetList(path.with_name(path.name + ".forgotten"))
+        self.gallery_id, self.generation = 0, 0
+        if exists and "data_keys" in have:
             self.dek = self._unwrap()  # before any write
-        self._pragmas()
-        if not exists or "data_keys" not in tables:
-            self.dek = os.urandom(32)
-            self._tx(lambda c: (schema.create(c), self._store_dek(c, kek)))
+        if not exists or "data_keys" not in have:
+            if not create:
+                self.conn.close()
+                raise GalleryError(
+                    f"gallery {self.path} is not set up (another process may be creating it)",
+                    "enroll someone first, or check --db",
+                )
+            if self.write(self._create):
+                if self.forgets.newest() is not None:  # a list of an earlier gallery here
+                    self.forgets.append(1, time.time(), [], self.gallery_id)
+            else:  # another process created it meanwhile
+                self.dek = self._unwrap()
         elif version < SCHEMA_VERSION:
-            self._tx(lambda c: schema.migrate_v1(c, self.dek))
+            self.write(lambda c: migrate(c, schema.migrations(self.dek, kek), schema.too_new))
+            self._unwrap()  # the id and generation the migration gave it
             log.info("gallery migrated path=%s schema=%d", self.path, SCHEMA_VERSION)
             self.scrub()  # the values sealed the old way leave the file
+        if self.needs_forget_replay():
+            log.error(
+                "gallery RESTORED %s: nobody is admitted by face until the forget list is "
+                "replayed (edge-gate forget --replay)",
+                self.forget_state().reason,
+            )
 
     # --- setup -------------------------------------------------------------------------------
 
@@ -99,67 +128,56 @@ class Gallery(GalleryReader):
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _pragmas(self) -> None:
-        c = self.conn
-        c.execute("PRAGMA journal_mode=WAL")
-        c.execute("PRAGMA synchronous=FULL")
-        c.execute("PRAGMA secure_delete=ON")  # deleted rows are overwritten with zeros
-        c.execute("PRAGMA foreign_keys=ON")
+    def _create(self, c: sqlite3.Connection) -> bool:
+        """A new gallery: its tables, a random id, generation 1, a data key. False when another
+        process created it between our look and our write lock."""
+        if "data_keys" in tables(c):
+            return False
+        self.dek, self.gallery_id, self.generation = os.urandom(32), schema.new_gallery_id(), 1
+        schema.create(c)
+        schema.set_state(c, gallery_id=self.gallery_id, generation=1)
+        self._store_dek(c, self.kek)
+        return True
 
     def _store_dek(self, c: sqlite3.Connection, kek: Kek) -> None:
         c.execute(
             "INSERT OR REPLACE INTO data_keys (kid, wrapped, created) VALUES (?, ?, ?)",
             (
                 kek.kid,
-                seal(kek.key, self.dek, aad("data_keys", kek.kid, "wrapped")),
+                seal(kek.key, self.dek, schema.dek_aad(kek.kid, self.gallery_id, self.generation)),
                 int(time.time()),
             ),
         )  # fmt: skip
 
     def _unwrap(self) -> bytes:
-        rows = self.conn.execute("SELECT kid, wrapped FROM data_keys").fetchall()
+        """The data key, opened for the id and generation the file states (schema 3), and those."""
+        c = self.conn
+        gid, gen = None, None
+        if user_version(c) >= 3:
+            gid, gen = schema.state(c, "gallery_id"), schema.state(c, "generation")
+        rows = c.execute("SELECT kid, wrapped FROM data_keys").fetchall()
         for kid, wrapped in rows:
             if kid == self.kek.kid:
                 try:
-                    return open_sealed(self.kek.key, wrapped, aad("data_keys", kid, "wrapped"))
+                    dek = open_sealed(self.kek.key, wrapped, schema.dek_aad(kid, gid, gen))
                 except SealError:
                     break
+                self.gallery_id, self.generation, self.dek = gid or 0, gen or 0, dek
+                return dek
         expected = ", ".join(r[0] for r in rows) or "none"
         self.conn.close()
         raise KeyFileError(
             f"key file {self.kek.path} does not open gallery {self.path} "
-            f"(key id {self.kek.kid}; the gallery expects {expected})",
+            f"(key id {self.kek.kid}; the gallery expects {expected}; or its generation was "
+            "edited)",
             "use the key file this gallery was created with, or restore it from backup",
         )
 
-    def transaction(self, fn: Callable[[sqlite3.Connection], Any]) -> Any:
+    def write(self, fn: Callable[[sqlite3.Connection], Any]) -> Any:
         """Run fn(conn) in one IMMEDIATE transaction: all of it lands, or none of it."""
-        return self._tx(fn)
-
-    def _tx(self, fn: Callable[[sqlite3.Connection], Any]) -> Any:
-        c = self.conn
         self._cache = None
-        try:
-            c.execute("BEGIN IMMEDIATE")
-            result = fn(c)
-            c.execute("COMMIT")
-            return result
-        except BaseException as e:
-            if c.in_transaction:
-                c.execute("ROLLBACK")
-            if isinstance(e, sqlite3.OperationalError):
-                full = "full" in str(e)
-                raise GalleryError(
-                    f"gallery {self.path}: {e}; nothing was written",
-                    "free disk space and retry"
-                    if full
-                    else "another process holds the gallery; retry",
-                ) from None  # fmt: skip
-            raise
-
-    def close(self) -> None:
-        """Close the connection (also on leaving a `with` block)."""
-        self.conn.close()
+        with self.transaction() as c:
+            return fn(c)
 
     # --- per-person keys -----------------------------------------------------------------------
 
@@ -197,7 +215,7 @@ class Gallery(GalleryReader):
         def write(c):
             return [self._insert_person(c, p, model_id, model_version, now) for p in people]
 
-        return self._tx(write)
+        return self.write(write)
 
     def _insert_person(self, c, p: NewPerson, model_id: str, model_version: str, now: int) -> str:
         pid, key = p.person_id or _new_id("P-"), os.urandom(32)
@@ -251,7 +269,7 @@ class Gallery(GalleryReader):
             )
             return removed
 
-        removed = self._tx(write)
+        removed = self.write(write)
         if removed:
             self.scrub()  # the replaced templates leave the file
         return removed
@@ -264,25 +282,66 @@ class Gallery(GalleryReader):
         pass_ref: str = UNCHANGED,
         valid_until: int | None = UNCHANGED,
     ) -> Person:
-        """Rename, change the pass reference or renew the pass; validity stays sealed-bound."""
+        """Rename, change the pass reference or renew the pass; validity stays sealed-bound.
+
+        A new validity re-seals the person under a new key and moves the gallery to a new
+        generation, so an older copy of their rows (a longer pass, say) no longer opens."""
         key = self._key_for_write(person_id)
         current = self.person(person_id)
         vu = current.valid_until if valid_until is UNCHANGED else valid_until
+        renewal = vu != current.valid_until
 
         def write(c):
+            k = self._reseal_person(c, person_id, key) if renewal else key
             sets = {
                 "valid_until": vu,
-                "attrs": schema.attrs_blob(key, person_id, vu, current.minor),
+                "attrs": schema.attrs_blob(k, person_id, vu, current.minor),
             }
             if name is not UNCHANGED:
-                sets["name"] = self._seal(key, name, "people", person_id, "name")
+                sets["name"] = self._seal(k, name, "people", person_id, "name")
             if pass_ref is not UNCHANGED:
-                sets["pass_ref"] = self._seal(key, pass_ref, "people", person_id, "pass_ref")
-            cols = ", ".join(f"{k} = ?" for k in sets)
+                sets["pass_ref"] = self._seal(k, pass_ref, "people", person_id, "pass_ref")
+            cols = ", ".join(f"{col} = ?" for col in sets)
             c.execute(f"UPDATE people SET {cols} WHERE id = ?", (*sets.values(), person_id))
+            if renewal:
+                return self._bump(c, [])
+            return None
 
-        self._tx(write)
+        self._adopt(self.write(write))
         return self.person(person_id)
+
+    def _reseal_person(self, c: sqlite3.Connection, pid: str, old: bytes) -> bytes:
+        """Seal every value of one person under a new key of theirs; returns the new key."""
+        new = os.urandom(32)
+        a_old = AESGCM(old)
+
+        def again(blob, a: bytes):
+            return None if blob is None else seal(new, open_sealed(a_old, blob, a), a)
+
+        name, pref = c.execute("SELECT name, pass_ref FROM people WHERE id = ?", (pid,)).fetchone()
+        c.execute(
+            "UPDATE people SET name = ?, pass_ref = ? WHERE id = ?",
+            (again(name, aad("people", pid, "name")),
+             again(pref, aad("people", pid, "pass_ref")), pid),
+        )  # fmt: skip
+        for cid, op, gu in c.execute(
+            "SELECT id, operator, guardian FROM consents WHERE person_id = ?", (pid,)
+        ).fetchall():
+            c.execute(
+                "UPDATE consents SET operator = ?, guardian = ? WHERE id = ?",
+                (again(op, aad("consents", cid, "operator")),
+                 again(gu, aad("consents", cid, "guardian")), cid),
+            )  # fmt: skip
+        for tid, mid, emb in c.execute(
+            "SELECT id, model_id, embedding FROM templates WHERE person_id = ?", (pid,)
+        ).fetchall():
+            a = aad("templates", tid, "embedding", f"{mid}|{pid}")
+            c.execute("UPDATE templates SET embedding = ? WHERE id = ?", (again(emb, a), tid))
+        c.execute(
+            "UPDATE person_keys SET wrapped = ? WHERE person_id = ?",
+            (self.wrap_person_key(pid, new), pid),
+        )
+        return new
 
     def _key_for_write(self, person_id: str) -> bytes:
         row = self.conn.execute(
@@ -347,15 +406,35 @@ class Gallery(GalleryReader):
         return n
 
     def forget(self, person_id: str) -> bool:
-        """Erase a person: their key is destroyed and their bytes leave the file.
+        """Erase a person: their key is destroyed, the gallery moves to a new generation (so a
+        backup taken before no longer passes for current), and their bytes leave the file.
 
         Raises ErasureIncomplete (never claims an erasure that did not happen) when another
         process keeps old pages alive; a later `forget` or `purge` finishes the job.
         """
-        found = self._tx(lambda c: self._delete_people(c, [person_id])) > 0
+        found = self._forget_ids([person_id]) > 0
         if found or self.pending_erasure():
             self.scrub()
         return found
+
+    def _forget_ids(self, ids: Sequence[str], office_generation: int | None = None) -> int:
+        """Delete people and bump the generation in one transaction; how many were here."""
+
+        def write(c):
+            n = self._delete_people(c, ids)
+            if office_generation is not None:
+                old = schema.state(c, "forget_list_generation") or 0
+                schema.set_state(c, forget_list_generation=max(old, office_generation))
+            if n or office_generation is not None or self.needs_forget_replay():
+                return n, self._bump(c, [i for i in ids if i in found])
+            return n, None
+
+        found = {r[0] for r in self.conn.execute(
+            f"SELECT id FROM people WHERE id IN ({','.join('?' * len(ids))})", list(ids)
+        )} if len(ids) <= 500 else set(ids)  # fmt: skip
+        n, bumped = self.write(write)
+        self._adopt(bumped)
+        return n
 
     def purge_expired(self, now: float, after_days: int, scrub: bool = True) -> list[str]:
         """Forget everyone whose pass expired more than after_days ago; returns their ids.
@@ -367,10 +446,103 @@ class Gallery(GalleryReader):
         q = "SELECT id FROM people WHERE valid_until IS NOT NULL AND valid_until < ?"
         ids = [r[0] for r in self.conn.execute(q, (cutoff,))]
         if ids:
-            self._tx(lambda c: self._delete_people(c, ids))
+            self._forget_ids(ids)
         if scrub and (ids or self.pending_erasure()):
             self.scrub()
         return ids
+
+    # --- generations: a restored older file is told apart, and replays the forget list --------
+
+    def _bump(self, c: sqlite3.Connection, forgot: Sequence[str]) -> tuple[bytes, int]:
+        """Inside the write: a new generation. It goes to the forget list first (fsync'd), then
+        a new data key rewraps every person key, so rows copied in from an older copy (wrapped
+        under the old data key) no longer open. Returns (new data key, generation) to adopt
+        once the transaction has committed."""
+        self._follow()  # another process may have moved it on since we opened
+        others = [k for (k,) in c.execute("SELECT kid FROM data_keys") if k != self.kek.kid]
+        if others:  # the new data key could not be wrapped for the other key file
+            raise GalleryError(
+                f"a key rotation of gallery {self.path} is unfinished (it also holds the data "
+                f"key for key id {', '.join(others)}); nothing was erased",
+                "run `edge-gate keys rotate` again to finish it, then retry",
+            )
+        gen = max(self.generation, self.forgets.generation(self.gallery_id)) + 1
+        self.forgets.append(gen, time.time(), forgot, self.gallery_id)
+        dek = os.urandom(32)
+        old, new = AESGCM(self.dek), AESGCM(dek)
+        rows = c.execute("SELECT person_id, wrapped FROM person_keys").fetchall()
+        for pid, wrapped in rows:
+            a = aad("person_keys", pid, "wrapped")
+            try:
+                k = open_sealed(old, wrapped, a)
+            except SealError:  # already unreadable: left as is, still rejected on every read
+                continue
+            nonce = os.urandom(12)
+            c.execute(
+                "UPDATE person_keys SET wrapped = ? WHERE person_id = ?",
+                (nonce + new.encrypt(nonce, k, a), pid),
+            )
+        schema.set_state(c, generation=gen)
+        c.execute("DELETE FROM data_keys")
+        c.execute(
+            "INSERT INTO data_keys (kid, wrapped, created) VALUES (?, ?, ?)",
+            (self.kek.kid, seal(self.kek.key, dek, schema.dek_aad(self.kek.kid,
+             self.gallery_id, gen)), int(time.time())),
+        )  # fmt: skip
+        return dek, gen
+
+    def _adopt(self, bumped: tuple[bytes, int] | None) -> None:
+        if bumped is not None:
+            self.dek, self.generation = bumped
+            self._cache = None
+
+    def forget_state(self) -> ForgetState:
+        """This file's generation, the newest the forget list records, the office list applied,
+        and why faces are refused ("" when they are not)."""
+        self._follow()
+        listed = self.forgets.generation(self.gallery_id)
+        newest = self.forgets.newest()
+        office = schema.state(self.conn, "forget_list_generation") or 0
+        reason = ""
+        if listed > self.generation:
+            reason = (
+                f"gallery {self.path} is at generation {self.generation}, the lane's forget list "
+                f"at {listed}: it was restored from an older copy"
+            )
+        elif newest is not None and listed == 0 and newest.gallery != self.gallery_id:
+            reason = (
+                f"gallery {self.path} (id {self.gallery_id}) is not the gallery the lane's "
+                f"forget list names (id {newest.gallery}): it was replaced"
+            )
+        return ForgetState(self.generation, listed, office, reason)
+
+    def needs_forget_replay(self) -> bool:
+        """True while this file is older than the lane's newest generation (a restored backup):
+        nobody is admitted by face until `apply_forget_list` (or `forget --replay`) ran."""
+        return bool(self.forget_state().reason)
+
+    def forget_list_generation(self) -> int:
+        """The office forget list generation last applied here (0: none)."""
+        return schema.state(self.conn, "forget_list_generation") or 0
+
+    def apply_forget_list(self, ids: Iterable[str], generation: int = 0) -> list[str]:
+        """Erase everyone on a forget list (the office's, or a file for `forget --replay`) and
+        everyone the lane's own list names, then move past every generation seen: a restored
+        gallery is current again. Returns the ids erased here."""
+        wanted = sorted(set(ids) | self.forgets.forgotten())
+        here = {p.id for p in self.people()}
+        gone = [pid for pid in wanted if pid in here]
+        self._forget_ids(gone, office_generation=generation)
+        if gone or self.pending_erasure():
+            self.scrub()
+        return gone
+
+    def _follow(self) -> None:
+        """Another process moved the gallery to a new generation: open its new data key."""
+        gen = schema.state(self.conn, "generation") if user_version(self.conn) >= 3 else None
+        if gen is not None and gen != self.generation:
+            self._unwrap()
+            self._cache = None
 
     def scrub(self) -> None:
         """Push deletions out of the WAL and rebuild the file so no freed page keeps old bytes."""
@@ -378,13 +550,13 @@ class Gallery(GalleryReader):
 
     def rewrap(self, new: Kek) -> None:
         """Wrap the data key under a new KEK too (the old wrapping stays until drop_other_keys)."""
-        self._tx(lambda c: self._store_dek(c, new))
+        self.write(lambda c: self._store_dek(c, new))
 
     def drop_other_keys(self, keep: Kek) -> None:
         """Keep only the data key's wrapping under `keep` (last step of a key rotation)."""
-        self._tx(lambda c: c.execute("DELETE FROM data_keys WHERE kid != ?", (keep.kid,)))
+        self.write(lambda c: c.execute("DELETE FROM data_keys WHERE kid != ?", (keep.kid,)))
         self.kek = keep
         self.scrub()
 
 
-__all__ = ["Consent", "Gallery", "NewPerson", "Person", "PersonKey", "Templates"]
+__all__ = ["Consent", "ForgetState", "Gallery", "NewPerson", "Person", "PersonKey", "Templates"]

@@ -9,7 +9,11 @@ from __future__ import annotations
 from edge import config as config_mod
 from edge import tickets as tk
 from edge.errors import ConfigError, KeyFileError, ModelError
+from edge.fleet.state import fleet_pubkey_paths
+from edge.gallery.crypto import credential_path
+from edge.gate.desk import configured_revocations
 from edge.gate.policy import check_non_face_way_in
+from edge.vision.models import detector_spec, embedder_spec
 
 # Errors that mean the operator's settings are wrong: the gate refuses to start with them.
 # Anything else found while loading the face path is a fault of files at run time: ticket-only.
@@ -19,8 +23,6 @@ REFUSE_TO_START: tuple[type[Exception], ...] = (ConfigError, KeyFileError)
 def ticket_keys(cfg: config_mod.Config) -> list:
     """The issuer public keys (and, in a fleet, those the office published); a gate must always
     have a non-face way in."""
-    from edge.fleet.state import fleet_pubkey_paths
-
     paths = [cfg.resolve(p) for p in cfg.tickets.pubkeys] + fleet_pubkey_paths(cfg)
     keys = [tk.load_public(p) for p in paths]
     check_non_face_way_in(cfg.gate.mode, len(keys))
@@ -29,8 +31,6 @@ def ticket_keys(cfg: config_mod.Config) -> list:
 
 def revocations(cfg: config_mod.Config) -> frozenset[str]:
     """The revoked ticket ids; an unreadable list is an error, never "nothing revoked"."""
-    from edge.tickets.desk import configured_revocations
-
     return configured_revocations(cfg)
 
 
@@ -46,8 +46,6 @@ def faces_off_reason(cfg: config_mod.Config) -> str:
     an unknown detector or embedder, a gallery or key path that is a directory, a key file
     missing while its gallery exists.
     """
-    from edge.vision.models import detector_spec, embedder_spec
-
     mdir = config_mod.models_path(cfg)
     if not (mdir / "models.json").is_file():
         raise ConfigError(
@@ -65,8 +63,6 @@ def faces_off_reason(cfg: config_mod.Config) -> str:
         if p.is_dir():
             raise ConfigError(f"{name} {p} is a directory", f"set {name} to a file path")
     if not key.exists():
-        from edge.gallery.crypto import credential_path
-
         if credential_path(key).exists():
             return ""  # the key arrives as a systemd credential
         if db.exists():
@@ -74,5 +70,8 @@ def faces_off_reason(cfg: config_mod.Config) -> str:
                 f"gallery.key_file {key} does not exist but the gallery {db} does",
                 "set gallery.key_file to the key this gallery was created with",
             )
-        return f"faces not set up yet: no gallery key at {key} (run `edge-gate keys init`, enroll)"
+        return (
+            f"faces not set up yet: no gallery key at {key} "
+            "(run `edge-gate keys init --config C`, then enroll)"
+        )
     return ""

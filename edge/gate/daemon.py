@@ -22,7 +22,8 @@ from edge import tickets as tk
 from edge.errors import EdgeGateError
 from edge.fleet import lane
 from edge.gate import checks
-from edge.gate.audit import AuditLog, AuditRecord
+from edge.gate.audit import AuditLog, AuditRecord, open_audit
+from edge.gate.desk import open_gate_ledger
 from edge.gate.faces import FaceStack
 from edge.gate.notice_socket import SocketSink
 from edge.gate.notices import Notice, Notices, notice_for_decision
@@ -42,7 +43,6 @@ from edge.gate.policy import (
 )
 from edge.gate.relay import Relay
 from edge.gate.sources import Frame, FrameSource, open_source
-from edge.tickets.desk import open_gate_ledger
 from edge.timeutil import iso
 
 log = logging.getLogger(__name__)
@@ -77,6 +77,21 @@ def decision_json(d: Decision, gate: str, wall: float) -> dict:
         if d.ticket is not None:
             out["ticket"] = d.ticket.ticket_id
     return out
+
+
+@contextlib.contextmanager
+def decisions_on_console(printed: bool = True):
+    """While the console prints each decision (`run`, `demo`), drop the log line repeating it."""
+
+    def not_a_decision(r: logging.LogRecord) -> bool:
+        return not str(r.msg).startswith("decision ")
+
+    if printed:
+        log.addFilter(not_a_decision)
+    try:
+        yield
+    finally:
+        log.removeFilter(not_a_decision)
 
 
 def format_decision(ev: dict) -> str:
@@ -129,7 +144,7 @@ class Gate:
             )
             self.verifier = self._load_tickets(cfg)
             self._tickets_stamp = lane.tickets_stamp(cfg)
-            self.audit = AuditLog(cfg.resolve(cfg.audit.path), cfg.audit.retention_days)
+            self.audit = open_audit(cfg, "create", fold_junk=True)
             stack.callback(self.audit.close)
             # A missing or rolled-back ledger is a stand-in that refuses every ticket, loudly.
             self.ledger = open_gate_ledger(cfg, self.audit, self.clock())
@@ -139,7 +154,13 @@ class Gate:
             self.policy = policy_for(cfg, self.face)
             c = cfg.camera
             self.source = source or open_source(
-                c.source, c.width, c.height, c.fps, c.realtime, c.reconnect_max_s
+                c.source,
+                c.width,
+                c.height,
+                c.fps,
+                c.realtime,
+                c.reconnect_max_s,
+                cfg.vision.max_image_pixels,
             )
             stack.callback(self.source.close)
             self._resources = stack.pop_all()
@@ -153,7 +174,7 @@ class Gate:
 
     @staticmethod
     def _load_tickets(cfg: config_mod.Config) -> tk.Verifier:
-        from edge.tickets.desk import gate_verifier
+        from edge.gate.desk import gate_verifier
 
         return gate_verifier(cfg, keys=checks.ticket_keys(cfg))
 
@@ -278,8 +299,10 @@ class Gate:
         return 0
 
     def tick(self, fps: float) -> None:
-        """Once a second: status to systemd and to sync; office revocations/keys sync wrote."""
+        """Once a second: status to systemd and to sync; office revocations/keys sync wrote;
+        the evidence chains keep up with what sync wrote (and junk codes are folded)."""
         self.notifier.status(self.status_text(fps))
+        self._maintain_evidence()
         mode = self.degraded or self.cfg.gate.mode
         lane.report_status(self.ledger, fps=round(fps, 1), camera=self.source.state, mode=mode)
         if (stamp := lane.tickets_stamp(self.cfg)) != self._tickets_stamp:
@@ -289,6 +312,14 @@ class Gate:
                 log.info("gate tickets reloaded: revocations or keys changed")
             except EdgeGateError as e:
                 log.error("gate tickets reload_failed reason=%s; keeping the previous keys", e)
+
+    def _maintain_evidence(self) -> None:
+        try:
+            if self.audit is not None:
+                self.audit.maintain(self.clock())
+            self.ledger.maintain()
+        except EdgeGateError as e:  # a locked or full disk: the next tick tries again
+            log.error("evidence maintain error=%s", e)
 
     def _face_failed(self, e: Exception) -> None:
         """A face path that fails frame after frame at run time: ticket-only, loudly."""
@@ -357,6 +388,10 @@ class Gate:
     def act(self, d: Decision) -> None:
         """Redeem, open, record, report: a grant that cannot be recorded or switched is a deny."""
         wall = self.clock()
+        if d.decision == GRANT and d.via != Via.TICKET:  # a restored lane: no face until the
+            held = lane.face_refusal(self.ledger)  # office's forget list is applied (fleet)
+            if held is not None:
+                d = dataclasses.replace(d, decision=Outcome.DENY, reason=held.reason, ticket=None)
         if d.decision == GRANT and d.ticket is not None:
             try:
                 r = self.ledger.redeem(d.ticket, wall)  # the commit is the moment the entry counts

@@ -6,60 +6,22 @@ ticket-only is a warning here.
 
 Each check is a function of a `Site` (the configuration and the paths in use) that returns a
 detail string for "ok", returns a `Check` for "warn" (or a richer "ok"), or raises an
-`EdgeGateError` whose fix becomes the record's fix. `run_checks` never raises.
+`EdgeGateError` whose fix becomes the record's fix. `run_checks` never raises. A check imports
+what it checks (the runtime, the models, the gallery) inside its function, so a module that
+cannot load fails that one check instead of the whole checklist.
 """
 
 from __future__ import annotations
 
 import os
 import stat
-from collections.abc import Callable
-from dataclasses import asdict, dataclass
-from pathlib import Path
-from typing import Literal
 
 from edge import config as config_mod
 from edge.errors import EdgeGateError
-from edge.gate import checks
+from edge.gate import checks, doctor_site
+from edge.gate.checklist import Check, Site, registry
 
-Status = Literal["ok", "warn", "fail"]
-
-
-@dataclass(frozen=True)
-class Check:
-    """One line of the checklist: what was checked, how it went, and what to do about it."""
-
-    status: Status
-    check: str
-    detail: str
-    fix: str = ""
-
-    def as_dict(self) -> dict:
-        """JSON form for `doctor --json` (keys status, check, detail, fix)."""
-        return asdict(self)
-
-
-@dataclass(frozen=True)
-class Site:
-    """What the checks look at: the configuration and the gallery paths in use."""
-
-    cfg: config_mod.Config
-    db: Path
-    key: Path
-
-
-CheckFn = Callable[[Site], "str | Check"]
-CHECKS: list[tuple[str, CheckFn]] = []
-
-
-def check(name: str) -> Callable[[CheckFn], CheckFn]:
-    """Register a check under `name`, in the order doctor prints them."""
-
-    def deco(fn: CheckFn) -> CheckFn:
-        CHECKS.append((name, fn))
-        return fn
-
-    return deco
+OWN_CHECKS, check = registry()
 
 
 def doctor_checks(cfg: config_mod.Config) -> list[Check]:
@@ -97,18 +59,22 @@ def _runtime(site: Site) -> str:
 
 @check("models (SHA-256)")
 def _models(site: Site) -> str:
-    from edge.vision.models import detector_spec, embedder_spec, load_catalogue, verify_file
+    from edge.vision.models import (
+        catalogue_files,
+        detector_spec,
+        embedder_spec,
+        load_catalogue,
+        verify_file,
+    )
 
     mdir = config_mod.models_path(site.cfg)
-    cat = load_catalogue(mdir)
-    n = 0
-    for entries in cat.values():
-        for e in entries.values():
-            verify_file(mdir / e["file"], e["sha256"])
-            n += 1
+    files = sorted(set(catalogue_files(load_catalogue(mdir))))
+    for f, digest in files:
+        verify_file(mdir / f, digest)
+    n = len(files)
     d = detector_spec(mdir, site.cfg.vision.detector)
     e = embedder_spec(mdir, site.cfg.vision.embedder)
-    return f"{n} files match models.json; using {d.name} + {e.name} (threshold {e.threshold})"
+    return f"{n} files match models.json; using {d.name} + {e.name}"
 
 
 @check("face path")
@@ -117,7 +83,9 @@ def _faces(site: Site) -> str | Check:
         return f"off by configuration (mode {site.cfg.gate.mode})"
     why = checks.faces_off_reason(site.cfg)  # raises for settings that refuse to start
     if why:
-        return Check("warn", "face path", f"run goes ticket-only: {why}", "edge-gate keys init")
+        return Check(
+            "warn", "face path", f"run goes ticket-only: {why}", "`edge-gate keys init --config C`"
+        )
     return "settings valid"
 
 
@@ -149,13 +117,16 @@ def _matching(site: Site) -> str:
     g, p = cfg.gallery, cfg.policy
     t = resolve_threshold(g.match_threshold, e.threshold)
     src = "gallery.match_threshold" if g.match_threshold > 0 else f"measured for {e.name}"
-    rule = f"threshold {t} ({src}), min margin {g.min_margin}"
+    # Two thresholds can be in force: say which applies where, so no figure stands unexplained.
+    rule = f"gate and enrollment: cosine >= {t} ({src}), lead >= {g.min_margin}"
     if g.match_threshold <= 0 and e.thresholds:
         rule = (
-            f"threshold and margin per gallery size from models.json ({e.name}; see decision rule)"
+            f"gate: the threshold and lead per gallery size from models.json ({e.name}; see "
+            "decision rule); enrollment's checks (already enrolled? the same person?): "
+            f"cosine >= {t} ({src})"
         )
     return (
-        f"{rule}, {p.k} of {p.n} frames in"
+        f"{rule}; {p.k} of {p.n} frames in"
         f" {p.window_s} s, cooldown {p.cooldown_s} s, anti-passback {p.anti_passback_s} s"
     )
 
@@ -182,10 +153,15 @@ def _cpu(site: Site) -> str | Check:
 def _keyfile(site: Site) -> str | Check:
     from edge.gallery.crypto import credential_path, load_key
 
+    if not checks.faces_wanted(site.cfg) and not credential_path(site.key).exists():
+        return f"none at {site.key}: not needed, this gate admits no one by face"
     if checks.faces_wanted(site.cfg) and not credential_path(site.key).exists():
         checks.faces_off_reason(site.cfg)  # fails if the gallery exists and needs this key
         return Check(
-            "warn", "gallery key file", f"{site.key} does not exist yet", "edge-gate keys init"
+            "warn",
+            "gallery key file",
+            f"{site.key} does not exist yet",
+            "`edge-gate keys init --config C`",
         )
     k = load_key(site.key)
     real = credential_path(site.key)
@@ -199,6 +175,8 @@ def _gallery(site: Site) -> str | Check:
     from edge.gallery.store import Gallery
 
     if not site.db.exists():
+        if not checks.faces_wanted(site.cfg):
+            return f"none at {site.db}: not needed, this gate admits no one by face"
         return Check(
             "warn",
             "gallery database",
@@ -214,7 +192,7 @@ def _gallery(site: Site) -> str | Check:
             "warn",
             "gallery database",
             f"{site.db}: an erasure is still pending on disk (a reader kept old pages)",
-            "run `edge-gate purge` when no other process holds the gallery",
+            "run `edge-gate purge --config C` when no other process holds the gallery",
         )
     return (
         f"{site.db}: {s['people']} people, {s['templates']} templates, schema {s['schema_version']}"
@@ -235,7 +213,7 @@ def _rule(site: Site) -> str:
                 people = g.stats()["people"]
         except EdgeGateError:
             people = 0
-    return describe(expected_for(site.cfg, people))
+    return "gate: " + describe(expected_for(site.cfg, people))
 
 
 def kernel_clock_synced() -> bool | None:
@@ -268,5 +246,6 @@ def _time_sync(site: Site) -> str | Check:
     )
 
 
-# The lane's own checks (tickets, ledger, camera, GPIO, clock, disk, fleet) register themselves.
-from edge.gate import doctor_site  # noqa: E402, F401
+# Every check in the order doctor prints them: these, then the lane's own (tickets, ledger,
+# camera, GPIO, clock, disk, fleet: doctor_site.py).
+CHECKS = [*OWN_CHECKS, *doctor_site.SITE_CHECKS]

@@ -1,7 +1,7 @@
 """`edge-gate doctor`, the lane's own checks: tickets, ledger, camera, GPIO, clock, disk, fleet.
 
-Registered with `edge.gate.doctor.check` like the vision and gallery checks there; doctor.py
-imports this module, so every check runs.
+Registered in SITE_CHECKS (edge/gate/checklist.py); doctor.py runs them after its own vision,
+gallery and clock checks.
 """
 
 from __future__ import annotations
@@ -14,7 +14,9 @@ from pathlib import Path
 
 from edge.errors import EdgeGateError
 from edge.gate import checks
-from edge.gate.doctor import Check, Site, check
+from edge.gate.checklist import Check, Site, registry
+
+SITE_CHECKS, check = registry()
 
 
 @check("ticket keys")
@@ -194,8 +196,8 @@ def _disk(site: Site) -> str:
 
 @check("ticket ledger")
 def _ledger(site: Site) -> str | Check:
-    from edge.gate.audit import AuditLog
-    from edge.tickets.desk import open_ledger
+    from edge.gate.audit import open_audit
+    from edge.gate.desk import open_ledger
     from edge.timeutil import iso
 
     cfg = site.cfg
@@ -206,8 +208,8 @@ def _ledger(site: Site) -> str | Check:
     with ExitStack() as stack:
         audit = None
         if audit_path.is_file():
-            audit = stack.enter_context(AuditLog(audit_path, cfg.audit.retention_days))
-        led = stack.enter_context(open_ledger(cfg, audit))
+            audit = stack.enter_context(open_audit(cfg, "use"))
+        led = stack.enter_context(open_ledger(cfg, audit, "use"))
         mark, floor = led.mark(), max(led.floor, led.mark().t)
     if time.time() < floor:
         raise EdgeGateError(
@@ -217,25 +219,75 @@ def _ledger(site: Site) -> str | Check:
     return f"{cfg.resolve(cfg.tickets.ledger)}: {mark.seq} redemptions, newest {iso(mark.t) or '-'}"
 
 
+@check("evidence")
+def _evidence(site: Site) -> str | Check:
+    """The audit log's chains (hashed, and keyed with the lane's key) and the witness; the
+    ledger's are checked with it by "ticket ledger" (its open walks the whole chain)."""
+    from edge.gate.audit import open_audit
+
+    cfg = site.cfg
+    if not cfg.resolve(cfg.audit.path).is_file():
+        return "no audit log yet (the gate's first run makes it and the evidence key)"
+    with open_audit(cfg, "use") as log:
+        rep = log.verify()
+    if not rep.ok:
+        return Check(
+            "fail",
+            "evidence",
+            f"audit chain broken: {rep.problem}",
+            "keep the file as evidence; after a restore or replacement: edge-gate audit adopt "
+            "--config C",
+        )
+    how = "hashed and keyed" if rep.keyed else "hashed, not keyed yet"
+    return f"audit chain intact ({how}): {rep.records} records, head {rep.head_id}"
+
+
 @check("fleet")
 def _fleet(site: Site) -> str | Check:
-    """The link and clock as edge-gate sync last saw them (tickets are refused on either)."""
-    from edge.fleet.state import FleetState, check_link
+    """The link and clock as edge-gate sync last saw them (tickets are refused on either), the
+    lanes whose clocks are off from the fleet's, and a forget list still to replay."""
+    from edge.fleet.state import FleetState, check_faces, check_link
 
     fl = site.cfg.fleet
     if not fl.enabled:
         return "no [fleet]: this gate works alone"
+    from edge.errors import EdgeGateError
+    from edge.fleet.identity import load_lane_key
+
+    try:
+        load_lane_key(site.cfg)  # sync signs with it; refused when missing or not private
+    except EdgeGateError as e:
+        return Check("fail", "fleet", str(e).split(" (fix: ")[0], e.hint)
     st = FleetState(site.cfg.resolve(fl.state_db))
     try:
         link, offset = check_link(fl, st, time.time()), st.get("clock_offset")
+        faces = check_faces(fl, st)
         connected = st.get("connected")
+        clocks = st.get("clocks") or {}
     finally:
         st.close()
     where = f"site {fl.site}, lane {fl.lane}, broker {fl.broker}"
     fix = "systemctl status edge-gate-sync; check the broker and the clock (NTP)"
+    off = sorted(
+        (lane, o)
+        for lane, o in clocks.items()
+        if abs(o) > fl.max_clock_offset_s and lane != fl.lane
+    )
+    named = ", ".join(f"{lane} ({o:+.1f} s)" for lane, o in off)
     if not link.ok:
         return Check("fail", "fleet", f"{where}: {link.reason}: {link.detail}", fix)
+    if not faces.ok:
+        return Check(
+            "warn", "fleet", f"{where}: {faces.reason}: {faces.detail}", "start edge-gate-sync"
+        )
     if not connected:
         return Check("warn", "fleet", f"{where}: sync not connected", fix)
-    off = "unknown" if offset is None else f"{offset:+.1f} s"
-    return f"{where}: connected, clock vs fleet {off}"
+    mine = "unknown" if offset is None else f"{offset:+.1f} s"
+    if off:
+        return Check(
+            "warn",
+            "fleet",
+            f"{where}: connected, clock vs fleet {mine}; clock off from the fleet's: {named}",
+            "set the time (NTP) on the lanes named",
+        )
+    return f"{where}: connected, clock vs fleet {mine}"

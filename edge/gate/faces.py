@@ -32,6 +32,14 @@ class FaceStack:
         self.fuse = cfg.policy.fuse_frames
         self.gallery = Gallery(cfg.resolve(cfg.gallery.db), key)
         try:
+            if self.gallery.needs_forget_replay():  # a restored backup: nobody by face
+                from edge.errors import GalleryError
+
+                raise GalleryError(
+                    self.gallery.forget_state().reason,
+                    "edge-gate forget --replay --config C (with the office's list: --replay FILE),"
+                    " then systemctl reload edge-gate",
+                )
             spec = self.pipeline.spec
             threshold = resolve_threshold(cfg.gallery.match_threshold, spec.threshold)
             # gallery.match_threshold = 0: threshold and margin calibrated for the gallery's size

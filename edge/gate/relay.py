@@ -1,16 +1,16 @@
 """The turnstile relay and door inputs, through gpiozero and a pin factory chosen by config.
 
-On a Pi the factory is lgpio; off-Pi and in tests it is gpiozero's own MockFactory, whose pins
-record every state change with a timestamp. The relay fails closed: it is claimed as an output
-already at its inactive level (never a moment at the active one, even for an active-low board),
-driven inactive whenever anything goes wrong, and on close it stays an output driven inactive:
-gpiozero's own close would turn it into a floating input. A process killed mid-pulse cannot run
+On a Pi the factory is lgpio (edge/gate/lgpio_pins.py: gpiozero's, with pins that never float);
+off-Pi and in tests it is gpiozero's own MockFactory, whose pins record every state change with
+a timestamp. The relay fails closed: it is claimed as an output already at its inactive level
+(never a moment at the active one, even for an active-low board), driven inactive whenever
+anything goes wrong, and on close it stays an output driven inactive: gpiozero's own close
+would turn it into a floating input. A process killed mid-pulse cannot run
 any of this; the systemd unit's ExecStopPost= (scripts/relay-off) covers that case.
 """
 
 from __future__ import annotations
 
-import importlib
 import logging
 import threading
 import time
@@ -18,57 +18,26 @@ from collections.abc import Callable
 
 from gpiozero import Button, DigitalOutputDevice
 
-from edge.config import RelayConfig
+from edge.config import PIN_FACTORIES, RelayConfig
 from edge.errors import RelayError
 
 log = logging.getLogger(__name__)
 
 
-def _holding_lgpio_factory():
-    """gpiozero's LGPIOFactory with pins that never float or glitch the relay line.
-
-    gpiozero's LGPIOPin claims every line as a floating input when it is first looked up, claims
-    outputs at level 0 before writing the wanted level (a pulse of an active-low relay), and
-    turns outputs back into floating inputs on close. This pin claims nothing until the device
-    says which function it wants, claims an output at its initial level in one call, and leaves
-    an output driven where it is on close.
-    """
-    gz_lgpio = importlib.import_module("gpiozero.pins.lgpio")  # imports lgpio itself
-    lg = gz_lgpio.lgpio
-
-    class HoldingLGPIOPin(gz_lgpio.LGPIOPin):
-        def __init__(self, factory, info):
-            super(gz_lgpio.LGPIOPin, self).__init__(factory, info)  # skip the input claim
-            self._pwm = None
-            self._bounce = None
-            self._callback = None
-            self._edges = lg.BOTH_EDGES
-
-        def output_with_state(self, state):
-            lg.gpio_claim_output(self.factory._handle, self._number, int(bool(state)))
-
-        def close(self):
-            if self.factory._handle is not None and self.function == "output":
-                return  # stays driven at the level it was left at (the relay's inactive level)
-            super().close()
-
-    class HoldingLGPIOFactory(gz_lgpio.LGPIOFactory):
-        def __init__(self, chip=None):
-            super().__init__(chip)
-            self.pin_class = HoldingLGPIOPin
-
-    return HoldingLGPIOFactory()
-
-
 def make_pin_factory(name: str):
-    """The gpiozero pin factory named by relay.pin_factory, or a RelayError saying what to do."""
+    """The gpiozero pin factory named by relay.pin_factory, or a RelayError saying what to do.
+
+    Each backend is imported only when named: each needs its own hardware library.
+    """
     try:
         if name == "mock":
             from gpiozero.pins.mock import MockFactory
 
             return MockFactory()
-        if name == "lgpio":
-            return _holding_lgpio_factory()
+        if name == "lgpio":  # imports the lgpio library, which exists only on a Pi
+            from edge.gate.lgpio_pins import HoldingLGPIOFactory
+
+            return HoldingLGPIOFactory()
         if name == "rpigpio":  # RPi.GPIO claims outputs with their initial level in one call
             from gpiozero.pins.rpigpio import RPiGPIOFactory
 
@@ -83,7 +52,9 @@ def make_pin_factory(name: str):
             "on a Pi install the `pi` extra and add the user to the gpio group;"
             ' off-Pi use relay.pin_factory = "mock"',
         ) from None
-    raise RelayError(f"unknown relay.pin_factory {name!r}", "use mock, lgpio, rpigpio or native")
+    raise RelayError(
+        f"unknown relay.pin_factory {name!r}", f"use one of {', '.join(PIN_FACTORIES)}"
+    )
 
 
 def check_pins(cfg: RelayConfig, factory) -> None:

@@ -17,9 +17,10 @@ import cv2
 import numpy as np
 
 from edge.errors import ImageError, SourceError
-from edge.vision.image import to_bgr8
+from edge.vision.image import MAX_PIXELS, image_size, load_image, open_video, read_head, to_bgr8
 
 log = logging.getLogger(__name__)
+STILL_EXT = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".pgm", ".ppm", ".pnm"}
 
 
 @dataclass(frozen=True)
@@ -54,17 +55,27 @@ class FrameSource:
 
 
 class VideoFileSource(FrameSource):
-    """A recorded clip: every frame, at its recorded rate (realtime) or as fast as possible."""
+    """A recorded clip: every frame, at its recorded rate (realtime) or as fast as possible.
+
+    A file from which not one frame can be read is an error at its end, not an empty run.
+    """
 
     def __init__(
-        self, path: str | Path, realtime: bool = False, capture_factory: Callable = cv2.VideoCapture
+        self,
+        path: str | Path,
+        realtime: bool = False,
+        capture_factory: Callable | None = None,
+        max_pixels: int = MAX_PIXELS,
     ):
         self.path = Path(path)
         if not self.path.is_file():
             raise SourceError(
                 f"video {self.path} does not exist", "check camera.source or --source"
             )
-        self.cap = capture_factory(str(self.path))
+        try:
+            self.cap = (capture_factory or (lambda p: open_video(p, max_pixels)))(str(self.path))
+        except ImageError as e:
+            raise SourceError(str(e.args[0]), e.hint) from None
         if not self.cap.isOpened():
             raise SourceError(
                 f"video {self.path} cannot be opened", "is it a video file (mp4, avi, gif)?"
@@ -82,6 +93,11 @@ class VideoFileSource(FrameSource):
             ok, img = self.cap.read()
             if not ok:
                 self.finished, self.state = True, "finished"
+                if self.index == 0:
+                    raise SourceError(
+                        f"{self.path}: no frame could be read (not a video or image, or damaged)",
+                        "check camera.source or --source",
+                    )
                 return None
             t = self.index / self.fps
             self.index += 1
@@ -106,6 +122,25 @@ class VideoFileSource(FrameSource):
         """Release the clip file."""
         self.cap.release()
         super().close()
+
+
+class ImageFileSource(FrameSource):
+    """A still photo as a one-frame source (`run --source photo.jpg`), size checked first."""
+
+    def __init__(self, path: str | Path, max_pixels: int = MAX_PIXELS):
+        self.path = Path(path)
+        try:
+            self.image = load_image(self.path, max_pixels)
+        except ImageError as e:
+            raise SourceError(str(e.args[0]), e.hint or "check camera.source or --source") from None
+        self.state = "open"
+
+    def read(self) -> Frame | None:
+        """The photo once, then finished."""
+        if self.finished:
+            return None
+        self.finished, self.state = True, "finished"
+        return Frame(self.image, 0.0, 0)
 
 
 class CameraSource(FrameSource):
@@ -235,13 +270,28 @@ def open_source(
     fps: float = 15.0,
     realtime: bool = True,
     reconnect_max_s: float = 30.0,
+    max_pixels: int = MAX_PIXELS,
 ) -> FrameSource:
-    """'picamera2', a device ('/dev/video0' or '0'), or a video file."""
+    """'picamera2', a device ('/dev/video0' or '0'), a still photo or a video file."""
     if spec == "picamera2":
         return Picamera2Source(width, height)
     if spec.isdigit() or spec.startswith("/dev/video"):
         return CameraSource(spec, width, height, fps, reconnect_max_s)
-    return VideoFileSource(spec, realtime=realtime)
+    if still_image(spec):
+        return ImageFileSource(spec, max_pixels)
+    return VideoFileSource(spec, realtime=realtime, max_pixels=max_pixels)
+
+
+def still_image(path: str | Path) -> bool:
+    """A file that is (by its first bytes) or claims to be (by its name) a still photo."""
+    p = Path(path)
+    if p.suffix.lower() in STILL_EXT:
+        return True
+    try:
+        found = image_size(read_head(p)) if p.is_file() else None
+    except ImageError:
+        return False
+    return found is not None and found[0] != "GIF"  # a GIF may be an animation: a clip
 
 
 class FirstFrames(FrameSource):

@@ -10,12 +10,17 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+from gpiozero.pins.mock import MockFactory
 
+from edge import config as config_mod
 from edge.errors import SourceError
 from edge.gallery.crypto import init_key
 from edge.gallery.matcher import Matcher, to_template_grid
 from edge.gallery.store import Consent, Gallery, NewPerson
-from edge.vision.image import to_bgr8
+from edge.gate.daemon import Gate
+from edge.lab.demo import enroll_person, prepare
+from edge.progress import Progress, progress
+from edge.vision.image import open_video, to_bgr8
 from edge.vision.pipeline import FacePipeline, StageTimes
 
 log = logging.getLogger(__name__)
@@ -42,12 +47,18 @@ def bench_clip(
         pipe: FacePipeline = make_pipe(threads)
         pad = make_pad(threads) if make_pad else None
         pad_times: list[float] = []
-        cap = cv2.VideoCapture(str(clip))
+        cap = open_video(clip, pipe.max_image_pixels)
         if not cap.isOpened():
             raise SourceError(
                 f"{clip}: cannot open video", "check the path and that the file is a video"
             )
         decode, times, n, faces = [], StageTimes(), 0, 0
+        frames = int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) or None
+        shown = Progress(
+            f"bench threads={threads}",
+            min(frames, max_frames) if frames and max_frames else (max_frames or frames),
+            unit="frame",
+        )
         t_start = time.perf_counter()
         while True:
             t0 = time.perf_counter()
@@ -63,10 +74,17 @@ def bench_clip(
                 pad.live_probability(frame, f.detection.box)
                 pad_times.append(time.perf_counter() - t1)
             n += 1
+            shown(n)
             if max_frames and n >= max_frames:
                 break
         wall = time.perf_counter() - t_start
         cap.release()
+        if not n:
+            raise SourceError(
+                f"{clip}: no frame could be read (not a video, or damaged)",
+                "give a video file such as an mp4 recorded by the gate's camera",
+            )
+        shown.close()
         s = times.samples
         face_frames = [x for x in s if x["faces"]]
         report["runs"].append(
@@ -112,12 +130,6 @@ def bench_gate(clip: Path, enroll_images: list[Path], workdir: Path) -> dict:
     Latency is counted two ways, in the clip's own time: from the first frame with any face,
     and from the first frame in which the enrolled person's face passes the quality gate.
     """
-    from gpiozero.pins.mock import MockFactory
-
-    from edge import config as config_mod
-    from edge.gate.daemon import Gate
-    from edge.lab.demo import enroll_person, prepare
-
     cfg = config_mod.load(prepare(workdir, None)[0])  # the demo workspace: keys, mock relay
     pid = enroll_person(cfg, FacePipeline.from_config(cfg), "bench person", enroll_images)
     cfg = config_mod.override(cfg, camera={"source": str(clip), "realtime": False})
@@ -205,7 +217,8 @@ def bench_gallery(
         t0 = time.perf_counter()
         per = people_templates
         with Gallery(Path(tmp) / "g.db", kek) as g:
-            for start in range(0, n, 5000):  # batches of people, each with `per` templates
+            batches = range(0, n, 5000)  # batches of people, each with `per` templates
+            for start in progress(batches, f"bench gallery: {n} templates", unit="batch"):
                 batch = [
                     NewPerson(f"person {i}", Consent("bench"), list(vec[i : i + per]), [1.0] * per)
                     for i in range(start, min(n, start + 5000), per)

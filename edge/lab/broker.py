@@ -1,9 +1,9 @@
-"""A real Mosquitto on a free loopback port, with a generated config: for tests, demo and bench.
+"""A real Mosquitto on a free loopback port, for tests, demo and bench, configured as a site's.
 
-Per-lane credentials (mosquitto_passwd) and topic ACLs: a lane may write only its own
-redemptions, heartbeat, audit and acknowledgements; only the office may write office/...;
-everyone of the site may read the site. Persistence is on, so a restarted broker still holds
-the lanes' sessions and their queued QoS 1 messages. It listens on 127.0.0.1 only.
+The config, ACLs and password file come from edge/fleet/brokerconf.py, the same functions a
+site uses (`edge-gate fleet broker-config`): per-lane logins, pattern ACLs, client id = login.
+Persistence is on, so a restarted broker still holds the lanes' sessions and their queued QoS 1
+messages. It listens on 127.0.0.1 only (TLS when given a certificate and key).
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 from edge.errors import EdgeGateError
+from edge.fleet.brokerconf import BrokerOptions, mosquitto_conf, write_site_broker
 
 MISSING = (
     "mosquitto is not installed"
@@ -44,34 +45,21 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def acl_text(site: str = "+") -> str:
-    """Topic ACLs: %u is the MQTT username, which is the lane name; site "+" = any site."""
-    root = f"edge-gate/{site}"
-    return "\n".join(
-        [
-            "user office",
-            f"topic readwrite {root}/#",
-            "",
-            f"pattern read {root}/#",
-            f"pattern write {root}/redemptions/%u",
-            f"pattern write {root}/heartbeat/%u",
-            f"pattern write {root}/audit/%u/#",
-            f"pattern write {root}/acks/%u/#",
-            "",
-        ]
-    )
-
-
 class Mosquitto:
     """Start/stop/kill/restart one broker; `users` maps username -> password (None: anonymous)."""
 
     def __init__(
-        self, workdir: Path, site: str = "+", users: dict[str, str] | None = None, port: int = 0
+        self,
+        workdir: Path,
+        site: str = "+",
+        users: dict[str, str] | None = None,
+        port: int = 0,
+        tls: tuple[Path, Path] | None = None,
     ):
         binary = mosquitto_binary()
         if binary is None:
             raise MosquittoError(MISSING)
-        self.binary, self.site, self.users = binary, site, users
+        self.binary, self.site, self.users, self.tls = binary, site, users, tls
         self.dir = Path(workdir)
         self.dir.mkdir(parents=True, exist_ok=True)
         self.port = port or free_port()
@@ -82,34 +70,39 @@ class Mosquitto:
     @property
     def url(self) -> str:
         """The fleet.broker URL that lanes and the office use to reach this broker."""
-        return f"mqtt://127.0.0.1:{self.port}"
+        return f"{'mqtts' if self.tls else 'mqtt'}://127.0.0.1:{self.port}"
 
     def _write_config(self) -> None:
-        lines = [
-            f"listener {self.port} 127.0.0.1",
-            "persistence true",
-            f"persistence_location {self.dir}/",
-            "autosave_interval 1",
-            "max_queued_messages 1000000",
-            "max_inflight_messages 0",
-            "set_tcp_nodelay true",
+        extra = [
             f"log_dest file {self.dir}/mosquitto.log",
             "log_type error",
             "log_type warning",
             "log_type notice",
         ]
         if os.geteuid() == 0:
-            lines.append(f"user {getpass.getuser()}")
-        if self.users is None:
-            lines.append("allow_anonymous true")
-        else:
-            pw = self.dir / "passwords"
-            pw.write_text("".join(f"{u}:{p}\n" for u, p in self.users.items()))
-            os.chmod(pw, 0o600)
-            subprocess.run(["mosquitto_passwd", "-U", str(pw)], check=True, capture_output=True)
-            (self.dir / "acl").write_text(acl_text(self.site))
-            lines += ["allow_anonymous false", f"password_file {pw}", f"acl_file {self.dir}/acl"]
-        self.conf.write_text("\n".join(lines) + "\n")
+            extra.append(f"user {getpass.getuser()}")
+        opts = BrokerOptions(
+            port=self.port,
+            bind="127.0.0.1",
+            tls_cert=str(self.tls[0]) if self.tls else "",
+            tls_key=str(self.tls[1]) if self.tls else "",
+            persistence_dir=f"{self.dir}/",
+            password_file=str(self.dir / "passwd"),
+            acl_file=str(self.dir / "acl"),
+            max_queued_messages=1_000_000,
+        )
+        if self.users is None:  # anonymous: only for a broker no test of access control uses
+            text = mosquitto_conf(opts, extra)
+            text = text.replace("allow_anonymous false", "allow_anonymous true")
+            text = "".join(
+                ln + "\n"
+                for ln in text.splitlines()
+                if not ln.startswith(("password_file", "acl_file", "use_username_as_clientid"))
+            )
+            self.conf.write_text(text)
+            return
+        write_site_broker(self.dir, self.site, list(self.users), opts, self.users)
+        self.conf.write_text(mosquitto_conf(opts, extra))
 
     def start(self, timeout_s: float = 10.0) -> Mosquitto:
         """Launch the broker and wait until it listens, so callers never race its start."""

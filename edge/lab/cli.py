@@ -14,7 +14,7 @@ from edge.errors import EdgeGateError
 from edge.gallery.matcher import resolve_threshold
 from edge.gallery.rules import rules_from_catalogue
 from edge.gallery.rules import threshold_for as rule_for
-from edge.gate.daemon import Gate, format_decision
+from edge.gate.daemon import Gate, decisions_on_console, format_decision
 from edge.lab import evaluation as ev
 from edge.lab.bench import bench_clip, bench_gallery, bench_gate, format_bench, format_gallery_bench
 from edge.lab.demo import demo_source, demo_state, enroll_person, prepare
@@ -125,6 +125,12 @@ def _eval_open_set(args, cfg: config_mod.Config, pipe) -> int:
         return t, cfg.gallery.min_margin, "gate.toml / models.json threshold, gate.toml margin"
 
     result = {"embedder": pipe.spec.name, **ev.evaluate_open_set(embedded, k, spec.dim, rule)}
+    # The rule each calibration size gets (as --write-threshold would write it), shown always:
+    # the README's figure for all people with >= 2 photos is this, not a by_gallery_size row.
+    calibration = new_table if new_table is not None else ev.calibrate_sizes(embedded, k, spec.dim)
+    result["calibration"] = [
+        {key: v for key, v in row.items() if key != "margins_tried"} for row in calibration
+    ]
     if new_table is not None:
         result["written_rules"] = new_table
     _print_report(result, args.json)
@@ -252,11 +258,17 @@ def cmd_demo(args) -> int:
         work = Path(args.workdir) if args.workdir else Path.cwd() / "var" / "demo-fleet"
         return run_fleet_demo(work, args.lanes, fx, args.fast)
     work = Path(args.workdir) if args.workdir else Path.cwd() / "var" / "demo"
+    with decisions_on_console():
+        return _demo(work, fixtures, fx, args.fast)
+
+
+def _demo(work: Path, fixtures: Path, fx: Path | None, fast: bool) -> int:
     cfg_path, scenes = prepare(work, fx)
     cfg = config_mod.load(cfg_path)
     print(f"edge-gate demo: workspace {work} (mock relay, nothing leaves this machine)")
     if fx is None:
         print(f"  shared fixtures not found at {fixtures}: showing the generated ticket clip only")
+        cfg = config_mod.override(cfg, gate={"mode": "ticket-only"})  # nobody to enroll
     else:
         pid = enroll_person(
             cfg,
@@ -276,7 +288,7 @@ def cmd_demo(args) -> int:
                 print("   " + format_decision(ev), flush=True)
 
             scene_cfg = config_mod.override(
-                cfg, camera={"source": str(scene.clip), "realtime": not args.fast}
+                cfg, camera={"source": str(scene.clip), "realtime": not fast}
             )
             with Gate(scene_cfg, show) as gate:
                 gate.run()

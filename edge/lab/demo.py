@@ -12,7 +12,19 @@ from pathlib import Path
 
 from edge import config as config_mod
 from edge import tickets as tk
+from edge.errors import EdgeGateError
+from edge.gallery.crypto import init_key
+from edge.gallery.enroll import enroll
+from edge.gallery.store import Consent, Gallery
 from edge.lab.synth import Segment, write_clip
+from edge.tickets.ledger import init_ledger
+
+# Marks a folder the demo made: only such a folder is emptied by the next run.
+MARKER = ".edge-gate-demo"
+MARKER_TEXT = (
+    "This folder was made by edge-gate's demo, which deletes it and starts afresh on every run.\n"
+    "Keep nothing else here.\n"
+)
 
 
 @dataclass(frozen=True)
@@ -67,10 +79,6 @@ def ticket_scene(office: Path, out: Path, now: float, seed: int = 1, prefix: str
 
 def enroll_person(cfg, pipe, name: str, photos: list[Path]) -> str:
     """Create the workspace's gallery key and enroll one consenting person from photos."""
-    from edge.gallery.crypto import init_key
-    from edge.gallery.enroll import enroll
-    from edge.gallery.store import Consent, Gallery
-
     with Gallery(cfg.resolve(cfg.gallery.db), init_key(cfg.resolve(cfg.gallery.key_file))) as g:
         pid, _ = enroll(
             g,
@@ -89,9 +97,7 @@ def prepare(
 ) -> tuple[Path, list[Scene]]:
     """Create the demo workspace; returns (config path, scenes)."""
     now = now or time.time()
-    if workdir.exists():
-        shutil.rmtree(workdir)
-    workdir.mkdir(parents=True)
+    fresh_workdir(workdir)
     tk.keygen(workdir / "office")
     scenes = []
     cfg = workdir / "gate.toml"
@@ -124,8 +130,6 @@ def prepare(
 
 def demo_state(cfg) -> list[str]:
     """The demo's ledger (`edge-gate ledger init`) and empty revocation list, if absent."""
-    from edge.tickets.ledger import init_ledger
-
     done = []
     rev = cfg.resolve(cfg.tickets.revocation_list) if cfg.tickets.revocation_list else None
     if rev is not None and not rev.exists():
@@ -144,10 +148,29 @@ def demo_source(workdir: Path, now: float | None = None) -> tuple[Path, Path]:
     Ticket ids carry the time, so a rerun against the same ledger starts with a valid ticket.
     """
     now = now or time.time()
-    if workdir.exists():
-        shutil.rmtree(workdir)
+    fresh_workdir(workdir)
     tk.keygen(workdir / "office")
     scene = ticket_scene(
         workdir / "office", workdir / "tickets.mp4", now, prefix=f"RUN{int(now) % 100000:05d}"
     )
     return scene.clip, workdir / "office" / "issuer.pub"
+
+
+def fresh_workdir(workdir: Path) -> None:
+    """An empty folder for a demo run: new, empty, or one an earlier demo made (emptied now).
+
+    A folder holding anything the demo did not make is refused, never deleted: `--workdir` may
+    be mistyped as a folder the user keeps things in.
+    """
+    if workdir.exists() and not workdir.is_dir():
+        raise EdgeGateError(f"--workdir {workdir} is a file", "give a new or empty folder")
+    if workdir.is_dir() and any(workdir.iterdir()):
+        if not (workdir / MARKER).is_file():
+            raise EdgeGateError(
+                f"--workdir {workdir} is not empty and no demo made it: refusing to delete what "
+                "it holds",
+                "give a new or empty folder (the demo deletes only folders it made itself)",
+            )
+        shutil.rmtree(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    (workdir / MARKER).write_text(MARKER_TEXT)

@@ -25,6 +25,7 @@ from edge.config import PROJECT_ROOT, fixtures_dir
 from edge.gate.sources import FirstFrames, VideoFileSource
 from edge.lab.crosscpu import CLIP, EVENT_KEYS, MIN_COSINE, compare
 from edge.lab.evaluation import IMAGE_EXT
+from edge.progress import Progress
 from edge.vision.image import load_image
 from edge.vision.models import load_catalogue
 
@@ -111,6 +112,7 @@ def other_models(models: Path, photos: list[Path], cat: dict, threads: int) -> d
     The model is run as a plain TFLite graph on each photo's face crop (enlarged by the entry's
     `crop_scale`, default 1.5; scaled to 0..1 when its `input_range` starts with "0..1"), and its
     outputs are recorded flattened: enough to see whether two CPUs compute the same function.
+    A liveness entry of several networks runs through PadModel (its own crops and box map).
     """
     from edge.vision.detector import BlazeFace
     from edge.vision.runtime import TFLiteModel
@@ -124,11 +126,14 @@ def other_models(models: Path, photos: list[Path], cat: dict, threads: int) -> d
         if group in ("detectors", "embedders") or not isinstance(entries, dict):
             continue
         for name, e in entries.items():
+            if group == "liveness" and isinstance(e, dict) and "models" in e:
+                out[f"{group}/{name}"] = pad_outputs(models, name, imgs, boxes, threads)
+                continue
             if not (isinstance(e, dict) and str(e.get("file", "")).endswith(".tflite")):
                 continue
             model = TFLiteModel(models / e["file"], threads)
             div = 255.0 if str(e.get("input_range", "")).startswith("0..1") else 1.0
-            rows = []
+            rows: list[dict] = []
             for im, b in zip(imgs, boxes, strict=True):
                 if b is None:
                     rows.append({"vector": None})
@@ -138,6 +143,22 @@ def other_models(models: Path, photos: list[Path], cat: dict, threads: int) -> d
                 rows.append({"vector": _vec(np.concatenate([o.ravel() for o in outs]))})
             out[f"{group}/{name}"] = rows
     return out
+
+
+def pad_outputs(models: Path, name: str, imgs: list, boxes: list, threads: int) -> list[dict]:
+    """A PAD entry of several networks, through the gate's own crops (PadModel): every
+    member's softmax on each photo's face, concatenated."""
+    from edge.vision.liveness import PadModel, PadSpec
+
+    pad = PadModel(PadSpec.load(models, name, require_threshold=False), threads)
+    rows: list[dict] = []
+    for im, b in zip(imgs, boxes, strict=True):
+        if b is None:
+            rows.append({"vector": None})
+            continue
+        outs = pad.outputs(im, b.box)
+        rows.append({"vector": _vec(np.concatenate([y for _m, y, _s in outs]))})
+    return rows
 
 
 def gate_on_clip(fixtures: Path, threads: int, frames: int = 0) -> dict:
@@ -212,13 +233,17 @@ def run(out: Path, images: int, clip: bool, threads: int, frames: int = 0) -> di
         "photos": [str(p.relative_to(fixtures)) for p in photos],
         "catalogue": {g: sorted(v) for g, v in cat.items() if isinstance(v, dict)},
     }
+    steps = Progress(f"equivalence on {platform.machine()}", 3 if clip else 2, unit="step")
     res["embedders"] = embed_photos(models, photos, sorted(cat["embedders"]), threads)
     times["embedders"], t = time.perf_counter() - t, time.perf_counter()
+    steps(1, label="embedders")
     res["detectors"] = detect_photos(models, photos, cat, threads)
     res["models"] = other_models(models, photos, cat, threads)
     times["detectors+others"], t = time.perf_counter() - t, time.perf_counter()
+    steps(2, label="detectors and other models")
     res["gate"] = gate_on_clip(fixtures, threads, frames) if clip else None
     times["gate"] = time.perf_counter() - t
+    steps.close()
     res["seconds"] = {k: round(v, 1) for k, v in times.items()}
     out.write_text(json.dumps(res))
     return res

@@ -12,8 +12,10 @@ from pathlib import Path
 import numpy as np
 
 from edge.errors import EdgeGateError, ImageError
+from edge.gallery.matcher import Matcher
 from edge.lab import openset
 from edge.lab.metrics import pair_scores, summarise
+from edge.progress import progress
 from edge.vision.image import load_image
 from edge.vision.models import load_catalogue
 from edge.vision.pipeline import FacePipeline
@@ -70,10 +72,10 @@ class Embedded:
 def embed_folder(pipe: FacePipeline, root: Path) -> Embedded:
     """Embed the largest face of every image under DIR/<person>/ once, timing each."""
     out = Embedded([], [], [])
-    for person, path in identity_images(root):
+    for person, path in progress(identity_images(root), f"eval {root.name}", unit="image"):
         out.labels.append(person)
         try:
-            img = load_image(path)
+            img = load_image(path, pipe.max_image_pixels)
         except ImageError as e:
             log.warning("eval skip unreadable=%s reason=%s", path, e)
             out.unreadable += 1
@@ -88,6 +90,12 @@ def embed_folder(pipe: FacePipeline, root: Path) -> Embedded:
             continue
         out.low_quality += not obs.quality.ok
         out.embeddings.append(obs.embedding)
+    if all(v is None for v in out.embeddings):  # 0 identities: no figure means anything
+        raise EdgeGateError(
+            f"{root}: no usable face in any of its {len(out.labels)} image(s) "
+            f"({out.no_face} without a face, {out.unreadable} unreadable): nothing to measure",
+            "pass a folder of DIR/<person>/<photo> with one face per photo",
+        )
     return out
 
 
@@ -150,8 +158,6 @@ REPORT_SIZES = (100, 1000, 0)  # gallery sizes the gate's own rule is reported f
 
 def _searches(e: Embedded, gallery: np.ndarray, mated: np.ndarray, nonmated: np.ndarray, dim: int):
     """Build the matcher for these gallery items and search every probe once."""
-    from edge.gallery.matcher import Matcher
-
     x, ok = e.matrix(dim)
     labels = np.asarray(e.labels, dtype=object)
     g = gallery[ok[gallery]]

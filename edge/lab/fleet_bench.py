@@ -1,6 +1,7 @@
 """`edge-gate bench --fleet`: N lanes on one machine through one Mosquitto, with a broker restart.
 
-Each lane runs a real `edge-gate sync` process; this process redeems `rate` tickets per second
+Each lane and the office run a real `edge-gate sync` process (every message signed, every lane
+in the office's roster); this process redeems `rate` signed tickets per second
 at every lane, straight into each lane's ledger (as the gate would), restarts the broker half-way,
 then waits until every lane holds every other lane's redemptions. Reported: propagation delay
 from a redemption at one lane to its application at another (p50, p99), messages applied per
@@ -14,6 +15,7 @@ import shutil
 import tempfile
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +23,7 @@ import numpy as np
 from edge import tickets as tk
 from edge.fleet.state import read_state
 from edge.lab.broker import Mosquitto
-from edge.lab.workspace import start_syncs, stop_all, write_member
+from edge.lab.workspace import roster_all, start_syncs, stop_all, write_member
 from edge.tickets.ledger import Ledger
 
 RECOVERY_S = 10.0  # after a broker restart, lanes reconnect within paho's 1-5 s back-off
@@ -35,7 +37,7 @@ def _cpu_s(pid: int) -> float:
 def _remote_count(lane_dir: Path) -> int:
     led = Ledger(lane_dir / "ledger.db")
     try:
-        return led.conn.execute("SELECT count(*) FROM remote_redemptions").fetchone()[0]
+        return led.remote_count()
     finally:
         led.close()
 
@@ -48,18 +50,21 @@ def bench_fleet(lanes: int, rate: float, seconds: float, workdir: Path | None = 
     root = Path(workdir or tempfile.mkdtemp(prefix="edge-gate-bench-fleet-", dir=shm))
     names = [f"lane{i}" for i in range(1, lanes + 1)]
     users = {n: f"pw-{n}-{os.getpid()}" for n in ["office", *names]}
-    _, pub = tk.keygen(root / "office-keys")
+    priv, pub = tk.keygen(root / "office-keys")
+    key = tk.load_private(priv)
     broker = Mosquitto(root / "broker", users=users).start()
-    members = [
+    office, *members = [
         write_member(root, n, broker.url, "bench", pub, users[n], fleet={"heartbeat_s": 1.0})
-        for n in names
+        for n in ["office", *names]
     ]
-    procs = start_syncs(members)
+    roster_all(office, members, priv)
+    office_proc, *procs = start_syncs([office, *members])
     done = [0] * lanes
     try:
         deadline = time.monotonic() + 180  # every lane subscribed before the first redemption
         while time.monotonic() < deadline and not all(
-            read_state(m.dir / "fleet.db", "connected") for m in members
+            read_state(m.dir / "fleet.db", "connected") and read_state(m.dir / "fleet.db", "roster")
+            for m in members
         ):
             time.sleep(0.2)
         subscribed = sum(bool(read_state(m.dir / "fleet.db", "connected")) for m in members)
@@ -71,7 +76,7 @@ def bench_fleet(lanes: int, rate: float, seconds: float, workdir: Path | None = 
             k = 0
             while time.monotonic() - t0 < seconds:
                 t = tk.Ticket(f"B-{i}-{k}", "day", 0, 0, tk.Kind.ONE_TIME, 1)
-                led.redeem(t, time.time())
+                led.redeem(replace(t, text=tk.sign(t, key)), time.time())  # as the gate holds it
                 k += 1
                 done[i] = k
                 time.sleep(max(0.0, t0 + i / (rate * lanes) + k / rate - time.monotonic()))
@@ -98,7 +103,7 @@ def bench_fleet(lanes: int, rate: float, seconds: float, workdir: Path | None = 
         drain_s = time.monotonic() - t0
         cpu = [(_cpu_s(p.pid) - c) / drain_s for p, c in zip(procs, cpu0, strict=True)]
     finally:
-        stop_all(procs, 20)
+        stop_all([office_proc, *procs], 20)
         broker.stop()
     pairs = np.array(
         [d for m in members for d in (read_state(m.dir / "fleet.db", "apply_delays") or [])]

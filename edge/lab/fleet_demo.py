@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -22,7 +21,8 @@ from edge import tickets as tk
 from edge.config import PROJECT_ROOT
 from edge.fleet.state import read_state
 from edge.lab.broker import Mosquitto
-from edge.lab.workspace import Member, start_syncs, stop_all, write_member
+from edge.lab.demo import fresh_workdir
+from edge.lab.workspace import Member, roster_all, start_syncs, stop_all, write_member
 from edge.tickets.ledger import Ledger
 
 
@@ -38,10 +38,17 @@ def _wait(cond: Callable[[], bool], timeout: float) -> bool:
 def _heard(m: Member, ticket_id: str) -> bool:
     led = Ledger(m.dir / "ledger.db")
     try:
-        q = "SELECT count(*) FROM remote_redemptions WHERE ticket_id = ?"
-        return led.conn.execute(q, (ticket_id,)).fetchone()[0] > 0
+        return led.remote_count(ticket_id) > 0
     finally:
         led.close()
+
+
+def _ready(m: Member) -> bool:
+    """Connected, with the office's roster and forget list (so faces may be granted)."""
+    st = m.dir / "fleet.db"
+    return bool(read_state(st, "connected") and read_state(st, "roster")) and not read_state(
+        st, "forget_replay"
+    )
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess:
@@ -56,9 +63,7 @@ def run_fleet_demo(workdir: Path, lanes: int, fixtures: Path | None, fast: bool)
     from edge.gallery.crypto import init_key
     from edge.tickets.issue import IssueRequest, issue_ticket
 
-    if workdir.exists():
-        shutil.rmtree(workdir)
-    workdir.mkdir(parents=True)
+    fresh_workdir(workdir)
     names = [f"lane{i}" for i in range(1, lanes + 1)]
     users = {n: os.urandom(8).hex() for n in ["office", *names]}
     priv, pub = tk.keygen(workdir / "office-keys")
@@ -82,14 +87,16 @@ def run_fleet_demo(workdir: Path, lanes: int, fixtures: Path | None, fast: bool)
     }
     for n in names:
         init_key(members[n].dir / "gallery.key")
-    procs = start_syncs(members[n] for n in names)
+    roster_all(members["office"], [members[n] for n in names], priv)
+    print(f"  the office signed a roster of {lanes} lane keys (each lane's `fleet join`)")
+    procs = start_syncs(members[n] for n in ["office", *names])
     ok = True
     try:
-        up = _wait(
-            lambda: all(read_state(members[n].dir / "fleet.db", "connected") for n in names),
-            30,
+        up = _wait(lambda: all(_ready(members[n]) for n in names), 30)
+        print(
+            f"  {lanes} lanes and the office running edge-gate sync: "
+            + ("connected, roster and forget list applied" if up else "NOT ready")
         )
-        print(f"  {lanes} lanes running edge-gate sync: {'connected' if up else 'NOT connected'}")
         until = time.strftime("%Y-%m-%d", time.gmtime(time.time() + 86400))
         issued = issue_ticket(priv, IssueRequest("SCREENSHOT-1", valid_until=until), workdir / "t")
         t, png = issued.ticket, issued.path

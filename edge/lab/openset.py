@@ -143,14 +143,6 @@ def enough_data(n_mated: int, n_nonmated: int, target: float) -> str | None:
     return None
 
 
-def subsample_people(n_people: int, size: int, draws: int, seed: int = 0) -> list[np.ndarray]:
-    """`draws` seeded random subsets of `size` people (indices); the whole gallery if larger."""
-    if size >= n_people:
-        return [np.arange(n_people)]
-    rng = np.random.default_rng(seed)
-    return [np.sort(rng.choice(n_people, size, replace=False)) for _ in range(draws)]
-
-
 def none_if_nan(x: float | None, digits: int = 4) -> float | None:
     """JSON has no NaN: undefined figures are null."""
     if x is None or not math.isfinite(x):

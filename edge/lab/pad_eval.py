@@ -34,8 +34,9 @@ import numpy as np
 from edge.config import Config
 from edge.errors import ImageError
 from edge.gate.policy import DENY, FACE, GRANT, FaceSeen, Observation, Policy, PolicyParams
+from edge.progress import progress
 from edge.vision import cues
-from edge.vision.image import load_image
+from edge.vision.image import load_image, open_video
 from edge.vision.liveness import LivenessJudge, PadModel
 from edge.vision.pipeline import FacePipeline
 
@@ -171,7 +172,7 @@ def judge_clip(
 ) -> Presentation:
     """Play a clip through the face policy as if the visitor matched: does it grant, when?"""
     judge.reset()
-    cap = cv2.VideoCapture(str(item.path))
+    cap = open_video(item.path, pipe.max_image_pixels)
     fps = cap.get(cv2.CAP_PROP_FPS) or 15.0
     fps = fps if 1 <= fps <= 120 else 15.0
     policy, i, live_frames, judged = Policy(params), 0, 0, 0
@@ -244,12 +245,13 @@ def evaluate_pad(
     params = PolicyParams.from_config(cfg)
     times: list[float] = []
     results = []
-    for item in items:
-        if item.path.suffix.lower() in VIDEO_EXT:
-            results.append(judge_clip(pipe, judge, params, item, times))
-            continue
+    for item in progress(items, "eval-pad", unit="presentation"):
         try:
-            p, close, cue = judge_image(pipe, judge.model, load_image(item.path), times, judge.cues)
+            if item.path.suffix.lower() in VIDEO_EXT:
+                results.append(judge_clip(pipe, judge, params, item, times))
+                continue
+            img = load_image(item.path, pipe.max_image_pixels)
+            p, close, cue = judge_image(pipe, judge.model, img, times, judge.cues)
         except ImageError as e:
             log.warning("eval-pad skip=%s reason=%s", item.path, e)
             continue
@@ -273,7 +275,12 @@ def evaluate_clips(cfg: Config, root: Path, pipe: FacePipeline, judge: LivenessJ
         )
     params = PolicyParams.from_config(cfg)
     times: list[float] = []
-    results = [judge_clip(pipe, judge, params, i, times) for i in items]
+    results = []
+    for i in progress(items, "eval-pad --clips", unit="clip"):
+        try:
+            results.append(judge_clip(pipe, judge, params, i, times))
+        except ImageError as e:  # an unreadable or oversized clip: said, and left out
+            log.warning("eval-pad skip=%s reason=%s", i.path, e)
     report = summarise(results, judge.model.spec.threshold, times, [root])
     report["cues"] = judge.cues
     report["mode"] = judge.mode

@@ -1,5 +1,6 @@
 """Lane and office folders for a fleet on one machine (demo, benchmark, tests): config files,
-broker credentials (0600), an initialised ledger and an empty revocation list.
+broker credentials (0600), a lane key, an initialised ledger and an empty revocation list; and
+the office's roster naming every lane's key.
 """
 
 from __future__ import annotations
@@ -87,7 +88,29 @@ def write_member(
 
     init_ledger(d / "ledger.db")  # a ledger is never created implicitly
     (d / "revoked.txt").touch()
+    from edge import config as config_mod
+    from edge.fleet.identity import ensure_lane_key
+
+    ensure_lane_key(config_mod.load(d / "gate.toml"))  # what `edge-gate fleet join` does
     return Member(name, d, d / "gate.toml")
+
+
+def lane_public_key(m: Member) -> str:
+    """The public key `edge-gate fleet join` prints for a member, for the office's roster."""
+    from edge import config as config_mod
+    from edge.fleet.identity import load_lane_key, public_text
+
+    return public_text(load_lane_key(config_mod.load(m.config)).public_key())
+
+
+def roster_all(office: Member, lanes: Iterable[Member], issuer_key: Path) -> None:
+    """The office adds every lane's key to its roster and queues it, signed, for its sync."""
+    from edge import config as config_mod
+    from edge.fleet.office import publish_roster
+
+    publish_roster(
+        config_mod.load(office.config), issuer_key, {m.name: lane_public_key(m) for m in lanes}
+    )
 
 
 def start_syncs(members: Iterable[Member]) -> list[subprocess.Popen]:

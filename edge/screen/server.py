@@ -27,7 +27,7 @@ from typing import Any
 from edge import config as config_mod
 from edge.errors import ConfigError, EdgeGateError
 from edge.gate.notices import Notice
-from edge.screen.texts import IDLE, LANGUAGES, NAME_GREETING, VISITOR_TEXTS
+from edge.screen.texts import IDLE, NAME_GREETING, VISITOR_TEXTS
 
 log = logging.getLogger(__name__)
 HERE = Path(__file__).resolve().parent
@@ -199,7 +199,7 @@ class Receiver:
 
 def page_config(cfg: config_mod.Config) -> dict[str, Any]:
     """What the page needs besides notices: languages, texts, idle text, how long to hold."""
-    langs = [lang for lang in cfg.screen.languages if lang in LANGUAGES] or ["en"]
+    langs = [lang for lang in cfg.screen.languages if lang in config_mod.SCREEN_LANGUAGES] or ["en"]
     return {
         "languages": langs,
         "texts": {

@@ -6,8 +6,6 @@ does not know shows "Please see staff": a visitor is never left without a word.
 
 from __future__ import annotations
 
-LANGUAGES = ("zh-CN", "en")
-
 VISITOR_TEXTS: dict[str, dict[str, str]] = {
     "welcome": {"en": "Welcome, please pass", "zh-CN": "欢迎光临，请通行"},
     "show_ticket": {"en": "Please show your ticket", "zh-CN": "请出示您的门票"},

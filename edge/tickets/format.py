@@ -14,7 +14,7 @@ import base64
 import hashlib
 import re
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import IntEnum, StrEnum
 
 from cryptography.hazmat.primitives import serialization
@@ -86,6 +86,9 @@ class Ticket:
     count: int = 1
     holder: str = ""
     key_id: bytes = b""
+    # The signed text as verified ("EG" + base32 of payload and signature): a fleet redemption
+    # names its ticket by these bytes, so it cannot be pointed at another ticket.
+    text: str = field(default="", compare=False, repr=False)
 
     @property
     def max_entries(self) -> int:
@@ -159,7 +162,12 @@ def sign(t: Ticket, key: Ed25519PrivateKey) -> str:
     """Issue: bind the key id, sign, and return the QR text."""
     t = Ticket(**{**t.__dict__, "key_id": key_id(key.public_key())})
     payload = encode_payload(t)
-    return PREFIX + base64.b32encode(payload + key.sign(payload)).decode("ascii").rstrip("=")
+    return signed_text(payload, key.sign(payload))
+
+
+def signed_text(payload: bytes, sig: bytes) -> str:
+    """The canonical ticket text for a payload and its signature (what `sign` returns)."""
+    return PREFIX + base64.b32encode(payload + sig).decode("ascii").rstrip("=")
 
 
 def split_text(text: str) -> tuple[bytes, bytes]:

@@ -7,13 +7,17 @@ ledger count and a revocation).
 
 from __future__ import annotations
 
+import datetime as dt
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+import cv2
+
 from edge.errors import TicketError
 from edge.tickets.format import Kind, Ticket, check_ticket_id, sign
 from edge.tickets.keys import load_private
+from edge.tickets.qr import render_ticket
 from edge.timeutil import iso, parse_time
 
 
@@ -29,6 +33,8 @@ class IssueRequest:
     entries: int = 1
     season_per_day: int = 0
     holder: str = ""
+    zone: dt.tzinfo = dt.UTC  # dates typed without an offset are in it (the CLI: the site's)
+    allow_expired: bool = False  # tests and demos only: a ticket already past its expiry
 
 
 @dataclass(frozen=True)
@@ -53,7 +59,7 @@ def make_ticket(req: IssueRequest, now: float | None = None) -> Ticket:
         raise TicketError(
             "give either --valid-until or --no-expiry"
             + (" (not both)" if req.no_expiry else ": a ticket without expiry is valid forever"),
-            "e.g. --valid-until 2026-12-31 (end of that day, local time)",
+            "e.g. --valid-until 2026-12-31 (end of that day in the site's zone, gate.timezone)",
         )
     if not 1 <= req.entries <= 0xFFFF:
         raise TicketError(f"--entries {req.entries} is out of range", "use 1..65535")
@@ -66,19 +72,23 @@ def make_ticket(req: IssueRequest, now: float | None = None) -> Ticket:
         kind, count = Kind.SEASON, req.season_per_day
     elif req.entries > 1:
         kind, count = Kind.ENTRIES, req.entries
-    vf = parse_time(req.valid_from) if req.valid_from else int(now or time.time())
-    vu = 0 if req.no_expiry else parse_time(req.valid_until, end_of_day=True)
+    now = int(now or time.time())
+    vf = parse_time(req.valid_from, req.zone) if req.valid_from else now
+    vu = 0 if req.no_expiry else parse_time(req.valid_until or "", req.zone, end_of_day=True)
     if vu and vu < vf:
         raise TicketError(f"--valid-until {req.valid_until} is before the start {iso(vf)}")
+    if vu and vu < now and not req.allow_expired:
+        raise TicketError(
+            f"--valid-until {req.valid_until} ({iso(vu)}) is already past: every gate would "
+            "refuse this ticket as expired",
+            "give a date still to come, or --allow-expired to make an expired ticket on purpose "
+            "(tests)",
+        )
     return Ticket(req.ticket_id, req.product, vf, vu, kind, count, req.holder)
 
 
 def issue_ticket(key_path: Path, req: IssueRequest, out_dir: Path) -> Issued:
     """Sign the ticket and write OUT/ID.png (never overwriting) with the code and its text."""
-    import cv2
-
-    from edge.tickets.qr import render_ticket
-
     ticket = make_ticket(req)
     path = Path(out_dir) / f"{ticket.ticket_id}.png"
     if path.exists():

@@ -9,6 +9,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from edge.errors import TicketError
+from edge.keyfiles import check_private_key, check_public_key
 
 
 def _write_private(path: Path, data: bytes) -> None:
@@ -44,8 +45,10 @@ def keygen(out_dir: Path) -> tuple[Path, Path]:
 
 
 def load_private(path: Path) -> Ed25519PrivateKey:
-    """Read the office's Ed25519 issuer key (PEM), with an error that names the file."""
+    """Read the office's Ed25519 issuer key (PEM), with an error that names the file; refused
+    when others could read or replace it."""
     try:
+        check_private_key(Path(path), "issuer key")
         key = serialization.load_pem_private_key(Path(path).read_bytes(), password=None)
     except FileNotFoundError:
         raise TicketError(
@@ -59,8 +62,10 @@ def load_private(path: Path) -> Ed25519PrivateKey:
 
 
 def load_public(path: Path) -> Ed25519PublicKey:
-    """Read an issuer public key for a gate; refuses a private key so none ends up on a gate."""
+    """Read an issuer public key for a gate; refuses a private key so none ends up on a gate, and
+    a key file or folder others could write (they could swap in their own key)."""
     try:
+        check_public_key(Path(path), "issuer public key")
         data = Path(path).read_bytes()
     except FileNotFoundError:
         raise TicketError(

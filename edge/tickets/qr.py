@@ -1,4 +1,4 @@
-"""Read codes from frames (zxing-cpp first, OpenCV fallback) and render ticket QR images.
+"""Read codes from frames (zxing-cpp) and render ticket QR images.
 
 Measured on the 62 real phone photos of ../shared/fixtures/qr: zxing-cpp reads 62, OpenCV's
 QRCodeDetector 45 (`python scripts/qr_hit_rate.py`), so zxing-cpp alone reads frames. Every
@@ -13,34 +13,14 @@ import logging
 import cv2
 import numpy as np
 import segno
+import zxingcpp
 
 log = logging.getLogger(__name__)
-
-try:
-    import zxingcpp
-except ImportError:  # pragma: no cover - zxing-cpp is a declared dependency
-    zxingcpp = None
-
-_cv_detector = None
 
 
 def read_zxing(bgr: np.ndarray) -> list[str]:
     """Decode every QR code in a frame with zxing-cpp (the gate's reader)."""
-    if zxingcpp is None:
-        return []
     return [r.text for r in zxingcpp.read_barcodes(bgr) if r.valid and r.text]
-
-
-def read_opencv(bgr: np.ndarray) -> list[str]:
-    """Decode with OpenCV's QRCodeDetector, kept to compare hit rates (scripts/qr_hit_rate.py)."""
-    global _cv_detector
-    if _cv_detector is None:
-        _cv_detector = cv2.QRCodeDetector()
-    try:
-        ok, texts, _, _ = _cv_detector.detectAndDecodeMulti(bgr)
-    except cv2.error:
-        return []
-    return [t for t in texts if t] if ok else []
 
 
 def read_codes(bgr: np.ndarray) -> list[str]:
@@ -48,10 +28,8 @@ def read_codes(bgr: np.ndarray) -> list[str]:
 
     zxing-cpp only: it reads every real photo OpenCV reads and more, in 7 ms per 640x360 frame
     where OpenCV's detector takes 24 ms on a frame with no code (most frames at a gate).
-    OpenCV is the fallback only where zxing-cpp is not installed.
     """
-    texts = read_zxing(bgr) if zxingcpp is not None else read_opencv(bgr)
-    return list(dict.fromkeys(texts))
+    return list(dict.fromkeys(read_zxing(bgr)))
 
 
 def qr_matrix(text: str) -> np.ndarray:

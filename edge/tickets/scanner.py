@@ -2,12 +2,18 @@
 
 Tests and kiosks feed lines on stdin; on a Pi, `evdev` reads the scanner's input device directly
 so its keystrokes never reach a console. Both yield the scanned text, one scan at a time.
+
+Standard input is read from its file descriptor with `os.read`, not through `sys.stdin`: the
+reader thread blocks there, and a buffered reader's lock held by it when systemd stops the gate
+would abort the interpreter at exit ("Fatal Python error", status 134) before the audit log
+is closed.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import BinaryIO
@@ -31,6 +37,26 @@ def _bounded_lines(stream: BinaryIO) -> Iterator[bytes | None]:
         while chunk and not chunk.endswith(b"\n"):
             chunk = stream.readline(MAX_SCAN + 2)
         yield None
+
+
+def fd_lines(fd: int) -> Iterator[bytes | None]:
+    """Lines of a file descriptor (stdin), read with os.read and never holding more than
+    MAX_SCAN + 2 bytes of one line; None for an overlong line (its rest is dropped)."""
+    buf, dropping = b"", False
+    while chunk := os.read(fd, 4096):
+        buf += chunk
+        while (i := buf.find(b"\n")) >= 0:
+            line, buf = buf[: i + 1], buf[i + 1 :]
+            if dropping:  # the end of an overlong line, already reported
+                dropping = False
+            else:
+                yield line if len(line) <= MAX_SCAN + 2 else None
+        if len(buf) > MAX_SCAN + 2:
+            if not dropping:
+                yield None
+            buf, dropping = b"", True
+    if buf and not dropping:
+        yield buf
 
 
 def lines_from(stream: BinaryIO | Iterable[str | bytes]) -> Iterator[str]:
@@ -156,7 +182,7 @@ def evdev_scans(
     """
     if evdev_module is None:
         try:
-            import evdev as evdev_module
+            import evdev as evdev_module  # type: ignore[no-redef]  # the real module when none given
         except ImportError:
             raise SourceError(
                 "--scanner with a device path needs the evdev module",

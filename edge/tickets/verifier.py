@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -19,6 +19,7 @@ from edge.tickets.format import (
     Ticket,
     decode_payload,
     key_id,
+    signed_text,
     split_text,
 )
 
@@ -80,6 +81,7 @@ class Verifier:
             IndexError,
         ) as e:  # signed but unparseable: our bug or old format
             return Verdict(False, MALFORMED, detail=str(e))
+        t = replace(t, text=signed_text(payload, sig))
         if t.ticket_id in self.revoked:
             return Verdict(False, REVOKED, t)
         if t.valid_from and now + self.skew < t.valid_from:

@@ -1,18 +1,28 @@
-"""Decode any still image or frame into 8-bit BGR, or raise ImageError saying why."""
+"""Decode any still image or frame into 8-bit BGR, or raise ImageError saying why.
+
+The size an image claims is read from its header before anything is decoded (PNG IHDR, JPEG
+SOF, GIF, BMP, WebP, TIFF, PNM): a small file claiming 30,000 x 30,000 pixels would otherwise
+have OpenCV allocate gigabytes. The limit is `vision.max_image_pixels`; a format whose header
+is not read here is not decoded at all.
+"""
 
 from __future__ import annotations
 
 import os
+import struct
 from pathlib import Path
 
 import cv2
 import numpy as np
 
+from edge.config import VisionConfig
 from edge.errors import ImageError
 
 MIN_SIDE = 16
 MAX_SIDE = 4096  # larger images are downscaled: faces at a gate are never that small
-MAX_PIXELS = 120_000_000  # refuse decompression bombs before they eat the Pi's memory
+MAX_PIXELS = VisionConfig.max_image_pixels  # the default of the config key
+FORMATS = "JPEG, PNG, GIF, BMP, WebP, TIFF or PNM"
+HEAD_BYTES = 1 << 20  # enough of a file to find its size: JPEG's frame header may follow EXIF
 
 
 def to_bgr8(img: np.ndarray, name: str = "frame") -> np.ndarray:
@@ -49,11 +59,11 @@ def to_bgr8(img: np.ndarray, name: str = "frame") -> np.ndarray:
     return np.ascontiguousarray(img)
 
 
-def decode_image(data: bytes, name: str = "image") -> np.ndarray:
+def decode_image(data: bytes, name: str = "image", max_pixels: int = MAX_PIXELS) -> np.ndarray:
     """Decode bytes (JPEG, PNG, WebP, BMP, ...) with every depth and channel layout."""
     if not data:
         raise ImageError(f"{name}: file is empty")
-    _check_header_size(data, name)
+    check_image_header(data, name, max_pixels)
     buf = np.frombuffer(data, dtype=np.uint8)
     # JPEG: as the camera saw it (EXIF orientation applied; a phone's portrait shot is upright).
     # Other formats: every depth and channel as stored (IMREAD_UNCHANGED ignores orientation).
@@ -71,22 +81,175 @@ def decode_image(data: bytes, name: str = "image") -> np.ndarray:
     return to_bgr8(img, name)
 
 
-def load_image(path: str | os.PathLike[str]) -> np.ndarray:
+def load_image(path: str | os.PathLike[str], max_pixels: int = MAX_PIXELS) -> np.ndarray:
     """Read and decode an image file; every failure is an ImageError naming the file."""
     p = Path(path)
     try:
         data = p.read_bytes()
     except FileNotFoundError:
         raise ImageError(f"{p}: no such file") from None
+    except IsADirectoryError:
+        raise ImageError(f"{p}: is a folder, not an image") from None
     except OSError as e:
         raise ImageError(f"{p}: cannot read: {e.strerror}") from None
-    return decode_image(data, str(p))
+    return decode_image(data, str(p), max_pixels)
 
 
-def _check_header_size(data: bytes, name: str) -> None:
-    """Refuse images whose header claims an absurd size, before decoding them."""
-    w = h = 0
-    if data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) >= 24:
-        w, h = int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
-    if w * h > MAX_PIXELS:
-        raise ImageError(f"{name}: {w}x{h} pixels is larger than this gate will decode")
+def read_head(path: str | os.PathLike[str]) -> bytes:
+    """The first bytes of a file, enough for `image_size` (an ImageError names the file)."""
+    try:
+        with open(path, "rb") as f:
+            return f.read(HEAD_BYTES)
+    except OSError as e:
+        raise ImageError(f"{path}: cannot read: {e.strerror}") from None
+
+
+def check_image_header(head: bytes, name: str, max_pixels: int = MAX_PIXELS) -> str:
+    """The image's format, after refusing one whose header claims more than `max_pixels`.
+
+    Raises ImageError for data that is not an image format read here, or whose header cannot
+    be found (truncated).
+    """
+    found = image_size(head)
+    if found is None:
+        raise ImageError(
+            f"{name}: not a readable image (unknown format; edge-gate reads {FORMATS})"
+        )
+    fmt, w, h = found
+    if w <= 0 or h <= 0:
+        raise ImageError(f"{name}: not a readable image (truncated or damaged {fmt} header)")
+    if w * h > max_pixels:
+        raise ImageError(
+            f"{name}: {fmt} of {w}x{h} pixels is larger than this gate decodes "
+            f"({max_pixels:,} pixels)",
+            "use a smaller image, or raise vision.max_image_pixels in the config",
+        )
+    return fmt
+
+
+def open_video(source: str | int | os.PathLike[str], max_pixels: int = MAX_PIXELS):
+    """cv2.VideoCapture on a clip, a still image or a camera, after refusing oversized frames.
+
+    A file that is a still image (OpenCV decodes those when opened) has its header checked
+    first; every source has its frame size checked before the first frame is read. The caller
+    checks `isOpened()` and releases the capture.
+    """
+    camera = isinstance(source, int) or str(source).startswith("/dev/")
+    if not camera:
+        head = read_head(str(source))
+        if image_size(head) is not None:
+            check_image_header(head, str(source), max_pixels)
+    cap = cv2.VideoCapture(source if isinstance(source, int) else str(source))
+    if cap.isOpened():
+        w = int(cap.get(cv2.CAP_PROP_FRAME_WIDTH))
+        h = int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT))
+        if w * h > max_pixels:
+            cap.release()
+            raise ImageError(
+                f"{source}: frames of {w}x{h} pixels are larger than this gate decodes "
+                f"({max_pixels:,} pixels)",
+                "use a smaller video, or raise vision.max_image_pixels in the config",
+            )
+    return cap
+
+
+def image_size(head: bytes) -> tuple[str, int, int] | None:
+    """(format, width, height) from the first bytes of an image, without decoding it.
+
+    None when the bytes are no image format read here; a width or height of 0 when the format
+    is known but its size could not be found in `head` (truncated).
+    """
+    for fmt, is_it, parse in _FORMATS:
+        if is_it(head):
+            try:
+                w, h = parse(head)
+            except (struct.error, ValueError, IndexError):
+                w = h = 0
+            return fmt, abs(w), abs(h)
+    return None
+
+
+def _png(b: bytes) -> tuple[int, int]:
+    return struct.unpack(">II", b[16:24])
+
+
+def _jpeg(b: bytes) -> tuple[int, int]:
+    """Walk the marker segments to the frame header (SOFn) and read its size."""
+    i = 2
+    while i + 4 <= len(b):
+        if b[i] != 0xFF:
+            return 0, 0
+        marker = b[i + 1]
+        if marker == 0xFF:  # fill byte
+            i += 1
+            continue
+        if marker in (0x01, *range(0xD0, 0xD8)):  # markers without a length
+            i += 2
+            continue
+        if marker == 0xDA:  # start of scan before any frame header
+            return 0, 0
+        (length,) = struct.unpack(">H", b[i + 2 : i + 4])
+        if marker in (*range(0xC0, 0xC4), *range(0xC5, 0xC8), *range(0xC9, 0xCC), 0xCD, 0xCE, 0xCF):
+            h, w = struct.unpack(">HH", b[i + 5 : i + 9])
+            return w, h
+        i += 2 + length
+    return 0, 0
+
+
+def _gif(b: bytes) -> tuple[int, int]:
+    return struct.unpack("<HH", b[6:10])
+
+
+def _bmp(b: bytes) -> tuple[int, int]:
+    if struct.unpack("<I", b[14:18])[0] == 12:  # OS/2 header: 16-bit sizes
+        return struct.unpack("<HH", b[18:22])
+    return struct.unpack("<ii", b[18:26])
+
+
+def _webp(b: bytes) -> tuple[int, int]:
+    chunk = b[12:16]
+    if chunk == b"VP8 ":
+        w, h = struct.unpack("<HH", b[26:30])
+        return w & 0x3FFF, h & 0x3FFF
+    if chunk == b"VP8L":
+        bits = struct.unpack("<I", b[21:25])[0]
+        return (bits & 0x3FFF) + 1, ((bits >> 14) & 0x3FFF) + 1
+    if chunk == b"VP8X":
+        return 1 + int.from_bytes(b[24:27], "little"), 1 + int.from_bytes(b[27:30], "little")
+    return 0, 0
+
+
+def _tiff(b: bytes) -> tuple[int, int]:
+    """Tags ImageWidth (256) and ImageLength (257) of the first image directory."""
+    e = "<" if b[:2] == b"II" else ">"
+    (ifd,) = struct.unpack(e + "I", b[4:8])
+    (n,) = struct.unpack(e + "H", b[ifd : ifd + 2])
+    size = {}
+    for k in range(n):
+        tag, typ, _, value = struct.unpack(e + "HHI4s", b[ifd + 2 + 12 * k : ifd + 14 + 12 * k])
+        if tag in (256, 257):
+            size[tag] = struct.unpack(
+                e + ("H" if typ == 3 else "I"), value[: 2 if typ == 3 else 4]
+            )[0]
+    return size.get(256, 0), size.get(257, 0)
+
+
+def _pnm(b: bytes) -> tuple[int, int]:
+    """P1..P6: width and height are the first two numbers after the magic (comments skipped)."""
+    words = []
+    for line in b[2:4096].split(b"\n"):
+        words += line.split(b"#")[0].split()
+        if len(words) >= 2:
+            return int(words[0]), int(words[1])
+    return 0, 0
+
+
+_FORMATS = (
+    ("PNG", lambda b: b.startswith(b"\x89PNG\r\n\x1a\n"), _png),
+    ("JPEG", lambda b: b.startswith(b"\xff\xd8"), _jpeg),
+    ("GIF", lambda b: b[:6] in (b"GIF87a", b"GIF89a"), _gif),
+    ("BMP", lambda b: b.startswith(b"BM"), _bmp),
+    ("WebP", lambda b: b[:4] == b"RIFF" and b[8:12] == b"WEBP", _webp),
+    ("TIFF", lambda b: b[:4] in (b"II*\x00", b"MM\x00*"), _tiff),
+    ("PNM", lambda b: b[:1] == b"P" and b[1:2] in b"123456" and b[2:3].isspace(), _pnm),
+)

@@ -19,8 +19,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from edge.config import LIVENESS_MODES as MODES
 from edge.config import Config
-from edge.config_rules import LIVENESS_MODES as MODES
 from edge.errors import ModelError
 from edge.vision.models import load_catalogue, verify_file
 from edge.vision.runtime import TFLiteModel
@@ -36,21 +36,80 @@ MIN_PAIRS = 5
 
 
 @dataclass(frozen=True)
-class PadSpec:
-    """One liveness model's catalogue entry."""
+class BoxMap:
+    """A BlazeFace box as the box style a PAD model was trained on.
 
-    name: str
+    The centre moves by (dx, dy) box widths / heights and the size scales by (sw, sh). Silent-Face
+    crops were cut around RetinaFace boxes, larger than BlazeFace's: the fitted map is in
+    models.json (`box_map`, from scripts/fit_pad_box.py). The identity for models whose crops
+    are cut around BlazeFace's own box.
+    """
+
+    dx: float = 0.0
+    dy: float = 0.0
+    sw: float = 1.0
+    sh: float = 1.0
+
+    def apply(self, box: np.ndarray) -> np.ndarray:
+        """(x0, y0, x1, y1) mapped, float64."""
+        x0, y0, x1, y1 = (float(v) for v in box[:4])
+        w, h = x1 - x0, y1 - y0
+        cx, cy = (x0 + x1) / 2 + self.dx * w, (y0 + y1) / 2 + self.dy * h
+        nw, nh = w * self.sw, h * self.sh
+        return np.array([cx - nw / 2, cy - nh / 2, cx + nw / 2, cy + nh / 2])
+
+    def as_dict(self) -> dict:
+        """The four coefficients, as models.json keeps them."""
+        return {"dx": self.dx, "dy": self.dy, "sw": self.sw, "sh": self.sh}
+
+    @classmethod
+    def from_dict(cls, d: dict | None) -> BoxMap:
+        """From models.json's `box_map` (absent: the identity)."""
+        d = d or {}
+        return cls(*(float(d.get(k, v)) for k, v in (("dx", 0), ("dy", 0), ("sw", 1), ("sh", 1))))
+
+
+@dataclass(frozen=True)
+class PadMember:
+    """One network of a liveness entry: its file, input and the context it looks at."""
+
     path: Path
     sha256: str
     size: int
-    crop_scale: float
+    crop_scale: float  # the face box enlarged this many times about its centre, when it fits
     channels: str
     live_index: int
-    threshold: float  # live probability at or above which a crop counts as live
-    # The least context (face box enlargement) the frame must allow for the model to judge: a
-    # face filling the frame leaves no paper or screen edge in view, so it is not judged (not
-    # live). models.json `min_crop_scale`; absent there, the full crop_scale is required.
+    # "upstream": Silent-Face's rule (generate_patches.py): integer crop of the scaled box, shifted
+    # inside the frame. "gate": crop_for_pad, the rule the Faceplugin threshold was measured with.
+    crop: str = "gate"
+
+
+FUSIONS = ("mean",)  # the members' live probabilities averaged (upstream: softmaxes summed, /2)
+
+
+@dataclass(frozen=True)
+class PadSpec:
+    """One liveness catalogue entry: one network, or several at their own scales, fused."""
+
+    name: str
+    members: tuple[PadMember, ...]
+    threshold: float  # fused live probability at or above which a crop counts as live
+    # The least context (face box enlargement the frame allows, in the model's box style) for the
+    # model to judge: below it the face is too close, not judged and not live. models.json
+    # `min_crop_scale`; absent there, the largest member's full crop_scale is required.
     min_crop_scale: float = 0.0
+    box_map: BoxMap = BoxMap()
+    fusion: str = "mean"
+
+    @property
+    def path(self) -> Path:
+        """The first member's file (the only one for single-network entries)."""
+        return self.members[0].path
+
+    @property
+    def crop_scale(self) -> float:
+        """The most context any member looks at."""
+        return max(m.crop_scale for m in self.members)
 
     @classmethod
     def load(cls, models_dir: Path, name: str, require_threshold: bool = True) -> PadSpec:
@@ -67,23 +126,46 @@ class PadSpec:
                 f"liveness model {name!r} has no measured threshold",
                 "run edge-gate eval-pad DIR --write-threshold",
             )
+        try:
+            rows = e.get("models", [e])
+            members = tuple(
+                PadMember(
+                    models_dir / m["file"],
+                    m["sha256"],
+                    int(m["size"]),
+                    float(m["crop_scale"]),
+                    m["channels"],
+                    int(m["live_index"]),
+                    "upstream" if "models" in e else "gate",
+                )
+                for m in rows
+            )
+            fusion = e.get("fusion", "mean").split(";")[0].split(" ")[0]
+        except (KeyError, TypeError, ValueError) as err:
+            raise ModelError(
+                f"liveness model {name!r} in {models_dir / 'models.json'} is incomplete: {err!r}",
+                "rebuild it: scripts/build_models.py --only liveness",
+            ) from None
+        if not members or fusion not in FUSIONS:
+            raise ModelError(
+                f"liveness model {name!r}: no member networks or unknown fusion {fusion!r}",
+                "rebuild it: scripts/build_models.py --only liveness",
+            )
+        top = max(m.crop_scale for m in members)
         return cls(
             name,
-            models_dir / e["file"],
-            e["sha256"],
-            int(e["size"]),
-            float(e["crop_scale"]),
-            e["channels"],
-            int(e["live_index"]),
+            members,
             float(e.get("threshold", 0.5)),
-            float(e.get("min_crop_scale", e["crop_scale"])),
+            float(e.get("min_crop_scale", top)),
+            BoxMap.from_dict(e.get("box_map")),
+            fusion,
         )
 
 
 def context_scale(shape: tuple[int, ...], box: np.ndarray, scale: float) -> float:
     """How many times the face box can be enlarged (up to `scale`) and still fit the frame."""
     h, w = shape[:2]
-    x0, y0, x1, y1 = (float(v) for v in box)
+    x0, y0, x1, y1 = (float(v) for v in box[:4])
     return min((h - 1) / max(y1 - y0, 1.0), (w - 1) / max(x1 - x0, 1.0), scale)
 
 
@@ -105,39 +187,106 @@ def crop_for_pad(bgr: np.ndarray, box: np.ndarray, scale: float, size: int) -> n
     return cv2.resize(crop, (size, size), interpolation=cv2.INTER_LINEAR)
 
 
+def crop_upstream(
+    bgr: np.ndarray, box: np.ndarray, scale: float, size: int
+) -> tuple[np.ndarray, float]:
+    """Silent-Face's crop (its generate_patches.py), and the scale it could use.
+
+    The scale is cut to min((H-1)/h, (W-1)/w, scale): a face too close for the full context is
+    judged with less. The box scaled by that about its centre is shifted back inside the frame,
+    cut at integer pixels (truncated) and resized bilinearly to size x size.
+    """
+    h, w = bgr.shape[:2]
+    x0, y0, x1, y1 = (float(v) for v in box[:4])
+    bw, bh = max(x1 - x0, 1.0), max(y1 - y0, 1.0)
+    s = min((h - 1) / bh, (w - 1) / bw, scale)
+    nw, nh = bw * s, bh * s
+    left, top = x0 + bw / 2 - nw / 2, y0 + bh / 2 - nh / 2
+    left -= min(left, 0.0) + max(left + nw - w, 0.0)  # shift inside: first left/top, then
+    top -= min(top, 0.0) + max(top + nh - h, 0.0)  # right/bottom, as upstream does
+    x0i, y0i, x1i, y1i = int(left), int(top), int(left + nw), int(top + nh)
+    crop = bgr[max(y0i, 0) : max(y1i, y0i + 1), max(x0i, 0) : max(x1i, x0i + 1)]
+    return cv2.resize(crop, (size, size), interpolation=cv2.INTER_LINEAR), s
+
+
+@dataclass(frozen=True)
+class PadScore:
+    """One face judged: the fused live probability and the context it was judged with."""
+
+    live: float  # 0..1; 0 when too close (not judged)
+    context: float  # the face box enlargement the frame allowed (model's box style), capped at
+    # the largest member's crop_scale: the context actually used by the widest member
+    too_close: bool  # context below the entry's min_crop_scale: not judged
+    scales: tuple[float, ...] = ()  # each member's scale actually used
+    members: tuple[float, ...] = ()  # each member's live probability
+
+
 class PadModel:
-    """The liveness net: a face box in a frame -> probability that the face is live."""
+    """The liveness net(s): a face box in a frame -> probability that the face is live."""
 
     def __init__(self, spec: PadSpec, threads: int = 1, verify: bool = True):
-        if verify:
-            verify_file(spec.path, spec.sha256)
         self.spec = spec
-        self.model = TFLiteModel(spec.path, threads)
+        self.models = []
+        for m in spec.members:
+            if verify:
+                verify_file(m.path, m.sha256)
+            model = TFLiteModel(m.path, threads)
+            shape = model.inputs[0].shape
+            if shape != (1, m.size, m.size, 3):
+                raise ModelError(
+                    f"{m.path}: input {shape}, expected (1, {m.size}, {m.size}, 3)",
+                    "the file does not match models.json; rebuild it",
+                )
+            self.models.append(model)
+        self.model = self.models[0]
         self.too_close = 0  # faces not judged: the frame held too little context around them
-        shape = self.model.inputs[0].shape
-        if shape != (1, spec.size, spec.size, 3):
-            raise ModelError(
-                f"{spec.path}: input {shape}, expected (1, {spec.size}, {spec.size}, 3)",
-                "the file does not match models.json; rebuild it",
-            )
 
-    def live_probability(self, bgr: np.ndarray, box: np.ndarray) -> float:
-        """Probability (0..1) that the face in `box` of this frame is live, not a presentation.
+    def score(self, bgr: np.ndarray, box: np.ndarray) -> PadScore:
+        """The face in `box` (a BlazeFace box) of this frame, judged with the context it allows.
 
-        0 when the face fills so much of the frame that the model cannot see around it: a phone
-        or a print held close to the lens shows no edge, and a frame not judged is not live.
+        Too close (live 0) when the frame holds less than min_crop_scale x the box: a phone or a
+        print held close to the lens shows no edge, and a frame not judged is not live.
         """
-        context = context_scale(bgr.shape, box, self.spec.crop_scale)
+        mapped = self.model_box(box)
+        context = context_scale(bgr.shape, mapped, self.spec.crop_scale)
         if context < self.spec.min_crop_scale:
             self.too_close += 1
             log.debug("liveness unjudged reason=too_close context=%.2f", context)
-            return 0.0
-        crop = crop_for_pad(bgr, box, self.spec.crop_scale, self.spec.size)
-        if self.spec.channels == "RGB":
-            crop = cv2.cvtColor(crop, cv2.COLOR_BGR2RGB)
-        (probs,) = self.model.run(crop.astype(np.float32)[None])
-        p = probs.reshape(-1)
-        return float(p[self.spec.live_index] / max(float(p.sum()), 1e-6))
+            return PadScore(0.0, context, True)
+        probs, scales = [], []
+        for m, out, s in self.outputs(bgr, box):
+            probs.append(float(out[m.live_index] / max(float(out.sum()), 1e-6)))
+            scales.append(s)
+        live = float(np.mean(probs))  # FUSIONS: "mean"
+        return PadScore(live, context, False, tuple(scales), tuple(probs))
+
+    def outputs(
+        self, bgr: np.ndarray, box: np.ndarray
+    ) -> list[tuple[PadMember, np.ndarray, float]]:
+        """Each member's raw output on its own crop, and the scale it used (no floor applied)."""
+        mapped = self.model_box(box)
+        out = []
+        for m, model in zip(self.spec.members, self.models, strict=True):
+            if m.crop == "upstream":
+                crop, s = crop_upstream(bgr, mapped, m.crop_scale, m.size)
+            else:
+                crop = crop_for_pad(bgr, mapped, m.crop_scale, m.size)
+                s = context_scale(bgr.shape, mapped, m.crop_scale)
+            if m.channels == "RGB":
+                crop = cv2.cvtColor(crop, cv2.COLOR_BGR2RGB)
+            (y,) = model.run(crop.astype(np.float32)[None])
+            out.append((m, y.reshape(-1), s))
+        return out
+
+    def model_box(self, box: np.ndarray) -> np.ndarray:
+        """The model-style box on a 1/64 px grid: the crop truncates to whole pixels, and a
+        detector box that differs in its last bits between CPUs (x86 and ARM: 3e-5 px) must not
+        move a crop edge by a pixel (measured: up to 0.06 on the live probability)."""
+        return np.round(self.spec.box_map.apply(box) * 64.0) / 64.0
+
+    def live_probability(self, bgr: np.ndarray, box: np.ndarray) -> float:
+        """Probability (0..1) that the face in `box` of this frame is live (0: too close)."""
+        return self.score(bgr, box).live
 
     def is_live(self, probability: float) -> bool:
         """The verdict at the measured (or configured) threshold."""

@@ -89,6 +89,17 @@ def detector_spec(models_dir: Path, name: str) -> DetectorSpec:
     return DetectorSpec(name, models_dir / e["file"], e["sha256"], e["kind"])
 
 
+def catalogue_files(cat: dict) -> list[tuple[str, str]]:
+    """(file, SHA-256) of every model file in the catalogue, including each network of a
+    liveness entry that fuses several (`models`)."""
+    out = []
+    for entries in cat.values():
+        for e in entries.values():
+            for m in e.get("models", [e]):
+                out.append((m["file"], m["sha256"]))
+    return out
+
+
 def file_sha256(path: Path) -> str:
     """Checksum a model file in 1 MiB blocks, so a corrupt or swapped model is refused."""
     h = hashlib.sha256()

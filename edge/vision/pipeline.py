@@ -9,7 +9,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from edge.config import Config, models_path, override
+from edge.config import Config, VisionConfig, models_path, override
 from edge.vision.align import align_face
 from edge.vision.detector import BlazeFace, Detection
 from edge.vision.embedder import Embedder
@@ -45,6 +45,7 @@ class FacePipeline:
         min_score: float = 0.6,
         quality: QualityThresholds | None = None,
         verify: bool = True,
+        max_image_pixels: int = VisionConfig.max_image_pixels,
     ):
         dspec = detector_spec(models_dir, detector)
         espec = embedder_spec(models_dir, embedder)
@@ -55,6 +56,7 @@ class FacePipeline:
         self.embedder = Embedder(espec, threads=threads)
         self.quality = quality or QualityThresholds.from_config()
         self.spec = espec
+        self.max_image_pixels = max_image_pixels  # for the callers that read its images
         self._models_dir, self._threads, self._full = models_dir, threads, None
 
     @classmethod
@@ -76,6 +78,7 @@ class FacePipeline:
             v.threads,
             v.min_score,
             QualityThresholds.from_config(v),
+            max_image_pixels=v.max_image_pixels,
         )
 
     def chip(self, bgr: np.ndarray, det: Detection) -> np.ndarray:
@@ -106,7 +109,12 @@ class FacePipeline:
         return out
 
     def embed_still(self, bgr: np.ndarray, pad: float = 0.3) -> FaceObservation | None:
-        """Embed the largest face in a still photo (enrollment, eval).
+        """Embed the largest face in a still photo (eval; enrollment asks `still_faces` first)."""
+        faces = self.still_faces(bgr, pad)
+        return max(faces, key=lambda f: f.detection.width * f.detection.height) if faces else None
+
+    def still_faces(self, bgr: np.ndarray, pad: float = 0.3) -> list[FaceObservation]:
+        """Every face in a still photo, embedded; boxes in the photo's own pixels.
 
         Tries the photo as is, then padded (a tight crop leaves BlazeFace no context), then the
         full-range detector (small faces in large photos), keeping the first that finds a face.
@@ -114,12 +122,12 @@ class FacePipeline:
         h, w = bgr.shape[:2]
         py, px = int(h * pad), int(w * pad)
         padded = cv2.copyMakeBorder(bgr, py, py, px, px, cv2.BORDER_CONSTANT, value=(0, 0, 0))
-        for img in (bgr, padded):
+        for img, (dx, dy) in ((bgr, (0, 0)), (padded, (px, py))):
             for det in self.still_detectors():
                 faces = self._embed_with(det, img)
                 if faces:
-                    return max(faces, key=lambda f: f.detection.width * f.detection.height)
-        return None
+                    return [_shifted(f, dx, dy) for f in faces]
+        return []
 
     def still_detectors(self) -> list[BlazeFace]:
         """The configured detector, then the full-range one (loaded once) for small faces."""
@@ -136,3 +144,13 @@ class FacePipeline:
             chip = self.chip(bgr, d)
             out.append(FaceObservation(d, assess(d, chip, self.quality), self.embedder.embed(chip)))
         return out
+
+
+def _shifted(f: FaceObservation, dx: int, dy: int) -> FaceObservation:
+    """The observation with its box and keypoints moved by (-dx, -dy): back from a padded image."""
+    if not (dx or dy):
+        return f
+    d = f.detection
+    off = np.array([dx, dy], dtype=d.keypoints.dtype)
+    det = Detection(d.box - np.tile(off, 2).astype(d.box.dtype), d.keypoints - off, d.score)
+    return FaceObservation(det, f.quality, f.embedding)

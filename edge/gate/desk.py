@@ -7,7 +7,9 @@ sees: the same keys, products, revocations, ledger, gate id, time zone and high-
 from __future__ import annotations
 
 import logging
+import os
 import time
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -15,31 +17,44 @@ from pathlib import Path
 
 from edge import config as config_mod
 from edge.errors import EdgeGateError, ImageError, LedgerError
+from edge.evidence import key_path, lane_key
+from edge.fleet.lane import LaneLedger
+from edge.fleet.state import LaneGuard, fleet_pubkey_paths
+from edge.gate.audit import AuditRecord, open_audit
 from edge.tickets.format import PREFIX, Reason
 from edge.tickets.keys import load_public
-from edge.tickets.ledger import Ledger, LedgerMark, MarkStore, init_ledger, site_zone
+from edge.tickets.ledger import (
+    LOST_HINT,
+    Entry,
+    Ledger,
+    LedgerMark,
+    MarkStore,
+    day_of,
+    init_ledger,
+)
 from edge.tickets.revocation import load_revocations
 from edge.tickets.verifier import Verifier
 
 log = logging.getLogger(__name__)
 
 
-def open_ledger(cfg: config_mod.Config, marks: MarkStore | None = None) -> Ledger:
-    """The gate's ledger, checked against the mark kept in `marks` (the audit log); in a fleet,
-    with its outbox and behind the fleet link check (edge/fleet/lane.py)."""
+def open_ledger(
+    cfg: config_mod.Config, marks: MarkStore | None = None, key: str = "create"
+) -> Ledger:
+    """The gate's ledger, checked against the mark kept in `marks` (the audit log) and keyed with
+    the lane's evidence key (`key`: an `edge.evidence.lane_key` mode); in a fleet, with its
+    outbox and behind the fleet link check (edge/fleet/lane.py)."""
     led = Ledger(
         cfg.resolve(cfg.tickets.ledger),
         cfg.gate.id,
-        cfg.tickets.antipassback_s,
-        site_zone(cfg.gate.timezone),
+        cfg.tickets.anti_passback_s,
+        cfg.gate.zone,
         marks,
         outbox=cfg.fleet.enabled,
+        key=lane_key(key_path(cfg), key),
     )
     if not cfg.fleet.enabled:
         return led
-    from edge.fleet.lane import LaneLedger
-    from edge.fleet.state import LaneGuard
-
     return LaneLedger(led, LaneGuard(cfg))
 
 
@@ -53,6 +68,9 @@ class UnavailableLedger:
         """Refuse: an entry that cannot be counted is not granted."""
         raise LedgerError(self.problem)
 
+    def maintain(self) -> None:
+        """Nothing to verify or key."""
+
     def close(self) -> None:
         """Nothing to close."""
 
@@ -62,8 +80,6 @@ def open_gate_ledger(cfg: config_mod.Config, audit, now: float) -> Ledger | Unav
     try:
         return open_ledger(cfg, audit)
     except EdgeGateError as e:
-        from edge.gate.audit import AuditRecord
-
         log.error("gate LEDGER_ERROR every ticket is refused: %s", e)
         audit.record(
             AuditRecord(now, cfg.gate.id, "system", reason=Reason.LEDGER_ERROR, detail=str(e)[:300])
@@ -83,8 +99,6 @@ def gate_verifier(
 ) -> Verifier:
     """The gate's verifier: its issuer keys, products, revocation list and clock skew."""
     if keys is None:
-        from edge.fleet.state import fleet_pubkey_paths
-
         paths = pubkeys or [str(cfg.resolve(p)) for p in cfg.tickets.pubkeys] + [
             str(p) for p in fleet_pubkey_paths(cfg)
         ]
@@ -102,21 +116,21 @@ def init_gate_ledger(path: Path, audit=None, after_loss: bool = False, gate: str
     state = "created" if created else "already exists"
     if audit is None:
         return f"ledger {path} {state}"
-    with Ledger(path) as led:
+    with Ledger(path, key=audit.key, verify=False) as led:
         here: LedgerMark = led.mark()
     seen = audit.ledger_mark()
     if seen is None or seen == here or (seen.ledger_id == here.ledger_id and seen.seq <= here.seq):
         audit.set_ledger_mark(here)
+        if created:  # an existing ledger is keyed by the gate, after its chain is checked
+            with Ledger(path, key=audit.key, verify=False) as led:
+                led.adopt()
         return f"ledger {path} {state} ({here.seq} redemptions)"
     if not after_loss:
         raise LedgerError(
             f"ledger {path} holds {here.seq} redemptions of ledger {here.ledger_id[:8]}; the "
             f"audit log recorded {seen.seq} of ledger {seen.ledger_id[:8]}: redemptions are lost",
-            "restore the newest backup; if there is none, run again with --after-loss (recorded "
-            "in the audit log; revoke one-time tickets sold before the loss if you can)",
+            LOST_HINT,
         )
-    from edge.gate.audit import AuditRecord
-
     audit.replace_ledger_mark(
         here,
         AuditRecord(
@@ -128,20 +142,93 @@ def init_gate_ledger(path: Path, audit=None, after_loss: bool = False, gate: str
             f"seq {here.seq}",
         ),
     )
+    with Ledger(path, key=audit.key, verify=False) as led:
+        led.adopt(replace_witness=True)
     return (
         f"ledger {path} {state} and adopted; the audit log had counted {seen.seq} redemptions "
         f"of ledger {seen.ledger_id[:8]}: the loss is recorded there"
     )
 
 
-def texts_from_input(item: str) -> list[str]:
+def _granted_tickets(audit) -> list[tuple[str, float, str]]:
+    """(ticket id, time, gate) of every ticket grant the audit log holds, oldest first."""
+    out = []
+    for r in audit.records("decision"):
+        if r.decision != "grant":
+            continue
+        tid = r.subject if r.via == "ticket" else (r.detail if r.via == "face+ticket" else "")
+        if tid:
+            out.append((tid, float(r.t), r.gate))
+    return out
+
+
+def recover_gate_ledger(cfg: config_mod.Config, audit, now: float | None = None) -> str:
+    """`edge-gate ledger recover`: rebuild a broken or restored ledger without re-admitting anyone.
+
+    The new ledger (a new id, so a new epoch for the fleet) holds every entry still readable in
+    the old file plus, for each ticket (and day), the grants the audit log recorded beyond them;
+    the old file is kept beside it as evidence; the audit log records the recovery and adopts
+    the new ledger. Refused when the audit log does not verify either: then only backups help.
+    """
+    rep = audit.verify()
+    if not rep.ok:
+        raise LedgerError(
+            f"the audit log does not verify either ({rep.problem}): the ledger cannot be rebuilt "
+            "from it",
+            "restore the newest backups of the ledger and the audit log (with their -wal); "
+            "without them, tickets stay refused (faces still work)",
+        )
+    now = time.time() if now is None else now
+    path, tz = cfg.resolve(cfg.tickets.ledger), cfg.gate.zone
+    with Ledger(path, cfg.gate.id, key=audit.key, verify=False) as old:
+        why = old.verify() or "no break found (rebuilt on request)"
+        entries, before = old.entries(), old.mark()
+        pending = old.outbox_batch(0, 1 << 30)
+    local = Counter((e.ticket_id, e.day) for e in entries if e.src == "L")
+    added: list[Entry] = []
+    for tid, t, gate in reversed(_granted_tickets(audit)):  # newest grants fill the gaps
+        day = day_of(t, tz)
+        if local[(tid, day)] > 0:
+            local[(tid, day)] -= 1
+        else:
+            added.append(Entry(0, "L", "", "", 0, tid, t, day, gate))
+    new = path.with_name(path.name + ".recovering")
+    for p in (new, *(Path(f"{new}{x}") for x in ("-wal", "-shm"))):
+        p.unlink(missing_ok=True)
+    init_ledger(new)
+    with Ledger(new, cfg.gate.id, key=audit.key, verify=False, outbox=True) as led:
+        led.rebuild(sorted(entries + added, key=lambda e: e.t), pending, before)
+        here = led.mark()
+    stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(now))
+    kept = path.with_name(f"{path.name}.broken-{stamp}")
+    for x in ("", "-wal", "-shm"):
+        if Path(f"{path}{x}").exists():
+            os.replace(f"{path}{x}", f"{kept}{x}")
+    os.replace(new, path)
+    detail = (
+        f"ledger {before.ledger_id[:8]} ({why}) rebuilt as {here.ledger_id[:8]}: "
+        f"{len(entries)} entries kept, {len(added)} restored from the audit log"
+    )
+    rec = AuditRecord(now, cfg.gate.id, "ledger", reason="ledger_recovered", detail=detail[:300])
+    audit.replace_ledger_mark(here, rec)
+    with Ledger(path, cfg.gate.id, key=audit.key, verify=False) as led:
+        led.adopt(replace_witness=True)
+    return (
+        f"ledger {path} rebuilt: {len(entries)} entries kept, {len(added)} ticket grants restored "
+        f"from the audit log; the old file is kept as {kept.name}. Reload the gate "
+        "(systemctl reload edge-gate) so it opens the new ledger."
+    )
+
+
+def texts_from_input(item: str, max_pixels: int | None = None) -> list[str]:
     """An argument is an image file (every code in it) or the ticket text itself."""
     p = Path(item)
     if p.suffix.lower() in (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif") or p.is_file():
+        # zxing-cpp and OpenCV load only when an input is an image: `ticket verify TEXT` stays quick
         from edge.tickets.qr import read_codes
-        from edge.vision.image import load_image
+        from edge.vision.image import MAX_PIXELS, load_image
 
-        return read_codes(load_image(p))
+        return read_codes(load_image(p, max_pixels or MAX_PIXELS))
     return [item]
 
 
@@ -159,6 +246,7 @@ class Desk:
     audit: object | None = None  # edge.gate.audit.AuditLog when verifying with a gate config
     gate: str = ""
     ledger_problem: str = ""  # why the ledger could not be opened: every ticket is refused
+    max_image_pixels: int | None = None  # vision.max_image_pixels for ticket photos
 
 
 @dataclass(frozen=True)
@@ -178,8 +266,6 @@ class DeskOptions:
 
 def open_desk(opts: DeskOptions, stack: ExitStack) -> Desk:
     """The verifier and ledger from the gate's config (flags override it); closed with `stack`."""
-    from edge.gate.audit import AuditLog
-
     cfg = config_mod.load(opts.config) if opts.config else config_mod.Config()
     cfg = config_mod.override(
         cfg,
@@ -188,22 +274,25 @@ def open_desk(opts: DeskOptions, stack: ExitStack) -> Desk:
             "ledger": str(Path(opts.db).resolve()) if opts.db else None,
             "revocation_list": str(Path(opts.revocations).resolve()) if opts.revocations else None,
             "clock_skew_s": opts.skew,
-            "antipassback_s": opts.antipassback,
+            "anti_passback_s": opts.antipassback,
         },
     )
     if not opts.config and not opts.pubkeys:
         raise EdgeGateError("no issuer key", "pass --config C (the gate's) or --pubkey issuer.pub")
-    desk = Desk(gate_verifier(cfg, list(opts.pubkeys)), gate=cfg.gate.id)
+    desk = Desk(
+        gate_verifier(cfg, list(opts.pubkeys)),
+        gate=cfg.gate.id,
+        max_image_pixels=cfg.vision.max_image_pixels,
+    )
     if not opts.config and not opts.db:
         if opts.redeem:
             raise EdgeGateError("--redeem needs a ledger", "pass --config C or --db LEDGER")
         return desk  # signature, validity and revocation only
-    if opts.config:
-        desk.audit = stack.enter_context(
-            AuditLog(cfg.resolve(cfg.audit.path), cfg.audit.retention_days)
-        )
+    if opts.config:  # acting as the gate: its evidence key (made on the lane's first run)
+        desk.audit = stack.enter_context(open_audit(cfg, "create" if opts.redeem else "use"))
     try:
-        desk.ledger = stack.enter_context(open_ledger(cfg, desk.audit))
+        keyed = ("create" if opts.redeem else "use") if opts.config else "none"
+        desk.ledger = stack.enter_context(open_ledger(cfg, desk.audit, keyed))
     except LedgerError as e:
         desk.ledger_problem = str(e)
     return desk
@@ -220,7 +309,7 @@ def verify_inputs(desk: Desk, inputs: list[str], redeem: bool, now: float) -> It
     for item in inputs:
         out: dict = {"input": item, "valid": False, "reason": Reason.MALFORMED, "ticket_id": None}
         try:
-            texts = texts_from_input(item)
+            texts = texts_from_input(item, desk.max_image_pixels)
         except ImageError as e:
             texts, out["detail"] = [], str(e)
         if not texts:
@@ -248,8 +337,6 @@ def verify_inputs(desk: Desk, inputs: list[str], redeem: bool, now: float) -> It
 
 
 def _record(desk: Desk, out: dict, now: float) -> None:
-    from edge.gate.audit import AuditRecord
-
     desk.audit.record(
         AuditRecord(
             now,

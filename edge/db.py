@@ -1,0 +1,194 @@
+"""One storage layer: how every edge-gate SQLite file is opened, written and upgraded.
+
+Each store (gallery, redemption ledger, audit log, fleet state) is a `Store`: it owns its
+tables, writes only inside `transaction()` (BEGIN IMMEDIATE, so the write lock is taken before
+the first read and two processes are serialised by SQLite, not by luck), upgrades itself with
+`migrate()` steps keyed by `PRAGMA user_version`, and turns any SQLite failure into its own
+error type carrying the operator's fix. No other module writes another store's tables.
+
+The project's pragmas: WAL (readers never block the gate's writes), synchronous=FULL (a
+committed entry survives a power cut: the commit is the grant), a busy timeout instead of
+"database is locked" at the first contention. The gallery adds secure_delete (deleted rows are
+overwritten) and foreign keys.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import ClassVar
+
+from edge.errors import EdgeGateError
+
+BUSY_TIMEOUT_S = 10.0
+
+
+def connect(
+    path: str | Path,
+    *,
+    timeout_s: float = BUSY_TIMEOUT_S,
+    secure_delete: bool = False,
+    foreign_keys: bool = False,
+    wal: bool = True,
+) -> sqlite3.Connection:
+    """Open a database with the project's pragmas; autocommit (transactions are explicit)."""
+    conn = sqlite3.connect(
+        str(path), timeout=timeout_s, isolation_level=None, check_same_thread=False
+    )
+    try:
+        conn.execute(f"PRAGMA busy_timeout={int(timeout_s * 1000)}")
+        if wal:
+            conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=FULL")
+        if secure_delete:
+            conn.execute("PRAGMA secure_delete=ON")
+        if foreign_keys:
+            conn.execute("PRAGMA foreign_keys=ON")
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+@contextmanager
+def transaction(
+    conn: sqlite3.Connection, lock: threading.RLock | None = None
+) -> Iterator[sqlite3.Connection]:
+    """BEGIN IMMEDIATE ... COMMIT, rolled back on any exception; inside an open transaction it
+    joins it (the outer one commits), so a store's methods compose into one commit."""
+    with lock if lock is not None else _NO_LOCK:
+        if conn.in_transaction:
+            yield conn
+            return
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield conn
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+
+
+class _NoLock:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+_NO_LOCK = _NoLock()
+
+
+def run_script(conn: sqlite3.Connection, sql: str) -> None:
+    """Run several statements inside the caller's transaction (executescript would COMMIT it)."""
+    stmt = ""
+    for part in sql.split(";"):
+        stmt += part + ";"
+        if sqlite3.complete_statement(stmt):
+            if stmt.strip(" \n\t;"):
+                conn.execute(stmt)
+            stmt = ""
+    if stmt.strip(" \n\t;"):
+        raise sqlite3.ProgrammingError(f"incomplete SQL statement: {stmt[:80]}")
+
+
+def user_version(conn: sqlite3.Connection) -> int:
+    """The schema version a file was written with (0 = new or pre-versioning)."""
+    return conn.execute("PRAGMA user_version").fetchone()[0]
+
+
+def tables(conn: sqlite3.Connection) -> set[str]:
+    """Names of the tables in a file."""
+    return {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+
+
+def columns(conn: sqlite3.Connection, table: str) -> list[str]:
+    """Column names of one table ([] if it does not exist)."""
+    return [r[1] for r in conn.execute(f"PRAGMA table_info({table})")]
+
+
+@dataclass(frozen=True)
+class Migration:
+    """One schema step: `apply` brings a file from version `to - 1` (or older) to `to`."""
+
+    to: int
+    apply: Callable[[sqlite3.Connection], None]
+    what: str = ""
+
+
+def migrate(
+    conn: sqlite3.Connection,
+    steps: Sequence[Migration],
+    too_new: Callable[[int, int], EdgeGateError],
+) -> int:
+    """Run the steps newer than the file's version, all in one transaction; returns the version
+    the file had. A file from a newer edge-gate is refused (`too_new(found, newest)`)."""
+    newest = steps[-1].to
+    if user_version(conn) == newest:  # the common case: no write lock taken at open
+        return newest
+    with transaction(conn):
+        found = user_version(conn)
+        if found > newest:
+            raise too_new(found, newest)
+        for step in steps:
+            if step.to > found:
+                step.apply(conn)
+        if found != newest:
+            conn.execute(f"PRAGMA user_version={newest}")
+    return found
+
+
+def sqlite_fix(e: sqlite3.Error) -> str:
+    """The operator's fix for a SQLite failure, from its message."""
+    text = str(e).lower()
+    if "full" in text:
+        return "free disk space and retry"
+    if "locked" in text or "busy" in text:
+        return "another process holds the file; retry, or stop the process that holds it"
+    if "readonly" in text or "read-only" in text:
+        return "check the file and its folder are writable by the service user"
+    if "malformed" in text or "not a database" in text:
+        return "the file is damaged: restore it from backup"
+    return "check the file, its folder and the disk"
+
+
+class Store:
+    """One SQLite file owned by one class: its tables, its transactions, its error type."""
+
+    error: ClassVar[type[EdgeGateError]] = EdgeGateError
+    what: ClassVar[str] = "database"
+    path: Path
+    conn: sqlite3.Connection
+
+    def _connect(self, path: Path, **pragmas: object) -> None:
+        self.path = path
+        self._lock = threading.RLock()
+        try:
+            self.conn = connect(path, **pragmas)  # type: ignore[arg-type]
+        except sqlite3.Error as e:
+            raise self.error(f"{self.what} {path} is unreadable: {e}", sqlite_fix(e)) from None
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """One IMMEDIATE transaction on this store; a SQLite failure is this store's error."""
+        try:
+            with transaction(self.conn, self._lock) as c:
+                yield c
+        except sqlite3.Error as e:
+            raise self.error(
+                f"{self.what} {self.path}: {e}; nothing was written", sqlite_fix(e)
+            ) from None
+
+    def data_version(self) -> int:
+        """Changes whenever another connection commits to this file."""
+        return self.conn.execute("PRAGMA data_version").fetchone()[0]
+
+    def close(self) -> None:
+        """Close the connection (idempotent)."""
+        self.conn.close()

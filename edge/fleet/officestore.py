@@ -1,0 +1,397 @@
+"""The office's side of the fleet state (its fleet.state_db): what it sends and what it keeps.
+
+The office's commands never talk to the broker themselves (with `use_username_as_clientid` a
+second connection under the office's login would take over its sync's session): they sign a
+message with the issuer key and queue it here, with the office's next sequence number, a
+persisted counter (never the clock; never below what the broker already holds from the office).
+The office's `edge-gate sync` publishes the queue (QoS 1, retained) and deletes a row on the
+broker's acknowledgement. What sync receives lands here too: every lane's audit records and
+the audit heads the lanes signed (`edge-gate fleet audit`, `fleet audit verify`), and the
+lanes' signed enrollment/deletion acknowledgements (`fleet status`).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from edge.db import run_script
+from edge.fleet import messages as msg
+from edge.fleet.state import FleetState
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS office_out (id INTEGER PRIMARY KEY AUTOINCREMENT, topic TEXT NOT NULL,
+  payload BLOB NOT NULL, retain INTEGER NOT NULL, queued REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS people (person_id TEXT PRIMARY KEY, op TEXT NOT NULL,
+  seq INTEGER NOT NULL, t REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS forgotten (person_id TEXT PRIMARY KEY, seq INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS revocation_log (ticket_id TEXT PRIMARY KEY,
+  revoked_seq INTEGER NOT NULL DEFAULT -1, lifted_seq INTEGER NOT NULL DEFAULT -1);
+CREATE TABLE IF NOT EXISTS acks (lane TEXT NOT NULL, person_id TEXT NOT NULL, op TEXT NOT NULL,
+  office_seq INTEGER NOT NULL, t REAL NOT NULL, PRIMARY KEY (lane, person_id));
+CREATE TABLE IF NOT EXISTS audit_records (lane TEXT NOT NULL, epoch TEXT NOT NULL,
+  id INTEGER NOT NULL, prev TEXT NOT NULL, hash TEXT NOT NULL, t REAL NOT NULL,
+  record TEXT NOT NULL, received REAL NOT NULL, PRIMARY KEY (lane, epoch, id));
+CREATE INDEX IF NOT EXISTS audit_records_t ON audit_records(t);
+CREATE TABLE IF NOT EXISTS audit_heads (lane TEXT NOT NULL, epoch TEXT NOT NULL,
+  count INTEGER NOT NULL, head TEXT NOT NULL, t REAL NOT NULL,
+  PRIMARY KEY (lane, epoch, count, head));
+CREATE TABLE IF NOT EXISTS audit_conflicts (lane TEXT NOT NULL, epoch TEXT NOT NULL,
+  id INTEGER NOT NULL, stored TEXT NOT NULL, got TEXT NOT NULL, t REAL NOT NULL);
+"""
+
+
+class OfficeStore:
+    """Office tables on the office's FleetState connection; each write is one transaction."""
+
+    def __init__(self, state: FleetState):
+        self.state = state
+        self.conn = state.conn
+        with self._tx() as c:
+            run_script(c, _SCHEMA)
+
+    def _tx(self):
+        return self.state.transaction()
+
+    # --- out: signed office messages, numbered by a persisted counter ------------------------
+
+    def queue(
+        self,
+        type_: str,
+        site: str,
+        body: dict[str, Any],
+        key: Ed25519PrivateKey,
+        topic: str,
+        retain: bool = True,
+        now: float | None = None,
+    ) -> tuple[int, msg.Message]:
+        """Number, sign and queue one office message; (row id, message)."""
+        now = time.time() if now is None else now
+        with self._tx():
+            seq = max(self.state.get("office_seq", 0), self.state.get("office_seq_floor", 0)) + 1
+            self.state.put(office_seq=seq)
+            m = msg.sign(msg.Message(type_, site, msg.OFFICE, seq, now, body), key)
+            cur = self.conn.execute(
+                "INSERT INTO office_out (topic, payload, retain, queued) VALUES (?, ?, ?, ?)",
+                (topic, msg.encode(m), int(retain), now),
+            )
+            if type_ == msg.PERSON:
+                self.conn.execute(
+                    "INSERT OR REPLACE INTO people (person_id, op, seq, t) VALUES (?, ?, ?, ?)",
+                    (body["person_id"], body["op"], seq, now),
+                )
+        return int(cur.lastrowid or 0), m
+
+    def next_seq(self) -> int:
+        """The sequence number the next queued message will get (for revocation entries)."""
+        return max(self.state.get("office_seq", 0), self.state.get("office_seq_floor", 0)) + 1
+
+    def seen_seq(self, seq: int) -> None:
+        """The broker holds an office message with this seq: never number below it again."""
+        if seq > self.state.get("office_seq_floor", 0):
+            self.state.put(office_seq_floor=seq)
+
+    def outgoing(self, after_id: int, limit: int) -> list[tuple[int, str, bytes, bool]]:
+        """Queued messages after `after_id`: (id, topic, payload, retain)."""
+        rows = self.conn.execute(
+            "SELECT id, topic, payload, retain FROM office_out WHERE id > ? ORDER BY id LIMIT ?",
+            (after_id, limit),
+        ).fetchall()
+        return [(i, t, bytes(p), bool(r)) for i, t, p, r in rows]
+
+    def sent(self, ids: list[int]) -> None:
+        """The broker acknowledged these: drop them from the queue."""
+        self.conn.executemany("DELETE FROM office_out WHERE id = ?", [(i,) for i in ids])
+
+    def is_queued(self, row_id: int) -> bool:
+        """Still waiting for the office's sync to publish it."""
+        q = "SELECT 1 FROM office_out WHERE id = ?"
+        return self.conn.execute(q, (row_id,)).fetchone() is not None
+
+    # --- the office's own lists ---------------------------------------------------------------
+
+    def revocation_entries(self, revoke: list[str], lift: list[str]) -> None:
+        """Number new revocations and lifts with the next seq (a lift names what it lifts)."""
+        seq = self.next_seq()
+        with self._tx():
+            for tid in revoke:
+                self.conn.execute(
+                    "INSERT INTO revocation_log (ticket_id, revoked_seq) VALUES (?, ?) "
+                    "ON CONFLICT(ticket_id) DO UPDATE SET revoked_seq = excluded.revoked_seq "
+                    "WHERE revoked_seq <= lifted_seq",
+                    (tid, seq),
+                )
+            for tid in lift:
+                self.conn.execute(
+                    "UPDATE revocation_log SET lifted_seq = revoked_seq WHERE ticket_id = ?",
+                    (tid,),
+                )
+
+    def revocation_lists(self) -> tuple[dict[str, int], dict[str, int]]:
+        """({ticket: seq of its revocation}, {ticket: seq of the revocation lifted})."""
+        rows = self.conn.execute("SELECT ticket_id, revoked_seq, lifted_seq FROM revocation_log")
+        revoked, lifted = {}, {}
+        for tid, r, lift in rows:
+            revoked[tid] = r
+            if lift >= 0:
+                lifted[tid] = lift
+        return revoked, lifted
+
+    def add_forgotten(self, person_id: str, seq: int) -> None:
+        """The office's forget list grows only: replayed to every new or restored lane."""
+        self.conn.execute(
+            "INSERT OR IGNORE INTO forgotten (person_id, seq) VALUES (?, ?)", (person_id, seq)
+        )
+
+    def forgotten(self) -> list[str]:
+        """Everyone the office has ever forgotten (pseudonymous ids)."""
+        return [r[0] for r in self.conn.execute("SELECT person_id FROM forgotten ORDER BY 1")]
+
+    def people(self) -> dict[str, tuple[str, int]]:
+        """person -> (latest op, its office seq), as the office sent them."""
+        rows = self.conn.execute("SELECT person_id, op, seq FROM people")
+        return {p: (op, s) for p, op, s in rows}
+
+    # --- in: acknowledgements and audit -------------------------------------------------------
+
+    def store_ack(self, lane: str, person_id: str, op: str, office_seq: int, now: float) -> None:
+        """A signed acknowledgement from a rostered lane (the signer, never the body, names it)."""
+        self.conn.execute(
+            "INSERT INTO acks (lane, person_id, op, office_seq, t) VALUES (?, ?, ?, ?, ?) "
+            "ON CONFLICT(lane, person_id) DO UPDATE SET op = excluded.op, "
+            "office_seq = excluded.office_seq, t = excluded.t "
+            "WHERE excluded.office_seq >= office_seq",
+            (lane, person_id, op, office_seq, now),
+        )
+
+    def acks(self, person_id: str) -> dict[str, tuple[str, int]]:
+        """lane -> (op, office seq) acknowledged for one person."""
+        rows = self.conn.execute(
+            "SELECT lane, op, office_seq FROM acks WHERE person_id = ?", (person_id,)
+        )
+        return {lane: (op, s) for lane, op, s in rows}
+
+    def store_audit(
+        self, lane: str, epoch: str, records: list[dict[str, Any]], now: float
+    ) -> tuple[int, int, str] | None:
+        """Keep a lane's records; a record received again with another hash is kept as a
+        conflict (the lane's log was rewritten). Returns the acknowledgement to send:
+        (first id held, last id held without a gap, its hash), or None before any."""
+        with self._tx():
+            for r in records:
+                rid, prev, h = int(r["id"]), str(r["prev"]), str(r["hash"])
+                fields = {k: v for k, v in r.items() if k not in ("id", "prev", "hash")}
+                cur = self.conn.execute(
+                    "INSERT OR IGNORE INTO audit_records (lane, epoch, id, prev, hash, t, record,"
+                    " received) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    (lane, epoch, rid, prev, h, float(r.get("t", 0)), json.dumps(fields), now),
+                )
+                if cur.rowcount == 0:
+                    old = self.conn.execute(
+                        "SELECT hash FROM audit_records WHERE lane = ? AND epoch = ? AND id = ?",
+                        (lane, epoch, rid),
+                    ).fetchone()[0]
+                    if old != h:
+                        self.conn.execute(
+                            "INSERT INTO audit_conflicts VALUES (?, ?, ?, ?, ?, ?)",
+                            (lane, epoch, rid, old, h, now),
+                        )
+            return self._contiguous(lane, epoch)
+
+    def _contiguous(self, lane: str, epoch: str) -> tuple[int, int, str] | None:
+        key = f"audit_acked/{lane}/{epoch}"
+        lo_row = self.conn.execute(
+            "SELECT min(id) FROM audit_records WHERE lane = ? AND epoch = ?", (lane, epoch)
+        ).fetchone()
+        if lo_row[0] is None:
+            return None
+        lo = int(lo_row[0])
+        upto = max(self.state.get(key, lo - 1), lo - 1)
+        while True:
+            ids = [
+                r[0]
+                for r in self.conn.execute(
+                    "SELECT id FROM audit_records WHERE lane = ? AND epoch = ? AND id > ? "
+                    "ORDER BY id LIMIT 1000",
+                    (lane, epoch, upto),
+                )
+            ]
+            run = 0
+            while run < len(ids) and ids[run] == upto + run + 1:
+                run += 1
+            upto += run
+            if run < 1000:
+                break
+        self.state.put(**{key: upto})
+        if upto < lo:
+            return None
+        h = self.conn.execute(
+            "SELECT hash FROM audit_records WHERE lane = ? AND epoch = ? AND id = ?",
+            (lane, epoch, upto),
+        ).fetchone()[0]
+        return lo, upto, h
+
+    def store_head(self, lane: str, epoch: str, count: int, head: str, t: float) -> None:
+        """A head the lane signed in a heartbeat: its log's record count and newest hash."""
+        self.conn.execute(
+            "INSERT OR IGNORE INTO audit_heads (lane, epoch, count, head, t) VALUES (?,?,?,?,?)",
+            (lane, epoch, count, head, t),
+        )
+
+    def audit_rows(self, since: float = 0.0) -> list[dict[str, Any]]:
+        """Every lane's records received, oldest first, from `since` on."""
+        rows = self.conn.execute(
+            "SELECT lane, epoch, id, record FROM audit_records WHERE t >= ? ORDER BY t, lane, id",
+            (since,),
+        )
+        return [{"lane": lane, "seq": i, "epoch": e, **json.loads(r)} for lane, e, i, r in rows]
+
+    def audit_after(
+        self, after_row: int, kind: str | None = None, limit: int = 5000
+    ) -> tuple[int, list[dict[str, Any]]]:
+        """Records stored after row `after_row` (in arrival order), optionally of one kind:
+        (the last row read, rows as `audit_rows` gives them), for a live view."""
+        rows = self.conn.execute(
+            "SELECT rowid, lane, epoch, id, record FROM audit_records WHERE rowid > ? "
+            "ORDER BY rowid LIMIT ?",
+            (after_row, limit),
+        ).fetchall()
+        out = [{"lane": lane, "seq": i, "epoch": e, **json.loads(r)} for _, lane, e, i, r in rows]
+        last = rows[-1][0] if rows else after_row
+        return last, [r for r in out if kind is None or r.get("kind") == kind]
+
+    def audit_evidence(self, lane: str) -> LaneEvidence:
+        """Everything the office holds about one lane's log, for `fleet audit verify`."""
+        q = self.conn.execute
+        recs = q(
+            "SELECT epoch, id, prev, hash, received, record FROM audit_records WHERE lane = ? "
+            "ORDER BY received, id",
+            (lane,),
+        ).fetchall()
+        heads = q(
+            "SELECT epoch, count, head, t FROM audit_heads WHERE lane = ? ORDER BY t", (lane,)
+        ).fetchall()
+        conflicts = q(
+            "SELECT epoch, id, stored, got FROM audit_conflicts WHERE lane = ?", (lane,)
+        ).fetchall()
+        return LaneEvidence(lane, recs, heads, conflicts)
+
+
+@dataclass(frozen=True)
+class LaneEvidence:
+    """One lane's records (epoch, id, prev, hash, received[, fields as JSON]), signed heads and
+    conflicts."""
+
+    lane: str
+    records: list[tuple]
+    heads: list[tuple]
+    conflicts: list[tuple]
+
+
+@dataclass(frozen=True)
+class AuditFinding:
+    """One thing `fleet audit verify` found: broken (exit 1) or only not received yet."""
+
+    lane: str
+    broken: bool
+    text: str
+
+
+def verify_lane(ev: LaneEvidence) -> list[AuditFinding]:
+    """Check a lane's records received against each other and against the heads it signed.
+
+    Pure. The office holds no HMAC key: it compares the hashes the lane signed when it sent
+    each record with the heads it signed later, so a record edited, removed or restored from
+    an older copy after it reached the office shows as a head or a link that no longer fits.
+    """
+    out: list[AuditFinding] = []
+
+    def bad(text: str) -> None:
+        out.append(AuditFinding(ev.lane, True, text))
+
+    for epoch, rid, stored, got in ev.conflicts:
+        bad(
+            f"record {rid} (epoch {epoch[:8]}) arrived again with another hash "
+            f"({stored[:12]} then {got[:12]}): the lane's log was rewritten"
+        )
+    epochs: list[str] = []
+    by_epoch: dict[str, dict[int, tuple[str, str]]] = {}
+    for epoch, rid, prev, h, _, *fields in ev.records:
+        if epoch not in by_epoch:
+            epochs.append(epoch)
+            by_epoch[epoch] = {}
+        by_epoch[epoch][rid] = (prev, h)
+        if fields and _content_hash(prev, rid, fields[0]) != h:
+            bad(f"record {rid}'s content does not match the hash the lane signed with it")
+    for i, epoch in enumerate(epochs):
+        recs = by_epoch[epoch]
+        ids = sorted(recs)
+        gaps = []
+        for a, b in zip(ids, ids[1:], strict=False):
+            if b == a + 1 and recs[b][0] != recs[a][1]:
+                bad(f"record {b} does not follow record {a}: the log was edited between them")
+            elif b > a + 1:
+                gaps.append(f"{a + 1}..{b - 1}")
+        if gaps:
+            out.append(AuditFinding(ev.lane, False, f"records {', '.join(gaps)} not received yet"))
+        first = ids[0]
+        for earlier in epochs[:i]:
+            old = by_epoch[earlier]
+            if first - 1 in old and old[first - 1][1] != recs[first][0]:
+                bad(
+                    f"epoch {epoch[:8]} starts at record {first}, which does not follow record "
+                    f"{first - 1} as the lane sent it in epoch {earlier[:8]}: the lane's log "
+                    "before it was rewritten or replaced"
+                )
+            lost = [r for r in old if r >= first]
+            if lost and first - 1 in old:
+                bad(
+                    f"epoch {epoch[:8]} went on from record {first - 1}: records "
+                    f"{min(lost)}..{max(lost)} of epoch {earlier[:8]}, received here, are no "
+                    "longer in the lane's log (restored from an older copy or cut)"
+                )
+    newest: dict[str, tuple[int, str, float]] = {}
+    for epoch, count, head, t in ev.heads:
+        recs = by_epoch.get(epoch, {})
+        if count in recs and recs[count][1] != head:
+            bad(
+                f"the lane signed head {count} = {head[:12]}, but record {count} received here "
+                f"has hash {recs[count][1][:12]}: the log was rewritten"
+            )
+        if epoch in newest and count < newest[epoch][0]:
+            bad(
+                f"the lane's log went back from {newest[epoch][0]} to {count} records "
+                "(records removed, or an older copy restored)"
+            )
+        newest[epoch] = (count, head, t)  # heads come oldest first
+    for epoch, (count, _, _) in newest.items():
+        held = max(by_epoch.get(epoch, {}) or [0])
+        if held > count:
+            bad(
+                f"the lane's newest signed head has {count} records, but record {held} was "
+                "received here: records were removed from the end of its log"
+            )
+    return out
+
+
+def _content_hash(prev: str, rid: int, fields_json: str) -> str:
+    """The audit log's plain chain hash of a record as received (the office needs no key)."""
+    from edge.gate.audit import AuditRecord, record_hash
+
+    f = json.loads(fields_json)
+    r = AuditRecord(
+        float(f.get("t", 0.0)),
+        f.get("gate", ""),
+        f.get("kind", ""),
+        f.get("decision", ""),
+        f.get("via", ""),
+        f.get("subject", ""),
+        f.get("score"),
+        f.get("reason", ""),
+        f.get("detail", ""),
+    )
+    return record_hash(prev, rid, r)

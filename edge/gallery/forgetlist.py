@@ -1,0 +1,160 @@
+"""The lane's forget list: which people were forgotten, and the gallery generation each reached.
+
+`forget` destroys a person's key, but a backup of the gallery taken before holds that key too:
+restored, it would bring the person back. So every erasure (and every change of a pass's
+validity) moves the gallery to a new generation (a new data key; every person key rewrapped,
+edge/gallery/store.py), and this list, kept beside the gallery file, records the generation
+reached and the pseudonymous ids erased. A gallery file older than the list's newest
+generation was restored: nobody is admitted by face until the list is replayed on it
+(`edge-gate forget --replay`, or the office's list over the fleet).
+
+One JSON object per line, appended and fsync'd *before* the gallery commits (so a crash leaves
+at worst a replay to do, never a forgotten person unlisted), each carrying the SHA-256 of the
+line before it, so a line edited or removed in the middle is caught. It is not keyed: it must
+survive key rotations, and whoever can write beside the gallery can also read the keys the gate
+uses; the office's forget list, delivered over the fleet, is the copy a lane cannot rewrite.
+Only pseudonymous ids and times are written: never a name.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from edge.errors import GalleryError
+
+FORMAT = "edge-gate-forget-list-v1"
+
+
+@dataclass(frozen=True)
+class ForgetEntry:
+    """One line: the generation the gallery reached, when, and who was erased (maybe nobody)."""
+
+    generation: int
+    t: float
+    forgot: tuple[str, ...]
+    gallery: int  # the gallery's random id: another gallery's list is not this one's
+
+
+class ForgetList:
+    """The append-only forget list of one gallery file (`<gallery.db>.forgotten`)."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self._cache: tuple[tuple[int, int], list[ForgetEntry]] | None = None
+
+    @staticmethod
+    def _mac(prev: str, body: dict) -> str:
+        text = json.dumps(body, sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(f"{prev}\n{text}".encode()).hexdigest()
+
+    def entries(self) -> list[ForgetEntry]:
+        """Every line, checked; a line that does not verify is an error naming the fix."""
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            return []
+        stamp = (st.st_size, st.st_mtime_ns)
+        if self._cache is not None and self._cache[0] == stamp:
+            return self._cache[1]
+        out, prev = [], ""
+        for n, line in enumerate(self.path.read_text().splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+                mac = obj.pop("link")
+                ok = obj.get("format") == FORMAT and str(mac) == self._mac(prev, obj)
+                entry = ForgetEntry(
+                    int(obj["g"]), float(obj["t"]), tuple(map(str, obj["forgot"])),
+                    int(obj["gallery"]),
+                )  # fmt: skip
+            except (ValueError, KeyError, TypeError, AttributeError):
+                ok = False
+            if not ok:
+                raise GalleryError(
+                    f"forget list {self.path} line {n} does not chain onto the line before it: "
+                    "it was edited or a line was removed",
+                    "restore it from the lane's backup (never older than the gallery), or "
+                    "replay the office's forget list: edge-gate forget --replay FILE",
+                )
+            out.append(entry)
+            prev = str(mac)
+        self._cache = (stamp, out)
+        return out
+
+    def generation(self, gallery: int) -> int:
+        """The newest generation this list records for the gallery (0: none)."""
+        return max((e.generation for e in self.entries() if e.gallery == gallery), default=0)
+
+    def newest(self) -> ForgetEntry | None:
+        """The last line, whichever gallery it names."""
+        entries = self.entries()
+        return entries[-1] if entries else None
+
+    def forgotten(self, gallery: int | None = None) -> set[str]:
+        """Every id this list says was erased (of one gallery, or of any)."""
+        return {
+            pid for e in self.entries() if gallery is None or e.gallery == gallery
+            for pid in e.forgot
+        }  # fmt: skip
+
+    def append(self, generation: int, t: float, forgot: Iterable[str], gallery: int) -> None:
+        """Add one line, fsync'd, under an exclusive lock (several writers may share a gallery)."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            self._cache = None
+            entries = self.entries()
+            prev = ""
+            if entries:  # the last line's own hash link, read back from the file
+                last = self.path.read_text().rstrip("\n").rsplit("\n", 1)[-1]
+                prev = str(json.loads(last)["link"])
+            body = {"format": FORMAT, "g": int(generation), "t": float(t),
+                    "forgot": sorted(set(forgot)), "gallery": int(gallery)}  # fmt: skip
+            line = json.dumps({**body, "link": self._mac(prev, body)}, sort_keys=True)
+            os.write(fd, (line + "\n").encode())
+            os.fsync(fd)
+        finally:
+            with contextlib.suppress(OSError):
+                fcntl.flock(fd, fcntl.LOCK_UN)
+            os.close(fd)
+        self._cache = None
+
+
+def read_replay_file(path: Path) -> tuple[list[str], int]:
+    """A forget list to replay: this format's lines (any lane's) or plain text, one person id
+    per line; (ids, newest generation). Replaying erases, so an edited file can only erase
+    more, never bring anyone back."""
+    ids: list[str] = []
+    generation = 0
+    try:
+        lines = Path(path).read_text().splitlines()
+    except OSError as e:
+        raise GalleryError(f"forget list {path} cannot be read: {e.strerror}") from None
+    for n, line in enumerate(lines, 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        if line.startswith("{"):
+            try:
+                obj = json.loads(line)
+                ids += [str(x) for x in obj["forgot"]]
+                generation = max(generation, int(obj.get("g", 0)))
+            except (ValueError, KeyError, TypeError):
+                raise GalleryError(f"forget list {path} line {n} is not valid") from None
+        elif line.startswith("P-") and line.replace("-", "").isalnum():
+            ids.append(line)
+        else:
+            raise GalleryError(
+                f"forget list {path} line {n} is not a person id: {line[:40]!r}",
+                "one pseudonymous id (P-...) per line, or the lines of a .forgotten file",
+            )
+    return ids, generation

@@ -1,0 +1,116 @@
+"""Key files are refused when others could read or replace them, as ssh refuses them.
+
+A private key (gallery key, site key, lane key, evidence key) must be readable by its owner
+only; a public key (the issuer's) must be writable by its owner only, or anyone on the machine
+could swap in their own and sign tickets; and the folder holding either must not be writable by
+others, who could otherwise rename another file into its place. Each refusal names the exact
+`chmod` that fixes it. Files under systemd's `$CREDENTIALS_DIRECTORY` are laid out by systemd and
+are not checked here.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+from edge.errors import KeyFileError
+
+
+def _who(mode: int, bits: int) -> str:
+    """'group', 'others' or 'group and others' for the permission bits that are set."""
+    g, o = mode & bits & 0o070, mode & bits & 0o007
+    return "group and others" if g and o else ("group" if g else "others")
+
+
+def _credential(path: Path) -> bool:
+    cred = os.environ.get("CREDENTIALS_DIRECTORY")
+    if not cred:
+        return False
+    return Path(path).resolve().parent == Path(cred).resolve()
+
+
+def check_dir(path: Path, what: str) -> None:
+    """The folder holding a key: refused when group or others may write to it."""
+    folder = Path(path).resolve().parent
+    try:
+        mode = stat.S_IMODE(os.stat(folder).st_mode)
+    except FileNotFoundError:
+        return  # the key's own check reports the missing file
+    if mode & 0o022:
+        raise KeyFileError(
+            f"the folder {folder} holding {what} {path} is writable by {_who(mode, 0o022)} "
+            f"(mode {mode:04o}): anyone who can write there can replace the key",
+            f"chmod go-w {folder}",
+        )
+
+
+def _owner(path: Path, st: os.stat_result, what: str) -> None:
+    """Owned by this user or root (root itself may use the service user's keys)."""
+    if os.geteuid() != 0 and st.st_uid not in (0, os.geteuid()):
+        raise KeyFileError(
+            f"{what} {path} is owned by uid {st.st_uid}, not by this user or root: "
+            "that user could replace it",
+            f"chown {os.geteuid()} {path}",
+        )
+
+
+def check_private_key(path: Path, what: str = "key file") -> os.stat_result:
+    """A secret key: readable and writable by its owner only, in a folder others cannot write."""
+    path = Path(path)
+    st = os.stat(path)
+    if _credential(path):
+        return st
+    mode = stat.S_IMODE(st.st_mode)
+    if mode & 0o077:
+        raise KeyFileError(
+            f"{what} {path} has loose permissions {mode:04o}: {_who(mode, 0o077)} can "
+            f"{'read' if mode & 0o044 else 'change'} it",
+            f"chmod 600 {path}",
+        )
+    _owner(path, st, what)
+    check_dir(path, what)
+    return st
+
+
+def check_public_key(path: Path, what: str = "public key") -> os.stat_result:
+    """A public key others may read but never change: not group/world-writable, nor its folder."""
+    path = Path(path)
+    st = os.stat(path)
+    if _credential(path):
+        return st
+    mode = stat.S_IMODE(st.st_mode)
+    if mode & 0o022:
+        raise KeyFileError(
+            f"{what} {path} is writable by {_who(mode, 0o022)} (mode {mode:04o}): anyone on "
+            "this machine could replace it with their own",
+            f"chmod go-w {path}",
+        )
+    _owner(path, st, what)
+    check_dir(path, what)
+    return st
+
+
+def write_secret(path: Path, text: str, exists_hint: str) -> None:
+    """Write a new secret file whole-or-nothing (0600): temp file, fsync, hard link to the name,
+    so a crash never leaves half a key; refused if the name exists (never overwrite a key)."""
+    path = Path(path)
+    if not path.parent.exists():
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.link(tmp, path)
+    except FileExistsError:
+        raise KeyFileError(f"key file {path} already exists", exists_hint) from None
+    finally:
+        tmp.unlink(missing_ok=True)
+    dfd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
