@@ -320,6 +320,7 @@ def test_come_closer_once_for_a_face_too_small_to_recognise():
     steps(pol, [small] * 40, t0=20.0)  # a new visitor far away: told again
     assert [g.notice for g in pol.take_guidance()] == ["come_closer"]
 
+
 # --- the Silent-Face pair: crops, floor, fusion, catalogue ---------------------------------------
 
 
