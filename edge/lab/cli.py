@@ -227,8 +227,8 @@ def cmd_eval_pad(args) -> int:
         if "loso" in report:
             pooled = report["loso"]["pooled"]
             src += (
-                f"; leave-one-source-out with the same rule: APCER {pooled['loso_apcer']}"
-                f" BPCER {pooled['loso_bpcer']}"
+                f"; leave-one-source-out with the same rule: APCER {pooled['loso_apcer_all']}"
+                f" of all attacks (worst type {pooled['loso_apcer']}), BPCER {pooled['loso_bpcer']}"
             )
         write_pad_threshold(models, name, t, src)
         loso = report.get("loso")
