@@ -311,10 +311,12 @@ class LivenessConfig:
     """[liveness]: how the gate refuses photos and screens held up to the camera.
 
     "off" means no presentation-attack detection: a printed photo of a pass holder opens the
-    gate; `doctor` and `privacy-report` say so.
+    gate; `doctor` and `privacy-report` say so. "model+motion" adds the keypoint-plane veto: on
+    the recorded clips it fired on a live visitor and never refused an attack the model passed
+    (MODELS.md), so "model" is the default.
     """
 
-    mode: str = setting("model+motion", "presentation-attack detection", choices=LIVENESS_MODES)
+    mode: str = setting("model", "presentation-attack detection", choices=LIVENESS_MODES)
     model: str = setting("silentface_int8", 'a model of the "liveness" group in models.json')
     threshold: float = setting(
         0.0,
@@ -323,6 +325,10 @@ class LivenessConfig:
         le=1,
         also=((0.0, "the model's measured threshold from models.json"),),
     )
+    # The frame and surround cues (edge/vision/cues.py) veto a face the model judged live when a
+    # print's border or a screen's bezel surrounds it, or it is a head with no body on a plain
+    # surface (MODELS.md gives what they cost in live visitors refused).
+    cues: bool = setting(True, "the frame and surround cues beside the liveness model")
 
 
 @dataclass(frozen=True)

@@ -32,6 +32,7 @@ from edge.gate.policy import (
     GRANT,
     Decision,
     FaceSeen,
+    Guidance,
     Observation,
     Outcome,
     Policy,
@@ -116,11 +117,15 @@ class Gate:
         scanner: Iterable[str | bytes] | None = None,
         pin_factory=None,
         notifier: Notifier | None = None,
+        notices: Notices | None = None,
         clock: Callable[[], float] = time.time,
     ):
         self.cfg = cfg
         self.on_decision = on_decision or (lambda ev: None)
         self.notifier = notifier or Notifier()
+        # What the visitor is told (edge/gate/notices.py): every decision and the guidance
+        # before one, fanned out to every sink (events file, lane screen); a sink never raises.
+        self.notices = notices if notices is not None else Notices()
         self.clock = clock
         self.stop_requested = False
         self.reload_requested = False
@@ -160,8 +165,7 @@ class Gate:
             )
             stack.callback(self.source.close)
             self._resources = stack.pop_all()
-        # What the visitor is told; the lane screen (`edge-gate screen`) hears it on a socket.
-        self.notices = Notices()
+        # The lane screen (`edge-gate screen`) hears the notices on a socket.
         if cfg.screen.socket:
             self.notices.add(SocketSink(cfg.resolve(cfg.screen.socket)))
         if scanner is not None:
@@ -361,7 +365,26 @@ class Gate:
             texts.append(self._scan_q.get_nowait())
         seen = tuple(TicketSeen(t, self.verifier.verify(t, wall)) for t in texts)
         t, index = (frame.t, frame.index) if frame is not None else (time.monotonic(), -1)
-        return self.policy.step(Observation(t, index, wall, faces, seen))
+        decisions = self.policy.step(Observation(t, index, wall, faces, seen))
+        for g in self.policy.take_guidance():
+            self.guide(g, wall)
+        return decisions
+
+    @property
+    def lane(self) -> str:
+        """The lane name notices carry: the fleet's lane, else the gate id."""
+        return self.cfg.fleet.lane or self.cfg.gate.id
+
+    def guide(self, g: Guidance, wall: float) -> None:
+        """Tell the visitor what they can do before any decision (step back, come closer...)."""
+        log.info("guidance %s reason=%s frame=%d", g.notice, g.reason, g.frame)
+        self._tell(Notice(wall, self.lane, g.notice, g.reason))
+
+    def _tell(self, notice: Notice) -> None:
+        try:
+            self.notices.send(notice)
+        except Exception as e:  # Notices never raises; a broken fan-out must not either
+            log.error("notice error=%s", e)
 
     def act(self, d: Decision) -> None:
         """Redeem, open, record, report: a grant that cannot be recorded or switched is a deny."""
@@ -416,10 +439,10 @@ class Gate:
             self.on_decision(ev)
         except Exception as e:  # a full disk for --events must not stop the gate deciding
             log.error("decision output error=%s", e)
-        self.notices.send(  # never raises: a screen fault never stops the gate
+        self._tell(  # never raises: a screen fault never stops the gate
             Notice(
                 wall,
-                self.cfg.fleet.lane or self.cfg.gate.id,
+                self.lane,
                 notice_for_decision(d.decision == GRANT, str(d.reason)),
                 str(d.reason),
                 str(d.decision),
