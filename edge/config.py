@@ -311,10 +311,12 @@ class LivenessConfig:
     """[liveness]: how the gate refuses photos and screens held up to the camera.
 
     "off" means no presentation-attack detection: a printed photo of a pass holder opens the
-    gate; `doctor` and `privacy-report` say so.
+    gate; `doctor` and `privacy-report` say so. "model+motion" adds the keypoint-plane veto: on
+    the recorded clips it fired on a live visitor and never refused an attack the model passed
+    (MODELS.md), so "model" is the default.
     """
 
-    mode: str = setting("model+motion", "presentation-attack detection", choices=LIVENESS_MODES)
+    mode: str = setting("model", "presentation-attack detection", choices=LIVENESS_MODES)
     model: str = setting("silentface_int8", 'a model of the "liveness" group in models.json')
     threshold: float = setting(
         0.0,
@@ -323,6 +325,10 @@ class LivenessConfig:
         le=1,
         also=((0.0, "the model's measured threshold from models.json"),),
     )
+    # The frame and surround cues (edge/vision/cues.py) veto a face the model judged live when a
+    # print's border or a screen's bezel surrounds it, or it is a head with no body on a plain
+    # surface (MODELS.md gives what they cost in live visitors refused).
+    cues: bool = setting(True, "the frame and surround cues beside the liveness model")
 
 
 @dataclass(frozen=True)
@@ -479,6 +485,32 @@ class SignalConfig:
 
 
 @dataclass(frozen=True)
+class PretixConfig:
+    """[pretix]: tickets sold in a pretix shop, decided offline from a folder that sync fills."""
+
+    dir: str = setting(
+        "", "the folder the lane decides pretix tickets from", also=(("", "no pretix"),)
+    )
+    url: str = setting("", "the shop's base URL (only `pretix sync` uses it)")
+    organizer: str = setting("", "the organizer's short name in pretix")
+    event: str = setting("", "the event's short name in pretix")
+    checkin_list: int = setting(0, "the id of this lane's check-in list", ge=0)
+    token_file: str = setting("", "0600 file with the API token (or credential pretix.token)")
+    auth: str = setting("token", "the token's kind", choices=("token", "device"))
+    gate: int = setting(0, "pretix gate id for check-in rules on `gate`", ge=0)
+    sync_every_s: float = setting(60.0, "pull and upload period", unit="seconds", gt=0)
+    stale_after_s: float = setting(
+        3600.0, "`doctor` warns when the data is older", unit="seconds", gt=0
+    )
+    tls_ca_file: str = setting("", "a private CA for the shop's HTTPS")
+
+    @property
+    def enabled(self) -> bool:
+        """A [pretix] folder is configured: the lane decides pretix secrets."""
+        return bool(self.dir)
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole edge-gate.toml, so every command reads the same validated settings."""
 
@@ -495,6 +527,7 @@ class Config:
     console: ConsoleConfig = field(default_factory=ConsoleConfig)
     screen: ScreenConfig = field(default_factory=ScreenConfig)
     signal: SignalConfig = field(default_factory=SignalConfig)
+    pretix: PretixConfig = field(default_factory=PretixConfig)
     source_file: str = ""  # where it was read from; relative paths resolve against its folder
     # (section, key, value) set by override(), e.g. command-line flags; reload() applies them again
     overrides: tuple[tuple[str, str, Any], ...] = ()

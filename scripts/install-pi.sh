@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Install edge-gate on Raspberry Pi OS (Bookworm, 64-bit) from this checkout. Run as root:
-#     sudo bash scripts/install-pi.sh [--issuer-pub PATH] [--broker ADDR]
+#     sudo bash scripts/install-pi.sh [--issuer-pub PATH] [--broker ADDR] [--pretix-addr ADDR]
 # Installs: /opt/edge-gate (code + venv), /etc/edge-gate (gate.toml, gallery.key, issuer.pub),
 # /var/lib/edge-gate (state, via systemd StateDirectory), the systemd units, udev rules and the
 # firmware fragment. Safe to run again: it never overwrites the config or the gallery key.
@@ -15,10 +15,12 @@ for a in "$@"; do if [ "$a" = --screen ]; then SCREEN=1; else ARGS+=("$a"); fi; 
 set -- ${ARGS[@]+"${ARGS[@]}"}
 ISSUER_PUB=""
 BROKER_ADDR=""
+PRETIX_ADDR=""
 while [ $# -ge 2 ]; do
   case "$1" in
     --issuer-pub) ISSUER_PUB=$2 ;;
     --broker) BROKER_ADDR=$2 ;;  # fleet: the MQTT broker's IP address (edge-gate-sync may reach it)
+    --pretix-addr) PRETIX_ADDR=$2 ;;  # pretix: the shop's IP address(es) (pretix sync may reach it)
   esac
   shift 2
 done
@@ -106,10 +108,14 @@ install -m 0644 /opt/edge-gate/firmware_config/99-edge-gate.rules /etc/udev/rule
 udevadm control --reload && udevadm trigger
 install -m 0644 /opt/edge-gate/systemd/edge-gate.service /opt/edge-gate/systemd/edge-gate-purge.service \
   /opt/edge-gate/systemd/edge-gate-purge.timer /opt/edge-gate/systemd/edge-gate-sync.service \
-  /etc/systemd/system/
+  /opt/edge-gate/systemd/edge-gate-pretix-sync.service /etc/systemd/system/
 if [ -n "$BROKER_ADDR" ]; then  # fleet: sync may reach this address only
   install -d /etc/systemd/system/edge-gate-sync.service.d
   printf '[Service]\nIPAddressAllow=%s\n' "$BROKER_ADDR" > /etc/systemd/system/edge-gate-sync.service.d/broker.conf
+fi
+if [ -n "$PRETIX_ADDR" ]; then  # pretix: the shop sync may reach (run `pretix sync --once` first)
+  install -d /etc/systemd/system/edge-gate-pretix-sync.service.d
+  printf '[Service]\nIPAddressAllow=%s\n' "$PRETIX_ADDR" > /etc/systemd/system/edge-gate-pretix-sync.service.d/shop.conf
 fi
 install -d -m 0755 /etc/systemd/system/systemd-time-wait-sync.service.d
 install -m 0644 /opt/edge-gate/systemd/systemd-time-wait-sync.service.d/edge-gate.conf \

@@ -113,8 +113,10 @@ def empty_gallery(cfg) -> None:
         pass
 
 
-def events(path: Path) -> list[dict]:
-    return [json.loads(x) for x in path.read_text().splitlines()] if path.exists() else []
+def events(path: Path, kind: str = "via") -> list[dict]:
+    """The lines of a `run --events` file: decisions ("via"), or visitor notices ("notice")."""
+    lines = path.read_text().splitlines() if path.exists() else []
+    return [e for e in map(json.loads, lines) if kind in e]
 
 
 def run_gate(cfg, clip, tmp, **kw) -> tuple[Gate, list[dict]]:

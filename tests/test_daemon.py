@@ -25,6 +25,7 @@ from edge import config as config_mod
 from edge import tickets as tk
 from edge.errors import ConfigError, EdgeGateError
 from edge.gate.daemon import Gate
+from edge.gate.notices import notice_for_decision
 from edge.gate.notify import Notifier
 from edge.gate.sources import Frame, VideoFileSource
 from edge.lab.demo import ticket_scene
@@ -104,6 +105,10 @@ def test_run_cli_contract(tmp_path):
     assert p.returncode == 0, p.stderr
     got = events(ev)
     assert [(e["decision"], e["reason"]) for e in got] == [(d, r) for d, _, r in scene.expected]
+    told = events(ev, "notice")  # the visitor notice of each decision, in the same file
+    assert [(n["notice"], n["decision"], n["reason"], n["lane"]) for n in told] == [
+        (notice_for_decision(d == "grant", r), d, r, "test-gate") for d, _, r in scene.expected
+    ]
     assert got[0]["ticket"] == "DAY-0001"
     assert "GRANT" in p.stdout
 

@@ -20,6 +20,7 @@ UNITS = [
     "edge-gate-purge.timer",
     "edge-gate-sync.service",
     "edge-gate-screen.service",
+    "edge-gate-pretix-sync.service",
 ]
 
 

@@ -10,6 +10,7 @@ import pytest
 
 from edge import config as config_mod
 from edge.cli import main
+from edge.errors import ImageError
 from edge.lab.pad_eval import threshold_for
 from edge.lab.padsynth import write_attack_clip
 
@@ -82,6 +83,7 @@ def test_write_threshold_goes_to_models_json(pad_dir, tmp_path, capsys):
 
 
 def test_threshold_rule():
+    """Halfway between the attacks and the live budget; the budget binds when they cross."""
     live = [
         {"file": f"l{i}.jpg", "kind": "live", "score": s} for i, s in enumerate([0.99, 1.0, 0.97])
     ]
@@ -90,9 +92,46 @@ def test_threshold_rule():
         {"file": "v.mp4", "kind": "print", "score": 0.999},
     ]
     t, why = threshold_for(live + att)  # the video's score is a share of frames, not a probability
-    assert 0.4 < t <= 0.97
-    assert "APCER 0" in why
+    assert t == round((0.4001 + 0.97) / 2, 4)  # no live refused: 10% of 3 is less than one
+    assert "halfway" in why and "APCER 0.000 on 1 attack" in why
     strong = att + [{"file": "b.jpg", "kind": "screen", "score": 0.995}]
-    t, why = threshold_for(live + strong)  # APCER 0 would refuse 2 of 3 live: BPCER rules
-    assert t == 0.97
-    assert "BPCER" in why
+    t, why = threshold_for(live + strong)  # an attack above the live: the budget binds
+    assert t == 0.97 and "strictest" in why and "APCER 0.500" in why
+    many = [{"file": f"m{i}.jpg", "kind": "live", "score": 0.9 + i / 1000} for i in range(40)]
+    low = [{"file": "x.jpg", "kind": "live", "score": 0.2}]
+    t, why = threshold_for(many + low + strong, target_bpcer=0.05)  # 41 live: two may go
+    assert t == 0.9010 and "BPCER 0.049" in why
+    cued = [{"file": "c.jpg", "kind": "live", "score": 1.0, "cue": "frame"}]
+    assert threshold_for(many + low + cued + strong, target_bpcer=0.05)[0] == 0.9  # cue refuses
+    bad = [{"file": f"b{i}.jpg", "kind": "live", "score": 0.1} for i in range(5)]
+    t, why = threshold_for(bad + att)
+    assert t == 0.1 and "APCER 1.000" in why
+    with pytest.raises(ImageError, match="no usable threshold"):
+        threshold_for(bad + att, strict=False)  # it would accept every attack
+
+
+def test_by_source_and_leave_one_source_out(pad_dir, tmp_path, capsys):
+    r = run_json(capsys, pad_dir, "--per-file", "--leave-one-source-out")
+    per = r["results"]
+    assert set(r["by_source"]) == {x["source"] for x in per} == {"nuaa", "image", "obama2"}
+    nuaa = r["by_source"]["nuaa"]
+    assert nuaa["live"] == 3 and nuaa["attacks"] == {"print": 3}
+    loso = r["loso"]
+    # the NUAA fold is judged at a threshold picked on the rest: no live image there, no rule
+    assert loso["by_source"]["nuaa"]["threshold"] is None
+    image = loso["by_source"]["image"]  # image_F2 judged at the threshold NUAA alone gives
+    assert image["threshold"] == threshold_for([x for x in per if x["source"] == "nuaa"])[0]
+    assert loso["pooled"]["attacks"] == {"screen": 1} and r["loso_apcer"] == image["loso_apcer"]
+    # a frames.csv source column wins over the file name; --source-pattern names subjects
+    (pad_dir / "frames.csv").write_text(
+        "file,source\n" + "".join(f"{x['file']},camX\n" for x in per if x["kind"] == "live")
+    )
+    try:
+        r = run_json(capsys, pad_dir, "--per-file")
+        assert {x["source"] for x in r["results"] if x["kind"] == "live"} == {"camX"}
+    finally:
+        (pad_dir / "frames.csv").unlink()
+    r = run_json(capsys, pad_dir, "--per-file", "--source-pattern", r"^(nuaa_\d+)")
+    assert {x["source"] for x in r["results"] if x["file"].startswith("live/")} == {"nuaa_0002"}
+    r = run_json(capsys, pad_dir, "--per-file", "--include", "nuaa_*")
+    assert {x["source"] for x in r["results"]} == {"nuaa"}

@@ -258,6 +258,69 @@ def test_off_is_named_by_doctor_and_privacy_report(tmp_path):
         assert said.startswith("OFF") == (mode == "off")
 
 
+# --- too close, and what the visitor is told ------------------------------------------------------
+
+
+def seen_pad(pid, live, pad="", quality=()):
+    return FaceSeen(pid, 0.97, 0.3, (0.5, 0.5), live is not None or pid is not None,
+                    live=live, pad=pad, quality=quality)  # fmt: skip
+
+
+def steps(policy, faces, t0=0.0, f0=0):
+    out = []
+    for i, f in enumerate(faces):
+        out += policy.step(Observation(t0 + i * 0.1, f0 + i, 0.0, (f,)))
+    return out
+
+
+def test_too_close_is_its_own_reason_and_the_visitor_may_step_back():
+    pol = Policy(PolicyParams(liveness=True))
+    close = [seen_pad("P-1", False, "too_close")] * 8
+    d = steps(pol, close)
+    assert [(x.decision, x.reason) for x in d] == [("deny", "too_close")]  # once, not an attack
+    assert [(g.notice, g.reason, g.subject) for g in pol.take_guidance()] == [
+        ("step_back", "too_close", "P-1")
+    ]
+    assert pol.take_guidance() == []  # taken once
+    d = steps(pol, [seen_pad("P-1", True)] * 5, t0=0.8, f0=8)  # stepped back: judged live
+    assert [(x.decision, x.reason) for x in d] == [("grant", "ok")]
+    assert pol.take_guidance() == []  # step back is said once per visitor
+
+
+def test_an_attack_is_still_an_attack_when_some_frames_were_too_close():
+    pol = Policy(PolicyParams(liveness=True))
+    mixed = [seen_pad("P-1", False, "too_close")] * 2 + [seen_pad("P-1", False, "model")] * 6
+    d = steps(pol, mixed)
+    assert [x.reason for x in d] == ["too_close", "presentation_attack"]
+    d = steps(pol, [seen_pad("P-1", True)] * 5, t0=0.8, f0=8)
+    assert d == []  # judged an attack: no grant until the visitor leaves
+
+
+def test_hold_still_while_liveness_has_not_decided():
+    pol = Policy(PolicyParams(liveness=True, k=3, n=5, window_s=2.0))
+    other = FaceSeen(None, 0.5, 0.3, (0.5, 0.5), True)  # frames that match nobody
+    wavering = [seen_pad("P-1", True), seen_pad("P-1", False, "model"), other, other] * 4
+    assert steps(pol, wavering) == []  # never k live, never k not live
+    told = pol.take_guidance()
+    assert [(g.notice, g.reason) for g in told] == [("hold_still", "not_yet_live")]
+    assert told[0].t >= 1.0  # not before half a window: a quick grant is never preceded by it
+    quick = Policy(PolicyParams(liveness=True))
+    assert [x.decision for x in steps(quick, [seen_pad("P-1", True)] * 3)] == ["grant"]
+    assert quick.take_guidance() == []
+
+
+def test_come_closer_once_for_a_face_too_small_to_recognise():
+    pol = Policy(PolicyParams(liveness=True, window_s=2.0))
+    small = FaceSeen(None, 0.0, 0.06, (0.5, 0.5), False, quality=("too_small",))
+    assert steps(pol, [small] * 40) == []
+    assert [(g.notice, g.reason) for g in pol.take_guidance()] == [("come_closer", "too_small")]
+    blurry = FaceSeen(None, 0.0, 0.2, (0.5, 0.5), False, quality=("blurry",))
+    steps(pol, [blurry] * 40, t0=10.0)  # gone for longer than a window; other faults: nothing
+    assert pol.take_guidance() == []
+    steps(pol, [small] * 40, t0=20.0)  # a new visitor far away: told again
+    assert [g.notice for g in pol.take_guidance()] == ["come_closer"]
+
+
 # --- the Silent-Face pair: crops, floor, fusion, catalogue ---------------------------------------
 
 

@@ -16,7 +16,7 @@ import os
 import sys
 
 from edge import __version__
-from edge.cli import audit, fleet, gallery, gate, lab, ledger, passes, tickets
+from edge.cli import audit, fleet, gallery, gate, lab, ledger, passes, pretix, tickets
 from edge.cli import console as console_cli
 from edge.cli.examples import COMMON_HELP, EXAMPLES
 from edge.cli.hints import for_this_run
@@ -26,7 +26,7 @@ from edge.errors import EdgeGateError
 log = logging.getLogger("edge")
 
 # Order of the groups in `edge-gate --help`.
-GROUPS = (lab, gate, tickets, ledger, audit, gallery, passes, fleet, console_cli)
+GROUPS = (lab, gate, tickets, ledger, audit, gallery, passes, fleet, console_cli, pretix)
 INTERNAL_ERROR = 70  # EX_SOFTWARE: a bug, not a mistake of the user (those exit 2)
 BROKEN_PIPE = 141  # 128 + SIGPIPE, what `yes | head -1` reports for `yes`
 

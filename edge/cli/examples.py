@@ -17,6 +17,7 @@ EXAMPLES: dict[str, str] = {
     "ticket verify": (
         "edge-gate ticket verify --config /etc/edge-gate/gate.toml --redeem ticket.png"
     ),
+    "pretix sync": "edge-gate pretix sync --config /etc/edge-gate/gate.toml",
     "ticket revoke": "edge-gate ticket revoke --list /etc/edge-gate/revoked.txt DAY-0001",
     "ticket unrevoke": "edge-gate ticket unrevoke --list /etc/edge-gate/revoked.txt DAY-0001",
     "qr read": "edge-gate qr read photo-of-a-ticket.jpg",

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from pathlib import Path
 
 from edge import config as config_mod
@@ -48,6 +49,10 @@ def cmd_status(args) -> int:
 
     cfg = config_mod.load(args.config)
     rep = fleet_status(cfg)
+    if cfg.pretix.enabled and rep.get("this_lane") is not None:  # the lane's pretix data
+        from edge.tickets.pretix_desk import lane_status
+
+        rep["this_lane"]["pretix"] = lane_status(cfg, time.time())
     problems = status_problems(rep)
     if args.json:
         print(json.dumps({**rep, "problems": problems}))
@@ -87,6 +92,10 @@ def cmd_status(args) -> int:
                 + f", outbox {this['outbox']}"
                 + (f", NO FACE GRANTS: {this['forget_replay']}" if this["forget_replay"] else "")
             )
+        px = (rep.get("this_lane") or {}).get("pretix")
+        if px:
+            age = f"{px['age_s']:.0f} s old" if px["age_s"] is not None else "missing"
+            print(f"  pretix data {age}, {px['upload_pending']} check-in(s) waiting for upload")
         for pid, p in sorted(rep["people"].items()):
             print(f"  {pid}: {p['summary']}")
     if args.check and problems:

@@ -51,6 +51,7 @@ def _open_scanner(spec: str | None):
 def cmd_run(args) -> int:
     """`edge-gate run`: the daemon systemd runs; exit 2 with one line for a bad setting."""
     from edge.gate.daemon import Gate, decisions_on_console, format_decision
+    from edge.gate.notices import JsonLinesSink, Notices
 
     cfg = with_flags(config_mod.load(args.config), args)
     if cfg.camera.source == "demo":  # the embedded default: a generated clip from the lab
@@ -67,7 +68,8 @@ def cmd_run(args) -> int:
             if not args.quiet:  # identifiers go to the console only, never to the journal
                 print(format_decision(ev), flush=True)
 
-        gate = stack.enter_context(Gate(cfg, on_decision, scanner=scanner))
+        notices = Notices([JsonLinesSink(events)] if events is not None else [])
+        gate = stack.enter_context(Gate(cfg, on_decision, scanner=scanner, notices=notices))
         if gate.degraded and not args.quiet:
             print(f"DEGRADED: {gate.degraded}", flush=True)
         if gate.ledger.problem and not args.quiet:
@@ -118,7 +120,9 @@ def register(sub, common) -> None:
         help="issuer.pub (repeatable; default tickets.pubkeys)",
     )
     sp.add_argument(
-        "--events", type=file_path, help="append one JSON line per decision to this file"
+        "--events",
+        type=file_path,
+        help="append one JSON line per decision and per visitor notice to this file",
     )
     g = sp.add_mutually_exclusive_group()
     g.add_argument("--realtime", action="store_true", help="replay a file at its recorded rate")

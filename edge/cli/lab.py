@@ -123,7 +123,10 @@ def register(sub, common) -> None:
         "eval-pad", help="presentation-attack detection on DIR/live and DIR/attack/<type>"
     )
     sp.add_argument(
-        "dir", type=existing_dir, help="DIR/live/ and DIR/attack/<type>/ (images or clips)"
+        "dir",
+        type=existing_dir,
+        nargs="*",
+        help="DIR/live/ and DIR/attack/<type>/ (images or clips); several DIRs are pooled",
     )
     sp.add_argument("--json", action="store_true")
     sp.add_argument("--model", help="liveness model name from models/models.json")
@@ -133,9 +136,40 @@ def register(sub, common) -> None:
     sp.add_argument(
         "--write-threshold",
         action="store_true",
-        help="store the threshold (APCER 0 on print and screen images if BPCER <= 5%%)"
-        " in models.json",
+        help="store the threshold halfway between APCER 0 and BPCER --target-bpcer on the images"
+        " (the budget binds when they cross) in models.json",
     )
+    sp.add_argument(
+        "--target-bpcer",
+        type=float,
+        default=0.10,
+        help="the threshold rule's live refusal budget (default 0.10)",
+    )
+    sp.add_argument(
+        "--leave-one-source-out",
+        action="store_true",
+        help="each source judged at the threshold the rule picks on all the others (loso_*)",
+    )
+    sp.add_argument(
+        "--source-pattern",
+        metavar="REGEX",
+        help="source tag = this regex's first group in the file name (default: the name before"
+        " the first '_', or DIR/frames.csv's source column)",
+    )
+    sp.add_argument(
+        "--include", action="append", default=[], metavar="GLOB", help="only file names matching"
+    )
+    sp.add_argument(
+        "--exclude", action="append", default=[], metavar="GLOB", help="skip file names matching"
+    )
+    sp.add_argument(
+        "--clips",
+        type=existing_dir,
+        metavar="DIR",
+        help="videos in DIR/live and DIR/attack/<type> (or DIR/<type>) judged as the gate would:"
+        " clip-level APCER/BPCER and frames to a decision",
+    )
+    sp.add_argument("--no-cues", action="store_true", help="the model (and motion) alone")
     sp.add_argument("--per-file", action="store_true", help="include every file's result")
     common(sp)
     sp.set_defaults(func=_lab("cmd_eval_pad"))

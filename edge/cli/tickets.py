@@ -11,9 +11,10 @@ from edge import config as config_mod
 from edge import tickets as tk
 from edge.cli.hints import for_this_run
 from edge.cli.numbers import non_negative_float
-from edge.cli.paths import existing_file, file_path, nonempty_file, output_dir
+from edge.cli.paths import existing_dir, existing_file, file_path, nonempty_file, output_dir
 from edge.errors import EdgeGateError, ImageError
 from edge.tickets.format import TICKET_ID_RULE
+from edge.timeutil import parse_time
 
 
 def cmd_keygen(args) -> int:
@@ -51,6 +52,19 @@ def cmd_verify(args) -> int:
     """`ticket verify`: check tickets at a desk the same way a gate would, as JSON lines."""
     from edge.gate.desk import DeskOptions, verify_tickets
 
+    if args.at is not None and args.redeem:
+        raise EdgeGateError(
+            "--at judges at another time; --redeem records an entry now",
+            "drop --at to redeem, or --redeem to judge at that time",
+        )
+    if args.redeem and not (args.db or args.config):
+        raise EdgeGateError("--redeem needs a ledger", "pass --db LEDGER (edge-gate ledger init)")
+    now = time.time()
+    if args.at is not None:  # a time without an offset is in the site's zone
+        from edge import config as config_mod
+
+        cfg = config_mod.load(args.config) if args.config else config_mod.Config()
+        now = float(parse_time(args.at, cfg.gate.zone))
     opts = DeskOptions(
         config=args.config,
         pubkeys=tuple(str(p) for p in args.pubkey or ()),
@@ -61,9 +75,10 @@ def cmd_verify(args) -> int:
         skew=args.skew,
         antipassback=args.antipassback,
         redeem=args.redeem,
+        pretix_dir=str(args.pretix_dir) if args.pretix_dir else None,
     )
     rc, problems = 0, set()
-    for out in verify_tickets(opts, args.inputs, time.time()):
+    for out in verify_tickets(opts, args.inputs, now):
         print(json.dumps(out))
         if out["reason"] == tk.LEDGER_ERROR:
             problems.add(out.get("detail", ""))
@@ -255,7 +270,25 @@ def register(sub, common) -> None:
         help="seconds before the same ticket may re-enter at this gate (default 60)",
     )
     sp.add_argument(
-        "inputs", nargs="+", metavar="IMAGE_OR_TEXT", help="ticket images or ticket texts (EG…)"
+        "--pretix-dir",
+        type=existing_dir,
+        help="decide pretix secrets (pretix_sig1) from this folder: event.json, checkinlist.json, "
+        "revokedsecrets.json, blockedsecrets.json, optionally items.json (default: the config's "
+        "[pretix] dir)",
+    )
+    sp.add_argument(
+        "--at",
+        help="judge at this time instead of now (ISO 8601, e.g. 2026-06-01T12:00:00Z); "
+        "not with --redeem",
+    )
+    sp.add_argument(
+        "--json", action="store_true", help="one JSON object per input (the output format)"
+    )
+    sp.add_argument(
+        "inputs",
+        nargs="+",
+        metavar="IMAGE_OR_TEXT",
+        help="ticket images or ticket texts (EG…, or pretix secrets with --pretix-dir)",
     )
     sp.set_defaults(func=cmd_verify)
 

@@ -63,13 +63,13 @@ class LaneLedger:
         link = self.guard.check(now)
         return None if link.ok else Redemption(False, link.reason, 0, link.detail)
 
-    def check(self, t: Ticket, now: float) -> Redemption:
+    def check(self, t: Ticket, now: float, rule=None) -> Redemption:
         """What redeem would answer now: the link first, then the ledger."""
-        return self._link(now) or self.ledger.check(t, now)
+        return self._link(now) or self.ledger.check(t, now, rule)
 
-    def redeem(self, t: Ticket, now: float) -> Redemption:
+    def redeem(self, t: Ticket, now: float, rule=None, upload=None) -> Redemption:
         """The link check, then the ledger: its commit is the moment the entry counts."""
-        return self._link(now) or self.ledger.redeem(t, now)
+        return self._link(now) or self.ledger.redeem(t, now, rule, upload)
 
     def close(self) -> None:
         """Release both the fleet state and the ledger that the gate opened."""

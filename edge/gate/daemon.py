@@ -21,7 +21,7 @@ from edge import config as config_mod
 from edge import tickets as tk
 from edge.errors import EdgeGateError
 from edge.fleet import lane
-from edge.gate import checks
+from edge.gate import checks, desk
 from edge.gate.audit import AuditLog, AuditRecord, open_audit
 from edge.gate.desk import open_gate_ledger
 from edge.gate.faces import FaceStack
@@ -32,6 +32,7 @@ from edge.gate.policy import (
     GRANT,
     Decision,
     FaceSeen,
+    Guidance,
     Observation,
     Outcome,
     Policy,
@@ -42,6 +43,7 @@ from edge.gate.policy import (
 )
 from edge.gate.relay import Relay
 from edge.gate.sources import Frame, FrameSource, open_source
+from edge.tickets import pretix_desk
 from edge.timeutil import iso
 
 log = logging.getLogger(__name__)
@@ -115,11 +117,15 @@ class Gate:
         scanner: Iterable[str | bytes] | None = None,
         pin_factory=None,
         notifier: Notifier | None = None,
+        notices: Notices | None = None,
         clock: Callable[[], float] = time.time,
     ):
         self.cfg = cfg
         self.on_decision = on_decision or (lambda ev: None)
         self.notifier = notifier or Notifier()
+        # What the visitor is told (edge/gate/notices.py): every decision and the guidance
+        # before one, fanned out to every sink (events file, lane screen); a sink never raises.
+        self.notices = notices if notices is not None else Notices()
         self.clock = clock
         self.stop_requested = False
         self.reload_requested = False
@@ -138,7 +144,7 @@ class Gate:
                 Relay(cfg.relay, factory=pin_factory, on_event=self._relay_event)
             )
             self.verifier = self._load_tickets(cfg)
-            self._tickets_stamp = lane.tickets_stamp(cfg)
+            self._tickets_stamp = desk.tickets_stamp(cfg)
             self.audit = open_audit(cfg, "create", fold_junk=True)
             stack.callback(self.audit.close)
             # A missing or rolled-back ledger is a stand-in that refuses every ticket, loudly.
@@ -163,8 +169,7 @@ class Gate:
             )
             stack.callback(self.source.close)
             self._resources = stack.pop_all()
-        # What the visitor is told; the lane screen (`edge-gate screen`) hears it on a socket.
-        self.notices = Notices()
+        # The lane screen (`edge-gate screen`) hears the notices on a socket.
         if cfg.screen.socket:
             self.notices.add(SocketSink(cfg.resolve(cfg.screen.socket)))
         if scanner is not None:
@@ -174,9 +179,9 @@ class Gate:
 
     @staticmethod
     def _load_tickets(cfg: config_mod.Config) -> tk.Verifier:
-        from edge.gate.desk import gate_verifier
+        from edge.gate.desk import gate_verifier, with_pretix
 
-        return gate_verifier(cfg, keys=checks.ticket_keys(cfg))
+        return with_pretix(cfg, gate_verifier(cfg, keys=checks.ticket_keys(cfg)))
 
     def _load_faces(self, cfg: config_mod.Config) -> FaceStack | None:
         """Configuration errors raise (refuse to start); faults of files at run time degrade."""
@@ -305,7 +310,7 @@ class Gate:
         self._maintain_evidence()
         mode = self.degraded or self.cfg.gate.mode
         lane.report_status(self.ledger, fps=round(fps, 1), camera=self.source.state, mode=mode)
-        if (stamp := lane.tickets_stamp(self.cfg)) != self._tickets_stamp:
+        if (stamp := desk.tickets_stamp(self.cfg)) != self._tickets_stamp:
             self._tickets_stamp = stamp
             try:
                 self.verifier = self._load_tickets(self.cfg)
@@ -364,18 +369,38 @@ class Gate:
             texts.append(self._scan_q.get_nowait())
         seen = tuple(TicketSeen(t, self.verifier.verify(t, wall)) for t in texts)
         t, index = (frame.t, frame.index) if frame is not None else (time.monotonic(), -1)
-        return self.policy.step(Observation(t, index, wall, faces, seen))
+        decisions = self.policy.step(Observation(t, index, wall, faces, seen))
+        for g in self.policy.take_guidance():
+            self.guide(g, wall)
+        return decisions
+
+    @property
+    def lane(self) -> str:
+        """The lane name notices carry: the fleet's lane, else the gate id."""
+        return self.cfg.fleet.lane or self.cfg.gate.id
+
+    def guide(self, g: Guidance, wall: float) -> None:
+        """Tell the visitor what they can do before any decision (step back, come closer...)."""
+        log.info("guidance %s reason=%s frame=%d", g.notice, g.reason, g.frame)
+        self._tell(Notice(wall, self.lane, g.notice, g.reason))
+
+    def _tell(self, notice: Notice) -> None:
+        try:
+            self.notices.send(notice)
+        except Exception as e:  # Notices never raises; a broken fan-out must not either
+            log.error("notice error=%s", e)
 
     def act(self, d: Decision) -> None:
         """Redeem, open, record, report: a grant that cannot be recorded or switched is a deny."""
         wall = self.clock()
+        pretix_word = ""
         if d.decision == GRANT and d.via != Via.TICKET:  # a restored lane: no face until the
             held = lane.face_refusal(self.ledger)  # office's forget list is applied (fleet)
             if held is not None:
                 d = dataclasses.replace(d, decision=Outcome.DENY, reason=held.reason, ticket=None)
         if d.decision == GRANT and d.ticket is not None:
-            try:
-                r = self.ledger.redeem(d.ticket, wall)  # the commit is the moment the entry counts
+            try:  # the commit is the moment the entry counts
+                r, pretix_word = pretix_desk.gate_redeem(self.ledger, self.verifier, d.ticket, wall)
                 if not r.ok:
                     d = dataclasses.replace(d, decision=Outcome.DENY, reason=r.reason, ticket=None)
             except EdgeGateError as e:
@@ -383,6 +408,11 @@ class Gate:
                 d = dataclasses.replace(
                     d, decision=Outcome.DENY, reason=Reason.LEDGER_ERROR, ticket=None
                 )
+        elif d.decision == Outcome.DENY and d.code:
+            try:
+                pretix_word = pretix_desk.gate_refused(self.ledger, self.verifier, d.code, wall)
+            except EdgeGateError as e:
+                log.error("pretix refused scan not queued: %s", e)
         if d.decision == GRANT:
             try:
                 self.relay.pulse()
@@ -390,6 +420,8 @@ class Gate:
                 log.error("relay error=%s", e)
                 d = dataclasses.replace(d, decision=Outcome.DENY, reason=Reason.RELAY_ERROR)
         ev = decision_json(d, self.cfg.gate.id, wall)
+        if pretix_word:
+            ev["pretix_reason"] = pretix_word
         self.last_decision = f"{d.decision} {d.via} {d.reason}"
         # No person or ticket id in the log: the journal is not where identifiers belong.
         log.info("decision %s via=%s reason=%s frame=%d", d.decision, d.via, d.reason, d.frame)
@@ -411,10 +443,10 @@ class Gate:
             self.on_decision(ev)
         except Exception as e:  # a full disk for --events must not stop the gate deciding
             log.error("decision output error=%s", e)
-        self.notices.send(  # never raises: a screen fault never stops the gate
+        self._tell(  # never raises: a screen fault never stops the gate
             Notice(
                 wall,
-                self.cfg.fleet.lane or self.cfg.gate.id,
+                self.lane,
                 notice_for_decision(d.decision == GRANT, str(d.reason)),
                 str(d.reason),
                 str(d.decision),

@@ -32,6 +32,7 @@ from edge.tickets.ledger import (
     day_of,
     init_ledger,
 )
+from edge.tickets.pretix_desk import PretixVerdict, PretixVerifier, desk_result, load_verifier
 from edge.tickets.revocation import load_revocations
 from edge.tickets.verifier import Verifier
 
@@ -64,7 +65,7 @@ class UnavailableLedger:
     def __init__(self, problem: str):
         self.problem = problem
 
-    def redeem(self, t, now: float):
+    def redeem(self, t, now: float, *rule_and_upload):
         """Refuse: an entry that cannot be counted is not granted."""
         raise LedgerError(self.problem)
 
@@ -262,6 +263,25 @@ class DeskOptions:
     skew: float | None = None
     antipassback: float | None = None
     redeem: bool = False
+    pretix_dir: str | None = None  # decide pretix secrets from this folder (pretix_desk)
+
+
+def tickets_stamp(cfg: config_mod.Config) -> tuple:
+    """Changes when anything the gate's verifier is built from changed on disk: the office's
+    revocations and keys, and the lane's pretix folder."""
+    from edge.fleet import lane
+    from edge.tickets.pretix_offline import dir_stamp
+
+    folder = cfg.resolve(cfg.pretix.dir) if cfg.pretix.enabled else None
+    return (lane.tickets_stamp(cfg), dir_stamp(folder) if folder else None)
+
+
+def with_pretix(cfg: config_mod.Config, edge: Verifier | None, pretix_dir: str | None = None):
+    """The gate's verifier, deciding pretix secrets too when a pretix folder is configured."""
+    folder = pretix_dir or (str(cfg.resolve(cfg.pretix.dir)) if cfg.pretix.enabled else None)
+    if folder is None:
+        return edge
+    return load_verifier(folder, edge, cfg.pretix.gate)
 
 
 def open_desk(opts: DeskOptions, stack: ExitStack) -> Desk:
@@ -277,10 +297,14 @@ def open_desk(opts: DeskOptions, stack: ExitStack) -> Desk:
             "anti_passback_s": opts.antipassback,
         },
     )
-    if not opts.config and not opts.pubkeys:
-        raise EdgeGateError("no issuer key", "pass --config C (the gate's) or --pubkey issuer.pub")
+    if not opts.config and not opts.pubkeys and not opts.pretix_dir:
+        raise EdgeGateError(
+            "no issuer key",
+            "pass --config C (the gate's), --pubkey issuer.pub or --pretix-dir DIR",
+        )
+    edge = gate_verifier(cfg, list(opts.pubkeys)) if opts.config or opts.pubkeys else None
     desk = Desk(
-        gate_verifier(cfg, list(opts.pubkeys)),
+        with_pretix(cfg, edge, opts.pretix_dir),
         gate=cfg.gate.id,
         max_image_pixels=cfg.vision.max_image_pixels,
     )
@@ -320,7 +344,12 @@ def verify_inputs(desk: Desk, inputs: list[str], redeem: bool, now: float) -> It
             out.update(valid=v.valid, reason=v.reason, ticket_id=v.ticket_id)
             if v.detail:
                 out["detail"] = v.detail
-            if v.valid and desk.ledger_problem:
+            if isinstance(v, PretixVerdict) and isinstance(desk.verifier, PretixVerifier):
+                # a pretix secret: pretix's rule, its upload queue
+                out.update(
+                    desk_result(desk.ledger, desk.ledger_problem, desk.verifier, v, redeem, now)
+                )
+            elif v.valid and desk.ledger_problem:
                 out.update(valid=False, reason=Reason.LEDGER_ERROR, detail=desk.ledger_problem)
             elif v.valid and desk.ledger is not None:
                 r = (

@@ -100,7 +100,7 @@ def _liveness(site: Site) -> str | Check:
             "presentation-attack detection",
             "[liveness] mode = off:"
             " a printed photo or a phone showing a pass holder opens the gate",
-            'set [liveness] mode = "model+motion" unless every lane is supervised',
+            'set [liveness] mode = "model" unless every lane is supervised',
         )
     spec = PadSpec.load(config_mod.models_path(site.cfg), lv.model)
     PadModel(spec, threads=1)  # a missing or corrupt model fails here, as the gate's face path does

@@ -71,6 +71,86 @@ def _camera(site: Site) -> str | Check:
     return f"{cam.source}: {f.image.shape[1]}x{f.image.shape[0]}"
 
 
+CONTEXT_FRAMES = 30  # frames the camera-context check reads (two seconds at 15 fps)
+
+
+def context_check(shape: tuple[int, ...], box, spec, min_face_px: int, where: str) -> Check:
+    """How much of the view a face at the lane's mark leaves for liveness to look around it.
+
+    `box` is the largest face seen (BlazeFace), `spec` the liveness entry (its crop scale, the
+    floor under which a face is too close to judge, and its box style). Pure: doctor and tests.
+    """
+    from edge.vision.liveness import context_scale
+
+    h, w = shape[:2]
+    x0, y0, x1, y1 = (float(v) for v in box[:4])
+    bh = y1 - y0
+    mapped = spec.box_map.apply(box) if hasattr(spec, "box_map") else box
+    ctx = context_scale(shape, mapped, spec.crop_scale)
+    seen = f"{where}: a face {bh / h:.0%} of the {w}x{h} frame's height"
+    if ctx < spec.min_crop_scale:
+        most = bh / h * ctx / spec.min_crop_scale  # the face height that leaves the floor
+        return Check(
+            "warn",
+            "camera context",
+            f"{seen} leaves {ctx:.2f}x the face for liveness, under its floor of "
+            f"{spec.min_crop_scale}x: visitors standing there are refused as too close",
+            f"mount the camera further back or use a wider lens, so a face at the lane's mark "
+            f"is at most {most:.0%} of the frame height (about {int(most * h)} px at {h} px); "
+            "set [camera] width/height to a mode that shows the sensor's whole field of view",
+        )
+    if min(x1 - x0, bh) < min_face_px:
+        return Check(
+            "warn",
+            "camera context",
+            f"{seen} is {int(min(x1 - x0, bh))} px, under [vision] min_face_px ({min_face_px}):"
+            " visitors standing there are told to come closer",
+            "raise [camera] width/height, or mount the camera closer to the lane's mark",
+        )
+    full = "the model's full context" if ctx >= spec.crop_scale else "less than its full context"
+    return Check(
+        "ok",
+        "camera context",
+        f"{seen} leaves {ctx:.2f}x the face for liveness ({full} {spec.crop_scale}x, floor "
+        f"{spec.min_crop_scale}x)",
+    )
+
+
+@check("camera context")
+def _camera_context(site: Site) -> str | Check:
+    """A few frames from the camera: is a face where visitors stand judged, or too close?"""
+    from edge import config as config_mod
+    from edge.gate.sources import open_source
+    from edge.vision.detector import BlazeFace
+    from edge.vision.liveness import PadSpec
+    from edge.vision.models import detector_spec
+
+    cfg, cam = site.cfg, site.cfg.camera
+    if cfg.liveness.mode == "off" or not checks.faces_wanted(cfg):
+        return "no liveness check on this lane"
+    if cam.source == "demo":
+        return 'camera.source = "demo": nothing to measure'
+    mdir = config_mod.models_path(cfg)
+    spec = PadSpec.load(mdir, cfg.liveness.model, require_threshold=False)
+    d = detector_spec(mdir, cfg.vision.detector)
+    det = BlazeFace(d.path, d.kind, threads=1, min_score=cfg.vision.min_score)
+    best, shape = None, None
+    with open_source(cam.source, cam.width, cam.height, cam.fps, realtime=False) as src:
+        for _ in range(CONTEXT_FRAMES):
+            f = src.read()
+            if f is None:
+                break
+            for face in det.detect(f.image):
+                if best is None or face.height > best.height:
+                    best, shape = face, f.image.shape
+    if best is None or shape is None:
+        return (
+            f"no face in {CONTEXT_FRAMES} frames of {cam.source}: stand at the lane's mark and "
+            "run doctor again to measure how much of the view a visitor's face takes"
+        )
+    return context_check(shape, best.box, spec, cfg.vision.min_face_px, str(cam.source))
+
+
 @check("GPIO")
 def _gpio(site: Site) -> str | Check:
     from edge.gate.relay import check_pins, make_pin_factory
@@ -211,3 +291,33 @@ def _fleet(site: Site) -> str | Check:
             "set the time (NTP) on the lanes named",
         )
     return f"{where}: connected, clock vs fleet {mine}"
+
+
+@check("pretix")
+def _pretix(site: Site) -> str | Check:
+    """The lane's pretix folder: readable, and how old (sync keeps it fresh; the gate never
+    waits for it, so old data is a warning: revocations made since are not known here)."""
+    from edge.tickets.pretix_desk import lane_status
+    from edge.tickets.pretix_offline import load_dir
+
+    px = site.cfg.pretix
+    if not px.enabled:
+        return "no [pretix]: pretix tickets are not accepted here"
+    data = load_dir(site.cfg.resolve(px.dir))  # a ConfigError fails the check with its fix
+    st = lane_status(site.cfg, time.time())
+    age = st["age_s"]
+    what = (
+        f"event {data.event.slug}, list {data.checkin_list.id}, {len(data.event.keys)} key(s), "
+        f"{len(data.revoked)} revoked, {len(data.blocked)} blocked; data "
+        + (f"{age / 60:.0f} min old" if age is not None else "of unknown age")
+        + f"; {st['upload_pending']} check-in(s) waiting for upload"
+    )
+    if age is None or age > px.stale_after_s:
+        why = f"; last error: {st['last_error']}" if st["last_error"] else ""
+        return Check(
+            "warn",
+            "pretix",
+            what + f" (older than pretix.stale_after_s = {px.stale_after_s:.0f} s){why}",
+            "systemctl status edge-gate-pretix-sync; check the shop URL, token and network",
+        )
+    return what

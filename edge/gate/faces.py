@@ -65,6 +65,7 @@ class FaceStack:
             m = next(ids) if f.embedding is not None else None
             cx, cy = f.detection.center
             who = m.person_id or (m.candidate if self.fuse else None) if m else None
+            v = self._live(image, f.detection, t) if who else None
             out.append(
                 FaceSeen(
                     m.person_id if m else None,
@@ -76,20 +77,24 @@ class FaceStack:
                     m.pass_ref if m else "",
                     m.candidate if m else None,
                     f.embedding,
-                    self._live(image, f.detection, t) if who else None,
+                    None if v is None else v.live,
+                    "" if v is None else v.reason,
+                    f.quality.reasons,
                 )
             )
         return tuple(out)
 
-    def _live(self, image: np.ndarray, det, t: float) -> bool | None:
-        """The PAD verdict; a frame it cannot judge counts as not live (False)."""
+    def _live(self, image: np.ndarray, det, t: float):
+        """The PAD verdict (liveness.Verdict); a frame it cannot judge is not live."""
+        from edge.vision.liveness import Verdict
+
         if self.liveness is None:
             return None
         try:
-            return self.liveness.judge(image, det.box, det.keypoints, t)
+            return self.liveness.verdict(image, det.box, det.keypoints, t)
         except Exception as e:  # noqa: BLE001 - fail closed on this frame
             log.error("liveness error=%s", e)
-            return False
+            return Verdict(False, "error")
 
     def close(self) -> None:
         """Close the gallery connection."""

@@ -8,10 +8,11 @@ into the gate, because telling the visitor must never stop the gate deciding.
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, TextIO
 
 log = logging.getLogger("edge.gate.notices")
 
@@ -98,3 +99,18 @@ class Notices:
                 sink.send(notice)
             except Exception as e:  # a sink must never stop the gate deciding
                 log.warning("notice sink %s failed: %s", type(sink).__name__, e)
+
+
+class JsonLinesSink:
+    """Each notice as one JSON line (its wire form) on an open text file: `run --events`.
+
+    A decision line there has "via"; a notice line has "notice" and "v".
+    """
+
+    def __init__(self, out: TextIO):
+        self.out = out
+
+    def send(self, notice: Notice) -> None:
+        """Append and flush: the events file is read while the gate runs."""
+        self.out.write(json.dumps(notice.to_json()) + "\n")
+        self.out.flush()

@@ -2,10 +2,13 @@
 
 Face: the same person must match in k of the last n usable frames within window_s (with liveness
 on, and be judged live in k of them; k judged not live: `presentation_attack`, and no face grant
-until the visitor leaves, so a screen flickering between verdicts gets no retries), with exactly
-one sizeable face in the gate zone (two or more: no face grant, `tailgating`). A stranger never
-causes a grant. Tickets are decided independently of faces. Each decision is made once per
-episode: a code held in view or a person lingering does not produce a stream of decisions.
+until the visitor leaves, so a screen flickering between verdicts gets no retries; k not live
+because the face was too close to judge: `too_close`, and the visitor may step back and try
+again), with exactly one sizeable face in the gate zone (two or more: no face grant,
+`tailgating`). A stranger never causes a grant. Tickets are decided independently of faces.
+Each decision is made once per episode: a code held in view or a person lingering does not
+produce a stream of decisions. Before any decision the policy may guide the visitor (step back,
+come closer, hold still), once per visitor each; the daemon takes that guidance and tells them.
 """
 
 from __future__ import annotations
@@ -53,12 +56,18 @@ class Reason(StrEnum):
     LEDGER_ERROR = LEDGER_ERROR
     RELAY_ERROR = "relay_error"
     PRESENTATION_ATTACK = "presentation_attack"
+    TOO_CLOSE = "too_close"  # matched, but too close for liveness to see around the face
 
 
 GRANT, DENY = Outcome.GRANT, Outcome.DENY
 FACE, TICKET, FACE_AND_TICKET = Via.FACE, Via.TICKET, Via.FACE_AND_TICKET
 TWO_FACTOR_WINDOW_S = 10.0
 STRANGER_AFTER_WINDOWS = 2  # "not enrolled" is said after a face was at the gate this many windows
+# Guidance words (the visitor-notice vocabulary of edge/gate/notices.py) and their causes.
+STEP_BACK, COME_CLOSER, HOLD_STILL = "step_back", "come_closer", "hold_still"
+PAD_TOO_CLOSE = "too_close"  # FaceSeen.pad: the liveness check could not see around the face
+TOO_SMALL = "too_small"  # the quality gate's word for a face too small to recognise
+NOT_YET_LIVE = "not_yet_live"
 
 
 @dataclass(frozen=True)
@@ -75,6 +84,8 @@ class FaceSeen:
     candidate: str | None = None  # best person even when this frame alone is refused
     embedding: Any = field(default=None, compare=False, repr=False)  # for fuse_frames only
     live: bool | None = None  # presentation-attack verdict on this frame; None = not judged
+    pad: str = ""  # why not live (liveness.Verdict.reason, e.g. "too_close"); "" = live or unjudged
+    quality: tuple[str, ...] = ()  # the quality gate's refusals (e.g. "too_small", "blurry")
 
 
 @dataclass(frozen=True)
@@ -115,6 +126,18 @@ class Decision:
     score: float | None
     reason: str  # a Reason, or the verifier's / ledger's reason for a ticket
     ticket: Ticket | None = None  # a ticket grant becomes final only when the ledger records it
+    code: str = ""  # the scanned text of a ticket decision (refused pretix scans are reported)
+
+
+@dataclass(frozen=True)
+class Guidance:
+    """What the visitor can do before any decision: a notice word, its cause, for whom."""
+
+    t: float
+    frame: int
+    notice: str  # STEP_BACK, COME_CLOSER or HOLD_STILL
+    reason: str  # PAD_TOO_CLOSE, TOO_SMALL or NOT_YET_LIVE
+    subject: str | None = None  # the matched person, when there is one
 
 
 @dataclass(frozen=True)
@@ -144,6 +167,8 @@ class Episode:
     granted: bool = False
     stranger_reported: bool = False
     attack_reported: bool = False
+    close_reported: bool = False
+    told: set[str] = field(default_factory=set)  # guidance already given to this visitor
 
 
 @dataclass(frozen=True)
@@ -198,6 +223,15 @@ class Policy:
     episode: Episode | None = None
     # fuse_frames: the matcher's decision on several frames of one visitor (Matcher.match_fused)
     fuse: Callable[[list], Any] | None = None
+    guidance: list[Guidance] = field(default_factory=list)  # not yet taken by the daemon
+    small_since: float | None = None  # a face at the gate too small to recognise, since
+    small_last: float = 0.0
+    small_told: bool = False
+
+    def take_guidance(self) -> list[Guidance]:
+        """The guidance produced since the last call (the daemon turns it into notices)."""
+        out, self.guidance = self.guidance, []
+        return out
 
     def step(self, obs: Observation) -> list[Decision]:
         """Decide on one observation: ticket decisions first, then faces."""
@@ -219,7 +253,9 @@ class Policy:
             v = ts.verdict
             tid = v.ticket.ticket_id if v.ticket else None
             if not v.valid:
-                out.append(Decision(obs.t, obs.frame, DENY, TICKET, tid, None, v.reason))
+                out.append(
+                    Decision(obs.t, obs.frame, DENY, TICKET, tid, None, v.reason, code=ts.text)
+                )
             elif p.mode == "face-and-ticket":
                 self.pending = PendingTicket(obs.t, v.ticket)
             else:
@@ -267,6 +303,7 @@ class Policy:
         self.tailgating = False
         while self.window and obs.t - self.window[0].t > p.window_s:
             self.window.popleft()
+        self._too_small(obs, gate)
         if len(gate) != 1 or not gate[0].quality_ok:
             return []
         self.window.append(WindowEntry(obs.t, gate[0]))
@@ -284,9 +321,11 @@ class Policy:
             if ep.attack_reported and not ep.granted:
                 return []  # judged an attack: it stays one until the visitor leaves
             mine = [e for e in self.window if best in (e.person_id, e.face.candidate)]
+            if gate[0].pad == PAD_TOO_CLOSE:
+                self._guide(obs, ep, STEP_BACK, PAD_TOO_CLOSE, best)
             live = sum(1 for e in mine if e.face.live)  # not judged counts as not live
             if live < p.k:
-                return self._attack(obs, ep, best, mine) if len(mine) - live >= p.k else []
+                return self._not_live(obs, ep, best, mine, live)
         if best is not None:
             out = self._confirmed(obs, best, fused)
             if out and out[0].decision == GRANT:
@@ -306,15 +345,52 @@ class Policy:
             ]
         return []
 
-    def _attack(
-        self, obs: Observation, ep: Episode, pid: str, mine: list[WindowEntry]
+    def _not_live(
+        self, obs: Observation, ep: Episode, pid: str, mine: list[WindowEntry], live: int
     ) -> list[Decision]:
-        """A matching face judged not live in k frames: refused once per episode."""
-        if ep.attack_reported:
-            return []
-        ep.attack_reported = True
+        """A matching face not (yet) live in k frames: an attack, too close, or wait.
+
+        k frames judged not live (model, cues, motion, or not judged at all): refused once per
+        episode as an attack, and it stays one. k frames not live, some only because the face
+        was too close to judge: refused once as `too_close`; the visitor may step back.
+        """
+        p = self.params
+        close = sum(1 for e in mine if not e.face.live and e.face.pad == PAD_TOO_CLOSE)
+        judged_not = len(mine) - live - close
         score = round(sum(e.score for e in mine) / len(mine), 4)
-        return [Decision(obs.t, obs.frame, DENY, FACE, pid, score, Reason.PRESENTATION_ATTACK)]
+        if judged_not >= p.k:
+            if ep.attack_reported:
+                return []
+            ep.attack_reported = True
+            return [Decision(obs.t, obs.frame, DENY, FACE, pid, score, Reason.PRESENTATION_ATTACK)]
+        if judged_not + close >= p.k:
+            if ep.close_reported:
+                return []
+            ep.close_reported = True
+            return [Decision(obs.t, obs.frame, DENY, FACE, pid, score, Reason.TOO_CLOSE)]
+        if len(mine) >= p.k and obs.t - ep.start >= p.window_s / 2:
+            self._guide(obs, ep, HOLD_STILL, NOT_YET_LIVE, pid)
+        return []
+
+    def _guide(
+        self, obs: Observation, ep: Episode, notice: str, reason: str, pid: str | None
+    ) -> None:
+        """Queue guidance for the visitor, once per visitor for each word."""
+        if notice not in ep.told and not ep.granted:
+            ep.told.add(notice)
+            self.guidance.append(Guidance(obs.t, obs.frame, notice, reason, pid))
+
+    def _too_small(self, obs: Observation, gate: list[FaceSeen]) -> None:
+        """One face at the gate, too small to recognise for window_s / 2: come closer, once
+        until no such face has been seen for a window."""
+        if len(gate) != 1 or TOO_SMALL not in gate[0].quality:
+            return
+        if self.small_since is None or obs.t - self.small_last > self.params.window_s:
+            self.small_since, self.small_told = obs.t, False
+        self.small_last = obs.t
+        if not self.small_told and obs.t - self.small_since >= self.params.window_s / 2:
+            self.small_told = True
+            self.guidance.append(Guidance(obs.t, obs.frame, COME_CLOSER, TOO_SMALL))
 
     def _candidate(self, counts: dict[str | None, int]) -> tuple[str | None, float | None]:
         """The person the window confirms, and the fused score when frames are fused.

@@ -27,7 +27,12 @@ from edge.lab.evaluation import (
 from edge.lab.fleet_bench import bench_fleet, format_fleet_bench
 from edge.lab.fleet_demo import run_fleet_demo
 from edge.lab.metrics import gate_threshold
-from edge.lab.pad_eval import evaluate_pad, write_pad_threshold
+from edge.lab.pad_eval import (
+    evaluate_clips,
+    evaluate_pad,
+    leave_one_source_out,
+    write_pad_threshold,
+)
 from edge.lab.pad_eval import threshold_for as pad_threshold_for
 from edge.vision.liveness import LivenessJudge, PadModel, PadSpec
 from edge.vision.models import embedder_spec
@@ -175,34 +180,73 @@ def _pad_model(cfg: config_mod.Config, threads: int):
 
 
 def cmd_eval_pad(args) -> int:
-    """Judge every presentation under DIR; print the report; optionally store the threshold."""
+    """Judge every presentation under DIR(s) or --clips DIR; print the report; optionally store
+    the threshold (picked on every image judged, the rule the leave-one-source-out figures use)."""
     cfg = config_mod.load(args.config)
     models = config_mod.models_path(cfg)
     name = args.model or cfg.liveness.model
+    if not args.dir and not args.clips:
+        raise EdgeGateError("eval-pad needs DIR or --clips DIR", "edge-gate eval-pad DIR --json")
     spec = PadSpec.load(models, name, require_threshold=not args.write_threshold)
     if args.threshold:
         spec = PadSpec(**{**spec.__dict__, "threshold": args.threshold})
     mode = "model" if cfg.liveness.mode == "off" else cfg.liveness.mode
-    judge = LivenessJudge(PadModel(spec, threads=1), mode, cfg.policy.window_s)
+    use_cues = cfg.liveness.cues and not args.no_cues
+
+    def judge_at(s: PadSpec) -> LivenessJudge:
+        return LivenessJudge(PadModel(s, threads=1), mode, cfg.policy.window_s, use_cues)
+
     pipe = FacePipeline.from_config(cfg)
-    report = evaluate_pad(cfg, Path(args.dir), pipe, judge)
+    if args.clips:
+        report = evaluate_clips(cfg, Path(args.clips), pipe, judge_at(spec))
+        report["model"] = name
+        if not args.per_file:
+            report.pop("results")
+        _print_report(report, args.json, width=24)
+        return 0
+    dirs = [Path(d) for d in args.dir]
+    selection = (tuple(args.include), tuple(args.exclude), args.source_pattern)
+    report = evaluate_pad(cfg, dirs, pipe, judge_at(spec), *selection)
+    if args.leave_one_source_out:
+        report["loso"] = leave_one_source_out(report["results"], args.target_bpcer)
+        report["loso_apcer"] = report["loso"]["pooled"]["loso_apcer"]
+        report["loso_bpcer"] = report["loso"]["pooled"]["loso_bpcer"]
     if args.write_threshold:
-        t, why = pad_threshold_for(report["results"])
-        src = f"edge-gate eval-pad {args.dir}: {why}"
-        write_pad_threshold(models, name, t, src)
-        judge = LivenessJudge(
-            PadModel(PadSpec(**{**spec.__dict__, "threshold": t}), threads=1), mode
+        t, why = pad_threshold_for(report["results"], None, args.target_bpcer, strict=False)
+        fx = str(config_mod.fixtures_dir().resolve())
+        picked = " ".join(  # the shared fixtures named as such: the path differs per checkout
+            "$EDGE_FIXTURES" + str(Path(d).resolve())[len(fx) :]
+            if str(Path(d).resolve()).startswith(fx)
+            else str(d)
+            for d in args.dir
         )
-        report = evaluate_pad(cfg, Path(args.dir), pipe, judge)
+        flt = "".join(f" --include {g}" for g in args.include) + "".join(
+            f" --exclude {g}" for g in args.exclude
+        )
+        src = f"edge-gate eval-pad {picked}{flt}: {why}"
+        if "loso" in report:
+            pooled = report["loso"]["pooled"]
+            src += (
+                f"; leave-one-source-out with the same rule: APCER {pooled['loso_apcer_all']}"
+                f" of all attacks (worst type {pooled['loso_apcer']}), BPCER {pooled['loso_bpcer']}"
+            )
+        write_pad_threshold(models, name, t, src)
+        loso = report.get("loso")
+        report = evaluate_pad(
+            cfg, dirs, pipe, judge_at(PadSpec(**{**spec.__dict__, "threshold": t})), *selection
+        )
+        if loso is not None:
+            report["loso"], report["loso_apcer"], report["loso_bpcer"] = (
+                loso,
+                loso["pooled"]["loso_apcer"],
+                loso["pooled"]["loso_bpcer"],
+            )
         report["written_threshold"] = t
         report["threshold_source"] = src
+    report["model"] = name
     if not args.per_file:
         report.pop("results")
-    if args.json:
-        print(json.dumps(report))
-    else:
-        for k, v in report.items():
-            print(f"{k:>20}: {v}")
+    _print_report(report, args.json, width=20)
     return 0
 
 

@@ -75,7 +75,7 @@ def _pose(
     """Perspective map of the card's corners: a plane rotated in 3-D, seen by a pinhole camera."""
     ch, cw = card.shape[:2]
     s = size / max(ch, cw)
-    corners = np.float32([[-cw, -ch, 0], [cw, -ch, 0], [cw, ch, 0], [-cw, ch, 0]]) * s / 2
+    corners = np.array([[-cw, -ch, 0], [cw, -ch, 0], [cw, ch, 0], [-cw, ch, 0]], np.float32) * s / 2
     cyw, syw, cp, sp, cr, sr = (
         np.cos(yaw),
         np.sin(yaw),
@@ -93,7 +93,7 @@ def _pose(
     focal, depth = 700.0, 700.0
     z = depth + p[:, 2]
     dst = np.stack([cx + focal * p[:, 0] / z, cy + focal * p[:, 1] / z], axis=1).astype(np.float32)
-    src = np.float32([[0, 0], [cw, 0], [cw, ch], [0, ch]])
+    src = np.array([[0, 0], [cw, 0], [cw, ch], [0, ch]], np.float32)
     return cv2.getPerspectiveTransform(src, dst)
 
 
@@ -198,7 +198,164 @@ def write_attack_set(faces: Path, out: Path, seconds: float = 3.0, fps: float = 
     return n
 
 
-if __name__ == "__main__":  # python -m edge.lab.padsynth FACES_DIR OUT_DIR
+# --- a photo or a screen filling the view on a plain surround ------------------------------------
+#
+# The attacks the context model misses: the print or screen is held so close that nothing of the
+# room is in view, only the photo and a plain gray or white surface around it. Development
+# renderings for the frame and surround cues (edge/vision/cues.py): generated at test time,
+# never stored as images.
+
+SURROUND_STYLES = ("print", "cutout", "screen")
+
+
+def _plain(size: tuple[int, int], rng: np.random.Generator) -> np.ndarray:
+    """A plain gray or white surface: one colour, a soft light falloff, sensor noise."""
+    w, h = size
+    level = rng.uniform(200, 240) if rng.random() < 0.5 else rng.uniform(105, 180)
+    tint = 1 + rng.uniform(-0.04, 0.04, 3)
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    gx, gy = rng.uniform(0, w), rng.uniform(0, h)
+    fall = 1 - rng.uniform(0.05, 0.15) * (((xx - gx) / w) ** 2 + ((yy - gy) / h) ** 2)
+    return (level * fall)[:, :, None] * tint[None, None, :].astype(np.float32)
+
+
+def _head_mask(shape: tuple[int, int], box: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A head cut out with scissors: an ellipse over face and hair with a wobbly outline."""
+    h, w = shape
+    x0, y0, x1, y1 = box
+    bw, bh = x1 - x0, y1 - y0
+    cx, cy = (x0 + x1) / 2, (y0 + y1) / 2 - rng.uniform(0.08, 0.18) * bh
+    ax, ay = rng.uniform(0.6, 0.75) * bw, rng.uniform(0.8, 0.95) * bh
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    ang = np.arctan2((yy - cy) / ay, (xx - cx) / ax)
+    k = rng.integers(3, 7)
+    wobble = 1 + 0.04 * np.sin(k * ang + rng.uniform(0, 2 * np.pi))
+    r = np.sqrt(((xx - cx) / ax) ** 2 + ((yy - cy) / ay) ** 2)
+    return (r <= wobble).astype(np.float32)
+
+
+def render_surround(
+    photo: np.ndarray,
+    box: np.ndarray,
+    style: str,
+    rng: np.random.Generator,
+    size: tuple[int, int] = FRAME,
+    face_frac: float | None = None,
+) -> np.ndarray:
+    """One frame: the face of `photo` (its face box `box`) as a print, a cut-out print or on a
+    screen, held so that it and a plain gray/white surround fill the view. The face box is
+    `face_frac` (default 0.35-0.6) of the frame height."""
+    if style not in SURROUND_STYLES:
+        raise ValueError(f"style must be one of {SURROUND_STYLES}")
+    w, h = size
+    x0, y0, x1, y1 = (float(v) for v in box[:4])
+    frac = rng.uniform(0.35, 0.6) if face_frac is None else face_frac
+    s = frac * h / max(y1 - y0, 1.0)
+    img = cv2.resize(
+        photo, None, fx=s, fy=s, interpolation=cv2.INTER_AREA if s < 1 else cv2.INTER_CUBIC
+    )
+    fb = np.array([x0, y0, x1, y1]) * s
+    bw, bh = fb[2] - fb[0], fb[3] - fb[1]
+    # the part of the photo that was printed or shown: head and shoulders with its own background
+    lft = int(max(fb[0] - rng.uniform(0.5, 0.9) * bw, 0))
+    r = int(min(fb[2] + rng.uniform(0.5, 0.9) * bw, img.shape[1]))
+    t = int(max(fb[1] - rng.uniform(0.6, 1.0) * bh, 0))
+    b = int(min(fb[3] + rng.uniform(0.9, 1.6) * bh, img.shape[0]))
+    piece, fb = img[t:b, lft:r], fb - np.array([lft, t, lft, t])
+    if style == "screen":
+        card = _screen_face(piece, rng)
+        bx, by = (card.shape[1] - piece.shape[1]) // 2, (card.shape[0] - piece.shape[0]) * 4 // 9
+        mask = np.ones(card.shape[:2], np.float32)
+    else:
+        card = _print_face(piece, rng)
+        bx = by = (card.shape[1] - piece.shape[1]) // 2
+        mask = np.ones(card.shape[:2], np.float32)
+        if style == "cutout":
+            mask = np.zeros(card.shape[:2], np.float32)
+            mask[by : by + piece.shape[0], bx : bx + piece.shape[1]] = _head_mask(
+                piece.shape[:2], fb, rng
+            )
+    fb = fb + np.array([bx, by, bx, by])
+    # place it: the face near the middle of the view, turned a few degrees
+    fcx, fcy = (fb[0] + fb[2]) / 2, (fb[1] + fb[3]) / 2
+    tx, ty = w / 2 + rng.uniform(-0.12, 0.12) * w, h / 2 + rng.uniform(-0.08, 0.08) * h
+    m = cv2.getRotationMatrix2D((float(fcx), float(fcy)), float(rng.uniform(-6, 6)), 1.0)
+    m[:, 2] += (tx - fcx, ty - fcy)
+    warped = cv2.warpAffine(card, m, (w, h), flags=cv2.INTER_LINEAR).astype(np.float32)
+    alpha = cv2.warpAffine(mask, m, (w, h), flags=cv2.INTER_LINEAR)[:, :, None]
+    f = _plain(size, rng) * (1 - alpha) + warped * alpha
+    f = f * rng.uniform(0.85, 1.1) + rng.normal(0, rng.uniform(1.0, 3.0), f.shape)
+    return np.clip(cv2.GaussianBlur(f, (0, 0), rng.uniform(0.5, 0.9)), 0, 255).astype(np.uint8)
+
+
+def screen_replay(frame: np.ndarray, rng: np.random.Generator, fill: float | None = None):
+    """One frame of a recorded visit replayed on a screen: the frame shrunk into a display with
+    a dark bezel, on a plain surround, the screen `fill` (default 0.6-0.9) of the view high."""
+    h, w = frame.shape[:2]
+    fill = rng.uniform(0.6, 0.9) if fill is None else fill
+    card = _screen_face(frame, rng)
+    s = fill * h / card.shape[0]
+    card = cv2.resize(card, None, fx=s, fy=s, interpolation=cv2.INTER_AREA)
+    ch, cw = card.shape[:2]
+    out = _plain((w, h), rng)
+    top = int((h - ch) / 2 + rng.uniform(-0.05, 0.05) * h)
+    left = int((w - cw) / 2 + rng.uniform(-0.1, 0.1) * w)
+    top, left = min(max(top, 0), h - ch), min(max(left, 0), w - cw)
+    out[top : top + ch, left : left + cw] = card
+    out = out + rng.normal(0, 2.0, out.shape)
+    return np.clip(cv2.GaussianBlur(out, (0, 0), 0.7), 0, 255).astype(np.uint8)
+
+
+def surround_frames(
+    photo: np.ndarray,
+    box: np.ndarray,
+    style: str,
+    seconds: float = 2.0,
+    fps: float = 15.0,
+    seed: int = 0,
+):
+    """A clip of one surround attack held in the hand: the same rendering, shaking slightly."""
+    rng = np.random.default_rng(seed)
+    still = render_surround(photo, box, style, rng)
+    h, w = still.shape[:2]
+    for i in range(max(1, round(seconds * fps))):
+        t = i / fps
+        m = np.array([[1, 0, 4 * np.sin(2.3 * t)], [0, 1, 3 * np.sin(1.7 * t + 1)]], np.float32)
+        f = cv2.warpAffine(still, m, (w, h), borderMode=cv2.BORDER_REPLICATE).astype(np.float32)
+        yield np.clip(f + rng.normal(0, 1.5, f.shape), 0, 255).astype(np.uint8)
+
+
+def write_part(src: Path, dst: Path, start: int, stop: int | None = None) -> int:
+    """Frames start..stop of a recorded clip as an MP4 (e.g. a replay clip without the opening
+    in which the person himself is in view); returns the number of frames written."""
+    from edge.lab.synth import write_video
+
+    cap = cv2.VideoCapture(str(src))
+    fps = cap.get(cv2.CAP_PROP_FPS) or 15.0
+    frames, i = [], 0
+    while stop is None or i < stop:
+        ok, f = cap.read()
+        if not ok:
+            break
+        if i >= start:
+            frames.append(f)
+        i += 1
+    cap.release()
+    if not frames:
+        raise ValueError(f"{src}: no frames from {start}")
+    h, w = frames[0].shape[:2]
+    return write_video(dst, iter(frames), fps, (w, h))
+
+
+if __name__ == "__main__":
+    # python -m edge.lab.padsynth FACES_DIR OUT_DIR: generated print and screen clips
+    # python -m edge.lab.padsynth part SRC DST START [STOP]: a part of a recorded clip
     import sys
 
-    print(f"wrote {write_attack_set(Path(sys.argv[1]), Path(sys.argv[2]))} clips to {sys.argv[2]}")
+    if sys.argv[1] == "part":
+        stop = int(sys.argv[5]) if len(sys.argv) > 5 else None
+        n = write_part(Path(sys.argv[2]), Path(sys.argv[3]), int(sys.argv[4]), stop)
+        print(f"wrote {n} frames to {sys.argv[3]}")
+    else:
+        n = write_attack_set(Path(sys.argv[1]), Path(sys.argv[2]))
+        print(f"wrote {n} clips to {sys.argv[2]}")

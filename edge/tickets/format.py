@@ -56,6 +56,10 @@ class Reason(StrEnum):
     WRONG_GATE = "wrong_gate"
     CLOCK_BEHIND = "clock_behind"  # the clock is earlier than the newest recorded entry
     LEDGER_ERROR = "ledger_error"  # the entry cannot be counted, so it is refused
+    # pretix tickets (edge/tickets/pretix_offline.py): refusals pretix has and edge tickets lack
+    BLOCKED = "blocked"  # in the event's blocked secrets
+    RULES = "rules"  # the check-in list's rules refuse this entry
+    RULES_UNSUPPORTED = "rules_unsupported"  # rules this lane cannot evaluate as pretix would
 
 
 # Module-level names kept for callers that import the reasons one by one.

@@ -32,7 +32,7 @@ import json
 import logging
 import sqlite3
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Protocol
@@ -46,7 +46,7 @@ from edge.timeutil import iso
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 CLOCK_TOLERANCE_S = 2.0  # NTP slews and rounding; a real step backwards is far larger
 INIT_HINT = (
     "restore the ledger from its backup (with its -wal file); on a new gate, "
@@ -165,12 +165,28 @@ def _v4(c: sqlite3.Connection) -> None:
         run_script(c, _APPEND_ONLY.format(t=table, same=same))
 
 
+def _upload_outbox(c: sqlite3.Connection) -> None:
+    """Check-ins to send back to a ticket shop (pretix: edge/pretix/sync.py): one row per decided
+    scan, granted or refused, written in the transaction that decides it; `kind` names the call."""
+    c.execute(
+        "CREATE TABLE IF NOT EXISTS upload_outbox (id INTEGER PRIMARY KEY AUTOINCREMENT,"
+        " t REAL NOT NULL, kind TEXT NOT NULL, body TEXT NOT NULL,"
+        " tries INTEGER NOT NULL DEFAULT 0, last_error TEXT)"
+    )
+
+
 MIGRATIONS = (
     Migration(1, _v1, "redemptions"),
     Migration(2, _v2, "ledger id, counter, newest time"),
     Migration(3, _v3, "fleet outbox and other lanes' redemptions"),
     Migration(4, _v4, "chained entries"),
+    Migration(5, _upload_outbox, "check-ins for a ticket shop"),
 )
+# The rule a caller applies instead of the ledger's count and anti-passback (pretix's own rule):
+# the earlier entries' times (this lane's and other lanes') in, a refusal or None out.
+EntryRule = Callable[[list[float]], "Redemption | None"]
+# What to queue for upload with the decision: (kind, JSON body), given the ledger's answer.
+UploadRow = Callable[["Redemption"], tuple[str, str]]
 
 
 @dataclass(frozen=True)
@@ -696,6 +712,15 @@ class Ledger(Store):
 
     # --- the fleet: other lanes' redemptions in, this lane's outbox out (edge-gate sync) ---------
 
+    def entry_times(self, ticket_id: str) -> list[float]:
+        """Times of every entry counted for a ticket, here and at other lanes, oldest first."""
+        rows = self.conn.execute(
+            "SELECT t FROM redemptions WHERE ticket_id = ?"
+            " UNION ALL SELECT t FROM remote_redemptions WHERE ticket_id = ? ORDER BY 1",
+            (ticket_id, ticket_id),
+        )
+        return [r[0] for r in rows]
+
     def apply_remote(
         self, lane: str, seq: int, ticket_id: str, t: float, day: str, epoch: str = ""
     ) -> bool:
@@ -757,7 +782,9 @@ class Ledger(Store):
 
     # --- the gate: check and redeem ------------------------------------------------------------
 
-    def _refusal(self, t: Ticket, now: float, day: str) -> Redemption | None:
+    def _refusal(
+        self, t: Ticket, now: float, day: str, rule: EntryRule | None = None
+    ) -> Redemption | None:
         """Why this entry may not count now (None: it may). Read-only; callers hold the lock."""
         floor = max(self.floor, float(self._meta("last_t")))
         if now < floor - CLOCK_TOLERANCE_S:
@@ -767,6 +794,8 @@ class Ledger(Store):
                 self.used(t.ticket_id),
                 f"clock {iso(now)} is before the newest recorded entry {iso(floor)}",
             )
+        if rule is not None:  # the caller's rule replaces the count and anti-passback
+            return rule(self.entry_times(t.ticket_id))
         n = self.used(t.ticket_id, day if t.kind == Kind.SEASON else None)
         if n >= t.max_entries:
             detail = "daily limit" if t.kind == Kind.SEASON else "no entries left"
@@ -779,20 +808,26 @@ class Ledger(Store):
             return Redemption(False, Reason.ANTI_PASSBACK, n, f"used here {now - last:.0f} s ago")
         return None
 
-    def check(self, t: Ticket, now: float) -> Redemption:
+    def check(self, t: Ticket, now: float, rule: EntryRule | None = None) -> Redemption:
         """What `redeem` would answer now, without counting anything."""
         self._ensure_intact()
         if self.problem:
             return self._refused()
         day = day_of(now, self.tz)
-        refusal = self._refusal(t, now, day)
+        refusal = self._refusal(t, now, day, rule)
         if refusal is not None:
             return refusal
         return Redemption(
             True, Reason.OK, self.used(t.ticket_id, day if t.kind == Kind.SEASON else None)
         )
 
-    def redeem(self, t: Ticket, now: float) -> Redemption:
+    def redeem(
+        self,
+        t: Ticket,
+        now: float,
+        rule: EntryRule | None = None,
+        upload: UploadRow | None = None,
+    ) -> Redemption:
         """Count one entry if the ticket still allows it; the COMMIT is the moment it counts.
 
         One transaction holds the chain check, the refusal checks, the entry, its outbox row
@@ -804,8 +839,10 @@ class Ledger(Store):
             self._ensure_intact()
             if self.problem:
                 return self._refused()
-            refusal = self._refusal(t, now, day)
+            refusal = self._refusal(t, now, day, rule)
             if refusal is not None:
+                if upload is not None:  # a refused scan the shop hears of, in this transaction
+                    self._queue_upload(c, now, *upload(refusal))
                 return refusal
             n = self.used(t.ticket_id, day if t.kind == Kind.SEASON else None)
             self._key_pending(c)
@@ -816,6 +853,8 @@ class Ledger(Store):
                     " VALUES (?,?,?,?,?,?)",
                     (t.ticket_id, now, day, int(t.kind), t.max_entries, getattr(t, "text", "")),
                 )
+            if upload is not None:  # the shop's check-in, counted together with the entry
+                self._queue_upload(c, now, *upload(Redemption(True, Reason.OK, n + 1)))
             c.execute("UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = 'seq'")
             c.execute(
                 "UPDATE meta SET value = max(CAST(value AS REAL), ?) WHERE key = 'last_t'", (now,)
@@ -823,6 +862,41 @@ class Ledger(Store):
         self._witness()
         self._store_mark()
         return Redemption(True, Reason.OK, n + 1)
+
+    # --- check-ins for a ticket shop (pretix), sent by `edge-gate pretix sync` ------------------
+
+    @staticmethod
+    def _queue_upload(c: sqlite3.Connection, now: float, kind: str, body: str) -> None:
+        c.execute("INSERT INTO upload_outbox (t, kind, body) VALUES (?, ?, ?)", (now, kind, body))
+
+    def queue_upload(self, now: float, kind: str, body: str) -> None:
+        """Queue a decision the ledger did not count (a refused scan) for the shop."""
+        with self.transaction() as c:
+            self._queue_upload(c, now, kind, body)
+
+    def upload_batch(self, limit: int = 50) -> list[tuple[int, float, str, str]]:
+        """The oldest queued check-ins: (id, t, kind, body)."""
+        return self.conn.execute(
+            "SELECT id, t, kind, body FROM upload_outbox ORDER BY id LIMIT ?", (limit,)
+        ).fetchall()
+
+    def upload_done(self, row_id: int) -> None:
+        """The shop has the check-in: drop it from the queue."""
+        with self.transaction() as c:
+            c.execute("DELETE FROM upload_outbox WHERE id = ?", (row_id,))
+
+    def upload_failed(self, row_id: int, error: str) -> None:
+        """Keep the row for the next try, with why this one failed."""
+        with self.transaction() as c:
+            c.execute(
+                "UPDATE upload_outbox SET tries = tries + 1, last_error = ? WHERE id = ?",
+                (error[:300], row_id),
+            )
+
+    def upload_pending(self) -> tuple[int, float | None]:
+        """(queued check-ins, time of the oldest) for `doctor` and `fleet status`."""
+        n, oldest = self.conn.execute("SELECT count(*), min(t) FROM upload_outbox").fetchone()
+        return n, oldest
 
     def _store_mark(self) -> None:
         """After the commit the entry counts; a failing mark store is logged, never un-counts it."""

@@ -371,19 +371,36 @@ def looks_flat(kps: np.ndarray) -> bool:
 
 MOTION_WINDOW = 5  # frames of one visitor the motion cue looks back over
 
+# Why a frame was judged not live (Verdict.reason); "" when live.
+TOO_CLOSE = "too_close"  # the frame holds too little context around the face: not judged
+BY_MODEL = "model"  # the liveness model's probability is under the threshold
+BY_MOTION = "motion"  # the visitor's keypoints moved as one tilted plane (sticky)
+# edge/vision/cues.py: "frame" (a print's border, a screen's bezel), "surround" (a head alone)
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """One matching face judged: live or not, why not, and the model's probability."""
+
+    live: bool
+    reason: str = ""  # "" when live; TOO_CLOSE, BY_MODEL, BY_MOTION or a cue's name
+    probability: float = 0.0
+
 
 class LivenessJudge:
-    """Per-frame verdict for a matching face: the model, and (model+motion) the plane veto.
+    """Per-frame verdict for a matching face: the model, the cues, and (model+motion) the plane
+    veto.
 
     Keeps the keypoints of the last MOTION_WINDOW judged frames of the visitor at the gate; a
     gap longer than `gap_s` starts a new visitor. Once the track looked flat it stays an attack
-    until the visitor leaves.
+    until the visitor leaves. The cues (edge/vision/cues.py) run only on frames the model
+    judged live, so they cost nothing on attacks the model already refuses.
     """
 
-    def __init__(self, model: PadModel, mode: str, gap_s: float = 2.0):
+    def __init__(self, model: PadModel, mode: str, gap_s: float = 2.0, cues: bool = True):
         if mode not in MODES or mode == "off":
             raise ValueError(f"liveness mode {mode!r} has no judge")
-        self.model, self.mode, self.gap_s = model, mode, gap_s
+        self.model, self.mode, self.gap_s, self.cues = model, mode, gap_s, cues
         self._kps: list[np.ndarray] = []
         self._last_t: float | None = None
         self._flat = self._told_close = False
@@ -397,14 +414,16 @@ class LivenessJudge:
         spec = PadSpec.load(models_dir, lv.model)
         if lv.threshold > 0:
             spec = PadSpec(**{**spec.__dict__, "threshold": lv.threshold})
-        return cls(PadModel(spec, threads=1), lv.mode, gap_s)
+        return cls(PadModel(spec, threads=1), lv.mode, gap_s, lv.cues)
 
     def reset(self) -> None:
         """Forget the visitor: the next frame starts a new motion track."""
         self._kps, self._last_t, self._flat, self._told_close = [], None, False, False
 
-    def judge(self, bgr: np.ndarray, box: np.ndarray, keypoints: np.ndarray, t: float) -> bool:
-        """Live or not, for one matching face at frame time t (seconds)."""
+    def verdict(self, bgr: np.ndarray, box: np.ndarray, keypoints: np.ndarray, t: float) -> Verdict:
+        """Live or not, and why not, for one matching face at frame time t (seconds)."""
+        from edge.vision.cues import veto  # cv2 line detector: built on first use
+
         if self._last_t is None or t - self._last_t > self.gap_s:
             self._kps, self._flat, self._told_close = [], False, False
         self._last_t = t
@@ -413,8 +432,22 @@ class LivenessJudge:
             self._flat = True
             log.info("liveness motion=flat frames=%d", len(self._kps))
         before = self.model.too_close
-        live = self.model.is_live(self.model.live_probability(bgr, box))
-        if self.model.too_close > before and not self._told_close:
-            self._told_close = True  # once per visitor: they may simply stand too near the lens
-            log.info("liveness unjudged reason=too_close (the face fills the frame)")
-        return live and not self._flat
+        p = self.model.live_probability(bgr, box)
+        if self.model.too_close > before:
+            if not self._told_close:
+                self._told_close = True  # once per visitor: they may simply stand too near
+                log.info("liveness unjudged reason=too_close (the face fills the frame)")
+            return Verdict(False, BY_MOTION if self._flat else TOO_CLOSE, p)
+        if self._flat:
+            return Verdict(False, BY_MOTION, p)
+        if not self.model.is_live(p):
+            return Verdict(False, BY_MODEL, p)
+        cue = veto(bgr, box) if self.cues else None
+        if cue is not None:
+            log.debug("liveness cue=%s", cue)
+            return Verdict(False, cue, p)
+        return Verdict(True, "", p)
+
+    def judge(self, bgr: np.ndarray, box: np.ndarray, keypoints: np.ndarray, t: float) -> bool:
+        """Live or not, for one matching face at frame time t (seconds)."""
+        return self.verdict(bgr, box, keypoints, t).live

@@ -1,0 +1,325 @@
+"""`edge-gate pretix sync`: keep the lane's pretix folder in step with the shop, send check-ins.
+
+A separate process (systemd/edge-gate-pretix-sync.service, network to the shop only), never the
+gate. Each round, as pretixSCAN does: upload first, then download.
+
+Upload: the ledger's upload outbox, oldest first. An entry the lane granted goes to
+`checkinrpc/redeem` with `force` (it happened offline, whatever pretix now thinks), the scan's
+own `datetime` and the nonce chosen when it was decided; a refused scan goes to the list's
+`failed_checkins`, with the same nonce (and as X-Idempotency-Key). A row is deleted only once
+pretix answered; killed before that, it is sent again and pretix's nonce handling keeps it one
+check-in. Answers that can never change (400, 404) are logged and dropped, as pretixSCAN does.
+
+Download: the event detail (`valid_keys`, `timezone`), its products' ids, this lane's
+check-in list, and the
+revoked and blocked secrets: in full the first time, then only what changed
+(`revokedsecrets/?created_since=`, `blockedsecrets/?updated_since=`, newest first, the newest
+timestamp of the first page kept as the next starting point, like libpretixsync). Every file is
+replaced atomically (temp, fsync, rename); `sync-state.json` goes last, saying when the folder
+was last complete. While the shop is unreachable the folder keeps its last good data and the
+lane keeps deciding from it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import signal
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from edge.config import Config
+from edge.errors import ConfigError, EdgeGateError
+from edge.pretix.api import PretixAPIError, PretixClient, PretixUnreachable, read_token
+from edge.tickets import pretix_offline as po
+from edge.tickets.pretix_desk import FAILED, REDEEM
+
+log = logging.getLogger(__name__)
+UPLOAD_BATCH = 50
+
+
+@dataclass
+class SyncState:
+    """What sync remembers between rounds, kept in the folder's sync-state.json."""
+
+    pulled_at: float | None = None  # when the folder was last complete
+    revoked_since: str | None = None  # newest `created` seen in revokedsecrets
+    blocked_since: str | None = None  # newest `updated` seen in blockedsecrets
+    last_error: str = ""
+    last_attempt: float | None = None
+    uploaded: int = 0  # check-ins sent since this process started (not persisted meaning)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def load(cls, folder: Path) -> SyncState:
+        """The state sync left, or a fresh one (a full download follows)."""
+        try:
+            raw = json.loads((folder / po.SYNC_STATE).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return cls()
+        if not isinstance(raw, dict):
+            return cls()
+        return cls(
+            pulled_at=raw.get("pulled_at"),
+            revoked_since=raw.get("revoked_since"),
+            blocked_since=raw.get("blocked_since"),
+            last_error=str(raw.get("last_error", "")),
+            last_attempt=raw.get("last_attempt"),
+        )
+
+    def as_json(self) -> dict[str, Any]:
+        """The persisted fields."""
+        return {
+            "pulled_at": self.pulled_at,
+            "revoked_since": self.revoked_since,
+            "blocked_since": self.blocked_since,
+            "last_error": self.last_error,
+            "last_attempt": self.last_attempt,
+        }
+
+
+def write_atomic(path: Path, obj: Any) -> None:
+    """Replace a JSON file whole-or-nothing: the gate never reads half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(obj, f, separators=(",", ":"))
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    dfd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
+
+
+def _read_list(path: Path) -> list[dict]:
+    try:
+        obj = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return []
+    return [o for o in obj if isinstance(o, dict)] if isinstance(obj, list) else []
+
+
+def _merge(old: list[dict], new: list[dict]) -> list[dict]:
+    """Objects by id, a newer copy replacing an older one."""
+    by_id = {o.get("id"): o for o in old}
+    for o in new:
+        by_id[o.get("id")] = o
+    return sorted(by_id.values(), key=lambda o: (str(o.get("id")),))
+
+
+class PretixSync:
+    """One lane's link to its pretix shop; `step()` is one round, `run()` loops until stopped."""
+
+    def __init__(self, cfg: Config, client: PretixClient | None = None, ledger=None):
+        px = cfg.pretix
+        missing = [k for k in ("dir", "url", "organizer", "event") if not getattr(px, k)]
+        if not px.checkin_list:
+            missing.append("checkin_list")
+        if not px.token_file and client is None:
+            missing.append("token_file")
+        if missing:
+            raise ConfigError(
+                f"[pretix] needs {', '.join('pretix.' + k for k in missing)} for `pretix sync`",
+                "see the [pretix] section in firmware_config/gate.toml",
+            )
+        self.cfg, self.px = cfg, px
+        self.folder = cfg.resolve(px.dir)
+        ca = str(cfg.resolve(px.tls_ca_file)) if px.tls_ca_file else ""
+        self.client = client or PretixClient(
+            px.url, read_token(cfg.resolve(px.token_file)), px.auth, ca
+        )
+        self._ledger = ledger
+        self.state = SyncState.load(self.folder)
+        self.stop = threading.Event()
+        self.reachable: bool | None = None
+
+    # --- paths -----------------------------------------------------------------------------------
+
+    @property
+    def event_path(self) -> str:
+        """The event's API path."""
+        return f"organizers/{self.px.organizer}/events/{self.px.event}/"
+
+    # --- download --------------------------------------------------------------------------------
+
+    def _since_pages(self, resource: str, stamp_field: str, since_param: str, since: str | None):
+        params: dict[str, Any] = {"ordering": f"-{stamp_field}"}
+        if since:
+            params[since_param] = since
+        newest, items = None, []
+        for page in self.client.pages(self.event_path + resource + "/", params):
+            if newest is None and page:
+                newest = page[0].get(stamp_field)
+            items += [o for o in page if isinstance(o, dict) and isinstance(o.get("secret"), str)]
+        return items, newest
+
+    def pull(self) -> None:
+        """Download everything the offline decision needs and replace the folder's files."""
+        event = self.client.get(self.event_path)
+        if not isinstance(event, dict) or event.get("slug") != self.px.event:
+            raise PretixAPIError(f"pretix event {self.px.event}: unexpected answer", 200, None)
+        po.parse_event(event, self.folder / "event.json")  # refuse to write an unusable event
+        clist = self.client.get(self.event_path + f"checkinlists/{self.px.checkin_list}/")
+        po.parse_checkin_list(clist, self.folder / "checkinlist.json")
+        items = [o for page in self.client.pages(self.event_path + "items/") for o in page]
+        rev_path, blk_path = (
+            self.folder / "revokedsecrets.json",
+            self.folder / "blockedsecrets.json",
+        )
+        full = self.state.pulled_at is None or not rev_path.exists() or not blk_path.exists()
+        revoked, rev_new = self._since_pages(
+            "revokedsecrets", "created", "created_since", None if full else self.state.revoked_since
+        )
+        blocked, blk_new = self._since_pages(
+            "blockedsecrets", "updated", "updated_since", None if full else self.state.blocked_since
+        )
+        if not full:
+            revoked = _merge(_read_list(rev_path), revoked)
+            blocked = _merge(_read_list(blk_path), blocked)
+        blocked = [o for o in blocked if o.get("blocked") is True]  # unblocked ones: forgotten
+        ids = [
+            {"id": o["id"]} for o in items if isinstance(o, dict) and isinstance(o.get("id"), int)
+        ]
+        write_atomic(self.folder / po.ITEMS, ids)
+        write_atomic(self.folder / "event.json", event)
+        write_atomic(self.folder / "checkinlist.json", clist)
+        write_atomic(rev_path, revoked)
+        write_atomic(blk_path, blocked)
+        self.state.revoked_since = rev_new or self.state.revoked_since
+        self.state.blocked_since = blk_new or self.state.blocked_since
+        self.state.pulled_at = time.time()
+
+    # --- upload ----------------------------------------------------------------------------------
+
+    def ledger(self):
+        """The gate's ledger (its upload outbox), opened on first use."""
+        if self._ledger is None:
+            from edge.tickets.ledger import Ledger
+
+            self._ledger = Ledger(self.cfg.resolve(self.cfg.tickets.ledger), self.cfg.gate.id)
+        return self._ledger
+
+    def _send(self, kind: str, row: dict) -> tuple[bool, str]:
+        """(done, note): done means pretix has it, or never will (dropped, logged)."""
+        body = row["body"]
+        if kind == REDEEM:
+            r = self.client.post(f"organizers/{self.px.organizer}/checkinrpc/redeem/", body)
+            status = r.body.get("status") if isinstance(r.body, dict) else None
+            if status == "ok":
+                return True, "ok"
+        elif kind == FAILED:
+            path = f"organizers/{self.px.organizer}/events/{row['event']}/checkinlists/"
+            r = self.client.post(f"{path}{row['list']}/failed_checkins/", body, body.get("nonce"))
+            if r.status in (200, 201):
+                return True, "ok"
+        else:
+            return True, f"unknown upload kind {kind!r} dropped"
+        if r.status in (400, 404):  # it will not change on a later try (pretixSCAN drops these)
+            reason = r.body.get("reason") if isinstance(r.body, dict) else r.body
+            return True, f"pretix answered {r.status} {reason!s:.120}; dropped"
+        return False, f"pretix answered {r.status}"
+
+    def upload(self) -> int:
+        """Send queued check-ins, oldest first; stops at the first that must be retried."""
+        led, sent = self.ledger(), 0
+        while not self.stop.is_set():
+            rows = led.upload_batch(UPLOAD_BATCH)
+            if not rows:
+                break
+            for row_id, _t, kind, raw in rows:
+                try:
+                    row = json.loads(raw)
+                except ValueError:
+                    log.error("pretix upload row=%d unreadable; dropped", row_id)
+                    led.upload_done(row_id)
+                    continue
+                try:
+                    done, note = self._send(kind, row)
+                except PretixAPIError as e:  # 401/403: a setup fault, keep the row
+                    led.upload_failed(row_id, str(e))
+                    raise
+                if not done:
+                    led.upload_failed(row_id, note)
+                    return sent
+                if note != "ok":
+                    log.warning("pretix upload row=%d kind=%s %s", row_id, kind, note)
+                led.upload_done(row_id)
+                sent += 1
+        self.state.uploaded += sent
+        return sent
+
+    # --- the loop --------------------------------------------------------------------------------
+
+    def step(self) -> bool:
+        """One round: upload, then download. True when the shop was reached and the folder
+        is complete; an upload that fails for a reason of its own (the ledger missing, a
+        refused token) does not hold the download back."""
+        self.state.last_attempt = time.time()
+        ok, error, n = False, "", 0
+        try:
+            try:
+                n = self.upload()
+            except PretixUnreachable:
+                raise
+            except EdgeGateError as e:
+                error = f"upload: {e}"
+                log.error("pretix upload error=%s", e)
+            self.pull()
+            ok = True
+        except PretixUnreachable as e:
+            error = str(e)
+        except EdgeGateError as e:  # refused by the shop, unusable data
+            error = str(e)
+            log.error("pretix sync error=%s", e)
+        self._link(ok, error)
+        with contextlib.suppress(OSError):
+            write_atomic(self.folder / po.SYNC_STATE, self.state.as_json())
+        if n:
+            log.info("pretix uploaded check-ins=%d", n)
+        return ok
+
+    def _link(self, ok: bool, error: str) -> None:
+        """Remember the last error; log when the shop comes and goes, not every round."""
+        self.state.last_error = error
+        if ok != self.reachable:
+            if ok:
+                log.info("pretix reachable url=%s", self.px.url)
+            else:
+                log.warning("pretix unreachable; the lane decides from its last data: %s", error)
+            self.reachable = ok
+
+    def run(self, clock: Callable[[], float] = time.monotonic) -> int:
+        """Loop until SIGTERM/SIGINT: a round every pretix.sync_every_s."""
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, lambda *_: self.stop.set())
+            signal.signal(signal.SIGINT, lambda *_: self.stop.set())
+        try:
+            while not self.stop.is_set():
+                t0 = clock()
+                self.step()
+                self.stop.wait(max(0.0, self.px.sync_every_s - (clock() - t0)))
+        finally:
+            self.close()
+        return 0
+
+    def close(self) -> None:
+        """Close the ledger if this sync opened it."""
+        if self._ledger is not None:
+            with contextlib.suppress(EdgeGateError, OSError):
+                self._ledger.close()
+            self._ledger = None

@@ -1,0 +1,108 @@
+"""The frame and surround cues on drawn scenes: what they refuse, and what they leave alone."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+from edge.vision import cues
+
+H, W = 480, 640
+BOX = np.array([270.0, 170.0, 370.0, 270.0])  # a 100 px face in the middle of the view
+
+
+def texture(shape, seed, level=120, spread=40, blur=5.0):
+    """Something with detail (a photo, a room): smoothed noise."""
+    rng = np.random.default_rng(seed)
+    n = cv2.GaussianBlur(rng.normal(0, 1, shape[:2]).astype(np.float32), (0, 0), blur)
+    tint = cv2.GaussianBlur(rng.normal(0, 1, shape[:2] + (3,)).astype(np.float32), (0, 0), 9.0)
+    img = level + spread * (n / n.std())[:, :, None] + 0.3 * spread * tint / tint.std()
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+def plain(level=(150, 152, 155), seed=0):
+    """A plain gray surface, lit a little unevenly, with sensor noise."""
+    rng = np.random.default_rng(seed)
+    ramp = np.linspace(0.92, 1.05, W, dtype=np.float32)[None, :, None]
+    img = np.array(level, np.float32)[None, None, :] * ramp * np.ones((H, W, 1), np.float32)
+    return np.clip(img + rng.normal(0, 2, img.shape), 0, 255).astype(np.uint8)
+
+
+def head(img, seed=1):
+    """A textured head (face and hair) around BOX."""
+    mask = np.zeros((H, W), np.uint8)
+    cv2.ellipse(mask, (320, 210), (68, 88), 0, 0, 360, 255, -1)
+    img[mask > 0] = texture((H, W), seed, 140)[mask > 0]
+    return img
+
+
+def test_a_print_held_up_on_a_plain_surround_is_framed():
+    img = plain()
+    x0, y0, x1, y1 = 215, 95, 425, 395  # the print: 2.1 x 3 faces, face inside
+    img[y0:y1, x0:x1] = texture((y1 - y0, x1 - x0), 3, 70, 25, 12.0)  # a dark photo
+    head(img)
+    assert cues.veto(img, BOX) == "frame"
+
+
+def test_a_patterned_print_on_a_plain_surround_is_framed_by_its_outermost_lines():
+    img = plain()
+    img[95:395, 215:425] = texture((300, 210), 4, 90, 20, 12.0)
+    for x in range(225, 420, 12):  # the photo's own stripes: more lines than a side may hold
+        cv2.line(img, (x, 95), (x, 394), (30, 30, 140), 3)
+    head(img)
+    assert cues.veto(img, BOX) == "frame"
+
+
+def test_a_screen_with_its_bezel_is_framed_even_on_a_busy_background():
+    img = texture((H, W), 5, 100, 50)
+    cv2.rectangle(img, (200, 80), (440, 420), (15, 15, 18), -1)  # bezel
+    img[95:405, 215:425] = texture((310, 210), 6, 150)  # the picture
+    head(img)
+    assert cues.veto(img, BOX) == "frame"
+
+
+def test_a_head_cut_out_on_a_plain_surround_floats():
+    img = head(plain())
+    assert cues.veto(img, BOX) == "surround"
+
+
+def test_a_person_in_front_of_a_plain_wall_is_left_alone():
+    img = plain()
+    body = np.array([[240, 300], [400, 300], [470, 480], [170, 480]], np.int32)  # shoulders
+    cv2.fillPoly(img, [body], (60, 70, 120))
+    head(img)
+    assert cues.veto(img, BOX) is None
+
+
+def test_a_room_with_straight_lines_on_one_side_is_left_alone():
+    img = texture((H, W), 7, 110, 30)
+    for x in (120, 150, 180):  # a window's bars, a door frame: all on one side
+        cv2.line(img, (x, 0), (x, H), (20, 20, 20), 3)
+    head(img)
+    assert cues.veto(img, BOX) is None
+
+
+def test_folds_on_both_sides_are_texture_not_an_edge():
+    img = texture((H, W), 8, 110, 30)  # a room, not a plain surface, beyond the folds
+    for i, x in enumerate(range(130, 236, 15)):  # folds either side: 5 or more lines a side
+        shade = (40, 40, 120) if i % 2 else (90, 90, 200)
+        cv2.rectangle(img, (x, 0), (x + 15, H), shade, -1)
+        cv2.rectangle(img, (W - x - 15, 0), (W - x, H), shade, -1)
+    head(img)
+    assert cues.veto(img, BOX) is None
+
+
+def test_the_frames_own_border_is_no_edge():
+    """A face near the frame's edges: the crop runs past them, and they are not a print."""
+    img = texture((H, W), 9, 110, 30)
+    box = np.array([10.0, 10.0, 130.0, 130.0])
+    crop, valid = cues.canonical(img, box)
+    assert not valid.all()
+    assert not cues.framed(cues.straight_edges(crop, valid))
+
+
+def test_the_surround_cue_says_nothing_when_the_shoulders_are_out_of_view():
+    img = head(plain())
+    close = np.array([200.0, 300.0, 440.0, 470.0])  # a face at the bottom edge, 170 px high
+    crop, valid = cues.canonical(img, close)
+    assert not cues.floating_head(crop, valid)
