@@ -478,7 +478,7 @@ class Gate:
                 self.on_decision(v.event(self.cfg.gate.id, wall))
             except Exception as e:
                 log.error("decision output error=%s", e)
-            self.notices.send(v.notice(self.cfg.fleet.lane or self.cfg.gate.id, wall))
+            self._tell(v.notice(self.lane, wall))
 
     def _audit(self, rec: AuditRecord) -> None:
         if self.audit is None:
