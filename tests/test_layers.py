@@ -15,10 +15,6 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 PRODUCT = [p for p in (ROOT / "edge").rglob("*.py") if "lab" not in p.relative_to(ROOT).parts]
-# Cycles still to break. This set may only shrink.
-KNOWN_CYCLES: set[frozenset[str]] = {
-    frozenset({"edge.gallery.erase", "edge.gallery.store"}),
-}
 
 
 def imported_modules(path: Path) -> set[str]:
@@ -135,8 +131,7 @@ def test_imports_point_down_the_layers():
 
 def test_no_two_modules_import_each_other():
     found = set(cycles(modules("edge"))) | set(cycles(modules("scripts")))
-    assert found - KNOWN_CYCLES == set()
-    assert found >= KNOWN_CYCLES, "a known cycle is gone: remove it from KNOWN_CYCLES"
+    assert found == set()
 
 
 def test_the_cycle_finder_finds_a_cycle_through_three_modules():
