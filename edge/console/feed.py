@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from edge.config import Config
+from edge.fleet.office import fleet_status, office_store
 
 log = logging.getLogger(__name__)
 MAX_DECISIONS = 20_000  # in memory; every record stays in the office's store (`fleet audit`)
@@ -76,8 +77,6 @@ class FleetFeed:
 
     def poll(self) -> None:
         """One read of the office's store: status, and the decisions that arrived since."""
-        from edge.fleet.office import fleet_status, office_store
-
         rep = fleet_status(self.cfg)
         with office_store(self.cfg) as store:
             after, rows = store.audit_after(self._after, kind="decision")

@@ -30,6 +30,7 @@ from edge.fleet.identity import (
     write_roster_file,
 )
 from edge.fleet.officestore import AuditFinding, OfficeStore, verify_lane
+from edge.fleet.people import export_record, site_key
 from edge.fleet.state import FleetState
 
 STALE_HEARTBEATS = 3  # a member not heard for this many of its heartbeat periods is stale
@@ -168,8 +169,6 @@ def publish_person(
     deletion also joins the office's forget list, replayed to every new or restored lane."""
     body: dict[str, Any] = {"person_id": person_id, "op": op}
     if op == "enroll":
-        from edge.fleet.people import site_key
-
         body["sealed"] = msg.seal_for_site(site_key(cfg), cfg.fleet.site, person_id, record or b"")
     _queue(
         cfg,
@@ -185,8 +184,6 @@ def publish_person(
 
 def publish_enrollment(cfg: Config, key_path: Path, db: Path, gallery_key: Path, pid: str) -> None:
     """Export one person from the office gallery and send it, sealed, to every lane."""
-    from edge.fleet.people import export_record
-
     publish_person(cfg, key_path, pid, "enroll", export_record(db, gallery_key, pid))
 
 

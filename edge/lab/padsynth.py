@@ -328,6 +328,7 @@ def surround_frames(
 def write_part(src: Path, dst: Path, start: int, stop: int | None = None) -> int:
     """Frames start..stop of a recorded clip as an MP4 (e.g. a replay clip without the opening
     in which the person himself is in view); returns the number of frames written."""
+    # synth imports the QR renderer, absent from the model build's env (above)
     from edge.lab.synth import write_video
 
     cap = cv2.VideoCapture(str(src))
