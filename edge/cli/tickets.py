@@ -82,7 +82,7 @@ def cmd_verify(args) -> int:
     rc, problems = 0, set()
     for out in verify_tickets(opts, args.inputs, now):
         print(json.dumps(out))
-        if out["reason"] == tk.LEDGER_ERROR:
+        if out["reason"] == tk.Reason.LEDGER_ERROR:
             problems.add(out.get("detail", ""))
         rc = max(rc, 0 if out["valid"] else 1)
     for problem in sorted(problems):
