@@ -17,6 +17,8 @@ import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+from edge.errors import EdgeGateError
+
 INTERNAL_ERROR = 70
 
 
@@ -39,8 +41,6 @@ def needs_modules(
 
 def run(main: Callable[[], int | None]) -> None:
     """Run a script's main(): EdgeGateError and SystemExit messages as one line, exit 2."""
-    from edge.errors import EdgeGateError
-
     name = Path(sys.argv[0]).name
     debug = "--debug" in sys.argv or os.environ.get("EDGE_DEBUG") == "1"
     try:

@@ -39,17 +39,17 @@ def main() -> None:
         d = Path(d)
         key = create_key(d / "state" / "evidence.key")
         init_ledger(d / "l.db")
-        with Ledger(d / "l.db", antipassback_s=0, key=key) as led, led.transaction():
+        with Ledger(d / "l.db", anti_passback_s=0, key=key) as led, led.transaction():
             for i in range(n):
                 led.apply_remote("lane2", i + 1, f"T-{i}", 1.7e9 + i, "2026-01-01")
         t0 = time.perf_counter()
-        led = Ledger(d / "l.db", antipassback_s=0, key=key)  # keys all n, then verifies
+        led = Ledger(d / "l.db", anti_passback_s=0, key=key)  # keys all n, then verifies
         first = (time.perf_counter() - t0) * 1000
         led.close()
         t0 = time.perf_counter()
-        led = Ledger(d / "l.db", antipassback_s=0, key=key)
+        led = Ledger(d / "l.db", anti_passback_s=0, key=key)
         open_ms = (time.perf_counter() - t0) * 1000
-        other = Ledger(d / "l.db", antipassback_s=0)  # sync: no key
+        other = Ledger(d / "l.db", anti_passback_s=0)  # sync: no key
         tk = Ticket("T-X", kind=Kind.ENTRIES, count=10**6)
         now = time.time()
         idle = ms(lambda: led.check(tk, now), 200)
@@ -61,7 +61,7 @@ def main() -> None:
                 led.maintain()
         changed = statistics.median(changes)
         redeem = ms(lambda: led.redeem(tk, time.time()), 50)
-        plain = Ledger(d / "l.db", antipassback_s=0)
+        plain = Ledger(d / "l.db", anti_passback_s=0)
         redeem_plain = ms(lambda: plain.redeem(tk, time.time()), 50)
         with AuditLog(d / "a.db", 30, key) as a, AuditLog(d / "b.db", 30) as b:
             rec = AuditRecord(now, "g", "decision", "deny", "ticket", "T-1", None, "expired")

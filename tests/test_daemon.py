@@ -261,7 +261,7 @@ def test_sighup_reload_picks_up_revocations(tmp_path):
     assert gate.verifier.verify(text, time.time()).valid
     tk.revoke(cfg.resolve(cfg.tickets.revocation_list), ["R-1"])
     gate.reload()
-    assert gate.verifier.verify(text, time.time()).reason == tk.REVOKED
+    assert gate.verifier.verify(text, time.time()).reason == tk.Reason.REVOKED
     gate.close()
 
 
@@ -439,7 +439,8 @@ def test_sighup_with_broken_files_keeps_previous_configuration(tmp_path, caplog,
         revoked.mkdir()
     gate.reload()
     assert gate.cfg is cfg  # the previous configuration stays in force
-    assert gate.verifier.verify(text, time.time()).reason == tk.REVOKED  # and its revocations
+    # and its revocations
+    assert gate.verifier.verify(text, time.time()).reason == tk.Reason.REVOKED
     status = [m for m in notifier.sent if m.startswith("READY=1")][-1]
     assert "reload failed, previous configuration kept" in status
     assert any(r.levelname == "ERROR" and "reload_failed" in r.message for r in caplog.records)

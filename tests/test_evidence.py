@@ -417,7 +417,7 @@ def test_outbox_numbers_survive_publishing_and_a_new_epoch_is_explicit(tmp_path)
     from edge.tickets.ledger import Ledger, init_ledger
 
     init_ledger(tmp_path / "l.db")
-    with Ledger(tmp_path / "l.db", antipassback_s=0, outbox=True) as led:
+    with Ledger(tmp_path / "l.db", anti_passback_s=0, outbox=True) as led:
         first = led.epoch
         assert first == led.ledger_id
         for i in range(3):

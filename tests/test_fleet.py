@@ -554,7 +554,7 @@ def test_outbox_is_written_in_the_ledger_transaction(tmp_path, office_keys):
     assert led.used("T-1") == 3
     r = led.redeem(t, 2000.0)  # 3 entries of 3 counted: here and at lane2 (two epochs)
     assert not r.ok
-    assert r.reason == tk.ALREADY_USED
+    assert r.reason == tk.Reason.ALREADY_USED
     alone = Ledger(tmp_path / "alone.db")
     alone.redeem(t, 1000.0)
     assert alone.conn.execute("SELECT count(*) FROM outbox").fetchone()[0] == 0
@@ -979,7 +979,7 @@ def test_gate_applies_office_revocations_and_keys_without_restart(office_keys, t
         new_priv, new_pub = tk.keygen(tmp_path / "new")
         t = tk.Ticket("T-LATER", "day", int(time.time()) - 5, int(time.time()) + 3600)
         text = tk.sign(t, tk.load_private(new_priv))
-        assert gate.verifier.verify(text, time.time()).reason == tk.UNKNOWN_KEY
+        assert gate.verifier.verify(text, time.time()).reason == tk.Reason.UNKNOWN_KEY
         (m.dir / "fleet-keys").mkdir()
         (m.dir / "fleet-keys" / "k.pub").write_bytes(new_pub.read_bytes())
         tk.revoke(m.dir / "revoked.txt", ["T-GONE"])

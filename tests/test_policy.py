@@ -18,7 +18,8 @@ from edge.gate.policy import (
     TicketSeen,
     check_non_face_way_in,
 )
-from edge.tickets import EXPIRED, OK, Ticket, Verdict
+from edge.tickets import Reason as TicketReason
+from edge.tickets import Ticket, Verdict
 
 FPS = 10.0
 
@@ -102,7 +103,7 @@ def test_expired_pass_is_refused():
     assert [(d.decision, d.reason) for d in ds] == [(DENY, "pass_expired")]
 
 
-def seen(tid, valid=True, reason=OK, holder=""):
+def seen(tid, valid=True, reason=TicketReason.OK, holder=""):
     t = Ticket(tid, holder=holder) if tid else None
     return TicketSeen(f"EG{tid}", Verdict(valid, reason, t))
 
@@ -118,8 +119,9 @@ def test_ticket_decided_once_while_in_view_and_again_when_shown_again():
 
 def test_invalid_ticket_refused_with_its_reason_and_faces_irrelevant():
     p = Policy(PolicyParams())
-    ds = run(p, [([face(None), face(None, c=(0.1, 0.1))], [seen("T2", False, EXPIRED)])])
-    assert (DENY, TICKET, EXPIRED) in [(d.decision, d.via, d.reason) for d in ds]
+    expired = seen("T2", False, TicketReason.EXPIRED)
+    ds = run(p, [([face(None), face(None, c=(0.1, 0.1))], [expired])])
+    assert (DENY, TICKET, TicketReason.EXPIRED) in [(d.decision, d.via, d.reason) for d in ds]
 
 
 def test_ticket_only_mode_ignores_faces():

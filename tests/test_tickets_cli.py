@@ -186,7 +186,7 @@ def test_gate_keeps_the_last_good_revocation_list_and_alarms(tmp_path, office, c
     g = Gate(cfg, pin_factory=MockFactory())
     try:
         text = signed(office, "R-9")
-        assert g.verifier.verify(text, time.time()).reason == tk.REVOKED
+        assert g.verifier.verify(text, time.time()).reason == tk.Reason.REVOKED
         for broken in ("missing", "directory", "binary"):
             p = tmp_path / "revoked.txt"
             if p.is_dir():
@@ -200,7 +200,7 @@ def test_gate_keeps_the_last_good_revocation_list_and_alarms(tmp_path, office, c
             caplog.clear()
             with caplog.at_level(logging.ERROR):
                 g.reload()
-            assert g.verifier.verify(text, time.time()).reason == tk.REVOKED, broken
+            assert g.verifier.verify(text, time.time()).reason == tk.Reason.REVOKED, broken
             assert any("revocation_list" in r.getMessage() for r in caplog.records), broken
     finally:
         g.close()

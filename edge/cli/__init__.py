@@ -5,6 +5,10 @@ library function and prints the result. Errors the product raises on purpose bec
 stderr and exit status 2, their hint in the words of this run (`hints.py`); anything else is an
 internal error: one line and exit status 70, its traceback only with `--debug`. A reader that
 closes stdout early (`| head`) ends the command quietly.
+
+A command imports its heavy library (the models, OpenCV, MQTT, the web stack, the office
+library) inside its function, with a comment naming it, so `edge-gate --help` and every other
+command start without it; everything else is imported at the top (tests/test_layers.py).
 """
 
 from __future__ import annotations

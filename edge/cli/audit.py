@@ -3,37 +3,33 @@
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import asdict
 
 from edge import config as config_mod
+from edge.errors import EdgeGateError, LedgerError
+from edge.evidence import key_path, load_key
+from edge.gate.audit import AuditLog
+from edge.tickets.ledger import Ledger
 from edge.timeutil import iso, parse_time
 
 
 def _key(cfg):
     """The lane's evidence key if it exists (any problem with it is an error, never a skip)."""
-    from edge.evidence import key_path, load_key
-
     path = key_path(cfg)
     return load_key(path) if path.exists() else None
 
 
 def _open(args):
-    from edge.gate.audit import AuditLog
-
     cfg = config_mod.load(args.config)
     path = cfg.resolve(cfg.audit.path)
     if not path.is_file():
-        from edge.errors import EdgeGateError
-
         raise EdgeGateError(f"audit log {path} does not exist", "check audit.path in the config")
     return cfg, AuditLog(path, cfg.audit.retention_days, _key(cfg))
 
 
 def _ledger_report(cfg, key) -> dict | None:
     """The ledger's chain, checked with the same key (None when this config has no ledger)."""
-    from edge.errors import LedgerError
-    from edge.tickets.ledger import Ledger
-
     path = cfg.resolve(cfg.tickets.ledger)
     if not path.is_file():
         return None
@@ -82,13 +78,9 @@ def cmd_verify(args) -> int:
 def cmd_adopt(args) -> int:
     """`audit adopt`: after `audit verify` found the log restored, cut short or replaced, and
     the old file was kept: the lane's new records are keyed again, from a record saying so."""
-    import time
-
     cfg, log = _open(args)
     if log.key is None:
         log.close()
-        from edge.errors import EdgeGateError
-
         raise EdgeGateError(
             "no evidence key for this lane", "run it as the gate's user (or root) with its config"
         )

@@ -8,11 +8,13 @@ import getpass
 import sys
 
 from edge import config as config_mod
+from edge.console.roles import LANGS, ROLES
 from edge.errors import EdgeGateError
 
 
 def cmd_console(args) -> int:
     """`console`: serve the staff web app until SIGTERM (localhost unless told otherwise)."""
+    # the web stack (the console extra, absent on a lane) loads only for `console`
     import uvicorn
 
     from edge.console.app import build_app
@@ -54,6 +56,7 @@ def read_password(stdin: bool) -> str:
 
 def cmd_adduser(args) -> int:
     """`console adduser NAME --role R`: a staff account with an argon2id password hash."""
+    # argon2 (the console extra, absent on a lane) loads only for `console adduser`
     from edge.console.users import UserStore
 
     cfg = config_mod.load(getattr(args, "config", None))
@@ -68,6 +71,7 @@ def cmd_adduser(args) -> int:
 
 def cmd_screen(args) -> int:
     """`screen`: the visitor screen of this lane, fed by the gate's notice socket."""
+    # http.server loads only for `screen`
     from edge.screen.server import run_screen
 
     cfg = config_mod.load(args.config)
@@ -76,8 +80,6 @@ def cmd_screen(args) -> int:
 
 def register(sub, common) -> None:
     """Add `console [adduser]` and `screen` to the parser."""
-    from edge.console.roles import LANGS, ROLES
-
     sp = sub.add_parser(
         "console", help="the office's staff web app (lanes, decisions, enrollment, tickets, audit)"
     )

@@ -15,11 +15,14 @@ from pathlib import Path
 from edge import config as config_mod
 from edge.cli.paths import file_path, nonempty_file, output_dir
 from edge.errors import EdgeGateError
+from edge.fleet.brokerconf import BrokerOptions, write_site_broker
+from edge.fleet.identity import ensure_lane_key, load_lane_key, public_text, read_roster_file
 from edge.timeutil import iso, parse_time
 
 
 def cmd_sync(args) -> int:
     """`sync`: the member's link to the broker that systemd keeps running beside the gate."""
+    # MQTT (paho) and the office library load only for `sync`
     from edge.fleet.office import need_fleet
     from edge.fleet.sync import Sync
 
@@ -30,6 +33,7 @@ def cmd_sync(args) -> int:
 
 def report_sent(cfg: config_mod.Config, what: str, wait_s: float = 10.0) -> None:
     """Say whether the office's sync has sent what was just queued (bounded wait)."""
+    # the office library loads only for the office's commands (edge/cli/__init__.py)
     from edge.fleet.office import Queued, office_store, wait_sent
 
     with office_store(cfg) as store:
@@ -45,11 +49,13 @@ def report_sent(cfg: config_mod.Config, what: str, wait_s: float = 10.0) -> None
 
 def cmd_status(args) -> int:
     """`fleet status`: which members are alive, stale or gone, whose clock is off, who acked."""
+    # the office library loads only for the office's commands (edge/cli/__init__.py)
     from edge.fleet.office import fleet_status, status_problems
 
     cfg = config_mod.load(args.config)
     rep = fleet_status(cfg)
     if cfg.pretix.enabled and rep.get("this_lane") is not None:  # the lane's pretix data
+        # pretix's offline rules load only for a lane that takes pretix tickets
         from edge.tickets.pretix_desk import lane_status
 
         rep["this_lane"]["pretix"] = lane_status(cfg, time.time())
@@ -107,6 +113,7 @@ def cmd_status(args) -> int:
 
 def cmd_audit(args) -> int:
     """`fleet audit`: every lane's audit records received at the office; `verify` checks them."""
+    # the office library loads only for the office's commands (edge/cli/__init__.py)
     from edge.fleet.office import fleet_audit, fleet_audit_verify
 
     cfg = config_mod.load(args.config)
@@ -146,6 +153,7 @@ def cmd_audit(args) -> int:
 
 def cmd_publish_keys(args) -> int:
     """`fleet publish-keys`: roll new ticket keys out to every lane, signed by the office."""
+    # the office library loads only for the office's commands (edge/cli/__init__.py)
     from edge.fleet.office import publish_keys
 
     cfg = config_mod.load(args.config)
@@ -156,7 +164,7 @@ def cmd_publish_keys(args) -> int:
 
 def cmd_join(args) -> int:
     """`fleet join`: this member's signing key (made if absent), for the office's roster."""
-    from edge.fleet.identity import ensure_lane_key, load_lane_key, public_text
+    # the office library loads only for the office's commands (edge/cli/__init__.py)
     from edge.fleet.office import need_fleet
 
     cfg = config_mod.load(args.config)
@@ -177,7 +185,7 @@ def cmd_join(args) -> int:
 
 def cmd_roster(args) -> int:
     """`fleet roster add|remove|show|publish`: the office's signed list of lanes and keys."""
-    from edge.fleet.identity import read_roster_file
+    # the office library loads only for the office's commands (edge/cli/__init__.py)
     from edge.fleet.office import need_office, publish_roster, roster_lanes
 
     cfg = config_mod.load(args.config)
@@ -211,7 +219,7 @@ def cmd_roster(args) -> int:
 
 def cmd_broker_config(args) -> int:
     """`fleet broker-config`: Mosquitto config, ACLs and per-lane logins for the roster."""
-    from edge.fleet.brokerconf import BrokerOptions, write_site_broker
+    # the office library loads only for the office's commands (edge/cli/__init__.py)
     from edge.fleet.office import roster_lanes
 
     cfg = config_mod.load(args.config)
@@ -253,6 +261,7 @@ def _issuer_key(args) -> Path:
 
 def publish_enrollment(args, cfg: config_mod.Config, db: Path, key: Path, pid: str) -> None:
     """`enroll --publish`: the person, sealed for the site, to every lane."""
+    # the office library loads only for the office's commands (edge/cli/__init__.py)
     from edge.fleet.office import publish_enrollment as publish
 
     publish(cfg, _issuer_key(args), db, key, pid)
@@ -261,6 +270,7 @@ def publish_enrollment(args, cfg: config_mod.Config, db: Path, key: Path, pid: s
 
 def publish_deletion(args, cfg: config_mod.Config) -> None:
     """`forget --publish`: every lane erases the person and acknowledges it."""
+    # the office library loads only for the office's commands (edge/cli/__init__.py)
     from edge.fleet.office import publish_person
 
     publish_person(cfg, _issuer_key(args), args.person_id, "forget")

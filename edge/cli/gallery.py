@@ -17,8 +17,9 @@ from edge.cli.personal import add_detail_args, resolve_details
 from edge.errors import EdgeGateError, EnrollError
 from edge.gallery.crypto import load_key
 from edge.gallery.erase import ErasureIncomplete
+from edge.gallery.forgetlist import read_replay_file
 from edge.gallery.store import Consent, Gallery
-from edge.gate.audit import AuditLog, AuditRecord, open_audit
+from edge.gate.audit import AuditLog, AuditRecord, open_audit, purge_with_gallery
 from edge.timeutil import iso, parse_time
 
 
@@ -46,6 +47,7 @@ def audit_record(cfg: config_mod.Config, kind: str, **fields: str) -> None:
 
 
 def _min_templates(args) -> int:
+    # gallery.enroll brings the models (LiteRT, OpenCV): only for `enroll`
     from edge.gallery.enroll import MIN_TEMPLATES
 
     return MIN_TEMPLATES if args.min_templates is None else args.min_templates
@@ -67,6 +69,7 @@ def cmd_enroll(args) -> int:
             "nothing to enroll from", "give photos, a video or a camera, or --folder DIR"
         )
     resolve_details(args, prompt=("name",) if args.person_id is None else ())
+    # the models (LiteRT, OpenCV) load only for `enroll`
     from edge.gallery.enroll import check_consent, enroll, notice_sha256
     from edge.gallery.matcher import resolve_threshold
     from edge.vision.pipeline import FacePipeline
@@ -122,6 +125,7 @@ def cmd_enroll(args) -> int:
 
 def cmd_enroll_folder(args) -> int:
     """`enroll --folder DIR`: every DIR/<name>/ as one person; exit 1 only if nobody enrolled."""
+    # the models (LiteRT, OpenCV) and tqdm load only for `enroll --folder`
     from edge.gallery.bulk import enroll_folder
     from edge.gallery.enroll import check_consent, notice_sha256
     from edge.gallery.matcher import resolve_threshold
@@ -220,8 +224,6 @@ OWN_LIST = "-"  # `forget --replay` without FILE: the lane's own forget list onl
 def cmd_replay(args) -> int:
     """`forget --replay [FILE]`: a gallery restored from a backup forgets again everyone the
     lane's forget list (and FILE) names, then admits faces again."""
-    from edge.gallery.forgetlist import read_replay_file
-
     cfg, db, key = paths(args)
     ids, gen = read_replay_file(Path(args.replay)) if args.replay != OWN_LIST else ([], 0)
     with Gallery(db, load_key(key), create=False) as g:
@@ -277,8 +279,6 @@ def cmd_forget(args) -> int:
 
 def cmd_purge(args) -> int:
     """`purge`: enforce retention by erasing expired passes and aged audit records."""
-    from edge.gate.audit import purge_with_gallery
-
     cfg, db, key = paths(args)
     days = args.days if args.days is not None else cfg.gallery.purge_after_days
     with audit_log(cfg) as log, Gallery(db, load_key(key), create=False) as g:

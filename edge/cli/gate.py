@@ -12,6 +12,8 @@ from edge.cli.hints import for_this_run
 from edge.cli.lab import demo_run_config
 from edge.cli.paths import file_path, nonempty_file
 from edge.errors import EdgeGateError
+from edge.gate.notices import JsonLinesSink, Notices
+from edge.tickets.scanner import evdev_scans, fd_lines
 
 
 def with_flags(cfg: config_mod.Config, args) -> config_mod.Config:
@@ -40,8 +42,6 @@ def _open_scanner(spec: str | None):
     """The --scanner input: stdin's bytes, or an evdev device reader (checked now)."""
     if spec is None:
         return None
-    from edge.tickets.scanner import evdev_scans, fd_lines
-
     if spec == "stdin":
         return fd_lines(sys.stdin.fileno())  # not sys.stdin: see edge/tickets/scanner.py
 
@@ -50,8 +50,8 @@ def _open_scanner(spec: str | None):
 
 def cmd_run(args) -> int:
     """`edge-gate run`: the daemon systemd runs; exit 2 with one line for a bad setting."""
+    # the gate's loop (OpenCV, gpiozero, zxing-cpp) loads only for `run`
     from edge.gate.daemon import Gate, decisions_on_console, format_decision
-    from edge.gate.notices import JsonLinesSink, Notices
 
     cfg = with_flags(config_mod.load(args.config), args)
     if cfg.camera.source == "demo":  # the embedded default: a generated clip from the lab
@@ -91,6 +91,7 @@ def open_events(path: str):
 
 def cmd_doctor(args) -> int:
     """`edge-gate doctor`: the checks `run` makes at start, and the installer's checklist."""
+    # the checklist and what it checks load only for `doctor`
     from edge.gate.doctor import doctor_checks
 
     results = doctor_checks(with_flags(config_mod.load(args.config), args))

@@ -7,11 +7,13 @@ from pathlib import Path
 from edge import config as config_mod
 from edge.cli.paths import existing_file, file_path
 from edge.errors import EdgeGateError
+from edge.fleet.identity import ensure_lane_key
+from edge.gate.audit import open_audit
 
 
 def cmd_init(args) -> int:
     """`ledger init`: create the redemption ledger that stops a ticket being reused."""
-    from edge.gate.audit import open_audit
+    # the ticket desk (verifiers, pretix rules) loads only for ledger commands
     from edge.gate.desk import init_gate_ledger
 
     if args.db:
@@ -26,16 +28,14 @@ def cmd_init(args) -> int:
         print(
             init_gate_ledger(cfg.resolve(cfg.tickets.ledger), audit, args.after_loss, cfg.gate.id)
         )
-    from edge.fleet.identity import ensure_lane_key  # a fleet lane's signing key (0600)
-
-    if (key := ensure_lane_key(cfg)) is not None:
+    if (key := ensure_lane_key(cfg)) is not None:  # a fleet lane's signing key (0600)
         print(f"lane key {key} (edge-gate fleet join --config C prints it for the roster)")
     return 0
 
 
 def cmd_recover(args) -> int:
     """`ledger recover`: rebuild a broken or restored ledger; no spent ticket is let in again."""
-    from edge.gate.audit import open_audit
+    # the ticket desk (verifiers, pretix rules) loads only for ledger commands
     from edge.gate.desk import recover_gate_ledger
 
     cfg = config_mod.load(args.config)

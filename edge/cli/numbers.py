@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import math
+from collections.abc import Callable
 
 
 def _number(text: str, kind: type) -> float | int:
@@ -20,41 +21,34 @@ def _number(text: str, kind: type) -> float | int:
     return value
 
 
+def _within(text: str, kind: type, ok: Callable[[float], bool], rule: str) -> float:
+    """The number `text` says, or the argparse error naming the rule it breaks."""
+    x = _number(text, kind)
+    if not ok(x):
+        raise argparse.ArgumentTypeError(f"{text} must be {rule}")
+    return x
+
+
 def positive_int(text: str) -> int:
     """A whole number >= 1 (a count of things that must exist)."""
-    n = int(_number(text, int))
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"{text} must be 1 or more")
-    return n
+    return int(_within(text, int, lambda n: n >= 1, "1 or more"))
 
 
 def non_negative_int(text: str) -> int:
     """A whole number >= 0 (0 meaning "none" or "the default", as each flag says)."""
-    n = int(_number(text, int))
-    if n < 0:
-        raise argparse.ArgumentTypeError(f"{text} must be 0 or more")
-    return n
+    return int(_within(text, int, lambda n: n >= 0, "0 or more"))
 
 
 def positive_float(text: str) -> float:
     """A finite number > 0 (a rate, a duration)."""
-    x = float(_number(text, float))
-    if x <= 0:
-        raise argparse.ArgumentTypeError(f"{text} must be more than 0")
-    return x
+    return float(_within(text, float, lambda x: x > 0, "more than 0"))
 
 
 def non_negative_float(text: str) -> float:
     """A finite number >= 0 (seconds of allowance; 0 = none)."""
-    x = float(_number(text, float))
-    if x < 0:
-        raise argparse.ArgumentTypeError(f"{text} must be 0 or more")
-    return x
+    return float(_within(text, float, lambda x: x >= 0, "0 or more"))
 
 
 def fraction(text: str) -> float:
     """A number in [0, 1] (a probability threshold)."""
-    x = float(_number(text, float))
-    if not 0 <= x <= 1:
-        raise argparse.ArgumentTypeError(f"{text} must be between 0 and 1")
-    return x
+    return float(_within(text, float, lambda x: 0 <= x <= 1, "between 0 and 1"))

@@ -10,6 +10,7 @@ from edge.cli.personal import add_detail_args, resolve_details
 from edge.errors import EnrollError
 from edge.gallery.crypto import init_key, load_key
 from edge.gallery.keys import rotate_key
+from edge.gallery.privacy import privacy_report, report_markdown
 from edge.gallery.store import UNCHANGED, Gallery
 from edge.timeutil import iso, parse_time
 
@@ -74,8 +75,6 @@ def cmd_pass(args) -> int:
 
 def cmd_privacy_report(args) -> int:
     """`privacy-report`: the facts a data-protection officer asks for, on demand."""
-    from edge.gallery.privacy import privacy_report, report_markdown
-
     cfg, db, key = paths(args)
     r = privacy_report(cfg, db, key)
     print(

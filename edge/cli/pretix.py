@@ -11,6 +11,7 @@ from edge.errors import EdgeGateError
 
 def cmd_sync(args) -> int:
     """`pretix sync`: pull the shop's keys, list and revocations; send the lane's check-ins."""
+    # the shop's HTTP client (urllib, ssl) loads only for `pretix sync`
     from edge.pretix.sync import PretixSync
 
     cfg = config_mod.load(args.config)

@@ -9,11 +9,13 @@ from pathlib import Path
 
 from edge import config as config_mod
 from edge import tickets as tk
+from edge.cli.fleet import report_sent
 from edge.cli.hints import for_this_run
 from edge.cli.numbers import non_negative_float
 from edge.cli.paths import existing_dir, existing_file, file_path, nonempty_file, output_dir
 from edge.errors import EdgeGateError, ImageError
 from edge.tickets.format import TICKET_ID_RULE
+from edge.tickets.revocation import unrevoke
 from edge.timeutil import parse_time
 
 
@@ -27,6 +29,7 @@ def cmd_keygen(args) -> int:
 
 def cmd_issue(args) -> int:
     """`ticket issue`: sign a ticket and write its QR code for the customer."""
+    # segno, zxing-cpp and OpenCV load only for `ticket issue`
     from edge.tickets.issue import IssueRequest, issue_ticket
 
     req = IssueRequest(
@@ -50,6 +53,7 @@ def cmd_issue(args) -> int:
 
 def cmd_verify(args) -> int:
     """`ticket verify`: check tickets at a desk the same way a gate would, as JSON lines."""
+    # the ticket desk (verifiers, pretix rules) loads only for `ticket verify`
     from edge.gate.desk import DeskOptions, verify_tickets
 
     if args.at is not None and args.redeem:
@@ -61,8 +65,6 @@ def cmd_verify(args) -> int:
         raise EdgeGateError("--redeem needs a ledger", "pass --db LEDGER (edge-gate ledger init)")
     now = time.time()
     if args.at is not None:  # a time without an offset is in the site's zone
-        from edge import config as config_mod
-
         cfg = config_mod.load(args.config) if args.config else config_mod.Config()
         now = float(parse_time(args.at, cfg.gate.zone))
     opts = DeskOptions(
@@ -80,7 +82,7 @@ def cmd_verify(args) -> int:
     rc, problems = 0, set()
     for out in verify_tickets(opts, args.inputs, now):
         print(json.dumps(out))
-        if out["reason"] == tk.LEDGER_ERROR:
+        if out["reason"] == tk.Reason.LEDGER_ERROR:
             problems.add(out.get("detail", ""))
         rc = max(rc, 0 if out["valid"] else 1)
     for problem in sorted(problems):
@@ -94,8 +96,6 @@ def check_list_path(args) -> None:
     A typo (`--list revokd.txt`) would otherwise start a new list that no gate ever reads,
     and the ticket would go on opening gates.
     """
-    from edge import config as config_mod
-
     path = Path(args.list)
     if path.exists() or args.create:
         return
@@ -124,14 +124,13 @@ def cmd_revoke(args) -> int:
         + (f"; {known} already revoked" if known else "")
     )
     if args.publish:
+        # the office library loads only for the office's commands (edge/cli/__init__.py)
         from edge.fleet.office import publish_revocations
 
         if not args.key:
             raise EdgeGateError(
                 "--publish needs --key issuer.key", "the office signs what it sends"
             )
-        from edge.cli.fleet import report_sent
-
         cfg = config_mod.load(args.config)
         n = publish_revocations(cfg, Path(args.key), tk.load_revocations(Path(args.list)))
         report_sent(cfg, f"{n} revocation(s)")
@@ -140,8 +139,6 @@ def cmd_revoke(args) -> int:
 
 def cmd_unrevoke(args) -> int:
     """`ticket unrevoke`: undo a mistaken revocation."""
-    from edge.tickets.revocation import unrevoke
-
     if not Path(args.list).is_file():
         raise EdgeGateError(f"--list {args.list} does not exist", "check the spelling")
     removed = unrevoke(Path(args.list), args.ids)
@@ -152,8 +149,7 @@ def cmd_unrevoke(args) -> int:
     )
     print("gates pick the change up on reload: systemctl reload edge-gate")
     if args.publish:  # a lift is its own signed message naming the revocations it lifts
-        from edge import config as config_mod
-        from edge.cli.fleet import report_sent
+        # the office library loads only for the office's commands (edge/cli/__init__.py)
         from edge.fleet.office import publish_unrevocations
 
         if not args.key:
@@ -168,7 +164,7 @@ def cmd_unrevoke(args) -> int:
 
 def cmd_qr_read(args) -> int:
     """`qr read`: decode QR codes from images to debug what a gate camera sees."""
-    from edge import config as config_mod
+    # zxing-cpp and OpenCV load only for `qr read`
     from edge.tickets.qr import read_codes
     from edge.vision.image import load_image
 

@@ -24,8 +24,29 @@ from typing import Any
 import numpy as np
 
 from edge import config as config_mod
-from edge.errors import EdgeGateError, ImageError
+from edge import tickets as tk
+from edge.errors import EdgeGateError, ImageError, SeveralFacesError
+from edge.fleet.office import publish_enrollment, publish_person, publish_revocations
+from edge.gallery.crypto import load_key
+from edge.gallery.enroll import (
+    MIN_TEMPLATES,
+    Candidate,
+    check_consent,
+    notice_sha256,
+    one_face,
+    pick_best,
+)
+from edge.gallery.enroll import enroll as enroll_person
+from edge.gallery.erase import ErasureIncomplete
+from edge.gallery.matcher import resolve_threshold
+from edge.gallery.store import Consent, Gallery
 from edge.gate.audit import AuditLog, AuditRecord, open_audit
+from edge.gate.desk import DeskOptions, pick_ticket_text, verify_tickets
+from edge.tickets.revocation import unrevoke as remove
+from edge.timeutil import parse_time
+from edge.vision.image import MAX_PIXELS
+from edge.vision.image import decode_image as decode
+from edge.vision.pipeline import FacePipeline
 
 log = logging.getLogger(__name__)
 KIOSK_TTL_S = 900.0  # an unfinished enrollment's faces are dropped after this
@@ -136,8 +157,6 @@ class Office:
         """The office's face pipeline (built once; one frame at a time through it)."""
         with self._pipe_lock:
             if self._pipe is None:
-                from edge.vision.pipeline import FacePipeline
-
                 self._pipe = FacePipeline.from_config(self.cfg)
             return self._pipe
 
@@ -184,8 +203,6 @@ class Kiosk:
     """Frames in, feedback out; faces kept per capture until published or abandoned."""
 
     def __init__(self, office: Office, max_templates: int = 5):
-        from edge.gallery.enroll import MIN_TEMPLATES
-
         self.office = office
         self.max_templates = max_templates
         self.needed = MIN_TEMPLATES
@@ -217,15 +234,10 @@ class Kiosk:
 
     def templates(self, c: Capture) -> int:
         """Distinct usable faces so far, as enrollment will count them."""
-        from edge.gallery.enroll import pick_best
-
         return len(pick_best(c.candidates, self.max_templates))
 
     def frame(self, cid: str, user: str, data: bytes, still: bool = False) -> FrameFeedback:
         """Judge one camera frame (or an uploaded photo, `still`) and keep its face if usable."""
-        from edge.errors import SeveralFacesError
-        from edge.gallery.enroll import Candidate, one_face
-
         c = self.capture(cid, user)
         bgr = decode_image(data, self.office.cfg.vision.max_image_pixels)
         pipe = self.office.pipeline()
@@ -262,9 +274,6 @@ def decode_image(data: bytes, max_pixels: int | None = None) -> np.ndarray:
     header claims is checked before decoding (vision.max_image_pixels)."""
     if not data or len(data) > MAX_UPLOAD:
         raise ActionError(f"image of {len(data)} bytes refused", "send a JPEG or PNG under 8 MB")
-    from edge.vision.image import MAX_PIXELS
-    from edge.vision.image import decode_image as decode
-
     try:
         return decode(data, "upload", max_pixels or MAX_PIXELS)
     except ImageError as e:
@@ -289,13 +298,6 @@ def enroll(
     office: Office, kiosk: Kiosk, cid: str, user: str, e: Enrollment
 ) -> tuple[str, int, bool]:
     """Enroll the captured person at the office and publish them; (person id, templates, sent)."""
-    from edge.gallery.crypto import load_key
-    from edge.gallery.enroll import check_consent, notice_sha256
-    from edge.gallery.enroll import enroll as enroll_person
-    from edge.gallery.matcher import resolve_threshold
-    from edge.gallery.store import Consent, Gallery
-    from edge.timeutil import parse_time
-
     if not e.consent_accepted:
         raise ActionError("the consent notice was not accepted", "read it to the visitor, tick it")
     cfg = office.cfg
@@ -332,8 +334,6 @@ def enroll(
     office.record(user, "enroll", f"added {n} templates; consent {e.consent_version}", subject=pid)
     sent = False
     if cfg.fleet.enabled and office.issuer_key is not None:
-        from edge.fleet.office import publish_enrollment
-
         publish_enrollment(cfg, office.issuer_key, office.gallery_db, office.gallery_key, pid)
         sent = True
     return pid, n, sent
@@ -368,9 +368,6 @@ def _file_stamp(db: Path) -> tuple:
 
 
 def _read_people(office: Office) -> list[dict[str, Any]]:
-    from edge.gallery.crypto import load_key
-    from edge.gallery.store import Gallery
-
     if not office.gallery_db.exists():
         return []
     with Gallery(office.gallery_db, load_key(office.gallery_key), create=False) as g:
@@ -391,9 +388,6 @@ def _read_people(office: Office) -> list[dict[str, Any]]:
 
 def reveal(office: Office, user: str, person_id: str) -> str:
     """A person's name for a decision row; the reveal itself is audited."""
-    from edge.gallery.crypto import load_key
-    from edge.gallery.store import Gallery
-
     try:
         with Gallery(office.gallery_db, load_key(office.gallery_key), create=False) as g:
             name = g.person(person_id).name
@@ -405,10 +399,6 @@ def reveal(office: Office, user: str, person_id: str) -> str:
 
 def forget(office: Office, user: str, person_id: str, reason: str) -> tuple[bool, bool]:
     """Erase at the office and publish the deletion to every lane; (was here, published)."""
-    from edge.gallery.crypto import load_key
-    from edge.gallery.erase import ErasureIncomplete
-    from edge.gallery.store import Gallery
-
     cfg = office.cfg
     key = office.need_issuer_key() if cfg.fleet.enabled else None
     found = False
@@ -421,8 +411,6 @@ def forget(office: Office, user: str, person_id: str, reason: str) -> tuple[bool
             raise
     office.drop_people()
     if key is not None:  # also when already gone here: the lanes may still hold the person
-        from edge.fleet.office import publish_person
-
         publish_person(cfg, key, person_id, "forget")
     if found:
         office.record(user, "deletion", "key destroyed; file scrubbed", reason=reason)
@@ -457,9 +445,8 @@ def override(office: Office, user: str, lane: str, reason: str) -> tuple[str, bo
 
 def check_ticket(office: Office, text: str = "", image: bytes = b"") -> dict[str, Any]:
     """Signature, validity and revocation of one ticket, as `ticket verify` decides them."""
-    from edge.gate.desk import DeskOptions, pick_ticket_text, verify_tickets
-
     if image:
+        # zxing-cpp loads only when a photo of a ticket is checked
         from edge.tickets.qr import read_codes
 
         found = pick_ticket_text(
@@ -487,16 +474,12 @@ def check_ticket(office: Office, text: str = "", image: bytes = b"") -> dict[str
 
 def revoke(office: Office, user: str, ids: list[str]) -> tuple[list[str], int | None]:
     """Add ids to the office list and publish the whole list; (added, published count)."""
-    from edge import tickets as tk
-
     if office.revocation_list is None:
         raise ActionError("the office config has no revocation list", "set tickets.revocation_list")
     added = tk.revoke(office.revocation_list, ids)
     office.record(user, "revoke", f"revoked {', '.join(ids)}")
     n = None
     if office.cfg.fleet.enabled:
-        from edge.fleet.office import publish_revocations
-
         n = publish_revocations(
             office.cfg, office.need_issuer_key(), tk.load_revocations(office.revocation_list)
         )
@@ -505,8 +488,6 @@ def revoke(office: Office, user: str, ids: list[str]) -> tuple[list[str], int | 
 
 def unrevoke(office: Office, user: str, ids: list[str]) -> list[str]:
     """Remove ids from the office list (lanes keep theirs: docs/FLEET.md)."""
-    from edge.tickets.revocation import unrevoke as remove
-
     if office.revocation_list is None:
         raise ActionError("the office config has no revocation list", "set tickets.revocation_list")
     removed = remove(office.revocation_list, ids)

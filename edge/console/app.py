@@ -35,6 +35,7 @@ from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 
 from edge import config as config_mod
+from edge import tickets as tk
 from edge.console import actions
 from edge.console.auth import (
     LOGIN_COOKIE,
@@ -556,8 +557,6 @@ def build_app(cfg: config_mod.Config, feed: FleetFeed | None = None) -> Starlett
         )
         revoked: list[str] = []
         if ctx.user.can("revoke") and con.office.revocation_list is not None:
-            from edge import tickets as tk
-
             try:
                 revoked = sorted(tk.load_revocations(con.office.revocation_list))
             except EdgeGateError:

@@ -18,6 +18,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from edge.config import Config
+from edge.fleet.office import fleet_status
+from edge.fleet.officestore import OfficeStore
+from edge.fleet.state import FleetState
 
 log = logging.getLogger(__name__)
 MAX_DECISIONS = 20_000  # in memory; every record stays in the office's store (`fleet audit`)
@@ -81,10 +84,6 @@ class FleetFeed:
     def poll(self) -> None:
         """One read of the office's store: the decisions that arrived since, and (once a
         second) `fleet status`."""
-        from edge.fleet.office import fleet_status
-        from edge.fleet.officestore import OfficeStore
-        from edge.fleet.state import FleetState
-
         if time.monotonic() >= self._status_due:
             self._status_due = time.monotonic() + STATUS_EVERY_S
             rep = fleet_status(self.cfg)

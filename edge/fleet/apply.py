@@ -27,6 +27,7 @@ from edge import tickets as tk
 from edge.config import Config
 from edge.errors import EdgeGateError
 from edge.fleet import messages as msg
+from edge.fleet import people
 from edge.fleet.identity import IdentityError, Roster, parse_public
 from edge.fleet.state import FleetState
 from edge.tickets.revocation import unrevoke
@@ -146,8 +147,6 @@ class OfficeApplier:
                 log.info("sync added ticket key kid=%s", kid)
 
     def _person(self, m: msg.Message, now: float) -> None:
-        from edge.fleet import people
-
         pid, op = str(m.body.get("person_id", "")), m.body.get("op")
         if not pid.startswith("P-") or op not in ("enroll", "forget"):
             raise msg.MessageError(f"person message with id {pid!r} and op {op!r}")
@@ -164,8 +163,6 @@ class OfficeApplier:
 
     def _forgotten(self, m: msg.Message, now: float) -> None:
         """Forget everyone on the office's list who is here; then faces may be granted again."""
-        from edge.fleet import people
-
         ids = m.body.get("people", [])
         if not isinstance(ids, list) or not all(str(p).startswith("P-") for p in ids):
             raise msg.MessageError("forget list is not a list of person ids")

@@ -24,6 +24,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from edge.errors import EdgeGateError
 from edge.fleet.identity import OFFICE as OFFICE
 from edge.fleet.identity import Roster
+from edge.gallery.crypto import SealError, open_sealed, seal
 from edge.tickets.format import key_id
 
 VERSION = 2
@@ -229,15 +230,11 @@ def authenticate(
 
 def seal_for_site(site_key: bytes, site: str, person_id: str, record: bytes) -> str:
     """Encrypt one person's exported record so only holders of the site key can open it."""
-    from edge.gallery.crypto import seal
-
     return base64.b64encode(seal(site_key, record, _person_aad(site, person_id))).decode()
 
 
 def open_for_site(site_key: bytes, site: str, person_id: str, blob: str) -> bytes:
     """Open a sealed person record; MessageError if the site key does not open it."""
-    from edge.gallery.crypto import SealError, open_sealed
-
     try:
         return open_sealed(site_key, base64.b64decode(blob), _person_aad(site, person_id))
     except (SealError, ValueError):

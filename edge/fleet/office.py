@@ -31,6 +31,7 @@ from edge.fleet.identity import (
 )
 from edge.fleet.officestore import AuditFinding, OfficeStore, verify_lane
 from edge.fleet.override import DEFAULT_VALID_S, VIA, override_body, override_id
+from edge.fleet.people import export_record, site_key
 from edge.fleet.state import FleetState
 from edge.gate.audit import AuditRecord
 
@@ -179,8 +180,6 @@ def publish_person(
     deletion also joins the office's forget list, replayed to every new or restored lane."""
     body: dict[str, Any] = {"person_id": person_id, "op": op}
     if op == "enroll":
-        from edge.fleet.people import site_key
-
         body["sealed"] = msg.seal_for_site(site_key(cfg), cfg.fleet.site, person_id, record or b"")
     _queue(
         cfg,
@@ -196,8 +195,6 @@ def publish_person(
 
 def publish_enrollment(cfg: Config, key_path: Path, db: Path, gallery_key: Path, pid: str) -> None:
     """Export one person from the office gallery and send it, sealed, to every lane."""
-    from edge.fleet.people import export_record
-
     publish_person(cfg, key_path, pid, "enroll", export_record(db, gallery_key, pid))
 
 

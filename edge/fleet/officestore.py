@@ -22,6 +22,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from edge.db import run_script
 from edge.fleet import messages as msg
 from edge.fleet.state import FleetState
+from edge.gate.audit import AuditRecord, record_hash
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS office_out (id INTEGER PRIMARY KEY AUTOINCREMENT, topic TEXT NOT NULL,
@@ -380,8 +381,6 @@ def verify_lane(ev: LaneEvidence) -> list[AuditFinding]:
 
 def _content_hash(prev: str, rid: int, fields_json: str) -> str:
     """The audit log's plain chain hash of a record as received (the office needs no key)."""
-    from edge.gate.audit import AuditRecord, record_hash
-
     f = json.loads(fields_json)
     r = AuditRecord(
         float(f.get("t", 0.0)),

@@ -20,6 +20,7 @@ from typing import Any
 from edge.config import Config, FleetConfig
 from edge.db import Store, run_script
 from edge.errors import FleetStateError
+from edge.fleet.identity import Roster
 
 # Reasons a lane gives when the fleet link, not the ticket, refuses an entry.
 FLEET_OFFLINE = "fleet_offline"
@@ -101,8 +102,6 @@ class FleetState(Store):
 
     def roster(self):
         """The newest roster applied here (office: the one it publishes); empty before one."""
-        from edge.fleet.identity import Roster
-
         r = self.get("roster")
         return Roster(int(r["seq"]), dict(r["lanes"])) if r else Roster()
 

@@ -46,6 +46,7 @@ from edge.fleet.apply import OfficeApplier
 from edge.fleet.client import make_client
 from edge.fleet.clock import ClockView, fleet_clock
 from edge.fleet.identity import load_lane_key
+from edge.fleet.lane import tickets_stamp
 from edge.fleet.officestore import OfficeStore
 from edge.fleet.proof import verify_proof
 from edge.fleet.state import FleetState, fleet_pubkey_paths
@@ -746,8 +747,6 @@ class Sync:
     def _refresh_keys(self) -> None:
         """Keys the office published since: proofs signed with them verify too (and the
         redemptions kept for them are tried again)."""
-        from edge.fleet.lane import tickets_stamp
-
         stamp = tickets_stamp(self.cfg)
         if stamp != self._keys_stamp:
             self._retry_pending |= bool(self._keys_stamp)

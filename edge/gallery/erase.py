@@ -9,12 +9,9 @@ from __future__ import annotations
 
 import logging
 import sqlite3
-from typing import TYPE_CHECKING
+from pathlib import Path
 
 from edge.errors import GalleryError
-
-if TYPE_CHECKING:
-    from edge.gallery.store import Gallery
 
 log = logging.getLogger(__name__)
 
@@ -37,13 +34,20 @@ def _checkpoint(conn: sqlite3.Connection, attempts: int, wait_s: float) -> bool:
     return False
 
 
-def scrub_file(g: Gallery, attempts: int | None = None, wait_s: float | None = None) -> None:
+def scrub_file(
+    conn: sqlite3.Connection,
+    path: Path,
+    busy_timeout_s: float,
+    attempts: int | None = None,
+    wait_s: float | None = None,
+) -> None:
     """Checkpoint, VACUUM, checkpoint; then clear the pending-erasure mark.
 
-    Raises ErasureIncomplete, leaving the mark set, when another connection keeps old pages.
+    `conn` is the gallery's connection to the file at `path`; its busy timeout goes back to
+    `busy_timeout_s` afterwards. Raises ErasureIncomplete, leaving the mark set, when another
+    connection keeps old pages.
     """
     attempts, wait_s = attempts or ATTEMPTS, wait_s or WAIT_S
-    conn = g.conn
     try:
         done = _checkpoint(conn, attempts, wait_s)
         if done:
@@ -59,14 +63,14 @@ def scrub_file(g: Gallery, attempts: int | None = None, wait_s: float | None = N
         done = False
         log.warning("gallery scrub failed reason=%s", e)
     finally:
-        conn.execute(f"PRAGMA busy_timeout={int(g.busy_timeout_s * 1000)}")
+        conn.execute(f"PRAGMA busy_timeout={int(busy_timeout_s * 1000)}")
     if not done:
-        wal = g.path.with_name(g.path.name + "-wal")
+        wal = path.with_name(path.name + "-wal")
         wal_bytes = wal.stat().st_size if wal.exists() else 0
         raise ErasureIncomplete(
-            f"deleted from gallery {g.path}, but NOT yet erased from disk: another process holds"
+            f"deleted from gallery {path}, but NOT yet erased from disk: another process holds"
             f" a read transaction, so the old pages (sealed values and the wrapped person key)"
-            f" are still in {g.path.name} and {wal.name} ({wal_bytes} bytes)",
+            f" are still in {path.name} and {wal.name} ({wal_bytes} bytes)",
             "stop or restart the process reading the gallery, then run `edge-gate purge`"
             " (it finishes pending erasures)",
         )

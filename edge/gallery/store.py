@@ -546,7 +546,7 @@ class Gallery(Store, GalleryReader):
 
     def scrub(self) -> None:
         """Push deletions out of the WAL and rebuild the file so no freed page keeps old bytes."""
-        scrub_file(self)
+        scrub_file(self.conn, self.path, self.busy_timeout_s)
 
     def rewrap(self, new: Kek) -> None:
         """Wrap the data key under a new KEK too (the old wrapping stays until drop_other_keys)."""

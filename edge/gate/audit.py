@@ -35,7 +35,7 @@ from edge.config import MAX_JUNK_WINDOW_S
 from edge.config import MIN_AUDIT_RETENTION_DAYS as MIN_RETENTION_DAYS
 from edge.db import Migration, Store, columns, migrate, run_script, tables
 from edge.errors import AuditError, ConfigError, EdgeGateError, KeyFileError
-from edge.evidence import EvidenceKey, Mark, Witness, WitnessError
+from edge.evidence import EvidenceKey, Mark, Witness, WitnessError, key_path, lane_key
 from edge.tickets.ledger import LedgerMark
 
 log = logging.getLogger(__name__)
@@ -849,8 +849,6 @@ def verify_published(
 def open_audit(cfg, key: str = "create", fold_junk: bool = False) -> AuditLog:
     """The audit log a config names, with the lane's evidence key (`audit.evidence_key`; `key`
     is an `edge.evidence.lane_key` mode); the gate folds junk codes (`audit.junk_window_s`)."""
-    from edge.evidence import key_path, lane_key
-
     ek = lane_key(key_path(cfg), key)
     log_ = AuditLog(cfg.resolve(cfg.audit.path), cfg.audit.retention_days, ek)
     if fold_junk:

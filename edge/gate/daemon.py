@@ -23,7 +23,7 @@ from edge.errors import EdgeGateError
 from edge.fleet import lane
 from edge.gate import checks, desk
 from edge.gate.audit import AuditLog, AuditRecord, open_audit
-from edge.gate.desk import open_gate_ledger
+from edge.gate.desk import gate_verifier, open_gate_ledger, with_pretix
 from edge.gate.faces import FaceStack
 from edge.gate.notice_socket import SocketSink
 from edge.gate.notices import Notice, Notices, notice_for_decision
@@ -44,6 +44,8 @@ from edge.gate.policy import (
 from edge.gate.relay import Relay
 from edge.gate.sources import Frame, FrameSource, open_source
 from edge.tickets import pretix_desk
+from edge.tickets.qr import read_codes
+from edge.tickets.scanner import lines_from
 from edge.timeutil import iso
 
 log = logging.getLogger(__name__)
@@ -179,8 +181,6 @@ class Gate:
 
     @staticmethod
     def _load_tickets(cfg: config_mod.Config) -> tk.Verifier:
-        from edge.gate.desk import gate_verifier, with_pretix
-
         return with_pretix(cfg, gate_verifier(cfg, keys=checks.ticket_keys(cfg)))
 
     def _load_faces(self, cfg: config_mod.Config) -> FaceStack | None:
@@ -246,8 +246,6 @@ class Gate:
     # --- loop ----------------------------------------------------------------------------------
 
     def _feed_scanner(self, lines: Iterable[str | bytes]) -> None:
-        from edge.tickets.scanner import lines_from
-
         try:
             for text in lines_from(lines):
                 self._scan_q.put(text)
@@ -360,8 +358,6 @@ class Gate:
                     self._face_failed(e)
             if frame.index % max(1, self.cfg.tickets.scan_every) == 0:
                 try:
-                    from edge.tickets.qr import read_codes
-
                     texts = read_codes(frame.image)
                 except Exception as e:
                     log.error("frame %d stage=qr error=%s", frame.index, e)

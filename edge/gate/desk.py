@@ -18,6 +18,7 @@ from pathlib import Path
 from edge import config as config_mod
 from edge.errors import EdgeGateError, ImageError, LedgerError
 from edge.evidence import key_path, lane_key
+from edge.fleet import lane
 from edge.fleet.lane import LaneLedger
 from edge.fleet.state import LaneGuard, fleet_pubkey_paths
 from edge.gate.audit import AuditRecord, open_audit
@@ -33,6 +34,7 @@ from edge.tickets.ledger import (
     init_ledger,
 )
 from edge.tickets.pretix_desk import PretixVerdict, PretixVerifier, desk_result, load_verifier
+from edge.tickets.pretix_offline import dir_stamp
 from edge.tickets.revocation import load_revocations
 from edge.tickets.verifier import Verifier
 
@@ -269,9 +271,6 @@ class DeskOptions:
 def tickets_stamp(cfg: config_mod.Config) -> tuple:
     """Changes when anything the gate's verifier is built from changed on disk: the office's
     revocations and keys, and the lane's pretix folder."""
-    from edge.fleet import lane
-    from edge.tickets.pretix_offline import dir_stamp
-
     folder = cfg.resolve(cfg.pretix.dir) if cfg.pretix.enabled else None
     return (lane.tickets_stamp(cfg), dir_stamp(folder) if folder else None)
 

@@ -13,13 +13,23 @@ cannot load fails that one check instead of the whole checklist.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import os
 import stat
 
 from edge import config as config_mod
 from edge.errors import EdgeGateError
+from edge.gallery.crypto import credential_path, load_key
 from edge.gate import checks, doctor_site
 from edge.gate.checklist import Check, Site, registry
+from edge.vision.models import (
+    catalogue_files,
+    detector_spec,
+    embedder_spec,
+    load_catalogue,
+    verify_file,
+)
 
 OWN_CHECKS, check = registry()
 
@@ -50,6 +60,7 @@ def _config(site: Site) -> str:
 
 @check("tflite runtime")
 def _runtime(site: Site) -> str:
+    # a check imports what it checks: a module that cannot load fails only this check
     from edge.vision import runtime
 
     if not runtime.RUNTIME:
@@ -59,14 +70,6 @@ def _runtime(site: Site) -> str:
 
 @check("models (SHA-256)")
 def _models(site: Site) -> str:
-    from edge.vision.models import (
-        catalogue_files,
-        detector_spec,
-        embedder_spec,
-        load_catalogue,
-        verify_file,
-    )
-
     mdir = config_mod.models_path(site.cfg)
     files = sorted(set(catalogue_files(load_catalogue(mdir))))
     for f, digest in files:
@@ -91,6 +94,7 @@ def _faces(site: Site) -> str | Check:
 
 @check("presentation-attack detection")
 def _liveness(site: Site) -> str | Check:
+    # a check imports what it checks: a module that cannot load fails only this check
     from edge.vision.liveness import PadModel, PadSpec
 
     lv = site.cfg.liveness
@@ -109,8 +113,8 @@ def _liveness(site: Site) -> str | Check:
 
 @check("match threshold")
 def _matching(site: Site) -> str:
+    # a check imports what it checks: a module that cannot load fails only this check
     from edge.gallery.matcher import resolve_threshold
-    from edge.vision.models import embedder_spec
 
     cfg = site.cfg
     e = embedder_spec(config_mod.models_path(cfg), cfg.vision.embedder)
@@ -133,8 +137,8 @@ def _matching(site: Site) -> str:
 
 @check("cpu and kernels")
 def _cpu(site: Site) -> str | Check:
+    # a check imports what it checks: a module that cannot load fails only this check
     from edge.vision.cpu import read_cpu
-    from edge.vision.models import embedder_spec
     from edge.vision.runtime import TFLiteModel
 
     cpu = read_cpu()
@@ -151,8 +155,6 @@ def _cpu(site: Site) -> str | Check:
 
 @check("gallery key file")
 def _keyfile(site: Site) -> str | Check:
-    from edge.gallery.crypto import credential_path, load_key
-
     if not checks.faces_wanted(site.cfg) and not credential_path(site.key).exists():
         return f"none at {site.key}: not needed, this gate admits no one by face"
     if checks.faces_wanted(site.cfg) and not credential_path(site.key).exists():
@@ -171,7 +173,7 @@ def _keyfile(site: Site) -> str | Check:
 
 @check("gallery database")
 def _gallery(site: Site) -> str | Check:
-    from edge.gallery.crypto import load_key
+    # a check imports what it checks: a module that cannot load fails only this check
     from edge.gallery.store import Gallery
 
     if not site.db.exists():
@@ -201,11 +203,12 @@ def _gallery(site: Site) -> str | Check:
 
 @check("decision rule")
 def _rule(site: Site) -> str:
+    # a check imports what it checks: a module that cannot load fails only this check
     from edge.gallery.rules import describe, expected_for
 
     people = 0
     if site.db.exists():  # an unreadable gallery is the "gallery database" check's to report
-        from edge.gallery.crypto import load_key
+        # a check imports what it checks: a module that cannot load fails only this check
         from edge.gallery.store import Gallery
 
         try:
@@ -218,9 +221,6 @@ def _rule(site: Site) -> str:
 
 def kernel_clock_synced() -> bool | None:
     """The kernel's view (adjtimex, as systemd-time-wait-sync uses): synced, not, or unknown."""
-    import ctypes
-    import ctypes.util
-
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
         buf = ctypes.create_string_buffer(1024)  # struct timex with modes = 0: read only

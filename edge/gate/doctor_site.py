@@ -12,9 +12,18 @@ import time
 from contextlib import ExitStack
 from pathlib import Path
 
+from edge import config as config_mod
 from edge.errors import EdgeGateError
+from edge.fleet.identity import load_lane_key
+from edge.fleet.state import FleetState, check_faces, check_link
 from edge.gate import checks
+from edge.gate.audit import open_audit
 from edge.gate.checklist import Check, Site, registry
+from edge.gate.desk import open_ledger
+from edge.tickets.pretix_desk import lane_status
+from edge.tickets.pretix_offline import load_dir
+from edge.timeutil import iso
+from edge.vision.models import detector_spec
 
 SITE_CHECKS, check = registry()
 
@@ -60,6 +69,7 @@ def _camera(site: Site) -> str | Check:
         if importlib.util.find_spec("picamera2") is None:
             raise EdgeGateError("picamera2 is not installed", "pip install 'edge-gate[pi]'")
         return "picamera2 importable"
+    # a check imports what it checks: a module that cannot load fails only this check
     from edge.gate.sources import open_source
 
     with open_source(cam.source, cam.width, cam.height, cam.fps, realtime=False) as s:
@@ -80,6 +90,7 @@ def context_check(shape: tuple[int, ...], box, spec, min_face_px: int, where: st
     `box` is the largest face seen (BlazeFace), `spec` the liveness entry (its crop scale, the
     floor under which a face is too close to judge, and its box style). Pure: doctor and tests.
     """
+    # the liveness stack loads only for the camera-context check (as doctor.py does)
     from edge.vision.liveness import context_scale
 
     h, w = shape[:2]
@@ -119,11 +130,10 @@ def context_check(shape: tuple[int, ...], box, spec, min_face_px: int, where: st
 @check("camera context")
 def _camera_context(site: Site) -> str | Check:
     """A few frames from the camera: is a face where visitors stand judged, or too close?"""
-    from edge import config as config_mod
+    # a check imports what it checks: a module that cannot load fails only this check
     from edge.gate.sources import open_source
     from edge.vision.detector import BlazeFace
     from edge.vision.liveness import PadSpec
-    from edge.vision.models import detector_spec
 
     cfg, cam = site.cfg, site.cfg.camera
     if cfg.liveness.mode == "off" or not checks.faces_wanted(cfg):
@@ -153,6 +163,7 @@ def _camera_context(site: Site) -> str | Check:
 
 @check("GPIO")
 def _gpio(site: Site) -> str | Check:
+    # a check imports what it checks: a module that cannot load fails only this check
     from edge.gate.relay import check_pins, make_pin_factory
 
     relay = site.cfg.relay
@@ -196,10 +207,6 @@ def _disk(site: Site) -> str:
 
 @check("ticket ledger")
 def _ledger(site: Site) -> str | Check:
-    from edge.gate.audit import open_audit
-    from edge.gate.desk import open_ledger
-    from edge.timeutil import iso
-
     cfg = site.cfg
     demo = _demo_creates(site, cfg.resolve(cfg.tickets.ledger), "ticket ledger")
     if demo is not None:
@@ -223,8 +230,6 @@ def _ledger(site: Site) -> str | Check:
 def _evidence(site: Site) -> str | Check:
     """The audit log's chains (hashed, and keyed with the lane's key) and the witness; the
     ledger's are checked with it by "ticket ledger" (its open walks the whole chain)."""
-    from edge.gate.audit import open_audit
-
     cfg = site.cfg
     if not cfg.resolve(cfg.audit.path).is_file():
         return "no audit log yet (the gate's first run makes it and the evidence key)"
@@ -246,14 +251,9 @@ def _evidence(site: Site) -> str | Check:
 def _fleet(site: Site) -> str | Check:
     """The link and clock as edge-gate sync last saw them (tickets are refused on either), the
     lanes whose clocks are off from the fleet's, and a forget list still to replay."""
-    from edge.fleet.state import FleetState, check_faces, check_link
-
     fl = site.cfg.fleet
     if not fl.enabled:
         return "no [fleet]: this gate works alone"
-    from edge.errors import EdgeGateError
-    from edge.fleet.identity import load_lane_key
-
     try:
         load_lane_key(site.cfg)  # sync signs with it; refused when missing or not private
     except EdgeGateError as e:
@@ -297,9 +297,6 @@ def _fleet(site: Site) -> str | Check:
 def _pretix(site: Site) -> str | Check:
     """The lane's pretix folder: readable, and how old (sync keeps it fresh; the gate never
     waits for it, so old data is a warning: revocations made since are not known here)."""
-    from edge.tickets.pretix_desk import lane_status
-    from edge.tickets.pretix_offline import load_dir
-
     px = site.cfg.pretix
     if not px.enabled:
         return "no [pretix]: pretix tickets are not accepted here"

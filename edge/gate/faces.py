@@ -7,6 +7,8 @@ import logging
 import numpy as np
 
 from edge import config as config_mod
+from edge.errors import GalleryError
+from edge.gallery.crypto import load_key
 from edge.gate.policy import FaceSeen
 
 log = logging.getLogger(__name__)
@@ -16,7 +18,7 @@ class FaceStack:
     """Pipeline + live gallery matcher; built once, or not at all (then the gate is ticket-only)."""
 
     def __init__(self, cfg: config_mod.Config):
-        from edge.gallery.crypto import load_key
+        # a ticket-only gate never loads the models (LiteRT, OpenCV) or the gallery
         from edge.gallery.matcher import LiveMatcher, resolve_threshold
         from edge.gallery.rules import rules_from_catalogue
         from edge.gallery.store import Gallery
@@ -33,8 +35,6 @@ class FaceStack:
         self.gallery = Gallery(cfg.resolve(cfg.gallery.db), key)
         try:
             if self.gallery.needs_forget_replay():  # a restored backup: nobody by face
-                from edge.errors import GalleryError
-
                 raise GalleryError(
                     self.gallery.forget_state().reason,
                     "edge-gate forget --replay --config C (with the office's list: --replay FILE),"
@@ -86,6 +86,7 @@ class FaceStack:
 
     def _live(self, image: np.ndarray, det, t: float):
         """The PAD verdict (liveness.Verdict); a frame it cannot judge is not live."""
+        # loaded with the models by __init__ (a ticket-only gate never loads them)
         from edge.vision.liveness import Verdict
 
         if self.liveness is None:

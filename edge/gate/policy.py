@@ -23,7 +23,8 @@ from typing import Any
 
 from edge.config import Config, PolicyConfig
 from edge.errors import ConfigError
-from edge.tickets import ANTI_PASSBACK, LEDGER_ERROR, OK, Ticket, Verdict
+from edge.tickets import Reason as TicketReason
+from edge.tickets import Ticket, Verdict
 
 
 class Outcome(StrEnum):
@@ -47,13 +48,13 @@ class Reason(StrEnum):
     Reasons that tickets and faces share are the tickets' own values (one spelling each).
     """
 
-    OK = OK
+    OK = TicketReason.OK.value
     TAILGATING = "tailgating"
     NOT_ENROLLED = "not_enrolled"
-    ANTI_PASSBACK = ANTI_PASSBACK
+    ANTI_PASSBACK = TicketReason.ANTI_PASSBACK.value
     PASS_EXPIRED = "pass_expired"
     TICKET_HOLDER_MISMATCH = "ticket_holder_mismatch"
-    LEDGER_ERROR = LEDGER_ERROR
+    LEDGER_ERROR = TicketReason.LEDGER_ERROR.value
     RELAY_ERROR = "relay_error"
     PRESENTATION_ATTACK = "presentation_attack"
     TOO_CLOSE = "too_close"  # matched, but too close for liveness to see around the face

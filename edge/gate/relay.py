@@ -31,6 +31,7 @@ def make_pin_factory(name: str):
     """
     try:
         if name == "mock":
+            # each backend is imported only when named: each needs its own hardware library
             from gpiozero.pins.mock import MockFactory
 
             return MockFactory()
@@ -38,11 +39,12 @@ def make_pin_factory(name: str):
             from edge.gate.lgpio_pins import HoldingLGPIOFactory
 
             return HoldingLGPIOFactory()
-        if name == "rpigpio":  # RPi.GPIO claims outputs with their initial level in one call
+        if name == "rpigpio":  # RPi.GPIO (only on a Pi) claims outputs at their level in one call
             from gpiozero.pins.rpigpio import RPiGPIOFactory
 
             return RPiGPIOFactory()
         if name == "native":
+            # /dev/gpiomem: only on a Pi
             from gpiozero.pins.native import NativeFactory
 
             return NativeFactory()

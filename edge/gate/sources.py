@@ -229,6 +229,7 @@ class Picamera2Source(FrameSource):
 
     def __init__(self, width: int = 640, height: int = 480):
         try:
+            # picamera2 exists only on a Pi (the `pi` extra)
             from picamera2 import Picamera2
         except ImportError:
             raise SourceError(

@@ -19,15 +19,29 @@ import tempfile
 import time
 from pathlib import Path
 
+import cv2
 import numpy as np
+from gpiozero.pins.mock import MockFactory
 
+from edge import config as config_mod
+from edge import tickets as tk
 from edge.config import PROJECT_ROOT, fixtures_dir
+from edge.gallery.crypto import init_key
+from edge.gallery.enroll import enroll
+from edge.gallery.store import Consent, Gallery
+from edge.gate.daemon import Gate
 from edge.gate.sources import FirstFrames, VideoFileSource
 from edge.lab.crosscpu import CLIP, EVENT_KEYS, MIN_COSINE, compare
 from edge.lab.evaluation import IMAGE_EXT
 from edge.progress import Progress
+from edge.tickets.ledger import init_ledger
+from edge.vision.cpu import read_cpu
+from edge.vision.detector import BlazeFace
 from edge.vision.image import load_image
+from edge.vision.liveness import PadModel, PadSpec
 from edge.vision.models import load_catalogue
+from edge.vision.pipeline import FacePipeline
+from edge.vision.runtime import RUNTIME, TFLiteModel
 
 ENROLL_DIR = Path("faces") / "lin_manuel_miranda"
 DETECTOR = "blazeface_short"  # the gate's default detector, used to find faces for every model
@@ -50,8 +64,6 @@ def _vec(a: np.ndarray | None) -> list[float] | None:
 
 def embed_photos(models: Path, photos: list[Path], names: list[str], threads: int) -> dict:
     """Per embedder: each photo's embedding (None when no face was found) and detector score."""
-    from edge.vision.pipeline import FacePipeline
-
     out = {}
     for name in names:
         pipe = FacePipeline(models, DETECTOR, name, threads=threads)
@@ -70,8 +82,6 @@ def embed_photos(models: Path, photos: list[Path], names: list[str], threads: in
 
 def detect_photos(models: Path, photos: list[Path], cat: dict, threads: int) -> dict:
     """Per detector: the best face's box and score on each photo, and the face count."""
-    from edge.vision.detector import BlazeFace
-
     out = {}
     for name, e in cat.get("detectors", {}).items():
         det = BlazeFace(models / e["file"], e["kind"], threads=threads)
@@ -92,8 +102,6 @@ def detect_photos(models: Path, photos: list[Path], cat: dict, threads: int) -> 
 
 def face_crop(img: np.ndarray, box: np.ndarray, shape: tuple[int, ...], scale: float) -> np.ndarray:
     """The face box enlarged by `scale`, resized to the model's NHWC or NCHW input, RGB float."""
-    import cv2
-
     x0, y0, x1, y1 = box
     cx, cy, half = (x0 + x1) / 2, (y0 + y1) / 2, max(x1 - x0, y1 - y0) * scale / 2
     m = np.float32([[1, 0, half - cx], [0, 1, half - cy]])
@@ -114,9 +122,6 @@ def other_models(models: Path, photos: list[Path], cat: dict, threads: int) -> d
     outputs are recorded flattened: enough to see whether two CPUs compute the same function.
     A liveness entry of several networks runs through PadModel (its own crops and box map).
     """
-    from edge.vision.detector import BlazeFace
-    from edge.vision.runtime import TFLiteModel
-
     dspec = cat["detectors"][DETECTOR]
     det = BlazeFace(models / dspec["file"], dspec["kind"], threads=threads)
     imgs = [load_image(p) for p in photos]
@@ -148,8 +153,6 @@ def other_models(models: Path, photos: list[Path], cat: dict, threads: int) -> d
 def pad_outputs(models: Path, name: str, imgs: list, boxes: list, threads: int) -> list[dict]:
     """A PAD entry of several networks, through the gate's own crops (PadModel): every
     member's softmax on each photo's face, concatenated."""
-    from edge.vision.liveness import PadModel, PadSpec
-
     pad = PadModel(PadSpec.load(models, name, require_threshold=False), threads)
     rows: list[dict] = []
     for im, b in zip(imgs, boxes, strict=True):
@@ -167,17 +170,6 @@ def gate_on_clip(fixtures: Path, threads: int, frames: int = 0) -> dict:
     frames > 0 plays only the clip's first frames (his grant comes at frame 93 of 275), which
     keeps the emulated run short; 0 plays all of it.
     """
-    from gpiozero.pins.mock import MockFactory
-
-    from edge import config as config_mod
-    from edge import tickets as tk
-    from edge.gallery.crypto import init_key
-    from edge.gallery.enroll import enroll
-    from edge.gallery.store import Consent, Gallery
-    from edge.gate.daemon import Gate
-    from edge.tickets.ledger import init_ledger
-    from edge.vision.pipeline import FacePipeline
-
     with tempfile.TemporaryDirectory(prefix="edge-equiv-") as tmp:
         d = Path(tmp)
         tk.keygen(d / "office")
@@ -216,9 +208,6 @@ def gate_on_clip(fixtures: Path, threads: int, frames: int = 0) -> dict:
 
 def run(out: Path, images: int, clip: bool, threads: int, frames: int = 0) -> dict:
     """Measure this machine; the JSON holds every vector, so `compare` needs nothing else."""
-    from edge.vision.cpu import read_cpu
-    from edge.vision.runtime import RUNTIME
-
     models, fixtures = PROJECT_ROOT / "models", fixtures_dir()
     cat = load_catalogue(models)
     photos = pick_photos(fixtures / "faces", images)

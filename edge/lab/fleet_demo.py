@@ -19,11 +19,17 @@ from pathlib import Path
 from edge import config as config_mod
 from edge import tickets as tk
 from edge.config import PROJECT_ROOT
+from edge.fleet.office import publish_enrollment
 from edge.fleet.state import read_state
+from edge.gallery.crypto import init_key, load_key
+from edge.gallery.store import Gallery
+from edge.gate.daemon import Gate, format_decision
 from edge.lab.broker import Mosquitto
-from edge.lab.demo import fresh_workdir
+from edge.lab.demo import enroll_person, fresh_workdir
 from edge.lab.workspace import Member, roster_all, start_syncs, stop_all, write_member
+from edge.tickets.issue import IssueRequest, issue_ticket
 from edge.tickets.ledger import Ledger
+from edge.vision.pipeline import FacePipeline
 
 
 def _wait(cond: Callable[[], bool], timeout: float) -> bool:
@@ -60,9 +66,6 @@ def _cli(*args: str) -> subprocess.CompletedProcess:
 
 def run_fleet_demo(workdir: Path, lanes: int, fixtures: Path | None, fast: bool) -> int:
     """Run the demo, printing what happens; 0 if every lane behaved as one gate."""
-    from edge.gallery.crypto import init_key
-    from edge.tickets.issue import IssueRequest, issue_ticket
-
     fresh_workdir(workdir)
     names = [f"lane{i}" for i in range(1, lanes + 1)]
     users = {n: os.urandom(8).hex() for n in ["office", *names]}
@@ -131,13 +134,6 @@ def run_fleet_demo(workdir: Path, lanes: int, fixtures: Path | None, fast: bool)
 
 def _face_part(office: Member, lane: Member, priv: Path, fixtures: Path, fast: bool) -> bool:
     """Enroll at the office from one photo, publish sealed, admit by face at `lane`."""
-    from edge.fleet.office import publish_enrollment
-    from edge.gallery.crypto import load_key
-    from edge.gallery.store import Gallery
-    from edge.gate.daemon import Gate, format_decision
-    from edge.lab.demo import enroll_person
-    from edge.vision.pipeline import FacePipeline
-
     ocfg = config_mod.load(office.config)
     pid = enroll_person(
         ocfg,

@@ -225,6 +225,13 @@ def judge_clip(
     )  # fmt: skip
 
 
+def need_both_kinds(items: list, problem: str, fix: str) -> None:
+    """Figures need bona fide and attack presentations both: an ImageError when a kind is
+    missing."""
+    if not any(i.kind == "live" for i in items) or not any(i.kind != "live" for i in items):
+        raise ImageError(problem, fix)
+
+
 def evaluate_pad(
     cfg: Config,
     roots: Path | list[Path],
@@ -237,11 +244,11 @@ def evaluate_pad(
     """Every presentation under the roots, judged; the 30107-3 figures and per-file results."""
     roots = [roots] if isinstance(roots, Path) else list(roots)
     items = presentations(roots, include, exclude, pattern)
-    if not any(i.kind == "live" for i in items) or not any(i.kind != "live" for i in items):
-        raise ImageError(
-            f"{', '.join(map(str, roots))}: needs live/ and attack/<type>/ with images or videos",
-            "put bona fide samples in live/ and each attack type in attack/<type>/",
-        )
+    need_both_kinds(
+        items,
+        f"{', '.join(map(str, roots))}: needs live/ and attack/<type>/ with images or videos",
+        "put bona fide samples in live/ and each attack type in attack/<type>/",
+    )
     params = PolicyParams.from_config(cfg)
     times: list[float] = []
     results = []
@@ -268,11 +275,11 @@ def evaluate_clips(cfg: Config, root: Path, pipe: FacePipeline, judge: LivenessJ
     items = [
         i for i in presentations(root, any_type_dir=True) if i.path.suffix.lower() in VIDEO_EXT
     ]
-    if not any(i.kind == "live" for i in items) or not any(i.kind != "live" for i in items):
-        raise ImageError(
-            f"{root}: needs live/ and attack/<type>/ (or <type>/) with video files",
-            "put clips of live visitors in live/ and each attack type in its own folder",
-        )
+    need_both_kinds(
+        items,
+        f"{root}: needs live/ and attack/<type>/ (or <type>/) with video files",
+        "put clips of live visitors in live/ and each attack type in its own folder",
+    )
     params = PolicyParams.from_config(cfg)
     times: list[float] = []
     results = []

@@ -288,46 +288,10 @@ def render_surround(
     return np.clip(cv2.GaussianBlur(f, (0, 0), rng.uniform(0.5, 0.9)), 0, 255).astype(np.uint8)
 
 
-def screen_replay(frame: np.ndarray, rng: np.random.Generator, fill: float | None = None):
-    """One frame of a recorded visit replayed on a screen: the frame shrunk into a display with
-    a dark bezel, on a plain surround, the screen `fill` (default 0.6-0.9) of the view high."""
-    h, w = frame.shape[:2]
-    fill = rng.uniform(0.6, 0.9) if fill is None else fill
-    card = _screen_face(frame, rng)
-    s = fill * h / card.shape[0]
-    card = cv2.resize(card, None, fx=s, fy=s, interpolation=cv2.INTER_AREA)
-    ch, cw = card.shape[:2]
-    out = _plain((w, h), rng)
-    top = int((h - ch) / 2 + rng.uniform(-0.05, 0.05) * h)
-    left = int((w - cw) / 2 + rng.uniform(-0.1, 0.1) * w)
-    top, left = min(max(top, 0), h - ch), min(max(left, 0), w - cw)
-    out[top : top + ch, left : left + cw] = card
-    out = out + rng.normal(0, 2.0, out.shape)
-    return np.clip(cv2.GaussianBlur(out, (0, 0), 0.7), 0, 255).astype(np.uint8)
-
-
-def surround_frames(
-    photo: np.ndarray,
-    box: np.ndarray,
-    style: str,
-    seconds: float = 2.0,
-    fps: float = 15.0,
-    seed: int = 0,
-):
-    """A clip of one surround attack held in the hand: the same rendering, shaking slightly."""
-    rng = np.random.default_rng(seed)
-    still = render_surround(photo, box, style, rng)
-    h, w = still.shape[:2]
-    for i in range(max(1, round(seconds * fps))):
-        t = i / fps
-        m = np.array([[1, 0, 4 * np.sin(2.3 * t)], [0, 1, 3 * np.sin(1.7 * t + 1)]], np.float32)
-        f = cv2.warpAffine(still, m, (w, h), borderMode=cv2.BORDER_REPLICATE).astype(np.float32)
-        yield np.clip(f + rng.normal(0, 1.5, f.shape), 0, 255).astype(np.uint8)
-
-
 def write_part(src: Path, dst: Path, start: int, stop: int | None = None) -> int:
     """Frames start..stop of a recorded clip as an MP4 (e.g. a replay clip without the opening
     in which the person himself is in view); returns the number of frames written."""
+    # synth imports the QR renderer, absent from the model build's env (above)
     from edge.lab.synth import write_video
 
     cap = cv2.VideoCapture(str(src))

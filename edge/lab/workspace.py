@@ -14,7 +14,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from edge import config as config_mod
 from edge.config import PROJECT_ROOT
+from edge.fleet.identity import ensure_lane_key, load_lane_key, public_text
+from edge.fleet.office import publish_roster
+from edge.tickets.ledger import init_ledger
 
 
 @dataclass(frozen=True)
@@ -84,12 +88,9 @@ def write_member(
         for sec, vals in conf.items()
     )
     (d / "gate.toml").write_text(text)
-    from edge.tickets.ledger import init_ledger
 
     init_ledger(d / "ledger.db")  # a ledger is never created implicitly
     (d / "revoked.txt").touch()
-    from edge import config as config_mod
-    from edge.fleet.identity import ensure_lane_key
 
     ensure_lane_key(config_mod.load(d / "gate.toml"))  # what `edge-gate fleet join` does
     return Member(name, d, d / "gate.toml")
@@ -97,17 +98,11 @@ def write_member(
 
 def lane_public_key(m: Member) -> str:
     """The public key `edge-gate fleet join` prints for a member, for the office's roster."""
-    from edge import config as config_mod
-    from edge.fleet.identity import load_lane_key, public_text
-
     return public_text(load_lane_key(config_mod.load(m.config)).public_key())
 
 
 def roster_all(office: Member, lanes: Iterable[Member], issuer_key: Path) -> None:
     """The office adds every lane's key to its roster and queues it, signed, for its sync."""
-    from edge import config as config_mod
-    from edge.fleet.office import publish_roster
-
     publish_roster(
         config_mod.load(office.config), issuer_key, {m.name: lane_public_key(m) for m in lanes}
     )

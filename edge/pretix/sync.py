@@ -39,6 +39,7 @@ from edge.config import Config
 from edge.errors import ConfigError, EdgeGateError
 from edge.pretix.api import PretixAPIError, PretixClient, PretixUnreachable, read_token
 from edge.tickets import pretix_offline as po
+from edge.tickets.ledger import Ledger
 from edge.tickets.pretix_desk import FAILED, REDEEM
 
 log = logging.getLogger(__name__)
@@ -209,8 +210,6 @@ class PretixSync:
     def ledger(self):
         """The gate's ledger (its upload outbox), opened on first use."""
         if self._ledger is None:
-            from edge.tickets.ledger import Ledger
-
             self._ledger = Ledger(self.cfg.resolve(self.cfg.tickets.ledger), self.cfg.gate.id)
         return self._ledger
 

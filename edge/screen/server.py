@@ -111,6 +111,7 @@ class Signal:
         self.buzzer = self.green = self.red = None
         if max(cfg.buzzer_pin, cfg.green_pin, cfg.red_pin) < 0:
             return
+        # gpiozero loads only when a buzzer or LED is wired
         from gpiozero import LED, Buzzer
 
         from edge.gate.relay import make_pin_factory

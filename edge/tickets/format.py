@@ -62,19 +62,6 @@ class Reason(StrEnum):
     RULES_UNSUPPORTED = "rules_unsupported"  # rules this lane cannot evaluate as pretix would
 
 
-# Module-level names kept for callers that import the reasons one by one.
-OK = Reason.OK
-MALFORMED = Reason.MALFORMED
-INVALID_SIGNATURE = Reason.INVALID_SIGNATURE
-UNKNOWN_KEY = Reason.UNKNOWN_KEY
-NOT_YET_VALID = Reason.NOT_YET_VALID
-EXPIRED = Reason.EXPIRED
-REVOKED = Reason.REVOKED
-ALREADY_USED = Reason.ALREADY_USED
-ANTI_PASSBACK = Reason.ANTI_PASSBACK
-WRONG_GATE = Reason.WRONG_GATE
-CLOCK_BEHIND = Reason.CLOCK_BEHIND
-LEDGER_ERROR = Reason.LEDGER_ERROR
 REASONS = tuple(Reason)
 
 

@@ -36,7 +36,6 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Protocol
-from zoneinfo import ZoneInfo
 
 from edge.db import Migration, Store, columns, connect, migrate, run_script, tables
 from edge.errors import LedgerError
@@ -274,11 +273,6 @@ class MarkStore(Protocol):
         """The newest time recorded there: the clock must not be behind it."""
 
 
-def site_zone(name: str) -> dt.tzinfo | None:
-    """The site's time zone from config ("" = the system's local zone), for per-day limits."""
-    return ZoneInfo(name) if name else None
-
-
 def day_of(t: float, tz: dt.tzinfo | None) -> str:
     return dt.datetime.fromtimestamp(t, tz).strftime("%Y-%m-%d")
 
@@ -325,7 +319,7 @@ class Ledger(Store):
         self,
         path: str | Path,
         gate: str = "gate-1",
-        antipassback_s: float = 60.0,
+        anti_passback_s: float = 60.0,
         tz: dt.tzinfo | None = None,
         marks: MarkStore | None = None,
         outbox: bool = False,
@@ -333,7 +327,7 @@ class Ledger(Store):
         verify: bool | None = None,
     ):
         path = Path(path)
-        self.gate, self.antipassback_s, self.tz, self.marks = gate, antipassback_s, tz, marks
+        self.gate, self.anti_passback_s, self.tz, self.marks = gate, anti_passback_s, tz, marks
         self.outbox = outbox  # fleet: queue each redemption for `edge-gate sync`
         self.key = key
         self.witness = Witness(key) if key is not None else None
@@ -804,7 +798,7 @@ class Ledger(Store):
             "SELECT max(t) FROM redemptions WHERE ticket_id = ? AND gate = ?",
             (t.ticket_id, self.gate),
         ).fetchone()[0]
-        if last is not None and now - last < self.antipassback_s:
+        if last is not None and now - last < self.anti_passback_s:
             return Redemption(False, Reason.ANTI_PASSBACK, n, f"used here {now - last:.0f} s ago")
         return None
 

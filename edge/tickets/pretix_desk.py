@@ -24,7 +24,7 @@ from typing import Any
 
 from edge.tickets import pretix_offline as po
 from edge.tickets.format import Reason, Ticket
-from edge.tickets.ledger import Redemption
+from edge.tickets.ledger import Ledger, Redemption
 from edge.tickets.pretix_sig1 import Sig1Ticket, canonical
 from edge.tickets.verifier import Verdict, Verifier
 
@@ -296,8 +296,6 @@ def lane_status(cfg: Any, now: float) -> dict[str, Any]:
     }
     ledger_path = cfg.resolve(cfg.tickets.ledger)
     if ledger_path.is_file():
-        from edge.tickets.ledger import Ledger
-
         try:
             with Ledger(ledger_path) as led:
                 n, oldest = led.upload_pending()

@@ -34,8 +34,15 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from edge.errors import ConfigError, TicketError
 from edge.tickets import pretix_rules
-from edge.tickets.format import Kind, Reason, Ticket
-from edge.tickets.pretix_sig1 import Sig1Invalid, Sig1Ticket, canonical, load_keys, verify_secret
+from edge.tickets.format import PREFIX, Kind, Reason, Ticket
+from edge.tickets.pretix_sig1 import (
+    Sig1Invalid,
+    Sig1Ticket,
+    canonical,
+    load_keys,
+    split_secret,
+    verify_secret,
+)
 
 FILES = ("event.json", "checkinlist.json", "revokedsecrets.json", "blockedsecrets.json")
 ITEMS = "items.json"  # optional: the event's products; sync writes it (pretixSCAN checks it too)
@@ -361,9 +368,6 @@ def is_pretix_text(text: str) -> bool:
     A pretix secret can begin with "EG" too (one in 4096), so the shape decides: a text that
     splits as a sig1 secret is pretix's; anything else starting with the edge-gate prefix is not.
     """
-    from edge.tickets.format import PREFIX
-    from edge.tickets.pretix_sig1 import split_secret
-
     if not text.strip().startswith(PREFIX):
         return True
     try:

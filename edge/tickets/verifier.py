@@ -8,14 +8,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from edge.tickets.format import (
-    EXPIRED,
-    INVALID_SIGNATURE,
-    MALFORMED,
-    NOT_YET_VALID,
-    OK,
-    REVOKED,
-    UNKNOWN_KEY,
-    WRONG_GATE,
+    Reason,
     Ticket,
     decode_payload,
     key_id,
@@ -60,19 +53,19 @@ class Verifier:
             payload, sig = split_text(text)
             kid = payload[1:5] if len(payload) >= 5 else b""
         except ValueError as e:
-            return Verdict(False, MALFORMED, detail=str(e))
+            return Verdict(False, Reason.MALFORMED, detail=str(e))
         key = self.keys.get(kid)
         if key is None:
             # Parse only to tell an unknown key from garbage; nothing unsigned is trusted.
             try:
                 decode_payload(payload)
             except (ValueError, UnicodeDecodeError, IndexError):
-                return Verdict(False, MALFORMED, detail="unparseable payload")
-            return Verdict(False, UNKNOWN_KEY, detail=kid.hex())
+                return Verdict(False, Reason.MALFORMED, detail="unparseable payload")
+            return Verdict(False, Reason.UNKNOWN_KEY, detail=kid.hex())
         try:
             key.verify(sig, payload)
         except InvalidSignature:
-            return Verdict(False, INVALID_SIGNATURE)
+            return Verdict(False, Reason.INVALID_SIGNATURE)
         try:
             t = decode_payload(payload)
         except (
@@ -80,14 +73,14 @@ class Verifier:
             UnicodeDecodeError,
             IndexError,
         ) as e:  # signed but unparseable: our bug or old format
-            return Verdict(False, MALFORMED, detail=str(e))
+            return Verdict(False, Reason.MALFORMED, detail=str(e))
         t = replace(t, text=signed_text(payload, sig))
         if t.ticket_id in self.revoked:
-            return Verdict(False, REVOKED, t)
+            return Verdict(False, Reason.REVOKED, t)
         if t.valid_from and now + self.skew < t.valid_from:
-            return Verdict(False, NOT_YET_VALID, t)
+            return Verdict(False, Reason.NOT_YET_VALID, t)
         if t.valid_until and now - self.skew > t.valid_until:
-            return Verdict(False, EXPIRED, t)
+            return Verdict(False, Reason.EXPIRED, t)
         if self.products and t.product not in self.products:
-            return Verdict(False, WRONG_GATE, t, detail=t.product)
-        return Verdict(True, OK, t)
+            return Verdict(False, Reason.WRONG_GATE, t, detail=t.product)
+        return Verdict(True, Reason.OK, t)

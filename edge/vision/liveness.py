@@ -22,6 +22,7 @@ import numpy as np
 from edge.config import LIVENESS_MODES as MODES
 from edge.config import Config
 from edge.errors import ModelError
+from edge.vision.cues import veto
 from edge.vision.models import load_catalogue, verify_file
 from edge.vision.runtime import TFLiteModel
 
@@ -422,8 +423,6 @@ class LivenessJudge:
 
     def verdict(self, bgr: np.ndarray, box: np.ndarray, keypoints: np.ndarray, t: float) -> Verdict:
         """Live or not, and why not, for one matching face at frame time t (seconds)."""
-        from edge.vision.cues import veto  # cv2 line detector: built on first use
-
         if self._last_t is None or t - self._last_t > self.gap_s:
             self._kps, self._flat, self._told_close = [], False, False
         self._last_t = t
