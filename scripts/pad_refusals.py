@@ -12,7 +12,8 @@ counted across in the narrower model-style widths (as before judged_context); th
 as it is (no box map); the map with RetinaFace's proportions as measured on these frames
 (`--retinaface`) and RetinaFace's own box; cv2.INTER_AREA instead of upstream's bilinear
 resize; the mean over the mirrored crop (upstream trains with random flips); the mean over
-crops 0.95 / 1 / 1.05 times the size (upstream trains with random crops of 0.9-1.1 the area).
+crops 0.95 / 1 / 1.05 times the size (upstream trains with random crops of 0.9-1.1 the area);
+only the networks whose crop got their own scale (both when neither did).
 The cues and the floor (2.0, in each variant's own box) are those of the product.
 
     .venv/bin/python scripts/pad_refusals.py report ../shared/fixtures/pad_frames \\
@@ -95,7 +96,7 @@ def crop(bgr: np.ndarray, box: np.ndarray, scale: float, size: int, interp: int,
 
 
 def variant_score(pad: PadModel, bgr, box, bm: BoxMap, interp=cv2.INTER_LINEAR, flips=(False,),
-                  zooms=(1.0,), mapped=None) -> tuple[float, float, list]:  # fmt: skip
+                  zooms=(1.0,), mapped=None, full_only=False) -> tuple:  # fmt: skip
     """(fused live probability, judged context, [(member probability, scale)]) of a variant."""
     if mapped is None:
         mapped = np.round(bm.apply(box) * 64.0) / 64.0
@@ -110,7 +111,10 @@ def variant_score(pad: PadModel, bgr, box, bm: BoxMap, interp=cv2.INTER_LINEAR, 
             y = y.reshape(-1)
             ps.append(float(y[m.live_index] / max(float(y.sum()), 1e-6)))
         members.append((float(np.mean(ps)), s))
-    return float(np.mean([p for p, _ in members])), ctx, members
+    fused = [p for (p, s), m in zip(members, pad.spec.members, strict=True) if s >= m.crop_scale]
+    if not (full_only and fused):  # full_only: the networks that got their own scale, if any
+        fused = [p for p, _ in members]
+    return float(np.mean(fused)), ctx, members
 
 
 def loso_rows(fs: list[dict], scores: dict[str, tuple], floor: float, cue: dict) -> list[dict]:
@@ -163,6 +167,7 @@ def report(args) -> dict:
         "cv2.INTER_AREA resize": {"bm": bm, "interp": cv2.INTER_AREA},
         "mean with the mirrored crop": {"bm": bm, "flips": (False, True)},
         "mean over crops 0.95/1/1.05": {"bm": bm, "zooms": (0.95, 1.0, 1.05)},
+        "only the networks that got their own scale": {"bm": bm, "full_only": True},
     }
     if rf:
         pairs = [(np.asarray(f["box"], float), np.asarray(rf[f["file"]], float))
@@ -179,7 +184,7 @@ def report(args) -> dict:
         for f in fs:
             if f["file"] not in imgs:
                 continue
-            kw = {k: v[k] for k in ("interp", "flips", "zooms") if k in v}
+            kw = {k: v[k] for k in ("interp", "flips", "zooms", "full_only") if k in v}
             if v.get("own"):
                 if rf.get(f["file"]) is None:
                     continue
