@@ -132,6 +132,7 @@ def main() -> None:
     ap.add_argument("--bpcer", type=float, default=0.10, help="rule bpcer: others' BPCER")
     ap.add_argument("--only-sources", help="comma-separated source tags to keep")
     ap.add_argument("--context", action="store_true", help="score frames cut down to c x box")
+    ap.add_argument("--context-threshold", type=float, help="--context at this threshold")
     ap.add_argument("--per-file", action="store_true")
     args = ap.parse_args()
     dets = [
@@ -178,7 +179,7 @@ def main() -> None:
         if args.context:
             fl = floors[0]
             judged = [{**r, "score": r["score"] if r["context"] >= fl else 0.0} for r in rows]
-            t = pick_threshold(judged, args.rule, args.apcer, args.bpcer)
+            t = args.context_threshold or pick_threshold(judged, args.rule, args.apcer, args.bpcer)
             out["by_context"] = by_context(model, faces, t)
         if args.per_file:
             out["results"] = rows
