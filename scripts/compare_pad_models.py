@@ -10,7 +10,8 @@ Leave-one-source-out: for each source, the threshold is the lowest live probabil
 other sources' attacks are accepted at most `--apcer` of the time (pooled); the source is then
 reported at that threshold. `--floor` overrides the entries' min_crop_scale (repeatable: one
 report per floor). `--context` also scores each live and attack frame again cut down to leave
-only c times the (model-style) face box, for c in 4.0 .. 1.0.
+only c model-style face heights around it on both axes (as the floor counts context), for c in
+4.0 .. 1.0.
 
     .venv/bin/python scripts/compare_pad_models.py ../shared/fixtures/pad \\
         ../shared/fixtures/pad_frames --model silentface_int8 --model minifasnet_int8
@@ -33,7 +34,7 @@ sys.path.insert(0, str(ROOT))
 
 from edge.vision.detector import BlazeFace  # noqa: E402
 from edge.vision.image import load_image  # noqa: E402
-from edge.vision.liveness import PadModel, PadSpec, context_scale  # noqa: E402
+from edge.vision.liveness import PadModel, PadSpec, judged_context  # noqa: E402
 
 IMAGE_EXT = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
 CONTEXTS = (4.0, 3.0, 2.7, 2.4, 2.0, 1.7, 1.4, 1.2, 1.0)
@@ -131,6 +132,7 @@ def main() -> None:
     ap.add_argument("--bpcer", type=float, default=0.10, help="rule bpcer: others' BPCER")
     ap.add_argument("--only-sources", help="comma-separated source tags to keep")
     ap.add_argument("--context", action="store_true", help="score frames cut down to c x box")
+    ap.add_argument("--context-threshold", type=float, help="--context at this threshold")
     ap.add_argument("--per-file", action="store_true")
     args = ap.parse_args()
     dets = [
@@ -177,7 +179,7 @@ def main() -> None:
         if args.context:
             fl = floors[0]
             judged = [{**r, "score": r["score"] if r["context"] >= fl else 0.0} for r in rows]
-            t = pick_threshold(judged, args.rule, args.apcer, args.bpcer)
+            t = args.context_threshold or pick_threshold(judged, args.rule, args.apcer, args.bpcer)
             out["by_context"] = by_context(model, faces, t)
         if args.per_file:
             out["results"] = rows
@@ -186,8 +188,9 @@ def main() -> None:
 
 
 def by_context(model: PadModel, faces, t: float) -> dict:
-    """Every face re-cut to leave c x its (model-style) box, judged at threshold t (the pooled
-    rule's on the faces as they are, with the first floor: reported, never chosen per c)."""
+    """Every face re-cut to leave c model-style face heights around it on both axes, judged at
+    threshold t (the pooled rule's on the faces as they are, with the first floor: reported,
+    never chosen per c)."""
     out = {"threshold": round(t, 4)}
     for c in CONTEXTS:
         live, attack = [], []
@@ -195,9 +198,16 @@ def by_context(model: PadModel, faces, t: float) -> dict:
             if box is None:
                 continue
             mapped = model.spec.box_map.apply(box)
-            if context_scale(bgr.shape, mapped, 99.0) < c:
+            if judged_context(bgr.shape, box, mapped, 99.0) < c:
                 continue  # the frame does not hold this much context
-            img, b = cut_context(bgr, mapped, c)
+            # cut c mapped heights on both axes, in the detector box's proportions (as the
+            # floor counts context: judged_context), then the mapped box inside the cut
+            uh = mapped[3] - mapped[1]
+            uw = uh * (box[2] - box[0]) / (box[3] - box[1])
+            mx, my = (mapped[0] + mapped[2]) / 2, (mapped[1] + mapped[3]) / 2
+            unit = np.array([mx - uw / 2, my - uh / 2, mx + uw / 2, my + uh / 2])
+            img, u = cut_context(bgr, unit, c)
+            b = mapped - (unit - u)
             inv = model.spec.box_map
             # back to a BlazeFace-style box for score(): undo the map's scale and shift
             bw, bh = (b[2] - b[0]) / inv.sw, (b[3] - b[1]) / inv.sh

@@ -439,6 +439,40 @@ def test_a_close_face_is_judged_with_less_context_down_to_the_floor(silentface):
     assert not silentface.is_live(close.live)
 
 
+def test_context_is_counted_in_face_heights_on_both_axes():
+    """The model-style box is narrower than tall; the frame's width must not be counted in those
+    narrow widths. Landscape (height binds): context_scale of the mapped box. Portrait, width
+    binding: the mapped height in the box's own proportions, so a face 0.65 of a phone frame's
+    width leaves 1.5, not the 2.2 its narrow mapped widths would count."""
+    bm = lv.BoxMap(dx=-0.05, dy=-0.1, sw=0.7, sh=0.9)
+    land = np.array([270.0, 150.0, 370.0, 250.0])  # 100 px square in 640x480
+    mapped = bm.apply(land)
+    got = lv.judged_context((480, 640, 3), land, mapped, 99.0)
+    assert got == pytest.approx(lv.context_scale((480, 640, 3), mapped, 99.0))
+    assert got == pytest.approx(479 / 90)
+    phone = np.array([190.0, 800.0, 890.0, 1500.0])  # 700 px square in 1080x1920
+    mapped = bm.apply(phone)
+    assert lv.context_scale((1920, 1080, 3), mapped, 99.0) == pytest.approx(1079 / 490)
+    assert lv.judged_context((1920, 1080, 3), phone, mapped, 99.0) == pytest.approx(1079 / 630)
+    assert lv.judged_context((1920, 1080, 3), phone, phone, 99.0) == pytest.approx(1079 / 700)
+    assert lv.judged_context((1920, 1080, 3), phone, mapped, 1.2) == 1.2
+
+
+def test_a_face_filling_a_portrait_frames_width_is_too_close(silentface):
+    """A face 0.65 of a portrait frame's width, with room above and below: too close to judge
+    (its narrow model-style widths alone would count 2.2, over the floor)."""
+    spec = silentface.spec
+    img = cv2_blur(np.random.default_rng(5).integers(0, 255, (1920, 1080, 3), dtype=np.uint8))
+    box = np.array([190.0, 700.0, 890.0, 1400.0])
+    mapped = silentface.model_box(box)
+    assert lv.context_scale(img.shape, mapped, spec.crop_scale) > spec.min_crop_scale
+    before = silentface.too_close
+    s = silentface.score(img, box)
+    assert s.too_close and s.live == 0.0 and silentface.too_close == before + 1
+    assert s.context == pytest.approx(1079 / (mapped[3] - mapped[1]), rel=1e-6)
+    assert s.context < spec.min_crop_scale
+
+
 def test_catalogue_liveness_entries_are_complete_and_their_files_match():
     """Every liveness entry names files that exist with the recorded SHA-256, an input spec,
     a live index, a scale and (several networks) a known fusion; the default is one of them."""

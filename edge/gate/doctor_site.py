@@ -91,13 +91,13 @@ def context_check(shape: tuple[int, ...], box, spec, min_face_px: int, where: st
     floor under which a face is too close to judge, and its box style). Pure: doctor and tests.
     """
     # the liveness stack loads only for the camera-context check (as doctor.py does)
-    from edge.vision.liveness import context_scale
+    from edge.vision.liveness import judged_context
 
     h, w = shape[:2]
     x0, y0, x1, y1 = (float(v) for v in box[:4])
     bh = y1 - y0
     mapped = spec.box_map.apply(box) if hasattr(spec, "box_map") else box
-    ctx = context_scale(shape, mapped, spec.crop_scale)
+    ctx = judged_context(shape, box, mapped, spec.crop_scale)
     seen = f"{where}: a face {bh / h:.0%} of the {w}x{h} frame's height"
     if ctx < spec.min_crop_scale:
         most = bh / h * ctx / spec.min_crop_scale  # the face height that leaves the floor

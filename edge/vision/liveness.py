@@ -170,6 +170,27 @@ def context_scale(shape: tuple[int, ...], box: np.ndarray, scale: float) -> floa
     return min((h - 1) / max(y1 - y0, 1.0), (w - 1) / max(x1 - x0, 1.0), scale)
 
 
+def judged_context(
+    shape: tuple[int, ...], box: np.ndarray, mapped: np.ndarray, cap: float
+) -> float:
+    """The context a face is held against the floor with: how many model-style face heights of
+    the view the frame holds around it, on both axes (up to `cap`).
+
+    `box` is the detector's (BlazeFace, about as wide as tall), `mapped` the model-style box. The
+    model-style box is narrower than it is tall (RetinaFace's style: 0.71 x 0.91 of BlazeFace's),
+    so counting the frame's width in its widths would credit a face with more surroundings
+    sideways than the view holds: in a portrait frame whose width binds, 2.0 mapped widths are
+    1.4 BlazeFace widths. One yardstick on both axes instead: the mapped height, in BlazeFace's
+    own proportions. Where the height binds (an upright face in a landscape camera) this is
+    context_scale of the mapped box; the identity map leaves it context_scale of the box.
+    """
+    h, w = shape[:2]
+    x0, y0, x1, y1 = (float(v) for v in box[:4])
+    unit = max(float(mapped[3]) - float(mapped[1]), 1.0)  # mapped height, px
+    across = unit * max(x1 - x0, 1.0) / max(y1 - y0, 1.0)  # the same, in the box's proportions
+    return min((h - 1) / unit, (w - 1) / max(across, 1.0), cap)
+
+
 def crop_for_pad(bgr: np.ndarray, box: np.ndarray, scale: float, size: int) -> np.ndarray:
     """The face box enlarged `scale` times about its centre, shifted to stay inside the frame.
 
@@ -215,8 +236,8 @@ class PadScore:
     """One face judged: the fused live probability and the context it was judged with."""
 
     live: float  # 0..1; 0 when too close (not judged)
-    context: float  # the face box enlargement the frame allowed (model's box style), capped at
-    # the largest member's crop_scale: the context actually used by the widest member
+    context: float  # judged_context: model-style face heights of view around the face on both
+    # axes, capped at the largest member's crop_scale; what the floor is compared with
     too_close: bool  # context below the entry's min_crop_scale: not judged
     scales: tuple[float, ...] = ()  # each member's scale actually used
     members: tuple[float, ...] = ()  # each member's live probability
@@ -245,11 +266,11 @@ class PadModel:
     def score(self, bgr: np.ndarray, box: np.ndarray) -> PadScore:
         """The face in `box` (a BlazeFace box) of this frame, judged with the context it allows.
 
-        Too close (live 0) when the frame holds less than min_crop_scale x the box: a phone or a
-        print held close to the lens shows no edge, and a frame not judged is not live.
+        Too close (live 0) when the frame holds less than min_crop_scale face heights around
+        it on either axis (judged_context): a phone or a print held close to the lens shows no
+        edge, and a frame not judged is not live.
         """
-        mapped = self.model_box(box)
-        context = context_scale(bgr.shape, mapped, self.spec.crop_scale)
+        context = judged_context(bgr.shape, box, self.model_box(box), self.spec.crop_scale)
         if context < self.spec.min_crop_scale:
             self.too_close += 1
             log.debug("liveness unjudged reason=too_close context=%.2f", context)
