@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import threading
+import time
 from pathlib import Path
 
 from gpiozero.pins.mock import MockFactory
@@ -126,6 +128,44 @@ def run_gate(cfg, clip, tmp, **kw) -> tuple[Gate, list[dict]]:
     with Gate(cfg, got.append, pin_factory=MockFactory(), **kw) as gate:
         assert gate.run() == 0
     return gate, got
+
+
+class ScannerLines:
+    """Lines for a Gate's scanner; `done` is set once the gate's reader thread has queued them
+    all (it asks for the next line only after queueing the last one)."""
+
+    def __init__(self, lines):
+        self.lines = list(lines)
+        self.done = threading.Event()
+
+    def __iter__(self):
+        yield from self.lines
+        self.done.set()
+
+
+class FramesUntilScanned(FrameSource):
+    """A camera showing `frame` until the scanner's lines were all decided, then the end.
+
+    The gate drains its scanner queue on every frame: one frame after `done` is set, every line
+    has been decided, however long the reader thread took to start on a loaded machine. The
+    pace is a camera's; `bound_s` only ends a run whose lines never come (the test then fails
+    on its decisions)."""
+
+    def __init__(self, frame, done: threading.Event, pace_s: float = 0.01, bound_s: float = 120):
+        self.frame, self.done, self.pace_s = frame, done, pace_s
+        self.i, self.state = 0, "open"
+        self._last = False
+        self._deadline = time.monotonic() + bound_s
+
+    def read(self):
+        if self._last or time.monotonic() > self._deadline:
+            self.finished, self.state = True, "finished"
+            return None
+        self._last = self.done.is_set()
+        time.sleep(self.pace_s)  # a camera's frame interval: the loop does not spin
+        f = Frame(self.frame, self.i / 10, self.i)
+        self.i += 1
+        return f
 
 
 class ListSource(FrameSource):

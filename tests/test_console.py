@@ -8,7 +8,6 @@ import re
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -22,6 +21,8 @@ from edge.console.users import CAN, ROLES, UserError, UserStore, allowed
 from edge.gate.notice_socket import SocketSink
 from edge.screen.server import Board, Signal, parse_notice
 from edge.screen.texts import VISITOR_TEXTS
+
+from .console_harness import wait_for
 
 
 def test_passwords_are_argon2id_and_checked(tmp_path):
@@ -159,10 +160,15 @@ def test_signal_patterns_on_mock_pins():
     f = MockFactory()
     sig = Signal(config_mod.SignalConfig(buzzer_pin=5, green_pin=6, red_pin=13), factory=f)
     sig.play("deny")
-    time.sleep(0.8)
-    buzz = [s.state for s in f.pin(5).states]
-    assert buzz.count(True) == 2  # two beeps for a refusal
-    assert any(s.state for s in f.pin(13).states)  # red
+    # the pattern plays in the background: wait for its end (two beeps, then off), however
+    # long a loaded machine takes; MockPin keeps every state the pins went through
+    wait_for(
+        lambda: (
+            [s.state for s in f.pin(5).states] == [False, True, False, True, False]
+            and any(s.state for s in f.pin(13).states)
+        ),
+        what="two beeps and the red light",
+    )
     assert not any(s.state for s in f.pin(6).states)
     sig.play(None)  # guidance: silent
     sig.close()

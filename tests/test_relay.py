@@ -16,8 +16,13 @@ from edge.config import RelayConfig
 from edge.errors import RelayError
 from edge.gate.relay import Relay, check_pins, make_pin_factory
 
+# MockPin's stamps and the pulse's wait read the same monotonic clock; this only absorbs
+# float rounding in the subtraction, never a scheduling delay
+CLOCK_SLACK_S = 1e-3
 
-def wait_for(cond, timeout=3.0):
+
+def wait_for(cond, timeout=30.0):
+    """Poll for a state that must come; the bound only stops a broken test (never a timing)."""
     end = time.monotonic() + timeout
     while time.monotonic() < end:
         if cond():
@@ -32,9 +37,11 @@ def test_pulse_opens_then_closes_with_recorded_timing():
         r.pulse()
         assert r.is_open
         assert wait_for(lambda: not r.is_open)
-        # MockPin records the time since the previous change: on at once, off 0.2 s later
-        r.pin.assert_states_and_times([(0.0, False), (0.0, True), (0.2, False)])
-        assert len(r.pin.states) == 3
+        # The recorded history: idle, on, off, nothing else. MockPin stamps each change with
+        # the time since the previous one: the relay stayed on at least pulse_s. How much
+        # longer depends on how busy the machine is, so no upper bound is asserted here.
+        assert [s.state for s in r.pin.states] == [False, True, False]
+        assert r.pin.states[2].timestamp >= 0.2 - CLOCK_SLACK_S
     assert r.pin.state is False
 
 
@@ -57,24 +64,25 @@ def test_close_during_pulse_leaves_relay_driven_off_not_floating():
     r = Relay(RelayConfig(pulse_s=5.0), factory=MockFactory())
     r.pulse()
     assert r.pin.state is True
-    r.close()
-    time.sleep(0.05)
-    r.pin.assert_states([False, True, False])
+    r.close()  # stops and joins the pulse's thread: nothing can switch the pin after this
+    assert [s.state for s in r.pin.states] == [False, True, False]
     assert len(r.pin.states) == 3
     # gpiozero's own close makes the line an input (floating); the relay stays an output
     assert r.pin.function == "output"
     assert r.pin.state is False
 
 
-def test_a_pulse_during_a_pulse_extends_it_and_still_ends():
-    with Relay(RelayConfig(pulse_s=0.3), factory=MockFactory()) as r:
-        r.pulse()
-        time.sleep(0.15)
+def test_a_pulse_during_a_pulse_restarts_it_and_still_ends():
+    with Relay(RelayConfig(pulse_s=0.2), factory=MockFactory()) as r:
+        r.pulse(600.0)  # far longer than any test: only the second pulse can end it
         r.pulse()
         assert r.is_open
         assert r.pulses == 2
         assert wait_for(lambda: not r.is_open)
-        r.pin.assert_states([False, True, False])
+        # one opening: the relay never dropped between the two pulses; it stayed on at least
+        # the second pulse's 0.2 s
+        assert [s.state for s in r.pin.states] == [False, True, False]
+        assert r.pin.states[2].timestamp >= 0.2 - CLOCK_SLACK_S
 
 
 def test_door_forced_held_open_and_exit_button():
