@@ -279,6 +279,7 @@ def publish_deletion(args, cfg: config_mod.Config) -> None:
 
 def cmd_override(args) -> int:
     """`fleet override`: open one lane's turnstile once (a supervisor's decision), signed."""
+    # the office library loads only for the office's commands (edge/cli/__init__.py)
     from edge.fleet.office import override_record, publish_override
     from edge.gate.audit import open_audit
 

@@ -26,7 +26,14 @@ import numpy as np
 from edge import config as config_mod
 from edge import tickets as tk
 from edge.errors import EdgeGateError, ImageError, SeveralFacesError
-from edge.fleet.office import publish_enrollment, publish_person, publish_revocations
+from edge.fleet.office import (
+    override_record,
+    publish_enrollment,
+    publish_override,
+    publish_person,
+    publish_revocations,
+    wait_sent,
+)
 from edge.gallery.crypto import load_key
 from edge.gallery.enroll import (
     MIN_TEMPLATES,
@@ -425,8 +432,6 @@ def forget(office: Office, user: str, person_id: str, reason: str) -> tuple[bool
 def override(office: Office, user: str, lane: str, reason: str) -> tuple[str, bool]:
     """Open one lane's turnstile once: signed and sent to that lane, recorded in the office
     audit log with the supervisor's name (the lane records its own decision); (id, sent)."""
-    from edge.fleet.office import override_record, publish_override, wait_sent
-
     cfg = office.cfg
     if not cfg.fleet.enabled:
         raise ActionError("this office has no [fleet] section: no lane to open")
