@@ -19,7 +19,7 @@ from edge.gate.daemon import Gate
 from edge.lab.broker import Mosquitto
 from edge.tickets.qr import render_ticket
 
-from .helpers import ListSource, make_config
+from .helpers import FramesUntilScanned, ListSource, ScannerLines, make_config
 from .pretix_helpers import Shop
 from .test_fleet import USERS, Park, _need_mosquitto, cli, wait_for
 
@@ -34,14 +34,6 @@ def qr_frame(text: str) -> np.ndarray:
     y, x = (480 - h) // 2, (640 - w) // 2
     frame[y : y + h, x : x + w] = code
     return frame
-
-
-class Slow(ListSource):
-    """Frames at a pace that lets the scanner thread's lines arrive while the gate runs."""
-
-    def read(self):
-        time.sleep(0.01)
-        return super().read()
 
 
 def pretix_lane(tmp_path: Path, shop: Shop, extra: str = "") -> config_mod.Config:
@@ -71,9 +63,13 @@ def test_pretix_qr_at_the_camera_then_the_scanner(tmp_path):
     ]
     assert got[0]["ticket"] == "pretix-7-Camera001"  # the seed, never the secret
     got2: list[dict] = []
-    lines = iter([secret + "\r\n", revoked + "\n", "not-a-ticket\n"])
+    lines = ScannerLines([secret + "\r\n", revoked + "\n", "not-a-ticket\n"])
     gate = Gate(
-        cfg, got2.append, source=Slow([BLANK] * 60), pin_factory=MockFactory(), scanner=lines
+        cfg,
+        got2.append,
+        source=FramesUntilScanned(BLANK, lines.done),
+        pin_factory=MockFactory(),
+        scanner=lines,
     )
     gate.run()
     assert [(e["decision"], e["reason"], e.get("pretix_reason")) for e in got2] == [
@@ -151,12 +147,13 @@ def _two_lanes(park: Park, shop: Shop, secret: str) -> None:
         assert [(e["decision"], e.get("pretix_reason")) for e in got] == [("grant", "valid")]
         wait_for(lambda: park.remote(2, "pretix-7-FleetA001") == 1, what="lane2 hears lane1")
         got2: list[dict] = []
+        lines = ScannerLines([secret + "\n"])
         gate2 = Gate(
             park.cfg(2),
             got2.append,
-            source=Slow([BLANK] * 40),
+            source=FramesUntilScanned(BLANK, lines.done),
             pin_factory=MockFactory(),
-            scanner=iter([secret + "\n"]),
+            scanner=lines,
         )
         gate2.run()
         assert [(e["decision"], e["reason"], e.get("pretix_reason")) for e in got2] == [
@@ -168,6 +165,21 @@ def _two_lanes(park: Park, shop: Shop, secret: str) -> None:
         r = cli("fleet", "status", "--json", "--config", str(park.lanes[1].config))
         px = json.loads(r.stdout)["this_lane"]["pretix"]
         assert px["age_s"] is not None and px["upload_pending"] == 1  # lane 2's refused scan
+
+        def office_view() -> dict:  # each lane's pretix data as its heartbeat says
+            r = cli("fleet", "status", "--json", "--config", str(park.office.config))
+            return json.loads(r.stdout)["lanes"]
+
+        wait_for(
+            lambda: (office_view()["lane2"].get("pretix") or {}).get("upload_pending") == 1,
+            what="lane2's heartbeat with its pretix data",
+        )
+        px2 = office_view()["lane2"]["pretix"]
+        assert px2["age_s"] is not None and px2["stale"] is False
+        assert px2["stale_after_s"] == park.cfg(2).pretix.stale_after_s
+        assert "dir" not in px2  # no path of the lane's leaves it
+        r = cli("fleet", "status", "--config", str(park.office.config))
+        assert "pretix " in r.stdout and "1 to upload" in r.stdout, r.stdout
     finally:
         park.stop_all()
 
@@ -218,3 +230,36 @@ def test_the_gate_process_never_loads_the_shop_client():
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=root)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
+
+
+def test_office_status_flags_a_lane_whose_pretix_data_is_old_or_missing():
+    from edge.fleet.office import status_problems
+    from edge.tickets.pretix_desk import pretix_view
+
+    now = 1_000_000.0
+    hb = {"data_time": now - 100, "stale_after_s": 600.0, "upload_pending": 0}
+    assert pretix_view(hb, now)["stale"] is False
+    assert pretix_view({**hb, "data_time": now - 601}, now)["stale"] is True
+    assert pretix_view({**hb, "data_time": None}, now) | {"age_s": None} == {
+        **hb,
+        "data_time": None,
+        "age_s": None,
+        "stale": True,
+    }
+    assert pretix_view("junk", now) is None  # a heartbeat field of the wrong shape
+
+    def rep(px, state="ok"):
+        lane = {"rostered": True, "state": state, "last_seen": "1 s ago", "pretix": px}
+        return {
+            "lanes": {"lane1": lane},
+            "clock": {"off": []},
+            "sync": {"running": True, "last_seen": "1 s ago"},
+            "member": "office",
+        }
+
+    assert status_problems(rep(pretix_view(hb, now))) == []
+    old = pretix_view({**hb, "data_time": now - 7200}, now)
+    assert status_problems(rep(old)) == ["lane1: pretix data last good 2.0 h ago (limit 600 s)"]
+    assert status_problems(rep(None)) == []  # a lane that takes no pretix tickets
+    # a stale lane is reported once, as stale, not again for its pretix data
+    assert status_problems(rep(old, "stale")) == ["lane1: stale (last heartbeat 1 s ago)"]

@@ -47,6 +47,14 @@ def report_sent(cfg: config_mod.Config, what: str, wait_s: float = 10.0) -> None
         )
 
 
+def _pretix_seen(px: dict) -> str:
+    """A lane's pretix data in one word or two: its age and uploads waiting."""
+    age = "missing" if px["age_s"] is None else f"{px['age_s']:.0f} s old"
+    return f"{age}, {px.get('upload_pending') or 0} to upload" + (
+        ", pull failing" if px.get("pull_failing") else ""
+    )
+
+
 def cmd_status(args) -> int:
     """`fleet status`: which members are alive, stale or gone, whose clock is off, who acked."""
     # the office library loads only for the office's commands (edge/cli/__init__.py)
@@ -78,12 +86,16 @@ def cmd_status(args) -> int:
                 flags.append("CLOCK OFF")
             if not v["rostered"]:
                 flags.append("NOT IN ROSTER")
+            px = v.get("pretix")
+            if px and px["stale"]:
+                flags.append("PRETIX DATA " + ("MISSING" if px["age_s"] is None else "STALE"))
             clock = "?" if off is None else f"{off:+.1f} s"
             shown = {k: "-" if v.get(k) is None else v[k] for k in ("mode", "camera", "fps")}
             print(
                 f"  {lane:<12} heartbeat {v['last_seen']:<11} mode {shown['mode']}  "
                 f"camera {shown['camera']}  fps {shown['fps']}  "
                 f"outbox {'-' if v.get('outbox') is None else v['outbox']}  clock {clock}"
+                + (f"  pretix {_pretix_seen(px)}" if px else "")
                 + (f"  {' '.join(flags)}" if flags else "")
             )
         if rep["clock"]["off"]:

@@ -34,6 +34,7 @@ from edge.fleet.override import DEFAULT_VALID_S, VIA, override_body, override_id
 from edge.fleet.people import export_record, site_key
 from edge.fleet.state import FleetState
 from edge.gate.audit import AuditRecord
+from edge.tickets.pretix_desk import pretix_view
 
 STALE_HEARTBEATS = 3  # a member not heard for this many of its heartbeat periods is stale
 
@@ -309,6 +310,8 @@ def _member_view(
     else:
         state = "ok"
     off = body.get("clock_offset")
+    if "pretix" in body:
+        body["pretix"] = pretix_view(body["pretix"], now)
     return {
         **body,
         "age_s": round(age, 1),
@@ -386,6 +389,11 @@ def fleet_status(cfg: Config, now: float | None = None) -> dict[str, Any]:
         st.close()
 
 
+def _pretix_age(px: dict[str, Any]) -> str:
+    """'missing' or 'last good 3 min ago'."""
+    return "missing" if px["age_s"] is None else f"last good {ago(px['age_s'])}"
+
+
 def status_problems(rep: dict[str, Any]) -> list[str]:
     """What `fleet status --check` fails on: a rostered member stale, gone or never heard, a
     clock off, or this member's own sync not running."""
@@ -395,6 +403,11 @@ def status_problems(rep: dict[str, Any]) -> list[str]:
         if v["rostered"] and v["state"] != "ok"
     ]
     out += [f"{n}: clock off" for n in rep["clock"]["off"]]
+    out += [
+        f"{n}: pretix data {_pretix_age(v['pretix'])} (limit {v['pretix']['stale_after_s']:.0f} s)"
+        for n, v in sorted(rep["lanes"].items())
+        if v["rostered"] and v["state"] == "ok" and (v.get("pretix") or {}).get("stale")
+    ]
     if not rep["sync"]["running"]:
         out.append(f"{rep['member']}: edge-gate sync not running (last {rep['sync']['last_seen']})")
     return out

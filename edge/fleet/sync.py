@@ -52,6 +52,7 @@ from edge.fleet.proof import verify_proof
 from edge.fleet.state import FleetState, fleet_pubkey_paths
 from edge.gate.audit import AuditLog, AuditRecord
 from edge.tickets.ledger import Ledger
+from edge.tickets.pretix_desk import pretix_heartbeat
 from edge.tickets.pretix_offline import is_pretix_text, lane_proof
 
 log = logging.getLogger(__name__)
@@ -511,6 +512,8 @@ class Sync:
                 config_version=versions.get("config_version"),
                 **self._marks(),
             )
+            if self.cfg.pretix.enabled:  # how old the lane's pretix data is, for the office
+                body["pretix"] = pretix_heartbeat(self.cfg, now)
         self.client.publish(
             msg.topic(self.site, "heartbeat", self.me),
             self._signed(msg.HEARTBEAT, self._hb_seq(), body),

@@ -304,3 +304,28 @@ def lane_status(cfg: Any, now: float) -> dict[str, Any]:
         except Exception as e:  # noqa: BLE001 - a status line must not fail the report
             out["upload_error"] = str(e)
     return out
+
+
+def pretix_heartbeat(cfg: Any, now: float) -> dict[str, Any]:
+    """What a lane's heartbeat says of its pretix data (the office's `fleet status` and the
+    console's Lanes page): when it was last known good, the lane's own limit, uploads waiting,
+    whether the last pull failed. No path, URL or token leaves the lane."""
+    st = lane_status(cfg, now)
+    return {
+        "data_time": st["data_time"],
+        "stale_after_s": cfg.pretix.stale_after_s,
+        "upload_pending": st["upload_pending"],
+        "pull_failing": st["last_error"] is not None,
+    }
+
+
+def pretix_view(hb: Any, now: float) -> dict[str, Any] | None:
+    """A heartbeat's pretix part as `fleet status` shows it: its age and whether it is older
+    than the lane's limit (missing data counts as stale). None when the lane sent none. Pure."""
+    if not isinstance(hb, dict):
+        return None
+    t = hb.get("data_time")
+    limit = hb.get("stale_after_s")
+    age = round(now - float(t), 1) if isinstance(t, int | float) else None
+    stale = age is None or (isinstance(limit, int | float) and age > float(limit))
+    return {**hb, "age_s": age, "stale": stale}
