@@ -40,7 +40,7 @@ SETUP = textwrap.dedent(
     from django.utils.timezone import now
     from django_scopes import scopes_disabled
     from pretix.base.models import (
-        CheckinList, Event, Item, Order, OrderPosition, Organizer, Team,
+        CheckinList, Device, Event, Item, Order, OrderPosition, Organizer, Team,
     )
 
     n_orders = int(sys.argv[1])
@@ -75,6 +75,11 @@ SETUP = textwrap.dedent(
                 o.create_transactions()
                 orders.append({"code": o.code, "position": p.pk, "secret": p.secret})
             out["events"][slug] = {"list": cl.pk, "item": item.pk, "orders": orders}
+            if slug == "gatenight":  # a lane connected as pretixSCAN is: a device of this event
+                dev = Device.objects.create(organizer=org, name="Lane 1", all_events=False,
+                                            security_profile="pretixscan")
+                dev.limit_events.add(ev)
+                out["device_init"] = dev.initialization_token
     print("SETUP " + json.dumps(out))
     """
 )
@@ -115,6 +120,7 @@ class PretixServer:
     port: int = 0
     token: str = ""  # the office's (cancel, block)
     gate_token: str = ""  # the lanes' (read orders, check in)
+    device_init: str = ""  # a device's one-time initialisation token (profile pretixscan)
     events: dict[str, Any] = field(default_factory=dict)
     proc: subprocess.Popen | None = None
     organizer: str = "gatetest"
@@ -158,6 +164,7 @@ class PretixServer:
             _unavailable(f"pretix objects could not be created: {r.stderr[-800:]}")
         out = json.loads(line[len("SETUP ") :])
         self.token, self.gate_token, self.events = out["token"], out["gate_token"], out["events"]
+        self.device_init = out["device_init"]
 
     def start(self, wait_s: float = 120.0) -> None:
         """Run pretix's server and wait until its API answers (401 without a token)."""

@@ -40,11 +40,12 @@ def order(shop: PretixServer, i: int) -> dict:
     return shop.events["gatenight"]["orders"][i]
 
 
-def lane(shop: PretixServer, tmp_path: Path, **extra) -> Path:
+def lane(shop: PretixServer, tmp_path: Path, with_token: bool = True, **extra) -> Path:
     """A lane's gate.toml for this shop, its ledger created; returns the config path."""
     token = tmp_path / "pretix.token"
-    token.write_text(shop.gate_token + "\n")
-    os.chmod(token, 0o600)
+    if with_token:
+        token.write_text(shop.gate_token + "\n")
+        os.chmod(token, 0o600)
     cfg = tmp_path / "gate.toml"
     cfg.write_text(gate_toml(shop, tmp_path / "pretix", tmp_path / "ledger.db", token, **extra))
     assert main(["ledger", "init", "--config", str(cfg)]) == 0
@@ -224,3 +225,37 @@ def test_pull_does_not_wait_for_a_missing_ledger_and_errors_clear(shop, tmp_path
     sync(capsys, cfg)
     state = json.loads((tmp_path / "pretix" / "sync-state.json").read_text())
     assert state["last_error"] == ""
+
+
+def test_a_lane_connected_as_a_pretixscan_device_pulls_decides_and_uploads(shop, tmp_path, capsys):
+    """A device made in pretix with pretixSCAN's security profile: initialised once by
+    `pretix init-device`, its token alone is enough for the pull and the check-ins."""
+    o = order(shop, 8)
+    ev = shop.events["gatenight"]
+    cfg = lane(shop, tmp_path, with_token=False, auth="device")
+    token = tmp_path / "pretix.token"
+
+    def init(init_token: str) -> int:
+        return main(["pretix", "init-device", "--config", str(cfg), "--init-token", init_token])
+
+    capsys.readouterr()
+    assert init("wrong") == 2
+    assert "initialisation token" in capsys.readouterr().err and not token.exists()
+    assert init(shop.device_init) == 0
+    assert "security profile pretixscan" in capsys.readouterr().out
+    assert token.stat().st_mode & 0o777 == 0o600
+    assert token.read_text().strip() not in (shop.token, shop.gate_token)
+    # an existing token file is never overwritten, and the initialisation token works once
+    assert init(shop.device_init) == 2
+    assert "already exists" in capsys.readouterr().err
+    token.rename(tmp_path / "kept.token")
+    assert init(shop.device_init) == 2
+    assert "already been used" in capsys.readouterr().err
+    (tmp_path / "kept.token").rename(token)
+    before = shop.list_count("gatenight", ev["list"])
+    assert sync(capsys, cfg)["reached"]
+    first = scan(capsys, cfg, o["secret"])
+    assert (first["valid"], first["pretix_reason"]) == (True, "valid")
+    rep = sync(capsys, cfg)
+    assert rep["reached"] and rep["uploaded"] == 1 and rep["upload_pending"] == 0
+    assert shop.list_count("gatenight", ev["list"]) == before + 1

@@ -18,6 +18,10 @@ EXAMPLES: dict[str, str] = {
         "edge-gate ticket verify --config /etc/edge-gate/gate.toml --redeem ticket.png"
     ),
     "pretix sync": "edge-gate pretix sync --config /etc/edge-gate/gate.toml",
+    "pretix init-device": (
+        "sudo -u edge-gate edge-gate pretix init-device --config /etc/edge-gate/gate.toml "
+        "--init-token -"
+    ),
     "ticket revoke": "edge-gate ticket revoke --list /etc/edge-gate/revoked.txt DAY-0001",
     "ticket unrevoke": "edge-gate ticket unrevoke --list /etc/edge-gate/revoked.txt DAY-0001",
     "qr read": "edge-gate qr read photo-of-a-ticket.jpg",

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import json
+import sys
 import time
+from pathlib import Path
 
+from edge import __version__
 from edge import config as config_mod
-from edge.errors import EdgeGateError
+from edge.errors import ConfigError, EdgeGateError
+from edge.keyfiles import write_secret
 
 
 def cmd_sync(args) -> int:
@@ -46,6 +50,54 @@ def cmd_sync(args) -> int:
     return 0 if ok else 1
 
 
+def cmd_init_device(args) -> int:
+    """`pretix init-device`: turn a device created in pretix into this lane's device token."""
+    # the shop's HTTP client (urllib, ssl) loads only for the pretix commands
+    from edge.pretix.api import initialize_device
+
+    cfg = config_mod.load(args.config)
+    px = cfg.pretix
+    if not px.url or not px.token_file:
+        raise ConfigError(
+            "pretix init-device needs [pretix] url and token_file", f"set both in {cfg.source_file}"
+        )
+    if px.auth != "device":
+        raise ConfigError(
+            '[pretix] auth is not "device": the device token would be sent as a team token',
+            f'set auth = "device" in [pretix] of {cfg.source_file}',
+        )
+    token_file = cfg.resolve(px.token_file)
+    if Path(token_file).exists():  # before the one-time token is spent
+        raise ConfigError(
+            f"pretix token file {token_file} already exists",
+            "move it away first (the lane keeps using it until then)",
+        )
+    init = (sys.stdin.readline() if args.init_token == "-" else args.init_token).strip()
+    if not init:
+        raise ConfigError("no initialisation token given", "pretix shows it when a device is made")
+    dev = initialize_device(px.url, init, __version__, px.tls_ca_file)
+    write_secret(token_file, dev["api_token"] + "\n", "move it away first")
+    org, profile = dev.get("organizer"), dev.get("security_profile")
+    print(
+        f"pretix device {dev.get('device_id')} ({dev.get('name')}) of {org}: token written to "
+        f"{token_file} (0600); security profile {profile}"
+    )
+    if profile != "pretixscan":
+        print(
+            f"edge-gate: note: the device's security profile is {profile!r}; pretixSCAN's "
+            "('pretixscan') is all a lane needs",
+            file=sys.stderr,
+        )
+    if org != px.organizer:
+        print(
+            f"edge-gate: the device belongs to organizer {org!r}, [pretix] organizer is "
+            f'{px.organizer!r}: set organizer = "{org}"',
+            file=sys.stderr,
+        )
+        return 1
+    return 0
+
+
 def register(sub, common) -> None:
     """Add `pretix sync` to the CLI."""
     px = sub.add_parser("pretix", help="tickets sold in a pretix shop").add_subparsers(
@@ -60,3 +112,16 @@ def register(sub, common) -> None:
     sp.add_argument("--once", action="store_true", help="one round (upload, download), then exit")
     sp.add_argument("--json", action="store_true")
     sp.set_defaults(func=cmd_sync)
+    sp = px.add_parser(
+        "init-device",
+        help="connect this lane as a pretix device (pretix: Organizer → Devices → Connect a "
+        "device) and write its device token to [pretix] token_file",
+    )
+    common(sp)
+    sp.add_argument(
+        "--init-token",
+        required=True,
+        metavar="TOKEN",
+        help="the device's one-time initialisation token ('-' reads it from standard input)",
+    )
+    sp.set_defaults(func=cmd_init_device)

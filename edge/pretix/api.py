@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import platform
 import ssl
 import urllib.error
 import urllib.parse
@@ -83,7 +84,9 @@ class PretixClient:
                 "e.g. https://tickets.example.org",
             )
         self.base = base_url.rstrip("/")
-        self.auth_header = ("Device " if auth == "device" else "Token ") + token
+        self.auth_header = (
+            "" if auth == "none" else ("Device " if auth == "device" else "Token ") + token
+        )
         self.timeout = timeout_s
         self.ctx = (
             ssl.create_default_context(cafile=ca_file or None) if u.scheme == "https" else None
@@ -102,7 +105,8 @@ class PretixClient:
         """One call; 2xx and the 4xx of check-in refusals come back, the rest raise."""
         data = json.dumps(body).encode("utf-8") if body is not None else None
         req = urllib.request.Request(url, data=data, method=method)
-        req.add_header("Authorization", self.auth_header)
+        if self.auth_header:
+            req.add_header("Authorization", self.auth_header)
         req.add_header("Accept", "application/json")
         req.add_header("User-Agent", USER_AGENT)
         if data is not None:
@@ -148,6 +152,35 @@ class PretixClient:
         """POST; the answer comes back whatever its 4xx status (callers judge it)."""
         headers = {"X-Idempotency-Key": idempotency_key} if idempotency_key else None
         return self.request("POST", self.url(path), body, headers)
+
+
+def initialize_device(
+    base_url: str, init_token: str, software_version: str, ca_file: str = ""
+) -> dict[str, Any]:
+    """Initialise a device created in pretix (Organizer → Devices → Connect a device), as
+    pretixSCAN does: one POST with the one-time initialisation token; the answer holds the
+    device's API token (`api_token`), its organizer, id, name and security profile."""
+    client = PretixClient(base_url, "", auth="none", ca_file=ca_file)
+    body = {
+        "token": init_token,
+        "hardware_brand": "edge-gate",
+        "hardware_model": platform.machine() or "unknown",
+        "os_name": platform.system() or "unknown",
+        "os_version": platform.release() or "unknown",
+        "software_brand": "edge-gate",
+        "software_version": software_version,
+    }
+    r = client.post("device/initialize", body)
+    if r.status != 200 or not isinstance(r.body, dict) or not r.body.get("api_token"):
+        detail = r.body.get("token", r.body) if isinstance(r.body, dict) else r.body
+        raise PretixAPIError(
+            f"pretix refused the initialisation token: {r.status} {detail!s:.200}",
+            r.status,
+            r.body,
+            "an initialisation token works once: in pretix, create a new device (Organizer → "
+            "Devices) and give its token",
+        )
+    return r.body
 
 
 def _json(raw: bytes) -> Any:

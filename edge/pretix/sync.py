@@ -169,13 +169,28 @@ class PretixSync:
             items += [o for o in page if isinstance(o, dict) and isinstance(o.get("secret"), str)]
         return items, newest
 
+    def _checkin_list(self) -> dict:
+        """The lane's check-in list, from the list of lists: a pretixSCAN device (security
+        profile `pretixscan`) may read that list, not one list's own detail view."""
+        want = self.px.checkin_list
+        for page in self.client.pages(self.event_path + "checkinlists/"):
+            for clist in page:
+                if isinstance(clist, dict) and clist.get("id") == want:
+                    return clist
+        raise PretixAPIError(
+            f"pretix event {self.px.event} has no check-in list {want}",
+            404,
+            None,
+            "check pretix.checkin_list (the id in the list's address in pretix's back office)",
+        )
+
     def pull(self) -> None:
         """Download everything the offline decision needs and replace the folder's files."""
         event = self.client.get(self.event_path)
         if not isinstance(event, dict) or event.get("slug") != self.px.event:
             raise PretixAPIError(f"pretix event {self.px.event}: unexpected answer", 200, None)
         po.parse_event(event, self.folder / "event.json")  # refuse to write an unusable event
-        clist = self.client.get(self.event_path + f"checkinlists/{self.px.checkin_list}/")
+        clist = self._checkin_list()
         po.parse_checkin_list(clist, self.folder / "checkinlist.json")
         items = [o for page in self.client.pages(self.event_path + "items/") for o in page]
         rev_path, blk_path = (
