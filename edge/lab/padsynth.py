@@ -9,10 +9,16 @@ sensor noise and materials no renderer reproduces; they exercise the motion cue 
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import cv2
 import numpy as np
+
+from edge.errors import ImageError
+from edge.vision.image import load_image
+
+log = logging.getLogger(__name__)
 
 FRAME = (640, 480)
 STYLES = ("print", "screen")
@@ -187,8 +193,12 @@ def write_attack_set(faces: Path, out: Path, seconds: float = 3.0, fps: float = 
         photos = sorted(
             p for p in person.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png")
         )
-        img = cv2.imread(str(photos[0])) if photos else None
-        if img is None:
+        if not photos:
+            continue
+        try:  # the size checked before decoding, as everywhere an image is read
+            img = load_image(photos[0])
+        except ImageError as e:
+            log.warning("attack set: %s skipped: %s", person.name, e)
             continue
         for style in STYLES:
             write_attack_clip(
