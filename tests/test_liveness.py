@@ -157,6 +157,20 @@ def test_config_liveness_mode_is_checked(tmp_path):
     assert PolicyParams.from_config(config_mod.load(None)).liveness is True  # on by default
 
 
+def test_a_model_kept_for_comparison_cannot_be_the_gates(tmp_path):
+    """The Faceplugin MiniFASNet stays in the catalogue for `eval-pad --model` only: the gate
+    and doctor refuse it by name, with the models a gate may use."""
+    p = tmp_path / "g.toml"
+    p.write_text('[liveness]\nmode = "model"\nmodel = "minifasnet_int8"\n')
+    cfg = config_mod.load(p)
+    with pytest.raises(ModelError, match="comparison only") as e:
+        lv.LivenessJudge.from_config(cfg, MODELS)
+    assert "silentface_int8" in (e.value.hint or "") and "minifasnet" not in (e.value.hint or "")
+    assert lv.PadSpec.load(MODELS, "minifasnet_int8").name == "minifasnet_int8"  # eval-pad's way
+    judge = lv.LivenessJudge.from_config(config_mod.load(None), MODELS)
+    assert judge is not None and judge.model.spec.name == "silentface_int8"
+
+
 def test_shipped_model_loads_and_judges_in_range():
     spec = lv.PadSpec.load(MODELS, "minifasnet_int8")
     assert 0 < spec.threshold < 1

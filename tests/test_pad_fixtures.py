@@ -83,7 +83,9 @@ def test_zubair_live_is_granted_and_his_phone_replay_refused(tmp_path, zubair, p
     full = make_config(tmp_path / "full", '[vision]\ndetector = "blazeface_full"\n')
     enroll(full, pipeline, photo, "Zubair")
     got, _ = run_cli(full, replay, tmp_path / "full")
-    assert not [e for e in got if e["decision"] == "grant"], got
+    said = [(e["decision"], e["reason"]) for e in got]
+    assert said and said[0] == ("deny", "presentation_attack"), said  # refused as an attack
+    assert "grant" not in [d for d, _ in said], said
 
 
 def test_the_hamilton_clip_still_grants_by_frame_100(tmp_path, fixtures, pipeline):

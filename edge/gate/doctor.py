@@ -106,7 +106,7 @@ def _liveness(site: Site) -> str | Check:
             " a printed photo or a phone showing a pass holder opens the gate",
             'set [liveness] mode = "model" unless every lane is supervised',
         )
-    spec = PadSpec.load(config_mod.models_path(site.cfg), lv.model)
+    spec = PadSpec.load(config_mod.models_path(site.cfg), lv.model, for_gate=True)
     PadModel(spec, threads=1)  # a missing or corrupt model fails here, as the gate's face path does
     return f"mode {lv.mode}; {spec.name}, threshold {lv.threshold or spec.threshold}"
 

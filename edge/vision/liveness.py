@@ -113,8 +113,11 @@ class PadSpec:
         return max(m.crop_scale for m in self.members)
 
     @classmethod
-    def load(cls, models_dir: Path, name: str, require_threshold: bool = True) -> PadSpec:
-        """Read a PAD model's entry from models.json, refusing one with no measured threshold."""
+    def load(
+        cls, models_dir: Path, name: str, require_threshold: bool = True, for_gate: bool = False
+    ) -> PadSpec:
+        """Read a PAD model's entry from models.json, refusing one with no measured threshold,
+        and (`for_gate`) one the catalogue keeps for comparison only (`"gate": false`)."""
         group = load_catalogue(models_dir).get("liveness", {})
         if name not in group:
             raise ModelError(
@@ -122,6 +125,13 @@ class PadSpec:
                 "run scripts/build_models.py --only liveness, or set [liveness] model",
             )
         e = group[name]
+        if for_gate and e.get("gate", True) is False:
+            usable = sorted(n for n, v in group.items() if v.get("gate", True) is not False)
+            raise ModelError(
+                f"liveness model {name!r} is kept for comparison only (eval-pad --model): "
+                f"{e.get('gate_note', 'not for a gate')}",
+                f"set [liveness] model to one of {', '.join(usable) or 'none built'}",
+            )
         if "threshold" not in e and require_threshold:
             raise ModelError(
                 f"liveness model {name!r} has no measured threshold",
@@ -433,7 +443,7 @@ class LivenessJudge:
         lv = cfg.liveness
         if lv.mode == "off":
             return None
-        spec = PadSpec.load(models_dir, lv.model)
+        spec = PadSpec.load(models_dir, lv.model, for_gate=True)
         if lv.threshold > 0:
             spec = PadSpec(**{**spec.__dict__, "threshold": lv.threshold})
         return cls(PadModel(spec, threads=1), lv.mode, gap_s, lv.cues)
