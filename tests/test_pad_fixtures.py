@@ -27,17 +27,7 @@ FPS = 15.0
 
 
 def frames(clip: Path, start: int = 0, stop: int | None = None) -> list[np.ndarray]:
-    cap = cv2.VideoCapture(str(clip))
-    out, i = [], 0
-    while stop is None or i < stop:
-        ok, f = cap.read()
-        if not ok:
-            break
-        if i >= start:
-            out.append(f)
-        i += 1
-    cap.release()
-    return out
+    return padsynth.read_part(clip, start, stop)[0]
 
 
 def clip_of(images: list[np.ndarray], path: Path) -> Path:

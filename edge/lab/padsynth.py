@@ -298,12 +298,8 @@ def render_surround(
     return np.clip(cv2.GaussianBlur(f, (0, 0), rng.uniform(0.5, 0.9)), 0, 255).astype(np.uint8)
 
 
-def write_part(src: Path, dst: Path, start: int, stop: int | None = None) -> int:
-    """Frames start..stop of a recorded clip as an MP4 (e.g. a replay clip without the opening
-    in which the person himself is in view); returns the number of frames written."""
-    # synth imports the QR renderer, absent from the model build's env (above)
-    from edge.lab.synth import write_video
-
+def read_part(src: Path, start: int = 0, stop: int | None = None) -> tuple[list[np.ndarray], float]:
+    """Frames start..stop of a recorded clip, and its frame rate (15 when it says none)."""
     cap = cv2.VideoCapture(str(src))
     fps = cap.get(cv2.CAP_PROP_FPS) or 15.0
     frames, i = [], 0
@@ -315,6 +311,16 @@ def write_part(src: Path, dst: Path, start: int, stop: int | None = None) -> int
             frames.append(f)
         i += 1
     cap.release()
+    return frames, fps
+
+
+def write_part(src: Path, dst: Path, start: int, stop: int | None = None) -> int:
+    """Frames start..stop of a recorded clip as an MP4 (e.g. a replay clip without the opening
+    in which the person himself is in view); returns the number of frames written."""
+    # synth imports the QR renderer, absent from the model build's env (above)
+    from edge.lab.synth import write_video
+
+    frames, fps = read_part(src, start, stop)
     if not frames:
         raise ValueError(f"{src}: no frames from {start}")
     h, w = frames[0].shape[:2]
