@@ -247,6 +247,8 @@ def test_office_status_flags_a_lane_whose_pretix_data_is_old_or_missing():
         "stale": True,
     }
     assert pretix_view("junk", now) is None  # a heartbeat field of the wrong shape
+    odd = pretix_view({"data_time": "yesterday", "stale_after_s": None}, now)
+    assert odd is not None and odd["age_s"] is None and odd["stale"] is True
 
     def rep(px, state="ok"):
         lane = {"rostered": True, "state": state, "last_seen": "1 s ago", "pretix": px}
@@ -261,5 +263,8 @@ def test_office_status_flags_a_lane_whose_pretix_data_is_old_or_missing():
     old = pretix_view({**hb, "data_time": now - 7200}, now)
     assert status_problems(rep(old)) == ["lane1: pretix data last good 2.0 h ago (limit 600 s)"]
     assert status_problems(rep(None)) == []  # a lane that takes no pretix tickets
+    odd_limit = pretix_view({"data_time": now - 7200, "stale_after_s": "1h"}, now)
+    assert status_problems(rep(odd_limit)) == []  # no limit it can read: not judged stale
+    assert status_problems(rep(odd)) == ["lane1: pretix data missing"]
     # a stale lane is reported once, as stale, not again for its pretix data
     assert status_problems(rep(old, "stale")) == ["lane1: stale (last heartbeat 1 s ago)"]

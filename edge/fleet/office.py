@@ -390,8 +390,13 @@ def fleet_status(cfg: Config, now: float | None = None) -> dict[str, Any]:
 
 
 def _pretix_age(px: dict[str, Any]) -> str:
-    """'missing' or 'last good 3 min ago'."""
-    return "missing" if px["age_s"] is None else f"last good {ago(px['age_s'])}"
+    """'missing' or 'last good 3 min ago (limit 3600 s)'."""
+    if px["age_s"] is None:
+        return "missing"
+    limit = px.get("stale_after_s")
+    return f"last good {ago(px['age_s'])}" + (
+        f" (limit {limit:.0f} s)" if isinstance(limit, int | float) else ""
+    )
 
 
 def status_problems(rep: dict[str, Any]) -> list[str]:
@@ -404,7 +409,7 @@ def status_problems(rep: dict[str, Any]) -> list[str]:
     ]
     out += [f"{n}: clock off" for n in rep["clock"]["off"]]
     out += [
-        f"{n}: pretix data {_pretix_age(v['pretix'])} (limit {v['pretix']['stale_after_s']:.0f} s)"
+        f"{n}: pretix data {_pretix_age(v['pretix'])}"
         for n, v in sorted(rep["lanes"].items())
         if v["rostered"] and v["state"] == "ok" and (v.get("pretix") or {}).get("stale")
     ]
