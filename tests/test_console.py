@@ -245,3 +245,28 @@ def test_people_page_list_follows_the_gallery_file_and_is_capped(tmp_path):
     assert [p["id"] for p in actions.people(office, "ada late")[1]] == [late]
     actions.forget(office, "sam", late, "deletion_request")
     assert actions.people(office, "ada late") == (0, [])
+
+
+def test_override_page_tells_the_grant_even_when_a_replay_was_refused_after_it():
+    from edge.console.app import OVERRIDE_GRACE_S, override_outcome
+
+    granted = {"decision": "grant", "reason": "override", "t": 10.0}
+    replayed = {"decision": "deny", "reason": "override_replayed", "t": 10.2}
+    assert override_outcome([replayed, granted], 20.0, 11.0)["state"] == "grant"
+    expired = {"decision": "deny", "reason": "override_expired", "t": 30.0}
+    assert override_outcome([expired], 20.0, 31.0) == {
+        "state": "deny",
+        "reason": "override_expired",
+        "t": 30.0,
+    }
+    assert override_outcome([], 20.0, 21.0)["state"] == "waiting"
+    assert override_outcome([], 20.0, 20.0 + OVERRIDE_GRACE_S + 1)["state"] == "unanswered"
+
+
+def test_lanes_page_row_carries_the_pretix_part_of_a_heartbeat_and_nothing_malformed():
+    from edge.console.app import lane_row
+
+    px = {"data_time": 1.0, "age_s": 5.0, "stale": False}
+    assert lane_row("lane1", {"state": "ok", "pretix": px}, 5.0)["pretix"] == px
+    assert lane_row("lane1", {"state": "ok", "pretix": "junk"}, 5.0)["pretix"] is None
+    assert lane_row("lane1", {"state": "ok"}, 5.0)["pretix"] is None

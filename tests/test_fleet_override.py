@@ -131,6 +131,34 @@ def test_inbox_spends_each_nonce_once(tmp_path):
         st.close()
 
 
+def test_a_malformed_override_is_refused_and_never_jams_the_inbox(tmp_path):
+    """A payload too deeply nested to decode, or a row stored as text, is refused (and so
+    audited by the gate) and taken out; the genuine override behind it still opens once."""
+    priv_path, pub_path = tk.keygen(tmp_path / "k")
+    key = tk.load_private(priv_path)
+    (tmp_path / "lane.toml").write_text(
+        f'[fleet]\nbroker = "mqtt://127.0.0.1:1"\nsite = "{SITE}"\nlane = "lane1"\n'
+        f'state_db = "fleet.db"\n[tickets]\npubkeys = ["{pub_path}"]\n'
+    )
+    cfg = config_mod.load(tmp_path / "lane.toml")
+    now = time.time()
+    st = FleetState(tmp_path / "fleet.db")
+    inbox = OverrideInbox(cfg)
+    try:
+        st.add_override(b"[" * 100_000 + b"]" * 100_000, now)
+        st.conn.execute(
+            "INSERT INTO overrides_in (payload, received) VALUES (?, ?)", ("not bytes", now)
+        )
+        st.conn.commit()
+        st.add_override(_signed(key, override_body("lane1", "pram", "sam", now), now), now)
+        assert [v.reason for v in inbox.take(now + 1)] == [INVALID, INVALID, VIA]
+        inbox._next = 0.0
+        assert inbox.take(now + 2) == []
+    finally:
+        inbox.close()
+        st.close()
+
+
 # --- on a real broker, with the real gate ---------------------------------------------------
 
 
@@ -259,6 +287,27 @@ def test_the_lanes_sync_refuses_an_override_not_signed_by_the_issuer(park, tmp_p
 def test_override_of_a_lane_not_in_the_roster_is_refused_at_the_office(park):
     with pytest.raises(ConfigError, match="no lane 'lane9'"):
         publish_override(park.office_cfg, park.priv, "lane9", "x", "sam")
+
+
+def test_an_override_the_office_cannot_record_is_never_sent(park):
+    """The office's audit record is written first: when it fails, nothing is queued."""
+
+    def queued() -> int:  # the office's persisted message counter
+        with office_store(park.office_cfg) as store:
+            return store.next_seq()
+
+    seen: list[tuple[str, int]] = []
+
+    def broken_log(record) -> None:
+        seen.append((record.kind, queued()))
+        assert record.via == VIA and record.detail.startswith("by sam: lane1: x")
+        raise OSError("disk full")
+
+    before = queued()
+    with pytest.raises(OSError, match="disk full"):
+        publish_override(park.office_cfg, park.priv, "lane1", "x", "sam", record=broken_log)
+    assert seen == [("override", before)]  # asked to record before anything was queued
+    assert queued() == before  # and nothing was
 
 
 # --- what the Lanes page shows: models, config version, gone by the last will ---------------

@@ -247,6 +247,8 @@ def test_office_status_flags_a_lane_whose_pretix_data_is_old_or_missing():
         "stale": True,
     }
     assert pretix_view("junk", now) is None  # a heartbeat field of the wrong shape
+    for odd_time in (float("nan"), float("inf"), now + 86_400):  # not a time, or far ahead
+        assert pretix_view({**hb, "data_time": odd_time}, now)["stale"] is True
     odd = pretix_view({"data_time": "yesterday", "stale_after_s": None}, now)
     assert odd is not None and odd["age_s"] is None and odd["stale"] is True
 

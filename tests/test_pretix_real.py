@@ -239,6 +239,14 @@ def test_a_lane_connected_as_a_pretixscan_device_pulls_decides_and_uploads(shop,
         return main(["pretix", "init-device", "--config", str(cfg), "--init-token", init_token])
 
     capsys.readouterr()
+    # a token file the command cannot write is said before pretix spends the token
+    (tmp_path / "a-file").write_text("")
+    bad = tmp_path / "bad.toml"
+    bad.write_text(cfg.read_text().replace(str(token), str(tmp_path / "a-file" / "t")))
+    assert (
+        main(["pretix", "init-device", "--config", str(bad), "--init-token", shop.device_init]) == 2
+    )
+    assert "cannot write the pretix token file" in capsys.readouterr().err
     assert init("wrong") == 2
     assert "initialisation token" in capsys.readouterr().err and not token.exists()
     assert init(shop.device_init) == 0

@@ -292,13 +292,20 @@ def publish_deletion(args, cfg: config_mod.Config) -> None:
 def cmd_override(args) -> int:
     """`fleet override`: open one lane's turnstile once (a supervisor's decision), signed."""
     # the office library loads only for the office's commands (edge/cli/__init__.py)
-    from edge.fleet.office import override_record, publish_override
+    from edge.fleet.office import publish_override
     from edge.gate.audit import open_audit
 
     cfg = config_mod.load(args.config)
-    _, oid = publish_override(cfg, Path(args.key), args.lane, args.reason, args.by, args.valid_s)
-    with open_audit(cfg, "use") as audit:
-        audit.record(override_record(cfg, oid, args.lane, args.reason, args.by))
+    with open_audit(cfg, "use") as audit:  # recorded before it is sent (publish_override)
+        _, oid = publish_override(
+            cfg,
+            Path(args.key),
+            args.lane,
+            args.reason,
+            args.by,
+            args.valid_s,
+            record=audit.record,
+        )
     report_sent(cfg, f"override {oid} for {args.lane} (valid {args.valid_s:.0f} s)", args.valid_s)
     return 0
 

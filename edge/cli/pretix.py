@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -50,6 +51,23 @@ def cmd_sync(args) -> int:
     return 0 if ok else 1
 
 
+def _check_writable(path: Path) -> None:
+    """Create and remove a file beside `path`: a folder the command may not write to is said
+    before pretix hands out a token that exists only once."""
+    probe = path.with_name(f".{path.name}.{os.getpid()}.probe")
+    try:
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        os.close(fd)
+        probe.unlink()
+    except OSError as e:
+        raise ConfigError(
+            f"cannot write the pretix token file {path}: {e.strerror}",
+            "run as the user that may write that folder (sudo -u edge-gate …), or point "
+            "[pretix] token_file elsewhere",
+        ) from None
+
+
 def cmd_init_device(args) -> int:
     """`pretix init-device`: turn a device created in pretix into this lane's device token."""
     # the shop's HTTP client (urllib, ssl) loads only for the pretix commands
@@ -75,8 +93,16 @@ def cmd_init_device(args) -> int:
     init = (sys.stdin.readline() if args.init_token == "-" else args.init_token).strip()
     if not init:
         raise ConfigError("no initialisation token given", "pretix shows it when a device is made")
+    _check_writable(Path(token_file))  # before the one-time token is spent
     dev = initialize_device(px.url, init, __version__, px.tls_ca_file)
-    write_secret(token_file, dev["api_token"] + "\n", "move it away first")
+    try:
+        write_secret(token_file, dev["api_token"] + "\n", "move it away first")
+    except (OSError, EdgeGateError) as e:  # the token exists once: never lose it
+        print(dev["api_token"])
+        raise ConfigError(
+            f"the device token could not be written to {token_file}: {e}; it is printed above",
+            "save it there yourself (one line, mode 0600, owned by the gate's user)",
+        ) from None
     org, profile = dev.get("organizer"), dev.get("security_profile")
     print(
         f"pretix device {dev.get('device_id')} ({dev.get('name')}) of {org}: token written to "

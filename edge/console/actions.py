@@ -27,7 +27,6 @@ from edge import config as config_mod
 from edge import tickets as tk
 from edge.errors import EdgeGateError, ImageError, SeveralFacesError
 from edge.fleet.office import (
-    override_record,
     publish_enrollment,
     publish_override,
     publish_person,
@@ -437,11 +436,16 @@ def override(office: Office, user: str, lane: str, reason: str) -> tuple[str, bo
         raise ActionError("this office has no [fleet] section: no lane to open")
     if not reason.strip():
         raise ActionError("an override needs a reason", "type why the gate is opened")
-    q, oid = publish_override(
-        cfg, office.need_issuer_key(), lane, reason, user, cfg.console.override_valid_s
-    )
-    with office.audit() as a:
-        a.record(override_record(cfg, oid, lane, reason, user))
+    with office.audit() as a:  # recorded before it is sent (publish_override)
+        q, oid = publish_override(
+            cfg,
+            office.need_issuer_key(),
+            lane,
+            reason,
+            user,
+            cfg.console.override_valid_s,
+            record=a.record,
+        )
     return oid, wait_sent(cfg, [q], min(5.0, cfg.console.override_valid_s))
 
 

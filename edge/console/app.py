@@ -186,6 +186,19 @@ AUDIT_KINDS = ("decision", "enroll", "deletion", "reveal", "revoke", "unrevoke",
                "console", "purge", "door", "system", "ledger", "fleet")  # fmt: skip
 
 
+def override_outcome(rows: list[dict[str, Any]], until: float | None, now: float) -> dict[str, Any]:
+    """What the override page says: the lane's decision (`rows`, newest first, as the feed's
+    ticket usage gives them), "waiting", or "unanswered" past the validity. A message delivered
+    twice is granted once and then refused as replayed: the grant is what happened at the
+    turnstile, so it wins over any refusal. Pure."""
+    if not rows:
+        late = until is not None and now > until + OVERRIDE_GRACE_S
+        return {"state": "unanswered" if late else "waiting"}
+    grants = [r for r in rows if r.get("decision") == "grant"]
+    r = grants[0] if grants else rows[-1]
+    return {"state": r.get("decision"), "reason": r.get("reason"), "t": r.get("t")}
+
+
 def lane_row(name: str, hb: dict[str, Any], max_offset_s: float) -> dict[str, Any]:
     """One line of the Lanes page from the lane as `fleet status` sees it (its last signed
     heartbeat; `state` ok / stale / gone by its last will / never heard)."""
@@ -208,6 +221,7 @@ def lane_row(name: str, hb: dict[str, Any], max_offset_s: float) -> dict[str, An
         "outbox": hb.get("outbox"),
         "models": models or "-",
         "config_version": hb.get("config_version") or "-",
+        "pretix": hb.get("pretix") if isinstance(hb.get("pretix"), dict) else None,
     }
 
 
@@ -432,13 +446,8 @@ def build_app(cfg: config_mod.Config, feed: FleetFeed | None = None) -> Starlett
         return RedirectResponse(f"/overrides/{quote(oid)}?{q}", status_code=303)
 
     def _override_outcome(oid: str) -> dict[str, Any]:
-        rows = con.feed.ticket_usage(oid)  # the lane's decision record names the override
-        if not rows:
-            until = con.overrides.get(oid)
-            late = until is not None and time.time() > until + OVERRIDE_GRACE_S
-            return {"state": "unanswered" if late else "waiting"}
-        r = rows[0]
-        return {"state": r.get("decision"), "reason": r.get("reason"), "t": r.get("t")}
+        # the lane's decision record names the override
+        return override_outcome(con.feed.ticket_usage(oid), con.overrides.get(oid), time.time())
 
     async def override_page(ctx: Ctx) -> Response:
         q = ctx.request.query_params

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -207,10 +207,14 @@ def publish_override(
     by: str,
     valid_s: float = DEFAULT_VALID_S,
     now: float | None = None,
+    record: Callable[[AuditRecord], object] | None = None,
 ) -> tuple[Queued, str]:
     """A supervisor's "open once" for one rostered lane: signed, with a nonce and a short
     validity, queued for the office's sync (never retained: a lane away longer than the
-    validity refuses it as expired). Returns the queue entry and the override's id."""
+    validity refuses it as expired). Returns the queue entry and the override's id.
+
+    `record` writes the office's audit record (`override_record`) before anything is queued:
+    an office log that cannot be written stops the override, so no lane opens unrecorded."""
     need_office(cfg, "override")
     with office_store(cfg) as store:
         gates = store.state.roster().gates()
@@ -221,6 +225,8 @@ def publish_override(
         )
     now = time.time() if now is None else now
     body = override_body(lane, reason, by, now, valid_s)
+    if record is not None:
+        record(override_record(cfg, override_id(body["nonce"]), lane, reason, by))
     q = _queue(
         cfg,
         msg.OVERRIDE,

@@ -164,8 +164,9 @@ def judge(
         )
         if len(o.nonce) < 16:
             raise msg.MessageError("override nonce too short")
-    except (msg.MessageError, KeyError, TypeError, ValueError) as e:
-        return Verdict(False, INVALID, f"override refused: {e}"[:300])
+    except Exception as e:  # noqa: BLE001 - any malformed payload (a nesting too deep to
+        # decode included) is refused and audited; it must never stay in the inbox
+        return Verdict(False, INVALID, f"override refused: {type(e).__name__}: {e}"[:300])
     who = f"by {o.by}: {o.reason}"
     if o.lane != lane:
         return Verdict(False, OTHER_LANE, f"{who} (for lane {o.lane!r}, this is {lane!r})", o)

@@ -165,7 +165,10 @@ class FleetState(Store):
         rows = self.conn.execute("SELECT id, payload FROM overrides_in ORDER BY id").fetchall()
         if rows:
             self.conn.execute("DELETE FROM overrides_in WHERE id <= ?", (rows[-1][0],))
-        return [bytes(p) for _, p in rows]
+        # a row written as text (by hand, or an older sync) is judged, and refused, like any
+        return [
+            p.encode("utf-8", "replace") if isinstance(p, str) else bytes(p or b"") for _, p in rows
+        ]
 
     def use_nonce(self, nonce: str, until: float, now: float) -> bool:
         """Spend an override's nonce: True the first time, False for a replay. Nonces are

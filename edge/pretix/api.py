@@ -173,6 +173,8 @@ def initialize_device(
     r = client.post("device/initialize", body)
     if r.status != 200 or not isinstance(r.body, dict) or not r.body.get("api_token"):
         detail = r.body.get("token", r.body) if isinstance(r.body, dict) else r.body
+        if isinstance(detail, dict):  # never a token in an error message
+            detail = {k: v for k, v in detail.items() if "token" not in k}
         raise PretixAPIError(
             f"pretix refused the initialisation token: {r.status} {detail!s:.200}",
             r.status,

@@ -16,6 +16,7 @@ import dataclasses
 import datetime as dt
 import json
 import logging
+import math
 import re
 import secrets
 from dataclasses import dataclass
@@ -326,6 +327,8 @@ def pretix_view(hb: Any, now: float) -> dict[str, Any] | None:
         return None
     t = hb.get("data_time")
     limit = hb.get("stale_after_s")
-    age = round(now - float(t), 1) if isinstance(t, int | float) else None
+    age = None  # not a time, or far ahead of the office's clock: counted as missing
+    if isinstance(t, int | float) and math.isfinite(t) and t <= now + 300:
+        age = round(now - float(t), 1)
     stale = age is None or (isinstance(limit, int | float) and age > float(limit))
     return {**hb, "age_s": age, "stale": stale}
