@@ -104,59 +104,52 @@ def test_judge_refuses_expired_future_too_long_forged_and_other_types(issuer, tm
         override_body("lane1", "x", "sam", now, MAX_VALID_S + 1)
 
 
-def test_inbox_spends_each_nonce_once(tmp_path):
+@pytest.fixture
+def lane_inbox(tmp_path):
+    """A lane's fleet state and the gate's override inbox on it, and the issuer's key."""
     priv_path, pub_path = tk.keygen(tmp_path / "k")
-    key = tk.load_private(priv_path)
     (tmp_path / "lane.toml").write_text(
         f'[fleet]\nbroker = "mqtt://127.0.0.1:1"\nsite = "{SITE}"\nlane = "lane1"\n'
         f'state_db = "fleet.db"\n[tickets]\npubkeys = ["{pub_path}"]\n'
     )
-    cfg = config_mod.load(tmp_path / "lane.toml")
+    st = FleetState(tmp_path / "fleet.db")
+    inbox = OverrideInbox(config_mod.load(tmp_path / "lane.toml"))
+    try:
+        yield tk.load_private(priv_path), st, inbox
+    finally:
+        inbox.close()
+        st.close()
+
+
+def test_inbox_spends_each_nonce_once(lane_inbox):
+    key, st, inbox = lane_inbox
     now = time.time()
     payload = _signed(key, override_body("lane1", "wheelchair user", "sam", now), now)
-    st = FleetState(tmp_path / "fleet.db")
-    inbox = OverrideInbox(cfg)
-    try:
-        st.add_override(payload, now)
-        st.add_override(payload, now)  # the same message delivered twice
-        got = [v.reason for v in inbox.take(now + 1)]
-        assert got == [VIA, REPLAYED]
-        inbox._next = 0.0
-        st.add_override(payload, now)  # and again later: still spent
-        assert [v.reason for v in inbox.take(now + 2)] == [REPLAYED]
-        inbox._next = 0.0
-        assert inbox.take(now + 3) == []  # taken means gone
-    finally:
-        inbox.close()
-        st.close()
+    st.add_override(payload, now)
+    st.add_override(payload, now)  # the same message delivered twice
+    got = [v.reason for v in inbox.take(now + 1)]
+    assert got == [VIA, REPLAYED]
+    inbox._next = 0.0
+    st.add_override(payload, now)  # and again later: still spent
+    assert [v.reason for v in inbox.take(now + 2)] == [REPLAYED]
+    inbox._next = 0.0
+    assert inbox.take(now + 3) == []  # taken means gone
 
 
-def test_a_malformed_override_is_refused_and_never_jams_the_inbox(tmp_path):
+def test_a_malformed_override_is_refused_and_never_jams_the_inbox(lane_inbox):
     """A payload too deeply nested to decode, or a row stored as text, is refused (and so
     audited by the gate) and taken out; the genuine override behind it still opens once."""
-    priv_path, pub_path = tk.keygen(tmp_path / "k")
-    key = tk.load_private(priv_path)
-    (tmp_path / "lane.toml").write_text(
-        f'[fleet]\nbroker = "mqtt://127.0.0.1:1"\nsite = "{SITE}"\nlane = "lane1"\n'
-        f'state_db = "fleet.db"\n[tickets]\npubkeys = ["{pub_path}"]\n'
-    )
-    cfg = config_mod.load(tmp_path / "lane.toml")
+    key, st, inbox = lane_inbox
     now = time.time()
-    st = FleetState(tmp_path / "fleet.db")
-    inbox = OverrideInbox(cfg)
-    try:
-        st.add_override(b"[" * 100_000 + b"]" * 100_000, now)
-        st.conn.execute(
-            "INSERT INTO overrides_in (payload, received) VALUES (?, ?)", ("not bytes", now)
-        )
-        st.conn.commit()
-        st.add_override(_signed(key, override_body("lane1", "pram", "sam", now), now), now)
-        assert [v.reason for v in inbox.take(now + 1)] == [INVALID, INVALID, VIA]
-        inbox._next = 0.0
-        assert inbox.take(now + 2) == []
-    finally:
-        inbox.close()
-        st.close()
+    st.add_override(b"[" * 100_000 + b"]" * 100_000, now)
+    st.conn.execute(
+        "INSERT INTO overrides_in (payload, received) VALUES (?, ?)", ("not bytes", now)
+    )
+    st.conn.commit()
+    st.add_override(_signed(key, override_body("lane1", "pram", "sam", now), now), now)
+    assert [v.reason for v in inbox.take(now + 1)] == [INVALID, INVALID, VIA]
+    inbox._next = 0.0
+    assert inbox.take(now + 2) == []
 
 
 # --- on a real broker, with the real gate ---------------------------------------------------
