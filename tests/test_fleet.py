@@ -621,6 +621,47 @@ def test_duplicated_and_reordered_messages_count_once(broker, office_keys, tmp_p
         park.stop_all()
 
 
+def test_a_redemption_number_used_again_for_another_ticket_still_counts(
+    broker, office_keys, tmp_path
+):
+    """Row 1 when the restored lane's own check cannot see the restore (its last will, written
+    at connection, was the newest mark): lane2 numbers T-B with the seq T-A had. The receiver
+    counts T-B all the same, once, and audits the reuse; a true duplicate still counts once."""
+    park = Park(tmp_path, broker.url, office_keys, lanes=2)
+    try:
+        park.start(1)
+        park.wait_ready(1)
+        cfg2 = park.cfg(2)  # lane2's sync is not running: its login is free for this client
+        key2 = load_lane_key(cfg2)
+        s = park.syncs[1][0]
+        with OneShot(cfg2, "test") as c:
+            for tid in ("T-A", "T-B", "T-B"):  # T-B under T-A's number, then delivered twice
+                body = {"ticket": park.ticket(tid), "ticket_id": tid, "day": "2026-11-27"}
+                m = msg.Message(
+                    msg.REDEMPTION,
+                    park.site,
+                    "lane2",
+                    1,
+                    time.time(),
+                    {**body, "t": 1.0},
+                    epoch="e1",
+                )
+                c.publish(
+                    msg.topic(park.site, "redemptions", "lane2"), msg.encode(msg.sign(m, key2))
+                )
+        wait_for(
+            lambda: s.stats["applied"] + s.stats["duplicates"] == 3 and park.remote(1, "T-B") == 1,
+            what="three arrivals handled and committed",
+        )
+        assert (park.remote(1, "T-A"), park.remote(1, "T-B")) == (1, 1)
+        assert (s.stats["applied"], s.stats["duplicates"]) == (2, 1)
+        (r,) = park.audit(1, "seq_reused")
+        assert r.subject == "T-B" and "seq 1: T-A, then T-B" in r.detail
+        assert verify(park, 1, park.ticket("T-B"))[1]["reason"] == "already_used"
+    finally:
+        park.stop_all()
+
+
 def test_broker_down_at_start_then_up(office_keys, tmp_path):
     _need_mosquitto()
     b = Mosquitto(tmp_path / "broker", users=USERS)

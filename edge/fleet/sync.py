@@ -58,6 +58,7 @@ from edge.tickets.pretix_offline import is_pretix_text, lane_proof
 log = logging.getLogger(__name__)
 
 DOUBLE_USE = "double_use"
+SEQ_REUSED = "seq_reused"  # a lane's redemption number used again for another ticket
 BATCH = 500
 AUDIT_BATCH = 100  # records per audit message
 AUDIT_WINDOW = 2000  # records sent ahead of the office's acknowledgement
@@ -729,10 +730,21 @@ class Sync:
     def _apply_redemption(self, m: msg.Message, ticket: tk.Ticket, now: float) -> None:
         t, day = float(m.body["t"]), str(m.body["day"])
         tid = ticket.ticket_id
-        if not self.lane_ledger.apply_remote(m.lane, m.seq, tid, t, day, epoch=m.epoch):
+        epoch = m.epoch
+        before = self.lane_ledger.remote_ticket(m.lane, m.epoch, m.seq)
+        if before is not None and before != tid:
+            # The same number for another ticket: that lane's numbering went back without a new
+            # epoch (a restore its own check missed: after a crash its last will, written at
+            # connection, is the newest mark the broker holds). Not a duplicate: counted apart.
+            epoch = f"{m.epoch}/reused/{tid}"
+        if not self.lane_ledger.apply_remote(m.lane, m.seq, tid, t, day, epoch=epoch):
             self.stats["duplicates"] += 1
             return
         self.stats["applied"] += 1
+        if epoch != m.epoch:
+            detail = f"lane {m.lane} epoch {m.epoch[:8]} seq {m.seq}: {before}, then {tid}"
+            log.warning("sync seq_reused %s", detail)
+            self._audit_event(now, SEQ_REUSED, detail[:300], subject=tid)
         if len(self.delays) < 100_000:
             self.delays.append((t, self.clock() - t))
         on_day = day if ticket.kind == tk.Kind.SEASON else None

@@ -726,6 +726,14 @@ class Ledger(Store):
         with self.transaction() as c:
             return self._append(c, e) > 0
 
+    def remote_ticket(self, lane: str, epoch: str, seq: int) -> str | None:
+        """The ticket another lane's redemption (lane, epoch, seq) named here, if applied."""
+        row = self.conn.execute(
+            "SELECT ticket_id FROM remote_redemptions WHERE lane = ? AND epoch = ? AND seq = ?",
+            (lane, epoch, int(seq)),
+        ).fetchone()
+        return None if row is None else str(row[0])
+
     def outbox_batch(self, after_seq: int = 0, limit: int = 500) -> list[OutboxEntry]:
         """Local redemptions queued for publishing, oldest first, after `after_seq`."""
         rows = self.conn.execute(
