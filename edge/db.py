@@ -185,6 +185,15 @@ class Store:
                 f"{self.what} {self.path}: {e}; nothing was written", sqlite_fix(e)
             ) from None
 
+    @contextmanager
+    def reading(self) -> Iterator[sqlite3.Connection]:
+        """A plain read (no transaction); a SQLite failure (a damaged or vanished file) is this
+        store's error, so callers that catch it keep running."""
+        try:
+            yield self.conn
+        except sqlite3.Error as e:
+            raise self.error(f"{self.what} {self.path}: {e}", sqlite_fix(e)) from None
+
     def data_version(self) -> int:
         """Changes whenever another connection commits to this file."""
         return self.conn.execute("PRAGMA data_version").fetchone()[0]

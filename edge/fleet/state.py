@@ -48,7 +48,8 @@ NONCE_KEEP_S = 86_400.0  # a used override nonce is remembered this long after i
 
 
 class FleetState(Store):
-    """Small key/value and bookkeeping tables; every write is its own short transaction."""
+    """Small key/value and bookkeeping tables; every write is its own short transaction (or
+    joins the caller's), and a SQLite failure is a FleetStateError, never a raw sqlite3 one."""
 
     error = FleetStateError
     what = "fleet state"
@@ -67,38 +68,44 @@ class FleetState(Store):
 
     def put(self, **values: Any) -> None:
         """Record link facts (connected, clock offset, outbox) for the gate and status."""
-        self.conn.executemany(
-            "INSERT OR REPLACE INTO kv (key, value) VALUES (?, ?)",
-            [(k, json.dumps(v)) for k, v in values.items()],
-        )
+        with self.transaction() as c:
+            c.executemany(
+                "INSERT OR REPLACE INTO kv (key, value) VALUES (?, ?)",
+                [(k, json.dumps(v)) for k, v in values.items()],
+            )
 
     def get(self, key: str, default: Any = None) -> Any:
         """Read a link fact written by sync, or the default before the first sync."""
-        row = self.conn.execute("SELECT value FROM kv WHERE key = ?", (key,)).fetchone()
+        with self.reading() as c:
+            row = c.execute("SELECT value FROM kv WHERE key = ?", (key,)).fetchone()
         return json.loads(row[0]) if row else default
 
     def office_seq(self, type_: str, subject: str) -> int:
         """The last office sequence applied for a subject, to reject replays."""
-        row = self.conn.execute(
-            "SELECT seq FROM office_seq WHERE type = ? AND subject = ?", (type_, subject)
-        ).fetchone()
+        with self.reading() as c:
+            row = c.execute(
+                "SELECT seq FROM office_seq WHERE type = ? AND subject = ?", (type_, subject)
+            ).fetchone()
         return row[0] if row else -1
 
     def set_office_seq(self, type_: str, subject: str, seq: int) -> None:
         """Remember an applied office message so an older one cannot undo it."""
-        self.conn.execute(
-            "INSERT OR REPLACE INTO office_seq (type, subject, seq) VALUES (?, ?, ?)",
-            (type_, subject, seq),
-        )
+        with self.transaction() as c:
+            c.execute(
+                "INSERT OR REPLACE INTO office_seq (type, subject, seq) VALUES (?, ?, ?)",
+                (type_, subject, seq),
+            )
 
     def cursor(self, name: str) -> int:
         """How far a stream (the audit log) has been acknowledged, to resume after restart."""
-        row = self.conn.execute("SELECT upto FROM cursor WHERE name = ?", (name,)).fetchone()
+        with self.reading() as c:
+            row = c.execute("SELECT upto FROM cursor WHERE name = ?", (name,)).fetchone()
         return row[0] if row else 0
 
     def set_cursor(self, name: str, upto: int) -> None:
         """Advance a stream's acknowledged position once the office has it."""
-        self.conn.execute("INSERT OR REPLACE INTO cursor (name, upto) VALUES (?, ?)", (name, upto))
+        with self.transaction() as c:
+            c.execute("INSERT OR REPLACE INTO cursor (name, upto) VALUES (?, ?)", (name, upto))
 
     def roster(self):
         """The newest roster applied here (office: the one it publishes); empty before one."""
@@ -111,35 +118,43 @@ class FleetState(Store):
 
     def add_pending(self, topic: str, payload: bytes, now: float) -> None:
         """Keep a message of a lane the roster does not name yet (bounded: the oldest go)."""
-        self.conn.execute(
-            "INSERT INTO pending (topic, payload, t) VALUES (?, ?, ?)", (topic, payload, now)
-        )
-        self.conn.execute(
-            "DELETE FROM pending WHERE id <= (SELECT max(id) FROM pending) - ?", (PENDING_MAX,)
-        )
+        with self.transaction() as c:
+            c.execute(
+                "INSERT INTO pending (topic, payload, t) VALUES (?, ?, ?)", (topic, payload, now)
+            )
+            c.execute(
+                "DELETE FROM pending WHERE id <= (SELECT max(id) FROM pending) - ?",
+                (PENDING_MAX,),
+            )
 
     def take_pending(self) -> list[tuple[str, bytes]]:
         """Every kept message, removed: tried again once a new roster arrived."""
-        rows = self.conn.execute("SELECT id, topic, payload FROM pending ORDER BY id").fetchall()
-        self.conn.execute("DELETE FROM pending")
+        with self.transaction() as c:
+            rows = c.execute("SELECT id, topic, payload FROM pending ORDER BY id").fetchall()
+            c.execute("DELETE FROM pending")
         return [(t, bytes(p)) for _, t, p in rows]
 
     def merge_revocations(self, revoked: dict[str, int], lifted: dict[str, int]) -> None:
         """Grow-only: each ticket keeps its newest revocation and newest lift (office seqs)."""
-        self.conn.executemany(
-            "INSERT INTO revocations (ticket_id, revoked_seq) VALUES (?, ?) ON CONFLICT(ticket_id)"
-            " DO UPDATE SET revoked_seq = max(revoked_seq, excluded.revoked_seq)",
-            list(revoked.items()),
-        )
-        self.conn.executemany(
-            "INSERT INTO revocations (ticket_id, lifted_seq) VALUES (?, ?) ON CONFLICT(ticket_id)"
-            " DO UPDATE SET lifted_seq = max(lifted_seq, excluded.lifted_seq)",
-            list(lifted.items()),
-        )
+        with self.transaction() as c:
+            c.executemany(
+                "INSERT INTO revocations (ticket_id, revoked_seq) VALUES (?, ?)"
+                " ON CONFLICT(ticket_id)"
+                " DO UPDATE SET revoked_seq = max(revoked_seq, excluded.revoked_seq)",
+                list(revoked.items()),
+            )
+            c.executemany(
+                "INSERT INTO revocations (ticket_id, lifted_seq) VALUES (?, ?)"
+                " ON CONFLICT(ticket_id)"
+                " DO UPDATE SET lifted_seq = max(lifted_seq, excluded.lifted_seq)",
+                list(lifted.items()),
+            )
 
     def fleet_revocations(self) -> tuple[set[str], set[str]]:
         """(revoked now, lifted now): a lift counts only for the revocations it names."""
-        rows = self.conn.execute("SELECT ticket_id, revoked_seq, lifted_seq FROM revocations")
+        with self.reading() as c:
+            q = "SELECT ticket_id, revoked_seq, lifted_seq FROM revocations"
+            rows = c.execute(q).fetchall()
         revoked: set[str] = set()
         lifted: set[str] = set()
         for tid, r, lift in rows:
@@ -157,14 +172,16 @@ class FleetState(Store):
 
     def has_overrides(self) -> bool:
         """Whether sync left any override (a plain read: no lock taken when there is none)."""
-        return self.conn.execute("SELECT 1 FROM overrides_in LIMIT 1").fetchone() is not None
+        with self.reading() as c:
+            return c.execute("SELECT 1 FROM overrides_in LIMIT 1").fetchone() is not None
 
     def take_overrides(self) -> list[bytes]:
         """The gate: every override sync left, removed (call inside `transaction()`, with
         `use_nonce`, so taking and spending commit together)."""
-        rows = self.conn.execute("SELECT id, payload FROM overrides_in ORDER BY id").fetchall()
-        if rows:
-            self.conn.execute("DELETE FROM overrides_in WHERE id <= ?", (rows[-1][0],))
+        with self.transaction() as c:
+            rows = c.execute("SELECT id, payload FROM overrides_in ORDER BY id").fetchall()
+            if rows:
+                c.execute("DELETE FROM overrides_in WHERE id <= ?", (rows[-1][0],))
         # a row written as text (by hand, or an older sync) is judged, and refused, like any
         return [
             p.encode("utf-8", "replace") if isinstance(p, str) else bytes(p or b"") for _, p in rows
@@ -173,25 +190,29 @@ class FleetState(Store):
     def use_nonce(self, nonce: str, until: float, now: float) -> bool:
         """Spend an override's nonce: True the first time, False for a replay. Nonces are
         kept a day past their validity (a replay later than that is refused as expired)."""
-        self.conn.execute("DELETE FROM overrides_used WHERE until < ?", (now - NONCE_KEEP_S,))
-        cur = self.conn.execute(
-            "INSERT OR IGNORE INTO overrides_used (nonce, until, used) VALUES (?, ?, ?)",
-            (nonce, until, now),
-        )
+        with self.transaction() as c:
+            c.execute("DELETE FROM overrides_used WHERE until < ?", (now - NONCE_KEEP_S,))
+            cur = c.execute(
+                "INSERT OR IGNORE INTO overrides_used (nonce, until, used) VALUES (?, ?, ?)",
+                (nonce, until, now),
+            )
         return cur.rowcount == 1
 
     def double_use_reported(self, ticket_id: str) -> int:
         """How many uses of a ticket were already reported, to alert once per new use."""
-        row = self.conn.execute(
-            "SELECT reported FROM double_use WHERE ticket_id = ?", (ticket_id,)
-        ).fetchone()
+        with self.reading() as c:
+            row = c.execute(
+                "SELECT reported FROM double_use WHERE ticket_id = ?", (ticket_id,)
+            ).fetchone()
         return row[0] if row else 0
 
     def set_double_use_reported(self, ticket_id: str, n: int) -> None:
         """Remember a reported double use so it is not reported again."""
-        self.conn.execute(
-            "INSERT OR REPLACE INTO double_use (ticket_id, reported) VALUES (?, ?)", (ticket_id, n)
-        )
+        with self.transaction() as c:
+            c.execute(
+                "INSERT OR REPLACE INTO double_use (ticket_id, reported) VALUES (?, ?)",
+                (ticket_id, n),
+            )
 
 
 def read_state(state_db: Path, key: str) -> Any:

@@ -307,7 +307,10 @@ class Gate:
         self.notifier.status(self.status_text(fps))
         self._maintain_evidence()
         mode = self.degraded or self.cfg.gate.mode
-        lane.report_status(self.ledger, fps=round(fps, 1), camera=self.source.state, mode=mode)
+        try:
+            lane.report_status(self.ledger, fps=round(fps, 1), camera=self.source.state, mode=mode)
+        except EdgeGateError as e:  # fleet.db busy or full: the heartbeat waits, the gate goes on
+            log.error("gate status not reported: %s", e)
         if (stamp := desk.tickets_stamp(self.cfg)) != self._tickets_stamp:
             self._tickets_stamp = stamp
             try:
@@ -391,9 +394,14 @@ class Gate:
         wall = self.clock()
         pretix_word = ""
         if d.decision == GRANT and d.via != Via.TICKET:  # a restored lane: no face until the
-            held = lane.face_refusal(self.ledger)  # office's forget list is applied (fleet)
-            if held is not None:
-                d = dataclasses.replace(d, decision=Outcome.DENY, reason=held.reason, ticket=None)
+            try:  # office's forget list is applied (fleet)
+                held = lane.face_refusal(self.ledger)
+                why = held.reason if held is not None else None
+            except EdgeGateError as e:  # cannot tell whether it is applied: closed
+                log.error("fleet state error=%s", e)
+                why = Reason.LEDGER_ERROR
+            if why is not None:
+                d = dataclasses.replace(d, decision=Outcome.DENY, reason=why, ticket=None)
         if d.decision == GRANT and d.ticket is not None:
             try:  # the commit is the moment the entry counts
                 r, pretix_word = pretix_desk.gate_redeem(self.ledger, self.verifier, d.ticket, wall)

@@ -1,0 +1,80 @@
+"""The lane's fleet state (edge/fleet/state.py) failing under the gate: a busy or unreadable
+fleet.db is a typed error, the gate keeps running, and a face grant it cannot check is a deny."""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+
+import pytest
+
+from edge import config as config_mod
+from edge import tickets as tk
+from edge.db import connect
+from edge.errors import FleetStateError
+from edge.fleet.state import FleetState
+from edge.gate.daemon import Gate
+from edge.gate.policy import GRANT, Decision, Via
+from edge.lab.workspace import write_member
+
+from .helpers import ListSource
+
+
+@pytest.fixture(scope="module")
+def office_keys(tmp_path_factory):
+    return tk.keygen(tmp_path_factory.mktemp("office-keys"))
+
+
+def _held(path) -> sqlite3.Connection:
+    """Another process's write lock on the file (sync in the middle of a long transaction)."""
+    other = connect(path)
+    other.execute("BEGIN IMMEDIATE")
+    return other
+
+
+def test_a_busy_fleet_state_is_a_fleet_state_error_and_nothing_half_written(tmp_path):
+    st = FleetState(tmp_path / "fleet.db")
+    st.put(connected=True)
+    st.conn.execute("PRAGMA busy_timeout=50")
+    other = _held(tmp_path / "fleet.db")
+    try:
+        for write in (
+            lambda: st.put(connected=False),
+            lambda: st.set_cursor("audit", 7),
+            lambda: st.add_pending("t", b"p", 1.0),
+            lambda: st.merge_revocations({"T-1": 3}, {"T-1": 2}),
+            lambda: st.use_nonce("n", 10.0, 1.0),
+        ):
+            with pytest.raises(FleetStateError, match="locked"):
+                write()
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
+    assert st.get("connected") is True  # the refused write left the old value
+    assert st.cursor("audit") == 0
+    assert st.take_pending() == []
+    st.close()
+
+
+def test_gate_keeps_ticking_and_denies_a_face_it_cannot_check(office_keys, tmp_path):
+    m = write_member(tmp_path, "lane1", "mqtt://127.0.0.1:1", "park", office_keys[1])
+    events: list[dict] = []
+    gate = Gate(config_mod.load(m.config), on_decision=events.append, source=ListSource([]))
+    state = gate.ledger.guard.state
+    state.conn.execute("PRAGMA busy_timeout=50")
+    other = _held(m.dir / "fleet.db")
+    try:
+        gate.tick(0.0)  # its status cannot be written now: logged, not raised
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
+    gate.tick(0.0)
+    assert state.get("gate_status")["fps"] == 0.0  # written once the lock is gone
+    grant = Decision(time.monotonic(), 1, GRANT, Via.FACE, "P-0123456789abcdef", 0.7, "ok")
+    gate.act(grant)
+    assert events[-1]["decision"] == "grant"
+    state.conn.close()  # whether the forget list was applied can no longer be read
+    gate.act(grant)
+    assert events[-1]["decision"] == "deny"
+    assert events[-1]["reason"] == "ledger_error"
+    gate.close()
