@@ -172,3 +172,15 @@ def test_a_forget_waits_for_an_unfinished_key_rotation(site):
         g.drop_other_keys(load_key(s["key"]))
         assert g.forget(ada)
     assert who_matches(s, ada_t) == set()
+
+
+def test_forget_publish_that_cannot_publish_erases_nothing(site, capsys):
+    """`forget --publish` checks first that it can send the deletion (the office's config, its
+    issuer key): refused, the person is still enrolled and no deletion is half-recorded."""
+    s = site
+    ada = s["ada"][0]
+    rc, _, err = gallery_cli(capsys, s, "forget", ada, "--publish")
+    assert rc != 0
+    assert "fleet" in err
+    rc, out, _ = gallery_cli(capsys, s, "people", "--json")
+    assert ada in [r["id"] for r in json.loads(out)]

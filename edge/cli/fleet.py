@@ -280,6 +280,17 @@ def publish_enrollment(args, cfg: config_mod.Config, db: Path, key: Path, pid: s
     report_sent(cfg, f"{pid}, sealed for site {cfg.fleet.site},")
 
 
+def check_publish(args, cfg: config_mod.Config, what: str) -> None:
+    """Before `forget --publish` erases anything: this is the office and its issuer key loads,
+    so a local erasure is never left with its audit record or the lanes' deletion missing."""
+    # the office library loads only for the office's commands (edge/cli/__init__.py)
+    from edge import tickets as tk
+    from edge.fleet.office import need_office
+
+    need_office(cfg, what)
+    tk.load_private(_issuer_key(args))
+
+
 def publish_deletion(args, cfg: config_mod.Config) -> None:
     """`forget --publish`: every lane erases the person and acknowledges it."""
     # the office library loads only for the office's commands (edge/cli/__init__.py)

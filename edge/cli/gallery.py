@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 from edge import config as config_mod
-from edge.cli.fleet import publish_args, publish_deletion, publish_enrollment
+from edge.cli.fleet import check_publish, publish_args, publish_deletion, publish_enrollment
 from edge.cli.numbers import non_negative_int, positive_int
 from edge.cli.paths import existing_dir, file_path, nonempty_file
 from edge.cli.personal import add_detail_args, resolve_details
@@ -253,6 +253,8 @@ def cmd_forget(args) -> int:
             "no person id", "edge-gate forget P-..., or --replay after restoring a backup"
         )
     cfg, db, key = paths(args)
+    if args.publish:  # what publishing needs is checked before anything is erased
+        check_publish(args, cfg, "forget --publish")
     try:
         with Gallery(db, load_key(key), create=False) as g:
             found = g.forget(args.person_id)
@@ -260,6 +262,8 @@ def cmd_forget(args) -> int:
         # The rows are gone from the database; the audit trail says the erasure is not complete.
         audit_record(cfg, "deletion", reason=args.reason, detail="erasure incomplete on disk")
         raise
+    if found:  # the audit trail says that a deletion happened and why, never who
+        audit_record(cfg, "deletion", reason=args.reason, detail="key destroyed; file scrubbed")
     if args.publish:  # also when already gone here: the lanes may still hold the person
         publish_deletion(args, cfg)
     if not found:
@@ -268,8 +272,6 @@ def cmd_forget(args) -> int:
             return 0
         print(f"edge-gate: error: no person {args.person_id} in {db}", file=sys.stderr)
         return 1
-    # The audit trail says that a deletion happened and why, never who.
-    audit_record(cfg, "deletion", reason=args.reason, detail="key destroyed; file scrubbed")
     print(
         f"forgot {args.person_id}: their key destroyed; templates, personal fields and consent"
         f" erased from {db}"

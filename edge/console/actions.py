@@ -416,11 +416,11 @@ def forget(office: Office, user: str, person_id: str, reason: str) -> tuple[bool
             office.record(user, "deletion", "erasure incomplete on disk", reason=reason)
             raise
     office.drop_people()
+    if found:  # recorded once it happened, whatever sending it to the lanes does next
+        office.record(user, "deletion", "key destroyed; file scrubbed", reason=reason)
     if key is not None:  # also when already gone here: the lanes may still hold the person
         publish_person(cfg, key, person_id, "forget")
-    if found:
-        office.record(user, "deletion", "key destroyed; file scrubbed", reason=reason)
-    else:
+    if not found:
         office.record(user, "deletion", f"{person_id} not at the office; sent", reason=reason)
     return found, key is not None
 
