@@ -99,24 +99,33 @@ def import_record(cfg: Config, person_id: str, record: bytes) -> None:
         for t in r["templates"]:
             emb = np.frombuffer(base64.b64decode(t["embedding"]), np.float32)
             by_model.setdefault((t["model_id"], t["model_version"]), []).append(emb)
-    except (ValueError, KeyError, TypeError) as e:
-        raise MessageError(f"person record {person_id!r} is malformed: {e}") from None
-    if not by_model:
-        raise MessageError(f"person record {person_id!r} has no templates")
-    with _gallery(cfg) as g:
-        if any(p.id == person_id for p in g.people()):
-            with contextlib.suppress(ErasureIncomplete):  # replaced: the old key is destroyed
-                g.forget(person_id)
+        if not by_model:
+            raise ValueError("no templates")
+        if any(len({e.size for e in embs}) != 1 for embs in by_model.values()):
+            raise ValueError("templates of one model differ in length")
+        if not isinstance(r["name"], str) or not all(
+            np.isfinite(e).all() for embs in by_model.values() for e in embs
+        ):
+            raise ValueError("a name that is not text, or a template that is not finite")
+        valid_until = r.get("valid_until")
+        valid_until = None if valid_until is None else int(valid_until)
         ((first, version), embs), *rest = by_model.items()
         new = NewPerson(
             r["name"],
             consent,
             embs,
-            pass_ref=r.get("pass_ref", ""),
-            valid_until=r.get("valid_until"),
+            pass_ref=str(r.get("pass_ref") or ""),
+            valid_until=valid_until,
             minor=bool(r.get("minor")),
             person_id=person_id,
         )
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
+        # checked whole before the person here is touched: a bad record replaces nobody
+        raise MessageError(f"person record {person_id!r} is malformed: {e}") from None
+    with _gallery(cfg) as g:
+        if any(p.id == person_id for p in g.people()):
+            with contextlib.suppress(ErasureIncomplete):  # replaced: the old key is destroyed
+                g.forget(person_id)
         g.add_people([new], first, version)
         for (model_id, model_version), more in rest:
             g.add_templates(person_id, consent, more, model_id, model_version)
