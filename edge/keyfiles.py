@@ -55,6 +55,40 @@ def _owner(path: Path, st: os.stat_result, what: str) -> None:
         )
 
 
+def credential_path(path: Path, name: str | None = None) -> Path:
+    """systemd's credential `name` (default: the file's own name) when the service was started
+    with LoadCredential= and holds it, else `path` itself."""
+    cred = os.environ.get("CREDENTIALS_DIRECTORY")
+    if cred:
+        cand = Path(cred) / (name or Path(path).name)
+        if cand.is_file():
+            return cand
+    return Path(path)
+
+
+def read_private(
+    path: Path, what: str, missing_fix: str, credential: str | None = None, check: bool = True
+) -> bytes:
+    """A secret's bytes (a key, a token, a password): systemd's credential when the service has
+    one, else the file, refused when others could read or replace it. Every way it can fail is
+    a KeyFileError that names the file and the fix, never a bare OSError."""
+    path = Path(path)
+    real = credential_path(path, credential)
+    try:
+        if check and real == path:
+            check_private_key(path, what)
+        return real.read_bytes()
+    except FileNotFoundError:
+        raise KeyFileError(f"{what} {path} does not exist", missing_fix) from None
+    except PermissionError:
+        raise KeyFileError(
+            f"{what} {real} cannot be read by this user (uid {os.geteuid()})",
+            f"run as the gate's service user or root, or `chown {os.geteuid()} {real}`",
+        ) from None
+    except OSError as e:
+        raise KeyFileError(f"{what} {path}: {e.strerror}", missing_fix) from None
+
+
 def check_private_key(path: Path, what: str = "key file") -> os.stat_result:
     """A secret key: readable and writable by its owner only, in a folder others cannot write."""
     path = Path(path)

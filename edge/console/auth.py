@@ -21,6 +21,7 @@ from pathlib import Path
 from itsdangerous import BadSignature, SignatureExpired, URLSafeTimedSerializer
 
 from edge.errors import ConfigError
+from edge.keyfiles import read_private
 
 SESSION_COOKIE = "eg_session"
 LOGIN_COOKIE = "eg_login"
@@ -35,9 +36,7 @@ def load_secret(path: Path) -> bytes:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "wb") as f:
             f.write(secrets.token_bytes(32))
-    if path.stat().st_mode & 0o077:
-        raise ConfigError(f"console secret {path} is readable by others", f"chmod 600 {path}")
-    key = path.read_bytes()
+    key = read_private(path, "console secret", "delete it; it is recreated")
     if len(key) < 32:
         raise ConfigError(f"console secret {path} is too short", "delete it; it is recreated")
     return key

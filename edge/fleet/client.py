@@ -9,16 +9,15 @@ login would take over its session.
 
 from __future__ import annotations
 
-import os
 import re
 import ssl
 from dataclasses import dataclass
-from pathlib import Path
 
 import paho.mqtt.client as mqtt
 
 from edge.config import Config
 from edge.errors import ConfigError
+from edge.keyfiles import read_private
 
 
 @dataclass(frozen=True)
@@ -45,17 +44,8 @@ def read_credentials(cfg: Config) -> tuple[str, str] | None:
     if not fl.credentials_file:
         return None
     path = cfg.resolve(fl.credentials_file)
-    cred_dir = os.environ.get("CREDENTIALS_DIRECTORY")
-    if cred_dir and (Path(cred_dir) / path.name).is_file():
-        path = Path(cred_dir) / path.name
-    elif path.is_file() and path.stat().st_mode & 0o077:
-        raise ConfigError(f"fleet credentials {path} is readable by others", f"chmod 600 {path}")
-    try:
-        text = path.read_text(encoding="utf-8").strip()
-    except OSError as e:
-        raise ConfigError(
-            f"fleet credentials {path}: {e.strerror}", "create it: user:password"
-        ) from None
+    raw = read_private(path, "fleet credentials", "create it: user:password (mode 0600)")
+    text = raw.decode("utf-8", "replace").strip()
     user, sep, password = text.partition(":")
     if not sep or not user:
         raise ConfigError(f"fleet credentials {path} is not 'username:password'")

@@ -18,7 +18,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from edge.errors import KeyFileError
-from edge.keyfiles import check_private_key, write_secret
+from edge.keyfiles import credential_path, read_private, write_secret
 
 KEY_HEADER = "edge-gate-kek-v1:"
 NONCE = 12
@@ -63,16 +63,6 @@ def open_sealed(key: bytes | AESGCM, blob: bytes, associated: bytes) -> bytes:
         raise SealError("authentication failed") from None
 
 
-def credential_path(key_file: Path) -> Path:
-    """Prefer a systemd credential of the same name when the service runs with LoadCredential=."""
-    cred_dir = os.environ.get("CREDENTIALS_DIRECTORY")
-    if cred_dir:
-        cand = Path(cred_dir) / key_file.name
-        if cand.is_file():
-            return cand
-    return key_file
-
-
 def _write_key_file(path: Path, key: bytes) -> None:
     """Write whole-or-nothing (0600); refused if the file exists."""
     write_secret(
@@ -96,15 +86,13 @@ def init_key(path: Path) -> Kek:
 def load_key(path: Path, check_mode: bool = True) -> Kek:
     """Read the KEK; a missing file, loose permissions or a damaged file is a KeyFileError."""
     real = credential_path(path)
-    if not real.exists():
-        raise KeyFileError(
-            f"key file {path} does not exist",
-            "run `edge-gate keys init --key-file PATH`, or restore the key from its backup",
-        )
-    from_credential = real != path
-    if check_mode and not from_credential:
-        check_private_key(real, "key file")  # loose permissions, another owner, open folder
-    text = real.read_text(encoding="ascii", errors="replace").strip()
+    raw = read_private(  # missing, unreadable, loose permissions, another owner, open folder
+        path,
+        "key file",
+        "run `edge-gate keys init --key-file PATH`, or restore the key from its backup",
+        check=check_mode,
+    )
+    text = raw.decode("ascii", errors="replace").strip()
     if not text.startswith(KEY_HEADER):
         raise KeyFileError(
             f"{real} is not an edge-gate key file", "point --key-file at the file `keys init` wrote"

@@ -9,7 +9,6 @@ status and body (the request itself is wrong, or was refused).
 from __future__ import annotations
 
 import json
-import os
 import platform
 import ssl
 import urllib.error
@@ -21,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from edge.errors import ConfigError, EdgeGateError
+from edge.keyfiles import read_private
 
 TIMEOUT_S = 20.0
 MAX_PAGES = 10_000  # a shop answering `next` forever must not hang sync
@@ -49,19 +49,14 @@ class Response:
 
 def read_token(path: Path) -> str:
     """The API or device token: a systemd credential `pretix.token`, else a 0600 file."""
-    cred_dir = os.environ.get("CREDENTIALS_DIRECTORY")
-    if cred_dir and (Path(cred_dir) / "pretix.token").is_file():
-        path = Path(cred_dir) / "pretix.token"
-    elif path.is_file() and path.stat().st_mode & 0o077:
-        raise ConfigError(f"pretix token {path} is readable by others", f"chmod 600 {path}")
-    try:
-        token = path.read_text(encoding="utf-8").strip()
-    except OSError as e:
-        raise ConfigError(
-            f"pretix token {path}: {e.strerror}",
-            "create it with the team API token (or device token) from pretix, mode 0600",
-        ) from None
-    if not token or any(c.isspace() for c in token):
+    raw = read_private(
+        path,
+        "pretix token",
+        "create it with the team API token (or device token) from pretix, mode 0600",
+        credential="pretix.token",
+    )
+    token = raw.decode("utf-8", "replace").strip()
+    if not token or not token.isascii() or any(c.isspace() for c in token):
         raise ConfigError(f"pretix token {path} is empty or not one token")
     return token
 

@@ -9,7 +9,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from edge.errors import TicketError
-from edge.keyfiles import check_private_key, check_public_key
+from edge.keyfiles import check_public_key, read_private
 
 
 def _write_private(path: Path, data: bytes) -> None:
@@ -47,13 +47,9 @@ def keygen(out_dir: Path) -> tuple[Path, Path]:
 def load_private(path: Path) -> Ed25519PrivateKey:
     """Read the office's Ed25519 issuer key (PEM), with an error that names the file; refused
     when others could read or replace it."""
+    data = read_private(Path(path), "issuer key", "run edge-gate ticket keygen")
     try:
-        check_private_key(Path(path), "issuer key")
-        key = serialization.load_pem_private_key(Path(path).read_bytes(), password=None)
-    except FileNotFoundError:
-        raise TicketError(
-            f"issuer key {path} does not exist", "run edge-gate ticket keygen"
-        ) from None
+        key = serialization.load_pem_private_key(data, password=None)
     except (ValueError, TypeError) as e:
         raise TicketError(f"{path} is not an issuer private key: {e}") from None
     if not isinstance(key, Ed25519PrivateKey):
@@ -70,6 +66,11 @@ def load_public(path: Path) -> Ed25519PublicKey:
     except FileNotFoundError:
         raise TicketError(
             f"issuer public key {path} does not exist", "copy issuer.pub from the ticket office"
+        ) from None
+    except OSError as e:  # a folder, or unreadable by the service user
+        raise TicketError(
+            f"issuer public key {path}: {e.strerror}",
+            "make it a file the gate's service user can read (chmod 644)",
         ) from None
     if b"PRIVATE KEY" in data:
         raise TicketError(
