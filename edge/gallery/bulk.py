@@ -136,7 +136,7 @@ def enroll_folder(
         reason, pid, n = _one(gallery, pipe, known, names, d.name, files, rules, result.skipped)
         if reason:
             result.refused[d.name] = reason
-            log.debug("enroll refused folder=%s reason=%s", d.name, reason)
+            log.debug("enroll refused folder=%d of %d reason=%s", i + 1, len(dirs), reason)
         else:
             result.enrolled[d.name], result.templates[d.name] = pid, n
     if on_progress:
