@@ -78,3 +78,15 @@ def test_a_malformed_record_replaces_nobody(lane, record):
 def test_a_good_record_replaces_the_person(lane):
     people.import_record(lane, PID, _record(name="Ada P. Park"))
     assert _names(lane) == ["Ada P. Park"]
+
+
+def test_a_record_exported_and_imported_keeps_the_person(lane, tmp_path):
+    record = people.export_record(
+        lane.resolve(lane.gallery.db), lane.resolve(lane.gallery.key_file), PID
+    )
+    r = json.loads(record)
+    assert r["name"] == "Ada Park"
+    assert r["consent"]["notice_version"] == "1"
+    assert r["consent"]["method"] == "written"
+    assert len(r["templates"]) == 2
+    assert {(t["model_id"], t["model_version"]) for t in r["templates"]} == {("m", "1")}

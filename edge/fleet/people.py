@@ -47,17 +47,9 @@ def export_record(db: Path, key_file: Path, person_id: str) -> bytes:
     """Everything needed to enroll this person elsewhere: fields, consent, templates."""
     with Gallery(db, load_key(key_file), create=False) as g:
         person = g.person(person_id)
-        c = g.conn.execute(
-            "SELECT notice_version, notice_sha256, method, time FROM consents WHERE person_id = ?"
-            " ORDER BY time DESC LIMIT 1",
-            (person_id,),
-        ).fetchone()
+        consent = g.latest_consent(person_id)
         templates = []
-        models = g.conn.execute(
-            "SELECT DISTINCT model_id, model_version FROM templates WHERE person_id = ?",
-            (person_id,),
-        ).fetchall()
-        for model_id, version in models:
+        for model_id, version in g.template_models(person_id):
             t = g.templates(model_id, person_id)
             templates += [
                 {
@@ -74,9 +66,7 @@ def export_record(db: Path, key_file: Path, person_id: str) -> bytes:
         "pass_ref": person.pass_ref,
         "valid_until": person.valid_until,
         "minor": person.minor,
-        "consent": dict(zip(("notice_version", "notice_sha256", "method", "time"), c, strict=True))
-        if c
-        else None,
+        "consent": consent,
         "templates": templates,
     }
     return json.dumps(record).encode()

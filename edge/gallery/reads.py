@@ -157,6 +157,22 @@ class GalleryReader:
             )
         return found[0]
 
+    def latest_consent(self, person_id: str) -> dict[str, Any] | None:
+        """The person's newest consent (notice version and hash, method, time), or None: what
+        another gallery of the site needs to hold the same consent."""
+        row = self.conn.execute(
+            "SELECT notice_version, notice_sha256, method, time FROM consents WHERE person_id = ?"
+            " ORDER BY time DESC LIMIT 1",
+            (person_id,),
+        ).fetchone()
+        keys = ("notice_version", "notice_sha256", "method", "time")
+        return dict(zip(keys, row, strict=True)) if row else None
+
+    def template_models(self, person_id: str) -> list[tuple[str, str]]:
+        """The (model id, model version) pairs the person has templates of."""
+        q = "SELECT DISTINCT model_id, model_version FROM templates WHERE person_id = ?"
+        return [(m, v) for m, v in self.conn.execute(q, (person_id,))]
+
     def person_valid_until(self) -> dict[str, int | None]:
         """Person id -> pass expiry, only for people whose sealed record vouches for it."""
         return {pid: pk.valid_until for pid, pk in self.person_keys().items()}
