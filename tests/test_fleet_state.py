@@ -78,3 +78,25 @@ def test_gate_keeps_ticking_and_denies_a_face_it_cannot_check(office_keys, tmp_p
     assert events[-1]["decision"] == "deny"
     assert events[-1]["reason"] == "ledger_error"
     gate.close()
+
+
+def test_a_record_newer_than_the_last_signed_head_is_not_called_removed():
+    """The office received record 3 before the heartbeat whose head covers it: in flight, not
+    cut. Record 3 written long before a head that lacks it was removed from the lane's log."""
+    import json
+
+    from edge.fleet.officestore import HEAD_LAG_S, LaneEvidence, _content_hash, verify_lane
+
+    chain, prev = [], "0" * 64
+    for rid, t in ((1, 100.0), (2, 101.0), (3, 105.0)):
+        fields = json.dumps({"t": t, "gate": "lane1", "kind": "decision", "decision": "deny"})
+        h = _content_hash(prev, rid, fields)
+        chain.append(("e1", rid, prev, h, 0.0, fields))
+        prev = h
+    two = chain[1][3]
+    head2 = ("e1", 2, two, 104.0)  # signed at 104 s with two records; record 3 written at 105 s
+    found = verify_lane(LaneEvidence("lane1", chain, [head2], []))
+    assert [(f.broken, f.text) for f in found] == [(False, "records 3..3 not in a signed head yet")]
+    late = ("e1", 2, two, 105.0 + HEAD_LAG_S + 1)  # a head signed well after record 3: cut
+    found = verify_lane(LaneEvidence("lane1", chain, [head2, late], []))
+    assert found[0].broken and "removed from the end" in found[0].text

@@ -13,6 +13,7 @@ lanes' signed enrollment/deletion acknowledgements (`fleet status`).
 from __future__ import annotations
 
 import json
+import math
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -23,6 +24,10 @@ from edge.db import run_script
 from edge.fleet import messages as msg
 from edge.fleet.state import FleetState
 from edge.gate.audit import AuditRecord, record_hash
+
+# A record may be committed (by the gate, another process) a moment after the lane's sync read
+# its log's head for a heartbeat: a record this much older than a head that lacks it is missing.
+HEAD_LAG_S = 30.0
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS office_out (id INTEGER PRIMARY KEY AUTOINCREMENT, topic TEXT NOT NULL,
@@ -321,11 +326,14 @@ def verify_lane(ev: LaneEvidence) -> list[AuditFinding]:
         )
     epochs: list[str] = []
     by_epoch: dict[str, dict[int, tuple[str, str]]] = {}
+    written: dict[tuple[str, int], float] = {}  # the record's own time, on the lane's clock
     for epoch, rid, prev, h, _, *fields in ev.records:
         if epoch not in by_epoch:
             epochs.append(epoch)
             by_epoch[epoch] = {}
         by_epoch[epoch][rid] = (prev, h)
+        if fields and isinstance(t := _record_time(fields[0]), float):
+            written[(epoch, rid)] = t
         if fields and _content_hash(prev, rid, fields[0]) != h:
             bad(f"record {rid}'s content does not match the hash the lane signed with it")
     for i, epoch in enumerate(epochs):
@@ -369,14 +377,34 @@ def verify_lane(ev: LaneEvidence) -> list[AuditFinding]:
                 "(records removed, or an older copy restored)"
             )
         newest[epoch] = (count, head, t)  # heads come oldest first
-    for epoch, (count, _, _) in newest.items():
-        held = max(by_epoch.get(epoch, {}) or [0])
-        if held > count:
+    for epoch, (count, _, signed) in newest.items():
+        beyond = [rid for rid in by_epoch.get(epoch, {}) if rid > count]
+        # A record written after the newest head was signed is on its way into the next one;
+        # one written before it (by its own time, which its hash covers) should be in it.
+        cut = [
+            r for r in beyond if (w := written.get((epoch, r))) is None or w < signed - HEAD_LAG_S
+        ]
+        if cut:
             bad(
-                f"the lane's newest signed head has {count} records, but record {held} was "
-                "received here: records were removed from the end of its log"
+                f"the lane's newest signed head has {count} records, but record {max(cut)}, "
+                "written before it, was received here: records were removed from the end of "
+                "its log"
+            )
+        elif beyond:
+            out.append(
+                AuditFinding(
+                    ev.lane, False, f"records {count + 1}..{max(beyond)} not in a signed head yet"
+                )
             )
     return out
+
+
+def _record_time(fields_json: str) -> float | None:
+    try:
+        t = json.loads(fields_json).get("t")
+    except (ValueError, AttributeError):
+        return None
+    return float(t) if isinstance(t, (int, float)) and math.isfinite(t) else None
 
 
 def _content_hash(prev: str, rid: int, fields_json: str) -> str:
