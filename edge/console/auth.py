@@ -10,7 +10,6 @@ form, before any session, carries a token that must match a short-lived signed c
 from __future__ import annotations
 
 import hmac
-import os
 import secrets
 import threading
 import time
@@ -21,6 +20,7 @@ from pathlib import Path
 from itsdangerous import BadSignature, SignatureExpired, URLSafeTimedSerializer
 
 from edge.errors import ConfigError
+from edge.files import write_atomic
 
 SESSION_COOKIE = "eg_session"
 LOGIN_COOKIE = "eg_login"
@@ -32,9 +32,7 @@ def load_secret(path: Path) -> bytes:
     path = Path(path)
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "wb") as f:
-            f.write(secrets.token_bytes(32))
+        write_atomic(path, secrets.token_bytes(32), 0o600, overwrite=False)
     if path.stat().st_mode & 0o077:
         raise ConfigError(f"console secret {path} is readable by others", f"chmod 600 {path}")
     key = path.read_bytes()

@@ -7,11 +7,10 @@ unreadable is an error, never "nothing revoked": the gate keeps its last good li
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 from edge.errors import ConfigError, TicketError
+from edge.files import write_atomic
 
 _FIX = "create it (an empty file revokes nothing) or fix tickets.revocation_list"
 
@@ -58,19 +57,10 @@ def _check_id(tid: str) -> str:
     return s
 
 
-def _write_atomic(path: Path, lines: list[str]) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write("".join(ln + "\n" for ln in lines))
-            f.flush()
-            os.fsync(f.fileno())
-        if path.exists():
-            os.chmod(tmp, path.stat().st_mode & 0o777)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+def _write(path: Path, lines: list[str]) -> None:
+    """Replace the list whole and durably; an existing list keeps its permissions."""
+    mode = path.stat().st_mode & 0o777 if path.exists() else 0o644
+    write_atomic(path, "".join(ln + "\n" for ln in lines), mode)
 
 
 def revoke(path: Path, ticket_ids: list[str]) -> list[str]:
@@ -82,7 +72,7 @@ def revoke(path: Path, ticket_ids: list[str]) -> list[str]:
     added = [t for t in dict.fromkeys(ids) if t not in present]
     if added:
         path.parent.mkdir(parents=True, exist_ok=True)
-        _write_atomic(path, lines + added)
+        _write(path, lines + added)
     return added
 
 
@@ -94,5 +84,5 @@ def unrevoke(path: Path, ticket_ids: list[str]) -> list[str]:
     kept = [ln for ln in lines if _entry(ln) not in ids]
     removed = sorted({e for e in map(_entry, lines) if e in ids})
     if removed:
-        _write_atomic(path, kept)
+        _write(path, kept)
     return removed
