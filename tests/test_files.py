@@ -1,8 +1,9 @@
-"""Small files written whole-or-nothing and durably."""
+"""Small files written whole-or-nothing and durably; the revocation list's read-modify-write."""
 
 from __future__ import annotations
 
 import json
+import multiprocessing
 import os
 import stat
 from pathlib import Path
@@ -142,3 +143,33 @@ def test_roster_file_round_trips(tmp_path):
     write_roster_file(roster, lanes)
     assert read_roster_file(roster) == lanes
     assert _names(roster.parent) == {"roster.json"}
+
+
+IDS_EACH = 150
+
+
+def _writer(path: str, who: str, barrier) -> None:
+    barrier.wait()
+    for i in range(IDS_EACH):
+        revoke(Path(path), [f"{who}-{i}"])
+        if who == "office" and i % 2:  # the office lifts every other one of its own
+            unrevoke(Path(path), [f"{who}-{i}"])
+
+
+def test_two_writers_at_once_lose_no_id(tmp_path):
+    """`edge-gate sync` and an operator's `ticket revoke` on the same list, in two processes,
+    one id per call (one read-modify-write each): every revocation and every lift lands."""
+    lst = tmp_path / "revoked.txt"
+    lst.write_text("# revoked tickets\n")
+    ctx = multiprocessing.get_context("fork")
+    barrier = ctx.Barrier(2)
+    procs = [ctx.Process(target=_writer, args=(str(lst), w, barrier)) for w in ("op", "office")]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(120)
+    assert [p.exitcode for p in procs] == [0, 0]
+    want = {f"op-{i}" for i in range(IDS_EACH)} | {f"office-{i}" for i in range(0, IDS_EACH, 2)}
+    assert load_revocations(lst) == want
+    assert lst.read_text().startswith("# revoked tickets\n")
+    assert {n for n in _names(tmp_path) if n.endswith(".tmp")} == set()
