@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edge.errors import KeyFileError
+from edge.files import write_atomic
 from edge.keyfiles import check_private_key, write_secret
 
 GENESIS = "0" * 64
@@ -203,11 +204,7 @@ class Witness:
             marks[store] = mark
             plain = {k: {"id": m.id, "n": m.n, "mac": m.mac} for k, m in marks.items()}
             body = {"v": 1, "marks": plain, "mac": self.key.sign("witness", _canon(plain))}
-            tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            with os.fdopen(fd, "w") as f:
-                f.write(json.dumps(body, sort_keys=True))
-            os.replace(tmp, self.path)
+            write_atomic(self.path, json.dumps(body, sort_keys=True), 0o600)
 
 
 def _canon(obj: object) -> str:

@@ -15,6 +15,7 @@ import stat
 from pathlib import Path
 
 from edge.errors import KeyFileError
+from edge.files import write_atomic
 
 
 def _who(mode: int, bits: int) -> str:
@@ -126,25 +127,12 @@ def check_public_key(path: Path, what: str = "public key") -> os.stat_result:
 
 
 def write_secret(path: Path, text: str, exists_hint: str) -> None:
-    """Write a new secret file whole-or-nothing (0600): temp file, fsync, hard link to the name,
-    so a crash never leaves half a key; refused if the name exists (never overwrite a key)."""
+    """Write a new secret file whole-or-nothing (0600, `write_atomic`), so a crash never leaves
+    half a key; refused if the name exists (never overwrite a key)."""
     path = Path(path)
     if not path.parent.exists():
         path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.link(tmp, path)
+        write_atomic(path, text, 0o600, overwrite=False)
     except FileExistsError:
         raise KeyFileError(f"key file {path} already exists", exists_hint) from None
-    finally:
-        tmp.unlink(missing_ok=True)
-    dfd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)

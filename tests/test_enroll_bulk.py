@@ -203,3 +203,55 @@ def test_enroll_folder_on_real_faces(tmp_path, gal, fixtures, pipeline):
     assert DUPLICATE not in r.refused.values()
     assert all(3 <= n <= 5 for n in r.templates.values())
     assert len(gal.people()) == len(r.enrolled)
+
+
+def test_a_damaged_template_hides_no_one_from_either_duplicate_check(tmp_path, gal):
+    """A gallery row that is no longer finite (damaged, or stored by a faulty model) never
+    matches and never hides the person's good templates: `enroll` and `enroll --folder` refuse
+    the same face. (A raw argmax over the rows picked the NaN row and let the face in twice.)"""
+    pipe, folder = GeneratedFaces(), tmp_path / "passes"
+    photos(folder, "alice", 0, 3)
+    enrolled = enroll_folder(gal, pipe, folder, CONSENT, threshold=0.8)
+    assert set(enrolled.enrolled) == {"alice"}
+    alice = enrolled.enrolled["alice"]
+    damaged = np.full(DIM, np.nan, np.float32)
+    gal.add_templates(alice, CONSENT, [damaged], "generated", "0" * 12)
+    t = gal.templates("generated")
+    assert len(t.matrix) == 4 and np.isnan(t.matrix).any(axis=1).sum() == 1
+
+    photos(tmp_path / "again", "alice_again", 0, 3)
+    r = enroll_folder(gal, pipe, tmp_path / "again", CONSENT, threshold=0.8)
+    assert r.refused == {"alice_again": DUPLICATE}
+    files = [str(p) for p in sorted((tmp_path / "again" / "alice_again").iterdir())]
+    with pytest.raises(EnrollError, match=f"already matches enrolled person {alice}"):
+        enroll(gal, pipe, "Alice Again", CONSENT, files, threshold=0.8)
+    assert [p.name for p in gal.people()] == ["alice"]
+
+
+def test_the_already_enrolled_check_decides_as_the_gate_matcher_does():
+    """enrolled_matches (both enroll paths) against the gate's Matcher with no margin, on
+    galleries with damaged rows and faces: the same people, every time."""
+    from edge.gallery.matcher import Matcher, enrolled_matches
+
+    rng = np.random.default_rng(7)
+    seen: set[int] = set()
+    for trial in range(60):
+        people = int(rng.integers(1, 12))
+        per = rng.integers(1, 5, people)
+        pids = np.repeat([f"P-{i}" for i in range(people)], per).astype(object)
+        rows = rng.standard_normal((len(pids), DIM)).astype(np.float32)
+        rows = to_template_grid(rows / np.linalg.norm(rows, axis=1, keepdims=True))
+        noise = rng.standard_normal((4, DIM)) * rng.uniform(0.0, 2.0) / np.sqrt(DIM)
+        probes = rows[rng.integers(len(rows), size=4)] + noise
+        probes = (probes / np.linalg.norm(probes, axis=1, keepdims=True)).astype(np.float32)
+        if trial % 3 == 0:  # a damaged row, maybe the very one a face came from
+            rows[rng.integers(len(rows))] = np.nan if trial % 2 else np.inf
+        if trial % 5 == 0:
+            probes[0] = np.nan
+        want = {
+            m.person_id for m in Matcher(rows, pids, 0.8, 0.0).match_many(probes) if m.person_id
+        }
+        assert enrolled_matches(probes, rows, pids, 0.8) == want
+        assert enrolled_matches(probes, rows, pids, 0.8, exclude="P-0") == want - {"P-0"}
+        seen.add(len(want))
+    assert 0 in seen and max(seen) >= 2  # trials with no match and with several people

@@ -10,7 +10,6 @@ form, before any session, carries a token that must match a short-lived signed c
 from __future__ import annotations
 
 import hmac
-import os
 import secrets
 import threading
 import time
@@ -21,6 +20,7 @@ from pathlib import Path
 from itsdangerous import BadSignature, SignatureExpired, URLSafeTimedSerializer
 
 from edge.errors import ConfigError
+from edge.files import write_atomic
 from edge.keyfiles import read_private
 
 SESSION_COOKIE = "eg_session"
@@ -33,9 +33,7 @@ def load_secret(path: Path) -> bytes:
     path = Path(path)
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "wb") as f:
-            f.write(secrets.token_bytes(32))
+        write_atomic(path, secrets.token_bytes(32), 0o600, overwrite=False)
     key = read_private(path, "console secret", "delete it; it is recreated")
     if len(key) < 32:
         raise ConfigError(f"console secret {path} is too short", "delete it; it is recreated")

@@ -17,15 +17,14 @@ supervisor's override is only handed on: the gate judges and spends it (edge/fle
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Callable
-from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from edge import tickets as tk
 from edge.config import Config
 from edge.errors import EdgeGateError
+from edge.files import write_atomic
 from edge.fleet import messages as msg
 from edge.fleet import people
 from edge.fleet.identity import IdentityError, Roster, parse_public
@@ -33,16 +32,6 @@ from edge.fleet.state import FleetState
 from edge.tickets.revocation import unrevoke
 
 log = logging.getLogger(__name__)
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def _seq_map(m: msg.Message, key: str) -> dict[str, int]:
@@ -134,8 +123,9 @@ class OfficeApplier:
             data = str(pem).encode()
             if b"PRIVATE KEY" in data:
                 raise msg.MessageError("a published ticket key holds a private key")
+            d.mkdir(parents=True, exist_ok=True)
             tmp = d / ".incoming.pem"
-            _write_atomic(tmp, data)
+            write_atomic(tmp, data)
             try:
                 kid = tk.key_id(tk.load_public(tmp)).hex()
             except EdgeGateError as e:
@@ -143,7 +133,7 @@ class OfficeApplier:
             finally:
                 tmp.unlink(missing_ok=True)
             if not (d / f"{kid}.pub").exists():
-                _write_atomic(d / f"{kid}.pub", data)
+                write_atomic(d / f"{kid}.pub", data)
                 log.info("sync added ticket key kid=%s", kid)
 
     def _person(self, m: msg.Message, now: float) -> None:

@@ -23,6 +23,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from edge.files import write_atomic
 from edge.fleet.identity import OFFICE
 
 PBKDF2_ITERATIONS = 101  # mosquitto_passwd's own default in 2.0
@@ -113,11 +114,7 @@ def mosquitto_conf(opts: BrokerOptions, extra: Sequence[str] = ()) -> str:
 
 def _write_private(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
+    write_atomic(path, text, 0o600)
 
 
 def write_site_broker(
@@ -143,6 +140,6 @@ def write_site_broker(
             known[m] = secrets.token_urlsafe(24)
         _write_private(f, f"{m}:{known[m]}\n")
     _write_private(out / "passwd", "".join(password_line(u, p) + "\n" for u, p in known.items()))
-    (out / "acl").write_text(acl_text(site))
-    (out / "mosquitto.conf").write_text(mosquitto_conf(opts))
+    write_atomic(out / "acl", acl_text(site))
+    write_atomic(out / "mosquitto.conf", mosquitto_conf(opts))
     return known

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,7 +19,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 from edge.config import Config
 from edge.errors import EdgeGateError
-from edge.keyfiles import check_private_key
+from edge.files import write_atomic
+from edge.keyfiles import check_private_key, write_secret
 from edge.tickets.format import key_id
 
 OFFICE = "office"  # the member name the office signs and logs in as
@@ -49,11 +49,7 @@ def ensure_lane_key(cfg: Config) -> Path | None:
         serialization.PrivateFormat.PKCS8,
         serialization.NoEncryption(),
     )
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(pem)
-        f.flush()
-        os.fsync(f.fileno())
+    write_secret(path, pem.decode("ascii"), "keep it: the roster names this key for the lane")
     return path
 
 
@@ -139,6 +135,4 @@ def read_roster_file(path: Path) -> dict[str, str]:
 def write_roster_file(path: Path, lanes: dict[str, str]) -> None:
     """Save the office's roster atomically (0644: public keys only)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps({"lanes": dict(sorted(lanes.items()))}, indent=1) + "\n")
-    os.replace(tmp, path)
+    write_atomic(path, json.dumps({"lanes": dict(sorted(lanes.items()))}, indent=1) + "\n")

@@ -25,7 +25,7 @@ from edge.gallery.enroll import (
     collect,
     pick_best,
 )
-from edge.gallery.matcher import to_template_grid
+from edge.gallery.matcher import enrolled_matches, to_template_grid
 from edge.gallery.store import Consent, Gallery
 from edge.vision.pipeline import FacePipeline
 
@@ -71,13 +71,11 @@ class KnownFaces:
     def __len__(self) -> int:
         return len(self._pids)
 
-    def best(self, embs: np.ndarray) -> tuple[list[str | None], np.ndarray]:
-        """For each embedding: the enrolled person of its most similar template, and the score."""
-        if not self._pids:
-            return [None] * len(embs), np.full(len(embs), -np.inf, np.float32)
-        sims = embs @ self._m[: len(self._pids)].T
-        top = sims.argmax(axis=1)
-        return [self._pids[i] for i in top], sims[np.arange(len(embs)), top]
+    def matches(self, embs: np.ndarray, threshold: float) -> set[str]:
+        """The enrolled people these faces already are (the same check as `enroll`)."""
+        if self._m is None:
+            return set()
+        return enrolled_matches(embs, self._m[: len(self._pids)], self._pids, threshold)
 
     def add(self, embs: np.ndarray, pid: str) -> None:
         """Append one person's templates (amortised doubling, no per-entry work)."""
@@ -182,8 +180,7 @@ def _one(
     if len(cands) < rules.min_templates:
         return TOO_FEW, "", 0
     embs = to_template_grid(np.stack([c.embedding for c in cands]))
-    who, score = known.best(embs)
-    hits = {w for w, s in zip(who, score, strict=True) if w is not None and s >= rules.threshold}
+    hits = known.matches(embs, rules.threshold)
     if hits and not rules.force:
         return ALREADY if any(names.get(h) == name for h in hits) else DUPLICATE, "", 0
     pid = gallery.add_person(

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from edge.errors import ConsentError, EnrollError, ImageError, SeveralFacesError
-from edge.gallery.matcher import Matcher, to_template_grid
+from edge.gallery.matcher import Matcher, enrolled_matches, to_template_grid
 from edge.gallery.store import Consent, Gallery
 from edge.vision.image import load_image, open_video, to_bgr8
 from edge.vision.pipeline import FaceObservation, FacePipeline
@@ -271,15 +271,13 @@ def enroll(
     if person_id is not None and not replace:
         _check_same_person(gallery, model, person_id, embs, threshold)
     t = gallery.templates(model)
-    if len(t.matrix):
-        matches = Matcher(t.matrix, t.person_ids, threshold, 0.0).match_many(embs)
-        others = {m.person_id for m in matches if m.person_id and m.person_id != person_id}
-        if others and not force:
-            raise EnrollError(
-                f"this face already matches enrolled person {sorted(others)[0]}",
-                "check who this is; add faces to them with --person-id, or pass --force if they"
-                " are different people",
-            )
+    others = enrolled_matches(embs, t.matrix, t.person_ids, threshold, exclude=person_id)
+    if others and not force:
+        raise EnrollError(
+            f"this face already matches enrolled person {sorted(others)[0]}",
+            "check who this is; add faces to them with --person-id, or pass --force if they"
+            " are different people",
+        )
     qualities = [c.quality for c in cands]
     if person_id is not None:  # adding faces to someone already enrolled always helps
         if replace:  # a re-enrollment from scratch must leave enough templates

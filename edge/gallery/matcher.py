@@ -91,6 +91,31 @@ def top_two(per_person: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]
     return best_i, best, second
 
 
+def enrolled_matches(
+    probes: np.ndarray,
+    templates: np.ndarray,
+    person_ids: Sequence[str] | np.ndarray,
+    threshold: float,
+    exclude: str | None = None,
+) -> set[str]:
+    """The enrolled people these faces already are: for each face its most similar person, when
+    at or above the threshold (the Matcher's decision with no margin), other than `exclude`.
+
+    The "already enrolled" check of `enroll` and `enroll --folder`, one dense product and no
+    loop over templates. A damaged (non-finite) template or face never matches and never hides
+    another person's match, as in the Matcher, which drops such rows.
+    """
+    probes = np.atleast_2d(np.asarray(probes, dtype=np.float32))
+    if not len(person_ids) or not len(probes):
+        return set()
+    with np.errstate(invalid="ignore", over="ignore"):
+        sims = probes @ np.asarray(templates, dtype=np.float32).T
+    sims[~np.isfinite(sims)] = -np.inf  # a non-finite row or face gives a non-finite score
+    top = sims.argmax(axis=1)
+    hit = sims[np.arange(len(probes)), top] >= threshold
+    return {str(person_ids[i]) for i in top[hit]} - {exclude}
+
+
 class Matcher:
     """Holds decrypted templates as 16-bit fixed point; rows must be grouped by person."""
 

@@ -25,9 +25,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
 import signal
-import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -35,6 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from edge import files
 from edge.config import Config
 from edge.errors import ConfigError, EdgeGateError
 from edge.pretix.api import PretixAPIError, PretixClient, PretixUnreachable, read_token
@@ -89,22 +88,7 @@ class SyncState:
 def write_atomic(path: Path, obj: Any) -> None:
     """Replace a JSON file whole-or-nothing: the gate never reads half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(obj, f, separators=(",", ":"))
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    dfd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
+    files.write_atomic(path, json.dumps(obj, separators=(",", ":")), 0o644)
 
 
 def _read_list(path: Path) -> list[dict]:

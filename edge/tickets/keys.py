@@ -2,20 +2,18 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from edge.errors import TicketError
+from edge.files import write_atomic
 from edge.keyfiles import check_public_key, read_private
 
 
 def _write_private(path: Path, data: bytes) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
+    write_atomic(path, data, 0o600, overwrite=False)
 
 
 def keygen(out_dir: Path) -> tuple[Path, Path]:
@@ -36,10 +34,11 @@ def keygen(out_dir: Path) -> tuple[Path, Path]:
             serialization.NoEncryption(),
         ),
     )
-    pub_p.write_bytes(
+    write_atomic(
+        pub_p,
         key.public_key().public_bytes(
             serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-        )
+        ),
     )
     return priv_p, pub_p
 

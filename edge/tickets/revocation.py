@@ -7,11 +7,14 @@ unreadable is an error, never "nothing revoked": the gate keeps its last good li
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
-import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 from edge.errors import ConfigError, TicketError
+from edge.files import write_atomic
 
 _FIX = "create it (an empty file revokes nothing) or fix tickets.revocation_list"
 
@@ -58,31 +61,37 @@ def _check_id(tid: str) -> str:
     return s
 
 
-def _write_atomic(path: Path, lines: list[str]) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+def _write(path: Path, lines: list[str]) -> None:
+    """Replace the list whole and durably; an existing list keeps its permissions."""
+    mode = path.stat().st_mode & 0o777 if path.exists() else 0o644
+    write_atomic(path, "".join(ln + "\n" for ln in lines), mode)
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    """Hold the list's lock (flock on a sibling `.NAME.lock`) for one read-modify-write, so
+    `edge-gate sync` applying the office's revocations and an operator's `ticket revoke` at the
+    same moment both land. A read-only open is enough for flock, so any user who may read the
+    folder can wait on a lock file another user created."""
+    fd = os.open(path.with_name(f".{path.name}.lock"), os.O_RDONLY | os.O_CREAT, 0o644)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write("".join(ln + "\n" for ln in lines))
-            f.flush()
-            os.fsync(f.fileno())
-        if path.exists():
-            os.chmod(tmp, path.stat().st_mode & 0o777)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
 
 
 def revoke(path: Path, ticket_ids: list[str]) -> list[str]:
     """Add ids not yet in the list (created if absent); returns the ids added."""
     path = Path(path)
     ids = [_check_id(t) for t in ticket_ids]
-    lines = _lines(path) if path.exists() else []
-    present = {e for e in map(_entry, lines) if e}
-    added = [t for t in dict.fromkeys(ids) if t not in present]
-    if added:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        _write_atomic(path, lines + added)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with _locked(path):
+        lines = _lines(path) if path.exists() else []
+        present = {e for e in map(_entry, lines) if e}
+        added = [t for t in dict.fromkeys(ids) if t not in present]
+        if added:
+            _write(path, lines + added)
     return added
 
 
@@ -90,9 +99,11 @@ def unrevoke(path: Path, ticket_ids: list[str]) -> list[str]:
     """Remove ids from the list (comments kept); returns the ids that were there."""
     path = Path(path)
     ids = {_check_id(t) for t in ticket_ids}
-    lines = _lines(path)
-    kept = [ln for ln in lines if _entry(ln) not in ids]
-    removed = sorted({e for e in map(_entry, lines) if e in ids})
-    if removed:
-        _write_atomic(path, kept)
+    _lines(path)  # a missing or unreadable list is said before a lock file is made beside it
+    with _locked(path):
+        lines = _lines(path)
+        kept = [ln for ln in lines if _entry(ln) not in ids]
+        removed = sorted({e for e in map(_entry, lines) if e in ids})
+        if removed:
+            _write(path, kept)
     return removed

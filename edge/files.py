@@ -1,0 +1,53 @@
+"""Small files written whole-or-nothing, and still there after a power cut.
+
+A revocation list, a roster or a key that is empty or half written after a crash changes who
+gets in, so every such file is written the same way: a fresh temp file beside it (mkstemp, so
+two writers never share one), the data written, flushed and fsync'd, its mode set, then
+renamed over the name and the folder fsync'd so that the rename itself survives. Any error
+removes the temp file and leaves the old file as it was; the OSError reaches the caller, which
+turns it into its own typed error.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from pathlib import Path
+
+
+def fsync_dir(folder: Path) -> None:
+    """Make a rename or a new name in `folder` durable."""
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_atomic(
+    path: str | os.PathLike[str], data: bytes | str, mode: int = 0o644, *, overwrite: bool = True
+) -> None:
+    """Replace (or create) `path` with `data` atomically and durably, with permissions `mode`.
+
+    overwrite=False never replaces an existing file (keys): the name is linked to the finished
+    temp file, and FileExistsError is raised when the name already exists. str is UTF-8.
+    The folder must exist: its mode is the caller's decision.
+    """
+    path = Path(path)
+    raw = data.encode("utf-8") if isinstance(data, str) else bytes(data)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(raw)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, mode)
+        if overwrite:
+            os.replace(tmp, path)
+        else:
+            os.link(tmp, path)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)  # after a replace it is gone; after a link it is the second name
+    fsync_dir(path.parent)
