@@ -54,6 +54,8 @@ def bad(tmp_path):
         new_file: {"directory": d, "existing": f, "no folder": tmp_path / "no" / "such" / "x"},
         output_dir: {"file": f},
     }
+    for by_name in cases.values():  # the system cannot even look at it (ENAMETOOLONG)
+        by_name["name too long"] = tmp_path / ("n" * 300)
     if os.geteuid() != 0:  # root reads anything
         locked = tmp_path / "locked"
         locked.write_text("x")

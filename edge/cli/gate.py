@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -29,7 +30,8 @@ def with_flags(cfg: config_mod.Config, args) -> config_mod.Config:
     realtime = True if flag("realtime") else (False if flag("fast") else None)
     pubkeys = tuple(str(Path(p).resolve()) for p in flag("pubkey")) if flag("pubkey") else None
     source = flag("source")
-    source = path(source) if source and Path(source).exists() and "/dev/" not in source else source
+    exists = source and os.path.exists(source)  # False, not OSError, for a name too long
+    source = path(source) if exists and "/dev/" not in source else source
     return config_mod.override(
         cfg,
         camera={"source": source, "realtime": realtime},

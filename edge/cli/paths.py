@@ -9,6 +9,7 @@ typed error. Relative paths on the command line mean the current working directo
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 from pathlib import Path
 
@@ -16,8 +17,18 @@ PATH_TYPES: set = set()
 
 
 def _path_type(fn):
-    PATH_TYPES.add(fn)
-    return fn
+    """Register a path type; a path the system cannot even look at (a name longer than it
+    allows, a loop of links) is the same one-line refusal, not a traceback."""
+
+    @functools.wraps(fn)
+    def checked(text: str) -> Path:
+        try:
+            return fn(text)
+        except OSError as e:
+            raise argparse.ArgumentTypeError(f"{text}: {e.strerror or e}") from None
+
+    PATH_TYPES.add(checked)
+    return checked
 
 
 @_path_type

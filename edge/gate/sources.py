@@ -8,6 +8,7 @@ at the end of a file. Corrupt frames are counted and skipped, never passed on.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -68,7 +69,7 @@ class VideoFileSource(FrameSource):
         max_pixels: int = MAX_PIXELS,
     ):
         self.path = Path(path)
-        if not self.path.is_file():
+        if not os.path.isfile(self.path):  # False, not OSError, for a name too long
             raise SourceError(
                 f"video {self.path} does not exist", "check camera.source or --source"
             )
@@ -289,7 +290,7 @@ def still_image(path: str | Path) -> bool:
     if p.suffix.lower() in STILL_EXT:
         return True
     try:
-        found = image_size(read_head(p)) if p.is_file() else None
+        found = image_size(read_head(p)) if os.path.isfile(p) else None
     except ImageError:
         return False
     return found is not None and found[0] != "GIF"  # a GIF may be an animation: a clip

@@ -1,0 +1,47 @@
+"""Bad input gets a clear error or a Deny, never a crash, never lost data.
+
+Each test feeds one kind of bad input to the real command (`main(argv)`, or a process of its
+own where the gate runs) and checks what the operator sees: exit 2 and one `edge-gate: error`
+line naming what to fix, or a refusal, and no internal error (exit 70) or traceback.
+"""
+
+from __future__ import annotations
+
+import time
+
+from edge import tickets as tk
+from edge.cli import main
+
+from .helpers import make_config
+
+INTERNAL = "internal error"
+
+
+def _error_line(capsys, rc: int, *words: str) -> str:
+    """Exit 2 and one `edge-gate` error line on stderr naming each of `words`."""
+    err = capsys.readouterr().err
+    assert rc == 2, err
+    assert INTERNAL not in err and "Traceback" not in err, err
+    lines = [x for x in err.splitlines() if x.startswith("edge-gate")]
+    assert len(lines) == 1, err
+    for w in words:
+        assert w in lines[0], (w, lines[0])
+    return lines[0]
+
+
+def test_a_code_longer_than_a_file_name_is_judged_not_looked_up(tmp_path, capsys):
+    """`ticket verify TEXT` asks whether TEXT names a file: a long code is no file name."""
+    cfg = make_config(tmp_path)
+    text = "EG" + "A" * 400  # longer than a file name may be (255 bytes)
+    rc = main(["ticket", "verify", "--config", cfg.source_file, text])
+    out, err = capsys.readouterr()
+    assert rc == 1, err
+    assert INTERNAL not in err
+    assert '"reason": "malformed"' in out
+    rc = main(["run", "--config", cfg.source_file, "--source", "v" * 400 + ".mp4", "--fast"])
+    _error_line(capsys, rc, "does not exist", "--source")
+
+
+def _ticket(tmp_path, tid: str = "BAD-1") -> str:
+    key = tk.load_private(tmp_path / "office" / "issuer.key")
+    return tk.sign(tk.Ticket(tid, valid_until=int(time.time()) + 3600), key)
