@@ -7,12 +7,13 @@ line naming what to fix, or a refusal, and no internal error (exit 70) or traceb
 
 from __future__ import annotations
 
+import contextlib
 import time
 
 from edge import tickets as tk
 from edge.cli import main
 
-from .helpers import make_config
+from .helpers import edge_gate, make_config
 
 INTERNAL = "internal error"
 
@@ -45,3 +46,40 @@ def test_a_code_longer_than_a_file_name_is_judged_not_looked_up(tmp_path, capsys
 def _ticket(tmp_path, tid: str = "BAD-1") -> str:
     key = tk.load_private(tmp_path / "office" / "issuer.key")
     return tk.sign(tk.Ticket(tid, valid_until=int(time.time()) + 3600), key)
+
+
+def _tables(db) -> set[str]:
+    import sqlite3
+
+    with contextlib.closing(sqlite3.connect(db)) as c:
+        return {r[0] for r in c.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+
+
+def test_a_gallery_path_naming_another_database_writes_no_gallery_into_it(tmp_path, capsys):
+    """`--db audit.db` (or gallery.db set to the ledger): refused, never a gallery inside it."""
+    import cv2
+    import numpy as np
+
+    from edge.gallery.crypto import init_key
+    from edge.gate.audit import AuditLog
+
+    cfg = make_config(tmp_path)
+    init_key(tmp_path / "gallery.key")
+    audit = tmp_path / "audit.db"
+    AuditLog(audit).close()
+    before = _tables(audit)
+    photo = tmp_path / "wall.png"
+    cv2.imwrite(str(photo), np.full((64, 64, 3), 90, np.uint8))
+    g = ["--config", cfg.source_file, "--db", str(audit)]
+    rc = main(["enroll", *g, "--consent-version", "v1", "--name", "X", str(photo)])
+    _error_line(capsys, rc, str(audit), "another database", "--db")
+    assert _tables(audit) == before
+
+    rc = main(["ticket", "issue", "--key", str(tmp_path / "office" / "issuer.key"), "--id",
+               "DB-1", "--valid-until", "2099-12-31", "--out", str(tmp_path / "t")])  # fmt: skip
+    assert rc == 0, capsys.readouterr().err
+    p = edge_gate("run", *g, "--source", str(tmp_path / "t" / "DB-1.png"), "--fast", cwd=tmp_path)
+    assert p.returncode == 0, p.stderr
+    assert "another database" in p.stderr  # the face path is off (DEGRADED), loudly
+    assert "GRANT" in p.stdout and "DB-1" in p.stdout  # tickets still work
+    assert _tables(audit) == before

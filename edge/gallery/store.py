@@ -83,6 +83,15 @@ class Gallery(Store, GalleryReader):
                 f"gallery {self.path} is unreadable ({e})",
                 "the file is damaged: restore it from backup or move it aside and re-enroll",
             ) from None
+        other = sorted(t for t in have if not t.startswith("sqlite_"))
+        if other and "data_keys" not in have:  # a gallery is created whole, with its data key
+            self.conn.close()
+            raise GalleryError(
+                f"gallery {self.path} is another database, not a gallery (it holds "
+                f"{', '.join(other[:6])}); nothing was written to it",
+                "check gallery.db in the config or --db (the ledger or the audit log?); a new "
+                "gallery needs a file of its own",
+            )
         if version > SCHEMA_VERSION:
             self.conn.close()
             raise GalleryError(
