@@ -8,7 +8,11 @@ line naming what to fix, or a refusal, and no internal error (exit 70) or traceb
 from __future__ import annotations
 
 import contextlib
+import os
 import time
+from pathlib import Path
+
+import pytest
 
 from edge import tickets as tk
 from edge.cli import main
@@ -83,3 +87,24 @@ def test_a_gallery_path_naming_another_database_writes_no_gallery_into_it(tmp_pa
     assert "another database" in p.stderr  # the face path is off (DEGRADED), loudly
     assert "GRANT" in p.stdout and "DB-1" in p.stdout  # tickets still work
     assert _tables(audit) == before
+
+
+def _unwritable_folder(tmp_path) -> Path:
+    """A folder this user cannot create files in (root writes anywhere but /proc)."""
+    if os.geteuid() != 0:
+        d = tmp_path / "read-only"
+        d.mkdir()
+        d.chmod(0o555)
+        return d
+    if not Path("/proc/self").is_dir():
+        pytest.skip("needs /proc as a folder root cannot create files in")
+    return Path("/proc")
+
+
+def test_revoke_into_a_folder_it_cannot_write_is_one_line_and_changes_nothing(tmp_path, capsys):
+    folder = _unwritable_folder(tmp_path)
+    target = folder / "edge-gate-revoked.txt"
+    rc = main(["ticket", "revoke", "--list", str(target), "--create", "T-1"])
+    _error_line(capsys, rc, str(target), "cannot be written", "writable folder")
+    assert not target.exists()
+    assert not [p for p in folder.iterdir() if p.name.startswith(".edge-gate-revoked")]

@@ -59,7 +59,13 @@ def _check_id(tid: str) -> str:
 
 
 def _write_atomic(path: Path, lines: list[str]) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    """Replace the list whole (a gate never reads half of it); a folder this user may not
+    write is a TicketError naming it, and the old list stays as it was."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    except OSError as e:
+        raise _cannot_write(path, e) from None
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write("".join(ln + "\n" for ln in lines))
@@ -68,9 +74,20 @@ def _write_atomic(path: Path, lines: list[str]) -> None:
         if path.exists():
             os.chmod(tmp, path.stat().st_mode & 0o777)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(e, OSError):  # a full disk: the old list is untouched
+            raise _cannot_write(path, e) from None
         raise
+
+
+def _cannot_write(path: Path, e: OSError) -> TicketError:
+    return TicketError(
+        f"revocation list {path} cannot be written: {e.strerror or e} (in {path.parent}); "
+        "it is unchanged",
+        "run it as the user that owns the list's folder (e.g. sudo -u edge-gate), or give a "
+        "--list in a writable folder",
+    )
 
 
 def revoke(path: Path, ticket_ids: list[str]) -> list[str]:
@@ -81,7 +98,6 @@ def revoke(path: Path, ticket_ids: list[str]) -> list[str]:
     present = {e for e in map(_entry, lines) if e}
     added = [t for t in dict.fromkeys(ids) if t not in present]
     if added:
-        path.parent.mkdir(parents=True, exist_ok=True)
         _write_atomic(path, lines + added)
     return added
 
