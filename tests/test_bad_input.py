@@ -9,12 +9,10 @@ from __future__ import annotations
 
 import contextlib
 import os
-import time
 from pathlib import Path
 
 import pytest
 
-from edge import tickets as tk
 from edge.cli import main
 
 from .helpers import edge_gate, make_config
@@ -47,11 +45,6 @@ def test_a_code_longer_than_a_file_name_is_judged_not_looked_up(tmp_path, capsys
     _error_line(capsys, rc, "does not exist", "--source")
 
 
-def _ticket(tmp_path, tid: str = "BAD-1") -> str:
-    key = tk.load_private(tmp_path / "office" / "issuer.key")
-    return tk.sign(tk.Ticket(tid, valid_until=int(time.time()) + 3600), key)
-
-
 def _tables(db) -> set[str]:
     import sqlite3
 
@@ -79,10 +72,8 @@ def test_a_gallery_path_naming_another_database_writes_no_gallery_into_it(tmp_pa
     _error_line(capsys, rc, str(audit), "another database", "--db")
     assert _tables(audit) == before
 
-    rc = main(["ticket", "issue", "--key", str(tmp_path / "office" / "issuer.key"), "--id",
-               "DB-1", "--valid-until", "2099-12-31", "--out", str(tmp_path / "t")])  # fmt: skip
-    assert rc == 0, capsys.readouterr().err
-    p = edge_gate("run", *g, "--source", str(tmp_path / "t" / "DB-1.png"), "--fast", cwd=tmp_path)
+    photo = _ticket_photo(tmp_path, capsys, "DB-1")
+    p = edge_gate("run", *g, "--source", photo, "--fast", cwd=tmp_path)
     assert p.returncode == 0, p.stderr
     assert "another database" in p.stderr  # the face path is off (DEGRADED), loudly
     assert "GRANT" in p.stdout and "DB-1" in p.stdout  # tickets still work
@@ -108,3 +99,26 @@ def test_revoke_into_a_folder_it_cannot_write_is_one_line_and_changes_nothing(tm
     _error_line(capsys, rc, str(target), "cannot be written", "writable folder")
     assert not target.exists()
     assert not [p for p in folder.iterdir() if p.name.startswith(".edge-gate-revoked")]
+
+
+def _ticket_photo(tmp_path, capsys, tid: str) -> str:
+    out = tmp_path / "tickets"
+    rc = main(["ticket", "issue", "--key", str(tmp_path / "office" / "issuer.key"), "--id", tid,
+               "--valid-until", "2099-12-31", "--out", str(out)])  # fmt: skip
+    assert rc == 0, capsys.readouterr().err
+    capsys.readouterr()
+    return str(out / f"{tid}.png")
+
+
+def test_an_events_file_on_a_full_disk_never_stops_the_gate_or_hides_a_decision(tmp_path, capsys):
+    if not Path("/dev/full").is_char_device():
+        pytest.skip("needs /dev/full (a file whose every write fails: disk full)")
+    cfg = make_config(tmp_path)
+    photo = _ticket_photo(tmp_path, capsys, "FULL-1")
+    p = edge_gate("run", "--config", cfg.source_file, "--source", photo, "--fast",
+                  "--events", "/dev/full", cwd=tmp_path)  # fmt: skip
+    assert p.returncode == 0, p.stderr
+    assert INTERNAL not in p.stderr
+    assert "GRANT" in p.stdout and "FULL-1" in p.stdout  # the console still shows it
+    errors = [x for x in p.stderr.splitlines() if "ERROR" in x]
+    assert any("output error" in x and "No space left" in x for x in errors), p.stderr
