@@ -122,3 +122,20 @@ def test_an_events_file_on_a_full_disk_never_stops_the_gate_or_hides_a_decision(
     assert "GRANT" in p.stdout and "FULL-1" in p.stdout  # the console still shows it
     errors = [x for x in p.stderr.splitlines() if "ERROR" in x]
     assert any("output error" in x and "No space left" in x for x in errors), p.stderr
+
+
+def test_a_pretix_token_file_that_is_not_one_ascii_token_is_one_line(tmp_path, capsys):
+    """A token pasted with an accent or saved as UTF-16 cannot go into an HTTP header."""
+    from edge.lab.broker import free_port
+
+    token = tmp_path / "pretix.token"
+    cfg = make_config(
+        tmp_path,
+        f'[pretix]\ndir = "pretix"\nurl = "http://127.0.0.1:{free_port()}"\norganizer = "zoo"\n'
+        f'event = "e"\ncheckin_list = 1\ntoken_file = "{token}"\n',
+    )
+    for content in ("tok\u20acn\n".encode(), "token\n".encode("utf-16"), b"\xff\xfe"):
+        token.write_bytes(content)
+        token.chmod(0o600)
+        rc = main(["pretix", "sync", "--config", cfg.source_file, "--once"])
+        _error_line(capsys, rc, str(token), "not one token")

@@ -55,14 +55,19 @@ def read_token(path: Path) -> str:
     elif path.is_file() and path.stat().st_mode & 0o077:
         raise ConfigError(f"pretix token {path} is readable by others", f"chmod 600 {path}")
     try:
-        token = path.read_text(encoding="utf-8").strip()
+        token = path.read_bytes().decode("ascii").strip()
     except OSError as e:
         raise ConfigError(
             f"pretix token {path}: {e.strerror}",
             "create it with the team API token (or device token) from pretix, mode 0600",
         ) from None
-    if not token or any(c.isspace() for c in token):
-        raise ConfigError(f"pretix token {path} is empty or not one token")
+    except UnicodeDecodeError:  # an HTTP header carries ASCII only; pretix's tokens are
+        token = ""
+    if not token or not token.isprintable() or any(c.isspace() for c in token):
+        raise ConfigError(
+            f"pretix token {path} is empty or not one token (printable ASCII, no spaces)",
+            "write the token pretix showed, alone on one line",
+        )
     return token
 
 
