@@ -139,3 +139,42 @@ def test_a_pretix_token_file_that_is_not_one_ascii_token_is_one_line(tmp_path, c
         token.chmod(0o600)
         rc = main(["pretix", "sync", "--config", cfg.source_file, "--once"])
         _error_line(capsys, rc, str(token), "not one token")
+
+
+def _gallery(tmp_path):
+    from edge.gallery.crypto import init_key
+    from edge.gallery.store import Gallery
+
+    cfg = make_config(tmp_path)
+    with Gallery(tmp_path / "gallery.db", init_key(tmp_path / "gallery.key")):
+        pass
+    return cfg
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        "P-1\n\xff\n".encode("latin-1"),  # not UTF-8
+        "token\n".encode("utf-16"),
+        b'{"forgot": ["P-1"], "g": 1e400}\n',  # a generation no whole number holds
+        b'{"forgot": ["P-1"], "g": 99999999999999999999999}\n',  # more than SQLite holds
+        b'{"forgot": "P-1", "g": 1}\n',  # ids not a list
+    ],
+    ids=["latin-1", "utf-16", "infinite-g", "huge-g", "ids-not-a-list"],
+)
+def test_forget_replay_of_a_damaged_list_is_one_line(tmp_path, capsys, content):
+    cfg = _gallery(tmp_path)
+    listing = tmp_path / "office.forgotten"
+    listing.write_bytes(content)
+    rc = main(["forget", "--config", cfg.source_file, "--replay", str(listing)])
+    _error_line(capsys, rc, str(listing))
+
+
+def test_a_damaged_forget_list_beside_the_gallery_is_one_line(tmp_path, capsys):
+    """The lane's own `.forgotten` file with damaged bytes: it does not verify, never a crash."""
+    cfg = _gallery(tmp_path)
+    own = tmp_path / "gallery.db.forgotten"
+    for damage in (b"\xff\xfe garbage\n", b'{"g": 1e400, "t": 1, "forgot": [], "link": "x"}\n'):
+        own.write_bytes(damage)
+        rc = main(["people", "--config", cfg.source_file])
+        _error_line(capsys, rc, str(own), "does not chain")
