@@ -178,3 +178,12 @@ def test_a_damaged_forget_list_beside_the_gallery_is_one_line(tmp_path, capsys):
         own.write_bytes(damage)
         rc = main(["people", "--config", cfg.source_file])
         _error_line(capsys, rc, str(own), "does not chain")
+
+
+def test_purge_with_more_days_than_time_has_purges_nobody(tmp_path, capsys):
+    """`purge --days 99999999999999999999` (or gallery.purge_after_days so set): no one."""
+    cfg = _gallery(tmp_path)
+    rc = main(["purge", "--config", cfg.source_file, "--days", "9" * 20])
+    out, err = capsys.readouterr()
+    assert rc == 0, err
+    assert out.startswith("purged 0 people")

@@ -451,7 +451,8 @@ class Gallery(Store, GalleryReader):
         scrub=False leaves the on-disk erasure (marked pending) to a later `scrub()`, so a caller
         can commit its own record of the deletion first.
         """
-        cutoff = int(now - after_days * 86400)
+        # a cutoff before what SQLite's 64-bit integers reach: nobody expired that long ago
+        cutoff = max(int(now - after_days * 86400), -(2**63))
         q = "SELECT id FROM people WHERE valid_until IS NOT NULL AND valid_until < ?"
         ids = [r[0] for r in self.conn.execute(q, (cutoff,))]
         if ids:
