@@ -8,6 +8,7 @@ line naming what to fix, or a refusal, and no internal error (exit 70) or traceb
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import os
 from pathlib import Path
 
@@ -187,3 +188,24 @@ def test_purge_with_more_days_than_time_has_purges_nobody(tmp_path, capsys):
     out, err = capsys.readouterr()
     assert rc == 0, err
     assert out.startswith("purged 0 people")
+
+
+def test_the_screen_and_the_console_on_a_port_in_use_are_one_line(tmp_path):
+    """A port another program holds: one line naming it, not an internal error (screen) or
+    uvicorn's own exit status 3 (console); the screen leaves no notice socket behind."""
+    import socket
+
+    notices = tmp_path / "run" / "notices.sock"
+    cfg = make_config(tmp_path, f'[screen]\nsocket = "{notices}"\n')
+    with socket.create_server(("127.0.0.1", 0)) as busy:
+        where = f"127.0.0.1:{busy.getsockname()[1]}"
+        commands = [["screen"]]
+        if importlib.util.find_spec("uvicorn") is not None:  # the console extra
+            commands.append(["console"])
+        for cmd in commands:
+            p = edge_gate(*cmd, "--config", cfg.source_file, "--listen", where, cwd=tmp_path)
+            assert p.returncode == 2, (cmd, p.returncode, p.stderr)
+            last = p.stderr.strip().splitlines()[-1]
+            assert last.startswith("edge-gate: error: cannot listen on " + where), last
+            assert "--listen" in last and INTERNAL not in p.stderr
+    assert not notices.exists()
