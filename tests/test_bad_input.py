@@ -209,3 +209,17 @@ def test_the_screen_and_the_console_on_a_port_in_use_are_one_line(tmp_path):
             assert last.startswith("edge-gate: error: cannot listen on " + where), last
             assert "--listen" in last and INTERNAL not in p.stderr
     assert not notices.exists()
+
+
+def test_bench_on_a_still_photo_counts_one_frame(tmp_path, capsys):
+    """OpenCV reports a still photo's frame count as -2**63: the progress total is unknown."""
+    import cv2
+    import numpy as np
+
+    photo = tmp_path / "wall.png"
+    cv2.imwrite(str(photo), np.full((64, 64, 3), 90, np.uint8))
+    rc = main(["bench", "--clip", str(photo), "--threads", "1"])
+    err = capsys.readouterr().err
+    assert rc == 0, err
+    summary = [x for x in err.splitlines() if x.startswith("bench threads=1:")]
+    assert len(summary) == 1 and summary[0].startswith("bench threads=1: 1 frame(s)"), err
