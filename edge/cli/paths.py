@@ -39,6 +39,8 @@ def existing_file(text: str) -> Path:
         raise argparse.ArgumentTypeError(f"{text}: no such file")
     if p.is_dir():
         raise argparse.ArgumentTypeError(f"{text}: is a directory, expected a file")
+    if not p.is_file():  # reading /dev/zero never ends; a pipe waits for a writer
+        raise argparse.ArgumentTypeError(f"{text}: is a device or a pipe, expected a file")
     if not os.access(p, os.R_OK):
         raise argparse.ArgumentTypeError(f"{text}: not readable (check its owner and mode)")
     return p
