@@ -223,3 +223,52 @@ def test_bench_on_a_still_photo_counts_one_frame(tmp_path, capsys):
     assert rc == 0, err
     summary = [x for x in err.splitlines() if x.startswith("bench threads=1:")]
     assert len(summary) == 1 and summary[0].startswith("bench threads=1: 1 frame(s)"), err
+
+
+# Bytes that are not UTF-8 (a Latin-1 terminal, a folder from an old USB stick) reach Python as
+# lone surrogates: "Bob\xff" on the command line is the str "Bob\udcff".
+NOT_UTF8 = os.fsdecode(b"Bob\xff")
+
+
+def _enroll_args(tmp_path) -> list[str]:
+    from edge.gallery.crypto import init_key
+
+    cfg = make_config(tmp_path)
+    init_key(tmp_path / "gallery.key")
+    return ["enroll", "--config", cfg.source_file, "--min-templates", "1"]
+
+
+def test_enroll_details_that_are_not_utf8_are_one_line_before_any_face_work(tmp_path, capsys):
+    enroll = _enroll_args(tmp_path)
+    for flag in ("--consent-version", "--operator", "--consent-method"):
+        args = {"--consent-version": "v1", flag: NOT_UTF8}
+        given = [x for kv in args.items() for x in kv]
+        rc = main([*enroll, *given, "--name", "X", str(tmp_path / "none.jpg")])
+        _error_line(capsys, rc, flag, "not UTF-8")
+
+
+def test_enroll_folder_refuses_a_folder_whose_name_is_not_utf8_and_says_so(tmp_path, capsys):
+    import cv2
+    import numpy as np
+
+    enroll = _enroll_args(tmp_path)
+    person = Path(os.fsdecode(bytes(tmp_path / "people") + b"/Bob\xff"))
+    person.mkdir(parents=True)
+    (person / "wall.png").write_bytes(cv2.imencode(".png", np.full((64, 64, 3), 90, np.uint8))[1])
+    rc = main([*enroll, "--consent-version", "v1", "--folder", str(tmp_path / "people")])
+    out, err = capsys.readouterr()
+    assert rc == 1, err
+    assert INTERNAL not in err
+    assert "refused 1: name_not_utf8: Bob\\xff" in out
+
+
+@pytest.mark.fixtures
+def test_enroll_with_a_name_that_is_not_utf8_is_one_line_and_stores_nobody(
+    tmp_path, capsys, fixtures
+):
+    enroll = _enroll_args(tmp_path)
+    photo = str(fixtures / "faces" / "obama" / "obama.jpg")
+    rc = main([*enroll, "--consent-version", "v1", "--name", NOT_UTF8, photo])
+    _error_line(capsys, rc, "the name is not UTF-8")
+    assert main(["people", "--config", str(tmp_path / "gate.toml")]) == 0
+    assert capsys.readouterr().out.strip() == ""

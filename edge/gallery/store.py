@@ -35,6 +35,8 @@ log = logging.getLogger(__name__)
 SCHEMA_VERSION = schema.SCHEMA_VERSION
 FILING_THRESHOLD = 100_000  # people; above it a processor has extra filing duties (China, 2025)
 UNCHANGED: Any = object()  # update_person: leave this field as it is
+_DETAIL = {"name": "the name", "pass_ref": "the pass reference", "operator": "the operator's "
+           "name", "guardian": "the guardian's name"}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -195,7 +197,10 @@ class Gallery(Store, GalleryReader):
         return seal(self.dek, key, aad("person_keys", pid, "wrapped"))
 
     def _seal(self, key: bytes, value: str, table: str, row: str, column: str) -> bytes | None:
-        return seal(key, value.encode("utf-8"), aad(table, row, column)) if value else None
+        if not value:
+            return None
+        schema.check_text(value, _DETAIL.get(column, column))
+        return seal(key, value.encode("utf-8"), aad(table, row, column))
 
     # --- writes ------------------------------------------------------------------------------
 
