@@ -272,3 +272,23 @@ def test_enroll_with_a_name_that_is_not_utf8_is_one_line_and_stores_nobody(
     _error_line(capsys, rc, "the name is not UTF-8")
     assert main(["people", "--config", str(tmp_path / "gate.toml")]) == 0
     assert capsys.readouterr().out.strip() == ""
+
+
+def test_a_video_whose_name_is_not_utf8_is_one_line_not_a_segmentation_fault(tmp_path):
+    """OpenCV's video functions end the process (SIGSEGV) on such a name: the gate, bench,
+    enroll from a clip and demo's clips all go through one check first."""
+    from edge.lab.synth import Segment, write_clip
+
+    cfg = make_config(tmp_path)
+    clip = tmp_path / "clip.mp4"
+    write_clip(clip, [Segment(1.0)], fps=5.0, size=(160, 120))
+    odd = os.fsdecode(bytes(tmp_path) + b"/caf\xe9.mp4")  # Latin-1 "café.mp4"
+    os.rename(clip, odd)
+    shown = str(tmp_path / "caf\\xe9.mp4")  # as the error line prints it
+    for args in (["run", "--config", cfg.source_file, "--source", odd, "--fast"],
+                 ["bench", "--clip", odd, "--threads", "1"]):  # fmt: skip
+        p = edge_gate(*args, cwd=tmp_path)
+        assert p.returncode == 2, (args[0], p.returncode, p.stderr[-500:])
+        last = p.stderr.strip().splitlines()[-1]
+        assert last.startswith("edge-gate: error: ") and shown in last, last
+        assert "not UTF-8" in last and "rename" in last
