@@ -264,11 +264,15 @@ def test_enroll_folder_refuses_a_folder_whose_name_is_not_utf8_and_says_so(tmp_p
 
 @pytest.mark.fixtures
 def test_enroll_with_a_name_that_is_not_utf8_is_one_line_and_stores_nobody(
-    tmp_path, capsys, fixtures
+    tmp_path, capsys, fixtures, monkeypatch
 ):
+    """`--name-file -` from a terminal in another encoding: the gallery refuses to store it."""
+    import io
+
     enroll = _enroll_args(tmp_path)
     photo = str(fixtures / "faces" / "obama" / "obama.jpg")
-    rc = main([*enroll, "--consent-version", "v1", "--name", NOT_UTF8, photo])
+    monkeypatch.setattr("sys.stdin", io.StringIO(NOT_UTF8 + "\n"))
+    rc = main([*enroll, "--consent-version", "v1", "--name-file", "-", photo])
     _error_line(capsys, rc, "the name is not UTF-8")
     assert main(["people", "--config", str(tmp_path / "gate.toml")]) == 0
     assert capsys.readouterr().out.strip() == ""
@@ -292,3 +296,26 @@ def test_a_video_whose_name_is_not_utf8_is_one_line_not_a_segmentation_fault(tmp
         last = p.stderr.strip().splitlines()[-1]
         assert last.startswith("edge-gate: error: ") and shown in last, last
         assert "not UTF-8" in last and "rename" in last
+
+
+def test_text_arguments_that_are_not_utf8_are_one_line_and_file_names_still_work(tmp_path, capsys):
+    """Ids, products, holders and gate names are signed, stored or compared as UTF-8; a file
+    name may hold any bytes the file system does."""
+    cfg = make_config(tmp_path)
+    key = str(tmp_path / "office" / "issuer.key")
+    c = ["--config", cfg.source_file]
+    for argv, flag in (
+        (["ticket", "revoke", *c, "--list", str(tmp_path / "revoked.txt"), NOT_UTF8], "ids"),
+        (["ticket", "issue", "--key", key, "--id", "A-1", "--valid-until", "2099-12-31",
+          "--holder", NOT_UTF8, "--out", str(tmp_path / "t")], "--holder"),
+        (["ticket", "verify", *c, "--redeem", "--gate", NOT_UTF8, "EGX"], "--gate"),
+        (["forget", *c, "P-" + NOT_UTF8], "person-id"),
+    ):  # fmt: skip
+        rc = main(argv)
+        _error_line(capsys, rc, f"argument {flag}: ", "Bob\\xff", "not UTF-8")
+    assert (tmp_path / "revoked.txt").read_text() == ""
+    photo = _ticket_photo(tmp_path, capsys, "LATIN-1")
+    odd = os.fsdecode(os.fsencode(photo)[: -len(".png")] + b"-caf\xe9.png")
+    os.rename(photo, odd)
+    assert main(["ticket", "verify", *c, odd]) == 0, capsys.readouterr().err
+    assert '"ticket_id": "LATIN-1"' in capsys.readouterr().out

@@ -92,12 +92,42 @@ def finish_help(command: str, leaf: argparse.ArgumentParser) -> None:
             a.help = COMMON_HELP[a.dest]
 
 
+# Arguments that may name a file (or match file names): their bytes may be any the file
+# system holds. Every other text argument is stored, signed or compared as UTF-8.
+MAY_NAME_FILES = {"inputs", "source", "scanner", "replay", "name_file", "pass_id_file",
+                  "guardian_file", "persistence_dir", "browser", "include", "exclude",
+                  "source_pattern"}  # fmt: skip
+
+
+def not_utf8_argument(args: argparse.Namespace) -> str | None:
+    """The error line for a text argument that is not UTF-8 (bytes from a terminal in another
+    encoding reach Python as lone surrogates, which every later encode refuses), or None."""
+    for dest, value in vars(args).items():
+        if dest in MAY_NAME_FILES:
+            continue
+        for v in value if isinstance(value, list) else [value]:
+            if isinstance(v, str) and not v.isascii():
+                try:
+                    v.encode("utf-8")
+                except UnicodeEncodeError:
+                    shown = os.fsencode(v).decode("utf-8", "backslashreplace")
+                    name = dest if dest in ("ids", "items", "person_id") else "--" + dest
+                    return (
+                        f"argument {name.replace('_', '-')}: {shown} is not UTF-8 text (fix: "
+                        "type it again in a UTF-8 terminal)"
+                    )
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `edge-gate` command; returns the exit status."""
     try:
         args = build_parser().parse_args(argv)
     except SystemExit as e:  # --help, or a bad flag (argparse printed one line): its status
         return int(e.code or 0)
+    if (bad := not_utf8_argument(args)) is not None:
+        print(f"edge-gate: error: {bad}", file=sys.stderr)
+        return 2
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         stream=sys.stderr,

@@ -17,7 +17,6 @@ import numpy as np
 
 from edge.errors import ConsentError, EnrollError, ImageError, SeveralFacesError
 from edge.gallery.matcher import Matcher, to_template_grid
-from edge.gallery.schema import check_text
 from edge.gallery.store import Consent, Gallery
 from edge.vision.image import load_image, open_video, to_bgr8
 from edge.vision.pipeline import FaceObservation, FacePipeline
@@ -96,10 +95,6 @@ def check_consent(consent: Consent, minor: bool) -> None:
         raise ConsentError(
             "a minor can only be enrolled with a guardian's consent", "pass --guardian NAME"
         )
-    for value, flag in ((consent.notice_version, "--consent-version"),
-                        (consent.method, "--consent-method"), (consent.operator, "--operator"),
-                        (consent.guardian, "--guardian")):  # fmt: skip
-        check_text(value, flag)  # before any camera or model: they are stored as given
 
 
 def notice_sha256(path: Path | None) -> str:
