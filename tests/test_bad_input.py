@@ -44,6 +44,8 @@ def test_a_code_longer_than_a_file_name_is_judged_not_looked_up(tmp_path, capsys
     assert '"reason": "malformed"' in out
     rc = main(["run", "--config", cfg.source_file, "--source", "v" * 400 + ".mp4", "--fast"])
     _error_line(capsys, rc, "does not exist", "--source")
+    rc = main(["run", "--config", cfg.source_file, "--source", str(tmp_path), "--fast"])
+    _error_line(capsys, rc, "is a folder, not a video", "--source")  # not "does not exist"
 
 
 def _tables(db) -> set[str]:

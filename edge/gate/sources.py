@@ -70,9 +70,8 @@ class VideoFileSource(FrameSource):
     ):
         self.path = Path(path)
         if not os.path.isfile(self.path):  # False, not OSError, for a name too long
-            raise SourceError(
-                f"video {self.path} does not exist", "check camera.source or --source"
-            )
+            what = "is a folder, not a video" if os.path.isdir(self.path) else "does not exist"
+            raise SourceError(f"video {self.path} {what}", "check camera.source or --source")
         try:
             self.cap = (capture_factory or (lambda p: open_video(p, max_pixels)))(str(self.path))
         except ImageError as e:
