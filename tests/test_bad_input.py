@@ -321,3 +321,16 @@ def test_text_arguments_that_are_not_utf8_are_one_line_and_file_names_still_work
     os.rename(photo, odd)
     assert main(["ticket", "verify", *c, odd]) == 0, capsys.readouterr().err
     assert '"ticket_id": "LATIN-1"' in capsys.readouterr().out
+
+
+def test_run_on_a_clip_whose_every_frame_is_unusable_is_an_error_not_an_empty_run(tmp_path, capsys):
+    import numpy as np
+
+    from edge.lab.synth import write_video
+
+    cfg = make_config(tmp_path)
+    clip = tmp_path / "tiny.mp4"
+    frames = [np.full((8, 8, 3), 40 * i, np.uint8) for i in range(5)]
+    assert write_video(clip, frames, 10.0, (8, 8)) == 5
+    rc = main(["run", "--config", cfg.source_file, "--source", str(clip), "--fast"])
+    _error_line(capsys, rc, str(clip), "none of its 5 frame(s)", "too small", "16px")

@@ -86,6 +86,7 @@ class VideoFileSource(FrameSource):
         self.index = 0
         self.state = "open"
         self._t0 = time.monotonic()
+        self._last_corrupt: ImageError | None = None
 
     def read(self) -> Frame | None:
         """Next good frame of the clip, skipping corrupt ones, paced when realtime."""
@@ -98,6 +99,13 @@ class VideoFileSource(FrameSource):
                         f"{self.path}: no frame could be read (not a video or image, or damaged)",
                         "check camera.source or --source",
                     )
+                if self.corrupt == self.index:  # every frame skipped: an error, not an empty run
+                    why = self._last_corrupt
+                    raise SourceError(
+                        f"{self.path}: none of its {self.index} frame(s) can be used "
+                        f"({why.args[0] if why else 'damaged'})",
+                        (why.hint if why else "") or "check camera.source or --source",
+                    )
                 return None
             t = self.index / self.fps
             self.index += 1
@@ -105,6 +113,7 @@ class VideoFileSource(FrameSource):
                 frame = Frame(to_bgr8(img, f"{self.path.name}#{self.index - 1}"), t, self.index - 1)
             except ImageError as e:
                 self.corrupt += 1
+                self._last_corrupt = e
                 log.warning(
                     "source corrupt_frame source=%s index=%d reason=%s",
                     self.path.name,
