@@ -35,8 +35,8 @@ def with_flags(cfg: config_mod.Config, args) -> config_mod.Config:
     realtime = True if flag("realtime") else (False if flag("fast") else None)
     pubkeys = tuple(str(Path(p).resolve()) for p in flag("pubkey")) if flag("pubkey") else None
     source = flag("source")
-    exists = source and os.path.exists(source)  # False, not OSError, for a name too long
-    source = path(source) if exists and "/dev/" not in source else source
+    if source and os.path.exists(source) and "/dev/" not in source:  # no OSError: long name
+        source = path(source)
     return config_mod.override(
         cfg,
         camera={"source": source, "realtime": realtime},
