@@ -95,10 +95,17 @@ def write_secret(path: Path, text: str, exists_hint: str) -> None:
     """Write a new secret file whole-or-nothing (0600): temp file, fsync, hard link to the name,
     so a crash never leaves half a key; refused if the name exists (never overwrite a key)."""
     path = Path(path)
-    if not path.parent.exists():
-        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        if not path.parent.exists():
+            path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    except OSError as e:  # a folder this user may not write
+        raise KeyFileError(
+            f"key file {path} cannot be written: {e.strerror or e} (in {path.parent})",
+            "run it as the user that owns the folder (e.g. sudo -u edge-gate), or give a path "
+            "in a folder it may write",
+        ) from None
     try:
         with os.fdopen(fd, "w") as f:
             f.write(text)
@@ -107,6 +114,8 @@ def write_secret(path: Path, text: str, exists_hint: str) -> None:
         os.link(tmp, path)
     except FileExistsError:
         raise KeyFileError(f"key file {path} already exists", exists_hint) from None
+    except OSError as e:  # a full disk: no key, and no half of one
+        raise KeyFileError(f"key file {path} cannot be written: {e.strerror or e}") from None
     finally:
         tmp.unlink(missing_ok=True)
     dfd = os.open(path.parent, os.O_RDONLY)

@@ -334,3 +334,25 @@ def test_run_on_a_clip_whose_every_frame_is_unusable_is_an_error_not_an_empty_ru
     assert write_video(clip, frames, 10.0, (8, 8)) == 5
     rc = main(["run", "--config", cfg.source_file, "--source", str(clip), "--fast"])
     _error_line(capsys, rc, str(clip), "none of its 5 frame(s)", "too small", "16px")
+
+
+def test_keys_and_accounts_in_a_folder_it_cannot_write_are_one_line(tmp_path, capsys, monkeypatch):
+    """keys init, ticket keygen and console adduser where the user may not create files."""
+    folder = _unwritable_folder(tmp_path)
+    key = folder / "edge-gate-test.key"
+    rc = main(["keys", "init", "--key-file", str(key)])
+    _error_line(capsys, rc, str(key))
+    out = folder / "edge-gate-test-keys"
+    rc = main(["ticket", "keygen", "--out", str(out)])
+    _error_line(capsys, rc, str(out))
+    assert not key.exists() and not out.exists()
+    if importlib.util.find_spec("argon2") is None:  # the console extra
+        return
+    import io
+
+    users = folder / "edge-gate-test" / "console.db"
+    cfg = make_config(tmp_path, f'[console]\nusers_db = "{users}"\n')
+    monkeypatch.setattr("sys.stdin", io.StringIO("a long enough passphrase\n"))
+    rc = main(["console", "adduser", "rita", "--role", "admin", "--password-stdin",
+               "--config", cfg.source_file])  # fmt: skip
+    _error_line(capsys, rc, str(users), "cannot be opened")
