@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -356,3 +357,29 @@ def test_keys_and_accounts_in_a_folder_it_cannot_write_are_one_line(tmp_path, ca
     rc = main(["console", "adduser", "rita", "--role", "admin", "--password-stdin",
                "--config", cfg.source_file])  # fmt: skip
     _error_line(capsys, rc, str(users), "cannot be opened")
+
+
+def test_output_to_a_full_disk_is_one_line_not_an_internal_error(tmp_path):
+    """`edge-gate audit export > export.tsv` on a full disk: the site's to fix, not a bug."""
+    import subprocess
+    import sys
+
+    from edge.gate.audit import AuditLog, AuditRecord
+
+    from .helpers import PROJECT_ROOT
+
+    if not Path("/dev/full").is_char_device():
+        pytest.skip("needs /dev/full (a file whose every write fails: disk full)")
+    cfg = make_config(tmp_path)
+    with AuditLog(tmp_path / "audit.db") as log:
+        log.record(AuditRecord(time.time(), "g", "decision", "deny", "ticket", "T-1"))
+    with open("/dev/full", "w") as full:
+        p = subprocess.run(
+            [sys.executable, "-m", "edge.cli", "audit", "export", "--config", cfg.source_file],
+            cwd=tmp_path, stdout=full, stderr=subprocess.PIPE, text=True, timeout=120,
+            env={**os.environ, "PYTHONPATH": str(PROJECT_ROOT)},
+        )  # fmt: skip
+    assert p.returncode == 2, p.stderr
+    assert p.stderr.count("\n") == 1, p.stderr  # no "Exception ignored" at exit either
+    assert p.stderr.startswith("edge-gate: error: No space left on device")
+    assert "free space" in p.stderr

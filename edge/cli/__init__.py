@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import logging
 import os
 import sys
@@ -32,6 +33,7 @@ log = logging.getLogger("edge")
 # Order of the groups in `edge-gate --help`.
 GROUPS = (lab, gate, tickets, ledger, audit, gallery, passes, fleet, console_cli, pretix)
 INTERNAL_ERROR = 70  # EX_SOFTWARE: a bug, not a mistake of the user (those exit 2)
+DISK_FULL = {errno.ENOSPC, errno.EDQUOT}  # the site's to fix, never a bug
 BROKEN_PIPE = 141  # 128 + SIGPIPE, what `yes | head -1` reports for `yes`
 
 
@@ -145,6 +147,15 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # `edge-gate audit export | head -1`: the reader has had enough
         return _quiet_broken_pipe()
     except Exception as e:
+        if isinstance(e, OSError) and e.errno in DISK_FULL:  # `audit export > f` on a full disk
+            where = f" writing {e.filename}" if e.filename else ""
+            print(
+                f"edge-gate: error: {e.strerror}{where} (fix: free space on the volume written to "
+                "(the output's, or the data folder's), then run the command again)",
+                file=sys.stderr,
+            )
+            _quiet_broken_pipe()  # what is still buffered for stdout cannot be written either
+            return 2
         if args.debug:
             raise
         print(
