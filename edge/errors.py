@@ -54,6 +54,11 @@ class EnrollError(EdgeGateError):
     """Enrollment could not produce a usable template."""
 
 
+class NotTextError(EnrollError):
+    """A name or other detail to store is not UTF-8 text (typed in a terminal, or named by a
+    folder or file, in another encoding)."""
+
+
 class SeveralFacesError(EnrollError):
     """A photo to enroll from shows more than one face: whose pass it is cannot be told."""
 

@@ -130,9 +130,15 @@ def write_secret(path: Path, text: str, exists_hint: str) -> None:
     """Write a new secret file whole-or-nothing (0600, `write_atomic`), so a crash never leaves
     half a key; refused if the name exists (never overwrite a key)."""
     path = Path(path)
-    if not path.parent.exists():
-        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     try:
+        if not path.parent.exists():
+            path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         write_atomic(path, text, 0o600, overwrite=False)
     except FileExistsError:
         raise KeyFileError(f"key file {path} already exists", exists_hint) from None
+    except OSError as e:  # a folder this user may not write, or a full disk: no half key
+        raise KeyFileError(
+            f"key file {path} cannot be written: {e.strerror or e} (in {path.parent})",
+            "run it as the user that owns the folder (e.g. sudo -u edge-gate), or give a path "
+            "in a folder it may write",
+        ) from None

@@ -54,6 +54,14 @@ def bad(tmp_path):
         new_file: {"directory": d, "existing": f, "no folder": tmp_path / "no" / "such" / "x"},
         output_dir: {"file": f},
     }
+    for by_name in cases.values():  # the system cannot even look at it (ENAMETOOLONG)
+        by_name["name too long"] = tmp_path / ("n" * 300)
+    pipe = tmp_path / "a-pipe"
+    os.mkfifo(pipe)  # opening it to read would wait for a writer forever
+    for t in (existing_file, nonempty_file):
+        cases[t]["pipe"] = pipe
+        if os.path.exists("/dev/zero"):
+            cases[t]["device"] = "/dev/zero"  # reading it never ends
     if os.geteuid() != 0:  # root reads anything
         locked = tmp_path / "locked"
         locked.write_text("x")

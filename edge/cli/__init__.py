@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import logging
 import os
 import sys
@@ -32,6 +33,7 @@ log = logging.getLogger("edge")
 # Order of the groups in `edge-gate --help`.
 GROUPS = (lab, gate, tickets, ledger, audit, gallery, passes, fleet, console_cli, pretix)
 INTERNAL_ERROR = 70  # EX_SOFTWARE: a bug, not a mistake of the user (those exit 2)
+DISK_FULL = {errno.ENOSPC, errno.EDQUOT}  # the site's to fix, never a bug
 BROKEN_PIPE = 141  # 128 + SIGPIPE, what `yes | head -1` reports for `yes`
 
 
@@ -92,12 +94,42 @@ def finish_help(command: str, leaf: argparse.ArgumentParser) -> None:
             a.help = COMMON_HELP[a.dest]
 
 
+# Arguments that may name a file (or match file names): their bytes may be any the file
+# system holds. Every other text argument is stored, signed or compared as UTF-8.
+MAY_NAME_FILES = {"inputs", "source", "scanner", "replay", "name_file", "pass_id_file",
+                  "guardian_file", "persistence_dir", "browser", "include", "exclude",
+                  "source_pattern"}  # fmt: skip
+
+
+def not_utf8_argument(args: argparse.Namespace) -> str | None:
+    """The error line for a text argument that is not UTF-8 (bytes from a terminal in another
+    encoding reach Python as lone surrogates, which every later encode refuses), or None."""
+    for dest, value in vars(args).items():
+        if dest in MAY_NAME_FILES:
+            continue
+        for v in value if isinstance(value, list) else [value]:
+            if isinstance(v, str) and not v.isascii():
+                try:
+                    v.encode("utf-8")
+                except UnicodeEncodeError:
+                    shown = os.fsencode(v).decode("utf-8", "backslashreplace")
+                    name = dest if dest in ("ids", "items", "person_id") else "--" + dest
+                    return (
+                        f"argument {name.replace('_', '-')}: {shown} is not UTF-8 text (fix: "
+                        "type it again in a UTF-8 terminal)"
+                    )
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `edge-gate` command; returns the exit status."""
     try:
         args = build_parser().parse_args(argv)
     except SystemExit as e:  # --help, or a bad flag (argparse printed one line): its status
         return int(e.code or 0)
+    if (bad := not_utf8_argument(args)) is not None:
+        print(f"edge-gate: error: {bad}", file=sys.stderr)
+        return 2
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         stream=sys.stderr,
@@ -115,6 +147,15 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # `edge-gate audit export | head -1`: the reader has had enough
         return _quiet_broken_pipe()
     except Exception as e:
+        if isinstance(e, OSError) and e.errno in DISK_FULL:  # `audit export > f` on a full disk
+            where = f" writing {e.filename}" if e.filename else ""
+            print(
+                f"edge-gate: error: {e.strerror}{where} (fix: free space on the volume written to "
+                "(the output's, or the data folder's), then run the command again)",
+                file=sys.stderr,
+            )
+            _quiet_broken_pipe()  # what is still buffered for stdout cannot be written either
+            return 2
         if args.debug:
             raise
         print(

@@ -18,10 +18,11 @@ def cmd_console(args) -> int:
     import uvicorn
 
     from edge.console.app import build_app
-    from edge.screen.server import parse_listen
+    from edge.screen.server import bind_listen, parse_listen
 
     cfg = config_mod.load(args.config)
     host, port = parse_listen(args.listen or cfg.console.listen)
+    sock = bind_listen("console.listen", host, port)  # a taken port: one line, before the app
     if not cfg.console.consent_version:
         print(
             "edge-gate: note: console.consent_version is empty: the kiosk refuses enrollment",
@@ -40,7 +41,7 @@ def cmd_console(args) -> int:
         )
     )
     print(f"edge-gate console on http://{host}:{port}/ (site {cfg.fleet.site or cfg.gate.id})")
-    server.run()
+    server.run(sockets=[sock])
     return 0
 
 

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
+import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
+from typing import TextIO
 
 from edge import config as config_mod
 from edge.cli.hints import for_this_run
@@ -14,6 +18,8 @@ from edge.cli.paths import file_path, nonempty_file
 from edge.errors import EdgeGateError
 from edge.gate.notices import JsonLinesSink, Notices
 from edge.tickets.scanner import evdev_scans, fd_lines
+
+log = logging.getLogger(__name__)
 
 
 def with_flags(cfg: config_mod.Config, args) -> config_mod.Config:
@@ -29,7 +35,8 @@ def with_flags(cfg: config_mod.Config, args) -> config_mod.Config:
     realtime = True if flag("realtime") else (False if flag("fast") else None)
     pubkeys = tuple(str(Path(p).resolve()) for p in flag("pubkey")) if flag("pubkey") else None
     source = flag("source")
-    source = path(source) if source and Path(source).exists() and "/dev/" not in source else source
+    if source and os.path.exists(source) and "/dev/" not in source:  # no OSError: long name
+        source = path(source)
     return config_mod.override(
         cfg,
         camera={"source": source, "realtime": realtime},
@@ -62,11 +69,11 @@ def cmd_run(args) -> int:
         events = stack.enter_context(open_events(args.events)) if args.events else None
 
         def on_decision(ev: dict) -> None:
+            if not args.quiet:  # identifiers go to the console only, never to the journal
+                print(format_decision(ev), flush=True)  # first: a full disk must not hide it
             if events is not None:
                 events.write(json.dumps(ev) + "\n")
                 events.flush()
-            if not args.quiet:  # identifiers go to the console only, never to the journal
-                print(format_decision(ev), flush=True)
 
         notices = Notices([JsonLinesSink(events)] if events is not None else [])
         gate = stack.enter_context(Gate(cfg, on_decision, scanner=scanner, notices=notices))
@@ -78,15 +85,27 @@ def cmd_run(args) -> int:
         return gate.run()
 
 
-def open_events(path: str):
-    """The --events file, appended to; a directory or unwritable path is a one-line error."""
+@contextlib.contextmanager
+def open_events(path: str) -> Iterator[TextIO]:
+    """The --events file, appended to; a directory or unwritable path is a one-line error.
+
+    Lines that a full disk kept from the file are logged when it closes, never raised: the
+    gate has stopped by then, and its exit status is not the file's.
+    """
     try:
-        return open(path, "a", encoding="utf-8")  # noqa: SIM115 - the caller closes it
+        f = open(path, "a", encoding="utf-8")  # noqa: SIM115 - closed below
     except OSError as e:
         raise EdgeGateError(
             f"--events {path} cannot be opened for writing: {e.strerror}",
             "give a writable file path",
         ) from None
+    try:
+        yield f
+    finally:
+        try:
+            f.close()
+        except OSError as e:
+            log.error("--events %s: its last lines could not be written: %s", path, e.strerror)
 
 
 def cmd_doctor(args) -> int:

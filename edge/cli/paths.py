@@ -9,6 +9,7 @@ typed error. Relative paths on the command line mean the current working directo
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 from pathlib import Path
 
@@ -16,8 +17,18 @@ PATH_TYPES: set = set()
 
 
 def _path_type(fn):
-    PATH_TYPES.add(fn)
-    return fn
+    """Register a path type; a path the system cannot even look at (a name longer than it
+    allows, a loop of links) is the same one-line refusal, not a traceback."""
+
+    @functools.wraps(fn)
+    def checked(text: str) -> Path:
+        try:
+            return fn(text)
+        except OSError as e:
+            raise argparse.ArgumentTypeError(f"{text}: {e.strerror or e}") from None
+
+    PATH_TYPES.add(checked)
+    return checked
 
 
 @_path_type
@@ -28,6 +39,8 @@ def existing_file(text: str) -> Path:
         raise argparse.ArgumentTypeError(f"{text}: no such file")
     if p.is_dir():
         raise argparse.ArgumentTypeError(f"{text}: is a directory, expected a file")
+    if not p.is_file():  # reading /dev/zero never ends; a pipe waits for a writer
+        raise argparse.ArgumentTypeError(f"{text}: is a device or a pipe, expected a file")
     if not os.access(p, os.R_OK):
         raise argparse.ArgumentTypeError(f"{text}: not readable (check its owner and mode)")
     return p

@@ -77,11 +77,18 @@ class UserStore:
 
     def __init__(self, path: Path):
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
-        self.conn = connect(self.path, timeout_s=5.0)  # the project's pragmas (edge/db.py)
-        self.conn.executescript(_SCHEMA)
-        self.path.chmod(0o600)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.conn = connect(self.path, timeout_s=5.0)  # the project's pragmas (edge/db.py)
+            self.conn.executescript(_SCHEMA)
+            self.path.chmod(0o600)
+        except (OSError, sqlite3.Error) as e:  # a folder it may not write, a damaged file
+            raise UserError(
+                f"staff accounts {self.path} cannot be opened: {e}",
+                "check console.users_db: run as the office's service user, in a folder it may "
+                "write; restore a damaged file from its backup",
+            ) from None
 
     def add(self, name: str, role: str, password: str, lang: str = "en") -> User:
         """Create an account; refuses a taken name, an unknown role or a short password."""

@@ -9,13 +9,14 @@ that is no readable image, or a photo showing several faces, is left out and lis
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from edge.errors import EnrollError
+from edge.errors import EnrollError, NotTextError
 from edge.gallery.enroll import (
     MIN_TEMPLATES,
     SEVERAL_FACES,
@@ -26,6 +27,7 @@ from edge.gallery.enroll import (
     pick_best,
 )
 from edge.gallery.matcher import enrolled_matches, to_template_grid
+from edge.gallery.schema import check_text
 from edge.gallery.store import Consent, Gallery
 from edge.vision.pipeline import FacePipeline
 
@@ -39,6 +41,7 @@ DUPLICATE = "matches_enrolled_person"
 ALREADY = "already_enrolled"
 SEVERAL = "several_faces"  # every usable photo shows several people (see --pick largest)
 UNREADABLE_IMAGES = "unreadable_images"  # no file of the folder is a readable image
+NAME_NOT_TEXT = "name_not_utf8"  # the folder's name has bytes of another encoding
 
 
 @dataclass
@@ -132,11 +135,12 @@ def enroll_folder(
             on_progress(i, len(dirs), d.name)
         files = sorted(str(f) for f in d.iterdir() if f.is_file() and not f.name.startswith("."))
         reason, pid, n = _one(gallery, pipe, known, names, d.name, files, rules, result.skipped)
+        shown = os.fsencode(d.name).decode("utf-8", "backslashreplace")  # printable, as it is
         if reason:
-            result.refused[d.name] = reason
+            result.refused[shown] = reason
             log.debug("enroll refused folder=%d of %d reason=%s", i + 1, len(dirs), reason)
         else:
-            result.enrolled[d.name], result.templates[d.name] = pid, n
+            result.enrolled[shown], result.templates[shown] = pid, n
     if on_progress:
         on_progress(len(dirs), len(dirs), "")
     return result
@@ -169,6 +173,10 @@ def _one(
     """Enroll one folder; returns (refusal reason or "", person id, templates)."""
     if not files:
         return NO_IMAGES, "", 0
+    try:
+        check_text(name, "the folder's name")
+    except NotTextError:
+        return NAME_NOT_TEXT, "", 0
     found, skipped = collect(pipe, files, rules.pick)
     left_out += [s for s in skipped if s.reason in (UNREADABLE, SEVERAL_FACES)]
     cands = pick_best(found, max(rules.max_templates, rules.min_templates))

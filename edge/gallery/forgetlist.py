@@ -64,7 +64,9 @@ class ForgetList:
         if self._cache is not None and self._cache[0] == stamp:
             return self._cache[1]
         out, prev = [], ""
-        for n, line in enumerate(self.path.read_text().splitlines(), 1):
+        # damaged bytes become a line that does not verify (below), not a UnicodeDecodeError
+        text = self.path.read_bytes().decode("utf-8", errors="replace")
+        for n, line in enumerate(text.splitlines(), 1):
             if not line.strip():
                 continue
             try:
@@ -75,7 +77,7 @@ class ForgetList:
                     int(obj["g"]), float(obj["t"]), tuple(map(str, obj["forgot"])),
                     int(obj["gallery"]),
                 )  # fmt: skip
-            except (ValueError, KeyError, TypeError, AttributeError):
+            except (ValueError, KeyError, TypeError, AttributeError, OverflowError):
                 ok = False
             if not ok:
                 raise GalleryError(
@@ -136,9 +138,14 @@ def read_replay_file(path: Path) -> tuple[list[str], int]:
     ids: list[str] = []
     generation = 0
     try:
-        lines = Path(path).read_text().splitlines()
+        lines = Path(path).read_bytes().decode("utf-8").splitlines()
     except OSError as e:
         raise GalleryError(f"forget list {path} cannot be read: {e.strerror}") from None
+    except UnicodeDecodeError:
+        raise GalleryError(
+            f"forget list {path} is not text",
+            "one pseudonymous id (P-...) per line, or the lines of a .forgotten file",
+        ) from None
     for n, line in enumerate(lines, 1):
         line = line.strip()
         if not line or line.startswith("#"):
@@ -146,10 +153,14 @@ def read_replay_file(path: Path) -> tuple[list[str], int]:
         if line.startswith("{"):
             try:
                 obj = json.loads(line)
-                ids += [str(x) for x in obj["forgot"]]
-                generation = max(generation, int(obj.get("g", 0)))
+                forgot, g = obj["forgot"], obj.get("g", 0)
             except (ValueError, KeyError, TypeError):
-                raise GalleryError(f"forget list {path} line {n} is not valid") from None
+                forgot, g = None, None
+            # a generation is a whole number SQLite can hold; the ids a list
+            if not (isinstance(forgot, list) and type(g) is int and 0 <= g < 2**63):
+                raise GalleryError(f"forget list {path} line {n} is not valid")
+            ids += [str(x) for x in forgot]
+            generation = max(generation, g)
         elif line.startswith("P-") and line.replace("-", "").isalnum():
             ids.append(line)
         else:

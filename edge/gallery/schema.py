@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from edge.db import Migration
-from edge.errors import GalleryError
+from edge.errors import GalleryError, NotTextError
 from edge.gallery.crypto import Kek, SealError, aad, open_sealed, seal
 
 SCHEMA_VERSION = 3
@@ -148,6 +148,18 @@ TABLES: tuple[Table, ...] = (
         pk="key",
     ),
 )
+
+
+def check_text(value: str, what: str) -> None:
+    """Refuse a detail that cannot be stored: bytes Python could not decode (a Latin-1
+    terminal, a folder name from an old USB stick) arrive as lone surrogates."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise NotTextError(
+            f"{what} is not UTF-8 text (character {e.start + 1} is a byte it cannot read)",
+            "type it again in a UTF-8 terminal, or rename the folder or file it came from",
+        ) from None
 
 
 def sealed_fields() -> list[str]:

@@ -35,6 +35,8 @@ log = logging.getLogger(__name__)
 SCHEMA_VERSION = schema.SCHEMA_VERSION
 FILING_THRESHOLD = 100_000  # people; above it a processor has extra filing duties (China, 2025)
 UNCHANGED: Any = object()  # update_person: leave this field as it is
+_DETAIL = {"name": "the name", "pass_ref": "the pass reference", "operator": "the operator's "
+           "name", "guardian": "the guardian's name"}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -83,6 +85,15 @@ class Gallery(Store, GalleryReader):
                 f"gallery {self.path} is unreadable ({e})",
                 "the file is damaged: restore it from backup or move it aside and re-enroll",
             ) from None
+        other = sorted(t for t in have if not t.startswith("sqlite_"))
+        if other and "data_keys" not in have:  # a gallery is created whole, with its data key
+            self.conn.close()
+            raise GalleryError(
+                f"gallery {self.path} is another database, not a gallery (it holds "
+                f"{', '.join(other[:6])}); nothing was written to it",
+                "check gallery.db in the config or --db (the ledger or the audit log?); a new "
+                "gallery needs a file of its own",
+            )
         if version > SCHEMA_VERSION:
             self.conn.close()
             raise GalleryError(
@@ -186,7 +197,10 @@ class Gallery(Store, GalleryReader):
         return seal(self.dek, key, aad("person_keys", pid, "wrapped"))
 
     def _seal(self, key: bytes, value: str, table: str, row: str, column: str) -> bytes | None:
-        return seal(key, value.encode("utf-8"), aad(table, row, column)) if value else None
+        if not value:
+            return None
+        schema.check_text(value, _DETAIL.get(column, column))
+        return seal(key, value.encode("utf-8"), aad(table, row, column))
 
     # --- writes ------------------------------------------------------------------------------
 
@@ -442,7 +456,8 @@ class Gallery(Store, GalleryReader):
         scrub=False leaves the on-disk erasure (marked pending) to a later `scrub()`, so a caller
         can commit its own record of the deletion first.
         """
-        cutoff = int(now - after_days * 86400)
+        # a cutoff before what SQLite's 64-bit integers reach: nobody expired that long ago
+        cutoff = max(int(now - after_days * 86400), -(2**63))
         q = "SELECT id FROM people WHERE valid_until IS NOT NULL AND valid_until < ?"
         ids = [r[0] for r in self.conn.execute(q, (cutoff,))]
         if ids:

@@ -446,7 +446,7 @@ class Gate:
         try:
             self.on_decision(ev)
         except Exception as e:  # a full disk for --events must not stop the gate deciding
-            log.error("decision output error=%s", e)
+            log.error("output error=%s: a decision missed the console or --events", e)
         self._tell(  # never raises: a screen fault never stops the gate
             Notice(
                 wall,
@@ -481,7 +481,7 @@ class Gate:
             try:
                 self.on_decision(v.event(self.cfg.gate.id, wall))
             except Exception as e:
-                log.error("decision output error=%s", e)
+                log.error("output error=%s: a decision missed the console or --events", e)
             self._tell(v.notice(self.lane, wall))
 
     def _audit(self, rec: AuditRecord) -> None:

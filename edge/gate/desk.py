@@ -226,7 +226,8 @@ def recover_gate_ledger(cfg: config_mod.Config, audit, now: float | None = None)
 def texts_from_input(item: str, max_pixels: int | None = None) -> list[str]:
     """An argument is an image file (every code in it) or the ticket text itself."""
     p = Path(item)
-    if p.suffix.lower() in (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif") or p.is_file():
+    # os.path.isfile: a long pasted code is no file name (Path.is_file raises ENAMETOOLONG)
+    if p.suffix.lower() in (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif") or os.path.isfile(p):
         # zxing-cpp and OpenCV load only when an input is an image: `ticket verify TEXT` stays quick
         from edge.tickets.qr import read_codes
         from edge.vision.image import MAX_PIXELS, load_image

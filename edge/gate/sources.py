@@ -8,6 +8,7 @@ at the end of a file. Corrupt frames are counted and skipped, never passed on.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -68,10 +69,9 @@ class VideoFileSource(FrameSource):
         max_pixels: int = MAX_PIXELS,
     ):
         self.path = Path(path)
-        if not self.path.is_file():
-            raise SourceError(
-                f"video {self.path} does not exist", "check camera.source or --source"
-            )
+        if not os.path.isfile(self.path):  # False, not OSError, for a name too long
+            what = "is a folder, not a video" if os.path.isdir(self.path) else "does not exist"
+            raise SourceError(f"video {self.path} {what}", "check camera.source or --source")
         try:
             self.cap = (capture_factory or (lambda p: open_video(p, max_pixels)))(str(self.path))
         except ImageError as e:
@@ -86,6 +86,7 @@ class VideoFileSource(FrameSource):
         self.index = 0
         self.state = "open"
         self._t0 = time.monotonic()
+        self._last_corrupt: ImageError | None = None
 
     def read(self) -> Frame | None:
         """Next good frame of the clip, skipping corrupt ones, paced when realtime."""
@@ -98,6 +99,13 @@ class VideoFileSource(FrameSource):
                         f"{self.path}: no frame could be read (not a video or image, or damaged)",
                         "check camera.source or --source",
                     )
+                if self.corrupt == self.index:  # every frame skipped: an error, not an empty run
+                    why = self._last_corrupt
+                    raise SourceError(
+                        f"{self.path}: none of its {self.index} frame(s) can be used "
+                        f"({why.args[0] if why else 'damaged'})",
+                        (why.hint if why else "") or "check camera.source or --source",
+                    )
                 return None
             t = self.index / self.fps
             self.index += 1
@@ -105,6 +113,7 @@ class VideoFileSource(FrameSource):
                 frame = Frame(to_bgr8(img, f"{self.path.name}#{self.index - 1}"), t, self.index - 1)
             except ImageError as e:
                 self.corrupt += 1
+                self._last_corrupt = e
                 log.warning(
                     "source corrupt_frame source=%s index=%d reason=%s",
                     self.path.name,
@@ -289,7 +298,7 @@ def still_image(path: str | Path) -> bool:
     if p.suffix.lower() in STILL_EXT:
         return True
     try:
-        found = image_size(read_head(p)) if p.is_file() else None
+        found = image_size(read_head(p)) if os.path.isfile(p) else None
     except ImageError:
         return False
     return found is not None and found[0] != "GIF"  # a GIF may be an animation: a clip

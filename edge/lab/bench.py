@@ -53,7 +53,8 @@ def bench_clip(
                 f"{clip}: cannot open video", "check the path and that the file is a video"
             )
         decode, times, n, faces = [], StageTimes(), 0, 0
-        frames = int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) or None
+        count = int(cap.get(cv2.CAP_PROP_FRAME_COUNT))
+        frames = count if count > 0 else None  # a still photo says -2**63: unknown
         shown = Progress(
             f"bench threads={threads}",
             min(frames, max_frames) if frames and max_frames else (max_frames or frames),

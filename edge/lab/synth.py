@@ -13,6 +13,7 @@ import cv2
 import numpy as np
 
 from edge.tickets.qr import render_ticket
+from edge.vision.image import opencv_path
 
 
 @dataclass(frozen=True)
@@ -92,7 +93,7 @@ def render_frames(
 def write_video(path: Path, frames, fps: float, size: tuple[int, int]) -> int:
     """Write BGR frames of one size to an MP4 file; returns how many were written."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    wr = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, size)
+    wr = cv2.VideoWriter(opencv_path(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, size)
     if not wr.isOpened():
         raise OSError(f"cannot write video {path}")
     n = 0

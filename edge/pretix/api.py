@@ -55,9 +55,15 @@ def read_token(path: Path) -> str:
         "create it with the team API token (or device token) from pretix, mode 0600",
         credential="pretix.token",
     )
-    token = raw.decode("utf-8", "replace").strip()
-    if not token or not token.isascii() or any(c.isspace() for c in token):
-        raise ConfigError(f"pretix token {path} is empty or not one token")
+    try:
+        token = raw.decode("ascii").strip()
+    except UnicodeDecodeError:  # an HTTP header carries ASCII only; pretix's tokens are
+        token = ""
+    if not token or not token.isprintable() or any(c.isspace() for c in token):
+        raise ConfigError(
+            f"pretix token {path} is empty or not one token (printable ASCII, no spaces)",
+            "write the token pretix showed, alone on one line",
+        )
     return token
 
 

@@ -151,16 +151,17 @@ class Receiver:
         self.path = Path(path)
         self.board, self.signal = board, signal_
         self.refused = 0
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with contextlib.suppress(FileNotFoundError):
-            if self.path.is_socket():
-                self.path.unlink()  # a previous screen's socket
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with contextlib.suppress(FileNotFoundError):
+                if self.path.is_socket():
+                    self.path.unlink()  # a previous screen's socket
             self.sock.bind(str(self.path))
-        except OSError as e:
+        except OSError as e:  # e.g. a folder it may not write, a path too long for a socket
+            self.sock.close()
             raise ConfigError(
-                f"screen.socket {self.path}: {e.strerror}",
+                f"screen.socket {self.path}: {e.strerror or e}",
                 "give the screen's service a writable folder (RuntimeDirectory=)",
             ) from None
         os.chmod(self.path, 0o660)  # the gate's group may send
@@ -219,6 +220,32 @@ def parse_listen(text: str) -> tuple[str, int]:
     if not sep or not port.isdigit() or not host or not 0 <= int(port) < 65536:
         raise ConfigError(f"listen address {text!r} is not host:port", "e.g. 127.0.0.1:8088")
     return host.strip("[]"), int(port)
+
+
+def listen_failed(key: str, host: str, port: int, e: OSError) -> ConfigError:
+    """Why a page cannot be served at host:port (the screen's, the console's), with the fix."""
+    return ConfigError(
+        f"cannot listen on {host}:{port}: {e.strerror or e}",
+        "another program holds that port, or the address is not one of this machine's: stop "
+        f"it, or choose a free one with --listen host:port (or {key} in the config)",
+    )
+
+
+def bind_listen(key: str, host: str, port: int) -> socket.socket:
+    """A listening TCP socket at host:port (IPv4 or IPv6), or the typed error saying why not."""
+    try:
+        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+        sock = socket.socket(family, socket.SOCK_STREAM)
+    except OSError as e:  # socket.gaierror too: a name that resolves to nothing
+        raise listen_failed(key, host, port, e) from None
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as every server does
+        sock.bind((host, port))
+        sock.listen()
+    except OSError as e:
+        sock.close()
+        raise listen_failed(key, host, port, e) from None
+    return sock
 
 
 CSP = "default-src 'self'; style-src 'self'; script-src 'self'; connect-src 'self'"
@@ -310,7 +337,12 @@ class Screen:
         self.signal = Signal(cfg.signal, signal_factory)
         self.receiver = Receiver(cfg.resolve(cfg.screen.socket), self.board, self.signal)
         handler = make_handler(self.board, page_config(cfg), self.stop)
-        self.httpd = ThreadingHTTPServer((host, port), handler)
+        try:
+            self.httpd = ThreadingHTTPServer((host, port), handler)
+        except OSError as e:  # the port is taken, or the address is not this machine's
+            self.receiver.close()
+            self.signal.close()
+            raise listen_failed("screen.listen", host, port, e) from None
         self.httpd.daemon_threads = True
         self.url = f"http://{host}:{self.httpd.server_address[1]}/"
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)

@@ -18,29 +18,50 @@ def _write_private(path: Path, data: bytes) -> None:
 
 def keygen(out_dir: Path) -> tuple[Path, Path]:
     """Write issuer.key (private, 0600) and issuer.pub; refuse to overwrite an existing key."""
-    out_dir.mkdir(parents=True, exist_ok=True)
     priv_p, pub_p = out_dir / "issuer.key", out_dir / "issuer.pub"
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise _cannot_write(out_dir, e) from None
     if priv_p.exists() or pub_p.exists():
         raise TicketError(
             f"{priv_p} or {pub_p} already exists",
             "choose another --out; never overwrite an issuer key",
         )
     key = Ed25519PrivateKey.generate()
-    _write_private(
-        priv_p,
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        ),
-    )
-    write_atomic(
-        pub_p,
-        key.public_key().public_bytes(
-            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-        ),
-    )
+    try:
+        _write_private(
+            priv_p,
+            key.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
+            ),
+        )
+    except FileExistsError:  # created meanwhile by another keygen: never touch it
+        raise TicketError(
+            f"{priv_p} already exists", "choose another --out; never overwrite an issuer key"
+        ) from None
+    except OSError as e:
+        raise _cannot_write(out_dir, e) from None
+    try:
+        write_atomic(
+            pub_p,
+            key.public_key().public_bytes(
+                serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+            ),
+        )
+    except OSError as e:  # a full disk: no half pair left behind (the key was written here)
+        priv_p.unlink(missing_ok=True)
+        raise _cannot_write(out_dir, e) from None
     return priv_p, pub_p
+
+
+def _cannot_write(out_dir: Path, e: OSError) -> TicketError:
+    return TicketError(
+        f"--out {out_dir}: the key pair cannot be written: {e.strerror or e}",
+        "give --out a folder this user may write",
+    )
 
 
 def load_private(path: Path) -> Ed25519PrivateKey:

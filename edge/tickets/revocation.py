@@ -62,9 +62,14 @@ def _check_id(tid: str) -> str:
 
 
 def _write(path: Path, lines: list[str]) -> None:
-    """Replace the list whole and durably; an existing list keeps its permissions."""
+    """Replace the list whole and durably (a gate never reads half of it); an existing list
+    keeps its permissions. A folder this user may not write, or a full disk, is a TicketError
+    naming it, and the old list stays as it was."""
     mode = path.stat().st_mode & 0o777 if path.exists() else 0o644
-    write_atomic(path, "".join(ln + "\n" for ln in lines), mode)
+    try:
+        write_atomic(path, "".join(ln + "\n" for ln in lines), mode)
+    except OSError as e:
+        raise _cannot_write(path, e) from None
 
 
 @contextlib.contextmanager
@@ -73,7 +78,11 @@ def _locked(path: Path) -> Iterator[None]:
     `edge-gate sync` applying the office's revocations and an operator's `ticket revoke` at the
     same moment both land. A read-only open is enough for flock, so any user who may read the
     folder can wait on a lock file another user created."""
-    fd = os.open(path.with_name(f".{path.name}.lock"), os.O_RDONLY | os.O_CREAT, 0o644)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path.with_name(f".{path.name}.lock"), os.O_RDONLY | os.O_CREAT, 0o644)
+    except OSError as e:
+        raise _cannot_write(path, e) from None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         yield
@@ -81,11 +90,19 @@ def _locked(path: Path) -> Iterator[None]:
         os.close(fd)  # closing releases the lock
 
 
+def _cannot_write(path: Path, e: OSError) -> TicketError:
+    return TicketError(
+        f"revocation list {path} cannot be written: {e.strerror or e} (in {path.parent}); "
+        "it is unchanged",
+        "run it as the user that owns the list's folder (e.g. sudo -u edge-gate), or give a "
+        "--list in a writable folder",
+    )
+
+
 def revoke(path: Path, ticket_ids: list[str]) -> list[str]:
     """Add ids not yet in the list (created if absent); returns the ids added."""
     path = Path(path)
     ids = [_check_id(t) for t in ticket_ids]
-    path.parent.mkdir(parents=True, exist_ok=True)
     with _locked(path):
         lines = _lines(path) if path.exists() else []
         present = {e for e in map(_entry, lines) if e}

@@ -127,6 +127,22 @@ def check_image_header(head: bytes, name: str, max_pixels: int = MAX_PIXELS) -> 
     return fmt
 
 
+def opencv_path(path: str | os.PathLike[str]) -> str:
+    """The path as OpenCV's video functions take it. A name that is not UTF-8 (bytes Python
+    keeps as lone surrogates) is refused here: OpenCV's bindings end the whole process with a
+    segmentation fault on it, the gate included."""
+    text = str(path)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        shown = os.fsencode(text).decode("utf-8", "backslashreplace")
+        raise ImageError(
+            f"{shown}: a file name that is not UTF-8 cannot be opened as a video",
+            "rename the file (or its folder) in UTF-8",
+        ) from None
+    return text
+
+
 def open_video(source: str | int | os.PathLike[str], max_pixels: int = MAX_PIXELS):
     """cv2.VideoCapture on a clip, a still image or a camera, after refusing oversized frames.
 
@@ -139,7 +155,7 @@ def open_video(source: str | int | os.PathLike[str], max_pixels: int = MAX_PIXEL
         head = read_head(str(source))
         if image_size(head) is not None:
             check_image_header(head, str(source), max_pixels)
-    cap = cv2.VideoCapture(source if isinstance(source, int) else str(source))
+    cap = cv2.VideoCapture(source if isinstance(source, int) else opencv_path(source))
     if cap.isOpened():
         w = int(cap.get(cv2.CAP_PROP_FRAME_WIDTH))
         h = int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT))
