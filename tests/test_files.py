@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from edge.errors import KeyFileError
+from edge.errors import KeyFileError, TicketError
 from edge.files import write_atomic
 from edge.fleet.identity import read_roster_file, write_roster_file
 from edge.keyfiles import write_secret
@@ -111,9 +111,9 @@ def test_callers_keep_the_old_file_when_the_rename_fails(tmp_path, monkeypatch):
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(os, "replace", boom)
-    with pytest.raises(OSError):
+    with pytest.raises(TicketError, match="No space left.*it is unchanged"):
         revoke(lst, ["T-2"])
-    with pytest.raises(OSError):
+    with pytest.raises(TicketError, match="No space left.*it is unchanged"):
         unrevoke(lst, ["T-1"])
     with pytest.raises(OSError):
         write_roster_file(roster, {})
