@@ -176,6 +176,60 @@ def test_row1_restored_lane_starts_a_new_epoch_and_replays_the_forget_list(
         park.stop_all()
 
 
+def _office_view(park: Park, lane: str) -> dict:
+    """What the office's sync last heard from a lane (its signed heartbeat, `gone` by its will)."""
+    return (park.state(0, "peers") or {}).get(lane) or {}
+
+
+def test_row1_copy_taken_after_connecting_then_a_crash_is_still_a_restore(
+    broker, office_keys, tmp_path
+):
+    """The lane's last will carries the marks of its connection and, after a crash, is the
+    newest message on its heartbeat topic. A copy of its files taken after that connection is
+    detected all the same: its retained marks (a topic the will never writes) say more."""
+    park = Park(tmp_path, broker.url, office_keys, lanes=1)
+    d = park.lanes[0].dir
+    backup = tmp_path / "backup"
+    backup.mkdir()
+    env = dict(os.environ, PYTHONPATH=str(PROJECT_ROOT))
+    cmd = [sys.executable, "-m", "edge.cli", "sync", "--config", str(park.lanes[0].config)]
+    p = subprocess.Popen(cmd, env=env, stderr=subprocess.DEVNULL)
+    try:
+        park.wait_ready(1)
+        for k in (1, 2):
+            assert verify(park, 1, park.ticket(f"T-{k}"))[0] == 0
+            wait_for(
+                lambda k=k: _office_view(park, "lane1").get("body", {}).get("out_seq") == k,
+                what=f"the fleet saw lane1's outbox reach {k}",
+            )
+            if k == 1:  # the copy: after the connection (the will says 0), before T-2
+                for f in ("ledger.db", "audit.db", "fleet.db"):
+                    _copy_db(d / f, backup / f)
+        os.kill(p.pid, signal.SIGKILL)  # no goodbye: the broker publishes the will
+        p.wait()
+        wait_for(lambda: _office_view(park, "lane1").get("gone") == "lost", what="lane1's will")
+        for f in ("ledger.db", "audit.db", "fleet.db"):
+            for old in d.glob(f + "*"):
+                old.unlink()
+            shutil.copy(backup / f, d / f)
+        restored_epoch = park.state(1, "epoch")
+        park.start(1)
+        wait_for(
+            lambda: park.state(1, "epoch") not in (None, restored_epoch),
+            what="restore detected (a new epoch)",
+        )
+        why = [r.detail for r in park.audit(1, "new_epoch")]
+        assert (
+            "the ledger's outbox went back to 1 (the fleet saw 2): restored from an older copy"
+            in why
+        ), why
+        wait_for(lambda: not park.state(1, "forget_replay"), what="forget list replayed")
+    finally:
+        if p.poll() is None:
+            p.kill()
+        park.stop_all()
+
+
 # --- row 2: the office's clock set ahead once ------------------------------------------------
 
 
