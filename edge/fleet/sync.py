@@ -69,7 +69,7 @@ AUDIT_WINDOW = 2000  # records sent ahead of the office's acknowledgement
 AUDIT_RESEND_S = 30.0  # no acknowledgement for this long: send again from the cursor
 POLL_S = 0.01  # how often the ledger is checked for new local redemptions (a cheap pragma)
 STATE_EVERY_S = 1.0  # link state refresh for the gate, at least this often
-SELF_CHECK_S = 1.5  # after subscribing: time for the broker to hand back our retained marks
+SELF_CHECK_S = 1.5  # after subscribing: time for the broker to hand back our heartbeat and marks
 ACL_READBACK_S = 10.0  # after publishing our marks: time for the broker to hand them back
 REFUSAL_EVERY_S = 60.0  # at most one audit record per sender and reason in this window
 
