@@ -445,6 +445,46 @@ def test_restore_reason_compares_what_the_fleet_saw_with_the_files():
     assert "epoch" in restore_reason(hb("e0", 10, 50), "e1", 99, 99)
 
 
+def test_restore_check_takes_the_highest_marks_of_the_will_and_the_retained_marks():
+    from edge.fleet.sync import restore_reason_of
+
+    def m(type_, epoch, out_seq, count):
+        body = {"out_seq": out_seq, "evidence": {"audit": {"count": count, "head": "h"}}}
+        return msg.Message(type_, "p", "lane1", 1, 1.0, body, epoch=epoch)
+
+    will = m(msg.OFFLINE, "e1", 0, 5)  # signed at connection
+    marks = m(msg.MARKS, "e1", 2, 9)  # published since
+    assert restore_reason_of([will, marks], "e1", 2, 9) == ""
+    assert "outbox went back to 1 (the fleet saw 2)" in restore_reason_of([will, marks], "e1", 1, 9)
+    assert "audit log went back to 8" in restore_reason_of([will, marks], "e1", 2, 8)
+    assert restore_reason_of([will], "e1", 1, 8) == ""  # the will alone cannot see it
+    assert "epoch" in restore_reason_of([will, m(msg.MARKS, "e0", 0, 0)], "e1", 9, 9)
+    assert restore_reason_of([], "e1", 0, 0) == ""
+
+
+def test_status_and_the_lanes_page_flag_an_outdated_broker_acl():
+    from edge.console.app import lane_row
+    from edge.fleet.office import status_problems
+
+    def rep(acl1, acl_here=None):
+        lane = {"state": "ok", "rostered": True, "last_seen": "1 s ago"}
+        return {
+            "member": "lane2",
+            "lanes": {"lane1": {**lane, "broker_acl": acl1}, "office": lane},
+            "clock": {"off": []},
+            "sync": {"running": True, "last_seen": "1 s ago"},
+            "this_lane": {"lane": "lane2", "broker_acl": acl_here},
+        }
+
+    assert status_problems(rep("ok", "ok")) == []
+    assert status_problems(rep(None)) == []  # a lane of an older version says nothing
+    (p,) = status_problems(rep("outdated"))
+    assert p.startswith("lane1: broker ACL outdated") and "fleet broker-config" in p
+    assert [p.split(":")[0] for p in status_problems(rep("ok", "outdated"))] == ["lane2"]
+    assert lane_row("lane1", {"state": "ok", "broker_acl": "outdated"}, 5.0)["acl_outdated"]
+    assert not lane_row("lane1", {"state": "ok", "broker_acl": "ok"}, 5.0)["acl_outdated"]
+
+
 def test_fleet_clock_ignores_one_outlier_and_names_it():
     from edge.fleet.clock import fleet_clock
 

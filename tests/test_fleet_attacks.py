@@ -176,6 +176,60 @@ def test_row1_restored_lane_starts_a_new_epoch_and_replays_the_forget_list(
         park.stop_all()
 
 
+def _office_view(park: Park, lane: str) -> dict:
+    """What the office's sync last heard from a lane (its signed heartbeat, `gone` by its will)."""
+    return (park.state(0, "peers") or {}).get(lane) or {}
+
+
+def test_row1_copy_taken_after_connecting_then_a_crash_is_still_a_restore(
+    broker, office_keys, tmp_path
+):
+    """The lane's last will carries the marks of its connection and, after a crash, is the
+    newest message on its heartbeat topic. A copy of its files taken after that connection is
+    detected all the same: its retained marks (a topic the will never writes) say more."""
+    park = Park(tmp_path, broker.url, office_keys, lanes=1)
+    d = park.lanes[0].dir
+    backup = tmp_path / "backup"
+    backup.mkdir()
+    env = dict(os.environ, PYTHONPATH=str(PROJECT_ROOT))
+    cmd = [sys.executable, "-m", "edge.cli", "sync", "--config", str(park.lanes[0].config)]
+    p = subprocess.Popen(cmd, env=env, stderr=subprocess.DEVNULL)
+    try:
+        park.wait_ready(1)
+        for k in (1, 2):
+            assert verify(park, 1, park.ticket(f"T-{k}"))[0] == 0
+            wait_for(
+                lambda k=k: _office_view(park, "lane1").get("body", {}).get("out_seq") == k,
+                what=f"the fleet saw lane1's outbox reach {k}",
+            )
+            if k == 1:  # the copy: after the connection (the will says 0), before T-2
+                for f in ("ledger.db", "audit.db", "fleet.db"):
+                    _copy_db(d / f, backup / f)
+        os.kill(p.pid, signal.SIGKILL)  # no goodbye: the broker publishes the will
+        p.wait()
+        wait_for(lambda: _office_view(park, "lane1").get("gone") == "lost", what="lane1's will")
+        for f in ("ledger.db", "audit.db", "fleet.db"):
+            for old in d.glob(f + "*"):
+                old.unlink()
+            shutil.copy(backup / f, d / f)
+        restored_epoch = park.state(1, "epoch")
+        park.start(1)
+        wait_for(
+            lambda: park.state(1, "epoch") not in (None, restored_epoch),
+            what="restore detected (a new epoch)",
+        )
+        why = "the ledger's outbox went back to 1 (the fleet saw 2): restored from an older copy"
+        wait_for(  # audited just after the new epoch is stored
+            lambda: why in [r.detail for r in park.audit(1, "new_epoch")],
+            what="the restore audited with the marks' reason",
+        )
+        wait_for(lambda: not park.state(1, "forget_replay"), what="forget list replayed")
+    finally:
+        if p.poll() is None:
+            p.kill()
+        park.stop_all()
+
+
 # --- row 2: the office's clock set ahead once ------------------------------------------------
 
 
@@ -688,7 +742,76 @@ def test_broker_config_command_writes_a_site_config(office_keys, tmp_path):
     pw_before = (out / "credentials" / "lane1.cred").read_text()
     r = cli("fleet", "broker-config", "--config", str(office.config), "--out", str(out))
     assert (out / "credentials" / "lane1.cred").read_text() == pw_before  # kept on re-run
-    assert "pattern read edge-gate/parkx/office/audit-acks/%u" in (out / "acl").read_text()
+    acl = (out / "acl").read_text()
+    assert "pattern read edge-gate/parkx/office/audit-acks/%u" in acl
+    assert "pattern write edge-gate/parkx/marks/%u" in acl
+    assert "pattern read edge-gate/parkx/marks/%u" in acl
+
+
+def _lane_status(park: Park, lane: str) -> dict:
+    r = cli("fleet", "status", "--json", "--config", str(park.office.config))
+    return json.loads(r.stdout)["lanes"][lane]
+
+
+@pytest.mark.parametrize("left_out", [("/marks/",), ("/marks/", "/office/override/")])
+def test_a_broker_acl_older_than_the_marks_topic_is_reported_with_the_fix(
+    office_keys, tmp_path, left_out, caplog
+):
+    """Mosquitto grants a subscription and acknowledges a publish its ACL denies, and delivers
+    nothing: the lane finds out because its own marks do not come back, says so in its
+    heartbeat, and `fleet status --check` fails with the fix. Reloading the full ACL clears it."""
+    _need_mosquitto()
+    b = Mosquitto(tmp_path / "broker", users=USERS)
+    acl = b.dir / "acl"
+    full = acl.read_text()
+    old = [ln for ln in full.splitlines() if not any(x in ln for x in left_out)]
+    assert len(old) < len(full.splitlines())
+    acl.write_text("\n".join(old) + "\n")  # what broker-config wrote before these lines
+    b.start()
+    park = Park(tmp_path, b.url, office_keys, lanes=1)
+    try:
+        park.start(1)
+        wait_for(
+            lambda: _lane_status(park, "lane1").get("broker_acl") == "outdated",
+            what="lane1 reports its broker ACL outdated",
+        )
+        for config in (park.office.config, park.lanes[0].config):  # the office's view, the lane's
+            r = cli("fleet", "status", "--check", "--config", str(config))
+            assert r.returncode == 1, r.stdout + r.stderr
+            assert "lane1: broker ACL outdated" in r.stderr
+            assert "edge-gate fleet broker-config" in r.stderr and "reload mosquitto" in r.stderr
+        r = cli("fleet", "status", "--config", str(park.office.config))
+        assert "BROKER ACL OUTDATED" in r.stdout
+        logged = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+        assert any("broker ACL outdated" in m and "broker-config" in m for m in logged), logged
+        acl.write_text(full)  # `fleet broker-config` again, and reload mosquitto
+        assert b.proc is not None
+        b.proc.send_signal(signal.SIGHUP)
+        wait_for(
+            lambda: _lane_status(park, "lane1").get("broker_acl") == "ok",
+            what="lane1's marks come back after the reload",
+        )
+        r = cli("fleet", "status", "--check", "--config", str(park.office.config))
+        assert r.returncode == 0, r.stdout + r.stderr
+    finally:
+        park.stop_all()
+        b.stop()
+
+
+def test_with_the_full_acl_a_lane_reports_its_broker_acl_current(broker, office_keys, tmp_path):
+    park = Park(tmp_path, broker.url, office_keys, lanes=1)
+    try:
+        park.start(1)
+        wait_for(
+            lambda: _lane_status(park, "lane1").get("broker_acl") == "ok",
+            what="lane1's marks came back",
+        )
+        assert park.state(1, "broker_acl") == "ok"
+        r = cli("fleet", "status", "--check", "--config", str(park.office.config))
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert "ACL" not in r.stdout + r.stderr
+    finally:
+        park.stop_all()
 
 
 def _self_signed(d: Path) -> tuple[Path, Path]:

@@ -86,6 +86,8 @@ def cmd_status(args) -> int:
                 flags.append("CLOCK OFF")
             if not v["rostered"]:
                 flags.append("NOT IN ROSTER")
+            if v.get("broker_acl") == "outdated":
+                flags.append("BROKER ACL OUTDATED")
             px = v.get("pretix")
             if px and px["stale"]:
                 flags.append("PRETIX DATA " + ("MISSING" if px["age_s"] is None else "STALE"))
@@ -109,6 +111,7 @@ def cmd_status(args) -> int:
                 + ("  CLOCK OFF" if off is not None and abs(off) > skew else "")
                 + f", outbox {this['outbox']}"
                 + (f", NO FACE GRANTS: {this['forget_replay']}" if this["forget_replay"] else "")
+                + (", BROKER ACL OUTDATED" if this.get("broker_acl") == "outdated" else "")
             )
         px = (rep.get("this_lane") or {}).get("pretix")
         if px:

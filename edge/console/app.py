@@ -222,6 +222,7 @@ def lane_row(name: str, hb: dict[str, Any], max_offset_s: float) -> dict[str, An
         "models": models or "-",
         "config_version": hb.get("config_version") or "-",
         "pretix": hb.get("pretix") if isinstance(hb.get("pretix"), dict) else None,
+        "acl_outdated": hb.get("broker_acl") == "outdated",  # its marks did not come back
     }
 
 

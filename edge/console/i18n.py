@@ -74,6 +74,7 @@ ZH: dict[str, str] = {
     "online": "在线",
     "stale": "失联",
     "CLOCK OFF": "时钟错误",
+    "BROKER ACL OUTDATED": "消息代理 ACL 已过时",
     "pretix data": "pretix 数据",
     "missing": "缺失",
     "STALE": "过期",

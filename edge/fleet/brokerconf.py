@@ -6,9 +6,10 @@ DIR/credentials/<name>.cred ("name:password", what that member's fleet.credentia
 holds). The lab's test broker (tests, demo, bench) writes its config with the same functions.
 
 What the broker enforces (docs/FLEET.md, threat model): a lane's login writes only its own
-redemptions, heartbeat, audit and acknowledgement topics and reads only what a lane needs (never
-another lane's audit records); the office's login reads and writes the site; the client id is
-the login (`use_username_as_clientid`), so one login cannot take over another's session.
+redemptions, heartbeat, marks, audit and acknowledgement topics and reads only what a lane needs
+(never another lane's audit records; its own marks back, which tells it the ACL is current); the
+office's login reads and writes the site; the client id is the login
+(`use_username_as_clientid`), so one login cannot take over another's session.
 Passwords are stored as Mosquitto 2.0 PBKDF2-SHA512 hashes ($7$), made here, so the office needs
 no mosquitto_passwd.
 """
@@ -29,6 +30,12 @@ from edge.fleet.identity import OFFICE
 PBKDF2_ITERATIONS = 101  # mosquitto_passwd's own default in 2.0
 # What a lane's login may read besides the lanes' redemptions and heartbeats.
 LANE_READS_OFFICE = ("roster", "revocations", "unrevocations", "keys", "forgotten", "people/+")
+# What a lane whose retained marks do not come back (an ACL older than the marks topic, or than
+# overrides) is told, and `fleet status` prints for it.
+ACL_OUTDATED_FIX = (
+    "at the office run `edge-gate fleet broker-config --config office.toml --out DIR` again "
+    "(it keeps the passwords) and reload mosquitto"
+)
 
 
 def acl_text(site: str) -> str:
@@ -43,10 +50,12 @@ def acl_text(site: str) -> str:
         "# needs. Audit records are written by their lane and read by the office only.",
         f"pattern write {root}/redemptions/%u",
         f"pattern write {root}/heartbeat/%u",
+        f"pattern write {root}/marks/%u",
         f"pattern write {root}/audit/%u",
         f"pattern write {root}/acks/%u/+",
         f"pattern read {root}/redemptions/+",
         f"pattern read {root}/heartbeat/+",
+        f"pattern read {root}/marks/%u",
         *[f"pattern read {root}/office/{t}" for t in LANE_READS_OFFICE],
         f"pattern read {root}/office/audit-acks/%u",
         f"pattern read {root}/office/override/%u",

@@ -31,6 +31,7 @@ VERSION = 2
 ROOT = "edge-gate"
 # Lane message types (signed with the sender's lane key).
 REDEMPTION, HEARTBEAT, OFFLINE, AUDIT, ACK = "redemption", "heartbeat", "offline", "audit", "ack"
+MARKS = "marks"  # how far a lane's files go, retained where its last will never writes
 AUDIT_ACK = "audit_ack"  # the office: "I stored your audit records up to id N"
 # Office message types (signed with the ticket issuer key).
 ROSTER, REVOCATIONS, UNREVOCATIONS = "roster", "revocations", "unrevocations"
@@ -44,6 +45,7 @@ LANE_FOLDER = {
     OFFLINE: "heartbeat",
     AUDIT: "audit",
     ACK: "acks",
+    MARKS: "marks",
 }
 
 
@@ -76,6 +78,11 @@ def topics(site: str) -> dict[str, str]:
 def audit_ack_topic(site: str, lane: str) -> str:
     """Where the office acknowledges a lane's audit records (only that lane needs them)."""
     return topic(site, "office", "audit-acks", lane)
+
+
+def marks_topic(site: str, lane: str) -> str:
+    """Where a lane keeps its signed marks, retained (only that lane reads them back)."""
+    return topic(site, "marks", lane)
 
 
 def override_topic(site: str, lane: str) -> str:
@@ -181,8 +188,8 @@ def verify_signed(m: Message, pubkeys: list[Ed25519PublicKey]) -> Message:
 
 
 def topic_lane(site: str, topic_: str) -> tuple[str, str]:
-    """(folder, lane) a topic names: redemptions/<lane>, heartbeat/<lane>, audit/<lane>,
-    acks/<lane>/<person>, office/audit-acks/<lane> (lane = the addressee there)."""
+    """(folder, lane) a topic names: redemptions/<lane>, heartbeat/<lane>, marks/<lane>,
+    audit/<lane>, acks/<lane>/<person>, office/audit-acks/<lane> (lane = the addressee there)."""
     parts = topic_.split("/")
     if len(parts) < 4 or parts[0] != ROOT or parts[1] != site:
         raise MessageError(f"not a topic of site {site!r}: {topic_}")

@@ -20,6 +20,7 @@ from edge import tickets as tk
 from edge.config import Config
 from edge.errors import ConfigError
 from edge.fleet import messages as msg
+from edge.fleet.brokerconf import ACL_OUTDATED_FIX
 from edge.fleet.identity import (
     Roster,
     ensure_lane_key,
@@ -389,6 +390,7 @@ def fleet_status(cfg: Config, now: float | None = None) -> dict[str, Any]:
                 "clock_offset": st.get("clock_offset"),
                 "outbox": st.get("outbox"),
                 "forget_replay": st.get("forget_replay"),
+                "broker_acl": st.get("broker_acl"),
             }
         return rep
     finally:
@@ -407,7 +409,8 @@ def _pretix_age(px: dict[str, Any]) -> str:
 
 def status_problems(rep: dict[str, Any]) -> list[str]:
     """What `fleet status --check` fails on: a rostered member stale, gone or never heard, a
-    clock off, or this member's own sync not running."""
+    clock off, a broker ACL that predates what a lane publishes (its marks did not come back),
+    or this member's own sync not running."""
     out = [
         f"{n}: {v['state']} (last heartbeat {v['last_seen']})"
         for n, v in sorted(rep["lanes"].items())
@@ -419,6 +422,10 @@ def status_problems(rep: dict[str, Any]) -> list[str]:
         for n, v in sorted(rep["lanes"].items())
         if v["rostered"] and v["state"] == "ok" and (v.get("pretix") or {}).get("stale")
     ]
+    outdated = [n for n, v in sorted(rep["lanes"].items()) if v.get("broker_acl") == "outdated"]
+    if (rep.get("this_lane") or {}).get("broker_acl") == "outdated":
+        outdated.append(rep["this_lane"]["lane"])
+    out += [f"{n}: broker ACL outdated ({ACL_OUTDATED_FIX})" for n in outdated]
     if not rep["sync"]["running"]:
         out.append(f"{rep['member']}: edge-gate sync not running (last {rep['sync']['last_seen']})")
     return out

@@ -18,9 +18,12 @@ Everything sent is signed with the member's lane key; everything received passes
 `messages.authenticate` (signer = the topic's lane = a rostered key). Messages of lanes the
 roster does not name yet are kept (bounded) and tried again when a roster arrives. Refusals
 are audited at most once a minute per sender and reason, with a count, so junk costs little.
-At each connection a lane first reads back its own retained heartbeat: if the fleet has seen
-more from it than its files hold (a restored ledger or audit log), it starts a new epoch and
-grants nobody by face until the office's forget list was applied again.
+At each connection a lane first reads back its own retained heartbeat (or last will) and its
+retained marks (a topic the will never writes, so a crash does not hide them): if the fleet has
+seen more from it than its files hold (a restored ledger or audit log), it starts a new epoch and
+grants nobody by face until the office's forget list was applied again. Its marks must come back
+to it once published: when they do not, the broker's ACL predates them (`broker_acl: outdated`
+in its heartbeat).
 paho's network thread only queues; every SQLite access happens on the calling thread.
 """
 
@@ -43,6 +46,7 @@ from edge import tickets as tk
 from edge.config import Config
 from edge.fleet import messages as msg
 from edge.fleet.apply import OfficeApplier
+from edge.fleet.brokerconf import ACL_OUTDATED_FIX
 from edge.fleet.client import make_client
 from edge.fleet.clock import ClockView, fleet_clock
 from edge.fleet.identity import load_lane_key
@@ -65,7 +69,8 @@ AUDIT_WINDOW = 2000  # records sent ahead of the office's acknowledgement
 AUDIT_RESEND_S = 30.0  # no acknowledgement for this long: send again from the cursor
 POLL_S = 0.01  # how often the ledger is checked for new local redemptions (a cheap pragma)
 STATE_EVERY_S = 1.0  # link state refresh for the gate, at least this often
-SELF_CHECK_S = 1.5  # after subscribing: time for the broker to hand back our retained heartbeat
+SELF_CHECK_S = 1.5  # after subscribing: time for the broker to hand back our heartbeat and marks
+ACL_READBACK_S = 10.0  # after publishing our marks: time for the broker to hand them back
 REFUSAL_EVERY_S = 60.0  # at most one audit record per sender and reason in this window
 
 
@@ -109,6 +114,19 @@ def restore_reason(announced: msg.Message, epoch: str, out_high: int, audit_coun
     count = int(audit.get("count") or 0)
     if count > audit_count:
         return f"the audit log went back to {audit_count} records (the fleet saw {count})"
+    return ""
+
+
+def restore_reason_of(
+    announced: list[msg.Message], epoch: str, out_high: int, audit_count: int
+) -> str:
+    """`restore_reason` against the highest marks the fleet holds from this lane: its retained
+    heartbeat or last will (a will's marks date from its connection) and its retained marks.
+    Another epoch in either is a restore, as with one. Pure."""
+    for m in announced:
+        why = restore_reason(m, epoch, out_high, audit_count)
+        if why:
+            return why
     return ""
 
 
@@ -156,6 +174,7 @@ class Sync:
         self.client.on_publish = self._on_publish
         self.client.on_subscribe = self._on_subscribe
         self._override_mid = -1
+        self._marks_mid = -1
         self.inbox: queue.Queue[mqtt.MQTTMessage] = queue.Queue()
         self.acked: queue.Queue[int] = queue.Queue()
         self.wake = threading.Event()
@@ -171,6 +190,16 @@ class Sync:
         self.self_checked = True  # until subscribed: nothing is published anyway
         self.compared = True
         self.check_until = 0.0
+        # this connection: our own retained "heartbeat" (or last will) and "marks", to compare
+        self.announced: dict[str, msg.Message] = {}
+        self.marks_readable = True  # False when the broker refused the marks subscription
+        self.marks_sent: dict[str, Any] | None = None  # the marks last published (this connection)
+        self.marks_topic = msg.marks_topic(self.site, self.me)
+        self.readback: tuple[float, float] | None = None  # marks published at, awaited until
+        self.marks_back = -1.0  # when our marks last came back live (network thread)
+        self.acl_problems: set[str] = set()  # "marks" (did not come back), "override" (refused)
+        self.acl_known = False  # our marks came back, or did not in time, at least once
+        self.broker_acl: str | None = None  # "ok" / "outdated" once acl_known
         self.next_heartbeat = 0.0
         self.next_out_heartbeat = 0.0
         self.stop_requested = False
@@ -245,17 +274,28 @@ class Sync:
             log.error("sync broker refused connection: %s", reason_code)
             return
         client.subscribe(self._subscriptions())
-        if not self.is_office:  # apart: a broker whose ACL predates overrides refuses only this
+        if not self.is_office:  # apart: a broker whose ACL predates them refuses only these
+            self._marks_mid = client.subscribe(self.marks_topic, 1)[1]
             self._override_mid = client.subscribe(msg.override_topic(self.site, self.me), 1)[1]
 
     def _on_subscribe(self, client, userdata, mid, reason_codes, properties) -> None:
         """Connected counts from the SUBACK on: before it, other lanes' messages could be missed."""
-        if mid == self._override_mid:
+        if mid == self._marks_mid:
             if any(rc.is_failure for rc in reason_codes):
+                self.marks_readable = False  # the restore check does not wait for them
+                self.acl_problems.add("marks")
+                log.error("sync marks subscription refused: %s; %s", reason_codes, ACL_OUTDATED_FIX)
+            return
+        if mid == self._override_mid:
+            if not any(rc.is_failure for rc in reason_codes):
+                self.acl_problems.discard("override")
+            else:
+                self.acl_problems.add("override")
                 log.error(
                     "sync override subscription refused: %s; supervisor overrides cannot reach "
-                    "this lane (at the office: edge-gate fleet broker-config; reload mosquitto)",
+                    "this lane (%s)",
                     reason_codes,
+                    ACL_OUTDATED_FIX,
                 )
             return
         if any(rc.is_failure for rc in reason_codes):
@@ -264,7 +304,8 @@ class Sync:
         if self.connected:  # a re-subscription (the forget list again), not a new connection
             return
         self.self_checked, self.check_until = False, time.monotonic() + SELF_CHECK_S
-        self.compared = False
+        self.compared, self.announced, self.marks_readable = False, {}, True
+        self.marks_sent, self.readback = None, None  # published again: the ACL checked again
         self.connected, self.resend, self._outage_logged = True, True, False
         log.info("sync connected broker=%s lane=%s", self.fleet.broker, self.me)
         self.wake.set()
@@ -285,6 +326,8 @@ class Sync:
             )
 
     def _on_message(self, client, userdata, message) -> None:
+        if not message.retain and message.topic == self.marks_topic:
+            self.marks_back = time.monotonic()  # read back on arrival: a busy inbox is no outage
         self.inbox.put(message)
         self.wake.set()
 
@@ -338,10 +381,11 @@ class Sync:
                 not self.self_checked
                 and time.monotonic() >= self.check_until
                 and (self.roster.seq >= 0 or self.is_office)
-            ):  # nothing of ours on the broker (a first connection), and a roster to check with
-                self.self_checked = True
+            ):  # not all of ours came back (a first connection), and a roster to check with
+                self._compare()
             if self.self_checked:
                 self._publish(now)
+            self._check_readback()
         self._refresh_state(now)
 
     @property
@@ -408,6 +452,7 @@ class Sync:
             clock_offset=self.clock_offset(),
             clocks=self.clock_view.offsets if self._readings() else {},
             outbox=self.outbox_size(),
+            broker_acl=self.broker_acl,
             peers={lane: self._peer_view(p) for lane, p in self.peers.items()},
             sync_seen=now,
         )
@@ -513,6 +558,9 @@ class Sync:
                 config_version=versions.get("config_version"),
                 **self._marks(),
             )
+            if self.broker_acl is not None:  # "outdated": our marks did not come back
+                body["broker_acl"] = self.broker_acl
+            self._publish_marks({k: body[k] for k in ("out_seq", "evidence")})
             if self.cfg.pretix.enabled:  # how old the lane's pretix data is, for the office
                 body["pretix"] = pretix_heartbeat(self.cfg, now)
         self.client.publish(
@@ -521,6 +569,49 @@ class Sync:
             1,
             retain=True,
         )
+
+    def _publish_marks(self, marks: dict[str, Any]) -> None:
+        """Our marks, retained where our last will never writes, when they moved (and once per
+        connection); they must come back on our own subscription within ACL_READBACK_S. While
+        they did not, again each time the last try is over (the ACL may have been fixed)."""
+        if marks == self.marks_sent and (self.broker_acl != "outdated" or self.readback):
+            return
+        sent_at = time.monotonic()
+        payload = self._signed(msg.MARKS, self._hb_seq(), marks)
+        if self.client.publish(self.marks_topic, payload, 1, retain=True).rc:
+            return  # not connected: sent again when connected
+        self.marks_sent = marks
+        if self.readback is None:
+            self.readback = (sent_at, sent_at + ACL_READBACK_S)
+
+    def _check_readback(self) -> None:
+        """Mosquitto accepts a publish and a subscription its ACL denies and delivers nothing:
+        our marks not coming back in time means the site's ACL predates them."""
+        if self.readback is not None and self.marks_back >= self.readback[0]:
+            self.readback = None
+            self.acl_problems.discard("marks")
+            self.acl_known = True
+        elif self.readback is not None and time.monotonic() > self.readback[1]:
+            self.readback = None
+            self.acl_problems.add("marks")
+            self.acl_known = True
+        state = "outdated" if self.acl_problems else "ok" if self.acl_known else None
+        if state == self.broker_acl:
+            return
+        self.broker_acl = state
+        if state == "outdated":
+            what = sorted(self.acl_problems)
+            log.error(
+                "sync broker ACL outdated (%s): this lane's %s; %s",
+                ", ".join(what),
+                "retained marks did not come back"
+                if "marks" in what
+                else "override subscription was refused",
+                ACL_OUTDATED_FIX,
+            )
+        elif state == "ok":
+            log.info("sync broker ACL current: this lane's marks came back")
+        self.next_heartbeat = min(self.next_heartbeat, time.monotonic() + 0.2)  # tell the office
 
     def _handle_acks(self) -> None:
         done: list[int] = []
@@ -609,8 +700,8 @@ class Sync:
             if m.type in msg.ISSUER_TYPES:
                 self._office_message(m, now)
             elif m.lane == self.me:
-                if c.retained and m.type in (msg.HEARTBEAT, msg.OFFLINE) and self.ledger:
-                    self._self_check(m)
+                if c.retained and m.type in (msg.HEARTBEAT, msg.OFFLINE, msg.MARKS) and self.ledger:
+                    self._self_check("marks" if m.type == msg.MARKS else "heartbeat", m)
             elif c.ticket is not None:
                 self._apply_redemption(m, c.ticket, now)
             elif m.type == msg.HEARTBEAT:
@@ -659,14 +750,28 @@ class Sync:
             self.roster = self.state.roster()
             self._retry_pending = True
 
-    def _self_check(self, announced: msg.Message) -> None:
-        """Our own retained heartbeat (or last will) came back: are our files behind it?
-        (Late, when it waited for the roster: still compared once per connection.)"""
+    def _self_check(self, kind: str, announced: msg.Message) -> None:
+        """Our own retained heartbeat (or last will), or marks, came back: once both are here
+        (or the wait is over), are our files behind the highest of them? (Late, when it waited
+        for the roster: still compared once per connection.) Our marks coming back live, once
+        published, are the ACL's readback (`_on_message`), not this."""
         if self.compared:
             return
+        self.announced[kind] = announced
+        if "heartbeat" in self.announced and ("marks" in self.announced or not self.marks_readable):
+            self._compare()
+
+    def _compare(self) -> None:
+        """Compare our files with what came back of ours (maybe nothing: a first connection);
+        from here on this connection publishes."""
         self.compared = self.self_checked = True
-        why = restore_reason(
-            announced, self.epoch, self.lane_ledger.outbox_high(), self.audit.head().count
+        if self.ledger is None or not self.announced:
+            return
+        why = restore_reason_of(
+            list(self.announced.values()),
+            self.epoch,
+            self.lane_ledger.outbox_high(),
+            self.audit.head().count,
         )
         if why:
             self.epoch = self.lane_ledger.new_epoch()
