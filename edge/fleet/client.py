@@ -3,6 +3,9 @@
 Plain MQTT 3.1.1 (paho-mqtt), so any broker works: Mosquitto, or a clustered EMQX/HiveMQ/VerneMQ.
 A member uses a persistent session (clean_session=False, a fixed client id; the site's broker
 makes the client id the login), so the broker keeps QoS 1 messages for it while it is away.
+Sync acknowledges a received message (PUBACK) itself, only once it applied and committed it or
+refused it on purpose (`manual_ack`): what it held unapplied when it stopped, crashed or lost
+power comes again from the session at its next connection.
 Only sync connects: with the client id bound to the login, a second connection under the same
 login would take over its session.
 """
@@ -53,15 +56,17 @@ def read_credentials(cfg: Config) -> tuple[str, str] | None:
 
 
 def make_client(
-    cfg: Config, client_id: str, persistent: bool = True
+    cfg: Config, client_id: str, persistent: bool = True, manual_ack: bool = False
 ) -> tuple[mqtt.Client, BrokerAddress]:
-    """A configured, not yet connected client."""
+    """A configured, not yet connected client; with manual_ack, received QoS 1 messages are
+    acknowledged only by `client.ack(mid, qos)`."""
     addr = parse_broker(cfg.fleet.broker)
     c = mqtt.Client(
         mqtt.CallbackAPIVersion.VERSION2,
         client_id=client_id,
         clean_session=not persistent,
         protocol=mqtt.MQTTv311,
+        manual_ack=manual_ack,
     )
     creds = read_credentials(cfg)
     if creds:

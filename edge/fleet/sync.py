@@ -89,6 +89,20 @@ class _Peer:
 
 
 @dataclass(frozen=True)
+class _Arrival:
+    """A message as the network thread received it. It is acknowledged to the broker (PUBACK)
+    only after it was applied and committed, or refused on purpose, and only on the connection
+    it came on: what is still queued when sync stops or crashes comes again from the session."""
+
+    topic: str
+    payload: bytes
+    retained: bool
+    mid: int = 0
+    qos: int = 0  # 0: nothing to acknowledge (kept messages tried again)
+    conn: int = -1  # the connection it arrived on
+
+
+@dataclass(frozen=True)
 class _Checked:
     """A message whose signature (and, for a redemption, ticket) checked out, to apply."""
 
@@ -171,7 +185,8 @@ class Sync:
                 self._new_epoch(f"ledger epoch {self.epoch[:8]} is new here", rotated=False)
         self._keys_stamp: tuple = ()
         self.ticket_keys = self._ticket_keys()
-        self.client, self.addr = make_client(cfg, f"edge-gate-{fl.site}-{fl.lane}")
+        self.client, self.addr = make_client(cfg, f"edge-gate-{fl.site}-{fl.lane}", manual_ack=True)
+        self._conn = 0  # counts connections (network thread): an ack goes on its own one only
         self._set_will()
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = self._on_disconnect
@@ -182,7 +197,7 @@ class Sync:
         self.client.on_subscribe = self._on_subscribe
         self._override_mid = -1
         self._marks_mid = -1
-        self.inbox: queue.Queue[mqtt.MQTTMessage] = queue.Queue()
+        self.inbox: queue.Queue[_Arrival] = queue.Queue()
         self.acked: queue.Queue[int] = queue.Queue()
         self.wake = threading.Event()
         self.resend = True
@@ -280,6 +295,7 @@ class Sync:
         if reason_code.is_failure:
             log.error("sync broker refused connection: %s", reason_code)
             return
+        self._conn += 1
         client.subscribe(self._subscriptions())
         if not self.is_office:  # apart: a broker whose ACL predates them refuses only these
             self._marks_mid = client.subscribe(self.marks_topic, 1)[1]
@@ -319,6 +335,7 @@ class Sync:
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
         self.connected, self._outage_logged = False, True
+        self._conn += 1  # what arrived on the lost connection comes again on the next one
         self.stats["disconnects"] = self.stats.get("disconnects", 0) + 1
         log.warning("sync disconnected from broker: %s; retrying", reason_code)
         self.wake.set()
@@ -333,9 +350,23 @@ class Sync:
             )
 
     def _on_message(self, client, userdata, message) -> None:
-        if not message.retain and message.topic == self.marks_topic:
+        try:
+            topic_ = message.topic
+        except UnicodeDecodeError:  # junk no rule names: refused here, never delivered again
+            log.warning("sync refused a message whose topic is not UTF-8")
+            client.ack(message.mid, message.qos)
+            return
+        if not message.retain and topic_ == self.marks_topic:
             self.marks_back = time.monotonic()  # read back on arrival: a busy inbox is no outage
-        self.inbox.put(message)
+        a = _Arrival(
+            topic_,
+            bytes(message.payload),
+            bool(message.retain),
+            message.mid,
+            message.qos,
+            self._conn,
+        )
+        self.inbox.put(a)
         self.wake.set()
 
     def _on_publish(self, client, userdata, mid, reason_code, properties) -> None:
@@ -367,17 +398,18 @@ class Sync:
     def step(self) -> None:
         """One pass: apply what arrived, publish what is pending, heartbeat, link state."""
         now = self.clock()
-        batch: list[mqtt.MQTTMessage] = []
+        batch: list[_Arrival] = []
         while len(batch) < BATCH:
             try:
                 batch.append(self.inbox.get_nowait())
             except queue.Empty:
                 break
         if batch:
-            self._handle_batch([(b.topic, bytes(b.payload), bool(b.retain)) for b in batch], now)
+            self._handle_batch(batch, now)
+            self._ack(batch)
         if self._retry_pending:
             self._retry_pending = False
-            self._handle_batch([(t, p, False) for t, p in self.state.take_pending()], now)
+            self._handle_batch([_Arrival(t, p, False) for t, p in self.state.take_pending()], now)
         self._handle_acks()
         if self.connected:
             if self.resend:  # after (re)connection, everything not acknowledged goes again
@@ -640,11 +672,21 @@ class Sync:
 
     # --- receiving -------------------------------------------------------------------------------
 
-    def _handle_batch(self, items: list[tuple[str, bytes, bool]], now: float) -> None:
+    def _ack(self, batch: list[_Arrival]) -> None:
+        """Acknowledge what was applied and committed, or refused on purpose (junk, a replay,
+        kept for a roster or keys): the broker's session holds the rest for the next
+        connection. One that came on an earlier connection comes again on this one."""
+        for a in batch:
+            if a.qos and a.conn == self._conn:
+                self.client.ack(a.mid, a.qos)
+
+    def _handle_batch(self, items: list[_Arrival], now: float) -> None:
         """Check every signature first (no lock held), then apply: redemptions in one short
         ledger transaction (the gate's redemptions wait for it), the rest outside it."""
         self._refresh_keys()
-        checked = [c for t, p, r in items if (c := self._check(t, p, r, now)) is not None]
+        checked = [
+            c for a in items if (c := self._check(a.topic, a.payload, a.retained, now)) is not None
+        ]
         for c in checked:
             if c.ticket is None:
                 self._apply(c, now)
