@@ -37,7 +37,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import paho.mqtt.client as mqtt
@@ -100,6 +100,8 @@ class _Arrival:
     mid: int = 0
     qos: int = 0  # 0: nothing to acknowledge (kept messages tried again)
     conn: int = -1  # the connection it arrived on
+    arrived: float = 0.0  # our clock when it arrived: a clock reading is taken against this
+    live: bool = False  # not retained and after this connection's SUBACK (not the backlog)
 
 
 @dataclass(frozen=True)
@@ -111,6 +113,8 @@ class _Checked:
     m: msg.Message
     retained: bool
     ticket: tk.Ticket | None
+    arrived: float = 0.0  # as in _Arrival
+    live: bool = False
 
 
 def restore_reason(announced: msg.Message, epoch: str, out_high: int, audit_count: int) -> str:
@@ -187,6 +191,11 @@ class Sync:
         self.ticket_keys = self._ticket_keys()
         self.client, self.addr = make_client(cfg, f"edge-gate-{fl.site}-{fl.lane}", manual_ack=True)
         self._conn = 0  # counts connections (network thread): an ack goes on its own one only
+        self._subacked = False  # this connection's SUBACK came: what arrives from here is live
+        # our own retained heartbeat (or will) and marks of this connection, set aside on arrival
+        # (network thread): a session's backlog before them in the inbox cannot hide them
+        self.own: dict[str, _Arrival] = {}
+        self.hb_topic = msg.topic(self.site, "heartbeat", self.me)
         self._set_will()
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = self._on_disconnect
@@ -296,6 +305,7 @@ class Sync:
             log.error("sync broker refused connection: %s", reason_code)
             return
         self._conn += 1
+        self._subacked, self.own = False, {}
         client.subscribe(self._subscriptions())
         if not self.is_office:  # apart: a broker whose ACL predates them refuses only these
             self._marks_mid = client.subscribe(self.marks_topic, 1)[1]
@@ -324,6 +334,9 @@ class Sync:
         if any(rc.is_failure for rc in reason_codes):
             log.error("sync subscription refused: %s (check the broker's ACL)", reason_codes)
             return
+        # the session's backlog came before the SUBACK (queued while we were away): from here
+        # on, what arrives not retained is live, a clock reading
+        self._subacked = True
         if self.connected:  # a re-subscription (the forget list again), not a new connection
             return
         self.self_checked, self.check_until = False, time.monotonic() + SELF_CHECK_S
@@ -358,14 +371,19 @@ class Sync:
             return
         if not message.retain and topic_ == self.marks_topic:
             self.marks_back = time.monotonic()  # read back on arrival: a busy inbox is no outage
+        retained = bool(message.retain)
         a = _Arrival(
             topic_,
             bytes(message.payload),
-            bool(message.retain),
+            retained,
             message.mid,
             message.qos,
             self._conn,
+            arrived=self.clock(),
+            live=self._subacked and not retained,
         )
+        if retained and topic_ in (self.hb_topic, self.marks_topic) and not self.is_office:
+            self.own["marks" if topic_ == self.marks_topic else "heartbeat"] = a
         self.inbox.put(a)
         self.wake.set()
 
@@ -409,13 +427,16 @@ class Sync:
             self._ack(batch)
         if self._retry_pending:
             self._retry_pending = False
-            self._handle_batch([_Arrival(t, p, False) for t, p in self.state.take_pending()], now)
+            kept = self.state.take_pending()  # old: no clock readings
+            self._handle_batch([_Arrival(t, p, False, arrived=now) for t, p in kept], now)
         self._handle_acks()
         if self.connected:
             if self.resend:  # after (re)connection, everything not acknowledged goes again
                 self.resend, self.sent_outbox, self.sent_office, self._more = False, 0, 0, True
                 self.sent_audit = self.state.cursor("audit")
                 self.pending.clear()
+            if not self.compared and self.own and self.roster.seq >= 0:
+                self._take_own(now)
             if (
                 not self.self_checked
                 and time.monotonic() >= self.check_until
@@ -685,7 +706,9 @@ class Sync:
         ledger transaction (the gate's redemptions wait for it), the rest outside it."""
         self._refresh_keys()
         checked = [
-            c for a in items if (c := self._check(a.topic, a.payload, a.retained, now)) is not None
+            replace(c, arrived=a.arrived, live=a.live)
+            for a in items
+            if (c := self._check(a.topic, a.payload, a.retained, now)) is not None
         ]
         for c in checked:
             if c.ticket is None:
@@ -753,8 +776,8 @@ class Sync:
                     self._self_check("marks" if m.type == msg.MARKS else "heartbeat", m)
             elif c.ticket is not None:
                 self._apply_redemption(m, c.ticket, now)
-            elif m.type == msg.HEARTBEAT:
-                self._heartbeat_in(m, c.retained, now)
+            elif m.type == msg.HEARTBEAT:  # a clock reading only if live, against its arrival
+                self._heartbeat_in(m, c.retained or not c.live, c.arrived)
             elif m.type == msg.OFFLINE:
                 p = self.peers.setdefault(m.lane, _Peer())
                 p.gone = str(m.body.get("reason", "lost"))
@@ -798,6 +821,18 @@ class Sync:
             self.applier.roster_changed = False
             self.roster = self.state.roster()
             self._retry_pending = True
+
+    def _take_own(self, now: float) -> None:
+        """Our own retained heartbeat (or will) and marks, set aside as they arrived: verified
+        like any message, then compared, however much of the session's backlog is still in the
+        inbox before them (their copies there are ignored: compared once per connection)."""
+        for kind in ("heartbeat", "marks"):
+            a = self.own.pop(kind, None)
+            if a is None:
+                continue
+            c = self._check(a.topic, a.payload, True, now)
+            if c is not None and c.m.lane == self.me and self.ledger is not None:
+                self._self_check("marks" if c.m.type == msg.MARKS else "heartbeat", c.m)
 
     def _self_check(self, kind: str, announced: msg.Message) -> None:
         """Our own retained heartbeat (or last will), or marks, came back: once both are here
