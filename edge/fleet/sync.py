@@ -692,8 +692,9 @@ class Sync:
         except msg.MessageError as e:
             if "unknown key" not in str(e):
                 raise
-            self.state.add_pending(topic_, payload, now)
-            self._refuse(now, m.lane, "refused", f"{topic_}: {e} (kept until keys arrive)")
+            kept = self.state.add_pending(topic_, payload, now)
+            why = "kept until keys arrive" if kept else "too large to keep"
+            self._refuse(now, m.lane, "refused", f"{topic_}: {e} ({why})")
             return None
         if m.body.get("ticket_id") not in (None, ticket.ticket_id):
             raise msg.MessageError(
