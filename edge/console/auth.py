@@ -77,7 +77,7 @@ class Sessions:
         token = secrets.token_urlsafe(24)
         return self._login.dumps(token), token
 
-    def login_token_ok(self, cookie: str | None, form_token: str | None) -> bool:
+    def login_token_ok(self, cookie: str | None, form_token: object) -> bool:
         """The login form's token matches its signed cookie (and is not stale)."""
         if not cookie or not form_token:
             return False
@@ -85,12 +85,20 @@ class Sessions:
             expected = self._login.loads(cookie, max_age=LOGIN_FORM_S)
         except (BadSignature, SignatureExpired):
             return False
-        return hmac.compare_digest(str(expected), form_token)
+        return _same_token(str(expected), form_token)
 
 
-def csrf_ok(session: Session | None, sent: str | None) -> bool:
+def _same_token(expected: str, sent: object) -> bool:
+    """Constant-time compare of a token with what a request sent: anything but a non-empty
+    text (a file part, non-ASCII characters) is simply not the token, never an error."""
+    if not isinstance(sent, str) or not sent:
+        return False
+    return hmac.compare_digest(expected.encode(), sent.encode("utf-8", "surrogatepass"))
+
+
+def csrf_ok(session: Session | None, sent: object) -> bool:
     """A POST's token is the session's own (constant-time compare)."""
-    return session is not None and bool(sent) and hmac.compare_digest(session.csrf, str(sent))
+    return session is not None and _same_token(session.csrf, sent)
 
 
 class LoginLimiter:
