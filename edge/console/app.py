@@ -22,7 +22,7 @@ from urllib.parse import quote, urlencode
 
 import jinja2
 from starlette.applications import Starlette
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import (
     JSONResponse,
     PlainTextResponse,
@@ -161,7 +161,10 @@ class Console:
             if request.method == "POST":
                 sent = request.headers.get("x-csrf-token")
                 if sent is None and _is_form(request):
-                    sent = (await request.form()).get("csrf")
+                    try:
+                        sent = (await request.form()).get("csrf")
+                    except ClientDisconnect:
+                        return Response(status_code=400)
                 if not csrf_ok(session, sent if isinstance(sent, str) else None):
                     log.warning("console csrf_refused user=%s path=%s", user.name, request.url.path)
                     return self.refuse(
@@ -177,9 +180,35 @@ class Console:
             try:
                 return await handler(ctx)
             except EdgeGateError as e:
-                return self.refuse(ctx, request, 400, str(e))
+                return self.refuse(ctx, request, status_of(e), str(e))
+            except ClientDisconnect:  # the client left mid-body: nobody to answer, nothing done
+                log.info("console client_gone user=%s path=%s", user.name, request.url.path)
+                return Response(status_code=400)
 
         return endpoint
+
+
+class TooLarge(actions.ActionError):
+    """A request body over the console's limit, refused before it is read (HTTP 413)."""
+
+
+def status_of(e: EdgeGateError) -> int:
+    """The HTTP status of a refused request: 413 for a body too large, else 400."""
+    return 413 if isinstance(e, TooLarge) else 400
+
+
+async def read_body(request: Request, limit: int, fix: str) -> bytes:
+    """The request body, refused as soon as it (or its declared length) passes `limit` bytes,
+    so a huge upload is never held in memory."""
+    declared = request.headers.get("content-length", "")
+    if declared.isascii() and declared.isdigit() and int(declared) > limit:
+        raise TooLarge(f"{declared} bytes sent; at most {limit} are accepted", fix)
+    out = bytearray()
+    async for chunk in request.stream():
+        out += chunk
+        if len(out) > limit:
+            raise TooLarge(f"more than {limit} bytes sent; at most {limit} are accepted", fix)
+    return bytes(out)
 
 
 def record_id(text: str, what: str) -> int | None:
@@ -505,7 +534,8 @@ def build_app(cfg: config_mod.Config, feed: FleetFeed | None = None) -> Starlett
     async def enroll_frame(ctx: Ctx) -> Response:
         cid = ctx.request.query_params.get("cid", "")
         still = ctx.request.query_params.get("still") == "1"
-        data = await ctx.request.body()
+        con.kiosk.capture(cid, ctx.user.name)  # an unknown capture is refused before any upload
+        data = await read_body(ctx.request, actions.MAX_UPLOAD, "send a JPEG or PNG under 8 MB")
         fb = await asyncio.to_thread(con.kiosk.frame, cid, ctx.user.name, data, still)
         return JSONResponse(fb.to_json())
 
