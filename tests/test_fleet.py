@@ -460,6 +460,13 @@ def test_restore_check_takes_the_highest_marks_of_the_will_and_the_retained_mark
     assert restore_reason_of([will], "e1", 1, 8) == ""  # the will alone cannot see it
     assert "epoch" in restore_reason_of([will, m(msg.MARKS, "e0", 0, 0)], "e1", 9, 9)
     assert restore_reason_of([], "e1", 0, 0) == ""
+    # a restore found, a new epoch e2 started and announced, then a crash: the will still says
+    # e1 (signed at connection), the newer marks say e2: the files of e2 are current
+    old_will = msg.Message(msg.OFFLINE, "p", "lane1", 1, 1.0, will.body, epoch="e1")
+    new_marks = msg.Message(msg.MARKS, "p", "lane1", 2, 2.0, marks.body, epoch="e2")
+    assert restore_reason_of([old_will, new_marks], "e2", 2, 9) == ""
+    assert "outbox went back" in restore_reason_of([old_will, new_marks], "e2", 1, 9)
+    assert "epoch" in restore_reason_of([old_will, new_marks], "e1", 9, 9)  # an e1 copy
 
 
 def test_status_and_the_lanes_page_flag_an_outdated_broker_acl():

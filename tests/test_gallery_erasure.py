@@ -9,13 +9,12 @@ import sqlite3
 import numpy as np
 import pytest
 
-from edge.errors import GalleryError, KeyFileError
+from edge.errors import KeyFileError
 from edge.gallery import schema
 from edge.gallery.crypto import init_key, load_key
 from edge.gallery.erase import ErasureIncomplete
 from edge.gallery.keys import rotate_key
 from edge.gallery.matcher import LiveMatcher, Matcher
-from edge.gallery.records import export_person, import_person
 from edge.gallery.store import Gallery
 
 from .gallery_helpers import CONSENT, cli, config, file_bytes, make_v1_gallery, unit
@@ -186,33 +185,6 @@ def test_v1_gallery_migrates_to_per_person_keys_and_leaves_no_old_ciphertext(tmp
     raw = file_bytes(tmp_path / "g.db")
     for blob in old_blobs:
         assert blob[12:40] not in raw
-
-
-def test_export_import_moves_one_sealed_person(tmp_path):
-    rng = np.random.default_rng(7)
-    e = unit(rng, 2)
-    transport = bytes(range(32))
-    with Gallery(tmp_path / "a.db", init_key(tmp_path / "a.key")) as a:
-        pid = a.add_person(NAME, CONSENT, list(e), "m", "v", pass_ref="AP-1", valid_until=2**31)
-        rec = export_person(a, pid, transport)
-    text = json.dumps(rec)
-    assert NAME not in text
-    assert "AP-1" not in text
-    assert "Ondine" not in text
-    with Gallery(tmp_path / "b.db", init_key(tmp_path / "b.key")) as b:
-        with pytest.raises(GalleryError, match="refused"):
-            import_person(b, json.loads(text), bytes(32))  # wrong transport key
-        assert b.people() == []
-        assert import_person(b, json.loads(text), transport) == pid
-        p = b.person(pid)
-        assert (p.name, p.pass_ref, p.valid_until, p.intact) == (NAME, "AP-1", 2**31, True)
-        t = b.templates("m")
-        assert Matcher(t.matrix, t.person_ids, 0.9, 0.0).match(e[0]).person_id == pid
-        rec2 = json.loads(text)
-        rec2["people"][0]["valid_until"] = None  # changed on the way
-        b.forget(pid)
-        with pytest.raises(GalleryError, match="refused"):
-            import_person(b, rec2, transport)
 
 
 def test_privacy_report_lists_exactly_the_columns_of_the_database(gal, tmp_path, capsys):

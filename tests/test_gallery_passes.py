@@ -140,6 +140,11 @@ def test_pass_renew_and_edit(tmp_path, capsys, one_person):
     g = gallery_args(tmp_path)
     rc, out, err = cli(capsys, "pass", "renew", one_person, *g, "--valid-until", "2031-05-01")
     assert rc == 0, err
+    assert "already ended" not in err
+    rc, out, err = cli(capsys, "pass", "renew", one_person, *g, "--valid-until", "2020-05-01")
+    assert rc == 0  # ending a pass early is allowed, and said
+    assert "already ended: the gate refuses" in err
+    rc, out, err = cli(capsys, "pass", "renew", one_person, *g, "--valid-until", "2031-05-01")
     row = people_json(capsys, tmp_path)[one_person]
     assert row["valid_until"][:10] in ("2031-05-01", "2031-05-02")  # end of that local day
     rc, out, err = cli(
@@ -155,7 +160,7 @@ def test_pass_renew_and_edit(tmp_path, capsys, one_person):
     with Gallery(tmp_path / "g.db", load_key(tmp_path / "k.key")) as gal:
         assert gal.person_valid_until() == {one_person: None}  # still bound to the sealed copy
     kinds = [(r.kind, r.reason) for r in AuditLog(tmp_path / "audit.db").records("pass")]
-    assert kinds == [("pass", "renew"), ("pass", "edit"), ("pass", "renew")]
+    assert kinds == [("pass", "renew")] * 3 + [("pass", "edit"), ("pass", "renew")]
     rc, _, err = cli(capsys, "pass", "renew", "P-nobody", *g, "--valid-until", "2031-01-01")
     assert rc == 2
     assert "no person P-nobody" in err

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import functools
 import json
+import sys
+import time
 
 from edge.cli.gallery import audit_record, gallery_options, paths
 from edge.cli.personal import add_detail_args, resolve_details
@@ -70,6 +72,12 @@ def cmd_pass(args) -> int:
         detail="changed " + ", ".join(sorted(changes)),
     )
     print(f"{p.id}: pass={p.pass_ref or '-'} valid_until={iso(p.valid_until) or 'no expiry'}")
+    if p.valid_until is not None and p.valid_until < time.time():  # a typo, or ending it on purpose
+        print(
+            f"note: this pass has already ended: the gate refuses {p.id} by face (pass_expired) "
+            "until it is renewed",
+            file=sys.stderr,
+        )
     return 0
 
 

@@ -122,11 +122,18 @@ def restore_reason_of(
 ) -> str:
     """`restore_reason` against the highest marks the fleet holds from this lane: its retained
     heartbeat or last will (a will's marks date from its connection) and its retained marks.
-    Another epoch in either is a restore, as with one. Pure."""
+    Another epoch in the newest of them (by the lane's own signed time) is a restore; one only
+    in an older message is not: a will signed before this lane started its current epoch (a
+    restore found, then a crash in the same connection) is older than the marks of that epoch.
+    Pure."""
+    if not announced:
+        return ""
+    newest = max(m.time for m in announced)
     for m in announced:
-        why = restore_reason(m, epoch, out_high, audit_count)
-        if why:
-            return why
+        if m.time >= newest or m.epoch == epoch:
+            why = restore_reason(m, epoch, out_high, audit_count)
+            if why:
+                return why
     return ""
 
 
