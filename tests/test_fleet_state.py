@@ -100,3 +100,21 @@ def test_a_record_newer_than_the_last_signed_head_is_not_called_removed():
     late = ("e1", 2, two, 105.0 + HEAD_LAG_S + 1)  # a head signed well after record 3: cut
     found = verify_lane(LaneEvidence("lane1", chain, [head2, late], []))
     assert found[0].broken and "removed from the end" in found[0].text
+
+
+def test_a_flood_on_one_topic_pushes_out_only_its_own_pending_messages(tmp_path):
+    """Redemptions signed with a ticket key not here yet wait in `pending`; a lane that floods
+    its own topic cannot push out another lane's waiting redemptions, nor park huge messages."""
+    from edge.fleet.state import PENDING_BYTES_MAX, PENDING_PER_TOPIC
+
+    st = FleetState(tmp_path / "fleet.db")
+    st.add_pending("s/p/redemptions/lane2", b"real", 1.0)
+    for k in range(PENDING_PER_TOPIC + 50):
+        st.add_pending("s/p/redemptions/lane3", b"junk-%d" % k, 2.0)
+    assert not st.add_pending("s/p/redemptions/lane3", b"x" * (PENDING_BYTES_MAX + 1), 3.0)
+    kept = st.take_pending()
+    assert ("s/p/redemptions/lane2", b"real") in kept
+    flood = [p for t, p in kept if t.endswith("lane3")]
+    assert len(flood) == PENDING_PER_TOPIC
+    assert flood[-1] == b"junk-%d" % (PENDING_PER_TOPIC + 49)  # the newest kept
+    st.close()

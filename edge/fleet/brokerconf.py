@@ -26,6 +26,7 @@ from pathlib import Path
 
 from edge.files import write_atomic
 from edge.fleet.identity import OFFICE
+from edge.fleet.messages import MAX_PAYLOAD
 
 PBKDF2_ITERATIONS = 101  # mosquitto_passwd's own default in 2.0
 # What a lane's login may read besides the lanes' redemptions and heartbeats.
@@ -113,6 +114,8 @@ def mosquitto_conf(opts: BrokerOptions, extra: Sequence[str] = ()) -> str:
         "persistence true",
         f"persistence_location {opts.persistence_dir}",
         "autosave_interval 1",
+        "# no member sends more in one message (edge/fleet/messages.py MAX_PAYLOAD)",
+        f"max_packet_size {MAX_PAYLOAD + 4096}",
         f"max_queued_messages {opts.max_queued_messages}",
         "max_inflight_messages 0",
         "set_tcp_nodelay true",

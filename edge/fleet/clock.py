@@ -10,6 +10,7 @@ that disagree blame nobody: three are needed to tell which one is off.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 
@@ -30,9 +31,14 @@ class ClockView:
     off: tuple[str, ...] = ()
 
 
+def _finite(v: object) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
 def fleet_clock(readings: dict[str, float], me: str, skew: float) -> ClockView:
     """readings: member -> its clock minus this member's (this member itself is added as 0)."""
-    values = {**readings, me: 0.0}
+    # a reading that is not a finite number says nothing about time (and would poison sorting)
+    values = {k: float(v) for k, v in readings.items() if _finite(v)} | {me: 0.0}
     first = _median_near_zero(list(values.values()))
     inliers = [v for v in values.values() if abs(v - first) <= skew]
     fleet = _median_near_zero(inliers or [first])

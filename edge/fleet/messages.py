@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import base64
 import json
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -139,12 +140,28 @@ def sign(m: Message, key: Ed25519PrivateKey) -> Message:
     )
 
 
+MAX_PAYLOAD = 16 * 1024 * 1024  # bytes; the broker's max_packet_size (brokerconf) is the same
+
+
+def _no_constant(name: str) -> float:
+    raise ValueError(f"{name} is not a number a message may carry")
+
+
 def decode(payload: bytes, site: str) -> Message:
-    """Parse and check shape, version and site; raise MessageError saying what is wrong."""
+    """Parse and check shape, version and site; raise MessageError saying what is wrong.
+
+    Whatever a sender puts on the broker ends here as a Message or a MessageError: an oversized
+    payload, NaN or Infinity, a nesting too deep to parse, a number too large for an integer.
+    A retained message that raised anything else would stop every receiver's sync at each start.
+    """
+    if len(payload) > MAX_PAYLOAD:
+        raise MessageError(f"message of {len(payload)} bytes, more than {MAX_PAYLOAD}")
     try:
-        d = json.loads(payload)
+        d = json.loads(payload, parse_constant=_no_constant)
     except (ValueError, UnicodeDecodeError) as e:
         raise MessageError(f"not JSON: {e}") from None
+    except RecursionError:
+        raise MessageError("not JSON: nested too deep") from None
     if not isinstance(d, dict):
         raise MessageError("not a JSON object")
     if d.get("v") != VERSION:
@@ -161,8 +178,10 @@ def decode(payload: bytes, site: str) -> Message:
             str(d.get("sig", "")),
             str(d.get("epoch", "")),
         )
-    except (KeyError, TypeError, ValueError) as e:
+    except (KeyError, TypeError, ValueError, OverflowError) as e:
         raise MessageError(f"missing or wrong field: {e}") from None
+    if not math.isfinite(m.time):
+        raise MessageError("its time is not a finite number")
     if m.site != site:
         raise MessageError(f"message for site {m.site!r}, this is {site!r}")
     return m

@@ -10,6 +10,7 @@ lane of every line is the lane whose key signed it, never a field of the message
 from __future__ import annotations
 
 import contextlib
+import math
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -302,21 +303,30 @@ def ago(seconds: float | None) -> str:
     return f"{s / 3600:.1f} h ago"
 
 
+def _number(v: object) -> float | None:
+    """A finite number from a lane's heartbeat, or None (a lane's body is its own word)."""
+    ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+    return float(v) if ok else None
+
+
 def _member_view(
     p: dict | None, now: float, period: float, rostered: bool, skew: float
 ) -> dict[str, Any]:
     if p is None:
         return {"age_s": None, "last_seen": "never", "state": "never", "rostered": rostered}
-    body = dict(p.get("body") or {})
+    body = dict(p.get("body") or {}) if isinstance(p.get("body"), dict) else {}
     age = now - float(p["received"])
-    period = max(float(body.get("period") or period), 1.0)  # sync writes its view each second
+    # a lane's own word for its period counts within what a heartbeat period may be here: one
+    # claiming a day would look alive a day after it died
+    claimed = _number(body.get("period"))
+    period = min(max(claimed if claimed is not None else period, 1.0), 10 * period)
     if p.get("gone"):
         state = "gone"
     elif age > STALE_HEARTBEATS * period:
         state = "stale"
     else:
         state = "ok"
-    off = body.get("clock_offset")
+    off = _number(body.get("clock_offset"))
     if "pretix" in body:
         body["pretix"] = pretix_view(body["pretix"], now)
     return {

@@ -43,6 +43,9 @@ CREATE TABLE IF NOT EXISTS overrides_used (nonce TEXT PRIMARY KEY, until REAL NO
   used REAL NOT NULL);
 """
 PENDING_MAX = 10_000  # messages of lanes not (yet) in the roster kept for a later roster
+PENDING_PER_TOPIC = 1_000  # of them from one topic (one lane's redemptions): a flood on one
+# topic pushes out only its own, never another lane's redemptions kept for a key still to come
+PENDING_BYTES_MAX = 256 * 1024  # a message larger than this is not kept (redemptions are ~1 KB)
 OVERRIDES_MAX = 100  # supervisor overrides waiting for the gate (it takes them within a second)
 NONCE_KEEP_S = 86_400.0  # a used override nonce is remembered this long after it expired
 
@@ -116,16 +119,26 @@ class FleetState(Store):
         """Remember the roster, so a restarted sync verifies lanes before the broker resends it."""
         self.put(roster={"seq": roster.seq, "lanes": roster.lanes})
 
-    def add_pending(self, topic: str, payload: bytes, now: float) -> None:
-        """Keep a message of a lane the roster does not name yet (bounded: the oldest go)."""
+    def add_pending(self, topic: str, payload: bytes, now: float) -> bool:
+        """Keep a message of a lane the roster does not name yet, or signed with a ticket key
+        not here yet (bounded: the oldest go, first those of the same topic); False when it is
+        too large to keep."""
+        if len(payload) > PENDING_BYTES_MAX:
+            return False
         with self.transaction() as c:
             c.execute(
                 "INSERT INTO pending (topic, payload, t) VALUES (?, ?, ?)", (topic, payload, now)
             )
             c.execute(
+                "DELETE FROM pending WHERE id IN (SELECT id FROM pending WHERE topic = ?"
+                " ORDER BY id DESC LIMIT -1 OFFSET ?)",
+                (topic, PENDING_PER_TOPIC),
+            )
+            c.execute(
                 "DELETE FROM pending WHERE id <= (SELECT max(id) FROM pending) - ?",
                 (PENDING_MAX,),
             )
+        return True
 
     def take_pending(self) -> list[tuple[str, bytes]]:
         """Every kept message, removed: tried again once a new roster arrived."""

@@ -672,8 +672,10 @@ class Sync:
             self._refuse(now, sender, "not_rostered", f"{topic_}: {e}")
         except msg.MessageError as e:
             self._refuse(now, sender, "refused", f"{topic_}: {e}")
-        except (KeyError, TypeError, ValueError) as e:
+        except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as e:
             self._refuse(now, sender, "refused", f"{topic_}: bad body {e!r}")
+        except Exception as e:  # whatever else a message causes: refused, sync goes on
+            self._refuse(now, sender, "refused", f"{topic_}: {type(e).__name__}: {e}"[:300])
         return None
 
     def _proof(self, m: msg.Message, topic_: str, payload: bytes, now: float):
@@ -690,8 +692,9 @@ class Sync:
         except msg.MessageError as e:
             if "unknown key" not in str(e):
                 raise
-            self.state.add_pending(topic_, payload, now)
-            self._refuse(now, m.lane, "refused", f"{topic_}: {e} (kept until keys arrive)")
+            kept = self.state.add_pending(topic_, payload, now)
+            why = "kept until keys arrive" if kept else "too large to keep"
+            self._refuse(now, m.lane, "refused", f"{topic_}: {e} ({why})")
             return None
         if m.body.get("ticket_id") not in (None, ticket.ticket_id):
             raise msg.MessageError(
@@ -727,12 +730,11 @@ class Sync:
                 self._audit_ack(m)
         except msg.MessageError as e:
             self._refuse(now, c.sender, "refused", f"{c.topic}: {e}")
-        except (KeyError, TypeError, ValueError) as e:
+        except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as e:
             self._refuse(now, c.sender, "refused", f"{c.topic}: bad body {e!r}")
         except Exception as e:  # this lane could not apply it (gallery key, disk): say so, go on
-            self.stats["refused"] += 1
             log.error("sync apply_failed topic=%s error=%s", c.topic, e)
-            self._audit_event(now, "apply_failed", f"{c.topic}: {e}"[:300])
+            self._refuse(now, c.sender, "apply_failed", f"{c.topic}: {e}")  # at most 1/min
 
     def _refuse(self, now: float, sender: str, reason: str, detail: str) -> None:
         """Audit a refusal, at most once a minute per sender and reason (junk costs little)."""
