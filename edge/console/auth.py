@@ -101,6 +101,10 @@ def csrf_ok(session: Session | None, sent: object) -> bool:
     return session is not None and _same_token(session.csrf, sent)
 
 
+MAX_NAME_KEY = 200  # a user name longer than any account's is counted by its first characters
+MAX_TRACKED = 10_000  # names and addresses remembered before the expired ones are swept
+
+
 class LoginLimiter:
     """Failed logins per user name and per client address in a sliding window.
 
@@ -114,30 +118,45 @@ class LoginLimiter:
         self._lock = threading.Lock()
 
     def _recent(self, key: str, now: float) -> deque[float]:
-        q = self._fails.setdefault(key, deque())
+        q = self._fails.get(key) or deque()
         while q and q[0] <= now - self.window_s:
             q.popleft()
+        if not q:
+            self._fails.pop(key, None)  # nothing left to remember: asking adds no entry
         return q
+
+    @staticmethod
+    def _keys(user: str, address: str) -> tuple[str, str]:
+        return f"u:{user.lower()[:MAX_NAME_KEY]}", f"a:{address}"
 
     def blocked(self, user: str, address: str) -> float:
         """Seconds until a login for this user from this address may be tried; 0 = now."""
         now = self.clock()
         wait = 0.0
         with self._lock:
-            for key in (f"u:{user.lower()}", f"a:{address}"):
+            for key in self._keys(user, address):
                 q = self._recent(key, now)
                 if len(q) >= self.attempts:
                     wait = max(wait, q[len(q) - self.attempts] + self.window_s - now)
         return wait
 
     def failed(self, user: str, address: str) -> None:
-        """Count one failed login against the name and the address."""
+        """Count one failed login against the name and the address (memory stays bounded:
+        names and addresses whose failures are all older than the window are forgotten)."""
         now = self.clock()
         with self._lock:
-            for key in (f"u:{user.lower()}", f"a:{address}"):
-                self._recent(key, now).append(now)
+            if len(self._fails) >= MAX_TRACKED:  # sweep the expired; then the least recent go
+                for key in list(self._fails):
+                    self._recent(key, now)
+                for key in list(self._fails)[: max(0, len(self._fails) - MAX_TRACKED + 2)]:
+                    del self._fails[key]
+            for key in self._keys(user, address):
+                q = self._recent(key, now)
+                q.append(now)
+                self._fails.pop(key, None)
+                self._fails[key] = q  # the most recently failed last
 
     def succeeded(self, user: str) -> None:
         """A correct password clears that user's failures."""
         with self._lock:
-            self._fails.pop(f"u:{user.lower()}", None)
+            self._fails.pop(self._keys(user, "")[0], None)
