@@ -13,6 +13,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from edge.errors import EdgeGateError
 
 LOCALTIME = "/etc/localtime"
+FIRST_TIME, LAST_TIME = -62135596800, 253402300799  # the years 1 to 9999 (UTC): dates can show
 
 
 def known_zone(name: str) -> bool:
@@ -43,25 +44,32 @@ def site_zone(name: str) -> dt.tzinfo:
 
 def parse_time(text: str, zone: dt.tzinfo, end_of_day: bool = False) -> int:
     """'2026-12-31' (start, or end of day with end_of_day), '2026-12-31T18:00', '+02:00' offsets,
-    or 1767225600; a time without an offset is in `zone` (the site's).
+    or 1767225600; a time without an offset is in `zone` (the site's). Refused outside the years
+    1 to 9999: such a time cannot be shown as a date, so no page or export may be handed one.
     """
     s = text.strip()
-    if s.isdigit():
-        return int(s)
     try:
-        if len(s) == 10:
-            d = dt.date.fromisoformat(s)
-            t = dt.time(23, 59, 59) if end_of_day else dt.time(0, 0)
-            value = dt.datetime.combine(d, t)
+        if s.isascii() and s.isdigit():  # not "²": str.isdigit() also takes digits int() refuses
+            ts = int(s)
         else:
-            value = dt.datetime.fromisoformat(s)
-    except ValueError:
+            if len(s) == 10:
+                d = dt.date.fromisoformat(s)
+                t = dt.time(23, 59, 59) if end_of_day else dt.time(0, 0)
+                value = dt.datetime.combine(d, t)
+            else:
+                value = dt.datetime.fromisoformat(s)
+            if value.tzinfo is None:
+                value = value.replace(tzinfo=zone)
+            ts = int(value.timestamp())
+    except (ValueError, OverflowError):  # also digits past int()'s limit, year 1 minus an offset
+        ts = LAST_TIME + 1
+    if not FIRST_TIME <= ts <= LAST_TIME:
+        shown = text if len(text) <= 40 else text[:40] + "..."
         raise EdgeGateError(
-            f"cannot read time {text!r}", "use YYYY-MM-DD, YYYY-MM-DDTHH:MM[+HH:MM] or Unix seconds"
-        ) from None
-    if value.tzinfo is None:
-        value = value.replace(tzinfo=zone)
-    return int(value.timestamp())
+            f"cannot read time {shown!r}",
+            "use YYYY-MM-DD, YYYY-MM-DDTHH:MM[+HH:MM] or Unix seconds, up to the year 9999",
+        )
+    return ts
 
 
 def iso(ts: float | None) -> str | None:

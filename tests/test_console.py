@@ -104,6 +104,27 @@ def test_login_limiter_counts_per_user_and_per_address():
     assert lim.blocked("bob", "10.0.0.4") == 0
 
 
+def test_login_limiter_memory_stays_bounded():
+    """Asking about a name adds nothing; failures of many names are swept once expired, and
+    the most recent are kept when the flood is within the window."""
+    from edge.console.auth import MAX_TRACKED
+
+    now = [1000.0]
+    lim = LoginLimiter(3, 60.0, clock=lambda: now[0])
+    for k in range(500):
+        assert lim.blocked(f"nobody-{k}" * 50, "10.0.0.1") == 0
+    assert len(lim._fails) == 0
+    for k in range(MAX_TRACKED + 500):
+        lim.failed(f"u{k}", "10.0.0.7")
+    assert len(lim._fails) <= MAX_TRACKED
+    assert lim.blocked("anyone", "10.0.0.7") > 0  # the flooding address is still limited
+    now[0] += 61
+    lim.failed("ann", "10.0.0.8")
+    for _ in range(3):
+        lim.failed(f"late-{_}", "10.0.0.9")
+    assert len(lim._fails) < 20  # the expired flood was swept
+
+
 def test_every_console_text_has_a_chinese_translation():
     here = PROJECT_ROOT / "edge" / "console"
     used = set()

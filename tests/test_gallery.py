@@ -389,3 +389,18 @@ def test_enroll_from_video_picks_best_frames_and_writes_no_image(
         and (o := pipeline.embed_still(load_image(f))) is not None
     ]
     assert (t.matrix @ ref > (t.matrix @ np.stack(others).T).max(axis=1)).all()
+
+
+def test_a_detail_longer_than_any_name_is_refused_and_nothing_stored(gal):
+    """A file pasted as a name (or a form filled by a script) is refused before it is sealed."""
+    from edge.errors import NotTextError
+    from edge.gallery.schema import MAX_DETAIL_CHARS
+
+    emb = list(unit(np.random.default_rng(1), 1))
+    with pytest.raises(NotTextError, match="characters long"):
+        gal.add_person("A" * (MAX_DETAIL_CHARS + 1), CONSENT, emb, "m", "v")
+    with pytest.raises(NotTextError, match="pass reference"):
+        gal.add_person(NAME, CONSENT, emb, "m", "v", pass_ref="P" * (MAX_DETAIL_CHARS + 1))
+    assert gal.people() == []
+    gal.add_person("B" * MAX_DETAIL_CHARS, CONSENT, emb, "m", "v")
+    assert len(gal.people()) == 1

@@ -25,6 +25,7 @@ import numpy as np
 
 from edge import config as config_mod
 from edge import tickets as tk
+from edge.console.roles import LANGS
 from edge.errors import EdgeGateError, ImageError, SeveralFacesError
 from edge.fleet.office import (
     publish_enrollment,
@@ -307,6 +308,16 @@ def enroll(
     if not e.consent_accepted:
         raise ActionError("the consent notice was not accepted", "read it to the visitor, tick it")
     cfg = office.cfg
+    if e.consent_version != cfg.console.consent_version:  # the record names what was read
+        raise ActionError(
+            f"consent version {e.consent_version[:40]!r} is not this console's notice "
+            f"({cfg.console.consent_version or 'none configured'})",
+            "reload the kiosk page and read the current notice to the visitor",
+        )
+    if e.notice_lang not in LANGS:
+        raise ActionError(
+            f"notice language {e.notice_lang[:40]!r} is not one of {', '.join(LANGS)}"
+        )
     notice = cfg.console.notice_file_zh if e.notice_lang == "zh-CN" else cfg.console.notice_file
     consent = Consent(
         e.consent_version,

@@ -22,7 +22,7 @@ from urllib.parse import quote, urlencode
 
 import jinja2
 from starlette.applications import Starlette
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import (
     JSONResponse,
     PlainTextResponse,
@@ -161,7 +161,10 @@ class Console:
             if request.method == "POST":
                 sent = request.headers.get("x-csrf-token")
                 if sent is None and _is_form(request):
-                    sent = (await request.form()).get("csrf")
+                    try:
+                        sent = (await request.form()).get("csrf")
+                    except ClientDisconnect:
+                        return Response(status_code=400)
                 if not csrf_ok(session, sent if isinstance(sent, str) else None):
                     log.warning("console csrf_refused user=%s path=%s", user.name, request.url.path)
                     return self.refuse(
@@ -177,9 +180,45 @@ class Console:
             try:
                 return await handler(ctx)
             except EdgeGateError as e:
-                return self.refuse(ctx, request, 400, str(e))
+                return self.refuse(ctx, request, status_of(e), str(e))
+            except ClientDisconnect:  # the client left mid-body: nobody to answer, nothing done
+                log.info("console client_gone user=%s path=%s", user.name, request.url.path)
+                return Response(status_code=400)
 
         return endpoint
+
+
+class TooLarge(actions.ActionError):
+    """A request body over the console's limit, refused before it is read (HTTP 413)."""
+
+
+def status_of(e: EdgeGateError) -> int:
+    """The HTTP status of a refused request: 413 for a body too large, else 400."""
+    return 413 if isinstance(e, TooLarge) else 400
+
+
+async def read_body(request: Request, limit: int, fix: str) -> bytes:
+    """The request body, refused as soon as it (or its declared length) passes `limit` bytes,
+    so a huge upload is never held in memory."""
+    declared = request.headers.get("content-length", "")
+    if declared.isascii() and declared.isdigit() and int(declared) > limit:
+        raise TooLarge(f"{declared} bytes sent; at most {limit} are accepted", fix)
+    out = bytearray()
+    async for chunk in request.stream():
+        out += chunk
+        if len(out) > limit:
+            raise TooLarge(f"more than {limit} bytes sent; at most {limit} are accepted", fix)
+    return bytes(out)
+
+
+def record_id(text: str, what: str) -> int | None:
+    """An audit record id from a query string ("" = none); anything but 1 to 2**63-1 in ASCII
+    digits is refused (a page past the end is just empty)."""
+    if not text:
+        return None
+    if not (text.isascii() and text.isdigit() and len(text) <= 19 and 0 < int(text) < 2**63):
+        raise actions.ActionError(f"{what} must be an audit record id (a positive whole number)")
+    return int(text)
 
 
 AUDIT_KINDS = ("decision", "enroll", "deletion", "reveal", "revoke", "unrevoke", "override",
@@ -345,9 +384,7 @@ def build_app(cfg: config_mod.Config, feed: FleetFeed | None = None) -> Starlett
 
     async def set_lang(ctx: Ctx) -> Response:
         form = await ctx.request.form()
-        lang = str(form.get("lang", "en"))
-        if lang in LANGS:
-            con.users.set_lang(ctx.user.name, lang)
+        con.users.set_lang(ctx.user.name, str(form.get("lang", "")))  # UserError if unknown
         back = ctx.request.headers.get("referer", "/")
         return RedirectResponse(
             back if "://" not in back or ctx.request.url.netloc in back else "/", status_code=303
@@ -422,10 +459,13 @@ def build_app(cfg: config_mod.Config, feed: FleetFeed | None = None) -> Starlett
         )
 
     async def reveal(ctx: Ctx) -> Response:
-        body = await ctx.request.json()
-        name = await asyncio.to_thread(
-            actions.reveal, con.office, ctx.user.name, str(body.get("person", ""))
-        )
+        try:
+            body = json.loads(await ctx.request.body())
+        except (ValueError, UnicodeDecodeError):
+            body = None
+        if not isinstance(body, dict) or not isinstance(body.get("person"), str):
+            raise actions.ActionError('send a JSON object {"person": "P-..."}')
+        name = await asyncio.to_thread(actions.reveal, con.office, ctx.user.name, body["person"])
         return JSONResponse({"name": name})
 
     # --- override: open a lane once ---------------------------------------------------------
@@ -494,7 +534,8 @@ def build_app(cfg: config_mod.Config, feed: FleetFeed | None = None) -> Starlett
     async def enroll_frame(ctx: Ctx) -> Response:
         cid = ctx.request.query_params.get("cid", "")
         still = ctx.request.query_params.get("still") == "1"
-        data = await ctx.request.body()
+        con.kiosk.capture(cid, ctx.user.name)  # an unknown capture is refused before any upload
+        data = await read_body(ctx.request, actions.MAX_UPLOAD, "send a JPEG or PNG under 8 MB")
         fb = await asyncio.to_thread(con.kiosk.frame, cid, ctx.user.name, data, still)
         return JSONResponse(fb.to_json())
 
@@ -588,13 +629,14 @@ def build_app(cfg: config_mod.Config, feed: FleetFeed | None = None) -> Starlett
         return await tickets(ctx, result=res)
 
     def _ids(text: str) -> list[str]:
-        return [t for t in text.replace(",", " ").split() if t]
+        ids = [t for t in text.replace(",", " ").split() if t]
+        if not ids:
+            raise actions.ActionError("no ticket id given", "type one or more ticket ids")
+        return ids
 
     async def ticket_revoke(ctx: Ctx) -> Response:
         form = await ctx.request.form()
         ids = _ids(str(form.get("ids", "")))
-        if not ids:
-            raise actions.ActionError("no ticket id given")
         added, n = await asyncio.to_thread(actions.revoke, con.office, ctx.user.name, ids)
         msg = translate(ctx.lang, "Revoked {n} ticket(s)", n=len(added))
         if n is not None:
@@ -613,7 +655,7 @@ def build_app(cfg: config_mod.Config, feed: FleetFeed | None = None) -> Starlett
 
     async def audit(ctx: Ctx) -> Response:
         q = ctx.request.query_params
-        before = int(q["before"]) if q.get("before", "").isdigit() else None
+        before = record_id(q.get("before", ""), "before")
         kind = q.get("kind") or None
 
         def read():
@@ -649,6 +691,8 @@ def build_app(cfg: config_mod.Config, feed: FleetFeed | None = None) -> Starlett
 
     async def audit_export(ctx: Ctx) -> Response:
         fmt = ctx.request.path_params["fmt"]
+        if fmt not in ("csv", "json", "jsonl"):
+            return con.refuse(ctx, ctx.request, 404, f"no export as {fmt!r}: csv or json")
         since_text = ctx.request.query_params.get("since", "")
         since = parse_time(since_text, cfg.gate.zone) if since_text else None
         con.office.record(ctx.user.name, "console", f"audit export {fmt}", reason="audit_export")
@@ -737,10 +781,12 @@ def build_app(cfg: config_mod.Config, feed: FleetFeed | None = None) -> Starlett
             if form.get("role"):
                 con.users.set_role(name, str(form["role"]))
                 what = f"role of {name} set to {form['role']}"
-            else:
+            elif form.get("disabled") in ("yes", "no"):
                 disabled = form.get("disabled") == "yes"
                 con.users.set_disabled(name, disabled)
                 what = f"{'locked' if disabled else 'unlocked'} user {name}"
+            else:
+                raise UserError("nothing to change: send a role, or disabled=yes|no")
         except UserError as e:
             return await users_page(ctx, str(e), 400)
         con.office.record(ctx.user.name, "console", what, reason="user")

@@ -77,7 +77,7 @@ class Sessions:
         token = secrets.token_urlsafe(24)
         return self._login.dumps(token), token
 
-    def login_token_ok(self, cookie: str | None, form_token: str | None) -> bool:
+    def login_token_ok(self, cookie: str | None, form_token: object) -> bool:
         """The login form's token matches its signed cookie (and is not stale)."""
         if not cookie or not form_token:
             return False
@@ -85,12 +85,24 @@ class Sessions:
             expected = self._login.loads(cookie, max_age=LOGIN_FORM_S)
         except (BadSignature, SignatureExpired):
             return False
-        return hmac.compare_digest(str(expected), form_token)
+        return _same_token(str(expected), form_token)
 
 
-def csrf_ok(session: Session | None, sent: str | None) -> bool:
+def _same_token(expected: str, sent: object) -> bool:
+    """Constant-time compare of a token with what a request sent: anything but a non-empty
+    text (a file part, non-ASCII characters) is simply not the token, never an error."""
+    if not isinstance(sent, str) or not sent:
+        return False
+    return hmac.compare_digest(expected.encode(), sent.encode("utf-8", "surrogatepass"))
+
+
+def csrf_ok(session: Session | None, sent: object) -> bool:
     """A POST's token is the session's own (constant-time compare)."""
-    return session is not None and bool(sent) and hmac.compare_digest(session.csrf, str(sent))
+    return session is not None and _same_token(session.csrf, sent)
+
+
+MAX_NAME_KEY = 200  # a user name longer than any account's is counted by its first characters
+MAX_TRACKED = 10_000  # names and addresses remembered before the expired ones are swept
 
 
 class LoginLimiter:
@@ -106,30 +118,45 @@ class LoginLimiter:
         self._lock = threading.Lock()
 
     def _recent(self, key: str, now: float) -> deque[float]:
-        q = self._fails.setdefault(key, deque())
+        q = self._fails.get(key) or deque()
         while q and q[0] <= now - self.window_s:
             q.popleft()
+        if not q:
+            self._fails.pop(key, None)  # nothing left to remember: asking adds no entry
         return q
+
+    @staticmethod
+    def _keys(user: str, address: str) -> tuple[str, str]:
+        return f"u:{user.lower()[:MAX_NAME_KEY]}", f"a:{address}"
 
     def blocked(self, user: str, address: str) -> float:
         """Seconds until a login for this user from this address may be tried; 0 = now."""
         now = self.clock()
         wait = 0.0
         with self._lock:
-            for key in (f"u:{user.lower()}", f"a:{address}"):
+            for key in self._keys(user, address):
                 q = self._recent(key, now)
                 if len(q) >= self.attempts:
                     wait = max(wait, q[len(q) - self.attempts] + self.window_s - now)
         return wait
 
     def failed(self, user: str, address: str) -> None:
-        """Count one failed login against the name and the address."""
+        """Count one failed login against the name and the address (memory stays bounded:
+        names and addresses whose failures are all older than the window are forgotten)."""
         now = self.clock()
         with self._lock:
-            for key in (f"u:{user.lower()}", f"a:{address}"):
-                self._recent(key, now).append(now)
+            if len(self._fails) >= MAX_TRACKED:  # sweep the expired; then the least recent go
+                for key in list(self._fails):
+                    self._recent(key, now)
+                for key in list(self._fails)[: max(0, len(self._fails) - MAX_TRACKED + 2)]:
+                    del self._fails[key]
+            for key in self._keys(user, address):
+                q = self._recent(key, now)
+                q.append(now)
+                self._fails.pop(key, None)
+                self._fails[key] = q  # the most recently failed last
 
     def succeeded(self, user: str) -> None:
         """A correct password clears that user's failures."""
         with self._lock:
-            self._fails.pop(f"u:{user.lower()}", None)
+            self._fails.pop(self._keys(user, "")[0], None)

@@ -305,8 +305,9 @@ def ago(seconds: float | None) -> str:
 
 def _number(v: object) -> float | None:
     """A finite number from a lane's heartbeat, or None (a lane's body is its own word)."""
-    ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-    return float(v) if ok else None
+    if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v):
+        return float(v)
+    return None
 
 
 def _member_view(

@@ -150,9 +150,18 @@ TABLES: tuple[Table, ...] = (
 )
 
 
+MAX_DETAIL_CHARS = 1000  # a name, a pass reference, an operator: far more than any needs
+
+
 def check_text(value: str, what: str) -> None:
     """Refuse a detail that cannot be stored: bytes Python could not decode (a Latin-1
-    terminal, a folder name from an old USB stick) arrive as lone surrogates."""
+    terminal, a folder name from an old USB stick) arrive as lone surrogates; and a detail
+    longer than any name (a file pasted in by mistake, or a form filled by a script)."""
+    if len(value) > MAX_DETAIL_CHARS:
+        raise NotTextError(
+            f"{what} is {len(value):,} characters long, more than {MAX_DETAIL_CHARS:,}",
+            "give the name or reference itself, not a file's contents",
+        )
     try:
         value.encode("utf-8")
     except UnicodeEncodeError as e:
