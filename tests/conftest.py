@@ -82,3 +82,24 @@ def int8_pipeline():
 def _work_in_tmp(tmp_path, monkeypatch):
     """Every test runs in its own working directory, so ./var of one never leaks into another."""
     monkeypatch.chdir(tmp_path)
+
+
+@pytest.fixture
+def broker(tmp_path_factory):
+    """A real mosquitto per test (tests/test_fleet.py): with the client id bound to the login,
+    lanes of two tests' parks (same logins) must not meet on one broker."""
+    from edge.lab.broker import Mosquitto
+
+    from .test_fleet import USERS, _need_mosquitto
+
+    _need_mosquitto()
+    with Mosquitto(tmp_path_factory.mktemp("mosquitto"), users=USERS) as b:
+        yield b
+
+
+@pytest.fixture(scope="module")
+def office_keys(tmp_path_factory):
+    """The office's issuer key pair, one per test module."""
+    from edge import tickets as tk
+
+    return tk.keygen(tmp_path_factory.mktemp("office-keys"))

@@ -112,21 +112,6 @@ class Proxy:
         self.open = True
 
 
-@pytest.fixture
-def broker(tmp_path_factory):
-    """A broker per test: with the client id bound to the login, lanes of two tests' parks
-    (same logins) must not meet on one broker."""
-    _need_mosquitto()
-    with Mosquitto(tmp_path_factory.mktemp("mosquitto"), users=USERS) as b:
-        yield b
-
-
-@pytest.fixture(scope="module")
-def office_keys(tmp_path_factory):
-    d = tmp_path_factory.mktemp("office-keys")
-    return tk.keygen(d)
-
-
 class Park:
     """An office and N lanes in a fresh site, every lane in the office's signed roster; syncs
     run in threads (or as processes). The office's sync starts with the park."""

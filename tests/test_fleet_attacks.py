@@ -23,25 +23,12 @@ import paho.mqtt.client as mqtt
 import pytest
 
 from edge import config as config_mod
-from edge import tickets as tk
 from edge.config import PROJECT_ROOT
 from edge.fleet import messages as msg
 from edge.fleet.identity import load_lane_key, public_text
 from edge.gate.audit import AuditLog
 from edge.lab.broker import Mosquitto
 from tests.test_fleet import USERS, OneShot, Park, _need_mosquitto, cli, verify, wait_for
-
-
-@pytest.fixture
-def broker(tmp_path_factory):
-    _need_mosquitto()
-    with Mosquitto(tmp_path_factory.mktemp("mosquitto"), users=USERS) as b:
-        yield b
-
-
-@pytest.fixture(scope="module")
-def office_keys(tmp_path_factory):
-    return tk.keygen(tmp_path_factory.mktemp("office-keys"))
 
 
 def _signed_as(park: Park, i: int, m: msg.Message) -> bytes:

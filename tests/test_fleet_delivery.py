@@ -10,25 +10,10 @@ import shutil
 import time
 import uuid
 
-import pytest
-
 from edge import tickets as tk
 from edge.fleet import messages as msg
 from edge.fleet.identity import load_lane_key
-from edge.lab.broker import Mosquitto
-from tests.test_fleet import USERS, OneShot, Park, _need_mosquitto, verify, wait_for
-
-
-@pytest.fixture
-def broker(tmp_path_factory):
-    _need_mosquitto()
-    with Mosquitto(tmp_path_factory.mktemp("mosquitto"), users=USERS) as b:
-        yield b
-
-
-@pytest.fixture(scope="module")
-def office_keys(tmp_path_factory):
-    return tk.keygen(tmp_path_factory.mktemp("office-keys"))
+from tests.test_fleet import OneShot, Park, verify, wait_for
 
 
 def _queue_redemptions(park: Park, i: int, n: int, prefix: str) -> None:

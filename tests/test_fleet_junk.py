@@ -9,12 +9,10 @@ import math
 
 import pytest
 
-from edge import tickets as tk
 from edge.fleet import messages as msg
 from edge.fleet.clock import fleet_clock
 from edge.fleet.office import _member_view
-from edge.lab.broker import Mosquitto
-from tests.test_fleet import USERS, OneShot, Park, _need_mosquitto, verify, wait_for
+from tests.test_fleet import OneShot, Park, verify, wait_for
 
 SITE = "park"
 
@@ -57,18 +55,6 @@ def test_a_heartbeat_body_of_the_wrong_types_is_shown_not_fatal():
     assert v["clock_off"] is False
     v = _member_view({"received": now, "body": ["not", "a", "dict"]}, now, 5.0, True, 5.0)
     assert v["state"] == "ok"
-
-
-@pytest.fixture
-def broker(tmp_path_factory):
-    _need_mosquitto()
-    with Mosquitto(tmp_path_factory.mktemp("mosquitto"), users=USERS) as b:
-        yield b
-
-
-@pytest.fixture(scope="module")
-def office_keys(tmp_path_factory):
-    return tk.keygen(tmp_path_factory.mktemp("office-keys"))
 
 
 def test_a_retained_poison_message_stops_no_sync(broker, office_keys, tmp_path):

@@ -9,7 +9,6 @@ import time
 import pytest
 
 from edge import config as config_mod
-from edge import tickets as tk
 from edge.db import connect
 from edge.errors import FleetStateError
 from edge.fleet.state import FleetState
@@ -18,11 +17,6 @@ from edge.gate.policy import GRANT, Decision, Via
 from edge.lab.workspace import write_member
 
 from .helpers import ListSource
-
-
-@pytest.fixture(scope="module")
-def office_keys(tmp_path_factory):
-    return tk.keygen(tmp_path_factory.mktemp("office-keys"))
 
 
 def _held(path) -> sqlite3.Connection:
