@@ -154,3 +154,30 @@ def test_a_heartbeat_queued_while_the_lane_was_away_is_no_clock_reading(
         assert abs(park.state(1, "clock_offset")) < 5
     finally:
         park.stop_all()
+
+
+def test_a_redemption_this_lane_failed_to_store_comes_again(broker, office_keys, tmp_path):
+    """Its ledger write failed (a locked or full disk): audited apply_failed and left
+    unacknowledged, so the broker's session delivers it again when sync next connects."""
+    from edge.errors import LedgerError
+
+    park = Park(tmp_path, broker.url, office_keys, lanes=2)
+    try:
+        s = park.start(1)
+        park.wait_ready(1)
+        real = s._apply_redemption
+
+        def disk_error_once(*args, **kwargs):
+            s._apply_redemption = real  # the disk works again for what follows
+            raise LedgerError("disk I/O error", "free space and check the disk")
+
+        s._apply_redemption = disk_error_once
+        _queue_redemptions(park, 2, 1, "T-F")
+        wait_for(lambda: park.audit(1, "apply_failed"), what="lane1 fails to store it")
+        assert park.remote(1) == 0
+        park.stop(1)
+        park.start(1)
+        wait_for(lambda: park.remote(1) == 1, what="the redemption delivered again and stored")
+        assert _counted_twice(park, 1) == 0
+    finally:
+        park.stop_all()

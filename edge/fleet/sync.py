@@ -423,8 +423,8 @@ class Sync:
             except queue.Empty:
                 break
         if batch:
-            self._handle_batch(batch, now)
-            self._ack(batch)
+            failed = self._handle_batch(batch, now)
+            self._ack([a for a in batch if id(a) not in failed])
         if self._retry_pending:
             self._retry_pending = False
             kept = self.state.take_pending()  # old: no clock readings
@@ -701,23 +701,23 @@ class Sync:
             if a.qos and a.conn == self._conn:
                 self.client.ack(a.mid, a.qos)
 
-    def _handle_batch(self, items: list[_Arrival], now: float) -> None:
+    def _handle_batch(self, items: list[_Arrival], now: float) -> set[int]:
         """Check every signature first (no lock held), then apply: redemptions in one short
-        ledger transaction (the gate's redemptions wait for it), the rest outside it."""
+        ledger transaction (the gate's redemptions wait for it), the rest outside it. Returns
+        the `id()`s of the arrivals this lane failed to apply (a locked or full disk): they are
+        not acknowledged, so the broker's session delivers them again at the next connection."""
         self._refresh_keys()
         checked = [
-            replace(c, arrived=a.arrived, live=a.live)
+            (a, replace(c, arrived=a.arrived, live=a.live))
             for a in items
             if (c := self._check(a.topic, a.payload, a.retained, now)) is not None
         ]
-        for c in checked:
-            if c.ticket is None:
-                self._apply(c, now)
-        redemptions = [c for c in checked if c.ticket is not None]
+        failed = {id(a) for a, c in checked if c.ticket is None and not self._apply(c, now)}
+        redemptions = [(a, c) for a, c in checked if c.ticket is not None]
         if redemptions:  # one ledger transaction (one fsync) for everything that arrived
             with self._tx():
-                for c in redemptions:
-                    self._apply(c, now)
+                failed |= {id(a) for a, c in redemptions if not self._apply(c, now)}
+        return failed
 
     def _check(self, topic_: str, payload: bytes, retained: bool, now: float) -> _Checked | None:
         """Authenticate (and for a redemption, verify its ticket); None when refused."""
@@ -769,7 +769,9 @@ class Sync:
         _ = (float(m.body["t"]), str(m.body["day"]))  # a body without them is refused here
         return ticket
 
-    def _apply(self, c: _Checked, now: float) -> None:
+    def _apply(self, c: _Checked, now: float) -> bool:
+        """Apply one checked message; False when this lane failed to (its own disk or keys),
+        True when it was applied or refused on purpose."""
         m = c.m
         try:
             if m.type in msg.ISSUER_TYPES:
@@ -800,6 +802,8 @@ class Sync:
         except Exception as e:  # this lane could not apply it (gallery key, disk): say so, go on
             log.error("sync apply_failed topic=%s error=%s", c.topic, e)
             self._refuse(now, c.sender, "apply_failed", f"{c.topic}: {e}")  # at most 1/min
+            return False
+        return True
 
     def _refuse(self, now: float, sender: str, reason: str, detail: str) -> None:
         """Audit a refusal, at most once a minute per sender and reason (junk costs little)."""
