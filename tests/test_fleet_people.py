@@ -80,7 +80,7 @@ def test_a_good_record_replaces_the_person(lane):
     assert _names(lane) == ["Ada P. Park"]
 
 
-def test_a_record_exported_and_imported_keeps_the_person(lane, tmp_path):
+def test_a_record_exported_and_imported_keeps_the_person(lane):
     record = people.export_record(
         lane.resolve(lane.gallery.db), lane.resolve(lane.gallery.key_file), PID
     )

@@ -31,14 +31,19 @@ class ClockView:
     off: tuple[str, ...] = ()
 
 
-def _finite(v: object) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+def finite_number(v: object) -> float | None:
+    """A finite number from another member's message, or None: a lane's body is its own word,
+    and NaN or a string must neither move the clock nor break a report."""
+    if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v):
+        return float(v)
+    return None
 
 
 def fleet_clock(readings: dict[str, float], me: str, skew: float) -> ClockView:
     """readings: member -> its clock minus this member's (this member itself is added as 0)."""
     # a reading that is not a finite number says nothing about time (and would poison sorting)
-    values = {k: float(v) for k, v in readings.items() if _finite(v)} | {me: 0.0}
+    seen = {k: finite_number(v) for k, v in readings.items()}
+    values = {k: v for k, v in seen.items() if v is not None} | {me: 0.0}
     first = _median_near_zero(list(values.values()))
     inliers = [v for v in values.values() if abs(v - first) <= skew]
     fleet = _median_near_zero(inliers or [first])

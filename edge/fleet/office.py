@@ -10,7 +10,6 @@ lane of every line is the lane whose key signed it, never a field of the message
 from __future__ import annotations
 
 import contextlib
-import math
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -22,6 +21,7 @@ from edge.config import Config
 from edge.errors import ConfigError
 from edge.fleet import messages as msg
 from edge.fleet.brokerconf import ACL_OUTDATED_FIX
+from edge.fleet.clock import finite_number
 from edge.fleet.identity import (
     Roster,
     ensure_lane_key,
@@ -303,13 +303,6 @@ def ago(seconds: float | None) -> str:
     return f"{s / 3600:.1f} h ago"
 
 
-def _number(v: object) -> float | None:
-    """A finite number from a lane's heartbeat, or None (a lane's body is its own word)."""
-    if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v):
-        return float(v)
-    return None
-
-
 def _member_view(
     p: dict | None, now: float, period: float, rostered: bool, skew: float
 ) -> dict[str, Any]:
@@ -319,7 +312,7 @@ def _member_view(
     age = now - float(p["received"])
     # a lane's own word for its period counts within what a heartbeat period may be here: one
     # claiming a day would look alive a day after it died
-    claimed = _number(body.get("period"))
+    claimed = finite_number(body.get("period"))
     period = min(max(claimed if claimed is not None else period, 1.0), 10 * period)
     if p.get("gone"):
         state = "gone"
@@ -327,7 +320,7 @@ def _member_view(
         state = "stale"
     else:
         state = "ok"
-    off = _number(body.get("clock_offset"))
+    off = finite_number(body.get("clock_offset"))
     if "pretix" in body:
         body["pretix"] = pretix_view(body["pretix"], now)
     return {
