@@ -12,11 +12,13 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
 import os
 import shutil
 import signal
 import socket
 import subprocess
+import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -32,6 +34,9 @@ from edge.screen.texts import IDLE, NAME_GREETING, VISITOR_TEXTS
 log = logging.getLogger(__name__)
 HERE = Path(__file__).resolve().parent
 KEEPALIVE_S = 15.0
+# A page connection that sends no request, or takes no data, for this long is closed: a client
+# that connects and never reads must not hold a thread of the screen forever.
+CLIENT_TIMEOUT_S = 30.0
 
 
 @dataclass(frozen=True)
@@ -61,12 +66,30 @@ class Shown:
         }
 
 
+def _no_constant(name: str) -> float:
+    raise ValueError(f"{name} is not a number")
+
+
 def parse_notice(data: bytes) -> dict[str, Any]:
-    """Check one datagram against the notice contract (edge/gate/notices.py); ValueError if not."""
+    """Check one datagram against the notice contract (edge/gate/notices.py); ValueError if not.
+
+    Whatever arrives on the socket ends here as a notice or a ValueError: nesting too deep,
+    NaN, a time that is not a number, texts that are not strings."""
     try:
-        return Notice.from_json(json.loads(data)).to_json()
+        d = Notice.from_json(json.loads(data, parse_constant=_no_constant)).to_json()
     except (TypeError, AttributeError) as e:
         raise ValueError(f"not a notice: {e}") from None
+    except RecursionError:
+        raise ValueError("not a notice: nested too deep") from None
+    t = d.get("t")
+    if not isinstance(t, int | float) or isinstance(t, bool) or not math.isfinite(t):
+        raise ValueError(f"not a notice: t {t!r} is not a time")
+    for key in ("lane", "reason"):
+        if not isinstance(d.get(key), str):
+            raise ValueError(f"not a notice: {key} is not a text")
+    if not isinstance(d.get("name"), str | None):
+        raise ValueError("not a notice: name is not a text")
+    return d
 
 
 class Board:
@@ -154,9 +177,7 @@ class Receiver:
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            with contextlib.suppress(FileNotFoundError):
-                if self.path.is_socket():
-                    self.path.unlink()  # a previous screen's socket
+            _remove_stale_socket(self.path)
             self.sock.bind(str(self.path))
         except OSError as e:  # e.g. a folder it may not write, a path too long for a socket
             self.sock.close()
@@ -179,17 +200,24 @@ class Receiver:
             except OSError:
                 return
             try:
-                d = parse_notice(data)
-            except ValueError as e:
+                self._take(data)
+            except Exception as e:  # one datagram must never stop the screen hearing the next
                 self.refused += 1
-                log.warning("screen notice refused reason=%s", e)
-                continue
-            shown = self.board.put(d)
-            if self.signal is not None:
-                try:
-                    self.signal.play(shown.decision)
-                except Exception as e:  # a buzzer fault never stops the screen
-                    log.error("screen signal error=%s", e)
+                log.error("screen notice failed error=%s", e)
+
+    def _take(self, data: bytes) -> None:
+        try:
+            d = parse_notice(data)
+        except ValueError as e:
+            self.refused += 1
+            log.warning("screen notice refused reason=%s", str(e)[:200])
+            return
+        shown = self.board.put(d)
+        if self.signal is not None:
+            try:
+                self.signal.play(shown.decision)
+            except Exception as e:  # a buzzer fault never stops the screen
+                log.error("screen signal error=%s", e)
 
     def close(self) -> None:
         """Stop receiving and remove the socket file."""
@@ -197,6 +225,31 @@ class Receiver:
         self.sock.close()
         with contextlib.suppress(FileNotFoundError):
             self.path.unlink()
+
+
+def _remove_stale_socket(path: Path) -> None:
+    """Remove a socket a previous screen left; refuse a path that is something else (a file is
+    never deleted) or a socket another screen still listens on (it would stop hearing)."""
+    if not os.path.lexists(path):
+        return
+    if not path.is_socket():
+        raise ConfigError(
+            f"screen.socket {path} exists and is not a socket; it is left as it is",
+            "move that file away, or set [screen] socket to another path (the gate's too)",
+        )
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    try:
+        probe.connect(str(path))
+    except OSError:  # nobody is bound to it any more: a previous screen's
+        path.unlink(missing_ok=True)
+        return
+    finally:
+        probe.close()
+    raise ConfigError(
+        f"screen.socket {path}: another screen is listening on it",
+        "stop the other `edge-gate screen` (systemctl status edge-gate-screen), or give this "
+        "one another [screen] socket",
+    )
 
 
 def page_config(cfg: config_mod.Config) -> dict[str, Any]:
@@ -217,7 +270,14 @@ def page_config(cfg: config_mod.Config) -> dict[str, Any]:
 def parse_listen(text: str) -> tuple[str, int]:
     """host:port (IPv6 in brackets), refusing anything else with the fix."""
     host, sep, port = text.rpartition(":")
-    if not sep or not port.isdigit() or not host or not 0 <= int(port) < 65536:
+    if (
+        not sep
+        or not port.isdigit()
+        or not 0 <= int(port) < 65536
+        or not host
+        or not host.isprintable()  # a NUL or line end from a config file: no host name
+        or " " in host
+    ):
         raise ConfigError(f"listen address {text!r} is not host:port", "e.g. 127.0.0.1:8088")
     return host.strip("[]"), int(port)
 
@@ -263,9 +323,16 @@ def make_handler(board: Board, page: dict[str, Any], stop: threading.Event):
 
     class Handler(BaseHTTPRequestHandler):
         server_version = "edge-gate-screen"
+        timeout = CLIENT_TIMEOUT_S  # each read and write of the connection
 
         def log_message(self, fmt: str, *args: Any) -> None:  # no access log
             pass
+
+        def handle(self) -> None:
+            try:
+                super().handle()
+            except (ConnectionError, TimeoutError):  # the page went away or stopped reading
+                self.close_connection = True
 
         def _send(self, code: int, body: bytes, ctype: str) -> None:
             self.send_response(code)
@@ -316,10 +383,18 @@ def make_handler(board: Board, page: dict[str, Any], stop: threading.Event):
                         self.wfile.write(b": keepalive\n\n")
                         self.wfile.flush()
                         last = time.monotonic()
-            except (BrokenPipeError, ConnectionResetError):
+            except (ConnectionError, TimeoutError):  # gone, or not reading: closed
                 return
 
     return Handler
+
+
+class _PageServer(ThreadingHTTPServer):
+    """The page's server: a request that fails is one log line, never a traceback on stderr."""
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        e = sys.exc_info()[1]
+        log.error("screen page request failed error=%s: %s", type(e).__name__, e)
 
 
 class Screen:
@@ -338,7 +413,7 @@ class Screen:
         self.receiver = Receiver(cfg.resolve(cfg.screen.socket), self.board, self.signal)
         handler = make_handler(self.board, page_config(cfg), self.stop)
         try:
-            self.httpd = ThreadingHTTPServer((host, port), handler)
+            self.httpd = _PageServer((host, port), handler)
         except OSError as e:  # the port is taken, or the address is not this machine's
             self.receiver.close()
             self.signal.close()
