@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from edge.errors import ConfigError
 from edge.tickets import pretix_offline as po
 from edge.tickets.format import Reason, Ticket
 from edge.tickets.ledger import Ledger, Redemption
@@ -285,14 +286,15 @@ def lane_status(cfg: Any, now: float) -> dict[str, Any]:
     folder = cfg.resolve(cfg.pretix.dir)
     t = po.data_time(folder)
     try:
-        state = json.loads((folder / po.SYNC_STATE).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        state = po.read_json(folder / po.SYNC_STATE)
+    except ConfigError:  # none yet, or damaged: sync writes it again
         state = {}
+    error = state.get("last_error") if isinstance(state, dict) else None
     out: dict[str, Any] = {
         "dir": str(folder),
         "data_time": t,
         "age_s": round(now - t, 1) if t is not None else None,
-        "last_error": (state.get("last_error") or None) if isinstance(state, dict) else None,
+        "last_error": str(error)[:300] if error else None,
         "upload_pending": None,
     }
     ledger_path = cfg.resolve(cfg.tickets.ledger)

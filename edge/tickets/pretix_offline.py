@@ -20,8 +20,10 @@ secret is genuine (see pretix_sig1). Pure: no I/O in `decide`.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
+import math
 import os
 import re
 from collections.abc import Sequence
@@ -48,6 +50,9 @@ FILES = ("event.json", "checkinlist.json", "revokedsecrets.json", "blockedsecret
 ITEMS = "items.json"  # optional: the event's products; sync writes it (pretixSCAN checks it too)
 SYNC_STATE = "sync-state.json"  # written by `edge-gate pretix sync`: when it last pulled
 MULTI_ENTRY_COUNT = 0xFFFF  # what the ledger counts against on a list with multiple entries
+# The largest file of the folder a lane reads (~300 000 revoked secrets): a damaged or runaway
+# file is refused with its size instead of filling the memory of the gate.
+MAX_FILE = 64 << 20
 
 # pretix's reason words (checkinrpc/redeem, failed_checkins), as pretixSCAN uses them offline.
 VALID = "valid"
@@ -118,13 +123,34 @@ class PretixDecision:
 # --- reading the folder --------------------------------------------------------------------------
 
 
-def _read_json(path: Path) -> Any:
+def read_json(path: Path) -> Any:
+    """One JSON file of the folder; ConfigError when it is missing, larger than MAX_FILE, or
+    not JSON (nested too deep and numbers too long to convert included)."""
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        with open(path, "rb") as f:
+            raw = f.read(MAX_FILE + 1)
     except FileNotFoundError:
         raise ConfigError(f"pretix data {path} does not exist", _FIX) from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+    except OSError as e:
+        raise ConfigError(f"pretix data {path} cannot be read: {e.strerror or e}", _FIX) from None
+    if len(raw) > MAX_FILE:
+        raise ConfigError(
+            f"pretix data {path} is larger than {MAX_FILE >> 20} MiB, more than a lane reads",
+            "check the file (a damaged copy?), then run `edge-gate pretix sync --config C` again",
+        )
+    try:
+        return json.loads(raw.decode("utf-8"))
+    except ValueError as e:  # UnicodeDecodeError, JSONDecodeError, a number of 4300+ digits
         raise ConfigError(f"pretix data {path} cannot be read: {e}", _FIX) from None
+    except RecursionError:
+        raise ConfigError(f"pretix data {path} cannot be read: nested too deep", _FIX) from None
+
+
+def finite_time(value: Any) -> float | None:
+    """A Unix time read from a file, or None when it is not a finite number."""
+    if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
+        return float(value)
+    return None
 
 
 def _time(value: Any) -> dt.datetime | None:
@@ -219,12 +245,12 @@ def load_dir(path: str | Path) -> PretixData:
     d = Path(path)
     if not d.is_dir():
         raise ConfigError(f"pretix folder {d} does not exist", _FIX)
-    items = _items(_read_json(d / ITEMS), d / ITEMS) if (d / ITEMS).exists() else None
+    items = _items(read_json(d / ITEMS), d / ITEMS) if (d / ITEMS).exists() else None
     return PretixData(
-        parse_event(_read_json(d / "event.json"), d / "event.json"),
-        parse_checkin_list(_read_json(d / "checkinlist.json"), d / "checkinlist.json"),
-        _secrets(_read_json(d / "revokedsecrets.json"), d / "revokedsecrets.json", False),
-        _secrets(_read_json(d / "blockedsecrets.json"), d / "blockedsecrets.json", True),
+        parse_event(read_json(d / "event.json"), d / "event.json"),
+        parse_checkin_list(read_json(d / "checkinlist.json"), d / "checkinlist.json"),
+        _secrets(read_json(d / "revokedsecrets.json"), d / "revokedsecrets.json", False),
+        _secrets(read_json(d / "blockedsecrets.json"), d / "blockedsecrets.json", True),
         items,
     )
 
@@ -245,12 +271,11 @@ def data_time(path: str | Path) -> float | None:
     """When the folder's data was last known good: sync's last complete pull, else the oldest
     file's time (a folder filled by hand); None when there is no data."""
     d = Path(path)
-    try:
-        state = json.loads((d / SYNC_STATE).read_text(encoding="utf-8"))
-        if isinstance(state.get("pulled_at"), int | float):
-            return float(state["pulled_at"])
-    except (OSError, ValueError, AttributeError):
-        pass
+    with contextlib.suppress(ConfigError):
+        state = read_json(d / SYNC_STATE)
+        t = finite_time(state.get("pulled_at")) if isinstance(state, dict) else None
+        if t is not None:
+            return t
     try:
         return min(os.stat(d / name).st_mtime for name in FILES)
     except OSError:
