@@ -4,13 +4,22 @@ Authentication is a team API token (`Authorization: Token …`) or a device toke
 The token is never logged. A shop that cannot be reached, or answers 5xx, raises
 `PretixUnreachable` (try again later); any other non-2xx answer raises `PretixAPIError` with the
 status and body (the request itself is wrong, or was refused).
+
+Whatever answers at the URL is not trusted to be pretix: a redirect is never followed (it would
+carry the token to wherever it points, and turn a POST into a GET), every request has a deadline
+for its whole answer (a server that trickles bytes cannot hold sync), an answer is read up to
+MAX_BODY bytes, and what is not HTTP or not JSON is an error, never a crash.
 """
 
 from __future__ import annotations
 
+import contextlib
+import http.client
 import json
 import platform
+import socket
 import ssl
+import threading
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -22,7 +31,9 @@ from typing import Any
 from edge.errors import ConfigError, EdgeGateError
 from edge.keyfiles import read_private
 
-TIMEOUT_S = 20.0
+TIMEOUT_S = 20.0  # each connect and each read; the whole answer gets DEADLINE_FACTOR times it
+DEADLINE_FACTOR = 3
+MAX_BODY = 16 << 20  # a page of 50 objects is kilobytes; more is not pretix's API
 MAX_PAGES = 10_000  # a shop answering `next` forever must not hang sync
 USER_AGENT = "edge-gate-pretix-sync"
 
@@ -41,10 +52,85 @@ class PretixAPIError(EdgeGateError):
 
 @dataclass(frozen=True)
 class Response:
-    """One answer: HTTP status and the decoded JSON body (None when empty)."""
+    """One answer: HTTP status and the decoded JSON body (None when empty); `is_json` is False
+    when the body was something else (an HTML page of a proxy), kept as {"raw": its start}."""
 
     status: int
     body: Any
+    is_json: bool = True
+
+
+class _Watch:
+    """Shuts the connection's socket at the deadline, so a read blocked on a server that
+    trickles its answer returns; `expired` says it did."""
+
+    def __init__(self, seconds: float):
+        self.expired = False
+        self.sock: socket.socket | None = None
+        self._lock = threading.Lock()
+        self._timer = threading.Timer(seconds, self._expire)
+        self._timer.daemon = True
+        self._timer.start()
+
+    def _shut(self) -> None:
+        if self.sock is not None:
+            with contextlib.suppress(OSError):  # already closed: nothing to wake
+                self.sock.shutdown(socket.SHUT_RDWR)
+
+    def _expire(self) -> None:
+        with self._lock:
+            self.expired = True
+            self._shut()
+
+    def attach(self, sock: socket.socket) -> socket.socket:
+        """The connection's socket, once connected (shut at once when the deadline passed)."""
+        with self._lock:
+            self.sock = sock
+            if self.expired:
+                self._shut()
+        return sock
+
+    def cancel(self) -> None:
+        """The answer is in: no shutdown."""
+        self._timer.cancel()
+
+
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    """A 3xx comes back as the answer (HTTPError), never followed."""
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
+        return None
+
+
+def _opener(watch: _Watch, ctx: ssl.SSLContext | None) -> urllib.request.OpenerDirector:
+    """urllib's opener (proxies from the environment included) whose connections report their
+    socket to `watch` and which follows no redirect."""
+
+    def watched(base: type[http.client.HTTPConnection]):
+        def make(*args: Any, **kw: Any) -> http.client.HTTPConnection:
+            conn: Any = base(*args, **kw)
+            create = conn._create_connection  # http.client's own hook for opening the socket
+            conn._create_connection = lambda *a, **k: watch.attach(create(*a, **k))
+            return conn
+
+        return make
+
+    class Http(urllib.request.HTTPHandler):
+        def http_open(self, req):
+            return self.do_open(watched(http.client.HTTPConnection), req)
+
+    class Https(urllib.request.HTTPSHandler):
+        def https_open(self, req):
+            return self.do_open(watched(http.client.HTTPSConnection), req, context=ctx)
+
+    return urllib.request.build_opener(Http(), Https(context=ctx), _NoRedirect())
+
+
+def _read(resp: Any) -> bytes:
+    raw = resp.read(MAX_BODY + 1)
+    if len(raw) > MAX_BODY:
+        raise ValueError(f"an answer larger than {MAX_BODY >> 20} MiB")
+    return raw
 
 
 def read_token(path: Path) -> str:
@@ -114,23 +200,47 @@ class PretixClient:
             req.add_header("Content-Type", "application/json")
         for k, v in (headers or {}).items():
             req.add_header(k, v)
+        watch = _Watch(self.timeout * DEADLINE_FACTOR)
         try:
-            with urllib.request.urlopen(req, timeout=self.timeout, context=self.ctx) as resp:
-                return Response(resp.status, _json(resp.read()))
-        except urllib.error.HTTPError as e:
-            status, payload = e.code, _json(e.read())
-        except (urllib.error.URLError, TimeoutError, ConnectionError, OSError) as e:
-            why = getattr(e, "reason", e)
+            try:
+                resp = _opener(watch, self.ctx).open(req, timeout=self.timeout)
+            except urllib.error.HTTPError as e:  # 3xx, 4xx, 5xx: an answer too
+                resp = e
+            with resp:
+                status, raw = resp.code, _read(resp)
+        except (urllib.error.URLError, http.client.HTTPException, OSError, ValueError) as e:
+            why = str(getattr(e, "reason", None) or e) or type(e).__name__
+            if watch.expired:
+                why = f"no complete answer within {self.timeout * DEADLINE_FACTOR:g} s"
             raise PretixUnreachable(f"pretix at {self.base} unreachable: {why}") from None
+        finally:
+            watch.cancel()
+        if watch.expired:  # the socket was shut while reading: the answer may be cut short
+            raise PretixUnreachable(
+                f"pretix at {self.base} unreachable: no complete answer within "
+                f"{self.timeout * DEADLINE_FACTOR:g} s"
+            )
+        body, is_json = _json(raw)
         if status >= 500 or status == 429:
             raise PretixUnreachable(f"pretix at {self.base} answered {status}")
-        return Response(status, payload)
+        if 300 <= status < 400:
+            where = resp.headers.get("Location", "") if resp.headers else ""
+            raise PretixAPIError(
+                f"pretix at {self.base} answered {status}, a redirect to {where[:200]!r}",
+                status,
+                body,
+                "set pretix.url to the address the shop answers at itself (https://…, as in the "
+                "browser's address bar after any redirect); a redirect is never followed",
+            )
+        return Response(status, body, is_json)
 
     def get(self, path: str, params: dict[str, Any] | None = None) -> Any:
         """GET one resource; anything but 200 raises."""
         r = self.request("GET", self.url(path, params))
         if r.status != 200:
             raise _api_error("GET", path, r)
+        if not r.is_json:
+            raise _not_pretix("GET", path, r)
         return r.body
 
     def pages(self, path: str, params: dict[str, Any] | None = None) -> Iterator[list[Any]]:
@@ -138,10 +248,13 @@ class PretixClient:
         url = self.url(path, params)
         for _ in range(MAX_PAGES):
             r = self.request("GET", url)
-            if r.status != 200 or not isinstance(r.body, dict):
+            if r.status != 200:
                 raise _api_error("GET", path, r)
-            yield list(r.body.get("results") or [])
-            nxt = r.body.get("next")
+            results = r.body.get("results") if isinstance(r.body, dict) else None
+            nxt = r.body.get("next") if isinstance(r.body, dict) else None
+            if not r.is_json or not isinstance(results, list) or not isinstance(nxt, str | None):
+                raise _not_pretix("GET", path, r)  # never taken for an empty list
+            yield results
             if not nxt:
                 return
             if urllib.parse.urlsplit(nxt).netloc != urllib.parse.urlsplit(url).netloc:
@@ -186,13 +299,25 @@ def initialize_device(
     return r.body
 
 
-def _json(raw: bytes) -> Any:
+def _json(raw: bytes) -> tuple[Any, bool]:
+    """(body, is_json): anything not JSON (a page, nesting too deep, a number too long) is
+    kept as {"raw": its start} for the error message."""
     if not raw:
-        return None
+        return None, True
     try:
-        return json.loads(raw)
-    except ValueError:
-        return {"raw": raw[:300].decode("utf-8", "replace")}
+        return json.loads(raw), True
+    except (ValueError, RecursionError):
+        return {"raw": raw[:300].decode("utf-8", "replace")}, False
+
+
+def _not_pretix(method: str, path: str, r: Response) -> PretixAPIError:
+    detail = r.body.get("raw", r.body) if isinstance(r.body, dict) else r.body
+    return PretixAPIError(
+        f"pretix {method} {path}: an answer that is not pretix's API ({r.status} {detail!s:.120})",
+        r.status,
+        r.body,
+        "check pretix.url (the shop's base address, without /api/v1) and any proxy in between",
+    )
 
 
 def _api_error(method: str, path: str, r: Response) -> PretixAPIError:

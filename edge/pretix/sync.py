@@ -43,6 +43,7 @@ from edge.tickets.pretix_desk import FAILED, REDEEM
 
 log = logging.getLogger(__name__)
 UPLOAD_BATCH = 50
+_NOT_PRETIX = "check pretix.url (the shop's base address) and any proxy in between"
 
 
 @dataclass
@@ -59,19 +60,25 @@ class SyncState:
 
     @classmethod
     def load(cls, folder: Path) -> SyncState:
-        """The state sync left, or a fresh one (a full download follows)."""
+        """The state sync left, or a fresh one (a full download follows); a field of the wrong
+        type counts as missing, so a damaged file costs a full download, never a crash."""
         try:
-            raw = json.loads((folder / po.SYNC_STATE).read_text(encoding="utf-8"))
-        except (OSError, ValueError):
+            raw = po.read_json(folder / po.SYNC_STATE)
+        except ConfigError:
             return cls()
         if not isinstance(raw, dict):
             return cls()
+
+        def text(key: str) -> str | None:
+            v = raw.get(key)
+            return v if isinstance(v, str) and v else None
+
         return cls(
-            pulled_at=raw.get("pulled_at"),
-            revoked_since=raw.get("revoked_since"),
-            blocked_since=raw.get("blocked_since"),
-            last_error=str(raw.get("last_error", "")),
-            last_attempt=raw.get("last_attempt"),
+            pulled_at=po.finite_time(raw.get("pulled_at")),
+            revoked_since=text("revoked_since"),
+            blocked_since=text("blocked_since"),
+            last_error=str(raw.get("last_error") or "")[:300],
+            last_attempt=po.finite_time(raw.get("last_attempt")),
         )
 
     def as_json(self) -> dict[str, Any]:
@@ -87,14 +94,19 @@ class SyncState:
 
 def write_atomic(path: Path, obj: Any) -> None:
     """Replace a JSON file whole-or-nothing: the gate never reads half a file."""
+    write_text(path, json.dumps(obj, separators=(",", ":")))
+
+
+def write_text(path: Path, text: str) -> None:
+    """Replace a file of the folder whole-or-nothing."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    files.write_atomic(path, json.dumps(obj, separators=(",", ":")), 0o644)
+    files.write_atomic(path, text, 0o644)
 
 
 def _read_list(path: Path) -> list[dict]:
     try:
-        obj = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        obj = po.read_json(path)
+    except ConfigError:
         return []
     return [o for o in obj if isinstance(o, dict)] if isinstance(obj, list) else []
 
@@ -105,6 +117,21 @@ def _merge(old: list[dict], new: list[dict]) -> list[dict]:
     for o in new:
         by_id[o.get("id")] = o
     return sorted(by_id.values(), key=lambda o: (str(o.get("id")),))
+
+
+def _upload_row(raw: Any) -> dict | None:
+    """A queued check-in as pretix_desk wrote it ({list, event, body}), or None."""
+    try:
+        row = json.loads(raw)
+    except (ValueError, TypeError, RecursionError):
+        return None
+    ok = (
+        isinstance(row, dict)
+        and isinstance(row.get("body"), dict)
+        and isinstance(row.get("list"), int)
+        and isinstance(row.get("event"), str)
+    )
+    return row if ok else None
 
 
 class PretixSync:
@@ -148,9 +175,13 @@ class PretixSync:
             params[since_param] = since
         newest, items = None, []
         for page in self.client.pages(self.event_path + resource + "/", params):
-            if newest is None and page:
-                newest = page[0].get(stamp_field)
-            items += [o for o in page if isinstance(o, dict) and isinstance(o.get("secret"), str)]
+            if not all(isinstance(o, dict) and isinstance(o.get("secret"), str) for o in page):
+                raise PretixAPIError(  # never a list with holes: a secret left out would pass
+                    f"pretix {resource}: an entry without a secret", 200, None, _NOT_PRETIX
+                )
+            if newest is None and page and isinstance(page[0].get(stamp_field), str):
+                newest = page[0][stamp_field]
+            items += page
         return items, newest
 
     def _checkin_list(self) -> dict:
@@ -195,11 +226,23 @@ class PretixSync:
         ids = [
             {"id": o["id"]} for o in items if isinstance(o, dict) and isinstance(o.get("id"), int)
         ]
-        write_atomic(self.folder / po.ITEMS, ids)
-        write_atomic(self.folder / "event.json", event)
-        write_atomic(self.folder / "checkinlist.json", clist)
-        write_atomic(rev_path, revoked)
-        write_atomic(blk_path, blocked)
+        out = {
+            self.folder / po.ITEMS: ids,
+            self.folder / "event.json": event,
+            self.folder / "checkinlist.json": clist,
+            rev_path: revoked,
+            blk_path: blocked,
+        }
+        texts = {path: json.dumps(obj, separators=(",", ":")) for path, obj in out.items()}
+        for path, text in texts.items():  # all or none: the gate would refuse a larger file
+            if len(text.encode("utf-8")) > po.MAX_FILE:
+                raise ConfigError(
+                    f"pretix sync: {path.name} would be larger than {po.MAX_FILE >> 20} MiB, "
+                    "more than a lane reads; the folder keeps its last data",
+                    "check what the shop answers for this event (its revoked or blocked secrets)",
+                )
+        for path, text in texts.items():
+            write_text(path, text)
         self.state.revoked_since = rev_new or self.state.revoked_since
         self.state.blocked_since = blk_new or self.state.blocked_since
         self.state.pulled_at = time.time()
@@ -223,10 +266,12 @@ class PretixSync:
         elif kind == FAILED:
             path = f"organizers/{self.px.organizer}/events/{row['event']}/checkinlists/"
             r = self.client.post(f"{path}{row['list']}/failed_checkins/", body, body.get("nonce"))
-            if r.status in (200, 201):
+            if r.status in (200, 201) and r.is_json and isinstance(r.body, dict):
                 return True, "ok"
         else:
             return True, f"unknown upload kind {kind!r} dropped"
+        if not r.is_json:  # a proxy's or another server's page: pretix has not answered yet
+            return False, f"pretix answered {r.status} with something other than JSON"
         if r.status in (400, 404):  # it will not change on a later try (pretixSCAN drops these)
             reason = r.body.get("reason") if isinstance(r.body, dict) else r.body
             return True, f"pretix answered {r.status} {reason!s:.120}; dropped"
@@ -240,9 +285,8 @@ class PretixSync:
             if not rows:
                 break
             for row_id, _t, kind, raw in rows:
-                try:
-                    row = json.loads(raw)
-                except ValueError:
+                row = _upload_row(raw)
+                if row is None:  # written by this lane, so damaged: it can never be sent
                     log.error("pretix upload row=%d unreadable; dropped", row_id)
                     led.upload_done(row_id)
                     continue
