@@ -310,6 +310,27 @@ def test_an_answer_larger_than_any_page_is_not_read_whole(junk_shop):
         client.get(f"organizers/{ORG}/events/{EVENT}/")
 
 
+@pytest.mark.parametrize(
+    "answer",
+    [{"api_token": 5}, {"api_token": ["a"]}, {"api_token": "two words"}, [1, 2], "<html>"],
+)
+def test_init_device_with_a_junk_answer_is_one_error_line(junk_shop, tmp_path, capsys, answer):
+    """Before: a device token that was not a text crashed `pretix init-device` (TypeError) after
+    the one-time token was spent; one with a space in it was written and refused later."""
+    junk_shop.junk["/api/v1/device/initialize"] = http(200, answer)
+    token = tmp_path / "device.token"
+    cfg = tmp_path / "gate.toml"
+    cfg.write_text(
+        f'[pretix]\ndir = "px"\nurl = "{junk_shop.url}"\norganizer = "{ORG}"\n'
+        f'event = "{EVENT}"\ncheckin_list = {LIST}\ntoken_file = "{token}"\nauth = "device"\n'
+    )
+    rc = main(["pretix", "init-device", "--config", str(cfg), "--init-token", "kkk"])
+    err = capsys.readouterr().err
+    assert rc == 2 and INTERNAL not in err, err
+    assert "without a usable device token" in err and "create a new device" in err
+    assert not token.exists()
+
+
 # --- check-ins waiting for upload are never lost -------------------------------------------------
 
 

@@ -133,6 +133,11 @@ def _read(resp: Any) -> bytes:
     return raw
 
 
+def one_token(text: str) -> bool:
+    """Whether `text` can be an HTTP Authorization token: printable, one word, not empty."""
+    return bool(text) and text.isprintable() and not any(c.isspace() for c in text)
+
+
 def read_token(path: Path) -> str:
     """The API or device token: a systemd credential `pretix.token`, else a 0600 file."""
     raw = read_private(
@@ -145,7 +150,7 @@ def read_token(path: Path) -> str:
         token = raw.decode("ascii").strip()
     except UnicodeDecodeError:  # an HTTP header carries ASCII only; pretix's tokens are
         token = ""
-    if not token or not token.isprintable() or any(c.isspace() for c in token):
+    if not one_token(token):
         raise ConfigError(
             f"pretix token {path} is empty or not one token (printable ASCII, no spaces)",
             "write the token pretix showed, alone on one line",
@@ -285,12 +290,15 @@ def initialize_device(
         "software_version": software_version,
     }
     r = client.post("device/initialize", body)
-    if r.status != 200 or not isinstance(r.body, dict) or not r.body.get("api_token"):
+    token = r.body.get("api_token") if isinstance(r.body, dict) else None
+    # never a token that cannot be written to the token file and read back from it
+    if r.status != 200 or not (isinstance(token, str) and one_token(token)):
         detail = r.body.get("token", r.body) if isinstance(r.body, dict) else r.body
         if isinstance(detail, dict):  # never a token in an error message
             detail = {k: v for k, v in detail.items() if "token" not in k}
+        said = "answered without a usable device token to" if r.status == 200 else "refused"
         raise PretixAPIError(
-            f"pretix refused the initialisation token: {r.status} {detail!s:.200}",
+            f"pretix {said} the initialisation token: {r.status} {detail!s:.200}",
             r.status,
             r.body,
             "an initialisation token works once: in pretix, create a new device (Organizer → "
