@@ -34,6 +34,7 @@ from edge.keyfiles import read_private
 TIMEOUT_S = 20.0  # each connect and each read; the whole answer gets DEADLINE_FACTOR times it
 DEADLINE_FACTOR = 3
 MAX_BODY = 16 << 20  # a page of 50 objects is kilobytes; more is not pretix's API
+NOT_PRETIX = "check pretix.url (the shop's base address, without /api/v1) and any proxy in between"
 MAX_PAGES = 10_000  # a shop answering `next` forever must not hang sync
 USER_AGENT = "edge-gate-pretix-sync"
 
@@ -324,7 +325,7 @@ def _not_pretix(method: str, path: str, r: Response) -> PretixAPIError:
         f"pretix {method} {path}: an answer that is not pretix's API ({r.status} {detail!s:.120})",
         r.status,
         r.body,
-        "check pretix.url (the shop's base address, without /api/v1) and any proxy in between",
+        NOT_PRETIX,
     )
 
 

@@ -36,14 +36,19 @@ from typing import Any
 from edge import files
 from edge.config import Config
 from edge.errors import ConfigError, EdgeGateError
-from edge.pretix.api import PretixAPIError, PretixClient, PretixUnreachable, read_token
+from edge.pretix.api import (
+    NOT_PRETIX,
+    PretixAPIError,
+    PretixClient,
+    PretixUnreachable,
+    read_token,
+)
 from edge.tickets import pretix_offline as po
 from edge.tickets.ledger import Ledger
 from edge.tickets.pretix_desk import FAILED, REDEEM
 
 log = logging.getLogger(__name__)
 UPLOAD_BATCH = 50
-_NOT_PRETIX = "check pretix.url (the shop's base address) and any proxy in between"
 
 
 @dataclass
@@ -177,7 +182,7 @@ class PretixSync:
         for page in self.client.pages(self.event_path + resource + "/", params):
             if not all(isinstance(o, dict) and isinstance(o.get("secret"), str) for o in page):
                 raise PretixAPIError(  # never a list with holes: a secret left out would pass
-                    f"pretix {resource}: an entry without a secret", 200, None, _NOT_PRETIX
+                    f"pretix {resource}: an entry without a secret", 200, None, NOT_PRETIX
                 )
             if newest is None and page and isinstance(page[0].get(stamp_field), str):
                 newest = page[0][stamp_field]
