@@ -539,3 +539,13 @@ def test_junk_codes_are_refused_and_queued_for_pretix(tmp_path, capsys):
     db.close()
     assert len(rows) == len(codes)
     assert all(r["error_reason"] == "invalid" and len(r["raw_barcode"]) <= 1024 for r in rows)
+
+
+def test_a_folder_sync_cannot_write_is_one_error_not_a_crash(junk_shop, tmp_path, capsys):
+    """Before: an OSError while replacing a file of the folder ended `pretix sync` (exit 70);
+    as a service, it stopped uploading check-ins too."""
+    cfg = lane(tmp_path, junk_shop.url)
+    (tmp_path / "px" / "event.json").mkdir(parents=True)  # a file turned into a folder
+    report = sync(capsys, cfg)
+    assert not report["reached"] and "cannot write" in report["error"]
+    assert "event.json" in report["error"]

@@ -103,9 +103,15 @@ def write_atomic(path: Path, obj: Any) -> None:
 
 
 def write_text(path: Path, text: str) -> None:
-    """Replace a file of the folder whole-or-nothing."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    files.write_atomic(path, text, 0o644)
+    """Replace a file of the folder whole-or-nothing; ConfigError when the folder refuses."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        files.write_atomic(path, text, 0o644)
+    except OSError as e:  # a full disk, a folder it may not write, a file turned into a folder
+        raise ConfigError(
+            f"pretix sync cannot write {path}: {e.strerror or e}",
+            "give `pretix sync`'s user a writable [pretix] dir with room, holding only its files",
+        ) from None
 
 
 def _read_list(path: Path) -> list[dict]:
