@@ -549,3 +549,43 @@ def test_a_folder_sync_cannot_write_is_one_error_not_a_crash(junk_shop, tmp_path
     report = sync(capsys, cfg)
     assert not report["reached"] and "cannot write" in report["error"]
     assert "event.json" in report["error"]
+
+
+def test_junk_qr_codes_at_the_camera_are_denied_and_queued(tmp_path):
+    """The gate on pretix codes it cannot use, held up to the camera: a QR of random bytes, of
+    control characters, of 2,000 characters, a secret cut short, one of another shop: each is
+    one deny with pretix's word `invalid`, queued for pretix; the gate runs to the end."""
+    import random
+
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+    from gpiozero.pins.mock import MockFactory
+
+    from edge.gate.daemon import Gate
+
+    from .helpers import ListSource, make_config
+    from .test_pretix_gate import BLANK, qr_frame
+
+    shop = Shop(tmp_path / "px")
+    shop.write()
+    cfg = make_config(tmp_path, f'[vision]\nface_enabled = false\n[pretix]\ndir = "{shop.root}"\n')
+    rng = random.Random(11)
+    good = shop.secret("Camera002")
+    codes = [
+        "".join(chr(rng.randrange(32, 256)) for _ in range(90)),
+        "\x01\x02\x1b[2J" + "x" * 20,
+        "Z" * 2000,
+        good[:-8],
+        Shop(tmp_path / "o", keys=[Ed25519PrivateKey.generate()]).secret("Camera002"),
+    ]
+    frames = [BLANK]
+    for code in codes:
+        frames += [qr_frame(code)] * 3 + [BLANK] * 3
+    got: list[dict] = []
+    with Gate(cfg, got.append, source=ListSource(frames), pin_factory=MockFactory()) as gate:
+        assert gate.run() == 0
+    assert [(e["decision"], e.get("pretix_reason")) for e in got] == [("deny", "invalid")] * len(
+        codes
+    ), got
+    rows = pending(tmp_path / "gate.toml")
+    assert [b["error_reason"] for _, b in rows] == ["invalid"] * len(codes)
+    assert all(len(b["raw_barcode"]) <= 1024 for _, b in rows)
