@@ -293,6 +293,31 @@ def test_decision_filters_with_an_unreadable_time_show_the_page(console, users, 
 # --- actions that must change nothing ----------------------------------------------------------
 
 
+@pytest.mark.parametrize("reason", ["", " \n ", "x" * 201, "why " * 2000])
+def test_an_override_with_an_empty_or_overlong_reason_is_refused_and_sends_nothing(
+    console, users, reason
+):
+    """A reason of 8,000 characters was cut without a word (to 200 characters for the lane, to
+    the record's 300 at the office) and the override sent; now, as an empty one, it is a 400 that
+    records and sends nothing."""
+    park, _, _ = console
+    before = audit_details(park)
+    st, page = users["sam"].form("/lanes/lane1/override", {"reason": reason})
+    assert st == 400, page
+    assert b"reason is" in page and (b"empty" in page or b"more than 200" in page)
+    assert audit_details(park) == before
+
+
+def test_a_forget_with_an_overlong_reason_erases_nothing(console, users):
+    """The deletion's reason is kept in the audit log: refused whole before anything is erased."""
+    park, _, _ = console
+    before = audit_details(park)
+    st, page = users["sam"].form("/people/P-00000000/forget", {"reason": "x" * 5000})
+    assert st == 400, page
+    assert b"more than 200" in page
+    assert audit_details(park) == before
+
+
 def test_user_change_without_a_field_changes_nothing(console, users):
     """POST /users/NAME with neither role nor disabled unlocked the account, ended its sessions
     and recorded "unlocked user NAME"."""
