@@ -86,14 +86,15 @@ class GalleryReader:
         A person whose key is gone, or whose `valid_until`/`minor` columns were changed without
         the key, is left out (and logged): they can never match. Cached per database version.
         """
+        version = (self.data_version(), self.conn.total_changes)  # others' and own commits
+        if self._cache is not None and self._cache[0] == version:
+            return self._cache[1]
         out: dict[str, PersonKey] = {}
         for settled in (False, True):
             # one snapshot: a forget (a new data key) committed between the generation and
-            # the rows would make every person's key fail to open
+            # the rows would make every person's key fail to open (a commit landing before it
+            # but after `version` only makes the next call read again)
             with self.snapshot():
-                version = (self.data_version(), self.conn.total_changes)  # others' and own
-                if self._cache is not None and self._cache[0] == version:
-                    return self._cache[1]
                 self._follow()
                 restored = self.needs_forget_replay()
                 if not restored:
@@ -144,6 +145,7 @@ class GalleryReader:
 
     def people(self, person_id: str | None = None) -> list[Person]:
         """Everyone (or one person), names opened; a row failing authentication is marked."""
+        self.person_keys()  # read (and settled) outside: inside, a cache hit unless it moved
         with self.snapshot():  # rows and keys from the same commit (else: "<damaged>")
             rows = self.conn.execute(
                 "SELECT p.id, p.name, p.pass_ref, p.valid_until, p.minor, p.created,"
@@ -213,6 +215,7 @@ class GalleryReader:
 
     def templates(self, model_id: str, person_id: str | None = None) -> Templates:
         """Decrypt the templates of one model (optionally one person); bad rows are skipped."""
+        self.person_keys()  # read (and settled) outside: inside, a cache hit unless it moved
         with self.snapshot():  # templates and the keys that open them from one commit
             rows = self.conn.execute(
                 "SELECT id, person_id, embedding FROM templates WHERE model_id = ?"
