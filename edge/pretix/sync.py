@@ -103,15 +103,9 @@ def write_atomic(path: Path, obj: Any) -> None:
 
 
 def write_text(path: Path, text: str) -> None:
-    """Replace a file of the folder whole-or-nothing; ConfigError when the folder refuses."""
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        files.write_atomic(path, text, 0o644)
-    except OSError as e:  # a full disk, a folder it may not write, a file turned into a folder
-        raise ConfigError(
-            f"pretix sync cannot write {path}: {e.strerror or e}",
-            "give `pretix sync`'s user a writable [pretix] dir with room, holding only its files",
-        ) from None
+    """Replace a file of the folder whole-or-nothing."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    files.write_atomic(path, text, 0o644)
 
 
 def _read_list(path: Path) -> list[dict]:
@@ -253,7 +247,14 @@ class PretixSync:
                     "check what the shop answers for this event (its revoked or blocked secrets)",
                 )
         for path, text in texts.items():
-            write_text(path, text)
+            try:
+                write_text(path, text)
+            except OSError as e:  # a full disk, no permission, a file turned into a folder
+                raise ConfigError(
+                    f"pretix sync cannot write {path}: {e.strerror or e}",
+                    "give `pretix sync`'s user a writable [pretix] dir with room, holding only "
+                    "its files",
+                ) from None
         self.state.revoked_since = rev_new or self.state.revoked_since
         self.state.blocked_since = blk_new or self.state.blocked_since
         self.state.pulled_at = time.time()
