@@ -354,7 +354,7 @@ def test_an_upload_answered_with_junk_keeps_the_checkins(junk_shop, tmp_path, ca
     shop = junk_shop.shop
     cfg = lane(tmp_path, junk_shop.url)
     assert sync(capsys, cfg)["reached"]
-    good, revoked = shop.secret("Entry0001"), shop.secret("Revoked02")
+    good = shop.secret("Entry0001")
     assert scan(capsys, cfg, "junk-code", redeem=True)["valid"] is False
     assert scan(capsys, cfg, good, redeem=True)["valid"] is True
     queued = pending(cfg)
@@ -369,7 +369,6 @@ def test_an_upload_answered_with_junk_keeps_the_checkins(junk_shop, tmp_path, ca
     nonces = [b["nonce"] for _, b in queued]
     assert junk_shop.posts("failed_checkins")[-1]["nonce"] == nonces[0]
     assert junk_shop.posts("redeem")[-1]["nonce"] == nonces[1]
-    assert revoked  # signed by the shop, never scanned: nothing queued for it
 
 
 def test_pretix_own_refusal_is_still_dropped(junk_shop, tmp_path, capsys):
