@@ -15,6 +15,7 @@ import resource
 import socket
 import socketserver
 import sqlite3
+import ssl
 import subprocess
 import sys
 import threading
@@ -55,7 +56,7 @@ def page(results: list, nxt: Any = None) -> bytes:
 class JunkShop:
     """pretix's answers for one event, by resource; `junk[resource]` replaces one of them."""
 
-    def __init__(self, shop: Shop):
+    def __init__(self, shop: Shop, tls: tuple[Path, Path] | None = None):
         self.shop = shop
         self.junk: dict[str, Answer] = {}
         self.seen: list[tuple[str, str, dict[str, str], bytes]] = []
@@ -83,7 +84,13 @@ class JunkShop:
 
         self.server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        scheme = "http"
+        if tls is not None:
+            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            ctx.load_cert_chain(*tls)
+            self.server.socket = ctx.wrap_socket(self.server.socket, server_side=True)
+            scheme = "https"
+        self.url = f"{scheme}://127.0.0.1:{self.server.server_address[1]}"
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
     def resource(self, method: str, path: str) -> str:
@@ -188,7 +195,7 @@ def pending(cfg: Path) -> list[tuple[str, dict]]:
 
 def _trickle(sock: socket.socket) -> None:
     """Headers, then one byte of the body at a time, for ever (until the lane hangs up)."""
-    sock.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 99\r\n\r\n")
+    sock.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 999999\r\n\r\n")
     while True:
         sock.sendall(b" ")
         time.sleep(0.2)
@@ -271,7 +278,11 @@ def test_a_shop_that_trickles_its_answer_is_given_up_on(junk_shop, junk):
     """Before: each read had a timeout, the answer none: a server sending a byte every few
     seconds held `pretix sync` (and its uploads) for ever."""
     junk_shop.junk["event"] = junk
-    client = PretixClient(junk_shop.url, "secret-token-abc", timeout_s=1.0)
+    _given_up_on(PretixClient(junk_shop.url, "secret-token-abc", timeout_s=1.0))
+
+
+def _given_up_on(client: PretixClient) -> None:
+    """The client's GET of the event ends with PretixUnreachable, saying it took too long."""
     result: list[BaseException | None] = []
 
     def call() -> None:
@@ -287,6 +298,28 @@ def test_a_shop_that_trickles_its_answer_is_given_up_on(junk_shop, junk):
     assert not t.is_alive(), "the request never ended"
     assert isinstance(result[0], PretixUnreachable), result
     assert "no complete answer within" in str(result[0])
+
+
+def test_over_https_the_shop_is_reached_and_a_trickle_still_given_up_on(tmp_path, capsys):
+    """The deadline and the refusal of redirects hold for HTTPS too ([pretix] tls_ca_file)."""
+    from .test_fleet_attacks import _self_signed
+
+    cert, key = _self_signed(tmp_path)
+    shop = Shop(tmp_path / "shop")
+    shop.write()
+    server = JunkShop(shop, (cert, key))
+    try:
+        cfg = lane(tmp_path, server.url)
+        with open(cfg, "a") as f:
+            f.write(f'tls_ca_file = "{cert}"\n')
+        assert sync(capsys, cfg)["reached"]
+        server.junk["event"] = _trickle
+        _given_up_on(PretixClient(server.url, "tok", ca_file=str(cert), timeout_s=1.0))
+        other = PretixClient(server.url, "secret-token-abc", timeout_s=5.0)  # the system's CAs
+        with pytest.raises(PretixUnreachable, match="CERTIFICATE_VERIFY_FAILED"):
+            other.get(f"organizers/{ORG}/events/{EVENT}/")
+    finally:
+        server.close()
 
 
 def test_an_answer_larger_than_any_page_is_not_read_whole(junk_shop):

@@ -63,7 +63,8 @@ class Response:
 
 class _Watch:
     """Shuts the connection's socket at the deadline, so a read blocked on a server that
-    trickles its answer returns; `expired` says it did."""
+    trickles its answer returns; `expired` says it did. It holds a duplicate of the socket:
+    TLS takes the original over (ssl's wrap detaches it) and still stops at the shutdown."""
 
     def __init__(self, seconds: float):
         self.expired = False
@@ -86,14 +87,18 @@ class _Watch:
     def attach(self, sock: socket.socket) -> socket.socket:
         """The connection's socket, once connected (shut at once when the deadline passed)."""
         with self._lock:
-            self.sock = sock
+            self.sock = sock.dup()
             if self.expired:
                 self._shut()
         return sock
 
     def cancel(self) -> None:
-        """The answer is in: no shutdown."""
+        """The answer is in (or the request failed): no shutdown, the duplicate closed."""
         self._timer.cancel()
+        with self._lock:
+            if self.sock is not None:
+                self.sock.close()
+                self.sock = None
 
 
 class _NoRedirect(urllib.request.HTTPRedirectHandler):
