@@ -18,6 +18,8 @@ Everything sent is signed with the member's lane key; everything received passes
 `messages.authenticate` (signer = the topic's lane = a rostered key). Messages of lanes the
 roster does not name yet are kept (bounded) and tried again when a roster arrives. Refusals
 are audited at most once a minute per sender and reason, with a count, so junk costs little.
+A message this member failed to store (its disk) stays unacknowledged; sync resumes its session
+with a growing wait (`StoreRetry`), so the broker delivers it again while sync runs.
 At each connection a lane first reads back its own retained heartbeat (or last will) and its
 retained marks (a topic the will never writes, so a crash does not hide them): if the fleet has
 seen more from it than its files hold (a restored ledger or audit log), it starts a new epoch and
