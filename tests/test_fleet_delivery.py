@@ -21,23 +21,28 @@ from edge.fleet.sync import StoreRetry
 from tests.test_fleet import OneShot, Park, verify, wait_for
 
 
-def _queue_redemptions(park: Park, i: int, n: int, prefix: str) -> None:
-    """n redemptions of n one-time tickets, signed with lane i's key and published with its
-    login (its sync not running), each acknowledged by the broker: a stopped lane's session
-    holds them."""
+def _redemptions(park: Park, i: int, n: int, prefix: str) -> list[tuple[str, bytes]]:
+    """(topic, payload) of n redemptions of n one-time tickets, signed with lane i's key."""
     cfg = park.cfg(i)
     key, issuer = load_lane_key(cfg), tk.load_private(park.priv)
     now, epoch = time.time(), uuid.uuid4().hex[:16]
     day = time.strftime("%Y-%m-%d", time.gmtime(now))
-    with OneShot(cfg, "queue", timeout_s=60) as c:
-        infos = []
-        for seq in range(1, n + 1):
-            tid = f"{prefix}{seq}"
-            t = tk.Ticket(tid, "day", int(now) - 60, int(now) + 86400, tk.Kind.ONE_TIME, 1)
-            body = {"ticket": tk.sign(t, issuer), "ticket_id": tid, "t": now, "day": day}
-            m = msg.Message(msg.REDEMPTION, park.site, f"lane{i}", seq, now, body, epoch=epoch)
-            topic = msg.topic(park.site, "redemptions", f"lane{i}")
-            infos.append(c.client.publish(topic, msg.encode(msg.sign(m, key)), qos=1))
+    out = []
+    for seq in range(1, n + 1):
+        tid = f"{prefix}{seq}"
+        t = tk.Ticket(tid, "day", int(now) - 60, int(now) + 86400, tk.Kind.ONE_TIME, 1)
+        body = {"ticket": tk.sign(t, issuer), "ticket_id": tid, "t": now, "day": day}
+        m = msg.Message(msg.REDEMPTION, park.site, f"lane{i}", seq, now, body, epoch=epoch)
+        out.append((msg.topic(park.site, "redemptions", f"lane{i}"), msg.encode(msg.sign(m, key))))
+    return out
+
+
+def _queue_redemptions(park: Park, i: int, n: int, prefix: str) -> None:
+    """n redemptions of n one-time tickets, signed with lane i's key and published with its
+    login (its sync not running), each acknowledged by the broker: a stopped lane's session
+    holds them."""
+    with OneShot(park.cfg(i), "queue", timeout_s=60) as c:
+        infos = [c.client.publish(t, p, qos=1) for t, p in _redemptions(park, i, n, prefix)]
         for info in infos:
             info.wait_for_publish(60)
             assert info.is_published()
@@ -330,3 +335,50 @@ def test_a_store_that_keeps_failing_is_tried_again_ever_more_slowly(
         _no_false_reports(park, caplog, gone, epochs)
     finally:
         park.stop_all()
+
+
+def test_a_kept_redemption_that_fails_to_store_is_kept_again_and_tried_again(
+    broker, office_keys, tmp_path, monkeypatch
+):
+    """A redemption kept aside (acknowledged to the broker when kept, e.g. signed with a ticket
+    key not here yet) fails to store when tried: it is kept again, not lost, and the next try
+    stores it."""
+    from edge.errors import LedgerError
+    from edge.fleet.state import FleetState
+
+    monkeypatch.setattr(sync_mod, "STORE_RETRY_FIRST_S", 0.5)
+    park = Park(tmp_path, broker.url, office_keys, lanes=2)
+    try:
+        s = park.start(1)
+        park.wait_ready(1)
+        st = FleetState(park.lanes[0].dir / "fleet.db")
+        try:
+            for topic, payload in _redemptions(park, 2, 1, "T-P"):
+                st.add_pending(topic, payload, time.time())
+        finally:
+            st.close()
+        real, failures = s._apply_redemption, []
+
+        def disk_error_once(*args, **kwargs):
+            s._apply_redemption = real  # the disk works again for what follows
+            failures.append(1)
+            raise LedgerError("disk I/O error", "free space and check the disk")
+
+        s._apply_redemption = disk_error_once
+        s._retry_pending = True  # as when the office's keys arrive
+        wait_for(lambda: park.remote(1) == 1, what="the kept redemption stored at the next try")
+        assert failures == [1]
+        assert park.audit(1, "apply_failed")
+        wait_for(lambda: not _kept(park, 1), what="nothing kept any more")
+    finally:
+        park.stop_all()
+
+
+def _kept(park: Park, i: int) -> int:
+    from edge.fleet.state import FleetState
+
+    st = FleetState(park.lanes[i - 1].dir / "fleet.db")
+    try:
+        return st.conn.execute("SELECT count(*) FROM pending").fetchone()[0]
+    finally:
+        st.close()
