@@ -304,6 +304,15 @@ def test_a_store_that_keeps_failing_is_tried_again_ever_more_slowly(
         wait_for(lambda: park.state(1, "broker_acl") == "ok", what="lane1's marks came back")
         thread, epochs = park.syncs[1][1], len(park.audit(1, "new_epoch"))
         gone = _watch_offline(park, "lane1")
+        links: list[bool] = []  # the link as sync writes it for the gate (offline = deny)
+        put = s.state.put
+
+        def watching_put(**kv):
+            if "connected" in kv:
+                links.append(kv["connected"])
+            return put(**kv)
+
+        s.state.put = watching_put
         real = s._apply_redemption
 
         def disk_full(*args, **kwargs):
@@ -330,6 +339,7 @@ def test_a_store_that_keeps_failing_is_tried_again_ever_more_slowly(
         wait_for(lambda: s.store_retry.delay == first, what="the wait starts over")
         lines = [r.getMessage() for r in caplog.records if "sync store_retry" in r.getMessage()]
         assert len(lines) == s.stats["store_retries"], lines  # one line per try
+        assert links and all(links), "the gate was told the link was down"
         assert _counted_twice(park, 1) == 0
         assert park.syncs[1][1] is thread and thread.is_alive()
         _no_false_reports(park, caplog, gone, epochs)
