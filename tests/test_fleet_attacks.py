@@ -655,29 +655,40 @@ def test_fleet_audit_verify_detects_a_lane_log_rewritten_after_sending(
     there); the office still holds the records and heads lane1 signed, and they disagree."""
     park = Park(tmp_path, broker.url, office_keys, lanes=1)
     try:
-        park.start(1)
-        for k in range(6):
-            verify(park, 1, f"JUNK-{k}")
-        a = AuditLog(park.lanes[0].dir / "audit.db")
-        count, _ = a.head()
-        a.close()
-        wait_for(lambda: FleetCursor(park, 1) >= count, what="records at the office")
+        _log_at_office(park)
         r = cli("fleet", "audit", "verify", "--config", str(park.office.config))
         assert r.returncode == 0, r.stdout
         assert r.stdout.startswith("lane1: ok")
         park.stop(1)
         _rechain(park.lanes[0].config, park.lanes[0].dir / "audit.db", **{how: 3})
         park.start(1)
-
-        def verdict():
-            r = cli("fleet", "audit", "verify", "--config", str(park.office.config))
-            return r if r.returncode == 1 else None
-
-        r = wait_for(verdict, what="fleet audit verify fails")
-        assert "lane1: BROKEN" in r.stdout
-        assert "rewritten" in r.stdout, r.stdout
+        assert "rewritten" in _audit_verify_fails(park)
     finally:
         park.stop_all()
+
+
+def _log_at_office(park: Park) -> int:
+    """lane1 started, six records of its log written and received by the office; their count."""
+    park.start(1)
+    for k in range(6):
+        verify(park, 1, f"JUNK-{k}")
+    a = AuditLog(park.lanes[0].dir / "audit.db")
+    count, _ = a.head()
+    a.close()
+    wait_for(lambda: FleetCursor(park, 1) >= count, what="records at the office")
+    return count
+
+
+def _audit_verify_fails(park: Park) -> str:
+    """`fleet audit verify` at the office, once it finds lane1's log broken: its output."""
+
+    def verdict():
+        r = cli("fleet", "audit", "verify", "--config", str(park.office.config))
+        return r if r.returncode == 1 else None
+
+    out = wait_for(verdict, what="fleet audit verify fails").stdout
+    assert "lane1: BROKEN" in out, out
+    return out
 
 
 def test_fleet_audit_verify_detects_a_rewritten_log_sent_again_under_a_new_epoch(
@@ -688,13 +699,7 @@ def test_fleet_audit_verify_detects_a_rewritten_log_sent_again_under_a_new_epoch
     compared a new epoch with the one before only where the two met, and said "ok"."""
     park = Park(tmp_path, broker.url, office_keys, lanes=1)
     try:
-        park.start(1)
-        for k in range(6):
-            verify(park, 1, f"JUNK-{k}")
-        a = AuditLog(park.lanes[0].dir / "audit.db")
-        count, _ = a.head()
-        a.close()
-        wait_for(lambda: FleetCursor(park, 1) >= count, what="records at the office")
+        count = _log_at_office(park)
         park.stop(1)
         d = park.lanes[0].dir
         _rechain(park.lanes[0].config, d / "audit.db", edit=3)
@@ -704,14 +709,7 @@ def test_fleet_audit_verify_detects_a_rewritten_log_sent_again_under_a_new_epoch
         assert r.returncode == 0, r.stderr
         park.start(1)
         wait_for(lambda: FleetCursor(park, 1) >= count, what="the log sent again")
-
-        def verdict():
-            r = cli("fleet", "audit", "verify", "--config", str(park.office.config))
-            return r if r.returncode == 1 else None
-
-        r = wait_for(verdict, what="fleet audit verify fails")
-        assert "lane1: BROKEN" in r.stdout
-        assert "went on from record 2" in r.stdout, r.stdout
+        assert "went on from record 2" in _audit_verify_fails(park)
     finally:
         park.stop_all()
 

@@ -241,6 +241,16 @@ def _no_false_reports(park: Park, caplog, gone: list[str], epochs: int) -> None:
     assert not [x for x in lines if "new epoch" in x or "ACL outdated" in x]
 
 
+def _lane1_watched(park: Park):
+    """lane1 started and ready (its marks back: ACL ok); its sync, sync's thread, the count of
+    its new_epoch records and the office's watch for its last will, to check nothing false is
+    reported later (`_no_false_reports`)."""
+    s = park.start(1)
+    park.wait_ready(1)
+    wait_for(lambda: park.state(1, "broker_acl") == "ok", what="lane1's marks came back")
+    return s, park.syncs[1][1], len(park.audit(1, "new_epoch")), _watch_offline(park, "lane1")
+
+
 def test_a_redemption_this_lane_failed_to_store_comes_again_while_sync_runs(
     broker, office_keys, tmp_path, monkeypatch, caplog
 ):
@@ -252,11 +262,7 @@ def test_a_redemption_this_lane_failed_to_store_comes_again_while_sync_runs(
     monkeypatch.setattr(sync_mod, "STORE_RETRY_FIRST_S", 2.0)
     park = Park(tmp_path, broker.url, office_keys, lanes=2)
     try:
-        s = park.start(1)
-        park.wait_ready(1)
-        wait_for(lambda: park.state(1, "broker_acl") == "ok", what="lane1's marks came back")
-        thread, epochs = park.syncs[1][1], len(park.audit(1, "new_epoch"))
-        gone = _watch_offline(park, "lane1")
+        s, thread, epochs, gone = _lane1_watched(park)
         lock = sqlite3.connect(park.lanes[0].dir / "ledger.db", isolation_level=None)
         try:
             lock.execute("BEGIN IMMEDIATE")  # a backup or a repair holding the write lock
@@ -299,11 +305,7 @@ def test_a_store_that_keeps_failing_is_tried_again_ever_more_slowly(
     monkeypatch.setattr(sync_mod, "STORE_RETRY_MAX_S", most)
     park = Park(tmp_path, broker.url, office_keys, lanes=2)
     try:
-        s = park.start(1)
-        park.wait_ready(1)
-        wait_for(lambda: park.state(1, "broker_acl") == "ok", what="lane1's marks came back")
-        thread, epochs = park.syncs[1][1], len(park.audit(1, "new_epoch"))
-        gone = _watch_offline(park, "lane1")
+        s, thread, epochs, gone = _lane1_watched(park)
         links: list[bool] = []  # the link as sync writes it for the gate (offline = deny)
         put = s.state.put
 
