@@ -1,0 +1,160 @@
+"""Faults of the running gate: each one fails closed, is said once in the log, and the gate goes
+on deciding (relay pins that refuse, sources that raise or end early, storage that cannot be
+written, files replaced underneath, reloads)."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+from gpiozero.pins.mock import MockFactory, MockPin
+
+from edge import config as config_mod
+from edge.config import RelayConfig
+from edge.errors import RelayError
+from edge.gate.audit import AuditLog
+from edge.gate.daemon import Gate
+from edge.gate.relay import Relay
+from edge.gate.sources import VideoFileSource
+from edge.lab.demo import ticket_scene
+
+from .helpers import ListSource, make_config
+
+
+def wait_for(cond, bound_s: float = 30.0) -> bool:
+    """Poll for a state that must come; the bound only ends a broken test (never a timing)."""
+    end = time.monotonic() + bound_s
+    while time.monotonic() < end:
+        if cond():
+            return True
+        time.sleep(0.01)
+    return cond()
+
+
+def clip_frames(path: Path) -> list[np.ndarray]:
+    src = VideoFileSource(path)
+    out = []
+    while (f := src.read()) is not None:
+        out.append(f.image)
+    src.close()
+    return out
+
+
+def ticket_clip(tmp_path: Path, extra: str = "") -> tuple[config_mod.Config, list[np.ndarray]]:
+    """A ticket-only gate and the frames of the generated ticket clip (a valid ticket first)."""
+    cfg = make_config(tmp_path, "[vision]\nface_enabled = false\n" + extra)
+    scene = ticket_scene(tmp_path / "office", tmp_path / "t.mp4", time.time())
+    return cfg, clip_frames(scene.clip)
+
+
+def audit_records(cfg: config_mod.Config):
+    with AuditLog(cfg.resolve(cfg.audit.path)) as a:
+        return a.records()
+
+
+# --- the relay: a pin that refuses ---------------------------------------------------------------
+
+
+class FlakyPin(MockPin):
+    """gpiozero's MockPin whose writes of one level fail (an I/O error on the GPIO line), either
+    always (`fail_on`) or for the next `fail_times` writes of that level."""
+
+    fail_on: bool | None = None
+    fail_times: int | None = None
+
+    def _set_state(self, value):
+        failing = self.fail_times is None or self.fail_times > 0
+        if self.fail_on is not None and bool(value) == self.fail_on and failing:
+            if self.fail_times is not None:
+                self.fail_times -= 1
+            raise OSError(5, "Input/output error")
+        super()._set_state(value)
+
+
+def test_a_relay_pin_that_refuses_to_switch_on_is_a_relay_error_at_once():
+    """Before, the pulse switched on in gpiozero's blink thread: the failure was a traceback in
+    that thread and pulse() returned as if the turnstile had opened."""
+    factory = MockFactory(pin_class=FlakyPin)
+    with Relay(RelayConfig(pin=17, pulse_s=0.2), factory=factory) as r:
+        r.pin.fail_on = True
+        try:
+            r.pulse()
+            raised = None
+        except RelayError as e:
+            raised = e
+        assert raised is not None and "failed to switch on" in str(raised)
+        assert r.pulses == 0
+        assert not r.is_open
+        r.pin.fail_on = None  # the line works again: the next pulse opens and ends shut
+        r.pulse()
+        assert wait_for(lambda: r.pulses == 1 and not r.is_open)
+    assert [s.state for s in r.pin.states] == [False, True, False]
+
+
+def test_a_relay_pin_that_refuses_to_switch_off_is_retried_until_shut_and_reported():
+    """Before, the pin's refusal killed the pulse's thread with the relay left on: the turnstile
+    stayed open until the gate stopped."""
+    factory = MockFactory(pin_class=FlakyPin)
+    events: list[tuple[str, str]] = []
+    r = Relay(
+        RelayConfig(pin=17, pulse_s=0.05),
+        factory=factory,
+        on_event=lambda kind, detail: events.append((kind, detail)),
+    )
+    r.pin.fail_on, r.pin.fail_times = False, 3  # the first three attempts to switch off fail
+    r.pulse()
+    assert wait_for(lambda: r.pin.fail_times == 0 and r.pin.state is False)
+    assert not r.is_open
+    assert [kind for kind, _ in events] == ["relay_error"]  # said once, not once per attempt
+    assert "failed to switch off" in events[0][1]
+    r.close()
+    assert r.pin.function == "output"
+    assert r.pin.state is False
+
+
+def test_gate_denies_relay_error_and_records_it_when_the_pin_refuses(tmp_path):
+    cfg, frames = ticket_clip(tmp_path)
+    factory = MockFactory(pin_class=FlakyPin)
+    factory.pin(cfg.relay.pin).fail_on = True
+    got: list[dict] = []
+    with Gate(cfg, got.append, source=ListSource(frames[:30]), pin_factory=factory) as gate:
+        gate.run()
+    assert [(e["decision"], e["reason"]) for e in got] == [("deny", "relay_error")]
+    assert not any(s.state for s in gate.relay.pin.states)
+    recs = [r for r in audit_records(cfg) if r.kind == "decision"]
+    assert [(r.decision, r.reason) for r in recs] == [("deny", "relay_error")]
+
+
+def test_gate_records_relay_error_when_the_pin_refuses_to_switch_off(tmp_path):
+    cfg, frames = ticket_clip(tmp_path)
+    cfg = config_mod.override(cfg, relay={"pulse_s": 0.05})
+    factory = MockFactory(pin_class=FlakyPin)
+    pin = factory.pin(cfg.relay.pin)
+    released = threading.Event()
+
+    class UntilShut(ListSource):
+        """The valid ticket's frames, then the camera's view until the relay is shut again."""
+
+        deadline = time.monotonic() + 60  # only ends a broken run (the test then fails)
+
+        def read(self):
+            f = super().read()
+            if f is None and not released.is_set() and time.monotonic() < self.deadline:
+                self.finished = False
+                time.sleep(0.01)
+                if pin.fail_times == 0 and pin.state is False:
+                    released.set()
+            return f
+
+    got: list[dict] = []
+    with Gate(cfg, got.append, source=UntilShut(frames[:30]), pin_factory=factory) as gate:
+        pin.fail_on, pin.fail_times = False, 2  # claimed shut; the pulse's end fails twice
+        gate.run()
+    assert released.is_set()
+    assert [(e["decision"], e["reason"]) for e in got] == [("grant", "ok")]
+    door = [r for r in audit_records(cfg) if r.kind == "door"]
+    assert [r.reason for r in door] == ["relay_error"]
+    assert "failed to switch off" in door[0].detail
+    assert gate.relay.pin.state is False
