@@ -4,18 +4,23 @@ written, files replaced underneath, reloads)."""
 
 from __future__ import annotations
 
+import dataclasses
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
 
 import numpy as np
+import pytest
 from gpiozero.pins.mock import MockFactory, MockPin
 
 from edge import config as config_mod
 from edge.config import RelayConfig
-from edge.errors import RelayError
-from edge.gate.audit import AuditLog
+from edge.errors import AuditError, RelayError
+from edge.gate.audit import AuditLog, AuditRecord
 from edge.gate.daemon import Gate
+from edge.gate.policy import FaceSeen
 from edge.gate.relay import Relay
 from edge.gate.sources import VideoFileSource
 from edge.lab.demo import ticket_scene
@@ -158,3 +163,107 @@ def test_gate_records_relay_error_when_the_pin_refuses_to_switch_off(tmp_path):
     assert [r.reason for r in door] == ["relay_error"]
     assert "failed to switch off" in door[0].detail
     assert gate.relay.pin.state is False
+
+
+# --- storage: a face grant is never let in unrecorded -------------------------------------------
+
+
+class ScriptedFaces:
+    """The face path's output for frames whose pixels name the visitor (1: p-1, 2: p-2, 0: none):
+    the daemon's acting on a face grant is what these tests look at, not recognition."""
+
+    def observe(self, image, t=0.0):
+        who = int(image[0, 0, 0])
+        return (FaceSeen(f"p-{who}", 0.9, 0.3, (0.5, 0.5), True),) if who else ()
+
+    def close(self):
+        pass
+
+
+def face_gate(cfg, frames, **kw) -> tuple[Gate, list[dict]]:
+    """A gate whose face path reports the scripted faces (liveness off: not under test)."""
+    got: list[dict] = []
+    gate = Gate(cfg, got.append, source=ListSource(frames, **kw), pin_factory=MockFactory())
+    gate.face = ScriptedFaces()  # type: ignore[assignment]
+    gate.policy.params = dataclasses.replace(gate.policy.params, face_enabled=True, liveness=False)
+    return gate, got
+
+
+def visitor(who: int, n: int = 5) -> list[np.ndarray]:
+    return [np.full((120, 160, 3), who, np.uint8)] * n
+
+
+def hold_write_lock(db: Path) -> subprocess.Popen:
+    """Another process holding the file's write lock until its stdin closes."""
+    code = (
+        "import sqlite3, sys\n"
+        f"c = sqlite3.connect({str(db)!r}, isolation_level=None)\n"
+        "c.execute('BEGIN IMMEDIATE')\n"
+        "print('locked', flush=True)\n"
+        "sys.stdin.read()\n"
+        "c.execute('ROLLBACK')\n"
+    )
+    p = subprocess.Popen(
+        [sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    assert p.stdout is not None and p.stdout.readline().strip() == "locked"
+    return p
+
+
+def test_a_face_grant_the_locked_audit_log_cannot_record_is_denied(tmp_path, caplog):
+    """Before, the relay opened first and the record's failure was only logged: a face let in
+    with no trace. Now the record comes first; once the lock is gone the gate grants again."""
+    cfg = make_config(tmp_path, "[vision]\nface_enabled = false\n")
+
+    def release():
+        holder.communicate("", timeout=60)
+
+    gate, got = face_gate(cfg, visitor(1) + visitor(2), hook_at=5, hook=release)
+    holder = hold_write_lock(cfg.resolve(cfg.audit.path))
+    gate.audit.conn.execute("PRAGMA busy_timeout=200")  # the lock outlasts the wait
+    try:
+        gate.run()
+    finally:
+        if holder.poll() is None:
+            holder.kill()
+    decided = [(e["decision"], e["person"], e["reason"]) for e in got]
+    assert decided == [("deny", "p-1", "audit_error"), ("grant", "p-2", "ok")]
+    assert [s.state for s in gate.relay.pin.states].count(True) == 1  # one opening: p-2's
+    recs = [(r.decision, r.subject, r.reason) for r in audit_records(cfg) if r.kind == "decision"]
+    assert recs == [("grant", "p-2", "ok")]  # recorded once; p-1's deny could not be written
+    lines = [r.getMessage() for r in caplog.records if "audit error" in r.getMessage()]
+    assert any("cannot be recorded is refused" in m for m in lines)
+    assert not any("p-1" in m for m in lines)  # no identifier in the journal
+    gate.close()
+
+
+def test_a_face_grant_on_a_full_audit_disk_is_denied_and_the_gate_goes_on(tmp_path):
+    """SQLite's own page limit on the gate's connection stands in for a full disk: every
+    write that needs a new page fails with 'database or disk is full'."""
+    cfg = make_config(tmp_path, "[vision]\nface_enabled = false\n")
+    gate, got = face_gate(cfg, visitor(1) + visitor(0, 3) + visitor(2))
+    pages = gate.audit.conn.execute("PRAGMA page_count").fetchone()[0]
+    gate.audit.conn.execute(f"PRAGMA max_page_count={pages}")
+    filler = AuditRecord(time.time(), cfg.gate.id, "system", reason="filler", detail="x" * 200)
+    with pytest.raises(AuditError, match="full"):
+        for _ in range(10_000):  # the pages' free room: then the disk is full
+            gate.audit.record(filler)
+    gate.run()
+    assert [(e["decision"], e["reason"]) for e in got] == [("deny", "audit_error")] * 2
+    assert not any(s.state for s in gate.relay.pin.states)
+    gate.close()
+
+
+def test_a_recorded_face_grant_the_relay_refuses_is_followed_by_its_deny(tmp_path):
+    cfg = make_config(tmp_path, "[vision]\nface_enabled = false\n")
+    got: list[dict] = []
+    factory = MockFactory(pin_class=FlakyPin)
+    factory.pin(cfg.relay.pin).fail_on = True
+    gate = Gate(cfg, got.append, source=ListSource(visitor(1)), pin_factory=factory)
+    gate.face = ScriptedFaces()  # type: ignore[assignment]
+    gate.policy.params = dataclasses.replace(gate.policy.params, face_enabled=True, liveness=False)
+    gate.run()
+    gate.close()
+    assert [(e["decision"], e["reason"]) for e in got] == [("deny", "relay_error")]
+    recs = [(r.decision, r.reason) for r in audit_records(cfg) if r.kind == "decision"]
+    assert recs == [("grant", "ok"), ("deny", "relay_error")]

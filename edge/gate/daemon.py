@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterable
 
 from edge import config as config_mod
 from edge import tickets as tk
-from edge.errors import EdgeGateError
+from edge.errors import AuditError, EdgeGateError
 from edge.fleet import lane
 from edge.gate import checks, desk
 from edge.gate.audit import AuditLog, AuditRecord, open_audit
@@ -390,7 +390,12 @@ class Gate:
             log.error("notice error=%s", e)
 
     def act(self, d: Decision) -> None:
-        """Redeem, open, record, report: a grant that cannot be recorded or switched is a deny."""
+        """Redeem, open, record, report: a grant that cannot be recorded or switched is a deny.
+
+        A ticket grant's record is the ledger's commit; a face grant's only record is the audit
+        log, so it is written before the relay opens (a locked or full audit log: denied
+        `audit_error`). A recorded face grant the relay then refuses is followed by its deny.
+        """
         wall = self.clock()
         pretix_word = ""
         if d.decision == GRANT and d.via != Via.TICKET:  # a restored lane: no face until the
@@ -417,32 +422,31 @@ class Gate:
                 pretix_word = pretix_desk.gate_refused(self.ledger, self.verifier, d.code, wall)
             except EdgeGateError as e:
                 log.error("pretix refused scan not queued: %s", e)
+        recorded = False
+        if d.decision == GRANT and d.via == Via.FACE:  # no record, no entry
+            try:
+                if self.audit is None:
+                    raise AuditError("the audit log is not open")
+                self.audit.record(self._decision_record(d, wall))
+                recorded = True
+            except Exception as e:
+                log.error("audit error=%s: a face grant that cannot be recorded is refused", e)
+                d = dataclasses.replace(d, decision=Outcome.DENY, reason=Reason.AUDIT_ERROR)
         if d.decision == GRANT:
             try:
                 self.relay.pulse()
             except EdgeGateError as e:
                 log.error("relay error=%s", e)
                 d = dataclasses.replace(d, decision=Outcome.DENY, reason=Reason.RELAY_ERROR)
+                recorded = False  # the grant recorded above was not carried out: say so too
         ev = decision_json(d, self.cfg.gate.id, wall)
         if pretix_word:
             ev["pretix_reason"] = pretix_word
         self.last_decision = f"{d.decision} {d.via} {d.reason}"
         # No person or ticket id in the log: the journal is not where identifiers belong.
         log.info("decision %s via=%s reason=%s frame=%d", d.decision, d.via, d.reason, d.frame)
-        ticket = ev.get("ticket", "") if d.via != Via.TICKET else ""
-        self._audit(
-            AuditRecord(
-                wall,
-                self.cfg.gate.id,
-                "decision",
-                str(d.decision),
-                str(d.via),
-                d.subject or "",
-                d.score,
-                str(d.reason),
-                ticket,
-            )
-        )
+        if not recorded:
+            self._audit(self._decision_record(d, wall))
         try:
             self.on_decision(ev)
         except Exception as e:  # a full disk for --events must not stop the gate deciding
@@ -455,6 +459,21 @@ class Gate:
                 str(d.reason),
                 str(d.decision),
             )
+        )
+
+    def _decision_record(self, d: Decision, wall: float) -> AuditRecord:
+        """The audit record of one decision (a face+ticket grant names its ticket in detail)."""
+        ticket = d.ticket.ticket_id if d.via != Via.TICKET and d.ticket is not None else ""
+        return AuditRecord(
+            wall,
+            self.cfg.gate.id,
+            "decision",
+            str(d.decision),
+            str(d.via),
+            d.subject or "",
+            d.score,
+            str(d.reason),
+            ticket,
         )
 
     def take_overrides(self) -> None:

@@ -56,6 +56,7 @@ class Reason(StrEnum):
     TICKET_HOLDER_MISMATCH = "ticket_holder_mismatch"
     LEDGER_ERROR = TicketReason.LEDGER_ERROR.value
     RELAY_ERROR = "relay_error"
+    AUDIT_ERROR = "audit_error"  # a face grant the audit log could not record: not let in
     PRESENTATION_ATTACK = "presentation_attack"
     TOO_CLOSE = "too_close"  # matched, but too close for liveness to see around the face
 
