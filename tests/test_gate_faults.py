@@ -5,12 +5,14 @@ written, files replaced underneath, reloads)."""
 from __future__ import annotations
 
 import dataclasses
+import logging
 import subprocess
 import sys
 import threading
 import time
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 from gpiozero.pins.mock import MockFactory, MockPin
@@ -22,10 +24,10 @@ from edge.gate.audit import AuditLog, AuditRecord
 from edge.gate.daemon import Gate
 from edge.gate.policy import FaceSeen
 from edge.gate.relay import Relay
-from edge.gate.sources import VideoFileSource
+from edge.gate.sources import CameraSource, FrameSource, VideoFileSource
 from edge.lab.demo import ticket_scene
 
-from .helpers import ListSource, make_config
+from .helpers import FakeCapture, ListSource, make_config, run_gate
 
 
 def wait_for(cond, bound_s: float = 30.0) -> bool:
@@ -267,3 +269,135 @@ def test_a_recorded_face_grant_the_relay_refuses_is_followed_by_its_deny(tmp_pat
     assert [(e["decision"], e["reason"]) for e in got] == [("deny", "relay_error")]
     recs = [(r.decision, r.reason) for r in audit_records(cfg) if r.kind == "decision"]
     assert recs == [("grant", "ok"), ("deny", "relay_error")]
+
+
+# --- the frame source ------------------------------------------------------------------------
+
+
+class RaisingCapture(FakeCapture):
+    """A V4L2 capture whose driver raises once its scripted frames are gone (unplugged)."""
+
+    def read(self):
+        if not self.script:
+            raise RuntimeError("VIDIOC_DQBUF: No such device")
+        return super().read()
+
+
+def test_a_camera_whose_reads_raise_is_reopened_and_the_gate_keeps_deciding(tmp_path):
+    """Before, the driver's exception ended the gate's loop (the daemon stopped)."""
+    cfg, frames = ticket_clip(tmp_path, "[policy]\ncooldown_s = 1.0\n")
+    first, second = frames[:30], frames[100:]  # the valid ticket, unplugged, then its replay
+    captures = [RaisingCapture(first), RaisingCapture(second)]
+    states: list[str] = []
+
+    def factory(dev):
+        if not captures:  # both streams were read and the camera is gone again: stop
+            gate.stop_requested = True
+            cap = FakeCapture([])
+            cap.opened = False
+            return cap
+        return captures.pop(0)
+
+    t = [0.0]
+
+    def camera_clock() -> float:  # a 10 fps camera's clock, however slow this machine is
+        states.append(getattr(cam, "state", "opening"))
+        t[0] += 0.1
+        return t[0]
+
+    cam = CameraSource(
+        "/dev/video0", capture_factory=factory, reconnect_max_s=0.2, clock=camera_clock
+    )
+    got: list[dict] = []
+    gate = Gate(cfg, got.append, source=cam, pin_factory=MockFactory())
+    assert gate.run() == 0
+    assert "lost" in states[len(first) :]
+    assert cam.reconnects == 1
+    assert gate.frames == len(first) + len(second)
+    assert [(e["decision"], e["reason"]) for e in got] == [
+        ("grant", "ok"),
+        ("deny", "already_used"),
+    ]
+    assert gate.relay.pin.state is False
+
+
+def test_a_source_that_raises_is_read_again_said_once_and_the_gate_goes_on(tmp_path, caplog):
+    caplog.set_level(logging.INFO)
+    cfg, frames = ticket_clip(tmp_path)
+    seen_status: list[str] = []
+
+    class Flaky(ListSource):
+        raises = 4
+
+        def read(self):
+            if self.raises:
+                self.raises -= 1
+                if self.raises == 0:
+                    seen_status.append(gate.status_text())
+                raise OSError(19, "No such device")
+            return super().read()
+
+    got: list[dict] = []
+    gate = Gate(cfg, got.append, source=Flaky(frames[:30]), pin_factory=MockFactory())
+    assert gate.run() == 0
+    assert [(e["decision"], e["reason"]) for e in got] == [("grant", "ok")]
+    assert "camera failing" in seen_status[0]
+    assert "failing" not in gate.status_text()
+    failed = [r for r in caplog.records if "source read_failed" in r.getMessage()]
+    assert len(failed) == 1 and failed[0].levelname == "ERROR"  # at once, not once per read
+    assert any("source recovered after 4" in r.getMessage() for r in caplog.records)
+
+
+def test_a_clip_cut_short_is_decided_as_far_as_it_goes_and_said(tmp_path, caplog):
+    """A clip truncated mid-way (its container's count says more frames) used to end quietly,
+    as if complete."""
+    cfg, frames = ticket_clip(tmp_path)
+    avi = tmp_path / "t.avi"
+    w = cv2.VideoWriter(str(avi), cv2.VideoWriter_fourcc(*"MJPG"), 10, frames[0].shape[1::-1])
+    for f in frames:
+        w.write(f)
+    w.release()
+    data = avi.read_bytes()
+    avi.write_bytes(data[: len(data) * 2 // 5])  # cut after about 40% of the clip
+    gate, got = run_gate(cfg, avi, tmp_path)
+    assert 0 < gate.frames < len(frames)
+    assert [(e["decision"], e["reason"]) for e in got][:1] == [("grant", "ok")]
+    early = [r.getMessage() for r in caplog.records if "source ended_early" in r.getMessage()]
+    assert len(early) == 1
+    assert f"frames={gate.frames} of {len(frames)}" in early[0]
+    assert "truncated or damaged" in early[0]
+
+
+def test_camera_frames_of_any_shape_or_type_never_stop_the_gate(tmp_path, caplog):
+    """Gray, 16-bit, float with NaN, 1x1, empty, 5 channels, bool, int64, not an array, a very
+    tall frame: each becomes a BGR frame or is skipped as corrupt; the ticket after still
+    decides."""
+    cfg, frames = ticket_clip(tmp_path)
+    odd = [
+        np.full((48, 64), 90, np.uint8),
+        np.full((48, 64, 3), 40000, np.uint16),
+        np.full((48, 64, 3), np.nan, np.float64),
+        np.zeros((1, 1, 3), np.uint8),
+        np.zeros((0, 0, 3), np.uint8),
+        np.zeros((48, 64, 5), np.uint8),
+        np.zeros((48, 64, 3), bool),
+        np.zeros((48, 64, 3), np.int64),
+        "not a frame",
+        np.zeros((5000, 40, 3), np.uint8),
+    ]
+    cap = FakeCapture(odd + frames[:30])
+    cam = CameraSource("0", capture_factory=lambda dev: cap)
+
+    class UntilDrained(FrameSource):
+        def read(self):
+            if not cap.script:
+                self.finished = True
+                return None
+            return cam.read()
+
+    got: list[dict] = []
+    gate = Gate(cfg, got.append, source=UntilDrained(), pin_factory=MockFactory())
+    assert gate.run() == 0
+    assert [(e["decision"], e["reason"]) for e in got] == [("grant", "ok")]
+    assert cam.corrupt == 6  # 1x1, empty, 5 channels, bool, int64, not an array
+    assert not [r for r in caplog.records if r.levelname == "ERROR"]

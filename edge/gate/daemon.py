@@ -53,6 +53,8 @@ log = logging.getLogger(__name__)
 DecisionCallback = Callable[[dict], None]
 DEGRADED_LOG_EVERY_S = 60.0
 FACE_FAILURES_TO_DEGRADE = 50  # frames in a row whose face stage raised: the face path is broken
+SOURCE_RETRY_S = 0.05  # a source that raised is read again after this, doubling...
+SOURCE_RETRY_MAX_S = 1.0  # ...up to this: the loop still ticks (status, watchdog) meanwhile
 
 
 def policy_for(cfg: config_mod.Config, face: FaceStack | None) -> Policy:
@@ -140,6 +142,8 @@ class Gate:
         self._scan_q: queue.Queue[str] = queue.Queue()
         self._last_alarm = float("-inf")
         self._face_failures = 0
+        self._source_failures = 0
+        self._source_alarm = float("-inf")
         with contextlib.ExitStack() as stack:
             # First built, last released: whatever fails after this, the relay is driven shut.
             self.relay = stack.enter_context(
@@ -258,9 +262,43 @@ class Gate:
         mode = self.degraded or self.cfg.gate.mode
         if getattr(self, "ledger", None) is not None and self.ledger.problem:
             mode += "; TICKETS REFUSED: ledger error"
-        cam = self.source.state if hasattr(self, "source") else "starting"
+        cam = self.camera_state
         alarm = f"; {self.reload_error}" if self.reload_error else ""
         return f"{mode}; camera {cam}; {fps:.1f} fps; last {self.last_decision}{alarm}"
+
+    @property
+    def camera_state(self) -> str:
+        """The source's state for STATUS= and the heartbeat; "failing" while its reads raise."""
+        if not hasattr(self, "source"):
+            return "starting"
+        return "failing" if self._source_failures else self.source.state
+
+    def _next_frame(self) -> Frame | None:
+        """The source's next frame. A source that raises (a driver fault, a device gone) is a
+        missed frame: logged at ERROR at once and then once a minute while it lasts, read again
+        after a pause that grows to a second, and the gate keeps running with the relay shut.
+        A file none of whose frames could be used ends the run with its error."""
+        try:
+            frame = self.source.read()
+        except Exception as e:
+            if self.source.finished:
+                raise
+            self._source_failures += 1
+            now = time.monotonic()
+            if self._source_failures == 1 or now - self._source_alarm >= DEGRADED_LOG_EVERY_S:
+                self._source_alarm = now
+                log.error(
+                    "source read_failed failures=%d error=%s; reading again",
+                    self._source_failures,
+                    e,
+                )
+            pause = SOURCE_RETRY_S * 2 ** min(self._source_failures - 1, 8)
+            time.sleep(min(pause, SOURCE_RETRY_MAX_S))
+            return None
+        if self._source_failures:
+            log.info("source recovered after %d failed reads", self._source_failures)
+            self._source_failures = 0
+        return frame
 
     def install_signals(self) -> None:
         """SIGTERM/SIGINT stop the loop; SIGHUP reloads between frames."""
@@ -280,7 +318,7 @@ class Gate:
                     self.reload_requested = False
                     self.reload()
                 self.take_overrides()
-                frame = self.source.read()
+                frame = self._next_frame()
                 if frame is None:
                     if self.source.finished:
                         break
@@ -308,7 +346,7 @@ class Gate:
         self._maintain_evidence()
         mode = self.degraded or self.cfg.gate.mode
         try:
-            lane.report_status(self.ledger, fps=round(fps, 1), camera=self.source.state, mode=mode)
+            lane.report_status(self.ledger, fps=round(fps, 1), camera=self.camera_state, mode=mode)
         except EdgeGateError as e:  # fleet.db busy or full: the heartbeat waits, the gate goes on
             log.error("gate status not reported: %s", e)
         if (stamp := desk.tickets_stamp(self.cfg)) != self._tickets_stamp:

@@ -8,6 +8,7 @@ at the end of a file. Corrupt frames are counted and skipped, never passed on.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import time
 from collections.abc import Callable
@@ -90,8 +91,17 @@ class VideoFileSource(FrameSource):
 
     def read(self) -> Frame | None:
         """Next good frame of the clip, skipping corrupt ones, paced when realtime."""
-        while True:
-            ok, img = self.cap.read()
+        while not self.finished:
+            try:
+                ok, img = self.cap.read()
+            except Exception as e:  # a decoder fault mid-clip: the clip ends here, said so
+                log.error(
+                    "source read_failed source=%s index=%d reason=%s; the clip ends here",
+                    self.path.name,
+                    self.index,
+                    e,
+                )
+                ok, img = False, None
             if not ok:
                 self.finished, self.state = True, "finished"
                 if self.index == 0:
@@ -106,6 +116,7 @@ class VideoFileSource(FrameSource):
                         f"({why.args[0] if why else 'damaged'})",
                         (why.hint if why else "") or "check camera.source or --source",
                     )
+                self._check_length()
                 return None
             t = self.index / self.fps
             self.index += 1
@@ -126,6 +137,24 @@ class VideoFileSource(FrameSource):
                 if delay > 0:
                     time.sleep(delay)
             return frame
+        return None
+
+    def _check_length(self) -> None:
+        """A clip that ends well before the frame count its container gives was cut short or
+        damaged: the frames read were decided, and the log says what was missing."""
+        try:
+            claimed = float(self.cap.get(cv2.CAP_PROP_FRAME_COUNT))
+        except Exception:  # a container without a count: nothing to compare
+            return
+        if math.isfinite(claimed) and self.index < claimed - max(2.0, 0.02 * claimed):
+            log.error(
+                "source ended_early source=%s frames=%d of %d: the file is truncated or damaged "
+                "after frame %d",
+                self.path.name,
+                self.index,
+                int(claimed),
+                self.index - 1,
+            )
 
     def close(self) -> None:
         """Release the clip file."""
@@ -188,9 +217,9 @@ class CameraSource(FrameSource):
                 cap.set(cv2.CAP_PROP_FRAME_WIDTH, self.size[0])
                 cap.set(cv2.CAP_PROP_FRAME_HEIGHT, self.size[1])
                 cap.set(cv2.CAP_PROP_FPS, self.fps)
-                self.cap, self.state, self._backoff = cap, "open", 0.5
+                self.cap, self.state = cap, "open"  # the backoff resets at a frame, not here
                 return True
-        except cv2.error as e:
+        except Exception as e:  # cv2.error, or a driver's OSError: the camera is not there
             log.warning("camera open_failed device=%s reason=%s", self.device, e)
         self.state = "lost"
         return False
@@ -207,16 +236,23 @@ class CameraSource(FrameSource):
                 return None
             self.reconnects += 1
             log.info("camera reconnected device=%s reconnects=%d", self.device, self.reconnects)
-        ok, img = self.cap.read()
+        try:
+            ok, img = self.cap.read()
+        except Exception as e:  # a driver that raises (unplugged mid-read): a missed frame
+            if self.failures == 0:
+                log.warning("camera read_failed device=%s reason=%s", self.device, e)
+            ok, img = False, None
         if not ok or img is None:
             self.failures += 1
             if self.failures >= 3:  # a few misses in a row: the camera is gone
                 log.error("camera lost device=%s; reopening with backoff", self.device)
-                self.cap.release()
+                self._release()
                 self.state, self.failures = "lost", 0
                 self._next_try = now + self._backoff
+                # a camera that opens but never gives a frame is tried less and less often too
+                self._backoff = min(self._backoff * 2, self.reconnect_max_s)
             return None
-        self.failures = 0
+        self.failures, self._backoff = 0, 0.5
         try:
             frame = Frame(to_bgr8(img, f"camera#{self.index}"), now, self.index)
         except ImageError as e:
@@ -226,10 +262,16 @@ class CameraSource(FrameSource):
         self.index += 1
         return frame
 
+    def _release(self) -> None:
+        try:
+            self.cap.release()
+        except Exception as e:  # a device already gone: nothing left to release
+            log.warning("camera release_failed device=%s reason=%s", self.device, e)
+
     def close(self) -> None:
         """Release the camera device so another process can open it."""
         if self.cap is not None:
-            self.cap.release()
+            self._release()
         super().close()
 
 
