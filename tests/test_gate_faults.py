@@ -24,7 +24,7 @@ from edge.gate.audit import AuditLog, AuditRecord
 from edge.gate.daemon import Gate
 from edge.gate.policy import FaceSeen
 from edge.gate.relay import Relay
-from edge.gate.sources import CameraSource, FrameSource, VideoFileSource
+from edge.gate.sources import CameraSource, Frame, FrameSource, VideoFileSource
 from edge.lab.demo import ticket_scene
 
 from .helpers import FakeCapture, ListSource, make_config, run_gate
@@ -401,3 +401,31 @@ def test_camera_frames_of_any_shape_or_type_never_stop_the_gate(tmp_path, caplog
     assert [(e["decision"], e["reason"]) for e in got] == [("grant", "ok")]
     assert cam.corrupt == 6  # 1x1, empty, 5 channels, bool, int64, not an array
     assert not [r for r in caplog.records if r.levelname == "ERROR"]
+
+
+# --- reload ----------------------------------------------------------------------------------
+
+
+def test_a_reload_keeps_what_the_gate_remembers_of_visitors(tmp_path):
+    """Before, SIGHUP built a fresh policy: a face let in a moment ago was let in again at once,
+    anti-passback forgotten (and an attack's refusal with it)."""
+    cfg = make_config(tmp_path, "[vision]\nface_enabled = false\n")
+    gate, got = face_gate(cfg, [])
+
+    def show(who: int, t0: float) -> list[tuple[str, str]]:
+        out = []
+        for i, img in enumerate(visitor(who)):
+            for d in gate.process(Frame(img, t0 + i / 10, int(t0 * 10) + i)):
+                gate.act(d)
+                out.append((str(d.decision), str(d.reason)))
+        return out
+
+    assert show(1, 0.0) == [("grant", "ok")]
+    gate.reload()
+    assert gate.reload_error == ""
+    gate.face = ScriptedFaces()  # type: ignore[assignment]  # the reloaded gate's face path
+    gate.policy.params = dataclasses.replace(gate.policy.params, face_enabled=True, liveness=False)
+    # back after the cooldown, well inside anti-passback (60 s)
+    assert show(1, 10.0) == [("deny", "anti_passback")]
+    assert [s.state for s in gate.relay.pin.states].count(True) == 1
+    gate.close()

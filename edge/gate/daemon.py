@@ -242,7 +242,8 @@ class Gate:
         else:
             self._close_face()
             self.verifier, self.face, self.reload_error = verifier, face, ""
-            self.policy = policy_for(cfg, face)
+            # a reload is no way round a cooldown, anti-passback or an attack's refusal
+            self.policy = policy_for(cfg, face).carry_over(self.policy)
             lane.report_versions(self.ledger, cfg, face is not None)
             log.info("gate reloaded config=%s", cfg.source_file)
         self.notifier.ready(self.status_text())
