@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import subprocess
 import sys
 import threading
@@ -27,7 +28,7 @@ from edge.gate.relay import Relay
 from edge.gate.sources import CameraSource, Frame, FrameSource, VideoFileSource
 from edge.lab.demo import ticket_scene
 
-from .helpers import FakeCapture, ListSource, make_config, run_gate
+from .helpers import FakeCapture, ListSource, enroll_lin, make_config, run_gate
 
 
 def wait_for(cond, bound_s: float = 30.0) -> bool:
@@ -429,3 +430,52 @@ def test_a_reload_keeps_what_the_gate_remembers_of_visitors(tmp_path):
     assert show(1, 10.0) == [("deny", "anti_passback")]
     assert [s.state for s in gate.relay.pin.states].count(True) == 1
     gate.close()
+
+
+# --- the gallery file underneath the running gate ------------------------------------------------
+
+
+@pytest.mark.parametrize("change", ["deleted", "replaced_empty", "replaced_other_key"])
+def test_a_gallery_deleted_or_replaced_underneath_is_followed(
+    tmp_path, fixtures, pipeline, caplog, change
+):
+    """Before, the gate kept its connection to the file it had opened: deleted or renamed over,
+    it went on letting in the people of a gallery no longer on disk."""
+    from edge.gallery.crypto import init_key, load_key
+    from edge.gallery.store import Gallery
+
+    cfg = make_config(tmp_path)
+    enroll_lin(cfg, fixtures, pipeline)
+    frames = clip_frames(fixtures / "video" / "short_hamilton_clip.mp4")[:120]  # he is let in
+    got: list[dict] = []
+    gate = Gate(cfg, got.append, source=ListSource(frames), pin_factory=MockFactory())
+    assert gate.face is not None and not gate.degraded
+    db = cfg.resolve(cfg.gallery.db)
+    if change == "deleted":
+        for x in ("", "-wal", "-shm"):
+            Path(f"{db}{x}").unlink(missing_ok=True)
+    else:
+        other = tmp_path / "new.db"
+        key = (
+            load_key(cfg.resolve(cfg.gallery.key_file))
+            if change == "replaced_empty"
+            else init_key(tmp_path / "other.key")
+        )
+        with Gallery(other, key):
+            pass
+        os.replace(other, db)
+    gate.tick(0.0)  # once a second in the loop
+    face_after = gate.face
+    gate.run()
+    assert gate.frames == len(frames)
+    assert [e for e in got if e["decision"] == "grant"] == []
+    assert not any(s.state for s in gate.relay.pin.states)
+    moved = "deleted" if change == "deleted" else "replaced"
+    assert any(f"gate gallery_{moved}" in r.getMessage() for r in caplog.records)
+    if change == "replaced_empty":  # the new file is the gallery now: nobody enrolled in it
+        assert face_after is not None and not gate.degraded
+        assert len(face_after.matcher.matcher.people) == 0
+    else:
+        assert face_after is None
+        assert gate.degraded.startswith("ticket-only: face path off")
+        assert ("was deleted" if change == "deleted" else str(db)) in gate.degraded

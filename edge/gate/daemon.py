@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterable
 
 from edge import config as config_mod
 from edge import tickets as tk
-from edge.errors import AuditError, EdgeGateError
+from edge.errors import AuditError, EdgeGateError, GalleryError
 from edge.fleet import lane
 from edge.gate import checks, desk
 from edge.gate.audit import AuditLog, AuditRecord, open_audit
@@ -344,6 +344,7 @@ class Gate:
         """Once a second: status to systemd and to sync; office revocations/keys sync wrote;
         the evidence chains keep up with what sync wrote (and junk codes are folded)."""
         self.notifier.status(self.status_text(fps))
+        self._follow_gallery()
         self._maintain_evidence()
         mode = self.degraded or self.cfg.gate.mode
         try:
@@ -357,6 +358,32 @@ class Gate:
                 log.info("gate tickets reloaded: revocations or keys changed")
             except EdgeGateError as e:
                 log.error("gate tickets reload_failed reason=%s; keeping the previous keys", e)
+
+    def _follow_gallery(self) -> None:
+        """The gallery file deleted or replaced underneath the running gate: nobody is let in
+        by face from a file no longer on disk. A replaced file is opened as at start; a deleted
+        one (or a replacement that does not open) leaves the gate ticket-only, loudly."""
+        if self.face is None:
+            return
+        moved = self.face.gallery_moved()
+        if not moved:
+            return
+        path = self.face.path
+        log.error("gate gallery_%s path=%s; the face path follows the file", moved, path)
+        try:
+            if moved == "deleted":
+                raise GalleryError(
+                    f"gallery {path} was deleted while the gate ran",
+                    "restore it from backup, then systemctl reload edge-gate",
+                )
+            self.face.reopen_gallery()
+        except Exception as e:  # closed: nobody by face until a reload
+            self._close_face()
+            self.policy.params = dataclasses.replace(self.policy.params, face_enabled=False)
+            self._degrade(f"face path off: {e}")
+            return
+        self.policy = policy_for(self.cfg, self.face).carry_over(self.policy)
+        log.info("gate gallery reopened path=%s", path)
 
     def _maintain_evidence(self) -> None:
         try:
