@@ -479,3 +479,92 @@ def test_a_gallery_deleted_or_replaced_underneath_is_followed(
         assert face_after is None
         assert gate.degraded.startswith("ticket-only: face path off")
         assert ("was deleted" if change == "deleted" else str(db)) in gate.degraded
+
+
+# --- the Pi camera -------------------------------------------------------------------------------
+
+
+class PiCameras:
+    """picamera2's Picamera2 as the source uses it, one scripted camera per construction: a
+    list of frames and exceptions, or an exception raised when it is constructed (no camera)."""
+
+    def __init__(self, script):
+        self.script, self.made = list(script), []
+
+    def __call__(self):
+        item = self.script.pop(0) if self.script else IndexError("list index out of range")
+        if isinstance(item, Exception):
+            raise item
+        cam = _PiCamera(item)
+        self.made.append(cam)
+        return cam
+
+
+class _PiCamera:
+    def __init__(self, frames):
+        self.frames = list(frames)
+        self.started = self.stopped = self.closed = False
+
+    def create_video_configuration(self, main):
+        return main
+
+    def configure(self, conf):
+        self.conf = conf
+
+    def start(self):
+        self.started = True
+
+    def capture_array(self):
+        item = self.frames.pop(0) if self.frames else RuntimeError("Camera frontend has timed out")
+        if isinstance(item, Exception):
+            raise item
+        return item
+
+    def stop(self):
+        self.stopped = True
+
+    def close(self):
+        self.closed = True
+
+
+def test_a_pi_camera_that_stops_is_restarted_with_backoff(monkeypatch, caplog):
+    """Before, a Pi camera that failed was asked for a frame again on every loop, forever (an
+    error line each time) and never restarted: a reseated cable left the gate blind."""
+    import types
+
+    from edge.gate.sources import Picamera2Source
+
+    xbgr = np.zeros((48, 64, 4), np.uint8)
+    xbgr[..., 2] = 200
+    cams = PiCameras([[xbgr, xbgr], IndexError("list index out of range"), [xbgr, xbgr, xbgr]])
+    monkeypatch.setitem(sys.modules, "picamera2", types.SimpleNamespace(Picamera2=cams))
+    now = [0.0]
+    src = Picamera2Source(64, 48, reconnect_max_s=4.0, clock=lambda: now[0])
+    got = []
+    for _ in range(300):  # 30 s of a 10 fps loop
+        f = src.read()
+        if f is not None:
+            got.append(f.index)
+        now[0] += 0.1
+    first, second = cams.made[0], cams.made[1]
+    assert got == [0, 1, 2, 3, 4]  # the first camera's two frames, then the restarted one's
+    assert src.reconnects == 1
+    assert first.stopped and first.closed  # released before a new one is started
+    assert second.started
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    # each camera's loss said twice (its first failure, then "lost"), not once per read
+    assert len(errors) == 2 * 2
+    src.close()
+    assert second.stopped and second.closed
+
+
+def test_a_pi_camera_missing_at_start_is_a_clear_error(monkeypatch):
+    import types
+
+    from edge.errors import SourceError
+    from edge.gate.sources import Picamera2Source
+
+    cams = PiCameras([IndexError("list index out of range")])
+    monkeypatch.setitem(sys.modules, "picamera2", types.SimpleNamespace(Picamera2=cams))
+    with pytest.raises(SourceError, match="Pi camera cannot be started.*ribbon cable"):
+        Picamera2Source(64, 48)

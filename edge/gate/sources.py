@@ -7,6 +7,7 @@ at the end of a file. Corrupt frames are counted and skipped, never passed on.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -276,9 +277,20 @@ class CameraSource(FrameSource):
 
 
 class Picamera2Source(FrameSource):
-    """The Pi camera through libcamera; imported only when configured (the `pi` extra)."""
+    """The Pi camera through libcamera; imported only when configured (the `pi` extra).
 
-    def __init__(self, width: int = 640, height: int = 480):
+    Like a V4L2 camera it is reopened with backoff when it stops giving frames (a ribbon cable
+    reseated, libcamera restarted): a few failed captures in a row and the camera is stopped,
+    closed and started again, less and less often up to camera.reconnect_max_s.
+    """
+
+    def __init__(
+        self,
+        width: int = 640,
+        height: int = 480,
+        reconnect_max_s: float = 30.0,
+        clock: Callable[[], float] = time.monotonic,
+    ):
         try:
             # picamera2 exists only on a Pi (the `pi` extra)
             from picamera2 import Picamera2
@@ -286,32 +298,85 @@ class Picamera2Source(FrameSource):
             raise SourceError(
                 "picamera2 is not installed", "pip install 'edge-gate[pi]' on the Pi"
             ) from None
-        self.cam = Picamera2()
-        self.cam.configure(
-            self.cam.create_video_configuration(main={"size": (width, height), "format": "RGB888"})
-        )
-        self.cam.start()
-        self.index, self.state = 0, "open"
+        self._make = Picamera2
+        self.size, self.reconnect_max_s, self.clock = (width, height), reconnect_max_s, clock
+        self.cam = None
+        self.index = self.failures = self.reconnects = 0
+        self._backoff, self._next_try = 0.5, 0.0
+        why = self._open()
+        if why:
+            raise SourceError(
+                f"the Pi camera cannot be started: {why}",
+                "check the camera's ribbon cable and `rpicam-hello --list-cameras`",
+            )
+
+    def _open(self) -> str:
+        """Start a camera; '' when it runs, else why not (state lost)."""
+        try:
+            cam = self._make()
+            try:
+                main = {"size": self.size, "format": "RGB888"}
+                cam.configure(cam.create_video_configuration(main=main))
+                cam.start()
+            except BaseException:
+                with contextlib.suppress(Exception):
+                    cam.close()
+                raise
+        except Exception as e:  # no camera (IndexError), busy, libcamera errors
+            log.warning("camera picamera2_open_failed reason=%s", e)
+            self.state = "lost"
+            return str(e) or type(e).__name__
+        self.cam, self.state = cam, "open"
+        return ""
+
+    def _release(self) -> None:
+        cam, self.cam = self.cam, None
+        if cam is None:
+            return
+        for step in (cam.stop, cam.close):
+            try:
+                step()
+            except Exception as e:  # a camera already gone
+                log.warning("camera picamera2_release_failed reason=%s", e)
 
     def read(self) -> Frame | None:
-        """Next Pi camera frame, or None (state lost) when libcamera fails."""
+        """Next Pi camera frame, or None (state lost) while libcamera fails or it is reopened."""
+        now = self.clock()
+        if self.cam is None:
+            if now < self._next_try:
+                return None
+            if self._open():
+                self._backoff = min(self._backoff * 2, self.reconnect_max_s)
+                self._next_try = now + self._backoff
+                return None
+            self.reconnects += 1
+            log.info("camera reconnected device=picamera2 reconnects=%d", self.reconnects)
         try:
-            img = self.cam.capture_array()
+            img = self.cam.capture_array()  # type: ignore[attr-defined]
         except Exception as e:  # libcamera reports many kinds of failure
-            log.error("camera picamera2_error reason=%s", e)
+            if self.failures == 0:
+                log.error("camera picamera2_error reason=%s", e)
+            self.failures += 1
             self.state = "lost"
+            if self.failures >= 3:  # a few in a row: stop it and start it again, with backoff
+                log.error("camera lost device=picamera2; reopening with backoff")
+                self._release()
+                self.failures = 0
+                self._next_try = now + self._backoff
+                self._backoff = min(self._backoff * 2, self.reconnect_max_s)
             return None
-        self.state = "open"
+        self.state, self.failures, self._backoff = "open", 0, 0.5
         i, self.index = self.index, self.index + 1
         try:  # XBGR8888 and other layouts become 3-channel BGR like every other source
-            return Frame(to_bgr8(img, f"picamera2#{i}"), time.monotonic(), i)
+            return Frame(to_bgr8(img, f"picamera2#{i}"), now, i)
         except ImageError as e:
+            self.corrupt += 1
             log.warning("source corrupt_frame source=picamera2 index=%d reason=%s", i, e)
             return None
 
     def close(self) -> None:
         """Stop the Pi camera so libcamera releases it."""
-        self.cam.stop()
+        self._release()
         super().close()
 
 
@@ -326,7 +391,7 @@ def open_source(
 ) -> FrameSource:
     """'picamera2', a device ('/dev/video0' or '0'), a still photo or a video file."""
     if spec == "picamera2":
-        return Picamera2Source(width, height)
+        return Picamera2Source(width, height, reconnect_max_s)
     if spec.isdigit() or spec.startswith("/dev/video"):
         return CameraSource(spec, width, height, fps, reconnect_max_s)
     if still_image(spec):
