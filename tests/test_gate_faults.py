@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -568,3 +569,91 @@ def test_a_pi_camera_missing_at_start_is_a_clear_error(monkeypatch):
     monkeypatch.setitem(sys.modules, "picamera2", types.SimpleNamespace(Picamera2=cams))
     with pytest.raises(SourceError, match="Pi camera cannot be started.*ribbon cable"):
         Picamera2Source(64, 48)
+
+
+@pytest.mark.parametrize(
+    "breakage",
+    ["k_over_n", "unknown_key", "deleted", "folder", "bad_mode", "issuer_key_garbage"],
+)
+def test_a_reload_with_a_broken_config_keeps_the_old_one_and_says_why(tmp_path, breakage):
+    cfg = make_config(tmp_path, "[vision]\nface_enabled = false\n")
+    toml = Path(cfg.source_file)
+    text = toml.read_text()
+    gate = Gate(cfg, source=ListSource([]), pin_factory=MockFactory())
+    if breakage == "k_over_n":
+        toml.write_text(text + "[policy]\nk = 9\nn = 2\n")
+    elif breakage == "unknown_key":
+        toml.write_text(text + "[policy]\nkk = 1\n")
+    elif breakage == "deleted":
+        toml.unlink()
+    elif breakage == "folder":
+        toml.unlink()
+        toml.mkdir()
+    elif breakage == "bad_mode":
+        toml.write_text(text.replace('id = "test-gate"', 'id = "test-gate"\nmode = "open"'))
+    else:
+        (tmp_path / "office" / "issuer.pub").write_text("not a key")
+    gate.reload()
+    assert gate.cfg is cfg
+    assert gate.reload_error.startswith("reload failed, previous configuration kept: ")
+    why = {
+        "k_over_n": "policy.k",
+        "unknown_key": "policy.kk",
+        "deleted": "does not exist",
+        "folder": "cannot be read",
+        "bad_mode": "gate.mode",
+        "issuer_key_garbage": "not an issuer public key",
+    }[breakage]
+    assert why in gate.reload_error
+    assert why in gate.status_text()
+    gate.close()
+
+
+def test_a_reload_says_relay_and_camera_changes_wait_for_a_restart(tmp_path, caplog):
+    """The relay pin and the camera are built once: a reload that changes them used to be taken
+    silently, the old pin still driven."""
+    cfg = make_config(tmp_path, "[vision]\nface_enabled = false\n")
+    toml = Path(cfg.source_file)
+    gate = Gate(cfg, source=ListSource([]), pin_factory=MockFactory())
+    toml.write_text(toml.read_text().replace("pulse_s = 0.3", "pulse_s = 0.3\npin = 27"))
+    gate.reload()
+    assert gate.reload_error == ""
+    assert gate.cfg.relay.pin == 27 and gate.relay.cfg.pin == 17
+    said = [r.getMessage() for r in caplog.records if "reload_partial" in r.getMessage()]
+    assert said == [
+        "gate reload_partial changed=[relay]: these take effect at the next start "
+        "(systemctl restart edge-gate)"
+    ]
+    gate.close()
+
+
+# --- signals -----------------------------------------------------------------------------------
+
+
+def test_sigterm_in_the_middle_of_a_decision_finishes_it_closes_and_flushes(tmp_path):
+    """SIGTERM arrives while a decision is being reported: that decision is finished and
+    recorded, the gate stops at the next frame, the relay ends shut and the junk codes counted
+    so far get their record when the log closes."""
+    cfg, frames = ticket_clip(tmp_path)
+    got: list[dict] = []
+
+    def on_decision(ev):
+        got.append(ev)
+        if ev["reason"] == "invalid_signature":  # the second decision, a junk code
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    gate = Gate(cfg, on_decision, source=ListSource(frames), pin_factory=MockFactory())
+    old = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
+    try:
+        assert gate.run() == 0
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+    assert [(e["decision"], e["reason"]) for e in got] == [
+        ("grant", "ok"),
+        ("deny", "invalid_signature"),
+    ]
+    assert gate.frames < len(frames)
+    assert gate.relay.pin.state is False and gate.relay.pin.function == "output"
+    recs = [(r.decision, r.reason) for r in audit_records(cfg) if r.kind == "decision"]
+    assert recs == [("grant", "ok"), ("deny", "junk_codes")]

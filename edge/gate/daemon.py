@@ -246,6 +246,13 @@ class Gate:
             self.policy = policy_for(cfg, face).carry_over(self.policy)
             lane.report_versions(self.ledger, cfg, face is not None)
             log.info("gate reloaded config=%s", cfg.source_file)
+            later = [t for t in ("camera", "relay") if getattr(cfg, t) != getattr(old_cfg, t)]
+            if later:  # the device and the relay pin stay as they were built
+                log.warning(
+                    "gate reload_partial changed=%s: these take effect at the next start "
+                    "(systemctl restart edge-gate)",
+                    ",".join(f"[{t}]" for t in later),
+                )
         self.notifier.ready(self.status_text())
 
     # --- loop ----------------------------------------------------------------------------------
