@@ -21,7 +21,7 @@ from gpiozero.pins.mock import MockFactory, MockPin
 
 from edge import config as config_mod
 from edge.config import RelayConfig
-from edge.errors import AuditError, RelayError
+from edge.errors import AuditError, LedgerError, RelayError
 from edge.gate.audit import AuditLog, AuditRecord
 from edge.gate.daemon import Gate
 from edge.gate.policy import FaceSeen
@@ -179,6 +179,9 @@ class ScriptedFaces:
     def observe(self, image, t=0.0):
         who = int(image[0, 0, 0])
         return (FaceSeen(f"p-{who}", 0.9, 0.3, (0.5, 0.5), True),) if who else ()
+
+    def gallery_moved(self):
+        return ""
 
     def close(self):
         pass
@@ -657,3 +660,83 @@ def test_sigterm_in_the_middle_of_a_decision_finishes_it_closes_and_flushes(tmp_
     assert gate.relay.pin.state is False and gate.relay.pin.function == "output"
     recs = [(r.decision, r.reason) for r in audit_records(cfg) if r.kind == "decision"]
     assert recs == [("grant", "ok"), ("deny", "junk_codes")]
+
+
+# --- storage held for a while, full, and the events file ---------------------------------------
+
+
+@pytest.mark.parametrize("store", ["ledger", "audit"])
+def test_a_store_locked_for_a_second_delays_the_grant_and_loses_nothing(tmp_path, store):
+    """Another process (a backup, `ledger recover`, sync) holds the write lock for about a
+    second: the gate waits for it (its busy timeout), then grants and records as usual."""
+    if store == "ledger":
+        cfg, frames = ticket_clip(tmp_path)
+        gate = Gate(cfg, source=ListSource(frames[:30]), pin_factory=MockFactory())
+        got: list[dict] = []
+        gate.on_decision = got.append
+        db, conn = cfg.resolve(cfg.tickets.ledger), gate.ledger.conn
+    else:
+        cfg = make_config(tmp_path, "[vision]\nface_enabled = false\n")
+        gate, got = face_gate(cfg, visitor(1))
+        db, conn = cfg.resolve(cfg.audit.path), gate.audit.conn
+    conn.execute("PRAGMA busy_timeout=120000")  # however slow this machine: the lock goes first
+    holder = hold_write_lock(db)
+    threading.Timer(1.0, lambda: holder.communicate("", timeout=60)).start()
+    try:
+        gate.run()
+    finally:
+        holder.wait(120)
+    assert [(e["decision"], e["reason"]) for e in got] == [("grant", "ok")]
+    assert [s.state for s in gate.relay.pin.states].count(True) == 1
+    recs = [(r.decision, r.reason) for r in audit_records(cfg) if r.kind == "decision"]
+    assert recs == [("grant", "ok")]
+    if store == "ledger":
+        from edge.tickets.ledger import Ledger
+
+        with Ledger(cfg.resolve(cfg.tickets.ledger)) as led:
+            assert led.used("DAY-0001") == 1
+
+
+@pytest.mark.parametrize("fault", ["full", "read_only"])
+def test_a_ledger_that_cannot_be_written_denies_the_ticket_and_the_gate_goes_on(tmp_path, fault):
+    """A full disk (SQLite's page limit on the gate's connection, filled with redemptions) or
+    a card remounted read-only (query_only): the valid ticket is refused `ledger_error`, never
+    let in uncounted, and every later code is still decided."""
+    from edge import tickets as tk
+
+    cfg, frames = ticket_clip(tmp_path)
+    got: list[dict] = []
+    gate = Gate(cfg, got.append, source=ListSource(frames), pin_factory=MockFactory())
+    conn = gate.ledger.conn
+    if fault == "full":
+        conn.execute(f"PRAGMA max_page_count={conn.execute('PRAGMA page_count').fetchone()[0]}")
+        with pytest.raises(LedgerError, match="full"):
+            for i in range(100_000):  # other tickets' entries fill the last free room
+                gate.ledger.redeem(tk.Ticket(f"FILL-{i:06d}", valid_until=2**40), time.time())
+    else:
+        conn.execute("PRAGMA query_only=ON")
+    gate.run()
+    gate.close()
+    decided = [(e["decision"], e["reason"]) for e in got]
+    assert decided[0] == ("deny", "ledger_error")
+    assert len(decided) == 5
+    assert not any(s.state for s in gate.relay.pin.states)
+
+
+def test_an_events_file_on_a_full_disk_still_prints_every_decision(tmp_path):
+    """`run --events /dev/full`: every write fails with ENOSPC; the console still shows each
+    decision, the error is logged, and the run ends normally."""
+    cfg = make_config(tmp_path, "[vision]\nface_enabled = false\n")
+    scene = ticket_scene(tmp_path / "office", tmp_path / "t.mp4", time.time())
+    p = subprocess.run(
+        [sys.executable, "-m", "edge.cli", "run", "--config", cfg.source_file]
+        + ["--source", str(scene.clip), "--fast", "--events", "/dev/full"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert p.returncode == 0, p.stderr
+    shown = [ln for ln in p.stdout.splitlines() if " via ticket " in ln]
+    assert len(shown) == len(scene.expected)
+    assert "output error=[Errno 28]" in p.stderr
+    assert "Traceback" not in p.stderr
