@@ -740,3 +740,35 @@ def test_an_events_file_on_a_full_disk_still_prints_every_decision(tmp_path):
     assert len(shown) == len(scene.expected)
     assert "output error=[Errno 28]" in p.stderr
     assert "Traceback" not in p.stderr
+
+
+@pytest.mark.parametrize("store", ["audit", "ledger"])
+def test_an_audit_log_or_ledger_deleted_underneath_is_reopened_as_at_start(tmp_path, caplog, store):
+    """Before, the gate's connections went on writing into the deleted files: every record and
+    redemption after the deletion was lost when the gate stopped."""
+    cfg, frames = ticket_clip(tmp_path)
+    db = cfg.resolve(cfg.audit.path if store == "audit" else cfg.tickets.ledger)
+
+    def delete():  # after the first ticket was let in and recorded
+        for x in ("", "-wal", "-shm"):
+            Path(f"{db}{x}").unlink(missing_ok=True)
+        gate.tick(0.0)  # once a second in the loop
+
+    got: list[dict] = []
+    source = ListSource(frames, hook_at=40, hook=delete)
+    gate = Gate(cfg, got.append, source=source, pin_factory=MockFactory())
+    gate.run()
+    decided = [(e["decision"], e["reason"]) for e in got]
+    said = [r.getMessage() for r in caplog.records if "gate evidence_moved" in r.getMessage()]
+    assert len(said) == 1 and f"files={store}:" in said[0]
+    assert decided[0] == ("grant", "ok")
+    if store == "audit":
+        assert decided[-1] == ("deny", "already_used")  # tickets go on as before
+        assert "replaced or deleted" in gate.audit.problem  # the new chain says what happened
+        recs = [(r.decision, r.reason) for r in audit_records(cfg) if r.kind == "decision"]
+        assert ("deny", "already_used") in recs  # on disk, in the file at audit.path
+    else:
+        assert decided[-1] == ("deny", "ledger_error")  # no ledger: no ticket counted or let in
+        assert "does not exist" in gate.ledger.problem
+        assert "TICKETS REFUSED" in gate.status_text()
+        assert [s.state for s in gate.relay.pin.states].count(True) == 1

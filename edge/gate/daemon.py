@@ -23,8 +23,8 @@ from edge.errors import AuditError, EdgeGateError, GalleryError
 from edge.fleet import lane
 from edge.gate import checks, desk
 from edge.gate.audit import AuditLog, AuditRecord, open_audit
-from edge.gate.desk import gate_verifier, open_gate_ledger, with_pretix
-from edge.gate.faces import FaceStack
+from edge.gate.desk import UnavailableLedger, gate_verifier, open_gate_ledger, with_pretix
+from edge.gate.faces import FaceStack, file_id
 from edge.gate.notice_socket import SocketSink
 from edge.gate.notices import Notice, Notices, notice_for_decision
 from edge.gate.notify import Notifier
@@ -152,10 +152,11 @@ class Gate:
             self.verifier = self._load_tickets(cfg)
             self._tickets_stamp = desk.tickets_stamp(cfg)
             self.audit = open_audit(cfg, "create", fold_junk=True)
-            stack.callback(self.audit.close)
+            stack.callback(lambda: self.audit.close() if self.audit is not None else None)
             # A missing or rolled-back ledger is a stand-in that refuses every ticket, loudly.
             self.ledger = open_gate_ledger(cfg, self.audit, self.clock())
             stack.callback(lambda: self.ledger.close())
+            self._evidence_files = self._evidence_ids()
             self.face = self._load_faces(cfg)
             stack.callback(self._close_face)
             self.overrides = lane.open_overrides(cfg)  # a supervisor's "open once" (fleet lanes)
@@ -235,6 +236,7 @@ class Gate:
             face = self._load_faces(cfg)
             if self.ledger.problem:  # a ledger that is back (ledger init) is reopened
                 self.ledger = open_gate_ledger(cfg, self.audit, self.clock())
+                self._evidence_files = self._evidence_ids()
         except Exception as e:  # whatever broke, the running configuration stays
             self.cfg, self.degraded = old_cfg, old_degraded
             self.reload_error = f"reload failed, previous configuration kept: {e}"
@@ -352,6 +354,7 @@ class Gate:
         the evidence chains keep up with what sync wrote (and junk codes are folded)."""
         self.notifier.status(self.status_text(fps))
         self._follow_gallery()
+        self._follow_evidence()
         self._maintain_evidence()
         mode = self.degraded or self.cfg.gate.mode
         try:
@@ -391,6 +394,48 @@ class Gate:
             return
         self.policy = policy_for(self.cfg, self.face).carry_over(self.policy)
         log.info("gate gallery reopened path=%s", path)
+
+    def _evidence_ids(self) -> tuple:
+        """The audit log's and the open ledger's files as (device, inode); None: none open."""
+        none_open = isinstance(self.ledger, UnavailableLedger)
+        ledger = None if none_open else file_id(self.cfg.resolve(self.cfg.tickets.ledger))
+        return file_id(self.cfg.resolve(self.cfg.audit.path)), ledger
+
+    def _follow_evidence(self) -> None:
+        """The audit log or the ledger deleted or replaced underneath the running gate (its
+        connection would go on writing records and redemptions into a file no longer on disk,
+        lost at the next start): both are opened again as at start. A deleted ledger is then a
+        stand-in refusing every ticket; a deleted audit log starts anew and its chain says it
+        was replaced; a replaced ledger is checked against the audit log's mark."""
+        now = self._evidence_ids()
+        was = self._evidence_files
+        moved = [n for n, a, b in zip(("audit", "ledger"), now, was, strict=True) if b and a != b]
+        if not moved:
+            return
+        log.error(
+            "gate evidence_moved files=%s: deleted or replaced while the gate ran; "
+            "reopening them as at start",
+            ",".join(moved),
+        )
+        old_audit, old_ledger = self.audit, self.ledger
+        try:
+            self.audit = open_audit(self.cfg, "create", fold_junk=True)
+        except EdgeGateError as e:  # the folder gone or full: the open file still takes records
+            log.error("gate audit reopen_failed error=%s", e)
+            self._evidence_files = now
+            return
+        try:
+            self.ledger = open_gate_ledger(self.cfg, self.audit, self.clock())
+        except EdgeGateError as e:  # the new audit log refused the record of a missing ledger
+            self.ledger = UnavailableLedger(str(e))
+        for old in (old_ledger, old_audit):
+            try:
+                if old is not None:
+                    old.close()
+            except Exception as e:
+                log.warning("close error=%s", e)
+        lane.report_versions(self.ledger, self.cfg, self.face is not None)
+        self._evidence_files = self._evidence_ids()
 
     def _maintain_evidence(self) -> None:
         try:
