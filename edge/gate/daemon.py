@@ -420,13 +420,13 @@ class Gate:
         old_audit, old_ledger = self.audit, self.ledger
         try:
             self.audit = open_audit(self.cfg, "create", fold_junk=True)
-        except EdgeGateError as e:  # the folder gone or full: the open file still takes records
+        except Exception as e:  # the folder gone, unwritable or full: the open file takes them
             log.error("gate audit reopen_failed error=%s", e)
             self._evidence_files = now
             return
         try:
             self.ledger = open_gate_ledger(self.cfg, self.audit, self.clock())
-        except EdgeGateError as e:  # the new audit log refused the record of a missing ledger
+        except Exception as e:  # the new audit log refused the record of a missing ledger
             self.ledger = UnavailableLedger(str(e))
         for old in (old_ledger, old_audit):
             try:
