@@ -224,7 +224,7 @@ class Relay:
             self._end.set()  # from here the pulse's timer switches nothing
             timer = self._timer
         if timer is not None and timer is not threading.current_thread():
-            timer.join()
+            timer.join(5.0)  # it switches nothing once _end is set, even if it outlives this
         with self._lock:
             for dev in (self.door, self.exit_button):
                 if dev is not None:
