@@ -772,3 +772,22 @@ def test_an_audit_log_or_ledger_deleted_underneath_is_reopened_as_at_start(tmp_p
         assert "does not exist" in gate.ledger.problem
         assert "TICKETS REFUSED" in gate.status_text()
         assert [s.state for s in gate.relay.pin.states].count(True) == 1
+
+
+def test_a_clip_without_one_usable_frame_still_ends_the_run_with_its_error(tmp_path):
+    """The daemon reads again after a source raised, except for a source's own SourceError (a
+    file none of whose frames can be used): that stays the run's error, also behind a wrapper
+    (FirstFrames) that does not say it is finished."""
+    from edge.errors import SourceError
+    from edge.gate.sources import FirstFrames
+
+    cfg = make_config(tmp_path, "[vision]\nface_enabled = false\n")
+    bad = tmp_path / "bad.mp4"
+    bad.write_bytes(b"x")
+    for wrap in (lambda s: s, lambda s: FirstFrames(s, 0)):
+        junk = [np.zeros((4, 4, 7), np.uint8)] * 3  # frames, none of them usable
+        src = wrap(VideoFileSource(bad, capture_factory=lambda _, j=junk: FakeCapture(j)))
+        gate = Gate(cfg, source=src, pin_factory=MockFactory())
+        with pytest.raises(SourceError, match="none of its 3 frame"):
+            gate.run()
+        assert gate.relay.pin.state is False

@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterable
 
 from edge import config as config_mod
 from edge import tickets as tk
-from edge.errors import AuditError, EdgeGateError, GalleryError
+from edge.errors import AuditError, EdgeGateError, GalleryError, SourceError
 from edge.fleet import lane
 from edge.gate import checks, desk
 from edge.gate.audit import AuditLog, AuditRecord, open_audit
@@ -287,11 +287,11 @@ class Gate:
         """The source's next frame. A source that raises (a driver fault, a device gone) is a
         missed frame: logged at ERROR at once and then once a minute while it lasts, read again
         after a pause that grows to a second, and the gate keeps running with the relay shut.
-        A file none of whose frames could be used ends the run with its error."""
+        A file none of whose frames could be used (SourceError) ends the run with its error."""
         try:
             frame = self.source.read()
         except Exception as e:
-            if self.source.finished:
+            if isinstance(e, SourceError) or self.source.finished:
                 raise
             self._source_failures += 1
             now = time.monotonic()

@@ -419,7 +419,11 @@ class FirstFrames(FrameSource):
 
     def read(self) -> Frame | None:
         """The next frame, or None (finished) once n frames were read."""
-        f = None if (self.n and self.i >= self.n) else self.source.read()
+        try:
+            f = None if (self.n and self.i >= self.n) else self.source.read()
+        except Exception:
+            self.finished = self.source.finished  # a clip's error at its end ends this too
+            raise
         if f is None:
             self.finished, self.state = True, "finished"
         self.i += 1
