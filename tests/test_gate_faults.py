@@ -4,10 +4,12 @@ written, files replaced underneath, reloads)."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -24,6 +26,7 @@ from edge.config import RelayConfig
 from edge.errors import AuditError, LedgerError, RelayError
 from edge.gate.audit import AuditLog, AuditRecord
 from edge.gate.daemon import Gate
+from edge.gate.notify import Notifier
 from edge.gate.policy import FaceSeen
 from edge.gate.relay import Relay
 from edge.gate.sources import CameraSource, Frame, FrameSource, VideoFileSource
@@ -791,3 +794,48 @@ def test_a_clip_without_one_usable_frame_still_ends_the_run_with_its_error(tmp_p
         with pytest.raises(SourceError, match="none of its 3 frame"):
             gate.run()
         assert gate.relay.pin.state is False
+
+
+def test_the_watchdog_hears_from_a_gate_waiting_on_a_locked_ledger(tmp_path):
+    """A ledger locked by another process makes a redemption wait up to the busy timeout (10 s,
+    as long as the unit's WatchdogSec): before, no ping went out meanwhile and systemd killed
+    the gate as hung. Now the wait is no hang: pings go on, and the ticket is refused."""
+    sock_path = str(tmp_path / "notify.sock")
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    server.bind(sock_path)
+    server.settimeout(1.0)
+    marker = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    cfg, frames = ticket_clip(tmp_path)
+    got: list[dict] = []
+
+    def decided(ev):
+        got.append(ev)
+        marker.sendto(b"TEST=decided", sock_path)  # after the wait: the redemption failed
+
+    notifier = Notifier({"NOTIFY_SOCKET": sock_path, "WATCHDOG_USEC": "200000"})
+    waiting = lambda: marker.sendto(b"TEST=waiting", sock_path)  # noqa: E731 - the ticket next
+    source = ListSource(frames[:30], hook_at=8, hook=waiting)
+    gate = Gate(cfg, decided, source=source, pin_factory=MockFactory(), notifier=notifier)
+    gate.ledger.conn.execute("PRAGMA busy_timeout=2000")  # the test's wait: 2 s, not 10
+    holder = hold_write_lock(cfg.resolve(cfg.tickets.ledger))
+    msgs: list[str] = []
+
+    def receive():  # as systemd does, while the gate runs (bounded: a broken gate fails below)
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and not (msgs and msgs[-1] == "STOPPING=1"):
+            with contextlib.suppress(TimeoutError):
+                msgs.append(server.recv(4096).decode())
+
+    reader = threading.Thread(target=receive, daemon=True)
+    reader.start()
+    try:
+        gate.run()
+    finally:
+        holder.communicate("", timeout=60)
+    reader.join(300)
+    server.close()
+    marker.close()
+    assert [(e["decision"], e["reason"]) for e in got] == [("deny", "ledger_error")]
+    during = msgs[msgs.index("TEST=waiting") + 1 : msgs.index("TEST=decided")]
+    assert "WATCHDOG=1" in during
+    assert msgs[-1] == "STOPPING=1"

@@ -55,6 +55,10 @@ DEGRADED_LOG_EVERY_S = 60.0
 FACE_FAILURES_TO_DEGRADE = 50  # frames in a row whose face stage raised: the face path is broken
 SOURCE_RETRY_S = 0.05  # a source that raised is read again after this, doubling...
 SOURCE_RETRY_MAX_S = 1.0  # ...up to this: the loop still ticks (status, watchdog) meanwhile
+# The longest one step of the loop may wait on locks held by other processes (a decision: the
+# fleet state, the ledger and the audit log twice, each up to its busy timeout) before systemd's
+# watchdog is left to judge it hung.
+STORE_WAIT_BOUND_S = 60.0
 
 
 def policy_for(cfg: config_mod.Config, face: FaceStack | None) -> Policy:
@@ -326,8 +330,10 @@ class Gate:
             while not self.stop_requested:
                 if self.reload_requested:
                     self.reload_requested = False
-                    self.reload()
-                self.take_overrides()
+                    with self._store_wait():
+                        self.reload()
+                with self._store_wait():
+                    self.take_overrides()
                 frame = self._next_frame()
                 if frame is None:
                     if self.source.finished:
@@ -335,19 +341,27 @@ class Gate:
                     time.sleep(0.02)
                 if frame is not None or not self._scan_q.empty():
                     for d in self.process(frame):
-                        self.act(d)
+                        with self._store_wait():
+                            self.act(d)
                 if frame is not None:
                     self.frames += 1
                     n_status += 1
                 self.notifier.watchdog()
                 now = time.monotonic()
                 if now - t_status >= 1.0:
-                    self.tick(n_status / (now - t_status))
+                    with self._store_wait():
+                        self.tick(n_status / (now - t_status))
                     t_status, n_status = now, 0
                     self._alarm(now)
         finally:
             self.close()
         return 0
+
+    def _store_wait(self) -> contextlib.AbstractContextManager[None]:
+        """Around the loop's steps that write to disk: another process holding a store's lock
+        makes them wait up to its busy timeout (the ledger's 10 s alone is WatchdogSec), which
+        is no hang; systemd keeps hearing from the gate for up to STORE_WAIT_BOUND_S."""
+        return self.notifier.bounded_wait(STORE_WAIT_BOUND_S)
 
     def tick(self, fps: float) -> None:
         """Once a second: status to systemd and to sync; office revocations/keys sync wrote;
