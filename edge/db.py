@@ -194,6 +194,26 @@ class Store:
         except sqlite3.Error as e:
             raise self.error(f"{self.what} {self.path}: {e}", sqlite_fix(e)) from None
 
+    @contextmanager
+    def snapshot(self) -> Iterator[sqlite3.Connection]:
+        """Reads that must agree with each other (a generation and the key wrapped for it; rows
+        and the keys that open them) in one read transaction: another process's commit lands
+        before all of them or after, never between two. Inside an open transaction it joins it.
+        A SQLite failure is this store's error."""
+        with self._lock:
+            if self.conn.in_transaction:
+                yield self.conn
+                return
+            try:
+                self.conn.execute("BEGIN")
+                try:
+                    yield self.conn
+                finally:
+                    if self.conn.in_transaction:
+                        self.conn.execute("COMMIT")  # a read: nothing to keep or undo
+            except sqlite3.Error as e:
+                raise self.error(f"{self.what} {self.path}: {e}", sqlite_fix(e)) from None
+
     def data_version(self) -> int:
         """Changes whenever another connection commits to this file."""
         return self.conn.execute("PRAGMA data_version").fetchone()[0]

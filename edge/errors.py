@@ -79,5 +79,10 @@ class AuditError(EdgeGateError):
     """The audit log is unreadable, cannot be written, or its chain does not verify."""
 
 
+class ReasonError(EdgeGateError):
+    """A reason typed for the audit log (an override, a deletion) is empty or too long to keep
+    whole."""
+
+
 class FleetStateError(EdgeGateError):
     """The lane's fleet state file (written by `edge-gate sync`) is unreadable."""

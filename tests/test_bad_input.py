@@ -383,3 +383,19 @@ def test_output_to_a_full_disk_is_one_line_not_an_internal_error(tmp_path):
     assert p.stderr.count("\n") == 1, p.stderr  # no "Exception ignored" at exit either
     assert p.stderr.startswith("edge-gate: error: No space left on device")
     assert "free space" in p.stderr
+
+
+def test_forget_with_an_overlong_reason_is_one_line_before_anything_is_erased(tmp_path, capsys):
+    """The reason is kept in the audit log whole or not at all: checked before the gallery is
+    opened (before, 200,000 characters went into the log as they were)."""
+    from .helpers import empty_gallery
+
+    cfg = make_config(tmp_path)
+    empty_gallery(cfg)
+    c = ["--config", cfg.source_file]
+    rc = main(["forget", *c, "--reason", "x" * 200_000, "P-1234abcd"])
+    _error_line(capsys, rc, "--reason is 200,000 characters long, more than 200")
+    rc = main(["forget", *c, "--reason", " ", "P-1234abcd"])
+    _error_line(capsys, rc, "--reason is empty")
+    rc = main(["forget", *c, "--reason", "deletion_request", "P-1234abcd"])
+    assert rc != 70 and "internal error" not in capsys.readouterr().err

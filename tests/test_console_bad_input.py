@@ -271,12 +271,16 @@ def test_audit_export_in_an_unknown_format_is_not_found(console, users):
     assert out.startswith(b"{")
 
 
-@pytest.mark.parametrize("since", ["%C2%B2", "9" * 5000])
+@pytest.mark.parametrize("since", ["%C2%B2", "9" * 5000, "yesterday"])
 def test_decision_filters_with_an_unreadable_time_show_the_page(console, users, since):
-    """/decisions?since= with '²' or 5000 digits was a 500; an unreadable time filters nothing."""
+    """/decisions?since= with '²' or 5000 digits was a 500; an unreadable time filters nothing,
+    and the page says so (it was dropped without a word: staff took the list as filtered)."""
     st, page = users["stu"].req("GET", "/decisions?lane=%FF&decision=maybe&since=" + since)
     assert st == 200
-    assert b"<table" in page or b"decisions" in page
+    assert b'<table id="decisions"' in page
+    assert b'id="f-since-error"' in page and b"cannot read time" in page
+    st, page = users["stu"].req("GET", "/decisions?since=2026-11-27T08:00")
+    assert st == 200 and b'id="f-since-error"' not in page
     _, port, _ = console
     c = http.client.HTTPConnection("127.0.0.1", port, timeout=TIMEOUT_S)  # the live stream
     try:
@@ -291,6 +295,31 @@ def test_decision_filters_with_an_unreadable_time_show_the_page(console, users, 
 
 
 # --- actions that must change nothing ----------------------------------------------------------
+
+
+@pytest.mark.parametrize("reason", ["", " \n ", "x" * 201, "why " * 2000])
+def test_an_override_with_an_empty_or_overlong_reason_is_refused_and_sends_nothing(
+    console, users, reason
+):
+    """A reason of 8,000 characters was cut without a word (to 200 characters for the lane, to
+    the record's 300 at the office) and the override sent; now, as an empty one, it is a 400 that
+    records and sends nothing."""
+    park, _, _ = console
+    before = audit_details(park)
+    st, page = users["sam"].form("/lanes/lane1/override", {"reason": reason})
+    assert st == 400, page
+    assert b"reason is" in page and (b"empty" in page or b"more than 200" in page)
+    assert audit_details(park) == before
+
+
+def test_a_forget_with_an_overlong_reason_erases_nothing(console, users):
+    """The deletion's reason is kept in the audit log: refused whole before anything is erased."""
+    park, _, _ = console
+    before = audit_details(park)
+    st, page = users["sam"].form("/people/P-00000000/forget", {"reason": "x" * 5000})
+    assert st == 400, page
+    assert b"more than 200" in page
+    assert audit_details(park) == before
 
 
 def test_user_change_without_a_field_changes_nothing(console, users):

@@ -106,3 +106,20 @@ def test_the_surround_cue_says_nothing_when_the_shoulders_are_out_of_view():
     close = np.array([200.0, 300.0, 440.0, 470.0])  # a face at the bottom edge, 170 px high
     crop, valid = cues.canonical(img, close)
     assert not cues.floating_head(crop, valid)
+
+
+def test_lone_rim_tells_a_border_beside_the_face_from_one_above_it():
+    """The measured, unused one-border cue (models/MODELS.md): which side its edge is on."""
+    from edge.lab.pad_cues import lone_rim
+
+    rng = np.random.default_rng(3)
+    box = np.array([250.0, 190.0, 350.0, 290.0])  # a 100 px face box at (300, 240)
+    textured = rng.normal(140, 25, (480, 640, 3)).clip(0, 255).astype(np.uint8)
+    textured = cv2.GaussianBlur(textured, (0, 0), 1.5)
+    beside = textured.copy()
+    beside[:, 410:] = 60  # a plain surface from 1.1 face sizes right of the centre
+    above = textured.copy()
+    above[:125] = 60  # ... or above it
+    assert lone_rim(beside, box) == "beside"
+    assert lone_rim(above, box) == "above_below"
+    assert lone_rim(textured, box) is None

@@ -1102,3 +1102,45 @@ def test_restored_lane_grants_nobody_by_face_until_the_forget_list_is_applied(
     finally:
         gate.close()
         st.close()
+
+
+def _log(epoch: str, times, kinds=None, start: int = 1, prev: str = "0" * 64):
+    """A lane's audit records as the office stores them, with content hashes that fit."""
+    from edge.fleet.officestore import _content_hash
+
+    out = []
+    for k, t in enumerate(times):
+        rid = start + k
+        kind = (kinds or {}).get(rid, "decision")
+        fields = json.dumps({"t": t, "gate": "lane1", "kind": kind, "decision": "deny"})
+        h = _content_hash(prev, rid, fields)
+        out.append((epoch, rid, prev, h, 0.0, fields))
+        prev = h
+    return out
+
+
+def test_verify_lane_compares_a_log_sent_again_under_a_new_epoch_record_by_record():
+    """A log sent again from record 1 under a new epoch was compared with the earlier epoch's
+    only where the two met: a lane could rewrite its log, re-initialise its ledger and send it
+    all again unseen. Every record both epochs hold must now agree."""
+    from edge.fleet.officestore import LaneEvidence, verify_lane
+
+    def check(*records):
+        return verify_lane(LaneEvidence("lane1", [r for rs in records for r in rs], [], []))
+
+    e1 = _log("e1", [100.0, 101.0, 102.0, 103.0])
+    assert check(e1, _log("e2", [100.0, 101.0, 102.0, 103.0, 104.0])) == []  # the same log
+    # the same records sent again from record 2 (a cursor restored, nothing else): not "cut"
+    assert check(e1, _log("e2", [100.0, 101.0, 102.0, 103.0])[1:]) == []
+    # record 3 edited and the chain rebuilt, all sent again from record 1 under a new epoch
+    rewritten = _log("e2", [100.0, 101.0, 102.0, 103.0], kinds={3: "system"})
+    bad = check(e1, rewritten)
+    assert [f.broken for f in bad] == [True]
+    assert "went on from record 2: records 3..4 of epoch e1" in bad[0].text
+    # rewritten from its first record, keeping its times: it claims to have begun before
+    bad = check(e1, _log("e2", [100.0, 101.0], kinds={1: "system"}))
+    assert bad[0].broken and "rewritten from its start" in bad[0].text
+    # a lane installed again: its new log begins after the old one's last record
+    found = check(e1, _log("e2", [500.0, 501.0]))
+    assert [f.broken for f in found] == [False]
+    assert "another log" in found[0].text and "records 1..4 of epoch e1" in found[0].text

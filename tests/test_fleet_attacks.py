@@ -680,6 +680,42 @@ def test_fleet_audit_verify_detects_a_lane_log_rewritten_after_sending(
         park.stop_all()
 
 
+def test_fleet_audit_verify_detects_a_rewritten_log_sent_again_under_a_new_epoch(
+    broker, office_keys, tmp_path
+):
+    """The same rewrite, then the ledger and fleet state re-initialised (a new epoch, the audit
+    cursor back at 0), so the lane sends its whole rewritten log again from record 1: the office
+    compared a new epoch with the one before only where the two met, and said "ok"."""
+    park = Park(tmp_path, broker.url, office_keys, lanes=1)
+    try:
+        park.start(1)
+        for k in range(6):
+            verify(park, 1, f"JUNK-{k}")
+        a = AuditLog(park.lanes[0].dir / "audit.db")
+        count, _ = a.head()
+        a.close()
+        wait_for(lambda: FleetCursor(park, 1) >= count, what="records at the office")
+        park.stop(1)
+        d = park.lanes[0].dir
+        _rechain(park.lanes[0].config, d / "audit.db", edit=3)
+        for p in [*d.glob("ledger.db*"), *d.glob("fleet.db*")]:
+            p.unlink()
+        r = cli("ledger", "init", "--config", str(park.lanes[0].config))
+        assert r.returncode == 0, r.stderr
+        park.start(1)
+        wait_for(lambda: FleetCursor(park, 1) >= count, what="the log sent again")
+
+        def verdict():
+            r = cli("fleet", "audit", "verify", "--config", str(park.office.config))
+            return r if r.returncode == 1 else None
+
+        r = wait_for(verdict, what="fleet audit verify fails")
+        assert "lane1: BROKEN" in r.stdout
+        assert "went on from record 2" in r.stdout, r.stdout
+    finally:
+        park.stop_all()
+
+
 def test_site_broker_config_with_tls_admits_a_lane_over_mqtts(office_keys, tmp_path):
     """`fleet broker-config` output on a real mosquitto with TLS: a lane joins over mqtts."""
     _need_mosquitto()

@@ -15,7 +15,7 @@ from gpiozero.pins.mock import MockFactory
 
 from edge import config as config_mod
 from edge import tickets as tk
-from edge.errors import ConfigError
+from edge.errors import ConfigError, ReasonError
 from edge.fleet import messages as msg
 from edge.fleet.office import office_store, publish_override
 from edge.fleet.override import (
@@ -98,8 +98,11 @@ def test_judge_refuses_expired_future_too_long_forged_and_other_types(issuer, tm
     assert judge(_signed(key, body, now, site="other"), SITE, "lane1", now, [pub], 5).reason == (
         INVALID
     )
-    with pytest.raises(ConfigError, match="reason"):
+    with pytest.raises(ReasonError, match="reason is empty"):
         override_body("lane1", "   ", "sam", now)
+    assert override_body("lane1", "x" * 200, "sam", now)["reason"] == "x" * 200
+    with pytest.raises(ReasonError, match="201 characters long, more than 200"):
+        override_body("lane1", "x" * 201, "sam", now)  # was cut to 200 without a word
     with pytest.raises(ConfigError, match="validity"):
         override_body("lane1", "x", "sam", now, MAX_VALID_S + 1)
 

@@ -404,3 +404,80 @@ def test_a_detail_longer_than_any_name_is_refused_and_nothing_stored(gal):
     assert gal.people() == []
     gal.add_person("B" * MAX_DETAIL_CHARS, CONSENT, emb, "m", "v")
     assert len(gal.people()) == 1
+
+
+def _commit_between_reads(reader: Gallery, writer_fn, before: str) -> None:
+    """Run `writer_fn` (another connection's commit) as the reader's next statement containing
+    `before` starts: what another process's commit between two of the reader's reads does."""
+    fired = []
+
+    def trace(sql: str) -> None:
+        if before in sql and not fired:
+            fired.append(sql)
+            writer_fn()
+
+    reader.conn.set_trace_callback(trace)
+    return fired
+
+
+def test_a_forget_committed_between_two_reads_never_breaks_a_reader(tmp_path, caplog):
+    """A forget moves the gallery to a new generation (new data key). A reader that read the
+    generation, then the data key after another process's forget had committed, raised
+    KeyFileError "does not open gallery" (the gate's reload, `people`, the console); one that
+    read the person keys after it rejected everyone as key_unavailable. Each set of reads that
+    must agree is now one snapshot."""
+    kek = init_key(tmp_path / "k.key")
+    rng = np.random.default_rng(11)
+    with Gallery(tmp_path / "g.db", kek) as writer:
+        keep = writer.add_person("Keeper", CONSENT, list(unit(rng, 1)), "m", "v")
+        gone = writer.add_person("Leaver", CONSENT, list(unit(rng, 1)), "m", "v")
+        other = writer.add_person("Other", CONSENT, list(unit(rng, 1)), "m", "v")
+        with Gallery(tmp_path / "g.db", kek) as reader:
+            assert set(reader.person_keys()) == {keep, gone, other}
+            writer.forget(gone)  # the reader follows this generation at its next read ...
+            # ... and reads the new data key after yet another forget has landed
+            fired = _commit_between_reads(reader, lambda: writer._forget_ids([other]), "data_keys")
+            with caplog.at_level("ERROR"):
+                got = set(reader.person_keys())
+                assert fired
+                assert got in ({keep, other}, {keep})  # before or after it, whole
+                assert set(reader.person_keys()) == {keep}
+            # the rows are read after a forget that moved the data key on
+            fourth = writer.add_person("Fourth", CONSENT, list(unit(rng, 1)), "m", "v")
+            assert set(reader.person_keys()) == {keep, fourth}
+            sixth = writer.add_person("Sixth", CONSENT, list(unit(rng, 1)), "m", "v")  # reload
+            fired = _commit_between_reads(
+                reader, lambda: writer._forget_ids([fourth]), "person_keys k"
+            )
+            with caplog.at_level("ERROR"):
+                got = set(reader.person_keys())
+                assert fired
+                assert got in ({keep, fourth, sixth}, {keep, sixth})
+                assert set(reader.person_keys()) == {keep, sixth}
+            assert "key_unavailable" not in caplog.text
+            reader.conn.set_trace_callback(None)
+    # a new reader opening the file as a forget commits between its first reads
+    with Gallery(tmp_path / "g.db", kek) as writer:
+        p4 = writer.add_person("Fifth", CONSENT, list(unit(rng, 1)), "m", "v")
+        orig = sqlite3.connect
+
+        def connect(*a, **kw):
+            c = orig(*a, **kw)
+            done = []
+
+            def trace(sql: str) -> None:
+                if "data_keys" in sql and "SELECT" in sql and not done:
+                    done.append(sql)
+                    writer._forget_ids([p4])  # committed; its scrub would wait for readers
+
+            c.set_trace_callback(trace)
+            return c
+
+        import edge.db
+
+        edge.db.sqlite3.connect = connect
+        try:
+            with Gallery(tmp_path / "g.db", kek) as opened:
+                assert set(opened.person_keys()) == {keep, sixth}
+        finally:
+            edge.db.sqlite3.connect = orig

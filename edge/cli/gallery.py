@@ -19,7 +19,7 @@ from edge.gallery.crypto import load_key
 from edge.gallery.erase import ErasureIncomplete
 from edge.gallery.forgetlist import read_replay_file
 from edge.gallery.store import Consent, Gallery
-from edge.gate.audit import AuditLog, AuditRecord, open_audit, purge_with_gallery
+from edge.gate.audit import AuditLog, AuditRecord, check_reason, open_audit, purge_with_gallery
 from edge.timeutil import iso, parse_time
 
 
@@ -252,6 +252,7 @@ def cmd_forget(args) -> int:
         raise EdgeGateError(
             "no person id", "edge-gate forget P-..., or --replay after restoring a backup"
         )
+    reason = check_reason(args.reason, "--reason")  # before anything is erased
     cfg, db, key = paths(args)
     if args.publish:  # what publishing needs is checked before anything is erased
         check_publish(args, cfg, "forget --publish")
@@ -260,10 +261,10 @@ def cmd_forget(args) -> int:
             found = g.forget(args.person_id)
     except ErasureIncomplete:
         # The rows are gone from the database; the audit trail says the erasure is not complete.
-        audit_record(cfg, "deletion", reason=args.reason, detail="erasure incomplete on disk")
+        audit_record(cfg, "deletion", reason=reason, detail="erasure incomplete on disk")
         raise
     if found:  # the audit trail says that a deletion happened and why, never who
-        audit_record(cfg, "deletion", reason=args.reason, detail="key destroyed; file scrubbed")
+        audit_record(cfg, "deletion", reason=reason, detail="key destroyed; file scrubbed")
     if args.publish:  # also when already gone here: the lanes may still hold the person
         publish_deletion(args, cfg)
     if not found:

@@ -47,7 +47,7 @@ from edge.gallery.enroll import enroll as enroll_person
 from edge.gallery.erase import ErasureIncomplete
 from edge.gallery.matcher import resolve_threshold
 from edge.gallery.store import Consent, Gallery
-from edge.gate.audit import AuditLog, AuditRecord, open_audit
+from edge.gate.audit import AuditLog, AuditRecord, check_reason, open_audit
 from edge.gate.desk import DeskOptions, pick_ticket_text, verify_tickets
 from edge.tickets.revocation import unrevoke as remove
 from edge.timeutil import parse_time
@@ -416,6 +416,7 @@ def reveal(office: Office, user: str, person_id: str) -> str:
 
 def forget(office: Office, user: str, person_id: str, reason: str) -> tuple[bool, bool]:
     """Erase at the office and publish the deletion to every lane; (was here, published)."""
+    reason = check_reason(reason, "the deletion's reason")
     cfg = office.cfg
     key = office.need_issuer_key() if cfg.fleet.enabled else None
     found = False
@@ -445,8 +446,7 @@ def override(office: Office, user: str, lane: str, reason: str) -> tuple[str, bo
     cfg = office.cfg
     if not cfg.fleet.enabled:
         raise ActionError("this office has no [fleet] section: no lane to open")
-    if not reason.strip():
-        raise ActionError("an override needs a reason", "type why the gate is opened")
+    reason = check_reason(reason, "the override's reason")
     with office.audit() as a:  # recorded before it is sent (publish_override)
         q, oid = publish_override(
             cfg,

@@ -401,13 +401,17 @@ def build_app(cfg: config_mod.Config, feed: FleetFeed | None = None) -> Starlett
                 for name, hb in sorted(st["lanes"].items())]  # fmt: skip
         return con.render(ctx, "lanes.html", lanes=rows)
 
+    def _since(request: Request) -> tuple[float, str]:
+        """The `since` filter's time (0: none), and why it could not be read ("" if it was)."""
+        since = request.query_params.get("since", "").strip()
+        try:
+            return (parse_time(since, cfg.gate.zone) if since else 0.0), ""
+        except EdgeGateError as e:
+            return 0.0, str(e)
+
     def _filter(request: Request) -> DecisionFilter:
         q = request.query_params
-        since = q.get("since", "").strip()
-        try:
-            t = parse_time(since, cfg.gate.zone) if since else 0.0
-        except EdgeGateError:
-            t = 0.0
+        t, _ = _since(request)  # unreadable: every time is shown, and the page says why
         return DecisionFilter(q.get("lane", ""), q.get("reason", ""), q.get("decision", ""), t)
 
     async def decisions(ctx: Ctx) -> Response:
@@ -424,6 +428,7 @@ def build_app(cfg: config_mod.Config, feed: FleetFeed | None = None) -> Starlett
             version=con.feed.version,
             query=urlencode({k: v for k, v in ctx.request.query_params.items()}),
             since_text=ctx.request.query_params.get("since", ""),
+            since_error=_since(ctx.request)[1],
         )
 
     row_template = con.templates.env.get_template("_decision_row.html")

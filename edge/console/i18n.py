@@ -41,6 +41,7 @@ ZH: dict[str, str] = {
     "deny": "拒绝",
     "-": "-",
     "Since": "起始时间",
+    "Since: not read, so every time is shown:": "起始时间无法识别，显示全部时间：",
     "Via": "方式",
     "Score": "分数",
     "Name": "姓名",

@@ -356,13 +356,8 @@ def verify_lane(ev: LaneEvidence) -> list[AuditFinding]:
                     f"{first - 1} as the lane sent it in epoch {earlier[:8]}: the lane's log "
                     "before it was rewritten or replaced"
                 )
-            lost = [r for r in old if r >= first]
-            if lost and first - 1 in old:
-                bad(
-                    f"epoch {epoch[:8]} went on from record {first - 1}: records "
-                    f"{min(lost)}..{max(lost)} of epoch {earlier[:8]}, received here, are no "
-                    "longer in the lane's log (restored from an older copy or cut)"
-                )
+            else:
+                out.extend(_across_epochs(ev.lane, (earlier, old), (epoch, recs), written))
     newest: dict[str, tuple[int, str, float]] = {}
     for epoch, count, head, t in ev.heads:
         recs = by_epoch.get(epoch, {})
@@ -397,6 +392,71 @@ def verify_lane(ev: LaneEvidence) -> list[AuditFinding]:
                 )
             )
     return out
+
+
+def _across_epochs(
+    lane: str,
+    older: tuple[str, dict[int, tuple[str, str]]],
+    newer: tuple[str, dict[int, tuple[str, str]]],
+    written: dict[tuple[str, int], float],
+) -> list[AuditFinding]:
+    """A later epoch's records against an earlier one's, wherever both hold the same record id.
+
+    One log sent under two epochs (its ledger re-initialised, or a copy restored) must agree
+    on every record both hold: a chain, once it differs, differs from there on, so the first
+    record that differs says where the log changed. The records of the earlier epoch from there
+    on are no longer in the lane's log. A log that differs from record 1 is another log: fine
+    when it began after the earlier epoch's last record (a Pi replaced or installed again; the
+    earlier records are then kept here only), broken when it claims to have begun before (the
+    log rewritten from its first record and sent again under a new epoch).
+    """
+    (e_old, old), (e_new, new) = older, newer
+    d = next((r for r in sorted(old.keys() & new.keys()) if old[r][1] != new[r][1]), None)
+    if d is None:
+        return []
+    if d == 1:
+        began = written.get((e_new, 1))
+        last = max((written.get((e_old, r), -math.inf) for r in old), default=-math.inf)
+        if began is not None and began > last:
+            return [
+                AuditFinding(
+                    lane,
+                    False,
+                    f"epoch {e_new[:8]} is another log, begun after epoch {e_old[:8]}'s last "
+                    f"record (a lane replaced or installed again): records 1..{max(old)} of "
+                    f"epoch {e_old[:8]} are kept here only",
+                )
+            ]
+        return [
+            AuditFinding(
+                lane,
+                True,
+                f"epoch {e_new[:8]} sent a log whose record 1 differs from the one the lane sent "
+                f"in epoch {e_old[:8]} but was written before that epoch's last record: the "
+                "lane's log was rewritten from its start",
+            )
+        ]
+    went_on = d - 1 in old and (
+        new.get(d - 1, ("", ""))[1] == old[d - 1][1] or new[d][0] == old[d - 1][1]
+    )
+    if went_on:
+        return [
+            AuditFinding(
+                lane,
+                True,
+                f"epoch {e_new[:8]} went on from record {d - 1}: records {d}..{max(old)} of "
+                f"epoch {e_old[:8]}, received here, are no longer in the lane's log (restored "
+                "from an older copy or cut)",
+            )
+        ]
+    return [
+        AuditFinding(
+            lane,
+            True,
+            f"record {d} sent in epoch {e_new[:8]} differs from record {d} sent in epoch "
+            f"{e_old[:8]}: the lane's log was rewritten",
+        )
+    ]
 
 
 def _record_time(fields_json: str) -> float | None:

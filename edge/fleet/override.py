@@ -28,14 +28,13 @@ from edge.config import Config
 from edge.errors import ConfigError
 from edge.fleet import messages as msg
 from edge.fleet.state import FleetState
-from edge.gate.audit import AuditRecord
+from edge.gate.audit import MAX_REASON, AuditRecord, check_reason
 from edge.gate.notices import Notice, notice_for_decision
 from edge.timeutil import iso
 
 VIA = "override"  # the audit record's and decision event's `via`, and a grant's reason
 MAX_VALID_S = 120.0  # no override is accepted for longer than this, whatever it says
 DEFAULT_VALID_S = 30.0
-MAX_REASON = 200  # characters of the supervisor's reason kept
 POLL_S = 0.1  # how often the gate looks for overrides sync left
 
 # Why a lane refused an override (the audit record's reason).
@@ -70,11 +69,9 @@ def override_id(nonce: str) -> str:
 def override_body(
     lane: str, reason: str, by: str, now: float, valid_s: float = DEFAULT_VALID_S
 ) -> dict[str, Any]:
-    """The signed body of a new override; ConfigError for an empty reason or a validity out
-    of (0, MAX_VALID_S]."""
-    why = " ".join(reason.split())[:MAX_REASON]
-    if not why:
-        raise ConfigError("an override needs a reason", "type why the gate is opened")
+    """The signed body of a new override; ReasonError for an empty or overlong reason,
+    ConfigError for a validity out of (0, MAX_VALID_S]."""
+    why = check_reason(reason, "an override's reason")
     if not 0 < valid_s <= MAX_VALID_S:
         raise ConfigError(
             f"override validity {valid_s} s is outside (0, {MAX_VALID_S:.0f}] s",

@@ -12,10 +12,11 @@ import time
 from pathlib import Path
 
 from edge.config import Config
-from edge.gallery.crypto import credential_path, load_key
+from edge.gallery.crypto import load_key
 from edge.gallery.rules import describe, expected_for
 from edge.gallery.schema import clear_fields, describe_fields, sealed_fields
 from edge.gallery.store import FILING_THRESHOLD, Gallery
+from edge.keyfiles import credential_path
 from edge.timeutil import iso
 
 ALGORITHM = (

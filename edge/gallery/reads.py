@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import sqlite3
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -67,6 +68,14 @@ class GalleryReader:
     def _follow(self) -> None:
         """Open the data key of the gallery's current generation (Gallery)."""
 
+    def _wait_for_writers(self) -> bool:
+        """Wait for another process's write in flight (Gallery); False when it cannot tell."""
+        return False
+
+    def snapshot(self) -> AbstractContextManager[sqlite3.Connection]:
+        """Reads that must agree, in one read transaction (Gallery: Store.snapshot)."""
+        return nullcontext(self.conn)
+
     def needs_forget_replay(self) -> bool:
         """A restored older copy that must replay the forget list first (Gallery)."""
         return False
@@ -80,17 +89,28 @@ class GalleryReader:
         version = (self.data_version(), self.conn.total_changes)  # others' and own commits
         if self._cache is not None and self._cache[0] == version:
             return self._cache[1]
-        self._follow()
         out: dict[str, PersonKey] = {}
-        if self.needs_forget_replay():  # a restored older copy: nobody until the list is replayed
-            log.error("gallery restored from an older copy: every person refused until "
-                      "`edge-gate forget --replay`")  # fmt: skip
-            self._cache = (version, out)
-            return out
-        rows = self.conn.execute(
-            "SELECT p.id, p.valid_until, p.minor, p.attrs, k.wrapped"
-            " FROM people p LEFT JOIN person_keys k ON k.person_id = p.id"
-        ).fetchall()
+        for settled in (False, True):
+            # one snapshot: a forget (a new data key) committed between the generation and
+            # the rows would make every person's key fail to open (a commit landing before it
+            # but after `version` only makes the next call read again)
+            with self.snapshot():
+                self._follow()
+                restored = self.needs_forget_replay()
+                if not restored:
+                    rows = self.conn.execute(
+                        "SELECT p.id, p.valid_until, p.minor, p.attrs, k.wrapped"
+                        " FROM people p LEFT JOIN person_keys k ON k.person_id = p.id"
+                    ).fetchall()
+                    break
+            # The forget list is written before the forget commits: ahead of this snapshot,
+            # it is a forget in flight, or a restored older copy if it still is once no write
+            # is in flight (nobody is admitted until the list is replayed).
+            if settled or not self._wait_for_writers():
+                log.error("gallery restored from an older copy: every person refused until "
+                          "`edge-gate forget --replay`")  # fmt: skip
+                self._cache = (version, out)
+                return out
         dek = AESGCM(self.dek)
         for pid, vu, minor, attrs, wrapped in rows:  # one unwrap per person, not per template
             try:
@@ -125,14 +145,16 @@ class GalleryReader:
 
     def people(self, person_id: str | None = None) -> list[Person]:
         """Everyone (or one person), names opened; a row failing authentication is marked."""
-        rows = self.conn.execute(
-            "SELECT p.id, p.name, p.pass_ref, p.valid_until, p.minor, p.created,"
-            " (SELECT max(time) FROM consents c WHERE c.person_id = p.id),"
-            " (SELECT count(*) FROM templates t WHERE t.person_id = p.id)"
-            " FROM people p WHERE ? IS NULL OR p.id = ? ORDER BY p.created, p.id",
-            (person_id, person_id),
-        ).fetchall()
-        keys, out = self.person_keys(), []
+        self.person_keys()  # read (and settled) outside: inside, a cache hit unless it moved
+        with self.snapshot():  # rows and keys from the same commit (else: "<damaged>")
+            rows = self.conn.execute(
+                "SELECT p.id, p.name, p.pass_ref, p.valid_until, p.minor, p.created,"
+                " (SELECT max(time) FROM consents c WHERE c.person_id = p.id),"
+                " (SELECT count(*) FROM templates t WHERE t.person_id = p.id)"
+                " FROM people p WHERE ? IS NULL OR p.id = ? ORDER BY p.created, p.id",
+                (person_id, person_id),
+            ).fetchall()
+            keys, out = self.person_keys(), []
         for pid, name, pref, vu, minor, created, ctime, n in rows:
             pk = keys.get(pid)
             try:
@@ -179,9 +201,11 @@ class GalleryReader:
 
     def pass_refs(self) -> dict[str, str]:
         """Person id -> pass reference (opens only that column; names stay sealed)."""
-        keys, out = self.person_keys(), {}
-        q = "SELECT id, pass_ref FROM people WHERE pass_ref IS NOT NULL"
-        for pid, blob in self.conn.execute(q):
+        with self.snapshot():
+            keys, out = self.person_keys(), {}
+            q = "SELECT id, pass_ref FROM people WHERE pass_ref IS NOT NULL"
+            found = self.conn.execute(q).fetchall()
+        for pid, blob in found:
             try:
                 if pid in keys:
                     out[pid] = self._open(keys[pid].key, blob, "people", pid, "pass_ref")
@@ -191,12 +215,14 @@ class GalleryReader:
 
     def templates(self, model_id: str, person_id: str | None = None) -> Templates:
         """Decrypt the templates of one model (optionally one person); bad rows are skipped."""
-        rows = self.conn.execute(
-            "SELECT id, person_id, embedding FROM templates WHERE model_id = ?"
-            " AND (? IS NULL OR person_id = ?) ORDER BY person_id, id",
-            (model_id, person_id, person_id),
-        ).fetchall()
-        keys = self.person_keys()
+        self.person_keys()  # read (and settled) outside: inside, a cache hit unless it moved
+        with self.snapshot():  # templates and the keys that open them from one commit
+            rows = self.conn.execute(
+                "SELECT id, person_id, embedding FROM templates WHERE model_id = ?"
+                " AND (? IS NULL OR person_id = ?) ORDER BY person_id, id",
+                (model_id, person_id, person_id),
+            ).fetchall()
+            keys = self.person_keys()
         vecs, pids, rejected = [], [], 0
         for tid, pid, blob in rows:  # one AEAD open per row; matching itself is vectorised
             try:

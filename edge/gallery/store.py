@@ -162,11 +162,11 @@ class Gallery(Store, GalleryReader):
 
     def _unwrap(self) -> bytes:
         """The data key, opened for the id and generation the file states (schema 3), and those."""
-        c = self.conn
-        gid, gen = None, None
-        if user_version(c) >= 3:
-            gid, gen = schema.state(c, "gallery_id"), schema.state(c, "generation")
-        rows = c.execute("SELECT kid, wrapped FROM data_keys").fetchall()
+        with self.snapshot() as c:  # a forget committing between the reads moves both on
+            gid, gen = None, None
+            if user_version(c) >= 3:
+                gid, gen = schema.state(c, "gallery_id"), schema.state(c, "generation")
+            rows = c.execute("SELECT kid, wrapped FROM data_keys").fetchall()
         for kid, wrapped in rows:
             if kid == self.kek.kid:
                 try:
@@ -530,6 +530,16 @@ class Gallery(Store, GalleryReader):
                 f"forget list names (id {newest.gallery}): it was replaced"
             )
         return ForgetState(self.generation, listed, office, reason)
+
+    def _wait_for_writers(self) -> bool:
+        """Wait (up to the busy timeout) until no other process is writing the file: an empty
+        IMMEDIATE transaction. False when the file cannot be locked (read-only, still busy)."""
+        try:
+            with self.transaction():
+                pass
+        except GalleryError:
+            return False
+        return True
 
     def needs_forget_replay(self) -> bool:
         """True while this file is older than the lane's newest generation (a restored backup):

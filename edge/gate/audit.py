@@ -34,7 +34,7 @@ from typing import NamedTuple
 from edge.config import MAX_JUNK_WINDOW_S
 from edge.config import MIN_AUDIT_RETENTION_DAYS as MIN_RETENTION_DAYS
 from edge.db import Migration, Store, columns, migrate, run_script, tables
-from edge.errors import AuditError, ConfigError, EdgeGateError, KeyFileError
+from edge.errors import AuditError, ConfigError, EdgeGateError, KeyFileError, ReasonError
 from edge.evidence import EvidenceKey, Mark, Witness, WitnessError, key_path, lane_key
 from edge.tickets.ledger import LedgerMark
 
@@ -854,3 +854,20 @@ def open_audit(cfg, key: str = "create", fold_junk: bool = False) -> AuditLog:
     if fold_junk:
         log_.junk = JunkFolder(cfg.audit.junk_window_s)
     return log_
+
+
+MAX_REASON = 200  # characters of a typed reason (an override, a deletion) the log keeps
+
+
+def check_reason(text: str, what: str = "the reason") -> str:
+    """A typed reason as the log keeps it (runs of whitespace as one space). Empty or longer
+    than MAX_REASON is a ReasonError: what an auditor reads is what was typed, never cut."""
+    why = " ".join(text.split())
+    if not why:
+        raise ReasonError(f"{what} is empty", "type why, in a few words")
+    if len(why) > MAX_REASON:
+        raise ReasonError(
+            f"{what} is {len(why):,} characters long, more than {MAX_REASON}",
+            "say why in a sentence; keep longer notes in the site's own records",
+        )
+    return why

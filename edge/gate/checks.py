@@ -10,9 +10,9 @@ from edge import config as config_mod
 from edge import tickets as tk
 from edge.errors import ConfigError, KeyFileError, ModelError
 from edge.fleet.state import fleet_pubkey_paths
-from edge.gallery.crypto import credential_path
 from edge.gate.desk import configured_revocations
 from edge.gate.policy import check_non_face_way_in
+from edge.keyfiles import credential_path
 from edge.vision.models import detector_spec, embedder_spec
 
 # Errors that mean the operator's settings are wrong: the gate refuses to start with them.

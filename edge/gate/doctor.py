@@ -20,9 +20,10 @@ import stat
 
 from edge import config as config_mod
 from edge.errors import EdgeGateError
-from edge.gallery.crypto import credential_path, load_key
+from edge.gallery.crypto import load_key
 from edge.gate import checks, doctor_site
 from edge.gate.checklist import Check, Site, registry
+from edge.keyfiles import credential_path
 from edge.vision.models import (
     catalogue_files,
     detector_spec,

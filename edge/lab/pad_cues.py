@@ -66,6 +66,23 @@ def live_sources(fx: Path) -> dict[str, Iterator[np.ndarray]]:
     }
 
 
+LONE_RIM_LENGTH = 2.5  # face sizes: an edge across most of the canonical crop's height
+
+
+def lone_rim(bgr: np.ndarray, box: np.ndarray) -> str | None:
+    """A cue measured and not adopted (models/MODELS.md, "Cues"): one long straight edge beside
+    the face ("beside": left or right) or above or below it ("above_below") with a plain
+    surface beyond it, the one border of a print or screen still in view; None if there is
+    none. A door frame, a lane's post or a ceiling line beside a live head looks the same."""
+    crop, valid = cues.canonical(bgr, box)
+    found = {
+        "beside" if e.side in (0, 2) else "above_below"
+        for e in cues.straight_edges(crop, valid)
+        if e.beyond <= cues.PLAIN_STD and e.length >= LONE_RIM_LENGTH
+    }
+    return "beside" if "beside" in found else (found.pop() if found else None)
+
+
 def _largest(pipe: FacePipeline, bgr: np.ndarray):
     for det in pipe.still_detectors():
         found = det.detect(bgr)
@@ -82,6 +99,7 @@ def measure(fx: Path, cfg: config_mod.Config, model: str | None = None) -> dict:
     live, times = {}, []
     for name, frames in live_sources(fx).items():
         n = fired = passed = added = 0
+        rims = {"beside": 0, "above_below": 0}
         for bgr in frames:
             d = _largest(pipe, bgr)
             if d is None:
@@ -91,11 +109,14 @@ def measure(fx: Path, cfg: config_mod.Config, model: str | None = None) -> dict:
             cue = cues.veto(bgr, d.box) is not None
             times.append(time.perf_counter() - t0)
             n, fired, passed, added = n + 1, fired + cue, passed + ok, added + (ok and cue)
+            if (rim := lone_rim(bgr, d.box)) is not None:
+                rims[rim] += 1
         live[name] = {
             "faces": n,
             "cue_fires": round(fired / n, 4) if n else None,
             "model_passes": passed,
             "bpcer_added": round(added / passed, 4) if passed else None,
+            "lone_rim": rims,
         }
     renders: dict[str, dict[str, int]] = {}
     people = sorted(p for p in (fx / "faces").iterdir() if p.is_dir())
@@ -114,7 +135,12 @@ def measure(fx: Path, cfg: config_mod.Config, model: str | None = None) -> dict:
                     rng = np.random.default_rng(5000 + 31 * i + seed)
                     frame = padsynth.render_surround(photo, seen.detection.box, style, rng)
                     row = renders.setdefault(f"{style} {split}", dict.fromkeys(OUTCOMES, 0))
-                    row[_outcome(pipe, pad, frame)] += 1
+                    outcome, box = _outcome(pipe, pad, frame)
+                    row[outcome] += 1
+                    if outcome == "accepted" and box is not None:
+                        rim = lone_rim(frame, box)
+                        key = f"accepted_lone_rim_{rim}" if rim else "accepted_no_rim"
+                        row[key] = row.get(key, 0) + 1
     return {
         "model": spec.name,
         "threshold": spec.threshold,
@@ -128,19 +154,20 @@ def measure(fx: Path, cfg: config_mod.Config, model: str | None = None) -> dict:
 OUTCOMES = ("no_face", "too_close", "cue", "model", "accepted")
 
 
-def _outcome(pipe: FacePipeline, pad: PadModel, frame: np.ndarray) -> str:
-    """What refuses one rendering first, as the gate asks: too close, the model, a cue."""
+def _outcome(pipe: FacePipeline, pad: PadModel, frame: np.ndarray):
+    """What refuses one rendering first, as the gate asks: too close, the model, a cue; and
+    the face box judged (None without a face)."""
     faces = pipe.analyze(frame)
     if not faces:
-        return "no_face"
+        return "no_face", None
     box = max(faces, key=lambda f: f.detection.width).detection.box
     before = pad.too_close
     p = pad.live_probability(frame, box)
     if pad.too_close > before:
-        return "too_close"
+        return "too_close", box
     if cues.veto(frame, box) is not None:
-        return "cue"  # the cues alone refuse it, whatever the model says
-    return "accepted" if pad.is_live(p) else "model"
+        return "cue", box  # the cues alone refuse it, whatever the model says
+    return ("accepted" if pad.is_live(p) else "model"), box
 
 
 if __name__ == "__main__":  # python -m edge.lab.pad_cues FIXTURES [MODEL]
