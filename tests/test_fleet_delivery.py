@@ -1,38 +1,48 @@
 """Delivery to a lane on a real mosquitto: nothing received is lost when sync stops mid-way, a
-session's backlog hides no restore, and queued heartbeats are no clock readings.
+session's backlog hides no restore, queued heartbeats are no clock readings, and what a lane
+failed to store comes again while sync runs.
 
 Every wait is bounded polling for a condition; no timing is asserted.
 """
 
 from __future__ import annotations
 
+import logging
 import shutil
+import sqlite3
 import time
 import uuid
 
 from edge import tickets as tk
 from edge.fleet import messages as msg
+from edge.fleet import sync as sync_mod
 from edge.fleet.identity import load_lane_key
+from edge.fleet.sync import StoreRetry
 from tests.test_fleet import OneShot, Park, verify, wait_for
+
+
+def _redemptions(park: Park, i: int, n: int, prefix: str) -> list[tuple[str, bytes]]:
+    """(topic, payload) of n redemptions of n one-time tickets, signed with lane i's key."""
+    cfg = park.cfg(i)
+    key, issuer = load_lane_key(cfg), tk.load_private(park.priv)
+    now, epoch = time.time(), uuid.uuid4().hex[:16]
+    day = time.strftime("%Y-%m-%d", time.gmtime(now))
+    out = []
+    for seq in range(1, n + 1):
+        tid = f"{prefix}{seq}"
+        t = tk.Ticket(tid, "day", int(now) - 60, int(now) + 86400, tk.Kind.ONE_TIME, 1)
+        body = {"ticket": tk.sign(t, issuer), "ticket_id": tid, "t": now, "day": day}
+        m = msg.Message(msg.REDEMPTION, park.site, f"lane{i}", seq, now, body, epoch=epoch)
+        out.append((msg.topic(park.site, "redemptions", f"lane{i}"), msg.encode(msg.sign(m, key))))
+    return out
 
 
 def _queue_redemptions(park: Park, i: int, n: int, prefix: str) -> None:
     """n redemptions of n one-time tickets, signed with lane i's key and published with its
     login (its sync not running), each acknowledged by the broker: a stopped lane's session
     holds them."""
-    cfg = park.cfg(i)
-    key, issuer = load_lane_key(cfg), tk.load_private(park.priv)
-    now, epoch = time.time(), uuid.uuid4().hex[:16]
-    day = time.strftime("%Y-%m-%d", time.gmtime(now))
-    with OneShot(cfg, "queue", timeout_s=60) as c:
-        infos = []
-        for seq in range(1, n + 1):
-            tid = f"{prefix}{seq}"
-            t = tk.Ticket(tid, "day", int(now) - 60, int(now) + 86400, tk.Kind.ONE_TIME, 1)
-            body = {"ticket": tk.sign(t, issuer), "ticket_id": tid, "t": now, "day": day}
-            m = msg.Message(msg.REDEMPTION, park.site, f"lane{i}", seq, now, body, epoch=epoch)
-            topic = msg.topic(park.site, "redemptions", f"lane{i}")
-            infos.append(c.client.publish(topic, msg.encode(msg.sign(m, key)), qos=1))
+    with OneShot(park.cfg(i), "queue", timeout_s=60) as c:
+        infos = [c.client.publish(t, p, qos=1) for t, p in _redemptions(park, i, n, prefix)]
         for info in infos:
             info.wait_for_publish(60)
             assert info.is_published()
@@ -181,3 +191,204 @@ def test_a_redemption_this_lane_failed_to_store_comes_again(broker, office_keys,
         assert _counted_twice(park, 1) == 0
     finally:
         park.stop_all()
+
+
+def test_store_retry_waits_longer_while_the_store_keeps_failing():
+    r = StoreRetry(15.0, 300.0)
+    assert not r.take(0.0)  # nothing failed: nothing to try
+    waits, now = [], 0.0
+    for _ in range(8):
+        r.failed(now)
+        r.failed(now + 1)  # more failures before the try: one try
+        assert r.due is not None
+        waits.append(r.due - now)
+        assert not r.take(r.due - 0.1)
+        now = r.due
+        assert r.take(now)
+        assert not r.take(now)  # one try per failure
+    assert waits == [15, 30, 60, 120, 240, 300, 300, 300]
+    assert r.tries == 8
+    r.stored()
+    assert (r.delay, r.tries) == (15, 0)
+    r.failed(now)
+    r.stored()  # a try is due: what failed has not come again yet, the wait stays
+    assert r.due == now + 15
+
+
+def _watch_offline(park: Park, lane: str) -> list[str]:
+    """The reasons of every last will or goodbye of `lane` the office applies from now on."""
+    office = park.syncs[0][0]
+    seen: list[str] = []
+    real = office._apply
+
+    def watching(c, now):
+        if c.m.type == msg.OFFLINE and c.m.lane == lane:
+            seen.append(str(c.m.body.get("reason")))
+        return real(c, now)
+
+    office._apply = watching
+    return seen
+
+
+def _no_false_reports(park: Park, caplog, gone: list[str], epochs: int) -> None:
+    """A session resumed on purpose is no outage, no restore and no ACL problem."""
+    assert gone == [], f"the office saw lane1 go: {gone}"
+    assert len(park.audit(1, "new_epoch")) == epochs
+    assert park.state(1, "broker_acl") == "ok"
+    assert park.state(1, "connected")
+    lines = [r.getMessage() for r in caplog.records if r.name == "edge.fleet.sync"]
+    assert not [x for x in lines if "disconnected from broker" in x or "unreachable" in x]
+    assert not [x for x in lines if "new epoch" in x or "ACL outdated" in x]
+
+
+def test_a_redemption_this_lane_failed_to_store_comes_again_while_sync_runs(
+    broker, office_keys, tmp_path, monkeypatch, caplog
+):
+    """lane1's ledger is locked by another process longer than its busy timeout while lane2's
+    redemption arrives: the store fails (apply_failed, not acknowledged). Once the lock is gone,
+    sync resumes its broker session itself, the broker delivers the redemption again and it is
+    stored: in the same run, without restarting sync."""
+    caplog.set_level(logging.INFO, logger="edge.fleet.sync")
+    monkeypatch.setattr(sync_mod, "STORE_RETRY_FIRST_S", 2.0)
+    park = Park(tmp_path, broker.url, office_keys, lanes=2)
+    try:
+        s = park.start(1)
+        park.wait_ready(1)
+        wait_for(lambda: park.state(1, "broker_acl") == "ok", what="lane1's marks came back")
+        thread, epochs = park.syncs[1][1], len(park.audit(1, "new_epoch"))
+        gone = _watch_offline(park, "lane1")
+        lock = sqlite3.connect(park.lanes[0].dir / "ledger.db", isolation_level=None)
+        try:
+            lock.execute("BEGIN IMMEDIATE")  # a backup or a repair holding the write lock
+            _queue_redemptions(park, 2, 1, "T-L")
+            wait_for(lambda: park.audit(1, "apply_failed"), what="lane1 fails to store it")
+            assert park.remote(1) == 0
+        finally:
+            lock.execute("ROLLBACK")
+            lock.close()
+        wait_for(lambda: park.remote(1) == 1, what="the redemption delivered again and stored")
+        assert park.syncs[1][1] is thread and thread.is_alive()
+        assert s.stats.get("store_retries", 0) >= 1
+        assert _counted_twice(park, 1) == 0
+        assert "locked" in park.audit(1, "apply_failed")[0].detail
+        _no_false_reports(park, caplog, gone, epochs)
+    finally:
+        park.stop_all()
+
+
+def _most_tries(elapsed: float, first: float, most: float) -> int:
+    """The most tries StoreRetry(first, most) can make in `elapsed` seconds: each waits at
+    least its delay after a failure."""
+    tries, t, d = 0, 0.0, first
+    while t + d <= elapsed:
+        tries, t, d = tries + 1, t + d, min(d * 2, most)
+    return tries
+
+
+def test_a_store_that_keeps_failing_is_tried_again_ever_more_slowly(
+    broker, office_keys, tmp_path, monkeypatch, caplog
+):
+    """lane1's disk stays full: the redemption is tried again (one log line per try) with a
+    growing wait, never in a loop; the lane keeps running (heartbeats, connected) meanwhile;
+    once the disk works again, the next try stores it and the wait starts over."""
+    from edge.errors import LedgerError
+
+    caplog.set_level(logging.INFO, logger="edge.fleet.sync")
+    first, most = 0.5, 2.0
+    monkeypatch.setattr(sync_mod, "STORE_RETRY_FIRST_S", first)
+    monkeypatch.setattr(sync_mod, "STORE_RETRY_MAX_S", most)
+    park = Park(tmp_path, broker.url, office_keys, lanes=2)
+    try:
+        s = park.start(1)
+        park.wait_ready(1)
+        wait_for(lambda: park.state(1, "broker_acl") == "ok", what="lane1's marks came back")
+        thread, epochs = park.syncs[1][1], len(park.audit(1, "new_epoch"))
+        gone = _watch_offline(park, "lane1")
+        links: list[bool] = []  # the link as sync writes it for the gate (offline = deny)
+        put = s.state.put
+
+        def watching_put(**kv):
+            if "connected" in kv:
+                links.append(kv["connected"])
+            return put(**kv)
+
+        s.state.put = watching_put
+        real = s._apply_redemption
+
+        def disk_full(*args, **kwargs):
+            raise LedgerError("database or disk is full", "free disk space and retry")
+
+        s._apply_redemption = disk_full
+        start = time.monotonic()
+        _queue_redemptions(park, 2, 1, "T-K")
+        seen_before = _office_view(park, "lane1").get("time", 0)
+        wait_for(lambda: s.stats.get("store_retries", 0) >= 5, what="five tries")
+        tries = s.stats["store_retries"]
+        elapsed = time.monotonic() - start  # read after the tries: a bound they all fit in
+        assert tries <= _most_tries(elapsed, first, most), (tries, elapsed)
+        assert s.store_retry.delay == most  # the wait grew to its longest
+        assert park.remote(1) == 0
+        # the lane kept running meanwhile: heartbeats reach the office, the link is up
+        wait_for(
+            lambda: _office_view(park, "lane1").get("time", 0) > seen_before,
+            what="lane1's heartbeats reach the office",
+        )
+        assert thread.is_alive()
+        s._apply_redemption = real  # the disk works again
+        wait_for(lambda: park.remote(1) == 1, what="the next try stores it")
+        wait_for(lambda: s.store_retry.delay == first, what="the wait starts over")
+        lines = [r.getMessage() for r in caplog.records if "sync store_retry" in r.getMessage()]
+        assert len(lines) == s.stats["store_retries"], lines  # one line per try
+        assert links and all(links), "the gate was told the link was down"
+        assert _counted_twice(park, 1) == 0
+        assert park.syncs[1][1] is thread and thread.is_alive()
+        _no_false_reports(park, caplog, gone, epochs)
+    finally:
+        park.stop_all()
+
+
+def test_a_kept_redemption_that_fails_to_store_is_kept_again_and_tried_again(
+    broker, office_keys, tmp_path, monkeypatch
+):
+    """A redemption kept aside (acknowledged to the broker when kept, e.g. signed with a ticket
+    key not here yet) fails to store when tried: it is kept again, not lost, and the next try
+    stores it."""
+    from edge.errors import LedgerError
+    from edge.fleet.state import FleetState
+
+    monkeypatch.setattr(sync_mod, "STORE_RETRY_FIRST_S", 0.5)
+    park = Park(tmp_path, broker.url, office_keys, lanes=2)
+    try:
+        s = park.start(1)
+        park.wait_ready(1)
+        st = FleetState(park.lanes[0].dir / "fleet.db")
+        try:
+            for topic, payload in _redemptions(park, 2, 1, "T-P"):
+                st.add_pending(topic, payload, time.time())
+        finally:
+            st.close()
+        real, failures = s._apply_redemption, []
+
+        def disk_error_once(*args, **kwargs):
+            s._apply_redemption = real  # the disk works again for what follows
+            failures.append(1)
+            raise LedgerError("disk I/O error", "free space and check the disk")
+
+        s._apply_redemption = disk_error_once
+        s._retry_pending = True  # as when the office's keys arrive
+        wait_for(lambda: park.remote(1) == 1, what="the kept redemption stored at the next try")
+        assert failures == [1]
+        assert park.audit(1, "apply_failed")
+        wait_for(lambda: not _kept(park, 1), what="nothing kept any more")
+    finally:
+        park.stop_all()
+
+
+def _kept(park: Park, i: int) -> int:
+    from edge.fleet.state import FleetState
+
+    st = FleetState(park.lanes[i - 1].dir / "fleet.db")
+    try:
+        return st.conn.execute("SELECT count(*) FROM pending").fetchone()[0]
+    finally:
+        st.close()

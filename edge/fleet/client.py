@@ -5,7 +5,9 @@ A member uses a persistent session (clean_session=False, a fixed client id; the 
 makes the client id the login), so the broker keeps QoS 1 messages for it while it is away.
 Sync acknowledges a received message (PUBACK) itself, only once it applied and committed it or
 refused it on purpose (`manual_ack`): what it held unapplied when it stopped, crashed or lost
-power comes again from the session at its next connection.
+power comes again from the session at its next connection, and what it failed to store comes
+again when sync resumes the session itself (a goodbye, then the same session again: see
+`StoreRetry` in edge/fleet/sync.py).
 Only sync connects: with the client id bound to the login, a second connection under the same
 login would take over its session.
 """

@@ -18,6 +18,8 @@ Everything sent is signed with the member's lane key; everything received passes
 `messages.authenticate` (signer = the topic's lane = a rostered key). Messages of lanes the
 roster does not name yet are kept (bounded) and tried again when a roster arrives. Refusals
 are audited at most once a minute per sender and reason, with a count, so junk costs little.
+A message this member failed to store (its disk) stays unacknowledged; sync resumes its session
+with a growing wait (`StoreRetry`), so the broker delivers it again while sync runs.
 At each connection a lane first reads back its own retained heartbeat (or last will) and its
 retained marks (a topic the will never writes, so a crash does not hide them): if the fleet has
 seen more from it than its files hold (a restored ledger or audit log), it starts a new epoch and
@@ -72,6 +74,9 @@ STATE_EVERY_S = 1.0  # link state refresh for the gate, at least this often
 SELF_CHECK_S = 1.5  # after subscribing: time for the broker to hand back our heartbeat and marks
 ACL_READBACK_S = 10.0  # after publishing our marks: time for the broker to hand them back
 REFUSAL_EVERY_S = 60.0  # at most one audit record per sender and reason in this window
+STORE_RETRY_FIRST_S = 15.0  # a message this member failed to store: the first try again after
+STORE_RETRY_MAX_S = 300.0  # ... and twice as long each time it fails again, at most this
+RESUME_GRACE_S = 5.0  # a session resumed on purpose: the link counts as up for this long
 
 
 @dataclass
@@ -86,6 +91,41 @@ class _Peer:
     seen: float = -1e18  # our monotonic time of the newest live heartbeat
     gone: str = ""  # "lost" (the broker published its last will) or "stopped"
     body: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class StoreRetry:
+    """When to try again what this member failed to store (its disk locked or full, a gallery
+    key problem): `first_s` after the failure, twice as long after each try that failed again,
+    at most `max_s`, so a disk that stays full costs a try every few minutes, never a loop;
+    from `first_s` again once what arrived after a try was stored. Pure: times are given."""
+
+    first_s: float = STORE_RETRY_FIRST_S
+    max_s: float = STORE_RETRY_MAX_S
+    delay: float = 0.0  # the wait before the next try (0: first_s)
+    due: float | None = None  # when the next try is due; None: nothing waits
+    tries: int = 0  # tries since the last success
+
+    def __post_init__(self) -> None:
+        self.delay = self.delay or self.first_s
+
+    def failed(self, now: float) -> None:
+        """A store failed: a try is due `delay` from now, unless one is due already."""
+        if self.due is None:
+            self.due = now + self.delay
+
+    def stored(self) -> None:
+        """What arrived after the last try was stored: the next failure waits `first_s`."""
+        if self.due is None:
+            self.delay, self.tries = self.first_s, 0
+
+    def take(self, now: float) -> bool:
+        """True when a try is due now; the wait after it doubles (at most `max_s`)."""
+        if self.due is None or now < self.due:
+            return False
+        self.due, self.tries = None, self.tries + 1
+        self.delay = min(self.delay * 2, self.max_s)
+        return True
 
 
 @dataclass(frozen=True)
@@ -241,6 +281,15 @@ class Sync:
         self._link: tuple = ()
         self._state_due = 0.0
         self._retry_pending = False
+        # what this member failed to store: the broker holds it unacknowledged and delivers it
+        # again only when the session is resumed (MQTT 3.1.1, 4.4), so sync resumes it itself
+        self.store_retry = StoreRetry(STORE_RETRY_FIRST_S, STORE_RETRY_MAX_S)
+        self._held = 0  # messages the broker holds unacknowledged since the last try
+        self._held_conn = -1  # the connection they came on
+        self._kept_failed = False  # a kept message failed again: kept, tried with the next try
+        self._tried_conn = -1  # the connection a try ended: what arrives after it was stored
+        self._goodbye = False  # our DISCONNECT to resume the session: no outage
+        self._resume_until = 0.0  # while resuming on purpose, the link counts as up until then
         self.stats = {"published": 0, "applied": 0, "duplicates": 0, "refused": 0}
         # (redemption time, seconds until applied here) for the benchmark; at most 100k
         self.delays: list[tuple[float, float]] = []
@@ -302,6 +351,7 @@ class Sync:
 
     def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
         if reason_code.is_failure:
+            self._resume_until = 0.0
             log.error("sync broker refused connection: %s", reason_code)
             return
         self._conn += 1
@@ -343,17 +393,23 @@ class Sync:
         self.compared, self.announced, self.marks_readable = False, {}, True
         self.marks_sent, self.readback = None, None  # published again: the ACL checked again
         self.connected, self.resend, self._outage_logged = True, True, False
+        self._goodbye, self._resume_until = False, 0.0
         log.info("sync connected broker=%s lane=%s", self.fleet.broker, self.me)
         self.wake.set()
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
-        self.connected, self._outage_logged = False, True
         self._conn += 1  # what arrived on the lost connection comes again on the next one
+        if self._goodbye:  # ours, to resume the session (its line was logged): no outage
+            self.connected = self._goodbye = False
+            self.wake.set()
+            return
+        self.connected, self._outage_logged, self._resume_until = False, True, 0.0
         self.stats["disconnects"] = self.stats.get("disconnects", 0) + 1
         log.warning("sync disconnected from broker: %s; retrying", reason_code)
         self.wake.set()
 
     def _on_connect_fail(self, client, userdata) -> None:
+        self._resume_until = 0.0  # a resumption that cannot connect is an outage
         if not self._outage_logged:
             self._outage_logged = True
             log.error(
@@ -425,11 +481,15 @@ class Sync:
         if batch:
             failed = self._handle_batch(batch, now)
             self._ack([a for a in batch if id(a) not in failed])
+            self._note_stores(batch, failed)
         if self._retry_pending:
             self._retry_pending = False
-            kept = self.state.take_pending()  # old: no clock readings
-            self._handle_batch([_Arrival(t, p, False, arrived=now) for t, p in kept], now)
+            kept = [_Arrival(t, p, False, arrived=now) for t, p in self.state.take_pending()]
+            failed = self._handle_batch(kept, now)  # old: no clock readings
+            self._keep_again([a for a in kept if id(a) in failed], now)
         self._handle_acks()
+        if self.connected and self.store_retry.take(time.monotonic()):
+            self._try_stores_again()
         if self.connected:
             if self.resend:  # after (re)connection, everything not acknowledged goes again
                 self.resend, self.sent_outbox, self.sent_office, self._more = False, 0, 0, True
@@ -497,17 +557,23 @@ class Sync:
         if time.monotonic() >= self.next_heartbeat:
             self._heartbeat(now)
 
+    def _link_up(self) -> bool:
+        """Connected, or resuming the session on purpose (for at most RESUME_GRACE_S): the
+        broker holds what comes meanwhile, as for a connected member that is busy."""
+        return self.connected or time.monotonic() < self._resume_until
+
     def _refresh_state(self, now: float) -> None:
-        if time.monotonic() < self._state_due and (self.connected,) == self._link[:1]:
+        link = self._link_up()
+        if time.monotonic() < self._state_due and (link,) == self._link[:1]:
             return
         self._state_due = time.monotonic() + STATE_EVERY_S
         self._refresh_keys()
         if self.is_office:  # the office's commands change the roster in this same file
             self.roster = self.state.roster()
         self.clock_view = self._clock()
-        self._link = (self.connected,)
+        self._link = (link,)
         self.state.put(
-            connected=self.connected,
+            connected=link,
             last_contact=now if self.connected else self.state.get("last_contact"),
             clock_offset=self.clock_offset(),
             clocks=self.clock_view.offsets if self._readings() else {},
@@ -701,11 +767,68 @@ class Sync:
             if a.qos and a.conn == self._conn:
                 self.client.ack(a.mid, a.qos)
 
+    def _note_stores(self, batch: list[_Arrival], failed: set[int]) -> None:
+        """After a batch: what failed to store on this connection waits in the broker's
+        session, tried again when `store_retry` says; a batch stored in full after a try
+        resets its wait."""
+        held = [a for a in batch if id(a) in failed and a.qos and a.conn == self._conn]
+        if held:
+            self._held += len(held)
+            self._held_conn = self._conn
+            self.store_retry.failed(time.monotonic())
+        elif not failed and any(a.conn > self._tried_conn for a in batch):
+            self.store_retry.stored()
+
+    def _keep_again(self, kept: list[_Arrival], now: float) -> None:
+        """Kept messages (acknowledged when kept) that failed to store are kept again and
+        tried with the next try, not lost."""
+        if not kept:
+            return
+        try:
+            for a in kept:
+                self.state.add_pending(a.topic, a.payload, now)
+        except Exception as e:  # fleet.db on the same full disk
+            log.error(
+                "sync apply_failed: %d kept messages could not be kept again: %s", len(kept), e
+            )
+        self._kept_failed = True
+        self.store_retry.failed(time.monotonic())
+
+    def _try_stores_again(self) -> None:
+        """Try again what failed to store: kept messages from fleet.db; what the broker holds
+        unacknowledged is delivered again when the session is resumed (MQTT 3.1.1 delivers a
+        session's unacknowledged QoS 1 messages again only then), so disconnect with a goodbye
+        (no last will, no outage) and connect again with the same persistent session. One
+        line per try; the restore check and the ACL readback run as at any connection."""
+        if self._kept_failed:
+            self._kept_failed, self._retry_pending = False, True
+        held, self._held = self._held, 0
+        if not held or self._held_conn != self._conn:
+            return  # connected again since: the broker delivered them on the new connection
+        r = self.store_retry
+        self.stats["store_retries"] = self.stats.get("store_retries", 0) + 1
+        log.warning(
+            "sync store_retry try=%d held=%d next_wait_s=%.0f: resuming the broker session "
+            "so it delivers again what this member failed to store",
+            r.tries,
+            held,
+            r.delay,
+        )
+        self._tried_conn = self._conn
+        self._goodbye, self._resume_until = True, time.monotonic() + RESUME_GRACE_S
+        if self.client.disconnect() != mqtt.MQTT_ERR_SUCCESS:
+            self._goodbye = False  # the connection was already gone: no goodbye to expect
+        self.client.loop_stop()  # the network thread ends once the goodbye is sent
+        self.client.connect_async(self.addr.host, self.addr.port, keepalive=5)
+        self.client.loop_start()
+
     def _handle_batch(self, items: list[_Arrival], now: float) -> set[int]:
         """Check every signature first (no lock held), then apply: redemptions in one short
         ledger transaction (the gate's redemptions wait for it), the rest outside it. Returns
         the `id()`s of the arrivals this lane failed to apply (a locked or full disk): they are
-        not acknowledged, so the broker's session delivers them again at the next connection."""
+        not acknowledged, so the broker's session delivers them again (`_try_stores_again`).
+        When the transaction itself fails (the ledger locked past its busy timeout, a full
+        disk at COMMIT), none of its redemptions was stored."""
         self._refresh_keys()
         checked = [
             (a, replace(c, arrived=a.arrived, live=a.live))
@@ -715,8 +838,12 @@ class Sync:
         failed = {id(a) for a, c in checked if c.ticket is None and not self._apply(c, now)}
         redemptions = [(a, c) for a, c in checked if c.ticket is not None]
         if redemptions:  # one ledger transaction (one fsync) for everything that arrived
-            with self._tx():
-                failed |= {id(a) for a, c in redemptions if not self._apply(c, now)}
+            try:
+                with self._tx():
+                    failed |= {id(a) for a, c in redemptions if not self._apply(c, now)}
+            except Exception as e:  # nothing of it was committed: all of it comes again
+                failed |= {id(a) for a, _ in redemptions}
+                self._apply_failed(now, redemptions[0][1], e, len(redemptions))
         return failed
 
     def _check(self, topic_: str, payload: bytes, retained: bool, now: float) -> _Checked | None:
@@ -800,10 +927,19 @@ class Sync:
         except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as e:
             self._refuse(now, c.sender, "refused", f"{c.topic}: bad body {e!r}")
         except Exception as e:  # this lane could not apply it (gallery key, disk): say so, go on
-            log.error("sync apply_failed topic=%s error=%s", c.topic, e)
-            self._refuse(now, c.sender, "apply_failed", f"{c.topic}: {e}")  # at most 1/min
+            self._apply_failed(now, c, e)
             return False
         return True
+
+    def _apply_failed(self, now: float, c: _Checked, e: Exception, n: int = 1) -> None:
+        """Say that this lane failed to store `n` messages (the first is `c`): logged, and
+        audited at most once a minute, if the audit log itself can still be written."""
+        what = c.topic if n == 1 else f"{c.topic} and {n - 1} more"
+        log.error("sync apply_failed topic=%s error=%s", what, e)
+        try:
+            self._refuse(now, c.sender, "apply_failed", f"{what}: {e}")  # at most 1/min
+        except Exception as e2:  # the audit log on the same full disk: the line above stands
+            log.error("sync apply_failed not audited: %s", e2)
 
     def _refuse(self, now: float, sender: str, reason: str, detail: str) -> None:
         """Audit a refusal, at most once a minute per sender and reason (junk costs little)."""
