@@ -160,5 +160,6 @@ def test_picamera2_frames_become_bgr_and_bad_ones_are_skipped(monkeypatch):
     assert src.state == "lost"
     last = src.read()
     assert (last.index, src.state) == (2, "open")  # a failed capture is not a frame
+    cam = src.cam
     src.close()
-    assert src.cam.stopped
+    assert cam.stopped

@@ -19,12 +19,12 @@ from collections.abc import Callable, Iterable
 
 from edge import config as config_mod
 from edge import tickets as tk
-from edge.errors import EdgeGateError
+from edge.errors import AuditError, EdgeGateError, GalleryError, SourceError
 from edge.fleet import lane
 from edge.gate import checks, desk
 from edge.gate.audit import AuditLog, AuditRecord, open_audit
-from edge.gate.desk import gate_verifier, open_gate_ledger, with_pretix
-from edge.gate.faces import FaceStack
+from edge.gate.desk import UnavailableLedger, gate_verifier, open_gate_ledger, with_pretix
+from edge.gate.faces import FaceStack, file_id
 from edge.gate.notice_socket import SocketSink
 from edge.gate.notices import Notice, Notices, notice_for_decision
 from edge.gate.notify import Notifier
@@ -53,6 +53,12 @@ log = logging.getLogger(__name__)
 DecisionCallback = Callable[[dict], None]
 DEGRADED_LOG_EVERY_S = 60.0
 FACE_FAILURES_TO_DEGRADE = 50  # frames in a row whose face stage raised: the face path is broken
+SOURCE_RETRY_S = 0.05  # a source that raised is read again after this, doubling...
+SOURCE_RETRY_MAX_S = 1.0  # ...up to this: the loop still ticks (status, watchdog) meanwhile
+# The longest one step of the loop may wait on locks held by other processes (a decision: the
+# fleet state, the ledger and the audit log twice, each up to its busy timeout) before systemd's
+# watchdog is left to judge it hung.
+STORE_WAIT_BOUND_S = 60.0
 
 
 def policy_for(cfg: config_mod.Config, face: FaceStack | None) -> Policy:
@@ -140,6 +146,8 @@ class Gate:
         self._scan_q: queue.Queue[str] = queue.Queue()
         self._last_alarm = float("-inf")
         self._face_failures = 0
+        self._source_failures = 0
+        self._source_alarm = float("-inf")
         with contextlib.ExitStack() as stack:
             # First built, last released: whatever fails after this, the relay is driven shut.
             self.relay = stack.enter_context(
@@ -148,10 +156,11 @@ class Gate:
             self.verifier = self._load_tickets(cfg)
             self._tickets_stamp = desk.tickets_stamp(cfg)
             self.audit = open_audit(cfg, "create", fold_junk=True)
-            stack.callback(self.audit.close)
+            stack.callback(lambda: self.audit.close() if self.audit is not None else None)
             # A missing or rolled-back ledger is a stand-in that refuses every ticket, loudly.
             self.ledger = open_gate_ledger(cfg, self.audit, self.clock())
             stack.callback(lambda: self.ledger.close())
+            self._evidence_files = self._evidence_ids()
             self.face = self._load_faces(cfg)
             stack.callback(self._close_face)
             self.overrides = lane.open_overrides(cfg)  # a supervisor's "open once" (fleet lanes)
@@ -231,6 +240,7 @@ class Gate:
             face = self._load_faces(cfg)
             if self.ledger.problem:  # a ledger that is back (ledger init) is reopened
                 self.ledger = open_gate_ledger(cfg, self.audit, self.clock())
+                self._evidence_files = self._evidence_ids()
         except Exception as e:  # whatever broke, the running configuration stays
             self.cfg, self.degraded = old_cfg, old_degraded
             self.reload_error = f"reload failed, previous configuration kept: {e}"
@@ -238,9 +248,17 @@ class Gate:
         else:
             self._close_face()
             self.verifier, self.face, self.reload_error = verifier, face, ""
-            self.policy = policy_for(cfg, face)
+            # a reload is no way round a cooldown, anti-passback or an attack's refusal
+            self.policy = policy_for(cfg, face).carry_over(self.policy)
             lane.report_versions(self.ledger, cfg, face is not None)
             log.info("gate reloaded config=%s", cfg.source_file)
+            later = [t for t in ("camera", "relay") if getattr(cfg, t) != getattr(old_cfg, t)]
+            if later:  # the device and the relay pin stay as they were built
+                log.warning(
+                    "gate reload_partial changed=%s: these take effect at the next start "
+                    "(systemctl restart edge-gate)",
+                    ",".join(f"[{t}]" for t in later),
+                )
         self.notifier.ready(self.status_text())
 
     # --- loop ----------------------------------------------------------------------------------
@@ -258,9 +276,43 @@ class Gate:
         mode = self.degraded or self.cfg.gate.mode
         if getattr(self, "ledger", None) is not None and self.ledger.problem:
             mode += "; TICKETS REFUSED: ledger error"
-        cam = self.source.state if hasattr(self, "source") else "starting"
+        cam = self.camera_state
         alarm = f"; {self.reload_error}" if self.reload_error else ""
         return f"{mode}; camera {cam}; {fps:.1f} fps; last {self.last_decision}{alarm}"
+
+    @property
+    def camera_state(self) -> str:
+        """The source's state for STATUS= and the heartbeat; "failing" while its reads raise."""
+        if not hasattr(self, "source"):
+            return "starting"
+        return "failing" if self._source_failures else self.source.state
+
+    def _next_frame(self) -> Frame | None:
+        """The source's next frame. A source that raises (a driver fault, a device gone) is a
+        missed frame: logged at ERROR at once and then once a minute while it lasts, read again
+        after a pause that grows to a second, and the gate keeps running with the relay shut.
+        A file none of whose frames could be used (SourceError) ends the run with its error."""
+        try:
+            frame = self.source.read()
+        except Exception as e:
+            if isinstance(e, SourceError) or self.source.finished:
+                raise
+            self._source_failures += 1
+            now = time.monotonic()
+            if self._source_failures == 1 or now - self._source_alarm >= DEGRADED_LOG_EVERY_S:
+                self._source_alarm = now
+                log.error(
+                    "source read_failed failures=%d error=%s; reading again",
+                    self._source_failures,
+                    e,
+                )
+            pause = SOURCE_RETRY_S * 2 ** min(self._source_failures - 1, 8)
+            time.sleep(min(pause, SOURCE_RETRY_MAX_S))
+            return None
+        if self._source_failures:
+            log.info("source recovered after %d failed reads", self._source_failures)
+            self._source_failures = 0
+        return frame
 
     def install_signals(self) -> None:
         """SIGTERM/SIGINT stop the loop; SIGHUP reloads between frames."""
@@ -278,37 +330,49 @@ class Gate:
             while not self.stop_requested:
                 if self.reload_requested:
                     self.reload_requested = False
-                    self.reload()
-                self.take_overrides()
-                frame = self.source.read()
+                    with self._store_wait():
+                        self.reload()
+                with self._store_wait():
+                    self.take_overrides()
+                frame = self._next_frame()
                 if frame is None:
                     if self.source.finished:
                         break
                     time.sleep(0.02)
                 if frame is not None or not self._scan_q.empty():
                     for d in self.process(frame):
-                        self.act(d)
+                        with self._store_wait():
+                            self.act(d)
                 if frame is not None:
                     self.frames += 1
                     n_status += 1
                 self.notifier.watchdog()
                 now = time.monotonic()
                 if now - t_status >= 1.0:
-                    self.tick(n_status / (now - t_status))
+                    with self._store_wait():
+                        self.tick(n_status / (now - t_status))
                     t_status, n_status = now, 0
                     self._alarm(now)
         finally:
             self.close()
         return 0
 
+    def _store_wait(self) -> contextlib.AbstractContextManager[None]:
+        """Around the loop's steps that write to disk: another process holding a store's lock
+        makes them wait up to its busy timeout (the ledger's 10 s alone is WatchdogSec), which
+        is no hang; systemd keeps hearing from the gate for up to STORE_WAIT_BOUND_S."""
+        return self.notifier.bounded_wait(STORE_WAIT_BOUND_S)
+
     def tick(self, fps: float) -> None:
         """Once a second: status to systemd and to sync; office revocations/keys sync wrote;
         the evidence chains keep up with what sync wrote (and junk codes are folded)."""
         self.notifier.status(self.status_text(fps))
+        self._follow_gallery()
+        self._follow_evidence()
         self._maintain_evidence()
         mode = self.degraded or self.cfg.gate.mode
         try:
-            lane.report_status(self.ledger, fps=round(fps, 1), camera=self.source.state, mode=mode)
+            lane.report_status(self.ledger, fps=round(fps, 1), camera=self.camera_state, mode=mode)
         except EdgeGateError as e:  # fleet.db busy or full: the heartbeat waits, the gate goes on
             log.error("gate status not reported: %s", e)
         if (stamp := desk.tickets_stamp(self.cfg)) != self._tickets_stamp:
@@ -318,6 +382,74 @@ class Gate:
                 log.info("gate tickets reloaded: revocations or keys changed")
             except EdgeGateError as e:
                 log.error("gate tickets reload_failed reason=%s; keeping the previous keys", e)
+
+    def _follow_gallery(self) -> None:
+        """The gallery file deleted or replaced underneath the running gate: nobody is let in
+        by face from a file no longer on disk. A replaced file is opened as at start; a deleted
+        one (or a replacement that does not open) leaves the gate ticket-only, loudly."""
+        if self.face is None:
+            return
+        moved = self.face.gallery_moved()
+        if not moved:
+            return
+        path = self.face.path
+        log.error("gate gallery_%s path=%s; the face path follows the file", moved, path)
+        try:
+            if moved == "deleted":
+                raise GalleryError(
+                    f"gallery {path} was deleted while the gate ran",
+                    "restore it from backup, then systemctl reload edge-gate",
+                )
+            self.face.reopen_gallery()
+        except Exception as e:  # closed: nobody by face until a reload
+            self._close_face()
+            self.policy.params = dataclasses.replace(self.policy.params, face_enabled=False)
+            self._degrade(f"face path off: {e}")
+            return
+        self.policy = policy_for(self.cfg, self.face).carry_over(self.policy)
+        log.info("gate gallery reopened path=%s", path)
+
+    def _evidence_ids(self) -> tuple:
+        """The audit log's and the open ledger's files as (device, inode); None: none open."""
+        none_open = isinstance(self.ledger, UnavailableLedger)
+        ledger = None if none_open else file_id(self.cfg.resolve(self.cfg.tickets.ledger))
+        return file_id(self.cfg.resolve(self.cfg.audit.path)), ledger
+
+    def _follow_evidence(self) -> None:
+        """The audit log or the ledger deleted or replaced underneath the running gate (its
+        connection would go on writing records and redemptions into a file no longer on disk,
+        lost at the next start): both are opened again as at start. A deleted ledger is then a
+        stand-in refusing every ticket; a deleted audit log starts anew and its chain says it
+        was replaced; a replaced ledger is checked against the audit log's mark."""
+        now = self._evidence_ids()
+        was = self._evidence_files
+        moved = [n for n, a, b in zip(("audit", "ledger"), now, was, strict=True) if b and a != b]
+        if not moved:
+            return
+        log.error(
+            "gate evidence_moved files=%s: deleted or replaced while the gate ran; "
+            "reopening them as at start",
+            ",".join(moved),
+        )
+        old_audit, old_ledger = self.audit, self.ledger
+        try:
+            self.audit = open_audit(self.cfg, "create", fold_junk=True)
+        except Exception as e:  # the folder gone, unwritable or full: the open file takes them
+            log.error("gate audit reopen_failed error=%s", e)
+            self._evidence_files = now
+            return
+        try:
+            self.ledger = open_gate_ledger(self.cfg, self.audit, self.clock())
+        except Exception as e:  # the new audit log refused the record of a missing ledger
+            self.ledger = UnavailableLedger(str(e))
+        for old in (old_ledger, old_audit):
+            try:
+                if old is not None:
+                    old.close()
+            except Exception as e:
+                log.warning("close error=%s", e)
+        lane.report_versions(self.ledger, self.cfg, self.face is not None)
+        self._evidence_files = self._evidence_ids()
 
     def _maintain_evidence(self) -> None:
         try:
@@ -390,7 +522,12 @@ class Gate:
             log.error("notice error=%s", e)
 
     def act(self, d: Decision) -> None:
-        """Redeem, open, record, report: a grant that cannot be recorded or switched is a deny."""
+        """Redeem, open, record, report: a grant that cannot be recorded or switched is a deny.
+
+        A ticket grant's record is the ledger's commit; a face grant's only record is the audit
+        log, so it is written before the relay opens (a locked or full audit log: denied
+        `audit_error`). A recorded face grant the relay then refuses is followed by its deny.
+        """
         wall = self.clock()
         pretix_word = ""
         if d.decision == GRANT and d.via != Via.TICKET:  # a restored lane: no face until the
@@ -417,32 +554,31 @@ class Gate:
                 pretix_word = pretix_desk.gate_refused(self.ledger, self.verifier, d.code, wall)
             except EdgeGateError as e:
                 log.error("pretix refused scan not queued: %s", e)
+        recorded = False
+        if d.decision == GRANT and d.via == Via.FACE:  # no record, no entry
+            try:
+                if self.audit is None:
+                    raise AuditError("the audit log is not open")
+                self.audit.record(self._decision_record(d, wall))
+                recorded = True
+            except Exception as e:
+                log.error("audit error=%s: a face grant that cannot be recorded is refused", e)
+                d = dataclasses.replace(d, decision=Outcome.DENY, reason=Reason.AUDIT_ERROR)
         if d.decision == GRANT:
             try:
                 self.relay.pulse()
             except EdgeGateError as e:
                 log.error("relay error=%s", e)
                 d = dataclasses.replace(d, decision=Outcome.DENY, reason=Reason.RELAY_ERROR)
+                recorded = False  # the grant recorded above was not carried out: say so too
         ev = decision_json(d, self.cfg.gate.id, wall)
         if pretix_word:
             ev["pretix_reason"] = pretix_word
         self.last_decision = f"{d.decision} {d.via} {d.reason}"
         # No person or ticket id in the log: the journal is not where identifiers belong.
         log.info("decision %s via=%s reason=%s frame=%d", d.decision, d.via, d.reason, d.frame)
-        ticket = ev.get("ticket", "") if d.via != Via.TICKET else ""
-        self._audit(
-            AuditRecord(
-                wall,
-                self.cfg.gate.id,
-                "decision",
-                str(d.decision),
-                str(d.via),
-                d.subject or "",
-                d.score,
-                str(d.reason),
-                ticket,
-            )
-        )
+        if not recorded:
+            self._audit(self._decision_record(d, wall))
         try:
             self.on_decision(ev)
         except Exception as e:  # a full disk for --events must not stop the gate deciding
@@ -455,6 +591,21 @@ class Gate:
                 str(d.reason),
                 str(d.decision),
             )
+        )
+
+    def _decision_record(self, d: Decision, wall: float) -> AuditRecord:
+        """The audit record of one decision (a face+ticket grant names its ticket in detail)."""
+        ticket = d.ticket.ticket_id if d.via != Via.TICKET and d.ticket is not None else ""
+        return AuditRecord(
+            wall,
+            self.cfg.gate.id,
+            "decision",
+            str(d.decision),
+            str(d.via),
+            d.subject or "",
+            d.score,
+            str(d.reason),
+            ticket,
         )
 
     def take_overrides(self) -> None:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import os
+from pathlib import Path
 
 import numpy as np
 
@@ -14,25 +16,45 @@ from edge.gate.policy import FaceSeen
 log = logging.getLogger(__name__)
 
 
+def file_id(path: Path) -> tuple[int, int] | None:
+    """(device, inode) of a file, None when there is none (or it cannot be looked at)."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
 class FaceStack:
     """Pipeline + live gallery matcher; built once, or not at all (then the gate is ticket-only)."""
 
     def __init__(self, cfg: config_mod.Config):
         # a ticket-only gate never loads the models (LiteRT, OpenCV) or the gallery
-        from edge.gallery.matcher import LiveMatcher, resolve_threshold
-        from edge.gallery.rules import rules_from_catalogue
-        from edge.gallery.store import Gallery
         from edge.vision.liveness import LivenessJudge
         from edge.vision.pipeline import FacePipeline
 
-        key = load_key(cfg.resolve(cfg.gallery.key_file))
+        self.cfg = cfg
+        self.path = cfg.resolve(cfg.gallery.db)
+        self.key = load_key(cfg.resolve(cfg.gallery.key_file))  # before the models: quick
         self.pipeline = FacePipeline.from_config(cfg)
         # A missing or corrupt PAD model raises here: the gate goes ticket-only, never skips PAD.
         self.liveness = LivenessJudge.from_config(
             cfg, config_mod.models_path(cfg), cfg.policy.window_s
         )
         self.fuse = cfg.policy.fuse_frames
-        self.gallery = Gallery(cfg.resolve(cfg.gallery.db), key)
+        self._open_gallery()
+
+    def _open_gallery(self) -> None:
+        """The gallery file at the configured path and its live matcher (at start, and again
+        when the file was replaced underneath the running gate)."""
+        # loaded with the models: a ticket-only gate never imports the gallery
+        from edge.gallery.matcher import LiveMatcher, resolve_threshold
+        from edge.gallery.rules import rules_from_catalogue
+        from edge.gallery.store import Gallery
+
+        cfg = self.cfg
+        self.gallery = Gallery(self.path, self.key)
+        self.file_id = file_id(self.path)
         try:
             if self.gallery.needs_forget_replay():  # a restored backup: nobody by face
                 raise GalleryError(
@@ -50,6 +72,21 @@ class FaceStack:
         except BaseException:
             self.gallery.close()
             raise
+
+    def gallery_moved(self) -> str:
+        """'' while the file at gallery.db is the one open; else what became of it (deleted,
+        replaced): a connection keeps reading a file deleted or renamed over, so the running
+        gate would go on matching people who are no longer on disk."""
+        now = file_id(self.path)
+        if now == self.file_id:
+            return ""
+        return "deleted" if now is None else "replaced"
+
+    def reopen_gallery(self) -> None:
+        """Close the gallery held open and open the file now at gallery.db, with the checks
+        of a start (the forget list, the key); an error is raised, the face path unusable."""
+        self.gallery.close()  # first: its -wal belongs to the old file
+        self._open_gallery()
 
     def observe(self, image: np.ndarray, t: float = 0.0) -> tuple[FaceSeen, ...]:
         """Every face in the frame with the matcher's verdict on it, and the liveness verdict

@@ -8,7 +8,9 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
+import threading
 import time
+from collections.abc import Iterator
 
 
 class Notifier:
@@ -51,6 +53,29 @@ class Notifier:
         if now - self._last_ping >= self.watchdog_s / 2:
             self._last_ping = now
             self.send("WATCHDOG=1")
+
+    @contextlib.contextmanager
+    def bounded_wait(self, bound_s: float) -> Iterator[None]:
+        """Keep pinging, for at most `bound_s`, while the loop waits on something that ends by
+        itself: a store's busy timeout while another process holds its lock is no hang, but it
+        can outlast WatchdogSec. A wait past `bound_s` stops the pings (a hang is still one)."""
+        if not self.watchdog_s or self._sock is None:
+            yield
+            return
+        done = threading.Event()
+        end = time.monotonic() + bound_s
+
+        def feed() -> None:
+            while not done.wait(self.watchdog_s / 2) and time.monotonic() < end:
+                self.send("WATCHDOG=1")
+
+        helper = threading.Thread(target=feed, name="watchdog-wait", daemon=True)
+        helper.start()
+        try:
+            yield
+        finally:
+            done.set()
+            helper.join()
 
     def stopping(self) -> None:
         """Tell systemd a shutdown is deliberate, not a crash."""

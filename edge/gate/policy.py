@@ -56,6 +56,7 @@ class Reason(StrEnum):
     TICKET_HOLDER_MISMATCH = "ticket_holder_mismatch"
     LEDGER_ERROR = TicketReason.LEDGER_ERROR.value
     RELAY_ERROR = "relay_error"
+    AUDIT_ERROR = "audit_error"  # a face grant the audit log could not record: not let in
     PRESENTATION_ATTACK = "presentation_attack"
     TOO_CLOSE = "too_close"  # matched, but too close for liveness to see around the face
 
@@ -210,6 +211,20 @@ def check_non_face_way_in(mode: str, ticket_keys: int) -> None:
         )
 
 
+# What a reload keeps of the decision state (Policy.carry_over); the window is not kept.
+CARRIED_OVER = (
+    "last_grant",
+    "last_deny",
+    "ticket_seen",
+    "pending",
+    "tailgating",
+    "episode",
+    "small_since",
+    "small_last",
+    "small_told",
+)
+
+
 @dataclass
 class Policy:
     """The decision state machine; the daemon feeds it observations and acts on its decisions."""
@@ -228,6 +243,15 @@ class Policy:
     small_since: float | None = None  # a face at the gate too small to recognise, since
     small_last: float = 0.0
     small_told: bool = False
+
+    def carry_over(self, old: Policy) -> Policy:
+        """This policy with what `old` remembers of visitors, for a reload: grants (cooldown,
+        anti-passback), refusals made once, codes in view, a ticket waiting for its face and
+        the visitor at the gate (an attack stays one until they leave). The k-of-n window starts
+        again: its matches were made against the gallery and model before the reload."""
+        for name in CARRIED_OVER:
+            setattr(self, name, getattr(old, name))
+        return self
 
     def take_guidance(self) -> list[Guidance]:
         """The guidance produced since the last call (the daemon turns it into notices)."""

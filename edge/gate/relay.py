@@ -5,8 +5,11 @@ off-Pi and in tests it is gpiozero's own MockFactory, whose pins record every st
 a timestamp. The relay fails closed: it is claimed as an output already at its inactive level
 (never a moment at the active one, even for an active-low board), driven inactive whenever
 anything goes wrong, and on close it stays an output driven inactive: gpiozero's own close
-would turn it into a floating input. A process killed mid-pulse cannot run
-any of this; the systemd unit's ExecStopPost= (scripts/relay-off) covers that case.
+would turn it into a floating input. A pulse switches the relay on in the caller's thread, so a
+pin that cannot be switched on is a RelayError there (the gate denies `relay_error`); the pulse's
+end switches it off from a timer thread that, if the pin refuses, reports `relay_error` and keeps
+trying until the relay is off. A process killed mid-pulse cannot run any of this; the systemd
+unit's ExecStopPost= (scripts/relay-off) covers that case.
 """
 
 from __future__ import annotations
@@ -22,6 +25,8 @@ from edge.config import PIN_FACTORIES, RelayConfig
 from edge.errors import RelayError
 
 log = logging.getLogger(__name__)
+OFF_RETRY_FIRST_S = 0.05  # a pin that refused to switch off is tried again, then less often
+OFF_RETRY_MAX_S = 1.0
 
 
 def make_pin_factory(name: str):
@@ -117,7 +122,9 @@ class Relay:
                 f"relay pin {cfg.pin} cannot be opened: {e}", "check relay.pin and GPIO permissions"
             ) from None
         self._pin = self.device.pin  # kept after close, so tests can read a MockPin's history
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
+        self._end = threading.Event()  # set: the running pulse's timer switches nothing
+        self._timer: threading.Thread | None = None
         self.pulses = 0
         self.last_pulse = 0.0
         self.door = self.exit_button = None
@@ -150,27 +157,74 @@ class Relay:
     def pulse(self, seconds: float | None = None) -> None:
         """Open for `seconds` (default relay.pulse_s), then close, without blocking the caller.
 
-        A pulse during a pulse restarts it; close() or off() ends it at once, driven inactive.
+        The relay is switched on here: a pin that refuses is a RelayError (and driven off). A
+        pulse during a pulse restarts it; close() or off() ends it at once, driven inactive.
         """
         seconds = self.cfg.pulse_s if seconds is None else seconds
         with self._lock:
+            self._end.set()  # the previous pulse's end is this one's now
+            end = self._end = threading.Event()
             try:
-                self.device.blink(on_time=seconds, off_time=0, n=1, background=True)
+                self.device.on()
             except Exception as e:
-                self.off()
-                raise RelayError(f"relay pin {self.cfg.pin} failed to switch: {e}") from None
+                self._drive_off()
+                raise RelayError(
+                    f"relay pin {self.cfg.pin} failed to switch on: {e}",
+                    "check the relay board's wiring and power, then `edge-gate doctor`",
+                ) from None
             self.pulses += 1
             self.last_pulse = time.monotonic()
+            self._timer = threading.Thread(
+                target=self._end_pulse, args=(end, seconds), name="relay-pulse", daemon=True
+            )
+            self._timer.start()
 
-    def off(self) -> None:
-        """Drive the relay inactive now (ends any pulse)."""
+    def _end_pulse(self, end: threading.Event, seconds: float) -> None:
+        """After `seconds`, switch off; a pin that refuses is reported once and tried again
+        until it obeys (or a new pulse or close takes over)."""
+        if end.wait(seconds):
+            return
+        delay, failed = OFF_RETRY_FIRST_S, 0
+        while True:
+            with self._lock:
+                if end.is_set():
+                    return
+                try:
+                    self.device.off()
+                except Exception as e:  # a pin that cannot be switched: the door stays open
+                    err = e
+                else:
+                    if failed:
+                        log.error("relay off pin=%s after %d failed attempts", self.cfg.pin, failed)
+                    return
+            failed += 1
+            if failed == 1:
+                log.error("relay off_failed pin=%s reason=%s; retrying", self.cfg.pin, err)
+                why = f"relay pin {self.cfg.pin} failed to switch off: {err}"
+                self.on_event("relay_error", why)
+            if end.wait(delay):
+                return
+            delay = min(delay * 2, OFF_RETRY_MAX_S)
+
+    def _drive_off(self) -> None:
         try:
             self.device.off()
         except Exception as e:  # the pin is gone: nothing more we can do than say so
             log.error("relay off_failed pin=%s reason=%s", self.cfg.pin, e)
 
+    def off(self) -> None:
+        """Drive the relay inactive now (ends any pulse)."""
+        with self._lock:
+            self._end.set()
+            self._drive_off()
+
     def close(self) -> None:
         """Stop any pulse and leave the relay an output driven inactive (fail closed)."""
+        with self._lock:
+            self._end.set()  # from here the pulse's timer switches nothing
+            timer = self._timer
+        if timer is not None and timer is not threading.current_thread():
+            timer.join(5.0)  # it switches nothing once _end is set, even if it outlives this
         with self._lock:
             for dev in (self.door, self.exit_button):
                 if dev is not None:
@@ -204,5 +258,10 @@ class Relay:
         self._door_opened_at = None
 
     def _exit_pressed(self) -> None:
-        self.pulse()
+        try:
+            self.pulse()
+        except RelayError as e:  # gpiozero's callback thread: say so, never raise into it
+            log.error("relay error=%s", e)
+            self.on_event("relay_error", f"exit button: {e}")
+            return
         self.on_event("exit_button", "")

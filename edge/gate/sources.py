@@ -7,7 +7,9 @@ at the end of a file. Corrupt frames are counted and skipped, never passed on.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import math
 import os
 import time
 from collections.abc import Callable
@@ -90,8 +92,17 @@ class VideoFileSource(FrameSource):
 
     def read(self) -> Frame | None:
         """Next good frame of the clip, skipping corrupt ones, paced when realtime."""
-        while True:
-            ok, img = self.cap.read()
+        while not self.finished:
+            try:
+                ok, img = self.cap.read()
+            except Exception as e:  # a decoder fault mid-clip: the clip ends here, said so
+                log.error(
+                    "source read_failed source=%s index=%d reason=%s; the clip ends here",
+                    self.path.name,
+                    self.index,
+                    e,
+                )
+                ok, img = False, None
             if not ok:
                 self.finished, self.state = True, "finished"
                 if self.index == 0:
@@ -106,6 +117,7 @@ class VideoFileSource(FrameSource):
                         f"({why.args[0] if why else 'damaged'})",
                         (why.hint if why else "") or "check camera.source or --source",
                     )
+                self._check_length()
                 return None
             t = self.index / self.fps
             self.index += 1
@@ -126,6 +138,24 @@ class VideoFileSource(FrameSource):
                 if delay > 0:
                     time.sleep(delay)
             return frame
+        return None
+
+    def _check_length(self) -> None:
+        """A clip that ends well before the frame count its container gives was cut short or
+        damaged: the frames read were decided, and the log says what was missing."""
+        try:
+            claimed = float(self.cap.get(cv2.CAP_PROP_FRAME_COUNT))
+        except Exception:  # a container without a count: nothing to compare
+            return
+        if math.isfinite(claimed) and self.index < claimed - max(2.0, 0.02 * claimed):
+            log.error(
+                "source ended_early source=%s frames=%d of %d: the file is truncated or damaged "
+                "after frame %d",
+                self.path.name,
+                self.index,
+                int(claimed),
+                self.index - 1,
+            )
 
     def close(self) -> None:
         """Release the clip file."""
@@ -188,9 +218,9 @@ class CameraSource(FrameSource):
                 cap.set(cv2.CAP_PROP_FRAME_WIDTH, self.size[0])
                 cap.set(cv2.CAP_PROP_FRAME_HEIGHT, self.size[1])
                 cap.set(cv2.CAP_PROP_FPS, self.fps)
-                self.cap, self.state, self._backoff = cap, "open", 0.5
+                self.cap, self.state = cap, "open"  # the backoff resets at a frame, not here
                 return True
-        except cv2.error as e:
+        except Exception as e:  # cv2.error, or a driver's OSError: the camera is not there
             log.warning("camera open_failed device=%s reason=%s", self.device, e)
         self.state = "lost"
         return False
@@ -207,16 +237,23 @@ class CameraSource(FrameSource):
                 return None
             self.reconnects += 1
             log.info("camera reconnected device=%s reconnects=%d", self.device, self.reconnects)
-        ok, img = self.cap.read()
+        try:
+            ok, img = self.cap.read()
+        except Exception as e:  # a driver that raises (unplugged mid-read): a missed frame
+            if self.failures == 0:
+                log.warning("camera read_failed device=%s reason=%s", self.device, e)
+            ok, img = False, None
         if not ok or img is None:
             self.failures += 1
             if self.failures >= 3:  # a few misses in a row: the camera is gone
                 log.error("camera lost device=%s; reopening with backoff", self.device)
-                self.cap.release()
+                self._release()
                 self.state, self.failures = "lost", 0
                 self._next_try = now + self._backoff
+                # a camera that opens but never gives a frame is tried less and less often too
+                self._backoff = min(self._backoff * 2, self.reconnect_max_s)
             return None
-        self.failures = 0
+        self.failures, self._backoff = 0, 0.5
         try:
             frame = Frame(to_bgr8(img, f"camera#{self.index}"), now, self.index)
         except ImageError as e:
@@ -226,17 +263,34 @@ class CameraSource(FrameSource):
         self.index += 1
         return frame
 
+    def _release(self) -> None:
+        try:
+            self.cap.release()
+        except Exception as e:  # a device already gone: nothing left to release
+            log.warning("camera release_failed device=%s reason=%s", self.device, e)
+
     def close(self) -> None:
         """Release the camera device so another process can open it."""
         if self.cap is not None:
-            self.cap.release()
+            self._release()
         super().close()
 
 
 class Picamera2Source(FrameSource):
-    """The Pi camera through libcamera; imported only when configured (the `pi` extra)."""
+    """The Pi camera through libcamera; imported only when configured (the `pi` extra).
 
-    def __init__(self, width: int = 640, height: int = 480):
+    Like a V4L2 camera it is reopened with backoff when it stops giving frames (a ribbon cable
+    reseated, libcamera restarted): a few failed captures in a row and the camera is stopped,
+    closed and started again, less and less often up to camera.reconnect_max_s.
+    """
+
+    def __init__(
+        self,
+        width: int = 640,
+        height: int = 480,
+        reconnect_max_s: float = 30.0,
+        clock: Callable[[], float] = time.monotonic,
+    ):
         try:
             # picamera2 exists only on a Pi (the `pi` extra)
             from picamera2 import Picamera2
@@ -244,32 +298,85 @@ class Picamera2Source(FrameSource):
             raise SourceError(
                 "picamera2 is not installed", "pip install 'edge-gate[pi]' on the Pi"
             ) from None
-        self.cam = Picamera2()
-        self.cam.configure(
-            self.cam.create_video_configuration(main={"size": (width, height), "format": "RGB888"})
-        )
-        self.cam.start()
-        self.index, self.state = 0, "open"
+        self._make = Picamera2
+        self.size, self.reconnect_max_s, self.clock = (width, height), reconnect_max_s, clock
+        self.cam = None
+        self.index = self.failures = self.reconnects = 0
+        self._backoff, self._next_try = 0.5, 0.0
+        why = self._open()
+        if why:
+            raise SourceError(
+                f"the Pi camera cannot be started: {why}",
+                "check the camera's ribbon cable and `rpicam-hello --list-cameras`",
+            )
+
+    def _open(self) -> str:
+        """Start a camera; '' when it runs, else why not (state lost)."""
+        try:
+            cam = self._make()
+            try:
+                main = {"size": self.size, "format": "RGB888"}
+                cam.configure(cam.create_video_configuration(main=main))
+                cam.start()
+            except BaseException:
+                with contextlib.suppress(Exception):
+                    cam.close()
+                raise
+        except Exception as e:  # no camera (IndexError), busy, libcamera errors
+            log.warning("camera picamera2_open_failed reason=%s", e)
+            self.state = "lost"
+            return str(e) or type(e).__name__
+        self.cam, self.state = cam, "open"
+        return ""
+
+    def _release(self) -> None:
+        cam, self.cam = self.cam, None
+        if cam is None:
+            return
+        for step in (cam.stop, cam.close):
+            try:
+                step()
+            except Exception as e:  # a camera already gone
+                log.warning("camera picamera2_release_failed reason=%s", e)
 
     def read(self) -> Frame | None:
-        """Next Pi camera frame, or None (state lost) when libcamera fails."""
+        """Next Pi camera frame, or None (state lost) while libcamera fails or it is reopened."""
+        now = self.clock()
+        if self.cam is None:
+            if now < self._next_try:
+                return None
+            if self._open():
+                self._backoff = min(self._backoff * 2, self.reconnect_max_s)
+                self._next_try = now + self._backoff
+                return None
+            self.reconnects += 1
+            log.info("camera reconnected device=picamera2 reconnects=%d", self.reconnects)
         try:
-            img = self.cam.capture_array()
+            img = self.cam.capture_array()  # type: ignore[attr-defined]
         except Exception as e:  # libcamera reports many kinds of failure
-            log.error("camera picamera2_error reason=%s", e)
+            if self.failures == 0:
+                log.error("camera picamera2_error reason=%s", e)
+            self.failures += 1
             self.state = "lost"
+            if self.failures >= 3:  # a few in a row: stop it and start it again, with backoff
+                log.error("camera lost device=picamera2; reopening with backoff")
+                self._release()
+                self.failures = 0
+                self._next_try = now + self._backoff
+                self._backoff = min(self._backoff * 2, self.reconnect_max_s)
             return None
-        self.state = "open"
+        self.state, self.failures, self._backoff = "open", 0, 0.5
         i, self.index = self.index, self.index + 1
         try:  # XBGR8888 and other layouts become 3-channel BGR like every other source
-            return Frame(to_bgr8(img, f"picamera2#{i}"), time.monotonic(), i)
+            return Frame(to_bgr8(img, f"picamera2#{i}"), now, i)
         except ImageError as e:
+            self.corrupt += 1
             log.warning("source corrupt_frame source=picamera2 index=%d reason=%s", i, e)
             return None
 
     def close(self) -> None:
         """Stop the Pi camera so libcamera releases it."""
-        self.cam.stop()
+        self._release()
         super().close()
 
 
@@ -284,7 +391,7 @@ def open_source(
 ) -> FrameSource:
     """'picamera2', a device ('/dev/video0' or '0'), a still photo or a video file."""
     if spec == "picamera2":
-        return Picamera2Source(width, height)
+        return Picamera2Source(width, height, reconnect_max_s)
     if spec.isdigit() or spec.startswith("/dev/video"):
         return CameraSource(spec, width, height, fps, reconnect_max_s)
     if still_image(spec):
@@ -312,7 +419,11 @@ class FirstFrames(FrameSource):
 
     def read(self) -> Frame | None:
         """The next frame, or None (finished) once n frames were read."""
-        f = None if (self.n and self.i >= self.n) else self.source.read()
+        try:
+            f = None if (self.n and self.i >= self.n) else self.source.read()
+        except Exception:
+            self.finished = self.source.finished  # a clip's error at its end ends this too
+            raise
         if f is None:
             self.finished, self.state = True, "finished"
         self.i += 1
