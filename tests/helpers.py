@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import threading
@@ -43,6 +44,72 @@ def kill_at_random(script: str, rounds: int, seed: int, max_delay: float, after_
         p.wait()
         if after_each is not None:
             after_each()
+
+
+def ten_fps_camera(factory, reconnect_max_s: float = 0.2):
+    """A CameraSource on a scripted capture factory, on a 10 fps camera's clock (one frame
+    period per read, however slowly this machine processes frames: on the real clock a loaded
+    machine spaces two frames of one held-up ticket further apart than the cooldown, and the
+    ticket is decided twice); and the camera's states as the gate saw them between two reads."""
+    from edge.gate.sources import CameraSource
+
+    states: list[str] = []
+    t, made = [0.0], []
+
+    def clock() -> float:
+        states.append(made[0].state if made else "opening")
+        t[0] += 0.1
+        return t[0]
+
+    made.append(
+        CameraSource(
+            "/dev/video0", capture_factory=factory, reconnect_max_s=reconnect_max_s, clock=clock
+        )
+    )
+    return made[0], states
+
+
+class PiCameras:
+    """picamera2's Picamera2 as the source uses it, one scripted camera per construction: a
+    list of frames and exceptions, or an exception raised when it is constructed (no camera)."""
+
+    def __init__(self, script):
+        self.script, self.made = list(script), []
+
+    def __call__(self):
+        item = self.script.pop(0) if self.script else IndexError("list index out of range")
+        if isinstance(item, Exception):
+            raise item
+        cam = _PiCamera(item)
+        self.made.append(cam)
+        return cam
+
+
+class _PiCamera:
+    def __init__(self, frames):
+        self.frames = list(frames)
+        self.started = self.stopped = self.closed = False
+
+    def create_video_configuration(self, main):
+        return main
+
+    def configure(self, conf):
+        self.conf = conf
+
+    def start(self):
+        self.started = True
+
+    def capture_array(self):
+        item = self.frames.pop(0) if self.frames else RuntimeError("Camera frontend has timed out")
+        if isinstance(item, Exception):
+            raise item
+        return item
+
+    def stop(self):
+        self.stopped = True
+
+    def close(self):
+        self.closed = True
 
 
 class FakeCapture:
@@ -202,3 +269,19 @@ def edge_gate(*args: str, cwd: Path, stdin: str | None = None, timeout: float = 
     )
     assert "Traceback" not in p.stderr, p.stderr
     return p
+
+
+def notify_messages(server) -> tuple[list[str], threading.Thread]:
+    """What a gate sends systemd's notify socket `server`, received as systemd does while the
+    gate runs, until it says STOPPING=1 (bounded: a broken gate fails the test's own checks)."""
+    msgs: list[str] = []
+
+    def receive() -> None:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and not (msgs and msgs[-1] == "STOPPING=1"):
+            with contextlib.suppress(TimeoutError):
+                msgs.append(server.recv(4096).decode())
+
+    reader = threading.Thread(target=receive, daemon=True)
+    reader.start()
+    return msgs, reader

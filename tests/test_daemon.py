@@ -39,7 +39,9 @@ from .helpers import (
     enroll_lin,
     events,
     make_config,
+    notify_messages,
     run_gate,
+    ten_fps_camera,
 )
 
 # --- recorded video --------------------------------------------------------------------------
@@ -231,16 +233,7 @@ def test_watchdog_stops_when_the_loop_hangs(tmp_path):
     src = SlowSource([np.full((120, 160, 3), 90, np.uint8)] * 200, hook_at=150, hook=hang)
     notifier = Notifier({"NOTIFY_SOCKET": sock_path, "WATCHDOG_USEC": "200000"})
     gate = Gate(cfg, source=src, pin_factory=MockFactory(), notifier=notifier)
-    msgs: list[str] = []
-
-    def receive():  # until the gate says it stops (bounded: a broken gate fails below)
-        deadline = time.monotonic() + 300
-        while time.monotonic() < deadline and not (msgs and msgs[-1] == "STOPPING=1"):
-            with contextlib.suppress(TimeoutError):
-                msgs.append(server.recv(4096).decode())
-
-    reader = threading.Thread(target=receive, daemon=True)
-    reader.start()
+    msgs, reader = notify_messages(server)
     th = threading.Thread(target=gate.run, daemon=True)
     th.start()
     try:
@@ -302,7 +295,6 @@ def test_scanner_lines_are_decided_like_camera_codes(tmp_path):
 
 def test_camera_lost_mid_stream_and_back_gate_keeps_deciding(tmp_path):
     """The camera drops out between two tickets; the gate stays up, says so, and decides after."""
-    from edge.gate.sources import CameraSource
 
     cfg = make_config(tmp_path, "[vision]\nface_enabled = false\n[policy]\ncooldown_s = 1.0\n")
     scene = ticket_scene(tmp_path / "office", tmp_path / "t.mp4", time.time())
@@ -319,21 +311,7 @@ def test_camera_lost_mid_stream_and_back_gate_keeps_deciding(tmp_path):
             cap.opened = False
         return cap
 
-    # The camera's clock: a 10 fps camera, one frame period per read, however slowly this
-    # machine processes frames. On the real clock a loaded machine spaces two frames of one
-    # held-up ticket further apart than the cooldown, and the ticket is decided twice. Each
-    # call also records the camera's state as the gate sees it between two reads.
-    states: list[str] = []
-    t = [0.0]
-
-    def camera_clock() -> float:
-        states.append(getattr(cam, "state", "opening"))
-        t[0] += 0.1
-        return t[0]
-
-    cam = CameraSource(
-        "/dev/video0", capture_factory=factory, reconnect_max_s=0.2, clock=camera_clock
-    )
+    cam, states = ten_fps_camera(factory)
     got_ev: list[dict] = []
     gate = Gate(cfg, got_ev.append, source=cam, pin_factory=MockFactory())
     gate.run()

@@ -4,7 +4,6 @@ written, files replaced underneath, reloads)."""
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import logging
 import os
@@ -32,7 +31,16 @@ from edge.gate.relay import Relay
 from edge.gate.sources import CameraSource, Frame, FrameSource, VideoFileSource
 from edge.lab.demo import ticket_scene
 
-from .helpers import FakeCapture, ListSource, enroll_lin, make_config, run_gate
+from .helpers import (
+    FakeCapture,
+    ListSource,
+    PiCameras,
+    enroll_lin,
+    make_config,
+    notify_messages,
+    run_gate,
+    ten_fps_camera,
+)
 
 
 def wait_for(cond, bound_s: float = 30.0) -> bool:
@@ -296,7 +304,6 @@ def test_a_camera_whose_reads_raise_is_reopened_and_the_gate_keeps_deciding(tmp_
     cfg, frames = ticket_clip(tmp_path, "[policy]\ncooldown_s = 1.0\n")
     first, second = frames[:30], frames[100:]  # the valid ticket, unplugged, then its replay
     captures = [RaisingCapture(first), RaisingCapture(second)]
-    states: list[str] = []
 
     def factory(dev):
         if not captures:  # both streams were read and the camera is gone again: stop
@@ -306,16 +313,7 @@ def test_a_camera_whose_reads_raise_is_reopened_and_the_gate_keeps_deciding(tmp_
             return cap
         return captures.pop(0)
 
-    t = [0.0]
-
-    def camera_clock() -> float:  # a 10 fps camera's clock, however slow this machine is
-        states.append(getattr(cam, "state", "opening"))
-        t[0] += 0.1
-        return t[0]
-
-    cam = CameraSource(
-        "/dev/video0", capture_factory=factory, reconnect_max_s=0.2, clock=camera_clock
-    )
+    cam, states = ten_fps_camera(factory)
     got: list[dict] = []
     gate = Gate(cfg, got.append, source=cam, pin_factory=MockFactory())
     assert gate.run() == 0
@@ -489,49 +487,6 @@ def test_a_gallery_deleted_or_replaced_underneath_is_followed(
 
 
 # --- the Pi camera -------------------------------------------------------------------------------
-
-
-class PiCameras:
-    """picamera2's Picamera2 as the source uses it, one scripted camera per construction: a
-    list of frames and exceptions, or an exception raised when it is constructed (no camera)."""
-
-    def __init__(self, script):
-        self.script, self.made = list(script), []
-
-    def __call__(self):
-        item = self.script.pop(0) if self.script else IndexError("list index out of range")
-        if isinstance(item, Exception):
-            raise item
-        cam = _PiCamera(item)
-        self.made.append(cam)
-        return cam
-
-
-class _PiCamera:
-    def __init__(self, frames):
-        self.frames = list(frames)
-        self.started = self.stopped = self.closed = False
-
-    def create_video_configuration(self, main):
-        return main
-
-    def configure(self, conf):
-        self.conf = conf
-
-    def start(self):
-        self.started = True
-
-    def capture_array(self):
-        item = self.frames.pop(0) if self.frames else RuntimeError("Camera frontend has timed out")
-        if isinstance(item, Exception):
-            raise item
-        return item
-
-    def stop(self):
-        self.stopped = True
-
-    def close(self):
-        self.closed = True
 
 
 def test_a_pi_camera_that_stops_is_restarted_with_backoff(monkeypatch, caplog):
@@ -818,16 +773,7 @@ def test_the_watchdog_hears_from_a_gate_waiting_on_a_locked_ledger(tmp_path):
     gate = Gate(cfg, decided, source=source, pin_factory=MockFactory(), notifier=notifier)
     gate.ledger.conn.execute("PRAGMA busy_timeout=2000")  # the test's wait: 2 s, not 10
     holder = hold_write_lock(cfg.resolve(cfg.tickets.ledger))
-    msgs: list[str] = []
-
-    def receive():  # as systemd does, while the gate runs (bounded: a broken gate fails below)
-        deadline = time.monotonic() + 300
-        while time.monotonic() < deadline and not (msgs and msgs[-1] == "STOPPING=1"):
-            with contextlib.suppress(TimeoutError):
-                msgs.append(server.recv(4096).decode())
-
-    reader = threading.Thread(target=receive, daemon=True)
-    reader.start()
+    msgs, reader = notify_messages(server)
     try:
         gate.run()
     finally:

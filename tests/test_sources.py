@@ -8,7 +8,7 @@ import pytest
 from edge.errors import SourceError
 from edge.gate.sources import CameraSource, VideoFileSource
 
-from .helpers import FakeCapture
+from .helpers import FakeCapture, PiCameras
 
 
 def test_file_source_reads_every_frame_with_recorded_time(fixtures):
@@ -111,36 +111,6 @@ def test_sources_are_context_managers_that_release_the_device():
     assert not cap.opened  # released on the way out of the error
 
 
-class _FakePicamera2:
-    """picamera2's Picamera2 as far as the source uses it: configured, started, arrays out."""
-
-    frames: list = []
-
-    def __init__(self):
-        self.started = self.stopped = False
-
-    def create_video_configuration(self, main):
-        return main
-
-    def configure(self, conf):
-        self.conf = conf
-
-    def start(self):
-        self.started = True
-
-    def capture_array(self):
-        f = self.frames.pop(0)
-        if isinstance(f, Exception):
-            raise f
-        return f
-
-    def stop(self):
-        self.stopped = True
-
-    def close(self):
-        pass
-
-
 def test_picamera2_frames_become_bgr_and_bad_ones_are_skipped(monkeypatch):
     import sys
     import types
@@ -149,8 +119,8 @@ def test_picamera2_frames_become_bgr_and_bad_ones_are_skipped(monkeypatch):
 
     xbgr = np.zeros((48, 64, 4), np.uint8)
     xbgr[..., 2] = 200
-    _FakePicamera2.frames = [xbgr, np.zeros((0, 0), np.uint8), RuntimeError("libcamera"), xbgr]
-    monkeypatch.setitem(sys.modules, "picamera2", types.SimpleNamespace(Picamera2=_FakePicamera2))
+    cams = PiCameras([[xbgr, np.zeros((0, 0), np.uint8), RuntimeError("libcamera"), xbgr]])
+    monkeypatch.setitem(sys.modules, "picamera2", types.SimpleNamespace(Picamera2=cams))
     src = Picamera2Source(64, 48)
     first = src.read()
     assert first.image.shape == (48, 64, 3)  # the padding byte is dropped
