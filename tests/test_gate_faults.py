@@ -732,6 +732,62 @@ def test_an_audit_log_or_ledger_deleted_underneath_is_reopened_as_at_start(tmp_p
         assert [s.state for s in gate.relay.pin.states].count(True) == 1
 
 
+class HookedSource(ListSource):
+    """Frames from a list, with a hook before each of several frames."""
+
+    def __init__(self, frames, hooks):
+        super().__init__(frames)
+        self.hooks = dict(hooks)
+
+    def read(self):
+        if (hook := self.hooks.pop(self.i, None)) is not None:
+            hook()
+        return super().read()
+
+
+def test_an_audit_log_deleted_that_cannot_be_reopened_refuses_face_grants_until_it_is(
+    tmp_path, monkeypatch, caplog
+):
+    """The audit log deleted to free a full disk (the gate holds it open: no space comes back),
+    so it cannot be made again. Before, the gate went on writing into the deleted file and never
+    looked again: a face let in afterwards opened the relay with its record lost. Now face
+    grants are refused (audit_error) until the log opens again, tried each tick."""
+    import edge.gate.daemon as daemon_mod
+
+    cfg = make_config(tmp_path, "[vision]\nface_enabled = false\n")
+    db = cfg.resolve(cfg.audit.path)
+    real_open = daemon_mod.open_audit
+
+    def full_disk(*a, **kw):
+        raise AuditError(f"audit log {db}: database or disk is full")
+
+    def delete_on_a_full_disk():
+        for x in ("", "-wal", "-shm"):
+            Path(f"{db}{x}").unlink(missing_ok=True)
+        monkeypatch.setattr(daemon_mod, "open_audit", full_disk)
+        gate.tick(0.0)
+        gate.tick(0.0)  # tried again: still full
+
+    def room_again():
+        monkeypatch.setattr(daemon_mod, "open_audit", real_open)
+        gate.tick(0.0)
+
+    frames = visitor(1) + visitor(0, 3) + visitor(2) + visitor(0, 3) + visitor(3)
+    gate, got = face_gate(cfg, [])
+    gate.source = HookedSource(frames, {6: delete_on_a_full_disk, 14: room_again})
+    gate.run()
+    assert [(e["decision"], e["reason"], e["person"]) for e in got] == [
+        ("grant", "ok", "p-1"),
+        ("deny", "audit_error", "p-2"),
+        ("grant", "ok", "p-3"),
+    ]
+    assert gate.relay.pulses == 2  # p-1 and p-3
+    on_disk = [(r.decision, r.subject) for r in audit_records(cfg) if r.kind == "decision"]
+    assert ("grant", "p-3") in on_disk  # the log made again holds what came after
+    said = [r.getMessage() for r in caplog.records if "reopen_failed" in r.getMessage()]
+    assert len(said) == 1  # one line, not one per tick
+
+
 def test_a_clip_without_one_usable_frame_still_ends_the_run_with_its_error(tmp_path):
     """The daemon reads again after a source raised, except for a source's own SourceError (a
     file none of whose frames can be used): that stays the run's error, also behind a wrapper

@@ -148,6 +148,7 @@ class Gate:
         self._face_failures = 0
         self._source_failures = 0
         self._source_alarm = float("-inf")
+        self._evidence_retry: float | None = None  # since when a moved audit log will not open
         with contextlib.ExitStack() as stack:
             # First built, last released: whatever fails after this, the relay is driven shut.
             self.relay = stack.enter_context(
@@ -426,18 +427,45 @@ class Gate:
         moved = [n for n, a, b in zip(("audit", "ledger"), now, was, strict=True) if b and a != b]
         if not moved:
             return
-        log.error(
-            "gate evidence_moved files=%s: deleted or replaced while the gate ran; "
-            "reopening them as at start",
-            ",".join(moved),
-        )
+        retrying = self._evidence_retry is not None
+        if not retrying:
+            log.error(
+                "gate evidence_moved files=%s: deleted or replaced while the gate ran; "
+                "reopening them as at start",
+                ",".join(moved),
+            )
         old_audit, old_ledger = self.audit, self.ledger
         try:
             self.audit = open_audit(self.cfg, "create", fold_junk=True)
-        except Exception as e:  # the folder gone, unwritable or full: the open file takes them
-            log.error("gate audit reopen_failed error=%s", e)
-            self._evidence_files = now
+        except Exception as e:  # the folder gone, unwritable or full: tried again each tick
+            # Never on into the deleted file (its records would be lost at the next start):
+            # no audit log, so face grants are refused (audit_error) until it opens again.
+            if self._evidence_retry is None or time.monotonic() - self._evidence_retry >= 60:
+                log.error(
+                    "gate audit reopen_failed error=%s: face grants refused (audit_error) "
+                    "until it opens; tried again every second",
+                    e,
+                )
+                self._evidence_retry = time.monotonic()
+            self.audit = None
+            if "ledger" in moved and not isinstance(old_ledger, UnavailableLedger):
+                self.ledger = UnavailableLedger(
+                    f"the ledger moved and the audit log is not open: {e}"
+                )
+                with contextlib.suppress(Exception):
+                    old_ledger.close()
+            with contextlib.suppress(Exception):
+                if old_audit is not None:
+                    old_audit.close()
+            # the moved files' old ids stay: the next tick sees them moved and tries again
+            self._evidence_files = tuple(
+                b if n in moved else a
+                for n, a, b in zip(("audit", "ledger"), now, was, strict=True)
+            )
             return
+        if retrying:
+            log.info("gate audit reopened after reopen_failed")
+        self._evidence_retry = None
         try:
             self.ledger = open_gate_ledger(self.cfg, self.audit, self.clock())
         except Exception as e:  # the new audit log refused the record of a missing ledger
