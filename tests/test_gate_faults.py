@@ -841,3 +841,27 @@ def test_the_watchdog_hears_from_a_gate_waiting_on_a_locked_ledger(tmp_path):
     during = msgs[msgs.index("TEST=waiting") + 1 : msgs.index("TEST=decided")]
     assert "WATCHDOG=1" in during
     assert msgs[-1] == "STOPPING=1"
+
+
+def test_a_wait_on_a_locked_store_pings_the_watchdog_as_it_begins(tmp_path):
+    """The loop pings at most every half interval, and the wait's helper first pings half an
+    interval after the wait begins: entered just before the loop's next ping was due, the gap
+    passed WatchdogSec and systemd killed the gate mid-wait. The wait now pings as it begins
+    when the last ping is a quarter interval old."""
+    sock_path = str(tmp_path / "notify.sock")
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    server.bind(sock_path)
+    server.settimeout(2.0)  # far below the 5 s the helper would first wait
+    notifier = Notifier({"NOTIFY_SOCKET": sock_path, "WATCHDOG_USEC": "10000000"})
+    try:
+        notifier.watchdog()
+        assert server.recv(64) == b"WATCHDOG=1"
+        notifier._last_ping -= 4.5  # the loop's last ping, 4.5 s ago: its next is due at 5 s
+        with notifier.bounded_wait(60.0):
+            assert server.recv(64) == b"WATCHDOG=1"  # at once, not 5 s into the wait
+        notifier._last_ping = time.monotonic()  # pinged just now: the wait sends nothing more
+        with notifier.bounded_wait(60.0), pytest.raises(TimeoutError):
+            server.settimeout(0.3)
+            server.recv(64)
+    finally:
+        server.close()

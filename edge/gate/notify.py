@@ -62,8 +62,14 @@ class Notifier:
         if not self.watchdog_s or self._sock is None:
             yield
             return
+        now = time.monotonic()
+        # the loop's last ping may be nearly half an interval old already: with the helper's
+        # first one half an interval after this, the gap could pass WatchdogSec
+        if now - self._last_ping >= self.watchdog_s / 4:
+            self._last_ping = now
+            self.send("WATCHDOG=1")
         done = threading.Event()
-        end = time.monotonic() + bound_s
+        end = now + bound_s
 
         def feed() -> None:
             while not done.wait(self.watchdog_s / 2) and time.monotonic() < end:
