@@ -93,6 +93,36 @@ class FlakyPin(MockPin):
         super()._set_state(value)
 
 
+class GlitchPin(MockPin):
+    """Every write fails while `glitch` > 0 (an I/O error on the GPIO line for a moment)."""
+
+    glitch = 0
+
+    def _set_state(self, value):
+        if self.glitch > 0:
+            self.glitch -= 1
+            raise OSError(5, "Input/output error")
+        super()._set_state(value)
+
+
+def test_a_pulse_that_fails_during_a_pulse_is_switched_off_once_the_line_obeys():
+    """A second grant meets a glitch: switching on fails, and the one switch-off tried then
+    fails too. The first pulse's timer had been ended by the second, so nothing switched the
+    relay off again: the turnstile stayed open until the next pulse or a restart. Now the
+    switch-off is retried until the relay obeys (the gate records the grant's relay_error)."""
+    factory = MockFactory(pin_class=GlitchPin)
+    with Relay(RelayConfig(pin=17, pulse_s=0.2), factory=factory) as r:
+        r.pulse()
+        assert r.is_open
+        r.pin.glitch = 2  # on() fails, then the off() tried at once fails too
+        with pytest.raises(RelayError, match="failed to switch on"):
+            r.pulse()
+        deadline = time.monotonic() + 30
+        while r.is_open and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert not r.is_open, "the relay stays energised: nothing switches it off"
+
+
 def test_a_relay_pin_that_refuses_to_switch_on_is_a_relay_error_at_once():
     """Before, the pulse switched on in gpiozero's blink thread: the failure was a traceback in
     that thread and pulse() returned as if the turnstile had opened."""

@@ -167,7 +167,13 @@ class Relay:
             try:
                 self.device.on()
             except Exception as e:
-                self._drive_off()
+                try:
+                    self.device.off()
+                except Exception:  # a glitch on the line: retried until the relay obeys
+                    self._timer = threading.Thread(
+                        target=self._end_pulse, args=(end, 0.0), name="relay-off", daemon=True
+                    )
+                    self._timer.start()
                 raise RelayError(
                     f"relay pin {self.cfg.pin} failed to switch on: {e}",
                     "check the relay board's wiring and power, then `edge-gate doctor`",
