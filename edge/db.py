@@ -17,7 +17,7 @@ from __future__ import annotations
 import sqlite3
 import threading
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
@@ -209,8 +209,11 @@ class Store:
                 try:
                     yield self.conn
                 finally:
-                    if self.conn.in_transaction:
-                        self.conn.execute("COMMIT")  # a read: nothing to keep or undo
+                    # a read: nothing to keep or undo; a body that closed the connection (a
+                    # key that no longer opens the file) keeps its own error
+                    with suppress(sqlite3.ProgrammingError):
+                        if self.conn.in_transaction:
+                            self.conn.execute("COMMIT")
             except sqlite3.Error as e:
                 raise self.error(f"{self.what} {self.path}: {e}", sqlite_fix(e)) from None
 

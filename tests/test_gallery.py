@@ -481,3 +481,19 @@ def test_a_forget_committed_between_two_reads_never_breaks_a_reader(tmp_path, ca
                 assert set(opened.person_keys()) == {keep, sixth}
         finally:
             edge.db.sqlite3.connect = orig
+
+
+def test_a_running_reader_whose_key_no_longer_opens_the_gallery_says_so(tmp_path):
+    """Another process rotated the key and then forgot someone: the running reader's key file
+    no longer opens the new generation. Its KeyFileError (use the right key file) was replaced
+    by "Cannot operate on a closed database" (check the disk) once reads became a snapshot."""
+    k1, k2 = init_key(tmp_path / "k1.key"), init_key(tmp_path / "k2.key")
+    with Gallery(tmp_path / "g.db", k1) as reader:
+        pid = reader.add_person("A B", CONSENT, list(unit(np.random.default_rng(4), 1)), "m", "1")
+        reader.templates("m")
+        with Gallery(tmp_path / "g.db", k1) as other:  # `keys rotate`, then a forget
+            other.rewrap(k2)
+            other.drop_other_keys(k2)
+            other.forget(pid)
+        with pytest.raises(KeyFileError, match="does not open gallery"):
+            reader.templates("m")
