@@ -222,5 +222,7 @@ class Store:
         return self.conn.execute("PRAGMA data_version").fetchone()[0]
 
     def close(self) -> None:
-        """Close the connection (idempotent)."""
-        self.conn.close()
+        """Close the connection (idempotent), after any transaction another thread has open
+        on it (a relay's door record while the gate reopens its audit log)."""
+        with self._lock:
+            self.conn.close()

@@ -22,7 +22,7 @@ from gpiozero.pins.mock import MockFactory, MockPin
 
 from edge import config as config_mod
 from edge.config import RelayConfig
-from edge.errors import AuditError, LedgerError, RelayError
+from edge.errors import AuditError, GalleryError, LedgerError, RelayError
 from edge.gate.audit import AuditLog, AuditRecord
 from edge.gate.daemon import Gate
 from edge.gate.notify import Notifier
@@ -510,6 +510,12 @@ def test_a_gallery_deleted_or_replaced_underneath_is_followed(
     if change == "replaced_empty":  # the new file is the gallery now: nobody enrolled in it
         assert face_after is not None and not gate.degraded
         assert len(face_after.matcher.matcher.people) == 0
+        # gone again just as the gate opens it: refused, and no empty gallery made in its place
+        for x in ("", "-wal", "-shm"):
+            Path(f"{db}{x}").unlink(missing_ok=True)
+        with pytest.raises(GalleryError, match="does not exist"):
+            face_after.reopen_gallery()
+        assert not db.exists()
     else:
         assert face_after is None
         assert gate.degraded.startswith("ticket-only: face path off")

@@ -477,7 +477,12 @@ class Gate:
             except Exception as e:
                 log.warning("close error=%s", e)
         lane.report_versions(self.ledger, self.cfg, self.face is not None)
-        self._evidence_files = self._evidence_ids()
+        # the identities read before opening (replaced in between, the next tick follows the
+        # new file); a file the open made anew is read now
+        after = self._evidence_ids()
+        self._evidence_files = tuple(
+            a if a is not None else b for a, b in zip(now, after, strict=True)
+        )
 
     def _maintain_evidence(self) -> None:
         try:

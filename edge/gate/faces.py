@@ -44,17 +44,19 @@ class FaceStack:
         self.fuse = cfg.policy.fuse_frames
         self._open_gallery()
 
-    def _open_gallery(self) -> None:
+    def _open_gallery(self, create: bool = True) -> None:
         """The gallery file at the configured path and its live matcher (at start, and again
-        when the file was replaced underneath the running gate)."""
+        when the file was replaced underneath the running gate: never made anew then)."""
         # loaded with the models: a ticket-only gate never imports the gallery
         from edge.gallery.matcher import LiveMatcher, resolve_threshold
         from edge.gallery.rules import rules_from_catalogue
         from edge.gallery.store import Gallery
 
         cfg = self.cfg
-        self.gallery = Gallery(self.path, self.key)
+        # the file's identity before it is opened: replaced in between, the next check sees
+        # the new one and opens it (after, the gate would read the old one and never follow)
         self.file_id = file_id(self.path)
+        self.gallery = Gallery(self.path, self.key, create=create)
         try:
             if self.gallery.needs_forget_replay():  # a restored backup: nobody by face
                 raise GalleryError(
@@ -86,7 +88,7 @@ class FaceStack:
         """Close the gallery held open and open the file now at gallery.db, with the checks
         of a start (the forget list, the key); an error is raised, the face path unusable."""
         self.gallery.close()  # first: its -wal belongs to the old file
-        self._open_gallery()
+        self._open_gallery(create=False)
 
     def observe(self, image: np.ndarray, t: float = 0.0) -> tuple[FaceSeen, ...]:
         """Every face in the frame with the matcher's verdict on it, and the liveness verdict
