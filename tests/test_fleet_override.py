@@ -360,3 +360,22 @@ def test_a_broken_override_inbox_never_stops_the_gate(park, caplog, monkeypatch)
         gate.take_overrides()  # logged, not raised: the loop goes on deciding
         assert gate.relay.pulses == 0
     assert "override inbox error=database is locked" in caplog.text
+
+
+def test_an_override_the_lane_cannot_record_does_not_open(park, monkeypatch):
+    """As a face grant: no record, no entry. Before, the relay opened first and a failed audit
+    record (a locked or full disk) was only logged: the lane's log never showed the entry."""
+    from edge.errors import AuditError
+    from edge.fleet.override import Verdict
+
+    got: list[dict] = []
+    with Gate(_lane(park, 1), got.append, source=NoFrames(), pin_factory=MockFactory()) as gate:
+        monkeypatch.setattr(gate.overrides, "take", lambda now: [Verdict(True, VIA, "by sam: x")])
+
+        def full(record):
+            raise AuditError("audit log: database or disk is full")
+
+        monkeypatch.setattr(gate.audit, "record", full)
+        gate.take_overrides()
+        assert gate.relay.pulses == 0
+    assert [(e["decision"], e["reason"]) for e in got] == [("deny", "audit_error")]

@@ -653,15 +653,26 @@ class Gate:
             log.error("override inbox error=%s", e)
             return
         for v in verdicts:
+            recorded = False
+            if v.ok:  # as a face grant: no record, no entry (the office's record is not here)
+                try:
+                    if self.audit is None:
+                        raise AuditError("the audit log is not open")
+                    self.audit.record(v.record(self.cfg.gate.id, wall))
+                    recorded = True
+                except Exception as e:
+                    log.error("audit error=%s: an override that cannot be recorded is refused", e)
+                    v = v.refused(str(Reason.AUDIT_ERROR))
             if v.ok:
                 try:
                     self.relay.pulse()
                 except EdgeGateError as e:
                     log.error("relay error=%s", e)
-                    v = v.refused(str(Reason.RELAY_ERROR))
+                    v, recorded = v.refused(str(Reason.RELAY_ERROR)), False
             self.last_decision = f"{v.outcome} override {v.reason}"
             log.info("decision %s via=override reason=%s", v.outcome, v.reason)
-            self._audit(v.record(self.cfg.gate.id, wall))
+            if not recorded:
+                self._audit(v.record(self.cfg.gate.id, wall))
             try:
                 self.on_decision(v.event(self.cfg.gate.id, wall))
             except Exception as e:
