@@ -26,6 +26,8 @@ class Notifier:
         self.watchdog_s = int(usec) / 1e6 if usec.isdigit() else 0.0
         self._sock = None
         self._last_ping = 0.0
+        self._wait_until = 0.0  # while a bounded wait runs: when its pings stop (0: none runs)
+        self._feeder: threading.Thread | None = None
         if self.addr:
             self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
 
@@ -58,30 +60,36 @@ class Notifier:
     def bounded_wait(self, bound_s: float) -> Iterator[None]:
         """Keep pinging, for at most `bound_s`, while the loop waits on something that ends by
         itself: a store's busy timeout while another process holds its lock is no hang, but it
-        can outlast WatchdogSec. A wait past `bound_s` stops the pings (a hang is still one)."""
+        can outlast WatchdogSec. A wait past `bound_s` stops the pings (a hang is still one).
+        Entered around every step that writes, so it costs a comparison: one feeder thread,
+        started once, pings while a wait runs."""
         if not self.watchdog_s or self._sock is None:
             yield
             return
         now = time.monotonic()
-        # the loop's last ping may be nearly half an interval old already: with the helper's
-        # first one half an interval after this, the gap could pass WatchdogSec
+        # the loop's last ping may be nearly half an interval old already: with the feeder's
+        # next one up to three quarters of an interval away, the gap could pass WatchdogSec
         if now - self._last_ping >= self.watchdog_s / 4:
             self._last_ping = now
             self.send("WATCHDOG=1")
-        done = threading.Event()
-        end = now + bound_s
-
-        def feed() -> None:
-            while not done.wait(self.watchdog_s / 2) and time.monotonic() < end:
-                self.send("WATCHDOG=1")
-
-        helper = threading.Thread(target=feed, name="watchdog-wait", daemon=True)
-        helper.start()
+        if self._feeder is None:
+            self._feeder = threading.Thread(target=self._feed, name="watchdog-wait", daemon=True)
+            self._feeder.start()
+        self._wait_until = now + bound_s
         try:
             yield
         finally:
-            done.set()
-            helper.join()
+            self._wait_until = 0.0
+
+    def _feed(self) -> None:
+        """Every quarter interval: ping if a bounded wait runs and the last ping is half an
+        interval old (so pings are never more than three quarters of an interval apart)."""
+        while True:
+            time.sleep(self.watchdog_s / 4)
+            now = time.monotonic()
+            if now < self._wait_until and now - self._last_ping >= self.watchdog_s / 2:
+                self._last_ping = now
+                self.send("WATCHDOG=1")
 
     def stopping(self) -> None:
         """Tell systemd a shutdown is deliberate, not a crash."""
