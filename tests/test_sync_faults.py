@@ -35,6 +35,12 @@ def _lines(caplog, text: str) -> list[str]:
     return [r.getMessage() for r in caplog.records if text in r.getMessage()]
 
 
+def _said_alive(caplog, text: str, thread) -> None:
+    """Wait until sync said `text` (or its loop ended), then: its loop goes on."""
+    wait_for(lambda: _lines(caplog, text) or not thread.is_alive(), what=f"{text!r} said")
+    assert thread.is_alive(), "the fault ended sync's loop"
+
+
 def _refuse_writes(store, on: bool = True) -> None:
     """sync's own connection to the file refuses every write (a read-only card)."""
     with store._lock:
@@ -99,7 +105,7 @@ def test_a_state_file_that_cannot_be_written_does_not_end_sync(
             with s.state._lock:
                 s.state.conn.execute("PRAGMA busy_timeout=100")
             holder = hold_write_lock(park.lanes[0].dir / "fleet.db")
-        wait_for(lambda: _lines(caplog, "sync write_failed what=state"), what="the fault said")
+        _said_alive(caplog, "sync write_failed what=state", thread)
         _redeem(park, 1, "T-OUT")
         _redeem(park, 2, "T-IN")
         wait_for(lambda: park.remote(2, "T-OUT") == 1, what="lane1's redemption reaches lane2")
@@ -137,7 +143,7 @@ def test_an_outbox_clean_up_that_fails_loses_nothing_and_counts_once(
         for k in range(3):
             _redeem(park, 1, f"T-O{k}")
         wait_for(lambda: park.remote(2) == 3, what="lane1's redemptions reach lane2")
-        wait_for(lambda: _lines(caplog, "sync write_failed what=outbox"), what="the fault said")
+        _said_alive(caplog, "sync write_failed what=outbox", thread)
         assert _outbox(park, 1) == 3  # acknowledged by the broker, kept: not lost
         _refuse_writes(s.ledger, on=False)
         wait_for(lambda: _outbox(park, 1) == 0, what="the clean-up done in the same run")
@@ -174,7 +180,7 @@ def test_an_audit_log_that_cannot_be_written_does_not_end_sync(
         _refuse_writes(s.audit)
         with OneShot(park.cfg(2), "junk") as c:
             c.publish(msg.topic(park.site, "redemptions", "lane2"), b"not a message")
-        wait_for(lambda: _lines(caplog, "sync write_failed what=audit"), what="the fault said")
+        _said_alive(caplog, "sync write_failed what=audit", thread)
         _queue_redemptions(park, 2, 1, "T-J")
         wait_for(lambda: park.remote(1) == 1, what="lane2's redemption stored at lane1")
         assert thread.is_alive()
@@ -259,12 +265,16 @@ def test_a_ledger_deleted_underneath_holds_what_arrives_until_it_is_back(
     try:
         s, thread = _two_lanes(park)
         _copy(db, tmp_path / "backup.db")
+        applied = s.stats["applied"]
         _delete(db)
-        wait_for(lambda: _lines(caplog, "sync write_failed what=ledger"), what="the loss said")
         _redeem(park, 2, "T-GONE")
-        wait_for(lambda: _lines(caplog, "ledger is not open"), what="lane1 holds it")
+        wait_for(  # lane1 received it while its ledger was gone
+            lambda: s.stats["applied"] > applied or _lines(caplog, "ledger is not open"),
+            what="T-GONE received at lane1",
+        )
         os.replace(tmp_path / "backup.db", db)
         wait_for(lambda: park.remote(1, "T-GONE") == 1, what="stored once the ledger is back")
+        assert _lines(caplog, "ledger is not open")  # held, unacknowledged, while it was gone
         assert len(_lines(caplog, "sync write_failed what=ledger")) == 1
         assert len(_lines(caplog, "sync file_moved")) == 1
         assert thread.is_alive()
@@ -286,10 +296,10 @@ def test_an_audit_log_deleted_underneath_is_made_again_at_its_path(
         park.wait_ready(1)
         wait_for(lambda: s._last_marks is not None, what="lane1 announced its marks")
         _delete(db)
-        wait_for(lambda: _lines(caplog, "sync reopened audit"), what="the log opened again")
         with OneShot(park.cfg(2), "junk") as c:
             c.publish(msg.topic(park.site, "redemptions", "lane2"), b"not a message")
         wait_for(lambda: park.audit(1, "refused"), what="the refusal in the log at the path")
+        assert _lines(caplog, "sync reopened audit")
         why = [r.detail for r in park.audit(1, "new_epoch")]
         assert any("audit log went back" in w for w in why), why
         assert park.syncs[1][1].is_alive()
@@ -338,3 +348,28 @@ def test_the_gate_reads_a_fleet_state_replaced_underneath(office_keys, tmp_path)
         assert not refused.ok and refused.reason == "forget_replay"
     finally:
         guard.close()
+
+
+def test_a_double_use_the_audit_log_could_not_record_is_recorded_once_it_can(
+    broker, office_keys, tmp_path, caplog, monkeypatch
+):
+    """lane2's redemption of a ticket lane1 let in already arrives while lane1's audit log
+    refuses writes: the double_use record fails, so the message is not acknowledged. Before,
+    the redemption itself was committed anyway, and when the message came again it was a
+    duplicate: the double use was never recorded. Now it is, once the log takes writes."""
+    caplog.set_level(logging.INFO, logger=LOG)
+    monkeypatch.setattr(sync_mod, "STORE_RETRY_FIRST_S", 0.5)
+    park = Park(tmp_path, broker.url, office_keys, lanes=2)
+    try:
+        s = park.start(1)
+        park.wait_ready(1)
+        _redeem(park, 1, "T-D1")
+        _refuse_writes(s.audit)
+        _queue_redemptions(park, 2, 1, "T-D")  # lane2 let T-D1 in too (cut off meanwhile)
+        wait_for(lambda: _lines(caplog, "sync apply_failed"), what="the record fails")
+        _refuse_writes(s.audit, on=False)
+        wait_for(lambda: park.audit(1, "double_use"), what="the double use recorded")
+        assert len(park.audit(1, "double_use")) == 1
+        assert park.remote(1, "T-D1") == 1
+    finally:
+        park.stop_all()

@@ -1332,6 +1332,8 @@ class Sync:
             epoch = f"{m.epoch}/reused/{tid}"
         if not self.lane_ledger.apply_remote(m.lane, m.seq, tid, t, day, epoch=epoch):
             self.stats["duplicates"] += 1
+            # delivered again: its double use, if its report failed before, is reported now
+            self._report_double_use(ticket, day, now)
             return
         self.stats["applied"] += 1
         if epoch != m.epoch:
@@ -1340,6 +1342,13 @@ class Sync:
             self._audit_event(now, SEQ_REUSED, detail[:300], subject=tid)
         if len(self.delays) < 100_000:
             self.delays.append((t, self.clock() - t))
+        self._report_double_use(ticket, day, now)
+
+    def _report_double_use(self, ticket: tk.Ticket, day: str, now: float) -> None:
+        """Audit a ticket used more often than it allows, once per new use. A report that
+        failed (the audit log full or locked) fails the message's store: it is delivered again
+        and reported then."""
+        tid = ticket.ticket_id
         on_day = day if ticket.kind == tk.Kind.SEASON else None
         used = self.lane_ledger.used(tid, on_day)
         if used > ticket.max_entries and used > self.state.double_use_reported(tid):
