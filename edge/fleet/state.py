@@ -319,11 +319,13 @@ class LaneGuard:
 
     def report(self, **status: Any) -> None:
         """The gate's own figures (fps, camera, mode, last decision) for sync's heartbeat."""
+        self._follow()
         if self.state is not None:
             self.state.put(gate_status=status)
 
     def report_versions(self, versions: dict[str, Any]) -> None:
         """What the gate runs (models, config version) for sync's heartbeat."""
+        self._follow()
         if self.state is not None:
             self.state.put(gate_versions=versions)
 

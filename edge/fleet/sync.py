@@ -20,6 +20,10 @@ roster does not name yet are kept (bounded) and tried again when a roster arrive
 are audited at most once a minute per sender and reason, with a count, so junk costs little.
 A message this member failed to store (its disk) stays unacknowledged; sync resumes its session
 with a growing wait (`StoreRetry`), so the broker delivers it again while sync runs.
+Its own files failing (full, locked, read-only) end nothing: each failed write is said once
+(`sync write_failed what=…`, with the fix) and tried again, and nothing it acknowledged is
+lost; the ledger, audit log and fleet.db deleted or replaced underneath are opened again at
+their paths (`_follow_files`), never written on after they left the disk.
 At each connection a lane first reads back its own retained heartbeat (or last will) and its
 retained marks (a topic the will never writes, so a crash does not hide them): if the fleet has
 seen more from it than its files hold (a restored ledger or audit log), it starts a new epoch and
@@ -82,6 +86,7 @@ STORE_RETRY_FIRST_S = 15.0  # a message this member failed to store: the first t
 STORE_RETRY_MAX_S = 300.0  # ... and twice as long each time it fails again, at most this
 RESUME_GRACE_S = 5.0  # a session resumed on purpose: the link counts as up for this long
 WRITE_RETRY_S = 1.0  # a write of sync's own that failed (state, outbox clean-up): tried again after
+CLEANUP_RETRY_MAX_S = 60.0  # ... the outbox clean-up, failing again, at most this long after
 FAULTS = (EdgeGateError, sqlite3.Error, OSError)  # what a file of sync's own can raise at run time
 
 
@@ -261,7 +266,9 @@ class Sync:
         self._ledger_gone = ""  # why the ledger at tickets.ledger does not open (moved away)
         self._last_marks: dict[str, Any] | None = None  # the marks this lane last announced
         self._done_unsaved: list[int] = []  # outbox rows the broker has, not yet deleted here
-        self._done_retry = 0.0
+        # their clean-up tried again with a growing wait: a ledger locked past its busy timeout
+        # holds the loop for that long at each try
+        self.cleanup_retry = StoreRetry(WRITE_RETRY_S, CLEANUP_RETRY_MAX_S)
         self._epoch_unsaved = ""  # a new epoch fleet.db could not take yet (tried each second)
         self._keys_stamp: tuple = ()
         self.ticket_keys = self._ticket_keys()
@@ -949,14 +956,16 @@ class Sync:
         if done:
             self._more = True  # room in the window again
             self._done_unsaved.extend(done)
-        if self._done_unsaved and time.monotonic() >= self._done_retry:
+        r = self.cleanup_retry
+        if self._done_unsaved and (r.due is None or r.take(time.monotonic())):
             try:  # deleted only here: kept, they are sent again after a restart, counted once
                 self.lane_ledger.outbox_done(self._done_unsaved)
             except FAULTS as e:
                 self._fault("outbox", e)
-                self._done_retry = time.monotonic() + WRITE_RETRY_S
+                r.failed(time.monotonic())
             else:
                 self._done_unsaved = []
+                r.stored()
                 self._fault_over("outbox")
         if office:
             self.office_store.sent(office)
