@@ -328,15 +328,17 @@ def test_a_fleet_state_deleted_underneath_is_made_again_at_its_path(
         park.stop_all()
 
 
-def test_the_gate_reads_a_fleet_state_replaced_underneath(office_keys, tmp_path):
+def test_the_gate_reads_a_fleet_state_replaced_underneath(office_keys, tmp_path, caplog):
     """The gate's view of fleet.db (LaneGuard) follows the file at the path: a new fleet.db
     whose forget list is still to be replayed refuses faces. Before, the gate went on reading
-    the deleted file, and granted."""
+    the deleted file, and granted. A fleet.db the gate made itself at start is no move."""
     park = Park(tmp_path, "mqtt://127.0.0.1:1", office_keys, lanes=1, office=False)
     cfg = park.cfg(1)
+    _delete(cfg.resolve(cfg.fleet.state_db))
     guard = LaneGuard(cfg)
     try:
         assert guard.check_faces().ok
+        assert not _lines(caplog, "fleet_state_moved")
         new = tmp_path / "fleet-new.db"
         st = FleetState(new)
         st.put(forget_replay="new epoch 0123abcd: restored")

@@ -291,6 +291,8 @@ class LaneGuard:
         self.path = cfg.resolve(cfg.fleet.state_db)
         self._id = file_id(self.path)  # read before opening: a swap in between is seen next
         self.state = FleetState(self.path) if cfg.fleet.enabled else None
+        if self._id is None:  # made just now by this open
+            self._id = file_id(self.path)
 
     def _follow(self) -> None:
         """fleet.db deleted or replaced underneath (sync opens it again at its path): read
