@@ -375,3 +375,26 @@ def test_a_double_use_the_audit_log_could_not_record_is_recorded_once_it_can(
         assert park.remote(1, "T-D1") == 1
     finally:
         park.stop_all()
+
+
+def test_sync_stopped_while_its_state_file_refuses_writes_closes_its_files(
+    broker, office_keys, tmp_path, caplog
+):
+    """SIGTERM's path (the loop ends, `close()` runs) while fleet.db refuses writes. Before,
+    close's last state write raised: the ledger and audit log were left open and sync ended
+    with a traceback. Now the write's failure is said and every file is closed."""
+    caplog.set_level(logging.INFO, logger=LOG)
+    park = Park(tmp_path, broker.url, office_keys, lanes=2)
+    try:
+        s = park.start(1)
+        park.wait_ready(1)
+        thread = park.syncs[1][1]
+        _refuse_writes(s.state)
+        park.stop(1)
+        assert not thread.is_alive()
+        for store in (s.ledger, s.audit, s.state):
+            with pytest.raises(sqlite3.ProgrammingError, match="closed"):
+                store.conn.execute("SELECT 1")
+        assert _lines(caplog, "sync write_failed what=state")
+    finally:
+        park.stop_all()
