@@ -398,3 +398,43 @@ def test_sync_stopped_while_its_state_file_refuses_writes_closes_its_files(
         assert _lines(caplog, "sync write_failed what=state")
     finally:
         park.stop_all()
+
+
+def test_a_double_use_while_the_audit_log_is_gone_is_recorded_once_it_is_back(
+    broker, office_keys, tmp_path, caplog, monkeypatch
+):
+    """The audit log deleted (space freed on a full disk) and not made again (still full):
+    sync's records must not go into the deleted file. Before, the double_use record went
+    there and was lost. Now the redemption's store fails (the broker holds it) until the log
+    opens again at its path, and the record lands there."""
+    from edge.errors import AuditError
+
+    caplog.set_level(logging.INFO, logger=LOG)
+    monkeypatch.setattr(sync_mod, "STORE_RETRY_FIRST_S", 0.5)
+    park = Park(tmp_path, broker.url, office_keys, lanes=2)
+    db = park.lanes[0].dir / "audit.db"
+    real = sync_mod.AuditLog
+
+    def still_full(path, *a, **kw):
+        raise AuditError(f"audit log {path}: database or disk is full", "free disk space")
+
+    try:
+        s = park.start(1)
+        park.wait_ready(1)
+        _redeem(park, 1, "T-D1")
+        monkeypatch.setattr(sync_mod, "AuditLog", still_full)
+        applied = s.stats["applied"]
+        _delete(db)
+        _queue_redemptions(park, 2, 1, "T-D")  # lane2 let T-D1 in too
+        wait_for(  # lane1 received it while its audit log was gone
+            lambda: s.stats["applied"] > applied or _lines(caplog, "is not open"),
+            what="T-D1 from lane2 received at lane1",
+        )
+        monkeypatch.setattr(sync_mod, "AuditLog", real)
+        wait_for(lambda: park.audit(1, "double_use"), what="recorded in the log at the path")
+        assert _lines(caplog, "is not open")
+        assert park.remote(1, "T-D1") == 1
+        assert park.syncs[1][1].is_alive()
+        assert s._audit_gone == ""
+    finally:
+        park.stop_all()

@@ -52,7 +52,7 @@ import paho.mqtt.client as mqtt
 from edge import tickets as tk
 from edge.config import Config
 from edge.db import sqlite_fix
-from edge.errors import EdgeGateError
+from edge.errors import AuditError, EdgeGateError
 from edge.fleet import messages as msg
 from edge.fleet.apply import OfficeApplier
 from edge.fleet.brokerconf import ACL_OUTDATED_FIX
@@ -234,6 +234,7 @@ class Sync:
         self.me, self.site = fl.lane, fl.site
         self._faults: dict[str, str] = {}  # a write of sync's own that fails: said once
         self._hb = 0  # the heartbeat counter, ahead of fleet.db while it cannot be written
+        self._audit_gone = ""  # why the audit log at audit.path does not open (moved away)
         self.connected = False
         self.is_office = fl.lane == msg.OFFICE
         self.key = load_lane_key(cfg)
@@ -410,6 +411,8 @@ class Sync:
                 self._fault(name, e)
                 if name == "ledger":
                     self._ledger_gone = str(e)
+                if name == "audit":
+                    self._audit_gone = str(e)
                 continue
             self._files[name] = now[name]
             self._fault_over(name)
@@ -425,7 +428,7 @@ class Sync:
 
     def _reopen_audit(self) -> None:
         new = AuditLog(self.audit.path, self.cfg.audit.retention_days)
-        old, self.audit = self.audit, new
+        old, self.audit, self._audit_gone = self.audit, new, ""
         self._seen["audit"] = -1
         with contextlib.suppress(*FAULTS):
             old.close()
@@ -1386,6 +1389,13 @@ class Sync:
             self.ticket_keys = keys
 
     def _audit_event(self, now: float, reason: str, detail: str, subject: str = "") -> None:
+        """One record of sync's in the audit log; never into a log no longer at its path (a
+        record that must be kept, a double use, fails its message's store: it comes again)."""
+        if self._audit_gone:
+            raise AuditError(
+                f"audit log {self.audit.path} is not open: {self._audit_gone}",
+                "free space or restore the folder; sync opens it again each second",
+            )
         self.audit.record(
             AuditRecord(
                 now, self.cfg.gate.id, "fleet", subject=subject, reason=reason, detail=detail
