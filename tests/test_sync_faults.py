@@ -438,3 +438,34 @@ def test_a_double_use_while_the_audit_log_is_gone_is_recorded_once_it_is_back(
         assert s._audit_gone == ""
     finally:
         park.stop_all()
+
+
+@pytest.mark.traceback_expected
+def test_a_step_that_raises_what_no_step_foresaw_is_said_and_sync_goes_on(
+    broker, office_keys, tmp_path, caplog
+):
+    """Before, any exception a step did not expect ended sync's loop (systemd restarted it).
+    Now it is logged with its traceback once, and the next step runs."""
+    caplog.set_level(logging.INFO, logger=LOG)
+    park = Park(tmp_path, broker.url, office_keys, lanes=2)
+    try:
+        s = park.start(1)
+        park.wait_ready(1)
+        thread = park.syncs[1][1]
+        real, raised = s._check_readback, []
+
+        def unforeseen():
+            if len(raised) < 3:
+                raised.append(1)
+                raise RuntimeError("nobody foresaw this")
+            return real()
+
+        s._check_readback = unforeseen
+        _said_alive(caplog, "sync step_failed", thread)
+        _queue_redemptions(park, 2, 1, "T-U")
+        wait_for(lambda: park.remote(1) == 1, what="lane2's redemption stored at lane1")
+        said = [r for r in caplog.records if "sync step_failed" in r.getMessage()]
+        assert len(said) == 3 and [bool(r.exc_info) for r in said] == [True, False, False]
+        assert thread.is_alive()
+    finally:
+        park.stop_all()

@@ -235,6 +235,7 @@ class Sync:
         self._faults: dict[str, str] = {}  # a write of sync's own that fails: said once
         self._hb = 0  # the heartbeat counter, ahead of fleet.db while it cannot be written
         self._audit_gone = ""  # why the audit log at audit.path does not open (moved away)
+        self._unforeseen_seen: set[str] = set()
         self.connected = False
         self.is_office = fl.lane == msg.OFFICE
         self.key = load_lane_key(cfg)
@@ -370,6 +371,20 @@ class Sync:
                 "sync write_failed what=%s error=%s; sync goes on and tries again", what, _fix_of(e)
             )
         self._faults[what] = str(e)
+
+    def _unforeseen(self, e: Exception) -> None:
+        """A step that raised what no step expects: logged (its traceback the first time that
+        error is seen); what it had taken from the inbox was not acknowledged."""
+        kind = f"{type(e).__name__}: {e}"[:300]
+        first = kind not in self._unforeseen_seen
+        if first and len(self._unforeseen_seen) < 100:
+            self._unforeseen_seen.add(kind)
+        log.error(
+            "sync step_failed error=%s (fix: report it as a bug; sync goes on, the broker "
+            "holds what was not acknowledged)",
+            kind,
+            exc_info=first,
+        )
 
     def _fault_over(self, what: str) -> None:
         if self._faults.pop(what, None) is not None:
@@ -644,6 +659,9 @@ class Sync:
                 except FAULTS as e:  # a file of its own failed where no step expected it
                     self._fault("step", e)
                     self.wake.wait(WRITE_RETRY_S)  # then tried again, never in a tight loop
+                except Exception as e:  # what no step foresaw: said, the next step runs
+                    self._unforeseen(e)
+                    self.wake.wait(WRITE_RETRY_S)
                 else:
                     self._fault_over("step")
         finally:
@@ -663,7 +681,7 @@ class Sync:
         if batch:
             try:
                 failed = self._handle_batch(batch, now)
-            except FAULTS as e:  # none acknowledged: the broker's session holds them all
+            except Exception as e:  # none acknowledged: the broker's session holds them all
                 failed = {id(a) for a in batch}
                 self._apply_failed(now, batch[0].topic, "", e, len(batch))
             self._ack([a for a in batch if id(a) not in failed])
