@@ -696,7 +696,11 @@ class Sync:
                 self.store_retry.failed(time.monotonic())
                 taken = []
             kept = [_Arrival(t, p, False, arrived=now) for t, p in taken]
-            failed = self._handle_batch(kept, now)  # old: no clock readings
+            try:
+                failed = self._handle_batch(kept, now)  # old: no clock readings
+            except Exception as e:  # taken out of fleet.db: kept again, never dropped
+                failed = {id(a) for a in kept}
+                self._apply_failed(now, kept[0].topic if kept else "kept", "", e, len(kept))
             self._keep_again([a for a in kept if id(a) in failed], now)
         self._handle_acks()
         if self.connected and self.store_retry.take(time.monotonic()):
@@ -1278,6 +1282,7 @@ class Sync:
     def _rotate(self, epoch: str, why: str) -> None:
         """Go on under a new epoch (a restore found, or the ledger replaced while sync ran)."""
         self.epoch = epoch
+        self._last_marks = None  # announced under the old epoch: the next heartbeat's count
         log.warning("sync new epoch=%s: %s", self.epoch, why)
         self._new_epoch(why, rotated=True)
         self._set_will()  # the next connection's last will names the new epoch
