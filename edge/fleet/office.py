@@ -10,6 +10,7 @@ lane of every line is the lane whose key signed it, never a field of the message
 from __future__ import annotations
 
 import contextlib
+import math
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -18,7 +19,7 @@ from typing import Any
 
 from edge import tickets as tk
 from edge.config import Config
-from edge.errors import ConfigError
+from edge.errors import ConfigError, FleetStateError
 from edge.fleet import messages as msg
 from edge.fleet.brokerconf import ACL_OUTDATED_FIX
 from edge.fleet.clock import finite_number
@@ -61,11 +62,33 @@ def need_office(cfg: Config, what: str) -> None:
         )
 
 
+OFFICE_STATE_FIX = (
+    "at the office this file is the fleet's record (lanes' audit records, the forget list, "
+    "the office's message counter): free space or stop what holds it if that is the cause, "
+    "else restore it from backup (never move it aside: sync would start an empty one)"
+)
+
+
+def open_state(cfg: Config) -> FleetState:
+    """The member's fleet state; at the office a failure names the office's fix (the lane's,
+    move it aside, would throw away what only the office holds)."""
+    path = cfg.resolve(cfg.fleet.state_db)
+    try:
+        st = FleetState(path)
+    except FleetStateError as e:
+        if cfg.fleet.lane != msg.OFFICE:
+            raise
+        if "move it aside" not in e.hint:  # a lock, a full disk: its own fix stands
+            raise
+        raise FleetStateError(str(e.args[0]), OFFICE_STATE_FIX) from None
+    return st
+
+
 @contextlib.contextmanager
 def office_store(cfg: Config) -> Iterator[OfficeStore]:
     """The office's store, opened and closed around one command."""
     need_fleet(cfg)
-    st = FleetState(cfg.resolve(cfg.fleet.state_db))
+    st = open_state(cfg)
     try:
         yield OfficeStore(st)
     finally:
@@ -93,7 +116,9 @@ def _queue(
 ) -> Queued:
     need_office(cfg, what)
     key = tk.load_private(key_path)
-    with office_store(cfg) as store:
+    # one transaction: a forget queued is on the forget list, a roster queued is the roster
+    # this office verifies with, or neither (a store that fails between them kept half)
+    with office_store(cfg) as store, store.state.transaction():
         row, m = store.queue(type_, cfg.fleet.site, body, key, topic, retain, now)
         if type_ == msg.ROSTER:
             store.state.set_roster(Roster(m.seq, dict(body["lanes"])))
@@ -341,7 +366,7 @@ def fleet_status(cfg: Config, now: float | None = None) -> dict[str, Any]:
     need_fleet(cfg)
     now = time.time() if now is None else now
     fl = cfg.fleet
-    st = FleetState(cfg.resolve(fl.state_db))
+    st = open_state(cfg)
     try:
         roster = st.roster()
         peers = st.get("peers") or {}
@@ -435,8 +460,9 @@ def status_problems(rep: dict[str, Any]) -> list[str]:
     return out
 
 
-def fleet_audit(cfg: Config, since: float = 0.0) -> list[dict[str, Any]]:
-    """Every lane's audit records the office's sync received, oldest first, from `since` on."""
+def fleet_audit(cfg: Config, since: float = -math.inf) -> list[dict[str, Any]]:
+    """Every lane's audit records the office's sync received, oldest first, from `since` on
+    (by default all, those a lane's clock dated before 1970 too)."""
     need_office(cfg, "fleet audit")
     with office_store(cfg) as store:
         return store.audit_rows(since)
@@ -447,5 +473,5 @@ def fleet_audit_verify(cfg: Config) -> dict[str, list[AuditFinding]]:
     need_office(cfg, "fleet audit verify")
     with office_store(cfg) as store:
         lanes = store.state.roster().gates()
-        held = {r[0] for r in store.conn.execute("SELECT DISTINCT lane FROM audit_records")}
+        held = set(store.audit_lanes())
         return {lane: verify_lane(store.audit_evidence(lane)) for lane in sorted(set(lanes) | held)}
