@@ -19,7 +19,7 @@ from edge import config as config_mod
 from edge.errors import FleetStateError
 from edge.fleet import messages as msg
 from edge.fleet.identity import load_lane_key
-from edge.fleet.office import publish_person, publish_revocations
+from edge.fleet.office import _member_view, publish_person, publish_revocations, status_problems
 from edge.fleet.officestore import OfficeStore
 from edge.fleet.state import FleetState
 from tests.test_fleet import OneShot, Park, cli, wait_for
@@ -162,6 +162,20 @@ def test_fleet_status_shows_a_lane_whose_heartbeat_carries_junk(tmp_path, office
     assert r.returncode == 0, r.stderr
     line = next(x for x in r.stdout.splitlines() if x.strip().startswith("lane1"))
     assert "clock ?" in line
+
+
+@pytest.mark.parametrize("ahead_s", [60.0, 3e9])
+def test_a_heartbeat_dated_far_ahead_keeps_no_dead_lane_alive(ahead_s):
+    """A retained heartbeat counts from its own time. Before, one a lane signed with its clock
+    ahead (a minute, or a century) made the lane "ok" until that time came, however long ago
+    it died: `fleet status --check` passed. Now it is stale with its clock off."""
+    now = 1_000_000.0
+    v = _member_view({"received": now + ahead_s, "body": {}}, now, 5.0, True, 5.0)
+    assert v["state"] == "stale" and v["clock_off"] is True
+    rep = {"lanes": {"lane1": v}, "clock": {"off": []}, "sync": {"running": True}}
+    assert any("lane1: stale" in p for p in status_problems(rep | {"member": "office"}))
+    v = _member_view({"received": now + 1.0, "body": {}}, now, 5.0, True, 5.0)
+    assert v["state"] == "ok"  # a second ahead: within what a clock may be off
 
 
 def test_junk_records_from_a_lane_are_refused_not_retried_and_its_good_ones_kept(

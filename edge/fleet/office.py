@@ -339,9 +339,12 @@ def _member_view(
     # claiming a day would look alive a day after it died
     claimed = finite_number(body.get("period"))
     period = min(max(claimed if claimed is not None else period, 1.0), 10 * period)
+    # a retained heartbeat counts from its own time: one dated ahead of this clock by more
+    # than a clock may be off has no age to tell (it would look fresh for years): stale
+    ahead = age < -skew
     if p.get("gone"):
         state = "gone"
-    elif age > STALE_HEARTBEATS * period:
+    elif ahead or age > STALE_HEARTBEATS * period:
         state = "stale"
     else:
         state = "ok"
@@ -351,12 +354,12 @@ def _member_view(
     return {
         **body,
         "age_s": round(age, 1),
-        "last_seen": ago(age),
+        "last_seen": "dated ahead of this clock" if ahead else ago(age),
         "state": state,
         "gone": p.get("gone") or None,
         "rostered": rostered,
         "epoch": p.get("epoch"),
-        "clock_off": off is not None and abs(off) > skew,
+        "clock_off": ahead or (off is not None and abs(off) > skew),
     }
 
 
