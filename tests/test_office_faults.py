@@ -215,6 +215,52 @@ def test_junk_records_from_a_lane_are_refused_not_retried_and_its_good_ones_kept
 # --- the office's own store --------------------------------------------------------------------
 
 
+def test_records_that_arrive_while_the_store_is_deleted_come_again_after_a_restore(
+    broker, office_keys, tmp_path
+):
+    """The office's fleet.db deleted while its sync runs (a backup of it taken just before),
+    lane1 sends records, the backup is put back and sync restarted. Before, the running sync
+    stored them in the deleted file and acknowledged them: gone with it. Now it refuses to
+    store (apply_failed, not acknowledged) and the broker delivers them again after the
+    restart."""
+    park = Park(tmp_path, broker.url, office_keys, lanes=1)
+    try:
+        cfg = park.cfg(1)
+        key = load_lane_key(cfg)
+        db = office_db(park)
+        wait_for(lambda: park.state(0, "connected"), what="office connected")
+        backup = tmp_path / "backup.db"
+        with (
+            contextlib.closing(sqlite3.connect(db)) as src,
+            contextlib.closing(sqlite3.connect(backup)) as dst,
+        ):
+            src.backup(dst)
+        for f in db.parent.glob("fleet.db*"):
+            f.unlink()
+        body = {"records": [record(1), record(2)]}
+        m = msg.Message(msg.AUDIT, park.site, "lane1", 2, time.time(), body, epoch="e1")
+        with OneShot(cfg, "attacker") as c:
+            c.collect([msg.audit_ack_topic(park.site, "lane1")], quiet_s=0.0)
+            c.publish(msg.topic(park.site, "audit", "lane1"), msg.encode(msg.sign(m, key)))
+            wait_for(
+                lambda: park.audit(0, "apply_failed") or c.messages,
+                what="the office refused to store, or acknowledged",
+            )
+        park.stop(0)
+        for f in db.parent.glob("fleet.db*"):
+            f.unlink()
+        backup.rename(db)
+        park.start(0)
+
+        def kept() -> list[int]:
+            with store_of(park) as store:
+                return [r["seq"] for r in store.audit_rows() if r["epoch"] == "e1"]
+
+        wait_for(lambda: kept() == [1, 2], what="the records delivered again and stored")
+    finally:
+        park.stop_all()
+
+
 def test_a_forget_the_store_cannot_list_is_not_queued_either(tmp_path, office_keys):
     """The forget message and the forget list are one transaction. Before, the message was
     committed to the queue first: a store failing just then (here an injected SQLite error)
