@@ -425,3 +425,37 @@ def test_an_office_command_on_a_store_held_by_another_process_says_so(
     with store_of(park) as store:
         assert store.outgoing(0, 10_000) == before
         assert store.revocation_lists() == ({}, {})
+
+
+def test_an_office_store_from_a_newer_edge_gate_is_refused_unchanged(tmp_path, office_keys):
+    """The office tables carry their version: a file a newer edge-gate wrote is refused by the
+    commands and by the office's sync at start, with the fix, and left as it was. Before, this
+    one wrote its rows into tables it did not know the shape of."""
+    park = office_only(tmp_path, office_keys)
+    st = FleetState(office_db(park))
+    try:
+        st.put(office_schema=2)
+    finally:
+        st.close()
+    for cmd in (("fleet", "audit"), ("fleet", "audit", "verify"), ("fleet", "status")):
+        err = one_line_error(run(park, *cmd))
+        assert "newer edge-gate" in err and "upgrade edge-gate at the office" in err, err
+    err = one_line_error(cli("sync", "--config", str(park.office.config)))
+    assert "newer edge-gate" in err
+    st = FleetState(office_db(park))
+    try:
+        assert st.get("office_schema") == 2
+    finally:
+        st.close()
+
+
+def test_office_audit_commands_on_a_missing_store_say_so_and_make_none(tmp_path, office_keys):
+    """`fleet audit verify` on an office whose fleet.db is gone: before, it made an empty one
+    and reported nothing wrong (exit 0); now one line with the fix, exit 2, no file made."""
+    park = office_only(tmp_path, office_keys)
+    for f in park.office.dir.glob("fleet.db*"):
+        f.unlink()
+    for cmd in (("fleet", "audit", "verify"), ("fleet", "audit")):
+        err = one_line_error(run(park, *cmd))
+        assert "no office store" in err and "restore it from backup" in err
+    assert not office_db(park).exists()

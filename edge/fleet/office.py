@@ -69,10 +69,18 @@ OFFICE_STATE_FIX = (
 )
 
 
-def open_state(cfg: Config) -> FleetState:
+def open_state(cfg: Config, must_exist: bool = False) -> FleetState:
     """The member's fleet state; at the office a failure names the office's fix (the lane's,
-    move it aside, would throw away what only the office holds)."""
+    move it aside, would throw away what only the office holds). `must_exist`: a command that
+    only reads it refuses a missing file (an empty one made now would report nothing as all
+    well) instead of making one."""
     path = cfg.resolve(cfg.fleet.state_db)
+    if must_exist and not path.exists():
+        raise FleetStateError(
+            f"no office store at {path} (fleet.state_db)",
+            "run the office's edge-gate sync or an office command first; if it was deleted, "
+            "restore it from backup",
+        )
     try:
         st = FleetState(path)
     except FleetStateError as e:
@@ -85,10 +93,10 @@ def open_state(cfg: Config) -> FleetState:
 
 
 @contextlib.contextmanager
-def office_store(cfg: Config) -> Iterator[OfficeStore]:
+def office_store(cfg: Config, must_exist: bool = False) -> Iterator[OfficeStore]:
     """The office's store, opened and closed around one command."""
     need_fleet(cfg)
-    st = open_state(cfg)
+    st = open_state(cfg, must_exist)
     try:
         yield OfficeStore(st)
     finally:
@@ -467,14 +475,14 @@ def fleet_audit(cfg: Config, since: float = -math.inf) -> list[dict[str, Any]]:
     """Every lane's audit records the office's sync received, oldest first, from `since` on
     (by default all, those a lane's clock dated before 1970 too)."""
     need_office(cfg, "fleet audit")
-    with office_store(cfg) as store:
+    with office_store(cfg, must_exist=True) as store:
         return store.audit_rows(since)
 
 
 def fleet_audit_verify(cfg: Config) -> dict[str, list[AuditFinding]]:
     """For each rostered lane: its records received checked against the heads it signed."""
     need_office(cfg, "fleet audit verify")
-    with office_store(cfg) as store:
+    with office_store(cfg, must_exist=True) as store:
         lanes = store.state.roster().gates()
         held = set(store.audit_lanes())
         return {lane: verify_lane(store.audit_evidence(lane)) for lane in sorted(set(lanes) | held)}

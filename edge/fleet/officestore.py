@@ -35,6 +35,11 @@ HEAD_LAG_S = 30.0
 
 log = logging.getLogger(__name__)
 
+# The office tables' version, kept in fleet.db's kv: a newer edge-gate that changes them raises
+# it, and this one then refuses the file instead of writing rows the newer tables do not expect.
+OFFICE_SCHEMA = 1
+SCHEMA_KEY = "office_schema"
+
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS office_out (id INTEGER PRIMARY KEY AUTOINCREMENT, topic TEXT NOT NULL,
   payload BLOB NOT NULL, retain INTEGER NOT NULL, queued REAL NOT NULL);
@@ -68,7 +73,17 @@ class OfficeStore:
         self.conn = state.conn
         self._unsent: list[int] = []  # acknowledged by the broker, not yet dropped from the queue
         with self._tx() as c:
+            found = self.state.get(SCHEMA_KEY, 0)
+            if not isinstance(found, int) or found > OFFICE_SCHEMA:
+                raise FleetStateError(
+                    f"office store {state.path} has office schema {found!r}; this edge-gate "
+                    f"knows {OFFICE_SCHEMA}: written by a newer edge-gate, nothing was changed",
+                    "upgrade edge-gate at the office (or restore the file from a backup taken "
+                    "before the newer version ran)",
+                )
             run_script(c, _SCHEMA)
+            if found != OFFICE_SCHEMA:
+                self.state.put(**{SCHEMA_KEY: OFFICE_SCHEMA})
         self._identity = _identity(state.path)
 
     def _kept(self) -> None:
