@@ -459,3 +459,19 @@ def test_office_audit_commands_on_a_missing_store_say_so_and_make_none(tmp_path,
         err = one_line_error(run(park, *cmd))
         assert "no office store" in err and "restore it from backup" in err
     assert not office_db(park).exists()
+
+
+def test_a_conflicting_record_replayed_is_one_finding(tmp_path, office_keys):
+    """Record 1 arrives again with another hash, then that message is replayed (or delivered
+    again) many times: verify names the rewrite once. Before, each replay added a conflict row
+    and a line, so a lane could flood the office's store and verify's report."""
+    park = office_only(tmp_path, office_keys)
+    with store_of(park) as store:
+        store.store_audit("lane1", "e1", [record(1)], time.time())
+        for _ in range(5):
+            store.store_audit("lane1", "e1", [{**record(1), "hash": "other"}], time.time())
+        store.store_audit("lane1", "e1", [{**record(1), "hash": "third"}], time.time())
+    r = run(park, "fleet", "audit", "verify", "--json")
+    lane1 = next(json.loads(x) for x in r.stdout.splitlines() if '"lane1"' in x)
+    rewrites = [b for b in lane1["broken"] if "arrived again with another hash" in b]
+    assert len(rewrites) == 2, lane1  # "other" once, "third" once

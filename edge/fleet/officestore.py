@@ -256,10 +256,12 @@ class OfficeStore:
                         "SELECT hash FROM audit_records WHERE lane = ? AND epoch = ? AND id = ?",
                         (lane, epoch, rid),
                     ).fetchone()[0]
-                    if old != h:
+                    if old != h:  # once per other hash: a replay adds no second line
                         c.execute(
-                            "INSERT INTO audit_conflicts VALUES (?, ?, ?, ?, ?, ?)",
-                            (lane, epoch, rid, old, h, now),
+                            "INSERT INTO audit_conflicts SELECT ?, ?, ?, ?, ?, ? WHERE NOT EXISTS "
+                            "(SELECT 1 FROM audit_conflicts WHERE lane = ? AND epoch = ? "
+                            "AND id = ? AND got = ?)",
+                            (lane, epoch, rid, old, h, now, lane, epoch, rid, h),
                         )
             return self._contiguous(lane, epoch)
 
