@@ -475,3 +475,27 @@ def test_a_conflicting_record_replayed_is_one_finding(tmp_path, office_keys):
     lane1 = next(json.loads(x) for x in r.stdout.splitlines() if '"lane1"' in x)
     rewrites = [b for b in lane1["broken"] if "arrived again with another hash" in b]
     assert len(rewrites) == 2, lane1  # "other" once, "third" once
+
+
+def test_a_store_locked_after_queueing_is_no_failure_of_what_was_queued(
+    tmp_path, office_keys, monkeypatch, capsys
+):
+    """A revocation (or an override) was queued and committed; reading whether sync has sent
+    it then meets the store locked past its busy timeout. Before, the command ended with an
+    error (exit 2) though it was queued, and running it again queued it twice (an override:
+    the lane opened twice). Now it says it is queued and not to queue it again."""
+    from edge.cli.fleet import report_sent
+
+    park = office_only(tmp_path, office_keys)
+    cfg = config_mod.load(park.office.config)
+    publish_revocations(cfg, park.priv, frozenset({"T-1"}))
+    holder = sqlite3.connect(office_db(park), isolation_level=None)
+    try:
+        holder.execute("BEGIN IMMEDIATE")
+        monkeypatch.setitem(db_mod.connect.__kwdefaults__, "timeout_s", 0.2)  # not 10 s
+        report_sent(cfg, "1 revocation(s)", 0.5)
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    out = capsys.readouterr().out
+    assert "queued 1 revocation(s), signed" in out and "do not queue it again" in out

@@ -37,8 +37,15 @@ def report_sent(cfg: config_mod.Config, what: str, wait_s: float = 10.0) -> None
     # the office library loads only for the office's commands (edge/cli/__init__.py)
     from edge.fleet.office import Queued, office_store, wait_sent
 
-    with office_store(cfg) as store:
-        queued = [Queued(r[0], 0, what) for r in store.outgoing(0, 10_000)]
+    try:  # queued and committed already: a store that cannot be read now fails nothing
+        with office_store(cfg) as store:
+            queued = [Queued(r[0], 0, what) for r in store.outgoing(0, 10_000)]
+    except EdgeGateError as e:
+        print(
+            f"queued {what}, signed; whether the office's `edge-gate sync` has sent it cannot "
+            f"be read now ({e}): do not queue it again, see `edge-gate fleet status`"
+        )
+        return
     if wait_sent(cfg, queued, wait_s):
         print(f"published {what} to the fleet, signed")
     else:

@@ -10,6 +10,7 @@ lane of every line is the lane whose key signed it, never a field of the message
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -38,6 +39,8 @@ from edge.fleet.people import export_record, site_key
 from edge.fleet.state import FleetState
 from edge.gate.audit import AuditRecord
 from edge.tickets.pretix_desk import pretix_view
+
+log = logging.getLogger(__name__)
 
 STALE_HEARTBEATS = 3  # a member not heard for this many of its heartbeat periods is stale
 
@@ -136,13 +139,18 @@ def _queue(
 
 
 def wait_sent(cfg: Config, queued: list[Queued], timeout_s: float = 10.0) -> bool:
-    """Wait (bounded) until the office's sync has the broker's acknowledgement for each."""
+    """Wait (bounded) until the office's sync has the broker's acknowledgement for each.
+    False also when the store cannot be read just now: what was queued stays queued, and a
+    caller that took this for a failure would queue it again (an override: a second opening)."""
     deadline = time.monotonic() + timeout_s
-    with office_store(cfg) as store:
-        while time.monotonic() < deadline:
-            if not any(store.is_queued(q.row_id) for q in queued):
-                return True
-            time.sleep(0.1)
+    try:
+        with office_store(cfg) as store:
+            while time.monotonic() < deadline:
+                if not any(store.is_queued(q.row_id) for q in queued):
+                    return True
+                time.sleep(0.1)
+    except FleetStateError as e:
+        log.warning("office sent_unknown: queued, whether sent cannot be read: %s", e)
     return False
 
 

@@ -160,6 +160,8 @@ class OfficeStore:
         written now (locked, full) keeps them queued and they are dropped at the next call:
         logged, never fatal (sent again after a restart, a lane ignores a seq it has)."""
         self._unsent.extend(ids)
+        if not self._unsent:
+            return
         try:
             with self._tx() as c:
                 c.executemany("DELETE FROM office_out WHERE id = ?", [(i,) for i in self._unsent])
