@@ -499,3 +499,35 @@ def test_a_store_locked_after_queueing_is_no_failure_of_what_was_queued(
         holder.close()
     out = capsys.readouterr().out
     assert "queued 1 revocation(s), signed" in out and "do not queue it again" in out
+
+
+def test_a_signed_head_the_store_refused_is_stored_when_its_heartbeat_comes_again():
+    """Before: the peer's sequence moved on before its head was stored, so a head the store
+    refused (the heartbeat left unacknowledged) was taken for a replay when the broker delivered
+    it again, and never stored: `fleet audit verify` lacked the head that vouches for records."""
+    from types import SimpleNamespace
+
+    from edge.fleet import messages as msg
+    from edge.fleet.sync import Sync
+
+    class Store:
+        def __init__(self) -> None:
+            self.heads: list[tuple] = []
+            self.fail = 1
+
+        def store_head(self, *head) -> None:
+            if self.fail:
+                self.fail -= 1
+                raise FleetStateError("office store locked", "wait")
+            self.heads.append(head)
+
+    store = Store()
+    member = SimpleNamespace(peers={}, store=store)
+    body = {"evidence": {"audit": {"count": 5, "head": "h5"}}}
+    m = msg.Message("heartbeat", "site", "lane1", 7, 100.0, body, epoch="e1")
+    with pytest.raises(FleetStateError):
+        Sync._heartbeat_in(member, m, False, 101.0)  # type: ignore[arg-type]
+    Sync._heartbeat_in(member, m, False, 102.0)  # type: ignore[arg-type]  # delivered again
+    assert store.heads == [("lane1", "e1", 5, "h5", 100.0)]
+    Sync._heartbeat_in(member, m, False, 103.0)  # type: ignore[arg-type]  # a true replay now
+    assert len(store.heads) == 1

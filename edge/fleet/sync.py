@@ -1318,15 +1318,17 @@ class Sync:
         p = self.peers.setdefault(m.lane, _Peer())
         if m.epoch == p.epoch and m.seq <= p.seq:
             return  # a replayed or reordered older heartbeat
+        audit = (m.body.get("evidence") or {}).get("audit")
+        if self.store is not None and isinstance(audit, dict):
+            # stored before the peer moves on: a head the store refused (and so not
+            # acknowledged) comes again and is not taken for a replay
+            self.store.store_head(
+                m.lane, m.epoch, int(audit.get("count", 0)), str(audit.get("head", "")), m.time
+            )
         p.epoch, p.seq, p.time, p.body, p.gone = m.epoch, m.seq, m.time, m.body, ""
         p.received = m.time if retained else now
         if not retained:
             p.reading, p.seen = m.time - now, time.monotonic()
-        audit = (m.body.get("evidence") or {}).get("audit")
-        if self.store is not None and isinstance(audit, dict):
-            self.store.store_head(
-                m.lane, m.epoch, int(audit.get("count", 0)), str(audit.get("head", "")), m.time
-            )
 
     def _audit_in(self, m: msg.Message, now: float) -> None:
         records = m.body.get("records")
