@@ -154,8 +154,12 @@ def sqlite_fix(e: sqlite3.Error) -> str:
     if "readonly" in text or "read-only" in text:
         return "check the file and its folder are writable by the service user"
     if "malformed" in text or "not a database" in text:
-        return "the file is damaged: restore it from backup"
-    return "check the file, its folder and the disk"
+        return DAMAGED_FIX
+    return UNKNOWN_FIX
+
+
+DAMAGED_FIX = "the file is damaged: restore it from backup"
+UNKNOWN_FIX = "check the file, its folder and the disk"
 
 
 class Store:

@@ -531,3 +531,21 @@ def test_a_signed_head_the_store_refused_is_stored_when_its_heartbeat_comes_agai
     assert store.heads == [("lane1", "e1", 5, "h5", 100.0)]
     Sync._heartbeat_in(member, m, False, 103.0)  # type: ignore[arg-type]  # a true replay now
     assert len(store.heads) == 1
+
+
+def test_a_fleet_state_locked_at_open_is_said_locked_not_unreadable(tmp_path, monkeypatch):
+    """A lane's fleet.db held by another process when sync or the gate opens it: the fix says
+    another process holds it. Before: "move it aside; sync rebuilds it" for a file that was
+    only busy (moving it would cost the lane its roster, epoch and forget list)."""
+    db = tmp_path / "fleet.db"
+    FleetState(db).close()
+    holder = sqlite3.connect(db, isolation_level=None)
+    try:
+        holder.execute("BEGIN IMMEDIATE")
+        monkeypatch.setitem(db_mod.connect.__kwdefaults__, "timeout_s", 0.2)
+        with pytest.raises(FleetStateError) as e:
+            FleetState(db)
+        assert "another process holds" in e.value.hint and "move it aside" not in e.value.hint
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()

@@ -65,13 +65,6 @@ def need_office(cfg: Config, what: str) -> None:
         )
 
 
-OFFICE_STATE_FIX = (
-    "at the office this file is the fleet's record (lanes' audit records, the forget list, "
-    "the office's message counter): free space or stop what holds it if that is the cause, "
-    "else restore it from backup (never move it aside: sync would start an empty one)"
-)
-
-
 def open_state(cfg: Config, must_exist: bool = False) -> FleetState:
     """The member's fleet state; at the office a failure names the office's fix (the lane's,
     move it aside, would throw away what only the office holds). `must_exist`: a command that
@@ -84,15 +77,7 @@ def open_state(cfg: Config, must_exist: bool = False) -> FleetState:
             "run the office's edge-gate sync or an office command first; if it was deleted, "
             "restore it from backup",
         )
-    try:
-        st = FleetState(path)
-    except FleetStateError as e:
-        if cfg.fleet.lane != msg.OFFICE:
-            raise
-        if "move it aside" not in e.hint:  # a lock, a full disk: its own fix stands
-            raise
-        raise FleetStateError(str(e.args[0]), OFFICE_STATE_FIX) from None
-    return st
+    return FleetState(path, office=cfg.fleet.lane == msg.OFFICE)
 
 
 @contextlib.contextmanager

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from edge.config import Config, FleetConfig
-from edge.db import Store, run_script
+from edge.db import DAMAGED_FIX, UNKNOWN_FIX, Store, run_script
 from edge.errors import FleetStateError
 from edge.fleet.identity import Roster
 from edge.gate.faces import file_id
@@ -54,6 +54,16 @@ OVERRIDES_MAX = 100  # supervisor overrides waiting for the gate (it takes them 
 NONCE_KEEP_S = 86_400.0  # a used override nonce is remembered this long after it expired
 
 
+# At the office fleet.db is the fleet's record: the lane's fix for an unreadable one (move it
+# aside, sync makes a new one) would throw away what only the office holds.
+LANE_STATE_FIX = "move it aside; sync rebuilds it"
+OFFICE_STATE_FIX = (
+    "at the office this file is the fleet's record (lanes' audit records, the forget list, "
+    "the office's message counter): free space or stop what holds it if that is the cause, "
+    "else restore it from backup (never move it aside: sync would start an empty one)"
+)
+
+
 class FleetState(Store):
     """Small key/value and bookkeeping tables; every write is its own short transaction (or
     joins the caller's), and a SQLite failure is a FleetStateError, never a raw sqlite3 one."""
@@ -61,7 +71,7 @@ class FleetState(Store):
     error = FleetStateError
     what = "fleet state"
 
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, office: bool = False):
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         self._connect(Path(path))
         try:
@@ -69,8 +79,10 @@ class FleetState(Store):
                 run_script(c, _SCHEMA)
         except FleetStateError as e:
             self.conn.close()
+            damaged = e.hint in (DAMAGED_FIX, UNKNOWN_FIX)  # a lock or a full disk: its own fix
             raise FleetStateError(
-                f"fleet state {self.path} is unreadable: {e}", "move it aside; sync rebuilds it"
+                f"fleet state {self.path} is unreadable: {e}",
+                (OFFICE_STATE_FIX if office else LANE_STATE_FIX) if damaged else e.hint,
             ) from None
 
     def put(self, **values: Any) -> None:

@@ -239,7 +239,7 @@ class Sync:
         self.connected = False
         self.is_office = fl.lane == msg.OFFICE
         self.key = load_lane_key(cfg)
-        self.state = FleetState(cfg.resolve(fl.state_db))
+        self.state = FleetState(cfg.resolve(fl.state_db), office=self.is_office)
         self.audit = AuditLog(cfg.resolve(cfg.audit.path), cfg.audit.retention_days)
         self.issuer_keys = [tk.load_public(cfg.resolve(p)) for p in cfg.tickets.pubkeys]
         self.roster = self.state.roster()
@@ -464,7 +464,7 @@ class Sync:
     def _reopen_state(self) -> None:
         """A new or other fleet.db: what sync holds (roster, epoch) written to it; the forget
         list is replayed before faces are granted again (the gate follows the file too)."""
-        new = FleetState(self.state.path)
+        new = FleetState(self.state.path, office=self.is_office)
         old, self.state = self.state, new
         if self.office is not None:
             self.office.state = new
