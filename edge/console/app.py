@@ -149,7 +149,11 @@ class Console:
         """An endpoint that needs a session, the CSRF token on POST, and `capability`."""
 
         async def endpoint(request: Request) -> Response:
-            got = self.current(request)
+            try:
+                got = self.current(request)
+            except UserError as e:  # the accounts file cannot be read: nobody is let in
+                log.error("console users_unreadable path=%s error=%s", request.url.path, e)
+                return self.refuse(None, request, 503, str(e))
             if got is None:
                 if request.method == "GET" and not _wants_json(request):
                     return RedirectResponse(
@@ -359,14 +363,24 @@ def build_app(cfg: config_mod.Config, feed: FleetFeed | None = None) -> Starlett
             )
             resp.headers["Retry-After"] = str(int(wait) + 1)
             return resp
-        user = await asyncio.to_thread(con.users.authenticate, name, password)
+        try:
+            user = await asyncio.to_thread(con.users.authenticate, name, password)
+        except EdgeGateError as e:  # the accounts file locked, unreadable: nobody logs in
+            log.error("console login_unavailable error=%s", e)
+            return await login_form(request, str(e), 503)
         if user is None:
             con.limiter.failed(name, addr)
             log.warning("console login_failed user=%s address=%s", name, addr)
             return await login_form(request, translate(lang, "Wrong user name or password"), 401)
         con.limiter.succeeded(name)
+        try:  # recorded before the session exists: no login without its record
+            await asyncio.to_thread(
+                con.office.record, user.name, "console", "logged in", reason="login"
+            )
+        except EdgeGateError as e:
+            log.error("console login_unrecorded user=%s error=%s", user.name, e)
+            return await login_form(request, str(e), 503)
         cookie, _ = con.sessions.issue(user.name, user.generation)
-        con.office.record(user.name, "console", "logged in", reason="login")
         nxt = str(form.get("next", "/"))
         resp = RedirectResponse(
             nxt if nxt.startswith("/") and not nxt.startswith("//") else "/", status_code=303
@@ -376,15 +390,17 @@ def build_app(cfg: config_mod.Config, feed: FleetFeed | None = None) -> Starlett
         return resp
 
     async def logout(ctx: Ctx) -> Response:
-        con.users.end_sessions(ctx.user.name)  # every cookie of this user dies
-        con.office.record(ctx.user.name, "console", "logged out", reason="logout")
+        await recorded_change(  # every cookie of this user dies
+            ctx, "logged out", "logout", lambda then: con.users.end_sessions(ctx.user.name, then)
+        )
         resp = RedirectResponse("/login", status_code=303)
         resp.delete_cookie(SESSION_COOKIE, path="/")
         return resp
 
     async def set_lang(ctx: Ctx) -> Response:
         form = await ctx.request.form()
-        con.users.set_lang(ctx.user.name, str(form.get("lang", "")))  # UserError if unknown
+        lang = str(form.get("lang", ""))  # UserError if unknown
+        await asyncio.to_thread(con.users.set_lang, ctx.user.name, lang)
         back = ctx.request.headers.get("referer", "/")
         return RedirectResponse(
             back if "://" not in back or ctx.request.url.netloc in back else "/", status_code=303
@@ -754,7 +770,7 @@ def build_app(cfg: config_mod.Config, feed: FleetFeed | None = None) -> Starlett
             ctx,
             "users.html",
             status=status,
-            users=con.users.all(),
+            users=await asyncio.to_thread(con.users.all),
             roles=ROLES,
             langs=LANGS,
             message=message,
@@ -766,36 +782,67 @@ def build_app(cfg: config_mod.Config, feed: FleetFeed | None = None) -> Starlett
     async def users_add(ctx: Ctx) -> Response:
         form = await ctx.request.form()
         name, role = str(form.get("name", "")).strip(), str(form.get("role", ""))
+        password, lang = str(form.get("password", "")), str(form.get("lang", "en"))
         try:
-            await asyncio.to_thread(
-                con.users.add,
-                name,
-                role,
-                str(form.get("password", "")),
-                str(form.get("lang", "en")),
+            await recorded_change(
+                ctx,
+                f"added user {name} as {role}",
+                "user",
+                lambda then: con.users.add(name, role, password, lang, then),
             )
         except UserError as e:
             return await users_page(ctx, str(e), 400)
-        con.office.record(ctx.user.name, "console", f"added user {name} as {role}", reason="user")
         return await users_page(ctx, translate(ctx.lang, "User {name} added", name=name))
 
     async def users_change(ctx: Ctx) -> Response:
         name = ctx.request.path_params["name"]
         form = await ctx.request.form()
+        role = str(form.get("role") or "")
         try:
-            if form.get("role"):
-                con.users.set_role(name, str(form["role"]))
-                what = f"role of {name} set to {form['role']}"
+            if role:
+                what = f"role of {name} set to {role}"
+                await recorded_change(
+                    ctx, what, "user", lambda then: con.users.set_role(name, role, then)
+                )
             elif form.get("disabled") in ("yes", "no"):
                 disabled = form.get("disabled") == "yes"
-                con.users.set_disabled(name, disabled)
                 what = f"{'locked' if disabled else 'unlocked'} user {name}"
+                await recorded_change(
+                    ctx, what, "user", lambda then: con.users.set_disabled(name, disabled, then)
+                )
             else:
                 raise UserError("nothing to change: send a role, or disabled=yes|no")
         except UserError as e:
             return await users_page(ctx, str(e), 400)
-        con.office.record(ctx.user.name, "console", what, reason="user")
         return await users_page(ctx, what)
+
+    async def recorded_change(
+        ctx: Ctx, what: str, reason: str, change: Callable[[Callable[[], None]], object]
+    ) -> None:
+        """An account change and its audit record, all or nothing: the record is written inside
+        the change's transaction (it fails: nothing changes); a change whose own commit then
+        fails gets a second record saying it was not done."""
+        recorded = False
+
+        def then() -> None:
+            nonlocal recorded
+            con.office.record(ctx.user.name, "console", what, reason=reason)
+            recorded = True
+
+        try:
+            await asyncio.to_thread(change, then)
+        except EdgeGateError as e:
+            if recorded:
+                log.error("console change_not_committed user=%s error=%s", ctx.user.name, e)
+                with contextlib.suppress(EdgeGateError):
+                    await asyncio.to_thread(
+                        con.office.record,
+                        ctx.user.name,
+                        "console",
+                        f"not done: {what}",
+                        reason=reason,
+                    )
+            raise
 
     routes = [
         Route("/login", login, methods=["GET", "POST"]),

@@ -1,0 +1,275 @@
+"""Faults of the files under a running console (the office's staff web app under uvicorn): the
+staff accounts, the office audit log and the gallery locked past the busy timeout, full or
+read-only during an action, deleted or replaced while it runs. Every page answers (an error page
+with the operator's fix, never a 500), every action is all or nothing (never a change without
+its audit record, never a record of a change not made), and the console goes on serving."""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edge import config as config_mod
+from edge.console.app import build_app
+from edge.console.users import UserStore
+from edge.errors import AuditError
+from edge.gallery.crypto import init_key, load_key
+from edge.gallery.store import Consent, Gallery
+from edge.gate.audit import AuditLog, AuditRecord
+
+from .console_harness import PASSWORD, Served
+from .helpers import make_config
+from .test_console_bad_input import Client, Errors
+
+LOCK_WAIT_MS = 200  # the console's busy timeout in these tests: the lock outlasts it
+
+
+def hold_write_lock(db: Path) -> subprocess.Popen:
+    """Another process holding the file's write lock until its stdin closes."""
+    code = (
+        "import sqlite3, sys\n"
+        f"c = sqlite3.connect({str(db)!r}, isolation_level=None)\n"
+        "c.execute('BEGIN IMMEDIATE')\n"
+        "print('locked', flush=True)\n"
+        "sys.stdin.read()\n"
+        "c.execute('ROLLBACK')\n"
+    )
+    p = subprocess.Popen(
+        [sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    assert p.stdout is not None and p.stdout.readline().strip() == "locked"
+    return p
+
+
+def release(p: subprocess.Popen) -> None:
+    p.communicate("", timeout=60)
+
+
+class Office:
+    """An office config with a [console], its accounts, and the console served by uvicorn."""
+
+    def __init__(self, tmp: Path):
+        self.cfg: config_mod.Config = make_config(
+            tmp,
+            '[console]\nusers_db = "console.db"\nsecret_file = "console.secret"\n'
+            'consent_version = "2026-01"\n',
+        )
+        self.users_db = self.cfg.resolve(self.cfg.console.users_db)
+        self.audit_db = self.cfg.resolve(self.cfg.audit.path)
+        self.gallery_db = self.cfg.resolve(self.cfg.gallery.db)
+        self.gallery_key = self.cfg.resolve(self.cfg.gallery.key_file)
+        store = UserStore(self.users_db)
+        store.add("ada", "admin", PASSWORD)
+        store.add("sam", "supervisor", PASSWORD)
+        store.add("rita", "steward", PASSWORD)
+        store.close()
+        init_key(self.gallery_key)
+        self.app = build_app(self.cfg)
+        self.con = self.app.state.console
+
+    def user(self, name: str):
+        store = UserStore(self.users_db)
+        try:
+            return store.get(name)
+        finally:
+            store.close()
+
+    def audit_details(self, kind: str | None = None) -> list[str]:
+        with AuditLog(self.audit_db) as a:
+            return [r.detail for _, r, _ in a.rows(kind=kind)]
+
+    def people(self) -> list[str]:
+        if not self.gallery_db.exists():
+            return []
+        with Gallery(self.gallery_db, load_key(self.gallery_key), create=False) as g:
+            return [p.id for p in g.people()]
+
+    def add_person(self, name: str = "Ondine Visitor") -> str:
+        rng = np.random.default_rng(7)
+        emb = rng.standard_normal((3, 128)).astype(np.float32)
+        emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+        with Gallery(self.gallery_db, load_key(self.gallery_key)) as g:
+            return g.add_person(name, Consent("2026-01"), list(emb), "m", "v")
+
+    def fill_audit(self) -> None:
+        """The console's audit connection on a full disk: SQLite's page limit, filled."""
+        with self.con.office.audit() as a:
+            conn = a.conn
+            pages = conn.execute("PRAGMA page_count").fetchone()[0]
+            conn.execute(f"PRAGMA max_page_count={pages}")
+            filler = AuditRecord(time.time(), "x", "system", reason="filler", detail="x" * 200)
+            with pytest.raises(AuditError, match="full"):
+                for _ in range(10_000):  # the pages' free room: then the disk is full
+                    a.record(filler)
+
+    def room_again(self) -> None:
+        with self.con.office.audit() as a:
+            a.conn.execute("PRAGMA max_page_count=1073741823")
+
+
+def tracebacks(seen: Errors) -> list[str]:
+    """What the server logged of an exception no route answered (a 500, a dead stream)."""
+    return [
+        r.getMessage()
+        for r in seen.records
+        if r.exc_info or (r.name == "uvicorn.error" and r.levelno >= logging.ERROR)
+    ]
+
+
+@pytest.fixture
+def office(tmp_path):
+    """The office and its console under uvicorn; what the server logged is collected."""
+    seen = Errors()
+    loggers = [logging.getLogger(n) for n in ("uvicorn.error", "edge.console.app")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.addHandler(seen)
+        lg.setLevel(logging.INFO)
+    o = Office(tmp_path)
+    try:
+        with Served(o.app) as served:
+            o.port = served.port
+            o.seen = seen
+            yield o
+            assert tracebacks(seen) == []  # a 500 logs its traceback
+    finally:
+        for lg, level in zip(loggers, levels, strict=True):
+            lg.removeHandler(seen)
+            lg.setLevel(level)
+
+
+def gone(c: Client) -> bool:
+    """The client's session no longer opens a page (sent to the login)."""
+    st, _ = c.req("GET", "/users")
+    return st == 303
+
+
+def audit_connection(office: Office):
+    with office.con.office.audit() as a:
+        return a
+
+
+# --- staff accounts: a change the audit log cannot record is not made ----------------------------
+
+
+@pytest.mark.parametrize(
+    "path, fields",
+    [
+        ("/users/rita", {"role": "supervisor"}),
+        ("/users/rita", {"disabled": "yes"}),
+        ("/users", {"name": "nova", "role": "admin", "password": PASSWORD, "lang": "en"}),
+    ],
+    ids=["role", "lock", "add"],
+)
+def test_a_user_change_the_full_audit_log_cannot_record_is_not_made(office, path, fields):
+    """The role was changed (the account locked, a new admin added) and then the record failed:
+    the page said "nothing was written" while the change stood, unrecorded. Now the change and
+    its record land together or not at all, and once there is room the same form works."""
+    c = Client(office.port).login("ada")
+    before = office.user("rita"), office.user("nova")
+    office.fill_audit()
+    st, page = c.form(path, fields)
+    assert st == 400
+    assert b"disk is full" in page and b"free disk space" in page
+    assert (office.user("rita"), office.user("nova")) == before
+    assert not any("rita" in d or "nova" in d for d in office.audit_details("console"))
+    office.room_again()
+    st, page = c.form(path, fields)
+    assert st == 200, page
+    assert (office.user("rita"), office.user("nova")) != before
+    assert any("rita" in d or "nova" in d for d in office.audit_details("console"))
+
+
+@pytest.mark.parametrize("fault", ["locked", "read_only"])
+def test_staff_accounts_that_cannot_be_written_are_an_error_page_with_the_fix(office, fault):
+    """The accounts file locked by another process past the busy timeout, or read-only (a card
+    remounted so; SQLite's query_only on the console's connection): adding a user, changing a
+    role or a language was a 500 (sqlite3's exception escaped the route). Now each is a page
+    with the fix, nothing is recorded, and afterwards the same changes work."""
+    c = Client(office.port).login("ada")
+    conn = office.con.users.conn
+    holder = None
+    if fault == "locked":
+        conn.execute(f"PRAGMA busy_timeout={LOCK_WAIT_MS}")
+        holder = hold_write_lock(office.users_db)
+        said = b"another process holds the file"
+    else:
+        conn.execute("PRAGMA query_only=ON")
+        said = b"writable"
+    recorded = office.audit_details("console")
+    add = {"name": "nova" + "x" * 30, "role": "admin", "password": PASSWORD, "lang": "en"}
+    try:
+        for path, fields in (
+            ("/users", add),
+            ("/users/rita", {"role": "admin"}),
+            ("/me/lang", {"lang": "zh-CN"}),
+        ):
+            st, page = c.form(path, fields)
+            assert st == 400, (path, page)
+            assert said in page, path
+        assert office.user("rita").role == "steward"
+        assert office.user("ada").lang == "en"
+        assert office.audit_details("console") == recorded
+    finally:
+        if holder is not None:
+            release(holder)
+    conn.execute("PRAGMA query_only=OFF")
+    st, _ = c.form("/users/rita", {"role": "admin"})
+    assert st == 200
+    assert office.user("rita").role == "admin"
+
+
+@pytest.mark.parametrize("how", ["deleted", "replaced"])
+def test_staff_accounts_deleted_or_replaced_underneath_are_followed(office, tmp_path, how):
+    """The accounts file restored from a backup (replaced) or deleted and made again with
+    `console adduser`: the console went on reading the file no longer on disk, so the accounts
+    on disk could not log in and the ones removed from it still could. Now the console reads the
+    file at users_db as it is."""
+    ada = Client(office.port).login("ada")
+    assert not gone(ada)
+    if how == "deleted":
+        office.users_db.unlink()  # its write-ahead log and index stay, as after `rm`
+        target = office.users_db
+    else:
+        target = tmp_path / "restored.db"
+    store = UserStore(target)  # what `edge-gate console adduser` does
+    store.add("nova", "admin", PASSWORD)
+    store.close()
+    if how == "replaced":
+        os.replace(target, office.users_db)
+    assert gone(ada)  # ada is no account in the file on disk
+    nova = Client(office.port).login("nova")
+    st, page = nova.req("GET", "/users")
+    assert st == 200
+    assert b"nova" in page and b">ada<" not in page
+    st, _ = nova.form("/users/nova", {"role": "supervisor"})  # written to the file on disk
+    assert st == 200
+    assert office.user("nova").role == "supervisor"
+
+
+# --- the audit log: deleted or replaced, full at a login ------------------------------------------
+
+
+def test_a_login_the_full_audit_log_cannot_record_is_refused_with_the_fix(office):
+    """A login whose record failed was a 500 (the login form is outside the routes' guard):
+    staff saw 'Internal Server Error'. Now the form says why and no session is issued; with
+    room again the login works."""
+    office.fill_audit()
+    c = Client(office.port)
+    _, page = c.req("GET", "/login")
+    token = re.search(rb'name="csrf" value="([^"]+)"', page).group(1).decode()
+    st, page = c.form("/login", {"user": "sam", "password": PASSWORD, "csrf": token}, False)
+    assert st == 503
+    assert b"free disk space" in page
+    assert "eg_session" not in c.cookies
+    office.room_again()
+    c = Client(office.port).login("sam")
+    assert not gone(c)
