@@ -258,6 +258,35 @@ def test_staff_accounts_deleted_or_replaced_underneath_are_followed(office, tmp_
 # --- the audit log: deleted or replaced, full at a login ------------------------------------------
 
 
+@pytest.mark.parametrize("how", ["deleted", "replaced"])
+def test_an_audit_log_deleted_or_replaced_underneath_gets_the_console_records(
+    office, tmp_path, how
+):
+    """The office audit log deleted (to free a disk) or replaced (restored from a backup) while
+    the console ran: its one connection went on writing every login, change and erasure record
+    into the file no longer on disk, lost at the next start. Now it follows the file."""
+    Client(office.port).login("ada")
+    assert office.audit_details("console") == ["by ada: logged in"]
+    if how == "deleted":
+        office.audit_db.unlink()  # its write-ahead log and index stay, as after `rm`
+    else:
+        with AuditLog(tmp_path / "backup.db") as b:
+            b.record(AuditRecord(time.time(), "test-gate", "system", reason="backup"))
+        os.replace(tmp_path / "backup.db", office.audit_db)
+    Client(office.port).login("sam")
+    c = Client(office.port).login("ada")
+    st, _ = c.form("/users/rita", {"role": "supervisor"})
+    assert st == 200
+    details = office.audit_details("console")
+    assert "by sam: logged in" in details
+    assert "by ada: role of rita set to supervisor" in details
+    with AuditLog(office.audit_db) as a:
+        assert a.verify().ok  # one chain, in the file on disk
+        kept = [r.reason for _, r, _ in a.rows(kind="system")]
+    if how == "replaced":
+        assert "backup" in kept  # the restored file's own records are still there
+
+
 def test_a_login_the_full_audit_log_cannot_record_is_refused_with_the_fix(office):
     """A login whose record failed was a 500 (the login form is outside the routes' guard):
     staff saw 'Internal Server Error'. Now the form says why and no session is issued; with

@@ -49,6 +49,7 @@ from edge.gallery.matcher import resolve_threshold
 from edge.gallery.store import Consent, Gallery
 from edge.gate.audit import AuditLog, AuditRecord, check_reason, open_audit
 from edge.gate.desk import DeskOptions, pick_ticket_text, verify_tickets
+from edge.gate.faces import file_id
 from edge.tickets.revocation import unrevoke as remove
 from edge.timeutil import parse_time
 from edge.vision.image import MAX_PIXELS
@@ -76,6 +77,7 @@ class Office:
         self.cfg = cfg
         self._audit_lock = threading.Lock()
         self._audit: AuditLog | None = None
+        self._audit_id: tuple[int, int] | None = None
         self._pipe = None
         self._pipe_lock = threading.RLock()
         self._people: tuple[tuple, list[dict[str, Any]]] = ((), [])
@@ -122,10 +124,27 @@ class Office:
 
     @contextlib.contextmanager
     def audit(self) -> Iterator[AuditLog]:
-        """The console's one open connection to the office audit log, one thread at a time."""
+        """The console's one open connection to the office audit log, one thread at a time.
+
+        The file at audit.path is followed: deleted (to free a disk) or replaced (restored from
+        a backup) while the console runs, it is opened again as at start, so no record goes
+        into a file no longer on disk (lost at the next start)."""
+        path = self.cfg.resolve(self.cfg.audit.path)
         with self._audit_lock:
+            now = file_id(path)
+            if self._audit is not None and now != self._audit_id:
+                log.error(
+                    "console audit_moved path=%s: deleted or replaced while the console ran; "
+                    "opened again as at start",
+                    path,
+                )
+                _let_go(self._audit)
+                self._audit = None
             if self._audit is None:
-                self._audit = self.audit_log()
+                self._audit_id = now  # read before it is opened: a file replaced in between
+                self._audit = self.audit_log()  # is followed at the next use
+                if now is None:
+                    self._audit_id = file_id(path)
             yield self._audit
 
     def record(self, user: str, kind: str, detail: str = "", **fields: Any) -> None:
@@ -166,6 +185,16 @@ class Office:
             if self._pipe is None:
                 self._pipe = FacePipeline.from_config(self.cfg)
             return self._pipe
+
+
+def _let_go(store) -> None:
+    """Close a connection to a file deleted or replaced underneath, its write-ahead log first
+    emptied into the old file: SQLite leaves the log of a moved file at the path, where the
+    file now there would take its pages for its own."""
+    with contextlib.suppress(Exception):
+        store.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    with contextlib.suppress(Exception):
+        store.close()
 
 
 # --- the enrollment kiosk --------------------------------------------------------------------
