@@ -302,3 +302,25 @@ def test_a_login_the_full_audit_log_cannot_record_is_refused_with_the_fix(office
     office.room_again()
     c = Client(office.port).login("sam")
     assert not gone(c)
+
+
+# --- erasure ------------------------------------------------------------------------------------
+
+
+def test_a_forget_the_full_audit_log_cannot_record_erases_nothing(office):
+    """The person was erased and then the record failed: an erasure with no trace in the audit
+    log, and a page saying "nothing was written". Now the erasure waits for its record: nothing
+    is erased, the page says why, and with room again the same form erases and records."""
+    pid = office.add_person()
+    c = Client(office.port).login("sam")
+    office.fill_audit()
+    st, page = c.form(f"/people/{pid}/forget", {"reason": "deletion_request"})
+    assert st == 400
+    assert b"free disk space" in page
+    assert office.people() == [pid]
+    assert office.audit_details("deletion") == []
+    office.room_again()
+    st, _ = c.form(f"/people/{pid}/forget", {"reason": "deletion_request"})
+    assert st == 303
+    assert office.people() == []
+    assert office.audit_details("deletion") == ["by sam: key destroyed; file scrubbed"]

@@ -452,18 +452,40 @@ def forget(office: Office, user: str, person_id: str, reason: str) -> tuple[bool
     if office.gallery_db.exists():
         try:
             with Gallery(office.gallery_db, load_key(office.gallery_key), create=False) as g:
-                found = g.forget(person_id)
+                found = _erase_recorded(office, g, user, person_id, reason)
+                if found or g.pending_erasure():  # after the record: its bytes leave the file
+                    g.scrub()
         except ErasureIncomplete:
             office.record(user, "deletion", "erasure incomplete on disk", reason=reason)
             raise
-    office.drop_people()
-    if found:  # recorded once it happened, whatever sending it to the lanes does next
-        office.record(user, "deletion", "key destroyed; file scrubbed", reason=reason)
+        finally:
+            office.drop_people()
     if key is not None:  # also when already gone here: the lanes may still hold the person
         publish_person(cfg, key, person_id, "forget")
     if not found:
         office.record(user, "deletion", f"{person_id} not at the office; sent", reason=reason)
     return found, key is not None
+
+
+def _erase_recorded(office: Office, g: Gallery, user: str, person_id: str, reason: str) -> bool:
+    """Delete a person's rows and key with the audit record of it, all or nothing: the record
+    is written inside the gallery's write, so a record that fails (a full or locked audit log)
+    erases nothing; a gallery commit that fails after it gets a second record saying the
+    erasure was not done. Whether they were here."""
+    recorded = False
+    try:
+        with g.transaction():
+            found = g.forget(person_id, scrub=False)
+            if found:
+                office.record(user, "deletion", "key destroyed; file scrubbed", reason=reason)
+                recorded = True
+    except EdgeGateError as e:
+        if recorded:
+            log.error("console erasure_not_committed error=%s", e)
+            with contextlib.suppress(EdgeGateError):
+                office.record(user, "deletion", f"not done: {e}", reason=reason)
+        raise
+    return found
 
 
 # --- overrides ---------------------------------------------------------------------------------
