@@ -86,6 +86,10 @@ class Office:
         with AuditLog(self.audit_db) as a:
             return [r.detail for _, r, _ in a.rows(kind=kind)]
 
+    def audit_records(self, kind: str) -> list[AuditRecord]:
+        with AuditLog(self.audit_db) as a:
+            return [r for _, r, _ in a.rows(kind=kind)]
+
     def people(self) -> list[str]:
         if not self.gallery_db.exists():
             return []
@@ -324,3 +328,30 @@ def test_a_forget_the_full_audit_log_cannot_record_erases_nothing(office):
     assert st == 303
     assert office.people() == []
     assert office.audit_details("deletion") == ["by sam: key destroyed; file scrubbed"]
+
+
+# --- enrolment ----------------------------------------------------------------------------------
+
+
+@pytest.mark.fixtures
+def test_an_enrolment_the_full_audit_log_cannot_record_leaves_no_person(office, fixtures):
+    """The person was stored (and the kiosk's faces dropped) and then the record failed: an
+    enrolment with no consent record in the audit log. Now nothing is stored, the page says why,
+    the capture is kept, and with room again the same form enrolls once and records it."""
+    from .test_console_bad_input import _capture
+
+    c = Client(office.port).login("sam")
+    cid = _capture(c, sorted((fixtures / "faces" / "df_B_katy_perry").iterdir())[:5])
+    form = {"name": "Kiosk Visitor", "consent": "yes", "consent_version": "2026-01",
+            "notice_lang": "en", "cid": cid}  # fmt: skip
+    office.fill_audit()
+    st, page = c.form("/enroll", form)
+    assert st == 400
+    assert b"free disk space" in page
+    assert office.people() == []
+    assert office.audit_details("enroll") == []
+    office.room_again()
+    st, _ = c.form("/enroll", form)
+    assert st == 303
+    (pid,) = office.people()
+    assert [r.subject for r in office.audit_records("enroll")] == [pid]

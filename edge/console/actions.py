@@ -361,23 +361,40 @@ def enroll(
     valid = (
         parse_time(e.valid_until, cfg.gate.zone, end_of_day=True) if e.valid_until.strip() else None
     )
-    with office._pipe_lock, Gallery(office.gallery_db, load_key(office.gallery_key)) as g:
-        pid, n = enroll_person(
-            g,
-            pipe,
-            e.name,
-            consent,
-            [],
-            threshold=resolve_threshold(cfg.gallery.match_threshold, pipe.spec.threshold),
-            pass_ref=e.pass_ref.strip(),
-            valid_until=valid,
-            minor=e.minor,
-            max_templates=kiosk.max_templates,
-            min_templates=kiosk.needed,
-            candidates=list(c.candidates),
-        )
+    recorded = None
+    try:  # the person and the record of their consent commit together, or neither does: the
+        # record is written inside the gallery's write; a gallery commit that fails after it
+        # gets a second record saying the enrolment was not stored
+        with (
+            office._pipe_lock,
+            Gallery(office.gallery_db, load_key(office.gallery_key)) as g,
+            g.transaction(),
+        ):
+            pid, n = enroll_person(
+                g,
+                pipe,
+                e.name,
+                consent,
+                [],
+                threshold=resolve_threshold(cfg.gallery.match_threshold, pipe.spec.threshold),
+                pass_ref=e.pass_ref.strip(),
+                valid_until=valid,
+                minor=e.minor,
+                max_templates=kiosk.max_templates,
+                min_templates=kiosk.needed,
+                candidates=list(c.candidates),
+            )
+            office.record(
+                user, "enroll", f"added {n} templates; consent {e.consent_version}", subject=pid
+            )
+            recorded = pid
+    except EdgeGateError as err:
+        if recorded is not None:
+            log.error("console enrolment_not_committed error=%s", err)
+            with contextlib.suppress(EdgeGateError):
+                office.record(user, "enroll", f"not done: {err}", subject=recorded)
+        raise
     kiosk.drop(cid)
-    office.record(user, "enroll", f"added {n} templates; consent {e.consent_version}", subject=pid)
     sent = False
     if cfg.fleet.enabled and office.issuer_key is not None:
         publish_enrollment(cfg, office.issuer_key, office.gallery_db, office.gallery_key, pid)
