@@ -355,3 +355,104 @@ def test_an_enrolment_the_full_audit_log_cannot_record_leaves_no_person(office, 
     assert st == 303
     (pid,) = office.people()
     assert [r.subject for r in office.audit_records("enroll")] == [pid]
+
+
+# --- publishing to the lanes: the issuer key and the office's outbox ----------------------------
+
+
+@pytest.fixture(scope="module")
+def park(tmp_path_factory):
+    """An office with a [fleet] section, its roster of two lanes and a real broker (no sync
+    runs: what the console publishes stays queued), the console under uvicorn."""
+    from edge.lab.broker import Mosquitto
+
+    from .console_harness import USERS, add_users, make_park, need_mosquitto
+
+    need_mosquitto()
+    root = tmp_path_factory.mktemp("park")
+    with Mosquitto(root / "mosquitto", users=USERS) as broker:
+        p = make_park(root, broker.url)
+        add_users(p.office_cfg)
+        with Served(build_app(p.office_cfg)) as served:
+            yield p, served.port
+
+
+def park_person(cfg: config_mod.Config) -> str:
+    rng = np.random.default_rng(11)
+    emb = rng.standard_normal((3, 128)).astype(np.float32)
+    emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+    db, key = cfg.resolve(cfg.gallery.db), load_key(cfg.resolve(cfg.gallery.key_file))
+    with Gallery(db, key) as g:
+        return g.add_person("Park Visitor", Consent("2026-01"), list(emb), "m", "v")
+
+
+def park_people(cfg: config_mod.Config) -> list[str]:
+    db, key = cfg.resolve(cfg.gallery.db), load_key(cfg.resolve(cfg.gallery.key_file))
+    with Gallery(db, key, create=False) as g:
+        return [p.id for p in g.people()]
+
+
+def park_records(cfg: config_mod.Config, kind: str) -> list[AuditRecord]:
+    with AuditLog(cfg.resolve(cfg.audit.path)) as a:
+        return [r for _, r, _ in a.rows(kind=kind)]
+
+
+def test_an_issuer_key_gone_while_the_console_runs_refuses_override_and_forget_whole(park):
+    """The issuer key deleted (or unreadable) under the running console: an override was
+    recorded as sent and then failed to sign, so the log held an override that never went;
+    a forget erased and recorded the person and then could not tell the lanes. Now the key is
+    loaded first: both are refused with the key's fix, nothing recorded, nothing erased."""
+    p, port = park
+    cfg = p.office_cfg
+    pid = park_person(cfg)
+    c = Client(port).login("sam")
+    overrides, deletions = park_records(cfg, "override"), park_records(cfg, "deletion")
+    moved = p.priv.with_name(p.priv.name + ".away")
+    p.priv.rename(moved)
+    try:
+        st, page = c.form("/lanes/lane1/override", {"reason": "pram stuck"})
+        assert st == 400
+        assert b"issuer key" in page and b"fix:" in page
+        st, page = c.form(f"/people/{pid}/forget", {"reason": "deletion_request"})
+        assert st == 400
+        assert b"issuer key" in page
+        assert park_people(cfg) == [pid]
+        assert park_records(cfg, "override") == overrides
+        assert park_records(cfg, "deletion") == deletions
+    finally:
+        moved.rename(p.priv)
+    st, _ = c.form(f"/people/{pid}/forget", {"reason": "deletion_request"})
+    assert st == 303
+    assert pid not in park_people(cfg)
+    assert len(park_records(cfg, "deletion")) == len(deletions) + 1
+
+
+def test_an_override_the_full_outbox_cannot_queue_is_recorded_as_not_sent(park, monkeypatch):
+    """The office's fleet store on a full disk as the override is queued (its write raises as
+    SQLite's does there): the override's record, written first so no lane opens unrecorded,
+    stood alone: an override the log says was sent and never was. Now a second record says it
+    was not sent, and the page says why."""
+    import edge.fleet.office as office_mod
+    from edge.errors import FleetStateError
+
+    def full(*a, **kw):
+        raise FleetStateError(
+            f"fleet state {a[0].fleet.state_db}: database or disk is full; nothing was written",
+            "free disk space and retry",
+        )
+
+    p, port = park
+    cfg = p.office_cfg
+    c = Client(port).login("sam")
+    before = park_records(cfg, "override")
+    monkeypatch.setattr(office_mod, "_queue", full)
+    st, page = c.form("/lanes/lane2/override", {"reason": "wheelchair gate"})
+    monkeypatch.undo()
+    assert st == 400
+    assert b"free disk space" in page
+    new = park_records(cfg, "override")[len(before) :]
+    assert [r.reason for r in new] == ["override", "not_sent"]
+    assert new[0].subject == new[1].subject
+    assert "not sent" in new[1].detail and "by sam" in new[1].detail
+    st, _ = c.form("/lanes/lane2/override", {"reason": "wheelchair gate"})  # room again
+    assert st == 303

@@ -17,7 +17,7 @@ import secrets
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -115,6 +115,13 @@ class Office:
                 "set console.issuer_key in the office config",
             )
         return self.issuer_key
+
+    def usable_issuer_key(self) -> Path:
+        """The signing key, checked to load before anything is changed, recorded or sent: a key
+        file deleted or unreadable while the console runs refuses the action whole."""
+        path = self.need_issuer_key()
+        tk.load_private(path)
+        return path
 
     # --- audit ----------------------------------------------------------------------------------
 
@@ -361,6 +368,8 @@ def enroll(
     valid = (
         parse_time(e.valid_until, cfg.gate.zone, end_of_day=True) if e.valid_until.strip() else None
     )
+    publish = cfg.fleet.enabled and office.issuer_key is not None
+    key = office.usable_issuer_key() if publish else None
     recorded = None
     try:  # the person and the record of their consent commit together, or neither does: the
         # record is written inside the gallery's write; a gallery commit that fails after it
@@ -395,11 +404,9 @@ def enroll(
                 office.record(user, "enroll", f"not done: {err}", subject=recorded)
         raise
     kiosk.drop(cid)
-    sent = False
-    if cfg.fleet.enabled and office.issuer_key is not None:
-        publish_enrollment(cfg, office.issuer_key, office.gallery_db, office.gallery_key, pid)
-        sent = True
-    return pid, n, sent
+    if key is not None:
+        publish_enrollment(cfg, key, office.gallery_db, office.gallery_key, pid)
+    return pid, n, key is not None
 
 
 # --- people ----------------------------------------------------------------------------------
@@ -464,7 +471,7 @@ def forget(office: Office, user: str, person_id: str, reason: str) -> tuple[bool
     """Erase at the office and publish the deletion to every lane; (was here, published)."""
     reason = check_reason(reason, "the deletion's reason")
     cfg = office.cfg
-    key = office.need_issuer_key() if cfg.fleet.enabled else None
+    key = office.usable_issuer_key() if cfg.fleet.enabled else None  # before anything erased
     found = False
     if office.gallery_db.exists():
         try:
@@ -515,16 +522,25 @@ def override(office: Office, user: str, lane: str, reason: str) -> tuple[str, bo
     if not cfg.fleet.enabled:
         raise ActionError("this office has no [fleet] section: no lane to open")
     reason = check_reason(reason, "the override's reason")
+    key = office.usable_issuer_key()
+    recorded: list[AuditRecord] = []
+
+    def record(r: AuditRecord) -> None:
+        a.record(r)
+        recorded.append(r)
+
     with office.audit() as a:  # recorded before it is sent (publish_override)
-        q, oid = publish_override(
-            cfg,
-            office.need_issuer_key(),
-            lane,
-            reason,
-            user,
-            cfg.console.override_valid_s,
-            record=a.record,
-        )
+        try:
+            q, oid = publish_override(
+                cfg, key, lane, reason, user, cfg.console.override_valid_s, record=record
+            )
+        except EdgeGateError as e:  # recorded, then not queued: the log says it never went
+            if recorded:
+                log.error("console override_not_sent lane=%s error=%s", lane, e)
+                with contextlib.suppress(EdgeGateError):
+                    detail = by(user, f"{lane}: not sent: {e}")[:300]
+                    a.record(replace(recorded[0], t=time.time(), reason="not_sent", detail=detail))
+            raise
     return oid, wait_sent(cfg, [q], min(5.0, cfg.console.override_valid_s))
 
 
