@@ -330,6 +330,55 @@ def test_a_forget_the_full_audit_log_cannot_record_erases_nothing(office):
     assert office.audit_details("deletion") == ["by sam: key destroyed; file scrubbed"]
 
 
+@pytest.mark.parametrize("fault", ["key_gone", "gallery_damaged"])
+def test_a_reveal_the_gallery_cannot_answer_says_why_not_no_person(office, fault):
+    """The gallery's key file deleted, or the gallery damaged, under the running console: the
+    decisions page's reveal said "no person P-... in the office gallery", sending staff looking
+    for a person who is there. Now it says what is wrong and its fix; nothing is recorded."""
+    import json
+
+    pid = office.add_person()
+    c = Client(office.port).login("sam")
+    if fault == "key_gone":
+        office.gallery_key.unlink()
+        said = b"restore the key from its backup"
+    else:
+        office.gallery_db.write_bytes(b"not a database " * 512)
+        for p in office.gallery_db.parent.glob(office.gallery_db.name + "-*"):
+            p.unlink()
+        said = b"restore it from backup"
+    body = json.dumps({"person": pid})
+    headers = {"X-CSRF-Token": c.csrf, "Content-Type": "application/json"}
+    st, out = c.req("POST", "/api/reveal", body, headers)
+    assert st == 400
+    assert said in out and b"no person" not in out
+    assert office.audit_details("reveal") == []
+    st, page = c.req("GET", "/people")  # the page says it too, and the console still serves
+    assert st == 400 and said in page
+
+
+def test_an_accounts_file_damaged_underneath_refuses_every_page_with_the_fix(office, tmp_path):
+    """A damaged copy put in place of the accounts file while the console runs: every page
+    answers 503 with the fix (restore it from its backup), never a 500, and the login page
+    still shows; the good file put back, the same session works again."""
+    c = Client(office.port).login("ada")
+    good = tmp_path / "good.db"
+    store = UserStore(office.users_db)
+    store.conn.execute("VACUUM INTO ?", (str(good),))  # a backup, as `sqlite3 .backup` makes
+    store.close()
+    junk = tmp_path / "junk.db"
+    junk.write_bytes(b"not a database " * 512)
+    os.replace(junk, office.users_db)
+    for path in ("/users", "/people", "/api/people/P-1"):
+        st, page = c.req("GET", path)
+        assert st == 503, path
+        assert b"from its backup" in page
+    st, page = Client(office.port).req("GET", "/login")
+    assert st == 200
+    os.replace(good, office.users_db)
+    assert not gone(c)
+
+
 # --- enrolment ----------------------------------------------------------------------------------
 
 

@@ -458,11 +458,14 @@ def _read_people(office: Office) -> list[dict[str, Any]]:
 
 def reveal(office: Office, user: str, person_id: str) -> str:
     """A person's name for a decision row; the reveal itself is audited."""
-    try:
-        with Gallery(office.gallery_db, load_key(office.gallery_key), create=False) as g:
-            name = g.person(person_id).name
-    except EdgeGateError:
-        raise ActionError(f"no person {person_id} in the office gallery") from None
+    if not office.gallery_db.exists():
+        raise ActionError(f"no person {person_id} in the office gallery")
+    # a key file or gallery that cannot be opened says so, with its fix (not "no person")
+    with Gallery(office.gallery_db, load_key(office.gallery_key), create=False) as g:
+        found = g.people(person_id)
+    if not found:
+        raise ActionError(f"no person {person_id} in the office gallery")
+    name = found[0].name
     office.record(user, "reveal", "name shown on the decisions page", subject=person_id)
     return name
 

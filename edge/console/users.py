@@ -93,8 +93,10 @@ class UserStore:
         self.conn = self._open()
 
     def _open(self) -> sqlite3.Connection:
-        self._id = file_id(self.path)  # read before it is opened: a file replaced in between
-        try:  # is followed at the next use
+        """A connection to the file at `path`; its identity kept only once it opened (one that
+        does not open is tried again at the next use)."""
+        seen = file_id(self.path)  # read before it is opened: a file replaced in between is
+        try:  # followed at the next use
             self.path.parent.mkdir(parents=True, exist_ok=True)
             conn = connect(self.path, timeout_s=5.0)  # the project's pragmas (edge/db.py)
         except (OSError, sqlite3.Error) as e:  # a folder it may not write, a damaged file
@@ -105,8 +107,7 @@ class UserStore:
         except (OSError, sqlite3.Error) as e:
             conn.close()
             raise self._unopened(e) from None
-        if self._id is None:
-            self._id = file_id(self.path)
+        self._id = seen if seen is not None else file_id(self.path)
         return conn
 
     def _unopened(self, e: Exception) -> UserError:
