@@ -25,7 +25,7 @@ from edge.gallery.crypto import init_key, load_key
 from edge.gallery.store import Consent, Gallery
 from edge.gate.audit import AuditLog, AuditRecord
 
-from .console_harness import PASSWORD, Served
+from .console_harness import PASSWORD, Served, wait_for
 from .helpers import make_config
 from .test_console_bad_input import Client, Errors
 
@@ -306,6 +306,40 @@ def test_a_login_the_full_audit_log_cannot_record_is_refused_with_the_fix(office
     office.room_again()
     c = Client(office.port).login("sam")
     assert not gone(c)
+
+
+@pytest.mark.parametrize("what", ["verify", "export"])
+def test_an_audit_action_waiting_on_a_locked_audit_log_holds_up_no_other_page(office, what):
+    """Another process holding the office audit log's write lock: an audit verify or export
+    waited for it (recording itself) on the server's event loop, so every other page, for every
+    member of staff, hung until the lock went. Now the wait is the one request's own."""
+    import threading
+
+    c = Client(office.port).login("sam")
+    other = Client(office.port).login("rita")
+    with office.con.office.audit() as a:
+        a.conn.execute("PRAGMA busy_timeout=600000")  # the lock goes first, however slow
+    holder = hold_write_lock(office.audit_db)
+    answered: list[int] = []
+
+    def audit_action() -> None:
+        if what == "verify":
+            answered.append(c.form("/audit/verify", {})[0])
+        else:
+            answered.append(c.req("GET", "/audit/export.csv")[0])
+
+    t = threading.Thread(target=audit_action)
+    try:
+        t.start()
+        wait_for(office.con.office._audit_lock.locked, 60, "the audit action to wait on the lock")
+        st, _ = other.req("GET", "/lanes")  # answered while the lock is still held
+        assert st == 200
+        assert answered == []  # the audit action is still waiting on the lock
+    finally:
+        release(holder)
+        t.join(120)
+    assert answered == [200]
+    assert any(d.startswith(f"by sam: audit {what}") for d in office.audit_details("console"))
 
 
 # --- erasure ------------------------------------------------------------------------------------

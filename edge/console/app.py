@@ -700,7 +700,8 @@ def build_app(cfg: config_mod.Config, feed: FleetFeed | None = None) -> Starlett
                 return a.verify(), a.page(None, AUDIT_PAGE), _head(a)
 
         rep, rows, summary = await asyncio.to_thread(run)
-        con.office.record(
+        await asyncio.to_thread(  # a locked log holds up this request, never the server's loop
+            con.office.record,
             ctx.user.name,
             "console",
             "audit verify: " + ("intact" if rep.ok else "BROKEN"),
@@ -716,7 +717,20 @@ def build_app(cfg: config_mod.Config, feed: FleetFeed | None = None) -> Starlett
             return con.refuse(ctx, ctx.request, 404, f"no export as {fmt!r}: csv or json")
         since_text = ctx.request.query_params.get("since", "")
         since = parse_time(since_text, cfg.gate.zone) if since_text else None
-        con.office.record(ctx.user.name, "console", f"audit export {fmt}", reason="audit_export")
+        # opened before the export is recorded: a log that does not open is this page's error,
+        # not a download cut off after its headers; a locked log holds up this request only
+        a = await asyncio.to_thread(con.office.audit_log)
+        try:
+            await asyncio.to_thread(
+                con.office.record,
+                ctx.user.name,
+                "console",
+                f"audit export {fmt}",
+                reason="audit_export",
+            )
+        except BaseException:
+            a.close()
+            raise
         keys = (
             "id",
             "time",
@@ -733,7 +747,6 @@ def build_app(cfg: config_mod.Config, feed: FleetFeed | None = None) -> Starlett
         )
 
         def lines():
-            a = con.office.audit_log()
             try:
                 if fmt == "csv":
                     buf = io.StringIO()
