@@ -413,6 +413,31 @@ def test_an_accounts_file_damaged_underneath_refuses_every_page_with_the_fix(off
     assert not gone(c)
 
 
+@pytest.mark.parametrize("action", ["revoke", "unrevoke"])
+def test_a_revocation_change_the_full_audit_log_cannot_record_is_undone(office, action):
+    """The revocation list was changed (a ticket refused, or let in again, at every gate that
+    reloads it) and then the record failed: a change with no trace. Now the list is put back as
+    it was, the page says why, and with room again the same form works and is recorded."""
+    from edge import tickets as tk
+
+    lst = office.cfg.resolve(office.cfg.tickets.revocation_list)
+    if action == "unrevoke":
+        tk.revoke(lst, ["T-STOLEN"])
+    before = tk.load_revocations(lst)
+    c = Client(office.port).login("sam")
+    office.fill_audit()
+    st, page = c.form(f"/tickets/{action}", {"ids": "T-STOLEN"})
+    assert st == 400
+    assert b"free disk space" in page
+    assert tk.load_revocations(lst) == before
+    assert office.audit_details(action) == []
+    office.room_again()
+    st, _ = c.form(f"/tickets/{action}", {"ids": "T-STOLEN"})
+    assert st == 200
+    assert tk.load_revocations(lst) != before
+    assert len(office.audit_details(action)) == 1
+
+
 # --- enrolment ----------------------------------------------------------------------------------
 
 

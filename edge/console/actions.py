@@ -584,7 +584,14 @@ def revoke(office: Office, user: str, ids: list[str]) -> tuple[list[str], int | 
     if office.revocation_list is None:
         raise ActionError("the office config has no revocation list", "set tickets.revocation_list")
     added = tk.revoke(office.revocation_list, ids)
-    office.record(user, "revoke", f"revoked {', '.join(ids)}")
+    try:
+        office.record(user, "revoke", f"revoked {', '.join(ids)}")
+    except EdgeGateError:  # no revocation stands without its record: the ids come off again
+        try:
+            remove(office.revocation_list, added)
+        except EdgeGateError as e:
+            log.error("console revoke_unrecorded undo_failed error=%s", e)
+        raise
     n = None
     if office.cfg.fleet.enabled:
         n = publish_revocations(
@@ -598,5 +605,12 @@ def unrevoke(office: Office, user: str, ids: list[str]) -> list[str]:
     if office.revocation_list is None:
         raise ActionError("the office config has no revocation list", "set tickets.revocation_list")
     removed = remove(office.revocation_list, ids)
-    office.record(user, "unrevoke", f"un-revoked {', '.join(removed) or 'nothing'}")
+    try:
+        office.record(user, "unrevoke", f"un-revoked {', '.join(removed) or 'nothing'}")
+    except EdgeGateError:  # no ticket is let in again unrecorded: the ids go back on the list
+        try:
+            tk.revoke(office.revocation_list, removed)
+        except EdgeGateError as e:
+            log.error("console unrevoke_unrecorded undo_failed error=%s", e)
+        raise
     return removed
