@@ -564,3 +564,47 @@ def test_an_override_the_full_outbox_cannot_queue_is_recorded_as_not_sent(park, 
     assert "not sent" in new[1].detail and "by sam" in new[1].detail
     st, _ = c.form("/lanes/lane2/override", {"reason": "wheelchair gate"})  # room again
     assert st == 303
+
+
+@pytest.mark.fixtures
+def test_an_enrolment_while_another_process_forgets_someone_stores_a_whole_person(
+    office, fixtures, monkeypatch
+):
+    """`edge-gate forget` of someone else committing between the kiosk enrolment's read of the
+    gallery and its write: the forget moved the gallery to a new data key, and the new person's
+    key was wrapped under the old one: stored, recorded, and never matched again (half a
+    person). Now the enrolment's reads and write are one transaction: the forget waits for it
+    (or comes first and is followed), and the person opens."""
+    import threading
+
+    from .test_console_bad_input import _capture
+
+    other = office.add_person("Someone Else")
+    c = Client(office.port).login("sam")
+    cid = _capture(c, sorted((fixtures / "faces" / "df_B_katy_perry").iterdir())[:5])
+    add_people = Gallery.add_people
+    forgetting: list[threading.Thread] = []
+
+    def forget_other() -> None:  # another process: its own connection, key and generation
+        with Gallery(office.gallery_db, load_key(office.gallery_key), create=False) as g:
+            assert g.forget(other)
+
+    def meanwhile(self, *a, **kw):
+        if not forgetting:
+            t = threading.Thread(target=forget_other)
+            forgetting.append(t)
+            t.start()
+            t.join(5)  # done, unless it waits for this enrolment's write
+        return add_people(self, *a, **kw)
+
+    monkeypatch.setattr(Gallery, "add_people", meanwhile)
+    form = {"name": "Kiosk Visitor", "consent": "yes", "consent_version": "2026-01",
+            "notice_lang": "en", "cid": cid}  # fmt: skip
+    st, _ = c.form("/enroll", form)
+    forgetting[0].join(60)
+    assert st == 303
+    with Gallery(office.gallery_db, load_key(office.gallery_key), create=False) as g:
+        people = {p.id: p for p in g.people()}
+    assert other not in people
+    (p,) = people.values()
+    assert p.intact and p.name == "Kiosk Visitor"
