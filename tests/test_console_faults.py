@@ -608,3 +608,90 @@ def test_an_enrolment_while_another_process_forgets_someone_stores_a_whole_perso
     assert other not in people
     (p,) = people.values()
     assert p.intact and p.name == "Kiosk Visitor"
+
+
+# --- the fleet feed: the office's store under the decisions page ---------------------------------
+
+
+def _decision(rid: int, subject: str, prev: str = "") -> dict:
+    return {"id": rid, "prev": prev or "0" * 64, "hash": f"{rid:064x}", "t": time.time(),
+            "gate": "lane1", "kind": "decision", "decision": "grant", "via": "ticket",
+            "subject": subject, "reason": "ok"}  # fmt: skip
+
+
+def _store_decisions(path: Path, subjects: list[str]) -> None:
+    """What the office's sync keeps of lane1's records (its own process, its own connection)."""
+    from edge.fleet.officestore import OfficeStore
+    from edge.fleet.state import FleetState
+
+    st = FleetState(path)
+    try:
+        OfficeStore(st).store_audit(
+            "lane1", "e1", [_decision(i + 1, s) for i, s in enumerate(subjects)], time.time()
+        )
+    finally:
+        st.close()
+
+
+@pytest.mark.parametrize("how", ["deleted", "replaced"])
+def test_the_decisions_feed_follows_a_fleet_store_deleted_or_replaced_underneath(tmp_path, how):
+    """The office's fleet store restored from a backup, or deleted and made again by sync, while
+    the console runs: the feed went on reading the file no longer on disk, so the Decisions page
+    never showed another decision. Now it reads the file now there."""
+    from edge.console.feed import DecisionFilter, FleetFeed
+
+    from .console_harness import make_park
+
+    park = make_park(tmp_path, "mqtt://127.0.0.1:1")
+    cfg = park.office_cfg
+    db = cfg.resolve(cfg.fleet.state_db)
+    _store_decisions(db, ["T-OLD"])
+    feed = FleetFeed(cfg)
+    try:
+        feed.poll()
+        assert [r["subject"] for r in feed.decisions(DecisionFilter())] == ["T-OLD"]
+        if how == "deleted":
+            db.unlink()  # its write-ahead log and index stay, as after `rm`
+            _store_decisions(db, ["T-NEW-1", "T-NEW-2"])
+        else:
+            _store_decisions(tmp_path / "restored.db", ["T-NEW-1", "T-NEW-2"])
+            os.replace(tmp_path / "restored.db", db)
+        feed.poll()
+        shown = [r["subject"] for r in feed.decisions(DecisionFilter())]
+        assert shown == ["T-NEW-2", "T-NEW-1"]
+    finally:
+        feed.close()
+
+
+def test_a_damaged_fleet_store_is_said_once_and_the_feed_reads_again_when_restored(
+    tmp_path, caplog
+):
+    """A damaged fleet store: the feed logged a warning ten times a second for as long as it
+    lasted, and a console started on it did not start. Now the failure is said once, the
+    header shows the fleet as not connected, and a good file put back is read."""
+    from edge.console.feed import DecisionFilter, FleetFeed
+
+    from .console_harness import make_park
+
+    park = make_park(tmp_path, "mqtt://127.0.0.1:1")
+    cfg = park.office_cfg
+    db = cfg.resolve(cfg.fleet.state_db)
+    (tmp_path / "junk").write_bytes(b"not a database " * 512)
+    os.replace(tmp_path / "junk", db)
+    FleetFeed(cfg).start().close()  # a console starting on it starts
+    feed = FleetFeed(cfg)
+    try:
+        with caplog.at_level(logging.INFO, logger="edge.console.feed"):
+            n = len(caplog.records)
+            for _ in range(20):
+                feed.poll_once()
+            assert feed.error and not feed.connected
+            said = [r for r in caplog.records[n:] if "feed read failed" in r.getMessage()]
+            assert len(said) == 1
+            _store_decisions(tmp_path / "good.db", ["T-BACK"])
+            os.replace(tmp_path / "good.db", db)
+            feed.poll_once()
+            assert feed.error == ""
+            assert [r["subject"] for r in feed.decisions(DecisionFilter())] == ["T-BACK"]
+    finally:
+        feed.close()

@@ -25,6 +25,7 @@ import numpy as np
 
 from edge import config as config_mod
 from edge import tickets as tk
+from edge.console.follow import file_id, let_go
 from edge.console.roles import LANGS
 from edge.errors import EdgeGateError, ImageError, SeveralFacesError
 from edge.fleet.office import (
@@ -49,7 +50,6 @@ from edge.gallery.matcher import resolve_threshold
 from edge.gallery.store import Consent, Gallery
 from edge.gate.audit import AuditLog, AuditRecord, check_reason, open_audit
 from edge.gate.desk import DeskOptions, pick_ticket_text, verify_tickets
-from edge.gate.faces import file_id
 from edge.tickets.revocation import unrevoke as remove
 from edge.timeutil import parse_time
 from edge.vision.image import MAX_PIXELS
@@ -145,7 +145,7 @@ class Office:
                     "opened again as at start",
                     path,
                 )
-                _let_go(self._audit)
+                let_go(self._audit)
                 self._audit = None
             if self._audit is None:
                 self._audit_id = now  # read before it is opened: a file replaced in between
@@ -192,16 +192,6 @@ class Office:
             if self._pipe is None:
                 self._pipe = FacePipeline.from_config(self.cfg)
             return self._pipe
-
-
-def _let_go(store) -> None:
-    """Close a connection to a file deleted or replaced underneath, its write-ahead log first
-    emptied into the old file: SQLite leaves the log of a moved file at the path, where the
-    file now there would take its pages for its own."""
-    with contextlib.suppress(Exception):
-        store.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-    with contextlib.suppress(Exception):
-        store.close()
 
 
 # --- the enrollment kiosk --------------------------------------------------------------------

@@ -20,10 +20,10 @@ from pathlib import Path
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 
+from edge.console.follow import file_id, let_go
 from edge.console.roles import CAN, LANGS, ROLES, allowed
 from edge.db import connect, sqlite_fix, transaction
 from edge.errors import EdgeGateError
-from edge.gate.faces import file_id
 
 log = logging.getLogger(__name__)
 
@@ -128,12 +128,7 @@ class UserStore:
                     "opened again as at start",
                     self.path,
                 )
-                # its write-ahead log emptied into the old file first: SQLite leaves the log of
-                # a moved file at the path, where the file now there would take its pages
-                with contextlib.suppress(sqlite3.Error):
-                    self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-                with contextlib.suppress(sqlite3.Error):
-                    self.conn.close()
+                let_go(self.conn)
                 self.conn = self._open()
             try:
                 yield self.conn
