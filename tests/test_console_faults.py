@@ -695,3 +695,18 @@ def test_a_damaged_fleet_store_is_said_once_and_the_feed_reads_again_when_restor
             assert [r["subject"] for r in feed.decisions(DecisionFilter())] == ["T-BACK"]
     finally:
         feed.close()
+
+
+def test_a_logout_the_full_audit_log_cannot_record_still_ends_the_sessions(office):
+    """A logout whose record failed answered an error page (the sessions had ended, the browser
+    kept its cookie and staff took it for a logout refused). Now the logout answers as always,
+    every session of the user ends, and the record that could not be written is logged."""
+    c = Client(office.port).login("sam")
+    cookies = dict(c.cookies)
+    office.fill_audit()
+    st, _ = c.form("/logout", {})
+    assert st == 303
+    c.cookies = cookies  # the old cookie, kept by another tab: its session has ended
+    assert gone(c)
+    assert "by sam: logged out" not in office.audit_details("console")
+    assert any("logout_unrecorded" in r.getMessage() for r in office.seen.records)

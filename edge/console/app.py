@@ -390,9 +390,14 @@ def build_app(cfg: config_mod.Config, feed: FleetFeed | None = None) -> Starlett
         return resp
 
     async def logout(ctx: Ctx) -> Response:
-        await recorded_change(  # every cookie of this user dies
-            ctx, "logged out", "logout", lambda then: con.users.end_sessions(ctx.user.name, then)
-        )
+        # every cookie of this user dies, recorded or not: a full audit log keeps nobody in
+        await asyncio.to_thread(con.users.end_sessions, ctx.user.name)
+        try:
+            await asyncio.to_thread(
+                con.office.record, ctx.user.name, "console", "logged out", reason="logout"
+            )
+        except EdgeGateError as e:
+            log.error("console logout_unrecorded user=%s error=%s", ctx.user.name, e)
         resp = RedirectResponse("/login", status_code=303)
         resp.delete_cookie(SESSION_COOKIE, path="/")
         return resp
