@@ -710,3 +710,39 @@ def test_a_logout_the_full_audit_log_cannot_record_still_ends_the_sessions(offic
     assert gone(c)
     assert "by sam: logged out" not in office.audit_details("console")
     assert any("logout_unrecorded" in r.getMessage() for r in office.seen.records)
+
+
+@pytest.mark.parametrize("cut", ["after_body", "mid_body"])
+def test_a_forget_whose_client_goes_away_is_done_whole_or_not_at_all(office, cut):
+    """The browser closed mid-request (a tab shut, the network gone): the erasure and its
+    record are both done (the whole form had arrived) or neither (it had not), and the console
+    goes on serving."""
+    import socket
+    from urllib.parse import urlencode
+
+    pid = office.add_person()
+    c = Client(office.port).login("sam")
+    body = urlencode({"reason": "deletion_request", "csrf": c.csrf}).encode()
+    cookie = "; ".join(f"{k}={v}" for k, v in c.cookies.items())
+    head = (
+        f"POST /people/{pid}/forget HTTP/1.1\r\nHost: 127.0.0.1\r\nCookie: {cookie}\r\n"
+        "Content-Type: application/x-www-form-urlencoded\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    ).encode()
+    s = socket.create_connection(("127.0.0.1", office.port), timeout=60)
+    s.sendall(head + (body if cut == "after_body" else body[: len(body) // 2]))
+    s.close()
+    if cut == "after_body":
+        wait_for(lambda: office.people() == [], 60, "the erasure")
+        wait_for(lambda: office.audit_details("deletion"), 60, "its record")
+        assert office.audit_details("deletion") == ["by sam: key destroyed; file scrubbed"]
+    else:
+        wait_for(
+            lambda: any("client_gone" in r.getMessage() for r in office.seen.records),
+            60,
+            "the server to notice the client left",
+        )
+        assert office.people() == [pid]
+        assert office.audit_details("deletion") == []
+    st, _ = c.req("GET", "/people")
+    assert st == 200

@@ -167,7 +167,8 @@ class Console:
                 if sent is None and _is_form(request):
                     try:
                         sent = (await request.form()).get("csrf")
-                    except ClientDisconnect:
+                    except ClientDisconnect:  # gone mid-form: nothing read, nothing done
+                        log.info("console client_gone user=%s path=%s", user.name, request.url.path)
                         return Response(status_code=400)
                 if not csrf_ok(session, sent if isinstance(sent, str) else None):
                     log.warning("console csrf_refused user=%s path=%s", user.name, request.url.path)
