@@ -60,8 +60,10 @@ class Office:
         self.cfg: config_mod.Config = make_config(
             tmp,
             '[console]\nusers_db = "console.db"\nsecret_file = "console.secret"\n'
-            'consent_version = "2026-01"\n',
+            'consent_version = "2026-01"\nnotice_file = "notice-en.txt"\n',
         )
+        self.notice = self.cfg.resolve(self.cfg.console.notice_file)
+        self.notice.write_text("We keep a face template (never a photo) to let you in.")
         self.users_db = self.cfg.resolve(self.cfg.console.users_db)
         self.audit_db = self.cfg.resolve(self.cfg.audit.path)
         self.gallery_db = self.cfg.resolve(self.cfg.gallery.db)
@@ -439,6 +441,26 @@ def test_a_revocation_change_the_full_audit_log_cannot_record_is_undone(office, 
 
 
 # --- enrolment ----------------------------------------------------------------------------------
+
+
+def test_an_enrolment_whose_consent_notice_is_gone_is_refused_with_the_fix(office):
+    """The consent notice file deleted (or unreadable) while the console runs: the enrolment
+    form was a 500, its fingerprint unreadable. Now it is refused with the fix before anyone is
+    stored, and with the notice back the kiosk works."""
+    c = Client(office.port).login("sam")
+    _, page = c.req("GET", "/enroll")
+    cid = re.search(rb'data-cid="([^"]+)"', page).group(1).decode()
+    text = office.notice.read_text()
+    office.notice.unlink()
+    form = {"name": "Kiosk Visitor", "consent": "yes", "consent_version": "2026-01",
+            "notice_lang": "en", "cid": cid}  # fmt: skip
+    st, page = c.form("/enroll", form)
+    assert st == 400
+    assert b"consent notice" in page and b"restore" in page
+    assert office.people() == [] and office.audit_details("enroll") == []
+    office.notice.write_text(text)
+    st, page = c.form("/enroll", form)  # the notice is read again: only the faces are missing
+    assert st == 400 and b"consent notice" not in page
 
 
 @pytest.mark.fixtures

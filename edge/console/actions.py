@@ -345,13 +345,15 @@ def enroll(
             f"notice language {e.notice_lang[:40]!r} is not one of {', '.join(LANGS)}"
         )
     notice = cfg.console.notice_file_zh if e.notice_lang == "zh-CN" else cfg.console.notice_file
-    consent = Consent(
-        e.consent_version,
-        "electronic",
-        user,
-        e.guardian.strip(),
-        notice_sha256(cfg.resolve(notice) if notice else None),
-    )
+    try:  # the fingerprint of the text read to the visitor goes into their consent record
+        read_notice = notice_sha256(cfg.resolve(notice) if notice else None)
+    except OSError as err:  # deleted or unreadable while the console runs
+        raise ActionError(
+            f"the consent notice {notice} cannot be read: {err.strerror}",
+            "restore the notice file the console config names (console.notice_file, "
+            "notice_file_zh), reload the kiosk page and read it to the visitor",
+        ) from None
+    consent = Consent(e.consent_version, "electronic", user, e.guardian.strip(), read_notice)
     check_consent(consent, e.minor)
     c = kiosk.capture(cid, user)
     pipe = office.pipeline()
