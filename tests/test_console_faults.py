@@ -531,9 +531,13 @@ def test_an_issuer_key_gone_while_the_console_runs_refuses_override_and_forget_w
     """The issuer key deleted (or unreadable) under the running console: an override was
     recorded as sent and then failed to sign, so the log held an override that never went;
     a forget erased and recorded the person and then could not tell the lanes. Now the key is
-    loaded first: both are refused with the key's fix, nothing recorded, nothing erased."""
+    loaded first: both are refused with the key's fix, nothing recorded, nothing erased (and a
+    revocation is not made at the office alone either)."""
+    from edge import tickets as tk
+
     p, port = park
     cfg = p.office_cfg
+    lst = cfg.resolve(cfg.tickets.revocation_list)
     pid = park_person(cfg)
     c = Client(port).login("sam")
     overrides, deletions = park_records(cfg, "override"), park_records(cfg, "deletion")
@@ -546,9 +550,14 @@ def test_an_issuer_key_gone_while_the_console_runs_refuses_override_and_forget_w
         st, page = c.form(f"/people/{pid}/forget", {"reason": "deletion_request"})
         assert st == 400
         assert b"issuer key" in page
+        st, page = c.form("/tickets/revoke", {"ids": "T-KEYLESS"})
+        assert st == 400
+        assert b"issuer key" in page
         assert park_people(cfg) == [pid]
         assert park_records(cfg, "override") == overrides
         assert park_records(cfg, "deletion") == deletions
+        assert park_records(cfg, "revoke") == []
+        assert "T-KEYLESS" not in tk.load_revocations(lst)
     finally:
         moved.rename(p.priv)
     st, _ = c.form(f"/people/{pid}/forget", {"reason": "deletion_request"})

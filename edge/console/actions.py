@@ -575,6 +575,7 @@ def revoke(office: Office, user: str, ids: list[str]) -> tuple[list[str], int | 
     """Add ids to the office list and publish the whole list; (added, published count)."""
     if office.revocation_list is None:
         raise ActionError("the office config has no revocation list", "set tickets.revocation_list")
+    key = office.usable_issuer_key() if office.cfg.fleet.enabled else None  # before any change
     added = tk.revoke(office.revocation_list, ids)
     try:
         office.record(user, "revoke", f"revoked {', '.join(ids)}")
@@ -585,10 +586,8 @@ def revoke(office: Office, user: str, ids: list[str]) -> tuple[list[str], int | 
             log.error("console revoke_unrecorded undo_failed error=%s", e)
         raise
     n = None
-    if office.cfg.fleet.enabled:
-        n = publish_revocations(
-            office.cfg, office.need_issuer_key(), tk.load_revocations(office.revocation_list)
-        )
+    if key is not None:
+        n = publish_revocations(office.cfg, key, tk.load_revocations(office.revocation_list))
     return added, n
 
 
