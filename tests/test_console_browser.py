@@ -455,3 +455,30 @@ def test_lane_screen_in_one_language_with_names_turned_on(world, tmp_path):
         page.locator("body[data-notice='welcome']").wait_for(timeout=15_000)
         assert page.locator("#lines p").all_inner_texts() == ["Welcome, please pass"]
         assert page.locator("#name").inner_text() == "Hello, Ada"
+
+
+def test_lane_screen_page_reconnects_after_the_screen_refused_its_stream(world, tmp_path):
+    """Before: a stream answered 503 (the screen's connection caps) was given up by the browser
+    for good: the kiosk page stayed up, deaf to every later notice."""
+    from edge.gate.notice_socket import SocketSink
+    from edge.screen.server import Screen
+
+    park, _, browser, root = world
+    cfg = config_mod.override(park.cfg(2), screen={"socket": str(root / "busy.sock")})
+    with Screen(cfg) as screen:
+        page = _page(browser)
+        page.goto(screen.url)
+        page.locator("body.idle[data-live='1']").wait_for()
+        screen.httpd.max_per_address = 0  # every new connection is refused 503
+        screen.stop.set()  # the open stream ends; the browser's own retry meets the 503
+        page.locator("body[data-live='0']").wait_for(timeout=15_000)
+        end = time.monotonic() + 30
+        while screen.httpd._refused == 0:
+            assert time.monotonic() < end, "the page never came back for its stream"
+            time.sleep(0.1)
+        screen.stop.clear()
+        del screen.httpd.max_per_address  # the caps as shipped
+        page.locator("body[data-live='1']").wait_for(timeout=15_000)
+        SocketSink(root / "busy.sock").send({"v": 1, "t": time.time(), "lane": "lane2",
+              "notice": "welcome", "reason": "ok", "decision": "grant", "name": None})  # fmt: skip
+        page.locator("body[data-notice='welcome']").wait_for(timeout=15_000)

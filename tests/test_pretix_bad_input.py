@@ -10,6 +10,7 @@ each test replaces one of its answers by junk (a real pretix: tests/test_pretix_
 from __future__ import annotations
 
 import json
+import logging
 import os
 import resource
 import socket
@@ -621,3 +622,44 @@ def test_junk_qr_codes_at_the_camera_are_denied_and_queued(tmp_path):
     rows = pending(tmp_path / "gate.toml")
     assert [b["error_reason"] for _, b in rows] == ["invalid"] * len(codes)
     assert all(len(b["raw_barcode"]) <= 1024 for _, b in rows)
+
+
+@pytest.mark.traceback_expected
+def test_a_round_failing_as_no_step_foresaw_is_logged_and_the_next_round_runs(
+    junk_shop, tmp_path, monkeypatch, caplog
+):
+    """Before: an exception no step expected ended `pretix sync`'s loop (the process, until
+    systemd started it again); now the round is logged with its traceback once, the link is
+    down in the state the gate reads, and the next round reaches the shop."""
+    from edge import config as config_mod
+    from edge.pretix import sync as px_sync
+
+    cfg = config_mod.load(lane(tmp_path, junk_shop.url))
+    cfg = config_mod.override(cfg, pretix={"sync_every_s": 0.2})
+    rounds: list[str] = []
+    real_pull = px_sync.PretixSync.pull
+
+    def pull(self):
+        rounds.append("pull")
+        if len(rounds) <= 2:
+            raise KeyError("a field no step expected")
+        return real_pull(self)
+
+    monkeypatch.setattr(px_sync.PretixSync, "pull", pull)
+    sync_ = px_sync.PretixSync(cfg)
+    t = threading.Thread(target=sync_.run, daemon=True)
+    with caplog.at_level(logging.ERROR, "edge.pretix.sync"):
+        t.start()
+        end = time.monotonic() + 60
+        while not sync_.reachable:
+            assert t.is_alive(), "the loop ended"
+            assert time.monotonic() < end, "no round reached the shop"
+            time.sleep(0.05)
+        sync_.stop.set()
+        t.join(30)
+    failed = [r for r in caplog.records if "round failed" in r.getMessage()]
+    assert len(failed) == 2 and "KeyError" in failed[0].getMessage()
+    assert failed[0].exc_info and not failed[1].exc_info  # the traceback once
+    assert (tmp_path / "px" / "event.json").exists()  # the third round wrote the folder
+    state = json.loads((tmp_path / "px" / po.SYNC_STATE).read_text())
+    assert state["last_error"] == ""

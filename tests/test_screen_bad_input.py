@@ -232,3 +232,51 @@ def test_the_gate_decides_on_while_the_screen_is_down_or_its_path_is_a_file(tmp_
             gate.run()
         assert [e["decision"] for e in got] == ["deny", "deny"]
     assert cfg.resolve("n.sock").read_text() == "not a socket"
+
+
+def _open_stream(port: int, source: str = "127.0.0.1") -> tuple[socket.socket, bytes]:
+    """An /events request from `source`; returns the socket and the first bytes answered."""
+    c = socket.socket()
+    c.bind((source, 0))
+    c.settimeout(30)
+    c.connect(("127.0.0.1", port))
+    c.sendall(b"GET /events HTTP/1.1\r\nHost: x\r\n\r\n")
+    try:
+        first = c.recv(200)
+    except ConnectionResetError:  # refused before the answer could be read
+        first = b""
+    return c, first
+
+
+def test_connections_over_the_caps_are_refused_and_take_no_thread(tmp_path, monkeypatch, caplog):
+    """Before: every connection took a thread for as long as it read, without limit; a client
+    holding streams by the hundred left the lane's kiosk (and the machine) without threads."""
+    monkeypatch.setattr(screen_server._PageServer, "max_per_address", 3)
+    monkeypatch.setattr(screen_server._PageServer, "max_connections", 5)
+    cfg = _cfg(tmp_path)
+    with Screen(cfg) as screen, caplog.at_level(logging.WARNING, "edge.screen.server"):
+        port = screen.httpd.server_address[1]
+        base = _handler_threads()
+        held = [_open_stream(port) for _ in range(3)]
+        assert all(b" 200 " in first for _, first in held)
+        extra, first = _open_stream(port)  # a fourth from the same address
+        assert first == b"" or first.startswith(b"HTTP/1.0 503 ")
+        extra.close()
+        other = [_open_stream(port, "127.0.0.2") for _ in range(2)]  # another address: admitted
+        assert all(b" 200 " in first for _, first in other)
+        over, first = _open_stream(port, "127.0.0.3")  # five open in all: refused
+        assert first == b"" or first.startswith(b"HTTP/1.0 503 ")
+        over.close()
+        assert _handler_threads() == base + 5
+        assert screen.httpd.open_connections() == 5
+        refusals = [r for r in caplog.records if "connection refused" in r.getMessage()]
+        assert len(refusals) == 1  # once a minute, not once per connection
+        for c, _ in held[:1] + other:
+            c.close()
+        _until("the closed streams free their slots", lambda: screen.httpd.open_connections() == 2)
+        again, first = _open_stream(port)
+        assert b" 200 " in first  # a slot is free again
+        _send(cfg, json.dumps({**GOOD, "t": 7.0}).encode())
+        _until("the screen still hears", lambda: screen.board.current.t == 7.0)
+        for c in [again] + [c for c, _ in held[1:]]:
+            c.close()

@@ -161,9 +161,11 @@ class PretixSync:
             px.url, read_token(cfg.resolve(px.token_file)), px.auth, ca
         )
         self._ledger = ledger
+        self._own_ledger = ledger is None
         self.state = SyncState.load(self.folder)
         self.stop = threading.Event()
         self.reachable: bool | None = None
+        self._unforeseen_seen: set[str] = set()
 
     # --- paths -----------------------------------------------------------------------------------
 
@@ -365,11 +367,35 @@ class PretixSync:
         try:
             while not self.stop.is_set():
                 t0 = clock()
-                self.step()
+                try:
+                    self.step()
+                except Exception as e:  # a round failing as no step foresaw: the next one runs
+                    self._unforeseen(e)
                 self.stop.wait(max(0.0, self.px.sync_every_s - (clock() - t0)))
         finally:
             self.close()
         return 0
+
+    def _unforeseen(self, e: Exception) -> None:
+        """A round that raised what no step expects: logged (its traceback the first time that
+        error is seen), the link said to be down, the ledger opened afresh for the next round.
+        The folder is written only by whole files, so the gate goes on with its last data."""
+        kind = f"{type(e).__name__}: {e}"[:300]
+        first = kind not in self._unforeseen_seen
+        if first and len(self._unforeseen_seen) < 100:
+            self._unforeseen_seen.add(kind)
+        log.error(
+            "pretix sync round failed error=%s (fix: `edge-gate --debug pretix sync --once "
+            "--config ...` shows it; report it as a bug; the lane decides from its last data "
+            "and the next round runs in pretix.sync_every_s)",
+            kind,
+            exc_info=first,
+        )
+        self._link(False, f"internal error: {kind}")
+        with contextlib.suppress(Exception):  # the state itself may be what failed
+            write_atomic(self.folder / po.SYNC_STATE, self.state.as_json())
+        if self._own_ledger:
+            self.close()
 
     def close(self) -> None:
         """Close the ledger if this sync opened it."""

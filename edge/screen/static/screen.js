@@ -32,8 +32,16 @@
     requestAnimationFrame(() => { window.egShown = { seq: n.seq, notice: n.notice, t: n.t, shown: Date.now() }; });
   }
   idle();
-  const src = new EventSource("/events");
-  src.onmessage = (ev) => show(JSON.parse(ev.data));
-  src.onopen = () => { document.body.dataset.live = "1"; };
-  src.onerror = () => { document.body.dataset.live = "0"; };
+  // A stream the browser gives up on (an answer other than 200, e.g. 503 while the screen is
+  // busy) is opened again after a pause: the kiosk page is never left deaf.
+  function connect() {
+    const src = new EventSource("/events");
+    src.onmessage = (ev) => show(JSON.parse(ev.data));
+    src.onopen = () => { document.body.dataset.live = "1"; };
+    src.onerror = () => {
+      document.body.dataset.live = "0";
+      if (src.readyState === EventSource.CLOSED) { setTimeout(connect, 2000); }
+    };
+  }
+  connect();
 })();
