@@ -194,6 +194,37 @@ def test_a_user_change_the_full_audit_log_cannot_record_is_not_made(office, path
     assert any("rita" in d or "nova" in d for d in office.audit_details("console"))
 
 
+def test_a_user_change_waiting_on_a_locked_audit_log_holds_up_no_other_page(office):
+    """Another process holding the office audit log's write lock while an admin changes a role:
+    the change (its record inside its transaction) held the accounts while it waited, and every
+    page's session check waited behind it, on the server's event loop: the console hung for
+    everyone until the lock went. Now the change waits alone, and lands with its record after."""
+    import threading
+
+    ada = Client(office.port).login("ada")
+    rita = Client(office.port).login("rita")
+    with office.con.office.audit() as a:
+        a.conn.execute("PRAGMA busy_timeout=600000")  # the lock goes first, however slow
+    holder = hold_write_lock(office.audit_db)
+    answered: list[int] = []
+    t = threading.Thread(
+        target=lambda: answered.append(ada.form("/users/sam", {"role": "admin"})[0])
+    )
+    try:
+        t.start()
+        wait_for(office.con.office._audit_lock.locked, 60, "the change to wait on the lock")
+        st, _ = rita.req("GET", "/lanes")  # answered while the lock is still held
+        assert st == 200
+        assert answered == []
+        assert office.user("sam").role == "supervisor"  # not yet: it waits for its record
+    finally:
+        release(holder)
+        t.join(120)
+    assert answered == [200]
+    assert office.user("sam").role == "admin"
+    assert "by ada: role of sam set to admin" in office.audit_details("console")
+
+
 @pytest.mark.parametrize("fault", ["locked", "read_only"])
 def test_staff_accounts_that_cannot_be_written_are_an_error_page_with_the_fix(office, fault):
     """The accounts file locked by another process past the busy timeout, or read-only (a card
@@ -201,7 +232,7 @@ def test_staff_accounts_that_cannot_be_written_are_an_error_page_with_the_fix(of
     role or a language was a 500 (sqlite3's exception escaped the route). Now each is a page
     with the fix, nothing is recorded, and afterwards the same changes work."""
     c = Client(office.port).login("ada")
-    conn = office.con.users.conn
+    conn = office.con.users.writer  # the connection changes are written on
     holder = None
     if fault == "locked":
         conn.execute(f"PRAGMA busy_timeout={LOCK_WAIT_MS}")

@@ -89,12 +89,14 @@ class UserStore:
 
     def __init__(self, path: Path):
         self.path = Path(path)
-        self._lock = threading.RLock()
-        self.conn = self._open()
+        self._lock = threading.RLock()  # the reading connection and the file's identity
+        self._wlock = threading.Lock()  # one change at a time, on its own connection
+        self.conn, self.writer = self._open()
 
-    def _open(self) -> sqlite3.Connection:
-        """A connection to the file at `path`; its identity kept only once it opened (one that
-        does not open is tried again at the next use)."""
+    def _open(self) -> tuple[sqlite3.Connection, sqlite3.Connection]:
+        """Connections to the file at `path` (one reads, one writes: a change waiting inside
+        its transaction for its audit record holds up no session check); the file's identity
+        kept only once they opened (a file that does not open is tried again at the next use)."""
         seen = file_id(self.path)  # read before it is opened: a file replaced in between is
         try:  # followed at the next use
             self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -104,11 +106,12 @@ class UserStore:
         try:
             conn.executescript(_SCHEMA)
             self.path.chmod(0o600)
+            writer = connect(self.path, timeout_s=5.0)
         except (OSError, sqlite3.Error) as e:
             conn.close()
             raise self._unopened(e) from None
         self._id = seen if seen is not None else file_id(self.path)
-        return conn
+        return conn, writer
 
     def _unopened(self, e: Exception) -> UserError:
         return UserError(
@@ -117,23 +120,53 @@ class UserStore:
             "write; free disk space; restore a damaged file from its backup",
         )
 
+    def _follow(self, changing: bool = False) -> None:
+        """Under `_lock`: the file deleted or replaced since it was opened is opened again.
+        A change in flight on another thread (`_wlock` held) is let finish first: its
+        connection is left alone until the next use."""
+        if file_id(self.path) == self._id:
+            return
+        if not changing and not self._wlock.acquire(blocking=False):
+            return
+        try:
+            log.error(
+                "console users_moved path=%s: deleted or replaced while the console ran; "
+                "opened again as at start",
+                self.path,
+            )
+            let_go(self.conn)
+            let_go(self.writer)
+            self.conn, self.writer = self._open()
+        finally:
+            if not changing:
+                self._wlock.release()
+
     @contextlib.contextmanager
     def _db(self) -> Iterator[sqlite3.Connection]:
-        """The connection to the file now at `path`, one thread at a time; a SQLite failure
-        is a UserError with the operator's fix."""
+        """The reading connection to the file now at `path`, one thread at a time; a SQLite
+        failure is a UserError with the operator's fix."""
         with self._lock:
-            if file_id(self.path) != self._id:
-                log.error(
-                    "console users_moved path=%s: deleted or replaced while the console ran; "
-                    "opened again as at start",
-                    self.path,
-                )
-                let_go(self.conn)
-                self.conn = self._open()
+            self._follow()
             try:
                 yield self.conn
             except sqlite3.Error as e:
                 raise UserError(f"staff accounts {self.path}: {e}", sqlite_fix(e)) from None
+
+    @contextlib.contextmanager
+    def _change(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction on the file now at `path` (one change at a time); reads go
+        on meanwhile. A SQLite failure is a UserError with the fix, and nothing is written."""
+        with self._wlock:
+            with self._lock:
+                self._follow(changing=True)
+                writer = self.writer
+            try:
+                with transaction(writer):
+                    yield writer
+            except sqlite3.Error as e:
+                raise UserError(
+                    f"staff accounts {self.path}: {e}; nothing was changed", sqlite_fix(e)
+                ) from None
 
     def add(
         self,
@@ -156,7 +189,7 @@ class UserStore:
             raise UserError(f"language {lang!r} is not one of {', '.join(LANGS)}")
         check_password(password)
         hashed = _HASHER.hash(password)
-        with self._db() as conn, transaction(conn):
+        with self._change() as conn:
             try:
                 conn.execute(
                     "INSERT INTO users (name, role, lang, hash, created) VALUES (?,?,?,?,?)",
@@ -200,7 +233,7 @@ class UserStore:
             return None
         if row and _HASHER.check_needs_rehash(row[0]):
             try:  # a stronger hash next time; the login does not wait on a locked file for it
-                with self._db() as conn:
+                with self._change() as conn:
                     conn.execute(
                         "UPDATE users SET hash = ? WHERE name = ?", (_HASHER.hash(password), name)
                     )
@@ -211,7 +244,7 @@ class UserStore:
     def _update(
         self, name: str, sql: str, args: tuple, then: Callable[[], None] | None = None
     ) -> User:
-        with self._db() as conn, transaction(conn):
+        with self._change() as conn:
             cur = conn.execute(
                 f"UPDATE users SET {sql}, generation = generation + 1 WHERE name = ?",
                 (*args, name),
@@ -246,7 +279,7 @@ class UserStore:
         """The user's language (their sessions stay valid)."""
         if lang not in LANGS:
             raise UserError(f"language {lang!r} is not one of {', '.join(LANGS)}")
-        with self._db() as conn:
+        with self._change() as conn:
             conn.execute("UPDATE users SET lang = ? WHERE name = ?", (lang, name))
         user = self.get(name)
         if user is None:
@@ -259,5 +292,6 @@ class UserStore:
 
     def close(self) -> None:
         """Close the database."""
-        with self._lock:
+        with self._wlock, self._lock:
             self.conn.close()
+            self.writer.close()
