@@ -8,6 +8,7 @@ office's sync; status and audit read what the member's sync stored.
 from __future__ import annotations
 
 import json
+import math
 import sys
 import time
 from pathlib import Path
@@ -36,8 +37,15 @@ def report_sent(cfg: config_mod.Config, what: str, wait_s: float = 10.0) -> None
     # the office library loads only for the office's commands (edge/cli/__init__.py)
     from edge.fleet.office import Queued, office_store, wait_sent
 
-    with office_store(cfg) as store:
-        queued = [Queued(r[0], 0, what) for r in store.outgoing(0, 10_000)]
+    try:  # queued and committed already: a store that cannot be read now fails nothing
+        with office_store(cfg) as store:
+            queued = [Queued(r[0], 0, what) for r in store.outgoing(0, 10_000)]
+    except EdgeGateError as e:
+        print(
+            f"queued {what}, signed; whether the office's `edge-gate sync` has sent it cannot "
+            f"be read now ({e}): do not queue it again, see `edge-gate fleet status`"
+        )
+        return
     if wait_sent(cfg, queued, wait_s):
         print(f"published {what} to the fleet, signed")
     else:
@@ -45,6 +53,22 @@ def report_sent(cfg: config_mod.Config, what: str, wait_s: float = 10.0) -> None
             f"queued {what}, signed: the office's `edge-gate sync` sends it when it runs "
             "(systemctl status edge-gate-sync)"
         )
+
+
+def _seconds(x: object) -> str:
+    """A lane's clock offset as status prints it: '+0.4 s', or '?' for none or no number."""
+    if isinstance(x, bool) or not isinstance(x, int | float) or not math.isfinite(x):
+        return "?"
+    return f"{x:+.1f} s"
+
+
+def _when(t: object) -> str:
+    """A record's time as `fleet audit` prints it; a time no calendar holds (a lane's clock
+    years off, or junk) is printed as the number it is, never a crash."""
+    try:
+        return iso(t) or "-"  # type: ignore[arg-type]
+    except (TypeError, ValueError, OverflowError, OSError):
+        return str(t)[:40]
 
 
 def _pretix_seen(px: dict) -> str:
@@ -91,7 +115,7 @@ def cmd_status(args) -> int:
             px = v.get("pretix")
             if px and px["stale"]:
                 flags.append("PRETIX DATA " + ("MISSING" if px["age_s"] is None else "STALE"))
-            clock = "?" if off is None else f"{off:+.1f} s"
+            clock = _seconds(off)
             shown = {k: "-" if v.get(k) is None else v[k] for k in ("mode", "camera", "fps")}
             print(
                 f"  {lane:<12} heartbeat {v['last_seen']:<11} mode {shown['mode']}  "
@@ -154,7 +178,7 @@ def cmd_audit(args) -> int:
             for f in findings:
                 print(f"  {'BROKEN: ' if f.broken else ''}{f.text}")
         return 1 if broken else 0
-    since = parse_time(args.since, cfg.gate.zone) if args.since else 0.0
+    since = parse_time(args.since, cfg.gate.zone) if args.since else -math.inf
     for r in fleet_audit(cfg, since):
         if args.json:
             print(json.dumps(r))
@@ -162,7 +186,7 @@ def cmd_audit(args) -> int:
             fields = " ".join(
                 f"{k}={v}" for k, v in r.items() if k not in ("t", "lane", "seq", "gate", "epoch")
             )
-            print(f"{iso(r.get('t', 0))} {r['lane']:<10} {fields}")
+            print(f"{_when(r.get('t'))} {r['lane']:<10} {fields}")
     return 0
 
 

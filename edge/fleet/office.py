@@ -10,6 +10,8 @@ lane of every line is the lane whose key signed it, never a field of the message
 from __future__ import annotations
 
 import contextlib
+import logging
+import math
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -18,7 +20,7 @@ from typing import Any
 
 from edge import tickets as tk
 from edge.config import Config
-from edge.errors import ConfigError
+from edge.errors import ConfigError, FleetStateError
 from edge.fleet import messages as msg
 from edge.fleet.brokerconf import ACL_OUTDATED_FIX
 from edge.fleet.clock import finite_number
@@ -37,6 +39,8 @@ from edge.fleet.people import export_record, site_key
 from edge.fleet.state import FleetState
 from edge.gate.audit import AuditRecord
 from edge.tickets.pretix_desk import pretix_view
+
+log = logging.getLogger(__name__)
 
 STALE_HEARTBEATS = 3  # a member not heard for this many of its heartbeat periods is stale
 
@@ -61,11 +65,41 @@ def need_office(cfg: Config, what: str) -> None:
         )
 
 
+OFFICE_STATE_FIX = (
+    "at the office this file is the fleet's record (lanes' audit records, the forget list, "
+    "the office's message counter): free space or stop what holds it if that is the cause, "
+    "else restore it from backup (never move it aside: sync would start an empty one)"
+)
+
+
+def open_state(cfg: Config, must_exist: bool = False) -> FleetState:
+    """The member's fleet state; at the office a failure names the office's fix (the lane's,
+    move it aside, would throw away what only the office holds). `must_exist`: a command that
+    only reads it refuses a missing file (an empty one made now would report nothing as all
+    well) instead of making one."""
+    path = cfg.resolve(cfg.fleet.state_db)
+    if must_exist and not path.exists():
+        raise FleetStateError(
+            f"no office store at {path} (fleet.state_db)",
+            "run the office's edge-gate sync or an office command first; if it was deleted, "
+            "restore it from backup",
+        )
+    try:
+        st = FleetState(path)
+    except FleetStateError as e:
+        if cfg.fleet.lane != msg.OFFICE:
+            raise
+        if "move it aside" not in e.hint:  # a lock, a full disk: its own fix stands
+            raise
+        raise FleetStateError(str(e.args[0]), OFFICE_STATE_FIX) from None
+    return st
+
+
 @contextlib.contextmanager
-def office_store(cfg: Config) -> Iterator[OfficeStore]:
+def office_store(cfg: Config, must_exist: bool = False) -> Iterator[OfficeStore]:
     """The office's store, opened and closed around one command."""
     need_fleet(cfg)
-    st = FleetState(cfg.resolve(cfg.fleet.state_db))
+    st = open_state(cfg, must_exist)
     try:
         yield OfficeStore(st)
     finally:
@@ -93,7 +127,9 @@ def _queue(
 ) -> Queued:
     need_office(cfg, what)
     key = tk.load_private(key_path)
-    with office_store(cfg) as store:
+    # one transaction: a forget queued is on the forget list, a roster queued is the roster
+    # this office verifies with, or neither (a store that fails between them kept half)
+    with office_store(cfg) as store, store.state.transaction():
         row, m = store.queue(type_, cfg.fleet.site, body, key, topic, retain, now)
         if type_ == msg.ROSTER:
             store.state.set_roster(Roster(m.seq, dict(body["lanes"])))
@@ -103,13 +139,18 @@ def _queue(
 
 
 def wait_sent(cfg: Config, queued: list[Queued], timeout_s: float = 10.0) -> bool:
-    """Wait (bounded) until the office's sync has the broker's acknowledgement for each."""
+    """Wait (bounded) until the office's sync has the broker's acknowledgement for each.
+    False also when the store cannot be read just now: what was queued stays queued, and a
+    caller that took this for a failure would queue it again (an override: a second opening)."""
     deadline = time.monotonic() + timeout_s
-    with office_store(cfg) as store:
-        while time.monotonic() < deadline:
-            if not any(store.is_queued(q.row_id) for q in queued):
-                return True
-            time.sleep(0.1)
+    try:
+        with office_store(cfg) as store:
+            while time.monotonic() < deadline:
+                if not any(store.is_queued(q.row_id) for q in queued):
+                    return True
+                time.sleep(0.1)
+    except FleetStateError as e:
+        log.warning("office sent_unknown: queued, whether sent cannot be read: %s", e)
     return False
 
 
@@ -314,9 +355,12 @@ def _member_view(
     # claiming a day would look alive a day after it died
     claimed = finite_number(body.get("period"))
     period = min(max(claimed if claimed is not None else period, 1.0), 10 * period)
+    # a retained heartbeat counts from its own time: one dated ahead of this clock by more
+    # than a clock may be off has no age to tell (it would look fresh for years): stale
+    ahead = age < -skew
     if p.get("gone"):
         state = "gone"
-    elif age > STALE_HEARTBEATS * period:
+    elif ahead or age > STALE_HEARTBEATS * period:
         state = "stale"
     else:
         state = "ok"
@@ -326,12 +370,12 @@ def _member_view(
     return {
         **body,
         "age_s": round(age, 1),
-        "last_seen": ago(age),
+        "last_seen": "dated ahead of this clock" if ahead else ago(age),
         "state": state,
         "gone": p.get("gone") or None,
         "rostered": rostered,
         "epoch": p.get("epoch"),
-        "clock_off": off is not None and abs(off) > skew,
+        "clock_off": ahead or (off is not None and abs(off) > skew),
     }
 
 
@@ -341,7 +385,7 @@ def fleet_status(cfg: Config, now: float | None = None) -> dict[str, Any]:
     need_fleet(cfg)
     now = time.time() if now is None else now
     fl = cfg.fleet
-    st = FleetState(cfg.resolve(fl.state_db))
+    st = open_state(cfg)
     try:
         roster = st.roster()
         peers = st.get("peers") or {}
@@ -435,17 +479,18 @@ def status_problems(rep: dict[str, Any]) -> list[str]:
     return out
 
 
-def fleet_audit(cfg: Config, since: float = 0.0) -> list[dict[str, Any]]:
-    """Every lane's audit records the office's sync received, oldest first, from `since` on."""
+def fleet_audit(cfg: Config, since: float = -math.inf) -> list[dict[str, Any]]:
+    """Every lane's audit records the office's sync received, oldest first, from `since` on
+    (by default all, those a lane's clock dated before 1970 too)."""
     need_office(cfg, "fleet audit")
-    with office_store(cfg) as store:
+    with office_store(cfg, must_exist=True) as store:
         return store.audit_rows(since)
 
 
 def fleet_audit_verify(cfg: Config) -> dict[str, list[AuditFinding]]:
     """For each rostered lane: its records received checked against the heads it signed."""
     need_office(cfg, "fleet audit verify")
-    with office_store(cfg) as store:
+    with office_store(cfg, must_exist=True) as store:
         lanes = store.state.roster().gates()
-        held = {r[0] for r in store.conn.execute("SELECT DISTINCT lane FROM audit_records")}
+        held = set(store.audit_lanes())
         return {lane: verify_lane(store.audit_evidence(lane)) for lane in sorted(set(lanes) | held)}

@@ -13,14 +13,18 @@ lanes' signed enrollment/deletion acknowledgements (`fleet status`).
 from __future__ import annotations
 
 import json
+import logging
 import math
+import os
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from edge.db import run_script
+from edge.errors import FleetStateError
 from edge.fleet import messages as msg
 from edge.fleet.state import FleetState
 from edge.gate.audit import AuditRecord, record_hash
@@ -28,6 +32,13 @@ from edge.gate.audit import AuditRecord, record_hash
 # A record may be committed (by the gate, another process) a moment after the lane's sync read
 # its log's head for a heartbeat: a record this much older than a head that lacks it is missing.
 HEAD_LAG_S = 30.0
+
+log = logging.getLogger(__name__)
+
+# The office tables' version, kept in fleet.db's kv: a newer edge-gate that changes them raises
+# it, and this one then refuses the file instead of writing rows the newer tables do not expect.
+OFFICE_SCHEMA = 1
+SCHEMA_KEY = "office_schema"
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS office_out (id INTEGER PRIMARY KEY AUTOINCREMENT, topic TEXT NOT NULL,
@@ -52,16 +63,50 @@ CREATE TABLE IF NOT EXISTS audit_conflicts (lane TEXT NOT NULL, epoch TEXT NOT N
 
 
 class OfficeStore:
-    """Office tables on the office's FleetState connection; each write is one transaction."""
+    """Office tables on the office's FleetState connection; each write is one transaction, and
+    every read and write fails as a FleetStateError carrying the fix, never a raw sqlite3 one
+    (an office command says it in one line; the office's sync does not acknowledge a message it
+    failed to store, so the broker delivers it again)."""
 
     def __init__(self, state: FleetState):
         self.state = state
         self.conn = state.conn
+        self._unsent: list[int] = []  # acknowledged by the broker, not yet dropped from the queue
         with self._tx() as c:
+            found = self.state.get(SCHEMA_KEY, 0)
+            if not isinstance(found, int) or found > OFFICE_SCHEMA:
+                raise FleetStateError(
+                    f"office store {state.path} has office schema {found!r}; this edge-gate "
+                    f"knows {OFFICE_SCHEMA}: written by a newer edge-gate, nothing was changed",
+                    "upgrade edge-gate at the office (or restore the file from a backup taken "
+                    "before the newer version ran)",
+                )
             run_script(c, _SCHEMA)
+            if found != OFFICE_SCHEMA:
+                self.state.put(**{SCHEMA_KEY: OFFICE_SCHEMA})
+        self._identity = _identity(state.path)
+
+    def _kept(self) -> None:
+        """Before storing what a lane sent (and acknowledging it): is the file this connection
+        writes still the office's fleet.db? One deleted or replaced underneath a running sync
+        would take every record stored from then on with it at the next restart, after the
+        lanes were told it was kept: refused instead (not acknowledged, so the broker delivers
+        it again), until sync runs on the file at the path."""
+        now = _identity(self.state.path)
+        if now != self._identity:
+            what = "deleted" if now is None else "replaced"
+            raise FleetStateError(
+                f"office store {self.state.path} was {what} while sync ran: nothing stored",
+                "put the office's fleet.db back (restore it from backup), then restart "
+                "edge-gate sync (systemctl restart edge-gate-sync); the lanes send again",
+            )
 
     def _tx(self):
         return self.state.transaction()
+
+    def _rows(self, sql: str, args: tuple = ()) -> list[tuple]:
+        with self.state.reading() as c:
+            return c.execute(sql, args).fetchall()
 
     # --- out: signed office messages, numbered by a persisted counter ------------------------
 
@@ -77,16 +122,16 @@ class OfficeStore:
     ) -> tuple[int, msg.Message]:
         """Number, sign and queue one office message; (row id, message)."""
         now = time.time() if now is None else now
-        with self._tx():
+        with self._tx() as c:
             seq = max(self.state.get("office_seq", 0), self.state.get("office_seq_floor", 0)) + 1
             self.state.put(office_seq=seq)
             m = msg.sign(msg.Message(type_, site, msg.OFFICE, seq, now, body), key)
-            cur = self.conn.execute(
+            cur = c.execute(
                 "INSERT INTO office_out (topic, payload, retain, queued) VALUES (?, ?, ?, ?)",
                 (topic, msg.encode(m), int(retain), now),
             )
             if type_ == msg.PERSON:
-                self.conn.execute(
+                c.execute(
                     "INSERT OR REPLACE INTO people (person_id, op, seq, t) VALUES (?, ?, ?, ?)",
                     (body["person_id"], body["op"], seq, now),
                 )
@@ -98,48 +143,59 @@ class OfficeStore:
 
     def seen_seq(self, seq: int) -> None:
         """The broker holds an office message with this seq: never number below it again."""
-        if seq > self.state.get("office_seq_floor", 0):
-            self.state.put(office_seq_floor=seq)
+        with self._tx():
+            if seq > self.state.get("office_seq_floor", 0):
+                self.state.put(office_seq_floor=seq)
 
     def outgoing(self, after_id: int, limit: int) -> list[tuple[int, str, bytes, bool]]:
         """Queued messages after `after_id`: (id, topic, payload, retain)."""
-        rows = self.conn.execute(
+        rows = self._rows(
             "SELECT id, topic, payload, retain FROM office_out WHERE id > ? ORDER BY id LIMIT ?",
             (after_id, limit),
-        ).fetchall()
+        )
         return [(i, t, bytes(p), bool(r)) for i, t, p, r in rows]
 
     def sent(self, ids: list[int]) -> None:
-        """The broker acknowledged these: drop them from the queue."""
-        self.conn.executemany("DELETE FROM office_out WHERE id = ?", [(i,) for i in ids])
+        """The broker acknowledged these: drop them from the queue. A store that cannot be
+        written now (locked, full) keeps them queued and they are dropped at the next call:
+        logged, never fatal (sent again after a restart, a lane ignores a seq it has)."""
+        self._unsent.extend(ids)
+        if not self._unsent:
+            return
+        try:
+            with self._tx() as c:
+                c.executemany("DELETE FROM office_out WHERE id = ?", [(i,) for i in self._unsent])
+        except FleetStateError as e:
+            log.error("office queue_not_cleared rows=%d error=%s", len(self._unsent), e)
+            return
+        self._unsent = []
 
     def is_queued(self, row_id: int) -> bool:
         """Still waiting for the office's sync to publish it."""
-        q = "SELECT 1 FROM office_out WHERE id = ?"
-        return self.conn.execute(q, (row_id,)).fetchone() is not None
+        return bool(self._rows("SELECT 1 FROM office_out WHERE id = ?", (row_id,)))
 
     # --- the office's own lists ---------------------------------------------------------------
 
     def revocation_entries(self, revoke: list[str], lift: list[str]) -> None:
         """Number new revocations and lifts with the next seq (a lift names what it lifts)."""
-        seq = self.next_seq()
-        with self._tx():
+        with self._tx() as c:
+            seq = self.next_seq()
             for tid in revoke:
-                self.conn.execute(
+                c.execute(
                     "INSERT INTO revocation_log (ticket_id, revoked_seq) VALUES (?, ?) "
                     "ON CONFLICT(ticket_id) DO UPDATE SET revoked_seq = excluded.revoked_seq "
                     "WHERE revoked_seq <= lifted_seq",
                     (tid, seq),
                 )
             for tid in lift:
-                self.conn.execute(
+                c.execute(
                     "UPDATE revocation_log SET lifted_seq = revoked_seq WHERE ticket_id = ?",
                     (tid,),
                 )
 
     def revocation_lists(self) -> tuple[dict[str, int], dict[str, int]]:
         """({ticket: seq of its revocation}, {ticket: seq of the revocation lifted})."""
-        rows = self.conn.execute("SELECT ticket_id, revoked_seq, lifted_seq FROM revocation_log")
+        rows = self._rows("SELECT ticket_id, revoked_seq, lifted_seq FROM revocation_log")
         revoked, lifted = {}, {}
         for tid, r, lift in rows:
             revoked[tid] = r
@@ -149,36 +205,37 @@ class OfficeStore:
 
     def add_forgotten(self, person_id: str, seq: int) -> None:
         """The office's forget list grows only: replayed to every new or restored lane."""
-        self.conn.execute(
-            "INSERT OR IGNORE INTO forgotten (person_id, seq) VALUES (?, ?)", (person_id, seq)
-        )
+        with self._tx() as c:
+            c.execute(
+                "INSERT OR IGNORE INTO forgotten (person_id, seq) VALUES (?, ?)", (person_id, seq)
+            )
 
     def forgotten(self) -> list[str]:
         """Everyone the office has ever forgotten (pseudonymous ids)."""
-        return [r[0] for r in self.conn.execute("SELECT person_id FROM forgotten ORDER BY 1")]
+        return [r[0] for r in self._rows("SELECT person_id FROM forgotten ORDER BY 1")]
 
     def people(self) -> dict[str, tuple[str, int]]:
         """person -> (latest op, its office seq), as the office sent them."""
-        rows = self.conn.execute("SELECT person_id, op, seq FROM people")
+        rows = self._rows("SELECT person_id, op, seq FROM people")
         return {p: (op, s) for p, op, s in rows}
 
     # --- in: acknowledgements and audit -------------------------------------------------------
 
     def store_ack(self, lane: str, person_id: str, op: str, office_seq: int, now: float) -> None:
         """A signed acknowledgement from a rostered lane (the signer, never the body, names it)."""
-        self.conn.execute(
-            "INSERT INTO acks (lane, person_id, op, office_seq, t) VALUES (?, ?, ?, ?, ?) "
-            "ON CONFLICT(lane, person_id) DO UPDATE SET op = excluded.op, "
-            "office_seq = excluded.office_seq, t = excluded.t "
-            "WHERE excluded.office_seq >= office_seq",
-            (lane, person_id, op, office_seq, now),
-        )
+        self._kept()
+        with self._tx() as c:
+            c.execute(
+                "INSERT INTO acks (lane, person_id, op, office_seq, t) VALUES (?, ?, ?, ?, ?) "
+                "ON CONFLICT(lane, person_id) DO UPDATE SET op = excluded.op, "
+                "office_seq = excluded.office_seq, t = excluded.t "
+                "WHERE excluded.office_seq >= office_seq",
+                (lane, person_id, op, office_seq, now),
+            )
 
     def acks(self, person_id: str) -> dict[str, tuple[str, int]]:
         """lane -> (op, office seq) acknowledged for one person."""
-        rows = self.conn.execute(
-            "SELECT lane, op, office_seq FROM acks WHERE person_id = ?", (person_id,)
-        )
+        rows = self._rows("SELECT lane, op, office_seq FROM acks WHERE person_id = ?", (person_id,))
         return {lane: (op, s) for lane, op, s in rows}
 
     def store_audit(
@@ -187,30 +244,32 @@ class OfficeStore:
         """Keep a lane's records; a record received again with another hash is kept as a
         conflict (the lane's log was rewritten). Returns the acknowledgement to send:
         (first id held, last id held without a gap, its hash), or None before any."""
-        with self._tx():
-            for r in records:
-                rid, prev, h = int(r["id"]), str(r["prev"]), str(r["hash"])
-                fields = {k: v for k, v in r.items() if k not in ("id", "prev", "hash")}
-                cur = self.conn.execute(
+        checked = [_audit_record(lane, r) for r in records]  # junk: refused before any write
+        self._kept()
+        with self._tx() as c:
+            for rid, prev, h, t, fields in checked:
+                cur = c.execute(
                     "INSERT OR IGNORE INTO audit_records (lane, epoch, id, prev, hash, t, record,"
                     " received) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                    (lane, epoch, rid, prev, h, float(r.get("t", 0)), json.dumps(fields), now),
+                    (lane, epoch, rid, prev, h, t, json.dumps(fields), now),
                 )
                 if cur.rowcount == 0:
-                    old = self.conn.execute(
+                    old = c.execute(
                         "SELECT hash FROM audit_records WHERE lane = ? AND epoch = ? AND id = ?",
                         (lane, epoch, rid),
                     ).fetchone()[0]
-                    if old != h:
-                        self.conn.execute(
-                            "INSERT INTO audit_conflicts VALUES (?, ?, ?, ?, ?, ?)",
-                            (lane, epoch, rid, old, h, now),
+                    if old != h:  # once per other hash: a replay adds no second line
+                        c.execute(
+                            "INSERT INTO audit_conflicts SELECT ?, ?, ?, ?, ?, ? WHERE NOT EXISTS "
+                            "(SELECT 1 FROM audit_conflicts WHERE lane = ? AND epoch = ? "
+                            "AND id = ? AND got = ?)",
+                            (lane, epoch, rid, old, h, now, lane, epoch, rid, h),
                         )
             return self._contiguous(lane, epoch)
 
     def _contiguous(self, lane: str, epoch: str) -> tuple[int, int, str] | None:
         key = f"audit_acked/{lane}/{epoch}"
-        lo_row = self.conn.execute(
+        lo_row = self.conn.execute(  # inside store_audit's transaction
             "SELECT min(id) FROM audit_records WHERE lane = ? AND epoch = ?", (lane, epoch)
         ).fetchone()
         if lo_row[0] is None:
@@ -243,47 +302,52 @@ class OfficeStore:
 
     def store_head(self, lane: str, epoch: str, count: int, head: str, t: float) -> None:
         """A head the lane signed in a heartbeat: its log's record count and newest hash."""
-        self.conn.execute(
-            "INSERT OR IGNORE INTO audit_heads (lane, epoch, count, head, t) VALUES (?,?,?,?,?)",
-            (lane, epoch, count, head, t),
-        )
+        self._kept()
+        with self._tx() as c:
+            c.execute(
+                "INSERT OR IGNORE INTO audit_heads (lane, epoch, count, head, t) "
+                "VALUES (?,?,?,?,?)",
+                (lane, epoch, count, head, t),
+            )
 
-    def audit_rows(self, since: float = 0.0) -> list[dict[str, Any]]:
+    def audit_rows(self, since: float = -math.inf) -> list[dict[str, Any]]:
         """Every lane's records received, oldest first, from `since` on."""
-        rows = self.conn.execute(
+        rows = self._rows(
             "SELECT lane, epoch, id, record FROM audit_records WHERE t >= ? ORDER BY t, lane, id",
             (since,),
         )
-        return [{"lane": lane, "seq": i, "epoch": e, **json.loads(r)} for lane, e, i, r in rows]
+        return [_row(lane, e, i, r) for lane, e, i, r in rows]
 
     def audit_after(
         self, after_row: int, kind: str | None = None, limit: int = 5000
     ) -> tuple[int, list[dict[str, Any]]]:
         """Records stored after row `after_row` (in arrival order), optionally of one kind:
         (the last row read, rows as `audit_rows` gives them), for a live view."""
-        rows = self.conn.execute(
+        rows = self._rows(
             "SELECT rowid, lane, epoch, id, record FROM audit_records WHERE rowid > ? "
             "ORDER BY rowid LIMIT ?",
             (after_row, limit),
-        ).fetchall()
-        out = [{"lane": lane, "seq": i, "epoch": e, **json.loads(r)} for _, lane, e, i, r in rows]
+        )
+        out = [_row(lane, e, i, r) for _, lane, e, i, r in rows]
         last = rows[-1][0] if rows else after_row
         return last, [r for r in out if kind is None or r.get("kind") == kind]
 
+    def audit_lanes(self) -> list[str]:
+        """Every lane the office holds audit records of."""
+        return [r[0] for r in self._rows("SELECT DISTINCT lane FROM audit_records")]
+
     def audit_evidence(self, lane: str) -> LaneEvidence:
         """Everything the office holds about one lane's log, for `fleet audit verify`."""
-        q = self.conn.execute
+        q = self._rows
         recs = q(
             "SELECT epoch, id, prev, hash, received, record FROM audit_records WHERE lane = ? "
             "ORDER BY received, id",
             (lane,),
-        ).fetchall()
+        )
         heads = q(
             "SELECT epoch, count, head, t FROM audit_heads WHERE lane = ? ORDER BY t", (lane,)
-        ).fetchall()
-        conflicts = q(
-            "SELECT epoch, id, stored, got FROM audit_conflicts WHERE lane = ?", (lane,)
-        ).fetchall()
+        )
+        conflicts = q("SELECT epoch, id, stored, got FROM audit_conflicts WHERE lane = ?", (lane,))
         return LaneEvidence(lane, recs, heads, conflicts)
 
 
@@ -459,6 +523,58 @@ def _across_epochs(
     ]
 
 
+MAX_RECORD_ID = 2**63 - 1  # SQLite's INTEGER
+
+
+def _audit_record(lane: str, r: Any) -> tuple[int, str, str, float, dict[str, Any]]:
+    """One record of a lane's audit message, checked before anything is stored: (id, prev,
+    hash, t, the other fields). A lane's log writes a positive integer id, hex text hashes and
+    a finite time; anything else (an id given as text or as true, a time "nan", a hash that is
+    a list) is refused as the junk it is, never stored and never a store failure tried again."""
+    if not isinstance(r, dict):
+        raise msg.MessageError(f"audit message from {lane!r}: a record is not an object")
+    rid, prev, h, t = r.get("id"), r.get("prev"), r.get("hash"), r.get("t", 0.0)
+    if isinstance(rid, bool) or not isinstance(rid, int) or not 0 < rid <= MAX_RECORD_ID:
+        raise msg.MessageError(f"audit message from {lane!r}: record id {str(rid)[:40]!r}")
+    if not isinstance(prev, str) or not isinstance(h, str):
+        raise msg.MessageError(f"audit message from {lane!r}: record {rid} without text hashes")
+    if not _finite(t):
+        raise msg.MessageError(f"audit message from {lane!r}: record {rid} time {str(t)[:40]!r}")
+    return rid, prev, h, float(t), {k: v for k, v in r.items() if k not in ("id", "prev", "hash")}
+
+
+def _identity(path: Path) -> tuple[int, int] | None:
+    """(device, inode) of the file at `path`, None when there is none."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+def _finite(x: Any) -> bool:
+    """A JSON number a float holds (not true/false, not an integer past float's range)."""
+    if isinstance(x, bool) or not isinstance(x, int | float):
+        return False
+    try:
+        return math.isfinite(float(x))
+    except OverflowError:
+        return False
+
+
+def _row(lane: str, epoch: str, rid: int, fields_json: str) -> dict[str, Any]:
+    """A stored record as `fleet audit` shows it: the lane is the signer's, never a field of
+    the record (a lane sending `"lane": "lane2"` in its records speaks for itself only)."""
+    try:
+        fields = json.loads(fields_json)
+    except ValueError:
+        fields = None
+    if not isinstance(fields, dict):
+        fields = {"detail": "(record unreadable)"}
+    own = {"lane": lane, "seq": rid, "epoch": epoch}
+    return {**own, **{k: v for k, v in fields.items() if k not in own}}
+
+
 def _record_time(fields_json: str) -> float | None:
     try:
         t = json.loads(fields_json).get("t")
@@ -467,11 +583,16 @@ def _record_time(fields_json: str) -> float | None:
     return float(t) if isinstance(t, (int, float)) and math.isfinite(t) else None
 
 
-def _content_hash(prev: str, rid: int, fields_json: str) -> str:
-    """The audit log's plain chain hash of a record as received (the office needs no key)."""
-    f = json.loads(fields_json)
+def _content_hash(prev: str, rid: int, fields_json: str) -> str | None:
+    """The audit log's plain chain hash of a record as received (the office needs no key);
+    None for a record that is no record (stored before records were checked on arrival)."""
+    try:
+        f = json.loads(fields_json)
+        t = float(f.get("t", 0.0))
+    except (ValueError, TypeError, AttributeError, OverflowError):
+        return None
     r = AuditRecord(
-        float(f.get("t", 0.0)),
+        t,
         f.get("gate", ""),
         f.get("kind", ""),
         f.get("decision", ""),

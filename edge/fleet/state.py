@@ -12,6 +12,7 @@ grant (a restored lane admits nobody by face until the office's forget list was 
 from __future__ import annotations
 
 import json
+import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +22,7 @@ from edge.config import Config, FleetConfig
 from edge.db import Store, run_script
 from edge.errors import FleetStateError
 from edge.fleet.identity import Roster
+from edge.gate.faces import file_id
 
 # Reasons a lane gives when the fleet link, not the ticket, refuses an entry.
 FLEET_OFFLINE = "fleet_offline"
@@ -42,6 +44,8 @@ CREATE TABLE IF NOT EXISTS overrides_in (id INTEGER PRIMARY KEY AUTOINCREMENT,
 CREATE TABLE IF NOT EXISTS overrides_used (nonce TEXT PRIMARY KEY, until REAL NOT NULL,
   used REAL NOT NULL);
 """
+log = logging.getLogger(__name__)
+
 PENDING_MAX = 10_000  # messages of lanes not (yet) in the roster kept for a later roster
 PENDING_PER_TOPIC = 1_000  # of them from one topic (one lane's redemptions): a flood on one
 # topic pushes out only its own, never another lane's redemptions kept for a key still to come
@@ -284,23 +288,46 @@ class LaneGuard:
 
     def __init__(self, cfg: Config):
         self.fleet = cfg.fleet
-        self.state = FleetState(cfg.resolve(cfg.fleet.state_db)) if cfg.fleet.enabled else None
+        self.path = cfg.resolve(cfg.fleet.state_db)
+        self._id = file_id(self.path)  # read before opening: a swap in between is seen next
+        self.state = FleetState(self.path) if cfg.fleet.enabled else None
+        if self._id is None:  # made just now by this open
+            self._id = file_id(self.path)
+
+    def _follow(self) -> None:
+        """fleet.db deleted or replaced underneath (sync opens it again at its path): read
+        the file at the path, never a deleted one whose link state and forget-list flag no
+        longer change. One that does not open leaves the old one, tried again next time."""
+        if self.state is None or (now := file_id(self.path)) == self._id:
+            return
+        try:
+            new = FleetState(self.path)
+        except FleetStateError as e:
+            log.error("gate fleet_state_moved path=%s; not reopened: %s", self.path, e)
+            return
+        log.warning("gate fleet_state_moved path=%s; reading the file now at its path", self.path)
+        old, self.state, self._id = self.state, new, now
+        old.close()
 
     def check(self, now: float | None = None) -> LinkCheck:
         """Ask before each redemption whether the fleet link allows it (clock, offline)."""
+        self._follow()
         return check_link(self.fleet, self.state, time.time() if now is None else now)
 
     def check_faces(self) -> LinkCheck:
         """Ask before each face grant whether the office's forget list has been replayed."""
+        self._follow()
         return check_faces(self.fleet, self.state)
 
     def report(self, **status: Any) -> None:
         """The gate's own figures (fps, camera, mode, last decision) for sync's heartbeat."""
+        self._follow()
         if self.state is not None:
             self.state.put(gate_status=status)
 
     def report_versions(self, versions: dict[str, Any]) -> None:
         """What the gate runs (models, config version) for sync's heartbeat."""
+        self._follow()
         if self.state is not None:
             self.state.put(gate_versions=versions)
 

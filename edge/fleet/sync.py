@@ -20,6 +20,10 @@ roster does not name yet are kept (bounded) and tried again when a roster arrive
 are audited at most once a minute per sender and reason, with a count, so junk costs little.
 A message this member failed to store (its disk) stays unacknowledged; sync resumes its session
 with a growing wait (`StoreRetry`), so the broker delivers it again while sync runs.
+Its own files failing (full, locked, read-only) end nothing: each failed write is said once
+(`sync write_failed what=…`, with the fix) and tried again, and nothing it acknowledged is
+lost; the ledger, audit log and fleet.db deleted or replaced underneath are opened again at
+their paths (`_follow_files`), never written on after they left the disk.
 At each connection a lane first reads back its own retained heartbeat (or last will) and its
 retained marks (a topic the will never writes, so a crash does not hide them): if the fleet has
 seen more from it than its files hold (a restored ledger or audit log), it starts a new epoch and
@@ -35,6 +39,7 @@ import contextlib
 import logging
 import queue
 import signal
+import sqlite3
 import threading
 import time
 import uuid
@@ -46,6 +51,8 @@ import paho.mqtt.client as mqtt
 
 from edge import tickets as tk
 from edge.config import Config
+from edge.db import sqlite_fix
+from edge.errors import AuditError, EdgeGateError
 from edge.fleet import messages as msg
 from edge.fleet.apply import OfficeApplier
 from edge.fleet.brokerconf import ACL_OUTDATED_FIX
@@ -57,6 +64,7 @@ from edge.fleet.officestore import OfficeStore
 from edge.fleet.proof import verify_proof
 from edge.fleet.state import FleetState, fleet_pubkey_paths
 from edge.gate.audit import AuditLog, AuditRecord
+from edge.gate.faces import file_id
 from edge.tickets.ledger import Ledger
 from edge.tickets.pretix_desk import pretix_heartbeat
 from edge.tickets.pretix_offline import is_pretix_text, lane_proof
@@ -77,6 +85,9 @@ REFUSAL_EVERY_S = 60.0  # at most one audit record per sender and reason in this
 STORE_RETRY_FIRST_S = 15.0  # a message this member failed to store: the first try again after
 STORE_RETRY_MAX_S = 300.0  # ... and twice as long each time it fails again, at most this
 RESUME_GRACE_S = 5.0  # a session resumed on purpose: the link counts as up for this long
+WRITE_RETRY_S = 1.0  # a write of sync's own that failed (state, outbox clean-up): tried again after
+CLEANUP_RETRY_MAX_S = 60.0  # ... the outbox clean-up, failing again, at most this long after
+FAULTS = (EdgeGateError, sqlite3.Error, OSError)  # what a file of sync's own can raise at run time
 
 
 @dataclass
@@ -126,6 +137,25 @@ class StoreRetry:
         self.due, self.tries = None, self.tries + 1
         self.delay = min(self.delay * 2, self.max_s)
         return True
+
+
+class _NotKept(Exception):
+    """A message to keep aside (a lane not rostered yet, a ticket key still to come) that
+    fleet.db could not take: not acknowledged, so the broker's session holds it."""
+
+
+def _fix_of(e: BaseException) -> str:
+    """An error as the operator reads it: with its fix (EdgeGateError carries its own)."""
+    if isinstance(e, EdgeGateError):
+        return str(e)
+    if isinstance(e, sqlite3.Error):
+        return f"{e} (fix: {sqlite_fix(e)})"
+    return f"{e} (fix: check the file, its folder and the disk)"
+
+
+def _sender_of(topic_: str) -> str:
+    """The member a topic names (edge-gate/<site>/<kind>/<member>...), for refusals."""
+    return topic_.split("/")[3] if topic_.count("/") >= 3 else topic_
 
 
 @dataclass(frozen=True)
@@ -202,6 +232,10 @@ class Sync:
         fl = cfg.fleet
         self.cfg, self.fleet, self.clock = cfg, fl, clock
         self.me, self.site = fl.lane, fl.site
+        self._faults: dict[str, str] = {}  # a write of sync's own that fails: said once
+        self._hb = 0  # the heartbeat counter, ahead of fleet.db while it cannot be written
+        self._audit_gone = ""  # why the audit log at audit.path does not open (moved away)
+        self._unforeseen_seen: set[str] = set()
         self.connected = False
         self.is_office = fl.lane == msg.OFFICE
         self.key = load_lane_key(cfg)
@@ -227,6 +261,17 @@ class Sync:
             self.epoch = self.ledger.epoch
             if self.state.get("epoch") != self.epoch:
                 self._new_epoch(f"ledger epoch {self.epoch[:8]} is new here", rotated=False)
+        # the files sync holds open, as (device, inode): one deleted or replaced underneath is
+        # opened again at its path (`_follow_files`), never written on in a file no longer there
+        self._files = self._file_ids()
+        self._follow_due = 0.0
+        self._ledger_gone = ""  # why the ledger at tickets.ledger does not open (moved away)
+        self._last_marks: dict[str, Any] | None = None  # the marks this lane last announced
+        self._done_unsaved: list[int] = []  # outbox rows the broker has, not yet deleted here
+        # their clean-up tried again with a growing wait: a ledger locked past its busy timeout
+        # holds the loop for that long at each try
+        self.cleanup_retry = StoreRetry(WRITE_RETRY_S, CLEANUP_RETRY_MAX_S)
+        self._epoch_unsaved = ""  # a new epoch fleet.db could not take yet (tried each second)
         self._keys_stamp: tuple = ()
         self.ticket_keys = self._ticket_keys()
         self.client, self.addr = make_client(cfg, f"edge-gate-{fl.site}-{fl.lane}", manual_ack=True)
@@ -303,9 +348,154 @@ class Sync:
         return msg.encode(msg.sign(m, self.key))
 
     def _hb_seq(self) -> int:
-        seq = int(self.state.get("hb_seq", 0)) + 1
-        self.state.put(hb_seq=seq)
-        return seq
+        """The next heartbeat number; counted on in memory while fleet.db cannot be written."""
+        try:
+            stored = int(self.state.get("hb_seq", 0))
+        except FAULTS as e:
+            stored = 0
+            self._fault("state", e)
+        self._hb = max(self._hb, stored) + 1
+        try:
+            self.state.put(hb_seq=self._hb)
+        except FAULTS as e:
+            self._fault("state", e)
+        return self._hb
+
+    # --- faults of sync's own files --------------------------------------------------------------
+
+    def _fault(self, what: str, e: BaseException) -> None:
+        """A file of sync's own failed (full, locked, read-only, gone): said once until it works
+        again, with the fix; sync goes on and tries again."""
+        if what not in self._faults:
+            log.error(
+                "sync write_failed what=%s error=%s; sync goes on and tries again", what, _fix_of(e)
+            )
+        self._faults[what] = str(e)
+
+    def _unforeseen(self, e: Exception) -> None:
+        """A step that raised what no step expects: logged (its traceback the first time that
+        error is seen); what it had taken from the inbox was not acknowledged."""
+        kind = f"{type(e).__name__}: {e}"[:300]
+        first = kind not in self._unforeseen_seen
+        if first and len(self._unforeseen_seen) < 100:
+            self._unforeseen_seen.add(kind)
+        log.error(
+            "sync step_failed error=%s (fix: report it as a bug; sync goes on, the broker "
+            "holds what was not acknowledged)",
+            kind,
+            exc_info=first,
+        )
+
+    def _fault_over(self, what: str) -> None:
+        if self._faults.pop(what, None) is not None:
+            log.info("sync write_ok what=%s: written again", what)
+
+    def _file_ids(self) -> dict[str, tuple[int, int] | None]:
+        """The files sync holds open, as (device, inode); None: not there."""
+        ids = {"audit": file_id(self.audit.path)}
+        if self.ledger is not None:  # the office's fleet.db is its store: not followed here
+            ids["ledger"] = file_id(self.cfg.resolve(self.cfg.tickets.ledger))
+            ids["state"] = file_id(self.state.path)
+        return ids
+
+    def _follow_files(self, now_too: bool = False) -> None:
+        """The ledger, audit log or fleet.db deleted or replaced underneath (a restore, a repair,
+        space freed): opened again at its path, as at start, so nothing is written on into a
+        file no longer on disk (lost at the next start) and the gate's new redemptions are
+        published. One that does not open is tried again each second, said once; meanwhile
+        other lanes' redemptions are not acknowledged (the broker's session holds them)."""
+        if time.monotonic() < self._follow_due and not now_too:
+            return
+        self._follow_due = time.monotonic() + STATE_EVERY_S
+        now = self._file_ids()  # read before opening: one replaced in between is seen next time
+        moved = [n for n, i in now.items() if i != self._files.get(n)]
+        if not moved:
+            return
+        if not any(n in self._faults for n in moved):
+            log.error(
+                "sync file_moved files=%s: deleted or replaced while sync ran; opening them "
+                "again at their paths",
+                ",".join(moved),
+            )
+        reopen = {"audit": self._reopen_audit, "ledger": self._reopen_ledger}
+        reopen["state"] = self._reopen_state
+        for name in moved:
+            try:
+                reopen[name]()
+            except FAULTS as e:  # its old identity stays: tried again in a second
+                self._fault(name, e)
+                if name == "ledger":
+                    self._ledger_gone = str(e)
+                if name == "audit":
+                    self._audit_gone = str(e)
+                continue
+            self._files[name] = now[name]
+            self._fault_over(name)
+            log.info("sync reopened %s at its path", name)
+        changed = [n for n in moved if n in ("audit", "ledger") and self._files[n] == now[n]]
+        if self.ledger is not None and changed and not self._ledger_gone:
+            try:
+                self._files_changed()
+            except FAULTS as e:  # compared again in a second: followed as if moved again
+                self._fault("ledger", e)
+                for n in changed:
+                    self._files[n] = None
+
+    def _reopen_audit(self) -> None:
+        new = AuditLog(self.audit.path, self.cfg.audit.retention_days)
+        old, self.audit, self._audit_gone = self.audit, new, ""
+        self._seen["audit"] = -1
+        with contextlib.suppress(*FAULTS):
+            old.close()
+
+    def _reopen_ledger(self) -> None:
+        cfg = self.cfg
+        path = cfg.resolve(cfg.tickets.ledger)
+        new = Ledger(path, cfg.gate.id, cfg.tickets.anti_passback_s, outbox=True)
+        old, self.ledger, self._ledger_gone = self.ledger, new, ""
+        # outbox numbers in flight or acknowledged belong to the old file: none deleted here
+        self.pending = {m: w for m, w in self.pending.items() if w[0] != "outbox"}
+        self._done_unsaved = []
+        self._seen["ledger"] = -1
+        with contextlib.suppress(*FAULTS):
+            if old is not None:
+                old.close()
+
+    def _reopen_state(self) -> None:
+        """A new or other fleet.db: what sync holds (roster, epoch) written to it; the forget
+        list is replayed before faces are granted again (the gate follows the file too)."""
+        new = FleetState(self.state.path)
+        old, self.state = self.state, new
+        if self.office is not None:
+            self.office.state = new
+        with contextlib.suppress(*FAULTS):
+            old.close()
+        if new.roster().seq < self.roster.seq:
+            new.set_roster(self.roster)
+        if new.get("epoch") != self.epoch:  # the same epoch; the forget list asked for again
+            self._epoch_unsaved = f"the fleet state {new.path} was replaced while sync ran"
+            with contextlib.suppress(*FAULTS):  # else tried again each second
+                self._save_epoch(self._epoch_unsaved)
+            if self.connected:
+                self.client.subscribe(msg.topic(self.site, "office", "forgotten"), 1)
+
+    def _files_changed(self) -> None:
+        """The ledger or audit log opened again: another ledger (its own epoch), or files
+        behind what this lane last announced (an older copy), go on under a new epoch."""
+        led = self.lane_ledger
+        if led.epoch != self.epoch:
+            self._rotate(led.epoch, f"the ledger was replaced while sync ran ({led.epoch[:8]})")
+            return
+        why = ""
+        if self._last_marks is not None:
+            m = msg.Message(
+                msg.MARKS, self.site, self.me, 0, 0.0, self._last_marks, epoch=self.epoch
+            )
+            why = restore_reason(m, self.epoch, led.outbox_high(), self.audit.head().count)
+        if why:
+            self._rotate(led.new_epoch(), why)
+        else:
+            self.resend, self._more = True, True
 
     def _set_will(self) -> None:
         """The broker publishes this (retained) if the connection drops without a goodbye."""
@@ -464,7 +654,16 @@ class Sync:
             while not self.stop_requested:
                 self.wake.wait(POLL_S)
                 self.wake.clear()
-                self.step()
+                try:
+                    self.step()
+                except FAULTS as e:  # a file of its own failed where no step expected it
+                    self._fault("step", e)
+                    self.wake.wait(WRITE_RETRY_S)  # then tried again, never in a tight loop
+                except Exception as e:  # what no step foresaw: said, the next step runs
+                    self._unforeseen(e)
+                    self.wake.wait(WRITE_RETRY_S)
+                else:
+                    self._fault_over("step")
         finally:
             self.close()
         return 0
@@ -472,6 +671,7 @@ class Sync:
     def step(self) -> None:
         """One pass: apply what arrived, publish what is pending, heartbeat, link state."""
         now = self.clock()
+        self._follow_files()
         batch: list[_Arrival] = []
         while len(batch) < BATCH:
             try:
@@ -479,13 +679,28 @@ class Sync:
             except queue.Empty:
                 break
         if batch:
-            failed = self._handle_batch(batch, now)
+            try:
+                failed = self._handle_batch(batch, now)
+            except Exception as e:  # none acknowledged: the broker's session holds them all
+                failed = {id(a) for a in batch}
+                self._apply_failed(now, batch[0].topic, "", e, len(batch))
             self._ack([a for a in batch if id(a) not in failed])
             self._note_stores(batch, failed)
         if self._retry_pending:
             self._retry_pending = False
-            kept = [_Arrival(t, p, False, arrived=now) for t, p in self.state.take_pending()]
-            failed = self._handle_batch(kept, now)  # old: no clock readings
+            try:
+                taken = self.state.take_pending()
+            except FAULTS as e:  # still in fleet.db: tried with the next try
+                self._fault("state", e)
+                self._kept_failed = True
+                self.store_retry.failed(time.monotonic())
+                taken = []
+            kept = [_Arrival(t, p, False, arrived=now) for t, p in taken]
+            try:
+                failed = self._handle_batch(kept, now)  # old: no clock readings
+            except Exception as e:  # taken out of fleet.db: kept again, never dropped
+                failed = {id(a) for a in kept}
+                self._apply_failed(now, kept[0].topic if kept else "kept", "", e, len(kept))
             self._keep_again([a for a in kept if id(a) in failed], now)
         self._handle_acks()
         if self.connected and self.store_retry.take(time.monotonic()):
@@ -568,20 +783,27 @@ class Sync:
             return
         self._state_due = time.monotonic() + STATE_EVERY_S
         self._refresh_keys()
-        if self.is_office:  # the office's commands change the roster in this same file
-            self.roster = self.state.roster()
         self.clock_view = self._clock()
         self._link = (link,)
-        self.state.put(
-            connected=link,
-            last_contact=now if self.connected else self.state.get("last_contact"),
-            clock_offset=self.clock_offset(),
-            clocks=self.clock_view.offsets if self._readings() else {},
-            outbox=self.outbox_size(),
-            broker_acl=self.broker_acl,
-            peers={lane: self._peer_view(p) for lane, p in self.peers.items()},
-            sync_seen=now,
-        )
+        try:
+            if self.is_office:  # the office's commands change the roster in this same file
+                self.roster = self.state.roster()
+            if self._epoch_unsaved:
+                self._save_epoch(self._epoch_unsaved)
+            self.state.put(
+                connected=link,
+                last_contact=now if self.connected else self.state.get("last_contact"),
+                clock_offset=self.clock_offset(),
+                clocks=self.clock_view.offsets if self._readings() else {},
+                outbox=self.outbox_size(),
+                broker_acl=self.broker_acl,
+                peers={lane: self._peer_view(p) for lane, p in self.peers.items()},
+                sync_seen=now,
+            )
+        except FAULTS as e:  # the gate reads a link older than offline_after_s: fails closed
+            self._fault("state", e)
+        else:
+            self._fault_over("state")
 
     @staticmethod
     def _peer_view(p: _Peer) -> dict[str, Any]:
@@ -610,7 +832,11 @@ class Sync:
         room = max(0, BATCH - len(self.pending))
         rows = self.lane_ledger.outbox_batch(self.sent_outbox, room)
         self._more = len(rows) > 0 and len(rows) == room
+        done = set(self._done_unsaved)  # the broker has them: their clean-up failed
         for r in rows:
+            if r.seq in done:
+                self.sent_outbox = r.seq
+                continue
             body = {"ticket": r.proof, "ticket_id": r.ticket_id, "t": r.t, "day": r.day}
             self._send(
                 msg.topic(self.site, "redemptions", self.me),
@@ -686,7 +912,8 @@ class Sync:
             )
             if self.broker_acl is not None:  # "outdated": our marks did not come back
                 body["broker_acl"] = self.broker_acl
-            self._publish_marks({k: body[k] for k in ("out_seq", "evidence")})
+            self._last_marks = {k: body[k] for k in ("out_seq", "evidence")}
+            self._publish_marks(self._last_marks)
             if self.cfg.pretix.enabled:  # how old the lane's pretix data is, for the office
                 body["pretix"] = pretix_heartbeat(self.cfg, now)
         self.client.publish(
@@ -753,7 +980,18 @@ class Sync:
                 office.append(what[1])
         if done:
             self._more = True  # room in the window again
-            self.lane_ledger.outbox_done(done)
+            self._done_unsaved.extend(done)
+        r = self.cleanup_retry
+        if self._done_unsaved and (r.due is None or r.take(time.monotonic())):
+            try:  # deleted only here: kept, they are sent again after a restart, counted once
+                self.lane_ledger.outbox_done(self._done_unsaved)
+            except FAULTS as e:
+                self._fault("outbox", e)
+                r.failed(time.monotonic())
+            else:
+                self._done_unsaved = []
+                r.stored()
+                self._fault_over("outbox")
         if office:
             self.office_store.sent(office)
 
@@ -829,26 +1067,51 @@ class Sync:
         not acknowledged, so the broker's session delivers them again (`_try_stores_again`).
         When the transaction itself fails (the ledger locked past its busy timeout, a full
         disk at COMMIT), none of its redemptions was stored."""
+        if items:  # the files written next are the ones at their paths (a few stat calls)
+            self._follow_files(now_too=True)
         self._refresh_keys()
-        checked = [
-            (a, replace(c, arrived=a.arrived, live=a.live))
-            for a in items
-            if (c := self._check(a.topic, a.payload, a.retained, now)) is not None
-        ]
-        failed = {id(a) for a, c in checked if c.ticket is None and not self._apply(c, now)}
+        checked: list[tuple[_Arrival, _Checked]] = []
+        failed: set[int] = set()
+        for a in items:
+            try:
+                c = self._check(a.topic, a.payload, a.retained, now)
+            except _NotKept as e:
+                failed.add(id(a))
+                self._apply_failed(now, a.topic, "", e)
+                continue
+            if c is not None:
+                checked.append((a, replace(c, arrived=a.arrived, live=a.live)))
+        failed |= {id(a) for a, c in checked if c.ticket is None and not self._apply(c, now)}
         redemptions = [(a, c) for a, c in checked if c.ticket is not None]
-        if redemptions:  # one ledger transaction (one fsync) for everything that arrived
+        if redemptions and self._ledger_gone:  # never into a ledger no longer at its path
+            failed |= {id(a) for a, _ in redemptions}
+            why = f"the ledger is not open: {self._ledger_gone}"
+            self._apply_failed(
+                now, redemptions[0][0].topic, "", RuntimeError(why), len(redemptions)
+            )
+        elif redemptions:  # one ledger transaction (one fsync) for everything that arrived
             try:
                 with self._tx():
                     failed |= {id(a) for a, c in redemptions if not self._apply(c, now)}
             except Exception as e:  # nothing of it was committed: all of it comes again
                 failed |= {id(a) for a, _ in redemptions}
-                self._apply_failed(now, redemptions[0][1], e, len(redemptions))
+                c0 = redemptions[0][1]
+                self._apply_failed(now, c0.topic, c0.sender, e, len(redemptions))
         return failed
 
+    def _keep(self, topic_: str, payload: bytes, now: float) -> bool:
+        """Keep a message aside in fleet.db (False: too large to keep); _NotKept when fleet.db
+        cannot take it, so it is not acknowledged."""
+        try:
+            return self.state.add_pending(topic_, payload, now)
+        except FAULTS as e:
+            self._fault("state", e)
+            raise _NotKept(str(e)) from None
+
     def _check(self, topic_: str, payload: bytes, retained: bool, now: float) -> _Checked | None:
-        """Authenticate (and for a redemption, verify its ticket); None when refused."""
-        sender = topic_.split("/")[3] if topic_.count("/") >= 3 else topic_
+        """Authenticate (and for a redemption, verify its ticket); None when refused; _NotKept
+        when it was to be kept aside and fleet.db could not take it."""
+        sender = _sender_of(topic_)
         try:
             m = msg.authenticate(
                 topic_, msg.decode(payload, self.site), self.roster, self.issuer_keys
@@ -860,8 +1123,10 @@ class Sync:
                     return None
             return _Checked(topic_, sender, m, retained, ticket)
         except msg.NotRostered as e:
-            self.state.add_pending(topic_, payload, now)
+            self._keep(topic_, payload, now)
             self._refuse(now, sender, "not_rostered", f"{topic_}: {e}")
+        except _NotKept:
+            raise
         except msg.MessageError as e:
             self._refuse(now, sender, "refused", f"{topic_}: {e}")
         except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as e:
@@ -884,7 +1149,7 @@ class Sync:
         except msg.MessageError as e:
             if "unknown key" not in str(e):
                 raise
-            kept = self.state.add_pending(topic_, payload, now)
+            kept = self._keep(topic_, payload, now)
             why = "kept until keys arrive" if kept else "too large to keep"
             self._refuse(now, m.lane, "refused", f"{topic_}: {e} ({why})")
             return None
@@ -927,19 +1192,16 @@ class Sync:
         except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as e:
             self._refuse(now, c.sender, "refused", f"{c.topic}: bad body {e!r}")
         except Exception as e:  # this lane could not apply it (gallery key, disk): say so, go on
-            self._apply_failed(now, c, e)
+            self._apply_failed(now, c.topic, c.sender, e)
             return False
         return True
 
-    def _apply_failed(self, now: float, c: _Checked, e: Exception, n: int = 1) -> None:
-        """Say that this lane failed to store `n` messages (the first is `c`): logged, and
+    def _apply_failed(self, now: float, topic_: str, sender: str, e: BaseException, n=1) -> None:
+        """Say that this lane failed to store `n` messages (the first on `topic_`): logged, and
         audited at most once a minute, if the audit log itself can still be written."""
-        what = c.topic if n == 1 else f"{c.topic} and {n - 1} more"
-        log.error("sync apply_failed topic=%s error=%s", what, e)
-        try:
-            self._refuse(now, c.sender, "apply_failed", f"{what}: {e}")  # at most 1/min
-        except Exception as e2:  # the audit log on the same full disk: the line above stands
-            log.error("sync apply_failed not audited: %s", e2)
+        what = topic_ if n == 1 else f"{topic_} and {n - 1} more"
+        log.error("sync apply_failed topic=%s error=%s", what, _fix_of(e))
+        self._refuse(now, sender or _sender_of(topic_), "apply_failed", f"{what}: {e}")
 
     def _refuse(self, now: float, sender: str, reason: str, detail: str) -> None:
         """Audit a refusal, at most once a minute per sender and reason (junk costs little)."""
@@ -952,7 +1214,12 @@ class Sync:
             return
         more = f" (+{seen[1]} more from {sender} in the last minute)" if seen and seen[1] else ""
         self.refusals[key] = [time.monotonic(), 0]
-        self._audit_event(now, reason, (detail[:260] + more)[:300])
+        try:
+            self._audit_event(now, reason, (detail[:260] + more)[:300])
+        except FAULTS as e:  # the audit log full, locked or gone: the line above stands
+            self._fault("audit", e)
+        else:
+            self._fault_over("audit")
 
     def _office_message(self, m: msg.Message, now: float) -> None:
         if self.store is not None:  # the office hears its own retained messages: the seq floor
@@ -972,7 +1239,10 @@ class Sync:
             a = self.own.pop(kind, None)
             if a is None:
                 continue
-            c = self._check(a.topic, a.payload, True, now)
+            try:
+                c = self._check(a.topic, a.payload, True, now)
+            except _NotKept:  # retained: it comes again at the next connection
+                continue
             if c is not None and c.m.lane == self.me and self.ledger is not None:
                 self._self_check("marks" if c.m.type == msg.MARKS else "heartbeat", c.m)
 
@@ -1000,22 +1270,49 @@ class Sync:
             self.audit.head().count,
         )
         if why:
-            self.epoch = self.lane_ledger.new_epoch()
-            log.warning("sync new epoch=%s: %s", self.epoch, why)
-            self._new_epoch(why, rotated=True)
-            self._set_will()  # the next connection's last will names the new epoch
-            self.resend, self._more = True, True
+            try:
+                epoch = self.lane_ledger.new_epoch()
+            except FAULTS as e:  # publish nothing under the old numbers: compared again soon
+                self._fault("ledger", e)
+                self.compared = self.self_checked = False
+                self.check_until = time.monotonic() + WRITE_RETRY_S
+                return
+            self._rotate(epoch, why)
+
+    def _rotate(self, epoch: str, why: str) -> None:
+        """Go on under a new epoch (a restore found, or the ledger replaced while sync ran)."""
+        self.epoch = epoch
+        self._last_marks = None  # announced under the old epoch: the next heartbeat's count
+        log.warning("sync new epoch=%s: %s", self.epoch, why)
+        self._new_epoch(why, rotated=True)
+        self._set_will()  # the next connection's last will names the new epoch
+        self.resend, self._more = True, True
 
     def _new_epoch(self, why: str, rotated: bool) -> None:
         """A new numbering space: the audit cursor at most the log's head; faces wait for the
-        office's forget list (asked for again: it is retained)."""
+        office's forget list (asked for again: it is retained). While running, a fleet.db that
+        cannot take it is tried again each second; at start, sync does not start without it."""
+        try:
+            self._save_epoch(why)
+        except FAULTS as e:
+            if not rotated:
+                raise
+            self._fault("state", e)
+            self._epoch_unsaved = why
+        try:
+            self._audit_event(self.clock(), "new_epoch", why[:300])
+        except FAULTS as e:
+            self._fault("audit", e)
+        if rotated and self.connected:
+            self.client.subscribe(msg.topic(self.site, "office", "forgotten"), 1)
+
+    def _save_epoch(self, why: str) -> None:
+        """The epoch and the forget list to replay, in fleet.db for the gate."""
         count = self.audit.head().count
         if self.state.cursor("audit") > count:
             self.state.set_cursor("audit", count)
         self.state.put(epoch=self.epoch, forget_replay=f"new epoch {self.epoch[:8]}: {why}"[:200])
-        self._audit_event(self.clock(), "new_epoch", why[:300])
-        if rotated and self.connected:
-            self.client.subscribe(msg.topic(self.site, "office", "forgotten"), 1)
+        self._epoch_unsaved = ""
 
     def _heartbeat_in(self, m: msg.Message, retained: bool, now: float) -> None:
         p = self.peers.setdefault(m.lane, _Peer())
@@ -1070,6 +1367,8 @@ class Sync:
             epoch = f"{m.epoch}/reused/{tid}"
         if not self.lane_ledger.apply_remote(m.lane, m.seq, tid, t, day, epoch=epoch):
             self.stats["duplicates"] += 1
+            # delivered again: its double use, if its report failed before, is reported now
+            self._report_double_use(ticket, day, now)
             return
         self.stats["applied"] += 1
         if epoch != m.epoch:
@@ -1078,6 +1377,13 @@ class Sync:
             self._audit_event(now, SEQ_REUSED, detail[:300], subject=tid)
         if len(self.delays) < 100_000:
             self.delays.append((t, self.clock() - t))
+        self._report_double_use(ticket, day, now)
+
+    def _report_double_use(self, ticket: tk.Ticket, day: str, now: float) -> None:
+        """Audit a ticket used more often than it allows, once per new use. A report that
+        failed (the audit log full or locked) fails the message's store: it is delivered again
+        and reported then."""
+        tid = ticket.ticket_id
         on_day = day if ticket.kind == tk.Kind.SEASON else None
         used = self.lane_ledger.used(tid, on_day)
         if used > ticket.max_entries and used > self.state.double_use_reported(tid):
@@ -1095,11 +1401,24 @@ class Sync:
         redemptions kept for them are tried again)."""
         stamp = tickets_stamp(self.cfg)
         if stamp != self._keys_stamp:
+            try:
+                keys = self._ticket_keys()
+            except FAULTS as e:  # a key file half there: the keys in hand, read again later
+                self._fault("keys", e)
+                return
+            self._fault_over("keys")
             self._retry_pending |= bool(self._keys_stamp)
             self._keys_stamp = stamp
-            self.ticket_keys = self._ticket_keys()
+            self.ticket_keys = keys
 
     def _audit_event(self, now: float, reason: str, detail: str, subject: str = "") -> None:
+        """One record of sync's in the audit log; never into a log no longer at its path (a
+        record that must be kept, a double use, fails its message's store: it comes again)."""
+        if self._audit_gone:
+            raise AuditError(
+                f"audit log {self.audit.path} is not open: {self._audit_gone}",
+                "free space or restore the folder; sync opens it again each second",
+            )
         self.audit.record(
             AuditRecord(
                 now, self.cfg.gate.id, "fleet", subject=subject, reason=reason, detail=detail
@@ -1153,9 +1472,15 @@ class Sync:
             self.client.disconnect()
             self.client.loop_stop()
         finally:  # figures for `edge-gate bench --fleet`
-            self.state.put(connected=False, stats=self.stats, apply_delays=self.delays)
+            try:
+                self.state.put(connected=False, stats=self.stats, apply_delays=self.delays)
+            except FAULTS as e:  # the gate's link check fails closed on the old last_contact
+                self._fault("state", e)
             closers = [self.audit.close, self.state.close]
             if self.ledger is not None:
                 closers.insert(0, self.ledger.close)
             for c in closers:
-                c()
+                try:
+                    c()
+                except FAULTS as e:
+                    log.warning("sync close error=%s", e)
