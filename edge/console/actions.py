@@ -17,7 +17,7 @@ import secrets
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +25,7 @@ import numpy as np
 
 from edge import config as config_mod
 from edge import tickets as tk
+from edge.console.follow import file_id, let_go
 from edge.console.roles import LANGS
 from edge.errors import EdgeGateError, ImageError, SeveralFacesError
 from edge.fleet.office import (
@@ -76,6 +77,7 @@ class Office:
         self.cfg = cfg
         self._audit_lock = threading.Lock()
         self._audit: AuditLog | None = None
+        self._audit_id: tuple[int, int] | None = None
         self._pipe = None
         self._pipe_lock = threading.RLock()
         self._people: tuple[tuple, list[dict[str, Any]]] = ((), [])
@@ -114,6 +116,13 @@ class Office:
             )
         return self.issuer_key
 
+    def usable_issuer_key(self) -> Path:
+        """The signing key, checked to load before anything is changed, recorded or sent: a key
+        file deleted or unreadable while the console runs refuses the action whole."""
+        path = self.need_issuer_key()
+        tk.load_private(path)
+        return path
+
     # --- audit ----------------------------------------------------------------------------------
 
     def audit_log(self) -> AuditLog:
@@ -122,10 +131,27 @@ class Office:
 
     @contextlib.contextmanager
     def audit(self) -> Iterator[AuditLog]:
-        """The console's one open connection to the office audit log, one thread at a time."""
+        """The console's one open connection to the office audit log, one thread at a time.
+
+        The file at audit.path is followed: deleted (to free a disk) or replaced (restored from
+        a backup) while the console runs, it is opened again as at start, so no record goes
+        into a file no longer on disk (lost at the next start)."""
+        path = self.cfg.resolve(self.cfg.audit.path)
         with self._audit_lock:
+            now = file_id(path)
+            if self._audit is not None and now != self._audit_id:
+                log.error(
+                    "console audit_moved path=%s: deleted or replaced while the console ran; "
+                    "opened again as at start",
+                    path,
+                )
+                let_go(self._audit)
+                self._audit = None
             if self._audit is None:
-                self._audit = self.audit_log()
+                self._audit_id = now  # read before it is opened: a file replaced in between
+                self._audit = self.audit_log()  # is followed at the next use
+                if now is None:
+                    self._audit_id = file_id(path)
             yield self._audit
 
     def record(self, user: str, kind: str, detail: str = "", **fields: Any) -> None:
@@ -319,41 +345,60 @@ def enroll(
             f"notice language {e.notice_lang[:40]!r} is not one of {', '.join(LANGS)}"
         )
     notice = cfg.console.notice_file_zh if e.notice_lang == "zh-CN" else cfg.console.notice_file
-    consent = Consent(
-        e.consent_version,
-        "electronic",
-        user,
-        e.guardian.strip(),
-        notice_sha256(cfg.resolve(notice) if notice else None),
-    )
+    try:  # the fingerprint of the text read to the visitor goes into their consent record
+        read_notice = notice_sha256(cfg.resolve(notice) if notice else None)
+    except OSError as err:  # deleted or unreadable while the console runs
+        raise ActionError(
+            f"the consent notice {notice} cannot be read: {err.strerror}",
+            "restore the notice file the console config names (console.notice_file, "
+            "notice_file_zh), reload the kiosk page and read it to the visitor",
+        ) from None
+    consent = Consent(e.consent_version, "electronic", user, e.guardian.strip(), read_notice)
     check_consent(consent, e.minor)
     c = kiosk.capture(cid, user)
     pipe = office.pipeline()
     valid = (
         parse_time(e.valid_until, cfg.gate.zone, end_of_day=True) if e.valid_until.strip() else None
     )
-    with office._pipe_lock, Gallery(office.gallery_db, load_key(office.gallery_key)) as g:
-        pid, n = enroll_person(
-            g,
-            pipe,
-            e.name,
-            consent,
-            [],
-            threshold=resolve_threshold(cfg.gallery.match_threshold, pipe.spec.threshold),
-            pass_ref=e.pass_ref.strip(),
-            valid_until=valid,
-            minor=e.minor,
-            max_templates=kiosk.max_templates,
-            min_templates=kiosk.needed,
-            candidates=list(c.candidates),
-        )
+    publish = cfg.fleet.enabled and office.issuer_key is not None
+    key = office.usable_issuer_key() if publish else None
+    recorded = None
+    try:  # the person and the record of their consent commit together, or neither does: the
+        # record is written inside the gallery's write; a gallery commit that fails after it
+        # gets a second record saying the enrolment was not stored
+        with (
+            office._pipe_lock,
+            Gallery(office.gallery_db, load_key(office.gallery_key)) as g,
+            g.transaction(),
+        ):
+            pid, n = enroll_person(
+                g,
+                pipe,
+                e.name,
+                consent,
+                [],
+                threshold=resolve_threshold(cfg.gallery.match_threshold, pipe.spec.threshold),
+                pass_ref=e.pass_ref.strip(),
+                valid_until=valid,
+                minor=e.minor,
+                max_templates=kiosk.max_templates,
+                min_templates=kiosk.needed,
+                candidates=list(c.candidates),
+            )
+            office.record(
+                user, "enroll", f"added {n} templates; consent {e.consent_version}", subject=pid
+            )
+            recorded = pid
+    except EdgeGateError as err:
+        if recorded is not None:
+            log.error("console enrolment_not_committed error=%s", err)
+            with contextlib.suppress(EdgeGateError):
+                office.record(user, "enroll", f"not done: {err}", subject=recorded)
+        raise
     kiosk.drop(cid)
-    office.record(user, "enroll", f"added {n} templates; consent {e.consent_version}", subject=pid)
-    sent = False
-    if cfg.fleet.enabled and office.issuer_key is not None:
-        publish_enrollment(cfg, office.issuer_key, office.gallery_db, office.gallery_key, pid)
-        sent = True
-    return pid, n, sent
+    if key is not None:
+        publish_enrollment(cfg, key, office.gallery_db, office.gallery_key, pid)
+    return pid, n, key is not None
 
 
 # --- people ----------------------------------------------------------------------------------
@@ -405,11 +450,14 @@ def _read_people(office: Office) -> list[dict[str, Any]]:
 
 def reveal(office: Office, user: str, person_id: str) -> str:
     """A person's name for a decision row; the reveal itself is audited."""
-    try:
-        with Gallery(office.gallery_db, load_key(office.gallery_key), create=False) as g:
-            name = g.person(person_id).name
-    except EdgeGateError:
-        raise ActionError(f"no person {person_id} in the office gallery") from None
+    if not office.gallery_db.exists():
+        raise ActionError(f"no person {person_id} in the office gallery")
+    # a key file or gallery that cannot be opened says so, with its fix (not "no person")
+    with Gallery(office.gallery_db, load_key(office.gallery_key), create=False) as g:
+        found = g.people(person_id)
+    if not found:
+        raise ActionError(f"no person {person_id} in the office gallery")
+    name = found[0].name
     office.record(user, "reveal", "name shown on the decisions page", subject=person_id)
     return name
 
@@ -418,23 +466,45 @@ def forget(office: Office, user: str, person_id: str, reason: str) -> tuple[bool
     """Erase at the office and publish the deletion to every lane; (was here, published)."""
     reason = check_reason(reason, "the deletion's reason")
     cfg = office.cfg
-    key = office.need_issuer_key() if cfg.fleet.enabled else None
+    key = office.usable_issuer_key() if cfg.fleet.enabled else None  # before anything erased
     found = False
     if office.gallery_db.exists():
         try:
             with Gallery(office.gallery_db, load_key(office.gallery_key), create=False) as g:
-                found = g.forget(person_id)
+                found = _erase_recorded(office, g, user, person_id, reason)
+                if found or g.pending_erasure():  # after the record: its bytes leave the file
+                    g.scrub()
         except ErasureIncomplete:
             office.record(user, "deletion", "erasure incomplete on disk", reason=reason)
             raise
-    office.drop_people()
-    if found:  # recorded once it happened, whatever sending it to the lanes does next
-        office.record(user, "deletion", "key destroyed; file scrubbed", reason=reason)
+        finally:
+            office.drop_people()
     if key is not None:  # also when already gone here: the lanes may still hold the person
         publish_person(cfg, key, person_id, "forget")
     if not found:
         office.record(user, "deletion", f"{person_id} not at the office; sent", reason=reason)
     return found, key is not None
+
+
+def _erase_recorded(office: Office, g: Gallery, user: str, person_id: str, reason: str) -> bool:
+    """Delete a person's rows and key with the audit record of it, all or nothing: the record
+    is written inside the gallery's write, so a record that fails (a full or locked audit log)
+    erases nothing; a gallery commit that fails after it gets a second record saying the
+    erasure was not done. Whether they were here."""
+    recorded = False
+    try:
+        with g.transaction():
+            found = g.forget(person_id, scrub=False)
+            if found:
+                office.record(user, "deletion", "key destroyed; file scrubbed", reason=reason)
+                recorded = True
+    except EdgeGateError as e:
+        if recorded:
+            log.error("console erasure_not_committed error=%s", e)
+            with contextlib.suppress(EdgeGateError):
+                office.record(user, "deletion", f"not done: {e}", reason=reason)
+        raise
+    return found
 
 
 # --- overrides ---------------------------------------------------------------------------------
@@ -447,16 +517,25 @@ def override(office: Office, user: str, lane: str, reason: str) -> tuple[str, bo
     if not cfg.fleet.enabled:
         raise ActionError("this office has no [fleet] section: no lane to open")
     reason = check_reason(reason, "the override's reason")
+    key = office.usable_issuer_key()
+    recorded: list[AuditRecord] = []
+
+    def record(r: AuditRecord) -> None:
+        a.record(r)
+        recorded.append(r)
+
     with office.audit() as a:  # recorded before it is sent (publish_override)
-        q, oid = publish_override(
-            cfg,
-            office.need_issuer_key(),
-            lane,
-            reason,
-            user,
-            cfg.console.override_valid_s,
-            record=a.record,
-        )
+        try:
+            q, oid = publish_override(
+                cfg, key, lane, reason, user, cfg.console.override_valid_s, record=record
+            )
+        except EdgeGateError as e:  # recorded, then not queued: the log says it never went
+            if recorded:
+                log.error("console override_not_sent lane=%s error=%s", lane, e)
+                with contextlib.suppress(EdgeGateError):
+                    detail = by(user, f"{lane}: not sent: {e}")[:300]
+                    a.record(replace(recorded[0], t=time.time(), reason="not_sent", detail=detail))
+            raise
     return oid, wait_sent(cfg, [q], min(5.0, cfg.console.override_valid_s))
 
 
@@ -496,13 +575,19 @@ def revoke(office: Office, user: str, ids: list[str]) -> tuple[list[str], int | 
     """Add ids to the office list and publish the whole list; (added, published count)."""
     if office.revocation_list is None:
         raise ActionError("the office config has no revocation list", "set tickets.revocation_list")
+    key = office.usable_issuer_key() if office.cfg.fleet.enabled else None  # before any change
     added = tk.revoke(office.revocation_list, ids)
-    office.record(user, "revoke", f"revoked {', '.join(ids)}")
+    try:
+        office.record(user, "revoke", f"revoked {', '.join(ids)}")
+    except EdgeGateError:  # no revocation stands without its record: the ids come off again
+        try:
+            remove(office.revocation_list, added)
+        except EdgeGateError as e:
+            log.error("console revoke_unrecorded undo_failed error=%s", e)
+        raise
     n = None
-    if office.cfg.fleet.enabled:
-        n = publish_revocations(
-            office.cfg, office.need_issuer_key(), tk.load_revocations(office.revocation_list)
-        )
+    if key is not None:
+        n = publish_revocations(office.cfg, key, tk.load_revocations(office.revocation_list))
     return added, n
 
 
@@ -511,5 +596,12 @@ def unrevoke(office: Office, user: str, ids: list[str]) -> list[str]:
     if office.revocation_list is None:
         raise ActionError("the office config has no revocation list", "set tickets.revocation_list")
     removed = remove(office.revocation_list, ids)
-    office.record(user, "unrevoke", f"un-revoked {', '.join(removed) or 'nothing'}")
+    try:
+        office.record(user, "unrevoke", f"un-revoked {', '.join(removed) or 'nothing'}")
+    except EdgeGateError:  # no ticket is let in again unrecorded: the ids go back on the list
+        try:
+            tk.revoke(office.revocation_list, removed)
+        except EdgeGateError as e:
+            log.error("console unrevoke_unrecorded undo_failed error=%s", e)
+        raise
     return removed

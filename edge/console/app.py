@@ -149,7 +149,11 @@ class Console:
         """An endpoint that needs a session, the CSRF token on POST, and `capability`."""
 
         async def endpoint(request: Request) -> Response:
-            got = self.current(request)
+            try:
+                got = self.current(request)
+            except UserError as e:  # the accounts file cannot be read: nobody is let in
+                log.error("console users_unreadable path=%s error=%s", request.url.path, e)
+                return self.refuse(None, request, 503, str(e))
             if got is None:
                 if request.method == "GET" and not _wants_json(request):
                     return RedirectResponse(
@@ -163,7 +167,8 @@ class Console:
                 if sent is None and _is_form(request):
                     try:
                         sent = (await request.form()).get("csrf")
-                    except ClientDisconnect:
+                    except ClientDisconnect:  # gone mid-form: nothing read, nothing done
+                        log.info("console client_gone user=%s path=%s", user.name, request.url.path)
                         return Response(status_code=400)
                 if not csrf_ok(session, sent if isinstance(sent, str) else None):
                     log.warning("console csrf_refused user=%s path=%s", user.name, request.url.path)
@@ -359,14 +364,24 @@ def build_app(cfg: config_mod.Config, feed: FleetFeed | None = None) -> Starlett
             )
             resp.headers["Retry-After"] = str(int(wait) + 1)
             return resp
-        user = await asyncio.to_thread(con.users.authenticate, name, password)
+        try:
+            user = await asyncio.to_thread(con.users.authenticate, name, password)
+        except EdgeGateError as e:  # the accounts file locked, unreadable: nobody logs in
+            log.error("console login_unavailable error=%s", e)
+            return await login_form(request, str(e), 503)
         if user is None:
             con.limiter.failed(name, addr)
             log.warning("console login_failed user=%s address=%s", name, addr)
             return await login_form(request, translate(lang, "Wrong user name or password"), 401)
         con.limiter.succeeded(name)
+        try:  # recorded before the session exists: no login without its record
+            await asyncio.to_thread(
+                con.office.record, user.name, "console", "logged in", reason="login"
+            )
+        except EdgeGateError as e:
+            log.error("console login_unrecorded user=%s error=%s", user.name, e)
+            return await login_form(request, str(e), 503)
         cookie, _ = con.sessions.issue(user.name, user.generation)
-        con.office.record(user.name, "console", "logged in", reason="login")
         nxt = str(form.get("next", "/"))
         resp = RedirectResponse(
             nxt if nxt.startswith("/") and not nxt.startswith("//") else "/", status_code=303
@@ -376,15 +391,22 @@ def build_app(cfg: config_mod.Config, feed: FleetFeed | None = None) -> Starlett
         return resp
 
     async def logout(ctx: Ctx) -> Response:
-        con.users.end_sessions(ctx.user.name)  # every cookie of this user dies
-        con.office.record(ctx.user.name, "console", "logged out", reason="logout")
+        # every cookie of this user dies, recorded or not: a full audit log keeps nobody in
+        await asyncio.to_thread(con.users.end_sessions, ctx.user.name)
+        try:
+            await asyncio.to_thread(
+                con.office.record, ctx.user.name, "console", "logged out", reason="logout"
+            )
+        except EdgeGateError as e:
+            log.error("console logout_unrecorded user=%s error=%s", ctx.user.name, e)
         resp = RedirectResponse("/login", status_code=303)
         resp.delete_cookie(SESSION_COOKIE, path="/")
         return resp
 
     async def set_lang(ctx: Ctx) -> Response:
         form = await ctx.request.form()
-        con.users.set_lang(ctx.user.name, str(form.get("lang", "")))  # UserError if unknown
+        lang = str(form.get("lang", ""))  # UserError if unknown
+        await asyncio.to_thread(con.users.set_lang, ctx.user.name, lang)
         back = ctx.request.headers.get("referer", "/")
         return RedirectResponse(
             back if "://" not in back or ctx.request.url.netloc in back else "/", status_code=303
@@ -684,7 +706,8 @@ def build_app(cfg: config_mod.Config, feed: FleetFeed | None = None) -> Starlett
                 return a.verify(), a.page(None, AUDIT_PAGE), _head(a)
 
         rep, rows, summary = await asyncio.to_thread(run)
-        con.office.record(
+        await asyncio.to_thread(  # a locked log holds up this request, never the server's loop
+            con.office.record,
             ctx.user.name,
             "console",
             "audit verify: " + ("intact" if rep.ok else "BROKEN"),
@@ -700,7 +723,20 @@ def build_app(cfg: config_mod.Config, feed: FleetFeed | None = None) -> Starlett
             return con.refuse(ctx, ctx.request, 404, f"no export as {fmt!r}: csv or json")
         since_text = ctx.request.query_params.get("since", "")
         since = parse_time(since_text, cfg.gate.zone) if since_text else None
-        con.office.record(ctx.user.name, "console", f"audit export {fmt}", reason="audit_export")
+        # opened before the export is recorded: a log that does not open is this page's error,
+        # not a download cut off after its headers; a locked log holds up this request only
+        a = await asyncio.to_thread(con.office.audit_log)
+        try:
+            await asyncio.to_thread(
+                con.office.record,
+                ctx.user.name,
+                "console",
+                f"audit export {fmt}",
+                reason="audit_export",
+            )
+        except BaseException:
+            a.close()
+            raise
         keys = (
             "id",
             "time",
@@ -717,7 +753,6 @@ def build_app(cfg: config_mod.Config, feed: FleetFeed | None = None) -> Starlett
         )
 
         def lines():
-            a = con.office.audit_log()
             try:
                 if fmt == "csv":
                     buf = io.StringIO()
@@ -754,7 +789,7 @@ def build_app(cfg: config_mod.Config, feed: FleetFeed | None = None) -> Starlett
             ctx,
             "users.html",
             status=status,
-            users=con.users.all(),
+            users=await asyncio.to_thread(con.users.all),
             roles=ROLES,
             langs=LANGS,
             message=message,
@@ -766,36 +801,67 @@ def build_app(cfg: config_mod.Config, feed: FleetFeed | None = None) -> Starlett
     async def users_add(ctx: Ctx) -> Response:
         form = await ctx.request.form()
         name, role = str(form.get("name", "")).strip(), str(form.get("role", ""))
+        password, lang = str(form.get("password", "")), str(form.get("lang", "en"))
         try:
-            await asyncio.to_thread(
-                con.users.add,
-                name,
-                role,
-                str(form.get("password", "")),
-                str(form.get("lang", "en")),
+            await recorded_change(
+                ctx,
+                f"added user {name} as {role}",
+                "user",
+                lambda then: con.users.add(name, role, password, lang, then),
             )
         except UserError as e:
             return await users_page(ctx, str(e), 400)
-        con.office.record(ctx.user.name, "console", f"added user {name} as {role}", reason="user")
         return await users_page(ctx, translate(ctx.lang, "User {name} added", name=name))
 
     async def users_change(ctx: Ctx) -> Response:
         name = ctx.request.path_params["name"]
         form = await ctx.request.form()
+        role = str(form.get("role") or "")
         try:
-            if form.get("role"):
-                con.users.set_role(name, str(form["role"]))
-                what = f"role of {name} set to {form['role']}"
+            if role:
+                what = f"role of {name} set to {role}"
+                await recorded_change(
+                    ctx, what, "user", lambda then: con.users.set_role(name, role, then)
+                )
             elif form.get("disabled") in ("yes", "no"):
                 disabled = form.get("disabled") == "yes"
-                con.users.set_disabled(name, disabled)
                 what = f"{'locked' if disabled else 'unlocked'} user {name}"
+                await recorded_change(
+                    ctx, what, "user", lambda then: con.users.set_disabled(name, disabled, then)
+                )
             else:
                 raise UserError("nothing to change: send a role, or disabled=yes|no")
         except UserError as e:
             return await users_page(ctx, str(e), 400)
-        con.office.record(ctx.user.name, "console", what, reason="user")
         return await users_page(ctx, what)
+
+    async def recorded_change(
+        ctx: Ctx, what: str, reason: str, change: Callable[[Callable[[], None]], object]
+    ) -> None:
+        """An account change and its audit record, all or nothing: the record is written inside
+        the change's transaction (it fails: nothing changes); a change whose own commit then
+        fails gets a second record saying it was not done."""
+        recorded = False
+
+        def then() -> None:
+            nonlocal recorded
+            con.office.record(ctx.user.name, "console", what, reason=reason)
+            recorded = True
+
+        try:
+            await asyncio.to_thread(change, then)
+        except EdgeGateError as e:
+            if recorded:
+                log.error("console change_not_committed user=%s error=%s", ctx.user.name, e)
+                with contextlib.suppress(EdgeGateError):
+                    await asyncio.to_thread(
+                        con.office.record,
+                        ctx.user.name,
+                        "console",
+                        f"not done: {what}",
+                        reason=reason,
+                    )
+            raise
 
     routes = [
         Route("/login", login, methods=["GET", "POST"]),

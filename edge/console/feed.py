@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from edge.config import Config
+from edge.console.follow import file_id, let_go
 from edge.fleet.office import fleet_status
 from edge.fleet.officestore import OfficeStore
 from edge.fleet.state import FleetState
@@ -62,24 +63,40 @@ class FleetFeed:
         self.connected = False  # the office's sync is connected to the broker
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._store: Any = None  # the office's store, opened once by the first poll
+        self._store: Any = None  # the office's store, opened by the first poll
+        self._store_id: tuple[int, int] | None = None  # its file's identity then
+        self.error = ""  # why the last poll failed ("" when it worked)
         self._status_due = 0.0
 
     def start(self) -> FleetFeed:
         """Read the office's store in the background while the app runs."""
         if not self.enabled:
             return self
-        self.poll()
+        self.poll_once()  # a store that cannot be read yet does not stop the console
         self._thread = threading.Thread(target=self._run, daemon=True, name="console-feed")
         self._thread.start()
         return self
 
     def _run(self) -> None:
         while not self._stop.wait(POLL_S):
-            try:
-                self.poll()
-            except Exception as e:  # the store busy or being written: next round
+            self.poll_once()
+
+    def poll_once(self) -> None:
+        """One poll that never raises: a failure (the store busy, damaged, being restored) is
+        logged when it starts or changes, not ten times a second, and the header shows the
+        fleet as not connected until a read works again."""
+        try:
+            self.poll()
+        except Exception as e:
+            with self._lock:
+                self.connected = False
+            if str(e) != self.error:
                 log.warning("console feed read failed: %s", e)
+            self.error = str(e)
+            return
+        if self.error:
+            log.info("console feed reads again")
+            self.error = ""
 
     def poll(self) -> None:
         """One read of the office's store: the decisions that arrived since, and (once a
@@ -95,8 +112,20 @@ class FleetFeed:
             with self._lock:
                 self._status = {"site": self.site, "lanes": lanes, "people": rep["people"]}
                 self.connected = rep["sync"]["connected"] and rep["sync"]["running"]
+        path = self.cfg.resolve(self.cfg.fleet.state_db)
+        now_id = file_id(path)
+        if self._store is not None and now_id != self._store_id:
+            # deleted or replaced (restored) while the console runs: the rows shown come from
+            # the file now there, read from its start (the old file's rows are no longer held)
+            log.error("console fleet_store_moved path=%s: reading the file now there", path)
+            let_go(self._store.state)
+            self._store = None
+            with self._lock:
+                self._decisions.clear()
+                self._after = 0
         if self._store is None:
-            self._store = OfficeStore(FleetState(self.cfg.resolve(self.cfg.fleet.state_db)))
+            self._store = OfficeStore(FleetState(path))
+            self._store_id = now_id if now_id is not None else file_id(path)
         after, rows = self._store.audit_after(self._after, kind="decision")
         with self._lock:
             self._after = after

@@ -419,15 +419,17 @@ class Gallery(Store, GalleryReader):
             )
         return n
 
-    def forget(self, person_id: str) -> bool:
+    def forget(self, person_id: str, scrub: bool = True) -> bool:
         """Erase a person: their key is destroyed, the gallery moves to a new generation (so a
         backup taken before no longer passes for current), and their bytes leave the file.
 
         Raises ErasureIncomplete (never claims an erasure that did not happen) when another
         process keeps old pages alive; a later `forget` or `purge` finishes the job.
+        scrub=False (inside a caller's transaction, which commits its record of the deletion
+        with it) leaves the on-disk erasure to a later `scrub()`, as `purge_expired` does.
         """
         found = self._forget_ids([person_id]) > 0
-        if found or self.pending_erasure():
+        if scrub and (found or self.pending_erasure()):
             self.scrub()
         return found
 
