@@ -390,11 +390,42 @@ def test_a_forget_the_full_audit_log_cannot_record_erases_nothing(office):
     assert b"free disk space" in page
     assert office.people() == [pid]
     assert office.audit_details("deletion") == []
+    with Gallery(office.gallery_db, load_key(office.gallery_key), create=False) as g:
+        assert g.forget_state().reason == ""  # not taken for a restored older copy
+        assert [p.name for p in g.people()] == ["Ondine Visitor"]  # every row still opens
     office.room_again()
     st, _ = c.form(f"/people/{pid}/forget", {"reason": "deletion_request"})
     assert st == 303
     assert office.people() == []
     assert office.audit_details("deletion") == ["by sam: key destroyed; file scrubbed"]
+
+
+def test_a_forget_the_locked_gallery_refuses_after_its_record_says_not_done(office, monkeypatch):
+    """The deletion is recorded first, then erased in the gallery's own transaction (joined to
+    the record's, a rollback left the forget list ahead of the file: the whole gallery refused
+    as a restored copy). A gallery another process holds past the busy timeout: the person
+    stays, whole, and a second record says the erasure was not done."""
+    from edge import db as db_mod
+
+    pid = office.add_person()
+    c = Client(office.port).login("sam")
+    monkeypatch.setitem(db_mod.connect.__kwdefaults__, "timeout_s", LOCK_WAIT_MS / 1000)
+    holder = hold_write_lock(office.gallery_db)
+    try:
+        st, page = c.form(f"/people/{pid}/forget", {"reason": "deletion_request"})
+    finally:
+        release(holder)
+    assert st == 400
+    assert b"another process holds the file" in page
+    assert office.people() == [pid]
+    done, undone = office.audit_details("deletion")
+    assert done == "by sam: key destroyed; file scrubbed" and undone.startswith("by sam: not done")
+    with Gallery(office.gallery_db, load_key(office.gallery_key), create=False) as g:
+        assert g.forget_state().reason == ""
+        assert [p.name for p in g.people()] == ["Ondine Visitor"]
+    st, _ = c.form(f"/people/{pid}/forget", {"reason": "deletion_request"})
+    assert st == 303
+    assert office.people() == []
 
 
 @pytest.mark.parametrize("fault", ["key_gone", "gallery_damaged"])
@@ -505,16 +536,20 @@ def test_an_enrolment_the_full_audit_log_cannot_record_leaves_no_person(office, 
     cid = _capture(c, sorted((fixtures / "faces" / "df_B_katy_perry").iterdir())[:5])
     form = {"name": "Kiosk Visitor", "consent": "yes", "consent_version": "2026-01",
             "notice_lang": "en", "cid": cid}  # fmt: skip
+    there = office.add_person()
     office.fill_audit()
     st, page = c.form("/enroll", form)
     assert st == 400
     assert b"free disk space" in page
-    assert office.people() == []
+    assert office.people() == [there]
     assert office.audit_details("enroll") == []
+    with Gallery(office.gallery_db, load_key(office.gallery_key), create=False) as g:
+        assert g.forget_state().reason == ""
+        assert [p.name for p in g.people()] == ["Ondine Visitor"]  # every row still opens
     office.room_again()
     st, _ = c.form("/enroll", form)
     assert st == 303
-    (pid,) = office.people()
+    (pid,) = set(office.people()) - {there}
     assert [r.subject for r in office.audit_records("enroll")] == [pid]
 
 

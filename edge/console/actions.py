@@ -487,24 +487,22 @@ def forget(office: Office, user: str, person_id: str, reason: str) -> tuple[bool
 
 
 def _erase_recorded(office: Office, g: Gallery, user: str, person_id: str, reason: str) -> bool:
-    """Delete a person's rows and key with the audit record of it, all or nothing: the record
-    is written inside the gallery's write, so a record that fails (a full or locked audit log)
-    erases nothing; a gallery commit that fails after it gets a second record saying the
-    erasure was not done. Whether they were here."""
-    recorded = False
+    """Record the deletion, then delete the person's rows and key: a record that fails (a full
+    or locked audit log) erases nothing; an erasure that fails after its record gets a second
+    record saying it was not done. The erasure is the gallery's own transaction, never joined
+    to another: it moves the gallery to a new generation and writes the forget list ahead of
+    its commit, so a rollback after it would leave the gallery looking restored from an older
+    copy (every person refused). Whether they were here."""
+    if not g.people(person_id):
+        return False
+    office.record(user, "deletion", "key destroyed; file scrubbed", reason=reason)
     try:
-        with g.transaction():
-            found = g.forget(person_id, scrub=False)
-            if found:
-                office.record(user, "deletion", "key destroyed; file scrubbed", reason=reason)
-                recorded = True
+        return g.forget(person_id, scrub=False)
     except EdgeGateError as e:
-        if recorded:
-            log.error("console erasure_not_committed error=%s", e)
-            with contextlib.suppress(EdgeGateError):
-                office.record(user, "deletion", f"not done: {e}", reason=reason)
+        log.error("console erasure_not_committed error=%s", e)
+        with contextlib.suppress(EdgeGateError):
+            office.record(user, "deletion", f"not done: {e}", reason=reason)
         raise
-    return found
 
 
 # --- overrides ---------------------------------------------------------------------------------
