@@ -469,3 +469,49 @@ def test_a_step_that_raises_what_no_step_foresaw_is_said_and_sync_goes_on(
         assert thread.is_alive()
     finally:
         park.stop_all()
+
+
+def test_a_file_deleted_underneath_is_opened_again_once(broker, office_keys, tmp_path, caplog):
+    """The audit log deleted: sync makes it again at its path. Before, the file sync had just
+    made was taken for a second move a second later: opened once more and said again as
+    deleted or replaced while sync ran (nobody had touched it)."""
+    caplog.set_level(logging.INFO, logger=LOG)
+    park = Park(tmp_path, broker.url, office_keys, lanes=2)
+    db = park.lanes[0].dir / "audit.db"
+    try:
+        s = park.start(1)
+        park.wait_ready(1)
+        _delete(db)
+        wait_for(lambda: _lines(caplog, "sync reopened audit"), what="the audit log made again")
+        since = time.time()
+        wait_for(  # several of sync's one-second looks at its files since
+            lambda: (park.state(1, "sync_seen") or 0) > since + 3, what="three seconds of sync"
+        )
+        assert len(_lines(caplog, "sync file_moved")) == 1, _lines(caplog, "sync file_moved")
+        assert len(_lines(caplog, "sync reopened audit")) == 1
+        assert s.audit.path == db and db.exists()
+        assert park.syncs[1][1].is_alive()
+    finally:
+        park.stop_all()
+
+
+def test_the_gate_takes_a_fleet_state_it_made_after_a_deletion_for_no_second_move(
+    office_keys, tmp_path, caplog
+):
+    """fleet.db deleted under the gate: the gate opens (and so makes) it again at its path.
+    Before, that file was taken for another replacement at the next check: opened again and
+    said moved a second time."""
+    park = Park(tmp_path, "mqtt://127.0.0.1:1", office_keys, lanes=1, office=False)
+    cfg = park.cfg(1)
+    db = cfg.resolve(cfg.fleet.state_db)
+    guard = LaneGuard(cfg)
+    try:
+        _delete(db)
+        guard.check_faces()
+        assert db.exists()
+        guard.check_faces()
+        guard.check(time.time())
+        said = _lines(caplog, "fleet_state_moved")
+        assert len(said) == 1, said
+    finally:
+        guard.close()

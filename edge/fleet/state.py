@@ -318,7 +318,8 @@ class LaneGuard:
             log.error("gate fleet_state_moved path=%s; not reopened: %s", self.path, e)
             return
         log.warning("gate fleet_state_moved path=%s; reading the file now at its path", self.path)
-        old, self.state, self._id = self.state, new, now
+        # one deleted was made by this open: its identity now, or it is taken for a move
+        old, self.state, self._id = self.state, new, now if now is not None else file_id(self.path)
         old.close()
 
     def check(self, now: float | None = None) -> LinkCheck:

@@ -419,6 +419,7 @@ class Sync:
             )
         reopen = {"audit": self._reopen_audit, "ledger": self._reopen_ledger}
         reopen["state"] = self._reopen_state
+        opened: list[str] = []
         for name in moved:
             try:
                 reopen[name]()
@@ -429,10 +430,12 @@ class Sync:
                 if name == "audit":
                     self._audit_gone = str(e)
                 continue
-            self._files[name] = now[name]
+            # one deleted was made by this open: its identity now, or it is taken for a move
+            self._files[name] = now[name] if now[name] is not None else self._file_ids()[name]
+            opened.append(name)
             self._fault_over(name)
             log.info("sync reopened %s at its path", name)
-        changed = [n for n in moved if n in ("audit", "ledger") and self._files[n] == now[n]]
+        changed = [n for n in opened if n in ("audit", "ledger")]
         if self.ledger is not None and changed and not self._ledger_gone:
             try:
                 self._files_changed()
