@@ -25,7 +25,7 @@ from edge.fleet.identity import load_lane_key
 from edge.fleet.state import FleetState, LaneGuard
 from edge.tickets.ledger import Ledger
 from tests.test_fleet import OneShot, Park, wait_for
-from tests.test_fleet_delivery import _counted_twice, _kept, _queue_redemptions
+from tests.test_fleet_delivery import _counted_twice, _kept, _queue_redemptions, _redemptions
 from tests.test_gate_faults import hold_write_lock
 
 LOG = "edge.fleet.sync"
@@ -515,3 +515,49 @@ def test_the_gate_takes_a_fleet_state_it_made_after_a_deletion_for_no_second_mov
         assert len(said) == 1, said
     finally:
         guard.close()
+
+
+def test_kept_messages_fleet_db_cannot_keep_again_are_not_lost(
+    broker, office_keys, tmp_path, caplog, monkeypatch
+):
+    """A redemption kept aside in fleet.db (acknowledged when kept) is taken out to be tried,
+    fails to store, and fleet.db then refuses to keep it again (full). Before, it was dropped
+    with a log line: acknowledged and never stored. Now sync holds it and the next try
+    stores it."""
+    from edge.errors import LedgerError
+
+    caplog.set_level(logging.INFO, logger=LOG)
+    monkeypatch.setattr(sync_mod, "STORE_RETRY_FIRST_S", 0.5)
+    park = Park(tmp_path, broker.url, office_keys, lanes=2)
+    db = park.lanes[0].dir / "fleet.db"
+    try:
+        s = park.start(1)
+        park.wait_ready(1)
+        st = FleetState(db)
+        try:
+            for topic, payload in _redemptions(park, 2, 1, "T-K"):
+                st.add_pending(topic, payload, time.time())
+        finally:
+            st.close()
+        c = sqlite3.connect(db, isolation_level=None)
+        c.execute(
+            "CREATE TRIGGER full BEFORE INSERT ON pending "
+            "BEGIN SELECT RAISE(ABORT, 'database or disk is full'); END"
+        )
+        real = s._apply_redemption
+
+        def disk_error_once(*args, **kwargs):
+            s._apply_redemption = real
+            raise LedgerError("disk I/O error", "free space and check the disk")
+
+        s._apply_redemption = disk_error_once
+        s._retry_pending = True  # as when the office's keys arrive
+        wait_for(lambda: _lines(caplog, "could not be kept again"), what="not kept again")
+        assert _kept(park, 1) == 0
+        c.execute("DROP TRIGGER full")
+        c.close()
+        wait_for(lambda: park.remote(1) == 1, timeout=30, what="the redemption stored")
+        assert _counted_twice(park, 1) == 0
+        assert park.syncs[1][1].is_alive()
+    finally:
+        park.stop_all()

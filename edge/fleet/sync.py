@@ -332,6 +332,7 @@ class Sync:
         self._held = 0  # messages the broker holds unacknowledged since the last try
         self._held_conn = -1  # the connection they came on
         self._kept_failed = False  # a kept message failed again: kept, tried with the next try
+        self._unkept: list[_Arrival] = []  # taken from fleet.db, failed, and not kept again
         self._tried_conn = -1  # the connection a try ended: what arrives after it was stored
         self._goodbye = False  # our DISCONNECT to resume the session: no outage
         self._resume_until = 0.0  # while resuming on purpose, the link counts as up until then
@@ -698,7 +699,8 @@ class Sync:
                 self._kept_failed = True
                 self.store_retry.failed(time.monotonic())
                 taken = []
-            kept = [_Arrival(t, p, False, arrived=now) for t, p in taken]
+            kept = self._unkept + [_Arrival(t, p, False, arrived=now) for t, p in taken]
+            self._unkept = []
             try:
                 failed = self._handle_batch(kept, now)  # old: no clock readings
             except Exception as e:  # taken out of fleet.db: kept again, never dropped
@@ -1025,13 +1027,18 @@ class Sync:
         tried with the next try, not lost."""
         if not kept:
             return
-        try:
-            for a in kept:
+        for i, a in enumerate(kept):
+            try:
                 self.state.add_pending(a.topic, a.payload, now)
-        except Exception as e:  # fleet.db on the same full disk
-            log.error(
-                "sync apply_failed: %d kept messages could not be kept again: %s", len(kept), e
-            )
+            except Exception as e:  # fleet.db on the same full disk: held here instead
+                self._unkept.extend(kept[i:])
+                log.error(
+                    "sync apply_failed: %d kept messages could not be kept again (held in "
+                    "memory, tried with the next try): %s",
+                    len(kept) - i,
+                    _fix_of(e),
+                )
+                break
         self._kept_failed = True
         self.store_retry.failed(time.monotonic())
 
