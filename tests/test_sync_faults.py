@@ -561,3 +561,29 @@ def test_kept_messages_fleet_db_cannot_keep_again_are_not_lost(
         assert park.syncs[1][1].is_alive()
     finally:
         park.stop_all()
+
+
+def test_the_gate_grants_no_face_from_a_fleet_state_it_made_anew(office_keys, tmp_path):
+    """fleet.db deleted while the gate runs: the gate's next look makes it anew at its path,
+    before sync has written the epoch and asked for the forget list again into it. Before,
+    the gate granted faces from that empty file; now it waits for sync's epoch and then for
+    the forget list, like a fleet.db sync made anew."""
+    park = Park(tmp_path, "mqtt://127.0.0.1:1", office_keys, lanes=1, office=False)
+    cfg = park.cfg(1)
+    db = cfg.resolve(cfg.fleet.state_db)
+    guard = LaneGuard(cfg)
+    try:
+        _delete(db)
+        refused = guard.check_faces()
+        assert db.exists()
+        assert not refused.ok and refused.reason == "forget_replay", refused
+        st = FleetState(db)  # sync takes the new file up: its epoch, the replay asked for
+        try:
+            st.put(epoch="0123abcd", forget_replay="new epoch 0123abcd: fleet.db replaced")
+            assert guard.check_faces().reason == "forget_replay"
+            st.put(forget_replay="")  # the office's forget list applied
+        finally:
+            st.close()
+        assert guard.check_faces().ok
+    finally:
+        guard.close()

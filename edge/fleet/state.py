@@ -305,6 +305,7 @@ class LaneGuard:
         self.state = FleetState(self.path) if cfg.fleet.enabled else None
         if self._id is None:  # made just now by this open
             self._id = file_id(self.path)
+        self._anew = False  # made anew by this gate after a deletion: sync has not taken it up
 
     def _follow(self) -> None:
         """fleet.db deleted or replaced underneath (sync opens it again at its path): read
@@ -320,6 +321,7 @@ class LaneGuard:
         log.warning("gate fleet_state_moved path=%s; reading the file now at its path", self.path)
         # one deleted was made by this open: its identity now, or it is taken for a move
         old, self.state, self._id = self.state, new, now if now is not None else file_id(self.path)
+        self._anew = now is None
         old.close()
 
     def check(self, now: float | None = None) -> LinkCheck:
@@ -330,6 +332,11 @@ class LaneGuard:
     def check_faces(self) -> LinkCheck:
         """Ask before each face grant whether the office's forget list has been replayed."""
         self._follow()
+        if self._anew and self.state is not None:  # no epoch yet: no forget list asked for
+            if self.state.get("epoch") is None:
+                detail = f"no face grants until sync has taken up {self.path}, made anew"
+                return LinkCheck(False, FORGET_REPLAY, detail)
+            self._anew = False
         return check_faces(self.fleet, self.state)
 
     def report(self, **status: Any) -> None:
