@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import sqlite3
 import time
 from collections.abc import Iterator
@@ -549,3 +550,34 @@ def test_a_fleet_state_locked_at_open_is_said_locked_not_unreadable(tmp_path, mo
     finally:
         holder.execute("ROLLBACK")
         holder.close()
+
+
+def test_a_queue_row_not_cleared_at_its_acknowledgement_is_cleared_without_another(
+    broker, office_keys, tmp_path, caplog
+):
+    """The office's sync has the broker's acknowledgement for a queued forget while the store
+    refuses the DELETE (full). Before, the row stayed queued until some later office message
+    was acknowledged: `wait_sent` said not sent (an operator told so queues it again) and a
+    restart sent it again. Now the office's sync drops it itself once the store takes writes."""
+    caplog.set_level(logging.INFO)
+    park = Park(tmp_path, broker.url, office_keys, lanes=1)
+    try:
+        wait_for(lambda: park.syncs[0][0].connected, what="the office's sync connected")
+        c = sqlite3.connect(office_db(park), isolation_level=None)
+        c.execute(
+            "CREATE TRIGGER full BEFORE DELETE ON office_out "
+            "BEGIN SELECT RAISE(ABORT, 'database or disk is full'); END"
+        )
+        publish_person(park.cfg(0), park.priv, "p-9", "forget")
+        wait_for(lambda: "office queue_not_cleared" in caplog.text, what="the DELETE refused")
+        c.execute("DROP TRIGGER full")
+        c.close()
+
+        def queue() -> list:
+            with store_of(park) as store:
+                return store.outgoing(0, 10)
+
+        wait_for(lambda: not queue(), timeout=30, what="the row dropped")
+        assert park.syncs[0][1].is_alive()
+    finally:
+        park.stop_all()

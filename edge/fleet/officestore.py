@@ -155,20 +155,22 @@ class OfficeStore:
         )
         return [(i, t, bytes(p), bool(r)) for i, t, p, r in rows]
 
-    def sent(self, ids: list[int]) -> None:
+    def sent(self, ids: list[int]) -> bool:
         """The broker acknowledged these: drop them from the queue. A store that cannot be
         written now (locked, full) keeps them queued and they are dropped at the next call:
-        logged, never fatal (sent again after a restart, a lane ignores a seq it has)."""
+        logged, never fatal (sent again after a restart, a lane ignores a seq it has). False
+        while some are still to drop (the office's sync calls again)."""
         self._unsent.extend(ids)
         if not self._unsent:
-            return
+            return True
         try:
             with self._tx() as c:
                 c.executemany("DELETE FROM office_out WHERE id = ?", [(i,) for i in self._unsent])
         except FleetStateError as e:
             log.error("office queue_not_cleared rows=%d error=%s", len(self._unsent), e)
-            return
+            return False
         self._unsent = []
+        return True
 
     def is_queued(self, row_id: int) -> bool:
         """Still waiting for the office's sync to publish it."""

@@ -271,6 +271,7 @@ class Sync:
         # their clean-up tried again with a growing wait: a ledger locked past its busy timeout
         # holds the loop for that long at each try
         self.cleanup_retry = StoreRetry(WRITE_RETRY_S, CLEANUP_RETRY_MAX_S)
+        self.office_retry = StoreRetry(WRITE_RETRY_S, CLEANUP_RETRY_MAX_S)  # the same, office
         self._epoch_unsaved = ""  # a new epoch fleet.db could not take yet (tried each second)
         self._keys_stamp: tuple = ()
         self.ticket_keys = self._ticket_keys()
@@ -997,8 +998,12 @@ class Sync:
                 self._done_unsaved = []
                 r.stored()
                 self._fault_over("outbox")
-        if office:
-            self.office_store.sent(office)
+        r = self.office_retry  # acknowledged rows the store could not drop: tried again
+        if office or (r.due is not None and r.take(time.monotonic())):
+            if self.office_store.sent(office):
+                r.stored()
+            else:
+                r.failed(time.monotonic())
 
     # --- receiving -------------------------------------------------------------------------------
 
