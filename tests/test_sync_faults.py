@@ -615,3 +615,33 @@ def test_heartbeats_counted_while_fleet_db_refused_them_go_on_after_a_restart(
         )
     finally:
         park.stop_all()
+
+
+def test_a_double_use_is_recorded_once_while_fleet_db_refuses_writes(
+    broker, office_keys, tmp_path, caplog, monkeypatch
+):
+    """lane2's redemption of a ticket lane1 let in already arrives while lane1's fleet.db
+    refuses writes: the double use is recorded in the audit log, and fleet.db cannot note it
+    as reported. Before, that failed the message's store (its redemption committed all the
+    same), the message came again as a duplicate, and the double use was recorded again. Now
+    the report is noted in memory too: the message is stored, the double use recorded once."""
+    caplog.set_level(logging.INFO, logger=LOG)
+    monkeypatch.setattr(sync_mod, "STORE_RETRY_FIRST_S", 0.5)
+    park = Park(tmp_path, broker.url, office_keys, lanes=2)
+    try:
+        s = park.start(1)
+        park.wait_ready(1)
+        _redeem(park, 1, "T-E1")
+        _refuse_writes(s.state)
+        _queue_redemptions(park, 2, 1, "T-E")  # lane2 let T-E1 in too (cut off meanwhile)
+        wait_for(lambda: park.audit(1, "double_use"), what="the double use recorded")
+        _queue_redemptions(park, 2, 1, "T-F")  # a later message: the one before was handled
+        wait_for(lambda: park.remote(1, "T-F1") == 1, what="the later redemption stored")
+        assert not _lines(caplog, "apply_failed topic=" + msg.topic(park.site, "redemptions"))
+        _refuse_writes(s.state, on=False)
+        _queue_redemptions(park, 2, 1, "T-G")
+        wait_for(lambda: park.remote(1, "T-G1") == 1, what="stored with fleet.db writable")
+        assert len(park.audit(1, "double_use")) == 1
+        assert park.remote(1, "T-E1") == 1 and _counted_twice(park, 1) == 0
+    finally:
+        park.stop_all()

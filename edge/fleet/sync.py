@@ -236,6 +236,7 @@ class Sync:
         self._hb = 0  # the heartbeat counter, ahead of fleet.db while it cannot be written
         self._audit_gone = ""  # why the audit log at audit.path does not open (moved away)
         self._unforeseen_seen: set[str] = set()
+        self._reported: dict[str, int] = {}  # double uses recorded that fleet.db did not note
         self.connected = False
         self.is_office = fl.lane == msg.OFFICE
         self.key = load_lane_key(cfg)
@@ -1407,12 +1408,19 @@ class Sync:
         tid = ticket.ticket_id
         on_day = day if ticket.kind == tk.Kind.SEASON else None
         used = self.lane_ledger.used(tid, on_day)
-        if used > ticket.max_entries and used > self.state.double_use_reported(tid):
+        if used <= ticket.max_entries or used <= self._reported.get(tid, 0):
+            return
+        if used > self.state.double_use_reported(tid):
             lanes = self.lane_ledger.lanes_of(tid, on_day, self.me)
             detail = f"lanes {', '.join(lanes)}: {used} entries of {ticket.max_entries}"
             log.warning("sync double_use ticket=%s %s", tid, detail)
             self._audit_event(now, DOUBLE_USE, detail, subject=tid)
-            self.state.set_double_use_reported(tid, used)
+            try:
+                self.state.set_double_use_reported(tid, used)
+            except FAULTS as e:  # recorded: noted here, so a redelivery records it not again
+                self._fault("state", e)
+                if len(self._reported) < 100_000:
+                    self._reported[tid] = used
 
     def _ticket_keys(self) -> list:
         return self.issuer_keys + [tk.load_public(p) for p in fleet_pubkey_paths(self.cfg)]
