@@ -645,3 +645,45 @@ def test_a_double_use_is_recorded_once_while_fleet_db_refuses_writes(
         assert park.remote(1, "T-E1") == 1 and _counted_twice(park, 1) == 0
     finally:
         park.stop_all()
+
+
+def test_a_reused_number_the_audit_log_could_not_record_is_recorded_once_it_can(
+    broker, office_keys, tmp_path, caplog, monkeypatch
+):
+    """lane2 numbers a second ticket with the seq of its first (its numbering went back
+    without a new epoch) while lane1's audit log refuses writes: the seq_reused record fails,
+    so the message is not acknowledged. Before, its redemption was committed all the same
+    (the batch's transaction went on), the message came again as a duplicate, and the reused
+    number was never recorded. Now a message that failed leaves nothing in the ledger: it
+    comes again and is stored and recorded together."""
+    caplog.set_level(logging.INFO, logger=LOG)
+    monkeypatch.setattr(sync_mod, "STORE_RETRY_FIRST_S", 0.5)
+    park = Park(tmp_path, broker.url, office_keys, lanes=2)
+    cfg2 = park.cfg(2)
+    key, issuer = load_lane_key(cfg2), tk.load_private(park.priv)
+    now, epoch = time.time(), uuid.uuid4().hex[:16]
+    day = time.strftime("%Y-%m-%d", time.gmtime(now))
+
+    def signed(tid: str) -> bytes:
+        t = tk.Ticket(tid, "day", int(now) - 60, int(now) + 86400, tk.Kind.ONE_TIME, 1)
+        body = {"ticket": tk.sign(t, issuer), "ticket_id": tid, "t": now, "day": day}
+        m = msg.Message(msg.REDEMPTION, park.site, "lane2", 1, now, body, epoch=epoch)
+        return msg.encode(msg.sign(m, key))
+
+    topic = msg.topic(park.site, "redemptions", "lane2")
+    try:
+        s = park.start(1)
+        park.wait_ready(1)
+        with OneShot(cfg2, "send") as c:
+            c.publish(topic, signed("T-RA"))
+        wait_for(lambda: park.remote(1, "T-RA") == 1, what="the first stored")
+        _refuse_writes(s.audit)
+        with OneShot(cfg2, "send") as c:
+            c.publish(topic, signed("T-RB"))
+        wait_for(lambda: _lines(caplog, "sync apply_failed topic=" + topic), what="it fails")
+        _refuse_writes(s.audit, on=False)
+        wait_for(lambda: park.audit(1, "seq_reused"), timeout=30, what="the reuse recorded")
+        assert len(park.audit(1, "seq_reused")) == 1
+        assert park.remote(1, "T-RB") == 1
+    finally:
+        park.stop_all()

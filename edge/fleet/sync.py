@@ -1107,13 +1107,24 @@ class Sync:
             )
         elif redemptions:  # one ledger transaction (one fsync) for everything that arrived
             try:
-                with self._tx():
-                    failed |= {id(a) for a, c in redemptions if not self._apply(c, now)}
+                with self._tx() as conn:
+                    failed |= {id(a) for a, c in redemptions if not self._apply_one(conn, c, now)}
             except Exception as e:  # nothing of it was committed: all of it comes again
                 failed |= {id(a) for a, _ in redemptions}
                 c0 = redemptions[0][1]
                 self._apply_failed(now, c0.topic, c0.sender, e, len(redemptions))
         return failed
+
+    def _apply_one(self, conn: sqlite3.Connection, c: _Checked, now: float) -> bool:
+        """`_apply` inside the batch's ledger transaction: a message that failed (its audit
+        record, say) leaves nothing of it committed, since it is not acknowledged and comes
+        again (its redemption kept would make that a duplicate, its record never written)."""
+        conn.execute("SAVEPOINT fleet_message")
+        ok = self._apply(c, now)
+        if not ok:
+            conn.execute("ROLLBACK TO fleet_message")
+        conn.execute("RELEASE fleet_message")
+        return ok
 
     def _keep(self, topic_: str, payload: bytes, now: float) -> bool:
         """Keep a message aside in fleet.db (False: too large to keep); _NotKept when fleet.db
