@@ -687,3 +687,26 @@ def test_a_reused_number_the_audit_log_could_not_record_is_recorded_once_it_can(
         assert park.remote(1, "T-RB") == 1
     finally:
         park.stop_all()
+
+
+def test_the_gate_says_once_that_a_damaged_fleet_state_does_not_open(office_keys, tmp_path, caplog):
+    """fleet.db replaced by a file that is no database: the gate keeps the file it has and
+    says so. Before, it said so (and tried to open the file again) at every check, each
+    redemption and face decision: a line per decision in the journal."""
+    park = Park(tmp_path, "mqtt://127.0.0.1:1", office_keys, lanes=1, office=False)
+    cfg = park.cfg(1)
+    db = cfg.resolve(cfg.fleet.state_db)
+    guard = LaneGuard(cfg)
+    try:
+        junk = tmp_path / "junk.db"
+        junk.write_bytes(b"not a database at all " * 100)
+        _delete(db)
+        os.replace(junk, db)
+        for _ in range(5):
+            guard.check_faces()
+            guard.check(time.time())
+        said = _lines(caplog, "not reopened")
+        assert len(said) == 1, said
+        assert "fix" in said[0] or "restore" in said[0] or "move" in said[0]
+    finally:
+        guard.close()

@@ -306,18 +306,27 @@ class LaneGuard:
         if self._id is None:  # made just now by this open
             self._id = file_id(self.path)
         self._anew = False  # made anew by this gate after a deletion: sync has not taken it up
+        # a file (its identity, None: none) that did not open at the path, and when it is
+        # tried again; False: none failed
+        self._failed: tuple[object, float] = (False, 0.0)
 
     def _follow(self) -> None:
         """fleet.db deleted or replaced underneath (sync opens it again at its path): read
         the file at the path, never a deleted one whose link state and forget-list flag no
-        longer change. One that does not open leaves the old one, tried again next time."""
+        longer change. One that does not open leaves the old one: said once, tried again at
+        most once a second (each redemption and face decision asks)."""
         if self.state is None or (now := file_id(self.path)) == self._id:
             return
+        if now == self._failed[0] and time.monotonic() < self._failed[1]:
+            return  # this file did not open a moment ago: tried again once a second
         try:
             new = FleetState(self.path)
         except FleetStateError as e:
-            log.error("gate fleet_state_moved path=%s; not reopened: %s", self.path, e)
+            if now != self._failed[0]:  # said once per file, not at each decision
+                log.error("gate fleet_state_moved path=%s; not reopened: %s", self.path, e)
+            self._failed = (now, time.monotonic() + 1.0)
             return
+        self._failed = (False, 0.0)
         log.warning("gate fleet_state_moved path=%s; reading the file now at its path", self.path)
         # one deleted was made by this open: its identity now, or it is taken for a move
         old, self.state, self._id = self.state, new, now if now is not None else file_id(self.path)
