@@ -794,6 +794,42 @@ def test_a_damaged_fleet_store_is_said_once_and_the_feed_reads_again_when_restor
         feed.close()
 
 
+def test_the_feed_makes_no_office_store_in_place_of_one_deleted(tmp_path):
+    """The office's fleet store deleted while the office's sync still writes into it (its
+    write-ahead log and index left at the path): the feed made an empty store there at its next
+    read, ten times a second, sharing that log with the deleted file (the new file then fails
+    'disk I/O error') and hiding that the store must be restored from backup. Now the feed says
+    the store is missing, shows the fleet as not connected and makes nothing."""
+    from edge.console.feed import DecisionFilter, FleetFeed
+    from edge.fleet.state import FleetState
+
+    from .console_harness import make_park
+
+    park = make_park(tmp_path, "mqtt://127.0.0.1:1")
+    cfg = park.office_cfg
+    db = cfg.resolve(cfg.fleet.state_db)
+    _store_decisions(db, ["T-OLD"])
+    syncs = FleetState(db)  # the office's sync, its file open
+    feed = FleetFeed(cfg)
+    try:
+        feed.poll_once()
+        assert feed.error == ""
+        db.unlink()
+        for _ in range(3):
+            feed.poll_once()
+        assert not db.exists()
+        assert "restore" in feed.error and not feed.connected
+        assert [r["subject"] for r in feed.decisions(DecisionFilter())] == ["T-OLD"]
+        _store_decisions(tmp_path / "backup.db", ["T-BACK"])
+        os.replace(tmp_path / "backup.db", db)  # restored from backup
+        feed.poll_once()
+        assert feed.error == ""
+        assert [r["subject"] for r in feed.decisions(DecisionFilter())] == ["T-BACK"]
+    finally:
+        feed.close()
+        syncs.close()
+
+
 def test_a_logout_the_full_audit_log_cannot_record_still_ends_the_sessions(office):
     """A logout whose record failed answered an error page (the sessions had ended, the browser
     kept its cookie and staff took it for a logout refused). Now the logout answers as always,
