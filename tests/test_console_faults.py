@@ -324,6 +324,42 @@ def test_an_audit_log_deleted_or_replaced_underneath_gets_the_console_records(
         assert "backup" in kept  # the restored file's own records are still there
 
 
+def _another_process_records(db: Path) -> str:
+    """One record by another process at the office (its sync), as it opens the file at `db`."""
+    code = (
+        "import sys, time\n"
+        "from edge.gate.audit import AuditLog, AuditRecord\n"
+        "try:\n"
+        f"    with AuditLog({str(db)!r}) as a:\n"
+        "        a.record(AuditRecord(time.time(), 'office', 'fleet', reason='sync'))\n"
+        "    print('ok')\n"
+        "except Exception as e:\n"
+        "    print(e)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    return out.stdout.strip()
+
+
+def test_an_audit_log_deleted_underneath_is_let_go_without_waiting_for_a_record(office):
+    """The office audit log deleted while the console ran: the console held the deleted file
+    open until its next record (hours on a quiet evening), and meanwhile the office's sync,
+    opening the log again at its path, failed 'disk I/O error' on the log and index the held
+    file keeps at the path. Now the console lets go of a moved log within seconds."""
+    Client(office.port).login("ada")
+    office.audit_db.unlink()  # its write-ahead log and index stay, as after `rm`
+    tries: list[str] = []
+
+    def recorded() -> bool:
+        tries.append(_another_process_records(office.audit_db))
+        return tries[-1] == "ok"
+
+    wait_for(recorded, 15, "another process to record into the audit log made again")
+    Client(office.port).login("sam")  # the console follows to the file now there
+    with AuditLog(office.audit_db) as a:
+        assert a.verify().ok
+        assert [r.reason for _, r, _ in a.rows()] == ["sync", "login"]
+
+
 def test_a_login_the_full_audit_log_cannot_record_is_refused_with_the_fix(office):
     """A login whose record failed was a 500 (the login form is outside the routes' guard):
     staff saw 'Internal Server Error'. Now the form says why and no session is issued; with
