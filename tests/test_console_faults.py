@@ -26,27 +26,10 @@ from edge.gallery.store import Consent, Gallery
 from edge.gate.audit import AuditLog, AuditRecord
 
 from .console_harness import PASSWORD, Served, wait_for
-from .helpers import make_config
+from .helpers import hold_write_lock, make_config
 from .test_console_bad_input import Client, Errors
 
 LOCK_WAIT_MS = 200  # the console's busy timeout in these tests: the lock outlasts it
-
-
-def hold_write_lock(db: Path) -> subprocess.Popen:
-    """Another process holding the file's write lock until its stdin closes."""
-    code = (
-        "import sqlite3, sys\n"
-        f"c = sqlite3.connect({str(db)!r}, isolation_level=None)\n"
-        "c.execute('BEGIN IMMEDIATE')\n"
-        "print('locked', flush=True)\n"
-        "sys.stdin.read()\n"
-        "c.execute('ROLLBACK')\n"
-    )
-    p = subprocess.Popen(
-        [sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
-    )
-    assert p.stdout is not None and p.stdout.readline().strip() == "locked"
-    return p
 
 
 def release(p: subprocess.Popen) -> None:
