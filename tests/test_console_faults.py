@@ -116,23 +116,13 @@ def tracebacks(seen: Errors) -> list[str]:
 @pytest.fixture
 def office(tmp_path):
     """The office and its console under uvicorn; what the server logged is collected."""
-    seen = Errors()
-    loggers = [logging.getLogger(n) for n in ("uvicorn.error", "edge.console.app")]
-    levels = [lg.level for lg in loggers]
-    for lg in loggers:
-        lg.addHandler(seen)
-        lg.setLevel(logging.INFO)
-    o = Office(tmp_path)
-    try:
+    with Errors.collected() as seen:
+        o = Office(tmp_path)
         with Served(o.app) as served:
             o.port = served.port
             o.seen = seen
             yield o
             assert tracebacks(seen) == []  # a 500 logs its traceback
-    finally:
-        for lg, level in zip(loggers, levels, strict=True):
-            lg.removeHandler(seen)
-            lg.setLevel(level)
 
 
 def gone(c: Client) -> bool:
@@ -703,6 +693,7 @@ def test_an_enrolment_while_another_process_forgets_someone_stores_a_whole_perso
 
     def forget_other() -> None:  # another process: its own connection, key and generation
         with Gallery(office.gallery_db, load_key(office.gallery_key), create=False) as g:
+            g.conn.execute("PRAGMA busy_timeout=600000")  # waits out the enrolment, however slow
             assert g.forget(other)
 
     def meanwhile(self, *a, **kw):
