@@ -5,6 +5,8 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -285,3 +287,20 @@ def notify_messages(server) -> tuple[list[str], threading.Thread]:
     reader = threading.Thread(target=receive, daemon=True)
     reader.start()
     return msgs, reader
+
+
+def hold_write_lock(db: Path) -> subprocess.Popen:
+    """Another process holding the file's write lock until its stdin closes."""
+    code = (
+        "import sqlite3, sys\n"
+        f"c = sqlite3.connect({str(db)!r}, isolation_level=None)\n"
+        "c.execute('BEGIN IMMEDIATE')\n"
+        "print('locked', flush=True)\n"
+        "sys.stdin.read()\n"
+        "c.execute('ROLLBACK')\n"
+    )
+    p = subprocess.Popen(
+        [sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    assert p.stdout is not None and p.stdout.readline().strip() == "locked"
+    return p

@@ -5,10 +5,12 @@ and a refused action changes nothing and records no success in the office audit 
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import logging
 import re
 import socket
+from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlencode
 
@@ -47,6 +49,23 @@ class Errors(logging.Handler):
     @property
     def errors(self) -> list[str]:
         return [r.getMessage() for r in self.records if r.levelno >= logging.ERROR]
+
+    @classmethod
+    @contextlib.contextmanager
+    def collected(cls) -> Iterator[Errors]:
+        """The server's and the console's log lines (INFO and up) while the block runs."""
+        seen = cls()
+        loggers = [logging.getLogger(n) for n in ("uvicorn.error", "edge.console.app")]
+        levels = [lg.level for lg in loggers]
+        for lg in loggers:
+            lg.addHandler(seen)
+            lg.setLevel(logging.INFO)
+        try:
+            yield seen
+        finally:
+            for lg, level in zip(loggers, levels, strict=True):
+                lg.removeHandler(seen)
+                lg.setLevel(level)
 
 
 class Client:
@@ -94,30 +113,19 @@ def console(tmp_path_factory):
     """The park and its console; the server's log is collected for the whole module."""
     need_mosquitto()
     root = tmp_path_factory.mktemp("park")
-    seen = Errors()
-    loggers = [logging.getLogger(n) for n in ("uvicorn.error", "edge.console.app")]
-    levels = [lg.level for lg in loggers]
-    for lg in loggers:
-        lg.addHandler(seen)
-        lg.setLevel(logging.INFO)
-    try:
-        with Mosquitto(root / "mosquitto", users=USERS) as broker:
-            park = make_park(root, broker.url)
-            cfg = park.office_cfg
-            add_users(cfg)
-            store = UserStore(cfg.resolve(cfg.console.users_db))
-            store.add("ada", "admin", PASSWORD)
-            store.close()
-            syncs = Syncs(park).start()
-            try:
-                with Served(build_app(cfg)) as served:
-                    yield park, served.port, seen
-            finally:
-                syncs.stop()
-    finally:
-        for lg, level in zip(loggers, levels, strict=True):
-            lg.removeHandler(seen)
-            lg.setLevel(level)
+    with Errors.collected() as seen, Mosquitto(root / "mosquitto", users=USERS) as broker:
+        park = make_park(root, broker.url)
+        cfg = park.office_cfg
+        add_users(cfg)
+        store = UserStore(cfg.resolve(cfg.console.users_db))
+        store.add("ada", "admin", PASSWORD)
+        store.close()
+        syncs = Syncs(park).start()
+        try:
+            with Served(build_app(cfg)) as served:
+                yield park, served.port, seen
+        finally:
+            syncs.stop()
 
 
 @pytest.fixture(scope="module")

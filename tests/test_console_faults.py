@@ -26,27 +26,10 @@ from edge.gallery.store import Consent, Gallery
 from edge.gate.audit import AuditLog, AuditRecord
 
 from .console_harness import PASSWORD, Served, wait_for
-from .helpers import make_config
+from .helpers import hold_write_lock, make_config
 from .test_console_bad_input import Client, Errors
 
 LOCK_WAIT_MS = 200  # the console's busy timeout in these tests: the lock outlasts it
-
-
-def hold_write_lock(db: Path) -> subprocess.Popen:
-    """Another process holding the file's write lock until its stdin closes."""
-    code = (
-        "import sqlite3, sys\n"
-        f"c = sqlite3.connect({str(db)!r}, isolation_level=None)\n"
-        "c.execute('BEGIN IMMEDIATE')\n"
-        "print('locked', flush=True)\n"
-        "sys.stdin.read()\n"
-        "c.execute('ROLLBACK')\n"
-    )
-    p = subprocess.Popen(
-        [sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
-    )
-    assert p.stdout is not None and p.stdout.readline().strip() == "locked"
-    return p
 
 
 def release(p: subprocess.Popen) -> None:
@@ -133,23 +116,13 @@ def tracebacks(seen: Errors) -> list[str]:
 @pytest.fixture
 def office(tmp_path):
     """The office and its console under uvicorn; what the server logged is collected."""
-    seen = Errors()
-    loggers = [logging.getLogger(n) for n in ("uvicorn.error", "edge.console.app")]
-    levels = [lg.level for lg in loggers]
-    for lg in loggers:
-        lg.addHandler(seen)
-        lg.setLevel(logging.INFO)
-    o = Office(tmp_path)
-    try:
+    with Errors.collected() as seen:
+        o = Office(tmp_path)
         with Served(o.app) as served:
             o.port = served.port
             o.seen = seen
             yield o
             assert tracebacks(seen) == []  # a 500 logs its traceback
-    finally:
-        for lg, level in zip(loggers, levels, strict=True):
-            lg.removeHandler(seen)
-            lg.setLevel(level)
 
 
 def gone(c: Client) -> bool:
@@ -322,6 +295,42 @@ def test_an_audit_log_deleted_or_replaced_underneath_gets_the_console_records(
         kept = [r.reason for _, r, _ in a.rows(kind="system")]
     if how == "replaced":
         assert "backup" in kept  # the restored file's own records are still there
+
+
+def _another_process_records(db: Path) -> str:
+    """One record by another process at the office (its sync), as it opens the file at `db`."""
+    code = (
+        "import sys, time\n"
+        "from edge.gate.audit import AuditLog, AuditRecord\n"
+        "try:\n"
+        f"    with AuditLog({str(db)!r}) as a:\n"
+        "        a.record(AuditRecord(time.time(), 'office', 'fleet', reason='sync'))\n"
+        "    print('ok')\n"
+        "except Exception as e:\n"
+        "    print(e)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    return out.stdout.strip()
+
+
+def test_an_audit_log_deleted_underneath_is_let_go_without_waiting_for_a_record(office):
+    """The office audit log deleted while the console ran: the console held the deleted file
+    open until its next record (hours on a quiet evening), and meanwhile the office's sync,
+    opening the log again at its path, failed 'disk I/O error' on the log and index the held
+    file keeps at the path. Now the console lets go of a moved log within seconds."""
+    Client(office.port).login("ada")
+    office.audit_db.unlink()  # its write-ahead log and index stay, as after `rm`
+    tries: list[str] = []
+
+    def recorded() -> bool:
+        tries.append(_another_process_records(office.audit_db))
+        return tries[-1] == "ok"
+
+    wait_for(recorded, 15, "another process to record into the audit log made again")
+    Client(office.port).login("sam")  # the console follows to the file now there
+    with AuditLog(office.audit_db) as a:
+        assert a.verify().ok
+        assert [r.reason for _, r, _ in a.rows()] == ["sync", "login"]
 
 
 def test_a_login_the_full_audit_log_cannot_record_is_refused_with_the_fix(office):
@@ -684,6 +693,7 @@ def test_an_enrolment_while_another_process_forgets_someone_stores_a_whole_perso
 
     def forget_other() -> None:  # another process: its own connection, key and generation
         with Gallery(office.gallery_db, load_key(office.gallery_key), create=False) as g:
+            g.conn.execute("PRAGMA busy_timeout=600000")  # waits out the enrolment, however slow
             assert g.forget(other)
 
     def meanwhile(self, *a, **kw):
@@ -792,6 +802,42 @@ def test_a_damaged_fleet_store_is_said_once_and_the_feed_reads_again_when_restor
             assert [r["subject"] for r in feed.decisions(DecisionFilter())] == ["T-BACK"]
     finally:
         feed.close()
+
+
+def test_the_feed_makes_no_office_store_in_place_of_one_deleted(tmp_path):
+    """The office's fleet store deleted while the office's sync still writes into it (its
+    write-ahead log and index left at the path): the feed made an empty store there at its next
+    read, ten times a second, sharing that log with the deleted file (the new file then fails
+    'disk I/O error') and hiding that the store must be restored from backup. Now the feed says
+    the store is missing, shows the fleet as not connected and makes nothing."""
+    from edge.console.feed import DecisionFilter, FleetFeed
+    from edge.fleet.state import FleetState
+
+    from .console_harness import make_park
+
+    park = make_park(tmp_path, "mqtt://127.0.0.1:1")
+    cfg = park.office_cfg
+    db = cfg.resolve(cfg.fleet.state_db)
+    _store_decisions(db, ["T-OLD"])
+    syncs = FleetState(db)  # the office's sync, its file open
+    feed = FleetFeed(cfg)
+    try:
+        feed.poll_once()
+        assert feed.error == ""
+        db.unlink()
+        for _ in range(3):
+            feed.poll_once()
+        assert not db.exists()
+        assert "restore" in feed.error and not feed.connected
+        assert [r["subject"] for r in feed.decisions(DecisionFilter())] == ["T-OLD"]
+        _store_decisions(tmp_path / "backup.db", ["T-BACK"])
+        os.replace(tmp_path / "backup.db", db)  # restored from backup
+        feed.poll_once()
+        assert feed.error == ""
+        assert [r["subject"] for r in feed.decisions(DecisionFilter())] == ["T-BACK"]
+    finally:
+        feed.close()
+        syncs.close()
 
 
 def test_a_logout_the_full_audit_log_cannot_record_still_ends_the_sessions(office):

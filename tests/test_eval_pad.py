@@ -69,6 +69,19 @@ def test_report_keys_and_counts(pad_dir, capsys):
     assert r["median_ms_per_face"] > 0
 
 
+def test_fusion_is_a_measurement_never_written(pad_dir, tmp_path, capsys):
+    """--fusion judges with another rule; writing the threshold it found would give the gate
+    (which fuses by the entry's rule) a threshold measured with a different score."""
+    mean = run_json(capsys, pad_dir, "--per-file")
+    high = run_json(capsys, pad_dir, "--per-file", "--fusion", "max")
+    scores = lambda r: {x["file"]: x["score"] for x in r["results"] if x["score"]}  # noqa: E731
+    assert scores(high).keys() == scores(mean).keys()
+    assert all(scores(high)[f] >= scores(mean)[f] - 1e-6 for f in scores(mean))
+    assert any(scores(high)[f] > scores(mean)[f] + 1e-4 for f in scores(mean))
+    assert main(["eval-pad", str(pad_dir), "--fusion", "max", "--write-threshold"]) == 2
+    assert "--fusion is a measurement" in capsys.readouterr().err
+
+
 def test_write_threshold_goes_to_models_json(pad_dir, tmp_path, capsys):
     models = tmp_path / "models"
     shutil.copytree(MODELS, models)

@@ -36,6 +36,7 @@ from .helpers import (
     ListSource,
     PiCameras,
     enroll_lin,
+    hold_write_lock,
     make_config,
     notify_messages,
     run_gate,
@@ -239,23 +240,6 @@ def face_gate(cfg, frames, **kw) -> tuple[Gate, list[dict]]:
 
 def visitor(who: int, n: int = 5) -> list[np.ndarray]:
     return [np.full((120, 160, 3), who, np.uint8)] * n
-
-
-def hold_write_lock(db: Path) -> subprocess.Popen:
-    """Another process holding the file's write lock until its stdin closes."""
-    code = (
-        "import sqlite3, sys\n"
-        f"c = sqlite3.connect({str(db)!r}, isolation_level=None)\n"
-        "c.execute('BEGIN IMMEDIATE')\n"
-        "print('locked', flush=True)\n"
-        "sys.stdin.read()\n"
-        "c.execute('ROLLBACK')\n"
-    )
-    p = subprocess.Popen(
-        [sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
-    )
-    assert p.stdout is not None and p.stdout.readline().strip() == "locked"
-    return p
 
 
 def test_a_face_grant_the_locked_audit_log_cannot_record_is_denied(tmp_path, caplog):

@@ -421,6 +421,31 @@ def test_fusion_is_the_mean_of_each_networks_live_probability(silentface):
     assert silentface.live_probability(img, box) == got.live
 
 
+@pytest.mark.parametrize(
+    "rule, want",
+    [
+        ("mean", lambda p: np.mean(p)),
+        ("max", lambda p: np.max(p)),
+        ("min", lambda p: np.min(p)),
+        ("geometric", lambda p: np.sqrt(p[0] * p[1])),
+        ("logit", lambda p: 1 / (1 + np.exp(-np.mean(np.log(p / (1 - p)))))),
+    ],
+)
+def test_each_fusion_rule_fuses_the_members_probabilities(silentface, rule, want):
+    """The rules `eval-pad --fusion` measures: each from the same two member probabilities."""
+    import dataclasses
+
+    rng = np.random.default_rng(3)
+    img = cv2_blur(rng.integers(0, 255, (480, 640, 3), dtype=np.uint8))
+    box = np.array([280.0, 180.0, 360.0, 260.0])
+    model = lv.PadModel(dataclasses.replace(silentface.spec, fusion=rule))
+    got = model.score(img, box)
+    assert got.members == silentface.score(img, box).members
+    assert got.live == pytest.approx(float(want(np.array(got.members))), abs=1e-9)
+    assert lv.FUSIONS["min"](np.array(got.members)) <= got.live
+    assert got.live <= lv.FUSIONS["max"](np.array(got.members))
+
+
 def cv2_blur(img: np.ndarray) -> np.ndarray:
     import cv2
 
@@ -512,7 +537,7 @@ def test_an_incomplete_or_unknown_fusion_entry_is_a_model_error(tmp_path):
     models = tmp_path / "models"
     models.mkdir()
     bad = json.loads(json.dumps(cat))
-    bad["liveness"]["silentface_int8"]["fusion"] = "max of the members"
+    bad["liveness"]["silentface_int8"]["fusion"] = "median of the members"
     (models / "models.json").write_text(json.dumps(bad))
     with pytest.raises(ModelError, match="fusion"):
         lv.PadSpec.load(models, "silentface_int8")

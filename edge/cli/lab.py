@@ -134,6 +134,12 @@ def register(sub, common) -> None:
         "--threshold", type=fraction, default=0.0, help="judge at this live probability"
     )
     sp.add_argument(
+        "--fusion",
+        choices=("mean", "max", "min", "geometric", "logit"),
+        help="fuse the entry's networks by this rule instead of its own (a measurement: the gate"
+        " uses the entry's rule)",
+    )
+    sp.add_argument(
         "--write-threshold",
         action="store_true",
         help="store the threshold halfway between APCER 0 and BPCER --target-bpcer on the images"

@@ -138,21 +138,38 @@ class Office:
         into a file no longer on disk (lost at the next start)."""
         path = self.cfg.resolve(self.cfg.audit.path)
         with self._audit_lock:
-            now = file_id(path)
-            if self._audit is not None and now != self._audit_id:
-                log.error(
-                    "console audit_moved path=%s: deleted or replaced while the console ran; "
-                    "opened again as at start",
-                    path,
-                )
-                let_go(self._audit)
-                self._audit = None
+            now = self._let_go_moved(path)
             if self._audit is None:
                 self._audit_id = now  # read before it is opened: a file replaced in between
                 self._audit = self.audit_log()  # is followed at the next use
                 if now is None:
                     self._audit_id = file_id(path)
             yield self._audit
+
+    def _let_go_moved(self, path: Path) -> tuple[int, int] | None:
+        """Under `_audit_lock`: the connection to a log no longer at `path` is let go; the
+        identity of the file now there (None: none)."""
+        now = file_id(path)
+        if self._audit is not None and now != self._audit_id:
+            log.error(
+                "console audit_moved path=%s: deleted or replaced while the console ran; "
+                "opened again at its next use",
+                path,
+            )
+            let_go(self._audit)
+            self._audit = None
+        return now
+
+    def let_go_moved_audit(self) -> None:
+        """Let go at once of an audit log deleted or replaced underneath, not at the next
+        record: while the console holds it, the office's sync cannot open the file at the path
+        (SQLite says disk I/O error on the log and index the held file keeps there). A log in
+        use is left to its user, who follows it itself."""
+        if self._audit_lock.acquire(blocking=False):
+            try:
+                self._let_go_moved(self.cfg.resolve(self.cfg.audit.path))
+            finally:
+                self._audit_lock.release()
 
     def record(self, user: str, kind: str, detail: str = "", **fields: Any) -> None:
         """One action in the office audit log, with the user's name."""

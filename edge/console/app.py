@@ -56,6 +56,7 @@ log = logging.getLogger(__name__)
 HERE = Path(__file__).resolve().parent
 STREAM_POLL_S = 0.1
 KEEPALIVE_S = 15.0
+FOLLOW_S = 1.0  # how often a moved office audit log is looked for (and let go)
 DECISIONS_SHOWN = 200
 AUDIT_PAGE = 100
 PEOPLE_SHOWN = 200  # rows of the People page; a search narrows the rest
@@ -896,12 +897,21 @@ def build_app(cfg: config_mod.Config, feed: FleetFeed | None = None) -> Starlett
         Mount("/static", StaticFiles(directory=HERE / "static"), name="static"),
     ]
 
+    async def follow_files() -> None:
+        while True:  # a moved audit log is let go within a second (Office.let_go_moved_audit)
+            await asyncio.sleep(FOLLOW_S)
+            await asyncio.to_thread(con.office.let_go_moved_audit)
+
     @contextlib.asynccontextmanager
     async def lifespan(app):
         con.feed.start()
+        follower = asyncio.create_task(follow_files())
         try:
             yield
         finally:
+            follower.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await follower
             con.feed.close()
             con.users.close()
             con.office.close()

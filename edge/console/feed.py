@@ -19,6 +19,7 @@ from typing import Any
 
 from edge.config import Config
 from edge.console.follow import file_id, let_go
+from edge.errors import FleetStateError
 from edge.fleet.office import fleet_status
 from edge.fleet.officestore import OfficeStore
 from edge.fleet.state import FleetState
@@ -100,7 +101,16 @@ class FleetFeed:
 
     def poll(self) -> None:
         """One read of the office's store: the decisions that arrived since, and (once a
-        second) `fleet status`."""
+        second) `fleet status`. A store not at its path is never made here: the office's sync
+        may still write into the deleted file through the log and index left at the path, and
+        the fix is to restore it from backup."""
+        path = self.cfg.resolve(self.cfg.fleet.state_db)
+        if not path.exists():
+            raise FleetStateError(
+                f"no office store at {path} (fleet.state_db)",
+                "start the office's edge-gate sync; if the file was deleted, restore it from "
+                "backup (the console makes none)",
+            )
         if time.monotonic() >= self._status_due:
             self._status_due = time.monotonic() + STATUS_EVERY_S
             rep = fleet_status(self.cfg)
@@ -112,7 +122,6 @@ class FleetFeed:
             with self._lock:
                 self._status = {"site": self.site, "lanes": lanes, "people": rep["people"]}
                 self.connected = rep["sync"]["connected"] and rep["sync"]["running"]
-        path = self.cfg.resolve(self.cfg.fleet.state_db)
         now_id = file_id(path)
         if self._store is not None and now_id != self._store_id:
             # deleted or replaced (restored) while the console runs: the rows shown come from

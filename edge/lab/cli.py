@@ -190,6 +190,13 @@ def cmd_eval_pad(args) -> int:
     spec = PadSpec.load(models, name, require_threshold=not args.write_threshold)
     if args.threshold:
         spec = PadSpec(**{**spec.__dict__, "threshold": args.threshold})
+    if args.fusion:
+        if args.write_threshold:
+            raise EdgeGateError(
+                "--fusion is a measurement: the gate fuses by the entry's own rule",
+                "drop --write-threshold, or --fusion",
+            )
+        spec = PadSpec(**{**spec.__dict__, "fusion": args.fusion})
     mode = "model" if cfg.liveness.mode == "off" else cfg.liveness.mode
     use_cues = cfg.liveness.cues and not args.no_cues
 

@@ -13,6 +13,7 @@ them; a visitor who stands still gives it nothing to say, and the model alone de
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -85,7 +86,21 @@ class PadMember:
     crop: str = "gate"
 
 
-FUSIONS = ("mean",)  # the members' live probabilities averaged (upstream: softmaxes summed, /2)
+def _logit_mean(p: np.ndarray) -> float:
+    q = np.clip(p, 1e-6, 1 - 1e-6)
+    return float(1.0 / (1.0 + np.exp(-np.mean(np.log(q / (1 - q))))))
+
+
+# How a liveness entry's members' live probabilities become one. "mean" is the shipped rule
+# (upstream sums the softmaxes and halves class 1: the same number); the others are measured with
+# `edge-gate eval-pad --fusion` (MODELS.md) and were not adopted.
+FUSIONS: dict[str, Callable[[np.ndarray], float]] = {
+    "mean": lambda p: float(np.mean(p)),
+    "max": lambda p: float(np.max(p)),
+    "min": lambda p: float(np.min(p)),
+    "geometric": lambda p: float(np.exp(np.mean(np.log(np.clip(p, 1e-9, 1.0))))),
+    "logit": _logit_mean,
+}
 
 
 @dataclass(frozen=True)
@@ -289,7 +304,7 @@ class PadModel:
         for m, out, s in self.outputs(bgr, box):
             probs.append(float(out[m.live_index] / max(float(out.sum()), 1e-6)))
             scales.append(s)
-        live = float(np.mean(probs))  # FUSIONS: "mean"
+        live = FUSIONS[self.spec.fusion](np.asarray(probs, np.float64))
         return PadScore(live, context, False, tuple(scales), tuple(probs))
 
     def outputs(
