@@ -24,9 +24,9 @@ from edge.fleet import sync as sync_mod
 from edge.fleet.identity import load_lane_key
 from edge.fleet.state import FleetState, LaneGuard
 from edge.tickets.ledger import Ledger
+from tests.helpers import hold_write_lock
 from tests.test_fleet import OneShot, Park, wait_for
 from tests.test_fleet_delivery import _counted_twice, _kept, _queue_redemptions, _redemptions
-from tests.test_gate_faults import hold_write_lock
 
 LOG = "edge.fleet.sync"
 
