@@ -86,3 +86,21 @@ class ReasonError(EdgeGateError):
 
 class FleetStateError(EdgeGateError):
     """The lane's fleet state file (written by `edge-gate sync`) is unreadable."""
+
+
+class Unforeseen:
+    """Errors no step of a long-running loop expects (sync, pretix sync): each is logged and the
+    loop goes on; `seen` tells whether this error is new, so its traceback is logged once."""
+
+    LIMIT = 100  # distinct errors remembered: a loop failing in ever new ways stays bounded
+
+    def __init__(self) -> None:
+        self._seen: set[str] = set()
+
+    def seen(self, e: BaseException) -> tuple[str, bool]:
+        """(the error in one line, whether it is the first time it is seen)."""
+        kind = f"{type(e).__name__}: {e}"[:300]
+        first = kind not in self._seen
+        if first and len(self._seen) < self.LIMIT:
+            self._seen.add(kind)
+        return kind, first

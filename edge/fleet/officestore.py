@@ -15,10 +15,8 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -28,6 +26,7 @@ from edge.errors import FleetStateError
 from edge.fleet import messages as msg
 from edge.fleet.state import FleetState
 from edge.gate.audit import AuditRecord, record_hash
+from edge.gate.faces import file_id
 
 # A record may be committed (by the gate, another process) a moment after the lane's sync read
 # its log's head for a heartbeat: a record this much older than a head that lacks it is missing.
@@ -84,7 +83,7 @@ class OfficeStore:
             run_script(c, _SCHEMA)
             if found != OFFICE_SCHEMA:
                 self.state.put(**{SCHEMA_KEY: OFFICE_SCHEMA})
-        self._identity = _identity(state.path)
+        self._identity = file_id(state.path)
 
     def _kept(self) -> None:
         """Before storing what a lane sent (and acknowledging it): is the file this connection
@@ -92,7 +91,7 @@ class OfficeStore:
         would take every record stored from then on with it at the next restart, after the
         lanes were told it was kept: refused instead (not acknowledged, so the broker delivers
         it again), until sync runs on the file at the path."""
-        now = _identity(self.state.path)
+        now = file_id(self.state.path)
         if now != self._identity:
             what = "deleted" if now is None else "replaced"
             raise FleetStateError(
@@ -543,15 +542,6 @@ def _audit_record(lane: str, r: Any) -> tuple[int, str, str, float, dict[str, An
     if not _finite(t):
         raise msg.MessageError(f"audit message from {lane!r}: record {rid} time {str(t)[:40]!r}")
     return rid, prev, h, float(t), {k: v for k, v in r.items() if k not in ("id", "prev", "hash")}
-
-
-def _identity(path: Path) -> tuple[int, int] | None:
-    """(device, inode) of the file at `path`, None when there is none."""
-    try:
-        st = os.stat(path)
-    except FileNotFoundError:
-        return None
-    return st.st_dev, st.st_ino
 
 
 def _finite(x: Any) -> bool:

@@ -52,7 +52,7 @@ import paho.mqtt.client as mqtt
 from edge import tickets as tk
 from edge.config import Config
 from edge.db import sqlite_fix
-from edge.errors import AuditError, EdgeGateError
+from edge.errors import AuditError, EdgeGateError, Unforeseen
 from edge.fleet import messages as msg
 from edge.fleet.apply import OfficeApplier
 from edge.fleet.brokerconf import ACL_OUTDATED_FIX
@@ -235,7 +235,7 @@ class Sync:
         self._faults: dict[str, str] = {}  # a write of sync's own that fails: said once
         self._hb = 0  # the heartbeat counter, ahead of fleet.db while it cannot be written
         self._audit_gone = ""  # why the audit log at audit.path does not open (moved away)
-        self._unforeseen_seen: set[str] = set()
+        self._unforeseen_seen = Unforeseen()
         self._reported: dict[str, int] = {}  # double uses recorded that fleet.db did not note
         self.connected = False
         self.is_office = fl.lane == msg.OFFICE
@@ -378,10 +378,7 @@ class Sync:
     def _unforeseen(self, e: Exception) -> None:
         """A step that raised what no step expects: logged (its traceback the first time that
         error is seen); what it had taken from the inbox was not acknowledged."""
-        kind = f"{type(e).__name__}: {e}"[:300]
-        first = kind not in self._unforeseen_seen
-        if first and len(self._unforeseen_seen) < 100:
-            self._unforeseen_seen.add(kind)
+        kind, first = self._unforeseen_seen.seen(e)
         log.error(
             "sync step_failed error=%s (fix: report it as a bug; sync goes on, the broker "
             "holds what was not acknowledged)",

@@ -35,7 +35,7 @@ from typing import Any
 
 from edge import files
 from edge.config import Config
-from edge.errors import ConfigError, EdgeGateError
+from edge.errors import ConfigError, EdgeGateError, Unforeseen
 from edge.pretix.api import (
     NOT_PRETIX,
     PretixAPIError,
@@ -165,7 +165,7 @@ class PretixSync:
         self.state = SyncState.load(self.folder)
         self.stop = threading.Event()
         self.reachable: bool | None = None
-        self._unforeseen_seen: set[str] = set()
+        self._unforeseen_seen = Unforeseen()
 
     # --- paths -----------------------------------------------------------------------------------
 
@@ -380,10 +380,7 @@ class PretixSync:
         """A round that raised what no step expects: logged (its traceback the first time that
         error is seen), the link said to be down, the ledger opened afresh for the next round.
         The folder is written only by whole files, so the gate goes on with its last data."""
-        kind = f"{type(e).__name__}: {e}"[:300]
-        first = kind not in self._unforeseen_seen
-        if first and len(self._unforeseen_seen) < 100:
-            self._unforeseen_seen.add(kind)
+        kind, first = self._unforeseen_seen.seen(e)
         log.error(
             "pretix sync round failed error=%s (fix: `edge-gate --debug pretix sync --once "
             "--config ...` shows it; report it as a bug; the lane decides from its last data "
