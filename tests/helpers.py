@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -304,3 +305,13 @@ def hold_write_lock(db: Path) -> subprocess.Popen:
     )
     assert p.stdout is not None and p.stdout.readline().strip() == "locked"
     return p
+
+
+def copy_db(src: Path, dst: Path) -> None:
+    """A consistent copy of a live SQLite file (what a backup tool does)."""
+    a, b = sqlite3.connect(src), sqlite3.connect(dst)
+    try:
+        a.backup(b)
+    finally:
+        a.close()
+        b.close()

@@ -28,6 +28,7 @@ from edge.fleet import messages as msg
 from edge.fleet.identity import load_lane_key, public_text
 from edge.gate.audit import AuditLog
 from edge.lab.broker import Mosquitto
+from tests.helpers import copy_db
 from tests.test_fleet import USERS, OneShot, Park, _need_mosquitto, cli, verify, wait_for
 
 
@@ -41,16 +42,6 @@ def _publish(park: Park, i: int, topic: str, payload: bytes, retain: bool = Fals
     session)."""
     with OneShot(park.cfg(i), "attacker") as c:
         c.publish(topic, payload, retain=retain)
-
-
-def _copy_db(src: Path, dst: Path) -> None:
-    """A consistent copy of a live SQLite file (what a backup tool does)."""
-    a, b = sqlite3.connect(src), sqlite3.connect(dst)
-    try:
-        a.backup(b)
-    finally:
-        a.close()
-        b.close()
 
 
 # --- row 1: a lane's Pi replaced, its sequence numbers restart ------------------------------
@@ -121,7 +112,7 @@ def test_row1_restored_lane_starts_a_new_epoch_and_replays_the_forget_list(
         wait_for(lambda: park.remote(2, "T-1") == 1, what="lane2 hears T-1")
         park.stop(1)
         for f in ("ledger.db", "audit.db", "fleet.db", "gallery.db"):
-            _copy_db(d / f, backup / f)
+            copy_db(d / f, backup / f)
         park.start(1)
         for k in (2, 3):
             assert verify(park, 1, park.ticket(f"T-{k}"))[0] == 0
@@ -191,7 +182,7 @@ def test_row1_copy_taken_after_connecting_then_a_crash_is_still_a_restore(
             )
             if k == 1:  # the copy: after the connection (the will says 0), before T-2
                 for f in ("ledger.db", "audit.db", "fleet.db"):
-                    _copy_db(d / f, backup / f)
+                    copy_db(d / f, backup / f)
         os.kill(p.pid, signal.SIGKILL)  # no goodbye: the broker publishes the will
         p.wait()
         wait_for(lambda: _office_view(park, "lane1").get("gone") == "lost", what="lane1's will")

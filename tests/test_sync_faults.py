@@ -24,7 +24,7 @@ from edge.fleet import sync as sync_mod
 from edge.fleet.identity import load_lane_key
 from edge.fleet.state import FleetState, LaneGuard
 from edge.tickets.ledger import Ledger
-from tests.helpers import hold_write_lock
+from tests.helpers import copy_db, hold_write_lock
 from tests.test_fleet import OneShot, Park, wait_for
 from tests.test_fleet_delivery import _counted_twice, _kept, _queue_redemptions, _redemptions
 
@@ -75,16 +75,6 @@ def _two_lanes(park: Park):
 def _delete(db: Path) -> None:
     for x in ("", "-wal", "-shm"):
         Path(f"{db}{x}").unlink(missing_ok=True)
-
-
-def _copy(src: Path, dst: Path) -> None:
-    """A consistent copy of a live SQLite file (what a backup holds)."""
-    a, b = sqlite3.connect(src), sqlite3.connect(dst)
-    try:
-        a.backup(b)
-    finally:
-        a.close()
-        b.close()
 
 
 @pytest.mark.parametrize("fault", ["read_only", "locked"])
@@ -237,7 +227,7 @@ def test_a_ledger_replaced_underneath_is_followed(broker, office_keys, tmp_path,
         _redeem(park, 1, "T-1")
         wait_for(lambda: park.remote(2, "T-1") == 1, what="T-1 reaches lane2")
         wait_for(lambda: park.state(1, "outbox") == 0, what="T-1 cleaned up")
-        _copy(db, tmp_path / "copy.db")
+        copy_db(db, tmp_path / "copy.db")
         _delete(db)
         os.replace(tmp_path / "copy.db", db)
         _redeem(park, 1, "T-2")  # into the file now at the path
@@ -264,7 +254,7 @@ def test_a_ledger_deleted_underneath_holds_what_arrives_until_it_is_back(
     db = park.lanes[0].dir / "ledger.db"
     try:
         s, thread = _two_lanes(park)
-        _copy(db, tmp_path / "backup.db")
+        copy_db(db, tmp_path / "backup.db")
         applied = s.stats["applied"]
         _delete(db)
         _redeem(park, 2, "T-GONE")
@@ -371,8 +361,9 @@ def test_a_double_use_the_audit_log_could_not_record_is_recorded_once_it_can(
         wait_for(lambda: _lines(caplog, "sync apply_failed"), what="the record fails")
         _refuse_writes(s.audit, on=False)
         wait_for(lambda: park.audit(1, "double_use"), what="the double use recorded")
+        # the record is written before the redemption's ledger commit: wait for that too
+        wait_for(lambda: park.remote(1, "T-D1") == 1, what="lane2's redemption stored")
         assert len(park.audit(1, "double_use")) == 1
-        assert park.remote(1, "T-D1") == 1
     finally:
         park.stop_all()
 
@@ -432,8 +423,8 @@ def test_a_double_use_while_the_audit_log_is_gone_is_recorded_once_it_is_back(
         )
         monkeypatch.setattr(sync_mod, "AuditLog", real)
         wait_for(lambda: park.audit(1, "double_use"), what="recorded in the log at the path")
+        wait_for(lambda: park.remote(1, "T-D1") == 1, what="lane2's redemption stored")
         assert _lines(caplog, "is not open")
-        assert park.remote(1, "T-D1") == 1
         assert park.syncs[1][1].is_alive()
         assert s._audit_gone == ""
     finally:
@@ -683,8 +674,8 @@ def test_a_reused_number_the_audit_log_could_not_record_is_recorded_once_it_can(
         wait_for(lambda: _lines(caplog, "sync apply_failed topic=" + topic), what="it fails")
         _refuse_writes(s.audit, on=False)
         wait_for(lambda: park.audit(1, "seq_reused"), timeout=30, what="the reuse recorded")
+        wait_for(lambda: park.remote(1, "T-RB") == 1, what="the reused number's redemption stored")
         assert len(park.audit(1, "seq_reused")) == 1
-        assert park.remote(1, "T-RB") == 1
     finally:
         park.stop_all()
 
