@@ -580,34 +580,6 @@ def test_the_gate_grants_no_face_from_a_fleet_state_it_made_anew(office_keys, tm
         guard.close()
 
 
-def test_heartbeats_counted_while_fleet_db_refused_them_go_on_after_a_restart(
-    broker, office_keys, tmp_path
-):
-    """While fleet.db refuses writes, the heartbeat counter goes on in memory (here: as after
-    a long spell). Sync restarted, the file holds the older count: before, every heartbeat
-    it then signed had a number the office had already seen, was taken for a replay, and the
-    lane looked dead at the office until the count caught up. Now the count goes on from the
-    lane's own heartbeat that comes back from the broker at the connection."""
-    park = Park(tmp_path, broker.url, office_keys, lanes=2)
-    office = park.syncs[0][0]
-    try:
-        s = park.start(1)
-        park.wait_ready(1)
-        _refuse_writes(s.state)
-        s._hb += 1000  # as after a thousand heartbeats fleet.db did not take
-        wait_for(lambda: office.peers.get("lane1", sync_mod._Peer()).seq > 1000, what="counted")
-        park.stop(1)
-        restarted = time.time()
-        park.start(1)
-        wait_for(
-            lambda: office.peers["lane1"].time > restarted + 1,
-            timeout=30,
-            what="the restarted lane's heartbeats taken at the office",
-        )
-    finally:
-        park.stop_all()
-
-
 def test_a_double_use_is_recorded_once_while_fleet_db_refuses_writes(
     broker, office_keys, tmp_path, caplog, monkeypatch
 ):

@@ -1267,10 +1267,6 @@ class Sync:
                 c = self._check(a.topic, a.payload, True, now)
             except _NotKept:  # retained: it comes again at the next connection
                 continue
-            if c is not None and c.m.lane == self.me and c.m.epoch == self.epoch:
-                # numbered on from what the fleet saw: a count fleet.db did not take (it
-                # refused writes) would make the next heartbeats look like replays
-                self._hb = max(self._hb, c.m.seq)
             if c is not None and c.m.lane == self.me and self.ledger is not None:
                 self._self_check("marks" if c.m.type == msg.MARKS else "heartbeat", c.m)
 
