@@ -123,6 +123,27 @@ def test_threshold_rule():
         threshold_for(bad + att, strict=False)  # it would accept every attack
 
 
+def test_threshold_midpoints_lie_nearer_the_attacks():
+    """The midpoints `eval-pad --midpoint` measures: between the same two ends, the geometric
+    mean and the log-odds midpoint sit below halfway; the budget still binds when they cross."""
+    live = [{"file": f"l{i}.jpg", "kind": "live", "score": s} for i, s in enumerate([0.9, 1.0])]
+    att = [{"file": "a.jpg", "kind": "print", "score": 0.0099}]
+    half, _ = threshold_for(live + att)
+    geo, why = threshold_for(live + att, midpoint="geometric")
+    logit, _ = threshold_for(live + att, midpoint="logit")
+    assert half == 0.455 and geo == round((0.01 * 0.9) ** 0.5, 4) and "geometric midpoint" in why
+    assert geo < logit < half and logit == 0.2317  # log-odds -4.595 and 2.197: midpoint -1.199
+    strong = att + [{"file": "b.jpg", "kind": "screen", "score": 0.95}]
+    assert threshold_for(live + strong, midpoint="geometric")[0] == 0.9
+
+
+def test_midpoint_is_a_measurement_never_written(pad_dir, capsys):
+    assert main(["eval-pad", str(pad_dir), "--midpoint", "logit", "--write-threshold"]) == 2
+    assert "--midpoint is a measurement" in capsys.readouterr().err
+    r = run_json(capsys, pad_dir, "--leave-one-source-out", "--midpoint", "geometric")
+    assert r["loso"]["rule"].endswith("geometric midpoint")
+
+
 def test_by_source_and_leave_one_source_out(pad_dir, tmp_path, capsys):
     r = run_json(capsys, pad_dir, "--per-file", "--leave-one-source-out")
     per = r["results"]

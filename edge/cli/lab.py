@@ -140,6 +140,13 @@ def register(sub, common) -> None:
         " uses the entry's rule)",
     )
     sp.add_argument(
+        "--midpoint",
+        choices=("mean", "geometric", "logit"),
+        default="mean",
+        help="with --leave-one-source-out: where between APCER 0 and the live budget each fold's"
+        " threshold sits (a measurement: the shipped rule is the mean)",
+    )
+    sp.add_argument(
         "--write-threshold",
         action="store_true",
         help="store the threshold halfway between APCER 0 and BPCER --target-bpcer on the images"

@@ -197,6 +197,11 @@ def cmd_eval_pad(args) -> int:
                 "drop --write-threshold, or --fusion",
             )
         spec = PadSpec(**{**spec.__dict__, "fusion": args.fusion})
+    if args.midpoint != "mean" and args.write_threshold:
+        raise EdgeGateError(
+            "--midpoint is a measurement: the shipped threshold is halfway in probability",
+            "drop --write-threshold, or --midpoint",
+        )
     mode = "model" if cfg.liveness.mode == "off" else cfg.liveness.mode
     use_cues = cfg.liveness.cues and not args.no_cues
 
@@ -215,7 +220,7 @@ def cmd_eval_pad(args) -> int:
     selection = (tuple(args.include), tuple(args.exclude), args.source_pattern)
     report = evaluate_pad(cfg, dirs, pipe, judge_at(spec), *selection)
     if args.leave_one_source_out:
-        report["loso"] = leave_one_source_out(report["results"], args.target_bpcer)
+        report["loso"] = leave_one_source_out(report["results"], args.target_bpcer, args.midpoint)
         report["loso_apcer"] = report["loso"]["pooled"]["loso_apcer"]
         report["loso_bpcer"] = report["loso"]["pooled"]["loso_bpcer"]
     if args.write_threshold:

@@ -382,11 +382,24 @@ def _images(results: list[dict]) -> list[dict]:
     return [r for r in results if Path(r["file"]).suffix.lower() in IMAGE_EXT]
 
 
+def _logit(p: float) -> float:
+    p = min(max(p, 1e-4), 1 - 1e-4)
+    return float(np.log(p / (1 - p)))
+
+
+MIDPOINTS = {  # where between APCER 0 (a) and the live budget (b) the threshold sits
+    "mean": lambda a, b: (a + b) / 2,
+    "geometric": lambda a, b: float(np.sqrt(a * b)),
+    "logit": lambda a, b: float(1 / (1 + np.exp(-(_logit(a) + _logit(b)) / 2))),
+}
+
+
 def threshold_for(
     results: list[dict],
     targets: tuple[str, ...] | None = None,
     target_bpcer: float = TARGET_BPCER,
     strict: bool = True,
+    midpoint: str = "mean",
 ) -> tuple[float, str]:
     """The threshold with the most room on both sides: halfway between the lowest one that
     accepts no attack image (of `targets`, default every type) and the strictest one that
@@ -395,6 +408,8 @@ def threshold_for(
 
     Images with no face found, too close, or refused by a cue count as refused at any
     threshold. strict=False refuses (ImageError) a threshold that accepts half the attacks.
+    `midpoint` (MIDPOINTS) is a measurement: "halfway" in probability (the shipped rule), in
+    log-odds, or the geometric mean, both of which lie nearer the attacks.
     """
     imgs = _images(results)
     live = np.array([_effective(r) for r in imgs if r["kind"] == "live"])
@@ -414,8 +429,9 @@ def threshold_for(
     t_live = float(np.floor(max(allowed, default=0.0) * 1e4) / 1e4)  # rounded down: within
     t_att = float(np.ceil(np.nextafter(att.max(), 2.0) * 1e4) / 1e4)  # rounded up: above all
     if t_att <= t_live:
-        t = round((t_att + t_live) / 2, 4)
-        how = f"halfway between APCER 0 ({t_att}) and BPCER {target_bpcer:.0%} ({t_live})"
+        t = round(MIDPOINTS[midpoint](t_att, t_live), 4)
+        where = "halfway" if midpoint == "mean" else f"{midpoint} midpoint"
+        how = f"{where} between APCER 0 ({t_att}) and BPCER {target_bpcer:.0%} ({t_live})"
     else:
         t, how = t_live, f"strictest with BPCER <= {target_bpcer:.0%} (APCER 0 needs {t_att})"
     apcer = float(np.mean(att >= t))
@@ -432,7 +448,9 @@ def threshold_for(
     )
 
 
-def leave_one_source_out(results: list[dict], target_bpcer: float = TARGET_BPCER) -> dict:
+def leave_one_source_out(
+    results: list[dict], target_bpcer: float = TARGET_BPCER, midpoint: str = "mean"
+) -> dict:
     """Each source judged at the threshold `threshold_for` picks on all the other sources.
 
     Per source: that threshold, counts, `loso_apcer` (worst type), `loso_apcer_by_type`,
@@ -445,7 +463,8 @@ def leave_one_source_out(results: list[dict], target_bpcer: float = TARGET_BPCER
     for s in sorted({r["source"] for r in imgs}):
         held = [r for r in imgs if r["source"] == s]
         try:
-            t, why = threshold_for([r for r in imgs if r["source"] != s], None, target_bpcer)
+            others = [r for r in imgs if r["source"] != s]
+            t, why = threshold_for(others, None, target_bpcer, midpoint=midpoint)
         except ImageError as e:  # the other sources hold no live or no attack image
             per[s] = {"threshold": None, "why": e.args[0]}
             continue
@@ -464,7 +483,8 @@ def leave_one_source_out(results: list[dict], target_bpcer: float = TARGET_BPCER
         pooled += [{**r, "accepted": ok(r)} for r in held]
     rates = _rates(pooled, lambda r: r["accepted"])
     return {
-        "rule": f"threshold_for on the other sources (target BPCER {target_bpcer})",
+        "rule": f"threshold_for on the other sources (target BPCER {target_bpcer})"
+        + ("" if midpoint == "mean" else f", {midpoint} midpoint"),
         "by_source": per,
         "pooled": {
             "live": rates["live"],
