@@ -11,6 +11,7 @@ were not ("test"), nor were any of the seeds here.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 import time
@@ -91,10 +92,15 @@ def _largest(pipe: FacePipeline, bgr: np.ndarray):
     return None
 
 
-def measure(fx: Path, cfg: config_mod.Config, model: str | None = None) -> dict:
-    """The cues on every live source and on the renderings, with the model's verdict beside."""
+def measure(
+    fx: Path, cfg: config_mod.Config, model: str | None = None, threshold: float | None = None
+) -> dict:
+    """The cues on every live source and on the renderings, with the model's verdict beside
+    (at the entry's threshold, or `threshold`)."""
     pipe = FacePipeline.from_config(cfg)
     spec = PadSpec.load(config_mod.models_path(cfg), model or cfg.liveness.model)
+    if threshold is not None:
+        spec = dataclasses.replace(spec, threshold=threshold)
     pad = PadModel(spec, threads=1)
     live, times = {}, []
     for name, frames in live_sources(fx).items():
@@ -170,6 +176,9 @@ def _outcome(pipe: FacePipeline, pad: PadModel, frame: np.ndarray):
     return ("accepted" if pad.is_live(p) else "model"), box
 
 
-if __name__ == "__main__":  # python -m edge.lab.pad_cues FIXTURES [MODEL]
+if __name__ == "__main__":  # python -m edge.lab.pad_cues FIXTURES [MODEL [THRESHOLD]]
     cfg = config_mod.load(None)
-    print(json.dumps(measure(Path(sys.argv[1]), cfg, sys.argv[2] if len(sys.argv) > 2 else None)))
+    a = sys.argv[1:]
+    model = a[1] if len(a) > 1 and a[1] != "-" else None
+    threshold = float(a[2]) if len(a) > 2 else None
+    print(json.dumps(measure(Path(a[0]), cfg, model, threshold)))
