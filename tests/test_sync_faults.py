@@ -673,3 +673,47 @@ def test_the_gate_says_once_that_a_damaged_fleet_state_does_not_open(office_keys
         assert "fix" in said[0] or "restore" in said[0] or "move" in said[0]
     finally:
         guard.close()
+
+
+def test_heartbeats_counted_while_fleet_db_refused_them_go_on_after_a_restart(
+    broker, office_keys, tmp_path
+):
+    """fleet.db refuses writes (a read-only card) while lane1 heartbeats: the counter goes on
+    in memory, the office takes counts the file never held. Sync restarted, the file holds the
+    older count: before, the restarted lane's heartbeats carried counts the office had seen,
+    were taken for replays, and the lane looked stale there until the count passed the one
+    seen. Now the count goes on past the lane's own heartbeat (or will, or marks) read back
+    from the broker at the connection, whichever step takes it, so the first is taken."""
+    park = Park(tmp_path, broker.url, office_keys, lanes=1)
+    office = park.syncs[0][0]
+    judged: list[tuple[float, int, bool]] = []  # lane1's heartbeats at the office: taken?
+    real = office._heartbeat_in
+
+    def watch(m: msg.Message, retained: bool, now: float) -> None:
+        real(m, retained, now)
+        if m.lane == "lane1":
+            p = office.peers["lane1"]
+            judged.append((m.time, m.seq, p.seq == m.seq and p.time == m.time))
+
+    office._heartbeat_in = watch
+    try:
+        s = park.start(1)
+        park.wait_ready(1)
+        _refuse_writes(s.state)
+        stored = park.state(1, "hb_seq") or 0
+        wait_for(
+            lambda: office.peers.get("lane1", sync_mod._Peer()).seq > stored + 10,
+            what="ten heartbeats the office took and fleet.db did not",
+        )
+        park.stop(1)
+        restarted = time.time()
+        park.start(1)
+        after = wait_for(
+            lambda: [j for j in list(judged) if j[0] > restarted],
+            timeout=120,
+            what="the restarted lane's first heartbeat at the office",
+        )
+        assert after[0][2], f"taken for a replay: seq {after[0][1]}, fleet.db had {stored}"
+        assert park.state(1, "hb_seq") >= after[0][1]  # the count on disk again
+    finally:
+        park.stop_all()

@@ -27,9 +27,10 @@ their paths (`_follow_files`), never written on after they left the disk.
 At each connection a lane first reads back its own retained heartbeat (or last will) and its
 retained marks (a topic the will never writes, so a crash does not hide them): if the fleet has
 seen more from it than its files hold (a restored ledger or audit log), it starts a new epoch and
-grants nobody by face until the office's forget list was applied again. Its marks must come back
-to it once published: when they do not, the broker's ACL predates them (`broker_acl: outdated`
-in its heartbeat).
+grants nobody by face until the office's forget list was applied again; its heartbeat counter
+goes on past their numbers (a count fleet.db did not take is not used twice). Its marks must
+come back to it once published: when they do not, the broker's ACL predates them
+(`broker_acl: outdated` in its heartbeat).
 paho's network thread only queues; every SQLite access happens on the calling thread.
 """
 
@@ -1193,8 +1194,10 @@ class Sync:
             if m.type in msg.ISSUER_TYPES:
                 self._office_message(m, now)
             elif m.lane == self.me:
-                if c.retained and m.type in (msg.HEARTBEAT, msg.OFFLINE, msg.MARKS) and self.ledger:
-                    self._self_check("marks" if m.type == msg.MARKS else "heartbeat", m)
+                if c.retained and m.type in (msg.HEARTBEAT, msg.OFFLINE, msg.MARKS):
+                    self._count_past(m)
+                    if self.ledger:
+                        self._self_check("marks" if m.type == msg.MARKS else "heartbeat", m)
             elif c.ticket is not None:
                 self._apply_redemption(m, c.ticket, now)
             elif m.type == msg.HEARTBEAT:  # a clock reading only if live, against its arrival
@@ -1267,8 +1270,18 @@ class Sync:
                 c = self._check(a.topic, a.payload, True, now)
             except _NotKept:  # retained: it comes again at the next connection
                 continue
-            if c is not None and c.m.lane == self.me and self.ledger is not None:
-                self._self_check("marks" if c.m.type == msg.MARKS else "heartbeat", c.m)
+            if c is not None and c.m.lane == self.me:
+                self._count_past(c.m)
+                if self.ledger is not None:
+                    self._self_check("marks" if c.m.type == msg.MARKS else "heartbeat", c.m)
+
+    def _count_past(self, announced: msg.Message) -> None:
+        """Our own retained heartbeat, last will or marks, read back from the broker (from the
+        inbox or set aside, at whichever step it is taken, in time or late): the heartbeat
+        counter goes on past its number. fleet.db holds each count before it is used, except
+        while it refuses writes; a restart then starts from an older count, and receivers take
+        heartbeats numbered at or below one they saw for replays (the lane looks stale)."""
+        self._hb = max(self._hb, announced.seq)
 
     def _self_check(self, kind: str, announced: msg.Message) -> None:
         """Our own retained heartbeat (or last will), or marks, came back: once both are here
