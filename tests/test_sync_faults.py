@@ -717,3 +717,48 @@ def test_heartbeats_counted_while_fleet_db_refused_them_go_on_after_a_restart(
         assert park.state(1, "hb_seq") >= after[0][1]  # the count on disk again
     finally:
         park.stop_all()
+
+
+def test_a_fleet_db_locked_for_long_holds_neither_heartbeats_nor_receiving(
+    broker, office_keys, tmp_path, caplog
+):
+    """Another process (an operator's sqlite3 shell) holds fleet.db's write lock for longer
+    than sync's busy timeout (here: an hour). Before, each state write (the heartbeat
+    counter, the link state) waited out the busy timeout: measured with the default 10 s, a
+    round of the loop took 30 s (two heartbeats in 30 s at a 0.3 s period, a lane stale at the
+    office), and here none went out while the lock was held. Now sync's writes wait for the
+    lock at most a moment, then not at all until one goes through: heartbeats and receiving go
+    on, the state write is tried again each second and lands once the lock is let go."""
+    caplog.set_level(logging.INFO, logger=LOG)
+    park = Park(tmp_path, broker.url, office_keys, lanes=2)
+    office = park.syncs[0][0]
+    holder = None
+    try:
+        s, thread = _two_lanes(park)
+        with s.state._lock:
+            s.state.conn.execute("PRAGMA busy_timeout=3600000")
+        holder = hold_write_lock(park.lanes[0].dir / "fleet.db")
+        _said_alive(caplog, "sync write_failed what=state", thread)
+        seq = office.peers["lane1"].seq
+        wait_for(
+            lambda: office.peers["lane1"].seq > seq + 5,
+            timeout=120,
+            what="lane1's heartbeats taken at the office while fleet.db is locked",
+        )
+        _redeem(park, 2, "T-IN")
+        wait_for(
+            lambda: park.remote(1, "T-IN") == 1,
+            timeout=120,
+            what="lane2's redemption stored at lane1 while fleet.db is locked",
+        )
+        assert holder.poll() is None  # still held
+        holder.communicate("", timeout=60)
+        back = time.time()
+        wait_for(lambda: (park.state(1, "sync_seen") or 0) > back, what="fleet.db written again")
+        assert len(_lines(caplog, "sync write_failed what=state")) == 1
+        assert _lines(caplog, "sync write_ok what=state")
+        assert thread.is_alive()
+    finally:
+        if holder is not None and holder.poll() is None:
+            holder.kill()
+        park.stop_all()

@@ -87,6 +87,7 @@ STORE_RETRY_FIRST_S = 15.0  # a message this member failed to store: the first t
 STORE_RETRY_MAX_S = 300.0  # ... and twice as long each time it fails again, at most this
 RESUME_GRACE_S = 5.0  # a session resumed on purpose: the link counts as up for this long
 WRITE_RETRY_S = 1.0  # a write of sync's own that failed (state, outbox clean-up): tried again after
+STATE_LOCK_WAIT_S = 1.0  # a lane's fleet.db write waits at most this long for another's lock
 CLEANUP_RETRY_MAX_S = 60.0  # ... the outbox clean-up, failing again, at most this long after
 FAULTS = (EdgeGateError, sqlite3.Error, OSError)  # what a file of sync's own can raise at run time
 
@@ -342,6 +343,19 @@ class Sync:
         self.stats = {"published": 0, "applied": 0, "duplicates": 0, "refused": 0}
         # (redemption time, seconds until applied here) for the benchmark; at most 100k
         self.delays: list[tuple[float, float]] = []
+
+    @property
+    def state(self) -> FleetState:
+        """fleet.db, whichever file is open at its path."""
+        return self._state
+
+    @state.setter
+    def state(self, st: FleetState) -> None:
+        # a lane's writes wait for another process's lock (an operator's shell) at most a
+        # moment: they are tried again, and the loop goes on heartbeating and receiving
+        if not self.is_office:
+            st.lock_wait_s = STATE_LOCK_WAIT_S
+        self._state = st
 
     # --- signing ---------------------------------------------------------------------------------
 
