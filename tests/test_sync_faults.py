@@ -762,3 +762,66 @@ def test_a_fleet_db_locked_for_long_holds_neither_heartbeats_nor_receiving(
         if holder is not None and holder.poll() is None:
             holder.kill()
         park.stop_all()
+
+
+def test_a_write_failing_and_working_in_turn_is_said_once_and_a_new_error_at_once(
+    broker, office_keys, tmp_path, caplog, monkeypatch
+):
+    """fleet.db refusing and taking writes in turn (a card flapping between read-only and
+    writable). Before, each turn logged two lines, `write_failed` and `write_ok`: two a second
+    for as long as it lasted. Now the failure and the recovery are said once, the turns after
+    them counted for a summary (`sync write_flapping`, at most one a window); another error
+    (here the file locked) is said at once all the same."""
+    caplog.set_level(logging.INFO, logger=LOG)
+    monkeypatch.setattr(sync_mod, "FLAP_WINDOW_S", 3600.0, raising=False)  # one window
+    park = Park(tmp_path, broker.url, office_keys, lanes=1)
+    holder = None
+    try:
+        s = park.start(1)
+        park.wait_ready(1)
+        thread = park.syncs[1][1]
+        for _ in range(4):
+            _refuse_writes(s.state)
+            wait_for(lambda: "state" in s._faults, what="the state write failed")
+            _refuse_writes(s.state, on=False)
+            wait_for(lambda: "state" not in s._faults, what="the state written again")
+        failed = _lines(caplog, "sync write_failed what=state")
+        assert len(failed) == 1 and "readonly" in failed[0], failed
+        assert len(_lines(caplog, "sync write_ok what=state")) == 1
+        with s.state._lock:
+            s.state.conn.execute("PRAGMA busy_timeout=100")
+        holder = hold_write_lock(park.lanes[0].dir / "fleet.db")
+        wait_for(
+            lambda: len(_lines(caplog, "sync write_failed what=state")) == 2,
+            what="the new error said",
+        )
+        assert "locked" in _lines(caplog, "sync write_failed what=state")[1]
+        assert thread.is_alive()
+    finally:
+        if holder is not None and holder.poll() is None:
+            holder.kill()
+        park.stop_all()
+
+
+def test_the_turns_of_a_flapping_write_are_summed_up_once_a_window():
+    """FaultLines (pure, times given): the first failure and its end are said; the turns
+    after them within the window are counted and summed up in one line when it is over; an
+    error not said within the window is said at once, even while the write is failing; each
+    write keeps its own count."""
+    f = sync_mod.FaultLines(window_s=60.0)
+    assert f.failed("state", "readonly", 0.0) and f.recovered("state")
+    for t in range(2, 40, 2):
+        assert not f.failed("state", "readonly", float(t))
+        assert not f.recovered("state")
+    assert not f.failed("state", "readonly", 40.0)
+    assert not f.failed("state", "readonly", 40.5)  # the same spell: not counted again
+    assert f.failed("state", "locked", 41.0)  # another error, while failing: said
+    assert f.failed("outbox", "readonly", 42.0)  # another write: its own first line
+    assert f.due(59.0) == []
+    assert f.due(60.0) == [("state", 20, "readonly", True)]
+    assert f.due(61.0) == []  # summed up: nothing more until more turns
+    assert f.recovered("state")  # the locked spell was said: its end too
+    assert not f.failed("state", "readonly", 63.0)  # summed up at 60 s: quiet for a window
+    assert not f.recovered("state")
+    assert f.due(119.0) == [] and f.due(120.0) == [("state", 1, "readonly", False)]
+    assert f.failed("state", "readonly", 181.0)  # a window without a turn: said again
