@@ -103,7 +103,7 @@ class FleetState(Store):
             ) from None
 
     @contextmanager
-    def transaction(self) -> Iterator[Any]:
+    def transaction(self) -> Iterator[sqlite3.Connection]:
         """Store.transaction, waiting for another process's lock at most `lock_wait_s`."""
         if self.lock_wait_s is None or self.conn.in_transaction:
             with super().transaction() as c:

@@ -450,7 +450,8 @@ class Sync:
 
     def _fault(self, what: str, e: BaseException) -> None:
         """A file of sync's own failed (full, locked, read-only, gone): said once until it works
-        again, with the fix; sync goes on and tries again."""
+        again, with the fix (failing and working in turn: `FaultLines`); sync goes on and
+        tries again."""
         error = _fix_of(e)
         if self._fault_lines.failed(what, error, time.monotonic()):
             log.error(
