@@ -723,10 +723,10 @@ def test_a_fleet_db_locked_for_long_holds_neither_heartbeats_nor_receiving(
     broker, office_keys, tmp_path, caplog
 ):
     """Another process (an operator's sqlite3 shell) holds fleet.db's write lock for longer
-    than sync's busy timeout (here: an hour). Before, each state write (the heartbeat
-    counter, the link state) waited out the busy timeout: measured with the default 10 s, a
-    round of the loop took 30 s (two heartbeats in 30 s at a 0.3 s period, a lane stale at the
-    office), and here none went out while the lock was held. Now sync's writes wait for the
+    than sync's busy timeout (here: an hour). Before, each state write waited out the busy
+    timeout (10 s by default, up to three a round: the heartbeat counter, the marks' count,
+    the link state), so the lane's heartbeats came too seldom for the office and what arrived
+    waited as long; here none went out while the lock was held. Now sync's writes wait for the
     lock at most a moment, then not at all until one goes through: heartbeats and receiving go
     on, the state write is tried again each second and lands once the lock is let go."""
     caplog.set_level(logging.INFO, logger=LOG)
