@@ -673,3 +673,155 @@ def test_the_gate_says_once_that_a_damaged_fleet_state_does_not_open(office_keys
         assert "fix" in said[0] or "restore" in said[0] or "move" in said[0]
     finally:
         guard.close()
+
+
+def test_heartbeats_counted_while_fleet_db_refused_them_go_on_after_a_restart(
+    broker, office_keys, tmp_path
+):
+    """fleet.db refuses writes (a read-only card) while lane1 heartbeats: the counter goes on
+    in memory, the office takes counts the file never held. Sync restarted, the file holds the
+    older count: before, the restarted lane's heartbeats carried counts the office had seen,
+    were taken for replays, and the lane looked stale there until the count passed the one
+    seen. Now the count goes on past the lane's own heartbeat (or will, or marks) read back
+    from the broker at the connection, whichever step takes it, so the first is taken."""
+    park = Park(tmp_path, broker.url, office_keys, lanes=1)
+    office = park.syncs[0][0]
+    judged: list[tuple[float, int, bool]] = []  # lane1's heartbeats at the office: taken?
+    real = office._heartbeat_in
+
+    def watch(m: msg.Message, retained: bool, now: float) -> None:
+        real(m, retained, now)
+        if m.lane == "lane1":
+            p = office.peers["lane1"]
+            judged.append((m.time, m.seq, p.seq == m.seq and p.time == m.time))
+
+    office._heartbeat_in = watch
+    try:
+        s = park.start(1)
+        park.wait_ready(1)
+        _refuse_writes(s.state)
+        stored = park.state(1, "hb_seq") or 0
+        wait_for(
+            lambda: office.peers.get("lane1", sync_mod._Peer()).seq > stored + 10,
+            what="ten heartbeats the office took and fleet.db did not",
+        )
+        park.stop(1)
+        restarted = time.time()
+        park.start(1)
+        after = wait_for(
+            lambda: [j for j in list(judged) if j[0] > restarted],
+            timeout=120,
+            what="the restarted lane's first heartbeat at the office",
+        )
+        assert after[0][2], f"taken for a replay: seq {after[0][1]}, fleet.db had {stored}"
+        assert park.state(1, "hb_seq") >= after[0][1]  # the count on disk again
+    finally:
+        park.stop_all()
+
+
+def test_a_fleet_db_locked_for_long_holds_neither_heartbeats_nor_receiving(
+    broker, office_keys, tmp_path, caplog
+):
+    """Another process (an operator's sqlite3 shell) holds fleet.db's write lock for longer
+    than sync's busy timeout (here: an hour). Before, each state write waited out the busy
+    timeout (10 s by default, up to three a round: the heartbeat counter, the marks' count,
+    the link state), so the lane's heartbeats came too seldom for the office and what arrived
+    waited as long; here none went out while the lock was held. Now sync's writes wait for the
+    lock at most a moment, then not at all until one goes through: heartbeats and receiving go
+    on, the state write is tried again each second and lands once the lock is let go."""
+    caplog.set_level(logging.INFO, logger=LOG)
+    park = Park(tmp_path, broker.url, office_keys, lanes=2)
+    office = park.syncs[0][0]
+    holder = None
+    try:
+        s, thread = _two_lanes(park)
+        with s.state._lock:
+            s.state.conn.execute("PRAGMA busy_timeout=3600000")
+        holder = hold_write_lock(park.lanes[0].dir / "fleet.db")
+        _said_alive(caplog, "sync write_failed what=state", thread)
+        seq = office.peers["lane1"].seq
+        wait_for(
+            lambda: office.peers["lane1"].seq > seq + 5,
+            timeout=120,
+            what="lane1's heartbeats taken at the office while fleet.db is locked",
+        )
+        _redeem(park, 2, "T-IN")
+        wait_for(
+            lambda: park.remote(1, "T-IN") == 1,
+            timeout=120,
+            what="lane2's redemption stored at lane1 while fleet.db is locked",
+        )
+        assert holder.poll() is None  # still held
+        holder.communicate("", timeout=60)
+        back = time.time()
+        wait_for(lambda: (park.state(1, "sync_seen") or 0) > back, what="fleet.db written again")
+        assert len(_lines(caplog, "sync write_failed what=state")) == 1
+        assert _lines(caplog, "sync write_ok what=state")
+        assert thread.is_alive()
+    finally:
+        if holder is not None and holder.poll() is None:
+            holder.kill()
+        park.stop_all()
+
+
+def test_a_write_failing_and_working_in_turn_is_said_once_and_a_new_error_at_once(
+    broker, office_keys, tmp_path, caplog, monkeypatch
+):
+    """fleet.db refusing and taking writes in turn (a card flapping between read-only and
+    writable). Before, each turn logged two lines, `write_failed` and `write_ok`: two a second
+    for as long as it lasted. Now the failure and the recovery are said once, the turns after
+    them counted for a summary (`sync write_flapping`, at most one a window); another error
+    (here the file locked) is said at once all the same."""
+    caplog.set_level(logging.INFO, logger=LOG)
+    monkeypatch.setattr(sync_mod, "FLAP_WINDOW_S", 3600.0, raising=False)  # one window
+    park = Park(tmp_path, broker.url, office_keys, lanes=1)
+    holder = None
+    try:
+        s = park.start(1)
+        park.wait_ready(1)
+        thread = park.syncs[1][1]
+        for _ in range(4):
+            _refuse_writes(s.state)
+            wait_for(lambda: "state" in s._faults, what="the state write failed")
+            _refuse_writes(s.state, on=False)
+            wait_for(lambda: "state" not in s._faults, what="the state written again")
+        failed = _lines(caplog, "sync write_failed what=state")
+        assert len(failed) == 1 and "readonly" in failed[0], failed
+        assert len(_lines(caplog, "sync write_ok what=state")) == 1
+        with s.state._lock:
+            s.state.conn.execute("PRAGMA busy_timeout=100")
+        holder = hold_write_lock(park.lanes[0].dir / "fleet.db")
+        wait_for(
+            lambda: len(_lines(caplog, "sync write_failed what=state")) == 2,
+            what="the new error said",
+        )
+        assert "locked" in _lines(caplog, "sync write_failed what=state")[1]
+        assert thread.is_alive()
+    finally:
+        if holder is not None and holder.poll() is None:
+            holder.kill()
+        park.stop_all()
+
+
+def test_the_turns_of_a_flapping_write_are_summed_up_once_a_window():
+    """FaultLines (pure, times given): the first failure and its end are said; the turns
+    after them within the window are counted and summed up in one line when it is over; an
+    error not said within the window is said at once, even while the write is failing; each
+    write keeps its own count."""
+    f = sync_mod.FaultLines(window_s=60.0)
+    assert f.failed("state", "readonly", 0.0) and f.recovered("state")
+    for t in range(2, 40, 2):
+        assert not f.failed("state", "readonly", float(t))
+        assert not f.recovered("state")
+    assert not f.failed("state", "readonly", 40.0)
+    assert not f.failed("state", "readonly", 40.5)  # the same spell: not counted again
+    assert f.failed("state", "locked", 41.0)  # another error, while failing: said
+    assert f.failed("outbox", "readonly", 42.0)  # another write: its own first line
+    assert f.due(59.0) == []
+    assert f.due(60.0) == [("state", 20, "readonly", True)]
+    assert f.due(61.0) == []  # summed up: nothing more until more turns
+    assert f.recovered("state")  # the locked spell was said: its end too
+    assert not f.failed("state", "readonly", 63.0)  # summed up at 60 s: quiet for a window
+    assert not f.recovered("state")
+    assert f.due(119.0) == [] and f.due(120.0) == [("state", 1, "readonly", False)]
+    assert f.failed("state", "readonly", 181.0)  # a window without a turn: said again

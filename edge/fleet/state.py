@@ -13,13 +13,16 @@ from __future__ import annotations
 
 import json
 import logging
+import sqlite3
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from edge.config import Config, FleetConfig
-from edge.db import DAMAGED_FIX, UNKNOWN_FIX, Store, run_script
+from edge.db import BUSY_TIMEOUT_S, DAMAGED_FIX, UNKNOWN_FIX, Store, run_script
 from edge.errors import FleetStateError
 from edge.fleet.identity import Roster
 from edge.gate.faces import file_id
@@ -64,14 +67,28 @@ OFFICE_STATE_FIX = (
 )
 
 
+def _is_lock(e: BaseException | None) -> bool:
+    """A SQLite error saying another connection holds the file (busy or locked)."""
+    code = getattr(e, "sqlite_errorcode", 0) & 0xFF  # extended codes keep the primary below
+    return isinstance(e, sqlite3.Error) and code in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
+
+
 class FleetState(Store):
     """Small key/value and bookkeeping tables; every write is its own short transaction (or
-    joins the caller's), and a SQLite failure is a FleetStateError, never a raw sqlite3 one."""
+    joins the caller's), and a SQLite failure is a FleetStateError, never a raw sqlite3 one.
+
+    `lock_wait_s` (None: the busy timeout) bounds how long a write waits for a lock another
+    process holds; once one failed on such a lock, the next ones do not wait at all until one
+    goes through. A lane's sync sets it: its writes are tried again anyway (the link state each
+    second, a message's store when it comes again), and waiting out the busy timeout at each
+    one held its loop, heartbeats and receiving, while an operator's shell held the file."""
 
     error = FleetStateError
     what = "fleet state"
+    lock_wait_s: float | None = None
 
     def __init__(self, path: str | Path, office: bool = False):
+        self._locked = False  # the last write found the file locked: the next ones do not wait
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         self._connect(Path(path))
         try:
@@ -84,6 +101,25 @@ class FleetState(Store):
                 f"fleet state {self.path} is unreadable: {e}",
                 (OFFICE_STATE_FIX if office else LANE_STATE_FIX) if damaged else e.hint,
             ) from None
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """Store.transaction, waiting for another process's lock at most `lock_wait_s`."""
+        if self.lock_wait_s is None or self.conn.in_transaction:
+            with super().transaction() as c:
+                yield c
+            return
+        with self._lock:
+            wait = 0.0 if self._locked else min(self.lock_wait_s, BUSY_TIMEOUT_S)
+            with self.reading() as conn:
+                conn.execute(f"PRAGMA busy_timeout={int(wait * 1000)}")
+            try:
+                with super().transaction() as c:
+                    yield c
+            except FleetStateError as e:
+                self._locked = _is_lock(e.__context__)  # the SQLite error it was raised from
+                raise
+            self._locked = False
 
     def put(self, **values: Any) -> None:
         """Record link facts (connected, clock offset, outbox) for the gate and status."""

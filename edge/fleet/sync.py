@@ -21,15 +21,17 @@ are audited at most once a minute per sender and reason, with a count, so junk c
 A message this member failed to store (its disk) stays unacknowledged; sync resumes its session
 with a growing wait (`StoreRetry`), so the broker delivers it again while sync runs.
 Its own files failing (full, locked, read-only) end nothing: each failed write is said once
-(`sync write_failed what=…`, with the fix) and tried again, and nothing it acknowledged is
-lost; the ledger, audit log and fleet.db deleted or replaced underneath are opened again at
-their paths (`_follow_files`), never written on after they left the disk.
+(`sync write_failed what=…`, with the fix; one failing and working in turn summed up once a
+minute, `FaultLines`) and tried again, and nothing it acknowledged is lost; the ledger, audit
+log and fleet.db deleted or replaced underneath are opened again at their paths
+(`_follow_files`), never written on after they left the disk.
 At each connection a lane first reads back its own retained heartbeat (or last will) and its
 retained marks (a topic the will never writes, so a crash does not hide them): if the fleet has
 seen more from it than its files hold (a restored ledger or audit log), it starts a new epoch and
-grants nobody by face until the office's forget list was applied again. Its marks must come back
-to it once published: when they do not, the broker's ACL predates them (`broker_acl: outdated`
-in its heartbeat).
+grants nobody by face until the office's forget list was applied again; its heartbeat counter
+goes on past their numbers (a count fleet.db did not take is not used twice). Its marks must
+come back to it once published: when they do not, the broker's ACL predates them
+(`broker_acl: outdated` in its heartbeat).
 paho's network thread only queues; every SQLite access happens on the calling thread.
 """
 
@@ -45,7 +47,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
-from typing import Any
+from typing import Any, ClassVar
 
 import paho.mqtt.client as mqtt
 
@@ -86,7 +88,9 @@ STORE_RETRY_FIRST_S = 15.0  # a message this member failed to store: the first t
 STORE_RETRY_MAX_S = 300.0  # ... and twice as long each time it fails again, at most this
 RESUME_GRACE_S = 5.0  # a session resumed on purpose: the link counts as up for this long
 WRITE_RETRY_S = 1.0  # a write of sync's own that failed (state, outbox clean-up): tried again after
+STATE_LOCK_WAIT_S = 1.0  # a lane's fleet.db write waits at most this long for another's lock
 CLEANUP_RETRY_MAX_S = 60.0  # ... the outbox clean-up, failing again, at most this long after
+FLAP_WINDOW_S = 60.0  # a write failing and working in turn: its lines at most once this long
 FAULTS = (EdgeGateError, sqlite3.Error, OSError)  # what a file of sync's own can raise at run time
 
 
@@ -137,6 +141,70 @@ class StoreRetry:
         self.due, self.tries = None, self.tries + 1
         self.delay = min(self.delay * 2, self.max_s)
         return True
+
+
+@dataclass
+class _Turns:
+    """How one of sync's writes has been said: see FaultLines."""
+
+    said: dict[str, float] = field(default_factory=dict)  # error -> when last said
+    failing: bool = False
+    error: str = ""  # the current (or last) error
+    loud: bool = False  # this spell's failure was said, so its end is said too
+    quiet: int = 0  # failures not said since the last summary
+    quiet_error: str = ""  # the last of them
+    due: float = 0.0  # when they are summed up
+
+
+@dataclass
+class FaultLines:
+    """Which lines a write of sync's own that fails (`what`: state, outbox, step...) says.
+    The first failure is said, and its end; a write failing and working in turn is not said
+    again within `window_s` of its error's last line (that was two lines a second), its
+    failures counted and summed up in one line when the window is over. An error not said
+    within the window is said at once, even while the write is failing. Pure: times are
+    given."""
+
+    window_s: float = FLAP_WINDOW_S
+    turns: dict[str, _Turns] = field(default_factory=dict)
+
+    LIMIT: ClassVar[int] = 100  # errors remembered per write: bounded however many kinds
+
+    def failed(self, what: str, error: str, now: float) -> bool:
+        """A write failed with `error`: True when that is to be said now."""
+        t = self.turns.setdefault(what, _Turns())
+        if t.failing and error == t.error:
+            return False  # the same spell
+        started, t.failing, t.error = not t.failing, True, error
+        last = t.said.get(error)
+        if last is not None and now - last < self.window_s:
+            if not t.quiet:
+                t.due = last + self.window_s
+            t.quiet, t.quiet_error = t.quiet + 1, error
+            t.loud = t.loud and not started
+            return False
+        if error in t.said or len(t.said) < self.LIMIT:
+            t.said[error] = now
+        t.loud = True
+        return True
+
+    def recovered(self, what: str) -> bool:
+        """The write went through: True when its end is to be said (its failure was)."""
+        t = self.turns.get(what)
+        if t is None or not t.failing:
+            return False
+        t.failing = False
+        return t.loud
+
+    def due(self, now: float) -> list[tuple[str, int, str, bool]]:
+        """(what, failures not said, the last of their errors, failing now) for each write
+        whose window is over; each error summed up is quiet again for a window."""
+        out = []
+        for what, t in self.turns.items():
+            if t.quiet and now >= t.due:
+                out.append((what, t.quiet, t.quiet_error, t.failing))
+                t.said[t.quiet_error], t.quiet = now, 0
+        return out
 
 
 class _NotKept(Exception):
@@ -232,7 +300,8 @@ class Sync:
         fl = cfg.fleet
         self.cfg, self.fleet, self.clock = cfg, fl, clock
         self.me, self.site = fl.lane, fl.site
-        self._faults: dict[str, str] = {}  # a write of sync's own that fails: said once
+        self._faults: dict[str, str] = {}  # the writes of sync's own failing now
+        self._fault_lines = FaultLines(FLAP_WINDOW_S)  # which of their failures and ends are said
         self._hb = 0  # the heartbeat counter, ahead of fleet.db while it cannot be written
         self._audit_gone = ""  # why the audit log at audit.path does not open (moved away)
         self._unforeseen_seen = Unforeseen()
@@ -342,6 +411,19 @@ class Sync:
         # (redemption time, seconds until applied here) for the benchmark; at most 100k
         self.delays: list[tuple[float, float]] = []
 
+    @property
+    def state(self) -> FleetState:
+        """fleet.db, whichever file is open at its path."""
+        return self._state
+
+    @state.setter
+    def state(self, st: FleetState) -> None:
+        # a lane's writes wait for another process's lock (an operator's shell) at most a
+        # moment: they are tried again, and the loop goes on heartbeating and receiving
+        if not self.is_office:
+            st.lock_wait_s = STATE_LOCK_WAIT_S
+        self._state = st
+
     # --- signing ---------------------------------------------------------------------------------
 
     def _signed(self, type_: str, seq: int, body: dict, epoch: str | None = None) -> bytes:
@@ -368,10 +450,12 @@ class Sync:
 
     def _fault(self, what: str, e: BaseException) -> None:
         """A file of sync's own failed (full, locked, read-only, gone): said once until it works
-        again, with the fix; sync goes on and tries again."""
-        if what not in self._faults:
+        again, with the fix (failing and working in turn: `FaultLines`); sync goes on and
+        tries again."""
+        error = _fix_of(e)
+        if self._fault_lines.failed(what, error, time.monotonic()):
             log.error(
-                "sync write_failed what=%s error=%s; sync goes on and tries again", what, _fix_of(e)
+                "sync write_failed what=%s error=%s; sync goes on and tries again", what, error
             )
         self._faults[what] = str(e)
 
@@ -387,8 +471,20 @@ class Sync:
         )
 
     def _fault_over(self, what: str) -> None:
-        if self._faults.pop(what, None) is not None:
+        if self._faults.pop(what, None) is not None and self._fault_lines.recovered(what):
             log.info("sync write_ok what=%s: written again", what)
+
+    def _say_turns(self) -> None:
+        """Sum up the failures of writes failing and working in turn that were not said."""
+        for what, n, error, failing in self._fault_lines.due(time.monotonic()):
+            log.warning(
+                "sync write_flapping what=%s: failed %d more times, working in between, "
+                "since its last line (last error=%s); %s",
+                what,
+                n,
+                error,
+                "failing now" if failing else "working now",
+            )
 
     def _file_ids(self) -> dict[str, tuple[int, int] | None]:
         """The files sync holds open, as (device, inode); None: not there."""
@@ -667,6 +763,7 @@ class Sync:
                     self.wake.wait(WRITE_RETRY_S)
                 else:
                     self._fault_over("step")
+                self._say_turns()
         finally:
             self.close()
         return 0
@@ -1193,8 +1290,10 @@ class Sync:
             if m.type in msg.ISSUER_TYPES:
                 self._office_message(m, now)
             elif m.lane == self.me:
-                if c.retained and m.type in (msg.HEARTBEAT, msg.OFFLINE, msg.MARKS) and self.ledger:
-                    self._self_check("marks" if m.type == msg.MARKS else "heartbeat", m)
+                if c.retained and m.type in (msg.HEARTBEAT, msg.OFFLINE, msg.MARKS):
+                    self._count_past(m)
+                    if self.ledger:
+                        self._self_check("marks" if m.type == msg.MARKS else "heartbeat", m)
             elif c.ticket is not None:
                 self._apply_redemption(m, c.ticket, now)
             elif m.type == msg.HEARTBEAT:  # a clock reading only if live, against its arrival
@@ -1267,8 +1366,18 @@ class Sync:
                 c = self._check(a.topic, a.payload, True, now)
             except _NotKept:  # retained: it comes again at the next connection
                 continue
-            if c is not None and c.m.lane == self.me and self.ledger is not None:
-                self._self_check("marks" if c.m.type == msg.MARKS else "heartbeat", c.m)
+            if c is not None and c.m.lane == self.me:
+                self._count_past(c.m)
+                if self.ledger is not None:
+                    self._self_check("marks" if c.m.type == msg.MARKS else "heartbeat", c.m)
+
+    def _count_past(self, announced: msg.Message) -> None:
+        """Our own retained heartbeat, last will or marks, read back from the broker (from the
+        inbox or set aside, at whichever step it is taken, in time or late): the heartbeat
+        counter goes on past its number. fleet.db holds each count before it is used, except
+        while it refuses writes; a restart then starts from an older count, and receivers take
+        heartbeats numbered at or below one they saw for replays (the lane looks stale)."""
+        self._hb = max(self._hb, announced.seq)
 
     def _self_check(self, kind: str, announced: msg.Message) -> None:
         """Our own retained heartbeat (or last will), or marks, came back: once both are here
