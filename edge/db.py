@@ -14,6 +14,7 @@ overwritten) and foreign keys.
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import threading
 from collections.abc import Callable, Iterator, Sequence
@@ -26,6 +27,24 @@ from edge.errors import EdgeGateError
 
 BUSY_TIMEOUT_S = 10.0
 
+FileId = tuple[int, int]
+
+
+def file_id(path: str | Path) -> FileId | None:
+    """(device, inode) of a file, None when there is none (or it cannot be looked at)."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+class Connection(sqlite3.Connection):
+    """A connection that remembers the files it opened (`let_go` needs them): the database,
+    its write-ahead log and the log's index, as (device, inode) at open."""
+
+    opened: tuple[Path, FileId | None, FileId | None, FileId | None] | None = None
+
 
 def connect(
     path: str | Path,
@@ -37,12 +56,19 @@ def connect(
 ) -> sqlite3.Connection:
     """Open a database with the project's pragmas; autocommit (transactions are explicit)."""
     conn = sqlite3.connect(
-        str(path), timeout=timeout_s, isolation_level=None, check_same_thread=False
+        str(path),
+        timeout=timeout_s,
+        isolation_level=None,
+        check_same_thread=False,
+        factory=Connection,
     )
     try:
         conn.execute(f"PRAGMA busy_timeout={int(timeout_s * 1000)}")
         if wal:
             conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("SELECT count(*) FROM sqlite_master")  # opens the log and its index
+            p = Path(path)
+            conn.opened = (p, file_id(p), file_id(f"{p}-wal"), file_id(f"{p}-shm"))
         conn.execute("PRAGMA synchronous=FULL")
         if secure_delete:
             conn.execute("PRAGMA secure_delete=ON")
@@ -230,3 +256,37 @@ class Store:
         on it (a relay's door record while the gate reopens its audit log)."""
         with self._lock:
             self.conn.close()
+
+
+def let_go(store: Store | sqlite3.Connection) -> None:
+    """Close a connection to a file deleted or replaced underneath (a restore, a repair), the
+    one way every follower lets go of it (gallery, ledger, audit log, fleet state, the
+    console's files). Call it before opening the file now at the path. Never raises.
+
+    The old file and the one now at its path share the names of the write-ahead log and its
+    index, and SQLite does not empty the log of a moved file when it closes: the next opener
+    of the path would take the old file's pages for the new file's (a restore silently
+    undone, or a mix of both). So the log is first emptied into the old file (a file renamed
+    away keeps its last commits), then the log and index this connection opened are taken off
+    the path: the file now there starts a log of its own, and a follower in another process
+    that lets go later empties its log into the old file, never the new file's commits. A log
+    or index at the path that is not the one opened (already taken off and started again by
+    the new file) is left alone, and so is everything while the file at the path is still
+    the one opened."""
+    conn = store if isinstance(store, sqlite3.Connection) else store.conn
+    with store._lock if isinstance(store, Store) else _NO_LOCK:  # no write in between
+        with suppress(Exception):
+            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        with suppress(Exception):
+            store.close()
+    opened = getattr(conn, "opened", None)
+    if opened is None:
+        return
+    path, db, wal, shm = opened
+    if file_id(path) == db:  # not moved: the log is the file's own, SQLite's to keep
+        return
+    for suffix, was in (("-wal", wal), ("-shm", shm)):
+        name = f"{path}{suffix}"
+        if was is not None and file_id(name) == was:
+            with suppress(OSError):
+                os.unlink(name)
