@@ -40,9 +40,7 @@ def _read(db: Path, sql: str) -> tuple[str, list]:
     """integrity_check and the rows of `sql`, as a fresh process would read the file."""
     c = sqlite3.connect(db)
     try:
-        return c.execute("PRAGMA integrity_check").fetchone()[0], [
-            r[0] for r in c.execute(sql)
-        ]
+        return c.execute("PRAGMA integrity_check").fetchone()[0], [r[0] for r in c.execute(sql)]
     finally:
         c.close()
 
