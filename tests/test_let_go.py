@@ -230,3 +230,47 @@ def test_sync_reads_a_restored_ledger_as_restored(tmp_path, office_keys, change)
     finally:
         s.close()
     assert _read(db, "SELECT ticket_id FROM redemptions") == ("ok", ["T-1"])
+
+
+@pytest.mark.parametrize("store", ["audit", "ledger"])
+def test_the_gate_reads_a_restored_audit_log_or_ledger_as_restored(tmp_path, store):
+    """The gate holds its audit log and ledger open while another process writes to them (in
+    the log); one is then restored from a backup. Before, the gate opened the file at the
+    path before closing the old one: the restore was undone (the record or redemption it
+    removed back in the file)."""
+    from gpiozero.pins.mock import MockFactory
+
+    from edge import tickets as tk
+    from edge.fleet.proof import verify_proof
+    from edge.gate.audit import AuditLog, AuditRecord
+    from edge.gate.daemon import Gate
+    from edge.tickets.ledger import Ledger
+    from tests.helpers import ListSource, make_config
+
+    cfg = make_config(tmp_path, "[vision]\nface_enabled = false\n")
+    db = cfg.resolve(cfg.audit.path if store == "audit" else cfg.tickets.ledger)
+    gate = Gate(cfg, lambda e: None, source=ListSource([]), pin_factory=MockFactory())
+    try:
+        copy_db(db, tmp_path / "backup.db")
+        if store == "audit":  # sync's process records what it did
+            with AuditLog(db) as a:
+                a.conn.execute("PRAGMA wal_autocheckpoint=0")
+                a.record(AuditRecord(1.0, "lane", "fleet", detail="undone-by-restore"))
+            sql = "SELECT count(*) FROM events WHERE detail = 'undone-by-restore'"
+        else:  # a redemption written by another process (the desk's `ledger redeem`)
+            t = tk.Ticket("T-UNDONE", "day", 1_699_999_000, 1_700_100_000, tk.Kind.ONE_TIME, 1)
+            text = tk.sign(t, tk.load_private(tmp_path / "office" / "issuer.key"))
+            with Ledger(db, gate="desk") as led:
+                led.conn.execute("PRAGMA wal_autocheckpoint=0")
+                got = led.redeem(
+                    verify_proof(text, [tk.load_public(tmp_path / "office" / "issuer.pub")]),
+                    1_700_000_000.0,
+                )
+                assert got.ok
+            sql = "SELECT count(*) FROM redemptions WHERE ticket_id = 'T-UNDONE'"
+        assert os.path.getsize(f"{db}-wal") > 0
+        _restore(tmp_path / "backup.db", db, "replaced")
+        gate.tick(0.0)  # once a second in the loop
+    finally:
+        gate.close()
+    assert _read(db, sql) == ("ok", [0])
