@@ -152,6 +152,60 @@ def test_a_late_follower_in_another_process_leaves_the_new_file_s_commits(tmp_pa
     assert _read(db, "SELECT v FROM t") == ("ok", ["old", "redeemed-after-restore"])
 
 
+_OPENER = """
+import sys
+from edge.db import connect
+new = connect(sys.argv[1])
+new.execute("INSERT INTO t VALUES ('written-by-the-new-process')")
+print("written", flush=True)
+sys.stdin.readline()  # the follower lets go meanwhile
+new.execute("INSERT INTO t VALUES ('written-after')")
+print("written", flush=True)
+sys.stdin.readline()
+"""
+
+
+def test_a_file_opened_by_another_process_before_the_follower_lets_go_keeps_its_log(
+    tmp_path, caplog
+):
+    """A service started right after the restore (the gate restarted while sync still holds
+    the old file) opens the file at the path before the follower lets go: SQLite has already
+    given it the old file's log. Letting go must then neither empty that log into the old
+    file (the new process's commits would vanish) nor take its names off the path (the new
+    process and the next opener would write two logs of one file): it closes as SQLite
+    does, and says so."""
+    db = tmp_path / "x.db"
+    held = _kv(db)
+    held.execute("INSERT INTO t VALUES ('old')")
+    copy_db(db, tmp_path / "backup.db")
+    os.replace(tmp_path / "backup.db", db)
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+    opener = subprocess.Popen(
+        [sys.executable, "-c", _OPENER, str(db)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    try:
+        assert opener.stdout is not None and opener.stdin is not None
+        assert opener.stdout.readline().strip() == "written"
+        let_go(held)
+        assert "restore the file again" in caplog.text
+        new = _kv(db)  # the follower opens the file at the path
+        opener.stdin.write("go\n")
+        opener.stdin.flush()
+        assert opener.stdout.readline().strip() == "written"
+        seen = [r[0] for r in new.execute("SELECT v FROM t")]
+        assert seen == ["old", "written-by-the-new-process", "written-after"]
+        new.close()
+    finally:
+        opener.kill()
+        opener.wait()
+    got = _read(db, "SELECT v FROM t")
+    assert got == ("ok", ["old", "written-by-the-new-process", "written-after"])
+
+
 # --- the followers ---------------------------------------------------------------------------
 
 
