@@ -14,6 +14,7 @@ overwritten) and foreign keys.
 
 from __future__ import annotations
 
+import logging
 import os
 import sqlite3
 import threading
@@ -24,6 +25,8 @@ from pathlib import Path
 from typing import ClassVar
 
 from edge.errors import EdgeGateError
+
+log = logging.getLogger(__name__)
 
 BUSY_TIMEOUT_S = 10.0
 
@@ -269,24 +272,52 @@ def let_go(store: Store | sqlite3.Connection) -> None:
     undone, or a mix of both). So the log is first emptied into the old file (a file renamed
     away keeps its last commits), then the log and index this connection opened are taken off
     the path: the file now there starts a log of its own, and a follower in another process
-    that lets go later empties its log into the old file, never the new file's commits. A log
-    or index at the path that is not the one opened (already taken off and started again by
-    the new file) is left alone, and so is everything while the file at the path is still
-    the one opened."""
+    that lets go later empties its own log into the old file, never the new file's commits.
+
+    Left alone: a file still at its path (its log is SQLite's to keep); names at the path no
+    longer the ones opened (taken off by another follower, started again by the new file);
+    and names the file now at the path already uses, opened by another process before this
+    let go (SQLite gave it the old log; emptying it would take that process's commits away,
+    taking its names off would give one file two logs): said, and closed as SQLite does."""
     conn = store if isinstance(store, sqlite3.Connection) else store.conn
+    opened = getattr(conn, "opened", None)
+    shared = False  # the log at the path is this connection's, and the file there is another
+    if opened is not None:
+        path, db, wal, _ = opened
+        now = file_id(path)
+        shared = now != db and wal is not None and file_id(f"{path}-wal") == wal
+        if shared and now is not None and _in_use(now):
+            log.error(
+                "db let_go path=%s: the file now at the path was opened while the old one was "
+                "still held, and reads the old one's log; stop every edge-gate service, "
+                "restore the file again, then start them",
+                path,
+            )
+            with suppress(Exception):
+                store.close()
+            return
     with store._lock if isinstance(store, Store) else _NO_LOCK:  # no write in between
         with suppress(Exception):
             conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         with suppress(Exception):
             store.close()
-    opened = getattr(conn, "opened", None)
-    if opened is None:
-        return
-    path, db, wal, shm = opened
-    if file_id(path) == db:  # not moved: the log is the file's own, SQLite's to keep
-        return
-    for suffix, was in (("-wal", wal), ("-shm", shm)):
-        name = f"{path}{suffix}"
-        if was is not None and file_id(name) == was:
-            with suppress(OSError):
-                os.unlink(name)
+    if shared and opened is not None:
+        path, _, wal, shm = opened
+        for suffix, was in (("-wal", wal), ("-shm", shm)):
+            name = f"{path}{suffix}"
+            if was is not None and file_id(name) == was:
+                with suppress(OSError):
+                    os.unlink(name)
+
+
+def _in_use(file: FileId) -> bool:
+    """Whether a connection (any process) has the file open: SQLite holds a shared lock on a
+    WAL database for as long as a connection is open on it. Linux (/proc/locks); elsewhere,
+    not known: False."""
+    dev, ino = file
+    tag = f" {os.major(dev):02x}:{os.minor(dev):02x}:{ino} "
+    try:
+        with open("/proc/locks", encoding="ascii", errors="replace") as f:
+            return any(tag in line for line in f)
+    except OSError:
+        return False
