@@ -55,10 +55,13 @@ def _kv(path: Path) -> sqlite3.Connection:
 # --- the mechanism -------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("close", [True, False], ids=["closed", "kept_until_the_new_opens"])
 @pytest.mark.parametrize("change", CHANGES)
-def test_the_file_at_the_path_is_exactly_the_restored_one(tmp_path, change):
+def test_the_file_at_the_path_is_exactly_the_restored_one(tmp_path, change, close):
     """Before (the gate's and sync's plain close), the follower's log stayed at the path and
-    the restored file opened as the old one: every row of the restore gone, integrity ok."""
+    the restored file opened as the old one: every row of the restore gone, integrity ok.
+    A follower that keeps reading the old file until the new one opens (close=False) still
+    reads it whole meanwhile."""
     db = tmp_path / "x.db"
     held = _kv(db)
     held.execute("INSERT INTO t VALUES ('old')")
@@ -67,9 +70,12 @@ def test_the_file_at_the_path_is_exactly_the_restored_one(tmp_path, change):
         held.execute("INSERT INTO t VALUES (?)", (f"after-backup-{i}" + "x" * 300,))
     assert os.path.getsize(f"{db}-wal") > 0
     _restore(tmp_path / "backup.db", db, change)
-    let_go(held)
+    let_go(held, close=close)
     new = _kv(db)
     assert [r[0] for r in new.execute("SELECT v FROM t")] == ["old"]
+    if not close:
+        assert held.execute("SELECT count(*) FROM t").fetchone()[0] == 51
+        held.close()
     new.execute("INSERT INTO t VALUES ('new')")
     new.close()
     assert _read(db, "SELECT v FROM t") == ("ok", ["old", "new"])
@@ -328,3 +334,36 @@ def test_the_gate_reads_a_restored_audit_log_or_ledger_as_restored(tmp_path, sto
     finally:
         gate.close()
     assert _read(db, sql) == ("ok", [0])
+
+
+@pytest.mark.parametrize("change", CHANGES)
+def test_the_gate_reads_a_restored_fleet_state_as_restored(tmp_path, office_keys, change):
+    """The gate holds fleet.db open (its link check) while sync writes to it (in the log);
+    fleet.db is then restored from a backup. Before, the gate opened the file at the path
+    before closing the old one and read the old file's values as the restored file's."""
+    from edge.fleet.state import FleetState, LaneGuard
+    from tests.test_fleet import Park
+
+    park = Park(tmp_path, "mqtt://127.0.0.1:9", office_keys, lanes=1, office=False)
+    cfg = park.cfg(1)
+    path = cfg.resolve(cfg.fleet.state_db)
+    FleetState(path).close()
+    guard = LaneGuard(cfg)
+    try:
+        copy_db(path, tmp_path / "backup.db")
+        sync = FleetState(path)  # sync's process
+        sync.conn.execute("PRAGMA wal_autocheckpoint=0")
+        sync.put(undone_by_restore=1)
+        sync.close()
+        assert os.path.getsize(f"{path}-wal") > 0
+        _restore(tmp_path / "backup.db", path, change)
+        guard.check()  # before each redemption
+        assert guard.state is not None and guard.state.get("undone_by_restore") is None
+    finally:
+        guard.close()
+    assert _read(path, "PRAGMA quick_check")[0] == "ok"
+    back = FleetState(path)
+    try:
+        assert back.get("undone_by_restore") is None
+    finally:
+        back.close()

@@ -51,7 +51,7 @@ import paho.mqtt.client as mqtt
 
 from edge import tickets as tk
 from edge.config import Config
-from edge.db import let_go, sqlite_fix
+from edge.db import sqlite_fix
 from edge.errors import AuditError, EdgeGateError, Unforeseen
 from edge.fleet import messages as msg
 from edge.fleet.apply import OfficeApplier
@@ -444,37 +444,35 @@ class Sync:
                 for n in changed:
                     self._files[n] = None
 
-    # Each reopen lets go of the old file first (edge.db.let_go): opened before, the file at
-    # the path would read the old file's pages from the log their names share. Then, if the
-    # open fails, sync holds a closed store: its writes fail (a fault) instead of going into
-    # a file no longer on disk, and the open is tried again in a second.
-
     def _reopen_audit(self) -> None:
-        let_go(self.audit)
-        self.audit = AuditLog(self.audit.path, self.cfg.audit.retention_days)
-        self._audit_gone = ""
+        new = AuditLog(self.audit.path, self.cfg.audit.retention_days)
+        old, self.audit, self._audit_gone = self.audit, new, ""
         self._seen["audit"] = -1
+        with contextlib.suppress(*FAULTS):
+            old.close()
 
     def _reopen_ledger(self) -> None:
         cfg = self.cfg
         path = cfg.resolve(cfg.tickets.ledger)
-        if self.ledger is not None:
-            let_go(self.ledger)
-        self.ledger = Ledger(path, cfg.gate.id, cfg.tickets.anti_passback_s, outbox=True)
-        self._ledger_gone = ""
+        new = Ledger(path, cfg.gate.id, cfg.tickets.anti_passback_s, outbox=True)
+        old, self.ledger, self._ledger_gone = self.ledger, new, ""
         # outbox numbers in flight or acknowledged belong to the old file: none deleted here
         self.pending = {m: w for m, w in self.pending.items() if w[0] != "outbox"}
         self._done_unsaved = []
         self._seen["ledger"] = -1
+        with contextlib.suppress(*FAULTS):
+            if old is not None:
+                old.close()
 
     def _reopen_state(self) -> None:
         """A new or other fleet.db: what sync holds (roster, epoch) written to it; the forget
         list is replayed before faces are granted again (the gate follows the file too)."""
-        let_go(self.state)
         new = FleetState(self.state.path, office=self.is_office)
-        self.state = new
+        old, self.state = self.state, new
         if self.office is not None:
             self.office.state = new
+        with contextlib.suppress(*FAULTS):
+            old.close()
         if new.roster().seq < self.roster.seq:
             new.set_roster(self.roster)
         if new.get("epoch") != self.epoch:  # the same epoch; the forget list asked for again
