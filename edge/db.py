@@ -261,7 +261,7 @@ class Store:
             self.conn.close()
 
 
-def let_go(store: Store | sqlite3.Connection) -> None:
+def let_go(store: Store | sqlite3.Connection, close: bool = True) -> None:
     """Close a connection to a file deleted or replaced underneath (a restore, a repair), the
     one way every follower lets go of it (gallery, ledger, audit log, fleet state, the
     console's files). Call it before opening the file now at the path. Never raises.
@@ -278,7 +278,10 @@ def let_go(store: Store | sqlite3.Connection) -> None:
     longer the ones opened (taken off by another follower, started again by the new file);
     and names the file now at the path already uses, opened by another process before this
     let go (SQLite gave it the old log; emptying it would take that process's commits away,
-    taking its names off would give one file two logs): said, and closed as SQLite does."""
+    taking its names off would give one file two logs): said, and closed as SQLite does.
+
+    close=False keeps the connection, on the old file and a log of its own, for a follower
+    that reads the old file until the new one opens (it closes it then)."""
     conn = store if isinstance(store, sqlite3.Connection) else store.conn
     opened = getattr(conn, "opened", None)
     shared = False  # the log at the path is this connection's, and the file there is another
@@ -293,14 +296,16 @@ def let_go(store: Store | sqlite3.Connection) -> None:
                 "restore the file again, then start them",
                 path,
             )
-            with suppress(Exception):
-                store.close()
+            if close:
+                with suppress(Exception):
+                    store.close()
             return
     with store._lock if isinstance(store, Store) else _NO_LOCK:  # no write in between
         with suppress(Exception):
             conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-        with suppress(Exception):
-            store.close()
+        if close:
+            with suppress(Exception):
+                store.close()
     if shared and opened is not None:
         path, _, wal, shm = opened
         for suffix, was in (("-wal", wal), ("-shm", shm)):
