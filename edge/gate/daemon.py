@@ -438,7 +438,7 @@ class Gate:
         old_audit, old_ledger = self.audit, self.ledger
         for name, old in (("audit", old_audit), ("ledger", old_ledger)):
             if name in moved and isinstance(old, Store):  # first: its log is still at the path
-                let_go(old)
+                let_go(old, close=False)  # closed below, once the files at the paths are open
         try:
             self.audit = open_audit(self.cfg, "create", fold_junk=True)
         except Exception as e:  # the folder gone, unwritable or full: tried again each tick
