@@ -81,6 +81,28 @@ def test_the_file_at_the_path_is_exactly_the_restored_one(tmp_path, change, clos
     assert _read(db, "SELECT v FROM t") == ("ok", ["old", "new"])
 
 
+@pytest.mark.parametrize("change", CHANGES)
+def test_a_service_stopped_while_holding_a_moved_file_leaves_the_restore_alone(tmp_path, change):
+    """The operator restores a file and restarts the service (`systemctl restart`) instead of
+    letting it follow: the service closes its connections as it stops. Before, that close
+    left the old file's log at the path and the restarted service read the restore undone."""
+    from edge.tickets.ledger import Ledger, init_ledger
+
+    db = tmp_path / "ledger.db"
+    init_ledger(db)
+    held = Ledger(db, gate="lane1")
+    held.conn.execute("PRAGMA wal_autocheckpoint=0")
+    held.conn.execute("CREATE TABLE marks (v TEXT)")
+    copy_db(db, tmp_path / "backup.db")
+    held.conn.execute("INSERT INTO marks VALUES ('undone-by-restore')")
+    raw = connect(db)  # a plain connection too (the console's staff accounts)
+    raw.execute("INSERT INTO marks VALUES ('undone-too')")
+    _restore(tmp_path / "backup.db", db, change)
+    raw.close()
+    held.close()  # as the service stops
+    assert _read(db, "SELECT v FROM marks") == ("ok", [])
+
+
 def test_a_file_renamed_away_keeps_the_follower_s_last_commits(tmp_path):
     """Before (plain close), the commits still in the log were lost to the file renamed away
     and taken by the file put at the path instead."""
