@@ -43,10 +43,47 @@ def file_id(path: str | Path) -> FileId | None:
 
 
 class Connection(sqlite3.Connection):
-    """A connection that remembers the files it opened (`let_go` needs them): the database,
-    its write-ahead log and the log's index, as (device, inode) at open."""
+    """A connection that lets go safely of a file deleted or replaced underneath (see
+    `let_go`) whenever it is closed: at a follower's reopen and as a service stops alike. It
+    remembers the files it opened, as (device, inode): the database, its write-ahead log and
+    the log's index."""
 
     opened: tuple[Path, FileId | None, FileId | None, FileId | None] | None = None
+    _said = False  # the shared log of a file in use elsewhere, said once
+
+    def release_log(self) -> None:
+        """The log of a file no longer at its path emptied into it, and its names taken off
+        the path (`let_go`); nothing for a file still there. Never raises."""
+        if self.opened is None:
+            return
+        path, db, wal, shm = self.opened
+        now = file_id(path)
+        if now == db:  # not moved: the log is the file's own, SQLite's to keep
+            return
+        shared = wal is not None and file_id(f"{path}-wal") == wal
+        if shared and now is not None and _in_use(now):
+            if not self._said:
+                self._said = True
+                log.error(
+                    "db let_go path=%s: the file now at the path was opened while the old "
+                    "one was still held, and reads the old one's log; stop every edge-gate "
+                    "service, restore the file again, then start them",
+                    path,
+                )
+            return
+        with suppress(Exception):
+            self.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        if shared:
+            for suffix, was in (("-wal", wal), ("-shm", shm)):
+                name = f"{path}{suffix}"
+                if was is not None and file_id(name) == was:
+                    with suppress(OSError):
+                        os.unlink(name)
+
+    def close(self) -> None:
+        """Close, the log of a file moved underneath let go of first (`let_go`)."""
+        self.release_log()
+        super().close()
 
 
 def connect(
@@ -262,9 +299,9 @@ class Store:
 
 
 def let_go(store: Store | sqlite3.Connection, close: bool = True) -> None:
-    """Close a connection to a file deleted or replaced underneath (a restore, a repair), the
-    one way every follower lets go of it (gallery, ledger, audit log, fleet state, the
-    console's files). Call it before opening the file now at the path. Never raises.
+    """Let go of a file deleted or replaced underneath (a restore, a repair): the one way
+    every follower does (gallery, ledger, audit log, fleet state, the console's files), and
+    what every connection from `connect` does when it is closed. Never raises.
 
     The old file and the one now at its path share the names of the write-ahead log and its
     index, and SQLite does not empty the log of a moved file when it closes: the next opener
@@ -280,39 +317,16 @@ def let_go(store: Store | sqlite3.Connection, close: bool = True) -> None:
     let go (SQLite gave it the old log; emptying it would take that process's commits away,
     taking its names off would give one file two logs): said, and closed as SQLite does.
 
-    close=False keeps the connection, on the old file and a log of its own, for a follower
-    that reads the old file until the new one opens (it closes it then)."""
+    Call it before opening the file now at the path. close=False keeps the connection, on the
+    old file and a log of its own, for a follower that reads the old file until the new one
+    opens (it closes it then)."""
     conn = store if isinstance(store, sqlite3.Connection) else store.conn
-    opened = getattr(conn, "opened", None)
-    shared = False  # the log at the path is this connection's, and the file there is another
-    if opened is not None:
-        path, db, wal, _ = opened
-        now = file_id(path)
-        shared = now != db and wal is not None and file_id(f"{path}-wal") == wal
-        if shared and now is not None and _in_use(now):
-            log.error(
-                "db let_go path=%s: the file now at the path was opened while the old one was "
-                "still held, and reads the old one's log; stop every edge-gate service, "
-                "restore the file again, then start them",
-                path,
-            )
-            if close:
-                with suppress(Exception):
-                    store.close()
-            return
     with store._lock if isinstance(store, Store) else _NO_LOCK:  # no write in between
-        with suppress(Exception):
-            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        if isinstance(conn, Connection):
+            conn.release_log()
         if close:
             with suppress(Exception):
                 store.close()
-    if shared and opened is not None:
-        path, _, wal, shm = opened
-        for suffix, was in (("-wal", wal), ("-shm", shm)):
-            name = f"{path}{suffix}"
-            if was is not None and file_id(name) == was:
-                with suppress(OSError):
-                    os.unlink(name)
 
 
 def _in_use(file: FileId) -> bool:
