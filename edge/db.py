@@ -10,6 +10,11 @@ The project's pragmas: WAL (readers never block the gate's writes), synchronous=
 committed entry survives a power cut: the commit is the grant), a busy timeout instead of
 "database is locked" at the first contention. The gallery adds secure_delete (deleted rows are
 overwritten) and foreign keys.
+
+A file deleted or replaced under a running process (a restore) shares the names of its
+write-ahead log and index with the file now at the path: every connection lets go of it the
+same way (`let_go`, also at every close), so the file at the path never takes the old one's
+pages.
 """
 
 from __future__ import annotations
