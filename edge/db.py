@@ -10,10 +10,17 @@ The project's pragmas: WAL (readers never block the gate's writes), synchronous=
 committed entry survives a power cut: the commit is the grant), a busy timeout instead of
 "database is locked" at the first contention. The gallery adds secure_delete (deleted rows are
 overwritten) and foreign keys.
+
+A file deleted or replaced under a running process (a restore) shares the names of its
+write-ahead log and index with the file now at the path: every connection lets go of it the
+same way (`let_go`, also at every close), so the file at the path never takes the old one's
+pages.
 """
 
 from __future__ import annotations
 
+import logging
+import os
 import sqlite3
 import threading
 from collections.abc import Callable, Iterator, Sequence
@@ -24,7 +31,64 @@ from typing import ClassVar
 
 from edge.errors import EdgeGateError
 
+log = logging.getLogger(__name__)
+
 BUSY_TIMEOUT_S = 10.0
+
+FileId = tuple[int, int]
+
+
+def file_id(path: str | Path) -> FileId | None:
+    """(device, inode) of a file, None when there is none (or it cannot be looked at)."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+class Connection(sqlite3.Connection):
+    """A connection that lets go safely of a file deleted or replaced underneath (see
+    `let_go`) whenever it is closed: at a follower's reopen and as a service stops alike. It
+    remembers the files it opened, as (device, inode): the database, its write-ahead log and
+    the log's index."""
+
+    opened: tuple[Path, FileId | None, FileId | None, FileId | None] | None = None
+    _said = False  # the shared log of a file in use elsewhere, said once
+
+    def release_log(self) -> None:
+        """The log of a file no longer at its path emptied into it, and its names taken off
+        the path (`let_go`); nothing for a file still there. Never raises."""
+        if self.opened is None:
+            return
+        path, db, wal, shm = self.opened
+        now = file_id(path)
+        if now == db:  # not moved: the log is the file's own, SQLite's to keep
+            return
+        shared = wal is not None and file_id(f"{path}-wal") == wal
+        if shared and now is not None and _in_use(now):
+            if not self._said:
+                self._said = True
+                log.error(
+                    "db let_go path=%s: the file now at the path was opened while the old "
+                    "one was still held, and reads the old one's log; stop every edge-gate "
+                    "service, restore the file again, then start them",
+                    path,
+                )
+            return
+        with suppress(Exception):
+            self.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        if shared:
+            for suffix, was in (("-wal", wal), ("-shm", shm)):
+                name = f"{path}{suffix}"
+                if was is not None and file_id(name) == was:
+                    with suppress(OSError):
+                        os.unlink(name)
+
+    def close(self) -> None:
+        """Close, the log of a file moved underneath let go of first (`let_go`)."""
+        self.release_log()
+        super().close()
 
 
 def connect(
@@ -37,12 +101,19 @@ def connect(
 ) -> sqlite3.Connection:
     """Open a database with the project's pragmas; autocommit (transactions are explicit)."""
     conn = sqlite3.connect(
-        str(path), timeout=timeout_s, isolation_level=None, check_same_thread=False
+        str(path),
+        timeout=timeout_s,
+        isolation_level=None,
+        check_same_thread=False,
+        factory=Connection,
     )
     try:
         conn.execute(f"PRAGMA busy_timeout={int(timeout_s * 1000)}")
         if wal:
             conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("SELECT count(*) FROM sqlite_master")  # opens the log and its index
+            p = Path(path)
+            conn.opened = (p, file_id(p), file_id(f"{p}-wal"), file_id(f"{p}-shm"))
         conn.execute("PRAGMA synchronous=FULL")
         if secure_delete:
             conn.execute("PRAGMA secure_delete=ON")
@@ -230,3 +301,47 @@ class Store:
         on it (a relay's door record while the gate reopens its audit log)."""
         with self._lock:
             self.conn.close()
+
+
+def let_go(store: Store | sqlite3.Connection, close: bool = True) -> None:
+    """Let go of a file deleted or replaced underneath (a restore, a repair): the one way
+    every follower does (gallery, ledger, audit log, fleet state, the console's files), and
+    what every connection from `connect` does when it is closed. Never raises.
+
+    The old file and the one now at its path share the names of the write-ahead log and its
+    index, and SQLite does not empty the log of a moved file when it closes: the next opener
+    of the path would take the old file's pages for the new file's (a restore silently
+    undone, or a mix of both). So the log is first emptied into the old file (a file renamed
+    away keeps its last commits), then the log and index this connection opened are taken off
+    the path: the file now there starts a log of its own, and a follower in another process
+    that lets go later empties its own log into the old file, never the new file's commits.
+
+    Left alone: a file still at its path (its log is SQLite's to keep); names at the path no
+    longer the ones opened (taken off by another follower, started again by the new file);
+    and names the file now at the path already uses, opened by another process before this
+    let go (SQLite gave it the old log; emptying it would take that process's commits away,
+    taking its names off would give one file two logs): said, and closed as SQLite does.
+
+    Call it before opening the file now at the path. close=False keeps the connection, on the
+    old file and a log of its own, for a follower that reads the old file until the new one
+    opens (it closes it then)."""
+    conn = store if isinstance(store, sqlite3.Connection) else store.conn
+    with store._lock if isinstance(store, Store) else _NO_LOCK:  # no write in between
+        if isinstance(conn, Connection):
+            conn.release_log()
+        if close:
+            with suppress(Exception):
+                store.close()
+
+
+def _in_use(file: FileId) -> bool:
+    """Whether a connection (any process) has the file open: SQLite holds a shared lock on a
+    WAL database for as long as a connection is open on it. Linux (/proc/locks); elsewhere,
+    not known: False."""
+    dev, ino = file
+    tag = f" {os.major(dev):02x}:{os.minor(dev):02x}:{ino} "
+    try:
+        with open("/proc/locks", encoding="ascii", errors="replace") as f:
+            return any(tag in line for line in f)
+    except OSError:
+        return False

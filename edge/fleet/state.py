@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from edge.config import Config, FleetConfig
-from edge.db import BUSY_TIMEOUT_S, DAMAGED_FIX, UNKNOWN_FIX, Store, run_script
+from edge.db import BUSY_TIMEOUT_S, DAMAGED_FIX, UNKNOWN_FIX, Store, let_go, run_script
 from edge.errors import FleetStateError
 from edge.fleet.identity import Roster
 from edge.gate.faces import file_id
@@ -355,6 +355,7 @@ class LaneGuard:
             return
         if now == self._failed[0] and time.monotonic() < self._failed[1]:
             return  # this file did not open a moment ago: tried again once a second
+        let_go(self.state, close=False)  # first: the log at the path is the old file's
         try:
             new = FleetState(self.path)
         except FleetStateError as e:

@@ -53,7 +53,7 @@ import paho.mqtt.client as mqtt
 
 from edge import tickets as tk
 from edge.config import Config
-from edge.db import sqlite_fix
+from edge.db import let_go, sqlite_fix
 from edge.errors import AuditError, EdgeGateError, Unforeseen
 from edge.fleet import messages as msg
 from edge.fleet.apply import OfficeApplier
@@ -540,7 +540,12 @@ class Sync:
                 for n in changed:
                     self._files[n] = None
 
+    # Each reopen first lets go of the old file's log (edge.db.let_go): opened before, the file
+    # at the path would read the old file's pages from the log their names share. The old
+    # connection is kept until the new one opens (one that does not is tried again).
+
     def _reopen_audit(self) -> None:
+        let_go(self.audit, close=False)
         new = AuditLog(self.audit.path, self.cfg.audit.retention_days)
         old, self.audit, self._audit_gone = self.audit, new, ""
         self._seen["audit"] = -1
@@ -550,6 +555,8 @@ class Sync:
     def _reopen_ledger(self) -> None:
         cfg = self.cfg
         path = cfg.resolve(cfg.tickets.ledger)
+        if self.ledger is not None:
+            let_go(self.ledger, close=False)
         new = Ledger(path, cfg.gate.id, cfg.tickets.anti_passback_s, outbox=True)
         old, self.ledger, self._ledger_gone = self.ledger, new, ""
         # outbox numbers in flight or acknowledged belong to the old file: none deleted here
@@ -563,6 +570,7 @@ class Sync:
     def _reopen_state(self) -> None:
         """A new or other fleet.db: what sync holds (roster, epoch) written to it; the forget
         list is replayed before faces are granted again (the gate follows the file too)."""
+        let_go(self.state, close=False)
         new = FleetState(self.state.path, office=self.is_office)
         old, self.state = self.state, new
         if self.office is not None:

@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterable
 
 from edge import config as config_mod
 from edge import tickets as tk
+from edge.db import Store, let_go
 from edge.errors import AuditError, EdgeGateError, GalleryError, SourceError
 from edge.fleet import lane
 from edge.gate import checks, desk
@@ -435,6 +436,9 @@ class Gate:
                 ",".join(moved),
             )
         old_audit, old_ledger = self.audit, self.ledger
+        for name, old in (("audit", old_audit), ("ledger", old_ledger)):
+            if name in moved and isinstance(old, Store):  # first: its log is still at the path
+                let_go(old, close=False)  # closed below, once the files at the paths are open
         try:
             self.audit = open_audit(self.cfg, "create", fold_junk=True)
         except Exception as e:  # the folder gone, unwritable or full: tried again each tick

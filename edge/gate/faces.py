@@ -3,26 +3,16 @@
 from __future__ import annotations
 
 import logging
-import os
-from pathlib import Path
 
 import numpy as np
 
 from edge import config as config_mod
+from edge.db import file_id, let_go
 from edge.errors import GalleryError
 from edge.gallery.crypto import load_key
 from edge.gate.policy import FaceSeen
 
 log = logging.getLogger(__name__)
-
-
-def file_id(path: Path) -> tuple[int, int] | None:
-    """(device, inode) of a file, None when there is none (or it cannot be looked at)."""
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None
-    return st.st_dev, st.st_ino
 
 
 class FaceStack:
@@ -87,7 +77,7 @@ class FaceStack:
     def reopen_gallery(self) -> None:
         """Close the gallery held open and open the file now at gallery.db, with the checks
         of a start (the forget list, the key); an error is raised, the face path unusable."""
-        self.gallery.close()  # first: its -wal belongs to the old file
+        let_go(self.gallery)  # first: the log at the path is the old file's (edge.db.let_go)
         self._open_gallery(create=False)
 
     def observe(self, image: np.ndarray, t: float = 0.0) -> tuple[FaceSeen, ...]:
