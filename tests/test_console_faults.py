@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -311,6 +312,27 @@ def _another_process_records(db: Path) -> str:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     return out.stdout.strip()
+
+
+def test_an_audit_log_overwritten_in_place_is_read_again(office, tmp_path):
+    """The office audit log restored from a backup with `cp` over it (the same file, other
+    contents) while the console ran: its connection went on showing the records no longer on
+    disk (SQLite's data_version sees commits, not a file written over), and its next record
+    wrote them back over the restored log. Now the console reads the restored log and chains
+    its records onto it."""
+    c = Client(office.port).login("ada")
+    with AuditLog(tmp_path / "backup.db") as b:
+        b.record(AuditRecord(time.time(), "test-gate", "system", reason="backup", detail="kept"))
+    inode = office.audit_db.stat().st_ino
+    shutil.copyfile(tmp_path / "backup.db", office.audit_db)  # what `cp backup.db audit.db` does
+    assert office.audit_db.stat().st_ino == inode
+    st, page = c.req("GET", "/audit")
+    assert st == 200
+    assert b"kept" in page and b"logged in" not in page
+    Client(office.port).login("sam")
+    with AuditLog(office.audit_db) as a:
+        assert a.verify().ok
+        assert [r.reason for _, r, _ in a.rows()] == ["backup", "login"]
 
 
 def test_an_audit_log_deleted_underneath_is_let_go_without_waiting_for_a_record(office):
