@@ -584,6 +584,40 @@ def test_an_enrolment_the_full_audit_log_cannot_record_leaves_no_person(office, 
     assert [r.subject for r in office.audit_records("enroll")] == [pid]
 
 
+@pytest.mark.fixtures
+def test_an_enrolment_into_a_gallery_deleted_underneath_is_refused_with_the_fix(
+    office, fixtures, tmp_path
+):
+    """The office gallery deleted while the console ran: the next enrolment made a new, empty
+    gallery in its place without a word, and every person enrolled before was gone from the
+    office. Now the enrolment (and the People page) says the gallery is gone and how to restore
+    it or start anew, nothing is made, and with the gallery restored the same form enrolls."""
+    from .test_console_bad_input import _capture
+
+    c = Client(office.port).login("sam")
+    there = office.add_person()
+    st, page = c.req("GET", "/people")
+    assert st == 200 and b"Ondine Visitor" in page
+    backup = tmp_path / "gallery-backup.db"
+    shutil.copyfile(office.gallery_db, backup)
+    office.gallery_db.unlink()
+    cid = _capture(c, sorted((fixtures / "faces" / "df_B_katy_perry").iterdir())[:5])
+    form = {"name": "Kiosk Visitor", "consent": "yes", "consent_version": "2026-01",
+            "notice_lang": "en", "cid": cid}  # fmt: skip
+    st, page = c.form("/enroll", form)
+    assert st == 400
+    assert b"deleted" in page and b"backup" in page and b"start anew" in page
+    assert not office.gallery_db.exists()
+    assert office.audit_details("enroll") == []
+    st, page = c.req("GET", "/people")
+    assert st == 400 and b"backup" in page
+    shutil.copyfile(backup, office.gallery_db)
+    st, _ = c.form("/enroll", form)  # the capture was kept
+    assert st == 303
+    (pid,) = set(office.people()) - {there}
+    assert [r.subject for r in office.audit_records("enroll")] == [pid]
+
+
 # --- publishing to the lanes: the issuer key and the office's outbox ----------------------------
 
 

@@ -29,7 +29,7 @@ from edge import config as config_mod
 from edge import tickets as tk
 from edge.console.follow import let_go
 from edge.console.roles import LANGS
-from edge.errors import EdgeGateError, ImageError, SeveralFacesError
+from edge.errors import EdgeGateError, GalleryGoneError, ImageError, SeveralFacesError
 from edge.fleet.office import (
     publish_enrollment,
     publish_override,
@@ -99,6 +99,7 @@ class Office:
         self._pipe_lock = threading.RLock()
         self._people: tuple[tuple, list[dict[str, Any]]] = ((), [])
         self._people_lock = threading.Lock()
+        self._gallery_seen = has_gallery(self.gallery_db)  # set once it is seen or made
 
     # --- paths ----------------------------------------------------------------------------------
 
@@ -230,6 +231,32 @@ class Office:
             if self._audit is not None:
                 self._audit.close()
                 self._audit = None
+
+    # --- the gallery --------------------------------------------------------------------------
+
+    def check_gallery(self) -> bool:
+        """Whether the office gallery is there; a gallery this console saw (or made) that is
+        no longer on disk is a GalleryGoneError: an enrolment would make a new, empty one in
+        its place and every person enrolled before would be lost from the office unsaid."""
+        if has_gallery(self.gallery_db):
+            self._gallery_seen = True
+            return True
+        if self._gallery_seen:
+            raise GalleryGoneError(
+                f"the office gallery {self.gallery_db} was deleted while the console ran; "
+                "nothing was enrolled, so no new, empty gallery replaced it",
+                f"restore {self.gallery_db.name} (and {self.gallery_db.name}.forgotten, if "
+                "there is one) from its backup; or, to start anew with an empty gallery on "
+                "purpose, restart the console: it makes one at its first enrolment",
+            )
+        return False
+
+    def gallery(self) -> Gallery:
+        """The office gallery to enroll into, made at the first enrolment (`check_gallery`)."""
+        self.check_gallery()
+        g = Gallery(self.gallery_db, load_key(self.gallery_key))
+        self._gallery_seen = True
+        return g
 
     # --- people -----------------------------------------------------------------------------------
 
@@ -431,7 +458,7 @@ def enroll(
         # gets a second record saying the enrolment was not stored
         with (
             office._pipe_lock,
-            Gallery(office.gallery_db, load_key(office.gallery_key)) as g,
+            office.gallery() as g,
             g.transaction(),
         ):
             pid, n = enroll_person(
@@ -492,8 +519,16 @@ def _file_stamp(db: Path) -> tuple:
     return tuple(out)
 
 
+def has_gallery(db: Path) -> bool:
+    """A gallery file is at `db` (an empty file is none, as `Gallery` counts it)."""
+    try:
+        return db.stat().st_size > 0
+    except OSError:
+        return False
+
+
 def _read_people(office: Office) -> list[dict[str, Any]]:
-    if not office.gallery_db.exists():
+    if not office.check_gallery():
         return []
     with Gallery(office.gallery_db, load_key(office.gallery_key), create=False) as g:
         everyone = g.people()
@@ -513,7 +548,7 @@ def _read_people(office: Office) -> list[dict[str, Any]]:
 
 def reveal(office: Office, user: str, person_id: str) -> str:
     """A person's name for a decision row; the reveal itself is audited."""
-    if not office.gallery_db.exists():
+    if not office.check_gallery():  # a gallery deleted underneath says so, not "no person"
         raise ActionError(f"no person {person_id} in the office gallery")
     # a key file or gallery that cannot be opened says so, with its fix (not "no person")
     with Gallery(office.gallery_db, load_key(office.gallery_key), create=False) as g:
