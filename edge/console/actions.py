@@ -253,8 +253,8 @@ class Office:
 
     def gallery(self) -> Gallery:
         """The office gallery to enroll into, made at the first enrolment (`check_gallery`)."""
-        self.check_gallery()
-        g = Gallery(self.gallery_db, load_key(self.gallery_key))
+        self.check_gallery()  # and never made if deleted just after it was looked at:
+        g = Gallery(self.gallery_db, load_key(self.gallery_key), create=not self._gallery_seen)
         self._gallery_seen = True
         return g
 
