@@ -449,6 +449,12 @@ class ConsoleConfig:
     override_valid_s: float = setting(
         30.0, "a supervisor's override is refused by the lane after", unit="seconds", gt=0, le=120
     )
+    max_connections: int = setting(
+        64, "connections served at once; more are answered 503 (busy)", ge=1
+    )
+    max_per_address: int = setting(
+        16, "... and from one client address (the local TLS proxy: no limit of its own)", ge=1
+    )
 
 
 @dataclass(frozen=True)

@@ -46,6 +46,11 @@ class GalleryError(EdgeGateError):
     """The gallery database is unreadable, from a newer schema, or inconsistent."""
 
 
+class GalleryGoneError(GalleryError):
+    """The gallery file was deleted under a running process that had it: it is never made anew,
+    empty, in its place (every enrolment in it would be lost without a word)."""
+
+
 class ConsentError(EdgeGateError):
     """Enrollment was attempted without the consent the law requires."""
 

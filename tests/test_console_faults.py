@@ -2,13 +2,16 @@
 staff accounts, the office audit log and the gallery locked past the busy timeout, full or
 read-only during an action, deleted or replaced while it runs. Every page answers (an error page
 with the operator's fix, never a 500), every action is all or nothing (never a change without
-its audit record, never a record of a change not made), and the console goes on serving."""
+its audit record, never a record of a change not made), and the console goes on serving; and a
+client holding the console's connections by the dozen locks no staff member out."""
 
 from __future__ import annotations
 
 import logging
 import os
 import re
+import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -18,12 +21,14 @@ import numpy as np
 import pytest
 
 from edge import config as config_mod
+from edge.config import PROJECT_ROOT
 from edge.console.app import build_app
 from edge.console.users import UserStore
 from edge.errors import AuditError
 from edge.gallery.crypto import init_key, load_key
 from edge.gallery.store import Consent, Gallery
 from edge.gate.audit import AuditLog, AuditRecord
+from edge.lab.broker import free_port
 
 from .console_harness import PASSWORD, Served, wait_for
 from .helpers import hold_write_lock, make_config
@@ -39,11 +44,11 @@ def release(p: subprocess.Popen) -> None:
 class Office:
     """An office config with a [console], its accounts, and the console served by uvicorn."""
 
-    def __init__(self, tmp: Path):
+    def __init__(self, tmp: Path, console: str = ""):
         self.cfg: config_mod.Config = make_config(
             tmp,
             '[console]\nusers_db = "console.db"\nsecret_file = "console.secret"\n'
-            'consent_version = "2026-01"\nnotice_file = "notice-en.txt"\n',
+            'consent_version = "2026-01"\nnotice_file = "notice-en.txt"\n' + console,
         )
         self.notice = self.cfg.resolve(self.cfg.console.notice_file)
         self.notice.write_text("We keep a face template (never a photo) to let you in.")
@@ -313,6 +318,27 @@ def _another_process_records(db: Path) -> str:
     return out.stdout.strip()
 
 
+def test_an_audit_log_overwritten_in_place_is_read_again(office, tmp_path):
+    """The office audit log restored from a backup with `cp` over it (the same file, other
+    contents) while the console ran: its connection went on showing the records no longer on
+    disk (SQLite's data_version sees commits, not a file written over), and its next record
+    wrote them back over the restored log. Now the console reads the restored log and chains
+    its records onto it."""
+    c = Client(office.port).login("ada")
+    with AuditLog(tmp_path / "backup.db") as b:
+        b.record(AuditRecord(time.time(), "test-gate", "system", reason="backup", detail="kept"))
+    inode = office.audit_db.stat().st_ino
+    shutil.copyfile(tmp_path / "backup.db", office.audit_db)  # what `cp backup.db audit.db` does
+    assert office.audit_db.stat().st_ino == inode
+    st, page = c.req("GET", "/audit")
+    assert st == 200
+    assert b"kept" in page and b"logged in" not in page
+    Client(office.port).login("sam")
+    with AuditLog(office.audit_db) as a:
+        assert a.verify().ok
+        assert [r.reason for _, r, _ in a.rows()] == ["backup", "login"]
+
+
 def test_an_audit_log_deleted_underneath_is_let_go_without_waiting_for_a_record(office):
     """The office audit log deleted while the console ran: the console held the deleted file
     open until its next record (hours on a quiet evening), and meanwhile the office's sync,
@@ -557,6 +583,40 @@ def test_an_enrolment_the_full_audit_log_cannot_record_leaves_no_person(office, 
         assert [p.name for p in g.people()] == ["Ondine Visitor"]  # every row still opens
     office.room_again()
     st, _ = c.form("/enroll", form)
+    assert st == 303
+    (pid,) = set(office.people()) - {there}
+    assert [r.subject for r in office.audit_records("enroll")] == [pid]
+
+
+@pytest.mark.fixtures
+def test_an_enrolment_into_a_gallery_deleted_underneath_is_refused_with_the_fix(
+    office, fixtures, tmp_path
+):
+    """The office gallery deleted while the console ran: the next enrolment made a new, empty
+    gallery in its place without a word, and every person enrolled before was gone from the
+    office. Now the enrolment (and the People page) says the gallery is gone and how to restore
+    it or start anew, nothing is made, and with the gallery restored the same form enrolls."""
+    from .test_console_bad_input import _capture
+
+    c = Client(office.port).login("sam")
+    there = office.add_person()
+    st, page = c.req("GET", "/people")
+    assert st == 200 and b"Ondine Visitor" in page
+    backup = tmp_path / "gallery-backup.db"
+    shutil.copyfile(office.gallery_db, backup)
+    office.gallery_db.unlink()
+    cid = _capture(c, sorted((fixtures / "faces" / "df_B_katy_perry").iterdir())[:5])
+    form = {"name": "Kiosk Visitor", "consent": "yes", "consent_version": "2026-01",
+            "notice_lang": "en", "cid": cid}  # fmt: skip
+    st, page = c.form("/enroll", form)
+    assert st == 400
+    assert b"deleted" in page and b"backup" in page and b"start anew" in page
+    assert not office.gallery_db.exists()
+    assert office.audit_details("enroll") == []
+    st, page = c.req("GET", "/people")
+    assert st == 400 and b"backup" in page
+    shutil.copyfile(backup, office.gallery_db)
+    st, _ = c.form("/enroll", form)  # the capture was kept
     assert st == 303
     (pid,) = set(office.people()) - {there}
     assert [r.subject for r in office.audit_records("enroll")] == [pid]
@@ -889,3 +949,141 @@ def test_a_forget_whose_client_goes_away_is_done_whole_or_not_at_all(office, cut
         assert office.audit_details("deletion") == []
     st, _ = c.req("GET", "/people")
     assert st == 200
+
+
+# --- connections: a client holding them by the dozen ---------------------------------------------
+
+
+def _connect(source: str, port: int) -> socket.socket:
+    """A TCP connection to the console from the loopback address `source` (127.0.0.0/8 is all
+    this machine's: each address is another client to the server)."""
+    return socket.create_connection(("127.0.0.1", port), timeout=30, source_address=(source, 0))
+
+
+def _status(source: str, port: int) -> int:
+    """The status of GET /login sent from `source` on a new connection (0: closed unanswered)."""
+    with _connect(source, port) as s:
+        s.sendall(b"GET /login HTTP/1.1\r\nHost: console\r\nConnection: close\r\n\r\n")
+        head = s.recv(64)
+    return int(head.split()[1]) if head.startswith(b"HTTP/") else 0
+
+
+def test_a_client_holding_connections_by_the_dozen_locks_no_staff_member_out(tmp_path):
+    """One client (a scan, a broken script) opening connections and sending nothing: uvicorn
+    took every one and kept it for ever, so enough of them used up the server's file handles
+    and no page loaded. Now `edge-gate console` answers the connections over the caps
+    (console.max_per_address, console.max_connections) 503 at once, staff from elsewhere are
+    served while one client has its fill, and all are served again once the clients leave."""
+    office = Office(tmp_path, "max_connections = 12\nmax_per_address = 4\n")
+    port = free_port()
+    err = (tmp_path / "console.err").open("w")
+    server = subprocess.Popen(
+        [sys.executable, "-m", "edge.cli", "console", "--config", str(office.cfg.source_file),
+         "--listen", f"127.0.0.1:{port}"],
+        stdout=subprocess.DEVNULL, stderr=err, env={**os.environ, "PYTHONPATH": str(PROJECT_ROOT)},
+    )  # fmt: skip
+    held: list[socket.socket] = []
+    try:
+        wait_for(lambda: _answers(port), 60, "the console to serve")
+        held += [_connect("127.0.0.2", port) for _ in range(4)]  # one client: its fill
+        assert _status("127.0.0.2", port) == 503  # the next one from it: busy, at once
+        ada = Client(port).login("ada")  # staff (another address) are served meanwhile
+        assert ada.req("GET", "/lanes")[0] == 200
+        for source in ("127.0.0.3", "127.0.0.4", "127.0.0.5"):  # more clients: the whole cap
+            held += [_connect(source, port) for _ in range(4)]
+        assert _status("127.0.0.6", port) == 503
+        for s in held:
+            s.close()
+        wait_for(lambda: ada.req("GET", "/lanes")[0] == 200, 60, "staff to be served again")
+        wait_for(lambda: _status("127.0.0.2", port) == 200, 60, "the client to be served again")
+        assert server.poll() is None
+    finally:
+        for s in held:
+            s.close()
+        server.terminate()
+        server.wait(30)
+        err.close()
+    said = (tmp_path / "console.err").read_text()
+    assert "console connection refused address=127.0.0.2" in said
+    assert "Traceback" not in said
+
+
+def _answers(port: int) -> bool:
+    try:
+        return _status("127.0.0.1", port) == 200
+    except OSError:
+        return False
+
+
+def test_a_connection_that_sends_no_request_is_closed_and_a_stream_is_not(tmp_path, monkeypatch):
+    """A connection that sends nothing, or a request's headers a byte at a time (before its
+    first request or between two), kept its slot for ever: a few clients held the cap. Now it
+    is closed once it has sent no whole request for CLIENT_TIMEOUT_S; a page's event stream,
+    one long request, stays open."""
+    import threading
+
+    import uvicorn
+
+    from edge.console import serve
+
+    monkeypatch.setattr(serve, "CLIENT_TIMEOUT_S", 1.0)
+    office = Office(tmp_path)
+    port = free_port()
+    server = uvicorn.Server(serve.server_config(office.app, office.cfg, "127.0.0.1", port))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        wait_for(lambda: server.started, 30, "uvicorn started")
+        ada = Client(port).login("ada")
+        stream = _connect("127.0.0.1", port)
+        cookie = "; ".join(f"{k}={v}" for k, v in ada.cookies.items())
+        stream.sendall(
+            f"GET /decisions/stream HTTP/1.1\r\nHost: c\r\nCookie: {cookie}\r\n\r\n".encode()
+        )
+        assert stream.recv(64).startswith(b"HTTP/1.1 200")
+        idle = _connect("127.0.0.2", port)
+        slow = _connect("127.0.0.3", port)
+        slow.sendall(b"GET /login HTTP/1.1\r\nHost: c\r\n")  # never ends its headers
+        again = _connect("127.0.0.4", port)
+        again.sendall(b"GET /login HTTP/1.1\r\nHost: c\r\n\r\n")
+        assert again.recv(64).startswith(b"HTTP/1.1 200")
+        _read_to_end_of_page(again)
+        again.sendall(b"GET /login HTTP/1.1\r\n")  # the next request, never finished
+        for s in (idle, slow, again):
+            assert _closed(s)  # by the server: the read ends (a 30 s socket timeout fails it)
+        assert _stream_open(stream)  # still served after the clients above were closed
+        stream.close()
+        wait_for(lambda: not server.server_state.connections, 30, "the stream to end")
+    finally:
+        server.should_exit = True
+        thread.join(10)
+
+
+def _read_to_end_of_page(s: socket.socket) -> None:
+    got = b""
+    while b"</html>" not in got:
+        chunk = s.recv(65536)
+        assert chunk
+        got += chunk
+
+
+def _closed(s: socket.socket) -> bool:
+    s.settimeout(30)
+    while True:
+        try:
+            chunk = s.recv(4096)
+        except ConnectionResetError:
+            return True
+        if not chunk:
+            return True
+
+
+def _stream_open(s: socket.socket) -> bool:
+    """The server has not closed the event stream (nothing read means the stream is quiet)."""
+    s.settimeout(0.5)
+    try:
+        while s.recv(4096):  # what it sent so far
+            pass
+    except TimeoutError:
+        return True
+    return False

@@ -18,6 +18,7 @@ def cmd_console(args) -> int:
     import uvicorn
 
     from edge.console.app import build_app
+    from edge.console.serve import server_config
     from edge.screen.server import bind_listen, parse_listen
 
     cfg = config_mod.load(args.config)
@@ -28,18 +29,7 @@ def cmd_console(args) -> int:
             "edge-gate: note: console.consent_version is empty: the kiosk refuses enrollment",
             file=sys.stderr,
         )
-    server = uvicorn.Server(
-        uvicorn.Config(
-            build_app(cfg),
-            host=host,
-            port=port,
-            proxy_headers=True,  # the client address behind a local TLS proxy (rate limits)
-            forwarded_allow_ips="127.0.0.1",
-            access_log=False,  # paths and searches can name people: not in the journal
-            log_level="info",
-            timeout_graceful_shutdown=3,
-        )
-    )
+    server = uvicorn.Server(server_config(build_app(cfg), cfg, host, port))  # capped
     print(f"edge-gate console on http://{host}:{port}/ (site {cfg.fleet.site or cfg.gate.id})")
     server.run(sockets=[sock])
     return 0

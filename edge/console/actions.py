@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import secrets
+import sqlite3
 import threading
 import time
 from collections.abc import Iterator
@@ -25,9 +27,9 @@ import numpy as np
 
 from edge import config as config_mod
 from edge import tickets as tk
-from edge.console.follow import file_id, let_go
+from edge.console.follow import let_go
 from edge.console.roles import LANGS
-from edge.errors import EdgeGateError, ImageError, SeveralFacesError
+from edge.errors import EdgeGateError, GalleryGoneError, ImageError, SeveralFacesError
 from edge.fleet.office import (
     publish_enrollment,
     publish_override,
@@ -61,6 +63,20 @@ KIOSK_TTL_S = 900.0  # an unfinished enrollment's faces are dropped after this
 MAX_UPLOAD = 8 * 1024 * 1024
 
 
+Stamp = tuple[int, int, int, int]
+
+
+def stamp(path: Path) -> Stamp | None:
+    """(device, inode, size, modification time) of a SQLite file, None when there is none: a
+    file replaced changes its inode, one written over in place (`cp` onto it) its size or time,
+    which SQLite's data_version does not see. Commits go to its write-ahead log, not here."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
+
+
 class ActionError(EdgeGateError):
     """A console action was refused; the message is shown to the staff member."""
 
@@ -77,11 +93,13 @@ class Office:
         self.cfg = cfg
         self._audit_lock = threading.Lock()
         self._audit: AuditLog | None = None
-        self._audit_id: tuple[int, int] | None = None
+        self._audit_id: Stamp | None = None
+        self._backfilled: tuple[int, int] = (-1, -1)
         self._pipe = None
         self._pipe_lock = threading.RLock()
         self._people: tuple[tuple, list[dict[str, Any]]] = ((), [])
         self._people_lock = threading.Lock()
+        self._gallery_seen = has_gallery(self.gallery_db)  # set once it is seen or made
 
     # --- paths ----------------------------------------------------------------------------------
 
@@ -133,32 +151,59 @@ class Office:
     def audit(self) -> Iterator[AuditLog]:
         """The console's one open connection to the office audit log, one thread at a time.
 
-        The file at audit.path is followed: deleted (to free a disk) or replaced (restored from
-        a backup) while the console runs, it is opened again as at start, so no record goes
-        into a file no longer on disk (lost at the next start)."""
+        The file at audit.path is followed: deleted (to free a disk), replaced (restored from
+        a backup) or overwritten in place (restored with `cp` over it) while the console runs,
+        it is opened again as at start, so no record goes into a file no longer on disk (lost
+        at the next start) and no page shows records the file no longer holds."""
         path = self.cfg.resolve(self.cfg.audit.path)
         with self._audit_lock:
             now = self._let_go_moved(path)
             if self._audit is None:
                 self._audit_id = now  # read before it is opened: a file replaced in between
                 self._audit = self.audit_log()  # is followed at the next use
+                self._backfilled = (-1, -1)
                 if now is None:
-                    self._audit_id = file_id(path)
-            yield self._audit
+                    self._audit_id = stamp(path)
+            try:
+                yield self._audit
+            finally:
+                self._backfill(path)
 
-    def _let_go_moved(self, path: Path) -> tuple[int, int] | None:
-        """Under `_audit_lock`: the connection to a log no longer at `path` is let go; the
-        identity of the file now there (None: none)."""
-        now = file_id(path)
+    def _let_go_moved(self, path: Path) -> Stamp | None:
+        """Under `_audit_lock`: the connection to a log no longer at `path`, or to a file
+        written over in place, is let go; the stamp of the file now there (None: none)."""
+        now = stamp(path)
         if self._audit is not None and now != self._audit_id:
+            how = "deleted or replaced"
+            if now is not None and self._audit_id is not None and now[:2] == self._audit_id[:2]:
+                how = "overwritten in place"
             log.error(
-                "console audit_moved path=%s: deleted or replaced while the console ran; "
-                "opened again at its next use",
+                "console audit_moved path=%s: %s while the console ran; opened again at its "
+                "next use",
                 path,
+                how,
             )
             let_go(self._audit)
             self._audit = None
         return now
+
+    def _backfill(self, path: Path) -> None:
+        """Under `_audit_lock`: what the write-ahead log holds is copied into the file (a
+        passive checkpoint, waiting for nobody), so a file written over in place is read as
+        written (pages still in the log would be read, and copied back over it, in its
+        place); the file's new stamp is then the console's own doing."""
+        if self._audit is None:
+            return
+        try:
+            _, frames, done = self._audit.conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+        except sqlite3.Error as e:  # locked, damaged: the next use says so, with its fix
+            log.info("console audit_checkpoint_skipped error=%s", e)
+            return
+        if (frames, done) != self._backfilled:  # frames were copied: the file changed
+            self._backfilled = (frames, done)
+            now = stamp(path)
+            if now is not None and self._audit_id is not None and now[:2] == self._audit_id[:2]:
+                self._audit_id = now
 
     def let_go_moved_audit(self) -> None:
         """Let go at once of an audit log deleted or replaced underneath, not at the next
@@ -167,7 +212,9 @@ class Office:
         use is left to its user, who follows it itself."""
         if self._audit_lock.acquire(blocking=False):
             try:
-                self._let_go_moved(self.cfg.resolve(self.cfg.audit.path))
+                path = self.cfg.resolve(self.cfg.audit.path)
+                self._let_go_moved(path)
+                self._backfill(path)  # what another process (the office's sync) wrote
             finally:
                 self._audit_lock.release()
 
@@ -184,6 +231,32 @@ class Office:
             if self._audit is not None:
                 self._audit.close()
                 self._audit = None
+
+    # --- the gallery --------------------------------------------------------------------------
+
+    def check_gallery(self) -> bool:
+        """Whether the office gallery is there; a gallery this console saw (or made) that is
+        no longer on disk is a GalleryGoneError: an enrolment would make a new, empty one in
+        its place and every person enrolled before would be lost from the office unsaid."""
+        if has_gallery(self.gallery_db):
+            self._gallery_seen = True
+            return True
+        if self._gallery_seen:
+            raise GalleryGoneError(
+                f"the office gallery {self.gallery_db} was deleted while the console ran; "
+                "nothing was enrolled, so no new, empty gallery replaced it",
+                f"restore {self.gallery_db.name} (and {self.gallery_db.name}.forgotten, if "
+                "there is one) from its backup; or, to start anew with an empty gallery on "
+                "purpose, restart the console: it makes one at its first enrolment",
+            )
+        return False
+
+    def gallery(self) -> Gallery:
+        """The office gallery to enroll into, made at the first enrolment (`check_gallery`)."""
+        self.check_gallery()  # and never made if deleted just after it was looked at:
+        g = Gallery(self.gallery_db, load_key(self.gallery_key), create=not self._gallery_seen)
+        self._gallery_seen = True
+        return g
 
     # --- people -----------------------------------------------------------------------------------
 
@@ -385,7 +458,7 @@ def enroll(
         # gets a second record saying the enrolment was not stored
         with (
             office._pipe_lock,
-            Gallery(office.gallery_db, load_key(office.gallery_key)) as g,
+            office.gallery() as g,
             g.transaction(),
         ):
             pid, n = enroll_person(
@@ -446,8 +519,16 @@ def _file_stamp(db: Path) -> tuple:
     return tuple(out)
 
 
+def has_gallery(db: Path) -> bool:
+    """A gallery file is at `db` (an empty file is none, as `Gallery` counts it)."""
+    try:
+        return db.stat().st_size > 0
+    except OSError:
+        return False
+
+
 def _read_people(office: Office) -> list[dict[str, Any]]:
-    if not office.gallery_db.exists():
+    if not office.check_gallery():
         return []
     with Gallery(office.gallery_db, load_key(office.gallery_key), create=False) as g:
         everyone = g.people()
@@ -467,7 +548,7 @@ def _read_people(office: Office) -> list[dict[str, Any]]:
 
 def reveal(office: Office, user: str, person_id: str) -> str:
     """A person's name for a decision row; the reveal itself is audited."""
-    if not office.gallery_db.exists():
+    if not office.check_gallery():  # a gallery deleted underneath says so, not "no person"
         raise ActionError(f"no person {person_id} in the office gallery")
     # a key file or gallery that cannot be opened says so, with its fix (not "no person")
     with Gallery(office.gallery_db, load_key(office.gallery_key), create=False) as g:

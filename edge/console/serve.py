@@ -1,0 +1,164 @@
+"""The console under uvicorn, with the lane screen's caps on connections (`edge.screen.server`).
+
+uvicorn alone takes every connection and keeps one that never sends a request for ever: a client
+(or a scan of the network) holding connections by the hundred used up the server's file handles
+and staff could not load a page. Here, as on the screen, connections over the caps (in all, and
+from one address) are answered 503 at once, never read as a request, and a connection that sends
+no whole request within CLIENT_TIMEOUT_S is closed, so one client cannot keep the slots it took.
+The local TLS proxy's address is counted in all only: its clients are the whole staff, and the
+proxy caps them itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import time
+from collections.abc import Callable
+from typing import Any
+
+from uvicorn.protocols.http.h11_impl import H11Protocol
+
+from edge import config as config_mod
+from edge.screen.server import BUSY, REFUSAL_LOG_EVERY_S
+
+log = logging.getLogger(__name__)
+# A connection that sends no whole request (headers) for this long is closed (the screen's).
+CLIENT_TIMEOUT_S = 30.0
+REFUSED_DRAIN_S = 1.0  # a refused client's request is read (and dropped) this long, then closed
+PROXY = "127.0.0.1"  # the local TLS proxy: trusted for X-Forwarded-For, never capped per address
+
+
+class Caps:
+    """Open connections in all and per address, on the server's event loop (one thread)."""
+
+    def __init__(self, max_connections: int, max_per_address: int, proxy: str = PROXY):
+        self.max_connections = max_connections
+        self.max_per_address = max_per_address
+        self.proxy = proxy
+        self.open: dict[str, int] = {}
+        self.total = 0
+        self.refused = 0
+        self._logged = -math.inf
+
+    def take(self, host: str) -> bool:
+        """A slot for a new connection from `host`, or False (then it is refused)."""
+        taken = self.open.get(host, 0)
+        if self.total >= self.max_connections or (
+            host != self.proxy and taken >= self.max_per_address
+        ):
+            self._refused(host, taken)
+            return False
+        self.open[host] = taken + 1
+        self.total += 1
+        return True
+
+    def give_back(self, host: str) -> None:
+        """The connection from `host` closed: its slot is free."""
+        left = self.open.get(host, 0) - 1
+        if left > 0:
+            self.open[host] = left
+        else:
+            self.open.pop(host, None)
+        self.total -= 1
+
+    def _refused(self, host: str, taken: int) -> None:
+        self.refused += 1
+        now = time.monotonic()
+        if now - self._logged >= REFUSAL_LOG_EVERY_S:
+            self._logged = now
+            log.warning(
+                "console connection refused address=%s open=%d max=%d from_address=%d "
+                "max_per_address=%d refused_so_far=%d: a client opens connections without end "
+                "(fix: find it on the network; staff pages answer again once it stops)",
+                host, self.total, self.max_connections, taken, self.max_per_address, self.refused,
+            )  # fmt: skip
+
+
+def capped_protocol(caps: Caps) -> type[H11Protocol]:
+    """uvicorn's HTTP/1.1 protocol, admitting connections through `caps`."""
+
+    class Capped(H11Protocol):
+        _host: str | None = None  # set when admitted: the slot to give back
+        _refusing = False
+        _wait: asyncio.TimerHandle | None = None
+        _waited_for: object = None  # the request cycle current when the wait began
+
+        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+            peer = transport.get_extra_info("peername")
+            host = str(peer[0]) if isinstance(peer, tuple) and peer else "?"
+            if not caps.take(host):
+                self._refuse(transport)
+                return
+            self._host = host
+            super().connection_made(transport)
+            self._await_request()
+
+        def _refuse(self, transport: asyncio.Transport) -> None:
+            """503 without reading the request (it may never come), then close once the client
+            has closed or after REFUSED_DRAIN_S: closing on unread bytes would reset the 503."""
+            self._refusing = True
+            self.transport = transport
+            transport.write(BUSY)
+            with contextlib.suppress(OSError):  # gone already (reset): nothing more to send
+                if not transport.is_closing() and transport.can_write_eof():
+                    transport.write_eof()
+            self._wait = self.loop.call_later(REFUSED_DRAIN_S, transport.abort)
+
+        def _await_request(self) -> None:
+            """Close the connection if no new request has come in CLIENT_TIMEOUT_S."""
+            if self._wait is not None:
+                self._wait.cancel()
+            self._waited_for = self.cycle
+            self._wait = self.loop.call_later(CLIENT_TIMEOUT_S, self._no_request)
+
+        def _no_request(self) -> None:
+            if self.cycle is self._waited_for and not self.transport.is_closing():
+                self.transport.close()
+
+        def data_received(self, data: bytes) -> None:
+            if not self._refusing:
+                super().data_received(data)
+
+        def eof_received(self) -> bool | None:  # type: ignore[override]
+            if self._refusing:
+                self.transport.close()
+                return None
+            return super().eof_received()
+
+        def on_response_complete(self) -> None:
+            self._await_request()  # before: a pipelined request may start in the call below
+            super().on_response_complete()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            if self._wait is not None:
+                self._wait.cancel()
+            if self._refusing:
+                return
+            if self._host is not None:
+                caps.give_back(self._host)
+                self._host = None
+            super().connection_lost(exc)
+
+    return Capped
+
+
+def server_config(app: Callable[..., Any], cfg: config_mod.Config, host: str, port: int):
+    """The uvicorn config `edge-gate console` serves the app with."""
+    # the web stack (the console extra, absent on a lane) loads only for `console`
+    import uvicorn
+
+    c = cfg.console
+    return uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        http=capped_protocol(Caps(c.max_connections, c.max_per_address)),
+        proxy_headers=True,  # the client address behind a local TLS proxy (rate limits)
+        forwarded_allow_ips=PROXY,
+        access_log=False,  # paths and searches can name people: not in the journal
+        log_level="info",
+        timeout_graceful_shutdown=3,
+    )
