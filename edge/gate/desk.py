@@ -78,8 +78,12 @@ class UnavailableLedger:
         """Nothing to close."""
 
 
-def open_gate_ledger(cfg: config_mod.Config, audit, now: float) -> Ledger | UnavailableLedger:
-    """The daemon's ledger; if it cannot be opened, a stand-in that refuses, logged and audited."""
+def open_gate_ledger(
+    cfg: config_mod.Config, audit, now: float
+) -> Ledger | LaneLedger | UnavailableLedger:
+    """The daemon's ledger; if it cannot be opened, a stand-in that refuses, logged and audited.
+    A fleet lane's stand-in keeps the lane's guard: its face check (the office's forget list
+    applied) does not depend on the ledger."""
     try:
         return open_ledger(cfg, audit)
     except EdgeGateError as e:
@@ -87,7 +91,13 @@ def open_gate_ledger(cfg: config_mod.Config, audit, now: float) -> Ledger | Unav
         audit.record(
             AuditRecord(now, cfg.gate.id, "system", reason=Reason.LEDGER_ERROR, detail=str(e)[:300])
         )
-        return UnavailableLedger(str(e))
+        stand_in = UnavailableLedger(str(e))
+    if cfg.fleet.enabled:
+        try:
+            return LaneLedger(stand_in, LaneGuard(cfg))  # type: ignore[arg-type]
+        except EdgeGateError as e:
+            log.error("gate fleet state not opened: %s", e)
+    return stand_in
 
 
 def configured_revocations(cfg: config_mod.Config) -> frozenset[str]:
