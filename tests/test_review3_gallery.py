@@ -42,3 +42,52 @@ def test_a_person_forgotten_after_a_key_rotation_is_not_matched_by_the_running_g
             assert gone not in matched(live, faces)
         with pytest.raises(GalleryError, match="reload"):  # said, with the fix
             live.identify(faces)
+
+
+FORGET_ON_A_FULL_DISK = """
+import resource, signal, sys
+from pathlib import Path
+from edge.errors import GalleryError
+from edge.gallery.crypto import load_key
+from edge.gallery.store import Gallery
+
+d, pid = Path(sys.argv[1]), sys.argv[2]
+g = Gallery(d / "g.db", load_key(d / "k.key"), create=False)
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails (EFBIG), as ENOSPC
+room = (d / "g.db.forgotten").stat().st_size + 40  # the next line is cut off mid-way
+resource.setrlimit(resource.RLIMIT_FSIZE, (room, room))
+try:
+    g.forget(pid)
+except GalleryError as e:
+    print("GalleryError", e)
+"""
+
+
+def test_a_forget_on_a_full_disk_leaves_the_forget_list_readable(tmp_path):
+    """The forget list's line is written before the gallery commits; on a full disk (here a
+    file size limit) part of it was written and never taken back, so the list no longer
+    chained: the gallery then opened nowhere (gate, forget, forget --replay) until the file was
+    edited by hand. Now the part line is taken back and the forget is refused with the fix."""
+    import subprocess
+    import sys
+
+    rng = np.random.default_rng(8)
+    with Gallery(tmp_path / "g.db", init_key(tmp_path / "k.key")) as g:
+        first = g.add_person("First", CONSENT, list(unit(rng, 1)), "m", "v")
+        second = g.add_person("Second", CONSENT, list(unit(rng, 1)), "m", "v")
+        assert g.forget(first)  # the list has a line to chain onto
+    before = (tmp_path / "g.db.forgotten").read_bytes()
+    run = subprocess.run(
+        [sys.executable, "-c", FORGET_ON_A_FULL_DISK, str(tmp_path), second],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert "GalleryError" in run.stdout, run.stdout + run.stderr
+    assert "nothing was erased" in run.stdout and "free" in run.stdout
+    assert (tmp_path / "g.db.forgotten").read_bytes() == before
+    with Gallery(tmp_path / "g.db", load_key(tmp_path / "k.key"), create=False) as g:
+        assert not g.needs_forget_replay()
+        assert [p.id for p in g.people()] == [second]  # nothing was erased
+        assert g.forget(second)  # with room again, the forget goes through
+        assert g.people() == []
