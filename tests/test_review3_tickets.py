@@ -35,3 +35,44 @@ def test_issue_refuses_a_date_the_ticket_cannot_carry_with_the_fix(office, capsy
     assert "internal error" not in err
     assert "2106" in err and "--no-expiry" in err
     assert not (out / "T-1.png").exists()
+
+
+def _redeem(cfg_path: Path, text: str, capsys) -> dict:
+    import json
+
+    main(["ticket", "verify", "--config", str(cfg_path), "--redeem", "--json", text])
+    return json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize("damage", ["garbage", "deleted"])
+def test_ledger_recover_rebuilds_a_damaged_or_lost_ledger_from_the_audit_log(
+    tmp_path, capsys, damage
+):
+    """The documented way out when no backup is newer is `ledger recover` (it rebuilds from the
+    audit log, so spent tickets stay spent); before, it refused a ledger whose file was damaged
+    (an SD card's bad sector) or gone, saying "restore it from backup", and `ledger init
+    --after-loss` refused a damaged one too: without a backup no command gave the lane its
+    tickets back. The damaged file is kept beside the new one as evidence."""
+    import time
+
+    from .helpers import make_config
+
+    cfg = make_config(tmp_path)
+    cfg_path = tmp_path / "gate.toml"
+    key = tk.load_private(tmp_path / "office" / "issuer.key")
+    spent = tk.sign(tk.Ticket("T-SPENT", "day", 0, int(time.time()) + 3600), key)
+    fresh = tk.sign(tk.Ticket("T-FRESH", "day", 0, int(time.time()) + 3600), key)
+    assert _redeem(cfg_path, spent, capsys)["reason"] == "ok"
+    ledger = cfg.resolve(cfg.tickets.ledger)
+    for side in ("-wal", "-shm"):
+        Path(f"{ledger}{side}").unlink(missing_ok=True)
+    if damage == "garbage":
+        ledger.write_bytes(b"SQLite format 3\x00" + b"\xff" * 5000)
+    else:
+        ledger.unlink()
+    assert main(["ledger", "recover", "--config", str(cfg_path)]) == 0, capsys.readouterr().err
+    assert "1 ticket grants restored" in capsys.readouterr().out
+    if damage == "garbage":
+        assert len(list(tmp_path.glob("ledger.db.broken-*"))) == 1  # kept as evidence
+    assert _redeem(cfg_path, spent, capsys)["reason"] == "already_used"  # stays spent
+    assert _redeem(cfg_path, fresh, capsys)["reason"] == "ok"

@@ -29,6 +29,7 @@ from edge.tickets.ledger import (
     Entry,
     Ledger,
     LedgerMark,
+    LedgerUnreadable,
     MarkStore,
     day_of,
     init_ledger,
@@ -193,10 +194,14 @@ def recover_gate_ledger(cfg: config_mod.Config, audit, now: float | None = None)
         )
     now = time.time() if now is None else now
     path, tz = cfg.resolve(cfg.tickets.ledger), cfg.gate.zone
-    with Ledger(path, cfg.gate.id, key=audit.key, verify=False) as old:
-        why = old.verify() or "no break found (rebuilt on request)"
-        entries, before = old.entries(), old.mark()
-        pending = old.outbox_batch(0, 1 << 30)
+    try:
+        with Ledger(path, cfg.gate.id, key=audit.key, verify=False) as old:
+            why = old.verify() or "no break found (rebuilt on request)"
+            entries, before = old.entries(), old.mark()
+            pending = old.outbox_batch(0, 1 << 30)
+    except LedgerUnreadable as e:  # missing or damaged: every grant the audit log holds
+        why, entries, pending = f"{e.args[0]}"[:150], [], []
+        before = audit.ledger_mark() or LedgerMark("none", 0, 0.0)
     local = Counter((e.ticket_id, e.day) for e in entries if e.src == "L")
     added: list[Entry] = []
     for tid, t, gate in reversed(_granted_tickets(audit)):  # newest grants fill the gaps
