@@ -91,3 +91,32 @@ def test_a_forget_on_a_full_disk_leaves_the_forget_list_readable(tmp_path):
         assert [p.id for p in g.people()] == [second]  # nothing was erased
         assert g.forget(second)  # with room again, the forget goes through
         assert g.people() == []
+
+
+def test_a_pass_renews_although_one_of_the_persons_templates_is_damaged(tmp_path):
+    """A renewal re-seals the person's values under a new key of theirs; one template that
+    no longer opens (a bad sector, an edit) raised a bare SealError out of it (`pass renew`:
+    an internal error), so the pass could not be renewed at all. The damaged value is kept as
+    it is, rejected on every read as before, and the rest renews and still matches."""
+    import sqlite3
+
+    rng = np.random.default_rng(9)
+    faces = unit(rng, 2)
+    with Gallery(tmp_path / "g.db", init_key(tmp_path / "k.key")) as g:
+        pid = g.add_person("Season", CONSENT, list(faces), "m", "v", valid_until=2_000_000_000)
+    db = sqlite3.connect(tmp_path / "g.db")
+    (tid, blob), _ = db.execute("SELECT id, embedding FROM templates ORDER BY id").fetchall()
+    with db:
+        db.execute(
+            "UPDATE templates SET embedding = ? WHERE id = ?",
+            (blob[:20] + bytes([blob[20] ^ 1]) + blob[21:], tid),
+        )
+    db.close()
+    with Gallery(tmp_path / "g.db", load_key(tmp_path / "k.key"), create=False) as g:
+        assert g.templates("m").rejected == 1
+        p = g.update_person(pid, valid_until=2_100_000_000)
+        assert p.valid_until == 2_100_000_000 and p.intact and p.name == "Season"
+        t = g.templates("m")
+        assert (t.rejected, list(t.person_ids)) == (1, [pid])  # the intact one still opens
+        who = [i.person_id for i in LiveMatcher(g, "m", 0.9, 0.0).identify(faces)]
+        assert pid in who
