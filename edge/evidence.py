@@ -139,10 +139,10 @@ class Witness:
 
     def _read(self) -> dict[str, Mark]:
         try:
-            text = self.path.read_text()
+            text = self.path.read_text(encoding="utf-8")
         except FileNotFoundError:
             return {}
-        except OSError as e:
+        except (OSError, UnicodeDecodeError) as e:  # damaged to bytes that are not text
             raise WitnessError(
                 f"evidence witness {self.path} is unreadable: {e}", self._fix()
             ) from None

@@ -37,3 +37,41 @@ def test_an_evidence_key_that_cannot_be_written_says_why(tmp_path):
     assert "cannot be written" in run.stdout, run.stdout
     assert "restore it from the lane's backup" not in run.stdout
     assert not key.exists()
+
+
+def test_a_witness_damaged_to_non_text_refuses_tickets_and_does_not_stop_the_gate(tmp_path, capsys):
+    """The witness beside the evidence key, damaged to bytes that are not UTF-8 (bit rot on an
+    SD card): before, reading it raised a bare UnicodeDecodeError, so the gate did not start at
+    all (a traceback, then systemd's restart loop) and `ticket verify --redeem` was an internal
+    error. Like a witness damaged any other way, it now refuses tickets with the fix, and the
+    gate runs (faces, the audit log)."""
+    import json
+    import time
+
+    from gpiozero.pins.mock import MockFactory
+
+    from edge import tickets as tk
+    from edge.cli import main
+    from edge.evidence import Witness, key_path, load_key
+    from edge.gate.daemon import Gate
+
+    from .helpers import ListSource, make_config
+
+    cfg = make_config(tmp_path)
+    cfg_path = tmp_path / "gate.toml"
+    key = tk.load_private(tmp_path / "office" / "issuer.key")
+    first = tk.sign(tk.Ticket("T-1", "day", 0, int(time.time()) + 3600), key)
+    assert main(["ticket", "verify", "--config", str(cfg_path), "--redeem", first]) == 0
+    witness = Witness(load_key(key_path(cfg))).path
+    assert witness.exists()
+    witness.write_bytes(b"\xff\xfe\x00 not text")
+    capsys.readouterr()
+    second = tk.sign(tk.Ticket("T-2", "day", 0, int(time.time()) + 3600), key)
+    rc = main(["ticket", "verify", "--config", str(cfg_path), "--redeem", "--json", second])
+    out, err = capsys.readouterr()
+    assert "internal error" not in err
+    assert rc in (1, 2) and "witness" in out + err
+    if rc == 1:
+        assert json.loads(out.strip().splitlines()[-1])["reason"] == "ledger_error"
+    with Gate(cfg, source=ListSource([]), pin_factory=MockFactory()) as gate:
+        assert "witness" in gate.ledger.problem
