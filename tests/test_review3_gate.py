@@ -45,3 +45,36 @@ def test_a_lane_whose_ledger_does_not_open_still_grants_nobody_by_face_before_th
     finally:
         gate.close()
         st.close()
+
+
+def test_doctor_fails_on_a_gallery_restored_from_before_a_forget(tmp_path):
+    """A gallery restored from an older copy admits nobody by face until `forget --replay`
+    (the gate runs ticket-only); doctor's gallery check said "N people, M templates", all
+    well, so the operator who restored it was not told what the gate needs."""
+    import shutil
+    import sqlite3
+
+    import numpy as np
+
+    from edge.gallery.crypto import init_key
+    from edge.gallery.store import Gallery
+    from edge.gate import doctor
+
+    from .gallery_helpers import CONSENT, unit
+    from .helpers import make_config
+
+    cfg = make_config(tmp_path)
+    db, key = cfg.resolve(cfg.gallery.db), cfg.resolve(cfg.gallery.key_file)
+    rng = np.random.default_rng(3)
+    with Gallery(db, init_key(key)) as g:
+        g.add_person("Stays", CONSENT, list(unit(rng, 1)), "m", "v")
+        gone = g.add_person("Gone", CONSENT, list(unit(rng, 1)), "m", "v")
+        backup = sqlite3.connect(tmp_path / "backup.db")
+        g.conn.backup(backup)  # the operator's nightly copy
+        backup.close()
+        assert g.forget(gone)
+    shutil.copyfile(tmp_path / "backup.db", db)  # restored after a disk fault
+    site = doctor.Site(cfg, db, key)
+    (c,) = [c for c in doctor.run_checks(site) if c.check == "gallery database"]
+    assert c.status == "fail", c
+    assert "forget --replay" in c.fix
