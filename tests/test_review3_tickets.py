@@ -76,3 +76,27 @@ def test_ledger_recover_rebuilds_a_damaged_or_lost_ledger_from_the_audit_log(
         assert len(list(tmp_path.glob("ledger.db.broken-*"))) == 1  # kept as evidence
     assert _redeem(cfg_path, spent, capsys)["reason"] == "already_used"  # stays spent
     assert _redeem(cfg_path, fresh, capsys)["reason"] == "ok"
+
+
+def test_ledger_recover_leaves_another_database_at_the_ledger_path_alone(tmp_path, capsys):
+    """Only a missing or damaged ledger is rebuilt from the audit log alone: a readable
+    database that is no ledger (tickets.ledger pointed at the gallery by mistake) is refused
+    and left where it is."""
+    import sqlite3
+
+    from .helpers import make_config
+
+    cfg = make_config(tmp_path)
+    ledger = cfg.resolve(cfg.tickets.ledger)
+    for side in ("", "-wal", "-shm"):
+        Path(f"{ledger}{side}").unlink(missing_ok=True)
+    db = sqlite3.connect(ledger)
+    db.execute("CREATE TABLE people (id TEXT)")
+    db.commit()
+    db.close()
+    assert main(["ledger", "recover", "--config", str(tmp_path / "gate.toml")]) == 2
+    assert "do not replace it" in capsys.readouterr().err
+    db = sqlite3.connect(ledger)
+    assert [r[0] for r in db.execute("SELECT name FROM sqlite_master")] == ["people"]
+    db.close()
+    assert not list(tmp_path.glob("ledger.db.broken-*"))

@@ -37,7 +37,17 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Protocol
 
-from edge.db import Migration, Store, columns, connect, migrate, run_script, tables
+from edge.db import (
+    DAMAGED_FIX,
+    Migration,
+    Store,
+    columns,
+    connect,
+    migrate,
+    run_script,
+    sqlite_fix,
+    tables,
+)
 from edge.errors import LedgerError
 from edge.evidence import GENESIS, EvidenceKey, Mark, Witness, WitnessError, link
 from edge.tickets.format import Kind, Reason, Ticket
@@ -353,6 +363,8 @@ class Ledger(Store):
         try:
             self._connect(path)
         except LedgerError as e:
+            if e.hint != DAMAGED_FIX:  # locked, or a folder it may not read: not damaged
+                raise
             raise LedgerUnreadable(str(e.args[0]), UNREADABLE_HINT) from None
         try:
             if "redemptions" not in tables(self.conn):
@@ -364,6 +376,11 @@ class Ledger(Store):
             raise LedgerError(f"ledger {self.path}: {e}", e.hint) from None
         except sqlite3.DatabaseError as e:
             self.conn.close()
+            if sqlite_fix(e) != DAMAGED_FIX:  # locked, or another database (the gallery?)
+                raise LedgerError(
+                    f"ledger {self.path} is unreadable: {e}",
+                    "restore it from backup; do not replace it with a new one",
+                ) from None
             raise LedgerUnreadable(
                 f"ledger {self.path} is unreadable: {e}", UNREADABLE_HINT
             ) from None
