@@ -29,6 +29,7 @@ def test_an_evidence_key_that_cannot_be_written_says_why(tmp_path):
     key.parent.mkdir()
     run = subprocess.run(
         [sys.executable, "-c", MAKE_KEY_ON_A_FULL_DISK, str(key)],
+        env=this_checkout(),
         capture_output=True,
         text=True,
         timeout=60,
@@ -75,3 +76,11 @@ def test_a_witness_damaged_to_non_text_refuses_tickets_and_does_not_stop_the_gat
         assert json.loads(out.strip().splitlines()[-1])["reason"] == "ledger_error"
     with Gate(cfg, source=ListSource([]), pin_factory=MockFactory()) as gate:
         assert "witness" in gate.ledger.problem
+
+
+def this_checkout() -> dict[str, str]:
+    """The environment for a child Python that imports this checkout's `edge`."""
+    import os
+    from pathlib import Path
+
+    return {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}

@@ -79,6 +79,7 @@ def test_a_forget_on_a_full_disk_leaves_the_forget_list_readable(tmp_path):
     before = (tmp_path / "g.db.forgotten").read_bytes()
     run = subprocess.run(
         [sys.executable, "-c", FORGET_ON_A_FULL_DISK, str(tmp_path), second],
+        env=this_checkout(),
         capture_output=True,
         text=True,
         timeout=120,
@@ -120,3 +121,11 @@ def test_a_pass_renews_although_one_of_the_persons_templates_is_damaged(tmp_path
         assert (t.rejected, list(t.person_ids)) == (1, [pid])  # the intact one still opens
         who = [i.person_id for i in LiveMatcher(g, "m", 0.9, 0.0).identify(faces)]
         assert pid in who
+
+
+def this_checkout() -> dict[str, str]:
+    """The environment for a child Python that imports this checkout's `edge`."""
+    import os
+    from pathlib import Path
+
+    return {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
