@@ -106,10 +106,14 @@ def load_key(path: Path) -> EvidenceKey:
 
 
 def load_or_create_key(path: Path) -> EvidenceKey:
-    """The lane's evidence key, created on its first run (the gate, `ledger init`)."""
+    """The lane's evidence key, created on its first run (the gate, `ledger init`); a key that
+    cannot be written (a full disk, a folder this user may not write) is that error."""
     if not Path(path).exists():
-        with contextlib.suppress(KeyFileError):  # created meanwhile by another process
+        try:
             return create_key(path)
+        except KeyFileError:
+            if not Path(path).exists():  # not created meanwhile by another process
+                raise
     return load_key(path)
 
 
@@ -135,10 +139,10 @@ class Witness:
 
     def _read(self) -> dict[str, Mark]:
         try:
-            text = self.path.read_text()
+            text = self.path.read_text(encoding="utf-8")
         except FileNotFoundError:
             return {}
-        except OSError as e:
+        except (OSError, UnicodeDecodeError) as e:  # damaged to bytes that are not text
             raise WitnessError(
                 f"evidence witness {self.path} is unreadable: {e}", self._fix()
             ) from None

@@ -154,7 +154,10 @@ def collect(
             cands += candidates_from_video(pipe, int(item) if item.isdigit() else item)
             continue
         if p.suffix.lower() in VIDEO_EXT:
-            cands += candidates_from_video(pipe, p)
+            try:
+                cands += candidates_from_video(pipe, p)
+            except EnrollError as e:  # listed like an unreadable photo (`enroll` refuses it)
+                skipped.append(Skipped(str(p), UNREADABLE, str(e.args[0]), e.hint))
             continue
         try:
             faces = pipe.still_faces(load_image(p, pipe.max_image_pixels))

@@ -91,6 +91,13 @@ class ForgetList:
         self._cache = (stamp, out)
         return out
 
+    def _cannot_write(self, e: OSError) -> GalleryError:
+        return GalleryError(
+            f"forget list {self.path} cannot be written: {e.strerror or e}; nothing was erased",
+            "free space on its volume, or run the command as the gate's service user "
+            "(sudo -u edge-gate), then run it again",
+        )
+
     def generation(self, gallery: int) -> int:
         """The newest generation this list records for the gallery (0: none)."""
         return max((e.generation for e in self.entries() if e.gallery == gallery), default=0)
@@ -108,9 +115,16 @@ class ForgetList:
         }  # fmt: skip
 
     def append(self, generation: int, t: float, forgot: Iterable[str], gallery: int) -> None:
-        """Add one line, fsync'd, under an exclusive lock (several writers may share a gallery)."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o600)
+        """Add one line, fsync'd, under an exclusive lock (several writers may share a gallery).
+
+        A line that cannot be written whole (a full disk) is taken back: a part line would stop
+        the list, and so the gallery, from opening anywhere. GalleryError: the caller's write
+        (before its commit) is then undone, nothing erased."""
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o600)
+        except OSError as e:
+            raise self._cannot_write(e) from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             self._cache = None
@@ -122,8 +136,17 @@ class ForgetList:
             body = {"format": FORMAT, "g": int(generation), "t": float(t),
                     "forgot": sorted(set(forgot)), "gallery": int(gallery)}  # fmt: skip
             line = json.dumps({**body, "link": self._mac(prev, body)}, sort_keys=True)
-            os.write(fd, (line + "\n").encode())
-            os.fsync(fd)
+            end = os.lseek(fd, 0, os.SEEK_END)
+            try:
+                rest = memoryview((line + "\n").encode())
+                while rest:  # a full disk first writes part of it
+                    rest = rest[os.write(fd, rest) :]
+                os.fsync(fd)
+            except OSError as e:
+                with contextlib.suppress(OSError):
+                    os.ftruncate(fd, end)
+                    os.fsync(fd)
+                raise self._cannot_write(e) from None
         finally:
             with contextlib.suppress(OSError):
                 fcntl.flock(fd, fcntl.LOCK_UN)

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 import simsimd
 
-from edge.errors import ConfigError
+from edge.errors import ConfigError, GalleryError
 from edge.gallery.rules import Rule, threshold_for
 
 log = logging.getLogger(__name__)
@@ -351,12 +351,17 @@ class LiveMatcher:
         return self.matcher.match_many(probes)
 
     def identify(self, probes: np.ndarray) -> list[Identity]:
-        """One Identity per probe row, with the person's pass; a failed refresh keeps the last
-        gallery (a writer mid-VACUUM or a locked file must not stop matching)."""
+        """One Identity per probe row, with the person's pass. A gallery that changed but cannot
+        be read again is a GalleryError, never a match from the templates held: they may hold
+        someone forgotten since (the gate counts such frames and goes ticket-only)."""
         try:
             self.refresh()
         except Exception as e:
-            log.warning("gallery refresh_failed reason=%s", e)
+            raise GalleryError(
+                f"gallery {self.gallery.path} changed and cannot be read again: {e}",
+                "systemctl reload edge-gate (after `keys rotate` the gate needs the new key); "
+                "if that fails, edge-gate doctor --config C",
+            ) from None
         out = []
         for m in self.matcher.match_many(probes) if len(probes) else []:
             who = m.candidate

@@ -330,7 +330,12 @@ class Gallery(Store, GalleryReader):
         a_old = AESGCM(old)
 
         def again(blob, a: bytes):
-            return None if blob is None else seal(new, open_sealed(a_old, blob, a), a)
+            if blob is None:
+                return None
+            try:
+                return seal(new, open_sealed(a_old, blob, a), a)
+            except SealError:  # already damaged: kept as is, it is rejected on every read
+                return blob
 
         name, pref = c.execute("SELECT name, pass_ref FROM people WHERE id = ?", (pid,)).fetchone()
         c.execute(

@@ -413,7 +413,7 @@ class Gate:
 
     def _evidence_ids(self) -> tuple:
         """The audit log's and the open ledger's files as (device, inode); None: none open."""
-        none_open = isinstance(self.ledger, UnavailableLedger)
+        none_open = isinstance(getattr(self.ledger, "ledger", self.ledger), UnavailableLedger)
         ledger = None if none_open else file_id(self.cfg.resolve(self.cfg.tickets.ledger))
         return file_id(self.cfg.resolve(self.cfg.audit.path)), ledger
 

@@ -29,6 +29,7 @@ from edge.tickets.ledger import (
     Entry,
     Ledger,
     LedgerMark,
+    LedgerUnreadable,
     MarkStore,
     day_of,
     init_ledger,
@@ -78,8 +79,12 @@ class UnavailableLedger:
         """Nothing to close."""
 
 
-def open_gate_ledger(cfg: config_mod.Config, audit, now: float) -> Ledger | UnavailableLedger:
-    """The daemon's ledger; if it cannot be opened, a stand-in that refuses, logged and audited."""
+def open_gate_ledger(
+    cfg: config_mod.Config, audit, now: float
+) -> Ledger | LaneLedger | UnavailableLedger:
+    """The daemon's ledger; if it cannot be opened, a stand-in that refuses, logged and audited.
+    A fleet lane's stand-in keeps the lane's guard: its face check (the office's forget list
+    applied) does not depend on the ledger."""
     try:
         return open_ledger(cfg, audit)
     except EdgeGateError as e:
@@ -87,7 +92,13 @@ def open_gate_ledger(cfg: config_mod.Config, audit, now: float) -> Ledger | Unav
         audit.record(
             AuditRecord(now, cfg.gate.id, "system", reason=Reason.LEDGER_ERROR, detail=str(e)[:300])
         )
-        return UnavailableLedger(str(e))
+        stand_in = UnavailableLedger(str(e))
+    if cfg.fleet.enabled:
+        try:
+            return LaneLedger(stand_in, LaneGuard(cfg))  # type: ignore[arg-type]
+        except EdgeGateError as e:
+            log.error("gate fleet state not opened: %s", e)
+    return stand_in
 
 
 def configured_revocations(cfg: config_mod.Config) -> frozenset[str]:
@@ -183,10 +194,14 @@ def recover_gate_ledger(cfg: config_mod.Config, audit, now: float | None = None)
         )
     now = time.time() if now is None else now
     path, tz = cfg.resolve(cfg.tickets.ledger), cfg.gate.zone
-    with Ledger(path, cfg.gate.id, key=audit.key, verify=False) as old:
-        why = old.verify() or "no break found (rebuilt on request)"
-        entries, before = old.entries(), old.mark()
-        pending = old.outbox_batch(0, 1 << 30)
+    try:
+        with Ledger(path, cfg.gate.id, key=audit.key, verify=False) as old:
+            why = old.verify() or "no break found (rebuilt on request)"
+            entries, before = old.entries(), old.mark()
+            pending = old.outbox_batch(0, 1 << 30)
+    except LedgerUnreadable as e:  # missing or damaged: every grant the audit log holds
+        why, entries, pending = f"{e.args[0]}"[:150], [], []
+        before = audit.ledger_mark() or LedgerMark("none", 0, 0.0)
     local = Counter((e.ticket_id, e.day) for e in entries if e.src == "L")
     added: list[Entry] = []
     for tid, t, gate in reversed(_granted_tickets(audit)):  # newest grants fill the gaps

@@ -188,8 +188,17 @@ def _gallery(site: Site) -> str | Check:
     with Gallery(site.db, load_key(site.key), create=False) as g:
         s = g.stats()
         ok = g.conn.execute("PRAGMA quick_check").fetchone()[0]
+        restored = g.forget_state().reason
     if ok != "ok":
         raise EdgeGateError(f"{site.db}: integrity {ok}", "restore the gallery from a backup")
+    if restored:  # the gate runs ticket-only on it (edge/gate/faces.py)
+        return Check(
+            "fail",
+            "gallery database",
+            f"{restored}; nobody is admitted by face",
+            "edge-gate forget --replay --config C (with the office's list: --replay FILE), "
+            "then systemctl reload edge-gate",
+        )
     if s["pending_erasure"]:
         return Check(
             "warn",

@@ -26,6 +26,7 @@ PREFIX = "EG"
 VERSION = 1
 SIG_LEN = 64
 MAX_TEXT = 400  # anything longer is not one of ours: refuse before decoding
+MAX_TIME = 0xFFFFFFFF  # valid_from / valid_until: u32 Unix seconds (until 2106-02-07)
 _HEAD = struct.Struct(">B4sBHII")
 TICKET_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,39}")
 TICKET_ID_RULE = (
@@ -117,6 +118,12 @@ def encode_payload(t: Ticket) -> bytes:
         raise TicketError(f"entries {t.count} out of range", "use 1..65535")
     if t.valid_until and t.valid_until < t.valid_from:
         raise TicketError("valid-until is before valid-from")
+    for what, v in (("valid-from", t.valid_from), ("valid-until", t.valid_until)):
+        if not 0 <= v <= MAX_TIME:  # the payload holds unsigned 32-bit Unix seconds
+            raise TicketError(
+                f"{what} {v} is outside what a ticket can carry (1970 to 2106)",
+                "give a date between 1970 and 2106; for a ticket that never expires, --no-expiry",
+            )
     head = _HEAD.pack(VERSION, t.key_id, int(t.kind), t.count, t.valid_from, t.valid_until)
     return (
         head

@@ -37,7 +37,17 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Protocol
 
-from edge.db import Migration, Store, columns, connect, migrate, run_script, tables
+from edge.db import (
+    DAMAGED_FIX,
+    Migration,
+    Store,
+    columns,
+    connect,
+    migrate,
+    run_script,
+    sqlite_fix,
+    tables,
+)
 from edge.errors import LedgerError
 from edge.evidence import GENESIS, EvidenceKey, Mark, Witness, WitnessError, link
 from edge.tickets.format import Kind, Reason, Ticket
@@ -222,6 +232,17 @@ RECOVER_HINT = (
 )
 
 
+class LedgerUnreadable(LedgerError):
+    """The ledger file is missing, empty or no readable ledger: `ledger recover` rebuilds it
+    from the audit log alone (the damaged file kept as evidence)."""
+
+
+UNREADABLE_HINT = (
+    "restore it from backup; without one, `edge-gate ledger recover --config C` rebuilds it "
+    "from the audit log (the damaged file is kept); do not replace it with a new one"
+)
+
+
 def _too_new(found: int, newest: int) -> LedgerError:
     return LedgerError(
         f"ledger has schema {found}, newer than this edge-gate ({newest})", "upgrade edge-gate"
@@ -334,12 +355,17 @@ class Ledger(Store):
         self.problem = ""  # why every ticket is refused: set when the chain breaks while open
         if path.is_dir() or not path.exists() or path.stat().st_size == 0:
             what = "is a directory" if path.is_dir() else "does not exist or is empty"
-            raise LedgerError(
+            raise (LedgerError if path.is_dir() else LedgerUnreadable)(
                 f"ledger {path} {what}; tickets are refused until it is back "
                 "(a new empty ledger would let every spent ticket in again)",
                 INIT_HINT,
             )
-        self._connect(path)
+        try:
+            self._connect(path)
+        except LedgerError as e:
+            if e.hint != DAMAGED_FIX:  # locked, or a folder it may not read: not damaged
+                raise
+            raise LedgerUnreadable(str(e.args[0]), UNREADABLE_HINT) from None
         try:
             if "redemptions" not in tables(self.conn):
                 raise sqlite3.DatabaseError("no redemptions table: not an edge-gate ledger")
@@ -350,9 +376,13 @@ class Ledger(Store):
             raise LedgerError(f"ledger {self.path}: {e}", e.hint) from None
         except sqlite3.DatabaseError as e:
             self.conn.close()
-            raise LedgerError(
-                f"ledger {self.path} is unreadable: {e}",
-                "restore it from backup; do not replace it with a new one",
+            if sqlite_fix(e) != DAMAGED_FIX:  # locked, or another database (the gallery?)
+                raise LedgerError(
+                    f"ledger {self.path} is unreadable: {e}",
+                    "restore it from backup; do not replace it with a new one",
+                ) from None
+            raise LedgerUnreadable(
+                f"ledger {self.path} is unreadable: {e}", UNREADABLE_HINT
             ) from None
         self.floor = 0.0
         self._seen: tuple[int, int] = (-1, -1)  # (data_version, schema_version) last verified

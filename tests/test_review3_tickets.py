@@ -1,0 +1,102 @@
+"""Ticket defects found in review: an operator's date the ticket format cannot carry."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from edge import tickets as tk
+from edge.cli import main
+
+
+@pytest.fixture()
+def office(tmp_path) -> Path:
+    tk.keygen(tmp_path / "office")
+    return tmp_path / "office"
+
+
+@pytest.mark.parametrize(
+    "dates",
+    [
+        ("--valid-until", "9999-12-31"),  # a common "forever": past the format's 2106
+        ("--valid-until", "2200-01-01"),
+        ("--valid-from", "1960-01-01", "--valid-until", "2099-01-01"),  # before 1970
+    ],
+)
+def test_issue_refuses_a_date_the_ticket_cannot_carry_with_the_fix(office, capsys, dates):
+    """Times are 32-bit Unix seconds in the signed payload; before, a date outside that range
+    ended `ticket issue` with an internal error (struct.error) instead of saying what to do."""
+    out = office.parent / "out"
+    rc = main(["ticket", "issue", "--key", str(office / "issuer.key"), "--out", str(out),
+               "--id", "T-1", *dates])  # fmt: skip
+    err = capsys.readouterr().err
+    assert rc == 2, err
+    assert "internal error" not in err
+    assert "2106" in err and "--no-expiry" in err
+    assert not (out / "T-1.png").exists()
+
+
+def _redeem(cfg_path: Path, text: str, capsys) -> dict:
+    import json
+
+    main(["ticket", "verify", "--config", str(cfg_path), "--redeem", "--json", text])
+    return json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize("damage", ["garbage", "deleted"])
+def test_ledger_recover_rebuilds_a_damaged_or_lost_ledger_from_the_audit_log(
+    tmp_path, capsys, damage
+):
+    """The documented way out when no backup is newer is `ledger recover` (it rebuilds from the
+    audit log, so spent tickets stay spent); before, it refused a ledger whose file was damaged
+    (an SD card's bad sector) or gone, saying "restore it from backup", and `ledger init
+    --after-loss` refused a damaged one too: without a backup no command gave the lane its
+    tickets back. The damaged file is kept beside the new one as evidence."""
+    import time
+
+    from .helpers import make_config
+
+    cfg = make_config(tmp_path)
+    cfg_path = tmp_path / "gate.toml"
+    key = tk.load_private(tmp_path / "office" / "issuer.key")
+    spent = tk.sign(tk.Ticket("T-SPENT", "day", 0, int(time.time()) + 3600), key)
+    fresh = tk.sign(tk.Ticket("T-FRESH", "day", 0, int(time.time()) + 3600), key)
+    assert _redeem(cfg_path, spent, capsys)["reason"] == "ok"
+    ledger = cfg.resolve(cfg.tickets.ledger)
+    for side in ("-wal", "-shm"):
+        Path(f"{ledger}{side}").unlink(missing_ok=True)
+    if damage == "garbage":
+        ledger.write_bytes(b"SQLite format 3\x00" + b"\xff" * 5000)
+    else:
+        ledger.unlink()
+    assert main(["ledger", "recover", "--config", str(cfg_path)]) == 0, capsys.readouterr().err
+    assert "1 ticket grants restored" in capsys.readouterr().out
+    if damage == "garbage":
+        assert len(list(tmp_path.glob("ledger.db.broken-*"))) == 1  # kept as evidence
+    assert _redeem(cfg_path, spent, capsys)["reason"] == "already_used"  # stays spent
+    assert _redeem(cfg_path, fresh, capsys)["reason"] == "ok"
+
+
+def test_ledger_recover_leaves_another_database_at_the_ledger_path_alone(tmp_path, capsys):
+    """Only a missing or damaged ledger is rebuilt from the audit log alone: a readable
+    database that is no ledger (tickets.ledger pointed at the gallery by mistake) is refused
+    and left where it is."""
+    import sqlite3
+
+    from .helpers import make_config
+
+    cfg = make_config(tmp_path)
+    ledger = cfg.resolve(cfg.tickets.ledger)
+    for side in ("", "-wal", "-shm"):
+        Path(f"{ledger}{side}").unlink(missing_ok=True)
+    db = sqlite3.connect(ledger)
+    db.execute("CREATE TABLE people (id TEXT)")
+    db.commit()
+    db.close()
+    assert main(["ledger", "recover", "--config", str(tmp_path / "gate.toml")]) == 2
+    assert "do not replace it" in capsys.readouterr().err
+    db = sqlite3.connect(ledger)
+    assert [r[0] for r in db.execute("SELECT name FROM sqlite_master")] == ["people"]
+    db.close()
+    assert not list(tmp_path.glob("ledger.db.broken-*"))
