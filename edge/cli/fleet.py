@@ -38,7 +38,7 @@ def report_sent(cfg: config_mod.Config, what: str, wait_s: float = 10.0) -> None
     from edge.fleet.office import Queued, office_store, wait_sent
 
     try:  # queued and committed already: a store that cannot be read now fails nothing
-        with office_store(cfg) as store:
+        with office_store(cfg, must_exist=True, read_only=True) as store:
             queued = [Queued(r[0], 0, what) for r in store.outgoing(0, 10_000)]
     except EdgeGateError as e:
         print(

@@ -15,16 +15,22 @@ from __future__ import annotations
 import json
 import logging
 import math
+import re
+import sqlite3
+import threading
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from edge.db import run_script
+from edge.db import BUSY_TIMEOUT_S, DAMAGED_FIX, UNKNOWN_FIX, run_script, sqlite_fix, tables
 from edge.errors import FleetStateError
 from edge.fleet import messages as msg
-from edge.fleet.state import FleetState
+from edge.fleet.state import _SCHEMA as STATE_SCHEMA
+from edge.fleet.state import LANE_STATE_FIX, OFFICE_STATE_FIX, FleetState
 from edge.gate.audit import AuditRecord, record_hash
 from edge.gate.faces import file_id
 
@@ -61,6 +67,47 @@ CREATE TABLE IF NOT EXISTS audit_conflicts (lane TEXT NOT NULL, epoch TEXT NOT N
 """
 
 
+class StateReader(FleetState):
+    """fleet.db opened for reading only (`mode=ro`, `query_only`), for the commands that only
+    read it (`fleet status`, `fleet audit`, `fleet audit verify`, whether a queued message was
+    sent). It takes no lock and changes nothing (no schema made or upgraded), so it answers at
+    once from the last committed state while sync, or anyone, holds a write: WAL lets readers
+    through. A table the file lacks (one made by an older edge-gate and not opened since, or
+    no file at all) reads as empty, from a stand-in in this connection's temp schema."""
+
+    def __init__(self, path: str | Path, office: bool = False):
+        self.path = Path(path)
+        self._lock = threading.RLock()
+        where = (
+            f"file:{quote(str(self.path.resolve()))}?mode=ro" if self.path.exists() else ":memory:"
+        )
+        try:
+            self.conn = sqlite3.connect(
+                where,
+                uri=True,
+                timeout=BUSY_TIMEOUT_S,
+                isolation_level=None,
+                check_same_thread=False,
+            )
+        except sqlite3.Error as e:
+            raise FleetStateError(
+                f"fleet state {self.path} is unreadable: {e}", sqlite_fix(e)
+            ) from None
+        try:
+            have = tables(self.conn)
+            for stmt in (STATE_SCHEMA + _SCHEMA).split(";"):
+                m = re.match(r"\s*CREATE TABLE IF NOT EXISTS (\w+)", stmt)
+                if m and m.group(1) not in have:
+                    self.conn.execute(stmt.replace("CREATE TABLE", "CREATE TEMP TABLE", 1))
+            self.conn.execute("PRAGMA query_only=ON")
+        except sqlite3.Error as e:
+            self.conn.close()
+            fix = sqlite_fix(e)
+            if fix in (DAMAGED_FIX, UNKNOWN_FIX):
+                fix = OFFICE_STATE_FIX if office else LANE_STATE_FIX
+            raise FleetStateError(f"fleet state {self.path} is unreadable: {e}", fix) from None
+
+
 class OfficeStore:
     """Office tables on the office's FleetState connection; each write is one transaction, and
     every read and write fails as a FleetStateError carrying the fix, never a raw sqlite3 one
@@ -71,19 +118,26 @@ class OfficeStore:
         self.state = state
         self.conn = state.conn
         self._unsent: list[int] = []  # acknowledged by the broker, not yet dropped from the queue
-        with self._tx() as c:
-            found = self.state.get(SCHEMA_KEY, 0)
-            if not isinstance(found, int) or found > OFFICE_SCHEMA:
-                raise FleetStateError(
-                    f"office store {state.path} has office schema {found!r}; this edge-gate "
-                    f"knows {OFFICE_SCHEMA}: written by a newer edge-gate, nothing was changed",
-                    "upgrade edge-gate at the office (or restore the file from a backup taken "
-                    "before the newer version ran)",
-                )
-            run_script(c, _SCHEMA)
-            if found != OFFICE_SCHEMA:
-                self.state.put(**{SCHEMA_KEY: OFFICE_SCHEMA})
+        if isinstance(state, StateReader):  # a reader: the version checked, nothing made
+            self._known(state.get(SCHEMA_KEY, 0))
+        else:
+            with self._tx() as c:
+                found = self._known(self.state.get(SCHEMA_KEY, 0))
+                run_script(c, _SCHEMA)
+                if found != OFFICE_SCHEMA:
+                    self.state.put(**{SCHEMA_KEY: OFFICE_SCHEMA})
         self._identity = file_id(state.path)
+
+    def _known(self, found: Any) -> int:
+        """The office schema a file has, refused when a newer edge-gate wrote it."""
+        if not isinstance(found, int) or found > OFFICE_SCHEMA:
+            raise FleetStateError(
+                f"office store {self.state.path} has office schema {found!r}; this edge-gate "
+                f"knows {OFFICE_SCHEMA}: written by a newer edge-gate, nothing was changed",
+                "upgrade edge-gate at the office (or restore the file from a backup taken "
+                "before the newer version ran)",
+            )
+        return found
 
     def _kept(self) -> None:
         """Before storing what a lane sent (and acknowledging it): is the file this connection
