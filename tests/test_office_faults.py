@@ -647,3 +647,103 @@ def test_read_only_office_commands_answer_while_a_write_is_held(tmp_path, office
     finally:
         holder.communicate("")
     assert "holds the file" not in r.stderr
+
+
+# --- what a rostered lane can make the office keep ---------------------------------------------
+
+
+def kept_rows(park: Park) -> dict[str, int]:
+    with store_of(park) as store:
+        q = store.conn.execute
+        return {
+            t: q(f"SELECT count(*) FROM {t}").fetchone()[0]  # noqa: S608 (table names above)
+            for t in ("audit_heads", "acks", "audit_conflicts", "audit_records")
+        }
+
+
+def test_a_rostered_lane_cannot_grow_the_office_store_without_bound(broker, office_keys, tmp_path):
+    """Through the broker, with lane1's and lane2's own keys: lane1 sends its log in audit
+    messages and a heartbeat after each record (each with a new signed head), and
+    acknowledgements for people the office never sent; lane2 sends record 1 again and again,
+    each time with another hash. Before, every head, every such acknowledgement and every
+    other hash was a row of its own for good. Now a second round of as many messages adds only
+    the new records: heads the records vouch for are dropped, acknowledgements of nothing the
+    office sent are refused, conflicts stop at the limit (counted); lane1's log still
+    verifies, lane2's is BROKEN."""
+    from edge.fleet.officestore import CONFLICTS_PER_LANE
+
+    park = Park(tmp_path, broker.url, office_keys, lanes=2)
+    n = 120
+    recs = chain(2 * n)
+    try:
+        publish_person(park.cfg(0), park.priv, "p-1", "forget")
+        with store_of(park) as store:
+            sent_seq = store.people()["p-1"][1]
+        wait_for(lambda: park.state(0, "connected"), what="office connected")
+
+        def signed(lane: int, type_: str, seq: int, body: dict, t: float) -> bytes:
+            key = load_lane_key(park.cfg(lane))
+            m = msg.Message(type_, park.site, f"lane{lane}", seq, t, body, epoch="e1")
+            return msg.encode(msg.sign(m, key))
+
+        def round_(first: int) -> None:
+            t0 = 1_700_000_000.0
+            with OneShot(park.cfg(1), "lane1-test") as c1, OneShot(park.cfg(2), "lane2-test") as c2:
+                for i in range(first, first + n):
+                    r = recs[i - 1]
+                    c1.publish(
+                        msg.topic(park.site, "audit", "lane1"),
+                        signed(1, msg.AUDIT, i, {"records": [r]}, t0 + i),
+                    )
+                    audit = {"count": i, "head": r["hash"]}
+                    c1.publish(
+                        msg.topic(park.site, "heartbeat", "lane1"),
+                        signed(1, msg.HEARTBEAT, i, {"evidence": {"audit": audit}}, t0 + i + 0.5),
+                    )
+                    pid = f"p-junk-{i}"
+                    ack = {"person_id": pid, "op": "forget", "office_seq": 1}
+                    c1.publish(
+                        msg.topic(park.site, "acks", "lane1", pid),
+                        signed(1, msg.ACK, i, ack, t0 + i),
+                    )
+                    other = {**recs[0], "hash": f"other-{i}"} if i > 1 else recs[0]
+                    c2.publish(
+                        msg.topic(park.site, "audit", "lane2"),
+                        signed(2, msg.AUDIT, i, {"records": [other]}, t0 + i),
+                    )
+                ack = {"person_id": "p-1", "op": "forget", "office_seq": sent_seq}
+                c1.publish(
+                    msg.topic(park.site, "acks", "lane1", "p-1"),
+                    signed(1, msg.ACK, first + n, ack, t0),
+                )
+
+            def done() -> bool:
+                with store_of(park) as store:
+                    got = [r["seq"] for r in store.audit_rows() if r["lane"] == "lane1"]
+                    dropped = store.state.get("audit_dropped/lane2") or {}
+                    return (
+                        got == list(range(1, first + n))
+                        and dropped.get("conflicts", 0) == first + n - 2 - CONFLICTS_PER_LANE
+                        and "lane1" in store.acks("p-1")
+                    )
+
+            wait_for(done, timeout=120, what="every message of the round taken")
+
+        round_(1)
+        wait_for(lambda: park.state(0, "peers").get("lane1", {}).get("body"), what="heartbeats")
+        first = kept_rows(park)
+        assert first["audit_heads"] <= 2 and first["acks"] == 1, first
+        assert first["audit_conflicts"] == CONFLICTS_PER_LANE, first
+        round_(n + 1)
+        second = kept_rows(park)
+        assert second["audit_records"] == first["audit_records"] + n  # the log's new records
+        assert {k: v for k, v in second.items() if k != "audit_records"} == {
+            k: v for k, v in first.items() if k != "audit_records"
+        }
+        r = run(park, "fleet", "audit", "verify", "--json")
+        found = {json.loads(x)["lane"]: json.loads(x) for x in r.stdout.splitlines()}
+        assert found["lane1"]["ok"] and not found["lane1"]["notes"], found["lane1"]
+        assert not found["lane2"]["ok"]
+        assert any("more conflicts not kept" in x for x in found["lane2"]["notes"]), found["lane2"]
+    finally:
+        park.stop_all()
