@@ -441,12 +441,12 @@ class OfficeStore:
         if not 0 <= count <= MAX_RECORD_ID or len(head) > MAX_HASH_CHARS:
             raise msg.MessageError(f"head from {lane!r}: count {count}, {len(head)} characters")
         self._kept()
+        if self._rows(
+            "SELECT 1 FROM audit_heads WHERE lane = ? AND epoch = ? AND count = ? AND head = ?",
+            (lane, epoch, count, head),
+        ):
+            return  # the same head again (a quiet lane's heartbeats): no write, no lock
         with self._tx() as c:
-            if c.execute(
-                "SELECT 1 FROM audit_heads WHERE lane = ? AND epoch = ? AND count = ? AND head = ?",
-                (lane, epoch, count, head),
-            ).fetchone():
-                return  # the same head again (a quiet lane's heartbeats): nothing to write
             self._epoch_room(lane, epoch)
             c.execute(
                 "INSERT INTO audit_heads (lane, epoch, count, head, t) VALUES (?,?,?,?,?)",
