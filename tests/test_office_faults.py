@@ -812,3 +812,65 @@ def test_a_lane_gets_no_epoch_past_the_limit_and_no_ack_of_nothing_sent(
         assert store.conn.execute("SELECT count(*) FROM acks").fetchone()[0] == 0
         epochs = store.conn.execute("SELECT DISTINCT epoch FROM audit_heads WHERE lane = 'lane1'")
         assert [e for (e,) in epochs] == ["e2"]
+
+
+# --- the office's own commands on junk arguments ------------------------------------------------
+
+
+ROSTER_JUNK = {
+    "topic level": ("add", "lane/9"),
+    "wildcard": ("add", "#"),
+    "space": ("add", "bad lane"),
+    "newline": ("add", "lane\n9"),
+    "empty": ("add", ""),
+    "too long": ("add", "x" * 65),
+    "the office": ("add", "office"),
+    "remove nothing": ("remove",),
+    "show extra": ("show", "lane1"),
+    "publish extra": ("publish", "lane1"),
+}
+
+
+@pytest.mark.parametrize("name", ROSTER_JUNK)
+def test_the_roster_takes_no_lane_name_a_topic_cannot_carry(tmp_path, office_keys, name):
+    """`fleet roster add` with a name MQTT topics and the broker's ACL cannot carry (a level
+    separator, a wildcard, a newline that would add a line to the ACL), or "office" (which
+    put a lane's key in the office's place in the roster published), and roster actions
+    given lanes they do not take: one line with the fix, nothing written or queued. Before,
+    each was written to the roster and published signed."""
+    park = office_only(tmp_path, office_keys)
+    action, *items = ROSTER_JUNK[name]
+    roster = park.office.dir / "var" / "fleet-roster.json"
+    before = roster.read_bytes()
+    with store_of(park) as store:
+        queued = store.outgoing(0, 10_000)
+    pub = load_lane_key(park.cfg(1)).public_key()
+    from edge.fleet.identity import public_text
+
+    args = [*items, public_text(pub)] if action == "add" else items
+    one_line_error(run(park, "fleet", "roster", action, *args, "--key", str(park.priv)))
+    assert roster.read_bytes() == before
+    with store_of(park) as store:
+        assert store.outgoing(0, 10_000) == queued
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("--port", "99999"),
+        ("--port", "0"),
+        ("--bind", "0.0.0.0\nlistener 1884"),
+        ("--bind", "a b"),
+        ("--persistence-dir", "/var/lib/m\npersistence false"),
+    ],
+    ids=["port high", "port zero", "bind newline", "bind space", "persistence newline"],
+)
+def test_broker_config_refuses_what_mosquitto_conf_cannot_hold(tmp_path, office_keys, args):
+    """A port outside 1-65535, or an address or folder with a space or a newline (which would
+    add its own line to mosquitto.conf): refused in one line, nothing written. Before, each
+    was written into mosquitto.conf as given."""
+    park = office_only(tmp_path, office_keys)
+    out = tmp_path / "broker"
+    r = run(park, "fleet", "broker-config", "--out", str(out), *args)
+    assert r.returncode == 2 and "Traceback" not in r.stderr, (r.returncode, r.stderr)
+    assert not (out / "mosquitto.conf").exists()

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import re
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -19,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from edge import tickets as tk
-from edge.config import Config
+from edge.config import NAME_IN_TOPICS, Config
 from edge.errors import ConfigError, FleetStateError
 from edge.fleet import messages as msg
 from edge.fleet.brokerconf import ACL_OUTDATED_FIX
@@ -297,6 +298,16 @@ def publish_roster(
     joins has one to apply before it grants anyone by face)."""
     lanes = roster_lanes(cfg)
     for lane, text in (add or {}).items():
+        if lane == msg.OFFICE:  # a lane's key there would let that lane sign as the office
+            raise ConfigError(
+                "the office is in the roster already, with its own key",
+                "add lanes by their own names; the office's key is its lane.key",
+            )
+        if re.fullmatch(NAME_IN_TOPICS, lane) is None:  # a topic level, a wildcard, an ACL line
+            raise ConfigError(
+                f"lane name {lane[:70]!r} cannot be carried in MQTT topics and the broker's ACL",
+                "use the lane's fleet.lane: 1-64 letters, digits, '.', '_' or '-'",
+            )
         parse_public(text)
         lanes[lane] = text.strip()
     for lane in remove:
