@@ -874,3 +874,23 @@ def test_broker_config_refuses_what_mosquitto_conf_cannot_hold(tmp_path, office_
     r = run(park, "fleet", "broker-config", "--out", str(out), *args)
     assert r.returncode == 2 and "Traceback" not in r.stderr, (r.returncode, r.stderr)
     assert not (out / "mosquitto.conf").exists()
+
+
+def test_the_consoles_feed_reads_the_office_store_while_a_write_is_held(tmp_path, office_keys):
+    """The office console's feed opens the office's store on its first poll: before, as a
+    writer (schema in a write transaction), so a write held elsewhere kept the decisions page
+    empty for the busy timeout and then failed; now it reads at once."""
+    from edge.console.feed import FleetFeed
+    from tests.helpers import hold_write_lock
+
+    park = office_only(tmp_path, office_keys)
+    with store_of(park) as store:
+        store.store_audit("lane1", "e1", chain(2), time.time())
+    holder = hold_write_lock(office_db(park))
+    feed = FleetFeed(config_mod.load(park.office.config))
+    try:
+        feed.poll()
+        assert [r["seq"] for r in feed._decisions] == [1, 2]
+    finally:
+        feed.close()
+        holder.communicate("")
