@@ -894,3 +894,21 @@ def test_the_consoles_feed_reads_the_office_store_while_a_write_is_held(tmp_path
     finally:
         feed.close()
         holder.communicate("")
+
+
+def test_heads_no_record_vouches_for_stop_at_the_limit_and_verify_says_so(
+    tmp_path, office_keys, monkeypatch
+):
+    """A lane that signs head after head for records it never sends: the first ones and the
+    newest are kept, the rest counted, and `fleet audit verify` notes how many were not kept."""
+    import edge.fleet.officestore as officestore
+
+    monkeypatch.setattr(officestore, "HEADS_PER_EPOCH", 3)
+    park = office_only(tmp_path, office_keys)
+    with store_of(park) as store:
+        for n in range(1, 11):
+            store.store_head("lane1", "e1", n, f"h{n}", 100.0 + n)
+        heads = store.conn.execute("SELECT count FROM audit_heads ORDER BY t").fetchall()
+        assert [n for (n,) in heads] == [1, 2, 10]
+        notes = [f.text for f in officestore.verify_lane(store.audit_evidence("lane1"))]
+        assert "7 more heads not kept (the office's limit)" in notes, notes

@@ -397,8 +397,10 @@ class OfficeStore:
             (lane, epoch),
         ).fetchall()
         drop = redundant_heads([(i, n, bool(m)) for i, n, m in heads])
-        if len(heads) - len(drop) > HEADS_PER_EPOCH:
-            drop.append(heads[-2][0])
+        gone = set(drop)
+        kept = [h[0] for h in heads if h[0] not in gone]
+        if len(kept) > HEADS_PER_EPOCH:
+            drop.append(kept[-2])
             self._count_dropped(lane, "heads")
         c.executemany("DELETE FROM audit_heads WHERE rowid = ?", [(i,) for i in drop])
 
