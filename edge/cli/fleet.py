@@ -7,6 +7,7 @@ office's sync; status and audit read what the member's sync stored.
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import sys
@@ -38,7 +39,7 @@ def report_sent(cfg: config_mod.Config, what: str, wait_s: float = 10.0) -> None
     from edge.fleet.office import Queued, office_store, wait_sent
 
     try:  # queued and committed already: a store that cannot be read now fails nothing
-        with office_store(cfg) as store:
+        with office_store(cfg, must_exist=True, read_only=True) as store:
             queued = [Queued(r[0], 0, what) for r in store.outgoing(0, 10_000)]
     except EdgeGateError as e:
         print(
@@ -229,6 +230,12 @@ def cmd_roster(args) -> int:
 
     cfg = config_mod.load(args.config)
     need_office(cfg, "fleet roster")
+    if args.action in ("show", "publish") and args.items:
+        raise EdgeGateError(
+            f"fleet roster {args.action} takes no lanes", "fleet roster add|remove LANE …"
+        )
+    if args.action == "remove" and not args.items:
+        raise EdgeGateError("fleet roster remove LANE…", "name the lane(s) to take out")
     if args.action == "show":
         lanes = roster_lanes(cfg)
         for lane, pub in sorted(lanes.items()):
@@ -278,6 +285,27 @@ def cmd_broker_config(args) -> int:
     print(f"wrote {out}/mosquitto.conf, acl, passwd for {', '.join(lanes)}")
     print(f"give each member its {out}/credentials/<name>.cred (0600) as fleet.credentials_file")
     return 0
+
+
+def _port(text: str) -> int:
+    """A TCP port for mosquitto.conf's listener."""
+    try:
+        port = int(text)
+    except ValueError:
+        port = 0
+    if not 1 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"{text[:40]!r} is not a port (1-65535)")
+    return port
+
+
+def _conf_word(text: str) -> str:
+    """An address or folder for one mosquitto.conf line: a space or a newline in it would end
+    the value, or add a line of its own."""
+    if not text or any(c.isspace() or not c.isprintable() for c in text):
+        raise argparse.ArgumentTypeError(
+            f"{text[:40]!r}: one word, without spaces or control characters"
+        )
+    return text
 
 
 def publish_args(sp) -> None:
@@ -427,8 +455,8 @@ def register(sub, common) -> None:
     sp.add_argument(
         "--out", required=True, type=output_dir, help="folder for mosquitto.conf, acl, passwd"
     )
-    sp.add_argument("--port", type=int, help="default 8883 with TLS, else 1883")
-    sp.add_argument("--bind", help="listen on this address only")
+    sp.add_argument("--port", type=_port, help="default 8883 with TLS, else 1883")
+    sp.add_argument("--bind", type=_conf_word, help="listen on this address only")
     sp.add_argument(
         "--tls-cert", type=file_path, help="server certificate (PEM) on the broker: TLS on"
     )
@@ -438,6 +466,7 @@ def register(sub, common) -> None:
     )
     sp.add_argument(
         "--persistence-dir",
+        type=_conf_word,
         default="/var/lib/mosquitto/",
         help="the broker's own folder for its sessions (on the broker's machine)",
     )

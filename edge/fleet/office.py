@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import re
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -19,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from edge import tickets as tk
-from edge.config import Config
+from edge.config import NAME_IN_TOPICS, Config
 from edge.errors import ConfigError, FleetStateError
 from edge.fleet import messages as msg
 from edge.fleet.brokerconf import ACL_OUTDATED_FIX
@@ -33,7 +34,7 @@ from edge.fleet.identity import (
     read_roster_file,
     write_roster_file,
 )
-from edge.fleet.officestore import AuditFinding, OfficeStore, verify_lane
+from edge.fleet.officestore import AuditFinding, OfficeStore, StateReader, verify_lane
 from edge.fleet.override import DEFAULT_VALID_S, VIA, override_body, override_id
 from edge.fleet.people import export_record, site_key
 from edge.fleet.state import FleetState
@@ -65,11 +66,12 @@ def need_office(cfg: Config, what: str) -> None:
         )
 
 
-def open_state(cfg: Config, must_exist: bool = False) -> FleetState:
+def open_state(cfg: Config, must_exist: bool = False, read_only: bool = False) -> FleetState:
     """The member's fleet state; at the office a failure names the office's fix (the lane's,
     move it aside, would throw away what only the office holds). `must_exist`: a command that
     only reads it refuses a missing file (an empty one made now would report nothing as all
-    well) instead of making one."""
+    well) instead of making one. `read_only`: for a command that only reads, opened without
+    the write lock (it answers while sync holds a write) and never made or upgraded."""
     path = cfg.resolve(cfg.fleet.state_db)
     if must_exist and not path.exists():
         raise FleetStateError(
@@ -77,14 +79,17 @@ def open_state(cfg: Config, must_exist: bool = False) -> FleetState:
             "run the office's edge-gate sync or an office command first; if it was deleted, "
             "restore it from backup",
         )
-    return FleetState(path, office=cfg.fleet.lane == msg.OFFICE)
+    office = cfg.fleet.lane == msg.OFFICE
+    return StateReader(path, office) if read_only else FleetState(path, office=office)
 
 
 @contextlib.contextmanager
-def office_store(cfg: Config, must_exist: bool = False) -> Iterator[OfficeStore]:
-    """The office's store, opened and closed around one command."""
+def office_store(
+    cfg: Config, must_exist: bool = False, read_only: bool = False
+) -> Iterator[OfficeStore]:
+    """The office's store, opened and closed around one command (`read_only`: see open_state)."""
     need_fleet(cfg)
-    st = open_state(cfg, must_exist)
+    st = open_state(cfg, must_exist, read_only)
     try:
         yield OfficeStore(st)
     finally:
@@ -129,7 +134,7 @@ def wait_sent(cfg: Config, queued: list[Queued], timeout_s: float = 10.0) -> boo
     caller that took this for a failure would queue it again (an override: a second opening)."""
     deadline = time.monotonic() + timeout_s
     try:
-        with office_store(cfg) as store:
+        with office_store(cfg, must_exist=True, read_only=True) as store:
             while time.monotonic() < deadline:
                 if not any(store.is_queued(q.row_id) for q in queued):
                     return True
@@ -293,6 +298,16 @@ def publish_roster(
     joins has one to apply before it grants anyone by face)."""
     lanes = roster_lanes(cfg)
     for lane, text in (add or {}).items():
+        if lane == msg.OFFICE:  # a lane's key there would let that lane sign as the office
+            raise ConfigError(
+                "the office is in the roster already, with its own key",
+                "add lanes by their own names; the office's key is its lane.key",
+            )
+        if re.fullmatch(NAME_IN_TOPICS, lane) is None:  # a topic level, a wildcard, an ACL line
+            raise ConfigError(
+                f"lane name {lane[:70]!r} cannot be carried in MQTT topics and the broker's ACL",
+                "use the lane's fleet.lane: 1-64 letters, digits, '.', '_' or '-'",
+            )
         parse_public(text)
         lanes[lane] = text.strip()
     for lane in remove:
@@ -370,7 +385,7 @@ def fleet_status(cfg: Config, now: float | None = None) -> dict[str, Any]:
     need_fleet(cfg)
     now = time.time() if now is None else now
     fl = cfg.fleet
-    st = open_state(cfg)
+    st = open_state(cfg, read_only=True)
     try:
         roster = st.roster()
         peers = st.get("peers") or {}
@@ -468,14 +483,14 @@ def fleet_audit(cfg: Config, since: float = -math.inf) -> list[dict[str, Any]]:
     """Every lane's audit records the office's sync received, oldest first, from `since` on
     (by default all, those a lane's clock dated before 1970 too)."""
     need_office(cfg, "fleet audit")
-    with office_store(cfg, must_exist=True) as store:
+    with office_store(cfg, must_exist=True, read_only=True) as store:
         return store.audit_rows(since)
 
 
 def fleet_audit_verify(cfg: Config) -> dict[str, list[AuditFinding]]:
     """For each rostered lane: its records received checked against the heads it signed."""
     need_office(cfg, "fleet audit verify")
-    with office_store(cfg, must_exist=True) as store:
+    with office_store(cfg, must_exist=True, read_only=True) as store:
         lanes = store.state.roster().gates()
         held = set(store.audit_lanes())
         return {lane: verify_lane(store.audit_evidence(lane)) for lane in sorted(set(lanes) | held)}

@@ -12,19 +12,26 @@ lanes' signed enrollment/deletion acknowledgements (`fleet status`).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
+import re
+import sqlite3
+import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from edge.db import run_script
+from edge.db import BUSY_TIMEOUT_S, DAMAGED_FIX, UNKNOWN_FIX, run_script, sqlite_fix, tables
 from edge.errors import FleetStateError
 from edge.fleet import messages as msg
-from edge.fleet.state import FleetState
+from edge.fleet.state import _SCHEMA as STATE_SCHEMA
+from edge.fleet.state import LANE_STATE_FIX, OFFICE_STATE_FIX, FleetState
 from edge.gate.audit import AuditRecord, record_hash
 from edge.gate.faces import file_id
 
@@ -33,6 +40,14 @@ from edge.gate.faces import file_id
 HEAD_LAG_S = 30.0
 
 log = logging.getLogger(__name__)
+
+# What one rostered lane can make the office keep, whatever it sends (docs/FLEET.md, "What the
+# office keeps"): records are kept (the fleet's record); what they already vouch for is not.
+HEADS_PER_EPOCH = 1000  # signed heads of one lane and epoch the records do not vouch for
+CONFLICTS_PER_LANE = 100  # records that came again with another hash (one already says BROKEN)
+EPOCHS_PER_LANE = 1000  # epochs a lane's records and heads may come under (a restore makes one)
+MAX_EPOCH_CHARS = 64  # a lane's epoch is 32 hex characters
+MAX_HASH_CHARS = 128  # a record's chain hash is 64
 
 # The office tables' version, kept in fleet.db's kv: a newer edge-gate that changes them raises
 # it, and this one then refuses the file instead of writing rows the newer tables do not expect.
@@ -61,6 +76,47 @@ CREATE TABLE IF NOT EXISTS audit_conflicts (lane TEXT NOT NULL, epoch TEXT NOT N
 """
 
 
+class StateReader(FleetState):
+    """fleet.db opened for reading only (`mode=ro`, `query_only`), for the commands that only
+    read it (`fleet status`, `fleet audit`, `fleet audit verify`, whether a queued message was
+    sent). It takes no lock and changes nothing (no schema made or upgraded), so it answers at
+    once from the last committed state while sync, or anyone, holds a write: WAL lets readers
+    through. A table the file lacks (one made by an older edge-gate and not opened since, or
+    no file at all) reads as empty, from a stand-in in this connection's temp schema."""
+
+    def __init__(self, path: str | Path, office: bool = False):
+        self.path = Path(path)
+        self._lock = threading.RLock()
+        where = (
+            f"file:{quote(str(self.path.resolve()))}?mode=ro" if self.path.exists() else ":memory:"
+        )
+        try:
+            self.conn = sqlite3.connect(
+                where,
+                uri=True,
+                timeout=BUSY_TIMEOUT_S,
+                isolation_level=None,
+                check_same_thread=False,
+            )
+        except sqlite3.Error as e:
+            raise FleetStateError(
+                f"fleet state {self.path} is unreadable: {e}", sqlite_fix(e)
+            ) from None
+        try:
+            have = tables(self.conn)
+            for stmt in (STATE_SCHEMA + _SCHEMA).split(";"):
+                m = re.match(r"\s*CREATE TABLE IF NOT EXISTS (\w+)", stmt)
+                if m and m.group(1) not in have:
+                    self.conn.execute(stmt.replace("CREATE TABLE", "CREATE TEMP TABLE", 1))
+            self.conn.execute("PRAGMA query_only=ON")
+        except sqlite3.Error as e:
+            self.conn.close()
+            fix = sqlite_fix(e)
+            if fix in (DAMAGED_FIX, UNKNOWN_FIX):
+                fix = OFFICE_STATE_FIX if office else LANE_STATE_FIX
+            raise FleetStateError(f"fleet state {self.path} is unreadable: {e}", fix) from None
+
+
 class OfficeStore:
     """Office tables on the office's FleetState connection; each write is one transaction, and
     every read and write fails as a FleetStateError carrying the fix, never a raw sqlite3 one
@@ -71,19 +127,26 @@ class OfficeStore:
         self.state = state
         self.conn = state.conn
         self._unsent: list[int] = []  # acknowledged by the broker, not yet dropped from the queue
-        with self._tx() as c:
-            found = self.state.get(SCHEMA_KEY, 0)
-            if not isinstance(found, int) or found > OFFICE_SCHEMA:
-                raise FleetStateError(
-                    f"office store {state.path} has office schema {found!r}; this edge-gate "
-                    f"knows {OFFICE_SCHEMA}: written by a newer edge-gate, nothing was changed",
-                    "upgrade edge-gate at the office (or restore the file from a backup taken "
-                    "before the newer version ran)",
-                )
-            run_script(c, _SCHEMA)
-            if found != OFFICE_SCHEMA:
-                self.state.put(**{SCHEMA_KEY: OFFICE_SCHEMA})
+        if isinstance(state, StateReader):  # a reader: the version checked, nothing made
+            self._known(state.get(SCHEMA_KEY, 0))
+        else:
+            with self._tx() as c:
+                found = self._known(self.state.get(SCHEMA_KEY, 0))
+                run_script(c, _SCHEMA)
+                if found != OFFICE_SCHEMA:
+                    self.state.put(**{SCHEMA_KEY: OFFICE_SCHEMA})
         self._identity = file_id(state.path)
+
+    def _known(self, found: Any) -> int:
+        """The office schema a file has, refused when a newer edge-gate wrote it."""
+        if not isinstance(found, int) or found > OFFICE_SCHEMA:
+            raise FleetStateError(
+                f"office store {self.state.path} has office schema {found!r}; this edge-gate "
+                f"knows {OFFICE_SCHEMA}: written by a newer edge-gate, nothing was changed",
+                "upgrade edge-gate at the office (or restore the file from a backup taken "
+                "before the newer version ran)",
+            )
+        return found
 
     def _kept(self) -> None:
         """Before storing what a lane sent (and acknowledging it): is the file this connection
@@ -223,9 +286,21 @@ class OfficeStore:
     # --- in: acknowledgements and audit -------------------------------------------------------
 
     def store_ack(self, lane: str, person_id: str, op: str, office_seq: int, now: float) -> None:
-        """A signed acknowledgement from a rostered lane (the signer, never the body, names it)."""
+        """A signed acknowledgement from a rostered lane (the signer, never the body, names it):
+        kept only for a person the office sent, one per lane and person (`fleet status` reads
+        no other); one for anyone else is refused, never stored."""
         self._kept()
         with self._tx() as c:
+            if (
+                op not in ("enroll", "forget")
+                or not c.execute(
+                    "SELECT 1 FROM people WHERE person_id = ?", (person_id,)
+                ).fetchone()
+            ):
+                raise msg.MessageError(
+                    f"acknowledgement from {lane!r} of {op[:20]!r} {person_id[:40]!r}: the "
+                    "office sent no such message"
+                )
             c.execute(
                 "INSERT INTO acks (lane, person_id, op, office_seq, t) VALUES (?, ?, ?, ?, ?) "
                 "ON CONFLICT(lane, person_id) DO UPDATE SET op = excluded.op, "
@@ -248,6 +323,7 @@ class OfficeStore:
         checked = [_audit_record(lane, r) for r in records]  # junk: refused before any write
         self._kept()
         with self._tx() as c:
+            self._epoch_room(lane, epoch)
             for rid, prev, h, t, fields in checked:
                 cur = c.execute(
                     "INSERT OR IGNORE INTO audit_records (lane, epoch, id, prev, hash, t, record,"
@@ -260,13 +336,73 @@ class OfficeStore:
                         (lane, epoch, rid),
                     ).fetchone()[0]
                     if old != h:  # once per other hash: a replay adds no second line
-                        c.execute(
-                            "INSERT INTO audit_conflicts SELECT ?, ?, ?, ?, ?, ? WHERE NOT EXISTS "
-                            "(SELECT 1 FROM audit_conflicts WHERE lane = ? AND epoch = ? "
-                            "AND id = ? AND got = ?)",
-                            (lane, epoch, rid, old, h, now, lane, epoch, rid, h),
-                        )
+                        self._conflict(lane, epoch, rid, old, h, now)
+            self._compact_heads(lane, epoch)
             return self._contiguous(lane, epoch)
+
+    def _conflict(self, lane: str, epoch: str, rid: int, old: str, h: str, now: float) -> None:
+        """Keep a record that came again with another hash, up to CONFLICTS_PER_LANE a lane
+        (the first already makes it BROKEN); past that only counted."""
+        c = self.conn  # inside store_audit's transaction
+        if c.execute(
+            "SELECT 1 FROM audit_conflicts WHERE lane = ? AND epoch = ? AND id = ? AND got = ?",
+            (lane, epoch, rid, h),
+        ).fetchone():
+            return
+        n = c.execute("SELECT count(*) FROM audit_conflicts WHERE lane = ?", (lane,)).fetchone()[0]
+        if n >= CONFLICTS_PER_LANE:
+            self._count_dropped(lane, "conflicts")
+            return
+        c.execute(
+            "INSERT INTO audit_conflicts VALUES (?, ?, ?, ?, ?, ?)", (lane, epoch, rid, old, h, now)
+        )
+
+    def _count_dropped(self, lane: str, what: str) -> None:
+        key = f"audit_dropped/{lane}"
+        n = self.state.get(key) or {}
+        self.state.put(**{key: {**n, what: int(n.get(what, 0)) + 1}})
+
+    def _epoch_room(self, lane: str, epoch: str) -> None:
+        """Refuse an epoch no lane makes (too long), or one more than EPOCHS_PER_LANE: a lane
+        that sends each message under a new epoch would otherwise add rows without end."""
+        if len(epoch) > MAX_EPOCH_CHARS:
+            raise msg.MessageError(f"from {lane!r}: an epoch of {len(epoch)} characters")
+        c = self.conn
+        lo, hi = f"audit_acked/{lane}/", f"audit_acked/{lane}0"  # '0' follows '/'
+        if c.execute(
+            "SELECT 1 FROM audit_heads WHERE lane = ? AND epoch = ? UNION ALL "
+            "SELECT 1 FROM kv WHERE key = ?",
+            (lane, epoch, lo + epoch),
+        ).fetchone():
+            return
+        n = c.execute(
+            "SELECT count(*) FROM (SELECT epoch FROM audit_heads WHERE lane = ? UNION "
+            "SELECT substr(key, ?) FROM kv WHERE key >= ? AND key < ?)",
+            (lane, len(lo) + 1, lo, hi),
+        ).fetchone()[0]
+        if n >= EPOCHS_PER_LANE:
+            raise msg.MessageError(
+                f"from {lane!r}: a new epoch past the {EPOCHS_PER_LANE} the office keeps a lane's "
+                "records and heads under (a lane makes one at a restore)"
+            )
+
+    def _compact_heads(self, lane: str, epoch: str) -> None:
+        """Drop the heads of one lane and epoch the records held already vouch for, and past
+        HEADS_PER_EPOCH the one before the newest (counted): see `redundant_heads`."""
+        c = self.conn  # inside the caller's transaction
+        heads = c.execute(
+            "SELECT h.rowid, h.count, h.head = r.hash FROM audit_heads h LEFT JOIN audit_records "
+            "r ON r.lane = h.lane AND r.epoch = h.epoch AND r.id = h.count "
+            "WHERE h.lane = ? AND h.epoch = ? ORDER BY h.t, h.rowid",
+            (lane, epoch),
+        ).fetchall()
+        drop = redundant_heads([(i, n, bool(m)) for i, n, m in heads])
+        gone = set(drop)
+        kept = [h[0] for h in heads if h[0] not in gone]
+        if len(kept) > HEADS_PER_EPOCH:
+            drop.append(kept[-2])
+            self._count_dropped(lane, "heads")
+        c.executemany("DELETE FROM audit_heads WHERE rowid = ?", [(i,) for i in drop])
 
     def _contiguous(self, lane: str, epoch: str) -> tuple[int, int, str] | None:
         key = f"audit_acked/{lane}/{epoch}"
@@ -302,14 +438,23 @@ class OfficeStore:
         return lo, upto, h
 
     def store_head(self, lane: str, epoch: str, count: int, head: str, t: float) -> None:
-        """A head the lane signed in a heartbeat: its log's record count and newest hash."""
+        """A head the lane signed in a heartbeat: its log's record count and newest hash (kept
+        while the records held do not already vouch for it: `_compact_heads`)."""
+        if not 0 <= count <= MAX_RECORD_ID or len(head) > MAX_HASH_CHARS:
+            raise msg.MessageError(f"head from {lane!r}: count {count}, {len(head)} characters")
         self._kept()
+        if self._rows(
+            "SELECT 1 FROM audit_heads WHERE lane = ? AND epoch = ? AND count = ? AND head = ?",
+            (lane, epoch, count, head),
+        ):
+            return  # the same head again (a quiet lane's heartbeats): no write, no lock
         with self._tx() as c:
+            self._epoch_room(lane, epoch)
             c.execute(
-                "INSERT OR IGNORE INTO audit_heads (lane, epoch, count, head, t) "
-                "VALUES (?,?,?,?,?)",
+                "INSERT INTO audit_heads (lane, epoch, count, head, t) VALUES (?,?,?,?,?)",
                 (lane, epoch, count, head, t),
             )
+            self._compact_heads(lane, epoch)
 
     def audit_rows(self, since: float = -math.inf) -> list[dict[str, Any]]:
         """Every lane's records received, oldest first, from `since` on."""
@@ -346,10 +491,12 @@ class OfficeStore:
             (lane,),
         )
         heads = q(
-            "SELECT epoch, count, head, t FROM audit_heads WHERE lane = ? ORDER BY t", (lane,)
+            "SELECT epoch, count, head, t FROM audit_heads WHERE lane = ? ORDER BY t, rowid",
+            (lane,),
         )
         conflicts = q("SELECT epoch, id, stored, got FROM audit_conflicts WHERE lane = ?", (lane,))
-        return LaneEvidence(lane, recs, heads, conflicts)
+        dropped = self.state.get(f"audit_dropped/{lane}") or {}
+        return LaneEvidence(lane, recs, heads, conflicts, dropped)
 
 
 @dataclass(frozen=True)
@@ -361,6 +508,24 @@ class LaneEvidence:
     records: list[tuple]
     heads: list[tuple]
     conflicts: list[tuple]
+    dropped: dict[str, int] = field(default_factory=dict)  # past the limits: heads, conflicts
+
+
+def redundant_heads(heads: list[tuple[int, int, bool]]) -> list[int]:
+    """Of one lane's and epoch's signed heads (row, count, matches the record held), in the
+    order `verify_lane` reads them, the rows that tell it nothing the records do not: a head
+    that matches the record it names and lies within a run of counts that does not go back.
+    The first and newest stay, and every head around a count that went back, so verify's
+    findings are the same without them. Pure."""
+    out: list[int] = []
+    kept = 0  # the last head kept before the one looked at
+    for i in range(1, len(heads) - 1):
+        row, count, matches = heads[i]
+        if matches and heads[kept][1] <= count <= heads[i + 1][1]:
+            out.append(row)
+        else:
+            kept = i
+    return out
 
 
 @dataclass(frozen=True)
@@ -383,6 +548,9 @@ def verify_lane(ev: LaneEvidence) -> list[AuditFinding]:
 
     def bad(text: str) -> None:
         out.append(AuditFinding(ev.lane, True, text))
+
+    for what, n in sorted(ev.dropped.items()):
+        out.append(AuditFinding(ev.lane, False, f"{n} more {what} not kept (the office's limit)"))
 
     for epoch, rid, stored, got in ev.conflicts:
         bad(
@@ -525,13 +693,17 @@ def _across_epochs(
 
 
 MAX_RECORD_ID = 2**63 - 1  # SQLite's INTEGER
+# A record's fields the lane's chain hash covers: the only ones kept (any other a lane adds
+# is vouched for by nothing, and could make each record as large as a message)
+RECORD_FIELDS = tuple(f.name for f in dataclasses.fields(AuditRecord))
 
 
 def _audit_record(lane: str, r: Any) -> tuple[int, str, str, float, dict[str, Any]]:
     """One record of a lane's audit message, checked before anything is stored: (id, prev,
     hash, t, the other fields). A lane's log writes a positive integer id, hex text hashes and
     a finite time; anything else (an id given as text or as true, a time "nan", a hash that is
-    a list) is refused as the junk it is, never stored and never a store failure tried again."""
+    a list) is refused as the junk it is, never stored and never a store failure tried again.
+    Fields the chain hash does not cover are not kept."""
     if not isinstance(r, dict):
         raise msg.MessageError(f"audit message from {lane!r}: a record is not an object")
     rid, prev, h, t = r.get("id"), r.get("prev"), r.get("hash"), r.get("t", 0.0)
@@ -541,7 +713,9 @@ def _audit_record(lane: str, r: Any) -> tuple[int, str, str, float, dict[str, An
         raise msg.MessageError(f"audit message from {lane!r}: record {rid} without text hashes")
     if not _finite(t):
         raise msg.MessageError(f"audit message from {lane!r}: record {rid} time {str(t)[:40]!r}")
-    return rid, prev, h, float(t), {k: v for k, v in r.items() if k not in ("id", "prev", "hash")}
+    if len(prev) > MAX_HASH_CHARS or len(h) > MAX_HASH_CHARS:
+        raise msg.MessageError(f"audit message from {lane!r}: record {rid} hash too long")
+    return rid, prev, h, float(t), {k: r[k] for k in RECORD_FIELDS if k in r}
 
 
 def _finite(x: Any) -> bool:
