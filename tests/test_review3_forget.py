@@ -73,3 +73,25 @@ def test_a_forget_list_damaged_before_its_last_line_is_still_refused(tmp_path):
     with pytest.raises(GalleryError, match="line 2 does not chain"):
         Gallery(tmp_path / "g.db", load_key(tmp_path / "k.key"), create=False)
     assert listed.read_bytes() == lines[0] + lines[1][: len(lines[1]) // 2] + lines[2]
+
+
+def test_replaying_a_forget_list_opens_nobody_s_name(tmp_path, caplog):
+    """`forget --replay` (and the office's list) only needs who is enrolled: before, it opened
+    every person's sealed name to list the ids, so a person whose row no longer opens was
+    logged as damaged (with their id) by a replay that concerned someone else."""
+    import sqlite3
+
+    rng = np.random.default_rng(22)
+    with Gallery(tmp_path / "g.db", init_key(tmp_path / "k.key")) as g:
+        gone = g.add_person("Gone", CONSENT, list(unit(rng, 1)), "m", "v")
+        other = g.add_person("Other", CONSENT, list(unit(rng, 1)), "m", "v")
+    with sqlite3.connect(tmp_path / "g.db") as conn:  # Other's sealed name no longer opens
+        conn.execute("UPDATE people SET name = zeroblob(40) WHERE id = ?", (other,))
+    with (
+        caplog.at_level(logging.INFO, logger="edge.gallery"),
+        Gallery(tmp_path / "g.db", load_key(tmp_path / "k.key"), create=False) as g,
+    ):
+        assert g.apply_forget_list(["P-NOBODY", gone]) == [gone]
+        assert other not in caplog.text
+        assert [p.id for p in g.people()] == [other]  # the damage is still shown where asked
+    assert other in caplog.text

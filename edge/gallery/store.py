@@ -8,6 +8,7 @@ table, row, column and model. The schema and what each column holds are declared
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import secrets
@@ -562,8 +563,11 @@ class Gallery(Store, GalleryReader):
         everyone the lane's own list names, then move past every generation seen: a restored
         gallery is current again. Returns the ids erased here."""
         wanted = sorted(set(ids) | self.forgets.forgotten())
-        here = {p.id for p in self.people()}
-        gone = [pid for pid in wanted if pid in here]
+        # the ids alone, matched in SQL: no name is opened to list who is enrolled
+        gone = [pid for (pid,) in self.conn.execute(
+            "SELECT id FROM people WHERE id IN (SELECT value FROM json_each(?)) ORDER BY id",
+            (json.dumps(wanted),),
+        )]  # fmt: skip
         self._forget_ids(gone, office_generation=generation)
         if gone or self.pending_erasure():
             self.scrub()
