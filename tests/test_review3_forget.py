@@ -54,7 +54,7 @@ def test_a_forget_list_cut_in_its_last_line_drops_that_line_and_names_the_forget
         assert not g.needs_forget_replay()
         warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
         assert len(warned) == 1
-        assert ids[2] in warned[0] and "run it again" in warned[0]
+        assert f"run it again: edge-gate forget {ids[2]}" in warned[0]
         assert listed.read_bytes() == b"".join(lines[:2])  # cut off the file
         assert g.forget(ids[2])
         assert g.people() == []

@@ -115,8 +115,11 @@ class ForgetList:
         write access, it is only left out). Warns which forget to run again."""
         fd = held
         if fd is None:
-            with contextlib.suppress(OSError):
-                fd = os.open(self.path, os.O_RDWR)
+            for mode in (os.O_RDWR, os.O_RDONLY):  # read-only, it still waits for a writer
+                with contextlib.suppress(OSError):
+                    fd = os.open(self.path, mode)
+                    break
+            if fd is not None:
                 fcntl.flock(fd, fcntl.LOCK_EX)
         try:
             data = self.path.read_bytes()
@@ -131,8 +134,11 @@ class ForgetList:
                     os.fsync(fd)
                     cut = True
             ids = [i.decode() for i in re.findall(rb'"(P-[0-9A-Za-z-]+)"', torn)]
-            if ids:
-                what = f"the forget of {', '.join(ids)}; run it again: edge-gate forget ID"
+            if len(ids) == 1:
+                what = f"the forget of {ids[0]}; run it again: edge-gate forget {ids[0]}"
+            elif ids:
+                what = f"the forget of {', '.join(ids)}; run it again: edge-gate forget "
+                what += "--replay FILE (these ids, one a line)"
             elif re.match(rb'\{"forgot": \[\]', torn):
                 what = "a purge or a pass change; run it again"
             else:
