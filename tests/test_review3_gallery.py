@@ -44,6 +44,25 @@ def test_a_person_forgotten_after_a_key_rotation_is_not_matched_by_the_running_g
             live.identify(faces)
 
 
+def test_a_running_gate_s_gallery_that_its_key_no_longer_opens_says_so_every_time(tmp_path):
+    """After `keys rotate` then `forget`, the gate's key no longer opens the gallery's new
+    generation: the first frame said so, and closed the gallery's connection with it, so every
+    frame after said "Cannot operate on a closed database" instead of naming the key."""
+    rng = np.random.default_rng(10)
+    faces = unit(rng, 2)
+    with Gallery(tmp_path / "g.db", init_key(tmp_path / "k.key")) as g:
+        g.add_person("Stays", CONSENT, [faces[0]], "m", "v")
+        gone = g.add_person("Gone", CONSENT, [faces[1]], "m", "v")
+    with Gallery(tmp_path / "g.db", load_key(tmp_path / "k.key"), create=False) as gate:
+        live = LiveMatcher(gate, "m", 0.9, 0.0)
+        rotate_key(tmp_path / "g.db", tmp_path / "k.key")
+        with Gallery(tmp_path / "g.db", load_key(tmp_path / "k.key"), create=False) as g:
+            assert g.forget(gone)
+        for _ in range(3):
+            with pytest.raises(GalleryError, match="does not open gallery"):
+                live.identify(faces)
+
+
 FORGET_ON_A_FULL_DISK = """
 import resource, signal, sys
 from pathlib import Path

@@ -78,3 +78,89 @@ def test_doctor_fails_on_a_gallery_restored_from_before_a_forget(tmp_path):
     (c,) = [c for c in doctor.run_checks(site) if c.check == "gallery database"]
     assert c.status == "fail", c
     assert "forget --replay" in c.fix
+
+
+class GalleryFaces:
+    """A face path over a real gallery: frames whose first pixel is set show the enrolled face,
+    the others nobody (no match is asked for, as FaceStack does for a frame without a face)."""
+
+    def __init__(self, live, face):
+        self.live, self.face = live, face
+
+    def observe(self, image, t=0.0):
+        if not image[0, 0, 0]:
+            return ()
+        self.live.identify(self.face[None, :])
+        return ()
+
+    def gallery_moved(self):
+        return ""
+
+    def close(self):
+        pass
+
+
+def test_a_gallery_that_cannot_reload_is_logged_once_a_minute_not_every_frame(tmp_path, caplog):
+    """After `keys rotate` then `forget` the running gate's matcher cannot reload the gallery:
+    every frame with a face fails (closed). Frames without a face in between keep the face path
+    from counting as broken, so it logged an error on every frame with a face; now the first,
+    then one line a minute with the count of frames since, and another error at once."""
+    import dataclasses
+    import logging
+
+    import numpy as np
+    from gpiozero.pins.mock import MockFactory
+
+    from edge.gallery.crypto import init_key, load_key
+    from edge.gallery.keys import rotate_key
+    from edge.gallery.matcher import LiveMatcher
+    from edge.gallery.store import Gallery
+    from edge.gate.daemon import Gate
+    from edge.gate.sources import Frame
+
+    from .gallery_helpers import CONSENT, unit
+    from .helpers import make_config
+
+    face = unit(np.random.default_rng(9), 1)[0]
+    with Gallery(tmp_path / "g.db", init_key(tmp_path / "k.key")) as g:
+        pid = g.add_person("Gone", CONSENT, [face], "m", "v")
+    held = Gallery(tmp_path / "g.db", load_key(tmp_path / "k.key"), create=False)
+    live = LiveMatcher(held, "m", 0.9, 0.0)
+    rotate_key(tmp_path / "g.db", tmp_path / "k.key")
+    with Gallery(tmp_path / "g.db", load_key(tmp_path / "k.key"), create=False) as g:
+        assert g.forget(pid)
+
+    now = [1000.0]
+    cfg = make_config(tmp_path, "[vision]\nface_enabled = false\n")
+    gate = Gate(cfg, source=NoFrames(), pin_factory=MockFactory(), clock=lambda: now[0])
+    gate.face = GalleryFaces(live, face)  # type: ignore[assignment]
+    gate.policy.params = dataclasses.replace(gate.policy.params, face_enabled=True, liveness=False)
+    seen, nobody = np.ones((120, 160, 3), np.uint8), np.zeros((120, 160, 3), np.uint8)
+
+    def frames(n: int, start: int) -> list[str]:
+        caplog.clear()
+        for i in range(start, start + n):
+            gate.process(Frame(seen if i % 2 == 0 else nobody, i / 10, i))
+            now[0] += 1.0
+        return [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+
+    with caplog.at_level(logging.INFO, logger="edge.gate.daemon"):
+        first = frames(40, 0)  # 20 frames with a face, in 40 seconds
+        assert len(first) == 1 and "cannot be read again" in first[0]
+        assert not gate.degraded  # the frames without a face in between
+        later = frames(40, 40)  # 20 more: the minute is over at frame 60
+        assert len(later) == 1 and "cannot be read again" in later[0]
+        assert "29 more frames" in later[0]  # those with a face of frames 2..58
+
+        class Broken:
+            def observe(self, image, t=0.0):
+                raise RuntimeError("interpreter lost")
+
+            def close(self):
+                pass
+
+        gate.face = Broken()  # type: ignore[assignment]
+        other = frames(2, 80)
+        assert len(other) == 1 and "interpreter lost" in other[0]
+    gate.close()
+    held.close()

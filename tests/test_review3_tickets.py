@@ -100,3 +100,39 @@ def test_ledger_recover_leaves_another_database_at_the_ledger_path_alone(tmp_pat
     assert [r[0] for r in db.execute("SELECT name FROM sqlite_master")] == ["people"]
     db.close()
     assert not list(tmp_path.glob("ledger.db.broken-*"))
+
+
+def test_a_broken_ledger_chain_keeps_ticket_ids_out_of_the_log(tmp_path, capsys, caplog):
+    """`run --quiet` keeps every person and ticket id out of the journal (decisions are logged
+    without them); the ledger's chain-broken lines named the altered entry's ticket, at the
+    break, at every start and in the gate's alarm once a minute. The entry's place and time
+    say which it is; the audit log holds its ticket."""
+    import logging
+    import time
+
+    from edge import config as config_mod
+    from edge.gate.audit import open_audit
+    from edge.gate.desk import open_gate_ledger
+
+    from .test_evidence import lane, redeem, sql, ticket
+
+    cfg_path = lane(tmp_path)
+    ids = ["TKT-ALPHA-7", "TKT-BRAVO-8", "TKT-CHARLIE-9"]
+    for tid in ids:
+        assert redeem(capsys, cfg_path, ticket(tmp_path, tid))[1]["reason"] == "ok"
+    cfg = config_mod.load(cfg_path)
+    now = time.time()
+    check = tk.Ticket(ids[0], valid_from=0, valid_until=int(now) + 60)
+    with caplog.at_level(logging.INFO), open_audit(cfg) as audit:
+        led = open_gate_ledger(cfg, audit, now)
+        assert led.check(check, now).reason == "already_used"
+        sql(tmp_path / "ledger.db", "DROP TRIGGER redemptions_no_update;"
+            f"UPDATE redemptions SET t = t + 1 WHERE ticket_id = '{ids[1]}';")  # fmt: skip
+        assert led.check(check, now).reason == "ledger_error"
+        assert "entry 2" in led.problem
+        led.close()
+        led = open_gate_ledger(cfg, audit, now)  # the next start: a stand-in that refuses
+        assert "entry 2" in led.problem
+    said = [r.getMessage() for r in caplog.records]
+    assert sum("entry 2" in line for line in said) == 2  # at the break, at the start
+    assert not [line for line in said if any(tid in line for tid in ids)]

@@ -14,6 +14,11 @@ line before it, so a line edited or removed in the middle is caught. It is not k
 survive key rotations, and whoever can write beside the gallery can also read the keys the gate
 uses; the office's forget list, delivered over the fleet, is the copy a lane cannot rewrite.
 Only pseudonymous ids and times are written: never a name.
+
+A last line without its newline was cut by a power loss while a forget was being recorded:
+that forget never reached the gallery (its commit comes after the line), so the line is
+dropped and cut off, with a warning naming the forget to run again. Any other line that does
+not chain is damage, and refused.
 """
 
 from __future__ import annotations
@@ -22,7 +27,9 @@ import contextlib
 import fcntl
 import hashlib
 import json
+import logging
 import os
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +37,8 @@ from pathlib import Path
 from edge.errors import GalleryError
 
 FORMAT = "edge-gate-forget-list-v1"
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -56,16 +65,24 @@ class ForgetList:
 
     def entries(self) -> list[ForgetEntry]:
         """Every line, checked; a line that does not verify is an error naming the fix."""
+        return self._entries(None)
+
+    def _entries(self, held: int | None) -> list[ForgetEntry]:
+        """entries(); `held`: this process's descriptor holding the writers' lock (append)."""
         try:
             st = os.stat(self.path)
+            stamp: tuple[int, int] | None = (st.st_size, st.st_mtime_ns)
+            if self._cache is not None and self._cache[0] == stamp:
+                return self._cache[1]
+            data = self.path.read_bytes()
+            if data[data.rfind(b"\n") + 1 :].strip():  # a last line without its newline
+                data, cut = self._cut_torn(held)
+                stamp = None if cut else stamp  # the file changed: read it again next time
         except FileNotFoundError:
             return []
-        stamp = (st.st_size, st.st_mtime_ns)
-        if self._cache is not None and self._cache[0] == stamp:
-            return self._cache[1]
         out, prev = [], ""
         # damaged bytes become a line that does not verify (below), not a UnicodeDecodeError
-        text = self.path.read_bytes().decode("utf-8", errors="replace")
+        text = data.decode("utf-8", errors="replace")
         for n, line in enumerate(text.splitlines(), 1):
             if not line.strip():
                 continue
@@ -88,8 +105,56 @@ class ForgetList:
                 )
             out.append(entry)
             prev = str(mac)
-        self._cache = (stamp, out)
+        if stamp is not None:
+            self._cache = (stamp, out)
         return out
+
+    def _cut_torn(self, held: int | None) -> tuple[bytes, bool]:
+        """(The whole lines, cut), the torn last one cut off the file under the writers' lock (a
+        writer still writing it has finished by then; where it cannot be cut, a reader without
+        write access, it is only left out). Warns which forget to run again."""
+        fd = held
+        if fd is None:
+            for mode in (os.O_RDWR, os.O_RDONLY):  # read-only, it still waits for a writer
+                with contextlib.suppress(OSError):
+                    fd = os.open(self.path, mode)
+                    break
+            if fd is not None:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            data = self.path.read_bytes()
+            keep = data.rfind(b"\n") + 1
+            torn = data[keep:]
+            if not torn.strip():  # a writer holding the lock has finished the line since
+                return data, False
+            cut = False
+            if fd is not None:
+                with contextlib.suppress(OSError):
+                    os.ftruncate(fd, keep)
+                    os.fsync(fd)
+                    cut = True
+            ids = [i.decode() for i in re.findall(rb'"(P-[0-9A-Za-z-]+)"', torn)]
+            if len(ids) == 1:
+                what = f"the forget of {ids[0]}; run it again: edge-gate forget {ids[0]}"
+            elif ids:
+                what = f"the forget of {', '.join(ids)}; run it again: edge-gate forget "
+                what += "--replay FILE (these ids, one a line)"
+            elif re.match(rb'\{"forgot": \[\]', torn):
+                what = "a purge or a pass change; run it again"
+            else:
+                what = "a forget whose person id was cut off; run each forget, purge or pass "
+                what += "change made just before the power loss again (edge-gate people)"
+            log.warning(
+                "forget list %s: its last line is cut short (power lost while it was written)"
+                " and was %s: %s did not complete",
+                self.path,
+                "cut off" if cut else "left out (no write access to cut it off)",
+                what,
+            )
+            return data[:keep], cut
+        finally:
+            if fd is not None and held is None:
+                os.close(fd)  # and the lock with it
 
     def _cannot_write(self, e: OSError) -> GalleryError:
         return GalleryError(
@@ -128,7 +193,7 @@ class ForgetList:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             self._cache = None
-            entries = self.entries()
+            entries = self._entries(fd)
             prev = ""
             if entries:  # the last line's own hash link, read back from the file
                 last = self.path.read_text().rstrip("\n").rsplit("\n", 1)[-1]

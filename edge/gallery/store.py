@@ -8,6 +8,7 @@ table, row, column and model. The schema and what each column holds are declared
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import secrets
@@ -160,8 +161,10 @@ class Gallery(Store, GalleryReader):
             ),
         )  # fmt: skip
 
-    def _unwrap(self) -> bytes:
-        """The data key, opened for the id and generation the file states (schema 3), and those."""
+    def _unwrap(self, opening: bool = True) -> bytes:
+        """The data key, opened for the id and generation the file states (schema 3), and those.
+        A key that does not open it closes a gallery being opened; an open one (`_follow`)
+        stays open and says so again at the next read, never "closed database"."""
         with self.snapshot() as c:  # a forget committing between the reads moves both on
             gid, gen = None, None
             if user_version(c) >= 3:
@@ -176,7 +179,8 @@ class Gallery(Store, GalleryReader):
                 self.gallery_id, self.generation, self.dek = gid or 0, gen or 0, dek
                 return dek
         expected = ", ".join(r[0] for r in rows) or "none"
-        self.conn.close()
+        if opening:
+            self.conn.close()
         raise KeyFileError(
             f"key file {self.kek.path} does not open gallery {self.path} "
             f"(key id {self.kek.kid}; the gallery expects {expected}; or its generation was "
@@ -562,8 +566,11 @@ class Gallery(Store, GalleryReader):
         everyone the lane's own list names, then move past every generation seen: a restored
         gallery is current again. Returns the ids erased here."""
         wanted = sorted(set(ids) | self.forgets.forgotten())
-        here = {p.id for p in self.people()}
-        gone = [pid for pid in wanted if pid in here]
+        # the ids alone, matched in SQL: no name is opened to list who is enrolled
+        gone = [pid for (pid,) in self.conn.execute(
+            "SELECT id FROM people WHERE id IN (SELECT value FROM json_each(?)) ORDER BY id",
+            (json.dumps(wanted),),
+        )]  # fmt: skip
         self._forget_ids(gone, office_generation=generation)
         if gone or self.pending_erasure():
             self.scrub()
@@ -573,7 +580,7 @@ class Gallery(Store, GalleryReader):
         """Another process moved the gallery to a new generation: open its new data key."""
         gen = schema.state(self.conn, "generation") if user_version(self.conn) >= 3 else None
         if gen is not None and gen != self.generation:
-            self._unwrap()
+            self._unwrap(opening=False)
             self._cache = None
 
     def scrub(self) -> None:

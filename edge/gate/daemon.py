@@ -3,7 +3,8 @@
 Faces and tickets are separate paths. A configuration error refuses to start; a fault that
 appears at run time (a damaged model, a damaged gallery) makes the gate ticket-only, loudly, and
 it never opens on an error. Any stage error in a frame means no grant for that frame, a log line
-with the cause, and the loop goes on. The relay is the first thing built and the last released.
+with the cause (the same cause again: one line a minute, counting), and the loop goes on. The
+relay is the first thing built and the last released.
 """
 
 from __future__ import annotations
@@ -60,6 +61,34 @@ SOURCE_RETRY_MAX_S = 1.0  # ...up to this: the loop still ticks (status, watchdo
 # fleet state, the ledger and the audit log twice, each up to its busy timeout) before systemd's
 # watchdog is left to judge it hung.
 STORE_WAIT_BOUND_S = 60.0
+
+
+@dataclasses.dataclass
+class Repeats:
+    """Which lines an error that comes back frame after frame says (a gallery that cannot be
+    read again fails every frame with a face, and frames without one keep the face path from
+    counting as broken): the first at once, the same again at most once per `window_s` with
+    the count of times unsaid since, an error not said within the window at once. Pure: times
+    are given (a clock set back says at once)."""
+
+    window_s: float = DEGRADED_LOG_EVERY_S
+    said: dict[str, float] = dataclasses.field(default_factory=dict)  # error -> last said
+    unsaid: dict[str, int] = dataclasses.field(default_factory=dict)  # error -> since then
+
+    LIMIT = 100  # errors remembered: bounded however many kinds come
+
+    def seen(self, error: str, now: float) -> int | None:
+        """None: say nothing now; else say it, with this many times unsaid since its last line."""
+        last = self.said.get(error)
+        if last is not None and 0 <= now - last < self.window_s:
+            self.unsaid[error] = self.unsaid.get(error, 0) + 1
+            return None
+        if last is None and len(self.said) >= self.LIMIT:
+            self.said = {e: t for e, t in self.said.items() if 0 <= now - t < self.window_s}
+            self.unsaid = {e: n for e, n in self.unsaid.items() if e in self.said}
+        if error in self.said or len(self.said) < self.LIMIT:
+            self.said[error] = now
+        return self.unsaid.pop(error, 0)
 
 
 def policy_for(cfg: config_mod.Config, face: FaceStack | None) -> Policy:
@@ -147,6 +176,7 @@ class Gate:
         self._scan_q: queue.Queue[str] = queue.Queue()
         self._last_alarm = float("-inf")
         self._face_failures = 0
+        self._face_errors = Repeats()
         self._source_failures = 0
         self._source_alarm = float("-inf")
         self._evidence_retry: float | None = None  # since when a moved audit log will not open
@@ -526,7 +556,17 @@ class Gate:
                     faces = self.face.observe(frame.image, frame.t)
                     self._face_failures = 0
                 except Exception as e:  # fail closed: this frame grants nobody by face
-                    log.error("frame %d stage=face error=%s", frame.index, e)
+                    unsaid = self._face_errors.seen(str(e), wall)
+                    if unsaid == 0:
+                        log.error("frame %d stage=face error=%s", frame.index, e)
+                    elif unsaid is not None:
+                        log.error(
+                            "frame %d stage=face error=%s (%d more frames failed so since its "
+                            "last line)",
+                            frame.index,
+                            e,
+                            unsaid,
+                        )
                     self._face_failed(e)
             if frame.index % max(1, self.cfg.tickets.scan_every) == 0:
                 try:

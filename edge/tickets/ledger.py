@@ -538,8 +538,10 @@ class Ledger(Store):
 
     @staticmethod
     def _what(e: Entry) -> str:
+        """An entry named in a chain break, which is logged: its place and time, never its
+        ticket id (identifiers stay out of the journal, as `run --quiet` promises)."""
         where = f"at lane {e.lane}" if e.src == "R" else "here"
-        return f"redemption of {e.ticket_id} {where} at {iso(e.t)}"
+        return f"a redemption {where} at {iso(e.t)}"
 
     def _check_witness(self) -> str:
         """'' if this file is at least as new as the head the lane last keyed, else why not."""
