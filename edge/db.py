@@ -28,6 +28,7 @@ from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
+from urllib.parse import quote
 
 from edge.errors import EdgeGateError
 
@@ -98,18 +99,22 @@ def connect(
     secure_delete: bool = False,
     foreign_keys: bool = False,
     wal: bool = True,
+    readonly: bool = False,
 ) -> sqlite3.Connection:
-    """Open a database with the project's pragmas; autocommit (transactions are explicit)."""
+    """Open a database with the project's pragmas; autocommit (transactions are explicit).
+    readonly: opened `mode=ro` for a command that only reads, so it takes no lock at open and
+    makes or upgrades nothing (its journal mode is the file's own)."""
     conn = sqlite3.connect(
-        str(path),
+        f"file:{quote(str(Path(path).resolve()))}?mode=ro" if readonly else str(path),
         timeout=timeout_s,
         isolation_level=None,
         check_same_thread=False,
         factory=Connection,
+        uri=readonly,
     )
     try:
         conn.execute(f"PRAGMA busy_timeout={int(timeout_s * 1000)}")
-        if wal:
+        if wal and not readonly:
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("SELECT count(*) FROM sqlite_master")  # opens the log and its index
             p = Path(path)

@@ -23,11 +23,10 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from edge.db import BUSY_TIMEOUT_S, DAMAGED_FIX, UNKNOWN_FIX, run_script, sqlite_fix, tables
+from edge.db import DAMAGED_FIX, UNKNOWN_FIX, connect, run_script, sqlite_fix, tables
 from edge.errors import FleetStateError
 from edge.fleet import messages as msg
 from edge.fleet.state import _SCHEMA as STATE_SCHEMA
@@ -87,16 +86,11 @@ class StateReader(FleetState):
     def __init__(self, path: str | Path, office: bool = False):
         self.path = Path(path)
         self._lock = threading.RLock()
-        where = (
-            f"file:{quote(str(self.path.resolve()))}?mode=ro" if self.path.exists() else ":memory:"
-        )
         try:
-            self.conn = sqlite3.connect(
-                where,
-                uri=True,
-                timeout=BUSY_TIMEOUT_S,
-                isolation_level=None,
-                check_same_thread=False,
+            self.conn = (
+                connect(self.path, readonly=True)
+                if self.path.exists()
+                else connect(":memory:", wal=False)
             )
         except sqlite3.Error as e:
             raise FleetStateError(
