@@ -461,7 +461,7 @@ def test_lane_screen_page_reconnects_after_the_screen_refused_its_stream(world, 
     """Before: a stream answered 503 (the screen's connection caps) was given up by the browser
     for good: the kiosk page stayed up, deaf to every later notice."""
     from edge.gate.notice_socket import SocketSink
-    from edge.screen.server import Screen
+    from edge.screen.server import MAX_PER_ADDRESS, Screen
 
     park, _, browser, root = world
     cfg = config_mod.override(park.cfg(2), screen={"socket": str(root / "busy.sock")})
@@ -469,15 +469,15 @@ def test_lane_screen_page_reconnects_after_the_screen_refused_its_stream(world, 
         page = _page(browser)
         page.goto(screen.url)
         page.locator("body.idle[data-live='1']").wait_for()
-        screen.httpd.max_per_address = 0  # every new connection is refused 503
+        screen.httpd.caps.max_per_address = 0  # every new connection is refused 503
         screen.stop.set()  # the open stream ends; the browser's own retry meets the 503
         page.locator("body[data-live='0']").wait_for(timeout=15_000)
         end = time.monotonic() + 30
-        while screen.httpd._refused == 0:
+        while screen.httpd.caps.refused == 0:
             assert time.monotonic() < end, "the page never came back for its stream"
             time.sleep(0.1)
         screen.stop.clear()
-        del screen.httpd.max_per_address  # the caps as shipped
+        screen.httpd.caps.max_per_address = MAX_PER_ADDRESS  # the caps as shipped
         page.locator("body[data-live='1']").wait_for(timeout=15_000)
         SocketSink(root / "busy.sock").send({"v": 1, "t": time.time(), "lane": "lane2",
               "notice": "welcome", "reason": "ok", "decision": "grant", "name": None})  # fmt: skip

@@ -251,8 +251,8 @@ def _open_stream(port: int, source: str = "127.0.0.1") -> tuple[socket.socket, b
 def test_connections_over_the_caps_are_refused_and_take_no_thread(tmp_path, monkeypatch, caplog):
     """Before: every connection took a thread for as long as it read, without limit; a client
     holding streams by the hundred left the lane's kiosk (and the machine) without threads."""
-    monkeypatch.setattr(screen_server._PageServer, "max_per_address", 3)
-    monkeypatch.setattr(screen_server._PageServer, "max_connections", 5)
+    monkeypatch.setattr(screen_server, "MAX_PER_ADDRESS", 3)
+    monkeypatch.setattr(screen_server, "MAX_CONNECTIONS", 5)
     cfg = _cfg(tmp_path)
     with Screen(cfg) as screen, caplog.at_level(logging.WARNING, "edge.screen.server"):
         port = screen.httpd.server_address[1]

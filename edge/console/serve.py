@@ -14,15 +14,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import math
-import time
 from collections.abc import Callable
 from typing import Any
 
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from edge import config as config_mod
-from edge.screen.server import BUSY, REFUSAL_LOG_EVERY_S
+from edge.netcaps import BUSY, ConnectionCaps
 
 log = logging.getLogger(__name__)
 # A connection that sends no whole request (headers) for this long is closed (the screen's).
@@ -31,53 +29,7 @@ REFUSED_DRAIN_S = 1.0  # a refused client's request is read (and dropped) this l
 PROXY = "127.0.0.1"  # the local TLS proxy: trusted for X-Forwarded-For, never capped per address
 
 
-class Caps:
-    """Open connections in all and per address, on the server's event loop (one thread)."""
-
-    def __init__(self, max_connections: int, max_per_address: int, proxy: str = PROXY):
-        self.max_connections = max_connections
-        self.max_per_address = max_per_address
-        self.proxy = proxy
-        self.open: dict[str, int] = {}
-        self.total = 0
-        self.refused = 0
-        self._logged = -math.inf
-
-    def take(self, host: str) -> bool:
-        """A slot for a new connection from `host`, or False (then it is refused)."""
-        taken = self.open.get(host, 0)
-        if self.total >= self.max_connections or (
-            host != self.proxy and taken >= self.max_per_address
-        ):
-            self._refused(host, taken)
-            return False
-        self.open[host] = taken + 1
-        self.total += 1
-        return True
-
-    def give_back(self, host: str) -> None:
-        """The connection from `host` closed: its slot is free."""
-        left = self.open.get(host, 0) - 1
-        if left > 0:
-            self.open[host] = left
-        else:
-            self.open.pop(host, None)
-        self.total -= 1
-
-    def _refused(self, host: str, taken: int) -> None:
-        self.refused += 1
-        now = time.monotonic()
-        if now - self._logged >= REFUSAL_LOG_EVERY_S:
-            self._logged = now
-            log.warning(
-                "console connection refused address=%s open=%d max=%d from_address=%d "
-                "max_per_address=%d refused_so_far=%d: a client opens connections without end "
-                "(fix: find it on the network; staff pages answer again once it stops)",
-                host, self.total, self.max_connections, taken, self.max_per_address, self.refused,
-            )  # fmt: skip
-
-
-def capped_protocol(caps: Caps) -> type[H11Protocol]:
+def capped_protocol(caps: ConnectionCaps) -> type[H11Protocol]:
     """uvicorn's HTTP/1.1 protocol, admitting connections through `caps`."""
 
     class Capped(H11Protocol):
@@ -155,7 +107,16 @@ def server_config(app: Callable[..., Any], cfg: config_mod.Config, host: str, po
         app,
         host=host,
         port=port,
-        http=capped_protocol(Caps(c.max_connections, c.max_per_address)),
+        http=capped_protocol(
+            ConnectionCaps(
+                c.max_connections,
+                c.max_per_address,
+                "console",
+                "staff pages answer again once it stops",
+                log,
+                exempt=PROXY,
+            )
+        ),
         proxy_headers=True,  # the client address behind a local TLS proxy (rate limits)
         forwarded_allow_ips=PROXY,
         access_log=False,  # paths and searches can name people: not in the journal

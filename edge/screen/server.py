@@ -29,6 +29,7 @@ from typing import Any
 from edge import config as config_mod
 from edge.errors import ConfigError, EdgeGateError
 from edge.gate.notices import Notice
+from edge.netcaps import BUSY, ConnectionCaps
 from edge.screen.texts import IDLE, NAME_GREETING, VISITOR_TEXTS
 
 log = logging.getLogger(__name__)
@@ -42,12 +43,6 @@ CLIENT_TIMEOUT_S = 30.0
 # of taking a thread each until the lane's own kiosk cannot connect.
 MAX_CONNECTIONS = 64
 MAX_PER_ADDRESS = 8
-REFUSAL_LOG_EVERY_S = 60.0
-_BUSY_BODY = b"too many connections: try again"
-BUSY = (
-    b"HTTP/1.0 503 Service Unavailable\r\nRetry-After: 2\r\nContent-Type: text/plain\r\n"
-    b"Content-Length: %d\r\nConnection: close\r\n\r\n%s" % (len(_BUSY_BODY), _BUSY_BODY)
-)
 
 
 @dataclass(frozen=True)
@@ -404,52 +399,37 @@ class _PageServer(ThreadingHTTPServer):
     """The page's server: a request that fails is one log line, never a traceback on stderr;
     connections over the caps are answered 503 at once and take no thread."""
 
-    max_connections = MAX_CONNECTIONS
-    max_per_address = MAX_PER_ADDRESS
-
     def __init__(self, *args: Any, **kwargs: Any):
-        self._open: dict[str, int] = {}
-        self._open_lock = threading.Lock()
-        self._refused = 0
-        self._refusal_logged = -math.inf
+        self.caps = ConnectionCaps(
+            MAX_CONNECTIONS,
+            MAX_PER_ADDRESS,
+            "screen page",
+            "the lane's kiosk reconnects by itself",
+            log,
+        )
         super().__init__(*args, **kwargs)
 
     def open_connections(self) -> int:
-        with self._open_lock:
-            return sum(self._open.values())
+        return self.caps.open_connections()
 
     def process_request(self, request: Any, client_address: Any) -> None:
         host = str(client_address[0])
-        with self._open_lock:
-            total = sum(self._open.values())
-            taken = self._open.get(host, 0)
-            admit = total < self.max_connections and taken < self.max_per_address
-            if admit:
-                self._open[host] = taken + 1
-        if not admit:
-            self._refuse(request, host, total, taken)
+        if not self.caps.take(host):
+            self._refuse(request)
             return
         try:
             super().process_request(request, client_address)
         except BaseException:  # no thread started: the slot is free again
-            self._release(host)
+            self.caps.give_back(host)
             raise
 
     def process_request_thread(self, request: Any, client_address: Any) -> None:
         try:
             super().process_request_thread(request, client_address)
         finally:
-            self._release(str(client_address[0]))
+            self.caps.give_back(str(client_address[0]))
 
-    def _release(self, host: str) -> None:
-        with self._open_lock:
-            left = self._open.get(host, 0) - 1
-            if left > 0:
-                self._open[host] = left
-            else:
-                self._open.pop(host, None)
-
-    def _refuse(self, request: socket.socket, host: str, total: int, taken: int) -> None:
+    def _refuse(self, request: socket.socket) -> None:
         """503 without reading the request (it may never come), then close: no thread taken."""
         with contextlib.suppress(OSError):
             request.settimeout(1.0)
@@ -458,16 +438,6 @@ class _PageServer(ThreadingHTTPServer):
             request.setblocking(False)
             request.recv(65536)  # what has come of the request: closing on it would reset the 503
         self.shutdown_request(request)
-        self._refused += 1
-        now = time.monotonic()
-        if now - self._refusal_logged >= REFUSAL_LOG_EVERY_S:
-            self._refusal_logged = now
-            log.warning(
-                "screen page connection refused address=%s open=%d max=%d from_address=%d "
-                "max_per_address=%d refused_so_far=%d: a client opens connections without end "
-                "(fix: find it on the network; the lane's kiosk reconnects by itself)",
-                host, total, self.max_connections, taken, self.max_per_address, self._refused,
-            )  # fmt: skip
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         e = sys.exc_info()[1]
