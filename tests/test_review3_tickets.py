@@ -136,3 +136,53 @@ def test_a_broken_ledger_chain_keeps_ticket_ids_out_of_the_log(tmp_path, capsys,
     said = [r.getMessage() for r in caplog.records]
     assert sum("entry 2" in line for line in said) == 2  # at the break, at the start
     assert not [line for line in said if any(tid in line for tid in ids)]
+
+
+@pytest.mark.parametrize("step", [1, 2, 3, 4, 5])
+def test_ledger_recover_interrupted_at_any_file_step_leaves_a_ledger_at_its_path(
+    tmp_path, capsys, monkeypatch, step
+):
+    """`ledger recover` moved the old file (and its -wal, -shm) away, then the new one in: cut
+    between the steps (a power cut, a full disk), the path held no ledger at all, or the new
+    file beside the old file's -wal. Each file step failing in turn (the nth rename, link or
+    removal touching the ledger's names): the path still holds a ledger, and running the
+    command again finishes the job with spent tickets still spent."""
+    import os
+    import sqlite3
+    import time
+
+    from .helpers import make_config
+
+    cfg = make_config(tmp_path)
+    cfg_path = tmp_path / "gate.toml"
+    key = tk.load_private(tmp_path / "office" / "issuer.key")
+    spent = tk.sign(tk.Ticket("T-SPENT", "day", 0, int(time.time()) + 3600), key)
+    fresh = tk.sign(tk.Ticket("T-FRESH", "day", 0, int(time.time()) + 3600), key)
+    assert _redeem(cfg_path, spent, capsys)["reason"] == "ok"
+    ledger = cfg.resolve(cfg.tickets.ledger)
+    names = {str(ledger), f"{ledger}-wal", f"{ledger}-shm"}
+    calls = [0]
+
+    def faulty(real):
+        def call(*args, **kwargs):
+            if names & {os.fspath(a) for a in args[:2] if isinstance(a, (str, os.PathLike))}:
+                calls[0] += 1
+                if calls[0] == step:
+                    raise OSError(5, "Input/output error (simulated cut)")
+            return real(*args, **kwargs)
+
+        return call
+
+    for name in ("replace", "rename", "link", "unlink"):
+        monkeypatch.setattr(os, name, faulty(getattr(os, name)))
+    rc = main(["ledger", "recover", "--config", str(cfg_path)])
+    monkeypatch.undo()
+    err = capsys.readouterr().err
+    assert rc in (0, 2) and "internal error" not in err, err  # done, or refused with the fix
+    db = sqlite3.connect(f"file:{ledger}?mode=ro", uri=True)  # a ledger is at its path
+    assert "redemptions" in {r[0] for r in db.execute("SELECT name FROM sqlite_master")}
+    db.close()
+    assert main(["ledger", "recover", "--config", str(cfg_path)]) == 0, capsys.readouterr().err
+    capsys.readouterr()
+    assert _redeem(cfg_path, spent, capsys)["reason"] == "already_used"
+    assert _redeem(cfg_path, fresh, capsys)["reason"] == "ok"
