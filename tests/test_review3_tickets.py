@@ -186,3 +186,27 @@ def test_ledger_recover_interrupted_at_any_file_step_leaves_a_ledger_at_its_path
     capsys.readouterr()
     assert _redeem(cfg_path, spent, capsys)["reason"] == "already_used"
     assert _redeem(cfg_path, fresh, capsys)["reason"] == "ok"
+
+
+def test_a_database_at_the_ledger_path_that_is_no_ledger_is_refused_unchanged(tmp_path):
+    """The gallery (or any other SQLite file) named as tickets.ledger: refused, but opening it
+    first switched it to WAL mode (bytes 18-19 of its header) and left a -wal beside it, so a
+    file the gate refused had been changed. Its identity is now read without writing."""
+    import hashlib
+    import sqlite3
+
+    from edge.errors import LedgerError
+    from edge.tickets.ledger import Ledger
+
+    other = tmp_path / "gallery.db"
+    db = sqlite3.connect(other)
+    db.execute("CREATE TABLE people (id TEXT)")
+    db.commit()
+    db.close()
+    before = hashlib.sha256(other.read_bytes()).hexdigest()
+    with pytest.raises(LedgerError, match="not an edge-gate ledger") as e:
+        Ledger(other)
+    assert "do not replace it" in str(e.value)
+    assert hashlib.sha256(other.read_bytes()).hexdigest() == before
+    assert other.read_bytes()[18:20] == b"\x01\x01"  # still a rollback-journal file
+    assert not Path(f"{other}-wal").exists() and not Path(f"{other}-shm").exists()
