@@ -138,9 +138,10 @@ def test_a_broken_ledger_chain_keeps_ticket_ids_out_of_the_log(tmp_path, capsys,
     assert not [line for line in said if any(tid in line for tid in ids)]
 
 
+@pytest.mark.parametrize("old", ["intact", "damaged", "open elsewhere"])
 @pytest.mark.parametrize("step", [1, 2, 3, 4, 5])
 def test_ledger_recover_interrupted_at_any_file_step_leaves_a_ledger_at_its_path(
-    tmp_path, capsys, monkeypatch, step
+    tmp_path, capsys, monkeypatch, step, old
 ):
     """`ledger recover` moved the old file (and its -wal, -shm) away, then the new one in: cut
     between the steps (a power cut, a full disk), the path held no ledger at all, or the new
@@ -161,6 +162,17 @@ def test_ledger_recover_interrupted_at_any_file_step_leaves_a_ledger_at_its_path
     assert _redeem(cfg_path, spent, capsys)["reason"] == "ok"
     ledger = cfg.resolve(cfg.tickets.ledger)
     names = {str(ledger), f"{ledger}-wal", f"{ledger}-shm"}
+    damaged, held = old == "damaged", None
+    if old == "open elsewhere":  # its -wal and -shm stay at the path while another has it open
+        held = sqlite3.connect(ledger)
+        held.execute("SELECT count(*) FROM sqlite_master").fetchone()
+        assert Path(f"{ledger}-wal").exists()
+    if damaged:  # a bad sector in the file, its -wal and -shm left by a gate that stopped
+        with open(ledger, "r+b") as f:
+            f.seek(100)
+            f.write(b"\xff" * 4000)
+        Path(f"{ledger}-wal").write_bytes(b"\x37\x7f\x06\x82" + b"\x00" * 4000)
+        Path(f"{ledger}-shm").write_bytes(b"\x00" * 32768)
     calls = [0]
 
     def faulty(real):
@@ -177,11 +189,16 @@ def test_ledger_recover_interrupted_at_any_file_step_leaves_a_ledger_at_its_path
         monkeypatch.setattr(os, name, faulty(getattr(os, name)))
     rc = main(["ledger", "recover", "--config", str(cfg_path)])
     monkeypatch.undo()
+    if held is not None:
+        held.close()
     err = capsys.readouterr().err
     assert rc in (0, 2) and "internal error" not in err, err  # done, or refused with the fix
-    db = sqlite3.connect(f"file:{ledger}?mode=ro", uri=True)  # a ledger is at its path
-    assert "redemptions" in {r[0] for r in db.execute("SELECT name FROM sqlite_master")}
-    db.close()
+    if rc == 0 or not damaged:  # a ledger is at its path (else the damaged one, unchanged)
+        db = sqlite3.connect(f"file:{ledger}?mode=ro", uri=True)
+        assert "redemptions" in {r[0] for r in db.execute("SELECT name FROM sqlite_master")}
+        db.close()
+    if rc == 0:  # the new file never sits beside the old file's log
+        assert not Path(f"{ledger}-wal").exists() or Path(f"{ledger}-wal").stat().st_size == 0
     assert main(["ledger", "recover", "--config", str(cfg_path)]) == 0, capsys.readouterr().err
     capsys.readouterr()
     assert _redeem(cfg_path, spent, capsys)["reason"] == "already_used"
