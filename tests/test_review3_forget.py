@@ -95,3 +95,28 @@ def test_replaying_a_forget_list_opens_nobody_s_name(tmp_path, caplog):
         assert other not in caplog.text
         assert [p.id for p in g.people()] == [other]  # the damage is still shown where asked
     assert other in caplog.text
+
+
+def test_a_replayed_forget_list_copied_mid_write_drops_its_cut_last_line_with_a_warning(
+    tmp_path, caplog
+):
+    """The office's list given to `forget --replay FILE`, copied while a line was being written:
+    the whole file was refused ("line 3 is not valid"), so none of its forgets could be
+    replayed. The cut line is dropped with the same warning as the lane's own list (naming the
+    forget to run again); a last line that is whole but lacks its newline is kept."""
+    from edge.gallery.forgetlist import read_replay_file
+
+    ids, lines, _ = three_forgets(tmp_path)
+    office = tmp_path / "office.forgotten"
+    office.write_bytes(b"".join(lines[:2]) + lines[2][: len(lines[2]) // 2])
+    with caplog.at_level(logging.WARNING, logger="edge.gallery.forgetlist"):
+        got, generation = read_replay_file(office)
+    assert got == ids[:2]
+    assert generation == 3  # the second forget's (generation 1 at creation, one per forget)
+    warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warned) == 1 and f"run it again: edge-gate forget {ids[2]}" in warned[0]
+    office.write_bytes(b"".join(lines[:2]) + lines[2].rstrip(b"\n"))
+    assert read_replay_file(office)[0] == ids  # whole, only its newline missing
+    office.write_bytes(b"".join(lines[:2]) + b'{"forgot": ["P-1"], "g": 9}junk\n')
+    with pytest.raises(GalleryError, match="line 3"):  # damage with its newline: refused
+        read_replay_file(office)

@@ -148,3 +148,26 @@ def this_checkout() -> dict[str, str]:
     from pathlib import Path
 
     return {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+
+
+@pytest.mark.parametrize("column", ["NULL", "4102444800"])
+def test_purge_removes_a_row_whose_validity_column_no_longer_matches_its_sealed_copy(
+    tmp_path, column
+):
+    """A pass that expired long ago, whose clear `valid_until` column was then edited (to no
+    expiry, or to 2100): it never matches, but the purge selected on the column alone and kept
+    its templates past retention. Its validity can no longer be vouched for, so it goes."""
+    rng = np.random.default_rng(11)
+    now = 1_800_000_000
+    with Gallery(tmp_path / "g.db", init_key(tmp_path / "k.key")) as g:
+        edited = g.add_person("Edited", CONSENT, list(unit(rng, 2)), "m", "v",
+                              valid_until=now - 400 * 86400)  # fmt: skip
+        recent = g.add_person("Recent", CONSENT, [unit(rng, 1)[0]], "m", "v",
+                              valid_until=now - 5 * 86400)  # fmt: skip
+        forever = g.add_person("Forever", CONSENT, [unit(rng, 1)[0]], "m", "v")
+        g.conn.execute(f"UPDATE people SET valid_until = {column} WHERE id = ?", (edited,))
+        assert g.purge_expired(now, 30) == [edited]
+        assert {p.id for p in g.people()} == {recent, forever}
+        left = g.conn.execute("SELECT count(*) FROM templates WHERE person_id = ?", (edited,))
+        assert left.fetchone()[0] == 0
+        assert g.purge_expired(now, 30) == []  # the intact rows are judged as before

@@ -164,3 +164,57 @@ def test_a_gallery_that_cannot_reload_is_logged_once_a_minute_not_every_frame(tm
         assert len(other) == 1 and "interpreter lost" in other[0]
     gate.close()
     held.close()
+
+
+def test_a_gallery_that_cannot_reload_makes_the_gate_ticket_only_despite_empty_frames(tmp_path):
+    """Every frame with a face fails (the gallery cannot be read again), every frame without a
+    face succeeds: the empty frames reset the count of failures in a row, so the gate refused
+    every face for ever but never said it was ticket-only. Frames with a face are counted."""
+    import dataclasses
+
+    import numpy as np
+    from gpiozero.pins.mock import MockFactory
+
+    from edge.gallery.crypto import init_key, load_key
+    from edge.gallery.keys import rotate_key
+    from edge.gallery.matcher import LiveMatcher
+    from edge.gallery.store import Gallery
+    from edge.gate import daemon
+    from edge.gate.daemon import Gate
+    from edge.gate.policy import FaceSeen
+    from edge.gate.sources import Frame
+
+    from .gallery_helpers import CONSENT, unit
+    from .helpers import make_config
+
+    class Judged(GalleryFaces):
+        def observe(self, image, t=0.0):
+            if not image[0, 0, 0]:
+                return ()
+            (m,) = self.live.identify(self.face[None, :])
+            return (FaceSeen(m.person_id, m.score, 0.3, (0.5, 0.5), True),)
+
+    face = unit(np.random.default_rng(12), 1)[0]
+    with Gallery(tmp_path / "g.db", init_key(tmp_path / "k.key")) as g:
+        pid = g.add_person("Gone", CONSENT, [face], "m", "v")
+    held = Gallery(tmp_path / "g.db", load_key(tmp_path / "k.key"), create=False)
+    live = LiveMatcher(held, "m", 0.9, 0.0)
+    cfg = make_config(tmp_path, "[vision]\nface_enabled = false\n")
+    gate = Gate(cfg, source=NoFrames(), pin_factory=MockFactory())
+    gate.face = Judged(live, face)  # type: ignore[assignment]
+    gate.policy.params = dataclasses.replace(gate.policy.params, face_enabled=True, liveness=False)
+    seen, nobody = np.ones((120, 160, 3), np.uint8), np.zeros((120, 160, 3), np.uint8)
+    n = daemon.FACE_FAILURES_TO_DEGRADE
+    for i in range(2 * n - 2):  # a judged face, then nobody: the face path works
+        gate.process(Frame(seen if i % 2 == 0 else nobody, i / 10, i))
+    assert not gate.degraded
+    rotate_key(tmp_path / "g.db", tmp_path / "k.key")
+    with Gallery(tmp_path / "g.db", load_key(tmp_path / "k.key"), create=False) as g:
+        assert g.forget(pid)
+    for i in range(2 * n - 2, 4 * n - 2):  # n failing frames with a face, n empty between
+        gate.process(Frame(seen if i % 2 == 0 else nobody, i / 10, i))
+    assert gate.degraded.startswith("ticket-only")
+    assert "ticket-only" in gate.status_text()
+    assert gate.face is None and not gate.policy.params.face_enabled
+    gate.close()
+    held.close()

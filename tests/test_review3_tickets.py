@@ -136,3 +136,94 @@ def test_a_broken_ledger_chain_keeps_ticket_ids_out_of_the_log(tmp_path, capsys,
     said = [r.getMessage() for r in caplog.records]
     assert sum("entry 2" in line for line in said) == 2  # at the break, at the start
     assert not [line for line in said if any(tid in line for tid in ids)]
+
+
+@pytest.mark.parametrize("old", ["intact", "damaged", "open elsewhere"])
+@pytest.mark.parametrize("step", [1, 2, 3, 4, 5])
+def test_ledger_recover_interrupted_at_any_file_step_leaves_a_ledger_at_its_path(
+    tmp_path, capsys, monkeypatch, step, old
+):
+    """`ledger recover` moved the old file (and its -wal, -shm) away, then the new one in: cut
+    between the steps (a power cut, a full disk), the path held no ledger at all, or the new
+    file beside the old file's -wal. Each file step failing in turn (the nth rename, link or
+    removal touching the ledger's names): the path still holds a ledger, and running the
+    command again finishes the job with spent tickets still spent."""
+    import os
+    import sqlite3
+    import time
+
+    from .helpers import make_config
+
+    cfg = make_config(tmp_path)
+    cfg_path = tmp_path / "gate.toml"
+    key = tk.load_private(tmp_path / "office" / "issuer.key")
+    spent = tk.sign(tk.Ticket("T-SPENT", "day", 0, int(time.time()) + 3600), key)
+    fresh = tk.sign(tk.Ticket("T-FRESH", "day", 0, int(time.time()) + 3600), key)
+    assert _redeem(cfg_path, spent, capsys)["reason"] == "ok"
+    ledger = cfg.resolve(cfg.tickets.ledger)
+    names = {str(ledger), f"{ledger}-wal", f"{ledger}-shm"}
+    damaged, held = old == "damaged", None
+    if old == "open elsewhere":  # its -wal and -shm stay at the path while another has it open
+        held = sqlite3.connect(ledger)
+        held.execute("SELECT count(*) FROM sqlite_master").fetchone()
+        assert Path(f"{ledger}-wal").exists()
+    if damaged:  # a bad sector in the file, its -wal and -shm left by a gate that stopped
+        with open(ledger, "r+b") as f:
+            f.seek(100)
+            f.write(b"\xff" * 4000)
+        Path(f"{ledger}-wal").write_bytes(b"\x37\x7f\x06\x82" + b"\x00" * 4000)
+        Path(f"{ledger}-shm").write_bytes(b"\x00" * 32768)
+    calls = [0]
+
+    def faulty(real):
+        def call(*args, **kwargs):
+            if names & {os.fspath(a) for a in args[:2] if isinstance(a, (str, os.PathLike))}:
+                calls[0] += 1
+                if calls[0] == step:
+                    raise OSError(5, "Input/output error (simulated cut)")
+            return real(*args, **kwargs)
+
+        return call
+
+    for name in ("replace", "rename", "link", "unlink"):
+        monkeypatch.setattr(os, name, faulty(getattr(os, name)))
+    rc = main(["ledger", "recover", "--config", str(cfg_path)])
+    monkeypatch.undo()
+    if held is not None:
+        held.close()
+    err = capsys.readouterr().err
+    assert rc in (0, 2) and "internal error" not in err, err  # done, or refused with the fix
+    if rc == 0 or not damaged:  # a ledger is at its path (else the damaged one, unchanged)
+        db = sqlite3.connect(f"file:{ledger}?mode=ro", uri=True)
+        assert "redemptions" in {r[0] for r in db.execute("SELECT name FROM sqlite_master")}
+        db.close()
+    if rc == 0:  # the new file never sits beside the old file's log
+        assert not Path(f"{ledger}-wal").exists() or Path(f"{ledger}-wal").stat().st_size == 0
+    assert main(["ledger", "recover", "--config", str(cfg_path)]) == 0, capsys.readouterr().err
+    capsys.readouterr()
+    assert _redeem(cfg_path, spent, capsys)["reason"] == "already_used"
+    assert _redeem(cfg_path, fresh, capsys)["reason"] == "ok"
+
+
+def test_a_database_at_the_ledger_path_that_is_no_ledger_is_refused_unchanged(tmp_path):
+    """The gallery (or any other SQLite file) named as tickets.ledger: refused, but opening it
+    first switched it to WAL mode (bytes 18-19 of its header) and left a -wal beside it, so a
+    file the gate refused had been changed. Its identity is now read without writing."""
+    import hashlib
+    import sqlite3
+
+    from edge.errors import LedgerError
+    from edge.tickets.ledger import Ledger
+
+    other = tmp_path / "gallery.db"
+    db = sqlite3.connect(other)
+    db.execute("CREATE TABLE people (id TEXT)")
+    db.commit()
+    db.close()
+    before = hashlib.sha256(other.read_bytes()).hexdigest()
+    with pytest.raises(LedgerError, match="not an edge-gate ledger") as e:
+        Ledger(other)
+    assert "do not replace it" in str(e.value)
+    assert hashlib.sha256(other.read_bytes()).hexdigest() == before
+    assert other.read_bytes()[18:20] == b"\x01\x01"  # still a rollback-journal file
+    assert not Path(f"{other}-wal").exists() and not Path(f"{other}-shm").exists()

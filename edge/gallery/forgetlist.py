@@ -133,23 +133,8 @@ class ForgetList:
                     os.ftruncate(fd, keep)
                     os.fsync(fd)
                     cut = True
-            ids = [i.decode() for i in re.findall(rb'"(P-[0-9A-Za-z-]+)"', torn)]
-            if len(ids) == 1:
-                what = f"the forget of {ids[0]}; run it again: edge-gate forget {ids[0]}"
-            elif ids:
-                what = f"the forget of {', '.join(ids)}; run it again: edge-gate forget "
-                what += "--replay FILE (these ids, one a line)"
-            elif re.match(rb'\{"forgot": \[\]', torn):
-                what = "a purge or a pass change; run it again"
-            else:
-                what = "a forget whose person id was cut off; run each forget, purge or pass "
-                what += "change made just before the power loss again (edge-gate people)"
-            log.warning(
-                "forget list %s: its last line is cut short (power lost while it was written)"
-                " and was %s: %s did not complete",
-                self.path,
-                "cut off" if cut else "left out (no write access to cut it off)",
-                what,
+            warn_torn(
+                self.path, torn, "cut off" if cut else "left out (no write access to cut it off)"
             )
             return data[:keep], cut
         finally:
@@ -219,6 +204,30 @@ class ForgetList:
         self._cache = None
 
 
+def warn_torn(path: Path, torn: bytes, done: str) -> None:
+    """Warn that a list's last line (`torn`, without its newline) was cut and is `done` (cut off,
+    left out), naming the forget to run again: the one message for the lane's list and a list
+    given to `forget --replay`."""
+    ids = [i.decode() for i in re.findall(rb'"(P-[0-9A-Za-z-]+)"', torn)]
+    if len(ids) == 1:
+        what = f"the forget of {ids[0]}; run it again: edge-gate forget {ids[0]}"
+    elif ids:
+        what = f"the forget of {', '.join(ids)}; run it again: edge-gate forget "
+        what += "--replay FILE (these ids, one a line)"
+    elif re.match(rb'\{"forgot": \[\]', torn):
+        what = "a purge or a pass change; run it again"
+    else:
+        what = "a forget whose person id was cut off; run each forget, purge or pass "
+        what += "change made just before the power loss again (edge-gate people)"
+    log.warning(
+        "forget list %s: its last line is cut short (power lost or copied while it was written)"
+        " and was %s: %s did not complete",
+        path,
+        done,
+        what,
+    )
+
+
 def read_replay_file(path: Path) -> tuple[list[str], int]:
     """A forget list to replay: this format's lines (any lane's) or plain text, one person id
     per line; (ids, newest generation). Replaying erases, so an edited file can only erase
@@ -226,7 +235,12 @@ def read_replay_file(path: Path) -> tuple[list[str], int]:
     ids: list[str] = []
     generation = 0
     try:
-        lines = Path(path).read_bytes().decode("utf-8").splitlines()
+        data = Path(path).read_bytes()
+        keep = data.rfind(b"\n") + 1
+        if data[keep:].strip() and not _whole_line(data[keep:]):  # a copy taken mid-write
+            warn_torn(Path(path), data[keep:], "left out")
+            data = data[:keep]
+        lines = data.decode("utf-8").splitlines()
     except OSError as e:
         raise GalleryError(f"forget list {path} cannot be read: {e.strerror}") from None
     except UnicodeDecodeError:
@@ -257,3 +271,14 @@ def read_replay_file(path: Path) -> tuple[list[str], int]:
                 "one pseudonymous id (P-...) per line, or the lines of a .forgotten file",
             )
     return ids, generation
+
+
+def _whole_line(line: bytes) -> bool:
+    """A last line without its newline that is still whole: a person id, or a JSON object."""
+    text = line.decode("utf-8", errors="replace").strip()
+    if not text.startswith("{"):
+        return True  # a plain id (or text refused below, as any other line)
+    try:
+        return isinstance(json.loads(text), dict)
+    except ValueError:
+        return False

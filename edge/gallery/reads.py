@@ -64,6 +64,9 @@ class GalleryReader:
     dek: bytes
     path: Path
     _cache: tuple[tuple[int, int], dict[str, PersonKey]] | None
+    # people whose key opens but whose clear validity the sealed copy does not vouch for, as of
+    # the last `person_keys` read: their real validity cannot be known (see `unbound_validity`)
+    _unbound: tuple[str, ...] = ()
 
     def _follow(self) -> None:
         """Open the data key of the gallery's current generation (Gallery)."""
@@ -109,9 +112,10 @@ class GalleryReader:
             if settled or not self._wait_for_writers():
                 log.error("gallery restored from an older copy: every person refused until "
                           "`edge-gate forget --replay`")  # fmt: skip
-                self._cache = (version, out)
+                self._cache, self._unbound = (version, out), ()
                 return out
         dek = AESGCM(self.dek)
+        unbound: list[str] = []
         for pid, vu, minor, attrs, wrapped in rows:  # one unwrap per person, not per template
             try:
                 if wrapped is None:
@@ -125,10 +129,18 @@ class GalleryReader:
                 open_sealed(aead, attrs, attrs_aad(pid, vu, bool(minor)))
             except SealError:
                 log.error("gallery row rejected table=people id=%s reason=tampered_attrs", pid)
+                unbound.append(pid)
                 continue
             out[pid] = PersonKey(key, vu, bool(minor), aead)
-        self._cache = (version, out)
+        self._cache, self._unbound = (version, out), tuple(unbound)
         return out
+
+    def unbound_validity(self) -> list[str]:
+        """People whose key opens but whose `valid_until`/`minor` columns no longer match the
+        sealed copy (edited or damaged): they never match, and how long they may be kept cannot
+        be known, so retention cannot vouch for them (the purge removes them)."""
+        self.person_keys()
+        return list(self._unbound)
 
     def _open(self, key: bytes, blob: bytes | None, table: str, row: str, column: str) -> str:
         return open_sealed(key, blob, aad(table, row, column)).decode("utf-8") if blob else ""

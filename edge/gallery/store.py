@@ -471,6 +471,14 @@ class Gallery(Store, GalleryReader):
         cutoff = max(int(now - after_days * 86400), -(2**63))
         q = "SELECT id FROM people WHERE valid_until IS NOT NULL AND valid_until < ?"
         ids = [r[0] for r in self.conn.execute(q, (cutoff,))]
+        # a row whose clear column no longer matches its sealed validity is judged by neither:
+        # its real expiry cannot be read, so it is purged too, not kept past retention unseen
+        unbound = sorted(set(self.unbound_validity()) - set(ids))
+        if unbound:
+            log.warning("purge: removing %d people whose validity column does not match the "
+                        "sealed copy (edited or damaged; their expiry cannot be read): %s",
+                        len(unbound), " ".join(unbound))  # fmt: skip
+        ids += unbound
         if ids:
             self._forget_ids(ids)
         if scrub and (ids or self.pending_erasure()):

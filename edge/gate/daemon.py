@@ -54,7 +54,7 @@ log = logging.getLogger(__name__)
 
 DecisionCallback = Callable[[dict], None]
 DEGRADED_LOG_EVERY_S = 60.0
-FACE_FAILURES_TO_DEGRADE = 50  # frames in a row whose face stage raised: the face path is broken
+FACE_FAILURES_TO_DEGRADE = 50  # face stage raised this often with no judged face between: broken
 SOURCE_RETRY_S = 0.05  # a source that raised is read again after this, doubling...
 SOURCE_RETRY_MAX_S = 1.0  # ...up to this: the loop still ticks (status, watchdog) meanwhile
 # The longest one step of the loop may wait on locks held by other processes (a decision: the
@@ -554,7 +554,10 @@ class Gate:
             if self.face is not None:
                 try:
                     faces = self.face.observe(frame.image, frame.t)
-                    self._face_failures = 0
+                    # only a face the matcher judged shows the path works: a frame without a
+                    # face never reaches the gallery, so it neither counts nor resets failures
+                    if any(f.quality_ok for f in faces):
+                        self._face_failures = 0
                 except Exception as e:  # fail closed: this frame grants nobody by face
                     unsaid = self._face_errors.seen(str(e), wall)
                     if unsaid == 0:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -16,8 +17,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edge import config as config_mod
+from edge.db import file_id
 from edge.errors import EdgeGateError, ImageError, LedgerError
 from edge.evidence import key_path, lane_key
+from edge.files import fsync_dir
 from edge.fleet import lane
 from edge.fleet.lane import LaneLedger
 from edge.fleet.state import LaneGuard, fleet_pubkey_paths
@@ -217,12 +220,7 @@ def recover_gate_ledger(cfg: config_mod.Config, audit, now: float | None = None)
     with Ledger(new, cfg.gate.id, key=audit.key, verify=False, outbox=True) as led:
         led.rebuild(sorted(entries + added, key=lambda e: e.t), pending, before)
         here = led.mark()
-    stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(now))
-    kept = path.with_name(f"{path.name}.broken-{stamp}")
-    for x in ("", "-wal", "-shm"):
-        if Path(f"{path}{x}").exists():
-            os.replace(f"{path}{x}", f"{kept}{x}")
-    os.replace(new, path)
+    kept = swap_in_ledger(new, path, time.strftime("%Y%m%dT%H%M%S", time.gmtime(now)))
     detail = (
         f"ledger {before.ledger_id[:8]} ({why}) rebuilt as {here.ledger_id[:8]}: "
         f"{len(entries)} entries kept, {len(added)} restored from the audit log"
@@ -236,6 +234,51 @@ def recover_gate_ledger(cfg: config_mod.Config, audit, now: float | None = None)
         f"from the audit log; the old file is kept as {kept.name}. Reload the gate "
         "(systemctl reload edge-gate) so it opens the new ledger."
     )
+
+
+def swap_in_ledger(new: Path, path: Path, stamp: str) -> Path:
+    """Put the closed ledger built at `new` at `path` in one `os.replace`; the old file (with
+    its -wal and -shm) is kept as `path.broken-STAMP` by hard links (a copy where links fail).
+
+    Cut at any step, `path` holds the old file or the new one, never nothing: the old file is
+    never moved off its path, and its -wal and -shm (only while they are still the ones kept)
+    leave the path before the new file arrives, so the new file never reads the old one's log.
+    Returns the name the old file is kept under."""
+    if Path(f"{new}-wal").exists():  # not closed cleanly: its last commits are not in it
+        raise LedgerError(
+            f"the rebuilt ledger {new} still has a -wal file; the ledger at {path} is unchanged",
+            "run `edge-gate ledger recover --config C` again",
+        )
+    fd = os.open(new, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    kept, n = path.with_name(f"{path.name}.broken-{stamp}"), 0
+    while any(Path(f"{kept}{x}").exists() for x in ("", "-wal", "-shm")):
+        n += 1
+        kept = path.with_name(f"{path.name}.broken-{stamp}.{n}")
+    ids = {x: file_id(f"{path}{x}") for x in ("", "-wal", "-shm")}
+    for x, fid in ids.items():
+        if fid is not None:
+            try:
+                os.link(f"{path}{x}", f"{kept}{x}")
+            except OSError:  # a file system without hard links
+                shutil.copy2(f"{path}{x}", f"{kept}{x}")
+    try:
+        for x in ("-wal", "-shm"):
+            if ids[x] is not None and file_id(f"{path}{x}") == ids[x]:
+                os.unlink(f"{path}{x}")
+        os.replace(new, path)
+        fsync_dir(path.parent)
+    except OSError as e:
+        raise LedgerError(
+            f"the rebuilt ledger could not be put at {path} ({e}); the old file is still there "
+            f"(and kept as {kept.name})",
+            "make the disk writable (space, errors), then run `edge-gate ledger recover "
+            "--config C` again",
+        ) from None
+    return kept
 
 
 def texts_from_input(item: str, max_pixels: int | None = None) -> list[str]:

@@ -325,6 +325,25 @@ def init_ledger(path: str | Path) -> tuple[Path, bool]:
     return path, True
 
 
+def _refuse_other_database(path: Path) -> None:
+    """Refuse a readable database that is no ledger (the gallery named by mistake) from a
+    read-only look, before the writable open switches it to WAL mode: nothing in a refused
+    file changes. A file this cannot read is left to the writable open, which says why."""
+    try:
+        ro = connect(path, readonly=True)
+        try:
+            found = tables(ro)
+        finally:
+            ro.close()
+    except sqlite3.Error:
+        return
+    if "redemptions" not in found:
+        raise LedgerError(
+            f"ledger {path} is unreadable: no redemptions table: not an edge-gate ledger",
+            "restore it from backup; do not replace it with a new one",
+        )
+
+
 class Ledger(Store):
     """One SQLite ledger file; use `with Ledger(...) as led:` so the connection always closes.
 
@@ -360,6 +379,7 @@ class Ledger(Store):
                 "(a new empty ledger would let every spent ticket in again)",
                 INIT_HINT,
             )
+        _refuse_other_database(path)
         try:
             self._connect(path)
         except LedgerError as e:
