@@ -649,6 +649,37 @@ def test_read_only_office_commands_answer_while_a_write_is_held(tmp_path, office
     assert "holds the file" not in r.stderr
 
 
+def test_doctor_reads_the_lanes_fleet_state_while_a_write_is_held(tmp_path, office_keys):
+    """`edge-gate doctor`'s fleet check only reads the lane's fleet.db. Before, it opened it as
+    a writer (schema in a write transaction): while sync held a write it waited the busy
+    timeout and failed "another process holds the file". Now it reads the last committed link
+    state at once, and makes no file where there is none."""
+    from edge.gate.doctor import CHECKS, Site
+    from edge.lab.workspace import write_member
+    from tests.helpers import hold_write_lock
+
+    m = write_member(tmp_path, "lane1", NO_BROKER, "park", office_keys[1])
+    cfg = config_mod.load(m.config)
+    db = cfg.resolve(cfg.fleet.state_db)
+    fleet_check = dict(CHECKS)["fleet"]
+    site = Site(cfg, tmp_path / "g.db", tmp_path / "g.key")
+    assert not db.exists()
+    res = fleet_check(site)
+    assert res.status == "warn" and res.detail.endswith("sync not connected"), res
+    assert not db.exists()  # read only: nothing made
+    st = FleetState(db)
+    st.put(connected=True, last_contact=time.time(), clock_offset=0.4)
+    st.close()
+    holder = hold_write_lock(db)
+    try:
+        res = fleet_check(site)
+    finally:
+        holder.communicate("")
+    detail = getattr(res, "detail", res)
+    assert "holds the file" not in detail, res
+    assert detail.endswith("connected, clock vs fleet +0.4 s"), res
+
+
 # --- what a rostered lane can make the office keep ---------------------------------------------
 
 

@@ -21,7 +21,7 @@ from edge.config import Config
 from edge.console.follow import file_id, let_go
 from edge.errors import FleetStateError
 from edge.fleet.office import fleet_status
-from edge.fleet.officestore import OfficeStore, StateReader
+from edge.fleet.officestore import OfficeStore, office_reader
 
 log = logging.getLogger(__name__)
 MAX_DECISIONS = 20_000  # in memory; every record stays in the office's store (`fleet audit`)
@@ -132,7 +132,7 @@ class FleetFeed:
                 self._decisions.clear()
                 self._after = 0
         if self._store is None:
-            self._store = OfficeStore(StateReader(path, office=True))  # reads only: no lock
+            self._store = OfficeStore(office_reader(path, office=True))  # reads only: no lock
             self._store_id = now_id if now_id is not None else file_id(path)
         after, rows = self._store.audit_after(self._after, kind="decision")
         with self._lock:
