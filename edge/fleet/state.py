@@ -79,6 +79,12 @@ OFFICE_STATE_FIX = (
 )
 
 
+def schema_tables(schema: str) -> dict[str, str]:
+    """The tables a schema script makes: name -> its CREATE TABLE statement."""
+    found = (re.match(r"\s*CREATE TABLE IF NOT EXISTS (\w+)", stmt) for stmt in schema.split(";"))
+    return {m.group(1): m.string for m in found if m}
+
+
 def _is_lock(e: BaseException | None) -> bool:
     """A SQLite error saying another connection holds the file (busy or locked)."""
     code = getattr(e, "sqlite_errorcode", 0) & 0xFF  # extended codes keep the primary below
@@ -104,8 +110,11 @@ class FleetState(Store):
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         self._connect(Path(path))
         try:
-            with self.transaction() as c:
-                run_script(c, _SCHEMA)
+            with self.reading() as c:
+                have = tables(c)
+            if not set(schema_tables(_SCHEMA)) <= have:  # else no write lock taken at open
+                with self.transaction() as c:
+                    run_script(c, _SCHEMA)
         except FleetStateError as e:
             self.conn.close()
             damaged = e.hint in (DAMAGED_FIX, UNKNOWN_FIX)  # a lock or a full disk: its own fix
@@ -316,9 +325,8 @@ class StateReader(FleetState):
             ) from None
         try:
             have = tables(self.conn)
-            for stmt in schema.split(";"):
-                m = re.match(r"\s*CREATE TABLE IF NOT EXISTS (\w+)", stmt)
-                if m and m.group(1) not in have:
+            for name, stmt in schema_tables(schema).items():
+                if name not in have:
                     self.conn.execute(stmt.replace("CREATE TABLE", "CREATE TEMP TABLE", 1))
             self.conn.execute("PRAGMA query_only=ON")
         except sqlite3.Error as e:
