@@ -31,7 +31,7 @@ from edge.gate.audit import AuditLog, AuditRecord
 from edge.lab.broker import free_port
 
 from .console_harness import PASSWORD, Served, wait_for
-from .helpers import hold_write_lock, make_config
+from .helpers import copy_db, hold_write_lock, make_config
 from .test_console_bad_input import Client, Errors
 
 LOCK_WAIT_MS = 200  # the console's busy timeout in these tests: the lock outlasts it
@@ -268,6 +268,32 @@ def test_staff_accounts_deleted_or_replaced_underneath_are_followed(office, tmp_
     st, _ = nova.form("/users/nova", {"role": "supervisor"})  # written to the file on disk
     assert st == 200
     assert office.user("nova").role == "supervisor"
+
+
+def test_staff_accounts_overwritten_in_place_are_read_again(office, tmp_path):
+    """The accounts file restored from an older backup with `cp` over it (the same file,
+    other contents) while the console ran: the console checked only the file's inode, so it
+    went on reading the accounts no longer on disk (an account the backup lacks still logged
+    in, through the write-ahead log the restore left in place). Now it reads the restored
+    accounts, and its next change is written into them."""
+    copy_db(office.users_db, tmp_path / "backup.db")  # ada, sam and rita
+    ada = Client(office.port).login("ada")
+    store = UserStore(office.users_db)  # what `edge-gate console adduser` does
+    store.add("nova", "steward", PASSWORD)
+    store.close()
+    st, page = ada.req("GET", "/users")
+    assert st == 200 and b">nova<" in page
+    inode = office.users_db.stat().st_ino
+    shutil.copyfile(tmp_path / "backup.db", office.users_db)  # `cp backup.db console.db`
+    assert office.users_db.stat().st_ino == inode
+    st, page = ada.req("GET", "/users")
+    assert st == 200
+    assert b">nova<" not in page and b">rita<" in page
+    assert office.con.users.authenticate("nova", PASSWORD) is None
+    st, _ = ada.form("/users/rita", {"role": "supervisor"})
+    assert st == 200
+    assert office.user("rita").role == "supervisor"
+    assert office.user("nova") is None
 
 
 # --- the audit log: deleted or replaced, full at a login ------------------------------------------
