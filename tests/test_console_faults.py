@@ -7,11 +7,13 @@ client holding the console's connections by the dozen locks no staff member out.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
 import shutil
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
@@ -812,7 +814,7 @@ def _decision(rid: int, subject: str, prev: str = "") -> dict:
             "subject": subject, "reason": "ok"}  # fmt: skip
 
 
-def _store_decisions(path: Path, subjects: list[str]) -> None:
+def _store_decisions(path: Path, subjects: list[str], epoch: str = "e1") -> None:
     """What the office's sync keeps of lane1's records (its own process, its own connection)."""
     from edge.fleet.officestore import OfficeStore
     from edge.fleet.state import FleetState
@@ -820,7 +822,7 @@ def _store_decisions(path: Path, subjects: list[str]) -> None:
     st = FleetState(path)
     try:
         OfficeStore(st).store_audit(
-            "lane1", "e1", [_decision(i + 1, s) for i, s in enumerate(subjects)], time.time()
+            "lane1", epoch, [_decision(i + 1, s) for i, s in enumerate(subjects)], time.time()
         )
     finally:
         st.close()
@@ -852,6 +854,49 @@ def test_the_decisions_feed_follows_a_fleet_store_deleted_or_replaced_underneath
         feed.poll()
         shown = [r["subject"] for r in feed.decisions(DecisionFilter())]
         assert shown == ["T-NEW-2", "T-NEW-1"]
+    finally:
+        feed.close()
+
+
+def test_the_decisions_feed_reads_a_fleet_store_overwritten_in_place(tmp_path):
+    """The office's fleet store restored from an older backup with `cp` over it (sync
+    stopped, its log emptied into the file and cut to nothing) while the console runs: the
+    feed checked only the inode, so it went on showing decisions the file no longer holds,
+    and missed the ones stored after the restore (their row numbers were ones it had read).
+    Now it reads the file as restored; a file its writer's checkpoint wrote over, still
+    holding the rows read, is not read twice."""
+    from edge.console.feed import DecisionFilter, FleetFeed
+
+    from .console_harness import make_park
+
+    park = make_park(tmp_path, "mqtt://127.0.0.1:1")
+    cfg = park.office_cfg
+    db = cfg.resolve(cfg.fleet.state_db)
+    _store_decisions(db, ["T-OLD"])
+    copy_db(db, tmp_path / "backup.db")
+    _store_decisions(db, ["T-GONE"], "e2")
+    feed = FleetFeed(cfg)
+    try:
+        feed.poll()
+        assert [r["subject"] for r in feed.decisions(DecisionFilter())] == ["T-GONE", "T-OLD"]
+        _store_decisions(db, ["T-MORE"], "e4")
+        feed.poll()
+        seen, version = db.stat(), feed.version
+        with contextlib.closing(sqlite3.connect(db)) as sync:  # sync's log emptied into the file
+            sync.execute("PRAGMA wal_checkpoint(PASSIVE)")
+        assert (db.stat().st_size, db.stat().st_mtime_ns) != (seen.st_size, seen.st_mtime_ns)
+        feed.poll()  # the file written in place, holding what was read: nothing read twice
+        assert feed.version == version == 3
+        assert [r["subject"] for r in feed.decisions(DecisionFilter())][0] == "T-MORE"
+        with contextlib.closing(sqlite3.connect(db)) as sync:  # sync stopped: its log emptied
+            sync.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        inode = db.stat().st_ino
+        shutil.copyfile(tmp_path / "backup.db", db)  # `cp backup.db fleet.db`
+        assert db.stat().st_ino == inode
+        _store_decisions(db, ["T-AFTER"], "e3")  # sync started again on the restored file
+        feed.poll()
+        shown = [r["subject"] for r in feed.decisions(DecisionFilter())]
+        assert shown == ["T-AFTER", "T-OLD"]
     finally:
         feed.close()
 

@@ -440,6 +440,13 @@ class OfficeStore:
         last = rows[-1][0] if rows else after_row
         return last, [r for r in out if kind is None or r.get("kind") == kind]
 
+    def audit_row(self, row: int) -> tuple | None:
+        """What says which record row `row` is (lane, epoch, id, hash), None when there is
+        none: a reader of `audit_after` checks with it that a file changed underneath still
+        holds the rows it read."""
+        rows = self._rows("SELECT lane, epoch, id, hash FROM audit_records WHERE rowid = ?", (row,))
+        return rows[0] if rows else None
+
     def audit_lanes(self) -> list[str]:
         """Every lane the office holds audit records of."""
         return [r[0] for r in self._rows("SELECT DISTINCT lane FROM audit_records")]
