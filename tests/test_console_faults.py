@@ -7,11 +7,13 @@ client holding the console's connections by the dozen locks no staff member out.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
 import shutil
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
@@ -31,7 +33,7 @@ from edge.gate.audit import AuditLog, AuditRecord
 from edge.lab.broker import free_port
 
 from .console_harness import PASSWORD, Served, wait_for
-from .helpers import hold_write_lock, make_config
+from .helpers import copy_db, hold_write_lock, make_config
 from .test_console_bad_input import Client, Errors
 
 LOCK_WAIT_MS = 200  # the console's busy timeout in these tests: the lock outlasts it
@@ -268,6 +270,32 @@ def test_staff_accounts_deleted_or_replaced_underneath_are_followed(office, tmp_
     st, _ = nova.form("/users/nova", {"role": "supervisor"})  # written to the file on disk
     assert st == 200
     assert office.user("nova").role == "supervisor"
+
+
+def test_staff_accounts_overwritten_in_place_are_read_again(office, tmp_path):
+    """The accounts file restored from an older backup with `cp` over it (the same file,
+    other contents) while the console ran: the console checked only the file's inode, so it
+    went on reading the accounts no longer on disk (an account the backup lacks still logged
+    in, through the write-ahead log the restore left in place). Now it reads the restored
+    accounts, and its next change is written into them."""
+    copy_db(office.users_db, tmp_path / "backup.db")  # ada, sam and rita
+    ada = Client(office.port).login("ada")
+    store = UserStore(office.users_db)  # what `edge-gate console adduser` does
+    store.add("nova", "steward", PASSWORD)
+    store.close()
+    st, page = ada.req("GET", "/users")
+    assert st == 200 and b">nova<" in page
+    inode = office.users_db.stat().st_ino
+    shutil.copyfile(tmp_path / "backup.db", office.users_db)  # `cp backup.db console.db`
+    assert office.users_db.stat().st_ino == inode
+    st, page = ada.req("GET", "/users")
+    assert st == 200
+    assert b">nova<" not in page and b">rita<" in page
+    assert office.con.users.authenticate("nova", PASSWORD) is None
+    st, _ = ada.form("/users/rita", {"role": "supervisor"})
+    assert st == 200
+    assert office.user("rita").role == "supervisor"
+    assert office.user("nova") is None
 
 
 # --- the audit log: deleted or replaced, full at a login ------------------------------------------
@@ -786,7 +814,7 @@ def _decision(rid: int, subject: str, prev: str = "") -> dict:
             "subject": subject, "reason": "ok"}  # fmt: skip
 
 
-def _store_decisions(path: Path, subjects: list[str]) -> None:
+def _store_decisions(path: Path, subjects: list[str], epoch: str = "e1") -> None:
     """What the office's sync keeps of lane1's records (its own process, its own connection)."""
     from edge.fleet.officestore import OfficeStore
     from edge.fleet.state import FleetState
@@ -794,7 +822,7 @@ def _store_decisions(path: Path, subjects: list[str]) -> None:
     st = FleetState(path)
     try:
         OfficeStore(st).store_audit(
-            "lane1", "e1", [_decision(i + 1, s) for i, s in enumerate(subjects)], time.time()
+            "lane1", epoch, [_decision(i + 1, s) for i, s in enumerate(subjects)], time.time()
         )
     finally:
         st.close()
@@ -826,6 +854,49 @@ def test_the_decisions_feed_follows_a_fleet_store_deleted_or_replaced_underneath
         feed.poll()
         shown = [r["subject"] for r in feed.decisions(DecisionFilter())]
         assert shown == ["T-NEW-2", "T-NEW-1"]
+    finally:
+        feed.close()
+
+
+def test_the_decisions_feed_reads_a_fleet_store_overwritten_in_place(tmp_path):
+    """The office's fleet store restored from an older backup with `cp` over it (sync
+    stopped, its log emptied into the file and cut to nothing) while the console runs: the
+    feed checked only the inode, so it went on showing decisions the file no longer holds,
+    and missed the ones stored after the restore (their row numbers were ones it had read).
+    Now it reads the file as restored; a file its writer's checkpoint wrote over, still
+    holding the rows read, is not read twice."""
+    from edge.console.feed import DecisionFilter, FleetFeed
+
+    from .console_harness import make_park
+
+    park = make_park(tmp_path, "mqtt://127.0.0.1:1")
+    cfg = park.office_cfg
+    db = cfg.resolve(cfg.fleet.state_db)
+    _store_decisions(db, ["T-OLD"])
+    copy_db(db, tmp_path / "backup.db")
+    _store_decisions(db, ["T-GONE"], "e2")
+    feed = FleetFeed(cfg)
+    try:
+        feed.poll()
+        assert [r["subject"] for r in feed.decisions(DecisionFilter())] == ["T-GONE", "T-OLD"]
+        _store_decisions(db, ["T-MORE"], "e4")
+        feed.poll()
+        seen, version = db.stat(), feed.version
+        with contextlib.closing(sqlite3.connect(db)) as sync:  # sync's log emptied into the file
+            sync.execute("PRAGMA wal_checkpoint(PASSIVE)")
+        assert (db.stat().st_size, db.stat().st_mtime_ns) != (seen.st_size, seen.st_mtime_ns)
+        feed.poll()  # the file written in place, holding what was read: nothing read twice
+        assert feed.version == version == 3
+        assert [r["subject"] for r in feed.decisions(DecisionFilter())][0] == "T-MORE"
+        with contextlib.closing(sqlite3.connect(db)) as sync:  # sync stopped: its log emptied
+            sync.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        inode = db.stat().st_ino
+        shutil.copyfile(tmp_path / "backup.db", db)  # `cp backup.db fleet.db`
+        assert db.stat().st_ino == inode
+        _store_decisions(db, ["T-AFTER"], "e3")  # sync started again on the restored file
+        feed.poll()
+        shown = [r["subject"] for r in feed.decisions(DecisionFilter())]
+        assert shown == ["T-AFTER", "T-OLD"]
     finally:
         feed.close()
 

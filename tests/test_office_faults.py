@@ -535,9 +535,14 @@ def test_a_signed_head_the_store_refused_is_stored_when_its_heartbeat_comes_agai
 def test_a_fleet_state_locked_at_open_is_said_locked_not_unreadable(tmp_path, monkeypatch):
     """A lane's fleet.db held by another process when sync or the gate opens it: the fix says
     another process holds it. Before: "move it aside; sync rebuilds it" for a file that was
-    only busy (moving it would cost the lane its roster, epoch and forget list)."""
+    only busy (moving it would cost the lane its roster, epoch and forget list). A file that
+    has every table opens without the write lock; one made by an older edge-gate (a table
+    missing) takes it to add the table."""
     db = tmp_path / "fleet.db"
-    FleetState(db).close()
+    older = sqlite3.connect(db)
+    older.execute("PRAGMA journal_mode=WAL")
+    older.execute("CREATE TABLE kv (key TEXT PRIMARY KEY, value TEXT)")
+    older.close()
     holder = sqlite3.connect(db, isolation_level=None)
     try:
         holder.execute("BEGIN IMMEDIATE")
@@ -647,6 +652,60 @@ def test_read_only_office_commands_answer_while_a_write_is_held(tmp_path, office
     finally:
         holder.communicate("")
     assert "holds the file" not in r.stderr
+
+
+def test_doctor_reads_the_lanes_fleet_state_while_a_write_is_held(tmp_path, office_keys):
+    """`edge-gate doctor`'s fleet check only reads the lane's fleet.db. Before, it opened it as
+    a writer (schema in a write transaction): while sync held a write it waited the busy
+    timeout and failed "another process holds the file". Now it reads the last committed link
+    state at once, and makes no file where there is none."""
+    from edge.gate.doctor import CHECKS, Site
+    from edge.lab.workspace import write_member
+    from tests.helpers import hold_write_lock
+
+    m = write_member(tmp_path, "lane1", NO_BROKER, "park", office_keys[1])
+    cfg = config_mod.load(m.config)
+    db = cfg.resolve(cfg.fleet.state_db)
+    fleet_check = dict(CHECKS)["fleet"]
+    site = Site(cfg, tmp_path / "g.db", tmp_path / "g.key")
+    assert not db.exists()
+    res = fleet_check(site)
+    assert res.status == "warn" and res.detail.endswith("sync not connected"), res
+    assert not db.exists()  # read only: nothing made
+    st = FleetState(db)
+    st.put(connected=True, last_contact=time.time(), clock_offset=0.4)
+    st.close()
+    holder = hold_write_lock(db)
+    try:
+        res = fleet_check(site)
+    finally:
+        holder.communicate("")
+    detail = getattr(res, "detail", res)
+    assert "holds the file" not in detail, res
+    assert detail.endswith("connected, clock vs fleet +0.4 s"), res
+
+
+def test_doctors_ledger_check_answers_while_sync_holds_a_write_on_fleet_db(tmp_path, office_keys):
+    """The ledger of a fleet lane opens with the lane's fleet link (LaneGuard), which opened
+    fleet.db with its schema in a write transaction every time: doctor's "ticket ledger"
+    check (and `ticket verify`, the gate's start) waited the busy timeout while sync held a
+    write, then failed. A file whose tables are all there is opened without the write lock."""
+    from edge.gate.doctor import CHECKS, Site
+    from edge.lab.workspace import write_member
+    from tests.helpers import hold_write_lock
+
+    m = write_member(tmp_path, "lane1", NO_BROKER, "park", office_keys[1])
+    cfg = config_mod.load(m.config)
+    ledger_check = dict(CHECKS)["ticket ledger"]
+    site = Site(cfg, tmp_path / "g.db", tmp_path / "g.key")
+    first = ledger_check(site)  # makes the ledger and fleet.db, as the gate's first run does
+    assert "0 redemptions" in getattr(first, "detail", first), first
+    holder = hold_write_lock(cfg.resolve(cfg.fleet.state_db))
+    try:
+        res = ledger_check(site)
+    finally:
+        holder.communicate("")
+    assert getattr(res, "detail", res) == getattr(first, "detail", first), res
 
 
 # --- what a rostered lane can make the office keep ---------------------------------------------

@@ -13,9 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import secrets
-import sqlite3
 import threading
 import time
 from collections.abc import Iterator
@@ -27,7 +25,7 @@ import numpy as np
 
 from edge import config as config_mod
 from edge import tickets as tk
-from edge.console.follow import let_go
+from edge.console.follow import Followed, Stamp, let_go, stamp
 from edge.console.roles import LANGS
 from edge.errors import EdgeGateError, GalleryGoneError, ImageError, SeveralFacesError
 from edge.fleet.office import (
@@ -63,20 +61,6 @@ KIOSK_TTL_S = 900.0  # an unfinished enrollment's faces are dropped after this
 MAX_UPLOAD = 8 * 1024 * 1024
 
 
-Stamp = tuple[int, int, int, int]
-
-
-def stamp(path: Path) -> Stamp | None:
-    """(device, inode, size, modification time) of a SQLite file, None when there is none: a
-    file replaced changes its inode, one written over in place (`cp` onto it) its size or time,
-    which SQLite's data_version does not see. Commits go to its write-ahead log, not here."""
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None
-    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
-
-
 class ActionError(EdgeGateError):
     """A console action was refused; the message is shown to the staff member."""
 
@@ -93,8 +77,7 @@ class Office:
         self.cfg = cfg
         self._audit_lock = threading.Lock()
         self._audit: AuditLog | None = None
-        self._audit_id: Stamp | None = None
-        self._backfilled: tuple[int, int] = (-1, -1)
+        self._audit_file = Followed(cfg.resolve(cfg.audit.path))
         self._pipe = None
         self._pipe_lock = threading.RLock()
         self._people: tuple[tuple, list[dict[str, Any]]] = ((), [])
@@ -155,55 +138,31 @@ class Office:
         a backup) or overwritten in place (restored with `cp` over it) while the console runs,
         it is opened again as at start, so no record goes into a file no longer on disk (lost
         at the next start) and no page shows records the file no longer holds."""
-        path = self.cfg.resolve(self.cfg.audit.path)
         with self._audit_lock:
-            now = self._let_go_moved(path)
+            now = self._let_go_moved()
             if self._audit is None:
-                self._audit_id = now  # read before it is opened: a file replaced in between
-                self._audit = self.audit_log()  # is followed at the next use
-                self._backfilled = (-1, -1)
-                if now is None:
-                    self._audit_id = stamp(path)
+                self._audit = self.audit_log()
+                self._audit_file.opened(now)
             try:
                 yield self._audit
             finally:
-                self._backfill(path)
+                if self._audit is not None:
+                    self._audit_file.backfill(self._audit.conn)
 
-    def _let_go_moved(self, path: Path) -> Stamp | None:
-        """Under `_audit_lock`: the connection to a log no longer at `path`, or to a file
+    def _let_go_moved(self) -> Stamp | None:
+        """Under `_audit_lock`: the connection to a log no longer at its path, or to a file
         written over in place, is let go; the stamp of the file now there (None: none)."""
-        now = stamp(path)
-        if self._audit is not None and now != self._audit_id:
-            how = "deleted or replaced"
-            if now is not None and self._audit_id is not None and now[:2] == self._audit_id[:2]:
-                how = "overwritten in place"
+        now = stamp(self._audit_file.path)
+        if self._audit is not None and (how := self._audit_file.changed(now)):
             log.error(
                 "console audit_moved path=%s: %s while the console ran; opened again at its "
                 "next use",
-                path,
+                self._audit_file.path,
                 how,
             )
             let_go(self._audit)
             self._audit = None
         return now
-
-    def _backfill(self, path: Path) -> None:
-        """Under `_audit_lock`: what the write-ahead log holds is copied into the file (a
-        passive checkpoint, waiting for nobody), so a file written over in place is read as
-        written (pages still in the log would be read, and copied back over it, in its
-        place); the file's new stamp is then the console's own doing."""
-        if self._audit is None:
-            return
-        try:
-            _, frames, done = self._audit.conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
-        except sqlite3.Error as e:  # locked, damaged: the next use says so, with its fix
-            log.info("console audit_checkpoint_skipped error=%s", e)
-            return
-        if (frames, done) != self._backfilled:  # frames were copied: the file changed
-            self._backfilled = (frames, done)
-            now = stamp(path)
-            if now is not None and self._audit_id is not None and now[:2] == self._audit_id[:2]:
-                self._audit_id = now
 
     def let_go_moved_audit(self) -> None:
         """Let go at once of an audit log deleted or replaced underneath, not at the next
@@ -212,9 +171,9 @@ class Office:
         use is left to its user, who follows it itself."""
         if self._audit_lock.acquire(blocking=False):
             try:
-                path = self.cfg.resolve(self.cfg.audit.path)
-                self._let_go_moved(path)
-                self._backfill(path)  # what another process (the office's sync) wrote
+                self._let_go_moved()
+                if self._audit is not None:  # what another process (the office's sync) wrote
+                    self._audit_file.backfill(self._audit.conn)
             finally:
                 self._audit_lock.release()
 

@@ -18,10 +18,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from edge.config import Config
-from edge.console.follow import file_id, let_go
+from edge.console.follow import Followed, let_go, stamp
 from edge.errors import FleetStateError
 from edge.fleet.office import fleet_status
-from edge.fleet.officestore import OfficeStore, StateReader
+from edge.fleet.officestore import OfficeStore, office_reader
 
 log = logging.getLogger(__name__)
 MAX_DECISIONS = 20_000  # in memory; every record stays in the office's store (`fleet audit`)
@@ -64,7 +64,8 @@ class FleetFeed:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._store: Any = None  # the office's store, opened by the first poll
-        self._store_id: tuple[int, int] | None = None  # its file's identity then
+        self._store_file = Followed(cfg.resolve(cfg.fleet.state_db))  # its stamp then
+        self._last: tuple | None = None  # the store's last row read (`audit_row`)
         self.error = ""  # why the last poll failed ("" when it worked)
         self._status_due = 0.0
 
@@ -121,20 +122,30 @@ class FleetFeed:
             with self._lock:
                 self._status = {"site": self.site, "lanes": lanes, "people": rep["people"]}
                 self.connected = rep["sync"]["connected"] and rep["sync"]["running"]
-        now_id = file_id(path)
-        if self._store is not None and now_id != self._store_id:
-            # deleted or replaced (restored) while the console runs: the rows shown come from
-            # the file now there, read from its start (the old file's rows are no longer held)
-            log.error("console fleet_store_moved path=%s: reading the file now there", path)
+        now = stamp(path)
+        how = self._store_file.changed(now) if self._store is not None else ""
+        if how:  # deleted, replaced or written over (a restore) while the console runs
             let_go(self._store.state)
             self._store = None
+        if self._store is None:
+            self._store = OfficeStore(office_reader(path, office=True))  # reads only: no lock
+            self._store_file.opened(now)
+        # Read-only, the feed cannot empty the log into the file as the console's own files
+        # are: sync's checkpoints write over the file too. The last row read still there, the
+        # same, says so; else the rows shown come from the file now there, read from its
+        # start (the old file's rows are no longer held).
+        if how and (
+            how != "overwritten in place" or self._store.audit_row(self._after) != self._last
+        ):
+            log.error(
+                "console fleet_store_moved path=%s: %s; reading the file now there", path, how
+            )
             with self._lock:
                 self._decisions.clear()
                 self._after = 0
-        if self._store is None:
-            self._store = OfficeStore(StateReader(path, office=True))  # reads only: no lock
-            self._store_id = now_id if now_id is not None else file_id(path)
         after, rows = self._store.audit_after(self._after, kind="decision")
+        if after != self._after:
+            self._last = self._store.audit_row(after)
         with self._lock:
             self._after = after
             for r in rows:

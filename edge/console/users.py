@@ -20,7 +20,7 @@ from pathlib import Path
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 
-from edge.console.follow import file_id, let_go
+from edge.console.follow import Followed, let_go, stamp
 from edge.console.roles import CAN, LANGS, ROLES, allowed
 from edge.db import connect, sqlite_fix, transaction
 from edge.errors import EdgeGateError
@@ -81,23 +81,25 @@ def check_password(password: str) -> None:
 class UserStore:
     """The users table; safe to share between the server's threads.
 
-    The file at `path` is followed: deleted (and made again by `console adduser`) or replaced
-    (restored from a backup) while the console runs, it is opened again as at start, so the
-    accounts that log in are the ones on disk. A SQLite failure (locked past the busy timeout,
-    a full disk, a read-only file) is a UserError carrying the fix; a change fails whole.
+    The file at `path` is followed: deleted (and made again by `console adduser`), replaced
+    or written over in place (restored from a backup, by `mv` or `cp`) while the console runs,
+    it is opened again as at start, so the accounts that log in are the ones on disk. A SQLite
+    failure (locked past the busy timeout, a full disk, a read-only file) is a UserError
+    carrying the fix; a change fails whole.
     """
 
     def __init__(self, path: Path):
         self.path = Path(path)
         self._lock = threading.RLock()  # the reading connection and the file's identity
         self._wlock = threading.Lock()  # one change at a time, on its own connection
+        self._file = Followed(self.path)
         self.conn, self.writer = self._open()
 
     def _open(self) -> tuple[sqlite3.Connection, sqlite3.Connection]:
         """Connections to the file at `path` (one reads, one writes: a change waiting inside
         its transaction for its audit record holds up no session check); the file's identity
         kept only once they opened (a file that does not open is tried again at the next use)."""
-        seen = file_id(self.path)  # read before it is opened: a file replaced in between is
+        seen = stamp(self.path)  # read before it is opened: a file replaced in between is
         try:  # followed at the next use
             self.path.parent.mkdir(parents=True, exist_ok=True)
             conn = connect(self.path, timeout_s=5.0)  # the project's pragmas (edge/db.py)
@@ -110,7 +112,7 @@ class UserStore:
         except (OSError, sqlite3.Error) as e:
             conn.close()
             raise self._unopened(e) from None
-        self._id = seen if seen is not None else file_id(self.path)
+        self._file.opened(seen)
         return conn, writer
 
     def _unopened(self, e: Exception) -> UserError:
@@ -124,15 +126,16 @@ class UserStore:
         """Under `_lock`: the file deleted or replaced since it was opened is opened again.
         A change in flight on another thread (`_wlock` held) is let finish first: its
         connection is left alone until the next use."""
-        if file_id(self.path) == self._id:
+        how = self._file.changed(stamp(self.path))
+        if not how:
             return
         if not changing and not self._wlock.acquire(blocking=False):
             return
         try:
             log.error(
-                "console users_moved path=%s: deleted or replaced while the console ran; "
-                "opened again as at start",
+                "console users_moved path=%s: %s while the console ran; opened again as at start",
                 self.path,
+                how,
             )
             let_go(self.conn)
             let_go(self.writer)
@@ -151,6 +154,8 @@ class UserStore:
                 yield self.conn
             except sqlite3.Error as e:
                 raise UserError(f"staff accounts {self.path}: {e}", sqlite_fix(e)) from None
+            finally:
+                self._file.backfill(self.conn)
 
     @contextlib.contextmanager
     def _change(self) -> Iterator[sqlite3.Connection]:
@@ -167,6 +172,10 @@ class UserStore:
                 raise UserError(
                     f"staff accounts {self.path}: {e}; nothing was changed", sqlite_fix(e)
                 ) from None
+            finally:
+                with self._lock:
+                    if self.writer is writer:
+                        self._file.backfill(writer)
 
     def add(
         self,

@@ -34,7 +34,7 @@ from edge.fleet.identity import (
     read_roster_file,
     write_roster_file,
 )
-from edge.fleet.officestore import AuditFinding, OfficeStore, StateReader, verify_lane
+from edge.fleet.officestore import AuditFinding, OfficeStore, office_reader, verify_lane
 from edge.fleet.override import DEFAULT_VALID_S, VIA, override_body, override_id
 from edge.fleet.people import export_record, site_key
 from edge.fleet.state import FleetState
@@ -80,7 +80,7 @@ def open_state(cfg: Config, must_exist: bool = False, read_only: bool = False) -
             "restore it from backup",
         )
     office = cfg.fleet.lane == msg.OFFICE
-    return StateReader(path, office) if read_only else FleetState(path, office=office)
+    return office_reader(path, office) if read_only else FleetState(path, office=office)
 
 
 @contextlib.contextmanager

@@ -16,9 +16,6 @@ import dataclasses
 import json
 import logging
 import math
-import re
-import sqlite3
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,11 +23,11 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from edge.db import DAMAGED_FIX, UNKNOWN_FIX, connect, run_script, sqlite_fix, tables
+from edge.db import run_script
 from edge.errors import FleetStateError
 from edge.fleet import messages as msg
 from edge.fleet.state import _SCHEMA as STATE_SCHEMA
-from edge.fleet.state import LANE_STATE_FIX, OFFICE_STATE_FIX, FleetState
+from edge.fleet.state import FleetState, StateReader
 from edge.gate.audit import AuditRecord, record_hash
 from edge.gate.faces import file_id
 
@@ -75,40 +72,11 @@ CREATE TABLE IF NOT EXISTS audit_conflicts (lane TEXT NOT NULL, epoch TEXT NOT N
 """
 
 
-class StateReader(FleetState):
-    """fleet.db opened for reading only (`mode=ro`, `query_only`), for the commands that only
-    read it (`fleet status`, `fleet audit`, `fleet audit verify`, whether a queued message was
-    sent). It takes no lock and changes nothing (no schema made or upgraded), so it answers at
-    once from the last committed state while sync, or anyone, holds a write: WAL lets readers
-    through. A table the file lacks (one made by an older edge-gate and not opened since, or
-    no file at all) reads as empty, from a stand-in in this connection's temp schema."""
-
-    def __init__(self, path: str | Path, office: bool = False):
-        self.path = Path(path)
-        self._lock = threading.RLock()
-        try:
-            self.conn = (
-                connect(self.path, readonly=True)
-                if self.path.exists()
-                else connect(":memory:", wal=False)
-            )
-        except sqlite3.Error as e:
-            raise FleetStateError(
-                f"fleet state {self.path} is unreadable: {e}", sqlite_fix(e)
-            ) from None
-        try:
-            have = tables(self.conn)
-            for stmt in (STATE_SCHEMA + _SCHEMA).split(";"):
-                m = re.match(r"\s*CREATE TABLE IF NOT EXISTS (\w+)", stmt)
-                if m and m.group(1) not in have:
-                    self.conn.execute(stmt.replace("CREATE TABLE", "CREATE TEMP TABLE", 1))
-            self.conn.execute("PRAGMA query_only=ON")
-        except sqlite3.Error as e:
-            self.conn.close()
-            fix = sqlite_fix(e)
-            if fix in (DAMAGED_FIX, UNKNOWN_FIX):
-                fix = OFFICE_STATE_FIX if office else LANE_STATE_FIX
-            raise FleetStateError(f"fleet state {self.path} is unreadable: {e}", fix) from None
+def office_reader(path: str | Path, office: bool = False) -> StateReader:
+    """fleet.db opened read-only (`StateReader`) for the commands that only read it (`fleet
+    status`, `fleet audit`, `fleet audit verify`, whether a queued message was sent, the
+    console's feed): the office's tables, where the file lacks them, read as empty too."""
+    return StateReader(path, office, STATE_SCHEMA + _SCHEMA)
 
 
 class OfficeStore:
@@ -471,6 +439,13 @@ class OfficeStore:
         out = [_row(lane, e, i, r) for _, lane, e, i, r in rows]
         last = rows[-1][0] if rows else after_row
         return last, [r for r in out if kind is None or r.get("kind") == kind]
+
+    def audit_row(self, row: int) -> tuple | None:
+        """What says which record row `row` is (lane, epoch, id, hash), None when there is
+        none: a reader of `audit_after` checks with it that a file changed underneath still
+        holds the rows it read."""
+        rows = self._rows("SELECT lane, epoch, id, hash FROM audit_records WHERE rowid = ?", (row,))
+        return rows[0] if rows else None
 
     def audit_lanes(self) -> list[str]:
         """Every lane the office holds audit records of."""

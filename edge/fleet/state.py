@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import sqlite3
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -22,7 +24,17 @@ from pathlib import Path
 from typing import Any
 
 from edge.config import Config, FleetConfig
-from edge.db import BUSY_TIMEOUT_S, DAMAGED_FIX, UNKNOWN_FIX, Store, let_go, run_script
+from edge.db import (
+    BUSY_TIMEOUT_S,
+    DAMAGED_FIX,
+    UNKNOWN_FIX,
+    Store,
+    connect,
+    let_go,
+    run_script,
+    sqlite_fix,
+    tables,
+)
 from edge.errors import FleetStateError
 from edge.fleet.identity import Roster
 from edge.gate.faces import file_id
@@ -67,6 +79,12 @@ OFFICE_STATE_FIX = (
 )
 
 
+def schema_tables(schema: str) -> dict[str, str]:
+    """The tables a schema script makes: name -> its CREATE TABLE statement."""
+    found = (re.match(r"\s*CREATE TABLE IF NOT EXISTS (\w+)", stmt) for stmt in schema.split(";"))
+    return {m.group(1): m.string for m in found if m}
+
+
 def _is_lock(e: BaseException | None) -> bool:
     """A SQLite error saying another connection holds the file (busy or locked)."""
     code = getattr(e, "sqlite_errorcode", 0) & 0xFF  # extended codes keep the primary below
@@ -92,8 +110,11 @@ class FleetState(Store):
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         self._connect(Path(path))
         try:
-            with self.transaction() as c:
-                run_script(c, _SCHEMA)
+            with self.reading() as c:
+                have = tables(c)
+            if not set(schema_tables(_SCHEMA)) <= have:  # else no write lock taken at open
+                with self.transaction() as c:
+                    run_script(c, _SCHEMA)
         except FleetStateError as e:
             self.conn.close()
             damaged = e.hint in (DAMAGED_FIX, UNKNOWN_FIX)  # a lock or a full disk: its own fix
@@ -280,9 +301,45 @@ class FleetState(Store):
             )
 
 
+class StateReader(FleetState):
+    """fleet.db opened for reading only (`mode=ro`, `query_only`), for what only reads it
+    (doctor's fleet check, `fleet status`, `fleet audit`, the console's feed). It takes no lock
+    and changes nothing (no file or schema made or upgraded), so it answers at once from the
+    last committed state while sync, or anyone, holds a write: WAL lets readers through. A
+    table of `schema` the file lacks (one made by an older edge-gate and not opened since, or
+    no file at all) reads as empty, from a stand-in in this connection's temp schema."""
+
+    def __init__(self, path: str | Path, office: bool = False, schema: str = _SCHEMA):
+        self.path = Path(path)
+        self._lock = threading.RLock()
+        self._locked = False
+        try:
+            self.conn = (
+                connect(self.path, readonly=True)
+                if self.path.exists()
+                else connect(":memory:", wal=False)
+            )
+        except sqlite3.Error as e:
+            raise FleetStateError(
+                f"fleet state {self.path} is unreadable: {e}", sqlite_fix(e)
+            ) from None
+        try:
+            have = tables(self.conn)
+            for name, stmt in schema_tables(schema).items():
+                if name not in have:
+                    self.conn.execute(stmt.replace("CREATE TABLE", "CREATE TEMP TABLE", 1))
+            self.conn.execute("PRAGMA query_only=ON")
+        except sqlite3.Error as e:
+            self.conn.close()
+            fix = sqlite_fix(e)
+            if fix in (DAMAGED_FIX, UNKNOWN_FIX):
+                fix = OFFICE_STATE_FIX if office else LANE_STATE_FIX
+            raise FleetStateError(f"fleet state {self.path} is unreadable: {e}", fix) from None
+
+
 def read_state(state_db: Path, key: str) -> Any:
-    """One value from a lane's fleet state, opened and closed (demo, bench, status)."""
-    st = FleetState(state_db)
+    """One value from a lane's fleet state, opened read-only and closed (demo, bench)."""
+    st = StateReader(state_db)
     try:
         return st.get(key)
     finally:

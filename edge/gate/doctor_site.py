@@ -15,7 +15,7 @@ from pathlib import Path
 from edge import config as config_mod
 from edge.errors import EdgeGateError
 from edge.fleet.identity import load_lane_key
-from edge.fleet.state import FleetState, check_faces, check_link
+from edge.fleet.state import StateReader, check_faces, check_link
 from edge.gate import checks
 from edge.gate.audit import open_audit
 from edge.gate.checklist import Check, Site, registry
@@ -258,7 +258,8 @@ def _fleet(site: Site) -> str | Check:
         load_lane_key(site.cfg)  # sync signs with it; refused when missing or not private
     except EdgeGateError as e:
         return Check("fail", "fleet", str(e).split(" (fix: ")[0], e.hint)
-    st = FleetState(site.cfg.resolve(fl.state_db))
+    # read only: answers while sync holds a write, and makes or upgrades nothing
+    st = StateReader(site.cfg.resolve(fl.state_db))
     try:
         link, offset = check_link(fl, st, time.time()), st.get("clock_offset")
         faces = check_faces(fl, st)
