@@ -11,6 +11,7 @@ turns it into its own typed error.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import tempfile
 from pathlib import Path
@@ -51,3 +52,24 @@ def write_atomic(
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)  # after a replace it is gone; after a link it is the second name
     fsync_dir(path.parent)
+
+
+DIGEST_MAX_BYTES = 16 << 20  # larger files are told apart by their stat alone
+
+
+def content_stamp(path: str | os.PathLike[str]) -> tuple | None:
+    """Changes whenever the file's content does, None when there is none. A modification time
+    alone misses two writes within the file system's clock tick (and a copy that keeps the old
+    time; a freed inode number is soon given again), which left a newly revoked ticket valid:
+    small files are told apart by a digest of what they hold."""
+    try:
+        with open(path, "rb") as f:
+            st = os.fstat(f.fileno())
+            digest = (
+                hashlib.blake2b(f.read(), digest_size=16).digest()
+                if st.st_size <= DIGEST_MAX_BYTES
+                else None
+            )
+    except OSError:
+        return None
+    return st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, digest

@@ -9,12 +9,13 @@ and the inbox of a supervisor's overrides (edge/fleet/override.py).
 
 from __future__ import annotations
 
+import contextlib
 import logging
-import os
 from typing import Any
 
 from edge.config import Config
 from edge.errors import EdgeGateError
+from edge.files import content_stamp
 from edge.fleet.override import OverrideInbox
 from edge.fleet.state import LaneGuard, LinkCheck
 from edge.gate.versions import lane_versions
@@ -78,16 +79,15 @@ class LaneLedger:
 
 
 def tickets_stamp(cfg: Config) -> tuple:
-    """Changes when the office's revocations or keys reached this lane (files sync writes)."""
+    """Changes when the office's revocations or keys reached this lane (files sync writes), by
+    what they hold, not only their times (edge.files.content_stamp)."""
     rev = cfg.resolve(cfg.tickets.revocation_list) if cfg.tickets.revocation_list else None
     keys = cfg.resolve(cfg.fleet.keys_dir) if cfg.fleet.enabled else None
-    out = []
-    for p in (rev, keys):
-        try:
-            out.append(os.stat(p).st_mtime_ns if p else None)
-        except OSError:
-            out.append(None)
-    return tuple(out)
+    pubs: tuple = ()
+    if keys is not None:
+        with contextlib.suppress(OSError):
+            pubs = tuple((p.name, content_stamp(p)) for p in sorted(keys.glob("*.pub")))
+    return (content_stamp(rev) if rev else None, pubs)
 
 
 def face_refusal(ledger: object) -> LinkCheck | None:

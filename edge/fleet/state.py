@@ -395,19 +395,58 @@ class LaneGuard:
         self.fleet = cfg.fleet
         self.path = cfg.resolve(cfg.fleet.state_db)
         self._id = file_id(self.path)  # read before opening: a swap in between is seen next
-        self.state = FleetState(self.path) if cfg.fleet.enabled else None
-        if self._id is None:  # made just now by this open
-            self._id = file_id(self.path)
         self._anew = False  # made anew by this gate after a deletion: sync has not taken it up
         # a file (its identity, None: none) that did not open at the path, and when it is
         # tried again; False: none failed
         self._failed: tuple[object, float] = (False, 0.0)
+        # why no fleet state is open ("": one is, or this gate is in no fleet): every check
+        # then raises, so nothing is let in that the fleet's answer could have refused
+        self.problem = ""
+        self.state: FleetState | None = None
+        if not cfg.fleet.enabled:
+            return
+        try:
+            self.state = FleetState(self.path)
+        except (FleetStateError, OSError) as e:
+            self._unopened(self._id, e)
+            return
+        if self._id is None:  # made just now by this open
+            self._id = file_id(self.path)
+
+    def _unopened(self, now: object, e: Exception) -> None:
+        if now != self._failed[0] or not self.problem:  # said once per file, not per decision
+            log.error(
+                "gate fleet_state_unopened path=%s; faces and tickets refused: %s", self.path, e
+            )
+        self.problem = f"fleet state {self.path} not open: {e}"
+        self._failed = (now, time.monotonic() + 1.0)
+
+    def _open_again(self) -> None:
+        """No fleet state open: the file at the path is tried again at most once a second."""
+        now = file_id(self.path)
+        if now == self._failed[0] and time.monotonic() < self._failed[1]:
+            return
+        try:
+            self.state = FleetState(self.path)
+        except (FleetStateError, OSError) as e:
+            self._unopened(now, e)
+            return
+        log.warning("gate fleet_state_opened path=%s", self.path)
+        self.problem, self._failed = "", (False, 0.0)
+        self._id = now if now is not None else file_id(self.path)
+        self._anew = now is None
 
     def _follow(self) -> None:
         """fleet.db deleted or replaced underneath (sync opens it again at its path): read
         the file at the path, never a deleted one whose link state and forget-list flag no
         longer change. One that does not open leaves the old one: said once, tried again at
-        most once a second (each redemption and face decision asks)."""
+        most once a second (each redemption and face decision asks). With none open (it did
+        not open at start) every check raises FleetStateError: refused, never let through."""
+        if self.problem:
+            self._open_again()
+            if self.problem:
+                raise FleetStateError(self.problem, LANE_STATE_FIX)
+            return
         if self.state is None or (now := file_id(self.path)) == self._id:
             return
         if now == self._failed[0] and time.monotonic() < self._failed[1]:

@@ -482,9 +482,11 @@ class Gate:
                 )
                 self._evidence_retry = time.monotonic()
             self.audit = None
-            if "ledger" in moved and not isinstance(old_ledger, UnavailableLedger):
-                self.ledger = UnavailableLedger(
-                    f"the ledger moved and the audit log is not open: {e}"
+            if "ledger" in moved and not isinstance(
+                getattr(old_ledger, "ledger", old_ledger), UnavailableLedger
+            ):
+                self.ledger = desk.stand_in_ledger(
+                    self.cfg, f"the ledger moved and the audit log is not open: {e}"
                 )
                 with contextlib.suppress(Exception):
                     old_ledger.close()
@@ -503,7 +505,7 @@ class Gate:
         try:
             self.ledger = open_gate_ledger(self.cfg, self.audit, self.clock())
         except Exception as e:  # the new audit log refused the record of a missing ledger
-            self.ledger = UnavailableLedger(str(e))
+            self.ledger = desk.stand_in_ledger(self.cfg, str(e))
         for old in (old_ledger, old_audit):
             try:
                 if old is not None:

@@ -95,12 +95,16 @@ def open_gate_ledger(
         audit.record(
             AuditRecord(now, cfg.gate.id, "system", reason=Reason.LEDGER_ERROR, detail=str(e)[:300])
         )
-        stand_in = UnavailableLedger(str(e))
+        return stand_in_ledger(cfg, str(e))
+
+
+def stand_in_ledger(cfg: config_mod.Config, problem: str) -> LaneLedger | UnavailableLedger:
+    """A ledger refusing every ticket for `problem`; a fleet lane's keeps the lane's guard, so
+    its face check (the office's forget list applied) holds without the ledger. A guard whose
+    fleet.db does not open refuses too (edge.fleet.state.LaneGuard)."""
+    stand_in = UnavailableLedger(problem)
     if cfg.fleet.enabled:
-        try:
-            return LaneLedger(stand_in, LaneGuard(cfg))  # type: ignore[arg-type]
-        except EdgeGateError as e:
-            log.error("gate fleet state not opened: %s", e)
+        return LaneLedger(stand_in, LaneGuard(cfg))  # type: ignore[arg-type]
     return stand_in
 
 

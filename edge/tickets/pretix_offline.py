@@ -261,7 +261,7 @@ def dir_stamp(path: str | Path) -> tuple:
     for name in (*FILES, ITEMS):
         try:
             st = os.stat(Path(path) / name)
-            out.append((name, st.st_mtime_ns, st.st_ino, st.st_size))
+            out.append((name, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_size))
         except OSError:
             out.append((name, None))
     return tuple(out)

@@ -1,0 +1,145 @@
+"""The gate stays closed when two things fail at once: a fleet lane whose ledger and fleet.db
+both refuse to open, a ledger lost while the audit log will not take its record, and a
+revocation list changed without a new modification time."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import pytest
+from gpiozero.pins.mock import MockFactory
+
+from edge import config as config_mod
+from edge import tickets as tk
+from edge.fleet.state import FleetState
+from edge.gate.daemon import Gate
+from edge.gate.policy import GRANT, Decision, Via
+from edge.lab.workspace import write_member
+
+from .helpers import ListSource, make_config
+
+PERSON = "P-0123456789abcdef"
+
+
+class NoFrames:
+    state, finished = "ok", True
+
+    def read(self):
+        return None
+
+    def close(self):
+        pass
+
+
+def _face(gate: Gate, events: list[dict], n: int) -> tuple[str, str]:
+    gate.act(Decision(time.monotonic(), n, GRANT, Via.FACE, PERSON, 0.7, "ok"))
+    return events[-1]["decision"], events[-1]["reason"]
+
+
+def _lane(office_keys, tmp_path):
+    m = write_member(tmp_path, "lane1", "mqtt://127.0.0.1:1", "park", office_keys[1])
+    return m, config_mod.load(m.config)
+
+
+def test_a_lane_ledger_opened_while_fleet_state_fails_refuses_faces_until_it_opens(
+    office_keys, tmp_path, monkeypatch
+):
+    """Ledger missing and fleet.db unreadable: the stand-in ledger went without the fleet's
+    face check, so a lane that could not read whether the office's forget list is applied
+    granted faces. Now it refuses them until fleet.db opens, then asks it as always."""
+    import edge.fleet.state as state_mod
+    from edge.errors import EdgeGateError
+    from edge.fleet import lane
+    from edge.gate.audit import open_audit
+    from edge.gate.desk import open_gate_ledger
+
+    m, cfg = _lane(office_keys, tmp_path)
+    cfg.resolve(cfg.tickets.ledger).unlink()
+    db = cfg.resolve(cfg.fleet.state_db)
+    db.unlink(missing_ok=True)
+    db.write_bytes(b"not a fleet state, a file copied over it " * 100)
+    audit = open_audit(cfg, "create")
+    led = open_gate_ledger(cfg, audit, time.time())
+    try:
+        assert led.problem  # tickets refused: the ledger is not there
+        with pytest.raises(EdgeGateError, match="fleet state"):
+            lane.face_refusal(led)  # the daemon denies it (ledger_error)
+        # the operator moves the damaged file aside; sync makes a new one, its list to replay
+        db.unlink()
+        st = FleetState(db)
+        st.put(forget_replay="new epoch 1a2b3c4d: fleet.db made anew")
+        monkeypatch.setattr(state_mod.time, "monotonic", lambda: time.perf_counter() + 10.0)
+        assert lane.face_refusal(led).reason == "forget_replay"
+        st.put(forget_replay=None)
+        assert lane.face_refusal(led) is None
+        st.close()
+    finally:
+        led.close()
+        audit.close()
+
+
+@pytest.mark.parametrize("fault", ["ledger_record", "audit_reopen"])
+def test_a_ledger_lost_while_the_audit_log_fails_keeps_the_fleet_face_check(
+    office_keys, tmp_path, monkeypatch, fault
+):
+    """The ledger deleted underneath a running lane while the audit log refuses the record of
+    the loss (or will not open again): the stand-in put in its place had no fleet guard, so
+    faces were granted with the office's forget list still to replay."""
+    import edge.gate.daemon as daemon_mod
+
+    m, cfg = _lane(office_keys, tmp_path)
+    st = FleetState(cfg.resolve(cfg.fleet.state_db))
+    events: list[dict] = []
+    gate = Gate(cfg, on_decision=events.append, source=NoFrames())
+    try:
+        assert _face(gate, events, 1)[0] == "grant"
+        st.put(forget_replay="new epoch 1a2b3c4d: restored")
+
+        def refuse(*a, **k):
+            raise OSError("No space left on device")
+
+        if fault == "ledger_record":
+            monkeypatch.setattr(daemon_mod, "open_gate_ledger", refuse)
+            cfg.resolve(cfg.tickets.ledger).unlink()
+        else:
+            monkeypatch.setattr(daemon_mod, "open_audit", refuse)
+            cfg.resolve(cfg.tickets.ledger).unlink()
+            cfg.resolve(cfg.audit.path).unlink()
+        gate.tick(0.0)
+        assert gate.ledger.problem  # tickets refused
+        assert _face(gate, events, 2) == ("deny", "forget_replay")
+        st.put(forget_replay=None)
+        decision, reason = _face(gate, events, 3)
+        # with the audit log gone a face grant has no record: denied audit_error
+        assert (decision, reason) == (
+            ("grant", "ok") if fault == "ledger_record" else ("deny", "audit_error")
+        ), events[-1]
+    finally:
+        gate.close()
+        st.close()
+
+
+def test_a_revocation_list_changed_within_one_clock_tick_is_read_again(tmp_path):
+    """The gate re-read the revocation list when its modification time changed; two writes
+    within the file system's clock tick (or a copy that keeps the old time) left a newly
+    revoked ticket valid. Same size, same time, same file: the content still counts."""
+    cfg = make_config(tmp_path, "[vision]\nface_enabled = false\n")
+    revoked = cfg.resolve(cfg.tickets.revocation_list)
+    tk.revoke(revoked, ["R-1"])
+    gate = Gate(cfg, source=ListSource([]), pin_factory=MockFactory())
+    try:
+        key = tk.load_private(tmp_path / "office" / "issuer.key")
+        two = tk.sign(tk.Ticket("R-2", valid_until=int(time.time()) + 999), key)
+        assert gate.verifier.verify(two, time.time()).valid
+        before = os.stat(revoked)
+        with open(revoked, "r+b") as f:  # R-1 becomes R-2 in place: same inode, same size
+            data = f.read()
+            f.seek(0)
+            f.write(data.replace(b"R-1", b"R-2"))
+        os.utime(revoked, ns=(before.st_atime_ns, before.st_mtime_ns))
+        assert os.stat(revoked).st_mtime_ns == before.st_mtime_ns
+        gate.tick(0.0)
+        assert gate.verifier.verify(two, time.time()).reason == tk.Reason.REVOKED
+    finally:
+        gate.close()
