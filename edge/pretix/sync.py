@@ -108,12 +108,19 @@ def write_text(path: Path, text: str) -> None:
     files.write_atomic(path, text, 0o644)
 
 
-def _read_list(path: Path) -> list[dict]:
+def _read_list(path: Path) -> list[dict] | None:
+    """The secrets a file of the folder holds, as sync wrote them; None when it is missing or
+    does not read as such a list (damaged, cut short, edited): a full download then replaces it,
+    never only what changed since the last pull merged into nothing."""
     try:
         obj = po.read_json(path)
     except ConfigError:
-        return []
-    return [o for o in obj if isinstance(o, dict)] if isinstance(obj, list) else []
+        return None
+    if not isinstance(obj, list) or not all(
+        isinstance(o, dict) and isinstance(o.get("secret"), str) for o in obj
+    ):
+        return None
+    return obj
 
 
 def _merge(old: list[dict], new: list[dict]) -> list[dict]:
@@ -219,16 +226,22 @@ class PretixSync:
             self.folder / "revokedsecrets.json",
             self.folder / "blockedsecrets.json",
         )
-        full = self.state.pulled_at is None or not rev_path.exists() or not blk_path.exists()
+        old_revoked, old_blocked = _read_list(rev_path), _read_list(blk_path)
+        full = self.state.pulled_at is None or old_revoked is None or old_blocked is None
         revoked, rev_new = self._since_pages(
             "revokedsecrets", "created", "created_since", None if full else self.state.revoked_since
         )
         blocked, blk_new = self._since_pages(
             "blockedsecrets", "updated", "updated_since", None if full else self.state.blocked_since
         )
-        if not full:
-            revoked = _merge(_read_list(rev_path), revoked)
-            blocked = _merge(_read_list(blk_path), blocked)
+        if old_revoked is not None and old_blocked is not None and not full:
+            revoked = _merge(old_revoked, revoked)
+            blocked = _merge(old_blocked, blocked)
+        elif self.state.pulled_at is not None:
+            log.warning(
+                "pretix revoked or blocked secrets in %s did not read; downloaded in full",
+                self.folder,
+            )
         blocked = [o for o in blocked if o.get("blocked") is True]  # unblocked ones: forgotten
         ids = [
             {"id": o["id"]} for o in items if isinstance(o, dict) and isinstance(o.get("id"), int)

@@ -1,0 +1,85 @@
+"""Fail-closed edges of the supervisor's override inbox and of the pretix offline path."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from edge import config as config_mod
+from edge.pretix.sync import PretixSync
+from edge.tickets import pretix_offline as po
+from edge.tickets.ledger import init_ledger
+
+from .pretix_helpers import Shop
+
+# --- pretix -------------------------------------------------------------------------------------
+
+
+class ShopAPI:
+    """The shop's API as `pretix sync` reads it, answered from a `Shop` (no network). The
+    revoked and blocked secrets it lists since a stamp are those `created` after it."""
+
+    def __init__(self, shop: Shop):
+        self.shop = shop
+        self.revoked: list[dict[str, Any]] = []
+
+    def revoke(self, secret: str, created: str) -> None:
+        self.revoked.append({"id": len(self.revoked) + 1, "secret": secret, "created": created})
+
+    def get(self, path: str, params: dict[str, Any] | None = None) -> Any:
+        shop = self.shop.write()
+        return json.loads((shop / "event.json").read_text())
+
+    def pages(self, path: str, params: dict[str, Any] | None = None):
+        params = params or {}
+        if path.endswith("checkinlists/"):
+            yield [self.shop.checkin_list]
+        elif path.endswith("items/"):
+            yield [{"id": 1}]
+        elif path.endswith("revokedsecrets/"):
+            since = params.get("created_since") or ""
+            yield sorted(
+                (o for o in self.revoked if o["created"] > since),
+                key=lambda o: o["created"],
+                reverse=True,
+            )
+        elif path.endswith("blockedsecrets/"):
+            yield []
+        else:
+            raise AssertionError(path)
+
+    def post(self, path: str, body: Any, idempotency_key: str | None = None) -> Any:
+        raise AssertionError("nothing to upload")
+
+
+def _pretix_lane(tmp_path: Path) -> config_mod.Config:
+    (tmp_path / "gate.toml").write_text(
+        f'[gate]\nid = "lane-1"\n[tickets]\nledger = "{tmp_path / "ledger.db"}"\n[pretix]\n'
+        f'dir = "{tmp_path / "px"}"\nurl = "http://127.0.0.1:1"\norganizer = "org"\n'
+        'event = "gatenight"\ncheckin_list = 7\n'
+    )
+    init_ledger(tmp_path / "ledger.db")
+    return config_mod.load(tmp_path / "gate.toml")
+
+
+def test_a_revoked_list_that_does_not_read_is_pulled_again_in_full(tmp_path):
+    """Before: with a sync-state saying the folder was complete, a revokedsecrets.json that did
+    not read (damaged, cut short) was taken for an empty list and only the secrets revoked since
+    the last pull were written back: every earlier revocation was gone and those tickets were
+    valid again. Now such a file costs a full download and every revocation stays."""
+    shop = Shop(tmp_path / "shop")
+    api = ShopAPI(shop)
+    old, new = shop.secret("OldRevoked1"), shop.secret("NewRevoked1")
+    api.revoke(old, "2026-01-01T00:00:00Z")
+    cfg = _pretix_lane(tmp_path)
+    sync = PretixSync(cfg, client=api)  # type: ignore[arg-type]
+    assert sync.step()
+    folder = tmp_path / "px"
+    assert po.check_secret(po.load_dir(folder), old, 1_780_000_000).reason == "revoked"
+    (folder / "revokedsecrets.json").write_text('[{"id": 1, "secret": "')  # cut short
+    api.revoke(new, "2026-02-01T00:00:00Z")
+    assert sync.step()
+    data = po.load_dir(folder)
+    assert po.check_secret(data, new, 1_780_000_000).reason == "revoked"
+    assert po.check_secret(data, old, 1_780_000_000).reason == "revoked"
