@@ -6,7 +6,13 @@ import json
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from edge import config as config_mod
+from edge import tickets as tk
+from edge.fleet import messages as msg
+from edge.fleet.override import VIA, OverrideInbox, override_body
+from edge.fleet.state import CLOCK_SKEW, FleetState
 from edge.pretix.sync import PretixSync
 from edge.tickets import pretix_offline as po
 from edge.tickets.ledger import init_ledger
@@ -83,3 +89,53 @@ def test_a_revoked_list_that_does_not_read_is_pulled_again_in_full(tmp_path):
     data = po.load_dir(folder)
     assert po.check_secret(data, new, 1_780_000_000).reason == "revoked"
     assert po.check_secret(data, old, 1_780_000_000).reason == "revoked"
+
+
+# --- the supervisor's override ------------------------------------------------------------------
+
+SITE = "park-x"
+
+
+def _override(key, lane: str, signed_at: float, valid_s: float = 30.0) -> bytes:
+    body = override_body(lane, "wheelchair user", "sam", signed_at, valid_s)
+    m = msg.Message(msg.OVERRIDE, SITE, msg.OFFICE, 7, signed_at, body)
+    return msg.encode(msg.sign(m, key))
+
+
+@pytest.fixture
+def inbox(tmp_path):
+    """A lane's fleet state and the gate's override inbox on it, and the issuer's key."""
+    priv_path, pub_path = tk.keygen(tmp_path / "k")
+    (tmp_path / "lane.toml").write_text(
+        f'[fleet]\nbroker = "mqtt://127.0.0.1:1"\nsite = "{SITE}"\nlane = "lane1"\n'
+        f'state_db = "fleet.db"\n[tickets]\npubkeys = ["{pub_path}"]\n'
+    )
+    cfg = config_mod.load(tmp_path / "lane.toml")
+    st = FleetState(tmp_path / "fleet.db")
+    box = OverrideInbox(cfg)
+    try:
+        yield tk.load_private(priv_path), st, box, cfg
+    finally:
+        box.close()
+        st.close()
+
+
+def test_a_lane_whose_clock_is_off_from_the_fleets_refuses_overrides(inbox):
+    """Before: the gate judged an override by its own clock alone, so a lane whose clock was
+    ten minutes behind the fleet's (sync had measured it: tickets were refused `clock_skew`)
+    opened for an override the broker held back for ten minutes, long past its 30 s. Now a
+    lane whose clock is off by more than fleet.max_clock_offset_s refuses every override
+    `clock_skew`, as it refuses tickets."""
+    key, st, box, cfg = inbox
+    fleet_now = 1_800_000_000.0
+    behind = 600.0
+    st.put(clock_offset=-behind, connected=True, last_contact=fleet_now - behind)
+    payload = _override(key, "lane1", fleet_now - 600)  # signed ten minutes ago, valid 30 s
+    st.add_override(payload, fleet_now - behind)
+    [v] = box.take(fleet_now - behind)  # the lane's clock
+    assert (v.ok, v.reason) == (False, CLOCK_SKEW)
+    assert v.subject.startswith("O-")
+    box._next = 0.0
+    st.put(clock_offset=-1.0)  # the clock set right: a fresh override opens once
+    st.add_override(_override(key, "lane1", fleet_now), fleet_now)
+    assert [(v.ok, v.reason) for v in box.take(fleet_now + 1)] == [(True, VIA)]

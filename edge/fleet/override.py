@@ -7,7 +7,8 @@ a random nonce and a short validity, and its sync publishes it to `office/overri
 payload in the lane's fleet state: the gate has no network. The gate takes it from there and
 decides itself, fail-closed, with the same signature check (a compromised sync cannot write an
 override the office did not sign): one for another lane, past its validity, dated in the future,
-valid for longer than MAX_VALID_S, or whose nonce was already spent is refused; one that passes
+valid for longer than MAX_VALID_S, whose nonce was already spent, or that comes while this
+lane's clock is off from the fleet's (as sync measured it) is refused; one that passes
 is spent (its nonce kept in the fleet state) and pulses the relay once. Both outcomes are
 written to the lane's audit log as a decision `via override` with the supervisor's name, and so
 reach the office's decisions page.
@@ -27,7 +28,7 @@ from edge import tickets as tk
 from edge.config import Config
 from edge.errors import ConfigError
 from edge.fleet import messages as msg
-from edge.fleet.state import FleetState
+from edge.fleet.state import CLOCK_SKEW, FleetState
 from edge.gate.audit import MAX_REASON, AuditRecord, check_reason
 from edge.gate.notices import Notice, notice_for_decision
 from edge.timeutil import iso
@@ -42,6 +43,7 @@ EXPIRED = "override_expired"
 REPLAYED = "override_replayed"
 OTHER_LANE = "override_other_lane"
 INVALID = "override_invalid"
+# CLOCK_SKEW (edge.fleet.state): this lane's clock is off from the fleet's, as for tickets
 
 
 @dataclass(frozen=True)
@@ -213,8 +215,14 @@ class OverrideInbox:
                 return [Verdict(False, INVALID, f"override refused: issuer key: {e}"[:300])] * len(
                     payloads
                 )
+            # sync's measure of this lane's clock against the fleet's (our clock minus the
+            # fleet's): a clock off by more than the allowance cannot tell expired from valid
+            offset = self.state.get("clock_offset")
             for p in payloads:
                 v = judge(p, self.site, self.lane, now, keys, self.skew)
+                if v.ok and offset is not None and not abs(offset) <= self.skew:
+                    off = f" (this lane's clock is off by {offset:+.0f} s from the fleet's)"
+                    v = Verdict(False, CLOCK_SKEW, v.detail + off, v.override)
                 if (
                     v.ok
                     and v.override
