@@ -3,20 +3,25 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
+from gpiozero.pins.mock import MockFactory
 
 from edge import config as config_mod
 from edge import tickets as tk
 from edge.fleet import messages as msg
-from edge.fleet.override import VIA, OverrideInbox, override_body
+from edge.fleet.override import REPLAYED, VIA, OverrideInbox, override_body
 from edge.fleet.state import CLOCK_SKEW, FleetState
+from edge.gate.daemon import Gate
 from edge.pretix.sync import PretixSync
 from edge.tickets import pretix_offline as po
 from edge.tickets.ledger import init_ledger
 
+from .console_harness import NoFrames
+from .helpers import make_config
 from .pretix_helpers import Shop
 
 # --- pretix -------------------------------------------------------------------------------------
@@ -139,3 +144,52 @@ def test_a_lane_whose_clock_is_off_from_the_fleets_refuses_overrides(inbox):
     st.put(clock_offset=-1.0)  # the clock set right: a fresh override opens once
     st.add_override(_override(key, "lane1", fleet_now), fleet_now)
     assert [(v.ok, v.reason) for v in box.take(fleet_now + 1)] == [(True, VIA)]
+
+
+def _lane_gate_config(tmp_path: Path) -> config_mod.Config:
+    """A fleet lane, ticket-only, whose gate runs without a broker (sync is not needed to hand
+    it an override: the test writes into fleet.db as sync does)."""
+    cfg = make_config(
+        tmp_path,
+        '[vision]\nface_enabled = false\n[fleet]\nbroker = "mqtt://127.0.0.1:1"\n'
+        f'site = "{SITE}"\nlane = "lane1"\nstate_db = "fleet.db"\n',
+    )
+    FleetState(tmp_path / "fleet.db").close()
+    return cfg
+
+
+def _deliver(state_db: Path, payload: bytes, now: float) -> None:
+    """What the lane's sync does with an override it received."""
+    st = FleetState(state_db)
+    try:
+        st.add_override(payload, now)
+    finally:
+        st.close()
+
+
+def test_an_override_spent_before_fleet_db_was_made_anew_does_not_open_again(tmp_path):
+    """Before: the nonce of an override that opened the lane lived only in fleet.db, so after
+    fleet.db was moved aside and made anew (its documented fix when damaged) the same override
+    delivered again within its validity (the broker's session sending an unacknowledged message
+    again) opened the lane a second time. Now the gate also finds the grant in its audit log and
+    refuses it `override_replayed`."""
+    cfg = _lane_gate_config(tmp_path)
+    key = tk.load_private(tmp_path / "office" / "issuer.key")
+    now = time.time()
+    payload = _override(key, "lane1", now)
+    got: list[dict] = []
+    with Gate(cfg, got.append, source=NoFrames(), pin_factory=MockFactory()) as gate:
+        _deliver(tmp_path / "fleet.db", payload, now)
+        gate.take_overrides()
+        assert gate.relay.pulses == 1
+    for suffix in ("", "-wal", "-shm"):  # moved aside: sync makes it anew
+        Path(f"{tmp_path / 'fleet.db'}{suffix}").unlink(missing_ok=True)
+    FleetState(tmp_path / "fleet.db").close()
+    with Gate(cfg, got.append, source=NoFrames(), pin_factory=MockFactory()) as gate:
+        _deliver(tmp_path / "fleet.db", payload, now + 5)  # delivered again
+        gate.take_overrides()
+        assert gate.relay.pulses == 0
+    assert [(e["decision"], e["reason"]) for e in got] == [
+        ("grant", VIA),
+        ("deny", REPLAYED),
+    ]

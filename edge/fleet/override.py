@@ -29,7 +29,7 @@ from edge.config import Config
 from edge.errors import ConfigError
 from edge.fleet import messages as msg
 from edge.fleet.state import CLOCK_SKEW, FleetState
-from edge.gate.audit import MAX_REASON, AuditRecord, check_reason
+from edge.gate.audit import MAX_REASON, AuditLog, AuditRecord, check_reason
 from edge.gate.notices import Notice, notice_for_decision
 from edge.timeutil import iso
 
@@ -110,6 +110,17 @@ class Verdict:
     def refused(self, reason: str) -> Verdict:
         """The same override, refused after all (the relay did not switch)."""
         return Verdict(False, reason, self.detail, self.override)
+
+    def unless_granted(self, audit: AuditLog, skew_s: float) -> Verdict:
+        """This verdict, or refused as a replay when the lane's audit log already holds a grant
+        of this override: its nonce was spent in a fleet state that has since been made anew
+        (moved aside, restored). A lane grants an override no earlier than `skew_s` before the
+        office signed it, so only records from then on are looked at."""
+        if not self.ok or self.override is None:
+            return self
+        if not audit.granted_since(VIA, self.subject, self.override.issued - skew_s):
+            return self
+        return Verdict(False, REPLAYED, self.detail + " (already granted here)", self.override)
 
     def record(self, gate: str, wall: float) -> AuditRecord:
         """The lane's audit record: a decision via override, the supervisor's name in detail."""

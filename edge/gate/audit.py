@@ -562,6 +562,16 @@ class AuditLog(Store):
             return self.conn.execute("SELECT max(t) FROM events").fetchone()[0]
         return self.conn.execute("SELECT max(t) FROM events WHERE kind = ?", (kind,)).fetchone()[0]
 
+    def granted_since(self, via: str, subject: str, since: float) -> bool:
+        """Whether a grant `via` for `subject` was recorded at or after `since` (an override
+        already used here, even when the fleet state that spent its nonce was made anew)."""
+        row = self.conn.execute(
+            "SELECT 1 FROM events WHERE t >= ? AND kind = 'decision' AND decision = 'grant'"
+            " AND via = ? AND subject = ? LIMIT 1",
+            (since, via, subject),
+        ).fetchone()
+        return row is not None
+
     def head(self) -> ChainHead:
         """(records ever appended, hash of the newest): what the lane publishes, signed, so the
         office can tell a log that lost records or went back to an older copy."""

@@ -707,8 +707,11 @@ class Gate:
                 try:
                     if self.audit is None:
                         raise AuditError("the audit log is not open")
-                    self.audit.record(v.record(self.cfg.gate.id, wall))
-                    recorded = True
+                    # a nonce spent in a fleet.db since made anew: the grant is in the audit log
+                    v = v.unless_granted(self.audit, self.cfg.fleet.max_clock_offset_s)
+                    if v.ok:
+                        self.audit.record(v.record(self.cfg.gate.id, wall))
+                        recorded = True
                 except Exception as e:
                     log.error("audit error=%s: an override that cannot be recorded is refused", e)
                     v = v.refused(str(Reason.AUDIT_ERROR))
