@@ -193,3 +193,27 @@ def test_an_override_spent_before_fleet_db_was_made_anew_does_not_open_again(tmp
         ("grant", VIA),
         ("deny", REPLAYED),
     ]
+
+
+def test_a_pretix_file_replaced_while_the_gate_starts_is_read_again(tmp_path, monkeypatch):
+    """Before: the gate read the pretix folder, then noted the files' stamp; a file that sync
+    replaced in between (a secret revoked just then) was taken as already read, so the gate
+    kept deciding from the older list until some later change: the revoked ticket opened the
+    gate. Now the stamp is taken before the folder is read, and the next tick reads it again."""
+    shop = Shop(tmp_path / "px")
+    secret = shop.secret("Revoked0001")
+    shop.write()
+    cfg = make_config(tmp_path, f'[vision]\nface_enabled = false\n[pretix]\ndir = "{shop.root}"\n')
+    load = Gate._load_tickets
+
+    def load_then_sync_writes(c):
+        verifier = load(c)
+        shop.revoked = [secret]
+        shop.write()  # sync's round lands right after the gate read the folder
+        return verifier
+
+    monkeypatch.setattr(Gate, "_load_tickets", staticmethod(load_then_sync_writes))
+    with Gate(cfg, source=NoFrames(), pin_factory=MockFactory()) as gate:
+        monkeypatch.setattr(Gate, "_load_tickets", staticmethod(load))
+        gate.tick(0.0)  # once a second: a changed folder is read again
+        assert gate.verifier.verify(secret, time.time()).reason == "revoked"

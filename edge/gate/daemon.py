@@ -185,8 +185,9 @@ class Gate:
             self.relay = stack.enter_context(
                 Relay(cfg.relay, factory=pin_factory, on_event=self._relay_event)
             )
-            self.verifier = self._load_tickets(cfg)
+            # the stamp before the files are read: one replaced in between is read again
             self._tickets_stamp = desk.tickets_stamp(cfg)
+            self.verifier = self._load_tickets(cfg)
             self.audit = open_audit(cfg, "create", fold_junk=True)
             stack.callback(lambda: self.audit.close() if self.audit is not None else None)
             # A missing or rolled-back ledger is a stand-in that refuses every ticket, loudly.
