@@ -12,6 +12,7 @@ from gpiozero.pins.mock import MockFactory
 
 from edge import config as config_mod
 from edge import tickets as tk
+from edge.errors import ConfigError
 from edge.fleet import messages as msg
 from edge.fleet.override import REPLAYED, VIA, OverrideInbox, override_body
 from edge.fleet.state import CLOCK_SKEW, FleetState
@@ -217,3 +218,26 @@ def test_a_pretix_file_replaced_while_the_gate_starts_is_read_again(tmp_path, mo
         monkeypatch.setattr(Gate, "_load_tickets", staticmethod(load))
         gate.tick(0.0)  # once a second: a changed folder is read again
         assert gate.verifier.verify(secret, time.time()).reason == "revoked"
+
+
+@pytest.mark.parametrize(
+    ("setting", "says"),
+    [('event = "summer27"', "event 'gatenight'"), ("checkin_list = 9", "check-in list 7")],
+)
+def test_a_pretix_folder_of_another_event_or_list_than_configured_is_refused(
+    tmp_path, setting, says
+):
+    """Before: the gate decided from whatever the folder held. A lane moved to another event
+    or check-in list (one admitting fewer products) kept admitting by the old event's keys and
+    the old list while sync could not pull the new one (the shop unreachable, the list not yet
+    made): the config said one list, the lane let in by another. Now a folder whose event or
+    list is not the configured one is refused as incomplete data (the gate does not start, a
+    reload keeps what is in force) until `pretix sync` has pulled the configured ones."""
+    shop = Shop(tmp_path / "px")
+    shop.write()
+    cfg = make_config(
+        tmp_path,
+        f'[vision]\nface_enabled = false\n[pretix]\ndir = "{shop.root}"\n{setting}\n',
+    )
+    with pytest.raises(ConfigError, match=says):
+        Gate(cfg, source=NoFrames(), pin_factory=MockFactory())

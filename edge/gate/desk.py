@@ -343,7 +343,10 @@ def with_pretix(cfg: config_mod.Config, edge: Verifier | None, pretix_dir: str |
     folder = pretix_dir or (str(cfg.resolve(cfg.pretix.dir)) if cfg.pretix.enabled else None)
     if folder is None:
         return edge
-    return load_verifier(folder, edge, cfg.pretix.gate)
+    if pretix_dir:  # a folder named on the command line: whatever event and list it holds
+        return load_verifier(folder, edge, cfg.pretix.gate)
+    px = cfg.pretix
+    return load_verifier(folder, edge, px.gate, px.event, px.checkin_list)
 
 
 def open_desk(opts: DeskOptions, stack: ExitStack) -> Desk:

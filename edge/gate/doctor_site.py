@@ -21,7 +21,7 @@ from edge.gate.audit import open_audit
 from edge.gate.checklist import Check, Site, registry
 from edge.gate.desk import open_ledger
 from edge.tickets.pretix_desk import lane_status
-from edge.tickets.pretix_offline import load_dir
+from edge.tickets.pretix_offline import check_configured, load_dir
 from edge.timeutil import iso
 from edge.vision.models import detector_spec
 
@@ -302,6 +302,7 @@ def _pretix(site: Site) -> str | Check:
     if not px.enabled:
         return "no [pretix]: pretix tickets are not accepted here"
     data = load_dir(site.cfg.resolve(px.dir))  # a ConfigError fails the check with its fix
+    check_configured(data, site.cfg.resolve(px.dir), px.event, px.checkin_list)  # as the gate
     st = lane_status(site.cfg, time.time())
     age = st["age_s"]
     what = (

@@ -222,9 +222,14 @@ def queue_refusal(
     queue(now, *failed_row(v.data, text, pretix_reason, sig1, now))
 
 
-def load_verifier(pretix_dir: str | Path, edge: Verifier | None, gate: int = 0) -> PretixVerifier:
-    """A PretixVerifier over a pretix folder (ConfigError when the folder is incomplete)."""
-    return PretixVerifier(edge, po.load_dir(pretix_dir), gate or None)
+def load_verifier(
+    pretix_dir: str | Path, edge: Verifier | None, gate: int = 0, event: str = "", list_id: int = 0
+) -> PretixVerifier:
+    """A PretixVerifier over a pretix folder (ConfigError when the folder is incomplete, or
+    holds another event or check-in list than `event` and `list_id`, when given)."""
+    data = po.load_dir(pretix_dir)
+    po.check_configured(data, pretix_dir, event, list_id)
+    return PretixVerifier(edge, data, gate or None)
 
 
 def desk_result(

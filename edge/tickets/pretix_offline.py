@@ -255,6 +255,23 @@ def load_dir(path: str | Path) -> PretixData:
     )
 
 
+def check_configured(data: PretixData, path: str | Path, event: str, list_id: int) -> None:
+    """ConfigError when the folder holds another event or check-in list than the lane is
+    configured for (`pretix.event`, `pretix.checkin_list`; "" and 0: not set): a lane moved to
+    another event or list never decides by the old one's keys and products."""
+    if event and data.event.slug != event:
+        held, wanted = f"event {data.event.slug!r}", f"pretix.event {event!r}"
+    elif list_id and data.checkin_list.id != list_id:
+        held, wanted = f"check-in list {data.checkin_list.id}", f"pretix.checkin_list {list_id}"
+    else:
+        return
+    raise ConfigError(
+        f"pretix data {path} holds {held}, the lane is configured for {wanted}",
+        "run `edge-gate pretix sync --config C --once` (it pulls the configured event and list), "
+        "or set the configured one back",
+    )
+
+
 def dir_stamp(path: str | Path) -> tuple:
     """Changes whenever sync replaces a file: the gate re-reads the folder when it does."""
     out: list[tuple] = []
