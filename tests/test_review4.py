@@ -14,7 +14,7 @@ from edge import config as config_mod
 from edge import tickets as tk
 from edge.errors import ConfigError
 from edge.fleet import messages as msg
-from edge.fleet.override import REPLAYED, VIA, OverrideInbox, override_body
+from edge.fleet.override import INVALID, REPLAYED, VIA, OverrideInbox, override_body
 from edge.fleet.state import CLOCK_SKEW, FleetState
 from edge.gate.daemon import Gate
 from edge.pretix.sync import PretixSync
@@ -241,3 +241,26 @@ def test_a_pretix_folder_of_another_event_or_list_than_configured_is_refused(
     )
     with pytest.raises(ConfigError, match=says):
         Gate(cfg, source=NoFrames(), pin_factory=MockFactory())
+
+
+def test_an_issuer_key_taken_out_of_the_config_opens_no_override_after_a_reload(tmp_path):
+    """Before: a reload (SIGHUP) rebuilt the ticket verifier from tickets.pubkeys but the
+    override inbox kept the key files of the start: an issuer key the operator had taken out
+    (a stolen office key) still signed overrides that opened the lane until a restart. Now the
+    inbox takes the reloaded settings too, and such an override is refused `override_invalid`."""
+    cfg = _lane_gate_config(tmp_path)
+    old_priv, old_pub = tk.keygen(tmp_path / "old")
+    toml = Path(cfg.source_file)
+    both = f'pubkeys = ["{old_pub}", "office/issuer.pub"]'
+    toml.write_text(toml.read_text().replace('pubkeys = ["office/issuer.pub"]', both))
+    cfg = config_mod.load(toml)
+    got: list[dict] = []
+    with Gate(cfg, got.append, source=NoFrames(), pin_factory=MockFactory()) as gate:
+        toml.write_text(toml.read_text().replace(both, 'pubkeys = ["office/issuer.pub"]'))
+        gate.reload()
+        assert not gate.reload_error
+        now = time.time()
+        _deliver(tmp_path / "fleet.db", _override(tk.load_private(old_priv), "lane1", now), now)
+        gate.take_overrides()
+        assert gate.relay.pulses == 0
+    assert [(e["decision"], e["reason"]) for e in got] == [("deny", INVALID)]

@@ -194,11 +194,16 @@ class OverrideInbox:
     """The gate's side: takes what sync left in the fleet state, judges it, spends nonces."""
 
     def __init__(self, cfg: Config):
+        self.configure(cfg)
+        self.state = FleetState(cfg.resolve(cfg.fleet.state_db))
+        self._next = 0.0
+
+    def configure(self, cfg: Config) -> None:
+        """Take the site, lane, clock allowance and issuer keys of `cfg` (at start and at each
+        reload: an issuer key taken out of tickets.pubkeys signs no override from then on)."""
         fl = cfg.fleet
         self.site, self.lane, self.skew = fl.site, fl.lane, fl.max_clock_offset_s
         self.key_paths: list[Path] = [cfg.resolve(p) for p in cfg.tickets.pubkeys]
-        self.state = FleetState(cfg.resolve(fl.state_db))
-        self._next = 0.0
 
     @classmethod
     def open(cls, cfg: Config) -> OverrideInbox | None:

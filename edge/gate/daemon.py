@@ -281,6 +281,8 @@ class Gate:
         else:
             self._close_face()
             self.verifier, self.face, self.reload_error = verifier, face, ""
+            if self.overrides is not None:  # the issuer keys that sign overrides, as tickets
+                self.overrides.configure(cfg)
             # a reload is no way round a cooldown, anti-passback or an attack's refusal
             self.policy = policy_for(cfg, face).carry_over(self.policy)
             lane.report_versions(self.ledger, cfg, face is not None)
