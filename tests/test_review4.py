@@ -264,3 +264,26 @@ def test_an_issuer_key_taken_out_of_the_config_opens_no_override_after_a_reload(
         gate.take_overrides()
         assert gate.relay.pulses == 0
     assert [(e["decision"], e["reason"]) for e in got] == [("deny", INVALID)]
+
+
+def test_a_lane_moved_to_another_event_pulls_its_revoked_secrets_in_full(tmp_path):
+    """Before: sync asked the new event only for the secrets revoked since the newest one of
+    the old event (its sync-state), so the new event's tickets revoked before that moment
+    were never written to the folder and opened the gate. Now a pull for another shop, organizer
+    or event than the last one downloads the revoked and blocked secrets in full."""
+    old_shop = Shop(tmp_path / "old")
+    old_api = ShopAPI(old_shop)
+    old_api.revoke(old_shop.secret("OldEvent001"), "2026-03-01T00:00:00Z")
+    cfg = _pretix_lane(tmp_path)
+    assert PretixSync(cfg, client=old_api).step()  # type: ignore[arg-type]
+    new_shop = Shop(tmp_path / "new", event_extra={"slug": "summer27"})
+    new_api = ShopAPI(new_shop)
+    revoked = new_shop.secret("NewEvent001")
+    new_api.revoke(revoked, "2026-02-01T00:00:00Z")  # before the old event's newest
+    toml = Path(cfg.source_file)
+    toml.write_text(toml.read_text().replace('event = "gatenight"', 'event = "summer27"'))
+    cfg = config_mod.load(toml)
+    assert PretixSync(cfg, client=new_api).step()  # type: ignore[arg-type]
+    data = po.load_dir(tmp_path / "px")
+    assert data.event.slug == "summer27"
+    assert po.check_secret(data, revoked, 1_780_000_000).reason == "revoked"

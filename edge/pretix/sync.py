@@ -58,6 +58,7 @@ class SyncState:
     pulled_at: float | None = None  # when the folder was last complete
     revoked_since: str | None = None  # newest `created` seen in revokedsecrets
     blocked_since: str | None = None  # newest `updated` seen in blockedsecrets
+    source: str | None = None  # the shop, organizer and event those stamps are of
     last_error: str = ""
     last_attempt: float | None = None
     uploaded: int = 0  # check-ins sent since this process started (not persisted meaning)
@@ -82,6 +83,7 @@ class SyncState:
             pulled_at=po.finite_time(raw.get("pulled_at")),
             revoked_since=text("revoked_since"),
             blocked_since=text("blocked_since"),
+            source=text("source"),
             last_error=str(raw.get("last_error") or "")[:300],
             last_attempt=po.finite_time(raw.get("last_attempt")),
         )
@@ -92,6 +94,7 @@ class SyncState:
             "pulled_at": self.pulled_at,
             "revoked_since": self.revoked_since,
             "blocked_since": self.blocked_since,
+            "source": self.source,
             "last_error": self.last_error,
             "last_attempt": self.last_attempt,
         }
@@ -227,7 +230,10 @@ class PretixSync:
             self.folder / "blockedsecrets.json",
         )
         old_revoked, old_blocked = _read_list(rev_path), _read_list(blk_path)
-        full = self.state.pulled_at is None or old_revoked is None or old_blocked is None
+        # the stamps of another shop, organizer or event say nothing of this one's secrets
+        source = f"{self.px.url.rstrip('/')} {self.px.organizer}/{self.px.event}"
+        moved = self.state.source != source
+        full = self.state.pulled_at is None or moved or old_revoked is None or old_blocked is None
         revoked, rev_new = self._since_pages(
             "revokedsecrets", "created", "created_since", None if full else self.state.revoked_since
         )
@@ -237,7 +243,7 @@ class PretixSync:
         if old_revoked is not None and old_blocked is not None and not full:
             revoked = _merge(old_revoked, revoked)
             blocked = _merge(old_blocked, blocked)
-        elif self.state.pulled_at is not None:
+        elif self.state.pulled_at is not None and not moved:
             log.warning(
                 "pretix revoked or blocked secrets in %s did not read; downloaded in full",
                 self.folder,
@@ -270,8 +276,12 @@ class PretixSync:
                     "give `pretix sync`'s user a writable [pretix] dir with room, holding only "
                     "its files",
                 ) from None
-        self.state.revoked_since = rev_new or self.state.revoked_since
-        self.state.blocked_since = blk_new or self.state.blocked_since
+        if full:  # never a stamp of the data replaced (another event's, say)
+            self.state.revoked_since, self.state.blocked_since = rev_new, blk_new
+        else:
+            self.state.revoked_since = rev_new or self.state.revoked_since
+            self.state.blocked_since = blk_new or self.state.blocked_since
+        self.state.source = source
         self.state.pulled_at = time.time()
 
     # --- upload ----------------------------------------------------------------------------------
