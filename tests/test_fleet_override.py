@@ -379,3 +379,16 @@ def test_an_override_the_lane_cannot_record_does_not_open(park, monkeypatch):
         gate.take_overrides()
         assert gate.relay.pulses == 0
     assert [(e["decision"], e["reason"]) for e in got] == [("deny", "audit_error")]
+
+
+@pytest.mark.parametrize("until", ["nan", "inf", "-inf", "NaN"])
+def test_judge_refuses_an_override_whose_validity_is_not_a_time(issuer, until):
+    """An `until` of NaN compared false with every bound (too long, expired), so a signed body
+    carrying it opened the lane at any time; infinity was refused only as too long."""
+    key, pub = issuer
+    now = 1_800_000_000.0
+    body = {**override_body("lane1", "by hand", "sam", now, 30), "until": until}
+    payload = _signed(key, body, now)
+    for later in (now + 1, now + 10 * MAX_VALID_S):
+        v = judge(payload, SITE, "lane1", later, [pub], 5.0)
+        assert (v.ok, v.reason) == (False, INVALID), v

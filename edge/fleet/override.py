@@ -16,6 +16,7 @@ reach the office's decisions page.
 
 from __future__ import annotations
 
+import math
 import secrets
 import time
 from dataclasses import dataclass
@@ -174,6 +175,8 @@ def judge(
         )
         if len(o.nonce) < 16:
             raise msg.MessageError("override nonce too short")
+        if not (math.isfinite(o.issued) and math.isfinite(o.until)):  # NaN passes every bound
+            raise msg.MessageError("override validity is not a time")
     except Exception as e:  # noqa: BLE001 - any malformed payload (a nesting too deep to
         # decode included) is refused and audited; it must never stay in the inbox
         return Verdict(False, INVALID, f"override refused: {type(e).__name__}: {e}"[:300])
