@@ -663,3 +663,18 @@ def test_a_round_failing_as_no_step_foresaw_is_logged_and_the_next_round_runs(
     assert (tmp_path / "px" / "event.json").exists()  # the third round wrote the folder
     state = json.loads((tmp_path / "px" / po.SYNC_STATE).read_text())
     assert state["last_error"] == ""
+
+
+FLAGS = ["all_products", "allow_multiple_entries", "allow_entry_after_exit"]
+
+
+@pytest.mark.parametrize("key", FLAGS)
+@pytest.mark.parametrize("value", ["false", 0, 1, [], {}])
+def test_a_check_in_list_setting_that_is_not_a_boolean_is_refused(tmp_path, key, value):
+    """A hand-written or damaged checkinlist.json: the string "false" read as true (every
+    product admitted, or entries without limit). Anything but true, false or null is refused."""
+    obj = {"id": 7, "name": "Main gate", "limit_products": [], key: value}
+    with pytest.raises(po.ConfigError, match=f"{key} is"):
+        po.parse_checkin_list(obj, tmp_path / "checkinlist.json")
+    for ok in (True, False):
+        assert getattr(po.parse_checkin_list({**obj, key: ok}, tmp_path), key) is ok

@@ -203,13 +203,24 @@ def parse_checkin_list(obj: Any, path: Path) -> CheckinList:
     return CheckinList(
         id=obj["id"],
         name=str(obj.get("name", "")),
-        all_products=bool(obj.get("all_products", False)),
+        all_products=_flag(obj, "all_products", False, path),
         limit_products=_ids(obj.get("limit_products", []), "limit_products", path),
         subevent=sub if isinstance(sub, int) and sub > 0 else None,
-        allow_multiple_entries=bool(obj.get("allow_multiple_entries", False)),
-        allow_entry_after_exit=bool(obj.get("allow_entry_after_exit", True)),
+        allow_multiple_entries=_flag(obj, "allow_multiple_entries", False, path),
+        allow_entry_after_exit=_flag(obj, "allow_entry_after_exit", True, path),
         rules=obj.get("rules") or None,
     )
+
+
+def _flag(obj: dict, key: str, default: bool, path: Path) -> bool:
+    """A check-in list's yes/no setting, absent or null: `default`. Anything but a JSON boolean
+    is refused: the string "false" would read as true (every product, entries without limit)."""
+    v = obj.get(key)
+    if v is None:
+        return default
+    if not isinstance(v, bool):
+        raise ConfigError(f"pretix data {path}: {key} is {v!r}, not true or false", _FIX)
+    return v
 
 
 def _secrets(obj: Any, path: Path, blocked: bool) -> frozenset[str]:
