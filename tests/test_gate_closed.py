@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import time
+from pathlib import Path
 
 import pytest
 from gpiozero.pins.mock import MockFactory
@@ -143,3 +144,63 @@ def test_a_revocation_list_changed_within_one_clock_tick_is_read_again(tmp_path)
         assert gate.verifier.verify(two, time.time()).reason == tk.Reason.REVOKED
     finally:
         gate.close()
+
+
+def test_a_lane_starts_with_an_unreadable_fleet_state_and_refuses_until_it_opens(
+    office_keys, tmp_path, monkeypatch
+):
+    """fleet.db damaged when the gate starts: the gate did not start at all (the override
+    inbox raised), so tickets waited for the file as well as faces, and a fixed file needed a
+    restart. Now it starts, refuses faces and tickets (`ledger_error`) while no fleet state is
+    open, and reads the file sync makes again at its path."""
+    import edge.fleet.state as state_mod
+
+    m, cfg = _lane(office_keys, tmp_path)
+    db = cfg.resolve(cfg.fleet.state_db)
+    db.unlink(missing_ok=True)
+    db.write_bytes(b"not a fleet state, a file copied over it " * 100)
+    events: list[dict] = []
+    gate = Gate(cfg, on_decision=events.append, source=NoFrames())
+    try:
+        assert _face(gate, events, 1) == ("deny", "ledger_error")
+        gate.take_overrides()  # nothing to take, nothing raised
+        db.unlink()  # moved aside; sync makes it again, its epoch and list applied
+        st = FleetState(db)
+        st.put(epoch="0123abcd", forget_replay=None)
+        monkeypatch.setattr(state_mod.time, "monotonic", lambda: time.perf_counter() + 10.0)
+        assert _face(gate, events, 2)[0] == "grant"
+        st.close()
+    finally:
+        gate.close()
+
+
+def test_the_override_inbox_reads_a_fleet_state_made_again_at_its_path(tmp_path):
+    """The inbox kept its connection to the file it opened at start: after fleet.db was moved
+    aside and made again by sync, overrides sync left in the new file were never taken (the
+    lane's supervisor could not open it) until a restart. Now the inbox follows the file."""
+    from edge.fleet import messages as msg
+    from edge.fleet.override import VIA, OverrideInbox, override_body
+
+    site = "park-x"
+    priv, pub = tk.keygen(tmp_path / "k")
+    (tmp_path / "lane.toml").write_text(
+        f'[fleet]\nbroker = "mqtt://127.0.0.1:1"\nsite = "{site}"\nlane = "lane1"\n'
+        f'state_db = "fleet.db"\n[tickets]\npubkeys = ["{pub}"]\n'
+    )
+    cfg = config_mod.load(tmp_path / "lane.toml")
+    FleetState(tmp_path / "fleet.db").close()
+    box = OverrideInbox(cfg)
+    try:
+        now = time.time()
+        assert box.take(now) == []
+        for x in ("", "-wal", "-shm"):  # moved aside with its log
+            Path(f"{tmp_path / 'fleet.db'}{x}").unlink(missing_ok=True)
+        st = FleetState(tmp_path / "fleet.db")
+        body = override_body("lane1", "wheelchair user", "sam", now, 30.0)
+        m = msg.Message(msg.OVERRIDE, site, msg.OFFICE, 7, now, body)
+        st.add_override(msg.encode(msg.sign(m, tk.load_private(priv))), now)
+        box._next = 0.0
+        assert [(v.ok, v.reason) for v in box.take(now + 1)] == [(True, VIA)]
+        st.close()
+    finally:
+        box.close()

@@ -27,9 +27,9 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from edge import tickets as tk
 from edge.config import Config
-from edge.errors import ConfigError
+from edge.errors import ConfigError, FleetStateError
 from edge.fleet import messages as msg
-from edge.fleet.state import CLOCK_SKEW, FleetState
+from edge.fleet.state import CLOCK_SKEW, GateView
 from edge.gate.audit import MAX_REASON, AuditLog, AuditRecord, check_reason
 from edge.gate.notices import Notice, notice_for_decision
 from edge.timeutil import iso
@@ -198,7 +198,9 @@ class OverrideInbox:
 
     def __init__(self, cfg: Config):
         self.configure(cfg)
-        self.state = FleetState(cfg.resolve(cfg.fleet.state_db))
+        # the file at the path, followed when sync makes it again (a damaged one moved aside,
+        # a restore); one that does not open takes no override, the gate starts and goes on
+        self.view = GateView(cfg.resolve(cfg.fleet.state_db))
         self._next = 0.0
 
     def configure(self, cfg: Config) -> None:
@@ -221,11 +223,15 @@ class OverrideInbox:
         if time.monotonic() < self._next:
             return []
         self._next = time.monotonic() + POLL_S
-        if not self.state.has_overrides():  # the common case: no write lock for nothing
+        try:
+            state = self.view.current()
+        except FleetStateError:  # said once by the view; nothing is taken, nothing opens
+            return []
+        if not state.has_overrides():  # the common case: no write lock for nothing
             return []
         out: list[Verdict] = []
-        with self.state.transaction():
-            payloads = self.state.take_overrides()
+        with state.transaction():
+            payloads = state.take_overrides()
             if not payloads:
                 return []
             try:
@@ -236,7 +242,7 @@ class OverrideInbox:
                 )
             # sync's measure of this lane's clock against the fleet's (our clock minus the
             # fleet's): a clock off by more than the allowance cannot tell expired from valid
-            offset = self.state.get("clock_offset")
+            offset = state.get("clock_offset")
             for p in payloads:
                 v = judge(p, self.site, self.lane, now, keys, self.skew)
                 if v.ok and offset is not None and not abs(offset) <= self.skew:
@@ -245,7 +251,7 @@ class OverrideInbox:
                 if (
                     v.ok
                     and v.override
-                    and not self.state.use_nonce(v.override.nonce, v.override.until, now)
+                    and not state.use_nonce(v.override.nonce, v.override.until, now)
                 ):
                     v = Verdict(False, REPLAYED, v.detail + " (already used here)", v.override)
                 out.append(v)
@@ -253,4 +259,4 @@ class OverrideInbox:
 
     def close(self) -> None:
         """Release the fleet state connection."""
-        self.state.close()
+        self.view.close()

@@ -388,115 +388,136 @@ def check_link(fl: FleetConfig, state: FleetState | None, now: float) -> LinkChe
     return LinkCheck(True)
 
 
+class GateView:
+    """The gate's connection to the lane's fleet.db, following the file at the path (sync opens
+    it again there when it is deleted or replaced): never a deleted one whose link state,
+    forget-list flag and overrides no longer change. A file that does not open is said once and
+    tried again at most once a second (each redemption and face decision asks), the old one
+    read meanwhile; with none open (none opened at start) `current` raises FleetStateError, so
+    nothing is let in that the fleet's answer could have refused."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self._id = file_id(path)  # read before opening: a swap in between is seen next
+        # a file (its identity, None: none) that did not open at the path, and when it is
+        # tried again; False: none failed
+        self._failed: tuple[object, float] = (False, 0.0)
+        self.problem = ""  # why none is open ("": one is)
+        self.made_anew = False  # the last file taken up was made by this open after a deletion
+        self.state: FleetState | None = None
+        try:
+            self.state = FleetState(path)
+        except (FleetStateError, OSError) as e:
+            self._unopened(self._id, e)
+            return
+        if self._id is None:  # made just now by this open
+            self._id = file_id(path)
+
+    def _unopened(self, now: object, e: Exception) -> None:
+        if now != self._failed[0]:  # said once per file, not at each decision
+            if self.state is None:
+                log.error(
+                    "gate fleet_state_unopened path=%s; faces and tickets refused: %s",
+                    self.path,
+                    e,
+                )
+            else:
+                log.error("gate fleet_state_moved path=%s; not reopened: %s", self.path, e)
+        if self.state is None:
+            self.problem = f"fleet state {self.path} not open: {e}"
+        self._failed = (now, time.monotonic() + 1.0)
+
+    def current(self) -> FleetState:
+        """The fleet state at the path, opened again when the file there changed."""
+        self._follow()
+        if self.state is None:
+            raise FleetStateError(self.problem, LANE_STATE_FIX)
+        return self.state
+
+    def _follow(self) -> None:
+        now = file_id(self.path)
+        if self.state is not None and now == self._id:
+            return
+        if now == self._failed[0] and time.monotonic() < self._failed[1]:
+            return  # this file did not open a moment ago: tried again once a second
+        if self.state is not None:
+            let_go(self.state, close=False)  # first: the log at the path is the old file's
+        try:
+            new = FleetState(self.path)
+        except (FleetStateError, OSError) as e:
+            self._unopened(now, e)
+            return
+        self._failed, self.problem = (False, 0.0), ""
+        if self.state is None:
+            log.warning("gate fleet_state_opened path=%s", self.path)
+        else:
+            log.warning(
+                "gate fleet_state_moved path=%s; reading the file now at its path", self.path
+            )
+        # one deleted was made by this open: its identity now, or it is taken for a move
+        old, self.state, self._id = self.state, new, now if now is not None else file_id(self.path)
+        self.made_anew = now is None
+        if old is not None:
+            old.close()
+
+    def close(self) -> None:
+        """Release the connection, if one is open."""
+        if self.state is not None:
+            self.state.close()
+
+
 class LaneGuard:
     """Gate-side view of the fleet: the link check before redemptions and the gate's status."""
 
     def __init__(self, cfg: Config):
         self.fleet = cfg.fleet
         self.path = cfg.resolve(cfg.fleet.state_db)
-        self._id = file_id(self.path)  # read before opening: a swap in between is seen next
+        self.view = GateView(self.path) if cfg.fleet.enabled else None
         self._anew = False  # made anew by this gate after a deletion: sync has not taken it up
-        # a file (its identity, None: none) that did not open at the path, and when it is
-        # tried again; False: none failed
-        self._failed: tuple[object, float] = (False, 0.0)
-        # why no fleet state is open ("": one is, or this gate is in no fleet): every check
-        # then raises, so nothing is let in that the fleet's answer could have refused
-        self.problem = ""
-        self.state: FleetState | None = None
-        if not cfg.fleet.enabled:
-            return
-        try:
-            self.state = FleetState(self.path)
-        except (FleetStateError, OSError) as e:
-            self._unopened(self._id, e)
-            return
-        if self._id is None:  # made just now by this open
-            self._id = file_id(self.path)
 
-    def _unopened(self, now: object, e: Exception) -> None:
-        if now != self._failed[0] or not self.problem:  # said once per file, not per decision
-            log.error(
-                "gate fleet_state_unopened path=%s; faces and tickets refused: %s", self.path, e
-            )
-        self.problem = f"fleet state {self.path} not open: {e}"
-        self._failed = (now, time.monotonic() + 1.0)
+    @property
+    def state(self) -> FleetState | None:
+        """The fleet state read now (None: this gate is in no fleet, or none is open)."""
+        return self.view.state if self.view is not None else None
 
-    def _open_again(self) -> None:
-        """No fleet state open: the file at the path is tried again at most once a second."""
-        now = file_id(self.path)
-        if now == self._failed[0] and time.monotonic() < self._failed[1]:
-            return
-        try:
-            self.state = FleetState(self.path)
-        except (FleetStateError, OSError) as e:
-            self._unopened(now, e)
-            return
-        log.warning("gate fleet_state_opened path=%s", self.path)
-        self.problem, self._failed = "", (False, 0.0)
-        self._id = now if now is not None else file_id(self.path)
-        self._anew = now is None
-
-    def _follow(self) -> None:
-        """fleet.db deleted or replaced underneath (sync opens it again at its path): read
-        the file at the path, never a deleted one whose link state and forget-list flag no
-        longer change. One that does not open leaves the old one: said once, tried again at
-        most once a second (each redemption and face decision asks). With none open (it did
-        not open at start) every check raises FleetStateError: refused, never let through."""
-        if self.problem:
-            self._open_again()
-            if self.problem:
-                raise FleetStateError(self.problem, LANE_STATE_FIX)
-            return
-        if self.state is None or (now := file_id(self.path)) == self._id:
-            return
-        if now == self._failed[0] and time.monotonic() < self._failed[1]:
-            return  # this file did not open a moment ago: tried again once a second
-        let_go(self.state, close=False)  # first: the log at the path is the old file's
-        try:
-            new = FleetState(self.path)
-        except FleetStateError as e:
-            if now != self._failed[0]:  # said once per file, not at each decision
-                log.error("gate fleet_state_moved path=%s; not reopened: %s", self.path, e)
-            self._failed = (now, time.monotonic() + 1.0)
-            return
-        self._failed = (False, 0.0)
-        log.warning("gate fleet_state_moved path=%s; reading the file now at its path", self.path)
-        # one deleted was made by this open: its identity now, or it is taken for a move
-        old, self.state, self._id = self.state, new, now if now is not None else file_id(self.path)
-        self._anew = now is None
-        old.close()
+    def _follow(self) -> FleetState | None:
+        """The fleet state at the path (FleetStateError: none open)."""
+        if self.view is None:
+            return None
+        st = self.view.current()
+        if self.view.made_anew:
+            self._anew, self.view.made_anew = True, False
+        return st
 
     def check(self, now: float | None = None) -> LinkCheck:
         """Ask before each redemption whether the fleet link allows it (clock, offline)."""
-        self._follow()
-        return check_link(self.fleet, self.state, time.time() if now is None else now)
+        st = self._follow()
+        return check_link(self.fleet, st, time.time() if now is None else now)
 
     def check_faces(self) -> LinkCheck:
         """Ask before each face grant whether the office's forget list has been replayed."""
-        self._follow()
-        if self._anew and self.state is not None:  # no epoch yet: no forget list asked for
-            if self.state.get("epoch") is None:
+        st = self._follow()
+        if self._anew and st is not None:  # no epoch yet: no forget list asked for
+            if st.get("epoch") is None:
                 detail = f"no face grants until sync has taken up {self.path}, made anew"
                 return LinkCheck(False, FORGET_REPLAY, detail)
             self._anew = False
-        return check_faces(self.fleet, self.state)
+        return check_faces(self.fleet, st)
 
     def report(self, **status: Any) -> None:
         """The gate's own figures (fps, camera, mode, last decision) for sync's heartbeat."""
-        self._follow()
-        if self.state is not None:
-            self.state.put(gate_status=status)
+        if (st := self._follow()) is not None:
+            st.put(gate_status=status)
 
     def report_versions(self, versions: dict[str, Any]) -> None:
         """What the gate runs (models, config version) for sync's heartbeat."""
-        self._follow()
-        if self.state is not None:
-            self.state.put(gate_versions=versions)
+        if (st := self._follow()) is not None:
+            st.put(gate_versions=versions)
 
     def close(self) -> None:
         """Release the fleet state, if this gate belongs to a fleet."""
-        if self.state is not None:
-            self.state.close()
+        if self.view is not None:
+            self.view.close()
 
 
 def fleet_pubkey_paths(cfg: Config) -> list[Path]:
