@@ -1130,6 +1130,37 @@ def test_a_connection_that_sends_no_request_is_closed_and_a_stream_is_not(tmp_pa
         thread.join(10)
 
 
+def test_a_request_whose_body_never_arrives_is_closed(tmp_path, monkeypatch):
+    """Headers whole, a body announced and sent a few bytes at a time or not at all: the
+    connection kept its slot (and the handler waiting for the body) for ever. Now the body too
+    must come within CLIENT_TIMEOUT_S."""
+    import threading
+
+    import uvicorn
+
+    from edge.console import serve
+
+    monkeypatch.setattr(serve, "CLIENT_TIMEOUT_S", 1.0)
+    office = Office(tmp_path)
+    port = free_port()
+    server = uvicorn.Server(serve.server_config(office.app, office.cfg, "127.0.0.1", port))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        wait_for(lambda: server.started, 30, "uvicorn started")
+        slow = _connect("127.0.0.3", port)
+        slow.sendall(
+            b"POST /login HTTP/1.1\r\nHost: c\r\nContent-Type: application/x-www-form-urlencoded"
+            b"\r\nContent-Length: 1000\r\n\r\nuser=ada"
+        )
+        assert _closed(slow)
+        wait_for(lambda: not server.server_state.connections, 30, "the connection to end")
+        assert _answers(port)  # the server goes on
+    finally:
+        server.should_exit = True
+        thread.join(10)
+
+
 def _read_to_end_of_page(s: socket.socket) -> None:
     got = b""
     while b"</html>" not in got:

@@ -916,7 +916,15 @@ def build_app(cfg: config_mod.Config, feed: FleetFeed | None = None) -> Starlett
             con.users.close()
             con.office.close()
 
-    app = Starlette(routes=routes, lifespan=lifespan)
+    async def client_gone(request: Request, exc: Exception) -> Response:
+        """A client that left mid-body (or was closed for not sending it) on any page: nobody
+        to answer, nothing done; one line, never a traceback."""
+        log.info("console client_gone path=%s", request.url.path)
+        return Response(status_code=400)
+
+    app = Starlette(
+        routes=routes, lifespan=lifespan, exception_handlers={ClientDisconnect: client_gone}
+    )
     app.state.console = con
     return SecurityHeaders(app)
 

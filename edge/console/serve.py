@@ -4,7 +4,8 @@ uvicorn alone takes every connection and keeps one that never sends a request fo
 (or a scan of the network) holding connections by the hundred used up the server's file handles
 and staff could not load a page. Here, as on the screen, connections over the caps (in all, and
 from one address) are answered 503 at once, never read as a request, and a connection that sends
-no whole request within CLIENT_TIMEOUT_S is closed, so one client cannot keep the slots it took.
+no whole request within CLIENT_TIMEOUT_S (its headers, then its body) is closed, so one client
+cannot keep the slots it took.
 The local TLS proxy's address is counted in all only: its clients are the whole staff, and the
 proxy caps them itself.
 """
@@ -37,6 +38,8 @@ def capped_protocol(caps: ConnectionCaps) -> type[H11Protocol]:
         _refusing = False
         _wait: asyncio.TimerHandle | None = None
         _waited_for: object = None  # the request cycle current when the wait began
+        _body_wait: asyncio.TimerHandle | None = None
+        _body_of: object = None  # the request cycle whose body is being waited for
 
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
             peer = transport.get_extra_info("peername")
@@ -71,8 +74,22 @@ def capped_protocol(caps: ConnectionCaps) -> type[H11Protocol]:
                 self.transport.close()
 
         def data_received(self, data: bytes) -> None:
-            if not self._refusing:
-                super().data_received(data)
+            if self._refusing:
+                return
+            super().data_received(data)
+            c = self.cycle
+            if c is not None and c is not self._body_of and getattr(c, "more_body", False):
+                # headers in, body to come: the whole body within CLIENT_TIMEOUT_S as well
+                self._body_of = c
+                if self._body_wait is not None:
+                    self._body_wait.cancel()
+                self._body_wait = self.loop.call_later(CLIENT_TIMEOUT_S, self._no_body, c)
+
+        def _no_body(self, c: object) -> None:
+            waiting = self.cycle is c and getattr(c, "more_body", False)
+            if waiting and not self.transport.is_closing():
+                log.warning("console connection closed: request body not sent in time")
+                self.transport.close()
 
         def eof_received(self) -> bool | None:  # type: ignore[override]
             if self._refusing:
@@ -85,8 +102,9 @@ def capped_protocol(caps: ConnectionCaps) -> type[H11Protocol]:
             super().on_response_complete()
 
         def connection_lost(self, exc: Exception | None) -> None:
-            if self._wait is not None:
-                self._wait.cancel()
+            for wait in (self._wait, self._body_wait):
+                if wait is not None:
+                    wait.cancel()
             if self._refusing:
                 return
             if self._host is not None:
