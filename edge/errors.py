@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
+import time
+
+REPEAT_EVERY_S = 60.0  # the same error said again at most this often
+
 
 class EdgeGateError(Exception):
     """Base class: every error the product raises on purpose derives from this."""
@@ -95,17 +100,49 @@ class FleetStateError(EdgeGateError):
 
 class Unforeseen:
     """Errors no step of a long-running loop expects (sync, pretix sync): each is logged and the
-    loop goes on; `seen` tells whether this error is new, so its traceback is logged once."""
+    loop goes on; `seen` tells whether this error is new, so its traceback is logged once, and
+    whether to say it now: the same error at most once a minute, with the count since."""
 
     LIMIT = 100  # distinct errors remembered: a loop failing in ever new ways stays bounded
 
     def __init__(self) -> None:
         self._seen: set[str] = set()
+        self._lines = Repeats()
 
-    def seen(self, e: BaseException) -> tuple[str, bool]:
-        """(the error in one line, whether it is the first time it is seen)."""
+    def seen(self, e: BaseException, now: float | None = None) -> tuple[str, bool, int | None]:
+        """(the error in one line, whether it is the first time it is seen, None: say nothing
+        now, else how many times it came unsaid since its last line)."""
         kind = f"{type(e).__name__}: {e}"[:300]
         first = kind not in self._seen
         if first and len(self._seen) < self.LIMIT:
             self._seen.add(kind)
-        return kind, first
+        unsaid = self._lines.seen(kind, time.monotonic() if now is None else now)
+        return kind, first, unsaid
+
+
+@dataclasses.dataclass
+class Repeats:
+    """Which lines an error that comes back again and again says (a gallery that cannot be
+    read again fails every frame with a face; a step of sync fails each second): the first at
+    once, the same again at most once per `window_s` with the count of times unsaid since, an
+    error not said within the window at once. Pure: times are given (a clock set back says at
+    once)."""
+
+    window_s: float = REPEAT_EVERY_S
+    said: dict[str, float] = dataclasses.field(default_factory=dict)  # error -> last said
+    unsaid: dict[str, int] = dataclasses.field(default_factory=dict)  # error -> since then
+
+    LIMIT = 100  # errors remembered: bounded however many kinds come
+
+    def seen(self, error: str, now: float) -> int | None:
+        """None: say nothing now; else say it, with this many times unsaid since its last line."""
+        last = self.said.get(error)
+        if last is not None and 0 <= now - last < self.window_s:
+            self.unsaid[error] = self.unsaid.get(error, 0) + 1
+            return None
+        if last is None and len(self.said) >= self.LIMIT:
+            self.said = {e: t for e, t in self.said.items() if 0 <= now - t < self.window_s}
+            self.unsaid = {e: n for e, n in self.unsaid.items() if e in self.said}
+        if error in self.said or len(self.said) < self.LIMIT:
+            self.said[error] = now
+        return self.unsaid.pop(error, 0)

@@ -204,3 +204,18 @@ def test_the_override_inbox_reads_a_fleet_state_made_again_at_its_path(tmp_path)
         st.close()
     finally:
         box.close()
+
+
+def test_an_unforeseen_error_is_said_once_a_minute_with_the_count_since():
+    """A loop's step failing the same way each second (sync, pretix sync) wrote a line each
+    second; now the first line (with its traceback), then at most one a minute with how many
+    times it came unsaid, and another error at once."""
+    from edge.errors import Unforeseen
+
+    u = Unforeseen()
+    boom = RuntimeError("boom")
+    assert u.seen(boom, 0.0) == ("RuntimeError: boom", True, 0)
+    assert [u.seen(boom, t)[2] for t in (1.0, 2.0, 30.0)] == [None, None, None]
+    assert u.seen(KeyError("x"), 31.0) == ("KeyError: 'x'", True, 0)
+    assert u.seen(boom, 61.0) == ("RuntimeError: boom", False, 3)
+    assert u.seen(boom, 62.0)[2] is None

@@ -658,8 +658,9 @@ def test_a_round_failing_as_no_step_foresaw_is_logged_and_the_next_round_runs(
         sync_.stop.set()
         t.join(30)
     failed = [r for r in caplog.records if "round failed" in r.getMessage()]
-    assert len(failed) == 2 and "KeyError" in failed[0].getMessage()
-    assert failed[0].exc_info and not failed[1].exc_info  # the traceback once
+    # said once with its traceback; the same error again within the minute is counted
+    assert len(failed) == 1 and "KeyError" in failed[0].getMessage() and failed[0].exc_info
+    assert rounds.count("pull") >= 3
     assert (tmp_path / "px" / "event.json").exists()  # the third round wrote the folder
     state = json.loads((tmp_path / "px" / po.SYNC_STATE).read_text())
     assert state["last_error"] == ""

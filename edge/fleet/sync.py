@@ -462,11 +462,14 @@ class Sync:
     def _unforeseen(self, e: Exception) -> None:
         """A step that raised what no step expects: logged (its traceback the first time that
         error is seen); what it had taken from the inbox was not acknowledged."""
-        kind, first = self._unforeseen_seen.seen(e)
+        kind, first, unsaid = self._unforeseen_seen.seen(e)
+        if unsaid is None:  # said less than a minute ago: counted, said with the next line
+            return
         log.error(
-            "sync step_failed error=%s (fix: report it as a bug; sync goes on, the broker "
+            "sync step_failed error=%s%s (fix: report it as a bug; sync goes on, the broker "
             "holds what was not acknowledged)",
             kind,
+            f" ({unsaid} more times since its last line)" if unsaid else "",
             exc_info=first,
         )
 

@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterable
 from edge import config as config_mod
 from edge import tickets as tk
 from edge.db import Store, let_go
-from edge.errors import AuditError, EdgeGateError, GalleryError, SourceError
+from edge.errors import AuditError, EdgeGateError, GalleryError, Repeats, SourceError
 from edge.fleet import lane
 from edge.gate import checks, desk
 from edge.gate.audit import AuditLog, AuditRecord, open_audit
@@ -61,34 +61,6 @@ SOURCE_RETRY_MAX_S = 1.0  # ...up to this: the loop still ticks (status, watchdo
 # fleet state, the ledger and the audit log twice, each up to its busy timeout) before systemd's
 # watchdog is left to judge it hung.
 STORE_WAIT_BOUND_S = 60.0
-
-
-@dataclasses.dataclass
-class Repeats:
-    """Which lines an error that comes back frame after frame says (a gallery that cannot be
-    read again fails every frame with a face, and frames without one keep the face path from
-    counting as broken): the first at once, the same again at most once per `window_s` with
-    the count of times unsaid since, an error not said within the window at once. Pure: times
-    are given (a clock set back says at once)."""
-
-    window_s: float = DEGRADED_LOG_EVERY_S
-    said: dict[str, float] = dataclasses.field(default_factory=dict)  # error -> last said
-    unsaid: dict[str, int] = dataclasses.field(default_factory=dict)  # error -> since then
-
-    LIMIT = 100  # errors remembered: bounded however many kinds come
-
-    def seen(self, error: str, now: float) -> int | None:
-        """None: say nothing now; else say it, with this many times unsaid since its last line."""
-        last = self.said.get(error)
-        if last is not None and 0 <= now - last < self.window_s:
-            self.unsaid[error] = self.unsaid.get(error, 0) + 1
-            return None
-        if last is None and len(self.said) >= self.LIMIT:
-            self.said = {e: t for e, t in self.said.items() if 0 <= now - t < self.window_s}
-            self.unsaid = {e: n for e, n in self.unsaid.items() if e in self.said}
-        if error in self.said or len(self.said) < self.LIMIT:
-            self.said[error] = now
-        return self.unsaid.pop(error, 0)
 
 
 def policy_for(cfg: config_mod.Config, face: FaceStack | None) -> Policy:

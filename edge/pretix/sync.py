@@ -403,14 +403,16 @@ class PretixSync:
         """A round that raised what no step expects: logged (its traceback the first time that
         error is seen), the link said to be down, the ledger opened afresh for the next round.
         The folder is written only by whole files, so the gate goes on with its last data."""
-        kind, first = self._unforeseen_seen.seen(e)
-        log.error(
-            "pretix sync round failed error=%s (fix: `edge-gate --debug pretix sync --once "
-            "--config ...` shows it; report it as a bug; the lane decides from its last data "
-            "and the next round runs in pretix.sync_every_s)",
-            kind,
-            exc_info=first,
-        )
+        kind, first, unsaid = self._unforeseen_seen.seen(e)
+        if unsaid is not None:  # the same error at most once a minute, with the count since
+            log.error(
+                "pretix sync round failed error=%s%s (fix: `edge-gate --debug pretix sync --once "
+                "--config ...` shows it; report it as a bug; the lane decides from its last data "
+                "and the next round runs in pretix.sync_every_s)",
+                kind,
+                f" ({unsaid} more times since its last line)" if unsaid else "",
+                exc_info=first,
+            )
         self._link(False, f"internal error: {kind}")
         with contextlib.suppress(Exception):  # the state itself may be what failed
             write_atomic(self.folder / po.SYNC_STATE, self.state.as_json())
