@@ -1086,11 +1086,9 @@ def _answers(port: int) -> bool:
         return False
 
 
-def test_a_connection_that_sends_no_request_is_closed_and_a_stream_is_not(tmp_path, monkeypatch):
-    """A connection that sends nothing, or a request's headers a byte at a time (before its
-    first request or between two), kept its slot for ever: a few clients held the cap. Now it
-    is closed once it has sent no whole request for CLIENT_TIMEOUT_S; a page's event stream,
-    one long request, stays open."""
+@contextlib.contextmanager
+def _served(office, monkeypatch):
+    """The console served by uvicorn as `edge-gate console` serves it, CLIENT_TIMEOUT_S 1 s."""
     import threading
 
     import uvicorn
@@ -1098,13 +1096,25 @@ def test_a_connection_that_sends_no_request_is_closed_and_a_stream_is_not(tmp_pa
     from edge.console import serve
 
     monkeypatch.setattr(serve, "CLIENT_TIMEOUT_S", 1.0)
-    office = Office(tmp_path)
     port = free_port()
     server = uvicorn.Server(serve.server_config(office.app, office.cfg, "127.0.0.1", port))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     try:
         wait_for(lambda: server.started, 30, "uvicorn started")
+        yield server, port
+    finally:
+        server.should_exit = True
+        thread.join(10)
+
+
+def test_a_connection_that_sends_no_request_is_closed_and_a_stream_is_not(tmp_path, monkeypatch):
+    """A connection that sends nothing, or a request's headers a byte at a time (before its
+    first request or between two), kept its slot for ever: a few clients held the cap. Now it
+    is closed once it has sent no whole request for CLIENT_TIMEOUT_S; a page's event stream,
+    one long request, stays open."""
+    office = Office(tmp_path)
+    with _served(office, monkeypatch) as (server, port):
         ada = Client(port).login("ada")
         stream = _connect("127.0.0.1", port)
         cookie = "; ".join(f"{k}={v}" for k, v in ada.cookies.items())
@@ -1125,29 +1135,14 @@ def test_a_connection_that_sends_no_request_is_closed_and_a_stream_is_not(tmp_pa
         assert _stream_open(stream)  # still served after the clients above were closed
         stream.close()
         wait_for(lambda: not server.server_state.connections, 30, "the stream to end")
-    finally:
-        server.should_exit = True
-        thread.join(10)
 
 
 def test_a_request_whose_body_never_arrives_is_closed(tmp_path, monkeypatch):
     """Headers whole, a body announced and sent a few bytes at a time or not at all: the
     connection kept its slot (and the handler waiting for the body) for ever. Now the body too
     must come within CLIENT_TIMEOUT_S."""
-    import threading
-
-    import uvicorn
-
-    from edge.console import serve
-
-    monkeypatch.setattr(serve, "CLIENT_TIMEOUT_S", 1.0)
     office = Office(tmp_path)
-    port = free_port()
-    server = uvicorn.Server(serve.server_config(office.app, office.cfg, "127.0.0.1", port))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    try:
-        wait_for(lambda: server.started, 30, "uvicorn started")
+    with _served(office, monkeypatch) as (server, port):
         slow = _connect("127.0.0.3", port)
         slow.sendall(
             b"POST /login HTTP/1.1\r\nHost: c\r\nContent-Type: application/x-www-form-urlencoded"
@@ -1156,9 +1151,6 @@ def test_a_request_whose_body_never_arrives_is_closed(tmp_path, monkeypatch):
         assert _closed(slow)
         wait_for(lambda: not server.server_state.connections, 30, "the connection to end")
         assert _answers(port)  # the server goes on
-    finally:
-        server.should_exit = True
-        thread.join(10)
 
 
 def _read_to_end_of_page(s: socket.socket) -> None:

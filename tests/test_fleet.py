@@ -36,6 +36,8 @@ from edge.lab.broker import MISSING, Mosquitto, free_port, mosquitto_binary
 from edge.lab.workspace import roster_all, write_member
 from edge.tickets.ledger import Ledger
 
+from .console_harness import NoFrames
+
 USERS = {n: f"pw-{n}" for n in ("office", "lane1", "lane2", "lane3")}
 FAST = {"heartbeat_s": 0.3, "offline_after_s": 3.0}
 
@@ -1043,15 +1045,6 @@ def test_gate_applies_office_revocations_and_keys_without_restart(office_keys, t
     """The gate process re-reads what sync wrote (revoked.txt, fleet-keys/) on its next tick."""
     from edge.gate.daemon import Gate
 
-    class NoFrames:
-        state, finished = "ok", True
-
-        def read(self):
-            return None
-
-        def close(self):
-            pass
-
     m = write_member(tmp_path, "lane1", "mqtt://127.0.0.1:1", "park", office_keys[1])
     gate = Gate(config_mod.load(m.config), source=NoFrames())
     try:
@@ -1077,15 +1070,6 @@ def test_restored_lane_grants_nobody_by_face_until_the_forget_list_is_applied(
     sync says the lane's new epoch has not applied the office's forget list; tickets still work."""
     from edge.gate.daemon import Gate
     from edge.gate.policy import GRANT, Decision, Via
-
-    class NoFrames:
-        state, finished = "ok", True
-
-        def read(self):
-            return None
-
-        def close(self):
-            pass
 
     m = write_member(tmp_path, "lane1", "mqtt://127.0.0.1:1", "park", office_keys[1])
     st = FleetState(m.dir / "fleet.db")

@@ -18,19 +18,10 @@ from edge.gate.daemon import Gate
 from edge.gate.policy import GRANT, Decision, Via
 from edge.lab.workspace import write_member
 
+from .console_harness import NoFrames
 from .helpers import ListSource, make_config
 
 PERSON = "P-0123456789abcdef"
-
-
-class NoFrames:
-    state, finished = "ok", True
-
-    def read(self):
-        return None
-
-    def close(self):
-        pass
 
 
 def _face(gate: Gate, events: list[dict], n: int) -> tuple[str, str]:

@@ -8,15 +8,7 @@ from edge import config as config_mod
 from edge.fleet.state import FleetState
 from edge.lab.workspace import write_member
 
-
-class NoFrames:
-    state, finished = "ok", True
-
-    def read(self):
-        return None
-
-    def close(self):
-        pass
+from .console_harness import NoFrames
 
 
 def test_a_lane_whose_ledger_does_not_open_still_grants_nobody_by_face_before_the_forget_list(
