@@ -42,3 +42,44 @@ def test_the_privacy_report_counts_people_kept_past_retention(tmp_path, capsys):
     r = privacy_report(cfg, db, key)
     assert r["retention"]["people_past_retention"] == 0
     assert "kept past retention" not in report_markdown(r)
+
+
+def test_a_forget_at_the_office_drops_the_persons_unsent_enrollment_from_the_queue(tmp_path):
+    """`enroll --publish` then `forget --publish` while the office's sync was not running: the
+    enrollment (name and templates, sealed with the site key every lane holds) stayed queued in
+    the office's fleet.db and went out to every lane after the withdrawal. The forget now
+    drops the person's queued enrollment in its own transaction, and its bytes leave the
+    file."""
+    import base64
+    import json
+    import sqlite3
+    from contextlib import closing
+
+    from edge import tickets as tk
+    from edge.fleet.office import publish_person
+    from edge.lab.workspace import write_member
+
+    priv, pub = tk.keygen(tmp_path / "keys")
+    site_key = tmp_path / "site.key"
+    init_key(site_key)
+    m = write_member(tmp_path, "office", "mqtt://127.0.0.1:1", "park", pub, site_key=site_key)
+    cfg = config_mod.load(m.config)
+    pid, other = "P-0123456789abcdef", "P-fedcba9876543210"
+    emb = base64.b64encode(unit(np.random.default_rng(52), 1)[0].tobytes()).decode()
+    record = json.dumps({"name": "Wilhelmina Quartz", "templates": [{"embedding": emb}]})
+    publish_person(cfg, priv, other, "enroll", record.encode())
+    publish_person(cfg, priv, pid, "enroll", record.encode())
+    db = cfg.resolve(cfg.fleet.state_db)
+    with closing(sqlite3.connect(db)) as c:
+        (payload,) = c.execute(
+            "SELECT payload FROM office_out WHERE topic LIKE ?", (f"%/people/{pid}",)
+        ).fetchone()
+    sealed = json.loads(payload)["body"]["sealed"].encode()
+    publish_person(cfg, priv, pid, "forget")
+    with closing(sqlite3.connect(db)) as c:
+        queued = [json.loads(p)["body"] for (p,) in c.execute("SELECT payload FROM office_out")]
+    mine = [b["op"] for b in queued if b.get("person_id") == pid]
+    assert mine == ["forget"]  # the enrollment no longer goes out
+    assert [b["op"] for b in queued if b.get("person_id") == other] == ["enroll"]
+    on_disk = b"".join(p.read_bytes() for p in (db, db.with_name(db.name + "-wal")) if p.exists())
+    assert sealed[:40] not in on_disk
