@@ -83,3 +83,35 @@ def test_a_forget_at_the_office_drops_the_persons_unsent_enrollment_from_the_que
     assert [b["op"] for b in queued if b.get("person_id") == other] == ["enroll"]
     on_disk = b"".join(p.read_bytes() for p in (db, db.with_name(db.name + "-wal")) if p.exists())
     assert sealed[:40] not in on_disk
+
+
+def test_the_privacy_report_says_a_restored_gallery_still_holds_people_forgotten_since(tmp_path):
+    """A gallery restored from a copy taken before a `forget`: the person who withdrew is in the
+    file again (their rows open with the key file). `doctor` failed, but the privacy report
+    counted them among the people stored and stated that `forget` erases at once, with no word
+    of the erasures to replay. It now says the file was restored and what to run."""
+    import shutil
+
+    from edge.gallery.crypto import load_key
+    from edge.gallery.privacy import privacy_report, report_markdown
+
+    rng = np.random.default_rng(53)
+    db, key = tmp_path / "g.db", tmp_path / "k.key"
+    with Gallery(db, init_key(key)) as g:
+        gone = g.add_person("Withdrew", CONSENT, list(unit(rng, 2)), "m", "v")
+        g.add_person("Stays", CONSENT, list(unit(rng, 2)), "m", "v")
+    shutil.copy2(db, tmp_path / "backup.db")
+    with Gallery(db, load_key(key), create=False) as g:
+        assert g.forget(gone)
+    shutil.copy2(tmp_path / "backup.db", db)
+    cfg = config_mod.load(config(tmp_path))
+    r = privacy_report(cfg, db, key)
+    assert "restored from an older copy" in (r["retention"].get("forget_replay_needed") or "")
+    text = report_markdown(r)
+    assert "edge-gate forget --replay" in text
+    with Gallery(db, load_key(key), create=False) as g:
+        g.apply_forget_list([])
+    r = privacy_report(cfg, db, key)
+    assert r["retention"]["forget_replay_needed"] == ""
+    assert r["stored"]["people"] == 1
+    assert "forget --replay" not in report_markdown(r)

@@ -39,6 +39,7 @@ def privacy_report(cfg: Config, db: Path, key: Path) -> dict:
     with Gallery(db, kek, create=False) as g:
         s = g.stats()
         overdue = len(g.due_for_purge(now, cfg.gallery.purge_after_days))
+        restored = g.forget_state().reason
     real_key = credential_path(key)
     mode = stat.S_IMODE(os.stat(real_key).st_mode)
     files = [db, db.with_name(db.name + "-wal")]
@@ -83,6 +84,7 @@ def privacy_report(cfg: Config, db: Path, key: Path) -> dict:
             "schedule": "edge-gate-purge.timer runs `edge-gate purge` daily",
             "withdrawal": WITHDRAWAL,
             "erasure_pending": s["pending_erasure"],
+            "forget_replay_needed": restored,
         },
         "encryption": {
             "algorithm": ALGORITHM,
@@ -158,6 +160,15 @@ def report_markdown(r: dict) -> str:
         *(
             ["- **An erasure is still pending on disk**: run `edge-gate purge`."]
             if rt["erasure_pending"]
+            else []
+        ),
+        *(
+            [
+                f"- **{rt['forget_replay_needed']}**: people the lane's forget list erased may"
+                " be in it again (counted above) until `edge-gate forget --replay --config C`"
+                " (with the office's list: `--replay FILE`)."
+            ]
+            if rt["forget_replay_needed"]
             else []
         ),
         "",
