@@ -115,3 +115,36 @@ def test_the_privacy_report_says_a_restored_gallery_still_holds_people_forgotten
     assert r["retention"]["forget_replay_needed"] == ""
     assert r["stored"]["people"] == 1
     assert "forget --replay" not in report_markdown(r)
+
+
+def test_forget_whose_record_cannot_be_written_erases_nothing(tmp_path, capsys, monkeypatch):
+    """`edge-gate forget` with an audit log that refuses the record (a full disk): the person
+    was erased first and the record then failed, so the erasure was on no record. The
+    deletion is now recorded first, then done, as the console does: a record that fails erases
+    nothing, and the same command once the log takes records again erases and records."""
+    from edge.errors import AuditError
+    from edge.gallery.crypto import load_key
+    from edge.gate.audit import AuditLog
+
+    rng = np.random.default_rng(54)
+    db, key = tmp_path / "g.db", tmp_path / "k.key"
+    with Gallery(db, init_key(key)) as g:
+        pid = g.add_person("Withdrawing", CONSENT, list(unit(rng, 2)), "m", "v")
+    args = ["--config", str(config(tmp_path)), "--db", str(db), "--key-file", str(key)]
+    real = AuditLog.append
+
+    def full(self, r):
+        raise AuditError(f"audit log {self.path} is full", "free disk space")
+
+    monkeypatch.setattr(AuditLog, "append", full)
+    rc, _, err = cli(capsys, "forget", pid, "--reason", "consent withdrawn", *args)
+    assert rc == 2 and "full" in err
+    with Gallery(db, load_key(key), create=False) as g:
+        assert [p.id for p in g.people()] == [pid]  # not erased without its record
+    monkeypatch.setattr(AuditLog, "append", real)
+    rc, out, _ = cli(capsys, "forget", pid, "--reason", "consent withdrawn", *args)
+    assert rc == 0, out
+    with Gallery(db, load_key(key), create=False) as g:
+        assert g.people() == []
+    (rec,) = AuditLog(tmp_path / "audit.db").records("deletion")
+    assert rec.reason == "consent withdrawn" and pid not in rec.detail + rec.subject
