@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
@@ -258,13 +259,11 @@ def cmd_forget(args) -> int:
         check_publish(args, cfg, "forget --publish")
     try:
         with Gallery(db, load_key(key), create=False) as g:
-            found = g.forget(args.person_id)
+            found = _forget_recorded(cfg, g, args.person_id, reason)
     except ErasureIncomplete:
         # The rows are gone from the database; the audit trail says the erasure is not complete.
         audit_record(cfg, "deletion", reason=reason, detail="erasure incomplete on disk")
         raise
-    if found:  # the audit trail says that a deletion happened and why, never who
-        audit_record(cfg, "deletion", reason=reason, detail="key destroyed; file scrubbed")
     if args.publish:  # also when already gone here: the lanes may still hold the person
         publish_deletion(args, cfg)
     if not found:
@@ -278,6 +277,25 @@ def cmd_forget(args) -> int:
         f" erased from {db}"
     )
     return 0
+
+
+def _forget_recorded(cfg: config_mod.Config, g: Gallery, person_id: str, reason: str) -> bool:
+    """Record the deletion (that it happened and why, never who), then erase: a record that
+    fails erases nothing; an erasure that fails after its record gets a second record saying
+    it was not done. Whether the person was here."""
+    if g.conn.execute("SELECT 1 FROM people WHERE id = ?", (person_id,)).fetchone() is None:
+        if g.pending_erasure():  # an earlier erasure still on disk is finished all the same
+            g.scrub()
+        return False
+    audit_record(cfg, "deletion", reason=reason, detail="key destroyed; file scrubbed")
+    try:
+        found = g.forget(person_id, scrub=False)
+    except EdgeGateError as e:
+        with contextlib.suppress(EdgeGateError):
+            audit_record(cfg, "deletion", reason=reason, detail=f"not done: {e}")
+        raise
+    g.scrub()  # after the record: the bytes leave the file, or ErasureIncomplete says not yet
+    return found
 
 
 def cmd_purge(args) -> int:

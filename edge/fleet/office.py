@@ -119,12 +119,16 @@ def _queue(
     key = tk.load_private(key_path)
     # one transaction: a forget queued is on the forget list, a roster queued is the roster
     # this office verifies with, or neither (a store that fails between them kept half)
-    with office_store(cfg) as store, store.state.transaction():
-        row, m = store.queue(type_, cfg.fleet.site, body, key, topic, retain, now)
-        if type_ == msg.ROSTER:
-            store.state.set_roster(Roster(m.seq, dict(body["lanes"])))
-        if type_ == msg.PERSON and body["op"] == "forget":
-            store.add_forgotten(body["person_id"], m.seq)
+    forget = type_ == msg.PERSON and body["op"] == "forget"
+    with office_store(cfg) as store:
+        with store.state.transaction():
+            row, m = store.queue(type_, cfg.fleet.site, body, key, topic, retain, now)
+            if type_ == msg.ROSTER:
+                store.state.set_roster(Roster(m.seq, dict(body["lanes"])))
+            if forget:
+                store.add_forgotten(body["person_id"], m.seq)
+        if forget:  # the person's queued enrollment, dropped, leaves the log too
+            store.flush()
     return Queued(row, m.seq, what)
 
 

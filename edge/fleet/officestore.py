@@ -16,6 +16,7 @@ import dataclasses
 import json
 import logging
 import math
+import sqlite3
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -92,6 +93,9 @@ class OfficeStore:
         if isinstance(state, StateReader):  # a reader: the version checked, nothing made
             self._known(state.get(SCHEMA_KEY, 0))
         else:
+            # a person's queued enrollment (sealed with the site key) deleted at a forget, or
+            # once sent, leaves no bytes in freed pages
+            self.conn.execute("PRAGMA secure_delete=ON")
             with self._tx() as c:
                 found = self._known(self.state.get(SCHEMA_KEY, 0))
                 run_script(c, _SCHEMA)
@@ -150,6 +154,9 @@ class OfficeStore:
             seq = max(self.state.get("office_seq", 0), self.state.get("office_seq_floor", 0)) + 1
             self.state.put(office_seq=seq)
             m = msg.sign(msg.Message(type_, site, msg.OFFICE, seq, now, body), key)
+            if type_ == msg.PERSON and body["op"] == "forget":
+                # what is still queued for this person (an enrollment) never goes out after it
+                c.execute("DELETE FROM office_out WHERE topic = ?", (topic,))
             cur = c.execute(
                 "INSERT INTO office_out (topic, payload, retain, queued) VALUES (?, ?, ?, ?)",
                 (topic, msg.encode(m), int(retain), now),
@@ -160,6 +167,19 @@ class OfficeStore:
                     (body["person_id"], body["op"], seq, now),
                 )
         return int(cur.lastrowid or 0), m
+
+    def flush(self) -> bool:
+        """Write the log into the file and empty it, so rows deleted (zeroed by secure_delete)
+        leave no older copy in the log; False when a reader kept it (the next checkpoint
+        does it)."""
+        try:
+            busy = self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]
+        except sqlite3.Error as e:
+            log.warning("office queue_not_flushed error=%s", e)
+            return False
+        if busy:
+            log.warning("office queue_not_flushed: a reader holds the log; the next checkpoint")
+        return not busy
 
     def next_seq(self) -> int:
         """The sequence number the next queued message will get (for revocation entries)."""

@@ -35,13 +35,16 @@ WITHDRAWAL = (
 def privacy_report(cfg: Config, db: Path, key: Path) -> dict:
     """What is stored, where, for how long and under which key: derived from the schema."""
     kek = load_key(key)
+    now = time.time()
     with Gallery(db, kek, create=False) as g:
         s = g.stats()
+        overdue = len(g.due_for_purge(now, cfg.gallery.purge_after_days))
+        restored = g.forget_state().reason
     real_key = credential_path(key)
     mode = stat.S_IMODE(os.stat(real_key).st_mode)
     files = [db, db.with_name(db.name + "-wal")]
     return {
-        "generated": iso(time.time()),
+        "generated": iso(now),
         "gate": cfg.gate.id,
         "purpose": (
             "open the entrance gate for enrolled pass holders who consented;"
@@ -76,10 +79,12 @@ def privacy_report(cfg: Config, db: Path, key: Path) -> dict:
         "retention": {
             "purge_after_pass_expiry_days": cfg.gallery.purge_after_days,
             "people_without_expiry": s["people_without_expiry"],
+            "people_past_retention": overdue,
             "audit_retention_days": cfg.audit.retention_days,
             "schedule": "edge-gate-purge.timer runs `edge-gate purge` daily",
             "withdrawal": WITHDRAWAL,
             "erasure_pending": s["pending_erasure"],
+            "forget_replay_needed": restored,
         },
         "encryption": {
             "algorithm": ALGORITHM,
@@ -141,11 +146,29 @@ def report_markdown(r: dict) -> str:
         f"- People are purged {rt['purge_after_pass_expiry_days']} days after their pass expires"
         f" ({rt['schedule']}); "
         f"{rt['people_without_expiry']} people have no expiry date.",
+        *(
+            [
+                f"- **{rt['people_past_retention']} people are kept past retention** (their pass"
+                " expired longer ago, or their validity cannot be read): run `edge-gate purge`"
+                " and check that edge-gate-purge.timer is enabled."
+            ]
+            if rt["people_past_retention"]
+            else []
+        ),
         f"- Audit records are kept {rt['audit_retention_days']} days.",
         f"- Withdrawal: {rt['withdrawal']}.",
         *(
             ["- **An erasure is still pending on disk**: run `edge-gate purge`."]
             if rt["erasure_pending"]
+            else []
+        ),
+        *(
+            [
+                f"- **{rt['forget_replay_needed']}**: people the lane's forget list erased may"
+                " be in it again (counted above) until `edge-gate forget --replay --config C`"
+                " (with the office's list: `--replay FILE`)."
+            ]
+            if rt["forget_replay_needed"]
             else []
         ),
         "",

@@ -467,13 +467,7 @@ class Gallery(Store, GalleryReader):
         scrub=False leaves the on-disk erasure (marked pending) to a later `scrub()`, so a caller
         can commit its own record of the deletion first.
         """
-        # a cutoff before what SQLite's 64-bit integers reach: nobody expired that long ago
-        cutoff = max(int(now - after_days * 86400), -(2**63))
-        q = "SELECT id FROM people WHERE valid_until IS NOT NULL AND valid_until < ?"
-        ids = [r[0] for r in self.conn.execute(q, (cutoff,))]
-        # a row whose clear column no longer matches its sealed validity is judged by neither:
-        # its real expiry cannot be read, so it is purged too, not kept past retention unseen
-        unbound = sorted(set(self.unbound_validity()) - set(ids))
+        ids, unbound = self._due_for_purge(now, after_days)
         if unbound:
             log.warning("purge: removing %d people whose validity column does not match the "
                         "sealed copy (edited or damaged; their expiry cannot be read): %s",
@@ -484,6 +478,22 @@ class Gallery(Store, GalleryReader):
         if scrub and (ids or self.pending_erasure()):
             self.scrub()
         return ids
+
+    def due_for_purge(self, now: float, after_days: int) -> list[str]:
+        """Who `purge_expired(now, after_days)` would remove: people kept past retention."""
+        expired, unbound = self._due_for_purge(now, after_days)
+        return expired + unbound
+
+    def _due_for_purge(self, now: float, after_days: int) -> tuple[list[str], list[str]]:
+        """(people whose pass expired more than after_days ago, people whose validity cannot be
+        read)."""
+        # a cutoff before what SQLite's 64-bit integers reach: nobody expired that long ago
+        cutoff = max(int(now - after_days * 86400), -(2**63))
+        q = "SELECT id FROM people WHERE valid_until IS NOT NULL AND valid_until < ?"
+        ids = [r[0] for r in self.conn.execute(q, (cutoff,))]
+        # a row whose clear column no longer matches its sealed validity is judged by neither:
+        # its real expiry cannot be read, so it is purged too, not kept past retention unseen
+        return ids, sorted(set(self.unbound_validity()) - set(ids))
 
     # --- generations: a restored older file is told apart, and replays the forget list --------
 

@@ -17,6 +17,7 @@ import ctypes
 import ctypes.util
 import os
 import stat
+import time
 
 from edge import config as config_mod
 from edge.errors import EdgeGateError
@@ -189,6 +190,7 @@ def _gallery(site: Site) -> str | Check:
         s = g.stats()
         ok = g.conn.execute("PRAGMA quick_check").fetchone()[0]
         restored = g.forget_state().reason
+        overdue = len(g.due_for_purge(time.time(), site.cfg.gallery.purge_after_days))
     if ok != "ok":
         raise EdgeGateError(f"{site.db}: integrity {ok}", "restore the gallery from a backup")
     if restored:  # the gate runs ticket-only on it (edge/gate/faces.py)
@@ -205,6 +207,14 @@ def _gallery(site: Site) -> str | Check:
             "gallery database",
             f"{site.db}: an erasure is still pending on disk (a reader kept old pages)",
             "run `edge-gate purge --config C` when no other process holds the gallery",
+        )
+    if overdue:
+        return Check(
+            "warn",
+            "gallery database",
+            f"{site.db}: {overdue} people kept past retention (pass expired more than "
+            f"{site.cfg.gallery.purge_after_days} days ago, or validity unreadable)",
+            "run `edge-gate purge --config C`; check that edge-gate-purge.timer is enabled",
         )
     return (
         f"{site.db}: {s['people']} people, {s['templates']} templates, schema {s['schema_version']}"
