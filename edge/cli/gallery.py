@@ -283,7 +283,7 @@ def _forget_recorded(cfg: config_mod.Config, g: Gallery, person_id: str, reason:
     """Record the deletion (that it happened and why, never who), then erase: a record that
     fails erases nothing; an erasure that fails after its record gets a second record saying
     it was not done. Whether the person was here."""
-    if g.conn.execute("SELECT 1 FROM people WHERE id = ?", (person_id,)).fetchone() is None:
+    if not g.holds(person_id):
         if g.pending_erasure():  # an earlier erasure still on disk is finished all the same
             g.scrub()
         return False

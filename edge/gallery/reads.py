@@ -151,6 +151,11 @@ class GalleryReader:
         row = self.conn.execute(q).fetchone()
         return bool(row and row[0])
 
+    def holds(self, person_id: str) -> bool:
+        """Whether this person is enrolled here (by id alone: no name is opened)."""
+        q = "SELECT 1 FROM people WHERE id = ?"
+        return self.conn.execute(q, (person_id,)).fetchone() is not None
+
     def data_version(self) -> int:
         """Changes whenever another connection commits: the running gate reloads on it."""
         return self.conn.execute("PRAGMA data_version").fetchone()[0]
