@@ -14,6 +14,7 @@ import dataclasses
 import logging
 import queue
 import signal
+import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -149,6 +150,7 @@ class Gate:
         self._last_alarm = float("-inf")
         self._face_failures = 0
         self._face_errors = Repeats()
+        self._floor = 0.0  # the newest time the gate recorded, as last read (_recorded_floor)
         self._source_failures = 0
         self._source_alarm = float("-inf")
         self._evidence_retry: float | None = None  # since when a moved audit log will not open
@@ -557,10 +559,24 @@ class Gate:
             texts.append(self._scan_q.get_nowait())
         seen = tuple(TicketSeen(t, self.verifier.verify(t, wall)) for t in texts)
         t, index = (frame.t, frame.index) if frame is not None else (time.monotonic(), -1)
-        decisions = self.policy.step(Observation(t, index, wall, faces, seen))
+        floor = self._recorded_floor(faces)
+        decisions = self.policy.step(Observation(t, index, wall, faces, seen, floor))
         for g in self.policy.take_guidance():
             self.guide(g, wall)
         return decisions
+
+    def _recorded_floor(self, faces: tuple[FaceSeen, ...]) -> float:
+        """The newest time the gate recorded (audit log, ledger), read when a face whose pass
+        has an end is in view: a clock behind it (no real-time clock, set back) cannot tell
+        whether that pass ended. A log that cannot be read keeps the last floor read."""
+        if any(f.valid_until is not None for f in faces):
+            try:
+                newest = self.audit.newest_time() if self.audit is not None else None
+                ledger = getattr(self.ledger, "floor", 0.0)
+                self._floor = max(self._floor, newest or 0.0, ledger)
+            except (EdgeGateError, sqlite3.Error) as e:
+                log.error("gate floor_unread error=%s; the last floor read holds", e)
+        return self._floor
 
     @property
     def lane(self) -> str:

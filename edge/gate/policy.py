@@ -25,6 +25,7 @@ from edge.config import Config, PolicyConfig
 from edge.errors import ConfigError
 from edge.tickets import Reason as TicketReason
 from edge.tickets import Ticket, Verdict
+from edge.tickets.ledger import CLOCK_TOLERANCE_S
 
 
 class Outcome(StrEnum):
@@ -59,6 +60,7 @@ class Reason(StrEnum):
     AUDIT_ERROR = "audit_error"  # a face grant the audit log could not record: not let in
     PRESENTATION_ATTACK = "presentation_attack"
     TOO_CLOSE = "too_close"  # matched, but too close for liveness to see around the face
+    CLOCK_BEHIND = TicketReason.CLOCK_BEHIND.value  # a pass with an end, and a clock set back
 
 
 GRANT, DENY = Outcome.GRANT, Outcome.DENY
@@ -114,6 +116,7 @@ class Observation:
     wall: float  # Unix time, for pass validity
     faces: tuple[FaceSeen, ...] = ()
     tickets: tuple[TicketSeen, ...] = ()
+    floor: float = 0.0  # the newest time the gate recorded: a wall behind it judges no pass end
 
 
 @dataclass(frozen=True)
@@ -448,6 +451,8 @@ class Policy:
             return []  # just let in; still in view
         if last is not None and obs.t - last < p.anti_passback_s:
             return self._deny_once(obs, pid, Reason.ANTI_PASSBACK, score)
+        if face.valid_until is not None and obs.wall < obs.floor - CLOCK_TOLERANCE_S:
+            return self._deny_once(obs, pid, Reason.CLOCK_BEHIND, score)
         if face.valid_until is not None and obs.wall > face.valid_until:
             return self._deny_once(obs, pid, Reason.PASS_EXPIRED, score)
         ticket = None

@@ -1,0 +1,75 @@
+"""Time: a wall clock set back or stepped, and what the gate decides while it is wrong."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+
+import numpy as np
+from gpiozero.pins.mock import MockFactory
+
+from edge.gate.daemon import Gate
+from edge.gate.policy import FaceSeen
+
+from .helpers import ListSource, make_config
+
+DAY = 86400.0
+
+
+class PassHolder:
+    """The face path's output: one visitor at the gate whose pass ends at `valid_until`."""
+
+    def __init__(self, valid_until: int | None):
+        self.valid_until = valid_until
+
+    def observe(self, image, t=0.0):
+        return (FaceSeen("p-1", 0.9, 0.3, (0.5, 0.5), True, self.valid_until),)
+
+    def gallery_moved(self):
+        return ""
+
+    def close(self):
+        pass
+
+
+def pass_gate(cfg, valid_until, clock) -> tuple[Gate, list[dict]]:
+    """A gate whose face path sees the pass holder in 5 frames (liveness off: not under test)."""
+    got: list[dict] = []
+    frames = [np.zeros((120, 160, 3), np.uint8)] * 5
+    gate = Gate(cfg, got.append, source=ListSource(frames), pin_factory=MockFactory(), clock=clock)
+    gate.face = PassHolder(valid_until)  # type: ignore[assignment]
+    gate.policy.params = dataclasses.replace(gate.policy.params, face_enabled=True, liveness=False)
+    return gate, got
+
+
+def test_an_expired_pass_is_not_granted_by_a_clock_behind_the_gates_records(tmp_path):
+    """Before, a pass was judged by the wall clock alone: a Pi that booted without a real-time
+    clock (1970, or its last saved time) or a clock set back let in a pass that had ended by
+    the real date, while every ticket was refused `clock_behind`. Now a face whose pass has an
+    end is refused `clock_behind` while the clock is behind the newest time the gate recorded;
+    a pass without an end is still let in, and once the clock is right the expired pass is
+    refused `pass_expired`."""
+    cfg = make_config(tmp_path, "[vision]\nface_enabled = false\n")
+    real = time.time()
+    gate, got = pass_gate(cfg, None, lambda: real)  # the gate ran at the real date
+    gate.run()
+    gate.close()
+    assert [(e["decision"], e["reason"]) for e in got] == [("grant", "ok")]
+
+    ended = int(real - DAY)
+    for wrong in (86400.0 * 3, real - 30 * DAY):  # no RTC: 1970; a saved time a month old
+        gate, got = pass_gate(cfg, ended, lambda w=wrong: w)
+        gate.run()
+        gate.close()
+        assert [(e["decision"], e["reason"]) for e in got] == [("deny", "clock_behind")]
+        assert not any(s.state for s in gate.relay.pin.states)
+
+    gate, got = pass_gate(cfg, None, lambda: real - 30 * DAY)  # no end: the clock cannot matter
+    gate.run()
+    gate.close()
+    assert [(e["decision"], e["reason"]) for e in got] == [("grant", "ok")]
+
+    gate, got = pass_gate(cfg, ended, lambda: real + 60)  # the clock set right
+    gate.run()
+    gate.close()
+    assert [(e["decision"], e["reason"]) for e in got] == [("deny", "pass_expired")]
