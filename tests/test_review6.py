@@ -73,3 +73,27 @@ def test_an_expired_pass_is_not_granted_by_a_clock_behind_the_gates_records(tmp_
     gate.run()
     gate.close()
     assert [(e["decision"], e["reason"]) for e in got] == [("deny", "pass_expired")]
+
+
+def test_a_clock_set_back_while_the_gate_runs_is_behind_what_it_recorded_since(tmp_path):
+    """Before, the ledger took the audit log's newest time once, when it opened: a gate that
+    had recorded face grants and refusals for hours and then had its clock set back (`date -s`,
+    a wrong NTP step) redeemed tickets by the wrong clock (one expired by the real date passes
+    the verifier's check) until its next restart, which refused them. Now every redemption
+    compares the clock with the audit log's newest record as it is then."""
+    from edge.gate.audit import AuditLog, AuditRecord
+    from edge.tickets import Reason, Ticket
+    from edge.tickets.ledger import Ledger, init_ledger
+
+    t0 = 1_800_000_000
+    init_ledger(tmp_path / "l.db")
+    with AuditLog(tmp_path / "a.db") as log:
+        log.record(AuditRecord(t0, "g", "system", reason="start"))
+        with Ledger(tmp_path / "l.db", marks=log) as led:
+            log.record(AuditRecord(t0 + 7200, "g", "decision", decision="grant", via="face"))
+            r = led.redeem(Ticket("A"), t0 + 3600)  # the clock set back an hour
+            assert (r.ok, r.reason) == (False, Reason.CLOCK_BEHIND)
+            assert led.check(Ticket("A"), t0 + 3600).reason == Reason.CLOCK_BEHIND
+            assert led.redeem(Ticket("A"), t0 + 7201).ok
+        with Ledger(tmp_path / "l.db", marks=log) as led:  # as after a restart
+            assert led.redeem(Ticket("B"), t0 + 3600).reason == Reason.CLOCK_BEHIND

@@ -48,7 +48,7 @@ from edge.db import (
     sqlite_fix,
     tables,
 )
-from edge.errors import LedgerError
+from edge.errors import EdgeGateError, LedgerError
 from edge.evidence import GENESIS, EvidenceKey, Mark, Witness, WitnessError, link
 from edge.tickets.format import Kind, Reason, Ticket
 from edge.timeutil import iso
@@ -840,7 +840,7 @@ class Ledger(Store):
         self, t: Ticket, now: float, day: str, rule: EntryRule | None = None
     ) -> Redemption | None:
         """Why this entry may not count now (None: it may). Read-only; callers hold the lock."""
-        floor = max(self.floor, float(self._meta("last_t")))
+        floor = max(self._seen_floor(), float(self._meta("last_t")))
         if now < floor - CLOCK_TOLERANCE_S:
             return Redemption(
                 False,
@@ -861,6 +861,17 @@ class Ledger(Store):
         if last is not None and now - last < self.anti_passback_s:
             return Redemption(False, Reason.ANTI_PASSBACK, n, f"used here {now - last:.0f} s ago")
         return None
+
+    def _seen_floor(self) -> float:
+        """The floor raised to the audit log's newest record as it is now: a clock set back
+        while the gate runs is behind what it recorded since it opened the ledger. A log that
+        cannot be read (deleted underneath, reopening) keeps the floor last read."""
+        if self.marks is not None:
+            try:
+                self.floor = max(self.floor, self.marks.newest_time() or 0.0)
+            except (sqlite3.Error, EdgeGateError) as e:
+                log.warning("ledger floor_unread error=%s; the floor last read holds", e)
+        return self.floor
 
     def check(self, t: Ticket, now: float, rule: EntryRule | None = None) -> Redemption:
         """What `redeem` would answer now, without counting anything."""
