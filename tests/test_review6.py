@@ -97,3 +97,22 @@ def test_a_clock_set_back_while_the_gate_runs_is_behind_what_it_recorded_since(t
             assert led.redeem(Ticket("A"), t0 + 7201).ok
         with Ledger(tmp_path / "l.db", marks=log) as led:  # as after a restart
             assert led.redeem(Ticket("B"), t0 + 3600).reason == Reason.CLOCK_BEHIND
+
+
+def test_an_offline_deny_lane_whose_clock_was_set_back_is_not_in_contact(tmp_path):
+    """Before, `fleet.offline = "deny"` judged the broker contact by `now - last_contact`: with
+    sync stopped or hung (its last `connected` still on file) and the clock set back, the last
+    contact lay in the future, its age was negative, and the lane redeemed tickets as if in
+    contact for as long as the clock had gone back. Now a last contact dated after the clock is
+    no contact (`fleet_offline`) until sync writes it again by the clock as it is."""
+    from edge.config import FleetConfig
+    from edge.fleet.state import check_link
+
+    fl = FleetConfig(broker="127.0.0.1", site="park", lane="lane1", offline="deny")
+    now = 1_800_000_000.0
+    state = {"connected": True, "last_contact": now + 3600}  # the clock set back an hour since
+    link = check_link(fl, state, now)  # type: ignore[arg-type]
+    assert (link.ok, link.reason) == (False, "fleet_offline")
+    assert "after this lane's clock" in link.detail
+    assert check_link(fl, {"connected": True, "last_contact": now - 1}, now).ok  # type: ignore[arg-type]
+    assert check_link(fl, {"connected": True, "last_contact": now + 1}, now).ok  # type: ignore[arg-type]

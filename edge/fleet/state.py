@@ -38,6 +38,7 @@ from edge.db import (
 from edge.errors import FleetStateError
 from edge.fleet.identity import Roster
 from edge.gate.faces import file_id
+from edge.tickets.ledger import CLOCK_TOLERANCE_S
 
 # Reasons a lane gives when the fleet link, not the ticket, refuses an entry.
 FLEET_OFFLINE = "fleet_offline"
@@ -385,6 +386,13 @@ def check_link(fl: FleetConfig, state: FleetState | None, now: float) -> LinkChe
         if not connected or last is None or now - last > fl.offline_after_s:
             since = "never" if last is None else f"{now - last:.0f} s ago"
             return LinkCheck(False, FLEET_OFFLINE, f"no broker contact (last {since})")
+        if last - now > CLOCK_TOLERANCE_S:  # the clock set back since: its age says nothing
+            return LinkCheck(
+                False,
+                FLEET_OFFLINE,
+                f"the last broker contact is dated {last - now:.0f} s after this lane's clock "
+                "(set back?); refused until edge-gate sync writes it again",
+            )
     return LinkCheck(True)
 
 
