@@ -7,8 +7,10 @@ because the face was too close to judge: `too_close`, and the visitor may step b
 again), with exactly one sizeable face in the gate zone (two or more: no face grant,
 `tailgating`). A stranger never causes a grant. Tickets are decided independently of faces.
 Each decision is made once per episode: a code held in view or a person lingering does not
-produce a stream of decisions. Before any decision the policy may guide the visitor (step back,
-come closer, hold still), once per visitor each; the daemon takes that guidance and tells them.
+produce a stream of decisions; a visitor let in (by face or ticket) is not refused
+`not_enrolled` or `too_close` on the way through. Before any decision the policy may guide the
+visitor (step back, come closer, hold still), once per visitor each; the daemon takes that
+guidance and tells them.
 """
 
 from __future__ import annotations
@@ -166,7 +168,7 @@ class Episode:
 
     start: float
     last: float
-    granted: bool = False
+    granted: bool = False  # let in, by face or by a ticket shown meanwhile
     stranger_reported: bool = False
     attack_reported: bool = False
     close_reported: bool = False
@@ -287,10 +289,19 @@ class Policy:
                 out.append(
                     Decision(obs.t, obs.frame, GRANT, TICKET, tid, None, Reason.OK, v.ticket)
                 )
+                self._admitted(obs)
         stale = [k for k, t in self.ticket_seen.items() if obs.t - t > 10 * p.cooldown_s]
         for k in stale:
             del self.ticket_seen[k]
         return out
+
+    def _admitted(self, obs: Observation) -> None:
+        """A ticket let the visitor at the gate in: the face path says nothing more to them
+        (no `not_enrolled`, `too_close` or guidance) until they leave."""
+        ep = self.episode
+        if ep is None or obs.t - ep.last > self.params.window_s:
+            ep = self.episode = Episode(obs.t, obs.t)
+        ep.granted = True
 
     # --- faces ---------------------------------------------------------------------------------
 
@@ -389,7 +400,7 @@ class Policy:
             ep.attack_reported = True
             return [Decision(obs.t, obs.frame, DENY, FACE, pid, score, Reason.PRESENTATION_ATTACK)]
         if judged_not + close >= p.k:
-            if ep.close_reported:
+            if ep.close_reported or ep.granted:  # let in, and close on the way through
                 return []
             ep.close_reported = True
             return [Decision(obs.t, obs.frame, DENY, FACE, pid, score, Reason.TOO_CLOSE)]
