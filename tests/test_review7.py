@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import dataclasses
+import json
+import socket
 import time
 
 import numpy as np
+import pytest
 from gpiozero.pins.mock import MockFactory
 
 from edge import tickets as tk
 from edge.gate.daemon import Gate
 from edge.gate.notices import Notices
-from edge.gate.policy import FaceSeen, Policy, PolicyParams
+from edge.gate.policy import FaceSeen, Guidance, Policy, PolicyParams
 from edge.gate.sources import Frame
 
 from .console_harness import NoFrames
@@ -126,3 +129,36 @@ def test_a_visitor_let_in_by_ticket_is_not_guided_or_refused_as_too_close(tmp_pa
         ln.show((STRANGER,), 3)
         ln.show((CLOSE_A,), 20, scan=ticket(tmp_path))
     assert ln.heard.said() == [("welcome", "ok", "grant")]
+
+
+def _listen(path) -> socket.socket:
+    rx = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    rx.bind(str(path))
+    rx.settimeout(5.0)
+    return rx
+
+
+def test_a_reload_follows_a_new_screen_socket(tmp_path):
+    """Before, a reload read a new `[screen] socket` and went on sending to the old one: the
+    lane screen, restarted on the new path, stayed idle with no word in the gate's log. Now
+    the gate sends to the path the reloaded config names (none when it is emptied)."""
+    cfg = make_config(tmp_path, '[vision]\nface_enabled = false\n[screen]\nsocket = "a.sock"\n')
+    a, b = _listen(tmp_path / "a.sock"), _listen(tmp_path / "b.sock")
+    toml = tmp_path / "gate.toml"
+    with a, b, Gate(cfg, source=NoFrames(), pin_factory=MockFactory()) as gate:
+        gate.guide(Guidance(0.0, 0, "hold_still", "not_yet_live"), time.time())
+        assert json.loads(a.recv(4096))["notice"] == "hold_still"
+        toml.write_text(toml.read_text().replace('"a.sock"', '"b.sock"'))
+        gate.reload()
+        assert not gate.reload_error
+        gate.guide(Guidance(0.0, 1, "step_back", "too_close"), time.time())
+        assert json.loads(b.recv(4096))["notice"] == "step_back"
+        a.setblocking(False)
+        with pytest.raises(BlockingIOError):
+            a.recv(4096)  # nothing more on the old path
+        toml.write_text(toml.read_text().replace('socket = "b.sock"', 'socket = ""'))
+        gate.reload()
+        gate.guide(Guidance(0.0, 2, "come_closer", "too_small"), time.time())
+        b.setblocking(False)
+        with pytest.raises(BlockingIOError):
+            b.recv(4096)
