@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import socket
 import time
 
@@ -11,7 +12,9 @@ import numpy as np
 import pytest
 from gpiozero.pins.mock import MockFactory
 
+from edge import config as config_mod
 from edge import tickets as tk
+from edge.errors import ConfigError
 from edge.gate.daemon import Gate
 from edge.gate.notices import Notices
 from edge.gate.policy import FaceSeen, Guidance, Policy, PolicyParams
@@ -162,3 +165,40 @@ def test_a_reload_follows_a_new_screen_socket(tmp_path):
         b.setblocking(False)
         with pytest.raises(BlockingIOError):
             b.recv(4096)
+
+
+def _long_socket(tmp_path) -> str:
+    return str(tmp_path / ("d" * 60) / ("n" * 60 + ".sock"))
+
+
+def test_a_screen_socket_path_too_long_is_refused_with_the_fix_that_works(tmp_path):
+    """Before, a `[screen] socket` longer than a Unix socket path may be stopped the screen with
+    the fix "give the screen's service a writable folder", which does not help. Now the error
+    says the path is too long and to choose a shorter one."""
+    from edge.screen.server import Screen
+
+    path = _long_socket(tmp_path)
+    (tmp_path / "gate.toml").write_text(f'[screen]\nsocket = "{path}"\nlisten = "127.0.0.1:0"\n')
+    cfg = config_mod.load(tmp_path / "gate.toml")
+    with pytest.raises(ConfigError) as e:
+        Screen(cfg)
+    assert "longer than a Unix socket path may be (107)" in str(e.value)
+    assert "shorter path" in e.value.hint
+    assert "writable folder" not in str(e.value)
+
+
+def test_the_gate_says_at_start_when_its_screen_socket_path_can_never_work(tmp_path, caplog):
+    """Before, a gate whose `[screen] socket` is too long for a Unix socket started without a
+    word and said so only at the first visitor's notice. Now it starts, decides as always, and
+    logs at start that no notice will reach the screen, with the fix."""
+    path = _long_socket(tmp_path)
+    cfg = make_config(tmp_path, f'[vision]\nface_enabled = false\n[screen]\nsocket = "{path}"\n')
+    with (
+        caplog.at_level(logging.ERROR, logger="edge.gate.daemon"),
+        Gate(cfg, source=NoFrames(), pin_factory=MockFactory()),
+    ):
+        pass
+    said = [r.getMessage() for r in caplog.records if "screen.socket" in r.getMessage()]
+    assert len(said) == 1, caplog.text
+    assert "longer than a Unix socket path may be" in said[0]
+    assert "shorter path" in said[0]

@@ -27,7 +27,7 @@ from edge.gate import checks, desk
 from edge.gate.audit import AuditLog, AuditRecord, open_audit
 from edge.gate.desk import UnavailableLedger, gate_verifier, open_gate_ledger, with_pretix
 from edge.gate.faces import FaceStack, file_id
-from edge.gate.notice_socket import SocketSink
+from edge.gate.notice_socket import SocketSink, path_problem
 from edge.gate.notices import Notice, Notices, notice_for_decision
 from edge.gate.notify import Notifier
 from edge.gate.policy import (
@@ -281,6 +281,8 @@ class Gate:
             old.close()
             self._screen = None
         if path:
+            if (problem := path_problem(path)) is not None:  # the gate decides on without it
+                log.error("gate %s; no notice will reach the lane screen", problem)
             self._screen = SocketSink(path)
             self.notices.add(self._screen)
         if old is not None:

@@ -28,6 +28,7 @@ from typing import Any
 
 from edge import config as config_mod
 from edge.errors import ConfigError, EdgeGateError
+from edge.gate.notice_socket import path_problem
 from edge.gate.notices import Notice
 from edge.netcaps import BUSY, ConnectionCaps
 from edge.screen.texts import IDLE, NAME_GREETING, VISITOR_TEXTS
@@ -180,6 +181,8 @@ class Receiver:
         self.path = Path(path)
         self.board, self.signal = board, signal_
         self.refused = 0
+        if (problem := path_problem(self.path)) is not None:
+            raise problem
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
