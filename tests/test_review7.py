@@ -20,7 +20,7 @@ from edge.gate.notices import Notices
 from edge.gate.policy import FaceSeen, Guidance, Policy, PolicyParams
 from edge.gate.sources import Frame
 
-from .console_harness import NoFrames
+from .console_harness import NoFrames, chromium, need_browser
 from .helpers import make_config
 
 FPS = 10.0
@@ -202,3 +202,29 @@ def test_the_gate_says_at_start_when_its_screen_socket_path_can_never_work(tmp_p
     assert len(said) == 1, caplog.text
     assert "longer than a Unix socket path may be" in said[0]
     assert "shorter path" in said[0]
+
+
+def test_a_name_with_dollar_signs_is_shown_as_it_is(tmp_path):
+    """Before, the page put a name into its greeting with String.replace, which reads `$&`,
+    `$'` and `$$` in the name as patterns: "Zoë $& $$" was shown as "Hello, Zoë {name} $".
+    Now the name is shown as it is, in every language."""
+    need_browser()
+    from edge.gate.notice_socket import SocketSink
+    from edge.screen.server import Screen
+
+    (tmp_path / "gate.toml").write_text(
+        '[screen]\nsocket = "n.sock"\nlisten = "127.0.0.1:0"\nshow_names = true\n'
+        'languages = ["en", "zh-CN"]\n'
+    )
+    cfg = config_mod.load(tmp_path / "gate.toml")
+    name = "Zoë $& $$ $' $`"
+    with Screen(cfg) as screen, chromium() as browser:
+        page = browser.new_page()
+        page.goto(screen.url)
+        page.locator("body.idle[data-live='1']").wait_for(timeout=15_000)
+        sink = SocketSink(cfg.resolve(cfg.screen.socket))
+        sink.send({"v": 1, "t": time.time(), "lane": "l1", "notice": "welcome", "reason": "ok",
+                   "decision": "grant", "name": name})  # fmt: skip
+        sink.close()
+        page.locator("body[data-notice='welcome']").wait_for(timeout=15_000)
+        assert page.locator("#name").inner_text() == f"Hello, {name} · {name}，您好"
