@@ -5,7 +5,8 @@ on, and be judged live in k of them; k judged not live: `presentation_attack`, a
 until the visitor leaves, so a screen flickering between verdicts gets no retries; k not live
 because the face was too close to judge: `too_close`, and the visitor may step back and try
 again), with exactly one sizeable face in the gate zone (two or more: no face grant,
-`tailgating`). A stranger never causes a grant. Tickets are decided independently of faces.
+`tailgating`, said again only after a window without two faces). A stranger never causes a
+grant. Tickets are decided independently of faces.
 Each decision is made once per episode: a code held in view or a person lingering does not
 produce a stream of decisions; a visitor let in (by face or ticket) is not refused
 `not_enrolled` or `too_close` on the way through. Before any decision the policy may guide the
@@ -220,6 +221,7 @@ CARRIED_OVER = (
     "ticket_seen",
     "pending",
     "tailgating",
+    "tailgating_last",
     "episode",
     "small_since",
     "small_last",
@@ -237,7 +239,8 @@ class Policy:
     last_deny: dict[tuple[str | None, str], float] = field(default_factory=dict)
     ticket_seen: dict[str, float] = field(default_factory=dict)  # ticket key -> last t in view
     pending: PendingTicket | None = None
-    tailgating: bool = False
+    tailgating: bool = False  # refused as such, until a window passes without two faces
+    tailgating_last: float = 0.0  # two or more faces at the gate, last seen
     episode: Episode | None = None
     # fuse_frames: the matcher's decision on several frames of one visitor (Matcher.match_fused)
     fuse: Callable[[list], Any] | None = None
@@ -332,11 +335,13 @@ class Policy:
         gate = [f for f in obs.faces if self._at_gate(f)]
         if len(gate) >= 2:
             self.window.clear()
-            if not self.tailgating:
+            last, self.tailgating_last = self.tailgating_last, obs.t
+            if not self.tailgating or obs.t - last > p.window_s:
                 self.tailgating = True
                 return [Decision(obs.t, obs.frame, DENY, FACE, None, None, Reason.TAILGATING)]
             return []
-        self.tailgating = False
+        if obs.t - self.tailgating_last > p.window_s:  # a face missed for a frame: still two
+            self.tailgating = False
         while self.window and obs.t - self.window[0].t > p.window_s:
             self.window.popleft()
         self._too_small(obs, gate)
