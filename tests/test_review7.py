@@ -245,3 +245,31 @@ def test_two_visitors_one_of_them_missed_now_and_then_are_refused_once(tmp_path)
         ln.show((STRANGER, b), 3)  # the next two
     assert [e["reason"] for e in ln.events] == ["tailgating", "tailgating"]
     assert ln.heard.said() == [("show_ticket", "tailgating", "deny")] * 2
+
+
+def test_a_grant_right_after_a_refusal_puts_the_red_light_out(tmp_path):
+    """Before, a ticket shown within 1.5 s of a refusal lit the green light while the red one
+    still burned: both at once for the visitor let in. Now a decision's light puts the other
+    one out."""
+    from edge.screen.server import Signal
+
+    f = MockFactory()
+    sig = Signal(config_mod.SignalConfig(green_pin=6, red_pin=13), factory=f)
+    try:
+        sig.play("deny")
+        _until(lambda: f.pin(13).state, "the red light")
+        sig.play("grant")
+        _until(lambda: f.pin(6).state, "the green light")
+        assert not f.pin(13).state
+        sig.play("deny")
+        _until(lambda: f.pin(13).state, "the red light again")
+        assert not f.pin(6).state
+    finally:
+        sig.close()
+
+
+def _until(cond, what: str, timeout: float = 30.0) -> None:
+    end = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < end, f"not within {timeout} s: {what}"
+        time.sleep(0.01)

@@ -158,11 +158,13 @@ class Signal:
     def play(self, decision: str | None) -> None:
         """The pattern for one notice, in the background (guidance: silent)."""
         if decision == "grant":
-            led, beeps = self.green, 1
+            led, other, beeps = self.green, self.red, 1
         elif decision == "deny":
-            led, beeps = self.red, 2
+            led, other, beeps = self.red, self.green, 2
         else:
             return
+        if other is not None:  # the previous decision's light, still on: never both at once
+            other.off()
         if led is not None:
             led.blink(on_time=1.5, off_time=0.1, n=1, background=True)
         if self.buzzer is not None:
