@@ -28,7 +28,7 @@ from edge.gate import checks, desk
 from edge.gate.audit import AuditLog, AuditRecord, open_audit
 from edge.gate.desk import UnavailableLedger, gate_verifier, open_gate_ledger, with_pretix
 from edge.gate.faces import FaceStack, file_id
-from edge.gate.notice_socket import SocketSink
+from edge.gate.notice_socket import SocketSink, path_problem
 from edge.gate.notices import Notice, Notices, notice_for_decision
 from edge.gate.notify import Notifier
 from edge.gate.policy import (
@@ -188,8 +188,8 @@ class Gate:
             stack.callback(self.source.close)
             self._resources = stack.pop_all()
         # The lane screen (`edge-gate screen`) hears the notices on a socket.
-        if cfg.screen.socket:
-            self.notices.add(SocketSink(cfg.resolve(cfg.screen.socket)))
+        self._screen: SocketSink | None = None
+        self._follow_screen(cfg)
         if scanner is not None:
             threading.Thread(target=self._feed_scanner, args=(scanner,), daemon=True).start()
 
@@ -260,6 +260,7 @@ class Gate:
             # a reload is no way round a cooldown, anti-passback or an attack's refusal
             self.policy = policy_for(cfg, face).carry_over(self.policy)
             lane.report_versions(self.ledger, cfg, face is not None)
+            self._follow_screen(cfg)
             log.info("gate reloaded config=%s", cfg.source_file)
             later = [t for t in ("camera", "relay") if getattr(cfg, t) != getattr(old_cfg, t)]
             if later:  # the device and the relay pin stay as they were built
@@ -269,6 +270,25 @@ class Gate:
                     ",".join(f"[{t}]" for t in later),
                 )
         self.notifier.ready(self.status_text())
+
+    def _follow_screen(self, cfg: config_mod.Config) -> None:
+        """Send notices to the lane screen's socket `[screen] socket` names (at start, and after
+        a reload that names another one or none)."""
+        path = str(cfg.resolve(cfg.screen.socket)) if cfg.screen.socket else ""
+        old = self._screen
+        if (old.path if old is not None else "") == path:
+            return
+        if old is not None:
+            self.notices.remove(old)
+            old.close()
+            self._screen = None
+        if path:
+            if (problem := path_problem(path)) is not None:  # the gate decides on without it
+                log.error("gate %s; no notice will reach the lane screen", problem)
+            self._screen = SocketSink(path)
+            self.notices.add(self._screen)
+        if old is not None:
+            log.info("gate screen socket=%s", path or "none")
 
     # --- loop ----------------------------------------------------------------------------------
 
@@ -743,6 +763,10 @@ class Gate:
             return
         self.notifier.stopping()
         resources, self._resources = self._resources, None
+        screen, self._screen = getattr(self, "_screen", None), None
+        if screen is not None:
+            self.notices.remove(screen)
+            screen.close()
         try:
             resources.close()
         except Exception as e:

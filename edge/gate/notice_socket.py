@@ -11,14 +11,31 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import os
 import socket
 import time
 from pathlib import Path
 from typing import Any
 
+from edge.errors import ConfigError
+
 log = logging.getLogger(__name__)
 WARN_EVERY_S = 60.0
 MAX_DATAGRAM = 4096
+MAX_SOCKET_PATH = 107  # bytes in a Unix socket's address on Linux (sun_path, less its NUL)
+
+
+def path_problem(path: str | Path) -> ConfigError | None:
+    """Why no socket can ever be at `path` (longer than a Unix socket address), or None."""
+    n = len(os.fsencode(path))
+    if n <= MAX_SOCKET_PATH:
+        return None
+    return ConfigError(
+        f"screen.socket {path}: {n} bytes, longer than a Unix socket path may be "
+        f"({MAX_SOCKET_PATH})",
+        'choose a shorter path, e.g. socket = "/run/edge-gate-screen/notices.sock" in [screen] '
+        "of the gate's config (the screen reads the same one)",
+    )
 
 
 def notice_json(notice: Any) -> dict[str, Any]:

@@ -92,6 +92,10 @@ class Notices:
         """Attach one more sink (the screen's socket, a signal light)."""
         self.sinks.append(sink)
 
+    def remove(self, sink: NoticeSink) -> None:
+        """Detach a sink (the screen's socket when a reload names another)."""
+        self.sinks = [s for s in self.sinks if s is not sink]
+
     def send(self, notice: Notice) -> None:
         """Deliver to every sink; the gate goes on whatever a sink does."""
         for sink in self.sinks:

@@ -5,10 +5,13 @@ on, and be judged live in k of them; k judged not live: `presentation_attack`, a
 until the visitor leaves, so a screen flickering between verdicts gets no retries; k not live
 because the face was too close to judge: `too_close`, and the visitor may step back and try
 again), with exactly one sizeable face in the gate zone (two or more: no face grant,
-`tailgating`). A stranger never causes a grant. Tickets are decided independently of faces.
+`tailgating`, said again only after a window without two faces). A stranger never causes a
+grant. Tickets are decided independently of faces.
 Each decision is made once per episode: a code held in view or a person lingering does not
-produce a stream of decisions. Before any decision the policy may guide the visitor (step back,
-come closer, hold still), once per visitor each; the daemon takes that guidance and tells them.
+produce a stream of decisions; a visitor let in (by face or ticket) is not refused
+`not_enrolled` or `too_close` on the way through. Before any decision the policy may guide the
+visitor (step back, come closer, hold still), once per visitor each; the daemon takes that
+guidance and tells them.
 """
 
 from __future__ import annotations
@@ -169,7 +172,7 @@ class Episode:
 
     start: float
     last: float
-    granted: bool = False
+    granted: bool = False  # let in, by face or by a ticket shown meanwhile
     stranger_reported: bool = False
     attack_reported: bool = False
     close_reported: bool = False
@@ -221,6 +224,7 @@ CARRIED_OVER = (
     "ticket_seen",
     "pending",
     "tailgating",
+    "tailgating_last",
     "episode",
     "small_since",
     "small_last",
@@ -238,7 +242,8 @@ class Policy:
     last_deny: dict[tuple[str | None, str], float] = field(default_factory=dict)
     ticket_seen: dict[str, float] = field(default_factory=dict)  # ticket key -> last t in view
     pending: PendingTicket | None = None
-    tailgating: bool = False
+    tailgating: bool = False  # refused as such, until a window passes without two faces
+    tailgating_last: float = 0.0  # two or more faces at the gate, last seen
     episode: Episode | None = None
     # fuse_frames: the matcher's decision on several frames of one visitor (Matcher.match_fused)
     fuse: Callable[[list], Any] | None = None
@@ -290,10 +295,19 @@ class Policy:
                 out.append(
                     Decision(obs.t, obs.frame, GRANT, TICKET, tid, None, Reason.OK, v.ticket)
                 )
+                self._admitted(obs)
         stale = [k for k, t in self.ticket_seen.items() if obs.t - t > 10 * p.cooldown_s]
         for k in stale:
             del self.ticket_seen[k]
         return out
+
+    def _admitted(self, obs: Observation) -> None:
+        """A ticket let the visitor at the gate in: the face path says nothing more to them
+        (no `not_enrolled`, `too_close` or guidance) until they leave."""
+        ep = self.episode
+        if ep is None or obs.t - ep.last > self.params.window_s:
+            ep = self.episode = Episode(obs.t, obs.t)
+        ep.granted = True
 
     # --- faces ---------------------------------------------------------------------------------
 
@@ -324,11 +338,13 @@ class Policy:
         gate = [f for f in obs.faces if self._at_gate(f)]
         if len(gate) >= 2:
             self.window.clear()
-            if not self.tailgating:
+            last, self.tailgating_last = self.tailgating_last, obs.t
+            if not self.tailgating or obs.t - last > p.window_s:
                 self.tailgating = True
                 return [Decision(obs.t, obs.frame, DENY, FACE, None, None, Reason.TAILGATING)]
             return []
-        self.tailgating = False
+        if obs.t - self.tailgating_last > p.window_s:  # a face missed for a frame: still two
+            self.tailgating = False
         while self.window and obs.t - self.window[0].t > p.window_s:
             self.window.popleft()
         self._too_small(obs, gate)
@@ -392,7 +408,7 @@ class Policy:
             ep.attack_reported = True
             return [Decision(obs.t, obs.frame, DENY, FACE, pid, score, Reason.PRESENTATION_ATTACK)]
         if judged_not + close >= p.k:
-            if ep.close_reported:
+            if ep.close_reported or ep.granted:  # let in, and close on the way through
                 return []
             ep.close_reported = True
             return [Decision(obs.t, obs.frame, DENY, FACE, pid, score, Reason.TOO_CLOSE)]

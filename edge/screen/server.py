@@ -28,6 +28,7 @@ from typing import Any
 
 from edge import config as config_mod
 from edge.errors import ConfigError, EdgeGateError
+from edge.gate.notice_socket import path_problem
 from edge.gate.notices import Notice
 from edge.netcaps import BUSY, ConnectionCaps
 from edge.screen.texts import IDLE, NAME_GREETING, VISITOR_TEXTS
@@ -157,11 +158,13 @@ class Signal:
     def play(self, decision: str | None) -> None:
         """The pattern for one notice, in the background (guidance: silent)."""
         if decision == "grant":
-            led, beeps = self.green, 1
+            led, other, beeps = self.green, self.red, 1
         elif decision == "deny":
-            led, beeps = self.red, 2
+            led, other, beeps = self.red, self.green, 2
         else:
             return
+        if other is not None:  # the previous decision's light, still on: never both at once
+            other.off()
         if led is not None:
             led.blink(on_time=1.5, off_time=0.1, n=1, background=True)
         if self.buzzer is not None:
@@ -180,6 +183,8 @@ class Receiver:
         self.path = Path(path)
         self.board, self.signal = board, signal_
         self.refused = 0
+        if (problem := path_problem(self.path)) is not None:
+            raise problem
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)

@@ -25,7 +25,8 @@
     document.body.dataset.notice = n.notice;
     symbol.textContent = kind === "grant" ? "✔" : kind === "deny" ? "✖" : "!";
     setLines(cfg.texts[n.notice] || cfg.texts.see_staff);
-    nameEl.textContent = n.name ? cfg.languages.map((l) => cfg.greeting[l].replace("{name}", n.name)).join(" · ") : "";
+    // a function, not a string: "$&" or "$'" in a name are letters of the name, not patterns
+    nameEl.textContent = n.name ? cfg.languages.map((l) => cfg.greeting[l].replace("{name}", () => n.name)).join(" · ") : "";
     clearTimeout(idleTimer);
     idleTimer = setTimeout(idle, 1000 * cfg.hold_s);
     // When the words are on the glass: for the latency measurement (scripts/bench_console.py).
