@@ -273,3 +273,16 @@ def _until(cond, what: str, timeout: float = 30.0) -> None:
     while not cond():
         assert time.monotonic() < end, f"not within {timeout} s: {what}"
         time.sleep(0.01)
+
+
+def test_a_ticket_grant_keeps_the_attack_verdict_of_the_face_in_view(tmp_path):
+    """A replay of an enrolled person judged an attack, then a valid ticket shown in the same
+    visit: the ticket lets its holder in, and the replay, whose frames then pass as live, is
+    still refused by face (no second entry in that person's name)."""
+    ln = lane(tmp_path)
+    with ln.gate:
+        ln.show((face("A", live=False),), 10)
+        ln.show((face("A", live=False),), 2, scan=ticket(tmp_path))
+        ln.show((LIVE_A,), 20)
+    said = [(e["decision"], e["via"], e["reason"]) for e in ln.events]
+    assert said == [("deny", "face", "presentation_attack"), ("grant", "ticket", "ok")], said

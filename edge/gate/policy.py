@@ -172,7 +172,8 @@ class Episode:
 
     start: float
     last: float
-    granted: bool = False  # let in, by face or by a ticket shown meanwhile
+    granted: bool = False  # let in by face
+    admitted: bool = False  # let in by a ticket shown meanwhile: lifts no attack verdict
     stranger_reported: bool = False
     attack_reported: bool = False
     close_reported: bool = False
@@ -307,7 +308,7 @@ class Policy:
         ep = self.episode
         if ep is None or obs.t - ep.last > self.params.window_s:
             ep = self.episode = Episode(obs.t, obs.t)
-        ep.granted = True
+        ep.admitted = True
 
     # --- faces ---------------------------------------------------------------------------------
 
@@ -378,7 +379,7 @@ class Policy:
         # A face at the gate for a while, never matched: tell the visitor (and the log) once.
         if (
             counts.get(None, 0) >= p.k
-            and not ep.granted
+            and not (ep.granted or ep.admitted)
             and not ep.stranger_reported
             and obs.t - ep.start >= STRANGER_AFTER_WINDOWS * p.window_s
         ):
@@ -408,7 +409,7 @@ class Policy:
             ep.attack_reported = True
             return [Decision(obs.t, obs.frame, DENY, FACE, pid, score, Reason.PRESENTATION_ATTACK)]
         if judged_not + close >= p.k:
-            if ep.close_reported or ep.granted:  # let in, and close on the way through
+            if ep.close_reported or ep.granted or ep.admitted:  # close on the way through
                 return []
             ep.close_reported = True
             return [Decision(obs.t, obs.frame, DENY, FACE, pid, score, Reason.TOO_CLOSE)]
@@ -420,7 +421,7 @@ class Policy:
         self, obs: Observation, ep: Episode, notice: str, reason: str, pid: str | None
     ) -> None:
         """Queue guidance for the visitor, once per visitor for each word."""
-        if notice not in ep.told and not ep.granted:
+        if notice not in ep.told and not (ep.granted or ep.admitted):
             ep.told.add(notice)
             self.guidance.append(Guidance(obs.t, obs.frame, notice, reason, pid))
 
