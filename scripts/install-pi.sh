@@ -71,7 +71,7 @@ if [ ! -f /etc/edge-gate/gate.toml ]; then
       -e 's#^db = "var/gallery.db"#db = "/var/lib/edge-gate/gallery.db"#' \
       -e 's#^key_file = "var/gallery.key"#key_file = "/etc/edge-gate/gallery.key"#' \
       -e 's#^ledger = "var/ledger.db"#ledger = "/var/lib/edge-gate/ledger.db"#' \
-      -e 's#^revocation_list = "var/revoked.txt"#revocation_list = "/etc/edge-gate/revoked.txt"#' \
+      -e 's#^revocation_list = "var/revoked.txt"#revocation_list = "/var/lib/edge-gate/revoked.txt"#' \
       -e 's#^path = "var/audit.db"#path = "/var/lib/edge-gate/audit.db"#' \
       -e 's#^pubkeys = \[\]#pubkeys = ["/etc/edge-gate/issuer.pub"]#' \
       -e 's#^models_dir = ""#models_dir = "/opt/edge-gate/models"#' \
@@ -83,8 +83,6 @@ if [ ! -f /etc/edge-gate/gate.toml ]; then
 fi
 if [ -n "$ISSUER_PUB" ]; then install -m 0644 "$ISSUER_PUB" /etc/edge-gate/issuer.pub; fi
 [ -f /etc/edge-gate/issuer.pub ] || echo "!! copy the ticket office's issuer.pub to /etc/edge-gate/issuer.pub (the gate refuses to start without a ticket key)"
-touch /etc/edge-gate/revoked.txt
-chown edge-gate:edge-gate /etc/edge-gate/revoked.txt  # edge-gate-sync appends office revocations
 if [ ! -f /etc/edge-gate/gallery.key ]; then
   # Created in an unpredictable directory inside /etc/edge-gate (mktemp), never in /tmp, then
   # renamed into place on the same filesystem.
@@ -99,6 +97,9 @@ fi
 
 echo "== redemption ledger (never created implicitly: a lost ledger must not reset redemptions)"
 install -d -m 0700 -o edge-gate -g edge-gate /var/lib/edge-gate
+# The revocation list is state: edge-gate-sync replaces it (a temp file and a lock beside it) with
+# the office's revocations, so it lives in the folder the service user owns.
+[ -f /var/lib/edge-gate/revoked.txt ] || install -m 0644 -o edge-gate -g edge-gate /dev/null /var/lib/edge-gate/revoked.txt
 sudo -u edge-gate /opt/edge-gate/venv/bin/edge-gate ledger init --config /etc/edge-gate/gate.toml
 
 echo "== firmware, udev, systemd"

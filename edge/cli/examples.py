@@ -22,8 +22,8 @@ EXAMPLES: dict[str, str] = {
         "sudo -u edge-gate edge-gate pretix init-device --config /etc/edge-gate/gate.toml "
         "--init-token -"
     ),
-    "ticket revoke": "edge-gate ticket revoke --list /etc/edge-gate/revoked.txt DAY-0001",
-    "ticket unrevoke": "edge-gate ticket unrevoke --list /etc/edge-gate/revoked.txt DAY-0001",
+    "ticket revoke": "edge-gate ticket revoke --list /var/lib/edge-gate/revoked.txt DAY-0001",
+    "ticket unrevoke": "edge-gate ticket unrevoke --list /var/lib/edge-gate/revoked.txt DAY-0001",
     "qr read": "edge-gate qr read photo-of-a-ticket.jpg",
     "ledger init": "sudo -u edge-gate edge-gate ledger init --config /etc/edge-gate/gate.toml",
     "ledger recover": "sudo -u edge-gate edge-gate ledger recover "
