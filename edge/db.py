@@ -103,7 +103,11 @@ def connect(
 ) -> sqlite3.Connection:
     """Open a database with the project's pragmas; autocommit (transactions are explicit).
     readonly: opened `mode=ro` for a command that only reads, so it takes no lock at open and
-    makes or upgrades nothing (its journal mode is the file's own)."""
+    makes or upgrades nothing (its journal mode is the file's own). A new file is made 0600
+    before SQLite opens it (whatever the umask), and SQLite gives its log and index the
+    database's mode: the stores hold password hashes, sealed templates and the evidence."""
+    if not readonly and str(path) != ":memory:":
+        _make_private(Path(path))
     conn = sqlite3.connect(
         f"file:{quote(str(Path(path).resolve()))}?mode=ro" if readonly else str(path),
         timeout=timeout_s,
@@ -128,6 +132,13 @@ def connect(
         conn.close()
         raise
     return conn
+
+
+def _make_private(path: Path) -> None:
+    """Create `path` empty with mode 0600 if it does not exist. Nothing else: a folder that
+    is missing or not writable is left for SQLite to report as it always does."""
+    with suppress(OSError):
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
 
 
 @contextmanager
