@@ -86,3 +86,13 @@ def test_a_new_database_and_its_log_are_private_whatever_the_umask(tmp_path):
     finally:
         users.close()
         gallery.close()
+
+
+def test_every_unit_that_reads_the_gallery_key_makes_no_core_dump():
+    """Before: only edge-gate.service set LimitCORE=0; edge-gate-purge.service (the gallery key
+    as its credential) and edge-gate-sync.service (the gallery key and the site key, and the
+    templates of the enrollments it applies) could leave a core dump holding them. Now every
+    unit that reads the gallery key makes none."""
+    for unit in ("edge-gate.service", "edge-gate-purge.service", "edge-gate-sync.service"):
+        text = (ROOT / "systemd" / unit).read_text()
+        assert re.search(r"^LimitCORE=0$", text, re.M), unit
