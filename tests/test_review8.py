@@ -96,3 +96,16 @@ def test_every_unit_that_reads_the_gallery_key_makes_no_core_dump():
     for unit in ("edge-gate.service", "edge-gate-purge.service", "edge-gate-sync.service"):
         text = (ROOT / "systemd" / unit).read_text()
         assert re.search(r"^LimitCORE=0$", text, re.M), unit
+
+
+def test_the_readme_makes_the_pretix_token_where_the_installer_lets_it_be_written():
+    """Before: the README ran `pretix init-device` as the service user, which may not create a
+    file in /etc/edge-gate (root's, 0750: the installer makes it so), so the documented step
+    stopped with "cannot write the pretix token file". Now it runs as root and gives the token
+    to the service user, who reads it for `pretix sync --once`."""
+    script = (ROOT / "scripts" / "install-pi.sh").read_text()
+    assert "install -d -m 0750 -o root -g edge-gate /etc/edge-gate" in script
+    readme = (ROOT / "README.md").read_text()
+    (line,) = [ln for ln in readme.splitlines() if "pretix init-device --config /etc/" in ln]
+    assert "sudo -u edge-gate" not in line, line
+    assert "chown edge-gate:edge-gate /etc/edge-gate/pretix.token" in readme
