@@ -1,4 +1,4 @@
-"""Gallery defects found in review: what a running gate matches after the file changed under it."""
+"""Gallery defects: what a running gate matches after the file changed under it."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Enrolment defects found in review: one person's bad input must not stop a folder import."""
+"""Enrolment defects: one person's bad input must not stop a folder import."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Gate daemon defects found in review: no way round a fleet lane's face check."""
+"""Gate daemon defects: no way round a fleet lane's face check."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Ticket defects found in review: an operator's date the ticket format cannot carry."""
+"""Ticket defects: an operator's date the ticket format cannot carry."""
 
 from __future__ import annotations
 

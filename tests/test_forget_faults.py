@@ -1,4 +1,4 @@
-"""Forget defects found in review: a forget list cut by a power loss, replay over many people."""
+"""Forget defects: a forget list cut by a power loss, replay over many people."""
 
 from __future__ import annotations
 

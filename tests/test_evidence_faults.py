@@ -1,4 +1,4 @@
-"""Evidence defects found in review: an evidence key that cannot be made is said as such."""
+"""Evidence defects: an evidence key that cannot be made is said as such."""
 
 from __future__ import annotations
 
