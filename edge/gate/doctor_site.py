@@ -20,7 +20,7 @@ from edge.gate import checks
 from edge.gate.audit import open_audit
 from edge.gate.checklist import Check, Site, registry
 from edge.gate.desk import open_ledger
-from edge.tickets.pretix_desk import lane_status
+from edge.tickets.pretix_desk import AHEAD_SLACK_S, lane_status
 from edge.tickets.pretix_offline import check_configured, load_dir
 from edge.timeutil import iso
 from edge.vision.models import detector_spec
@@ -305,12 +305,26 @@ def _pretix(site: Site) -> str | Check:
     check_configured(data, site.cfg.resolve(px.dir), px.event, px.checkin_list)  # as the gate
     st = lane_status(site.cfg, time.time())
     age = st["age_s"]
+    ahead = age is not None and age < -AHEAD_SLACK_S  # dated ahead: this lane's clock is behind
+    when = (
+        "of unknown age"
+        if age is None
+        else f"dated {-age / 60:.0f} min ahead of this clock"
+        if ahead
+        else f"{max(age, 0.0) / 60:.0f} min old"  # within the slack: just pulled
+    )
     what = (
         f"event {data.event.slug}, list {data.checkin_list.id}, {len(data.event.keys)} key(s), "
-        f"{len(data.revoked)} revoked, {len(data.blocked)} blocked; data "
-        + (f"{age / 60:.0f} min old" if age is not None else "of unknown age")
-        + f"; {st['upload_pending']} check-in(s) waiting for upload"
+        f"{len(data.revoked)} revoked, {len(data.blocked)} blocked; data {when}"
+        f"; {st['upload_pending']} check-in(s) waiting for upload"
     )
+    if ahead:
+        return Check(
+            "warn",
+            "pretix",
+            what + " (this lane's clock is behind: tickets are judged on a wrong time)",
+            "set the time (timedatectl; NTP), then run edge-gate doctor again",
+        )
     if age is None or age > px.stale_after_s:
         why = f"; last error: {st['last_error']}" if st["last_error"] else ""
         return Check(

@@ -327,6 +327,9 @@ def pretix_heartbeat(cfg: Any, now: float) -> dict[str, Any]:
     }
 
 
+AHEAD_SLACK_S = 300.0  # pretix data dated further ahead of the reader's clock is not believed
+
+
 def pretix_view(hb: Any, now: float) -> dict[str, Any] | None:
     """A heartbeat's pretix part as `fleet status` shows it: its age and whether it is older
     than the lane's limit (missing data counts as stale). None when the lane sent none. Pure."""
@@ -335,7 +338,7 @@ def pretix_view(hb: Any, now: float) -> dict[str, Any] | None:
     t = hb.get("data_time")
     limit = hb.get("stale_after_s")
     age = None  # not a time, or far ahead of the office's clock: counted as missing
-    if isinstance(t, int | float) and math.isfinite(t) and t <= now + 300:
+    if isinstance(t, int | float) and math.isfinite(t) and t <= now + AHEAD_SLACK_S:
         age = round(now - float(t), 1)
     stale = age is None or (isinstance(limit, int | float) and age > float(limit))
     return {**hb, "age_s": age, "stale": stale}
