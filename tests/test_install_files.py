@@ -6,29 +6,21 @@ from __future__ import annotations
 import os
 import re
 import stat
-import subprocess
 from pathlib import Path
 
 from edge import config as config_mod
 from edge.console.users import UserStore
 from edge.gallery.crypto import init_key
 from edge.gallery.store import Gallery
+from tests.helpers import installed_gate_toml
 
 ROOT = config_mod.PROJECT_ROOT
 
 
 def _installed_config(tmp_path: Path) -> config_mod.Config:
-    """gate.toml as install-pi.sh writes it (its own sed expressions on the shipped file)."""
-    script = (ROOT / "scripts" / "install-pi.sh").read_text()
-    args = [a for e in re.findall(r"-e '(s#[^']+)'", script) for a in ("-e", e)]
-    out = subprocess.run(
-        ["sed", *args, str(ROOT / "firmware_config" / "gate.toml")],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
+    """gate.toml as install-pi.sh writes it, loaded."""
     p = tmp_path / "gate.toml"
-    p.write_text(out)
+    p.write_text(installed_gate_toml())
     return config_mod.load(p)
 
 
