@@ -4,14 +4,20 @@ units, the installer and the files the stores create."""
 from __future__ import annotations
 
 import os
+import pwd
 import re
+import shlex
 import stat
+import subprocess
 from pathlib import Path
+
+import pytest
 
 from edge import config as config_mod
 from edge.console.users import UserStore
 from edge.gallery.crypto import init_key
 from edge.gallery.store import Gallery
+from edge.tickets.revocation import load_revocations
 from tests.helpers import installed_gate_toml
 
 ROOT = config_mod.PROJECT_ROOT
@@ -101,3 +107,108 @@ def test_the_readme_makes_the_pretix_token_where_the_installer_lets_it_be_writte
     (line,) = [ln for ln in readme.splitlines() if "pretix init-device --config /etc/" in ln]
     assert "sudo -u edge-gate" not in line, line
     assert "chown edge-gate:edge-gate /etc/edge-gate/pretix.token" in readme
+
+
+def _migration() -> tuple[str, list[str]]:
+    """install-pi.sh's migrate_revocation_list function and the arguments the script calls it
+    with (the installed config, the old list, the list in the state directory, the owner)."""
+    script = (ROOT / "scripts" / "install-pi.sh").read_text()
+    func = re.search(r"^migrate_revocation_list\(\) \{.*?^\}$", script, re.M | re.S)
+    call = re.search(r"^migrate_revocation_list (.+)$", script, re.M)
+    assert func and call, "install-pi.sh does not migrate a revocation list left in /etc"
+    return func.group(0), shlex.split(call.group(1))
+
+
+def _migrate(func: str, conf: Path, old: Path, new: Path) -> subprocess.CompletedProcess:
+    """The installer's migration against a temporary root, the files owned by this user."""
+    owner = pwd.getpwuid(os.getuid()).pw_name
+    code = f'set -euo pipefail\n{func}\nmigrate_revocation_list "$@"\n'
+    argv = ["bash", "-c", code, "migrate", str(conf), str(old), str(new), owner]
+    return subprocess.run(argv, capture_output=True, text=True)
+
+
+def _tree(root: Path) -> dict[str, tuple[bytes, int, int]]:
+    return {
+        str(p.relative_to(root)): (p.read_bytes(), p.stat().st_mode, p.stat().st_mtime_ns)
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
+
+
+def test_the_installer_calls_the_migration_for_the_installed_config_and_list(tmp_path):
+    """The migration is run on /etc/edge-gate/gate.toml, from the list an earlier installer
+    configured to the one it configures now, for the service user, once the state folder and its
+    list exist and before anything reads the list."""
+    script = (ROOT / "scripts" / "install-pi.sh").read_text()
+    _, args = _migration()
+    new = _installed_config(tmp_path).tickets.revocation_list
+    assert args == ["/etc/edge-gate/gate.toml", "/etc/edge-gate/revoked.txt", new, "edge-gate"]
+    call = script.index("\nmigrate_revocation_list /etc/")
+    assert script.index(f"/dev/null {new}\n") < call < script.index(" ledger init --config")
+
+
+@pytest.mark.parametrize("newer", ["T-2\nT-3\n", None], ids=["newer-list", "no-list"])
+def test_a_reinstall_moves_a_revocation_list_left_in_etc_into_the_state_directory(tmp_path, newer):
+    """Before: a lane installed when the list lived in /etc/edge-gate kept that gate.toml on
+    every later run of the installer, and sync (ProtectSystem=strict, root's folder) could never
+    replace the list there, so no office revocation reached the lane; the fix was a manual move.
+    Now the installer joins the old list's lines to the list in the state directory (no id lost
+    from either), gives it the service user and 0644, points gate.toml at it (that one line),
+    and removes the old list; a second run changes nothing."""
+    func, _ = _migration()
+    etc, state = tmp_path / "etc", tmp_path / "state"
+    etc.mkdir()
+    state.mkdir()
+    new_default = _installed_config(tmp_path).tickets.revocation_list
+    old, new, conf = etc / "revoked.txt", state / "revoked.txt", etc / "gate.toml"
+    before = installed_gate_toml().replace(
+        f'revocation_list = "{new_default}"', f'revocation_list = "{old}"'
+    )
+    assert before != installed_gate_toml()
+    conf.write_text(before)
+    conf.chmod(0o640)
+    old.write_text("T-1\n# sold twice\nT-2")  # no newline at the end
+    (etc / ".revoked.txt.lock").touch()  # left by a `ticket revoke` as root
+    if newer is not None:
+        new.write_text(newer)  # revoked there since (by hand)
+        new.chmod(0o600)
+    p = _migrate(func, conf, old, new)
+    assert p.returncode == 0, p.stderr
+    assert "restart edge-gate and edge-gate-sync" in p.stdout
+    want = (newer or "") + ("T-1\n# sold twice\n" if newer else "T-1\n# sold twice\nT-2\n")
+    assert new.read_text() == want
+    assert load_revocations(new) == ({"T-1", "T-2", "T-3"} if newer else {"T-1", "T-2"})
+    assert stat.S_IMODE(new.stat().st_mode) == 0o644
+    assert new.stat().st_uid == os.getuid()
+    assert [f.name for f in state.iterdir()] == ["revoked.txt"]  # no temp file left
+    assert sorted(f.name for f in etc.iterdir()) == ["gate.toml"]  # the old list and its lock
+    assert config_mod.load(conf).tickets.revocation_list == str(new)
+    changed = [
+        (a, b)
+        for a, b in zip(before.splitlines(), conf.read_text().splitlines(), strict=True)
+        if a != b
+    ]
+    assert changed == [(f'revocation_list = "{old}"', f'revocation_list = "{new}"')]
+    assert stat.S_IMODE(conf.stat().st_mode) == 0o640
+    settled = _tree(tmp_path)
+    p = _migrate(func, conf, old, new)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout == ""
+    assert _tree(tmp_path) == settled
+
+
+def test_the_migration_leaves_an_install_that_names_the_state_directory_alone(tmp_path):
+    """A gate.toml that already names the list in the state directory (a new install, or one
+    migrated before) is not touched, nor is either list."""
+    func, _ = _migration()
+    etc, state = tmp_path / "etc", tmp_path / "state"
+    etc.mkdir()
+    state.mkdir()
+    old, new, conf = etc / "revoked.txt", state / "revoked.txt", etc / "gate.toml"
+    conf.write_text(installed_gate_toml().replace("/var/lib/edge-gate/revoked.txt", str(new)))
+    old.write_text("T-9\n")
+    new.write_text("T-1\n")
+    settled = _tree(tmp_path)
+    p = _migrate(func, conf, old, new)
+    assert p.returncode == 0, p.stderr
+    assert _tree(tmp_path) == settled
