@@ -96,6 +96,92 @@ def test_every_unit_that_reads_the_gallery_key_makes_no_core_dump():
         assert re.search(r"^LimitCORE=0$", text, re.M), unit
 
 
+def _service_settings(unit: Path) -> dict[str, str]:
+    """A unit's [Service] settings, each key's last assignment (the one in force for these
+    single-valued settings)."""
+    settings: dict[str, str] = {}
+    section = ""
+    for line in unit.read_text().splitlines():
+        line = line.strip()
+        if line.startswith("["):
+            section = line
+        elif section == "[Service]" and "=" in line and not line.startswith("#"):
+            key, value = line.split("=", 1)
+            settings[key] = value
+    return settings
+
+
+# The sandbox every service of the gate's user runs in (the lane screen, a kiosk browser under
+# its own user, is not one of them).
+SANDBOX = {
+    "User": "edge-gate",
+    "ProtectSystem": "strict",
+    "ProtectHome": "yes",
+    "PrivateTmp": "yes",
+    "NoNewPrivileges": "yes",
+    "CapabilityBoundingSet": "",
+    "AmbientCapabilities": "",
+    "ProtectKernelTunables": "yes",
+    "ProtectKernelModules": "yes",
+    "ProtectKernelLogs": "yes",
+    "ProtectControlGroups": "yes",
+    "ProtectClock": "yes",
+    "ProtectHostname": "yes",
+    "ProtectProc": "invisible",
+    "RestrictNamespaces": "yes",
+    "RestrictRealtime": "yes",
+    "RestrictSUIDSGID": "yes",
+    "LockPersonality": "yes",
+    "SystemCallArchitectures": "native",
+    "SystemCallFilter": "@system-service",
+    "SystemCallErrorNumber": "EPERM",
+    "IPAddressDeny": "any",
+    "LimitCORE": "0",
+}
+
+
+def _sandbox_gaps(unit: Path) -> dict[str, str | None]:
+    """The sandbox settings a unit lacks or weakens, with what it has instead (None: absent);
+    a unit other than the gate's must also see no device."""
+    settings = _service_settings(unit)
+    want = dict(SANDBOX)
+    if unit.name == "edge-gate.service":
+        want["DevicePolicy"] = "closed"  # the camera, GPIO and the scanner only
+    else:
+        want["PrivateDevices"] = "yes"
+    return {k: settings.get(k) for k, v in want.items() if settings.get(k) != v}
+
+
+def test_every_service_of_the_gate_user_runs_in_the_same_sandbox():
+    """Before: edge-gate-purge.service, which holds the gallery key and opens the gallery and the
+    audit log, could read the kernel log, set the clock and the host name, see every process,
+    take realtime scheduling and make SUID files, and had no IP deny list; and
+    edge-gate-pretix-sync.service, which holds the shop's API token, could leave it in a core
+    dump. Now all four services of the gate's user have the same sandbox (the gate's devices
+    aside: the others see none), and the purge has no network at all."""
+    for unit in (
+        "edge-gate.service",
+        "edge-gate-sync.service",
+        "edge-gate-purge.service",
+        "edge-gate-pretix-sync.service",
+    ):
+        assert _sandbox_gaps(ROOT / "systemd" / unit) == {}, unit
+    purge = _service_settings(ROOT / "systemd" / "edge-gate-purge.service")
+    assert purge["PrivateNetwork"] == "yes"
+    assert purge["RestrictAddressFamilies"] == "AF_UNIX"
+
+
+def test_a_unit_that_drops_or_weakens_a_sandbox_setting_is_caught(tmp_path):
+    """The check reads the settings as systemd does: one removed, or set again further down,
+    is a gap."""
+    text = (ROOT / "systemd" / "edge-gate-purge.service").read_text()
+    unit = tmp_path / "edge-gate-purge.service"
+    unit.write_text(text.replace("\nProtectProc=invisible\n", "\n"))
+    assert _sandbox_gaps(unit) == {"ProtectProc": None}
+    unit.write_text(text.replace("\nLimitCORE=0\n", "\nLimitCORE=0\nLimitCORE=infinity\n"))
+    assert _sandbox_gaps(unit) == {"LimitCORE": "infinity"}
+
+
 def test_the_readme_makes_the_pretix_token_where_the_installer_lets_it_be_written():
     """Before: the README ran `pretix init-device` as the service user, which may not create a
     file in /etc/edge-gate (root's, 0750: the installer makes it so), so the documented step
