@@ -3,7 +3,8 @@
 #     sudo bash scripts/install-pi.sh [--issuer-pub PATH] [--broker ADDR] [--pretix-addr ADDR]
 # Installs: /opt/edge-gate (code + venv), /etc/edge-gate (gate.toml, gallery.key, issuer.pub),
 # /var/lib/edge-gate (state, via systemd StateDirectory), the systemd units, udev rules and the
-# firmware fragment. Safe to run again: it never overwrites the config or the gallery key.
+# firmware fragment. Safe to run again: it never overwrites the config or the gallery key (in an
+# existing gate.toml it changes only a revocation list an earlier install put in /etc).
 # --screen also installs the lane screen (edge-gate-screen.service, its own user, Chromium in
 # the cage kiosk) and points the gate's [screen] socket at it (docs/CONSOLE.md).
 set -euo pipefail
@@ -100,6 +101,27 @@ install -d -m 0700 -o edge-gate -g edge-gate /var/lib/edge-gate
 # The revocation list is state: edge-gate-sync replaces it (a temp file and a lock beside it) with
 # the office's revocations, so it lives in the folder the service user owns.
 [ -f /var/lib/edge-gate/revoked.txt ] || install -m 0644 -o edge-gate -g edge-gate /dev/null /var/lib/edge-gate/revoked.txt
+# An install made before the list moved here names /etc/edge-gate/revoked.txt in gate.toml (which
+# a later run keeps), a folder sync cannot write: office revocations never reached such a lane.
+# The old list's lines join the list here (the union of both files, so no revoked id is lost
+# from either), gate.toml is pointed here, then the old list goes. A second run finds gate.toml
+# pointed here and changes nothing.
+migrate_revocation_list() {  # CONFIG OLD_LIST NEW_LIST OWNER
+  local conf=$1 old=$2 new=$3 owner=$4 kept=/dev/null moved=/dev/null merged
+  grep -Fqx "revocation_list = \"$old\"" "$conf" || return 0
+  [ ! -f "$new" ] || kept=$new
+  [ ! -f "$old" ] || moved=$old
+  merged=$(mktemp "$new.XXXXXXXX")
+  # every line of the list here as it is, then each line of the old list not already in it
+  awk 'FILENAME == ARGV[1] { seen[$0]; print; next } !($0 in seen) { seen[$0]; print }' \
+    "$kept" "$moved" > "$merged"
+  chown "$owner:$owner" "$merged"; chmod 0644 "$merged"; sync "$merged"
+  mv -f "$merged" "$new"
+  sed -i "s#^revocation_list = \"$old\"\$#revocation_list = \"$new\"#" "$conf"
+  rm -f "$old" "$(dirname "$old")/.$(basename "$old").lock"
+  echo "!! the revocation list moved to $new: restart edge-gate and edge-gate-sync"
+}
+migrate_revocation_list /etc/edge-gate/gate.toml /etc/edge-gate/revoked.txt /var/lib/edge-gate/revoked.txt edge-gate
 sudo -u edge-gate /opt/edge-gate/venv/bin/edge-gate ledger init --config /etc/edge-gate/gate.toml
 
 echo "== firmware, udev, systemd"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import sqlite3
 import subprocess
 import sys
@@ -139,6 +140,27 @@ class FakeCapture:
 
     def release(self):
         self.opened = False
+
+
+INSTALLER = PROJECT_ROOT / "scripts" / "install-pi.sh"
+
+
+def installer_sed_expressions() -> list[str]:
+    """The `-e 's#...'` expressions with which install-pi.sh writes gate.toml on a new install."""
+    script = INSTALLER.read_text()
+    block = script.split("if [ ! -f /etc/edge-gate/gate.toml ]; then", 1)[1].split("\nfi\n", 1)[0]
+    return re.findall(r"-e '(s#[^']+)'", block)
+
+
+def installed_gate_toml() -> str:
+    """gate.toml as install-pi.sh writes it: its own sed expressions on the shipped file."""
+    args = [a for e in installer_sed_expressions() for a in ("-e", e)]
+    return subprocess.run(
+        ["sed", *args, str(PROJECT_ROOT / "firmware_config" / "gate.toml")],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
 
 
 def make_config(tmp: Path, extra: str = "") -> config_mod.Config:

@@ -12,6 +12,7 @@ import sys
 import pytest
 
 from edge import config as config_mod
+from tests.helpers import installed_gate_toml, installer_sed_expressions
 
 ROOT = config_mod.PROJECT_ROOT
 UNITS = [
@@ -88,18 +89,9 @@ def test_sync_unit_has_the_network_and_the_gate_has_none():
 
 def test_installer_writes_a_pi_config_that_loads(tmp_path):
     """Apply install-pi.sh's own sed expressions to the shipped gate.toml: every one must match."""
-    script = (ROOT / "scripts" / "install-pi.sh").read_text()
-    exprs = re.findall(r"-e '(s#[^']+)'", script)
-    assert len(exprs) == 12
-    args = [a for e in exprs for a in ("-e", e)]
-    out = subprocess.run(
-        ["sed", *args, str(ROOT / "firmware_config" / "gate.toml")],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
+    assert len(installer_sed_expressions()) == 12
     p = tmp_path / "gate.toml"
-    p.write_text(out)
+    p.write_text(installed_gate_toml())
     cfg = config_mod.load(p)
     assert cfg.camera.source == "picamera2"
     assert cfg.relay.pin_factory == "lgpio"
@@ -284,14 +276,7 @@ def test_relay_off_without_a_tool_fails_and_mock_needs_none(tmp_path):
 
 
 def test_relay_off_reads_the_config_the_installer_writes(tmp_path):
-    script = (ROOT / "scripts" / "install-pi.sh").read_text()
-    args = [a for e in re.findall(r"-e '(s#[^']+)'", script) for a in ("-e", e)]
-    pi_cfg = subprocess.run(
-        ["sed", *args, str(ROOT / "firmware_config" / "gate.toml")],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
+    pi_cfg = installed_gate_toml()
     bindir = tmp_path / "bin"
     log = fake_tool(bindir, "pinctrl")
     assert relay_off(pi_cfg, tmp_path, bindir).returncode == 0
