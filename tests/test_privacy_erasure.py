@@ -1,0 +1,96 @@
+"""Erasure the auditor can rely on: `forget --replay` recorded before it erases, deleted rows
+gone from the bytes of every file that held them, and the forget list stated in the report."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+
+from edge.errors import AuditError
+from edge.gallery.crypto import init_key, load_key
+from edge.gallery.store import Gallery
+from edge.gate.audit import AuditLog
+
+from .gallery_helpers import CONSENT, cli, config, unit
+
+
+def restored_gallery(tmp_path: Path, names: str, forget: int) -> tuple[list[str], list[str]]:
+    """A gallery of `names`, a backup of it, the first `forget` people forgotten, then the
+    backup restored over it: (ids, the `--config --db --key-file` arguments)."""
+    rng = np.random.default_rng(61)
+    db, key = tmp_path / "g.db", tmp_path / "k.key"
+    with Gallery(db, init_key(key)) as g:
+        ids = [g.add_person(n, CONSENT, list(unit(rng, 2)), "m", "v") for n in names]
+    shutil.copy2(db, tmp_path / "backup.db")
+    with Gallery(db, load_key(key), create=False) as g:
+        for pid in ids[:forget]:
+            assert g.forget(pid)
+    for suffix in ("-wal", "-shm"):
+        Path(f"{db}{suffix}").unlink(missing_ok=True)
+    shutil.copy2(tmp_path / "backup.db", db)
+    return ids, ["--config", str(config(tmp_path)), "--db", str(db), "--key-file", str(key)]
+
+
+def held(tmp_path: Path) -> list[str]:
+    with Gallery(tmp_path / "g.db", load_key(tmp_path / "k.key"), create=False) as g:
+        return sorted(p.id for p in g.people())
+
+
+def deletions(tmp_path: Path) -> list[str]:
+    """The details of the audit log's deletion records, oldest first."""
+    path = tmp_path / "audit.db"
+    if not path.exists():
+        return []
+    with AuditLog(path) as log:
+        return [r.detail for r in log.records("deletion")]
+
+
+def test_a_replay_whose_audit_record_is_refused_erases_nothing(tmp_path, capsys, monkeypatch):
+    """`forget --replay` on a restored gallery with an audit log that refuses the record (a full
+    disk): the people were erased first and the record then failed, so the erasure was on no
+    record. As `forget`, the deletion is now recorded first: refused, nothing is erased, the
+    error says so and what to fix, and the same command once the log takes records works."""
+    ids, args = restored_gallery(tmp_path, "ABC", forget=2)
+    forget_list = (tmp_path / "g.db.forgotten").read_bytes()
+    real = AuditLog.append
+
+    def full(self, r):
+        raise AuditError(f"audit log {self.path} is full", "free disk space")
+
+    monkeypatch.setattr(AuditLog, "append", full)
+    rc, _, err = cli(capsys, "forget", "--replay", *args)
+    assert rc == 2
+    assert "nothing was erased" in err and "free disk space" in err
+    assert "forget --replay again" in err
+    assert held(tmp_path) == sorted(ids)  # unchanged: nobody erased without the record
+    assert (tmp_path / "g.db.forgotten").read_bytes() == forget_list
+    with Gallery(tmp_path / "g.db", load_key(tmp_path / "k.key"), create=False) as g:
+        assert g.needs_forget_replay()  # faces stay refused until the replay is done
+    monkeypatch.setattr(AuditLog, "append", real)
+    rc, out, _ = cli(capsys, "forget", "--replay", *args)
+    assert rc == 0 and "2 people erased again" in out
+    assert held(tmp_path) == [ids[2]]
+    assert [d.split(";")[0] for d in deletions(tmp_path)] == ["2 erased again"]
+    assert not any(pid in d for d in deletions(tmp_path) for pid in ids)
+
+
+def test_a_replay_after_a_partial_one_records_only_those_still_held(tmp_path, capsys):
+    """A restored gallery replayed with the lane's own list (one person), then with the office's
+    list (that person and one more), then again: each replay records and reports only the
+    people the gallery still held; one that finds nobody erases and records nothing (before,
+    it added a deletion record of 0 people)."""
+    ids, args = restored_gallery(tmp_path, "ABC", forget=1)
+    rc, out, _ = cli(capsys, "forget", "--replay", *args)
+    assert rc == 0 and "1 people erased again" in out
+    assert held(tmp_path) == sorted(ids[1:])
+    office = tmp_path / "office.txt"
+    office.write_text(f"{ids[0]}\n{ids[1]}\n")
+    rc, out, _ = cli(capsys, "forget", "--replay", str(office), *args)
+    assert rc == 0 and "1 people erased again" in out
+    assert held(tmp_path) == [ids[2]]
+    rc, out, _ = cli(capsys, "forget", "--replay", str(office), *args)
+    assert rc == 0 and "0 people erased again" in out
+    assert held(tmp_path) == [ids[2]]
+    assert [d.split(";")[0] for d in deletions(tmp_path)] == ["1 erased again"] * 2
