@@ -336,6 +336,8 @@ def cmd_purge(args) -> int:
         gone, aged = purge_with_gallery(log, g, time.time(), days, cfg.gate.id)
         if gone or g.pending_erasure():  # after the record is committed; fails loudly, never hides
             g.scrub()
+        if aged:  # the removed records' bytes leave the log too (zeroed in the file already)
+            log.checkpoint()
     print(
         f"purged {len(gone)} people whose pass expired more than {days} days ago; "
         f"{aged} old audit records"
