@@ -178,3 +178,30 @@ def test_what_the_lane_takes_out_of_fleet_db_leaves_no_bytes_on_disk(
         assert kept not in on_disk(db)
     finally:
         state.close()
+
+
+def test_the_privacy_report_states_what_the_forget_list_holds_and_why(tmp_path, capsys):
+    """The forget list beside the gallery keeps the pseudonymous ids of everyone erased (to
+    replay the erasures on a restored backup), but the privacy report, the auditor's account of
+    what is stored, named neither the file nor what it holds. It now states its path, how many
+    ids it holds and why, in the text and in --json."""
+    import json
+
+    rng = np.random.default_rng(62)
+    db, key = tmp_path / "g.db", tmp_path / "k.key"
+    with Gallery(db, init_key(key)) as g:
+        ids = [g.add_person(n, CONSENT, list(unit(rng, 2)), "m", "v") for n in "ABC"]
+        assert g.forget(ids[0]) and g.forget(ids[1])
+    args = ["--config", str(config(tmp_path)), "--db", str(db), "--key-file", str(key)]
+    rc, out, _ = cli(capsys, "privacy-report", "--json", *args)
+    assert rc == 0
+    report = json.loads(out)
+    listed = report["stored"]["forget_list"]
+    assert listed["path"] == str(tmp_path / "g.db.forgotten")
+    assert listed["ids"] == 2
+    assert "pseudonymous ids" in listed["purpose"] and "restored" in listed["purpose"]
+    assert report["stored"]["people"] == 1  # the keys around it unchanged
+    rc, out, _ = cli(capsys, "privacy-report", *args)
+    assert rc == 0
+    assert f"Forget list `{tmp_path / 'g.db.forgotten'}`: 2 pseudonymous ids" in out
+    assert not any(pid in out for pid in ids)  # counted, never listed
