@@ -8,8 +8,9 @@ error type carrying the operator's fix. No other module writes another store's t
 
 The project's pragmas: WAL (readers never block the gate's writes), synchronous=FULL (a
 committed entry survives a power cut: the commit is the grant), a busy timeout instead of
-"database is locked" at the first contention. The gallery adds secure_delete (deleted rows are
-overwritten) and foreign keys.
+"database is locked" at the first contention. The gallery, the audit log and the fleet state
+add secure_delete (deleted rows are overwritten: a template, a name, an expired record does not
+stay readable in a freed page); the gallery adds foreign keys.
 
 A file deleted or replaced under a running process (a restore) shares the names of its
 write-ahead log and index with the file now at the path: every connection lets go of it the
@@ -172,6 +173,22 @@ class _NoLock:
 _NO_LOCK = _NoLock()
 
 
+def checkpoint(conn: sqlite3.Connection, what: str) -> bool:
+    """wal_checkpoint(TRUNCATE): the log written into the file and emptied (what a delete under
+    secure_delete needs before its bytes are gone from disk); False, with a warning naming
+    `what`, when a reader kept it busy or it failed. Never raises."""
+    try:
+        busy = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]
+    except sqlite3.Error as e:
+        log.warning("%s not_checkpointed error=%s: the next checkpoint does it", what, e)
+        return False
+    if busy:
+        log.warning(
+            "%s not_checkpointed: a reader holds the log; the next checkpoint does it", what
+        )
+    return not busy
+
+
 def run_script(conn: sqlite3.Connection, sql: str) -> None:
     """Run several statements inside the caller's transaction (executescript would COMMIT it)."""
     stmt = ""
@@ -307,6 +324,12 @@ class Store:
                             self.conn.execute("COMMIT")
             except sqlite3.Error as e:
                 raise self.error(f"{self.what} {self.path}: {e}", sqlite_fix(e)) from None
+
+    def checkpoint(self) -> bool:
+        """After a delete: the log written into the file and emptied, so no older copy of the
+        deleted rows (overwritten in the file by secure_delete) stays in it. False, with a
+        warning, when a reader kept it (the next checkpoint does it). Never raises."""
+        return checkpoint(self.conn, f"{self.what} {self.path}")
 
     def data_version(self) -> int:
         """Changes whenever another connection commits to this file."""

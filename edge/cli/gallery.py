@@ -15,7 +15,7 @@ from edge.cli.fleet import check_publish, publish_args, publish_deletion, publis
 from edge.cli.numbers import non_negative_int, positive_int
 from edge.cli.paths import existing_dir, file_path, nonempty_file
 from edge.cli.personal import add_detail_args, resolve_details
-from edge.errors import EdgeGateError, EnrollError
+from edge.errors import AuditError, EdgeGateError, EnrollError
 from edge.gallery.crypto import load_key
 from edge.gallery.erase import ErasureIncomplete
 from edge.gallery.forgetlist import read_replay_file
@@ -224,23 +224,53 @@ OWN_LIST = "-"  # `forget --replay` without FILE: the lane's own forget list onl
 
 def cmd_replay(args) -> int:
     """`forget --replay [FILE]`: a gallery restored from a backup forgets again everyone the
-    lane's forget list (and FILE) names, then admits faces again."""
+    lane's forget list (and FILE) names that it still holds, then admits faces again. As
+    `forget`: the deletion is recorded first, then done, so an audit log that refuses the
+    record erases nothing; people already gone are neither erased nor recorded again."""
     cfg, db, key = paths(args)
     ids, gen = read_replay_file(Path(args.replay)) if args.replay != OWN_LIST else ([], 0)
     with Gallery(db, load_key(key), create=False) as g:
         before = g.forget_state()
-        gone = g.apply_forget_list(ids, gen)
+        held = g.held_of_forget_list(ids)
+        if held:
+            _record_replay(cfg, len(held), before.generation)
+        try:
+            gone = g.apply_forget_list(held, gen)
+        except ErasureIncomplete:  # the rows are gone; the audit trail says not yet from disk
+            audit_record(cfg, "deletion", reason=REPLAYED, detail="erasure incomplete on disk")
+            raise
+        except EdgeGateError as e:
+            if held:
+                with contextlib.suppress(EdgeGateError):
+                    audit_record(cfg, "deletion", reason=REPLAYED, detail=f"not done: {e}")
+            raise
         after = g.forget_state()
-    audit_record(
-        cfg, "deletion", reason="forget_list_replayed",
-        detail=f"{len(gone)} erased again; generation {before.generation} -> {after.generation}",
-    )  # fmt: skip
     was = f" ({before.reason})" if before.reason else ""
     print(
         f"replayed the forget list on {db}{was}: {len(gone)} people erased again; generation "
         f"{after.generation}; faces are admitted again"
     )
     return 0
+
+
+REPLAYED = "forget_list_replayed"
+
+
+def _record_replay(cfg: config_mod.Config, count: int, generation: int) -> None:
+    """The deletion a replay is about to make, recorded (how many, never who) before it is
+    made; AuditError saying nothing was erased when the audit log refuses it."""
+    try:
+        audit_record(
+            cfg, "deletion", reason=REPLAYED,
+            detail=f"{count} erased again; restored gallery at generation {generation}",
+        )  # fmt: skip
+    except EdgeGateError as e:
+        fix = e.hint or "check the audit log's file, folder and disk"
+        raise AuditError(
+            f"forget --replay: the audit log did not take the record of the deletion of {count} "
+            f"people, so nothing was erased: {e.args[0] if e.args else e}",
+            f"{fix}; then run edge-gate forget --replay again",
+        ) from None
 
 
 def cmd_forget(args) -> int:
@@ -306,6 +336,8 @@ def cmd_purge(args) -> int:
         gone, aged = purge_with_gallery(log, g, time.time(), days, cfg.gate.id)
         if gone or g.pending_erasure():  # after the record is committed; fails loudly, never hides
             g.scrub()
+        if aged:  # the removed records' bytes leave the log too (zeroed in the file already)
+            log.checkpoint()
     print(
         f"purged {len(gone)} people whose pass expired more than {days} days ago; "
         f"{aged} old audit records"

@@ -16,7 +16,6 @@ import dataclasses
 import json
 import logging
 import math
-import sqlite3
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,7 +23,7 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from edge.db import run_script
+from edge.db import checkpoint, run_script
 from edge.errors import FleetStateError
 from edge.fleet import messages as msg
 from edge.fleet.state import _SCHEMA as STATE_SCHEMA
@@ -92,10 +91,8 @@ class OfficeStore:
         self._unsent: list[int] = []  # acknowledged by the broker, not yet dropped from the queue
         if isinstance(state, StateReader):  # a reader: the version checked, nothing made
             self._known(state.get(SCHEMA_KEY, 0))
-        else:
-            # a person's queued enrollment (sealed with the site key) deleted at a forget, or
-            # once sent, leaves no bytes in freed pages
-            self.conn.execute("PRAGMA secure_delete=ON")
+        else:  # FleetState opens with secure_delete: a person's queued enrollment (sealed
+            # with the site key) deleted at a forget, or once sent, leaves no bytes in freed pages
             with self._tx() as c:
                 found = self._known(self.state.get(SCHEMA_KEY, 0))
                 run_script(c, _SCHEMA)
@@ -172,14 +169,7 @@ class OfficeStore:
         """Write the log into the file and empty it, so rows deleted (zeroed by secure_delete)
         leave no older copy in the log; False when a reader kept it (the next checkpoint
         does it)."""
-        try:
-            busy = self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]
-        except sqlite3.Error as e:
-            log.warning("office queue_not_flushed error=%s", e)
-            return False
-        if busy:
-            log.warning("office queue_not_flushed: a reader holds the log; the next checkpoint")
-        return not busy
+        return checkpoint(self.conn, "office queue")
 
     def next_seq(self) -> int:
         """The sequence number the next queued message will get (for revocation entries)."""

@@ -109,7 +109,10 @@ class FleetState(Store):
     def __init__(self, path: str | Path, office: bool = False):
         self._locked = False  # the last write found the file locked: the next ones do not wait
         Path(path).parent.mkdir(parents=True, exist_ok=True)
-        self._connect(Path(path))
+        # rows deleted here leave no bytes in freed pages: an override spent (the supervisor's
+        # name and reason), a kept message taken back, a queued enrollment at the office (sealed
+        # name and templates) dropped at a forget or once sent
+        self._connect(Path(path), secure_delete=True)
         try:
             with self.reading() as c:
                 have = tables(c)

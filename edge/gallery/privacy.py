@@ -32,6 +32,31 @@ WITHDRAWAL = (
 )
 
 
+FORGET_LIST_PURPOSE = (
+    "the pseudonymous ids of people erased (never a name, a template or a key), each with the"
+    " gallery generation it reached: a gallery restored from a backup taken before an erasure"
+    " is told apart and admits nobody by face until a replay of this list erases those people"
+    " again; kept as long as gallery backups from before those erasures may be restored"
+)
+FLEET_FORGET_LIST = (
+    "; the fleet state {path} also keeps the office's forget list (ids only): the office sends"
+    " it to every lane, so an enrollment of someone forgotten is refused and a restored lane"
+    " replays it"
+)
+
+
+def forget_list_facts(g: Gallery, cfg: Config) -> dict:
+    """Where the gallery's forget list is, how many pseudonymous ids it holds, and why."""
+    purpose = FORGET_LIST_PURPOSE
+    if cfg.fleet.enabled:
+        purpose += FLEET_FORGET_LIST.format(path=cfg.resolve(cfg.fleet.state_db))
+    return {
+        "path": str(g.forgets.path),
+        "ids": len(g.forgets.forgotten()),
+        "purpose": purpose,
+    }
+
+
 def privacy_report(cfg: Config, db: Path, key: Path) -> dict:
     """What is stored, where, for how long and under which key: derived from the schema."""
     kek = load_key(key)
@@ -40,6 +65,7 @@ def privacy_report(cfg: Config, db: Path, key: Path) -> dict:
         s = g.stats()
         overdue = len(g.due_for_purge(now, cfg.gallery.purge_after_days))
         restored = g.forget_state().reason
+        forget_list = forget_list_facts(g, cfg)
     real_key = credential_path(key)
     mode = stat.S_IMODE(os.stat(real_key).st_mode)
     files = [db, db.with_name(db.name + "-wal")]
@@ -65,6 +91,7 @@ def privacy_report(cfg: Config, db: Path, key: Path) -> dict:
                 "face images or video (enrollment frames are embedded in memory and dropped)",
                 "the key-encryption key (kept outside the database)",
             ],
+            "forget_list": forget_list,
             "audit_log": str(cfg.resolve(cfg.audit.path)),
             "audit_log_contents": (
                 "time, gate, grant/deny, face/ticket, pseudonymous person id or ticket id,"
@@ -133,6 +160,8 @@ def report_markdown(r: dict) -> str:
         f"- Encrypted: {', '.join(st['fields_encrypted'])}.",
         f"- In clear: {', '.join(f'{k} ({d[k]})' for k in st['fields_in_clear'])}.",
         f"- Never stored: {'; '.join(st['never_stored'])}.",
+        f"- Forget list `{st['forget_list']['path']}`: {st['forget_list']['ids']} pseudonymous"
+        f" ids of erased people; {st['forget_list']['purpose']}.",
         f"- Audit log `{st['audit_log']}`: {st['audit_log_contents']}.",
         "",
         "## Consent",

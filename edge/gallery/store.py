@@ -579,16 +579,21 @@ class Gallery(Store, GalleryReader):
         """The office forget list generation last applied here (0: none)."""
         return schema.state(self.conn, "forget_list_generation") or 0
 
+    def held_of_forget_list(self, ids: Iterable[str] = ()) -> list[str]:
+        """Who this file still holds among `ids` and everyone the lane's forget list names:
+        those `apply_forget_list` would erase (sorted). People already gone are not among
+        them. The ids alone, matched in SQL: no name is opened to list who is enrolled."""
+        wanted = sorted(set(ids) | self.forgets.forgotten())
+        return [pid for (pid,) in self.conn.execute(
+            "SELECT id FROM people WHERE id IN (SELECT value FROM json_each(?)) ORDER BY id",
+            (json.dumps(wanted),),
+        )]  # fmt: skip
+
     def apply_forget_list(self, ids: Iterable[str], generation: int = 0) -> list[str]:
         """Erase everyone on a forget list (the office's, or a file for `forget --replay`) and
         everyone the lane's own list names, then move past every generation seen: a restored
         gallery is current again. Returns the ids erased here."""
-        wanted = sorted(set(ids) | self.forgets.forgotten())
-        # the ids alone, matched in SQL: no name is opened to list who is enrolled
-        gone = [pid for (pid,) in self.conn.execute(
-            "SELECT id FROM people WHERE id IN (SELECT value FROM json_each(?)) ORDER BY id",
-            (json.dumps(wanted),),
-        )]  # fmt: skip
+        gone = self.held_of_forget_list(ids)
         self._forget_ids(gone, office_generation=generation)
         if gone or self.pending_erasure():
             self.scrub()

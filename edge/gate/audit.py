@@ -314,7 +314,8 @@ class AuditLog(Store):
         self.problem = ""  # a break found while running: logged once, shown by doctor/verify
         self.junk: JunkFolder | None = None
         path.parent.mkdir(parents=True, exist_ok=True)
-        self._connect(path, timeout_s=5.0)
+        # records removed past retention (pseudonymous ids, ticket ids) leave no bytes behind
+        self._connect(path, timeout_s=5.0, secure_delete=True)
         try:
             migrate(self.conn, MIGRATIONS, _too_new)
             kept = self.conn.execute("SELECT value FROM meta WHERE key = 'retention_s'").fetchone()
