@@ -103,3 +103,28 @@ def office_keys(tmp_path_factory):
     from edge import tickets as tk
 
     return tk.keygen(tmp_path_factory.mktemp("office-keys"))
+
+
+@pytest.fixture
+def lane_inbox(tmp_path):
+    """A fleet lane's fleet state and the gate's override inbox on it: (the issuer's private
+    key, the state, the inbox). The lane is lane1 of site FLEET_SITE."""
+    from edge import config as config_mod
+    from edge import tickets as tk
+    from edge.fleet.override import OverrideInbox
+    from edge.fleet.state import FleetState
+
+    from .helpers import FLEET_SITE
+
+    priv_path, pub_path = tk.keygen(tmp_path / "k")
+    (tmp_path / "lane.toml").write_text(
+        f'[fleet]\nbroker = "mqtt://127.0.0.1:1"\nsite = "{FLEET_SITE}"\nlane = "lane1"\n'
+        f'state_db = "fleet.db"\n[tickets]\npubkeys = ["{pub_path}"]\n'
+    )
+    st = FleetState(tmp_path / "fleet.db")
+    box = OverrideInbox(config_mod.load(tmp_path / "lane.toml"))
+    try:
+        yield tk.load_private(priv_path), st, box
+    finally:
+        box.close()
+        st.close()

@@ -23,6 +23,7 @@ from edge.gate.sources import Frame, FrameSource
 from edge.tickets.ledger import init_ledger
 
 MODELS = PROJECT_ROOT / "models"
+FLEET_SITE = "park-x"  # the site of the lane in the `lane_inbox` fixture (conftest.py)
 
 
 def fuzz(examples: int) -> int:

@@ -10,6 +10,7 @@ from gpiozero.pins.mock import MockFactory
 
 from edge.gate.daemon import Gate
 from edge.gate.policy import FaceSeen
+from edge.gate.sources import Frame
 
 from .helpers import ListSource, make_config
 
@@ -73,6 +74,37 @@ def test_an_expired_pass_is_not_granted_by_a_clock_behind_the_gates_records(tmp_
     gate.run()
     gate.close()
     assert [(e["decision"], e["reason"]) for e in got] == [("deny", "pass_expired")]
+
+
+def test_a_clock_set_back_right_after_a_grant_is_behind_the_grant_at_once(tmp_path):
+    """The gate reads the audit log's newest time at most once a second; its own records raise
+    the floor as they are written. A clock stepped forward, a face grant recorded, the clock
+    set back by less than it stepped: the next pass with an end is refused `clock_behind` with
+    no new read of the log (the log as last read is older than the wrong clock)."""
+    cfg = make_config(tmp_path, "[vision]\nface_enabled = false\n")
+    real = time.time()
+    wall = [real]
+    gate, got = pass_gate(cfg, int(real + DAY), lambda: wall[0])
+    gate.floor_read_s = float("inf")  # read once, at the first face; never again
+    image = np.zeros((120, 160, 3), np.uint8)
+
+    def in_view(t0: float, then: float) -> list[tuple[str, str]]:
+        """The pass holder in 5 frames from monotonic t0, the wall clock `then` after the
+        first; the decisions made."""
+        del got[:]
+        for i in range(5):
+            for d in gate.process(Frame(image, t0 + i * 0.1, i)):
+                gate.act(d)
+            wall[0] = then
+        return [(e["decision"], e["reason"]) for e in got]
+
+    try:
+        assert in_view(0.0, real + 3600) == [("grant", "ok")]  # stepped an hour ahead
+        assert gate.audit is not None and gate.audit.newest_time("decision") == real + 3600
+        wall[0] = real + 1800  # set back half an hour: after the log as read, before the grant
+        assert in_view(DAY, real + 1800) == [("deny", "clock_behind")]  # long after: no cooldown
+    finally:
+        gate.close()
 
 
 def test_a_clock_set_back_while_the_gate_runs_is_behind_what_it_recorded_since(tmp_path):

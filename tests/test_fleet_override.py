@@ -25,7 +25,6 @@ from edge.fleet.override import (
     OTHER_LANE,
     REPLAYED,
     VIA,
-    OverrideInbox,
     judge,
     override_body,
 )
@@ -43,8 +42,9 @@ from .console_harness import (
     need_mosquitto,
     wait_for,
 )
+from .helpers import FLEET_SITE
 
-SITE = "park-x"
+SITE = FLEET_SITE
 
 
 def _signed(key, body: dict, t: float, type_: str = msg.OVERRIDE, site: str = SITE) -> bytes:
@@ -105,23 +105,6 @@ def test_judge_refuses_expired_future_too_long_forged_and_other_types(issuer, tm
         override_body("lane1", "x" * 201, "sam", now)  # was cut to 200 without a word
     with pytest.raises(ConfigError, match="validity"):
         override_body("lane1", "x", "sam", now, MAX_VALID_S + 1)
-
-
-@pytest.fixture
-def lane_inbox(tmp_path):
-    """A lane's fleet state and the gate's override inbox on it, and the issuer's key."""
-    priv_path, pub_path = tk.keygen(tmp_path / "k")
-    (tmp_path / "lane.toml").write_text(
-        f'[fleet]\nbroker = "mqtt://127.0.0.1:1"\nsite = "{SITE}"\nlane = "lane1"\n'
-        f'state_db = "fleet.db"\n[tickets]\npubkeys = ["{pub_path}"]\n'
-    )
-    st = FleetState(tmp_path / "fleet.db")
-    inbox = OverrideInbox(config_mod.load(tmp_path / "lane.toml"))
-    try:
-        yield tk.load_private(priv_path), st, inbox
-    finally:
-        inbox.close()
-        st.close()
 
 
 def test_inbox_spends_each_nonce_once(lane_inbox):

@@ -29,18 +29,25 @@ def _face(gate: Gate, events: list[dict], n: int) -> tuple[str, str]:
     return events[-1]["decision"], events[-1]["reason"]
 
 
+def _retry_at_once(ledger: object) -> None:
+    """A lane ledger's view of fleet.db tries a file that did not open again at each ask."""
+    from edge.fleet.lane import LaneLedger
+
+    assert isinstance(ledger, LaneLedger) and ledger.guard.view is not None
+    ledger.guard.view.retry_s = 0.0
+
+
 def _lane(office_keys, tmp_path):
     m = write_member(tmp_path, "lane1", "mqtt://127.0.0.1:1", "park", office_keys[1])
     return m, config_mod.load(m.config)
 
 
 def test_a_lane_ledger_opened_while_fleet_state_fails_refuses_faces_until_it_opens(
-    office_keys, tmp_path, monkeypatch
+    office_keys, tmp_path
 ):
     """Ledger missing and fleet.db unreadable: the stand-in ledger went without the fleet's
     face check, so a lane that could not read whether the office's forget list is applied
     granted faces. Now it refuses them until fleet.db opens, then asks it as always."""
-    import edge.fleet.state as state_mod
     from edge.errors import EdgeGateError
     from edge.fleet import lane
     from edge.gate.audit import open_audit
@@ -61,7 +68,7 @@ def test_a_lane_ledger_opened_while_fleet_state_fails_refuses_faces_until_it_ope
         db.unlink()
         st = FleetState(db)
         st.put(forget_replay="new epoch 1a2b3c4d: fleet.db made anew")
-        monkeypatch.setattr(state_mod.time, "monotonic", lambda: time.perf_counter() + 10.0)
+        _retry_at_once(led)
         assert lane.face_refusal(led).reason == "forget_replay"
         st.put(forget_replay=None)
         assert lane.face_refusal(led) is None
@@ -138,14 +145,12 @@ def test_a_revocation_list_changed_within_one_clock_tick_is_read_again(tmp_path)
 
 
 def test_a_lane_starts_with_an_unreadable_fleet_state_and_refuses_until_it_opens(
-    office_keys, tmp_path, monkeypatch
+    office_keys, tmp_path
 ):
     """fleet.db damaged when the gate starts: the gate did not start at all (the override
     inbox raised), so tickets waited for the file as well as faces, and a fixed file needed a
     restart. Now it starts, refuses faces and tickets (`ledger_error`) while no fleet state is
     open, and reads the file sync makes again at its path."""
-    import edge.fleet.state as state_mod
-
     m, cfg = _lane(office_keys, tmp_path)
     db = cfg.resolve(cfg.fleet.state_db)
     db.unlink(missing_ok=True)
@@ -158,7 +163,7 @@ def test_a_lane_starts_with_an_unreadable_fleet_state_and_refuses_until_it_opens
         db.unlink()  # moved aside; sync makes it again, its epoch and list applied
         st = FleetState(db)
         st.put(epoch="0123abcd", forget_replay=None)
-        monkeypatch.setattr(state_mod.time, "monotonic", lambda: time.perf_counter() + 10.0)
+        _retry_at_once(gate.ledger)
         assert _face(gate, events, 2)[0] == "grant"
         st.close()
     finally:

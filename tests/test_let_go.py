@@ -9,11 +9,13 @@ written to the new file takes those new commits away with it."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import sqlite3
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -52,6 +54,51 @@ def _kv(path: Path) -> sqlite3.Connection:
     return c
 
 
+def _backed_up(tmp_path: Path) -> tuple[Path, sqlite3.Connection]:
+    """x.db held open by a follower with one row ('old'), copied to backup.db."""
+    db = tmp_path / "x.db"
+    held = _kv(db)
+    held.execute("INSERT INTO t VALUES ('old')")
+    copy_db(db, tmp_path / "backup.db")
+    return db, held
+
+
+class _Other:
+    """Another process at a step of its script: it says a line after each step and waits
+    for a line before the next."""
+
+    def __init__(self, proc: subprocess.Popen):
+        assert proc.stdout is not None and proc.stdin is not None
+        self.stdout, self.stdin = proc.stdout, proc.stdin
+
+    def said(self) -> str:
+        return self.stdout.readline().strip()
+
+    def go(self) -> str:
+        """Its next step; what it says when done."""
+        self.stdin.write("go\n")
+        self.stdin.flush()
+        return self.said()
+
+
+@contextlib.contextmanager
+def _other_process(script: str, db: Path) -> Iterator[_Other]:
+    """`script` run by another Python on `db`; killed at the end."""
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+    proc = subprocess.Popen(
+        [sys.executable, "-c", script, str(db)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    try:
+        yield _Other(proc)
+    finally:
+        proc.kill()
+        proc.wait()
+
+
 # --- the mechanism -------------------------------------------------------------------------
 
 
@@ -62,10 +109,7 @@ def test_the_file_at_the_path_is_exactly_the_restored_one(tmp_path, change, clos
     the restored file opened as the old one: every row of the restore gone, integrity ok.
     A follower that keeps reading the old file until the new one opens (close=False) still
     reads it whole meanwhile."""
-    db = tmp_path / "x.db"
-    held = _kv(db)
-    held.execute("INSERT INTO t VALUES ('old')")
-    copy_db(db, tmp_path / "backup.db")
+    db, held = _backed_up(tmp_path)
     for i in range(50):
         held.execute("INSERT INTO t VALUES (?)", (f"after-backup-{i}" + "x" * 300,))
     assert os.path.getsize(f"{db}-wal") > 0
@@ -148,35 +192,18 @@ def test_a_late_follower_in_another_process_leaves_the_new_file_s_commits(tmp_pa
     gate and sync, the ledger). The first lets go and writes to the restored file; the other
     lets go a moment later. Before (the console's let_go), the late one emptied the shared log
     into the old file, and the first one's commits vanished from the file at the path."""
-    db = tmp_path / "x.db"
-    first = _kv(db)
-    first.execute("INSERT INTO t VALUES ('old')")
-    copy_db(db, tmp_path / "backup.db")
-    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
-    late = subprocess.Popen(
-        [sys.executable, "-c", _FOLLOWER, str(db)],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-        env=env,
-    )
-    try:
-        assert late.stdout is not None and late.stdin is not None
-        assert late.stdout.readline().strip() == "open"
+    db, first = _backed_up(tmp_path)
+    with _other_process(_FOLLOWER, db) as late:
+        assert late.said() == "open"
         first.execute("INSERT INTO t VALUES ('old-unsaved')")
         os.replace(tmp_path / "backup.db", db)
         let_go(first)
         new = _kv(db)
         assert [r[0] for r in new.execute("SELECT v FROM t")] == ["old"]
         new.execute("INSERT INTO t VALUES ('redeemed-after-restore')")
-        late.stdin.write("go\n")
-        late.stdin.flush()
-        assert late.stdout.readline().strip() == "let go"
+        assert late.go() == "let go"
         assert [r[0] for r in new.execute("SELECT v FROM t")] == ["old", "redeemed-after-restore"]
         new.close()
-    finally:
-        late.kill()
-        late.wait()
     assert _read(db, "SELECT v FROM t") == ("ok", ["old", "redeemed-after-restore"])
 
 
@@ -202,34 +229,17 @@ def test_a_file_opened_by_another_process_before_the_follower_lets_go_keeps_its_
     file (the new process's commits would vanish) nor take its names off the path (the new
     process and the next opener would write two logs of one file): it closes as SQLite
     does, and says so."""
-    db = tmp_path / "x.db"
-    held = _kv(db)
-    held.execute("INSERT INTO t VALUES ('old')")
-    copy_db(db, tmp_path / "backup.db")
+    db, held = _backed_up(tmp_path)
     os.replace(tmp_path / "backup.db", db)
-    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
-    opener = subprocess.Popen(
-        [sys.executable, "-c", _OPENER, str(db)],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-        env=env,
-    )
-    try:
-        assert opener.stdout is not None and opener.stdin is not None
-        assert opener.stdout.readline().strip() == "written"
+    with _other_process(_OPENER, db) as opener:
+        assert opener.said() == "written"
         let_go(held)
         assert "restore the file again" in caplog.text
         new = _kv(db)  # the follower opens the file at the path
-        opener.stdin.write("go\n")
-        opener.stdin.flush()
-        assert opener.stdout.readline().strip() == "written"
+        assert opener.go() == "written"
         seen = [r[0] for r in new.execute("SELECT v FROM t")]
         assert seen == ["old", "written-by-the-new-process", "written-after"]
         new.close()
-    finally:
-        opener.kill()
-        opener.wait()
     got = _read(db, "SELECT v FROM t")
     assert got == ("ok", ["old", "written-by-the-new-process", "written-after"])
 

@@ -14,7 +14,7 @@ from edge import config as config_mod
 from edge import tickets as tk
 from edge.errors import ConfigError
 from edge.fleet import messages as msg
-from edge.fleet.override import INVALID, REPLAYED, VIA, OverrideInbox, override_body
+from edge.fleet.override import INVALID, REPLAYED, VIA, override_body
 from edge.fleet.state import CLOCK_SKEW, FleetState
 from edge.gate.daemon import Gate
 from edge.pretix.sync import PretixSync
@@ -22,7 +22,7 @@ from edge.tickets import pretix_offline as po
 from edge.tickets.ledger import init_ledger
 
 from .console_harness import NoFrames
-from .helpers import make_config
+from .helpers import FLEET_SITE, make_config
 from .pretix_helpers import Shop
 
 # --- pretix -------------------------------------------------------------------------------------
@@ -99,7 +99,7 @@ def test_a_revoked_list_that_does_not_read_is_pulled_again_in_full(tmp_path):
 
 # --- the supervisor's override ------------------------------------------------------------------
 
-SITE = "park-x"
+SITE = FLEET_SITE
 
 
 def _override(key, lane: str, signed_at: float, valid_s: float = 30.0) -> bytes:
@@ -108,31 +108,13 @@ def _override(key, lane: str, signed_at: float, valid_s: float = 30.0) -> bytes:
     return msg.encode(msg.sign(m, key))
 
 
-@pytest.fixture
-def inbox(tmp_path):
-    """A lane's fleet state and the gate's override inbox on it, and the issuer's key."""
-    priv_path, pub_path = tk.keygen(tmp_path / "k")
-    (tmp_path / "lane.toml").write_text(
-        f'[fleet]\nbroker = "mqtt://127.0.0.1:1"\nsite = "{SITE}"\nlane = "lane1"\n'
-        f'state_db = "fleet.db"\n[tickets]\npubkeys = ["{pub_path}"]\n'
-    )
-    cfg = config_mod.load(tmp_path / "lane.toml")
-    st = FleetState(tmp_path / "fleet.db")
-    box = OverrideInbox(cfg)
-    try:
-        yield tk.load_private(priv_path), st, box, cfg
-    finally:
-        box.close()
-        st.close()
-
-
-def test_a_lane_whose_clock_is_off_from_the_fleets_refuses_overrides(inbox):
+def test_a_lane_whose_clock_is_off_from_the_fleets_refuses_overrides(lane_inbox):
     """Before: the gate judged an override by its own clock alone, so a lane whose clock was
     ten minutes behind the fleet's (sync had measured it: tickets were refused `clock_skew`)
     opened for an override the broker held back for ten minutes, long past its 30 s. Now a
     lane whose clock is off by more than fleet.max_clock_offset_s refuses every override
     `clock_skew`, as it refuses tickets."""
-    key, st, box, cfg = inbox
+    key, st, box = lane_inbox
     fleet_now = 1_800_000_000.0
     behind = 600.0
     st.put(clock_offset=-behind, connected=True, last_contact=fleet_now - behind)

@@ -44,15 +44,9 @@ def _redeem(cfg_path: Path, text: str, capsys) -> dict:
     return json.loads(capsys.readouterr().out.strip().splitlines()[-1])
 
 
-@pytest.mark.parametrize("damage", ["garbage", "deleted"])
-def test_ledger_recover_rebuilds_a_damaged_or_lost_ledger_from_the_audit_log(
-    tmp_path, capsys, damage
-):
-    """The documented way out when no backup is newer is `ledger recover` (it rebuilds from the
-    audit log, so spent tickets stay spent); before, it refused a ledger whose file was damaged
-    (an SD card's bad sector) or gone, saying "restore it from backup", and `ledger init
-    --after-loss` refused a damaged one too: without a backup no command gave the lane its
-    tickets back. The damaged file is kept beside the new one as evidence."""
+def _spent_and_fresh(tmp_path: Path, capsys) -> tuple[Path, Path, str, str]:
+    """A gate with one ticket redeemed: its config file, its ledger, that spent ticket and a
+    fresh one of the same issuer."""
     import time
 
     from .helpers import make_config
@@ -63,9 +57,26 @@ def test_ledger_recover_rebuilds_a_damaged_or_lost_ledger_from_the_audit_log(
     spent = tk.sign(tk.Ticket("T-SPENT", "day", 0, int(time.time()) + 3600), key)
     fresh = tk.sign(tk.Ticket("T-FRESH", "day", 0, int(time.time()) + 3600), key)
     assert _redeem(cfg_path, spent, capsys)["reason"] == "ok"
-    ledger = cfg.resolve(cfg.tickets.ledger)
-    for side in ("-wal", "-shm"):
-        Path(f"{ledger}{side}").unlink(missing_ok=True)
+    return cfg_path, cfg.resolve(cfg.tickets.ledger), spent, fresh
+
+
+def _ledger_files(ledger: Path) -> tuple[Path, Path, Path]:
+    """The ledger's file and the write-ahead log and index beside it."""
+    return ledger, Path(f"{ledger}-wal"), Path(f"{ledger}-shm")
+
+
+@pytest.mark.parametrize("damage", ["garbage", "deleted"])
+def test_ledger_recover_rebuilds_a_damaged_or_lost_ledger_from_the_audit_log(
+    tmp_path, capsys, damage
+):
+    """The documented way out when no backup is newer is `ledger recover` (it rebuilds from the
+    audit log, so spent tickets stay spent); before, it refused a ledger whose file was damaged
+    (an SD card's bad sector) or gone, saying "restore it from backup", and `ledger init
+    --after-loss` refused a damaged one too: without a backup no command gave the lane its
+    tickets back. The damaged file is kept beside the new one as evidence."""
+    cfg_path, ledger, spent, fresh = _spent_and_fresh(tmp_path, capsys)
+    for side in _ledger_files(ledger)[1:]:
+        side.unlink(missing_ok=True)
     if damage == "garbage":
         ledger.write_bytes(b"SQLite format 3\x00" + b"\xff" * 5000)
     else:
@@ -88,8 +99,8 @@ def test_ledger_recover_leaves_another_database_at_the_ledger_path_alone(tmp_pat
 
     cfg = make_config(tmp_path)
     ledger = cfg.resolve(cfg.tickets.ledger)
-    for side in ("", "-wal", "-shm"):
-        Path(f"{ledger}{side}").unlink(missing_ok=True)
+    for f in _ledger_files(ledger):
+        f.unlink(missing_ok=True)
     db = sqlite3.connect(ledger)
     db.execute("CREATE TABLE people (id TEXT)")
     db.commit()
@@ -150,29 +161,21 @@ def test_ledger_recover_interrupted_at_any_file_step_leaves_a_ledger_at_its_path
     command again finishes the job with spent tickets still spent."""
     import os
     import sqlite3
-    import time
 
-    from .helpers import make_config
-
-    cfg = make_config(tmp_path)
-    cfg_path = tmp_path / "gate.toml"
-    key = tk.load_private(tmp_path / "office" / "issuer.key")
-    spent = tk.sign(tk.Ticket("T-SPENT", "day", 0, int(time.time()) + 3600), key)
-    fresh = tk.sign(tk.Ticket("T-FRESH", "day", 0, int(time.time()) + 3600), key)
-    assert _redeem(cfg_path, spent, capsys)["reason"] == "ok"
-    ledger = cfg.resolve(cfg.tickets.ledger)
-    names = {str(ledger), f"{ledger}-wal", f"{ledger}-shm"}
+    cfg_path, ledger, spent, fresh = _spent_and_fresh(tmp_path, capsys)
+    _, wal, shm = _ledger_files(ledger)
+    names = {str(f) for f in _ledger_files(ledger)}
     damaged, held = old == "damaged", None
     if old == "open elsewhere":  # its -wal and -shm stay at the path while another has it open
         held = sqlite3.connect(ledger)
         held.execute("SELECT count(*) FROM sqlite_master").fetchone()
-        assert Path(f"{ledger}-wal").exists()
+        assert wal.exists()
     if damaged:  # a bad sector in the file, its -wal and -shm left by a gate that stopped
         with open(ledger, "r+b") as f:
             f.seek(100)
             f.write(b"\xff" * 4000)
-        Path(f"{ledger}-wal").write_bytes(b"\x37\x7f\x06\x82" + b"\x00" * 4000)
-        Path(f"{ledger}-shm").write_bytes(b"\x00" * 32768)
+        wal.write_bytes(b"\x37\x7f\x06\x82" + b"\x00" * 4000)
+        shm.write_bytes(b"\x00" * 32768)
     calls = [0]
 
     def faulty(real):
@@ -198,7 +201,7 @@ def test_ledger_recover_interrupted_at_any_file_step_leaves_a_ledger_at_its_path
         assert "redemptions" in {r[0] for r in db.execute("SELECT name FROM sqlite_master")}
         db.close()
     if rc == 0:  # the new file never sits beside the old file's log
-        assert not Path(f"{ledger}-wal").exists() or Path(f"{ledger}-wal").stat().st_size == 0
+        assert not wal.exists() or wal.stat().st_size == 0
     assert main(["ledger", "recover", "--config", str(cfg_path)]) == 0, capsys.readouterr().err
     capsys.readouterr()
     assert _redeem(cfg_path, spent, capsys)["reason"] == "already_used"

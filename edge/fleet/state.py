@@ -403,15 +403,16 @@ class GateView:
     """The gate's connection to the lane's fleet.db, following the file at the path (sync opens
     it again there when it is deleted or replaced): never a deleted one whose link state,
     forget-list flag and overrides no longer change. A file that does not open is said once and
-    tried again at most once a second (each redemption and face decision asks), the old one
-    read meanwhile; with none open (none opened at start) `current` raises FleetStateError, so
-    nothing is let in that the fleet's answer could have refused."""
+    tried again at most every `retry_s` seconds (each redemption and face decision asks), the
+    old one read meanwhile; with none open (none opened at start) `current` raises
+    FleetStateError, so nothing is let in that the fleet's answer could have refused."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, retry_s: float = 1.0):
         self.path = path
+        self.retry_s = retry_s  # a file that did not open is tried again after this long
         self._id = file_id(path)  # read before opening: a swap in between is seen next
-        # a file (its identity, None: none) that did not open at the path, and when it is
-        # tried again; False: none failed
+        # a file (its identity, None: none) that did not open at the path, and when it failed
+        # (time.monotonic); False: none failed
         self._failed: tuple[object, float] = (False, 0.0)
         self.problem = ""  # why none is open ("": one is)
         self.made_anew = False  # the last file taken up was made by this open after a deletion
@@ -436,7 +437,7 @@ class GateView:
                 log.error("gate fleet_state_moved path=%s; not reopened: %s", self.path, e)
         if self.state is None:
             self.problem = f"fleet state {self.path} not open: {e}"
-        self._failed = (now, time.monotonic() + 1.0)
+        self._failed = (now, time.monotonic())
 
     def current(self) -> FleetState:
         """The fleet state at the path, opened again when the file there changed."""
@@ -449,8 +450,8 @@ class GateView:
         now = file_id(self.path)
         if self.state is not None and now == self._id:
             return
-        if now == self._failed[0] and time.monotonic() < self._failed[1]:
-            return  # this file did not open a moment ago: tried again once a second
+        if now == self._failed[0] and time.monotonic() - self._failed[1] < self.retry_s:
+            return  # this file did not open a moment ago: tried again every retry_s
         if self.state is not None:
             let_go(self.state, close=False)  # first: the log at the path is the old file's
         try:

@@ -313,6 +313,9 @@ class AuditLog(Store):
         self.witness = Witness(key) if key is not None else None
         self.problem = ""  # a break found while running: logged once, shown by doctor/verify
         self.junk: JunkFolder | None = None
+        # the newest time of a record appended through this connection (the writer's own
+        # records, known without reading the log); 0.0: none yet
+        self.newest_appended = 0.0
         path.parent.mkdir(parents=True, exist_ok=True)
         # records removed past retention (pseudonymous ids, ticket ids) leave no bytes behind
         self._connect(path, timeout_s=5.0, secure_delete=True)
@@ -362,6 +365,7 @@ class AuditLog(Store):
                 mac = self.key.mac(keyed, h)  # type: ignore[union-attr]
                 c.execute("UPDATE events SET mac = ? WHERE id = ?", (mac, rid))
                 c.execute("UPDATE chain SET mac_id = ?, mac_head = ?", (rid, mac))
+        self.newest_appended = max(self.newest_appended, r.t)
         self._witness()
         return rid
 

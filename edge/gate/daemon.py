@@ -58,6 +58,9 @@ DEGRADED_LOG_EVERY_S = 60.0
 FACE_FAILURES_TO_DEGRADE = 50  # face stage raised this often with no judged face between: broken
 SOURCE_RETRY_S = 0.05  # a source that raised is read again after this, doubling...
 SOURCE_RETRY_MAX_S = 1.0  # ...up to this: the loop still ticks (status, watchdog) meanwhile
+# The audit log's newest time (the clock_behind floor) is read at most this often; the gate's
+# own records raise the floor as they are written.
+FLOOR_READ_S = 1.0
 # The longest one step of the loop may wait on locks held by other processes (a decision: the
 # fleet state, the ledger and the audit log twice, each up to its busy timeout) before systemd's
 # watchdog is left to judge it hung.
@@ -151,6 +154,8 @@ class Gate:
         self._face_failures = 0
         self._face_errors = Repeats()
         self._floor = 0.0  # the newest time the gate recorded, as last read (_recorded_floor)
+        self.floor_read_s = FLOOR_READ_S  # the audit log's newest time read again after this
+        self._floor_read = float("-inf")  # when (time.monotonic) it was last read
         self._source_failures = 0
         self._source_alarm = float("-inf")
         self._evidence_retry: float | None = None  # since when a moved audit log will not open
@@ -586,16 +591,23 @@ class Gate:
         return decisions
 
     def _recorded_floor(self, faces: tuple[FaceSeen, ...]) -> float:
-        """The newest time the gate recorded (audit log, ledger), read when a face whose pass
+        """The newest time the gate recorded (audit log, ledger), asked when a face whose pass
         has an end is in view: a clock behind it (no real-time clock, set back) cannot tell
-        whether that pass ended. A log that cannot be read keeps the last floor read."""
-        if any(f.valid_until is not None for f in faces):
-            try:
-                newest = self.audit.newest_time() if self.audit is not None else None
-                ledger = getattr(self.ledger, "floor", 0.0)
-                self._floor = max(self._floor, newest or 0.0, ledger)
-            except (EdgeGateError, sqlite3.Error) as e:
-                log.error("gate floor_unread error=%s; the last floor read holds", e)
+        whether that pass ended. The gate's own records count at once (a clock set back right
+        after a grant is behind it); the log, for what other processes wrote, is read at most
+        every `floor_read_s`. A log that cannot be read keeps the last floor read."""
+        if not any(f.valid_until is not None for f in faces):
+            return self._floor
+        audit = self.audit
+        try:
+            own = audit.newest_appended if audit is not None else 0.0
+            self._floor = max(self._floor, own, getattr(self.ledger, "floor", 0.0))
+            mono = time.monotonic()
+            if audit is not None and mono - self._floor_read >= self.floor_read_s:
+                self._floor_read = mono  # a log that fails is asked again a second later
+                self._floor = max(self._floor, audit.newest_time() or 0.0)
+        except (EdgeGateError, sqlite3.Error) as e:
+            log.error("gate floor_unread error=%s; the last floor read holds", e)
         return self._floor
 
     @property
