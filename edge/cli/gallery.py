@@ -226,13 +226,15 @@ def cmd_replay(args) -> int:
     """`forget --replay [FILE]`: a gallery restored from a backup forgets again everyone the
     lane's forget list (and FILE) names that it still holds, then admits faces again. As
     `forget`: the deletion is recorded first, then done, so an audit log that refuses the
-    record erases nothing; people already gone are neither erased nor recorded again."""
+    record erases nothing; people already gone are neither erased nor recorded again (a restored
+    gallery made current with nobody left to erase is recorded once, as 0 erased)."""
     cfg, db, key = paths(args)
     ids, gen = read_replay_file(Path(args.replay)) if args.replay != OWN_LIST else ([], 0)
     with Gallery(db, load_key(key), create=False) as g:
         before = g.forget_state()
         held = g.held_of_forget_list(ids)
-        if held:
+        record = bool(held or before.reason)  # an erasure, or faces admitted again
+        if record:
             _record_replay(cfg, len(held), before.generation)
         try:
             gone = g.apply_forget_list(held, gen)
@@ -240,7 +242,7 @@ def cmd_replay(args) -> int:
             audit_record(cfg, "deletion", reason=REPLAYED, detail="erasure incomplete on disk")
             raise
         except EdgeGateError as e:
-            if held:
+            if record:
                 with contextlib.suppress(EdgeGateError):
                     audit_record(cfg, "deletion", reason=REPLAYED, detail=f"not done: {e}")
             raise
