@@ -11,6 +11,7 @@ turns it into its own typed error.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import os
 import tempfile
@@ -24,6 +25,32 @@ def fsync_dir(folder: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def make_private_dirs(folder: str | os.PathLike[str]) -> list[Path]:
+    """Create `folder` and any missing parent, each made here 0700 whatever the umask: the
+    folders of the stores and secrets (gallery, ledger, audit log, fleet state, keys, the
+    forget and revocation lists, the staff accounts) show no one else even the names in them.
+    A folder that already exists (the operator's, or made meanwhile by another process) is
+    left as it is. Returns the folders made; OSError as `Path.mkdir` raises it (a folder this
+    user may not write; a file in the way is FileExistsError)."""
+    folder = Path(folder)
+    missing: list[Path] = []
+    p = folder
+    while not p.exists() and p.parent != p:
+        missing.append(p)
+        p = p.parent
+    made: list[Path] = []
+    for d in reversed(missing):
+        try:
+            os.mkdir(d, 0o700)
+        except FileExistsError:
+            continue  # made meanwhile by another process: its mode is that process's
+        os.chmod(d, 0o700)  # a umask may take bits from mkdir's mode, never add them back
+        made.append(d)
+    if not folder.is_dir():
+        raise FileExistsError(errno.EEXIST, "File exists", str(folder))
+    return made
 
 
 def write_atomic(

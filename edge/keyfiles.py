@@ -15,7 +15,7 @@ import stat
 from pathlib import Path
 
 from edge.errors import KeyFileError
-from edge.files import write_atomic
+from edge.files import make_private_dirs, write_atomic
 
 
 def _who(mode: int, bits: int) -> str:
@@ -131,8 +131,7 @@ def write_secret(path: Path, text: str, exists_hint: str) -> None:
     half a key; refused if the name exists (never overwrite a key)."""
     path = Path(path)
     try:
-        if not path.parent.exists():
-            path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        make_private_dirs(path.parent)
         write_atomic(path, text, 0o600, overwrite=False)
     except FileExistsError:
         raise KeyFileError(f"key file {path} already exists", exists_hint) from None

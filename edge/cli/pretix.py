@@ -11,6 +11,7 @@ from pathlib import Path
 from edge import __version__
 from edge import config as config_mod
 from edge.errors import ConfigError, EdgeGateError
+from edge.files import make_private_dirs
 from edge.keyfiles import write_secret
 
 
@@ -56,7 +57,7 @@ def _check_writable(path: Path) -> None:
     before pretix hands out a token that exists only once."""
     probe = path.with_name(f".{path.name}.{os.getpid()}.probe")
     try:
-        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        make_private_dirs(path.parent)
         fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         os.close(fd)
         probe.unlink()

@@ -20,7 +20,7 @@ from pathlib import Path
 from itsdangerous import BadSignature, SignatureExpired, URLSafeTimedSerializer
 
 from edge.errors import ConfigError
-from edge.files import write_atomic
+from edge.files import make_private_dirs, write_atomic
 from edge.keyfiles import read_private
 
 SESSION_COOKIE = "eg_session"
@@ -32,7 +32,7 @@ def load_secret(path: Path) -> bytes:
     """The cookie-signing key: 32 random bytes in a 0600 file, created on first use."""
     path = Path(path)
     if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
+        make_private_dirs(path.parent)
         write_atomic(path, secrets.token_bytes(32), 0o600, overwrite=False)
     key = read_private(path, "console secret", "delete it; it is recreated")
     if len(key) < 32:

@@ -24,6 +24,7 @@ from edge.console.follow import Followed, let_go, stamp
 from edge.console.roles import CAN, LANGS, ROLES, allowed
 from edge.db import connect, sqlite_fix, transaction
 from edge.errors import EdgeGateError
+from edge.files import make_private_dirs
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +102,7 @@ class UserStore:
         kept only once they opened (a file that does not open is tried again at the next use)."""
         seen = stamp(self.path)  # read before it is opened: a file replaced in between is
         try:  # followed at the next use
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            make_private_dirs(self.path.parent)
             conn = connect(self.path, timeout_s=5.0)  # the project's pragmas (edge/db.py)
         except (OSError, sqlite3.Error) as e:  # a folder it may not write, a damaged file
             raise self._unopened(e) from None

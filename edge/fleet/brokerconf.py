@@ -24,7 +24,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from edge.files import write_atomic
+from edge.files import make_private_dirs, write_atomic
 from edge.fleet.identity import OFFICE
 from edge.fleet.messages import MAX_PAYLOAD
 
@@ -125,7 +125,7 @@ def mosquitto_conf(opts: BrokerOptions, extra: Sequence[str] = ()) -> str:
 
 
 def _write_private(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
+    make_private_dirs(path.parent)
     write_atomic(path, text, 0o600)
 
 

@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 from edge.config import Config
 from edge.errors import EdgeGateError
-from edge.files import write_atomic
+from edge.files import make_private_dirs, write_atomic
 from edge.keyfiles import check_private_key, write_secret
 from edge.tickets.format import key_id
 
@@ -43,7 +43,7 @@ def ensure_lane_key(cfg: Config) -> Path | None:
     if path.exists():
         load_lane_key(cfg)  # an existing key must be readable and private
         return path
-    path.parent.mkdir(parents=True, exist_ok=True)
+    make_private_dirs(path.parent)
     pem = Ed25519PrivateKey.generate().private_bytes(
         serialization.Encoding.PEM,
         serialization.PrivateFormat.PKCS8,

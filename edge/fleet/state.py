@@ -36,6 +36,7 @@ from edge.db import (
     tables,
 )
 from edge.errors import FleetStateError
+from edge.files import make_private_dirs
 from edge.fleet.identity import Roster
 from edge.gate.faces import file_id
 from edge.tickets.ledger import CLOCK_TOLERANCE_S
@@ -108,7 +109,7 @@ class FleetState(Store):
 
     def __init__(self, path: str | Path, office: bool = False):
         self._locked = False  # the last write found the file locked: the next ones do not wait
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        make_private_dirs(Path(path).parent)
         # rows deleted here leave no bytes in freed pages: an override spent (the supervisor's
         # name and reason), a kept message taken back, a queued enrollment at the office (sealed
         # name and templates) dropped at a forget or once sent

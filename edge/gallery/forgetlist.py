@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edge.errors import GalleryError
+from edge.files import make_private_dirs
 
 FORMAT = "edge-gate-forget-list-v1"
 
@@ -171,7 +172,7 @@ class ForgetList:
         the list, and so the gallery, from opening anywhere. GalleryError: the caller's write
         (before its commit) is then undone, nothing erased."""
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            make_private_dirs(self.path.parent)
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o600)
         except OSError as e:
             raise self._cannot_write(e) from None

@@ -24,6 +24,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from edge.db import Store, migrate, tables, user_version
 from edge.errors import GalleryError, KeyFileError
+from edge.files import make_private_dirs
 from edge.gallery import schema
 from edge.gallery.crypto import Kek, SealError, aad, open_sealed, seal
 from edge.gallery.erase import scrub_file
@@ -75,7 +76,7 @@ class Gallery(Store, GalleryReader):
                 f"gallery {path} does not exist", "enroll someone first, or check --db"
             )
         if not exists:
-            path.parent.mkdir(parents=True, exist_ok=True)
+            make_private_dirs(path.parent)
         self._connect(path, timeout_s=busy_timeout_s, secure_delete=True, foreign_keys=True)
         try:
             version = user_version(self.conn)

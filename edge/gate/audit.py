@@ -36,6 +36,7 @@ from edge.config import MIN_AUDIT_RETENTION_DAYS as MIN_RETENTION_DAYS
 from edge.db import Migration, Store, columns, migrate, run_script, tables
 from edge.errors import AuditError, ConfigError, EdgeGateError, KeyFileError, ReasonError
 from edge.evidence import EvidenceKey, Mark, Witness, WitnessError, key_path, lane_key
+from edge.files import make_private_dirs
 from edge.tickets.ledger import LedgerMark
 
 log = logging.getLogger(__name__)
@@ -316,7 +317,7 @@ class AuditLog(Store):
         # the newest time of a record appended through this connection (the writer's own
         # records, known without reading the log); 0.0: none yet
         self.newest_appended = 0.0
-        path.parent.mkdir(parents=True, exist_ok=True)
+        make_private_dirs(path.parent)
         # records removed past retention (pseudonymous ids, ticket ids) leave no bytes behind
         self._connect(path, timeout_s=5.0, secure_delete=True)
         try:

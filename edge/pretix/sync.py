@@ -107,7 +107,7 @@ def write_atomic(path: Path, obj: Any) -> None:
 
 def write_text(path: Path, text: str) -> None:
     """Replace a file of the folder whole-or-nothing."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    files.make_private_dirs(path.parent)
     files.write_atomic(path, text, 0o644)
 
 

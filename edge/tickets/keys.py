@@ -8,7 +8,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from edge.errors import TicketError
-from edge.files import write_atomic
+from edge.files import make_private_dirs, write_atomic
 from edge.keyfiles import check_public_key, read_private
 
 
@@ -20,7 +20,7 @@ def keygen(out_dir: Path) -> tuple[Path, Path]:
     """Write issuer.key (private, 0600) and issuer.pub; refuse to overwrite an existing key."""
     priv_p, pub_p = out_dir / "issuer.key", out_dir / "issuer.pub"
     try:
-        out_dir.mkdir(parents=True, exist_ok=True)
+        make_private_dirs(out_dir)
     except OSError as e:
         raise _cannot_write(out_dir, e) from None
     if priv_p.exists() or pub_p.exists():

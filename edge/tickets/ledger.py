@@ -50,6 +50,7 @@ from edge.db import (
 )
 from edge.errors import EdgeGateError, LedgerError
 from edge.evidence import GENESIS, EvidenceKey, Mark, Witness, WitnessError, link
+from edge.files import make_private_dirs
 from edge.tickets.format import Kind, Reason, Ticket
 from edge.timeutil import iso
 
@@ -311,7 +312,7 @@ def init_ledger(path: str | Path) -> tuple[Path, bool]:
             f"ledger {path} exists but is empty: it may have been truncated",
             LOST_HINT,
         )
-    path.parent.mkdir(parents=True, exist_ok=True)
+    make_private_dirs(path.parent)
     try:
         conn = connect(path)
         try:

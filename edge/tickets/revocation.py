@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from edge.errors import ConfigError, TicketError
-from edge.files import write_atomic
+from edge.files import make_private_dirs, write_atomic
 
 _FIX = "create it (an empty file revokes nothing) or fix tickets.revocation_list"
 
@@ -79,7 +79,7 @@ def _locked(path: Path) -> Iterator[None]:
     same moment both land. A read-only open is enough for flock, so any user who may read the
     folder can wait on a lock file another user created."""
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        make_private_dirs(path.parent)
         fd = os.open(path.with_name(f".{path.name}.lock"), os.O_RDONLY | os.O_CREAT, 0o644)
     except OSError as e:
         raise _cannot_write(path, e) from None

@@ -1,0 +1,161 @@
+"""Private by construction on disk: the folders the stores make are 0700, and a database file
+(or its write-ahead log and index) that an earlier version left readable by all is made 0600
+when a store opens it."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from .gallery_helpers import CONSENT, unit
+
+
+@pytest.fixture
+def usual_umask() -> Iterator[None]:
+    """The umask most services and shells run with (022: new folders 0755)."""
+    old = os.umask(0o022)
+    try:
+        yield
+    finally:
+        os.umask(old)
+
+
+def mode(path: Path) -> int:
+    return path.stat().st_mode & 0o777
+
+
+def _gallery(path: Path) -> None:
+    from edge.gallery.crypto import init_key
+    from edge.gallery.store import Gallery
+
+    with Gallery(path, init_key(path.with_name("k.key"))) as g:
+        g.add_person("Ottoline Brambleworth", CONSENT, list(unit(np.random.default_rng(3), 1)),
+                     "m", "v")  # fmt: skip
+
+
+def _audit(path: Path) -> None:
+    from edge.gate.audit import AuditLog
+
+    AuditLog(path).close()
+
+
+def _ledger(path: Path) -> None:
+    from edge.tickets.ledger import init_ledger
+
+    init_ledger(path)
+
+
+def _fleet(path: Path) -> None:
+    from edge.fleet.state import FleetState
+
+    FleetState(path).close()
+
+
+def _accounts(path: Path) -> None:
+    from edge.console.users import UserStore
+
+    UserStore(path).close()
+
+
+def _console_secret(path: Path) -> None:
+    from edge.console.auth import load_secret
+
+    load_secret(path)
+
+
+def _forget_list(path: Path) -> None:
+    from edge.gallery.forgetlist import ForgetList
+
+    ForgetList(path).append(1, 1.0, ["P-0123456789abcdef"], 1)
+
+
+def _revocations(path: Path) -> None:
+    from edge.tickets.revocation import revoke
+
+    revoke(path, ["T-1"])
+
+
+def _issuer_key(path: Path) -> None:
+    from edge.tickets.keys import keygen
+
+    keygen(path.parent)
+
+
+def _secret(path: Path) -> None:
+    from edge.keyfiles import write_secret
+
+    write_secret(path, "s\n", "keep it")
+
+
+def _pretix_folder(path: Path) -> None:
+    from edge.pretix.sync import write_text
+
+    write_text(path, "[]")
+
+
+MAKERS: dict[str, Callable[[Path], None]] = {
+    "gallery": _gallery,
+    "audit log": _audit,
+    "ledger": _ledger,
+    "fleet.db": _fleet,
+    "console accounts": _accounts,
+    "console secret": _console_secret,
+    "forget list": _forget_list,
+    "revocation list": _revocations,
+    "issuer key": _issuer_key,
+    "key file (evidence, lane, pretix token)": _secret,
+    "pretix folder": _pretix_folder,
+}
+
+
+@pytest.mark.parametrize("what", list(MAKERS))
+def test_the_folders_a_store_makes_are_private(tmp_path, usual_umask, what):
+    """A store or secret file whose folder did not exist made it (and its parents) with the
+    process umask, 0755 under the usual one: anyone on the machine could list the gallery's,
+    the ledger's or the keys' folder and open every file left readable there. Every folder a
+    store makes is now 0700, each parent it made too; the folder it found is left as it was."""
+    top = tmp_path / "var"
+    top.mkdir(mode=0o755)
+    top.chmod(0o755)
+    path = top / "new" / "deeper" / "file"
+    MAKERS[what](path)
+    assert path.exists() or what == "issuer key"
+    assert oct(mode(top / "new")) == oct(0o700)
+    assert oct(mode(top / "new" / "deeper")) == oct(0o700)
+    assert oct(mode(top)) == oct(0o755)  # the operator's folder: untouched
+
+
+@pytest.mark.parametrize("what", ["gallery", "audit log", "ledger", "fleet.db", "console accounts"])
+@pytest.mark.parametrize("was", [0o755, 0o775, 0o711])
+def test_an_existing_folder_keeps_its_mode(tmp_path, usual_umask, what, was):
+    """A store in a folder the operator made (/var/lib/edge-gate, a tmp path shared on
+    purpose) never changes that folder's mode."""
+    folder = tmp_path / "theirs"
+    folder.mkdir()
+    folder.chmod(was)
+    MAKERS[what](folder / "file")
+    assert oct(mode(folder)) == oct(was)
+
+
+def test_make_private_dirs_is_0700_whatever_the_umask(tmp_path):
+    """A umask that takes the owner's bits too still gives 0700; a file in the way is the
+    error `Path.mkdir` gives; folders made meanwhile or already there are not returned."""
+    from edge.files import make_private_dirs
+
+    old = os.umask(0o277)
+    try:
+        made = make_private_dirs(tmp_path / "a" / "b")
+    finally:
+        os.umask(old)
+    assert made == [tmp_path / "a", tmp_path / "a" / "b"]
+    assert mode(tmp_path / "a") == mode(tmp_path / "a" / "b") == 0o700
+    assert make_private_dirs(tmp_path / "a" / "b") == []
+    (tmp_path / "f").write_text("")
+    with pytest.raises(FileExistsError):
+        make_private_dirs(tmp_path / "f")
+    with pytest.raises(NotADirectoryError):
+        make_private_dirs(tmp_path / "f" / "g")
