@@ -23,6 +23,7 @@ from __future__ import annotations
 import logging
 import os
 import sqlite3
+import stat
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
@@ -106,9 +107,13 @@ def connect(
     readonly: opened `mode=ro` for a command that only reads, so it takes no lock at open and
     makes or upgrades nothing (its journal mode is the file's own). A new file is made 0600
     before SQLite opens it (whatever the umask), and SQLite gives its log and index the
-    database's mode: the stores hold password hashes, sealed templates and the evidence."""
+    database's mode: the stores hold password hashes, sealed templates and the evidence. An
+    existing file of this user's, or its log or index, that others may read (made before that
+    rule) is made private first (`_tighten`)."""
     if not readonly and str(path) != ":memory:":
         _make_private(Path(path))
+        for suffix in ("", "-wal", "-shm"):
+            _tighten(Path(f"{path}{suffix}"))
     conn = sqlite3.connect(
         f"file:{quote(str(Path(path).resolve()))}?mode=ro" if readonly else str(path),
         timeout=timeout_s,
@@ -140,6 +145,47 @@ def _make_private(path: Path) -> None:
     is missing or not writable is left for SQLite to report as it always does."""
     with suppress(OSError):
         os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+
+
+_warned: set[tuple[str, FileId, int]] = set()  # files left loose, each said once per process
+
+
+def _tighten(path: Path) -> None:
+    """A file of this user's that its group or others may read or write: group and other bits
+    removed (0644 -> 0600), said once in one line. A file of another user's, or a chmod that
+    fails (a read-only file system), is a warning with the fix, and the open goes on: a mode
+    is never a reason to refuse the gallery or the ledger. Nothing for a missing file."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return
+    mode = st.st_mode & 0o7777
+    if not mode & 0o077 or not stat.S_ISREG(st.st_mode):
+        return
+    problem = ""
+    if st.st_uid != os.geteuid():
+        problem = f"owned by uid {st.st_uid}, not this user"
+    else:
+        try:
+            os.chmod(path, mode & ~0o077)
+        except FileNotFoundError:
+            return  # taken off the path meanwhile (SQLite removes a log at its last close)
+        except OSError as e:
+            problem = e.strerror or str(e)
+        else:
+            log.warning("db mode_tightened path=%s was=%04o", path, mode)
+            return
+    said = (str(path), (st.st_dev, st.st_ino), mode)
+    if said not in _warned:
+        _warned.add(said)
+        log.warning(
+            "db mode_loose path=%s mode=%04o: %s; its group and others may read it: "
+            "run chmod go= %s as its owner",
+            path,
+            mode,
+            problem,
+            path,
+        )
 
 
 @contextmanager

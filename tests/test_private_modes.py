@@ -4,7 +4,9 @@ when a store opens it."""
 
 from __future__ import annotations
 
+import logging
 import os
+import sqlite3
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -159,3 +161,105 @@ def test_make_private_dirs_is_0700_whatever_the_umask(tmp_path):
         make_private_dirs(tmp_path / "f")
     with pytest.raises(NotADirectoryError):
         make_private_dirs(tmp_path / "f" / "g")
+
+
+def _open_gallery(path: Path) -> None:
+    from edge.gallery.crypto import load_key
+    from edge.gallery.store import Gallery
+
+    Gallery(path, load_key(path.with_name("k.key")), create=False).close()
+
+
+STORES = ["gallery", "audit log", "ledger", "fleet.db", "console accounts"]
+OPENERS: dict[str, Callable[[Path], None]] = {**MAKERS, "gallery": _open_gallery}
+
+
+def left_loose(what: str, path: Path) -> sqlite3.Connection:
+    """A store's file as an earlier version left it: the file 0644, and its write-ahead log
+    and index 0644 too, held open (and so kept on disk) by a process of that version."""
+    MAKERS[what](path)
+    path.chmod(0o644)
+    old = sqlite3.connect(path)  # SQLite gives a new log and index the database's mode
+    old.execute("PRAGMA journal_mode=WAL")
+    old.execute("SELECT count(*) FROM sqlite_master").fetchone()
+    for f in files_of(path):
+        assert mode(f) == 0o644  # the test's premise
+    return old
+
+
+def files_of(path: Path) -> list[Path]:
+    return [path, Path(f"{path}-wal"), Path(f"{path}-shm")]
+
+
+def said(caplog, line: str) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.name == "edge.db" and line in r.message]
+
+
+@pytest.mark.parametrize("what", STORES)
+def test_a_database_left_0644_is_made_0600_when_a_store_opens_it(
+    tmp_path, usual_umask, caplog, what
+):
+    """A database file, write-ahead log or index made before new files were made 0600 stayed
+    readable by all until it was made again (never, for a lane's gallery or ledger). A store
+    that opens a file of its own user's now takes group and other bits off the file, its log
+    and its index, and says so in one line per file, once."""
+    path = tmp_path / "store.db"
+    old = left_loose(what, path)
+    try:
+        with caplog.at_level(logging.WARNING, logger="edge.db"):
+            OPENERS[what](path)
+            assert [oct(mode(f)) for f in files_of(path)] == [oct(0o600)] * 3
+            assert sorted(said(caplog, "mode_tightened")) == sorted(
+                f"db mode_tightened path={f} was=0644" for f in files_of(path)
+            )
+            caplog.clear()
+            OPENERS[what](path)
+            assert said(caplog, "mode_") == []  # said once: the files are private now
+    finally:
+        old.close()
+
+
+@pytest.mark.parametrize("what", STORES)
+def test_a_chmod_that_fails_never_fails_the_open(tmp_path, usual_umask, caplog, monkeypatch, what):
+    """A file on a read-only file system, or one chmod may not change: the store still opens
+    (a mode is never a reason to keep the gate from its people or the console from its staff;
+    before, the console's accounts file failed to open when its chmod failed), with a warning
+    naming the file and the fix, said once."""
+    path = tmp_path / "store.db"
+    old = left_loose(what, path)
+
+    def refused(*args, **kwargs):
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr(os, "chmod", refused)
+    try:
+        with caplog.at_level(logging.WARNING, logger="edge.db"):
+            OPENERS[what](path)
+            OPENERS[what](path)
+        assert sorted(said(caplog, "mode_loose")) == sorted(
+            f"db mode_loose path={f} mode=0644: Operation not permitted; its group and others "
+            f"may read it: run chmod go= {f} as its owner"
+            for f in files_of(path)
+        )
+        assert [oct(mode(f)) for f in files_of(path)] == [oct(0o644)] * 3
+    finally:
+        old.close()
+
+
+def test_a_file_of_another_user_is_left_as_it_is_and_said(
+    tmp_path, usual_umask, caplog, monkeypatch
+):
+    """A file owned by another user (root's copy of a backup, say) is not this store's to
+    change: left as it is, said with the fix, and the open goes on."""
+    path = tmp_path / "store.db"
+    old = left_loose("fleet.db", path)
+    other = path.stat().st_uid + 1
+    monkeypatch.setattr(os, "geteuid", lambda: other)
+    try:
+        with caplog.at_level(logging.WARNING, logger="edge.db"):
+            _fleet(path)
+        assert [oct(mode(f)) for f in files_of(path)] == [oct(0o644)] * 3
+        loose = said(caplog, "mode_loose")
+        assert len(loose) == 3 and all("not this user" in line for line in loose)
+    finally:
+        old.close()

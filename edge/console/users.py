@@ -107,8 +107,7 @@ class UserStore:
         except (OSError, sqlite3.Error) as e:  # a folder it may not write, a damaged file
             raise self._unopened(e) from None
         try:
-            conn.executescript(_SCHEMA)
-            self.path.chmod(0o600)
+            conn.executescript(_SCHEMA)  # the file 0600, its log and index too (`connect`)
             writer = connect(self.path, timeout_s=5.0)
         except (OSError, sqlite3.Error) as e:
             conn.close()
