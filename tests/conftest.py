@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sqlite3
 from pathlib import Path
 
 import pytest
@@ -128,3 +129,18 @@ def lane_inbox(tmp_path):
     finally:
         box.close()
         st.close()
+
+
+@pytest.fixture
+def sqlite_default_build(monkeypatch):
+    """SQLite as upstream builds it (python.org's, Homebrew's, most wheels): secure_delete off
+    unless a connection turns it on. Debian's build turns it on for every connection, which
+    would hide a store that never asks for it."""
+    real = sqlite3.connect
+
+    def connect(*args, **kwargs):
+        conn = real(*args, **kwargs)
+        conn.execute("PRAGMA secure_delete=OFF")
+        return conn
+
+    monkeypatch.setattr(sqlite3, "connect", connect)

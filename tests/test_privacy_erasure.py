@@ -4,11 +4,9 @@ gone from the bytes of every file that held them, and the forget list stated in 
 from __future__ import annotations
 
 import shutil
-import sqlite3
 from pathlib import Path
 
 import numpy as np
-import pytest
 
 from edge.db import connect
 from edge.errors import AuditError
@@ -16,7 +14,7 @@ from edge.gallery.crypto import init_key, load_key
 from edge.gallery.store import Gallery
 from edge.gate.audit import AuditLog, AuditRecord
 
-from .gallery_helpers import CONSENT, cli, config, unit
+from .gallery_helpers import CONSENT, cli, config, file_bytes, unit
 
 
 def restored_gallery(tmp_path: Path, names: str, forget: int) -> tuple[list[str], list[str]]:
@@ -99,26 +97,6 @@ def test_a_replay_after_a_partial_one_records_only_those_still_held(tmp_path, ca
     assert [d.split(";")[0] for d in deletions(tmp_path)] == ["1 erased again"] * 2
 
 
-def on_disk(db: Path) -> bytes:
-    """The bytes of a database and its write-ahead log, read raw."""
-    return b"".join(p.read_bytes() for p in (db, Path(f"{db}-wal")) if p.exists())
-
-
-@pytest.fixture
-def sqlite_default_build(monkeypatch):
-    """SQLite as upstream builds it (python.org's, Homebrew's, most wheels): secure_delete off
-    unless a connection turns it on. Debian's build turns it on for every connection, which
-    would hide a store that never asks for it."""
-    real = sqlite3.connect
-
-    def connect(*args, **kwargs):
-        conn = real(*args, **kwargs)
-        conn.execute("PRAGMA secure_delete=OFF")
-        return conn
-
-    monkeypatch.setattr(sqlite3, "connect", connect)
-
-
 def test_audit_records_purged_past_retention_leave_no_bytes_on_disk(
     tmp_path, capsys, sqlite_default_build
 ):
@@ -139,12 +117,12 @@ def test_audit_records_purged_past_retention_leave_no_bytes_on_disk(
             log.record(AuditRecord(time.time() - 30 * 86400, "lane-1", "decision",
                                    decision="grant", via="ticket", subject=old))  # fmt: skip
             log.record(AuditRecord(time.time(), "lane-1", "system", detail="kept"))
-        assert old.encode() in on_disk(audit)  # the test's premise: it was on disk
+        assert old.encode() in file_bytes(audit)  # the test's premise: it was on disk
         cfg = config(tmp_path, "retention_days = 7\n")
         args = ["--config", str(cfg), "--db", str(db), "--key-file", str(key)]
         rc, out, _ = cli(capsys, "purge", *args)
         assert rc == 0 and "1 old audit records" in out
-        assert old.encode() not in on_disk(audit)
+        assert old.encode() not in file_bytes(audit)
     finally:
         gate.close()
     with AuditLog(audit, retention_days=7) as log:
@@ -169,13 +147,13 @@ def test_what_the_lane_takes_out_of_fleet_db_leaves_no_bytes_on_disk(
         state.add_override(b'{"by": "' + staff + b'", "reason": "wheelchair gate"}', 1.0)
         assert state.add_pending("edge-gate/park/redemptions/lane-9", kept * 8, 1.0)
         assert state.checkpoint()
-        assert staff in on_disk(db) and kept in on_disk(db)  # the test's premise
+        assert staff in file_bytes(db) and kept in file_bytes(db)  # the test's premise
         with state.transaction():  # as the gate spends an override
             assert len(state.take_overrides()) == 1
         assert [t for t, _ in state.take_pending()] == ["edge-gate/park/redemptions/lane-9"]
         assert state.checkpoint()
-        assert staff not in on_disk(db)
-        assert kept not in on_disk(db)
+        assert staff not in file_bytes(db)
+        assert kept not in file_bytes(db)
     finally:
         state.close()
 
