@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from .gallery_helpers import CONSENT, unit
+from .gallery_helpers import CONSENT, cli, config, file_bytes, unit
 
 
 @pytest.fixture
@@ -263,3 +263,33 @@ def test_a_file_of_another_user_is_left_as_it_is_and_said(
         assert len(loose) == 3 and all("not this user" in line for line in loose)
     finally:
         old.close()
+
+
+def test_a_pass_edit_leaves_no_old_sealed_name_on_disk(tmp_path, capsys, sqlite_default_build):
+    """`pass edit --name` sealed the new name over the old one, but the gallery's page with
+    the old sealed name stayed in the file (the new one waiting in the write-ahead log) for as
+    long as the running gate kept the gallery open: the person's key, still in the file, opens
+    it. The edit now empties the log into the file, so the old sealed bytes leave the disk."""
+    from contextlib import closing
+
+    from edge.db import connect
+    from edge.gallery.crypto import init_key, load_key
+    from edge.gallery.store import Gallery
+
+    db, key = tmp_path / "g.db", tmp_path / "k.key"
+    with Gallery(db, init_key(key)) as g:
+        pid = g.add_person("Ottoline Brambleworth", CONSENT,
+                           list(unit(np.random.default_rng(5), 2)), "m", "v")  # fmt: skip
+    with closing(sqlite3.connect(db)) as c:
+        (old,) = c.execute("SELECT name FROM people WHERE id = ?", (pid,)).fetchone()
+    gate = connect(db)  # the running gate's connection, idle between decisions
+    try:
+        assert bytes(old) in file_bytes(db)  # the test's premise: it is on disk
+        args = ["--config", str(config(tmp_path)), "--db", str(db), "--key-file", str(key)]
+        rc, _, err = cli(capsys, "pass", "edit", pid, *args, "--name", "Ottoline B.")
+        assert rc == 0, err
+        assert bytes(old) not in file_bytes(db)
+    finally:
+        gate.close()
+    with Gallery(db, load_key(key), create=False) as g:
+        assert g.person(pid).name == "Ottoline B."

@@ -304,7 +304,11 @@ class Gallery(Store, GalleryReader):
         """Rename, change the pass reference or renew the pass; validity stays sealed-bound.
 
         A new validity re-seals the person under a new key and moves the gallery to a new
-        generation, so an older copy of their rows (a longer pass, say) no longer opens."""
+        generation, so an older copy of their rows (a longer pass, say) no longer opens. The
+        write-ahead log is then emptied into the file (`checkpoint`): the page that held the
+        old sealed values (a name, a pass id, which the person's key still opens) is written
+        over in the file and the log emptied. Before, the file kept the old page until the
+        next checkpoint, which a running gate holding the gallery open puts off for long."""
         key = self._key_for_write(person_id)
         current = self.person(person_id)
         vu = current.valid_until if valid_until is UNCHANGED else valid_until
@@ -327,6 +331,7 @@ class Gallery(Store, GalleryReader):
             return None
 
         self._adopt(self.write(write))
+        self.checkpoint()
         return self.person(person_id)
 
     def _reseal_person(self, c: sqlite3.Connection, pid: str, old: bytes) -> bytes:
