@@ -293,3 +293,20 @@ def test_a_pass_edit_leaves_no_old_sealed_name_on_disk(tmp_path, capsys, sqlite_
         gate.close()
     with Gallery(db, load_key(key), create=False) as g:
         assert g.person(pid).name == "Ottoline B."
+
+
+def test_a_new_events_file_is_private_and_an_existing_one_keeps_its_mode(tmp_path, usual_umask):
+    """`run --events FILE` made a new file with the umask (0644 under the usual one), and its
+    lines name the ticket and pseudonymous ids of every decision. A new one is now 0600; one
+    the operator made keeps its mode and its lines, appended to."""
+    from edge.cli.gate import open_events
+
+    new, theirs = tmp_path / "events.jsonl", tmp_path / "theirs.jsonl"
+    theirs.write_text("{}\n")
+    theirs.chmod(0o640)
+    for path in (new, theirs):
+        with open_events(str(path)) as f:
+            f.write('{"via": "ticket"}\n')
+    assert oct(mode(new)) == oct(0o600)
+    assert oct(mode(theirs)) == oct(0o640)
+    assert theirs.read_text() == '{}\n{"via": "ticket"}\n'

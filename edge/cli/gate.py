@@ -88,12 +88,15 @@ def cmd_run(args) -> int:
 @contextlib.contextmanager
 def open_events(path: str) -> Iterator[TextIO]:
     """The --events file, appended to; a directory or unwritable path is a one-line error.
+    A new file is made 0600 whatever the umask: its lines name the ticket and pseudonymous ids
+    of every decision. An existing file keeps its mode (the operator's).
 
     Lines that a full disk kept from the file are logged when it closes, never raised: the
     gate has stopped by then, and its exit status is not the file's.
     """
     try:
-        f = open(path, "a", encoding="utf-8")  # noqa: SIM115 - closed below
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        f = os.fdopen(fd, "a", encoding="utf-8")
     except OSError as e:
         raise EdgeGateError(
             f"--events {path} cannot be opened for writing: {e.strerror}",
