@@ -32,8 +32,9 @@ def make_private_dirs(folder: str | os.PathLike[str]) -> list[Path]:
     folders of the stores and secrets (gallery, ledger, audit log, fleet state, keys, the
     forget and revocation lists, the staff accounts) show no one else even the names in them.
     A folder that already exists (the operator's, or made meanwhile by another process) is
-    left as it is. Returns the folders made; OSError as `Path.mkdir` raises it (a folder this
-    user may not write; a file in the way is FileExistsError)."""
+    left as it is. Returns the folders made; OSError otherwise (a folder this user may not
+    write; NotADirectoryError for a file in the way, never FileExistsError, which the key
+    writers read as a key already there)."""
     folder = Path(folder)
     missing: list[Path] = []
     p = folder
@@ -45,11 +46,12 @@ def make_private_dirs(folder: str | os.PathLike[str]) -> list[Path]:
         try:
             os.mkdir(d, 0o700)
         except FileExistsError:
-            continue  # made meanwhile by another process: its mode is that process's
+            continue  # made meanwhile by another process (its mode is that process's), or a
+            # file in the way: said below
         os.chmod(d, 0o700)  # a umask may take bits from mkdir's mode, never add them back
         made.append(d)
     if not folder.is_dir():
-        raise FileExistsError(errno.EEXIST, "File exists", str(folder))
+        raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(folder))
     return made
 
 

@@ -144,8 +144,8 @@ def test_an_existing_folder_keeps_its_mode(tmp_path, usual_umask, what, was):
 
 
 def test_make_private_dirs_is_0700_whatever_the_umask(tmp_path):
-    """A umask that takes the owner's bits too still gives 0700; a file in the way is the
-    error `Path.mkdir` gives; folders made meanwhile or already there are not returned."""
+    """A umask that takes the owner's bits too still gives 0700; a file in the way is
+    NotADirectoryError; folders already there are not returned."""
     from edge.files import make_private_dirs
 
     old = os.umask(0o277)
@@ -157,7 +157,7 @@ def test_make_private_dirs_is_0700_whatever_the_umask(tmp_path):
     assert mode(tmp_path / "a") == mode(tmp_path / "a" / "b") == 0o700
     assert make_private_dirs(tmp_path / "a" / "b") == []
     (tmp_path / "f").write_text("")
-    with pytest.raises(FileExistsError):
+    with pytest.raises(NotADirectoryError):
         make_private_dirs(tmp_path / "f")
     with pytest.raises(NotADirectoryError):
         make_private_dirs(tmp_path / "f" / "g")
@@ -310,3 +310,15 @@ def test_a_new_events_file_is_private_and_an_existing_one_keeps_its_mode(tmp_pat
     assert oct(mode(new)) == oct(0o600)
     assert oct(mode(theirs)) == oct(0o640)
     assert theirs.read_text() == '{}\n{"via": "ticket"}\n'
+
+
+def test_a_file_in_the_way_of_a_key_folder_is_not_a_key_already_there(tmp_path):
+    """A key whose folder is a file: the error names the folder, never "already exists" (which
+    would tell the operator to keep a key that was never written)."""
+    from edge.errors import KeyFileError
+    from edge.keyfiles import write_secret
+
+    (tmp_path / "keys").write_text("")
+    with pytest.raises(KeyFileError) as e:
+        write_secret(tmp_path / "keys" / "lane.key", "s\n", "keep it")
+    assert "already exists" not in str(e.value) and "cannot be written" in str(e.value)
