@@ -219,12 +219,22 @@ class _NoLock:
 _NO_LOCK = _NoLock()
 
 
+CHECKPOINT_WAIT_MS = 100  # a checkpoint gives up on readers after this; the next one does it
+
+
 def checkpoint(conn: sqlite3.Connection, what: str) -> bool:
     """wal_checkpoint(TRUNCATE): the log written into the file and emptied (what a delete under
     secure_delete needs before its bytes are gone from disk); False, with a warning naming
-    `what`, when a reader kept it busy or it failed. Never raises."""
+    `what`, when a reader kept it busy or it failed. Never raises. It waits for readers at
+    most CHECKPOINT_WAIT_MS, holding the write lock meanwhile: a running gate writing its
+    decision waits no longer than that behind a long reader (a backup, `audit export`)."""
     try:
-        busy = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]
+        (was,) = conn.execute("PRAGMA busy_timeout").fetchone()
+        conn.execute(f"PRAGMA busy_timeout={CHECKPOINT_WAIT_MS}")
+        try:
+            busy = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]
+        finally:
+            conn.execute(f"PRAGMA busy_timeout={int(was)}")
     except sqlite3.Error as e:
         log.warning("%s not_checkpointed error=%s: the next checkpoint does it", what, e)
         return False

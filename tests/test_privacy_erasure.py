@@ -4,6 +4,7 @@ gone from the bytes of every file that held them, and the forget list stated in 
 from __future__ import annotations
 
 import shutil
+import sqlite3
 from pathlib import Path
 
 import numpy as np
@@ -183,3 +184,30 @@ def test_the_privacy_report_states_what_the_forget_list_holds_and_why(tmp_path, 
     assert rc == 0
     assert f"Forget list `{tmp_path / 'g.db.forgotten'}`: 2 pseudonymous ids" in out
     assert not any(pid in out for pid in ids)  # counted, never listed
+
+
+def test_a_checkpoint_behind_a_reader_gives_up_and_keeps_the_busy_timeout(tmp_path):
+    """The purge's checkpoint holds the write lock while it waits for readers: with the store's
+    own busy timeout (5 s for the audit log) a backup reading the log stalled the gate's next
+    decision record as long. It now gives up at once-ish (the next checkpoint does it) and the
+    connection keeps its busy timeout for the writes that follow."""
+    from edge.db import CHECKPOINT_WAIT_MS, checkpoint
+
+    path = tmp_path / "x.db"
+    conn = connect(path, timeout_s=5.0)
+    conn.execute("CREATE TABLE t (v TEXT)")
+    conn.execute("INSERT INTO t VALUES ('a')")
+    reader = sqlite3.connect(path)
+    reader.execute("BEGIN")
+    assert reader.execute("SELECT count(*) FROM t").fetchone() == (1,)  # a snapshot held
+    conn.execute("INSERT INTO t VALUES ('b')")  # a frame the reader's snapshot predates
+    seen: list[str] = []
+    conn.set_trace_callback(seen.append)
+    assert checkpoint(conn, "test log") is False
+    conn.set_trace_callback(None)
+    assert f"PRAGMA busy_timeout={CHECKPOINT_WAIT_MS}" in seen
+    assert conn.execute("PRAGMA busy_timeout").fetchone() == (5000,)
+    reader.rollback()
+    assert checkpoint(conn, "test log") is True  # the reader gone: the log is emptied
+    reader.close()
+    conn.close()
