@@ -101,27 +101,6 @@ install -d -m 0700 -o edge-gate -g edge-gate /var/lib/edge-gate
 # The revocation list is state: edge-gate-sync replaces it (a temp file and a lock beside it) with
 # the office's revocations, so it lives in the folder the service user owns.
 [ -f /var/lib/edge-gate/revoked.txt ] || install -m 0644 -o edge-gate -g edge-gate /dev/null /var/lib/edge-gate/revoked.txt
-# An install made before the list moved here names /etc/edge-gate/revoked.txt in gate.toml (which
-# a later run keeps), a folder sync cannot write: office revocations never reached such a lane.
-# The old list's lines join the list here (the union of both files, so no revoked id is lost
-# from either), gate.toml is pointed here, then the old list goes. A second run finds gate.toml
-# pointed here and changes nothing.
-migrate_revocation_list() {  # CONFIG OLD_LIST NEW_LIST OWNER
-  local conf=$1 old=$2 new=$3 owner=$4 kept=/dev/null moved=/dev/null merged
-  grep -Fqx "revocation_list = \"$old\"" "$conf" || return 0
-  [ ! -f "$new" ] || kept=$new
-  [ ! -f "$old" ] || moved=$old
-  merged=$(mktemp "$new.XXXXXXXX")
-  # every line of the list here as it is, then each line of the old list not already in it
-  awk 'FILENAME == ARGV[1] { seen[$0]; print; next } !($0 in seen) { seen[$0]; print }' \
-    "$kept" "$moved" > "$merged"
-  chown "$owner:$owner" "$merged"; chmod 0644 "$merged"; sync "$merged"
-  mv -f "$merged" "$new"
-  sed -i "s#^revocation_list = \"$old\"\$#revocation_list = \"$new\"#" "$conf"
-  rm -f "$old" "$(dirname "$old")/.$(basename "$old").lock"
-  echo "!! the revocation list moved to $new: restart edge-gate and edge-gate-sync"
-}
-migrate_revocation_list /etc/edge-gate/gate.toml /etc/edge-gate/revoked.txt /var/lib/edge-gate/revoked.txt edge-gate
 sudo -u edge-gate /opt/edge-gate/venv/bin/edge-gate ledger init --config /etc/edge-gate/gate.toml
 
 echo "== firmware, udev, systemd"
@@ -144,6 +123,36 @@ install -d -m 0755 /etc/systemd/system/systemd-time-wait-sync.service.d
 install -m 0644 /opt/edge-gate/systemd/systemd-time-wait-sync.service.d/edge-gate.conf \
   /etc/systemd/system/systemd-time-wait-sync.service.d/edge-gate.conf
 systemctl daemon-reload
+# An install made before the revocation list moved to /var/lib/edge-gate names
+# /etc/edge-gate/revoked.txt in gate.toml (which a later run keeps), a folder sync cannot write:
+# office revocations never reached such a lane. The old list's lines join the list there (the
+# union of both files, so no revoked id is lost from either), gate.toml is pointed there, then
+# the old list goes. A second run finds gate.toml pointed there and changes nothing; an old list
+# still there then (a run cut before removing it, or one made by hand) is named, never read. It
+# runs after the units are reloaded: an earlier sync unit names the old list in ReadWritePaths=
+# (without "-") and would not start once it is gone.
+migrate_revocation_list() {  # CONFIG OLD_LIST NEW_LIST OWNER
+  local conf=$1 old=$2 new=$3 owner=$4 kept=/dev/null moved=/dev/null merged
+  if ! grep -Fqx "revocation_list = \"$old\"" "$conf"; then
+    [ ! -f "$old" ] || echo "!! $old is not the lane's revocation list (gate.toml names another): join its lines to the configured list by hand if they still hold, then remove it"
+    return 0
+  fi
+  [ ! -f "$new" ] || kept=$new
+  [ ! -f "$old" ] || moved=$old
+  merged=$(mktemp "$new.XXXXXXXX")
+  trap "rm -f '$merged'" EXIT  # a failed step leaves no temp file beside the list (named now:
+  # the function's locals are gone when the trap runs)
+  # every line of the list here as it is, then each line of the old list not already in it
+  awk 'FILENAME == ARGV[1] { seen[$0]; print; next } !($0 in seen) { seen[$0]; print }' \
+    "$kept" "$moved" > "$merged"
+  chown "$owner:$owner" "$merged"; chmod 0644 "$merged"; sync "$merged"
+  mv -f "$merged" "$new"
+  trap - EXIT
+  sed -i "s#^revocation_list = \"$old\"\$#revocation_list = \"$new\"#" "$conf"
+  rm -f "$old" "$(dirname "$old")/.$(basename "$old").lock"
+  echo "!! the revocation list moved to $new: restart edge-gate and edge-gate-sync"
+}
+migrate_revocation_list /etc/edge-gate/gate.toml /etc/edge-gate/revoked.txt /var/lib/edge-gate/revoked.txt edge-gate
 systemctl enable systemd-time-wait-sync.service edge-gate-purge.timer edge-gate.service
 if [ "$SCREEN" = 1 ]; then
   echo "== lane screen: edge-gate-screen.service, user edge-gate-screen, Chromium in cage"

@@ -224,13 +224,16 @@ def _tree(root: Path) -> dict[str, tuple[bytes, int, int]]:
 def test_the_installer_calls_the_migration_for_the_installed_config_and_list(tmp_path):
     """The migration is run on /etc/edge-gate/gate.toml, from the list an earlier installer
     configured to the one it configures now, for the service user, once the state folder and its
-    list exist and before anything reads the list."""
+    list exist, after the new units are loaded (an earlier sync unit names the old list in
+    ReadWritePaths= and would not start without it) and before any unit is enabled."""
     script = (ROOT / "scripts" / "install-pi.sh").read_text()
     _, args = _migration()
     new = _installed_config(tmp_path).tickets.revocation_list
     assert args == ["/etc/edge-gate/gate.toml", "/etc/edge-gate/revoked.txt", new, "edge-gate"]
     call = script.index("\nmigrate_revocation_list /etc/")
-    assert script.index(f"/dev/null {new}\n") < call < script.index(" ledger init --config")
+    assert script.index(f"/dev/null {new}\n") < call
+    assert script.index("/etc/systemd/system/\n") < script.index("systemctl daemon-reload") < call
+    assert call < script.index("systemctl enable")
 
 
 @pytest.mark.parametrize("newer", ["T-2\nT-3\n", None], ids=["newer-list", "no-list"])
@@ -298,3 +301,23 @@ def test_the_migration_leaves_an_install_that_names_the_state_directory_alone(tm
     p = _migrate(func, conf, old, new)
     assert p.returncode == 0, p.stderr
     assert _tree(tmp_path) == settled
+    assert f"{old} is not the lane's revocation list" in p.stdout  # named, never read
+
+
+def test_a_migration_that_fails_midway_leaves_no_temp_file_and_gate_toml_as_it_was(tmp_path):
+    """A step that fails (here: chown to a user that does not exist) stops the installer; the
+    merged list it was writing beside the list is removed, the list and gate.toml unchanged."""
+    func, _ = _migration()
+    etc, state = tmp_path / "etc", tmp_path / "state"
+    etc.mkdir()
+    state.mkdir()
+    old, new, conf = etc / "revoked.txt", state / "revoked.txt", etc / "gate.toml"
+    conf.write_text(installed_gate_toml().replace("/var/lib/edge-gate/revoked.txt", str(old)))
+    old.write_text("T-1\n")
+    new.write_text("T-2\n")
+    settled = _tree(tmp_path)
+    code = f'set -euo pipefail\n{func}\nmigrate_revocation_list "$@"\n'
+    argv = ["bash", "-c", code, "migrate", str(conf), str(old), str(new), "no-such-user-here"]
+    p = subprocess.run(argv, capture_output=True, text=True)
+    assert p.returncode != 0
+    assert _tree(tmp_path) == settled  # no revoked.txt.XXXXXXXX left beside the list
