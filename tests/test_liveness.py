@@ -592,3 +592,39 @@ def test_float_and_int8_twins_agree_on_renderings(fixtures):
     assert np.median(d) < 0.03
     assert d.max() < 0.5
     assert np.corrcoef(np.array(pairs).T)[0, 1] > 0.95
+
+
+def test_the_next_in_a_queue_is_judged_anew_after_an_attack_with_no_gap():
+    """Before: a visit ended only after a window with no face, so a pass holder stepping up
+    right behind a refused attack (faces in view all along) stayed in the attacker's visit and
+    was never let in until they stepped away. Once the window holds only their frames, theirs is
+    a new visit: judged live, granted."""
+    pol = Policy(PolicyParams(liveness=True, k=3, n=5, window_s=2.0))
+    attack = steps(pol, [seen_pad("P-1", False, "model")] * 6)
+    assert [(x.reason, x.subject) for x in attack] == [("presentation_attack", "P-1")]
+    nxt = steps(pol, [seen_pad("P-2", True)] * 8, t0=0.6, f0=6)
+    assert [(x.decision, x.subject) for x in nxt] == [("grant", "P-2")]
+    assert nxt[0].frame == 6 + 4  # once none of P-1's frames is left in the window of 5
+
+
+def test_a_screen_showing_two_enrolled_faces_in_turn_stays_one_visit():
+    """The switch to another pass holder starts a new visit only once the last one's frames have
+    left the window: faces alternating in it get no fresh verdict, so a replay flickering
+    between two enrolled people and between verdicts is refused once and never let in."""
+    pol = Policy(PolicyParams(liveness=True, k=3, n=5, window_s=2.0))
+    judged = [seen_pad(pid, False, "model") for pid in ("P-1", "P-2") * 3]
+    flicker = [seen_pad(pid, True) for pid in ("P-1", "P-1", "P-1", "P-2") * 5]
+    d = steps(pol, judged + flicker)
+    assert [x.decision for x in d] == ["deny"], d
+    assert d[0].reason == "presentation_attack"
+
+
+def test_the_next_pass_holder_after_a_grant_is_told_to_step_back():
+    """Let in, then the next in the queue steps up too close with no gap: before, they shared the
+    last visitor's visit and heard nothing (a visitor let in is not guided on the way through)."""
+    pol = Policy(PolicyParams(liveness=True, k=3, n=5, window_s=2.0))
+    assert [x.decision for x in steps(pol, [seen_pad("P-1", True)] * 4)] == ["grant"]
+    pol.take_guidance()
+    close = steps(pol, [seen_pad("P-2", False, "too_close")] * 8, t0=0.4, f0=4)
+    assert [(x.reason, x.subject) for x in close] == [("too_close", "P-2")]
+    assert [g.notice for g in pol.take_guidance()] == ["step_back"]

@@ -9,7 +9,9 @@ again), with exactly one sizeable face in the gate zone (two or more: no face gr
 grant. Tickets are decided independently of faces.
 Each decision is made once per episode: a code held in view or a person lingering does not
 produce a stream of decisions; a visitor let in (by face or ticket) is not refused
-`not_enrolled` or `too_close` on the way through. Before any decision the policy may guide the
+`not_enrolled` or `too_close` on the way through. A visit ends when a window passes without a
+face, or when the window confirms another pass holder and none of the last one's frames is left
+in it (the next in a queue). Before any decision the policy may guide the
 visitor (step back, come closer, hold still), once per visitor each; the daemon takes that
 guidance and tells them.
 """
@@ -178,6 +180,7 @@ class Episode:
     attack_reported: bool = False
     close_reported: bool = False
     told: set[str] = field(default_factory=set)  # guidance already given to this visitor
+    subject: str | None = None  # the pass holder the window first confirmed in this visit
 
 
 @dataclass(frozen=True)
@@ -362,6 +365,8 @@ class Policy:
         for e in self.window:
             counts[e.person_id] = counts.get(e.person_id, 0) + 1
         best, fused = self._candidate(counts)
+        if best is not None:
+            ep = self._visitor(obs, ep, best)
         if best is not None and p.liveness:
             if ep.attack_reported and not ep.granted:
                 return []  # judged an attack: it stays one until the visitor leaves
@@ -389,6 +394,20 @@ class Policy:
                 Decision(obs.t, obs.frame, DENY, FACE, None, round(score, 4), Reason.NOT_ENROLLED)
             ]
         return []
+
+    def _visitor(self, obs: Observation, ep: Episode, best: str) -> Episode:
+        """The visit `best` belongs to: a new one when the window confirms another pass holder
+        than this visit's and none of that one's frames is left in the window (the next in a
+        queue stepping up with no gap: they get their own liveness judgement, guidance and
+        refusals). While frames of both are in the window it stays one visit: a screen showing
+        two enrolled faces in turn gets no fresh verdict from the switch."""
+        was = ep.subject
+        if was is not None and was != best:
+            if any(was in (e.person_id, e.face.candidate) for e in self.window):
+                return ep
+            ep = self.episode = Episode(obs.t, obs.t)
+        ep.subject = best
+        return ep
 
     def _not_live(
         self, obs: Observation, ep: Episode, pid: str, mine: list[WindowEntry], live: int
