@@ -397,7 +397,7 @@ class FleetConfig:
     )
     max_clock_offset_s: float = setting(
         5.0,
-        "refuse tickets when this lane's clock is further off the fleet's",
+        "refuse tickets, and purge nothing, when this lane's clock is further off the fleet's",
         unit="seconds",
         ge=0,
     )

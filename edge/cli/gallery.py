@@ -5,23 +5,29 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
+import logging
 import os
+import sqlite3
 import sys
 import time
 from pathlib import Path
+from typing import NoReturn
 
 from edge import config as config_mod
 from edge.cli.fleet import check_publish, publish_args, publish_deletion, publish_enrollment
 from edge.cli.numbers import non_negative_int, positive_int
 from edge.cli.paths import existing_dir, file_path, nonempty_file
 from edge.cli.personal import add_detail_args, resolve_details
-from edge.errors import AuditError, EdgeGateError, EnrollError
+from edge.errors import AuditError, ClockError, EdgeGateError, EnrollError
 from edge.gallery.crypto import load_key
 from edge.gallery.erase import ErasureIncomplete
 from edge.gallery.forgetlist import read_replay_file
 from edge.gallery.store import Consent, Gallery
 from edge.gate.audit import AuditLog, AuditRecord, check_reason, open_audit, purge_with_gallery
+from edge.gate.purgeclock import Refusal, fleet_refusal
 from edge.timeutil import iso, parse_time
+
+logger = logging.getLogger(__name__)
 
 
 def paths(args) -> tuple[config_mod.Config, Path, Path]:
@@ -331,9 +337,12 @@ def _forget_recorded(cfg: config_mod.Config, g: Gallery, person_id: str, reason:
 
 
 def cmd_purge(args) -> int:
-    """`purge`: enforce retention by erasing expired passes and aged audit records."""
+    """`purge`: enforce retention by erasing expired passes and aged audit records, unless the
+    clock it judges by is off from the fleet's (purgeclock)."""
     cfg, db, key = paths(args)
     days = args.days if args.days is not None else cfg.gallery.purge_after_days
+    if (refusal := fleet_refusal(cfg)) is not None:
+        _refuse_purge(cfg, refusal)
     with audit_log(cfg) as log, Gallery(db, load_key(key), create=False) as g:
         gone, aged = purge_with_gallery(log, g, time.time(), days, cfg.gate.id)
         if gone or g.pending_erasure():  # after the record is committed; fails loudly, never hides
@@ -345,6 +354,21 @@ def cmd_purge(args) -> int:
         f"{aged} old audit records"
     )
     return 0
+
+
+def _refuse_purge(cfg: config_mod.Config, r: Refusal) -> NoReturn:
+    """Record the refusal in the audit log if it takes it, then raise ClockError: nothing was
+    erased. A refusal the log does not take refuses all the same, and says so."""
+    rec = AuditRecord(time.time(), cfg.gate.id, "purge", reason=r.reason,
+                      detail=f"refused, nothing erased: {r.detail}"[:300])  # fmt: skip
+    unrecorded = ""
+    try:
+        with audit_log(cfg) as log:
+            log.record(rec)
+    except (EdgeGateError, OSError, sqlite3.Error) as e:
+        logger.warning("purge refusal_unrecorded reason=%s error=%s", r.reason, e)
+        unrecorded = f" (the audit log did not take the record of this refusal: {e})"
+    raise ClockError(f"purge refused, nothing erased: {r.detail}{unrecorded}", r.fix)
 
 
 def gallery_options(sp, common, key_exists: bool = True) -> None:
