@@ -100,8 +100,8 @@ class FleetStateError(EdgeGateError):
 
 class ClockError(EdgeGateError):
     """The clock cannot be trusted for an irreversible step (the retention purge): it is off
-    from the fleet's, or its measure cannot be read. Nothing was erased; the fix is to set the
-    time (NTP)."""
+    from the fleet's, its measure cannot be read, or it jumped far forward since the last purge.
+    Nothing was erased; the fix is to set the time (NTP)."""
 
 
 class Unforeseen:

@@ -5,15 +5,18 @@ from __future__ import annotations
 
 import re
 import time
+from types import SimpleNamespace
 
 import numpy as np
+import pytest
 
+from edge.cli import gallery as gallery_cli
 from edge.config import PROJECT_ROOT
 from edge.fleet.state import CLOCK_SKEW, FleetState
 from edge.gallery.crypto import init_key, load_key
 from edge.gallery.store import Gallery
 from edge.gate.audit import AuditLog, AuditRecord
-from edge.gate.purgeclock import FLEET_STATE
+from edge.gate.purgeclock import BOOT_ID, CLOCK_JUMP, FLEET_STATE, BootClock, boot_clock
 
 from .gallery_helpers import CONSENT, cli, config, unit
 
@@ -161,3 +164,96 @@ def test_a_refusal_the_audit_log_does_not_take_still_refuses(tmp_path, capsys):
     held.rename(lane.audit)
     assert lane.subjects() == ["T-OLD-1"]
     assert lane.purges() == []
+
+
+class Clocks:
+    """The wall clock and the boot clock `purge` reads, set by the test."""
+
+    def __init__(self, monkeypatch):
+        self.wall = time.time()
+        self.boot = BootClock("0a826891-f41c-4849-bd48-e7ba3ccda9c7", 5000.0)
+        monkeypatch.setattr(gallery_cli, "boot_clock", lambda: self.boot)
+        monkeypatch.setattr(gallery_cli, "time", SimpleNamespace(time=lambda: self.wall))
+
+    def elapse(self, days: float, wall_ahead_days: float = 0.0) -> None:
+        self.wall += (days + wall_ahead_days) * DAY
+        self.boot = BootClock(self.boot.boot_id, self.boot.since_boot_s + days * DAY)
+
+    def reboot(self, boot_id: str) -> None:
+        self.boot = BootClock(boot_id, 30.0)
+
+
+def test_a_clock_set_forward_on_a_running_lane_erases_no_valid_pass(tmp_path, capsys, monkeypatch):
+    """Before: a lane alone, its clock set a year forward (a bad NTP answer, a typo), purged
+    every pass holder whose pass was still valid, for good. Now each purge records the boot it
+    ran in and the time since it; the next purge of the same boot refuses when the wall clock
+    moved more than gallery.purge_max_clock_jump_days further than that time."""
+    clocks = Clocks(monkeypatch)
+    lane = Lane(tmp_path)
+    rc, out, err = lane.purge(capsys)  # the first purge on a new install: nothing to compare
+    assert rc == 0 and "purged 1 people" in out, err
+    clocks.elapse(1)  # the next day's purge
+    assert lane.purge(capsys)[0] == 0
+    clocks.elapse(1, wall_ahead_days=365)  # a day later by the boot clock, a year by the wall
+    rc, out, err = lane.purge(capsys)
+    assert rc == 2, (out, err)
+    assert "366.0 days" not in err and "365.0 days further" in err
+    assert "--clock-checked" in err and "fix: set the time" in err
+    assert lane.valid in lane.people()
+    assert [r.reason for r in lane.purges()] == ["retention", "retention", CLOCK_JUMP]
+    clocks.elapse(1)  # the clock left wrong: still refused the next day
+    assert lane.purge(capsys)[0] == 2
+    assert lane.valid in lane.people()
+
+
+def test_a_purge_after_a_season_off_and_a_checked_clock_still_run(tmp_path, capsys, monkeypatch):
+    clocks = Clocks(monkeypatch)
+    lane = Lane(tmp_path)
+    assert lane.purge(capsys)[0] == 0
+    clocks.reboot("7f3c1b5e-0000-4000-8000-000000000001")  # powered off for a season
+    clocks.wall += 120 * DAY
+    rc, out, err = lane.purge(capsys)
+    assert rc == 0 and "purged 1 people" in out, err  # the valid pass expired meanwhile
+    assert lane.people() == set()
+
+
+def test_an_operator_who_checked_the_clock_can_purge_after_a_refusal(tmp_path, capsys, monkeypatch):
+    """A purge that ran while the clock was behind (before NTP reached the lane) makes the
+    correction look like a jump: `--clock-checked` purges, and its record is the next one's
+    reference."""
+    clocks = Clocks(monkeypatch)
+    lane = Lane(tmp_path)
+    assert lane.purge(capsys)[0] == 0
+    clocks.elapse(1, wall_ahead_days=100)
+    assert lane.purge(capsys)[0] == 2
+    rc, out, err = lane.purge(capsys, "--clock-checked")
+    assert rc == 0 and "purged 1 people" in out, err
+    assert lane.purges()[-1].detail.endswith("; clock checked")
+    clocks.elapse(1)
+    assert lane.purge(capsys)[0] == 0
+
+
+def test_the_jump_check_can_be_turned_off(tmp_path, capsys, monkeypatch):
+    clocks = Clocks(monkeypatch)
+    lane = Lane(tmp_path, "purge_max_clock_jump_days = 0\n")
+    assert lane.purge(capsys)[0] == 0
+    clocks.elapse(1, wall_ahead_days=365)
+    assert lane.purge(capsys)[0] == 0
+    assert lane.people() == set()
+
+
+@pytest.mark.parametrize("days", [-1, 1.5, "30"])
+def test_a_bad_max_clock_jump_is_a_config_error(tmp_path, capsys, days):
+    lane = Lane(tmp_path, f"purge_max_clock_jump_days = {days!r}\n".replace("'", '"'))
+    rc, _, err = lane.purge(capsys)
+    assert rc == 2 and "purge_max_clock_jump_days" in err
+
+
+def test_the_boot_clock_is_this_boots_and_nothing_else_is_taken_for_one(tmp_path):
+    here = boot_clock()
+    assert here is not None  # Linux: the check is on
+    assert here.boot_id == BOOT_ID.read_text().strip()
+    junk = tmp_path / "boot_id"
+    junk.write_text("not an id\n")
+    assert boot_clock(junk) is None
+    assert boot_clock(tmp_path / "missing") is None
