@@ -232,6 +232,14 @@ class GalleryConfig:
     purge_after_days: int = setting(
         30, "`purge` removes people whose pass expired this long ago", unit="days", ge=0
     )
+    purge_max_clock_jump_days: int = setting(
+        30,
+        "`purge` erases nothing when the clock moved this much further than the time that "
+        "elapsed since the last purge of the same boot (a clock set forward)",
+        unit="days",
+        ge=0,
+        also=((0, "no such check"),),
+    )
 
 
 @dataclass(frozen=True)
@@ -397,7 +405,7 @@ class FleetConfig:
     )
     max_clock_offset_s: float = setting(
         5.0,
-        "refuse tickets when this lane's clock is further off the fleet's",
+        "refuse tickets, and purge nothing, when this lane's clock is further off the fleet's",
         unit="seconds",
         ge=0,
     )

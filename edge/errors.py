@@ -98,6 +98,12 @@ class FleetStateError(EdgeGateError):
     """The lane's fleet state file (written by `edge-gate sync`) is unreadable."""
 
 
+class ClockError(EdgeGateError):
+    """The clock cannot be trusted for an irreversible step (the retention purge): it is off
+    from the fleet's, its measure cannot be read, or it jumped far forward since the last purge.
+    Nothing was erased; the fix is to set the time (NTP)."""
+
+
 class Unforeseen:
     """Errors no step of a long-running loop expects (sync, pretix sync): each is logged and the
     loop goes on; `seen` tells whether this error is new, so its traceback is logged once, and

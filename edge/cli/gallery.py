@@ -5,23 +5,42 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
+import logging
 import os
+import sqlite3
 import sys
 import time
 from pathlib import Path
+from typing import NoReturn
 
 from edge import config as config_mod
 from edge.cli.fleet import check_publish, publish_args, publish_deletion, publish_enrollment
 from edge.cli.numbers import non_negative_int, positive_int
 from edge.cli.paths import existing_dir, file_path, nonempty_file
 from edge.cli.personal import add_detail_args, resolve_details
-from edge.errors import AuditError, EdgeGateError, EnrollError
+from edge.errors import AuditError, ClockError, EdgeGateError, EnrollError
 from edge.gallery.crypto import load_key
 from edge.gallery.erase import ErasureIncomplete
 from edge.gallery.forgetlist import read_replay_file
 from edge.gallery.store import Consent, Gallery
-from edge.gate.audit import AuditLog, AuditRecord, check_reason, open_audit, purge_with_gallery
+from edge.gate.audit import (
+    RETENTION,
+    AuditLog,
+    AuditRecord,
+    check_reason,
+    open_audit,
+    purge_with_gallery,
+)
+from edge.gate.purgeclock import (
+    Refusal,
+    boot_clock,
+    clock_mark,
+    fleet_refusal,
+    jump_refusal,
+)
 from edge.timeutil import iso, parse_time
+
+logger = logging.getLogger(__name__)
 
 
 def paths(args) -> tuple[config_mod.Config, Path, Path]:
@@ -331,13 +350,24 @@ def _forget_recorded(cfg: config_mod.Config, g: Gallery, person_id: str, reason:
 
 
 def cmd_purge(args) -> int:
-    """`purge`: enforce retention by erasing expired passes and aged audit records."""
+    """`purge`: enforce retention by erasing expired passes and aged audit records, unless the
+    clock it judges by is off from the fleet's or jumped far forward (purgeclock)."""
     cfg, db, key = paths(args)
     days = args.days if args.days is not None else cfg.gallery.purge_after_days
-    with audit_log(cfg) as log, Gallery(db, load_key(key), create=False) as g:
-        gone, aged = purge_with_gallery(log, g, time.time(), days, cfg.gate.id)
-        if gone or g.pending_erasure():  # after the record is committed; fails loudly, never hides
-            g.scrub()
+    now, boot = time.time(), boot_clock()
+    if (refusal := fleet_refusal(cfg)) is not None:
+        _refuse_purge(cfg, refusal, None)
+    with audit_log(cfg) as log:
+        if not args.clock_checked:
+            then, detail = _last_purge(log)
+            jump = jump_refusal(cfg.gallery.purge_max_clock_jump_days, then, detail, now, boot)
+            if jump is not None:
+                _refuse_purge(cfg, jump, log)
+        note = clock_mark(boot) + ("; clock checked" if args.clock_checked else "")
+        with Gallery(db, load_key(key), create=False) as g:
+            gone, aged = purge_with_gallery(log, g, now, days, cfg.gate.id, note)
+            if gone or g.pending_erasure():  # after the record is committed; fails loudly
+                g.scrub()
         if aged:  # the removed records' bytes leave the log too (zeroed in the file already)
             log.checkpoint()
     print(
@@ -345,6 +375,30 @@ def cmd_purge(args) -> int:
         f"{aged} old audit records"
     )
     return 0
+
+
+def _last_purge(log: AuditLog) -> tuple[float | None, str]:
+    """(time, detail) of the newest purge that ran; (None, "") before any."""
+    done = [r for r in log.records("purge") if r.reason == RETENTION]
+    return (done[-1].t, done[-1].detail) if done else (None, "")
+
+
+def _refuse_purge(cfg: config_mod.Config, r: Refusal, log: AuditLog | None) -> NoReturn:
+    """Record the refusal in the audit log if it takes it, then raise ClockError: nothing was
+    erased. A refusal the log does not take refuses all the same, and says so."""
+    rec = AuditRecord(time.time(), cfg.gate.id, "purge", reason=r.reason,
+                      detail=f"refused, nothing erased: {r.detail}"[:300])  # fmt: skip
+    unrecorded = ""
+    try:
+        if log is not None:
+            log.record(rec)
+        else:
+            with audit_log(cfg) as opened:
+                opened.record(rec)
+    except (EdgeGateError, OSError, sqlite3.Error) as e:
+        logger.warning("purge refusal_unrecorded reason=%s error=%s", r.reason, e)
+        unrecorded = f" (the audit log did not take the record of this refusal: {e})"
+    raise ClockError(f"purge refused, nothing erased: {r.detail}{unrecorded}", r.fix)
 
 
 def gallery_options(sp, common, key_exists: bool = True) -> None:
@@ -455,4 +509,10 @@ def register(sub, common) -> None:
     sp = sub.add_parser("purge", help="erase people whose pass expired more than N days ago")
     gallery_args(sp)
     sp.add_argument("--days", type=non_negative_int, help="default gallery.purge_after_days")
+    sp.add_argument(
+        "--clock-checked",
+        action="store_true",
+        help="the clock was checked and is right: skip the check against the last purge of "
+        "this boot (gallery.purge_max_clock_jump_days); the fleet's clock check still applies",
+    )
     sp.set_defaults(func=cmd_purge)

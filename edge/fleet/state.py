@@ -372,8 +372,9 @@ def check_faces(fl: FleetConfig, state: FleetState | None) -> LinkCheck:
     return LinkCheck(True)
 
 
-def check_link(fl: FleetConfig, state: FleetState | None, now: float) -> LinkCheck:
-    """May this lane redeem a ticket now? Pure given the state read."""
+def check_clock(fl: FleetConfig, state: FleetState | None) -> LinkCheck:
+    """Is this member's clock within `max_clock_offset_s` of the fleet's, as sync last measured
+    it? (No measure yet: nothing to judge by, as for tickets.) Pure given the state read."""
     if not fl.enabled:
         return LinkCheck(True)
     offset = state.get("clock_offset") if state else None
@@ -384,6 +385,15 @@ def check_link(fl: FleetConfig, state: FleetState | None, now: float) -> LinkChe
             f"this lane's ({fl.lane}) clock is off by {offset:+.1f} s from the fleet's (median "
             f"of the office's and the lanes' signed heartbeats; max {fl.max_clock_offset_s})",
         )
+    return LinkCheck(True)
+
+
+def check_link(fl: FleetConfig, state: FleetState | None, now: float) -> LinkCheck:
+    """May this lane redeem a ticket now? Pure given the state read."""
+    if not (clock := check_clock(fl, state)).ok:
+        return clock
+    if not fl.enabled:
+        return LinkCheck(True)
     if fl.offline == "deny":
         connected = bool(state.get("connected")) if state else False
         last = state.get("last_contact") if state else None

@@ -43,6 +43,7 @@ log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 3
 GENESIS = "0" * 64
+RETENTION = "retention"  # the reason of the record of a purge that ran (kind `purge`)
 
 
 @dataclass(frozen=True)
@@ -805,8 +806,11 @@ class AuditLog(Store):
         }
 
 
-def purge_with_gallery(log: AuditLog, gallery, now: float, after_days: int, gate: str):
+def purge_with_gallery(
+    log: AuditLog, gallery, now: float, after_days: int, gate: str, note: str = ""
+):
     """Purge expired passes and old audit records with the record of both, as one transaction.
+    `note` ends the record's detail (the boot the purge ran in, for the next one's clock check).
 
     The gallery's delete commits inside the audit log's open write transaction (its lock held,
     so nothing else writes in between); the record is appended and committed right after. If
@@ -822,9 +826,9 @@ def purge_with_gallery(log: AuditLog, gallery, now: float, after_days: int, gate
                     now,
                     gate,
                     "purge",
-                    reason="retention",
+                    reason=RETENTION,
                     detail=f"{len(gone)} people expired > {after_days} days; "
-                    f"{aged} audit records past retention",
+                    f"{aged} audit records past retention" + (f"; {note}" if note else ""),
                 )
             )
     except (sqlite3.Error, EdgeGateError) as e:
