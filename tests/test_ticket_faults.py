@@ -208,46 +208,6 @@ def test_ledger_recover_interrupted_at_any_file_step_leaves_a_ledger_at_its_path
     assert _redeem(cfg_path, fresh, capsys)["reason"] == "ok"
 
 
-def test_ledger_recover_cut_before_the_new_file_arrives_leaves_the_old_file_whole(
-    tmp_path, capsys, monkeypatch
-):
-    """`ledger recover` takes the old file's -wal off the path before the new file arrives (so
-    the new file never reads it): cut between the two, the path held the old file without the
-    commits still in that log (a redemption there looked unspent to the next opener until the
-    command was run again). The old file's log is now written into it first."""
-    import os
-    import sqlite3
-
-    cfg_path, ledger, spent, fresh = _spent_and_fresh(tmp_path, capsys)
-    _, wal, _ = _ledger_files(ledger)
-    held = sqlite3.connect(ledger)  # the gate's connection: the next commit stays in the -wal
-    held.execute("SELECT count(*) FROM sqlite_master").fetchone()
-    assert _redeem(cfg_path, fresh, capsys)["reason"] == "ok"
-    assert wal.stat().st_size > 0
-    real = os.replace
-
-    def cut(src, dst, *args, **kwargs):
-        if os.fspath(dst) == str(ledger):
-            raise OSError(5, "Input/output error (simulated cut)")
-        return real(src, dst, *args, **kwargs)
-
-    monkeypatch.setattr(os, "replace", cut)
-    rc = main(["ledger", "recover", "--config", str(cfg_path)])
-    monkeypatch.undo()
-    assert rc == 2 and "the old file is still there" in capsys.readouterr().err
-    # what the next opener reads at the path: the file alone, its old log gone from beside it
-    alone = sqlite3.connect(f"file:{ledger}?immutable=1", uri=True)
-    try:
-        assert alone.execute("SELECT count(*) FROM redemptions").fetchone() == (2,)
-    finally:
-        alone.close()
-        held.close()
-    assert main(["ledger", "recover", "--config", str(cfg_path)]) == 0, capsys.readouterr().err
-    capsys.readouterr()
-    for text in (spent, fresh):
-        assert _redeem(cfg_path, text, capsys)["reason"] == "already_used"
-
-
 def test_a_database_at_the_ledger_path_that_is_no_ledger_is_refused_unchanged(tmp_path):
     """The gallery (or any other SQLite file) named as tickets.ledger: refused, but opening it
     first switched it to WAL mode (bytes 18-19 of its header) and left a -wal beside it, so a

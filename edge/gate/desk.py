@@ -9,7 +9,6 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-import sqlite3
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -18,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edge import config as config_mod
-from edge.db import checkpoint, file_id
+from edge.db import file_id
 from edge.errors import EdgeGateError, ImageError, LedgerError
 from edge.evidence import key_path, lane_key
 from edge.files import fsync_dir
@@ -259,8 +258,6 @@ def swap_in_ledger(new: Path, path: Path, stamp: str) -> Path:
         os.fsync(fd)
     finally:
         os.close(fd)
-    if path.is_file():  # the old file's last commits into it first: its -wal leaves the path
-        _commit_log(path)  # before the new file arrives, and a cut between leaves it whole
     kept, n = path.with_name(f"{path.name}.broken-{stamp}"), 0
     while any(Path(f"{kept}{x}").exists() for x in ("", "-wal", "-shm")):
         n += 1
@@ -286,16 +283,6 @@ def swap_in_ledger(new: Path, path: Path, stamp: str) -> Path:
             "--config C` again",
         ) from None
     return kept
-
-
-def _commit_log(path: Path) -> None:
-    """Write a ledger's write-ahead log into its file (a damaged one is left as it is: the
-    kept copy has its log)."""
-    conn = sqlite3.connect(path, timeout=0.1)
-    try:
-        checkpoint(conn, f"ledger {path}")
-    finally:
-        conn.close()
 
 
 def texts_from_input(item: str, max_pixels: int | None = None) -> list[str]:
