@@ -628,3 +628,41 @@ def test_the_next_pass_holder_after_a_grant_is_told_to_step_back():
     close = steps(pol, [seen_pad("P-2", False, "too_close")] * 8, t0=0.4, f0=4)
     assert [(x.reason, x.subject) for x in close] == [("too_close", "P-2")]
     assert [g.notice for g in pol.take_guidance()] == ["step_back"]
+
+
+NOBODY = FaceSeen(None, 0.3, 0.3, (0.5, 0.5), True)  # a face in view that matches no one
+
+
+@pytest.mark.parametrize(
+    "between",
+    [
+        [seen_pad("P-2", False, "model")] * 5,  # another enrolled face shown, refused too
+        [NOBODY] * 5 + [seen_pad("P-2", True)] * 3 + [NOBODY] * 5,  # the window flushed
+        "two faces",  # one frame with two faces empties the window
+        [(seen_pad("P-2", True), seen_pad("P-3", True))] * 25,  # two faces for over a window
+    ],
+    ids=["other-face", "flushed", "two-faces", "two-faces-long"],
+)
+def test_a_face_judged_an_attack_gets_no_retry_while_faces_stay_at_the_gate(between):
+    """A replay refused as an attack, then another enrolled face (or faces matching nobody, or
+    a frame with two faces) to move the window on, then the first face again on a screen
+    flickering between verdicts: the first face gets no fresh verdict until the gate has been
+    empty for a window, whatever visits came between (before, two faces in view for over a
+    window also started a fresh visit)."""
+    pol = Policy(PolicyParams(liveness=True, k=3, n=5, window_s=2.0))
+    faces = [seen_pad("P-1", False, "model")] * 4
+    if between == "two faces":
+        faces += [(seen_pad("P-2", True), seen_pad("P-3", True))] + [seen_pad("P-2", True)] * 3
+        faces += [(seen_pad("P-2", True), seen_pad("P-3", True))]
+    else:
+        faces += between
+    flicker = [seen_pad("P-1", live) for live in (True, False, True, False, True, True, True)]
+    out = []
+    for i, f in enumerate(faces + flicker * 2):
+        out += pol.step(Observation(i * 0.1, i, 0.0, f if isinstance(f, tuple) else (f,)))
+    assert not [d for d in out if d.decision == "grant" and d.subject == "P-1"], out
+    assert ("presentation_attack", "P-1") in [(d.reason, d.subject) for d in out]
+    gone = len(faces + flicker * 2) * 0.1 + 2.5  # the gate empty for more than a window
+    back = [pol.step(Observation(gone + i * 0.1, 900 + i, 0.0, (seen_pad("P-1", True),)))
+            for i in range(3)]  # fmt: skip
+    assert [(d.decision, d.subject) for step in back for d in step] == [("grant", "P-1")]

@@ -11,7 +11,8 @@ Each decision is made once per episode: a code held in view or a person lingerin
 produce a stream of decisions; a visitor let in (by face or ticket) is not refused
 `not_enrolled` or `too_close` on the way through. A visit ends when a window passes without a
 face, or when the window confirms another pass holder and none of the last one's frames is left
-in it (the next in a queue). Before any decision the policy may guide the
+in it (the next in a queue); a pass holder judged an attack stays refused until no face at all
+has been at the gate for a window. Before any decision the policy may guide the
 visitor (step back, come closer, hold still), once per visitor each; the daemon takes that
 guidance and tells them.
 """
@@ -230,6 +231,8 @@ CARRIED_OVER = (
     "tailgating",
     "tailgating_last",
     "episode",
+    "attacked",
+    "present_last",
     "small_since",
     "small_last",
     "small_told",
@@ -249,6 +252,11 @@ class Policy:
     tailgating: bool = False  # refused as such, until a window passes without two faces
     tailgating_last: float = 0.0  # two or more faces at the gate, last seen
     episode: Episode | None = None
+    # pass holders judged an attack since faces were last gone from the gate for a window: the
+    # verdict holds through every visit of that presence (another face shown in between, the
+    # window emptied by two faces or by faces matching nobody), so a replay gets no retry
+    attacked: set[str] = field(default_factory=set)
+    present_last: float = float("-inf")  # a face at the gate, of any quality, last seen
     # fuse_frames: the matcher's decision on several frames of one visitor (Matcher.match_fused)
     fuse: Callable[[list], Any] | None = None
     guidance: list[Guidance] = field(default_factory=list)  # not yet taken by the daemon
@@ -340,6 +348,10 @@ class Policy:
     def _faces(self, obs: Observation) -> list[Decision]:
         p = self.params
         gate = [f for f in obs.faces if self._at_gate(f)]
+        if gate:
+            if obs.t - self.present_last > p.window_s:
+                self.attacked.clear()  # the gate was empty for a window: everyone judged anew
+            self.present_last = obs.t
         if len(gate) >= 2:
             self.window.clear()
             last, self.tailgating_last = self.tailgating_last, obs.t
@@ -368,8 +380,8 @@ class Policy:
         if best is not None:
             ep = self._visitor(obs, ep, best)
         if best is not None and p.liveness:
-            if ep.attack_reported and not ep.granted:
-                return []  # judged an attack: it stays one until the visitor leaves
+            if (ep.attack_reported or best in self.attacked) and not ep.granted:
+                return []  # judged an attack: it stays one until the gate is left empty
             mine = [e for e in self.window if best in (e.person_id, e.face.candidate)]
             if gate[0].pad == PAD_TOO_CLOSE:
                 self._guide(obs, ep, STEP_BACK, PAD_TOO_CLOSE, best)
@@ -399,8 +411,9 @@ class Policy:
         """The visit `best` belongs to: a new one when the window confirms another pass holder
         than this visit's and none of that one's frames is left in the window (the next in a
         queue stepping up with no gap: they get their own liveness judgement, guidance and
-        refusals). While frames of both are in the window it stays one visit: a screen showing
-        two enrolled faces in turn gets no fresh verdict from the switch."""
+        refusals). While frames of both are in the window it stays one visit; and a pass holder
+        judged an attack stays one in every visit until the gate is left empty (`attacked`):
+        a replay switching faces gets no fresh verdict for a face already refused."""
         was = ep.subject
         if was is not None and was != best:
             if any(was in (e.person_id, e.face.candidate) for e in self.window):
@@ -426,6 +439,7 @@ class Policy:
             if ep.attack_reported:
                 return []
             ep.attack_reported = True
+            self.attacked.add(pid)
             return [Decision(obs.t, obs.frame, DENY, FACE, pid, score, Reason.PRESENTATION_ATTACK)]
         if judged_not + close >= p.k:
             if ep.close_reported or ep.granted or ep.admitted:  # close on the way through
