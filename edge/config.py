@@ -234,8 +234,9 @@ class GalleryConfig:
     )
     purge_max_clock_jump_days: int = setting(
         30,
-        "`purge` erases nothing when the clock moved this much further than the time that "
-        "elapsed since the last purge of the same boot (a clock set forward)",
+        "`purge` erases nothing when the clock moved this much (or the purge's own days, if "
+        "fewer) further than the time that elapsed since the first purge of the same boot "
+        "(a clock set forward)",
         unit="days",
         ge=0,
         also=((0, "no such check"),),

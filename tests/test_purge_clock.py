@@ -206,6 +206,54 @@ def test_a_clock_set_forward_on_a_running_lane_erases_no_valid_pass(tmp_path, ca
     assert lane.valid in lane.people()
 
 
+def test_small_steps_forward_day_after_day_add_up_to_a_refusal(tmp_path, capsys, monkeypatch):
+    """Before: each purge was judged against the last one, which then became the reference, so
+    a clock pushed 29 days forward each day (under the 30 allowed) erased the pass still valid
+    for 60 days on the fourth day. Measured from the boot's first purge, the steps add up."""
+    clocks = Clocks(monkeypatch)
+    lane = Lane(tmp_path)
+    assert lane.purge(capsys)[0] == 0
+    codes = []
+    for _ in range(3):
+        clocks.elapse(1, wall_ahead_days=29)
+        codes.append(lane.purge(capsys)[0])
+    assert codes == [0, 2, 2]
+    assert lane.valid in lane.people()
+
+
+def test_a_jump_larger_than_the_purges_own_days_is_refused(tmp_path, capsys, monkeypatch):
+    """`purge --days 5` with the clock 20 days ahead (within the 30 the setting allows) would
+    erase passes valid for 15 more days: the allowance is the smaller of the two."""
+    clocks = Clocks(monkeypatch)
+    lane = Lane(tmp_path)
+    assert lane.purge(capsys, "--days", "5")[0] == 0
+    clocks.elapse(1, wall_ahead_days=20)
+    rc, _, err = lane.purge(capsys, "--days", "5")
+    assert rc == 2 and "the purge's 5 days" in err, err
+    clocks.elapse(1)
+    assert lane.purge(capsys, "--days", "5", "--clock-checked")[0] == 0
+    clocks.elapse(1, wall_ahead_days=0.01)  # a quarter of an hour of NTP correction: noise
+    assert lane.purge(capsys, "--days", "0")[0] == 0
+
+
+def test_a_refusal_is_not_dated_by_the_clock_it_refuses(tmp_path, capsys, monkeypatch):
+    """Before: the refusal was recorded at the wrong time it refused, a year ahead; the gate's
+    floor (the newest time recorded) then refused every ticket and every pass with an end as
+    `clock_behind` for a year once the time was set right. It is now dated no later than the
+    time the boot clock vouches for."""
+    clocks = Clocks(monkeypatch)
+    lane = Lane(tmp_path)
+    assert lane.purge(capsys)[0] == 0
+    first = lane.purges()[-1].t
+    clocks.elapse(1, wall_ahead_days=365)
+    assert lane.purge(capsys)[0] == 2
+    refusal = lane.purges()[-1]
+    assert refusal.reason == CLOCK_JUMP
+    assert refusal.t <= first + DAY + 1  # the boot clock's day, not the wall's year
+    with AuditLog(lane.audit) as log:
+        assert log.newest_time() <= first + DAY + 1
+
+
 def test_a_purge_after_a_season_off_and_a_checked_clock_still_run(tmp_path, capsys, monkeypatch):
     clocks = Clocks(monkeypatch)
     lane = Lane(tmp_path)

@@ -32,11 +32,14 @@ from edge.gate.audit import (
     purge_with_gallery,
 )
 from edge.gate.purgeclock import (
+    CHECKED,
     Refusal,
     boot_clock,
     clock_mark,
     fleet_refusal,
     jump_refusal,
+    reference,
+    trusted_now,
 )
 from edge.timeutil import iso, parse_time
 
@@ -356,14 +359,15 @@ def cmd_purge(args) -> int:
     days = args.days if args.days is not None else cfg.gallery.purge_after_days
     now, boot = time.time(), boot_clock()
     if (refusal := fleet_refusal(cfg)) is not None:
-        _refuse_purge(cfg, refusal, None)
+        _refuse_purge(cfg, refusal, None, None)
     with audit_log(cfg) as log:
+        ref = reference(_purges(log), boot)
         if not args.clock_checked:
-            then, detail = _last_purge(log)
-            jump = jump_refusal(cfg.gallery.purge_max_clock_jump_days, then, detail, now, boot)
+            max_days = cfg.gallery.purge_max_clock_jump_days
+            jump = jump_refusal(max_days, days, ref, now, boot)
             if jump is not None:
-                _refuse_purge(cfg, jump, log)
-        note = clock_mark(boot) + ("; clock checked" if args.clock_checked else "")
+                _refuse_purge(cfg, jump, log, trusted_now(ref, boot))
+        note = "; ".join(x for x in (clock_mark(boot), CHECKED if args.clock_checked else "") if x)
         with Gallery(db, load_key(key), create=False) as g:
             gone, aged = purge_with_gallery(log, g, now, days, cfg.gate.id, note)
             if gone or g.pending_erasure():  # after the record is committed; fails loudly
@@ -377,24 +381,32 @@ def cmd_purge(args) -> int:
     return 0
 
 
-def _last_purge(log: AuditLog) -> tuple[float | None, str]:
-    """(time, detail) of the newest purge that ran; (None, "") before any."""
-    done = [r for r in log.records("purge") if r.reason == RETENTION]
-    return (done[-1].t, done[-1].detail) if done else (None, "")
+def _purges(log: AuditLog) -> list[tuple[float, str]]:
+    """(time, detail) of the purges that ran, oldest first."""
+    return [(r.t, r.detail) for r in log.records("purge") if r.reason == RETENTION]
 
 
-def _refuse_purge(cfg: config_mod.Config, r: Refusal, log: AuditLog | None) -> NoReturn:
+def _refuse_purge(
+    cfg: config_mod.Config, r: Refusal, log: AuditLog | None, trusted: float | None
+) -> NoReturn:
     """Record the refusal in the audit log if it takes it, then raise ClockError: nothing was
-    erased. A refusal the log does not take refuses all the same, and says so."""
-    rec = AuditRecord(time.time(), cfg.gate.id, "purge", reason=r.reason,
-                      detail=f"refused, nothing erased: {r.detail}"[:300])  # fmt: skip
+    erased. A refusal the log does not take refuses all the same, and says so. The record is
+    dated no later than the log's newest record or the time the boot clock vouches for: the
+    clock it refuses must not become the floor a clock set right is then refused against."""
+
+    def record(opened: AuditLog) -> None:
+        stamps = (time.time(), trusted, opened.newest_time())
+        t = min(x for x in stamps if x is not None)
+        opened.record(AuditRecord(t, cfg.gate.id, "purge", reason=r.reason,
+                                  detail=f"refused, nothing erased: {r.detail}"[:300]))  # fmt: skip
+
     unrecorded = ""
     try:
         if log is not None:
-            log.record(rec)
+            record(log)
         else:
             with audit_log(cfg) as opened:
-                opened.record(rec)
+                record(opened)
     except (EdgeGateError, OSError, sqlite3.Error) as e:
         logger.warning("purge refusal_unrecorded reason=%s error=%s", r.reason, e)
         unrecorded = f" (the audit log did not take the record of this refusal: {e})"

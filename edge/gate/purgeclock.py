@@ -7,12 +7,14 @@ never more; a clock set back only makes a purge erase less, so it is not checked
 - in a fleet, the clock as `edge-gate sync` measured it against the fleet's (`check_clock`,
   the gate's own check before tickets and overrides); a fleet state that cannot be read or
   judged refuses too, as it refuses tickets at the gate;
-- everywhere, the clock against the previous purge of the same boot: each purge records the
-  boot it ran in (the kernel's boot id) and the time since that boot (CLOCK_BOOTTIME, which a
-  change of the wall clock does not move). Within one boot the wall clock must have moved as
-  much as the time that really elapsed; more than `gallery.purge_max_clock_jump_days` further
-  is a clock set forward, and nothing is erased. After a reboot (a lane off for a season) or
-  before any purge (a new install) there is nothing to compare with, and the purge runs.
+- everywhere, the clock against the first purge of the same boot (or the last run with
+  --clock-checked): each purge records the boot it ran in (the kernel's boot id) and the time
+  since that boot (CLOCK_BOOTTIME, which a change of the wall clock does not move). Within one
+  boot the wall clock must have moved as much as the time that really elapsed; further by more
+  than `gallery.purge_max_clock_jump_days` or the purge's own days (whichever is fewer; an hour
+  at least, for clock noise) is a clock set forward, and nothing is erased. After a reboot (a
+  lane off for a season) or before any purge (a new install) there is nothing to compare with,
+  and the purge runs.
 """
 
 from __future__ import annotations
@@ -77,30 +79,60 @@ def read_mark(detail: str) -> BootClock | None:
     return BootClock(m.group(1), float(m.group(2))) if m else None
 
 
-def forward_jump(then: float, was: BootClock | None, now: float, is_: BootClock | None) -> float:
-    """How much further the wall clock moved than the time that elapsed since the previous
-    purge (seconds; 0 when it cannot be told: another boot, or a boot not known). Pure."""
-    if was is None or is_ is None or was.boot_id != is_.boot_id:
-        return 0.0
-    return (now - then) - (is_.since_boot_s - was.since_boot_s)
+CHECKED = "clock checked"  # ends the record of a purge run with --clock-checked
+CLOCK_NOISE_S = 3600.0  # wall and boot clocks part by this much within a boot (NTP slews, steps)
+
+
+def reference(
+    purges: list[tuple[float, str]], clock: BootClock | None
+) -> tuple[float, BootClock] | None:
+    """The purge this one's clock is judged against: the first purge of this boot, or the last
+    run with --clock-checked since; None before any (a new install, the first after a reboot).
+    `purges`: (time, detail) of the purges that ran, oldest first. Measured from there, not
+    from the last purge, so steps forward of a few days each never add up unseen. Pure."""
+    ref = None
+    for t, detail in reversed(purges):
+        mark = read_mark(detail)
+        if clock is None or mark is None or mark.boot_id != clock.boot_id:
+            break
+        ref = (t, mark)
+        if detail.endswith(CHECKED):
+            break
+    return ref
+
+
+def trusted_now(ref: tuple[float, BootClock] | None, clock: BootClock | None) -> float | None:
+    """The wall time by the reference purge and the boot clock since (None: no reference)."""
+    if ref is None or clock is None:
+        return None
+    return ref[0] + (clock.since_boot_s - ref[1].since_boot_s)
 
 
 def jump_refusal(
-    max_days: int, then: float | None, detail: str, now: float, clock: BootClock | None
+    max_days: int,
+    days: int,
+    ref: tuple[float, BootClock] | None,
+    now: float,
+    clock: BootClock | None,
 ) -> Refusal | None:
-    """Refusal when the clock moved more than `max_days` further than the time elapsed since
-    the previous purge (`then`, its record's `detail`) of this boot; None: go on. Pure."""
-    if max_days <= 0 or then is None:
+    """Refusal when the wall clock moved further ahead of the boot clock since the reference
+    purge than both `max_days` and the purge's own `days` allow (a jump of more than `days`
+    erases passes still valid), with an hour for clock noise; None: go on. Pure."""
+    trusted = trusted_now(ref, clock)
+    if max_days <= 0 or trusted is None:
         return None
-    jump = forward_jump(then, read_mark(detail), now, clock)
-    if jump <= max_days * DAY_S:
+    jump = now - trusted
+    allowed = max(CLOCK_NOISE_S, min(max_days, days) * DAY_S)
+    if jump <= allowed:
         return None
     return Refusal(
         CLOCK_JUMP,
-        f"the clock moved {jump / DAY_S:.1f} days further than the time that elapsed since the "
-        f"last purge, in this same boot (gallery.purge_max_clock_jump_days = {max_days}): set "
+        f"the clock moved {jump / DAY_S:.1f} days further than the time that elapsed since "
+        "this boot's first purge (or the last with a checked clock) (allowed: "
+        f"{allowed / DAY_S:.2f} days, the smaller of "
+        f"gallery.purge_max_clock_jump_days = {max_days} and the purge's {days} days): set "
         "forward?",
-        f"{SET_THE_TIME}; if the clock is right (it was behind at the last purge), run "
+        f"{SET_THE_TIME}; if the clock is right (it was behind at that purge), run "
         "`edge-gate purge --config C --clock-checked` once",
     )
 
