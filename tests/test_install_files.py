@@ -205,12 +205,28 @@ def _migration() -> tuple[str, list[str]]:
     return func.group(0), shlex.split(call.group(1))
 
 
-def _migrate(func: str, conf: Path, old: Path, new: Path) -> subprocess.CompletedProcess:
+def _migrate(
+    func: str, conf: Path, old: Path, new: Path, owner: str = ""
+) -> subprocess.CompletedProcess:
     """The installer's migration against a temporary root, the files owned by this user."""
-    owner = pwd.getpwuid(os.getuid()).pw_name
+    owner = owner or pwd.getpwuid(os.getuid()).pw_name
     code = f'set -euo pipefail\n{func}\nmigrate_revocation_list "$@"\n'
     argv = ["bash", "-c", code, "migrate", str(conf), str(old), str(new), owner]
     return subprocess.run(argv, capture_output=True, text=True)
+
+
+def _lists(tmp_path: Path, named: str, old_text: str, new_text: str) -> tuple[Path, Path, Path]:
+    """An installed gate.toml naming the `named` list ("old" in etc/ or "new" in state/), both
+    lists written: (old, new, conf)."""
+    etc, state = tmp_path / "etc", tmp_path / "state"
+    etc.mkdir()
+    state.mkdir()
+    old, new, conf = etc / "revoked.txt", state / "revoked.txt", etc / "gate.toml"
+    path = old if named == "old" else new
+    conf.write_text(installed_gate_toml().replace("/var/lib/edge-gate/revoked.txt", str(path)))
+    old.write_text(old_text)
+    new.write_text(new_text)
+    return old, new, conf
 
 
 def _tree(root: Path) -> dict[str, tuple[bytes, int, int]]:
@@ -290,13 +306,7 @@ def test_the_migration_leaves_an_install_that_names_the_state_directory_alone(tm
     """A gate.toml that already names the list in the state directory (a new install, or one
     migrated before) is not touched, nor is either list."""
     func, _ = _migration()
-    etc, state = tmp_path / "etc", tmp_path / "state"
-    etc.mkdir()
-    state.mkdir()
-    old, new, conf = etc / "revoked.txt", state / "revoked.txt", etc / "gate.toml"
-    conf.write_text(installed_gate_toml().replace("/var/lib/edge-gate/revoked.txt", str(new)))
-    old.write_text("T-9\n")
-    new.write_text("T-1\n")
+    old, new, conf = _lists(tmp_path, "new", "T-9\n", "T-1\n")
     settled = _tree(tmp_path)
     p = _migrate(func, conf, old, new)
     assert p.returncode == 0, p.stderr
@@ -308,16 +318,8 @@ def test_a_migration_that_fails_midway_leaves_no_temp_file_and_gate_toml_as_it_w
     """A step that fails (here: chown to a user that does not exist) stops the installer; the
     merged list it was writing beside the list is removed, the list and gate.toml unchanged."""
     func, _ = _migration()
-    etc, state = tmp_path / "etc", tmp_path / "state"
-    etc.mkdir()
-    state.mkdir()
-    old, new, conf = etc / "revoked.txt", state / "revoked.txt", etc / "gate.toml"
-    conf.write_text(installed_gate_toml().replace("/var/lib/edge-gate/revoked.txt", str(old)))
-    old.write_text("T-1\n")
-    new.write_text("T-2\n")
+    old, new, conf = _lists(tmp_path, "old", "T-1\n", "T-2\n")
     settled = _tree(tmp_path)
-    code = f'set -euo pipefail\n{func}\nmigrate_revocation_list "$@"\n'
-    argv = ["bash", "-c", code, "migrate", str(conf), str(old), str(new), "no-such-user-here"]
-    p = subprocess.run(argv, capture_output=True, text=True)
+    p = _migrate(func, conf, old, new, owner="no-such-user-here")
     assert p.returncode != 0
     assert _tree(tmp_path) == settled  # no revoked.txt.XXXXXXXX left beside the list
