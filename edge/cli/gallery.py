@@ -361,12 +361,11 @@ def cmd_purge(args) -> int:
     if (refusal := fleet_refusal(cfg)) is not None:
         _refuse_purge(cfg, refusal, None, None)
     with audit_log(cfg) as log:
-        ref = reference(_purges(log), boot)
+        trusted = trusted_now(reference(_purges(log), boot), boot)
         if not args.clock_checked:
-            max_days = cfg.gallery.purge_max_clock_jump_days
-            jump = jump_refusal(max_days, days, ref, now, boot)
+            jump = jump_refusal(cfg.gallery.purge_max_clock_jump_days, days, trusted, now)
             if jump is not None:
-                _refuse_purge(cfg, jump, log, trusted_now(ref, boot))
+                _refuse_purge(cfg, jump, log, trusted)
         note = "; ".join(x for x in (clock_mark(boot), CHECKED if args.clock_checked else "") if x)
         with Gallery(db, load_key(key), create=False) as g:
             gone, aged = purge_with_gallery(log, g, now, days, cfg.gate.id, note)
@@ -524,7 +523,8 @@ def register(sub, common) -> None:
     sp.add_argument(
         "--clock-checked",
         action="store_true",
-        help="the clock was checked and is right: skip the check against the last purge of "
-        "this boot (gallery.purge_max_clock_jump_days); the fleet's clock check still applies",
+        help="the clock was checked and is right: skip the check against the first purge of "
+        "this boot (gallery.purge_max_clock_jump_days) and become the next purges' reference; "
+        "the fleet's clock check still applies",
     )
     sp.set_defaults(func=cmd_purge)

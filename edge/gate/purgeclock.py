@@ -108,17 +108,11 @@ def trusted_now(ref: tuple[float, BootClock] | None, clock: BootClock | None) ->
     return ref[0] + (clock.since_boot_s - ref[1].since_boot_s)
 
 
-def jump_refusal(
-    max_days: int,
-    days: int,
-    ref: tuple[float, BootClock] | None,
-    now: float,
-    clock: BootClock | None,
-) -> Refusal | None:
-    """Refusal when the wall clock moved further ahead of the boot clock since the reference
-    purge than both `max_days` and the purge's own `days` allow (a jump of more than `days`
-    erases passes still valid), with an hour for clock noise; None: go on. Pure."""
-    trusted = trusted_now(ref, clock)
+def jump_refusal(max_days: int, days: int, trusted: float | None, now: float) -> Refusal | None:
+    """Refusal when the wall clock `now` is further ahead of `trusted` (trusted_now: the time
+    the boot clock vouches for) than both `max_days` and the purge's own `days` allow (a jump
+    of more than `days` erases passes still valid), with an hour for clock noise; None: go on,
+    or nothing to judge by. Pure."""
     if max_days <= 0 or trusted is None:
         return None
     jump = now - trusted
