@@ -17,6 +17,7 @@ import threading
 import time
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 from gpiozero.pins.mock import MockFactory
@@ -29,6 +30,7 @@ from edge.gate.notices import notice_for_decision
 from edge.gate.notify import Notifier
 from edge.gate.sources import Frame, VideoFileSource
 from edge.lab.demo import ticket_scene
+from edge.lab.synth import write_video
 
 from .helpers import (
     FakeCapture,
@@ -56,6 +58,8 @@ def test_hamilton_grants_only_lin_manuel(tmp_path, fixtures, pipeline):
     assert all(e["via"] == "face" and e["person"] == pid for e in grants)
     assert gate.frames == 275
     assert gate.relay.pin.states[-1].state is False  # and the gate ends closed
+    # his own frames that match nobody after the grant (turned, blurred) are still his visit
+    assert "not_enrolled" not in [e["reason"] for e in ev], ev
     for e in ev:
         assert {"t", "frame", "decision", "via", "score", "reason"} <= set(e)
         assert "person" in e or "ticket" in e
@@ -70,6 +74,38 @@ def test_stranger_gif_never_granted(tmp_path, fixtures, pipeline):
     enroll_lin(cfg2, fixtures, pipeline)
     _, ev = run_gate(cfg2, fixtures / "video" / "elon-musk-smoke.gif", tmp_path)
     assert [e for e in ev if e["decision"] == "grant"] == []
+
+
+def fitted(frames: list[np.ndarray], w: int, h: int) -> list[np.ndarray]:
+    """Frames scaled to fit w x h, centred on black (another camera's clip in this one's size)."""
+    out = []
+    for f in frames:
+        s = min(w / f.shape[1], h / f.shape[0])
+        g = cv2.resize(f, (int(f.shape[1] * s), int(f.shape[0] * s)))
+        c = np.zeros((h, w, 3), np.uint8)
+        y, x = (h - g.shape[0]) // 2, (w - g.shape[1]) // 2
+        c[y : y + g.shape[0], x : x + g.shape[1]] = g
+        out.append(c)
+    return out
+
+
+def test_a_stranger_right_behind_a_pass_holder_let_in_is_told_not_enrolled(
+    tmp_path, fixtures, pipeline
+):
+    """Lin is let in; with no gap Elon (enrolled nowhere) stands at the gate for 6.7 s. Before,
+    Elon shared Lin's visit and was never told to show a ticket; now he is, once."""
+    cfg = make_config(tmp_path)
+    pid = enroll_lin(cfg, fixtures, pipeline)
+    lin = clip_frames(fixtures / "video" / "short_hamilton_clip.mp4")
+    h, w = lin[0].shape[:2]
+    elon = fitted(clip_frames(fixtures / "video" / "elon-musk-smoke.gif"), w, h)
+    clip = tmp_path / "queue.mp4"
+    write_video(clip, iter(lin[:110] + (elon * 6)[:200]), 29.97, (w, h))
+    gate, ev = run_gate(cfg, clip, tmp_path)
+    said = [(e["decision"], e["reason"], e.get("person")) for e in ev]
+    assert said == [("grant", "ok", pid), ("deny", "not_enrolled", None)], said
+    assert ev[1]["frame"] >= 110 + 4 * 29  # after two windows of his own at the gate
+    assert gate.relay.pin.states[-1].state is False
 
 
 @pytest.mark.parametrize("seed", [1, 2, 3])

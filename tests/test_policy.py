@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
+
+import numpy as np
 import pytest
 
 from edge.errors import ConfigError
@@ -64,6 +67,79 @@ def test_no_not_enrolled_for_a_person_who_was_granted():
     p = Policy(PolicyParams(k=3, n=5, window_s=2.0, cooldown_s=1000, anti_passback_s=1000))
     frames = [([face("A")], [])] * 3 + [([face(None, 0.9)], [])] * 60
     assert [d.decision for d in run(p, frames)] == [GRANT]
+
+
+def looking(pid, vec, candidate=None):
+    """A face with an embedding (a unit vector; the tests use a few axes of 4-D)."""
+    v = np.asarray(vec, np.float32)
+    return dataclasses.replace(face(pid), embedding=v / np.linalg.norm(v), candidate=candidate)
+
+
+ANN, ANN_TURNED, BOB, CAROL = (1, 0, 0, 0), (0.8, 0.6, 0, 0), (0, 0, 1, 0), (0, 0, 0.1, 1)
+
+
+def queue_policy(**kw) -> Policy:
+    params = dict(k=3, n=5, window_s=2.0, cooldown_s=1000, anti_passback_s=1000)
+    return Policy(PolicyParams(**{**params, **kw}), same_person=0.6)
+
+
+def test_a_stranger_right_behind_a_pass_holder_let_in_is_told_not_enrolled():
+    """Before, the stranger stepping up with no gap after a grant shared the pass holder's visit
+    and was never told to show a ticket. Now k frames in a row of a face that matches nobody and
+    is unlike the visitor's start the next visit."""
+    p = queue_policy()
+    frames = [([looking("A", ANN)], [])] * 5 + [([looking(None, BOB)], [])] * 60
+    ds = run(p, frames)
+    assert [(d.decision, d.subject, d.reason) for d in ds] == [
+        (GRANT, "A", "ok"),
+        (DENY, None, "not_enrolled"),
+    ]
+    assert ds[1].t >= 0.5 + 4.0  # two windows after the stranger's visit began, as for anyone
+
+
+def test_the_visitor_let_in_is_not_refused_when_their_face_stops_matching():
+    """Their own face, turned or blurred so that it matches nobody, is still like their last
+    frame: the visit (and its grant) holds; a few frames of someone else in between do too."""
+    p = queue_policy()
+    frames = [([looking("A", ANN)], [])] * 5 + [([looking(None, ANN_TURNED)], [])] * 60
+    assert [d.decision for d in run(p, frames)] == [GRANT]
+    p = queue_policy()
+    flicker = [([looking(None, BOB)], [])] * 2 + [([looking(None, ANN)], [])] * 3
+    frames = [([looking("A", ANN)], [])] * 5 + flicker * 12
+    assert [d.decision for d in run(p, frames)] == [GRANT]
+
+
+def test_strangers_one_after_another_are_each_told_and_a_ticket_holder_is_not():
+    p = queue_policy()
+    frames = [([looking(None, BOB)], [])] * 50 + [([looking(None, CAROL)], [])] * 50
+    ds = run(p, frames)
+    assert [(d.decision, d.reason) for d in ds] == [(DENY, "not_enrolled")] * 2
+    # let in by a ticket, then their own unmatched face: nothing more is said to them; the
+    # stranger after them is told
+    p = queue_policy()
+    frames = [([looking(None, BOB)], [seen("T1")])] + [([looking(None, BOB)], [])] * 50
+    frames += [([looking(None, CAROL)], [])] * 50
+    ds = run(p, frames)
+    assert [(d.decision, d.via, d.reason) for d in ds] == [
+        (GRANT, TICKET, "ok"),
+        (DENY, FACE, "not_enrolled"),
+    ]
+
+
+def test_without_embeddings_or_a_bound_visits_are_told_apart_by_matches_alone():
+    frames = [([looking("A", ANN)], [])] * 5 + [([looking(None, BOB)], [])] * 60
+    p = Policy(PolicyParams(k=3, n=5, window_s=2.0, cooldown_s=1000, anti_passback_s=1000))
+    assert [d.decision for d in run(p, frames)] == [GRANT]
+
+
+def test_a_pass_holder_judged_an_attack_stays_refused_after_a_strangers_face():
+    """A replay switching to a face that matches nobody starts a new visit; the pass holder it
+    showed before is still refused until the gate is left empty."""
+    p = queue_policy(liveness=True)
+    fake = dataclasses.replace(looking("A", ANN), live=False, pad="model")
+    frames = [([fake], [])] * 10 + [([looking(None, BOB)], [])] * 10 + [([fake], [])] * 30
+    ds = run(p, frames)
+    assert [(d.decision, d.reason) for d in ds] == [(DENY, "presentation_attack")]
 
 
 def test_two_faces_at_the_gate_is_tailgating():

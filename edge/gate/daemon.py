@@ -68,9 +68,13 @@ STORE_WAIT_BOUND_S = 60.0
 
 
 def policy_for(cfg: config_mod.Config, face: FaceStack | None) -> Policy:
-    """The decision rules; with policy.fuse_frames they decide on the matcher's fused match."""
+    """The decision rules; with policy.fuse_frames they decide on the matcher's fused match,
+    and the matcher's threshold tells the visitor's face from the next one's."""
     fuse = face.matcher.match_fused if face is not None and cfg.policy.fuse_frames else None
-    return Policy(PolicyParams.from_config(cfg, face_enabled=face is not None), fuse=fuse)
+    same = face.matcher.threshold if face is not None else None
+    return Policy(
+        PolicyParams.from_config(cfg, face_enabled=face is not None), fuse=fuse, same_person=same
+    )
 
 
 def decision_json(d: Decision, gate: str, wall: float) -> dict:

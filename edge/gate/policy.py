@@ -11,8 +11,10 @@ Each decision is made once per episode: a code held in view or a person lingerin
 produce a stream of decisions; a visitor let in (by face or ticket) is not refused
 `not_enrolled` or `too_close` on the way through. A visit ends when a window passes without a
 face, or when the window confirms another pass holder and none of the last one's frames is left
-in it (the next in a queue); a pass holder judged an attack stays refused until no face at all
-has been at the gate for a window. Before any decision the policy may guide the
+in it, or when k frames in a row show a face that matches nobody and does not look like the
+visitor's last face (the next in a queue: a stranger right behind someone let in is told to show
+a ticket); a pass holder judged an attack stays refused until no face at all has been at the
+gate for a window. Before any decision the policy may guide the
 visitor (step back, come closer, hold still), once per visitor each; the daemon takes that
 guidance and tells them.
 """
@@ -26,6 +28,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
+
+import numpy as np
 
 from edge.config import Config, PolicyConfig
 from edge.errors import ConfigError
@@ -182,6 +186,10 @@ class Episode:
     close_reported: bool = False
     told: set[str] = field(default_factory=set)  # guidance already given to this visitor
     subject: str | None = None  # the pass holder the window first confirmed in this visit
+    # the visitor's newest faces (embeddings, at most n) and how many frames in a row since
+    # showed someone else who matches nobody (Policy._stranger_next)
+    faces: list = field(default_factory=list, compare=False, repr=False)
+    others: int = 0
 
 
 @dataclass(frozen=True)
@@ -263,6 +271,10 @@ class Policy:
     small_since: float | None = None  # a face at the gate too small to recognise, since
     small_last: float = 0.0
     small_told: bool = False
+    # Cosine similarity at or above which two faces are one person (the matcher's threshold):
+    # below it, a face that matches nobody is not the visitor's (Policy._stranger_next). None:
+    # visits are told apart by matches alone.
+    same_person: float | None = None
 
     def carry_over(self, old: Policy) -> Policy:
         """This policy with what `old` remembers of visitors, for a reload: grants (cooldown,
@@ -373,6 +385,7 @@ class Policy:
         if ep is None or obs.t - ep.last > p.window_s:
             ep = self.episode = Episode(obs.t, obs.t)
         ep.last = obs.t
+        ep = self._stranger_next(obs, ep, gate[0])
         counts: dict[str | None, int] = {}
         for e in self.window:
             counts[e.person_id] = counts.get(e.person_id, 0) + 1
@@ -420,6 +433,32 @@ class Policy:
                 return ep
             ep = self.episode = Episode(obs.t, obs.t)
         ep.subject = best
+        return ep
+
+    def _stranger_next(self, obs: Observation, ep: Episode, f: FaceSeen) -> Episode:
+        """The visit this face belongs to: a new one after k frames in a row of a face that
+        matches nobody and is less like each of the visitor's last n faces than the matcher asks
+        of one person (the next in a queue, a stranger stepping up right behind someone let in:
+        they are told `not_enrolled` in turn, and guided). The visitor's own frames keep the
+        visit and follow their face as it turns (on the recorded clips one frame in a row at
+        most falls below the bound against the visitor's last five); a frame with no embedding,
+        or a gate with no bound, keeps it too."""
+        if self.same_person is None or f.embedding is None:
+            return ep
+        theirs = (
+            not ep.faces
+            or (ep.subject is not None and f.person_id == ep.subject)
+            or float(np.max(np.stack(ep.faces) @ f.embedding)) >= self.same_person
+        )
+        if not theirs and f.person_id is not None:
+            return ep  # another pass holder: _visitor tells once the window confirms them
+        if not theirs:
+            ep.others += 1
+            if ep.others < self.params.k:
+                return ep
+            ep = self.episode = Episode(obs.t, obs.t)
+        ep.faces = [*ep.faces, f.embedding][-self.params.n :]
+        ep.others = 0
         return ep
 
     def _not_live(
