@@ -137,6 +137,11 @@ migrate_revocation_list() {  # CONFIG OLD_LIST NEW_LIST OWNER
     [ ! -f "$old" ] || echo "!! $old is not the lane's revocation list (gate.toml names another): join its lines to the configured list by hand if they still hold, then remove it"
     return 0
   fi
+  # Hold each list's lock (the one `ticket revoke` and `edge-gate sync` take) while merging,
+  # the configured list's first: a revocation written meanwhile waits and is not lost.
+  exec 8>>"$(dirname "$old")/.$(basename "$old").lock" 9>>"$(dirname "$new")/.$(basename "$new").lock"
+  flock 8
+  flock 9
   [ ! -f "$new" ] || kept=$new
   [ ! -f "$old" ] || moved=$old
   merged=$(mktemp "$new.XXXXXXXX")
@@ -150,6 +155,7 @@ migrate_revocation_list() {  # CONFIG OLD_LIST NEW_LIST OWNER
   trap - EXIT
   sed -i "s#^revocation_list = \"$old\"\$#revocation_list = \"$new\"#" "$conf"
   rm -f "$old" "$(dirname "$old")/.$(basename "$old").lock"
+  exec 8>&- 9>&-
   echo "!! the revocation list moved to $new: restart edge-gate and edge-gate-sync"
 }
 migrate_revocation_list /etc/edge-gate/gate.toml /etc/edge-gate/revoked.txt /var/lib/edge-gate/revoked.txt edge-gate

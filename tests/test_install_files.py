@@ -3,6 +3,8 @@ units, the installer and the files the stores create."""
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import pwd
 import re
@@ -209,10 +211,14 @@ def _migrate(
     func: str, conf: Path, old: Path, new: Path, owner: str = ""
 ) -> subprocess.CompletedProcess:
     """The installer's migration against a temporary root, the files owned by this user."""
+    argv = _migrate_argv(func, conf, old, new, owner)
+    return subprocess.run(argv, capture_output=True, text=True)
+
+
+def _migrate_argv(func: str, conf: Path, old: Path, new: Path, owner: str = "") -> list[str]:
     owner = owner or pwd.getpwuid(os.getuid()).pw_name
     code = f'set -euo pipefail\n{func}\nmigrate_revocation_list "$@"\n'
-    argv = ["bash", "-c", code, "migrate", str(conf), str(old), str(new), owner]
-    return subprocess.run(argv, capture_output=True, text=True)
+    return ["bash", "-c", code, "migrate", str(conf), str(old), str(new), owner]
 
 
 def _lists(tmp_path: Path, named: str, old_text: str, new_text: str) -> tuple[Path, Path, Path]:
@@ -285,7 +291,8 @@ def test_a_reinstall_moves_a_revocation_list_left_in_etc_into_the_state_director
     assert load_revocations(new) == ({"T-1", "T-2", "T-3"} if newer else {"T-1", "T-2"})
     assert stat.S_IMODE(new.stat().st_mode) == 0o644
     assert new.stat().st_uid == os.getuid()
-    assert [f.name for f in state.iterdir()] == ["revoked.txt"]  # no temp file left
+    # no temp file left; the list's lock file stays (as after any `ticket revoke`)
+    assert sorted(f.name for f in state.iterdir()) == [".revoked.txt.lock", "revoked.txt"]
     assert sorted(f.name for f in etc.iterdir()) == ["gate.toml"]  # the old list and its lock
     assert config_mod.load(conf).tickets.revocation_list == str(new)
     changed = [
@@ -322,4 +329,32 @@ def test_a_migration_that_fails_midway_leaves_no_temp_file_and_gate_toml_as_it_w
     settled = _tree(tmp_path)
     p = _migrate(func, conf, old, new, owner="no-such-user-here")
     assert p.returncode != 0
-    assert _tree(tmp_path) == settled  # no revoked.txt.XXXXXXXX left beside the list
+    locks = {"etc/.revoked.txt.lock", "state/.revoked.txt.lock"}  # empty, as a revoke leaves
+    assert {k: v for k, v in _tree(tmp_path).items() if k not in locks} == settled
+    assert all((tmp_path / k).stat().st_size == 0 for k in locks)
+    # and no revoked.txt.XXXXXXXX beside the list
+
+
+@pytest.mark.parametrize("held", ["old", "new"])
+def test_a_revocation_written_while_the_migration_runs_is_kept(tmp_path, held):
+    """Before, the migration read both lists without their lock: a `ticket revoke` (or sync)
+    writing either list meanwhile lost its id when the merged list replaced them. Now the
+    migration holds both locks while merging: a writer holding one is waited for."""
+    func, _ = _migration()
+    old, new, conf = _lists(tmp_path, "old", "T-1\n", "T-2\n")
+    target = old if held == "old" else new
+    fd = os.open(target.with_name(f".{target.name}.lock"), os.O_RDONLY | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # a revoke in the middle of its read-modify-write
+        argv = _migrate_argv(func, conf, old, new)
+        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=1.0)
+        assert proc.poll() is None, "the migration did not wait for the list's lock"
+        target.write_text(target.read_text() + "T-LATE\n")  # the revoke lands, then unlocks
+    finally:
+        os.close(fd)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    assert load_revocations(new) == {"T-1", "T-2", "T-LATE"}
+    assert not old.exists()
