@@ -132,6 +132,17 @@ def test_without_embeddings_or_a_bound_visits_are_told_apart_by_matches_alone():
     assert [d.decision for d in run(p, frames)] == [GRANT]
 
 
+def test_a_reload_to_another_embedder_keeps_the_visit_and_compares_no_old_faces():
+    """The visitor's faces were embedded by the model before the reload: a new embedder's
+    vectors (here of another length) start them again instead of failing every frame."""
+    p = queue_policy()
+    run(p, [([looking("A", ANN)], [])] * 5)
+    q = queue_policy().carry_over(p)
+    other = dataclasses.replace(face(None), embedding=np.ones(3, np.float32) / np.sqrt(3))
+    assert run(q, [([other], [])] * 60, t0=0.6) == []  # still the visitor let in
+    assert q.episode is not None and q.episode.granted
+
+
 def test_a_pass_holder_judged_an_attack_stays_refused_after_a_strangers_face():
     """A replay switching to a face that matches nobody starts a new visit; the pass holder it
     showed before is still refused until the gate is left empty."""

@@ -280,9 +280,12 @@ class Policy:
         """This policy with what `old` remembers of visitors, for a reload: grants (cooldown,
         anti-passback), refusals made once, codes in view, a ticket waiting for its face and
         the visitor at the gate (an attack stays one until they leave). The k-of-n window starts
-        again: its matches were made against the gallery and model before the reload."""
+        again: its matches were made against the gallery and model before the reload; so do the
+        visitor's faces (another embedder's vectors are not comparable)."""
         for name in CARRIED_OVER:
             setattr(self, name, getattr(old, name))
+        if self.episode is not None:
+            self.episode = dataclasses.replace(self.episode, faces=[], others=0)
         return self
 
     def take_guidance(self) -> list[Guidance]:
