@@ -186,6 +186,42 @@ def test_the_privacy_report_states_what_the_forget_list_holds_and_why(tmp_path, 
     assert not any(pid in out for pid in ids)  # counted, never listed
 
 
+def test_on_a_fleet_lane_the_report_counts_the_office_s_forget_list_too(tmp_path, capsys):
+    """A fleet lane keeps the office's forget list in its fleet state; the report named the
+    file but not how many ids it holds. It now counts them (never lists them), and says when
+    the fleet state cannot be read."""
+    import json
+
+    from edge.fleet.state import FleetState
+
+    rng = np.random.default_rng(63)
+    db, key = tmp_path / "g.db", tmp_path / "k.key"
+    with Gallery(db, init_key(key)) as g:
+        g.add_person("A", CONSENT, list(unit(rng, 2)), "m", "v")
+    fleet = tmp_path / "fleet.db"
+    gone = ["P-0001", "P-0002", "P-0003"]
+    st = FleetState(fleet)
+    st.put(forgotten=gone)
+    st.close()
+    lane = f'[fleet]\nbroker = "mqtt://127.0.0.1:1"\nsite = "s"\nlane = "l"\nstate_db = "{fleet}"\n'
+    args = ["--config", str(config(tmp_path, lane)), "--db", str(db), "--key-file", str(key)]
+    rc, out, _ = cli(capsys, "privacy-report", "--json", *args)
+    assert rc == 0
+    listed = json.loads(out)["stored"]["forget_list"]
+    assert (listed["fleet_path"], listed["fleet_ids"], listed["ids"]) == (str(fleet), 3, 0)
+    rc, out, _ = cli(capsys, "privacy-report", *args)
+    assert rc == 0
+    assert f"the fleet state {fleet} also keeps the office's forget list (3 pseudonymous" in out
+    assert not any(pid in out for pid in gone)
+    fleet.write_bytes(b"not a database at all" * 100)
+    for suffix in ("-wal", "-shm"):
+        Path(f"{fleet}{suffix}").unlink(missing_ok=True)
+    rc, out, _ = cli(capsys, "privacy-report", "--json", *args)
+    assert rc == 0
+    listed = json.loads(out)["stored"]["forget_list"]
+    assert listed["fleet_ids"] is None and "(unreadable)" in listed["purpose"]
+
+
 def test_a_checkpoint_behind_a_reader_gives_up_and_keeps_the_busy_timeout(tmp_path):
     """The purge's checkpoint holds the write lock while it waits for readers: with the store's
     own busy timeout (5 s for the audit log) a backup reading the log stalled the gate's next

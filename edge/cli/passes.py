@@ -9,7 +9,8 @@ import time
 
 from edge.cli.gallery import audit_record, gallery_options, paths
 from edge.cli.personal import add_detail_args, resolve_details
-from edge.errors import EnrollError
+from edge.errors import EnrollError, FleetStateError
+from edge.fleet.state import read_state
 from edge.gallery.crypto import init_key, load_key
 from edge.gallery.keys import rotate_key
 from edge.gallery.privacy import privacy_report, report_markdown
@@ -81,10 +82,19 @@ def cmd_pass(args) -> int:
     return 0
 
 
+def fleet_forgotten(cfg) -> int | None:
+    """How many ids the fleet state's copy of the office's forget list holds (0: no list has
+    arrived), None when the fleet state cannot be read (the report says so)."""
+    try:
+        return len(read_state(cfg.resolve(cfg.fleet.state_db), "forgotten") or [])
+    except FleetStateError:
+        return None
+
+
 def cmd_privacy_report(args) -> int:
     """`privacy-report`: the facts a data-protection officer asks for, on demand."""
     cfg, db, key = paths(args)
-    r = privacy_report(cfg, db, key)
+    r = privacy_report(cfg, db, key, fleet_forgotten(cfg) if cfg.fleet.enabled else None)
     print(
         json.dumps(r, indent=2) if args.json else report_markdown(r),
         end="" if not args.json else "\n",

@@ -39,33 +39,36 @@ FORGET_LIST_PURPOSE = (
     " again; kept as long as gallery backups from before those erasures may be restored"
 )
 FLEET_FORGET_LIST = (
-    "; the fleet state {path} also keeps the office's forget list (ids only): the office sends"
+    "; the fleet state {path} also keeps the office's forget list ({held}): the office sends"
     " it to every lane, so an enrollment of someone forgotten is refused and a restored lane"
     " replays it"
 )
 
 
-def forget_list_facts(g: Gallery, cfg: Config) -> dict:
-    """Where the gallery's forget list is, how many pseudonymous ids it holds, and why."""
+def forget_list_facts(g: Gallery, cfg: Config, fleet_ids: int | None = None) -> dict:
+    """Where the gallery's forget list is, how many pseudonymous ids it holds, and why; on a
+    fleet lane also the office's list kept in the fleet state (`fleet_ids`, counted by the
+    caller: the gallery does not read fleet files; None = it could not be read)."""
+    facts: dict = {"path": str(g.forgets.path), "ids": len(g.forgets.forgotten())}
     purpose = FORGET_LIST_PURPOSE
     if cfg.fleet.enabled:
-        purpose += FLEET_FORGET_LIST.format(path=cfg.resolve(cfg.fleet.state_db))
-    return {
-        "path": str(g.forgets.path),
-        "ids": len(g.forgets.forgotten()),
-        "purpose": purpose,
-    }
+        held = "unreadable" if fleet_ids is None else f"{fleet_ids} pseudonymous ids, never names"
+        state = cfg.resolve(cfg.fleet.state_db)
+        purpose += FLEET_FORGET_LIST.format(path=state, held=held)
+        facts |= {"fleet_path": str(state), "fleet_ids": fleet_ids}
+    return {**facts, "purpose": purpose}
 
 
-def privacy_report(cfg: Config, db: Path, key: Path) -> dict:
-    """What is stored, where, for how long and under which key: derived from the schema."""
+def privacy_report(cfg: Config, db: Path, key: Path, fleet_ids: int | None = None) -> dict:
+    """What is stored, where, for how long and under which key: derived from the schema.
+    `fleet_ids`: how many ids the fleet state's copy of the office's forget list holds."""
     kek = load_key(key)
     now = time.time()
     with Gallery(db, kek, create=False) as g:
         s = g.stats()
         overdue = len(g.due_for_purge(now, cfg.gallery.purge_after_days))
         restored = g.forget_state().reason
-        forget_list = forget_list_facts(g, cfg)
+        forget_list = forget_list_facts(g, cfg, fleet_ids)
     real_key = credential_path(key)
     mode = stat.S_IMODE(os.stat(real_key).st_mode)
     files = [db, db.with_name(db.name + "-wal")]
