@@ -126,6 +126,26 @@ def test_strangers_one_after_another_are_each_told_and_a_ticket_holder_is_not():
     ]
 
 
+def test_a_stranger_who_shows_a_ticket_right_behind_a_pass_holder_is_not_refused():
+    """A ticket shown after the visitor's last own face is the next one's: before, it let in
+    the visit just ending and the stranger who showed it, k frames later in a visit of their
+    own, was refused `not_enrolled` on the way through."""
+    for at in (0, 1):  # with the stranger's first frame, or their second
+        p = queue_policy()
+        bob = [([looking(None, BOB)], [])] * 60
+        bob[at] = ([looking(None, BOB)], [seen("T1")])
+        ds = run(p, [([looking("A", ANN)], [])] * 5 + bob)
+        assert [(d.decision, d.via, d.subject) for d in ds] == [
+            (GRANT, FACE, "A"),
+            (GRANT, TICKET, "T1"),
+        ]
+    # the visitor's own ticket, shown with their face, leaves the stranger after them to be told
+    p = queue_policy()
+    frames = [([looking(None, ANN)], [seen("T1")])] + [([looking(None, ANN)], [])] * 10
+    ds = run(p, frames + [([looking(None, BOB)], [])] * 60)
+    assert [(d.decision, d.reason) for d in ds] == [(GRANT, "ok"), (DENY, "not_enrolled")]
+
+
 def test_without_embeddings_or_a_bound_visits_are_told_apart_by_matches_alone():
     frames = [([looking("A", ANN)], [])] * 5 + [([looking(None, BOB)], [])] * 60
     p = Policy(PolicyParams(k=3, n=5, window_s=2.0, cooldown_s=1000, anti_passback_s=1000))

@@ -190,6 +190,7 @@ class Episode:
     # showed someone else who matches nobody (Policy._stranger_next)
     faces: list = field(default_factory=list, compare=False, repr=False)
     others: int = 0
+    ticket_next: bool = False  # a ticket let someone in since the visitor's last own face
 
 
 @dataclass(frozen=True)
@@ -335,6 +336,7 @@ class Policy:
         if ep is None or obs.t - ep.last > self.params.window_s:
             ep = self.episode = Episode(obs.t, obs.t)
         ep.admitted = True
+        ep.ticket_next = True  # theirs, unless the visitor's own face comes next
 
     # --- faces ---------------------------------------------------------------------------------
 
@@ -445,7 +447,8 @@ class Policy:
         they are told `not_enrolled` in turn, and guided). The visitor's own frames keep the
         visit and follow their face as it turns (on the recorded clips one frame in a row at
         most falls below the bound against the visitor's last five); a frame with no embedding,
-        or a gate with no bound, keeps it too."""
+        or a gate with no bound, keeps it too. A ticket that let someone in after the visitor's
+        last own face was the next one's: their visit starts let in."""
         if self.same_person is None or f.embedding is None:
             return ep
         theirs = (
@@ -459,9 +462,10 @@ class Policy:
             ep.others += 1
             if ep.others < self.params.k:
                 return ep
-            ep = self.episode = Episode(obs.t, obs.t)
+            ep = self.episode = Episode(obs.t, obs.t, admitted=ep.ticket_next)
         ep.faces = [*ep.faces, f.embedding][-self.params.n :]
         ep.others = 0
+        ep.ticket_next = False
         return ep
 
     def _not_live(
