@@ -146,6 +146,17 @@ def test_a_stranger_who_shows_a_ticket_right_behind_a_pass_holder_is_not_refused
     assert [(d.decision, d.reason) for d in ds] == [(GRANT, "ok"), (DENY, "not_enrolled")]
 
 
+def test_a_pass_holder_let_in_after_a_stranger_keeps_their_visit_when_they_turn():
+    """A pass holder stepping up right behind a stranger (the stranger's visit, confirmed to
+    them) is the visitor from then on: before, the faces kept were still the stranger's, so
+    their own turned face right after the welcome started another visit and was refused
+    `not_enrolled`."""
+    p = queue_policy()
+    frames = [([looking(None, BOB)], [])] * 10 + [([looking("A", ANN)], [])] * 3
+    frames += [([looking(None, ANN_TURNED)], [])] * 60
+    assert [(d.decision, d.subject) for d in run(p, frames)] == [(GRANT, "A")]
+
+
 def test_without_embeddings_or_a_bound_visits_are_told_apart_by_matches_alone():
     frames = [([looking("A", ANN)], [])] * 5 + [([looking(None, BOB)], [])] * 60
     p = Policy(PolicyParams(k=3, n=5, window_s=2.0, cooldown_s=1000, anti_passback_s=1000))

@@ -431,12 +431,21 @@ class Policy:
         queue stepping up with no gap: they get their own liveness judgement, guidance and
         refusals). While frames of both are in the window it stays one visit; and a pass holder
         judged an attack stays one in every visit until the gate is left empty (`attacked`):
-        a replay switching faces gets no fresh verdict for a face already refused."""
+        a replay switching faces gets no fresh verdict for a face already refused. Confirmed
+        on their own frame, the pass holder's faces in the window are the visitor's faces
+        from then on (Policy._stranger_next), not those of a stranger before them."""
         was = ep.subject
         if was is not None and was != best:
             if any(was in (e.person_id, e.face.candidate) for e in self.window):
                 return ep
             ep = self.episode = Episode(obs.t, obs.t)
+        if was != best and best in (self.window[-1].person_id, self.window[-1].face.candidate):
+            mine = [
+                e.face.embedding for e in self.window if best in (e.person_id, e.face.candidate)
+            ]
+            ep.faces = [v for v in mine if v is not None][-self.params.n :]
+            ep.others = 0
+            ep.ticket_next = False
         ep.subject = best
         return ep
 
