@@ -169,3 +169,17 @@ def test_by_source_and_leave_one_source_out(pad_dir, tmp_path, capsys):
     assert {x["source"] for x in r["results"] if x["file"].startswith("live/")} == {"nuaa_0002"}
     r = run_json(capsys, pad_dir, "--per-file", "--include", "nuaa_*")
     assert {x["source"] for x in r["results"]} == {"nuaa"}
+
+
+def test_files_left_out_are_listed_with_why(pad_dir, tmp_path, capsys):
+    """A damaged image or an empty clip is left out of the figures (an empty clip was counted
+    as an attack refused, lowering APCER); the report lists each with the reason."""
+    d = tmp_path / "pad"
+    shutil.copytree(pad_dir, d)
+    (d / "live" / "cut.jpg").write_bytes(b"\xff\xd8\xff\xe0 cut short")
+    (d / "attack" / "screen" / "empty.mp4").touch()
+    r = run_json(capsys, d)
+    assert r["live"] == 3 and r["attacks"] == {"print": 3, "screen": 2}
+    assert {x["file"] for x in r["skipped"]} == {"live/cut.jpg", "attack/screen/empty.mp4"}
+    assert all(x["reason"] for x in r["skipped"])
+    assert run_json(capsys, pad_dir)["skipped"] == []

@@ -162,9 +162,12 @@ def test_eval_pad_clips_reports_clip_level_figures(tmp_path, fixtures, capsys):
     (d / "live" / "zubair_live.webm").symlink_to(v / "live" / "zubair_live.webm")
     for name in ("manikantha.mp4", "tdreplay1.mp4"):
         (d / "attack" / "screen" / name).symlink_to(v / "screen" / name)
+    (d / "attack" / "screen" / "empty.mov").touch()  # no frame: left out, and listed
     assert main(["eval-pad", "--clips", str(d), "--json", "--per-file"]) == 0
     r = json.loads(capsys.readouterr().out)
-    assert r["live"] == 1 and r["attacks"] == {"screen": 2}
+    assert r["live"] == 1 and r["attacks"] == {"screen": 2}  # the empty clip is no refusal
+    assert [x["file"] for x in r["skipped"]] == ["attack/screen/empty.mov"]
+    assert "no frame could be read" in r["skipped"][0]["reason"]
     assert r["bpcer"] == 0.0 and r["apcer"] == 0.0
     live = next(x for x in r["results"] if x["kind"] == "live")
     assert live["decision"] == "grant" and 0 <= live["latency_frames"] <= 10

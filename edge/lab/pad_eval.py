@@ -218,6 +218,11 @@ def judge_clip(
             i += 1
     finally:
         cap.release()
+    if i == 0:  # judged as a presentation with no face, it would count as refused
+        raise ImageError(
+            f"{item.path}: no frame could be read (empty, damaged, or a codec OpenCV lacks)",
+            "re-encode the clip (e.g. H.264 in MP4) or leave it out",
+        )
     score = live_frames / judged if judged else None
     return Presentation(
         item, decision == GRANT, score, judged, decision=decision, decision_frame=at,
@@ -251,7 +256,7 @@ def evaluate_pad(
     )
     params = PolicyParams.from_config(cfg)
     times: list[float] = []
-    results = []
+    results, skipped = [], []
     for item in progress(items, "eval-pad", unit="presentation"):
         try:
             if item.path.suffix.lower() in VIDEO_EXT:
@@ -260,14 +265,22 @@ def evaluate_pad(
             img = load_image(item.path, pipe.max_image_pixels)
             p, close, cue = judge_image(pipe, judge.model, img, times, judge.cues)
         except ImageError as e:
-            log.warning("eval-pad skip=%s reason=%s", item.path, e)
+            skipped.append(_skip(item, e, len(roots)))
             continue
         ok = p is not None and judge.model.is_live(p) and cue is None
         results.append(Presentation(item, ok, p, int(p is not None), close, cue))
     report = summarise(results, judge.model.spec.threshold, times, roots)
     report["too_close"] = sum(r.too_close for r in results)  # faces filling the frame
     report["cues"] = judge.cues
+    report["skipped"] = skipped
     return report
+
+
+def _skip(item: Item, e: ImageError, roots: int) -> dict:
+    """A file left out of the figures (unreadable, oversized): logged, and listed in the
+    report's `skipped`, so a count that fell short says why."""
+    log.warning("eval-pad skip=%s reason=%s", item.path, e)
+    return {"file": item.name if roots == 1 else str(item.path), "reason": str(e.args[0])}
 
 
 def evaluate_clips(cfg: Config, root: Path, pipe: FacePipeline, judge: LivenessJudge) -> dict:
@@ -282,15 +295,16 @@ def evaluate_clips(cfg: Config, root: Path, pipe: FacePipeline, judge: LivenessJ
     )
     params = PolicyParams.from_config(cfg)
     times: list[float] = []
-    results = []
+    results, skipped = [], []
     for i in progress(items, "eval-pad --clips", unit="clip"):
         try:
             results.append(judge_clip(pipe, judge, params, i, times))
         except ImageError as e:  # an unreadable or oversized clip: said, and left out
-            log.warning("eval-pad skip=%s reason=%s", i.path, e)
+            skipped.append(_skip(i, e, 1))
     report = summarise(results, judge.model.spec.threshold, times, [root])
     report["cues"] = judge.cues
     report["mode"] = judge.mode
+    report["skipped"] = skipped
 
     def latency(r: Presentation) -> int | None:
         if r.decision_frame is None or r.first_face is None:
