@@ -109,6 +109,27 @@ def test_the_visitor_let_in_is_not_refused_when_their_face_stops_matching():
     assert [d.decision for d in run(p, frames)] == [GRANT]
 
 
+def test_someone_passing_in_front_of_the_visitor_let_in_does_not_end_their_visit():
+    """Three frames of another face (0.3 s), then the visitor's own face, turned: they were let
+    in and stay so. Counted by frames alone the passer-by began a visit, and the visitor's turned
+    face after it another, refused not_enrolled after their welcome."""
+    p = queue_policy()
+    frames = [([looking("A", ANN)], [])] * 5 + [([looking(None, BOB)], [])] * 3
+    frames += [([looking(None, ANN_TURNED)], [])] * 60
+    assert [d.decision for d in run(p, frames)] == [GRANT]
+
+
+def test_two_strangers_seen_in_turn_are_told_once():
+    """Two faces matching nobody, each seen for three frames in turn (the detector finding one,
+    then the other): one visit, told once, as before visits were told apart by faces; and right
+    behind someone let in, they are told once after the grant."""
+    turns = ([([looking(None, BOB)], [])] * 3 + [([looking(None, CAROL)], [])] * 3) * 15
+    ds = run(queue_policy(), turns)
+    assert [(d.decision, d.reason) for d in ds] == [(DENY, "not_enrolled")]
+    ds = run(queue_policy(), [([looking("A", ANN)], [])] * 5 + turns)
+    assert [(d.decision, d.reason) for d in ds] == [(GRANT, "ok"), (DENY, "not_enrolled")]
+
+
 def test_strangers_one_after_another_are_each_told_and_a_ticket_holder_is_not():
     p = queue_policy()
     frames = [([looking(None, BOB)], [])] * 50 + [([looking(None, CAROL)], [])] * 50

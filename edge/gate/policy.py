@@ -11,11 +11,11 @@ Each decision is made once per episode: a code held in view or a person lingerin
 produce a stream of decisions; a visitor let in (by face or ticket) is not refused
 `not_enrolled` or `too_close` on the way through. A visit ends when a window passes without a
 face, or when the window confirms another pass holder and none of the last one's frames is left
-in it, or when k frames in a row show a face that matches nobody and does not look like the
-visitor's last face (the next in a queue: a stranger right behind someone let in is told to show
-a ticket); a pass holder judged an attack stays refused until no face at all has been at the
-gate for a window. Before any decision the policy may guide the
-visitor (step back, come closer, hold still), once per visitor each; the daemon takes that
+in it, or when the visitor's face has been gone for half a window and k frames since showed a
+face that matches nobody and does not look like theirs (the next in a queue: a stranger right
+behind someone let in is told to show a ticket); a pass holder judged an attack stays refused
+until no face at all has been at the gate for a window. Before any decision the policy may guide
+the visitor (step back, come closer, hold still), once per visitor each; the daemon takes that
 guidance and tells them.
 """
 
@@ -186,9 +186,10 @@ class Episode:
     close_reported: bool = False
     told: set[str] = field(default_factory=set)  # guidance already given to this visitor
     subject: str | None = None  # the pass holder the window first confirmed in this visit
-    # the visitor's newest faces (embeddings, at most n) and how many frames in a row since
-    # showed someone else who matches nobody (Policy._stranger_next)
+    # the visitor's newest faces (embeddings, at most n), when one was last seen, and how many
+    # frames since showed someone else who matches nobody (Policy._stranger_next)
     faces: list = field(default_factory=list, compare=False, repr=False)
+    own_last: float | None = None
     others: int = 0
     ticket_next: bool = False  # a ticket let someone in since the visitor's last own face
 
@@ -286,7 +287,7 @@ class Policy:
         for name in CARRIED_OVER:
             setattr(self, name, getattr(old, name))
         if self.episode is not None:
-            self.episode = dataclasses.replace(self.episode, faces=[], others=0)
+            self.episode = dataclasses.replace(self.episode, faces=[], own_last=None, others=0)
         return self
 
     def take_guidance(self) -> list[Guidance]:
@@ -444,19 +445,20 @@ class Policy:
                 e.face.embedding for e in self.window if best in (e.person_id, e.face.candidate)
             ]
             ep.faces = [v for v in mine if v is not None][-self.params.n :]
-            ep.others = 0
-            ep.ticket_next = False
+            ep.own_last, ep.others, ep.ticket_next = obs.t, 0, False
         ep.subject = best
         return ep
 
     def _stranger_next(self, obs: Observation, ep: Episode, f: FaceSeen) -> Episode:
-        """The visit this face belongs to: a new one after k frames in a row of a face that
-        matches nobody and is less like each of the visitor's last n faces than the matcher asks
-        of one person (the next in a queue, a stranger stepping up right behind someone let in:
-        they are told `not_enrolled` in turn, and guided). The visitor's own frames keep the
-        visit and follow their face as it turns (on the recorded clips one frame in a row at
-        most falls below the bound against the visitor's last five); a frame with no embedding,
-        or a gate with no bound, keeps it too. A ticket that let someone in after the visitor's
+        """The visit this face belongs to: a new one once the visitor's own face has been gone
+        for half a window and k frames since showed faces that match nobody and are less like
+        each of the visitor's last n faces than the matcher asks of one person (the next in a
+        queue, a stranger stepping up right behind someone let in: they are told `not_enrolled`
+        in turn, and guided). The visitor's own frames keep the visit and follow their face as
+        it turns (on the recorded clips one frame in a row at most falls below the bound
+        against the visitor's last five); someone passing in front of them for less than half
+        a window, or two strangers seen in turn, do not split it; a frame with no embedding, or
+        a gate with no bound, keeps it too. A ticket that let someone in after the visitor's
         last own face was the next one's: their visit starts let in."""
         if self.same_person is None or f.embedding is None:
             return ep
@@ -469,12 +471,12 @@ class Policy:
             return ep  # another pass holder: _visitor tells once the window confirms them
         if not theirs:
             ep.others += 1
-            if ep.others < self.params.k:
+            gone = obs.t - (ep.start if ep.own_last is None else ep.own_last)
+            if ep.others < self.params.k or gone < self.params.window_s / 2:
                 return ep
             ep = self.episode = Episode(obs.t, obs.t, admitted=ep.ticket_next)
         ep.faces = [*ep.faces, f.embedding][-self.params.n :]
-        ep.others = 0
-        ep.ticket_next = False
+        ep.own_last, ep.others, ep.ticket_next = obs.t, 0, False
         return ep
 
     def _not_live(
