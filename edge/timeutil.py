@@ -6,6 +6,8 @@ A date or time typed without an offset means the site's zone (`gate.timezone`, t
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import datetime as dt
 import os
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -77,3 +79,14 @@ def iso(ts: float | None) -> str | None:
     if not ts:
         return None
     return dt.datetime.fromtimestamp(ts, dt.UTC).isoformat(timespec="seconds")
+
+
+def kernel_clock_synced() -> bool | None:
+    """The kernel's view (adjtimex, as systemd-time-wait-sync uses): synced, not, or unknown."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        buf = ctypes.create_string_buffer(1024)  # struct timex with modes = 0: read only
+        state = libc.adjtimex(buf)
+    except (OSError, AttributeError):
+        return None
+    return None if state < 0 else state != 5  # 5 = TIME_ERROR: clock not synchronised

@@ -83,6 +83,36 @@ def test_doctor_checks_the_ledger(tmp_path):
     assert _one(site, "ticket ledger").status == "ok"
 
 
+def test_doctor_says_whether_setting_the_clock_would_help_a_ledger_ahead_of_it(
+    tmp_path, monkeypatch
+):
+    """A redemption dated by a clock that ran ahead: with the clock unsynchronised the fix is
+    to set it; with the kernel reporting it synchronised, setting it changes nothing, and doctor
+    said "set the time" all the same. It now says what happened and until when tickets are
+    refused. Within the ledger's own tolerance doctor passes, as the ledger does."""
+    import time
+
+    from edge.gate import doctor_site
+    from edge.tickets import Ticket
+    from edge.tickets.ledger import CLOCK_TOLERANCE_S, Ledger
+
+    site = _site(tmp_path, '[camera]\nsource = "/dev/video0"\n')
+    init_ledger(tmp_path / "ledger.db")
+    with Ledger(tmp_path / "ledger.db") as led:
+        assert led.redeem(Ticket("T-1"), time.time() + CLOCK_TOLERANCE_S / 2).ok
+    assert _one(site, "ticket ledger").status == "ok"  # within the tolerance: tickets work
+    with Ledger(tmp_path / "ledger.db") as led:
+        assert led.redeem(Ticket("T-2"), time.time() + 3 * 3600).ok
+    monkeypatch.setattr(doctor_site, "kernel_clock_synced", lambda: False)
+    c = _one(site, "ticket ledger")
+    assert (c.status, c.fix) == ("fail", "set the time; tickets are refused until then")
+    monkeypatch.setattr(doctor_site, "kernel_clock_synced", lambda: True)
+    c = _one(site, "ticket ledger")
+    assert c.status == "fail"
+    assert "synchronised" in c.detail and "ran ahead" in c.detail and "3.0 h" in c.detail
+    assert "set the time" not in c.fix and "refused until" in c.fix
+
+
 def _keys(cls, prefix=""):
     for f in dataclasses.fields(cls):
         if dataclasses.is_dataclass(f.type) or (

@@ -13,8 +13,6 @@ cannot load fails that one check instead of the whole checklist.
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import os
 import stat
 import time
@@ -25,6 +23,7 @@ from edge.gallery.crypto import load_key
 from edge.gate import checks, doctor_site
 from edge.gate.checklist import Check, Site, registry
 from edge.keyfiles import credential_path
+from edge.timeutil import kernel_clock_synced
 from edge.vision.models import (
     catalogue_files,
     detector_spec,
@@ -237,17 +236,6 @@ def _rule(site: Site) -> str:
         except EdgeGateError:
             people = 0
     return "gate: " + describe(expected_for(site.cfg, people))
-
-
-def kernel_clock_synced() -> bool | None:
-    """The kernel's view (adjtimex, as systemd-time-wait-sync uses): synced, not, or unknown."""
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-        buf = ctypes.create_string_buffer(1024)  # struct timex with modes = 0: read only
-        state = libc.adjtimex(buf)
-    except (OSError, AttributeError):
-        return None
-    return None if state < 0 else state != 5  # 5 = TIME_ERROR: clock not synchronised
 
 
 @check("time sync")

@@ -20,9 +20,10 @@ from edge.gate import checks
 from edge.gate.audit import open_audit
 from edge.gate.checklist import Check, Site, registry
 from edge.gate.desk import open_ledger
+from edge.tickets.ledger import CLOCK_TOLERANCE_S
 from edge.tickets.pretix_desk import AHEAD_SLACK_S, lane_status
 from edge.tickets.pretix_offline import check_configured, load_dir
-from edge.timeutil import iso
+from edge.timeutil import iso, kernel_clock_synced
 from edge.vision.models import detector_spec
 
 SITE_CHECKS, check = registry()
@@ -205,6 +206,20 @@ def _disk(site: Site) -> str:
     return f"{free:.0f} MiB free in {folder}"
 
 
+def clock_behind(now: float, floor: float, synced: bool | None) -> EdgeGateError:
+    """The clock is behind the newest record: set wrong now (the usual case: set it), or right
+    now and the record dated by a clock that ran ahead (then setting it changes nothing)."""
+    problem = f"the clock ({iso(now)}) is behind the newest recorded entry ({iso(floor)})"
+    if not synced:
+        return EdgeGateError(problem, "set the time; tickets are refused until then")
+    return EdgeGateError(
+        f"{problem}, {(floor - now) / 3600:.1f} h, and the kernel reports it synchronised: a "
+        "clock that ran ahead dated that record",
+        f"tickets, and passes with an end date, are refused until {iso(floor)}; find what set "
+        "the clock ahead (its NTP server, an RTC, a date typed by hand) so it cannot again",
+    )
+
+
 @check("ticket ledger")
 def _ledger(site: Site) -> str | Check:
     cfg = site.cfg
@@ -218,11 +233,9 @@ def _ledger(site: Site) -> str | Check:
             audit = stack.enter_context(open_audit(cfg, "use"))
         led = stack.enter_context(open_ledger(cfg, audit, "use"))
         mark, floor = led.mark(), max(led.floor, led.mark().t)
-    if time.time() < floor:
-        raise EdgeGateError(
-            f"the clock ({iso(time.time())}) is behind the newest recorded entry ({iso(floor)})",
-            "set the time; tickets are refused until then",
-        )
+    now = time.time()
+    if now < floor - CLOCK_TOLERANCE_S:  # as the ledger judges a redemption
+        raise clock_behind(now, floor, kernel_clock_synced())
     return f"{cfg.resolve(cfg.tickets.ledger)}: {mark.seq} redemptions, newest {iso(mark.t) or '-'}"
 
 
