@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import shutil
 import sqlite3
+import time
 from pathlib import Path
 
 import numpy as np
@@ -157,6 +158,26 @@ def test_what_the_lane_takes_out_of_fleet_db_leaves_no_bytes_on_disk(
         assert kept not in file_bytes(db)
     finally:
         state.close()
+
+
+def test_an_override_the_gate_spends_leaves_no_copy_in_the_write_ahead_log(
+    lane_inbox, sqlite_default_build
+):
+    """The gate takes an override out of fleet.db under secure_delete, but the page that held it
+    stayed in fleet.db's write-ahead log (the supervisor's name and reason) until SQLite's next
+    checkpoint, which the gate, holding the file open, did not run. Spending one now empties
+    the log."""
+    from edge.fleet.override import override_body
+
+    from .test_fleet_override import _signed
+
+    key, st, inbox = lane_inbox
+    now = time.time()
+    staff = "Supervisor Ottoline Fairweather-3390"
+    st.add_override(_signed(key, override_body("lane1", "pram", staff, now), now), now)
+    assert staff.encode() in file_bytes(st.path)  # the test's premise
+    assert [v.ok for v in inbox.take(now + 1)] == [True]
+    assert staff.encode() not in file_bytes(st.path)
 
 
 def test_the_privacy_report_states_what_the_forget_list_holds_and_why(tmp_path, capsys):

@@ -29,7 +29,7 @@ from edge import tickets as tk
 from edge.config import Config
 from edge.errors import ConfigError, FleetStateError
 from edge.fleet import messages as msg
-from edge.fleet.state import CLOCK_SKEW, GateView
+from edge.fleet.state import CLOCK_SKEW, FleetState, GateView
 from edge.gate.audit import MAX_REASON, AuditLog, AuditRecord, check_reason
 from edge.gate.notices import Notice, notice_for_decision
 from edge.timeutil import iso
@@ -229,6 +229,16 @@ class OverrideInbox:
             return []
         if not state.has_overrides():  # the common case: no write lock for nothing
             return []
+        out = self._spend(state, now)
+        # The rows taken (the supervisor's name and reason) are overwritten in the file, but an
+        # older copy stays in the write-ahead log until a checkpoint: a rare event, so the gate
+        # empties the log now (waiting at most CHECKPOINT_WAIT_MS for a reader).
+        state.checkpoint()
+        return out
+
+    def _spend(self, state: FleetState, now: float) -> list[Verdict]:
+        """Take every override and judge it, spending an accepted one's nonce, in one
+        transaction."""
         out: list[Verdict] = []
         with state.transaction():
             payloads = state.take_overrides()
