@@ -205,6 +205,25 @@ def test_a_pass_holder_judged_an_attack_stays_refused_after_a_strangers_face():
     assert [(d.decision, d.reason) for d in ds] == [(DENY, "presentation_attack")]
 
 
+def test_frames_that_matched_nobody_are_not_counted_as_judged_not_live():
+    """A live visitor whose face twice matched nobody on its own (PAD runs only on matched
+    frames) and once was missed by the model: counted as three frames not live, they were
+    refused as an attack and held out until the gate was left empty. Frames never judged now
+    count neither way: they wait for live frames and are let in; a matched frame PAD did not
+    judge, and k judged not live, are refused as before."""
+    live = dataclasses.replace(face("A"), live=True)
+    missed = dataclasses.replace(face("A"), live=False, pad="model")
+    unmatched = dataclasses.replace(face(None), candidate="A")  # live None: never asked
+    frames = [([f], []) for f in (live, live, unmatched, unmatched, missed, live, live, live)]
+    ds = run(Policy(PolicyParams(k=3, n=5, liveness=True)), frames)
+    assert [(d.decision, d.reason, d.frame) for d in ds] == [(GRANT, "ok", 7)]
+    unjudged = face("A")  # matched, live None: PAD did not judge it
+    ds = run(Policy(PolicyParams(k=3, n=5, liveness=True)), [([unjudged], [])] * 5)
+    assert [(d.decision, d.reason) for d in ds] == [(DENY, "presentation_attack")]
+    ds = run(Policy(PolicyParams(k=3, n=5, liveness=True)), [([missed], [])] * 5)
+    assert [(d.decision, d.reason) for d in ds] == [(DENY, "presentation_attack")]
+
+
 def test_two_faces_at_the_gate_is_tailgating():
     p = Policy(PolicyParams())
     ds = run(p, [([face("A"), face("B", c=(0.2, 0.5))], [])] * 20)

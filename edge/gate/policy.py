@@ -404,7 +404,7 @@ class Policy:
             mine = [e for e in self.window if best in (e.person_id, e.face.candidate)]
             if gate[0].pad == PAD_TOO_CLOSE:
                 self._guide(obs, ep, STEP_BACK, PAD_TOO_CLOSE, best)
-            live = sum(1 for e in mine if e.face.live)  # not judged counts as not live
+            live = sum(1 for e in mine if e.face.live)
             if live < p.k:
                 return self._not_live(obs, ep, best, mine, live)
         if best is not None:
@@ -484,13 +484,18 @@ class Policy:
     ) -> list[Decision]:
         """A matching face not (yet) live in k frames: an attack, too close, or wait.
 
-        k frames judged not live (model, cues, motion, or not judged at all): refused once per
-        episode as an attack, and it stays one. k frames not live, some only because the face
-        was too close to judge: refused once as `too_close`; the visitor may step back.
+        k frames judged not live (model, cues, motion, a PAD error): refused once per episode
+        as an attack, and it stays one. k frames not live, some only because the face was too
+        close to judge: refused once as `too_close`; the visitor may step back. A matched frame
+        PAD did not judge counts as not live; a frame of the candidate that matched nobody on
+        its own was never asked (PAD runs on matched faces) and counts neither way (counted as
+        not live, two such frames and one miss of the model refused a live visitor as an attack
+        and held them out until the gate was left empty).
         """
         p = self.params
         close = sum(1 for e in mine if not e.face.live and e.face.pad == PAD_TOO_CLOSE)
-        judged_not = len(mine) - live - close
+        unjudged = sum(1 for e in mine if e.face.live is None and e.person_id != pid)
+        judged_not = len(mine) - live - close - unjudged
         score = round(sum(e.score for e in mine) / len(mine), 4)
         if judged_not >= p.k:
             if ep.attack_reported:
