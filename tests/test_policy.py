@@ -195,6 +195,21 @@ def test_a_reload_to_another_embedder_keeps_the_visit_and_compares_no_old_faces(
     assert q.episode is not None and q.episode.granted
 
 
+def test_a_face_whose_embedding_is_not_finite_does_not_stand_for_the_visitor():
+    """A ticket holder whose first frame's embedding came out NaN (the matcher calls it
+    non_finite: nobody): kept as the visitor's face, it was like nobody, so their own face
+    after it started another visit, which was refused `not_enrolled` after the ticket let them
+    in. A frame that is not finite now keeps the visit, as one with no embedding does."""
+    nan = dataclasses.replace(face(None), embedding=np.full(4, np.nan, np.float32))
+    frames = [([nan], [seen("T1")])] + [([looking(None, BOB)], [])] * 80
+    ds = run(queue_policy(), frames)
+    assert [(d.decision, d.via, d.reason) for d in ds] == [(GRANT, TICKET, "ok")]
+    # a stranger is still told once, two windows after their first frame (not half a window
+    # later, in a visit the NaN frame began)
+    ds = run(queue_policy(), [([nan], [])] + [([looking(None, BOB)], [])] * 80)
+    assert [(d.reason, d.frame) for d in ds] == [("not_enrolled", 40)]
+
+
 def test_a_pass_holder_judged_an_attack_stays_refused_after_a_strangers_face():
     """A replay switching to a face that matches nobody starts a new visit; the pass holder it
     showed before is still refused until the gate is left empty."""

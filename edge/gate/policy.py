@@ -457,10 +457,11 @@ class Policy:
         in turn, and guided). The visitor's own frames keep the visit and follow their face as
         it turns (on the recorded clips one frame in a row at most falls below the bound
         against the visitor's last five); someone passing in front of them for less than half
-        a window, or two strangers seen in turn, do not split it; a frame with no embedding, or
-        a gate with no bound, keeps it too. A ticket that let someone in after the visitor's
-        last own face was the next one's: their visit starts let in."""
-        if self.same_person is None or f.embedding is None:
+        a window, or two strangers seen in turn, do not split it; a frame with no embedding or
+        one that is not finite (like nobody, NaN would stand for the visitor's face from then
+        on), or a gate with no bound, keeps it too. A ticket that let someone in after the
+        visitor's last own face was the next one's: their visit starts let in."""
+        if self.same_person is None or f.embedding is None or not np.isfinite(f.embedding).all():
             return ep
         theirs = (
             not ep.faces
