@@ -178,6 +178,26 @@ def test_a_pass_holder_let_in_after_a_stranger_keeps_their_visit_when_they_turn(
     assert [(d.decision, d.subject) for d in run(p, frames)] == [(GRANT, "A")]
 
 
+def test_a_stranger_whose_nearest_pass_holder_is_the_visitor_is_not_kept_as_their_face():
+    """The matcher names a stranger's nearest pass holder as candidate (in a gallery of one,
+    always the pass holder). A stranger at the gate, a pass holder stepping in front and let
+    in, then the stranger alone at the gate for 6 s: the stranger's frames that named the pass
+    holder as candidate were kept as the pass holder's faces, so the stranger stayed in the
+    visit let in and was never told to show a ticket. Now the pass holder's faces are the
+    frames matched to them on their own."""
+    bob = [([looking(None, BOB, candidate="A")], [])]
+    frames = bob * 10 + [([looking("A", ANN, candidate="A")], [])] * 3 + bob * 60
+    ds = run(queue_policy(), frames)
+    assert [(d.decision, d.subject, d.reason) for d in ds] == [
+        (GRANT, "A", "ok"),
+        (DENY, None, "not_enrolled"),
+    ]
+    # the pass holder's own turned face after the welcome is still theirs
+    frames = bob * 10 + [([looking("A", ANN, candidate="A")], [])] * 3
+    frames += [([looking(None, ANN_TURNED, candidate="A")], [])] * 60
+    assert [(d.decision, d.subject) for d in run(queue_policy(), frames)] == [(GRANT, "A")]
+
+
 def test_without_embeddings_or_a_bound_visits_are_told_apart_by_matches_alone():
     frames = [([looking("A", ANN)], [])] * 5 + [([looking(None, BOB)], [])] * 60
     p = Policy(PolicyParams(k=3, n=5, window_s=2.0, cooldown_s=1000, anti_passback_s=1000))

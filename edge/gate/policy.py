@@ -434,15 +434,17 @@ class Policy:
         judged an attack stays one in every visit until the gate is left empty (`attacked`):
         a replay switching faces gets no fresh verdict for a face already refused. Confirmed
         on their own frame, the pass holder's faces in the window are the visitor's faces
-        from then on (Policy._stranger_next), not those of a stranger before them."""
+        from then on (Policy._stranger_next), not those of a stranger before them: the frames
+        matched to them on their own (a stranger's frames name their nearest pass holder as
+        candidate), or with none, those they were the best candidate of (fuse_frames)."""
         was = ep.subject
         if was is not None and was != best:
             if any(was in (e.person_id, e.face.candidate) for e in self.window):
                 return ep
             ep = self.episode = Episode(obs.t, obs.t)
         if was != best and best in (self.window[-1].person_id, self.window[-1].face.candidate):
-            mine = [
-                e.face.embedding for e in self.window if best in (e.person_id, e.face.candidate)
+            mine = [e.face.embedding for e in self.window if e.person_id == best] or [
+                e.face.embedding for e in self.window if e.face.candidate == best
             ]
             ep.faces = [v for v in mine if v is not None][-self.params.n :]
             ep.own_last, ep.others, ep.ticket_next = obs.t, 0, False
