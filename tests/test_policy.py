@@ -240,6 +240,34 @@ def test_a_pass_holder_judged_an_attack_stays_refused_after_a_strangers_face():
     assert [(d.decision, d.reason) for d in ds] == [(DENY, "presentation_attack")]
 
 
+def test_with_fused_frames_a_replay_judged_on_frames_matching_nobody_stays_refused():
+    """fuse_frames: PAD judges the frames of the best candidate that match nobody on their own,
+    so those count as judged not live (only frames never judged count neither way). The replay
+    is refused, a stranger's face long enough to begin a new visit lifts nothing, and frames
+    judged live after it (the same replay, or the real pass holder) get no grant until the
+    gate is left empty; with no verdict at all, no grant either."""
+    from edge.gallery.matcher import Match
+
+    def fuse(vs):
+        return Match("A", 0.9, 0.5, "A")
+
+    def policy():
+        return Policy(
+            PolicyParams(
+                k=3, n=5, window_s=2.0, cooldown_s=1000, anti_passback_s=1000, liveness=True
+            ),
+            fuse=fuse,
+            same_person=0.6,
+        )
+
+    fake = dataclasses.replace(looking(None, ANN, candidate="A"), live=False, pad="model")
+    live = dataclasses.replace(looking(None, ANN, candidate="A"), live=True)
+    frames = [([fake], [])] * 10 + [([looking(None, BOB)], [])] * 15 + [([live], [])] * 30
+    ds = run(policy(), frames)
+    assert [(d.decision, d.reason) for d in ds] == [(DENY, "presentation_attack")]
+    assert run(policy(), [([looking(None, ANN, candidate="A")], [])] * 30) == []
+
+
 def test_frames_that_matched_nobody_are_not_counted_as_judged_not_live():
     """A live visitor whose face twice matched nobody on its own (PAD runs only on matched
     frames) and once was missed by the model: counted as three frames not live, they were
