@@ -491,7 +491,8 @@ class Policy:
         as an attack, and it stays one. k frames not live, some only because the face was too
         close to judge: refused once as `too_close`; the visitor may step back. A matched frame
         PAD did not judge counts as not live; a frame of the candidate that matched nobody on
-        its own was never asked (PAD runs on matched faces) and counts neither way (counted as
+        its own was never asked (PAD runs on matched faces; with fuse_frames it runs on the
+        candidate's too, and that verdict counts) and counts neither way (counted as
         not live, two such frames and one miss of the model refused a live visitor as an attack
         and held them out until the gate was left empty).
         """
