@@ -109,7 +109,9 @@ def test_doctor_says_whether_setting_the_clock_would_help_a_ledger_ahead_of_it(
     monkeypatch.setattr(doctor_site, "kernel_clock_synced", lambda: True)
     c = _one(site, "ticket ledger")
     assert c.status == "fail"
-    assert "synchronised" in c.detail and "ran ahead" in c.detail and "3.0 h" in c.detail
+    assert "synchronised" in c.detail and "ran ahead" in c.detail and "by 3.0 h" in c.detail
+    assert doctor_site._span(90) == "90 s" and doctor_site._span(300) == "5.0 min"
+    assert doctor_site._span(3 * 86400) == "3.0 days"
     assert "set the time" not in c.fix and "refused until" in c.fix
 
 

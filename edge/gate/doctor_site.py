@@ -206,6 +206,14 @@ def _disk(site: Site) -> str:
     return f"{free:.0f} MiB free in {folder}"
 
 
+def _span(seconds: float) -> str:
+    """A gap as an operator reads it: seconds, minutes, hours or days."""
+    for unit, size in (("days", 86400), ("h", 3600), ("min", 60)):
+        if seconds >= 2 * size:
+            return f"{seconds / size:.1f} {unit}"
+    return f"{seconds:.0f} s"
+
+
 def clock_behind(now: float, floor: float, synced: bool | None) -> EdgeGateError:
     """The clock is behind the newest record: set wrong now (the usual case: set it), or right
     now and the record dated by a clock that ran ahead (then setting it changes nothing)."""
@@ -213,7 +221,7 @@ def clock_behind(now: float, floor: float, synced: bool | None) -> EdgeGateError
     if not synced:
         return EdgeGateError(problem, "set the time; tickets are refused until then")
     return EdgeGateError(
-        f"{problem}, {(floor - now) / 3600:.1f} h, and the kernel reports it synchronised: a "
+        f"{problem}, by {_span(floor - now)}, and the kernel reports it synchronised: a "
         "clock that ran ahead dated that record",
         f"tickets, and passes with an end date, are refused until {iso(floor)}; find what set "
         "the clock ahead (its NTP server, an RTC, a date typed by hand) so it cannot again",
