@@ -83,8 +83,12 @@ def test_doctor_checks_the_ledger(tmp_path):
     assert _one(site, "ticket ledger").status == "ok"
 
 
+FLEET_LANE = '[fleet]\nbroker = "mqtt://127.0.0.1:1"\nsite = "s"\nlane = "l"\nstate_db = "f.db"\n'
+
+
+@pytest.mark.parametrize("fleet", ["", FLEET_LANE], ids=["alone", "fleet-lane"])
 def test_doctor_says_whether_setting_the_clock_would_help_a_ledger_ahead_of_it(
-    tmp_path, monkeypatch
+    tmp_path, monkeypatch, fleet
 ):
     """A redemption dated by a clock that ran ahead: with the clock unsynchronised the fix is
     to set it; with the kernel reporting it synchronised, setting it changes nothing, and doctor
@@ -96,7 +100,7 @@ def test_doctor_says_whether_setting_the_clock_would_help_a_ledger_ahead_of_it(
     from edge.tickets import Ticket
     from edge.tickets.ledger import CLOCK_TOLERANCE_S, Ledger
 
-    site = _site(tmp_path, '[camera]\nsource = "/dev/video0"\n')
+    site = _site(tmp_path, '[camera]\nsource = "/dev/video0"\n' + fleet)
     init_ledger(tmp_path / "ledger.db")
     with Ledger(tmp_path / "ledger.db") as led:
         assert led.redeem(Ticket("T-1"), time.time() + CLOCK_TOLERANCE_S / 2).ok

@@ -41,14 +41,13 @@ class LaneLedger:
         """True: every redemption is queued for `edge-gate sync` in its own transaction."""
         return self.ledger.outbox
 
-    @property
-    def floor(self) -> float:
-        """The newest time the gate has seen: a clock behind it refuses tickets."""
-        return self.ledger.floor
-
     def mark(self) -> LedgerMark:
         """The ledger's high-water mark (see Ledger.mark)."""
         return self.ledger.mark()
+
+    def clock_behind(self, now: float) -> float | None:
+        """The newest recorded time when `now` is behind it (see Ledger.clock_behind)."""
+        return self.ledger.clock_behind(now)
 
     def maintain(self) -> None:
         """Verify and key what sync wrote (see Ledger.maintain)."""

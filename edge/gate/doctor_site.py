@@ -20,7 +20,6 @@ from edge.gate import checks
 from edge.gate.audit import open_audit
 from edge.gate.checklist import Check, Site, registry
 from edge.gate.desk import open_ledger
-from edge.tickets.ledger import CLOCK_TOLERANCE_S
 from edge.tickets.pretix_desk import AHEAD_SLACK_S, lane_status
 from edge.tickets.pretix_offline import check_configured, load_dir
 from edge.timeutil import iso, kernel_clock_synced
@@ -240,9 +239,9 @@ def _ledger(site: Site) -> str | Check:
         if audit_path.is_file():
             audit = stack.enter_context(open_audit(cfg, "use"))
         led = stack.enter_context(open_ledger(cfg, audit, "use"))
-        mark, floor = led.mark(), max(led.floor, led.mark().t)
-    now = time.time()
-    if now < floor - CLOCK_TOLERANCE_S:  # as the ledger judges a redemption
+        now = time.time()
+        mark, floor = led.mark(), led.clock_behind(now)  # as the ledger judges a redemption
+    if floor is not None:
         raise clock_behind(now, floor, kernel_clock_synced())
     return f"{cfg.resolve(cfg.tickets.ledger)}: {mark.seq} redemptions, newest {iso(mark.t) or '-'}"
 

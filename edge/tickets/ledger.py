@@ -841,8 +841,8 @@ class Ledger(Store):
         self, t: Ticket, now: float, day: str, rule: EntryRule | None = None
     ) -> Redemption | None:
         """Why this entry may not count now (None: it may). Read-only; callers hold the lock."""
-        floor = max(self._seen_floor(), float(self._meta("last_t")))
-        if now < floor - CLOCK_TOLERANCE_S:
+        floor = self.clock_behind(now)
+        if floor is not None:
             return Redemption(
                 False,
                 Reason.CLOCK_BEHIND,
@@ -862,6 +862,12 @@ class Ledger(Store):
         if last is not None and now - last < self.anti_passback_s:
             return Redemption(False, Reason.ANTI_PASSBACK, n, f"used here {now - last:.0f} s ago")
         return None
+
+    def clock_behind(self, now: float) -> float | None:
+        """The newest time this ledger or the audit log recorded, when `now` is behind it by
+        more than CLOCK_TOLERANCE_S (tickets are refused `clock_behind`); None otherwise."""
+        floor = max(self._seen_floor(), float(self._meta("last_t")))
+        return floor if now < floor - CLOCK_TOLERANCE_S else None
 
     def _seen_floor(self) -> float:
         """The floor raised to the audit log's newest record as it is now: a clock set back
