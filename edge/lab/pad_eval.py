@@ -58,8 +58,12 @@ class Item:
 
     @property
     def name(self) -> str:
-        """The path shown in reports: relative to its DIR, prefixed by DIR when several."""
+        """The path relative to its DIR."""
         return str(self.path.relative_to(self.root))
+
+    def shown(self, roots: int) -> str:
+        """How a report names the file: relative to its DIR, or whole when DIRs were pooled."""
+        return self.name if roots == 1 else str(self.path)
 
 
 @dataclass(frozen=True)
@@ -280,7 +284,7 @@ def _skip(item: Item, e: ImageError, roots: int) -> dict:
     """A file left out of the figures (unreadable, oversized): logged, and listed in the
     report's `skipped`, so a count that fell short says why."""
     log.warning("eval-pad skip=%s reason=%s", item.path, e)
-    return {"file": item.name if roots == 1 else str(item.path), "reason": str(e.args[0])}
+    return {"file": item.shown(roots), "reason": str(e.args[0])}
 
 
 def evaluate_clips(cfg: Config, root: Path, pipe: FacePipeline, judge: LivenessJudge) -> dict:
@@ -361,7 +365,7 @@ def summarise(
     """The report: counts, APCER by type (and the worst), BPCER, per source, ms per face."""
     rows = [
         {
-            "file": r.item.name if len(roots) == 1 else str(r.item.path),
+            "file": r.item.shown(len(roots)),
             "kind": r.item.kind,
             "source": r.item.source,
             "accepted": r.accepted,
