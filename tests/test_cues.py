@@ -53,6 +53,26 @@ def test_a_patterned_print_on_a_plain_surround_is_framed_by_its_outermost_lines(
     assert cues.veto(img, BOX) == "frame"
 
 
+def test_a_patterned_print_running_out_of_view_is_framed_by_its_one_border_in_view():
+    """Its left border against the plain surround; on the right its stripes run on past the
+    frame's edge, so no outermost line there has a plain surface beyond it."""
+    img = plain()
+    img[:, 215:] = texture((H, W - 215), 4, 90, 20, 12.0)
+    for x in range(226, W, 12):
+        cv2.line(img, (x, 0), (x, H - 1), (30, 30, 140), 3)
+    head(img)
+    assert cues.veto(img, BOX) == "frame"
+
+
+def test_one_border_alone_is_a_door_frame_not_a_print():
+    """A plain wall on one side of the visitor, a room beyond a door frame on the other: one
+    border with nothing parallel across the face is no print."""
+    img = texture((H, W), 11, 110, 30)
+    img[:, :215] = plain()[:, :215]
+    head(img)
+    assert cues.veto(img, BOX) is None
+
+
 def test_a_screen_with_its_bezel_is_framed_even_on_a_busy_background():
     img = texture((H, W), 5, 100, 50)
     cv2.rectangle(img, (200, 80), (440, 420), (15, 15, 18), -1)  # bezel

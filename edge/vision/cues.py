@@ -5,8 +5,10 @@ a plain surface fill the view shows it "a face in a plain room". Two cheap geome
 at the same neighbourhood for what a live visitor never shows:
 
 - frame: straight edges on two opposite sides of the face (the border of a print, a phone's or a
-  monitor's bezel), each a single line, not one of a row of folds or bars; or a corner, two
-  perpendicular edges with a plain surface beyond both;
+  monitor's bezel), each a single line, not one of a row of folds or bars; or one border with a
+  plain surface beyond it and any line parallel to it across the face (a print's content running
+  up to its other border, or out of view); or a corner, two perpendicular edges with a plain
+  surface beyond both;
 - surround: a head on one plain surface that also fills the place of the shoulders (a photo cut
   out around the head): beside the head and where the shoulders should be, the same flat colour.
 
@@ -35,6 +37,7 @@ MIN_CONTRAST = 10.0  # grey levels across the edge (median along it)
 PARALLEL_DEG = 8.0
 MAX_SAME_SIDE = 4  # more parallel lines than this on one side are texture (folds, bars)
 CORNER_EDGE = 1.2  # each edge of a corner against a plain surface is at least this long
+BEYOND_ALONG = 0.5  # the surface beyond an edge is read along at least this much of it
 
 # surround cue: regions (x0, x1, y0, y1) in face sizes from the face centre, y down
 BESIDE = ((-1.45, -0.95, -0.5, 0.1), (0.95, 1.45, -0.5, 0.1))
@@ -140,8 +143,11 @@ def straight_edges(crop: np.ndarray, valid: np.ndarray) -> list[Edge]:
         away = n if rho > 0 else -n
         band = (pts[None, :, :] + np.arange(3, 10)[:, None, None] * away).reshape(-1, 2)
         ok = _read(inside, band) & (band >= 0).all(axis=1) & (band <= SIZE - 1).all(axis=1)
-        vals = _read(gray, band)[ok].astype(np.float32)  # 3..9 px beyond, in crop and frame
-        beyond = float(vals.std()) if ok.mean() >= 0.6 else 99.0
+        # 3..9 px beyond, read where all of that depth is in crop and frame (a band cut short
+        # reads only what lies next to the line)
+        deep = ok.reshape(7, -1).all(axis=0)
+        vals = _read(gray, band).reshape(7, -1)[:, deep].astype(np.float32)
+        beyond = float(vals.std()) if deep.mean() * (b - a) >= BEYOND_ALONG * f else 99.0
         out.append(Edge(th, rho / f, (b - a) / f, contrast, side, beyond))
     return out
 
@@ -160,6 +166,15 @@ def _angle_between(a: float, b: float) -> float:
     return abs((a - b + np.pi / 2) % np.pi - np.pi / 2)
 
 
+def _opposite(p: Edge, q: Edge) -> bool:
+    """Parallel, on opposite sides of the face."""
+    return (
+        p.side != q.side
+        and (p.side - q.side) % 2 == 0
+        and _angle_between(p.angle, q.angle) < np.radians(PARALLEL_DEG)
+    )
+
+
 def framed(edges: list[Edge]) -> bool:
     """Two parallel straight edges on opposite sides of the face: the border of a print or the
     bezel of a screen around it. On a side with a row of parallel lines (folds, bars, or the
@@ -172,15 +187,27 @@ def framed(edges: list[Edge]) -> bool:
             single.append(e)
         elif abs(e.offset) == max(abs(o.offset) for o in row) and e.beyond <= PLAIN_STD:
             single.append(e)  # the border of something patterned, held against a plain surface
-    if any(
-        p.side != q.side and (p.side - q.side) % 2 == 0 and _angle_between(p.angle, q.angle) < tol
-        for i, p in enumerate(single)
-        for q in single[i + 1 :]
-    ):
+    if any(_opposite(p, q) for i, p in enumerate(single) for q in single[i + 1 :]):
+        return True
+    # A border against a plain surface (a rim: the outermost line on its side, the surface beyond
+    # it plain), and across the face any line parallel to it: the print's or screen's other
+    # border where its own content (folds, bars) runs up to it or the view cuts off what lies
+    # beyond. A rim alone is a door frame or a lane's post as well.
+    rim = [e for e in edges if e.beyond <= PLAIN_STD and e.length >= CORNER_EDGE]
+    outermost = [
+        e
+        for e in rim
+        if not any(
+            o.side == e.side
+            and abs(o.offset) > abs(e.offset)
+            and _angle_between(o.angle, e.angle) < tol
+            for o in edges
+        )
+    ]
+    if any(_opposite(p, q) for p in outermost for q in edges):
         return True
     # A corner: two perpendicular edges on adjacent sides, each with a plain surface beyond it
     # (a print's or screen's corner against a plain surround; the rest is out of view).
-    rim = [e for e in edges if e.beyond <= PLAIN_STD and e.length >= CORNER_EDGE]
     return any(
         (p.side - q.side) % 2 == 1 and abs(_angle_between(p.angle, q.angle) - np.pi / 2) < tol
         for i, p in enumerate(rim)
