@@ -64,6 +64,19 @@ def test_a_patterned_print_running_out_of_view_is_framed_by_its_one_border_in_vi
     assert cues.veto(img, BOX) == "frame"
 
 
+def test_a_print_held_close_is_framed_by_borders_that_run_out_of_the_view():
+    """A face half the frame's height: the print's sides cross the top and bottom of the view,
+    and only their part inside the frame is an edge (the crop repeats the frame's last rows
+    beyond it, which drew them on to the crop's border)."""
+    img = plain()
+    img[:, 25:615] = texture((H, 590), 12, 80, 25, 12.0)
+    box = np.array([190.0, 110.0, 450.0, 370.0])  # 260 px
+    mask = np.zeros((H, W), np.uint8)
+    cv2.ellipse(mask, (320, 225), (170, 225), 0, 0, 360, 255, -1)
+    img[mask > 0] = texture((H, W), 13, 140)[mask > 0]
+    assert cues.veto(img, box) == "frame"
+
+
 def test_one_border_alone_is_a_door_frame_not_a_print():
     """A plain wall on one side of the visitor, a room beyond a door frame on the other: one
     border with nothing parallel across the face is no print."""

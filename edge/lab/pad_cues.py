@@ -64,7 +64,27 @@ def live_sources(fx: Path) -> dict[str, Iterator[np.ndarray]]:
         "mall clip, every 8th frame": _video(fx / "video" / "mall_walking.mp4", 8),
         "silent-face samples": images(sorted((fx / "spoof").glob("image_T*.jpg"))),
         "faces/ photos": images(sorted((fx / "faces").glob("*/*"))),
+        "lfw photos, no black fill": (
+            f for f in images(sorted((fx / "lfw").glob("*/*.jpg"))) if not black_filled(f)
+        ),
     }
+
+
+def black_filled(bgr: np.ndarray) -> bool:
+    """Black where the image's crop ran past the photo it was cut from (most LFW images: a
+    straight border a frame cue rightly calls one), on a side or in a corner."""
+    g = bgr.mean(axis=2) if bgr.ndim == 3 else bgr.astype(np.float64)
+    parts = (
+        g[:4],
+        g[-4:],
+        g[:, :4],
+        g[:, -4:],
+        g[:12, :12],
+        g[:12, -12:],
+        g[-12:, :12],
+        g[-12:, -12:],
+    )
+    return any(p.mean() < 25 and p.std() < 12 for p in parts)
 
 
 LONE_RIM_LENGTH = 2.5  # face sizes: an edge across most of the canonical crop's height

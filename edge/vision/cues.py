@@ -124,10 +124,11 @@ def straight_edges(crop: np.ndarray, valid: np.ndarray) -> list[Edge]:
     c, f = SIZE / 2, float(FACE_PX)
     out = []
     for th, rho, a, b in _merge(_segments(gray)):
-        if b - a < MIN_EDGE * f or abs(rho) < OFF_FACE * f:
-            continue
         u = np.array([np.cos(th), np.sin(th)])
         n = np.array([-u[1], u[0]])
+        a, b = _in_view(inside, c + rho * n, u, a, b)
+        if b - a < MIN_EDGE * f or abs(rho) < OFF_FACE * f:
+            continue
         pts = c + np.linspace(a, b, 11)[:, None] * u + rho * n
         on = _read(inside, pts)
         both = _read(inside, pts + 2 * n) & _read(inside, pts - 2 * n)
@@ -150,6 +151,15 @@ def straight_edges(crop: np.ndarray, valid: np.ndarray) -> list[Edge]:
         beyond = float(vals.std()) if deep.mean() * (b - a) >= BEYOND_ALONG * f else 99.0
         out.append(Edge(th, rho / f, (b - a) / f, contrast, side, beyond))
     return out
+
+
+def _in_view(inside: np.ndarray, foot: np.ndarray, u: np.ndarray, a: float, b: float):
+    """The part of a line (from `a` to `b` along `u` from `foot`) inside the frame: the crop
+    beyond the frame's edge repeats its last row or column, and so runs a line crossing that
+    edge on, straight, to the crop's border."""
+    t = np.linspace(a, b, 33)
+    on = np.flatnonzero(_read(inside, foot + t[:, None] * u))
+    return (float(t[on[0]]), float(t[on[-1]])) if len(on) else (a, a)
 
 
 def _read(mask: np.ndarray, pts: np.ndarray) -> np.ndarray:
