@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import cv2
 import numpy as np
+import pytest
 
 from edge.vision import cues
 
@@ -156,3 +157,16 @@ def test_lone_rim_tells_a_border_beside_the_face_from_one_above_it():
     assert lone_rim(beside, box) == "beside"
     assert lone_rim(above, box) == "above_below"
     assert lone_rim(textured, box) is None
+
+
+@pytest.mark.parametrize(
+    "box",
+    [[np.inf, 170.0, 370.0, 270.0], [270.0, -np.inf, 370.0, 270.0], [-1e9, -1e9, 1e9, 1e9]],
+    ids=["inf", "-inf", "far"],
+)
+def test_a_box_that_cannot_be_placed_has_nothing_in_view_and_refuses_nothing(box):
+    """OpenCV's warp crashed the process on a transform with an infinite or enormous scale."""
+    img = head(plain())
+    crop, valid = cues.canonical(img, np.array(box))
+    assert crop.shape == (cues.SIZE, cues.SIZE, 3) and not valid.any()
+    assert cues.veto(img, np.array(box)) is None

@@ -28,6 +28,7 @@ import numpy as np
 FACE_PX = 40  # face box mean side in the canonical crop
 CONTEXT = 3.2  # the crop is this many face sizes wide and high
 SIZE = int(round(CONTEXT * FACE_PX))
+FAR = 16  # a face box further than this many frame sides from the frame is not placed
 
 # frame cue (lengths and distances in face sizes)
 MIN_PIECE = 0.35  # line pieces shorter than this are ignored before merging
@@ -61,8 +62,15 @@ class Edge:
 
 
 def canonical(bgr: np.ndarray, box: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The face's neighbourhood at a fixed scale (SIZE x SIZE BGR) and its in-frame mask."""
+    """The face's neighbourhood at a fixed scale (SIZE x SIZE BGR) and its in-frame mask.
+
+    A box that cannot be placed (a coordinate not finite, or more than FAR frame sides from the
+    frame) has nothing of the frame in view: the cues then say nothing about it."""
     x0, y0, x1, y1 = (float(v) for v in box[:4])
+    reach = FAR * max(bgr.shape[:2])
+    if not all(np.isfinite(v) and abs(v) <= reach for v in (x0, y0, x1, y1)):
+        # OpenCV's warp overflows (and crashes the process) on such a transform
+        return np.zeros((SIZE, SIZE, 3), np.uint8), np.zeros((SIZE, SIZE), bool)
     k = FACE_PX / max(((x1 - x0) + (y1 - y0)) / 2, 1.0)
     c = SIZE / 2
     m = np.array([[k, 0, c - k * (x0 + x1) / 2], [0, k, c - k * (y0 + y1) / 2]], np.float32)
