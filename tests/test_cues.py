@@ -6,6 +6,7 @@ import cv2
 import numpy as np
 import pytest
 
+from edge.errors import ImageError
 from edge.vision import cues
 
 H, W = 480, 640
@@ -170,3 +171,17 @@ def test_a_box_that_cannot_be_placed_has_nothing_in_view_and_refuses_nothing(box
     crop, valid = cues.canonical(img, np.array(box))
     assert crop.shape == (cues.SIZE, cues.SIZE, 3) and not valid.any()
     assert cues.veto(img, np.array(box)) is None
+
+
+def test_a_gray_or_deep_frame_is_read_as_8_bit_bgr():
+    """A gray (2-D or one channel), 16-bit or float frame made the line detector or the colour
+    conversion raise OpenCV's error; it is read as the gate reads any frame (as_bgr8)."""
+    img = plain()
+    img[95:395, 215:425] = texture((300, 210), 3, 70, 25, 12.0)  # a print held up, as above
+    head(img)
+    gray = cv2.cvtColor(img, cv2.COLOR_BGR2GRAY)
+    assert cues.veto(cv2.cvtColor(gray, cv2.COLOR_GRAY2BGR), BOX) == "frame"
+    for frame in (gray, gray[:, :, None], gray.astype(np.uint16) * 257, gray / 255.0):
+        assert cues.veto(frame, BOX) == "frame"
+    with pytest.raises(ImageError, match="empty"):
+        cues.veto(np.zeros((0, 0, 3), np.uint8), BOX)

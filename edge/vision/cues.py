@@ -25,6 +25,8 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from edge.vision.image import as_bgr8
+
 FACE_PX = 40  # face box mean side in the canonical crop
 CONTEXT = 3.2  # the crop is this many face sizes wide and high
 SIZE = int(round(CONTEXT * FACE_PX))
@@ -65,7 +67,9 @@ def canonical(bgr: np.ndarray, box: np.ndarray) -> tuple[np.ndarray, np.ndarray]
     """The face's neighbourhood at a fixed scale (SIZE x SIZE BGR) and its in-frame mask.
 
     A box that cannot be placed (a coordinate not finite, or more than FAR frame sides from the
-    frame) has nothing of the frame in view: the cues then say nothing about it."""
+    frame) has nothing of the frame in view: the cues then say nothing about it. A frame that
+    is not 8-bit BGR is read as as_bgr8 reads it (an empty one is an ImageError)."""
+    bgr = as_bgr8(bgr)
     x0, y0, x1, y1 = (float(v) for v in box[:4])
     reach = FAR * max(bgr.shape[:2])
     if not all(np.isfinite(v) and abs(v) <= reach for v in (x0, y0, x1, y1)):

@@ -26,7 +26,27 @@ HEAD_BYTES = 1 << 20  # enough of a file to find its size: JPEG's frame header m
 
 
 def to_bgr8(img: np.ndarray, name: str = "frame") -> np.ndarray:
-    """Normalise depth and channels: 16-bit, float, gray, gray+alpha, RGBA all become BGR uint8."""
+    """Normalise depth and channels (as_bgr8), then size: too small to hold a face is an
+    ImageError, larger than MAX_SIDE is downscaled."""
+    img = as_bgr8(img, name)
+    h, w = img.shape[:2]
+    if min(h, w) < MIN_SIDE:
+        raise ImageError(
+            f"{name}: {w}x{h} is too small to hold a face",
+            f"use images at least {MIN_SIDE}px on each side",
+        )
+    if max(h, w) > MAX_SIDE:
+        s = MAX_SIDE / max(h, w)
+        img = cv2.resize(
+            img, (max(1, round(w * s)), max(1, round(h * s))), interpolation=cv2.INTER_AREA
+        )
+    return np.ascontiguousarray(img)
+
+
+def as_bgr8(img: np.ndarray, name: str = "frame") -> np.ndarray:
+    """Depth and channels only, the size kept: 16-bit, float, gray, gray+alpha, RGBA all become
+    BGR uint8 (8-bit BGR is returned as it is); an empty image or another layout is an
+    ImageError."""
     if not isinstance(img, np.ndarray) or img.size == 0:
         raise ImageError(f"{name}: empty image")
     if img.ndim not in (2, 3) or (img.ndim == 3 and img.shape[2] not in (1, 2, 3, 4)):
@@ -45,18 +65,7 @@ def to_bgr8(img: np.ndarray, name: str = "frame") -> np.ndarray:
         img = cv2.cvtColor(np.ascontiguousarray(img[:, :, 0]), cv2.COLOR_GRAY2BGR)
     elif img.shape[2] == 4:
         img = cv2.cvtColor(img, cv2.COLOR_BGRA2BGR)
-    h, w = img.shape[:2]
-    if min(h, w) < MIN_SIDE:
-        raise ImageError(
-            f"{name}: {w}x{h} is too small to hold a face",
-            f"use images at least {MIN_SIDE}px on each side",
-        )
-    if max(h, w) > MAX_SIDE:
-        s = MAX_SIDE / max(h, w)
-        img = cv2.resize(
-            img, (max(1, round(w * s)), max(1, round(h * s))), interpolation=cv2.INTER_AREA
-        )
-    return np.ascontiguousarray(img)
+    return img
 
 
 def decode_image(data: bytes, name: str = "image", max_pixels: int = MAX_PIXELS) -> np.ndarray:
