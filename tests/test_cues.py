@@ -185,3 +185,21 @@ def test_a_gray_or_deep_frame_is_read_as_8_bit_bgr():
         assert cues.veto(frame, BOX) == "frame"
     with pytest.raises(ImageError, match="empty"):
         cues.veto(np.zeros((0, 0, 3), np.uint8), BOX)
+
+
+def test_a_visitor_under_a_canopy_against_the_sky_is_left_alone():
+    """A rim above the head (the canopy's edge, plain sky beyond it) and shoulders in a plain
+    shirt below: one border with nothing parallel across the face is no print."""
+    img = texture((H, W), 11, 110, 30)
+    img[:110] = plain((215, 200, 190), 7)[:110]
+    cv2.rectangle(img, (0, 110), (W, 122), (60, 60, 65), -1)
+    mask = np.zeros((H, W), np.uint8)
+    neck_and_shoulders = [[290, 290], [350, 290], [360, 300], [460, 330], [497, 480]]
+    neck_and_shoulders += [[143, 480], [180, 330], [280, 300]]
+    cv2.fillPoly(mask, [np.array(neck_and_shoulders, np.int32)], 255)
+    img[mask > 0] = texture((H, W), 30, 70, 18, 3.0)[mask > 0]  # a plain-coloured shirt's folds
+    head(img)
+    crop, valid = cues.canonical(img, BOX)
+    edges = cues.straight_edges(crop, valid)
+    assert any(e.side == 3 and e.beyond <= cues.PLAIN_STD for e in edges)  # the rim is seen
+    assert cues.veto(img, BOX) is None
