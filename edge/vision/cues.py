@@ -5,10 +5,8 @@ a plain surface fill the view shows it "a face in a plain room". Two cheap geome
 at the same neighbourhood for what a live visitor never shows:
 
 - frame: straight edges on two opposite sides of the face (the border of a print, a phone's or a
-  monitor's bezel), each a single line, not one of a row of folds or bars; or one border with a
-  plain surface beyond it and any line parallel to it across the face (a print's content running
-  up to its other border, or out of view); or a corner, two perpendicular edges with a plain
-  surface beyond both;
+  monitor's bezel), each a single line, not one of a row of folds or bars; or a corner, two
+  perpendicular edges with a plain surface beyond both;
 - surround: a head on one plain surface that also fills the place of the shoulders (a photo cut
   out around the head): beside the head and where the shoulders should be, the same flat colour.
 
@@ -211,23 +209,7 @@ def framed(edges: list[Edge]) -> bool:
             single.append(e)  # the border of something patterned, held against a plain surface
     if any(_opposite(p, q) for i, p in enumerate(single) for q in single[i + 1 :]):
         return True
-    # A border against a plain surface (a rim: the outermost line on its side, the surface beyond
-    # it plain), and across the face any line parallel to it: the print's or screen's other
-    # border where its own content (folds, bars) runs up to it or the view cuts off what lies
-    # beyond. A rim alone is a door frame or a lane's post as well.
     rim = [e for e in edges if e.beyond <= PLAIN_STD and e.length >= CORNER_EDGE]
-    outermost = [
-        e
-        for e in rim
-        if not any(
-            o.side == e.side
-            and abs(o.offset) > abs(e.offset)
-            and _angle_between(o.angle, e.angle) < tol
-            for o in edges
-        )
-    ]
-    if any(_opposite(p, q) for p in outermost for q in edges):
-        return True
     # A corner: two perpendicular edges on adjacent sides, each with a plain surface beyond it
     # (a print's or screen's corner against a plain surround; the rest is out of view).
     return any(
