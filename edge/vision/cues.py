@@ -186,15 +186,6 @@ def _angle_between(a: float, b: float) -> float:
     return abs((a - b + np.pi / 2) % np.pi - np.pi / 2)
 
 
-def _opposite(p: Edge, q: Edge) -> bool:
-    """Parallel, on opposite sides of the face."""
-    return (
-        p.side != q.side
-        and (p.side - q.side) % 2 == 0
-        and _angle_between(p.angle, q.angle) < np.radians(PARALLEL_DEG)
-    )
-
-
 def framed(edges: list[Edge]) -> bool:
     """Two parallel straight edges on opposite sides of the face: the border of a print or the
     bezel of a screen around it. On a side with a row of parallel lines (folds, bars, or the
@@ -207,11 +198,15 @@ def framed(edges: list[Edge]) -> bool:
             single.append(e)
         elif abs(e.offset) == max(abs(o.offset) for o in row) and e.beyond <= PLAIN_STD:
             single.append(e)  # the border of something patterned, held against a plain surface
-    if any(_opposite(p, q) for i, p in enumerate(single) for q in single[i + 1 :]):
+    if any(
+        p.side != q.side and (p.side - q.side) % 2 == 0 and _angle_between(p.angle, q.angle) < tol
+        for i, p in enumerate(single)
+        for q in single[i + 1 :]
+    ):
         return True
-    rim = [e for e in edges if e.beyond <= PLAIN_STD and e.length >= CORNER_EDGE]
     # A corner: two perpendicular edges on adjacent sides, each with a plain surface beyond it
     # (a print's or screen's corner against a plain surround; the rest is out of view).
+    rim = [e for e in edges if e.beyond <= PLAIN_STD and e.length >= CORNER_EDGE]
     return any(
         (p.side - q.side) % 2 == 1 and abs(_angle_between(p.angle, q.angle) - np.pi / 2) < tol
         for i, p in enumerate(rim)
