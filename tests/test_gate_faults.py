@@ -113,7 +113,7 @@ def test_a_pulse_that_fails_during_a_pulse_is_switched_off_once_the_line_obeys()
     switch-off is retried until the relay obeys (the gate records the grant's relay_error)."""
     factory = MockFactory(pin_class=GlitchPin)
     with Relay(RelayConfig(pin=17, pulse_s=0.2), factory=factory) as r:
-        r.pulse()
+        r.pulse(600.0)  # still open when the second grant comes, however slow the machine
         assert r.is_open
         r.pin.glitch = 2  # on() fails, then the off() tried at once fails too
         with pytest.raises(RelayError, match="failed to switch on"):
