@@ -106,7 +106,13 @@ def test_a_state_file_that_cannot_be_written_does_not_end_sync(
         else:
             _refuse_writes(s.state, on=False)
         back = time.time()
-        wait_for(lambda: (park.state(1, "sync_seen") or 0) > back, what="fleet.db written again")
+        wait_for(  # fleet.db is written before the recovery is said, in the same step
+            lambda: (
+                (park.state(1, "sync_seen") or 0) > back
+                and _lines(caplog, "sync write_ok what=state")
+            ),
+            what="fleet.db written again and its recovery said",
+        )
         said = _lines(caplog, "sync write_failed what=state")
         assert len(said) == 1, said
         assert "fix:" in said[0]
@@ -761,7 +767,13 @@ def test_a_fleet_db_locked_for_long_holds_neither_heartbeats_nor_receiving(
         assert holder.poll() is None  # still held
         holder.communicate("", timeout=60)
         back = time.time()
-        wait_for(lambda: (park.state(1, "sync_seen") or 0) > back, what="fleet.db written again")
+        wait_for(  # fleet.db is written before the recovery is said, in the same step
+            lambda: (
+                (park.state(1, "sync_seen") or 0) > back
+                and _lines(caplog, "sync write_ok what=state")
+            ),
+            what="fleet.db written again and its recovery said",
+        )
         assert len(_lines(caplog, "sync write_failed what=state")) == 1
         assert _lines(caplog, "sync write_ok what=state")
         assert thread.is_alive()
