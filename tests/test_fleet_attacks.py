@@ -9,6 +9,7 @@ again, the clock moved, the status lied); the assertions are what a site must se
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import signal
@@ -222,8 +223,15 @@ def _cli_clock_ahead(*args: str) -> subprocess.CompletedProcess:
     )
 
 
-def test_row2_office_clock_ahead_once_then_unrevoke_reaches_lanes(broker, office_keys, tmp_path):
+def test_row2_office_clock_ahead_once_then_unrevoke_reaches_lanes(
+    broker, office_keys, tmp_path, caplog
+):
+    caplog.set_level(logging.INFO, logger="edge.fleet.apply")
     park = Park(tmp_path, broker.url, office_keys, lanes=1)
+
+    def applied() -> int:
+        return sum("sync applied revocations" in r.getMessage() for r in caplog.records)
+
     try:
         park.start(1)
         base = ["--publish", "--key", str(park.priv), "--config", str(park.office.config)]
@@ -242,8 +250,9 @@ def test_row2_office_clock_ahead_once_then_unrevoke_reaches_lanes(broker, office
         assert verify(park, 1, park.ticket("T-AHEAD"))[0] == 0
         # The old list, replayed (office login, its sync stopped): the lift stands.
         park.stop(0)
+        before = applied()
         _publish(park, 0, msg.topic(park.site, "office", "revocations"), old_message)
-        time.sleep(1.5)
+        wait_for(lambda: applied() > before, what="the old list taken in at lane1")
         assert "T-AHEAD" not in rev.read_text()
         assert "T-LATER" in rev.read_text()
     finally:
@@ -321,7 +330,11 @@ class _Tap:
         self.c = OneShot(cfg, "tap")
         self.c.__enter__()
         self.c.client.on_message = self._on
+        self.subscribed = threading.Event()
+        self.c.client.on_subscribe = lambda *a: self.subscribed.set()
         self.c.client.subscribe(topic, 1)
+        # what is published before the broker's SUBACK may never reach the tap
+        assert self.subscribed.wait(30), "the tap's subscription was not acknowledged"
 
     def _on(self, client, userdata, message) -> None:
         self.got.append(message.payload)
@@ -339,7 +352,6 @@ def test_row4_a_redemption_cannot_be_pointed_at_another_ticket(broker, office_ke
         park.start(2)
         park.wait_ready(1, 2)
         tap = _Tap(park.cfg(3), msg.topic(park.site, "redemptions", "lane1"))
-        time.sleep(0.5)
         assert verify(park, 1, park.ticket("T-A"))[0] == 0
         wait_for(lambda: tap.got, what="the copy of lane1's redemption")
         orig = msg.decode(tap.got[0], park.site)
@@ -393,7 +405,8 @@ def test_row5_acks_and_audit_lines_count_for_their_signer_only(broker, office_ke
 
     park = Park(tmp_path, broker.url, office_keys, lanes=3)
     pid = "P-0123456789abcdef"
-    try:
+    try:  # audit lines are not retained: the office must have subscribed before they go
+        wait_for(lambda: park.state(0, "connected"), what="office connected")
         publish_person(park.cfg(0), park.priv, pid, "forget")  # lanes 1 and 2 are away
         ack = {"person_id": pid, "op": "forget", "office_seq": 10**6}
         for claimed in ("lane1", "lane2", "lane3"):
@@ -805,11 +818,13 @@ def test_with_the_full_acl_a_lane_reports_its_broker_acl_current(broker, office_
     park = Park(tmp_path, broker.url, office_keys, lanes=1)
     try:
         park.start(1)
-        wait_for(
-            lambda: _lane_status(park, "lane1").get("broker_acl") == "ok",
+        wait_for(  # the office hears it by heartbeat, lane1's fleet.db takes it within 1 s
+            lambda: (
+                _lane_status(park, "lane1").get("broker_acl") == "ok"
+                and park.state(1, "broker_acl") == "ok"
+            ),
             what="lane1's marks came back",
         )
-        assert park.state(1, "broker_acl") == "ok"
         r = cli("fleet", "status", "--check", "--config", str(park.office.config))
         assert r.returncode == 0, r.stdout + r.stderr
         assert "ACL" not in r.stdout + r.stderr

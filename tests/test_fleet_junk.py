@@ -65,8 +65,12 @@ def test_a_retained_poison_message_stops_no_sync(broker, office_keys, tmp_path):
             payload = POISON[name].replace(b'"site": "park"', f'"site": "{park.site}"'.encode())
             with OneShot(park.cfg(2), "attacker") as c:  # lane2's own login, its own topic
                 c.publish(hb, payload, retain=True)
+            refused = len(park.audit(1, "refused"))
             park.start(1)  # the broker hands it the retained junk at subscribe
-            wait_for(lambda: park.state(1, "connected"), what="lane1 connected")
+            wait_for(
+                lambda n=refused: len(park.audit(1, "refused")) > n,
+                what=f"lane1 refused the retained {name!r}",
+            )
             park.stop(1)
         park.start(1)
         park.start(2)
