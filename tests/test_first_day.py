@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -480,6 +481,14 @@ def test_doctor_labels_each_face_threshold_with_where_it_applies(tmp_path):
     assert not any("(threshold 0." in x for x in p.stdout.splitlines() if "models" in x)
 
 
+def _wait_held(lock: Path) -> None:
+    """Until another process holds `lock` (a holder just started may not have taken it yet)."""
+    deadline = time.monotonic() + 60
+    while subprocess.run(["flock", "-n", str(lock), "true"]).returncode == 0:
+        assert time.monotonic() < deadline, f"nobody took {lock}"
+        time.sleep(0.02)
+
+
 @pytest.mark.skipif(os.geteuid() != 0, reason="the apt path runs only as root")
 def test_setup_waits_for_apts_lock_visibly_and_fails_after_its_timeout(tmp_path):
     lock = tmp_path / "lock-frontend"
@@ -498,7 +507,7 @@ def test_setup_waits_for_apts_lock_visibly_and_fails_after_its_timeout(tmp_path)
     # unattended upgrades holding the lock (flock and its sleep: one process group to end)
     holder = subprocess.Popen(["flock", str(lock), "sleep", "30"], start_new_session=True)
     try:
-        time.sleep(0.5)
+        _wait_held(lock)
         p = subprocess.run(script, env=env, capture_output=True, text=True, timeout=60)
     finally:
         os.killpg(holder.pid, signal.SIGKILL)
@@ -507,8 +516,8 @@ def test_setup_waits_for_apts_lock_visibly_and_fails_after_its_timeout(tmp_path)
     assert "waiting for apt's lock" in p.stderr and "still held after 3 s" in p.stderr
     assert not (tmp_path / "apt.log").exists()  # apt was never run while the lock was held
 
-    holder = subprocess.Popen(["flock", str(lock), "sleep", "1.5"])  # released while waiting
-    time.sleep(0.3)
+    holder = subprocess.Popen(["flock", str(lock), "sleep", "3"])  # released while waiting
+    _wait_held(lock)
     env["EDGE_APT_WAIT_S"] = "30"
     p = subprocess.run(script, env=env, capture_output=True, text=True, timeout=60)
     holder.wait()
