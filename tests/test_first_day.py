@@ -10,6 +10,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -516,13 +517,20 @@ def test_setup_waits_for_apts_lock_visibly_and_fails_after_its_timeout(tmp_path)
     assert "waiting for apt's lock" in p.stderr and "still held after 3 s" in p.stderr
     assert not (tmp_path / "apt.log").exists()  # apt was never run while the lock was held
 
-    holder = subprocess.Popen(["flock", str(lock), "sleep", "3"])  # released while waiting
+    # released while setup waits: held until the test closes the holder's input
+    holder = subprocess.Popen(["flock", str(lock), "cat"], stdin=subprocess.PIPE)
     _wait_held(lock)
-    env["EDGE_APT_WAIT_S"] = "30"
-    p = subprocess.run(script, env=env, capture_output=True, text=True, timeout=60)
-    holder.wait()
-    assert p.returncode == 0, p.stderr
-    assert "waiting for apt's lock" in p.stderr
+    env["EDGE_APT_WAIT_S"] = "60"
+    p = subprocess.Popen(script, env=env, stderr=subprocess.PIPE, text=True)
+    assert p.stderr is not None and holder.stdin is not None
+    first = ""
+    while "waiting for apt's lock" not in first and (line := p.stderr.readline()):
+        first += line  # until setup says it waits (or ends without waiting)
+    holder.stdin.close()
+    holder.wait(timeout=60)
+    rest = p.communicate(timeout=60)[1]
+    assert p.returncode == 0, first + rest
+    assert "waiting for apt's lock" in first, first + rest
     calls = (tmp_path / "apt.log").read_text()
     assert "install -y -qq fake-package" in calls and "DPkg::Lock::Timeout=" in calls
 
@@ -540,9 +548,23 @@ def test_sync_says_once_that_the_broker_is_down(tmp_path):
         stderr=subprocess.PIPE,
         env={"PYTHONPATH": str(PROJECT_ROOT), "PATH": "/usr/bin:/bin"},
     )
-    time.sleep(8)  # several reconnection attempts (1 to 5 s apart) against nobody
+    lines: list[str] = []
+    said = threading.Event()
+
+    def read() -> None:
+        for raw in p.stderr:
+            lines.append(raw.decode(errors="replace"))
+            if "broker unreachable" in lines[-1]:
+                said.set()
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    assert said.wait(120), "".join(lines)  # the first failed try, however slow the start
+    time.sleep(8)  # then several reconnection attempts (1 to 5 s apart) against nobody
     p.send_signal(signal.SIGTERM)
-    err = p.communicate(timeout=60)[1].decode()
+    p.wait(timeout=60)
+    reader.join(60)
+    err = "".join(lines)
     assert p.returncode == 0, err
     down = [x for x in err.splitlines() if "broker unreachable" in x]
     assert len(down) == 1, err
