@@ -131,8 +131,9 @@ def test_the_trigger_keeps_the_minimum_even_if_meta_is_edited(tmp_path):
 def test_a_record_at_the_retention_boundary_never_fails_purge(tmp_path):
     """A caller's clock a little ahead of SQLite's used to make the trigger abort the purge."""
     with AuditLog(tmp_path / "a.db", 30) as log:
-        log.record(AuditRecord(time.time() - 30 * DAY + 1.0, "g", "decision", "deny", "face"))
-        assert log.purge(time.time() + 3.0) == 0
+        # two minutes inside retention by SQLite's clock, five minutes past it by the caller's
+        log.record(AuditRecord(time.time() - 30 * DAY + 120.0, "g", "decision", "deny", "face"))
+        assert log.purge(time.time() + 300.0) == 0
         assert len(log.records()) == 1
 
 
