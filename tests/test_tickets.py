@@ -8,6 +8,8 @@ import stat
 import subprocess
 import sys
 
+import cv2
+import numpy as np
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from hypothesis import given, settings
@@ -283,6 +285,29 @@ def test_cli_refuses_barcodes_and_foreign_qr(tmp_path, fixtures):
     assert len(lines) == len(imgs)
     assert all(x["reason"] == "malformed" and not x["valid"] for x in lines)
     assert p.returncode == 1
+
+
+def test_a_micro_qr_is_not_read_and_every_other_code_is():
+    """A QR code's corner is a Micro QR's finder pattern: a ticket held to the camera also read
+    as a Micro QR of a few digits now and then (a second, "malformed" decision). Micro QR is
+    not read; QR (all versions), rMQR, Data Matrix, Aztec, PDF417 and product barcodes are."""
+    import segno
+    import zxingcpp
+
+    from edge.tickets.qr import FORMATS, read_codes
+
+    def image(code: segno.QRCode) -> np.ndarray:
+        m = np.array(list(code.matrix_iter(scale=4, border=4)), np.uint8)
+        return cv2.cvtColor(np.where(m == 1, 0, 255).astype(np.uint8), cv2.COLOR_GRAY2BGR)
+
+    assert read_codes(image(segno.make_micro("88502"))) == []
+    assert read_codes(image(segno.make_qr("EG1-TICKET", error="m"))) == ["EG1-TICKET"]
+    assert read_codes(image(segno.make_qr("x" * 300, error="m"))) == ["x" * 300]
+    b = zxingcpp.BarcodeFormat
+    for f in (b.RMQRCode, b.DataMatrix, b.Aztec, b.PDF417, b.EAN13, b.Code128, b.ITF):
+        assert f in FORMATS, f
+    assert b.MicroQRCode not in FORMATS and b.QRCode not in FORMATS  # the family holds Micro
+    assert b.QRCodeModel2 in FORMATS
 
 
 def test_qr_decoder_reads_real_phone_photos(fixtures):
