@@ -4,9 +4,10 @@ Measured on the 62 real phone photos of ../shared/fixtures/qr: zxing-cpp reads 6
 QRCodeDetector 45 (`python scripts/qr_hit_rate.py`), so zxing-cpp alone reads frames. Every
 format zxing knows is read but Micro QR, so a product barcode shown to the gate is decoded and
 then refused as malformed, not ignored. Micro QR has one finder pattern, and a QR code's own
-corner is one: in 3 of about 100 renderings of the demo's ticket scene (`edge.lab.demo.ticket_scene`) a
-ticket shown on the phone also read as a Micro QR of five digits, a second, "malformed" refusal
-beside the ticket's own decision. No ticket or consumer product carries one.
+corner is one: in 3 of about 100 renderings of the demo's ticket scene
+(`edge.lab.demo.ticket_scene`) a ticket shown on the phone also read as a Micro QR of five
+digits, a second, "malformed" refusal beside the ticket's own decision. No ticket or consumer
+product carries one.
 """
 
 from __future__ import annotations
