@@ -559,10 +559,16 @@ def test_sync_says_once_that_the_broker_is_down(tmp_path):
 
     reader = threading.Thread(target=read, daemon=True)
     reader.start()
-    assert said.wait(120), "".join(lines)  # the first failed try, however slow the start
-    time.sleep(8)  # then several reconnection attempts (1 to 5 s apart) against nobody
-    p.send_signal(signal.SIGTERM)
-    p.wait(timeout=60)
+    try:
+        assert said.wait(120), "".join(lines)  # the first failed try, however slow the start
+        time.sleep(8)  # then several reconnection attempts (1 to 5 s apart) against nobody
+    finally:
+        p.send_signal(signal.SIGTERM)  # stopped whatever the wait found
+        try:
+            p.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
     reader.join(60)
     err = "".join(lines)
     assert p.returncode == 0, err

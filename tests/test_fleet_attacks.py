@@ -334,7 +334,9 @@ class _Tap:
         self.c.client.on_subscribe = lambda *a: self.subscribed.set()
         self.c.client.subscribe(topic, 1)
         # what is published before the broker's SUBACK may never reach the tap
-        assert self.subscribed.wait(30), "the tap's subscription was not acknowledged"
+        if not self.subscribed.wait(30):
+            self.close()
+            raise AssertionError("the tap's subscription was not acknowledged")
 
     def _on(self, client, userdata, message) -> None:
         self.got.append(message.payload)
