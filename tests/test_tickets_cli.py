@@ -156,7 +156,7 @@ def test_revoke_is_exact_not_duplicated_and_can_be_undone(tmp_path, office, caps
     lst = str(tmp_path / "revoked.txt")
     assert main(["ticket", "revoke", "--list", lst, "T#7", "day pass 9"]) == 0
     assert main(["ticket", "revoke", "--list", lst, "T#7"]) == 0
-    assert "1 already revoked" in capsys.readouterr().out.splitlines()[-1]
+    assert "1 already revoked" in capsys.readouterr().out
     assert (tmp_path / "revoked.txt").read_text().splitlines() == ["T#7", "day pass 9"]
     rc, out = verify(
         capsys,
@@ -171,6 +171,23 @@ def test_revoke_is_exact_not_duplicated_and_can_be_undone(tmp_path, office, caps
     capsys.readouterr()
     rc, out = verify(capsys, "--config", str(cfg), signed(office, "T#7"))
     assert out[0]["reason"] == "ok"
+
+
+def test_a_comma_separated_list_of_ids_is_refused_not_revoked_as_one_id(tmp_path, office, capsys):
+    cfg = gate(tmp_path, office)
+    lst = str(tmp_path / "revoked.txt")
+    for ids in (["T-5,T-6"], ["T-5,", "T-6"]):
+        assert main(["ticket", "revoke", "--list", lst, *ids]) == 2
+        assert "holds a comma" in capsys.readouterr().err
+    assert (tmp_path / "revoked.txt").read_text() == ""  # nothing written
+    assert main(["ticket", "revoke", "--list", lst, "T-5", "day pass 9"]) == 0
+    out = capsys.readouterr().out
+    assert "revoked 2 ticket(s)" in out and "'day pass 9' is not an id edge-gate issues" in out
+    assert "'T-5'" not in out and "systemctl reload edge-gate" in out
+    rc, res = verify(capsys, "--config", str(cfg), signed(office, "T-5"), signed(office, "T-6"))
+    assert [o["reason"] for o in res] == ["revoked", "ok"]
+    assert main(["ticket", "unrevoke", "--list", lst, "T-5,day pass 9"]) == 2
+    assert "holds a comma" in capsys.readouterr().err
 
 
 def test_gate_keeps_the_last_good_revocation_list_and_alarms(tmp_path, office, caplog):

@@ -14,7 +14,7 @@ from edge.cli.hints import for_this_run
 from edge.cli.numbers import non_negative_float
 from edge.cli.paths import existing_dir, existing_file, file_path, nonempty_file, output_dir
 from edge.errors import EdgeGateError, ImageError
-from edge.tickets.format import TICKET_ID_RULE
+from edge.tickets.format import TICKET_ID, TICKET_ID_RULE
 from edge.tickets.revocation import unrevoke
 from edge.timeutil import parse_time
 
@@ -114,15 +114,37 @@ def check_list_path(args) -> None:
     )
 
 
+def listed_ids(ids: list[str]) -> list[str]:
+    """The ids as typed, each one argument. An id is matched exactly (spaces and any sign
+    kept), so a comma-separated list pasted as one argument would be one id that no ticket
+    has, and every ticket in it would go on opening gates: refused before anything is written."""
+    commas = [t for t in ids if "," in t]
+    if commas:
+        raise EdgeGateError(
+            f"ticket id {commas[0]!r} holds a comma: ids are matched exactly, so it would "
+            "revoke no ticket",
+            "pass each id as its own argument, separated by spaces (T-5 T-6)",
+        )
+    return ids
+
+
 def cmd_revoke(args) -> int:
     """`ticket revoke`: stop lost or refunded tickets opening gates, optionally fleet-wide."""
+    ids = listed_ids(args.ids)
     check_list_path(args)
-    added = tk.revoke(Path(args.list), args.ids)
-    known = len(args.ids) - len(added)
+    added = tk.revoke(Path(args.list), ids)
+    known = len(ids) - len(added)
     print(
         f"revoked {len(added)} ticket(s) in {args.list}"
         + (f"; {known} already revoked" if known else "")
     )
+    odd = [t for t in added if not TICKET_ID.fullmatch(t.strip())]
+    if odd:  # another system's ids may look like this; a typo may too
+        print(
+            f"note: {', '.join(map(repr, odd))} is not an id edge-gate issues ({TICKET_ID_RULE}); "
+            "it is revoked exactly as written"
+        )
+    print("gates pick the change up on reload: systemctl reload edge-gate")
     if args.publish:
         # the office library loads only for the office's commands (edge/cli/__init__.py)
         from edge.fleet.office import publish_revocations
@@ -141,7 +163,7 @@ def cmd_unrevoke(args) -> int:
     """`ticket unrevoke`: undo a mistaken revocation."""
     if not Path(args.list).is_file():
         raise EdgeGateError(f"--list {args.list} does not exist", "check the spelling")
-    removed = unrevoke(Path(args.list), args.ids)
+    removed = unrevoke(Path(args.list), listed_ids(args.ids))
     missing = sorted(set(args.ids) - set(removed))
     print(
         f"un-revoked {len(removed)} ticket(s) in {args.list}"
