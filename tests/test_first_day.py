@@ -321,6 +321,12 @@ def test_issue_refuses_an_expiry_in_the_past_unless_asked(tmp_path):
     assert not (tmp_path / "t").exists()
     p = edge_gate(*issue, "T-1", *past, "--allow-expired", cwd=tmp_path)
     assert p.returncode == 0 and (tmp_path / "t" / "T-1.png").is_file()
+    # without --valid-from (README's "common mistakes" row): the same answer, the same way out
+    only_end = ["--valid-until", "2020-01-01", "--out", "t"]
+    p = edge_gate(*issue, "T-2", *only_end, cwd=tmp_path)
+    _one_line_error(p, "--valid-until 2020-01-01", "already past", "--allow-expired")
+    p = edge_gate(*issue, "T-2", *only_end, "--allow-expired", cwd=tmp_path)
+    assert p.returncode == 0 and (tmp_path / "t" / "T-2.png").is_file(), p.stderr
 
 
 def test_out_never_makes_a_folder_named_like_a_file(tmp_path):

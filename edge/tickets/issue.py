@@ -73,17 +73,18 @@ def make_ticket(req: IssueRequest, now: float | None = None) -> Ticket:
     elif req.entries > 1:
         kind, count = Kind.ENTRIES, req.entries
     now = int(now or time.time())
-    vf = parse_time(req.valid_from, req.zone) if req.valid_from else now
     vu = 0 if req.no_expiry else parse_time(req.valid_until or "", req.zone, end_of_day=True)
-    if vu and vu < vf:
-        raise TicketError(f"--valid-until {req.valid_until} is before the start {iso(vf)}")
-    if vu and vu < now and not req.allow_expired:
+    if vu and vu < now and not req.allow_expired:  # said first: the usual mistake is the year
         raise TicketError(
             f"--valid-until {req.valid_until} ({iso(vu)}) is already past: every gate would "
             "refuse this ticket as expired",
             "give a date still to come, or --allow-expired to make an expired ticket on purpose "
             "(tests)",
         )
+    # no --valid-from: valid from now, or (an expired ticket made on purpose) up to its end
+    vf = parse_time(req.valid_from, req.zone) if req.valid_from else min(now, vu or now)
+    if vu and vu < vf:
+        raise TicketError(f"--valid-until {req.valid_until} is before the start {iso(vf)}")
     return Ticket(req.ticket_id, req.product, vf, vu, kind, count, req.holder)
 
 
