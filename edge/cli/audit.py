@@ -7,6 +7,7 @@ import time
 from dataclasses import asdict
 
 from edge import config as config_mod
+from edge.cli.hints import for_this_run
 from edge.errors import EdgeGateError, LedgerError
 from edge.evidence import key_path, load_key
 from edge.gate.audit import AuditLog
@@ -71,7 +72,8 @@ def cmd_verify(args) -> int:
             print(f"ledger chain intact: {led['entries']} entries; head {led['head']}")
         elif led is not None:
             print(f"ledger chain BROKEN: {led['problem']}")
-            print("  fix: edge-gate ledger recover --config C (spent tickets stay spent)")
+            fix = "`edge-gate ledger recover --config C` (spent tickets stay spent)"
+            print(f"  fix: {for_this_run(fix, args)}")
     return 0 if ok else 1
 
 

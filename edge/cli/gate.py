@@ -78,7 +78,7 @@ def cmd_run(args) -> int:
         notices = Notices([JsonLinesSink(events)] if events is not None else [])
         gate = stack.enter_context(Gate(cfg, on_decision, scanner=scanner, notices=notices))
         if gate.degraded and not args.quiet:
-            print(f"DEGRADED: {gate.degraded}", flush=True)
+            print(f"DEGRADED: {for_this_run(gate.degraded, args)}", flush=True)
         if gate.ledger.problem and not args.quiet:
             problem = for_this_run(gate.ledger.problem, args)
             print(f"LEDGER ERROR, every ticket is refused: {problem}", flush=True)

@@ -197,7 +197,7 @@ def _gallery(site: Site) -> str | Check:
             "fail",
             "gallery database",
             f"{restored}; nobody is admitted by face",
-            "edge-gate forget --replay --config C (with the office's list: --replay FILE), "
+            "`edge-gate forget --replay --config C` (with the office's list: --replay FILE), "
             "then systemctl reload edge-gate",
         )
     if s["pending_erasure"]:

@@ -260,8 +260,8 @@ def _evidence(site: Site) -> str | Check:
             "fail",
             "evidence",
             f"audit chain broken: {rep.problem}",
-            "keep the file as evidence; after a restore or replacement: edge-gate audit adopt "
-            "--config C",
+            "keep the file as evidence; after a restore or replacement: "
+            "`edge-gate audit adopt --config C`",
         )
     how = "hashed and keyed" if rep.keyed else "hashed, not keyed yet"
     return f"audit chain intact ({how}): {rep.records} records, head {rep.head_id}"

@@ -51,8 +51,8 @@ class FaceStack:
             if self.gallery.needs_forget_replay():  # a restored backup: nobody by face
                 raise GalleryError(
                     self.gallery.forget_state().reason,
-                    "edge-gate forget --replay --config C (with the office's list: --replay FILE),"
-                    " then systemctl reload edge-gate",
+                    "`edge-gate forget --replay --config C` (with the office's list: --replay "
+                    "FILE), then systemctl reload edge-gate",
                 )
             spec = self.pipeline.spec
             threshold = resolve_threshold(cfg.gallery.match_threshold, spec.threshold)
