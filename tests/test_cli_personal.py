@@ -67,6 +67,12 @@ def test_name_and_name_file_together_or_an_empty_file_are_one_line_errors(tmp_pa
         assert rc == 2, extra
         assert len(err.strip().splitlines()) == 1, err
         assert "--name" in err
+    (tmp_path / "zero.txt").write_bytes(b"")  # no line at all (it read "list index out of range")
+    rc, out, err = cli(
+        capsys, "enroll", *_args(tmp_path), "--name-file", str(tmp_path / "zero.txt"),
+        "--consent-version", "v1", str(tmp_path / "x.jpg"),
+    )  # fmt: skip
+    assert rc == 2 and "the first line is empty" in err and "index" not in err, err
 
 
 def test_readme_examples_keep_personal_details_off_the_command_line():

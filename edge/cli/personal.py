@@ -34,15 +34,22 @@ def _first_line(path: str, what: str) -> str:
         line = sys.stdin.readline()
     else:
         p = Path(path)
-        try:
-            line = p.read_text(encoding="utf-8").splitlines()[0] if p.is_file() else None
-        except (OSError, UnicodeDecodeError, IndexError) as e:
-            raise EdgeGateError(f"--{what}-file {path}: cannot read a line: {e}") from None
-        if line is None:
+        if not p.is_file():
             raise EdgeGateError(f"--{what}-file {path}: no such file", "give a text file")
+        try:
+            line = next(iter(p.read_text(encoding="utf-8").splitlines()), "")
+        except UnicodeDecodeError:
+            raise EdgeGateError(
+                f"--{what}-file {path}: not UTF-8 text", "save it as UTF-8 text"
+            ) from None
+        except OSError as e:
+            raise EdgeGateError(f"--{what}-file {path}: cannot read it: {e.strerror}") from None
     value = line.strip()
     if not value:
-        raise EdgeGateError(f"--{what}-file {path}: the first line is empty")
+        raise EdgeGateError(
+            f"--{what}-file {path}: the first line is empty",
+            f"put the {what.replace('-', ' ')} on the file's first line",
+        )
     return value
 
 
