@@ -133,6 +133,14 @@ def init_gate_ledger(path: Path, audit=None, after_loss: bool = False, gate: str
     Without `after_loss` a ledger that the audit log's mark does not match is refused, so a
     deleted or older ledger is never quietly replaced.
     """
+    if audit is not None and not after_loss and not Path(path).exists():
+        seen = audit.ledger_mark()  # a lost ledger: refused before an empty one is made there
+        if seen is not None:
+            raise LedgerError(
+                f"ledger {path} does not exist; the audit log recorded {seen.seq} redemptions "
+                f"of ledger {seen.ledger_id[:8]}: redemptions are lost",
+                LOST_HINT,
+            )
     path, created = init_ledger(path)
     state = "created" if created else "already exists"
     if audit is None:

@@ -125,13 +125,21 @@ def format_bench(report: dict) -> str:
     return "\n".join(lines)
 
 
-def bench_gate(clip: Path, enroll_images: list[Path], workdir: Path) -> dict:
+def bench_gate(
+    clip: Path,
+    enroll_images: list[Path],
+    workdir: Path,
+    embedder: str | None = None,
+    detector: str | None = None,
+) -> dict:
     """The whole gate on a clip (fast replay): fps, per-frame latency, and time to first grant.
 
     Latency is counted two ways, in the clip's own time: from the first frame with any face,
     and from the first frame in which the enrolled person's face passes the quality gate.
+    `embedder` / `detector` (None: the demo config's) are set before the person is enrolled.
     """
     cfg = config_mod.load(prepare(workdir, None)[0])  # the demo workspace: keys, mock relay
+    cfg = config_mod.override(cfg, vision={"embedder": embedder, "detector": detector})
     pid = enroll_person(cfg, FacePipeline.from_config(cfg), "bench person", enroll_images)
     cfg = config_mod.override(cfg, camera={"source": str(clip), "realtime": False})
     gate = Gate(cfg, pin_factory=MockFactory())
@@ -179,6 +187,8 @@ def bench_gate(clip: Path, enroll_images: list[Path], workdir: Path) -> dict:
     g0 = grants[0] if grants else None
     return {
         "clip": str(clip),
+        "embedder": cfg.vision.embedder,
+        "detector": cfg.vision.detector,
         "frames": gate.frames,
         "fps_end_to_end": round(gate.frames / wall, 2),
         "frame_ms_median": round(float(np.median(per_frame)) * 1000, 2),

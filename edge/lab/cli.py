@@ -159,7 +159,9 @@ def cmd_bench(args) -> int:
         photos = [Path(p) for p in args.enroll] or [
             config_mod.fixtures_dir() / "faces" / "lin_manuel_miranda" / "lin-manuel-miranda.png"
         ]
-        rep = bench_gate(clip, photos, Path.cwd() / "var" / "bench-gate")
+        rep = bench_gate(
+            clip, photos, Path.cwd() / "var" / "bench-gate", args.embedder, args.detector
+        )
         _print_report(rep, args.json, width=34)
         return 0
     threads = sorted({1, resolve_threads(0)}) if args.threads is None else [args.threads]
