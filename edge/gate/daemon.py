@@ -47,7 +47,7 @@ from edge.gate.policy import (
 from edge.gate.relay import Relay
 from edge.gate.sources import Frame, FrameSource, open_source
 from edge.tickets import pretix_desk
-from edge.tickets.qr import read_codes
+from edge.tickets.qr import StreamReader
 from edge.tickets.scanner import lines_from
 from edge.timeutil import iso
 
@@ -183,6 +183,7 @@ class Gate:
             if self.overrides is not None:
                 stack.callback(self.overrides.close)
             self.policy = policy_for(cfg, self.face)
+            self.codes = StreamReader()  # ticket QR codes every scan, other formats less often
             lane.report_versions(self.ledger, cfg, self.face is not None)  # for the heartbeat
             c = cfg.camera
             self.source = source or open_source(
@@ -581,7 +582,7 @@ class Gate:
                     self._face_failed(e)
             if frame.index % max(1, self.cfg.tickets.scan_every) == 0:
                 try:
-                    texts = read_codes(frame.image)
+                    texts = self.codes.read(frame.image)
                 except Exception as e:
                     log.error("frame %d stage=qr error=%s", frame.index, e)
         while not self._scan_q.empty():
