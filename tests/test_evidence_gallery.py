@@ -118,6 +118,9 @@ def test_forget_then_restore_of_an_old_backup_admits_nobody(site, capsys):
         assert "restored from an older copy" in g.forget_state().reason
     assert who_matches(s, ada_t) == set()
     assert who_matches(s, ben_t) == set()  # nobody, until the list is replayed
+    rc, out, err = gallery_cli(capsys, s, "people", "--json")  # it listed everyone "damaged"
+    assert rc == 2 and out == "" and "restored from an older copy" in err, (out, err)
+    assert "not damaged" in err and "forget --replay" in err
     rc, out, _ = gallery_cli(capsys, s, "forget", "--replay")
     assert rc == 0
     assert "1 people erased again" in out

@@ -214,6 +214,12 @@ def cmd_people(args) -> int:
     """`people`: let the operator see who is enrolled and spot damaged records."""
     _, db, key = paths(args)
     with Gallery(db, load_key(key), create=False) as g:
+        if g.needs_forget_replay():  # its keys are not read: every row would say "damaged"
+            raise EdgeGateError(
+                f"{g.forget_state().reason}; nobody is listed or admitted by face until the "
+                "forget list is replayed (the records are not damaged)",
+                "`edge-gate forget --replay --config C` (with the office's list: --replay FILE)",
+            )
         people = g.people()
     rows = [
         {
