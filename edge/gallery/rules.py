@@ -115,7 +115,12 @@ def describe(e: dict) -> str:
         f"pass holders refused {pct(e['fnir'])}"
     )
     if "calibrated_for_people" in e:
-        text += f" (measured with {e['calibrated_for_people']} people"
+        # the figures the rule was chosen on (LFW): a stranger filed under another spelling of
+        # an enrolled name is the same face, not counted; README gives both counts
+        text += (
+            f" (measured where the rule was set, LFW, {e['calibrated_for_people']} people, "
+            "a face filed under two names counted as one person"
+        )
         text += (
             ", fewer than enrolled: expect more strangers let in)"
             if e["beyond_calibration"]
