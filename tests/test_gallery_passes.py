@@ -136,6 +136,22 @@ def test_enroll_person_id_with_pass_flags_is_refused_not_ignored(tmp_path, capsy
     assert "no person P-nobody" in err  # not "already matches enrolled person"
 
 
+def test_a_pass_enrolled_already_ended_is_said(tmp_path, capsys, fixtures):
+    """`enroll --valid-until` a date already past (the year mistyped, most often): enrolled,
+    and told that the gate refuses them by face, as `pass renew` tells it."""
+    g = gallery_args(tmp_path)
+    assert cli(capsys, "keys", "init", "--key-file", str(tmp_path / "k.key"))[0] == 0
+    photo = sorted((fixtures / "faces" / "rose_leslie").iterdir())[0]
+    for until, said in (("2099-05-01", False), ("2020-05-01", True)):
+        rc, out, err = cli(
+            capsys, "enroll", *g, "--name", f"Rose {until}", "--consent-version", "v1",
+            "--min-templates", "1", "--force", "--valid-until", until, str(photo),
+        )  # fmt: skip
+        assert rc == 0, err
+        pid = out.split()[-1]
+        assert (f"already ended: the gate refuses {pid} by face" in err) is said, err
+
+
 def test_pass_renew_and_edit(tmp_path, capsys, one_person):
     g = gallery_args(tmp_path)
     rc, out, err = cli(capsys, "pass", "renew", one_person, *g, "--valid-until", "2031-05-01")

@@ -76,6 +76,17 @@ def _min_templates(args) -> int:
     return MIN_TEMPLATES if args.min_templates is None else args.min_templates
 
 
+def _note_if_ended(valid_until: int | None, who: str) -> None:
+    """A pass enrolled already ended (a typo in the year, most often) is refused at the gate:
+    said, as `pass renew` says it."""
+    if valid_until is not None and valid_until < time.time():
+        print(
+            f"note: this pass has already ended: the gate refuses {who} by face (pass_expired) "
+            "until it is renewed (`edge-gate pass renew`)",
+            file=sys.stderr,
+        )
+
+
 def _valid_until(args, cfg: config_mod.Config) -> int | None:
     """--valid-until as a Unix time: the end of that day in the site's zone (gate.timezone)."""
     if not args.valid_until:
@@ -141,6 +152,7 @@ def cmd_enroll(args) -> int:
         + (" (previous templates erased)" if args.replace_templates else "")
     )
     print(pid)
+    _note_if_ended(_valid_until(args, cfg), pid)
     if args.publish:
         publish_enrollment(args, cfg, db, key, pid)
     return 0
@@ -198,6 +210,8 @@ def cmd_enroll_folder(args) -> int:
         f"enrolled {len(r.enrolled)} of {total} people ({sum(r.templates.values())} templates)"
         f" from {args.folder}"
     )
+    if r.enrolled:
+        _note_if_ended(_valid_until(args, cfg), "them")
     for reason, names in sorted(r.by_reason().items()):
         shown = ", ".join(names[:10]) + (f" and {len(names) - 10} more" if len(names) > 10 else "")
         print(f"refused {len(names)}: {reason}: {shown}")
