@@ -242,6 +242,11 @@ def test_shipped_rule_follows_the_gallery_size():
     assert big["fpir"] <= 1e-3
     assert 0 < big["fnir"] < 0.2
     assert "fewer than enrolled" in describe(big)
+    # the rate is the calibration set's, which leaves out a stranger filed under another
+    # spelling of an enrolled name (it read as if all strangers were counted)
+    line = describe(small)
+    assert "strangers let in 0.09%" in line and "100 people" in line, line
+    assert "another spelling of an enrolled name not counted" in line, line
     fixed = config_mod.override(cfg, gallery={"match_threshold": 0.7})
     assert expected_for(fixed, 50)["fpir"] is None  # a hand-set threshold has no measured rates
 

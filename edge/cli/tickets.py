@@ -114,15 +114,25 @@ def check_list_path(args) -> None:
     )
 
 
+RELOADED = "a running gate here reads the list again within a second"
+
+
+def _a_list(text: str) -> bool:
+    """Ids edge-gate issues, joined by commas ("T-5,T-6", "T-5,"): a list pasted as one
+    argument. An id of another system that holds a comma ("day pass, 9") is not one."""
+    parts = [x.strip() for x in text.split(",")]
+    return len(parts) > 1 and all(not x or TICKET_ID.fullmatch(x) for x in parts)
+
+
 def listed_ids(ids: list[str]) -> list[str]:
     """The ids as typed, each one argument. An id is matched exactly (spaces and any sign
     kept), so a comma-separated list pasted as one argument would be one id that no ticket
     has, and every ticket in it would go on opening gates: refused before anything is written."""
-    commas = [t for t in ids if "," in t]
-    if commas:
+    pasted = [t for t in ids if _a_list(t)]
+    if pasted:
         raise EdgeGateError(
-            f"ticket id {commas[0]!r} holds a comma: ids are matched exactly, so it would "
-            "revoke no ticket",
+            f"ticket id {pasted[0]!r} is a list joined by commas: ids are matched exactly, so "
+            "it would revoke no ticket",
             "pass each id as its own argument, separated by spaces (T-5 T-6)",
         )
     return ids
@@ -140,11 +150,13 @@ def cmd_revoke(args) -> int:
     )
     odd = [t for t in added if not TICKET_ID.fullmatch(t.strip())]
     if odd:  # another system's ids may look like this; a typo may too
+        what = "is not an id" if len(odd) == 1 else "are not ids"
+        it = "it is" if len(odd) == 1 else "they are"
         print(
-            f"note: {', '.join(map(repr, odd))} is not an id edge-gate issues ({TICKET_ID_RULE}); "
-            "it is revoked exactly as written"
+            f"note: {', '.join(map(repr, odd))} {what} edge-gate issues ({TICKET_ID_RULE}); "
+            f"{it} revoked exactly as written"
         )
-    print("gates pick the change up on reload: systemctl reload edge-gate")
+    print(RELOADED)
     if args.publish:
         # the office library loads only for the office's commands (edge/cli/__init__.py)
         from edge.fleet.office import publish_revocations
@@ -169,7 +181,7 @@ def cmd_unrevoke(args) -> int:
         f"un-revoked {len(removed)} ticket(s) in {args.list}"
         + (f"; not listed: {', '.join(missing)}" if missing else "")
     )
-    print("gates pick the change up on reload: systemctl reload edge-gate")
+    print(RELOADED)
     if args.publish:  # a lift is its own signed message naming the revocations it lifts
         # the office library loads only for the office's commands (edge/cli/__init__.py)
         from edge.fleet.office import publish_unrevocations

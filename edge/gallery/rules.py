@@ -115,11 +115,11 @@ def describe(e: dict) -> str:
         f"pass holders refused {pct(e['fnir'])}"
     )
     if "calibrated_for_people" in e:
-        # the figures the rule was chosen on (LFW): a stranger filed under another spelling of
-        # an enrolled name is the same face, not counted; README gives both counts
+        # the figures of the set the rule was chosen on (`eval --open-set`): a stranger filed
+        # under another spelling of an enrolled name is the same face and is not counted
         text += (
-            f" (measured where the rule was set, LFW, {e['calibrated_for_people']} people, "
-            "a face filed under two names counted as one person"
+            f" (measured on the set the rule was chosen on, {e['calibrated_for_people']} "
+            "people; strangers filed under another spelling of an enrolled name not counted"
         )
         text += (
             ", fewer than enrolled: expect more strangers let in)"
