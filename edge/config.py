@@ -299,7 +299,11 @@ class TicketsConfig:
     anti_passback_s: float = setting(
         60.0, "a ticket just used at this gate is refused again", unit="seconds", ge=0
     )
-    scan_every: int = setting(1, "decode QR codes on every Nth frame", ge=1)
+    scan_every: int = setting(
+        1,
+        "decode codes on every Nth frame (ticket QR codes; other formats on every 5th of those)",
+        ge=1,
+    )
 
 
 @dataclass(frozen=True)

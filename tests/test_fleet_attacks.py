@@ -68,6 +68,7 @@ def test_row1_replaced_lane_is_a_new_epoch_not_a_replay(broker, office_keys, tmp
         r = cli("ledger", "init", "--config", str(park.lanes[0].config))
         assert r.returncode == 0, r.stderr
         assert "lane key" in r.stdout
+        assert f"`edge-gate fleet join --config {park.lanes[0].config}`" in r.stdout, r.stdout
         r = cli("fleet", "join", "--json", "--config", str(park.lanes[0].config))
         pub = json.loads(r.stdout)["public_key"]
         r = cli(

@@ -120,6 +120,7 @@ def test_ledger_recreated_after_deletion_is_refused_until_the_loss_is_recorded(t
     # left there turned the next try into "already exists")
     rc, lines, err = verify(capsys, cfg, "--redeem", text)
     assert (rc, lines[0]["reason"]) == (2, "ledger_error")
+    assert "does not exist" in err and "every spent ticket in again" in err, err
     assert main(["ledger", "init", "--config", str(cfg), "--after-loss"]) == 0
     assert "created and adopted" in capsys.readouterr().out
     capsys.readouterr()

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from edge import config as config_mod
+from edge.cli.hints import for_this_run
 from edge.cli.paths import existing_file, file_path
 from edge.errors import EdgeGateError
 from edge.fleet.identity import ensure_lane_key
@@ -29,7 +30,8 @@ def cmd_init(args) -> int:
             init_gate_ledger(cfg.resolve(cfg.tickets.ledger), audit, args.after_loss, cfg.gate.id)
         )
     if (key := ensure_lane_key(cfg)) is not None:  # a fleet lane's signing key (0600)
-        print(f"lane key {key} (edge-gate fleet join --config C prints it for the roster)")
+        join = for_this_run("`edge-gate fleet join --config C`", args)
+        print(f"lane key {key} ({join} prints it for the roster)")
     return 0
 
 

@@ -360,7 +360,7 @@ class LiveMatcher:
             raise GalleryError(
                 f"gallery {self.gallery.path} changed and cannot be read again: {e}",
                 "systemctl reload edge-gate (after `keys rotate` the gate needs the new key); "
-                "if that fails, edge-gate doctor --config C",
+                "if that fails, `edge-gate doctor --config C`",
             ) from None
         out = []
         for m in self.matcher.match_many(probes) if len(probes) else []:

@@ -57,8 +57,10 @@ class StreamReader:
     The other formats are read only to refuse them (a product barcode or boarding pass held up
     is told "not a ticket", not ignored), and they cost most of the reading: on a 640x360 frame
     with no code, 0.6-0.8 ms for QR alone against 4.5-4.9 ms for every format (x86, 1 core).
-    Such a code is held up for seconds, so it is still refused within a sixth of a second at
-    30 fps. A still image (`qr read`, the console's upload) is read whole by `read_codes`.
+    It counts the frames it is given, so with `tickets.scan_every` = N the other formats are read
+    on every 5N-th camera frame: a third of a second at the camera's default 15 fps and N = 1.
+    Such a code is held up for seconds, and refused once (the policy's cooldown) either way.
+    A still image (`qr read`, the console's upload) is read whole by `read_codes`.
     """
 
     def __init__(self, others_every: int = OTHERS_EVERY) -> None:
