@@ -290,6 +290,8 @@ MEASURED_KEYS = (
     "measured",
     "cross_cpu_min_cosine",
     "cross_cpu_source",
+    "same_person_floor",
+    "same_person_floor_source",
 )
 
 

@@ -422,6 +422,23 @@ def test_enroll_form_refuses_a_forged_consent_or_an_impossible_validity(console,
 
 
 @pytest.mark.fixtures
+def test_the_kiosk_refuses_a_capture_of_two_people(console, users, fixtures):
+    """Frames of a second person added to a capture were enrolled with the first under one
+    person: either could then come in on the pass."""
+    park, _, _ = console
+    c = users["sam"]
+    faces = fixtures / "faces"
+    mixed = sorted((faces / "alex_lacamoire").iterdir())[:3] + sorted((faces / "biden").iterdir())
+    cid = _capture(c, mixed)
+    good = {"name": "Two People", "consent": "yes", "consent_version": "2026-01",
+            "notice_lang": "en", "cid": cid}  # fmt: skip
+    n0, enrolls = _people(c), audit_details(park, "enroll")
+    st, page = c.form("/enroll", good)
+    assert st == 400 and b"not all of one person" in page, page[-600:]
+    assert _people(c) == n0 and audit_details(park, "enroll") == enrolls
+
+
+@pytest.mark.fixtures
 @pytest.mark.parametrize(
     "photo, reason",
     [("groups/two_people.jpg", "several_faces"), ("qr", "no_face")],

@@ -39,7 +39,7 @@ class GeneratedFaces:
     (the next person) beside the first. Counts every embedding."""
 
     class spec:  # noqa: N801 - mirrors EmbedderSpec's fields used by enrollment
-        name, sha256, dim, threshold = "generated", "0" * 64, DIM, 0.8
+        name, sha256, dim, threshold, same_person_floor = "generated", "0" * 64, DIM, 0.8, 0.5
 
     max_image_pixels = 100_000_000
 
@@ -255,3 +255,38 @@ def test_the_already_enrolled_check_decides_as_the_gate_matcher_does():
         assert enrolled_matches(probes, rows, pids, 0.8, exclude="P-0") == want - {"P-0"}
         seen.add(len(want))
     assert 0 in seen and max(seen) >= 2  # trials with no match and with several people
+
+
+def test_a_folder_or_a_set_of_photos_of_two_people_is_not_one_person(tmp_path, gal):
+    """Photos of someone else among a person's let that other person in on the pass (the
+    matcher takes the best template): a folder holding two people is refused, and so are
+    photos of two people given to one `enroll`; one person's photos still enroll."""
+    folder = tmp_path / "people"
+    photos(folder, "Mixed", person=3, n=2)
+    photos(folder, "Mixed", person=4, n=2)
+    photos(folder, "Single", person=5, n=4)
+    pipe = GeneratedFaces()
+    r = enroll_folder(gal, pipe, folder, CONSENT, threshold=0.8, min_templates=1)
+    assert r.refused == {"Mixed": "not_one_person"}
+    assert list(r.enrolled) == ["Single"]
+    files = sorted(str(f) for f in (folder / "Mixed").iterdir())
+    with pytest.raises(EnrollError, match="not all of one person") as e:
+        enroll(gal, pipe, "Mixed", CONSENT, files, threshold=0.8, min_templates=1)
+    assert "nothing was enrolled" in str(e.value) and len(gal.people()) == 1
+    pid, n = enroll(gal, pipe, "One", CONSENT, files[:2], threshold=0.8, min_templates=1)
+    assert n == 2 and len(gal.people()) == 2
+
+
+def test_faces_of_one_person_need_a_chain_of_links_not_every_pair():
+    """A person's photos differ: each face must link to one other of the set, not to all."""
+    from edge.gallery.enroll import split_faces
+
+    def unit(deg: float) -> np.ndarray:
+        return np.array([np.cos(np.radians(deg)), np.sin(np.radians(deg))], np.float32)
+
+    chain = np.stack([unit(0), unit(50), unit(100)])  # neighbours 0.64, ends -0.17
+    assert split_faces(chain, 0.5) is None
+    assert split_faces(np.stack([unit(0), unit(100), unit(50)]), 0.5) is None
+    apart = np.stack([unit(0), unit(20), unit(120), unit(140)])
+    assert split_faces(apart, 0.5) == (0, 2)
+    assert split_faces(apart, -1.0) is None

@@ -152,6 +152,22 @@ def test_a_pass_enrolled_already_ended_is_said(tmp_path, capsys, fixtures):
         assert (f"already ended: the gate refuses {pid} by face" in err) is said, err
 
 
+def test_photos_of_two_people_are_not_enrolled_as_one(tmp_path, capsys, fixtures):
+    """Two people's photos given to one `enroll` made one person with both faces: either could
+    then come in on the pass. Refused, nothing stored; one person's photos still enroll."""
+    g = gallery_args(tmp_path)
+    assert cli(capsys, "keys", "init", "--key-file", str(tmp_path / "k.key"))[0] == 0
+    alex = sorted((fixtures / "faces" / "alex_lacamoire").iterdir())[:2]
+    biden = sorted((fixtures / "faces" / "biden").iterdir())[:2]
+    consent = ["--consent-version", "v1", "--min-templates", "1"]
+    rc, out, err = cli(capsys, "enroll", *g, "--name", "Mix", *consent, *map(str, alex + biden))
+    assert rc == 2 and "not all of one person" in err and "biden" in err, err
+    assert people_json(capsys, tmp_path) == {}
+    rc, out, err = cli(capsys, "enroll", *g, "--name", "Alex", *consent, *map(str, alex))
+    assert rc == 0, err
+    assert list(people_json(capsys, tmp_path).values())[0]["template_count"] == 2
+
+
 def test_pass_renew_and_edit(tmp_path, capsys, one_person):
     g = gallery_args(tmp_path)
     rc, out, err = cli(capsys, "pass", "renew", one_person, *g, "--valid-until", "2031-05-01")
@@ -331,3 +347,21 @@ def test_eval_refuses_to_write_a_threshold_from_thin_data_and_prints_valid_json(
     result = json.loads(out, parse_constant=no_nan)
     assert result["genuine_pairs"] == 0
     assert result["tar_at_far_0"] is None
+
+
+def test_eval_write_threshold_also_writes_the_same_person_floor(tmp_path, capsys, fixtures):
+    """Enrollment holds a person's faces to the embedder's same-person floor; `eval
+    --write-threshold` records it beside the threshold, from the same pairs."""
+    models = tmp_path / "models"
+    models.mkdir()
+    for f in (config_mod.PROJECT_ROOT / "models").iterdir():  # models.json copied, models linked
+        (models / f.name).symlink_to(f) if f.name != "models.json" else shutil.copy(f, models)
+    cfg = config(tmp_path, f'[vision]\nmodels_dir = "{models}"\n')
+    faces = str(fixtures / "faces")
+    rc, out, err = cli(capsys, "eval", faces, "--config", str(cfg), "--write-threshold", "--json")
+    assert rc == 0, err
+    result = json.loads(out)
+    entry = json.loads((models / "models.json").read_text())["embedders"][result["embedder"]]
+    assert entry["same_person_floor"] == round(result["threshold_at_far_1pct"], 4)
+    assert "threshold_at_far_1pct" in entry["same_person_floor_source"]
+    assert entry["same_person_floor"] < entry["threshold"]

@@ -25,6 +25,7 @@ from edge.gallery.enroll import (
     check_consent,
     collect,
     pick_best,
+    split_faces,
 )
 from edge.gallery.matcher import enrolled_matches, to_template_grid
 from edge.gallery.schema import check_text
@@ -42,6 +43,7 @@ ALREADY = "already_enrolled"
 SEVERAL = "several_faces"  # every usable photo shows several people (see --pick largest)
 UNREADABLE_IMAGES = "unreadable_images"  # no file of the folder is a readable image
 NAME_NOT_TEXT = "name_not_utf8"  # the folder's name has bytes of another encoding
+NOT_ONE_PERSON = "not_one_person"  # the folder's faces are of more than one person
 
 
 @dataclass
@@ -188,6 +190,9 @@ def _one(
     if len(cands) < rules.min_templates:
         return TOO_FEW, "", 0
     embs = to_template_grid(np.stack([c.embedding for c in cands]))
+    floor = pipe.spec.same_person_floor
+    if floor > 0 and len(embs) > 1 and split_faces(embs, floor) is not None:
+        return NOT_ONE_PERSON, "", 0
     hits = known.matches(embs, rules.threshold)
     if hits and not rules.force:
         return ALREADY if any(names.get(h) == name for h in hits) else DUPLICATE, "", 0

@@ -201,6 +201,41 @@ def pick_best(cands: list[Candidate], k: int) -> list[Candidate]:
     return chosen
 
 
+def split_faces(embs: np.ndarray, floor: float) -> tuple[int, int] | None:
+    """Two faces of the set that no chain of pairs above `floor` joins (the first face, and one
+    it does not reach), or None when the faces form one group. A person's photos differ (age,
+    glasses, light), so each face needs a link to one other, not to all."""
+    linked = (embs @ embs.T) >= floor
+    reach = np.zeros(len(embs), bool)
+    reach[0] = True
+    for _ in range(len(embs)):  # at most a few templates: the group grows or is complete
+        grown = reach | linked[reach].any(axis=0)
+        if (grown == reach).all():
+            break
+        reach = grown
+    apart = np.flatnonzero(~reach)
+    return (0, int(apart[0])) if len(apart) else None
+
+
+def check_one_person(cands: list[Candidate], embs: np.ndarray, floor: float) -> None:
+    """The faces enrolled as one person must be of one person: a photo or frame of someone else
+    among them would let that other person in on this pass (the matcher takes the best
+    template). `floor` 0 (not measured for this embedder): not checked."""
+    if floor <= 0 or len(embs) < 2:
+        return
+    pair = split_faces(embs, floor)
+    if pair is None:
+        return
+    a, b = pair
+    score = float(embs[a] @ embs[b])
+    raise EnrollError(
+        f"the faces are not all of one person: {cands[b].source} does not match "
+        f"{cands[a].source} or the faces linked to it (score {score:.3f}, same-person floor "
+        f"{floor:.3f}); nothing was enrolled",
+        "enroll one person at a time: leave out the photo or frames of anyone else",
+    )
+
+
 def _check_same_person(
     gallery: Gallery, model_id: str, person_id: str, embs: np.ndarray, threshold: float
 ) -> None:
@@ -273,6 +308,8 @@ def enroll(
     model = pipe.spec.name
     if person_id is not None and not replace:
         _check_same_person(gallery, model, person_id, embs, threshold)
+    else:  # a new person, or new faces replacing all of theirs
+        check_one_person(cands, embs, pipe.spec.same_person_floor)
     t = gallery.templates(model)
     others = enrolled_matches(embs, t.matrix, t.person_ids, threshold, exclude=person_id)
     if others and not force:

@@ -84,6 +84,7 @@ def cmd_eval(args) -> int:
             t,
             f"edge-gate eval {args.dir}: above all {result['impostor_pairs']} impostor pairs "
             f"(max {result['impostor_max']}); TAR there {result['tar_at_far_0']}",
+            (result["threshold_at_far_1pct"], ev.floor_source(args.dir, result)),
         )
     _print_report(json_ready(result), args.json)
     return 0

@@ -140,13 +140,31 @@ def check_threshold_evidence(result: dict) -> None:
         )
 
 
-def write_threshold(models_dir: Path, embedder: str, threshold: float, source: str) -> None:
-    """Record a measured threshold in models/models.json, where the matcher reads it."""
+def write_threshold(
+    models_dir: Path,
+    embedder: str,
+    threshold: float,
+    source: str,
+    floor: tuple[float, str] | None = None,
+) -> None:
+    """Record a measured threshold in models/models.json, where the matcher reads it; with
+    `floor` (value, source) also the same-person floor enrollment holds a person's faces to."""
     f = models_dir / "models.json"
     cat = load_catalogue(models_dir)
     cat["embedders"][embedder]["threshold"] = round(threshold, 4)
     cat["embedders"][embedder]["threshold_source"] = source
+    if floor is not None:
+        cat["embedders"][embedder]["same_person_floor"] = round(floor[0], 4)
+        cat["embedders"][embedder]["same_person_floor_source"] = floor[1]
     f.write_text(json.dumps(cat, indent=2) + "\n")
+
+
+def floor_source(folder: str, result: dict) -> str:
+    """Where a same-person floor comes from: the 1% impostor point of `eval` on `folder`."""
+    return (
+        f"edge-gate eval {folder}: threshold_at_far_1pct, 1% of {result['impostor_pairs']} "
+        "impostor pairs at or above it (faces enrolled as one person must link above it)"
+    )
 
 
 # --- open-set 1:N identification (`eval --open-set`) -----------------------------------------

@@ -30,6 +30,9 @@ class EmbedderSpec:
     quantization: str
     # decision rules per gallery size from `eval --open-set --write-threshold` (models.json)
     thresholds: tuple[dict, ...] = ()
+    # faces of one person enrolled together link above this (99% of impostor pairs lie below
+    # it: `eval --write-threshold`); 0 when never measured (the check is then not made)
+    same_person_floor: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -80,6 +83,7 @@ def embedder_spec(models_dir: Path, name: str) -> EmbedderSpec:
         float(e.get("threshold", 0.0)),
         e["quantization"],
         tuple(e.get("thresholds", ())),
+        float(e.get("same_person_floor", 0.0)),
     )
 
 
