@@ -37,13 +37,11 @@ class Followed:
     def __init__(self, path: Path):
         self.path = Path(path)
         self.seen: Stamp | None = None
-        self._backfilled: tuple[int, int] = (-1, -1)
 
     def opened(self, before: Stamp | None) -> None:
         """The file was opened; `before` is its stamp read before it was opened (a file replaced
         in between is followed at the next use), None when there was none (made by the open)."""
         self.seen = before if before is not None else stamp(self.path)
-        self._backfilled = (-1, -1)
 
     def changed(self, now: Stamp | None) -> str:
         """How the file at `path`, stamped `now`, is no longer the one opened ("" when it still
@@ -59,14 +57,20 @@ class Followed:
         checkpoint, waiting for nobody), so a file written over in place is read as written
         (pages still in the log would be read, and copied back over it, in its place); the
         file's new stamp is then the console's own doing. A read-only connection cannot: its
-        file changes stamp at the writer's checkpoints too, and is read again then."""
+        file changes stamp at the writer's checkpoints too, and is read again then.
+
+        The file as it was before the checkpoint decides: still the one seen, its stamp after is
+        the console's own doing (the log's frame counts cannot tell: two commits of one size
+        leave the same counts, and a change was taken for a restore written over it); already
+        another, it is left for the next use to see."""
+        before = stamp(self.path)
         try:
-            _, frames, done = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+            conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
         except sqlite3.Error as e:  # locked, damaged: the next use says so, with its fix
             log.info("console checkpoint_skipped path=%s error=%s", self.path, e)
             return
-        if (frames, done) != self._backfilled:  # frames were copied: the file changed
-            self._backfilled = (frames, done)
-            now = stamp(self.path)
-            if now is not None and self.seen is not None and now[:2] == self.seen[:2]:
-                self.seen = now
+        if before is None or before != self.seen:
+            return
+        now = stamp(self.path)
+        if now is not None and now[:2] == before[:2]:
+            self.seen = now
