@@ -222,9 +222,10 @@ def test_a_garbage_session_cookie_is_no_session(console, cookie, method, path):
 
 @pytest.mark.parametrize(
     "body",
-    [b"{not json", b"[1, 2]", b"", b'{"person": 5}', b'"P-1"', b"\xff\xfe", b"null"],
-    ids=["not-json", "list", "empty", "number", "string", "not-utf8", "null"],
-)
+    [b"{not json", b"[1, 2]", b"", b'{"person": 5}', b'"P-1"', b"\xff\xfe", b"null",
+     b"[" * 100_000 + b"]" * 100_000],
+    ids=["not-json", "list", "empty", "number", "string", "not-utf8", "null", "nested-deep"],
+)  # fmt: skip
 def test_reveal_refuses_a_body_that_is_not_a_person_object(console, users, body):
     """/api/reveal read any body as a JSON object: not JSON, or not an object, was a 500."""
     park, _, _ = console

@@ -489,7 +489,7 @@ def build_app(cfg: config_mod.Config, feed: FleetFeed | None = None) -> Starlett
     async def reveal(ctx: Ctx) -> Response:
         try:
             body = json.loads(await ctx.request.body())
-        except (ValueError, UnicodeDecodeError):
+        except (ValueError, UnicodeDecodeError, RecursionError):  # nested too deep too
             body = None
         if not isinstance(body, dict) or not isinstance(body.get("person"), str):
             raise actions.ActionError('send a JSON object {"person": "P-..."}')
