@@ -74,6 +74,7 @@ class Client:
     def __init__(self, port: int):
         self.port = port
         self.cookies: dict[str, str] = {}
+        self.location: str | None = None
         self.csrf = ""
 
     def req(self, method: str, path: str, body: bytes | str = b"", headers=None):
@@ -90,6 +91,7 @@ class Client:
                 if k.lower() == "set-cookie":
                     name, _, val = v.split(";")[0].partition("=")
                     self.cookies[name] = val.strip('"')
+            self.location = r.getheader("Location")  # where a redirect sends the browser
             return r.status, out
         finally:
             c.close()

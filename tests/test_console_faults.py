@@ -18,6 +18,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from urllib.parse import quote
 
 import numpy as np
 import pytest
@@ -485,6 +486,31 @@ def test_a_forget_the_full_audit_log_cannot_record_erases_nothing(office):
     assert st == 303
     assert office.people() == []
     assert office.audit_details("deletion") == ["by sam: key destroyed; file scrubbed"]
+
+
+def test_a_forget_says_what_was_done_and_keeps_hidden_characters_out_of_the_log(office):
+    """With no fleet, a forget of someone not at the office said "Deletion published to every
+    lane." and recorded "sent"; a person id or reason holding a NUL or a right-to-left override
+    went into the audit chain as it was."""
+    pid = office.add_person()
+    c = Client(office.port).login("sam")
+    for path, reason in (
+        ("/people/P-\u202egnp.exe/forget", "deletion_request"),
+        (f"/people/{pid}/forget", "erase\x00 me"),
+        (f"/people/{pid}/forget", "asked \u202eyb ti"),
+    ):
+        st, page = c.form(quote(path), {"reason": reason})
+        assert st == 400 and b"control character" in page, page[-400:]
+    assert office.people() == [pid] and office.audit_details("deletion") == []
+    for who, said in ((pid, b"Erased at the office."), ("P-nobody", b"No such person")):
+        st, _ = c.form(f"/people/{who}/forget", {"reason": "deletion_request"})
+        assert st == 303 and c.location
+        st, page = c.req("GET", c.location)
+        assert said in page and b"published" not in page, page[-600:]
+    assert office.people() == []
+    assert office.audit_details("deletion")[-1] == (
+        "by sam: P-nobody not at the office; nothing sent (no fleet)"
+    )
 
 
 def test_a_forget_the_locked_gallery_refuses_after_its_record_says_not_done(office, monkeypatch):

@@ -522,6 +522,7 @@ def reveal(office: Office, user: str, person_id: str) -> str:
 def forget(office: Office, user: str, person_id: str, reason: str) -> tuple[bool, bool]:
     """Erase at the office and publish the deletion to every lane; (was here, published)."""
     reason = check_reason(reason, "the deletion's reason")
+    check_reason(person_id, "the person id")  # printable text, as the audit log keeps it
     cfg = office.cfg
     key = office.usable_issuer_key() if cfg.fleet.enabled else None  # before anything erased
     found = False
@@ -539,7 +540,8 @@ def forget(office: Office, user: str, person_id: str, reason: str) -> tuple[bool
     if key is not None:  # also when already gone here: the lanes may still hold the person
         publish_person(cfg, key, person_id, "forget")
     if not found:
-        office.record(user, "deletion", f"{person_id} not at the office; sent", reason=reason)
+        sent = "sent to the lanes" if key is not None else "nothing sent (no fleet)"
+        office.record(user, "deletion", f"{person_id} not at the office; {sent}", reason=reason)
     return found, key is not None
 
 

@@ -625,8 +625,9 @@ def build_app(cfg: config_mod.Config, feed: FleetFeed | None = None) -> Starlett
         pid = ctx.request.path_params["pid"]
         form = await ctx.request.form()
         reason = str(form.get("reason", "deletion_request")) or "deletion_request"
-        await asyncio.to_thread(actions.forget, con.office, ctx.user.name, pid, reason)
-        return RedirectResponse(f"/people/{quote(pid)}?forgotten=1", status_code=303)
+        here, sent = await asyncio.to_thread(actions.forget, con.office, ctx.user.name, pid, reason)
+        said = ("here" if here else "none") + ("-sent" if sent else "")
+        return RedirectResponse(f"/people/{quote(pid)}?forgotten={said}", status_code=303)
 
     # --- tickets -----------------------------------------------------------------------------
 

@@ -158,6 +158,10 @@ ZH: dict[str, str] = {
     "Sent to the lanes.": "已发送到各通道。",
     "Not published (no fleet or no issuer key).": "未发送（无车队或无签发密钥）。",
     "Deletion published to every lane.": "删除指令已发送到所有通道。",
+    "Erased at the office.": "已在办公室删除。",
+    "No such person at the office; nothing was erased here.": (
+        "办公室没有此人；此处未删除任何内容。"
+    ),
     "Not in the office gallery.": "不在办公室人脸库中。",
     "enrolled on {k} of {n} lanes": "已在 {n} 个通道中的 {k} 个登记",
     "forgotten on {k} of {n} lanes": "已在 {n} 个通道中的 {k} 个删除",

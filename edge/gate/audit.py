@@ -25,6 +25,7 @@ import json
 import logging
 import sqlite3
 import time
+import unicodedata
 import uuid
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, replace
@@ -885,6 +886,12 @@ def check_reason(text: str, what: str = "the reason") -> str:
     why = " ".join(text.split())
     if not why:
         raise ReasonError(f"{what} is empty", "type why, in a few words")
+    hidden = next((c for c in why if unicodedata.category(c) in ("Cc", "Cf")), None)
+    if hidden is not None:  # a NUL, or a right-to-left override that reorders what is read
+        raise ReasonError(
+            f"{what} holds the control character U+{ord(hidden):04X}",
+            "type the reason as plain text",
+        )
     if len(why) > MAX_REASON:
         raise ReasonError(
             f"{what} is {len(why):,} characters long, more than {MAX_REASON}",
