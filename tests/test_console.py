@@ -40,6 +40,14 @@ def test_passwords_are_argon2id_and_checked(tmp_path):
         store.add("ada", "steward", "another passphrase")
     with pytest.raises(UserError, match="role"):
         store.add("cy", "owner", "another passphrase")
+    for change in (
+        lambda: store.set_disabled("ada", True),
+        lambda: store.set_role("ada", "steward"),
+    ):
+        with pytest.raises(UserError, match="last admin"):  # no one could manage accounts
+            change()
+    assert store.authenticate("ada", "a long passphrase").role == "admin"  # nothing changed
+    store.add("bo", "admin", "another passphrase")
     store.set_disabled("ada", True)
     assert store.authenticate("ada", "a long passphrase") is None
     assert oct(Path(tmp_path / "c.db").stat().st_mode & 0o777) == "0o600"

@@ -260,6 +260,7 @@ def test_staff_accounts_deleted_or_replaced_underneath_are_followed(office, tmp_
         target = tmp_path / "restored.db"
     store = UserStore(target)  # what `edge-gate console adduser` does
     store.add("nova", "admin", PASSWORD)
+    store.add("orla", "steward", PASSWORD)
     store.close()
     if how == "replaced":
         os.replace(target, office.users_db)
@@ -268,9 +269,9 @@ def test_staff_accounts_deleted_or_replaced_underneath_are_followed(office, tmp_
     st, page = nova.req("GET", "/users")
     assert st == 200
     assert b"nova" in page and b">ada<" not in page
-    st, _ = nova.form("/users/nova", {"role": "supervisor"})  # written to the file on disk
+    st, _ = nova.form("/users/orla", {"role": "supervisor"})  # written to the file on disk
     assert st == 200
-    assert office.user("nova").role == "supervisor"
+    assert office.user("orla").role == "supervisor"
 
 
 def test_staff_accounts_overwritten_in_place_are_read_again(office, tmp_path):
@@ -486,6 +487,19 @@ def test_a_forget_the_full_audit_log_cannot_record_erases_nothing(office):
     assert st == 303
     assert office.people() == []
     assert office.audit_details("deletion") == ["by sam: key destroyed; file scrubbed"]
+
+
+def test_the_last_admin_cannot_demote_or_lock_themselves(office):
+    """The only admin made themselves a steward (or locked their account): no one could then
+    change a role or unlock an account, in the console or from the command line."""
+    c = Client(office.port).login("ada")
+    for fields in ({"role": "steward"}, {"disabled": "yes"}):
+        st, page = c.form("/users/ada", fields)
+        assert st == 400 and b"last admin" in page, page[-400:]
+    assert office.user("ada").role == "admin" and not office.user("ada").disabled
+    assert c.form("/users/sam", {"role": "admin"})[0] == 200
+    assert c.form("/users/ada", {"role": "supervisor"})[0] == 200  # another admin is left
+    assert office.user("ada").role == "supervisor"
 
 
 def test_a_forget_says_what_was_done_and_keeps_hidden_characters_out_of_the_log(office):

@@ -253,13 +253,21 @@ class UserStore:
     def _update(
         self, name: str, sql: str, args: tuple, then: Callable[[], None] | None = None
     ) -> User:
+        admins = "SELECT count(*) FROM users WHERE role = 'admin' AND disabled = 0"
         with self._change() as conn:
+            had = conn.execute(admins).fetchone()[0]
             cur = conn.execute(
                 f"UPDATE users SET {sql}, generation = generation + 1 WHERE name = ?",
                 (*args, name),
             )
             if cur.rowcount != 1:
                 raise UserError(f"no user {name!r}")
+            if had and not conn.execute(admins).fetchone()[0]:  # rolled back: nothing changes
+                raise UserError(
+                    f"{name} is the last admin whose account is not locked: no one could "
+                    "manage the staff accounts after this",
+                    "make another user an admin first",
+                )
             if then is not None:
                 then()
         user = self.get(name)
