@@ -47,7 +47,8 @@ def cmd_sync(args) -> int:
         age = f"{report['age_s']} s old" if report["age_s"] is not None else "none yet"
         print(
             f"pretix {cfg.pretix.url} {state}; data {age}; uploaded {report['uploaded']} "
-            f"check-in(s), {pending} waiting"
+            "check-in(s), "
+            + (f"{pending} waiting" if pending is not None else "none counted (no ledger yet)")
         )
     return 0 if ok else 1
 
