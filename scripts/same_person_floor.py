@@ -55,22 +55,31 @@ def embed_people(pipe: FacePipeline, root: Path) -> dict[str, np.ndarray]:
     return out
 
 
-def measure(people: dict[str, np.ndarray], floor: float, seed: int = 0) -> dict:
-    """Own photos split (refused) and mixed sets kept whole (enrolled as one), at `floor`."""
-    names = sorted(people)
-    split = [n for n in names if split_faces(people[n], floor) is not None]
-    rng = np.random.default_rng(seed)
+def mixed_whole(people: dict[str, np.ndarray], floor: float, one: int, other: int) -> int:
+    """Of MIXED sets of `one` photos of a person and `other` of another (people with that many
+    photos), how many form one group: they would be enrolled as one person."""
+    a_side = sorted(n for n in people if len(people[n]) >= one)
+    b_side = sorted(n for n in people if len(people[n]) >= other)
+    rng = np.random.default_rng(0)
     whole = 0
     for _ in range(MIXED):
-        a, b = rng.choice(len(names), 2, replace=False)
-        mixed = np.concatenate([people[names[a]][:2], people[names[b]][:1]])
-        whole += split_faces(mixed, floor) is None
+        a, b = a_side[rng.integers(len(a_side))], b_side[rng.integers(len(b_side))]
+        while b == a:
+            b = b_side[rng.integers(len(b_side))]
+        whole += split_faces(np.concatenate([people[a][:one], people[b][:other]]), floor) is None
+    return whole
+
+
+def measure(people: dict[str, np.ndarray], floor: float) -> dict:
+    """Own photos split (refused) and mixed sets kept whole (enrolled as one), at `floor`."""
+    split = [n for n in sorted(people) if split_faces(people[n], floor) is not None]
     return {
         "floor": floor,
-        "people": len(names),
+        "people": len(people),
         "own_photos_not_one_group": len(split),
         "mixed_sets": MIXED,
-        "mixed_sets_one_group": whole,
+        "mixed_sets_one_group_2_and_1": mixed_whole(people, floor, 2, 1),
+        "mixed_sets_one_group_3_and_2": mixed_whole(people, floor, 3, 2),
     }
 
 

@@ -148,7 +148,7 @@ def test_a_pretix_token_file_that_is_not_one_ascii_token_is_one_line(tmp_path, c
         p.unlink()  # no ledger: nothing to count ("None waiting" was printed)
     rc = main(["pretix", "sync", "--config", cfg.source_file, "--once"])
     out = capsys.readouterr().out
-    assert rc == 1 and "NOT reached" in out and "none counted (no ledger yet)" in out, out
+    assert rc == 1 and "NOT reached" in out and "none counted (no ledger read)" in out, out
     assert "None" not in out
 
 

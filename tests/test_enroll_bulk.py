@@ -288,5 +288,7 @@ def test_faces_of_one_person_need_a_chain_of_links_not_every_pair():
     assert split_faces(chain, 0.5) is None
     assert split_faces(np.stack([unit(0), unit(100), unit(50)]), 0.5) is None
     apart = np.stack([unit(0), unit(20), unit(120), unit(140)])
-    assert split_faces(apart, 0.5) == (0, 2)
+    assert split_faces(apart, 0.5) == (0, 2)  # a tie: the part without the first face is named
     assert split_faces(apart, -1.0) is None
+    stranger_first = np.stack([unit(120), unit(0), unit(10), unit(20)])
+    assert split_faces(stranger_first, 0.5) == (1, 0)  # the smaller part is named

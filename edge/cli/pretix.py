@@ -48,7 +48,7 @@ def cmd_sync(args) -> int:
         print(
             f"pretix {cfg.pretix.url} {state}; data {age}; uploaded {report['uploaded']} "
             "check-in(s), "
-            + (f"{pending} waiting" if pending is not None else "none counted (no ledger yet)")
+            + (f"{pending} waiting" if pending is not None else "none counted (no ledger read)")
         )
     return 0 if ok else 1
 

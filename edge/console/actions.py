@@ -522,7 +522,12 @@ def reveal(office: Office, user: str, person_id: str) -> str:
 def forget(office: Office, user: str, person_id: str, reason: str) -> tuple[bool, bool]:
     """Erase at the office and publish the deletion to every lane; (was here, published)."""
     reason = check_reason(reason, "the deletion's reason")
-    check_reason(person_id, "the person id")  # printable text, as the audit log keeps it
+    if not person_id.isprintable() or not 0 < len(person_id) <= 64:  # recorded as it is
+        raise ActionError(
+            f"person id {person_id[:64]!r} holds a character that is not printable, or has no "
+            "length or too much",
+            "use the id the People page shows (P-...)",
+        )
     cfg = office.cfg
     key = office.usable_issuer_key() if cfg.fleet.enabled else None  # before anything erased
     found = False

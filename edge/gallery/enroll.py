@@ -202,9 +202,11 @@ def pick_best(cands: list[Candidate], k: int) -> list[Candidate]:
 
 
 def split_faces(embs: np.ndarray, floor: float) -> tuple[int, int] | None:
-    """Two faces of the set that no chain of pairs above `floor` joins (the first face, and one
-    it does not reach), or None when the faces form one group. A person's photos differ (age,
-    glasses, light), so each face needs a link to one other, not to all."""
+    """Two faces of the set that no chain of pairs above `floor` joins, or None when the faces
+    form one group: (a face of the larger part, a face of the smaller part, the one to name).
+    The part holding the first face (the best, after pick_best) is the larger on a tie. A
+    person's photos differ (age, glasses, light), so each face needs a link to one other, not
+    to all."""
     linked = (embs @ embs.T) >= floor
     reach = np.zeros(len(embs), bool)
     reach[0] = True
@@ -213,8 +215,12 @@ def split_faces(embs: np.ndarray, floor: float) -> tuple[int, int] | None:
         if (grown == reach).all():
             break
         reach = grown
-    apart = np.flatnonzero(~reach)
-    return (0, int(apart[0])) if len(apart) else None
+    if reach.all():
+        return None
+    inside, outside = np.flatnonzero(reach), np.flatnonzero(~reach)
+    if len(inside) >= len(outside):
+        return int(inside[0]), int(outside[0])
+    return int(outside[0]), int(inside[0])
 
 
 def check_one_person(cands: list[Candidate], embs: np.ndarray, floor: float) -> None:
@@ -232,7 +238,8 @@ def check_one_person(cands: list[Candidate], embs: np.ndarray, floor: float) -> 
         f"the faces are not all of one person: {cands[b].source} does not match "
         f"{cands[a].source} or the faces linked to it (score {score:.3f}, same-person floor "
         f"{floor:.3f}); nothing was enrolled",
-        "enroll one person at a time: leave out the photo or frames of anyone else",
+        "enroll one person at a time: leave out the photo or frames of anyone else (at the "
+        "console's kiosk: start a new capture)",
     )
 
 

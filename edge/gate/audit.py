@@ -880,13 +880,21 @@ def open_audit(cfg, key: str = "create", fold_junk: bool = False) -> AuditLog:
 MAX_REASON = 200  # characters of a typed reason (an override, a deletion) the log keeps
 
 
+# Unicode's bidirectional controls: they reorder how the text around them is shown
+BIDI = frozenset(
+    "\u061c\u200e\u200f"
+    + "".join(map(chr, range(0x202A, 0x202F)))
+    + "".join(map(chr, range(0x2066, 0x206A)))
+)
+
+
 def check_reason(text: str, what: str = "the reason") -> str:
     """A typed reason as the log keeps it (runs of whitespace as one space). Empty or longer
     than MAX_REASON is a ReasonError: what an auditor reads is what was typed, never cut."""
     why = " ".join(text.split())
     if not why:
         raise ReasonError(f"{what} is empty", "type why, in a few words")
-    hidden = next((c for c in why if unicodedata.category(c) in ("Cc", "Cf")), None)
+    hidden = next((c for c in why if unicodedata.category(c) == "Cc" or c in BIDI), None)
     if hidden is not None:  # a NUL, or a right-to-left override that reorders what is read
         raise ReasonError(
             f"{what} holds the control character U+{ord(hidden):04X}",
