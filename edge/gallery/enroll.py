@@ -203,10 +203,10 @@ def pick_best(cands: list[Candidate], k: int) -> list[Candidate]:
 
 def split_faces(embs: np.ndarray, floor: float) -> tuple[int, int] | None:
     """Two faces of the set that no chain of pairs above `floor` joins, or None when the faces
-    form one group: (a face of the larger part, a face of the smaller part, the one to name).
-    The part holding the first face (the best, after pick_best) is the larger on a tie. A
-    person's photos differ (age, glasses, light), so each face needs a link to one other, not
-    to all."""
+    form one group: a face of the larger part, then a face of the smaller part (the one to
+    name). The part holding the first face (the best, after pick_best) counts as the larger on
+    a tie. A person's photos differ (age, glasses, light), so each face needs a link to one
+    other, not to all."""
     linked = (embs @ embs.T) >= floor
     reach = np.zeros(len(embs), bool)
     reach[0] = True
