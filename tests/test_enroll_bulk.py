@@ -292,3 +292,22 @@ def test_faces_of_one_person_need_a_chain_of_links_not_every_pair():
     assert split_faces(apart, -1.0) is None
     stranger_first = np.stack([unit(120), unit(0), unit(10), unit(20)])
     assert split_faces(stranger_first, 0.5) == (1, 0)  # the smaller part is named
+
+
+def test_the_kiosks_live_frames_are_not_held_to_the_floor_its_uploaded_photos_are(tmp_path, gal):
+    """A few frames the kiosk samples of one visitor walking up (far, then close) need not link
+    above the floor; photos given for a person must."""
+    from edge.gallery.enroll import Candidate
+
+    pipe = GeneratedFaces()
+    two = [pipe.centres[6], pipe.centres[7]]  # unrelated directions: below the floor
+    for live in (False, True):
+        cands = [Candidate(e, 1.0, f"kiosk#{i}", live=live) for i, e in enumerate(two)]
+        call = lambda c=cands: enroll(  # noqa: E731
+            gal, pipe, "Walk-up", CONSENT, [], threshold=0.8, min_templates=1, candidates=c
+        )
+        if live:
+            assert call()[1] == 2
+        else:
+            with pytest.raises(EnrollError, match="not all of one person"):
+                call()

@@ -339,7 +339,7 @@ class Kiosk:
         emb = face.embedding
         ok = emb is not None and (still or q.ok)
         if emb is not None and ok:
-            c.candidates.append(Candidate(emb, q.score, f"kiosk#{c.frames}"))
+            c.candidates.append(Candidate(emb, q.score, f"kiosk#{c.frames}", live=not still))
         return FrameFeedback(
             1,
             ok,

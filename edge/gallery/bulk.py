@@ -23,9 +23,9 @@ from edge.gallery.enroll import (
     UNREADABLE,
     Skipped,
     check_consent,
+    check_one_person,
     collect,
     pick_best,
-    split_faces,
 )
 from edge.gallery.matcher import enrolled_matches, to_template_grid
 from edge.gallery.schema import check_text
@@ -189,10 +189,11 @@ def _one(
         return (SEVERAL if SEVERAL_FACES in why else NO_FACE), "", 0
     if len(cands) < rules.min_templates:
         return TOO_FEW, "", 0
-    embs = to_template_grid(np.stack([c.embedding for c in cands]))
-    floor = pipe.spec.same_person_floor
-    if floor > 0 and len(embs) > 1 and split_faces(embs, floor) is not None:
+    try:
+        check_one_person(found, pipe.spec.same_person_floor)
+    except EnrollError:
         return NOT_ONE_PERSON, "", 0
+    embs = to_template_grid(np.stack([c.embedding for c in cands]))
     hits = known.matches(embs, rules.threshold)
     if hits and not rules.force:
         return ALREADY if any(names.get(h) == name for h in hits) else DUPLICATE, "", 0

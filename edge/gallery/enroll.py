@@ -41,6 +41,10 @@ class Candidate:
     embedding: np.ndarray
     quality: float
     source: str
+    # a frame the console's kiosk took from its live camera: a few sampled frames of one
+    # visitor walking up (far, then close) need not link above the same-person floor, so they
+    # are not held to it; staff watch that capture
+    live: bool = False
 
 
 @dataclass(frozen=True)
@@ -223,20 +227,30 @@ def split_faces(embs: np.ndarray, floor: float) -> tuple[int, int] | None:
     return int(outside[0]), int(inside[0])
 
 
-def check_one_person(cands: list[Candidate], embs: np.ndarray, floor: float) -> None:
-    """The faces enrolled as one person must be of one person: a photo or frame of someone else
+def unit_rows(cands: list[Candidate]) -> np.ndarray:
+    """The candidates' embeddings as unit rows (cosine by dot product)."""
+    e = np.stack([c.embedding for c in cands]).astype(np.float32)
+    return e / np.maximum(np.linalg.norm(e, axis=1, keepdims=True), 1e-12)
+
+
+def check_one_person(pool: list[Candidate], floor: float) -> None:
+    """The faces given for one person must be of one person: a photo or frame of someone else
     among them would let that other person in on this pass (the matcher takes the best
-    template). `floor` 0 (not measured for this embedder): not checked."""
-    if floor <= 0 or len(embs) < 2:
+    template). Every usable face given is checked, not only the templates kept: a camera's
+    frames of one visitor link through the frames between (one far away and one close up may
+    not link directly), while a second person's frames link to none of the first's. `floor` 0
+    (not measured for this embedder): not checked."""
+    if floor <= 0 or len(pool) < 2:
         return
+    embs = unit_rows(pool)
     pair = split_faces(embs, floor)
     if pair is None:
         return
     a, b = pair
     score = float(embs[a] @ embs[b])
     raise EnrollError(
-        f"the faces are not all of one person: {cands[b].source} does not match "
-        f"{cands[a].source} or the faces linked to it (score {score:.3f}, same-person floor "
+        f"the faces are not all of one person: {pool[b].source} does not match "
+        f"{pool[a].source} or the faces linked to it (score {score:.3f}, same-person floor "
         f"{floor:.3f}); nothing was enrolled",
         "enroll one person at a time: leave out the photo or frames of anyone else (at the "
         "console's kiosk: start a new capture)",
@@ -304,7 +318,8 @@ def enroll(
     check_consent(consent, minor or bool(consent.guardian))
     found, skipped = collect(pipe, inputs, pick)
     refuse_skipped(skipped)
-    cands = pick_best([*(candidates or ()), *found], max(max_templates, min_templates))
+    pool = [*(candidates or ()), *found]
+    cands = pick_best(pool, max(max_templates, min_templates))
     if not cands:
         raise EnrollError(
             "no usable face in the inputs"
@@ -316,7 +331,7 @@ def enroll(
     if person_id is not None and not replace:
         _check_same_person(gallery, model, person_id, embs, threshold)
     else:  # a new person, or new faces replacing all of theirs
-        check_one_person(cands, embs, pipe.spec.same_person_floor)
+        check_one_person([c for c in pool if not c.live], pipe.spec.same_person_floor)
     t = gallery.templates(model)
     others = enrolled_matches(embs, t.matrix, t.person_ids, threshold, exclude=person_id)
     if others and not force:
