@@ -18,6 +18,7 @@ import numpy as np
 from edge.errors import ConsentError, EnrollError, ImageError, SeveralFacesError
 from edge.gallery.matcher import Matcher, enrolled_matches, to_template_grid
 from edge.gallery.store import Consent, Gallery
+from edge.vision.embedder import l2_normalise
 from edge.vision.image import load_image, open_video, to_bgr8
 from edge.vision.pipeline import FaceObservation, FacePipeline
 
@@ -227,12 +228,6 @@ def split_faces(embs: np.ndarray, floor: float) -> tuple[int, int] | None:
     return int(outside[0]), int(inside[0])
 
 
-def unit_rows(cands: list[Candidate]) -> np.ndarray:
-    """The candidates' embeddings as unit rows (cosine by dot product)."""
-    e = np.stack([c.embedding for c in cands]).astype(np.float32)
-    return e / np.maximum(np.linalg.norm(e, axis=1, keepdims=True), 1e-12)
-
-
 def check_one_person(pool: list[Candidate], floor: float) -> None:
     """The faces given for one person must be of one person: a photo or frame of someone else
     among them would let that other person in on this pass (the matcher takes the best
@@ -242,7 +237,7 @@ def check_one_person(pool: list[Candidate], floor: float) -> None:
     (not measured for this embedder): not checked."""
     if floor <= 0 or len(pool) < 2:
         return
-    embs = unit_rows(pool)
+    embs = l2_normalise(np.stack([c.embedding for c in pool]))
     pair = split_faces(embs, floor)
     if pair is None:
         return
