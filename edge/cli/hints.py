@@ -18,6 +18,15 @@ DB = re.compile(r" --db (?:LEDGER|DB)\b")
 
 
 LEDGER_DB = {"ticket", "ledger"}  # commands whose --db is a ledger (others': the gallery)
+GALLERY = {"enroll", "people", "forget", "purge"}  # commands with --db/--key-file of the gallery
+
+
+def _gallery_flags(args) -> str:
+    """This run's `--db`/`--key-file`, when it is a gallery command given them."""
+    if getattr(args, "command", "") not in GALLERY:
+        return ""
+    given = ((f, getattr(args, a, None)) for f, a in (("--db", "db"), ("--key-file", "key_file")))
+    return "".join(f" {f} {shlex.quote(str(v))}" for f, v in given if v)
 
 
 def for_this_run(text: str, args) -> str:
@@ -25,6 +34,7 @@ def for_this_run(text: str, args) -> str:
 
     A ledger command run with `--db` alone (`ticket verify --db L`) gets `--db L` in place of
     `--config C`; without either flag the shipped default config was used and the flag is dropped.
+    A gallery command run with `--db`/`--key-file` passes them on to the gallery commands it quotes.
     """
     config = getattr(args, "config", None)
     db = getattr(args, "db", None) if getattr(args, "command", "") in LEDGER_DB else None
@@ -33,8 +43,13 @@ def for_this_run(text: str, args) -> str:
     else:
         flag = f" --db {shlex.quote(str(db))}" if db else ""
 
+    gallery = _gallery_flags(args)
+
     def one(m: re.Match) -> str:
-        cmd = CONFIG.sub(flag, m.group(0))
+        quoted = m.group(0)
+        words = quoted.split()
+        extra = gallery if len(words) > 1 and words[1] in GALLERY else ""
+        cmd = CONFIG.sub(lambda _: flag + extra, quoted)
         return DB.sub(f" --db {shlex.quote(str(db))}", cmd) if db else cmd
 
     return QUOTED.sub(one, text)
