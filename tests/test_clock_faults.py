@@ -148,3 +148,60 @@ def test_an_offline_deny_lane_whose_clock_was_set_back_is_not_in_contact(tmp_pat
     assert "after this lane's clock" in link.detail
     assert check_link(fl, {"connected": True, "last_contact": now - 1}, now).ok  # type: ignore[arg-type]
     assert check_link(fl, {"connected": True, "last_contact": now + 1}, now).ok  # type: ignore[arg-type]
+
+
+def test_a_clock_that_ran_ahead_is_checked_and_tickets_are_judged_again(
+    tmp_path, monkeypatch, capsys
+):
+    """Before, records dated by a clock that ran ahead (a wrong NTP server, a date typed by
+    hand) refused every ticket, and every pass with an end, `clock_behind` until their date had
+    come, months away, with nothing an operator could do. Now `ledger clock-checked` records in
+    the audit log that the clock is right (refused while the kernel does not report it
+    synchronised, unless `--set-by-hand`) and the gate judges by it again: the entries dated
+    ahead stay counted, and anti-passback does not hold a ticket used then until their date."""
+    from edge.cli import main
+    from edge.gate.audit import CLOCK_CHECKED, AuditLog, open_audit
+    from edge.gate.desk import open_ledger
+    from edge.tickets import Kind, Reason, Ticket
+
+    cfg = make_config(tmp_path)
+    real = time.time()
+    ahead = real + 200 * DAY
+    gate, got = pass_gate(cfg, int(real + 300 * DAY), lambda: ahead)  # the gate ran ahead
+    gate.run()
+    gate.close()
+    assert [e["decision"] for e in got] == ["grant"]
+    once, many = Ticket("ONE-1"), Ticket("TEN-1", kind=Kind.ENTRIES, count=10)
+    with open_audit(cfg, "use") as audit, open_ledger(cfg, audit, "use") as led:
+        assert led.redeem(once, ahead).ok and led.redeem(many, ahead).ok
+
+    def judged() -> list[str]:
+        now = time.time()
+        with open_audit(cfg, "use") as audit, open_ledger(cfg, audit, "use") as led:
+            return [led.check(t, now).reason for t in (once, many, Ticket("NEW-1"))]
+
+    assert judged() == [Reason.CLOCK_BEHIND] * 3
+    argv = ["ledger", "clock-checked", "--config", str(cfg.source_file),
+            "--reason", "NTP server   was 200 days ahead"]  # fmt: skip
+    monkeypatch.setattr("edge.cli.ledger.kernel_clock_synced", lambda: False)
+    capsys.readouterr()
+    assert main(argv) == 2
+    assert "--set-by-hand" in capsys.readouterr().err
+    with AuditLog(cfg.resolve(cfg.audit.path)) as log:
+        assert log.records(CLOCK_CHECKED) == []
+    assert judged() == [Reason.CLOCK_BEHIND] * 3
+
+    monkeypatch.setattr("edge.cli.ledger.kernel_clock_synced", lambda: True)
+    assert main(argv) == 0
+    assert "clock checked" in capsys.readouterr().out
+    assert judged() == [Reason.ALREADY_USED, Reason.OK, Reason.OK]
+    with AuditLog(cfg.resolve(cfg.audit.path)) as log:
+        (rec,) = log.records(CLOCK_CHECKED)
+        assert rec.reason == "NTP server was 200 days ahead" and "synchronised" in rec.detail
+        assert abs(log.newest_time() - time.time()) < 60  # the log's floor is now, not ahead
+    gate, got = pass_gate(cfg, int(real + 300 * DAY), time.time)  # as after the restart
+    gate.run()
+    gate.close()
+    assert [(e["decision"], e["reason"]) for e in got] == [("grant", "ok")]
+    assert main(argv) == 0
+    assert "nothing to lower" in capsys.readouterr().out

@@ -28,6 +28,8 @@ EXAMPLES: dict[str, str] = {
     "ledger init": "sudo -u edge-gate edge-gate ledger init --config /etc/edge-gate/gate.toml",
     "ledger recover": "sudo -u edge-gate edge-gate ledger recover "
     "--config /etc/edge-gate/gate.toml",
+    "ledger clock-checked": "sudo -u edge-gate edge-gate ledger clock-checked "
+    '--config /etc/edge-gate/gate.toml --reason "the NTP server was a year ahead"',
     "audit verify": "edge-gate audit verify --config /etc/edge-gate/gate.toml",
     "audit adopt": "sudo -u edge-gate edge-gate audit adopt --config /etc/edge-gate/gate.toml",
     "audit export": "edge-gate audit export --config /etc/edge-gate/gate.toml "

@@ -1,4 +1,5 @@
-"""`edge-gate ledger init`: create the redemption ledger explicitly (installer and demo run it)."""
+"""`edge-gate ledger`: create the redemption ledger (installer and demo run it), rebuild it, and
+lower its clock floor after a clock that ran ahead."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ from edge.cli.hints import for_this_run
 from edge.cli.paths import existing_file, file_path
 from edge.errors import EdgeGateError
 from edge.fleet.identity import ensure_lane_key
-from edge.gate.audit import open_audit
+from edge.gate.audit import check_reason, open_audit
+from edge.timeutil import kernel_clock_synced
 
 
 def cmd_init(args) -> int:
@@ -46,8 +48,19 @@ def cmd_recover(args) -> int:
     return 0
 
 
+def cmd_clock_checked(args) -> int:
+    """`ledger clock-checked`: a clock that ran ahead dated records; it is right now."""
+    from edge.gate.desk import clock_checked
+
+    reason = check_reason(args.reason, "--reason")
+    cfg = config_mod.load(args.config)
+    with open_audit(cfg, "use") as audit:
+        print(clock_checked(cfg, audit, reason, kernel_clock_synced(), args.set_by_hand))
+    return 0
+
+
 def register(sub, common) -> None:
-    """Add `ledger init` to the parser."""
+    """Add `ledger init`, `recover` and `clock-checked` to the parser."""
     led = sub.add_parser("ledger", help="the redemption ledger").add_subparsers(
         dest="ledger_cmd", required=True
     )
@@ -79,3 +92,16 @@ def register(sub, common) -> None:
     )
     sp.add_argument("--config", type=existing_file, required=True, help="gate.toml")
     sp.set_defaults(func=cmd_recover)
+    sp = led.add_parser(
+        "clock-checked",
+        help="the clock is right now: records dated ahead of it by a clock that ran ahead no "
+        "longer refuse tickets `clock_behind` until their date (recorded in the audit log)",
+    )
+    sp.add_argument("--config", type=existing_file, required=True, help="gate.toml")
+    sp.add_argument("--reason", required=True, help="what set the clock ahead (kept in the log)")
+    sp.add_argument(
+        "--set-by-hand",
+        action="store_true",
+        help="the clock is not synchronised by NTP: it was set by hand and checked",
+    )
+    sp.set_defaults(func=cmd_clock_checked)

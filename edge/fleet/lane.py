@@ -49,6 +49,10 @@ class LaneLedger:
         """The newest recorded time when `now` is behind it (see Ledger.clock_behind)."""
         return self.ledger.clock_behind(now)
 
+    def lower_clock_floor(self, now: float) -> None:
+        """See Ledger.lower_clock_floor."""
+        self.ledger.lower_clock_floor(now)
+
     def maintain(self) -> None:
         """Verify and key what sync wrote (see Ledger.maintain)."""
         self.ledger.maintain()

@@ -45,6 +45,9 @@ log = logging.getLogger(__name__)
 SCHEMA_VERSION = 3
 GENESIS = "0" * 64
 RETENTION = "retention"  # the reason of the record of a purge that ran (kind `purge`)
+# the kind of the record that the clock is right now (`edge-gate ledger clock-checked`):
+# records before it dated by a clock that ran ahead no longer hold tickets back
+CLOCK_CHECKED = "clock_checked"
 
 
 @dataclass(frozen=True)
@@ -319,6 +322,7 @@ class AuditLog(Store):
         # the newest time of a record appended through this connection (the writer's own
         # records, known without reading the log); 0.0: none yet
         self.newest_appended = 0.0
+        self._checked_scan = (0, 0)  # (records read, newest clock_checked id) for newest_time
         make_private_dirs(path.parent)
         # records removed past retention (pseudonymous ids, ticket ids) leave no bytes behind
         self._connect(path, timeout_s=5.0, secure_delete=True)
@@ -565,10 +569,33 @@ class AuditLog(Store):
             self.record(r)
 
     def newest_time(self, kind: str | None = None) -> float | None:
-        """The newest record time (of one kind): a clock behind it has stepped backwards."""
-        if kind is None:
+        """The newest record time (of one kind): a clock behind it has stepped backwards.
+
+        Of all kinds, counted from the last `clock_checked` record on (`edge-gate ledger
+        clock-checked`): records before it dated by a clock that ran ahead no longer count."""
+        if kind is not None:
+            q = "SELECT max(t) FROM events WHERE kind = ?"
+            return self.conn.execute(q, (kind,)).fetchone()[0]
+        since = self._clock_checked_id()
+        if since == 0:
             return self.conn.execute("SELECT max(t) FROM events").fetchone()[0]
-        return self.conn.execute("SELECT max(t) FROM events WHERE kind = ?", (kind,)).fetchone()[0]
+        # by the time index, newest first: only the records dated ahead are passed over
+        q = "SELECT t FROM events WHERE id >= ? ORDER BY t DESC LIMIT 1"
+        row = self.conn.execute(q, (since,)).fetchone()
+        return row[0] if row else None
+
+    def _clock_checked_id(self) -> int:
+        """The id of the newest `clock_checked` record (0: none); records read once each."""
+        head = self.conn.execute("SELECT coalesce(max(id), 0) FROM events").fetchone()[0]
+        scanned, found = self._checked_scan
+        if head < scanned:  # another file at this path (a restore): read it whole
+            scanned, found = 0, 0
+        if head > scanned:
+            q = "SELECT max(id) FROM events WHERE id > ? AND kind = ?"
+            newer = self.conn.execute(q, (scanned, CLOCK_CHECKED)).fetchone()[0]
+            scanned, found = head, newer or found
+        self._checked_scan = (scanned, found)
+        return found
 
     def granted_since(self, via: str, subject: str, since: float) -> bool:
         """Whether a grant `via` for `subject` was recorded at or after `since` (an override

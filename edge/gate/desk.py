@@ -18,13 +18,13 @@ from pathlib import Path
 
 from edge import config as config_mod
 from edge.db import file_id
-from edge.errors import EdgeGateError, ImageError, LedgerError
+from edge.errors import ClockError, EdgeGateError, ImageError, LedgerError
 from edge.evidence import key_path, lane_key
 from edge.files import fsync_dir
 from edge.fleet import lane
 from edge.fleet.lane import LaneLedger
 from edge.fleet.state import LaneGuard, fleet_pubkey_paths
-from edge.gate.audit import AuditRecord, open_audit
+from edge.gate.audit import CLOCK_CHECKED, AuditRecord, open_audit
 from edge.tickets.format import PREFIX, Reason
 from edge.tickets.keys import load_public
 from edge.tickets.ledger import (
@@ -41,6 +41,7 @@ from edge.tickets.pretix_desk import PretixVerdict, PretixVerifier, desk_result,
 from edge.tickets.pretix_offline import dir_stamp
 from edge.tickets.revocation import load_revocations
 from edge.tickets.verifier import Verifier
+from edge.timeutil import iso
 
 log = logging.getLogger(__name__)
 
@@ -245,6 +246,51 @@ def recover_gate_ledger(cfg: config_mod.Config, audit, now: float | None = None)
         f"ledger {path} rebuilt: {len(entries)} entries kept, {len(added)} ticket grants restored "
         f"from the audit log; the old file is kept as {kept.name}. Reload the gate "
         "(systemctl reload edge-gate) so it opens the new ledger."
+    )
+
+
+def clock_checked(
+    cfg: config_mod.Config,
+    audit,
+    reason: str,
+    synced: bool | None,
+    by_hand: bool = False,
+    now: float | None = None,
+) -> str:
+    """`edge-gate ledger clock-checked`: the clock is right now and the records dated after it
+    were dated by a clock that ran ahead; tickets (and passes with an end) are judged again
+    instead of refused `clock_behind` until that date.
+
+    The audit log records it first (with the lowered ledger mark, in one transaction), then the
+    ledger's newest time is set back: the entries stay counted (a ticket used then stays used).
+    Refused unless the kernel reports the clock synchronised (`synced`) or the operator checked
+    a clock set by hand (`by_hand`): a clock set back is the attack the floor stops."""
+    now = time.time() if now is None else now
+    with open_ledger(cfg, audit, "use") as led:
+        floor = led.clock_behind(now)
+        if floor is None:
+            return f"the clock ({iso(now)}) is not behind any record: nothing to lower"
+        if not (synced or by_hand):
+            raise ClockError(
+                f"the clock ({iso(now)}) is behind the newest record ({iso(floor)}) and the "
+                "kernel does not report it synchronised: set back, or not set",
+                "set the time (`timedatectl set-ntp true`, wait for it to synchronise); if it "
+                "was set by hand and checked against a reliable clock, add --set-by-hand",
+            )
+        mark = led.mark()
+        detail = (
+            f"records dated up to {iso(floor)} by a clock that ran ahead; the clock at "
+            f"{iso(now)} is right ({'synchronised' if synced else 'set by hand, checked'})"
+        )
+        audit.replace_ledger_mark(
+            LedgerMark(mark.ledger_id, mark.seq, min(mark.t, now)),
+            AuditRecord(now, cfg.gate.id, CLOCK_CHECKED, reason=reason, detail=detail),
+        )
+        led.lower_clock_floor(now)
+    return (
+        f"clock checked: records dated up to {iso(floor)} no longer hold tickets back (recorded "
+        "in the audit log; the redemptions stay counted). Restart the gate "
+        "(systemctl restart edge-gate) so it judges by the clock from now on."
     )
 
 

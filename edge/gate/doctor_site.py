@@ -222,8 +222,10 @@ def clock_behind(now: float, floor: float, synced: bool | None) -> EdgeGateError
     return EdgeGateError(
         f"{problem}, by {_span(floor - now)}, and the kernel reports it synchronised: a "
         "clock that ran ahead dated that record",
-        f"tickets, and passes with an end date, are refused until {iso(floor)}; find what set "
-        "the clock ahead (its NTP server, an RTC, a date typed by hand) so it cannot again",
+        f"tickets, and passes with an end date, are refused until {iso(floor)}: find what set "
+        "the clock ahead (its NTP server, an RTC, a date typed by hand) so it cannot again, then "
+        "`edge-gate ledger clock-checked --config C --reason TEXT` (recorded in the audit "
+        "log) and restart the gate",
     )
 
 

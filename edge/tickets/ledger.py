@@ -466,6 +466,17 @@ class Ledger(Store):
         """This ledger's id, redemptions ever counted, and newest redemption time."""
         return LedgerMark(self.ledger_id, int(self._meta("seq")), float(self._meta("last_t")))
 
+    def lower_clock_floor(self, now: float) -> None:
+        """The newest redemption time set back to `now` (`edge-gate ledger clock-checked`, after
+        the audit log recorded it and took the lowered mark): entries dated by a clock that ran
+        ahead stay counted, but no longer hold every ticket back until their date."""
+        with self.transaction() as c:
+            c.execute(
+                "UPDATE meta SET value = ? WHERE key = 'last_t' AND CAST(value AS REAL) > ?",
+                (str(now), now),
+            )
+        self.floor = now
+
     # --- the chain ------------------------------------------------------------------------------
 
     def entries(self, after: int = 0) -> list[Entry]:
@@ -855,9 +866,9 @@ class Ledger(Store):
         if n >= t.max_entries:
             detail = "daily limit" if t.kind == Kind.SEASON else "no entries left"
             return Redemption(False, Reason.ALREADY_USED, n, detail)
-        last = self.conn.execute(
-            "SELECT max(t) FROM redemptions WHERE ticket_id = ? AND gate = ?",
-            (t.ticket_id, self.gate),
+        last = self.conn.execute(  # entries dated ahead of the floor: see lower_clock_floor
+            "SELECT max(t) FROM redemptions WHERE ticket_id = ? AND gate = ? AND t <= ?",
+            (t.ticket_id, self.gate, now + CLOCK_TOLERANCE_S),
         ).fetchone()[0]
         if last is not None and now - last < self.anti_passback_s:
             return Redemption(False, Reason.ANTI_PASSBACK, n, f"used here {now - last:.0f} s ago")
