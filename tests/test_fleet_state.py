@@ -112,3 +112,46 @@ def test_a_flood_on_one_topic_pushes_out_only_its_own_pending_messages(tmp_path)
     assert len(flood) == PENDING_PER_TOPIC
     assert flood[-1] == b"junk-%d" % (PENDING_PER_TOPIC + 49)  # the newest kept
     st.close()
+
+
+def test_an_office_lift_leaves_a_lanes_own_revocation_in_place(tmp_path):
+    """Before, a lift took every lifted ticket off the lane's revocation list: a ticket the
+    office revoked and lifted, then revoked at this lane (`ticket revoke`), was taken off
+    again when sync applied the office's retained message at its next start, and opened the
+    gate. Now a lift takes off only what the fleet itself put on the list."""
+    from edge import tickets as tk
+    from edge.fleet import messages as msg
+    from edge.fleet.apply import OfficeApplier
+
+    tk.keygen(tmp_path / "office")
+    (tmp_path / "revoked.txt").touch()
+    (tmp_path / "gate.toml").write_text(
+        '[gate]\nid = "g-1"\n[tickets]\npubkeys = ["office/issuer.pub"]\nledger = "ledger.db"\n'
+        'revocation_list = "revoked.txt"\n[audit]\npath = "audit.db"\n[fleet]\n'
+        'broker = "mqtt://127.0.0.1:1"\nsite = "park"\nlane = "lane1"\nstate_db = "fleet.db"\n'
+    )
+    cfg = config_mod.load(tmp_path / "gate.toml")
+    st = FleetState(tmp_path / "fleet.db")
+    app = OfficeApplier(cfg, st, lambda *a, **k: None)
+    key = tk.load_private(tmp_path / "office" / "issuer.key")
+
+    def office(type_: str, seq: int, body: dict) -> None:
+        signed = msg.sign(msg.Message(type_, "park", "office", seq, time.time(), body), key)
+        app.handle(msg.verify_signed(signed, app.trusted), time.time())
+
+    def listed() -> set[str]:
+        return set(tk.load_revocations(tmp_path / "revoked.txt"))
+
+    tk.revoke(tmp_path / "revoked.txt", ["T-9"])  # this lane's own, before the office's
+    office(msg.REVOCATIONS, 5, {"revoked": {"T-7": 5, "T-9": 5}})
+    assert listed() == {"T-7", "T-9"}
+    office(msg.UNREVOCATIONS, 6, {"lifted": {"T-7": 5, "T-9": 5}})
+    assert listed() == {"T-9"}  # the fleet's taken off, the lane's own kept
+    tk.revoke(tmp_path / "revoked.txt", ["T-7"])  # revoked here afterwards
+    office(msg.REVOCATIONS, 5, {"revoked": {"T-7": 5, "T-9": 5}})  # the retained message again
+    office(msg.UNREVOCATIONS, 6, {"lifted": {"T-7": 5, "T-9": 5}})
+    assert listed() == {"T-7", "T-9"}
+    office(msg.REVOCATIONS, 7, {"revoked": {"T-8": 7}})
+    office(msg.UNREVOCATIONS, 8, {"lifted": {"T-8": 7}})
+    assert listed() == {"T-7", "T-9"}  # the fleet's own revoke and lift still apply
+    st.close()

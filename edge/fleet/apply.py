@@ -7,7 +7,8 @@ revocation, and an unrevocation is its own message naming the revocation it lift
 old list cannot undo a lift and a lift cannot undo a later revocation. The roster and each
 person's enrollment or deletion apply only with a sequence number above the last one applied
 for that subject, so a replayed old message changes nothing. Revocations are written to the
-lane's revocation list and keys to fleet.keys_dir; the gate re-reads both when they change.
+lane's revocation list (a lift takes off only what sync put there) and keys to
+fleet.keys_dir; the gate re-reads both when they change.
 People records open only with the site key; every enrollment or deletion is answered with a
 signed acknowledgement (`fleet status`). The forget list is applied whenever it arrives (every
 sync start), so a gallery restored from before a deletion loses that person again. A
@@ -32,6 +33,8 @@ from edge.fleet.state import FleetState
 from edge.tickets.revocation import unrevoke
 
 log = logging.getLogger(__name__)
+# fleet.db key: the ticket ids sync put on the revocation list (the ones a lift may take off)
+APPLIED = "revocations_applied"
 
 
 def _seq_map(m: msg.Message, key: str) -> dict[str, int]:
@@ -105,16 +108,24 @@ class OfficeApplier:
                 "revocations received but tickets.revocation_list is not set",
                 "set tickets.revocation_list in this lane's config",
             )
-        self.state.merge_revocations(revoked, lifted)
-        now_revoked, now_lifted = self.state.fleet_revocations()
         path = self.cfg.resolve(self.cfg.tickets.revocation_list)
         have = tk.load_revocations(path) if path.exists() else frozenset()
+        # a lift takes off only what the fleet put on the list: a ticket this lane revoked
+        # itself (`ticket revoke`), before or after the office, stays revoked
+        applied = self.state.get(APPLIED)
+        if applied is None:  # a state from before this was kept: the fleet's revocations listed
+            applied = self.state.fleet_revocations()[0]
+        ours = set(applied) & have
+        self.state.merge_revocations(revoked, lifted)
+        now_revoked, now_lifted = self.state.fleet_revocations()
         new = sorted(now_revoked - have)
+        gone = sorted(now_lifted & ours)
+        self.state.put(**{APPLIED: sorted(ours | set(new))})  # before the list: never forgotten
         if new:
             tk.revoke(path, new)
-        gone = sorted(now_lifted & have)
         if gone:
             unrevoke(path, gone)
+            self.state.put(**{APPLIED: sorted((ours | set(new)) - set(gone))})
         log.info("sync applied revocations new=%d lifted=%d", len(new), len(gone))
 
     def _keys(self, m: msg.Message) -> None:
