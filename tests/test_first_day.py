@@ -302,7 +302,14 @@ def test_revoke_refuses_a_list_no_gate_reads_unless_told_to_create_it(tmp_path):
     p = edge_gate("ticket", "revoke", "--config", cfg, "--list", "revokd.txt", "T-1", cwd=tmp_path)
     _one_line_error(p, "revokd.txt", str(tmp_path / "revoked.txt"), "--create")
     assert not (tmp_path / "revokd.txt").exists()
+    # the gate's own list missing (lost, or never made) is not started anew without --create:
+    # it would let in every ticket revoked before
+    (tmp_path / "revoked.txt").unlink()
     p = edge_gate("ticket", "revoke", "--config", cfg, "--list", "revoked.txt", "T-1", cwd=tmp_path)
+    _one_line_error(p, "revoked.txt", "backup", "--create")
+    assert not (tmp_path / "revoked.txt").exists()
+    p = edge_gate("ticket", "revoke", "--config", cfg, "--list", "revoked.txt", "--create", "T-1",
+                  cwd=tmp_path)  # fmt: skip
     assert p.returncode == 0 and (tmp_path / "revoked.txt").read_text() == "T-1\n"
     p = edge_gate("ticket", "revoke", "--list", "office.txt", "--create", "T-2", cwd=tmp_path)
     assert p.returncode == 0 and (tmp_path / "office.txt").read_text() == "T-2\n"

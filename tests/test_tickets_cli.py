@@ -239,3 +239,20 @@ def test_gate_refuses_to_start_with_a_missing_configured_list(tmp_path, office):
             config_mod.override(cfg, camera={"source": str(tmp_path / "none.mp4")}),
             pin_factory=MockFactory(),
         )
+
+
+def test_a_hand_edited_list_with_a_byte_order_mark_and_joined_ids(tmp_path, office, capsys):
+    """Before, a list saved by an editor that puts a byte-order mark first revoked nothing on
+    its first line (the mark became part of the id), and a line `R-2,R-3` revoked neither,
+    while doctor said OK. Now the mark is dropped, and doctor warns about the joined line."""
+    cfg = gate(tmp_path, office)
+    (tmp_path / "revoked.txt").write_bytes(b"\xef\xbb\xbfR-1\nR-2,R-3\nday pass, 9\n")
+    capsys.readouterr()
+    _, out = verify(capsys, "--config", str(cfg), *(signed(office, t) for t in ("R-1", "OK-1")))
+    assert [(o["ticket_id"], o["reason"]) for o in out] == [("R-1", "revoked"), ("OK-1", "ok")]
+    assert main(["doctor", "--config", str(cfg), "--json"]) in (0, 1)
+    (row,) = [c for c in json.loads(capsys.readouterr().out)
+              if c["check"] == "revocation list"]  # fmt: skip
+    assert row["status"] == "warn", row
+    assert "line 2 ('R-2,R-3')" in row["detail"] and "one id per line" in row["fix"]
+    assert "more" not in row["detail"]  # another system's id holding a comma is not one

@@ -15,7 +15,7 @@ from edge.cli.numbers import non_negative_float
 from edge.cli.paths import existing_dir, existing_file, file_path, nonempty_file, output_dir
 from edge.errors import EdgeGateError, ImageError
 from edge.tickets.format import TICKET_ID, TICKET_ID_RULE
-from edge.tickets.revocation import unrevoke
+from edge.tickets.revocation import joined_ids, unrevoke
 from edge.timeutil import parse_time
 
 
@@ -91,18 +91,24 @@ def cmd_verify(args) -> int:
 
 
 def check_list_path(args) -> None:
-    """A list that does not exist yet must be the one the config names (or --create).
+    """A list that does not exist yet is made only with --create.
 
-    A typo (`--list revokd.txt`) would otherwise start a new list that no gate ever reads,
-    and the ticket would go on opening gates.
+    A typo (`--list revokd.txt`) would otherwise start a new list that no gate ever reads, and
+    the ticket would go on opening gates; the gate's own list gone missing would be started
+    anew, and every ticket revoked before it would open gates again.
     """
     path = Path(args.list)
     if path.exists() or args.create:
         return
     cfg = config_mod.load(args.config)
     named = cfg.resolve(cfg.tickets.revocation_list) if cfg.tickets.revocation_list else None
-    if named is not None and path.resolve() == named:
-        return
+    if named is not None and path.resolve() == named:  # lost, or never made
+        raise EdgeGateError(
+            f"--list {path}, the list the gate reads (tickets.revocation_list), does not exist: "
+            "a new list would hold only these ids, and every ticket revoked before would be "
+            "let in again",
+            "restore it from its backup and run this again; for a first list, pass --create",
+        )
     where = (
         f"the config's list is {named} (tickets.revocation_list in {cfg.source_file})"
         if named
@@ -117,18 +123,11 @@ def check_list_path(args) -> None:
 RELOADED = "a running gate here reads the list again within a second"
 
 
-def _a_list(text: str) -> bool:
-    """Ids edge-gate issues, joined by commas ("T-5,T-6", "T-5,"): a list pasted as one
-    argument. An id of another system that holds a comma ("day pass, 9") is not one."""
-    parts = [x.strip() for x in text.split(",")]
-    return len(parts) > 1 and all(not x or TICKET_ID.fullmatch(x) for x in parts)
-
-
 def listed_ids(ids: list[str]) -> list[str]:
     """The ids as typed, each one argument. An id is matched exactly (spaces and any sign
     kept), so a comma-separated list pasted as one argument would be one id that no ticket
     has, and every ticket in it would go on opening gates: refused before anything is written."""
-    pasted = [t for t in ids if _a_list(t)]
+    pasted = [t for t in ids if joined_ids(t)]
     if pasted:
         raise EdgeGateError(
             f"ticket id {pasted[0]!r} is a list joined by commas: ids are matched exactly, so "

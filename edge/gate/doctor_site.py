@@ -22,6 +22,7 @@ from edge.gate.checklist import Check, Site, registry
 from edge.gate.desk import open_ledger
 from edge.tickets.pretix_desk import AHEAD_SLACK_S, lane_status
 from edge.tickets.pretix_offline import check_configured, load_dir
+from edge.tickets.revocation import joined_lines
 from edge.timeutil import iso, kernel_clock_synced
 from edge.vision.models import detector_spec
 
@@ -55,7 +56,19 @@ def _revocations(site: Site) -> str | Check:
         demo = _demo_creates(site, cfg.resolve(cfg.tickets.revocation_list), "revocation list")
         if demo is not None:
             return demo
-    return f"{len(checks.revocations(cfg))} revoked ticket id(s)"
+    n = len(checks.revocations(cfg))
+    joined = joined_lines(cfg.resolve(cfg.tickets.revocation_list)) if n else []
+    if joined:
+        line, entry = joined[0]
+        return Check(
+            "warn",
+            "revocation list",
+            f"{n} revoked ticket id(s); line {line} ({entry!r})"
+            + (f" and {len(joined) - 1} more" if len(joined) > 1 else "")
+            + " holds several ids joined by commas: ids are matched exactly, so it revokes none",
+            "put one id per line",
+        )
+    return f"{n} revoked ticket id(s)"
 
 
 @check("camera")

@@ -10,19 +10,30 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
 from edge.errors import ConfigError, TicketError
 from edge.files import make_private_dirs, write_atomic
+from edge.tickets.format import TICKET_ID
 
-_FIX = "create it (an empty file revokes nothing) or fix tickets.revocation_list"
+_FIX = (
+    "restore it from its backup (a new, empty list would let every ticket revoked before in "
+    "again), or fix tickets.revocation_list; for a first list, create it empty"
+)
+BOM = "\ufeff"  # what some editors put first in a UTF-8 file: never part of an id
 
 
 def _lines(path: Path) -> list[str]:
-    """The list's lines; a list that cannot be read is a ConfigError naming the key."""
+    """The list's lines (a byte-order mark an editor put first dropped); a list that cannot be
+    read is a ConfigError naming the key."""
+    return _read(path).removeprefix(BOM).splitlines()
+
+
+def _read(path: Path) -> str:
     try:
-        return path.read_bytes().decode("utf-8").splitlines()
+        return path.read_bytes().decode("utf-8")
     except FileNotFoundError:
         raise ConfigError(f"tickets.revocation_list {path} does not exist", _FIX) from None
     except IsADirectoryError:
@@ -49,6 +60,20 @@ def load_revocations(path: Path | None) -> frozenset[str]:
     if not path:
         return frozenset()
     return frozenset(e for e in map(_entry, _lines(Path(path))) if e)
+
+
+def joined_ids(text: str) -> bool:
+    """Ids edge-gate issues, joined by commas or semicolons ("T-5,T-6", "T-5,"): a list pasted
+    as one id, which matched exactly revokes none of them. An id of another system that holds a
+    comma ("day pass, 9") is not one."""
+    parts = [x.strip() for x in re.split(r"[,;]", text)]
+    return len(parts) > 1 and all(not x or TICKET_ID.fullmatch(x) for x in parts)
+
+
+def joined_lines(path: Path) -> list[tuple[int, str]]:
+    """(line number, entry) of the list's entries that are `joined_ids`."""
+    entries = ((n, _entry(line)) for n, line in enumerate(_lines(Path(path)), 1))
+    return [(n, e) for n, e in entries if e and joined_ids(e)]
 
 
 def _check_id(tid: str) -> str:
