@@ -19,7 +19,7 @@ import pytest
 
 from edge import tickets as tk
 from edge.cli import main
-from edge.gate.audit import AuditRecord, record_hash
+from edge.gate.audit import AuditLog, AuditRecord, record_hash
 
 GENESIS = "0" * 64
 
@@ -461,3 +461,37 @@ def test_doctor_names_a_broken_audit_chain(tmp_path, capsys):
     report = {r["check"]: r for r in json.loads(capsys.readouterr().out)}
     assert report["evidence"]["status"] == "fail"
     assert "record 1 was altered" in report["evidence"]["detail"]
+
+
+def test_both_files_restored_then_adopted_and_recovered_keep_a_spent_ticket_out(tmp_path, capsys):
+    """Before, an older copy of both the ledger and the audit log, taken together, then the
+    printed fixes followed (`audit adopt`, `ledger recover`), let a ticket spent since the copy
+    in again: the adopted log holds no grant of it, and the rebuilt ledger "0 restored".
+    Now recover compares with the entries the evidence witness counted and refuses what it
+    cannot account for, unless `--accept-loss` (recorded); a deleted ledger names no kept file."""
+    cfg = busy_lane(tmp_path, capsys, n=2)
+    for f in ("ledger.db", "audit.db"):
+        copy_db(tmp_path / f, tmp_path / f"{f}.bak")
+    spent = ticket(tmp_path, "T-SINCE")
+    assert redeem(capsys, cfg, spent)[1]["reason"] == "ok"
+    for f in ("ledger.db", "audit.db"):
+        restore(tmp_path / f"{f}.bak", tmp_path / f)
+    assert redeem(capsys, cfg, spent)[1]["reason"] == "ledger_error"
+    capsys.readouterr()
+    assert main(["audit", "adopt", "--config", str(cfg)]) == 0
+    capsys.readouterr()
+    assert main(["ledger", "recover", "--config", str(cfg)]) == 2
+    err = capsys.readouterr().err
+    assert "counted 3 ledger entries" in err and "1 entries are in neither" in err, err
+    assert "--accept-loss" in err
+    assert redeem(capsys, cfg, spent)[1]["reason"] == "ledger_error"  # nothing was changed
+    assert main(["ledger", "recover", "--config", str(cfg), "--accept-loss"]) == 0
+    out = capsys.readouterr().out
+    assert "1 entries lost" in out and "kept as ledger.db.broken-" in out
+    with AuditLog(tmp_path / "audit.db") as log:
+        (rec,) = [r for r in log.records("ledger") if r.reason == "ledger_recovered"]
+        assert "1 lost (accepted)" in rec.detail
+    for p in tmp_path.glob("ledger.db*"):
+        p.unlink()  # and then the ledger lost outright: its grants are in the audit log
+    assert main(["ledger", "recover", "--config", str(cfg)]) == 0
+    assert "there was no old file" in capsys.readouterr().out

@@ -44,7 +44,7 @@ def cmd_recover(args) -> int:
 
     cfg = config_mod.load(args.config)
     with open_audit(cfg, "create") as audit:
-        print(recover_gate_ledger(cfg, audit))
+        print(recover_gate_ledger(cfg, audit, accept_loss=args.accept_loss))
     return 0
 
 
@@ -91,6 +91,12 @@ def register(sub, common) -> None:
         "e.g. edge-gate ledger recover --config /etc/edge-gate/gate.toml",
     )
     sp.add_argument("--config", type=existing_file, required=True, help="gate.toml")
+    sp.add_argument(
+        "--accept-loss",
+        action="store_true",
+        help="rebuild even when entries the evidence witness counted are in neither the file "
+        "nor the audit log (no backup holds them); recorded in the audit log",
+    )
     sp.set_defaults(func=cmd_recover)
     sp = led.add_parser(
         "clock-checked",

@@ -192,13 +192,18 @@ def _granted_tickets(audit) -> list[tuple[str, float, str]]:
     return out
 
 
-def recover_gate_ledger(cfg: config_mod.Config, audit, now: float | None = None) -> str:
+def recover_gate_ledger(
+    cfg: config_mod.Config, audit, now: float | None = None, accept_loss: bool = False
+) -> str:
     """`edge-gate ledger recover`: rebuild a broken or restored ledger without re-admitting anyone.
 
     The new ledger (a new id, so a new epoch for the fleet) holds every entry still readable in
     the old file plus, for each ticket (and day), the grants the audit log recorded beyond them;
     the old file is kept beside it as evidence; the audit log records the recovery and adopts
     the new ledger. Refused when the audit log does not verify either: then only backups help.
+    Refused too, unless `accept_loss`, when the evidence witness counted more entries than can
+    be rebuilt (an audit log adopted after it went back holds no grant of the entries lost with
+    the ledger): the tickets spent in them would be let in again.
     """
     rep = audit.verify()
     if not rep.ok:
@@ -226,6 +231,19 @@ def recover_gate_ledger(cfg: config_mod.Config, audit, now: float | None = None)
             local[(tid, day)] -= 1
         else:
             added.append(Entry(0, "L", "", "", 0, tid, t, day, gate))
+    witnessed = audit.witness.get("ledger") if audit.witness is not None else None
+    lost = (witnessed.n if witnessed is not None else 0) - len(entries) - len(added)
+    if lost > 0 and not accept_loss:
+        raise LedgerError(
+            f"the evidence witness counted {lost + len(entries) + len(added)} ledger entries; "
+            f"{len(entries)} are readable and the audit log holds {len(added)} grant(s) beyond "
+            f"them: {lost} entries are in neither (the audit log went back with the ledger), and "
+            "the tickets spent in them would be let in again; nothing was changed",
+            "restore the newest backups of the ledger and the audit log taken together (with "
+            "their -wal); if none holds them, `edge-gate ledger recover --config C "
+            "--accept-loss` (recorded in the audit log) and revoke the tickets that may have "
+            "been spent since the backup",
+        )
     new = path.with_name(path.name + ".recovering")
     for p in (new, *(Path(f"{new}{x}") for x in ("-wal", "-shm"))):
         p.unlink(missing_ok=True)
@@ -237,6 +255,7 @@ def recover_gate_ledger(cfg: config_mod.Config, audit, now: float | None = None)
     detail = (
         f"ledger {before.ledger_id[:8]} ({why}) rebuilt as {here.ledger_id[:8]}: "
         f"{len(entries)} entries kept, {len(added)} restored from the audit log"
+        + (f", {lost} lost (accepted)" if lost > 0 else "")
     )
     rec = AuditRecord(now, cfg.gate.id, "ledger", reason="ledger_recovered", detail=detail[:300])
     audit.replace_ledger_mark(here, rec)
@@ -244,8 +263,14 @@ def recover_gate_ledger(cfg: config_mod.Config, audit, now: float | None = None)
         led.adopt(replace_witness=True)
     return (
         f"ledger {path} rebuilt: {len(entries)} entries kept, {len(added)} ticket grants restored "
-        f"from the audit log; the old file is kept as {kept.name}. Reload the gate "
-        "(systemctl reload edge-gate) so it opens the new ledger."
+        "from the audit log"
+        + (f", {lost} entries lost (tickets spent in them can be used again)" if lost > 0 else "")
+        + (
+            f"; the old file is kept as {kept.name}"
+            if kept is not None
+            else "; there was no old file"
+        )
+        + ". Reload the gate (systemctl reload edge-gate) so it opens the new ledger."
     )
 
 
@@ -294,14 +319,14 @@ def clock_checked(
     )
 
 
-def swap_in_ledger(new: Path, path: Path, stamp: str) -> Path:
+def swap_in_ledger(new: Path, path: Path, stamp: str) -> Path | None:
     """Put the closed ledger built at `new` at `path` in one `os.replace`; the old file (with
     its -wal and -shm) is kept as `path.broken-STAMP` by hard links (a copy where links fail).
 
     Cut at any step, `path` holds the old file or the new one, never nothing: the old file is
     never moved off its path, and its -wal and -shm (only while they are still the ones kept)
     leave the path before the new file arrives, so the new file never reads the old one's log.
-    Returns the name the old file is kept under."""
+    Returns the name the old file is kept under (None: there was none at `path`)."""
     if Path(f"{new}-wal").exists():  # not closed cleanly: its last commits are not in it
         raise LedgerError(
             f"the rebuilt ledger {new} still has a -wal file; the ledger at {path} is unchanged",
@@ -336,7 +361,7 @@ def swap_in_ledger(new: Path, path: Path, stamp: str) -> Path:
             "make the disk writable (space, errors), then run `edge-gate ledger recover "
             "--config C` again",
         ) from None
-    return kept
+    return kept if ids[""] is not None else None
 
 
 def texts_from_input(item: str, max_pixels: int | None = None) -> list[str]:
