@@ -495,3 +495,25 @@ def test_both_files_restored_then_adopted_and_recovered_keep_a_spent_ticket_out(
         p.unlink()  # and then the ledger lost outright: its grants are in the audit log
     assert main(["ledger", "recover", "--config", str(cfg)]) == 0
     assert "there was no old file" in capsys.readouterr().out
+
+
+def test_older_copies_restored_and_the_witness_deleted_are_still_caught(tmp_path, capsys):
+    """Before, an older copy of the ledger and the audit log put back, with the evidence
+    witness deleted (or emptied), verified "intact" and the ticket spent since was let in
+    again: a witness naming no store was read as "nothing witnessed yet". Now a store holding
+    entries keyed with the lane's key and no witness for it is a break, until adopted."""
+    cfg = busy_lane(tmp_path, capsys, n=2)
+    for f in ("ledger.db", "audit.db"):
+        copy_db(tmp_path / f, tmp_path / f"{f}.bak")
+    spent = ticket(tmp_path, "T-SINCE")
+    assert redeem(capsys, cfg, spent)[1]["reason"] == "ok"
+    for f in ("ledger.db", "audit.db"):
+        restore(tmp_path / f"{f}.bak", tmp_path / f)
+    witness = tmp_path / "state" / "evidence.witness"
+    for gone in (lambda: witness.write_text(""), witness.unlink):
+        gone()
+        rc, out = redeem(capsys, cfg, spent)
+        assert (rc != 0, out["reason"]) == (True, "ledger_error"), out
+        assert "witness" in out["detail"] and "deleted or emptied" in out["detail"]
+        rc, text = audit_verify(capsys, cfg)
+        assert rc == 1 and "names no audit log" in text and "names no ledger" in text, text

@@ -784,9 +784,15 @@ class AuditLog(Store):
             m = self.witness.get("audit")
         except WitnessError as e:
             return str(e)
-        if m is None:
-            return ""
         ch = _chain(self.conn)
+        if m is None:  # a log this key keyed was witnessed: a witness that names none lost it
+            if ch.kid == self.witness.key.kid and ch.mac_id > 0:
+                return (
+                    f"the lane's evidence witness {self.witness.path} names no audit log, yet "
+                    f"this one holds {ch.mac_id} records keyed with its key: the witness was "
+                    "deleted or emptied, so the log cannot be checked for going back"
+                )
+            return ""
         if m.id != ch.log_id:
             return (
                 f"this is not the audit log this lane last wrote (log {ch.log_id[:8]}; the "

@@ -583,10 +583,16 @@ class Ledger(Store):
             w = self.witness.get("ledger")
         except WitnessError as e:
             return str(e)
-        if w is None:
-            return ""
         m = self._metas(self.conn)
         mac_n = int(m.get("mac_n", 0))
+        if w is None:  # a ledger this key keyed was witnessed: a witness naming none lost it
+            if m.get("kid") == self.witness.key.kid and mac_n > 0:
+                return (
+                    f"the lane's evidence witness {self.witness.path} names no ledger, yet this "
+                    f"one holds {mac_n} entries keyed with its key: the witness was deleted or "
+                    "emptied, so the ledger cannot be checked for going back"
+                )
+            return ""
         if w.id != self.ledger_id:
             return (
                 f"this is not the ledger this lane last wrote (id {self.ledger_id[:8]}; the "
