@@ -517,3 +517,9 @@ def test_older_copies_restored_and_the_witness_deleted_are_still_caught(tmp_path
         assert "witness" in out["detail"] and "deleted or emptied" in out["detail"]
         rc, text = audit_verify(capsys, cfg)
         assert rc == 1 and "names no audit log" in text and "names no ledger" in text, text
+    capsys.readouterr()
+    assert main(["audit", "adopt", "--config", str(cfg)]) == 0
+    capsys.readouterr()
+    assert main(["ledger", "recover", "--config", str(cfg)]) == 2  # how much was lost is unknown
+    assert "names no ledger" in capsys.readouterr().err
+    assert redeem(capsys, cfg, spent)[1]["reason"] == "ledger_error"

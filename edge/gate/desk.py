@@ -232,6 +232,16 @@ def recover_gate_ledger(
         else:
             added.append(Entry(0, "L", "", "", 0, tid, t, day, gate))
     witnessed = audit.witness.get("ledger") if audit.witness is not None else None
+    if witnessed is None and before.seq > 0 and audit.witness is not None and not accept_loss:
+        raise LedgerError(
+            f"the evidence witness names no ledger, yet ledger {before.ledger_id[:8]} counted "
+            f"{before.seq} redemptions: the witness was deleted or emptied, and how many entries "
+            "were lost with it cannot be told; nothing was changed",
+            "restore the witness (evidence.witness beside the evidence key) from where it was, "
+            "or the newest backups of the ledger and the audit log taken together (with their "
+            "-wal); if neither can be had, `edge-gate ledger recover --config C --accept-loss` "
+            "(recorded in the audit log) and revoke the tickets that may have been spent since",
+        )
     lost = (witnessed.n if witnessed is not None else 0) - len(entries) - len(added)
     if lost > 0 and not accept_loss:
         raise LedgerError(
