@@ -640,6 +640,8 @@ def _coerce(file: str, key: str, value: Any, typ: Any) -> Any:
 def _build(cls: type, data: dict[str, Any], file: str, prefix: str) -> Any:
     hints = get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
+    if cls is Config:  # its bookkeeping fields are no keys of the file (refused below)
+        names -= set(BOOKKEEPING)
     unknown = sorted(set(data) - names)
     for key in unknown:
         if gone := REMOVED_KEYS.get(prefix + key):
@@ -656,8 +658,6 @@ def _build(cls: type, data: dict[str, Any], file: str, prefix: str) -> Any:
         )
     kwargs: dict[str, Any] = {}
     for name, value in data.items():
-        if cls is Config and name in BOOKKEEPING:
-            raise ConfigError(f"{file}: unknown key '{name}'", "remove it")
         typ = hints[name]
         if isinstance(typ, type) and dataclasses.is_dataclass(typ):
             if not isinstance(value, dict):

@@ -27,6 +27,19 @@ def test_unknown_key_names_file_and_key(tmp_path):
     assert "relay.pni" in str(e.value)
 
 
+def test_an_unknown_section_lists_only_the_sections_a_file_may_have(tmp_path):
+    """The list of known keys named the config's bookkeeping fields (`source_file`,
+    `overrides`), which were then refused as unknown when written."""
+    p = write(tmp_path, "[gaet]\nid = 'x'\n")
+    with pytest.raises(ConfigError) as e:
+        config.load(p)
+    assert "'gaet'" in str(e.value) and "gate" in e.value.hint
+    assert "source_file" not in e.value.hint and "overrides" not in e.value.hint
+    for key in ("source_file = 'x'\n", "overrides = 1\n"):
+        with pytest.raises(ConfigError, match="unknown key"):
+            config.load(write(tmp_path, key))
+
+
 def test_wrong_type_names_key_and_value(tmp_path):
     p = write(tmp_path, '[relay]\npulse_s = "long"\n')
     with pytest.raises(ConfigError, match=r"relay.pulse_s.*'long'"):
