@@ -256,3 +256,22 @@ def test_a_hand_edited_list_with_a_byte_order_mark_and_joined_ids(tmp_path, offi
     assert row["status"] == "warn", row
     assert "line 2 ('R-2,R-3')" in row["detail"] and "one id per line" in row["fix"]
     assert "more" not in row["detail"]  # another system's id holding a comma is not one
+
+
+def test_issue_with_the_public_key_says_so_before_its_mode(tmp_path, office, capsys):
+    """Before, `ticket issue --key issuer.pub` said the key's mode was too loose (fix: chmod 600,
+    which would have locked the gates out of it), then the library's raw PEM error."""
+
+    def issue_with(key: str, tid: str) -> str:
+        argv = issue(office, "--id", tid, "--no-expiry")
+        argv[argv.index("--key") + 1] = str(office / key)
+        capsys.readouterr()
+        assert main(argv) == 2
+        return capsys.readouterr().err
+
+    err = issue_with("issuer.pub", "X-1")
+    assert "is a public key, not the issuer's private key" in err and "chmod" not in err, err
+    (office / "junk.key").write_text("not a key\n")
+    (office / "junk.key").chmod(0o600)
+    err = issue_with("junk.key", "X-2")
+    assert "is not an issuer private key (PEM)" in err and "http" not in err, err

@@ -67,14 +67,33 @@ def _cannot_write(out_dir: Path, e: OSError) -> TicketError:
 def load_private(path: Path) -> Ed25519PrivateKey:
     """Read the office's Ed25519 issuer key (PEM), with an error that names the file; refused
     when others could read or replace it."""
+    _not_public(Path(path))
     data = read_private(Path(path), "issuer key", "run edge-gate ticket keygen")
     try:
         key = serialization.load_pem_private_key(data, password=None)
-    except (ValueError, TypeError) as e:
-        raise TicketError(f"{path} is not an issuer private key: {e}") from None
+    except (ValueError, TypeError):
+        raise TicketError(
+            f"{path} is not an issuer private key (PEM)",
+            "pass the issuer.key `edge-gate ticket keygen` wrote",
+        ) from None
     if not isinstance(key, Ed25519PrivateKey):
         raise TicketError(f"{path} is not an Ed25519 key")
     return key
+
+
+def _not_public(path: Path) -> None:
+    """A public key given where the private one belongs is said as such, before its file mode
+    is judged (a fix that made issuer.pub owner-only would lock the gates out of it)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4096)
+    except OSError:
+        return  # read_private says what is wrong with it
+    if b"PUBLIC KEY" in head and b"PRIVATE KEY" not in head:
+        raise TicketError(
+            f"{path} is a public key, not the issuer's private key",
+            "pass issuer.key (kept at the ticket office beside issuer.pub)",
+        )
 
 
 def load_public(path: Path) -> Ed25519PublicKey:
