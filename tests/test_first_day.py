@@ -5,6 +5,7 @@ Each test runs the command as a user does, as a process of its own, and checks w
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -450,6 +451,7 @@ def test_fix_hints_name_the_config_the_user_ran_with(tmp_path):
     p = edge_gate("ticket", "verify", "--config", path, "--redeem", text, cwd=tmp_path)
     assert p.returncode == 2
     assert f"`edge-gate ledger init --config '{path}'`" in p.stderr  # quoted: it has a space
+    assert f"`edge-gate ledger init --config '{path}'`" in json.loads(p.stdout)["detail"]
     p = edge_gate("doctor", "--config", path, cwd=tmp_path)
     assert f"`edge-gate keys init --config '{path}'`" in p.stdout
     assert "--config C" not in p.stdout + p.stderr

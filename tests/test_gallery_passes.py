@@ -4,6 +4,8 @@ edits, validity bound to the sealed record, non-finite scores, validated thresho
 from __future__ import annotations
 
 import json
+import re
+import shlex
 import shutil
 import sqlite3
 
@@ -150,6 +152,10 @@ def test_a_pass_enrolled_already_ended_is_said(tmp_path, capsys, fixtures):
         assert rc == 0, err
         pid = out.split()[-1]
         assert (f"already ended: the gate refuses {pid} by face" in err) is said, err
+    hint = re.search(r"`edge-gate (pass renew [^`]*)`", err)  # this person, this run's gallery
+    assert hint and f"pass renew {pid} --valid-until YYYY-MM-DD" in err, err
+    rc, _, err = cli(capsys, *shlex.split(hint.group(1).replace("YYYY-MM-DD", "2099-05-01")))
+    assert rc == 0 and "already ended" not in err, err
 
 
 def test_photos_of_two_people_are_not_enrolled_as_one(tmp_path, capsys, fixtures):

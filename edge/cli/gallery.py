@@ -15,6 +15,7 @@ from typing import NoReturn
 
 from edge import config as config_mod
 from edge.cli.fleet import check_publish, publish_args, publish_deletion, publish_enrollment
+from edge.cli.hints import for_this_run
 from edge.cli.numbers import non_negative_int, positive_int
 from edge.cli.paths import existing_dir, file_path, nonempty_file
 from edge.cli.personal import add_detail_args, resolve_details
@@ -76,13 +77,15 @@ def _min_templates(args) -> int:
     return MIN_TEMPLATES if args.min_templates is None else args.min_templates
 
 
-def _note_if_ended(valid_until: int | None, who: str) -> None:
+def _note_if_ended(valid_until: int | None, who: str, args) -> None:
     """A pass enrolled already ended (a typo in the year, most often) is refused at the gate:
-    said, as `pass renew` says it."""
+    said, as `pass renew` says it, with the command for this person and this run's flags."""
     if valid_until is not None and valid_until < time.time():
+        pid = who if who.startswith("P-") else "P-..."
+        renew = f"`edge-gate pass renew {pid} --valid-until YYYY-MM-DD --config C`"
         print(
             f"note: this pass has already ended: the gate refuses {who} by face (pass_expired) "
-            "until it is renewed (`edge-gate pass renew`)",
+            f"until it is renewed ({for_this_run(renew, args)})",
             file=sys.stderr,
         )
 
@@ -152,7 +155,7 @@ def cmd_enroll(args) -> int:
         + (" (previous templates erased)" if args.replace_templates else "")
     )
     print(pid)
-    _note_if_ended(_valid_until(args, cfg), pid)
+    _note_if_ended(_valid_until(args, cfg), pid, args)
     if args.publish:
         publish_enrollment(args, cfg, db, key, pid)
     return 0
@@ -211,7 +214,7 @@ def cmd_enroll_folder(args) -> int:
         f" from {args.folder}"
     )
     if r.enrolled:
-        _note_if_ended(_valid_until(args, cfg), "them")
+        _note_if_ended(_valid_until(args, cfg), "them", args)
     for reason, names in sorted(r.by_reason().items()):
         shown = ", ".join(names[:10]) + (f" and {len(names) - 10} more" if len(names) > 10 else "")
         print(f"refused {len(names)}: {reason}: {shown}")

@@ -18,7 +18,8 @@ DB = re.compile(r" --db (?:LEDGER|DB)\b")
 
 
 LEDGER_DB = {"ticket", "ledger"}  # commands whose --db is a ledger (others': the gallery)
-GALLERY = {"enroll", "people", "forget", "purge"}  # commands with --db/--key-file of the gallery
+# commands whose --db/--key-file are the gallery's
+GALLERY = {"enroll", "people", "forget", "purge", "pass"}
 
 
 def _gallery_flags(args) -> str:

@@ -81,6 +81,8 @@ def cmd_verify(args) -> int:
     )
     rc, problems = 0, set()
     for out in verify_tickets(opts, args.inputs, now):
+        if out.get("detail"):  # a fix it quotes names this run's flags, as the error line does
+            out["detail"] = for_this_run(out["detail"], args)
         print(json.dumps(out))
         if out["reason"] == tk.Reason.LEDGER_ERROR:
             problems.add(out.get("detail", ""))

@@ -67,7 +67,7 @@ ERROR = "error"
 PRETIX_REASONS = (VALID, INVALID, REVOKED, BLOCKED, INVALID_TIME, PRODUCT, RULES, ALREADY_REDEEMED)
 
 _SAFE_SEED = re.compile(r"[A-Za-z0-9]{1,32}")
-_FIX = "run `edge-gate pretix sync --config C`, or write the file from the pretix API"
+_FIX = "run `edge-gate pretix sync --config C --once`, or write the file from the pretix API"
 
 
 @dataclass(frozen=True)
@@ -136,7 +136,8 @@ def read_json(path: Path) -> Any:
     if len(raw) > MAX_FILE:
         raise ConfigError(
             f"pretix data {path} is larger than {MAX_FILE >> 20} MiB, more than a lane reads",
-            "check the file (a damaged copy?), then run `edge-gate pretix sync --config C` again",
+            "check the file (a damaged copy?), then run "
+            "`edge-gate pretix sync --config C --once` again",
         )
     try:
         return json.loads(raw.decode("utf-8"))
