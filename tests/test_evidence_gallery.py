@@ -191,3 +191,24 @@ def test_forget_publish_that_cannot_publish_erases_nothing(site, capsys):
     assert "fleet" in err
     rc, out, _ = gallery_cli(capsys, s, "people", "--json")
     assert ada in [r["id"] for r in json.loads(out)]
+
+
+def test_a_gallery_made_anew_beside_an_earlier_ones_forget_list_is_said(site, caplog):
+    """A gallery file gone missing was made anew, empty, at the gate's next start, with nothing
+    said: every pass holder refused by face (`not_enrolled`) and no hint that a gallery was lost.
+    The forget list beside it shows one was there: the new gallery's creation is a warning."""
+    s = site
+    ada, _ = s["ada"]
+    with Gallery(s["db"], load_key(s["key"]), create=False) as g:
+        assert g.forget(ada)
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{s['db']}{suffix}").unlink(missing_ok=True)
+    caplog.set_level("WARNING", logger="edge.gallery.store")
+    with Gallery(s["db"], load_key(s["key"])) as g:
+        assert g.people() == []
+    assert any("created_empty" in r.getMessage() and "was that gallery lost" in r.getMessage()
+               for r in caplog.records), caplog.text  # fmt: skip
+    caplog.clear()
+    with Gallery(s["dir"] / "other.db", load_key(s["key"])):  # a first gallery: nothing said
+        pass
+    assert not [r for r in caplog.records if "created_empty" in r.getMessage()]

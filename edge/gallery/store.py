@@ -119,6 +119,12 @@ class Gallery(Store, GalleryReader):
             if self.write(self._create):
                 if self.forgets.newest() is not None:  # a list of an earlier gallery here
                     self.forgets.append(1, time.time(), [], self.gallery_id)
+                    log.warning(
+                        "gallery created_empty path=%s where the forget list of an earlier "
+                        "gallery is: was that gallery lost? restore it from its backup (then "
+                        "`edge-gate forget --replay`) before enrolling anyone here",
+                        self.path,
+                    )
             else:  # another process created it meanwhile
                 self.dek = self._unwrap()
         elif version < SCHEMA_VERSION:
