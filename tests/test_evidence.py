@@ -523,3 +523,26 @@ def test_older_copies_restored_and_the_witness_deleted_are_still_caught(tmp_path
     assert main(["ledger", "recover", "--config", str(cfg)]) == 2  # how much was lost is unknown
     assert "names no ledger" in capsys.readouterr().err
     assert redeem(capsys, cfg, spent)[1]["reason"] == "ledger_error"
+
+
+def test_verify_reports_records_written_without_the_key_and_a_fix_for_a_broken_log(
+    tmp_path, capsys
+):
+    """Before, `audit verify` keyed at open whatever had been appended without the key, then
+    called the log intact with no note: a record a file writer appended read as the lane's own.
+    Now verify leaves them as found and names them; and a broken audit chain gets its fix line,
+    as a broken ledger does."""
+    cfg = busy_lane(tmp_path, capsys, n=2)
+    with AuditLog(tmp_path / "audit.db") as log:  # no key: as sync, or a file writer
+        log.record(AuditRecord(time.time(), "g", "decision", decision="grant", via="face",
+                               subject="P-deadbeef"))  # fmt: skip
+    rc, out = audit_verify(capsys, cfg)
+    assert rc == 0 and "records 3..3 are not keyed yet" in out, out
+    rc, out = audit_verify(capsys, cfg)  # verify itself keyed nothing
+    assert "records 3..3 are not keyed yet" in out, out
+    copy_db(tmp_path / "audit.db", tmp_path / "audit.bak")
+    assert redeem(capsys, cfg, ticket(tmp_path, "T-LATER"))[1]["reason"] == "ok"
+    restore(tmp_path / "audit.bak", tmp_path / "audit.db")
+    rc, out = audit_verify(capsys, cfg)
+    assert rc == 1 and "audit chain BROKEN" in out
+    assert "fix: keep the file as evidence" in out and f"audit adopt --config {cfg}" in out, out

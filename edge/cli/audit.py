@@ -10,7 +10,7 @@ from edge import config as config_mod
 from edge.cli.hints import for_this_run
 from edge.errors import EdgeGateError, LedgerError
 from edge.evidence import key_path, load_key
-from edge.gate.audit import AuditLog
+from edge.gate.audit import AUDIT_BROKEN_FIX, AuditLog
 from edge.tickets.ledger import Ledger
 from edge.timeutil import iso, parse_time
 
@@ -21,12 +21,12 @@ def _key(cfg):
     return load_key(path) if path.exists() else None
 
 
-def _open(args):
+def _open(args, maintain: bool = True):
     cfg = config_mod.load(args.config)
     path = cfg.resolve(cfg.audit.path)
     if not path.is_file():
         raise EdgeGateError(f"audit log {path} does not exist", "check audit.path in the config")
-    return cfg, AuditLog(path, cfg.audit.retention_days, _key(cfg))
+    return cfg, AuditLog(path, cfg.audit.retention_days, _key(cfg), maintain)
 
 
 def _ledger_report(cfg, key) -> dict | None:
@@ -50,7 +50,7 @@ def _ledger_report(cfg, key) -> dict | None:
 def cmd_verify(args) -> int:
     """`audit verify`: prove to an inspector that no record was altered, dropped or rolled back,
     in the audit log and in the redemption ledger."""
-    cfg, log = _open(args)
+    cfg, log = _open(args, maintain=False)  # what is not keyed yet is reported, not keyed
     with log:
         rep = log.verify()
         led = _ledger_report(cfg, log.key)
@@ -66,6 +66,7 @@ def cmd_verify(args) -> int:
             )
         else:
             print(f"audit chain BROKEN: {rep.problem}; head {rep.head_id} {rep.head_hash}")
+            print(f"  fix: {for_this_run(AUDIT_BROKEN_FIX, args)}")
         if rep.note:
             print(f"note: {rep.note}")
         if led is not None and led["ok"]:

@@ -48,6 +48,10 @@ RETENTION = "retention"  # the reason of the record of a purge that ran (kind `p
 # the kind of the record that the clock is right now (`edge-gate ledger clock-checked`):
 # records before it dated by a clock that ran ahead no longer hold tickets back
 CLOCK_CHECKED = "clock_checked"
+AUDIT_BROKEN_FIX = (  # a broken chain is evidence: adopting keeps it and names what was found
+    "keep the file as evidence; after a restore, a cut or a replacement: "
+    "`edge-gate audit adopt --config C` (edited records stay named)"
+)
 
 
 @dataclass(frozen=True)
@@ -312,7 +316,13 @@ class AuditLog(Store):
     error = AuditError
     what = "audit log"
 
-    def __init__(self, path: str | Path, retention_days: int = 90, key: EvidenceKey | None = None):
+    def __init__(
+        self,
+        path: str | Path,
+        retention_days: int = 90,
+        key: EvidenceKey | None = None,
+        maintain: bool = True,
+    ):
         path = Path(path)
         self.retention_days = check_retention(retention_days)
         self.key = key
@@ -336,7 +346,7 @@ class AuditLog(Store):
                         (self.retention_days * 86400.0,),
                     )
             self._seen = -1
-            if key is not None:
+            if key is not None and maintain:  # `audit verify` reports what is unkeyed instead
                 self.maintain()
         except (sqlite3.DatabaseError, EdgeGateError) as e:
             self.conn.close()
@@ -727,8 +737,9 @@ class AuditLog(Store):
         note = ""
         if ch.mac_id < ch.head_id and ch.kid is not None:
             note = (
-                f"records {ch.mac_id + 1}..{ch.head_id} are not keyed yet (written by "
-                "edge-gate sync; the gate keys them within a second while it runs)"
+                f"records {ch.mac_id + 1}..{ch.head_id} are not keyed yet (written without "
+                "the evidence key: by edge-gate sync, or a command run by a user who cannot read "
+                "the key; the gate keys them within a second while it runs)"
             )
         elif ch.kid is None and ch.head_id:
             note = "the log is not keyed yet (no evidence key has written to it)"

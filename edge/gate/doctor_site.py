@@ -17,7 +17,7 @@ from edge.errors import EdgeGateError
 from edge.fleet.identity import load_lane_key
 from edge.fleet.state import StateReader, check_faces, check_link
 from edge.gate import checks
-from edge.gate.audit import open_audit
+from edge.gate.audit import AUDIT_BROKEN_FIX, open_audit
 from edge.gate.checklist import Check, Site, registry
 from edge.gate.desk import open_ledger
 from edge.tickets.pretix_desk import AHEAD_SLACK_S, lane_status
@@ -275,8 +275,7 @@ def _evidence(site: Site) -> str | Check:
             "fail",
             "evidence",
             f"audit chain broken: {rep.problem}",
-            "keep the file as evidence; after a restore or replacement: "
-            "`edge-gate audit adopt --config C`",
+            AUDIT_BROKEN_FIX,
         )
     how = "hashed and keyed" if rep.keyed else "hashed, not keyed yet"
     return f"audit chain intact ({how}): {rep.records} records, head {rep.head_id}"
