@@ -119,11 +119,25 @@ def load_or_create_key(path: Path) -> EvidenceKey:
 
 @dataclass(frozen=True)
 class Mark:
-    """The newest keyed head of one store: its file's random id, entries keyed, last MAC."""
+    """The newest keyed head of one store: its file's random id, entries keyed, last MAC; for
+    the ledger also its own redemptions counted (`local`: the rest are other lanes')."""
 
     id: str
     n: int
     mac: str
+    local: int | None = None
+
+
+def _plain(m: Mark) -> dict:
+    """A mark as the witness file holds it (`local` only where it is known)."""
+    out: dict = {"id": m.id, "n": m.n, "mac": m.mac}
+    if m.local is not None:
+        out["local"] = m.local
+    return out
+
+
+def _opt_int(v) -> int | None:
+    return None if v is None else int(v)
 
 
 class WitnessError(KeyFileError):
@@ -146,7 +160,7 @@ class Witness:
             raise WitnessError(
                 f"evidence witness {self.path} is unreadable: {e}", self._fix()
             ) from None
-        if not text:  # a power cut between create and write (it is written without fsync)
+        if not text:  # emptied (a witness naming no store: a keyed store beside it is a break)
             return {}
         try:
             data = json.loads(text)
@@ -164,7 +178,10 @@ class Witness:
                 self._fix(),
             )
         try:
-            return {k: Mark(str(v["id"]), int(v["n"]), str(v["mac"])) for k, v in marks.items()}
+            return {
+                k: Mark(str(v["id"]), int(v["n"]), str(v["mac"]), _opt_int(v.get("local")))
+                for k, v in marks.items()
+            }
         except (KeyError, TypeError, ValueError) as e:
             raise WitnessError(
                 f"evidence witness {self.path} is damaged: {e}", self._fix()
@@ -172,9 +189,10 @@ class Witness:
 
     def _fix(self) -> str:
         return (
-            f"restore {self.key.path.name} and {self.path.name} together from the lane's backup; "
-            f"if the key is lost, move {self.path} aside and run `edge-gate audit verify` "
-            "(the files are then checked on their own)"
+            f"if {self.key.path.name} was replaced, put the lane's own key back; if the key is "
+            f"lost, or {self.path.name} is damaged, move {self.path.name} aside, then `edge-gate "
+            "audit adopt --config C` and `edge-gate ledger recover --config C` (it asks for "
+            "--accept-loss: without the witness, what went back with the files cannot be told)"
         )
 
     def get(self, store: str) -> Mark | None:
@@ -206,7 +224,7 @@ class Witness:
             if not replace and old is not None and old.id != mark.id:
                 return  # another file: only an explicit adoption replaces the witness
             marks[store] = mark
-            plain = {k: {"id": m.id, "n": m.n, "mac": m.mac} for k, m in marks.items()}
+            plain = {k: _plain(m) for k, m in marks.items()}
             body = {"v": 1, "marks": plain, "mac": self.key.sign("witness", _canon(plain))}
             write_atomic(self.path, json.dumps(body, sort_keys=True), 0o600)
 

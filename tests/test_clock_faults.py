@@ -160,9 +160,10 @@ def test_a_clock_that_ran_ahead_is_checked_and_tickets_are_judged_again(
     synchronised, unless `--set-by-hand`) and the gate judges by it again: the entries dated
     ahead stay counted, and anti-passback does not hold a ticket used then until their date."""
     from edge.cli import main
-    from edge.gate.audit import CLOCK_CHECKED, AuditLog, open_audit
+    from edge.gate.audit import CLOCK_CHECKED, AuditLog, AuditRecord, open_audit
     from edge.gate.desk import open_ledger
     from edge.tickets import Kind, Reason, Ticket
+    from edge.tickets.ledger import Ledger
 
     cfg = make_config(tmp_path)
     real = time.time()
@@ -189,19 +190,53 @@ def test_a_clock_that_ran_ahead_is_checked_and_tickets_are_judged_again(
     assert "--set-by-hand" in capsys.readouterr().err
     with AuditLog(cfg.resolve(cfg.audit.path)) as log:
         assert log.records(CLOCK_CHECKED) == []
+        # a writer without the evidence key (sync, a shell on the data folder) does what the
+        # command does: its record lowers no floor
+        log.record(AuditRecord(time.time(), "g", CLOCK_CHECKED, subject="0" * 64))
+    with Ledger(cfg.resolve(cfg.tickets.ledger)) as led:
+        led.lower_clock_floor(time.time())
     assert judged() == [Reason.CLOCK_BEHIND] * 3
 
     monkeypatch.setattr("edge.cli.ledger.kernel_clock_synced", lambda: True)
     assert main(argv) == 0
     assert "clock checked" in capsys.readouterr().out
     assert judged() == [Reason.ALREADY_USED, Reason.OK, Reason.OK]
-    with AuditLog(cfg.resolve(cfg.audit.path)) as log:
-        (rec,) = log.records(CLOCK_CHECKED)
+    with open_audit(cfg, "use") as log:
+        (rec,) = [r for r in log.records(CLOCK_CHECKED) if r.reason]
         assert rec.reason == "NTP server was 200 days ahead" and "synchronised" in rec.detail
         assert abs(log.newest_time() - time.time()) < 60  # the log's floor is now, not ahead
+    with AuditLog(cfg.resolve(cfg.audit.path)) as log:  # without the key, nothing is lowered
+        assert log.newest_time() > real + 100 * DAY
     gate, got = pass_gate(cfg, int(real + 300 * DAY), time.time)  # as after the restart
     gate.run()
     gate.close()
     assert [(e["decision"], e["reason"]) for e in got] == [("grant", "ok")]
     assert main(argv) == 0
     assert "nothing to lower" in capsys.readouterr().out
+
+
+def test_the_retention_purge_keeps_the_clock_check_while_records_dated_ahead_remain(tmp_path):
+    """Records dated ahead outlive their retention; the clock check, dated right, does not: a
+    purge removed it and every ticket was refused `clock_behind` again at the next start. The
+    newest clock check is kept; the records around it are purged as before."""
+    from edge.evidence import load_or_create_key
+    from edge.gate.audit import AuditLog, AuditRecord
+    from edge.tickets.ledger import LedgerMark
+
+    real = time.time()
+    key = load_or_create_key(tmp_path / "evidence.key")
+    with AuditLog(tmp_path / "audit.db", 90, key) as log:
+        log.record(AuditRecord(real - 120 * DAY, "g", "system", reason="start"))
+        log.record(AuditRecord(real + 200 * DAY, "g", "decision", decision="grant", via="face"))
+        log.record_clock_checked(
+            LedgerMark("l", 0, 0.0), AuditRecord(real - 100 * DAY, "g", "", reason="NTP")
+        )
+        log.record(AuditRecord(real - 95 * DAY, "g", "decision", decision="deny", via="face"))
+        log.record(AuditRecord(real - DAY, "g", "decision", decision="deny", via="face"))
+        assert log.newest_time() == real - DAY
+        assert log.purge() == 2  # the start and the deny of 95 days ago
+        assert log.verify().ok
+        assert [r.kind for r in log.records()] == ["decision", "clock_checked", "decision"]
+        assert log.newest_time() == real - DAY
+    with AuditLog(tmp_path / "audit.db", 90, key) as log:  # as at the next start
+        assert log.newest_time() == real - DAY

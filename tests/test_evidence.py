@@ -482,7 +482,7 @@ def test_both_files_restored_then_adopted_and_recovered_keep_a_spent_ticket_out(
     capsys.readouterr()
     assert main(["ledger", "recover", "--config", str(cfg)]) == 2
     err = capsys.readouterr().err
-    assert "counted 3 ledger entries" in err and "1 entries are in neither" in err, err
+    assert "counted 3 redemptions at this lane" in err and "1 are in neither" in err, err
     assert "--accept-loss" in err
     assert redeem(capsys, cfg, spent)[1]["reason"] == "ledger_error"  # nothing was changed
     assert main(["ledger", "recover", "--config", str(cfg), "--accept-loss"]) == 0

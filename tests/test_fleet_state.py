@@ -154,4 +154,11 @@ def test_an_office_lift_leaves_a_lanes_own_revocation_in_place(tmp_path):
     office(msg.REVOCATIONS, 7, {"revoked": {"T-8": 7}})
     office(msg.UNREVOCATIONS, 8, {"lifted": {"T-8": 7}})
     assert listed() == {"T-7", "T-9"}  # the fleet's own revoke and lift still apply
+    office(msg.REVOCATIONS, 9, {"revoked": {"T-6": 9}})
+    from edge.cli import main  # revoked here too, after the office: the lane's own from now on
+
+    assert main(["ticket", "revoke", "--config", str(tmp_path / "gate.toml"),
+                 "--list", str(tmp_path / "revoked.txt"), "T-6"]) == 0  # fmt: skip
+    office(msg.UNREVOCATIONS, 10, {"lifted": {"T-6": 9}})
+    assert listed() == {"T-6", "T-7", "T-9"}
     st.close()

@@ -144,6 +144,14 @@ def cmd_revoke(args) -> int:
     ids = listed_ids(args.ids)
     check_list_path(args)
     added = tk.revoke(Path(args.list), ids)
+    cfg = config_mod.load(args.config)
+    named = cfg.resolve(cfg.tickets.revocation_list) if cfg.tickets.revocation_list else None
+    if named is not None and Path(args.list).resolve() == named:  # the gate's list: its own now
+        # the fleet library loads only where a lane's list changes
+        from edge.fleet.apply import claim_revocations
+
+        if note := claim_revocations(cfg, [i.strip() for i in ids]):
+            print(note)
     known = len(ids) - len(added)
     print(
         f"revoked {len(added)} ticket(s) in {args.list}"

@@ -28,13 +28,38 @@ from edge.errors import EdgeGateError
 from edge.files import write_atomic
 from edge.fleet import messages as msg
 from edge.fleet import people
-from edge.fleet.identity import IdentityError, Roster, parse_public
+from edge.fleet.identity import OFFICE, IdentityError, Roster, parse_public
 from edge.fleet.state import FleetState
 from edge.tickets.revocation import unrevoke
 
 log = logging.getLogger(__name__)
 # fleet.db key: the ticket ids sync put on the revocation list (the ones a lift may take off)
 APPLIED = "revocations_applied"
+
+
+def claim_revocations(cfg: Config, ticket_ids: list[str]) -> str:
+    """`ticket revoke` on a lane: the ids are now this lane's own revocations, so a later lift
+    from the office leaves them on the list (it takes off only what sync put there). Returns a
+    note when the fleet state could not be told ('' otherwise: done, or no fleet)."""
+    if not cfg.fleet.enabled:
+        return ""
+    path = cfg.resolve(cfg.fleet.state_db)
+    if not path.exists():
+        return ""  # sync never ran here: nothing of the fleet's is on the list
+    try:
+        st = FleetState(path, office=cfg.fleet.lane == OFFICE)
+        try:
+            applied = st.get(APPLIED)
+            if applied is not None and set(applied) & set(ticket_ids):
+                st.put(**{APPLIED: sorted(set(applied) - set(ticket_ids))})
+        finally:
+            st.close()
+    except EdgeGateError as e:
+        return (
+            f"note: {path} could not be told these are this lane's own revocations ({e}); "
+            "a lift from the office would take off those the office had revoked too"
+        )
+    return ""
 
 
 def _seq_map(m: msg.Message, key: str) -> dict[str, int]:

@@ -21,6 +21,7 @@ window (`JunkFolder`).
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
 import logging
 import sqlite3
@@ -301,6 +302,11 @@ def _chain(c: sqlite3.Connection) -> _Chain:
     return _Chain(row[0], row[1], row[2], row[3], row[4], row[5], row[6] or 0, row[7])
 
 
+def _clock_sig(key: EvidenceKey, log_id: str, prev: str, t: float) -> str:
+    """What a `clock_checked` record's subject must be: bound to its log and place in it."""
+    return key.sign(CLOCK_CHECKED, log_id, prev, repr(float(t)))
+
+
 def _cp_mac(key: EvidenceKey, prev_mac: str, cp_hash: str, macs: str) -> str:
     return key.sign("checkpoint", prev_mac, cp_hash, macs)
 
@@ -332,7 +338,8 @@ class AuditLog(Store):
         # the newest time of a record appended through this connection (the writer's own
         # records, known without reading the log); 0.0: none yet
         self.newest_appended = 0.0
-        self._checked_scan = (0, 0)  # (records read, newest clock_checked id) for newest_time
+        # (records read, (id, time) of the newest signed clock_checked record) for newest_time
+        self._checked_scan: tuple[int, tuple[int, float | None]] = (0, (0, None))
         make_private_dirs(path.parent)
         # records removed past retention (pseudonymous ids, ticket ids) leave no bytes behind
         self._connect(path, timeout_s=5.0, secure_delete=True)
@@ -510,8 +517,12 @@ class AuditLog(Store):
                 (self.retention_days * 86400.0,),
             ).fetchone()
             cutoff = min(now if now is not None else time.time(), sql_now) - kept
+            # the newest clock check stays: records dated ahead before it outlive it, and
+            # without it they would refuse tickets again until their date
+            keep = self._clock_checked()[0]
             rows = c.execute(
-                "SELECT id, prev, hash, mac FROM events WHERE t < ? ORDER BY id", (cutoff - 1.0,)
+                "SELECT id, prev, hash, mac FROM events WHERE t < ? AND id != ? ORDER BY id",
+                (cutoff - 1.0, keep),
             ).fetchall()
             if not rows:
                 return 0
@@ -582,11 +593,12 @@ class AuditLog(Store):
         """The newest record time (of one kind): a clock behind it has stepped backwards.
 
         Of all kinds, counted from the last `clock_checked` record on (`edge-gate ledger
-        clock-checked`): records before it dated by a clock that ran ahead no longer count."""
+        clock-checked`) that the evidence key signed: records before it dated by a clock that
+        ran ahead no longer count. Without the key no such record is honoured."""
         if kind is not None:
             q = "SELECT max(t) FROM events WHERE kind = ?"
             return self.conn.execute(q, (kind,)).fetchone()[0]
-        since = self._clock_checked_id()
+        since = self._clock_checked()[0]
         if since == 0:
             return self.conn.execute("SELECT max(t) FROM events").fetchone()[0]
         # by the time index, newest first: only the records dated ahead are passed over
@@ -594,18 +606,47 @@ class AuditLog(Store):
         row = self.conn.execute(q, (since,)).fetchone()
         return row[0] if row else None
 
-    def _clock_checked_id(self) -> int:
-        """The id of the newest `clock_checked` record (0: none); records read once each."""
+    def clock_checked_time(self) -> float | None:
+        """When the clock was last checked right (a signed `clock_checked` record), or None."""
+        return self._clock_checked()[1]
+
+    def _clock_checked(self) -> tuple[int, float | None]:
+        """(id, time) of the newest `clock_checked` record the evidence key signed ((0, None):
+        none); records read once each."""
+        if self.key is None:
+            return 0, None
         head = self.conn.execute("SELECT coalesce(max(id), 0) FROM events").fetchone()[0]
         scanned, found = self._checked_scan
         if head < scanned:  # another file at this path (a restore): read it whole
-            scanned, found = 0, 0
+            scanned, found = 0, (0, None)
         if head > scanned:
-            q = "SELECT max(id) FROM events WHERE id > ? AND kind = ?"
-            newer = self.conn.execute(q, (scanned, CLOCK_CHECKED)).fetchone()[0]
-            scanned, found = head, newer or found
+            log_id = _chain(self.conn).log_id or ""
+            q = "SELECT id, t, prev, subject FROM events WHERE id > ? AND kind = ? ORDER BY id DESC"
+            for rid, t, prev, sig in self.conn.execute(q, (scanned, CLOCK_CHECKED)).fetchall():
+                if hmac.compare_digest(str(sig or ""), _clock_sig(self.key, log_id, prev, t)):
+                    found = (rid, t)
+                    break
+            scanned = head
         self._checked_scan = (scanned, found)
         return found
+
+    def record_clock_checked(self, mark: LedgerMark, r: AuditRecord) -> None:
+        """The `clock_checked` record and the ledger mark it lowers, in one transaction. Its
+        subject is the evidence key's signature over the log, the record it follows and its
+        time: a record a writer without the key appended (or copied) lowers no floor."""
+        if self.key is None:
+            raise AuditError(
+                "checking the clock needs the lane's evidence key",
+                "run it as the gate's service user (sudo -u edge-gate) or root",
+            )
+        with self.transaction() as c:
+            ch = _chain(c)
+            c.execute(
+                "INSERT OR REPLACE INTO ledger_mark VALUES (1, ?, ?, ?)",
+                (mark.ledger_id, mark.seq, mark.t),
+            )
+            sig = _clock_sig(self.key, ch.log_id or "", ch.head_hash, r.t)
+            self.append(replace(r, kind=CLOCK_CHECKED, subject=sig))
 
     def granted_since(self, via: str, subject: str, since: float) -> bool:
         """Whether a grant `via` for `subject` was recorded at or after `since` (an override

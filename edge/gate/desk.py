@@ -28,6 +28,7 @@ from edge.gate.audit import CLOCK_CHECKED, AuditRecord, open_audit
 from edge.tickets.format import PREFIX, Reason
 from edge.tickets.keys import load_public
 from edge.tickets.ledger import (
+    CLOCK_TOLERANCE_S,
     LOST_HINT,
     Entry,
     Ledger,
@@ -210,8 +211,10 @@ def recover_gate_ledger(
         raise LedgerError(
             f"the audit log does not verify either ({rep.problem}): the ledger cannot be rebuilt "
             "from it",
-            "restore the newest backups of the ledger and the audit log (with their -wal); "
-            "without them, tickets stay refused (faces still work)",
+            "restore the newest backups of the ledger and the audit log (with their -wal); if "
+            "the audit log was found restored, cut short or replaced (kept as evidence), "
+            "`edge-gate audit adopt --config C` first, then run this again; without either, "
+            "tickets stay refused (faces still work)",
         )
     now = time.time() if now is None else now
     path, tz = cfg.resolve(cfg.tickets.ledger), cfg.gate.zone
@@ -242,24 +245,31 @@ def recover_gate_ledger(
             "-wal); if neither can be had, `edge-gate ledger recover --config C --accept-loss` "
             "(recorded in the audit log) and revoke the tickets that may have been spent since",
         )
-    lost = (witnessed.n if witnessed is not None else 0) - len(entries) - len(added)
+    # this lane's own redemptions only: other lanes' come back from them, not from here
+    counted = witnessed.local if witnessed is not None and witnessed.local is not None else 0
+    rebuilt = sum(e.src == "L" for e in entries) + len(added)
+    lost = counted - rebuilt
     if lost > 0 and not accept_loss:
         raise LedgerError(
-            f"the evidence witness counted {lost + len(entries) + len(added)} ledger entries; "
-            f"{len(entries)} are readable and the audit log holds {len(added)} grant(s) beyond "
-            f"them: {lost} entries are in neither (the audit log went back with the ledger), and "
-            "the tickets spent in them would be let in again; nothing was changed",
-            "restore the newest backups of the ledger and the audit log taken together (with "
-            "their -wal); if none holds them, `edge-gate ledger recover --config C "
-            "--accept-loss` (recorded in the audit log) and revoke the tickets that may have "
-            "been spent since the backup",
+            f"the evidence witness counted {counted} redemptions at this lane; {rebuilt} can be "
+            f"rebuilt ({rebuilt - len(added)} readable in the ledger, {len(added)} grant(s) in "
+            f"the audit log beyond them): {lost} are in neither (older than the audit log's "
+            "retention, or lost with an audit log that went back with the ledger), and the "
+            "tickets spent in them could be used again; nothing was changed",
+            "restore the newest backups of the ledger and the audit log (with their -wal); if "
+            "none holds them, `edge-gate ledger recover --config C --accept-loss` (recorded in "
+            "the audit log) and revoke the tickets still valid that may have been used then",
         )
     new = path.with_name(path.name + ".recovering")
     for p in (new, *(Path(f"{new}{x}") for x in ("-wal", "-shm"))):
         p.unlink(missing_ok=True)
     init_ledger(new)
+    last_t = None  # entries dated ahead before a clock check do not raise the floor again
+    if audit.clock_checked_time() is not None:
+        late = now + CLOCK_TOLERANCE_S
+        last_t = max([before.t, *(e.t for e in entries + added if e.t <= late)])
     with Ledger(new, cfg.gate.id, key=audit.key, verify=False, outbox=True) as led:
-        led.rebuild(sorted(entries + added, key=lambda e: e.t), pending, before)
+        led.rebuild(sorted(entries + added, key=lambda e: e.t), pending, before, last_t)
         here = led.mark()
     kept = swap_in_ledger(new, path, time.strftime("%Y%m%dT%H%M%S", time.gmtime(now)))
     detail = (
@@ -317,7 +327,7 @@ def clock_checked(
             f"records dated up to {iso(floor)} by a clock that ran ahead; the clock at "
             f"{iso(now)} is right ({'synchronised' if synced else 'set by hand, checked'})"
         )
-        audit.replace_ledger_mark(
+        audit.record_clock_checked(
             LedgerMark(mark.ledger_id, mark.seq, min(mark.t, now)),
             AuditRecord(now, cfg.gate.id, CLOCK_CHECKED, reason=reason, detail=detail),
         )

@@ -718,13 +718,21 @@ class Ledger(Store):
         m = self._metas(self.conn)
         if m.get("kid") == self.key.kid and int(m.get("mac_n", 0)):  # type: ignore[union-attr]
             try:
-                self.witness.advance("ledger", Mark(self.ledger_id, int(m["mac_n"]), m["mac_head"]))
+                mark = Mark(self.ledger_id, int(m["mac_n"]), m["mac_head"], int(m["seq"]))
+                self.witness.advance("ledger", mark)
             except (OSError, WitnessError) as e:
                 log.error("ledger witness not written error=%s", e)
 
-    def rebuild(self, entries: list[Entry], pending: list[OutboxEntry], was: LedgerMark) -> None:
+    def rebuild(
+        self,
+        entries: list[Entry],
+        pending: list[OutboxEntry],
+        was: LedgerMark,
+        last_t: float | None = None,
+    ) -> None:
         """Fill a new, empty ledger in one transaction (`ledger recover`): the entries in order,
-        the outbox rows not yet published (renumbered), and a counter never below the old one."""
+        the outbox rows not yet published (renumbered), and a counter never below the old one;
+        the newest time `last_t`, or the newest of `was` and the entries."""
         with self.transaction() as c:
             for e in entries:
                 self._append(c, replace(e, pos=0))
@@ -734,7 +742,7 @@ class Ledger(Store):
                 [(o.ticket_id, o.t, o.day, o.kind, o.max_entries, o.proof) for o in pending],
             )
             n_local = sum(1 for e in entries if e.src == "L")
-            newest = max([was.t, *(e.t for e in entries)], default=0.0)
+            newest = max([was.t, *(e.t for e in entries)]) if last_t is None else last_t
             c.executemany(
                 "INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)",
                 [("seq", str(max(was.seq, n_local))), ("last_t", str(newest))],
@@ -749,8 +757,8 @@ class Ledger(Store):
             self._key_pending(c)
         m = self._metas(self.conn)
         if m.get("kid") == self.key.kid:
-            mark = Mark(self.ledger_id, int(m.get("mac_n", 0)), m.get("mac_head") or "")
-            self.witness.advance("ledger", mark, replace=replace_witness)
+            n, head, local = int(m.get("mac_n", 0)), m.get("mac_head") or "", int(m.get("seq", 0))
+            self.witness.advance("ledger", Mark(self.ledger_id, n, head, local), replace_witness)
 
     def maintain(self) -> None:
         """Once a second from the gate: verify what others wrote, key it. Cheap when idle."""
@@ -867,7 +875,7 @@ class Ledger(Store):
                 f"clock {iso(now)} is before the newest recorded entry {iso(floor)}",
             )
         if rule is not None:  # the caller's rule replaces the count and anti-passback
-            return rule(self.entry_times(t.ticket_id))
+            return rule(self._as_dated(self.entry_times(t.ticket_id), now))
         n = self.used(t.ticket_id, day if t.kind == Kind.SEASON else None)
         if n >= t.max_entries:
             detail = "daily limit" if t.kind == Kind.SEASON else "no entries left"
@@ -879,6 +887,22 @@ class Ledger(Store):
         if last is not None and now - last < self.anti_passback_s:
             return Redemption(False, Reason.ANTI_PASSBACK, n, f"used here {now - last:.0f} s ago")
         return None
+
+    def _as_dated(self, times: list[float], now: float) -> list[float]:
+        """Entry times as a rule reads them: an entry dated ahead of now, left only after
+        `ledger clock-checked` lowered the floor, counts as of that check (still counted, and
+        never minutes in the future)."""
+        late = now + CLOCK_TOLERANCE_S
+        if all(x <= late for x in times):
+            return times
+        checked = None
+        if (when := getattr(self.marks, "clock_checked_time", None)) is not None:
+            try:
+                checked = when()
+            except (sqlite3.Error, EdgeGateError) as e:
+                log.warning("ledger clock_check_unread error=%s", e)
+        at = min(now, checked) if checked is not None else now
+        return sorted(at if x > late else x for x in times)
 
     def clock_behind(self, now: float) -> float | None:
         """The newest time this ledger or the audit log recorded, when `now` is behind it by
