@@ -213,6 +213,8 @@ def test_a_clock_that_ran_ahead_is_checked_and_tickets_are_judged_again(
     assert [(e["decision"], e["reason"]) for e in got] == [("grant", "ok")]
     assert main(argv) == 0
     assert "nothing to lower" in capsys.readouterr().out
+    assert main(["ledger", "recover", "--config", str(cfg.source_file)]) == 0  # rebuilt on request
+    assert judged() == [Reason.ALREADY_USED, Reason.OK, Reason.OK]  # the floor stays lowered
 
 
 def test_the_retention_purge_keeps_the_clock_check_while_records_dated_ahead_remain(tmp_path):
@@ -240,3 +242,36 @@ def test_the_retention_purge_keeps_the_clock_check_while_records_dated_ahead_rem
         assert log.newest_time() == real - DAY
     with AuditLog(tmp_path / "audit.db", 90, key) as log:  # as at the next start
         assert log.newest_time() == real - DAY
+
+
+def test_a_rule_reads_entries_dated_ahead_as_of_the_clock_check(tmp_path):
+    """pretix's rules read a ticket's entry times (entries today, minutes since the last): an
+    entry dated ahead, still there after `ledger clock-checked`, counted as today and as minutes
+    in the future, so the rule refused until its date. It reads as of the check: still counted."""
+    from edge.evidence import load_or_create_key
+    from edge.gate.audit import AuditLog, AuditRecord
+    from edge.tickets import Ticket
+    from edge.tickets.ledger import Ledger, LedgerMark, init_ledger
+
+    real = time.time()
+    key = load_or_create_key(tmp_path / "evidence.key")
+    init_ledger(tmp_path / "l.db")
+    seen: list[list[float]] = []
+
+    def rule(times: list[float]):
+        seen.append(times)
+        return None
+
+    with (
+        AuditLog(tmp_path / "a.db", 90, key) as log,
+        Ledger(tmp_path / "l.db", marks=log, key=key) as led,
+    ):
+        assert led.redeem(Ticket("P-1"), real + 100 * DAY).ok  # the clock ran ahead
+        assert led.check(Ticket("P-1"), real, rule).reason == "clock_behind"
+        m = led.mark()
+        log.record_clock_checked(
+            LedgerMark(m.ledger_id, m.seq, real), AuditRecord(real, "g-1", "", reason="x")
+        )
+        led.lower_clock_floor(real)
+        assert led.check(Ticket("P-1"), real + 60, rule).ok
+    assert seen == [[real]]  # one entry, as of the check; the refusal above read none

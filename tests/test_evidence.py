@@ -546,3 +546,26 @@ def test_verify_reports_records_written_without_the_key_and_a_fix_for_a_broken_l
     rc, out = audit_verify(capsys, cfg)
     assert rc == 1 and "audit chain BROKEN" in out
     assert "fix: keep the file as evidence" in out and f"audit adopt --config {cfg}" in out, out
+
+
+def test_a_lost_ledger_holding_other_lanes_entries_is_recovered_without_asking(tmp_path, capsys):
+    """The witness counts every entry keyed, other lanes' too, and the audit log holds only
+    this lane's grants: a normal recovery of a lost ledger on a fleet lane was refused as a
+    loss. Recovery compares this lane's own redemptions, which the witness counts apart."""
+    from edge.tickets.ledger import Ledger
+
+    cfg = lane(tmp_path)
+    with Ledger(tmp_path / "ledger.db", outbox=True) as sync:  # as sync applies them: no key
+        for i in range(3):
+            day = time.strftime("%Y-%m-%d")
+            assert sync.apply_remote("lane2", i + 1, f"R-{i}", time.time(), day, epoch="e1")
+    for i in range(2):
+        assert redeem(capsys, cfg, ticket(tmp_path, f"T-{i}"))[1]["reason"] == "ok"
+    marks = json.loads((tmp_path / "state" / "evidence.witness").read_text())["marks"]
+    assert (marks["ledger"]["n"], marks["ledger"]["local"]) == (5, 2)
+    for p in tmp_path.glob("ledger.db*"):
+        p.unlink()  # the disk lost it; the audit log is intact
+    capsys.readouterr()
+    assert main(["ledger", "recover", "--config", str(cfg)]) == 0, capsys.readouterr().err
+    assert "2 ticket grants restored" in capsys.readouterr().out
+    assert redeem(capsys, cfg, ticket(tmp_path, "T-1"))[1]["reason"] == "already_used"
