@@ -434,6 +434,14 @@ class Ledger(Store):
     def _metas(self, c: sqlite3.Connection) -> dict[str, str]:
         return dict(c.execute("SELECT key, value FROM meta"))
 
+    @staticmethod
+    def _local_n(c: sqlite3.Connection, m: dict[str, str]) -> int:
+        """This lane's own entries held (other lanes' apart): what the witness counts for
+        `ledger recover`; counted once in a ledger written before it was kept."""
+        if (n := m.get("local_n")) is not None:
+            return int(n)
+        return c.execute("SELECT count(*) FROM redemptions").fetchone()[0]
+
     @property
     def epoch(self) -> str:
         """The epoch of this lane's outbox numbers: the ledger's random id (new at every `ledger
@@ -648,7 +656,9 @@ class Ledger(Store):
         mac = None
         if self.key is not None and m.get("kid") == self.key.kid and int(m["mac_n"]) == pos - 1:
             mac = self.key.mac(m.get("mac_head") or self.key.genesis(self.ledger_id), h)
+        local: list[tuple[str, str]] = []
         if e.src == "L":
+            local = [("local_n", str(self._local_n(c, m) + 1))]
             cur = c.execute(
                 "INSERT INTO redemptions (ticket_id, t, day, gate, pos, hash, mac)"
                 " VALUES (?,?,?,?,?,?,?)",
@@ -662,7 +672,7 @@ class Ledger(Store):
             )
             if cur.rowcount != 1:
                 return 0
-        meta = [("chain_n", str(pos)), ("chain_hash", h)]
+        meta = [("chain_n", str(pos)), ("chain_hash", h), *local]
         if mac is not None:
             meta += [("mac_n", str(pos)), ("mac_head", mac)]
         c.executemany("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", meta)
@@ -718,7 +728,8 @@ class Ledger(Store):
         m = self._metas(self.conn)
         if m.get("kid") == self.key.kid and int(m.get("mac_n", 0)):  # type: ignore[union-attr]
             try:
-                mark = Mark(self.ledger_id, int(m["mac_n"]), m["mac_head"], int(m["seq"]))
+                local = self._local_n(self.conn, m)
+                mark = Mark(self.ledger_id, int(m["mac_n"]), m["mac_head"], local)
                 self.witness.advance("ledger", mark)
             except (OSError, WitnessError) as e:
                 log.error("ledger witness not written error=%s", e)
@@ -757,7 +768,8 @@ class Ledger(Store):
             self._key_pending(c)
         m = self._metas(self.conn)
         if m.get("kid") == self.key.kid:
-            n, head, local = int(m.get("mac_n", 0)), m.get("mac_head") or "", int(m.get("seq", 0))
+            n, head = int(m.get("mac_n", 0)), m.get("mac_head") or ""
+            local = self._local_n(self.conn, m)
             self.witness.advance("ledger", Mark(self.ledger_id, n, head, local), replace_witness)
 
     def maintain(self) -> None:
