@@ -50,6 +50,7 @@ def cmd_recover(args) -> int:
 
 def cmd_clock_checked(args) -> int:
     """`ledger clock-checked`: a clock that ran ahead dated records; it is right now."""
+    # the ticket desk (verifiers, pretix rules) loads only for ledger commands
     from edge.gate.desk import clock_checked
 
     reason = check_reason(args.reason, "--reason")
