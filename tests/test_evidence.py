@@ -463,12 +463,9 @@ def test_doctor_names_a_broken_audit_chain(tmp_path, capsys):
     assert "record 1 was altered" in report["evidence"]["detail"]
 
 
-def test_both_files_restored_then_adopted_and_recovered_keep_a_spent_ticket_out(tmp_path, capsys):
-    """Before, an older copy of both the ledger and the audit log, taken together, then the
-    printed fixes followed (`audit adopt`, `ledger recover`), let a ticket spent since the copy
-    in again: the adopted log holds no grant of it, and the rebuilt ledger "0 restored".
-    Now recover compares with the entries the evidence witness counted and refuses what it
-    cannot account for, unless `--accept-loss` (recorded); a deleted ledger names no kept file."""
+def both_went_back(tmp_path: Path, capsys) -> tuple[Path, str]:
+    """A lane whose ledger and audit log were put back to a copy taken together, before a
+    ticket (returned) was spent."""
     cfg = busy_lane(tmp_path, capsys, n=2)
     for f in ("ledger.db", "audit.db"):
         copy_db(tmp_path / f, tmp_path / f"{f}.bak")
@@ -476,6 +473,16 @@ def test_both_files_restored_then_adopted_and_recovered_keep_a_spent_ticket_out(
     assert redeem(capsys, cfg, spent)[1]["reason"] == "ok"
     for f in ("ledger.db", "audit.db"):
         restore(tmp_path / f"{f}.bak", tmp_path / f)
+    return cfg, spent
+
+
+def test_both_files_restored_then_adopted_and_recovered_keep_a_spent_ticket_out(tmp_path, capsys):
+    """Before, an older copy of both the ledger and the audit log, taken together, then the
+    printed fixes followed (`audit adopt`, `ledger recover`), let a ticket spent since the copy
+    in again: the adopted log holds no grant of it, and the rebuilt ledger "0 restored".
+    Now recover compares with the entries the evidence witness counted and refuses what it
+    cannot account for, unless `--accept-loss` (recorded); a deleted ledger names no kept file."""
+    cfg, spent = both_went_back(tmp_path, capsys)
     assert redeem(capsys, cfg, spent)[1]["reason"] == "ledger_error"
     capsys.readouterr()
     assert main(["audit", "adopt", "--config", str(cfg)]) == 0
@@ -502,13 +509,7 @@ def test_older_copies_restored_and_the_witness_deleted_are_still_caught(tmp_path
     witness deleted (or emptied), verified "intact" and the ticket spent since was let in
     again: a witness naming no store was read as "nothing witnessed yet". Now a store holding
     entries keyed with the lane's key and no witness for it is a break, until adopted."""
-    cfg = busy_lane(tmp_path, capsys, n=2)
-    for f in ("ledger.db", "audit.db"):
-        copy_db(tmp_path / f, tmp_path / f"{f}.bak")
-    spent = ticket(tmp_path, "T-SINCE")
-    assert redeem(capsys, cfg, spent)[1]["reason"] == "ok"
-    for f in ("ledger.db", "audit.db"):
-        restore(tmp_path / f"{f}.bak", tmp_path / f)
+    cfg, spent = both_went_back(tmp_path, capsys)
     witness = tmp_path / "state" / "evidence.witness"
     for gone in (lambda: witness.write_text(""), witness.unlink):
         gone()
