@@ -30,7 +30,7 @@ from edge.console.users import UserStore
 from edge.errors import AuditError
 from edge.gallery.crypto import init_key, load_key
 from edge.gallery.store import Consent, Gallery
-from edge.gate.audit import AuditLog, AuditRecord
+from edge.gate.audit import AuditLog, AuditRecord, open_audit
 from edge.lab.broker import free_port
 
 from .console_harness import PASSWORD, Served, wait_for
@@ -523,8 +523,9 @@ def test_a_forget_says_what_was_done_and_keeps_hidden_characters_out_of_the_log(
         st, page = c.req("GET", c.location)
         assert said in page and b"published" not in page, page[-600:]
     assert office.people() == []
+    # that it happened and why, never who: as the record of a person erased here
     assert office.audit_details("deletion")[-1] == (
-        "by sam: P-nobody not at the office; nothing sent (no fleet)"
+        "by sam: not at the office; nothing sent (no fleet)"
     )
 
 
@@ -1246,3 +1247,79 @@ def _stream_open(s: socket.socket) -> bool:
     except TimeoutError:
         return True
     return False
+
+
+def test_revoke_unrevoke_and_forget_say_queued_when_the_offices_sync_has_not_sent(
+    tmp_path, monkeypatch
+):
+    """With the broker or the office's sync down, revoke said "list sent to the lanes" and
+    forget "Deletion published to every lane" (they were only queued); un-revoke changed the
+    office's list only, so every lane went on refusing a ticket the office's check called
+    valid; a revoke of an id already revoked was recorded as "revoked"; a forget of someone
+    not at the office put their id in the record. Now each says sent or queued, un-revoke
+    queues the lift for every lane, and the records say what was done, never who."""
+    from edge.console import actions
+    from edge.fleet.office import office_store
+
+    from .console_harness import make_park
+
+    monkeypatch.setattr(actions, "SENT_WAIT_S", 0.2)
+    park = make_park(tmp_path, "mqtt://127.0.0.1:1")  # no sync runs: nothing is sent
+    cfg = park.office_cfg
+    office = actions.Office(cfg)
+    try:
+        assert actions.revoke(office, "sam", ["T-Q1"])[::2] == (["T-Q1"], False)
+        assert actions.revoke(office, "sam", ["T-Q1"])[0] == []
+        assert actions.unrevoke(office, "sam", ["T-Q1"]) == (["T-Q1"], False)
+        with office_store(cfg, must_exist=True, read_only=True) as store:
+            topics = [row[1] for row in store.outgoing(0, 100)]
+        assert any(t.endswith("/office/unrevocations") for t in topics), topics
+        assert actions.forget(office, "sam", "P-nobody", "deletion_request") == (False, False)
+    finally:
+        office.close()
+    a = open_audit(cfg, "use")
+    try:
+        details = [(r.kind, r.detail) for _, r, _ in a.rows()]
+    finally:
+        a.close()
+    assert ("revoke", "by sam: revoked T-Q1") in details
+    assert ("revoke", "by sam: revoked nothing new") in details
+    assert ("unrevoke", "by sam: un-revoked T-Q1") in details
+    assert ("deletion", "by sam: not at the office; queued for the lanes") in details
+
+
+def test_the_kiosk_drops_an_old_capture_and_refuses_what_the_gate_would(tmp_path, monkeypatch):
+    """A capture's faces were dropped only when someone opened the kiosk page again: past the
+    15 minutes CONSOLE.md promises, a late form still enrolled with them. A pass end already
+    past was enrolled (the gate refuses them, pass_expired); a refusal's fix named command-line
+    flags (--guardian NAME) the kiosk does not have."""
+    from edge.console import actions
+
+    from .console_harness import make_park
+
+    park = make_park(tmp_path, "mqtt://127.0.0.1:1")
+    cfg = park.office_cfg
+    office = actions.Office(cfg)
+    try:
+        kiosk = actions.Kiosk(office)
+        cid = kiosk.start("sam")
+        form = actions.Enrollment(
+            "Ada", True, cfg.console.consent_version, valid_until="2001-01-01"
+        )
+        with pytest.raises(actions.ActionError, match="has passed") as e:
+            actions.enroll(office, kiosk, cid, "sam", form)
+        assert "check the year" in e.value.hint
+        minor = actions.Enrollment("Ben", True, cfg.console.consent_version, minor=True)
+        with pytest.raises(actions.ActionError) as e:
+            actions.enroll(office, kiosk, cid, "sam", minor)
+        assert "--" not in e.value.hint and "guardian" in e.value.hint, e.value.hint
+        assert kiosk.capture(cid, "sam") is not None
+        later = time.monotonic() + actions.KIOSK_TTL_S + 60
+        monkeypatch.setattr(actions.time, "monotonic", lambda: later)
+        with pytest.raises(actions.ActionError, match="expired"):
+            kiosk.capture(cid, "sam")
+        monkeypatch.undo()
+        with pytest.raises(actions.ActionError, match="expired"):  # dropped, not only hidden
+            kiosk.capture(cid, "sam")
+    finally:
+        office.close()

@@ -36,18 +36,15 @@ def cmd_sync(args) -> int:
 def report_sent(cfg: config_mod.Config, what: str, wait_s: float = 10.0) -> None:
     """Say whether the office's sync has sent what was just queued (bounded wait)."""
     # the office library loads only for the office's commands (edge/cli/__init__.py)
-    from edge.fleet.office import Queued, office_store, wait_sent
+    from edge.fleet.office import wait_all_sent
 
-    try:  # queued and committed already: a store that cannot be read now fails nothing
-        with office_store(cfg, must_exist=True, read_only=True) as store:
-            queued = [Queued(r[0], 0, what) for r in store.outgoing(0, 10_000)]
-    except EdgeGateError as e:
+    sent = wait_all_sent(cfg, what, wait_s)
+    if sent is None:
         print(
             f"queued {what}, signed; whether the office's `edge-gate sync` has sent it cannot "
-            f"be read now ({e}): do not queue it again, see `edge-gate fleet status`"
+            "be read now: do not queue it again, see `edge-gate fleet status`"
         )
-        return
-    if wait_sent(cfg, queued, wait_s):
+    elif sent:
         print(f"published {what} to the fleet, signed")
     else:
         print(

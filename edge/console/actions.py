@@ -33,6 +33,8 @@ from edge.fleet.office import (
     publish_override,
     publish_person,
     publish_revocations,
+    publish_unrevocations,
+    wait_all_sent,
     wait_sent,
 )
 from edge.gallery.crypto import load_key
@@ -58,6 +60,7 @@ from edge.vision.pipeline import FacePipeline
 
 log = logging.getLogger(__name__)
 KIOSK_TTL_S = 900.0  # an unfinished enrollment's faces are dropped after this
+SENT_WAIT_S = 5.0  # how long an action waits to say "sent" rather than "queued"
 MAX_UPLOAD = 8 * 1024 * 1024
 
 
@@ -302,9 +305,13 @@ class Kiosk:
         return cid
 
     def capture(self, cid: str, user: str) -> Capture:
-        """The user's own capture, or a refusal."""
+        """The user's own capture, or a refusal; one older than KIOSK_TTL_S is dropped here (its
+        faces are kept no longer, even when no new kiosk page was opened since)."""
         with self._lock:
             c = self._captures.get(cid)
+            if c is not None and time.monotonic() - c.started > KIOSK_TTL_S:
+                del self._captures[cid]
+                c = None
         if c is None or c.user != user:
             raise ActionError("this enrollment has expired", "start again from the kiosk page")
         return c
@@ -362,6 +369,32 @@ def decode_image(data: bytes, max_pixels: int | None = None) -> np.ndarray:
         raise ActionError(str(e.args[0]), "send a JPEG or PNG") from None
 
 
+# the enrollment library's fixes name command-line flags: the kiosk's own words for them
+_KIOSK_HINTS = {
+    "pass --name": "type the visitor's name",
+    "pass --guardian NAME": "type the guardian's name: a minor is enrolled with their consent",
+}
+_MATCHES = "already matches enrolled person"
+
+
+@contextlib.contextmanager
+def _in_kiosk_words() -> Iterator[None]:
+    """An enrollment refusal with the fix a kiosk user can follow (no command-line flags)."""
+    try:
+        yield
+    except EdgeGateError as e:
+        if e.hint in _KIOSK_HINTS:
+            raise ActionError(str(e.args[0]), _KIOSK_HINTS[e.hint]) from None
+        if _MATCHES in str(e.args[0]):
+            raise ActionError(
+                str(e.args[0]),
+                "check on the People page who this is: they may be enrolled already; two "
+                "people who look this alike are enrolled at the office's command line "
+                "(`edge-gate enroll --force`)",
+            ) from None
+        raise
+
+
 @dataclass(frozen=True)
 class Enrollment:
     """The kiosk form: who, under which consent, with which pass."""
@@ -403,12 +436,19 @@ def enroll(
             "notice_file_zh), reload the kiosk page and read it to the visitor",
         ) from None
     consent = Consent(e.consent_version, "electronic", user, e.guardian.strip(), read_notice)
-    check_consent(consent, e.minor)
+    with _in_kiosk_words():
+        check_consent(consent, e.minor)
     c = kiosk.capture(cid, user)
     pipe = office.pipeline()
     valid = (
         parse_time(e.valid_until, cfg.gate.zone, end_of_day=True) if e.valid_until.strip() else None
     )
+    if valid is not None and valid < time.time():  # the gate would refuse them (pass_expired)
+        raise ActionError(
+            f"the pass end {e.valid_until.strip()[:40]} has passed: the gate would refuse this "
+            "visitor by face",
+            "check the year, or leave it empty for a pass without an end",
+        )
     publish = cfg.fleet.enabled and office.issuer_key is not None
     key = office.usable_issuer_key() if publish else None
     recorded = None
@@ -419,6 +459,7 @@ def enroll(
             office._pipe_lock,
             office.gallery() as g,
             g.transaction(),
+            _in_kiosk_words(),
         ):
             pid, n = enroll_person(
                 g,
@@ -519,8 +560,9 @@ def reveal(office: Office, user: str, person_id: str) -> str:
     return name
 
 
-def forget(office: Office, user: str, person_id: str, reason: str) -> tuple[bool, bool]:
-    """Erase at the office and publish the deletion to every lane; (was here, published)."""
+def forget(office: Office, user: str, person_id: str, reason: str) -> tuple[bool, bool | None]:
+    """Erase at the office and publish the deletion to every lane; (was here, sent: True sent,
+    False queued for the office's sync, None no fleet)."""
     reason = check_reason(reason, "the deletion's reason")
     if not person_id.isprintable() or not 0 < len(person_id) <= 64:  # recorded as it is
         raise ActionError(
@@ -542,12 +584,20 @@ def forget(office: Office, user: str, person_id: str, reason: str) -> tuple[bool
             raise
         finally:
             office.drop_people()
+    sent: bool | None = None
     if key is not None:  # also when already gone here: the lanes may still hold the person
         publish_person(cfg, key, person_id, "forget")
-    if not found:
-        sent = "sent to the lanes" if key is not None else "nothing sent (no fleet)"
-        office.record(user, "deletion", f"{person_id} not at the office; {sent}", reason=reason)
-    return found, key is not None
+        sent = bool(wait_all_sent(cfg, "a deletion", SENT_WAIT_S))
+    if not found:  # that it happened and why, never who (as a deletion found here)
+        where = (
+            "nothing sent (no fleet)"
+            if sent is None
+            else "sent to the lanes"
+            if sent
+            else "queued for the lanes"
+        )
+        office.record(user, "deletion", f"not at the office; {where}", reason=reason)
+    return found, sent
 
 
 def _erase_recorded(office: Office, g: Gallery, user: str, person_id: str, reason: str) -> bool:
@@ -633,30 +683,34 @@ def check_ticket(office: Office, text: str = "", image: bytes = b"") -> dict[str
     return out
 
 
-def revoke(office: Office, user: str, ids: list[str]) -> tuple[list[str], int | None]:
-    """Add ids to the office list and publish the whole list; (added, published count)."""
+def revoke(office: Office, user: str, ids: list[str]) -> tuple[list[str], int | None, bool | None]:
+    """Add ids to the office list and publish the whole list; (added, count of the list
+    published, sent: True sent, False queued for the office's sync, None no fleet)."""
     if office.revocation_list is None:
         raise ActionError("the office config has no revocation list", "set tickets.revocation_list")
     key = office.usable_issuer_key() if office.cfg.fleet.enabled else None  # before any change
     added = tk.revoke(office.revocation_list, ids)
     try:
-        office.record(user, "revoke", f"revoked {', '.join(ids)}")
+        office.record(user, "revoke", f"revoked {', '.join(added) or 'nothing new'}")
     except EdgeGateError:  # no revocation stands without its record: the ids come off again
         try:
             remove(office.revocation_list, added)
         except EdgeGateError as e:
             log.error("console revoke_unrecorded undo_failed error=%s", e)
         raise
-    n = None
+    n, sent = None, None
     if key is not None:
         n = publish_revocations(office.cfg, key, tk.load_revocations(office.revocation_list))
-    return added, n
+        sent = bool(wait_all_sent(office.cfg, "revocations", SENT_WAIT_S))
+    return added, n, sent
 
 
-def unrevoke(office: Office, user: str, ids: list[str]) -> list[str]:
-    """Remove ids from the office list (lanes keep theirs: docs/FLEET.md)."""
+def unrevoke(office: Office, user: str, ids: list[str]) -> tuple[list[str], bool | None]:
+    """Remove ids from the office list and lift them on every lane (a signed lift naming each
+    revocation, docs/FLEET.md); (removed, sent: True sent, False queued, None no fleet)."""
     if office.revocation_list is None:
         raise ActionError("the office config has no revocation list", "set tickets.revocation_list")
+    key = office.usable_issuer_key() if office.cfg.fleet.enabled else None  # before any change
     removed = remove(office.revocation_list, ids)
     try:
         office.record(user, "unrevoke", f"un-revoked {', '.join(removed) or 'nothing'}")
@@ -666,4 +720,8 @@ def unrevoke(office: Office, user: str, ids: list[str]) -> list[str]:
         except EdgeGateError as e:
             log.error("console unrevoke_unrecorded undo_failed error=%s", e)
         raise
-    return removed
+    sent = None
+    if key is not None and removed:
+        publish_unrevocations(office.cfg, key, removed)
+        sent = bool(wait_all_sent(office.cfg, "lifted revocations", SENT_WAIT_S))
+    return removed, sent

@@ -60,6 +60,7 @@ FOLLOW_S = 1.0  # how often a moved office audit log is looked for (and let go)
 DECISIONS_SHOWN = 200
 AUDIT_PAGE = 100
 PEOPLE_SHOWN = 200  # rows of the People page; a search narrows the rest
+QUEUED_LIST = "list of {n} queued for the lanes: the office's sync sends it when it runs"
 OVERRIDE_GRACE_S = 5.0  # past an override's validity (and this), no answer means it never opened
 
 CSP = (
@@ -626,7 +627,9 @@ def build_app(cfg: config_mod.Config, feed: FleetFeed | None = None) -> Starlett
         form = await ctx.request.form()
         reason = str(form.get("reason", "deletion_request")) or "deletion_request"
         here, sent = await asyncio.to_thread(actions.forget, con.office, ctx.user.name, pid, reason)
-        said = ("here" if here else "none") + ("-sent" if sent else "")
+        said = ("here" if here else "none") + (
+            "" if sent is None else "-sent" if sent else "-queued"
+        )
         return RedirectResponse(f"/people/{quote(pid)}?forgotten={said}", status_code=303)
 
     # --- tickets -----------------------------------------------------------------------------
@@ -666,18 +669,22 @@ def build_app(cfg: config_mod.Config, feed: FleetFeed | None = None) -> Starlett
     async def ticket_revoke(ctx: Ctx) -> Response:
         form = await ctx.request.form()
         ids = _ids(str(form.get("ids", "")))
-        added, n = await asyncio.to_thread(actions.revoke, con.office, ctx.user.name, ids)
+        added, n, sent = await asyncio.to_thread(actions.revoke, con.office, ctx.user.name, ids)
         msg = translate(ctx.lang, "Revoked {n} ticket(s)", n=len(added))
         if n is not None:
-            msg += "; " + translate(ctx.lang, "list of {n} sent to the lanes", n=n)
+            said = "list of {n} sent to the lanes" if sent else QUEUED_LIST
+            msg += "; " + translate(ctx.lang, said, n=n)
         return await tickets(ctx, message=msg)
 
     async def ticket_unrevoke(ctx: Ctx) -> Response:
         form = await ctx.request.form()
-        removed = await asyncio.to_thread(
+        removed, sent = await asyncio.to_thread(
             actions.unrevoke, con.office, ctx.user.name, _ids(str(form.get("ids", "")))
         )
         msg = translate(ctx.lang, "Un-revoked {n} ticket(s) at the office", n=len(removed))
+        if sent is not None:
+            said = "lifted on the lanes" if sent else "lifting queued for the lanes"
+            msg += "; " + translate(ctx.lang, said)
         return await tickets(ctx, message=msg)
 
     # --- audit -------------------------------------------------------------------------------
@@ -821,21 +828,28 @@ def build_app(cfg: config_mod.Config, feed: FleetFeed | None = None) -> Starlett
         role = str(form.get("role") or "")
         try:
             if role:
-                what = f"role of {name} set to {role}"
+                said, args = "role of {name} set to {role}", {"name": name, "role": role}
                 await recorded_change(
-                    ctx, what, "user", lambda then: con.users.set_role(name, role, then)
+                    ctx,
+                    said.format(**args),
+                    "user",
+                    lambda then: con.users.set_role(name, role, then),
                 )
             elif form.get("disabled") in ("yes", "no"):
                 disabled = form.get("disabled") == "yes"
-                what = f"{'locked' if disabled else 'unlocked'} user {name}"
+                said = "locked user {name}" if disabled else "unlocked user {name}"
+                args = {"name": name}
                 await recorded_change(
-                    ctx, what, "user", lambda then: con.users.set_disabled(name, disabled, then)
+                    ctx,
+                    said.format(**args),
+                    "user",
+                    lambda then: con.users.set_disabled(name, disabled, then),
                 )
             else:
                 raise UserError("nothing to change: send a role, or disabled=yes|no")
         except UserError as e:
             return await users_page(ctx, str(e), 400)
-        return await users_page(ctx, what)
+        return await users_page(ctx, translate(ctx.lang, said, **args))  # recorded in English
 
     async def recorded_change(
         ctx: Ctx, what: str, reason: str, change: Callable[[Callable[[], None]], object]

@@ -16,7 +16,7 @@ ZH: dict[str, str] = {
     "Tickets": "门票",
     "Audit": "审计",
     "Users": "用户",
-    "fleet": "车队",
+    "fleet": "闸机组",
     "connected": "已连接",
     "not connected": "未连接",
     "Log out": "退出",
@@ -156,8 +156,11 @@ ZH: dict[str, str] = {
     "Person": "人员",
     "Enrolled with {n} templates.": "已登记 {n} 个模板。",
     "Sent to the lanes.": "已发送到各通道。",
-    "Not published (no fleet or no issuer key).": "未发送（无车队或无签发密钥）。",
+    "Not published (no fleet or no issuer key).": "未发送（无闸机组或无签发密钥）。",
     "Deletion published to every lane.": "删除指令已发送到所有通道。",
+    "Deletion queued for every lane: the office's sync sends it when it runs.": (
+        "删除指令已排队发往所有通道：办公室的同步进程运行时发送。"
+    ),
     "Erased at the office.": "已在办公室删除。",
     "No such person at the office; nothing was erased here.": (
         "办公室没有此人；此处未删除任何内容。"
@@ -183,13 +186,22 @@ ZH: dict[str, str] = {
     "Revoke": "作废",
     "Ticket ids": "门票编号",
     "Revoke on every lane": "在所有通道作废",
-    "Un-revoke at the office": "在办公室撤销作废",
-    "Lanes keep every revocation they received: un-revoking changes the office list only.": (
-        "各通道保留已收到的作废记录：撤销作废只改变办公室的列表。"
+    "Un-revoke on every lane": "在所有通道撤销作废",
+    "Un-revoking lifts the office's revocation on every lane; a ticket a lane revoked itself "
+    "stays revoked there.": (
+        "撤销作废会在所有通道解除办公室的作废；通道自行作废的门票在该通道仍保持作废。"
     ),
     "Revoked": "已作废",
     "Revoked {n} ticket(s)": "已作废 {n} 张门票",
     "list of {n} sent to the lanes": "共 {n} 条的列表已发送到各通道",
+    "list of {n} queued for the lanes: the office's sync sends it when it runs": (
+        "共 {n} 条的列表已排队发往各通道：办公室的同步进程运行时发送"
+    ),
+    "lifted on the lanes": "已在各通道解除",
+    "lifting queued for the lanes": "解除指令已排队发往各通道",
+    "role of {name} set to {role}": "{name} 的角色已设为 {role}",
+    "locked user {name}": "已锁定用户 {name}",
+    "unlocked user {name}": "已解锁用户 {name}",
     "Un-revoked {n} ticket(s) at the office": "已在办公室撤销作废 {n} 张门票",
     # audit
     "Office audit log": "办公室审计日志",

@@ -21,7 +21,7 @@ from typing import Any
 
 from edge import tickets as tk
 from edge.config import NAME_IN_TOPICS, Config
-from edge.errors import ConfigError, FleetStateError
+from edge.errors import ConfigError, EdgeGateError, FleetStateError
 from edge.fleet import messages as msg
 from edge.fleet.brokerconf import ACL_OUTDATED_FIX
 from edge.fleet.clock import finite_number
@@ -146,6 +146,18 @@ def wait_sent(cfg: Config, queued: list[Queued], timeout_s: float = 10.0) -> boo
     except FleetStateError as e:
         log.warning("office sent_unknown: queued, whether sent cannot be read: %s", e)
     return False
+
+
+def wait_all_sent(cfg: Config, what: str, timeout_s: float = 10.0) -> bool | None:
+    """Whether everything the office has queued (what was just queued among it) was sent
+    within `timeout_s`: True sent, False still queued, None the store cannot be read now."""
+    try:  # queued and committed already: a store that cannot be read now fails nothing
+        with office_store(cfg, must_exist=True, read_only=True) as store:
+            queued = [Queued(r[0], 0, what) for r in store.outgoing(0, 10_000)]
+    except EdgeGateError as e:
+        log.warning("office sent_unknown what=%s: %s", what, e)
+        return None
+    return wait_sent(cfg, queued, timeout_s)
 
 
 def _forget_list(cfg: Config, key_path: Path) -> Queued:
