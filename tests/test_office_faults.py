@@ -884,13 +884,15 @@ ROSTER_JUNK = {
     "empty": ("add", ""),
     "too long": ("add", "x" * 65),
     "the office": ("add", "office"),
+}
+ROSTER_USAGE = {  # the command line's own refusals: one line, exit 2, and where the usage is
     "remove nothing": ("remove",),
     "show extra": ("show", "lane1"),
     "publish extra": ("publish", "lane1"),
 }
 
 
-@pytest.mark.parametrize("name", ROSTER_JUNK)
+@pytest.mark.parametrize("name", [*ROSTER_JUNK, *ROSTER_USAGE])
 def test_the_roster_takes_no_lane_name_a_topic_cannot_carry(tmp_path, office_keys, name):
     """`fleet roster add` with a name MQTT topics and the broker's ACL cannot carry (a level
     separator, a wildcard, a newline that would add a line to the ACL), or "office" (which
@@ -898,7 +900,7 @@ def test_the_roster_takes_no_lane_name_a_topic_cannot_carry(tmp_path, office_key
     given lanes they do not take: one line with the fix, nothing written or queued. Before,
     each was written to the roster and published signed."""
     park = office_only(tmp_path, office_keys)
-    action, *items = ROSTER_JUNK[name]
+    action, *items = {**ROSTER_JUNK, **ROSTER_USAGE}[name]
     roster = park.office.dir / "var" / "fleet-roster.json"
     before = roster.read_bytes()
     with store_of(park) as store:
@@ -907,10 +909,29 @@ def test_the_roster_takes_no_lane_name_a_topic_cannot_carry(tmp_path, office_key
     from edge.fleet.identity import public_text
 
     args = [*items, public_text(pub)] if action == "add" else items
-    one_line_error(run(park, "fleet", "roster", action, *args, "--key", str(park.priv)))
+    r = run(park, "fleet", "roster", action, *args, "--key", str(park.priv))
+    if name in ROSTER_USAGE:
+        err = r.stderr.strip()
+        assert r.returncode == 2 and len(err.splitlines()) == 1, (r.returncode, err)
+        assert "error:" in err and "--help)" in err, err
+    else:
+        one_line_error(r)
     assert roster.read_bytes() == before
     with store_of(park) as store:
         assert store.outgoing(0, 10_000) == queued
+
+
+def test_roster_add_reads_the_lane_and_key_after_the_flags(tmp_path, office_keys):
+    """`fleet roster add --config C --key K LANE KEY`, as `fleet join` prints it and FLEET.md
+    shows it, was refused: "unrecognized arguments: LANE KEY" (the list of lanes was read,
+    empty, before the flags)."""
+    from edge.fleet.identity import public_text
+
+    park = office_only(tmp_path, office_keys)
+    pub = public_text(load_lane_key(park.cfg(1)).public_key())
+    r = run(park, "fleet", "roster", "add", "--key", str(park.priv), "lane9", pub)
+    assert r.returncode == 0, r.stderr
+    assert "lane9" in run(park, "fleet", "roster", "show").stdout
 
 
 @pytest.mark.parametrize(

@@ -49,8 +49,13 @@ EXAMPLES: dict[str, str] = {
     "fleet audit": "edge-gate fleet audit --config office.toml --since 2026-11-27   |   "
     "edge-gate fleet audit verify --config office.toml",
     "fleet join": "sudo -u edge-gate edge-gate fleet join --config /etc/edge-gate/gate.toml",
-    "fleet roster": "edge-gate fleet roster add --config office.toml --key office/issuer.key "
+    "fleet roster add": "edge-gate fleet roster add --config office.toml --key office/issuer.key "
     "lane1 <key printed by fleet join>",
+    "fleet roster remove": "edge-gate fleet roster remove --config office.toml "
+    "--key office/issuer.key lane3",
+    "fleet roster show": "edge-gate fleet roster show --config office.toml",
+    "fleet roster publish": "edge-gate fleet roster publish --config office.toml "
+    "--key office/issuer.key",
     "fleet broker-config": "edge-gate fleet broker-config --config office.toml "
     "--out /etc/mosquitto/conf.d/edge-gate --tls-cert server.crt --tls-key server.key",
     "console": "edge-gate console --config /etc/edge-gate/office.toml",

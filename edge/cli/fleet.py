@@ -18,7 +18,13 @@ from edge import config as config_mod
 from edge.cli.paths import file_path, nonempty_file, output_dir
 from edge.errors import EdgeGateError
 from edge.fleet.brokerconf import BrokerOptions, write_site_broker
-from edge.fleet.identity import ensure_lane_key, load_lane_key, public_text, read_roster_file
+from edge.fleet.identity import (
+    OFFICE,
+    ensure_lane_key,
+    load_lane_key,
+    public_text,
+    read_roster_file,
+)
 from edge.timeutil import iso, parse_time
 
 
@@ -213,6 +219,9 @@ def cmd_join(args) -> int:
         print(json.dumps({"lane": lane, "public_key": pub, "key_file": str(path)}))
         return 0
     print(f"lane {lane}: key {path} (0600); public key {pub}")
+    if lane == OFFICE:  # the office signs the roster; it is in it from the start
+        print("the office's own key: it signs its heartbeats (the roster names it already)")
+        return 0
     print(
         "at the office: edge-gate fleet roster add --config office.toml --key issuer.key "
         f"{lane} {pub}"
@@ -227,12 +236,6 @@ def cmd_roster(args) -> int:
 
     cfg = config_mod.load(args.config)
     need_office(cfg, "fleet roster")
-    if args.action in ("show", "publish") and args.items:
-        raise EdgeGateError(
-            f"fleet roster {args.action} takes no lanes", "fleet roster add|remove LANE …"
-        )
-    if args.action == "remove" and not args.items:
-        raise EdgeGateError("fleet roster remove LANE…", "name the lane(s) to take out")
     if args.action == "show":
         lanes = roster_lanes(cfg)
         for lane, pub in sorted(lanes.items()):
@@ -242,8 +245,6 @@ def cmd_roster(args) -> int:
         raise EdgeGateError(f"fleet roster {args.action} needs --key issuer.key", "it is signed")
     add, remove = {}, []
     if args.action == "add":
-        if len(args.items) != 2:
-            raise EdgeGateError("fleet roster add LANE PUBLIC_KEY", "as `fleet join` printed")
         lane, pub = args.items
         if Path(pub).is_file():
             pub = Path(pub).read_text().strip()
@@ -435,16 +436,32 @@ def register(sub, common) -> None:
     common(sp)
     sp.set_defaults(func=cmd_join)
 
-    sp = f.add_parser("roster", help="office: the signed list of lanes and their keys")
-    sp.add_argument(
-        "action",
-        choices=("add", "remove", "show", "publish"),
-        help="add or remove a lane, show the roster, or publish it again (signed)",
-    )
-    sp.add_argument("items", nargs="*", help="add: LANE PUBLIC_KEY (or its file); remove: LANE…")
-    sp.add_argument("--key", type=nonempty_file, help="issuer.key that signs the roster")
-    common(sp)
-    sp.set_defaults(func=cmd_roster)
+    rs = f.add_parser(
+        "roster", help="office: the signed list of lanes and their keys"
+    ).add_subparsers(dest="action", required=True)
+    # one parser per action: a list of lanes after the flags (`add --config C --key K LANE
+    # KEY`, as `fleet join` prints it) is read whole, never as "no lanes" then stray words
+    for action, what in (
+        ("add", "add a lane with the public key `fleet join` printed (signed)"),
+        ("remove", "take lanes out (signed)"),
+        ("show", "the roster's lanes and keys"),
+        ("publish", "publish the roster again (signed)"),
+    ):
+        sp = rs.add_parser(action, help=what)
+        if action == "add":
+            sp.add_argument(
+                "items",
+                nargs=2,
+                metavar=("LANE", "PUBLIC_KEY"),
+                help="the lane and its key (or its file)",
+            )
+        elif action == "remove":
+            sp.add_argument("items", nargs="+", metavar="LANE", help="lanes to take out")
+        else:
+            sp.set_defaults(items=[])
+        sp.add_argument("--key", type=nonempty_file, help="issuer.key that signs the roster")
+        common(sp)
+        sp.set_defaults(func=cmd_roster)
 
     sp = f.add_parser(
         "broker-config", help="office: mosquitto.conf, ACLs and a login per rostered lane"
