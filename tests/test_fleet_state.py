@@ -162,3 +162,32 @@ def test_an_office_lift_leaves_a_lanes_own_revocation_in_place(tmp_path):
     office(msg.UNREVOCATIONS, 10, {"lifted": {"T-6": 9}})
     assert listed() == {"T-6", "T-7", "T-9"}
     st.close()
+
+
+def test_a_restarted_sync_writes_no_clock_measure_until_it_has_heard_enough():
+    """After each start of its sync, a lane whose clock was 300 s off wrote "no measure"
+    (None), then 0.0 (itself and the one member heard: the median of two is the one nearer
+    zero, its own), and its tickets were let in for seconds until the others were heard. The
+    measure is written only once two of the others (every other one, in a fleet of three)
+    were heard; until then the one last written stands."""
+    from types import SimpleNamespace
+
+    from edge.fleet.clock import fleet_clock
+    from edge.fleet.identity import Roster
+    from edge.fleet.sync import Sync
+
+    assert fleet_clock({"lane1": -300.0}, "lane2", 5.0).offset == 0.0  # why one is not enough
+    lanes = {"office": "k", "lane1": "k", "lane2": "k"}
+    heard: dict[str, float] = {}
+    sync = SimpleNamespace(roster=Roster(3, lanes), me="lane2", _readings=lambda: heard)
+    assert not Sync._measured(sync)
+    heard["lane1"] = -300.0
+    assert not Sync._measured(sync)
+    heard["office"] = -300.0
+    assert Sync._measured(sync)
+    assert fleet_clock(heard, "lane2", 5.0).offset == 300.0
+    sync.roster = Roster(1, {"office": "k", "lane2": "k"})  # a fleet of two: the other one
+    heard.pop("lane1")
+    assert Sync._measured(sync)
+    sync.roster = Roster(-1, {})  # no roster yet: nothing to judge by
+    assert not Sync._measured(sync)

@@ -902,10 +902,11 @@ class Sync:
                 self.roster = self.state.roster()
             if self._epoch_unsaved:
                 self._save_epoch(self._epoch_unsaved)
+            measured = {"clock_offset": self.clock_offset()} if self._measured() else {}
             self.state.put(
                 connected=link,
                 last_contact=now if self.connected else self.state.get("last_contact"),
-                clock_offset=self.clock_offset(),
+                **measured,
                 clocks=self.clock_view.offsets if self._readings() else {},
                 outbox=self.outbox_size(),
                 broker_acl=self.broker_acl,
@@ -1599,6 +1600,13 @@ class Sync:
         skew = self.fleet.max_clock_offset_s
         off = tuple(sorted(lane for lane, o in offsets.items() if abs(o) > skew))
         return ClockView(view.offset, offsets, off)
+
+    def _measured(self) -> bool:
+        """Enough members heard to judge this clock: two of the others (every other one in a
+        fleet of two or three). Until then the measure last written stands (the gate judges by
+        it: after a restart, a clock that was off stays refused, never "no measure")."""
+        others = [m for m in self.roster.lanes if m != self.me]
+        return len(self._readings()) >= min(2, len(others)) > 0
 
     def clock_offset(self) -> float | None:
         """Our clock minus the fleet's (median of signed heartbeats, outliers dropped); None
