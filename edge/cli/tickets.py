@@ -176,7 +176,7 @@ def cmd_revoke(args) -> int:
             )
         cfg = config_mod.load(args.config)
         n = publish_revocations(cfg, Path(args.key), tk.load_revocations(Path(args.list)))
-        report_sent(cfg, f"{n} revocation(s)")
+        report_sent(cfg, f"the revocation list ({n} id(s) in all)")
     return 0
 
 
