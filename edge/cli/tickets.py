@@ -143,8 +143,8 @@ def cmd_revoke(args) -> int:
     """`ticket revoke`: stop lost or refunded tickets opening gates, optionally fleet-wide."""
     ids = listed_ids(args.ids)
     check_list_path(args)
+    cfg = config_mod.load(args.config)  # before the list changes: a broken config changes nothing
     added = tk.revoke(Path(args.list), ids)
-    cfg = config_mod.load(args.config)
     named = cfg.resolve(cfg.tickets.revocation_list) if cfg.tickets.revocation_list else None
     if named is not None and Path(args.list).resolve() == named:  # the gate's list: its own now
         # the fleet library loads only where a lane's list changes
@@ -174,7 +174,6 @@ def cmd_revoke(args) -> int:
             raise EdgeGateError(
                 "--publish needs --key issuer.key", "the office signs what it sends"
             )
-        cfg = config_mod.load(args.config)
         n = publish_revocations(cfg, Path(args.key), tk.load_revocations(Path(args.list)))
         report_sent(cfg, f"the revocation list ({n} id(s) in all)")
     return 0
