@@ -10,6 +10,7 @@ import http.client
 import logging
 import re
 import socket
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlencode
@@ -557,3 +558,29 @@ def test_every_route_answers_junk_with_a_refusal(console, users, junk):
             if method == "POST" and who.csrf:
                 assert st in (400, 403, 404, 405), (method, path, st)
     assert audit_details(park) == before
+
+
+def test_the_override_page_after_a_console_restart_reads_the_offices_record(console, users):
+    """The override page kept an override's validity in the console's memory and took its lane
+    from the address: after a restart it said "Waiting for the lane…" for good, and named
+    whatever lane the address said. Now both come from the office audit log's record; an id
+    this office never sent is unanswered at once."""
+    from edge.console import actions
+
+    park, _, _ = console
+    st, _ = users["sam"].form("/lanes/lane2/override", {"reason": "pram stuck"})
+    assert st == 303
+    oid = users["sam"].location.split("/overrides/")[1].split("?")[0]
+    office = actions.Office(park.office_cfg)
+    try:
+        t, lane = actions.sent_override(office, oid)
+        assert lane == "lane2" and abs(t - time.time()) < 60
+        assert actions.sent_override(office, "O-0000000000000000") is None
+    finally:
+        office.close()
+    with Served(build_app(park.office_cfg)) as again:  # the console started anew
+        c = Client(again.port).login("sam")
+        st, page = c.req("GET", f"/overrides/{oid}?lane=lane1&sent=1")
+        assert st == 200 and b"lane2" in page and b"lane1" not in page, page[-800:]
+        st, body = c.req("GET", "/api/overrides/O-0000000000000000")
+        assert st == 200 and b'"unanswered"' in body, body

@@ -651,6 +651,17 @@ def override(office: Office, user: str, lane: str, reason: str) -> tuple[str, bo
     return oid, wait_sent(cfg, [q], min(5.0, cfg.console.override_valid_s))
 
 
+def sent_override(office: Office, oid: str) -> tuple[float, str] | None:
+    """(time, lane) of the override this office sent with this id, from its audit record (the
+    console's memory of it is gone after a restart); None: no such override was sent here."""
+    with office.audit() as a:
+        for r in reversed(a.records("override")):
+            if r.subject == oid:
+                lane = r.detail.split(": ")[1] if r.detail.count(": ") >= 2 else ""
+                return float(r.t), lane
+    return None
+
+
 # --- tickets -----------------------------------------------------------------------------------
 
 

@@ -96,7 +96,8 @@ class Console:
         self.feed = feed if feed is not None else FleetFeed(cfg)
         self.office = actions.Office(cfg)
         self.kiosk = actions.Kiosk(self.office)
-        self.overrides: dict[str, float] = {}  # override id -> until (this console sent it)
+        # override id -> (until, lane): as this console sent it, or as its audit record says
+        self.overrides: dict[str, tuple[float, str]] = {}
         env = jinja2.Environment(
             loader=jinja2.FileSystemLoader(HERE / "templates"),
             autoescape=True,
@@ -511,29 +512,41 @@ def build_app(cfg: config_mod.Config, feed: FleetFeed | None = None) -> Starlett
         oid, sent = await asyncio.to_thread(
             actions.override, con.office, ctx.user.name, lane, str(form.get("reason", ""))
         )
-        con.overrides[oid] = time.time() + cfg.console.override_valid_s
-        q = urlencode({"lane": lane, "sent": int(sent)})
+        con.overrides[oid] = (time.time() + cfg.console.override_valid_s, lane)
+        q = urlencode({"sent": int(sent)})
         return RedirectResponse(f"/overrides/{quote(oid)}?{q}", status_code=303)
 
-    def _override_outcome(oid: str) -> dict[str, Any]:
+    def _override_sent(oid: str) -> tuple[float, str]:
+        """(until, lane) of an override: as this console sent it, else as the office audit
+        log's record says (after a restart the page waited for ever); (0, "") for an id this
+        office never sent: unanswered at once."""
+        if oid not in con.overrides:
+            found = actions.sent_override(con.office, oid)
+            t, lane = found if found is not None else (-cfg.console.override_valid_s, "")
+            con.overrides[oid] = (t + cfg.console.override_valid_s, lane)
+        return con.overrides[oid]
+
+    def _override_outcome(oid: str) -> tuple[dict[str, Any], str]:
         # the lane's decision record names the override
-        return override_outcome(con.feed.ticket_usage(oid), con.overrides.get(oid), time.time())
+        until, lane = _override_sent(oid)
+        return override_outcome(con.feed.ticket_usage(oid), until, time.time()), lane
 
     async def override_page(ctx: Ctx) -> Response:
-        q = ctx.request.query_params
         oid = ctx.request.path_params["oid"]
+        outcome, lane = await asyncio.to_thread(_override_outcome, oid)
         return con.render(
             ctx,
             "override.html",
-            lane=q.get("lane", ""),
+            lane=lane,
             oid=oid,
-            sent=q.get("sent") == "1",
-            outcome=_override_outcome(oid),
+            sent=ctx.request.query_params.get("sent") == "1",
+            outcome=outcome,
             valid_s=cfg.console.override_valid_s,
         )
 
     async def override_api(ctx: Ctx) -> Response:
-        return JSONResponse(_override_outcome(ctx.request.path_params["oid"]))
+        outcome, _ = await asyncio.to_thread(_override_outcome, ctx.request.path_params["oid"])
+        return JSONResponse(outcome)
 
     # --- enrollment kiosk --------------------------------------------------------------------
 
