@@ -168,8 +168,8 @@ def test_a_restarted_sync_writes_no_clock_measure_until_it_has_heard_enough():
     """After each start of its sync, a lane whose clock was 300 s off wrote "no measure"
     (None), then 0.0 (itself and the one member heard: the median of two is the one nearer
     zero, its own), and its tickets were let in for seconds until the others were heard. The
-    measure is written only once two of the others (every other one, in a fleet of three)
-    were heard; until then the one last written stands."""
+    measure is written once two of the others (every other one, in a fleet of three) were
+    heard, or one for three heartbeat periods; until then the one last written stands."""
     from types import SimpleNamespace
 
     from edge.fleet.clock import fleet_clock
@@ -179,15 +179,24 @@ def test_a_restarted_sync_writes_no_clock_measure_until_it_has_heard_enough():
     assert fleet_clock({"lane1": -300.0}, "lane2", 5.0).offset == 0.0  # why one is not enough
     lanes = {"office": "k", "lane1": "k", "lane2": "k"}
     heard: dict[str, float] = {}
-    sync = SimpleNamespace(roster=Roster(3, lanes), me="lane2", _readings=lambda: heard)
+    sync = SimpleNamespace(
+        roster=Roster(3, lanes),
+        me="lane2",
+        _readings=lambda: heard,
+        fleet=SimpleNamespace(heartbeat_s=5.0),
+        _started=time.monotonic(),  # just started
+    )
     assert not Sync._measured(sync)
     heard["lane1"] = -300.0
-    assert not Sync._measured(sync)
+    assert not Sync._measured(sync)  # one member heard, just after the start
     heard["office"] = -300.0
     assert Sync._measured(sync)
     assert fleet_clock(heard, "lane2", 5.0).offset == 300.0
+    heard.pop("office")
+    sync._started -= 15.0  # three heartbeat periods on: the one member heard is the measure
+    assert Sync._measured(sync)
     sync.roster = Roster(1, {"office": "k", "lane2": "k"})  # a fleet of two: the other one
-    heard.pop("lane1")
+    sync._started = time.monotonic()
     assert Sync._measured(sync)
     sync.roster = Roster(-1, {})  # no roster yet: nothing to judge by
     assert not Sync._measured(sync)

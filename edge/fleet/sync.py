@@ -293,6 +293,9 @@ def restore_reason_of(
     return ""
 
 
+MEASURE_GRACE_HEARTBEATS = 3  # after a start, members heard in this many periods judge the clock
+
+
 class Sync:
     """One member's sync loop; `step()` does one round of work, `run()` loops until stopped."""
 
@@ -300,6 +303,7 @@ class Sync:
         fl = cfg.fleet
         self.cfg, self.fleet, self.clock = cfg, fl, clock
         self.me, self.site = fl.lane, fl.site
+        self._started = time.monotonic()  # a clock measure from fewer members waits past a grace
         self._faults: dict[str, str] = {}  # the writes of sync's own failing now
         self._fault_lines = FaultLines(FLAP_WINDOW_S)  # which of their failures and ends are said
         self._hb = 0  # the heartbeat counter, ahead of fleet.db while it cannot be written
@@ -1602,11 +1606,19 @@ class Sync:
         return ClockView(view.offset, offsets, off)
 
     def _measured(self) -> bool:
-        """Enough members heard to judge this clock: two of the others (every other one in a
-        fleet of two or three). Until then the measure last written stands (the gate judges by
-        it: after a restart, a clock that was off stays refused, never "no measure")."""
+        """A measure of this clock may be written: two of the other members heard (every other
+        one in a fleet of two or three), or one and MEASURE_GRACE_HEARTBEATS heartbeat periods
+        since sync started. After a restart the measure last written stands until then (the gate
+        judges by it): the first member heard alone gives 0.0 whatever this clock says (the
+        median of two clocks is the one nearer this one's), and a lane whose clock was off
+        admitted tickets until the others were heard. One member heard for longer (the others
+        gone) is the measure it always was: this clock cannot be judged against one other."""
         others = [m for m in self.roster.lanes if m != self.me]
-        return len(self._readings()) >= min(2, len(others)) > 0
+        heard = len(self._readings())
+        if not others or not heard:
+            return False
+        grace = MEASURE_GRACE_HEARTBEATS * self.fleet.heartbeat_s
+        return heard >= min(2, len(others)) or time.monotonic() - self._started >= grace
 
     def clock_offset(self) -> float | None:
         """Our clock minus the fleet's (median of signed heartbeats, outliers dropped); None
