@@ -92,6 +92,11 @@ def cmd_verify(args) -> int:
     return 2 if problems else rc
 
 
+def _gate_list(cfg: config_mod.Config) -> Path | None:
+    """The revocation list the config's gate reads (None: it names none)."""
+    return cfg.resolve(cfg.tickets.revocation_list) if cfg.tickets.revocation_list else None
+
+
 def check_list_path(args) -> None:
     """A list that does not exist yet is made only with --create.
 
@@ -103,7 +108,7 @@ def check_list_path(args) -> None:
     if path.exists() or args.create:
         return
     cfg = config_mod.load(args.config)
-    named = cfg.resolve(cfg.tickets.revocation_list) if cfg.tickets.revocation_list else None
+    named = _gate_list(cfg)
     if named is not None and path.resolve() == named:  # lost, or never made
         raise EdgeGateError(
             f"--list {path}, the list the gate reads (tickets.revocation_list), does not exist: "
@@ -145,7 +150,7 @@ def cmd_revoke(args) -> int:
     check_list_path(args)
     cfg = config_mod.load(args.config)  # before the list changes: a broken config changes nothing
     added = tk.revoke(Path(args.list), ids)
-    named = cfg.resolve(cfg.tickets.revocation_list) if cfg.tickets.revocation_list else None
+    named = _gate_list(cfg)
     if named is not None and Path(args.list).resolve() == named:  # the gate's list: its own now
         # the fleet library loads only where a lane's list changes
         from edge.fleet.apply import claim_revocations

@@ -29,6 +29,7 @@ from edge.console.follow import Followed, Stamp, let_go, stamp
 from edge.console.roles import LANGS
 from edge.errors import EdgeGateError, GalleryGoneError, ImageError, SeveralFacesError
 from edge.fleet.office import (
+    override_lane,
     publish_enrollment,
     publish_override,
     publish_person,
@@ -657,8 +658,7 @@ def sent_override(office: Office, oid: str) -> tuple[float, str] | None:
     with office.audit() as a:
         for r in reversed(a.records("override")):
             if r.subject == oid:
-                lane = r.detail.split(": ")[1] if r.detail.count(": ") >= 2 else ""
-                return float(r.t), lane
+                return float(r.t), override_lane(r)
     return None
 
 

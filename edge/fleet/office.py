@@ -295,6 +295,12 @@ def override_record(cfg: Config, oid: str, lane: str, reason: str, by: str) -> A
     return AuditRecord(time.time(), cfg.gate.id, "override", "", VIA, oid, None, VIA, detail)
 
 
+def override_lane(r: AuditRecord) -> str:
+    """The lane an `override_record` names ("" when its detail is not of that form)."""
+    parts = r.detail.split(": ", 2)
+    return parts[1] if len(parts) == 3 and parts[0].startswith("by ") else ""
+
+
 # --- the roster ------------------------------------------------------------------------------
 
 

@@ -302,6 +302,14 @@ def _chain(c: sqlite3.Connection) -> _Chain:
     return _Chain(row[0], row[1], row[2], row[3], row[4], row[5], row[6] or 0, row[7])
 
 
+def _put_mark(c: sqlite3.Connection, mark: LedgerMark) -> None:
+    """The ledger mark as given, lower or of another ledger (`set_ledger_mark` only raises)."""
+    c.execute(
+        "INSERT OR REPLACE INTO ledger_mark VALUES (1, ?, ?, ?)",
+        (mark.ledger_id, mark.seq, mark.t),
+    )
+
+
 def _clock_sig(key: EvidenceKey, log_id: str, prev: str, t: float) -> str:
     """What a `clock_checked` record's subject must be: bound to its log and place in it."""
     return key.sign(CLOCK_CHECKED, log_id, prev, repr(float(t)))
@@ -583,10 +591,7 @@ class AuditLog(Store):
     def replace_ledger_mark(self, mark: LedgerMark, r: AuditRecord) -> None:
         """Adopt another ledger (after a loss), with the record that says so, in one transaction."""
         with self.transaction() as c:
-            c.execute(
-                "INSERT OR REPLACE INTO ledger_mark VALUES (1, ?, ?, ?)",
-                (mark.ledger_id, mark.seq, mark.t),
-            )
+            _put_mark(c, mark)
             self.record(r)
 
     def newest_time(self, kind: str | None = None) -> float | None:
@@ -641,10 +646,7 @@ class AuditLog(Store):
             )
         with self.transaction() as c:
             ch = _chain(c)
-            c.execute(
-                "INSERT OR REPLACE INTO ledger_mark VALUES (1, ?, ?, ?)",
-                (mark.ledger_id, mark.seq, mark.t),
-            )
+            _put_mark(c, mark)
             sig = _clock_sig(self.key, ch.log_id or "", ch.head_hash, r.t)
             self.append(replace(r, kind=CLOCK_CHECKED, subject=sig))
 
