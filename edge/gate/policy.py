@@ -80,6 +80,7 @@ STRANGER_AFTER_WINDOWS = 2  # "not enrolled" is said after a face was at the gat
 # Guidance words (the visitor-notice vocabulary of edge/gate/notices.py) and their causes.
 STEP_BACK, COME_CLOSER, HOLD_STILL = "step_back", "come_closer", "hold_still"
 PAD_TOO_CLOSE = "too_close"  # FaceSeen.pad: the liveness check could not see around the face
+PAD_NOT_MOVED = "not_moved"  # FaceSeen.pad: live so far, not yet seen to move (liveness.NOT_MOVED)
 TOO_SMALL = "too_small"  # the quality gate's word for a face too small to recognise
 NOT_YET_LIVE = "not_yet_live"
 
@@ -494,11 +495,18 @@ class Policy:
         its own was never asked (PAD runs on matched faces; with fuse_frames it runs on the
         candidate's too, and that verdict counts) and counts neither way (counted as
         not live, two such frames and one miss of the model refused a live visitor as an attack
-        and held them out until the gate was left empty).
+        and held them out until the gate was left empty). A frame live so far but with a face
+        not yet seen to move (`not_moved`) counts neither way: it is a picture only once it has
+        been still for long enough, and then its frames are judged not live.
         """
         p = self.params
         close = sum(1 for e in mine if not e.face.live and e.face.pad == PAD_TOO_CLOSE)
-        unjudged = sum(1 for e in mine if e.face.live is None and e.person_id != pid)
+        unjudged = sum(
+            1
+            for e in mine
+            if (e.face.live is None and e.person_id != pid)
+            or (not e.face.live and e.face.pad == PAD_NOT_MOVED)
+        )
         judged_not = len(mine) - live - close - unjudged
         score = round(sum(e.score for e in mine) / len(mine), 4)
         if judged_not >= p.k:

@@ -26,6 +26,7 @@ from edge.errors import ModelError
 from edge.vision.cues import veto
 from edge.vision.models import load_catalogue, verify_file
 from edge.vision.runtime import TFLiteModel
+from edge.vision.stillness import NOT_YET, STILL, Stillness
 
 log = logging.getLogger(__name__)
 
@@ -422,6 +423,8 @@ MOTION_WINDOW = 5  # frames of one visitor the motion cue looks back over
 TOO_CLOSE = "too_close"  # the frame holds too little context around the face: not judged
 BY_MODEL = "model"  # the liveness model's probability is under the threshold
 BY_MOTION = "motion"  # the visitor's keypoints moved as one tilted plane (sticky)
+BY_STILLNESS = "still"  # the face has not moved at all for stillness.STILL_S: a picture
+NOT_MOVED = "not_moved"  # live so far but not seen to move yet: neither live nor an attack
 # edge/vision/cues.py: "frame" (a print's border, a screen's bezel), "surround" (a head alone)
 
 
@@ -441,13 +444,23 @@ class LivenessJudge:
     Keeps the keypoints of the last MOTION_WINDOW judged frames of the visitor at the gate; a
     gap longer than `gap_s` starts a new visitor. Once the track looked flat it stays an attack
     until the visitor leaves. The cues (edge/vision/cues.py) run only on frames the model
-    judged live, so they cost nothing on attacks the model already refuses.
+    judged live, so they cost nothing on attacks the model already refuses. A face that has
+    not moved yet (edge/vision/stillness.py) is NOT_MOVED, neither live nor refused, until it
+    moves or has been still for STILL_S (BY_STILLNESS).
     """
 
-    def __init__(self, model: PadModel, mode: str, gap_s: float = 2.0, cues: bool = True):
+    def __init__(
+        self,
+        model: PadModel,
+        mode: str,
+        gap_s: float = 2.0,
+        cues: bool = True,
+        stillness: bool = True,
+    ):
         if mode not in MODES or mode == "off":
             raise ValueError(f"liveness mode {mode!r} has no judge")
         self.model, self.mode, self.gap_s, self.cues = model, mode, gap_s, cues
+        self.stillness = Stillness(gap_s) if stillness else None
         self._kps: list[np.ndarray] = []
         self._last_t: float | None = None
         self._flat = self._told_close = False
@@ -461,11 +474,13 @@ class LivenessJudge:
         spec = PadSpec.load(models_dir, lv.model, for_gate=True)
         if lv.threshold > 0:
             spec = PadSpec(**{**spec.__dict__, "threshold": lv.threshold})
-        return cls(PadModel(spec, threads=1), lv.mode, gap_s, lv.cues)
+        return cls(PadModel(spec, threads=1), lv.mode, gap_s, lv.cues, lv.stillness)
 
     def reset(self) -> None:
         """Forget the visitor: the next frame starts a new motion track."""
         self._kps, self._last_t, self._flat, self._told_close = [], None, False, False
+        if self.stillness is not None:
+            self.stillness.reset()
 
     def verdict(self, bgr: np.ndarray, box: np.ndarray, keypoints: np.ndarray, t: float) -> Verdict:
         """Live or not, and why not, for one matching face at frame time t (seconds)."""
@@ -473,6 +488,8 @@ class LivenessJudge:
             self._kps, self._flat, self._told_close = [], False, False
         self._last_t = t
         self._kps = [*self._kps[-(MOTION_WINDOW - 1) :], np.asarray(keypoints, np.float32)]
+        # every frame of the face is seen, so that its first frames are there to compare with
+        still = self.stillness.see(bgr, box, t) if self.stillness is not None else None
         if self.mode == "model+motion" and not self._flat and looks_flat(np.stack(self._kps)):
             self._flat = True
             log.info("liveness motion=flat frames=%d", len(self._kps))
@@ -491,6 +508,11 @@ class LivenessJudge:
         if cue is not None:
             log.debug("liveness cue=%s", cue)
             return Verdict(False, cue, p)
+        if still == STILL:
+            log.debug("liveness cue=%s", BY_STILLNESS)
+            return Verdict(False, BY_STILLNESS, p)
+        if still == NOT_YET:
+            return Verdict(False, NOT_MOVED, p)
         return Verdict(True, "", p)
 
     def judge(self, bgr: np.ndarray, box: np.ndarray, keypoints: np.ndarray, t: float) -> bool:
