@@ -251,10 +251,13 @@ def render_surround(
     rng: np.random.Generator,
     size: tuple[int, int] = FRAME,
     face_frac: float | None = None,
+    held: tuple[float, float, float] = (0.0, 0.0, 0.0),
 ) -> np.ndarray:
     """One frame: the face of `photo` (its face box `box`) as a print, a cut-out print or on a
     screen, held so that it and a plain gray/white surround fill the view. The face box is
-    `face_frac` (default 0.35-0.6) of the frame height."""
+    `face_frac` (default 0.35-0.6) of the frame height. `held` (dx, dy pixels, degrees) moves
+    the print or screen over the surround: the same seed with a hand's tremor in `held` makes
+    the frames of one hand-held presentation."""
     if style not in SURROUND_STYLES:
         raise ValueError(f"style must be one of {SURROUND_STYLES}")
     w, h = size
@@ -289,13 +292,23 @@ def render_surround(
     # place it: the face near the middle of the view, turned a few degrees
     fcx, fcy = (fb[0] + fb[2]) / 2, (fb[1] + fb[3]) / 2
     tx, ty = w / 2 + rng.uniform(-0.12, 0.12) * w, h / 2 + rng.uniform(-0.08, 0.08) * h
-    m = cv2.getRotationMatrix2D((float(fcx), float(fcy)), float(rng.uniform(-6, 6)), 1.0)
+    tx, ty = tx + held[0], ty + held[1]
+    m = cv2.getRotationMatrix2D((float(fcx), float(fcy)), float(rng.uniform(-6, 6)) + held[2], 1.0)
     m[:, 2] += (tx - fcx, ty - fcy)
     warped = cv2.warpAffine(card, m, (w, h), flags=cv2.INTER_LINEAR).astype(np.float32)
     alpha = cv2.warpAffine(mask, m, (w, h), flags=cv2.INTER_LINEAR)[:, :, None]
     f = _plain(size, rng) * (1 - alpha) + warped * alpha
     f = f * rng.uniform(0.85, 1.1) + rng.normal(0, rng.uniform(1.0, 3.0), f.shape)
     return np.clip(cv2.GaussianBlur(f, (0, 0), rng.uniform(0.5, 0.9)), 0, 255).astype(np.uint8)
+
+
+def tremor(rng: np.random.Generator, n: int, px: float = 2.0, deg: float = 0.5) -> np.ndarray:
+    """n poses (dx, dy, degrees) of a hand holding a card: a smooth random walk within +-px
+    pixels and +-deg degrees, for render_surround's `held`."""
+    walk = np.cumsum(rng.normal(0, 1, (n, 3)), axis=0)
+    walk = walk - walk.mean(axis=0)
+    top = np.maximum(np.abs(walk).max(axis=0), 1e-6)
+    return walk / top * np.array([px, px, deg])
 
 
 def read_part(src: Path, start: int = 0, stop: int | None = None) -> tuple[list[np.ndarray], float]:
