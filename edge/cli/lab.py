@@ -183,6 +183,11 @@ def register(sub, common) -> None:
         " clip-level APCER/BPCER and frames to a decision",
     )
     sp.add_argument("--no-cues", action="store_true", help="the model (and motion) alone")
+    sp.add_argument(
+        "--no-stillness",
+        action="store_true",
+        help="clips: without the stillness cue (a face that never moves is a picture)",
+    )
     sp.add_argument("--per-file", action="store_true", help="include every file's result")
     common(sp)
     sp.set_defaults(func=_lab("cmd_eval_pad"))

@@ -207,9 +207,10 @@ def cmd_eval_pad(args) -> int:
         )
     mode = "model" if cfg.liveness.mode == "off" else cfg.liveness.mode
     use_cues = cfg.liveness.cues and not args.no_cues
+    still = cfg.liveness.stillness and not args.no_stillness
 
     def judge_at(s: PadSpec) -> LivenessJudge:
-        return LivenessJudge(PadModel(s, threads=1), mode, cfg.policy.window_s, use_cues)
+        return LivenessJudge(PadModel(s, threads=1), mode, cfg.policy.window_s, use_cues, still)
 
     pipe = FacePipeline.from_config(cfg)
     if args.clips:

@@ -307,6 +307,7 @@ def evaluate_clips(cfg: Config, root: Path, pipe: FacePipeline, judge: LivenessJ
             skipped.append(_skip(i, e, 1))
     report = summarise(results, judge.model.spec.threshold, times, [root])
     report["cues"] = judge.cues
+    report["stillness"] = judge.stillness is not None
     report["mode"] = judge.mode
     report["skipped"] = skipped
 
