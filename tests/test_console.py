@@ -148,6 +148,19 @@ def test_every_console_text_has_a_chinese_translation():
     assert translate("en", "enrolled on {k} of {n} lanes", k=2, n=3) == "enrolled on 2 of 3 lanes"
 
 
+def test_every_decision_code_has_a_chinese_name():
+    """The decisions page shows the gate's via and reason codes in the user's language."""
+    from edge.fleet import override
+    from edge.gate.policy import Outcome, Reason, Via
+    from edge.tickets.format import Reason as TicketReason
+
+    codes = {*Outcome, *Via, *Reason, *TicketReason, override.VIA}
+    codes |= {override.EXPIRED, override.REPLAYED, override.OTHER_LANE, override.INVALID}
+    assert sorted(str(c) for c in codes if str(c) not in ZH) == []
+    assert translate("zh-CN", "presentation_attack") == "疑似照片或屏幕攻击"
+    assert translate("zh-CN", "a reason typed by staff") == "a reason typed by staff"
+
+
 def test_visitor_texts_exist_for_every_notice_in_both_languages():
     contract = {"welcome", "show_ticket", "step_back", "come_closer", "hold_still", "ticket_used",
                 "see_staff"}  # fmt: skip

@@ -374,6 +374,21 @@ def test_unknown_language_is_refused_not_ignored(console, users, lang):
     assert st == 200 and b'lang="en"' in page
 
 
+def test_a_change_of_language_is_recorded_once(console, users):
+    """Every account change is in the office audit log; one's own language was not."""
+    park, _, _ = console
+    c = users["stu"]
+    before = audit_details(park, "console")
+    for _ in range(2):  # the second sets what is already set: nothing to record
+        st, _page = c.form("/me/lang", {"lang": "zh-CN"})
+        assert st in (200, 303)
+    st, page = c.req("GET", "/lanes")
+    assert b'lang="zh-CN"' in page
+    assert audit_details(park, "console")[len(before) :] == ["by stu: language of stu set to zh-CN"]
+    c.form("/me/lang", {"lang": "en"})
+    assert audit_details(park, "console")[-1] == "by stu: language of stu set to en"
+
+
 # --- the enrollment kiosk -----------------------------------------------------------------------
 
 

@@ -361,6 +361,8 @@ def test_reveal_is_audited_and_chinese_pages(world, tmp_path):
     button = page.locator(f"button.reveal[data-person='{pid}']")
     button.wait_for(timeout=30_000)
     assert "Grace Hopper" not in page.locator("#decisions").inner_text()  # pseudonymous
+    row = page.locator("#decisions tr", has_text=pid).first.inner_text()
+    assert "人脸" in row and "通过" in row and "face" not in row, row  # codes in her language
     button.click()
     page.locator("strong.revealed").wait_for(timeout=10_000)
     assert page.locator("strong.revealed").inner_text().strip() == "Grace Hopper"

@@ -409,7 +409,14 @@ def build_app(cfg: config_mod.Config, feed: FleetFeed | None = None) -> Starlett
     async def set_lang(ctx: Ctx) -> Response:
         form = await ctx.request.form()
         lang = str(form.get("lang", ""))  # UserError if unknown
-        await asyncio.to_thread(con.users.set_lang, ctx.user.name, lang)
+        name = ctx.user.name
+        if lang != ctx.lang:  # recorded like every account change (a reload changes nothing)
+            await recorded_change(
+                ctx,
+                f"language of {name} set to {lang}",
+                "user",
+                lambda then: con.users.set_lang(name, lang, then),
+            )
         back = ctx.request.headers.get("referer", "/")
         return RedirectResponse(
             back if "://" not in back or ctx.request.url.netloc in back else "/", status_code=303

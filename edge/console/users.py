@@ -292,12 +292,16 @@ class UserStore:
         """Lock or unlock an account; a locked account's sessions end (`then` as for a role)."""
         return self._update(name, "disabled = ?", (int(disabled),), then)
 
-    def set_lang(self, name: str, lang: str) -> User:
-        """The user's language (their sessions stay valid)."""
+    def set_lang(self, name: str, lang: str, then: Callable[[], None] | None = None) -> User:
+        """The user's language (their sessions stay valid; `then` as for a role)."""
         if lang not in LANGS:
             raise UserError(f"language {lang!r} is not one of {', '.join(LANGS)}")
         with self._change() as conn:
-            conn.execute("UPDATE users SET lang = ? WHERE name = ?", (lang, name))
+            cur = conn.execute("UPDATE users SET lang = ? WHERE name = ?", (lang, name))
+            if cur.rowcount != 1:
+                raise UserError(f"no user {name!r}")
+            if then is not None:
+                then()
         user = self.get(name)
         if user is None:
             raise UserError(f"no user {name!r}")
