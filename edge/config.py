@@ -342,9 +342,9 @@ class LivenessConfig:
     # print's border or a screen's bezel surrounds it, or it is a head with no body on a plain
     # surface (MODELS.md gives what they cost in live visitors refused).
     cues: bool = setting(True, "the frame and surround cues beside the liveness model")
-    # A face that has not moved by a pixel since it came (edge/vision/stillness.py) is not
-    # judged live until it does, and is refused as a picture after 1.5 s (MODELS.md gives what
-    # it costs in live visitors waited for or refused).
+    # A face that has not moved by a third of a pixel since it came (edge/vision/stillness.py)
+    # is not judged live until it does, and is refused as a picture after 1.5 s (MODELS.md
+    # gives what it costs in live visitors waited for or refused).
     stillness: bool = setting(True, "refuse a face that does not move at all (a propped photo)")
 
 

@@ -127,10 +127,10 @@ def surround_clip(
 
 @pytest.mark.parametrize(("person", "style", "frac"), SURROUND_CASES)
 def test_gray_surround_renderings_are_refused(tmp_path, fixtures, pipeline, person, style, frac):
-    """Held in a hand, so that the stillness cue has nothing to say: the model and the frame
-    and surround cues refuse them."""
+    """Held in a hand, and the stillness cue off: the model and the frame and surround cues
+    refuse them."""
     photos = sorted((fixtures / "faces" / person).iterdir())
-    cfg = make_config(tmp_path)
+    cfg = make_config(tmp_path, "[liveness]\nstillness = false\n")
     enroll(cfg, pipeline, photos[0], person)
     clip = surround_clip(photos[1], style, frac, tmp_path / "attack.mp4", pipeline)
     gate, ev = run_gate(cfg, clip, tmp_path)

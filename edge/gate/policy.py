@@ -520,7 +520,9 @@ class Policy:
                 return []
             ep.close_reported = True
             return [Decision(obs.t, obs.frame, DENY, FACE, pid, score, Reason.TOO_CLOSE)]
-        if len(mine) >= p.k and obs.t - ep.start >= p.window_s / 2:
+        waiting = any(not e.face.live and e.face.pad == PAD_NOT_MOVED for e in mine)
+        if len(mine) >= p.k and obs.t - ep.start >= p.window_s / 2 and not waiting:
+            # not while waiting to see the face move: holding still would get them refused
             self._guide(obs, ep, HOLD_STILL, NOT_YET_LIVE, pid)
         return []
 

@@ -6,12 +6,14 @@ sensor's noise, whatever its border or surround, so this cue catches what the co
 and the frame cues cannot see: a print or a screen that fills the view.
 
 Each face is followed by its box (a track per face, continued by the nearest box of a like
-size within a face width, so a live visitor beside a propped photo does not lend it their
-motion). Every frame, the face's neighbourhood is resampled to a small
+size within a face width, so a live visitor beside a propped photo, more than a face width
+away, does not lend it their motion; a face that jumps further between two frames starts a new
+track, and waits again). Every frame, the face's neighbourhood is resampled to a small
 patch and blurred (the sensor's noise averages out, the shift of an edge stays); the current
 frame, read at an earlier frame's box, is compared with that frame's patch. A track moved when
 one comparison differs by MOVED grey levels (mean absolute difference, the patch's mean change
-removed so that a camera's exposure step is not motion). A track that has not moved for
+and gain explained by the earlier patch removed, so that the camera's exposure changing is
+not motion). A track that has not moved for
 STILL_S is a still picture; before that it is not yet judged. Figures: models/MODELS.md
 ("Stillness").
 """
@@ -31,6 +33,7 @@ MOVED = 0.6  # grey levels: a mean change above this is motion
 STILL_S = 1.5  # seconds of a face's track without motion before it is a still picture
 KEEP = 4  # recent patches a frame is compared with (the track's first one is kept as well)
 SAME_FACE = 1.0  # a box this many face widths from a track's last one continues it
+MAX_TRACKS = 16  # faces followed at once (the oldest seen is dropped for a new one)
 
 # What see() says of a track.
 MOVING = "moving"  # it moved: the cue has nothing against it
@@ -39,7 +42,8 @@ STILL = "still"  # no motion for STILL_S: a picture
 
 
 def patch(bgr: np.ndarray, box: np.ndarray) -> np.ndarray | None:
-    """The blurred grey patch of the box's neighbourhood; None for a box that cannot be placed."""
+    """The blurred grey patch of the box's neighbourhood in an 8-bit BGR frame (as_bgr8); None
+    for a box that cannot be placed."""
     x0, y0, x1, y1 = (float(v) for v in box[:4])
     side = 1.2 * max(x1 - x0, y1 - y0)
     h, w = bgr.shape[:2]
@@ -50,17 +54,19 @@ def patch(bgr: np.ndarray, box: np.ndarray) -> np.ndarray | None:
         [[k, 0, PATCH / 2 - k * (x0 + x1) / 2], [0, k, PATCH / 2 - k * (y0 + y1) / 2]], np.float32
     )
     interp = cv2.INTER_AREA if k < 1 else cv2.INTER_LINEAR
-    crop = cv2.warpAffine(
-        as_bgr8(bgr), m, (PATCH, PATCH), flags=interp, borderMode=cv2.BORDER_REPLICATE
-    )
+    crop = cv2.warpAffine(bgr, m, (PATCH, PATCH), flags=interp, borderMode=cv2.BORDER_REPLICATE)
     gray = cv2.cvtColor(crop, cv2.COLOR_BGR2GRAY).astype(np.float32)
     return cv2.GaussianBlur(gray, (0, 0), BLUR)
 
 
 def change(before: np.ndarray, now: np.ndarray) -> float:
-    """Mean absolute change between two patches of one place, their mean change removed."""
-    d = now - before
-    return float(np.abs(d - d.mean()).mean())
+    """Mean absolute change between two patches of one place, what a change of exposure
+    explains removed: `now` is fitted as gain * before + offset (least squares), and the rest
+    is motion (or noise)."""
+    b = before - before.mean()
+    n = now - now.mean()
+    gain = float((b * n).sum() / max(float((b * b).sum()), 1e-6))
+    return float(np.abs(n - gain * b).mean())
 
 
 def _distance(a: np.ndarray, b: np.ndarray) -> float:
@@ -95,17 +101,22 @@ class Stillness:
     def see(self, bgr: np.ndarray, box: np.ndarray, t: float) -> str:
         """Record one face at frame time t (seconds) and say whether its track has moved."""
         box = np.asarray(box[:4], np.float64)
-        if not np.isfinite(box).all():
-            return MOVING  # a box that cannot be placed: the model and cues judge it alone
-        self.tracks = [tr for tr in self.tracks if 0 <= t - tr.last <= self.gap_s]
+        if not np.isfinite(box).all() or not np.isfinite(t):
+            return NOT_YET  # nothing to follow: not live by this cue, refused by none
+        bgr = as_bgr8(bgr)  # once: every patch of this frame reads it
+        # a frame dated before a track's last (a clock stepped back) keeps it
+        self.tracks = [tr for tr in self.tracks if t - tr.last <= self.gap_s]
         track = min(self.tracks, key=lambda tr: _distance(tr.box, box), default=None)
         if track is None or _distance(track.box, box) > SAME_FACE:
             track = _Track(t, t, box)
-            self.tracks.append(track)
-        now = None if track.moved else patch(bgr, box)
-        if now is None:  # moved already, or a box too large or small to resample
+            self.tracks = [*sorted(self.tracks, key=lambda tr: tr.last)[-(MAX_TRACKS - 1) :], track]
+        if track.moved:
             track.last, track.box = t, box
             return MOVING
+        now = patch(bgr, box)
+        if now is None:  # a box too large or too small to resample: nothing to compare
+            track.last, track.box = t, box
+            return NOT_YET if t - track.start < self.still_s else STILL
         for old_box, old in track.seen:
             here = patch(bgr, old_box)
             if here is not None and change(old, here) >= MOVED:
