@@ -30,7 +30,7 @@ from edge.fleet.identity import load_lane_key, public_text
 from edge.gate.audit import AuditLog
 from edge.lab.broker import Mosquitto
 from tests.helpers import copy_db
-from tests.test_fleet import USERS, OneShot, Park, _need_mosquitto, cli, verify, wait_for
+from tests.test_fleet import FAST, USERS, OneShot, Park, _need_mosquitto, cli, verify, wait_for
 
 
 def _signed_as(park: Park, i: int, m: msg.Message) -> bytes:
@@ -153,6 +153,62 @@ def test_row1_restored_lane_starts_a_new_epoch_and_replays_the_forget_list(
         assert verify(park, 2, text)[1]["reason"] == "already_used"
         why = [r.detail for r in park.audit(1, "new_epoch")]
         assert any(d.startswith("the ledger's outbox went back") for d in why), why
+    finally:
+        park.stop_all()
+
+
+def test_row1_a_lane_that_joins_later_is_not_given_an_older_forget_list(
+    broker, office_keys, tmp_path
+):
+    """A broker's operator who kept the office's older signed messages puts them back for a
+    lane that joins later: the forget list from before a deletion, and the person's enrollment.
+    The new lane applied both and granted the forgotten person by face. The office's fresh
+    heartbeat says how long its list is: the lane grants no face until it holds a list as long,
+    and that list erases the person."""
+    from edge.fleet.apply import OFFICE_FORGOTTEN
+    from edge.fleet.office import publish_enrollment, publish_person
+    from edge.fleet.state import FleetState, check_faces
+    from tests.test_fleet import _lane_people, _office_person
+
+    park = Park(tmp_path, broker.url, office_keys, lanes=2)  # the office's sync started
+    try:
+        park.start(1)
+        park.wait_ready(1)
+        ocfg, od = park.cfg(0), park.office.dir
+        pid = _office_person(park)
+        publish_enrollment(ocfg, park.priv, od / "gallery.db", od / "gallery.key", pid)
+        wait_for(lambda: _lane_people(park, 1), what="enrolled at lane1")
+        site = ocfg.fleet.site
+        kept = {
+            t: _retained(park, t)
+            for t in (
+                msg.topic(site, "office", "forgotten"),
+                msg.topic(site, "office", "people", pid),
+            )
+        }
+        publish_person(ocfg, park.priv, pid, "forget")
+        wait_for(lambda: _lane_people(park, 1) == [], what="forgotten at lane1")
+        park.stop(0)
+        for t, payload in kept.items():  # the older messages put back on the broker
+            _publish(park, 0, t, payload, retain=True)
+        park.start(0)
+        park.start(2)  # a new Pi joins
+        wait_for(
+            lambda: park.state(2, "roster") and park.state(2, "forgotten") is not None,
+            what="lane2 took the roster and a forget list",
+        )
+        time.sleep(10 * FAST["heartbeat_s"])  # the office's heartbeats heard meanwhile
+        assert park.state(2, "forget_replay")  # the list it holds names none of the office's one
+        assert park.state(2, OFFICE_FORGOTTEN) == 1
+        st = FleetState(park.cfg(2).resolve(park.cfg(2).fleet.state_db))
+        try:
+            assert check_faces(park.cfg(2).fleet, st).reason == "forget_replay"
+        finally:
+            st.close()
+        publish_person(ocfg, park.priv, pid, "forget")  # the office sends its list again
+        wait_for(lambda: not park.state(2, "forget_replay"), what="lane2 replayed the list")
+        assert _lane_people(park, 2) == []
+        assert pid in park.state(2, "forgotten")
     finally:
         park.stop_all()
 

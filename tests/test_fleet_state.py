@@ -200,3 +200,48 @@ def test_a_restarted_sync_writes_no_clock_measure_until_it_has_heard_enough():
     assert Sync._measured(sync)
     sync.roster = Roster(-1, {})  # no roster yet: nothing to judge by
     assert not Sync._measured(sync)
+
+
+def test_a_forget_replay_ends_only_with_a_list_as_long_as_the_office_says(tmp_path):
+    """A new or restored lane replays the office's forget list before any face grant. A list
+    put back on the broker from before a deletion ended the replay; now the office's fresh
+    heartbeat says how many its list names, and only a list naming as many ends it, in either
+    order. An office that states no length (an earlier version) is taken at its list."""
+    from edge import tickets as tk
+    from edge.fleet import messages as msg
+    from edge.fleet.apply import OfficeApplier
+
+    tk.keygen(tmp_path / "office")
+    (tmp_path / "gate.toml").write_text(
+        '[gate]\nid = "g-1"\n[tickets]\npubkeys = ["office/issuer.pub"]\nledger = "ledger.db"\n'
+        '[audit]\npath = "audit.db"\n[fleet]\nbroker = "mqtt://127.0.0.1:1"\nsite = "park"\n'
+        'lane = "lane1"\nstate_db = "fleet.db"\n'
+    )
+    cfg = config_mod.load(tmp_path / "gate.toml")
+    st = FleetState(tmp_path / "fleet.db")
+    app = OfficeApplier(cfg, st, lambda *a, **k: None)
+    key = tk.load_private(tmp_path / "office" / "issuer.key")
+
+    def forget_list(seq: int, people: list[str]) -> None:
+        signed = msg.sign(
+            msg.Message(msg.FORGOTTEN, "park", "office", seq, time.time(), {"people": people}), key
+        )
+        app.handle(msg.verify_signed(signed, app.trusted), time.time())
+
+    st.put(forget_replay="new epoch 0123abcd: fleet.db made anew")
+    forget_list(3, ["P-1"])  # an older list, before the office's floor is known
+    assert st.get("forget_replay")
+    app.office_floor(2, time.time())  # the office's list names two
+    assert st.get("forget_replay")
+    forget_list(9, ["P-1", "P-2"])
+    assert not st.get("forget_replay") and st.get("forgotten") == ["P-1", "P-2"]
+    st.put(forget_replay="new epoch 4567cdef: restored")  # again: the list held is long enough
+    app.office_floor(2, time.time())
+    assert not st.get("forget_replay")
+    st.put(forget_replay="new epoch 89abcdef: restored")
+    app.office_floor(3, time.time())  # one more forgotten since: wait for the list
+    assert st.get("forget_replay")
+    st.put(forget_replay="new epoch 0000ffff: restored", office_forgotten_n=None)
+    app.office_floor(0, time.time())  # an office that states no length
+    assert not st.get("forget_replay")
+    st.close()

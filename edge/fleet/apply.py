@@ -35,6 +35,8 @@ from edge.tickets.revocation import unrevoke
 log = logging.getLogger(__name__)
 # fleet.db key: the ticket ids sync put on the revocation list (the ones a lift may take off)
 APPLIED = "revocations_applied"
+# fleet.db key: how many people the office's forget list named, from its newest fresh heartbeat
+OFFICE_FORGOTTEN = "office_forgotten_n"
 
 
 def claim_revocations(cfg: Config, ticket_ids: list[str]) -> str:
@@ -188,20 +190,49 @@ class OfficeApplier:
         self._acks.append((pid, op, m.seq))
 
     def _forgotten(self, m: msg.Message, now: float) -> None:
-        """Forget everyone on the office's list who is here; then faces may be granted again."""
+        """Forget everyone on the office's list who is here; then faces may be granted again,
+        once the list is as long as the office's own (office_floor)."""
         ids = m.body.get("people", [])
         if not isinstance(ids, list) or not all(str(p).startswith("P-") for p in ids):
             raise msg.MessageError("forget list is not a list of person ids")
         listed = sorted(set(self.state.get("forgotten", [])) | {str(p) for p in ids})
-        self.state.put(forgotten=listed)
+        generation = max(m.seq, int(self.state.get("forgotten_seq") or 0))
+        self.state.put(forgotten=listed, forgotten_seq=generation)
         gone = people.forget_many(self.cfg, listed, m.seq)
         if gone:
             self.audit(
                 now, "fleet_forget_replay", f"{len(gone)} people on the office's forget list"
             )
+        self._settle_replay(now, applied=True)
+
+    def office_floor(self, forgotten_n: int, now: float) -> None:
+        """The office's fresh heartbeat says how many people its forget list names. A lane
+        that must replay the list (new, or restored) grants no face until the list it holds
+        names as many: a list it was given may be an older one, kept and put back on the
+        broker, without the people forgotten since (and their older enrollments with it)."""
+        self.state.put(**{OFFICE_FORGOTTEN: forgotten_n})
+        self._settle_replay(now, applied=False)
+
+    def _settle_replay(self, now: float, applied: bool) -> None:
+        """End the forget replay when the list held is at least as long as the office's (as its
+        fresh heartbeat said); `applied`: the list was just applied to the gallery."""
         pending = self.state.get("forget_replay")
-        if pending:
-            self.state.put(forget_replay=None)
-            log.info(
-                "sync forget list applied (%d ids, %d here): %s", len(listed), len(gone), pending
+        if not pending:
+            return
+        office_n = self.state.get(OFFICE_FORGOTTEN)
+        listed = self.state.get("forgotten", [])
+        if office_n is None or len(listed) < int(office_n):
+            log.warning(
+                "sync forget_replay waiting: the list held names %d, the office's %s",
+                len(listed),
+                "not yet heard" if office_n is None else office_n,
             )
+            return
+        if not applied:  # a list held from before: applied to the gallery now
+            gone = people.forget_many(self.cfg, listed, int(self.state.get("forgotten_seq") or 0))
+            if gone:
+                self.audit(
+                    now, "fleet_forget_replay", f"{len(gone)} people on the office's forget list"
+                )
+        self.state.put(forget_replay=None)
+        log.info("sync forget list applied (%d ids, office %s): %s", len(listed), office_n, pending)

@@ -59,7 +59,7 @@ from edge.fleet import messages as msg
 from edge.fleet.apply import OfficeApplier
 from edge.fleet.brokerconf import ACL_OUTDATED_FIX
 from edge.fleet.client import make_client
-from edge.fleet.clock import ClockView, fleet_clock
+from edge.fleet.clock import ClockView, finite_number, fleet_clock
 from edge.fleet.identity import load_lane_key
 from edge.fleet.lane import tickets_stamp
 from edge.fleet.officestore import OfficeStore
@@ -1013,6 +1013,8 @@ class Sync:
             "clock_offset": self.clock_offset(),
             "clocks": self.clock_view.offsets if self._readings() else {},
         }
+        if self.store is not None:  # the floor of a forget list a new or restored lane replays
+            body["forgotten_n"] = len(self.store.forgotten())
         if self.ledger is not None:
             last = self.audit.newest_time("decision")
             gate = self.state.get("gate_status") or {}
@@ -1478,6 +1480,22 @@ class Sync:
         p.received = m.time if retained else now
         if not retained:
             p.reading, p.seen = m.time - now, time.monotonic()
+        if m.lane == msg.OFFICE and self.office is not None:
+            self._office_floor(m)
+
+    def _office_floor(self, m: msg.Message) -> None:
+        """The office's heartbeat, retained or live, if it is fresh (dated within the clock
+        tolerance and three of its periods of this clock: a kept older one is not), states how
+        long its forget list is: the floor a replayed forget list must reach."""
+        n = m.body.get("forgotten_n")
+        period = finite_number(m.body.get("period")) or self.fleet.heartbeat_s
+        tolerance = self.fleet.max_clock_offset_s + 3 * min(max(period, 0.0), 3600.0)
+        if abs(self.clock() - m.time) > tolerance:
+            log.info("sync office heartbeat not fresh (%.0f s off): no forget-list floor",
+                     self.clock() - m.time)  # fmt: skip
+            return
+        floor = n if isinstance(n, int) and not isinstance(n, bool) and n >= 0 else 0
+        self.applier.office_floor(floor, self.clock())  # 0: an office that states none
 
     def _audit_in(self, m: msg.Message, now: float) -> None:
         records = m.body.get("records")
