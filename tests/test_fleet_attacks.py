@@ -166,7 +166,7 @@ def test_row1_a_lane_that_joins_later_is_not_given_an_older_forget_list(
     heartbeat says how long its list is: the lane grants no face until it holds a list as long,
     and that list erases the person."""
     from edge.fleet.apply import OFFICE_FORGOTTEN
-    from edge.fleet.office import publish_enrollment, publish_person
+    from edge.fleet.office import publish_enrollment, publish_person, wait_all_sent
     from edge.fleet.state import FleetState, check_faces
     from tests.test_fleet import _lane_people, _office_person
 
@@ -188,6 +188,7 @@ def test_row1_a_lane_that_joins_later_is_not_given_an_older_forget_list(
         }
         publish_person(ocfg, park.priv, pid, "forget")
         wait_for(lambda: _lane_people(park, 1) == [], what="forgotten at lane1")
+        assert wait_all_sent(ocfg, "the forget")  # nothing left to send again at its restart
         park.stop(0)
         for t, payload in kept.items():  # the older messages put back on the broker
             _publish(park, 0, t, payload, retain=True)

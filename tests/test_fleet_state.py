@@ -219,7 +219,8 @@ def test_a_forget_replay_ends_only_with_a_list_as_long_as_the_office_says(tmp_pa
     )
     cfg = config_mod.load(tmp_path / "gate.toml")
     st = FleetState(tmp_path / "fleet.db")
-    app = OfficeApplier(cfg, st, lambda *a, **k: None)
+    audited: list[tuple[str, str]] = []
+    app = OfficeApplier(cfg, st, lambda now, kind, detail, **k: audited.append((kind, detail)))
     key = tk.load_private(tmp_path / "office" / "issuer.key")
 
     def forget_list(seq: int, people: list[str]) -> None:
@@ -232,7 +233,10 @@ def test_a_forget_replay_ends_only_with_a_list_as_long_as_the_office_says(tmp_pa
     forget_list(3, ["P-1"])  # an older list, before the office's floor is known
     assert st.get("forget_replay")
     app.office_floor(2, time.time())  # the office's list names two
-    assert st.get("forget_replay")
+    assert st.get("forget_replay") and audited == []  # waiting for a list: no attack seen
+    forget_list(4, ["P-1"])  # the older list given again, the office's length known
+    assert [k for k, _ in audited] == ["fleet_forget_list_old"]
+    assert "naming 1 of the office's 2" in audited[0][1]
     forget_list(9, ["P-1", "P-2"])
     assert not st.get("forget_replay") and st.get("forgotten") == ["P-1", "P-2"]
     st.put(forget_replay="new epoch 4567cdef: restored")  # again: the list held is long enough
@@ -243,5 +247,10 @@ def test_a_forget_replay_ends_only_with_a_list_as_long_as_the_office_says(tmp_pa
     assert st.get("forget_replay")
     st.put(forget_replay="new epoch 0000ffff: restored", office_forgotten_n=None)
     app.office_floor(0, time.time())  # an office that states no length
+    assert not st.get("forget_replay")
+    # the floor heard after an older heartbeat ended the replay: faces stop until the list
+    app.office_floor(3, time.time())
+    assert "names 3, the one applied here 2" in st.get("forget_replay")
+    forget_list(12, ["P-1", "P-2", "P-3"])
     assert not st.get("forget_replay")
     st.close()

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
@@ -84,6 +85,7 @@ class OfficeApplier:
         ]
         self._acks: list[tuple[str, str, int]] = []  # (person, op, office seq) to acknowledge
         self.roster_changed = False
+        self._waiting: tuple[int, Any] | None = None  # the forget replay's wait, as last said
 
     def take_acks(self) -> list[tuple[str, str, int]]:
         """Hand the queued acknowledgements to sync, which signs and sends them."""
@@ -211,6 +213,14 @@ class OfficeApplier:
         names as many: a list it was given may be an older one, kept and put back on the
         broker, without the people forgotten since (and their older enrollments with it)."""
         self.state.put(**{OFFICE_FORGOTTEN: forgotten_n})
+        held = len(self.state.get("forgotten", []))
+        if forgotten_n > held and not self.state.get("forget_replay"):
+            # the list applied here is shorter than the office's: an older one was taken (a
+            # heartbeat of before a deletion, dated within the tolerance, came first), or a
+            # deletion's list is on its way; either way no face until it is applied
+            why = f"the office's forget list names {forgotten_n}, the one applied here {held}"
+            self.state.put(forget_replay=why)
+            log.warning("sync forget_replay again: %s", why)
         self._settle_replay(now, applied=False)
 
     def _settle_replay(self, now: float, applied: bool) -> None:
@@ -222,12 +232,23 @@ class OfficeApplier:
         office_n = self.state.get(OFFICE_FORGOTTEN)
         listed = self.state.get("forgotten", [])
         if office_n is None or len(listed) < int(office_n):
-            log.warning(
-                "sync forget_replay waiting: the list held names %d, the office's %s",
-                len(listed),
-                "not yet heard" if office_n is None else office_n,
-            )
+            said = (len(listed), office_n)
+            if said != self._waiting:  # once per change, not at every heartbeat
+                self._waiting = said
+                log.warning(
+                    "sync forget_replay waiting: the list held names %d, the office's %s",
+                    len(listed),
+                    "not yet heard" if office_n is None else office_n,
+                )
+            if applied and office_n is not None:  # a list older than the office's, given
+                self.audit(
+                    now,
+                    "fleet_forget_list_old",
+                    f"a forget list naming {len(listed)} of the office's {office_n}: "
+                    "no face grants until the office's own list is applied",
+                )
             return
+        self._waiting = None
         if not applied:  # a list held from before: applied to the gallery now
             gone = people.forget_many(self.cfg, listed, int(self.state.get("forgotten_seq") or 0))
             if gone:
