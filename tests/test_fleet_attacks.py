@@ -165,7 +165,7 @@ def test_row1_a_lane_that_joins_later_is_not_given_an_older_forget_list(
     The new lane applied both and granted the forgotten person by face. The office's fresh
     heartbeat says how long its list is: the lane grants no face until it holds a list as long,
     and that list erases the person."""
-    from edge.fleet.apply import OFFICE_FORGOTTEN
+    from edge.fleet.apply import OFFICE_LIST
     from edge.fleet.office import publish_enrollment, publish_person, wait_all_sent
     from edge.fleet.state import FleetState, check_faces
     from tests.test_fleet import _lane_people, _office_person
@@ -198,9 +198,11 @@ def test_row1_a_lane_that_joins_later_is_not_given_an_older_forget_list(
             lambda: park.state(2, "roster") and park.state(2, "forgotten") is not None,
             what="lane2 took the roster and a forget list",
         )
+        wait_for(lambda: _lane_people(park, 2), what="lane2 took the older enrollment")
         time.sleep(10 * FAST["heartbeat_s"])  # the office's heartbeats heard meanwhile
-        assert park.state(2, "forget_replay")  # the list it holds names none of the office's one
-        assert park.state(2, OFFICE_FORGOTTEN) == 1
+        assert park.state(2, "forget_replay")  # the list it took is older than the office's
+        assert park.state(2, OFFICE_LIST) == park.state(0, "forget_list_seq") > 0
+        assert park.audit(2, "fleet_forget_list_old")
         st = FleetState(park.cfg(2).resolve(park.cfg(2).fleet.state_db))
         try:
             assert check_faces(park.cfg(2).fleet, st).reason == "forget_replay"

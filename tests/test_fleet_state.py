@@ -202,14 +202,15 @@ def test_a_restarted_sync_writes_no_clock_measure_until_it_has_heard_enough():
     assert not Sync._measured(sync)
 
 
-def test_a_forget_replay_ends_only_with_a_list_as_long_as_the_office_says(tmp_path):
+def test_a_forget_replay_ends_only_with_the_offices_newest_list(tmp_path):
     """A new or restored lane replays the office's forget list before any face grant. A list
     put back on the broker from before a deletion ended the replay; now the office's fresh
-    heartbeat says how many its list names, and only a list naming as many ends it, in either
-    order. An office that states no length (an earlier version) is taken at its list."""
+    heartbeat names its newest list (its seq), and only a list that new, taken since the
+    replay began, ends it, in either order. A lane whose newest list is older than the
+    office's replays again. An office that names none (an earlier version): any list taken."""
     from edge import tickets as tk
     from edge.fleet import messages as msg
-    from edge.fleet.apply import OfficeApplier
+    from edge.fleet.apply import LIST_SINCE, OFFICE_LIST, OfficeApplier
 
     tk.keygen(tmp_path / "office")
     (tmp_path / "gate.toml").write_text(
@@ -229,28 +230,63 @@ def test_a_forget_replay_ends_only_with_a_list_as_long_as_the_office_says(tmp_pa
         )
         app.handle(msg.verify_signed(signed, app.trusted), time.time())
 
-    st.put(forget_replay="new epoch 0123abcd: fleet.db made anew")
-    forget_list(3, ["P-1"])  # an older list, before the office's floor is known
-    assert st.get("forget_replay")
-    app.office_floor(2, time.time())  # the office's list names two
+    def replay(why: str) -> None:  # as sync's _save_epoch begins one
+        st.put(forget_replay=why, **{OFFICE_LIST: None, LIST_SINCE: None})
+
+    replay("new epoch 0123abcd: fleet.db made anew")
+    app.office_floor(9, time.time())  # the office's newest is #9
     assert st.get("forget_replay") and audited == []  # waiting for a list: no attack seen
-    forget_list(4, ["P-1"])  # the older list given again, the office's length known
+    forget_list(3, ["P-1"])  # an older list
     assert [k for k, _ in audited] == ["fleet_forget_list_old"]
-    assert "naming 1 of the office's 2" in audited[0][1]
+    assert "#3, older than the office's newest #9" in audited[0][1]
+    forget_list(4, ["P-1", "P-3"])  # another older one
+    assert st.get("forget_replay")  # two names, as many as #9's: the seq is what counts
     forget_list(9, ["P-1", "P-2"])
-    assert not st.get("forget_replay") and st.get("forgotten") == ["P-1", "P-2"]
-    st.put(forget_replay="new epoch 4567cdef: restored")  # again: the list held is long enough
-    app.office_floor(2, time.time())
-    assert not st.get("forget_replay")
-    st.put(forget_replay="new epoch 89abcdef: restored")
-    app.office_floor(3, time.time())  # one more forgotten since: wait for the list
+    assert not st.get("forget_replay") and st.get("forgotten") == ["P-1", "P-2", "P-3"]
+    replay("new epoch 4567cdef: restored")  # the list held from before does not end it
+    app.office_floor(9, time.time())
     assert st.get("forget_replay")
-    st.put(forget_replay="new epoch 0000ffff: restored", office_forgotten_n=None)
-    app.office_floor(0, time.time())  # an office that states no length
+    forget_list(9, ["P-1", "P-2"])  # the retained list, asked for again
     assert not st.get("forget_replay")
-    # the floor heard after an older heartbeat ended the replay: faces stop until the list
-    app.office_floor(3, time.time())
-    assert "names 3, the one applied here 2" in st.get("forget_replay")
-    forget_list(12, ["P-1", "P-2", "P-3"])
+    app.office_floor(12, time.time())  # one more forgotten since: faces wait for the list
+    assert "#12, the newest applied here #9" in st.get("forget_replay")
+    forget_list(12, ["P-1", "P-2", "P-4"])
+    assert not st.get("forget_replay")
+    replay("new epoch 0000ffff: restored")
+    app.office_floor(0, time.time())  # an office that names none: any list taken since
+    assert st.get("forget_replay")
+    forget_list(12, ["P-1", "P-2", "P-4"])
     assert not st.get("forget_replay")
     st.close()
+
+
+def test_only_a_fresh_readable_office_heartbeat_names_the_list_to_replay():
+    """An office heartbeat kept from long ago (a broker operator's) names an older list: it is
+    not taken; nor a value that is no seq. One from an office of before (no field): 0."""
+    from types import SimpleNamespace
+
+    from edge.fleet import messages as msg
+    from edge.fleet.sync import Sync
+
+    heard: list[int] = []
+    now = 1_000_000.0
+    me = SimpleNamespace(
+        fleet=SimpleNamespace(heartbeat_s=5.0, max_clock_offset_s=5.0),
+        clock=lambda: now,
+        _floor_said="",
+        applier=SimpleNamespace(office_floor=lambda seq, t: heard.append(seq)),
+    )
+
+    def beat(t: float, **body) -> None:
+        Sync._office_floor(me, msg.Message(msg.HEARTBEAT, "park", "office", 1, t, body))
+
+    beat(now - 3, period=5.0, forget_list_seq=7)  # fresh
+    beat(now - 600, period=5.0, forget_list_seq=3)  # ten minutes old: not taken
+    beat(now + 600, period=5.0, forget_list_seq=3)  # dated ahead: not taken
+    beat(now - 600, period=float("nan"), forget_list_seq=3)  # a period that is no number
+    for junk in ("9", None, True, 2.5):
+        beat(now, period=5.0, forget_list_seq=junk)
+    beat(now - 1, period=5.0)  # an office of before
+    beat(now - 1, period=5.0, forget_list_seq=-4)
+    assert heard == [7, 0, 0]
+    assert me._floor_said == ""  # the last one was taken

@@ -36,8 +36,11 @@ from edge.tickets.revocation import unrevoke
 log = logging.getLogger(__name__)
 # fleet.db key: the ticket ids sync put on the revocation list (the ones a lift may take off)
 APPLIED = "revocations_applied"
-# fleet.db key: how many people the office's forget list named, from its newest fresh heartbeat
-OFFICE_FORGOTTEN = "office_forgotten_n"
+# fleet.db keys of the forget replay: the seq of the office's newest forget list, as its newest
+# fresh heartbeat names it; the newest list taken since the replay began (both cleared when it
+# begins, edge/fleet/sync.py _save_epoch)
+OFFICE_LIST = "office_forget_list_seq"
+LIST_SINCE = "forget_list_since_replay"
 
 
 def claim_revocations(cfg: Config, ticket_ids: list[str]) -> str:
@@ -85,7 +88,7 @@ class OfficeApplier:
         ]
         self._acks: list[tuple[str, str, int]] = []  # (person, op, office seq) to acknowledge
         self.roster_changed = False
-        self._waiting: tuple[int, Any] | None = None  # the forget replay's wait, as last said
+        self._waiting: tuple[Any, Any] | None = None  # the forget replay's wait, as last said
 
     def take_acks(self) -> list[tuple[str, str, int]]:
         """Hand the queued acknowledgements to sync, which signs and sends them."""
@@ -193,67 +196,65 @@ class OfficeApplier:
 
     def _forgotten(self, m: msg.Message, now: float) -> None:
         """Forget everyone on the office's list who is here; then faces may be granted again,
-        once the list is as long as the office's own (office_floor)."""
+        once this list is the office's newest (office_floor)."""
         ids = m.body.get("people", [])
         if not isinstance(ids, list) or not all(str(p).startswith("P-") for p in ids):
             raise msg.MessageError("forget list is not a list of person ids")
         listed = sorted(set(self.state.get("forgotten", [])) | {str(p) for p in ids})
         generation = max(m.seq, int(self.state.get("forgotten_seq") or 0))
         self.state.put(forgotten=listed, forgotten_seq=generation)
+        if self.state.get("forget_replay"):  # a list taken while replaying
+            since = self.state.get(LIST_SINCE)
+            self.state.put(**{LIST_SINCE: max(m.seq, int(since or 0))})
         gone = people.forget_many(self.cfg, listed, m.seq)
         if gone:
             self.audit(
                 now, "fleet_forget_replay", f"{len(gone)} people on the office's forget list"
             )
-        self._settle_replay(now, applied=True)
+        self._settle_replay(now)
 
-    def office_floor(self, forgotten_n: int, now: float) -> None:
-        """The office's fresh heartbeat says how many people its forget list names. A lane
-        that must replay the list (new, or restored) grants no face until the list it holds
-        names as many: a list it was given may be an older one, kept and put back on the
-        broker, without the people forgotten since (and their older enrollments with it)."""
-        self.state.put(**{OFFICE_FORGOTTEN: forgotten_n})
-        held = len(self.state.get("forgotten", []))
-        if forgotten_n > held and not self.state.get("forget_replay"):
-            # the list applied here is shorter than the office's: an older one was taken (a
-            # heartbeat of before a deletion, dated within the tolerance, came first), or a
-            # deletion's list is on its way; either way no face until it is applied
-            why = f"the office's forget list names {forgotten_n}, the one applied here {held}"
-            self.state.put(forget_replay=why)
+    def office_floor(self, list_seq: int, now: float) -> None:
+        """The office's fresh heartbeat names its newest forget list (its seq; 0: none, or an
+        office that names none). A lane replaying the list (new, or restored) grants no face
+        until it has taken a list that new since the replay began: a list it was given may be an
+        older one, kept and put back on the broker, without the people forgotten since (and
+        their older enrollments with it). A lane whose newest list is older than the office's
+        replays again."""
+        if self.state.get(OFFICE_LIST) != list_seq:  # written when it moves, not per heartbeat
+            self.state.put(**{OFFICE_LIST: list_seq})
+        newest = int(self.state.get("forgotten_seq") or 0)
+        if list_seq > newest and not self.state.get("forget_replay"):
+            # an older list ended the replay (a heartbeat of before a deletion, dated within the
+            # tolerance, came first), or a deletion's list is on its way: no face until it comes
+            why = f"the office's forget list is #{list_seq}, the newest applied here #{newest}"
+            self.state.put(**{"forget_replay": why, LIST_SINCE: None})
             log.warning("sync forget_replay again: %s", why)
-        self._settle_replay(now, applied=False)
+        self._settle_replay(now)
 
-    def _settle_replay(self, now: float, applied: bool) -> None:
-        """End the forget replay when the list held is at least as long as the office's (as its
-        fresh heartbeat said); `applied`: the list was just applied to the gallery."""
+    def _settle_replay(self, now: float) -> None:
+        """End the forget replay once a list at least as new as the office's newest (as its
+        fresh heartbeat said) was taken since it began."""
         pending = self.state.get("forget_replay")
         if not pending:
             return
-        office_n = self.state.get(OFFICE_FORGOTTEN)
-        listed = self.state.get("forgotten", [])
-        if office_n is None or len(listed) < int(office_n):
-            said = (len(listed), office_n)
+        office, since = self.state.get(OFFICE_LIST), self.state.get(LIST_SINCE)
+        if office is None or since is None or int(since) < int(office):
+            said = (since, office)
             if said != self._waiting:  # once per change, not at every heartbeat
                 self._waiting = said
                 log.warning(
-                    "sync forget_replay waiting: the list held names %d, the office's %s",
-                    len(listed),
-                    "not yet heard" if office_n is None else office_n,
+                    "sync forget_replay waiting: list taken #%s, the office's newest %s",
+                    since,
+                    "not yet heard" if office is None else f"#{office}",
                 )
-            if applied and office_n is not None:  # a list older than the office's, given
-                self.audit(
-                    now,
-                    "fleet_forget_list_old",
-                    f"a forget list naming {len(listed)} of the office's {office_n}: "
-                    "no face grants until the office's own list is applied",
-                )
+                if since is not None and office is not None:  # given an older list
+                    self.audit(
+                        now,
+                        "fleet_forget_list_old",
+                        f"forget list #{since}, older than the office's newest #{office}: "
+                        "no face grants until that one is applied",
+                    )
             return
         self._waiting = None
-        if not applied:  # a list held from before: applied to the gallery now
-            gone = people.forget_many(self.cfg, listed, int(self.state.get("forgotten_seq") or 0))
-            if gone:
-                self.audit(
-                    now, "fleet_forget_replay", f"{len(gone)} people on the office's forget list"
-                )
         self.state.put(forget_replay=None)
-        log.info("sync forget list applied (%d ids, office %s): %s", len(listed), office_n, pending)
+        log.info("sync forget list #%s applied (office's newest #%s): %s", since, office, pending)

@@ -125,6 +125,8 @@ def _queue(
             row, m = store.queue(type_, cfg.fleet.site, body, key, topic, retain, now)
             if type_ == msg.ROSTER:
                 store.state.set_roster(Roster(m.seq, dict(body["lanes"])))
+            if type_ == msg.FORGOTTEN:  # named in the office's heartbeat: lanes replay this one
+                store.state.put(forget_list_seq=m.seq)
             if forget:
                 store.add_forgotten(body["person_id"], m.seq)
         if forget:  # the person's queued enrollment, dropped, leaves the log too

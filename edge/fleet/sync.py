@@ -56,7 +56,7 @@ from edge.config import Config
 from edge.db import let_go, sqlite_fix
 from edge.errors import AuditError, EdgeGateError, Unforeseen
 from edge.fleet import messages as msg
-from edge.fleet.apply import OfficeApplier
+from edge.fleet.apply import LIST_SINCE, OFFICE_LIST, OfficeApplier
 from edge.fleet.brokerconf import ACL_OUTDATED_FIX
 from edge.fleet.client import make_client
 from edge.fleet.clock import ClockView, finite_number, fleet_clock
@@ -307,6 +307,7 @@ class Sync:
         self._faults: dict[str, str] = {}  # the writes of sync's own failing now
         self._fault_lines = FaultLines(FLAP_WINDOW_S)  # which of their failures and ends are said
         self._hb = 0  # the heartbeat counter, ahead of fleet.db while it cannot be written
+        self._floor_said = ""  # why the office's heartbeat named no forget list, as last said
         self._audit_gone = ""  # why the audit log at audit.path does not open (moved away)
         self._unforeseen_seen = Unforeseen()
         self._reported: dict[str, int] = {}  # double uses recorded that fleet.db did not note
@@ -1013,8 +1014,12 @@ class Sync:
             "clock_offset": self.clock_offset(),
             "clocks": self.clock_view.offsets if self._readings() else {},
         }
-        if self.store is not None:  # the floor of a forget list a new or restored lane replays
-            body["forgotten_n"] = len(self.store.forgotten())
+        if self.store is not None:  # the forget list a new or restored lane must replay
+            try:
+                body["forget_list_seq"] = self.state.get("forget_list_seq") or 0
+            except FAULTS as e:  # null: lanes keep the newest they heard; the heartbeat goes
+                self._fault("state", e)
+                body["forget_list_seq"] = None
         if self.ledger is not None:
             last = self.audit.newest_time("decision")
             gate = self.state.get("gate_status") or {}
@@ -1462,7 +1467,13 @@ class Sync:
         count = self.audit.head().count
         if self.state.cursor("audit") > count:
             self.state.set_cursor("audit", count)
-        self.state.put(epoch=self.epoch, forget_replay=f"new epoch {self.epoch[:8]}: {why}"[:200])
+        # the office's newest list is heard again, and a list taken again, from here on: a
+        # restored fleet.db's own say nothing of what was forgotten since its copy
+        self.state.put(
+            epoch=self.epoch,
+            forget_replay=f"new epoch {self.epoch[:8]}: {why}"[:200],
+            **{OFFICE_LIST: None, LIST_SINCE: None},
+        )
         self._epoch_unsaved = ""
 
     def _heartbeat_in(self, m: msg.Message, retained: bool, now: float) -> None:
@@ -1485,17 +1496,23 @@ class Sync:
 
     def _office_floor(self, m: msg.Message) -> None:
         """The office's heartbeat, retained or live, if it is fresh (dated within the clock
-        tolerance and three of its periods of this clock: a kept older one is not), states how
-        long its forget list is: the floor a replayed forget list must reach."""
-        n = m.body.get("forgotten_n")
+        tolerance and three of its periods, at most an hour, of this clock: a kept older one is
+        not), names its newest forget list: the one a replay must reach."""
+        n = m.body.get("forget_list_seq", 0)  # an office of before names none: any list will do
         period = finite_number(m.body.get("period")) or self.fleet.heartbeat_s
         tolerance = self.fleet.max_clock_offset_s + 3 * min(max(period, 0.0), 3600.0)
-        if abs(self.clock() - m.time) > tolerance:
-            log.info("sync office heartbeat not fresh (%.0f s off): no forget-list floor",
-                     self.clock() - m.time)  # fmt: skip
+        off = self.clock() - m.time
+        if not abs(off) <= tolerance or not (isinstance(n, int) and not isinstance(n, bool)):
+            said = "stale" if not abs(off) <= tolerance else "unreadable"
+            if self._floor_said != said:
+                self._floor_said = said
+                log.warning(
+                    "sync office heartbeat %s (dated %.0f s from this clock, forget_list_seq "
+                    "%r): faces wait on a new or restored lane (check both clocks)", said, off, n
+                )  # fmt: skip
             return
-        floor = n if isinstance(n, int) and not isinstance(n, bool) and n >= 0 else 0
-        self.applier.office_floor(floor, self.clock())  # 0: an office that states none
+        self._floor_said = ""
+        self.applier.office_floor(max(n, 0), self.clock())
 
     def _audit_in(self, m: msg.Message, now: float) -> None:
         records = m.body.get("records")
