@@ -114,6 +114,22 @@ def test_a_flood_on_one_topic_pushes_out_only_its_own_pending_messages(tmp_path)
     st.close()
 
 
+def _lane_applier(tmp_path, audit=lambda *a, **k: None, extra: str = ""):
+    """A lane's OfficeApplier on its own fleet.db, and the office's issuer key to sign with."""
+    from edge import tickets as tk
+    from edge.fleet.apply import OfficeApplier
+
+    tk.keygen(tmp_path / "office")
+    (tmp_path / "gate.toml").write_text(
+        '[gate]\nid = "g-1"\n[tickets]\npubkeys = ["office/issuer.pub"]\nledger = "ledger.db"\n'
+        f'{extra}[audit]\npath = "audit.db"\n[fleet]\nbroker = "mqtt://127.0.0.1:1"\n'
+        'site = "park"\nlane = "lane1"\nstate_db = "fleet.db"\n'
+    )
+    st = FleetState(tmp_path / "fleet.db")
+    app = OfficeApplier(config_mod.load(tmp_path / "gate.toml"), st, audit)
+    return st, app, tk.load_private(tmp_path / "office" / "issuer.key")
+
+
 def test_an_office_lift_leaves_a_lanes_own_revocation_in_place(tmp_path):
     """Before, a lift took every lifted ticket off the lane's revocation list: a ticket the
     office revoked and lifted, then revoked at this lane (`ticket revoke`), was taken off
@@ -121,19 +137,9 @@ def test_an_office_lift_leaves_a_lanes_own_revocation_in_place(tmp_path):
     gate. Now a lift takes off only what the fleet itself put on the list."""
     from edge import tickets as tk
     from edge.fleet import messages as msg
-    from edge.fleet.apply import OfficeApplier
 
-    tk.keygen(tmp_path / "office")
     (tmp_path / "revoked.txt").touch()
-    (tmp_path / "gate.toml").write_text(
-        '[gate]\nid = "g-1"\n[tickets]\npubkeys = ["office/issuer.pub"]\nledger = "ledger.db"\n'
-        'revocation_list = "revoked.txt"\n[audit]\npath = "audit.db"\n[fleet]\n'
-        'broker = "mqtt://127.0.0.1:1"\nsite = "park"\nlane = "lane1"\nstate_db = "fleet.db"\n'
-    )
-    cfg = config_mod.load(tmp_path / "gate.toml")
-    st = FleetState(tmp_path / "fleet.db")
-    app = OfficeApplier(cfg, st, lambda *a, **k: None)
-    key = tk.load_private(tmp_path / "office" / "issuer.key")
+    st, app, key = _lane_applier(tmp_path, extra='revocation_list = "revoked.txt"\n')
 
     def office(type_: str, seq: int, body: dict) -> None:
         signed = msg.sign(msg.Message(type_, "park", "office", seq, time.time(), body), key)
@@ -208,21 +214,13 @@ def test_a_forget_replay_ends_only_with_the_offices_newest_list(tmp_path):
     heartbeat names its newest list (its seq), and only a list that new, taken since the
     replay began, ends it, in either order. A lane whose newest list is older than the
     office's replays again. An office that names none (an earlier version): any list taken."""
-    from edge import tickets as tk
     from edge.fleet import messages as msg
-    from edge.fleet.apply import LIST_SINCE, OFFICE_LIST, OfficeApplier
+    from edge.fleet.apply import LIST_SINCE, OFFICE_LIST
 
-    tk.keygen(tmp_path / "office")
-    (tmp_path / "gate.toml").write_text(
-        '[gate]\nid = "g-1"\n[tickets]\npubkeys = ["office/issuer.pub"]\nledger = "ledger.db"\n'
-        '[audit]\npath = "audit.db"\n[fleet]\nbroker = "mqtt://127.0.0.1:1"\nsite = "park"\n'
-        'lane = "lane1"\nstate_db = "fleet.db"\n'
-    )
-    cfg = config_mod.load(tmp_path / "gate.toml")
-    st = FleetState(tmp_path / "fleet.db")
     audited: list[tuple[str, str]] = []
-    app = OfficeApplier(cfg, st, lambda now, kind, detail, **k: audited.append((kind, detail)))
-    key = tk.load_private(tmp_path / "office" / "issuer.key")
+    st, app, key = _lane_applier(
+        tmp_path, lambda now, kind, detail, **k: audited.append((kind, detail))
+    )
 
     def forget_list(seq: int, people: list[str]) -> None:
         signed = msg.sign(
