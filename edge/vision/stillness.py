@@ -8,12 +8,11 @@ and the frame cues cannot see: a print or a screen that fills the view.
 Each face is followed by its box (a track per face, continued by the nearest box of a like
 size within a face width, so a live visitor beside a propped photo, more than a face width
 away, does not lend it their motion; a face that jumps further between two frames starts a new
-track, and waits again). Every frame, the face's neighbourhood is resampled to a small
-patch and blurred (the sensor's noise averages out, the shift of an edge stays); the current
-frame, read at an earlier frame's box, is compared with that frame's patch. A track moved when
-one comparison differs by MOVED grey levels (mean absolute difference, the patch's mean change
-and gain explained by the earlier patch removed, so that the camera's exposure changing is
-not motion). A track that has not moved for
+track, and waits again). Every frame, the face's neighbourhood is resampled to a small patch
+and blurred (the sensor's noise averages out, the shift of an edge stays); the current frame,
+read at an earlier frame's box, is compared with that frame's patch. A track moved when one
+comparison differs by MOVED grey levels (mean absolute difference, with what a change of the
+camera's exposure explains fitted out: gain and offset). A track that has not moved for
 STILL_S is a still picture; before that it is not yet judged. Figures: models/MODELS.md
 ("Stillness").
 """
