@@ -288,3 +288,29 @@ def test_only_a_fresh_readable_office_heartbeat_names_the_list_to_replay():
     beat(now - 1, period=5.0, forget_list_seq=-4)
     assert heard == [7, 0, 0]
     assert me._floor_said == ""  # the last one was taken
+
+
+def test_a_clean_stop_is_not_logged_as_an_outage(caplog):
+    """Every stop of sync logged "disconnected from broker ...; retrying" as a warning and
+    counted a disconnect: an operator reading the journal saw an outage at each restart."""
+    import logging
+    import threading
+    from types import SimpleNamespace
+
+    from edge.fleet.sync import Sync
+
+    def member(closing: bool) -> SimpleNamespace:
+        return SimpleNamespace(
+            _conn=0, _goodbye=False, _closing=closing, connected=True, _outage_logged=False,
+            _resume_until=0.0, stats={}, wake=threading.Event(),
+        )  # fmt: skip
+
+    stopping, dropped = member(True), member(False)
+    with caplog.at_level(logging.INFO, logger="edge.fleet.sync"):
+        Sync._on_disconnect(stopping, None, None, None, "Normal disconnection", None)
+        said_at_stop = [(r.levelname, r.getMessage()) for r in caplog.records]
+        Sync._on_disconnect(dropped, None, None, None, "Unspecified error", None)
+    assert said_at_stop == [("INFO", "sync disconnected from broker: stopped")]
+    assert not stopping.connected and stopping.stats == {}
+    assert dropped.stats == {"disconnects": 1}  # a real drop is still one
+    assert "retrying" in caplog.records[-1].getMessage()

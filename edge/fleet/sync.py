@@ -308,6 +308,7 @@ class Sync:
         self._fault_lines = FaultLines(FLAP_WINDOW_S)  # which of their failures and ends are said
         self._hb = 0  # the heartbeat counter, ahead of fleet.db while it cannot be written
         self._floor_said = ""  # why the office's heartbeat named no forget list, as last said
+        self._closing = False  # close() has begun: a disconnect is its own, not an outage
         self._audit_gone = ""  # why the audit log at audit.path does not open (moved away)
         self._unforeseen_seen = Unforeseen()
         self._reported: dict[str, int] = {}  # double uses recorded that fleet.db did not note
@@ -707,6 +708,10 @@ class Sync:
         if self._goodbye:  # ours, to resume the session (its line was logged): no outage
             self.connected = self._goodbye = False
             self.wake.set()
+            return
+        if self._closing:  # sync stopping: no outage, nothing to retry
+            self.connected = False
+            log.info("sync disconnected from broker: stopped")
             return
         self.connected, self._outage_logged, self._resume_until = False, True, 0.0
         self.stats["disconnects"] = self.stats.get("disconnects", 0) + 1
@@ -1666,6 +1671,7 @@ class Sync:
 
     def close(self) -> None:
         """Say goodbye (a signed "stopped"), disconnect, save the figures `bench --fleet` reads."""
+        self._closing = True  # the disconnect below is no outage
         try:
             if self.connected:
                 body = {"reason": "stopped", **self._marks()}
