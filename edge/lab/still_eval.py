@@ -27,7 +27,7 @@ from edge.lab import padsynth
 from edge.lab.pad_cues import _largest, _video
 from edge.lab.synth import write_video
 from edge.vision import stillness
-from edge.vision.image import load_image
+from edge.vision.image import load_image, open_video
 from edge.vision.pipeline import FacePipeline
 
 FPS = 15.0
@@ -35,30 +35,36 @@ FPS = 15.0
 
 def clip_tracks(pipe: FacePipeline, path: Path) -> dict:
     """Seconds from each face track's first frame to its first motion, and tracks still."""
-    cap = cv2.VideoCapture(str(path))
+    cap = open_video(path)
     fps = cap.get(cv2.CAP_PROP_FPS) or FPS
-    cap.release()
     fps = fps if 1 <= fps <= 120 else FPS
     st = stillness.Stillness()
-    waits, still, seen = [], 0, set()
-    for i, frame in enumerate(_video(path, 1)):
-        for f in pipe.analyze(frame):
-            said = st.see(frame, f.detection.box, i / fps)
-            box = np.asarray(f.detection.box[:4], np.float64)
-            track = next((tr for tr in st.tracks if np.array_equal(tr.box, box)), None)
-            if track is None:  # a box see() could not place: no track
-                continue
-            key = id(track)
-            if key in seen:
-                continue
-            if said == stillness.MOVING:
-                seen.add(key)
-                waits.append(i / fps - track.start)
-            elif said == stillness.STILL:
-                seen.add(key)
-                still += 1
+    waits: list[float] = []
+    still = 0
+    decided: list[stillness._Track] = []  # the tracks themselves (an id may be reused)
+    i = 0
+    try:
+        while True:
+            ok, frame = cap.read()
+            if not ok:
+                break
+            for f in pipe.analyze(frame):
+                said = st.see(frame, f.detection.box, i / fps)
+                box = np.asarray(f.detection.box[:4], np.float64)
+                track = next((tr for tr in st.tracks if np.array_equal(tr.box, box)), None)
+                if track is None or any(tr is track for tr in decided):
+                    continue  # a box see() could not place, or a track already counted
+                if said in (stillness.MOVING, stillness.STILL):
+                    decided.append(track)
+                    if said == stillness.MOVING:
+                        waits.append(i / fps - track.start)
+                    else:
+                        still += 1
+            i += 1
+    finally:
+        cap.release()
     return {
-        "tracks": len(seen),
+        "tracks": len(decided),
         "wait_s_median": round(float(np.median(waits)), 3) if waits else None,
         "wait_s_max": round(float(max(waits)), 3) if waits else None,
         "still": still,
