@@ -151,10 +151,11 @@ def test_every_console_text_has_a_chinese_translation():
 def test_every_decision_code_has_a_chinese_name():
     """The decisions page shows the gate's via and reason codes in the user's language."""
     from edge.fleet import override
+    from edge.fleet.state import LINK_REASONS
     from edge.gate.policy import Outcome, Reason, Via
     from edge.tickets.format import Reason as TicketReason
 
-    codes = {*Outcome, *Via, *Reason, *TicketReason, override.VIA}
+    codes = {*Outcome, *Via, *Reason, *TicketReason, *LINK_REASONS, override.VIA}
     codes |= {override.EXPIRED, override.REPLAYED, override.OTHER_LANE, override.INVALID}
     assert sorted(str(c) for c in codes if str(c) not in ZH) == []
     assert translate("zh-CN", "presentation_attack") == "疑似照片或屏幕攻击"

@@ -216,6 +216,55 @@ def test_row1_a_lane_that_joins_later_is_not_given_an_older_forget_list(
         park.stop_all()
 
 
+def test_row1_a_lane_that_joins_later_redeems_no_ticket_revoked_since_its_list(
+    broker, office_keys, tmp_path
+):
+    """A broker's operator who kept the office's older revocation list puts it back for a lane
+    that joins later: the lane took it as found and redeemed a ticket the office had revoked
+    since. The office's fresh heartbeat names its newest revocation: the lane redeems no ticket
+    until it holds it, and then refuses that one as revoked."""
+    from edge import tickets as tk
+    from edge.fleet.apply import OFFICE_REVOKED
+    from edge.fleet.office import publish_revocations, wait_all_sent
+    from edge.fleet.state import REVOCATIONS_BEHIND
+
+    park = Park(tmp_path, broker.url, office_keys, lanes=2)  # the office's sync started
+    try:
+        park.start(1)
+        park.wait_ready(1)
+        ocfg = park.cfg(0)
+        lane1_list = park.lanes[0].dir / "revoked.txt"
+        publish_revocations(ocfg, park.priv, frozenset({"T-LOST"}))
+        wait_for(lambda: "T-LOST" in tk.load_revocations(lane1_list), what="T-LOST at lane1")
+        topic = msg.topic(ocfg.fleet.site, "office", "revocations")
+        kept = _retained(park, topic)
+        publish_revocations(ocfg, park.priv, frozenset({"T-STOLEN"}))
+        wait_for(lambda: "T-STOLEN" in tk.load_revocations(lane1_list), what="T-STOLEN at lane1")
+        assert wait_all_sent(ocfg, "the revocation")
+        park.stop(0)
+        _publish(park, 0, topic, kept, retain=True)  # the older list put back on the broker
+        park.start(0)
+        park.start(2)  # a new Pi joins
+        lane2_list = park.lanes[1].dir / "revoked.txt"
+        wait_for(lambda: lane2_list.exists() and "T-LOST" in tk.load_revocations(lane2_list),
+                 what="lane2 took the older list")  # fmt: skip
+        wait_for(lambda: park.state(2, REVOCATIONS_BEHIND), what="lane2 heard the office's newest")
+        assert "T-STOLEN" not in tk.load_revocations(lane2_list)
+        assert park.state(2, OFFICE_REVOKED) == park.state(0, "revoked_seq") > 0
+        assert park.audit(2, "fleet_revocations_behind")
+        for tid in ("T-STOLEN", "T-FINE"):  # neither redeemed: which are revoked is not known
+            rc, out = verify(park, 2, park.ticket(tid))
+            assert (rc != 0, out["reason"]) == (True, REVOCATIONS_BEHIND), out
+        assert verify(park, 1, park.ticket("T-OTHER"))[0] == 0  # a lane that holds it redeems
+        publish_revocations(ocfg, park.priv, frozenset({"T-STOLEN"}))  # sent again
+        wait_for(lambda: not park.state(2, REVOCATIONS_BEHIND), what="lane2 took the newest list")
+        rc, out = verify(park, 2, park.ticket("T-STOLEN"))
+        assert (rc != 0, out["reason"]) == (True, "revoked"), out
+        assert verify(park, 2, park.ticket("T-FINE"))[0] == 0
+    finally:
+        park.stop_all()
+
+
 def _office_view(park: Park, lane: str) -> dict:
     """What the office's sync last heard from a lane (its signed heartbeat, `gone` by its will)."""
     return (park.state(0, "peers") or {}).get(lane) or {}

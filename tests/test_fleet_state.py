@@ -267,27 +267,77 @@ def test_only_a_fresh_readable_office_heartbeat_names_the_list_to_replay():
     from edge.fleet.sync import Sync
 
     heard: list[int] = []
+    revoked: list[int] = []
     now = 1_000_000.0
     me = SimpleNamespace(
         fleet=SimpleNamespace(heartbeat_s=5.0, max_clock_offset_s=5.0),
         clock=lambda: now,
         _floor_said="",
-        applier=SimpleNamespace(office_floor=lambda seq, t: heard.append(seq)),
+        applier=SimpleNamespace(
+            office_floor=lambda seq, t: heard.append(seq),
+            revocation_floor=lambda seq, t: revoked.append(seq),
+        ),
     )
 
     def beat(t: float, **body) -> None:
         Sync._office_floor(me, msg.Message(msg.HEARTBEAT, "park", "office", 1, t, body))
 
-    beat(now - 3, period=5.0, forget_list_seq=7)  # fresh
-    beat(now - 600, period=5.0, forget_list_seq=3)  # ten minutes old: not taken
+    beat(now - 3, period=5.0, forget_list_seq=7, revoked_seq=11)  # fresh
+    beat(now - 600, period=5.0, forget_list_seq=3, revoked_seq=2)  # ten minutes old: not taken
     beat(now + 600, period=5.0, forget_list_seq=3)  # dated ahead: not taken
     beat(now - 600, period=float("nan"), forget_list_seq=3)  # a period that is no number
     for junk in ("9", None, True, 2.5):
         beat(now, period=5.0, forget_list_seq=junk)
+        beat(now, period=5.0, forget_list_seq=8, revoked_seq=junk)
     beat(now - 1, period=5.0)  # an office of before
-    beat(now - 1, period=5.0, forget_list_seq=-4)
+    beat(now - 1, period=5.0, forget_list_seq=-4, revoked_seq=-1)
     assert heard == [7, 0, 0]
+    assert revoked == [11, 0, 0]
     assert me._floor_said == ""  # the last one was taken
+
+
+def test_a_lane_redeems_no_ticket_while_it_lacks_the_offices_newest_revocation(tmp_path):
+    """A lane given an older revocation list (kept and put back on the broker) took it as
+    found and redeemed the tickets revoked since. The office's fresh heartbeat names its newest
+    revocation: until the lane holds it, the link check refuses tickets (revocations_behind),
+    said and audited once; the office's list clears it, and a lift or an older list does not."""
+    from edge.fleet import messages as msg
+    from edge.fleet.state import REVOCATIONS_BEHIND, check_link
+
+    (tmp_path / "revoked.txt").touch()
+    audited: list[tuple[str, str]] = []
+    st, app, key = _lane_applier(
+        tmp_path,
+        lambda t, kind, detail: audited.append((kind, detail)),
+        extra='revocation_list = "revoked.txt"\n',
+    )
+    fl = app.cfg.fleet
+
+    def office(type_: str, seq: int, body: dict) -> None:
+        signed = msg.sign(msg.Message(type_, "park", "office", seq, time.time(), body), key)
+        app.handle(msg.verify_signed(signed, app.trusted), time.time())
+
+    app.revocation_floor(0, time.time())  # an office with no revocation, or of before
+    assert check_link(fl, st, time.time()).ok
+    office(msg.REVOCATIONS, 5, {"revoked": {"T-1": 5}})  # the older list, put back
+    for _ in range(3):  # heartbeats every few seconds: said once
+        app.revocation_floor(9, time.time())
+    link = check_link(fl, st, time.time())
+    assert (link.ok, link.reason) == (False, REVOCATIONS_BEHIND)
+    assert "#9" in link.detail and "#5" in link.detail
+    assert [k for k, _ in audited] == ["fleet_revocations_behind"]
+    office(msg.UNREVOCATIONS, 7, {"lifted": {"T-1": 5}})  # a lift holds no newer revocation
+    office(msg.REVOCATIONS, 3, {"revoked": {"T-0": 3}})  # nor an even older list
+    assert check_link(fl, st, time.time()).reason == REVOCATIONS_BEHIND
+    office(msg.REVOCATIONS, 9, {"revoked": {"T-1": 5, "T-2": 9}})  # the office's list
+    assert check_link(fl, st, time.time()).ok
+    assert not st.get(REVOCATIONS_BEHIND)
+    assert "T-2" in (tmp_path / "revoked.txt").read_text()
+    app.revocation_floor(9, time.time())  # the same heartbeat again: nothing to say
+    app.revocation_floor(12, time.time())  # a later revocation on its way: behind again
+    assert check_link(fl, st, time.time()).reason == REVOCATIONS_BEHIND
+    assert len(audited) == 2
+    st.close()
 
 
 def test_a_clean_stop_is_not_logged_as_an_outage(caplog):

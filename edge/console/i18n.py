@@ -225,7 +225,8 @@ ZH: dict[str, str] = {
     "Add": "添加",
     "User {name} added": "已添加用户 {name}",
     # decision codes (edge/gate/policy.py Via and Reason, edge/tickets/format.py Reason,
-    # edge/fleet/override.py): shown translated, filtered and exported by the code
+    # edge/fleet/override.py, edge/fleet/state.py): shown translated, filtered and exported by
+    # the code
     "face": "人脸",
     "ticket": "门票",
     "face+ticket": "人脸+门票",
@@ -256,6 +257,12 @@ ZH: dict[str, str] = {
     "override_replayed": "人工放行重复",
     "override_other_lane": "人工放行属于其他通道",
     "override_invalid": "人工放行无效",
+    # the fleet link's refusals (edge/fleet/state.py LINK_REASONS)
+    "fleet_offline": "与闸机组失去联系",
+    "clock_skew": "本通道时钟偏差过大",
+    "forget_replay": "删除名单尚未同步",
+    "revocations_behind": "作废名单尚未同步",
+    "NO TICKETS: REVOCATIONS BEHIND": "作废名单未同步：暂停验票",
 }
 
 CATALOGS = {"zh-CN": ZH}

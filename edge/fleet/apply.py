@@ -30,7 +30,7 @@ from edge.files import write_atomic
 from edge.fleet import messages as msg
 from edge.fleet import people
 from edge.fleet.identity import OFFICE, IdentityError, Roster, parse_public
-from edge.fleet.state import FleetState
+from edge.fleet.state import REVOCATIONS_BEHIND, FleetState
 from edge.tickets.revocation import unrevoke
 
 log = logging.getLogger(__name__)
@@ -41,6 +41,9 @@ APPLIED = "revocations_applied"
 # begins, edge/fleet/sync.py _save_epoch)
 OFFICE_LIST = "office_forget_list_seq"
 LIST_SINCE = "forget_list_since_replay"
+# fleet.db key: the office seq of the office's newest revocation, as its newest fresh heartbeat
+# names it (while the lane holds none that new, REVOCATIONS_BEHIND says why: no ticket redeemed)
+OFFICE_REVOKED = "office_revoked_seq"
 
 
 def claim_revocations(cfg: Config, ticket_ids: list[str]) -> str:
@@ -89,6 +92,7 @@ class OfficeApplier:
         self._acks: list[tuple[str, str, int]] = []  # (person, op, office seq) to acknowledge
         self.roster_changed = False
         self._waiting: tuple[Any, Any] | None = None  # the forget replay's wait, as last said
+        self._behind: tuple[int, int] | None = None  # the revocations' wait, as last said
 
     def take_acks(self) -> list[tuple[str, str, int]]:
         """Hand the queued acknowledgements to sync, which signs and sends them."""
@@ -159,6 +163,8 @@ class OfficeApplier:
             unrevoke(path, gone)
             self.state.put(**{APPLIED: sorted((ours | set(new)) - set(gone))})
         log.info("sync applied revocations new=%d lifted=%d", len(new), len(gone))
+        if revoked and self.state.get(REVOCATIONS_BEHIND):  # on the list now: tickets again
+            self._settle_revocations(self.state.get(OFFICE_REVOKED), None)
 
     def _keys(self, m: msg.Message) -> None:
         d = self.cfg.resolve(self.cfg.fleet.keys_dir)
@@ -230,6 +236,35 @@ class OfficeApplier:
             self.state.put(**{"forget_replay": why, LIST_SINCE: None})
             log.warning("sync forget_replay again: %s", why)
         self._settle_replay(now)
+
+    def revocation_floor(self, revoked_seq: int, now: float) -> None:
+        """The office's fresh heartbeat names its newest revocation (its seq; 0: none, or an
+        office that names none). A lane that holds none that new was given an older list (kept
+        and put back on the broker, without the tickets revoked since) or has not yet taken the
+        newest: it redeems no ticket until a list holding it is applied."""
+        if self.state.get(OFFICE_REVOKED) != revoked_seq:  # written when it moves
+            self.state.put(**{OFFICE_REVOKED: revoked_seq})
+        self._settle_revocations(revoked_seq, now)
+
+    def _settle_revocations(self, office: Any, now: float | None) -> None:
+        """Set or clear REVOCATIONS_BEHIND by the office's newest revocation and this lane's;
+        said (and, with `now`, audited) once per change."""
+        newest = self.state.newest_revocation()
+        behind = isinstance(office, int) and office > newest
+        if not behind:
+            if self.state.get(REVOCATIONS_BEHIND):
+                self.state.put(**{REVOCATIONS_BEHIND: None})
+                log.info("sync revocations up to date: #%d (office's newest %s)", newest, office)
+            self._behind = None
+            return
+        why = f"the office's newest revocation is #{office}, the newest applied here #{newest}"
+        if self.state.get(REVOCATIONS_BEHIND) != why:
+            self.state.put(**{REVOCATIONS_BEHIND: why})
+        if self._behind != (office, newest):
+            self._behind = (office, newest)
+            log.warning("sync revocations_behind: %s; no ticket redeemed until it is applied", why)
+            if now is not None:
+                self.audit(now, "fleet_revocations_behind", f"{why}: no ticket redeemed until then")
 
     def _settle_replay(self, now: float) -> None:
         """End the forget replay once a list at least as new as the office's newest (as its

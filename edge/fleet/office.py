@@ -127,6 +127,8 @@ def _queue(
                 store.state.set_roster(Roster(m.seq, dict(body["lanes"])))
             if type_ == msg.FORGOTTEN:  # named in the office's heartbeat: lanes replay this one
                 store.state.put(forget_list_seq=m.seq)
+            if type_ == msg.REVOCATIONS:  # named in the heartbeat: a lane lacking it is behind
+                store.state.put(revoked_seq=max(body["revoked"].values(), default=0))
             if forget:
                 store.add_forgotten(body["person_id"], m.seq)
         if forget:  # the person's queued enrollment, dropped, leaves the log too
@@ -462,6 +464,7 @@ def fleet_status(cfg: Config, now: float | None = None) -> dict[str, Any]:
                 "clock_offset": st.get("clock_offset"),
                 "outbox": st.get("outbox"),
                 "forget_replay": st.get("forget_replay"),
+                "revocations_behind": st.get("revocations_behind"),
                 "broker_acl": st.get("broker_acl"),
             }
         return rep
@@ -477,6 +480,15 @@ def _pretix_age(px: dict[str, Any]) -> str:
     return f"last good {ago(px['age_s'])}" + (
         f" (limit {limit:.0f} s)" if isinstance(limit, int | float) else ""
     )
+
+
+# what `fleet status --check` says of a lane refusing tickets for its revocations
+REVOCATIONS_BEHIND_PROBLEM = (
+    "refuses tickets: it holds no revocation as new as the office's newest (the list on the "
+    "broker is older than the office's: send it again with `edge-gate ticket revoke --publish "
+    "--key issuer.key --list LIST ID` at the office, ID any ticket already on it, and check who "
+    "can publish on the broker)"
+)
 
 
 def status_problems(rep: dict[str, Any]) -> list[str]:
@@ -498,6 +510,10 @@ def status_problems(rep: dict[str, Any]) -> list[str]:
     if (rep.get("this_lane") or {}).get("broker_acl") == "outdated":
         outdated.append(rep["this_lane"]["lane"])
     out += [f"{n}: broker ACL outdated ({ACL_OUTDATED_FIX})" for n in outdated]
+    behind = [n for n, v in sorted(rep["lanes"].items()) if v.get("revocations_behind") is True]
+    if (rep.get("this_lane") or {}).get("revocations_behind"):
+        behind.append(rep["this_lane"]["lane"])
+    out += [f"{n}: {REVOCATIONS_BEHIND_PROBLEM}" for n in behind]
     if not rep["sync"]["running"]:
         out.append(f"{rep['member']}: edge-gate sync not running (last {rep['sync']['last_seen']})")
     return out

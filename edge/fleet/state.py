@@ -45,6 +45,10 @@ from edge.tickets.ledger import CLOCK_TOLERANCE_S
 FLEET_OFFLINE = "fleet_offline"
 CLOCK_SKEW = "clock_skew"
 FORGET_REPLAY = "forget_replay"  # a new or restored lane: the office's forget list not yet applied
+# the office's fresh heartbeat names a revocation this lane does not hold: no ticket redeemed
+REVOCATIONS_BEHIND = "revocations_behind"
+# every reason above, for those who name them (the console's translations)
+LINK_REASONS = (FLEET_OFFLINE, CLOCK_SKEW, FORGET_REPLAY, REVOCATIONS_BEHIND)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS kv (key TEXT PRIMARY KEY, value TEXT);
@@ -241,6 +245,12 @@ class FleetState(Store):
                 list(lifted.items()),
             )
 
+    def newest_revocation(self) -> int:
+        """The office seq of the newest revocation sync applied (lifted or not; 0: none)."""
+        with self.reading() as c:
+            row = c.execute("SELECT max(revoked_seq) FROM revocations").fetchone()
+        return max(int(row[0]), 0) if row and row[0] is not None else 0
+
     def fleet_revocations(self) -> tuple[set[str], set[str]]:
         """(revoked now, lifted now): a lift counts only for the revocations it names."""
         with self.reading() as c:
@@ -394,6 +404,10 @@ def check_link(fl: FleetConfig, state: FleetState | None, now: float) -> LinkChe
         return clock
     if not fl.enabled:
         return LinkCheck(True)
+    behind = state.get(REVOCATIONS_BEHIND) if state else None
+    if behind:
+        detail = f"no ticket redeemed until the office's revocation list is applied ({behind})"
+        return LinkCheck(False, REVOCATIONS_BEHIND, detail)
     if fl.offline == "deny":
         connected = bool(state.get("connected")) if state else False
         last = state.get("last_contact") if state else None

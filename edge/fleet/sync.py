@@ -64,7 +64,7 @@ from edge.fleet.identity import load_lane_key
 from edge.fleet.lane import tickets_stamp
 from edge.fleet.officestore import OfficeStore
 from edge.fleet.proof import verify_proof
-from edge.fleet.state import FleetState, fleet_pubkey_paths
+from edge.fleet.state import REVOCATIONS_BEHIND, FleetState, fleet_pubkey_paths
 from edge.gate.audit import AuditLog, AuditRecord
 from edge.gate.faces import file_id
 from edge.tickets.ledger import Ledger
@@ -1019,12 +1019,14 @@ class Sync:
             "clock_offset": self.clock_offset(),
             "clocks": self.clock_view.offsets if self._readings() else {},
         }
-        if self.store is not None:  # the forget list a new or restored lane must replay
+        if self.store is not None:  # the forget list a new or restored lane must replay, and
+            # the newest revocation a lane must hold to redeem tickets
             try:
                 body["forget_list_seq"] = self.state.get("forget_list_seq") or 0
+                body["revoked_seq"] = self.state.get("revoked_seq") or 0
             except FAULTS as e:  # null: lanes keep the newest they heard; the heartbeat goes
                 self._fault("state", e)
-                body["forget_list_seq"] = None
+                body["forget_list_seq"] = body["revoked_seq"] = None
         if self.ledger is not None:
             last = self.audit.newest_time("decision")
             gate = self.state.get("gate_status") or {}
@@ -1041,6 +1043,10 @@ class Sync:
             )
             if self.broker_acl is not None:  # "outdated": our marks did not come back
                 body["broker_acl"] = self.broker_acl
+            try:  # the office's `fleet status` shows a lane refusing tickets for it
+                body["revocations_behind"] = bool(self.state.get(REVOCATIONS_BEHIND))
+            except FAULTS as e:
+                self._fault("state", e)
             self._last_marks = {k: body[k] for k in ("out_seq", "evidence")}
             self._publish_marks(self._last_marks)
             if self.cfg.pretix.enabled:  # how old the lane's pretix data is, for the office
@@ -1502,22 +1508,28 @@ class Sync:
     def _office_floor(self, m: msg.Message) -> None:
         """The office's heartbeat, retained or live, if it is fresh (dated within the clock
         tolerance and three of its periods, at most an hour, of this clock: a kept older one is
-        not), names its newest forget list: the one a replay must reach."""
-        n = m.body.get("forget_list_seq", 0)  # an office of before names none: any list will do
+        not), names its newest forget list (the one a replay must reach) and its newest
+        revocation (the one this lane must hold to redeem tickets)."""
+        # an office of before names neither: any list will do
+        n, r = m.body.get("forget_list_seq", 0), m.body.get("revoked_seq", 0)
         period = finite_number(m.body.get("period")) or self.fleet.heartbeat_s
         tolerance = self.fleet.max_clock_offset_s + 3 * min(max(period, 0.0), 3600.0)
         off = self.clock() - m.time
-        if not abs(off) <= tolerance or not (isinstance(n, int) and not isinstance(n, bool)):
+        if not abs(off) <= tolerance or not all(
+            isinstance(x, int) and not isinstance(x, bool) for x in (n, r)
+        ):
             said = "stale" if not abs(off) <= tolerance else "unreadable"
             if self._floor_said != said:
                 self._floor_said = said
                 log.warning(
                     "sync office heartbeat %s (dated %.0f s from this clock, forget_list_seq "
-                    "%r): faces wait on a new or restored lane (check both clocks)", said, off, n
+                    "%r, revoked_seq %r): faces wait on a new or restored lane (check both "
+                    "clocks)", said, off, n, r
                 )  # fmt: skip
             return
         self._floor_said = ""
         self.applier.office_floor(max(n, 0), self.clock())
+        self.applier.revocation_floor(max(r, 0), self.clock())
 
     def _audit_in(self, m: msg.Message, now: float) -> None:
         records = m.body.get("records")
