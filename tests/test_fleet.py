@@ -479,7 +479,7 @@ def test_status_and_the_lanes_page_flag_an_outdated_broker_acl():
     assert not lane_row("lane1", {"state": "ok", "broker_acl": "ok"}, 5.0)["acl_outdated"]
 
 
-def test_status_and_the_lanes_page_flag_a_lane_behind_the_offices_revocations():
+def test_status_and_the_lanes_page_flag_a_lane_behind_the_offices_newest():
     from edge.console.app import lane_row
     from edge.fleet.office import status_problems
 
@@ -487,10 +487,10 @@ def test_status_and_the_lanes_page_flag_a_lane_behind_the_offices_revocations():
         lane = {"state": "ok", "rostered": True, "last_seen": "1 s ago"}
         return {
             "member": "lane2",
-            "lanes": {"lane1": {**lane, "revocations_behind": behind1}, "office": lane},
+            "lanes": {"lane1": {**lane, "behind_office": behind1}, "office": lane},
             "clock": {"off": []},
             "sync": {"running": True, "last_seen": "1 s ago"},
-            "this_lane": {"lane": "lane2", "revocations_behind": behind_here},
+            "this_lane": {"lane": "lane2", "behind_office": behind_here},
         }
 
     assert status_problems(rep(False)) == []
@@ -498,10 +498,11 @@ def test_status_and_the_lanes_page_flag_a_lane_behind_the_offices_revocations():
     assert status_problems(rep("yes")) == []  # nor one whose heartbeat says no boolean
     (p,) = status_problems(rep(True))
     assert p.startswith("lane1: refuses tickets") and "ticket revoke --publish" in p
+    assert "fleet roster publish" in p
     why = "the office's newest revocation is #9, the newest applied here #5"
     assert [p.split(":")[0] for p in status_problems(rep(False, why))] == ["lane2"]
-    assert lane_row("lane1", {"state": "ok", "revocations_behind": True}, 5.0)["revocations_behind"]
-    assert not lane_row("lane1", {"state": "ok"}, 5.0)["revocations_behind"]
+    assert lane_row("lane1", {"state": "ok", "behind_office": True}, 5.0)["behind_office"]
+    assert not lane_row("lane1", {"state": "ok"}, 5.0)["behind_office"]
 
 
 def test_fleet_clock_ignores_one_outlier_and_names_it():

@@ -224,9 +224,9 @@ def test_row1_a_lane_that_joins_later_redeems_no_ticket_revoked_since_its_list(
     since. The office's fresh heartbeat names its newest revocation: the lane redeems no ticket
     until it holds it, and then refuses that one as revoked."""
     from edge import tickets as tk
-    from edge.fleet.apply import OFFICE_REVOKED
+    from edge.fleet.apply import OFFICE_NEWEST
     from edge.fleet.office import publish_revocations, wait_all_sent
-    from edge.fleet.state import REVOCATIONS_BEHIND
+    from edge.fleet.state import BEHIND_OFFICE
 
     park = Park(tmp_path, broker.url, office_keys, lanes=2)  # the office's sync started
     try:
@@ -248,16 +248,20 @@ def test_row1_a_lane_that_joins_later_redeems_no_ticket_revoked_since_its_list(
         lane2_list = park.lanes[1].dir / "revoked.txt"
         wait_for(lambda: lane2_list.exists() and "T-LOST" in tk.load_revocations(lane2_list),
                  what="lane2 took the older list")  # fmt: skip
-        wait_for(lambda: park.state(2, REVOCATIONS_BEHIND), what="lane2 heard the office's newest")
+        wait_for(lambda: park.state(2, BEHIND_OFFICE), what="lane2 heard the office's newest")
         assert "T-STOLEN" not in tk.load_revocations(lane2_list)
-        assert park.state(2, OFFICE_REVOKED) == park.state(0, "revoked_seq") > 0
-        assert park.audit(2, "fleet_revocations_behind")
+        newest = park.state(2, OFFICE_NEWEST)
+        assert newest["revocations"] == park.state(0, "revoked_seq") > 0
+        assert newest["roster"] == park.state(0, "roster")["seq"] > 0  # the roster it holds
+        assert "revocation" in park.state(2, BEHIND_OFFICE)
+        assert "roster" not in park.state(2, BEHIND_OFFICE)
+        assert park.audit(2, "fleet_behind_office")
         for tid in ("T-STOLEN", "T-FINE"):  # neither redeemed: which are revoked is not known
             rc, out = verify(park, 2, park.ticket(tid))
-            assert (rc != 0, out["reason"]) == (True, REVOCATIONS_BEHIND), out
+            assert (rc != 0, out["reason"]) == (True, BEHIND_OFFICE), out
         assert verify(park, 1, park.ticket("T-OTHER"))[0] == 0  # a lane that holds it redeems
         publish_revocations(ocfg, park.priv, frozenset({"T-STOLEN"}))  # sent again
-        wait_for(lambda: not park.state(2, REVOCATIONS_BEHIND), what="lane2 took the newest list")
+        wait_for(lambda: not park.state(2, BEHIND_OFFICE), what="lane2 took the newest list")
         rc, out = verify(park, 2, park.ticket("T-STOLEN"))
         assert (rc != 0, out["reason"]) == (True, "revoked"), out
         assert verify(park, 2, park.ticket("T-FINE"))[0] == 0

@@ -275,14 +275,14 @@ def test_only_a_fresh_readable_office_heartbeat_names_the_list_to_replay():
         _floor_said="",
         applier=SimpleNamespace(
             office_floor=lambda seq, t: heard.append(seq),
-            revocation_floor=lambda seq, t: revoked.append(seq),
+            office_newest=lambda newest, t: revoked.append(newest),
         ),
     )
 
     def beat(t: float, **body) -> None:
         Sync._office_floor(me, msg.Message(msg.HEARTBEAT, "park", "office", 1, t, body))
 
-    beat(now - 3, period=5.0, forget_list_seq=7, revoked_seq=11)  # fresh
+    beat(now - 3, period=5.0, forget_list_seq=7, revoked_seq=11, roster_seq=4)  # fresh
     beat(now - 600, period=5.0, forget_list_seq=3, revoked_seq=2)  # ten minutes old: not taken
     beat(now + 600, period=5.0, forget_list_seq=3)  # dated ahead: not taken
     beat(now - 600, period=float("nan"), forget_list_seq=3)  # a period that is no number
@@ -292,17 +292,23 @@ def test_only_a_fresh_readable_office_heartbeat_names_the_list_to_replay():
     beat(now - 1, period=5.0)  # an office of before
     beat(now - 1, period=5.0, forget_list_seq=-4, revoked_seq=-1)
     assert heard == [7, 0, 0]
-    assert revoked == [11, 0, 0]
+    assert revoked == [{"revocations": 11, "roster": 4}, {}, {"revocations": 0}]
     assert me._floor_said == ""  # the last one was taken
 
 
-def test_a_lane_redeems_no_ticket_while_it_lacks_the_offices_newest_revocation(tmp_path):
-    """A lane given an older revocation list (kept and put back on the broker) took it as
-    found and redeemed the tickets revoked since. The office's fresh heartbeat names its newest
-    revocation: until the lane holds it, the link check refuses tickets (revocations_behind),
-    said and audited once; the office's list clears it, and a lift or an older list does not."""
+def test_a_lane_redeems_no_ticket_while_it_lacks_the_offices_newest_revocation_or_roster(
+    tmp_path,
+):
+    """A lane given an older revocation list or roster (kept and put back on the broker) took
+    it as found: it redeemed the tickets revoked since, and took a removed lane's word. The
+    office's fresh heartbeat names its newest revocation and roster: until the lane holds both,
+    the link check refuses tickets (behind_office), said and audited once per change; the
+    office's own clear it, and a lift or an older list does not."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
     from edge.fleet import messages as msg
-    from edge.fleet.state import REVOCATIONS_BEHIND, check_link
+    from edge.fleet.identity import public_text
+    from edge.fleet.state import BEHIND_OFFICE, check_link
 
     (tmp_path / "revoked.txt").touch()
     audited: list[tuple[str, str]] = []
@@ -312,31 +318,44 @@ def test_a_lane_redeems_no_ticket_while_it_lacks_the_offices_newest_revocation(t
         extra='revocation_list = "revoked.txt"\n',
     )
     fl = app.cfg.fleet
+    lane_pub = public_text(Ed25519PrivateKey.generate().public_key())
 
     def office(type_: str, seq: int, body: dict) -> None:
         signed = msg.sign(msg.Message(type_, "park", "office", seq, time.time(), body), key)
         app.handle(msg.verify_signed(signed, app.trusted), time.time())
 
-    app.revocation_floor(0, time.time())  # an office with no revocation, or of before
+    def reason() -> str:
+        return check_link(fl, st, time.time()).reason
+
+    app.office_newest({}, time.time())  # an office of before: nothing to compare
+    app.office_newest({"revocations": 0, "roster": 0}, time.time())  # an office with neither
     assert check_link(fl, st, time.time()).ok
     office(msg.REVOCATIONS, 5, {"revoked": {"T-1": 5}})  # the older list, put back
+    office(msg.ROSTER, 6, {"lanes": {"lane1": lane_pub}})
     for _ in range(3):  # heartbeats every few seconds: said once
-        app.revocation_floor(9, time.time())
+        app.office_newest({"revocations": 9, "roster": 6}, time.time())
     link = check_link(fl, st, time.time())
-    assert (link.ok, link.reason) == (False, REVOCATIONS_BEHIND)
-    assert "#9" in link.detail and "#5" in link.detail
-    assert [k for k, _ in audited] == ["fleet_revocations_behind"]
+    assert (link.ok, link.reason) == (False, BEHIND_OFFICE)
+    assert "revocation is #9" in link.detail and "#5" in link.detail
+    assert "roster" not in link.detail
+    assert [k for k, _ in audited] == ["fleet_behind_office"]
     office(msg.UNREVOCATIONS, 7, {"lifted": {"T-1": 5}})  # a lift holds no newer revocation
     office(msg.REVOCATIONS, 3, {"revoked": {"T-0": 3}})  # nor an even older list
-    assert check_link(fl, st, time.time()).reason == REVOCATIONS_BEHIND
+    assert reason() == BEHIND_OFFICE
     office(msg.REVOCATIONS, 9, {"revoked": {"T-1": 5, "T-2": 9}})  # the office's list
     assert check_link(fl, st, time.time()).ok
-    assert not st.get(REVOCATIONS_BEHIND)
+    assert not st.get(BEHIND_OFFICE)
     assert "T-2" in (tmp_path / "revoked.txt").read_text()
-    app.revocation_floor(9, time.time())  # the same heartbeat again: nothing to say
-    app.revocation_floor(12, time.time())  # a later revocation on its way: behind again
-    assert check_link(fl, st, time.time()).reason == REVOCATIONS_BEHIND
-    assert len(audited) == 2
+    app.office_newest({"revocations": 9, "roster": 6}, time.time())  # again: nothing to say
+    assert len(audited) == 1
+    app.office_newest({"revocations": 9, "roster": 10}, time.time())  # a lane removed since
+    assert "roster is #10, the newest applied here #6" in check_link(fl, st, time.time()).detail
+    office(msg.ROSTER, 8, {"lanes": {"lane1": lane_pub, "lane9": lane_pub}})  # older, put back
+    assert reason() == BEHIND_OFFICE
+    assert "applied here #8" in audited[-1][1]  # what it holds now, said
+    office(msg.ROSTER, 10, {"lanes": {"lane1": lane_pub}})  # the office's
+    assert check_link(fl, st, time.time()).ok
+    assert len(audited) == 3
     st.close()
 
 

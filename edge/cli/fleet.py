@@ -116,8 +116,8 @@ def cmd_status(args) -> int:
                 flags.append("NOT IN ROSTER")
             if v.get("broker_acl") == "outdated":
                 flags.append("BROKER ACL OUTDATED")
-            if v.get("revocations_behind") is True:
-                flags.append("NO TICKETS: REVOCATIONS BEHIND")
+            if v.get("behind_office") is True:
+                flags.append("NO TICKETS: BEHIND THE OFFICE")
             px = v.get("pretix")
             if px and px["stale"]:
                 flags.append("PRETIX DATA " + ("MISSING" if px["age_s"] is None else "STALE"))
@@ -141,11 +141,7 @@ def cmd_status(args) -> int:
                 + ("  CLOCK OFF" if off is not None and abs(off) > skew else "")
                 + f", outbox {this['outbox']}"
                 + (f", NO FACE GRANTS: {this['forget_replay']}" if this["forget_replay"] else "")
-                + (
-                    f", NO TICKETS: {this['revocations_behind']}"
-                    if this.get("revocations_behind")
-                    else ""
-                )
+                + (f", NO TICKETS: {this['behind_office']}" if this.get("behind_office") else "")
                 + (", BROKER ACL OUTDATED" if this.get("broker_acl") == "outdated" else "")
             )
         px = (rep.get("this_lane") or {}).get("pretix")

@@ -270,8 +270,8 @@ def lane_row(name: str, hb: dict[str, Any], max_offset_s: float) -> dict[str, An
         "config_version": hb.get("config_version") or "-",
         "pretix": hb.get("pretix") if isinstance(hb.get("pretix"), dict) else None,
         "acl_outdated": hb.get("broker_acl") == "outdated",  # its marks did not come back
-        # it holds no revocation as new as the office's: it redeems no ticket until it does
-        "revocations_behind": hb.get("revocations_behind") is True,
+        # it holds an older revocation list or roster than the office's: it redeems no ticket
+        "behind_office": hb.get("behind_office") is True,
     }
 
 

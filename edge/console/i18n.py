@@ -261,8 +261,8 @@ ZH: dict[str, str] = {
     "fleet_offline": "与闸机组失去联系",
     "clock_skew": "本通道时钟偏差过大",
     "forget_replay": "删除名单尚未同步",
-    "revocations_behind": "作废名单尚未同步",
-    "NO TICKETS: REVOCATIONS BEHIND": "作废名单未同步：暂停验票",
+    "behind_office": "作废名单或通道名册尚未同步",
+    "NO TICKETS: BEHIND THE OFFICE": "作废名单或通道名册未同步：暂停验票",
 }
 
 CATALOGS = {"zh-CN": ZH}

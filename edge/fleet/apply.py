@@ -30,7 +30,7 @@ from edge.files import write_atomic
 from edge.fleet import messages as msg
 from edge.fleet import people
 from edge.fleet.identity import OFFICE, IdentityError, Roster, parse_public
-from edge.fleet.state import REVOCATIONS_BEHIND, FleetState
+from edge.fleet.state import BEHIND_OFFICE, FleetState
 from edge.tickets.revocation import unrevoke
 
 log = logging.getLogger(__name__)
@@ -41,9 +41,11 @@ APPLIED = "revocations_applied"
 # begins, edge/fleet/sync.py _save_epoch)
 OFFICE_LIST = "office_forget_list_seq"
 LIST_SINCE = "forget_list_since_replay"
-# fleet.db key: the office seq of the office's newest revocation, as its newest fresh heartbeat
-# names it (while the lane holds none that new, REVOCATIONS_BEHIND says why: no ticket redeemed)
-OFFICE_REVOKED = "office_revoked_seq"
+# fleet.db key: the office seqs of the office's newest revocation and roster, as its newest fresh
+# heartbeat names them (while the lane holds an older one, BEHIND_OFFICE says why: no ticket is
+# redeemed); what each is called in that reason
+OFFICE_NEWEST = "office_newest"
+BEHIND_WHAT = {"revocations": "revocation", "roster": "roster"}
 
 
 def claim_revocations(cfg: Config, ticket_ids: list[str]) -> str:
@@ -92,7 +94,7 @@ class OfficeApplier:
         self._acks: list[tuple[str, str, int]] = []  # (person, op, office seq) to acknowledge
         self.roster_changed = False
         self._waiting: tuple[Any, Any] | None = None  # the forget replay's wait, as last said
-        self._behind: tuple[int, int] | None = None  # the revocations' wait, as last said
+        self._behind = ""  # why tickets wait for the office's newest, as last said
 
     def take_acks(self) -> list[tuple[str, str, int]]:
         """Hand the queued acknowledgements to sync, which signs and sends them."""
@@ -122,6 +124,8 @@ class OfficeApplier:
             else:
                 self._person(m, now)
             self.state.set_office_seq(m.type, subject, m.seq)
+            if m.type == msg.ROSTER and self.state.get(BEHIND_OFFICE):
+                self._settle_behind(now)
         else:
             raise msg.MessageError(f"unexpected {m.type!r} message on an office topic")
 
@@ -163,8 +167,8 @@ class OfficeApplier:
             unrevoke(path, gone)
             self.state.put(**{APPLIED: sorted((ours | set(new)) - set(gone))})
         log.info("sync applied revocations new=%d lifted=%d", len(new), len(gone))
-        if revoked and self.state.get(REVOCATIONS_BEHIND):  # on the list now: tickets again
-            self._settle_revocations(self.state.get(OFFICE_REVOKED), None)
+        if revoked and self.state.get(BEHIND_OFFICE):  # on the list now: tickets again
+            self._settle_behind(None)
 
     def _keys(self, m: msg.Message) -> None:
         d = self.cfg.resolve(self.cfg.fleet.keys_dir)
@@ -237,34 +241,47 @@ class OfficeApplier:
             log.warning("sync forget_replay again: %s", why)
         self._settle_replay(now)
 
-    def revocation_floor(self, revoked_seq: int, now: float) -> None:
-        """The office's fresh heartbeat names its newest revocation (its seq; 0: none, or an
-        office that names none). A lane that holds none that new was given an older list (kept
-        and put back on the broker, without the tickets revoked since) or has not yet taken the
-        newest: it redeems no ticket until a list holding it is applied."""
-        if self.state.get(OFFICE_REVOKED) != revoked_seq:  # written when it moves
-            self.state.put(**{OFFICE_REVOKED: revoked_seq})
-        self._settle_revocations(revoked_seq, now)
+    def office_newest(self, newest: dict[str, int], now: float) -> None:
+        """The office's fresh heartbeat names its newest revocation and roster (office seqs, by
+        BEHIND_WHAT; a field an office of before does not send is left out). A lane that holds
+        an older one was given an older retained message (kept and put back on the broker:
+        without the tickets revoked since, or naming a lane since removed) or has not taken the
+        newest yet: it redeems no ticket until it has."""
+        if self.state.get(OFFICE_NEWEST) != newest:  # written when it moves, not per heartbeat
+            self.state.put(**{OFFICE_NEWEST: newest})
+        self._settle_behind(now)
 
-    def _settle_revocations(self, office: Any, now: float | None) -> None:
-        """Set or clear REVOCATIONS_BEHIND by the office's newest revocation and this lane's;
-        said (and, with `now`, audited) once per change."""
-        newest = self.state.newest_revocation()
-        behind = isinstance(office, int) and office > newest
-        if not behind:
-            if self.state.get(REVOCATIONS_BEHIND):
-                self.state.put(**{REVOCATIONS_BEHIND: None})
-                log.info("sync revocations up to date: #%d (office's newest %s)", newest, office)
-            self._behind = None
+    def _held(self) -> dict[str, int]:
+        """The newest of each this lane holds, as office_newest compares them (0: none)."""
+        return {
+            "revocations": self.state.newest_revocation(),
+            "roster": max(self.state.roster().seq, 0),
+        }
+
+    def _settle_behind(self, now: float | None) -> None:
+        """Set or clear BEHIND_OFFICE by what the office's newest heartbeat named and what this
+        lane holds; said (and, with `now`, audited) once per change."""
+        office = self.state.get(OFFICE_NEWEST) or {}
+        held = self._held()
+        behind = {
+            k: f"the office's newest {BEHIND_WHAT[k]} is #{v}, the newest applied here #{held[k]}"
+            for k, v in sorted(office.items())
+            if k in held and isinstance(v, int) and v > held[k]
+        }
+        why = "; ".join(behind.values())
+        if not why:
+            if self.state.get(BEHIND_OFFICE):
+                self.state.put(**{BEHIND_OFFICE: None})
+                log.info("sync behind_office no more: %s (office's newest %s)", held, office)
+            self._behind = ""
             return
-        why = f"the office's newest revocation is #{office}, the newest applied here #{newest}"
-        if self.state.get(REVOCATIONS_BEHIND) != why:
-            self.state.put(**{REVOCATIONS_BEHIND: why})
-        if self._behind != (office, newest):
-            self._behind = (office, newest)
-            log.warning("sync revocations_behind: %s; no ticket redeemed until it is applied", why)
+        if self.state.get(BEHIND_OFFICE) != why:
+            self.state.put(**{BEHIND_OFFICE: why})
+        if self._behind != why:
+            self._behind = why
+            log.warning("sync behind_office: %s; no ticket redeemed until it is applied", why)
             if now is not None:
-                self.audit(now, "fleet_revocations_behind", f"{why}: no ticket redeemed until then")
+                self.audit(now, "fleet_behind_office", f"{why}: no ticket redeemed until then")
 
     def _settle_replay(self, now: float) -> None:
         """End the forget replay once a list at least as new as the office's newest (as its

@@ -464,7 +464,7 @@ def fleet_status(cfg: Config, now: float | None = None) -> dict[str, Any]:
                 "clock_offset": st.get("clock_offset"),
                 "outbox": st.get("outbox"),
                 "forget_replay": st.get("forget_replay"),
-                "revocations_behind": st.get("revocations_behind"),
+                "behind_office": st.get("behind_office"),
                 "broker_acl": st.get("broker_acl"),
             }
         return rep
@@ -482,12 +482,13 @@ def _pretix_age(px: dict[str, Any]) -> str:
     )
 
 
-# what `fleet status --check` says of a lane refusing tickets for its revocations
-REVOCATIONS_BEHIND_PROBLEM = (
-    "refuses tickets: it holds no revocation as new as the office's newest (the list on the "
-    "broker is older than the office's: send it again with `edge-gate ticket revoke --publish "
-    "--key issuer.key --list LIST ID` at the office, ID any ticket already on it, and check who "
-    "can publish on the broker)"
+# what `fleet status --check` says of a lane refusing tickets as behind the office
+BEHIND_OFFICE_PROBLEM = (
+    "refuses tickets: it holds an older revocation list or roster than the office's newest "
+    "(`fleet status` on the lane says which; the one on the broker is older than the office's: "
+    "send it again at the office, `edge-gate ticket revoke --publish --key issuer.key --list "
+    "LIST ID` with ID any ticket already on it, or `edge-gate fleet roster publish --key "
+    "issuer.key`, and check who can publish on the broker)"
 )
 
 
@@ -510,10 +511,10 @@ def status_problems(rep: dict[str, Any]) -> list[str]:
     if (rep.get("this_lane") or {}).get("broker_acl") == "outdated":
         outdated.append(rep["this_lane"]["lane"])
     out += [f"{n}: broker ACL outdated ({ACL_OUTDATED_FIX})" for n in outdated]
-    behind = [n for n, v in sorted(rep["lanes"].items()) if v.get("revocations_behind") is True]
-    if (rep.get("this_lane") or {}).get("revocations_behind"):
+    behind = [n for n, v in sorted(rep["lanes"].items()) if v.get("behind_office") is True]
+    if (rep.get("this_lane") or {}).get("behind_office"):
         behind.append(rep["this_lane"]["lane"])
-    out += [f"{n}: {REVOCATIONS_BEHIND_PROBLEM}" for n in behind]
+    out += [f"{n}: {BEHIND_OFFICE_PROBLEM}" for n in behind]
     if not rep["sync"]["running"]:
         out.append(f"{rep['member']}: edge-gate sync not running (last {rep['sync']['last_seen']})")
     return out

@@ -45,10 +45,11 @@ from edge.tickets.ledger import CLOCK_TOLERANCE_S
 FLEET_OFFLINE = "fleet_offline"
 CLOCK_SKEW = "clock_skew"
 FORGET_REPLAY = "forget_replay"  # a new or restored lane: the office's forget list not yet applied
-# the office's fresh heartbeat names a revocation this lane does not hold: no ticket redeemed
-REVOCATIONS_BEHIND = "revocations_behind"
+# the office's fresh heartbeat names a revocation or a roster newer than this lane holds: an older
+# list was put back on the broker, or the newest dropped; no ticket is redeemed until it comes
+BEHIND_OFFICE = "behind_office"
 # every reason above, for those who name them (the console's translations)
-LINK_REASONS = (FLEET_OFFLINE, CLOCK_SKEW, FORGET_REPLAY, REVOCATIONS_BEHIND)
+LINK_REASONS = (FLEET_OFFLINE, CLOCK_SKEW, FORGET_REPLAY, BEHIND_OFFICE)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS kv (key TEXT PRIMARY KEY, value TEXT);
@@ -404,10 +405,10 @@ def check_link(fl: FleetConfig, state: FleetState | None, now: float) -> LinkChe
         return clock
     if not fl.enabled:
         return LinkCheck(True)
-    behind = state.get(REVOCATIONS_BEHIND) if state else None
+    behind = state.get(BEHIND_OFFICE) if state else None
     if behind:
-        detail = f"no ticket redeemed until the office's revocation list is applied ({behind})"
-        return LinkCheck(False, REVOCATIONS_BEHIND, detail)
+        detail = f"no ticket redeemed until the office's newest is applied ({behind})"
+        return LinkCheck(False, BEHIND_OFFICE, detail)
     if fl.offline == "deny":
         connected = bool(state.get("connected")) if state else False
         last = state.get("last_contact") if state else None

@@ -64,7 +64,7 @@ from edge.fleet.identity import load_lane_key
 from edge.fleet.lane import tickets_stamp
 from edge.fleet.officestore import OfficeStore
 from edge.fleet.proof import verify_proof
-from edge.fleet.state import REVOCATIONS_BEHIND, FleetState, fleet_pubkey_paths
+from edge.fleet.state import BEHIND_OFFICE, FleetState, fleet_pubkey_paths
 from edge.gate.audit import AuditLog, AuditRecord
 from edge.gate.faces import file_id
 from edge.tickets.ledger import Ledger
@@ -92,6 +92,11 @@ STATE_LOCK_WAIT_S = 1.0  # a lane's fleet.db write waits at most this long for a
 CLEANUP_RETRY_MAX_S = 60.0  # ... the outbox clean-up, failing again, at most this long after
 FLAP_WINDOW_S = 60.0  # a write failing and working in turn: its lines at most once this long
 FAULTS = (EdgeGateError, sqlite3.Error, OSError)  # what a file of sync's own can raise at run time
+
+
+# the office heartbeat's fields naming the newest a lane must hold to redeem tickets, by what
+# OfficeApplier.office_newest calls them
+NEWEST_FIELDS = {"revocations": "revoked_seq", "roster": "roster_seq"}
 
 
 @dataclass
@@ -1020,13 +1025,14 @@ class Sync:
             "clocks": self.clock_view.offsets if self._readings() else {},
         }
         if self.store is not None:  # the forget list a new or restored lane must replay, and
-            # the newest revocation a lane must hold to redeem tickets
+            # the newest revocation and roster a lane must hold to redeem tickets
             try:
                 body["forget_list_seq"] = self.state.get("forget_list_seq") or 0
                 body["revoked_seq"] = self.state.get("revoked_seq") or 0
+                body["roster_seq"] = max(self.state.roster().seq, 0)
             except FAULTS as e:  # null: lanes keep the newest they heard; the heartbeat goes
                 self._fault("state", e)
-                body["forget_list_seq"] = body["revoked_seq"] = None
+                body["forget_list_seq"] = body["revoked_seq"] = body["roster_seq"] = None
         if self.ledger is not None:
             last = self.audit.newest_time("decision")
             gate = self.state.get("gate_status") or {}
@@ -1044,7 +1050,7 @@ class Sync:
             if self.broker_acl is not None:  # "outdated": our marks did not come back
                 body["broker_acl"] = self.broker_acl
             try:  # the office's `fleet status` shows a lane refusing tickets for it
-                body["revocations_behind"] = bool(self.state.get(REVOCATIONS_BEHIND))
+                body["behind_office"] = bool(self.state.get(BEHIND_OFFICE))
             except FAULTS as e:
                 self._fault("state", e)
             self._last_marks = {k: body[k] for k in ("out_seq", "evidence")}
@@ -1509,27 +1515,27 @@ class Sync:
         """The office's heartbeat, retained or live, if it is fresh (dated within the clock
         tolerance and three of its periods, at most an hour, of this clock: a kept older one is
         not), names its newest forget list (the one a replay must reach) and its newest
-        revocation (the one this lane must hold to redeem tickets)."""
-        # an office of before names neither: any list will do
-        n, r = m.body.get("forget_list_seq", 0), m.body.get("revoked_seq", 0)
+        revocation and roster (those this lane must hold to redeem tickets)."""
+        n = m.body.get("forget_list_seq", 0)  # an office of before names none: any list will do
+        newest = {k: m.body[f] for k, f in NEWEST_FIELDS.items() if f in m.body}
         period = finite_number(m.body.get("period")) or self.fleet.heartbeat_s
         tolerance = self.fleet.max_clock_offset_s + 3 * min(max(period, 0.0), 3600.0)
         off = self.clock() - m.time
         if not abs(off) <= tolerance or not all(
-            isinstance(x, int) and not isinstance(x, bool) for x in (n, r)
+            isinstance(x, int) and not isinstance(x, bool) for x in (n, *newest.values())
         ):
             said = "stale" if not abs(off) <= tolerance else "unreadable"
             if self._floor_said != said:
                 self._floor_said = said
                 log.warning(
                     "sync office heartbeat %s (dated %.0f s from this clock, forget_list_seq "
-                    "%r, revoked_seq %r): faces wait on a new or restored lane (check both "
-                    "clocks)", said, off, n, r
+                    "%r, %r): faces wait on a new or restored lane (check both clocks)",
+                    said, off, n, newest
                 )  # fmt: skip
             return
         self._floor_said = ""
         self.applier.office_floor(max(n, 0), self.clock())
-        self.applier.revocation_floor(max(r, 0), self.clock())
+        self.applier.office_newest({k: max(v, 0) for k, v in newest.items()}, self.clock())
 
     def _audit_in(self, m: msg.Message, now: float) -> None:
         records = m.body.get("records")
