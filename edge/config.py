@@ -115,6 +115,9 @@ class Rule:
         return "" if inside else f"must be {self.allowed()}"
 
 
+MAX_THREADS = 64  # [vision] threads and --threads: more is a typo, never a speed-up
+
+
 def setting(default: T, doc: str = "", **rule: Any) -> T:
     """A config field with its rule, e.g. `pulse_s: float = setting(1.0, "...", gt=0, le=30)`."""
     return field(default=default, metadata={"rule": Rule(doc, **rule)})
@@ -186,7 +189,9 @@ class VisionConfig:
     models_dir: str = setting("", 'folder of the .tflite files and models.json; "" = shipped')
     detector: str = setting("blazeface_short", "face detector from models.json")
     embedder: str = setting("mobilefacenet_float", "face embedder from models.json")
-    threads: int = setting(0, "interpreter threads; 0 = all cores", ge=0)
+    # at most MAX_THREADS: the interpreter makes them all (a Pi has 4 cores; tens of thousands
+    # crashed or hung every face command with no message)
+    threads: int = setting(0, "interpreter threads; 0 = all cores", ge=0, le=MAX_THREADS)
     min_score: float = setting(0.6, "minimum detector confidence", ge=0, le=1)
     min_face_px: int = setting(48, "smallest face side", unit="pixels", ge=1)
     min_sharpness: float = setting(20.0, "least variance of the Laplacian", ge=0)

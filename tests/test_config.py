@@ -123,6 +123,8 @@ def test_config_file_paths_resolve_against_its_folder(tmp_path, monkeypatch):
         ("[audit]\nretention_days = 3\n", "key 'audit.retention_days' = 3 must be >= 7 days"),
         ("[vision]\nmin_brightness = 200.0\nmax_brightness = 100.0\n", "need min <= max"),
         ('[gate]\ntimezone = "Mars/Olympus"\n', "is not a known time zone"),
+        # the interpreter made them all: every face command crashed or hung, with no message
+        ("[vision]\nthreads = 32768\n", "key 'vision.threads' = 32768 must be in [0, 64]"),
     ],
 )
 def test_out_of_range_values_are_refused_with_the_key_and_the_allowed_range(tmp_path, text, says):
@@ -135,9 +137,14 @@ def test_out_of_range_values_are_refused_with_the_key_and_the_allowed_range(tmp_
 
 def test_a_value_at_the_edge_of_its_range_loads(tmp_path):
     cfg = config.load(
-        write(tmp_path, "[relay]\npulse_s = 30.0\ndoor_pin = -1\n[audit]\nretention_days = 7\n")
+        write(
+            tmp_path,
+            "[relay]\npulse_s = 30.0\ndoor_pin = -1\n[audit]\nretention_days = 7\n"
+            "[vision]\nthreads = 64\n",
+        )
     )
     assert (cfg.relay.pulse_s, cfg.relay.door_pin, cfg.audit.retention_days) == (30.0, -1, 7)
+    assert cfg.vision.threads == 64
 
 
 def test_flags_given_as_overrides_meet_the_same_rules():

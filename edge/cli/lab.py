@@ -6,10 +6,21 @@ gate (`run`, `doctor`, the fleet and ticket commands) never loads measuring or d
 
 from __future__ import annotations
 
+import argparse
+import re
 from importlib import import_module
 
-from edge.cli.numbers import fraction, non_negative_int, positive_float, positive_int
+from edge.cli.numbers import fraction, non_negative_int, positive_float, positive_int, thread_count
 from edge.cli.paths import existing_dir, nonempty_file, output_dir
+
+
+def regex(text: str) -> str:
+    """A regular expression that compiles (argparse names the flag when it does not)."""
+    try:
+        re.compile(text)
+    except re.error as e:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a regular expression: {e}") from None
+    return text
 
 
 def _lab(name: str):
@@ -34,9 +45,7 @@ def register(sub, common) -> None:
     sp.add_argument("--json", action="store_true")
     sp.add_argument("--embedder", help="embedder name from models/models.json")
     sp.add_argument("--detector", help="detector name from models/models.json")
-    sp.add_argument(
-        "--threads", type=non_negative_int, help="TFLite threads (default vision.threads)"
-    )
+    sp.add_argument("--threads", type=thread_count, help="TFLite threads (default vision.threads)")
     sp.add_argument(
         "--open-set",
         action="store_true",
@@ -67,7 +76,7 @@ def register(sub, common) -> None:
         help="video file (default: fixtures video/short_hamilton_clip.mp4)",
     )
     sp.add_argument(
-        "--threads", type=non_negative_int, help="one thread count (default: 1 and all cores)"
+        "--threads", type=thread_count, help="one thread count (default: 1 and all cores)"
     )
     sp.add_argument("--frames", type=non_negative_int, default=0, help="stop after N frames")
     sp.add_argument("--embedder", help="embedder name from models/models.json")
@@ -166,6 +175,7 @@ def register(sub, common) -> None:
     sp.add_argument(
         "--source-pattern",
         metavar="REGEX",
+        type=regex,
         help="source tag = this regex's first group in the file name (default: the name before"
         " the first '_', or DIR/frames.csv's source column)",
     )

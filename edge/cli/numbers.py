@@ -9,6 +9,8 @@ import argparse
 import math
 from collections.abc import Callable
 
+from edge.config import MAX_THREADS
+
 
 def _number(text: str, kind: type) -> float | int:
     try:
@@ -37,6 +39,11 @@ def positive_int(text: str) -> int:
 def non_negative_int(text: str) -> int:
     """A whole number >= 0 (0 meaning "none" or "the default", as each flag says)."""
     return int(_within(text, int, lambda n: n >= 0, "0 or more"))
+
+
+def thread_count(text: str) -> int:
+    """Interpreter threads: 0 (all cores) to MAX_THREADS."""
+    return int(_within(text, int, lambda n: 0 <= n <= MAX_THREADS, f"0 to {MAX_THREADS}"))
 
 
 def positive_float(text: str) -> float:
