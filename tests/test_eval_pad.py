@@ -183,3 +183,18 @@ def test_files_left_out_are_listed_with_why(pad_dir, tmp_path, capsys):
     assert {x["file"] for x in r["skipped"]} == {"live/cut.jpg", "attack/screen/empty.mp4"}
     assert all(x["reason"] for x in r["skipped"])
     assert run_json(capsys, pad_dir)["skipped"] == []
+
+
+def test_nothing_measured_is_an_error_not_a_report_of_none(pad_dir, tmp_path, capsys):
+    """Files that are all unreadable gave a report of APCER and BPCER None, exit 0, as if
+    something had been measured; an unusable --source-pattern was an internal error."""
+    d = tmp_path / "pad"
+    (d / "live").mkdir(parents=True)
+    (d / "attack" / "print").mkdir(parents=True)
+    (d / "live" / "empty.jpg").touch()
+    (d / "attack" / "print" / "text.jpg").write_text("no image")
+    assert main(["eval-pad", str(d), "--json"]) == 2
+    err = capsys.readouterr().err
+    assert "nothing to measure: 2 of 2 file(s) could not be read" in err
+    assert main(["eval-pad", str(pad_dir), "--source-pattern", "(", "--json"]) == 2
+    assert "--source-pattern: '(' is not a regular expression" in capsys.readouterr().err

@@ -273,6 +273,12 @@ def evaluate_pad(
             continue
         ok = p is not None and judge.model.is_live(p) and cue is None
         results.append(Presentation(item, ok, p, int(p is not None), close, cue))
+    need_both_kinds(
+        [r.item for r in results],
+        f"{', '.join(map(str, roots))}: nothing to measure: {len(skipped)} of {len(items)} "
+        "file(s) could not be read, and no live or no attack presentation was left",
+        "see the skipped files' reasons above (eval-pad skip=...); pass images or videos",
+    )
     report = summarise(results, judge.model.spec.threshold, times, roots)
     report["too_close"] = sum(r.too_close for r in results)  # faces filling the frame
     report["cues"] = judge.cues
