@@ -49,6 +49,23 @@ def test_a_code_longer_than_a_file_name_is_judged_not_looked_up(tmp_path, capsys
     _error_line(capsys, rc, "is a folder, not a video", "--source")  # not "does not exist"
 
 
+def test_a_pipe_named_like_an_image_is_refused_not_waited_on(tmp_path, capsys):
+    """`ticket verify` and `enroll` opened a FIFO named x.png and waited for a writer for ever
+    (`qr read` refused it); each now says what it is."""
+    cfg = make_config(tmp_path)
+    fifo = tmp_path / "x.png"
+    os.mkfifo(fifo)
+    rc = main(["ticket", "verify", "--config", cfg.source_file, str(fifo)])
+    out, err = capsys.readouterr()
+    assert rc == 1, err
+    assert '"reason": "malformed"' in out and "is a device or a pipe" in out
+    assert main(["keys", "init", "--config", cfg.source_file]) == 0
+    capsys.readouterr()
+    rc = main(["enroll", "--config", cfg.source_file, "--name", "A", "--consent-version", "v1",
+               str(fifo)])  # fmt: skip
+    _error_line(capsys, rc, "is a device or a pipe, not an image file")
+
+
 def _tables(db) -> set[str]:
     import sqlite3
 

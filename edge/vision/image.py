@@ -90,9 +90,20 @@ def decode_image(data: bytes, name: str = "image", max_pixels: int = MAX_PIXELS)
     return to_bgr8(img, name)
 
 
+def _not_a_file(p: Path) -> None:
+    """An ImageError for a path that exists and is neither a file nor a folder: reading a
+    pipe waits for a writer for ever, a device like /dev/zero never ends."""
+    try:
+        if p.exists() and not p.is_file() and not p.is_dir():
+            raise ImageError(f"{p}: is a device or a pipe, not an image file")
+    except OSError:  # a name too long, a loop: reading it says why
+        pass
+
+
 def load_image(path: str | os.PathLike[str], max_pixels: int = MAX_PIXELS) -> np.ndarray:
     """Read and decode an image file; every failure is an ImageError naming the file."""
     p = Path(path)
+    _not_a_file(p)
     try:
         data = p.read_bytes()
     except FileNotFoundError:
@@ -106,6 +117,7 @@ def load_image(path: str | os.PathLike[str], max_pixels: int = MAX_PIXELS) -> np
 
 def read_head(path: str | os.PathLike[str]) -> bytes:
     """The first bytes of a file, enough for `image_size` (an ImageError names the file)."""
+    _not_a_file(Path(path))
     try:
         with open(path, "rb") as f:
             return f.read(HEAD_BYTES)
