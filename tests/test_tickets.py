@@ -83,6 +83,26 @@ def test_forged_signature_is_invalid_signature():
     assert verifier().verify(forged, NOW).reason == tk.Reason.INVALID_SIGNATURE
 
 
+def test_only_the_canonical_spelling_of_a_ticket_is_one():
+    """The last base32 character carries bits beyond the signed bytes: a ticket with them set
+    differently (or padded) verified as the same ticket. One ticket has one text now; the case
+    of the letters still does not matter (a scanner typing with caps lock on)."""
+    import base64
+
+    text = issue()
+    payload, sig = tk.split_text(text)
+    v = verifier()
+    assert v.verify(text, NOW).valid
+    assert v.verify(tk.PREFIX + text[len(tk.PREFIX) :].lower(), NOW).valid
+    spare = -8 * len(payload + sig) % 5  # bits of the last character beyond the bytes
+    assert spare > 0
+    alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZ234567"
+    other = text[:-1] + alphabet[alphabet.index(text[-1]) ^ 1]
+    assert base64.b32decode(other[len(tk.PREFIX) :] + "=" * (-len(other[2:]) % 8)) == payload + sig
+    for spelling in (other, text + "=", text + "========"):
+        assert v.verify(spelling, NOW).reason == tk.Reason.MALFORMED, spelling
+
+
 def test_clock_skew_allowance():
     text = issue(valid_from=NOW + 100, valid_until=NOW + 3600)
     assert verifier(clock_skew_s=300).verify(text, NOW).valid

@@ -182,4 +182,8 @@ def split_text(text: str) -> tuple[bytes, bytes]:
         raise ValueError("not base32") from None
     if len(raw) <= SIG_LEN:
         raise ValueError("too short")
+    if base64.b32encode(raw).decode("ascii").rstrip("=") != body:
+        # the last character's unused bits, or a padding character: another spelling of the
+        # same bytes, which no issuer writes (one ticket, one text, as a pretix secret)
+        raise ValueError("not the canonical spelling")
     return raw[:-SIG_LEN], raw[-SIG_LEN:]
