@@ -338,6 +338,38 @@ def test_ticket_decided_once_while_in_view_and_again_when_shown_again():
     assert len(ds) == 1
 
 
+def test_one_ticket_per_opening_two_codes_in_one_frame_are_two_openings():
+    """Two tickets in one frame were both redeemed for one opening (the relay's second pulse
+    only held it open longer): one visitor's ticket used with nobody let in on it. The second
+    waits, unredeemed, for an opening of its own."""
+    p = Policy(PolicyParams(cooldown_s=5.0, open_s=1.0))
+    both = ([], [seen("T1"), seen("T2")])
+    ds = run(p, [both] * 30)  # 3 s in view at 10 frames/s
+    assert [(d.subject, d.frame) for d in ds] == [("T1", 0), ("T2", 10)]
+    assert not p.waiting
+
+
+def test_a_scan_during_an_opening_waits_for_its_own_and_not_for_ever():
+    """A code from the scanner is read once: shown while the gate was open for someone else it
+    waits (it was neither redeemed nor lost), at most a window: a holder who gave up and left
+    opens nothing later. An invalid code is refused at once."""
+    p = Policy(PolicyParams(window_s=2.0, open_s=1.0))
+    frames = [([], [seen("T1")])] + [([], [])] * 4 + [([], [seen("T2"), seen("T3", False)])]
+    frames += [([], [])] * 10
+    ds = run(p, frames)
+    assert [(d.decision, d.subject, d.frame) for d in ds] == [
+        (GRANT, "T1", 0),
+        (DENY, "T3", 5),
+        (GRANT, "T2", 10),
+    ]
+    p = Policy(PolicyParams(window_s=2.0, open_s=1.0))
+    ds = run(p, [([face("A")], [])] * 3 + [([face("A")], [seen("T4")])] + [([], [])] * 30)
+    assert [(d.via, d.subject) for d in ds] == [(FACE, "A"), (TICKET, "T4")]
+    p = Policy(PolicyParams(window_s=0.5, open_s=1.0))  # a window shorter than the opening
+    ds = run(p, [([], [seen("T1"), seen("T2")])] + [([], [])] * 20)
+    assert [d.subject for d in ds] == ["T1"] and not p.waiting
+
+
 def test_invalid_ticket_refused_with_its_reason_and_faces_irrelevant():
     p = Policy(PolicyParams())
     expired = seen("T2", False, TicketReason.EXPIRED)

@@ -210,6 +210,7 @@ class PolicyParams(PolicyConfig):
     mode: str = "face-or-ticket"
     face_enabled: bool = True
     liveness: bool = False  # a face grant needs k frames of the matched person judged live
+    open_s: float = 1.0  # one opening (relay.pulse_s): a grant meanwhile opens nothing more
 
     @classmethod
     def from_config(cls, cfg: Config, face_enabled: bool = True) -> PolicyParams:
@@ -221,6 +222,7 @@ class PolicyParams(PolicyConfig):
             and cfg.vision.face_enabled
             and cfg.gate.mode != "ticket-only",
             liveness=cfg.liveness.mode != "off",
+            open_s=cfg.relay.pulse_s,
         )
 
 
@@ -239,6 +241,8 @@ CARRIED_OVER = (
     "last_deny",
     "ticket_seen",
     "pending",
+    "opened",
+    "waiting",
     "tailgating",
     "tailgating_last",
     "episode",
@@ -260,6 +264,10 @@ class Policy:
     last_deny: dict[tuple[str | None, str], float] = field(default_factory=dict)
     ticket_seen: dict[str, float] = field(default_factory=dict)  # ticket key -> last t in view
     pending: PendingTicket | None = None
+    opened: float = float("-inf")  # the newest grant: the gate is open for that visitor
+    # valid tickets shown while it was (key -> first shown, seen): each waits for an opening of
+    # its own, at most a window (a scanned code is read once; its holder may have gone)
+    waiting: dict[str, tuple[float, TicketSeen]] = field(default_factory=dict)
     tailgating: bool = False  # refused as such, until a window passes without two faces
     tailgating_last: float = 0.0  # two or more faces at the gate, last seen
     episode: Episode | None = None
@@ -301,19 +309,35 @@ class Policy:
         out = self._tickets(obs)
         if self.params.face_enabled:
             out += self._faces(obs)
+        if any(d.decision == GRANT for d in out):
+            self.opened = obs.t
         return out
 
     # --- tickets -------------------------------------------------------------------------------
 
     def _tickets(self, obs: Observation) -> list[Decision]:
+        """One ticket per opening: a valid ticket shown while the gate is open for someone
+        (two codes in one frame, a scan during a pulse) waits, unredeemed, for an opening of
+        its own; the relay would only have been held open longer for it."""
         out = []
         p = self.params
-        for ts in obs.tickets:
+        shown = {ts.key: ts for ts in obs.tickets}
+        for key, (first, ts) in list(self.waiting.items()):
+            if obs.t - first > p.window_s:
+                del self.waiting[key]  # its holder did not come through
+            else:
+                shown.setdefault(key, ts)  # a scan is read once: it waits here
+        for ts in sorted(shown.values(), key=lambda s: self.waiting.get(s.key, (obs.t,))[0]):
             last = self.ticket_seen.get(ts.key)
-            self.ticket_seen[ts.key] = obs.t
             if last is not None and obs.t - last < p.cooldown_s:
+                self.ticket_seen[ts.key] = obs.t
                 continue  # the same code is still in view
             v = ts.verdict
+            if v.valid and p.mode != "face-and-ticket" and obs.t - self.opened < p.open_s:
+                self.waiting.setdefault(ts.key, (obs.t, ts))
+                continue
+            self.waiting.pop(ts.key, None)
+            self.ticket_seen[ts.key] = obs.t
             tid = v.ticket.ticket_id if v.ticket else None
             if not v.valid:
                 out.append(
@@ -325,6 +349,7 @@ class Policy:
                 out.append(
                     Decision(obs.t, obs.frame, GRANT, TICKET, tid, None, Reason.OK, v.ticket)
                 )
+                self.opened = obs.t  # a second code in this frame waits
                 self._admitted(obs)
         stale = [k for k, t in self.ticket_seen.items() if obs.t - t > 10 * p.cooldown_s]
         for k in stale:
