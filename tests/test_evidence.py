@@ -463,6 +463,23 @@ def test_doctor_names_a_broken_audit_chain(tmp_path, capsys):
     assert "record 1 was altered" in report["evidence"]["detail"]
 
 
+def test_doctor_names_an_audit_log_deleted_that_the_witness_signed_for(tmp_path, capsys):
+    """With audit.db deleted, doctor said "no audit log yet" (OK) while the lane's witness
+    named a log of several records; a folder at audit.path was OK too."""
+    cfg = busy_lane(tmp_path, capsys, n=2)
+    (tmp_path / "audit.db").unlink()
+    capsys.readouterr()
+    main(["doctor", "--config", str(cfg), "--json"])
+    report = {r["check"]: r for r in json.loads(capsys.readouterr().out)}
+    assert report["evidence"]["status"] == "fail", report["evidence"]
+    assert "is missing, yet the lane's evidence witness names log" in report["evidence"]["detail"]
+    (tmp_path / "audit.db").mkdir()
+    main(["doctor", "--config", str(cfg), "--json"])
+    report = {r["check"]: r for r in json.loads(capsys.readouterr().out)}
+    assert report["evidence"]["status"] == "fail"
+    assert "is a folder" in report["evidence"]["detail"]
+
+
 def both_went_back(tmp_path: Path, capsys) -> tuple[Path, str]:
     """A lane whose ledger and audit log were put back to a copy taken together, before a
     ticket (returned) was spent."""

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from edge import config as config_mod
 from edge.errors import EdgeGateError
+from edge.evidence import Witness, key_path, lane_key
 from edge.fleet.identity import load_lane_key
 from edge.fleet.state import StateReader, check_faces, check_link
 from edge.gate import checks
@@ -266,7 +267,20 @@ def _evidence(site: Site) -> str | Check:
     """The audit log's chains (hashed, and keyed with the lane's key) and the witness; the
     ledger's are checked with it by "ticket ledger" (its open walks the whole chain)."""
     cfg = site.cfg
-    if not cfg.resolve(cfg.audit.path).is_file():
+    path = cfg.resolve(cfg.audit.path)
+    if path.is_dir():
+        return Check("fail", "evidence", f"audit.path {path} is a folder", "name a file in it")
+    if not path.is_file():
+        ek = lane_key(key_path(cfg), "use")
+        seen = Witness(ek).get("audit") if ek is not None else None
+        if seen is not None and seen.n > 0:  # the lane signed for a log that is not there
+            return Check(
+                "fail",
+                "evidence",
+                f"audit log {path} is missing, yet the lane's evidence witness names log "
+                f"{seen.id[:8]} with {seen.n} records: it was deleted or moved",
+                f"restore it from its backup; then {AUDIT_BROKEN_FIX}",
+            )
         return "no audit log yet (the gate's first run makes it and the evidence key)"
     with open_audit(cfg, "use") as log:
         rep = log.verify()
