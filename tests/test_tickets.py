@@ -379,3 +379,20 @@ def test_scanner_lines_and_keycodes():
     ]
     ev = [(KEY_LSHIFT, 1), (18, 1), (18, 0), (34, 1), (KEY_LSHIFT, 0), (2, 1), (KEY_ENTER, 1)]
     assert list(decode_keys(ev)) == ["EG1"]
+
+
+def test_a_code_found_but_not_decoded_is_read_again_sharpened_and_enlarged():
+    """A ticket held inside the camera's focus, or a few pixels per module across, was located
+    by zxing and not decoded; the gate reads it again sharpened, then enlarged where it was
+    found (edge/lab/qr_conditions.py renders the frames). A frame with no code has nothing to
+    read again."""
+    from edge.lab.qr_conditions import CONDITIONS, clutter, one_pass, render, ticket_text
+    from edge.tickets.qr import TICKETS, read_zxing
+
+    text = ticket_text()
+    for name, first in (("blur sigma 2.0", 500), ("80 px, blur sigma 1.0", 700)):
+        frames = [render(text, CONDITIONS[name], first + k) for k in range(20)]
+        assert not any(text in one_pass(f) for f in frames), name
+        read = sum(text in read_zxing(f, TICKETS) for f in frames)
+        assert read >= 4, (name, read)  # 5 and 10 of 20 here
+    assert read_zxing(clutter(np.random.default_rng(3)).astype(np.uint8), TICKETS) == []

@@ -8,6 +8,11 @@ corner is one: in 3 of about 100 renderings of the demo's ticket scene
 (`edge.lab.demo.ticket_scene`) a ticket shown on the phone also read as a Micro QR of five
 digits, a second, "malformed" refusal beside the ticket's own decision. No ticket or consumer
 product carries one.
+
+A QR code zxing finds but cannot decode (a phone held inside the camera's focus, a code a few
+pixels per module across) is read again sharpened, then enlarged around where it was found;
+a frame with no code costs nothing more (docs/TICKETS.md, "Reading codes":
+`python -m edge.lab.qr_conditions`).
 """
 
 from __future__ import annotations
@@ -34,11 +39,61 @@ _READ = zxingcpp.BarcodeFormats(list(FORMATS))
 TICKET_FORMATS = (_B.QRCodeModel1, _B.QRCodeModel2)
 TICKETS = zxingcpp.BarcodeFormats(list(TICKET_FORMATS))
 OTHERS_EVERY = 5  # a camera stream reads the other formats on every 5th frame it scans
+# a QR code located but not decoded is reported as the family (its model is not known yet)
+_QR_FOUND = (_B.QRCode, *TICKET_FORMATS)
 
 
 def read_zxing(bgr: np.ndarray, formats: zxingcpp.BarcodeFormats = _READ) -> list[str]:
-    """Decode every code of `formats` (all but Micro QR) in a frame with zxing-cpp."""
-    return [r.text for r in zxingcpp.read_barcodes(bgr, formats=formats) if r.valid and r.text]
+    """Decode every code of `formats` (all but Micro QR) in a frame with zxing-cpp; a QR code
+    found but not decoded is tried again (read_again)."""
+    found = zxingcpp.read_barcodes(bgr, formats=formats, return_errors=True)
+    texts = [r.text for r in found if r.valid and r.text]
+    failed = [r for r in found if not r.valid and r.format in _QR_FOUND]
+    if failed and not any(r.valid and r.format in TICKET_FORMATS for r in found):
+        texts += read_again(bgr, failed)
+    return texts
+
+
+def _unsharp(gray: np.ndarray, sigma: float, amount: float) -> np.ndarray:
+    return cv2.addWeighted(gray, 1 + amount, cv2.GaussianBlur(gray, (0, 0), sigma), -amount, 0)
+
+
+def read_again(bgr: np.ndarray, failed: list) -> list[str]:
+    """QR codes zxing located and could not decode: the frame sharpened (a defocused code),
+    then the place they were found enlarged twice and sharpened (modules of 1-2 pixels)."""
+    gray = (
+        bgr
+        if bgr.ndim == 2
+        else cv2.cvtColor(np.ascontiguousarray(bgr[..., :3]), cv2.COLOR_BGR2GRAY)
+    )
+    texts = [r.text for r in zxingcpp.read_barcodes(_unsharp(gray, 2.0, 1.5), formats=TICKETS)]
+    if texts:
+        return [t for t in texts if t]
+    corners = np.array(
+        [
+            (p.x, p.y)
+            for r in failed
+            for p in (
+                r.position.top_left,
+                r.position.top_right,
+                r.position.bottom_left,
+                r.position.bottom_right,
+            )
+        ],
+        np.float64,
+    )
+    (x0, y0), (x1, y1) = corners.min(axis=0), corners.max(axis=0)
+    grow = 0.35 * max(x1 - x0, y1 - y0) + 8  # the quiet zone around the code, and more
+    h, w = gray.shape[:2]
+    crop = gray[
+        int(max(0, y0 - grow)) : int(min(h, y1 + grow)),
+        int(max(0, x0 - grow)) : int(min(w, x1 + grow)),
+    ]
+    if min(crop.shape[:2], default=0) < 8:
+        return []
+    big = cv2.resize(crop, None, fx=2, fy=2, interpolation=cv2.INTER_CUBIC)
+    again = zxingcpp.read_barcodes(_unsharp(big, 3.0, 2.0), formats=TICKETS)
+    return [r.text for r in again if r.text]
 
 
 def read_codes(bgr: np.ndarray) -> list[str]:
