@@ -51,7 +51,9 @@ def test_a_code_longer_than_a_file_name_is_judged_not_looked_up(tmp_path, capsys
 
 def test_a_pipe_named_like_an_image_is_refused_not_waited_on(tmp_path, capsys):
     """`ticket verify` and `enroll` opened a FIFO named x.png and waited for a writer for ever
-    (`qr read` refused it); each now says what it is."""
+    (`qr read` refused it); each now says what it is, as `run` does of a pipe given as its
+    video (it said "does not exist") and `ticket verify` of a folder (it said "no ticket
+    prefix")."""
     cfg = make_config(tmp_path)
     fifo = tmp_path / "x.png"
     os.mkfifo(fifo)
@@ -64,6 +66,12 @@ def test_a_pipe_named_like_an_image_is_refused_not_waited_on(tmp_path, capsys):
     rc = main(["enroll", "--config", cfg.source_file, "--name", "A", "--consent-version", "v1",
                str(fifo)])  # fmt: skip
     _error_line(capsys, rc, "is a device or a pipe, not an image file")
+    os.mkfifo(tmp_path / "x.mp4")
+    rc = main(["run", "--config", cfg.source_file, "--source", str(tmp_path / "x.mp4"), "--fast"])
+    _error_line(capsys, rc, "is a device or a pipe, not a video file")  # not "does not exist"
+    rc = main(["ticket", "verify", "--config", cfg.source_file, str(tmp_path)])
+    out, _ = capsys.readouterr()
+    assert rc == 1 and "is a folder; give an image file or the ticket text" in out, out
 
 
 def _tables(db) -> set[str]:

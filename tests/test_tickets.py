@@ -396,3 +396,20 @@ def test_a_code_found_but_not_decoded_is_read_again_sharpened_and_enlarged():
         read = sum(text in read_zxing(f, TICKETS) for f in frames)
         assert read >= 4, (name, read)  # 5 and 10 of 20 here
     assert read_zxing(clutter(np.random.default_rng(3)).astype(np.uint8), TICKETS) == []
+
+
+def test_a_code_on_a_transparent_background_is_read_as_a_viewer_shows_it():
+    """A PNG whose code is black on transparent black (the transparent pixels' colour is
+    black too) read as all black: its alpha was dropped. It is shown on white now; an opaque
+    image is unchanged."""
+    from edge.tickets.qr import qr_matrix, read_codes
+    from edge.vision.image import decode_image
+
+    m = cv2.resize(qr_matrix("EG1-TICKET"), None, fx=8, fy=8, interpolation=cv2.INTER_NEAREST)
+    rgba = np.zeros((*m.shape, 4), np.uint8)
+    rgba[..., 3] = np.where(m == 1, 255, 0)
+    assert read_codes(decode_image(cv2.imencode(".png", rgba)[1].tobytes(), "t.png")) == [
+        "EG1-TICKET"
+    ]
+    opaque = np.dstack([np.full((40, 40, 3), 77, np.uint8), np.full((40, 40), 255, np.uint8)])
+    assert (decode_image(cv2.imencode(".png", opaque)[1].tobytes(), "o.png") == 77).all()

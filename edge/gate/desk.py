@@ -387,6 +387,8 @@ def swap_in_ledger(new: Path, path: Path, stamp: str) -> Path | None:
 def texts_from_input(item: str, max_pixels: int | None = None) -> list[str]:
     """An argument is an image file (every code in it) or the ticket text itself."""
     p = Path(item)
+    if os.path.isdir(item):  # a text is never a folder's name: say what it is
+        raise ImageError(f"{item}: is a folder; give an image file or the ticket text")
     # os.path.isfile: a long pasted code is no file name (Path.is_file raises ENAMETOOLONG)
     if p.suffix.lower() in (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif") or os.path.isfile(p):
         # zxing-cpp and OpenCV load only when an input is an image: `ticket verify TEXT` stays quick

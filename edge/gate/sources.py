@@ -72,7 +72,13 @@ class VideoFileSource(FrameSource):
     ):
         self.path = Path(path)
         if not os.path.isfile(self.path):  # False, not OSError, for a name too long
-            what = "is a folder, not a video" if os.path.isdir(self.path) else "does not exist"
+            what = (
+                "is a folder, not a video"
+                if os.path.isdir(self.path)
+                else "is a device or a pipe, not a video file"
+                if os.path.exists(self.path)
+                else "does not exist"
+            )
             raise SourceError(f"video {self.path} {what}", "check camera.source or --source")
         try:
             self.cap = (capture_factory or (lambda p: open_video(p, max_pixels)))(str(self.path))

@@ -32,7 +32,7 @@ def to_bgr8(img: np.ndarray, name: str = "frame") -> np.ndarray:
     h, w = img.shape[:2]
     if min(h, w) < MIN_SIDE:
         raise ImageError(
-            f"{name}: {w}x{h} is too small to hold a face",
+            f"{name}: {w}x{h} is too small to hold a face or a code",
             f"use images at least {MIN_SIDE}px on each side",
         )
     if max(h, w) > MAX_SIDE:
@@ -87,7 +87,20 @@ def decode_image(data: bytes, name: str = "image", max_pixels: int = MAX_PIXELS)
         raise ImageError(f"{name}: cannot decode: {e.msg if hasattr(e, 'msg') else e}") from None
     if img is None:
         raise ImageError(f"{name}: not a readable image (truncated or unknown format)")
-    return to_bgr8(img, name)
+    return to_bgr8(over_white(img), name)
+
+
+def over_white(img: np.ndarray) -> np.ndarray:
+    """An image file's transparency shown as a viewer shows it, on white: dropping the alpha
+    made a code drawn in black on transparent black all black. Camera frames never come here
+    (a camera's fourth channel is padding, not alpha)."""
+    if img.ndim != 3 or img.shape[2] not in (2, 4):
+        return img
+    top = float(np.iinfo(img.dtype).max) if img.dtype.kind in "ui" else 1.0
+    alpha = img[:, :, -1:].astype(np.float32) / top
+    colour = img[:, :, :-1].astype(np.float32)
+    out = colour * alpha + top * (1.0 - alpha)
+    return out.astype(img.dtype)
 
 
 def _not_a_file(p: Path) -> None:
