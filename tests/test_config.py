@@ -60,6 +60,14 @@ def test_cross_field_rules(tmp_path):
         config.load(write(tmp_path, '[gate]\nmode = "face-only"\n'))
 
 
+def test_a_config_saved_with_a_byte_order_mark_loads(tmp_path):
+    """A Windows editor's UTF-8 byte-order mark was "not valid TOML: Invalid statement (at line
+    1, column 1)", which names nothing an operator can see."""
+    p = tmp_path / "gate.toml"
+    p.write_bytes(b"\xef\xbb\xbf[relay]\npulse_s = 2.0\n")
+    assert config.load(p).relay.pulse_s == 2.0
+
+
 def test_relative_paths_resolve_against_config_folder(tmp_path):
     cfg = config.load(write(tmp_path, '[gallery]\ndb = "data/g.db"\n'))
     assert cfg.resolve(cfg.gallery.db) == tmp_path / "data" / "g.db"

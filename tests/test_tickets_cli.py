@@ -39,6 +39,19 @@ def test_issue_requires_an_expiry_or_an_explicit_no_expiry(office, capsys):
     assert main(issue(office, "--id", "T-2", "--no-expiry")) == 0
     out = capsys.readouterr().out.splitlines()
     assert "no expiry" in out[1]
+    assert (
+        main(issue(office, "--id", "T-3", "--no-expiry", "--valid-from", "1970-01-01T00:00Z")) == 0
+    )
+    assert (
+        capsys.readouterr().out.splitlines()[1] == "valid any time .. no expiry (UTC)"
+    )  # not None
+
+
+def test_a_season_pass_of_zero_entries_a_day_is_refused_not_made_one_time(office, capsys):
+    """--season-per-day 0 issued a one-time ticket, without a word."""
+    assert main(issue(office, "--id", "T-1", "--no-expiry", "--season-per-day", "0")) == 2
+    assert "--season-per-day: 0 must be 1 or more" in capsys.readouterr().err
+    assert not (office.parent / "out" / "T-1.png").exists()
 
 
 @pytest.mark.parametrize("entries", ["0", "-5", "70000"])

@@ -11,7 +11,7 @@ from edge import config as config_mod
 from edge import tickets as tk
 from edge.cli.fleet import report_sent
 from edge.cli.hints import for_this_run
-from edge.cli.numbers import non_negative_float
+from edge.cli.numbers import non_negative_float, positive_int
 from edge.cli.paths import existing_dir, existing_file, file_path, nonempty_file, output_dir
 from edge.errors import EdgeGateError, ImageError
 from edge.tickets.format import TICKET_ID, TICKET_ID_RULE
@@ -39,7 +39,7 @@ def cmd_issue(args) -> int:
         args.valid_until,
         args.no_expiry,
         args.entries,
-        args.season_per_day,
+        args.season_per_day or 0,
         args.holder or "",
         config_mod.load(args.config).gate.zone,
         args.allow_expired,
@@ -262,9 +262,8 @@ def register(sub, common) -> None:
     sp.add_argument("--entries", type=int, default=1, help="total entries, 1..65535 (1: one-time)")
     sp.add_argument(
         "--season-per-day",
-        type=int,
-        default=0,
-        help="season pass: at most N entries per day",
+        type=positive_int,
+        help="season pass: at most N entries per day, 1..65535 (without it: not a season pass)",
     )
     sp.add_argument(
         "--holder", help="pass holder reference (links an annual pass to an enrolled person)"

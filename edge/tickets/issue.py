@@ -47,9 +47,10 @@ class Issued:
 
     @property
     def window(self) -> str:
-        """'FROM .. UNTIL' in UTC, or 'FROM .. no expiry'."""
+        """'FROM .. UNTIL' in UTC, or 'FROM .. no expiry' ('any time' for no start)."""
         t = self.ticket
-        return f"{iso(t.valid_from)} .. {iso(t.valid_until) if t.valid_until else 'no expiry'}"
+        start = iso(t.valid_from) if t.valid_from else "any time"
+        return f"{start} .. {iso(t.valid_until) if t.valid_until else 'no expiry'}"
 
 
 def make_ticket(req: IssueRequest, now: float | None = None) -> Ticket:
