@@ -131,3 +131,21 @@ def test_audit_log_is_append_only(tmp_path):
         log.conn.execute("DELETE FROM events")
     assert log.purge() == 1
     assert [r.subject for r in log.records()] == ["T-1"]
+
+
+def test_a_photo_whose_face_is_smaller_than_the_gate_looks_at_is_left_out(tmp_path, fixtures):
+    """A photo of a face 41 px wide enrolled (--min-templates 1): a template of a face the gate
+    never looks at (vision.min_face_px). It is left out, with its size, like a photo with no
+    face."""
+    import cv2
+
+    photo = cv2.imread(str(fixtures / "faces" / "obama" / "obama.jpg"))
+    small = tmp_path / "small.png"
+    cv2.imwrite(str(small), cv2.resize(photo, None, fx=0.15, fy=0.15, interpolation=cv2.INTER_AREA))
+    db, key = str(tmp_path / "g.db"), str(tmp_path / "g.key")
+    assert run(tmp_path, "keys", "init", "--key-file", key).returncode == 0
+    p = run(tmp_path, "enroll", "--db", db, "--key-file", key, "--name", "O", "--consent-version",
+            "v1", "--min-templates", "1", str(small))  # fmt: skip
+    assert p.returncode == 2, p.stderr
+    assert "px, under 48 px" in p.stderr
+    assert json.loads(run(tmp_path, "people", "--db", db, "--key-file", key, "--json").stdout) == []

@@ -174,6 +174,19 @@ def collect(
         except SeveralFacesError as e:
             skipped.append(Skipped(str(p), SEVERAL_FACES, str(e.args[0]), e.hint))
             continue
+        if obs is not None and "too_small" in obs.quality.reasons:
+            # the gate looks at no face this small: a template of it matches nobody, or anybody
+            px, least = obs.quality.face_px, pipe.quality.min_face_px
+            log.warning("enroll skip input=%s reason=too_small face_px=%.0f", p, px)
+            skipped.append(
+                Skipped(
+                    str(p),
+                    NO_FACE,
+                    f"{p}: the face is {px:.0f} px, under {least} px",
+                    "a photo where the face is larger (vision.min_face_px)",
+                )  # fmt: skip
+            )
+            continue
         c = _from_observation(obs, str(p), strict=False)
         if c is None:
             log.warning("enroll skip input=%s reason=no_face", p)
@@ -318,7 +331,7 @@ def enroll(
     if not cands:
         raise EnrollError(
             "no usable face in the inputs"
-            + (f" ({', '.join(s.source for s in skipped)}: no face found)" if skipped else ""),
+            + (f" ({'; '.join(s.detail for s in skipped)})" if skipped else ""),
             "use a sharp, frontal, well-lit photo or clip of one person",
         )
     embs = to_template_grid(np.stack([c.embedding for c in cands]))  # held exactly by the matcher
