@@ -296,14 +296,45 @@ def test_only_a_fresh_readable_office_heartbeat_names_the_list_to_replay():
     assert me._floor_said == ""  # the last one was taken
 
 
+def test_the_office_names_a_list_in_its_heartbeat_only_once_it_was_handed_to_the_broker():
+    """The heartbeat named the newest revocation, roster and forget list as soon as they were
+    queued: one queued behind others (an import's enrollments) was named before it was sent,
+    and every lane refused tickets (and faces) until it came. What is named is read again only
+    once nothing queued waits."""
+    from types import SimpleNamespace
+
+    from edge.fleet.identity import Roster
+    from edge.fleet.sync import Sync
+
+    now = {"forget_list_seq": 4, "revoked_seq": 7, "roster": 2}
+    queued: list = []
+    me = SimpleNamespace(
+        _named=None,
+        sent_office=10,
+        state=SimpleNamespace(get=now.get, roster=lambda: Roster(now["roster"], {})),
+        office_store=SimpleNamespace(outgoing=lambda after, n: queued[:n]),
+    )
+    first = {"forget_list_seq": 4, "revoked_seq": 7, "roster_seq": 2}
+    assert Sync._newest_named(me) == first
+    now.update(revoked_seq=9, roster=11)  # a revocation and a roster queued, not yet sent
+    queued[:] = [(11, "t", b"", True), (12, "t", b"", True)]
+    assert Sync._newest_named(me) == first
+    queued.clear()  # handed to the broker
+    assert Sync._newest_named(me) == {"forget_list_seq": 4, "revoked_seq": 9, "roster_seq": 11}
+    queued[:] = [(13, "t", b"", True)]
+    me._named = None  # a sync just started with messages queued: what the store says
+    assert Sync._newest_named(me)["revoked_seq"] == 9
+
+
 def test_a_lane_redeems_no_ticket_while_it_lacks_the_offices_newest_revocation_or_roster(
     tmp_path,
 ):
     """A lane given an older revocation list or roster (kept and put back on the broker) took
     it as found: it redeemed the tickets revoked since, and took a removed lane's word. The
     office's fresh heartbeat names its newest revocation and roster: until the lane holds both,
-    the link check refuses tickets (behind_office), said and audited once per change; the
-    office's own clear it, and a lift or an older list does not."""
+    the link check refuses tickets (behind_office), said at once and audited once a later
+    heartbeat finds it still so; the office's own clear it, and a lift or an older list does
+    not."""
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
     from edge.fleet import messages as msg
@@ -332,7 +363,7 @@ def test_a_lane_redeems_no_ticket_while_it_lacks_the_offices_newest_revocation_o
     assert check_link(fl, st, time.time()).ok
     office(msg.REVOCATIONS, 5, {"revoked": {"T-1": 5}})  # the older list, put back
     office(msg.ROSTER, 6, {"lanes": {"lane1": lane_pub}})
-    for _ in range(3):  # heartbeats every few seconds: said once
+    for _ in range(3):  # heartbeats every few seconds: said once, audited at the second
         app.office_newest({"revocations": 9, "roster": 6}, time.time())
     link = check_link(fl, st, time.time())
     assert (link.ok, link.reason) == (False, BEHIND_OFFICE)
@@ -350,12 +381,27 @@ def test_a_lane_redeems_no_ticket_while_it_lacks_the_offices_newest_revocation_o
     assert len(audited) == 1
     app.office_newest({"revocations": 9, "roster": 10}, time.time())  # a lane removed since
     assert "roster is #10, the newest applied here #6" in check_link(fl, st, time.time()).detail
+    assert len(audited) == 1  # not yet: the roster may be on its way
+    app.office_newest({"revocations": 9, "roster": 10}, time.time())  # still so: audited
     office(msg.ROSTER, 8, {"lanes": {"lane1": lane_pub, "lane9": lane_pub}})  # older, put back
     assert reason() == BEHIND_OFFICE
-    assert "applied here #8" in audited[-1][1]  # what it holds now, said
+    app.office_newest({"revocations": 9, "roster": 10}, time.time())
+    assert "applied here #8" in audited[-1][1]  # what it holds now
     office(msg.ROSTER, 10, {"lanes": {"lane1": lane_pub}})  # the office's
     assert check_link(fl, st, time.time()).ok
     assert len(audited) == 3
+    st.close()
+
+
+def test_a_lane_that_takes_no_revocation_list_is_told_what_to_set(tmp_path):
+    """A lane set up by hand without tickets.revocation_list takes no office revocation: once
+    the office has revoked one it is behind for good, and the reason says what to set."""
+    from edge.fleet.state import check_link
+
+    st, app, _ = _lane_applier(tmp_path)
+    app.office_newest({"revocations": 3, "roster": 0}, time.time())
+    link = check_link(app.cfg.fleet, st, time.time())
+    assert not link.ok and "set tickets.revocation_list" in link.detail
     st.close()
 
 

@@ -307,18 +307,36 @@ def test_a_fleet_state_deleted_underneath_is_made_again_at_its_path(
     broker, office_keys, tmp_path, caplog
 ):
     """Before, sync wrote the link state and the roster into the deleted fleet.db: the file at
-    the path (the gate's, status's) never heard of the roster or the link again."""
+    the path (the gate's, status's) never heard of the roster or the link again. The office's
+    revocations come into the new file too: without them the lane would hold none as new as
+    the office's heartbeat names, and refuse every ticket (behind_office) until it
+    reconnected."""
+    from edge.fleet.office import publish_revocations
+    from edge.fleet.state import BEHIND_OFFICE
+
     caplog.set_level(logging.INFO, logger=LOG)
     park = Park(tmp_path, broker.url, office_keys, lanes=2)
     db = park.lanes[0].dir / "fleet.db"
     try:
         park.start(1)
         park.wait_ready(1)
+        publish_revocations(park.cfg(0), park.priv, frozenset({"T-LOST"}))
+        wait_for(lambda: "T-LOST" in tk.load_revocations(park.lanes[0].dir / "revoked.txt"),
+                 what="the revocation at lane1")  # fmt: skip
         _delete(db)
         since = time.time()
         wait_for(lambda: park.state(1, "roster"), what="the roster in the file at the path")
         wait_for(lambda: (park.state(1, "sync_seen") or 0) > since, what="the link state")
         wait_for(lambda: not park.state(1, "forget_replay"), what="the forget list replayed")
+        wait_for(lambda: (park.state(1, "office_newest") or {}).get("revocations"),
+                 what="an office heartbeat naming its newest revocation")  # fmt: skip
+        time.sleep(3 * park.cfg(1).fleet.heartbeat_s)
+        assert not park.state(1, BEHIND_OFFICE)
+        st = FleetState(db)
+        try:
+            assert st.newest_revocation() == park.state(0, "revoked_seq") > 0
+        finally:
+            st.close()
         assert park.syncs[1][1].is_alive()
     finally:
         park.stop_all()

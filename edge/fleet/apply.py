@@ -95,6 +95,7 @@ class OfficeApplier:
         self.roster_changed = False
         self._waiting: tuple[Any, Any] | None = None  # the forget replay's wait, as last said
         self._behind = ""  # why tickets wait for the office's newest, as last said
+        self._audited = ""  # ... and as last audited
 
     def take_acks(self) -> list[tuple[str, str, int]]:
         """Hand the queued acknowledgements to sync, which signs and sends them."""
@@ -268,20 +269,25 @@ class OfficeApplier:
             for k, v in sorted(office.items())
             if k in held and isinstance(v, int) and v > held[k]
         }
+        if "revocations" in behind and not self.cfg.tickets.revocation_list:
+            behind["revocations"] += " (this lane takes none: set tickets.revocation_list)"
         why = "; ".join(behind.values())
         if not why:
             if self.state.get(BEHIND_OFFICE):
                 self.state.put(**{BEHIND_OFFICE: None})
                 log.info("sync behind_office no more: %s (office's newest %s)", held, office)
-            self._behind = ""
+            self._behind = self._audited = ""
             return
         if self.state.get(BEHIND_OFFICE) != why:
             self.state.put(**{BEHIND_OFFICE: why})
         if self._behind != why:
             self._behind = why
             log.warning("sync behind_office: %s; no ticket redeemed until it is applied", why)
-            if now is not None:
-                self.audit(now, "fleet_behind_office", f"{why}: no ticket redeemed until then")
+        elif now is not None and self._audited != why:
+            # audited once a later heartbeat finds it still so: a new lane hears the office's
+            # heartbeat a moment before the retained list it names, and that is no finding
+            self._audited = why
+            self.audit(now, "fleet_behind_office", f"{why}: no ticket redeemed until then")
 
     def _settle_replay(self, now: float) -> None:
         """End the forget replay once a list at least as new as the office's newest (as its

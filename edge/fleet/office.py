@@ -37,7 +37,7 @@ from edge.fleet.identity import (
 from edge.fleet.officestore import AuditFinding, OfficeStore, office_reader, verify_lane
 from edge.fleet.override import DEFAULT_VALID_S, VIA, override_body, override_id
 from edge.fleet.people import export_record, site_key
-from edge.fleet.state import FleetState
+from edge.fleet.state import BEHIND_OFFICE_FIX, FleetState
 from edge.gate.audit import AuditRecord
 from edge.tickets.pretix_desk import pretix_view
 
@@ -485,10 +485,7 @@ def _pretix_age(px: dict[str, Any]) -> str:
 # what `fleet status --check` says of a lane refusing tickets as behind the office
 BEHIND_OFFICE_PROBLEM = (
     "refuses tickets: it holds an older revocation list or roster than the office's newest "
-    "(`fleet status` on the lane says which; the one on the broker is older than the office's: "
-    "send it again at the office, `edge-gate ticket revoke --publish --key issuer.key --list "
-    "LIST ID` with ID any ticket already on it, or `edge-gate fleet roster publish --key "
-    "issuer.key`, and check who can publish on the broker)"
+    f"(`fleet status` on the lane says which; {BEHIND_OFFICE_FIX})"
 )
 
 

@@ -48,6 +48,13 @@ FORGET_REPLAY = "forget_replay"  # a new or restored lane: the office's forget l
 # the office's fresh heartbeat names a revocation or a roster newer than this lane holds: an older
 # list was put back on the broker, or the newest dropped; no ticket is redeemed until it comes
 BEHIND_OFFICE = "behind_office"
+# ... and what to do about it (doctor, `fleet status --check`)
+BEHIND_OFFICE_FIX = (
+    "the one on the broker is older than the office's: send it again at the office, "
+    "`edge-gate ticket revoke --publish --key issuer.key --list LIST ID` with ID any ticket "
+    "already on it, or `edge-gate fleet roster publish --key issuer.key`, and check who can "
+    "publish on the broker"
+)
 # every reason above, for those who name them (the console's translations)
 LINK_REASONS = (FLEET_OFFLINE, CLOCK_SKEW, FORGET_REPLAY, BEHIND_OFFICE)
 

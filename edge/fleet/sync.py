@@ -380,6 +380,7 @@ class Sync:
         self.pending: dict[int, tuple[str, int]] = {}  # mid -> ("outbox"|"office"|"other", id)
         self.sent_outbox = 0
         self.sent_office = 0
+        self._named: dict[str, int] | None = None  # what the office's heartbeat last named
         self.sent_audit = self.state.cursor("audit")
         self.audit_waiting = 0.0  # monotonic time since which records wait for the office
         self.audit_acks: dict[str, dict[str, Any]] = {}  # office: lane -> ack body to send
@@ -597,8 +598,20 @@ class Sync:
             self._epoch_unsaved = f"the fleet state {new.path} was replaced while sync ran"
             with contextlib.suppress(*FAULTS):  # else tried again each second
                 self._save_epoch(self._epoch_unsaved)
-            if self.connected:
-                self.client.subscribe(msg.topic(self.site, "office", "forgotten"), 1)
+        self._office_again()  # what the office sent, into the file this one replaced
+
+    def _office_again(self) -> None:
+        """Ask the broker again for the office's retained messages (a subscription delivers
+        them anew): a new or restored fleet.db holds none of them, and a lane that lacks the
+        office's newest revocation or roster refuses tickets until it has them."""
+        if self.connected:
+            self.client.subscribe([(o, 1) for o in self._office_topics()])
+
+    def _office_topics(self) -> list[str]:
+        return [
+            msg.topic(self.site, "office", x)
+            for x in ("roster", "revocations", "unrevocations", "keys", "forgotten")
+        ]
 
     def _files_changed(self) -> None:
         """The ledger or audit log opened again: another ledger (its own epoch), or files
@@ -648,10 +661,7 @@ class Sync:
         t = msg.topics(self.site)
         if self.is_office:
             return [(t["heartbeat"], 1), (t["audit"], 1), (t["acks"], 1), (t["office"], 1)]
-        office = [
-            msg.topic(self.site, "office", x)
-            for x in ("roster", "revocations", "unrevocations", "keys", "forgotten")
-        ]
+        office = self._office_topics()
         return [
             (t["redemptions"], 1),
             (t["heartbeat"], 1),
@@ -1027,9 +1037,7 @@ class Sync:
         if self.store is not None:  # the forget list a new or restored lane must replay, and
             # the newest revocation and roster a lane must hold to redeem tickets
             try:
-                body["forget_list_seq"] = self.state.get("forget_list_seq") or 0
-                body["revoked_seq"] = self.state.get("revoked_seq") or 0
-                body["roster_seq"] = max(self.state.roster().seq, 0)
+                body.update(self._newest_named())
             except FAULTS as e:  # null: lanes keep the newest they heard; the heartbeat goes
                 self._fault("state", e)
                 body["forget_list_seq"] = body["revoked_seq"] = body["roster_seq"] = None
@@ -1063,6 +1071,19 @@ class Sync:
             1,
             retain=True,
         )
+
+    def _newest_named(self) -> dict[str, int]:
+        """The office's newest forget list, revocation and roster, as its heartbeat names them:
+        read again only once every queued message was handed to the broker (a message still
+        queued behind others would be named before it is sent, and every lane would wait for
+        it: no face, no ticket); until then what the last heartbeat named."""
+        if self._named is None or not self.office_store.outgoing(self.sent_office, 1):
+            self._named = {
+                "forget_list_seq": self.state.get("forget_list_seq") or 0,
+                "revoked_seq": self.state.get("revoked_seq") or 0,
+                "roster_seq": max(self.state.roster().seq, 0),
+            }
+        return self._named
 
     def _publish_marks(self, marks: dict[str, Any]) -> None:
         """Our marks, retained where our last will never writes, when they moved (and once per
@@ -1476,8 +1497,8 @@ class Sync:
             self._audit_event(self.clock(), "new_epoch", why[:300])
         except FAULTS as e:
             self._fault("audit", e)
-        if rotated and self.connected:
-            self.client.subscribe(msg.topic(self.site, "office", "forgotten"), 1)
+        if rotated:
+            self._office_again()
 
     def _save_epoch(self, why: str) -> None:
         """The epoch and the forget list to replay, in fleet.db for the gate."""

@@ -16,7 +16,13 @@ from edge import config as config_mod
 from edge.errors import EdgeGateError
 from edge.evidence import Witness, key_path, lane_key
 from edge.fleet.identity import load_lane_key
-from edge.fleet.state import StateReader, check_faces, check_link
+from edge.fleet.state import (
+    BEHIND_OFFICE,
+    BEHIND_OFFICE_FIX,
+    StateReader,
+    check_faces,
+    check_link,
+)
 from edge.gate import checks
 from edge.gate.audit import AUDIT_BROKEN_FIX, open_audit
 from edge.gate.checklist import Check, Site, registry
@@ -324,6 +330,8 @@ def _fleet(site: Site) -> str | Check:
     )
     named = ", ".join(f"{lane} ({o:+.1f} s)" for lane, o in off)
     if not link.ok:
+        if link.reason == BEHIND_OFFICE:  # sync runs; what it was given is older
+            fix = BEHIND_OFFICE_FIX
         return Check("fail", "fleet", f"{where}: {link.reason}: {link.detail}", fix)
     if not faces.ok:
         return Check(
