@@ -351,8 +351,8 @@ def test_one_ticket_per_opening_two_codes_in_one_frame_are_two_openings():
 
 def test_a_scan_during_an_opening_waits_for_its_own_and_not_for_ever():
     """A code from the scanner is read once: shown while the gate was open for someone else it
-    waits (it was neither redeemed nor lost), at most a window: a holder who gave up and left
-    opens nothing later. An invalid code is refused at once."""
+    waits (it was neither redeemed nor lost), at most the opening and a window: a holder who
+    gave up and left opens nothing later. An invalid code is refused at once."""
     p = Policy(PolicyParams(window_s=2.0, open_s=1.0))
     frames = [([], [seen("T1")])] + [([], [])] * 4 + [([], [seen("T2"), seen("T3", False)])]
     frames += [([], [])] * 10
@@ -366,8 +366,9 @@ def test_a_scan_during_an_opening_waits_for_its_own_and_not_for_ever():
     ds = run(p, [([face("A")], [])] * 3 + [([face("A")], [seen("T4")])] + [([], [])] * 30)
     assert [(d.via, d.subject) for d in ds] == [(FACE, "A"), (TICKET, "T4")]
     p = Policy(PolicyParams(window_s=0.5, open_s=1.0))  # a window shorter than the opening
-    ds = run(p, [([], [seen("T1"), seen("T2")])] + [([], [])] * 20)
-    assert [d.subject for d in ds] == ["T1"] and not p.waiting
+    ds = run(p, [([], [seen("T1"), seen("T2"), seen("T3")])] + [([], [])] * 30)
+    # T2 waited the opening; T3, one more, waited past the opening and a window: dropped
+    assert [(d.subject, d.frame) for d in ds] == [("T1", 0), ("T2", 10)] and not p.waiting
 
 
 def test_invalid_ticket_refused_with_its_reason_and_faces_irrelevant():

@@ -378,7 +378,9 @@ class Gate:
                     if self.source.finished:
                         break
                     time.sleep(0.02)
-                if frame is not None or not self._scan_q.empty():
+                # a ticket waiting for its own opening (a scan is read once) is judged without
+                # a frame when the camera has none
+                if frame is not None or not self._scan_q.empty() or self.policy.waiting:
                     for d in self.process(frame):
                         with self._store_wait():
                             self.act(d)

@@ -266,7 +266,8 @@ class Policy:
     pending: PendingTicket | None = None
     opened: float = float("-inf")  # the newest grant: the gate is open for that visitor
     # valid tickets shown while it was (key -> first shown, seen): each waits for an opening of
-    # its own, at most a window (a scanned code is read once; its holder may have gone)
+    # its own, at most the opening and a window after it (a scanned code is read once: the
+    # daemon asks again without a frame; a code the camera saw whose holder left is dropped)
     waiting: dict[str, tuple[float, TicketSeen]] = field(default_factory=dict)
     tailgating: bool = False  # refused as such, until a window passes without two faces
     tailgating_last: float = 0.0  # two or more faces at the gate, last seen
@@ -318,12 +319,13 @@ class Policy:
     def _tickets(self, obs: Observation) -> list[Decision]:
         """One ticket per opening: a valid ticket shown while the gate is open for someone
         (two codes in one frame, a scan during a pulse) waits, unredeemed, for an opening of
-        its own; the relay would only have been held open longer for it."""
+        its own (at most open_s + window_s); the relay would only have been held open longer
+        for it."""
         out = []
         p = self.params
         shown = {ts.key: ts for ts in obs.tickets}
         for key, (first, ts) in list(self.waiting.items()):
-            if obs.t - first > p.window_s:
+            if obs.t - first > p.open_s + p.window_s:
                 del self.waiting[key]  # its holder did not come through
             else:
                 shown.setdefault(key, ts)  # a scan is read once: it waits here
