@@ -97,10 +97,16 @@ def over_white(img: np.ndarray) -> np.ndarray:
     if img.ndim != 3 or img.shape[2] not in (2, 4):
         return img
     top = float(np.iinfo(img.dtype).max) if img.dtype.kind in "ui" else 1.0
-    alpha = img[:, :, -1:].astype(np.float32) / top
-    colour = img[:, :, :-1].astype(np.float32)
-    out = colour * alpha + top * (1.0 - alpha)
-    return out.astype(img.dtype)
+    if float(img[:, :, -1].min()) >= top:  # opaque: nothing to blend
+        return img
+    out = np.empty(img.shape[:2] + (img.shape[2] - 1,), img.dtype)
+    rows = max(1, (1 << 20) // max(1, img.shape[1]))  # tens of MB of floats at a time, not GB
+    half = 0.5 if img.dtype.kind in "ui" else 0.0  # rounded, not cut
+    for y in range(0, img.shape[0], rows):
+        block = img[y : y + rows].astype(np.float32)
+        alpha = block[:, :, -1:] / top
+        out[y : y + rows] = block[:, :, :-1] * alpha + top * (1.0 - alpha) + half
+    return out
 
 
 def _not_a_file(p: Path) -> None:
