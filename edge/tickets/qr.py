@@ -49,9 +49,7 @@ def read_zxing(bgr: np.ndarray, formats: zxingcpp.BarcodeFormats = _READ) -> lis
     found = zxingcpp.read_barcodes(bgr, formats=formats, return_errors=True)
     texts = [r.text for r in found if r.valid and r.text]
     failed = [r for r in found if not r.valid and r.format in _QR_FOUND]
-    if failed and not any(r.valid and r.format in TICKET_FORMATS for r in found):
-        texts += read_again(bgr, failed)
-    return texts
+    return texts + read_again(bgr, failed) if failed else texts
 
 
 def _unsharp(gray: np.ndarray, sigma: float, amount: float) -> np.ndarray:
@@ -59,16 +57,9 @@ def _unsharp(gray: np.ndarray, sigma: float, amount: float) -> np.ndarray:
 
 
 def read_again(bgr: np.ndarray, failed: list) -> list[str]:
-    """QR codes zxing located and could not decode: the frame sharpened (a defocused code),
-    then the place they were found enlarged twice and sharpened (modules of 1-2 pixels)."""
-    gray = (
-        bgr
-        if bgr.ndim == 2
-        else cv2.cvtColor(np.ascontiguousarray(bgr[..., :3]), cv2.COLOR_BGR2GRAY)
-    )
-    texts = [r.text for r in zxingcpp.read_barcodes(_unsharp(gray, 2.0, 1.5), formats=TICKETS)]
-    if texts:
-        return [t for t in texts if t]
+    """QR codes zxing located and could not decode, read again where they were found:
+    sharpened (a defocused code), then enlarged twice and sharpened (modules of 1-2 pixels).
+    Only that part of the frame: a code that stays unreadable in view costs little."""
     corners = np.array(
         [
             (p.x, p.y)
@@ -84,16 +75,30 @@ def read_again(bgr: np.ndarray, failed: list) -> list[str]:
     )
     (x0, y0), (x1, y1) = corners.min(axis=0), corners.max(axis=0)
     grow = 0.35 * max(x1 - x0, y1 - y0) + 8  # the quiet zone around the code, and more
-    h, w = gray.shape[:2]
-    crop = gray[
+    h, w = bgr.shape[:2]
+    part = bgr[
         int(max(0, y0 - grow)) : int(min(h, y1 + grow)),
         int(max(0, x0 - grow)) : int(min(w, x1 + grow)),
     ]
-    if min(crop.shape[:2], default=0) < 8:
+    if min(part.shape[:2], default=0) < 8:
         return []
-    big = cv2.resize(crop, None, fx=2, fy=2, interpolation=cv2.INTER_CUBIC)
-    again = zxingcpp.read_barcodes(_unsharp(big, 3.0, 2.0), formats=TICKETS)
-    return [r.text for r in again if r.text]
+    gray = (
+        part
+        if part.ndim == 2
+        else cv2.cvtColor(np.ascontiguousarray(part[..., :3]), cv2.COLOR_BGR2GRAY)
+    )
+    for img, sigma, amount in (
+        (gray, 2.0, 1.5),
+        (cv2.resize(gray, None, fx=2, fy=2, interpolation=cv2.INTER_CUBIC), 3.0, 2.0),
+    ):
+        texts = [
+            r.text
+            for r in zxingcpp.read_barcodes(_unsharp(img, sigma, amount), formats=TICKETS)
+            if r.text
+        ]
+        if texts:
+            return texts
+    return []
 
 
 def read_codes(bgr: np.ndarray) -> list[str]:
