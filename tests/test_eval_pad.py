@@ -196,5 +196,9 @@ def test_nothing_measured_is_an_error_not_a_report_of_none(pad_dir, tmp_path, ca
     assert main(["eval-pad", str(d), "--json"]) == 2
     err = capsys.readouterr().err
     assert "nothing to measure: 2 of 2 file(s) could not be read" in err
+    (d / "live" / "empty.mp4").touch()  # clips too
+    (d / "attack" / "print" / "text.mp4").write_text("no video")
+    assert main(["eval-pad", "--clips", str(d), "--json"]) == 2
+    assert "nothing to measure: 2 of 2 file(s)" in capsys.readouterr().err
     assert main(["eval-pad", str(pad_dir), "--source-pattern", "(", "--json"]) == 2
     assert "--source-pattern: '(' is not a regular expression" in capsys.readouterr().err

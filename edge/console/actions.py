@@ -345,7 +345,8 @@ class Kiosk:
             )
         q = face.quality
         emb = face.embedding
-        ok = emb is not None and (still or q.ok)
+        # a photo is taken as it is, but not a face smaller than the gate looks at (enroll's rule)
+        ok = emb is not None and (q.ok or (still and "too_small" not in q.reasons))
         if emb is not None and ok:
             c.candidates.append(Candidate(emb, q.score, f"kiosk#{c.frames}", live=not still))
         return FrameFeedback(

@@ -241,6 +241,17 @@ def need_both_kinds(items: list, problem: str, fix: str) -> None:
         raise ImageError(problem, fix)
 
 
+def nothing_left(results: list, skipped: list, given: int, where: str) -> None:
+    """Figures need a live and an attack presentation judged: an ImageError when the files
+    that could not be read left either kind without one (a report of None is no figure)."""
+    need_both_kinds(
+        [r.item for r in results],
+        f"{where}: nothing to measure: {len(skipped)} of {given} file(s) could not be read, "
+        "and no live or no attack presentation was left",
+        "see the skipped files' reasons above (eval-pad skip=...); pass images or videos",
+    )
+
+
 def evaluate_pad(
     cfg: Config,
     roots: Path | list[Path],
@@ -273,12 +284,7 @@ def evaluate_pad(
             continue
         ok = p is not None and judge.model.is_live(p) and cue is None
         results.append(Presentation(item, ok, p, int(p is not None), close, cue))
-    need_both_kinds(
-        [r.item for r in results],
-        f"{', '.join(map(str, roots))}: nothing to measure: {len(skipped)} of {len(items)} "
-        "file(s) could not be read, and no live or no attack presentation was left",
-        "see the skipped files' reasons above (eval-pad skip=...); pass images or videos",
-    )
+    nothing_left(results, skipped, len(items), ", ".join(map(str, roots)))
     report = summarise(results, judge.model.spec.threshold, times, roots)
     report["too_close"] = sum(r.too_close for r in results)  # faces filling the frame
     report["cues"] = judge.cues
@@ -311,6 +317,7 @@ def evaluate_clips(cfg: Config, root: Path, pipe: FacePipeline, judge: LivenessJ
             results.append(judge_clip(pipe, judge, params, i, times))
         except ImageError as e:  # an unreadable or oversized clip: said, and left out
             skipped.append(_skip(i, e, 1))
+    nothing_left(results, skipped, len(items), str(root))
     report = summarise(results, judge.model.spec.threshold, times, [root])
     report["cues"] = judge.cues
     report["stillness"] = judge.stillness is not None
