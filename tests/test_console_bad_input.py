@@ -474,6 +474,25 @@ def test_kiosk_photo_with_several_or_no_faces_is_not_kept(console, users, fixtur
     assert reason.encode() in out and b'"templates":0' in out
 
 
+@pytest.mark.fixtures
+def test_kiosk_photo_whose_face_is_smaller_than_the_gate_looks_at_is_not_kept(
+    console, users, fixtures
+):
+    """The kiosk kept a photo's face of 41 px (vision.min_face_px 48), which `enroll` leaves
+    out: a template of a face the gate never looks at."""
+    import cv2
+
+    photo = cv2.imread(str(fixtures / "faces" / "obama" / "obama.jpg"))
+    small = cv2.resize(photo, None, fx=0.15, fy=0.15, interpolation=cv2.INTER_AREA)
+    c = users["sam"]
+    cid = _capture(c, [])
+    st, out = c.req("POST", f"/api/enroll/frame?cid={cid}&still=1",
+                    cv2.imencode(".png", small)[1].tobytes(),
+                    {"X-CSRF-Token": c.csrf, "Content-Type": "image/png"})  # fmt: skip
+    assert st == 200
+    assert b"too_small" in out and b'"templates":0' in out, out
+
+
 @pytest.mark.parametrize(
     "body, status, said",
     [
