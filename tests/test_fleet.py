@@ -456,19 +456,24 @@ def test_restore_check_takes_the_highest_marks_of_the_will_and_the_retained_mark
     assert "epoch" in restore_reason_of([old_will, new_marks], "e1", 9, 9)  # an e1 copy
 
 
+def _status(key: str, lane1, here=None) -> dict:
+    """A `fleet status` report of lane2 with one field of lane1's heartbeat and its own."""
+    lane = {"state": "ok", "rostered": True, "last_seen": "1 s ago"}
+    return {
+        "member": "lane2",
+        "lanes": {"lane1": {**lane, key: lane1}, "office": lane},
+        "clock": {"off": []},
+        "sync": {"running": True, "last_seen": "1 s ago"},
+        "this_lane": {"lane": "lane2", key: here},
+    }
+
+
 def test_status_and_the_lanes_page_flag_an_outdated_broker_acl():
     from edge.console.app import lane_row
     from edge.fleet.office import status_problems
 
     def rep(acl1, acl_here=None):
-        lane = {"state": "ok", "rostered": True, "last_seen": "1 s ago"}
-        return {
-            "member": "lane2",
-            "lanes": {"lane1": {**lane, "broker_acl": acl1}, "office": lane},
-            "clock": {"off": []},
-            "sync": {"running": True, "last_seen": "1 s ago"},
-            "this_lane": {"lane": "lane2", "broker_acl": acl_here},
-        }
+        return _status("broker_acl", acl1, acl_here)
 
     assert status_problems(rep("ok", "ok")) == []
     assert status_problems(rep(None)) == []  # a lane of an older version says nothing
@@ -484,14 +489,7 @@ def test_status_and_the_lanes_page_flag_a_lane_behind_the_offices_newest():
     from edge.fleet.office import status_problems
 
     def rep(behind1, behind_here=None):
-        lane = {"state": "ok", "rostered": True, "last_seen": "1 s ago"}
-        return {
-            "member": "lane2",
-            "lanes": {"lane1": {**lane, "behind_office": behind1}, "office": lane},
-            "clock": {"off": []},
-            "sync": {"running": True, "last_seen": "1 s ago"},
-            "this_lane": {"lane": "lane2", "behind_office": behind_here},
-        }
+        return _status("behind_office", behind1, behind_here)
 
     assert status_problems(rep(False)) == []
     assert status_problems(rep(None)) == []  # a lane of an older version says nothing
