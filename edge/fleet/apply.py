@@ -261,7 +261,7 @@ class OfficeApplier:
 
     def _settle_behind(self, now: float | None) -> None:
         """Set or clear BEHIND_OFFICE by what the office's newest heartbeat named and what this
-        lane holds; said (and, with `now`, audited) once per change."""
+        lane holds: said at each change, audited (with `now`) once a later call finds it so."""
         office = self.state.get(OFFICE_NEWEST) or {}
         held = self._held()
         behind = {
