@@ -255,7 +255,7 @@ def test_row1_a_lane_that_joins_later_redeems_no_ticket_revoked_since_its_list(
         assert newest["roster"] == park.state(0, "roster")["seq"] > 0  # the roster it holds
         assert "revocation" in park.state(2, BEHIND_OFFICE)
         assert "roster" not in park.state(2, BEHIND_OFFICE)
-        assert park.audit(2, "fleet_behind_office")
+        wait_for(lambda: park.audit(2, "fleet_behind_office"), what="audited at a later heartbeat")
         for tid in ("T-STOLEN", "T-FINE"):  # neither redeemed: which are revoked is not known
             rc, out = verify(park, 2, park.ticket(tid))
             assert (rc != 0, out["reason"]) == (True, BEHIND_OFFICE), out
