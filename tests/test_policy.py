@@ -14,6 +14,7 @@ from edge.gate.policy import (
     FACE_AND_TICKET,
     GRANT,
     TICKET,
+    Decision,
     FaceSeen,
     Observation,
     Policy,
@@ -154,7 +155,8 @@ def test_a_stranger_who_shows_a_ticket_right_behind_a_pass_holder_is_not_refused
     for at in (0, 1):  # with the stranger's first frame, or their second
         p = queue_policy()
         bob = [([looking(None, BOB)], [])] * 60
-        bob[at] = ([looking(None, BOB)], [seen("T1")])
+        # held up while the gate is open for the visitor before: judged once it is not
+        bob[at : at + 12] = [([looking(None, BOB)], [seen("T1")])] * 12
         ds = run(p, [([looking("A", ANN)], [])] * 5 + bob)
         assert [(d.decision, d.via, d.subject) for d in ds] == [
             (GRANT, FACE, "A"),
@@ -324,9 +326,14 @@ def test_expired_pass_is_refused():
     assert [(d.decision, d.reason) for d in ds] == [(DENY, "pass_expired")]
 
 
-def seen(tid, valid=True, reason=TicketReason.OK, holder=""):
+def seen(tid, valid=True, reason=TicketReason.OK, holder="", scanned=False):
     t = Ticket(tid, holder=holder) if tid else None
-    return TicketSeen(f"EG{tid}", Verdict(valid, reason, t))
+    return TicketSeen(f"EG{tid}", Verdict(valid, reason, t), scanned)
+
+
+def scan(tid, valid=True):
+    """A code from a scanner: read once."""
+    return seen(tid, valid, scanned=True)
 
 
 def test_ticket_decided_once_while_in_view_and_again_when_shown_again():
@@ -354,7 +361,7 @@ def test_a_scan_during_an_opening_waits_for_its_own_and_not_for_ever():
     waits (it was neither redeemed nor lost), at most the opening and a window: a holder who
     gave up and left opens nothing later. An invalid code is refused at once."""
     p = Policy(PolicyParams(window_s=2.0, open_s=1.0))
-    frames = [([], [seen("T1")])] + [([], [])] * 4 + [([], [seen("T2"), seen("T3", False)])]
+    frames = [([], [scan("T1")])] + [([], [])] * 4 + [([], [scan("T2"), scan("T3", False)])]
     frames += [([], [])] * 10
     ds = run(p, frames)
     assert [(d.decision, d.subject, d.frame) for d in ds] == [
@@ -363,12 +370,40 @@ def test_a_scan_during_an_opening_waits_for_its_own_and_not_for_ever():
         (GRANT, "T2", 10),
     ]
     p = Policy(PolicyParams(window_s=2.0, open_s=1.0))
-    ds = run(p, [([face("A")], [])] * 3 + [([face("A")], [seen("T4")])] + [([], [])] * 30)
+    ds = run(p, [([face("A")], [])] * 3 + [([face("A")], [scan("T4")])] + [([], [])] * 30)
     assert [(d.via, d.subject) for d in ds] == [(FACE, "A"), (TICKET, "T4")]
     p = Policy(PolicyParams(window_s=0.5, open_s=1.0))  # a window shorter than the opening
-    ds = run(p, [([], [seen("T1"), seen("T2"), seen("T3")])] + [([], [])] * 30)
+    ds = run(p, [([], [scan("T1"), scan("T2"), scan("T3")])] + [([], [])] * 30)
     # T2 waited the opening; T3, one more, waited past the opening and a window: dropped
     assert [(d.subject, d.frame) for d in ds] == [("T1", 0), ("T2", 10)] and not p.waiting
+
+
+def test_a_code_the_camera_saw_during_an_opening_is_judged_only_when_in_view_again():
+    """A visitor let in by face who also held up their ticket while the gate was open for them
+    had it redeemed when the opening ended: the gate opened again for nobody (anyone behind
+    walked in on it) and their ticket was spent. A code the camera read is in view or not: it
+    waits while the gate is open and is judged only when the camera sees it again after."""
+    p = Policy(PolicyParams(window_s=2.0, open_s=1.0))
+    a = ([face("A")], [])
+    ds = run(p, [a] * 3 + [([face("A")], [seen("T4")])] * 3 + [([], [])] * 30)
+    assert [(d.via, d.subject) for d in ds] == [(FACE, "A")]  # went through with it
+    p = Policy(PolicyParams(window_s=2.0, open_s=1.0))
+    ds = run(p, [a] * 3 + [([], [seen("T5")])] * 12)  # the next visitor keeps it up
+    assert [(d.via, d.subject, d.frame) for d in ds] == [(FACE, "A", 2), (TICKET, "T5", 12)]
+
+
+def test_a_grant_not_carried_out_opens_nothing():
+    """A ticket grant the daemon turned into a refusal (spent at another lane meanwhile) held a
+    second code, in the same frame, a whole opening; the visitor was taken as let in."""
+    p = Policy(PolicyParams(cooldown_s=5.0, open_s=1.0))
+    first = p.step(Observation(0.0, 0, 1e9, (), (seen("T1"), seen("T2"))))
+    assert [d.subject for d in first] == ["T1"]
+    p.not_carried_out(first[0])
+    assert p.episode is not None and not p.episode.admitted
+    ds = run(p, [([], [seen("T2")])] * 5, t0=0.1)
+    assert [(d.subject, d.frame) for d in ds] == [("T2", 0)]  # the next frame, not a pulse on
+    p.not_carried_out(Decision(0.1, 0, DENY, TICKET, "T9", None, TicketReason.EXPIRED))
+    assert p.opened == 0.1  # a refusal was never an opening: nothing to take back
 
 
 def test_invalid_ticket_refused_with_its_reason_and_faces_irrelevant():

@@ -95,9 +95,9 @@ def lane(tmp_path) -> Lane:
     return Lane(gate, faces, heard, events)
 
 
-def ticket(tmp_path) -> str:
+def ticket(tmp_path, tid: str = "W-1") -> str:
     key = tk.load_private(tmp_path / "office" / "issuer.key")
-    return tk.sign(tk.Ticket("W-1", valid_until=int(time.time()) + 999), key)
+    return tk.sign(tk.Ticket(tid, valid_until=int(time.time()) + 999), key)
 
 
 def test_a_visitor_let_in_by_face_is_not_refused_walking_up_to_the_camera(tmp_path):
@@ -132,6 +132,45 @@ def test_a_visitor_let_in_by_ticket_is_not_guided_or_refused_as_too_close(tmp_pa
         ln.show((STRANGER,), 3)
         ln.show((CLOSE_A,), 20, scan=ticket(tmp_path))
     assert ln.heard.said() == [("welcome", "ok", "grant")]
+
+
+def test_a_ticket_refused_at_redemption_opens_nothing_and_lets_nobody_in(tmp_path):
+    """A ticket the policy granted and the ledger then refused (spent at this or another lane)
+    counted as an opening: the next visitor's ticket, scanned a frame later, waited a pulse
+    for an opening that never was, and the visitor who held the spent ticket was taken as let
+    in (the face path said nothing more to them). Now the next ticket is judged at once and
+    the visitor refused is told again."""
+    ln = lane(tmp_path)
+    w1, w2 = ticket(tmp_path, "W-1"), ticket(tmp_path, "W-2")
+    with ln.gate:
+        ln.show((), 1, scan=w1)  # frame 0: let in
+        ln.show((), 79)  # past the cooldown
+        ln.show((STRANGER,), 1, scan=w1)  # frame 80: spent
+        ln.show((STRANGER,), 1, scan=w2)  # frame 81: the next visitor's
+        ln.show((STRANGER,), 60)
+    assert [(e["decision"], e["reason"], e["frame"]) for e in ln.events[:3]] == [
+        ("grant", "ok", 0),
+        ("deny", "already_used", 80),
+        ("grant", "ok", 81),
+    ]
+    assert len(ln.events) == 3  # W-2's holder let in: the face path says no more to them
+
+
+def test_a_visitor_whose_ticket_was_spent_is_told_what_to_do(tmp_path):
+    """The face path stays with a visitor whose ticket the ledger refused: a stranger at the
+    gate is told `not_enrolled` (show a ticket) as one with no ticket would be."""
+    ln = lane(tmp_path)
+    w1 = ticket(tmp_path, "W-1")
+    with ln.gate:
+        ln.show((), 1, scan=w1)
+        ln.show((), 79)
+        ln.show((STRANGER,), 1, scan=w1)
+        ln.show((STRANGER,), 60)
+    assert [(e["decision"], e["reason"]) for e in ln.events] == [
+        ("grant", "ok"),
+        ("deny", "already_used"),
+        ("deny", "not_enrolled"),
+    ]
 
 
 def _listen(path) -> socket.socket:

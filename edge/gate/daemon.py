@@ -587,9 +587,12 @@ class Gate:
                     texts = self.codes.read(frame.image)
                 except Exception as e:
                     log.error("frame %d stage=qr error=%s", frame.index, e)
+        scans: list[str] = []
         while not self._scan_q.empty():
-            texts.append(self._scan_q.get_nowait())
-        seen = tuple(TicketSeen(t, self.verifier.verify(t, wall)) for t in texts)
+            scans.append(self._scan_q.get_nowait())
+        seen = tuple(TicketSeen(t, self.verifier.verify(t, wall)) for t in texts) + tuple(
+            TicketSeen(t, self.verifier.verify(t, wall), scanned=True) for t in scans
+        )
         t, index = (frame.t, frame.index) if frame is not None else (time.monotonic(), -1)
         floor = self._recorded_floor(faces)
         decisions = self.policy.step(Observation(t, index, wall, faces, seen, floor))
@@ -634,13 +637,15 @@ class Gate:
             log.error("notice error=%s", e)
 
     def act(self, d: Decision) -> None:
-        """Redeem, open, record, report: a grant that cannot be recorded or switched is a deny.
+        """Redeem, open, record, report: a grant that cannot be recorded or switched is a deny
+        (and the policy is told that it opened nothing).
 
         A ticket grant's record is the ledger's commit; a face grant's only record is the audit
         log, so it is written before the relay opens (a locked or full audit log: denied
         `audit_error`). A recorded face grant the relay then refuses is followed by its deny.
         """
         wall = self.clock()
+        asked = d
         pretix_word = ""
         if d.decision == GRANT and d.via != Via.TICKET:  # a restored lane: no face until the
             try:  # office's forget list is applied (fleet)
@@ -704,6 +709,8 @@ class Gate:
                 str(d.decision),
             )
         )
+        if d.decision != asked.decision:
+            self.policy.not_carried_out(asked)
 
     def _decision_record(self, d: Decision, wall: float) -> AuditRecord:
         """The audit record of one decision (a face+ticket grant names its ticket in detail)."""

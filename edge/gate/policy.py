@@ -105,10 +105,11 @@ class FaceSeen:
 
 @dataclass(frozen=True)
 class TicketSeen:
-    """One scanned code and the verifier's verdict on it."""
+    """One code read (by the camera, or once by a scanner) and the verifier's verdict on it."""
 
     text: str
     verdict: Verdict
+    scanned: bool = False  # from a scanner: read once, not seen again while it is held up
 
     @property
     def key(self) -> str:
@@ -266,9 +267,14 @@ class Policy:
     pending: PendingTicket | None = None
     opened: float = float("-inf")  # the newest grant: the gate is open for that visitor
     # valid tickets shown while it was (key -> first shown, seen): each waits for an opening of
-    # its own, at most the opening and a window after it (a scanned code is read once: the
-    # daemon asks again without a frame; a code the camera saw whose holder left is dropped)
+    # its own, at most the opening and a window after it (a scanned code is read once: it
+    # waits here and the daemon asks again without a frame; a code the camera saw is judged
+    # only when in view again: its holder may have gone through on the opening it waited for)
     waiting: dict[str, tuple[float, TicketSeen]] = field(default_factory=dict)
+    # what the last step opened, so that a grant the daemon could not carry out opens nothing
+    # (Policy.not_carried_out): the opening before it, the grants it made, the visit a ticket
+    # grant took as let in and that visit's flags before
+    _undo: tuple[float, int, Episode | None, bool, bool] = (float("-inf"), 0, None, False, False)
     tailgating: bool = False  # refused as such, until a window passes without two faces
     tailgating_last: float = 0.0  # two or more faces at the gate, last seen
     episode: Episode | None = None
@@ -307,12 +313,32 @@ class Policy:
 
     def step(self, obs: Observation) -> list[Decision]:
         """Decide on one observation: ticket decisions first, then faces."""
+        opened = self.opened
+        self._undo = (opened, 0, None, False, False)
         out = self._tickets(obs)
         if self.params.face_enabled:
             out += self._faces(obs)
-        if any(d.decision == GRANT for d in out):
+        grants = sum(1 for d in out if d.decision == GRANT)
+        if grants:
             self.opened = obs.t
+        self._undo = (opened, grants, *self._undo[2:])
         return out
+
+    def not_carried_out(self, d: Decision) -> None:
+        """A grant of the last step the daemon turned into a refusal (a ticket spent at another
+        lane meanwhile, the ledger, the audit log or the relay failed): once none of that
+        step's grants was carried out, the gate did not open, so a ticket waiting for an
+        opening of its own is judged at the next frame; and the visitor whose ticket it was is
+        no longer taken as let in (guidance and refusals are said to them again)."""
+        if d.decision != GRANT:
+            return
+        opened, grants, ep, admitted, ticket_next = self._undo
+        grants -= 1
+        self._undo = (opened, grants, ep, admitted, ticket_next)
+        if d.via == TICKET and ep is not None:
+            ep.admitted, ep.ticket_next = admitted, ticket_next
+        if grants <= 0:
+            self.opened = opened
 
     # --- tickets -------------------------------------------------------------------------------
 
@@ -327,7 +353,7 @@ class Policy:
         for key, (first, ts) in list(self.waiting.items()):
             if obs.t - first > p.open_s + p.window_s:
                 del self.waiting[key]  # its holder did not come through
-            else:
+            elif ts.scanned:
                 shown.setdefault(key, ts)  # a scan is read once: it waits here
         for ts in sorted(shown.values(), key=lambda s: self.waiting.get(s.key, (obs.t,))[0]):
             last = self.ticket_seen.get(ts.key)
@@ -364,6 +390,7 @@ class Policy:
         ep = self.episode
         if ep is None or obs.t - ep.last > self.params.window_s:
             ep = self.episode = Episode(obs.t, obs.t)
+        self._undo = (*self._undo[:2], ep, ep.admitted, ep.ticket_next)
         ep.admitted = True
         ep.ticket_next = True  # theirs, unless the visitor's own face comes next
 
