@@ -468,6 +468,44 @@ def _status(key: str, lane1, here=None) -> dict:
     }
 
 
+def test_a_member_whose_sync_hears_nothing_blames_itself_not_the_lanes(office_keys, tmp_path):
+    """`fleet status --check` on a member whose sync had stopped, or lost the broker, listed
+    every rostered lane as stale (the heartbeats stopped reaching it, not the lanes): an
+    operator sent to the lanes found them running. Now the member's own sync is named first,
+    and the lanes gone quiet meanwhile are unknown, not stale; a gone lane is still named."""
+    from edge.fleet.identity import Roster
+    from edge.fleet.office import fleet_status, status_problems
+
+    m = write_member(tmp_path, "lane2", "mqtt://127.0.0.1:1", "park", office_keys[1])
+    cfg = config_mod.load(m.config)
+    now = time.time()
+    st = FleetState(m.dir / "fleet.db")
+    st.set_roster(Roster(1, {"lane1": "k1", "lane2": "k2", "lane3": "k3"}))
+    quiet = {"epoch": "e", "time": now - 20, "received": now - 20, "gone": None, "body": {}}
+    gone = {**quiet, "gone": "lost"}
+
+    def problems(seen_ago: float, connected: bool = True) -> list[str]:
+        st.put(connected=connected, sync_seen=now - seen_ago, peers={"lane1": quiet, "lane3": gone})
+        return status_problems(fleet_status(cfg, now))
+
+    assert problems(0.5) == [  # this member hears: lane1 is stale
+        "lane1: stale (last heartbeat 20 s ago)",
+        "lane3: gone (last heartbeat 20 s ago)",
+    ]
+    for seen_ago, connected, own in (
+        (30.0, True, "lane2: edge-gate sync not running (last 30 s ago)"),
+        (8.0, True, "lane2: edge-gate sync last ran 8 s ago: no heartbeat reaches it"),
+        (0.5, False, "lane2: edge-gate sync not connected to the broker: no heartbeat reaches it"),
+    ):
+        assert problems(seen_ago, connected) == [
+            "lane3: gone (last heartbeat 20 s ago)",
+            own,
+            "lane1: not heard while this member's sync hears nothing (state unknown; judged"
+            " again once it hears)",
+        ]
+    st.close()
+
+
 def test_status_and_the_lanes_page_flag_an_outdated_broker_acl():
     from edge.console.app import lane_row
     from edge.fleet.office import status_problems

@@ -37,7 +37,7 @@ from edge.fleet.identity import (
 from edge.fleet.officestore import AuditFinding, OfficeStore, office_reader, verify_lane
 from edge.fleet.override import DEFAULT_VALID_S, VIA, override_body, override_id
 from edge.fleet.people import export_record, site_key
-from edge.fleet.state import BEHIND_OFFICE_FIX, FleetState
+from edge.fleet.state import BEHIND_OFFICE_FIX, STATE_EVERY_S, FleetState
 from edge.gate.audit import AuditRecord
 from edge.tickets.pretix_desk import pretix_view
 
@@ -439,6 +439,11 @@ def fleet_status(cfg: Config, now: float | None = None) -> dict[str, Any]:
                 "connected": bool(st.get("connected")),
                 "last_seen": ago(None if seen is None else now - seen),
                 "running": seen is not None and now - seen < 5 * STALE_HEARTBEATS,
+                # heartbeats reach this member now: its sync ran within a heartbeat period,
+                # connected (a sync killed leaves "connected" as it was)
+                "hearing": bool(st.get("connected"))
+                and seen is not None
+                and -fl.max_clock_offset_s < now - seen < max(fl.heartbeat_s, 3 * STATE_EVERY_S),
             },
         }
         if fl.lane == msg.OFFICE:
@@ -492,11 +497,19 @@ BEHIND_OFFICE_PROBLEM = (
 def status_problems(rep: dict[str, Any]) -> list[str]:
     """What `fleet status --check` fails on: a rostered member stale, gone or never heard, a
     clock off, a broker ACL that predates what a lane publishes (its marks did not come back),
-    or this member's own sync not running."""
+    or this member's own sync not running or not connected. While this member hears no
+    heartbeat, a lane gone quiet is not blamed: its state is unknown until sync hears again."""
+    sync = rep["sync"]
+    deaf = not sync.get("hearing", sync["running"])
+    unheard = [
+        n
+        for n, v in sorted(rep["lanes"].items())
+        if deaf and v["rostered"] and v["state"] == "stale"
+    ]
     out = [
         f"{n}: {v['state']} (last heartbeat {v['last_seen']})"
         for n, v in sorted(rep["lanes"].items())
-        if v["rostered"] and v["state"] != "ok"
+        if v["rostered"] and v["state"] != "ok" and n not in unheard
     ]
     out += [f"{n}: clock off" for n in rep["clock"]["off"]]
     out += [
@@ -512,8 +525,23 @@ def status_problems(rep: dict[str, Any]) -> list[str]:
     if (rep.get("this_lane") or {}).get("behind_office"):
         behind.append(rep["this_lane"]["lane"])
     out += [f"{n}: {BEHIND_OFFICE_PROBLEM}" for n in behind]
-    if not rep["sync"]["running"]:
-        out.append(f"{rep['member']}: edge-gate sync not running (last {rep['sync']['last_seen']})")
+    if not sync["running"]:
+        out.append(f"{rep['member']}: edge-gate sync not running (last {sync['last_seen']})")
+    elif deaf:
+        out.append(
+            f"{rep['member']}: edge-gate sync "
+            + (
+                "not connected to the broker"
+                if not sync["connected"]
+                else f"last ran {sync['last_seen']}"
+            )
+            + ": no heartbeat reaches it"
+        )
+    if unheard:
+        out.append(
+            f"{', '.join(unheard)}: not heard while this member's sync hears nothing"
+            " (state unknown; judged again once it hears)"
+        )
     return out
 
 

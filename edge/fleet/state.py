@@ -57,6 +57,7 @@ BEHIND_OFFICE_FIX = (
 )
 # every reason above, for those who name them (the console's translations)
 LINK_REASONS = (FLEET_OFFLINE, CLOCK_SKEW, FORGET_REPLAY, BEHIND_OFFICE)
+STATE_EVERY_S = 1.0  # sync writes its link state (and `sync_seen`) at least this often
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS kv (key TEXT PRIMARY KEY, value TEXT);

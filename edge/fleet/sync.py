@@ -64,7 +64,7 @@ from edge.fleet.identity import load_lane_key
 from edge.fleet.lane import tickets_stamp
 from edge.fleet.officestore import OfficeStore
 from edge.fleet.proof import verify_proof
-from edge.fleet.state import BEHIND_OFFICE, FleetState, fleet_pubkey_paths
+from edge.fleet.state import BEHIND_OFFICE, STATE_EVERY_S, FleetState, fleet_pubkey_paths
 from edge.gate.audit import AuditLog, AuditRecord
 from edge.gate.faces import file_id
 from edge.tickets.ledger import Ledger
@@ -80,7 +80,6 @@ AUDIT_BATCH = 100  # records per audit message
 AUDIT_WINDOW = 2000  # records sent ahead of the office's acknowledgement
 AUDIT_RESEND_S = 30.0  # no acknowledgement for this long: send again from the cursor
 POLL_S = 0.01  # how often the ledger is checked for new local redemptions (a cheap pragma)
-STATE_EVERY_S = 1.0  # link state refresh for the gate, at least this often
 SELF_CHECK_S = 1.5  # after subscribing: time for the broker to hand back our heartbeat and marks
 ACL_READBACK_S = 10.0  # after publishing our marks: time for the broker to hand them back
 REFUSAL_EVERY_S = 60.0  # at most one audit record per sender and reason in this window
