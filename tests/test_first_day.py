@@ -215,10 +215,16 @@ def test_a_header_claiming_30000_squared_pixels_is_refused_before_decoding(tmp_p
         )
     p = edge_gate("qr", "read", str(bomb), cwd=tmp_path)
     assert p.returncode == 1 and "30000x30000" in p.stdout
-    # The limit is the config's: raised, the same file gets as far as the decoder.
-    (tmp_path / "big.toml").write_text("[vision]\nmax_image_pixels = 1000000000\n")
-    p = edge_gate("qr", "read", "--config", str(tmp_path / "big.toml"), str(bomb), cwd=tmp_path)
-    assert "30000x30000" not in p.stdout
+    # The limit is the config's: a file claiming 1200x1000 gets as far as the decoder by
+    # default and is refused under the lowest limit (the bomb under a raised one would be
+    # decoded whole: gigabytes, for the same check)
+    small = tmp_path / "small.jpg"
+    small.write_bytes(_jpeg_claiming(1200, 1000))
+    p = edge_gate("qr", "read", str(small), cwd=tmp_path)
+    assert "1200x1000" not in p.stdout
+    (tmp_path / "low.toml").write_text("[vision]\nmax_image_pixels = 1000000\n")
+    p = edge_gate("qr", "read", "--config", str(tmp_path / "low.toml"), str(small), cwd=tmp_path)
+    assert p.returncode == 1 and "1200x1000" in p.stdout and "max_image_pixels" in p.stdout
 
 
 def test_run_on_an_unreadable_image_is_an_error_not_an_empty_run(tmp_path):

@@ -468,7 +468,9 @@ def _status(key: str, lane1, here=None) -> dict:
     }
 
 
-def test_a_member_whose_sync_hears_nothing_blames_itself_not_the_lanes(office_keys, tmp_path):
+def test_a_member_whose_sync_hears_nothing_blames_itself_not_the_lanes(
+    office_keys, tmp_path, capsys
+):
     """`fleet status --check` on a member whose sync had stopped, or lost the broker, listed
     every rostered lane as stale (the heartbeats stopped reaching it, not the lanes): an
     operator sent to the lanes found them running. Now the member's own sync is named first,
@@ -492,10 +494,12 @@ def test_a_member_whose_sync_hears_nothing_blames_itself_not_the_lanes(office_ke
         "lane1: stale (last heartbeat 20 s ago)",
         "lane3: gone (last heartbeat 20 s ago)",
     ]
+    stopped = "not connected to the broker (stopped, or the broker out of reach)"
     for seen_ago, connected, own in (
         (30.0, True, "lane2: edge-gate sync not running (last 30 s ago)"),
+        (-3600.0, True, "lane2: edge-gate sync not running (last dated ahead of this clock)"),
         (8.0, True, "lane2: edge-gate sync last ran 8 s ago: no heartbeat reaches it"),
-        (0.5, False, "lane2: edge-gate sync not connected to the broker: no heartbeat reaches it"),
+        (0.5, False, f"lane2: edge-gate sync {stopped}: no heartbeat reaches it"),
     ):
         assert problems(seen_ago, connected) == [
             "lane3: gone (last heartbeat 20 s ago)",
@@ -503,6 +507,15 @@ def test_a_member_whose_sync_hears_nothing_blames_itself_not_the_lanes(office_ke
             "lane1: not heard while this member's sync hears nothing (state unknown; judged"
             " again once it hears)",
         ]
+    from edge.cli import main
+
+    st.put(sync_seen=time.time() - 8.0)
+    assert main(["fleet", "status", "--check", "--config", str(m.config)]) == 1
+    out = capsys.readouterr().out
+    assert "lane1" in out and "NOT HEARD (this member hears nothing)" in out and "STALE" not in out
+    # quiet for a moment with every lane heard: nothing to report yet
+    quiet["received"] = quiet["time"] = now - 2
+    assert problems(8.0) == ["lane3: gone (last heartbeat 20 s ago)"]
     st.close()
 
 

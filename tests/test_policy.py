@@ -404,6 +404,53 @@ def test_a_grant_not_carried_out_opens_nothing():
     assert [(d.subject, d.frame) for d in ds] == [("T2", 0)]  # the next frame, not a pulse on
     p.not_carried_out(Decision(0.1, 0, DENY, TICKET, "T9", None, TicketReason.EXPIRED))
     assert p.opened == 0.1  # a refusal was never an opening: nothing to take back
+    p.not_carried_out(first[0])  # an older step's grant: T2's opening stands
+    assert p.opened == 0.1 and p.episode.admitted
+
+
+def refusing(p: Policy, frames, refused: set[str]) -> list[tuple]:
+    """Run the policy as the daemon does, turning the grants of `refused` into refusals."""
+    out = []
+    for i, (faces, tickets) in enumerate(frames):
+        for d in p.step(Observation(i / FPS, i, 1e9, tuple(faces), tuple(tickets))):
+            if d.decision == GRANT and d.subject in refused:
+                p.not_carried_out(d)
+                d = dataclasses.replace(d, decision=DENY, reason="refused")
+            out.append((d.decision, d.via, d.subject, d.reason, i))
+    return out
+
+
+def test_a_face_grant_not_carried_out_is_tried_again_after_the_cooldown():
+    """A pass holder whose grant the relay or the audit log refused was held as let in: five
+    seconds on they were refused `anti_passback` though they never went through. Now they
+    are tried again once the cooldown has passed."""
+    p = Policy(PolicyParams(k=3, n=5, window_s=2.0, cooldown_s=5.0, anti_passback_s=60.0))
+    ds = refusing(p, [([face("A")], [])] * 80, {"A"})
+    assert [(d, r, i) for d, _, _, r, i in ds] == [(DENY, "refused", 2), (DENY, "refused", 52)]
+    assert not p.episode.granted
+
+
+def test_a_spent_ticket_in_the_frame_a_stranger_steps_up_lets_nobody_in():
+    """The refused ticket's visit had passed `let in` on to the stranger's visit begun in the
+    same frame: the stranger was never told to show a ticket."""
+    for at in (14, 15):  # the frame before the visit splits, and the frame it does
+        p = queue_policy()
+        frames = [([looking("A", ANN)], [])] * 5 + [([looking(None, BOB)], [])] * 80
+        frames[at] = ([looking(None, BOB)], [seen("T1")])
+        ds = refusing(p, frames, {"T1"})
+        assert [(d, r) for d, _, _, r, _ in ds] == [
+            (GRANT, "ok"),
+            (DENY, "refused"),
+            (DENY, "not_enrolled"),
+        ], at
+
+
+def test_a_code_the_camera_read_and_then_scanned_during_an_opening_waits_as_a_scan():
+    """Read by the camera during someone's opening, then scanned and lowered: the scan was
+    lost (the code waited as the camera's, which is judged only when seen again)."""
+    p = Policy(PolicyParams(window_s=2.0, open_s=1.0))
+    frames = [([face("A")], [])] * 3 + [([], [seen("T1")]), ([], [scan("T1")])] + [([], [])] * 30
+    assert [(d.subject, d.frame) for d in run(p, frames)] == [("A", 2), ("T1", 12)]
 
 
 def test_invalid_ticket_refused_with_its_reason_and_faces_irrelevant():

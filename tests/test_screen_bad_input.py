@@ -256,6 +256,8 @@ def test_connections_over_the_caps_are_refused_and_take_no_thread(tmp_path, monk
     holding streams by the hundred left the lane's kiosk (and the machine) without threads."""
     monkeypatch.setattr(screen_server, "MAX_PER_ADDRESS", 3)
     monkeypatch.setattr(screen_server, "MAX_CONNECTIONS", 5)
+    # a stream closed by its page is found at the next write: a keepalive each second here
+    monkeypatch.setattr(screen_server, "KEEPALIVE_S", 1.0)
     cfg = _cfg(tmp_path)
     with Screen(cfg) as screen, caplog.at_level(logging.WARNING, "edge.screen.server"):
         port = screen.httpd.server_address[1]

@@ -108,7 +108,9 @@ def cmd_status(args) -> int:
         for lane, v in sorted(rep["lanes"].items()):
             off = v.get("clock_offset")
             flags = []
-            if v["state"] != "ok":
+            if v["state"] == "stale" and not sync.get("hearing", True):
+                flags.append("NOT HEARD (this member hears nothing)")
+            elif v["state"] != "ok":
                 flags.append(v["state"].upper() + (f" ({v['gone']})" if v.get("gone") else ""))
             if v.get("clock_off"):
                 flags.append("CLOCK OFF")

@@ -428,6 +428,9 @@ def fleet_status(cfg: Config, now: float | None = None) -> dict[str, Any]:
             | {n for n, v in lanes.items() if v.get("clock_off")}
         )
         seen = st.get("sync_seen")
+        age = None if seen is None else now - seen
+        if age is not None and age < -fl.max_clock_offset_s:
+            age = None  # dated ahead of this clock (set back since): no run it can place
         rep: dict[str, Any] = {
             "site": fl.site,
             "member": fl.lane,
@@ -437,13 +440,16 @@ def fleet_status(cfg: Config, now: float | None = None) -> dict[str, Any]:
             "clock": {"offsets": clocks, "off": off},
             "sync": {
                 "connected": bool(st.get("connected")),
-                "last_seen": ago(None if seen is None else now - seen),
-                "running": seen is not None and now - seen < 5 * STALE_HEARTBEATS,
+                "last_seen": "dated ahead of this clock"
+                if seen is not None and age is None
+                else ago(age),
+                "running": age is not None and age < 5 * STALE_HEARTBEATS,
                 # heartbeats reach this member now: its sync ran within a heartbeat period,
-                # connected (a sync killed leaves "connected" as it was)
+                # connected (a sync killed leaves "connected" as it was); when not, the lanes'
+                # states say nothing of the lanes
                 "hearing": bool(st.get("connected"))
-                and seen is not None
-                and -fl.max_clock_offset_s < now - seen < max(fl.heartbeat_s, 3 * STATE_EVERY_S),
+                and age is not None
+                and age < max(fl.heartbeat_s, 3 * STATE_EVERY_S),
             },
         }
         if fl.lane == msg.OFFICE:
@@ -527,16 +533,13 @@ def status_problems(rep: dict[str, Any]) -> list[str]:
     out += [f"{n}: {BEHIND_OFFICE_PROBLEM}" for n in behind]
     if not sync["running"]:
         out.append(f"{rep['member']}: edge-gate sync not running (last {sync['last_seen']})")
-    elif deaf:
-        out.append(
-            f"{rep['member']}: edge-gate sync "
-            + (
-                "not connected to the broker"
-                if not sync["connected"]
-                else f"last ran {sync['last_seen']}"
-            )
-            + ": no heartbeat reaches it"
+    elif unheard:  # a sync quiet for a moment, or reconnecting, is no problem until it shows
+        why = (
+            "not connected to the broker (stopped, or the broker out of reach)"
+            if not sync["connected"]
+            else f"last ran {sync['last_seen']}"
         )
+        out.append(f"{rep['member']}: edge-gate sync {why}: no heartbeat reaches it")
     if unheard:
         out.append(
             f"{', '.join(unheard)}: not heard while this member's sync hears nothing"

@@ -196,6 +196,23 @@ class Episode:
     ticket_next: bool = False  # a ticket let someone in since the visitor's last own face
 
 
+@dataclass
+class StepUndo:
+    """What one step's grants changed, so that a grant the daemon could not carry out changes
+    nothing (Policy.not_carried_out): the opening before the step and the grants it made; the
+    visit a ticket grant took as let in, and a face grant's visit, with their flags before."""
+
+    t: float = float("-inf")
+    frame: int = -1
+    opened: float = float("-inf")
+    grants: int = 0
+    ticket_visit: Episode | None = None
+    admitted: bool = False
+    ticket_next: bool = False
+    face_visit: Episode | None = None
+    granted: bool = False
+
+
 @dataclass(frozen=True)
 class PendingTicket:
     """face-and-ticket: a valid ticket shown, waiting for its holder's face."""
@@ -239,6 +256,7 @@ def check_non_face_way_in(mode: str, ticket_keys: int) -> None:
 # What a reload keeps of the decision state (Policy.carry_over); the window is not kept.
 CARRIED_OVER = (
     "last_grant",
+    "held",
     "last_deny",
     "ticket_seen",
     "pending",
@@ -262,6 +280,9 @@ class Policy:
     params: PolicyParams
     window: deque[WindowEntry] = field(default_factory=deque)
     last_grant: dict[str, float] = field(default_factory=dict)  # person id -> t
+    # person id -> t of a face grant the daemon could not carry out: tried again after the
+    # cooldown (not refused `anti_passback`: they never went through)
+    held: dict[str, float] = field(default_factory=dict)
     last_deny: dict[tuple[str | None, str], float] = field(default_factory=dict)
     ticket_seen: dict[str, float] = field(default_factory=dict)  # ticket key -> last t in view
     pending: PendingTicket | None = None
@@ -271,10 +292,7 @@ class Policy:
     # waits here and the daemon asks again without a frame; a code the camera saw is judged
     # only when in view again: its holder may have gone through on the opening it waited for)
     waiting: dict[str, tuple[float, TicketSeen]] = field(default_factory=dict)
-    # what the last step opened, so that a grant the daemon could not carry out opens nothing
-    # (Policy.not_carried_out): the opening before it, the grants it made, the visit a ticket
-    # grant took as let in and that visit's flags before
-    _undo: tuple[float, int, Episode | None, bool, bool] = (float("-inf"), 0, None, False, False)
+    _undo: StepUndo = field(default_factory=StepUndo)  # the last step's grants
     tailgating: bool = False  # refused as such, until a window passes without two faces
     tailgating_last: float = 0.0  # two or more faces at the gate, last seen
     episode: Episode | None = None
@@ -313,32 +331,43 @@ class Policy:
 
     def step(self, obs: Observation) -> list[Decision]:
         """Decide on one observation: ticket decisions first, then faces."""
-        opened = self.opened
-        self._undo = (opened, 0, None, False, False)
+        u = self._undo = StepUndo(obs.t, obs.frame, self.opened)
         out = self._tickets(obs)
         if self.params.face_enabled:
             out += self._faces(obs)
-        grants = sum(1 for d in out if d.decision == GRANT)
-        if grants:
+        u.grants = sum(1 for d in out if d.decision == GRANT)
+        if u.grants:
             self.opened = obs.t
-        self._undo = (opened, grants, *self._undo[2:])
         return out
 
     def not_carried_out(self, d: Decision) -> None:
         """A grant of the last step the daemon turned into a refusal (a ticket spent at another
-        lane meanwhile, the ledger, the audit log or the relay failed): once none of that
-        step's grants was carried out, the gate did not open, so a ticket waiting for an
-        opening of its own is judged at the next frame; and the visitor whose ticket it was is
-        no longer taken as let in (guidance and refusals are said to them again)."""
-        if d.decision != GRANT:
-            return
-        opened, grants, ep, admitted, ticket_next = self._undo
-        grants -= 1
-        self._undo = (opened, grants, ep, admitted, ticket_next)
-        if d.via == TICKET and ep is not None:
-            ep.admitted, ep.ticket_next = admitted, ticket_next
-        if grants <= 0:
-            self.opened = opened
+        lane meanwhile, the ledger, the audit log, the relay or the fleet refused it): once none
+        of that step's grants was carried out the gate did not open, so a ticket waiting for an
+        opening of its own is judged at the next frame. The visitor is not taken as let in
+        (guidance and refusals are said to them again), and a pass holder refused so is tried
+        again after the cooldown (never refused `anti_passback`: they did not go through)."""
+        u = self._undo
+        if d.decision != GRANT or (d.t, d.frame) != (u.t, u.frame) or u.grants <= 0:
+            return  # not one of the last step's grants
+        u.grants -= 1
+        if d.via == TICKET and (ep := u.ticket_visit) is not None:
+            ep.admitted = ep.admitted and u.admitted
+            ep.ticket_next = ep.ticket_next and u.ticket_next
+            now = self.episode  # a visit begun in this step, let in by what this ticket set
+            if not u.ticket_next and now is not None and now is not ep and now.start == u.t:
+                now.admitted = False
+        elif d.via != TICKET:
+            if d.subject is not None:
+                if self.last_grant.get(d.subject) == u.t:
+                    del self.last_grant[d.subject]
+                keep = u.t - self.params.cooldown_s
+                self.held = {k: t for k, t in self.held.items() if t > keep}
+                self.held[d.subject] = u.t
+            if u.face_visit is not None and not u.granted:
+                u.face_visit.granted = False
+        if u.grants <= 0:
+            self.opened = u.opened
 
     # --- tickets -------------------------------------------------------------------------------
 
@@ -355,6 +384,9 @@ class Policy:
                 del self.waiting[key]  # its holder did not come through
             elif ts.scanned:
                 shown.setdefault(key, ts)  # a scan is read once: it waits here
+        for ts in obs.tickets:  # scanned after the camera read it: it waits as a scan now
+            if ts.scanned and ts.key in self.waiting and not self.waiting[ts.key][1].scanned:
+                self.waiting[ts.key] = (self.waiting[ts.key][0], ts)
         for ts in sorted(shown.values(), key=lambda s: self.waiting.get(s.key, (obs.t,))[0]):
             last = self.ticket_seen.get(ts.key)
             if last is not None and obs.t - last < p.cooldown_s:
@@ -390,7 +422,8 @@ class Policy:
         ep = self.episode
         if ep is None or obs.t - ep.last > self.params.window_s:
             ep = self.episode = Episode(obs.t, obs.t)
-        self._undo = (*self._undo[:2], ep, ep.admitted, ep.ticket_next)
+        u = self._undo
+        u.ticket_visit, u.admitted, u.ticket_next = ep, ep.admitted, ep.ticket_next
         ep.admitted = True
         ep.ticket_next = True  # theirs, unless the visitor's own face comes next
 
@@ -465,6 +498,7 @@ class Policy:
         if best is not None:
             out = self._confirmed(obs, best, fused)
             if out and out[0].decision == GRANT:
+                self._undo.face_visit, self._undo.granted = ep, ep.granted
                 ep.granted = True
             return out
         # A face at the gate for a while, never matched: tell the visitor (and the log) once.
@@ -629,6 +663,8 @@ class Policy:
         last = self.last_grant.get(pid)
         if last is not None and obs.t - last < p.cooldown_s:
             return []  # just let in; still in view
+        if obs.t - self.held.get(pid, float("-inf")) < p.cooldown_s:
+            return []  # just refused by the daemon (the relay, the audit log): not at once again
         if last is not None and obs.t - last < p.anti_passback_s:
             return self._deny_once(obs, pid, Reason.ANTI_PASSBACK, score)
         if face.valid_until is not None and obs.wall < obs.floor - CLOCK_TOLERANCE_S:
